@@ -1,0 +1,34 @@
+/* Map key and value layouts shared by the XDP program and user space.
+ * The Rust side uses the skeleton's generated types for these structs, so this
+ * header is the only definition. Addresses and ports are in network byte order,
+ * exactly as they sit in the packet, so the program never swaps bytes. */
+#ifndef DISPATCHD_STEER_H
+#define DISPATCHD_STEER_H
+
+/* XSKMAP slots: front queue q at q, back queue q at MAX_QUEUES + q. */
+#define MAX_QUEUES 64
+
+/* (VIP, port) of a service, or (address, port) of a daemon. */
+struct endpoint {
+	__u32 addr;
+	__u16 port;
+	__u16 pad; /* zero: keys are compared as bytes */
+};
+
+/* What a daemon's replies are rewritten to: its service's VIP and port. */
+struct daemon_info {
+	struct endpoint service;
+};
+
+/* Every verdict the program reaches is counted in a per-CPU array. */
+enum steer_counter {
+	CNT_FRONT_STEERED = 0, /* service frame redirected to a front socket */
+	CNT_BACK_STEERED,      /* daemon reply redirected to a back socket */
+	CNT_PASSED,            /* not ours: handed to the kernel */
+	CNT_NO_SOCKET,         /* ours, but no socket on this queue: dropped */
+	CNT_FIB_NO_NEIGH,      /* reply to a client whose next hop is unresolved */
+	CNT_FIB_FAILED,        /* reply to a client the kernel cannot route */
+	CNT_MAX,
+};
+
+#endif

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what building and testing dispatchd needs on Debian, only if missing.
+# clang builds the XDP program; m4, make, pkg-config, libelf-dev, zlib1g-dev and
+# libpcap-dev build the vendored libbpf/libxdp that xsk-rs links; iproute2, ethtool
+# and nftables build and tune the test topology.
+set -euo pipefail
+
+need=()
+have_cmd() { command -v "$1" >/dev/null 2>&1; }
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+have_cmd clang || need+=(clang)
+have_cmd m4 || need+=(m4)
+have_cmd make || need+=(make)
+have_cmd pkg-config || need+=(pkg-config)
+have_cmd ip || need+=(iproute2)
+have_cmd ethtool || need+=(ethtool)
+have_cmd nft || need+=(nftables)
+for p in libelf-dev zlib1g-dev libpcap-dev; do have_pkg "$p" || need+=("$p"); done
+
+if [ ${#need[@]} -gt 0 ]; then
+	echo "install-deps: installing ${need[*]}" >&2
+	if [ "$(id -u)" != 0 ]; then
+		echo "install-deps: missing ${need[*]} and not root; install them with apt-get" >&2
+		exit 1
+	fi
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+	echo "install-deps: cargo not found; dispatchd needs a Rust toolchain (rustup)" >&2
+	exit 1
+fi

@@ -1,0 +1,11 @@
+//! dispatchd: binds many server daemons to one service address.
+//!
+//! The pure parts (packet views, flow table, selection policies, config) run and are
+//! tested without privileges; the parts that touch the kernel (XDP program, AF_XDP
+//! sockets, workers) are thin and are the only places allowed `unsafe`.
+#![deny(unsafe_code)]
+
+pub mod balance;
+pub mod config;
+pub mod flow;
+pub mod packet;
