@@ -1,1 +1,71 @@
-//! placeholder: filled by the packet-core work
+//! Policies that pick a daemon for a new connection.
+//!
+//! Seed types shared with the config module; the policies themselves are built here.
+use std::{fmt, net::SocketAddrV4, str::FromStr};
+
+use serde::Deserialize;
+
+/// How a service spreads new connections over its daemons.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyKind {
+    #[default]
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastConnections,
+    Maglev,
+}
+
+impl PolicyKind {
+    pub const NAMES: [&'static str; 4] = [
+        "round_robin",
+        "weighted_round_robin",
+        "least_connections",
+        "maglev",
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
+impl fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for PolicyKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let all = [
+            Self::RoundRobin,
+            Self::WeightedRoundRobin,
+            Self::LeastConnections,
+            Self::Maglev,
+        ];
+        all.into_iter()
+            .find(|p| p.name() == s.replace('-', "_"))
+            .ok_or_else(|| format!("unknown policy {s:?}; one of {}", Self::NAMES.join(", ")))
+    }
+}
+
+/// One daemon of a service as configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub addr: SocketAddrV4,
+    /// Relative share of new connections for the weighted policies (>= 1).
+    pub weight: u32,
+}
+
+/// Whether a daemon takes new connections. Existing connections are unaffected by
+/// `Down` and `Draining` alike; what happens to them on failure is the control
+/// plane's decision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendState {
+    #[default]
+    Up,
+    Down,
+    Draining,
+}
