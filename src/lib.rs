@@ -2,10 +2,17 @@
 //!
 //! The pure parts (packet views, flow table, selection policies, config) run and are
 //! tested without privileges; the parts that touch the kernel (XDP program, AF_XDP
-//! sockets, workers) are thin and are the only places allowed `unsafe`.
+//! sockets, workers, syscalls) are thin and are the only modules allowed `unsafe`.
 #![deny(unsafe_code)]
 
 pub mod balance;
 pub mod config;
+pub mod daemon;
 pub mod flow;
+pub mod neigh;
 pub mod packet;
+pub mod stats;
+pub mod sys;
+pub mod worker;
+pub mod xdp;
+pub mod xsk;

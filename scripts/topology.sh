@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The DESIGN.md test topology: three namespaces, two veth pairs.
+#
+#   PREFIXc: c0 198.18.0.2/24 (default via .1)  <->  PREFIXd: l0 198.18.0.1/24 + VIP 198.18.0.100
+#   PREFIXs: s0 198.19.0.2/24 + .11 .12 ...     <->  PREFIXd: l1 198.19.0.1/24
+#
+# usage: topology.sh up PREFIX [DAEMONS] [QUEUES]
+#        topology.sh down PREFIX
+# Interfaces live inside their namespaces from the start, so the fixed names
+# c0/l0/l1/s0 never clash between topologies; PREFIX keeps namespaces apart.
+set -euo pipefail
+
+cmd=${1:?usage: topology.sh up|down PREFIX [DAEMONS] [QUEUES]}
+p=${2:?usage: topology.sh up|down PREFIX [DAEMONS] [QUEUES]}
+daemons=${3:-4}
+queues=${4:-1}
+
+down() {
+	for ns in "${p}c" "${p}d" "${p}s"; do
+		ip netns del "$ns" 2>/dev/null || true
+	done
+}
+
+# Offloads off on every veth: a locally sent frame otherwise carries a partial
+# checksum that nothing completes after an XDP redirect, and TSO/GRO would hand
+# AF_XDP frames larger than the MTU. A real wire has neither.
+tune() {
+	ip netns exec "$1" ethtool -K "$2" tx off rx off tso off gso off gro off >/dev/null 2>&1 || true
+	ip netns exec "$1" ethtool -K "$2" tx off >/dev/null
+}
+
+up() {
+	down
+	trap 'down' ERR
+	for ns in "${p}c" "${p}d" "${p}s"; do
+		ip netns add "$ns"
+		ip -n "$ns" link set lo up
+	done
+	local q="numtxqueues $queues numrxqueues $queues"
+	# shellcheck disable=SC2086
+	ip link add c0 netns "${p}c" $q type veth peer name l0 netns "${p}d" $q
+	# shellcheck disable=SC2086
+	ip link add l1 netns "${p}d" $q type veth peer name s0 netns "${p}s" $q
+	tune "${p}c" c0; tune "${p}d" l0; tune "${p}d" l1; tune "${p}s" s0
+
+	ip -n "${p}c" addr add 198.18.0.2/24 dev c0
+	ip -n "${p}c" link set c0 up
+	ip -n "${p}c" route add default via 198.18.0.1
+
+	ip -n "${p}d" addr add 198.18.0.1/24 dev l0
+	# The VIP is local on the front so the kernel answers ARP for it and keeps
+	# its non-service ports (ping, ssh) reachable; service frames never reach it.
+	ip -n "${p}d" addr add 198.18.0.100/32 dev l0
+	ip -n "${p}d" addr add 198.19.0.1/24 dev l1
+	ip -n "${p}d" link set l0 up
+	ip -n "${p}d" link set l1 up
+
+	ip -n "${p}s" addr add 198.19.0.2/24 dev s0
+	for i in $(seq 1 "$daemons"); do
+		ip -n "${p}s" addr add "198.19.0.$((10 + i))/24" dev s0
+	done
+	ip -n "${p}s" link set s0 up
+	ip -n "${p}s" route add default via 198.19.0.1
+	trap - ERR
+}
+
+case "$cmd" in
+up) up ;;
+down) down ;;
+*) echo "usage: topology.sh up|down PREFIX [DAEMONS] [QUEUES]" >&2; exit 2 ;;
+esac

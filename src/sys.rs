@@ -1,0 +1,83 @@
+//! Small libc wrappers for process set-up: interface addresses and signals.
+#![allow(unsafe_code)] // getifaddrs and signal masks; each block says why it is sound
+
+use std::{ffi::CStr, io, net::Ipv4Addr, time::Duration};
+
+/// This host's IPv4 addresses on `device`.
+pub fn ipv4_addrs(device: &str) -> io::Result<Vec<Ipv4Addr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: head is a valid out-pointer; on success it owns a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: cur is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let name = unsafe { CStr::from_ptr(ifa.ifa_name) };
+        if !ifa.ifa_addr.is_null() && name.to_bytes() == device.as_bytes() {
+            // SAFETY: ifa_addr is non-null and points to a sockaddr of the family it
+            // declares; only AF_INET ones are read as sockaddr_in.
+            let family = unsafe { (*ifa.ifa_addr).sa_family };
+            if i32::from(family) == libc::AF_INET {
+                let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: head came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// The signals the daemon handles itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Terminate,
+    Interrupt,
+    Hangup,
+}
+
+fn handled_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise the set they are given.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread and every thread it
+/// spawns afterwards, so that only [`wait_signal`] receives them.
+pub fn block_signals() -> io::Result<()> {
+    let set = handled_set();
+    // SAFETY: set is initialised; a null old-set pointer is allowed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Waits up to `timeout` for one of the blocked signals.
+pub fn wait_signal(timeout: Duration) -> Option<Signal> {
+    let set = handled_set();
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: set and ts are initialised; a null siginfo pointer is allowed.
+    let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+    match sig {
+        libc::SIGTERM => Some(Signal::Terminate),
+        libc::SIGINT => Some(Signal::Interrupt),
+        libc::SIGHUP => Some(Signal::Hangup),
+        _ => None,
+    }
+}

@@ -1,0 +1,349 @@
+//! The per-queue worker: receive a batch, rewrite each frame in place, transmit the
+//! same descriptors on the other socket, recycle completions into fill rings.
+//!
+//! Nothing on this path allocates, locks or makes a syscall per packet: the only
+//! syscalls are the TX kick (one per batch, when the ring asks for it) and poll()
+//! when there is nothing to do.
+#![allow(unsafe_code)] // UMEM frame access and ring produce/consume; each block says why it is sound
+
+use std::{
+    net::SocketAddrV4,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::Instant,
+};
+
+use ahash::AHashMap;
+use hdrhistogram::Histogram;
+use xsk_rs::{FrameDesc, RxQueue, TxQueue, Umem};
+
+use crate::{
+    balance::Pool,
+    config::PollMode,
+    flow::{FlowKey, FlowRecord, FlowTable, InsertError, TcpState},
+    packet::{L4Frame, MacPair},
+    stats::{WorkerDrop, WorkerStats},
+    xsk::{poll_readable, QueueSockets},
+};
+
+/// Largest per-packet time the histogram resolves; slower samples are clamped.
+const LATENCY_MAX_NS: u64 = 10_000_000;
+/// Empty polls an adaptive worker spins through before it sleeps in poll().
+const ADAPTIVE_SPINS: u32 = 2_000;
+/// Longest sleep, so that a stop request is noticed promptly.
+const POLL_TIMEOUT_MS: i32 = 100;
+
+/// A daemon's next-hop MAC, packed in the low 48 bits; 0 while unresolved. The
+/// neighbour resolver writes it, every worker reads it per packet without a lock.
+#[derive(Debug, Default)]
+pub struct NextHop(AtomicU64);
+
+impl NextHop {
+    pub fn set(&self, mac: Option<[u8; 6]>) {
+        let packed = mac.map_or(0, |m| {
+            let mut b = [0u8; 8];
+            b[..6].copy_from_slice(&m);
+            u64::from_le_bytes(b)
+        });
+        self.0.store(packed, Relaxed);
+    }
+
+    #[inline]
+    pub fn get(&self) -> Option<[u8; 6]> {
+        let packed = self.0.load(Relaxed);
+        (packed != 0).then(|| {
+            let b = packed.to_le_bytes();
+            [b[0], b[1], b[2], b[3], b[4], b[5]]
+        })
+    }
+}
+
+/// One service as a worker sees it: its own copy of the selection state (so picks
+/// need no lock), and where its daemons' global ids start.
+pub struct ServiceSlot {
+    pub vip: SocketAddrV4,
+    pub pool: Pool,
+    pub first_backend: u16,
+}
+
+/// What a worker needs to decide a frame's fate; built once per worker at start.
+pub struct Dataplane {
+    pub services: Vec<ServiceSlot>,
+    pub service_by_vip: AHashMap<SocketAddrV4, u16>,
+    /// A reply's source decides its new source: the daemon's service.
+    pub service_by_daemon: AHashMap<SocketAddrV4, SocketAddrV4>,
+    /// Indexed by global backend id.
+    pub next_hops: Arc<[NextHop]>,
+    /// Global backend id -> (service index, index in that service's pool).
+    pub backend_owner: Vec<(u16, u16)>,
+    pub back_mac: [u8; 6],
+}
+
+pub struct WorkerSetup {
+    pub queue: u32,
+    pub core: Option<usize>,
+    pub batch: usize,
+    pub poll: PollMode,
+    pub flow_capacity: usize,
+    pub sockets: QueueSockets,
+    pub plane: Dataplane,
+    pub stats: Arc<WorkerStats>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// What a worker hands back when it stops.
+pub struct WorkerReport {
+    pub queue: u32,
+    pub latency_ns: Histogram<u64>,
+    pub batch_sizes: Histogram<u64>,
+}
+
+struct Rings<'a> {
+    umem: &'a Umem,
+    rx: &'a mut RxQueue,
+    tx: &'a mut TxQueue,
+}
+
+/// Descriptor scratch space, sized once.
+struct Batches {
+    rx: Vec<FrameDesc>,
+    tx: Vec<FrameDesc>,
+    free: Vec<FrameDesc>,
+}
+
+pub fn run(setup: WorkerSetup) -> WorkerReport {
+    if let Some(id) = setup.core {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+            eprintln!("dispatchd: worker {} could not pin to core {id}; running unpinned", setup.queue);
+        }
+    }
+    let WorkerSetup { queue, batch, poll, flow_capacity, sockets, mut plane, stats, stop, .. } = setup;
+    let QueueSockets { umem, frames, mut front, mut back } = sockets;
+    let mut table = FlowTable::with_capacity(flow_capacity);
+    let mut latency = Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3).expect("static bounds are valid");
+    let mut batch_sizes = Histogram::new_with_bounds(1, 1 << 16, 3).expect("static bounds are valid");
+    let template = frames[0];
+    let mut b = Batches { rx: vec![template; batch], tx: Vec::with_capacity(batch), free: frames };
+    let origin = Instant::now();
+    let mut idle_spins = 0u32;
+
+    while !stop.load(Relaxed) {
+        recycle(&mut front, &mut b, &stats);
+        recycle(&mut back, &mut b, &stats);
+
+        let start = Instant::now();
+        let now_ns = start.duration_since(origin).as_nanos() as u64;
+        let mut fwd = Rings { umem: &umem, rx: &mut front.rx, tx: &mut back.tx };
+        let n_fwd = pump(&mut fwd, &mut b, &stats, |frame| {
+            forward(frame, &mut table, &mut plane, &stats, now_ns)
+        });
+        let mut rev = Rings { umem: &umem, rx: &mut back.rx, tx: &mut front.tx };
+        let n_rev = pump(&mut rev, &mut b, &stats, |frame| reverse(frame, &plane, &stats));
+        stats.rx_front.add(n_fwd as u64);
+        stats.rx_back.add(n_rev as u64);
+
+        let n = (n_fwd + n_rev) as u64;
+        if n > 0 {
+            let per_packet = (start.elapsed().as_nanos() as u64 / n).clamp(1, LATENCY_MAX_NS);
+            // Cannot fail: the value is clamped into the histogram's bounds.
+            let _ = latency.record_n(per_packet, n);
+            let _ = batch_sizes.record(n.min(1 << 16));
+            stats.batches.add(1);
+            stats.flows.set(table.len() as u64);
+            idle_spins = 0;
+            continue;
+        }
+        match poll {
+            PollMode::Busy => std::hint::spin_loop(),
+            PollMode::Wakeup => sleep(&front, &back, &stats),
+            PollMode::Adaptive => {
+                idle_spins += 1;
+                if idle_spins >= ADAPTIVE_SPINS {
+                    sleep(&front, &back, &stats);
+                    idle_spins = 0;
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+    }
+    WorkerReport { queue, latency_ns: latency, batch_sizes }
+}
+
+fn sleep(front: &crate::xsk::Rings, back: &crate::xsk::Rings, stats: &WorkerStats) {
+    stats.sleeps.add(1);
+    poll_readable([front.fd(), back.fd()], POLL_TIMEOUT_MS);
+}
+
+/// Completed transmissions come back as free frames; free frames go to the fill
+/// ring so the kernel can receive into them.
+fn recycle(rings: &mut crate::xsk::Rings, b: &mut Batches, stats: &WorkerStats) {
+    loop {
+        // SAFETY: the descriptors belong to this queue's UMEM, the only one these
+        // rings were created with.
+        let done = unsafe { rings.comp.consume(&mut b.rx) };
+        b.free.extend_from_slice(&b.rx[..done]);
+        if done < b.rx.len() {
+            break;
+        }
+    }
+    let room = rings.fill.nb_free(b.free.len() as u32) as usize;
+    let give = room.min(b.free.len());
+    if give > 0 {
+        let start = b.free.len() - give;
+        // SAFETY: the frames on the free list are owned by user space (not on any
+        // ring) and belong to this UMEM; after a successful produce they are
+        // dropped from the free list, so each frame is in one place only.
+        let produced = unsafe { rings.fill.produce(&b.free[start..]) };
+        if produced == give {
+            b.free.truncate(start);
+        }
+    }
+    if rings.fill.needs_wakeup() {
+        stats.wakeups.add(1);
+        // A zero-timeout poll only nudges the driver; errors mean "try later".
+        let _ = rings.fill.wakeup(rings.rx.fd_mut(), 0);
+    }
+}
+
+/// Receives one batch on `rings.rx`, runs `handle` over each frame in place and
+/// transmits the ones it accepts on `rings.tx`. Returns the frames received.
+fn pump(
+    rings: &mut Rings<'_>,
+    b: &mut Batches,
+    stats: &WorkerStats,
+    mut handle: impl FnMut(&mut [u8]) -> bool,
+) -> usize {
+    // SAFETY: the descriptors belong to this queue's UMEM.
+    let received = unsafe { rings.rx.consume(&mut b.rx) };
+    if received == 0 {
+        return 0;
+    }
+    b.tx.clear();
+    for desc in &mut b.rx[..received] {
+        // SAFETY: the frame was just consumed from the RX ring, so the kernel is
+        // done with it, and no other reference to it exists until it is handed
+        // to a ring again below.
+        let mut data = unsafe { rings.umem.data_mut(desc) };
+        if handle(data.contents_mut()) {
+            b.tx.push(*desc);
+        } else {
+            b.free.push(*desc);
+        }
+    }
+    if !b.tx.is_empty() {
+        // SAFETY: the frames are owned by user space and belong to this UMEM; the
+        // produce either takes all of them or none (libxdp reserves all or none).
+        let sent = unsafe { rings.tx.produce(&b.tx) };
+        if sent == 0 {
+            stats.dropped[WorkerDrop::TxRingFull as usize].add(b.tx.len() as u64);
+            b.free.extend_from_slice(&b.tx);
+        } else if rings.tx.needs_wakeup() {
+            stats.wakeups.add(1);
+            // EAGAIN/ENOBUFS/EBUSY mean the kernel is busy sending; xsk-rs folds
+            // them into Ok, anything else would show as missing completions.
+            let _ = rings.tx.wakeup();
+        }
+    }
+    received
+}
+
+#[inline]
+fn drop_with(stats: &WorkerStats, why: WorkerDrop) -> bool {
+    stats.dropped[why as usize].add(1);
+    false
+}
+
+/// Client to daemon: find or create the connection's record, rewrite the
+/// destination to its daemon.
+#[inline]
+fn forward(
+    frame: &mut [u8],
+    table: &mut FlowTable,
+    plane: &mut Dataplane,
+    stats: &WorkerStats,
+    now_ns: u64,
+) -> bool {
+    let mut pkt = match L4Frame::parse(frame) {
+        Ok(pkt) => pkt,
+        Err(reason) => {
+            stats.invalid[reason.index()].add(1);
+            return false;
+        }
+    };
+    let key = FlowKey::new(pkt.src(), pkt.dst(), pkt.protocol().number());
+    let flags = pkt.tcp_flags();
+    let (daemon, backend) = match table.get_mut(&key) {
+        Some(record) => {
+            record.last_seen_ns = now_ns;
+            record.state.observe_client(flags);
+            (record.daemon, record.backend)
+        }
+        None => {
+            // Only a connection's first segment may pick a daemon; anything else
+            // without a record belongs to a connection we never saw.
+            if !(flags.syn() && !flags.ack()) {
+                return drop_with(stats, WorkerDrop::NoFlow);
+            }
+            let Some(&service) = plane.service_by_vip.get(&key.service()) else {
+                return drop_with(stats, WorkerDrop::UnknownService);
+            };
+            let slot = &mut plane.services[service as usize];
+            let Some(local) = slot.pool.select(&key) else {
+                return drop_with(stats, WorkerDrop::NoBackend);
+            };
+            let backend = slot.first_backend + local;
+            let daemon = slot.pool.addr(local as usize);
+            // Refuse before recording: the client's retransmitted SYN then gets
+            // a fresh pick instead of the same unreachable daemon.
+            if plane.next_hops[backend as usize].get().is_none() {
+                return drop_with(stats, WorkerDrop::NoNeighbour);
+            }
+            let mut state = TcpState::default();
+            state.observe_client(flags);
+            let record = FlowRecord {
+                key,
+                backend,
+                daemon,
+                created_ns: now_ns,
+                last_seen_ns: now_ns,
+                state,
+            };
+            // `Exists` cannot happen right after a miss with this worker the only
+            // writer; either way the connection is refused rather than mis-counted.
+            if let Err(InsertError::Full { .. } | InsertError::Exists) = table.insert(record) {
+                return drop_with(stats, WorkerDrop::TableFull);
+            }
+            slot.pool.connection_opened(local);
+            stats.new_flows.add(1);
+            (daemon, backend)
+        }
+    };
+    let Some(dst_mac) = plane.next_hops[backend as usize].get() else {
+        return drop_with(stats, WorkerDrop::NoNeighbour);
+    };
+    pkt.rewrite_forward(daemon, &MacPair { src: plane.back_mac, dst: dst_mac });
+    stats.tx_back.add(1);
+    true
+}
+
+/// Daemon to client: the daemon's address alone names the service, so no flow
+/// lookup; the XDP program already set the Ethernet addresses from the kernel's FIB.
+#[inline]
+fn reverse(frame: &mut [u8], plane: &Dataplane, stats: &WorkerStats) -> bool {
+    let mut pkt = match L4Frame::parse(frame) {
+        Ok(pkt) => pkt,
+        Err(reason) => {
+            stats.invalid[reason.index()].add(1);
+            return false;
+        }
+    };
+    let Some(&service) = plane.service_by_daemon.get(&pkt.src()) else {
+        return drop_with(stats, WorkerDrop::UnknownDaemon);
+    };
+    pkt.rewrite_src(service);
+    stats.tx_front.add(1);
+    true
+}

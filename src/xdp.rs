@@ -1,0 +1,279 @@
+//! The steering program: load it, fill its maps from the config, attach it to the
+//! front and back interfaces through bpf_links that die with the process.
+//!
+//! The links are deliberately not pinned: when dispatchd exits, by SIGTERM or by
+//! SIGKILL, the kernel closes their fds and detaches the program, so a crashed
+//! dispatcher never leaves the host's traffic black-holed.
+#![allow(unsafe_code)] // libbpf C calls and the generated skeleton; each block says why it is sound
+
+use std::{
+    ffi::CString,
+    fmt,
+    mem::MaybeUninit,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
+};
+
+use anyhow::{bail, Context, Result};
+use libbpf_rs::{
+    skel::{OpenSkel, SkelBuilder},
+    MapCore, MapFlags, OpenObject,
+};
+
+use crate::config::XdpMode;
+
+#[allow(clippy::all, clippy::pedantic, dead_code, unused_imports, non_camel_case_types)]
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/steer.skel.rs"));
+}
+use skel::{types, SteerSkel, SteerSkelBuilder};
+
+/// Mirrors `MAX_QUEUES` in `bpf/steer.h`: back socket of queue q sits at this + q.
+pub const MAX_QUEUES: u32 = 64;
+
+/// Names of `enum steer_counter` in `bpf/steer.h`, in order. [`Steering::load`]
+/// checks the length against the counters map's size, which comes from the header.
+pub const COUNTER_NAMES: [&str; 6] = [
+    "front_steered",
+    "back_steered",
+    "passed",
+    "no_socket",
+    "fib_no_neigh",
+    "fib_failed",
+];
+
+/// Which side of the dispatcher a socket or interface is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Front,
+    Back,
+}
+
+/// An interface that exists, resolved once at start-up.
+#[derive(Clone, Debug)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+}
+
+impl Interface {
+    pub fn lookup(name: &str) -> Result<Self> {
+        let cname = CString::new(name).with_context(|| format!("interface name {name:?}"))?;
+        // SAFETY: cname is a valid NUL-terminated string that outlives the call.
+        let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+        if index == 0 {
+            bail!("interface {name} not found: {}", std::io::Error::last_os_error());
+        }
+        Ok(Self { name: name.to_owned(), index })
+    }
+}
+
+/// How the program ended up attached to an interface, as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachedMode {
+    Native,
+    Generic,
+    Offload,
+    Unknown(u8),
+}
+
+impl fmt::Display for AttachedMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Native => f.write_str("native"),
+            Self::Generic => f.write_str("skb (generic)"),
+            Self::Offload => f.write_str("offload"),
+            Self::Unknown(m) => write!(f, "unknown ({m})"),
+        }
+    }
+}
+
+pub struct Steering {
+    skel: SteerSkel<'static>,
+    links: Vec<OwnedFd>,
+}
+
+fn endpoint(addr: SocketAddrV4) -> types::endpoint {
+    // Network byte order in memory, as the program reads the packet.
+    types::endpoint {
+        addr: u32::from_ne_bytes(addr.ip().octets()),
+        port: addr.port().to_be(),
+        pad: 0,
+    }
+}
+
+/// Views a plain-old-data map key or value as bytes for libbpf's byte-slice API.
+fn pod_bytes<T: Copy>(value: &T) -> &[u8] {
+    // SAFETY: only called with the skeleton's #[repr(C)] types and integers, which
+    // have no padding bytes left uninitialised (`endpoint.pad` is explicit) and no
+    // invalid bit patterns; the slice borrows `value` and cannot outlive it.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+}
+
+impl Steering {
+    /// Loads (and verifies) the program for this pair of interfaces. Nothing is
+    /// attached until [`Steering::attach`].
+    pub fn load(front: &Interface, back: &Interface) -> Result<Self> {
+        // The skeleton borrows its object storage for its whole life; one program per
+        // process, so leaking it once gives it the 'static life the workers need.
+        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+        let open = SteerSkelBuilder::default()
+            .open(storage)
+            .context("opening the XDP program (is this kernel built with BPF?)")?;
+        let rodata = open.maps.rodata_data.as_deref_mut().context("program has no rodata")?;
+        rodata.front_ifindex = front.index;
+        rodata.back_ifindex = back.index;
+        let skel = open
+            .load()
+            .context("loading the XDP program (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
+        let slots = skel.maps.counters.max_entries() as usize;
+        if slots != COUNTER_NAMES.len() {
+            bail!("bpf/steer.h has {slots} counters, COUNTER_NAMES {}", COUNTER_NAMES.len());
+        }
+        Ok(Self { skel, links: Vec::new() })
+    }
+
+    pub fn add_service(&self, vip: SocketAddrV4, id: u32) -> Result<()> {
+        let key = endpoint(vip);
+        self.skel
+            .maps
+            .services
+            .update(pod_bytes(&key), &id.to_ne_bytes(), MapFlags::ANY)
+            .with_context(|| format!("adding service {vip} to the XDP map"))
+    }
+
+    pub fn add_daemon(&self, daemon: SocketAddrV4, service: SocketAddrV4) -> Result<()> {
+        let key = endpoint(daemon);
+        let value = types::daemon_info { service: endpoint(service) };
+        self.skel
+            .maps
+            .daemons
+            .update(pod_bytes(&key), pod_bytes(&value), MapFlags::ANY)
+            .with_context(|| format!("adding daemon {daemon} to the XDP map"))
+    }
+
+    pub fn remove_daemon(&self, daemon: SocketAddrV4) -> Result<()> {
+        let key = endpoint(daemon);
+        self.skel
+            .maps
+            .daemons
+            .delete(pod_bytes(&key))
+            .with_context(|| format!("removing daemon {daemon} from the XDP map"))
+    }
+
+    pub fn remove_service(&self, vip: SocketAddrV4) -> Result<()> {
+        let key = endpoint(vip);
+        self.skel
+            .maps
+            .services
+            .delete(pod_bytes(&key))
+            .with_context(|| format!("removing service {vip} from the XDP map"))
+    }
+
+    /// One of this host's addresses on the back: daemons' answers to it are the
+    /// host's own traffic and stay with the kernel.
+    pub fn add_local_addr(&self, addr: Ipv4Addr) -> Result<()> {
+        let key = u32::from_ne_bytes(addr.octets());
+        self.skel
+            .maps
+            .local_addrs
+            .update(&key.to_ne_bytes(), &[1], MapFlags::ANY)
+            .with_context(|| format!("adding local address {addr} to the XDP map"))
+    }
+
+    pub fn register_socket(&self, side: Side, queue: u32, fd: RawFd) -> Result<()> {
+        if queue >= MAX_QUEUES {
+            bail!("queue {queue} beyond the program's {MAX_QUEUES} slots");
+        }
+        let slot = match side {
+            Side::Front => queue,
+            Side::Back => MAX_QUEUES + queue,
+        };
+        self.skel
+            .maps
+            .xsks
+            .update(&slot.to_ne_bytes(), &(fd as u32).to_ne_bytes(), MapFlags::ANY)
+            .with_context(|| format!("registering the {side:?} socket of queue {queue} in the XSKMAP"))
+    }
+
+    /// Attaches the program to `iface` through a bpf_link and reports the mode the
+    /// kernel chose.
+    pub fn attach(&mut self, iface: &Interface, mode: XdpMode) -> Result<AttachedMode> {
+        const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+        const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+        let flags = match mode {
+            XdpMode::Auto => 0,
+            XdpMode::Native => XDP_FLAGS_DRV_MODE,
+            XdpMode::Skb => XDP_FLAGS_SKB_MODE,
+        };
+        let prog_fd = self.skel.progs.dispatchd_steer.as_fd().as_raw_fd();
+        // SAFETY: all-zero is a valid bpf_link_create_opts (libbpf's own
+        // LIBBPF_OPTS does the same); only sz and flags are set.
+        let mut opts: libbpf_sys::bpf_link_create_opts = unsafe { std::mem::zeroed() };
+        opts.sz = size_of::<libbpf_sys::bpf_link_create_opts>() as _;
+        opts.flags = flags;
+        // SAFETY: prog_fd is the loaded program's open fd; opts is initialised and
+        // lives across the call.
+        let fd = unsafe {
+            libbpf_sys::bpf_link_create(prog_fd, iface.index as i32, libbpf_sys::BPF_XDP, &opts)
+        };
+        if fd < 0 {
+            let err = std::io::Error::from_raw_os_error(-fd);
+            let hint = match -fd {
+                libc::EBUSY | libc::EEXIST => " (another XDP program is attached)",
+                libc::EOPNOTSUPP | libc::EINVAL if mode == XdpMode::Native => " (the driver has no native XDP; try --xdp-mode skb)",
+                libc::EPERM => " (needs root or CAP_NET_ADMIN + CAP_BPF)",
+                _ => "",
+            };
+            bail!("attaching XDP to {} in {mode:?} mode: {err}{hint}", iface.name);
+        }
+        // SAFETY: bpf_link_create returned a new fd that nothing else owns.
+        self.links.push(unsafe { OwnedFd::from_raw_fd(fd) });
+        query_mode(iface)
+    }
+
+    /// Detaches from every interface (closing the links). Also happens on drop.
+    pub fn detach(&mut self) {
+        self.links.clear();
+    }
+
+    /// The program's verdict counters, summed over CPUs, in `COUNTER_NAMES` order.
+    pub fn counters(&self) -> Result<[u64; COUNTER_NAMES.len()]> {
+        let mut out = [0u64; COUNTER_NAMES.len()];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = self
+                .skel
+                .maps
+                .counters
+                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)?
+                .unwrap_or_default();
+            *slot = per_cpu
+                .iter()
+                .filter_map(|v| v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or_default())))
+                .sum();
+        }
+        Ok(out)
+    }
+}
+
+fn query_mode(iface: &Interface) -> Result<AttachedMode> {
+    // SAFETY: all-zero is a valid bpf_xdp_query_opts; sz tells libbpf its size.
+    let mut opts: libbpf_sys::bpf_xdp_query_opts = unsafe { std::mem::zeroed() };
+    opts.sz = size_of::<libbpf_sys::bpf_xdp_query_opts>() as _;
+    // SAFETY: opts is initialised and outlives the call.
+    let rc = unsafe { libbpf_sys::bpf_xdp_query(iface.index as i32, 0, &mut opts) };
+    if rc < 0 {
+        bail!("querying XDP on {}: {}", iface.name, std::io::Error::from_raw_os_error(-rc));
+    }
+    Ok(match u32::from(opts.attach_mode) {
+        libbpf_sys::XDP_ATTACHED_DRV => AttachedMode::Native,
+        libbpf_sys::XDP_ATTACHED_SKB => AttachedMode::Generic,
+        libbpf_sys::XDP_ATTACHED_HW => AttachedMode::Offload,
+        m => AttachedMode::Unknown(m as u8),
+    })
+}
+
+/// True if an XDP program is attached to the interface, whoever attached it.
+pub fn is_attached(iface: &Interface) -> Result<bool> {
+    Ok(!matches!(query_mode(iface)?, AttachedMode::Unknown(0)))
+}
