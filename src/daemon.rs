@@ -96,6 +96,10 @@ fn fmt_mac(mac: [u8; 6]) -> String {
 }
 
 pub fn run(config: &Config) -> Result<()> {
+    let missing = sys::missing_capabilities().context("reading this process's capabilities")?;
+    if !missing.is_empty() {
+        bail!("permission denied: dispatchd needs {} (run as root)", missing.join(", "));
+    }
     sys::block_signals().context("blocking signals")?;
     let front = Interface::lookup(&config.front).context("front")?;
     let back = Interface::lookup(&config.back).context("back")?;

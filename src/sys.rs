@@ -81,3 +81,18 @@ pub fn wait_signal(timeout: Duration) -> Option<Signal> {
         _ => None,
     }
 }
+
+/// The capabilities dispatchd needs: CAP_NET_ADMIN (attach XDP, bind AF_XDP),
+/// CAP_BPF (load the program), CAP_NET_RAW (AF_XDP sockets).
+const NEEDED_CAPS: [(u32, &str); 3] = [(12, "CAP_NET_ADMIN"), (39, "CAP_BPF"), (13, "CAP_NET_RAW")];
+
+/// Names of the needed capabilities this process lacks, from /proc/self/status.
+pub fn missing_capabilities() -> io::Result<Vec<&'static str>> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CapEff in /proc/self/status"))?;
+    Ok(NEEDED_CAPS.iter().filter(|(bit, _)| eff & (1 << bit) == 0).map(|&(_, name)| name).collect())
+}

@@ -116,6 +116,9 @@ impl Steering {
     pub fn load(front: &Interface, back: &Interface) -> Result<Self> {
         // The skeleton borrows its object storage for its whole life; one program per
         // process, so leaking it once gives it the 'static life the workers need.
+        // libbpf's own messages would add lines to a failure that is reported as
+        // one; every error still comes back through the Result.
+        libbpf_rs::set_print(None);
         let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
         let open = SteerSkelBuilder::default()
             .open(storage)

@@ -1,0 +1,291 @@
+//! Real TCP servers and clients for the demo, the end-to-end tests and the
+//! benchmarks. Run inside the topology's namespaces with `ip netns exec`.
+//!
+//! serve:   echo servers; each connection first gets one line,
+//!          `hello daemon=<listen addr> peer=<client addr as the daemon sees it>`,
+//!          then everything it sends echoed back.
+//! connect: many short connections (connect, hello, payload echo, close).
+//! bulk:    one connection carrying N bytes each way, verified byte for byte.
+//! hold:    one long-lived connection exchanging a message every interval.
+//!
+//! Every client prints `key=value` lines that tests parse, and exits non-zero if
+//! any connection failed or any echo differed.
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+
+#[derive(Parser)]
+#[command(name = "dispatchd-testkit")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Serve {
+        #[arg(long = "listen", required = true)]
+        listen: Vec<SocketAddr>,
+    },
+    Connect {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    Bulk {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        bytes: usize,
+    },
+    Hold {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        seconds: u64,
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Serve { listen } => serve(&listen),
+        Command::Connect { to, connections, concurrency, payload, timeout_ms } => {
+            connect_many(to, connections, concurrency, payload, Duration::from_millis(timeout_ms))
+        }
+        Command::Bulk { to, bytes } => bulk(to, bytes),
+        Command::Hold { to, seconds, interval_ms } => hold(to, Duration::from_secs(seconds), Duration::from_millis(interval_ms)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dispatchd-testkit: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(listen: &[SocketAddr]) -> Result<()> {
+    let mut threads = Vec::new();
+    for &addr in listen {
+        let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+        threads.push(thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                thread::spawn(move || {
+                    // A client that vanishes mid-echo is the client's business.
+                    let _ = echo(stream, addr);
+                });
+            }
+        }));
+    }
+    println!("serving {}", listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" "));
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+fn echo(mut stream: TcpStream, local: SocketAddr) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let peer = stream.peer_addr()?;
+    stream.write_all(format!("hello daemon={local} peer={peer}\n").as_bytes())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return stream.shutdown(Shutdown::Write);
+        }
+        stream.write_all(&buf[..n])?;
+    }
+}
+
+/// One established connection past its hello line.
+struct Session {
+    reader: BufReader<TcpStream>,
+    stream: TcpStream,
+    daemon: String,
+    seen_peer: String,
+}
+
+fn open(to: SocketAddr, timeout: Duration) -> Result<Session> {
+    let stream = TcpStream::connect_timeout(&to, timeout).with_context(|| format!("connecting to {to}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_nodelay(true)?;
+    let peer = stream.peer_addr()?;
+    if peer != to {
+        bail!("peer address is {peer}, not the service address {to}");
+    }
+    let local = stream.local_addr()?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).context("reading the daemon's hello")?;
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .map(str::to_owned)
+            .with_context(|| format!("hello line {line:?} lacks {k}"))
+    };
+    let (daemon, seen_peer) = (field("daemon=")?, field("peer=")?);
+    if seen_peer != local.to_string() {
+        bail!("daemon {daemon} saw the client as {seen_peer}, the client is {local}");
+    }
+    Ok(Session { reader, stream, daemon, seen_peer })
+}
+
+/// Deterministic bytes that differ per offset, so a reordered or mixed-up echo shows.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn exchange(s: &mut Session, data: &[u8]) -> Result<()> {
+    s.stream.write_all(data)?;
+    let mut back = vec![0u8; data.len()];
+    s.reader.read_exact(&mut back).context("reading the echo")?;
+    if back != data {
+        bail!("echo from {} differs from what was sent", s.daemon);
+    }
+    Ok(())
+}
+
+fn short_connection(to: SocketAddr, payload: &[u8], timeout: Duration) -> Result<String> {
+    let mut s = open(to, timeout)?;
+    exchange(&mut s, payload)?;
+    s.stream.shutdown(Shutdown::Write)?;
+    // Wait for the daemon's FIN, so the whole close crosses the dispatcher.
+    let mut rest = Vec::new();
+    s.reader.read_to_end(&mut rest)?;
+    Ok(s.daemon)
+}
+
+fn print_latency(name: &str, h: &Histogram<u64>) {
+    println!(
+        "{name}_us p50={} p90={} p99={} p99.9={} max={} n={}",
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.9),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max(),
+        h.len()
+    );
+}
+
+fn connect_many(to: SocketAddr, connections: usize, concurrency: usize, payload: usize, timeout: Duration) -> Result<()> {
+    struct Tally {
+        per_daemon: BTreeMap<String, usize>,
+        errors: Vec<String>,
+        latency: Histogram<u64>,
+    }
+    let tally = Arc::new(Mutex::new(Tally {
+        per_daemon: BTreeMap::new(),
+        errors: Vec::new(),
+        latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+    }));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (tally, next) = (tally.clone(), next.clone());
+            thread::spawn(move || loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= connections {
+                    break;
+                }
+                let data = pattern(i as u64, payload);
+                let t = Instant::now();
+                let result = short_connection(to, &data, timeout);
+                let us = t.elapsed().as_micros() as u64;
+                let mut tally = tally.lock().unwrap_or_else(|p| p.into_inner());
+                match result {
+                    Ok(daemon) => {
+                        *tally.per_daemon.entry(daemon).or_default() += 1;
+                        let _ = tally.latency.record(us.max(1));
+                    }
+                    Err(e) => tally.errors.push(format!("{e:#}")),
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    let elapsed = started.elapsed();
+    let tally = tally.lock().unwrap_or_else(|p| p.into_inner());
+    for (daemon, n) in &tally.per_daemon {
+        println!("daemon={daemon} connections={n}");
+    }
+    let ok: usize = tally.per_daemon.values().sum();
+    println!("ok={ok} errors={} seconds={:.3} rate={:.0}", tally.errors.len(), elapsed.as_secs_f64(), ok as f64 / elapsed.as_secs_f64());
+    print_latency("latency", &tally.latency);
+    for e in tally.errors.iter().take(5) {
+        println!("error: {e}");
+    }
+    if !tally.errors.is_empty() {
+        bail!("{} of {connections} connections failed", tally.errors.len());
+    }
+    Ok(())
+}
+
+fn bulk(to: SocketAddr, bytes: usize) -> Result<()> {
+    let s = open(to, Duration::from_secs(5))?;
+    let data = pattern(0xb01c, bytes);
+    let started = Instant::now();
+    let mut writer = s.stream.try_clone()?;
+    let sent = data.clone();
+    // Write and read at once: the echo comes back while we are still sending.
+    let sender = thread::spawn(move || -> std::io::Result<()> {
+        writer.write_all(&sent)?;
+        writer.shutdown(Shutdown::Write)
+    });
+    let mut back = Vec::with_capacity(bytes);
+    let mut reader = s.reader;
+    reader.get_mut().set_read_timeout(Some(Duration::from_secs(30)))?;
+    reader.read_to_end(&mut back).context("reading the echo")?;
+    sender.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    let secs = started.elapsed().as_secs_f64();
+    println!("daemon={} peer={} bytes={} seconds={secs:.3} mbit_per_s={:.1}", s.daemon, s.seen_peer, back.len(), (2 * bytes) as f64 * 8.0 / secs / 1e6);
+    if back != data {
+        let at = back.iter().zip(&data).position(|(a, b)| a != b).unwrap_or(back.len().min(data.len()));
+        bail!("echo differs at byte {at} (got {} of {bytes} bytes)", back.len());
+    }
+    Ok(())
+}
+
+fn hold(to: SocketAddr, duration: Duration, interval: Duration) -> Result<()> {
+    let mut s = open(to, Duration::from_secs(5))?;
+    println!("daemon={} opened", s.daemon);
+    let started = Instant::now();
+    let mut rounds = 0u64;
+    while started.elapsed() < duration {
+        exchange(&mut s, &pattern(rounds, 100)).with_context(|| format!("round {rounds}"))?;
+        rounds += 1;
+        thread::sleep(interval);
+    }
+    println!("daemon={} rounds={rounds} ok", s.daemon);
+    Ok(())
+}
