@@ -218,10 +218,16 @@ fn schema_error(text: &str, origin: String, e: &toml::de::Error) -> ConfigError 
             };
         }
     }
+    let snippet = snippet(text, line);
+    let message = if snippet.starts_with("[service]") {
+        format!("{message}; write [[service]] (one table per service)")
+    } else {
+        message
+    };
     ConfigError::BadValue {
         origin,
         line,
-        snippet: snippet(text, line),
+        snippet,
         message,
     }
 }
@@ -251,4 +257,9 @@ fn one_line(message: &str) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+pub(super) fn line_of_for_tests(text: &str, at: usize) -> usize {
+    line_of(text, Some(at..at))
 }
