@@ -1,0 +1,154 @@
+//! The `run` flags and the one place they are merged over the file.
+
+use std::{net::SocketAddrV4, path::PathBuf};
+
+use super::{file::FileBackend, PollMode, XdpMode};
+use super::{file::FileConfig, file::FileService, parse_backend, BindMode, Config, ConfigError};
+use crate::balance::{BackendSpec, PolicyKind};
+
+/// Flags of `dispatchd run`.
+///
+/// Merge rules, applied by [`RunArgs::resolve`] (file first, flags on top, then
+/// validation):
+///
+/// * Scalar flags (`--front`, `--back`, `--queues`, `--cores`, `--bind-mode`,
+///   `--xdp-mode`, `--poll`, `--flow-capacity`, `--frames-per-queue`, `--batch`)
+///   replace the file's value. `--cores` replaces the whole list; note that changing
+///   `--queues` alone makes a file's `cores` list the wrong length.
+/// * `--service` with one or more `--backend` defines a single service that replaces
+///   all of the file's services.
+/// * `--backend` without `--service` is allowed only if the file has exactly one
+///   service; the flags replace that service's backends (its address and policy stay).
+/// * `--service` without `--backend` is an error.
+/// * `--policy` applies to every service (a `--service` without `--policy` uses
+///   round_robin).
+/// * Without `--config`, `--front`, `--back`, `--service` and `--backend` are required.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// TOML config file; flags override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Front interface (clients reach the service VIPs here).
+    #[arg(long, value_name = "IFNAME")]
+    pub front: Option<String>,
+    /// Back interface (the daemons are reached through it).
+    #[arg(long, value_name = "IFNAME")]
+    pub back: Option<String>,
+    /// Service VIP:port; with --backend, replaces the file's services.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub service: Option<SocketAddrV4>,
+    /// A daemon of the service, weight 1 unless `@WEIGHT` is given; repeatable.
+    #[arg(long = "backend", value_name = "ADDR:PORT[@WEIGHT]", value_parser = parse_backend)]
+    pub backends: Vec<BackendSpec>,
+    /// Number of queues (one AF_XDP socket and worker each), 1..=64.
+    #[arg(long)]
+    pub queues: Option<u32>,
+    /// Core per queue, comma-separated (e.g. 2,3,4,5).
+    #[arg(long, value_delimiter = ',', value_name = "CORE,...")]
+    pub cores: Vec<usize>,
+    /// Selection policy for every service: round_robin, weighted_round_robin,
+    /// least_connections or maglev.
+    #[arg(long, value_name = "POLICY")]
+    pub policy: Option<PolicyKind>,
+    /// AF_XDP bind mode.
+    #[arg(long, value_enum)]
+    pub bind_mode: Option<BindMode>,
+    /// XDP attach mode.
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpMode>,
+    /// How workers wait for packets.
+    #[arg(long, value_enum)]
+    pub poll: Option<PollMode>,
+    /// Flow-table capacity per queue.
+    #[arg(long, value_name = "N")]
+    pub flow_capacity: Option<usize>,
+    /// UMEM frames per queue (power of two, >= 2 * batch).
+    #[arg(long, value_name = "N")]
+    pub frames_per_queue: Option<u32>,
+    /// Descriptors per ring operation, 1..=256.
+    #[arg(long, value_name = "N")]
+    pub batch: Option<usize>,
+}
+
+impl RunArgs {
+    /// Loads the file (if any), applies the flags on top per the rules above, and
+    /// validates the result.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        if let (Some(service), true) = (self.service, self.backends.is_empty()) {
+            return Err(ConfigError::ServiceWithoutBackend { service });
+        }
+        let mut file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => {
+                let missing = [
+                    (self.front.is_none(), "--front"),
+                    (self.back.is_none(), "--back"),
+                    (self.service.is_none(), "--service"),
+                    (self.backends.is_empty(), "--backend"),
+                ];
+                if let Some((_, flag)) = missing.iter().find(|(m, _)| *m) {
+                    return Err(ConfigError::MissingFlag { flag });
+                }
+                FileConfig::default()
+            }
+        };
+
+        if let Some(v) = &self.front {
+            file.front = Some(v.clone());
+        }
+        if let Some(v) = &self.back {
+            file.back = Some(v.clone());
+        }
+        if let Some(v) = self.queues {
+            file.queues = v;
+        }
+        if !self.cores.is_empty() {
+            file.cores = self.cores.clone();
+        }
+        if let Some(v) = self.bind_mode {
+            file.bind_mode = v;
+        }
+        if let Some(v) = self.xdp_mode {
+            file.xdp_mode = v;
+        }
+        if let Some(v) = self.poll {
+            file.poll = v;
+        }
+        if let Some(v) = self.flow_capacity {
+            file.flow_capacity = v;
+        }
+        if let Some(v) = self.frames_per_queue {
+            file.frames_per_queue = v;
+        }
+        if let Some(v) = self.batch {
+            file.batch = v;
+        }
+
+        let backends: Vec<FileBackend> = self.backends.iter().copied().map(FileBackend).collect();
+        match self.service {
+            Some(address) => {
+                file.services = vec![FileService {
+                    address,
+                    policy: PolicyKind::default(),
+                    backends,
+                }]
+            }
+            None if !backends.is_empty() => match file.services.as_mut_slice() {
+                [only] => only.backends = backends,
+                other => {
+                    return Err(ConfigError::BackendsWithoutService {
+                        services: other.len(),
+                    })
+                }
+            },
+            None => {}
+        }
+        if let Some(policy) = self.policy {
+            for s in &mut file.services {
+                s.policy = policy;
+            }
+        }
+
+        file.into_config()
+    }
+}

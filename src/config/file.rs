@@ -1,0 +1,265 @@
+//! The TOML file as written: every key optional except where noted, defaults as the
+//! named constants, unknown keys rejected at every level. This layer is raw; the
+//! flags are merged onto it and then it becomes a validated [`Config`].
+
+use std::{fmt, net::SocketAddrV4, path::Path};
+
+use serde::{
+    de::{self, value::MapAccessDeserializer, MapAccess, Visitor},
+    Deserialize, Deserializer,
+};
+
+use super::{
+    parse_addr, parse_backend, BindMode, Config, ConfigError, PollMode, ServiceConfig, XdpMode,
+    DEFAULT_BATCH, DEFAULT_FLOW_CAPACITY, DEFAULT_FRAMES_PER_QUEUE, DEFAULT_QUEUES, DEFAULT_WEIGHT,
+};
+use crate::balance::{BackendSpec, PolicyKind};
+
+/// Top level of the file.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct FileConfig {
+    /// Front interface (clients, VIPs). Required unless given with `--front`.
+    pub front: Option<String>,
+    /// Back interface (daemons). Required unless given with `--back`.
+    pub back: Option<String>,
+    /// Number of queues / workers.
+    pub queues: u32,
+    /// One core per queue; empty = automatic.
+    pub cores: Vec<usize>,
+    /// AF_XDP bind mode.
+    pub bind_mode: BindMode,
+    /// XDP attach mode.
+    pub xdp_mode: XdpMode,
+    /// Worker wait strategy.
+    pub poll: PollMode,
+    /// Flow-table capacity per queue.
+    pub flow_capacity: usize,
+    /// UMEM frames per queue.
+    pub frames_per_queue: u32,
+    /// Descriptors per ring operation.
+    pub batch: usize,
+    /// `[[service]]` tables.
+    #[serde(rename = "service")]
+    pub services: Vec<FileService>,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        FileConfig {
+            front: None,
+            back: None,
+            queues: DEFAULT_QUEUES,
+            cores: Vec::new(),
+            bind_mode: BindMode::default(),
+            xdp_mode: XdpMode::default(),
+            poll: PollMode::default(),
+            flow_capacity: DEFAULT_FLOW_CAPACITY,
+            frames_per_queue: DEFAULT_FRAMES_PER_QUEUE,
+            batch: DEFAULT_BATCH,
+            services: Vec::new(),
+        }
+    }
+}
+
+/// One `[[service]]` table.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileService {
+    /// VIP:port clients connect to. Required.
+    #[serde(deserialize_with = "de_addr")]
+    pub address: SocketAddrV4,
+    /// Selection policy; default round_robin.
+    #[serde(default)]
+    pub policy: PolicyKind,
+    /// The daemons: `"ADDR:PORT"` (weight 1), `"ADDR:PORT@W"` or `{ address, weight }`.
+    #[serde(default)]
+    pub backends: Vec<FileBackend>,
+}
+
+/// A backend entry: a string or an inline table.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct FileBackend(pub BackendSpec);
+
+/// The table form of a backend.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendTable {
+    /// Daemon ADDR:PORT. Required.
+    #[serde(deserialize_with = "de_addr")]
+    address: SocketAddrV4,
+    /// Relative share for weighted policies; default 1.
+    #[serde(default = "default_weight")]
+    weight: u32,
+}
+
+fn default_weight() -> u32 {
+    DEFAULT_WEIGHT
+}
+
+fn de_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddrV4, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_addr(&s).map_err(de::Error::custom)
+}
+
+impl<'de> Deserialize<'de> for FileBackend {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BackendSpec;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a backend "ADDR:PORT", "ADDR:PORT@WEIGHT" or { address = "ADDR:PORT", weight = N }"#)
+            }
+
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<BackendSpec, E> {
+                parse_backend(s).map_err(E::custom)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<BackendSpec, A::Error> {
+                let t = BackendTable::deserialize(MapAccessDeserializer::new(map))?;
+                Ok(BackendSpec {
+                    addr: t.address,
+                    weight: t.weight,
+                })
+            }
+        }
+        d.deserialize_any(V).map(FileBackend)
+    }
+}
+
+impl FileConfig {
+    /// Reads and parses (does not validate) the file at `path`.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        FileConfig::parse(&text, Some(path))
+    }
+
+    /// Parses (does not validate) a TOML document; `path` only labels errors.
+    pub fn parse(text: &str, path: Option<&Path>) -> Result<FileConfig, ConfigError> {
+        let origin = match path {
+            Some(p) => format!("config {}", p.display()),
+            None => "config".to_owned(),
+        };
+        // Syntax first, so that a syntax error is never reported as a schema error.
+        if let Err(e) = text.parse::<toml::Table>() {
+            return Err(ConfigError::Syntax {
+                origin,
+                line: line_of(text, e.span()),
+                message: one_line(e.message()),
+            });
+        }
+        toml::from_str(text).map_err(|e| schema_error(text, origin, &e))
+    }
+
+    /// Validates and converts to the final form.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let front = self.front.ok_or(ConfigError::Unset {
+            key: "front",
+            flag: "--front",
+        })?;
+        let back = self.back.ok_or(ConfigError::Unset {
+            key: "back",
+            flag: "--back",
+        })?;
+        let config = Config {
+            front,
+            back,
+            queues: self.queues,
+            cores: self.cores,
+            bind_mode: self.bind_mode,
+            xdp_mode: self.xdp_mode,
+            poll: self.poll,
+            flow_capacity: self.flow_capacity,
+            frames_per_queue: self.frames_per_queue,
+            batch: self.batch,
+            services: self
+                .services
+                .into_iter()
+                .map(|s| ServiceConfig {
+                    address: s.address,
+                    policy: s.policy,
+                    backends: s.backends.into_iter().map(|b| b.0).collect(),
+                })
+                .collect(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Classifies a deserialization error (the text is known to be valid TOML).
+fn schema_error(text: &str, origin: String, e: &toml::de::Error) -> ConfigError {
+    let line = line_of(text, e.span());
+    let message = one_line(e.message());
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some((key, tail)) = rest.split_once('`') {
+            let expected = tail
+                .trim_start_matches(", expected ")
+                .trim_start_matches("one of ")
+                .to_owned();
+            return ConfigError::UnknownKey {
+                origin,
+                key: key.to_owned(),
+                line,
+                expected,
+            };
+        }
+    }
+    if let Some(rest) = message.strip_prefix("missing field `") {
+        if let Some((key, _)) = rest.split_once('`') {
+            return ConfigError::MissingKey {
+                origin,
+                key: key.to_owned(),
+                line,
+            };
+        }
+    }
+    let snippet = snippet(text, line);
+    let message = if snippet.starts_with("[service]") {
+        format!("{message}; write [[service]] (one table per service)")
+    } else {
+        message
+    };
+    ConfigError::BadValue {
+        origin,
+        line,
+        snippet,
+        message,
+    }
+}
+
+/// 1-based line of the start of `span` (1 if unknown).
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> usize {
+    let start = span.map_or(0, |s| s.start.min(text.len()));
+    text.get(..start).map_or(0, |t| t.matches('\n').count()) + 1
+}
+
+/// The trimmed source line, shortened to fit in an error message.
+fn snippet(text: &str, line: usize) -> String {
+    const MAX: usize = 60;
+    let l = text.lines().nth(line - 1).unwrap_or("").trim();
+    if l.chars().count() > MAX {
+        format!("{}...", l.chars().take(MAX).collect::<String>())
+    } else {
+        l.to_owned()
+    }
+}
+
+/// Folds a possibly multi-line parser message into one line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+pub(super) fn line_of_for_tests(text: &str, at: usize) -> usize {
+    line_of(text, Some(at..at))
+}

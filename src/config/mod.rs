@@ -1,0 +1,392 @@
+//! Daemon configuration: the TOML file schema, the `run` command-line flags, how the
+//! flags are merged over the file, and validation.
+//!
+//! The flow is `file (optional) → flags on top → validate`, and it happens in exactly
+//! one place, [`RunArgs::resolve`]. [`Config::load`] and [`Config::from_toml_str`] are
+//! the same path without flags. Whatever comes out is a [`Config`] that has passed
+//! [`Config::validate`]; the daemon only checks what needs the kernel (interfaces
+//! exist, cores exist, zero-copy is supported) at start-up.
+//!
+//! `examples/dispatchd.toml` is the documented reference for the file format.
+
+mod cli;
+mod file;
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::balance::{BackendSpec, PolicyKind};
+
+pub use cli::RunArgs;
+
+/// Default number of queues (one AF_XDP socket and one worker per queue).
+pub const DEFAULT_QUEUES: u32 = 1;
+/// Largest accepted `queues`.
+pub const MAX_QUEUES: u32 = 64;
+/// Default flow-table capacity, per queue.
+pub const DEFAULT_FLOW_CAPACITY: usize = 1 << 20;
+/// Default number of UMEM frames per queue.
+pub const DEFAULT_FRAMES_PER_QUEUE: u32 = 4096;
+/// Largest accepted `frames_per_queue`.
+pub const MAX_FRAMES_PER_QUEUE: u32 = 1 << 20;
+/// Default number of descriptors moved per ring operation.
+pub const DEFAULT_BATCH: usize = 64;
+/// Largest accepted `batch`.
+pub const MAX_BATCH: usize = 256;
+/// Weight of a backend given without one.
+pub const DEFAULT_WEIGHT: u32 = 1;
+/// Longest interface name Linux accepts (`IFNAMSIZ - 1`).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// How the AF_XDP sockets bind to their queues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BindMode {
+    /// Try zero-copy, fall back to copy mode.
+    #[default]
+    Auto,
+    /// Zero-copy only; fail if the driver cannot do it.
+    Zerocopy,
+    /// Copy mode only.
+    Copy,
+}
+
+/// How the XDP steering program is attached to the front interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Try driver (native) mode, fall back to generic (skb) mode.
+    #[default]
+    Auto,
+    /// Driver mode only.
+    Native,
+    /// Generic (skb) mode only.
+    Skb,
+}
+
+/// How the workers wait for packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PollMode {
+    /// Spin on the rings; lowest latency, one full core per queue.
+    Busy,
+    /// Sleep in poll(2) until the kernel wakes the socket.
+    Wakeup,
+    /// Spin while traffic flows, sleep when idle.
+    #[default]
+    Adaptive,
+}
+
+/// A validated configuration, ready to run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Interface clients reach the service VIPs on.
+    pub front: String,
+    /// Interface the backend daemons are reached through.
+    pub back: String,
+    /// Number of queues, 1..=[`MAX_QUEUES`].
+    pub queues: u32,
+    /// Core for each queue's worker; empty = pick automatically, else one per queue.
+    pub cores: Vec<usize>,
+    /// AF_XDP bind mode.
+    pub bind_mode: BindMode,
+    /// XDP attach mode.
+    pub xdp_mode: XdpMode,
+    /// Worker wait strategy.
+    pub poll: PollMode,
+    /// Flow-table capacity per queue, >= 1.
+    pub flow_capacity: usize,
+    /// UMEM frames per queue: a power of two, >= 2 * `batch`, <= [`MAX_FRAMES_PER_QUEUE`].
+    pub frames_per_queue: u32,
+    /// Descriptors per ring operation, 1..=[`MAX_BATCH`].
+    pub batch: usize,
+    /// The services to balance; at least one.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// One service: a VIP:port on the front interface and the daemons behind it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceConfig {
+    /// The address clients connect to.
+    pub address: SocketAddrV4,
+    /// How new connections are spread over `backends`.
+    pub policy: PolicyKind,
+    /// The daemons; at least one, no duplicates, weights >= 1.
+    pub backends: Vec<BackendSpec>,
+}
+
+/// Why a configuration was rejected. `Display` is one line naming the file, field or
+/// value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: TOML syntax error at line {line}: {message}")]
+    Syntax {
+        origin: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{origin}: unknown key `{key}` at line {line} (expected one of {expected})")]
+    UnknownKey {
+        origin: String,
+        key: String,
+        line: usize,
+        expected: String,
+    },
+    #[error("{origin}: missing key `{key}` in the table at line {line}")]
+    MissingKey {
+        origin: String,
+        key: String,
+        line: usize,
+    },
+    #[error("{origin}: bad value at line {line} (`{snippet}`): {message}")]
+    BadValue {
+        origin: String,
+        line: usize,
+        snippet: String,
+        message: String,
+    },
+    #[error("`{key}` is not set: put it in the config file or pass {flag}")]
+    Unset {
+        key: &'static str,
+        flag: &'static str,
+    },
+    #[error("{flag} is required when no --config file is given")]
+    MissingFlag { flag: &'static str },
+    #[error("--service {service} needs at least one --backend")]
+    ServiceWithoutBackend { service: SocketAddrV4 },
+    #[error(
+        "--backend without --service needs a config file with exactly one service, \
+         found {services}; pass --service to replace them all"
+    )]
+    BackendsWithoutService { services: usize },
+    #[error("no services configured: add a [[service]] table or pass --service and --backend")]
+    NoServices,
+    #[error("service {address} is listed twice")]
+    DuplicateService { address: SocketAddrV4 },
+    #[error("service {service} has no backends")]
+    NoBackends { service: SocketAddrV4 },
+    #[error("backend {backend} is listed twice in service {service}")]
+    DuplicateBackend {
+        service: SocketAddrV4,
+        backend: SocketAddrV4,
+    },
+    #[error("backend {backend} is listed in services {first} and {second}")]
+    BackendInTwoServices {
+        backend: SocketAddrV4,
+        first: SocketAddrV4,
+        second: SocketAddrV4,
+    },
+    #[error("backend {backend} of service {service} has weight 0; weights must be >= 1")]
+    ZeroWeight {
+        service: SocketAddrV4,
+        backend: SocketAddrV4,
+    },
+    #[error("backend {backend} of service {service} is itself a service address")]
+    BackendIsService {
+        service: SocketAddrV4,
+        backend: SocketAddrV4,
+    },
+    #[error("queues = {queues} is out of range 1..={MAX_QUEUES}")]
+    QueuesOutOfRange { queues: u32 },
+    #[error("cores lists {cores} core(s) but queues = {queues}; give one core per queue or none")]
+    CoresLength { cores: usize, queues: u32 },
+    #[error("core {core} is listed twice in cores")]
+    DuplicateCore { core: usize },
+    #[error("frames_per_queue = {frames} is not a power of two")]
+    FramesNotPowerOfTwo { frames: u32 },
+    #[error("frames_per_queue = {frames} is too small: must be >= 2 * batch = {min}")]
+    FramesTooSmall { frames: u32, min: usize },
+    #[error("frames_per_queue = {frames} is too large: must be <= {MAX_FRAMES_PER_QUEUE}")]
+    FramesTooLarge { frames: u32 },
+    #[error("batch = {batch} is out of range 1..={MAX_BATCH}")]
+    BatchOutOfRange { batch: usize },
+    #[error("flow_capacity = 0: must be >= 1")]
+    ZeroFlowCapacity,
+    #[error("{field} = {name:?} is not a valid interface name: {reason}")]
+    BadInterface {
+        field: &'static str,
+        name: String,
+        reason: &'static str,
+    },
+    #[error("front and back are the same interface {name:?}")]
+    SameInterface { name: String },
+}
+
+impl Config {
+    /// Parses a TOML document and validates it.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        file::FileConfig::parse(text, None)?.into_config()
+    }
+
+    /// Reads the file at `path`, parses and validates it.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        file::FileConfig::load(path)?.into_config()
+    }
+
+    /// Checks every rule documented on the fields. The constructors call this; call
+    /// it again after changing a `Config` by hand.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_ifname("front", &self.front)?;
+        check_ifname("back", &self.back)?;
+        if self.front == self.back {
+            return Err(ConfigError::SameInterface {
+                name: self.front.clone(),
+            });
+        }
+        if !(1..=MAX_QUEUES).contains(&self.queues) {
+            return Err(ConfigError::QueuesOutOfRange {
+                queues: self.queues,
+            });
+        }
+        if !self.cores.is_empty() {
+            if self.cores.len() != self.queues as usize {
+                return Err(ConfigError::CoresLength {
+                    cores: self.cores.len(),
+                    queues: self.queues,
+                });
+            }
+            let mut seen = HashSet::new();
+            if let Some(&core) = self.cores.iter().find(|c| !seen.insert(**c)) {
+                return Err(ConfigError::DuplicateCore { core });
+            }
+        }
+        if !(1..=MAX_BATCH).contains(&self.batch) {
+            return Err(ConfigError::BatchOutOfRange { batch: self.batch });
+        }
+        let frames = self.frames_per_queue;
+        if !frames.is_power_of_two() {
+            return Err(ConfigError::FramesNotPowerOfTwo { frames });
+        }
+        if (frames as usize) < 2 * self.batch {
+            return Err(ConfigError::FramesTooSmall {
+                frames,
+                min: 2 * self.batch,
+            });
+        }
+        if frames > MAX_FRAMES_PER_QUEUE {
+            return Err(ConfigError::FramesTooLarge { frames });
+        }
+        if self.flow_capacity == 0 {
+            return Err(ConfigError::ZeroFlowCapacity);
+        }
+        self.validate_services()
+    }
+
+    fn validate_services(&self) -> Result<(), ConfigError> {
+        if self.services.is_empty() {
+            return Err(ConfigError::NoServices);
+        }
+        let mut vips = HashSet::new();
+        for s in &self.services {
+            if !vips.insert(s.address) {
+                return Err(ConfigError::DuplicateService { address: s.address });
+            }
+        }
+        // backend address -> the service that first listed it
+        let mut owner: HashMap<SocketAddrV4, SocketAddrV4> = HashMap::new();
+        for s in &self.services {
+            if s.backends.is_empty() {
+                return Err(ConfigError::NoBackends { service: s.address });
+            }
+            for b in &s.backends {
+                if b.weight == 0 {
+                    return Err(ConfigError::ZeroWeight {
+                        service: s.address,
+                        backend: b.addr,
+                    });
+                }
+                if vips.contains(&b.addr) {
+                    return Err(ConfigError::BackendIsService {
+                        service: s.address,
+                        backend: b.addr,
+                    });
+                }
+                match owner.insert(b.addr, s.address) {
+                    None => {}
+                    Some(first) if first == s.address => {
+                        return Err(ConfigError::DuplicateBackend {
+                            service: s.address,
+                            backend: b.addr,
+                        })
+                    }
+                    Some(first) => {
+                        return Err(ConfigError::BackendInTwoServices {
+                            backend: b.addr,
+                            first,
+                            second: s.address,
+                        })
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `ADDR:PORT` or `ADDR:PORT@WEIGHT` (the `--backend` syntax and the string
+/// form of a backend in the file). Weight defaults to [`DEFAULT_WEIGHT`]; a weight of 0
+/// parses and is rejected by validation.
+pub fn parse_backend(s: &str) -> Result<BackendSpec, String> {
+    let (addr, weight) = match s.rsplit_once('@') {
+        Some((addr, w)) => {
+            let weight = w
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| format!("backend {s:?}: weight {w:?} is not a whole number"))?;
+            (addr, weight)
+        }
+        None => (s, DEFAULT_WEIGHT),
+    };
+    Ok(BackendSpec {
+        addr: parse_addr(addr).map_err(|e| format!("backend {e}"))?,
+        weight,
+    })
+}
+
+/// Parses an IPv4 `ADDR:PORT`, with an error that names the input.
+fn parse_addr(s: &str) -> Result<SocketAddrV4, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 ADDR:PORT such as \"198.18.0.100:80\""))
+}
+
+/// Linux's rules for an interface name (`dev_valid_name`).
+fn check_ifname(field: &'static str, name: &str) -> Result<(), ConfigError> {
+    let reason = if name.is_empty() {
+        Some("empty")
+    } else if name.len() > MAX_IFNAME_LEN {
+        Some("longer than 15 bytes")
+    } else if name == "." || name == ".." {
+        Some("`.` and `..` are reserved")
+    } else if name.contains('/') {
+        Some("contains '/'")
+    } else if name.contains(':') {
+        Some("contains ':'")
+    } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("contains whitespace or a control character")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(ConfigError::BadInterface {
+            field,
+            name: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

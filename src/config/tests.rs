@@ -1,0 +1,302 @@
+use super::*;
+
+fn b(s: &str) -> BackendSpec {
+    parse_backend(s).unwrap()
+}
+
+fn a(s: &str) -> SocketAddrV4 {
+    s.parse().unwrap()
+}
+
+fn base() -> Config {
+    Config {
+        front: "l0".into(),
+        back: "l1".into(),
+        queues: 2,
+        cores: vec![],
+        bind_mode: BindMode::Auto,
+        xdp_mode: XdpMode::Auto,
+        poll: PollMode::Adaptive,
+        flow_capacity: DEFAULT_FLOW_CAPACITY,
+        frames_per_queue: DEFAULT_FRAMES_PER_QUEUE,
+        batch: DEFAULT_BATCH,
+        services: vec![
+            ServiceConfig {
+                address: a("198.18.0.100:80"),
+                policy: PolicyKind::RoundRobin,
+                backends: vec![b("198.19.0.11:8080"), b("198.19.0.12:8080")],
+            },
+            ServiceConfig {
+                address: a("198.18.0.101:80"),
+                policy: PolicyKind::Maglev,
+                backends: vec![b("198.19.0.13:8080")],
+            },
+        ],
+    }
+}
+
+fn err(c: Config) -> ConfigError {
+    c.validate().unwrap_err()
+}
+
+#[test]
+fn base_is_valid() {
+    base().validate().unwrap();
+}
+
+#[test]
+fn minimal_file_gets_defaults() {
+    let c = Config::from_toml_str(
+        r#"front = "eth0"
+back = "eth1"
+[[service]]
+address = "10.0.0.1:80"
+backends = ["10.0.1.1:80"]
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.queues, DEFAULT_QUEUES);
+    assert!(c.cores.is_empty());
+    assert_eq!(c.bind_mode, BindMode::Auto);
+    assert_eq!(c.xdp_mode, XdpMode::Auto);
+    assert_eq!(c.poll, PollMode::Adaptive);
+    assert_eq!(c.flow_capacity, DEFAULT_FLOW_CAPACITY);
+    assert_eq!(c.frames_per_queue, DEFAULT_FRAMES_PER_QUEUE);
+    assert_eq!(c.batch, DEFAULT_BATCH);
+    assert_eq!(c.services[0].policy, PolicyKind::RoundRobin);
+    assert_eq!(c.services[0].backends, vec![b("10.0.1.1:80@1")]);
+}
+
+#[test]
+fn parse_backend_forms() {
+    assert_eq!(
+        b("1.2.3.4:80"),
+        BackendSpec {
+            addr: a("1.2.3.4:80"),
+            weight: 1
+        }
+    );
+    assert_eq!(b("1.2.3.4:80@7").weight, 7);
+    assert_eq!(b("1.2.3.4:80@0").weight, 0); // rejected later by validation
+    let e = parse_backend("1.2.3.4:80@x").unwrap_err();
+    assert!(e.contains("weight \"x\""), "{e}");
+    let e = parse_backend("1.2.3.4").unwrap_err();
+    assert!(e.contains("\"1.2.3.4\"") && e.contains("ADDR:PORT"), "{e}");
+    assert!(parse_backend("[::1]:80").is_err());
+}
+
+#[test]
+fn interface_names() {
+    for (name, reason) in [
+        ("", "empty"),
+        ("abcdefghijklmnop", "15 bytes"),
+        ("a/b", "'/'"),
+        ("a b", "whitespace"),
+        ("a:1", "':'"),
+        ("..", "reserved"),
+    ] {
+        let mut c = base();
+        c.front = name.into();
+        let e = err(c);
+        assert!(matches!(
+            e,
+            ConfigError::BadInterface { field: "front", .. }
+        ));
+        let msg = e.to_string();
+        assert!(msg.contains("front") && msg.contains(reason), "{msg}");
+    }
+    let mut c = base();
+    c.back = "x\ty".into();
+    assert!(matches!(
+        err(c),
+        ConfigError::BadInterface { field: "back", .. }
+    ));
+    let mut c = base();
+    c.front = "abcdefghijklmno".into(); // exactly 15
+    c.validate().unwrap();
+}
+
+#[test]
+fn same_interface() {
+    let mut c = base();
+    c.back = "l0".into();
+    let e = err(c);
+    assert!(matches!(e, ConfigError::SameInterface { .. }));
+    assert!(e.to_string().contains("\"l0\""));
+}
+
+#[test]
+fn queues_range() {
+    for q in [0, MAX_QUEUES + 1] {
+        let mut c = base();
+        c.queues = q;
+        let e = err(c);
+        assert!(matches!(e, ConfigError::QueuesOutOfRange { .. }));
+        assert!(e.to_string().contains(&format!("queues = {q}")));
+    }
+    let mut c = base();
+    c.queues = MAX_QUEUES;
+    c.validate().unwrap();
+}
+
+#[test]
+fn cores_rules() {
+    let mut c = base();
+    c.cores = vec![1];
+    let e = err(c);
+    assert!(matches!(
+        e,
+        ConfigError::CoresLength {
+            cores: 1,
+            queues: 2
+        }
+    ));
+    assert!(e.to_string().contains("queues = 2"));
+    let mut c = base();
+    c.cores = vec![3, 3];
+    let e = err(c);
+    assert!(matches!(e, ConfigError::DuplicateCore { core: 3 }));
+    assert!(e.to_string().contains("core 3"));
+    let mut c = base();
+    c.cores = vec![3, 4];
+    c.validate().unwrap();
+}
+
+#[test]
+fn batch_and_frames() {
+    for batch in [0, MAX_BATCH + 1] {
+        let mut c = base();
+        c.batch = batch;
+        let e = err(c);
+        assert!(matches!(e, ConfigError::BatchOutOfRange { .. }), "{e}");
+        assert!(e.to_string().contains(&format!("batch = {batch}")));
+    }
+    let mut c = base();
+    c.frames_per_queue = 3000;
+    let e = err(c);
+    assert!(matches!(
+        e,
+        ConfigError::FramesNotPowerOfTwo { frames: 3000 }
+    ));
+    assert!(e.to_string().contains("frames_per_queue = 3000"));
+
+    let mut c = base();
+    c.frames_per_queue = 64; // batch 64 needs >= 128
+    let e = err(c);
+    assert!(matches!(
+        e,
+        ConfigError::FramesTooSmall {
+            frames: 64,
+            min: 128
+        }
+    ));
+    assert!(e.to_string().contains("128"));
+
+    let mut c = base();
+    c.frames_per_queue = MAX_FRAMES_PER_QUEUE * 2;
+    assert!(matches!(err(c), ConfigError::FramesTooLarge { .. }));
+
+    let mut c = base();
+    c.frames_per_queue = 0;
+    assert!(matches!(err(c), ConfigError::FramesNotPowerOfTwo { .. }));
+
+    let mut c = base();
+    c.batch = 1;
+    c.frames_per_queue = 2;
+    c.validate().unwrap();
+}
+
+#[test]
+fn flow_capacity_zero() {
+    let mut c = base();
+    c.flow_capacity = 0;
+    assert!(matches!(err(c), ConfigError::ZeroFlowCapacity));
+}
+
+#[test]
+fn service_rules() {
+    let mut c = base();
+    c.services.clear();
+    assert!(matches!(err(c), ConfigError::NoServices));
+
+    let mut c = base();
+    c.services[1].address = c.services[0].address;
+    let e = err(c);
+    assert!(matches!(e, ConfigError::DuplicateService { .. }));
+    assert!(e.to_string().contains("198.18.0.100:80"));
+
+    let mut c = base();
+    c.services[1].backends.clear();
+    let e = err(c);
+    assert!(matches!(e, ConfigError::NoBackends { .. }));
+    assert!(e.to_string().contains("198.18.0.101:80"));
+
+    let mut c = base();
+    c.services[0].backends.push(b("198.19.0.11:8080@5"));
+    let e = err(c);
+    assert!(matches!(e, ConfigError::DuplicateBackend { .. }));
+    let msg = e.to_string();
+    assert!(
+        msg.contains("198.19.0.11:8080") && msg.contains("198.18.0.100:80"),
+        "{msg}"
+    );
+
+    let mut c = base();
+    c.services[1].backends.push(b("198.19.0.11:8080"));
+    let e = err(c);
+    assert!(matches!(e, ConfigError::BackendInTwoServices { .. }));
+    assert_eq!(
+        e.to_string(),
+        "backend 198.19.0.11:8080 is listed in services 198.18.0.100:80 and 198.18.0.101:80"
+    );
+
+    let mut c = base();
+    c.services[0].backends[1].weight = 0;
+    let e = err(c);
+    assert!(matches!(e, ConfigError::ZeroWeight { .. }));
+    let msg = e.to_string();
+    assert!(
+        msg.contains("198.19.0.12:8080") && msg.contains("weight 0"),
+        "{msg}"
+    );
+
+    let mut c = base();
+    c.services[0].backends.push(b("198.18.0.101:80"));
+    let e = err(c);
+    assert!(matches!(e, ConfigError::BackendIsService { .. }));
+    assert!(e.to_string().contains("198.18.0.101:80"));
+
+    // Same IP, other port: a different service, allowed.
+    let mut c = base();
+    c.services[0].backends.push(b("198.18.0.101:81"));
+    c.validate().unwrap();
+}
+
+#[test]
+fn file_missing_front_is_unset() {
+    let e = Config::from_toml_str(
+        "back = \"l1\"\n[[service]]\naddress = \"1.2.3.4:80\"\nbackends = [\"1.1.1.1:1\"]\n",
+    )
+    .unwrap_err();
+    assert!(matches!(e, ConfigError::Unset { key: "front", .. }));
+    assert!(e.to_string().contains("--front"));
+}
+
+#[test]
+fn single_table_service_gets_a_hint() {
+    let e = Config::from_toml_str("[service]\naddress = \"1.2.3.4:80\"\n").unwrap_err();
+    assert!(matches!(e, ConfigError::BadValue { line: 1, .. }));
+    assert!(e.to_string().contains("[[service]]"), "{e}");
+}
+
+#[test]
+fn line_numbers() {
+    assert_eq!(file_line("a\nb\nc", 0), 1);
+    assert_eq!(file_line("a\nb\nc", 2), 2);
+    assert_eq!(file_line("a\nb\nc", 4), 3);
+    assert_eq!(file_line("a\nb\nc", 99), 3);
+}
+
+fn file_line(text: &str, at: usize) -> usize {
+    file::line_of_for_tests(text, at)
+}

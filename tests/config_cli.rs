@@ -1,0 +1,775 @@
+//! The config file format, its error messages, and the `run` flags merged over it.
+
+use std::{
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+};
+
+use clap::Parser;
+use dispatchd::{
+    balance::{BackendSpec, PolicyKind},
+    config::{BindMode, Config, ConfigError, PollMode, RunArgs, XdpMode, DEFAULT_BATCH},
+};
+
+#[derive(Parser, Debug)]
+struct TestCli {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+fn example_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/dispatchd.toml")
+}
+
+fn a(s: &str) -> SocketAddrV4 {
+    s.parse().unwrap()
+}
+
+fn be(s: &str, weight: u32) -> BackendSpec {
+    BackendSpec { addr: a(s), weight }
+}
+
+/// Writes `text` to a fresh file under the target dir and returns its path.
+fn write_tmp(name: &str, text: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("config_cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn cli(args: &[&str]) -> RunArgs {
+    let argv = std::iter::once("dispatchd").chain(args.iter().copied());
+    TestCli::try_parse_from(argv).unwrap().run
+}
+
+fn resolve(args: &[&str]) -> Result<Config, ConfigError> {
+    cli(args).resolve()
+}
+
+fn parse_err(text: &str) -> (ConfigError, String) {
+    let e = Config::from_toml_str(text).unwrap_err();
+    let msg = e.to_string();
+    assert!(!msg.contains('\n'), "error must be one line: {msg:?}");
+    (e, msg)
+}
+
+const HEAD: &str = "front = \"l0\"\nback = \"l1\"\n";
+
+// ---------------------------------------------------------------- example file
+
+#[test]
+fn example_file_loads() {
+    let c = Config::load(&example_path()).unwrap();
+    assert_eq!(c.front, "l0");
+    assert_eq!(c.back, "l1");
+    assert_eq!(c.queues, 2);
+    assert_eq!(c.cores, vec![2, 3]);
+    assert_eq!(c.bind_mode, BindMode::Auto);
+    assert_eq!(c.xdp_mode, XdpMode::Auto);
+    assert_eq!(c.poll, PollMode::Adaptive);
+    assert_eq!(c.services.len(), 2);
+    let s = &c.services[0];
+    assert_eq!(s.address, a("198.18.0.100:80"));
+    assert_eq!(s.policy, PolicyKind::WeightedRoundRobin);
+    assert_eq!(
+        s.backends,
+        vec![
+            be("198.19.0.11:8080", 1),
+            be("198.19.0.12:8080", 3),
+            be("198.19.0.13:8080", 2)
+        ]
+    );
+    assert_eq!(c.services[1].policy, PolicyKind::Maglev);
+}
+
+#[test]
+fn example_file_through_resolve_is_the_same() {
+    let path = example_path();
+    let c = resolve(&["--config", path.to_str().unwrap()]).unwrap();
+    assert_eq!(c, Config::load(&path).unwrap());
+}
+
+// ---------------------------------------------------------------- file errors
+
+#[test]
+fn missing_file() {
+    let e = Config::load(Path::new("/nonexistent/dispatchd.toml")).unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }));
+    let msg = e.to_string();
+    assert!(
+        msg.contains("/nonexistent/dispatchd.toml") && msg.contains("cannot read"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unreadable_file_is_a_directory() {
+    let e = Config::load(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }), "{e}");
+}
+
+#[test]
+fn syntax_error_names_file_and_line() {
+    let path = write_tmp("syntax.toml", "front = \"l0\"\nback = \n");
+    let e = Config::load(&path).unwrap_err();
+    assert!(matches!(e, ConfigError::Syntax { line: 2, .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(path.to_str().unwrap()) && msg.contains("line 2"),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'));
+}
+
+#[test]
+fn duplicate_key_is_a_syntax_error() {
+    let (e, msg) = parse_err("front = \"a\"\nfront = \"b\"\n");
+    assert!(matches!(e, ConfigError::Syntax { line: 2, .. }));
+    assert!(msg.contains("front"), "{msg}");
+}
+
+#[test]
+fn unknown_top_level_key() {
+    let path = write_tmp("unknown.toml", &format!("{HEAD}foo = 1\n"));
+    let e = Config::load(&path).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, ConfigError::UnknownKey { line: 3, .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.starts_with(&format!(
+            "config {}: unknown key `foo` at line 3",
+            path.display()
+        )),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unknown_key_in_service() {
+    let (e, msg) = parse_err(&format!(
+        "{HEAD}[[service]]\naddress = \"1.2.3.4:80\"\nbakends = []\n"
+    ));
+    assert!(matches!(e, ConfigError::UnknownKey { line: 5, .. }));
+    assert!(
+        msg.contains("`bakends`") && msg.contains("`backends`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unknown_key_in_backend_table() {
+    let (e, msg) = parse_err(&format!(
+        "{HEAD}[[service]]\naddress = \"1.2.3.4:80\"\nbackends = [{{ address = \"1.1.1.1:1\", wieght = 2 }}]\n"
+    ));
+    assert!(matches!(e, ConfigError::UnknownKey { line: 5, .. }));
+    assert!(msg.contains("`wieght`"), "{msg}");
+}
+
+#[test]
+fn missing_service_address() {
+    let (e, msg) = parse_err(&format!("{HEAD}[[service]]\nbackends = [\"1.1.1.1:1\"]\n"));
+    assert!(matches!(e, ConfigError::MissingKey { .. }));
+    assert!(msg.contains("`address`"), "{msg}");
+}
+
+#[test]
+fn bad_value_types() {
+    let (e, msg) = parse_err(&format!("{HEAD}queues = \"four\"\n"));
+    assert!(matches!(e, ConfigError::BadValue { line: 3, .. }));
+    assert!(
+        msg.contains("queues = \"four\"") && msg.contains("line 3"),
+        "{msg}"
+    );
+
+    let (e, msg) = parse_err(&format!("{HEAD}poll = \"sometimes\"\n"));
+    assert!(matches!(e, ConfigError::BadValue { .. }));
+    assert!(
+        msg.contains("sometimes") && msg.contains("adaptive"),
+        "{msg}"
+    );
+
+    let (e, msg) = parse_err(&format!(
+        "{HEAD}[[service]]\naddress = \"1.2.3.4:80\"\npolicy = \"fastest\"\n"
+    ));
+    assert!(matches!(e, ConfigError::BadValue { line: 5, .. }));
+    assert!(msg.contains("fastest") && msg.contains("maglev"), "{msg}");
+
+    let (e, msg) = parse_err(&format!("{HEAD}[[service]]\naddress = \"1.2.3.4\"\n"));
+    assert!(matches!(e, ConfigError::BadValue { line: 4, .. }));
+    assert!(
+        msg.contains("\"1.2.3.4\"") && msg.contains("ADDR:PORT"),
+        "{msg}"
+    );
+
+    let (e, msg) = parse_err(&format!(
+        "{HEAD}[[service]]\naddress = \"1.2.3.4:80\"\nbackends = [5]\n"
+    ));
+    assert!(matches!(e, ConfigError::BadValue { .. }));
+    assert!(msg.contains("integer `5`"), "{msg}");
+
+    let (e, _) = parse_err(&format!("{HEAD}queues = -1\n"));
+    assert!(matches!(e, ConfigError::BadValue { .. }));
+}
+
+// ---------------------------------------------------------------- validation via file
+
+fn svc(address: &str, backends: &str) -> String {
+    format!("[[service]]\naddress = \"{address}\"\nbackends = {backends}\n")
+}
+
+#[test]
+fn no_services() {
+    let (e, msg) = parse_err(HEAD);
+    assert!(matches!(e, ConfigError::NoServices));
+    assert!(
+        msg.contains("[[service]]") && msg.contains("--service"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn duplicate_service() {
+    let text = format!(
+        "{HEAD}{}{}",
+        svc("10.0.0.1:80", r#"["10.0.1.1:80"]"#),
+        svc("10.0.0.1:80", r#"["10.0.1.2:80"]"#)
+    );
+    let (e, msg) = parse_err(&text);
+    assert!(matches!(e, ConfigError::DuplicateService { .. }));
+    assert!(msg.contains("10.0.0.1:80"), "{msg}");
+}
+
+#[test]
+fn service_without_backends() {
+    for backends in ["[]", ""] {
+        let text = if backends.is_empty() {
+            format!("{HEAD}[[service]]\naddress = \"10.0.0.1:80\"\n")
+        } else {
+            format!("{HEAD}{}", svc("10.0.0.1:80", backends))
+        };
+        let (e, msg) = parse_err(&text);
+        assert!(matches!(e, ConfigError::NoBackends { .. }));
+        assert_eq!(msg, "service 10.0.0.1:80 has no backends");
+    }
+}
+
+#[test]
+fn duplicate_backend_in_service() {
+    let text = format!(
+        "{HEAD}{}",
+        svc(
+            "10.0.0.1:80",
+            r#"["10.0.1.1:80", { address = "10.0.1.1:80", weight = 2 }]"#
+        )
+    );
+    let (e, msg) = parse_err(&text);
+    assert!(matches!(e, ConfigError::DuplicateBackend { .. }));
+    assert_eq!(
+        msg,
+        "backend 10.0.1.1:80 is listed twice in service 10.0.0.1:80"
+    );
+}
+
+#[test]
+fn backend_in_two_services() {
+    let text = format!(
+        "{HEAD}{}{}",
+        svc("198.18.0.100:80", r#"["198.19.0.11:8080"]"#),
+        svc(
+            "198.18.0.101:80",
+            r#"["198.19.0.12:8080", "198.19.0.11:8080"]"#
+        )
+    );
+    let (e, msg) = parse_err(&text);
+    assert!(matches!(e, ConfigError::BackendInTwoServices { .. }));
+    assert_eq!(
+        msg,
+        "backend 198.19.0.11:8080 is listed in services 198.18.0.100:80 and 198.18.0.101:80"
+    );
+}
+
+#[test]
+fn zero_weight() {
+    for backends in [
+        r#"[{ address = "10.0.1.1:80", weight = 0 }]"#,
+        r#"["10.0.1.1:80@0"]"#,
+    ] {
+        let (e, msg) = parse_err(&format!("{HEAD}{}", svc("10.0.0.1:80", backends)));
+        assert!(matches!(e, ConfigError::ZeroWeight { .. }));
+        assert!(
+            msg.contains("10.0.1.1:80") && msg.contains("weight 0"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn backend_equals_a_service() {
+    let text = format!(
+        "{HEAD}{}{}",
+        svc("10.0.0.1:80", r#"["10.0.1.1:80"]"#),
+        svc("10.0.0.2:80", r#"["10.0.0.1:80"]"#)
+    );
+    let (e, msg) = parse_err(&text);
+    assert!(matches!(e, ConfigError::BackendIsService { .. }));
+    assert!(
+        msg.contains("backend 10.0.0.1:80 of service 10.0.0.2:80"),
+        "{msg}"
+    );
+}
+
+fn with_service(extra: &str) -> String {
+    format!(
+        "{HEAD}{extra}\n{}",
+        svc("10.0.0.1:80", r#"["10.0.1.1:80"]"#)
+    )
+}
+
+type Case = (&'static str, fn(&ConfigError) -> bool, &'static str);
+
+#[test]
+fn scalar_rules_via_file() {
+    let cases: &[Case] = &[
+        (
+            "queues = 0",
+            |e| matches!(e, ConfigError::QueuesOutOfRange { .. }),
+            "queues = 0",
+        ),
+        (
+            "queues = 65",
+            |e| matches!(e, ConfigError::QueuesOutOfRange { .. }),
+            "1..=64",
+        ),
+        (
+            "queues = 2\ncores = [1]",
+            |e| matches!(e, ConfigError::CoresLength { .. }),
+            "cores",
+        ),
+        (
+            "queues = 2\ncores = [1, 1]",
+            |e| matches!(e, ConfigError::DuplicateCore { core: 1 }),
+            "core 1",
+        ),
+        (
+            "frames_per_queue = 1000",
+            |e| matches!(e, ConfigError::FramesNotPowerOfTwo { .. }),
+            "frames_per_queue = 1000",
+        ),
+        (
+            "frames_per_queue = 64",
+            |e| matches!(e, ConfigError::FramesTooSmall { .. }),
+            "2 * batch = 128",
+        ),
+        (
+            "frames_per_queue = 2097152",
+            |e| matches!(e, ConfigError::FramesTooLarge { .. }),
+            "1048576",
+        ),
+        (
+            "batch = 0",
+            |e| matches!(e, ConfigError::BatchOutOfRange { .. }),
+            "batch = 0",
+        ),
+        (
+            "batch = 257",
+            |e| matches!(e, ConfigError::BatchOutOfRange { .. }),
+            "1..=256",
+        ),
+        (
+            "flow_capacity = 0",
+            |e| matches!(e, ConfigError::ZeroFlowCapacity),
+            "flow_capacity",
+        ),
+    ];
+    for (extra, is, needle) in cases {
+        let (e, msg) = parse_err(&with_service(extra));
+        assert!(is(&e), "{extra}: {e:?}");
+        assert!(msg.contains(needle), "{extra}: {msg}");
+    }
+}
+
+#[test]
+fn bad_interface_names_via_file() {
+    for (front, needle) in [
+        ("eth0/1", "'/'"),
+        ("", "empty"),
+        ("averyveryverylongname", "15 bytes"),
+        ("eth 0", "whitespace"),
+    ] {
+        let text = format!(
+            "front = {front:?}\nback = \"l1\"\n{}",
+            svc("10.0.0.1:80", r#"["10.0.1.1:80"]"#)
+        );
+        let (e, msg) = parse_err(&text);
+        assert!(
+            matches!(e, ConfigError::BadInterface { field: "front", .. }),
+            "{e:?}"
+        );
+        assert!(msg.contains("front") && msg.contains(needle), "{msg}");
+    }
+}
+
+#[test]
+fn front_equals_back() {
+    let text = format!(
+        "front = \"eth0\"\nback = \"eth0\"\n{}",
+        svc("10.0.0.1:80", r#"["10.0.1.1:80"]"#)
+    );
+    let (e, msg) = parse_err(&text);
+    assert!(matches!(e, ConfigError::SameInterface { .. }));
+    assert!(msg.contains("\"eth0\""), "{msg}");
+}
+
+// ---------------------------------------------------------------- flags only
+
+const FLAGS: &[&str] = &[
+    "--front",
+    "eth0",
+    "--back",
+    "eth1",
+    "--service",
+    "10.0.0.1:80",
+    "--backend",
+    "10.0.1.1:80",
+    "--backend",
+    "10.0.1.2:80@3",
+];
+
+#[test]
+fn flags_only() {
+    let c = resolve(FLAGS).unwrap();
+    assert_eq!(c.front, "eth0");
+    assert_eq!(c.back, "eth1");
+    assert_eq!(c.queues, 1);
+    assert_eq!(c.batch, DEFAULT_BATCH);
+    assert_eq!(c.services.len(), 1);
+    assert_eq!(c.services[0].address, a("10.0.0.1:80"));
+    assert_eq!(c.services[0].policy, PolicyKind::RoundRobin);
+    assert_eq!(
+        c.services[0].backends,
+        vec![be("10.0.1.1:80", 1), be("10.0.1.2:80", 3)]
+    );
+}
+
+#[test]
+fn flags_only_all_scalars() {
+    let mut args = FLAGS.to_vec();
+    args.extend([
+        "--queues",
+        "4",
+        "--cores",
+        "4,5,6,7",
+        "--policy",
+        "least_connections",
+        "--bind-mode",
+        "zerocopy",
+        "--xdp-mode",
+        "native",
+        "--poll",
+        "busy",
+        "--flow-capacity",
+        "1000",
+        "--frames-per-queue",
+        "8192",
+        "--batch",
+        "32",
+    ]);
+    let c = resolve(&args).unwrap();
+    assert_eq!(c.queues, 4);
+    assert_eq!(c.cores, vec![4, 5, 6, 7]);
+    assert_eq!(c.services[0].policy, PolicyKind::LeastConnections);
+    assert_eq!(c.bind_mode, BindMode::Zerocopy);
+    assert_eq!(c.xdp_mode, XdpMode::Native);
+    assert_eq!(c.poll, PollMode::Busy);
+    assert_eq!(c.flow_capacity, 1000);
+    assert_eq!(c.frames_per_queue, 8192);
+    assert_eq!(c.batch, 32);
+}
+
+#[test]
+fn flags_only_missing_each_required_flag() {
+    for (flag, at) in [("--front", 0), ("--back", 2), ("--service", 4)] {
+        let mut args = FLAGS.to_vec();
+        args.drain(at..at + 2);
+        let e = resolve(&args).unwrap_err();
+        assert!(
+            matches!(e, ConfigError::MissingFlag { flag: f } if f == flag),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("{flag} is required when no --config file is given")
+        );
+    }
+    let e = resolve(&["--front", "a", "--back", "b"]).unwrap_err();
+    assert!(
+        matches!(e, ConfigError::MissingFlag { flag: "--service" }),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn service_without_backend_flag() {
+    let e = resolve(&["--front", "a", "--back", "b", "--service", "10.0.0.1:80"]).unwrap_err();
+    assert!(matches!(e, ConfigError::ServiceWithoutBackend { .. }));
+    assert_eq!(
+        e.to_string(),
+        "--service 10.0.0.1:80 needs at least one --backend"
+    );
+    // Also with a file.
+    let p = example_arg();
+    let e = resolve(&["--config", &p, "--service", "10.0.0.1:80"]).unwrap_err();
+    assert!(matches!(e, ConfigError::ServiceWithoutBackend { .. }));
+}
+
+#[test]
+fn flag_values_are_validated() {
+    let mut args = FLAGS.to_vec();
+    args.extend(["--queues", "0"]);
+    assert!(matches!(
+        resolve(&args).unwrap_err(),
+        ConfigError::QueuesOutOfRange { .. }
+    ));
+
+    let mut args = FLAGS.to_vec();
+    args.extend(["--backend", "10.0.1.3:80@0"]);
+    assert!(matches!(
+        resolve(&args).unwrap_err(),
+        ConfigError::ZeroWeight { .. }
+    ));
+
+    let mut args = FLAGS.to_vec();
+    args[3] = "eth0";
+    assert!(matches!(
+        resolve(&args).unwrap_err(),
+        ConfigError::SameInterface { .. }
+    ));
+}
+
+#[test]
+fn clap_rejects_malformed_flags() {
+    let parse = |args: &[&str]| {
+        TestCli::try_parse_from(std::iter::once("dispatchd").chain(args.iter().copied()))
+            .unwrap_err()
+            .to_string()
+    };
+    let msg = parse(&["--backend", "10.0.1.1"]);
+    assert!(
+        msg.contains("--backend") && msg.contains("ADDR:PORT"),
+        "{msg}"
+    );
+    let msg = parse(&["--backend", "10.0.1.1:80@heavy"]);
+    assert!(msg.contains("heavy"), "{msg}");
+    let msg = parse(&["--policy", "fastest"]);
+    assert!(msg.contains("maglev"), "{msg}");
+    let msg = parse(&["--bind-mode", "fast"]);
+    assert!(msg.contains("zerocopy"), "{msg}");
+    let msg = parse(&["--service", "10.0.0.1"]);
+    assert!(msg.contains("--service"), "{msg}");
+}
+
+// ---------------------------------------------------------------- flags over a file
+
+fn example_arg() -> String {
+    example_path().to_str().unwrap().to_owned()
+}
+
+#[test]
+fn scalar_flags_override_file() {
+    let p = example_arg();
+    let c = resolve(&[
+        "--config",
+        &p,
+        "--front",
+        "eth9",
+        "--queues",
+        "3",
+        "--cores",
+        "7,8,9",
+        "--poll",
+        "wakeup",
+        "--batch",
+        "16",
+        "--frames-per-queue",
+        "1024",
+        "--xdp-mode",
+        "skb",
+        "--bind-mode",
+        "copy",
+        "--flow-capacity",
+        "77",
+    ])
+    .unwrap();
+    let file = Config::load(&example_path()).unwrap();
+    assert_eq!(c.front, "eth9");
+    assert_eq!(c.back, file.back);
+    assert_eq!(c.queues, 3);
+    assert_eq!(c.cores, vec![7, 8, 9]);
+    assert_eq!(c.poll, PollMode::Wakeup);
+    assert_eq!(c.batch, 16);
+    assert_eq!(c.frames_per_queue, 1024);
+    assert_eq!(c.xdp_mode, XdpMode::Skb);
+    assert_eq!(c.bind_mode, BindMode::Copy);
+    assert_eq!(c.flow_capacity, 77);
+    assert_eq!(c.services, file.services);
+}
+
+#[test]
+fn queues_flag_alone_conflicts_with_file_cores() {
+    let p = example_arg();
+    let e = resolve(&["--config", &p, "--queues", "4"]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ConfigError::CoresLength {
+                cores: 2,
+                queues: 4
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn service_and_backends_replace_file_services() {
+    let p = example_arg();
+    let c = resolve(&[
+        "--config",
+        &p,
+        "--service",
+        "10.9.0.1:53",
+        "--backend",
+        "10.9.1.1:53",
+        "--backend",
+        "10.9.1.2:53@2",
+    ])
+    .unwrap();
+    assert_eq!(c.services.len(), 1);
+    assert_eq!(c.services[0].address, a("10.9.0.1:53"));
+    assert_eq!(c.services[0].policy, PolicyKind::RoundRobin);
+    assert_eq!(
+        c.services[0].backends,
+        vec![be("10.9.1.1:53", 1), be("10.9.1.2:53", 2)]
+    );
+    assert_eq!(c.front, "l0");
+}
+
+#[test]
+fn backends_without_service_replace_the_single_service_backends() {
+    let path = write_tmp(
+        "one_service.toml",
+        &format!(
+            "{HEAD}[[service]]\naddress = \"10.0.0.1:80\"\npolicy = \"maglev\"\nbackends = [\"10.0.1.1:80\"]\n"
+        ),
+    );
+    let c = resolve(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--backend",
+        "10.0.1.5:80",
+        "--backend",
+        "10.0.1.6:80@4",
+    ])
+    .unwrap();
+    assert_eq!(c.services.len(), 1);
+    assert_eq!(c.services[0].address, a("10.0.0.1:80"));
+    assert_eq!(c.services[0].policy, PolicyKind::Maglev);
+    assert_eq!(
+        c.services[0].backends,
+        vec![be("10.0.1.5:80", 1), be("10.0.1.6:80", 4)]
+    );
+}
+
+#[test]
+fn backends_without_service_need_exactly_one_file_service() {
+    let p = example_arg(); // two services
+    let e = resolve(&["--config", &p, "--backend", "10.0.1.5:80"]).unwrap_err();
+    assert!(
+        matches!(e, ConfigError::BackendsWithoutService { services: 2 }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("found 2"), "{e}");
+
+    let path = write_tmp("no_service.toml", HEAD);
+    let e = resolve(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--backend",
+        "10.0.1.5:80",
+    ])
+    .unwrap_err();
+    assert!(
+        matches!(e, ConfigError::BackendsWithoutService { services: 0 }),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn service_flags_complete_a_file_without_services() {
+    let path = write_tmp("no_service2.toml", HEAD);
+    let c = resolve(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--service",
+        "10.0.0.1:80",
+        "--backend",
+        "10.0.1.1:80",
+    ])
+    .unwrap();
+    assert_eq!(c.services.len(), 1);
+}
+
+#[test]
+fn policy_flag_applies_to_every_service() {
+    let p = example_arg();
+    let c = resolve(&["--config", &p, "--policy", "least_connections"]).unwrap();
+    assert_eq!(c.services.len(), 2);
+    assert!(c
+        .services
+        .iter()
+        .all(|s| s.policy == PolicyKind::LeastConnections));
+
+    let c = resolve(&[
+        "--config",
+        &p,
+        "--policy",
+        "maglev",
+        "--service",
+        "10.9.0.1:53",
+        "--backend",
+        "10.9.1.1:53",
+    ])
+    .unwrap();
+    assert_eq!(c.services[0].policy, PolicyKind::Maglev);
+}
+
+#[test]
+fn interfaces_from_flags_complete_a_file_without_them() {
+    let path = write_tmp("no_ifaces.toml", &svc("10.0.0.1:80", r#"["10.0.1.1:80"]"#));
+    let p = path.to_str().unwrap();
+    let e = resolve(&["--config", p]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ConfigError::Unset {
+                key: "front",
+                flag: "--front"
+            }
+        ),
+        "{e:?}"
+    );
+    let e = resolve(&["--config", p, "--front", "a"]).unwrap_err();
+    assert!(matches!(e, ConfigError::Unset { key: "back", .. }), "{e:?}");
+    let c = resolve(&["--config", p, "--front", "a", "--back", "b"]).unwrap();
+    assert_eq!((c.front.as_str(), c.back.as_str()), ("a", "b"));
+}
+
+#[test]
+fn missing_config_file_via_flag() {
+    let e = resolve(&["--config", "/nonexistent/x.toml"]).unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }));
+    assert!(e.to_string().contains("/nonexistent/x.toml"));
+}
