@@ -41,7 +41,11 @@ fn daemons_of(config: &Config) -> Result<Vec<Daemon>> {
     let mut out = Vec::new();
     for (s, service) in config.services.iter().enumerate() {
         for (l, b) in service.backends.iter().enumerate() {
-            out.push(Daemon { addr: b.addr, service: s as u16, local: l as u16 });
+            out.push(Daemon {
+                addr: b.addr,
+                service: s as u16,
+                local: l as u16,
+            });
         }
     }
     if out.len() > usize::from(u16::MAX) {
@@ -61,8 +65,13 @@ fn build_plane(
     let mut service_by_daemon = AHashMap::new();
     let mut first = 0u16;
     for (i, s) in config.services.iter().enumerate() {
-        let pool = Pool::new(s.policy, &s.backends).with_context(|| format!("service {}", s.address))?;
-        services.push(ServiceSlot { vip: s.address, pool, first_backend: first });
+        let pool =
+            Pool::new(s.policy, &s.backends).with_context(|| format!("service {}", s.address))?;
+        services.push(ServiceSlot {
+            vip: s.address,
+            pool,
+            first_backend: first,
+        });
         service_by_vip.insert(s.address, i as u16);
         for b in &s.backends {
             service_by_daemon.insert(b.addr, s.address);
@@ -98,7 +107,10 @@ fn fmt_mac(mac: [u8; 6]) -> String {
 pub fn run(config: &Config) -> Result<()> {
     let missing = sys::missing_capabilities().context("reading this process's capabilities")?;
     if !missing.is_empty() {
-        bail!("permission denied: dispatchd needs {} (run as root)", missing.join(", "));
+        bail!(
+            "permission denied: dispatchd needs {} (run as root)",
+            missing.join(", ")
+        );
     }
     sys::block_signals().context("blocking signals")?;
     let front = Interface::lookup(&config.front).context("front")?;
@@ -106,7 +118,10 @@ pub fn run(config: &Config) -> Result<()> {
     let back_mac = neigh::interface_mac(&back.name)?;
     let daemons = daemons_of(config)?;
 
-    let resolver = Resolver { back: back.name.clone(), probe_timeout: PROBE_TIMEOUT };
+    let resolver = Resolver {
+        back: back.name.clone(),
+        probe_timeout: PROBE_TIMEOUT,
+    };
     let next_hops: Arc<[NextHop]> = daemons.iter().map(|_| NextHop::default()).collect();
     for (d, hop) in daemons.iter().zip(next_hops.iter()) {
         resolver.route(*d.addr.ip())?;
@@ -114,7 +129,10 @@ pub fn run(config: &Config) -> Result<()> {
         hop.set(mac);
         match mac {
             Some(mac) => println!("dispatchd: daemon {} next hop {}", d.addr, fmt_mac(mac)),
-            None => println!("dispatchd: daemon {} next hop unresolved yet; retrying", d.addr),
+            None => println!(
+                "dispatchd: daemon {} next hop unresolved yet; retrying",
+                d.addr
+            ),
         }
     }
 
@@ -151,7 +169,12 @@ pub fn run(config: &Config) -> Result<()> {
     );
     for s in &config.services {
         let list: Vec<String> = s.backends.iter().map(|b| b.addr.to_string()).collect();
-        println!("dispatchd: service {} ({}) -> {}", s.address, s.policy, list.join(" "));
+        println!(
+            "dispatchd: service {} ({}) -> {}",
+            s.address,
+            s.policy,
+            list.join(" ")
+        );
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -175,15 +198,23 @@ pub fn run(config: &Config) -> Result<()> {
             .name(format!("dispatchd-q{q}"))
             .spawn(move || worker::run(setup))
             .context("spawning a worker")?;
-        println!("dispatchd: worker {q} on core {}", core.map_or("any".into(), |c| c.to_string()));
+        println!(
+            "dispatchd: worker {q} on core {}",
+            core.map_or("any".into(), |c| c.to_string())
+        );
         handles.push(handle);
     }
-    println!("dispatchd: running (poll {:?}); SIGTERM or SIGINT stops", config.poll);
+    println!(
+        "dispatchd: running (poll {:?}); SIGTERM or SIGINT stops",
+        config.poll
+    );
 
     loop {
         match sys::wait_signal(NEIGHBOUR_REFRESH) {
             Some(Signal::Terminate | Signal::Interrupt) => break,
-            Some(Signal::Hangup) => println!("dispatchd: SIGHUP: configuration reload is not implemented yet"),
+            Some(Signal::Hangup) => {
+                println!("dispatchd: SIGHUP: configuration reload is not implemented yet")
+            }
             None => refresh_next_hops(&resolver, &daemons, &next_hops),
         }
         if handles.iter().any(|h| h.is_finished()) {
@@ -204,10 +235,18 @@ fn refresh_next_hops(resolver: &Resolver, daemons: &[Daemon], next_hops: &[NextH
     for (d, hop) in daemons.iter().zip(next_hops) {
         // A failing probe only means the daemon is unreachable right now.
         let known = hop.get();
-        let mac = if known.is_some() { resolver.lookup(*d.addr.ip()) } else { resolver.resolve(d.addr) };
+        let mac = if known.is_some() {
+            resolver.lookup(*d.addr.ip())
+        } else {
+            resolver.resolve(d.addr)
+        };
         if let Ok(mac) = mac {
             if mac.is_some() && mac != known {
-                println!("dispatchd: daemon {} next hop {}", d.addr, fmt_mac(mac.unwrap_or_default()));
+                println!(
+                    "dispatchd: daemon {} next hop {}",
+                    d.addr,
+                    fmt_mac(mac.unwrap_or_default())
+                );
             }
             if mac.is_some() {
                 hop.set(mac);
@@ -257,7 +296,11 @@ fn print_final_stats(stats: &[Arc<WorkerStats>], reports: &[WorkerReport], xdp: 
         );
     }
     if let Some(c) = xdp {
-        let line: Vec<String> = COUNTER_NAMES.iter().zip(c).map(|(n, v)| format!("{n} {v}")).collect();
+        let line: Vec<String> = COUNTER_NAMES
+            .iter()
+            .zip(c)
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect();
         println!("  xdp: {}", line.join(" "));
     }
 }

@@ -29,14 +29,22 @@ fn main() -> ExitCode {
             .resolve()
             .map_err(anyhow::Error::from)
             .and_then(|config| dispatchd::daemon::run(&config)),
-        Command::CheckConfig { file } => Config::load(&file).map_err(anyhow::Error::from).map(|config| {
-            println!(
-                "{}: ok ({} service(s), {} daemon(s))",
-                file.display(),
-                config.services.len(),
-                config.services.iter().map(|s| s.backends.len()).sum::<usize>()
-            );
-        }),
+        Command::CheckConfig { file } => {
+            Config::load(&file)
+                .map_err(anyhow::Error::from)
+                .map(|config| {
+                    println!(
+                        "{}: ok ({} service(s), {} daemon(s))",
+                        file.display(),
+                        config.services.len(),
+                        config
+                            .services
+                            .iter()
+                            .map(|s| s.backends.len())
+                            .sum::<usize>()
+                    );
+                })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

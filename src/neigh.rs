@@ -24,7 +24,9 @@ pub struct Route {
 fn hex_ip(field: &str) -> Option<Ipv4Addr> {
     // /proc/net/route prints addresses as the in-memory u32 (network order bytes
     // read as a native-endian integer).
-    u32::from_str_radix(field, 16).ok().map(|v| Ipv4Addr::from(v.to_ne_bytes()))
+    u32::from_str_radix(field, 16)
+        .ok()
+        .map(|v| Ipv4Addr::from(v.to_ne_bytes()))
 }
 
 /// Longest-prefix match over the kernel's main IPv4 table as printed in
@@ -35,11 +37,17 @@ pub fn route_from_table(table: &str, dst: Ipv4Addr) -> Option<Route> {
     let mut best: Option<(u32, Route)> = None;
     for line in table.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let [device, dest, gateway, flags, _, _, metric, mask, ..] = f[..] else { continue };
-        let (Some(dest), Some(gateway), Some(mask)) = (hex_ip(dest), hex_ip(gateway), hex_ip(mask)) else {
+        let [device, dest, gateway, flags, _, _, metric, mask, ..] = f[..] else {
             continue;
         };
-        let (Ok(flags), Ok(_metric)) = (u32::from_str_radix(flags, 16), metric.parse::<u32>()) else { continue };
+        let (Some(dest), Some(gateway), Some(mask)) = (hex_ip(dest), hex_ip(gateway), hex_ip(mask))
+        else {
+            continue;
+        };
+        let (Ok(flags), Ok(_metric)) = (u32::from_str_radix(flags, 16), metric.parse::<u32>())
+        else {
+            continue;
+        };
         if flags & RTF_UP == 0 || u32::from(dst) & u32::from(mask) != u32::from(dest) {
             continue;
         }
@@ -47,8 +55,18 @@ pub fn route_from_table(table: &str, dst: Ipv4Addr) -> Option<Route> {
         if best.as_ref().is_some_and(|(p, _)| *p >= prefix) {
             continue;
         }
-        let next_hop = if flags & RTF_GATEWAY != 0 { gateway } else { dst };
-        best = Some((prefix, Route { next_hop, device: device.to_owned() }));
+        let next_hop = if flags & RTF_GATEWAY != 0 {
+            gateway
+        } else {
+            dst
+        };
+        best = Some((
+            prefix,
+            Route {
+                next_hop,
+                device: device.to_owned(),
+            },
+        ));
     }
     best.map(|(_, r)| r)
 }
@@ -58,7 +76,9 @@ pub fn mac_from_arp(table: &str, ip: Ipv4Addr, device: &str) -> Option<[u8; 6]> 
     const ATF_COM: u32 = 0x2;
     for line in table.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let [addr, _hw_type, flags, mac, _mask, dev] = f[..] else { continue };
+        let [addr, _hw_type, flags, mac, _mask, dev] = f[..] else {
+            continue;
+        };
         let flags = u32::from_str_radix(flags.trim_start_matches("0x"), 16).unwrap_or(0);
         if dev != device || addr.parse::<Ipv4Addr>().ok() != Some(ip) || flags & ATF_COM == 0 {
             continue;
@@ -98,7 +118,11 @@ impl Resolver {
             bail!("no route to daemon {daemon}");
         };
         if route.device != self.back {
-            bail!("daemon {daemon} is routed via {}, not the back interface {}", route.device, self.back);
+            bail!(
+                "daemon {daemon} is routed via {}, not the back interface {}",
+                route.device,
+                self.back
+            );
         }
         Ok(route)
     }
@@ -126,7 +150,8 @@ impl Resolver {
 mod tests {
     use super::*;
 
-    const ROUTE: &str = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+    const ROUTE: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
 l1\t00000000\t010013C6\t0003\t0\t0\t0\t00000000\t0\t0\t0
 l1\t000013C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
 l0\t000012C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
@@ -135,7 +160,13 @@ l0\t000012C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
     #[test]
     fn on_link_destination_is_its_own_next_hop() {
         let r = route_from_table(ROUTE, "198.19.0.11".parse().unwrap()).unwrap();
-        assert_eq!(r, Route { next_hop: "198.19.0.11".parse().unwrap(), device: "l1".into() });
+        assert_eq!(
+            r,
+            Route {
+                next_hop: "198.19.0.11".parse().unwrap(),
+                device: "l1".into()
+            }
+        );
         let r = route_from_table(ROUTE, "198.18.0.2".parse().unwrap()).unwrap();
         assert_eq!(r.device, "l0");
     }
@@ -143,8 +174,17 @@ l0\t000012C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
     #[test]
     fn off_link_destination_goes_to_the_gateway() {
         let r = route_from_table(ROUTE, "203.0.113.9".parse().unwrap()).unwrap();
-        assert_eq!(r, Route { next_hop: "198.19.0.1".parse().unwrap(), device: "l1".into() });
-        assert_eq!(route_from_table("header\n", "203.0.113.9".parse().unwrap()), None);
+        assert_eq!(
+            r,
+            Route {
+                next_hop: "198.19.0.1".parse().unwrap(),
+                device: "l1".into()
+            }
+        );
+        assert_eq!(
+            route_from_table("header\n", "203.0.113.9".parse().unwrap()),
+            None
+        );
     }
 
     #[test]
@@ -155,7 +195,10 @@ l0\t000012C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
 198.19.0.13      0x1         0x2         aa:bb:cc:dd:ee:03     *        l0
 ";
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
-        assert_eq!(mac_from_arp(arp, ip("198.19.0.11"), "l1"), Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 1]));
+        assert_eq!(
+            mac_from_arp(arp, ip("198.19.0.11"), "l1"),
+            Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 1])
+        );
         assert_eq!(mac_from_arp(arp, ip("198.19.0.12"), "l1"), None);
         assert_eq!(mac_from_arp(arp, ip("198.19.0.13"), "l1"), None);
     }

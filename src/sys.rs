@@ -93,6 +93,12 @@ pub fn missing_capabilities() -> io::Result<Vec<&'static str>> {
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CapEff in /proc/self/status"))?;
-    Ok(NEEDED_CAPS.iter().filter(|(bit, _)| eff & (1 << bit) == 0).map(|&(_, name)| name).collect())
+        .ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "no CapEff in /proc/self/status")
+        })?;
+    Ok(NEEDED_CAPS
+        .iter()
+        .filter(|(bit, _)| eff & (1 << bit) == 0)
+        .map(|&(_, name)| name)
+        .collect())
 }

@@ -116,16 +116,40 @@ struct Batches {
 pub fn run(setup: WorkerSetup) -> WorkerReport {
     if let Some(id) = setup.core {
         if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
-            eprintln!("dispatchd: worker {} could not pin to core {id}; running unpinned", setup.queue);
+            eprintln!(
+                "dispatchd: worker {} could not pin to core {id}; running unpinned",
+                setup.queue
+            );
         }
     }
-    let WorkerSetup { queue, batch, poll, flow_capacity, sockets, mut plane, stats, stop, .. } = setup;
-    let QueueSockets { umem, frames, mut front, mut back } = sockets;
+    let WorkerSetup {
+        queue,
+        batch,
+        poll,
+        flow_capacity,
+        sockets,
+        mut plane,
+        stats,
+        stop,
+        ..
+    } = setup;
+    let QueueSockets {
+        umem,
+        frames,
+        mut front,
+        mut back,
+    } = sockets;
     let mut table = FlowTable::with_capacity(flow_capacity);
-    let mut latency = Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3).expect("static bounds are valid");
-    let mut batch_sizes = Histogram::new_with_bounds(1, 1 << 16, 3).expect("static bounds are valid");
+    let mut latency =
+        Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3).expect("static bounds are valid");
+    let mut batch_sizes =
+        Histogram::new_with_bounds(1, 1 << 16, 3).expect("static bounds are valid");
     let template = frames[0];
-    let mut b = Batches { rx: vec![template; batch], tx: Vec::with_capacity(batch), free: frames };
+    let mut b = Batches {
+        rx: vec![template; batch],
+        tx: Vec::with_capacity(batch),
+        free: frames,
+    };
     let origin = Instant::now();
     let mut idle_spins = 0u32;
 
@@ -135,12 +159,22 @@ pub fn run(setup: WorkerSetup) -> WorkerReport {
 
         let start = Instant::now();
         let now_ns = start.duration_since(origin).as_nanos() as u64;
-        let mut fwd = Rings { umem: &umem, rx: &mut front.rx, tx: &mut back.tx };
+        let mut fwd = Rings {
+            umem: &umem,
+            rx: &mut front.rx,
+            tx: &mut back.tx,
+        };
         let n_fwd = pump(&mut fwd, &mut b, &stats, |frame| {
             forward(frame, &mut table, &mut plane, &stats, now_ns)
         });
-        let mut rev = Rings { umem: &umem, rx: &mut back.rx, tx: &mut front.tx };
-        let n_rev = pump(&mut rev, &mut b, &stats, |frame| reverse(frame, &plane, &stats));
+        let mut rev = Rings {
+            umem: &umem,
+            rx: &mut back.rx,
+            tx: &mut front.tx,
+        };
+        let n_rev = pump(&mut rev, &mut b, &stats, |frame| {
+            reverse(frame, &plane, &stats)
+        });
         stats.rx_front.add(n_fwd as u64);
         stats.rx_back.add(n_rev as u64);
 
@@ -169,7 +203,11 @@ pub fn run(setup: WorkerSetup) -> WorkerReport {
             }
         }
     }
-    WorkerReport { queue, latency_ns: latency, batch_sizes }
+    WorkerReport {
+        queue,
+        latency_ns: latency,
+        batch_sizes,
+    }
 }
 
 fn sleep(front: &crate::xsk::Rings, back: &crate::xsk::Rings, stats: &WorkerStats) {
@@ -324,7 +362,13 @@ fn forward(
     let Some(dst_mac) = plane.next_hops[backend as usize].get() else {
         return drop_with(stats, WorkerDrop::NoNeighbour);
     };
-    pkt.rewrite_forward(daemon, &MacPair { src: plane.back_mac, dst: dst_mac });
+    pkt.rewrite_forward(
+        daemon,
+        &MacPair {
+            src: plane.back_mac,
+            dst: dst_mac,
+        },
+    );
     stats.tx_back.add(1);
     true
 }

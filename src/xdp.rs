@@ -22,7 +22,13 @@ use libbpf_rs::{
 
 use crate::config::XdpMode;
 
-#[allow(clippy::all, clippy::pedantic, dead_code, unused_imports, non_camel_case_types)]
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    dead_code,
+    unused_imports,
+    non_camel_case_types
+)]
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/steer.skel.rs"));
 }
@@ -62,9 +68,15 @@ impl Interface {
         // SAFETY: cname is a valid NUL-terminated string that outlives the call.
         let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
         if index == 0 {
-            bail!("interface {name} not found: {}", std::io::Error::last_os_error());
+            bail!(
+                "interface {name} not found: {}",
+                std::io::Error::last_os_error()
+            );
         }
-        Ok(Self { name: name.to_owned(), index })
+        Ok(Self {
+            name: name.to_owned(),
+            index,
+        })
     }
 }
 
@@ -119,11 +131,16 @@ impl Steering {
         // libbpf's own messages would add lines to a failure that is reported as
         // one; every error still comes back through the Result.
         libbpf_rs::set_print(None);
-        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+        let storage: &'static mut MaybeUninit<OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
         let open = SteerSkelBuilder::default()
             .open(storage)
             .context("opening the XDP program (is this kernel built with BPF?)")?;
-        let rodata = open.maps.rodata_data.as_deref_mut().context("program has no rodata")?;
+        let rodata = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .context("program has no rodata")?;
         rodata.front_ifindex = front.index;
         rodata.back_ifindex = back.index;
         let skel = open
@@ -131,9 +148,15 @@ impl Steering {
             .context("loading the XDP program (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
         let slots = skel.maps.counters.max_entries() as usize;
         if slots != COUNTER_NAMES.len() {
-            bail!("bpf/steer.h has {slots} counters, COUNTER_NAMES {}", COUNTER_NAMES.len());
+            bail!(
+                "bpf/steer.h has {slots} counters, COUNTER_NAMES {}",
+                COUNTER_NAMES.len()
+            );
         }
-        Ok(Self { skel, links: Vec::new() })
+        Ok(Self {
+            skel,
+            links: Vec::new(),
+        })
     }
 
     pub fn add_service(&self, vip: SocketAddrV4, id: u32) -> Result<()> {
@@ -147,7 +170,9 @@ impl Steering {
 
     pub fn add_daemon(&self, daemon: SocketAddrV4, service: SocketAddrV4) -> Result<()> {
         let key = endpoint(daemon);
-        let value = types::daemon_info { service: endpoint(service) };
+        let value = types::daemon_info {
+            service: endpoint(service),
+        };
         self.skel
             .maps
             .daemons
@@ -195,8 +220,14 @@ impl Steering {
         self.skel
             .maps
             .xsks
-            .update(&slot.to_ne_bytes(), &(fd as u32).to_ne_bytes(), MapFlags::ANY)
-            .with_context(|| format!("registering the {side:?} socket of queue {queue} in the XSKMAP"))
+            .update(
+                &slot.to_ne_bytes(),
+                &(fd as u32).to_ne_bytes(),
+                MapFlags::ANY,
+            )
+            .with_context(|| {
+                format!("registering the {side:?} socket of queue {queue} in the XSKMAP")
+            })
     }
 
     /// Attaches the program to `iface` through a bpf_link and reports the mode the
@@ -224,11 +255,16 @@ impl Steering {
             let err = std::io::Error::from_raw_os_error(-fd);
             let hint = match -fd {
                 libc::EBUSY | libc::EEXIST => " (another XDP program is attached)",
-                libc::EOPNOTSUPP | libc::EINVAL if mode == XdpMode::Native => " (the driver has no native XDP; try --xdp-mode skb)",
+                libc::EOPNOTSUPP | libc::EINVAL if mode == XdpMode::Native => {
+                    " (the driver has no native XDP; try --xdp-mode skb)"
+                }
                 libc::EPERM => " (needs root or CAP_NET_ADMIN + CAP_BPF)",
                 _ => "",
             };
-            bail!("attaching XDP to {} in {mode:?} mode: {err}{hint}", iface.name);
+            bail!(
+                "attaching XDP to {} in {mode:?} mode: {err}{hint}",
+                iface.name
+            );
         }
         // SAFETY: bpf_link_create returned a new fd that nothing else owns.
         self.links.push(unsafe { OwnedFd::from_raw_fd(fd) });
@@ -252,7 +288,10 @@ impl Steering {
                 .unwrap_or_default();
             *slot = per_cpu
                 .iter()
-                .filter_map(|v| v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or_default())))
+                .filter_map(|v| {
+                    v.get(..8)
+                        .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or_default()))
+                })
                 .sum();
         }
         Ok(out)
@@ -266,7 +305,11 @@ fn query_mode(iface: &Interface) -> Result<AttachedMode> {
     // SAFETY: opts is initialised and outlives the call.
     let rc = unsafe { libbpf_sys::bpf_xdp_query(iface.index as i32, 0, &mut opts) };
     if rc < 0 {
-        bail!("querying XDP on {}: {}", iface.name, std::io::Error::from_raw_os_error(-rc));
+        bail!(
+            "querying XDP on {}: {}",
+            iface.name,
+            std::io::Error::from_raw_os_error(-rc)
+        );
     }
     Ok(match u32::from(opts.attach_mode) {
         libbpf_sys::XDP_ATTACHED_DRV => AttachedMode::Native,

@@ -57,7 +57,8 @@ pub fn open_queue(
     frames_per_queue: u32,
     bind: BindMode,
 ) -> Result<QueueSockets> {
-    let ring = QueueSize::new(ring_size(frames_per_queue)).map_err(|e| anyhow!("ring size: {e}"))?;
+    let ring =
+        QueueSize::new(ring_size(frames_per_queue)).map_err(|e| anyhow!("ring size: {e}"))?;
     let umem_config = UmemConfig::builder()
         .fill_queue_size(ring)
         .comp_queue_size(ring)
@@ -82,24 +83,44 @@ pub fn open_queue(
         .build();
 
     let open = |iface: &Interface| -> Result<Rings> {
-        let name = iface.name.parse().map_err(|_| anyhow!("interface name {}", iface.name))?;
+        let name = iface
+            .name
+            .parse()
+            .map_err(|_| anyhow!("interface name {}", iface.name))?;
         // SAFETY: every (interface, queue) pair is bound once, and with
         // XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD as xsk-rs requires for shared UMEMs.
-        let (tx, rx, fill_comp) = unsafe { xsk_rs::Socket::new(socket_config, &umem, &name, queue) }
-            .map_err(|e| {
+        let (tx, rx, fill_comp) =
+            unsafe { xsk_rs::Socket::new(socket_config, &umem, &name, queue) }.map_err(|e| {
                 anyhow!(
                     "binding an AF_XDP socket to {} queue {queue} ({bind:?} mode): {e}{}",
                     iface.name,
-                    if bind == BindMode::Zerocopy { " (the driver may not support zero-copy; try --bind-mode copy)" } else { "" }
+                    if bind == BindMode::Zerocopy {
+                        " (the driver may not support zero-copy; try --bind-mode copy)"
+                    } else {
+                        ""
+                    }
                 )
             })?;
-        let (fill, comp) = fill_comp.context("a fresh (interface, queue) pair always gets its own fill and completion rings")?;
+        let (fill, comp) = fill_comp.context(
+            "a fresh (interface, queue) pair always gets its own fill and completion rings",
+        )?;
         let zerocopy = is_zerocopy(rx.fd().as_raw_fd())?;
-        Ok(Rings { tx, rx, fill, comp, zerocopy })
+        Ok(Rings {
+            tx,
+            rx,
+            fill,
+            comp,
+            zerocopy,
+        })
     };
     let front_rings = open(front)?;
     let back_rings = open(back)?;
-    Ok(QueueSockets { umem, frames, front: front_rings, back: back_rings })
+    Ok(QueueSockets {
+        umem,
+        frames,
+        front: front_rings,
+        back: back_rings,
+    })
 }
 
 fn is_zerocopy(fd: RawFd) -> Result<bool> {
@@ -110,7 +131,13 @@ fn is_zerocopy(fd: RawFd) -> Result<bool> {
     let mut len = size_of::<u32>() as libc::socklen_t;
     // SAFETY: flags and len are valid for writes of the sizes given, for the call.
     let rc = unsafe {
-        libc::getsockopt(fd, SOL_XDP, XDP_OPTIONS, (&mut flags as *mut u32).cast(), &mut len)
+        libc::getsockopt(
+            fd,
+            SOL_XDP,
+            XDP_OPTIONS,
+            (&mut flags as *mut u32).cast(),
+            &mut len,
+        )
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context("getsockopt(XDP_OPTIONS)");
@@ -122,7 +149,11 @@ fn is_zerocopy(fd: RawFd) -> Result<bool> {
 /// Also kicks the kernel for fill rings that asked for a wakeup (POLLIN does that
 /// in the kernel's xsk_poll).
 pub fn poll_readable(fds: [RawFd; 2], timeout_ms: i32) {
-    let mut pfds = fds.map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+    let mut pfds = fds.map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
     // SAFETY: pfds is a valid array of two pollfd for the duration of the call.
     // EINTR and the like only end the sleep early, which the caller tolerates.
     unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };

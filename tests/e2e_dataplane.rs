@@ -15,7 +15,10 @@ fn worker_counter(output: &str, q: usize, key: &str) -> u64 {
     let mut words = line.split_whitespace();
     while let Some(w) = words.next() {
         if w == key {
-            return words.next().and_then(|v| v.parse().ok()).expect("a number follows the key");
+            return words
+                .next()
+                .and_then(|v| v.parse().ok())
+                .expect("a number follows the key");
         }
     }
     panic!("no {key} for worker {q} in {line:?}");
@@ -32,14 +35,30 @@ fn connections_spread_evenly_and_echo_intact() {
         "opened",
     );
     let out = topo.client_run(&[
-        "connect", "--to", VIP, "--connections", "400", "--concurrency", "4", "--payload", "333",
+        "connect",
+        "--to",
+        VIP,
+        "--connections",
+        "400",
+        "--concurrency",
+        "4",
+        "--payload",
+        "333",
     ]);
-    assert!(out.status.success(), "short connections failed:\n{}", text(&out));
+    assert!(
+        out.status.success(),
+        "short connections failed:\n{}",
+        text(&out)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let spread = per_daemon(&stdout);
     assert_eq!(spread.len(), 4, "every daemon gets connections: {spread:?}");
     for i in 0..4 {
-        assert!(spread.iter().any(|(d, _)| *d == daemon_addr(i)), "{} missing: {spread:?}", daemon_addr(i));
+        assert!(
+            spread.iter().any(|(d, _)| *d == daemon_addr(i)),
+            "{} missing: {spread:?}",
+            daemon_addr(i)
+        );
     }
     // The long-lived connection took one round-robin turn before these 400.
     let counts: Vec<usize> = spread.iter().map(|(_, n)| *n).collect();
@@ -48,11 +67,19 @@ fn connections_spread_evenly_and_echo_intact() {
     assert_eq!(counts.iter().sum::<usize>(), 400);
 
     let status = long.wait(Duration::from_secs(15));
-    assert!(status.success(), "long-lived connection broke:\n{}", long.output());
+    assert!(
+        status.success(),
+        "long-lived connection broke:\n{}",
+        long.output()
+    );
     assert!(long.output().contains(" ok"), "{}", long.output());
 
     lb.signal("TERM");
-    assert!(lb.wait(Duration::from_secs(10)).success(), "{}", lb.output());
+    assert!(
+        lb.wait(Duration::from_secs(10)).success(),
+        "{}",
+        lb.output()
+    );
     let stats = lb.output();
     assert!(worker_counter(&stats, 0, "new_flows") >= 401, "{stats}");
     assert_eq!(worker_counter(&stats, 0, "invalid"), 0, "{stats}");
@@ -67,10 +94,17 @@ fn a_five_megabyte_transfer_each_way_stays_on_one_daemon() {
         // The echo is compared byte for byte: a segment delivered to another
         // daemon would reset the connection or leave a hole.
         let out = topo.client_run(&["bulk", "--to", VIP, "--bytes", "5000000"]);
-        assert!(out.status.success(), "bulk transfer failed:\n{}", text(&out));
+        assert!(
+            out.status.success(),
+            "bulk transfer failed:\n{}",
+            text(&out)
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains("bytes=5000000"), "{stdout}");
-        assert!(stdout.contains("peer=198.18.0.2:"), "the daemon sees the real client: {stdout}");
+        assert!(
+            stdout.contains("peer=198.18.0.2:"),
+            "the daemon sees the real client: {stdout}"
+        );
     }
 }
 
@@ -80,19 +114,40 @@ fn non_service_traffic_still_reaches_the_host() {
     let _servers = topo.serve(2);
     // A TCP service of the dispatcher host itself, on the VIP but another port.
     let mut host_service = topo.cmd(&topo.dispatcher(), common::TESTKIT);
-    host_service.args(["serve", "--listen", "198.18.0.100:2222", "--listen", "198.18.0.1:2223"]);
+    host_service.args([
+        "serve",
+        "--listen",
+        "198.18.0.100:2222",
+        "--listen",
+        "198.18.0.1:2223",
+    ]);
     let _host = common::Proc::start(host_service, "serving", Duration::from_secs(5));
     let _lb = topo.dispatchd(&Topology::default_flags(2));
 
     for addr in ["198.18.0.1", "198.18.0.100"] {
         let out = topo.run(&topo.client(), "ping", &["-c", "2", "-W", "2", addr]);
-        assert!(out.status.success(), "ping {addr} while dispatchd runs:\n{}", text(&out));
+        assert!(
+            out.status.success(),
+            "ping {addr} while dispatchd runs:\n{}",
+            text(&out)
+        );
     }
     for to in ["198.18.0.100:2222", "198.18.0.1:2223"] {
-        let out = topo.client_run(&["connect", "--to", to, "--connections", "5", "--concurrency", "1"]);
+        let out = topo.client_run(&[
+            "connect",
+            "--to",
+            to,
+            "--connections",
+            "5",
+            "--concurrency",
+            "1",
+        ]);
         assert!(out.status.success(), "host port {to}:\n{}", text(&out));
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(stdout.contains(&format!("daemon={to} connections=5")), "{stdout}");
+        assert!(
+            stdout.contains(&format!("daemon={to} connections=5")),
+            "{stdout}"
+        );
     }
     // And the service itself still works alongside.
     let out = topo.client_run(&["connect", "--to", VIP, "--connections", "10"]);
@@ -106,15 +161,33 @@ fn two_queues_both_carry_traffic() {
     let mut flags = Topology::default_flags(4);
     flags.extend(["--queues", "2"].map(String::from));
     let mut lb = topo.dispatchd(&flags);
-    let out = topo.client_run(&["connect", "--to", VIP, "--connections", "300", "--concurrency", "6"]);
+    let out = topo.client_run(&[
+        "connect",
+        "--to",
+        VIP,
+        "--connections",
+        "300",
+        "--concurrency",
+        "6",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(per_daemon(&String::from_utf8_lossy(&out.stdout)).len(), 4);
     lb.signal("TERM");
-    assert!(lb.wait(Duration::from_secs(10)).success(), "{}", lb.output());
+    assert!(
+        lb.wait(Duration::from_secs(10)).success(),
+        "{}",
+        lb.output()
+    );
     let stats = lb.output();
     for q in 0..2 {
-        assert!(worker_counter(&stats, q, "new_flows") > 0, "worker {q} carried no connections:\n{stats}");
-        assert!(worker_counter(&stats, q, "rx_back") > 0, "worker {q} carried no replies:\n{stats}");
+        assert!(
+            worker_counter(&stats, q, "new_flows") > 0,
+            "worker {q} carried no connections:\n{stats}"
+        );
+        assert!(
+            worker_counter(&stats, q, "rx_back") > 0,
+            "worker {q} carried no replies:\n{stats}"
+        );
     }
     assert_eq!(
         worker_counter(&stats, 0, "new_flows") + worker_counter(&stats, 1, "new_flows"),
@@ -129,7 +202,10 @@ fn no_program_remains_after_sigterm_or_sigkill() {
     let _servers = topo.serve(2);
     for sig in ["TERM", "KILL"] {
         let mut lb = topo.dispatchd(&Topology::default_flags(2));
-        assert!(topo.xdp_attached("l0") && topo.xdp_attached("l1"), "attached while running");
+        assert!(
+            topo.xdp_attached("l0") && topo.xdp_attached("l1"),
+            "attached while running"
+        );
         let out = topo.client_run(&["connect", "--to", VIP, "--connections", "20"]);
         assert!(out.status.success(), "{}", text(&out));
         lb.signal(sig);
@@ -141,7 +217,11 @@ fn no_program_remains_after_sigterm_or_sigkill() {
         assert!(!topo.xdp_attached("l0"), "XDP left on l0 after SIG{sig}");
         assert!(!topo.xdp_attached("l1"), "XDP left on l1 after SIG{sig}");
         // The host's own traffic flows again.
-        let ping = topo.run(&topo.client(), "ping", &["-c", "1", "-W", "2", "198.18.0.1"]);
+        let ping = topo.run(
+            &topo.client(),
+            "ping",
+            &["-c", "1", "-W", "2", "198.18.0.1"],
+        );
         assert!(ping.status.success(), "{}", text(&ping));
     }
 }
@@ -152,8 +232,15 @@ fn assert_clean_failure(topo: &Topology, out: &std::process::Output, expect: &st
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one line on stderr:\n{}", text(out));
     assert!(lines[0].starts_with("dispatchd: "), "{}", text(out));
-    assert!(lines[0].contains(expect), "expected {expect:?} in {:?}", lines[0]);
-    assert!(!topo.xdp_attached("l0") && !topo.xdp_attached("l1"), "nothing left attached");
+    assert!(
+        lines[0].contains(expect),
+        "expected {expect:?} in {:?}",
+        lines[0]
+    );
+    assert!(
+        !topo.xdp_attached("l0") && !topo.xdp_attached("l1"),
+        "nothing left attached"
+    );
 }
 
 #[test]
@@ -195,7 +282,12 @@ fn bad_start_up_input_is_one_line_and_leaves_nothing_attached() {
     // No permission: the same valid command as an unprivileged user.
     let out = topo
         .cmd(&topo.dispatcher(), "setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(common::DISPATCHD)
         .arg("run")
         .args(Topology::default_flags(2))

@@ -68,11 +68,29 @@ enum Command {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Serve { listen } => serve(&listen),
-        Command::Connect { to, connections, concurrency, payload, timeout_ms } => {
-            connect_many(to, connections, concurrency, payload, Duration::from_millis(timeout_ms))
-        }
+        Command::Connect {
+            to,
+            connections,
+            concurrency,
+            payload,
+            timeout_ms,
+        } => connect_many(
+            to,
+            connections,
+            concurrency,
+            payload,
+            Duration::from_millis(timeout_ms),
+        ),
         Command::Bulk { to, bytes } => bulk(to, bytes),
-        Command::Hold { to, seconds, interval_ms } => hold(to, Duration::from_secs(seconds), Duration::from_millis(interval_ms)),
+        Command::Hold {
+            to,
+            seconds,
+            interval_ms,
+        } => hold(
+            to,
+            Duration::from_secs(seconds),
+            Duration::from_millis(interval_ms),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -96,7 +114,14 @@ fn serve(listen: &[SocketAddr]) -> Result<()> {
             }
         }));
     }
-    println!("serving {}", listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" "));
+    println!(
+        "serving {}",
+        listen
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     for t in threads {
         let _ = t.join();
     }
@@ -126,7 +151,8 @@ struct Session {
 }
 
 fn open(to: SocketAddr, timeout: Duration) -> Result<Session> {
-    let stream = TcpStream::connect_timeout(&to, timeout).with_context(|| format!("connecting to {to}"))?;
+    let stream =
+        TcpStream::connect_timeout(&to, timeout).with_context(|| format!("connecting to {to}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_nodelay(true)?;
     let peer = stream.peer_addr()?;
@@ -136,7 +162,9 @@ fn open(to: SocketAddr, timeout: Duration) -> Result<Session> {
     let local = stream.local_addr()?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
-    reader.read_line(&mut line).context("reading the daemon's hello")?;
+    reader
+        .read_line(&mut line)
+        .context("reading the daemon's hello")?;
     let field = |k: &str| {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(k))
@@ -147,7 +175,12 @@ fn open(to: SocketAddr, timeout: Duration) -> Result<Session> {
     if seen_peer != local.to_string() {
         bail!("daemon {daemon} saw the client as {seen_peer}, the client is {local}");
     }
-    Ok(Session { reader, stream, daemon, seen_peer })
+    Ok(Session {
+        reader,
+        stream,
+        daemon,
+        seen_peer,
+    })
 }
 
 /// Deterministic bytes that differ per offset, so a reordered or mixed-up echo shows.
@@ -195,7 +228,13 @@ fn print_latency(name: &str, h: &Histogram<u64>) {
     );
 }
 
-fn connect_many(to: SocketAddr, connections: usize, concurrency: usize, payload: usize, timeout: Duration) -> Result<()> {
+fn connect_many(
+    to: SocketAddr,
+    connections: usize,
+    concurrency: usize,
+    payload: usize,
+    timeout: Duration,
+) -> Result<()> {
     struct Tally {
         per_daemon: BTreeMap<String, usize>,
         errors: Vec<String>,
@@ -240,7 +279,12 @@ fn connect_many(to: SocketAddr, connections: usize, concurrency: usize, payload:
         println!("daemon={daemon} connections={n}");
     }
     let ok: usize = tally.per_daemon.values().sum();
-    println!("ok={ok} errors={} seconds={:.3} rate={:.0}", tally.errors.len(), elapsed.as_secs_f64(), ok as f64 / elapsed.as_secs_f64());
+    println!(
+        "ok={ok} errors={} seconds={:.3} rate={:.0}",
+        tally.errors.len(),
+        elapsed.as_secs_f64(),
+        ok as f64 / elapsed.as_secs_f64()
+    );
     print_latency("latency", &tally.latency);
     for e in tally.errors.iter().take(5) {
         println!("error: {e}");
@@ -264,14 +308,31 @@ fn bulk(to: SocketAddr, bytes: usize) -> Result<()> {
     });
     let mut back = Vec::with_capacity(bytes);
     let mut reader = s.reader;
-    reader.get_mut().set_read_timeout(Some(Duration::from_secs(30)))?;
+    reader
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_secs(30)))?;
     reader.read_to_end(&mut back).context("reading the echo")?;
-    sender.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender panicked"))??;
     let secs = started.elapsed().as_secs_f64();
-    println!("daemon={} peer={} bytes={} seconds={secs:.3} mbit_per_s={:.1}", s.daemon, s.seen_peer, back.len(), (2 * bytes) as f64 * 8.0 / secs / 1e6);
+    println!(
+        "daemon={} peer={} bytes={} seconds={secs:.3} mbit_per_s={:.1}",
+        s.daemon,
+        s.seen_peer,
+        back.len(),
+        (2 * bytes) as f64 * 8.0 / secs / 1e6
+    );
     if back != data {
-        let at = back.iter().zip(&data).position(|(a, b)| a != b).unwrap_or(back.len().min(data.len()));
-        bail!("echo differs at byte {at} (got {} of {bytes} bytes)", back.len());
+        let at = back
+            .iter()
+            .zip(&data)
+            .position(|(a, b)| a != b)
+            .unwrap_or(back.len().min(data.len()));
+        bail!(
+            "echo differs at byte {at} (got {} of {bytes} bytes)",
+            back.len()
+        );
     }
     Ok(())
 }

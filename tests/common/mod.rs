@@ -23,7 +23,10 @@ pub fn daemon_addr(i: usize) -> String {
 }
 
 pub fn require_root() {
-    let out = Command::new("id").arg("-u").output().expect("running id -u");
+    let out = Command::new("id")
+        .arg("-u")
+        .output()
+        .expect("running id -u");
     let uid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert_eq!(
         uid, "0",
@@ -44,12 +47,23 @@ pub struct Topology {
 impl Topology {
     pub fn up(name: &str, daemons: usize, queues: usize) -> Self {
         require_root();
-        let topo = Topology { prefix: format!("dt{name}{}", std::process::id() % 100_000) };
+        let topo = Topology {
+            prefix: format!("dt{name}{}", std::process::id() % 100_000),
+        };
         let status = Command::new(topology_script())
-            .args(["up", &topo.prefix, &daemons.to_string(), &queues.to_string()])
+            .args([
+                "up",
+                &topo.prefix,
+                &daemons.to_string(),
+                &queues.to_string(),
+            ])
             .status()
             .expect("running scripts/topology.sh");
-        assert!(status.success(), "scripts/topology.sh up {} failed", topo.prefix);
+        assert!(
+            status.success(),
+            "scripts/topology.sh up {} failed",
+            topo.prefix
+        );
         topo
     }
 
@@ -80,7 +94,11 @@ impl Topology {
 
     /// True if an XDP program is attached to `iface` in the dispatcher namespace.
     pub fn xdp_attached(&self, iface: &str) -> bool {
-        let out = self.run(&self.dispatcher(), "ip", &["-d", "link", "show", "dev", iface]);
+        let out = self.run(
+            &self.dispatcher(),
+            "ip",
+            &["-d", "link", "show", "dev", iface],
+        );
         assert!(out.status.success(), "ip link show {iface}: {}", text(&out));
         let shown = String::from_utf8_lossy(&out.stdout);
         shown.contains("prog/xdp") || shown.contains(" xdp")
@@ -112,14 +130,19 @@ impl Topology {
             .stdin(Stdio::null())
             .output()
             .expect("running dispatchd");
-        assert!(!out.status.success(), "dispatchd was expected to fail:\n{}", text(&out));
+        assert!(
+            !out.status.success(),
+            "dispatchd was expected to fail:\n{}",
+            text(&out)
+        );
         out
     }
 
     /// Flags for the default service on l0/l1 and its first `n` daemons.
     pub fn default_flags(n: usize) -> Vec<String> {
-        let mut v: Vec<String> =
-            ["--front", "l0", "--back", "l1", "--service", VIP].map(String::from).to_vec();
+        let mut v: Vec<String> = ["--front", "l0", "--back", "l1", "--service", VIP]
+            .map(String::from)
+            .to_vec();
         for i in 0..n {
             v.push("--backend".into());
             v.push(daemon_addr(i));
@@ -142,7 +165,9 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        let _ = Command::new(topology_script()).args(["down", &self.prefix]).status();
+        let _ = Command::new(topology_script())
+            .args(["down", &self.prefix])
+            .status();
     }
 }
 
@@ -181,7 +206,10 @@ impl Proc {
         while !proc.output().contains(ready) {
             if let Ok(Some(status)) = proc.child.try_wait() {
                 thread::sleep(Duration::from_millis(100));
-                panic!("{cmd:?} exited with {status} before it was ready:\n{}", proc.output());
+                panic!(
+                    "{cmd:?} exited with {status} before it was ready:\n{}",
+                    proc.output()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -194,7 +222,10 @@ impl Proc {
     }
 
     pub fn output(&self) -> String {
-        self.output.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.output
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn signal(&self, sig: &str) {
