@@ -531,7 +531,7 @@ mod tests {
                 }
                 Op::Remove(k) => prop_assert_eq!(t.remove(&key(k)), m.remove(&key(k))),
                 Op::Retain(d) => {
-                    let keep = |r: &FlowRecord| r.last_seen_ns % u64::from(d + 1) != 0;
+                    let keep = |r: &FlowRecord| !r.last_seen_ns.is_multiple_of(u64::from(d + 1));
                     let before = m.len();
                     m.retain(|_, r| keep(r));
                     prop_assert_eq!(t.retain(keep), before - m.len());
