@@ -76,3 +76,25 @@ impl FlowKey {
             | u128::from(self.protocol)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_and_packed_agree() {
+        let k = FlowKey::new(
+            SocketAddrV4::new(Ipv4Addr::new(1, 2, 3, 4), 0x0506),
+            SocketAddrV4::new(Ipv4Addr::new(7, 8, 9, 10), 0x0b0c),
+            13,
+        );
+        assert_eq!(k.to_bytes(), [1, 2, 3, 4, 7, 8, 9, 10, 5, 6, 11, 12, 13]);
+        let mut wide = [0u8; 16];
+        wide[3..].copy_from_slice(&k.to_bytes());
+        assert_eq!(k.packed(), u128::from_be_bytes(wide));
+        assert_eq!(
+            (k.client(), k.service().port()),
+            (SocketAddrV4::new(Ipv4Addr::new(1, 2, 3, 4), 0x0506), 0x0b0c)
+        );
+    }
+}
