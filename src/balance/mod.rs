@@ -1,9 +1,18 @@
 //! Policies that pick a daemon for a new connection.
 //!
-//! Seed types shared with the config module; the policies themselves are built here.
+//! Seed types shared with the config module, the stable [`flow_hash`], the Maglev
+//! lookup table and the [`Pool`] that applies a [`PolicyKind`] to a service's daemons.
 use std::{fmt, net::SocketAddrV4, str::FromStr};
 
 use serde::Deserialize;
+
+mod hash;
+pub mod maglev;
+mod pool;
+
+pub use hash::{addr_hashes, flow_hash, fmix64};
+pub use maglev::MaglevTable;
+pub use pool::{Pool, PoolError};
 
 /// How a service spreads new connections over its daemons.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]

@@ -1,0 +1,583 @@
+//! The per-queue flow table: fixed capacity, open addressing, no allocation after
+//! construction.
+//!
+//! # Layout
+//!
+//! Two parallel boxed slices of `slots` entries each, `slots` a power of two with
+//! `slots >= capacity * 4 / 3` (so the load factor never exceeds 0.75) and
+//! `slots > capacity` (so there is always an empty slot and probes terminate):
+//!
+//! * `tags: [u32]`: 0 marks an empty slot; otherwise the high 32 bits of the key's
+//!   ahash (remapped 0 → 1). The slot a key hashes to ("home") is `tag & mask`, so
+//!   probing compares 4-byte tags (16 per cache line) and touches a record only on a
+//!   tag match, and deletion recomputes homes from tags without rehashing keys.
+//! * `records: [FlowRecord]`: [`RECORD_BYTES`] each.
+//!
+//! Memory is `slots * SLOT_BYTES` ([`SLOT_BYTES`] = [`RECORD_BYTES`] + 4 = 44 bytes on
+//! 64-bit targets; [`RECORD_BYTES`] = 40), e.g. capacity 1,000,000 → 2^21 slots →
+//! 92,274,688 bytes (88 MiB). [`FlowTable::memory_bytes`] reports it.
+//!
+//! # Algorithm
+//!
+//! Linear probing; deletion by backward shift (no tombstones), so lookups in a table
+//! that has seen any number of inserts and removes cost what they would in a freshly
+//! built table with the same contents.
+use std::{fmt, mem::size_of, net::Ipv4Addr, net::SocketAddrV4};
+
+use super::{FlowKey, TcpState};
+
+/// One connection: where its packets go and what has been seen of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowRecord {
+    pub key: FlowKey,
+    /// Index of the daemon in the service's pool.
+    pub backend: u16,
+    /// The daemon's address (what the destination is rewritten to).
+    pub daemon: SocketAddrV4,
+    /// Monotonic clock nanoseconds, caller-supplied.
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    pub state: TcpState,
+}
+
+/// Size of a [`FlowRecord`] (40 bytes on the supported targets; asserted in tests).
+pub const RECORD_BYTES: usize = size_of::<FlowRecord>();
+/// Bytes per slot: one record plus its 4-byte tag (44 bytes).
+pub const SLOT_BYTES: usize = RECORD_BYTES + size_of::<u32>();
+/// Largest capacity [`FlowTable::with_capacity`] accepts (tags address at most 2^32 slots).
+pub const MAX_CAPACITY: usize = 1 << 30;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InsertError {
+    #[error("flow table full ({capacity} records)")]
+    Full { capacity: usize },
+    #[error("flow already present")]
+    Exists,
+}
+
+const EMPTY_TAG: u32 = 0;
+
+const VACANT: FlowRecord = FlowRecord {
+    key: FlowKey {
+        client_ip: Ipv4Addr::UNSPECIFIED,
+        service_ip: Ipv4Addr::UNSPECIFIED,
+        client_port: 0,
+        service_port: 0,
+        protocol: 0,
+    },
+    backend: 0,
+    daemon: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+    created_ns: 0,
+    last_seen_ns: 0,
+    state: TcpState(0),
+};
+
+/// Fixed-capacity hash table of [`FlowRecord`]s keyed by [`FlowKey`], for one
+/// writer (one queue's worker). See the module docs for layout and memory.
+///
+/// Records returned by [`get_mut`](Self::get_mut) and [`insert`](Self::insert) must
+/// not have their `key` changed: the record would stay in the table (reachable by
+/// [`iter`](Self::iter)/[`retain`](Self::retain), which keep working) but no longer
+/// be found by key.
+pub struct FlowTable {
+    tags: Box<[u32]>,
+    records: Box<[FlowRecord]>,
+    mask: usize,
+    len: usize,
+    capacity: usize,
+    hasher: ahash::RandomState,
+    /// All ones except in tests, which narrow it to force tag and home collisions.
+    tag_mask: u32,
+}
+
+impl fmt::Debug for FlowTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlowTable")
+            .field("len", &self.len)
+            .field("capacity", &self.capacity)
+            .field("slots", &self.tags.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FlowTable {
+    /// Allocates a table holding up to `capacity` records; nothing allocates later.
+    ///
+    /// # Panics
+    /// If `capacity > MAX_CAPACITY`.
+    pub fn with_capacity(capacity: usize) -> Self {
+        assert!(
+            capacity <= MAX_CAPACITY,
+            "flow table capacity {capacity} exceeds {MAX_CAPACITY}"
+        );
+        let slots = Self::slots_for(capacity);
+        Self {
+            tags: vec![EMPTY_TAG; slots].into_boxed_slice(),
+            records: vec![VACANT; slots].into_boxed_slice(),
+            mask: slots - 1,
+            len: 0,
+            capacity,
+            hasher: ahash::RandomState::new(),
+            tag_mask: u32::MAX,
+        }
+    }
+
+    /// A table whose tags keep only `tag_mask` bits: with a small mask almost every
+    /// key shares its home slot and tag with others (worst-case clustering).
+    #[cfg(test)]
+    fn with_capacity_and_tag_mask(capacity: usize, tag_mask: u32) -> Self {
+        Self {
+            tag_mask,
+            ..Self::with_capacity(capacity)
+        }
+    }
+
+    /// Slot count used for `capacity`: the smallest power of two that is at least
+    /// `ceil(capacity * 4 / 3)` and greater than `capacity`.
+    pub fn slots_for(capacity: usize) -> usize {
+        capacity
+            .saturating_mul(4)
+            .div_ceil(3)
+            .max(capacity + 1)
+            .next_power_of_two()
+    }
+
+    #[inline]
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of slots (power of two).
+    #[inline]
+    pub fn slots(&self) -> usize {
+        self.tags.len()
+    }
+
+    /// Heap bytes held: `slots() * SLOT_BYTES`.
+    #[inline]
+    pub fn memory_bytes(&self) -> usize {
+        self.slots() * SLOT_BYTES
+    }
+
+    #[inline]
+    fn tag(&self, key: &FlowKey) -> u32 {
+        let t = (self.hasher.hash_one(key.packed()) >> 32) as u32 & self.tag_mask;
+        if t == EMPTY_TAG {
+            1
+        } else {
+            t
+        }
+    }
+
+    /// `Ok(slot)` holding `key`, or `Err(slot)`: the empty slot ending its probe run.
+    #[inline]
+    fn find(&self, key: &FlowKey, tag: u32) -> Result<usize, usize> {
+        let mut i = tag as usize & self.mask;
+        loop {
+            let t = self.tags[i];
+            if t == EMPTY_TAG {
+                return Err(i);
+            }
+            if t == tag && self.records[i].key == *key {
+                return Ok(i);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    #[inline]
+    pub fn get(&self, key: &FlowKey) -> Option<&FlowRecord> {
+        let i = self.find(key, self.tag(key)).ok()?;
+        Some(&self.records[i])
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, key: &FlowKey) -> Option<&mut FlowRecord> {
+        let i = self.find(key, self.tag(key)).ok()?;
+        Some(&mut self.records[i])
+    }
+
+    /// Inserts a record for a key not yet present. On error the table is untouched:
+    /// `Exists` if the key is present (checked first), `Full` if `len() == capacity()`.
+    pub fn insert(&mut self, record: FlowRecord) -> Result<&mut FlowRecord, InsertError> {
+        let tag = self.tag(&record.key);
+        match self.find(&record.key, tag) {
+            Ok(_) => Err(InsertError::Exists),
+            Err(_) if self.len >= self.capacity => Err(InsertError::Full {
+                capacity: self.capacity,
+            }),
+            Err(i) => {
+                self.tags[i] = tag;
+                self.records[i] = record;
+                self.len += 1;
+                Ok(&mut self.records[i])
+            }
+        }
+    }
+
+    pub fn remove(&mut self, key: &FlowKey) -> Option<FlowRecord> {
+        let i = self.find(key, self.tag(key)).ok()?;
+        Some(self.remove_at(i))
+    }
+
+    /// Empties occupied slot `i` and shifts later members of its probe run back so
+    /// that every record stays reachable from its home slot without tombstones.
+    fn remove_at(&mut self, i: usize) -> FlowRecord {
+        let removed = self.records[i];
+        let mask = self.mask;
+        let mut hole = i;
+        let mut j = (i + 1) & mask;
+        loop {
+            let t = self.tags[j];
+            if t == EMPTY_TAG {
+                break;
+            }
+            let home = t as usize & mask;
+            // Move j into the hole unless its home lies cyclically in (hole, j].
+            if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
+                self.tags[hole] = t;
+                self.records[hole] = self.records[j];
+                hole = j;
+            }
+            j = (j + 1) & mask;
+        }
+        self.tags[hole] = EMPTY_TAG;
+        self.len -= 1;
+        removed
+    }
+
+    /// All records, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = &FlowRecord> {
+        self.tags
+            .iter()
+            .zip(self.records.iter())
+            .filter(|(t, _)| **t != EMPTY_TAG)
+            .map(|(_, r)| r)
+    }
+
+    /// Keeps the records for which `f` returns true, removes the others, and returns
+    /// how many were removed. `f` is called exactly once per record. O(slots).
+    pub fn retain(&mut self, mut f: impl FnMut(&FlowRecord) -> bool) -> usize {
+        if self.len == 0 {
+            return 0;
+        }
+        // Start just after an empty slot: backward shifts never move a record across
+        // an empty slot that stays empty, so no record is moved from the not-yet-visited
+        // part into the visited part (or the other way round).
+        let start = self
+            .tags
+            .iter()
+            .position(|&t| t == EMPTY_TAG)
+            .expect("slots > capacity, so a slot is always empty");
+        let slots = self.slots();
+        let mut removed = 0;
+        let mut step = 1;
+        while step < slots {
+            let i = (start + step) & self.mask;
+            if self.tags[i] != EMPTY_TAG && !f(&self.records[i]) {
+                self.remove_at(i);
+                removed += 1;
+                // Slot i now holds the next unvisited record of the run, or is empty.
+                continue;
+            }
+            step += 1;
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn key(n: u32) -> FlowKey {
+        FlowKey {
+            client_ip: Ipv4Addr::from(0x0a00_0000 | (n >> 8)),
+            service_ip: Ipv4Addr::new(192, 0, 2, 1),
+            client_port: 1024 + (n & 0xff) as u16,
+            service_port: 80,
+            protocol: 6,
+        }
+    }
+
+    fn rec(n: u32, backend: u16, t: u64) -> FlowRecord {
+        FlowRecord {
+            key: key(n),
+            backend,
+            daemon: SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, backend as u8), 8000 + backend),
+            created_ns: t,
+            last_seen_ns: t,
+            state: TcpState::SYN_SEEN,
+        }
+    }
+
+    #[test]
+    fn sizes_are_as_documented() {
+        assert_eq!(RECORD_BYTES, 40);
+        assert_eq!(SLOT_BYTES, 44);
+        assert_eq!(size_of::<FlowKey>(), 14);
+    }
+
+    #[test]
+    fn slot_counts() {
+        assert_eq!(FlowTable::slots_for(0), 1);
+        assert_eq!(FlowTable::slots_for(1), 2);
+        assert_eq!(FlowTable::slots_for(3), 4);
+        assert_eq!(FlowTable::slots_for(4), 8);
+        assert_eq!(FlowTable::slots_for(6), 8);
+        assert_eq!(FlowTable::slots_for(7), 16);
+        assert_eq!(FlowTable::slots_for(1 << 20), 1 << 21);
+        for c in 0..5000 {
+            let s = FlowTable::slots_for(c);
+            assert!(s.is_power_of_two() && s > c && s * 3 >= c * 4, "{c} -> {s}");
+        }
+    }
+
+    #[test]
+    fn zero_capacity_refuses() {
+        let mut t = FlowTable::with_capacity(0);
+        assert_eq!(
+            t.insert(rec(1, 0, 0)),
+            Err(InsertError::Full { capacity: 0 })
+        );
+        assert!(t.get(&key(1)).is_none() && t.remove(&key(1)).is_none());
+        assert_eq!(t.retain(|_| false), 0);
+    }
+
+    #[test]
+    fn insert_get_update_remove() {
+        let mut t = FlowTable::with_capacity(8);
+        assert!(t.is_empty());
+        t.insert(rec(1, 1, 5)).unwrap().last_seen_ns = 6;
+        assert_eq!(t.insert(rec(1, 2, 7)), Err(InsertError::Exists));
+        assert_eq!(t.get(&key(1)).unwrap().last_seen_ns, 6);
+        assert_eq!(t.get(&key(1)).unwrap().backend, 1);
+        t.get_mut(&key(1))
+            .unwrap()
+            .state
+            .insert(TcpState::ESTABLISHED);
+        assert!(t.get(&key(1)).unwrap().state.is_established());
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.remove(&key(1)).unwrap().last_seen_ns, 6);
+        assert!(t.get(&key(1)).is_none() && t.remove(&key(1)).is_none());
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn full_table_refuses_and_keeps_everything() {
+        for tag_mask in [u32::MAX, 0x3, 0] {
+            for cap in [1usize, 2, 3, 5, 6, 7, 64, 1000] {
+                let mut t = FlowTable::with_capacity_and_tag_mask(cap, tag_mask);
+                for n in 0..cap as u32 {
+                    t.insert(rec(n, n as u16, u64::from(n))).unwrap();
+                }
+                assert_eq!(t.len(), cap);
+                assert_eq!(
+                    t.insert(rec(cap as u32, 0, 0)),
+                    Err(InsertError::Full { capacity: cap })
+                );
+                // An existing key is reported as such even when full.
+                assert_eq!(t.insert(rec(0, 9, 9)), Err(InsertError::Exists));
+                assert_eq!(t.len(), cap);
+                for n in 0..cap as u32 {
+                    assert_eq!(t.get(&key(n)), Some(&rec(n, n as u16, u64::from(n))));
+                }
+                assert!(t.get(&key(cap as u32)).is_none());
+                assert_eq!(t.iter().count(), cap);
+                // Remove everything, then everything is reinsertable.
+                for n in 0..cap as u32 {
+                    assert_eq!(t.remove(&key(n)), Some(rec(n, n as u16, u64::from(n))));
+                }
+                assert_eq!(t.len(), 0);
+                assert_eq!(t.iter().count(), 0);
+                assert!(t.tags.iter().all(|&x| x == EMPTY_TAG));
+                for n in (0..cap as u32).rev() {
+                    t.insert(rec(n, 1, 1)).unwrap();
+                }
+                assert_eq!(t.len(), cap);
+                assert_eq!(t.retain(|r| r.key.client_port % 2 == 0), cap / 2);
+                assert_eq!(t.len(), cap - cap / 2);
+                for n in 0..cap as u32 {
+                    assert_eq!(t.get(&key(n)).is_some(), n % 2 == 0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn churn_does_not_degrade() {
+        // Many insert/remove cycles at high load: with backward-shift deletion the
+        // table never accumulates tombstones; every slot not holding a record is empty.
+        let cap = 768; // 1024 slots, load 0.75
+        let mut t = FlowTable::with_capacity(cap);
+        for n in 0..cap as u32 {
+            t.insert(rec(n, 0, 0)).unwrap();
+        }
+        for round in 0..50u32 {
+            for n in 0..cap as u32 / 2 {
+                let old = round * 1000 + n * 2;
+                let _ = t.remove(&key(old % 100_000));
+            }
+            t.retain(|r| r.key.client_port % 3 != 0);
+            let mut n = 0;
+            while t.len() < cap {
+                let _ = t.insert(rec(round * 7919 + n, 0, 0));
+                n += 1;
+            }
+            assert_eq!(t.tags.iter().filter(|&&x| x != EMPTY_TAG).count(), cap);
+        }
+        for r in t.iter() {
+            assert_eq!(t.get(&r.key), Some(r));
+        }
+    }
+
+    #[test]
+    fn retain_calls_once_per_record() {
+        for tag_mask in [u32::MAX, 1, 0] {
+            let mut t = FlowTable::with_capacity_and_tag_mask(48, tag_mask);
+            for n in 0..48 {
+                t.insert(rec(n, 0, 0)).unwrap();
+            }
+            let mut seen = HashMap::new();
+            let removed = t.retain(|r| {
+                *seen.entry(r.key).or_insert(0) += 1;
+                r.key.client_port % 3 == 0
+            });
+            assert_eq!(seen.len(), 48);
+            assert!(seen.values().all(|&c| c == 1));
+            assert_eq!(removed, 32);
+            assert_eq!(t.len(), 16);
+        }
+    }
+
+    #[test]
+    fn million_capacity_memory() {
+        let t = FlowTable::with_capacity(1_000_000);
+        assert_eq!(t.slots(), 1 << 21);
+        assert_eq!(t.memory_bytes(), 92_274_688);
+        assert_eq!(
+            t.tags.len() * 4 + t.records.len() * RECORD_BYTES,
+            t.memory_bytes()
+        );
+        assert_eq!(t.capacity(), 1_000_000);
+        assert!(t.is_empty());
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert(u32, u64),
+        Get(u32),
+        Update(u32, u64),
+        Remove(u32),
+        Retain(u32),
+    }
+
+    fn op(keys: u32) -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..keys, any::<u64>()).prop_map(|(k, v)| Op::Insert(k, v)),
+            2 => (0..keys).prop_map(Op::Get),
+            1 => (0..keys, any::<u64>()).prop_map(|(k, v)| Op::Update(k, v)),
+            2 => (0..keys).prop_map(Op::Remove),
+            1 => (1..5u32).prop_map(Op::Retain),
+        ]
+    }
+
+    fn check_model(cap: usize, tag_mask: u32, ops: &[Op]) -> Result<(), TestCaseError> {
+        let mut t = FlowTable::with_capacity_and_tag_mask(cap, tag_mask);
+        let mut m: HashMap<FlowKey, FlowRecord> = HashMap::new();
+        for op in ops {
+            match *op {
+                Op::Insert(k, v) => {
+                    let r = FlowRecord {
+                        last_seen_ns: v,
+                        ..rec(k, (k % 7) as u16, v)
+                    };
+                    let got = t.insert(r).map(|x| *x);
+                    let want = if m.contains_key(&r.key) {
+                        Err(InsertError::Exists)
+                    } else if m.len() == cap {
+                        Err(InsertError::Full { capacity: cap })
+                    } else {
+                        m.insert(r.key, r);
+                        Ok(r)
+                    };
+                    prop_assert_eq!(got, want);
+                }
+                Op::Get(k) => prop_assert_eq!(t.get(&key(k)), m.get(&key(k))),
+                Op::Update(k, v) => {
+                    let a = t.get_mut(&key(k)).map(|r| {
+                        r.last_seen_ns = v;
+                        *r
+                    });
+                    let b = m.get_mut(&key(k)).map(|r| {
+                        r.last_seen_ns = v;
+                        *r
+                    });
+                    prop_assert_eq!(a, b);
+                }
+                Op::Remove(k) => prop_assert_eq!(t.remove(&key(k)), m.remove(&key(k))),
+                Op::Retain(d) => {
+                    let keep = |r: &FlowRecord| !r.last_seen_ns.is_multiple_of(u64::from(d + 1));
+                    let before = m.len();
+                    m.retain(|_, r| keep(r));
+                    prop_assert_eq!(t.retain(keep), before - m.len());
+                }
+            }
+            prop_assert_eq!(t.len(), m.len());
+            prop_assert!(t.len() <= cap);
+        }
+        // Final full comparison, both ways.
+        prop_assert_eq!(t.iter().count(), m.len());
+        for r in t.iter() {
+            prop_assert_eq!(m.get(&r.key), Some(r));
+        }
+        for (k, r) in &m {
+            prop_assert_eq!(t.get(k), Some(r));
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn model_random_hashes(cap in 1usize..64, ops in prop::collection::vec(op(96), 0..400)) {
+            check_model(cap, u32::MAX, &ops)?;
+        }
+
+        /// Tags of 0-2 bits: every key homes to one of at most 4 slots and shares its tag
+        /// with a quarter of the others or more; long wrapping probe runs everywhere.
+        #[test]
+        fn model_heavy_collisions(
+            cap in 1usize..64,
+            tag_mask in prop_oneof![Just(0u32), Just(1), Just(3)],
+            ops in prop::collection::vec(op(96), 0..400),
+        ) {
+            check_model(cap, tag_mask, &ops)?;
+        }
+
+        /// High bits only: homes collide (same low bits) but tags mostly differ, so probe
+        /// runs are long and tag filtering is exercised.
+        #[test]
+        fn model_home_collisions(
+            cap in 1usize..64,
+            ops in prop::collection::vec(op(96), 0..400),
+        ) {
+            check_model(cap, 0xffff_0000 | 1, &ops)?;
+        }
+    }
+}
