@@ -316,7 +316,7 @@ fn forward(
     let (daemon, backend) = match table.get_mut(&key) {
         Some(record) => {
             record.last_seen_ns = now_ns;
-            record.state.observe_client(flags);
+            record.state.on_client_segment(flags.0);
             (record.daemon, record.backend)
         }
         None => {
@@ -340,7 +340,7 @@ fn forward(
                 return drop_with(stats, WorkerDrop::NoNeighbour);
             }
             let mut state = TcpState::default();
-            state.observe_client(flags);
+            state.on_client_segment(flags.0);
             let record = FlowRecord {
                 key,
                 backend,
