@@ -1,0 +1,180 @@
+//! TCP header view (smoltcp style). Only the fields NAT needs are exposed.
+
+use super::{DropReason, TcpFlags};
+
+/// Byte offsets/ranges of the fixed TCP header.
+pub(crate) mod field {
+    use core::ops::Range;
+    pub const SRC_PORT: Range<usize> = 0..2;
+    pub const DST_PORT: Range<usize> = 2..4;
+    pub const SEQ_NUM: Range<usize> = 4..8;
+    pub const ACK_NUM: Range<usize> = 8..12;
+    pub const DATA_OFF: usize = 12;
+    pub const FLAGS: usize = 13;
+    pub const WINDOW: Range<usize> = 14..16;
+    pub const CHECKSUM: Range<usize> = 16..18;
+    pub const URGENT: Range<usize> = 18..20;
+}
+
+/// Length of the TCP header without options (data offset 5).
+pub const HEADER_LEN: usize = 20;
+
+/// A view over a TCP segment. Invariant: `buffer.len() >= HEADER_LEN`, so no accessor
+/// can panic. The buffer should end where the IP payload ends (not at the end of the
+/// Ethernet frame), so that [`Segment::check_offset`] checks against the right length.
+#[derive(Debug)]
+pub struct Segment<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+#[inline]
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+#[inline]
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+impl<T: AsRef<[u8]>> Segment<T> {
+    /// Wraps the IP payload `buffer` and validates the header: length, then data offset.
+    pub fn new_checked(buffer: T) -> Result<Self, DropReason> {
+        if buffer.as_ref().len() < HEADER_LEN {
+            return Err(DropReason::TruncatedTcp);
+        }
+        let s = Self { buffer };
+        s.check_offset()?;
+        Ok(s)
+    }
+
+    /// Caller guarantees `buffer.len() >= HEADER_LEN`.
+    pub(crate) fn new_unchecked(buffer: T) -> Self {
+        debug_assert!(buffer.as_ref().len() >= HEADER_LEN);
+        Self { buffer }
+    }
+
+    /// Data offset must be at least 5 words and within the segment.
+    pub fn check_offset(&self) -> Result<(), DropReason> {
+        let hl = self.header_len();
+        if hl < HEADER_LEN {
+            Err(DropReason::TcpOffsetTooSmall)
+        } else if hl > self.buffer.as_ref().len() {
+            Err(DropReason::TcpOffsetPastEnd)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
+    pub fn src_port(&self) -> u16 {
+        be16(self.buffer.as_ref(), field::SRC_PORT.start)
+    }
+
+    pub fn dst_port(&self) -> u16 {
+        be16(self.buffer.as_ref(), field::DST_PORT.start)
+    }
+
+    pub fn seq_number(&self) -> u32 {
+        be32(self.buffer.as_ref(), field::SEQ_NUM.start)
+    }
+
+    pub fn ack_number(&self) -> u32 {
+        be32(self.buffer.as_ref(), field::ACK_NUM.start)
+    }
+
+    /// Header length in bytes (data offset * 4).
+    pub fn header_len(&self) -> usize {
+        usize::from(self.buffer.as_ref()[field::DATA_OFF] >> 4) * 4
+    }
+
+    pub fn flags(&self) -> TcpFlags {
+        TcpFlags(self.buffer.as_ref()[field::FLAGS])
+    }
+
+    pub fn window(&self) -> u16 {
+        be16(self.buffer.as_ref(), field::WINDOW.start)
+    }
+
+    pub fn checksum(&self) -> u16 {
+        be16(self.buffer.as_ref(), field::CHECKSUM.start)
+    }
+
+    pub fn urgent(&self) -> u16 {
+        be16(self.buffer.as_ref(), field::URGENT.start)
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Segment<T> {
+    pub fn set_src_port(&mut self, v: u16) {
+        self.buffer.as_mut()[field::SRC_PORT].copy_from_slice(&v.to_be_bytes());
+    }
+
+    pub fn set_dst_port(&mut self, v: u16) {
+        self.buffer.as_mut()[field::DST_PORT].copy_from_slice(&v.to_be_bytes());
+    }
+
+    pub fn set_checksum(&mut self, v: u16) {
+        self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&v.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: [u8; 20] = [
+        0x30, 0x39, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 2, 0x50, 0x12, 0xff, 0xff, 0xab, 0xcd, 0, 0,
+    ];
+
+    #[test]
+    fn accessors() {
+        let s = Segment::new_checked(&SEG[..]).unwrap();
+        assert_eq!(s.src_port(), 12345);
+        assert_eq!(s.dst_port(), 80);
+        assert_eq!(s.seq_number(), 1);
+        assert_eq!(s.ack_number(), 2);
+        assert_eq!(s.header_len(), 20);
+        assert_eq!(s.flags(), TcpFlags(TcpFlags::SYN | TcpFlags::ACK));
+        assert_eq!(s.window(), 0xffff);
+        assert_eq!(s.checksum(), 0xabcd);
+        assert_eq!(s.urgent(), 0);
+    }
+
+    #[test]
+    fn setters() {
+        let mut b = SEG;
+        let mut s = Segment::new_checked(&mut b[..]).unwrap();
+        s.set_src_port(1);
+        s.set_dst_port(2);
+        s.set_checksum(3);
+        assert_eq!((s.src_port(), s.dst_port(), s.checksum()), (1, 2, 3));
+    }
+
+    #[test]
+    fn validation() {
+        for n in 0..HEADER_LEN {
+            assert_eq!(
+                Segment::new_checked(&SEG[..n]).err(),
+                Some(DropReason::TruncatedTcp)
+            );
+        }
+        let mut b = SEG;
+        b[12] = 0x40;
+        assert_eq!(
+            Segment::new_checked(&b[..]).err(),
+            Some(DropReason::TcpOffsetTooSmall)
+        );
+        b[12] = 0x60;
+        assert_eq!(
+            Segment::new_checked(&b[..]).err(),
+            Some(DropReason::TcpOffsetPastEnd)
+        );
+        let mut long = [0u8; 24];
+        long[..20].copy_from_slice(&b);
+        assert!(Segment::new_checked(&long[..]).is_ok());
+    }
+}
