@@ -104,6 +104,20 @@ fn fmt_mac(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
 }
 
+/// The XDP program asks the kernel's FIB for the next hop of each reply to a
+/// client, and the kernel answers only for interfaces that forward IPv4.
+fn require_forwarding(front: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{front}/forwarding");
+    let value = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    if value.trim() != "1" {
+        bail!(
+            "IPv4 forwarding is off on the front interface {front}; the reply path's FIB lookup needs it \
+             (sysctl -w net.ipv4.conf.{front}.forwarding=1)"
+        );
+    }
+    Ok(())
+}
+
 pub fn run(config: &Config) -> Result<()> {
     let missing = sys::missing_capabilities().context("reading this process's capabilities")?;
     if !missing.is_empty() {
@@ -116,6 +130,7 @@ pub fn run(config: &Config) -> Result<()> {
     let front = Interface::lookup(&config.front).context("front")?;
     let back = Interface::lookup(&config.back).context("back")?;
     let back_mac = neigh::interface_mac(&back.name)?;
+    require_forwarding(&front.name)?;
     let daemons = daemons_of(config)?;
 
     let resolver = Resolver {

@@ -133,7 +133,7 @@ impl Steering {
         libbpf_rs::set_print(None);
         let storage: &'static mut MaybeUninit<OpenObject> =
             Box::leak(Box::new(MaybeUninit::uninit()));
-        let open = SteerSkelBuilder::default()
+        let mut open = SteerSkelBuilder::default()
             .open(storage)
             .context("opening the XDP program (is this kernel built with BPF?)")?;
         let rodata = open
