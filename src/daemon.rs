@@ -11,17 +11,16 @@ use std::{
     time::Duration,
 };
 
-use ahash::AHashMap;
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    balance::Pool,
     config::Config,
+    dataplane::{Dataplane, NextHop},
     neigh::{self, Resolver},
     packet::DropReason,
     stats::{WorkerDrop, WorkerStats},
     sys::{self, Signal},
-    worker::{self, Dataplane, NextHop, ServiceSlot, WorkerReport, WorkerSetup},
+    worker::{self, WorkerReport, WorkerSetup},
     xdp::{Interface, Side, Steering, COUNTER_NAMES},
     xsk,
 };
@@ -30,62 +29,13 @@ use crate::{
 const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// A daemon across all services: its global id is its index in this list.
-struct Daemon {
-    addr: SocketAddrV4,
-    service: u16,
-    local: u16,
-}
-
-fn daemons_of(config: &Config) -> Result<Vec<Daemon>> {
-    let mut out = Vec::new();
-    for (s, service) in config.services.iter().enumerate() {
-        for (l, b) in service.backends.iter().enumerate() {
-            out.push(Daemon {
-                addr: b.addr,
-                service: s as u16,
-                local: l as u16,
-            });
-        }
-    }
-    if out.len() > usize::from(u16::MAX) {
-        bail!("{} daemons configured; at most {}", out.len(), u16::MAX);
-    }
-    Ok(out)
-}
-
-fn build_plane(
-    config: &Config,
-    daemons: &[Daemon],
-    next_hops: &Arc<[NextHop]>,
-    back_mac: [u8; 6],
-) -> Result<Dataplane> {
-    let mut services = Vec::with_capacity(config.services.len());
-    let mut service_by_vip = AHashMap::new();
-    let mut service_by_daemon = AHashMap::new();
-    let mut first = 0u16;
-    for (i, s) in config.services.iter().enumerate() {
-        let pool =
-            Pool::new(s.policy, &s.backends).with_context(|| format!("service {}", s.address))?;
-        services.push(ServiceSlot {
-            vip: s.address,
-            pool,
-            first_backend: first,
-        });
-        service_by_vip.insert(s.address, i as u16);
-        for b in &s.backends {
-            service_by_daemon.insert(b.addr, s.address);
-        }
-        first += s.backends.len() as u16;
-    }
-    Ok(Dataplane {
-        services,
-        service_by_vip,
-        service_by_daemon,
-        next_hops: next_hops.clone(),
-        backend_owner: daemons.iter().map(|d| (d.service, d.local)).collect(),
-        back_mac,
-    })
+/// Every daemon of every service in config order: the index is its global id.
+fn daemons_of(config: &Config) -> Vec<SocketAddrV4> {
+    config
+        .services
+        .iter()
+        .flat_map(|s| s.backends.iter().map(|b| b.addr))
+        .collect()
 }
 
 /// The cores workers run on: as configured, or else every core but the first
@@ -131,22 +81,22 @@ pub fn run(config: &Config) -> Result<()> {
     let back = Interface::lookup(&config.back).context("back")?;
     let back_mac = neigh::interface_mac(&back.name)?;
     require_forwarding(&front.name)?;
-    let daemons = daemons_of(config)?;
+    let daemons = daemons_of(config);
 
     let resolver = Resolver {
         back: back.name.clone(),
         probe_timeout: PROBE_TIMEOUT,
     };
     let next_hops: Arc<[NextHop]> = daemons.iter().map(|_| NextHop::default()).collect();
-    for (d, hop) in daemons.iter().zip(next_hops.iter()) {
-        resolver.route(*d.addr.ip())?;
-        let mac = resolver.resolve(d.addr)?;
+    for (&daemon, hop) in daemons.iter().zip(next_hops.iter()) {
+        resolver.route(*daemon.ip())?;
+        let mac = resolver.resolve(daemon)?;
         hop.set(mac);
         match mac {
-            Some(mac) => println!("dispatchd: daemon {} next hop {}", d.addr, fmt_mac(mac)),
+            Some(mac) => println!("dispatchd: daemon {daemon} next hop {}", fmt_mac(mac)),
             None => println!(
                 "dispatchd: daemon {} next hop unresolved yet; retrying",
-                d.addr
+                daemon
             ),
         }
     }
@@ -205,7 +155,7 @@ pub fn run(config: &Config) -> Result<()> {
             poll: config.poll,
             flow_capacity: config.flow_capacity,
             sockets,
-            plane: build_plane(config, &daemons, &next_hops, back_mac)?,
+            plane: Dataplane::build(&config.services, next_hops.clone(), back_mac)?,
             stats,
             stop: stop.clone(),
         };
@@ -246,20 +196,20 @@ pub fn run(config: &Config) -> Result<()> {
     Ok(())
 }
 
-fn refresh_next_hops(resolver: &Resolver, daemons: &[Daemon], next_hops: &[NextHop]) {
-    for (d, hop) in daemons.iter().zip(next_hops) {
+fn refresh_next_hops(resolver: &Resolver, daemons: &[SocketAddrV4], next_hops: &[NextHop]) {
+    for (&daemon, hop) in daemons.iter().zip(next_hops) {
         // A failing probe only means the daemon is unreachable right now.
         let known = hop.get();
         let mac = if known.is_some() {
-            resolver.lookup(*d.addr.ip())
+            resolver.lookup(*daemon.ip())
         } else {
-            resolver.resolve(d.addr)
+            resolver.resolve(daemon)
         };
         if let Ok(mac) = mac {
             if mac.is_some() && mac != known {
                 println!(
                     "dispatchd: daemon {} next hop {}",
-                    d.addr,
+                    daemon,
                     fmt_mac(mac.unwrap_or_default())
                 );
             }

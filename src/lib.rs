@@ -8,6 +8,7 @@
 pub mod balance;
 pub mod config;
 pub mod daemon;
+pub mod dataplane;
 pub mod flow;
 pub mod neigh;
 pub mod packet;
