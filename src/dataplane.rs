@@ -55,14 +55,22 @@ pub struct ServiceSlot {
 /// What a worker needs to decide a frame's fate; built once per worker at start.
 pub struct Dataplane {
     pub services: Vec<ServiceSlot>,
-    pub service_by_vip: AHashMap<SocketAddrV4, u16>,
+    /// Keyed by [`endpoint_key`] of the VIP and port.
+    pub service_by_vip: AHashMap<u64, u16>,
     /// A reply's source decides its new source: the daemon's service.
-    pub service_by_daemon: AHashMap<SocketAddrV4, SocketAddrV4>,
+    pub service_by_daemon: AHashMap<u64, SocketAddrV4>,
     /// Indexed by global backend id.
     pub next_hops: Arc<[NextHop]>,
     /// Global backend id -> (service index, index in that service's pool).
     pub backend_owner: Vec<(u16, u16)>,
     pub back_mac: [u8; 6],
+}
+
+/// An address and port as one integer: hashed with a single write, where
+/// `SocketAddrV4`'s own Hash feeds the hasher field by field.
+#[inline]
+pub fn endpoint_key(addr: SocketAddrV4) -> u64 {
+    (u64::from(u32::from(*addr.ip())) << 16) | u64::from(addr.port())
 }
 
 impl Dataplane {
@@ -87,9 +95,9 @@ impl Dataplane {
                 pool,
                 first_backend,
             });
-            service_by_vip.insert(s.address, i as u16);
+            service_by_vip.insert(endpoint_key(s.address), i as u16);
             for (local, b) in s.backends.iter().enumerate() {
-                service_by_daemon.insert(b.addr, s.address);
+                service_by_daemon.insert(endpoint_key(b.addr), s.address);
                 backend_owner.push((i as u16, local as u16));
             }
         }
@@ -148,7 +156,7 @@ pub fn forward(
             if !opens_connection {
                 return drop_with(stats, WorkerDrop::NoFlow);
             }
-            let Some(&service) = plane.service_by_vip.get(&key.service()) else {
+            let Some(&service) = plane.service_by_vip.get(&endpoint_key(key.service())) else {
                 return drop_with(stats, WorkerDrop::UnknownService);
             };
             let slot = &mut plane.services[service as usize];
@@ -207,7 +215,7 @@ pub fn reverse(frame: &mut [u8], plane: &Dataplane, stats: &WorkerStats) -> bool
             return false;
         }
     };
-    let Some(&service) = plane.service_by_daemon.get(&pkt.src()) else {
+    let Some(&service) = plane.service_by_daemon.get(&endpoint_key(pkt.src())) else {
         return drop_with(stats, WorkerDrop::UnknownDaemon);
     };
     pkt.rewrite_src(service);

@@ -32,6 +32,7 @@ use std::net::Ipv4Addr;
 /// last has even length.
 ///
 /// The `u64` accumulator cannot overflow for any slice shorter than 2^48 bytes.
+#[inline]
 pub fn sum(data: &[u8], initial: u64) -> u64 {
     let mut acc = initial;
     let mut words = data.chunks_exact(2);
@@ -45,6 +46,7 @@ pub fn sum(data: &[u8], initial: u64) -> u64 {
 }
 
 /// Folds a one's complement accumulator to 16 bits with end-around carry.
+#[inline]
 pub fn fold(mut acc: u64) -> u16 {
     while acc > 0xFFFF {
         acc = (acc & 0xFFFF) + (acc >> 16);
@@ -54,12 +56,14 @@ pub fn fold(mut acc: u64) -> u16 {
 }
 
 /// RFC 1071 Internet checksum of `data`: the complement of the folded sum.
+#[inline]
 pub fn checksum(data: &[u8]) -> u16 {
     !fold(sum(data, 0))
 }
 
 /// True if `data` (which contains its own checksum field) sums to one's complement
 /// zero. Accepts both representations of zero in the checksum field.
+#[inline]
 pub fn verify(data: &[u8]) -> bool {
     fold(sum(data, 0)) == 0xFFFF
 }

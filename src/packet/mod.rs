@@ -262,6 +262,7 @@ pub struct L4Frame<'a> {
 
 impl<'a> L4Frame<'a> {
     /// Validates the frame once (see the module docs for the rules and their order).
+    #[inline]
     pub fn parse(buf: &'a mut [u8]) -> Result<Self, DropReason> {
         ethernet::Frame::new_checked(&buf[..])?.check_ipv4()?;
         // buf.len() >= 14 from here.
@@ -347,21 +348,25 @@ impl<'a> L4Frame<'a> {
         }
     }
 
+    #[inline]
     pub fn protocol(&self) -> L4Proto {
         self.proto
     }
 
     /// IPv4 source + L4 source port.
+    #[inline]
     pub fn src(&self) -> SocketAddrV4 {
         SocketAddrV4::new(self.ip().src_addr(), self.ports().0)
     }
 
     /// IPv4 destination + L4 destination port.
+    #[inline]
     pub fn dst(&self) -> SocketAddrV4 {
         SocketAddrV4::new(self.ip().dst_addr(), self.ports().1)
     }
 
     /// TCP flags; empty for UDP.
+    #[inline]
     pub fn tcp_flags(&self) -> TcpFlags {
         match self.proto {
             L4Proto::Tcp => tcp::Segment::new_unchecked(self.l4()).flags(),
@@ -417,6 +422,7 @@ impl<'a> L4Frame<'a> {
         }
     }
 
+    #[inline]
     pub fn set_macs(&mut self, macs: &MacPair) {
         let mut e = ethernet::Frame::new_unchecked(&mut self.buf[..]);
         e.set_src_addr(macs.src);
@@ -425,23 +431,27 @@ impl<'a> L4Frame<'a> {
 
     /// DNAT: destination IP + port := `new_dst`, TTL -= 1, IPv4 and L4 checksums
     /// updated incrementally.
+    #[inline]
     pub fn rewrite_dst(&mut self, new_dst: SocketAddrV4) {
         self.rewrite(Side::Dst, new_dst);
     }
 
     /// Reverse NAT: source IP + port := `new_src`, TTL -= 1, checksums updated
     /// incrementally.
+    #[inline]
     pub fn rewrite_src(&mut self, new_src: SocketAddrV4) {
         self.rewrite(Side::Src, new_src);
     }
 
     /// [`set_macs`](Self::set_macs) + [`rewrite_dst`](Self::rewrite_dst).
+    #[inline]
     pub fn rewrite_forward(&mut self, new_dst: SocketAddrV4, macs: &MacPair) {
         self.set_macs(macs);
         self.rewrite_dst(new_dst);
     }
 
     /// [`set_macs`](Self::set_macs) + [`rewrite_src`](Self::rewrite_src).
+    #[inline]
     pub fn rewrite_reverse(&mut self, new_src: SocketAddrV4, macs: &MacPair) {
         self.set_macs(macs);
         self.rewrite_src(new_src);
@@ -460,6 +470,7 @@ impl<'a> L4Frame<'a> {
     /// Rewrites one endpoint. Each call decrements the TTL once; `parse` guarantees
     /// TTL >= 2, so one rewrite per frame leaves it >= 1. (Should a caller rewrite the
     /// same frame repeatedly, the TTL saturates at 0 rather than wrapping.)
+    #[inline]
     fn rewrite(&mut self, side: Side, new: SocketAddrV4) {
         let ip = self.ip();
         let old_addr = match side {
