@@ -2,7 +2,7 @@
 # Installs what building and testing dispatchd needs on Debian, only if missing.
 # clang builds the XDP program; m4, make, pkg-config, libelf-dev, zlib1g-dev and
 # libpcap-dev build the vendored libbpf/libxdp that xsk-rs links; iproute2, ethtool
-# and nftables build and tune the test topology.
+# and nftables build and tune the test topology; ping and setpriv serve the tests.
 set -euo pipefail
 
 need=()
@@ -16,6 +16,8 @@ have_cmd pkg-config || need+=(pkg-config)
 have_cmd ip || need+=(iproute2)
 have_cmd ethtool || need+=(ethtool)
 have_cmd nft || need+=(nftables)
+have_cmd ping || need+=(iputils-ping)
+have_cmd setpriv || need+=(util-linux)
 for p in libelf-dev zlib1g-dev libpcap-dev; do have_pkg "$p" || need+=("$p"); done
 
 if [ ${#need[@]} -gt 0 ]; then
