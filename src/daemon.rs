@@ -6,7 +6,7 @@
 //! process, so any exit after it, clean or not, detaches.
 use std::{
     net::SocketAddrV4,
-    sync::{atomic::AtomicBool, atomic::Ordering::Relaxed, Arc},
+    sync::{atomic::AtomicBool, atomic::Ordering::Relaxed, mpsc::sync_channel, Arc},
     thread,
     time::Duration,
 };
@@ -15,19 +15,23 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     config::Config,
-    dataplane::{Dataplane, NextHop},
+    control::manager::{bind_control_socket, Manager, ManagerParts, WorkerLink},
+    dataplane::{Dataplane, EventSink, NextHop, Wake},
     neigh::{self, Resolver},
-    packet::DropReason,
-    stats::{WorkerDrop, WorkerStats},
-    sys::{self, Signal},
-    worker::{self, WorkerReport, WorkerSetup},
-    xdp::{Interface, Side, Steering, COUNTER_NAMES},
+    stats::WorkerStats,
+    sys::{self, EventFd},
+    worker::{self, WorkerSetup},
+    xdp::{Interface, Side, Steering},
     xsk,
 };
 
-/// How often the main thread re-reads the kernel's neighbour table.
-const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(1);
+/// Start-up's TCP attempt that makes the kernel resolve a daemon's next hop.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Events a worker may queue before it counts them as dropped; a burst of new
+/// connections in one loop round must fit.
+const EVENT_QUEUE: usize = 65_536;
+/// Commands queued per worker; the loop keeps what does not fit for later.
+const COMMAND_QUEUE: usize = 4_096;
 
 /// Every daemon of every service in config order: the index is its global id.
 fn daemons_of(config: &Config) -> Vec<SocketAddrV4> {
@@ -68,7 +72,9 @@ fn require_forwarding(front: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn run(config: &Config) -> Result<()> {
+/// Runs dispatchd until SIGTERM or SIGINT. `reload` re-reads the configuration
+/// (the file and flags of the command line) on SIGHUP.
+pub fn run(config: Config, reload: Box<dyn FnMut() -> Result<Config> + '_>) -> Result<()> {
     let missing = sys::missing_capabilities().context("reading this process's capabilities")?;
     if !missing.is_empty() {
         bail!(
@@ -81,7 +87,7 @@ pub fn run(config: &Config) -> Result<()> {
     let back = Interface::lookup(&config.back).context("back")?;
     let back_mac = neigh::interface_mac(&back.name)?;
     require_forwarding(&front.name)?;
-    let daemons = daemons_of(config);
+    let daemons = daemons_of(&config);
 
     let resolver = Resolver {
         back: back.name.clone(),
@@ -126,6 +132,8 @@ pub fn run(config: &Config) -> Result<()> {
         queues.push(sockets);
     }
 
+    // Bound before anything is attached, so a bad path fails start-up cleanly.
+    let ctl = bind_control_socket(&config.control.control_socket)?;
     let front_mode = steering.attach(&front, config.xdp_mode)?;
     let back_mode = steering.attach(&back, config.xdp_mode)?;
     println!(
@@ -142,12 +150,15 @@ pub fn run(config: &Config) -> Result<()> {
         );
     }
 
+    let wake = Arc::new(Wake::new(EventFd::new().context("creating an eventfd")?));
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
-    let mut all_stats = Vec::new();
-    for ((q, sockets), core) in queues.into_iter().enumerate().zip(worker_cores(config)) {
+    let mut links = Vec::new();
+    for ((q, sockets), core) in queues.into_iter().enumerate().zip(worker_cores(&config)) {
         let stats = Arc::new(WorkerStats::default());
-        all_stats.push(stats.clone());
+        let (event_tx, event_rx) = sync_channel(EVENT_QUEUE);
+        let (command_tx, command_rx) = sync_channel(COMMAND_QUEUE);
+        links.push(WorkerLink { events: event_rx, commands: command_tx, stats: stats.clone() });
         let setup = WorkerSetup {
             queue: q as u32,
             core,
@@ -155,117 +166,52 @@ pub fn run(config: &Config) -> Result<()> {
             poll: config.poll,
             flow_capacity: config.flow_capacity,
             sockets,
-            plane: Dataplane::build(&config.services, next_hops.clone(), back_mac)?,
+            plane: Dataplane::build(q as u16, &config.services, next_hops.clone(), back_mac)?,
             stats,
             stop: stop.clone(),
+            events: EventSink::new(event_tx, wake.clone()),
+            commands: command_rx,
         };
         let handle = thread::Builder::new()
             .name(format!("dispatchd-q{q}"))
             .spawn(move || worker::run(setup))
             .context("spawning a worker")?;
-        println!(
-            "dispatchd: worker {q} on core {}",
-            core.map_or("any".into(), |c| c.to_string())
-        );
+        println!("dispatchd: worker {q} on core {}", core.map_or("any".into(), |c| c.to_string()));
         handles.push(handle);
     }
+    let socket_path = config.control.control_socket.clone();
     println!(
-        "dispatchd: running (poll {:?}); SIGTERM or SIGINT stops",
-        config.poll
+        "dispatchd: control socket {}{}",
+        socket_path.display(),
+        config.control.metrics_listen.map(|a| format!(", metrics on http://{a}/metrics")).unwrap_or_default()
     );
+    println!("dispatchd: running (poll {:?}); SIGTERM or SIGINT stops, SIGHUP reloads", config.poll);
 
-    loop {
-        match sys::wait_signal(NEIGHBOUR_REFRESH) {
-            Some(Signal::Terminate | Signal::Interrupt) => break,
-            Some(Signal::Hangup) => {
-                println!("dispatchd: SIGHUP: configuration reload is not implemented yet")
-            }
-            None => refresh_next_hops(&resolver, &daemons, &next_hops),
-        }
-        if handles.iter().any(|h| h.is_finished()) {
-            eprintln!("dispatchd: a worker stopped unexpectedly; shutting down");
-            break;
-        }
-    }
-
+    let mut manager = Manager::new(ManagerParts {
+        config,
+        reload,
+        steering: &mut steering,
+        workers: links,
+        wake,
+        next_hops,
+        resolver,
+        back_mac,
+        ctl,
+    });
+    let outcome = manager.as_mut().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|m| m.run());
     stop.store(true, Relaxed);
-    let reports: Vec<WorkerReport> = handles.into_iter().filter_map(|h| h.join().ok()).collect();
-    let counters = steering.counters().ok();
+    for h in handles {
+        let _ = h.join();
+    }
+    // Counted after the workers stopped, so the numbers are final.
+    let final_stats = manager.as_ref().ok().map(|m| m.final_stats());
+    drop(manager);
     steering.detach();
-    print_final_stats(&all_stats, &reports, counters);
-    Ok(())
-}
-
-fn refresh_next_hops(resolver: &Resolver, daemons: &[SocketAddrV4], next_hops: &[NextHop]) {
-    for (&daemon, hop) in daemons.iter().zip(next_hops) {
-        // A failing probe only means the daemon is unreachable right now.
-        let known = hop.get();
-        let mac = if known.is_some() {
-            resolver.lookup(*daemon.ip())
-        } else {
-            resolver.resolve(daemon)
-        };
-        if let Ok(mac) = mac {
-            if mac.is_some() && mac != known {
-                println!(
-                    "dispatchd: daemon {} next hop {}",
-                    daemon,
-                    fmt_mac(mac.unwrap_or_default())
-                );
-            }
-            if mac.is_some() {
-                hop.set(mac);
-            }
-        }
-    }
-}
-
-fn print_final_stats(stats: &[Arc<WorkerStats>], reports: &[WorkerReport], xdp: Option<[u64; 6]>) {
+    let _ = std::fs::remove_file(&socket_path);
+    outcome?;
     println!("dispatchd: final statistics");
-    for (q, s) in stats.iter().enumerate() {
-        println!(
-            "  worker {q}: rx_front {} rx_back {} tx_back {} tx_front {} new_flows {} flows {} invalid {} dropped {} batches {} wakeups {} sleeps {}",
-            s.rx_front.get(), s.rx_back.get(), s.tx_back.get(), s.tx_front.get(), s.new_flows.get(),
-            s.flows.get(), s.invalid_total(), s.dropped_total(), s.batches.get(), s.wakeups.get(), s.sleeps.get()
-        );
-        for r in DropReason::ALL {
-            let n = s.invalid[r.index()].get();
-            if n > 0 {
-                println!("    invalid {}: {n}", r.as_str());
-            }
-        }
-        for d in WorkerDrop::ALL {
-            let n = s.dropped[d as usize].get();
-            if n > 0 {
-                println!("    dropped {}: {n}", d.as_str());
-            }
-        }
+    for line in final_stats.unwrap_or_default().lines() {
+        println!("  {line}");
     }
-    for r in reports {
-        let h = &r.latency_ns;
-        if h.is_empty() {
-            continue;
-        }
-        println!(
-            "  worker {} per-packet ns: p50 {} p90 {} p99 {} p99.9 {} p99.99 {} max {} (n={}); batch p50 {} max {}",
-            r.queue,
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.9),
-            h.value_at_quantile(0.99),
-            h.value_at_quantile(0.999),
-            h.value_at_quantile(0.9999),
-            h.max(),
-            h.len(),
-            r.batch_sizes.value_at_quantile(0.5),
-            r.batch_sizes.max()
-        );
-    }
-    if let Some(c) = xdp {
-        let line: Vec<String> = COUNTER_NAMES
-            .iter()
-            .zip(c)
-            .map(|(n, v)| format!("{n} {v}"))
-            .collect();
-        println!("  xdp: {}", line.join(" "));
-    }
+    Ok(())
 }

@@ -3,7 +3,8 @@
 use std::{
     net::SocketAddrV4,
     sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst},
+        mpsc::{SyncSender, TrySendError},
         Arc,
     },
 };
@@ -12,11 +13,13 @@ use ahash::AHashMap;
 use anyhow::{Context, Result};
 
 use crate::{
-    balance::Pool,
+    balance::{BackendState, Pool},
     config::ServiceConfig,
+    control::conntrack::Event,
     flow::{FlowKey, FlowRecord, FlowTable, InsertError, TcpState},
     packet::{L4Frame, MacPair},
     stats::{WorkerDrop, WorkerStats},
+    sys::EventFd,
 };
 
 /// A daemon's next-hop MAC, packed in the low 48 bits; 0 while unresolved. The
@@ -64,6 +67,8 @@ pub struct Dataplane {
     /// Global backend id -> (service index, index in that service's pool).
     pub backend_owner: Vec<(u16, u16)>,
     pub back_mac: [u8; 6],
+    /// The owning worker's index, reported with each new connection.
+    pub worker: u16,
 }
 
 /// An address and port as one integer: hashed with a single write, where
@@ -77,6 +82,7 @@ impl Dataplane {
     /// One worker's view of `services`; daemons get global ids in config order,
     /// which index `next_hops`.
     pub fn build(
+        worker: u16,
         services: &[ServiceConfig],
         next_hops: Arc<[NextHop]>,
         back_mac: [u8; 6],
@@ -114,7 +120,76 @@ impl Dataplane {
             next_hops,
             backend_owner,
             back_mac,
+            worker,
         })
+    }
+}
+
+impl Dataplane {
+    fn pool_of(&mut self, backend: u16) -> Option<(&mut Pool, u16)> {
+        let &(service, local) = self.backend_owner.get(usize::from(backend))?;
+        Some((&mut self.services[usize::from(service)].pool, local))
+    }
+
+    pub fn connection_closed(&mut self, backend: u16) {
+        if let Some((pool, local)) = self.pool_of(backend) {
+            pool.connection_closed(local);
+        }
+    }
+
+    pub fn set_backend_state(&mut self, backend: u16, state: BackendState) {
+        if let Some((pool, local)) = self.pool_of(backend) {
+            pool.set_state(usize::from(local), state);
+        }
+    }
+
+    /// Forgets a daemon's active connections (its records were dropped).
+    pub fn reset_active(&mut self, backend: u16) {
+        if let Some((pool, local)) = self.pool_of(backend) {
+            while pool.active(local) > 0 {
+                pool.connection_closed(local);
+            }
+        }
+    }
+
+    /// The global id of the daemon at `addr`, if configured.
+    pub fn backend_id(&self, addr: SocketAddrV4) -> Option<u16> {
+        self.services.iter().find_map(|slot| {
+            (0..slot.pool.len())
+                .find(|&l| slot.pool.addr(l) == addr)
+                .map(|l| slot.first_backend + l as u16)
+        })
+    }
+
+    /// Takes over a worker's records after a reload: records of daemons that
+    /// remain point at their new ids (and count towards least-connections);
+    /// records of daemons no longer configured are dropped. Daemons keep their
+    /// up/down/draining state. Runs on the reload path only, so it may allocate.
+    pub fn adopt(&mut self, table: &mut FlowTable, old: &Dataplane) {
+        for slot in &old.services {
+            for local in 0..slot.pool.len() {
+                if let Some(id) = self.backend_id(slot.pool.addr(local)) {
+                    self.set_backend_state(id, slot.pool.state(local));
+                }
+            }
+        }
+        let moves: Vec<(FlowKey, Option<u16>)> =
+            table.iter().map(|r| (r.key, self.backend_id(r.daemon))).collect();
+        for (key, id) in moves {
+            match id {
+                Some(id) => {
+                    if let Some(record) = table.get_mut(&key) {
+                        record.backend = id;
+                    }
+                    if let Some((pool, local)) = self.pool_of(id) {
+                        pool.connection_opened(local);
+                    }
+                }
+                None => {
+                    table.remove(&key);
+                }
+            }
+        }
     }
 }
 
@@ -131,6 +206,7 @@ pub fn forward(
     frame: &mut [u8],
     table: &mut FlowTable,
     plane: &mut Dataplane,
+    events: &mut EventSink,
     stats: &WorkerStats,
     now_ns: u64,
 ) -> bool {
@@ -146,7 +222,11 @@ pub fn forward(
     let (daemon, backend) = match table.get_mut(&key) {
         Some(record) => {
             record.last_seen_ns = now_ns;
+            let before = record.state;
             record.state.on_client_segment(flags.0);
+            if record.state != before {
+                report_client_change(events, stats, key, before, record.state);
+            }
             (record.daemon, record.backend)
         }
         None => {
@@ -187,6 +267,7 @@ pub fn forward(
             }
             slot.pool.connection_opened(local);
             stats.new_flows.add(1);
+            events.emit(Event::Opened { worker: plane.worker, key, daemon, backend }, stats);
             (daemon, backend)
         }
     };
@@ -207,7 +288,12 @@ pub fn forward(
 /// Daemon to client: the daemon's address alone names the service, so no flow
 /// lookup; the XDP program already set the Ethernet addresses from the kernel's FIB.
 #[inline]
-pub fn reverse(frame: &mut [u8], plane: &Dataplane, stats: &WorkerStats) -> bool {
+pub fn reverse(
+    frame: &mut [u8],
+    plane: &Dataplane,
+    events: &mut EventSink,
+    stats: &WorkerStats,
+) -> bool {
     let mut pkt = match L4Frame::parse(frame) {
         Ok(pkt) => pkt,
         Err(reason) => {
@@ -218,7 +304,97 @@ pub fn reverse(frame: &mut [u8], plane: &Dataplane, stats: &WorkerStats) -> bool
     let Some(&service) = plane.service_by_daemon.get(&endpoint_key(pkt.src())) else {
         return drop_with(stats, WorkerDrop::UnknownDaemon);
     };
+    let flags = pkt.tcp_flags();
+    if flags.fin() || flags.rst() {
+        // The record may belong to another worker (replies arrive on any queue):
+        // the management loop routes by key to the owner.
+        let key = FlowKey::new(pkt.dst(), service, pkt.protocol().number());
+        let ev = if flags.rst() {
+            Event::Rst { key, from_client: false }
+        } else {
+            Event::Fin { key, from_client: false }
+        };
+        events.emit(ev, stats);
+    }
     pkt.rewrite_src(service);
     stats.tx_front.add(1);
     true
+}
+
+/// Tells the management loop what a client segment changed in a record's state.
+#[cold]
+fn report_client_change(
+    events: &mut EventSink,
+    stats: &WorkerStats,
+    key: FlowKey,
+    before: TcpState,
+    after: TcpState,
+) {
+    if after.contains(TcpState::RST) && !before.contains(TcpState::RST) {
+        events.emit(Event::Rst { key, from_client: true }, stats);
+        return;
+    }
+    if after.is_established() && !before.is_established() {
+        events.emit(Event::Established { key }, stats);
+    }
+    if after.contains(TcpState::FIN_CLIENT) && !before.contains(TcpState::FIN_CLIENT) {
+        events.emit(Event::Fin { key, from_client: true }, stats);
+    }
+}
+
+/// Wakes the management loop through its eventfd, at most once per sleep: the
+/// loop arms the flag before it waits, the first worker to see it armed writes.
+#[derive(Debug)]
+pub struct Wake {
+    pub eventfd: EventFd,
+    armed: AtomicBool,
+}
+
+impl Wake {
+    pub fn new(eventfd: EventFd) -> Self {
+        Self { eventfd, armed: AtomicBool::new(false) }
+    }
+
+    /// Called by the loop before it drains the queues and goes to sleep; SeqCst
+    /// pairs with the workers' swap so an event sent after the drain is never
+    /// left without a wake-up.
+    pub fn arm(&self) {
+        self.armed.store(true, SeqCst);
+    }
+
+    fn notify(&self) {
+        if self.armed.swap(false, SeqCst) {
+            self.eventfd.notify();
+        }
+    }
+}
+
+/// A worker's side of its bounded event queue to the management loop.
+pub struct EventSink {
+    tx: SyncSender<Event>,
+    wake: Arc<Wake>,
+    sent: bool,
+}
+
+impl EventSink {
+    pub fn new(tx: SyncSender<Event>, wake: Arc<Wake>) -> Self {
+        Self { tx, wake, sent: false }
+    }
+
+    /// Never blocks: a full queue costs the event, which is counted.
+    #[inline]
+    pub fn emit(&mut self, event: Event, stats: &WorkerStats) {
+        match self.tx.try_send(event) {
+            Ok(()) => self.sent = true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => stats.events_dropped.add(1),
+        }
+    }
+
+    /// Once per batch: wake the loop if this batch sent anything.
+    #[inline]
+    pub fn flush(&mut self) {
+        if std::mem::take(&mut self.sent) {
+            self.wake.notify();
+        }
+    }
 }

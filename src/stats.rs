@@ -84,8 +84,15 @@ pub struct WorkerStats {
     pub wakeups: Counter,
     pub sleeps: Counter,
     pub flows: Counter,
+    /// Events the management loop never saw because the worker's queue was full.
+    pub events_dropped: Counter,
+    pub commands: Counter,
     pub invalid: [Counter; DropReason::COUNT],
     pub dropped: [Counter; WorkerDrop::COUNT],
+    /// Per-packet processing time (ns), without the kernel's send in the TX kick.
+    pub latency_ns: AtomicHistogram,
+    /// Frames per non-empty batch.
+    pub batch_sizes: AtomicHistogram,
 }
 
 impl WorkerStats {
@@ -95,5 +102,119 @@ impl WorkerStats {
 
     pub fn dropped_total(&self) -> u64 {
         self.dropped.iter().map(Counter::get).sum()
+    }
+}
+
+/// Nanoseconds since the process's first call: one clock for workers and the
+/// management loop, so deadlines and last-seen times compare directly.
+pub fn now_ns() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Buckets below this value are exact; above, each power of two splits into
+/// `SUB_BUCKETS` buckets (about 3 % relative error).
+const LINEAR_BUCKETS: u64 = 64;
+const SUB_BUCKET_BITS: u32 = 5;
+const SUB_BUCKETS: usize = 1 << SUB_BUCKET_BITS;
+const HISTOGRAM_BUCKETS: usize = LINEAR_BUCKETS as usize + (64 - 6) * SUB_BUCKETS;
+
+/// A log-linear histogram with one writer and lock-free readers: the worker
+/// records with a relaxed load and store per sample, the management loop turns a
+/// snapshot into an HDR histogram to merge and query.
+pub struct AtomicHistogram {
+    buckets: Box<[AtomicU64]>,
+}
+
+impl Default for AtomicHistogram {
+    fn default() -> Self {
+        Self { buckets: (0..HISTOGRAM_BUCKETS).map(|_| AtomicU64::new(0)).collect() }
+    }
+}
+
+impl std::fmt::Debug for AtomicHistogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AtomicHistogram").finish_non_exhaustive()
+    }
+}
+
+fn bucket_of(value: u64) -> usize {
+    if value < LINEAR_BUCKETS {
+        return value as usize;
+    }
+    let exp = 63 - value.leading_zeros(); // >= 6
+    let sub = (value >> (exp - SUB_BUCKET_BITS)) as usize & (SUB_BUCKETS - 1);
+    LINEAR_BUCKETS as usize + (exp as usize - 6) * SUB_BUCKETS + sub
+}
+
+/// The middle of a bucket's value range: what a snapshot records for it.
+fn bucket_value(index: usize) -> u64 {
+    if index < LINEAR_BUCKETS as usize {
+        return index as u64;
+    }
+    let rel = index - LINEAR_BUCKETS as usize;
+    let exp = (rel / SUB_BUCKETS) as u32 + 6;
+    let sub = (rel % SUB_BUCKETS) as u64;
+    let width = 1u64 << (exp - SUB_BUCKET_BITS);
+    (1u64 << exp) + sub * width + width / 2
+}
+
+impl AtomicHistogram {
+    #[inline]
+    pub fn record_n(&self, value: u64, count: u64) {
+        let b = &self.buckets[bucket_of(value)];
+        // One writer per histogram: load+store cannot lose a count.
+        b.store(b.load(Relaxed).wrapping_add(count), Relaxed);
+    }
+
+    /// Adds this histogram's samples into `into`.
+    pub fn merge_into(&self, into: &mut hdrhistogram::Histogram<u64>) {
+        for (i, b) in self.buckets.iter().enumerate() {
+            let n = b.load(Relaxed);
+            if n > 0 {
+                let v = bucket_value(i).max(1);
+                // A bounded histogram refuses values beyond its range: clamp those.
+                if into.record_n(v, n).is_err() {
+                    let _ = into.record_n(into.high(), n);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_monotonic_and_tight() {
+        let mut last = 0;
+        for v in (0..2_000_000u64).step_by(7).chain([u64::MAX / 2, u64::MAX]) {
+            let b = bucket_of(v);
+            assert!(b >= last, "bucket order at {v}");
+            assert!(b < HISTOGRAM_BUCKETS);
+            last = b;
+            let mid = bucket_value(b) as f64;
+            if v > 0 {
+                assert!((mid - v as f64).abs() / (v as f64) < 0.04, "{v} -> {mid}");
+            }
+        }
+    }
+
+    #[test]
+    fn snapshot_percentiles_match_the_samples() {
+        let h = AtomicHistogram::default();
+        for v in 1..=10_000u64 {
+            h.record_n(v, 1);
+        }
+        h.record_n(1_000_000, 10);
+        let mut hdr = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        h.merge_into(&mut hdr);
+        assert_eq!(hdr.len(), 10_010);
+        let p50 = hdr.value_at_quantile(0.5) as f64;
+        assert!((p50 - 5000.0).abs() / 5000.0 < 0.04, "p50 {p50}");
+        let p99 = hdr.value_at_quantile(0.99) as f64;
+        assert!((p99 - 9910.0).abs() / 9910.0 < 0.04, "p99 {p99}");
+        assert!(hdr.max() >= 970_000, "max {}", hdr.max());
     }
 }

@@ -102,3 +102,67 @@ pub fn missing_capabilities() -> io::Result<Vec<&'static str>> {
         .map(|&(_, name)| name)
         .collect())
 }
+
+/// An eventfd: workers write to it to wake the management loop, which reads it
+/// through io_uring.
+#[derive(Debug)]
+pub struct EventFd(std::os::fd::OwnedFd);
+
+impl EventFd {
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; a non-negative result is a new fd we own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor owned by nobody else.
+        Ok(Self(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }))
+    }
+
+    /// Adds one to the counter. EAGAIN (counter saturated) still leaves it
+    /// readable, which is all a wake-up needs.
+    pub fn notify(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to our own fd.
+        unsafe { libc::write(std::os::fd::AsRawFd::as_raw_fd(&self.0), one.as_ptr().cast(), 8) };
+    }
+
+    pub fn raw(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.0)
+    }
+}
+
+/// A signalfd for SIGTERM, SIGINT and SIGHUP (which [`block_signals`] blocked).
+#[derive(Debug)]
+pub struct SignalFd(std::os::fd::OwnedFd);
+
+impl SignalFd {
+    pub fn new() -> io::Result<Self> {
+        let set = handled_set();
+        // SAFETY: set is initialised; -1 asks for a new fd, which we then own.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor owned by nobody else.
+        Ok(Self(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }))
+    }
+
+    pub fn raw(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.0)
+    }
+
+    /// The signal in a `signalfd_siginfo` read from this fd.
+    pub fn decode(buf: &[u8]) -> Option<Signal> {
+        let signo = u32::from_ne_bytes(buf.get(..4)?.try_into().ok()?) as i32;
+        match signo {
+            libc::SIGTERM => Some(Signal::Terminate),
+            libc::SIGINT => Some(Signal::Interrupt),
+            libc::SIGHUP => Some(Signal::Hangup),
+            _ => None,
+        }
+    }
+}
+
+/// Size of the `signalfd_siginfo` the kernel hands back per signal.
+pub const SIGINFO_LEN: usize = 128;

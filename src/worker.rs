@@ -9,24 +9,26 @@
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering::Relaxed},
+        mpsc::Receiver,
         Arc,
     },
     time::Instant,
 };
 
-use hdrhistogram::Histogram;
 use xsk_rs::{FrameDesc, RxQueue, TxQueue, Umem};
 
 use crate::{
+    balance::BackendState,
     config::PollMode,
-    dataplane::{forward, reverse, Dataplane},
+    control::conntrack::{Command as FlowCommand, Event},
+    dataplane::{forward, reverse, Dataplane, EventSink},
     flow::FlowTable,
-    stats::{WorkerDrop, WorkerStats},
+    stats::{now_ns, WorkerDrop, WorkerStats},
     xsk::{poll_readable, QueueSockets},
 };
 
-/// Largest per-packet time the histogram resolves; slower samples are clamped.
-const LATENCY_MAX_NS: u64 = 10_000_000;
+/// Commands applied per loop round, so a burst of them cannot stall packets.
+const COMMANDS_PER_ROUND: usize = 64;
 /// Empty polls an adaptive worker spins through before it sleeps in poll().
 const ADAPTIVE_SPINS: u32 = 2_000;
 /// Longest sleep, so that a stop request is noticed promptly.
@@ -42,13 +44,20 @@ pub struct WorkerSetup {
     pub plane: Dataplane,
     pub stats: Arc<WorkerStats>,
     pub stop: Arc<AtomicBool>,
+    pub events: EventSink,
+    pub commands: Receiver<Command>,
 }
 
-/// What a worker hands back when it stops.
-pub struct WorkerReport {
-    pub queue: u32,
-    pub latency_ns: Histogram<u64>,
-    pub batch_sizes: Histogram<u64>,
+/// What the management loop tells a worker.
+pub enum Command {
+    Flow(FlowCommand),
+    /// A daemon (by global id) is up, down or draining: affects new connections only.
+    BackendState { backend: u16, state: BackendState },
+    /// Forget every record of a daemon (its health check failed and the policy
+    /// is to reset its connections).
+    RemoveBackendFlows { backend: u16 },
+    /// A reloaded configuration: the worker keeps its records for daemons that remain.
+    ReplacePlane(Box<Dataplane>),
 }
 
 struct Rings<'a> {
@@ -64,17 +73,10 @@ struct Batches {
     free: Vec<FrameDesc>,
 }
 
-pub fn run(setup: WorkerSetup) -> WorkerReport {
-    if let Some(id) = setup.core {
-        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
-            eprintln!(
-                "dispatchd: worker {} could not pin to core {id}; running unpinned",
-                setup.queue
-            );
-        }
-    }
+pub fn run(setup: WorkerSetup) {
     let WorkerSetup {
         queue,
+        core,
         batch,
         poll,
         flow_capacity,
@@ -82,61 +84,48 @@ pub fn run(setup: WorkerSetup) -> WorkerReport {
         mut plane,
         stats,
         stop,
-        ..
+        mut events,
+        commands,
     } = setup;
-    let QueueSockets {
-        umem,
-        frames,
-        mut front,
-        mut back,
-    } = sockets;
+    if let Some(id) = core {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+            eprintln!("dispatchd: worker {queue} could not pin to core {id}; running unpinned");
+        }
+    }
+    let QueueSockets { umem, frames, mut front, mut back } = sockets;
     let mut table = FlowTable::with_capacity(flow_capacity);
-    let mut latency =
-        Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3).expect("static bounds are valid");
-    let mut batch_sizes =
-        Histogram::new_with_bounds(1, 1 << 16, 3).expect("static bounds are valid");
     let template = frames[0];
-    let mut b = Batches {
-        rx: vec![template; batch],
-        tx: Vec::with_capacity(batch),
-        free: frames,
-    };
-    let origin = Instant::now();
+    let mut b = Batches { rx: vec![template; batch], tx: Vec::with_capacity(batch), free: frames };
     let mut idle_spins = 0u32;
 
     while !stop.load(Relaxed) {
+        let now_ns = now_ns();
+        for command in commands.try_iter().take(COMMANDS_PER_ROUND) {
+            stats.commands.add(1);
+            apply(command, &mut table, &mut plane, &mut events, &stats);
+        }
         recycle(&mut front, &mut b, &stats);
         recycle(&mut back, &mut b, &stats);
 
-        let now_ns = origin.elapsed().as_nanos() as u64;
         let mut busy_ns = 0u64;
-        let mut fwd = Rings {
-            umem: &umem,
-            rx: &mut front.rx,
-            tx: &mut back.tx,
-        };
+        let mut fwd = Rings { umem: &umem, rx: &mut front.rx, tx: &mut back.tx };
         let n_fwd = pump(&mut fwd, &mut b, &stats, &mut busy_ns, |frame| {
-            forward(frame, &mut table, &mut plane, &stats, now_ns)
+            forward(frame, &mut table, &mut plane, &mut events, &stats, now_ns)
         });
-        let mut rev = Rings {
-            umem: &umem,
-            rx: &mut back.rx,
-            tx: &mut front.tx,
-        };
+        let mut rev = Rings { umem: &umem, rx: &mut back.rx, tx: &mut front.tx };
         let n_rev = pump(&mut rev, &mut b, &stats, &mut busy_ns, |frame| {
-            reverse(frame, &plane, &stats)
+            reverse(frame, &plane, &mut events, &stats)
         });
+        events.flush();
         stats.rx_front.add(n_fwd as u64);
         stats.rx_back.add(n_rev as u64);
+        stats.flows.set(table.len() as u64);
 
         let n = (n_fwd + n_rev) as u64;
         if let Some(per_packet) = busy_ns.checked_div(n) {
-            let per_packet = per_packet.clamp(1, LATENCY_MAX_NS);
-            // Cannot fail: the value is clamped into the histogram's bounds.
-            let _ = latency.record_n(per_packet, n);
-            let _ = batch_sizes.record(n.min(1 << 16));
+            stats.latency_ns.record_n(per_packet, n);
+            stats.batch_sizes.record_n(n, 1);
             stats.batches.add(1);
-            stats.flows.set(table.len() as u64);
             idle_spins = 0;
             continue;
         }
@@ -154,11 +143,39 @@ pub fn run(setup: WorkerSetup) -> WorkerReport {
             }
         }
     }
-    WorkerReport {
-        queue,
-        latency_ns: latency,
-        batch_sizes,
+}
+
+/// Carries out one command of the management loop; the worker stays the only
+/// writer of its table and pools.
+fn apply(command: Command, table: &mut FlowTable, plane: &mut Dataplane, events: &mut EventSink, stats: &WorkerStats) {
+    match command {
+        Command::Flow(FlowCommand::Remove { key, .. }) => {
+            if let Some(record) = table.remove(&key) {
+                plane.connection_closed(record.backend);
+            }
+        }
+        Command::Flow(FlowCommand::RemoveIfIdle { key, idle_since_ns, .. }) => match table.get(&key) {
+            Some(record) if record.last_seen_ns > idle_since_ns => {
+                events.emit(Event::Active { key, last_seen_ns: record.last_seen_ns }, stats);
+            }
+            _ => {
+                if let Some(record) = table.remove(&key) {
+                    plane.connection_closed(record.backend);
+                }
+                events.emit(Event::Removed { key }, stats);
+            }
+        },
+        Command::BackendState { backend, state } => plane.set_backend_state(backend, state),
+        Command::RemoveBackendFlows { backend } => {
+            table.retain(|r| r.backend != backend);
+            plane.reset_active(backend);
+        }
+        Command::ReplacePlane(new) => {
+            let old = std::mem::replace(plane, *new);
+            plane.adopt(table, &old);
+        }
     }
+    events.flush();
 }
 
 fn sleep(front: &crate::xsk::Rings, back: &crate::xsk::Rings, stats: &WorkerStats) {

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddrV4, path::PathBuf};
 
-use super::{file::FileBackend, PollMode, XdpMode};
+use super::{file::FileBackend, OnFailure, PollMode, XdpMode};
 use super::{file::FileConfig, file::FileService, parse_backend, BindMode, Config, ConfigError};
 use crate::balance::{BackendSpec, PolicyKind};
 
@@ -68,6 +68,27 @@ pub struct RunArgs {
     /// Descriptors per ring operation, 1..=256.
     #[arg(long, value_name = "N")]
     pub batch: Option<usize>,
+    /// Path of the control socket (`dispatchd ctl` talks to it).
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// Loopback ADDR:PORT serving Prometheus text metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Idle established connections are forgotten after this long.
+    #[arg(long, value_name = "MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Half-open (SYN only) connections are forgotten after this long.
+    #[arg(long, value_name = "MS")]
+    pub syn_timeout_ms: Option<u64>,
+    /// How long a closed connection's record lingers after both FINs.
+    #[arg(long, value_name = "MS")]
+    pub linger_ms: Option<u64>,
+    /// Interval of the TCP connect probes to every daemon.
+    #[arg(long, value_name = "MS")]
+    pub health_interval_ms: Option<u64>,
+    /// What happens to a failed daemon's connections.
+    #[arg(long, value_enum)]
+    pub on_failure: Option<OnFailure>,
 }
 
 impl RunArgs {
@@ -122,6 +143,28 @@ impl RunArgs {
         }
         if let Some(v) = self.batch {
             file.batch = v;
+        }
+        if let Some(v) = &self.control_socket {
+            file.control_socket = v.clone();
+        }
+        if let Some(v) = self.metrics_listen {
+            file.metrics_listen = Some(v);
+        }
+        if let Some(v) = self.idle_timeout_ms {
+            file.timeouts.idle_ms = v;
+        }
+        if let Some(v) = self.syn_timeout_ms {
+            file.timeouts.syn_ms = v;
+        }
+        if let Some(v) = self.linger_ms {
+            file.timeouts.linger_ms = v;
+        }
+        if let Some(v) = self.health_interval_ms {
+            file.health.interval_ms = v;
+            file.health.timeout_ms = file.health.timeout_ms.min(v);
+        }
+        if let Some(v) = self.on_failure {
+            file.health.on_failure = v;
         }
 
         let backends: Vec<FileBackend> = self.backends.iter().copied().map(FileBackend).collect();

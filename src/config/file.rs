@@ -10,10 +10,15 @@ use serde::{
 };
 
 use super::{
-    parse_addr, parse_backend, BindMode, Config, ConfigError, PollMode, ServiceConfig, XdpMode,
+    parse_addr, parse_backend, BindMode, Config, ConfigError, ControlConfig, OnFailure, PollMode,
+    ServiceConfig, XdpMode, DEFAULT_CONTROL_SOCKET,
     DEFAULT_BATCH, DEFAULT_FLOW_CAPACITY, DEFAULT_FRAMES_PER_QUEUE, DEFAULT_QUEUES, DEFAULT_WEIGHT,
 };
-use crate::balance::{BackendSpec, PolicyKind};
+use crate::{
+    balance::{BackendSpec, PolicyKind},
+    control::{conntrack::Timeouts, health::HealthCheck},
+};
+use std::{path::PathBuf, time::Duration};
 
 /// Top level of the file.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -42,6 +47,54 @@ pub(super) struct FileConfig {
     /// `[[service]]` tables.
     #[serde(rename = "service")]
     pub services: Vec<FileService>,
+    /// Path of the control socket.
+    pub control_socket: PathBuf,
+    /// Loopback ADDR:PORT for the Prometheus endpoint.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[timeouts]` table.
+    pub timeouts: FileTimeouts,
+    /// `[health]` table.
+    pub health: FileHealth,
+}
+
+/// `[timeouts]`: how long records live in each phase, in milliseconds.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct FileTimeouts {
+    pub syn_ms: u64,
+    pub idle_ms: u64,
+    pub linger_ms: u64,
+}
+
+impl Default for FileTimeouts {
+    fn default() -> Self {
+        let t = Timeouts::default();
+        Self { syn_ms: t.syn.as_millis() as u64, idle_ms: t.idle.as_millis() as u64, linger_ms: t.linger.as_millis() as u64 }
+    }
+}
+
+/// `[health]`: TCP connect probes to every daemon.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct FileHealth {
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub rise: u32,
+    pub fall: u32,
+    pub on_failure: OnFailure,
+}
+
+impl Default for FileHealth {
+    fn default() -> Self {
+        let h = HealthCheck::default();
+        Self {
+            interval_ms: h.interval.as_millis() as u64,
+            timeout_ms: h.timeout.as_millis() as u64,
+            rise: h.rise,
+            fall: h.fall,
+            on_failure: OnFailure::default(),
+        }
+    }
 }
 
 impl Default for FileConfig {
@@ -58,6 +111,10 @@ impl Default for FileConfig {
             frames_per_queue: DEFAULT_FRAMES_PER_QUEUE,
             batch: DEFAULT_BATCH,
             services: Vec::new(),
+            control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            metrics_listen: None,
+            timeouts: FileTimeouts::default(),
+            health: FileHealth::default(),
         }
     }
 }
@@ -185,6 +242,22 @@ impl FileConfig {
                     backends: s.backends.into_iter().map(|b| b.0).collect(),
                 })
                 .collect(),
+            control: ControlConfig {
+                control_socket: self.control_socket,
+                metrics_listen: self.metrics_listen,
+                timeouts: Timeouts {
+                    syn: Duration::from_millis(self.timeouts.syn_ms),
+                    idle: Duration::from_millis(self.timeouts.idle_ms),
+                    linger: Duration::from_millis(self.timeouts.linger_ms),
+                },
+                health: HealthCheck {
+                    interval: Duration::from_millis(self.health.interval_ms),
+                    timeout: Duration::from_millis(self.health.timeout_ms),
+                    rise: self.health.rise,
+                    fall: self.health.fall,
+                },
+                on_failure: self.health.on_failure,
+            },
         };
         config.validate()?;
         Ok(config)

@@ -107,6 +107,45 @@ pub struct Config {
     pub batch: usize,
     /// The services to balance; at least one.
     pub services: Vec<ServiceConfig>,
+    /// The management loop: control socket, metrics, timeouts, health checks.
+    pub control: ControlConfig,
+}
+
+/// Default path of the control socket (created 0600).
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/dispatchd.sock";
+
+/// What happens to a failed daemon's open connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// They keep being forwarded to it (they may recover, or end by themselves).
+    #[default]
+    Keep,
+    /// Their records are removed at once: their further segments are dropped.
+    Reset,
+}
+
+/// The management loop's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControlConfig {
+    pub control_socket: PathBuf,
+    /// Loopback address for the Prometheus text endpoint; none = off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub timeouts: crate::control::conntrack::Timeouts,
+    pub health: crate::control::health::HealthCheck,
+    pub on_failure: OnFailure,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            metrics_listen: None,
+            timeouts: Default::default(),
+            health: Default::default(),
+            on_failure: OnFailure::default(),
+        }
+    }
 }
 
 /// One service: a VIP:port on the front interface and the daemons behind it.
@@ -124,6 +163,12 @@ pub struct ServiceConfig {
 /// value at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("metrics_listen {addr} is not a loopback address")]
+    MetricsNotLoopback { addr: std::net::SocketAddr },
+    #[error("{key} must be greater than zero")]
+    ZeroDuration { key: &'static str },
+    #[error("health.timeout_ms must be > 0 and <= health.interval_ms")]
+    BadHealthTiming,
     #[error("config {}: cannot read: {source}", path.display())]
     Read {
         path: PathBuf,
@@ -237,6 +282,7 @@ impl Config {
     /// Checks every rule documented on the fields. The constructors call this; call
     /// it again after changing a `Config` by hand.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_control()?;
         check_ifname("front", &self.front)?;
         check_ifname("back", &self.back)?;
         if self.front == self.back {
@@ -281,6 +327,29 @@ impl Config {
             return Err(ConfigError::ZeroFlowCapacity);
         }
         self.validate_services()
+    }
+
+    fn validate_control(&self) -> Result<(), ConfigError> {
+        let c = &self.control;
+        if let Some(addr) = c.metrics_listen {
+            if !addr.ip().is_loopback() {
+                return Err(ConfigError::MetricsNotLoopback { addr });
+            }
+        }
+        let t = &c.timeouts;
+        for (key, d) in [("timeouts.syn_ms", t.syn), ("timeouts.idle_ms", t.idle), ("timeouts.linger_ms", t.linger)] {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroDuration { key });
+            }
+        }
+        let h = &c.health;
+        if h.interval.is_zero() || h.timeout.is_zero() || h.timeout > h.interval {
+            return Err(ConfigError::BadHealthTiming);
+        }
+        if h.rise == 0 || h.fall == 0 {
+            return Err(ConfigError::ZeroDuration { key: "health.rise/fall" });
+        }
+        Ok(())
     }
 
     fn validate_services(&self) -> Result<(), ConfigError> {
