@@ -863,4 +863,272 @@ mod tests {
         }
         assert_eq!(t.timer_entries(), 0);
     }
+
+    /// Naive reference: same rules, deadlines found by scanning.
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::HashMap;
+
+        const ALT: Timeouts = Timeouts {
+            syn: Duration::from_secs(3),
+            idle: Duration::from_secs(5),
+            linger: Duration::ZERO,
+        };
+        const SMALL: Timeouts = Timeouts {
+            syn: Duration::from_secs(10),
+            idle: Duration::from_secs(30),
+            linger: Duration::from_secs(2),
+        };
+
+        #[derive(Clone, Copy, Debug)]
+        struct MConn {
+            worker: u16,
+            phase: Phase,
+            deadline: u64,
+        }
+
+        #[derive(Default)]
+        struct Model {
+            t: Option<Timeouts>,
+            conns: HashMap<u32, MConn>,
+        }
+
+        fn idx(k: &FlowKey) -> u32 {
+            u32::from(k.client_ip) - 0x0a00_0000
+        }
+
+        impl Model {
+            fn t(&self) -> Timeouts {
+                self.t.unwrap_or(SMALL)
+            }
+
+            fn apply(&mut self, e: Event, now: u64) -> Vec<Command> {
+                let t = self.t();
+                let mut out = Vec::new();
+                match e {
+                    Event::Opened { worker, key, .. } => {
+                        let new = MConn {
+                            worker,
+                            phase: Phase::SynSent,
+                            deadline: now + nanos(t.syn),
+                        };
+                        if let Some(old) = self.conns.insert(idx(&key), new) {
+                            if old.worker != worker {
+                                out.push(Command::Remove {
+                                    worker: old.worker,
+                                    key,
+                                });
+                            }
+                        }
+                    }
+                    Event::Established { key } => {
+                        if let Some(c) = self.conns.get_mut(&idx(&key)) {
+                            if matches!(c.phase, Phase::SynSent | Phase::Established) {
+                                c.phase = Phase::Established;
+                                c.deadline = now + nanos(t.idle);
+                            }
+                        }
+                    }
+                    Event::Fin { key, from_client } => {
+                        if let Some(c) = self.conns.get_mut(&idx(&key)) {
+                            let (cf, df) = match c.phase {
+                                Phase::HalfClosed {
+                                    client_fin,
+                                    daemon_fin,
+                                } => (client_fin, daemon_fin),
+                                Phase::Closing | Phase::Reset => return out,
+                                _ => (false, false),
+                            };
+                            let (cf, df) = (cf || from_client, df || !from_client);
+                            if cf && df {
+                                c.phase = Phase::Closing;
+                                c.deadline = now + nanos(t.linger);
+                            } else {
+                                c.phase = Phase::HalfClosed {
+                                    client_fin: cf,
+                                    daemon_fin: df,
+                                };
+                            }
+                        }
+                    }
+                    Event::Rst { key, .. } => {
+                        if let Some(c) = self.conns.remove(&idx(&key)) {
+                            out.push(Command::Remove {
+                                worker: c.worker,
+                                key,
+                            });
+                        }
+                    }
+                    Event::Active { key, last_seen_ns } => {
+                        if let Some(c) = self.conns.get_mut(&idx(&key)) {
+                            if matches!(c.phase, Phase::Established | Phase::HalfClosed { .. }) {
+                                c.deadline = last_seen_ns + nanos(t.idle);
+                            }
+                        }
+                    }
+                    Event::Removed { key } => {
+                        self.conns.remove(&idx(&key));
+                    }
+                }
+                out
+            }
+
+            fn expire(&mut self, now: u64) -> Vec<Command> {
+                let idle = nanos(self.t().idle);
+                let mut out = Vec::new();
+                self.conns.retain(|&i, c| {
+                    if c.deadline > now {
+                        return true;
+                    }
+                    match c.phase {
+                        Phase::Established | Phase::HalfClosed { .. } => {
+                            out.push(Command::RemoveIfIdle {
+                                worker: c.worker,
+                                key: key(i),
+                                idle_since_ns: now - idle,
+                            });
+                            c.deadline = now + nanos(RECHECK_INTERVAL);
+                            true
+                        }
+                        _ => {
+                            out.push(Command::Remove {
+                                worker: c.worker,
+                                key: key(i),
+                            });
+                            false
+                        }
+                    }
+                });
+                out
+            }
+        }
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Event(Event),
+            /// Advance the clock by this many ns, then expire.
+            Advance(u64),
+            SetTimeouts(bool),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let k = (0u32..6).prop_map(key);
+            let dt = prop::sample::select(vec![0, S / 2, S, 2 * S, 3 * S, 5 * S, 10 * S, 30 * S]);
+            prop_oneof![
+                3 => (0u32..6, 0u16..3, 0u16..3).prop_map(|(i, w, b)| Op::Event(opened(w, i, b))),
+                3 => k.clone().prop_map(|key| Op::Event(Event::Established { key })),
+                3 => (k.clone(), any::<bool>())
+                    .prop_map(|(key, from_client)| Op::Event(Event::Fin { key, from_client })),
+                1 => (k.clone(), any::<bool>())
+                    .prop_map(|(key, from_client)| Op::Event(Event::Rst { key, from_client })),
+                // Active's last_seen is stored as "seconds back from now" and resolved later.
+                2 => (k.clone(), 0u64..40)
+                    .prop_map(|(key, back)| Op::Event(Event::Active { key, last_seen_ns: back })),
+                1 => k.prop_map(|key| Op::Event(Event::Removed { key })),
+                5 => dt.prop_map(Op::Advance),
+                1 => any::<bool>().prop_map(Op::SetTimeouts),
+            ]
+        }
+
+        fn sorted(mut v: Vec<Command>) -> Vec<Command> {
+            v.sort_by_key(|c| match *c {
+                Command::Remove { worker, key } => (0, worker, key.packed(), 0),
+                Command::RemoveIfIdle {
+                    worker,
+                    key,
+                    idle_since_ns,
+                } => (1, worker, key.packed(), idle_since_ns),
+            });
+            v
+        }
+
+        fn check(t: &ConnTracker, m: &Model) {
+            assert_eq!(t.len(), m.conns.len());
+            assert_eq!(
+                t.next_deadline(),
+                m.conns.values().map(|c| c.deadline).min()
+            );
+            assert!(t.timer_entries() <= 3 * t.len() + COMPACT_SLACK);
+            for (&i, c) in &m.conns {
+                let info = t.get(&key(i)).expect("tracked in model");
+                assert_eq!(
+                    (info.worker, info.phase, info.deadline_ns),
+                    (c.worker, c.phase, c.deadline)
+                );
+            }
+        }
+
+        /// Every command names a key tracked before the step, with its owner.
+        fn targets_tracked(cmds: &[Command], before: &HashMap<u32, MConn>) {
+            for c in cmds {
+                let (Command::Remove { worker, key } | Command::RemoveIfIdle { worker, key, .. }) =
+                    *c;
+                let owner = before.get(&idx(&key)).map(|c| c.worker);
+                assert_eq!(owner, Some(worker), "command for a forgotten key: {c:?}");
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn matches_model_and_drains(ops in prop::collection::vec(op(), 0..200)) {
+                let mut t = ConnTracker::new(SMALL);
+                let mut m = Model::default();
+                let mut now = 1000 * S;
+                for op in ops {
+                    let before = m.conns.clone();
+                    let (got, want) = match op {
+                        Op::Event(mut e) => {
+                            if let Event::Active { last_seen_ns, .. } = &mut e {
+                                *last_seen_ns = now - *last_seen_ns * S;
+                            }
+                            (ev(&mut t, e, now), m.apply(e, now))
+                        }
+                        Op::Advance(dt) => {
+                            now += dt;
+                            (exp(&mut t, now), m.expire(now))
+                        }
+                        Op::SetTimeouts(alt) => {
+                            let to = if alt { ALT } else { SMALL };
+                            t.set_timeouts(to);
+                            m.t = Some(to);
+                            (Vec::new(), Vec::new())
+                        }
+                    };
+                    targets_tracked(&got, &before);
+                    prop_assert_eq!(sorted(got), sorted(want));
+                    check(&t, &m);
+                }
+                // Close everything: RST for even keys, both FINs for odd ones.
+                let tracked: Vec<u32> = m.conns.keys().copied().collect();
+                let n_tracked = tracked.len();
+                let mut removed = Vec::new();
+                for i in tracked {
+                    let k = key(i);
+                    let events = if i % 2 == 0 {
+                        vec![Event::Rst { key: k, from_client: true }]
+                    } else {
+                        vec![
+                            Event::Fin { key: k, from_client: true },
+                            Event::Fin { key: k, from_client: false },
+                        ]
+                    };
+                    for e in events {
+                        let got = ev(&mut t, e, now);
+                        prop_assert_eq!(sorted(got.clone()), sorted(m.apply(e, now)));
+                        removed.extend(got);
+                    }
+                }
+                now += nanos(SMALL.linger.max(ALT.linger));
+                removed.extend(exp(&mut t, now));
+                prop_assert_eq!(t.len(), 0);
+                prop_assert!(t.next_deadline().is_none());
+                prop_assert_eq!(t.timer_entries(), 0);
+                let all_removes = removed.iter().all(|c| matches!(c, Command::Remove { .. }));
+                prop_assert!(all_removes);
+                prop_assert_eq!(removed.len(), n_tracked);
+                prop_assert!(exp(&mut t, u64::MAX).is_empty());
+            }
+        }
+    }
 }
