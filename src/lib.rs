@@ -7,6 +7,7 @@
 
 pub mod balance;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod flow;
