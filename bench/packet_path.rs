@@ -8,7 +8,7 @@
 use std::{
     hint::black_box,
     net::{Ipv4Addr, SocketAddrV4},
-    sync::Arc,
+    sync::{mpsc::sync_channel, Arc},
     time::{Duration, Instant},
 };
 
@@ -16,9 +16,10 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use dispatchd::{
     balance::{BackendSpec, PolicyKind},
     config::{ServiceConfig, DEFAULT_FLOW_CAPACITY},
-    dataplane::{forward, reverse, Dataplane, NextHop},
+    dataplane::{forward, reverse, Dataplane, EventSink, NextHop, Wake},
     flow::{FlowKey, FlowTable},
     stats::WorkerStats,
+    sys::EventFd,
 };
 use etherparse::PacketBuilder;
 
@@ -47,7 +48,7 @@ fn plane(policy: PolicyKind) -> Dataplane {
         policy,
         backends,
     }];
-    Dataplane::build(&services, next_hops, [0x02, 0, 0, 0, 0, 0x11]).expect("valid services")
+    Dataplane::build(0, &services, next_hops, [0x02, 0, 0, 0, 0, 0x11]).expect("valid services")
 }
 
 /// The i-th client: spread over a /12 and the whole port range.
@@ -94,6 +95,11 @@ fn timed_passes(
 
 fn bench(c: &mut Criterion) {
     let stats = WorkerStats::default();
+    // The worker's real event queue; emptied between timed passes like the
+    // management loop does.
+    let (tx, events) = sync_channel(1 << 21);
+    let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
+    let mut sink = EventSink::new(tx, wake);
 
     // A table with one million established connections, made through the real
     // new-connection path.
@@ -101,9 +107,14 @@ fn bench(c: &mut Criterion) {
     let mut rr = plane(PolicyKind::RoundRobin);
     for i in 0..ESTABLISHED_FLOWS {
         let mut syn = tcp_frame(client(i), VIP, true, 0);
-        assert!(forward(&mut syn, &mut table, &mut rr, &stats, 1));
+        assert!(forward(&mut syn, &mut table, &mut rr, &mut sink, &stats, 1));
     }
     assert_eq!(table.len(), ESTABLISHED_FLOWS as usize);
+    assert_eq!(
+        events.try_iter().count(),
+        ESTABLISHED_FLOWS as usize,
+        "one Opened event each"
+    );
     let step = ESTABLISHED_FLOWS / FRAME_SET as u32;
     let acks: Vec<Vec<u8>> = (0..FRAME_SET as u32)
         .map(|k| tcp_frame(client(k * step), VIP, false, 0))
@@ -117,7 +128,9 @@ fn bench(c: &mut Criterion) {
     let hot: Vec<Vec<u8>> = acks[..16].iter().cycle().take(FRAME_SET).cloned().collect();
     g.bench_function("forward_established_hot_1m_flows", |b| {
         b.iter_custom(|iters| {
-            timed_passes(&hot, iters, |f| forward(f, &mut table, &mut rr, &stats, 2))
+            timed_passes(&hot, iters, |f| {
+                forward(f, &mut table, &mut rr, &mut sink, &stats, 2)
+            })
         })
     });
 
@@ -125,7 +138,9 @@ fn bench(c: &mut Criterion) {
     // lookup misses the CPU caches (the table is 88 MiB).
     g.bench_function("forward_established_cold_1m_flows", |b| {
         b.iter_custom(|iters| {
-            timed_passes(&acks, iters, |f| forward(f, &mut table, &mut rr, &stats, 2))
+            timed_passes(&acks, iters, |f| {
+                forward(f, &mut table, &mut rr, &mut sink, &stats, 2)
+            })
         })
     });
 
@@ -150,11 +165,12 @@ fn bench(c: &mut Criterion) {
                 while left > 0 {
                     let n = left.min(u64::from(CHUNK)) as usize;
                     elapsed += timed_passes(&syns[..n], n as u64, |f| {
-                        forward(f, &mut table, &mut p, &stats, 3)
+                        forward(f, &mut table, &mut p, &mut sink, &stats, 3)
                     });
                     for k in 0..n as u32 {
                         table.remove(&FlowKey::new(fresh(k), VIP, 6));
                     }
+                    events.try_iter().for_each(drop);
                     left -= n as u64;
                 }
                 elapsed
@@ -166,7 +182,7 @@ fn bench(c: &mut Criterion) {
         .map(|k| tcp_frame(daemons()[k as usize % 4].addr, client(k), false, 0))
         .collect();
     g.bench_function("reverse", |b| {
-        b.iter_custom(|iters| timed_passes(&replies, iters, |f| reverse(f, &rr, &stats)))
+        b.iter_custom(|iters| timed_passes(&replies, iters, |f| reverse(f, &rr, &mut sink, &stats)))
     });
     g.finish();
     assert_eq!(

@@ -158,7 +158,11 @@ pub fn run(config: Config, reload: Box<dyn FnMut() -> Result<Config> + '_>) -> R
         let stats = Arc::new(WorkerStats::default());
         let (event_tx, event_rx) = sync_channel(EVENT_QUEUE);
         let (command_tx, command_rx) = sync_channel(COMMAND_QUEUE);
-        links.push(WorkerLink { events: event_rx, commands: command_tx, stats: stats.clone() });
+        links.push(WorkerLink {
+            events: event_rx,
+            commands: command_tx,
+            stats: stats.clone(),
+        });
         let setup = WorkerSetup {
             queue: q as u32,
             core,
@@ -176,16 +180,26 @@ pub fn run(config: Config, reload: Box<dyn FnMut() -> Result<Config> + '_>) -> R
             .name(format!("dispatchd-q{q}"))
             .spawn(move || worker::run(setup))
             .context("spawning a worker")?;
-        println!("dispatchd: worker {q} on core {}", core.map_or("any".into(), |c| c.to_string()));
+        println!(
+            "dispatchd: worker {q} on core {}",
+            core.map_or("any".into(), |c| c.to_string())
+        );
         handles.push(handle);
     }
     let socket_path = config.control.control_socket.clone();
     println!(
         "dispatchd: control socket {}{}",
         socket_path.display(),
-        config.control.metrics_listen.map(|a| format!(", metrics on http://{a}/metrics")).unwrap_or_default()
+        config
+            .control
+            .metrics_listen
+            .map(|a| format!(", metrics on http://{a}/metrics"))
+            .unwrap_or_default()
     );
-    println!("dispatchd: running (poll {:?}); SIGTERM or SIGINT stops, SIGHUP reloads", config.poll);
+    println!(
+        "dispatchd: running (poll {:?}); SIGTERM or SIGINT stops, SIGHUP reloads",
+        config.poll
+    );
 
     let mut manager = Manager::new(ManagerParts {
         config,
@@ -198,7 +212,10 @@ pub fn run(config: Config, reload: Box<dyn FnMut() -> Result<Config> + '_>) -> R
         back_mac,
         ctl,
     });
-    let outcome = manager.as_mut().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|m| m.run());
+    let outcome = manager
+        .as_mut()
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .and_then(|m| m.run());
     stop.store(true, Relaxed);
     for h in handles {
         let _ = h.join();

@@ -173,8 +173,10 @@ impl Dataplane {
                 }
             }
         }
-        let moves: Vec<(FlowKey, Option<u16>)> =
-            table.iter().map(|r| (r.key, self.backend_id(r.daemon))).collect();
+        let moves: Vec<(FlowKey, Option<u16>)> = table
+            .iter()
+            .map(|r| (r.key, self.backend_id(r.daemon)))
+            .collect();
         for (key, id) in moves {
             match id {
                 Some(id) => {
@@ -267,7 +269,15 @@ pub fn forward(
             }
             slot.pool.connection_opened(local);
             stats.new_flows.add(1);
-            events.emit(Event::Opened { worker: plane.worker, key, daemon, backend }, stats);
+            events.emit(
+                Event::Opened {
+                    worker: plane.worker,
+                    key,
+                    daemon,
+                    backend,
+                },
+                stats,
+            );
             (daemon, backend)
         }
     };
@@ -310,9 +320,15 @@ pub fn reverse(
         // the management loop routes by key to the owner.
         let key = FlowKey::new(pkt.dst(), service, pkt.protocol().number());
         let ev = if flags.rst() {
-            Event::Rst { key, from_client: false }
+            Event::Rst {
+                key,
+                from_client: false,
+            }
         } else {
-            Event::Fin { key, from_client: false }
+            Event::Fin {
+                key,
+                from_client: false,
+            }
         };
         events.emit(ev, stats);
     }
@@ -331,14 +347,26 @@ fn report_client_change(
     after: TcpState,
 ) {
     if after.contains(TcpState::RST) && !before.contains(TcpState::RST) {
-        events.emit(Event::Rst { key, from_client: true }, stats);
+        events.emit(
+            Event::Rst {
+                key,
+                from_client: true,
+            },
+            stats,
+        );
         return;
     }
     if after.is_established() && !before.is_established() {
         events.emit(Event::Established { key }, stats);
     }
     if after.contains(TcpState::FIN_CLIENT) && !before.contains(TcpState::FIN_CLIENT) {
-        events.emit(Event::Fin { key, from_client: true }, stats);
+        events.emit(
+            Event::Fin {
+                key,
+                from_client: true,
+            },
+            stats,
+        );
     }
 }
 
@@ -352,7 +380,10 @@ pub struct Wake {
 
 impl Wake {
     pub fn new(eventfd: EventFd) -> Self {
-        Self { eventfd, armed: AtomicBool::new(false) }
+        Self {
+            eventfd,
+            armed: AtomicBool::new(false),
+        }
     }
 
     /// Called by the loop before it drains the queues and goes to sleep; SeqCst
@@ -378,7 +409,11 @@ pub struct EventSink {
 
 impl EventSink {
     pub fn new(tx: SyncSender<Event>, wake: Arc<Wake>) -> Self {
-        Self { tx, wake, sent: false }
+        Self {
+            tx,
+            wake,
+            sent: false,
+        }
     }
 
     /// Never blocks: a full queue costs the event, which is counted.
@@ -386,7 +421,9 @@ impl EventSink {
     pub fn emit(&mut self, event: Event, stats: &WorkerStats) {
         match self.tx.try_send(event) {
             Ok(()) => self.sent = true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => stats.events_dropped.add(1),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                stats.events_dropped.add(1)
+            }
         }
     }
 

@@ -1,7 +1,10 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use dispatchd::config::{Config, RunArgs};
+use dispatchd::{
+    config::{Config, RunArgs, DEFAULT_CONTROL_SOCKET},
+    control::manager::ctl_request,
+};
 
 /// Binds many server daemons to one service address.
 #[derive(Parser)]
@@ -20,6 +23,18 @@ enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Ask a running dispatchd: stats | conns | backends | drain ADDR | undrain ADDR.
+    Ctl {
+        /// The daemon's control socket.
+        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+        /// Answer in JSON.
+        #[arg(long)]
+        json: bool,
+        /// The request and its argument, if any.
+        #[arg(required = true, num_args = 1..=2)]
+        request: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -28,7 +43,27 @@ fn main() -> ExitCode {
         Command::Run(args) => args
             .resolve()
             .map_err(anyhow::Error::from)
-            .and_then(|config| dispatchd::daemon::run(&config)),
+            .and_then(|config| {
+                let reload = Box::new(move || args.resolve().map_err(anyhow::Error::from));
+                dispatchd::daemon::run(config, reload)
+            }),
+        Command::Ctl {
+            socket,
+            json,
+            request,
+        } => {
+            let mut line = request.join(" ");
+            if json {
+                line.push_str(" json");
+            }
+            ctl_request(&socket, &line).and_then(|reply| {
+                print!("{reply}");
+                if reply.starts_with("error:") {
+                    anyhow::bail!("{}", reply.trim_start_matches("error:").trim());
+                }
+                Ok(())
+            })
+        }
         Command::CheckConfig { file } => {
             Config::load(&file)
                 .map_err(anyhow::Error::from)

@@ -109,7 +109,10 @@ impl WorkerStats {
 /// management loop, so deadlines and last-seen times compare directly.
 pub fn now_ns() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
 }
 
 /// Buckets below this value are exact; above, each power of two splits into
@@ -128,7 +131,9 @@ pub struct AtomicHistogram {
 
 impl Default for AtomicHistogram {
     fn default() -> Self {
-        Self { buckets: (0..HISTOGRAM_BUCKETS).map(|_| AtomicU64::new(0)).collect() }
+        Self {
+            buckets: (0..HISTOGRAM_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
     }
 }
 

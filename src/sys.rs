@@ -124,7 +124,13 @@ impl EventFd {
     pub fn notify(&self) {
         let one = 1u64.to_ne_bytes();
         // SAFETY: writes 8 bytes from a live buffer to our own fd.
-        unsafe { libc::write(std::os::fd::AsRawFd::as_raw_fd(&self.0), one.as_ptr().cast(), 8) };
+        unsafe {
+            libc::write(
+                std::os::fd::AsRawFd::as_raw_fd(&self.0),
+                one.as_ptr().cast(),
+                8,
+            )
+        };
     }
 
     pub fn raw(&self) -> std::os::fd::RawFd {

@@ -52,10 +52,15 @@ pub struct WorkerSetup {
 pub enum Command {
     Flow(FlowCommand),
     /// A daemon (by global id) is up, down or draining: affects new connections only.
-    BackendState { backend: u16, state: BackendState },
+    BackendState {
+        backend: u16,
+        state: BackendState,
+    },
     /// Forget every record of a daemon (its health check failed and the policy
     /// is to reset its connections).
-    RemoveBackendFlows { backend: u16 },
+    RemoveBackendFlows {
+        backend: u16,
+    },
     /// A reloaded configuration: the worker keeps its records for daemons that remain.
     ReplacePlane(Box<Dataplane>),
 }
@@ -92,10 +97,19 @@ pub fn run(setup: WorkerSetup) {
             eprintln!("dispatchd: worker {queue} could not pin to core {id}; running unpinned");
         }
     }
-    let QueueSockets { umem, frames, mut front, mut back } = sockets;
+    let QueueSockets {
+        umem,
+        frames,
+        mut front,
+        mut back,
+    } = sockets;
     let mut table = FlowTable::with_capacity(flow_capacity);
     let template = frames[0];
-    let mut b = Batches { rx: vec![template; batch], tx: Vec::with_capacity(batch), free: frames };
+    let mut b = Batches {
+        rx: vec![template; batch],
+        tx: Vec::with_capacity(batch),
+        free: frames,
+    };
     let mut idle_spins = 0u32;
 
     while !stop.load(Relaxed) {
@@ -108,11 +122,19 @@ pub fn run(setup: WorkerSetup) {
         recycle(&mut back, &mut b, &stats);
 
         let mut busy_ns = 0u64;
-        let mut fwd = Rings { umem: &umem, rx: &mut front.rx, tx: &mut back.tx };
+        let mut fwd = Rings {
+            umem: &umem,
+            rx: &mut front.rx,
+            tx: &mut back.tx,
+        };
         let n_fwd = pump(&mut fwd, &mut b, &stats, &mut busy_ns, |frame| {
             forward(frame, &mut table, &mut plane, &mut events, &stats, now_ns)
         });
-        let mut rev = Rings { umem: &umem, rx: &mut back.rx, tx: &mut front.tx };
+        let mut rev = Rings {
+            umem: &umem,
+            rx: &mut back.rx,
+            tx: &mut front.tx,
+        };
         let n_rev = pump(&mut rev, &mut b, &stats, &mut busy_ns, |frame| {
             reverse(frame, &plane, &mut events, &stats)
         });
@@ -147,16 +169,30 @@ pub fn run(setup: WorkerSetup) {
 
 /// Carries out one command of the management loop; the worker stays the only
 /// writer of its table and pools.
-fn apply(command: Command, table: &mut FlowTable, plane: &mut Dataplane, events: &mut EventSink, stats: &WorkerStats) {
+fn apply(
+    command: Command,
+    table: &mut FlowTable,
+    plane: &mut Dataplane,
+    events: &mut EventSink,
+    stats: &WorkerStats,
+) {
     match command {
         Command::Flow(FlowCommand::Remove { key, .. }) => {
             if let Some(record) = table.remove(&key) {
                 plane.connection_closed(record.backend);
             }
         }
-        Command::Flow(FlowCommand::RemoveIfIdle { key, idle_since_ns, .. }) => match table.get(&key) {
+        Command::Flow(FlowCommand::RemoveIfIdle {
+            key, idle_since_ns, ..
+        }) => match table.get(&key) {
             Some(record) if record.last_seen_ns > idle_since_ns => {
-                events.emit(Event::Active { key, last_seen_ns: record.last_seen_ns }, stats);
+                events.emit(
+                    Event::Active {
+                        key,
+                        last_seen_ns: record.last_seen_ns,
+                    },
+                    stats,
+                );
             }
             _ => {
                 if let Some(record) = table.remove(&key) {

@@ -11,8 +11,8 @@ use serde::{
 
 use super::{
     parse_addr, parse_backend, BindMode, Config, ConfigError, ControlConfig, OnFailure, PollMode,
-    ServiceConfig, XdpMode, DEFAULT_CONTROL_SOCKET,
-    DEFAULT_BATCH, DEFAULT_FLOW_CAPACITY, DEFAULT_FRAMES_PER_QUEUE, DEFAULT_QUEUES, DEFAULT_WEIGHT,
+    ServiceConfig, XdpMode, DEFAULT_BATCH, DEFAULT_CONTROL_SOCKET, DEFAULT_FLOW_CAPACITY,
+    DEFAULT_FRAMES_PER_QUEUE, DEFAULT_QUEUES, DEFAULT_WEIGHT,
 };
 use crate::{
     balance::{BackendSpec, PolicyKind},
@@ -69,7 +69,11 @@ pub(super) struct FileTimeouts {
 impl Default for FileTimeouts {
     fn default() -> Self {
         let t = Timeouts::default();
-        Self { syn_ms: t.syn.as_millis() as u64, idle_ms: t.idle.as_millis() as u64, linger_ms: t.linger.as_millis() as u64 }
+        Self {
+            syn_ms: t.syn.as_millis() as u64,
+            idle_ms: t.idle.as_millis() as u64,
+            linger_ms: t.linger.as_millis() as u64,
+        }
     }
 }
 

@@ -337,7 +337,11 @@ impl Config {
             }
         }
         let t = &c.timeouts;
-        for (key, d) in [("timeouts.syn_ms", t.syn), ("timeouts.idle_ms", t.idle), ("timeouts.linger_ms", t.linger)] {
+        for (key, d) in [
+            ("timeouts.syn_ms", t.syn),
+            ("timeouts.idle_ms", t.idle),
+            ("timeouts.linger_ms", t.linger),
+        ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration { key });
             }
@@ -347,7 +351,9 @@ impl Config {
             return Err(ConfigError::BadHealthTiming);
         }
         if h.rise == 0 || h.fall == 0 {
-            return Err(ConfigError::ZeroDuration { key: "health.rise/fall" });
+            return Err(ConfigError::ZeroDuration {
+                key: "health.rise/fall",
+            });
         }
         Ok(())
     }

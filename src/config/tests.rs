@@ -32,7 +32,54 @@ fn base() -> Config {
                 backends: vec![b("198.19.0.13:8080")],
             },
         ],
+        control: ControlConfig::default(),
     }
+}
+
+#[test]
+fn control_settings_are_validated() {
+    assert!(base().validate().is_ok());
+    let mut c = base();
+    c.control.metrics_listen = Some("0.0.0.0:9100".parse().unwrap());
+    assert!(matches!(err(c), ConfigError::MetricsNotLoopback { .. }));
+    let mut c = base();
+    c.control.timeouts.idle = std::time::Duration::ZERO;
+    let e = err(c);
+    assert!(
+        matches!(
+            e,
+            ConfigError::ZeroDuration {
+                key: "timeouts.idle_ms"
+            }
+        ),
+        "{e}"
+    );
+    let mut c = base();
+    c.control.health.timeout = c.control.health.interval * 2;
+    assert!(matches!(err(c), ConfigError::BadHealthTiming));
+}
+
+#[test]
+fn control_tables_parse_with_defaults_and_reject_unknown_keys() {
+    let text = "front = \"l0\"\nback = \"l1\"\ncontrol_socket = \"/tmp/x.sock\"\n\
+                metrics_listen = \"127.0.0.1:9100\"\n[timeouts]\nidle_ms = 2000\n\
+                [health]\nfall = 2\non_failure = \"reset\"\n\
+                [[service]]\naddress = \"198.18.0.100:80\"\nbackends = [\"198.19.0.11:8080\"]\n";
+    let c = Config::from_toml_str(text).unwrap();
+    assert_eq!(
+        c.control.control_socket,
+        std::path::PathBuf::from("/tmp/x.sock")
+    );
+    assert_eq!(c.control.timeouts.idle, std::time::Duration::from_secs(2));
+    assert_eq!(
+        c.control.timeouts.syn,
+        crate::control::conntrack::Timeouts::default().syn
+    );
+    assert_eq!(c.control.health.fall, 2);
+    assert_eq!(c.control.on_failure, OnFailure::Reset);
+    let bad = text.replace("idle_ms", "idle_msec");
+    let e = Config::from_toml_str(&bad).unwrap_err().to_string();
+    assert!(e.contains("idle_msec"), "{e}");
 }
 
 fn err(c: Config) -> ConfigError {

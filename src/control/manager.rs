@@ -83,10 +83,25 @@ enum Op {
     EventFd(Box<[u8; 8]>),
     Signal(Box<[u8; SIGINFO_LEN]>),
     Tick(Box<types::Timespec>),
-    Accept { metrics: bool },
-    Recv { fd: OwnedFd, buf: Box<[u8; REQUEST_MAX]>, metrics: bool },
-    Send { fd: OwnedFd, buf: Vec<u8>, sent: usize },
-    Probe { backend: usize, generation: u64, _fd: OwnedFd, _addr: Box<libc::sockaddr_in> },
+    Accept {
+        metrics: bool,
+    },
+    Recv {
+        fd: OwnedFd,
+        buf: Box<[u8; REQUEST_MAX]>,
+        metrics: bool,
+    },
+    Send {
+        fd: OwnedFd,
+        buf: Vec<u8>,
+        sent: usize,
+    },
+    Probe {
+        backend: usize,
+        generation: u64,
+        _fd: OwnedFd,
+        _addr: Box<libc::sockaddr_in>,
+    },
     ProbeTimeout(Box<types::Timespec>),
 }
 
@@ -118,7 +133,11 @@ pub struct Manager<'a> {
 }
 
 fn timespec(d: Duration) -> Box<types::Timespec> {
-    Box::new(types::Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos()))
+    Box::new(
+        types::Timespec::new()
+            .sec(d.as_secs())
+            .nsec(d.subsec_nanos()),
+    )
 }
 
 /// Binds the control socket with mode 0600 from the start (umask), replacing a
@@ -135,7 +154,8 @@ pub fn bind_control_socket(path: &std::path::Path) -> Result<UnixListener> {
     let bound = UnixListener::bind(path);
     // SAFETY: as above.
     unsafe { libc::umask(old) };
-    let listener = bound.with_context(|| format!("binding the control socket {}", path.display()))?;
+    let listener =
+        bound.with_context(|| format!("binding the control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("setting the mode of {}", path.display()))?;
     Ok(listener)
@@ -156,11 +176,15 @@ pub struct ManagerParts<'a> {
 impl<'a> Manager<'a> {
     pub fn new(parts: ManagerParts<'a>) -> Result<Self> {
         let metrics = match parts.config.control.metrics_listen {
-            Some(addr) => Some(TcpListener::bind(addr).with_context(|| format!("binding metrics_listen {addr}"))?),
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .with_context(|| format!("binding metrics_listen {addr}"))?,
+            ),
             None => None,
         };
         let mut m = Manager {
-            ring: IoUring::new(RING_ENTRIES).context("creating an io_uring (kernel 5.6 or later)")?,
+            ring: IoUring::new(RING_ENTRIES)
+                .context("creating an io_uring (kernel 5.6 or later)")?,
             ops: Vec::new(),
             free: Vec::new(),
             tracker: ConnTracker::new(parts.config.control.timeouts),
@@ -193,26 +217,28 @@ impl<'a> Manager<'a> {
             .services
             .iter()
             .flat_map(|s| s.backends.iter().map(move |b| (s.address, b.addr)))
-            .map(|(service, addr)| match old.iter().find(|o| o.addr == addr) {
-                Some(o) => Backend {
-                    addr,
-                    service,
-                    health: o.health.clone(),
-                    draining: o.draining,
-                    told: BackendState::Up,
-                    probing: false,
-                    next_probe_ns: now,
+            .map(
+                |(service, addr)| match old.iter().find(|o| o.addr == addr) {
+                    Some(o) => Backend {
+                        addr,
+                        service,
+                        health: o.health.clone(),
+                        draining: o.draining,
+                        told: BackendState::Up,
+                        probing: false,
+                        next_probe_ns: now,
+                    },
+                    None => Backend {
+                        addr,
+                        service,
+                        health: HealthState::new(&self.config.control.health),
+                        draining: false,
+                        told: BackendState::Up,
+                        probing: false,
+                        next_probe_ns: now,
+                    },
                 },
-                None => Backend {
-                    addr,
-                    service,
-                    health: HealthState::new(&self.config.control.health),
-                    draining: false,
-                    told: BackendState::Up,
-                    probing: false,
-                    next_probe_ns: now,
-                },
-            })
+            )
             .collect()
     }
 
@@ -229,8 +255,14 @@ impl<'a> Manager<'a> {
         while !self.stop {
             self.wake.arm();
             self.drain_events();
-            self.ring.submit_and_wait(1).context("waiting on the io_uring")?;
-            let done: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+            self.ring
+                .submit_and_wait(1)
+                .context("waiting on the io_uring")?;
+            let done: Vec<(u64, i32)> = self
+                .ring
+                .completion()
+                .map(|c| (c.user_data(), c.result()))
+                .collect();
             for (token, result) in done {
                 self.complete(token as usize, result)?;
             }
@@ -292,7 +324,9 @@ impl<'a> Manager<'a> {
 
     fn submit_eventfd(&mut self, fd: RawFd) -> Result<()> {
         self.push(Op::EventFd(Box::new([0; 8])), |op| {
-            let Op::EventFd(buf) = op else { unreachable!("just stored") };
+            let Op::EventFd(buf) = op else {
+                unreachable!("just stored")
+            };
             opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), 8).build()
         })?;
         Ok(())
@@ -301,7 +335,9 @@ impl<'a> Manager<'a> {
     fn submit_signal(&mut self) -> Result<()> {
         let fd = self.signals.raw();
         self.push(Op::Signal(Box::new([0; SIGINFO_LEN])), |op| {
-            let Op::Signal(buf) = op else { unreachable!("just stored") };
+            let Op::Signal(buf) = op else {
+                unreachable!("just stored")
+            };
             opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), SIGINFO_LEN as u32).build()
         })?;
         Ok(())
@@ -309,7 +345,9 @@ impl<'a> Manager<'a> {
 
     fn submit_tick(&mut self) -> Result<()> {
         self.push(Op::Tick(timespec(TICK)), |op| {
-            let Op::Tick(ts) = op else { unreachable!("just stored") };
+            let Op::Tick(ts) = op else {
+                unreachable!("just stored")
+            };
             opcode::Timeout::new(&**ts as *const types::Timespec).build()
         })?;
         Ok(())
@@ -330,17 +368,28 @@ impl<'a> Manager<'a> {
 
     fn submit_recv(&mut self, fd: OwnedFd, metrics: bool) -> Result<()> {
         let raw = fd.as_raw_fd();
-        self.push(Op::Recv { fd, buf: Box::new([0; REQUEST_MAX]), metrics }, |op| {
-            let Op::Recv { buf, .. } = op else { unreachable!("just stored") };
-            opcode::Recv::new(types::Fd(raw), buf.as_mut_ptr(), REQUEST_MAX as u32).build()
-        })?;
+        self.push(
+            Op::Recv {
+                fd,
+                buf: Box::new([0; REQUEST_MAX]),
+                metrics,
+            },
+            |op| {
+                let Op::Recv { buf, .. } = op else {
+                    unreachable!("just stored")
+                };
+                opcode::Recv::new(types::Fd(raw), buf.as_mut_ptr(), REQUEST_MAX as u32).build()
+            },
+        )?;
         Ok(())
     }
 
     fn submit_send(&mut self, fd: OwnedFd, buf: Vec<u8>, sent: usize) -> Result<()> {
         let raw = fd.as_raw_fd();
         self.push(Op::Send { fd, buf, sent }, |op| {
-            let Op::Send { buf, sent, .. } = op else { unreachable!("just stored") };
+            let Op::Send { buf, sent, .. } = op else {
+                unreachable!("just stored")
+            };
             let rest = &buf[*sent..];
             opcode::Send::new(types::Fd(raw), rest.as_ptr(), rest.len() as u32).build()
         })?;
@@ -352,7 +401,13 @@ impl<'a> Manager<'a> {
     fn submit_probe(&mut self, backend: usize) -> Result<()> {
         let addr = self.backends[backend].addr;
         // SAFETY: plain socket(2); a non-negative result is a new fd we own.
-        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
         if raw < 0 {
             return Err(io::Error::last_os_error()).context("creating a probe socket");
         }
@@ -361,23 +416,37 @@ impl<'a> Manager<'a> {
         let sin = Box::new(libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: addr.port().to_be(),
-            sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*addr.ip()).to_be(),
+            },
             sin_zero: [0; 8],
         });
         let generation = self.generation;
-        self.push(Op::Probe { backend, generation, _fd: fd, _addr: sin }, |op| {
-            let Op::Probe { _addr, .. } = op else { unreachable!("just stored") };
-            opcode::Connect::new(
-                types::Fd(raw),
-                (&**_addr as *const libc::sockaddr_in).cast(),
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-            .build()
-            .flags(squeue::Flags::IO_LINK)
-        })?;
+        self.push(
+            Op::Probe {
+                backend,
+                generation,
+                _fd: fd,
+                _addr: sin,
+            },
+            |op| {
+                let Op::Probe { _addr, .. } = op else {
+                    unreachable!("just stored")
+                };
+                opcode::Connect::new(
+                    types::Fd(raw),
+                    (&**_addr as *const libc::sockaddr_in).cast(),
+                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+                .build()
+                .flags(squeue::Flags::IO_LINK)
+            },
+        )?;
         let timeout = self.config.control.health.timeout;
         self.push(Op::ProbeTimeout(timespec(timeout)), |op| {
-            let Op::ProbeTimeout(ts) = op else { unreachable!("just stored") };
+            let Op::ProbeTimeout(ts) = op else {
+                unreachable!("just stored")
+            };
             opcode::LinkTimeout::new(&**ts as *const types::Timespec).build()
         })?;
         self.backends[backend].probing = true;
@@ -387,7 +456,9 @@ impl<'a> Manager<'a> {
     // ---- completions -----------------------------------------------------
 
     fn complete(&mut self, slot: usize, result: i32) -> Result<()> {
-        let Some(op) = self.release(slot) else { return Ok(()) };
+        let Some(op) = self.release(slot) else {
+            return Ok(());
+        };
         match op {
             Op::EventFd(_) => {
                 self.drain_events();
@@ -416,7 +487,11 @@ impl<'a> Manager<'a> {
             Op::Recv { fd, buf, metrics } => {
                 if result > 0 {
                     let request = String::from_utf8_lossy(&buf[..result as usize]).into_owned();
-                    let reply = if metrics { self.metrics_reply() } else { self.ctl_reply(request.trim()) };
+                    let reply = if metrics {
+                        self.metrics_reply()
+                    } else {
+                        self.ctl_reply(request.trim())
+                    };
                     self.submit_send(fd, reply.into_bytes(), 0)?;
                 }
             }
@@ -426,7 +501,11 @@ impl<'a> Manager<'a> {
                     self.submit_send(fd, buf, sent)?;
                 }
             }
-            Op::Probe { backend, generation, .. } => {
+            Op::Probe {
+                backend,
+                generation,
+                ..
+            } => {
                 if generation == self.generation {
                     self.backends[backend].probing = false;
                     self.probe_result(backend, result == 0);
@@ -450,14 +529,19 @@ impl<'a> Manager<'a> {
     fn send_commands(&mut self) {
         for c in self.commands.drain(..) {
             let worker = match c {
-                FlowCommand::Remove { worker, .. } | FlowCommand::RemoveIfIdle { worker, .. } => worker,
+                FlowCommand::Remove { worker, .. } | FlowCommand::RemoveIfIdle { worker, .. } => {
+                    worker
+                }
             };
-            self.backlog.push_back((usize::from(worker), Command::Flow(c)));
+            self.backlog
+                .push_back((usize::from(worker), Command::Flow(c)));
         }
         // A full command queue keeps the rest for the next round, in order.
         let mut kept = VecDeque::new();
         while let Some((w, c)) = self.backlog.pop_front() {
-            let Some(link) = self.workers.get(w) else { continue };
+            let Some(link) = self.workers.get(w) else {
+                continue;
+            };
             match link.commands.try_send(c) {
                 Ok(()) => {}
                 Err(TrySendError::Full(c)) => kept.push_back((w, c)),
@@ -498,7 +582,11 @@ impl<'a> Manager<'a> {
     fn probe_result(&mut self, backend: usize, ok: bool) {
         let b = &mut self.backends[backend];
         if let Some(flip) = b.health.record(ok) {
-            println!("dispatchd: daemon {} is {}", b.addr, if flip == Health::Up { "up" } else { "down" });
+            println!(
+                "dispatchd: daemon {} is {}",
+                b.addr,
+                if flip == Health::Up { "up" } else { "down" }
+            );
             if flip == Health::Down && self.config.control.on_failure == OnFailure::Reset {
                 self.reset_backend(backend);
             }
@@ -514,19 +602,35 @@ impl<'a> Manager<'a> {
         }
         self.backends[backend].told = state;
         for w in 0..self.workers.len() {
-            self.backlog.push_back((w, Command::BackendState { backend: backend as u16, state }));
+            self.backlog.push_back((
+                w,
+                Command::BackendState {
+                    backend: backend as u16,
+                    state,
+                },
+            ));
         }
         self.send_commands();
     }
 
     fn reset_backend(&mut self, backend: usize) {
-        let doomed: Vec<_> = self.tracker.connections_of(backend as u16).map(|(_, key)| key).collect();
+        let doomed: Vec<_> = self
+            .tracker
+            .connections_of(backend as u16)
+            .map(|(_, key)| key)
+            .collect();
         let now = now_ns();
         for key in doomed {
-            self.tracker.on_event(Event::Removed { key }, now, &mut self.commands);
+            self.tracker
+                .on_event(Event::Removed { key }, now, &mut self.commands);
         }
         for w in 0..self.workers.len() {
-            self.backlog.push_back((w, Command::RemoveBackendFlows { backend: backend as u16 }));
+            self.backlog.push_back((
+                w,
+                Command::RemoveBackendFlows {
+                    backend: backend as u16,
+                },
+            ));
         }
         self.send_commands();
     }
@@ -573,7 +677,7 @@ impl<'a> Manager<'a> {
                 let phase = format!("{:?}", c.phase);
                 if json {
                     format!(
-                        "{{"client":"{}","service":"{}","daemon":"{}","worker":{},"state":"{}","age_ms":{age_ms}}}",
+                        r#"{{"client":"{}","service":"{}","daemon":"{}","worker":{},"state":"{}","age_ms":{age_ms}}}"#,
                         c.key.client(),
                         c.key.service(),
                         c.daemon,
@@ -586,13 +690,22 @@ impl<'a> Manager<'a> {
             })
             .collect();
         if json {
-            format!("[{}]
-", rows.join(","))
+            format!(
+                "[{}]
+",
+                rows.join(",")
+            )
         } else {
-            format!("{}
+            format!(
+                "{}
 {} connections
-", rows.join("
-"), rows.len())
+",
+                rows.join(
+                    "
+"
+                ),
+                rows.len()
+            )
         }
     }
 
@@ -610,7 +723,7 @@ impl<'a> Manager<'a> {
                 let n = active.get(&b.addr).copied().unwrap_or(0);
                 if json {
                     format!(
-                        "{{"daemon":"{}","service":"{}","health":"{health}","draining":{},"state":"{state}","active":{n}}}",
+                        r#"{{"daemon":"{}","service":"{}","health":"{health}","draining":{},"state":"{state}","active":{n}}}"#,
                         b.addr, b.service, b.draining
                     )
                 } else {
@@ -619,12 +732,20 @@ impl<'a> Manager<'a> {
             })
             .collect();
         if json {
-            format!("[{}]
-", rows.join(","))
+            format!(
+                "[{}]
+",
+                rows.join(",")
+            )
         } else {
-            format!("{}
-", rows.join("
-"))
+            format!(
+                "{}
+",
+                rows.join(
+                    "
+"
+                )
+            )
         }
     }
 
@@ -656,18 +777,37 @@ impl<'a> Manager<'a> {
 
     fn apply(&mut self, new: Config) -> Result<()> {
         let old = &self.config;
-        if (&new.front, &new.back, new.queues, &new.cores, new.flow_capacity, new.frames_per_queue)
-            != (&old.front, &old.back, old.queues, &old.cores, old.flow_capacity, old.frames_per_queue)
-        {
+        if (
+            &new.front,
+            &new.back,
+            new.queues,
+            &new.cores,
+            new.flow_capacity,
+            new.frames_per_queue,
+        ) != (
+            &old.front,
+            &old.back,
+            old.queues,
+            &old.cores,
+            old.flow_capacity,
+            old.frames_per_queue,
+        ) {
             println!("dispatchd: SIGHUP: interface, queue and memory settings need a restart; applying services only");
         }
         // Build everything first: a failure leaves the running state untouched.
-        let daemons: Vec<SocketAddrV4> =
-            new.services.iter().flat_map(|s| s.backends.iter().map(|b| b.addr)).collect();
+        let daemons: Vec<SocketAddrV4> = new
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.addr))
+            .collect();
         let next_hops: Arc<[NextHop]> = daemons.iter().map(|_| NextHop::default()).collect();
         for (d, hop) in daemons.iter().zip(next_hops.iter()) {
             self.resolver.route(*d.ip())?;
-            let known = self.backends.iter().position(|b| b.addr == *d).and_then(|i| self.next_hops[i].get());
+            let known = self
+                .backends
+                .iter()
+                .position(|b| b.addr == *d)
+                .and_then(|i| self.next_hops[i].get());
             hop.set(known.or_else(|| self.resolver.lookup(*d.ip()).ok().flatten()));
         }
         let planes: Vec<Dataplane> = (0..self.workers.len())
@@ -691,7 +831,8 @@ impl<'a> Manager<'a> {
             }
         }
         for (w, plane) in planes.into_iter().enumerate() {
-            self.backlog.push_back((w, Command::ReplacePlane(Box::new(plane))));
+            self.backlog
+                .push_back((w, Command::ReplacePlane(Box::new(plane))));
         }
         self.tracker.set_timeouts(new.control.timeouts);
         self.next_hops = next_hops;
