@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the dispatcher (needs root, or CAP_NET_ADMIN + CAP_BPF + CAP_NET_RAW).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate a configuration file and exit.
     CheckConfig {
         /// The TOML file to check.

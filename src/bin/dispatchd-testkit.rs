@@ -36,6 +36,9 @@ enum Command {
     Serve {
         #[arg(long = "listen", required = true)]
         listen: Vec<SocketAddr>,
+        /// After echoing the first read, abort the connection with a RST.
+        #[arg(long)]
+        reset: bool,
     },
     Connect {
         #[arg(long)]
@@ -48,6 +51,12 @@ enum Command {
         payload: usize,
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+        /// End each connection with a RST instead of a FIN.
+        #[arg(long)]
+        reset: bool,
+        /// Expect the daemon to reset each connection after its echo.
+        #[arg(long)]
+        expect_reset: bool,
     },
     Bulk {
         #[arg(long)]
@@ -67,20 +76,24 @@ enum Command {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Command::Serve { listen } => serve(&listen),
+        Command::Serve { listen, reset } => serve(&listen, reset),
         Command::Connect {
             to,
             connections,
             concurrency,
             payload,
             timeout_ms,
-        } => connect_many(
-            to,
-            connections,
-            concurrency,
-            payload,
-            Duration::from_millis(timeout_ms),
-        ),
+            reset,
+            expect_reset,
+        } => {
+            let close = match (reset, expect_reset) {
+                (true, _) => Close::Reset,
+                (false, true) => Close::ExpectReset,
+                (false, false) => Close::Fin,
+            };
+            let timeout = Duration::from_millis(timeout_ms);
+            connect_many(to, connections, concurrency, payload, timeout, close)
+        }
         Command::Bulk { to, bytes } => bulk(to, bytes),
         Command::Hold {
             to,
@@ -101,7 +114,38 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(listen: &[SocketAddr]) -> Result<()> {
+/// Makes the next close of `stream` send a RST (SO_LINGER with a zero timeout).
+fn abort_on_close(stream: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads `linger` (valid, of the size given) during the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// How a client ends its connections.
+#[derive(Clone, Copy)]
+enum Close {
+    Fin,
+    Reset,
+    ExpectReset,
+}
+
+fn serve(listen: &[SocketAddr], reset: bool) -> Result<()> {
     let mut threads = Vec::new();
     for &addr in listen {
         let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
@@ -109,7 +153,7 @@ fn serve(listen: &[SocketAddr]) -> Result<()> {
             for stream in listener.incoming().flatten() {
                 thread::spawn(move || {
                     // A client that vanishes mid-echo is the client's business.
-                    let _ = echo(stream, addr);
+                    let _ = echo(stream, addr, reset);
                 });
             }
         }));
@@ -128,7 +172,7 @@ fn serve(listen: &[SocketAddr]) -> Result<()> {
     Ok(())
 }
 
-fn echo(mut stream: TcpStream, local: SocketAddr) -> std::io::Result<()> {
+fn echo(mut stream: TcpStream, local: SocketAddr, reset: bool) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let peer = stream.peer_addr()?;
     stream.write_all(format!("hello daemon={local} peer={peer}\n").as_bytes())?;
@@ -139,6 +183,11 @@ fn echo(mut stream: TcpStream, local: SocketAddr) -> std::io::Result<()> {
             return stream.shutdown(Shutdown::Write);
         }
         stream.write_all(&buf[..n])?;
+        if reset {
+            // Let the echo leave before the RST, which discards unsent data.
+            thread::sleep(Duration::from_millis(20));
+            return abort_on_close(&stream);
+        }
     }
 }
 
@@ -206,13 +255,30 @@ fn exchange(s: &mut Session, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn short_connection(to: SocketAddr, payload: &[u8], timeout: Duration) -> Result<String> {
+fn short_connection(
+    to: SocketAddr,
+    payload: &[u8],
+    timeout: Duration,
+    close: Close,
+) -> Result<String> {
     let mut s = open(to, timeout)?;
     exchange(&mut s, payload)?;
-    s.stream.shutdown(Shutdown::Write)?;
-    // Wait for the daemon's FIN, so the whole close crosses the dispatcher.
-    let mut rest = Vec::new();
-    s.reader.read_to_end(&mut rest)?;
+    match close {
+        Close::Fin => {
+            s.stream.shutdown(Shutdown::Write)?;
+            // Wait for the daemon's FIN, so the whole close crosses the dispatcher.
+            let mut rest = Vec::new();
+            s.reader.read_to_end(&mut rest)?;
+        }
+        Close::Reset => abort_on_close(&s.stream)?,
+        Close::ExpectReset => {
+            let mut rest = Vec::new();
+            match s.reader.read_to_end(&mut rest) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                other => bail!("expected a reset from {}, got {other:?}", s.daemon),
+            }
+        }
+    }
     Ok(s.daemon)
 }
 
@@ -234,6 +300,7 @@ fn connect_many(
     concurrency: usize,
     payload: usize,
     timeout: Duration,
+    close: Close,
 ) -> Result<()> {
     struct Tally {
         per_daemon: BTreeMap<String, usize>,
@@ -257,7 +324,7 @@ fn connect_many(
                 }
                 let data = pattern(i as u64, payload);
                 let t = Instant::now();
-                let result = short_connection(to, &data, timeout);
+                let result = short_connection(to, &data, timeout, close);
                 let us = t.elapsed().as_micros() as u64;
                 let mut tally = tally.lock().unwrap_or_else(|p| p.into_inner());
                 match result {

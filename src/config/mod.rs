@@ -258,6 +258,11 @@ pub enum ConfigError {
     BatchOutOfRange { batch: usize },
     #[error("flow_capacity = 0: must be >= 1")]
     ZeroFlowCapacity,
+    #[error(
+        "flow_capacity = {capacity} is too large: must be <= {}",
+        crate::flow::MAX_CAPACITY
+    )]
+    FlowCapacityTooLarge { capacity: usize },
     #[error("{field} = {name:?} is not a valid interface name: {reason}")]
     BadInterface {
         field: &'static str,
@@ -325,6 +330,11 @@ impl Config {
         }
         if self.flow_capacity == 0 {
             return Err(ConfigError::ZeroFlowCapacity);
+        }
+        if self.flow_capacity > crate::flow::MAX_CAPACITY {
+            return Err(ConfigError::FlowCapacityTooLarge {
+                capacity: self.flow_capacity,
+            });
         }
         self.validate_services()
     }

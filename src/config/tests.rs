@@ -37,6 +37,13 @@ fn base() -> Config {
 }
 
 #[test]
+fn flow_capacity_beyond_the_table_limit_is_refused() {
+    let mut c = base();
+    c.flow_capacity = crate::flow::MAX_CAPACITY + 1;
+    assert!(matches!(err(c), ConfigError::FlowCapacityTooLarge { .. }));
+}
+
+#[test]
 fn control_settings_are_validated() {
     assert!(base().validate().is_ok());
     let mut c = base();

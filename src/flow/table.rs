@@ -111,8 +111,13 @@ impl FlowTable {
             "flow table capacity {capacity} exceeds {MAX_CAPACITY}"
         );
         let slots = Self::slots_for(capacity);
+        let mut tags = vec![EMPTY_TAG; slots];
+        // The zeroed allocation is mapped lazily: write it now, so the first
+        // packets of new flows do not pay a page fault each. black_box keeps the
+        // compiler from proving the memory already zero and dropping the writes.
+        std::hint::black_box(&mut tags[..]).fill(EMPTY_TAG);
         Self {
-            tags: vec![EMPTY_TAG; slots].into_boxed_slice(),
+            tags: tags.into_boxed_slice(),
             records: vec![VACANT; slots].into_boxed_slice(),
             mask: slots - 1,
             len: 0,

@@ -114,11 +114,57 @@ impl Topology {
         Proc::start(cmd, "serving", Duration::from_secs(5))
     }
 
-    /// Starts dispatchd in the dispatcher namespace with `args` after `run`.
+    /// Polls `check` every 50 ms until it holds or `timeout` passes; returns
+    /// how long it took.
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut check: impl FnMut() -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        while !check() {
+            assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+            thread::sleep(Duration::from_millis(50));
+        }
+        start.elapsed()
+    }
+
+    /// This topology's control socket (the filesystem is shared by all namespaces).
+    pub fn control_socket(&self) -> String {
+        format!("/tmp/dispatchd-{}.sock", self.prefix)
+    }
+
+    /// Starts dispatchd in the dispatcher namespace with `args` after `run`, and
+    /// this topology's control socket.
     pub fn dispatchd<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Proc {
         let mut cmd = self.cmd(&self.dispatcher(), DISPATCHD);
-        cmd.arg("run").args(args);
+        cmd.arg("run")
+            .args(args)
+            .args(["--control-socket", &self.control_socket()]);
         Proc::start(cmd, "dispatchd: running", Duration::from_secs(20))
+    }
+
+    /// `dispatchd ctl ARGS` against this topology's dispatchd; panics on failure.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new(DISPATCHD)
+            .args(["ctl", "--socket", &self.control_socket()])
+            .args(args)
+            .output()
+            .expect("running dispatchd ctl");
+        assert!(
+            out.status.success(),
+            "dispatchd ctl {args:?}:\n{}",
+            text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts an echo server for daemon `i` alone, so it can be stopped alone.
+    pub fn serve_one(&self, i: usize, extra: &[&str]) -> Proc {
+        let mut cmd = self.cmd(&self.daemons(), TESTKIT);
+        cmd.args(["serve", "--listen", &daemon_addr(i)]).args(extra);
+        Proc::start(cmd, "serving", Duration::from_secs(5))
     }
 
     /// Runs dispatchd expecting it to fail at start-up; returns its output.
@@ -165,6 +211,7 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.control_socket());
         let _ = Command::new(topology_script())
             .args(["down", &self.prefix])
             .status();
@@ -269,6 +316,21 @@ pub fn per_daemon(stdout: &str) -> Vec<(String, usize)> {
             Some((addr.to_owned(), n.trim().parse().ok()?))
         })
         .collect()
+}
+
+/// The number after `"key":` in a JSON text (first occurrence after `from`).
+pub fn json_number(json: &str, key: &str) -> u64 {
+    let pat = format!("\"{key}\":");
+    let at = json
+        .find(&pat)
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
+        + pat.len();
+    json[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .expect("a number")
 }
 
 pub fn text(out: &Output) -> String {

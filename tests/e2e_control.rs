@@ -1,0 +1,309 @@
+//! The control plane end to end: record removal on close, reset and idleness,
+//! health checks, drain, reload and the control socket, on the real topology.
+//! Needs root.
+mod common;
+
+use std::{os::unix::fs::PermissionsExt, time::Duration};
+
+use common::{daemon_addr, json_number, per_daemon, text, Topology, VIP};
+
+/// Connections the management loop tracks, and records the workers hold.
+fn records(topo: &Topology) -> (u64, u64) {
+    let json = topo.ctl(&["stats", "--json"]);
+    (
+        json_number(&json, "connections"),
+        json_number(&json, "flows"),
+    )
+}
+
+fn connect(topo: &Topology, extra: &[&str]) -> String {
+    let mut args = vec!["connect", "--to", VIP];
+    args.extend_from_slice(extra);
+    let out = topo.client_run(&args);
+    assert!(out.status.success(), "connect {extra:?}:\n{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn closed_and_reset_connections_leave_no_records() {
+    let topo = Topology::up("close", 4, 1);
+    let servers = topo.serve(4);
+    let mut flags = Topology::default_flags(4);
+    flags.extend(["--linger-ms", "500"].map(String::from));
+    let _lb = topo.dispatchd(&flags);
+
+    connect(&topo, &["--connections", "1000", "--concurrency", "4"]);
+    let took = topo.wait_until(
+        Duration::from_secs(5),
+        "records of closed connections removed",
+        || records(&topo) == (0, 0),
+    );
+    println!("1000 closed connections gone {took:?} after the last close (linger 500 ms)");
+
+    connect(
+        &topo,
+        &["--connections", "200", "--concurrency", "4", "--reset"],
+    );
+    topo.wait_until(
+        Duration::from_secs(3),
+        "records of client-reset connections removed",
+        || records(&topo) == (0, 0),
+    );
+
+    drop(servers);
+    let _resetting = (0..4)
+        .map(|i| topo.serve_one(i, &["--reset"]))
+        .collect::<Vec<_>>();
+    connect(
+        &topo,
+        &[
+            "--connections",
+            "200",
+            "--concurrency",
+            "4",
+            "--expect-reset",
+        ],
+    );
+    topo.wait_until(
+        Duration::from_secs(3),
+        "records of daemon-reset connections removed",
+        || records(&topo) == (0, 0),
+    );
+}
+
+#[test]
+fn an_idle_connection_is_removed_after_the_idle_timeout() {
+    let topo = Topology::up("idle", 2, 1);
+    let _servers = topo.serve(2);
+    let mut flags = Topology::default_flags(2);
+    flags.extend(["--idle-timeout-ms", "2000"].map(String::from));
+    let _lb = topo.dispatchd(&flags);
+    // One exchange, then silence for longer than the idle timeout.
+    let _idle = topo.client_start(
+        &[
+            "hold",
+            "--to",
+            VIP,
+            "--seconds",
+            "1",
+            "--interval-ms",
+            "8000",
+        ],
+        "opened",
+    );
+    topo.wait_until(Duration::from_secs(2), "the connection is tracked", || {
+        records(&topo) == (1, 1)
+    });
+    let took = topo.wait_until(Duration::from_secs(6), "the idle record removed", || {
+        records(&topo) == (0, 0)
+    });
+    assert!(
+        took >= Duration::from_millis(1000),
+        "removed after {took:?}: too early for a 2 s idle timeout"
+    );
+}
+
+fn health_of(topo: &Topology, daemon: &str) -> String {
+    let all = topo.ctl(&["backends"]);
+    let line = all
+        .lines()
+        .find(|l| l.starts_with(daemon))
+        .unwrap_or_else(|| panic!("{daemon} in {all}"));
+    line.split_whitespace()
+        .skip_while(|w| *w != "health")
+        .nth(1)
+        .expect("health value")
+        .to_owned()
+}
+
+#[test]
+fn a_failed_daemon_is_avoided_until_it_comes_back() {
+    let topo = Topology::up("health", 3, 1);
+    let mut servers: Vec<_> = (0..3).map(|i| topo.serve_one(i, &[])).collect();
+    let mut flags = Topology::default_flags(3);
+    flags.extend(["--health-interval-ms", "200"].map(String::from));
+    let _lb = topo.dispatchd(&flags);
+    let victim = daemon_addr(1);
+
+    drop(servers.remove(1));
+    // interval x fall = 200 ms x 3, plus a probe in flight.
+    let took = topo.wait_until(Duration::from_secs(3), "daemon marked down", || {
+        health_of(&topo, &victim) == "down"
+    });
+    println!("marked down {took:?} after it stopped");
+    let spread = per_daemon(&connect(
+        &topo,
+        &["--connections", "90", "--concurrency", "3"],
+    ));
+    assert!(
+        spread.iter().all(|(d, _)| *d != victim),
+        "no new connection to the failed daemon: {spread:?}"
+    );
+    assert_eq!(spread.iter().map(|(_, n)| n).sum::<usize>(), 90);
+
+    servers.insert(1, topo.serve_one(1, &[]));
+    topo.wait_until(Duration::from_secs(3), "daemon marked up", || {
+        health_of(&topo, &victim) == "up"
+    });
+    let spread = per_daemon(&connect(
+        &topo,
+        &["--connections", "90", "--concurrency", "3"],
+    ));
+    assert!(
+        spread.iter().any(|(d, n)| *d == victim && *n > 0),
+        "the daemon gets connections again: {spread:?}"
+    );
+}
+
+#[test]
+fn a_draining_daemon_keeps_its_connection_and_gets_no_new_ones() {
+    let topo = Topology::up("drain", 3, 1);
+    let _servers = topo.serve(3);
+    let _lb = topo.dispatchd(&Topology::default_flags(3));
+    let mut long = topo.client_start(
+        &["hold", "--to", VIP, "--seconds", "4", "--interval-ms", "50"],
+        "opened",
+    );
+    let opened = long.output();
+    let daemon = opened
+        .lines()
+        .find_map(|l| l.strip_prefix("daemon=")?.strip_suffix(" opened"))
+        .expect("hold names its daemon")
+        .to_owned();
+
+    let reply = topo.ctl(&["drain", &daemon]);
+    assert!(reply.contains("draining"), "{reply}");
+    let spread = per_daemon(&connect(
+        &topo,
+        &["--connections", "60", "--concurrency", "3"],
+    ));
+    assert!(
+        spread.iter().all(|(d, _)| *d != daemon),
+        "draining daemon got new connections: {spread:?}"
+    );
+    assert!(
+        long.wait(Duration::from_secs(10)).success(),
+        "the drained daemon's connection broke:\n{}",
+        long.output()
+    );
+
+    topo.ctl(&["undrain", &daemon]);
+    let spread = per_daemon(&connect(
+        &topo,
+        &["--connections", "60", "--concurrency", "3"],
+    ));
+    assert!(
+        spread.iter().any(|(d, _)| *d == daemon),
+        "undrained daemon gets connections: {spread:?}"
+    );
+}
+
+#[test]
+fn sighup_adds_and_removes_daemons_without_breaking_remaining_connections() {
+    let topo = Topology::up("hup", 4, 1);
+    let _servers = topo.serve(4);
+    let file = std::env::temp_dir().join(format!("dispatchd-{}.toml", topo.prefix));
+    let write = |daemons: &[usize]| {
+        let list: Vec<String> = daemons
+            .iter()
+            .map(|&i| format!("\"{}\"", daemon_addr(i)))
+            .collect();
+        let body = format!(
+            "front = \"l0\"\nback = \"l1\"\n[[service]]\naddress = \"{VIP}\"\nbackends = [{}]\n",
+            list.join(", ")
+        );
+        std::fs::write(&file, body).expect("writing the config");
+    };
+    write(&[0, 1, 2]);
+    let lb = topo.dispatchd(&["--config", file.to_str().expect("utf-8 path")]);
+    let mut long = topo.client_start(
+        &["hold", "--to", VIP, "--seconds", "4", "--interval-ms", "50"],
+        "opened",
+    );
+    let kept = daemon_addr(0);
+    assert!(
+        long.output().contains(&format!("daemon={kept} opened")),
+        "{}",
+        long.output()
+    );
+
+    write(&[0, 1, 3]);
+    lb.signal("HUP");
+    topo.wait_until(Duration::from_secs(5), "reload applied", || {
+        lb.output().contains("SIGHUP: reloaded")
+    });
+    let spread = per_daemon(&connect(
+        &topo,
+        &["--connections", "90", "--concurrency", "3"],
+    ));
+    assert!(
+        spread.iter().any(|(d, n)| *d == daemon_addr(3) && *n > 0),
+        "added daemon gets traffic: {spread:?}"
+    );
+    assert!(
+        spread.iter().all(|(d, _)| *d != daemon_addr(2)),
+        "removed daemon gets none: {spread:?}"
+    );
+    assert!(
+        long.wait(Duration::from_secs(10)).success(),
+        "connection to {kept} broke in the reload:\n{}",
+        long.output()
+    );
+    let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn ctl_stats_json_and_metrics_after_traffic() {
+    let topo = Topology::up("stats", 2, 1);
+    let _servers = topo.serve(2);
+    let mut flags = Topology::default_flags(2);
+    flags.extend(["--metrics-listen", "127.0.0.1:9109"].map(String::from));
+    let _lb = topo.dispatchd(&flags);
+    connect(&topo, &["--connections", "200", "--concurrency", "4"]);
+
+    let mode = std::fs::metadata(topo.control_socket())
+        .expect("control socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "control socket mode");
+
+    let json = topo.ctl(&["stats", "--json"]);
+    for key in [
+        "rx_front",
+        "rx_back",
+        "tx_front",
+        "tx_back",
+        "new_flows",
+        "front_steered",
+        "back_steered",
+    ] {
+        assert!(json_number(&json, key) > 0, "{key} is zero in {json}");
+    }
+    assert_eq!(json_number(&json, "new_flows"), 200, "{json}");
+    let section = &json[json.find("\"per_packet_ns\"").expect("per_packet_ns")..];
+    let p: Vec<u64> = ["p50", "p90", "p99", "p99.9", "p99.99", "max"]
+        .iter()
+        .map(|k| json_number(section, k))
+        .collect();
+    assert!(p[0] > 0, "{section}");
+    assert!(
+        p.windows(2).all(|w| w[0] <= w[1]),
+        "percentiles ordered: {p:?}"
+    );
+
+    let out = topo.run(
+        &topo.dispatcher(),
+        "bash",
+        &["-c", "exec 3<>/dev/tcp/127.0.0.1/9109; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"],
+    );
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{}", text(&out));
+    assert!(
+        metrics.contains("dispatchd_new_flows_total{worker=\"0\"} 200"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dispatchd_packet_processing_ns{quantile=\"0.99\""),
+        "{metrics}"
+    );
+}
