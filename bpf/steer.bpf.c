@@ -41,6 +41,15 @@ struct {
 	__type(value, struct daemon_info);
 } daemons SEC(".maps");
 
+/* The VIPs alone (any port): TCP frames to them that cannot be matched to a
+ * service because they are malformed are dropped and counted, not passed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u8);
+} vip_addrs SEC(".maps");
+
 /* This host's own addresses on the back side: a daemon's answer to one of them
  * (a health probe, an ssh session) is the host's traffic, not a reply to a client. */
 struct {
@@ -73,35 +82,59 @@ static __always_inline int count(__u32 which, int verdict)
 	return verdict;
 }
 
-/* Bounds-checked walk to the TCP ports. Frames with IP options or fragments
- * still reach user space when they hit a service, so that they are counted there
- * by reason rather than silently handed to the kernel. Non-first fragments carry
- * no ports and are passed. */
-static __always_inline int parse(void *data, void *data_end, struct iphdr **iph_out,
-				 struct tcphdr **tcph_out)
+/* Where the walk to the TCP ports ended. */
+enum walk {
+	WALK_OK,        /* iph and tcph (first four bytes) readable */
+	WALK_NOT_OURS,  /* not IPv4/TCP, or unreadable: the kernel's business */
+	WALK_MALFORMED, /* IPv4/TCP with IHL < 5 or cut before the ports */
+	WALK_FRAGMENT,  /* a non-first fragment: no ports to match */
+};
+
+/* Bounds-checked walk to the TCP ports. Frames with IP options or first
+ * fragments still reach user space when they hit a service, so that they are
+ * counted there by reason rather than silently handed to the kernel; what cannot
+ * be matched to a service is counted here. */
+static __always_inline enum walk walk(void *data, void *data_end, struct iphdr **iph_out,
+				      struct tcphdr **tcph_out)
 {
 	struct ethhdr *eth = data;
 	struct iphdr *iph;
 	struct tcphdr *tcph;
 	__u32 ihl_bytes;
 
-	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
-		return -1;
+	if ((void *)(eth + 1) > data_end) {
+		count(CNT_TRUNCATED, 0);
+		return WALK_NOT_OURS;
+	}
+	if (eth->h_proto == bpf_htons(ETH_P_8021Q) || eth->h_proto == bpf_htons(ETH_P_8021AD)) {
+		count(CNT_VLAN, 0);
+		return WALK_NOT_OURS;
+	}
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		count(CNT_IPV6, 0);
+		return WALK_NOT_OURS;
+	}
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return WALK_NOT_OURS;
 	iph = (void *)(eth + 1);
-	if ((void *)(iph + 1) > data_end || iph->protocol != IPPROTO_TCP)
-		return -1;
+	if ((void *)(iph + 1) > data_end) {
+		count(CNT_TRUNCATED, 0);
+		return WALK_NOT_OURS;
+	}
+	*iph_out = iph;
+	if (iph->protocol != IPPROTO_TCP)
+		return WALK_NOT_OURS;
 	if (iph->frag_off & bpf_htons(0x1fff))
-		return -1;
+		return WALK_FRAGMENT;
 	ihl_bytes = iph->ihl * 4;
 	if (ihl_bytes < sizeof(*iph))
-		return -1;
+		return WALK_MALFORMED;
 	tcph = (void *)iph + ihl_bytes;
 	/* The ports are the first four bytes of the TCP header. */
 	if ((void *)tcph + 4 > data_end)
-		return -1;
-	*iph_out = iph;
+		return WALK_MALFORMED;
 	*tcph_out = tcph;
-	return 0;
+	return WALK_OK;
 }
 
 static __always_inline int to_socket(__u32 slot, __u32 steered)
@@ -160,13 +193,24 @@ int dispatchd_steer(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct iphdr *iph;
-	struct tcphdr *tcph;
+	struct iphdr *iph = 0;
+	struct tcphdr *tcph = 0;
+	enum walk w;
+	__u32 daddr;
 
-	if (ctx->rx_queue_index >= MAX_QUEUES || parse(data, data_end, &iph, &tcph))
+	if (ctx->rx_queue_index >= MAX_QUEUES)
 		return count(CNT_PASSED, XDP_PASS);
-	if (ctx->ingress_ifindex == front_ifindex)
-		return steer_front(ctx, iph, tcph);
+	w = walk(data, data_end, &iph, &tcph);
+	if (ctx->ingress_ifindex == front_ifindex && iph && w != WALK_NOT_OURS) {
+		daddr = iph->daddr;
+		if (w == WALK_OK)
+			return steer_front(ctx, iph, tcph);
+		if (bpf_map_lookup_elem(&vip_addrs, &daddr))
+			return count(w == WALK_FRAGMENT ? CNT_VIP_FRAGMENT : CNT_VIP_MALFORMED, XDP_DROP);
+		return count(CNT_PASSED, XDP_PASS);
+	}
+	if (w != WALK_OK || !iph || !tcph)
+		return count(CNT_PASSED, XDP_PASS);
 	if (ctx->ingress_ifindex == back_ifindex)
 		return steer_back(ctx, data, iph, tcph);
 	return count(CNT_PASSED, XDP_PASS);

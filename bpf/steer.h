@@ -28,6 +28,11 @@ enum steer_counter {
 	CNT_NO_SOCKET,         /* ours, but no socket on this queue: dropped */
 	CNT_FIB_NO_NEIGH,      /* reply to a client whose next hop is unresolved */
 	CNT_FIB_FAILED,        /* reply to a client the kernel cannot route */
+	CNT_TRUNCATED,         /* too short to read the IPv4 addresses: passed */
+	CNT_VLAN,              /* VLAN-tagged: passed (dispatchd serves untagged frames) */
+	CNT_IPV6,              /* IPv6: passed */
+	CNT_VIP_MALFORMED,     /* TCP to a VIP with IHL < 5 or cut before the ports: dropped */
+	CNT_VIP_FRAGMENT,      /* non-first TCP fragment to a VIP: dropped */
 	CNT_MAX,
 };
 

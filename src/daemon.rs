@@ -152,8 +152,8 @@ pub fn run(config: Config, reload: Box<dyn FnMut() -> Result<Config> + '_>) -> R
 
     let wake = Arc::new(Wake::new(EventFd::new().context("creating an eventfd")?));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut handles = Vec::new();
     let mut links = Vec::new();
+    let mut setups = Vec::new();
     for ((q, sockets), core) in queues.into_iter().enumerate().zip(worker_cores(&config)) {
         let stats = Arc::new(WorkerStats::default());
         let (event_tx, event_rx) = sync_channel(EVENT_QUEUE);
@@ -163,7 +163,7 @@ pub fn run(config: Config, reload: Box<dyn FnMut() -> Result<Config> + '_>) -> R
             commands: command_tx,
             stats: stats.clone(),
         });
-        let setup = WorkerSetup {
+        setups.push(WorkerSetup {
             queue: q as u32,
             core,
             batch: config.batch,
@@ -175,19 +175,10 @@ pub fn run(config: Config, reload: Box<dyn FnMut() -> Result<Config> + '_>) -> R
             stop: stop.clone(),
             events: EventSink::new(event_tx, wake.clone()),
             commands: command_rx,
-        };
-        let handle = thread::Builder::new()
-            .name(format!("dispatchd-q{q}"))
-            .spawn(move || worker::run(setup))
-            .context("spawning a worker")?;
-        println!(
-            "dispatchd: worker {q} on core {}",
-            core.map_or("any".into(), |c| c.to_string())
-        );
-        handles.push(handle);
+        });
     }
     let socket_path = config.control.control_socket.clone();
-    println!(
+    let listening = format!(
         "dispatchd: control socket {}{}",
         socket_path.display(),
         config
@@ -196,11 +187,9 @@ pub fn run(config: Config, reload: Box<dyn FnMut() -> Result<Config> + '_>) -> R
             .map(|a| format!(", metrics on http://{a}/metrics"))
             .unwrap_or_default()
     );
-    println!(
-        "dispatchd: running (poll {:?}); SIGTERM or SIGINT stops, SIGHUP reloads",
-        config.poll
-    );
-
+    let poll = config.poll;
+    // The loop's ring, signalfd and listeners exist before the workers start, so
+    // a failure here leaves nothing running.
     let mut manager = Manager::new(ManagerParts {
         config,
         reload,
@@ -211,23 +200,40 @@ pub fn run(config: Config, reload: Box<dyn FnMut() -> Result<Config> + '_>) -> R
         resolver,
         back_mac,
         ctl,
-    });
-    let outcome = manager
-        .as_mut()
-        .map_err(|e| anyhow::anyhow!("{e:#}"))
-        .and_then(|m| m.run());
+    })?;
+    // Everything privileged is done: the workers and the loop run without any
+    // capability (the workers inherit this thread's empty sets).
+    sys::drop_all_capabilities().context("dropping capabilities")?;
+    println!("dispatchd: all capabilities dropped");
+    let mut handles = Vec::new();
+    for setup in setups {
+        let (q, core) = (setup.queue, setup.core);
+        let handle = thread::Builder::new()
+            .name(format!("dispatchd-q{q}"))
+            .spawn(move || worker::run(setup))
+            .context("spawning a worker")?;
+        println!(
+            "dispatchd: worker {q} on core {}",
+            core.map_or("any".into(), |c| c.to_string())
+        );
+        handles.push(handle);
+    }
+    println!("{listening}");
+    println!("dispatchd: running (poll {poll:?}); SIGTERM or SIGINT stops, SIGHUP reloads");
+
+    let outcome = manager.run();
     stop.store(true, Relaxed);
     for h in handles {
         let _ = h.join();
     }
     // Counted after the workers stopped, so the numbers are final.
-    let final_stats = manager.as_ref().ok().map(|m| m.final_stats());
+    let final_stats = manager.final_stats();
     drop(manager);
     steering.detach();
     let _ = std::fs::remove_file(&socket_path);
     outcome?;
     println!("dispatchd: final statistics");
-    for line in final_stats.unwrap_or_default().lines() {
+    for line in final_stats.lines() {
         println!("  {line}");
     }
     Ok(())

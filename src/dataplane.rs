@@ -238,6 +238,9 @@ pub fn forward(
             if !opens_connection {
                 return drop_with(stats, WorkerDrop::NoFlow);
             }
+            if !pkt.l4_checksum_ok() {
+                return drop_with(stats, WorkerDrop::BadSynChecksum);
+            }
             let Some(&service) = plane.service_by_vip.get(&endpoint_key(key.service())) else {
                 return drop_with(stats, WorkerDrop::UnknownService);
             };

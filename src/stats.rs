@@ -24,10 +24,14 @@ pub enum WorkerDrop {
     NoNeighbour,
     /// The other socket's TX ring had no room.
     TxRingFull,
+    /// A connection's first segment failed its TCP checksum: no state is made
+    /// for corrupted or forged SYNs. (Later segments are not verified; the
+    /// incremental update keeps a wrong checksum wrong for the daemon to drop.)
+    BadSynChecksum,
 }
 
 impl WorkerDrop {
-    pub const ALL: [WorkerDrop; 7] = [
+    pub const ALL: [WorkerDrop; 8] = [
         Self::NoFlow,
         Self::UnknownService,
         Self::UnknownDaemon,
@@ -35,6 +39,7 @@ impl WorkerDrop {
         Self::TableFull,
         Self::NoNeighbour,
         Self::TxRingFull,
+        Self::BadSynChecksum,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -47,6 +52,7 @@ impl WorkerDrop {
             Self::TableFull => "table_full",
             Self::NoNeighbour => "no_neighbour",
             Self::TxRingFull => "tx_ring_full",
+            Self::BadSynChecksum => "bad_syn_checksum",
         }
     }
 }

@@ -172,3 +172,64 @@ impl SignalFd {
 
 /// Size of the `signalfd_siginfo` the kernel hands back per signal.
 pub const SIGINFO_LEN: usize = 128;
+
+/// Gives up every capability for good: the bounding set, the ambient set, and the
+/// effective/permitted/inheritable sets of the calling thread (threads created
+/// afterwards inherit the empty sets), and sets no_new_privs so no exec can get
+/// them back. Called once set-up is done: from then on dispatchd only uses
+/// descriptors it already holds (sockets, BPF maps and links, io_uring), which
+/// need no capability.
+pub fn drop_all_capabilities() -> io::Result<()> {
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")?
+        .trim()
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for cap in 0..=last {
+        // SAFETY: as above. Needs CAP_SETPCAP, which we still hold here.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: as above; clearing an already empty ambient set is fine.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capset reads a v3 header and two data words, both live and of the
+    // layout the kernel's uapi defines.
+    if unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

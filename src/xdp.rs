@@ -39,13 +39,18 @@ pub const MAX_QUEUES: u32 = 64;
 
 /// Names of `enum steer_counter` in `bpf/steer.h`, in order. [`Steering::load`]
 /// checks the length against the counters map's size, which comes from the header.
-pub const COUNTER_NAMES: [&str; 6] = [
+pub const COUNTER_NAMES: [&str; 11] = [
     "front_steered",
     "back_steered",
     "passed",
     "no_socket",
     "fib_no_neigh",
     "fib_failed",
+    "truncated",
+    "vlan",
+    "ipv6",
+    "vip_malformed",
+    "vip_fragment",
 ];
 
 /// Which side of the dispatcher a socket or interface is on.
@@ -160,6 +165,12 @@ impl Steering {
     }
 
     pub fn add_service(&self, vip: SocketAddrV4, id: u32) -> Result<()> {
+        let addr = u32::from_ne_bytes(vip.ip().octets());
+        self.skel
+            .maps
+            .vip_addrs
+            .update(&addr.to_ne_bytes(), &[1], MapFlags::ANY)
+            .with_context(|| format!("adding VIP {} to the XDP map", vip.ip()))?;
         let key = endpoint(vip);
         self.skel
             .maps

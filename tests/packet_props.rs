@@ -254,6 +254,25 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(1024))]
 
     #[test]
+    fn l4_checksum_ok_agrees_with_etherparse(s in spec(), flip in any::<prop::sample::Index>()) {
+        let mut frame = build(&s);
+        let end = {
+            let pkt = L4Frame::parse(&mut frame).unwrap();
+            prop_assert!(pkt.l4_checksum_ok());
+            14 + usize::from(pkt.ip_total_len())
+        };
+        // Any changed bit of the segment (after the IP header, before any
+        // Ethernet padding) breaks it, unless UDP without checksum.
+        let at = 34 + flip.index(end - 34);
+        frame[at] ^= 0x01;
+        if let Ok(pkt) = L4Frame::parse(&mut frame) {
+            if pkt.protocol() == dispatchd::packet::L4Proto::Tcp || pkt.l4_checksum() != 0 {
+                prop_assert!(!pkt.l4_checksum_ok(), "flip at {} went unnoticed", at);
+            }
+        }
+    }
+
+    #[test]
     fn parse_reads_what_etherparse_wrote(s in spec()) {
         let mut f = build(&s);
         let fr = L4Frame::parse(&mut f).unwrap();

@@ -64,6 +64,38 @@ enum Command {
         #[arg(long)]
         bytes: usize,
     },
+    /// Opens many connections at once and holds them: counts the accepted and the
+    /// refused (connect timed out), then checks every accepted one still echoes.
+    Many {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        connections: usize,
+        #[arg(long, default_value_t = 100)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 1500)]
+        timeout_ms: u64,
+    },
+    /// Sends hand-made frames out of an interface through a raw AF_PACKET socket.
+    Inject {
+        #[arg(long)]
+        iface: String,
+        /// Destination MAC (the dispatcher's front interface).
+        #[arg(long)]
+        dst_mac: String,
+        #[arg(long)]
+        src_ip: std::net::Ipv4Addr,
+        #[arg(long, default_value_t = 40_000)]
+        src_port: u16,
+        #[arg(long)]
+        to: std::net::SocketAddrV4,
+        /// `malformed`: one of each malformed kind per round; `syn-flood`: SYNs from
+        /// spoofed sources in 198.18.128.0/17; `ack`: plain ACK segments.
+        #[arg(long)]
+        kind: String,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+    },
     Hold {
         #[arg(long)]
         to: SocketAddr,
@@ -95,6 +127,29 @@ fn main() -> ExitCode {
             connect_many(to, connections, concurrency, payload, timeout, close)
         }
         Command::Bulk { to, bytes } => bulk(to, bytes),
+        Command::Many {
+            to,
+            connections,
+            concurrency,
+            timeout_ms,
+        } => many(
+            to,
+            connections,
+            concurrency,
+            Duration::from_millis(timeout_ms),
+        ),
+        Command::Inject {
+            iface,
+            dst_mac,
+            src_ip,
+            src_port,
+            to,
+            kind,
+            count,
+        } => {
+            let from = std::net::SocketAddrV4::new(src_ip, src_port);
+            inject::run(&iface, &dst_mac, from, to, &kind, count)
+        }
         Command::Hold {
             to,
             seconds,
@@ -404,6 +459,54 @@ fn bulk(to: SocketAddr, bytes: usize) -> Result<()> {
     Ok(())
 }
 
+fn many(to: SocketAddr, connections: usize, concurrency: usize, timeout: Duration) -> Result<()> {
+    let open_ones = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (open_ones, refused, next) = (open_ones.clone(), refused.clone(), next.clone());
+            thread::spawn(move || loop {
+                if next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= connections {
+                    break;
+                }
+                match open(to, timeout) {
+                    Ok(s) => open_ones.lock().unwrap_or_else(|p| p.into_inner()).push(s),
+                    Err(_) => {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    let mut sessions = std::mem::take(&mut *open_ones.lock().unwrap_or_else(|p| p.into_inner()));
+    let accepted = sessions.len();
+    println!(
+        "accepted={accepted} refused={}",
+        refused.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    // Every accepted connection, all still open, must still carry data.
+    let mut disturbed = 0;
+    for (i, s) in sessions.iter_mut().enumerate() {
+        if exchange(s, &pattern(i as u64, 200)).is_err() {
+            disturbed += 1;
+        }
+    }
+    for s in &mut sessions {
+        let _ = s.stream.shutdown(Shutdown::Write);
+        let mut rest = Vec::new();
+        let _ = s.reader.read_to_end(&mut rest);
+    }
+    println!("disturbed={disturbed}");
+    if disturbed > 0 {
+        bail!("{disturbed} of {accepted} accepted connections stopped working");
+    }
+    Ok(())
+}
+
 fn hold(to: SocketAddr, duration: Duration, interval: Duration) -> Result<()> {
     let mut s = open(to, Duration::from_secs(5))?;
     println!("daemon={} opened", s.daemon);
@@ -416,4 +519,243 @@ fn hold(to: SocketAddr, duration: Duration, interval: Duration) -> Result<()> {
     }
     println!("daemon={} rounds={rounds} ok", s.daemon);
     Ok(())
+}
+
+/// Raw frames for the hardening tests: malformed ones of every kind, and SYN floods.
+mod inject {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use anyhow::{bail, Context, Result};
+    use dispatchd::packet::checksum;
+
+    struct Frame {
+        kind: &'static str,
+        bytes: Vec<u8>,
+    }
+
+    fn mac(text: &str) -> Result<[u8; 6]> {
+        dispatchd::neigh::parse_mac(text).with_context(|| format!("MAC {text:?}"))
+    }
+
+    /// Ethernet + IPv4 (+options) + TCP with correct checksums, then `edit`ed.
+    struct Builder {
+        dst_mac: [u8; 6],
+        src_mac: [u8; 6],
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+    }
+
+    impl Builder {
+        fn tcp(&self, flags: u8, payload: &[u8], ip_options: &[u8]) -> Vec<u8> {
+            let ihl = 5 + ip_options.len() / 4;
+            let total = ihl * 4 + 20 + payload.len();
+            let mut f = Vec::with_capacity(14 + total);
+            f.extend_from_slice(&self.dst_mac);
+            f.extend_from_slice(&self.src_mac);
+            f.extend_from_slice(&[0x08, 0x00]);
+            f.push(0x40 | ihl as u8);
+            f.push(0);
+            f.extend_from_slice(&(total as u16).to_be_bytes());
+            f.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, 64, 6, 0, 0]);
+            f.extend_from_slice(&self.src.ip().octets());
+            f.extend_from_slice(&self.dst.ip().octets());
+            f.extend_from_slice(ip_options);
+            let l4 = f.len();
+            f.extend_from_slice(&self.src.port().to_be_bytes());
+            f.extend_from_slice(&self.dst.port().to_be_bytes());
+            f.extend_from_slice(&1u32.to_be_bytes());
+            f.extend_from_slice(&0u32.to_be_bytes());
+            f.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+            f.extend_from_slice(payload);
+            fix_checksums(&mut f, l4);
+            f
+        }
+    }
+
+    fn fix_checksums(f: &mut [u8], l4: usize) {
+        f[24..26].copy_from_slice(&[0, 0]);
+        let ip = checksum::checksum(&f[14..l4]);
+        f[24..26].copy_from_slice(&ip.to_be_bytes());
+        f[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+        let src = Ipv4Addr::new(f[26], f[27], f[28], f[29]);
+        let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
+        let c = checksum::l4_checksum_ipv4(src, dst, 6, &f[l4..]);
+        f[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+    }
+
+    /// Every malformed kind once, named as dispatchd counts it.
+    fn malformed(b: &Builder) -> Vec<Frame> {
+        let ok = b.tcp(0x02, b"malformed", &[]);
+        let with = |kind: &'static str, edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut bytes = ok.clone();
+            edit(&mut bytes);
+            Frame { kind, bytes }
+        };
+        let ip_checksum = |f: &mut Vec<u8>| {
+            f[24..26].copy_from_slice(&[0, 0]);
+            let c = checksum::checksum(&f[14..34]);
+            f[24..26].copy_from_slice(&c.to_be_bytes());
+        };
+        vec![
+            with("truncated", &|f| f.truncate(10)),
+            with("truncated", &|f| f.truncate(14 + 12)),
+            with("vip_malformed", &|f| f.truncate(14 + 20 + 2)),
+            with("vip_malformed", &|f| {
+                f[14] = 0x44;
+                ip_checksum(f)
+            }),
+            Frame {
+                kind: "ip_options",
+                bytes: b.tcp(0x02, b"opts", &[1, 1, 1, 0]),
+            },
+            with("fragment", &|f| {
+                f[20] = 0x20; // MF, offset 0: the first fragment
+                ip_checksum(f)
+            }),
+            with("vip_fragment", &|f| {
+                f[20..22].copy_from_slice(&0x0010u16.to_be_bytes());
+                ip_checksum(f)
+            }),
+            with("total_length_beyond_frame", &|f| {
+                let total = u16::from_be_bytes([f[16], f[17]]) + 40;
+                f[16..18].copy_from_slice(&total.to_be_bytes());
+                ip_checksum(f)
+            }),
+            with("tcp_offset_too_small", &|f| {
+                f[34 + 12] = 0x40;
+                fix_checksums(f, 34)
+            }),
+            with("tcp_offset_past_end", &|f| {
+                f[34 + 12] = 0xf0;
+                fix_checksums(f, 34)
+            }),
+            with("ttl_expired", &|f| {
+                f[22] = 0;
+                ip_checksum(f)
+            }),
+            with("ttl_expired", &|f| {
+                f[22] = 1;
+                ip_checksum(f)
+            }),
+            with("bad_ip_checksum", &|f| f[24] ^= 0x5a),
+            with("bad_syn_checksum", &|f| f[34 + 16] ^= 0x5a),
+            with("vlan", &|f| {
+                f.splice(12..12, [0x81, 0x00, 0x00, 0x07]);
+            }),
+            with("ipv6", &|f| {
+                f[12..14].copy_from_slice(&[0x86, 0xdd]);
+            }),
+        ]
+    }
+
+    fn raw_socket(iface: &str) -> Result<std::os::fd::OwnedFd> {
+        use std::os::fd::FromRawFd;
+        let name = std::ffi::CString::new(iface)?;
+        // SAFETY: a valid NUL-terminated name for the call.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if index == 0 {
+            bail!("no interface {iface}");
+        }
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2); a non-negative result is a new fd we own.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error())
+                .context("AF_PACKET socket (needs CAP_NET_RAW)");
+        }
+        // SAFETY: fd is fresh and owned by nobody else.
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: all-zero is a valid sockaddr_ll; the fields we need are set below.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = index as i32;
+        // SAFETY: sll is initialised and its size is passed.
+        let rc = unsafe {
+            libc::bind(
+                fd,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("binding the AF_PACKET socket");
+        }
+        Ok(owned)
+    }
+
+    fn send(fd: &std::os::fd::OwnedFd, frame: &[u8]) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        loop {
+            // SAFETY: frame is a live buffer of the length given.
+            let n = unsafe { libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+            if n >= 0 {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENOBUFS) {
+                return Err(e).context("sending a raw frame");
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    pub fn run(
+        iface: &str,
+        dst_mac: &str,
+        src_ip: Ipv4Addr,
+        to: SocketAddrV4,
+        kind: &str,
+        count: usize,
+    ) -> Result<()> {
+        let src_mac = mac(&std::fs::read_to_string(format!(
+            "/sys/class/net/{iface}/address"
+        ))?)?;
+        let fd = raw_socket(iface)?;
+        let mut b = Builder {
+            dst_mac: mac(dst_mac)?,
+            src_mac,
+            src: SocketAddrV4::new(src_ip, 40_000),
+            dst: to,
+        };
+        match kind {
+            "malformed" => {
+                let frames = malformed(&b);
+                let mut sent = std::collections::BTreeMap::<&str, usize>::new();
+                for _ in 0..count {
+                    for f in &frames {
+                        send(&fd, &f.bytes)?;
+                        *sent.entry(f.kind).or_default() += 1;
+                    }
+                }
+                for (k, n) in sent {
+                    println!("sent {k}={n}");
+                }
+            }
+            "syn-flood" => {
+                let started = std::time::Instant::now();
+                for i in 0..count as u32 {
+                    // Spoofed clients in 198.18.128.0/17: no route back from the
+                    // dispatcher, as with a real flood's forged sources.
+                    let ip = Ipv4Addr::from(0xc612_8000 | (i % 0x8000));
+                    b.src = SocketAddrV4::new(ip, 1024 + (i / 0x8000) as u16 * 7 + (i % 61) as u16);
+                    send(&fd, &b.tcp(0x02, &[], &[]))?;
+                }
+                let secs = started.elapsed().as_secs_f64();
+                println!(
+                    "sent syn={count} seconds={secs:.3} rate={:.0}",
+                    count as f64 / secs
+                );
+            }
+            "ack" => {
+                let frame = b.tcp(0x10, b"spoofed", &[]);
+                for _ in 0..count {
+                    send(&fd, &frame)?;
+                }
+                println!("sent ack={count}");
+            }
+            other => bail!("unknown kind {other:?}: malformed | syn-flood | ack"),
+        }
+        Ok(())
+    }
 }

@@ -391,6 +391,24 @@ impl<'a> L4Frame<'a> {
         }
     }
 
+    /// Whether the TCP/UDP checksum is right, by a full computation over the
+    /// segment. Costs a pass over the payload, so the hot path calls it only for
+    /// a connection's first segment (which then has none, or little).
+    pub fn l4_checksum_ok(&self) -> bool {
+        let ip = self.ip();
+        let segment = self.l4();
+        if self.proto == L4Proto::Udp && udp::Datagram::new_unchecked(segment).checksum() == 0 {
+            return true;
+        }
+        let pseudo = checksum::pseudo_header_ipv4(
+            ip.src_addr(),
+            ip.dst_addr(),
+            self.proto.number(),
+            segment.len() as u16,
+        );
+        checksum::fold(checksum::sum(segment, pseudo)) == 0xFFFF
+    }
+
     /// The IPv4 total length: bytes of the frame after the Ethernet header that belong to
     /// the packet (the rest, if any, is padding).
     pub fn ip_total_len(&self) -> u16 {
