@@ -703,7 +703,7 @@ mod inject {
     pub fn run(
         iface: &str,
         dst_mac: &str,
-        src_ip: Ipv4Addr,
+        from: SocketAddrV4,
         to: SocketAddrV4,
         kind: &str,
         count: usize,
@@ -715,7 +715,7 @@ mod inject {
         let mut b = Builder {
             dst_mac: mac(dst_mac)?,
             src_mac,
-            src: SocketAddrV4::new(src_ip, 40_000),
+            src: from,
             dst: to,
         };
         match kind {
