@@ -294,7 +294,6 @@ pub fn forward(
             dst: dst_mac,
         },
     );
-    stats.tx_back.add(1);
     true
 }
 
@@ -336,7 +335,6 @@ pub fn reverse(
         events.emit(ev, stats);
     }
     pkt.rewrite_src(service);
-    stats.tx_front.add(1);
     true
 }
 

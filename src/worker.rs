@@ -23,7 +23,7 @@ use crate::{
     control::conntrack::{Command as FlowCommand, Event},
     dataplane::{forward, reverse, Dataplane, EventSink},
     flow::FlowTable,
-    stats::{now_ns, WorkerDrop, WorkerStats},
+    stats::{now_ns, Counter, WorkerDrop, WorkerStats},
     xsk::{poll_readable, QueueSockets},
 };
 
@@ -127,17 +127,27 @@ pub fn run(setup: WorkerSetup) {
             rx: &mut front.rx,
             tx: &mut back.tx,
         };
-        let n_fwd = pump(&mut fwd, &mut b, &stats, &mut busy_ns, |frame| {
-            forward(frame, &mut table, &mut plane, &mut events, &stats, now_ns)
-        });
+        let n_fwd = pump(
+            &mut fwd,
+            &mut b,
+            &stats,
+            &stats.tx_back,
+            &mut busy_ns,
+            |frame| forward(frame, &mut table, &mut plane, &mut events, &stats, now_ns),
+        );
         let mut rev = Rings {
             umem: &umem,
             rx: &mut back.rx,
             tx: &mut front.tx,
         };
-        let n_rev = pump(&mut rev, &mut b, &stats, &mut busy_ns, |frame| {
-            reverse(frame, &plane, &mut events, &stats)
-        });
+        let n_rev = pump(
+            &mut rev,
+            &mut b,
+            &stats,
+            &stats.tx_front,
+            &mut busy_ns,
+            |frame| reverse(frame, &plane, &mut events, &stats),
+        );
         events.flush();
         stats.rx_front.add(n_fwd as u64);
         stats.rx_back.add(n_rev as u64);
@@ -250,6 +260,23 @@ fn recycle(rings: &mut crate::xsk::Rings, b: &mut Batches, stats: &WorkerStats) 
     }
 }
 
+/// Descriptors the kernel sends per TX kick in copy mode (TX_BATCH_SIZE of the
+/// generic AF_XDP path); a batch larger than that needs more than one kick.
+const COPY_MODE_TX_BUDGET: usize = 32;
+
+/// Asks the kernel to send `n` newly queued frames, if the ring wants a wake-up.
+fn kick(tx: &mut TxQueue, n: usize, stats: &WorkerStats) {
+    if !tx.needs_wakeup() {
+        return;
+    }
+    for _ in 0..n.div_ceil(COPY_MODE_TX_BUDGET) {
+        stats.wakeups.add(1);
+        // EAGAIN/ENOBUFS/EBUSY mean the kernel is busy sending; xsk-rs folds
+        // them into Ok, anything else would show as missing completions.
+        let _ = tx.wakeup();
+    }
+}
+
 /// Receives one batch on `rings.rx`, runs `handle` over each frame in place and
 /// transmits the ones it accepts on `rings.tx`. Returns the frames received, and
 /// adds to `busy_ns` the time from taking the batch to handing it to the TX ring:
@@ -258,6 +285,7 @@ fn pump(
     rings: &mut Rings<'_>,
     b: &mut Batches,
     stats: &WorkerStats,
+    tx_counter: &Counter,
     busy_ns: &mut u64,
     mut handle: impl FnMut(&mut [u8]) -> bool,
 ) -> usize {
@@ -279,22 +307,26 @@ fn pump(
             b.free.push(*desc);
         }
     }
-    if !b.tx.is_empty() {
-        // SAFETY: the frames are owned by user space and belong to this UMEM; the
-        // produce either takes all of them or none (libxdp reserves all or none).
-        let sent = unsafe { rings.tx.produce(&b.tx) };
+    if b.tx.is_empty() {
         *busy_ns += start.elapsed().as_nanos() as u64;
-        if sent == 0 {
-            stats.dropped[WorkerDrop::TxRingFull as usize].add(b.tx.len() as u64);
-            b.free.extend_from_slice(&b.tx);
-        } else if rings.tx.needs_wakeup() {
-            stats.wakeups.add(1);
-            // EAGAIN/ENOBUFS/EBUSY mean the kernel is busy sending; xsk-rs folds
-            // them into Ok, anything else would show as missing completions.
-            let _ = rings.tx.wakeup();
-        }
+        return received;
+    }
+    // SAFETY (both produce calls): the frames are owned by user space and belong
+    // to this UMEM; a produce takes all of them or none (libxdp reserves all or
+    // none), and on success they leave b.tx for the kernel.
+    let mut sent = unsafe { rings.tx.produce(&b.tx) };
+    *busy_ns += start.elapsed().as_nanos() as u64;
+    if sent == 0 {
+        // The kernel has not taken earlier batches yet: push it, then retry once.
+        kick(rings.tx, b.tx.len(), stats);
+        sent = unsafe { rings.tx.produce(&b.tx) };
+    }
+    if sent == 0 {
+        stats.dropped[WorkerDrop::TxRingFull as usize].add(b.tx.len() as u64);
+        b.free.extend_from_slice(&b.tx);
     } else {
-        *busy_ns += start.elapsed().as_nanos() as u64;
+        tx_counter.add(sent as u64);
+        kick(rings.tx, sent, stats);
     }
     received
 }

@@ -31,7 +31,7 @@ pub const MAX_QUEUES: u32 = 64;
 /// Default flow-table capacity, per queue.
 pub const DEFAULT_FLOW_CAPACITY: usize = 1 << 20;
 /// Default number of UMEM frames per queue.
-pub const DEFAULT_FRAMES_PER_QUEUE: u32 = 4096;
+pub const DEFAULT_FRAMES_PER_QUEUE: u32 = 16384;
 /// Largest accepted `frames_per_queue`.
 pub const MAX_FRAMES_PER_QUEUE: u32 = 1 << 20;
 /// Default number of descriptors moved per ring operation.

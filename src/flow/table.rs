@@ -112,13 +112,16 @@ impl FlowTable {
         );
         let slots = Self::slots_for(capacity);
         let mut tags = vec![EMPTY_TAG; slots];
-        // The zeroed allocation is mapped lazily: write it now, so the first
-        // packets of new flows do not pay a page fault each. black_box keeps the
-        // compiler from proving the memory already zero and dropping the writes.
+        let mut records = vec![VACANT; slots];
+        // Zeroed allocations are mapped lazily: write them now, so new flows do
+        // not pay a page fault each on the hot path and the table's memory is all
+        // resident from the start. black_box keeps the compiler from proving the
+        // memory already zero and dropping the writes.
         std::hint::black_box(&mut tags[..]).fill(EMPTY_TAG);
+        std::hint::black_box(&mut records[..]).fill(VACANT);
         Self {
             tags: tags.into_boxed_slice(),
-            records: vec![VACANT; slots].into_boxed_slice(),
+            records: records.into_boxed_slice(),
             mask: slots - 1,
             len: 0,
             capacity,
