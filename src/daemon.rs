@@ -75,6 +75,16 @@ fn require_forwarding(front: &str) -> Result<()> {
 /// Runs dispatchd until SIGTERM or SIGINT. `reload` re-reads the configuration
 /// (the file and flags of the command line) on SIGHUP.
 pub fn run(config: Config, reload: Box<dyn FnMut() -> Result<Config> + '_>) -> Result<()> {
+    run_with(config, reload, false)
+}
+
+/// [`run`], with the benchmark-only bare forwarder (`--bare-forwarder`) on or off:
+/// when on, workers move frames between the sockets without parsing or rewriting.
+pub fn run_with(
+    config: Config,
+    reload: Box<dyn FnMut() -> Result<Config> + '_>,
+    bare: bool,
+) -> Result<()> {
     let missing = sys::missing_capabilities().context("reading this process's capabilities")?;
     if !missing.is_empty() {
         bail!(
@@ -175,6 +185,7 @@ pub fn run(config: Config, reload: Box<dyn FnMut() -> Result<Config> + '_>) -> R
             stop: stop.clone(),
             events: EventSink::new(event_tx, wake.clone()),
             commands: command_rx,
+            bare,
         };
         let handle = thread::Builder::new()
             .name(format!("dispatchd-q{q}"))
@@ -196,6 +207,9 @@ pub fn run(config: Config, reload: Box<dyn FnMut() -> Result<Config> + '_>) -> R
             .map(|a| format!(", metrics on http://{a}/metrics"))
             .unwrap_or_default()
     );
+    if bare {
+        println!("dispatchd: BARE FORWARDER (benchmark only): frames cross unparsed, unrewritten");
+    }
     println!(
         "dispatchd: running (poll {:?}); SIGTERM or SIGINT stops, SIGHUP reloads",
         config.poll
