@@ -345,8 +345,8 @@ fn run(mut opts: RunOpts) -> Result<()> {
     topo.nft(
         's',
         &format!(
-            "table netdev dbench {{ chain in {{ type filter hook ingress device \"s0\" priority 0; policy accept; \
-             ip saddr 198.18.0.2 tcp sport {PKTGEN_PORT}-{} drop; }} }}\n",
+            "table netdev dbench {{\n chain in {{\n type filter hook ingress device \"s0\" priority 0; policy accept;\n \
+             ip saddr 198.18.0.2 tcp sport {PKTGEN_PORT}-{} drop\n }}\n}}\n",
             PKTGEN_PORT + opts.tuples - 1
         ),
     )?;
@@ -472,8 +472,8 @@ impl Bench {
                     self.topo.nft(
                         'd',
                         &format!(
-                            "table ip dbench {{ chain pre {{ type nat hook prerouting priority dstnat; policy accept; \
-                             ip daddr 198.18.0.100 tcp dport 80 dnat ip to numgen inc mod {DAEMONS} map {{ {} }}; }} }}\n",
+                            "table ip dbench {{\n chain pre {{\n type nat hook prerouting priority dstnat; policy accept;\n \
+                             ip daddr 198.18.0.100 tcp dport 80 dnat ip to numgen inc mod {DAEMONS} map {{ {} }}\n }}\n}}\n",
                             map.join(", ")
                         ),
                     )?;
