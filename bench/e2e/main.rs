@@ -92,6 +92,20 @@ pub struct RunOpts {
     prefix: Option<String>,
 }
 
+/// Set by SIGINT/SIGTERM: the run stops after the current workload and tears down.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn interrupted() -> Result<()> {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Cmd::Run(opts) => run(opts),
@@ -299,6 +313,13 @@ fn run(mut opts: RunOpts) -> Result<()> {
         opts.seconds = 3.0;
         opts.warmup = 1.0;
     }
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t)
+        };
+    }
     if sh("id", &["-u"])?.trim() != "0" {
         bail!("needs root (network namespaces, XDP, AF_XDP); run scripts/bench.sh as root");
     }
@@ -378,6 +399,7 @@ fn run(mut opts: RunOpts) -> Result<()> {
     let variants = bench.opts.variants.clone();
     for v in VARIANTS {
         if variants.iter().any(|x| x == v) {
+            interrupted()?;
             eprintln!("== {v}");
             if let Err(e) = bench.variant(v) {
                 eprintln!("dispatchd-bench: variant {v}: {e:#}");
@@ -516,14 +538,14 @@ impl Bench {
         let to = if v == "direct" { DIRECT } else { VIP };
         // A failed workload is reported and the run goes on.
         if v != "bare" {
-            let r = self.connections(v, to);
+            let r = interrupted().and_then(|()| self.connections(v, to));
             self.attempt(v, "connections", r);
-            let r = self.rr(v, to);
+            let r = interrupted().and_then(|()| self.rr(v, to));
             self.attempt(v, "rr", r);
-            let r = self.bulk(v, to);
+            let r = interrupted().and_then(|()| self.bulk(v, to));
             self.attempt(v, "bulk", r);
         }
-        let r = self.pps(v, to);
+        let r = interrupted().and_then(|()| self.pps(v, to));
         self.attempt(v, "pps", r);
         if lb.is_some() {
             match self.topo.exec(
@@ -547,6 +569,9 @@ impl Bench {
     }
 
     fn attempt(&mut self, v: &str, name: &str, r: Result<()>) {
+        if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         if let Err(e) = r {
             eprintln!("dispatchd-bench: {v} {name}: {e:#}");
             self.results.note(format!("{v} {name} failed: {e:#}"));
