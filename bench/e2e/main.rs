@@ -15,6 +15,7 @@
 //!
 //! Needs root. Run through `scripts/bench.sh`.
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     fs,
     io::{BufRead, BufReader},
@@ -75,7 +76,11 @@ pub struct RunOpts {
     #[arg(long, default_value_t = 1024)]
     tuples: u16,
     /// Variants to run (comma-separated subset of direct,nftables,dispatchd,bare).
-    #[arg(long, value_delimiter = ',', default_value = "direct,nftables,dispatchd,bare")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,nftables,dispatchd,bare"
+    )]
     variants: Vec<String>,
     /// Record `perf record -a -e cpu-clock` during the rr and pps workloads of
     /// nftables and dispatchd and write the top symbols next to the results.
@@ -284,6 +289,118 @@ fn latency(out: &str) -> Option<[f64; 5]> {
 }
 
 // ---------------------------------------------------------------------------
+// What else the machine was doing
+
+/// CPU accounting at one instant: the whole machine's busy time, this benchmark's
+/// own processes' time, and every live process's time by pid.
+struct Load {
+    at: Instant,
+    busy_s: f64,
+    ours_s: f64,
+    procs: BTreeMap<u32, (String, f64)>,
+}
+
+const HZ: f64 = 100.0;
+
+fn proc_stat(pid: &str) -> Option<(String, u32, f64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (l, r) = (text.find('(')?, text.rfind(')')?);
+    let comm = text[l + 1..r].to_owned();
+    let f: Vec<&str> = text[r + 2..].split_whitespace().collect();
+    // After the comm: state ppid pgrp session tty tpgid flags minflt cminflt
+    // majflt cmajflt utime stime; flags bit 0x200000 = kernel thread.
+    let flags: u64 = f.get(6)?.parse().ok()?;
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    let kthread = flags & 0x0020_0000 != 0;
+    Some((comm, u32::from(kthread), ticks / HZ))
+}
+
+fn rusage_s(who: libc::c_int) -> f64 {
+    // SAFETY: getrusage writes one rusage, which lives for the call.
+    #[allow(unsafe_code)]
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(who, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+impl Load {
+    fn sample(server: u32) -> Load {
+        let busy_s = fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|t| {
+                let v: Vec<f64> = t
+                    .lines()
+                    .next()?
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                // user nice system idle iowait irq softirq steal
+                Some(
+                    [0, 1, 2, 5, 6, 7]
+                        .iter()
+                        .filter_map(|&i| v.get(i))
+                        .sum::<f64>()
+                        / HZ,
+                )
+            })
+            .unwrap_or(0.0);
+        let mut procs = BTreeMap::new();
+        if let Ok(dir) = fs::read_dir("/proc") {
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Ok(pid) = name.parse::<u32>() else {
+                    continue;
+                };
+                if let Some((comm, kthread, cpu)) = proc_stat(&name) {
+                    if kthread == 0 {
+                        procs.insert(pid, (comm, cpu));
+                    }
+                }
+            }
+        }
+        let server_s = procs.get(&server).map_or(0.0, |p| p.1);
+        Load {
+            at: Instant::now(),
+            busy_s,
+            ours_s: rusage_s(libc::RUSAGE_SELF) + rusage_s(libc::RUSAGE_CHILDREN) + server_s,
+            procs,
+        }
+    }
+
+    /// Cores' worth of CPU spent outside this benchmark's processes since `self`
+    /// (an estimate: kernel threads doing the benchmark's packet work count as
+    /// outside), and the busiest outside processes alive at both samples.
+    fn outside_since(&self, server: u32) -> (f64, Vec<String>) {
+        let now = Load::sample(server);
+        let wall = now.at.duration_since(self.at).as_secs_f64().max(1e-3);
+        let outside = ((now.busy_s - self.busy_s) - (now.ours_s - self.ours_s)) / wall;
+        let mine = ["dispatchd", "dispatchd-testk", "dispatchd-bench", "perf"];
+        let mut top: Vec<(f64, String)> = now
+            .procs
+            .iter()
+            .filter(|(pid, (comm, _))| **pid != server && !mine.contains(&comm.as_str()))
+            .filter_map(|(pid, (comm, cpu))| {
+                let before = self.procs.get(pid).map_or(0.0, |p| p.1);
+                let cores = (cpu - before) / wall;
+                (cores >= 0.05).then(|| (cores, comm.clone()))
+            })
+            .collect();
+        top.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let names = top
+            .iter()
+            .take(4)
+            .map(|(c, n)| format!("{n} {c:.2}"))
+            .collect();
+        (outside.max(0.0), names)
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The run
 
 /// A system-wide `perf record` running over one measured window.
@@ -304,6 +421,7 @@ struct Bench {
     s0_rx: PathBuf,
     c0_mac: String,
     l0_mac: String,
+    server_pid: u32,
     results: Results,
     stamp: String,
 }
@@ -337,7 +455,10 @@ fn run(mut opts: RunOpts) -> Result<()> {
     let dispatchd = bin_dir.join("dispatchd");
     for b in [&testkit, &dispatchd] {
         if !b.exists() {
-            bail!("{} is missing; build with cargo build --release --bins", b.display());
+            bail!(
+                "{} is missing; build with cargo build --release --bins",
+                b.display()
+            );
         }
     }
     let prefix = opts
@@ -393,6 +514,7 @@ fn run(mut opts: RunOpts) -> Result<()> {
         s0_rx,
         c0_mac,
         l0_mac,
+        server_pid: server.child.id(),
         stamp,
     };
     bench.check_counter()?;
@@ -464,6 +586,24 @@ impl Bench {
     }
 
     fn variant(&mut self, v: &'static str) -> Result<()> {
+        let load = Load::sample(self.server_pid);
+        let r = self.variant_inner(v);
+        let (outside, top) = load.outside_since(self.server_pid);
+        eprintln!(
+            "   CPU outside the benchmark: {outside:.2} cores ({})",
+            top.join(", ")
+        );
+        self.results.set("outside_cpu", v, outside);
+        if !top.is_empty() {
+            self.results.note(format!(
+                "{v}: busiest processes outside the benchmark (cores): {}",
+                top.join(", ")
+            ));
+        }
+        r
+    }
+
+    fn variant_inner(&mut self, v: &'static str) -> Result<()> {
         let mut undo = Undo {
             prefix: self.topo.prefix.clone(),
             steps: Vec::new(),
@@ -591,7 +731,10 @@ impl Bench {
                 "testkit {} failed: {}\n{}",
                 args.first().unwrap_or(&""),
                 String::from_utf8_lossy(&out.stderr).trim(),
-                text.lines().filter(|l| l.starts_with("error")).collect::<Vec<_>>().join("\n")
+                text.lines()
+                    .filter(|l| l.starts_with("error"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
         }
         Ok(text)
@@ -600,17 +743,36 @@ impl Bench {
     fn connections(&mut self, v: &'static str, to: &str) -> Result<()> {
         let c = self.opts.concurrency.to_string();
         let warm = self.testkit(&[
-            "connect", "--to", to, "--connections", "500", "--concurrency", &c, "--payload", "64",
+            "connect",
+            "--to",
+            to,
+            "--connections",
+            "500",
+            "--concurrency",
+            &c,
+            "--payload",
+            "64",
         ])?;
         // The warm-up's rate sizes the measured run to last about --seconds.
         let rate = field(&warm, "ok=", "rate").unwrap_or(1000.0);
         let n = ((rate * self.opts.seconds).clamp(500.0, 500_000.0) as usize).to_string();
         let out = self.testkit(&[
-            "connect", "--to", to, "--connections", &n, "--concurrency", &c, "--payload", "64",
+            "connect",
+            "--to",
+            to,
+            "--connections",
+            &n,
+            "--concurrency",
+            &c,
+            "--payload",
+            "64",
         ])?;
         let rate = field(&out, "ok=", "rate").context("connect printed no rate")?;
         let lat = latency(&out).context("connect printed no latency")?;
-        eprintln!("   connections: {rate:.0}/s p50={}us p99={}us", lat[0], lat[2]);
+        eprintln!(
+            "   connections: {rate:.0}/s p50={}us p99={}us",
+            lat[0], lat[2]
+        );
         self.results.set("conn_rate", v, rate);
         self.results.latency("connections", v, lat);
         Ok(())
@@ -741,10 +903,10 @@ impl Bench {
             .stderr(Stdio::null())
             .spawn()
             .context("starting perf record")?;
-        let report = self.opts.out_dir.join(format!(
-            "e2e-{}-perf-{v}-{workload}.txt",
-            self.stamp
-        ));
+        let report = self
+            .opts
+            .out_dir
+            .join(format!("e2e-{}-perf-{v}-{workload}.txt", self.stamp));
         Ok(Some(Perf {
             proc: Proc {
                 child,
@@ -766,13 +928,32 @@ impl Bench {
         };
         let _ = proc.child.wait();
         let mut text = String::new();
-        for sort in ["cpu", "comm,dso", "sym"] {
+        let views: [(&str, &[&str]); 4] = [
+            ("--sort cpu", &["--sort", "cpu"]),
+            ("--sort comm,dso", &["--sort", "comm,dso"]),
+            ("--sort sym", &["--sort", "sym"]),
+            (
+                "--comms dispatchd-q0 --sort dso,sym (the worker thread alone)",
+                &["--comms", "dispatchd-q0", "--sort", "dso,sym"],
+            ),
+        ];
+        for (sort, args) in views {
             let out = Command::new("perf")
-                .args(["report", "--no-children", "--stdio", "-g", "none", "--percent-limit", "0.7", "--sort", sort, "-i"])
+                .args([
+                    "report",
+                    "--no-children",
+                    "--stdio",
+                    "-g",
+                    "none",
+                    "--percent-limit",
+                    "0.5",
+                ])
+                .args(args)
+                .arg("-i")
                 .arg(&data)
                 .output()
                 .context("perf report")?;
-            let _ = writeln!(text, "### perf report --sort {sort}\n");
+            let _ = writeln!(text, "### perf report {sort}\n");
             text.push_str(
                 &String::from_utf8_lossy(&out.stdout)
                     .lines()
@@ -785,7 +966,8 @@ impl Bench {
         }
         fs::write(&report, text)?;
         let _ = fs::remove_file(&data);
-        self.results.note(format!("perf profile: {}", report.display()));
+        self.results
+            .note(format!("perf profile: {}", report.display()));
         Ok(())
     }
 

@@ -162,8 +162,9 @@ pub fn run(a: PktgenArgs) -> Result<()> {
         .comp_queue_size(ring)
         .build()
         .map_err(|e| anyhow!("UMEM config: {e}"))?;
-    let (umem, mut frames) = xsk_rs::Umem::new(umem_config, NonZeroU32::new(FRAMES).unwrap(), false)
-        .map_err(|e| anyhow!("creating the UMEM: {e}"))?;
+    let (umem, mut frames) =
+        xsk_rs::Umem::new(umem_config, NonZeroU32::new(FRAMES).unwrap(), false)
+            .map_err(|e| anyhow!("creating the UMEM: {e}"))?;
     let socket_config = SocketConfig::builder()
         .rx_queue_size(QueueSize::new(64).map_err(|e| anyhow!("{e}"))?)
         .tx_queue_size(ring)
@@ -171,11 +172,15 @@ pub fn run(a: PktgenArgs) -> Result<()> {
         .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
         .bind_flags(BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP)
         .build();
-    let name = a.iface.parse().map_err(|_| anyhow!("interface {}", a.iface))?;
+    let name = a
+        .iface
+        .parse()
+        .map_err(|_| anyhow!("interface {}", a.iface))?;
     // SAFETY: the only socket on this UMEM, bound once, with program loading
     // inhibited.
-    let (mut tx, _rx, fill_comp) = unsafe { xsk_rs::Socket::new(socket_config, &umem, &name, 0) }
-        .map_err(|e| anyhow!("binding an AF_XDP socket to {} queue 0: {e}", a.iface))?;
+    let (mut tx, _rx, fill_comp) =
+        unsafe { xsk_rs::Socket::new(socket_config, &umem, &name, 0) }
+            .map_err(|e| anyhow!("binding an AF_XDP socket to {} queue 0: {e}", a.iface))?;
     let (_fill, mut comp) = fill_comp.context("a fresh socket has its own fill/comp rings")?;
 
     let write = |frames: &mut [FrameDesc], flags: u8| -> Result<()> {

@@ -7,19 +7,68 @@ use super::RunOpts;
 pub const VARIANTS: [&str; 4] = ["direct", "nftables", "dispatchd", "bare"];
 
 /// (id, workload, metric, unit, higher is better)
-const ROWS: [(&str, &str, &str, &str, bool); 12] = [
+const ROWS: [(&str, &str, &str, &str, bool); 13] = [
     ("conn_rate", "new connections", "rate", "conn/s", true),
     ("conn_p50", "new connections", "latency p50", "µs", false),
     ("conn_p99", "new connections", "latency p99", "µs", false),
-    ("conn_p99.9", "new connections", "latency p99.9", "µs", false),
+    (
+        "conn_p99.9",
+        "new connections",
+        "latency p99.9",
+        "µs",
+        false,
+    ),
     ("rr_rate", "requests (persistent)", "rate", "req/s", true),
-    ("rr_p50", "requests (persistent)", "latency p50", "µs", false),
-    ("rr_p99", "requests (persistent)", "latency p99", "µs", false),
-    ("rr_p99.9", "requests (persistent)", "latency p99.9", "µs", false),
-    ("bulk_mbit", "bulk echo", "throughput (both ways)", "Mbit/s", true),
+    (
+        "rr_p50",
+        "requests (persistent)",
+        "latency p50",
+        "µs",
+        false,
+    ),
+    (
+        "rr_p99",
+        "requests (persistent)",
+        "latency p99",
+        "µs",
+        false,
+    ),
+    (
+        "rr_p99.9",
+        "requests (persistent)",
+        "latency p99.9",
+        "µs",
+        false,
+    ),
+    (
+        "bulk_mbit",
+        "bulk echo",
+        "throughput (both ways)",
+        "Mbit/s",
+        true,
+    ),
     ("pps_sent", "forwarded packets", "sent", "pps", true),
-    ("pps_received", "forwarded packets", "received at s0", "pps", true),
-    ("pps_ratio", "forwarded packets", "received / sent", "", true),
+    (
+        "pps_received",
+        "forwarded packets",
+        "received at s0",
+        "pps",
+        true,
+    ),
+    (
+        "pps_ratio",
+        "forwarded packets",
+        "received / sent",
+        "",
+        true,
+    ),
+    (
+        "outside_cpu",
+        "(machine)",
+        "CPU used outside the benchmark, whole variant",
+        "cores",
+        false,
+    ),
 ];
 
 const PCTS: [&str; 5] = ["p50", "p90", "p99", "p99.9", "max"];
@@ -29,6 +78,7 @@ pub struct Results {
     values: BTreeMap<(String, String), f64>,
     latencies: BTreeMap<(String, String), [f64; 5]>,
     per_packet: BTreeMap<String, String>,
+    ctl_stats: BTreeMap<String, String>,
     notes: Vec<String>,
 }
 
@@ -144,6 +194,7 @@ impl Results {
             values: BTreeMap::new(),
             latencies: BTreeMap::new(),
             per_packet: BTreeMap::new(),
+            ctl_stats: BTreeMap::new(),
             notes: Vec::new(),
         }
     }
@@ -168,11 +219,12 @@ impl Results {
         self.set(&format!("{id}_p50"), variant, l[0]);
         self.set(&format!("{id}_p99"), variant, l[2]);
         self.set(&format!("{id}_p99.9"), variant, l[3]);
-        self.latencies
-            .insert((workload.into(), variant.into()), l);
+        self.latencies.insert((workload.into(), variant.into()), l);
     }
 
     pub fn stats_json(&mut self, variant: &str, json: &str) {
+        self.ctl_stats
+            .insert(variant.into(), json.trim().to_owned());
         if let Some(v) = json_value(json, "per_packet_ns") {
             self.per_packet.insert(variant.into(), v.to_owned());
         } else {
@@ -207,7 +259,7 @@ impl Results {
                 .collect();
             let d = self.get(id, "dispatchd");
             let ratio = |other: &str| match (d, self.get(id, other)) {
-                (Some(d), Some(o)) if o > 0.0 => format!("{:.2}", d / o),
+                (Some(d), Some(o)) if o > 0.0 && id != "outside_cpu" => format!("{:.2}", d / o),
                 _ => "–".into(),
             };
             let _ = writeln!(
@@ -285,6 +337,13 @@ impl Results {
             .map(|(v, h)| format!("{}: {h}", json_str(v)))
             .collect();
         j.push_str(&pp.join(", "));
+        j.push_str("},\n  \"ctl_stats\": {");
+        let cs: Vec<String> = self
+            .ctl_stats
+            .iter()
+            .map(|(v, h)| format!("{}: {h}", json_str(v)))
+            .collect();
+        j.push_str(&cs.join(", "));
         j.push_str("},\n  \"notes\": [");
         let n: Vec<String> = self.notes.iter().map(|n| json_str(n)).collect();
         j.push_str(&n.join(", "));
@@ -298,7 +357,10 @@ impl Results {
         const COLORS: [&str; 3] = ["#4477aa", "#ee6677", "#228833"];
         let variants = &VARIANTS[..3];
         let pcts = [0usize, 1, 2, 3];
-        let panels = [("connections", "new connections (connect, 64 B echo, close)"), ("rr", "requests on persistent connections (64 B)")];
+        let panels = [
+            ("connections", "new connections (connect, 64 B echo, close)"),
+            ("rr", "requests on persistent connections (64 B)"),
+        ];
         let all: Vec<f64> = self
             .latencies
             .values()
@@ -307,7 +369,10 @@ impl Results {
             .collect();
         let lo = all.iter().copied().fold(f64::MAX, f64::min).max(1.0);
         let hi = all.iter().copied().fold(1.0, f64::max);
-        let (lo_exp, hi_exp) = (lo.log10().floor(), hi.log10().ceil().max(lo.log10().floor() + 1.0));
+        let (lo_exp, hi_exp) = (
+            lo.log10().floor(),
+            hi.log10().ceil().max(lo.log10().floor() + 1.0),
+        );
         let (w, ph, top, left) = (760.0, 260.0, 50.0, 70.0);
         let pw = w - left - 20.0;
         let height = top + panels.len() as f64 * (ph + 60.0) + 30.0;
@@ -338,7 +403,11 @@ impl Results {
                 let f = (v.max(lo).log10() - lo_exp) / (hi_exp - lo_exp);
                 ybase - f * ph
             };
-            let _ = writeln!(s, "<text x=\"{left}\" y=\"{}\" font-weight=\"bold\">{title}</text>", y0 - 6.0);
+            let _ = writeln!(
+                s,
+                "<text x=\"{left}\" y=\"{}\" font-weight=\"bold\">{title}</text>",
+                y0 - 6.0
+            );
             let mut e = lo_exp;
             while e <= hi_exp {
                 let v = 10f64.powf(e);
