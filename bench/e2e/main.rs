@@ -53,6 +53,9 @@ enum Cmd {
     Run(RunOpts),
     /// The AF_XDP packet generator (run inside the client namespace).
     Pktgen(pktgen::PktgenArgs),
+    /// Draw the latency SVG of a results JSON again (to stdout).
+    #[command(hide = true)]
+    Svg { json: PathBuf },
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -115,6 +118,12 @@ fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Cmd::Run(opts) => run(opts),
         Cmd::Pktgen(args) => pktgen::run(args),
+        Cmd::Svg { json } => fs::read_to_string(&json)
+            .with_context(|| format!("reading {}", json.display()))
+            .and_then(|text| {
+                Results::from_json_latencies(&text).context("no latency_us section in the JSON")
+            })
+            .map(|r| print!("{}", r.svg())),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -965,9 +974,11 @@ impl Bench {
             text.push_str("\n\n");
         }
         fs::write(&report, text)?;
-        let _ = fs::remove_file(&data);
-        self.results
-            .note(format!("perf profile: {}", report.display()));
+        self.results.note(format!(
+            "perf profile: {} (data with call graphs: {})",
+            report.display(),
+            data.display()
+        ));
         Ok(())
     }
 

@@ -232,6 +232,33 @@ impl Results {
         }
     }
 
+    /// The latency percentiles of a results JSON this harness wrote, enough to
+    /// draw its SVG again (`dispatchd-bench svg`).
+    pub fn from_json_latencies(json: &str) -> Option<Results> {
+        let section = json_value(json, "latency_us")?;
+        let mut r = Results {
+            header: Vec::new(),
+            values: BTreeMap::new(),
+            latencies: BTreeMap::new(),
+            per_packet: BTreeMap::new(),
+            ctl_stats: BTreeMap::new(),
+            notes: Vec::new(),
+        };
+        let body = section.trim().strip_prefix('{')?.strip_suffix('}')?;
+        for entry in body.split('}').filter(|e| e.contains(':')) {
+            let (name, pcts) = entry.split_once('{')?;
+            let name =
+                name.trim_matches(|c: char| c == ',' || c == ':' || c.is_whitespace() || c == '"');
+            let (workload, variant) = name.split_once('/')?;
+            let mut l = [0f64; 5];
+            for (i, k) in PCTS.iter().enumerate() {
+                l[i] = json_value(&format!("{{{pcts}}}"), k)?.parse().ok()?;
+            }
+            r.latencies.insert((workload.into(), variant.into()), l);
+        }
+        Some(r)
+    }
+
     fn get(&self, id: &str, variant: &str) -> Option<f64> {
         self.values.get(&(id.into(), variant.into())).copied()
     }
@@ -400,7 +427,7 @@ impl Results {
             let y0 = top + 20.0 + pi as f64 * (ph + 60.0);
             let ybase = y0 + ph;
             let ypos = |v: f64| {
-                let f = (v.max(lo).log10() - lo_exp) / (hi_exp - lo_exp);
+                let f = (v.max(10f64.powf(lo_exp)).log10() - lo_exp) / (hi_exp - lo_exp);
                 ybase - f * ph
             };
             let _ = writeln!(
