@@ -708,7 +708,17 @@ impl Bench {
                     "stats",
                 ],
             ) {
-                Ok(json) => self.results.stats_json(v, &json),
+                Ok(json) => {
+                    // After the generator only its half-open tuples keep records
+                    // (the connections' ones linger 2 s after their FINs).
+                    if let Some(n) = report::json_number(&json, "connections") {
+                        self.results.note(format!(
+                            "{v}: records at the end (the generator's tuples, {} sent SYNs): {n}",
+                            self.opts.tuples
+                        ));
+                    }
+                    self.results.stats_json(v, &json)
+                }
                 Err(e) => self.results.note(format!("{v}: ctl stats: {e:#}")),
             }
         }

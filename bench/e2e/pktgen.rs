@@ -200,16 +200,19 @@ pub fn run(a: PktgenArgs) -> Result<()> {
     // the TX or completion ring.
     let mut free: Vec<FrameDesc> = Vec::with_capacity(FRAMES as usize);
     let mut scratch = frames.clone();
+    // `restore`: completed frames go back on `free` to be sent again; otherwise
+    // they are only counted (the SYN phase sends each once).
     let mut send_round = |free: &mut Vec<FrameDesc>, restore: bool| -> u64 {
         // SAFETY: completed descriptors belong to this UMEM.
         let done = unsafe { comp.consume(&mut scratch) };
         for desc in &mut scratch[..done] {
-            if restore {
-                // SAFETY: the frame just completed, so user space owns it; its
-                // contents are as written, only the length was reset.
-                let mut data = unsafe { umem.data_mut(desc) };
-                data.cursor().set_pos(FRAME_LEN);
+            if !restore {
+                continue;
             }
+            // SAFETY: the frame just completed, so user space owns it; its
+            // contents are as written, only the length was reset.
+            let mut data = unsafe { umem.data_mut(desc) };
+            data.cursor().set_pos(FRAME_LEN);
             free.push(*desc);
         }
         let n = free.len().min(BATCH);
@@ -231,11 +234,21 @@ pub fn run(a: PktgenArgs) -> Result<()> {
     if a.syn_first {
         let mut syns = frames[..tuples as usize].to_vec();
         write(&mut syns, TCP_SYN)?;
-        free.extend_from_slice(&syns);
+        // Paced, 16 at a time: a burst of 1024 at line rate overflows the
+        // forwarder's RX ring while its worker is still waking up, and a lost
+        // SYN leaves its tuple without a record for the whole run.
         let mut completed = 0u64;
         let deadline = Instant::now() + Duration::from_secs(5);
+        let mut queued = Vec::new();
+        for chunk in syns.chunks(16) {
+            queued.extend_from_slice(chunk);
+            while !queued.is_empty() && Instant::now() < deadline {
+                completed += send_round(&mut queued, false);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         while completed < u64::from(tuples) && Instant::now() < deadline {
-            completed += send_round(&mut free, false);
+            completed += send_round(&mut queued, false);
         }
         println!("syn_sent={completed}");
         // Let the forwarder see them all before the first ACK arrives.

@@ -138,6 +138,12 @@ fn json_value<'a>(doc: &'a str, key: &str) -> Option<&'a str> {
     Some(rest.trim())
 }
 
+/// A top-level number of a JSON document (the last `"key":` in it).
+pub fn json_number(doc: &str, key: &str) -> Option<f64> {
+    let at = doc.rfind(&format!("\"{key}\":"))?;
+    json_value(&doc[at..], key)?.parse().ok()
+}
+
 fn fmt_num(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
