@@ -711,7 +711,7 @@ impl Bench {
                 Ok(json) => {
                     // After the generator only its half-open tuples keep records
                     // (the connections' ones linger 2 s after their FINs).
-                    if let Some(n) = report::json_number(&json, "connections") {
+                    if let ("dispatchd", Some(n)) = (v, report::json_number(&json, "connections")) {
                         self.results.note(format!(
                             "{v}: records at the end (the generator's tuples, {} sent SYNs): {n}",
                             self.opts.tuples
