@@ -75,6 +75,16 @@ fn require_forwarding(front: &str) -> Result<()> {
 /// Runs dispatchd until SIGTERM or SIGINT. `reload` re-reads the configuration
 /// (the file and flags of the command line) on SIGHUP.
 pub fn run(config: Config, reload: Box<dyn FnMut() -> Result<Config> + '_>) -> Result<()> {
+    run_with(config, reload, false)
+}
+
+/// [`run`], with the benchmark-only bare forwarder (`--bare-forwarder`) on or off:
+/// when on, workers move frames between the sockets without parsing or rewriting.
+pub fn run_with(
+    config: Config,
+    reload: Box<dyn FnMut() -> Result<Config> + '_>,
+    bare: bool,
+) -> Result<()> {
     let missing = sys::missing_capabilities().context("reading this process's capabilities")?;
     if !missing.is_empty() {
         bail!(
@@ -175,6 +185,7 @@ pub fn run(config: Config, reload: Box<dyn FnMut() -> Result<Config> + '_>) -> R
             stop: stop.clone(),
             events: EventSink::new(event_tx, wake.clone()),
             commands: command_rx,
+            bare,
         });
     }
     let socket_path = config.control.control_socket.clone();
@@ -190,6 +201,9 @@ pub fn run(config: Config, reload: Box<dyn FnMut() -> Result<Config> + '_>) -> R
     let poll = config.poll;
     // The loop's ring, signalfd and listeners exist before the workers start, so
     // a failure here leaves nothing running.
+    if bare {
+        println!("dispatchd: BARE FORWARDER (benchmark only): frames cross unparsed, unrewritten");
+    }
     let mut manager = Manager::new(ManagerParts {
         config,
         reload,

@@ -44,8 +44,9 @@ fn main() -> ExitCode {
             .resolve()
             .map_err(anyhow::Error::from)
             .and_then(|config| {
+                let bare = args.bare_forwarder;
                 let reload = Box::new(move || args.resolve().map_err(anyhow::Error::from));
-                dispatchd::daemon::run(config, reload)
+                dispatchd::daemon::run_with(config, reload, bare)
             }),
         Command::Ctl {
             socket,

@@ -7,6 +7,8 @@
 //! connect: many short connections (connect, hello, payload echo, close).
 //! bulk:    one connection carrying N bytes each way, verified byte for byte.
 //! hold:    one long-lived connection exchanging a message every interval.
+//! rr:      K persistent connections, each doing request/reply exchanges back to
+//!          back for D seconds (requests per second and per-request latency).
 //!
 //! Every client prints `key=value` lines that tests parse, and exits non-zero if
 //! any connection failed or any echo differed.
@@ -104,6 +106,17 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         interval_ms: u64,
     },
+    Rr {
+        #[arg(long)]
+        to: SocketAddr,
+        /// Persistent connections, one thread each.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -159,6 +172,12 @@ fn main() -> ExitCode {
             Duration::from_secs(seconds),
             Duration::from_millis(interval_ms),
         ),
+        Command::Rr {
+            to,
+            connections,
+            seconds,
+            payload,
+        } => request_reply(to, connections, Duration::from_secs_f64(seconds), payload),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -773,4 +792,71 @@ mod inject {
         }
         Ok(())
     }
+}
+
+/// `connections` persistent connections, each sending `payload` bytes and reading
+/// their echo back to back until `duration` has passed.
+fn request_reply(
+    to: SocketAddr,
+    connections: usize,
+    duration: Duration,
+    payload: usize,
+) -> Result<()> {
+    let sessions = (0..connections.max(1))
+        .map(|_| open(to, Duration::from_secs(5)))
+        .collect::<Result<Vec<_>>>()?;
+    let started = Instant::now();
+    let workers: Vec<_> = sessions
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            thread::spawn(move || -> Result<(u64, Histogram<u64>)> {
+                let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+                let data = pattern(i as u64 + 1, payload);
+                let mut back = vec![0u8; payload];
+                let mut n = 0u64;
+                while started.elapsed() < duration {
+                    let t = Instant::now();
+                    s.stream.write_all(&data)?;
+                    s.reader
+                        .read_exact(&mut back)
+                        .with_context(|| format!("request {n}: reading the echo"))?;
+                    let _ = latency.record((t.elapsed().as_micros() as u64).max(1));
+                    if back != data {
+                        bail!("echo from {} differs from what was sent", s.daemon);
+                    }
+                    n += 1;
+                }
+                s.stream.shutdown(Shutdown::Write)?;
+                Ok((n, latency))
+            })
+        })
+        .collect();
+    let mut total = 0u64;
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut errors = Vec::new();
+    for w in workers {
+        match w.join() {
+            Ok(Ok((n, h))) => {
+                total += n;
+                latency.add(&h)?;
+            }
+            Ok(Err(e)) => errors.push(format!("{e:#}")),
+            Err(_) => errors.push("a connection thread panicked".into()),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "requests={total} errors={} seconds={secs:.3} rate={:.0}",
+        errors.len(),
+        total as f64 / secs
+    );
+    print_latency("latency", &latency);
+    for e in errors.iter().take(5) {
+        println!("error: {e}");
+    }
+    if !errors.is_empty() {
+        bail!("{} of {connections} connections failed", errors.len());
+    }
+    Ok(())
 }

@@ -89,6 +89,10 @@ pub struct RunArgs {
     /// What happens to a failed daemon's connections.
     #[arg(long, value_enum)]
     pub on_failure: Option<OnFailure>,
+    /// Benchmark only: workers move frames between the sockets untouched (no
+    /// parsing, no rewriting), the ceiling of the AF_XDP substrate.
+    #[arg(long, hide = true)]
+    pub bare_forwarder: bool,
 }
 
 impl RunArgs {
