@@ -195,6 +195,14 @@ impl Dataplane {
     }
 }
 
+/// Parses a frame, counting the reason when it cannot be rewritten correctly.
+#[inline]
+fn parse_counted<'a>(frame: &'a mut [u8], stats: &WorkerStats) -> Option<L4Frame<'a>> {
+    L4Frame::parse(frame)
+        .map_err(|reason| stats.invalid[reason.index()].add(1))
+        .ok()
+}
+
 #[inline]
 fn drop_with(stats: &WorkerStats, why: WorkerDrop) -> bool {
     stats.dropped[why as usize].add(1);
@@ -212,12 +220,8 @@ pub fn forward(
     stats: &WorkerStats,
     now_ns: u64,
 ) -> bool {
-    let mut pkt = match L4Frame::parse(frame) {
-        Ok(pkt) => pkt,
-        Err(reason) => {
-            stats.invalid[reason.index()].add(1);
-            return false;
-        }
+    let Some(mut pkt) = parse_counted(frame, stats) else {
+        return false;
     };
     let key = FlowKey::new(pkt.src(), pkt.dst(), pkt.protocol().number());
     let flags = pkt.tcp_flags();
@@ -306,12 +310,8 @@ pub fn reverse(
     events: &mut EventSink,
     stats: &WorkerStats,
 ) -> bool {
-    let mut pkt = match L4Frame::parse(frame) {
-        Ok(pkt) => pkt,
-        Err(reason) => {
-            stats.invalid[reason.index()].add(1);
-            return false;
-        }
+    let Some(mut pkt) = parse_counted(frame, stats) else {
+        return false;
     };
     let Some(&service) = plane.service_by_daemon.get(&endpoint_key(pkt.src())) else {
         return drop_with(stats, WorkerDrop::UnknownDaemon);
