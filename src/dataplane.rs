@@ -50,7 +50,6 @@ impl NextHop {
 /// One service as a worker sees it: its own copy of the selection state (so picks
 /// need no lock), and where its daemons' global ids start.
 pub struct ServiceSlot {
-    pub vip: SocketAddrV4,
     pub pool: Pool,
     pub first_backend: u16,
 }
@@ -97,7 +96,6 @@ impl Dataplane {
             let first_backend =
                 u16::try_from(backend_owner.len()).context("more than 65535 daemons")?;
             slots.push(ServiceSlot {
-                vip: s.address,
                 pool,
                 first_backend,
             });

@@ -329,8 +329,3 @@ fn query_mode(iface: &Interface) -> Result<AttachedMode> {
         m => AttachedMode::Unknown(m as u8),
     })
 }
-
-/// True if an XDP program is attached to the interface, whoever attached it.
-pub fn is_attached(iface: &Interface) -> Result<bool> {
-    Ok(!matches!(query_mode(iface)?, AttachedMode::Unknown(0)))
-}
