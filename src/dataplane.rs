@@ -223,20 +223,41 @@ pub fn forward(
     };
     let key = FlowKey::new(pkt.src(), pkt.dst(), pkt.protocol().number());
     let flags = pkt.tcp_flags();
+    let opens_connection = flags.syn() && !flags.ack();
     let (daemon, backend) = match table.get_mut(&key) {
         Some(record) => {
             record.last_seen_ns = now_ns;
             let before = record.state;
-            record.state.on_client_segment(flags.0);
-            if record.state != before {
-                report_client_change(events, stats, key, before, record.state);
+            if opens_connection
+                && (before.contains(TcpState::FIN_CLIENT) || before.contains(TcpState::RST))
+            {
+                // The client reuses the port of a connection that is closing (its
+                // record lingers): a new connection to the same daemon, which the
+                // loop must track afresh rather than expire with the old one.
+                record.state = TcpState::default();
+                record.state.on_client_segment(flags.0);
+                record.created_ns = now_ns;
+                let (daemon, backend) = (record.daemon, record.backend);
+                events.emit(
+                    Event::Opened {
+                        worker: plane.worker,
+                        key,
+                        daemon,
+                        backend,
+                    },
+                    stats,
+                );
+            } else {
+                record.state.on_client_segment(flags.0);
+                if record.state != before {
+                    report_client_change(events, stats, key, before, record.state);
+                }
             }
             (record.daemon, record.backend)
         }
         None => {
             // Only a connection's first segment may pick a daemon; anything else
             // without a record belongs to a connection we never saw.
-            let opens_connection = flags.syn() && !flags.ack();
             if !opens_connection {
                 return drop_with(stats, WorkerDrop::NoFlow);
             }
@@ -432,5 +453,99 @@ impl EventSink {
         if std::mem::take(&mut self.sent) {
             self.wake.notify();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::Ipv4Addr, sync::mpsc::sync_channel};
+
+    use etherparse::PacketBuilder;
+
+    use super::*;
+    use crate::balance::{BackendSpec, PolicyKind};
+
+    const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80);
+    const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 40000);
+
+    fn segment(flags: u8) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(CLIENT.ip().octets(), VIP.ip().octets(), 64)
+            .tcp(CLIENT.port(), VIP.port(), 1, 64000);
+        let b = match flags {
+            0x02 => b.syn(),
+            0x11 => b.ack(1).fin(),
+            _ => b.ack(1),
+        };
+        let mut f = Vec::new();
+        b.write(&mut f, &[]).unwrap();
+        f
+    }
+
+    #[test]
+    fn a_syn_reusing_a_closing_connections_port_is_tracked_as_new() {
+        let daemon = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080);
+        let services = [ServiceConfig {
+            address: VIP,
+            policy: PolicyKind::RoundRobin,
+            backends: vec![BackendSpec {
+                addr: daemon,
+                weight: 1,
+            }],
+        }];
+        let hops: Arc<[NextHop]> = vec![NextHop::default()].into();
+        hops[0].set(Some([6; 6]));
+        let mut plane = Dataplane::build(0, &services, hops, [8; 6]).unwrap();
+        let mut table = FlowTable::with_capacity(4);
+        let stats = WorkerStats::default();
+        let (tx, rx) = sync_channel(16);
+        let mut sink = EventSink::new(tx, Arc::new(Wake::new(EventFd::new().unwrap())));
+        let key = FlowKey::new(CLIENT, VIP, 6);
+        let opened = |rx: &std::sync::mpsc::Receiver<Event>| {
+            rx.try_iter()
+                .filter(|e| matches!(e, Event::Opened { key: k, .. } if *k == key))
+                .count()
+        };
+
+        for flags in [0x02, 0x10, 0x11] {
+            assert!(forward(
+                &mut segment(flags),
+                &mut table,
+                &mut plane,
+                &mut sink,
+                &stats,
+                1
+            ));
+        }
+        assert_eq!(opened(&rx), 1);
+        assert!(table
+            .get(&key)
+            .unwrap()
+            .state
+            .contains(TcpState::FIN_CLIENT));
+
+        // Same 4-tuple, new SYN while the old record lingers.
+        assert!(forward(
+            &mut segment(0x02),
+            &mut table,
+            &mut plane,
+            &mut sink,
+            &stats,
+            2
+        ));
+        assert_eq!(opened(&rx), 1, "the loop hears of the new connection");
+        let record = table.get(&key).unwrap();
+        assert_eq!(record.state, TcpState::SYN_SEEN);
+        assert_eq!((record.daemon, record.created_ns), (daemon, 2));
+        // A retransmitted SYN of a live connection is not a new one.
+        assert!(forward(
+            &mut segment(0x02),
+            &mut table,
+            &mut plane,
+            &mut sink,
+            &stats,
+            3
+        ));
+        assert_eq!(opened(&rx), 0);
     }
 }
