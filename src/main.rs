@@ -16,7 +16,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the dispatcher (needs root, or CAP_NET_ADMIN + CAP_BPF + CAP_NET_RAW).
+    /// Run the dispatcher (needs root, or CAP_NET_ADMIN, CAP_BPF, CAP_PERFMON, CAP_NET_RAW, CAP_IPC_LOCK).
     Run(Box<RunArgs>),
     /// Validate a configuration file and exit.
     CheckConfig {

@@ -82,9 +82,18 @@ pub fn wait_signal(timeout: Duration) -> Option<Signal> {
     }
 }
 
-/// The capabilities dispatchd needs: CAP_NET_ADMIN (attach XDP, bind AF_XDP),
-/// CAP_BPF (load the program), CAP_NET_RAW (AF_XDP sockets).
-const NEEDED_CAPS: [(u32, &str); 3] = [(12, "CAP_NET_ADMIN"), (39, "CAP_BPF"), (13, "CAP_NET_RAW")];
+/// The capabilities dispatchd needs for set-up (found by starting it with a
+/// reduced bounding set): CAP_NET_ADMIN attaches XDP and binds AF_XDP sockets,
+/// CAP_BPF with CAP_PERFMON loads the program (the verifier wants both for its
+/// packet-pointer arithmetic), CAP_NET_RAW opens AF_XDP sockets, CAP_IPC_LOCK
+/// pins the UMEM beyond RLIMIT_MEMLOCK.
+const NEEDED_CAPS: [(u32, &str); 5] = [
+    (12, "CAP_NET_ADMIN"),
+    (39, "CAP_BPF"),
+    (38, "CAP_PERFMON"),
+    (13, "CAP_NET_RAW"),
+    (14, "CAP_IPC_LOCK"),
+];
 
 /// Names of the needed capabilities this process lacks, from /proc/self/status.
 pub fn missing_capabilities() -> io::Result<Vec<&'static str>> {
@@ -189,9 +198,15 @@ pub fn drop_all_capabilities() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     for cap in 0..=last {
-        // SAFETY: as above. Needs CAP_SETPCAP, which we still hold here.
+        // SAFETY: as above. Needs CAP_SETPCAP: a process started with only the
+        // capabilities it needs lacks it, and then keeps its bounding set (with
+        // no_new_privs and empty permitted sets, nothing can be regained from it).
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
-            return Err(io::Error::last_os_error());
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EPERM) {
+                break;
+            }
+            return Err(err);
         }
     }
     // SAFETY: as above; clearing an already empty ambient set is fine.

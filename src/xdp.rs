@@ -150,7 +150,7 @@ impl Steering {
         rodata.back_ifindex = back.index;
         let skel = open
             .load()
-            .context("loading the XDP program (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
+            .context("loading the XDP program (needs root, or CAP_BPF with CAP_PERFMON)")?;
         let slots = skel.maps.counters.max_entries() as usize;
         if slots != COUNTER_NAMES.len() {
             bail!(

@@ -66,7 +66,9 @@ pub fn open_queue(
         .map_err(|e| anyhow!("UMEM config: {e}"))?;
     let count = NonZeroU32::new(frames_per_queue).context("frames_per_queue is zero")?;
     let (umem, frames) = Umem::new(umem_config, count, false)
-        .map_err(|e| anyhow!("creating the UMEM of queue {queue}: {e}"))?;
+        .map_err(|e| {
+            anyhow!("creating the UMEM of queue {queue}: {e} (registering it needs CAP_IPC_LOCK or a large RLIMIT_MEMLOCK)")
+        })?;
 
     let mut bind_flags = BindFlags::XDP_USE_NEED_WAKEUP;
     match bind {
