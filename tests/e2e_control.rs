@@ -232,6 +232,13 @@ fn sighup_adds_and_removes_daemons_without_breaking_remaining_connections() {
     topo.wait_until(Duration::from_secs(5), "reload applied", || {
         lb.output().contains("SIGHUP: reloaded")
     });
+    // A new daemon takes connections once its health probe has resolved its next hop.
+    let added = daemon_addr(3);
+    topo.wait_until(Duration::from_secs(5), "added daemon in selection", || {
+        topo.ctl(&["backends"])
+            .lines()
+            .any(|l| l.starts_with(&added) && l.contains("state up"))
+    });
     let spread = per_daemon(&connect(
         &topo,
         &["--connections", "90", "--concurrency", "3"],

@@ -65,11 +65,15 @@ struct Backend {
     told: BackendState,
     probing: bool,
     next_probe_ns: u64,
+    /// Whether the kernel has told us the MAC of its next hop: a daemon is not
+    /// offered new connections before (a freshly added one, say), since the
+    /// workers could not send them anywhere.
+    next_hop_known: bool,
 }
 
 impl Backend {
     fn effective(&self) -> BackendState {
-        if self.health.health() == Health::Down {
+        if self.health.health() == Health::Down || !self.next_hop_known {
             BackendState::Down
         } else if self.draining {
             BackendState::Draining
@@ -211,34 +215,32 @@ impl<'a> Manager<'a> {
         Ok(m)
     }
 
+    /// The daemons of the current config, keeping health and drain state of the
+    /// ones in `old`; indexes match `next_hops` (both in config order).
     fn backend_list(&self, old: &[Backend]) -> Vec<Backend> {
         let now = now_ns();
         self.config
             .services
             .iter()
             .flat_map(|s| s.backends.iter().map(move |b| (s.address, b.addr)))
-            .map(
-                |(service, addr)| match old.iter().find(|o| o.addr == addr) {
-                    Some(o) => Backend {
-                        addr,
-                        service,
-                        health: o.health.clone(),
-                        draining: o.draining,
-                        told: BackendState::Up,
-                        probing: false,
-                        next_probe_ns: now,
-                    },
-                    None => Backend {
-                        addr,
-                        service,
-                        health: HealthState::new(&self.config.control.health),
-                        draining: false,
-                        told: BackendState::Up,
-                        probing: false,
-                        next_probe_ns: now,
-                    },
-                },
-            )
+            .enumerate()
+            .map(|(i, (service, addr))| {
+                let previous = old.iter().find(|o| o.addr == addr);
+                Backend {
+                    addr,
+                    service,
+                    health: previous.map_or_else(
+                        || HealthState::new(&self.config.control.health),
+                        |o| o.health.clone(),
+                    ),
+                    draining: previous.is_some_and(|o| o.draining),
+                    // The workers' fresh pools start with every daemon up.
+                    told: BackendState::Up,
+                    probing: false,
+                    next_probe_ns: now,
+                    next_hop_known: self.next_hops.get(i).is_some_and(|h| h.get().is_some()),
+                }
+            })
             .collect()
     }
 
@@ -251,6 +253,10 @@ impl<'a> Manager<'a> {
         self.submit_accept(false)?;
         if self.metrics.is_some() {
             self.submit_accept(true)?;
+        }
+        // Daemons whose next hop is still unknown start out of selection.
+        for b in 0..self.backends.len() {
+            self.tell_state(b);
         }
         while !self.stop {
             self.wake.arm();
@@ -570,16 +576,31 @@ impl<'a> Manager<'a> {
         Ok(())
     }
 
-    fn refresh_next_hops(&self) {
-        for (b, hop) in self.backends.iter().zip(self.next_hops.iter()) {
-            // The probes make the kernel resolve; here we only read its table.
-            if let Ok(Some(mac)) = self.resolver.lookup(*b.addr.ip()) {
-                hop.set(Some(mac));
-            }
+    fn refresh_next_hops(&mut self) {
+        for b in 0..self.backends.len() {
+            self.refresh_next_hop(b);
         }
     }
 
+    /// Re-reads a daemon's next hop from the kernel's tables (the probes make
+    /// the kernel resolve it) and tells the workers if that changes its state.
+    fn refresh_next_hop(&mut self, backend: usize) {
+        let (Some(b), Some(hop)) = (self.backends.get_mut(backend), self.next_hops.get(backend))
+        else {
+            return;
+        };
+        if let Ok(Some(mac)) = self.resolver.lookup(*b.addr.ip()) {
+            hop.set(Some(mac));
+        }
+        b.next_hop_known = hop.get().is_some();
+        self.tell_state(backend);
+    }
+
     fn probe_result(&mut self, backend: usize, ok: bool) {
+        if ok && !self.backends[backend].next_hop_known {
+            // The probe's handshake has just made the kernel resolve the hop.
+            self.refresh_next_hop(backend);
+        }
         let b = &mut self.backends[backend];
         if let Some(flip) = b.health.record(ok) {
             println!(
