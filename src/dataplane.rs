@@ -224,7 +224,7 @@ pub fn forward(
     let key = FlowKey::new(pkt.src(), pkt.dst(), pkt.protocol().number());
     let flags = pkt.tcp_flags();
     let opens_connection = flags.syn() && !flags.ack();
-    let (daemon, backend) = match table.get_mut(&key) {
+    let (daemon, backend, opened) = match table.get_mut(&key) {
         Some(record) => {
             record.last_seen_ns = now_ns;
             let before = record.state;
@@ -237,23 +237,14 @@ pub fn forward(
                 record.state = TcpState::default();
                 record.state.on_client_segment(flags.0);
                 record.created_ns = now_ns;
-                let (daemon, backend) = (record.daemon, record.backend);
-                events.emit(
-                    Event::Opened {
-                        worker: plane.worker,
-                        key,
-                        daemon,
-                        backend,
-                    },
-                    stats,
-                );
+                (record.daemon, record.backend, true)
             } else {
                 record.state.on_client_segment(flags.0);
                 if record.state != before {
                     report_client_change(events, stats, key, before, record.state);
                 }
+                (record.daemon, record.backend, false)
             }
-            (record.daemon, record.backend)
         }
         None => {
             // Only a connection's first segment may pick a daemon; anything else
@@ -295,18 +286,21 @@ pub fn forward(
             }
             slot.pool.connection_opened(local);
             stats.new_flows.add(1);
-            events.emit(
-                Event::Opened {
-                    worker: plane.worker,
-                    key,
-                    daemon,
-                    backend,
-                },
-                stats,
-            );
-            (daemon, backend)
+            (daemon, backend, true)
         }
     };
+    if opened {
+        let worker = plane.worker;
+        events.emit(
+            Event::Opened {
+                worker,
+                key,
+                daemon,
+                backend,
+            },
+            stats,
+        );
+    }
     let Some(dst_mac) = plane.next_hops[backend as usize].get() else {
         return drop_with(stats, WorkerDrop::NoNeighbour);
     };

@@ -130,49 +130,28 @@ pub fn run(setup: WorkerSetup) {
             rx: &mut front.rx,
             tx: &mut back.tx,
         };
-        let n_fwd = if bare {
-            pump(
-                &mut fwd,
-                &mut b,
-                &stats,
-                &stats.tx_back,
-                &mut busy_ns,
-                |_| true,
-            )
-        } else {
-            pump(
-                &mut fwd,
-                &mut b,
-                &stats,
-                &stats.tx_back,
-                &mut busy_ns,
-                |frame| forward(frame, &mut table, &mut plane, &mut events, &stats, now_ns),
-            )
-        };
+        // The bare forwarder (benchmark only) passes every frame untouched.
+        let n_fwd = pump(
+            &mut fwd,
+            &mut b,
+            &stats,
+            &stats.tx_back,
+            &mut busy_ns,
+            |frame| bare || forward(frame, &mut table, &mut plane, &mut events, &stats, now_ns),
+        );
         let mut rev = Rings {
             umem: &umem,
             rx: &mut back.rx,
             tx: &mut front.tx,
         };
-        let n_rev = if bare {
-            pump(
-                &mut rev,
-                &mut b,
-                &stats,
-                &stats.tx_front,
-                &mut busy_ns,
-                |_| true,
-            )
-        } else {
-            pump(
-                &mut rev,
-                &mut b,
-                &stats,
-                &stats.tx_front,
-                &mut busy_ns,
-                |frame| reverse(frame, &plane, &mut events, &stats),
-            )
-        };
+        let n_rev = pump(
+            &mut rev,
+            &mut b,
+            &stats,
+            &stats.tx_front,
+            &mut busy_ns,
+            |frame| bare || reverse(frame, &plane, &mut events, &stats),
+        );
         events.flush();
         stats.rx_front.add(n_fwd as u64);
         stats.rx_back.add(n_rev as u64);
