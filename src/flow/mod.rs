@@ -67,7 +67,7 @@ impl FlowKey {
     /// The tuple packed into the low 104 bits of a `u128`, in the order of
     /// [`to_bytes`](Self::to_bytes) (client ip in the most significant position).
     /// Distinct keys give distinct values.
-    #[inline]
+    #[inline(always)]
     pub fn packed(&self) -> u128 {
         (u128::from(u32::from(self.client_ip)) << 72)
             | (u128::from(u32::from(self.service_ip)) << 40)

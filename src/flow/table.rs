@@ -177,7 +177,7 @@ impl FlowTable {
         self.slots() * SLOT_BYTES
     }
 
-    #[inline]
+    #[inline(always)]
     fn tag(&self, key: &FlowKey) -> u32 {
         let t = (self.hasher.hash_one(key.packed()) >> 32) as u32 & self.tag_mask;
         if t == EMPTY_TAG {
@@ -188,7 +188,7 @@ impl FlowTable {
     }
 
     /// `Ok(slot)` holding `key`, or `Err(slot)`: the empty slot ending its probe run.
-    #[inline]
+    #[inline(always)]
     fn find(&self, key: &FlowKey, tag: u32) -> Result<usize, usize> {
         let mut i = tag as usize & self.mask;
         loop {
@@ -203,13 +203,13 @@ impl FlowTable {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, key: &FlowKey) -> Option<&FlowRecord> {
         let i = self.find(key, self.tag(key)).ok()?;
         Some(&self.records[i])
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn get_mut(&mut self, key: &FlowKey) -> Option<&mut FlowRecord> {
         let i = self.find(key, self.tag(key)).ok()?;
         Some(&mut self.records[i])

@@ -32,7 +32,7 @@ use std::net::Ipv4Addr;
 /// last has even length.
 ///
 /// The `u64` accumulator cannot overflow for any slice shorter than 2^48 bytes.
-#[inline]
+#[inline(always)]
 pub fn sum(data: &[u8], initial: u64) -> u64 {
     let mut acc = initial;
     let mut words = data.chunks_exact(2);
@@ -46,7 +46,7 @@ pub fn sum(data: &[u8], initial: u64) -> u64 {
 }
 
 /// Folds a one's complement accumulator to 16 bits with end-around carry.
-#[inline]
+#[inline(always)]
 pub fn fold(mut acc: u64) -> u16 {
     while acc > 0xFFFF {
         acc = (acc & 0xFFFF) + (acc >> 16);
@@ -63,7 +63,7 @@ pub fn checksum(data: &[u8]) -> u16 {
 
 /// True if `data` (which contains its own checksum field) sums to one's complement
 /// zero. Accepts both representations of zero in the checksum field.
-#[inline]
+#[inline(always)]
 pub fn verify(data: &[u8]) -> bool {
     fold(sum(data, 0)) == 0xFFFF
 }
@@ -103,14 +103,14 @@ pub struct Incremental {
 
 impl Incremental {
     /// Starts from the checksum currently stored in the header (`HC`).
-    #[inline]
+    #[inline(always)]
     pub fn new(old_checksum: u16) -> Self {
         Self {
             acc: u32::from(!old_checksum),
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn add(mut self, v: u32) -> Self {
         // acc <= 0x1_0002 and v <= 0x1_FFFE before the add: no overflow.
         self.acc += v;
@@ -119,13 +119,13 @@ impl Incremental {
     }
 
     /// Accounts for one 16-bit word changing from `old` to `new` (`+ ~m + m'`).
-    #[inline]
+    #[inline(always)]
     pub fn replace16(self, old: u16, new: u16) -> Self {
         self.add(u32::from(!old) + u32::from(new))
     }
 
     /// Accounts for a 32-bit field (two 16-bit words) changing from `old` to `new`.
-    #[inline]
+    #[inline(always)]
     pub fn replace32(self, old: u32, new: u32) -> Self {
         self.replace16((old >> 16) as u16, (new >> 16) as u16)
             .replace16(old as u16, new as u16)
@@ -133,7 +133,7 @@ impl Incremental {
 
     /// The updated checksum `HC'`, in the canonical representation of zero (see the
     /// module docs): never `0xFFFF`.
-    #[inline]
+    #[inline(always)]
     pub fn finish(self) -> u16 {
         // acc <= 0x1_0002 here; fold once more to 16 bits.
         let folded = (self.acc & 0xFFFF) + (self.acc >> 16);

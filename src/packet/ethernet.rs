@@ -27,6 +27,7 @@ pub struct Frame<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> Frame<T> {
     /// Wraps `buffer` after checking it holds a full header.
+    #[inline(always)]
     pub fn new_checked(buffer: T) -> Result<Self, DropReason> {
         if buffer.as_ref().len() < HEADER_LEN {
             return Err(DropReason::TruncatedEthernet);
@@ -35,33 +36,39 @@ impl<T: AsRef<[u8]>> Frame<T> {
     }
 
     /// Caller guarantees `buffer.len() >= HEADER_LEN`.
+    #[inline(always)]
     pub(crate) fn new_unchecked(buffer: T) -> Self {
         debug_assert!(buffer.as_ref().len() >= HEADER_LEN);
         Self { buffer }
     }
 
+    #[inline(always)]
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
+    #[inline(always)]
     pub fn dst_addr(&self) -> [u8; 6] {
         let b = self.buffer.as_ref();
         let f = &b[field::DST];
         [f[0], f[1], f[2], f[3], f[4], f[5]]
     }
 
+    #[inline(always)]
     pub fn src_addr(&self) -> [u8; 6] {
         let b = self.buffer.as_ref();
         let f = &b[field::SRC];
         [f[0], f[1], f[2], f[3], f[4], f[5]]
     }
 
+    #[inline(always)]
     pub fn ethertype(&self) -> u16 {
         let b = self.buffer.as_ref();
         u16::from_be_bytes([b[field::ETHERTYPE.start], b[field::ETHERTYPE.start + 1]])
     }
 
     /// Classifies the ethertype: `Ok(())` for IPv4, else the drop reason.
+    #[inline(always)]
     pub fn check_ipv4(&self) -> Result<(), DropReason> {
         match self.ethertype() {
             ETHERTYPE_IPV4 => Ok(()),
@@ -73,10 +80,12 @@ impl<T: AsRef<[u8]>> Frame<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
+    #[inline(always)]
     pub fn set_dst_addr(&mut self, addr: [u8; 6]) {
         self.buffer.as_mut()[field::DST].copy_from_slice(&addr);
     }
 
+    #[inline(always)]
     pub fn set_src_addr(&mut self, addr: [u8; 6]) {
         self.buffer.as_mut()[field::SRC].copy_from_slice(&addr);
     }

@@ -40,12 +40,12 @@ pub struct Header<T: AsRef<[u8]>> {
     buffer: T,
 }
 
-#[inline]
+#[inline(always)]
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-#[inline]
+#[inline(always)]
 fn addr(b: &[u8], at: usize) -> Ipv4Addr {
     Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3])
 }
@@ -53,6 +53,7 @@ fn addr(b: &[u8], at: usize) -> Ipv4Addr {
 impl<T: AsRef<[u8]>> Header<T> {
     /// Wraps `buffer` (the bytes from the start of the IPv4 header to the end of the
     /// frame) after checking that it holds the fixed header.
+    #[inline(always)]
     pub fn new_checked(buffer: T) -> Result<Self, DropReason> {
         if buffer.as_ref().len() < HEADER_LEN {
             return Err(DropReason::TruncatedIpv4);
@@ -61,104 +62,127 @@ impl<T: AsRef<[u8]>> Header<T> {
     }
 
     /// Caller guarantees `buffer.len() >= HEADER_LEN`.
+    #[inline(always)]
     pub(crate) fn new_unchecked(buffer: T) -> Self {
         debug_assert!(buffer.as_ref().len() >= HEADER_LEN);
         Self { buffer }
     }
 
+    #[inline(always)]
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
+    #[inline(always)]
     pub fn version(&self) -> u8 {
         self.buffer.as_ref()[field::VER_IHL] >> 4
     }
 
     /// Header length in 32-bit words.
+    #[inline(always)]
     pub fn ihl(&self) -> u8 {
         self.buffer.as_ref()[field::VER_IHL] & 0x0f
     }
 
+    #[inline(always)]
     pub fn dscp_ecn(&self) -> u8 {
         self.buffer.as_ref()[field::DSCP_ECN]
     }
 
+    #[inline(always)]
     pub fn total_len(&self) -> u16 {
         be16(self.buffer.as_ref(), field::LENGTH.start)
     }
 
+    #[inline(always)]
     pub fn ident(&self) -> u16 {
         be16(self.buffer.as_ref(), field::IDENT.start)
     }
 
     /// The raw flags + fragment offset word.
+    #[inline(always)]
     pub fn flags_frag(&self) -> u16 {
         be16(self.buffer.as_ref(), field::FLG_OFF.start)
     }
 
+    #[inline(always)]
     pub fn more_frags(&self) -> bool {
         self.flags_frag() & FLAG_MF != 0
     }
 
+    #[inline(always)]
     pub fn dont_frag(&self) -> bool {
         self.flags_frag() & FLAG_DF != 0
     }
 
     /// Fragment offset in units of 8 bytes.
+    #[inline(always)]
     pub fn frag_offset(&self) -> u16 {
         self.flags_frag() & FRAG_OFFSET_MASK
     }
 
+    #[inline(always)]
     pub fn ttl(&self) -> u8 {
         self.buffer.as_ref()[field::TTL]
     }
 
+    #[inline(always)]
     pub fn protocol(&self) -> u8 {
         self.buffer.as_ref()[field::PROTOCOL]
     }
 
     /// The 16-bit word TTL|protocol, as covered by the header checksum.
+    #[inline(always)]
     pub fn ttl_proto_word(&self) -> u16 {
         be16(self.buffer.as_ref(), field::TTL)
     }
 
+    #[inline(always)]
     pub fn checksum(&self) -> u16 {
         be16(self.buffer.as_ref(), field::CHECKSUM.start)
     }
 
+    #[inline(always)]
     pub fn src_addr(&self) -> Ipv4Addr {
         addr(self.buffer.as_ref(), field::SRC_ADDR.start)
     }
 
+    #[inline(always)]
     pub fn dst_addr(&self) -> Ipv4Addr {
         addr(self.buffer.as_ref(), field::DST_ADDR.start)
     }
 
     /// Verifies the checksum of the fixed 20-byte header (both representations of a
     /// zero checksum are accepted).
+    #[inline(always)]
     pub fn verify_checksum(&self) -> bool {
         checksum::verify(&self.buffer.as_ref()[..HEADER_LEN])
     }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Header<T> {
+    #[inline(always)]
     pub fn set_ttl(&mut self, ttl: u8) {
         self.buffer.as_mut()[field::TTL] = ttl;
     }
 
+    #[inline(always)]
     pub fn set_checksum(&mut self, value: u16) {
         self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&value.to_be_bytes());
     }
 
+    #[inline(always)]
     pub fn set_src_addr(&mut self, value: Ipv4Addr) {
         self.buffer.as_mut()[field::SRC_ADDR].copy_from_slice(&value.octets());
     }
 
+    #[inline(always)]
     pub fn set_dst_addr(&mut self, value: Ipv4Addr) {
         self.buffer.as_mut()[field::DST_ADDR].copy_from_slice(&value.octets());
     }
 
     /// Recomputes the header checksum from scratch (not used on the hot path).
+    #[inline(always)]
     pub fn fill_checksum(&mut self) {
         self.set_checksum(0);
         let c = checksum::checksum(&self.buffer.as_ref()[..HEADER_LEN]);

@@ -167,7 +167,7 @@ pub enum L4Proto {
 
 impl L4Proto {
     /// IP protocol number: 6 for TCP, 17 for UDP.
-    #[inline]
+    #[inline(always)]
     pub fn number(self) -> u8 {
         match self {
             L4Proto::Tcp => ipv4::PROTO_TCP,
@@ -176,7 +176,7 @@ impl L4Proto {
     }
 
     /// The protocol for an IP protocol number, if supported.
-    #[inline]
+    #[inline(always)]
     pub fn from_number(n: u8) -> Option<Self> {
         match n {
             ipv4::PROTO_TCP => Some(L4Proto::Tcp),
@@ -201,19 +201,19 @@ impl TcpFlags {
     pub const CWR: u8 = 0x80;
 
     /// True if every bit of `mask` is set.
-    #[inline]
+    #[inline(always)]
     pub fn contains(self, mask: u8) -> bool {
         self.0 & mask == mask
     }
-    #[inline]
+    #[inline(always)]
     pub fn fin(self) -> bool {
         self.contains(Self::FIN)
     }
-    #[inline]
+    #[inline(always)]
     pub fn syn(self) -> bool {
         self.contains(Self::SYN)
     }
-    #[inline]
+    #[inline(always)]
     pub fn rst(self) -> bool {
         self.contains(Self::RST)
     }
@@ -221,7 +221,7 @@ impl TcpFlags {
     pub fn psh(self) -> bool {
         self.contains(Self::PSH)
     }
-    #[inline]
+    #[inline(always)]
     pub fn ack(self) -> bool {
         self.contains(Self::ACK)
     }
@@ -262,7 +262,7 @@ pub struct L4Frame<'a> {
 
 impl<'a> L4Frame<'a> {
     /// Validates the frame once (see the module docs for the rules and their order).
-    #[inline]
+    #[inline(always)]
     pub fn parse(buf: &'a mut [u8]) -> Result<Self, DropReason> {
         ethernet::Frame::new_checked(&buf[..])?.check_ipv4()?;
         // buf.len() >= 14 from here.
@@ -307,34 +307,34 @@ impl<'a> L4Frame<'a> {
         Ok(Self { buf, proto, ip_end })
     }
 
-    #[inline]
+    #[inline(always)]
     fn eth(&self) -> ethernet::Frame<&[u8]> {
         ethernet::Frame::new_unchecked(&self.buf[..])
     }
 
-    #[inline]
+    #[inline(always)]
     fn ip(&self) -> ipv4::Header<&[u8]> {
         ipv4::Header::new_unchecked(&self.buf[IP_OFFSET..L4_OFFSET])
     }
 
-    #[inline]
+    #[inline(always)]
     fn ip_mut(&mut self) -> ipv4::Header<&mut [u8]> {
         ipv4::Header::new_unchecked(&mut self.buf[IP_OFFSET..L4_OFFSET])
     }
 
     /// The IP payload (L4 header + data), up to the IPv4 total length.
-    #[inline]
+    #[inline(always)]
     fn l4(&self) -> &[u8] {
         &self.buf[L4_OFFSET..self.ip_end]
     }
 
-    #[inline]
+    #[inline(always)]
     fn l4_mut(&mut self) -> &mut [u8] {
         &mut self.buf[L4_OFFSET..self.ip_end]
     }
 
     /// (source port, destination port).
-    #[inline]
+    #[inline(always)]
     fn ports(&self) -> (u16, u16) {
         match self.proto {
             L4Proto::Tcp => {
@@ -348,25 +348,25 @@ impl<'a> L4Frame<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn protocol(&self) -> L4Proto {
         self.proto
     }
 
     /// IPv4 source + L4 source port.
-    #[inline]
+    #[inline(always)]
     pub fn src(&self) -> SocketAddrV4 {
         SocketAddrV4::new(self.ip().src_addr(), self.ports().0)
     }
 
     /// IPv4 destination + L4 destination port.
-    #[inline]
+    #[inline(always)]
     pub fn dst(&self) -> SocketAddrV4 {
         SocketAddrV4::new(self.ip().dst_addr(), self.ports().1)
     }
 
     /// TCP flags; empty for UDP.
-    #[inline]
+    #[inline(always)]
     pub fn tcp_flags(&self) -> TcpFlags {
         match self.proto {
             L4Proto::Tcp => tcp::Segment::new_unchecked(self.l4()).flags(),
@@ -440,7 +440,7 @@ impl<'a> L4Frame<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn set_macs(&mut self, macs: &MacPair) {
         let mut e = ethernet::Frame::new_unchecked(&mut self.buf[..]);
         e.set_src_addr(macs.src);
@@ -449,27 +449,27 @@ impl<'a> L4Frame<'a> {
 
     /// DNAT: destination IP + port := `new_dst`, TTL -= 1, IPv4 and L4 checksums
     /// updated incrementally.
-    #[inline]
+    #[inline(always)]
     pub fn rewrite_dst(&mut self, new_dst: SocketAddrV4) {
         self.rewrite(Side::Dst, new_dst);
     }
 
     /// Reverse NAT: source IP + port := `new_src`, TTL -= 1, checksums updated
     /// incrementally.
-    #[inline]
+    #[inline(always)]
     pub fn rewrite_src(&mut self, new_src: SocketAddrV4) {
         self.rewrite(Side::Src, new_src);
     }
 
     /// [`set_macs`](Self::set_macs) + [`rewrite_dst`](Self::rewrite_dst).
-    #[inline]
+    #[inline(always)]
     pub fn rewrite_forward(&mut self, new_dst: SocketAddrV4, macs: &MacPair) {
         self.set_macs(macs);
         self.rewrite_dst(new_dst);
     }
 
     /// [`set_macs`](Self::set_macs) + [`rewrite_src`](Self::rewrite_src).
-    #[inline]
+    #[inline(always)]
     pub fn rewrite_reverse(&mut self, new_src: SocketAddrV4, macs: &MacPair) {
         self.set_macs(macs);
         self.rewrite_src(new_src);
@@ -488,7 +488,7 @@ impl<'a> L4Frame<'a> {
     /// Rewrites one endpoint. Each call decrements the TTL once; `parse` guarantees
     /// TTL >= 2, so one rewrite per frame leaves it >= 1. (Should a caller rewrite the
     /// same frame repeatedly, the TTL saturates at 0 rather than wrapping.)
-    #[inline]
+    #[inline(always)]
     fn rewrite(&mut self, side: Side, new: SocketAddrV4) {
         let ip = self.ip();
         let old_addr = match side {

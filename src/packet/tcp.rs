@@ -27,18 +27,19 @@ pub struct Segment<T: AsRef<[u8]>> {
     buffer: T,
 }
 
-#[inline]
+#[inline(always)]
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-#[inline]
+#[inline(always)]
 fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 impl<T: AsRef<[u8]>> Segment<T> {
     /// Wraps the IP payload `buffer` and validates the header: length, then data offset.
+    #[inline(always)]
     pub fn new_checked(buffer: T) -> Result<Self, DropReason> {
         if buffer.as_ref().len() < HEADER_LEN {
             return Err(DropReason::TruncatedTcp);
@@ -49,12 +50,14 @@ impl<T: AsRef<[u8]>> Segment<T> {
     }
 
     /// Caller guarantees `buffer.len() >= HEADER_LEN`.
+    #[inline(always)]
     pub(crate) fn new_unchecked(buffer: T) -> Self {
         debug_assert!(buffer.as_ref().len() >= HEADER_LEN);
         Self { buffer }
     }
 
     /// Data offset must be at least 5 words and within the segment.
+    #[inline(always)]
     pub fn check_offset(&self) -> Result<(), DropReason> {
         let hl = self.header_len();
         if hl < HEADER_LEN {
@@ -66,57 +69,70 @@ impl<T: AsRef<[u8]>> Segment<T> {
         }
     }
 
+    #[inline(always)]
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
+    #[inline(always)]
     pub fn src_port(&self) -> u16 {
         be16(self.buffer.as_ref(), field::SRC_PORT.start)
     }
 
+    #[inline(always)]
     pub fn dst_port(&self) -> u16 {
         be16(self.buffer.as_ref(), field::DST_PORT.start)
     }
 
+    #[inline(always)]
     pub fn seq_number(&self) -> u32 {
         be32(self.buffer.as_ref(), field::SEQ_NUM.start)
     }
 
+    #[inline(always)]
     pub fn ack_number(&self) -> u32 {
         be32(self.buffer.as_ref(), field::ACK_NUM.start)
     }
 
     /// Header length in bytes (data offset * 4).
+    #[inline(always)]
     pub fn header_len(&self) -> usize {
         usize::from(self.buffer.as_ref()[field::DATA_OFF] >> 4) * 4
     }
 
+    #[inline(always)]
     pub fn flags(&self) -> TcpFlags {
         TcpFlags(self.buffer.as_ref()[field::FLAGS])
     }
 
+    #[inline(always)]
     pub fn window(&self) -> u16 {
         be16(self.buffer.as_ref(), field::WINDOW.start)
     }
 
+    #[inline(always)]
     pub fn checksum(&self) -> u16 {
         be16(self.buffer.as_ref(), field::CHECKSUM.start)
     }
 
+    #[inline(always)]
     pub fn urgent(&self) -> u16 {
         be16(self.buffer.as_ref(), field::URGENT.start)
     }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Segment<T> {
+    #[inline(always)]
     pub fn set_src_port(&mut self, v: u16) {
         self.buffer.as_mut()[field::SRC_PORT].copy_from_slice(&v.to_be_bytes());
     }
 
+    #[inline(always)]
     pub fn set_dst_port(&mut self, v: u16) {
         self.buffer.as_mut()[field::DST_PORT].copy_from_slice(&v.to_be_bytes());
     }
 
+    #[inline(always)]
     pub fn set_checksum(&mut self, v: u16) {
         self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&v.to_be_bytes());
     }

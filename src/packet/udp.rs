@@ -21,7 +21,7 @@ pub struct Datagram<T: AsRef<[u8]>> {
     buffer: T,
 }
 
-#[inline]
+#[inline(always)]
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
@@ -29,6 +29,7 @@ fn be16(b: &[u8], at: usize) -> u16 {
 impl<T: AsRef<[u8]>> Datagram<T> {
     /// Wraps the IP payload `buffer` and validates the header: length, then the UDP
     /// length field (`8 <= length <= buffer.len()`).
+    #[inline(always)]
     pub fn new_checked(buffer: T) -> Result<Self, DropReason> {
         if buffer.as_ref().len() < HEADER_LEN {
             return Err(DropReason::TruncatedUdp);
@@ -42,44 +43,53 @@ impl<T: AsRef<[u8]>> Datagram<T> {
     }
 
     /// Caller guarantees `buffer.len() >= HEADER_LEN`.
+    #[inline(always)]
     pub(crate) fn new_unchecked(buffer: T) -> Self {
         debug_assert!(buffer.as_ref().len() >= HEADER_LEN);
         Self { buffer }
     }
 
+    #[inline(always)]
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
+    #[inline(always)]
     pub fn src_port(&self) -> u16 {
         be16(self.buffer.as_ref(), field::SRC_PORT.start)
     }
 
+    #[inline(always)]
     pub fn dst_port(&self) -> u16 {
         be16(self.buffer.as_ref(), field::DST_PORT.start)
     }
 
     /// The UDP length field (header + payload).
     #[allow(clippy::len_without_is_empty)]
+    #[inline(always)]
     pub fn len(&self) -> u16 {
         be16(self.buffer.as_ref(), field::LENGTH.start)
     }
 
     /// The checksum field; 0 means "no checksum" (RFC 768).
+    #[inline(always)]
     pub fn checksum(&self) -> u16 {
         be16(self.buffer.as_ref(), field::CHECKSUM.start)
     }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Datagram<T> {
+    #[inline(always)]
     pub fn set_src_port(&mut self, v: u16) {
         self.buffer.as_mut()[field::SRC_PORT].copy_from_slice(&v.to_be_bytes());
     }
 
+    #[inline(always)]
     pub fn set_dst_port(&mut self, v: u16) {
         self.buffer.as_mut()[field::DST_PORT].copy_from_slice(&v.to_be_bytes());
     }
 
+    #[inline(always)]
     pub fn set_checksum(&mut self, v: u16) {
         self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&v.to_be_bytes());
     }
