@@ -8,7 +8,7 @@
 use std::{
     hint::black_box,
     net::{Ipv4Addr, SocketAddrV4},
-    sync::{mpsc::sync_channel, Arc},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -16,8 +16,12 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use dispatchd::{
     balance::{BackendSpec, PolicyKind},
     config::{ServiceConfig, DEFAULT_FLOW_CAPACITY},
-    dataplane::{forward, reverse, Dataplane, EventSink, NextHop, Wake},
+    dataplane::{
+        forward, pipelined, Dataplane, EventSink, Forwarder, FrameHandler, NextHop, Reverser, Wake,
+        EVENT_QUEUE,
+    },
     flow::{FlowKey, FlowTable},
+    spsc,
     stats::WorkerStats,
     sys::EventFd,
 };
@@ -68,22 +72,24 @@ fn tcp_frame(src: SocketAddrV4, dst: SocketAddrV4, syn: bool, payload: usize) ->
     frame
 }
 
-/// Times `f` over `iters` frames taken in turn from `templates`; the working
-/// copies are restored after each pass, untimed.
-fn timed_passes(
-    templates: &[Vec<u8>],
-    iters: u64,
-    mut f: impl FnMut(&mut [u8]) -> bool,
-) -> Duration {
+/// Times `handler` over `iters` frames taken in turn from `templates`, prefetching
+/// ahead like a worker does within a batch; the working copies are restored after
+/// each pass, untimed.
+fn timed_passes(templates: &[Vec<u8>], iters: u64, handler: &mut impl FrameHandler) -> Duration {
     let mut work = templates.to_vec();
     let mut elapsed = Duration::ZERO;
     let mut left = iters;
     while left > 0 {
         let n = left.min(work.len() as u64) as usize;
         let start = Instant::now();
-        for frame in &mut work[..n] {
-            black_box(f(frame));
-        }
+        pipelined(
+            &mut work[..n],
+            handler,
+            |h, frame| h.prefetch(frame),
+            |h, frame, hint| {
+                black_box(h.handle(frame, hint));
+            },
+        );
         elapsed += start.elapsed();
         for (w, t) in work[..n].iter_mut().zip(templates) {
             w.copy_from_slice(t);
@@ -95,9 +101,10 @@ fn timed_passes(
 
 fn bench(c: &mut Criterion) {
     let stats = WorkerStats::default();
-    // The worker's real event queue; emptied between timed passes like the
+    // The worker's real event queue, at its real size (its slots cycle through
+    // the cache like in the daemon); emptied between timed passes like the
     // management loop does.
-    let (tx, events) = sync_channel(1 << 21);
+    let (tx, mut events) = spsc::channel(EVENT_QUEUE);
     let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
     let mut sink = EventSink::new(tx, wake);
 
@@ -105,16 +112,19 @@ fn bench(c: &mut Criterion) {
     // new-connection path.
     let mut table = FlowTable::with_capacity(DEFAULT_FLOW_CAPACITY);
     let mut rr = plane(PolicyKind::RoundRobin);
+    let mut opened = 0;
     for i in 0..ESTABLISHED_FLOWS {
         let mut syn = tcp_frame(client(i), VIP, true, 0);
         assert!(forward(&mut syn, &mut table, &mut rr, &mut sink, &stats, 1));
+        if i % 1024 == 0 {
+            sink.flush();
+            opened += events.try_iter().count();
+        }
     }
+    sink.flush();
+    opened += events.try_iter().count();
     assert_eq!(table.len(), ESTABLISHED_FLOWS as usize);
-    assert_eq!(
-        events.try_iter().count(),
-        ESTABLISHED_FLOWS as usize,
-        "one Opened event each"
-    );
+    assert_eq!(opened, ESTABLISHED_FLOWS as usize, "one Opened event each");
     let step = ESTABLISHED_FLOWS / FRAME_SET as u32;
     let acks: Vec<Vec<u8>> = (0..FRAME_SET as u32)
         .map(|k| tcp_frame(client(k * step), VIP, false, 0))
@@ -128,9 +138,14 @@ fn bench(c: &mut Criterion) {
     let hot: Vec<Vec<u8>> = acks[..16].iter().cycle().take(FRAME_SET).cloned().collect();
     g.bench_function("forward_established_hot_1m_flows", |b| {
         b.iter_custom(|iters| {
-            timed_passes(&hot, iters, |f| {
-                forward(f, &mut table, &mut rr, &mut sink, &stats, 2)
-            })
+            let mut handler = Forwarder {
+                table: &mut table,
+                plane: &mut rr,
+                events: &mut sink,
+                stats: &stats,
+                now_ns: 2,
+            };
+            timed_passes(&hot, iters, &mut handler)
         })
     });
 
@@ -138,9 +153,14 @@ fn bench(c: &mut Criterion) {
     // lookup misses the CPU caches (the table is 88 MiB).
     g.bench_function("forward_established_cold_1m_flows", |b| {
         b.iter_custom(|iters| {
-            timed_passes(&acks, iters, |f| {
-                forward(f, &mut table, &mut rr, &mut sink, &stats, 2)
-            })
+            let mut handler = Forwarder {
+                table: &mut table,
+                plane: &mut rr,
+                events: &mut sink,
+                stats: &stats,
+                now_ns: 2,
+            };
+            timed_passes(&acks, iters, &mut handler)
         })
     });
 
@@ -164,12 +184,18 @@ fn bench(c: &mut Criterion) {
                 let mut left = iters;
                 while left > 0 {
                     let n = left.min(u64::from(CHUNK)) as usize;
-                    elapsed += timed_passes(&syns[..n], n as u64, |f| {
-                        forward(f, &mut table, &mut p, &mut sink, &stats, 3)
-                    });
+                    let mut handler = Forwarder {
+                        table: &mut table,
+                        plane: &mut p,
+                        events: &mut sink,
+                        stats: &stats,
+                        now_ns: 3,
+                    };
+                    elapsed += timed_passes(&syns[..n], n as u64, &mut handler);
                     for k in 0..n as u32 {
                         table.remove(&FlowKey::new(fresh(k), VIP, 6));
                     }
+                    sink.flush();
                     events.try_iter().for_each(drop);
                     left -= n as u64;
                 }
@@ -182,7 +208,14 @@ fn bench(c: &mut Criterion) {
         .map(|k| tcp_frame(daemons()[k as usize % 4].addr, client(k), false, 0))
         .collect();
     g.bench_function("reverse", |b| {
-        b.iter_custom(|iters| timed_passes(&replies, iters, |f| reverse(f, &rr, &mut sink, &stats)))
+        b.iter_custom(|iters| {
+            let mut handler = Reverser {
+                plane: &rr,
+                events: &mut sink,
+                stats: &stats,
+            };
+            timed_passes(&replies, iters, &mut handler)
+        })
     });
     g.finish();
     assert_eq!(

@@ -27,9 +27,6 @@ use crate::{
 
 /// Start-up's TCP attempt that makes the kernel resolve a daemon's next hop.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
-/// Events a worker may queue before it counts them as dropped; a burst of new
-/// connections in one loop round must fit.
-const EVENT_QUEUE: usize = 65_536;
 /// Commands queued per worker; the loop keeps what does not fit for later.
 const COMMAND_QUEUE: usize = 4_096;
 
@@ -166,7 +163,7 @@ pub fn run_with(
     let mut setups = Vec::new();
     for ((q, sockets), core) in queues.into_iter().enumerate().zip(worker_cores(&config)) {
         let stats = Arc::new(WorkerStats::default());
-        let (event_tx, event_rx) = sync_channel(EVENT_QUEUE);
+        let (event_tx, event_rx) = crate::spsc::channel(crate::dataplane::EVENT_QUEUE);
         let (command_tx, command_rx) = sync_channel(COMMAND_QUEUE);
         links.push(WorkerLink {
             events: event_rx,

@@ -3,8 +3,7 @@
 use std::{
     net::SocketAddrV4,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst},
-        mpsc::{SyncSender, TrySendError},
+        atomic::{fence, AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst},
         Arc,
     },
 };
@@ -16,8 +15,9 @@ use crate::{
     balance::{BackendState, Pool},
     config::ServiceConfig,
     control::conntrack::Event,
-    flow::{FlowKey, FlowRecord, FlowTable, InsertError, TcpState},
-    packet::{L4Frame, MacPair},
+    flow::{FlowHash, FlowKey, FlowRecord, FlowTable, InsertError, TcpState},
+    packet::{peek_endpoints, L4Frame, MacPair},
+    spsc::Producer,
     stats::{WorkerDrop, WorkerStats},
     sys::EventFd,
 };
@@ -193,6 +193,111 @@ impl Dataplane {
     }
 }
 
+/// How many frames ahead of the one being handled a batch prefetches: far enough
+/// for a cache miss to be served meanwhile, few enough that the lines are not
+/// evicted again before use and the CPU's miss buffers are not overrun.
+pub const PREFETCH_AHEAD: usize = 8;
+
+/// Hands each of `items` to `handle` in order, after `prefetch` has seen the item
+/// [`PREFETCH_AHEAD`] places later: the memory one packet needs is loaded while
+/// the packets before it are handled. What `prefetch` learns about an item comes
+/// back with it to `handle`. Both are given `handler` rather than capturing it, so
+/// that neither needs the other's borrow.
+#[inline(always)]
+pub fn pipelined<T, F: FrameHandler>(
+    items: &mut [T],
+    handler: &mut F,
+    prefetch: impl Fn(&F, &T) -> F::Hint,
+    mut handle: impl FnMut(&mut F, &mut T, F::Hint),
+) {
+    const RING: usize = (PREFETCH_AHEAD + 1).next_power_of_two();
+    let mut hints = [F::Hint::default(); RING];
+    for (i, item) in items.iter().take(PREFETCH_AHEAD).enumerate() {
+        hints[i] = prefetch(handler, item);
+    }
+    for i in 0..items.len() {
+        let hint = hints[i % RING];
+        if let Some(ahead) = items.get(i + PREFETCH_AHEAD) {
+            hints[(i + PREFETCH_AHEAD) % RING] = prefetch(handler, ahead);
+        }
+        handle(handler, &mut items[i], hint);
+    }
+}
+
+/// What a worker does with each frame of one direction of a batch.
+pub trait FrameHandler {
+    /// What [`prefetch`](Self::prefetch) learns that [`handle`](Self::handle)
+    /// can reuse.
+    type Hint: Copy + Default;
+    /// Starts loading the memory that handling `frame` will touch.
+    fn prefetch(&self, frame: &[u8]) -> Self::Hint;
+    /// Rewrites `frame` in place; false if it is to be dropped.
+    fn handle(&mut self, frame: &mut [u8], hint: Self::Hint) -> bool;
+}
+
+/// A frame's flow key as peeked before parsing, and the key's hash in the
+/// worker's table: the hash is computed once per packet.
+#[derive(Clone, Copy, Debug)]
+pub struct FlowHint {
+    key: FlowKey,
+    hash: FlowHash,
+}
+
+/// Client-to-daemon frames: [`forward`] with what it needs.
+pub struct Forwarder<'a> {
+    pub table: &'a mut FlowTable,
+    pub plane: &'a mut Dataplane,
+    pub events: &'a mut EventSink,
+    pub stats: &'a WorkerStats,
+    pub now_ns: u64,
+}
+
+impl FrameHandler for Forwarder<'_> {
+    type Hint = Option<FlowHint>;
+
+    #[inline(always)]
+    fn prefetch(&self, frame: &[u8]) -> Option<FlowHint> {
+        let (client, service, protocol) = peek_endpoints(frame)?;
+        let key = FlowKey::new(client, service, protocol);
+        let hash = self.table.hash(&key);
+        self.table.prefetch(hash);
+        Some(FlowHint { key, hash })
+    }
+
+    #[inline(always)]
+    fn handle(&mut self, frame: &mut [u8], hint: Option<FlowHint>) -> bool {
+        forward_hinted(
+            frame,
+            self.table,
+            self.plane,
+            self.events,
+            self.stats,
+            self.now_ns,
+            hint,
+        )
+    }
+}
+
+/// Daemon-to-client frames: [`reverse`] with what it needs. Its lookup is in a
+/// map of a few daemons, which stays in cache: nothing to prefetch.
+pub struct Reverser<'a> {
+    pub plane: &'a Dataplane,
+    pub events: &'a mut EventSink,
+    pub stats: &'a WorkerStats,
+}
+
+impl FrameHandler for Reverser<'_> {
+    type Hint = ();
+
+    #[inline(always)]
+    fn prefetch(&self, _frame: &[u8]) {}
+
+    #[inline(always)]
+    fn handle(&mut self, frame: &mut [u8], _hint: ()) -> bool {
+        reverse(frame, self.plane, self.events, self.stats)
+    }
+}
+
 /// Parses a frame, counting the reason when it cannot be rewritten correctly.
 #[inline]
 fn parse_counted<'a>(frame: &'a mut [u8], stats: &WorkerStats) -> Option<L4Frame<'a>> {
@@ -218,13 +323,31 @@ pub fn forward(
     stats: &WorkerStats,
     now_ns: u64,
 ) -> bool {
+    forward_hinted(frame, table, plane, events, stats, now_ns, None)
+}
+
+/// [`forward`], reusing the hash of a prefetch when it was of the same key.
+#[inline(always)]
+fn forward_hinted(
+    frame: &mut [u8],
+    table: &mut FlowTable,
+    plane: &mut Dataplane,
+    events: &mut EventSink,
+    stats: &WorkerStats,
+    now_ns: u64,
+    hint: Option<FlowHint>,
+) -> bool {
     let Some(mut pkt) = parse_counted(frame, stats) else {
         return false;
     };
     let key = FlowKey::new(pkt.src(), pkt.dst(), pkt.protocol().number());
+    let hash = match hint {
+        Some(hint) if hint.key == key => hint.hash,
+        _ => table.hash(&key),
+    };
     let flags = pkt.tcp_flags();
     let opens_connection = flags.syn() && !flags.ack();
-    let (daemon, backend, opened) = match table.get_mut(&key) {
+    let (daemon, backend, opened) = match table.get_mut_hashed(&key, hash) {
         Some(record) => {
             record.last_seen_ns = now_ns;
             let before = record.state;
@@ -281,7 +404,9 @@ pub fn forward(
             };
             // `Exists` cannot happen right after a miss with this worker the only
             // writer; either way the connection is refused rather than mis-counted.
-            if let Err(InsertError::Full { .. } | InsertError::Exists) = table.insert(record) {
+            if let Err(InsertError::Full { .. } | InsertError::Exists) =
+                table.insert_hashed(record, hash)
+            {
                 return drop_with(stats, WorkerDrop::TableFull);
             }
             slot.pool.connection_opened(local);
@@ -400,51 +525,59 @@ impl Wake {
         }
     }
 
-    /// Called by the loop before it drains the queues and goes to sleep; SeqCst
-    /// pairs with the workers' swap so an event sent after the drain is never
-    /// left without a wake-up.
+    /// Called by the loop before it drains the queues and goes to sleep. The
+    /// fence orders this store before the drain's loads, and pairs with the fence
+    /// in `notify`: either the drain sees a worker's published events, or that
+    /// worker's swap sees the flag armed. An event is never left without a wake-up.
     pub fn arm(&self) {
         self.armed.store(true, SeqCst);
+        fence(SeqCst);
     }
 
+    /// Called by a worker after it published events.
     fn notify(&self) {
+        fence(SeqCst);
         if self.armed.swap(false, SeqCst) {
             self.eventfd.notify();
         }
     }
 }
 
+/// Events a worker may queue before it counts them as dropped; a burst of new
+/// connections in one loop round must fit.
+pub const EVENT_QUEUE: usize = 65_536;
+
 /// A worker's side of its bounded event queue to the management loop.
 pub struct EventSink {
-    tx: SyncSender<Event>,
+    queue: Producer<Event>,
     wake: Arc<Wake>,
     sent: bool,
 }
 
 impl EventSink {
-    pub fn new(tx: SyncSender<Event>, wake: Arc<Wake>) -> Self {
+    pub fn new(queue: Producer<Event>, wake: Arc<Wake>) -> Self {
         Self {
-            tx,
+            queue,
             wake,
             sent: false,
         }
     }
 
-    /// Never blocks: a full queue costs the event, which is counted.
+    /// Never blocks: a full queue costs the event, which is counted. The loop
+    /// sees the event after the next [`flush`](Self::flush).
     #[inline]
     pub fn emit(&mut self, event: Event, stats: &WorkerStats) {
-        match self.tx.try_send(event) {
+        match self.queue.try_push(event) {
             Ok(()) => self.sent = true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                stats.events_dropped.add(1)
-            }
+            Err(_) => stats.events_dropped.add(1),
         }
     }
 
-    /// Once per batch: wake the loop if this batch sent anything.
+    /// Once per batch: publish this batch's events and wake the loop for them.
     #[inline]
     pub fn flush(&mut self) {
         if std::mem::take(&mut self.sent) {
+            self.queue.publish();
             self.wake.notify();
         }
     }
@@ -452,7 +585,7 @@ impl EventSink {
 
 #[cfg(test)]
 mod tests {
-    use std::{net::Ipv4Addr, sync::mpsc::sync_channel};
+    use std::net::Ipv4Addr;
 
     use etherparse::PacketBuilder;
 
@@ -492,10 +625,11 @@ mod tests {
         let mut plane = Dataplane::build(0, &services, hops, [8; 6]).unwrap();
         let mut table = FlowTable::with_capacity(4);
         let stats = WorkerStats::default();
-        let (tx, rx) = sync_channel(16);
+        let (tx, mut rx) = crate::spsc::channel(16);
         let mut sink = EventSink::new(tx, Arc::new(Wake::new(EventFd::new().unwrap())));
         let key = FlowKey::new(CLIENT, VIP, 6);
-        let opened = |rx: &std::sync::mpsc::Receiver<Event>| {
+        let opened = |sink: &mut EventSink, rx: &mut crate::spsc::Consumer<Event>| {
+            sink.flush();
             rx.try_iter()
                 .filter(|e| matches!(e, Event::Opened { key: k, .. } if *k == key))
                 .count()
@@ -511,7 +645,7 @@ mod tests {
                 1
             ));
         }
-        assert_eq!(opened(&rx), 1);
+        assert_eq!(opened(&mut sink, &mut rx), 1);
         assert!(table
             .get(&key)
             .unwrap()
@@ -527,7 +661,11 @@ mod tests {
             &stats,
             2
         ));
-        assert_eq!(opened(&rx), 1, "the loop hears of the new connection");
+        assert_eq!(
+            opened(&mut sink, &mut rx),
+            1,
+            "the loop hears of the new connection"
+        );
         let record = table.get(&key).unwrap();
         assert_eq!(record.state, TcpState::SYN_SEEN);
         assert_eq!((record.daemon, record.created_ns), (daemon, 2));
@@ -540,6 +678,6 @@ mod tests {
             &stats,
             3
         ));
-        assert_eq!(opened(&rx), 0);
+        assert_eq!(opened(&mut sink, &mut rx), 0);
     }
 }

@@ -13,6 +13,8 @@ pub mod dataplane;
 pub mod flow;
 pub mod neigh;
 pub mod packet;
+pub mod prefetch;
+pub mod spsc;
 pub mod stats;
 pub mod sys;
 pub mod worker;

@@ -1,7 +1,37 @@
-//! Small libc wrappers for process set-up: interface addresses and signals.
-#![allow(unsafe_code)] // getifaddrs and signal masks; each block says why it is sound
+//! Small libc wrappers for process set-up: interface addresses, signals, memory advice.
+#![allow(unsafe_code)] // getifaddrs, signal masks, madvise; each block says why it is sound
 
-use std::{ffi::CStr, io, net::Ipv4Addr, time::Duration};
+use std::{ffi::CStr, io, mem::MaybeUninit, net::Ipv4Addr, time::Duration};
+
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Asks the kernel to back the 2 MiB-aligned part of `memory` (not yet touched, so
+/// no page is mapped) with transparent huge pages. Tables indexed by a hash touch
+/// pages at random: with 4 KiB pages almost every lookup in a large table also
+/// misses the TLB. Advice only: where THP is off the memory stays as it was, which
+/// is correct, just slower, so the result is not an error. Returns whether the
+/// kernel took the advice.
+pub fn advise_huge_pages<T>(memory: &mut [MaybeUninit<T>]) -> bool {
+    let start = memory.as_mut_ptr() as usize;
+    let end = start + std::mem::size_of_val(memory);
+    let aligned_start = start.next_multiple_of(HUGE_PAGE);
+    let aligned_end = end - end % HUGE_PAGE;
+    if aligned_end <= aligned_start {
+        return false;
+    }
+    // SAFETY: the range lies inside `memory`, which this call borrows exclusively,
+    // and is page-aligned. MADV_HUGEPAGE changes only which page size backs the
+    // range, never its contents or whether it is mapped, so no reference to this
+    // memory (ours or anyone's) is invalidated.
+    let rc = unsafe {
+        libc::madvise(
+            aligned_start as *mut libc::c_void,
+            aligned_end - aligned_start,
+            libc::MADV_HUGEPAGE,
+        )
+    };
+    rc == 0
+}
 
 /// This host's IPv4 addresses on `device`.
 pub fn ipv4_addrs(device: &str) -> io::Result<Vec<Ipv4Addr>> {

@@ -21,7 +21,7 @@ use crate::{
     balance::BackendState,
     config::PollMode,
     control::conntrack::{Command as FlowCommand, Event},
-    dataplane::{forward, reverse, Dataplane, EventSink},
+    dataplane::{pipelined, Dataplane, EventSink, Forwarder, FrameHandler, Reverser},
     flow::FlowTable,
     stats::{now_ns, Counter, WorkerDrop, WorkerStats},
     xsk::{poll_readable, QueueSockets},
@@ -137,7 +137,14 @@ pub fn run(setup: WorkerSetup) {
             &stats,
             &stats.tx_back,
             &mut busy_ns,
-            |frame| bare || forward(frame, &mut table, &mut plane, &mut events, &stats, now_ns),
+            bare,
+            &mut Forwarder {
+                table: &mut table,
+                plane: &mut plane,
+                events: &mut events,
+                stats: &stats,
+                now_ns,
+            },
         );
         let mut rev = Rings {
             umem: &umem,
@@ -150,7 +157,12 @@ pub fn run(setup: WorkerSetup) {
             &stats,
             &stats.tx_front,
             &mut busy_ns,
-            |frame| bare || reverse(frame, &plane, &mut events, &stats),
+            bare,
+            &mut Reverser {
+                plane: &plane,
+                events: &mut events,
+                stats: &stats,
+            },
         );
         events.flush();
         stats.rx_front.add(n_fwd as u64);
@@ -291,7 +303,8 @@ fn pump(
     stats: &WorkerStats,
     tx_counter: &Counter,
     busy_ns: &mut u64,
-    mut handle: impl FnMut(&mut [u8]) -> bool,
+    bare: bool,
+    handler: &mut impl FrameHandler,
 ) -> usize {
     // SAFETY: the descriptors belong to this queue's UMEM.
     let received = unsafe { rings.rx.consume(&mut b.rx) };
@@ -300,17 +313,24 @@ fn pump(
     }
     let start = Instant::now();
     b.tx.clear();
-    for desc in &mut b.rx[..received] {
-        // SAFETY: the frame was just consumed from the RX ring, so the kernel is
-        // done with it, and no other reference to it exists until it is handed
-        // to a ring again below.
-        let mut data = unsafe { rings.umem.data_mut(desc) };
-        if handle(data.contents_mut()) {
-            b.tx.push(*desc);
-        } else {
-            b.free.push(*desc);
-        }
-    }
+    let umem = rings.umem;
+    pipelined(
+        &mut b.rx[..received],
+        handler,
+        // SAFETY: as below; this shared view ends before the frame is handled.
+        |h, desc| h.prefetch(unsafe { umem.data(desc) }.contents()),
+        |h, desc, hint| {
+            // SAFETY: the frame was just consumed from the RX ring, so the kernel
+            // is done with it, and no other reference to it exists until it is
+            // handed to a ring again below.
+            let mut data = unsafe { umem.data_mut(desc) };
+            if bare || h.handle(data.contents_mut(), hint) {
+                b.tx.push(*desc);
+            } else {
+                b.free.push(*desc);
+            }
+        },
+    );
     if b.tx.is_empty() {
         *busy_ns += start.elapsed().as_nanos() as u64;
         return received;

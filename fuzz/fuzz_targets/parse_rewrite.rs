@@ -5,7 +5,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
-    sync::{mpsc::sync_channel, Arc},
+    sync::Arc,
 };
 
 use dispatchd::{
@@ -96,7 +96,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut plane) = plane else { return };
     let mut table = FlowTable::with_capacity(2);
     let stats = WorkerStats::default();
-    let (tx, _rx) = sync_channel(64);
+    let (tx, _rx) = dispatchd::spsc::channel(64);
     let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
     let mut sink = EventSink::new(tx, wake);
     let mut copy = frame.to_vec();

@@ -17,7 +17,7 @@ use std::{
         unix::{fs::PermissionsExt, net::UnixListener},
     },
     sync::{
-        mpsc::{Receiver, SyncSender, TrySendError},
+        mpsc::{SyncSender, TrySendError},
         Arc,
     },
     time::Duration,
@@ -37,6 +37,7 @@ use crate::{
     config::{Config, OnFailure},
     dataplane::{Dataplane, NextHop, Wake},
     neigh::Resolver,
+    spsc::Consumer,
     stats::{now_ns, WorkerStats},
     sys::{Signal, SignalFd, SIGINFO_LEN},
     worker::Command,
@@ -51,7 +52,7 @@ const RING_ENTRIES: u32 = 256;
 
 /// A worker as the loop sees it.
 pub struct WorkerLink {
-    pub events: Receiver<Event>,
+    pub events: Consumer<Event>,
     pub commands: SyncSender<Command>,
     pub stats: Arc<WorkerStats>,
 }
@@ -525,7 +526,7 @@ impl<'a> Manager<'a> {
     fn drain_events(&mut self) {
         let now = now_ns();
         for w in 0..self.workers.len() {
-            while let Ok(event) = self.workers[w].events.try_recv() {
+            while let Some(event) = self.workers[w].events.try_pop() {
                 self.tracker.on_event(event, now, &mut self.commands);
             }
         }

@@ -5,7 +5,9 @@ mod state;
 mod table;
 
 pub use state::{tcp_flags, TcpState};
-pub use table::{FlowRecord, FlowTable, InsertError, MAX_CAPACITY, RECORD_BYTES, SLOT_BYTES};
+pub use table::{
+    FlowHash, FlowRecord, FlowTable, InsertError, MAX_CAPACITY, RECORD_BYTES, SLOT_BYTES,
+};
 
 /// The client side 5-tuple of a connection as it arrives at the front: the key of
 /// the per-queue table and the input of the consistent-hash policy.

@@ -25,6 +25,7 @@
 use std::{fmt, mem::size_of, net::Ipv4Addr, net::SocketAddrV4};
 
 use super::{FlowKey, TcpState};
+use crate::prefetch::prefetch;
 
 /// One connection: where its packets go and what has been seen of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +73,22 @@ const VACANT: FlowRecord = FlowRecord {
     state: TcpState(0),
 };
 
+/// `len` copies of `value`, written now: new flows then pay no page fault on the
+/// hot path, and the table's memory is resident from the start. Huge pages are
+/// asked for before the first write, so that writing maps them (see
+/// [`advise_huge_pages`](crate::sys::advise_huge_pages)).
+fn resident_slice<T: Copy>(len: usize, value: T) -> Box<[T]> {
+    let mut v = Vec::with_capacity(len);
+    crate::sys::advise_huge_pages(v.spare_capacity_mut());
+    v.resize(len, value);
+    v.into_boxed_slice()
+}
+
+/// A key's hash in one particular table (tables hash with their own random
+/// state): computed once per packet, used for the prefetch and the lookup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowHash(u32);
+
 /// Fixed-capacity hash table of [`FlowRecord`]s keyed by [`FlowKey`], for one
 /// writer (one queue's worker). See the module docs for layout and memory.
 ///
@@ -111,17 +128,11 @@ impl FlowTable {
             "flow table capacity {capacity} exceeds {MAX_CAPACITY}"
         );
         let slots = Self::slots_for(capacity);
-        let mut tags = vec![EMPTY_TAG; slots];
-        let mut records = vec![VACANT; slots];
-        // Zeroed allocations are mapped lazily: write them now, so new flows do
-        // not pay a page fault each on the hot path and the table's memory is all
-        // resident from the start. black_box keeps the compiler from proving the
-        // memory already zero and dropping the writes.
-        std::hint::black_box(&mut tags[..]).fill(EMPTY_TAG);
-        std::hint::black_box(&mut records[..]).fill(VACANT);
+        let tags = resident_slice(slots, EMPTY_TAG);
+        let records = resident_slice(slots, VACANT);
         Self {
-            tags: tags.into_boxed_slice(),
-            records: records.into_boxed_slice(),
+            tags,
+            records,
             mask: slots - 1,
             len: 0,
             capacity,
@@ -177,19 +188,16 @@ impl FlowTable {
         self.slots() * SLOT_BYTES
     }
 
+    /// `key`'s hash in this table, for the `*_hashed` methods.
     #[inline(always)]
-    fn tag(&self, key: &FlowKey) -> u32 {
+    pub fn hash(&self, key: &FlowKey) -> FlowHash {
         let t = (self.hasher.hash_one(key.packed()) >> 32) as u32 & self.tag_mask;
-        if t == EMPTY_TAG {
-            1
-        } else {
-            t
-        }
+        FlowHash(if t == EMPTY_TAG { 1 } else { t })
     }
 
     /// `Ok(slot)` holding `key`, or `Err(slot)`: the empty slot ending its probe run.
     #[inline(always)]
-    fn find(&self, key: &FlowKey, tag: u32) -> Result<usize, usize> {
+    fn find(&self, key: &FlowKey, FlowHash(tag): FlowHash) -> Result<usize, usize> {
         let mut i = tag as usize & self.mask;
         loop {
             let t = self.tags[i];
@@ -203,29 +211,56 @@ impl FlowTable {
         }
     }
 
+    /// Starts loading the lines a lookup or insert of the key with `hash` touches
+    /// first (its home slot's tag and record), for a frame a few places ahead in a
+    /// batch.
+    #[inline(always)]
+    pub fn prefetch(&self, FlowHash(tag): FlowHash) {
+        let home = tag as usize & self.mask;
+        prefetch(&self.tags[home]);
+        prefetch(&self.records[home]);
+    }
+
     #[inline(always)]
     pub fn get(&self, key: &FlowKey) -> Option<&FlowRecord> {
-        let i = self.find(key, self.tag(key)).ok()?;
+        let i = self.find(key, self.hash(key)).ok()?;
         Some(&self.records[i])
     }
 
     #[inline(always)]
     pub fn get_mut(&mut self, key: &FlowKey) -> Option<&mut FlowRecord> {
-        let i = self.find(key, self.tag(key)).ok()?;
+        self.get_mut_hashed(key, self.hash(key))
+    }
+
+    /// [`get_mut`](Self::get_mut) for a key whose [`hash`](Self::hash) is known.
+    #[inline(always)]
+    pub fn get_mut_hashed(&mut self, key: &FlowKey, hash: FlowHash) -> Option<&mut FlowRecord> {
+        debug_assert_eq!(hash, self.hash(key));
+        let i = self.find(key, hash).ok()?;
         Some(&mut self.records[i])
     }
 
     /// Inserts a record for a key not yet present. On error the table is untouched:
     /// `Exists` if the key is present (checked first), `Full` if `len() == capacity()`.
     pub fn insert(&mut self, record: FlowRecord) -> Result<&mut FlowRecord, InsertError> {
-        let tag = self.tag(&record.key);
-        match self.find(&record.key, tag) {
+        self.insert_hashed(record, self.hash(&record.key))
+    }
+
+    /// [`insert`](Self::insert) for a record whose key's [`hash`](Self::hash) is known.
+    #[inline]
+    pub fn insert_hashed(
+        &mut self,
+        record: FlowRecord,
+        hash: FlowHash,
+    ) -> Result<&mut FlowRecord, InsertError> {
+        debug_assert_eq!(hash, self.hash(&record.key));
+        match self.find(&record.key, hash) {
             Ok(_) => Err(InsertError::Exists),
             Err(_) if self.len >= self.capacity => Err(InsertError::Full {
                 capacity: self.capacity,
             }),
             Err(i) => {
-                self.tags[i] = tag;
+                self.tags[i] = hash.0;
                 self.records[i] = record;
                 self.len += 1;
                 Ok(&mut self.records[i])
@@ -234,7 +269,7 @@ impl FlowTable {
     }
 
     pub fn remove(&mut self, key: &FlowKey) -> Option<FlowRecord> {
-        let i = self.find(key, self.tag(key)).ok()?;
+        let i = self.find(key, self.hash(key)).ok()?;
         Some(self.remove_at(i))
     }
 

@@ -232,6 +232,22 @@ const IP_OFFSET: usize = ethernet::HEADER_LEN;
 /// Offset of the L4 header in the frame (IHL is always 5 once validated).
 const L4_OFFSET: usize = IP_OFFSET + ipv4::HEADER_LEN;
 
+/// The (source, destination, IP protocol) a frame would have if it were a valid
+/// option-less IPv4 TCP/UDP frame, read without validating anything. A hint for
+/// prefetching only; [`L4Frame::parse`] decides what a frame is.
+#[inline(always)]
+pub fn peek_endpoints(buf: &[u8]) -> Option<(SocketAddrV4, SocketAddrV4, u8)> {
+    let h: &[u8; L4_OFFSET + 4] = buf.get(..L4_OFFSET + 4)?.try_into().ok()?;
+    let addr = |at: usize| Ipv4Addr::new(h[at], h[at + 1], h[at + 2], h[at + 3]);
+    let port = |at: usize| u16::from_be_bytes([h[at], h[at + 1]]);
+    let ip = IP_OFFSET;
+    Some((
+        SocketAddrV4::new(addr(ip + ipv4::field::SRC_ADDR.start), port(L4_OFFSET)),
+        SocketAddrV4::new(addr(ip + ipv4::field::DST_ADDR.start), port(L4_OFFSET + 2)),
+        h[ip + ipv4::field::PROTOCOL],
+    ))
+}
+
 /// Which endpoint a rewrite changes.
 #[derive(Clone, Copy)]
 enum Side {
