@@ -93,12 +93,14 @@ pub fn l4_checksum_ipv4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, segment: &[u
 }
 
 /// RFC 1624 incremental checksum update accumulating several replaced words before a
-/// single complement. No allocation, no panics: the accumulator is folded after every
-/// step, so it stays below `0x2_0002` and can never overflow.
+/// single complement. The words are summed without folding, and folded once at the
+/// end: the same one's complement result, with a dependency chain of a few adds
+/// instead of a fold per word. No allocation, no panics: each replaced word adds
+/// less than 2^17 to a `u64`, which no caller can repeat 2^47 times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use = "call finish() to obtain the updated checksum"]
 pub struct Incremental {
-    acc: u32,
+    acc: u64,
 }
 
 impl Incremental {
@@ -106,22 +108,16 @@ impl Incremental {
     #[inline(always)]
     pub fn new(old_checksum: u16) -> Self {
         Self {
-            acc: u32::from(!old_checksum),
+            acc: u64::from(!old_checksum),
         }
-    }
-
-    #[inline(always)]
-    fn add(mut self, v: u32) -> Self {
-        // acc <= 0x1_0002 and v <= 0x1_FFFE before the add: no overflow.
-        self.acc += v;
-        self.acc = (self.acc & 0xFFFF) + (self.acc >> 16);
-        self
     }
 
     /// Accounts for one 16-bit word changing from `old` to `new` (`+ ~m + m'`).
     #[inline(always)]
     pub fn replace16(self, old: u16, new: u16) -> Self {
-        self.add(u32::from(!old) + u32::from(new))
+        Self {
+            acc: self.acc + u64::from(!old) + u64::from(new),
+        }
     }
 
     /// Accounts for a 32-bit field (two 16-bit words) changing from `old` to `new`.
@@ -135,10 +131,7 @@ impl Incremental {
     /// module docs): never `0xFFFF`.
     #[inline(always)]
     pub fn finish(self) -> u16 {
-        // acc <= 0x1_0002 here; fold once more to 16 bits.
-        let folded = (self.acc & 0xFFFF) + (self.acc >> 16);
-        let folded = ((folded & 0xFFFF) + (folded >> 16)) as u16;
-        match !folded {
+        match !fold(self.acc) {
             0xFFFF => 0x0000,
             c => c,
         }
