@@ -609,6 +609,124 @@ mod tests {
         f
     }
 
+    fn segment_from(client: SocketAddrV4, flags: u8) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(client.ip().octets(), VIP.ip().octets(), 64)
+            .tcp(client.port(), VIP.port(), 1, 64000);
+        let b = if flags == 0x02 { b.syn() } else { b.ack(1) };
+        let mut f = Vec::new();
+        b.write(&mut f, &[]).unwrap();
+        f
+    }
+
+    /// Records what `pipelined` asks of it; each frame's first byte names it.
+    #[derive(Default)]
+    struct Recorder {
+        prefetched: std::cell::RefCell<Vec<u8>>,
+        handled: Vec<(u8, u8, usize)>,
+    }
+
+    impl FrameHandler for Recorder {
+        type Hint = u8;
+
+        fn prefetch(&self, frame: &[u8]) -> u8 {
+            self.prefetched.borrow_mut().push(frame[0]);
+            frame[0]
+        }
+
+        fn handle(&mut self, frame: &mut [u8], hint: u8) -> bool {
+            let prefetched_so_far = self.prefetched.borrow().len();
+            self.handled.push((frame[0], hint, prefetched_so_far));
+            true
+        }
+    }
+
+    #[test]
+    fn pipelined_prefetches_ahead_and_returns_each_hint_with_its_frame() {
+        for n in [
+            0,
+            1,
+            PREFETCH_AHEAD - 1,
+            PREFETCH_AHEAD,
+            PREFETCH_AHEAD + 1,
+            64,
+        ] {
+            let mut frames: Vec<Vec<u8>> = (0..n as u8).map(|i| vec![i]).collect();
+            let mut rec = Recorder::default();
+            pipelined(
+                &mut frames,
+                &mut rec,
+                |h, f| h.prefetch(f),
+                |h, f, hint| {
+                    h.handle(f, hint);
+                },
+            );
+            let ids: Vec<u8> = (0..n as u8).collect();
+            assert_eq!(
+                *rec.prefetched.borrow(),
+                ids,
+                "each prefetched once, in order"
+            );
+            for (i, &(frame, hint, prefetched)) in rec.handled.iter().enumerate() {
+                assert_eq!((frame, hint), (i as u8, i as u8), "n={n}");
+                assert_eq!(prefetched, n.min(i + PREFETCH_AHEAD + 1), "n={n} i={i}");
+            }
+            assert_eq!(rec.handled.len(), n);
+        }
+    }
+
+    #[test]
+    fn a_hint_for_another_flow_is_not_trusted() {
+        let daemons = [
+            SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080),
+            SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 12), 8080),
+        ];
+        let services = [ServiceConfig {
+            address: VIP,
+            policy: PolicyKind::RoundRobin,
+            backends: daemons
+                .iter()
+                .map(|&addr| BackendSpec { addr, weight: 1 })
+                .collect(),
+        }];
+        let hops: Arc<[NextHop]> = daemons.iter().map(|_| NextHop::default()).collect();
+        hops.iter().for_each(|h| h.set(Some([6; 6])));
+        let mut plane = Dataplane::build(0, &services, hops, [8; 6]).unwrap();
+        let mut table = FlowTable::with_capacity(16);
+        let stats = WorkerStats::default();
+        let (tx, _rx) = crate::spsc::channel(16);
+        let mut events = EventSink::new(tx, Arc::new(Wake::new(EventFd::new().unwrap())));
+        let mut fwd = Forwarder {
+            table: &mut table,
+            plane: &mut plane,
+            events: &mut events,
+            stats: &stats,
+            now_ns: 1,
+        };
+        let clients = [
+            CLIENT,
+            SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 3), 50000),
+        ];
+        for (client, daemon) in clients.iter().zip(daemons) {
+            let mut syn = segment_from(*client, 0x02);
+            assert!(fwd.handle(&mut syn, None));
+            assert_eq!(L4Frame::parse(&mut syn).unwrap().dst(), daemon);
+        }
+
+        let wrong = fwd.prefetch(&segment_from(clients[0], 0x10));
+        let right = fwd.prefetch(&segment_from(clients[1], 0x10));
+        assert!(wrong.is_some() && right.is_some());
+        for hint in [wrong, right, None] {
+            let mut ack = segment_from(clients[1], 0x10);
+            assert!(fwd.handle(&mut ack, hint));
+            assert_eq!(L4Frame::parse(&mut ack).unwrap().dst(), daemons[1]);
+        }
+        assert_eq!(stats.dropped_total() + stats.invalid_total(), 0);
+        // Something that is not a frame gives no hint, and is dropped when handled.
+        assert!(fwd.prefetch(&[0u8; 20]).is_none());
+        assert!(!fwd.handle(&mut [0u8; 20], None));
+    }
+
     #[test]
     fn a_syn_reusing_a_closing_connections_port_is_tracked_as_new() {
         let daemon = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080);

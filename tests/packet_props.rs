@@ -5,7 +5,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use dispatchd::packet::{DropReason, L4Frame, L4Proto, MacPair, TcpFlags};
+use dispatchd::packet::{peek_endpoints, DropReason, L4Frame, L4Proto, MacPair, TcpFlags};
 use etherparse::{
     Ipv4Header, LinkSlice, NetSlice, PacketBuilder, SlicedPacket, TcpHeader, TransportSlice,
 };
@@ -283,6 +283,8 @@ proptest! {
         prop_assert_eq!(fr.macs(), s.macs);
         prop_assert_eq!(fr.tcp_flags(), TcpFlags(if s.udp { 0 } else { s.flags }));
         prop_assert_eq!(fr.l4_payload(), &s.payload[..]);
+        let proto = fr.protocol().number();
+        prop_assert_eq!(peek_endpoints(&f), Some((s.src, s.dst, proto)));
     }
 
     #[test]
@@ -379,10 +381,18 @@ proptest! {
 
 /// After a successful parse, every accessor and rewrite must run without panicking,
 /// and the IPv4 header checksum (verified by parse) must still be right.
+/// The unvalidated peek used for prefetching must not panic on any bytes, and must
+/// agree with parse on every frame parse accepts (its hash is reused for the lookup).
 fn exercise(bytes: &mut [u8], to: SocketAddrV4, m: &MacPair, op: Op) {
+    let peeked = peek_endpoints(bytes);
     let Ok(mut fr) = L4Frame::parse(bytes) else {
         return;
     };
+    assert_eq!(
+        peeked,
+        Some((fr.src(), fr.dst(), fr.protocol().number())),
+        "peek and parse disagree"
+    );
     let _ = (
         fr.src(),
         fr.dst(),
