@@ -317,8 +317,15 @@ fn pump(
     pipelined(
         &mut b.rx[..received],
         handler,
-        // SAFETY: as below; this shared view ends before the frame is handled.
-        |h, desc| h.prefetch(unsafe { umem.data(desc) }.contents()),
+        |h, desc| {
+            if bare {
+                return Default::default();
+            }
+            // SAFETY: the frame was consumed from the RX ring, so the kernel is
+            // done with it; the only mutable view of a frame lives inside the
+            // closure below, for the frame being handled, never this one.
+            h.prefetch(unsafe { umem.data(desc) }.contents())
+        },
         |h, desc, hint| {
             // SAFETY: the frame was just consumed from the RX ring, so the kernel
             // is done with it, and no other reference to it exists until it is
