@@ -11,7 +11,7 @@ use std::{
 use dispatchd::{
     balance::{BackendSpec, PolicyKind},
     config::ServiceConfig,
-    dataplane::{forward, reverse, Dataplane, EventSink, NextHop, Wake},
+    dataplane::{reverse, Dataplane, EventSink, Forwarder, FrameHandler, NextHop, Wake},
     flow::FlowTable,
     packet::{checksum, L4Frame, L4Proto, MacPair},
     stats::WorkerStats,
@@ -99,8 +99,17 @@ fuzz_target!(|data: &[u8]| {
     let (tx, _rx) = dispatchd::spsc::channel(64);
     let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
     let mut sink = EventSink::new(tx, wake);
+    // Forward as the worker's batch loop does: the prefetch's hint comes along.
+    let mut forwarder = Forwarder {
+        table: &mut table,
+        plane: &mut plane,
+        events: &mut sink,
+        stats: &stats,
+        now_ns: 1,
+    };
     let mut copy = frame.to_vec();
-    forward(&mut copy, &mut table, &mut plane, &mut sink, &stats, 1);
+    let hint = forwarder.prefetch(&copy);
+    forwarder.handle(&mut copy, hint);
     let mut copy = frame.to_vec();
     reverse(&mut copy, &plane, &mut sink, &stats);
 });
