@@ -136,6 +136,12 @@ impl<T: Copy> Consumer<T> {
         Some(value)
     }
 
+    /// Whether the producer no longer exists (its thread ended, by returning or
+    /// by a panic): nothing more will arrive.
+    pub fn producer_gone(&self) -> bool {
+        Arc::strong_count(&self.shared) == 1
+    }
+
     /// Takes every value published so far.
     pub fn try_iter(&mut self) -> impl Iterator<Item = T> + '_ {
         std::iter::from_fn(|| self.try_pop())
@@ -162,6 +168,19 @@ mod tests {
         tx.publish();
         assert_eq!(rx.try_iter().collect::<Vec<_>>(), [1, 2, 3, 4]);
         assert_eq!(rx.try_pop(), None);
+    }
+
+    #[test]
+    fn a_producer_that_died_is_noticed() {
+        let (tx, rx) = channel::<u8>(4);
+        assert!(!rx.producer_gone());
+        let died = std::thread::spawn(move || {
+            let _tx = tx;
+            panic!("worker bug");
+        })
+        .join();
+        assert!(died.is_err());
+        assert!(rx.producer_gone());
     }
 
     #[test]

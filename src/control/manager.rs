@@ -560,6 +560,13 @@ impl<'a> Manager<'a> {
 
     fn tick(&mut self) -> Result<()> {
         let now = now_ns();
+        // A worker only ends when told to stop, after this loop: one that ended
+        // on its own (a panic) leaves its queue's traffic unserved. Stopping the
+        // whole daemon detaches XDP, so the host gets its traffic back, and lets
+        // a supervisor restart dispatchd.
+        if let Some(w) = self.workers.iter().position(|w| w.events.producer_gone()) {
+            anyhow::bail!("worker {w} stopped unexpectedly; stopping dispatchd");
+        }
         self.drain_events();
         self.tracker.expire(now, &mut self.commands);
         self.send_commands();
