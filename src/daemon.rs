@@ -27,6 +27,8 @@ use crate::{
 
 /// Start-up's TCP attempt that makes the kernel resolve a daemon's next hop.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a worker may take to allocate and write its flow table.
+const WORKER_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Commands queued per worker; the loop keeps what does not fit for later.
 const COMMAND_QUEUE: usize = 4_096;
 
@@ -161,6 +163,7 @@ pub fn run_with(
     let stop = Arc::new(AtomicBool::new(false));
     let mut links = Vec::new();
     let mut setups = Vec::new();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     for ((q, sockets), core) in queues.into_iter().enumerate().zip(worker_cores(&config)) {
         let stats = Arc::new(WorkerStats::default());
         let (event_tx, event_rx) = crate::spsc::channel(crate::dataplane::EVENT_QUEUE);
@@ -183,8 +186,10 @@ pub fn run_with(
             events: EventSink::new(event_tx, wake.clone()),
             commands: command_rx,
             bare,
+            ready: ready_tx.clone(),
         });
     }
+    drop(ready_tx);
     let socket_path = config.control.control_socket.clone();
     let listening = format!(
         "dispatchd: control socket {}{}",
@@ -229,10 +234,22 @@ pub fn run_with(
         );
         handles.push(handle);
     }
-    println!("{listening}");
-    println!("dispatchd: running (poll {poll:?}); SIGTERM or SIGINT stops, SIGHUP reloads");
-
-    let outcome = manager.run();
+    // "running" means every worker is serving: each allocates its flow table
+    // (first-touched on its own core) before it starts.
+    let started = (0..handles.len()).try_for_each(|_| {
+        ready_rx
+            .recv_timeout(WORKER_START_TIMEOUT)
+            .map(drop)
+            .context("a worker did not start")
+    });
+    let outcome = match started {
+        Ok(()) => {
+            println!("{listening}");
+            println!("dispatchd: running (poll {poll:?}); SIGTERM or SIGINT stops, SIGHUP reloads");
+            manager.run()
+        }
+        Err(e) => Err(e),
+    };
     stop.store(true, Relaxed);
     for h in handles {
         let _ = h.join();

@@ -48,6 +48,8 @@ pub struct WorkerSetup {
     pub commands: Receiver<Command>,
     /// Benchmark only (`--bare-forwarder`): frames cross untouched, no parsing.
     pub bare: bool,
+    /// Told this worker's queue once it is about to serve (its table allocated).
+    pub ready: std::sync::mpsc::Sender<u32>,
 }
 
 /// What the management loop tells a worker.
@@ -94,6 +96,7 @@ pub fn run(setup: WorkerSetup) {
         mut events,
         commands,
         bare,
+        ready,
     } = setup;
     if let Some(id) = core {
         if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
@@ -107,13 +110,17 @@ pub fn run(setup: WorkerSetup) {
         mut back,
     } = sockets;
     let mut table = FlowTable::with_capacity(flow_capacity);
-    let template = frames[0];
     let mut b = Batches {
-        rx: vec![template; batch],
+        // Placeholders, overwritten by each consume before they are read.
+        rx: vec![FrameDesc::default(); batch],
         tx: Vec::with_capacity(batch),
         free: frames,
     };
     let mut idle_spins = 0u32;
+    // The daemon waits for this before it says it is running; frames that
+    // arrived meanwhile are waiting in the RX rings.
+    let _ = ready.send(queue);
+    drop(ready);
 
     while !stop.load(Relaxed) {
         let now_ns = now_ns();
@@ -257,18 +264,7 @@ fn recycle(rings: &mut crate::xsk::Rings, b: &mut Batches, stats: &WorkerStats) 
             break;
         }
     }
-    let room = rings.fill.nb_free(b.free.len() as u32) as usize;
-    let give = room.min(b.free.len());
-    if give > 0 {
-        let start = b.free.len() - give;
-        // SAFETY: the frames on the free list are owned by user space (not on any
-        // ring) and belong to this UMEM; after a successful produce they are
-        // dropped from the free list, so each frame is in one place only.
-        let produced = unsafe { rings.fill.produce(&b.free[start..]) };
-        if produced == give {
-            b.free.truncate(start);
-        }
-    }
+    rings.refill(&mut b.free);
     if rings.fill.needs_wakeup() {
         stats.wakeups.add(1);
         // A zero-timeout poll only nudges the driver; errors mean "try later".

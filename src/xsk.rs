@@ -33,10 +33,29 @@ impl Rings {
     pub fn fd(&self) -> RawFd {
         self.rx.fd().as_raw_fd()
     }
+
+    /// Hands frames from the end of `free` to the fill ring, as many as it has
+    /// room for; the ones handed over leave `free`.
+    pub fn refill(&mut self, free: &mut Vec<FrameDesc>) {
+        let room = self.fill.nb_free(free.len() as u32) as usize;
+        let give = room.min(free.len());
+        if give == 0 {
+            return;
+        }
+        let start = free.len() - give;
+        // SAFETY: the frames on the free list are owned by user space (not on any
+        // ring) and belong to this UMEM, the only one these rings were created
+        // with; a produce takes all of them or none, and after a successful one
+        // they are dropped from the free list, so each frame is in one place only.
+        let produced = unsafe { self.fill.produce(&free[start..]) };
+        if produced == give {
+            free.truncate(start);
+        }
+    }
 }
 
-/// Everything a worker needs for its queue: the UMEM, all its frames, and the
-/// front and back sockets bound to it.
+/// Everything a worker needs for its queue: the UMEM, its frames that are not on
+/// a fill ring yet, and the front and back sockets bound to it.
 pub struct QueueSockets {
     pub umem: Umem,
     pub frames: Vec<FrameDesc>,
@@ -115,8 +134,14 @@ pub fn open_queue(
             zerocopy,
         })
     };
-    let front_rings = open(front)?;
-    let back_rings = open(back)?;
+    let mut front_rings = open(front)?;
+    let mut back_rings = open(back)?;
+    // Filled now, before any steering points at these sockets: frames that
+    // arrive while the worker is still starting wait in the RX rings instead of
+    // being dropped for want of a frame.
+    let mut frames = frames;
+    front_rings.refill(&mut frames);
+    back_rings.refill(&mut frames);
     Ok(QueueSockets {
         umem,
         frames,

@@ -297,3 +297,52 @@ fn bad_start_up_input_is_one_line_and_leaves_nothing_attached() {
     assert_clean_failure(&topo, &out, "permission");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The client namespace's count of retransmitted SYNs (nstat's TcpExtTCPSynRetrans).
+fn client_syn_retransmits(topo: &Topology) -> u64 {
+    let out = topo.run(&topo.client(), "nstat", &["-az", "TcpExtTCPSynRetrans"]);
+    assert!(out.status.success(), "nstat failed:\n{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("TcpExtTCPSynRetrans"))
+                .then(|| words.next()?.parse().ok())
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("no TcpExtTCPSynRetrans in:\n{stdout}"))
+}
+
+/// "running" means serving: connections made the moment dispatchd says so lose no
+/// SYN. (A worker used to announce itself before it had allocated its table and
+/// filled its rings: the first SYNs were dropped and retried a second later.) A
+/// large table makes the start-up take long enough to show that.
+#[test]
+fn connections_right_after_start_lose_no_syn() {
+    let topo = Topology::up("st", 4, 1);
+    let _servers = topo.serve(4);
+    let mut flags = Topology::default_flags(4);
+    flags.extend(["--flow-capacity".into(), "4000000".into()]);
+    let before = client_syn_retransmits(&topo);
+    let mut lb = topo.dispatchd(&flags);
+    let out = topo.client_run(&[
+        "connect",
+        "--to",
+        VIP,
+        "--connections",
+        "64",
+        "--concurrency",
+        "16",
+    ]);
+    assert!(out.status.success(), "connections failed:\n{}", text(&out));
+    assert_eq!(
+        client_syn_retransmits(&topo) - before,
+        0,
+        "SYNs were lost at start-up:\n{}",
+        text(&out)
+    );
+    lb.signal("TERM");
+    assert!(lb.wait(Duration::from_secs(10)).success());
+    assert_eq!(worker_counter(&lb.output(), 0, "new_flows"), 64);
+}
