@@ -93,6 +93,17 @@ pub struct WorkerStats {
     /// Events the management loop never saw because the worker's queue was full.
     pub events_dropped: Counter,
     pub commands: Counter,
+    /// The kernel's AF_XDP socket statistics, front and back sockets summed,
+    /// refreshed about once a second. Frames the kernel steered to this queue but
+    /// dropped before the worker saw them are `xsk_rx_ring_full` (the RX ring was
+    /// full) plus `xsk_rx_dropped` (no frame to copy into, or another reason).
+    pub xsk_rx_ring_full: Counter,
+    pub xsk_rx_dropped: Counter,
+    /// Times the kernel found the fill ring empty (in copy mode each such frame is
+    /// also counted in `xsk_rx_dropped`).
+    pub xsk_fill_ring_empty: Counter,
+    /// Invalid descriptors, received and sent (a bug in frame accounting).
+    pub xsk_invalid_descs: Counter,
     pub invalid: [Counter; DropReason::COUNT],
     pub dropped: [Counter; WorkerDrop::COUNT],
     /// Per-packet processing time (ns), without the kernel's send in the TX kick.

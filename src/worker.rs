@@ -122,8 +122,14 @@ pub fn run(setup: WorkerSetup) {
     let _ = ready.send(queue);
     drop(ready);
 
+    let mut next_socket_stats_ns = 0;
+
     while !stop.load(Relaxed) {
         let now_ns = now_ns();
+        if now_ns >= next_socket_stats_ns {
+            next_socket_stats_ns = now_ns + SOCKET_STATS_INTERVAL_NS;
+            read_socket_stats(&front, &back, &stats);
+        }
         for command in commands.try_iter().take(COMMANDS_PER_ROUND) {
             stats.commands.add(1);
             apply(command, &mut table, &mut plane, &mut events, &stats);
@@ -245,6 +251,22 @@ fn apply(
         }
     }
     events.flush();
+}
+
+/// How often a worker asks the kernel for its sockets' drop counters (a syscall
+/// per socket, so not per batch).
+const SOCKET_STATS_INTERVAL_NS: u64 = 1_000_000_000;
+
+fn read_socket_stats(front: &crate::xsk::Rings, back: &crate::xsk::Rings, stats: &WorkerStats) {
+    // An error (none is expected on a bound socket) keeps the last values.
+    let (Ok(f), Ok(b)) = (front.kernel_drops(), back.kernel_drops()) else {
+        return;
+    };
+    let sum = |i: usize| f[i] + b[i];
+    stats.xsk_rx_ring_full.set(sum(0));
+    stats.xsk_fill_ring_empty.set(sum(1));
+    stats.xsk_rx_dropped.set(sum(2));
+    stats.xsk_invalid_descs.set(sum(3));
 }
 
 fn sleep(front: &crate::xsk::Rings, back: &crate::xsk::Rings, stats: &WorkerStats) {

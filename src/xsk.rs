@@ -34,6 +34,18 @@ impl Rings {
         self.rx.fd().as_raw_fd()
     }
 
+    /// The kernel's counters for this socket, as (rx ring full, fill ring empty,
+    /// other rx drops, invalid descriptors rx + tx).
+    pub fn kernel_drops(&self) -> std::io::Result<[u64; 4]> {
+        let s = self.rx.fd().xdp_statistics()?;
+        Ok([
+            s.rx_ring_full(),
+            s.rx_fill_ring_empty_descs(),
+            s.rx_dropped(),
+            s.rx_invalid_descs() + s.tx_invalid_descs(),
+        ])
+    }
+
     /// Hands frames from the end of `free` to the fill ring, as many as it has
     /// room for; the ones handed over leave `free`.
     pub fn refill(&mut self, free: &mut Vec<FrameDesc>) {

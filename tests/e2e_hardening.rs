@@ -369,3 +369,65 @@ fn the_running_daemon_holds_no_capabilities() {
     let out = topo.client_run(&["connect", "--to", VIP, "--connections", "50"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// Frames the kernel steered to a worker's sockets but dropped before the worker
+/// saw them (its rings full while it was stopped) are reported from the sockets'
+/// own statistics, and account exactly for what the XDP program steered and the
+/// worker never received. Normal traffic shows none. dispatchd itself survives
+/// being stopped and continued (its io_uring wait is interrupted).
+#[test]
+fn kernel_socket_drops_are_reported_and_account_for_every_steered_frame() {
+    let topo = Topology::up("xskd", 2, 1);
+    let _servers = topo.serve(2);
+    let mut lb = topo.dispatchd(&Topology::default_flags(2));
+    let out = topo.client_run(&["connect", "--to", VIP, "--connections", "50"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Dropped frames: RX ring full, or another drop (no fill frame, mostly).
+    let socket_drops =
+        |json: &str| counter(json, "xsk_rx_ring_full") + counter(json, "xsk_rx_dropped");
+    // The workers refresh these each second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let json = topo.ctl(&["stats", "--json"]);
+    assert_eq!(socket_drops(&json), 0, "normal traffic: {json}");
+    assert_eq!(counter(&json, "xsk_fill_ring_empty"), 0, "{json}");
+    assert_eq!(counter(&json, "xsk_invalid_descs"), 0, "{json}");
+
+    // A stopped worker cannot drain its rings (4096 frames each); the flood
+    // overflows them in the kernel.
+    let l0 = iface_mac(&topo, &topo.dispatcher(), "l0");
+    lb.signal("STOP");
+    let sent = inject(
+        &topo,
+        &topo.client(),
+        "c0",
+        &l0,
+        &[
+            "--src-ip",
+            "198.18.128.1",
+            "--to",
+            VIP,
+            "--kind",
+            "syn-flood",
+            "--count",
+            "20000",
+        ],
+    );
+    lb.signal("CONT");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (drops, missing, json) = loop {
+        std::thread::sleep(Duration::from_millis(500));
+        still_running(&mut lb);
+        let json = topo.ctl(&["stats", "--json"]);
+        let missing = counter(&json, "front_steered") - counter(&json, "rx_front");
+        let drops = socket_drops(&json);
+        if drops == missing || std::time::Instant::now() > deadline {
+            break (drops, missing, json);
+        }
+    };
+    println!("flood: {sent}kernel socket drops {drops}");
+    assert!(drops > 10_000, "the flood overflowed the rings: {json}");
+    assert!(counter(&json, "xsk_fill_ring_empty") > 0, "{json}");
+    assert_eq!(drops, missing, "steered but never received: {json}");
+    assert_eq!(counter(&json, "xsk_invalid_descs"), 0, "{json}");
+    still_running(&mut lb);
+}

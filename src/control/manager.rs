@@ -262,9 +262,13 @@ impl<'a> Manager<'a> {
         while !self.stop {
             self.wake.arm();
             self.drain_events();
-            self.ring
-                .submit_and_wait(1)
-                .context("waiting on the io_uring")?;
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                // A stop and continue (SIGSTOP/SIGCONT, a debugger attaching)
+                // interrupts the wait; nothing is lost, the loop just goes round.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).context("waiting on the io_uring"),
+            }
             let done: Vec<(u64, i32)> = self
                 .ring
                 .completion()

@@ -39,7 +39,7 @@ fn merged(
     h
 }
 
-fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); 14] {
+fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); 18] {
     [
         ("rx_front", s.rx_front.get()),
         ("rx_back", s.rx_back.get()),
@@ -58,6 +58,10 @@ fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); 14] {
         ("batches", s.batches.get()),
         ("wakeups", s.wakeups.get()),
         ("sleeps", s.sleeps.get()),
+        ("xsk_rx_ring_full", s.xsk_rx_ring_full.get()),
+        ("xsk_fill_ring_empty", s.xsk_fill_ring_empty.get()),
+        ("xsk_rx_dropped", s.xsk_rx_dropped.get()),
+        ("xsk_invalid_descs", s.xsk_invalid_descs.get()),
     ]
 }
 
@@ -234,6 +238,22 @@ pub fn prometheus(s: &StatsSnapshot<'_>) -> String {
         }
     }
     counter("dropped_packets_total", "Frames dropped, by reason.", rows);
+    let mut rows = Vec::new();
+    for (q, w) in s.workers.iter().enumerate() {
+        for (reason, c) in [
+            ("rx_ring_full", &w.xsk_rx_ring_full),
+            ("fill_ring_empty", &w.xsk_fill_ring_empty),
+            ("rx_dropped", &w.xsk_rx_dropped),
+            ("invalid_descs", &w.xsk_invalid_descs),
+        ] {
+            rows.push((format!("worker=\"{q}\",reason=\"{reason}\""), c.get()));
+        }
+    }
+    counter(
+        "xsk_kernel_drops_total",
+        "Frames the kernel's AF_XDP sockets dropped before a worker saw them (refreshed each second).",
+        rows,
+    );
     if let Some(c) = s.xdp {
         let rows = COUNTER_NAMES
             .iter()
