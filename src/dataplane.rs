@@ -266,7 +266,7 @@ impl FrameHandler for Forwarder<'_> {
 
     #[inline(always)]
     fn handle(&mut self, frame: &mut [u8], hint: Option<FlowHint>) -> bool {
-        forward_hinted(
+        forward(
             frame,
             self.table,
             self.plane,
@@ -313,22 +313,10 @@ fn drop_with(stats: &WorkerStats, why: WorkerDrop) -> bool {
 }
 
 /// Client to daemon: find or create the connection's record, rewrite the
-/// destination to its daemon.
-#[inline]
-pub fn forward(
-    frame: &mut [u8],
-    table: &mut FlowTable,
-    plane: &mut Dataplane,
-    events: &mut EventSink,
-    stats: &WorkerStats,
-    now_ns: u64,
-) -> bool {
-    forward_hinted(frame, table, plane, events, stats, now_ns, None)
-}
-
-/// [`forward`], reusing the hash of a prefetch when it was of the same key.
+/// destination to its daemon. A prefetch's `hint` saves hashing the key again
+/// when it was of the same key.
 #[inline(always)]
-fn forward_hinted(
+pub fn forward(
     frame: &mut [u8],
     table: &mut FlowTable,
     plane: &mut Dataplane,
@@ -760,7 +748,8 @@ mod tests {
                 &mut plane,
                 &mut sink,
                 &stats,
-                1
+                1,
+                None
             ));
         }
         assert_eq!(opened(&mut sink, &mut rx), 1);
@@ -777,7 +766,8 @@ mod tests {
             &mut plane,
             &mut sink,
             &stats,
-            2
+            2,
+            None
         ));
         assert_eq!(
             opened(&mut sink, &mut rx),
@@ -794,7 +784,8 @@ mod tests {
             &mut plane,
             &mut sink,
             &stats,
-            3
+            3,
+            None
         ));
         assert_eq!(opened(&mut sink, &mut rx), 0);
     }
