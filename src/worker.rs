@@ -216,9 +216,13 @@ fn apply(
     stats: &WorkerStats,
 ) {
     match command {
-        Command::Flow(FlowCommand::Remove { key, .. }) => {
-            if let Some(record) = table.remove(&key) {
-                plane.connection_closed(record.backend);
+        Command::Flow(FlowCommand::Remove { key, opened_ns, .. }) => {
+            // A record restarted by a reused port since the loop decided is a
+            // newer connection's.
+            if table.get(&key).is_some_and(|r| r.created_ns <= opened_ns) {
+                if let Some(record) = table.remove(&key) {
+                    plane.connection_closed(record.backend);
+                }
             }
         }
         Command::Flow(FlowCommand::RemoveIfIdle {
@@ -378,4 +382,91 @@ fn pump(
         kick(rings.tx, sent, stats);
     }
     received
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use etherparse::PacketBuilder;
+
+    use super::*;
+    use crate::{
+        balance::{BackendSpec, PolicyKind},
+        config::ServiceConfig,
+        dataplane::{forward, NextHop, Wake},
+        flow::FlowKey,
+        sys::EventFd,
+    };
+
+    const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80);
+    const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 40000);
+
+    fn segment(syn: bool) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(CLIENT.ip().octets(), VIP.ip().octets(), 64)
+            .tcp(CLIENT.port(), VIP.port(), 1, 64000);
+        let b = if syn { b.syn() } else { b.ack(1).fin() };
+        let mut f = Vec::new();
+        b.write(&mut f, &[]).unwrap();
+        f
+    }
+
+    /// The loop removes a closed connection's record when its linger ends; if the
+    /// client has reused the port meanwhile, the worker already restarted the
+    /// record for the new connection, whose `Opened` the loop may not have seen
+    /// yet. That record must survive the old connection's removal.
+    #[test]
+    fn a_remove_spares_a_record_restarted_by_a_reused_port() {
+        let services = [ServiceConfig {
+            address: VIP,
+            policy: PolicyKind::RoundRobin,
+            backends: vec![BackendSpec {
+                addr: SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080),
+                weight: 1,
+            }],
+        }];
+        let hops: Arc<[NextHop]> = vec![NextHop::default()].into();
+        hops[0].set(Some([6; 6]));
+        let mut plane = Dataplane::build(0, &services, hops, [8; 6]).unwrap();
+        let mut table = FlowTable::with_capacity(4);
+        let stats = WorkerStats::default();
+        let (tx, _rx) = crate::spsc::channel(16);
+        let mut events = EventSink::new(tx, Arc::new(Wake::new(EventFd::new().unwrap())));
+        let key = FlowKey::new(CLIENT, VIP, 6);
+        let mut send = |syn: bool, now_ns: u64, table: &mut FlowTable, plane: &mut Dataplane| {
+            let mut f = segment(syn);
+            assert!(forward(
+                &mut f,
+                table,
+                plane,
+                &mut events,
+                &stats,
+                now_ns,
+                None
+            ));
+        };
+        let mut loop_side = {
+            let (tx, _rx) = crate::spsc::channel(16);
+            EventSink::new(tx, Arc::new(Wake::new(EventFd::new().unwrap())))
+        };
+        let remove = |opened_ns: u64| {
+            Command::Flow(FlowCommand::Remove {
+                worker: 0,
+                key,
+                opened_ns,
+            })
+        };
+
+        // The first connection opens at 10 (the loop hears it at 20) and closes.
+        send(true, 10, &mut table, &mut plane);
+        send(false, 15, &mut table, &mut plane);
+        // The port is reused at 30: the record restarts for the new connection.
+        send(true, 30, &mut table, &mut plane);
+        apply(remove(20), &mut table, &mut plane, &mut loop_side, &stats);
+        assert_eq!(table.get(&key).map(|r| r.created_ns), Some(30), "kept");
+        // The new connection's own removal (the loop heard it open at 35) works.
+        apply(remove(35), &mut table, &mut plane, &mut loop_side, &stats);
+        assert!(table.get(&key).is_none());
+    }
 }

@@ -91,9 +91,13 @@ pub enum Event {
 /// What the management thread must tell a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
+    /// Remove the record of the connection the loop heard open at `opened_ns`.
+    /// A record created after that belongs to a newer connection that reused the
+    /// key (its `Opened` may still be on its way to the loop) and stays.
     Remove {
         worker: u16,
         key: FlowKey,
+        opened_ns: u64,
     },
     /// Remove the record if it has seen no packet since `idle_since_ns`; otherwise
     /// answer [`Event::Active`].
@@ -249,6 +253,7 @@ impl ConnTracker {
                         out.push(Command::Remove {
                             worker: old.info.worker,
                             key,
+                            opened_ns: old.info.opened_ns,
                         });
                     }
                 }
@@ -292,6 +297,7 @@ impl ConnTracker {
                     out.push(Command::Remove {
                         worker: c.info.worker,
                         key,
+                        opened_ns: c.info.opened_ns,
                     });
                 }
             }
@@ -328,7 +334,7 @@ impl ConnTracker {
             if c.gen != gen {
                 continue;
             }
-            let (worker, key) = (c.info.worker, c.info.key);
+            let (worker, key, opened_ns) = (c.info.worker, c.info.key, c.info.opened_ns);
             match c.info.phase {
                 Phase::Established | Phase::HalfClosed { .. } => {
                     out.push(Command::RemoveIfIdle {
@@ -341,7 +347,11 @@ impl ConnTracker {
                 }
                 Phase::SynSent | Phase::Closing | Phase::Reset => {
                     self.conns.remove(&packed);
-                    out.push(Command::Remove { worker, key });
+                    out.push(Command::Remove {
+                        worker,
+                        key,
+                        opened_ns,
+                    });
                 }
             }
         }
@@ -529,7 +539,8 @@ mod tests {
             exp(&mut t, 100 + 10 * S),
             [Command::Remove {
                 worker: 3,
-                key: key(1)
+                key: key(1),
+                opened_ns: 100
             }]
         );
         assert!(t.is_empty() && t.next_deadline().is_none());
@@ -551,14 +562,16 @@ mod tests {
             ev(&mut t, opened(4, 1, 2), 14 * S),
             [Command::Remove {
                 worker: 1,
-                key: key(1)
+                key: key(1),
+                opened_ns: 5 * S
             }]
         );
         assert_eq!(
             exp(&mut t, 24 * S),
             [Command::Remove {
                 worker: 4,
-                key: key(1)
+                key: key(1),
+                opened_ns: 14 * S
             }]
         );
     }
@@ -641,7 +654,8 @@ mod tests {
                 exp(&mut t, 22 * S),
                 [Command::Remove {
                     worker: 5,
-                    key: key(1)
+                    key: key(1),
+                    opened_ns: 0
                 }]
             );
             assert!(t.is_empty() && t.next_deadline().is_none());
@@ -698,7 +712,8 @@ mod tests {
                 ev(&mut t, rst, 2 * S),
                 [Command::Remove {
                     worker: 6,
-                    key: key(1)
+                    key: key(1),
+                    opened_ns: 0
                 }]
             );
             assert!(t.is_empty() && t.next_deadline().is_none());
@@ -754,7 +769,8 @@ mod tests {
             exp(&mut t, S),
             [Command::Remove {
                 worker: 0,
-                key: key(2)
+                key: key(2),
+                opened_ns: 0
             }]
         );
     }
@@ -886,6 +902,7 @@ mod tests {
             worker: u16,
             phase: Phase,
             deadline: u64,
+            opened: u64,
         }
 
         #[derive(Default)]
@@ -912,12 +929,14 @@ mod tests {
                             worker,
                             phase: Phase::SynSent,
                             deadline: now + nanos(t.syn),
+                            opened: now,
                         };
                         if let Some(old) = self.conns.insert(idx(&key), new) {
                             if old.worker != worker {
                                 out.push(Command::Remove {
                                     worker: old.worker,
                                     key,
+                                    opened_ns: old.opened,
                                 });
                             }
                         }
@@ -957,6 +976,7 @@ mod tests {
                             out.push(Command::Remove {
                                 worker: c.worker,
                                 key,
+                                opened_ns: c.opened,
                             });
                         }
                     }
@@ -995,6 +1015,7 @@ mod tests {
                             out.push(Command::Remove {
                                 worker: c.worker,
                                 key: key(i),
+                                opened_ns: c.opened,
                             });
                             false
                         }
@@ -1033,7 +1054,11 @@ mod tests {
 
         fn sorted(mut v: Vec<Command>) -> Vec<Command> {
             v.sort_by_key(|c| match *c {
-                Command::Remove { worker, key } => (0, worker, key.packed(), 0),
+                Command::Remove {
+                    worker,
+                    key,
+                    opened_ns,
+                } => (0, worker, key.packed(), opened_ns),
                 Command::RemoveIfIdle {
                     worker,
                     key,
@@ -1062,8 +1087,8 @@ mod tests {
         /// Every command names a key tracked before the step, with its owner.
         fn targets_tracked(cmds: &[Command], before: &HashMap<u32, MConn>) {
             for c in cmds {
-                let (Command::Remove { worker, key } | Command::RemoveIfIdle { worker, key, .. }) =
-                    *c;
+                let (Command::Remove { worker, key, .. }
+                | Command::RemoveIfIdle { worker, key, .. }) = *c;
                 let owner = before.get(&idx(&key)).map(|c| c.worker);
                 assert_eq!(owner, Some(worker), "command for a forgotten key: {c:?}");
             }
