@@ -528,9 +528,11 @@ impl<'a> Manager<'a> {
     }
 
     fn drain_events(&mut self) {
-        let now = now_ns();
         for w in 0..self.workers.len() {
             while let Some(event) = self.workers[w].events.try_pop() {
+                // Read after the event arrived, so a connection's opening time is
+                // never before its record's creation: removals compare the two.
+                let now = now_ns();
                 self.tracker.on_event(event, now, &mut self.commands);
             }
         }
