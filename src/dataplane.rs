@@ -571,6 +571,35 @@ impl EventSink {
     }
 }
 
+/// Fixtures shared by the dataplane's and the worker's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::balance::{BackendSpec, PolicyKind};
+
+    /// A round-robin service at `vip` over `daemons`, every next hop known.
+    pub fn plane(vip: SocketAddrV4, daemons: &[SocketAddrV4]) -> Dataplane {
+        let services = [ServiceConfig {
+            address: vip,
+            policy: PolicyKind::RoundRobin,
+            backends: daemons
+                .iter()
+                .map(|&addr| BackendSpec { addr, weight: 1 })
+                .collect(),
+        }];
+        let hops: Arc<[NextHop]> = daemons.iter().map(|_| NextHop::default()).collect();
+        hops.iter().for_each(|h| h.set(Some([6; 6])));
+        Dataplane::build(0, &services, hops, [8; 6]).expect("a valid service")
+    }
+
+    /// An event sink and the loop's end of its ring.
+    pub fn events() -> (EventSink, crate::spsc::Consumer<Event>) {
+        let (tx, rx) = crate::spsc::channel(16);
+        let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
+        (EventSink::new(tx, wake), rx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -578,7 +607,6 @@ mod tests {
     use etherparse::PacketBuilder;
 
     use super::*;
-    use crate::balance::{BackendSpec, PolicyKind};
 
     const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80);
     const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 40000);
@@ -669,21 +697,10 @@ mod tests {
             SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080),
             SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 12), 8080),
         ];
-        let services = [ServiceConfig {
-            address: VIP,
-            policy: PolicyKind::RoundRobin,
-            backends: daemons
-                .iter()
-                .map(|&addr| BackendSpec { addr, weight: 1 })
-                .collect(),
-        }];
-        let hops: Arc<[NextHop]> = daemons.iter().map(|_| NextHop::default()).collect();
-        hops.iter().for_each(|h| h.set(Some([6; 6])));
-        let mut plane = Dataplane::build(0, &services, hops, [8; 6]).unwrap();
+        let mut plane = testing::plane(VIP, &daemons);
         let mut table = FlowTable::with_capacity(16);
         let stats = WorkerStats::default();
-        let (tx, _rx) = crate::spsc::channel(16);
-        let mut events = EventSink::new(tx, Arc::new(Wake::new(EventFd::new().unwrap())));
+        let (mut events, _rx) = testing::events();
         let mut fwd = Forwarder {
             table: &mut table,
             plane: &mut plane,
@@ -718,21 +735,10 @@ mod tests {
     #[test]
     fn a_syn_reusing_a_closing_connections_port_is_tracked_as_new() {
         let daemon = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080);
-        let services = [ServiceConfig {
-            address: VIP,
-            policy: PolicyKind::RoundRobin,
-            backends: vec![BackendSpec {
-                addr: daemon,
-                weight: 1,
-            }],
-        }];
-        let hops: Arc<[NextHop]> = vec![NextHop::default()].into();
-        hops[0].set(Some([6; 6]));
-        let mut plane = Dataplane::build(0, &services, hops, [8; 6]).unwrap();
+        let mut plane = testing::plane(VIP, &[daemon]);
         let mut table = FlowTable::with_capacity(4);
         let stats = WorkerStats::default();
-        let (tx, mut rx) = crate::spsc::channel(16);
-        let mut sink = EventSink::new(tx, Arc::new(Wake::new(EventFd::new().unwrap())));
+        let (mut sink, mut rx) = testing::events();
         let key = FlowKey::new(CLIENT, VIP, 6);
         let opened = |sink: &mut EventSink, rx: &mut crate::spsc::Consumer<Event>| {
             sink.flush();

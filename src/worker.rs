@@ -392,11 +392,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        balance::{BackendSpec, PolicyKind},
-        config::ServiceConfig,
-        dataplane::{forward, NextHop, Wake},
+        dataplane::{forward, testing},
         flow::FlowKey,
-        sys::EventFd,
     };
 
     const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80);
@@ -418,21 +415,11 @@ mod tests {
     /// yet. That record must survive the old connection's removal.
     #[test]
     fn a_remove_spares_a_record_restarted_by_a_reused_port() {
-        let services = [ServiceConfig {
-            address: VIP,
-            policy: PolicyKind::RoundRobin,
-            backends: vec![BackendSpec {
-                addr: SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080),
-                weight: 1,
-            }],
-        }];
-        let hops: Arc<[NextHop]> = vec![NextHop::default()].into();
-        hops[0].set(Some([6; 6]));
-        let mut plane = Dataplane::build(0, &services, hops, [8; 6]).unwrap();
+        let daemon = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080);
+        let mut plane = testing::plane(VIP, &[daemon]);
         let mut table = FlowTable::with_capacity(4);
         let stats = WorkerStats::default();
-        let (tx, _rx) = crate::spsc::channel(16);
-        let mut events = EventSink::new(tx, Arc::new(Wake::new(EventFd::new().unwrap())));
+        let (mut events, _rx) = testing::events();
         let key = FlowKey::new(CLIENT, VIP, 6);
         let mut send = |syn: bool, now_ns: u64, table: &mut FlowTable, plane: &mut Dataplane| {
             let mut f = segment(syn);
@@ -446,10 +433,7 @@ mod tests {
                 None
             ));
         };
-        let mut loop_side = {
-            let (tx, _rx) = crate::spsc::channel(16);
-            EventSink::new(tx, Arc::new(Wake::new(EventFd::new().unwrap())))
-        };
+        let (mut loop_side, _rx2) = testing::events();
         let remove = |opened_ns: u64| {
             Command::Flow(FlowCommand::Remove {
                 worker: 0,
