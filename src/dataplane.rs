@@ -740,6 +740,18 @@ mod tests {
         let stats = WorkerStats::default();
         let (mut sink, mut rx) = testing::events();
         let key = FlowKey::new(CLIENT, VIP, 6);
+        let send =
+            |flags, now_ns, table: &mut FlowTable, plane: &mut Dataplane, sink: &mut EventSink| {
+                forward(
+                    &mut segment(flags),
+                    table,
+                    plane,
+                    sink,
+                    &stats,
+                    now_ns,
+                    None,
+                )
+            };
         let opened = |sink: &mut EventSink, rx: &mut crate::spsc::Consumer<Event>| {
             sink.flush();
             rx.try_iter()
@@ -748,15 +760,7 @@ mod tests {
         };
 
         for flags in [0x02, 0x10, 0x11] {
-            assert!(forward(
-                &mut segment(flags),
-                &mut table,
-                &mut plane,
-                &mut sink,
-                &stats,
-                1,
-                None
-            ));
+            assert!(send(flags, 1, &mut table, &mut plane, &mut sink));
         }
         assert_eq!(opened(&mut sink, &mut rx), 1);
         assert!(table
@@ -766,15 +770,7 @@ mod tests {
             .contains(TcpState::FIN_CLIENT));
 
         // Same 4-tuple, new SYN while the old record lingers.
-        assert!(forward(
-            &mut segment(0x02),
-            &mut table,
-            &mut plane,
-            &mut sink,
-            &stats,
-            2,
-            None
-        ));
+        assert!(send(0x02, 2, &mut table, &mut plane, &mut sink));
         assert_eq!(
             opened(&mut sink, &mut rx),
             1,
@@ -784,15 +780,7 @@ mod tests {
         assert_eq!(record.state, TcpState::SYN_SEEN);
         assert_eq!((record.daemon, record.created_ns), (daemon, 2));
         // A retransmitted SYN of a live connection is not a new one.
-        assert!(forward(
-            &mut segment(0x02),
-            &mut table,
-            &mut plane,
-            &mut sink,
-            &stats,
-            3,
-            None
-        ));
+        assert!(send(0x02, 3, &mut table, &mut plane, &mut sink));
         assert_eq!(opened(&mut sink, &mut rx), 0);
     }
 }

@@ -9,28 +9,26 @@ const HUGE_PAGE: usize = 2 << 20;
 /// no page is mapped) with transparent huge pages. Tables indexed by a hash touch
 /// pages at random: with 4 KiB pages almost every lookup in a large table also
 /// misses the TLB. Advice only: where THP is off the memory stays as it was, which
-/// is correct, just slower, so the result is not an error. Returns whether the
-/// kernel took the advice.
-pub fn advise_huge_pages<T>(memory: &mut [MaybeUninit<T>]) -> bool {
+/// is correct, just slower, so a refusal is not an error.
+pub fn advise_huge_pages<T>(memory: &mut [MaybeUninit<T>]) {
     let start = memory.as_mut_ptr() as usize;
     let end = start + std::mem::size_of_val(memory);
     let aligned_start = start.next_multiple_of(HUGE_PAGE);
     let aligned_end = end - end % HUGE_PAGE;
     if aligned_end <= aligned_start {
-        return false;
+        return;
     }
     // SAFETY: the range lies inside `memory`, which this call borrows exclusively,
     // and is page-aligned. MADV_HUGEPAGE changes only which page size backs the
     // range, never its contents or whether it is mapped, so no reference to this
     // memory (ours or anyone's) is invalidated.
-    let rc = unsafe {
+    unsafe {
         libc::madvise(
             aligned_start as *mut libc::c_void,
             aligned_end - aligned_start,
             libc::MADV_HUGEPAGE,
-        )
-    };
-    rc == 0
+        );
+    }
 }
 
 /// This host's IPv4 addresses on `device`.
