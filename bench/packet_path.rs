@@ -16,12 +16,11 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use dispatchd::{
     balance::{BackendSpec, PolicyKind},
     config::{ServiceConfig, DEFAULT_FLOW_CAPACITY},
-    dataplane::{
-        forward, pipelined, Dataplane, EventSink, Forwarder, FrameHandler, NextHop, Reverser, Wake,
-        EVENT_QUEUE,
-    },
+    dataplane::{forward, pipelined, Dataplane, Forwarder, FrameHandler, Reverser},
     flow::{FlowKey, FlowTable},
-    spsc,
+    ids::WorkerId,
+    neigh::NextHop,
+    protocol::{self, Wake},
     stats::WorkerStats,
     sys::EventFd,
 };
@@ -52,7 +51,7 @@ fn plane(policy: PolicyKind) -> Dataplane {
         policy,
         backends,
     }];
-    Dataplane::build(0, &services, next_hops, [0x02, 0, 0, 0, 0, 0x11]).expect("valid services")
+    Dataplane::build(WorkerId(0), &services, next_hops, [0x02, 0, 0, 0, 0, 0x11]).expect("valid services")
 }
 
 /// The i-th client: spread over a /12 and the whole port range.
@@ -104,9 +103,9 @@ fn bench(c: &mut Criterion) {
     // The worker's real event queue, at its real size (its slots cycle through
     // the cache like in the daemon); emptied between timed passes like the
     // management loop does.
-    let (tx, mut events) = spsc::channel(EVENT_QUEUE);
     let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
-    let mut sink = EventSink::new(tx, wake);
+    let (worker, main) = protocol::link::<Dataplane>(wake);
+    let (mut sink, mut events) = (worker.events, main.events);
 
     // A table with one million established connections, made through the real
     // new-connection path.

@@ -29,14 +29,14 @@ const volatile __u32 back_ifindex = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
+	__uint(max_entries, MAX_SERVICES);
 	__type(key, struct endpoint);
 	__type(value, __u32);
 } services SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, MAX_DAEMONS);
 	__type(key, struct endpoint);
 	__type(value, struct daemon_info);
 } daemons SEC(".maps");
@@ -45,7 +45,7 @@ struct {
  * service because they are malformed are dropped and counted, not passed. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
+	__uint(max_entries, MAX_SERVICES);
 	__type(key, __u32);
 	__type(value, __u8);
 } vip_addrs SEC(".maps");
@@ -170,8 +170,10 @@ static __always_inline int steer_back(struct xdp_md *ctx, struct ethhdr *eth,
 		return count(CNT_PASSED, XDP_PASS);
 
 	/* The reply leaves through the front towards the client: ask the kernel's
-	 * route and neighbour tables for that hop. OUTPUT makes the lookup from the
-	 * egress side, so it neither needs forwarding enabled nor can pick the back. */
+	 * route and neighbour tables for that hop. OUTPUT looks the route up as for
+	 * a packet this host sends out of the front (oif = front), so it cannot pick
+	 * the back. The kernel answers only if the front forwards IPv4 (it checks
+	 * the forwarding flag of `ifindex` whatever the flags), which start-up checks. */
 	fib.family = AF_INET;
 	fib.l4_protocol = IPPROTO_TCP;
 	fib.tot_len = bpf_ntohs(iph->tot_len);

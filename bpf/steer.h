@@ -5,8 +5,14 @@
 #ifndef DISPATCHD_STEER_H
 #define DISPATCHD_STEER_H
 
+/* Limits user space validates the config against; build.rs reads these lines, so
+ * keep each a plain `#define NAME number`. */
 /* XSKMAP slots: front queue q at q, back queue q at MAX_QUEUES + q. */
 #define MAX_QUEUES 64
+/* Entries of the services and VIP maps. */
+#define MAX_SERVICES 1024
+/* Entries of the daemons map. */
+#define MAX_DAEMONS 4096
 
 /* (VIP, port) of a service, or (address, port) of a daemon. */
 struct endpoint {

@@ -5,8 +5,7 @@
 //! program is attached, and the attachment is a pair of bpf_links owned by this
 //! process, so any exit after it, clean or not, detaches.
 use std::{
-    net::SocketAddrV4,
-    sync::{atomic::AtomicBool, atomic::Ordering::Relaxed, mpsc::sync_channel, Arc},
+    sync::{atomic::AtomicBool, atomic::Ordering::Relaxed, Arc},
     thread,
     time::Duration,
 };
@@ -15,9 +14,14 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     config::Config,
-    control::manager::{bind_control_socket, Manager, ManagerParts, WorkerLink},
-    dataplane::{Dataplane, EventSink, NextHop, Wake},
+    control::{
+        apply::{apply, Host},
+        ctl,
+        manager::{Manager, ManagerParts, WorkerLink},
+    },
+    ids::WorkerId,
     neigh::{self, Resolver},
+    protocol::{self, Wake},
     stats::WorkerStats,
     sys::{self, EventFd},
     worker::{self, WorkerSetup},
@@ -29,17 +33,6 @@ use crate::{
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a worker may take to allocate and write its flow table.
 const WORKER_START_TIMEOUT: Duration = Duration::from_secs(60);
-/// Commands queued per worker; the loop keeps what does not fit for later.
-const COMMAND_QUEUE: usize = 4_096;
-
-/// Every daemon of every service in config order: the index is its global id.
-fn daemons_of(config: &Config) -> Vec<SocketAddrV4> {
-    config
-        .services
-        .iter()
-        .flat_map(|s| s.backends.iter().map(|b| b.addr))
-        .collect()
-}
 
 /// The cores workers run on: as configured, or else every core but the first
 /// (which keeps the main thread and the kernel's own work), round-robin.
@@ -96,31 +89,35 @@ pub fn run_with(
     let back = Interface::lookup(&config.back).context("back")?;
     let back_mac = neigh::interface_mac(&back.name)?;
     require_forwarding(&front.name)?;
-    let daemons = daemons_of(&config);
 
     let resolver = Resolver {
         back: back.name.clone(),
         probe_timeout: PROBE_TIMEOUT,
     };
-    let next_hops: Arc<[NextHop]> = daemons.iter().map(|_| NextHop::default()).collect();
-    for (&daemon, hop) in daemons.iter().zip(next_hops.iter()) {
-        resolver.route(*daemon.ip())?;
-        let mac = resolver.resolve(daemon)?;
-        hop.set(mac);
-        match mac {
-            Some(mac) => println!("dispatchd: daemon {daemon} next hop {}", fmt_mac(mac)),
+    // Before anything is steered, make the kernel resolve every daemon's next
+    // hop, so that each takes connections from the first SYN on (the loop
+    // resolves the ones that do not answer yet).
+    for (_, _, daemon) in config.daemons() {
+        resolver.resolve(daemon.addr)?;
+    }
+    let mut steering = Steering::load(&front, &back)?;
+    let host = Host {
+        resolver: &resolver,
+        back_mac,
+        workers: config.queues as usize,
+    };
+    let applied = apply(&config, |_| None, &host, &mut steering)?;
+    for ((_, _, daemon), hop) in config.daemons().zip(applied.next_hops.iter()) {
+        match hop.get() {
+            Some(mac) => println!(
+                "dispatchd: daemon {} next hop {}",
+                daemon.addr,
+                fmt_mac(mac)
+            ),
             None => println!(
                 "dispatchd: daemon {} next hop unresolved yet; retrying",
-                daemon
+                daemon.addr
             ),
-        }
-    }
-
-    let mut steering = Steering::load(&front, &back)?;
-    for (i, s) in config.services.iter().enumerate() {
-        steering.add_service(s.address, i as u32)?;
-        for b in &s.backends {
-            steering.add_daemon(b.addr, s.address)?;
         }
     }
     for addr in sys::ipv4_addrs(&back.name).context("reading the back interface's addresses")? {
@@ -142,7 +139,7 @@ pub fn run_with(
     }
 
     // Bound before anything is attached, so a bad path fails start-up cleanly.
-    let ctl = bind_control_socket(&config.control.control_socket)?;
+    let ctl = ctl::bind(&config.control.control_socket)?;
     let front_mode = steering.attach(&front, config.xdp_mode)?;
     let back_mode = steering.attach(&back, config.xdp_mode)?;
     println!(
@@ -164,27 +161,30 @@ pub fn run_with(
     let mut links = Vec::new();
     let mut setups = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    for ((q, sockets), core) in queues.into_iter().enumerate().zip(worker_cores(&config)) {
+    let planes = applied.planes.into_iter();
+    for (((q, sockets), core), plane) in queues
+        .into_iter()
+        .enumerate()
+        .zip(worker_cores(&config))
+        .zip(planes)
+    {
         let stats = Arc::new(WorkerStats::default());
-        let (event_tx, event_rx) = crate::spsc::channel(crate::dataplane::EVENT_QUEUE);
-        let (command_tx, command_rx) = sync_channel(COMMAND_QUEUE);
+        let (worker_end, loop_end) = protocol::link(wake.clone());
         links.push(WorkerLink {
-            events: event_rx,
-            commands: command_tx,
+            link: loop_end,
             stats: stats.clone(),
         });
         setups.push(WorkerSetup {
-            queue: q as u32,
+            id: WorkerId(q as u16),
             core,
             batch: config.batch,
             poll: config.poll,
             flow_capacity: config.flow_capacity,
             sockets,
-            plane: Dataplane::build(q as u16, &config.services, next_hops.clone(), back_mac)?,
+            plane,
             stats,
             stop: stop.clone(),
-            events: EventSink::new(event_tx, wake.clone()),
-            commands: command_rx,
+            link: worker_end,
             bare,
             ready: ready_tx.clone(),
         });
@@ -212,7 +212,7 @@ pub fn run_with(
         steering: &mut steering,
         workers: links,
         wake,
-        next_hops,
+        next_hops: applied.next_hops,
         resolver,
         back_mac,
         ctl,
@@ -223,7 +223,7 @@ pub fn run_with(
     println!("dispatchd: all capabilities dropped");
     let mut handles = Vec::new();
     for setup in setups {
-        let (q, core) = (setup.queue, setup.core);
+        let (q, core) = (setup.id, setup.core);
         let handle = thread::Builder::new()
             .name(format!("dispatchd-q{q}"))
             .spawn(move || worker::run(setup))

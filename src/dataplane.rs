@@ -1,73 +1,50 @@
 //! What happens to one frame: the per-packet decisions and rewrites of a worker,
 //! free of rings and syscalls so that tests and benchmarks run exactly this code.
-use std::{
-    net::SocketAddrV4,
-    sync::{
-        atomic::{fence, AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst},
-        Arc,
-    },
-};
+use std::{net::SocketAddrV4, sync::Arc};
 
 use ahash::AHashMap;
 use anyhow::{Context, Result};
 
 use crate::{
     balance::{BackendState, Pool},
-    config::ServiceConfig,
-    control::conntrack::Event,
+    config::{daemons_of, ServiceConfig},
     flow::{FlowHash, FlowKey, FlowRecord, FlowTable, InsertError, TcpState},
+    ids::{BackendId, PoolIndex, ServiceId, WorkerId},
+    neigh::NextHop,
     packet::{peek_endpoints, L4Frame, MacPair},
-    spsc::Producer,
+    protocol::{Event, EventSink},
     stats::{WorkerDrop, WorkerStats},
-    sys::EventFd,
 };
 
-/// A daemon's next-hop MAC, packed in the low 48 bits; 0 while unresolved. The
-/// neighbour resolver writes it, every worker reads it per packet without a lock.
-#[derive(Debug, Default)]
-pub struct NextHop(AtomicU64);
-
-impl NextHop {
-    pub fn set(&self, mac: Option<[u8; 6]>) {
-        let packed = mac.map_or(0, |m| {
-            let mut b = [0u8; 8];
-            b[..6].copy_from_slice(&m);
-            u64::from_le_bytes(b)
-        });
-        self.0.store(packed, Relaxed);
-    }
-
-    #[inline]
-    pub fn get(&self) -> Option<[u8; 6]> {
-        let packed = self.0.load(Relaxed);
-        (packed != 0).then(|| {
-            let b = packed.to_le_bytes();
-            [b[0], b[1], b[2], b[3], b[4], b[5]]
-        })
-    }
-}
-
 /// One service as a worker sees it: its own copy of the selection state (so picks
-/// need no lock), and where its daemons' global ids start.
+/// need no lock), and the id of its first daemon (the others follow in order).
+#[derive(Debug, PartialEq)]
 pub struct ServiceSlot {
     pub pool: Pool,
-    pub first_backend: u16,
+    pub first_backend: BackendId,
 }
 
-/// What a worker needs to decide a frame's fate; built once per worker at start.
+impl ServiceSlot {
+    fn backend(&self, local: PoolIndex) -> BackendId {
+        BackendId(self.first_backend.0 + local.0)
+    }
+}
+
+/// What a worker needs to decide a frame's fate; built once per worker at start
+/// and on every reload.
 pub struct Dataplane {
     pub services: Vec<ServiceSlot>,
     /// Keyed by [`endpoint_key`] of the VIP and port.
-    pub service_by_vip: AHashMap<u64, u16>,
+    pub service_by_vip: AHashMap<u64, ServiceId>,
     /// A reply's source decides its new source: the daemon's service.
     pub service_by_daemon: AHashMap<u64, SocketAddrV4>,
-    /// Indexed by global backend id.
+    /// Indexed by [`BackendId`].
     pub next_hops: Arc<[NextHop]>,
-    /// Global backend id -> (service index, index in that service's pool).
-    pub backend_owner: Vec<(u16, u16)>,
+    /// Where each daemon sits, indexed by [`BackendId`].
+    pub backend_owner: Vec<(ServiceId, PoolIndex)>,
     pub back_mac: [u8; 6],
-    /// The owning worker's index, reported with each new connection.
-    pub worker: u16,
+    /// The owning worker, reported with each new connection.
+    pub worker: WorkerId,
 }
 
 /// An address and port as one integer: hashed with a single write, where
@@ -78,10 +55,10 @@ pub fn endpoint_key(addr: SocketAddrV4) -> u64 {
 }
 
 impl Dataplane {
-    /// One worker's view of `services`; daemons get global ids in config order,
-    /// which index `next_hops`.
+    /// One worker's view of `services`; daemons get the ids of
+    /// [`Config::daemons`](crate::config::Config::daemons), which index `next_hops`.
     pub fn build(
-        worker: u16,
+        worker: WorkerId,
         services: &[ServiceConfig],
         next_hops: Arc<[NextHop]>,
         back_mac: [u8; 6],
@@ -91,20 +68,25 @@ impl Dataplane {
         let mut service_by_daemon = AHashMap::new();
         let mut backend_owner = Vec::new();
         for (i, s) in services.iter().enumerate() {
+            let id = ServiceId::from_index(i).context("more than 65535 services")?;
             let pool = Pool::new(s.policy, &s.backends)
                 .with_context(|| format!("service {}", s.address))?;
             let first_backend =
-                u16::try_from(backend_owner.len()).context("more than 65535 daemons")?;
+                BackendId::from_index(backend_owner.len()).context("more than 65535 daemons")?;
             slots.push(ServiceSlot {
                 pool,
                 first_backend,
             });
-            service_by_vip.insert(endpoint_key(s.address), i as u16);
+            service_by_vip.insert(endpoint_key(s.address), id);
             for (local, b) in s.backends.iter().enumerate() {
                 service_by_daemon.insert(endpoint_key(b.addr), s.address);
-                backend_owner.push((i as u16, local as u16));
+                backend_owner.push((id, PoolIndex(local as u16)));
             }
         }
+        debug_assert!(daemons_of(services).zip(&backend_owner).all(
+            |((id, _, b), &(s, local))| slots[s.index()].backend(local) == id
+                && slots[s.index()].pool.addr(local) == b.addr
+        ));
         anyhow::ensure!(
             backend_owner.len() == next_hops.len(),
             "{} daemons but {} next hops",
@@ -124,25 +106,25 @@ impl Dataplane {
 }
 
 impl Dataplane {
-    fn pool_of(&mut self, backend: u16) -> Option<(&mut Pool, u16)> {
-        let &(service, local) = self.backend_owner.get(usize::from(backend))?;
-        Some((&mut self.services[usize::from(service)].pool, local))
+    fn pool_of(&mut self, backend: BackendId) -> Option<(&mut Pool, PoolIndex)> {
+        let &(service, local) = self.backend_owner.get(backend.index())?;
+        Some((&mut self.services[service.index()].pool, local))
     }
 
-    pub fn connection_closed(&mut self, backend: u16) {
+    pub fn connection_closed(&mut self, backend: BackendId) {
         if let Some((pool, local)) = self.pool_of(backend) {
             pool.connection_closed(local);
         }
     }
 
-    pub fn set_backend_state(&mut self, backend: u16, state: BackendState) {
+    pub fn set_backend_state(&mut self, backend: BackendId, state: BackendState) {
         if let Some((pool, local)) = self.pool_of(backend) {
-            pool.set_state(usize::from(local), state);
+            pool.set_state(local, state);
         }
     }
 
     /// Forgets a daemon's active connections (its records were dropped).
-    pub fn reset_active(&mut self, backend: u16) {
+    pub fn reset_active(&mut self, backend: BackendId) {
         if let Some((pool, local)) = self.pool_of(backend) {
             while pool.active(local) > 0 {
                 pool.connection_closed(local);
@@ -150,13 +132,17 @@ impl Dataplane {
         }
     }
 
-    /// The global id of the daemon at `addr`, if configured.
-    pub fn backend_id(&self, addr: SocketAddrV4) -> Option<u16> {
-        self.services.iter().find_map(|slot| {
-            (0..slot.pool.len())
-                .find(|&l| slot.pool.addr(l) == addr)
-                .map(|l| slot.first_backend + l as u16)
-        })
+    /// Every daemon's id, by address.
+    fn ids_by_addr(&self) -> AHashMap<SocketAddrV4, BackendId> {
+        self.services
+            .iter()
+            .flat_map(|slot| {
+                (0..slot.pool.len()).map(move |l| {
+                    let local = PoolIndex(l as u16);
+                    (slot.pool.addr(local), slot.backend(local))
+                })
+            })
+            .collect()
     }
 
     /// Takes over a worker's records after a reload: records of daemons that
@@ -164,16 +150,18 @@ impl Dataplane {
     /// records of daemons no longer configured are dropped. Daemons keep their
     /// up/down/draining state. Runs on the reload path only, so it may allocate.
     pub fn adopt(&mut self, table: &mut FlowTable, old: &Dataplane) {
+        let ids = self.ids_by_addr();
         for slot in &old.services {
-            for local in 0..slot.pool.len() {
-                if let Some(id) = self.backend_id(slot.pool.addr(local)) {
+            for l in 0..slot.pool.len() {
+                let local = PoolIndex(l as u16);
+                if let Some(&id) = ids.get(&slot.pool.addr(local)) {
                     self.set_backend_state(id, slot.pool.state(local));
                 }
             }
         }
-        let moves: Vec<(FlowKey, Option<u16>)> = table
+        let moves: Vec<(FlowKey, Option<BackendId>)> = table
             .iter()
-            .map(|r| (r.key, self.backend_id(r.daemon)))
+            .map(|r| (r.key, ids.get(&r.daemon).copied()))
             .collect();
         for (key, id) in moves {
             match id {
@@ -369,15 +357,15 @@ pub fn forward(
             let Some(&service) = plane.service_by_vip.get(&endpoint_key(key.service())) else {
                 return drop_with(stats, WorkerDrop::UnknownService);
             };
-            let slot = &mut plane.services[service as usize];
+            let slot = &mut plane.services[service.index()];
             let Some(local) = slot.pool.select(&key) else {
                 return drop_with(stats, WorkerDrop::NoBackend);
             };
-            let backend = slot.first_backend + local;
-            let daemon = slot.pool.addr(local as usize);
+            let backend = slot.backend(local);
+            let daemon = slot.pool.addr(local);
             // Refuse before recording: the client's retransmitted SYN then gets
             // a fresh pick instead of the same unreachable daemon.
-            if plane.next_hops[backend as usize].get().is_none() {
+            if plane.next_hops[backend.index()].get().is_none() {
                 return drop_with(stats, WorkerDrop::NoNeighbour);
             }
             let mut state = TcpState::default();
@@ -409,12 +397,11 @@ pub fn forward(
                 worker,
                 key,
                 daemon,
-                backend,
             },
             stats,
         );
     }
-    let Some(dst_mac) = plane.next_hops[backend as usize].get() else {
+    let Some(dst_mac) = plane.next_hops[backend.index()].get() else {
         return drop_with(stats, WorkerDrop::NoNeighbour);
     };
     pkt.rewrite_forward(
@@ -497,85 +484,15 @@ fn report_client_change(
     }
 }
 
-/// Wakes the management loop through its eventfd, at most once per sleep: the
-/// loop arms the flag before it waits, the first worker to see it armed writes.
-#[derive(Debug)]
-pub struct Wake {
-    pub eventfd: EventFd,
-    armed: AtomicBool,
-}
-
-impl Wake {
-    pub fn new(eventfd: EventFd) -> Self {
-        Self {
-            eventfd,
-            armed: AtomicBool::new(false),
-        }
-    }
-
-    /// Called by the loop before it drains the queues and goes to sleep. The
-    /// fence orders this store before the drain's loads, and pairs with the fence
-    /// in `notify`: either the drain sees a worker's published events, or that
-    /// worker's swap sees the flag armed. An event is never left without a wake-up.
-    pub fn arm(&self) {
-        self.armed.store(true, SeqCst);
-        fence(SeqCst);
-    }
-
-    /// Called by a worker after it published events.
-    fn notify(&self) {
-        fence(SeqCst);
-        if self.armed.swap(false, SeqCst) {
-            self.eventfd.notify();
-        }
-    }
-}
-
-/// Events a worker may queue before it counts them as dropped; a burst of new
-/// connections in one loop round must fit.
-pub const EVENT_QUEUE: usize = 65_536;
-
-/// A worker's side of its bounded event queue to the management loop.
-pub struct EventSink {
-    queue: Producer<Event>,
-    wake: Arc<Wake>,
-    sent: bool,
-}
-
-impl EventSink {
-    pub fn new(queue: Producer<Event>, wake: Arc<Wake>) -> Self {
-        Self {
-            queue,
-            wake,
-            sent: false,
-        }
-    }
-
-    /// Never blocks: a full queue costs the event, which is counted. The loop
-    /// sees the event after the next [`flush`](Self::flush).
-    #[inline]
-    pub fn emit(&mut self, event: Event, stats: &WorkerStats) {
-        match self.queue.try_push(event) {
-            Ok(()) => self.sent = true,
-            Err(_) => stats.events_dropped.add(1),
-        }
-    }
-
-    /// Once per batch: publish this batch's events and wake the loop for them.
-    #[inline]
-    pub fn flush(&mut self) {
-        if std::mem::take(&mut self.sent) {
-            self.queue.publish();
-            self.wake.notify();
-        }
-    }
-}
-
 /// Fixtures shared by the dataplane's and the worker's unit tests.
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
-    use crate::balance::{BackendSpec, PolicyKind};
+    use crate::{
+        balance::{BackendSpec, PolicyKind},
+        protocol::{self, ring, Wake},
+        sys::EventFd,
+    };
 
     /// A round-robin service at `vip` over `daemons`, every next hop known.
     pub fn plane(vip: SocketAddrV4, daemons: &[SocketAddrV4]) -> Dataplane {
@@ -589,14 +506,14 @@ pub(crate) mod testing {
         }];
         let hops: Arc<[NextHop]> = daemons.iter().map(|_| NextHop::default()).collect();
         hops.iter().for_each(|h| h.set(Some([6; 6])));
-        Dataplane::build(0, &services, hops, [8; 6]).expect("a valid service")
+        Dataplane::build(WorkerId(0), &services, hops, [8; 6]).expect("a valid service")
     }
 
     /// An event sink and the loop's end of its ring.
-    pub fn events() -> (EventSink, crate::spsc::Consumer<Event>) {
-        let (tx, rx) = crate::spsc::channel(16);
+    pub fn events() -> (EventSink, ring::Consumer<Event>) {
         let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
-        (EventSink::new(tx, wake), rx)
+        let (worker, main) = protocol::link_sized::<Dataplane>(wake, 16);
+        (worker.events, main.events)
     }
 }
 
@@ -607,6 +524,7 @@ mod tests {
     use etherparse::PacketBuilder;
 
     use super::*;
+    use crate::protocol::ring;
 
     const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80);
     const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 40000);
@@ -752,7 +670,7 @@ mod tests {
                     None,
                 )
             };
-        let opened = |sink: &mut EventSink, rx: &mut crate::spsc::Consumer<Event>| {
+        let opened = |sink: &mut EventSink, rx: &mut ring::Consumer<Event>| {
             sink.flush();
             rx.try_iter()
                 .filter(|e| matches!(e, Event::Opened { key: k, .. } if *k == key))

@@ -3,7 +3,7 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use dispatchd::{
     config::{Config, RunArgs, DEFAULT_CONTROL_SOCKET},
-    control::manager::ctl_request,
+    control::ctl,
 };
 
 /// Binds many server daemons to one service address.
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
             if json {
                 line.push_str(" json");
             }
-            ctl_request(&socket, &line).and_then(|reply| {
+            ctl::request(&socket, &line).and_then(|reply| {
                 print!("{reply}");
                 if reply.starts_with("error:") {
                     anyhow::bail!("{}", reply.trim_start_matches("error:").trim());

@@ -9,10 +9,37 @@
 use std::{
     fs,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
+
+/// A daemon's next-hop MAC, packed in the low 48 bits; 0 while unresolved. The
+/// loop writes it from the kernel's tables, every worker reads it per packet
+/// without a lock.
+#[derive(Debug, Default)]
+pub struct NextHop(AtomicU64);
+
+impl NextHop {
+    pub fn set(&self, mac: Option<[u8; 6]>) {
+        let packed = mac.map_or(0, |m| {
+            let mut b = [0u8; 8];
+            b[..6].copy_from_slice(&m);
+            u64::from_le_bytes(b)
+        });
+        self.0.store(packed, Relaxed);
+    }
+
+    #[inline]
+    pub fn get(&self) -> Option<[u8; 6]> {
+        let packed = self.0.load(Relaxed);
+        (packed != 0).then(|| {
+            let b = packed.to_le_bytes();
+            [b[0], b[1], b[2], b[3], b[4], b[5]]
+        })
+    }
+}
 
 /// The hop a packet to `dst` goes to first, and out of which interface.
 #[derive(Clone, Debug, PartialEq, Eq)]

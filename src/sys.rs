@@ -1,7 +1,7 @@
 //! Small libc wrappers for process set-up: interface addresses, signals, memory advice.
 #![allow(unsafe_code)] // getifaddrs, signal masks, madvise; each block says why it is sound
 
-use std::{ffi::CStr, io, mem::MaybeUninit, net::Ipv4Addr, time::Duration};
+use std::{ffi::CStr, io, mem::MaybeUninit, net::Ipv4Addr};
 
 const HUGE_PAGE: usize = 2 << 20;
 
@@ -29,6 +29,19 @@ pub fn advise_huge_pages<T>(memory: &mut [MaybeUninit<T>]) {
             libc::MADV_HUGEPAGE,
         );
     }
+}
+
+/// Runs `f` with the process's file mode creation mask set to `mask`, so that
+/// what `f` creates never exists with wider permissions; the mask is restored
+/// afterwards. The mask is process-wide: call this only while no other thread
+/// creates files.
+pub fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
+    // SAFETY: umask only swaps the process's mask; it cannot fail.
+    let old = unsafe { libc::umask(mask) };
+    let result = f();
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    result
 }
 
 /// This host's IPv4 addresses on `device`.
@@ -82,7 +95,8 @@ fn handled_set() -> libc::sigset_t {
 }
 
 /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread and every thread it
-/// spawns afterwards, so that only [`wait_signal`] receives them.
+/// spawns afterwards, so that they reach the process only through a [`SignalFd`],
+/// which the management loop reads.
 pub fn block_signals() -> io::Result<()> {
     let set = handled_set();
     // SAFETY: set is initialised; a null old-set pointer is allowed.
@@ -91,23 +105,6 @@ pub fn block_signals() -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(rc));
     }
     Ok(())
-}
-
-/// Waits up to `timeout` for one of the blocked signals.
-pub fn wait_signal(timeout: Duration) -> Option<Signal> {
-    let set = handled_set();
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: set and ts are initialised; a null siginfo pointer is allowed.
-    let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
-    match sig {
-        libc::SIGTERM => Some(Signal::Terminate),
-        libc::SIGINT => Some(Signal::Interrupt),
-        libc::SIGHUP => Some(Signal::Hangup),
-        _ => None,
-    }
 }
 
 /// The capabilities dispatchd needs for set-up (found by starting it with a

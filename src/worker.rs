@@ -9,7 +9,6 @@
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering::Relaxed},
-        mpsc::Receiver,
         Arc,
     },
     time::Instant,
@@ -18,11 +17,11 @@ use std::{
 use xsk_rs::{FrameDesc, RxQueue, TxQueue, Umem};
 
 use crate::{
-    balance::BackendState,
     config::PollMode,
-    control::conntrack::{Command as FlowCommand, Event},
-    dataplane::{pipelined, Dataplane, EventSink, Forwarder, FrameHandler, Reverser},
+    dataplane::{pipelined, Dataplane, Forwarder, FrameHandler, Reverser},
     flow::FlowTable,
+    ids::WorkerId,
+    protocol::{self, Event, EventSink, FlowCommand, WorkerEnd},
     stats::{now_ns, Counter, WorkerDrop, WorkerStats},
     xsk::{poll_readable, QueueSockets},
 };
@@ -34,8 +33,11 @@ const ADAPTIVE_SPINS: u32 = 2_000;
 /// Longest sleep, so that a stop request is noticed promptly.
 const POLL_TIMEOUT_MS: i32 = 100;
 
+/// What the loop tells a worker.
+pub type Command = protocol::Command<Dataplane>;
+
 pub struct WorkerSetup {
-    pub queue: u32,
+    pub id: WorkerId,
     pub core: Option<usize>,
     pub batch: usize,
     pub poll: PollMode,
@@ -44,29 +46,11 @@ pub struct WorkerSetup {
     pub plane: Dataplane,
     pub stats: Arc<WorkerStats>,
     pub stop: Arc<AtomicBool>,
-    pub events: EventSink,
-    pub commands: Receiver<Command>,
+    pub link: WorkerEnd<Dataplane>,
     /// Benchmark only (`--bare-forwarder`): frames cross untouched, no parsing.
     pub bare: bool,
-    /// Told this worker's queue once it is about to serve (its table allocated).
-    pub ready: std::sync::mpsc::Sender<u32>,
-}
-
-/// What the management loop tells a worker.
-pub enum Command {
-    Flow(FlowCommand),
-    /// A daemon (by global id) is up, down or draining: affects new connections only.
-    BackendState {
-        backend: u16,
-        state: BackendState,
-    },
-    /// Forget every record of a daemon (its health check failed and the policy
-    /// is to reset its connections).
-    RemoveBackendFlows {
-        backend: u16,
-    },
-    /// A reloaded configuration: the worker keeps its records for daemons that remain.
-    ReplacePlane(Box<Dataplane>),
+    /// Told this worker's id once it is about to serve (its table allocated).
+    pub ready: std::sync::mpsc::Sender<WorkerId>,
 }
 
 struct Rings<'a> {
@@ -84,7 +68,7 @@ struct Batches {
 
 pub fn run(setup: WorkerSetup) {
     let WorkerSetup {
-        queue,
+        id,
         core,
         batch,
         poll,
@@ -93,14 +77,16 @@ pub fn run(setup: WorkerSetup) {
         mut plane,
         stats,
         stop,
-        mut events,
-        commands,
+        link: WorkerEnd {
+            mut events,
+            commands,
+        },
         bare,
         ready,
     } = setup;
-    if let Some(id) = core {
-        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
-            eprintln!("dispatchd: worker {queue} could not pin to core {id}; running unpinned");
+    if let Some(core) = core {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+            eprintln!("dispatchd: worker {id} could not pin to core {core}; running unpinned");
         }
     }
     let QueueSockets {
@@ -119,7 +105,7 @@ pub fn run(setup: WorkerSetup) {
     let mut idle_spins = 0u32;
     // The daemon waits for this before it says it is running; frames that
     // arrived meanwhile are waiting in the RX rings.
-    let _ = ready.send(queue);
+    let _ = ready.send(id);
     drop(ready);
 
     let mut next_socket_stats_ns = 0;
@@ -216,7 +202,7 @@ fn apply(
     stats: &WorkerStats,
 ) {
     match command {
-        Command::Flow(FlowCommand::Remove { key, opened_ns, .. }) => {
+        Command::Flow(FlowCommand::Remove { key, opened_ns }) => {
             // A record restarted by a reused port since the loop decided is a
             // newer connection's.
             if table.get(&key).is_some_and(|r| r.created_ns <= opened_ns) {
@@ -225,9 +211,7 @@ fn apply(
                 }
             }
         }
-        Command::Flow(FlowCommand::RemoveIfIdle {
-            key, idle_since_ns, ..
-        }) => match table.get(&key) {
+        Command::Flow(FlowCommand::RemoveIfIdle { key, idle_since_ns }) => match table.get(&key) {
             Some(record) if record.last_seen_ns > idle_since_ns => {
                 events.emit(
                     Event::Active {
@@ -434,13 +418,7 @@ mod tests {
             ));
         };
         let (mut loop_side, _rx2) = testing::events();
-        let remove = |opened_ns: u64| {
-            Command::Flow(FlowCommand::Remove {
-                worker: 0,
-                key,
-                opened_ns,
-            })
-        };
+        let remove = |opened_ns: u64| Command::Flow(FlowCommand::Remove { key, opened_ns });
 
         // The first connection opens at 10 (the loop hears it at 20) and closes.
         send(true, 10, &mut table, &mut plane);
@@ -452,5 +430,139 @@ mod tests {
         // The new connection's own removal (the loop heard it open at 35) works.
         apply(remove(35), &mut table, &mut plane, &mut loop_side, &stats);
         assert!(table.get(&key).is_none());
+    }
+
+    fn syn(client: SocketAddrV4, vip: SocketAddrV4) -> Vec<u8> {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(client.ip().octets(), vip.ip().octets(), 64)
+            .tcp(client.port(), vip.port(), 1, 64000)
+            .syn()
+            .write(&mut f, &[])
+            .unwrap();
+        f
+    }
+
+    /// A reload hands the worker a dataplane built from the new configuration;
+    /// afterwards the worker must be in the state a fresh start with that
+    /// configuration would reach with the same connections open: records of
+    /// remaining daemons re-pointed at their new ids and counted, the others
+    /// gone, daemon states kept, and nothing of the old services left.
+    #[test]
+    fn a_reload_leaves_the_state_of_a_fresh_start_with_the_new_config() {
+        use crate::{
+            balance::{BackendSpec, BackendState, PolicyKind},
+            config::ServiceConfig,
+            ids::BackendId,
+            neigh::NextHop,
+        };
+        let addr = |s: &str| s.parse::<SocketAddrV4>().unwrap();
+        let service = |vip: &str, policy, daemons: &[&str]| ServiceConfig {
+            address: addr(vip),
+            policy,
+            backends: daemons
+                .iter()
+                .map(|d| BackendSpec {
+                    addr: addr(d),
+                    weight: 1,
+                })
+                .collect(),
+        };
+        let (a, b, c, d, e) = (
+            "198.19.0.11:8080",
+            "198.19.0.12:8080",
+            "198.19.0.13:8080",
+            "198.19.0.14:8080",
+            "198.19.0.15:8080",
+        );
+        let old = [
+            service("198.18.0.100:80", PolicyKind::RoundRobin, &[a, b, c]),
+            service("198.18.0.101:80", PolicyKind::RoundRobin, &[d]),
+        ];
+        // 101 goes, 102 comes, and 100 loses b, has its daemons reordered and
+        // changes policy.
+        let new = [
+            service("198.18.0.102:80", PolicyKind::Maglev, &[e]),
+            service("198.18.0.100:80", PolicyKind::LeastConnections, &[c, a]),
+        ];
+        let plane = |services: &[ServiceConfig]| {
+            let n = services.iter().map(|s| s.backends.len()).sum::<usize>();
+            let hops: Arc<[NextHop]> = (0..n).map(|_| NextHop::default()).collect();
+            hops.iter().for_each(|h| h.set(Some([6; 6])));
+            Dataplane::build(WorkerId(0), services, hops, [8; 6]).unwrap()
+        };
+
+        let mut running = plane(&old);
+        let mut table = FlowTable::with_capacity(64);
+        let stats = WorkerStats::default();
+        let (mut events, _rx) = testing::events();
+        for i in 0..12u16 {
+            let client = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 40000 + i);
+            let vip = if i % 4 == 3 {
+                old[1].address
+            } else {
+                old[0].address
+            };
+            assert!(forward(
+                &mut syn(client, vip),
+                &mut table,
+                &mut running,
+                &mut events,
+                &stats,
+                1,
+                None
+            ));
+        }
+        running.set_backend_state(BackendId(2), BackendState::Draining); // c
+        let count = |table: &FlowTable, daemon: &str| {
+            table.iter().filter(|r| r.daemon == addr(daemon)).count()
+        };
+        let (kept_a, kept_c) = (count(&table, a), count(&table, c));
+        assert!(kept_a > 0 && kept_c > 0 && count(&table, b) > 0 && count(&table, d) > 0);
+
+        apply(
+            Command::ReplacePlane(Box::new(plane(&new))),
+            &mut table,
+            &mut running,
+            &mut events,
+            &stats,
+        );
+
+        // A fresh start with `new`, brought to the same connections and states.
+        let mut fresh = plane(&new);
+        let ids = |p: &Dataplane, daemon: &str| {
+            (0..3u16)
+                .map(BackendId)
+                .find(|&id| {
+                    p.backend_owner
+                        .get(id.index())
+                        .is_some_and(|&(s, l)| p.services[s.index()].pool.addr(l) == addr(daemon))
+                })
+                .unwrap()
+        };
+        for r in table.iter() {
+            assert_eq!(
+                r.backend,
+                ids(&fresh, &r.daemon.to_string()),
+                "{r:?} re-pointed"
+            );
+        }
+        for daemon in [a, c] {
+            let id = ids(&fresh, daemon);
+            for _ in 0..count(&table, daemon) {
+                let (s, l) = fresh.backend_owner[id.index()];
+                fresh.services[s.index()].pool.connection_opened(l);
+            }
+        }
+        fresh.set_backend_state(ids(&fresh, c), BackendState::Draining);
+
+        assert_eq!((count(&table, a), count(&table, c)), (kept_a, kept_c));
+        assert_eq!(table.len(), kept_a + kept_c, "b's and d's records are gone");
+        assert_eq!(running.services, fresh.services);
+        assert_eq!(running.service_by_vip, fresh.service_by_vip);
+        assert_eq!(running.service_by_daemon, fresh.service_by_daemon);
+        assert_eq!(running.backend_owner, fresh.backend_owner);
+        let hops = |p: &Dataplane| p.next_hops.iter().map(NextHop::get).collect::<Vec<_>>();
+        assert_eq!(hops(&running), hops(&fresh));
     }
 }

@@ -7,6 +7,7 @@
 #![allow(unsafe_code)] // libbpf C calls and the generated skeleton; each block says why it is sound
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     ffi::CString,
     fmt,
     mem::MaybeUninit,
@@ -20,7 +21,7 @@ use libbpf_rs::{
     MapCore, MapFlags, OpenObject,
 };
 
-use crate::config::XdpMode;
+use crate::config::{Config, XdpMode, MAX_QUEUES};
 
 #[allow(
     clippy::all,
@@ -33,9 +34,6 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/steer.skel.rs"));
 }
 use skel::{types, SteerSkel, SteerSkelBuilder};
-
-/// Mirrors `MAX_QUEUES` in `bpf/steer.h`: back socket of queue q sits at this + q.
-pub const MAX_QUEUES: u32 = 64;
 
 /// Names of `enum steer_counter` in `bpf/steer.h`, in order. [`Steering::load`]
 /// checks the length against the counters map's size, which comes from the header.
@@ -110,6 +108,30 @@ pub struct Steering {
     links: Vec<OwnedFd>,
 }
 
+/// What the steering maps hold for a configuration: its services (with their
+/// index), its daemons (with their service) and its VIPs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SteeringTable {
+    pub services: BTreeMap<SocketAddrV4, u32>,
+    pub daemons: BTreeMap<SocketAddrV4, SocketAddrV4>,
+    pub vips: BTreeSet<Ipv4Addr>,
+}
+
+impl SteeringTable {
+    pub fn of(config: &Config) -> Self {
+        Self {
+            services: config
+                .services
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.address, i as u32))
+                .collect(),
+            daemons: config.daemons().map(|(_, s, b)| (b.addr, s)).collect(),
+            vips: config.services.iter().map(|s| *s.address.ip()).collect(),
+        }
+    }
+}
+
 fn endpoint(addr: SocketAddrV4) -> types::endpoint {
     // Network byte order in memory, as the program reads the packet.
     types::endpoint {
@@ -117,6 +139,19 @@ fn endpoint(addr: SocketAddrV4) -> types::endpoint {
         port: addr.port().to_be(),
         pad: 0,
     }
+}
+
+/// The address an `endpoint` key or value holds, from its bytes as the map
+/// stores them.
+fn endpoint_addr(bytes: &[u8]) -> Option<SocketAddrV4> {
+    let ip: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
+    let port: [u8; 2] = bytes.get(4..6)?.try_into().ok()?;
+    Some(SocketAddrV4::new(ip.into(), u16::from_be_bytes(port)))
+}
+
+fn ip_of(bytes: &[u8]) -> Option<Ipv4Addr> {
+    let ip: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
+    Some(ip.into())
 }
 
 /// Views a plain-old-data map key or value as bytes for libbpf's byte-slice API.
@@ -164,49 +199,87 @@ impl Steering {
         })
     }
 
-    pub fn add_service(&self, vip: SocketAddrV4, id: u32) -> Result<()> {
-        let addr = u32::from_ne_bytes(vip.ip().octets());
-        self.skel
-            .maps
-            .vip_addrs
-            .update(&addr.to_ne_bytes(), &[1], MapFlags::ANY)
-            .with_context(|| format!("adding VIP {} to the XDP map", vip.ip()))?;
-        let key = endpoint(vip);
-        self.skel
-            .maps
+    /// Makes the services, daemons and VIPs maps hold exactly `want`: entries of
+    /// an earlier configuration that `want` lacks are removed, the rest written.
+    pub fn sync(&mut self, want: &SteeringTable) -> Result<()> {
+        let have = self.contents()?;
+        let maps = &self.skel.maps;
+        for vip in have
             .services
-            .update(pod_bytes(&key), &id.to_ne_bytes(), MapFlags::ANY)
-            .with_context(|| format!("adding service {vip} to the XDP map"))
-    }
-
-    pub fn add_daemon(&self, daemon: SocketAddrV4, service: SocketAddrV4) -> Result<()> {
-        let key = endpoint(daemon);
-        let value = types::daemon_info {
-            service: endpoint(service),
-        };
-        self.skel
-            .maps
+            .keys()
+            .filter(|k| !want.services.contains_key(k))
+        {
+            maps.services
+                .delete(pod_bytes(&endpoint(*vip)))
+                .with_context(|| format!("removing service {vip} from the XDP map"))?;
+        }
+        for daemon in have
             .daemons
-            .update(pod_bytes(&key), pod_bytes(&value), MapFlags::ANY)
-            .with_context(|| format!("adding daemon {daemon} to the XDP map"))
+            .keys()
+            .filter(|k| !want.daemons.contains_key(k))
+        {
+            maps.daemons
+                .delete(pod_bytes(&endpoint(*daemon)))
+                .with_context(|| format!("removing daemon {daemon} from the XDP map"))?;
+        }
+        for ip in have.vips.difference(&want.vips) {
+            maps.vip_addrs
+                .delete(&u32::from_ne_bytes(ip.octets()).to_ne_bytes())
+                .with_context(|| format!("removing VIP {ip} from the XDP map"))?;
+        }
+        for ip in &want.vips {
+            maps.vip_addrs
+                .update(
+                    &u32::from_ne_bytes(ip.octets()).to_ne_bytes(),
+                    &[1],
+                    MapFlags::ANY,
+                )
+                .with_context(|| format!("adding VIP {ip} to the XDP map"))?;
+        }
+        for (vip, id) in &want.services {
+            maps.services
+                .update(pod_bytes(&endpoint(*vip)), &id.to_ne_bytes(), MapFlags::ANY)
+                .with_context(|| format!("adding service {vip} to the XDP map"))?;
+        }
+        for (daemon, service) in &want.daemons {
+            let value = types::daemon_info {
+                service: endpoint(*service),
+            };
+            maps.daemons
+                .update(
+                    pod_bytes(&endpoint(*daemon)),
+                    pod_bytes(&value),
+                    MapFlags::ANY,
+                )
+                .with_context(|| format!("adding daemon {daemon} to the XDP map"))?;
+        }
+        Ok(())
     }
 
-    pub fn remove_daemon(&self, daemon: SocketAddrV4) -> Result<()> {
-        let key = endpoint(daemon);
-        self.skel
-            .maps
-            .daemons
-            .delete(pod_bytes(&key))
-            .with_context(|| format!("removing daemon {daemon} from the XDP map"))
-    }
-
-    pub fn remove_service(&self, vip: SocketAddrV4) -> Result<()> {
-        let key = endpoint(vip);
-        self.skel
-            .maps
-            .services
-            .delete(pod_bytes(&key))
-            .with_context(|| format!("removing service {vip} from the XDP map"))
+    /// What the services, daemons and VIPs maps hold now.
+    pub fn contents(&self) -> Result<SteeringTable> {
+        let maps = &self.skel.maps;
+        let mut table = SteeringTable::default();
+        for key in maps.services.keys() {
+            let id = maps
+                .services
+                .lookup(&key, MapFlags::ANY)?
+                .and_then(|v| Some(u32::from_ne_bytes(v.get(..4)?.try_into().ok()?)));
+            if let (Some(vip), Some(id)) = (endpoint_addr(&key), id) {
+                table.services.insert(vip, id);
+            }
+        }
+        for key in maps.daemons.keys() {
+            let service = maps
+                .daemons
+                .lookup(&key, MapFlags::ANY)?
+                .and_then(|v| endpoint_addr(&v));
+            if let (Some(daemon), Some(service)) = (endpoint_addr(&key), service) {
+                table.daemons.insert(daemon, service);
+            }
+        }
+        table.vips = maps.vip_addrs.keys().filter_map(|k| ip_of(&k)).collect();
+        Ok(table)
     }
 
     /// One of this host's addresses on the back: daemons' answers to it are the

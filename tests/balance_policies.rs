@@ -4,6 +4,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use dispatchd::{
     balance::{BackendSpec, BackendState, PolicyKind, Pool, PoolError},
     flow::FlowKey,
+    ids::PoolIndex,
 };
 
 fn spec(i: u32, weight: u32) -> BackendSpec {
@@ -31,7 +32,7 @@ fn pool(policy: PolicyKind, weights: &[u32]) -> Pool {
 }
 
 fn picks(p: &mut Pool, count: u32) -> Vec<u16> {
-    (0..count).map(|n| p.select(&key(n)).unwrap()).collect()
+    (0..count).map(|n| p.select(&key(n)).unwrap().0).collect()
 }
 
 fn histogram(picks: &[u16], n: usize) -> Vec<u32> {
@@ -63,8 +64,8 @@ fn pool_validation() {
         let p = Pool::new(policy, &ok).unwrap();
         assert_eq!((p.policy(), p.len(), p.is_empty()), (policy, 2, false));
         assert_eq!(p.backends(), &ok);
-        assert_eq!(p.addr(1), ok[1].addr);
-        assert_eq!(p.state(0), BackendState::Up);
+        assert_eq!(p.addr(PoolIndex(1)), ok[1].addr);
+        assert_eq!(p.state(PoolIndex(0)), BackendState::Up);
     }
     let many: Vec<_> = (0..65_536).map(|i| spec(i, 1)).collect();
     assert_eq!(
@@ -82,13 +83,16 @@ fn pool_validation() {
 fn none_when_nothing_is_up() {
     for policy in ALL {
         let mut p = pool(policy, &[1, 2, 3]);
-        p.set_state(0, BackendState::Down);
-        p.set_state(1, BackendState::Draining);
-        p.set_state(2, BackendState::Down);
+        p.set_state(PoolIndex(0), BackendState::Down);
+        p.set_state(PoolIndex(1), BackendState::Draining);
+        p.set_state(PoolIndex(2), BackendState::Down);
         assert_eq!(p.up_count(), 0);
         assert_eq!(p.select(&key(1)), None, "{policy}");
-        p.set_state(1, BackendState::Up);
-        assert!((0..50).all(|n| p.select(&key(n)) == Some(1)), "{policy}");
+        p.set_state(PoolIndex(1), BackendState::Up);
+        assert!(
+            (0..50).all(|n| p.select(&key(n)) == Some(PoolIndex(1))),
+            "{policy}"
+        );
     }
 }
 
@@ -96,8 +100,8 @@ fn none_when_nothing_is_up() {
 fn down_and_draining_get_nothing() {
     for policy in ALL {
         let mut p = pool(policy, &[1, 2, 3, 1, 1]);
-        p.set_state(1, BackendState::Down);
-        p.set_state(3, BackendState::Draining);
+        p.set_state(PoolIndex(1), BackendState::Down);
+        p.set_state(PoolIndex(3), BackendState::Draining);
         let h = histogram(&picks(&mut p, 5000), 5);
         assert_eq!((h[1], h[3]), (0, 0), "{policy}: {h:?}");
         assert!(h[0] > 0 && h[2] > 0 && h[4] > 0, "{policy}: {h:?}");
@@ -123,8 +127,8 @@ fn round_robin_is_within_one_of_even() {
     }
     // With some down: within one over the Up ones.
     let mut p = pool(PolicyKind::RoundRobin, &[1; 7]);
-    p.set_state(2, BackendState::Down);
-    p.set_state(5, BackendState::Draining);
+    p.set_state(PoolIndex(2), BackendState::Down);
+    p.set_state(PoolIndex(5), BackendState::Draining);
     let h = histogram(&picks(&mut p, 5 * 5 + 3), 7);
     assert_eq!(h, vec![6, 6, 0, 6, 5, 0, 5]);
 }
@@ -160,7 +164,7 @@ fn weighted_round_robin_exact_and_smooth() {
     // State change: cycle restarts over the Up daemons, still exact.
     let mut p = pool(PolicyKind::WeightedRoundRobin, &[1, 2, 3, 4]);
     let _ = picks(&mut p, 3);
-    p.set_state(3, BackendState::Down);
+    p.set_state(PoolIndex(3), BackendState::Down);
     assert_eq!(histogram(&picks(&mut p, 6 * 3), 4), vec![3, 6, 9, 0]);
 }
 
@@ -173,26 +177,29 @@ fn least_connections_picks_minimum_and_rotates_ties() {
     let mut p = pool(PolicyKind::LeastConnections, &[1, 1, 1, 1]);
     for (i, c) in [5u32, 2, 7, 2].into_iter().enumerate() {
         for _ in 0..c {
-            p.connection_opened(i as u16);
+            p.connection_opened(PoolIndex(i as u16));
         }
     }
     let a = p.select(&key(0)).unwrap();
     let b = p.select(&key(1)).unwrap();
-    assert!([a, b].contains(&1) && [a, b].contains(&3), "{a} {b}");
+    assert!(
+        [a, b].contains(&PoolIndex(1)) && [a, b].contains(&PoolIndex(3)),
+        "{a} {b}"
+    );
     for n in 0..100 {
         let i = p.select(&key(n)).unwrap();
-        let min = (0..4).map(|j| p.active(j)).min().unwrap();
+        let min = (0..4).map(|j| p.active(PoolIndex(j))).min().unwrap();
         assert_eq!(p.active(i), min);
         p.connection_opened(i);
     }
     // 116 connections over 4: all at 29.
-    assert!((0..4).all(|j| p.active(j) == 29));
-    p.connection_closed(2);
-    assert_eq!(p.select(&key(0)), Some(2));
+    assert!((0..4).all(|j| p.active(PoolIndex(j)) == 29));
+    p.connection_closed(PoolIndex(2));
+    assert_eq!(p.select(&key(0)), Some(PoolIndex(2)));
     // Saturating bookkeeping.
     let mut q = pool(PolicyKind::LeastConnections, &[1]);
-    q.connection_closed(0);
-    assert_eq!(q.active(0), 0);
+    q.connection_closed(PoolIndex(0));
+    assert_eq!(q.active(PoolIndex(0)), 0);
 }
 
 #[test]
@@ -202,22 +209,22 @@ fn least_connections_respects_weights() {
         let i = p.select(&key(n)).unwrap();
         p.connection_opened(i);
     }
-    assert_eq!((p.active(0), p.active(1)), (100, 300));
+    assert_eq!((p.active(PoolIndex(0)), p.active(PoolIndex(1))), (100, 300));
     // Down daemons are skipped even with fewest connections.
     let mut p = pool(PolicyKind::LeastConnections, &[1, 1, 1]);
-    p.connection_opened(1);
-    p.connection_opened(2);
-    p.set_state(0, BackendState::Draining);
-    assert!((0..10).all(|n| p.select(&key(n)) != Some(0)));
+    p.connection_opened(PoolIndex(1));
+    p.connection_opened(PoolIndex(2));
+    p.set_state(PoolIndex(0), BackendState::Draining);
+    assert!((0..10).all(|n| p.select(&key(n)) != Some(PoolIndex(0))));
 }
 
 #[test]
 fn connection_counts_kept_for_every_policy() {
     for policy in ALL {
         let mut p = pool(policy, &[1, 1]);
-        p.connection_opened(1);
-        p.connection_opened(1);
-        p.connection_closed(1);
-        assert_eq!((p.active(0), p.active(1)), (0, 1));
+        p.connection_opened(PoolIndex(1));
+        p.connection_opened(PoolIndex(1));
+        p.connection_closed(PoolIndex(1));
+        assert_eq!((p.active(PoolIndex(0)), p.active(PoolIndex(1))), (0, 1));
     }
 }

@@ -8,6 +8,7 @@ use dispatchd::{
         BackendSpec, BackendState, MaglevTable, PolicyKind, Pool,
     },
     flow::FlowKey,
+    ids::PoolIndex,
 };
 
 const M: u32 = 65_537;
@@ -129,7 +130,7 @@ fn build_is_deterministic_and_order_independent() {
             let k = rng.key();
             let x = p1.select(&k).unwrap();
             let y = p2.select(&k).unwrap();
-            assert_eq!(p1.addr(usize::from(x)), p2.addr(usize::from(y)));
+            assert_eq!(p1.addr(x), p2.addr(y));
         }
     }
 }
@@ -231,17 +232,17 @@ fn disruption_through_select_with_random_flows() {
         let s = equal(n);
         let mut p = Pool::new(PolicyKind::Maglev, &s).unwrap();
         let ptr = p.maglev().unwrap().entries().as_ptr();
-        let before: Vec<u16> = keys.iter().map(|k| p.select(k).unwrap()).collect();
+        let before: Vec<PoolIndex> = keys.iter().map(|k| p.select(k).unwrap()).collect();
         // Spread over daemons roughly evenly.
         let mut per = vec![0u32; n as usize];
-        before.iter().for_each(|&b| per[usize::from(b)] += 1);
+        before.iter().for_each(|&b| per[b.index()] += 1);
         let even = keys.len() as f64 / f64::from(n);
         assert!(
             per.iter().all(|&c| (f64::from(c) / even - 1.0).abs() < 0.1),
             "{per:?}"
         );
 
-        let r = (n / 2) as usize;
+        let r = PoolIndex((n / 2) as u16);
         for state in [BackendState::Down, BackendState::Draining] {
             p.set_state(r, state);
             assert_eq!(
@@ -254,9 +255,9 @@ fn disruption_through_select_with_random_flows() {
             let mut others_moved = 0;
             for (k, &b) in keys.iter().zip(&before) {
                 let a = p.select(k).unwrap();
-                assert_ne!(usize::from(a), r);
+                assert_ne!(a, r);
                 total += usize::from(a != b);
-                if usize::from(b) != r {
+                if b != r {
                     others += 1;
                     others_moved += usize::from(a != b);
                 }
@@ -271,8 +272,8 @@ fn disruption_through_select_with_random_flows() {
                 .zip(&before)
                 .all(|(k, &b)| p.select(k) == Some(b)));
         }
-        for i in 0..n as usize {
-            p.set_state(i, BackendState::Down);
+        for i in 0..n as u16 {
+            p.set_state(PoolIndex(i), BackendState::Down);
         }
         assert_eq!(p.select(&keys[0]), None);
         assert!(p

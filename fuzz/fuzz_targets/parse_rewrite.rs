@@ -11,8 +11,11 @@ use std::{
 use dispatchd::{
     balance::{BackendSpec, PolicyKind},
     config::ServiceConfig,
-    dataplane::{reverse, Dataplane, EventSink, Forwarder, FrameHandler, NextHop, Wake},
+    dataplane::{reverse, Dataplane, Forwarder, FrameHandler},
     flow::FlowTable,
+    ids::WorkerId,
+    neigh::NextHop,
+    protocol::{self, Wake},
     packet::{checksum, L4Frame, L4Proto, MacPair},
     stats::WorkerStats,
     sys::EventFd,
@@ -92,13 +95,13 @@ fuzz_target!(|data: &[u8]| {
     }];
     let hops: Arc<[NextHop]> = vec![NextHop::default()].into();
     hops[0].set(Some([2, 0, 0, 0, 0, 3]));
-    let plane = Dataplane::build(0, &services, hops, [2, 0, 0, 0, 0, 4]);
+    let plane = Dataplane::build(WorkerId(0), &services, hops, [2, 0, 0, 0, 0, 4]);
     let Ok(mut plane) = plane else { return };
     let mut table = FlowTable::with_capacity(2);
     let stats = WorkerStats::default();
-    let (tx, _rx) = dispatchd::spsc::channel(64);
     let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
-    let mut sink = EventSink::new(tx, wake);
+    let (worker, _main) = protocol::link_sized::<Dataplane>(wake, 64);
+    let mut sink = worker.events;
     // Forward as the worker's batch loop does: the prefetch's hint comes along.
     let mut forwarder = Forwarder {
         table: &mut table,

@@ -86,6 +86,26 @@ pub struct MaglevTable {
     populated: bool,
 }
 
+/// Tables are equal when they answer every lookup alike for the same daemons; the
+/// rebuild scratch space is not compared.
+impl PartialEq for MaglevTable {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            self.size,
+            self.populated,
+            &self.entries,
+            &self.order,
+            &self.weight,
+        ) == (
+            other.size,
+            other.populated,
+            &other.entries,
+            &other.order,
+            &other.weight,
+        )
+    }
+}
+
 impl fmt::Debug for MaglevTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MaglevTable")

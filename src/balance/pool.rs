@@ -3,7 +3,7 @@
 use std::net::SocketAddrV4;
 
 use super::{flow_hash, BackendSpec, BackendState, MaglevTable, PolicyKind};
-use crate::flow::FlowKey;
+use crate::{flow::FlowKey, ids::PoolIndex};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PoolError {
@@ -34,7 +34,7 @@ pub enum PoolError {
 ///   cross-multiplication); the scan starts after the previous pick, so ties rotate.
 /// * `Maglev`: [`MaglevTable`] over the Up daemons, looked up with [`flow_hash`];
 ///   the same daemon set gives the same pick on every host.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Pool {
     policy: PolicyKind,
     backends: Box<[BackendSpec]>,
@@ -94,8 +94,8 @@ impl Pool {
     /// # Panics
     /// If `index >= len()` (likewise for the other index-taking methods).
     #[inline]
-    pub fn addr(&self, index: usize) -> SocketAddrV4 {
-        self.backends[index].addr
+    pub fn addr(&self, index: PoolIndex) -> SocketAddrV4 {
+        self.backends[index.index()].addr
     }
 
     #[inline]
@@ -104,8 +104,8 @@ impl Pool {
     }
 
     #[inline]
-    pub fn state(&self, index: usize) -> BackendState {
-        self.states[index]
+    pub fn state(&self, index: PoolIndex) -> BackendState {
+        self.states[index.index()]
     }
 
     /// Number of daemons that are Up.
@@ -123,9 +123,9 @@ impl Pool {
     /// Sets a daemon's state. `Down` and `Draining` daemons get no new connections;
     /// existing ones are untouched. When the set of Up daemons changes, smooth WRR
     /// restarts its cycle and Maglev repopulates its table in place.
-    pub fn set_state(&mut self, index: usize, state: BackendState) {
-        let was_up = self.states[index] == BackendState::Up;
-        self.states[index] = state;
+    pub fn set_state(&mut self, index: PoolIndex, state: BackendState) {
+        let was_up = self.states[index.index()] == BackendState::Up;
+        self.states[index.index()] = state;
         let is_up = state == BackendState::Up;
         if was_up == is_up {
             return;
@@ -144,7 +144,7 @@ impl Pool {
 
     /// Picks a daemon for a new connection; `None` if no daemon is Up. Does not
     /// count the connection (see [`connection_opened`](Self::connection_opened)).
-    pub fn select(&mut self, key: &FlowKey) -> Option<u16> {
+    pub fn select(&mut self, key: &FlowKey) -> Option<PoolIndex> {
         if self.up == 0 {
             return None;
         }
@@ -155,7 +155,7 @@ impl Pool {
                     let i = (self.cursor + k) % n;
                     if self.states[i] == BackendState::Up {
                         self.cursor = (i + 1) % n;
-                        return Some(i as u16);
+                        return Some(PoolIndex(i as u16));
                     }
                 }
                 None
@@ -176,7 +176,7 @@ impl Pool {
                 }
                 let b = best?;
                 self.wrr_current[b] -= total;
-                Some(b as u16)
+                Some(PoolIndex(b as u16))
             }
             PolicyKind::LeastConnections => {
                 let mut best: Option<usize> = None;
@@ -196,29 +196,29 @@ impl Pool {
                 }
                 let b = best?;
                 self.cursor = (b + 1) % n;
-                Some(b as u16)
+                Some(PoolIndex(b as u16))
             }
-            PolicyKind::Maglev => self.maglev.as_ref()?.lookup(flow_hash(key)),
+            PolicyKind::Maglev => self.maglev.as_ref()?.lookup(flow_hash(key)).map(PoolIndex),
         }
     }
 
     /// Counts a new connection to `index` (saturating).
     #[inline]
-    pub fn connection_opened(&mut self, index: u16) {
-        let a = &mut self.active[usize::from(index)];
+    pub fn connection_opened(&mut self, index: PoolIndex) {
+        let a = &mut self.active[index.index()];
         *a = a.saturating_add(1);
     }
 
     /// Counts a closed connection of `index` (saturating at 0).
     #[inline]
-    pub fn connection_closed(&mut self, index: u16) {
-        let a = &mut self.active[usize::from(index)];
+    pub fn connection_closed(&mut self, index: PoolIndex) {
+        let a = &mut self.active[index.index()];
         *a = a.saturating_sub(1);
     }
 
     /// Connections currently counted to `index`.
     #[inline]
-    pub fn active(&self, index: u16) -> u32 {
-        self.active[usize::from(index)]
+    pub fn active(&self, index: PoolIndex) -> u32 {
+        self.active[index.index()]
     }
 }

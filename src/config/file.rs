@@ -10,14 +10,11 @@ use serde::{
 };
 
 use super::{
-    parse_addr, parse_backend, BindMode, Config, ConfigError, ControlConfig, OnFailure, PollMode,
-    ServiceConfig, XdpMode, DEFAULT_BATCH, DEFAULT_CONTROL_SOCKET, DEFAULT_FLOW_CAPACITY,
-    DEFAULT_FRAMES_PER_QUEUE, DEFAULT_QUEUES, DEFAULT_WEIGHT,
+    parse_addr, parse_backend, BindMode, Config, ConfigError, ControlConfig, HealthCheck,
+    OnFailure, PollMode, ServiceConfig, Timeouts, XdpMode, DEFAULT_BATCH, DEFAULT_CONTROL_SOCKET,
+    DEFAULT_FLOW_CAPACITY, DEFAULT_FRAMES_PER_QUEUE, DEFAULT_QUEUES, DEFAULT_WEIGHT,
 };
-use crate::{
-    balance::{BackendSpec, PolicyKind},
-    control::{conntrack::Timeouts, health::HealthCheck},
-};
+use crate::balance::{BackendSpec, PolicyKind};
 use std::{path::PathBuf, time::Duration};
 
 /// Top level of the file.

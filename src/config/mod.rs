@@ -10,6 +10,7 @@
 //! `examples/dispatchd.toml` is the documented reference for the file format.
 
 mod cli;
+mod control;
 mod file;
 
 use std::{
@@ -18,16 +19,24 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::ids::BackendId;
+
 use serde::Deserialize;
 
 use crate::balance::{BackendSpec, PolicyKind};
 
 pub use cli::RunArgs;
+pub use control::{
+    ControlConfig, HealthCheck, OnFailure, Timeouts, DEFAULT_CONTROL_SOCKET, DEFAULT_FALL,
+    DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LINGER,
+    DEFAULT_RISE, DEFAULT_SYN_TIMEOUT,
+};
 
 /// Default number of queues (one AF_XDP socket and one worker per queue).
 pub const DEFAULT_QUEUES: u32 = 1;
-/// Largest accepted `queues`.
-pub const MAX_QUEUES: u32 = 64;
+// MAX_QUEUES (largest accepted `queues`), MAX_SERVICES and MAX_DAEMONS: the sizes
+// of the steering program's maps, from `bpf/steer.h`.
+include!(concat!(env!("OUT_DIR"), "/steer_limits.rs"));
 /// Default flow-table capacity, per queue.
 pub const DEFAULT_FLOW_CAPACITY: usize = 1 << 20;
 /// Default number of UMEM frames per queue.
@@ -111,43 +120,6 @@ pub struct Config {
     pub control: ControlConfig,
 }
 
-/// Default path of the control socket (created 0600).
-pub const DEFAULT_CONTROL_SOCKET: &str = "/run/dispatchd.sock";
-
-/// What happens to a failed daemon's open connections.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum OnFailure {
-    /// They keep being forwarded to it (they may recover, or end by themselves).
-    #[default]
-    Keep,
-    /// Their records are removed at once: their further segments are dropped.
-    Reset,
-}
-
-/// The management loop's settings.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ControlConfig {
-    pub control_socket: PathBuf,
-    /// Loopback address for the Prometheus text endpoint; none = off.
-    pub metrics_listen: Option<std::net::SocketAddr>,
-    pub timeouts: crate::control::conntrack::Timeouts,
-    pub health: crate::control::health::HealthCheck,
-    pub on_failure: OnFailure,
-}
-
-impl Default for ControlConfig {
-    fn default() -> Self {
-        Self {
-            control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
-            metrics_listen: None,
-            timeouts: Default::default(),
-            health: Default::default(),
-            on_failure: OnFailure::default(),
-        }
-    }
-}
-
 /// One service: a VIP:port on the front interface and the daemons behind it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceConfig {
@@ -217,6 +189,10 @@ pub enum ConfigError {
     BackendsWithoutService { services: usize },
     #[error("no services configured: add a [[service]] table or pass --service and --backend")]
     NoServices,
+    #[error("{services} services configured; the steering program holds at most {MAX_SERVICES}")]
+    TooManyServices { services: usize },
+    #[error("{daemons} daemons configured; the steering program holds at most {MAX_DAEMONS}")]
+    TooManyDaemons { daemons: usize },
     #[error("service {address} is listed twice")]
     DuplicateService { address: SocketAddrV4 },
     #[error("service {service} has no backends")]
@@ -284,10 +260,17 @@ impl Config {
         file::FileConfig::load(path)?.into_config()
     }
 
+    /// Every daemon of every service in config order, with its [`BackendId`] (its
+    /// position in this order) and its service's address. Validation guarantees
+    /// that a daemon appears once and that the ids fit.
+    pub fn daemons(&self) -> impl Iterator<Item = (BackendId, SocketAddrV4, BackendSpec)> + '_ {
+        daemons_of(&self.services)
+    }
+
     /// Checks every rule documented on the fields. The constructors call this; call
     /// it again after changing a `Config` by hand.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.validate_control()?;
+        self.control.validate()?;
         check_ifname("front", &self.front)?;
         check_ifname("back", &self.back)?;
         if self.front == self.back {
@@ -339,38 +322,18 @@ impl Config {
         self.validate_services()
     }
 
-    fn validate_control(&self) -> Result<(), ConfigError> {
-        let c = &self.control;
-        if let Some(addr) = c.metrics_listen {
-            if !addr.ip().is_loopback() {
-                return Err(ConfigError::MetricsNotLoopback { addr });
-            }
-        }
-        let t = &c.timeouts;
-        for (key, d) in [
-            ("timeouts.syn_ms", t.syn),
-            ("timeouts.idle_ms", t.idle),
-            ("timeouts.linger_ms", t.linger),
-        ] {
-            if d.is_zero() {
-                return Err(ConfigError::ZeroDuration { key });
-            }
-        }
-        let h = &c.health;
-        if h.interval.is_zero() || h.timeout.is_zero() || h.timeout > h.interval {
-            return Err(ConfigError::BadHealthTiming);
-        }
-        if h.rise == 0 || h.fall == 0 {
-            return Err(ConfigError::ZeroDuration {
-                key: "health.rise/fall",
-            });
-        }
-        Ok(())
-    }
-
     fn validate_services(&self) -> Result<(), ConfigError> {
         if self.services.is_empty() {
             return Err(ConfigError::NoServices);
+        }
+        if self.services.len() > MAX_SERVICES as usize {
+            return Err(ConfigError::TooManyServices {
+                services: self.services.len(),
+            });
+        }
+        let daemons: usize = self.services.iter().map(|s| s.backends.len()).sum();
+        if daemons > MAX_DAEMONS as usize {
+            return Err(ConfigError::TooManyDaemons { daemons });
         }
         let mut vips = HashSet::new();
         for s in &self.services {
@@ -417,6 +380,17 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// [`Config::daemons`] of a list of services.
+pub fn daemons_of(
+    services: &[ServiceConfig],
+) -> impl Iterator<Item = (BackendId, SocketAddrV4, BackendSpec)> + '_ {
+    services
+        .iter()
+        .flat_map(|s| s.backends.iter().map(move |b| (s.address, *b)))
+        .enumerate()
+        .map(|(i, (service, b))| (BackendId(i as u16), service, b))
 }
 
 /// Parses `ADDR:PORT` or `ADDR:PORT@WEIGHT` (the `--backend` syntax and the string

@@ -78,10 +78,7 @@ fn control_tables_parse_with_defaults_and_reject_unknown_keys() {
         std::path::PathBuf::from("/tmp/x.sock")
     );
     assert_eq!(c.control.timeouts.idle, std::time::Duration::from_secs(2));
-    assert_eq!(
-        c.control.timeouts.syn,
-        crate::control::conntrack::Timeouts::default().syn
-    );
+    assert_eq!(c.control.timeouts.syn, super::Timeouts::default().syn);
     assert_eq!(c.control.health.fall, 2);
     assert_eq!(c.control.on_failure, OnFailure::Reset);
     let bad = text.replace("idle_ms", "idle_msec");
@@ -353,4 +350,57 @@ fn line_numbers() {
 
 fn file_line(text: &str, at: usize) -> usize {
     file::line_of_for_tests(text, at)
+}
+
+#[test]
+fn more_services_or_daemons_than_the_steering_maps_hold_are_refused() {
+    let service = |i: usize, daemons: usize| ServiceConfig {
+        address: SocketAddrV4::new(
+            std::net::Ipv4Addr::new(198, 18, (i >> 8) as u8, i as u8),
+            80,
+        ),
+        policy: PolicyKind::RoundRobin,
+        backends: (0..daemons)
+            .map(|d| BackendSpec {
+                addr: SocketAddrV4::new(
+                    std::net::Ipv4Addr::new(198, 19, (i % 256) as u8, 1),
+                    (1000 + d) as u16,
+                ),
+                weight: 1,
+            })
+            .collect(),
+    };
+    let mut c = base();
+    c.services = (0..=MAX_SERVICES as usize).map(|i| service(i, 1)).collect();
+    assert!(
+        matches!(err(c), ConfigError::TooManyServices { services } if services == MAX_SERVICES as usize + 1)
+    );
+    let mut c = base();
+    c.services = (0..2)
+        .map(|i| service(i, MAX_DAEMONS as usize / 2))
+        .collect();
+    c.validate().unwrap();
+    c.services[1].backends.push(BackendSpec {
+        addr: a("198.19.9.9:1"),
+        weight: 1,
+    });
+    assert!(
+        matches!(err(c), ConfigError::TooManyDaemons { daemons } if daemons == MAX_DAEMONS as usize + 1)
+    );
+}
+
+#[test]
+fn daemons_are_numbered_in_config_order_across_services() {
+    let ids: Vec<_> = base()
+        .daemons()
+        .map(|(id, service, b)| (id.0, service, b.addr))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            (0, a("198.18.0.100:80"), a("198.19.0.11:8080")),
+            (1, a("198.18.0.100:80"), a("198.19.0.12:8080")),
+            (2, a("198.18.0.101:80"), a("198.19.0.13:8080")),
+        ]
+    );
 }

@@ -1,36 +1,6 @@
 //! Health-check rise/fall: a backend flips Down after `fall` consecutive failed
 //! probes and back Up after `rise` consecutive successful ones.
-use std::time::Duration;
-
-/// Default time between two probes of one backend.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
-/// Default time a probe may take before it counts as failed.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
-/// Default number of consecutive successes that bring a Down backend Up.
-pub const DEFAULT_RISE: u32 = 2;
-/// Default number of consecutive failures that take an Up backend Down.
-pub const DEFAULT_FALL: u32 = 3;
-
-/// Probe schedule and thresholds. `Default` is 1 s interval, 500 ms timeout,
-/// rise 2, fall 3. A `rise` or `fall` of 0 behaves as 1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HealthCheck {
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub rise: u32,
-    pub fall: u32,
-}
-
-impl Default for HealthCheck {
-    fn default() -> Self {
-        Self {
-            interval: DEFAULT_INTERVAL,
-            timeout: DEFAULT_TIMEOUT,
-            rise: DEFAULT_RISE,
-            fall: DEFAULT_FALL,
-        }
-    }
-}
+use crate::config::HealthCheck;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Health {
@@ -87,16 +57,20 @@ impl HealthState {
         }
         None
     }
-
-    /// Current streaks: (consecutive successes, consecutive failures); one is 0.
-    pub fn consecutive(&self) -> (u32, u32) {
-        (self.successes, self.failures)
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    impl HealthState {
+        /// Current streaks: (consecutive successes, consecutive failures); one is 0.
+        fn consecutive(&self) -> (u32, u32) {
+            (self.successes, self.failures)
+        }
+    }
 
     fn state(rise: u32, fall: u32) -> HealthState {
         HealthState::new(&HealthCheck {

@@ -1,11 +1,18 @@
-//! The management thread. Pure logic: the connection close state machine with its
-//! timers ([`conntrack`]) and health-check rise/fall ([`health`]); the io_uring loop
-//! that drives them ([`manager`]); rendering of statistics ([`report`]).
+//! The management thread.
 //!
-//! The pure parts do no I/O: the io_uring loop feeds events and the current monotonic time
-//! (`u64` nanoseconds) in, and sends the returned commands to the workers.
+//! Pure parts, which do no I/O and take the monotonic time (`u64` nanoseconds) as
+//! an argument: the connection close state machine with its timers
+//! ([`conntrack`]), health-check rise/fall ([`health`]), every daemon's state
+//! ([`backends`]), control requests ([`ctl`]) and the rendering of statistics
+//! ([`report`]). Around them: the io_uring slab ([`uring`]), the one path from a
+//! configuration to the running state ([`apply`]), and the loop that drives it all
+//! ([`manager`]).
 
+pub mod apply;
+pub mod backends;
 pub mod conntrack;
+pub mod ctl;
 pub mod health;
 pub mod manager;
 pub mod report;
+pub mod uring;

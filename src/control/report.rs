@@ -1,11 +1,17 @@
 //! Rendering the numbers: `ctl stats|conns|backends` as text or JSON, and the
-//! Prometheus text format. Values are numbers and addresses only, so the JSON is
-//! written by hand without escaping concerns.
-use std::fmt::Write;
+//! Prometheus text format.
+use std::{fmt::Write, net::SocketAddrV4};
 
 use hdrhistogram::Histogram;
+use serde::{Serialize, Serializer};
 
+use super::{
+    backends::Backend,
+    conntrack::{BackendConns, ConnInfo},
+    health::Health,
+};
 use crate::{
+    ids::WorkerId,
     packet::DropReason,
     stats::{WorkerDrop, WorkerStats},
     xdp::COUNTER_NAMES,
@@ -26,6 +32,8 @@ pub struct StatsSnapshot<'a> {
     pub xdp: Option<[u64; COUNTER_NAMES.len()]>,
     pub connections: usize,
     pub ignored_events: u64,
+    /// The connection tracker's timer entries, live and stale.
+    pub timer_entries: usize,
 }
 
 fn merged(
@@ -123,54 +131,199 @@ pub fn stats_text(s: &StatsSnapshot<'_>) -> String {
     }
     let _ = writeln!(
         out,
-        "connections {} ignored_events {}",
-        s.connections, s.ignored_events
+        "connections {} ignored_events {} timer_entries {}",
+        s.connections, s.ignored_events, s.timer_entries
     );
     out
 }
 
-fn json_object(pairs: &[(&str, u64)]) -> String {
-    let body: Vec<String> = pairs.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
-    format!("{{{}}}", body.join(","))
+/// Named numbers as a JSON object, in the order given.
+struct Fields<'a>(&'a [(&'a str, u64)]);
+
+impl Serialize for Fields<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+#[derive(Serialize)]
+struct WorkerJson<'a> {
+    queue: usize,
+    #[serde(flatten)]
+    fields: Fields<'a>,
+    invalid_by_reason: Fields<'a>,
+    dropped_by_reason: Fields<'a>,
+}
+
+#[derive(Serialize)]
+struct StatsJson<'a> {
+    workers: Vec<WorkerJson<'a>>,
+    per_packet_ns: Fields<'a>,
+    batch_size: Fields<'a>,
+    xdp: Option<Fields<'a>>,
+    connections: usize,
+    ignored_events: u64,
+    timer_entries: usize,
+}
+
+/// One JSON document and a newline.
+fn json_line(value: &impl Serialize) -> String {
+    let mut text = serde_json::to_string(value).expect("plain data serializes");
+    text.push('\n');
+    text
 }
 
 pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
-    let workers: Vec<String> = s
+    struct PerWorker {
+        fields: [(&'static str, u64); 18],
+        invalid: Vec<(&'static str, u64)>,
+        dropped: Vec<(&'static str, u64)>,
+    }
+    let per_worker: Vec<PerWorker> = s
         .workers
         .iter()
-        .enumerate()
-        .map(|(q, w)| {
-            let mut fields = vec![("queue", q as u64)];
-            fields.extend(worker_fields(w));
-            let base = json_object(&fields);
-            let invalid: Vec<(&str, u64)> = DropReason::ALL
+        .map(|w| PerWorker {
+            fields: worker_fields(w),
+            invalid: DropReason::ALL
                 .iter()
                 .map(|r| (r.as_str(), w.invalid[r.index()].get()))
-                .collect();
-            let dropped: Vec<(&str, u64)> = WorkerDrop::ALL
+                .collect(),
+            dropped: WorkerDrop::ALL
                 .iter()
                 .map(|d| (d.as_str(), w.dropped[*d as usize].get()))
-                .collect();
-            format!(
-                "{},\"invalid_by_reason\":{},\"dropped_by_reason\":{}}}",
-                base.trim_end_matches('}'),
-                json_object(&invalid),
-                json_object(&dropped)
-            )
+                .collect(),
         })
         .collect();
-    let xdp = s
+    let latency = percentile_values(&merged(s.workers, |w| &w.latency_ns));
+    let batches = percentile_values(&merged(s.workers, |w| &w.batch_sizes));
+    let xdp: Option<Vec<(&str, u64)>> = s
         .xdp
-        .map(|c| json_object(&COUNTER_NAMES.iter().copied().zip(c).collect::<Vec<_>>()))
-        .unwrap_or_else(|| "null".into());
-    format!(
-        "{{\"workers\":[{}],\"per_packet_ns\":{},\"batch_size\":{},\"xdp\":{},\"connections\":{},\"ignored_events\":{}}}\n",
-        workers.join(","),
-        json_object(&percentile_values(&merged(s.workers, |w| &w.latency_ns))),
-        json_object(&percentile_values(&merged(s.workers, |w| &w.batch_sizes))),
-        xdp,
-        s.connections,
-        s.ignored_events
+        .map(|c| COUNTER_NAMES.iter().copied().zip(c).collect());
+    json_line(&StatsJson {
+        workers: per_worker
+            .iter()
+            .enumerate()
+            .map(|(queue, w)| WorkerJson {
+                queue,
+                fields: Fields(&w.fields),
+                invalid_by_reason: Fields(&w.invalid),
+                dropped_by_reason: Fields(&w.dropped),
+            })
+            .collect(),
+        per_packet_ns: Fields(&latency),
+        batch_size: Fields(&batches),
+        xdp: xdp.as_deref().map(Fields),
+        connections: s.connections,
+        ignored_events: s.ignored_events,
+        timer_entries: s.timer_entries,
+    })
+}
+
+/// One row of `ctl conns`.
+#[derive(Serialize)]
+struct ConnRow {
+    client: SocketAddrV4,
+    service: SocketAddrV4,
+    daemon: SocketAddrV4,
+    worker: WorkerId,
+    state: String,
+    age_ms: u64,
+}
+
+fn conn_row(c: &ConnInfo, now_ns: u64) -> ConnRow {
+    ConnRow {
+        client: c.key.client(),
+        service: c.key.service(),
+        daemon: c.daemon,
+        worker: c.worker,
+        state: format!("{:?}", c.phase),
+        age_ms: now_ns.saturating_sub(c.opened_ns) / 1_000_000,
+    }
+}
+
+/// `ctl conns`: every tracked connection, its daemon, owner, phase and age.
+pub fn conns_text(conns: impl Iterator<Item = ConnInfo>, now_ns: u64) -> String {
+    let mut out = String::new();
+    let mut n = 0;
+    for c in conns {
+        let r = conn_row(&c, now_ns);
+        let _ = writeln!(
+            out,
+            "{} -> {} -> {} worker {} {} age {} ms",
+            r.client, r.service, r.daemon, r.worker, r.state, r.age_ms
+        );
+        n += 1;
+    }
+    if n == 0 {
+        out.push('\n');
+    }
+    let _ = writeln!(out, "{n} connections");
+    out
+}
+
+pub fn conns_json(conns: impl Iterator<Item = ConnInfo>, now_ns: u64) -> String {
+    json_line(&conns.map(|c| conn_row(&c, now_ns)).collect::<Vec<_>>())
+}
+
+/// One row of `ctl backends`.
+#[derive(Serialize)]
+struct BackendRow {
+    daemon: SocketAddrV4,
+    service: SocketAddrV4,
+    health: &'static str,
+    draining: bool,
+    state: String,
+    /// Established and half-closed connections, as IPVS counts them.
+    active: u32,
+    /// Half-open and closing connections.
+    inactive: u32,
+}
+
+fn backend_row(b: &Backend, conns: BackendConns) -> BackendRow {
+    BackendRow {
+        daemon: b.addr,
+        service: b.service,
+        health: if b.health.health() == Health::Up {
+            "up"
+        } else {
+            "down"
+        },
+        draining: b.draining,
+        state: format!("{:?}", b.effective()).to_lowercase(),
+        active: conns.active,
+        inactive: conns.inactive,
+    }
+}
+
+/// `ctl backends`: each daemon's health, drain flag, effective state and
+/// connection counts; `conns` gives the counts of a daemon.
+pub fn backends_text<'a>(
+    backends: impl Iterator<Item = &'a Backend>,
+    conns: impl Fn(SocketAddrV4) -> BackendConns,
+) -> String {
+    let mut out = String::new();
+    for b in backends {
+        let r = backend_row(b, conns(b.addr));
+        let _ = writeln!(
+            out,
+            "{} service {} health {} state {} active {} inactive {}",
+            r.daemon, r.service, r.health, r.state, r.active, r.inactive
+        );
+    }
+    if out.is_empty() {
+        out.push('\n');
+    }
+    out
+}
+
+pub fn backends_json<'a>(
+    backends: impl Iterator<Item = &'a Backend>,
+    conns: impl Fn(SocketAddrV4) -> BackendConns,
+) -> String {
+    json_line(
+        &backends
+            .map(|b| backend_row(b, conns(b.addr)))
+            .collect::<Vec<_>>(),
     )
 }
 

@@ -25,14 +25,14 @@
 use std::{fmt, mem::size_of, net::Ipv4Addr, net::SocketAddrV4};
 
 use super::{FlowKey, TcpState};
-use crate::prefetch::prefetch;
+use crate::{ids::BackendId, prefetch::prefetch};
 
 /// One connection: where its packets go and what has been seen of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowRecord {
     pub key: FlowKey,
-    /// Index of the daemon in the service's pool.
-    pub backend: u16,
+    /// The daemon, by its id in the worker's current configuration.
+    pub backend: BackendId,
     /// The daemon's address (what the destination is rewritten to).
     pub daemon: SocketAddrV4,
     /// Monotonic clock nanoseconds, caller-supplied.
@@ -66,7 +66,7 @@ const VACANT: FlowRecord = FlowRecord {
         service_port: 0,
         protocol: 0,
     },
-    backend: 0,
+    backend: BackendId(0),
     daemon: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
     created_ns: 0,
     last_seen_ns: 0,
@@ -360,7 +360,7 @@ mod tests {
     fn rec(n: u32, backend: u16, t: u64) -> FlowRecord {
         FlowRecord {
             key: key(n),
-            backend,
+            backend: BackendId(backend),
             daemon: SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, backend as u8), 8000 + backend),
             created_ns: t,
             last_seen_ns: t,
@@ -408,7 +408,7 @@ mod tests {
         t.insert(rec(1, 1, 5)).unwrap().last_seen_ns = 6;
         assert_eq!(t.insert(rec(1, 2, 7)), Err(InsertError::Exists));
         assert_eq!(t.get(&key(1)).unwrap().last_seen_ns, 6);
-        assert_eq!(t.get(&key(1)).unwrap().backend, 1);
+        assert_eq!(t.get(&key(1)).unwrap().backend, BackendId(1));
         t.get_mut(&key(1))
             .unwrap()
             .state

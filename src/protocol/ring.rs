@@ -202,7 +202,7 @@ mod tests {
 
     #[test]
     fn across_threads_nothing_is_lost_or_reordered() {
-        // Miri (`cargo +nightly miri test spsc`) checks the unsafe code; it runs
+        // Miri (`cargo +nightly miri test --lib protocol::ring`) checks the unsafe code; it runs
         // far slower, so fewer values there.
         const N: u64 = if cfg!(miri) { 2_000 } else { 2_000_000 };
         let (mut tx, mut rx) = channel::<(u64, u64)>(64);

@@ -1,0 +1,126 @@
+//! The management loop's settings: control socket, metrics endpoint, connection
+//! timeouts and health checks. The control plane reads these; it does not own them,
+//! so that the config layer needs nothing above it.
+use std::{path::PathBuf, time::Duration};
+
+use super::ConfigError;
+
+/// Default path of the control socket (created 0600).
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/dispatchd.sock";
+/// Default time a connection may stay half-open (SYN seen, no ACK) before removal.
+pub const DEFAULT_SYN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time without packets after which an established connection is checked.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default time a connection is kept after both FINs (last ACK, retransmissions).
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
+/// Default time between two probes of one backend.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Default time a probe may take before it counts as failed.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
+/// Default number of consecutive successes that bring a Down backend Up.
+pub const DEFAULT_RISE: u32 = 2;
+/// Default number of consecutive failures that take an Up backend Down.
+pub const DEFAULT_FALL: u32 = 3;
+
+/// What happens to a failed daemon's open connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// They keep being forwarded to it (they may recover, or end by themselves).
+    #[default]
+    Keep,
+    /// Their records are removed at once: their further segments are dropped.
+    Reset,
+}
+
+/// Connection timeouts. `Default`: syn 10 s, idle 300 s, linger 2 s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub syn: Duration,
+    pub idle: Duration,
+    pub linger: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            syn: DEFAULT_SYN_TIMEOUT,
+            idle: DEFAULT_IDLE_TIMEOUT,
+            linger: DEFAULT_LINGER,
+        }
+    }
+}
+
+/// Probe schedule and thresholds. `Default` is 1 s interval, 500 ms timeout,
+/// rise 2, fall 3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            interval: DEFAULT_HEALTH_INTERVAL,
+            timeout: DEFAULT_HEALTH_TIMEOUT,
+            rise: DEFAULT_RISE,
+            fall: DEFAULT_FALL,
+        }
+    }
+}
+
+/// The management loop's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControlConfig {
+    pub control_socket: PathBuf,
+    /// Loopback address for the Prometheus text endpoint; none = off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub timeouts: Timeouts,
+    pub health: HealthCheck,
+    pub on_failure: OnFailure,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            metrics_listen: None,
+            timeouts: Default::default(),
+            health: Default::default(),
+            on_failure: OnFailure::default(),
+        }
+    }
+}
+
+impl ControlConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(addr) = self.metrics_listen {
+            if !addr.ip().is_loopback() {
+                return Err(ConfigError::MetricsNotLoopback { addr });
+            }
+        }
+        let t = &self.timeouts;
+        for (key, d) in [
+            ("timeouts.syn_ms", t.syn),
+            ("timeouts.idle_ms", t.idle),
+            ("timeouts.linger_ms", t.linger),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroDuration { key });
+            }
+        }
+        let h = &self.health;
+        if h.interval.is_zero() || h.timeout.is_zero() || h.timeout > h.interval {
+            return Err(ConfigError::BadHealthTiming);
+        }
+        if h.rise == 0 || h.fall == 0 {
+            return Err(ConfigError::ZeroDuration {
+                key: "health.rise/fall",
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,74 @@
+//! From a validated [`Config`] to the running state: the next-hop table, each
+//! worker's dataplane and the steering program's maps. Start-up and SIGHUP reload
+//! both go through [`apply`], so a reload to a configuration leaves the same state
+//! as a fresh start with it.
+use std::{net::SocketAddrV4, sync::Arc};
+
+use anyhow::Result;
+
+use crate::{
+    config::Config,
+    dataplane::Dataplane,
+    ids::WorkerId,
+    neigh::{NextHop, Resolver},
+    xdp::{Steering, SteeringTable},
+};
+
+/// What a configuration becomes for the workers.
+pub struct Applied {
+    /// Indexed by [`BackendId`](crate::ids::BackendId), shared by every plane.
+    pub next_hops: Arc<[NextHop]>,
+    /// One per worker, in worker order.
+    pub planes: Vec<Dataplane>,
+}
+
+/// The host facts `apply` needs besides the configuration.
+pub struct Host<'a> {
+    pub resolver: &'a Resolver,
+    /// The back interface's MAC: the source of every frame sent to a daemon.
+    pub back_mac: [u8; 6],
+    pub workers: usize,
+}
+
+/// Checks that every daemon is routed through the back interface, builds the
+/// next-hop table (a MAC `known` already, else what the kernel's neighbour table
+/// says now; unknown ones are resolved later by the loop), builds each worker's
+/// dataplane and then makes the steering maps hold exactly `config`'s services,
+/// VIPs and daemons, removing what an earlier configuration left. Everything that
+/// can fail on the configuration fails before the maps are touched.
+pub fn apply(
+    config: &Config,
+    known: impl Fn(SocketAddrV4) -> Option<[u8; 6]>,
+    host: &Host<'_>,
+    steering: &mut Steering,
+) -> Result<Applied> {
+    let next_hops: Arc<[NextHop]> = config.daemons().map(|_| NextHop::default()).collect();
+    for ((_, _, daemon), hop) in config.daemons().zip(next_hops.iter()) {
+        host.resolver.route(*daemon.addr.ip())?;
+        hop.set(
+            known(daemon.addr).or_else(|| host.resolver.lookup(*daemon.addr.ip()).ok().flatten()),
+        );
+    }
+    let planes = planes(config, &next_hops, host.back_mac, host.workers)?;
+    steering.sync(&SteeringTable::of(config))?;
+    Ok(Applied { next_hops, planes })
+}
+
+/// Each worker's dataplane for `config`.
+pub fn planes(
+    config: &Config,
+    next_hops: &Arc<[NextHop]>,
+    back_mac: [u8; 6],
+    workers: usize,
+) -> Result<Vec<Dataplane>> {
+    (0..workers)
+        .map(|w| {
+            Dataplane::build(
+                WorkerId(w as u16),
+                &config.services,
+                next_hops.clone(),
+                back_mac,
+            )
+        })
+        .collect()
+}

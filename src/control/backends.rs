@@ -1,0 +1,251 @@
+//! Every configured daemon as the loop sees it: health, drain flag, whether its
+//! next hop is known, its probe schedule, and the state the workers were last
+//! told. Pure: the loop feeds in probe results, times and operator requests, and
+//! sends the workers what [`Backends::news`] returns.
+use std::net::SocketAddrV4;
+
+use super::health::{Health, HealthState};
+use crate::{balance::BackendState, config::Config, ids::BackendId};
+
+/// One daemon.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    pub addr: SocketAddrV4,
+    pub service: SocketAddrV4,
+    pub health: HealthState,
+    pub draining: bool,
+    /// Whether the kernel has told us the MAC of its next hop: a daemon is not
+    /// offered new connections before (a freshly added one, say), since the
+    /// workers could not send them anywhere.
+    pub next_hop_known: bool,
+    told: BackendState,
+    probing: bool,
+    next_probe_ns: u64,
+}
+
+impl Backend {
+    /// Whether the daemon takes new connections, all things considered.
+    pub fn effective(&self) -> BackendState {
+        if self.health.health() == Health::Down || !self.next_hop_known {
+            BackendState::Down
+        } else if self.draining {
+            BackendState::Draining
+        } else {
+            BackendState::Up
+        }
+    }
+}
+
+/// The daemons of the running configuration, indexed by [`BackendId`].
+#[derive(Debug, Default)]
+pub struct Backends {
+    list: Vec<Backend>,
+    /// Which configuration the list belongs to: probes in flight for an older one
+    /// are ignored when they complete.
+    generation: u64,
+}
+
+impl Backends {
+    /// The daemons of `config`, keeping the health and drain state of the ones
+    /// `old` knew (by address): a reload changes the list, not what is known of
+    /// a daemon. Every daemon is due a probe at `now_ns`, and is taken as told
+    /// `Up`, since the workers build their pools with every daemon up.
+    pub fn new(
+        config: &Config,
+        old: &Backends,
+        next_hop_known: impl Fn(BackendId) -> bool,
+        now_ns: u64,
+    ) -> Self {
+        let check = &config.control.health;
+        let list = config
+            .daemons()
+            .map(|(id, service, b)| {
+                let previous = old.find(b.addr).map(|i| &old.list[i.index()]);
+                Backend {
+                    addr: b.addr,
+                    service,
+                    health: previous.map_or_else(|| HealthState::new(check), |o| o.health.clone()),
+                    draining: previous.is_some_and(|o| o.draining),
+                    next_hop_known: next_hop_known(id),
+                    told: BackendState::Up,
+                    probing: false,
+                    next_probe_ns: now_ns,
+                }
+            })
+            .collect();
+        Self {
+            list,
+            generation: old.generation + 1,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn get(&self, id: BackendId) -> &Backend {
+        &self.list[id.index()]
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = BackendId> {
+        (0..self.list.len()).map(|i| BackendId(i as u16))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Backend> {
+        self.list.iter()
+    }
+
+    /// The id of the daemon at `addr`.
+    pub fn find(&self, addr: SocketAddrV4) -> Option<BackendId> {
+        self.list
+            .iter()
+            .position(|b| b.addr == addr)
+            .map(|i| BackendId(i as u16))
+    }
+
+    pub fn set_draining(&mut self, id: BackendId, draining: bool) {
+        self.list[id.index()].draining = draining;
+    }
+
+    pub fn set_next_hop_known(&mut self, id: BackendId, known: bool) {
+        self.list[id.index()].next_hop_known = known;
+    }
+
+    /// The daemons due a probe at `now_ns` (none of them has one in flight); each
+    /// is marked as probing and next due one `interval_ns` later.
+    pub fn due_probes(&mut self, now_ns: u64, interval_ns: u64) -> Vec<BackendId> {
+        let mut due = Vec::new();
+        for (i, b) in self.list.iter_mut().enumerate() {
+            if !b.probing && b.next_probe_ns <= now_ns {
+                b.probing = true;
+                b.next_probe_ns = now_ns + interval_ns;
+                due.push(BackendId(i as u16));
+            }
+        }
+        due
+    }
+
+    /// Records a probe's outcome; returns the daemon's new health if it flipped.
+    /// A probe of an older configuration's list (`generation`) is ignored.
+    pub fn probe_done(&mut self, id: BackendId, generation: u64, ok: bool) -> Option<Health> {
+        if generation != self.generation {
+            return None;
+        }
+        let b = self.list.get_mut(id.index())?;
+        b.probing = false;
+        b.health.record(ok)
+    }
+
+    /// The state to tell the workers about `id`, if it differs from what they
+    /// were last told; from then on they count as told.
+    pub fn news(&mut self, id: BackendId) -> Option<BackendState> {
+        let b = &mut self.list[id.index()];
+        let state = b.effective();
+        (state != b.told).then(|| {
+            b.told = state;
+            state
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(daemons: &[&str]) -> Config {
+        let list: Vec<String> = daemons.iter().map(|d| format!("{d:?}")).collect();
+        Config::from_toml_str(&format!(
+            "front = \"l0\"\nback = \"l1\"\n[health]\nrise = 2\nfall = 2\n\
+             [[service]]\naddress = \"198.18.0.100:80\"\nbackends = [{}]\n",
+            list.join(", ")
+        ))
+        .expect("a valid config")
+    }
+
+    fn addr(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    const A: &str = "198.19.0.11:8080";
+    const B: &str = "198.19.0.12:8080";
+    const C: &str = "198.19.0.13:8080";
+
+    #[test]
+    fn a_daemon_without_a_next_hop_is_down_until_it_has_one() {
+        let mut b = Backends::new(&config(&[A, B]), &Backends::default(), |id| id.0 == 0, 0);
+        assert_eq!(b.news(BackendId(0)), None, "up, as the workers start");
+        assert_eq!(b.news(BackendId(1)), Some(BackendState::Down));
+        assert_eq!(b.news(BackendId(1)), None, "told once");
+        b.set_next_hop_known(BackendId(1), true);
+        assert_eq!(b.news(BackendId(1)), Some(BackendState::Up));
+    }
+
+    #[test]
+    fn health_flips_after_fall_and_rise_and_draining_is_apart_from_it() {
+        let mut b = Backends::new(&config(&[A]), &Backends::default(), |_| true, 0);
+        let (id, gen) = (BackendId(0), b.generation());
+        assert_eq!(b.probe_done(id, gen, false), None);
+        assert_eq!(b.probe_done(id, gen, false), Some(Health::Down));
+        assert_eq!(b.news(id), Some(BackendState::Down));
+        b.set_draining(id, true);
+        assert_eq!(b.news(id), None, "down outranks draining");
+        assert_eq!(b.probe_done(id, gen, true), None);
+        assert_eq!(b.probe_done(id, gen, true), Some(Health::Up));
+        assert_eq!(b.news(id), Some(BackendState::Draining));
+        b.set_draining(id, false);
+        assert_eq!(b.news(id), Some(BackendState::Up));
+    }
+
+    #[test]
+    fn probes_are_due_once_per_interval_and_never_two_at_a_time() {
+        let s = 1_000_000_000;
+        let mut b = Backends::new(&config(&[A, B]), &Backends::default(), |_| true, 10);
+        assert_eq!(b.due_probes(5, s), [], "not before the list's start");
+        assert_eq!(b.due_probes(10, s), [BackendId(0), BackendId(1)]);
+        assert_eq!(b.due_probes(10 + 2 * s, s), [], "still in flight");
+        let gen = b.generation();
+        b.probe_done(BackendId(0), gen, true);
+        assert_eq!(b.due_probes(10 + 2 * s, s), [BackendId(0)]);
+        assert_eq!(b.due_probes(10 + 2 * s + 1, s), []);
+    }
+
+    #[test]
+    fn a_reload_keeps_what_is_known_of_a_daemon_by_address() {
+        let mut old = Backends::new(&config(&[A, B, C]), &Backends::default(), |_| true, 0);
+        let gen = old.generation();
+        for _ in 0..2 {
+            old.probe_done(BackendId(1), gen, false);
+        }
+        old.set_draining(BackendId(2), true);
+
+        // B and C swap places, A goes.
+        let new = Backends::new(&config(&[C, B]), &old, |_| true, 0);
+        assert_eq!(new.generation(), gen + 1);
+        let c = new.find(addr(C)).unwrap();
+        let b = new.find(addr(B)).unwrap();
+        assert_eq!((c, b), (BackendId(0), BackendId(1)));
+        assert!(new.get(c).draining && new.get(c).health.health() == Health::Up);
+        assert!(!new.get(b).draining && new.get(b).health.health() == Health::Down);
+        assert_eq!(new.find(addr(A)), None);
+    }
+
+    #[test]
+    fn a_probe_of_the_previous_list_is_ignored() {
+        let old = Backends::new(&config(&[A]), &Backends::default(), |_| true, 0);
+        let mut new = Backends::new(&config(&[B]), &old, |_| true, 0);
+        new.due_probes(0, 1);
+        for _ in 0..3 {
+            assert_eq!(new.probe_done(BackendId(0), old.generation(), false), None);
+        }
+        assert_eq!(new.get(BackendId(0)).health.health(), Health::Up);
+        assert_eq!(new.due_probes(5, 1), [], "its own probe is still in flight");
+    }
+}

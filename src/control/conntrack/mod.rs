@@ -1,0 +1,349 @@
+//! Connection close state machine with its timers (IPVS-like).
+//!
+//! Workers report [`Event`]s; the tracker keeps one record per connection, learns the
+//! owning worker from [`Event::Opened`] and routes every later [`FlowCommand`] for that
+//! key to it (a FIN or RST may be seen by another worker). A connection's daemon is
+//! named by its address, which a reload does not change.
+//!
+//! ```text
+//! Opened ──▶ SynSent ──Established──▶ Established ──Fin──▶ HalfClosed ──Fin (other side)──▶ Closing
+//!   syn deadline: Remove     idle deadline: RemoveIfIdle (recheck)         linger deadline: Remove
+//! Rst (any phase): Remove at once.   Removed (worker dropped it): forget.
+//! ```
+//!
+//! Timers: a min-heap of `(deadline, generation, packed key)` with lazy invalidation.
+//! Every record has exactly one live heap entry, the one whose generation matches the
+//! record's; re-arming pushes a new entry and leaves the old one stale. Stale entries
+//! at the top are popped after every call, so the top is always a live deadline;
+//! when stale entries exceed `2 × len() + COMPACT_SLACK` the heap is rebuilt from the
+//! records (O(n), amortised O(1) per push), so the heap never holds more than
+//! `3 × len() + COMPACT_SLACK` entries between calls.
+use std::{cmp::Reverse, collections::BinaryHeap, net::SocketAddrV4, time::Duration};
+
+use ahash::AHashMap;
+
+use crate::{
+    config::Timeouts,
+    flow::FlowKey,
+    ids::WorkerId,
+    protocol::{Event, FlowCommand},
+};
+
+/// Time after a `RemoveIfIdle` without answer before it is sent again.
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Stale timer entries tolerated beyond `2 × len()` before the heap is rebuilt.
+pub const COMPACT_SLACK: usize = 1024;
+
+/// A command for the worker that owns the record.
+pub type Order = (WorkerId, FlowCommand);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    SynSent,
+    Established,
+    HalfClosed {
+        client_fin: bool,
+        daemon_fin: bool,
+    },
+    /// Both FINs seen: lingering until the linger deadline.
+    Closing,
+}
+
+/// One tracked connection, as listed by `ctl conns`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub worker: WorkerId,
+    pub key: FlowKey,
+    pub daemon: SocketAddrV4,
+    pub phase: Phase,
+    pub opened_ns: u64,
+    /// When the record's current timer fires.
+    pub deadline_ns: u64,
+}
+
+/// Connections of one backend, IPVS-style: `active` are Established or HalfClosed,
+/// `inactive` are SynSent or Closing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendConns {
+    pub active: u32,
+    pub inactive: u32,
+}
+
+impl BackendConns {
+    pub fn total(&self) -> u32 {
+        self.active + self.inactive
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Conn {
+    info: ConnInfo,
+    /// Generation of the record's one live heap entry.
+    gen: u64,
+}
+
+/// The management thread's view of every connection; see the module doc.
+#[derive(Debug)]
+pub struct ConnTracker {
+    timeouts: Timeouts,
+    conns: AHashMap<u128, Conn>,
+    timers: Timers,
+    ignored: u64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Min-heap of `(deadline, generation, packed key)` and the generation counter.
+#[derive(Debug, Default)]
+struct Timers {
+    heap: BinaryHeap<Reverse<(u64, u64, u128)>>,
+    next_gen: u64,
+}
+
+impl Timers {
+    /// Sets the record's deadline: a new generation and a new heap entry (the previous
+    /// entry becomes stale).
+    fn arm(&mut self, conn: &mut Conn, deadline: u64) {
+        conn.gen = self.next_gen;
+        self.next_gen += 1;
+        conn.info.deadline_ns = deadline;
+        self.heap
+            .push(Reverse((deadline, conn.gen, conn.info.key.packed())));
+    }
+}
+
+/// The record of `key`, or counts an ignored event.
+fn known<'a>(
+    conns: &'a mut AHashMap<u128, Conn>,
+    ignored: &mut u64,
+    key: FlowKey,
+) -> Option<&'a mut Conn> {
+    let c = conns.get_mut(&key.packed());
+    if c.is_none() {
+        *ignored += 1;
+    }
+    c
+}
+
+impl ConnTracker {
+    pub fn new(timeouts: Timeouts) -> Self {
+        Self {
+            timeouts,
+            conns: AHashMap::new(),
+            timers: Timers::default(),
+            ignored: 0,
+        }
+    }
+
+    /// New timeouts apply to deadlines set from now on; armed deadlines are kept.
+    pub fn set_timeouts(&mut self, t: Timeouts) {
+        self.timeouts = t;
+    }
+
+    /// Applies one worker event. `Rst` (and `Opened` replacing a record owned by
+    /// another worker) emit a `Remove` at once.
+    pub fn on_event(&mut self, event: Event, now_ns: u64, out: &mut Vec<Order>) {
+        let t = self.timeouts;
+        match event {
+            Event::Opened {
+                worker,
+                key,
+                daemon,
+            } => {
+                let mut conn = Conn {
+                    info: ConnInfo {
+                        worker,
+                        key,
+                        daemon,
+                        phase: Phase::SynSent,
+                        opened_ns: now_ns,
+                        deadline_ns: 0,
+                    },
+                    gen: 0,
+                };
+                let deadline = now_ns.saturating_add(nanos(t.syn));
+                self.timers.arm(&mut conn, deadline);
+                // The client reused the port: the new record replaces the old one (whose
+                // heap entry is now stale). If another worker held it, drop its copy.
+                if let Some(old) = self.conns.insert(key.packed(), conn) {
+                    if old.info.worker != worker {
+                        let opened_ns = old.info.opened_ns;
+                        out.push((old.info.worker, FlowCommand::Remove { key, opened_ns }));
+                    }
+                }
+            }
+            Event::Established { key } => {
+                if let Some(c) = known(&mut self.conns, &mut self.ignored, key) {
+                    if matches!(c.info.phase, Phase::SynSent | Phase::Established) {
+                        c.info.phase = Phase::Established;
+                        let deadline = now_ns.saturating_add(nanos(t.idle));
+                        self.timers.arm(c, deadline);
+                    }
+                }
+            }
+            Event::Fin { key, from_client } => {
+                if let Some(c) = known(&mut self.conns, &mut self.ignored, key) {
+                    let (client_fin, daemon_fin) = match c.info.phase {
+                        Phase::SynSent | Phase::Established => (false, false),
+                        Phase::HalfClosed {
+                            client_fin,
+                            daemon_fin,
+                        } => (client_fin, daemon_fin),
+                        Phase::Closing => return self.maintain(),
+                    };
+                    let client_fin = client_fin || from_client;
+                    let daemon_fin = daemon_fin || !from_client;
+                    if client_fin && daemon_fin {
+                        c.info.phase = Phase::Closing;
+                        let deadline = now_ns.saturating_add(nanos(t.linger));
+                        self.timers.arm(c, deadline);
+                    } else {
+                        // First FIN: keep the current (idle, or syn) deadline.
+                        c.info.phase = Phase::HalfClosed {
+                            client_fin,
+                            daemon_fin,
+                        };
+                    }
+                }
+            }
+            Event::Rst { key, .. } => {
+                if let Some(c) = self.forget(key) {
+                    let opened_ns = c.info.opened_ns;
+                    out.push((c.info.worker, FlowCommand::Remove { key, opened_ns }));
+                }
+            }
+            Event::Active { key, last_seen_ns } => {
+                if let Some(c) = known(&mut self.conns, &mut self.ignored, key) {
+                    // Only a probed phase is re-armed; a late answer for a record that has
+                    // since moved to Closing keeps its linger deadline.
+                    if matches!(c.info.phase, Phase::Established | Phase::HalfClosed { .. }) {
+                        let deadline = last_seen_ns.saturating_add(nanos(t.idle));
+                        self.timers.arm(c, deadline);
+                    }
+                }
+            }
+            Event::Removed { key } => {
+                self.forget(key);
+            }
+        }
+        self.maintain();
+    }
+
+    /// Fires every deadline `<= now_ns`: SynSent and Closing records are removed
+    /// (`Remove`), Established and HalfClosed ones are probed (`RemoveIfIdle`) and
+    /// re-armed `RECHECK_INTERVAL` later in case the answer never comes.
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Order>) {
+        let idle = nanos(self.timeouts.idle);
+        while let Some(&Reverse((deadline, gen, packed))) = self.timers.heap.peek() {
+            if deadline > now_ns {
+                break;
+            }
+            self.timers.heap.pop();
+            let Some(c) = self.conns.get_mut(&packed) else {
+                continue;
+            };
+            if c.gen != gen {
+                continue;
+            }
+            let (worker, key, opened_ns) = (c.info.worker, c.info.key, c.info.opened_ns);
+            match c.info.phase {
+                Phase::Established | Phase::HalfClosed { .. } => {
+                    let idle_since_ns = now_ns.saturating_sub(idle);
+                    out.push((worker, FlowCommand::RemoveIfIdle { key, idle_since_ns }));
+                    let recheck = now_ns.saturating_add(nanos(RECHECK_INTERVAL));
+                    self.timers.arm(c, recheck);
+                }
+                Phase::SynSent | Phase::Closing => {
+                    self.conns.remove(&packed);
+                    out.push((worker, FlowCommand::Remove { key, opened_ns }));
+                }
+            }
+        }
+        self.maintain();
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Events for keys not tracked (late segments after a removal, lost `Opened`).
+    pub fn ignored_events(&self) -> u64 {
+        self.ignored
+    }
+
+    /// Entries in the timer heap, live and stale (at most `3 × len() + COMPACT_SLACK`):
+    /// with [`len`](Self::len), what the tracker's memory grows with.
+    pub fn timer_entries(&self) -> usize {
+        self.timers.heap.len()
+    }
+
+    /// Every tracked connection, in no particular order (for `ctl conns`).
+    pub fn iter(&self) -> impl Iterator<Item = ConnInfo> + '_ {
+        self.conns.values().map(|c| c.info)
+    }
+
+    /// Connection counts per daemon (for `ctl backends`).
+    pub fn per_daemon(&self) -> AHashMap<SocketAddrV4, BackendConns> {
+        let mut counts = AHashMap::<SocketAddrV4, BackendConns>::new();
+        for c in self.conns.values() {
+            let e = counts.entry(c.info.daemon).or_default();
+            match c.info.phase {
+                Phase::Established | Phase::HalfClosed { .. } => e.active += 1,
+                Phase::SynSent | Phase::Closing => e.inactive += 1,
+            }
+        }
+        counts
+    }
+
+    /// Keys of every connection to `daemon`, e.g. to reset a failed daemon's
+    /// connections. O(len()).
+    pub fn connections_of(&self, daemon: SocketAddrV4) -> impl Iterator<Item = FlowKey> + '_ {
+        self.conns
+            .values()
+            .filter(move |c| c.info.daemon == daemon)
+            .map(|c| c.info.key)
+    }
+
+    /// Drops the record of `key` (its heap entry becomes stale), or counts an ignored
+    /// event.
+    fn forget(&mut self, key: FlowKey) -> Option<Conn> {
+        let c = self.conns.remove(&key.packed());
+        if c.is_none() {
+            self.ignored += 1;
+        }
+        c
+    }
+
+    /// Pops stale entries off the top (so the earliest entry is a live deadline) and rebuilds the
+    /// heap when stale entries exceed `2 × len() + COMPACT_SLACK`.
+    fn maintain(&mut self) {
+        while let Some(&Reverse((_, gen, packed))) = self.timers.heap.peek() {
+            if self.conns.get(&packed).is_some_and(|c| c.gen == gen) {
+                break;
+            }
+            self.timers.heap.pop();
+        }
+        let live = self.conns.len();
+        debug_assert!(self.timers.heap.len() >= live);
+        let stale = self.timers.heap.len() - live;
+        if stale > 2 * live + COMPACT_SLACK {
+            self.timers.heap = self
+                .conns
+                .iter()
+                .map(|(&packed, c)| Reverse((c.info.deadline_ns, c.gen, packed)))
+                .collect();
+            if self.conns.capacity() > 4 * live + COMPACT_SLACK {
+                self.conns.shrink_to(2 * live);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

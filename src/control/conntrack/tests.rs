@@ -1,0 +1,748 @@
+use super::*;
+use std::net::Ipv4Addr;
+
+const S: u64 = 1_000_000_000;
+const T: Timeouts = Timeouts {
+    syn: Duration::from_secs(10),
+    idle: Duration::from_secs(300),
+    linger: Duration::from_secs(2),
+};
+
+fn key(i: u32) -> FlowKey {
+    FlowKey::new(
+        SocketAddrV4::new(Ipv4Addr::from(0x0a00_0000 + i), 1024 + (i % 50_000) as u16),
+        SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 80),
+        6,
+    )
+}
+
+fn daemon(b: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 8000 + b)
+}
+
+fn opened(worker: u16, i: u32, backend: u16) -> Event {
+    Event::Opened {
+        worker: WorkerId(worker),
+        key: key(i),
+        daemon: daemon(backend),
+    }
+}
+
+/// An [`Order`] as one flat value, so that an expectation reads as one literal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Command {
+    Remove {
+        worker: u16,
+        key: FlowKey,
+        opened_ns: u64,
+    },
+    RemoveIfIdle {
+        worker: u16,
+        key: FlowKey,
+        idle_since_ns: u64,
+    },
+}
+
+fn flat((WorkerId(worker), command): Order) -> Command {
+    match command {
+        FlowCommand::Remove { key, opened_ns } => Command::Remove {
+            worker,
+            key,
+            opened_ns,
+        },
+        FlowCommand::RemoveIfIdle { key, idle_since_ns } => Command::RemoveIfIdle {
+            worker,
+            key,
+            idle_since_ns,
+        },
+    }
+}
+
+/// Applies `e` at `now` and returns the commands.
+fn ev(t: &mut ConnTracker, e: Event, now: u64) -> Vec<Command> {
+    let mut out = Vec::new();
+    t.on_event(e, now, &mut out);
+    out.into_iter().map(flat).collect()
+}
+
+fn exp(t: &mut ConnTracker, now: u64) -> Vec<Command> {
+    let mut out = Vec::new();
+    t.expire(now, &mut out);
+    out.into_iter().map(flat).collect()
+}
+
+/// What only the tests ask of the tracker.
+impl ConnTracker {
+    fn get(&self, key: &FlowKey) -> Option<ConnInfo> {
+        self.conns.get(&key.packed()).map(|c| c.info)
+    }
+
+    /// The earliest armed deadline: exact, since stale entries never stay on top.
+    fn next_deadline(&self) -> Option<u64> {
+        self.timers.heap.peek().map(|Reverse((d, _, _))| *d)
+    }
+}
+
+impl Default for ConnTracker {
+    fn default() -> Self {
+        Self::new(Timeouts::default())
+    }
+}
+
+fn established(t: &mut ConnTracker, worker: u16, i: u32, now: u64) {
+    assert!(ev(t, opened(worker, i, 0), now).is_empty());
+    assert!(ev(t, Event::Established { key: key(i) }, now).is_empty());
+}
+
+#[test]
+fn defaults() {
+    assert_eq!(
+        Timeouts::default(),
+        Timeouts {
+            syn: Duration::from_secs(10),
+            idle: Duration::from_secs(300),
+            linger: Duration::from_secs(2)
+        }
+    );
+    let t = ConnTracker::default();
+    assert!(t.is_empty() && t.next_deadline().is_none());
+}
+
+#[test]
+fn half_open_expires_with_remove() {
+    let mut t = ConnTracker::new(T);
+    assert!(ev(&mut t, opened(3, 1, 7), 100).is_empty());
+    let info = t.get(&key(1)).unwrap();
+    assert_eq!(
+        (info.phase, info.worker, info.opened_ns, info.daemon),
+        (Phase::SynSent, WorkerId(3), 100, daemon(7))
+    );
+    assert_eq!(t.next_deadline(), Some(100 + 10 * S));
+    assert!(exp(&mut t, 100 + 10 * S - 1).is_empty());
+    assert_eq!(
+        exp(&mut t, 100 + 10 * S),
+        [Command::Remove {
+            worker: 3,
+            key: key(1),
+            opened_ns: 100
+        }]
+    );
+    assert!(t.is_empty() && t.next_deadline().is_none());
+    assert!(exp(&mut t, u64::MAX).is_empty());
+}
+
+#[test]
+fn reopen_replaces_record_and_its_timer() {
+    let mut t = ConnTracker::new(T);
+    ev(&mut t, opened(1, 1, 0), 0);
+    // Same worker: replaced silently, the old syn deadline is dead.
+    assert!(ev(&mut t, opened(1, 1, 2), 5 * S).is_empty());
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.get(&key(1)).unwrap().daemon, daemon(2));
+    assert_eq!(t.next_deadline(), Some(15 * S));
+    assert!(exp(&mut t, 14 * S).is_empty());
+    // Another worker: the old owner is told to drop its copy.
+    assert_eq!(
+        ev(&mut t, opened(4, 1, 2), 14 * S),
+        [Command::Remove {
+            worker: 1,
+            key: key(1),
+            opened_ns: 5 * S
+        }]
+    );
+    assert_eq!(
+        exp(&mut t, 24 * S),
+        [Command::Remove {
+            worker: 4,
+            key: key(1),
+            opened_ns: 14 * S
+        }]
+    );
+}
+
+#[test]
+fn established_is_probed_when_idle_and_rechecked_without_answer() {
+    let mut t = ConnTracker::new(T);
+    established(&mut t, 2, 1, 0);
+    assert_eq!(t.get(&key(1)).unwrap().phase, Phase::Established);
+    assert_eq!(t.next_deadline(), Some(300 * S));
+    assert!(exp(&mut t, 299 * S).is_empty());
+    let probe = |now: u64| Command::RemoveIfIdle {
+        worker: 2,
+        key: key(1),
+        idle_since_ns: now - 300 * S,
+    };
+    assert_eq!(exp(&mut t, 300 * S + 7), [probe(300 * S + 7)]);
+    assert_eq!(t.next_deadline(), Some(301 * S + 7));
+    // No answer (command queue full): re-sent at the recheck deadline.
+    assert!(exp(&mut t, 301 * S).is_empty());
+    assert_eq!(exp(&mut t, 301 * S + 7), [probe(301 * S + 7)]);
+    // The record was busy: new deadline from its last activity, phase unchanged.
+    let active = Event::Active {
+        key: key(1),
+        last_seen_ns: 250 * S,
+    };
+    assert!(ev(&mut t, active, 302 * S).is_empty());
+    assert_eq!(t.get(&key(1)).unwrap().phase, Phase::Established);
+    assert_eq!(t.next_deadline(), Some(550 * S));
+    assert_eq!(exp(&mut t, 550 * S), [probe(550 * S)]);
+    // The worker removed it.
+    assert!(ev(&mut t, Event::Removed { key: key(1) }, 551 * S).is_empty());
+    assert!(t.is_empty() && t.next_deadline().is_none());
+    assert!(exp(&mut t, u64::MAX).is_empty());
+    assert_eq!(t.ignored_events(), 0);
+}
+
+#[test]
+fn duplicate_established_refreshes_idle_deadline() {
+    let mut t = ConnTracker::new(T);
+    established(&mut t, 0, 1, 0);
+    ev(&mut t, Event::Established { key: key(1) }, 10 * S);
+    assert_eq!(t.next_deadline(), Some(310 * S));
+}
+
+#[test]
+fn both_fins_linger_then_remove() {
+    for client_first in [true, false] {
+        let mut t = ConnTracker::new(T);
+        established(&mut t, 5, 1, 0);
+        let fin = |from_client| Event::Fin {
+            key: key(1),
+            from_client,
+        };
+        assert!(ev(&mut t, fin(client_first), 10 * S).is_empty());
+        assert_eq!(
+            t.get(&key(1)).unwrap().phase,
+            Phase::HalfClosed {
+                client_fin: client_first,
+                daemon_fin: !client_first
+            }
+        );
+        // Half-closed keeps the idle deadline; a retransmitted FIN changes nothing.
+        assert_eq!(t.next_deadline(), Some(300 * S));
+        ev(&mut t, fin(client_first), 11 * S);
+        assert_eq!(t.next_deadline(), Some(300 * S));
+        assert!(ev(&mut t, fin(!client_first), 20 * S).is_empty());
+        assert_eq!(t.get(&key(1)).unwrap().phase, Phase::Closing);
+        assert_eq!(t.next_deadline(), Some(22 * S));
+        // FINs (and Established, Active) while lingering do not extend it.
+        ev(&mut t, fin(true), 21 * S);
+        ev(&mut t, Event::Established { key: key(1) }, 21 * S);
+        let active = Event::Active {
+            key: key(1),
+            last_seen_ns: 21 * S,
+        };
+        ev(&mut t, active, 21 * S);
+        assert!(exp(&mut t, 22 * S - 1).is_empty());
+        assert_eq!(
+            exp(&mut t, 22 * S),
+            [Command::Remove {
+                worker: 5,
+                key: key(1),
+                opened_ns: 0
+            }]
+        );
+        assert!(t.is_empty() && t.next_deadline().is_none());
+        assert!(exp(&mut t, u64::MAX).is_empty());
+    }
+}
+
+#[test]
+fn half_closed_idle_is_probed() {
+    let mut t = ConnTracker::new(T);
+    established(&mut t, 0, 1, 0);
+    ev(
+        &mut t,
+        Event::Fin {
+            key: key(1),
+            from_client: false,
+        },
+        S,
+    );
+    assert_eq!(
+        exp(&mut t, 300 * S),
+        [Command::RemoveIfIdle {
+            worker: 0,
+            key: key(1),
+            idle_since_ns: 0
+        }]
+    );
+}
+
+#[test]
+fn rst_removes_at_once_via_the_owner() {
+    for (phase_steps, from_client) in [(0, true), (1, false), (2, true), (3, false)] {
+        let mut t = ConnTracker::new(T);
+        ev(&mut t, opened(6, 1, 0), 0);
+        let steps = [
+            Event::Established { key: key(1) },
+            Event::Fin {
+                key: key(1),
+                from_client: true,
+            },
+            Event::Fin {
+                key: key(1),
+                from_client: false,
+            },
+        ];
+        for e in &steps[..phase_steps] {
+            ev(&mut t, *e, S);
+        }
+        let rst = Event::Rst {
+            key: key(1),
+            from_client,
+        };
+        assert_eq!(
+            ev(&mut t, rst, 2 * S),
+            [Command::Remove {
+                worker: 6,
+                key: key(1),
+                opened_ns: 0
+            }]
+        );
+        assert!(t.is_empty() && t.next_deadline().is_none());
+        assert!(exp(&mut t, u64::MAX).is_empty());
+        // A second RST finds nothing.
+        assert!(ev(&mut t, rst, 3 * S).is_empty());
+        assert_eq!(t.ignored_events(), 1);
+    }
+}
+
+#[test]
+fn events_for_unknown_keys_are_ignored_and_counted() {
+    let mut t = ConnTracker::new(T);
+    ev(&mut t, opened(0, 1, 0), 0);
+    let k = key(2);
+    let events = [
+        Event::Established { key: k },
+        Event::Fin {
+            key: k,
+            from_client: true,
+        },
+        Event::Rst {
+            key: k,
+            from_client: false,
+        },
+        Event::Active {
+            key: k,
+            last_seen_ns: 0,
+        },
+        Event::Removed { key: k },
+    ];
+    for e in events {
+        assert!(ev(&mut t, e, S).is_empty());
+    }
+    assert_eq!(t.ignored_events(), 5);
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.next_deadline(), Some(10 * S));
+}
+
+#[test]
+fn set_timeouts_applies_to_new_deadlines_only() {
+    let mut t = ConnTracker::new(T);
+    ev(&mut t, opened(0, 1, 0), 0);
+    t.set_timeouts(Timeouts {
+        syn: Duration::from_secs(1),
+        ..T
+    });
+    assert_eq!(t.timeouts.syn, Duration::from_secs(1));
+    ev(&mut t, opened(0, 2, 0), 0);
+    assert_eq!(t.get(&key(1)).unwrap().deadline_ns, 10 * S);
+    assert_eq!(t.get(&key(2)).unwrap().deadline_ns, S);
+    assert_eq!(
+        exp(&mut t, S),
+        [Command::Remove {
+            worker: 0,
+            key: key(2),
+            opened_ns: 0
+        }]
+    );
+}
+
+#[test]
+fn listing_and_per_daemon_counts() {
+    let mut t = ConnTracker::new(T);
+    ev(&mut t, opened(0, 1, 1), 0); // SynSent, backend 1
+    ev(&mut t, opened(1, 2, 1), 0);
+    ev(&mut t, Event::Established { key: key(2) }, 0); // active, backend 1
+    ev(&mut t, opened(2, 3, 2), 0);
+    ev(&mut t, Event::Established { key: key(3) }, 0);
+    for from_client in [true, false] {
+        ev(
+            &mut t,
+            Event::Fin {
+                key: key(3),
+                from_client,
+            },
+            0,
+        ); // Closing, backend 2
+    }
+    assert_eq!(t.iter().count(), 3);
+    let counts = t.per_daemon();
+    assert_eq!(
+        counts[&daemon(1)],
+        BackendConns {
+            active: 1,
+            inactive: 1
+        }
+    );
+    assert_eq!(
+        counts[&daemon(2)],
+        BackendConns {
+            active: 0,
+            inactive: 1
+        }
+    );
+    assert_eq!(counts[&daemon(1)].total(), 2);
+    assert!(!counts.contains_key(&daemon(3)));
+    let mut of1: Vec<_> = t.connections_of(daemon(1)).collect();
+    of1.sort_by_key(FlowKey::packed);
+    assert_eq!(of1, [key(1), key(2)]);
+    assert_eq!(t.connections_of(daemon(3)).count(), 0);
+}
+
+#[test]
+fn thousand_connections_close_cleanly() {
+    let mut t = ConnTracker::new(T);
+    let mut out = Vec::new();
+    for i in 0..1000u32 {
+        let now = u64::from(i) * 1000;
+        let k = key(i);
+        t.on_event(opened((i % 4) as u16, i, (i % 8) as u16), now, &mut out);
+        t.on_event(Event::Established { key: k }, now + 1, &mut out);
+        let fin = |from_client| Event::Fin {
+            key: k,
+            from_client,
+        };
+        t.on_event(fin(true), now + 2, &mut out);
+        t.on_event(fin(false), now + 3, &mut out);
+    }
+    assert!(out.is_empty());
+    assert_eq!(t.len(), 1000);
+    assert!(t.per_daemon().values().all(|c| c.inactive == 125));
+    let last = 999 * 1000 + 3;
+    t.expire(last + 2 * S, &mut out);
+    assert_eq!(out.len(), 1000);
+    assert!(out
+        .iter()
+        .all(|(_, c)| matches!(c, FlowCommand::Remove { .. })));
+    assert!(t.is_empty() && t.next_deadline().is_none());
+    assert_eq!(t.timer_entries(), 0);
+    out.clear();
+    t.expire(u64::MAX, &mut out);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn stale_timer_entries_stay_bounded() {
+    let mut t = ConnTracker::new(T);
+    established(&mut t, 0, 1, 0);
+    // Each Active re-arms and leaves one stale entry behind.
+    for i in 0..100_000u64 {
+        let e = Event::Active {
+            key: key(1),
+            last_seen_ns: i,
+        };
+        ev(&mut t, e, i);
+        assert!(t.timer_entries() <= 3 * t.len() + COMPACT_SLACK);
+    }
+    assert_eq!(t.next_deadline(), Some(99_999 + 300 * S));
+    // Many connections forgotten by RST out of deadline order.
+    let mut t = ConnTracker::new(T);
+    for i in 0..10_000u32 {
+        ev(&mut t, opened(0, i, 0), u64::from(10_000 - i));
+    }
+    for i in 0..10_000u32 {
+        ev(
+            &mut t,
+            Event::Rst {
+                key: key(i),
+                from_client: true,
+            },
+            S,
+        );
+        assert!(t.timer_entries() <= 3 * t.len() + COMPACT_SLACK);
+    }
+    assert_eq!(t.timer_entries(), 0);
+}
+
+/// Naive reference: same rules, deadlines found by scanning.
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    const ALT: Timeouts = Timeouts {
+        syn: Duration::from_secs(3),
+        idle: Duration::from_secs(5),
+        linger: Duration::ZERO,
+    };
+    const SMALL: Timeouts = Timeouts {
+        syn: Duration::from_secs(10),
+        idle: Duration::from_secs(30),
+        linger: Duration::from_secs(2),
+    };
+
+    #[derive(Clone, Copy, Debug)]
+    struct MConn {
+        worker: u16,
+        phase: Phase,
+        deadline: u64,
+        opened: u64,
+    }
+
+    #[derive(Default)]
+    struct Model {
+        t: Option<Timeouts>,
+        conns: HashMap<u32, MConn>,
+    }
+
+    fn idx(k: &FlowKey) -> u32 {
+        u32::from(k.client_ip) - 0x0a00_0000
+    }
+
+    impl Model {
+        fn t(&self) -> Timeouts {
+            self.t.unwrap_or(SMALL)
+        }
+
+        fn apply(&mut self, e: Event, now: u64) -> Vec<Command> {
+            let t = self.t();
+            let mut out = Vec::new();
+            match e {
+                Event::Opened {
+                    worker: WorkerId(worker),
+                    key,
+                    ..
+                } => {
+                    let new = MConn {
+                        worker,
+                        phase: Phase::SynSent,
+                        deadline: now + nanos(t.syn),
+                        opened: now,
+                    };
+                    if let Some(old) = self.conns.insert(idx(&key), new) {
+                        if old.worker != worker {
+                            out.push(Command::Remove {
+                                worker: old.worker,
+                                key,
+                                opened_ns: old.opened,
+                            });
+                        }
+                    }
+                }
+                Event::Established { key } => {
+                    if let Some(c) = self.conns.get_mut(&idx(&key)) {
+                        if matches!(c.phase, Phase::SynSent | Phase::Established) {
+                            c.phase = Phase::Established;
+                            c.deadline = now + nanos(t.idle);
+                        }
+                    }
+                }
+                Event::Fin { key, from_client } => {
+                    if let Some(c) = self.conns.get_mut(&idx(&key)) {
+                        let (cf, df) = match c.phase {
+                            Phase::HalfClosed {
+                                client_fin,
+                                daemon_fin,
+                            } => (client_fin, daemon_fin),
+                            Phase::Closing => return out,
+                            _ => (false, false),
+                        };
+                        let (cf, df) = (cf || from_client, df || !from_client);
+                        if cf && df {
+                            c.phase = Phase::Closing;
+                            c.deadline = now + nanos(t.linger);
+                        } else {
+                            c.phase = Phase::HalfClosed {
+                                client_fin: cf,
+                                daemon_fin: df,
+                            };
+                        }
+                    }
+                }
+                Event::Rst { key, .. } => {
+                    if let Some(c) = self.conns.remove(&idx(&key)) {
+                        out.push(Command::Remove {
+                            worker: c.worker,
+                            key,
+                            opened_ns: c.opened,
+                        });
+                    }
+                }
+                Event::Active { key, last_seen_ns } => {
+                    if let Some(c) = self.conns.get_mut(&idx(&key)) {
+                        if matches!(c.phase, Phase::Established | Phase::HalfClosed { .. }) {
+                            c.deadline = last_seen_ns + nanos(t.idle);
+                        }
+                    }
+                }
+                Event::Removed { key } => {
+                    self.conns.remove(&idx(&key));
+                }
+            }
+            out
+        }
+
+        fn expire(&mut self, now: u64) -> Vec<Command> {
+            let idle = nanos(self.t().idle);
+            let mut out = Vec::new();
+            self.conns.retain(|&i, c| {
+                if c.deadline > now {
+                    return true;
+                }
+                match c.phase {
+                    Phase::Established | Phase::HalfClosed { .. } => {
+                        out.push(Command::RemoveIfIdle {
+                            worker: c.worker,
+                            key: key(i),
+                            idle_since_ns: now - idle,
+                        });
+                        c.deadline = now + nanos(RECHECK_INTERVAL);
+                        true
+                    }
+                    _ => {
+                        out.push(Command::Remove {
+                            worker: c.worker,
+                            key: key(i),
+                            opened_ns: c.opened,
+                        });
+                        false
+                    }
+                }
+            });
+            out
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Event(Event),
+        /// Advance the clock by this many ns, then expire.
+        Advance(u64),
+        SetTimeouts(bool),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let k = (0u32..6).prop_map(key);
+        let dt = prop::sample::select(vec![0, S / 2, S, 2 * S, 3 * S, 5 * S, 10 * S, 30 * S]);
+        prop_oneof![
+            3 => (0u32..6, 0u16..3, 0u16..3).prop_map(|(i, w, b)| Op::Event(opened(w, i, b))),
+            3 => k.clone().prop_map(|key| Op::Event(Event::Established { key })),
+            3 => (k.clone(), any::<bool>())
+                .prop_map(|(key, from_client)| Op::Event(Event::Fin { key, from_client })),
+            1 => (k.clone(), any::<bool>())
+                .prop_map(|(key, from_client)| Op::Event(Event::Rst { key, from_client })),
+            // Active's last_seen is stored as "seconds back from now" and resolved later.
+            2 => (k.clone(), 0u64..40)
+                .prop_map(|(key, back)| Op::Event(Event::Active { key, last_seen_ns: back })),
+            1 => k.prop_map(|key| Op::Event(Event::Removed { key })),
+            5 => dt.prop_map(Op::Advance),
+            1 => any::<bool>().prop_map(Op::SetTimeouts),
+        ]
+    }
+
+    fn sorted(mut v: Vec<Command>) -> Vec<Command> {
+        v.sort_by_key(|c| match *c {
+            Command::Remove {
+                worker,
+                key,
+                opened_ns,
+            } => (0, worker, key.packed(), opened_ns),
+            Command::RemoveIfIdle {
+                worker,
+                key,
+                idle_since_ns,
+            } => (1, worker, key.packed(), idle_since_ns),
+        });
+        v
+    }
+
+    fn check(t: &ConnTracker, m: &Model) {
+        assert_eq!(t.len(), m.conns.len());
+        assert_eq!(
+            t.next_deadline(),
+            m.conns.values().map(|c| c.deadline).min()
+        );
+        assert!(t.timer_entries() <= 3 * t.len() + COMPACT_SLACK);
+        for (&i, c) in &m.conns {
+            let info = t.get(&key(i)).expect("tracked in model");
+            assert_eq!(
+                (info.worker, info.phase, info.deadline_ns),
+                (WorkerId(c.worker), c.phase, c.deadline)
+            );
+        }
+    }
+
+    /// Every command names a key tracked before the step, with its owner.
+    fn targets_tracked(cmds: &[Command], before: &HashMap<u32, MConn>) {
+        for c in cmds {
+            let (Command::Remove { worker, key, .. } | Command::RemoveIfIdle { worker, key, .. }) =
+                *c;
+            let owner = before.get(&idx(&key)).map(|c| c.worker);
+            assert_eq!(owner, Some(worker), "command for a forgotten key: {c:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn matches_model_and_drains(ops in prop::collection::vec(op(), 0..200)) {
+            let mut t = ConnTracker::new(SMALL);
+            let mut m = Model::default();
+            let mut now = 1000 * S;
+            for op in ops {
+                let before = m.conns.clone();
+                let (got, want) = match op {
+                    Op::Event(mut e) => {
+                        if let Event::Active { last_seen_ns, .. } = &mut e {
+                            *last_seen_ns = now - *last_seen_ns * S;
+                        }
+                        (ev(&mut t, e, now), m.apply(e, now))
+                    }
+                    Op::Advance(dt) => {
+                        now += dt;
+                        (exp(&mut t, now), m.expire(now))
+                    }
+                    Op::SetTimeouts(alt) => {
+                        let to = if alt { ALT } else { SMALL };
+                        t.set_timeouts(to);
+                        m.t = Some(to);
+                        (Vec::new(), Vec::new())
+                    }
+                };
+                targets_tracked(&got, &before);
+                prop_assert_eq!(sorted(got), sorted(want));
+                check(&t, &m);
+            }
+            // Close everything: RST for even keys, both FINs for odd ones.
+            let tracked: Vec<u32> = m.conns.keys().copied().collect();
+            let n_tracked = tracked.len();
+            let mut removed = Vec::new();
+            for i in tracked {
+                let k = key(i);
+                let events = if i % 2 == 0 {
+                    vec![Event::Rst { key: k, from_client: true }]
+                } else {
+                    vec![
+                        Event::Fin { key: k, from_client: true },
+                        Event::Fin { key: k, from_client: false },
+                    ]
+                };
+                for e in events {
+                    let got = ev(&mut t, e, now);
+                    prop_assert_eq!(sorted(got.clone()), sorted(m.apply(e, now)));
+                    removed.extend(got);
+                }
+            }
+            now += nanos(SMALL.linger.max(ALT.linger));
+            removed.extend(exp(&mut t, now));
+            prop_assert_eq!(t.len(), 0);
+            prop_assert!(t.next_deadline().is_none());
+            prop_assert_eq!(t.timer_entries(), 0);
+            let all_removes = removed.iter().all(|c| matches!(c, Command::Remove { .. }));
+            prop_assert!(all_removes);
+            prop_assert_eq!(removed.len(), n_tracked);
+            prop_assert!(exp(&mut t, u64::MAX).is_empty());
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! The management loop's io_uring: a slab of in-flight operations and safe
+//! constructors for the few kinds the loop submits.
+//!
+//! Every in-flight operation is a slot, its index the `user_data`; the slot owns
+//! whatever buffer, timespec, address or descriptor the kernel is using until the
+//! completion comes back, so nothing the kernel may touch is freed or moved early.
+//! Each operation carries a caller's `Tag` that comes back with its completion.
+#![allow(unsafe_code)] // io_uring submissions and new socket descriptors; each block says why it is sound
+
+use std::{
+    io,
+    net::SocketAddrV4,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use io_uring::{opcode, squeue, types, IoUring};
+
+/// What the kernel may be reading or writing while an operation is in flight.
+/// Heap allocations, so that moving a slot (the slab grows) moves no byte the
+/// kernel points at.
+enum Held {
+    Nothing,
+    Buffer(Box<[u8]>),
+    Timespec(Box<types::Timespec>),
+    Socket {
+        fd: OwnedFd,
+        buf: Box<[u8]>,
+        /// For a send, how much of `buf` an earlier send already took.
+        from: usize,
+    },
+    Connect {
+        /// Kept open until the connect completes; closed with the slot.
+        _fd: OwnedFd,
+        addr: Box<libc::sockaddr_in>,
+    },
+}
+
+struct Slot<Tag> {
+    /// `None` for the linked timeout of a connect, whose completion is of no use.
+    tag: Option<Tag>,
+    held: Held,
+}
+
+/// A completed operation: its tag, the kernel's result (negative: `-errno`) and
+/// what the slot held, handed back.
+pub struct Completion<Tag> {
+    pub tag: Tag,
+    pub result: i32,
+    /// A read's or receive's buffer, or a send's (all of it).
+    pub buf: Option<Box<[u8]>>,
+    /// The socket a receive or send used, or the one an accept created.
+    pub fd: Option<OwnedFd>,
+    /// For a send: the bytes of `buf` sent so far, this completion's included.
+    pub sent: usize,
+}
+
+impl<Tag> Completion<Tag> {
+    /// The result as an error, when it is one.
+    pub fn error(&self) -> Option<io::Error> {
+        (self.result < 0).then(|| io::Error::from_raw_os_error(-self.result))
+    }
+}
+
+pub struct Uring<Tag> {
+    ring: IoUring,
+    slots: Vec<Option<Slot<Tag>>>,
+    free: Vec<usize>,
+}
+
+fn timespec(d: Duration) -> Box<types::Timespec> {
+    Box::new(
+        types::Timespec::new()
+            .sec(d.as_secs())
+            .nsec(d.subsec_nanos()),
+    )
+}
+
+impl<Tag> Uring<Tag> {
+    pub fn new(entries: u32) -> Result<Self> {
+        Ok(Self {
+            ring: IoUring::new(entries).context("creating an io_uring (kernel 5.6 or later)")?,
+            slots: Vec::new(),
+            free: Vec::new(),
+        })
+    }
+
+    /// Stores the slot and queues the entry `build` makes from what it holds.
+    ///
+    /// # Safety
+    /// Every pointer in the entry must point into `held` (its heap parts), and
+    /// every descriptor must be owned by `held` or outlive the operation.
+    unsafe fn push(
+        &mut self,
+        tag: Option<Tag>,
+        held: Held,
+        build: impl FnOnce(&mut Held) -> squeue::Entry,
+    ) -> Result<()> {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        let slot = self.slots[index].insert(Slot { tag, held });
+        let entry = build(&mut slot.held).user_data(index as u64);
+        loop {
+            // SAFETY: the caller promised that the entry refers only to what the
+            // slot holds, and the slot is freed only when the completion arrives.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return Ok(());
+            }
+            // A full submission queue: hand what is queued to the kernel first.
+            self.ring.submit().context("submitting to the io_uring")?;
+        }
+    }
+
+    /// Reads up to `len` bytes from `fd`, which must stay open until completion
+    /// (the loop's own eventfd and signalfd do).
+    pub fn read(&mut self, tag: Tag, fd: RawFd, len: usize) -> Result<()> {
+        let held = Held::Buffer(vec![0; len].into_boxed_slice());
+        // SAFETY: the entry points at the slot's own buffer, of the length given.
+        unsafe {
+            self.push(Some(tag), held, |held| {
+                let Held::Buffer(buf) = held else {
+                    unreachable!("just stored")
+                };
+                opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), buf.len() as u32).build()
+            })
+        }
+    }
+
+    /// Completes after `after`.
+    pub fn timeout(&mut self, tag: Tag, after: Duration) -> Result<()> {
+        // SAFETY: the entry points at the slot's own timespec.
+        unsafe {
+            self.push(Some(tag), Held::Timespec(timespec(after)), |held| {
+                let Held::Timespec(ts) = held else {
+                    unreachable!("just stored")
+                };
+                opcode::Timeout::new(&**ts as *const types::Timespec).build()
+            })
+        }
+    }
+
+    /// Accepts one connection on `listener`, which must stay open until completion.
+    pub fn accept(&mut self, tag: Tag, listener: RawFd) -> Result<()> {
+        // SAFETY: null address pointers ask for no peer address; nothing else is
+        // pointed at.
+        unsafe {
+            self.push(Some(tag), Held::Nothing, |_| {
+                opcode::Accept::new(
+                    types::Fd(listener),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+            })
+        }
+    }
+
+    /// Receives up to `len` bytes on `fd`, which comes back with the completion.
+    pub fn recv(&mut self, tag: Tag, fd: OwnedFd, len: usize) -> Result<()> {
+        let raw = fd.as_raw_fd();
+        let held = Held::Socket {
+            fd,
+            buf: vec![0; len].into_boxed_slice(),
+            from: 0,
+        };
+        // SAFETY: the entry points at the slot's own buffer, and the descriptor
+        // is the slot's own.
+        unsafe {
+            self.push(Some(tag), held, |held| {
+                let Held::Socket { buf, .. } = held else {
+                    unreachable!("just stored")
+                };
+                opcode::Recv::new(types::Fd(raw), buf.as_mut_ptr(), buf.len() as u32).build()
+            })
+        }
+    }
+
+    /// Sends `buf[from..]` on `fd`; both come back with the completion, whose
+    /// `sent` says how far the buffer is sent.
+    pub fn send(&mut self, tag: Tag, fd: OwnedFd, buf: Box<[u8]>, from: usize) -> Result<()> {
+        let raw = fd.as_raw_fd();
+        let held = Held::Socket { fd, buf, from };
+        // SAFETY: the entry points into the slot's own buffer, within its length,
+        // and the descriptor is the slot's own.
+        unsafe {
+            self.push(Some(tag), held, |held| {
+                let Held::Socket { buf, from, .. } = held else {
+                    unreachable!("just stored")
+                };
+                let rest = &buf[(*from).min(buf.len())..];
+                opcode::Send::new(types::Fd(raw), rest.as_ptr(), rest.len() as u32).build()
+            })
+        }
+    }
+
+    /// A TCP connect to `addr` from a new socket, cancelled after `timeout`: the
+    /// completion's result is 0 (connected), `-ECONNREFUSED` and the like, or
+    /// `-ECANCELED` when the timeout fired first.
+    pub fn connect(&mut self, tag: Tag, addr: SocketAddrV4, timeout: Duration) -> Result<()> {
+        // SAFETY: plain socket(2); a non-negative result is a new fd we own.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error()).context("creating a probe socket");
+        }
+        // SAFETY: raw is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let sin = Box::new(libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: addr.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*addr.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        });
+        // SAFETY: the entry points at the slot's own address, of its size, and
+        // the descriptor is the slot's own.
+        unsafe {
+            self.push(Some(tag), Held::Connect { _fd: fd, addr: sin }, |held| {
+                let Held::Connect { addr, .. } = held else {
+                    unreachable!("just stored")
+                };
+                opcode::Connect::new(
+                    types::Fd(raw),
+                    (&**addr as *const libc::sockaddr_in).cast(),
+                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+                .build()
+                .flags(squeue::Flags::IO_LINK)
+            })?;
+            // SAFETY: the entry points at the slot's own timespec.
+            self.push(None, Held::Timespec(timespec(timeout)), |held| {
+                let Held::Timespec(ts) = held else {
+                    unreachable!("just stored")
+                };
+                opcode::LinkTimeout::new(&**ts as *const types::Timespec).build()
+            })
+        }
+    }
+
+    /// Submits what is queued and waits for at least one completion; returns every
+    /// completion there is. A signal that interrupts the wait (SIGSTOP/SIGCONT, a
+    /// debugger attaching) loses nothing: the next call waits again.
+    pub fn wait(&mut self) -> Result<Vec<Completion<Tag>>> {
+        match self.ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("waiting on the io_uring"),
+        }
+        let done: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        Ok(done
+            .into_iter()
+            .filter_map(|(index, result)| self.complete(index as usize, result))
+            .collect())
+    }
+
+    fn complete(&mut self, index: usize, result: i32) -> Option<Completion<Tag>> {
+        let slot = self.slots.get_mut(index)?.take()?;
+        self.free.push(index);
+        let tag = slot.tag?;
+        let mut done = Completion {
+            tag,
+            result,
+            buf: None,
+            fd: None,
+            sent: 0,
+        };
+        match slot.held {
+            Held::Nothing if result >= 0 => {
+                // SAFETY: only an accept holds nothing, and a successful accept
+                // returns a new descriptor that we now own.
+                done.fd = Some(unsafe { OwnedFd::from_raw_fd(result) });
+            }
+            Held::Nothing | Held::Timespec(_) | Held::Connect { .. } => {}
+            Held::Buffer(buf) => done.buf = Some(buf),
+            Held::Socket { fd, buf, from } => {
+                done.sent = from + result.max(0) as usize;
+                done.fd = Some(fd);
+                done.buf = Some(buf);
+            }
+        }
+        Some(done)
+    }
+}
