@@ -1,0 +1,70 @@
+//! The steering program's maps after a reload hold exactly what a fresh start
+//! with the new configuration puts there: nothing of a removed service (its VIP
+//! included) stays behind. Loads the real program (root, BPF); attaches nothing.
+use dispatchd::{
+    config::Config,
+    xdp::{Interface, Steering, SteeringTable},
+};
+
+fn config(services: &[(&str, &[&str])]) -> Config {
+    let mut text = String::from("front = \"l0\"\nback = \"l1\"\n");
+    for (vip, daemons) in services {
+        let list: Vec<String> = daemons.iter().map(|d| format!("{d:?}")).collect();
+        text.push_str(&format!(
+            "[[service]]\naddress = {vip:?}\nbackends = [{}]\n",
+            list.join(", ")
+        ));
+    }
+    Config::from_toml_str(&text).expect("a valid config")
+}
+
+fn load() -> Steering {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .expect("/proc/self/status")
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .expect("a Uid line");
+    assert_eq!(
+        uid, "0",
+        "loading the XDP program needs root; run scripts/test.sh as root"
+    );
+    // The program is only loaded, never attached: any interface will do.
+    let lo = Interface::lookup("lo").expect("lo");
+    Steering::load(&lo, &lo).expect("loading the XDP program")
+}
+
+#[test]
+fn a_reload_leaves_the_maps_a_fresh_start_would() {
+    let a = config(&[
+        ("198.18.0.100:80", &["198.19.0.11:8080", "198.19.0.12:8080"]),
+        ("198.18.0.101:443", &["198.19.0.13:8443"]),
+        ("198.18.0.102:80", &["198.19.0.14:8080"]),
+    ]);
+    // 101 goes (its VIP with it), 102 stays, 100 loses a daemon and gains one,
+    // 103 comes, and a daemon moves from one service to another.
+    let b = config(&[
+        ("198.18.0.103:80", &["198.19.0.12:8080"]),
+        ("198.18.0.102:80", &["198.19.0.14:8080"]),
+        ("198.18.0.100:80", &["198.19.0.15:8080", "198.19.0.11:8080"]),
+    ]);
+
+    let mut reloaded = load();
+    reloaded.sync(&SteeringTable::of(&a)).unwrap();
+    assert_eq!(reloaded.contents().unwrap(), SteeringTable::of(&a));
+    reloaded.sync(&SteeringTable::of(&b)).unwrap();
+
+    let mut fresh = load();
+    fresh.sync(&SteeringTable::of(&b)).unwrap();
+
+    let want = SteeringTable::of(&b);
+    assert_eq!(fresh.contents().unwrap(), want);
+    assert_eq!(reloaded.contents().unwrap(), want);
+    let vips: Vec<String> = want.vips.iter().map(|v| v.to_string()).collect();
+    assert_eq!(vips, ["198.18.0.100", "198.18.0.102", "198.18.0.103"]);
+    assert_eq!(
+        want.daemons[&"198.19.0.12:8080".parse().unwrap()],
+        "198.18.0.103:80".parse().unwrap(),
+        "a daemon that changed service answers for its new one"
+    );
+}
