@@ -171,7 +171,9 @@ static __always_inline int steer_back(struct xdp_md *ctx, struct ethhdr *eth,
 
 	/* The reply leaves through the front towards the client: ask the kernel's
 	 * route and neighbour tables for that hop. OUTPUT makes the lookup from the
-	 * egress side, so it neither needs forwarding enabled nor can pick the back. */
+	 * egress side, so it cannot pick the back. The kernel still answers only if
+	 * the front forwards IPv4 (BPF_FIB_LKUP_RET_FWD_DISABLED otherwise, counted
+	 * as fib_failed), which dispatchd checks at start-up. */
 	fib.family = AF_INET;
 	fib.l4_protocol = IPPROTO_TCP;
 	fib.tot_len = bpf_ntohs(iph->tot_len);
