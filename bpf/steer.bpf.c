@@ -170,10 +170,10 @@ static __always_inline int steer_back(struct xdp_md *ctx, struct ethhdr *eth,
 		return count(CNT_PASSED, XDP_PASS);
 
 	/* The reply leaves through the front towards the client: ask the kernel's
-	 * route and neighbour tables for that hop. OUTPUT looks the route up as for
-	 * a packet this host sends out of the front (oif = front), so it cannot pick
-	 * the back. The kernel answers only if the front forwards IPv4 (it checks
-	 * the forwarding flag of `ifindex` whatever the flags), which start-up checks. */
+	 * route and neighbour tables for that hop. OUTPUT makes the lookup from the
+	 * egress side, so it cannot pick the back. The kernel still answers only if
+	 * the front forwards IPv4 (BPF_FIB_LKUP_RET_FWD_DISABLED otherwise, counted
+	 * as fib_failed), which dispatchd checks at start-up. */
 	fib.family = AF_INET;
 	fib.l4_protocol = IPPROTO_TCP;
 	fib.tot_len = bpf_ntohs(iph->tot_len);

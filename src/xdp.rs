@@ -380,6 +380,49 @@ impl Steering {
         }
         Ok(out)
     }
+
+    /// Runs the loaded program once on `frame` through `BPF_PROG_TEST_RUN`, as if it
+    /// had arrived on interface `ingress_ifindex`, rx queue `rx_queue`, and returns
+    /// the verdict (`XDP_PASS`, `XDP_DROP`, `XDP_REDIRECT`, ...) and the frame as the
+    /// program left it. Its maps and counters are the live ones. For tests: nothing
+    /// needs to be attached and a redirect is only decided, never carried out. The
+    /// kernel looks the interface up in the calling thread's network namespace and
+    /// refuses (EINVAL) a frame shorter than an Ethernet header and a queue the
+    /// interface does not have.
+    pub fn test_run(
+        &self,
+        frame: &[u8],
+        ingress_ifindex: u32,
+        rx_queue: u32,
+    ) -> Result<(u32, Vec<u8>)> {
+        // struct xdp_md, all __u32: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex. The kernel wants data_end to be the
+        // frame's length and no metadata.
+        const _: () = assert!(size_of::<libbpf_sys::xdp_md>() == 6 * 4);
+        let len = u32::try_from(frame.len()).context("frame length")?;
+        let mut ctx: Vec<u8> = [0, len, 0, ingress_ifindex, rx_queue, 0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        // One page: the most a single-buffer XDP test run takes in.
+        let mut out = vec![0u8; 4096];
+        let input = libbpf_rs::ProgramInput {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            context_in: Some(&mut ctx),
+            ..Default::default()
+        };
+        let output = self
+            .skel
+            .progs
+            .dispatchd_steer
+            .test_run(input)
+            .with_context(|| {
+                format!("BPF_PROG_TEST_RUN on ifindex {ingress_ifindex} queue {rx_queue}")
+            })?;
+        let data = output.data.map(|d| d.to_vec()).unwrap_or_default();
+        Ok((output.return_value, data))
+    }
 }
 
 fn query_mode(iface: &Interface) -> Result<AttachedMode> {

@@ -1,0 +1,740 @@
+//! The XDP steering program (bpf/steer.bpf.c) on its own, through
+//! BPF_PROG_TEST_RUN: one row per frame class, each with the interface and rx
+//! queue it arrives on, the verdict, the counters it moves (the whole counters
+//! array is compared before and after, so a row that bumps a wrong counter fails)
+//! and, where the program rewrites it, the frame it leaves.
+//!
+//! Everything runs in a private network namespace that the test creates and
+//! always deletes: a front veth with more rx queues than the program's
+//! MAX_QUEUES (a test run refuses a queue the device lacks), a back veth, the
+//! DESIGN.md addresses, a route and a permanent neighbour towards one client and
+//! none towards another, and real AF_XDP sockets on queue 0 of both sides, queue 1
+//! left without. Nothing is attached: a test run looks the interface up in the
+//! calling thread's namespace and needs no program on it. Needs root; fails, never
+//! skips, without it or without BPF.
+//!
+//! What a test run cannot reach, and where it stays covered:
+//! - `truncated` for a frame shorter than an Ethernet header: the kernel refuses a
+//!   test run of fewer than 14 bytes (EINVAL, pinned below), and no such frame
+//!   reaches XDP on veth either (AF_PACKET pads a short frame to 14 bytes). The
+//!   branch stays for the verifier, which needs the bounds check anyway. The
+//!   `truncated` counter is reached here by a cut IPv4 header, and end to end by
+//!   e2e_hardening's `malformed_frames_are_counted_by_reason_and_never_forwarded`.
+//! - Delivery of a redirect: a test run returns XDP_REDIRECT having picked the
+//!   socket, without putting the frame on its ring. Frames reaching the sockets are
+//!   covered by e2e_dataplane's `connections_spread_evenly_and_echo_intact` and
+//!   `two_queues_both_carry_traffic`.
+mod common;
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    process::Command,
+};
+
+use dispatchd::{
+    config::{BindMode, MAX_QUEUES},
+    xdp::{Interface, Side, Steering, SteeringTable, COUNTER_NAMES},
+    xsk::{self, QueueSockets},
+};
+use etherparse::{
+    EtherType, Ethernet2Header, IpHeaders, IpNumber, Ipv4Header, PacketBuilder, VlanId,
+};
+use libbpf_sys::{XDP_DROP, XDP_PASS, XDP_REDIRECT};
+
+const FRONT: &str = "front";
+const BACK: &str = "back";
+/// More than MAX_QUEUES, so that the program's own bound on the queue is reachable.
+const FRONT_QUEUES: u32 = MAX_QUEUES + 8;
+const BACK_QUEUES: u32 = 2;
+
+const FRONT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xf0, 0x01];
+const FRONT_PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xf0, 0x02];
+const BACK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xb0, 0x01];
+const BACK_PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xb0, 0x02];
+/// The permanent neighbour entry of `CLIENT` on the front.
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xc1, 0x02];
+
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+const SERVICE: SocketAddrV4 = SocketAddrV4::new(VIP, 80);
+const DAEMONS: [SocketAddrV4; 2] = [
+    SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080),
+    SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 12), 8080),
+];
+/// On the front's subnet, with a permanent neighbour entry.
+const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 40000);
+/// On the front's subnet, with no neighbour entry.
+const UNRESOLVED: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 3), 40000);
+/// In no subnet of the namespace, which has no default route.
+const UNROUTED: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 9, 9), 40000);
+/// The back's own address (a health probe's source).
+const BACK_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
+
+/// Runs `ip ARGS`, panicking with its output if it fails.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running ip {args:?}: {e}"));
+    assert!(out.status.success(), "ip {args:?}:\n{}", common::text(&out));
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// A network namespace that the test thread has entered (setns(2)); on drop the
+/// thread goes back to the namespace it came from and the namespace is deleted,
+/// with every interface in it, also when the test panics. Modelled on aya's
+/// `NetNsGuard`, with `ip netns` keeping the namespace's name under
+/// /var/run/netns.
+struct NetNs {
+    name: String,
+    home: std::fs::File,
+}
+
+impl NetNs {
+    fn enter(name: String) -> Self {
+        use std::os::fd::AsRawFd;
+        let home = std::fs::File::open("/proc/thread-self/ns/net")
+            .expect("opening this thread's network namespace");
+        ip(&["netns", "add", &name]);
+        let ns = NetNs { name, home };
+        let path = format!("/var/run/netns/{}", ns.name);
+        let target = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        // SAFETY: setns only reads the fd, which `target` keeps open for the call;
+        // it moves this thread alone, which `Drop` moves back.
+        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "setns into {path}: {}",
+            std::io::Error::last_os_error()
+        );
+        ns
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as in `enter`; `home` is this thread's original namespace.
+        let rc = unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            eprintln!(
+                "setns back home: {} (deleting {} anyway)",
+                std::io::Error::last_os_error(),
+                self.name
+            );
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// The program loaded for this namespace's front and back, its maps filled as
+/// dispatchd's start-up fills them, and the sockets of queue 0 registered.
+struct Lab {
+    steering: Steering,
+    sockets: QueueSockets,
+    front: Interface,
+    back: Interface,
+    other: Interface,
+    /// Last, so that the program and the sockets go before their namespace.
+    ns: NetNs,
+}
+
+impl Lab {
+    fn up(tag: &str) -> Self {
+        common::require_root();
+        let ns = NetNs::enter(format!("dxp{tag}{}", std::process::id() % 100_000));
+        let n = ns.name.clone();
+        let (fq, bq) = (FRONT_QUEUES, BACK_QUEUES);
+        let (f, fp, b, bp) = (
+            mac(FRONT_MAC),
+            mac(FRONT_PEER_MAC),
+            mac(BACK_MAC),
+            mac(BACK_PEER_MAC),
+        );
+        // A test run refuses a queue the device lacks; with numrxqueues given, veth
+        // makes them all real (without, it has one).
+        for cmd in [
+            format!("link add {FRONT} address {f} numtxqueues {fq} numrxqueues {fq} type veth peer name fpeer address {fp} numtxqueues {fq} numrxqueues {fq}"),
+            format!("link add {BACK} address {b} numtxqueues {bq} numrxqueues {bq} type veth peer name bpeer address {bp} numtxqueues {bq} numrxqueues {bq}"),
+            format!("addr add 198.18.0.1/24 dev {FRONT}"),
+            format!("addr add {VIP}/32 dev {FRONT}"),
+            format!("addr add {BACK_ADDR}/24 dev {BACK}"),
+            "link set lo up".into(),
+            format!("link set {FRONT} up"),
+            "link set fpeer up".into(),
+            format!("link set {BACK} up"),
+            "link set bpeer up".into(),
+            // For the FIB-success rows; `UNRESOLVED` has none, `UNROUTED` no route.
+            format!("neigh add {} lladdr {} dev {FRONT} nud permanent", CLIENT.ip(), mac(CLIENT_MAC)),
+        ] {
+            let mut args = vec!["-n", &n];
+            args.extend(cmd.split_whitespace());
+            ip(&args);
+        }
+        // As dispatchd requires: the reply's FIB lookup needs it.
+        set_forwarding(&n, true);
+
+        let front = Interface::lookup(FRONT).expect("front in the namespace");
+        let back = Interface::lookup(BACK).expect("back in the namespace");
+        let other = Interface::lookup("lo").expect("lo in the namespace");
+        let mut steering = Steering::load(&front, &back)
+            .unwrap_or_else(|e| panic!("loading the XDP program (is BPF available?): {e:#}"));
+        steering
+            .sync(&SteeringTable {
+                services: [(SERVICE, 0)].into(),
+                daemons: DAEMONS.map(|d| (d, SERVICE)).into(),
+                vips: [VIP].into(),
+            })
+            .expect("service and daemons");
+        let local = dispatchd::sys::ipv4_addrs(BACK).expect("the back's addresses");
+        assert_eq!(local, [BACK_ADDR], "the back's addresses");
+        for a in local {
+            steering.add_local_addr(a).expect("local address");
+        }
+        let sockets = xsk::open_queue(&front, &back, 0, 256, BindMode::Copy)
+            .unwrap_or_else(|e| panic!("AF_XDP sockets on queue 0: {e:#}"));
+        steering
+            .register_socket(Side::Front, 0, sockets.front.fd())
+            .expect("front socket");
+        steering
+            .register_socket(Side::Back, 0, sockets.back.fd())
+            .expect("back socket");
+        Lab {
+            steering,
+            sockets,
+            front,
+            back,
+            other,
+            ns,
+        }
+    }
+
+    fn ifindex(&self, iface: Iface) -> u32 {
+        match iface {
+            Iface::Front => self.front.index,
+            Iface::Back => self.back.index,
+            Iface::Other => self.other.index,
+        }
+    }
+
+    fn counters(&self) -> [u64; COUNTER_NAMES.len()] {
+        self.steering.counters().expect("reading the counters")
+    }
+}
+
+fn set_forwarding(ns: &str, on: bool) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "sysctl", "-qw"])
+        .arg(format!(
+            "net.ipv4.conf.{FRONT}.forwarding={}",
+            if on { 1 } else { 0 }
+        ))
+        .output()
+        .expect("running sysctl");
+    assert!(out.status.success(), "sysctl:\n{}", common::text(&out));
+}
+
+// Frames. Built with etherparse in these few helpers only, so that the shared
+// frame builder can replace them; the edits below are the malformations that
+// etherparse refuses to emit.
+
+/// (source, destination) Ethernet addresses.
+type Macs = ([u8; 6], [u8; 6]);
+const FROM_CLIENT: Macs = (FRONT_PEER_MAC, FRONT_MAC);
+const FROM_DAEMON: Macs = (BACK_PEER_MAC, BACK_MAC);
+/// What the FIB gives a reply towards `CLIENT`: the front's address and the neighbour's.
+const TO_CLIENT: Macs = (FRONT_MAC, CLIENT_MAC);
+
+/// A TCP SYN from `from` to `to`, its IPv4 header first edited by `edit`.
+fn tcp_with(
+    macs: Macs,
+    from: SocketAddrV4,
+    to: SocketAddrV4,
+    edit: impl FnOnce(&mut Ipv4Header),
+) -> Vec<u8> {
+    let mut iph = Ipv4Header::new(0, 64, IpNumber::TCP, from.ip().octets(), to.ip().octets())
+        .expect("an empty payload fits");
+    edit(&mut iph);
+    let b = PacketBuilder::ethernet2(macs.0, macs.1)
+        .ip(IpHeaders::Ipv4(iph, Default::default()))
+        .tcp(from.port(), to.port(), 1, 64240)
+        .syn();
+    let mut f = Vec::with_capacity(b.size(0));
+    b.write(&mut f, &[]).expect("writing a TCP frame");
+    f
+}
+
+fn tcp(macs: Macs, from: SocketAddrV4, to: SocketAddrV4) -> Vec<u8> {
+    tcp_with(macs, from, to, |_| {})
+}
+
+fn udp(macs: Macs, from: SocketAddrV4, to: SocketAddrV4) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(from.ip().octets(), to.ip().octets(), 64)
+        .udp(from.port(), to.port());
+    let mut f = Vec::with_capacity(b.size(4));
+    b.write(&mut f, b"ping").expect("writing a UDP frame");
+    f
+}
+
+fn icmp_echo(macs: Macs, from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(from.octets(), to.octets(), 64)
+        .icmpv4_echo_request(1, 1);
+    let mut f = Vec::with_capacity(b.size(4));
+    b.write(&mut f, b"ping").expect("writing an ICMP frame");
+    f
+}
+
+/// The TCP SYN of `tcp`, tagged once (802.1Q) or twice (802.1ad outside).
+fn tcp_vlan(macs: Macs, from: SocketAddrV4, to: SocketAddrV4, double: bool) -> Vec<u8> {
+    let id = VlanId::try_new(7).expect("a valid VLAN id");
+    let eth = PacketBuilder::ethernet2(macs.0, macs.1);
+    let vlan = if double {
+        eth.double_vlan(id, id)
+    } else {
+        eth.single_vlan(id)
+    };
+    let b = vlan
+        .ipv4(from.ip().octets(), to.ip().octets(), 64)
+        .tcp(from.port(), to.port(), 1, 64240)
+        .syn();
+    let mut f = Vec::with_capacity(b.size(0));
+    b.write(&mut f, &[]).expect("writing a tagged frame");
+    f
+}
+
+/// A TCP SYN over IPv6 between the IPv4-mapped forms of `from` and `to`.
+fn tcp6(macs: Macs, from: SocketAddrV4, to: SocketAddrV4) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv6(
+            from.ip().to_ipv6_mapped().octets(),
+            to.ip().to_ipv6_mapped().octets(),
+            64,
+        )
+        .tcp(from.port(), to.port(), 1, 64240)
+        .syn();
+    let mut f = Vec::with_capacity(b.size(0));
+    b.write(&mut f, &[]).expect("writing an IPv6 frame");
+    f
+}
+
+/// An ARP request from `from` for `to` (etherparse 0.16 builds no ARP).
+fn arp_request(macs: Macs, from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
+    let eth = Ethernet2Header {
+        source: macs.0,
+        destination: [0xff; 6],
+        ether_type: EtherType::ARP,
+    };
+    let mut f = eth.to_bytes().to_vec();
+    // Ethernet, IPv4, 6- and 4-byte addresses, request.
+    f.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&macs.0);
+    f.extend_from_slice(&from.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&to.octets());
+    f
+}
+
+/// `frame` with the IPv4 header length field (in 32-bit words) set to `ihl`.
+fn with_ihl(mut frame: Vec<u8>, ihl: u8) -> Vec<u8> {
+    frame[14] = (frame[14] & 0xf0) | ihl;
+    frame
+}
+
+/// The first `len` bytes of `frame`.
+fn cut(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
+    frame.truncate(len);
+    frame
+}
+
+/// A non-first fragment: offset 185 (1480 bytes in), more to come.
+fn later_fragment(iph: &mut Ipv4Header) {
+    iph.fragment_offset = etherparse::IpFragOffset::try_new(185).expect("a valid offset");
+    iph.more_fragments = true;
+}
+
+/// The first fragment: offset 0, more to come; its TCP ports are there.
+fn first_fragment(iph: &mut Ipv4Header) {
+    iph.more_fragments = true;
+}
+
+/// Four bytes of IP options (no-ops and an end), IHL 6.
+fn ip_options(iph: &mut Ipv4Header) {
+    iph.options = [1, 1, 1, 0][..].try_into().expect("four bytes of options");
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Iface {
+    Front,
+    Back,
+    /// In the namespace but neither front nor back: its loopback.
+    Other,
+}
+
+struct Row {
+    name: &'static str,
+    iface: Iface,
+    queue: u32,
+    frame: Vec<u8>,
+    verdict: u32,
+    /// Counters that go up by one; every other stays.
+    counts: &'static [&'static str],
+    /// The frame the program leaves, where it rewrites; unchanged otherwise.
+    out: Option<Vec<u8>>,
+}
+
+fn row(
+    name: &'static str,
+    iface: Iface,
+    queue: u32,
+    frame: Vec<u8>,
+    verdict: u32,
+    counts: &'static [&'static str],
+) -> Row {
+    Row {
+        name,
+        iface,
+        queue,
+        frame,
+        verdict,
+        counts,
+        out: None,
+    }
+}
+
+impl Row {
+    fn leaves(mut self, out: Vec<u8>) -> Row {
+        self.out = Some(out);
+        self
+    }
+}
+
+// One row a line or two: name, interface, rx queue; frame; verdict, counters
+// moved by one; the frame left, where the program rewrites it.
+#[rustfmt::skip]
+fn table() -> Vec<Row> {
+    use Iface::{Back, Front, Other};
+    let other_port = SocketAddrV4::new(VIP, 22);
+    let elsewhere = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 80);
+    let daemon = DAEMONS[0];
+    let stranger = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 99), 8080);
+    let probe = SocketAddrV4::new(BACK_ADDR, 50000);
+    let syn = tcp(FROM_CLIENT, CLIENT, SERVICE);
+    let with_options = tcp_with(FROM_CLIENT, CLIENT, SERVICE, ip_options);
+    let reply = tcp(FROM_DAEMON, daemon, CLIENT);
+    let rewritten = tcp(TO_CLIENT, daemon, CLIENT);
+    vec![
+        // The front.
+        row("service SYN", Front, 0, syn.clone(),
+            XDP_REDIRECT, &["front_steered"]),
+        row("service SYN with IP options", Front, 0, with_options.clone(),
+            XDP_REDIRECT, &["front_steered"]),
+        row("first fragment to the service", Front, 0, tcp_with(FROM_CLIENT, CLIENT, SERVICE, first_fragment),
+            XDP_REDIRECT, &["front_steered"]),
+        row("service SYN on a queue without socket", Front, 1, syn.clone(),
+            XDP_DROP, &["no_socket"]),
+        row("service SYN on queue MAX_QUEUES - 1, without socket", Front, MAX_QUEUES - 1, syn.clone(),
+            XDP_DROP, &["no_socket"]),
+        row("service SYN on queue MAX_QUEUES", Front, MAX_QUEUES, syn.clone(),
+            XDP_PASS, &["passed"]),
+        row("service SYN on the device's last queue", Front, FRONT_QUEUES - 1, syn.clone(),
+            XDP_PASS, &["passed"]),
+        row("TCP to a non-VIP address", Front, 0, tcp(FROM_CLIENT, CLIENT, elsewhere),
+            XDP_PASS, &["passed"]),
+        row("TCP to the VIP, another port", Front, 0, tcp(FROM_CLIENT, CLIENT, other_port),
+            XDP_PASS, &["passed"]),
+        row("UDP to the VIP's service port", Front, 0, udp(FROM_CLIENT, CLIENT, SERVICE),
+            XDP_PASS, &["passed"]),
+        row("ICMP echo to the VIP", Front, 0, icmp_echo(FROM_CLIENT, *CLIENT.ip(), VIP),
+            XDP_PASS, &["passed"]),
+        row("ARP request for the VIP", Front, 0, arp_request(FROM_CLIENT, *CLIENT.ip(), VIP),
+            XDP_PASS, &["passed"]),
+        row("daemon reply arriving on the front", Front, 0, tcp(FROM_CLIENT, daemon, CLIENT),
+            XDP_PASS, &["passed"]),
+        row("IHL 4 to the VIP", Front, 0, with_ihl(syn.clone(), 4),
+            XDP_DROP, &["vip_malformed"]),
+        row("IHL 0 to the VIP", Front, 0, with_ihl(syn.clone(), 0),
+            XDP_DROP, &["vip_malformed"]),
+        row("VIP frame cut before the ports", Front, 0, cut(syn.clone(), 14 + 20 + 3),
+            XDP_DROP, &["vip_malformed"]),
+        row("VIP frame with options cut before the ports", Front, 0, cut(with_options, 14 + 24 + 3),
+            XDP_DROP, &["vip_malformed"]),
+        row("non-first fragment to the VIP", Front, 0, tcp_with(FROM_CLIENT, CLIENT, SERVICE, later_fragment),
+            XDP_DROP, &["vip_fragment"]),
+        row("IHL 4 to a non-VIP address", Front, 0, with_ihl(tcp(FROM_CLIENT, CLIENT, elsewhere), 4),
+            XDP_PASS, &["passed"]),
+        row("non-VIP frame cut before the ports", Front, 0, cut(tcp(FROM_CLIENT, CLIENT, elsewhere), 14 + 20 + 3),
+            XDP_PASS, &["passed"]),
+        row("non-first fragment to a non-VIP address", Front, 0, tcp_with(FROM_CLIENT, CLIENT, elsewhere, later_fragment),
+            XDP_PASS, &["passed"]),
+        // A reason and `passed` both: the reason says why, `passed` counts every
+        // XDP_PASS.
+        row("Ethernet header alone, IPv4 type", Front, 0, cut(syn.clone(), 14),
+            XDP_PASS, &["truncated", "passed"]),
+        row("IPv4 header cut before the addresses", Front, 0, cut(syn.clone(), 14 + 12),
+            XDP_PASS, &["truncated", "passed"]),
+        row("IPv4 header one byte short", Front, 0, cut(syn.clone(), 14 + 19),
+            XDP_PASS, &["truncated", "passed"]),
+        row("802.1Q-tagged service SYN", Front, 0, tcp_vlan(FROM_CLIENT, CLIENT, SERVICE, false),
+            XDP_PASS, &["vlan", "passed"]),
+        row("802.1ad-tagged service SYN", Front, 0, tcp_vlan(FROM_CLIENT, CLIENT, SERVICE, true),
+            XDP_PASS, &["vlan", "passed"]),
+        row("IPv6 TCP to the service port", Front, 0, tcp6(FROM_CLIENT, CLIENT, SERVICE),
+            XDP_PASS, &["ipv6", "passed"]),
+        // The back.
+        row("daemon reply, route and neighbour", Back, 0, reply.clone(),
+            XDP_REDIRECT, &["back_steered"]).leaves(rewritten.clone()),
+        row("second daemon's reply", Back, 0, tcp(FROM_DAEMON, DAEMONS[1], CLIENT),
+            XDP_REDIRECT, &["back_steered"]).leaves(tcp(TO_CLIENT, DAEMONS[1], CLIENT)),
+        row("daemon reply on a queue without socket", Back, 1, reply.clone(),
+            XDP_DROP, &["no_socket"]).leaves(rewritten),
+        row("daemon reply, no neighbour", Back, 0, tcp(FROM_DAEMON, daemon, UNRESOLVED),
+            XDP_DROP, &["fib_no_neigh"]),
+        row("daemon reply, no route", Back, 0, tcp(FROM_DAEMON, daemon, UNROUTED),
+            XDP_DROP, &["fib_failed"]),
+        row("daemon reply to the back's own address", Back, 0, tcp(FROM_DAEMON, daemon, probe),
+            XDP_PASS, &["passed"]),
+        row("reply from a non-daemon address", Back, 0, tcp(FROM_DAEMON, stranger, CLIENT),
+            XDP_PASS, &["passed"]),
+        row("reply from a daemon's address, another port", Back, 0, tcp(FROM_DAEMON, SocketAddrV4::new(*daemon.ip(), 9999), CLIENT),
+            XDP_PASS, &["passed"]),
+        row("daemon UDP", Back, 0, udp(FROM_DAEMON, daemon, CLIENT),
+            XDP_PASS, &["passed"]),
+        row("daemon reply cut before the ports", Back, 0, cut(reply.clone(), 14 + 20 + 3),
+            XDP_PASS, &["passed"]),
+        row("daemon reply, non-first fragment", Back, 0, tcp_with(FROM_DAEMON, daemon, CLIENT, later_fragment),
+            XDP_PASS, &["passed"]),
+        row("802.1Q-tagged daemon reply", Back, 0, tcp_vlan(FROM_DAEMON, daemon, CLIENT, false),
+            XDP_PASS, &["vlan", "passed"]),
+        row("service SYN arriving on the back", Back, 0, syn.clone(),
+            XDP_PASS, &["passed"]),
+        // Neither front nor back.
+        row("service SYN on another interface", Other, 0, syn,
+            XDP_PASS, &["passed"]),
+        row("non-first fragment to the VIP on another interface", Other, 0, tcp_with(FROM_CLIENT, CLIENT, SERVICE, later_fragment),
+            XDP_PASS, &["passed"]),
+        row("daemon reply on another interface", Other, 0, reply,
+            XDP_PASS, &["passed"]),
+    ]
+}
+
+fn verdict_name(v: u32) -> String {
+    match v {
+        XDP_PASS => "XDP_PASS".into(),
+        XDP_DROP => "XDP_DROP".into(),
+        XDP_REDIRECT => "XDP_REDIRECT".into(),
+        v => format!("verdict {v}"),
+    }
+}
+
+fn counter_index(name: &str) -> usize {
+    COUNTER_NAMES
+        .iter()
+        .position(|n| *n == name)
+        .unwrap_or_else(|| panic!("no counter {name} in COUNTER_NAMES"))
+}
+
+/// The counters that moved, by name and delta.
+fn moved(delta: &[i128]) -> String {
+    let parts: Vec<String> = COUNTER_NAMES
+        .iter()
+        .zip(delta)
+        .filter(|(_, d)| **d != 0)
+        .map(|(n, d)| format!("{n} {d:+}"))
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// Where two frames first differ, for a failure message.
+fn frame_diff(got: &[u8], want: &[u8]) -> String {
+    let at = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    let show = |f: &[u8]| {
+        f[at.min(f.len())..f.len().min(at + 8)]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    format!(
+        "frames differ at byte {at} (lengths {} and {}): got [{}], expected [{}]",
+        got.len(),
+        want.len(),
+        show(got),
+        show(want)
+    )
+}
+
+#[test]
+fn every_frame_class_gets_its_verdict_counters_and_frame() {
+    let mut lab = Lab::up("t");
+    let rows = table();
+
+    // The table covers every counter of bpf/steer.h and every verdict.
+    for name in COUNTER_NAMES {
+        assert!(
+            rows.iter().any(|r| r.counts.contains(&name)),
+            "no row moves the counter {name}"
+        );
+    }
+    for v in [XDP_PASS, XDP_DROP, XDP_REDIRECT] {
+        assert!(
+            rows.iter().any(|r| r.verdict == v),
+            "no row expects {}",
+            verdict_name(v)
+        );
+    }
+
+    let mut failures = Vec::new();
+    for r in &rows {
+        let before = lab.counters();
+        let run = lab
+            .steering
+            .test_run(&r.frame, lab.ifindex(r.iface), r.queue);
+        let after = lab.counters();
+        let (verdict, out) = match run {
+            Ok(v) => v,
+            Err(e) => {
+                failures.push(format!("{}: {e:#}", r.name));
+                continue;
+            }
+        };
+        let delta: Vec<i128> = after
+            .iter()
+            .zip(before)
+            .map(|(a, b)| i128::from(*a) - i128::from(b))
+            .collect();
+        let mut want = vec![0i128; COUNTER_NAMES.len()];
+        for name in r.counts {
+            want[counter_index(name)] += 1;
+        }
+        println!(
+            "{:?} q{} {}: {} / {}",
+            r.iface,
+            r.queue,
+            r.name,
+            verdict_name(verdict),
+            moved(&delta)
+        );
+        if verdict != r.verdict {
+            failures.push(format!(
+                "{}: {}, expected {}",
+                r.name,
+                verdict_name(verdict),
+                verdict_name(r.verdict)
+            ));
+        }
+        if delta != want {
+            failures.push(format!(
+                "{}: counters moved: {}; expected: {}",
+                r.name,
+                moved(&delta),
+                moved(&want)
+            ));
+        }
+        let want_out = r.out.as_ref().unwrap_or(&r.frame);
+        if out != *want_out {
+            failures.push(format!("{}: {}", r.name, frame_diff(&out, want_out)));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
+    // A test run decides a redirect and stops there: nothing reached the sockets.
+    for (side, rings) in [
+        ("front", &mut lab.sockets.front),
+        ("back", &mut lab.sockets.back),
+    ] {
+        assert_eq!(
+            rings.rx.nb_avail(64),
+            0,
+            "frames on the {side} socket's RX ring"
+        );
+    }
+}
+
+/// bpf_fib_lookup checks forwarding on the egress interface even with
+/// BPF_FIB_LOOKUP_OUTPUT, which is why dispatchd refuses to start without it.
+#[test]
+fn a_reply_is_dropped_while_the_front_does_not_forward() {
+    let lab = Lab::up("f");
+    let reply = tcp(FROM_DAEMON, DAEMONS[0], CLIENT);
+    let fib_failed = counter_index("fib_failed");
+
+    set_forwarding(&lab.ns.name, false);
+    let before = lab.counters();
+    let (verdict, out) = lab
+        .steering
+        .test_run(&reply, lab.back.index, 0)
+        .expect("test run");
+    let after = lab.counters();
+    assert_eq!(verdict_name(verdict), verdict_name(XDP_DROP));
+    assert_eq!(out, reply, "a dropped reply is left as it came");
+    let mut want = before;
+    want[fib_failed] += 1;
+    assert_eq!(after, want, "only fib_failed moves");
+
+    set_forwarding(&lab.ns.name, true);
+    let (verdict, out) = lab
+        .steering
+        .test_run(&reply, lab.back.index, 0)
+        .expect("test run");
+    assert_eq!(verdict_name(verdict), verdict_name(XDP_REDIRECT));
+    assert_eq!(out, tcp(TO_CLIENT, DAEMONS[0], CLIENT));
+}
+
+/// What the kernel refuses before the program runs: these rows cannot be in the
+/// table, and the program's counters do not move.
+#[test]
+fn test_run_refuses_runts_and_queues_the_device_lacks() {
+    let lab = Lab::up("k");
+    let syn = tcp(FROM_CLIENT, CLIENT, SERVICE);
+    let before = lab.counters();
+    let invalid = |frame: &[u8], ifindex: u32, queue: u32, what: &str| {
+        let e = lab
+            .steering
+            .test_run(frame, ifindex, queue)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: the kernel ran the program"));
+        let kind = e
+            .downcast_ref::<libbpf_rs::Error>()
+            .map(libbpf_rs::Error::kind);
+        assert_eq!(
+            kind,
+            Some(libbpf_rs::ErrorKind::InvalidInput),
+            "{what}: {e:#}"
+        );
+    };
+    invalid(&syn[..13], lab.front.index, 0, "a frame of 13 bytes");
+    invalid(&[], lab.front.index, 0, "an empty frame");
+    invalid(
+        &syn,
+        lab.front.index,
+        FRONT_QUEUES,
+        "the front's queue count",
+    );
+    invalid(&syn, lab.back.index, BACK_QUEUES, "the back's queue count");
+    invalid(&syn, lab.other.index, 1, "lo's queue 1");
+    assert!(
+        lab.steering.test_run(&syn, 999_999, 0).is_err(),
+        "an interface that does not exist"
+    );
+    assert_eq!(lab.counters(), before, "no program ran");
+}
