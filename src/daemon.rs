@@ -70,13 +70,16 @@ pub fn run(config: Config, reload: Box<dyn FnMut() -> Result<Config> + '_>) -> R
     run_with(config, reload, false)
 }
 
-/// [`run`], with the benchmark-only bare forwarder (`--bare-forwarder`) on or off:
-/// when on, workers move frames between the sockets without parsing or rewriting.
-pub fn run_with(
-    config: Config,
-    reload: Box<dyn FnMut() -> Result<Config> + '_>,
-    bare: bool,
-) -> Result<()> {
+/// The interfaces, checked to be usable.
+struct Interfaces {
+    front: Interface,
+    back: Interface,
+    back_mac: [u8; 6],
+}
+
+/// What must hold before anything is loaded: the capabilities, the interfaces,
+/// forwarding on the front.
+fn check_host(config: &Config) -> Result<Interfaces> {
     let missing = sys::missing_capabilities().context("reading this process's capabilities")?;
     if !missing.is_empty() {
         bail!(
@@ -84,14 +87,86 @@ pub fn run_with(
             missing.join(", ")
         );
     }
-    sys::block_signals().context("blocking signals")?;
     let front = Interface::lookup(&config.front).context("front")?;
     let back = Interface::lookup(&config.back).context("back")?;
     let back_mac = neigh::interface_mac(&back.name)?;
     require_forwarding(&front.name)?;
+    Ok(Interfaces {
+        front,
+        back,
+        back_mac,
+    })
+}
 
+/// Opens every queue's sockets and registers them with the steering program.
+fn open_queues(
+    config: &Config,
+    ifaces: &Interfaces,
+    steering: &Steering,
+) -> Result<Vec<xsk::QueueSockets>> {
+    let mut queues = Vec::new();
+    for q in 0..config.queues {
+        let sockets = xsk::open_queue(
+            &ifaces.front,
+            &ifaces.back,
+            q,
+            config.frames_per_queue,
+            config.bind_mode,
+        )?;
+        steering.register_socket(Side::Front, q, sockets.front.fd())?;
+        steering.register_socket(Side::Back, q, sockets.back.fd())?;
+        let mode = |zc: bool| if zc { "zero-copy" } else { "copy" };
+        println!(
+            "dispatchd: queue {q}: front socket {}, back socket {}",
+            mode(sockets.front.zerocopy),
+            mode(sockets.back.zerocopy)
+        );
+        queues.push(sockets);
+    }
+    Ok(queues)
+}
+
+/// Starts the workers and waits until each serves: each allocates its flow
+/// table (first-touched on its own core) before it says so.
+fn start_workers(setups: Vec<WorkerSetup>) -> (Vec<thread::JoinHandle<()>>, Result<()>) {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mut handles = Vec::new();
+    for mut setup in setups {
+        setup.ready = Some(ready_tx.clone());
+        let (id, core) = (setup.id, setup.core);
+        match thread::Builder::new()
+            .name(format!("dispatchd-q{id}"))
+            .spawn(move || worker::run(setup))
+        {
+            Ok(handle) => handles.push(handle),
+            Err(e) => return (handles, Err(e).context("spawning a worker")),
+        }
+        println!(
+            "dispatchd: worker {id} on core {}",
+            core.map_or("any".into(), |c| c.to_string())
+        );
+    }
+    drop(ready_tx);
+    let started = (0..handles.len()).try_for_each(|_| {
+        ready_rx
+            .recv_timeout(WORKER_START_TIMEOUT)
+            .map(drop)
+            .context("a worker did not start")
+    });
+    (handles, started)
+}
+
+/// [`run`], with the benchmark-only bare forwarder (`--bare-forwarder`) on or off:
+/// when on, workers move frames between the sockets without parsing or rewriting.
+pub fn run_with(
+    config: Config,
+    reload: Box<dyn FnMut() -> Result<Config> + '_>,
+    bare: bool,
+) -> Result<()> {
+    let ifaces = check_host(&config)?;
+    sys::block_signals().context("blocking signals")?;
     let resolver = Resolver {
-        back: back.name.clone(),
+        back: ifaces.back.name.clone(),
         probe_timeout: PROBE_TIMEOUT,
     };
     // Before anything is steered, make the kernel resolve every daemon's next
@@ -100,10 +175,10 @@ pub fn run_with(
     for (_, _, daemon) in config.daemons() {
         resolver.resolve(daemon.addr)?;
     }
-    let mut steering = Steering::load(&front, &back)?;
+    let mut steering = Steering::load(&ifaces.front, &ifaces.back)?;
     let host = Host {
         resolver: &resolver,
-        back_mac,
+        back_mac: ifaces.back_mac,
         workers: config.queues as usize,
     };
     let applied = apply(&config, |_| None, &host, &mut steering)?;
@@ -120,31 +195,20 @@ pub fn run_with(
             ),
         }
     }
-    for addr in sys::ipv4_addrs(&back.name).context("reading the back interface's addresses")? {
+    for addr in
+        sys::ipv4_addrs(&ifaces.back.name).context("reading the back interface's addresses")?
+    {
         steering.add_local_addr(addr)?;
     }
-
-    let mut queues = Vec::new();
-    for q in 0..config.queues {
-        let sockets = xsk::open_queue(&front, &back, q, config.frames_per_queue, config.bind_mode)?;
-        steering.register_socket(Side::Front, q, sockets.front.fd())?;
-        steering.register_socket(Side::Back, q, sockets.back.fd())?;
-        let mode = |zc: bool| if zc { "zero-copy" } else { "copy" };
-        println!(
-            "dispatchd: queue {q}: front socket {}, back socket {}",
-            mode(sockets.front.zerocopy),
-            mode(sockets.back.zerocopy)
-        );
-        queues.push(sockets);
-    }
+    let queues = open_queues(&config, &ifaces, &steering)?;
 
     // Bound before anything is attached, so a bad path fails start-up cleanly.
     let ctl = ctl::bind(&config.control.control_socket)?;
-    let front_mode = steering.attach(&front, config.xdp_mode)?;
-    let back_mode = steering.attach(&back, config.xdp_mode)?;
+    let front_mode = steering.attach(&ifaces.front, config.xdp_mode)?;
+    let back_mode = steering.attach(&ifaces.back, config.xdp_mode)?;
     println!(
         "dispatchd: XDP on {} (front) {front_mode}, on {} (back) {back_mode}",
-        front.name, back.name
+        ifaces.front.name, ifaces.back.name
     );
     for s in &config.services {
         let list: Vec<String> = s.backends.iter().map(|b| b.addr.to_string()).collect();
@@ -155,19 +219,19 @@ pub fn run_with(
             list.join(" ")
         );
     }
+    if bare {
+        println!("dispatchd: BARE FORWARDER (benchmark only): frames cross unparsed, unrewritten");
+    }
 
     let wake = Arc::new(Wake::new(EventFd::new().context("creating an eventfd")?));
     let stop = Arc::new(AtomicBool::new(false));
     let mut links = Vec::new();
     let mut setups = Vec::new();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let planes = applied.planes.into_iter();
-    for (((q, sockets), core), plane) in queues
+    let places = queues
         .into_iter()
-        .enumerate()
         .zip(worker_cores(&config))
-        .zip(planes)
-    {
+        .zip(applied.planes);
+    for (q, ((sockets, core), plane)) in places.enumerate() {
         let stats = Arc::new(WorkerStats::default());
         let (worker_end, loop_end) = protocol::link(wake.clone());
         links.push(WorkerLink {
@@ -186,10 +250,9 @@ pub fn run_with(
             stop: stop.clone(),
             link: worker_end,
             bare,
-            ready: ready_tx.clone(),
+            ready: None,
         });
     }
-    drop(ready_tx);
     let socket_path = config.control.control_socket.clone();
     let listening = format!(
         "dispatchd: control socket {}{}",
@@ -203,9 +266,6 @@ pub fn run_with(
     let poll = config.poll;
     // The loop's ring, signalfd and listeners exist before the workers start, so
     // a failure here leaves nothing running.
-    if bare {
-        println!("dispatchd: BARE FORWARDER (benchmark only): frames cross unparsed, unrewritten");
-    }
     let mut manager = Manager::new(ManagerParts {
         config,
         reload,
@@ -214,42 +274,19 @@ pub fn run_with(
         wake,
         next_hops: applied.next_hops,
         resolver,
-        back_mac,
+        back_mac: ifaces.back_mac,
         ctl,
     })?;
     // Everything privileged is done: the workers and the loop run without any
     // capability (the workers inherit this thread's empty sets).
     sys::drop_all_capabilities().context("dropping capabilities")?;
     println!("dispatchd: all capabilities dropped");
-    let mut handles = Vec::new();
-    for setup in setups {
-        let (q, core) = (setup.id, setup.core);
-        let handle = thread::Builder::new()
-            .name(format!("dispatchd-q{q}"))
-            .spawn(move || worker::run(setup))
-            .context("spawning a worker")?;
-        println!(
-            "dispatchd: worker {q} on core {}",
-            core.map_or("any".into(), |c| c.to_string())
-        );
-        handles.push(handle);
-    }
-    // "running" means every worker is serving: each allocates its flow table
-    // (first-touched on its own core) before it starts.
-    let started = (0..handles.len()).try_for_each(|_| {
-        ready_rx
-            .recv_timeout(WORKER_START_TIMEOUT)
-            .map(drop)
-            .context("a worker did not start")
+    let (handles, started) = start_workers(setups);
+    let outcome = started.and_then(|()| {
+        println!("{listening}");
+        println!("dispatchd: running (poll {poll:?}); SIGTERM or SIGINT stops, SIGHUP reloads");
+        manager.run()
     });
-    let outcome = match started {
-        Ok(()) => {
-            println!("{listening}");
-            println!("dispatchd: running (poll {poll:?}); SIGTERM or SIGINT stops, SIGHUP reloads");
-            manager.run()
-        }
-        Err(e) => Err(e),
-    };
     stop.store(true, Relaxed);
     for h in handles {
         let _ = h.join();

@@ -50,7 +50,7 @@ pub struct WorkerSetup {
     /// Benchmark only (`--bare-forwarder`): frames cross untouched, no parsing.
     pub bare: bool,
     /// Told this worker's id once it is about to serve (its table allocated).
-    pub ready: std::sync::mpsc::Sender<WorkerId>,
+    pub ready: Option<std::sync::mpsc::Sender<WorkerId>>,
 }
 
 struct Rings<'a> {
@@ -105,8 +105,9 @@ pub fn run(setup: WorkerSetup) {
     let mut idle_spins = 0u32;
     // The daemon waits for this before it says it is running; frames that
     // arrived meanwhile are waiting in the RX rings.
-    let _ = ready.send(id);
-    drop(ready);
+    if let Some(ready) = ready {
+        let _ = ready.send(id);
+    }
 
     let mut next_socket_stats_ns = 0;
 

@@ -1,4 +1,6 @@
-//! Per-connection TCP state as the dispatcher observes it (both directions pass here).
+//! Per-connection TCP state as a worker observes it on the client's side: the
+//! reverse path is stateless (a reply may arrive on any queue, and its record on
+//! another worker), so what the daemon sends reaches the loop as events instead.
 
 /// TCP flag bits as they appear in byte 13 of the TCP header.
 pub mod tcp_flags {
@@ -8,16 +10,16 @@ pub mod tcp_flags {
     pub const ACK: u8 = 0x10;
 }
 
-/// What the dispatcher has seen of a connection, as a bit set.
+/// What a worker has seen of a connection's client side, as a bit set.
 ///
-/// This is an observer's view, not a TCP state machine: it exists to pick expiry
-/// timeouts (short for half-open and closed flows, long for established ones).
+/// This is an observer's view, not a TCP state machine: its changes are what the
+/// worker reports to the loop (established, FIN, RST), and a SYN that reuses the
+/// port of a closing record restarts it.
 ///
 /// * [`SYN_SEEN`](Self::SYN_SEEN): a client SYN passed.
 /// * [`ESTABLISHED`](Self::ESTABLISHED): a client ACK (without SYN) after a SYN.
-/// * [`FIN_CLIENT`](Self::FIN_CLIENT) / [`FIN_DAEMON`](Self::FIN_DAEMON): that side sent FIN.
-/// * [`RST`](Self::RST): either side sent RST.
-/// * [`CLOSED`](Self::CLOSED): RST seen, or FIN seen from both sides.
+/// * [`FIN_CLIENT`](Self::FIN_CLIENT): the client sent FIN.
+/// * [`RST`](Self::RST): the client sent RST.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TcpState(pub u8);
 
@@ -26,9 +28,7 @@ impl TcpState {
     pub const SYN_SEEN: Self = Self(1 << 0);
     pub const ESTABLISHED: Self = Self(1 << 1);
     pub const FIN_CLIENT: Self = Self(1 << 2);
-    pub const FIN_DAEMON: Self = Self(1 << 3);
     pub const RST: Self = Self(1 << 4);
-    pub const CLOSED: Self = Self(1 << 5);
 
     /// All bits of `other` are set in `self`.
     #[inline]
@@ -51,11 +51,6 @@ impl TcpState {
         self.contains(Self::ESTABLISHED)
     }
 
-    #[inline]
-    pub const fn is_closed(self) -> bool {
-        self.contains(Self::CLOSED)
-    }
-
     /// Records a segment from the client with the given TCP flag byte.
     #[inline]
     pub fn on_client_segment(&mut self, flags: u8) {
@@ -67,26 +62,8 @@ impl TcpState {
         if flags & tcp_flags::FIN != 0 {
             self.insert(Self::FIN_CLIENT);
         }
-        self.on_common(flags);
-    }
-
-    /// Records a segment from the daemon with the given TCP flag byte.
-    #[inline]
-    pub fn on_daemon_segment(&mut self, flags: u8) {
-        if flags & tcp_flags::FIN != 0 {
-            self.insert(Self::FIN_DAEMON);
-        }
-        self.on_common(flags);
-    }
-
-    #[inline]
-    fn on_common(&mut self, flags: u8) {
         if flags & tcp_flags::RST != 0 {
             self.insert(Self::RST);
-        }
-        if self.contains(Self::RST) || self.contains(Self(Self::FIN_CLIENT.0 | Self::FIN_DAEMON.0))
-        {
-            self.insert(Self::CLOSED);
         }
     }
 }
@@ -100,24 +77,20 @@ mod tests {
         let mut s = TcpState::default();
         s.on_client_segment(SYN);
         assert!(s.contains(TcpState::SYN_SEEN) && !s.is_established());
-        s.on_daemon_segment(SYN | ACK);
-        assert!(!s.is_established());
         s.on_client_segment(ACK);
         assert!(s.is_established());
         s.on_client_segment(FIN | ACK);
-        assert!(s.contains(TcpState::FIN_CLIENT) && !s.is_closed());
-        s.on_daemon_segment(FIN | ACK);
-        assert!(s.is_closed());
+        assert!(s.contains(TcpState::FIN_CLIENT) && !s.contains(TcpState::RST));
     }
 
     #[test]
-    fn ack_without_syn_is_not_established_and_rst_closes() {
+    fn ack_without_syn_is_not_established_and_rst_is_recorded() {
         let mut s = TcpState::default();
         s.on_client_segment(ACK);
         assert!(!s.is_established());
-        s.on_daemon_segment(RST);
-        assert!(s.contains(TcpState::RST) && s.is_closed());
-        s.remove(TcpState::CLOSED);
-        assert!(!s.is_closed());
+        s.on_client_segment(RST | ACK);
+        assert!(s.contains(TcpState::RST));
+        s.remove(TcpState::RST);
+        assert_eq!(s, TcpState::NONE);
     }
 }
