@@ -1,10 +1,7 @@
 //! The workloads, each measured through the testkit's clients or the packet
 //! generator in the client namespace: new connections, requests on persistent
 //! connections, bulk transfer, forwarded packets per second.
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use dispatchd_testkit::Proc;
@@ -130,7 +127,7 @@ impl Bench {
     /// the received rate covers the same window as the sent one.
     pub fn pps(&mut self, v: &'static str, to: &str) -> Result<()> {
         let (ip, port) = to.split_once(':').context("address")?;
-        let mut cmd: Command = self.topo.cmd(&self.topo.client(), &self.me);
+        let mut cmd = self.topo.cmd(&self.topo.client(), &self.me);
         cmd.args([
             "pktgen",
             "--iface",
