@@ -14,7 +14,8 @@ use anyhow::{bail, Context, Result};
 /// need.
 pub fn ensure_root() -> Result<()> {
     let uid = output_of(Command::new("id").arg("-u"))?;
-    if uid.trim() != "0" {
+    let uid = uid.trim();
+    if uid != "0" {
         bail!("needs root (network namespaces, XDP, AF_XDP), and runs as uid {uid}");
     }
     Ok(())
