@@ -24,7 +24,7 @@ use dispatchd::{
     stats::WorkerStats,
     sys::EventFd,
 };
-use etherparse::PacketBuilder;
+use dispatchd_testkit::frame::{tcp_flags, FrameSpec};
 
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80);
 const ESTABLISHED_FLOWS: u32 = 1_000_000;
@@ -62,14 +62,15 @@ fn client(i: u32) -> SocketAddrV4 {
 }
 
 fn tcp_frame(src: SocketAddrV4, dst: SocketAddrV4, syn: bool, payload: usize) -> Vec<u8> {
-    let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv4(src.ip().octets(), dst.ip().octets(), 64)
-        .tcp(src.port(), dst.port(), 1000, 64240);
-    let builder = if syn { builder.syn() } else { builder.ack(1) };
-    let data = vec![0x5a; payload];
-    let mut frame = Vec::with_capacity(builder.size(payload));
-    builder.write(&mut frame, &data).expect("building a frame");
-    frame
+    let spec = FrameSpec {
+        tcp_flags: if syn { tcp_flags::SYN } else { tcp_flags::ACK },
+        seq: 1000,
+        ack: u32::from(!syn),
+        window: 64240,
+        payload: vec![0x5a; payload],
+        ..FrameSpec::tcp(src, dst)
+    };
+    spec.build().into_bytes()
 }
 
 /// Times `handler` over `iters` frames taken in turn from `templates`, prefetching

@@ -14,7 +14,7 @@ if [ "$(id -u)" != 0 ]; then
 	echo "bench.sh: needs root (network namespaces, XDP, AF_XDP)" >&2
 	exit 1
 fi
-cargo build --release --locked --bins
+cargo build --release --locked --workspace --bins
 p=bench$$
 # The harness tears its topology down itself (a guard, also on error or panic);
 # this is for a harness that was killed outright.

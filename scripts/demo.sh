@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
 	echo "demo.sh: needs root (network namespaces, XDP, AF_XDP)" >&2
 	exit 1
 fi
-cargo build --release --locked --bins
+cargo build --release --locked --workspace --bins
 bin=target/release
 p=demo$$
 log=$(mktemp)

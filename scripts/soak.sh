@@ -13,7 +13,7 @@ if [ "$(id -u)" != 0 ]; then
 	echo "soak.sh: needs root (network namespaces, XDP, AF_XDP)" >&2
 	exit 1
 fi
-cargo build --release --locked --bins
+cargo build --release --locked --workspace --bins
 bin=target/release
 p=soak$$
 sock=/tmp/dispatchd-$p.sock

@@ -9,7 +9,7 @@ if [ "$(id -u)" != 0 ]; then
 	echo "test.sh: the end-to-end tests need root (network namespaces, XDP, AF_XDP)" >&2
 	exit 1
 fi
-cargo build --release --locked --bins
+cargo build --release --locked --workspace --bins
 # The end-to-end tests each build their own namespaces, and one dispatcher pins
 # its worker; two cores do not take more than one at a time.
-cargo test --release --locked -- --test-threads=1
+cargo test --release --locked --workspace -- --test-threads=1

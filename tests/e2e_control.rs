@@ -1,18 +1,18 @@
 //! The control plane end to end: record removal on close, reset and idleness,
 //! health checks, drain, reload and the control socket, on the real topology.
 //! Needs root.
-mod common;
-
 use std::{os::unix::fs::PermissionsExt, time::Duration};
 
-use common::{daemon_addr, json_number, per_daemon, text, Topology, VIP};
+use dispatchd_testkit::{daemon_addr, json::u64_at, per_daemon, text, wait_until, Topology, VIP};
+
+const DISPATCHD: &str = env!("CARGO_BIN_EXE_dispatchd");
 
 /// Connections the management loop tracks, and records the workers hold.
 fn records(topo: &Topology) -> (u64, u64) {
-    let json = topo.ctl(&["stats", "--json"]);
+    let stats = topo.stats();
     (
-        json_number(&json, "connections"),
-        json_number(&json, "flows"),
+        u64_at(&stats, "/connections"),
+        u64_at(&stats, "/workers/0/flows"),
     )
 }
 
@@ -26,14 +26,14 @@ fn connect(topo: &Topology, extra: &[&str]) -> String {
 
 #[test]
 fn closed_and_reset_connections_leave_no_records() {
-    let topo = Topology::up("close", 4, 1);
+    let topo = Topology::up(DISPATCHD, "close", 4, 1);
     let servers = topo.serve(4);
     let mut flags = Topology::default_flags(4);
     flags.extend(["--linger-ms", "500"].map(String::from));
     let _lb = topo.dispatchd(&flags);
 
     connect(&topo, &["--connections", "1000", "--concurrency", "4"]);
-    let took = topo.wait_until(
+    let took = wait_until(
         Duration::from_secs(5),
         "records of closed connections removed",
         || records(&topo) == (0, 0),
@@ -44,7 +44,7 @@ fn closed_and_reset_connections_leave_no_records() {
         &topo,
         &["--connections", "200", "--concurrency", "4", "--reset"],
     );
-    topo.wait_until(
+    wait_until(
         Duration::from_secs(3),
         "records of client-reset connections removed",
         || records(&topo) == (0, 0),
@@ -64,7 +64,7 @@ fn closed_and_reset_connections_leave_no_records() {
             "--expect-reset",
         ],
     );
-    topo.wait_until(
+    wait_until(
         Duration::from_secs(3),
         "records of daemon-reset connections removed",
         || records(&topo) == (0, 0),
@@ -73,7 +73,7 @@ fn closed_and_reset_connections_leave_no_records() {
 
 #[test]
 fn an_idle_connection_is_removed_after_the_idle_timeout() {
-    let topo = Topology::up("idle", 2, 1);
+    let topo = Topology::up(DISPATCHD, "idle", 2, 1);
     let _servers = topo.serve(2);
     let mut flags = Topology::default_flags(2);
     flags.extend(["--idle-timeout-ms", "2000"].map(String::from));
@@ -91,10 +91,10 @@ fn an_idle_connection_is_removed_after_the_idle_timeout() {
         ],
         "opened",
     );
-    topo.wait_until(Duration::from_secs(2), "the connection is tracked", || {
+    wait_until(Duration::from_secs(2), "the connection is tracked", || {
         records(&topo) == (1, 1)
     });
-    let took = topo.wait_until(Duration::from_secs(6), "the idle record removed", || {
+    let took = wait_until(Duration::from_secs(6), "the idle record removed", || {
         records(&topo) == (0, 0)
     });
     assert!(
@@ -118,7 +118,7 @@ fn health_of(topo: &Topology, daemon: &str) -> String {
 
 #[test]
 fn a_failed_daemon_is_avoided_until_it_comes_back() {
-    let topo = Topology::up("health", 3, 1);
+    let topo = Topology::up(DISPATCHD, "health", 3, 1);
     let mut servers: Vec<_> = (0..3).map(|i| topo.serve_one(i, &[])).collect();
     let mut flags = Topology::default_flags(3);
     flags.extend(["--health-interval-ms", "200"].map(String::from));
@@ -127,7 +127,7 @@ fn a_failed_daemon_is_avoided_until_it_comes_back() {
 
     drop(servers.remove(1));
     // interval x fall = 200 ms x 3, plus a probe in flight.
-    let took = topo.wait_until(Duration::from_secs(3), "daemon marked down", || {
+    let took = wait_until(Duration::from_secs(3), "daemon marked down", || {
         health_of(&topo, &victim) == "down"
     });
     println!("marked down {took:?} after it stopped");
@@ -142,7 +142,7 @@ fn a_failed_daemon_is_avoided_until_it_comes_back() {
     assert_eq!(spread.iter().map(|(_, n)| n).sum::<usize>(), 90);
 
     servers.insert(1, topo.serve_one(1, &[]));
-    topo.wait_until(Duration::from_secs(3), "daemon marked up", || {
+    wait_until(Duration::from_secs(3), "daemon marked up", || {
         health_of(&topo, &victim) == "up"
     });
     let spread = per_daemon(&connect(
@@ -157,7 +157,7 @@ fn a_failed_daemon_is_avoided_until_it_comes_back() {
 
 #[test]
 fn a_draining_daemon_keeps_its_connection_and_gets_no_new_ones() {
-    let topo = Topology::up("drain", 3, 1);
+    let topo = Topology::up(DISPATCHD, "drain", 3, 1);
     let _servers = topo.serve(3);
     let _lb = topo.dispatchd(&Topology::default_flags(3));
     let mut long = topo.client_start(
@@ -200,7 +200,7 @@ fn a_draining_daemon_keeps_its_connection_and_gets_no_new_ones() {
 
 #[test]
 fn sighup_adds_and_removes_daemons_without_breaking_remaining_connections() {
-    let topo = Topology::up("hup", 4, 1);
+    let topo = Topology::up(DISPATCHD, "hup", 4, 1);
     let _servers = topo.serve(4);
     let file = std::env::temp_dir().join(format!("dispatchd-{}.toml", topo.prefix));
     let write = |daemons: &[usize]| {
@@ -229,12 +229,12 @@ fn sighup_adds_and_removes_daemons_without_breaking_remaining_connections() {
 
     write(&[0, 1, 3]);
     lb.signal("HUP");
-    topo.wait_until(Duration::from_secs(5), "reload applied", || {
+    wait_until(Duration::from_secs(5), "reload applied", || {
         lb.output().contains("SIGHUP: reloaded")
     });
     // A new daemon takes connections once its health probe has resolved its next hop.
     let added = daemon_addr(3);
-    topo.wait_until(Duration::from_secs(5), "added daemon in selection", || {
+    wait_until(Duration::from_secs(5), "added daemon in selection", || {
         topo.ctl(&["backends"])
             .lines()
             .any(|l| l.starts_with(&added) && l.contains("state up"))
@@ -261,7 +261,7 @@ fn sighup_adds_and_removes_daemons_without_breaking_remaining_connections() {
 
 #[test]
 fn ctl_stats_json_and_metrics_after_traffic() {
-    let topo = Topology::up("stats", 2, 1);
+    let topo = Topology::up(DISPATCHD, "stats", 2, 1);
     let _servers = topo.serve(2);
     let mut flags = Topology::default_flags(2);
     flags.extend(["--metrics-listen", "127.0.0.1:9109"].map(String::from));
@@ -274,24 +274,24 @@ fn ctl_stats_json_and_metrics_after_traffic() {
         .mode();
     assert_eq!(mode & 0o777, 0o600, "control socket mode");
 
-    let json = topo.ctl(&["stats", "--json"]);
-    for key in [
-        "rx_front",
-        "rx_back",
-        "tx_front",
-        "tx_back",
-        "new_flows",
-        "front_steered",
-        "back_steered",
+    let stats = topo.stats();
+    for at in [
+        "/workers/0/rx_front",
+        "/workers/0/rx_back",
+        "/workers/0/tx_front",
+        "/workers/0/tx_back",
+        "/workers/0/new_flows",
+        "/xdp/front_steered",
+        "/xdp/back_steered",
     ] {
-        assert!(json_number(&json, key) > 0, "{key} is zero in {json}");
+        assert!(u64_at(&stats, at) > 0, "{at} is zero in {stats}");
     }
-    assert_eq!(json_number(&json, "new_flows"), 200, "{json}");
-    let section = &json[json.find("\"per_packet_ns\"").expect("per_packet_ns")..];
+    assert_eq!(u64_at(&stats, "/workers/0/new_flows"), 200, "{stats}");
     let p: Vec<u64> = ["p50", "p90", "p99", "p99.9", "p99.99", "max"]
         .iter()
-        .map(|k| json_number(section, k))
+        .map(|k| u64_at(&stats, &format!("/per_packet_ns/{k}")))
         .collect();
+    let section = &stats["per_packet_ns"];
     assert!(p[0] > 0, "{section}");
     assert!(
         p.windows(2).all(|w| w[0] <= w[1]),

@@ -1,10 +1,10 @@
 //! The dataplane end to end on the DESIGN.md topology: real XDP program, real AF_XDP
 //! sockets, real kernel TCP clients and servers in network namespaces. Needs root.
-mod common;
-
 use std::time::Duration;
 
-use common::{daemon_addr, per_daemon, text, Topology, VIP};
+use dispatchd_testkit::{daemon_addr, per_daemon, text, Proc, Topology, VIP};
+
+const DISPATCHD: &str = env!("CARGO_BIN_EXE_dispatchd");
 
 /// dispatchd's final statistics line for worker `q`, as `key value` pairs.
 fn worker_counter(output: &str, q: usize, key: &str) -> u64 {
@@ -26,7 +26,7 @@ fn worker_counter(output: &str, q: usize, key: &str) -> u64 {
 
 #[test]
 fn connections_spread_evenly_and_echo_intact() {
-    let topo = Topology::up("rr", 4, 1);
+    let topo = Topology::up(DISPATCHD, "rr", 4, 1);
     let _servers = topo.serve(4);
     let mut lb = topo.dispatchd(&Topology::default_flags(4));
 
@@ -87,7 +87,7 @@ fn connections_spread_evenly_and_echo_intact() {
 
 #[test]
 fn a_five_megabyte_transfer_each_way_stays_on_one_daemon() {
-    let topo = Topology::up("bulk", 4, 1);
+    let topo = Topology::up(DISPATCHD, "bulk", 4, 1);
     let _servers = topo.serve(4);
     let _lb = topo.dispatchd(&Topology::default_flags(4));
     for _ in 0..2 {
@@ -110,10 +110,10 @@ fn a_five_megabyte_transfer_each_way_stays_on_one_daemon() {
 
 #[test]
 fn non_service_traffic_still_reaches_the_host() {
-    let topo = Topology::up("pass", 2, 1);
+    let topo = Topology::up(DISPATCHD, "pass", 2, 1);
     let _servers = topo.serve(2);
     // A TCP service of the dispatcher host itself, on the VIP but another port.
-    let mut host_service = topo.cmd(&topo.dispatcher(), common::TESTKIT);
+    let mut host_service = topo.cmd(&topo.dispatcher(), &topo.programs().testkit);
     host_service.args([
         "serve",
         "--listen",
@@ -121,7 +121,7 @@ fn non_service_traffic_still_reaches_the_host() {
         "--listen",
         "198.18.0.1:2223",
     ]);
-    let _host = common::Proc::start(host_service, "serving", Duration::from_secs(5));
+    let _host = Proc::start(host_service, "serving", Duration::from_secs(5)).expect("host service");
     let _lb = topo.dispatchd(&Topology::default_flags(2));
 
     for addr in ["198.18.0.1", "198.18.0.100"] {
@@ -156,7 +156,7 @@ fn non_service_traffic_still_reaches_the_host() {
 
 #[test]
 fn two_queues_both_carry_traffic() {
-    let topo = Topology::up("q2", 4, 2);
+    let topo = Topology::up(DISPATCHD, "q2", 4, 2);
     let _servers = topo.serve(4);
     let mut flags = Topology::default_flags(4);
     flags.extend(["--queues", "2"].map(String::from));
@@ -198,7 +198,7 @@ fn two_queues_both_carry_traffic() {
 
 #[test]
 fn no_program_remains_after_sigterm_or_sigkill() {
-    let topo = Topology::up("exit", 2, 1);
+    let topo = Topology::up(DISPATCHD, "exit", 2, 1);
     let _servers = topo.serve(2);
     for sig in ["TERM", "KILL"] {
         let mut lb = topo.dispatchd(&Topology::default_flags(2));
@@ -245,7 +245,7 @@ fn assert_clean_failure(topo: &Topology, out: &std::process::Output, expect: &st
 
 #[test]
 fn bad_start_up_input_is_one_line_and_leaves_nothing_attached() {
-    let topo = Topology::up("bad", 2, 1);
+    let topo = Topology::up(DISPATCHD, "bad", 2, 1);
     let dir = std::env::temp_dir().join(format!("dispatchd-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let write = |name: &str, body: &str| {
@@ -288,7 +288,7 @@ fn bad_start_up_input_is_one_line_and_leaves_nothing_attached() {
             "--clear-groups",
             "--inh-caps=-all",
         ])
-        .arg(common::DISPATCHD)
+        .arg(DISPATCHD)
         .arg("run")
         .args(Topology::default_flags(2))
         .output()
@@ -320,7 +320,7 @@ fn client_syn_retransmits(topo: &Topology) -> u64 {
 /// large table makes the start-up take long enough to show that.
 #[test]
 fn connections_right_after_start_lose_no_syn() {
-    let topo = Topology::up("st", 4, 1);
+    let topo = Topology::up(DISPATCHD, "st", 4, 1);
     let _servers = topo.serve(4);
     let mut flags = Topology::default_flags(4);
     flags.extend(["--flow-capacity".into(), "4000000".into()]);

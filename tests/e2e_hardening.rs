@@ -1,52 +1,41 @@
 //! Hostile and malformed traffic, exhaustion, crashes and privileges, on the real
 //! topology. Needs root.
-mod common;
-
 use std::time::Duration;
 
-use common::{json_number, text, Proc, Topology, VIP};
+use dispatchd_testkit::{
+    json::{sum_of, u64_at, Value},
+    text, wait_until, Proc, Topology, VIP,
+};
+
+const DISPATCHD: &str = env!("CARGO_BIN_EXE_dispatchd");
 
 fn iface_mac(topo: &Topology, ns: &str, iface: &str) -> String {
-    let out = topo.run(ns, "cat", &[&format!("/sys/class/net/{iface}/address")]);
-    assert!(out.status.success(), "{}", text(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    topo.mac(ns, iface).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Sends raw frames with `dispatchd-testkit inject` from `ns` out of `iface`.
 fn inject(topo: &Topology, ns: &str, iface: &str, dst_mac: &str, args: &[&str]) -> String {
     let mut all = vec!["inject", "--iface", iface, "--dst-mac", dst_mac];
     all.extend_from_slice(args);
-    let out = topo.run(ns, common::TESTKIT, &all);
+    let out = topo.run(ns, &topo.programs().testkit, &all);
     assert!(out.status.success(), "inject {args:?}:\n{}", text(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A counter from `ctl stats --json`, summed over its occurrences (workers).
-fn counter(json: &str, key: &str) -> u64 {
-    let pat = format!("\"{key}\":");
-    json.match_indices(&pat)
-        .map(|(at, _)| json_number(&json[at..], key))
-        .sum()
-}
-
 fn still_running(lb: &mut Proc) {
-    assert!(
-        lb.child.try_wait().expect("try_wait").is_none(),
-        "dispatchd died:\n{}",
-        lb.output()
-    );
+    assert!(lb.exited().is_none(), "dispatchd died:\n{}", lb.output());
 }
 
 #[test]
 fn malformed_frames_are_counted_by_reason_and_never_forwarded() {
-    let topo = Topology::up("bad", 2, 1);
+    let topo = Topology::up(DISPATCHD, "bad", 2, 1);
     let _servers = topo.serve(2);
     let mut lb = topo.dispatchd(&Topology::default_flags(2));
     let mut long = topo.client_start(
         &["hold", "--to", VIP, "--seconds", "3", "--interval-ms", "50"],
         "opened",
     );
-    let before = topo.ctl(&["stats", "--json"]);
+    let before = topo.stats();
 
     let l0 = iface_mac(&topo, &topo.dispatcher(), "l0");
     let rounds = 20u64;
@@ -75,11 +64,11 @@ fn malformed_frames_are_counted_by_reason_and_never_forwarded() {
         .collect();
     assert!(expected.len() >= 12, "{sent}");
     std::thread::sleep(Duration::from_millis(300));
-    let after = topo.ctl(&["stats", "--json"]);
+    let after = topo.stats();
     still_running(&mut lb);
 
     for (kind, n) in &expected {
-        let delta = counter(&after, kind) - counter(&before, kind);
+        let delta = sum_of(&after, kind) - sum_of(&before, kind);
         // IPv6 and VLAN counts also see the kernel's own IPv6 chatter on the link.
         if kind == "ipv6" || kind == "truncated" {
             assert!(delta >= *n, "{kind}: counted {delta}, sent {n}");
@@ -90,11 +79,11 @@ fn malformed_frames_are_counted_by_reason_and_never_forwarded() {
     // Nothing malformed made a connection or reached a daemon: the only
     // connection is the long-lived one, and what the worker sent to the back is
     // exactly what it accepted.
-    assert_eq!(counter(&after, "new_flows"), 1, "{after}");
-    let forwarded = counter(&after, "tx_back") - counter(&before, "tx_back");
-    let accepted = (counter(&after, "rx_front") - counter(&before, "rx_front"))
-        - (counter(&after, "invalid") - counter(&before, "invalid"))
-        - (counter(&after, "dropped") - counter(&before, "dropped"));
+    assert_eq!(sum_of(&after, "new_flows"), 1, "{after}");
+    let forwarded = sum_of(&after, "tx_back") - sum_of(&before, "tx_back");
+    let accepted = (sum_of(&after, "rx_front") - sum_of(&before, "rx_front"))
+        - (sum_of(&after, "invalid") - sum_of(&before, "invalid"))
+        - (sum_of(&after, "dropped") - sum_of(&before, "dropped"));
     assert_eq!(forwarded, accepted, "{after}");
     assert!(
         long.wait(Duration::from_secs(10)).success(),
@@ -105,7 +94,7 @@ fn malformed_frames_are_counted_by_reason_and_never_forwarded() {
 
 #[test]
 fn a_full_table_refuses_new_connections_and_keeps_the_accepted_ones() {
-    let topo = Topology::up("full", 2, 1);
+    let topo = Topology::up(DISPATCHD, "full", 2, 1);
     let _servers = topo.serve(2);
     let mut flags = Topology::default_flags(2);
     flags.extend(["--flow-capacity", "1000", "--linger-ms", "300"].map(String::from));
@@ -128,16 +117,16 @@ fn a_full_table_refuses_new_connections_and_keeps_the_accepted_ones() {
     );
     assert!(stdout.contains("accepted=1000 refused=1000"), "{stdout}");
     assert!(stdout.contains("disturbed=0"), "{stdout}");
-    let json = topo.ctl(&["stats", "--json"]);
+    let json = topo.stats();
     assert!(
-        counter(&json, "table_full") >= 1000,
+        sum_of(&json, "table_full") >= 1000,
         "refusals are counted: {json}"
     );
 
-    topo.wait_until(
+    wait_until(
         Duration::from_secs(5),
         "records freed after the close",
-        || json_number(&topo.ctl(&["stats", "--json"]), "flows") == 0,
+        || u64_at(&topo.stats(), "/workers/0/flows") == 0,
     );
     let out = topo.client_run(&[
         "connect",
@@ -157,7 +146,7 @@ fn a_full_table_refuses_new_connections_and_keeps_the_accepted_ones() {
 
 #[test]
 fn a_syn_flood_expires_and_real_connections_still_work() {
-    let topo = Topology::up("flood", 2, 1);
+    let topo = Topology::up(DISPATCHD, "flood", 2, 1);
     let _servers = topo.serve(2);
     let mut flags = Topology::default_flags(2);
     flags.extend(["--syn-timeout-ms", "2000"].map(String::from));
@@ -168,7 +157,7 @@ fn a_syn_flood_expires_and_real_connections_still_work() {
     let rss_before = rss_kib(&lb);
     let l0 = iface_mac(&topo, &topo.dispatcher(), "l0");
 
-    let mut flood = topo.cmd(&topo.client(), common::TESTKIT);
+    let mut flood = topo.cmd(&topo.client(), &topo.programs().testkit);
     flood.args([
         "inject",
         "--iface",
@@ -211,18 +200,18 @@ fn a_syn_flood_expires_and_real_connections_still_work() {
         text(&out)
     );
 
-    let json = topo.ctl(&["stats", "--json"]);
-    let half_open = json_number(&json, "connections");
+    let json = topo.stats();
+    let half_open = u64_at(&json, "/connections");
     println!("tracked right after the flood: {half_open}");
     // Under the flood the worker's RX ring overflows (counted by the kernel, not
     // here): tens of thousands of half-open records is the point, not all 100,000.
     assert!(
-        counter(&json, "new_flows") >= 20_000,
+        sum_of(&json, "new_flows") >= 20_000,
         "the flood reached the worker: {json}"
     );
-    topo.wait_until(Duration::from_secs(8), "half-open records expired", || {
-        let j = topo.ctl(&["stats", "--json"]);
-        json_number(&j, "connections") == 0 && json_number(&j, "flows") == 0
+    wait_until(Duration::from_secs(8), "half-open records expired", || {
+        let j = topo.stats();
+        u64_at(&j, "/connections") == 0 && u64_at(&j, "/workers/0/flows") == 0
     });
     still_running(&mut lb);
     let rss_after = rss_kib(&lb);
@@ -235,7 +224,7 @@ fn a_syn_flood_expires_and_real_connections_still_work() {
 }
 
 fn rss_kib(p: &Proc) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", p.child.id())).expect("status");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).expect("status");
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -245,10 +234,10 @@ fn rss_kib(p: &Proc) -> u64 {
 
 #[test]
 fn frames_from_unknown_back_sources_are_never_rewritten() {
-    let topo = Topology::up("spoof", 2, 1);
+    let topo = Topology::up(DISPATCHD, "spoof", 2, 1);
     let _servers = topo.serve(2);
     let _lb = topo.dispatchd(&Topology::default_flags(2));
-    let before = topo.ctl(&["stats", "--json"]);
+    let before = topo.stats();
     let l1 = iface_mac(&topo, &topo.dispatcher(), "l1");
     // Not a daemon at all, and a daemon's address on a port that is not its service.
     for (src, port) in [("198.19.0.99", "8080"), ("198.19.0.11", "9999")] {
@@ -272,23 +261,23 @@ fn frames_from_unknown_back_sources_are_never_rewritten() {
         );
     }
     std::thread::sleep(Duration::from_millis(300));
-    let after = topo.ctl(&["stats", "--json"]);
+    let after = topo.stats();
     for key in ["back_steered", "rx_back", "tx_front"] {
         assert_eq!(
-            counter(&after, key),
-            counter(&before, key),
+            sum_of(&after, key),
+            sum_of(&before, key),
             "{key} moved: spoofed frames reached the worker"
         );
     }
     assert!(
-        counter(&after, "passed") >= counter(&before, "passed") + 100,
+        sum_of(&after, "passed") >= sum_of(&before, "passed") + 100,
         "{after}"
     );
 }
 
 #[test]
 fn sigkill_during_traffic_leaves_nothing_attached_and_a_restart_serves() {
-    let topo = Topology::up("kill", 2, 1);
+    let topo = Topology::up(DISPATCHD, "kill", 2, 1);
     let _servers = topo.serve(2);
     let lb = topo.dispatchd(&Topology::default_flags(2));
     let load = topo.client_start(
@@ -331,7 +320,7 @@ fn sigkill_during_traffic_leaves_nothing_attached_and_a_restart_serves() {
 
 #[test]
 fn the_running_daemon_holds_no_capabilities() {
-    let topo = Topology::up("caps", 2, 1);
+    let topo = Topology::up(DISPATCHD, "caps", 2, 1);
     let _servers = topo.serve(2);
     let lb = topo.dispatchd(&Topology::default_flags(2));
     assert!(
@@ -339,7 +328,7 @@ fn the_running_daemon_holds_no_capabilities() {
         "{}",
         lb.output()
     );
-    let tasks = std::fs::read_dir(format!("/proc/{}/task", lb.child.id())).expect("tasks");
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", lb.pid())).expect("tasks");
     let mut seen = 0;
     for task in tasks {
         let status =
@@ -361,7 +350,7 @@ fn the_running_daemon_holds_no_capabilities() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(topo.ctl(&["backends"]).contains("health up"));
     lb.signal("HUP");
-    topo.wait_until(
+    wait_until(
         Duration::from_secs(5),
         "reload without capabilities",
         || lb.output().contains("SIGHUP: reloaded"),
@@ -377,20 +366,20 @@ fn the_running_daemon_holds_no_capabilities() {
 /// being stopped and continued (its io_uring wait is interrupted).
 #[test]
 fn kernel_socket_drops_are_reported_and_account_for_every_steered_frame() {
-    let topo = Topology::up("xskd", 2, 1);
+    let topo = Topology::up(DISPATCHD, "xskd", 2, 1);
     let _servers = topo.serve(2);
     let mut lb = topo.dispatchd(&Topology::default_flags(2));
     let out = topo.client_run(&["connect", "--to", VIP, "--connections", "50"]);
     assert!(out.status.success(), "{}", text(&out));
     // Dropped frames: RX ring full, or another drop (no fill frame, mostly).
     let socket_drops =
-        |json: &str| counter(json, "xsk_rx_ring_full") + counter(json, "xsk_rx_dropped");
+        |json: &Value| sum_of(json, "xsk_rx_ring_full") + sum_of(json, "xsk_rx_dropped");
     // The workers refresh these each second.
     std::thread::sleep(Duration::from_millis(1500));
-    let json = topo.ctl(&["stats", "--json"]);
+    let json = topo.stats();
     assert_eq!(socket_drops(&json), 0, "normal traffic: {json}");
-    assert_eq!(counter(&json, "xsk_fill_ring_empty"), 0, "{json}");
-    assert_eq!(counter(&json, "xsk_invalid_descs"), 0, "{json}");
+    assert_eq!(sum_of(&json, "xsk_fill_ring_empty"), 0, "{json}");
+    assert_eq!(sum_of(&json, "xsk_invalid_descs"), 0, "{json}");
 
     // A stopped worker cannot drain its rings (4096 frames each); the flood
     // overflows them in the kernel.
@@ -417,8 +406,8 @@ fn kernel_socket_drops_are_reported_and_account_for_every_steered_frame() {
     let (drops, missing, json) = loop {
         std::thread::sleep(Duration::from_millis(500));
         still_running(&mut lb);
-        let json = topo.ctl(&["stats", "--json"]);
-        let missing = counter(&json, "front_steered") - counter(&json, "rx_front");
+        let json = topo.stats();
+        let missing = sum_of(&json, "front_steered") - sum_of(&json, "rx_front");
         let drops = socket_drops(&json);
         if drops == missing || std::time::Instant::now() > deadline {
             break (drops, missing, json);
@@ -426,8 +415,8 @@ fn kernel_socket_drops_are_reported_and_account_for_every_steered_frame() {
     };
     println!("flood: {sent}kernel socket drops {drops}");
     assert!(drops > 10_000, "the flood overflowed the rings: {json}");
-    assert!(counter(&json, "xsk_fill_ring_empty") > 0, "{json}");
+    assert!(sum_of(&json, "xsk_fill_ring_empty") > 0, "{json}");
     assert_eq!(drops, missing, "steered but never received: {json}");
-    assert_eq!(counter(&json, "xsk_invalid_descs"), 0, "{json}");
+    assert_eq!(sum_of(&json, "xsk_invalid_descs"), 0, "{json}");
     still_running(&mut lb);
 }

@@ -1,90 +1,27 @@
 //! Property tests of the packet core against an independent encoder/decoder
-//! (etherparse): frames are built by etherparse, rewritten in place by `L4Frame`, and
-//! the result is checked against a full checksum recomputation by etherparse and
-//! against the frame etherparse builds directly with the new field values.
+//! (etherparse): frames are built by the test kit's etherparse-based builder,
+//! rewritten in place by `L4Frame`, and the result is checked against a full
+//! checksum recomputation by etherparse and against the frame the builder makes
+//! directly with the new field values.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use dispatchd::packet::{peek_endpoints, DropReason, L4Frame, L4Proto, MacPair, TcpFlags};
-use etherparse::{
-    Ipv4Header, LinkSlice, NetSlice, PacketBuilder, SlicedPacket, TcpHeader, TransportSlice,
-};
+use dispatchd_testkit::frame::{Frame, FrameSpec, Transport};
+use etherparse::{Ipv4Header, LinkSlice, NetSlice, SlicedPacket, TransportSlice};
 use proptest::prelude::*;
 
-// ---------------------------------------------------------------------------------
-// Frame specs and the etherparse encoder
-
-#[derive(Clone, Debug)]
-struct Spec {
-    udp: bool,
-    macs: MacPair,
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
-    ttl: u8,
-    flags: u8,
-    seq: u32,
-    ack: u32,
-    window: u16,
-    payload: Vec<u8>,
-    /// Ethernet padding appended after the IP packet.
-    padding: Vec<u8>,
+fn is_udp(s: &FrameSpec) -> bool {
+    s.transport == Transport::Udp
 }
 
-fn build(s: &Spec) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(s.macs.src, s.macs.dst).ipv4(
-        s.src.ip().octets(),
-        s.dst.ip().octets(),
-        s.ttl,
-    );
-    let mut out = Vec::new();
-    if s.udp {
-        b.udp(s.src.port(), s.dst.port())
-            .write(&mut out, &s.payload)
-            .unwrap();
-    } else {
-        let mut h = TcpHeader::new(s.src.port(), s.dst.port(), s.seq, s.window);
-        h.fin = s.flags & TcpFlags::FIN != 0;
-        h.syn = s.flags & TcpFlags::SYN != 0;
-        h.rst = s.flags & TcpFlags::RST != 0;
-        h.psh = s.flags & TcpFlags::PSH != 0;
-        h.ack = s.flags & TcpFlags::ACK != 0;
-        h.urg = s.flags & TcpFlags::URG != 0;
-        h.ece = s.flags & TcpFlags::ECE != 0;
-        h.cwr = s.flags & TcpFlags::CWR != 0;
-        h.acknowledgment_number = s.ack;
-        b.tcp_header(h).write(&mut out, &s.payload).unwrap();
-    }
-    out.extend_from_slice(&s.padding);
-    out
-}
-
+/// Where the L4 checksum sits in a frame without IP options.
 fn l4_ck_offset(udp: bool) -> usize {
     if udp {
         34 + 6
     } else {
         34 + 16
     }
-}
-
-fn read16(f: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([f[at], f[at + 1]])
-}
-
-fn write16(f: &mut [u8], at: usize, v: u16) {
-    f[at..at + 2].copy_from_slice(&v.to_be_bytes());
-}
-
-/// Independent RFC 1071 checksum of the IPv4 header, to re-seal mutated headers.
-fn reseal_ip(f: &mut [u8]) {
-    write16(f, 24, 0);
-    let mut s: u32 = f[14..34]
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    while s > 0xFFFF {
-        s = (s & 0xFFFF) + (s >> 16);
-    }
-    write16(f, 24, !(s as u16));
 }
 
 // ---------------------------------------------------------------------------------
@@ -98,8 +35,8 @@ enum Op {
     Src,
 }
 
-/// Applies `op` and returns the spec etherparse should produce for the result.
-fn apply(frame: &mut [u8], s: &Spec, op: Op, to: SocketAddrV4, macs: &MacPair) -> Spec {
+/// Applies `op` and returns the spec the builder should encode as the result.
+fn apply(frame: &mut [u8], s: &FrameSpec, op: Op, to: SocketAddrV4, macs: &MacPair) -> FrameSpec {
     let mut fr = L4Frame::parse(frame).expect("valid frame parses");
     let mut exp = s.clone();
     exp.ttl -= 1;
@@ -107,12 +44,12 @@ fn apply(frame: &mut [u8], s: &Spec, op: Op, to: SocketAddrV4, macs: &MacPair) -
         Op::Forward => {
             fr.rewrite_forward(to, macs);
             exp.dst = to;
-            exp.macs = *macs;
+            (exp.src_mac, exp.dst_mac) = (macs.src, macs.dst);
         }
         Op::Reverse => {
             fr.rewrite_reverse(to, macs);
             exp.src = to;
-            exp.macs = *macs;
+            (exp.src_mac, exp.dst_mac) = (macs.src, macs.dst);
         }
         Op::Dst => {
             fr.rewrite_dst(to);
@@ -128,13 +65,13 @@ fn apply(frame: &mut [u8], s: &Spec, op: Op, to: SocketAddrV4, macs: &MacPair) -
 
 /// Decodes `frame` with etherparse and checks checksums (full recomputation), field
 /// values, TTL, payload and that nothing else changed.
-fn check_rewritten(frame: &[u8], orig: &[u8], before: &Spec, exp: &Spec) {
-    let p = SlicedPacket::from_ethernet(frame).expect("etherparse decodes the result");
+fn check_rewritten(frame: &Frame, orig: &Frame, before: &FrameSpec, exp: &FrameSpec) {
+    let p = SlicedPacket::from_ethernet(frame.as_bytes()).expect("etherparse decodes the result");
     let Some(LinkSlice::Ethernet2(eth)) = &p.link else {
         panic!("no ethernet")
     };
-    assert_eq!(eth.source(), exp.macs.src);
-    assert_eq!(eth.destination(), exp.macs.dst);
+    assert_eq!(eth.source(), exp.src_mac);
+    assert_eq!(eth.destination(), exp.dst_mac);
     let Some(NetSlice::Ipv4(ip)) = &p.net else {
         panic!("no ipv4")
     };
@@ -149,7 +86,7 @@ fn check_rewritten(frame: &[u8], orig: &[u8], before: &Spec, exp: &Spec) {
     assert_eq!(iph.destination, exp.dst.ip().octets());
     match p.transport.as_ref().expect("transport") {
         TransportSlice::Tcp(t) => {
-            assert!(!exp.udp);
+            assert!(!is_udp(exp));
             let calc = t.to_header().calc_checksum_ipv4(&iph, t.payload()).unwrap();
             assert_eq!(t.checksum(), calc, "tcp checksum");
             assert_eq!(t.source_port(), exp.src.port());
@@ -158,8 +95,8 @@ fn check_rewritten(frame: &[u8], orig: &[u8], before: &Spec, exp: &Spec) {
             assert_eq!(t.sequence_number(), before.seq);
         }
         TransportSlice::Udp(u) => {
-            assert!(exp.udp);
-            if read16(orig, l4_ck_offset(true)) == 0 {
+            assert!(is_udp(exp));
+            if orig.l4_checksum() == 0 {
                 assert_eq!(u.checksum(), 0, "udp no-checksum stays 0");
             } else {
                 let calc = u.to_header().calc_checksum_ipv4(&iph, u.payload()).unwrap();
@@ -173,7 +110,7 @@ fn check_rewritten(frame: &[u8], orig: &[u8], before: &Spec, exp: &Spec) {
         other => panic!("unexpected transport {other:?}"),
     }
     // Only MACs, TTL, IP checksum, addresses, ports and the L4 checksum may change.
-    let ck = l4_ck_offset(exp.udp);
+    let ck = l4_ck_offset(is_udp(exp));
     let changeable = |i: usize| {
         i < 12
             || i == 22
@@ -181,23 +118,28 @@ fn check_rewritten(frame: &[u8], orig: &[u8], before: &Spec, exp: &Spec) {
             || (34..38).contains(&i)
             || (ck..ck + 2).contains(&i)
     };
-    assert_eq!(frame.len(), orig.len());
-    for (i, (a, b)) in frame.iter().zip(orig).enumerate() {
+    let (frame, orig_bytes) = (frame.as_bytes(), orig.as_bytes());
+    assert_eq!(frame.len(), orig_bytes.len());
+    for (i, (a, b)) in frame.iter().zip(orig_bytes).enumerate() {
         if !changeable(i) {
             assert_eq!(a, b, "byte {i} changed");
         }
     }
-    // And the whole frame equals what etherparse encodes from scratch (except for a UDP
-    // datagram sent without checksum, which etherparse would not produce).
-    if !(exp.udp && read16(orig, ck) == 0) {
-        assert_eq!(frame, &build(exp)[..], "byte-identical to a fresh encoding");
+    // And the whole frame equals what the builder encodes from scratch (except for a
+    // UDP datagram sent without checksum, which etherparse would not produce).
+    if !(is_udp(exp) && orig.l4_checksum() == 0) {
+        assert_eq!(
+            frame,
+            exp.build().as_bytes(),
+            "byte-identical to a fresh encoding"
+        );
     }
 }
 
-fn roundtrip(s: &Spec, op: Op, to: SocketAddrV4, macs: &MacPair) {
-    let orig = build(s);
+fn roundtrip(s: &FrameSpec, op: Op, to: SocketAddrV4, macs: &MacPair) {
+    let orig = s.build();
     let mut f = orig.clone();
-    let exp = apply(&mut f, s, op, to, macs);
+    let exp = apply(f.as_bytes_mut(), s, op, to, macs);
     check_rewritten(&f, &orig, s, &exp);
 }
 
@@ -212,7 +154,7 @@ fn macs() -> impl Strategy<Value = MacPair> {
     (any::<[u8; 6]>(), any::<[u8; 6]>()).prop_map(|(src, dst)| MacPair { src, dst })
 }
 
-fn spec() -> impl Strategy<Value = Spec> {
+fn spec() -> impl Strategy<Value = FrameSpec> {
     (
         any::<bool>(),
         macs(),
@@ -225,18 +167,18 @@ fn spec() -> impl Strategy<Value = Spec> {
         prop::collection::vec(any::<u8>(), 0..24),
     )
         .prop_map(
-            |(udp, macs, src, dst, ttl, flags, (seq, ack, window), payload, padding)| Spec {
-                udp,
-                macs,
-                src,
-                dst,
+            |(udp, macs, src, dst, ttl, flags, (seq, ack, window), payload, padding)| FrameSpec {
+                src_mac: macs.src,
+                dst_mac: macs.dst,
                 ttl,
-                flags,
+                transport: if udp { Transport::Udp } else { Transport::Tcp },
+                tcp_flags: flags,
                 seq,
                 ack,
                 window,
                 payload,
                 padding,
+                ..FrameSpec::tcp(src, dst)
             },
         )
 }
@@ -255,7 +197,7 @@ proptest! {
 
     #[test]
     fn l4_checksum_ok_agrees_with_etherparse(s in spec(), flip in any::<prop::sample::Index>()) {
-        let mut frame = build(&s);
+        let mut frame = s.build().into_bytes();
         let end = {
             let pkt = L4Frame::parse(&mut frame).unwrap();
             prop_assert!(pkt.l4_checksum_ok());
@@ -274,14 +216,14 @@ proptest! {
 
     #[test]
     fn parse_reads_what_etherparse_wrote(s in spec()) {
-        let mut f = build(&s);
+        let mut f = s.build().into_bytes();
         let fr = L4Frame::parse(&mut f).unwrap();
-        prop_assert_eq!(fr.protocol(), if s.udp { L4Proto::Udp } else { L4Proto::Tcp });
+        prop_assert_eq!(fr.protocol(), if is_udp(&s) { L4Proto::Udp } else { L4Proto::Tcp });
         prop_assert_eq!(fr.src(), s.src);
         prop_assert_eq!(fr.dst(), s.dst);
         prop_assert_eq!(fr.ttl(), s.ttl);
-        prop_assert_eq!(fr.macs(), s.macs);
-        prop_assert_eq!(fr.tcp_flags(), TcpFlags(if s.udp { 0 } else { s.flags }));
+        prop_assert_eq!(fr.macs(), MacPair { src: s.src_mac, dst: s.dst_mac });
+        prop_assert_eq!(fr.tcp_flags(), TcpFlags(if is_udp(&s) { 0 } else { s.tcp_flags }));
         prop_assert_eq!(fr.l4_payload(), &s.payload[..]);
         let proto = fr.protocol().number();
         prop_assert_eq!(peek_endpoints(&f), Some((s.src, s.dst, proto)));
@@ -298,12 +240,12 @@ proptest! {
     fn udp_without_checksum_stays_without(
         mut s in spec(), op in op(), to in sock(), new_macs in macs()
     ) {
-        s.udp = true;
-        let mut orig = build(&s);
-        write16(&mut orig, 40, 0);
+        s.transport = Transport::Udp;
+        let mut orig = s.build();
+        orig.set_l4_checksum(0);
         let mut f = orig.clone();
-        let exp = apply(&mut f, &s, op, to, &new_macs);
-        prop_assert_eq!(read16(&f, 40), 0);
+        let exp = apply(f.as_bytes_mut(), &s, op, to, &new_macs);
+        prop_assert_eq!(f.l4_checksum(), 0);
         check_rewritten(&f, &orig, &s, &exp);
     }
 
@@ -323,26 +265,25 @@ proptest! {
         // Bias random bytes towards passing each IPv4 check, so that the L4 checks and
         // the rewrites also see random input.
         if bytes.len() >= 15 {
-            bytes[12] = 0x08;
-            bytes[13] = 0x00;
-            bytes[14] = 0x45;
+            bytes[12..15].copy_from_slice(&[0x08, 0x00, 0x45]);
         }
         if bytes.len() >= 34 {
-            let room = bytes.len() - 14;
+            let (room, ttl) = (bytes.len() - 14, bytes[22]);
+            let mut f = Frame::from_bytes(bytes);
             if fix[0] {
-                write16(&mut bytes, 20, 0); // no fragment
+                f.set_fragment(false, 0);
             }
             if fix[1] {
-                let total = 20 + len_pick.index(room - 19);
-                write16(&mut bytes, 16, total as u16);
+                f.set_total_len((20 + len_pick.index(room - 19)) as u16);
             }
             if fix[2] {
-                bytes[22] = bytes[22].max(2);
+                f.set_ttl(ttl.max(2));
             }
             if fix[3] {
-                bytes[23] = if fix[4] { 6 } else { 17 };
+                f.set_protocol(if fix[4] { 6 } else { 17 });
             }
-            reseal_ip(&mut bytes);
+            f.reseal_ip_checksum();
+            bytes = f.into_bytes();
         }
         exercise(&mut bytes, to, &m, op);
     }
@@ -354,24 +295,24 @@ proptest! {
         reseal in any::<bool>(),
         to in sock(), m in macs(), op in op()
     ) {
-        let mut f = build(&s);
+        let mut f = s.build();
         // Concentrate flips on the headers, where the decisions are.
-        let hdr = f.len().min(64);
+        let hdr = f.as_bytes().len().min(64);
         for (i, x) in flips {
             let at = i.index(hdr);
-            f[at] ^= x;
+            f.as_bytes_mut()[at] ^= x;
         }
         if reseal {
-            reseal_ip(&mut f);
+            f.reseal_ip_checksum();
         }
-        exercise(&mut f, to, &m, op);
+        exercise(f.as_bytes_mut(), to, &m, op);
     }
 
     #[test]
     fn truncations_of_random_frames(s in spec(), cut in any::<prop::sample::Index>()) {
         let mut s = s;
         s.padding.clear();
-        let f = build(&s);
+        let f = s.build().into_bytes();
         let n = cut.index(f.len());
         let mut t = f[..n].to_vec();
         let r = L4Frame::parse(&mut t).err();
@@ -429,22 +370,16 @@ fn truncation_reason(n: usize) -> DropReason {
 // ---------------------------------------------------------------------------------
 // Fixed cases
 
-fn base_spec(udp: bool) -> Spec {
-    Spec {
-        udp,
-        macs: MacPair {
-            src: [0x02, 0, 0, 0, 0, 1],
-            dst: [0x02, 0, 0, 0, 0, 2],
-        },
-        src: SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 7), 40000),
-        dst: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 443),
-        ttl: 64,
-        flags: TcpFlags::SYN,
+fn base_spec(udp: bool) -> FrameSpec {
+    FrameSpec {
+        transport: if udp { Transport::Udp } else { Transport::Tcp },
+        tcp_flags: TcpFlags::SYN,
         seq: 1,
-        ack: 0,
-        window: 65535,
         payload: b"hello, odd!".to_vec(),
-        padding: Vec::new(),
+        ..FrameSpec::tcp(
+            SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 7), 40000),
+            SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 443),
+        )
     }
 }
 
@@ -454,35 +389,35 @@ const NEW_MACS: MacPair = MacPair {
     dst: [0x02, 0, 0, 0, 0, 4],
 };
 
-fn all_ops(s: &Spec, orig: &[u8], to: SocketAddrV4) {
+fn all_ops(s: &FrameSpec, orig: &Frame, to: SocketAddrV4) {
     for op in [Op::Forward, Op::Reverse, Op::Dst, Op::Src] {
-        let mut f = orig.to_vec();
-        let exp = apply(&mut f, s, op, to, &NEW_MACS);
+        let mut f = orig.clone();
+        let exp = apply(f.as_bytes_mut(), s, op, to, &NEW_MACS);
         check_rewritten(&f, orig, s, &exp);
     }
 }
 
-/// First source port for which `pred` holds on the etherparse-built frame.
-fn search_src_port(s: &Spec, pred: impl Fn(&[u8]) -> bool) -> Spec {
+/// First source port for which `pred` holds on the built frame.
+fn search_src_port(s: &FrameSpec, pred: impl Fn(&Frame) -> bool) -> FrameSpec {
     (0..=u16::MAX)
         .map(|p| {
             let mut t = s.clone();
             t.src.set_port(p);
             t
         })
-        .find(|t| pred(&build(t)))
+        .find(|t| pred(&t.build()))
         .expect("a port hitting the edge value exists")
 }
 
 #[test]
 fn tcp_original_checksum_zero_and_ffff() {
-    let s = search_src_port(&base_spec(false), |f| read16(f, 50) == 0x0000);
-    let orig = build(&s);
+    let s = search_src_port(&base_spec(false), |f| f.l4_checksum() == 0x0000);
+    let orig = s.build();
     all_ops(&s, &orig, DAEMON);
     // 0xFFFF: the other representation of zero, which a full computation never yields
     // but a sender may put on the wire; receivers accept it.
     let mut alt = orig.clone();
-    write16(&mut alt, 50, 0xFFFF);
+    alt.set_l4_checksum(0xFFFF);
     all_ops(&s, &alt, DAEMON);
 }
 
@@ -492,21 +427,21 @@ fn tcp_degenerate_incremental_case_is_canonical() {
     // eqn. 3 alone yields 0xFFFF; a full recomputation yields 0x0000.
     let mut s = base_spec(false);
     s.dst = SocketAddrV4::new(Ipv4Addr::BROADCAST, 0xFFFF);
-    let s = search_src_port(&s, |f| read16(f, 50) == 0x0000);
-    let mut orig = build(&s);
-    write16(&mut orig, 50, 0xFFFF);
+    let s = search_src_port(&s, |f| f.l4_checksum() == 0x0000);
+    let mut orig = s.build();
+    orig.set_l4_checksum(0xFFFF);
     let mut f = orig.clone();
     let to = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
-    let exp = apply(&mut f, &s, Op::Dst, to, &NEW_MACS);
-    assert_eq!(read16(&f, 50), 0x0000);
+    let exp = apply(f.as_bytes_mut(), &s, Op::Dst, to, &NEW_MACS);
+    assert_eq!(f.l4_checksum(), 0x0000);
     check_rewritten(&f, &orig, &s, &exp);
 }
 
 #[test]
 fn udp_original_checksum_ffff() {
     // etherparse (RFC 768) writes a computed 0 as 0xFFFF.
-    let s = search_src_port(&base_spec(true), |f| read16(f, 40) == 0xFFFF);
-    all_ops(&s, &build(&s), DAEMON);
+    let s = search_src_port(&base_spec(true), |f| f.l4_checksum() == 0xFFFF);
+    all_ops(&s, &s.build(), DAEMON);
 }
 
 #[test]
@@ -520,20 +455,20 @@ fn ip_original_checksum_zero_and_ffff() {
             t.src.set_ip(Ipv4Addr::new(o[0], o[1], a, b));
             t
         })
-        .find(|t| read16(&build(t), 24) == 0)
+        .find(|t| t.build().ip_checksum() == 0)
         .unwrap();
-    let orig = build(&s);
+    let orig = s.build();
     all_ops(&s, &orig, DAEMON);
     let mut alt = orig.clone();
-    write16(&mut alt, 24, 0xFFFF);
+    alt.set_ip_checksum(0xFFFF);
     all_ops(&s, &alt, DAEMON);
 }
 
 /// Finds a new destination (port, or low half of the address) such that the rewritten
-/// frame's checksum at `at` is `value`, rewrites to it and checks.
-fn rewrite_to_edge(udp: bool, at: usize, value: u16, vary_ip: bool) {
+/// frame's `checksum` is `value`, rewrites to it and checks.
+fn rewrite_to_edge(udp: bool, checksum: fn(&Frame) -> u16, value: u16, vary_ip: bool) {
     let s = base_spec(udp);
-    let orig = build(&s);
+    let orig = s.build();
     let to = (0..=u16::MAX)
         .map(|v| {
             if vary_ip {
@@ -547,33 +482,33 @@ fn rewrite_to_edge(udp: bool, at: usize, value: u16, vary_ip: bool) {
             let mut e = s.clone();
             e.dst = to;
             e.ttl -= 1;
-            read16(&build(&e), at) == value
+            checksum(&e.build()) == value
         })
         .expect("edge value reachable");
     let mut f = orig.clone();
-    let exp = apply(&mut f, &s, Op::Dst, to, &NEW_MACS);
-    assert_eq!(read16(&f, at), value);
+    let exp = apply(f.as_bytes_mut(), &s, Op::Dst, to, &NEW_MACS);
+    assert_eq!(checksum(&f), value);
     check_rewritten(&f, &orig, &s, &exp);
 }
 
 #[test]
 fn tcp_rewrite_result_zero() {
-    rewrite_to_edge(false, 50, 0x0000, false);
+    rewrite_to_edge(false, Frame::l4_checksum, 0x0000, false);
 }
 
 #[test]
 fn udp_rewrite_result_computed_zero_is_ffff() {
-    rewrite_to_edge(true, 40, 0xFFFF, false);
+    rewrite_to_edge(true, Frame::l4_checksum, 0xFFFF, false);
 }
 
 #[test]
 fn ip_rewrite_result_zero() {
-    rewrite_to_edge(false, 24, 0x0000, true);
+    rewrite_to_edge(false, Frame::ip_checksum, 0x0000, true);
 }
 
 #[test]
 fn every_truncation_of_a_tcp_frame() {
-    let f = build(&base_spec(false));
+    let f = base_spec(false).build().into_bytes();
     for n in 0..f.len() {
         let mut t = f[..n].to_vec();
         assert_eq!(
@@ -585,29 +520,30 @@ fn every_truncation_of_a_tcp_frame() {
     // Truncations made consistent (total length fixed up): the L4 check fires.
     let mut s = base_spec(false);
     s.payload.clear();
-    let f = build(&s);
-    for n in 34..f.len() {
-        let mut t = f[..n].to_vec();
-        write16(&mut t, 16, (n - 14) as u16);
-        reseal_ip(&mut t);
+    let f = s.build();
+    for n in 34..f.as_bytes().len() {
+        let mut t = f.clone();
+        t.truncate(n)
+            .set_total_len((n - 14) as u16)
+            .reseal_ip_checksum();
         assert_eq!(
-            L4Frame::parse(&mut t).err(),
+            L4Frame::parse(t.as_bytes_mut()).err(),
             Some(DropReason::TruncatedTcp),
             "len {n}"
         );
     }
 }
 
-// One test per DropReason: a valid etherparse frame mutated to trip exactly that rule.
+// One test per DropReason: a valid frame mutated to trip exactly that rule.
 
-fn mutated(udp: bool, reseal: bool, m: impl FnOnce(&mut Vec<u8>)) -> Result<(), DropReason> {
-    let mut f = build(&base_spec(udp));
-    assert!(L4Frame::parse(&mut f.clone()).is_ok());
+fn mutated(udp: bool, reseal: bool, m: impl FnOnce(&mut Frame)) -> Result<(), DropReason> {
+    let mut f = base_spec(udp).build();
+    assert!(L4Frame::parse(f.clone().as_bytes_mut()).is_ok());
     m(&mut f);
-    if reseal && f.len() >= 34 {
-        reseal_ip(&mut f);
+    if reseal && f.as_bytes().len() >= 34 {
+        f.reseal_ip_checksum();
     }
-    L4Frame::parse(&mut f).map(|_| ())
+    L4Frame::parse(f.as_bytes_mut()).map(|_| ())
 }
 
 macro_rules! drop_case {
@@ -624,33 +560,48 @@ drop_case!(
     TruncatedEthernet,
     false,
     false,
-    |f| f.truncate(13)
+    |f| {
+        f.truncate(13);
+    }
 );
-drop_case!(drop_vlan_8100, VlanTagged, false, false, |f| write16(
-    f, 12, 0x8100
-));
-drop_case!(drop_vlan_88a8, VlanTagged, false, false, |f| write16(
-    f, 12, 0x88a8
-));
-drop_case!(drop_ipv6, Ipv6, false, false, |f| write16(f, 12, 0x86dd));
-drop_case!(drop_not_ipv4, NotIpv4, false, false, |f| write16(
-    f, 12, 0x0806
-));
-drop_case!(drop_truncated_ipv4, TruncatedIpv4, false, false, |f| f
-    .truncate(33));
-drop_case!(drop_bad_ip_version, BadIpVersion, false, true, |f| f[14] =
-    0x65);
-drop_case!(drop_ihl_too_small, IhlTooSmall, false, true, |f| f[14] =
-    0x44);
-drop_case!(drop_ip_options, IpOptions, false, true, |f| f[14] = 0x46);
-drop_case!(drop_fragment_mf, Fragment, false, true, |f| f[20] |= 0x20);
-drop_case!(drop_fragment_offset, Fragment, false, true, |f| f[21] = 1);
+drop_case!(drop_vlan_8100, VlanTagged, false, false, |f| {
+    f.set_ether_type(0x8100);
+});
+drop_case!(drop_vlan_88a8, VlanTagged, false, false, |f| {
+    f.set_ether_type(0x88a8);
+});
+drop_case!(drop_ipv6, Ipv6, false, false, |f| {
+    f.set_ether_type(0x86dd);
+});
+drop_case!(drop_not_ipv4, NotIpv4, false, false, |f| {
+    f.set_ether_type(0x0806);
+});
+drop_case!(drop_truncated_ipv4, TruncatedIpv4, false, false, |f| {
+    f.truncate(33);
+});
+drop_case!(drop_bad_ip_version, BadIpVersion, false, true, |f| {
+    f.set_ip_version(6);
+});
+drop_case!(drop_ihl_too_small, IhlTooSmall, false, true, |f| {
+    f.set_ihl(4);
+});
+drop_case!(drop_ip_options, IpOptions, false, true, |f| {
+    f.set_ihl(6);
+});
+drop_case!(drop_fragment_mf, Fragment, false, true, |f| {
+    f.set_fragment(true, 0);
+});
+drop_case!(drop_fragment_offset, Fragment, false, true, |f| {
+    f.set_fragment(false, 1);
+});
 drop_case!(
     drop_total_length_too_small,
     TotalLengthTooSmall,
     false,
     true,
-    |f| write16(f, 16, 19)
+    |f| {
+        f.set_total_len(19);
+    }
 );
 drop_case!(
     drop_total_length_beyond_frame,
@@ -658,51 +609,55 @@ drop_case!(
     false,
     true,
     |f| {
-        let n = f.len() as u16 - 14 + 1;
-        write16(f, 16, n)
+        let n = f.as_bytes().len() as u16 - 14 + 1;
+        f.set_total_len(n);
     }
 );
-drop_case!(drop_bad_ip_checksum, BadIpChecksum, false, false, |f| f
-    [25] ^=
-    0x40);
-drop_case!(drop_ttl_expired, TtlExpired, false, true, |f| f[22] = 1);
+drop_case!(drop_bad_ip_checksum, BadIpChecksum, false, false, |f| {
+    f.set_ip_checksum(f.ip_checksum() ^ 0x0040);
+});
+drop_case!(drop_ttl_expired, TtlExpired, false, true, |f| {
+    f.set_ttl(1);
+});
 drop_case!(
     drop_unsupported_protocol,
     UnsupportedProtocol,
     false,
     true,
-    |f| f[23] = 1
+    |f| {
+        f.set_protocol(1);
+    }
 );
-drop_case!(drop_truncated_tcp, TruncatedTcp, false, true, |f| write16(
-    f,
-    16,
-    20 + 19
-));
+drop_case!(drop_truncated_tcp, TruncatedTcp, false, true, |f| {
+    f.set_total_len(20 + 19);
+});
 drop_case!(
     drop_tcp_offset_too_small,
     TcpOffsetTooSmall,
     false,
     true,
-    |f| f[46] = 0x40
+    |f| {
+        f.set_tcp_data_offset(4);
+    }
 );
 drop_case!(
     drop_tcp_offset_past_end,
     TcpOffsetPastEnd,
     false,
     true,
-    |f| f[46] = 0xF0
+    |f| {
+        f.set_tcp_data_offset(15);
+    }
 );
-drop_case!(drop_truncated_udp, TruncatedUdp, true, true, |f| write16(
-    f,
-    16,
-    20 + 7
-));
+drop_case!(drop_truncated_udp, TruncatedUdp, true, true, |f| {
+    f.set_total_len(20 + 7);
+});
 drop_case!(drop_bad_udp_length_small, BadUdpLength, true, true, |f| {
-    write16(f, 38, 7)
+    f.set_udp_len(7);
 });
 drop_case!(drop_bad_udp_length_large, BadUdpLength, true, true, |f| {
-    let n = f.len() as u16 - 34 + 1;
-    write16(f, 38, n)
+    let n = f.as_bytes().len() as u16 - 34 + 1;
+    f.set_udp_len(n);
 });
 
 #[test]

@@ -1,6 +1,7 @@
 //! The packet generator of the forwarded-packets-per-second workload: an AF_XDP
 //! socket (copy mode, TX only in practice) on the client's veth, sending
-//! hand-built Ethernet/IPv4/TCP frames over many 5-tuples as fast as it can.
+//! Ethernet/IPv4/TCP frames from the kit's builder over many 5-tuples as fast
+//! as it can.
 //!
 //! Every UMEM frame is written once with one tuple's frame and then sent again and
 //! again: a completion hands the frame back, its length is restored and it goes on
@@ -9,12 +10,13 @@
 
 use std::{
     io::Write,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     num::NonZeroU32,
     time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, Context, Result};
+use dispatchd_testkit::frame::{parse_mac, tcp_flags, FrameSpec};
 use xsk_rs::{
     config::{BindFlags, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
     FrameDesc,
@@ -25,9 +27,6 @@ pub const FRAME_LEN: usize = 64;
 const FRAMES: u32 = 4096;
 const RING: u32 = 2048;
 const BATCH: usize = 64;
-
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct PktgenArgs {
@@ -62,96 +61,49 @@ pub struct PktgenArgs {
     pub core: Option<usize>,
 }
 
-fn parse_mac(s: &str) -> Result<[u8; 6]> {
-    let v: Vec<u8> = s
-        .trim()
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16))
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("MAC address {s:?}"))?;
-    v.try_into().map_err(|_| anyhow!("MAC address {s:?}"))
-}
-
-/// RFC 1071 one's-complement sum, folded, not inverted.
-fn sum16(data: &[u8], mut acc: u32) -> u32 {
-    for pair in data.chunks(2) {
-        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
-        acc += u32::from(word);
-    }
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc
-}
-
-/// One complete frame with correct IPv4 and TCP checksums.
+/// One tuple's frame, padded to [`FRAME_LEN`]: a SYN, or an ACK carrying ten
+/// bytes (its sequence number one past the SYN's).
 pub fn build_frame(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
-    src: (Ipv4Addr, u16),
-    dst: (Ipv4Addr, u16),
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
     flags: u8,
-) -> [u8; FRAME_LEN] {
-    let mut f = [0u8; FRAME_LEN];
-    f[0..6].copy_from_slice(&dst_mac);
-    f[6..12].copy_from_slice(&src_mac);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let payload = if flags & TCP_SYN != 0 { 0 } else { 10 };
-    let ip_len = 20 + 20 + payload;
-    {
-        let ip = &mut f[14..34];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
-        ip[4..6].copy_from_slice(&src.1.to_be_bytes()); // id
-        ip[6] = 0x40; // DF
-        ip[8] = 64;
-        ip[9] = 6;
-        ip[12..16].copy_from_slice(&src.0.octets());
-        ip[16..20].copy_from_slice(&dst.0.octets());
-        let c = !(sum16(ip, 0) as u16);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-    }
-    {
-        let tcp = &mut f[34..54];
-        tcp[0..2].copy_from_slice(&src.1.to_be_bytes());
-        tcp[2..4].copy_from_slice(&dst.1.to_be_bytes());
-        let seq = 0x1000_0000u32.wrapping_add(u32::from(src.1) << 8);
-        let seq = if flags & TCP_SYN != 0 { seq } else { seq + 1 };
-        tcp[4..8].copy_from_slice(&seq.to_be_bytes());
-        if flags & TCP_ACK != 0 {
-            tcp[8..12].copy_from_slice(&1u32.to_be_bytes());
-        }
-        tcp[12] = 5 << 4;
-        tcp[13] = flags;
-        tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
-    }
-    for (i, b) in f[54..54 + payload].iter_mut().enumerate() {
-        *b = b'a' + i as u8;
-    }
-    let tcp_len = 20 + payload;
-    let mut pseudo = [0u8; 12];
-    pseudo[0..4].copy_from_slice(&src.0.octets());
-    pseudo[4..8].copy_from_slice(&dst.0.octets());
-    pseudo[9] = 6;
-    pseudo[10..12].copy_from_slice(&(tcp_len as u16).to_be_bytes());
-    let acc = sum16(&pseudo, 0);
-    let c = !(sum16(&f[34..34 + tcp_len], acc) as u16);
-    f[50..52].copy_from_slice(&c.to_be_bytes());
-    f
+) -> Vec<u8> {
+    let syn = flags & tcp_flags::SYN != 0;
+    let isn = 0x1000_0000u32.wrapping_add(u32::from(src.port()) << 8);
+    let spec = FrameSpec {
+        src_mac,
+        dst_mac,
+        ip_id: src.port(),
+        tcp_flags: flags,
+        seq: if syn { isn } else { isn + 1 },
+        ack: u32::from(flags & tcp_flags::ACK != 0),
+        payload: if syn {
+            Vec::new()
+        } else {
+            b"abcdefghij".to_vec()
+        },
+        ..FrameSpec::tcp(src, dst)
+    };
+    let mut frame = spec.build().into_bytes();
+    frame.resize(FRAME_LEN, 0);
+    frame
 }
 
 pub fn run(a: PktgenArgs) -> Result<()> {
     if let Some(id) = a.core {
         core_affinity::set_for_current(core_affinity::CoreId { id });
     }
-    let (src_mac, dst_mac) = (parse_mac(&a.src_mac)?, parse_mac(&a.dst_mac)?);
+    let mac = |text: &str| parse_mac(text).with_context(|| format!("MAC address {text:?}"));
+    let (src_mac, dst_mac) = (mac(&a.src_mac)?, mac(&a.dst_mac)?);
     let tuples = a.tuples.max(1);
     let frame = |i: u16, flags: u8| {
         build_frame(
             src_mac,
             dst_mac,
-            (a.src_ip, a.base_port + i),
-            (a.dst_ip, a.dst_port),
+            SocketAddrV4::new(a.src_ip, a.base_port + i),
+            SocketAddrV4::new(a.dst_ip, a.dst_port),
             flags,
         )
     };
@@ -233,7 +185,7 @@ pub fn run(a: PktgenArgs) -> Result<()> {
 
     if a.syn_first {
         let mut syns = frames[..tuples as usize].to_vec();
-        write(&mut syns, TCP_SYN)?;
+        write(&mut syns, tcp_flags::SYN)?;
         // Paced, 16 at a time: a burst of 1024 at line rate overflows the
         // forwarder's RX ring while its worker is still waking up, and a lost
         // SYN leaves its tuple without a record for the whole run.
@@ -255,7 +207,7 @@ pub fn run(a: PktgenArgs) -> Result<()> {
         std::thread::sleep(Duration::from_millis(300));
         free.clear();
     }
-    write(&mut frames, TCP_ACK)?;
+    write(&mut frames, tcp_flags::ACK)?;
     free.extend_from_slice(&frames);
 
     let warm_end = Instant::now() + Duration::from_secs_f64(a.warmup);
@@ -284,23 +236,24 @@ pub fn run(a: PktgenArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use etherparse::{SlicedPacket, TransportSlice};
+
     use super::*;
 
     #[test]
-    fn checksums_verify() {
-        let f = build_frame(
-            [2; 6],
-            [4; 6],
-            ("198.18.0.2".parse().unwrap(), 2000),
-            ("198.18.0.100".parse().unwrap(), 80),
-            TCP_ACK,
-        );
-        assert_eq!(sum16(&f[14..34], 0), 0xffff);
-        let mut pseudo = [0u8; 12];
-        pseudo[0..4].copy_from_slice(&f[26..30]);
-        pseudo[4..8].copy_from_slice(&f[30..34]);
-        pseudo[9] = 6;
-        pseudo[10..12].copy_from_slice(&30u16.to_be_bytes());
-        assert_eq!(sum16(&f[34..64], sum16(&pseudo, 0)), 0xffff);
+    fn frames_are_wire_sized_and_parse() {
+        let src = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 2000);
+        let dst = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80);
+        for flags in [tcp_flags::SYN, tcp_flags::ACK] {
+            let f = build_frame([2; 6], [4; 6], src, dst, flags);
+            assert_eq!(f.len(), FRAME_LEN);
+            let p = SlicedPacket::from_ethernet(&f).expect("parses");
+            let Some(TransportSlice::Tcp(tcp)) = p.transport else {
+                panic!("no TCP")
+            };
+            assert_eq!(tcp.syn(), flags == tcp_flags::SYN);
+            assert_eq!(tcp.ack(), flags == tcp_flags::ACK);
+            assert_eq!(tcp.payload().len(), if tcp.syn() { 0 } else { 10 });
+        }
     }
 }

@@ -1,0 +1,406 @@
+//! The results: one document, written as Markdown and as JSON (serde), and
+//! read back from JSON to draw its latency SVG again (see `svg.rs`).
+use std::{collections::BTreeMap, fmt::Write as _, process::Command};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::cli::RunOpts;
+
+pub const VARIANTS: [&str; 4] = ["direct", "nftables", "dispatchd", "bare"];
+
+/// (id, workload, metric, unit, higher is better)
+const ROWS: [(&str, &str, &str, &str, bool); 13] = [
+    ("conn_rate", "new connections", "rate", "conn/s", true),
+    ("conn_p50", "new connections", "latency p50", "µs", false),
+    ("conn_p99", "new connections", "latency p99", "µs", false),
+    (
+        "conn_p99.9",
+        "new connections",
+        "latency p99.9",
+        "µs",
+        false,
+    ),
+    ("rr_rate", "requests (persistent)", "rate", "req/s", true),
+    (
+        "rr_p50",
+        "requests (persistent)",
+        "latency p50",
+        "µs",
+        false,
+    ),
+    (
+        "rr_p99",
+        "requests (persistent)",
+        "latency p99",
+        "µs",
+        false,
+    ),
+    (
+        "rr_p99.9",
+        "requests (persistent)",
+        "latency p99.9",
+        "µs",
+        false,
+    ),
+    (
+        "bulk_mbit",
+        "bulk echo",
+        "throughput (both ways)",
+        "Mbit/s",
+        true,
+    ),
+    ("pps_sent", "forwarded packets", "sent", "pps", true),
+    (
+        "pps_received",
+        "forwarded packets",
+        "received at s0",
+        "pps",
+        true,
+    ),
+    (
+        "pps_ratio",
+        "forwarded packets",
+        "received / sent",
+        "",
+        true,
+    ),
+    (
+        "outside_cpu",
+        "(machine)",
+        "CPU used outside the benchmark, whole variant",
+        "cores",
+        false,
+    ),
+];
+
+/// Where and how the run was made, as sentences.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Header {
+    pub date: String,
+    pub run: String,
+    pub machine: String,
+    pub kernel: String,
+    pub durations: String,
+    pub load: String,
+    pub cores: String,
+}
+
+/// One metric of one workload, per variant (null where it was not measured).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Row {
+    pub id: String,
+    pub workload: String,
+    pub metric: String,
+    pub unit: String,
+    pub higher_is_better: bool,
+    pub values: BTreeMap<String, Option<f64>>,
+}
+
+/// Client-side latency percentiles of one workload, µs.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    #[serde(rename = "p99.9")]
+    pub p99_9: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    pub fn percentiles(&self) -> [(&'static str, f64); 5] {
+        [
+            ("p50", self.p50),
+            ("p90", self.p90),
+            ("p99", self.p99),
+            ("p99.9", self.p99_9),
+            ("max", self.max),
+        ]
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Results {
+    pub header: Header,
+    pub rows: Vec<Row>,
+    /// By `workload/variant`.
+    pub latency_us: BTreeMap<String, Latency>,
+    /// dispatchd's own per-packet processing time by variant, as its
+    /// `ctl stats --json` gives it.
+    pub per_packet_ns: BTreeMap<String, Value>,
+    /// dispatchd's whole `ctl stats --json` by variant.
+    pub ctl_stats: BTreeMap<String, Value>,
+    pub notes: Vec<String>,
+}
+
+fn cmd(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+pub fn fmt_num(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+impl Results {
+    pub fn new(opts: &RunOpts, stamp: &str) -> Results {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|s| s.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown CPU".into());
+        let header = Header {
+            date: cmd("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]),
+            run: stamp.to_owned(),
+            machine: format!(
+                "{cpu}, {} cores (nproc), {}",
+                cmd("nproc", &[]),
+                cmd("uname", &["-m"])
+            ),
+            kernel: cmd("uname", &["-r"]),
+            durations: format!(
+                    "{} s measured per workload after {} s warm-up{}",
+                    opts.seconds,
+                    opts.warmup,
+                    if opts.quick { " (--quick)" } else { "" }
+                ),
+            load: format!(
+                    "connections: 64 B echo, {} client threads; rr: {} persistent connections, 64 B request/reply; \
+                     bulk: one connection, echo both ways; pps: AF_XDP copy-mode generator on c0, {} tuples, 64 B ACK frames, counted at s0",
+                    opts.concurrency, opts.rr_connections, opts.tuples
+                ),
+            cores: "2 cores: dispatchd's one worker pinned to core 1 (--cores 1); the packet generator pinned to core 0; \
+                 clients, servers, softirqs and dispatchd's management thread share both cores. The kernel variants \
+                 forward in the softirq of whichever core sent the frame."
+                    .into(),
+        };
+        Results::with_header(header)
+    }
+
+    /// Every row, no value yet.
+    fn with_header(header: Header) -> Results {
+        let rows = ROWS
+            .iter()
+            .map(|&(id, workload, metric, unit, higher_is_better)| Row {
+                id: id.into(),
+                workload: workload.into(),
+                metric: metric.into(),
+                unit: unit.into(),
+                higher_is_better,
+                values: VARIANTS.iter().map(|v| (v.to_string(), None)).collect(),
+            })
+            .collect();
+        Results {
+            header,
+            rows,
+            latency_us: BTreeMap::new(),
+            per_packet_ns: BTreeMap::new(),
+            ctl_stats: BTreeMap::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn note(&mut self, n: String) {
+        self.notes.push(n);
+    }
+
+    pub fn set(&mut self, id: &str, variant: &str, v: f64) {
+        if let Some(row) = self.rows.iter_mut().find(|r| r.id == id) {
+            row.values.insert(variant.into(), Some(v));
+        }
+        if id == "pps_received" {
+            if let Some(sent) = self.get("pps_sent", variant) {
+                if sent > 0.0 {
+                    self.set("pps_ratio", variant, v / sent);
+                }
+            }
+        }
+    }
+
+    fn get(&self, id: &str, variant: &str) -> Option<f64> {
+        let row = self.rows.iter().find(|r| r.id == id)?;
+        row.values.get(variant).copied().flatten()
+    }
+
+    pub fn latency(&mut self, workload: &str, variant: &str, l: Latency) {
+        let id = if workload == "rr" { "rr" } else { "conn" };
+        self.set(&format!("{id}_p50"), variant, l.p50);
+        self.set(&format!("{id}_p99"), variant, l.p99);
+        self.set(&format!("{id}_p99.9"), variant, l.p99_9);
+        self.latency_us.insert(format!("{workload}/{variant}"), l);
+    }
+
+    pub fn latency_of(&self, workload: &str, variant: &str) -> Option<&Latency> {
+        self.latency_us.get(&format!("{workload}/{variant}"))
+    }
+
+    pub fn ctl_stats(&mut self, variant: &str, stats: Value) {
+        match stats.get("per_packet_ns") {
+            Some(p) => {
+                self.per_packet_ns.insert(variant.into(), p.clone());
+            }
+            None => self.note(format!("{variant}: ctl stats had no per_packet_ns")),
+        }
+        self.ctl_stats.insert(variant.into(), stats);
+    }
+
+    pub fn json(&self) -> Result<String> {
+        Ok(serde_json::to_string_pretty(self)? + "\n")
+    }
+
+    /// A results JSON this harness wrote, now or in an earlier version.
+    pub fn from_json(json: &str) -> Result<Results> {
+        serde_json::from_str(json).context("reading a results JSON")
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut md = String::from("# dispatchd end-to-end benchmark\n\n");
+        // The header's fields in their declared order (serde_json keeps it).
+        if let Ok(serde_json::Value::Object(header)) = serde_json::to_value(&self.header) {
+            for (k, v) in header {
+                let _ = writeln!(md, "- **{k}**: {}", v.as_str().unwrap_or_default());
+            }
+        }
+        md.push_str(
+            "\nVariants: **direct** = client to one daemon's own address (198.19.0.11:8080), \
+             routed by the dispatcher namespace's kernel, no NAT; **nftables** = `dnat ip to numgen inc mod 4 map` \
+             in the dispatcher namespace's prerouting; **dispatchd** = XDP + AF_XDP (copy mode on veth), one worker; \
+             **bare** = dispatchd's sockets and rings with no parsing or rewriting (`--bare-forwarder`), \
+             packet rate only. Ratios are dispatchd ÷ other: above 1 is better for rates, worse for latencies.\n\n",
+        );
+        md.push_str(
+            "| workload | metric | unit | direct | nftables | dispatchd | bare | dispatchd/direct | dispatchd/nftables |\n\
+             | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        );
+        for Row {
+            id,
+            workload,
+            metric,
+            unit,
+            ..
+        } in &self.rows
+        {
+            let cells: Vec<String> = VARIANTS
+                .iter()
+                .map(|v| self.get(id, v).map_or("–".into(), fmt_num))
+                .collect();
+            let d = self.get(id, "dispatchd");
+            let ratio = |other: &str| match (d, self.get(id, other)) {
+                (Some(d), Some(o)) if o > 0.0 && id != "outside_cpu" => format!("{:.2}", d / o),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                md,
+                "| {workload} | {metric} | {unit} | {} | {} | {} |",
+                cells.join(" | "),
+                ratio("direct"),
+                ratio("nftables")
+            );
+        }
+        if !self.per_packet_ns.is_empty() {
+            md.push_str("\ndispatchd's own per-packet processing time (ns, `ctl stats --json` → `per_packet_ns`, whole run of the variant):\n\n");
+            for (v, h) in &self.per_packet_ns {
+                let _ = writeln!(md, "- {v}: `{h}`");
+            }
+        }
+        if !self.notes.is_empty() {
+            md.push_str("\nNotes:\n\n");
+            for n in &self.notes {
+                let _ = writeln!(md, "- {n}");
+            }
+        }
+        md
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn sample() -> Results {
+        let mut r = Results::with_header(Header {
+            date: "2026-11-27 10:16:48 UTC".into(),
+            run: "20261127T101648Z".into(),
+            machine: "a \"quoted\" machine\nwith a newline".into(),
+            kernel: "6.18".into(),
+            durations: "3 s".into(),
+            load: "some".into(),
+            cores: "2".into(),
+        });
+        r.set("pps_sent", "dispatchd", 1000.0);
+        r.set("pps_received", "dispatchd", 250.5);
+        let l = Latency {
+            p50: 1.0,
+            p90: 2.5,
+            p99: 3.0,
+            p99_9: 4.0,
+            max: 5.0,
+        };
+        r.latency("rr", "dispatchd", l);
+        r.ctl_stats(
+            "dispatchd",
+            serde_json::from_str(
+                r#"{"per_packet_ns":{"p50":103,"max":9,"count":2},"connections":0}"#,
+            )
+            .unwrap(),
+        );
+        r.note("a note".into());
+        r
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let r = sample();
+        assert_eq!(r.get("pps_ratio", "dispatchd"), Some(0.2505));
+        assert_eq!(r.get("rr_p99.9", "dispatchd"), Some(4.0));
+        let back = Results::from_json(&r.json().unwrap()).unwrap();
+        assert_eq!(back, r);
+        let md = r.markdown();
+        assert!(
+            md.contains("- **date**: 2026-11-27 10:16:48 UTC\n- **run**:"),
+            "{md}"
+        );
+        assert!(
+            md.contains(r#"- dispatchd: `{"p50":103,"max":9,"count":2}`"#),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn earlier_results_are_still_readable() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../results");
+        let mut read = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let r = Results::from_json(&std::fs::read_to_string(&path).unwrap())
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                assert!(
+                    r.latency_of("connections", "direct").is_some(),
+                    "{}",
+                    path.display()
+                );
+                assert!(r.svg().contains("<rect x="), "{}", path.display());
+                read += 1;
+            }
+        }
+        assert!(read > 0, "no results JSON in {}", dir.display());
+    }
+}

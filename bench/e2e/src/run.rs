@@ -1,0 +1,338 @@
+//! One run: the topology and the echo servers once, then each variant's set-up,
+//! workloads and tear-down in turn, and the results written at the end.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use dispatchd_testkit::{daemon_addr, ensure_root, output_of, Proc, Programs, Topology, VIP};
+
+use crate::{
+    cli::RunOpts,
+    load::Load,
+    report::{Results, VARIANTS},
+    setup::{nft, sysctl, Undo},
+};
+
+const DIRECT: &str = "198.19.0.11:8080";
+const DAEMONS: usize = 4;
+/// Client ports of the packet generator: below the ephemeral range the kernel
+/// clients use, and dropped at the daemons' ingress so nothing answers them.
+pub const PKTGEN_PORT: u16 = 2000;
+
+/// Set by SIGINT/SIGTERM: the run stops after the current workload and tears down.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+pub struct Bench {
+    pub opts: RunOpts,
+    pub topo: Topology,
+    /// This binary, run again as the packet generator.
+    pub me: PathBuf,
+    /// `/proc/<server pid>/root/...`: s0's rx counter as seen from the daemon
+    /// namespace, readable without a process per read.
+    s0_rx: PathBuf,
+    pub c0_mac: String,
+    pub l0_mac: String,
+    server_pid: u32,
+    pub results: Results,
+    pub stamp: String,
+}
+
+pub fn run(mut opts: RunOpts) -> Result<()> {
+    if opts.quick {
+        opts.seconds = 3.0;
+        opts.warmup = 1.0;
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t)
+        };
+    }
+    ensure_root().context("run scripts/bench.sh as root")?;
+    for v in &opts.variants {
+        if !VARIANTS.contains(&v.as_str()) {
+            bail!("unknown variant {v}");
+        }
+    }
+    let me = std::env::current_exe()?;
+    let bin_dir = opts
+        .bin_dir
+        .clone()
+        .unwrap_or_else(|| me.parent().map(Path::to_path_buf).unwrap_or_default());
+    let programs = Programs {
+        dispatchd: bin_dir.join("dispatchd"),
+        testkit: bin_dir.join("dispatchd-testkit"),
+    };
+    for b in [&programs.testkit, &programs.dispatchd] {
+        if !b.exists() {
+            bail!(
+                "{} is missing; build with cargo build --release --workspace --bins",
+                b.display()
+            );
+        }
+    }
+    let prefix = opts
+        .prefix
+        .clone()
+        .unwrap_or_else(|| format!("db{}", std::process::id() % 100_000));
+    let stamp = output_of(Command::new("date").arg("-u").arg("+%Y%m%dT%H%M%SZ"))?
+        .trim()
+        .to_owned();
+
+    let topo = Topology::create(&prefix, DAEMONS, 1, programs)?;
+    let (client, daemons) = (topo.client(), topo.daemons());
+    let c0_mac = topo.mac(&client, "c0")?;
+    let l0_mac = topo.mac(&topo.dispatcher(), "l0")?;
+    // Clients open many short connections: a wide port range, and TIME_WAIT
+    // ports reused (the client closes first).
+    sysctl(&topo, &client, "net.ipv4.ip_local_port_range=10000 65000")?;
+    sysctl(&topo, &client, "net.ipv4.tcp_tw_reuse=1")?;
+    sysctl(&topo, &daemons, "net.core.somaxconn=4096")?;
+    // The generator's frames are counted on arrival at s0 (the veth counts before
+    // the ingress hook) and dropped there, so the daemons answer none of them
+    // (a SYN-ACK or RST would end dispatchd's records).
+    nft(
+        &topo,
+        &daemons,
+        &format!(
+            "table netdev dbench {{\n chain in {{\n type filter hook ingress device \"s0\" priority 0; policy accept;\n \
+             ip saddr 198.18.0.2 tcp sport {PKTGEN_PORT}-{} drop\n }}\n}}\n",
+            PKTGEN_PORT + opts.tuples - 1
+        ),
+    )?;
+
+    let mut serve = topo.cmd(&daemons, &topo.programs().testkit);
+    serve.arg("serve");
+    for i in 0..DAEMONS {
+        serve.args(["--listen", &daemon_addr(i)]);
+    }
+    let server = Proc::start(serve, "serving", Duration::from_secs(10)).context("testkit serve")?;
+    let s0_rx = PathBuf::from(format!(
+        "/proc/{}/root/sys/class/net/s0/statistics/rx_packets",
+        server.pid()
+    ));
+
+    let mut bench = Bench {
+        results: Results::new(&opts, &stamp),
+        opts,
+        topo,
+        me,
+        s0_rx,
+        c0_mac,
+        l0_mac,
+        server_pid: server.pid(),
+        stamp,
+    };
+    bench.check_counter()?;
+    let variants = bench.opts.variants.clone();
+    for v in VARIANTS {
+        if variants.iter().any(|x| x == v) {
+            interrupted()?;
+            eprintln!("== {v}");
+            if let Err(e) = bench.variant(v) {
+                eprintln!("dispatchd-bench: variant {v}: {e:#}");
+                bench.results.note(format!("variant {v} failed: {e:#}"));
+            }
+        }
+    }
+    drop(server);
+    bench.write()
+}
+
+impl Bench {
+    fn check_counter(&mut self) -> Result<()> {
+        if self.rx().is_err() {
+            // Fall back to a process per read: a few ms of skew on each window.
+            eprintln!("dispatchd-bench: reading s0's counter through ip netns exec");
+            self.s0_rx = PathBuf::new();
+        }
+        self.rx().map(drop)
+    }
+
+    /// Frames received on s0 so far.
+    pub fn rx(&self) -> Result<u64> {
+        let text = if self.s0_rx.as_os_str().is_empty() {
+            self.topo.exec(
+                &self.topo.daemons(),
+                "cat",
+                &["/sys/class/net/s0/statistics/rx_packets"],
+            )?
+        } else {
+            fs::read_to_string(&self.s0_rx)
+                .with_context(|| format!("reading {}", self.s0_rx.display()))?
+        };
+        text.trim().parse().context("s0 rx_packets")
+    }
+
+    fn variant(&mut self, v: &'static str) -> Result<()> {
+        let load = Load::sample(self.server_pid);
+        let r = self.variant_inner(v);
+        let (outside, top) = load.outside_since(self.server_pid);
+        eprintln!(
+            "   CPU outside the benchmark: {outside:.2} cores ({})",
+            top.join(", ")
+        );
+        self.results.set("outside_cpu", v, outside);
+        if !top.is_empty() {
+            self.results.note(format!(
+                "{v}: busiest processes outside the benchmark (cores): {}",
+                top.join(", ")
+            ));
+        }
+        r
+    }
+
+    fn variant_inner(&mut self, v: &'static str) -> Result<()> {
+        let mut undo = Undo::default();
+        let mut lb = None;
+        let socket = format!("/tmp/dispatchd-bench-{}.sock", self.topo.prefix);
+        let dispatcher = self.topo.dispatcher();
+        match v {
+            "direct" | "nftables" => {
+                sysctl(&self.topo, &dispatcher, "net.ipv4.ip_forward=1")?;
+                // ip_forward=0 turns forwarding off on every interface; dispatchd
+                // needs it back on l0 (its reply path's FIB lookup).
+                undo.push(
+                    &dispatcher,
+                    "sysctl",
+                    &["-qw", "net.ipv4.conf.l0.forwarding=1"],
+                );
+                undo.push(&dispatcher, "sysctl", &["-qw", "net.ipv4.ip_forward=0"]);
+                if v == "nftables" {
+                    let map: Vec<String> = (0..DAEMONS)
+                        .map(|i| format!("{i} : 198.19.0.{} . 8080", 11 + i))
+                        .collect();
+                    nft(
+                        &self.topo,
+                        &dispatcher,
+                        &format!(
+                            "table ip dbench {{\n chain pre {{\n type nat hook prerouting priority dstnat; policy accept;\n \
+                             ip daddr 198.18.0.100 tcp dport 80 dnat ip to numgen inc mod {DAEMONS} map {{ {} }}\n }}\n}}\n",
+                            map.join(", ")
+                        ),
+                    )?;
+                    undo.push(&dispatcher, "nft", &["delete", "table", "ip", "dbench"]);
+                }
+            }
+            _ => {
+                let mut cmd = self.topo.cmd(&dispatcher, &self.topo.programs().dispatchd);
+                cmd.args([
+                    "run",
+                    "--front",
+                    "l0",
+                    "--back",
+                    "l1",
+                    "--service",
+                    VIP,
+                    "--cores",
+                    "1",
+                    "--control-socket",
+                    &socket,
+                    // The generator's tuples stay half-open (nothing answers
+                    // their SYN); keep their records for the whole run.
+                    "--syn-timeout-ms",
+                    "600000",
+                ]);
+                for i in 0..DAEMONS {
+                    cmd.args(["--backend", &daemon_addr(i)]);
+                }
+                if v == "bare" {
+                    cmd.arg("--bare-forwarder");
+                }
+                let started = Proc::start(cmd, "dispatchd: running", Duration::from_secs(10));
+                lb = Some(started.context("starting dispatchd")?);
+            }
+        }
+        let to = if v == "direct" { DIRECT } else { VIP };
+        // A failed workload is reported and the run goes on.
+        if v != "bare" {
+            let r = interrupted().and_then(|()| self.connections(v, to));
+            self.attempt(v, "connections", r);
+            let r = interrupted().and_then(|()| self.rr(v, to));
+            self.attempt(v, "rr", r);
+            let r = interrupted().and_then(|()| self.bulk(v, to));
+            self.attempt(v, "bulk", r);
+        }
+        let r = interrupted().and_then(|()| self.pps(v, to));
+        self.attempt(v, "pps", r);
+        if let Some(mut lb) = lb {
+            self.final_stats(v, &socket);
+            // Stopped cleanly, so the next variant finds the interfaces free.
+            lb.terminate(Duration::from_secs(5));
+        }
+        drop(undo);
+        Ok(())
+    }
+
+    /// dispatchd's own statistics at the end of its variant, into the results.
+    fn final_stats(&mut self, v: &str, socket: &str) {
+        let dispatchd = self.topo.programs().dispatchd.clone();
+        let args = ["ctl", "--socket", socket, "--json", "stats"];
+        let stats = self
+            .topo
+            .exec(&self.topo.dispatcher(), &dispatchd, &args)
+            .and_then(|json| Ok(serde_json::from_str::<serde_json::Value>(&json)?));
+        match stats {
+            Ok(stats) => {
+                // After the generator only its half-open tuples keep records
+                // (the connections' ones linger 2 s after their FINs).
+                if let ("dispatchd", Some(n)) = (v, stats["connections"].as_u64()) {
+                    self.results.note(format!(
+                        "{v}: records at the end (the generator's tuples, {} sent SYNs): {n}",
+                        self.opts.tuples
+                    ));
+                }
+                self.results.ctl_stats(v, stats);
+            }
+            Err(e) => self.results.note(format!("{v}: ctl stats: {e:#}")),
+        }
+    }
+
+    fn attempt(&mut self, v: &str, name: &str, r: Result<()>) {
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = r {
+            eprintln!("dispatchd-bench: {v} {name}: {e:#}");
+            self.results.note(format!("{v} {name} failed: {e:#}"));
+        }
+    }
+
+    fn write(&mut self) -> Result<()> {
+        let dir = &self.opts.out_dir;
+        fs::create_dir_all(dir)?;
+        let base = dir.join(format!("e2e-{}", self.stamp));
+        let md = self.results.markdown();
+        fs::write(base.with_extension("md"), &md)?;
+        fs::write(dir.join("latest.md"), &md)?;
+        fs::write(base.with_extension("json"), self.results.json()?)?;
+        let svg = dir.join(format!("e2e-{}-latency.svg", self.stamp));
+        fs::write(&svg, self.results.svg())?;
+        println!("{md}");
+        println!(
+            "wrote {}, {}, {} and {}",
+            base.with_extension("md").display(),
+            base.with_extension("json").display(),
+            svg.display(),
+            dir.join("latest.md").display()
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,387 @@
+//! The clients: short connections, bulk transfers, long-lived and persistent
+//! connections, and many held at once. Each checks every echo byte for byte and
+//! that the daemon saw the client's own address.
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{Shutdown, SocketAddr, TcpStream},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+
+use crate::sockets::abort_on_close;
+
+/// How a client ends its connections.
+#[derive(Clone, Copy)]
+pub enum Close {
+    Fin,
+    Reset,
+    ExpectReset,
+}
+
+/// One established connection past its hello line.
+struct Session {
+    reader: BufReader<TcpStream>,
+    stream: TcpStream,
+    daemon: String,
+    seen_peer: String,
+}
+
+fn open(to: SocketAddr, timeout: Duration) -> Result<Session> {
+    open_sending(to, timeout, &[])
+}
+
+/// Connects and sends `first` right away, before the daemon's hello: the client
+/// speaks first, as most protocols do, so the handshake's last ACK is repeated by
+/// the data segment if it was lost (which matters when the daemon answered with a
+/// SYN cookie and kept no state).
+fn open_sending(to: SocketAddr, timeout: Duration, first: &[u8]) -> Result<Session> {
+    let mut stream =
+        TcpStream::connect_timeout(&to, timeout).with_context(|| format!("connecting to {to}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_nodelay(true)?;
+    stream.write_all(first)?;
+    let peer = stream.peer_addr()?;
+    if peer != to {
+        bail!("peer address is {peer}, not the service address {to}");
+    }
+    let local = stream.local_addr()?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .context("reading the daemon's hello")?;
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .map(str::to_owned)
+            .with_context(|| format!("hello line {line:?} lacks {k}"))
+    };
+    let (daemon, seen_peer) = (field("daemon=")?, field("peer=")?);
+    if seen_peer != local.to_string() {
+        bail!("daemon {daemon} saw the client as {seen_peer}, the client is {local}");
+    }
+    Ok(Session {
+        reader,
+        stream,
+        daemon,
+        seen_peer,
+    })
+}
+
+/// Deterministic bytes that differ per offset, so a reordered or mixed-up echo shows.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn exchange(s: &mut Session, data: &[u8]) -> Result<()> {
+    s.stream.write_all(data)?;
+    let mut back = vec![0u8; data.len()];
+    s.reader.read_exact(&mut back).context("reading the echo")?;
+    if back != data {
+        bail!("echo from {} differs from what was sent", s.daemon);
+    }
+    Ok(())
+}
+
+fn short_connection(
+    to: SocketAddr,
+    payload: &[u8],
+    timeout: Duration,
+    close: Close,
+) -> Result<String> {
+    let mut s = open_sending(to, timeout, payload)?;
+    let mut back = vec![0u8; payload.len()];
+    s.reader.read_exact(&mut back).context("reading the echo")?;
+    if back != payload {
+        bail!("echo from {} differs from what was sent", s.daemon);
+    }
+    match close {
+        Close::Fin => {
+            s.stream.shutdown(Shutdown::Write)?;
+            // Wait for the daemon's FIN, so the whole close crosses the dispatcher.
+            let mut rest = Vec::new();
+            s.reader.read_to_end(&mut rest)?;
+        }
+        Close::Reset => abort_on_close(&s.stream)?,
+        Close::ExpectReset => {
+            let mut rest = Vec::new();
+            match s.reader.read_to_end(&mut rest) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                other => bail!("expected a reset from {}, got {other:?}", s.daemon),
+            }
+        }
+    }
+    Ok(s.daemon)
+}
+
+fn print_latency(name: &str, h: &Histogram<u64>) {
+    println!(
+        "{name}_us p50={} p90={} p99={} p99.9={} max={} n={}",
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.9),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max(),
+        h.len()
+    );
+}
+
+pub fn connect_many(
+    to: SocketAddr,
+    connections: usize,
+    concurrency: usize,
+    payload: usize,
+    timeout: Duration,
+    close: Close,
+) -> Result<()> {
+    struct Tally {
+        per_daemon: BTreeMap<String, usize>,
+        errors: Vec<String>,
+        latency: Histogram<u64>,
+    }
+    let tally = Arc::new(Mutex::new(Tally {
+        per_daemon: BTreeMap::new(),
+        errors: Vec::new(),
+        latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+    }));
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (tally, next) = (tally.clone(), next.clone());
+            thread::spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= connections {
+                    break;
+                }
+                let data = pattern(i as u64, payload);
+                let t = Instant::now();
+                let result = short_connection(to, &data, timeout, close);
+                let us = t.elapsed().as_micros() as u64;
+                let mut tally = tally.lock().unwrap_or_else(|p| p.into_inner());
+                match result {
+                    Ok(daemon) => {
+                        *tally.per_daemon.entry(daemon).or_default() += 1;
+                        let _ = tally.latency.record(us.max(1));
+                    }
+                    Err(e) => tally.errors.push(format!("{e:#}")),
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    let elapsed = started.elapsed();
+    let tally = tally.lock().unwrap_or_else(|p| p.into_inner());
+    for (daemon, n) in &tally.per_daemon {
+        println!("daemon={daemon} connections={n}");
+    }
+    let ok: usize = tally.per_daemon.values().sum();
+    println!(
+        "ok={ok} errors={} seconds={:.3} rate={:.0}",
+        tally.errors.len(),
+        elapsed.as_secs_f64(),
+        ok as f64 / elapsed.as_secs_f64()
+    );
+    print_latency("latency", &tally.latency);
+    for e in tally.errors.iter().take(5) {
+        println!("error: {e}");
+    }
+    if !tally.errors.is_empty() {
+        bail!("{} of {connections} connections failed", tally.errors.len());
+    }
+    Ok(())
+}
+
+pub fn bulk(to: SocketAddr, bytes: usize) -> Result<()> {
+    let s = open(to, Duration::from_secs(5))?;
+    let data = pattern(0xb01c, bytes);
+    let started = Instant::now();
+    let mut writer = s.stream.try_clone()?;
+    let sent = data.clone();
+    // Write and read at once: the echo comes back while we are still sending.
+    let sender = thread::spawn(move || -> std::io::Result<()> {
+        writer.write_all(&sent)?;
+        writer.shutdown(Shutdown::Write)
+    });
+    let mut back = Vec::with_capacity(bytes);
+    let mut reader = s.reader;
+    reader
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_secs(30)))?;
+    reader.read_to_end(&mut back).context("reading the echo")?;
+    sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "daemon={} peer={} bytes={} seconds={secs:.3} mbit_per_s={:.1}",
+        s.daemon,
+        s.seen_peer,
+        back.len(),
+        (2 * bytes) as f64 * 8.0 / secs / 1e6
+    );
+    if back != data {
+        let at = back
+            .iter()
+            .zip(&data)
+            .position(|(a, b)| a != b)
+            .unwrap_or(back.len().min(data.len()));
+        bail!(
+            "echo differs at byte {at} (got {} of {bytes} bytes)",
+            back.len()
+        );
+    }
+    Ok(())
+}
+
+pub fn many(
+    to: SocketAddr,
+    connections: usize,
+    concurrency: usize,
+    timeout: Duration,
+) -> Result<()> {
+    let open_ones = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (open_ones, refused, next) = (open_ones.clone(), refused.clone(), next.clone());
+            thread::spawn(move || loop {
+                if next.fetch_add(1, Ordering::Relaxed) >= connections {
+                    break;
+                }
+                match open(to, timeout) {
+                    Ok(s) => open_ones.lock().unwrap_or_else(|p| p.into_inner()).push(s),
+                    Err(_) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    let mut sessions = std::mem::take(&mut *open_ones.lock().unwrap_or_else(|p| p.into_inner()));
+    let accepted = sessions.len();
+    println!(
+        "accepted={accepted} refused={}",
+        refused.load(Ordering::Relaxed)
+    );
+    // Every accepted connection, all still open, must still carry data.
+    let mut disturbed = 0;
+    for (i, s) in sessions.iter_mut().enumerate() {
+        if exchange(s, &pattern(i as u64, 200)).is_err() {
+            disturbed += 1;
+        }
+    }
+    for s in &mut sessions {
+        let _ = s.stream.shutdown(Shutdown::Write);
+        let mut rest = Vec::new();
+        let _ = s.reader.read_to_end(&mut rest);
+    }
+    println!("disturbed={disturbed}");
+    if disturbed > 0 {
+        bail!("{disturbed} of {accepted} accepted connections stopped working");
+    }
+    Ok(())
+}
+
+pub fn hold(to: SocketAddr, duration: Duration, interval: Duration) -> Result<()> {
+    let mut s = open(to, Duration::from_secs(5))?;
+    println!("daemon={} opened", s.daemon);
+    let started = Instant::now();
+    let mut rounds = 0u64;
+    while started.elapsed() < duration {
+        exchange(&mut s, &pattern(rounds, 100)).with_context(|| format!("round {rounds}"))?;
+        rounds += 1;
+        thread::sleep(interval);
+    }
+    println!("daemon={} rounds={rounds} ok", s.daemon);
+    Ok(())
+}
+
+/// `connections` persistent connections, each sending `payload` bytes and reading
+/// their echo back to back until `duration` has passed.
+pub fn request_reply(
+    to: SocketAddr,
+    connections: usize,
+    duration: Duration,
+    payload: usize,
+) -> Result<()> {
+    let sessions = (0..connections.max(1))
+        .map(|_| open(to, Duration::from_secs(5)))
+        .collect::<Result<Vec<_>>>()?;
+    let started = Instant::now();
+    let workers: Vec<_> = sessions
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            thread::spawn(move || -> Result<(u64, Histogram<u64>)> {
+                let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+                let data = pattern(i as u64 + 1, payload);
+                let mut back = vec![0u8; payload];
+                let mut n = 0u64;
+                while started.elapsed() < duration {
+                    let t = Instant::now();
+                    s.stream.write_all(&data)?;
+                    s.reader
+                        .read_exact(&mut back)
+                        .with_context(|| format!("request {n}: reading the echo"))?;
+                    let _ = latency.record((t.elapsed().as_micros() as u64).max(1));
+                    if back != data {
+                        bail!("echo from {} differs from what was sent", s.daemon);
+                    }
+                    n += 1;
+                }
+                s.stream.shutdown(Shutdown::Write)?;
+                Ok((n, latency))
+            })
+        })
+        .collect();
+    let mut total = 0u64;
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut errors = Vec::new();
+    for w in workers {
+        match w.join() {
+            Ok(Ok((n, h))) => {
+                total += n;
+                latency.add(&h)?;
+            }
+            Ok(Err(e)) => errors.push(format!("{e:#}")),
+            Err(_) => errors.push("a connection thread panicked".into()),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "requests={total} errors={} seconds={secs:.3} rate={:.0}",
+        errors.len(),
+        total as f64 / secs
+    );
+    print_latency("latency", &latency);
+    for e in errors.iter().take(5) {
+        println!("error: {e}");
+    }
+    if !errors.is_empty() {
+        bail!("{} of {connections} connections failed", errors.len());
+    }
+    Ok(())
+}

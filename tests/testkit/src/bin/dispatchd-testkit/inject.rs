@@ -1,0 +1,175 @@
+//! Raw frames for the hardening tests: malformed ones of every kind, SYN floods
+//! and stray ACKs, built by the kit's frame builder.
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+use dispatchd_testkit::frame::{parse_mac, tcp_flags, Frame, FrameSpec};
+
+use crate::sockets::{raw_socket, send};
+
+const ETHER_TYPE_IPV6: u16 = 0x86dd;
+
+/// A frame and the counter dispatchd counts it under.
+struct Malformed {
+    kind: &'static str,
+    frame: Frame,
+}
+
+/// Every malformed kind once, named as dispatchd counts it. Each breaks one
+/// rule of a valid SYN and keeps every checksum right unless the checksum is
+/// the point.
+fn malformed(base: &FrameSpec) -> Vec<Malformed> {
+    let syn = FrameSpec {
+        tcp_flags: tcp_flags::SYN,
+        payload: b"malformed".to_vec(),
+        ..base.clone()
+    };
+    let ok = syn.build();
+    let with = |kind: &'static str, edit: &dyn Fn(&mut Frame)| {
+        let mut frame = ok.clone();
+        edit(&mut frame);
+        Malformed { kind, frame }
+    };
+    let built = |kind: &'static str, spec: FrameSpec| Malformed {
+        kind,
+        frame: spec.build(),
+    };
+    vec![
+        // (A frame shorter than its Ethernet header cannot leave AF_PACKET: the
+        // kernel pads it to 14 bytes.)
+        with("truncated", &|f| {
+            f.truncate(14 + 6);
+        }),
+        with("truncated", &|f| {
+            f.truncate(14 + 12);
+        }),
+        // Cut inside the TCP ports.
+        with("vip_malformed", &|f| {
+            f.truncate(14 + 20 + 2);
+        }),
+        with("vip_malformed", &|f| {
+            f.set_ihl(4).reseal_ip_checksum();
+        }),
+        built(
+            "ip_options",
+            FrameSpec {
+                ip_options: vec![1, 1, 1, 0],
+                payload: b"opts".to_vec(),
+                ..syn.clone()
+            },
+        ),
+        // The first fragment: the XDP program steers it, the worker drops it.
+        with("fragment", &|f| {
+            f.set_fragment(true, 0).reseal_ip_checksum();
+        }),
+        with("vip_fragment", &|f| {
+            f.set_fragment(false, 16).reseal_ip_checksum();
+        }),
+        with("total_length_beyond_frame", &|f| {
+            f.set_total_len(f.total_len() + 40).reseal_ip_checksum();
+        }),
+        with("tcp_offset_too_small", &|f| {
+            f.set_tcp_data_offset(4).reseal_tcp_checksum();
+        }),
+        with("tcp_offset_past_end", &|f| {
+            f.set_tcp_data_offset(15).reseal_tcp_checksum();
+        }),
+        with("ttl_expired", &|f| {
+            f.set_ttl(0).reseal_ip_checksum();
+        }),
+        with("ttl_expired", &|f| {
+            f.set_ttl(1).reseal_ip_checksum();
+        }),
+        with("bad_ip_checksum", &|f| {
+            f.set_ip_checksum(f.ip_checksum() ^ 0x5a00);
+        }),
+        with("bad_syn_checksum", &|f| {
+            f.set_l4_checksum(f.l4_checksum() ^ 0x5a00);
+        }),
+        built(
+            "vlan",
+            FrameSpec {
+                vlan: Some(7),
+                ..syn.clone()
+            },
+        ),
+        with("ipv6", &|f| {
+            f.set_ether_type(ETHER_TYPE_IPV6);
+        }),
+    ]
+}
+
+pub fn run(
+    iface: &str,
+    dst_mac: &str,
+    from: SocketAddrV4,
+    to: SocketAddrV4,
+    kind: &str,
+    count: usize,
+) -> Result<()> {
+    let mac = |text: &str| parse_mac(text).with_context(|| format!("MAC {text:?}"));
+    let src_mac = mac(&std::fs::read_to_string(format!(
+        "/sys/class/net/{iface}/address"
+    ))?)?;
+    let fd = raw_socket(iface)?;
+    let base = FrameSpec {
+        src_mac,
+        dst_mac: mac(dst_mac)?,
+        ip_id: 0x1234,
+        seq: 1,
+        ..FrameSpec::tcp(from, to)
+    };
+    match kind {
+        "malformed" => {
+            let frames = malformed(&base);
+            let mut sent = BTreeMap::<&str, usize>::new();
+            for _ in 0..count {
+                for m in &frames {
+                    send(&fd, m.frame.as_bytes())?;
+                    *sent.entry(m.kind).or_default() += 1;
+                }
+            }
+            for (k, n) in sent {
+                println!("sent {k}={n}");
+            }
+        }
+        "syn-flood" => {
+            let started = Instant::now();
+            for i in 0..count as u32 {
+                // Spoofed clients in 198.18.128.0/17: no route back from the
+                // dispatcher, as with a real flood's forged sources.
+                let ip = Ipv4Addr::from(0xc612_8000 | (i % 0x8000));
+                let port = 1024 + (i / 0x8000) as u16 * 7 + (i % 61) as u16;
+                let syn = FrameSpec {
+                    src: SocketAddrV4::new(ip, port),
+                    tcp_flags: tcp_flags::SYN,
+                    ..base.clone()
+                };
+                send(&fd, syn.build().as_bytes())?;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "sent syn={count} seconds={secs:.3} rate={:.0}",
+                count as f64 / secs
+            );
+        }
+        "ack" => {
+            let ack = FrameSpec {
+                tcp_flags: tcp_flags::ACK,
+                payload: b"spoofed".to_vec(),
+                ..base
+            }
+            .build();
+            for _ in 0..count {
+                send(&fd, ack.as_bytes())?;
+            }
+            println!("sent ack={count}");
+        }
+        other => bail!("unknown kind {other:?}: malformed | syn-flood | ack"),
+    }
+    Ok(())
+}

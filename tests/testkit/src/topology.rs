@@ -1,0 +1,310 @@
+//! The DESIGN.md test topology as a guard: client, dispatcher and daemon
+//! namespaces made by `scripts/topology.sh` and deleted on drop, also when a
+//! test panics or a benchmark fails. Interfaces live inside the namespaces, so
+//! deleting those removes the veths too.
+use std::{
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::OnceLock,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::process::{output_of, require_root, text, Proc};
+
+pub const VIP: &str = "198.18.0.100:80";
+
+/// The address of daemon `i` (0-based) in the daemon namespace.
+pub fn daemon_addr(i: usize) -> String {
+    format!("198.19.0.{}:8080", 11 + i)
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn topology_script() -> PathBuf {
+    workspace_root().join("scripts/topology.sh")
+}
+
+/// A command run inside network namespace `ns`.
+pub fn netns_cmd(ns: &str, program: impl AsRef<OsStr>) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).arg(program);
+    c
+}
+
+/// The programs run inside the topology.
+#[derive(Clone, Debug)]
+pub struct Programs {
+    pub dispatchd: PathBuf,
+    pub testkit: PathBuf,
+}
+
+impl Programs {
+    /// For a test of the dispatchd package: pass `env!("CARGO_BIN_EXE_dispatchd")`
+    /// (cargo builds it for the test); the testkit is built on demand.
+    pub fn for_test(dispatchd: &str) -> Programs {
+        Programs {
+            dispatchd: dispatchd.into(),
+            testkit: testkit_bin().to_owned(),
+        }
+    }
+}
+
+/// The `dispatchd-testkit` binary, built once per process with the profile of
+/// the running test executable. Cargo builds a test's dependencies but not the
+/// binaries of another package, so the test asks cargo itself; that is a no-op
+/// when the binary is fresh. Panics with cargo's output if the build fails.
+pub fn testkit_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_testkit().unwrap_or_else(|e| panic!("{e:#}")))
+}
+
+fn build_testkit() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the test executable")?;
+    // A test executable is target/<profile dir>/deps/<name>-<hash>.
+    let profile_dir = exe
+        .parent()
+        .filter(|deps| deps.ends_with("deps"))
+        .and_then(Path::parent)
+        .with_context(|| {
+            format!(
+                "{} is not under target/<profile>/deps: cannot tell which testkit to build",
+                exe.display()
+            )
+        })?;
+    let target_dir = profile_dir.parent().context("target directory")?;
+    let profile = match profile_dir.file_name().and_then(OsStr::to_str) {
+        Some("debug") => "dev",
+        Some(name) => name,
+        None => bail!("profile directory {}", profile_dir.display()),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let mut build = Command::new(cargo);
+    build
+        .current_dir(workspace_root())
+        .args(["build", "--locked", "-p", "dispatchd-testkit"])
+        .args(["--bin", "dispatchd-testkit", "--profile", profile])
+        .arg("--target-dir")
+        .arg(target_dir);
+    output_of(&mut build).context("building dispatchd-testkit for the end-to-end tests")?;
+    let bin = profile_dir.join("dispatchd-testkit");
+    if !bin.exists() {
+        bail!(
+            "cargo built dispatchd-testkit but {} is missing",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+pub struct Topology {
+    pub prefix: String,
+    programs: Programs,
+}
+
+impl Topology {
+    /// A topology for test `name`, unique to this process; panics if it cannot
+    /// be made. `dispatchd` is `env!("CARGO_BIN_EXE_dispatchd")`.
+    pub fn up(dispatchd: &str, name: &str, daemons: usize, queues: usize) -> Topology {
+        require_root();
+        let prefix = format!("dt{name}{}", std::process::id() % 100_000);
+        Topology::create(&prefix, daemons, queues, Programs::for_test(dispatchd))
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// The namespaces `<prefix>c`, `<prefix>d`, `<prefix>s` with `daemons`
+    /// daemon addresses and `queues` queues per veth.
+    pub fn create(
+        prefix: &str,
+        daemons: usize,
+        queues: usize,
+        programs: Programs,
+    ) -> Result<Topology> {
+        let topo = Topology {
+            prefix: prefix.to_owned(),
+            programs,
+        };
+        let status = Command::new(topology_script())
+            .args(["up", prefix, &daemons.to_string(), &queues.to_string()])
+            .status()
+            .context("running scripts/topology.sh")?;
+        if !status.success() {
+            bail!("scripts/topology.sh up {prefix} failed");
+        }
+        Ok(topo)
+    }
+
+    pub fn programs(&self) -> &Programs {
+        &self.programs
+    }
+
+    pub fn client(&self) -> String {
+        format!("{}c", self.prefix)
+    }
+    pub fn dispatcher(&self) -> String {
+        format!("{}d", self.prefix)
+    }
+    pub fn daemons(&self) -> String {
+        format!("{}s", self.prefix)
+    }
+
+    /// A command run inside namespace `ns`.
+    pub fn cmd(&self, ns: &str, program: impl AsRef<OsStr>) -> Command {
+        netns_cmd(ns, program)
+    }
+
+    /// Runs a command to completion inside `ns`, returning its output whatever
+    /// its status; panics if it cannot be run.
+    pub fn run(&self, ns: &str, program: impl AsRef<OsStr>, args: &[&str]) -> Output {
+        let program = program.as_ref();
+        self.cmd(ns, program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {program:?}: {e}"))
+    }
+
+    /// Runs a command inside `ns`: its stdout if it succeeded, an error otherwise.
+    pub fn exec(&self, ns: &str, program: impl AsRef<OsStr>, args: &[&str]) -> Result<String> {
+        output_of(self.cmd(ns, program).args(args))
+    }
+
+    /// The MAC address of `iface` in namespace `ns`.
+    pub fn mac(&self, ns: &str, iface: &str) -> Result<String> {
+        let path = format!("/sys/class/net/{iface}/address");
+        Ok(self.exec(ns, "cat", &[&path])?.trim().to_owned())
+    }
+
+    /// True if an XDP program is attached to `iface` in the dispatcher namespace.
+    pub fn xdp_attached(&self, iface: &str) -> bool {
+        let out = self.run(
+            &self.dispatcher(),
+            "ip",
+            &["-d", "link", "show", "dev", iface],
+        );
+        assert!(out.status.success(), "ip link show {iface}: {}", text(&out));
+        let shown = String::from_utf8_lossy(&out.stdout);
+        shown.contains("prog/xdp") || shown.contains(" xdp")
+    }
+
+    /// Starts echo servers on the first `n` daemon addresses.
+    pub fn serve(&self, n: usize) -> Proc {
+        let mut cmd = self.cmd(&self.daemons(), &self.programs.testkit);
+        cmd.arg("serve");
+        for i in 0..n {
+            cmd.args(["--listen", &daemon_addr(i)]);
+        }
+        started(cmd, "serving", Duration::from_secs(5))
+    }
+
+    /// Starts an echo server for daemon `i` alone, so it can be stopped alone.
+    pub fn serve_one(&self, i: usize, extra: &[&str]) -> Proc {
+        let mut cmd = self.cmd(&self.daemons(), &self.programs.testkit);
+        cmd.args(["serve", "--listen", &daemon_addr(i)]).args(extra);
+        started(cmd, "serving", Duration::from_secs(5))
+    }
+
+    /// This topology's control socket (the filesystem is shared by all namespaces).
+    pub fn control_socket(&self) -> String {
+        format!("/tmp/dispatchd-{}.sock", self.prefix)
+    }
+
+    /// Starts dispatchd in the dispatcher namespace with `args` after `run`, and
+    /// this topology's control socket.
+    pub fn dispatchd<S: AsRef<OsStr>>(&self, args: &[S]) -> Proc {
+        let mut cmd = self.cmd(&self.dispatcher(), &self.programs.dispatchd);
+        cmd.arg("run")
+            .args(args)
+            .args(["--control-socket", &self.control_socket()]);
+        started(cmd, "dispatchd: running", Duration::from_secs(20))
+    }
+
+    /// Runs dispatchd expecting it to fail at start-up; returns its output.
+    pub fn dispatchd_fails<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
+        let out = self
+            .cmd(&self.dispatcher(), &self.programs.dispatchd)
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running dispatchd");
+        assert!(
+            !out.status.success(),
+            "dispatchd was expected to fail:\n{}",
+            text(&out)
+        );
+        out
+    }
+
+    /// `dispatchd ctl ARGS` against this topology's dispatchd; panics on failure.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new(&self.programs.dispatchd)
+            .args(["ctl", "--socket", &self.control_socket()])
+            .args(args)
+            .output()
+            .expect("running dispatchd ctl");
+        assert!(
+            out.status.success(),
+            "dispatchd ctl {args:?}:\n{}",
+            text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `dispatchd ctl stats --json`, parsed.
+    pub fn stats(&self) -> serde_json::Value {
+        let json = self.ctl(&["stats", "--json"]);
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("ctl stats --json: {e}: {json}"))
+    }
+
+    /// Flags for the default service on l0/l1 and its first `n` daemons.
+    pub fn default_flags(n: usize) -> Vec<String> {
+        let mut v: Vec<String> = ["--front", "l0", "--back", "l1", "--service", VIP]
+            .map(String::from)
+            .to_vec();
+        for i in 0..n {
+            v.push("--backend".into());
+            v.push(daemon_addr(i));
+        }
+        v
+    }
+
+    /// Runs the testkit as a client in the client namespace.
+    pub fn client_run(&self, args: &[&str]) -> Output {
+        self.run(&self.client(), &self.programs.testkit, args)
+    }
+
+    /// Starts a testkit client in the background, ready once it printed `ready`.
+    pub fn client_start(&self, args: &[&str], ready: &str) -> Proc {
+        let mut cmd = self.cmd(&self.client(), &self.programs.testkit);
+        cmd.args(args);
+        started(cmd, ready, Duration::from_secs(10))
+    }
+}
+
+fn started(cmd: Command, ready: &str, timeout: Duration) -> Proc {
+    Proc::start(cmd, ready, timeout).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.control_socket());
+        let _ = Command::new(topology_script())
+            .args(["down", &self.prefix])
+            .status();
+    }
+}
+
+/// Parses the `daemon=ADDR connections=N` lines of `dispatchd-testkit connect`.
+pub fn per_daemon(stdout: &str) -> Vec<(String, usize)> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let (addr, n) = l.strip_prefix("daemon=")?.split_once(" connections=")?;
+            Some((addr.to_owned(), n.trim().parse().ok()?))
+        })
+        .collect()
+}
