@@ -2,11 +2,11 @@
 //! address, so when one of them fails and `on_failure = "reset"` drops its
 //! connections, exactly its own go, and every other connection's record still
 //! ends when the connection does.
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use dispatchd_testkit::{daemon_addr, text, wait_until, Proc, Topology, VIP};
+
+const DISPATCHD: &str = env!("CARGO_BIN_EXE_dispatchd");
 
 /// Cuts daemon `i` off without a FIN or RST, as a crashed host would: its
 /// address drops everything in and out.
@@ -36,7 +36,7 @@ fn tracked_daemons(topo: &Topology) -> Vec<String> {
 
 #[test]
 fn after_a_reordering_reload_a_failed_daemon_takes_only_its_own_connections() {
-    let topo = Topology::up("reord", 3, 1);
+    let topo = Topology::up(DISPATCHD, "reord", 3, 1);
     let _servers: Vec<_> = (0..3).map(|i| topo.serve_one(i, &[])).collect();
     let file = std::env::temp_dir().join(format!("dispatchd-{}.toml", topo.prefix));
     let write = |order: &[usize]| {
@@ -68,7 +68,7 @@ fn after_a_reordering_reload_a_failed_daemon_takes_only_its_own_connections() {
 
     write(&[2, 1, 0]);
     lb.signal("HUP");
-    topo.wait_until(Duration::from_secs(5), "reload applied", || {
+    wait_until(Duration::from_secs(5), "reload applied", || {
         lb.output().contains("SIGHUP: reloaded")
     });
     assert_eq!(
@@ -78,11 +78,11 @@ fn after_a_reordering_reload_a_failed_daemon_takes_only_its_own_connections() {
     );
 
     cut_off(&topo, 0);
-    topo.wait_until(Duration::from_secs(5), "daemon 0 marked down", || {
+    wait_until(Duration::from_secs(5), "daemon 0 marked down", || {
         lb.output()
             .contains(&format!("daemon {} is down", daemon_addr(0)))
     });
-    topo.wait_until(Duration::from_secs(2), "its connection dropped", || {
+    wait_until(Duration::from_secs(2), "its connection dropped", || {
         tracked_daemons(&topo) == all[1..]
     });
 
@@ -94,9 +94,8 @@ fn after_a_reordering_reload_a_failed_daemon_takes_only_its_own_connections() {
             hold.output()
         );
     }
-    topo.wait_until(Duration::from_secs(5), "no record left", || {
-        let stats: serde_json::Value =
-            serde_json::from_str(&topo.ctl(&["stats", "--json"])).expect("stats JSON");
+    wait_until(Duration::from_secs(5), "no record left", || {
+        let stats = topo.stats();
         stats["connections"] == 0 && stats["workers"][0]["flows"] == 0
     });
     let _ = std::fs::remove_file(&file);

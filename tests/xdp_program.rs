@@ -24,8 +24,6 @@
 //!   socket, without putting the frame on its ring. Frames reaching the sockets are
 //!   covered by e2e_dataplane's `connections_spread_evenly_and_echo_intact` and
 //!   `two_queues_both_carry_traffic`.
-mod common;
-
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     process::Command,
@@ -36,6 +34,7 @@ use dispatchd::{
     xdp::{Interface, Side, Steering, SteeringTable, COUNTER_NAMES},
     xsk::{self, QueueSockets},
 };
+use dispatchd_testkit::{require_root, text, NetNsGuard};
 use etherparse::{
     EtherType, Ethernet2Header, IpHeaders, IpNumber, Ipv4Header, PacketBuilder, VlanId,
 };
@@ -75,40 +74,27 @@ fn ip(args: &[&str]) {
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("running ip {args:?}: {e}"));
-    assert!(out.status.success(), "ip {args:?}:\n{}", common::text(&out));
+    assert!(out.status.success(), "ip {args:?}:\n{}", text(&out));
 }
 
 fn mac(m: [u8; 6]) -> String {
     m.map(|b| format!("{b:02x}")).join(":")
 }
 
-/// A network namespace that the test thread has entered (setns(2)); on drop the
-/// thread goes back to the namespace it came from and the namespace is deleted,
-/// with every interface in it, also when the test panics. Modelled on aya's
-/// `NetNsGuard`, with `ip netns` keeping the namespace's name under
-/// /var/run/netns.
+/// A network namespace of the test's own that the test thread is in; on drop the
+/// thread goes back where it came from and the namespace is deleted, with every
+/// interface in it, also when the test panics.
 struct NetNs {
     name: String,
-    home: std::fs::File,
+    inside: Option<NetNsGuard>,
 }
 
 impl NetNs {
     fn enter(name: String) -> Self {
-        use std::os::fd::AsRawFd;
-        let home = std::fs::File::open("/proc/thread-self/ns/net")
-            .expect("opening this thread's network namespace");
         ip(&["netns", "add", &name]);
-        let ns = NetNs { name, home };
-        let path = format!("/var/run/netns/{}", ns.name);
-        let target = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-        // SAFETY: setns only reads the fd, which `target` keeps open for the call;
-        // it moves this thread alone, which `Drop` moves back.
-        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "setns into {path}: {}",
-            std::io::Error::last_os_error()
+        let mut ns = NetNs { name, inside: None };
+        ns.inside = Some(
+            NetNsGuard::enter(&ns.name).unwrap_or_else(|e| panic!("entering {}: {e}", ns.name)),
         );
         ns
     }
@@ -116,16 +102,7 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: as in `enter`; `home` is this thread's original namespace.
-        let rc = unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
-        if rc != 0 {
-            eprintln!(
-                "setns back home: {} (deleting {} anyway)",
-                std::io::Error::last_os_error(),
-                self.name
-            );
-        }
+        drop(self.inside.take());
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
@@ -146,7 +123,7 @@ struct Lab {
 
 impl Lab {
     fn up(tag: &str) -> Self {
-        common::require_root();
+        require_root();
         let ns = NetNs::enter(format!("dxp{tag}{}", std::process::id() % 100_000));
         let n = ns.name.clone();
         let (fq, bq) = (FRONT_QUEUES, BACK_QUEUES);
@@ -236,7 +213,7 @@ fn set_forwarding(ns: &str, on: bool) {
         ))
         .output()
         .expect("running sysctl");
-    assert!(out.status.success(), "sysctl:\n{}", common::text(&out));
+    assert!(out.status.success(), "sysctl:\n{}", text(&out));
 }
 
 // Frames. Built with etherparse in these few helpers only, so that the shared
