@@ -509,6 +509,23 @@ pub(crate) mod testing {
         Dataplane::build(WorkerId(0), &services, hops, [8; 6]).expect("a valid service")
     }
 
+    /// A TCP segment from `client` to `vip` with the flag byte `flags`, from the
+    /// test kit's encoder (independent of `packet`).
+    pub fn segment(client: SocketAddrV4, vip: SocketAddrV4, flags: u8) -> Vec<u8> {
+        use dispatchd_testkit::frame::{tcp_flags, FrameSpec};
+        FrameSpec {
+            src_mac: [2; 6],
+            dst_mac: [4; 6],
+            tcp_flags: flags,
+            seq: 1,
+            ack: u32::from(flags & tcp_flags::ACK != 0),
+            window: 64000,
+            ..FrameSpec::tcp(client, vip)
+        }
+        .build()
+        .into_bytes()
+    }
+
     /// An event sink and the loop's end of its ring.
     pub fn events() -> (EventSink, ring::Consumer<Event>) {
         let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
@@ -521,8 +538,6 @@ pub(crate) mod testing {
 mod tests {
     use std::net::Ipv4Addr;
 
-    use etherparse::PacketBuilder;
-
     use super::*;
     use crate::protocol::ring;
 
@@ -530,27 +545,11 @@ mod tests {
     const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 40000);
 
     fn segment(flags: u8) -> Vec<u8> {
-        let b = PacketBuilder::ethernet2([2; 6], [4; 6])
-            .ipv4(CLIENT.ip().octets(), VIP.ip().octets(), 64)
-            .tcp(CLIENT.port(), VIP.port(), 1, 64000);
-        let b = match flags {
-            0x02 => b.syn(),
-            0x11 => b.ack(1).fin(),
-            _ => b.ack(1),
-        };
-        let mut f = Vec::new();
-        b.write(&mut f, &[]).unwrap();
-        f
+        testing::segment(CLIENT, VIP, flags)
     }
 
     fn segment_from(client: SocketAddrV4, flags: u8) -> Vec<u8> {
-        let b = PacketBuilder::ethernet2([2; 6], [4; 6])
-            .ipv4(client.ip().octets(), VIP.ip().octets(), 64)
-            .tcp(client.port(), VIP.port(), 1, 64000);
-        let b = if flags == 0x02 { b.syn() } else { b.ack(1) };
-        let mut f = Vec::new();
-        b.write(&mut f, &[]).unwrap();
-        f
+        testing::segment(client, VIP, flags)
     }
 
     /// Records what `pipelined` asks of it; each frame's first byte names it.

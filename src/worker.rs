@@ -373,8 +373,6 @@ fn pump(
 mod tests {
     use std::net::{Ipv4Addr, SocketAddrV4};
 
-    use etherparse::PacketBuilder;
-
     use super::*;
     use crate::{
         dataplane::{forward, testing},
@@ -385,13 +383,7 @@ mod tests {
     const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 40000);
 
     fn segment(syn: bool) -> Vec<u8> {
-        let b = PacketBuilder::ethernet2([2; 6], [4; 6])
-            .ipv4(CLIENT.ip().octets(), VIP.ip().octets(), 64)
-            .tcp(CLIENT.port(), VIP.port(), 1, 64000);
-        let b = if syn { b.syn() } else { b.ack(1).fin() };
-        let mut f = Vec::new();
-        b.write(&mut f, &[]).unwrap();
-        f
+        testing::segment(CLIENT, VIP, if syn { 0x02 } else { 0x11 })
     }
 
     /// The loop removes a closed connection's record when its linger ends; if the
@@ -434,14 +426,7 @@ mod tests {
     }
 
     fn syn(client: SocketAddrV4, vip: SocketAddrV4) -> Vec<u8> {
-        let mut f = Vec::new();
-        PacketBuilder::ethernet2([2; 6], [4; 6])
-            .ipv4(client.ip().octets(), vip.ip().octets(), 64)
-            .tcp(client.port(), vip.port(), 1, 64000)
-            .syn()
-            .write(&mut f, &[])
-            .unwrap();
-        f
+        testing::segment(client, vip, 0x02)
     }
 
     /// A reload hands the worker a dataplane built from the new configuration;
