@@ -46,6 +46,12 @@ up() {
 	ip -n "${p}c" addr add 198.18.0.2/24 dev c0
 	ip -n "${p}c" link set c0 up
 	ip -n "${p}c" route add default via 198.18.0.1
+	# The clients open short connections by the ten thousand and close first, so
+	# each port then sits in TIME_WAIT for a minute: a wide port range and TIME_WAIT
+	# reuse keep them from running out (the default range lasts seconds at the
+	# rates here, and exhausted ports look like lost connections). Ports below
+	# 10000 stay free for the benchmark's packet generator.
+	ip netns exec "${p}c" sysctl -qw net.ipv4.ip_local_port_range="10000 65000" net.ipv4.tcp_tw_reuse=1
 
 	ip -n "${p}d" addr add 198.18.0.1/24 dev l0
 	# The VIP is local on the front so the kernel answers ARP for it and keeps
@@ -64,6 +70,8 @@ up() {
 	done
 	ip -n "${p}s" link set s0 up
 	ip -n "${p}s" route add default via 198.19.0.1
+	# Bursts of new connections must not overflow the echo servers' accept queues.
+	ip netns exec "${p}s" sysctl -qw net.core.somaxconn=4096
 	trap - ERR
 }
 

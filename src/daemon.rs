@@ -165,6 +165,7 @@ pub fn run_with(
 ) -> Result<()> {
     let ifaces = check_host(&config)?;
     sys::block_signals().context("blocking signals")?;
+    sys::give_back_large_allocations();
     let resolver = Resolver {
         back: ifaces.back.name.clone(),
         probe_timeout: PROBE_TIMEOUT,

@@ -31,6 +31,21 @@ pub fn advise_huge_pages<T>(memory: &mut [MaybeUninit<T>]) {
     }
 }
 
+/// Allocations at least this large get pages of their own from the kernel.
+const OWN_PAGES_FROM: libc::c_int = 256 << 10;
+
+/// Makes every allocation of [`OWN_PAGES_FROM`] or more get pages of its own
+/// (mmap), given back to the kernel when it is freed. glibc would otherwise raise
+/// that threshold each time such a block is freed and serve the next ones from
+/// its heap, which it rarely returns: the connection tracker's tables, which grow
+/// and shrink with the number of connections, would leave resident memory at its
+/// highest point for good.
+pub fn give_back_large_allocations() {
+    // SAFETY: mallopt only sets an allocator parameter; it is called before any
+    // thread that allocates is started.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_PAGES_FROM) };
+}
+
 /// Runs `f` with the process's file mode creation mask set to `mask`, so that
 /// what `f` creates never exists with wider permissions; the mask is restored
 /// afterwards. The mask is process-wide: call this only while no other thread

@@ -100,11 +100,8 @@ pub fn run(mut opts: RunOpts) -> Result<()> {
     let (client, daemons) = (topo.client(), topo.daemons());
     let c0_mac = topo.mac(&client, "c0")?;
     let l0_mac = topo.mac(&topo.dispatcher(), "l0")?;
-    // Clients open many short connections: a wide port range, and TIME_WAIT
-    // ports reused (the client closes first).
-    sysctl(&topo, &client, "net.ipv4.ip_local_port_range=10000 65000")?;
-    sysctl(&topo, &client, "net.ipv4.tcp_tw_reuse=1")?;
-    sysctl(&topo, &daemons, "net.core.somaxconn=4096")?;
+    // scripts/topology.sh gives the clients a wide port range with TIME_WAIT
+    // reuse, and the daemons deep accept queues.
     // The generator's frames are counted on arrival at s0 (the veth counts before
     // the ingress hook) and dropped there, so the daemons answer none of them
     // (a SYN-ACK or RST would end dispatchd's records).

@@ -320,8 +320,9 @@ impl ConnTracker {
         c
     }
 
-    /// Pops stale entries off the top (so the earliest entry is a live deadline) and rebuilds the
-    /// heap when stale entries exceed `2 × len() + COMPACT_SLACK`.
+    /// Pops stale entries off the top (so the earliest entry is a live deadline),
+    /// rebuilds the heap when stale entries exceed `2 × len() + COMPACT_SLACK`,
+    /// and gives back memory the map and the heap no longer need.
     fn maintain(&mut self) {
         while let Some(&Reverse((_, gen, packed))) = self.timers.heap.peek() {
             if self.conns.get(&packed).is_some_and(|c| c.gen == gen) {
@@ -338,9 +339,16 @@ impl ConnTracker {
                 .iter()
                 .map(|(&packed, c)| Reverse((c.info.deadline_ns, c.gen, packed)))
                 .collect();
-            if self.conns.capacity() > 4 * live + COMPACT_SLACK {
-                self.conns.shrink_to(2 * live);
-            }
+        }
+        // Memory follows the connections down as well as up: a table that has
+        // room for four times what it holds gives half of it back. (Amortised:
+        // the connections must have fallen to a quarter since the last time.)
+        if self.conns.capacity() > 4 * live + COMPACT_SLACK {
+            self.conns.shrink_to(2 * live);
+        }
+        let entries = self.timers.heap.len();
+        if self.timers.heap.capacity() > 4 * entries + COMPACT_SLACK {
+            self.timers.heap.shrink_to(2 * entries);
         }
     }
 }

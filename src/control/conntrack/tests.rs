@@ -746,3 +746,26 @@ mod model {
         }
     }
 }
+
+#[test]
+fn memory_follows_the_connections_down() {
+    let mut t = ConnTracker::new(T);
+    for i in 0..20_000 {
+        ev(&mut t, opened(0, i, 0), u64::from(i));
+    }
+    assert!(t.conns.capacity() >= 20_000 && t.timers.heap.capacity() >= 20_000);
+    // All but the last ten expire half-open: each leaves with its own timer
+    // entry, so no stale entry is left to trigger a rebuild of the heap.
+    assert_eq!(exp(&mut t, 10 * S + 19_989).len(), 19_990);
+    assert_eq!((t.len(), t.timer_entries()), (10, 10));
+    assert!(
+        t.conns.capacity() <= 4 * 10 + COMPACT_SLACK,
+        "map capacity {}",
+        t.conns.capacity()
+    );
+    assert!(
+        t.timers.heap.capacity() <= 4 * 10 + COMPACT_SLACK,
+        "heap capacity {}",
+        t.timers.heap.capacity()
+    );
+}

@@ -10,6 +10,7 @@
 pub mod frame;
 pub mod json;
 pub mod netns;
+pub mod outcome;
 pub mod process;
 pub mod topology;
 

@@ -46,6 +46,20 @@ enum Command {
         #[arg(long)]
         expect_reset: bool,
     },
+    /// Short connections for a while, each failure reported as a `failure` JSON
+    /// line (for attribution) rather than ending the run.
+    Churn {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
     Bulk {
         #[arg(long)]
         to: SocketAddr,
@@ -125,6 +139,19 @@ pub fn run() -> Result<()> {
             let timeout = Duration::from_millis(timeout_ms);
             clients::connect_many(to, connections, concurrency, payload, timeout, close)
         }
+        Command::Churn {
+            to,
+            seconds,
+            concurrency,
+            payload,
+            timeout_ms,
+        } => clients::churn(
+            to,
+            Duration::from_secs_f64(seconds),
+            concurrency,
+            payload,
+            Duration::from_millis(timeout_ms),
+        ),
         Command::Bulk { to, bytes } => clients::bulk(to, bytes),
         Command::Many {
             to,

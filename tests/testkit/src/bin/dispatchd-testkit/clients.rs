@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
-    net::{Shutdown, SocketAddr, TcpStream},
+    net::{Shutdown, SocketAddr, SocketAddrV4, TcpStream},
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex,
@@ -14,9 +14,10 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use dispatchd_testkit::outcome::{kind_of, unix_ms, Failure};
 use hdrhistogram::Histogram;
 
-use crate::sockets::abort_on_close;
+use crate::sockets::{self, abort_on_close};
 
 /// How a client ends its connections.
 #[derive(Clone, Copy)]
@@ -34,17 +35,47 @@ struct Session {
     seen_peer: String,
 }
 
+/// How far a connection got: its local address once the kernel picked one, its
+/// daemon once it said hello. What a failure report names.
+#[derive(Default)]
+struct Seen {
+    local: Option<SocketAddrV4>,
+    daemon: Option<SocketAddrV4>,
+}
+
+impl Seen {
+    fn failure(&self, e: &anyhow::Error, start_ms: u64) -> Failure {
+        Failure {
+            kind: kind_of(e),
+            start_ms,
+            end_ms: unix_ms(),
+            local: self.local,
+            daemon: self.daemon,
+            error: format!("{e:#}"),
+        }
+    }
+}
+
 fn open(to: SocketAddr, timeout: Duration) -> Result<Session> {
-    open_sending(to, timeout, &[])
+    open_sending(to, timeout, &[], &mut Seen::default())
 }
 
 /// Connects and sends `first` right away, before the daemon's hello: the client
 /// speaks first, as most protocols do, so the handshake's last ACK is repeated by
 /// the data segment if it was lost (which matters when the daemon answered with a
 /// SYN cookie and kept no state).
-fn open_sending(to: SocketAddr, timeout: Duration, first: &[u8]) -> Result<Session> {
-    let mut stream =
-        TcpStream::connect_timeout(&to, timeout).with_context(|| format!("connecting to {to}"))?;
+fn open_sending(
+    to: SocketAddr,
+    timeout: Duration,
+    first: &[u8],
+    seen: &mut Seen,
+) -> Result<Session> {
+    let SocketAddr::V4(to_v4) = to else {
+        bail!("{to} is not an IPv4 address");
+    };
+    let (local, connected) = sockets::connect(to_v4, timeout);
+    seen.local = local;
+    let mut stream = connected.with_context(|| format!("connecting to {to}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_nodelay(true)?;
     stream.write_all(first)?;
@@ -58,6 +89,10 @@ fn open_sending(to: SocketAddr, timeout: Duration, first: &[u8]) -> Result<Sessi
     reader
         .read_line(&mut line)
         .context("reading the daemon's hello")?;
+    if line.is_empty() {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+            .context("reading the daemon's hello");
+    }
     let field = |k: &str| {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(k))
@@ -65,6 +100,7 @@ fn open_sending(to: SocketAddr, timeout: Duration, first: &[u8]) -> Result<Sessi
             .with_context(|| format!("hello line {line:?} lacks {k}"))
     };
     let (daemon, seen_peer) = (field("daemon=")?, field("peer=")?);
+    seen.daemon = daemon.parse().ok();
     if seen_peer != local.to_string() {
         bail!("daemon {daemon} saw the client as {seen_peer}, the client is {local}");
     }
@@ -104,8 +140,9 @@ fn short_connection(
     payload: &[u8],
     timeout: Duration,
     close: Close,
+    seen: &mut Seen,
 ) -> Result<String> {
-    let mut s = open_sending(to, timeout, payload)?;
+    let mut s = open_sending(to, timeout, payload, seen)?;
     let mut back = vec![0u8; payload.len()];
     s.reader.read_exact(&mut back).context("reading the echo")?;
     if back != payload {
@@ -172,7 +209,7 @@ pub fn connect_many(
                 }
                 let data = pattern(i as u64, payload);
                 let t = Instant::now();
-                let result = short_connection(to, &data, timeout, close);
+                let result = short_connection(to, &data, timeout, close, &mut Seen::default());
                 let us = t.elapsed().as_micros() as u64;
                 let mut tally = tally.lock().unwrap_or_else(|p| p.into_inner());
                 match result {
@@ -305,8 +342,20 @@ pub fn many(
     Ok(())
 }
 
+/// One long-lived connection exchanging a message every `interval` for
+/// `duration`. A failure is also reported as a failure line.
 pub fn hold(to: SocketAddr, duration: Duration, interval: Duration) -> Result<()> {
-    let mut s = open(to, Duration::from_secs(5))?;
+    let start_ms = unix_ms();
+    let mut seen = Seen::default();
+    let result = hold_on(to, duration, interval, &mut seen);
+    if let Err(e) = &result {
+        println!("{}", seen.failure(e, start_ms).line());
+    }
+    result
+}
+
+fn hold_on(to: SocketAddr, duration: Duration, interval: Duration, seen: &mut Seen) -> Result<()> {
+    let mut s = open_sending(to, Duration::from_secs(5), &[], seen)?;
     println!("daemon={} opened", s.daemon);
     let started = Instant::now();
     let mut rounds = 0u64;
@@ -316,6 +365,59 @@ pub fn hold(to: SocketAddr, duration: Duration, interval: Duration) -> Result<()
         thread::sleep(interval);
     }
     println!("daemon={} rounds={rounds} ok", s.daemon);
+    Ok(())
+}
+
+/// Short connections, `concurrency` at a time, for `duration`: each failure is
+/// reported as a failure line as it happens, and the run goes on; at the end,
+/// the connections per daemon and `ok=N failed=M`. Fails only if it cannot run.
+pub fn churn(
+    to: SocketAddr,
+    duration: Duration,
+    concurrency: usize,
+    payload: usize,
+    timeout: Duration,
+) -> Result<()> {
+    let per_daemon = Arc::new(Mutex::new(BTreeMap::<String, usize>::new()));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    println!("churning");
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|t| {
+            let (per_daemon, failed) = (per_daemon.clone(), failed.clone());
+            thread::spawn(move || {
+                let mut i = t as u64;
+                while started.elapsed() < duration {
+                    let data = pattern(i, payload);
+                    i += concurrency as u64;
+                    let (start_ms, mut seen) = (unix_ms(), Seen::default());
+                    match short_connection(to, &data, timeout, Close::Fin, &mut seen) {
+                        Ok(daemon) => {
+                            let mut tally = per_daemon.lock().unwrap_or_else(|p| p.into_inner());
+                            *tally.entry(daemon).or_default() += 1;
+                        }
+                        Err(e) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            println!("{}", seen.failure(&e, start_ms).line());
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    let per_daemon = per_daemon.lock().unwrap_or_else(|p| p.into_inner());
+    for (daemon, n) in per_daemon.iter() {
+        println!("daemon={daemon} connections={n}");
+    }
+    println!(
+        "ok={} failed={} seconds={:.3}",
+        per_daemon.values().sum::<usize>(),
+        failed.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

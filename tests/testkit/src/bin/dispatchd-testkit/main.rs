@@ -6,6 +6,7 @@
 //!          `hello daemon=<listen addr> peer=<client addr as the daemon sees it>`,
 //!          then everything it sends echoed back.
 //! connect: many short connections (connect, hello, payload echo, close).
+//! churn:   short connections for a while; failures reported one by one.
 //! bulk:    one connection carrying N bytes each way, verified byte for byte.
 //! hold:    one long-lived connection exchanging a message every interval.
 //! rr:      K persistent connections, each doing request/reply exchanges back to

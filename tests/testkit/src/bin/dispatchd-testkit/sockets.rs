@@ -1,14 +1,129 @@
-//! The two socket facilities std lacks: a TCP close that sends a RST, and a raw
-//! AF_PACKET socket for hand-made frames.
-#![allow(unsafe_code)] // setsockopt, socket, bind, send; each block says why it is sound
+//! The socket facilities std lacks: a TCP connect that tells the local address
+//! even when it fails, a TCP close that sends a RST, and a raw AF_PACKET socket
+//! for hand-made frames.
+#![allow(unsafe_code)] // socket, connect, poll, get/setsockopt, bind, send; each block says why it is sound
 
 use std::{
     ffi::CString,
-    net::TcpStream,
+    io,
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
+
+/// Connects to `to` within `timeout`. The local address the kernel picked comes
+/// back whatever the outcome, so that a failed connection can still be named by
+/// its 4-tuple (std's connect forgets it on failure).
+pub fn connect(
+    to: SocketAddrV4,
+    timeout: Duration,
+) -> (Option<SocketAddrV4>, io::Result<TcpStream>) {
+    // SAFETY: plain socket(2); a non-negative result is a new fd we own.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return (None, Err(io::Error::last_os_error()));
+    }
+    // SAFETY: fd is fresh and owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: to.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*to.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sin is initialised and its size is passed; connect only reads it.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    let started = if rc == 0 {
+        Ok(())
+    } else {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINPROGRESS) {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    };
+    // The port is bound by the connect call itself, before any answer comes.
+    let local = local_addr(fd);
+    let result = started.and_then(|()| finish_connect(owned, timeout));
+    (local, result)
+}
+
+fn local_addr(fd: libc::c_int) -> Option<SocketAddrV4> {
+    // SAFETY: all-zero is a valid sockaddr_in.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: sin and len are valid for writes of the sizes given.
+    let rc =
+        unsafe { libc::getsockname(fd, (&mut sin as *mut libc::sockaddr_in).cast(), &mut len) };
+    (rc == 0 && sin.sin_port != 0).then(|| {
+        SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+            u16::from_be(sin.sin_port),
+        )
+    })
+}
+
+/// Waits for a non-blocking connect to finish and returns the blocking stream.
+fn finish_connect(fd: OwnedFd, timeout: Duration) -> io::Result<TcpStream> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    loop {
+        // SAFETY: pfd is one valid pollfd for the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n > 0 {
+            break;
+        }
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::TimedOut));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    let mut err: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: err and len are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err));
+    }
+    let stream = TcpStream::from(fd);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
 
 /// Makes the next close of `stream` send a RST (SO_LINGER with a zero timeout).
 pub fn abort_on_close(stream: &TcpStream) -> std::io::Result<()> {
