@@ -396,15 +396,22 @@ fn nothing_is_lost_over_time() {
             s.timer_entries
         );
     }
-    // RSS near minutes 5, 10 and 20 of the run, and the growth rate between them.
+    // RSS under load near minutes 5, 10 and 20 of the run, and the growth rate
+    // between them (the idle samples hold less: no tracked connection).
     let near = |minute: u64| {
         let at = Duration::from_secs(minute * 60);
         soak.samples
             .iter()
-            .filter(|s| s.at <= soak.samples.last().map_or(at, |l| l.at))
+            .filter(|s| s.connections > 0)
             .min_by_key(|s| s.at.abs_diff(at))
-            .filter(|s| s.at.abs_diff(at) < Duration::from_secs(60))
+            .filter(|s| s.at.abs_diff(at) < Duration::from_secs(30))
     };
+    let loaded = soak.samples[baseline_index..]
+        .iter()
+        .filter(|s| s.connections > 0)
+        .map(|s| s.rss_kib);
+    let (low, high) = loaded.fold((u64::MAX, 0), |(lo, hi), r| (lo.min(r), hi.max(r)));
+    println!("soak: RSS under load after warm-up between {low} and {high} KiB");
     let marks: Vec<&Sample> = [5, 10, 20].into_iter().filter_map(near).collect();
     for w in marks.windows(2) {
         let minutes = (w[1].at - w[0].at).as_secs_f64() / 60.0;
