@@ -198,7 +198,14 @@ impl<'a> Manager<'a> {
             Tag::Accept { metrics } => {
                 match (done.fd, failed) {
                     (Some(fd), _) => self.uring.recv(Tag::Recv { metrics }, fd, REQUEST_MAX)?,
-                    (None, Some(e)) => eprintln!("dispatchd: accept on the control socket: {e}"),
+                    (None, Some(e)) => {
+                        let on = if metrics {
+                            "metrics listener"
+                        } else {
+                            "control socket"
+                        };
+                        eprintln!("dispatchd: accept on the {on}: {e}");
+                    }
                     (None, None) => {}
                 }
                 let listener = match (&self.metrics, metrics) {
