@@ -1,9 +1,9 @@
-use std::{path::PathBuf, process::ExitCode};
+use std::{net::SocketAddrV4, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use dispatchd::{
     config::{Config, RunArgs, DEFAULT_CONTROL_SOCKET},
-    control::ctl,
+    control::ctl::{self, ClientFilter, ConnFilter, Format, Request, DEFAULT_CONNS_LIMIT},
 };
 
 /// Binds many server daemons to one service address.
@@ -23,18 +23,72 @@ enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
-    /// Ask a running dispatchd: stats | conns | backends | drain ADDR | undrain ADDR.
+    /// Ask a running dispatchd through its control socket.
     Ctl {
         /// The daemon's control socket.
-        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+        #[arg(long, global = true, default_value = DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
         /// Answer in JSON.
-        #[arg(long)]
+        #[arg(long, global = true)]
         json: bool,
-        /// The request and its argument, if any.
-        #[arg(required = true, num_args = 1..=2)]
-        request: Vec<String>,
+        #[command(subcommand)]
+        verb: CtlVerb,
     },
+}
+
+#[derive(Subcommand)]
+enum CtlVerb {
+    /// Per-worker counters, drops by reason, per-packet time, the XDP program's
+    /// verdicts, tracked connections.
+    Stats,
+    /// Tracked connections: client, service, daemon, owning worker, phase, age.
+    Conns {
+        /// Only connections to this daemon (ADDR:PORT).
+        #[arg(long)]
+        daemon: Option<SocketAddrV4>,
+        /// Only connections from this client (ADDR or ADDR:PORT).
+        #[arg(long)]
+        client: Option<ClientFilter>,
+        /// Show at most this many (the total matching is counted anyway).
+        #[arg(long, default_value_t = DEFAULT_CONNS_LIMIT)]
+        limit: usize,
+    },
+    /// Each daemon's health, drain flag, state, active and inactive connections.
+    Backends,
+    /// Give a daemon no new connections; its open ones finish.
+    Drain {
+        /// The daemon (ADDR:PORT).
+        daemon: SocketAddrV4,
+    },
+    /// Give a drained daemon new connections again.
+    Undrain {
+        /// The daemon (ADDR:PORT).
+        daemon: SocketAddrV4,
+    },
+}
+
+impl CtlVerb {
+    fn request(self, json: bool) -> Request {
+        let format = if json { Format::Json } else { Format::Text };
+        match self {
+            CtlVerb::Stats => Request::Stats(format),
+            CtlVerb::Conns {
+                daemon,
+                client,
+                limit,
+            } => Request::Conns(
+                ConnFilter {
+                    daemon,
+                    client,
+                    limit,
+                },
+                format,
+            ),
+            CtlVerb::Backends => Request::Backends(format),
+            CtlVerb::Drain { daemon } => Request::Drain(daemon),
+            CtlVerb::Undrain { daemon } => Request::Undrain(daemon),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -48,15 +102,8 @@ fn main() -> ExitCode {
                 let reload = Box::new(move || args.resolve().map_err(anyhow::Error::from));
                 dispatchd::daemon::run_with(config, reload, bare)
             }),
-        Command::Ctl {
-            socket,
-            json,
-            request,
-        } => {
-            let mut line = request.join(" ");
-            if json {
-                line.push_str(" json");
-            }
+        Command::Ctl { socket, json, verb } => {
+            let line = verb.request(json).line();
             ctl::request(&socket, &line).and_then(|reply| {
                 print!("{reply}");
                 if reply.starts_with("error:") {

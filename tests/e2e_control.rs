@@ -314,3 +314,67 @@ fn ctl_stats_json_and_metrics_after_traffic() {
         "{metrics}"
     );
 }
+
+#[test]
+fn ctl_conns_filters_by_daemon_and_client_and_stops_at_the_limit() {
+    let topo = Topology::up(DISPATCHD, "connsf", 2, 1);
+    let _servers = topo.serve(2);
+    let _lb = topo.dispatchd(&Topology::default_flags(2));
+    // Round robin: the two long connections go one to each daemon.
+    let holds: Vec<_> = (0..2)
+        .map(|_| {
+            topo.client_start(
+                &[
+                    "hold",
+                    "--to",
+                    VIP,
+                    "--seconds",
+                    "5",
+                    "--interval-ms",
+                    "100",
+                ],
+                "opened",
+            )
+        })
+        .collect();
+    let conns = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["conns", "--json"];
+        all.extend(args);
+        serde_json::from_str(&topo.ctl(&all)).expect("conns JSON")
+    };
+    let rows = |v: &serde_json::Value| v["connections"].as_array().expect("rows").len();
+
+    let every = conns(&[]);
+    assert_eq!(
+        (rows(&every), &every["matched"], &every["tracked"]),
+        (2, &2.into(), &2.into())
+    );
+    let d0 = daemon_addr(0);
+    let to_d0 = conns(&["--daemon", &d0]);
+    assert_eq!((rows(&to_d0), &to_d0["matched"]), (1, &1.into()), "{to_d0}");
+    assert_eq!(to_d0["connections"][0]["daemon"], d0.as_str());
+    let client = to_d0["connections"][0]["client"]
+        .as_str()
+        .expect("client")
+        .to_owned();
+    let by_client = conns(&["--client", &client]);
+    assert_eq!(
+        by_client["connections"][0]["daemon"],
+        d0.as_str(),
+        "{by_client}"
+    );
+    assert_eq!(rows(&conns(&["--client", "198.18.0.2"])), 2);
+    assert_eq!(rows(&conns(&["--client", "198.18.0.9"])), 0);
+    let limited = conns(&["--limit", "1"]);
+    assert_eq!(
+        (rows(&limited), &limited["matched"]),
+        (1, &2.into()),
+        "{limited}"
+    );
+    let text = topo.ctl(&["conns", "--limit", "1"]);
+    assert!(
+        text.ends_with("1 shown of 2 matching of 2 tracked connections\n"),
+        "{text}"
+    );
+    drop(holds);
+}

@@ -24,7 +24,7 @@ fn cut_off(topo: &Topology, i: usize) {
 fn tracked_daemons(topo: &Topology) -> Vec<String> {
     let json: serde_json::Value =
         serde_json::from_str(&topo.ctl(&["conns", "--json"])).expect("conns JSON");
-    let mut daemons: Vec<String> = json
+    let mut daemons: Vec<String> = json["connections"]
         .as_array()
         .expect("a list")
         .iter()

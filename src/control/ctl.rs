@@ -1,13 +1,15 @@
 //! The control socket: what a request line may ask, binding the socket, and the
 //! client side that `dispatchd ctl` uses.
 use std::{
+    fmt,
     io::{Read, Write},
-    net::SocketAddrV4,
+    net::{Ipv4Addr, SocketAddrV4},
     os::unix::{
         fs::{FileTypeExt, PermissionsExt},
         net::{UnixListener, UnixStream},
     },
     path::Path,
+    str::FromStr,
     time::Duration,
 };
 
@@ -27,19 +29,90 @@ pub enum Format {
     Json,
 }
 
-/// One request of `dispatchd ctl`.
+/// Which connections `ctl conns` lists: those matching every filter given, at
+/// most `limit` of them (the reply stays small however many are tracked).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnFilter {
+    pub daemon: Option<SocketAddrV4>,
+    pub client: Option<ClientFilter>,
+    pub limit: usize,
+}
+
+/// A client address, with or without its port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientFilter {
+    Addr(Ipv4Addr),
+    Endpoint(SocketAddrV4),
+}
+
+impl ClientFilter {
+    pub fn matches(&self, client: SocketAddrV4) -> bool {
+        match *self {
+            ClientFilter::Addr(ip) => *client.ip() == ip,
+            ClientFilter::Endpoint(e) => client == e,
+        }
+    }
+}
+
+impl FromStr for ClientFilter {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse()
+            .map(ClientFilter::Endpoint)
+            .or_else(|_| s.parse().map(ClientFilter::Addr))
+            .map_err(|_| format!("{s:?} is not an IPv4 address or ADDR:PORT"))
+    }
+}
+
+impl fmt::Display for ClientFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientFilter::Addr(ip) => ip.fmt(f),
+            ClientFilter::Endpoint(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Rows `ctl conns` shows unless told otherwise.
+pub const DEFAULT_CONNS_LIMIT: usize = 1000;
+
+/// One request of `dispatchd ctl`: what the client sends as one line
+/// ([`Request::line`]) and the loop reads back ([`Request::parse`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
     Stats(Format),
-    Conns(Format),
+    Conns(ConnFilter, Format),
     Backends(Format),
     Drain(SocketAddrV4),
     Undrain(SocketAddrV4),
 }
 
+const EXPECTED: &str = "expected stats|conns [daemon=ADDR:PORT] [client=ADDR[:PORT]] [limit=N]|backends|drain ADDR|undrain ADDR, optionally followed by json";
+
 impl Request {
-    /// Parses a request line: a verb, its argument if any, and an optional last
-    /// word `json`. The error is the reply to send.
+    /// The request line: a verb, its arguments, and `json` last if wanted.
+    pub fn line(&self) -> String {
+        let (mut words, format) = match self {
+            Request::Stats(f) => (vec!["stats".to_owned()], *f),
+            Request::Backends(f) => (vec!["backends".to_owned()], *f),
+            Request::Conns(filter, f) => {
+                let mut w = vec!["conns".to_owned()];
+                w.extend(filter.daemon.map(|d| format!("daemon={d}")));
+                w.extend(filter.client.map(|c| format!("client={c}")));
+                w.push(format!("limit={}", filter.limit));
+                (w, *f)
+            }
+            Request::Drain(d) => (vec!["drain".to_owned(), d.to_string()], Format::Text),
+            Request::Undrain(d) => (vec!["undrain".to_owned(), d.to_string()], Format::Text),
+        };
+        if format == Format::Json {
+            words.push("json".to_owned());
+        }
+        words.join(" ")
+    }
+
+    /// Parses a request line. The error is the reply to send.
     pub fn parse(line: &str) -> Result<Request, String> {
         let mut words: Vec<&str> = line.split_whitespace().collect();
         let format = if words.last() == Some(&"json") {
@@ -54,14 +127,30 @@ impl Request {
         };
         match words.as_slice() {
             ["stats"] => Ok(Request::Stats(format)),
-            ["conns"] => Ok(Request::Conns(format)),
+            ["conns", args @ ..] => {
+                let mut filter = ConnFilter {
+                    daemon: None,
+                    client: None,
+                    limit: DEFAULT_CONNS_LIMIT,
+                };
+                for arg in args {
+                    match arg.split_once('=') {
+                        Some(("daemon", v)) => filter.daemon = Some(daemon(v)?),
+                        Some(("client", v)) => filter.client = Some(v.parse()?),
+                        Some(("limit", v)) => {
+                            filter.limit = v
+                                .parse()
+                                .map_err(|_| format!("limit {v:?} is not a whole number"))?
+                        }
+                        _ => return Err(EXPECTED.into()),
+                    }
+                }
+                Ok(Request::Conns(filter, format))
+            }
             ["backends"] => Ok(Request::Backends(format)),
             ["drain", addr] => daemon(addr).map(Request::Drain),
             ["undrain", addr] => daemon(addr).map(Request::Undrain),
-            _ => Err(
-                "expected stats|conns|backends|drain ADDR|undrain ADDR, optionally followed by json"
-                    .into(),
-            ),
+            _ => Err(EXPECTED.into()),
         }
     }
 }
@@ -108,10 +197,15 @@ mod tests {
     #[test]
     fn requests_parse_with_their_format() {
         let d: SocketAddrV4 = "198.19.0.12:8080".parse().unwrap();
+        let all = ConnFilter {
+            daemon: None,
+            client: None,
+            limit: DEFAULT_CONNS_LIMIT,
+        };
         for (line, want) in [
             ("stats", Request::Stats(Format::Text)),
             ("stats json\n", Request::Stats(Format::Json)),
-            (" conns ", Request::Conns(Format::Text)),
+            (" conns ", Request::Conns(all, Format::Text)),
             ("backends json", Request::Backends(Format::Json)),
             ("drain 198.19.0.12:8080", Request::Drain(d)),
             ("undrain 198.19.0.12:8080 json", Request::Undrain(d)),
@@ -121,17 +215,59 @@ mod tests {
     }
 
     #[test]
+    fn a_request_survives_its_line() {
+        let d: SocketAddrV4 = "198.19.0.12:8080".parse().unwrap();
+        for request in [
+            Request::Stats(Format::Json),
+            Request::Conns(
+                ConnFilter {
+                    daemon: Some(d),
+                    client: Some("198.18.0.2".parse().unwrap()),
+                    limit: 5,
+                },
+                Format::Json,
+            ),
+            Request::Conns(
+                ConnFilter {
+                    daemon: None,
+                    client: Some("198.18.0.2:40000".parse().unwrap()),
+                    limit: 0,
+                },
+                Format::Text,
+            ),
+            Request::Backends(Format::Text),
+            Request::Drain(d),
+            Request::Undrain(d),
+        ] {
+            assert_eq!(Request::parse(&request.line()), Ok(request));
+        }
+    }
+
+    #[test]
     fn bad_requests_say_what_is_expected() {
-        for line in ["", "json", "stat", "stats now", "drain", "drain a b"] {
+        for line in [
+            "",
+            "json",
+            "stat",
+            "stats now",
+            "drain",
+            "drain a b",
+            "conns all",
+        ] {
             let e = Request::parse(line).unwrap_err();
-            assert!(
-                e.starts_with("expected stats|conns|backends"),
-                "{line:?}: {e}"
-            );
+            assert!(e.starts_with("expected stats|conns"), "{line:?}: {e}");
         }
         assert_eq!(
             Request::parse("drain 198.19.0.12"),
             Err("\"198.19.0.12\" is not an IPv4 ADDR:PORT".into())
+        );
+        assert_eq!(
+            Request::parse("conns client=nowhere"),
+            Err("\"nowhere\" is not an IPv4 address or ADDR:PORT".into())
+        );
+        assert_eq!(
+            Request::parse("conns limit=-1"),
+            Err("limit \"-1\" is not a whole number".into())
         );
     }
 

@@ -400,8 +400,13 @@ impl<'a> Manager<'a> {
         match request {
             Request::Stats(Format::Text) => report::stats_text(&self.snapshot()),
             Request::Stats(Format::Json) => report::stats_json(&self.snapshot()),
-            Request::Conns(Format::Text) => report::conns_text(self.tracker.iter(), now_ns()),
-            Request::Conns(Format::Json) => report::conns_json(self.tracker.iter(), now_ns()),
+            Request::Conns(filter, format) => {
+                let matching = self.tracker.iter().filter(|c| {
+                    filter.daemon.is_none_or(|d| c.daemon == d)
+                        && filter.client.is_none_or(|f| f.matches(c.key.client()))
+                });
+                report::conns(matching, self.tracker.len(), filter.limit, now_ns(), format)
+            }
             Request::Backends(Format::Text) => report::backends_text(self.backends.iter(), counts),
             Request::Backends(Format::Json) => report::backends_json(self.backends.iter(), counts),
             Request::Drain(addr) | Request::Undrain(addr) => {

@@ -8,6 +8,7 @@ use serde::{Serialize, Serializer};
 use super::{
     backends::Backend,
     conntrack::{BackendConns, ConnInfo},
+    ctl::Format,
     health::Health,
 };
 use crate::{
@@ -241,28 +242,55 @@ fn conn_row(c: &ConnInfo, now_ns: u64) -> ConnRow {
     }
 }
 
-/// `ctl conns`: every tracked connection, its daemon, owner, phase and age.
-pub fn conns_text(conns: impl Iterator<Item = ConnInfo>, now_ns: u64) -> String {
-    let mut out = String::new();
-    let mut n = 0;
+/// `ctl conns` in JSON: the first rows, and how many there are.
+#[derive(Serialize)]
+struct ConnsJson {
+    connections: Vec<ConnRow>,
+    /// Connections that match the request's filters.
+    matched: usize,
+    tracked: usize,
+}
+
+/// `ctl conns`: the first `limit` of `conns` (the ones the request's filters let
+/// through), each with its daemon, owner, phase and age, and how many matched of
+/// how many are tracked. Only the rows shown are rendered, so a large table
+/// costs the loop a walk, not a string per record.
+pub fn conns(
+    conns: impl Iterator<Item = ConnInfo>,
+    tracked: usize,
+    limit: usize,
+    now_ns: u64,
+    format: Format,
+) -> String {
+    let mut rows = Vec::new();
+    let mut matched = 0;
     for c in conns {
-        let r = conn_row(&c, now_ns);
+        if rows.len() < limit {
+            rows.push(conn_row(&c, now_ns));
+        }
+        matched += 1;
+    }
+    if format == Format::Json {
+        return json_line(&ConnsJson {
+            connections: rows,
+            matched,
+            tracked,
+        });
+    }
+    let mut out = String::new();
+    for r in &rows {
         let _ = writeln!(
             out,
             "{} -> {} -> {} worker {} {} age {} ms",
             r.client, r.service, r.daemon, r.worker, r.state, r.age_ms
         );
-        n += 1;
     }
-    if n == 0 {
-        out.push('\n');
-    }
-    let _ = writeln!(out, "{n} connections");
+    let _ = writeln!(
+        out,
+        "{} shown of {matched} matching of {tracked} tracked connections",
+        rows.len()
+    );
     out
-}
-
-pub fn conns_json(conns: impl Iterator<Item = ConnInfo>, now_ns: u64) -> String {
-    json_line(&conns.map(|c| conn_row(&c, now_ns)).collect::<Vec<_>>())
 }
 
 /// One row of `ctl backends`.
