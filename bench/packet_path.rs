@@ -208,6 +208,7 @@ fn bench(c: &mut Criterion) {
                 plane: &rr,
                 events: &mut sink,
                 stats: &stats,
+                now_ns: 2,
             };
             timed_passes(&replies, iters, &mut handler)
         })

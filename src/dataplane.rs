@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use crate::{
     balance::{BackendState, Pool},
     config::{daemons_of, ServiceConfig},
-    flow::{FlowHash, FlowKey, FlowRecord, FlowTable, InsertError, TcpState},
+    flow::{FlowHash, FlowKey, FlowRecord, FlowTable, InsertError, RstWindow, TcpState},
     ids::{BackendId, PoolIndex, ServiceId, WorkerId},
     neigh::NextHop,
     packet::{peek_endpoints, L4Frame, MacPair},
@@ -272,6 +272,7 @@ pub struct Reverser<'a> {
     pub plane: &'a Dataplane,
     pub events: &'a mut EventSink,
     pub stats: &'a WorkerStats,
+    pub now_ns: u64,
 }
 
 impl FrameHandler for Reverser<'_> {
@@ -282,7 +283,7 @@ impl FrameHandler for Reverser<'_> {
 
     #[inline(always)]
     fn handle(&mut self, frame: &mut [u8], _hint: ()) -> bool {
-        reverse(frame, self.plane, self.events, self.stats)
+        reverse(frame, self.plane, self.events, self.stats, self.now_ns)
     }
 }
 
@@ -323,6 +324,8 @@ pub fn forward(
     };
     let flags = pkt.tcp_flags();
     let opens_connection = flags.syn() && !flags.ack();
+    let (seq, next) = pkt.tcp_seq_next();
+    let ack = pkt.tcp_ack();
     let (daemon, backend, opened) = match table.get_mut_hashed(&key, hash) {
         Some(record) => {
             record.last_seen_ns = now_ns;
@@ -336,11 +339,29 @@ pub fn forward(
                 record.state = TcpState::default();
                 record.state.on_client_segment(flags.0);
                 record.created_ns = now_ns;
+                record.client_next = next;
+                record.client_ack = 0;
                 (record.daemon, record.backend, true)
+            } else if flags.rst() {
+                // The segment goes on either way: the daemon's kernel judges it
+                // too. Only one in the window ends the mapping.
+                if !before.contains(TcpState::RST) {
+                    if RstWindow::CLIENT.admits(seq, record.client_next) {
+                        record.state.insert(TcpState::RST);
+                        events.emit(Event::Reset { key, at_ns: now_ns }, stats);
+                    } else {
+                        stats.rst_ignored.add(1);
+                    }
+                }
+                (record.daemon, record.backend, false)
             } else {
+                record.client_next = next;
+                if flags.ack() {
+                    record.client_ack = ack;
+                }
                 record.state.on_client_segment(flags.0);
                 if record.state != before {
-                    report_client_change(events, stats, key, before, record.state);
+                    report_client_change(events, stats, key, before, record.state, now_ns);
                 }
                 (record.daemon, record.backend, false)
             }
@@ -376,6 +397,8 @@ pub fn forward(
                 daemon,
                 created_ns: now_ns,
                 last_seen_ns: now_ns,
+                client_next: next,
+                client_ack: 0,
                 state,
             };
             // `Exists` cannot happen right after a miss with this worker the only
@@ -397,6 +420,7 @@ pub fn forward(
                 worker,
                 key,
                 daemon,
+                at_ns: now_ns,
             },
             stats,
         );
@@ -422,6 +446,7 @@ pub fn reverse(
     plane: &Dataplane,
     events: &mut EventSink,
     stats: &WorkerStats,
+    now_ns: u64,
 ) -> bool {
     let Some(mut pkt) = parse_counted(frame, stats) else {
         return false;
@@ -432,17 +457,20 @@ pub fn reverse(
     let flags = pkt.tcp_flags();
     if flags.fin() || flags.rst() {
         // The record may belong to another worker (replies arrive on any queue):
-        // the management loop routes by key to the owner.
+        // the management loop routes by key to the owner, which judges a reset.
         let key = FlowKey::new(pkt.dst(), service, pkt.protocol().number());
         let ev = if flags.rst() {
-            Event::Rst {
+            let (seq, _) = pkt.tcp_seq_next();
+            Event::DaemonRst {
                 key,
-                from_client: false,
+                seq,
+                at_ns: now_ns,
             }
         } else {
             Event::Fin {
                 key,
                 from_client: false,
+                at_ns: now_ns,
             }
         };
         events.emit(ev, stats);
@@ -459,25 +487,17 @@ fn report_client_change(
     key: FlowKey,
     before: TcpState,
     after: TcpState,
+    at_ns: u64,
 ) {
-    if after.contains(TcpState::RST) && !before.contains(TcpState::RST) {
-        events.emit(
-            Event::Rst {
-                key,
-                from_client: true,
-            },
-            stats,
-        );
-        return;
-    }
     if after.is_established() && !before.is_established() {
-        events.emit(Event::Established { key }, stats);
+        events.emit(Event::Established { key, at_ns }, stats);
     }
     if after.contains(TcpState::FIN_CLIENT) && !before.contains(TcpState::FIN_CLIENT) {
         events.emit(
             Event::Fin {
                 key,
                 from_client: true,
+                at_ns,
             },
             stats,
         );
@@ -512,13 +532,31 @@ pub(crate) mod testing {
     /// A TCP segment from `client` to `vip` with the flag byte `flags`, from the
     /// test kit's encoder (independent of `packet`).
     pub fn segment(client: SocketAddrV4, vip: SocketAddrV4, flags: u8) -> Vec<u8> {
-        use dispatchd_testkit::frame::{tcp_flags, FrameSpec};
+        use dispatchd_testkit::frame::tcp_flags;
+        segment_at(
+            client,
+            vip,
+            flags,
+            1,
+            u32::from(flags & tcp_flags::ACK != 0),
+        )
+    }
+
+    /// [`segment`] with its sequence and acknowledgment numbers.
+    pub fn segment_at(
+        client: SocketAddrV4,
+        vip: SocketAddrV4,
+        flags: u8,
+        seq: u32,
+        ack: u32,
+    ) -> Vec<u8> {
+        use dispatchd_testkit::frame::FrameSpec;
         FrameSpec {
             src_mac: [2; 6],
             dst_mac: [4; 6],
             tcp_flags: flags,
-            seq: 1,
-            ack: u32::from(flags & tcp_flags::ACK != 0),
+            seq,
+            ack,
             window: 64000,
             ..FrameSpec::tcp(client, vip)
         }
@@ -699,5 +737,40 @@ mod tests {
         // A retransmitted SYN of a live connection is not a new one.
         assert!(send(0x02, 3, &mut table, &mut plane, &mut sink));
         assert_eq!(opened(&mut sink, &mut rx), 0);
+    }
+
+    #[test]
+    fn a_client_reset_ends_the_connection_only_inside_its_window() {
+        let daemon = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080);
+        let mut plane = testing::plane(VIP, &[daemon]);
+        let mut table = FlowTable::with_capacity(4);
+        let stats = WorkerStats::default();
+        let (mut sink, mut rx) = testing::events();
+        let key = FlowKey::new(CLIENT, VIP, 6);
+        let mut send = |table: &mut FlowTable, flags: u8, seq: u32, ack: u32| {
+            let mut f = testing::segment_at(CLIENT, VIP, flags, seq, ack);
+            assert!(forward(
+                &mut f, table, &mut plane, &mut sink, &stats, 7, None
+            ));
+            sink.flush();
+            rx.try_iter().collect::<Vec<_>>()
+        };
+        send(&mut table, 0x02, 100, 0);
+        send(&mut table, 0x10, 101, 5000);
+        // Half the sequence space away: a blind guess. It goes on to the daemon,
+        // whose kernel judges it too, but the mapping stays.
+        let far = 101u32.wrapping_add(1 << 31);
+        assert_eq!(send(&mut table, 0x14, far, 5000), []);
+        assert_eq!(stats.rst_ignored.get(), 1);
+        let record = table.get(&key).unwrap();
+        assert!(!record.state.contains(TcpState::RST));
+        assert_eq!((record.client_next, record.client_ack), (101, 5000));
+        // At the client's own next sequence number: the connection is over.
+        let reset = Event::Reset { key, at_ns: 7 };
+        assert_eq!(send(&mut table, 0x14, 101, 5000), [reset]);
+        assert!(table.get(&key).unwrap().state.contains(TcpState::RST));
+        // Another one changes nothing.
+        assert_eq!(send(&mut table, 0x04, 101, 0), []);
+        assert_eq!(stats.rst_ignored.get(), 1);
     }
 }

@@ -92,6 +92,9 @@ pub struct WorkerStats {
     pub flows: Counter,
     /// Events the management loop never saw because the worker's queue was full.
     pub events_dropped: Counter,
+    /// Resets that did not end their connection: sequence number out of the
+    /// window, or older than the record.
+    pub rst_ignored: Counter,
     pub commands: Counter,
     /// The kernel's AF_XDP socket statistics, front and back sockets summed,
     /// refreshed about once a second. Frames the kernel steered to this queue but

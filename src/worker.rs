@@ -19,7 +19,7 @@ use xsk_rs::{FrameDesc, RxQueue, TxQueue, Umem};
 use crate::{
     config::PollMode,
     dataplane::{pipelined, Dataplane, Forwarder, FrameHandler, Reverser},
-    flow::FlowTable,
+    flow::{FlowTable, RstWindow, TcpState},
     ids::WorkerId,
     protocol::{self, Event, EventSink, FlowCommand, WorkerEnd},
     stats::{now_ns, Counter, WorkerDrop, WorkerStats},
@@ -119,7 +119,7 @@ pub fn run(setup: WorkerSetup) {
         }
         for command in commands.try_iter().take(COMMANDS_PER_ROUND) {
             stats.commands.add(1);
-            apply(command, &mut table, &mut plane, &mut events, &stats);
+            apply(command, &mut table, &mut plane, &mut events, &stats, now_ns);
         }
         recycle(&mut front, &mut b, &stats);
         recycle(&mut back, &mut b, &stats);
@@ -162,6 +162,7 @@ pub fn run(setup: WorkerSetup) {
                 plane: &plane,
                 events: &mut events,
                 stats: &stats,
+                now_ns,
             },
         );
         events.flush();
@@ -201,6 +202,7 @@ fn apply(
     plane: &mut Dataplane,
     events: &mut EventSink,
     stats: &WorkerStats,
+    now_ns: u64,
 ) {
     match command {
         Command::Flow(FlowCommand::Remove { key, opened_ns }) => {
@@ -226,8 +228,21 @@ fn apply(
                 if let Some(record) = table.remove(&key) {
                     plane.connection_closed(record.backend);
                 }
-                events.emit(Event::Removed { key }, stats);
+                events.emit(Event::Removed { key, at_ns: now_ns }, stats);
             }
+        },
+        Command::Flow(FlowCommand::CheckRst { key, seq, at_ns }) => match table.get_mut(&key) {
+            // A reset from before the record (re)started is about an older
+            // connection on the same ports.
+            Some(r)
+                if r.created_ns <= at_ns
+                    && !r.state.contains(TcpState::RST)
+                    && RstWindow::DAEMON.admits(seq, r.client_ack) =>
+            {
+                r.state.insert(TcpState::RST);
+                events.emit(Event::Reset { key, at_ns }, stats);
+            }
+            _ => stats.rst_ignored.add(1),
         },
         Command::BackendState { backend, state } => plane.set_backend_state(backend, state),
         Command::RemoveBackendFlows { backend } => {
@@ -418,10 +433,24 @@ mod tests {
         send(false, 15, &mut table, &mut plane);
         // The port is reused at 30: the record restarts for the new connection.
         send(true, 30, &mut table, &mut plane);
-        apply(remove(20), &mut table, &mut plane, &mut loop_side, &stats);
+        apply(
+            remove(20),
+            &mut table,
+            &mut plane,
+            &mut loop_side,
+            &stats,
+            40,
+        );
         assert_eq!(table.get(&key).map(|r| r.created_ns), Some(30), "kept");
         // The new connection's own removal (the loop heard it open at 35) works.
-        apply(remove(35), &mut table, &mut plane, &mut loop_side, &stats);
+        apply(
+            remove(35),
+            &mut table,
+            &mut plane,
+            &mut loop_side,
+            &stats,
+            40,
+        );
         assert!(table.get(&key).is_none());
     }
 
@@ -512,6 +541,7 @@ mod tests {
             &mut running,
             &mut events,
             &stats,
+            2,
         );
 
         // A fresh start with `new`, brought to the same connections and states.
@@ -550,5 +580,44 @@ mod tests {
         assert_eq!(running.backend_owner, fresh.backend_owner);
         let hops = |p: &Dataplane| p.next_hops.iter().map(NextHop::get).collect::<Vec<_>>();
         assert_eq!(hops(&running), hops(&fresh));
+    }
+
+    #[test]
+    fn a_daemon_reset_ends_the_connection_only_inside_its_window_and_after_its_start() {
+        use crate::dataplane::testing::segment_at;
+        let daemon = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080);
+        let mut plane = testing::plane(VIP, &[daemon]);
+        let mut table = FlowTable::with_capacity(4);
+        let stats = WorkerStats::default();
+        let (mut events, mut rx) = testing::events();
+        let key = FlowKey::new(CLIENT, VIP, 6);
+        for (flags, seq, ack) in [(0x02, 100, 0), (0x10, 101, 5000)] {
+            let mut f = segment_at(CLIENT, VIP, flags, seq, ack);
+            assert!(forward(
+                &mut f,
+                &mut table,
+                &mut plane,
+                &mut events,
+                &stats,
+                10,
+                None
+            ));
+        }
+        events.flush();
+        rx.try_iter().for_each(drop);
+        let mut check = |table: &mut FlowTable, seq: u32, at_ns: u64| {
+            let command = Command::Flow(FlowCommand::CheckRst { key, seq, at_ns });
+            apply(command, table, &mut plane, &mut events, &stats, 20);
+            rx.try_iter().collect::<Vec<_>>()
+        };
+        assert_eq!(check(&mut table, 5000u32.wrapping_add(1 << 31), 15), []);
+        // In the window, but seen before this connection started: an older one's.
+        assert_eq!(check(&mut table, 5000 + 1000, 5), []);
+        assert_eq!(stats.rst_ignored.get(), 2);
+        assert!(!table.get(&key).unwrap().state.contains(TcpState::RST));
+        // Ahead of the client's last acknowledgment by what is in flight.
+        let reset = Event::Reset { key, at_ns: 15 };
+        assert_eq!(check(&mut table, 5000 + 1000, 15), [reset]);
+        assert!(table.get(&key).unwrap().state.contains(TcpState::RST));
     }
 }

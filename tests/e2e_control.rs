@@ -29,7 +29,7 @@ fn closed_and_reset_connections_leave_no_records() {
     let topo = Topology::up(DISPATCHD, "close", 4, 1);
     let servers = topo.serve(4);
     let mut flags = Topology::default_flags(4);
-    flags.extend(["--linger-ms", "500"].map(String::from));
+    flags.extend(["--linger-ms", "500", "--rst-linger-ms", "500"].map(String::from));
     let _lb = topo.dispatchd(&flags);
 
     connect(&topo, &["--connections", "1000", "--concurrency", "4"]);

@@ -420,3 +420,119 @@ fn kernel_socket_drops_are_reported_and_account_for_every_steered_frame() {
     assert_eq!(sum_of(&json, "xsk_invalid_descs"), 0, "{json}");
     still_running(&mut lb);
 }
+
+/// The one tracked connection's client address and daemon, and its phase.
+fn the_connection(topo: &Topology) -> (String, String, String) {
+    let conns: Value = serde_json::from_str(&topo.ctl(&["conns", "--json"])).expect("conns JSON");
+    let c = &conns["connections"][0];
+    let field = |k: &str| {
+        c[k].as_str()
+            .unwrap_or_else(|| panic!("{k} in {conns}"))
+            .to_owned()
+    };
+    (field("client"), field("daemon"), field("state"))
+}
+
+/// The sequence and acknowledgment numbers of the client's next segment.
+fn sniff_client(topo: &Topology, client: &str) -> (u32, u32) {
+    let out = topo.run(
+        &topo.client(),
+        &topo.programs().testkit,
+        &["sniff", "--iface", "c0", "--from", client],
+    );
+    assert!(out.status.success(), "sniff: {}", text(&out));
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let num = |k: &str| -> u32 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{k} in {line:?}"))
+    };
+    (num("seq="), num("ack="))
+}
+
+#[test]
+fn a_blind_reset_does_not_end_a_connection_and_an_in_window_one_does() {
+    let topo = Topology::up(DISPATCHD, "rst", 1, 1);
+    let _servers = topo.serve(1);
+    let mut flags = Topology::default_flags(1);
+    flags.extend(["--rst-linger-ms", "1000"].map(String::from));
+    let _lb = topo.dispatchd(&flags);
+    let l0 = iface_mac(&topo, &topo.dispatcher(), "l0");
+    let l1 = iface_mac(&topo, &topo.dispatcher(), "l1");
+    let resets = |from_ns: &str, iface: &str, mac: &str, from: &str, to: &str, seq: u32| {
+        let (ip, port) = from.split_once(':').expect("ADDR:PORT");
+        inject(
+            &topo,
+            from_ns,
+            iface,
+            mac,
+            &[
+                "--src-ip",
+                ip,
+                "--src-port",
+                port,
+                "--to",
+                to,
+                "--kind",
+                "rst",
+                "--seq",
+                &seq.to_string(),
+            ],
+        );
+    };
+    let ignored = || sum_of(&topo.stats(), "rst_ignored");
+
+    let mut long = topo.client_start(
+        &["hold", "--to", VIP, "--seconds", "3", "--interval-ms", "50"],
+        "opened",
+    );
+    let (client, daemon, _) = the_connection(&topo);
+    let (seq, ack) = sniff_client(&topo, &client);
+    // Half the sequence space away from what the connection expects: outside
+    // any window, from the client's side and from the daemon's.
+    resets(
+        &topo.client(),
+        "c0",
+        &l0,
+        &client,
+        VIP,
+        seq.wrapping_add(1 << 31),
+    );
+    resets(
+        &topo.daemons(),
+        "s0",
+        &l1,
+        &daemon,
+        &client,
+        ack.wrapping_add(1 << 31),
+    );
+    wait_until(Duration::from_secs(2), "both resets judged", || {
+        ignored() == 2
+    });
+    assert_eq!(the_connection(&topo).2, "Established");
+    assert!(
+        long.wait(Duration::from_secs(10)).success(),
+        "the connection broke:\n{}",
+        long.output()
+    );
+
+    // A reset at the client's own sequence number ends it: the record lingers
+    // (state Reset) and then goes.
+    let _long = topo.client_start(
+        &["hold", "--to", VIP, "--seconds", "5", "--interval-ms", "50"],
+        "opened",
+    );
+    let (client, _, _) = the_connection(&topo);
+    let (seq, _) = sniff_client(&topo, &client);
+    resets(&topo.client(), "c0", &l0, &client, VIP, seq);
+    wait_until(Duration::from_secs(2), "the reset accepted", || {
+        the_connection(&topo).2 == "Reset"
+    });
+    assert_eq!(ignored(), 2);
+    wait_until(
+        Duration::from_secs(3),
+        "the record gone after its linger",
+        || u64_at(&topo.stats(), "/connections") == 0,
+    );
+}

@@ -114,5 +114,5 @@ fuzz_target!(|data: &[u8]| {
     let hint = forwarder.prefetch(&copy);
     forwarder.handle(&mut copy, hint);
     let mut copy = frame.to_vec();
-    reverse(&mut copy, &plane, &mut sink, &stats);
+    reverse(&mut copy, &plane, &mut sink, &stats, 2);
 });

@@ -83,6 +83,9 @@ pub struct RunArgs {
     /// How long a closed connection's record lingers after both FINs.
     #[arg(long, value_name = "MS")]
     pub linger_ms: Option<u64>,
+    /// How long a reset connection's record lingers after an accepted RST.
+    #[arg(long, value_name = "MS")]
+    pub rst_linger_ms: Option<u64>,
     /// Interval of the TCP connect probes to every daemon.
     #[arg(long, value_name = "MS")]
     pub health_interval_ms: Option<u64>,
@@ -162,6 +165,9 @@ impl RunArgs {
         }
         if let Some(v) = self.linger_ms {
             file.timeouts.linger_ms = v;
+        }
+        if let Some(v) = self.rst_linger_ms {
+            file.timeouts.rst_linger_ms = v;
         }
         if let Some(v) = self.health_interval_ms {
             file.health.interval_ms = v;

@@ -13,6 +13,9 @@ pub const DEFAULT_SYN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default time a connection is kept after both FINs (last ACK, retransmissions).
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
+/// Default time a connection is kept after an accepted reset: segments still in
+/// flight pass (IPVS keeps its CLOSE state as long).
+pub const DEFAULT_RST_LINGER: Duration = Duration::from_secs(10);
 /// Default time between two probes of one backend.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Default time a probe may take before it counts as failed.
@@ -33,12 +36,14 @@ pub enum OnFailure {
     Reset,
 }
 
-/// Connection timeouts. `Default`: syn 10 s, idle 300 s, linger 2 s.
+/// Connection timeouts. `Default`: syn 10 s, idle 300 s, linger 2 s, reset
+/// linger 10 s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     pub syn: Duration,
     pub idle: Duration,
     pub linger: Duration,
+    pub rst_linger: Duration,
 }
 
 impl Default for Timeouts {
@@ -47,6 +52,7 @@ impl Default for Timeouts {
             syn: DEFAULT_SYN_TIMEOUT,
             idle: DEFAULT_IDLE_TIMEOUT,
             linger: DEFAULT_LINGER,
+            rst_linger: DEFAULT_RST_LINGER,
         }
     }
 }
@@ -107,6 +113,7 @@ impl ControlConfig {
             ("timeouts.syn_ms", t.syn),
             ("timeouts.idle_ms", t.idle),
             ("timeouts.linger_ms", t.linger),
+            ("timeouts.rst_linger_ms", t.rst_linger),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration { key });

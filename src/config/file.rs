@@ -61,6 +61,7 @@ pub(super) struct FileTimeouts {
     pub syn_ms: u64,
     pub idle_ms: u64,
     pub linger_ms: u64,
+    pub rst_linger_ms: u64,
 }
 
 impl Default for FileTimeouts {
@@ -70,6 +71,7 @@ impl Default for FileTimeouts {
             syn_ms: t.syn.as_millis() as u64,
             idle_ms: t.idle.as_millis() as u64,
             linger_ms: t.linger.as_millis() as u64,
+            rst_linger_ms: t.rst_linger.as_millis() as u64,
         }
     }
 }
@@ -250,6 +252,7 @@ impl FileConfig {
                     syn: Duration::from_millis(self.timeouts.syn_ms),
                     idle: Duration::from_millis(self.timeouts.idle_ms),
                     linger: Duration::from_millis(self.timeouts.linger_ms),
+                    rst_linger: Duration::from_millis(self.timeouts.rst_linger_ms),
                 },
                 health: HealthCheck {
                     interval: Duration::from_millis(self.health.interval_ms),

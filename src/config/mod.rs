@@ -29,7 +29,7 @@ pub use cli::RunArgs;
 pub use control::{
     ControlConfig, HealthCheck, OnFailure, Timeouts, DEFAULT_CONTROL_SOCKET, DEFAULT_FALL,
     DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LINGER,
-    DEFAULT_RISE, DEFAULT_SYN_TIMEOUT,
+    DEFAULT_RISE, DEFAULT_RST_LINGER, DEFAULT_SYN_TIMEOUT,
 };
 
 /// Default number of queues (one AF_XDP socket and one worker per queue).

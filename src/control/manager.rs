@@ -380,8 +380,8 @@ impl<'a> Manager<'a> {
         let doomed: Vec<_> = self.tracker.connections_of(addr).collect();
         let now = now_ns();
         for key in doomed {
-            self.tracker
-                .on_event(Event::Removed { key }, now, &mut self.orders);
+            let removed = Event::Removed { key, at_ns: now };
+            self.tracker.on_event(removed, now, &mut self.orders);
         }
         self.send_orders();
         self.broadcast(|| Command::RemoveBackendFlows { backend });

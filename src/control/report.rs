@@ -48,7 +48,7 @@ fn merged(
     h
 }
 
-fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); 18] {
+fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); 19] {
     [
         ("rx_front", s.rx_front.get()),
         ("rx_back", s.rx_back.get()),
@@ -63,6 +63,7 @@ fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); 18] {
             s.dropped[WorkerDrop::TableFull as usize].get(),
         ),
         ("events_dropped", s.events_dropped.get()),
+        ("rst_ignored", s.rst_ignored.get()),
         ("commands", s.commands.get()),
         ("batches", s.batches.get()),
         ("wakeups", s.wakeups.get()),
@@ -176,7 +177,7 @@ fn json_line(value: &impl Serialize) -> String {
 
 pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
     struct PerWorker {
-        fields: [(&'static str, u64); 18],
+        fields: [(&'static str, u64); 19],
         invalid: Vec<(&'static str, u64)>,
         dropped: Vec<(&'static str, u64)>,
     }
@@ -402,6 +403,11 @@ pub fn prometheus(s: &StatsSnapshot<'_>) -> String {
         "events_dropped_total",
         "Worker events lost to a full queue.",
         per_worker(&|w| w.events_dropped.get()),
+    );
+    counter(
+        "rst_ignored_total",
+        "Resets that did not end their connection (sequence number out of the window).",
+        per_worker(&|w| w.rst_ignored.get()),
     );
     let mut rows = Vec::new();
     for (q, w) in s.workers.iter().enumerate() {

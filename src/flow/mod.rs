@@ -4,7 +4,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 mod state;
 mod table;
 
-pub use state::{tcp_flags, TcpState};
+pub use state::{tcp_flags, RstWindow, TcpState};
 pub use table::{
     FlowHash, FlowRecord, FlowTable, InsertError, MAX_CAPACITY, RECORD_BYTES, SLOT_BYTES,
 };

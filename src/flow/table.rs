@@ -13,9 +13,9 @@
 //!   tag match, and deletion recomputes homes from tags without rehashing keys.
 //! * `records: [FlowRecord]`: [`RECORD_BYTES`] each.
 //!
-//! Memory is `slots * SLOT_BYTES` ([`SLOT_BYTES`] = [`RECORD_BYTES`] + 4 = 44 bytes on
-//! 64-bit targets; [`RECORD_BYTES`] = 40), e.g. capacity 1,000,000 → 2^21 slots →
-//! 92,274,688 bytes (88 MiB). [`FlowTable::memory_bytes`] reports it.
+//! Memory is `slots * SLOT_BYTES` ([`SLOT_BYTES`] = [`RECORD_BYTES`] + 4 = 52 bytes on
+//! 64-bit targets; [`RECORD_BYTES`] = 48), e.g. capacity 1,000,000 → 2^21 slots →
+//! 109,051,904 bytes (104 MiB). [`FlowTable::memory_bytes`] reports it.
 //!
 //! # Algorithm
 //!
@@ -38,12 +38,18 @@ pub struct FlowRecord {
     /// Monotonic clock nanoseconds, caller-supplied.
     pub created_ns: u64,
     pub last_seen_ns: u64,
+    /// Where the client's next segment starts (after its last one's payload, SYN
+    /// and FIN): a client's reset carries about this sequence number.
+    pub client_next: u32,
+    /// The client's last acknowledgment: where the daemon's stream stands, near
+    /// which a daemon's reset's sequence number lies.
+    pub client_ack: u32,
     pub state: TcpState,
 }
 
-/// Size of a [`FlowRecord`] (40 bytes on the supported targets; asserted in tests).
+/// Size of a [`FlowRecord`] (48 bytes on the supported targets; asserted in tests).
 pub const RECORD_BYTES: usize = size_of::<FlowRecord>();
-/// Bytes per slot: one record plus its 4-byte tag (44 bytes).
+/// Bytes per slot: one record plus its 4-byte tag (52 bytes).
 pub const SLOT_BYTES: usize = RECORD_BYTES + size_of::<u32>();
 /// Largest capacity [`FlowTable::with_capacity`] accepts (tags address at most 2^32 slots).
 pub const MAX_CAPACITY: usize = 1 << 30;
@@ -70,6 +76,8 @@ const VACANT: FlowRecord = FlowRecord {
     daemon: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
     created_ns: 0,
     last_seen_ns: 0,
+    client_next: 0,
+    client_ack: 0,
     state: TcpState(0),
 };
 
@@ -364,14 +372,16 @@ mod tests {
             daemon: SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, backend as u8), 8000 + backend),
             created_ns: t,
             last_seen_ns: t,
+            client_next: n,
+            client_ack: 0,
             state: TcpState::SYN_SEEN,
         }
     }
 
     #[test]
     fn sizes_are_as_documented() {
-        assert_eq!(RECORD_BYTES, 40);
-        assert_eq!(SLOT_BYTES, 44);
+        assert_eq!(RECORD_BYTES, 48);
+        assert_eq!(SLOT_BYTES, 52);
         assert_eq!(size_of::<FlowKey>(), 14);
     }
 
@@ -511,7 +521,7 @@ mod tests {
     fn million_capacity_memory() {
         let t = FlowTable::with_capacity(1_000_000);
         assert_eq!(t.slots(), 1 << 21);
-        assert_eq!(t.memory_bytes(), 92_274_688);
+        assert_eq!(t.memory_bytes(), 109_051_904);
         assert_eq!(
             t.tags.len() * 4 + t.records.len() * RECORD_BYTES,
             t.memory_bytes()

@@ -390,6 +390,34 @@ impl<'a> L4Frame<'a> {
         }
     }
 
+    /// The TCP sequence number, and where the sender's next segment starts
+    /// (after this one's payload, SYN and FIN); zeros for UDP.
+    #[inline(always)]
+    pub fn tcp_seq_next(&self) -> (u32, u32) {
+        if self.proto != L4Proto::Tcp {
+            return (0, 0);
+        }
+        let seg = tcp::Segment::new_unchecked(self.l4());
+        let seq = seg.seq_number();
+        let flags = seg.flags();
+        let len = self.l4().len() - seg.header_len();
+        let next = seq
+            .wrapping_add(len as u32)
+            .wrapping_add(u32::from(flags.syn()))
+            .wrapping_add(u32::from(flags.fin()));
+        (seq, next)
+    }
+
+    /// The TCP acknowledgment number (meaningful when the ACK flag is set); 0
+    /// for UDP.
+    #[inline(always)]
+    pub fn tcp_ack(&self) -> u32 {
+        match self.proto {
+            L4Proto::Tcp => tcp::Segment::new_unchecked(self.l4()).ack_number(),
+            L4Proto::Udp => 0,
+        }
+    }
+
     pub fn ttl(&self) -> u8 {
         self.ip().ttl()
     }

@@ -39,38 +39,41 @@ pub const COMMAND_QUEUE: usize = 4_096;
 /// What a worker reports. The worker that sees a daemon's FIN or RST may not be
 /// the worker that owns the record (replies arrive on any queue); the loop routes
 /// later commands by key to the owner it learned from `Opened`.
+///
+/// Every event carries `at_ns`, the worker's clock when it saw the segment, on
+/// the one clock all threads share ([`crate::stats::now_ns`]). The loop ignores
+/// an event from before the connection it would change was opened: a late event
+/// about an old connection never touches a newer one that reused its ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
     /// A record was created (or restarted by a SYN reusing a closing connection's
-    /// port) on `worker`, for a connection to `daemon`.
+    /// port) on `worker`, for a connection to `daemon`; `at_ns` is the record's
+    /// creation time.
     Opened {
         worker: WorkerId,
         key: FlowKey,
         daemon: SocketAddrV4,
+        at_ns: u64,
     },
     /// The client's first ACK after its SYN.
-    Established {
-        key: FlowKey,
-    },
+    Established { key: FlowKey, at_ns: u64 },
     Fin {
         key: FlowKey,
         from_client: bool,
+        at_ns: u64,
     },
-    Rst {
-        key: FlowKey,
-        from_client: bool,
-    },
+    /// The owner accepted a reset from either side: its sequence number was in
+    /// the window the record has seen. The connection is over.
+    Reset { key: FlowKey, at_ns: u64 },
+    /// A daemon's reset, seen on any worker and not judged yet: the owner has the
+    /// sequence numbers to judge it with.
+    DaemonRst { key: FlowKey, seq: u32, at_ns: u64 },
     /// Answer to a `RemoveIfIdle`: the record's last activity (ns); the worker did
     /// NOT remove it.
-    Active {
-        key: FlowKey,
-        last_seen_ns: u64,
-    },
+    Active { key: FlowKey, last_seen_ns: u64 },
     /// The worker removed the record (after `RemoveIfIdle` found it idle, or for
     /// any reason).
-    Removed {
-        key: FlowKey,
-    },
+    Removed { key: FlowKey, at_ns: u64 },
 }
 
 /// What the loop's connection tracker orders about one record; sent to the worker
@@ -84,6 +87,10 @@ pub enum FlowCommand {
     /// Remove the record if it has seen no packet since `idle_since_ns`; otherwise
     /// answer [`Event::Active`].
     RemoveIfIdle { key: FlowKey, idle_since_ns: u64 },
+    /// Judge a daemon's reset (an [`Event::DaemonRst`]) against the record: if its
+    /// sequence number is in the window and the record is not newer than the
+    /// reset, mark the record reset and answer [`Event::Reset`].
+    CheckRst { key: FlowKey, seq: u32, at_ns: u64 },
 }
 
 /// What the loop tells a worker. `Plane` is the worker's per-packet state (the

@@ -8,8 +8,15 @@
 //! ```text
 //! Opened ──▶ SynSent ──Established──▶ Established ──Fin──▶ HalfClosed ──Fin (other side)──▶ Closing
 //!   syn deadline: Remove     idle deadline: RemoveIfIdle (recheck)         linger deadline: Remove
-//! Rst (any phase): Remove at once.   Removed (worker dropped it): forget.
+//! Reset (any phase; the owner accepted a RST) ──▶ Reset: Remove at the reset linger deadline.
+//! DaemonRst: CheckRst to the owner, which answers Reset if the RST is in the window.
+//! Removed (worker dropped it): forget.
 //! ```
+//!
+//! Events carry the time the worker saw them; one from before the tracked
+//! connection was opened is about an older connection on the same ports and is
+//! ignored, so the order in which the loop drains the workers cannot let a late
+//! event end a newer connection.
 //!
 //! Timers: a min-heap of `(deadline, generation, packed key)` with lazy invalidation.
 //! Every record has exactly one live heap entry, the one whose generation matches the
@@ -47,6 +54,8 @@ pub enum Phase {
     },
     /// Both FINs seen: lingering until the linger deadline.
     Closing,
+    /// A reset accepted by the owner: lingering until the reset linger deadline.
+    Reset,
 }
 
 /// One tracked connection, as listed by `ctl conns`.
@@ -114,13 +123,17 @@ impl Timers {
     }
 }
 
-/// The record of `key`, or counts an ignored event.
-fn known<'a>(
+/// The record of `key` if it was opened no later than `at_ns` (the time the
+/// event about it was seen); otherwise the event is counted as ignored.
+fn current<'a>(
     conns: &'a mut AHashMap<u128, Conn>,
     ignored: &mut u64,
     key: FlowKey,
+    at_ns: u64,
 ) -> Option<&'a mut Conn> {
-    let c = conns.get_mut(&key.packed());
+    let c = conns
+        .get_mut(&key.packed())
+        .filter(|c| c.info.opened_ns <= at_ns);
     if c.is_none() {
         *ignored += 1;
     }
@@ -142,8 +155,10 @@ impl ConnTracker {
         self.timeouts = t;
     }
 
-    /// Applies one worker event. `Rst` (and `Opened` replacing a record owned by
-    /// another worker) emit a `Remove` at once.
+    /// Applies one worker event. An `Opened` replacing a record owned by another
+    /// worker emits a `Remove` for the old owner's copy; a daemon's reset is sent
+    /// to the owner to judge. An event from before the connection it names was
+    /// opened is about an older connection on the same ports, and is ignored.
     pub fn on_event(&mut self, event: Event, now_ns: u64, out: &mut Vec<Order>) {
         let t = self.timeouts;
         match event {
@@ -151,14 +166,23 @@ impl ConnTracker {
                 worker,
                 key,
                 daemon,
+                at_ns,
             } => {
+                if self
+                    .conns
+                    .get(&key.packed())
+                    .is_some_and(|c| c.info.opened_ns > at_ns)
+                {
+                    self.ignored += 1;
+                    return self.maintain();
+                }
                 let mut conn = Conn {
                     info: ConnInfo {
                         worker,
                         key,
                         daemon,
                         phase: Phase::SynSent,
-                        opened_ns: now_ns,
+                        opened_ns: at_ns,
                         deadline_ns: 0,
                     },
                     gen: 0,
@@ -174,8 +198,8 @@ impl ConnTracker {
                     }
                 }
             }
-            Event::Established { key } => {
-                if let Some(c) = known(&mut self.conns, &mut self.ignored, key) {
+            Event::Established { key, at_ns } => {
+                if let Some(c) = current(&mut self.conns, &mut self.ignored, key, at_ns) {
                     if matches!(c.info.phase, Phase::SynSent | Phase::Established) {
                         c.info.phase = Phase::Established;
                         let deadline = now_ns.saturating_add(nanos(t.idle));
@@ -183,15 +207,19 @@ impl ConnTracker {
                     }
                 }
             }
-            Event::Fin { key, from_client } => {
-                if let Some(c) = known(&mut self.conns, &mut self.ignored, key) {
+            Event::Fin {
+                key,
+                from_client,
+                at_ns,
+            } => {
+                if let Some(c) = current(&mut self.conns, &mut self.ignored, key, at_ns) {
                     let (client_fin, daemon_fin) = match c.info.phase {
                         Phase::SynSent | Phase::Established => (false, false),
                         Phase::HalfClosed {
                             client_fin,
                             daemon_fin,
                         } => (client_fin, daemon_fin),
-                        Phase::Closing => return self.maintain(),
+                        Phase::Closing | Phase::Reset => return self.maintain(),
                     };
                     let client_fin = client_fin || from_client;
                     let daemon_fin = daemon_fin || !from_client;
@@ -208,14 +236,24 @@ impl ConnTracker {
                     }
                 }
             }
-            Event::Rst { key, .. } => {
-                if let Some(c) = self.forget(key) {
-                    let opened_ns = c.info.opened_ns;
-                    out.push((c.info.worker, FlowCommand::Remove { key, opened_ns }));
+            Event::Reset { key, at_ns } => {
+                if let Some(c) = current(&mut self.conns, &mut self.ignored, key, at_ns) {
+                    if c.info.phase != Phase::Reset {
+                        c.info.phase = Phase::Reset;
+                        let deadline = now_ns.saturating_add(nanos(t.rst_linger));
+                        self.timers.arm(c, deadline);
+                    }
+                }
+            }
+            Event::DaemonRst { key, seq, at_ns } => {
+                if let Some(c) = current(&mut self.conns, &mut self.ignored, key, at_ns) {
+                    if c.info.phase != Phase::Reset {
+                        out.push((c.info.worker, FlowCommand::CheckRst { key, seq, at_ns }));
+                    }
                 }
             }
             Event::Active { key, last_seen_ns } => {
-                if let Some(c) = known(&mut self.conns, &mut self.ignored, key) {
+                if let Some(c) = current(&mut self.conns, &mut self.ignored, key, last_seen_ns) {
                     // Only a probed phase is re-armed; a late answer for a record that has
                     // since moved to Closing keeps its linger deadline.
                     if matches!(c.info.phase, Phase::Established | Phase::HalfClosed { .. }) {
@@ -224,8 +262,10 @@ impl ConnTracker {
                     }
                 }
             }
-            Event::Removed { key } => {
-                self.forget(key);
+            Event::Removed { key, at_ns } => {
+                if current(&mut self.conns, &mut self.ignored, key, at_ns).is_some() {
+                    self.conns.remove(&key.packed());
+                }
             }
         }
         self.maintain();
@@ -255,7 +295,7 @@ impl ConnTracker {
                     let recheck = now_ns.saturating_add(nanos(RECHECK_INTERVAL));
                     self.timers.arm(c, recheck);
                 }
-                Phase::SynSent | Phase::Closing => {
+                Phase::SynSent | Phase::Closing | Phase::Reset => {
                     self.conns.remove(&packed);
                     out.push((worker, FlowCommand::Remove { key, opened_ns }));
                 }
@@ -295,7 +335,7 @@ impl ConnTracker {
             let e = counts.entry(c.info.daemon).or_default();
             match c.info.phase {
                 Phase::Established | Phase::HalfClosed { .. } => e.active += 1,
-                Phase::SynSent | Phase::Closing => e.inactive += 1,
+                Phase::SynSent | Phase::Closing | Phase::Reset => e.inactive += 1,
             }
         }
         counts
@@ -308,16 +348,6 @@ impl ConnTracker {
             .values()
             .filter(move |c| c.info.daemon == daemon)
             .map(|c| c.info.key)
-    }
-
-    /// Drops the record of `key` (its heap entry becomes stale), or counts an ignored
-    /// event.
-    fn forget(&mut self, key: FlowKey) -> Option<Conn> {
-        let c = self.conns.remove(&key.packed());
-        if c.is_none() {
-            self.ignored += 1;
-        }
-        c
     }
 
     /// Pops stale entries off the top (so the earliest entry is a live deadline),

@@ -6,6 +6,7 @@ const T: Timeouts = Timeouts {
     syn: Duration::from_secs(10),
     idle: Duration::from_secs(300),
     linger: Duration::from_secs(2),
+    rst_linger: Duration::from_secs(10),
 };
 
 fn key(i: u32) -> FlowKey {
@@ -20,11 +21,46 @@ fn daemon(b: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 8000 + b)
 }
 
+/// An `Opened`; [`ev`] stamps it (and every event) with the time it applies it.
 fn opened(worker: u16, i: u32, backend: u16) -> Event {
     Event::Opened {
         worker: WorkerId(worker),
         key: key(i),
         daemon: daemon(backend),
+        at_ns: 0,
+    }
+}
+
+/// `e` as seen by a worker at `at` (`Active` carries its own time).
+fn seen_at(e: Event, at: u64) -> Event {
+    match e {
+        Event::Opened {
+            worker,
+            key,
+            daemon,
+            ..
+        } => Event::Opened {
+            worker,
+            key,
+            daemon,
+            at_ns: at,
+        },
+        Event::Established { key, .. } => Event::Established { key, at_ns: at },
+        Event::Fin {
+            key, from_client, ..
+        } => Event::Fin {
+            key,
+            from_client,
+            at_ns: at,
+        },
+        Event::Reset { key, .. } => Event::Reset { key, at_ns: at },
+        Event::DaemonRst { key, seq, .. } => Event::DaemonRst {
+            key,
+            seq,
+            at_ns: at,
+        },
+        Event::Removed { key, .. } => Event::Removed { key, at_ns: at },
+        Event::Active { .. } => e,
     }
 }
 
@@ -41,6 +77,12 @@ enum Command {
         key: FlowKey,
         idle_since_ns: u64,
     },
+    CheckRst {
+        worker: u16,
+        key: FlowKey,
+        seq: u32,
+        at_ns: u64,
+    },
 }
 
 fn flat((WorkerId(worker), command): Order) -> Command {
@@ -55,13 +97,24 @@ fn flat((WorkerId(worker), command): Order) -> Command {
             key,
             idle_since_ns,
         },
+        FlowCommand::CheckRst { key, seq, at_ns } => Command::CheckRst {
+            worker,
+            key,
+            seq,
+            at_ns,
+        },
     }
 }
 
-/// Applies `e` at `now` and returns the commands.
+/// Applies `e` at `now`, as seen by its worker at `now`, and returns the commands.
 fn ev(t: &mut ConnTracker, e: Event, now: u64) -> Vec<Command> {
+    ev_seen(t, e, now, now)
+}
+
+/// Applies `e` at `now`, as seen by its worker at `at`.
+fn ev_seen(t: &mut ConnTracker, e: Event, at: u64, now: u64) -> Vec<Command> {
     let mut out = Vec::new();
-    t.on_event(e, now, &mut out);
+    t.on_event(seen_at(e, at), now, &mut out);
     out.into_iter().map(flat).collect()
 }
 
@@ -91,7 +144,15 @@ impl Default for ConnTracker {
 
 fn established(t: &mut ConnTracker, worker: u16, i: u32, now: u64) {
     assert!(ev(t, opened(worker, i, 0), now).is_empty());
-    assert!(ev(t, Event::Established { key: key(i) }, now).is_empty());
+    assert!(ev(
+        t,
+        Event::Established {
+            key: key(i),
+            at_ns: 0
+        },
+        now
+    )
+    .is_empty());
 }
 
 #[test]
@@ -101,7 +162,8 @@ fn defaults() {
         Timeouts {
             syn: Duration::from_secs(10),
             idle: Duration::from_secs(300),
-            linger: Duration::from_secs(2)
+            linger: Duration::from_secs(2),
+            rst_linger: Duration::from_secs(10),
         }
     );
     let t = ConnTracker::default();
@@ -187,7 +249,15 @@ fn established_is_probed_when_idle_and_rechecked_without_answer() {
     assert_eq!(t.next_deadline(), Some(550 * S));
     assert_eq!(exp(&mut t, 550 * S), [probe(550 * S)]);
     // The worker removed it.
-    assert!(ev(&mut t, Event::Removed { key: key(1) }, 551 * S).is_empty());
+    assert!(ev(
+        &mut t,
+        Event::Removed {
+            key: key(1),
+            at_ns: 0
+        },
+        551 * S
+    )
+    .is_empty());
     assert!(t.is_empty() && t.next_deadline().is_none());
     assert!(exp(&mut t, u64::MAX).is_empty());
     assert_eq!(t.ignored_events(), 0);
@@ -197,7 +267,14 @@ fn established_is_probed_when_idle_and_rechecked_without_answer() {
 fn duplicate_established_refreshes_idle_deadline() {
     let mut t = ConnTracker::new(T);
     established(&mut t, 0, 1, 0);
-    ev(&mut t, Event::Established { key: key(1) }, 10 * S);
+    ev(
+        &mut t,
+        Event::Established {
+            key: key(1),
+            at_ns: 0,
+        },
+        10 * S,
+    );
     assert_eq!(t.next_deadline(), Some(310 * S));
 }
 
@@ -209,6 +286,7 @@ fn both_fins_linger_then_remove() {
         let fin = |from_client| Event::Fin {
             key: key(1),
             from_client,
+            at_ns: 0,
         };
         assert!(ev(&mut t, fin(client_first), 10 * S).is_empty());
         assert_eq!(
@@ -227,7 +305,14 @@ fn both_fins_linger_then_remove() {
         assert_eq!(t.next_deadline(), Some(22 * S));
         // FINs (and Established, Active) while lingering do not extend it.
         ev(&mut t, fin(true), 21 * S);
-        ev(&mut t, Event::Established { key: key(1) }, 21 * S);
+        ev(
+            &mut t,
+            Event::Established {
+                key: key(1),
+                at_ns: 0,
+            },
+            21 * S,
+        );
         let active = Event::Active {
             key: key(1),
             last_seen_ns: 21 * S,
@@ -256,6 +341,7 @@ fn half_closed_idle_is_probed() {
         Event::Fin {
             key: key(1),
             from_client: false,
+            at_ns: 0,
         },
         S,
     );
@@ -270,30 +356,45 @@ fn half_closed_idle_is_probed() {
 }
 
 #[test]
-fn rst_removes_at_once_via_the_owner() {
-    for (phase_steps, from_client) in [(0, true), (1, false), (2, true), (3, false)] {
+fn an_accepted_reset_lingers_then_removes_via_the_owner() {
+    for phase_steps in 0..=3 {
         let mut t = ConnTracker::new(T);
         ev(&mut t, opened(6, 1, 0), 0);
         let steps = [
-            Event::Established { key: key(1) },
+            Event::Established {
+                key: key(1),
+                at_ns: 0,
+            },
             Event::Fin {
                 key: key(1),
                 from_client: true,
+                at_ns: 0,
             },
             Event::Fin {
                 key: key(1),
                 from_client: false,
+                at_ns: 0,
             },
         ];
         for e in &steps[..phase_steps] {
             ev(&mut t, *e, S);
         }
-        let rst = Event::Rst {
+        let reset = Event::Reset {
             key: key(1),
-            from_client,
+            at_ns: 0,
         };
+        assert!(ev(&mut t, reset, 2 * S).is_empty());
+        assert_eq!(t.get(&key(1)).unwrap().phase, Phase::Reset);
+        // Segments still in flight pass while the reset lingers; another reset,
+        // a FIN or an Established change nothing.
+        assert_eq!(t.next_deadline(), Some(12 * S));
+        ev(&mut t, reset, 3 * S);
+        ev(&mut t, steps[0], 3 * S);
+        ev(&mut t, steps[1], 3 * S);
+        assert_eq!(t.next_deadline(), Some(12 * S));
+        assert!(exp(&mut t, 12 * S - 1).is_empty());
         assert_eq!(
-            ev(&mut t, rst, 2 * S),
+            exp(&mut t, 12 * S),
             [Command::Remove {
                 worker: 6,
                 key: key(1),
@@ -301,11 +402,89 @@ fn rst_removes_at_once_via_the_owner() {
             }]
         );
         assert!(t.is_empty() && t.next_deadline().is_none());
-        assert!(exp(&mut t, u64::MAX).is_empty());
-        // A second RST finds nothing.
-        assert!(ev(&mut t, rst, 3 * S).is_empty());
-        assert_eq!(t.ignored_events(), 1);
     }
+}
+
+#[test]
+fn a_daemon_reset_goes_to_the_owner_to_judge() {
+    let mut t = ConnTracker::new(T);
+    established(&mut t, 3, 1, 0);
+    let rst = Event::DaemonRst {
+        key: key(1),
+        seq: 77,
+        at_ns: 0,
+    };
+    assert_eq!(
+        ev(&mut t, rst, 5 * S),
+        [Command::CheckRst {
+            worker: 3,
+            key: key(1),
+            seq: 77,
+            at_ns: 5 * S
+        }]
+    );
+    // Nothing changes until the owner accepts it.
+    assert_eq!(t.get(&key(1)).unwrap().phase, Phase::Established);
+    let reset = Event::Reset {
+        key: key(1),
+        at_ns: 0,
+    };
+    ev(&mut t, reset, 5 * S);
+    // Once reset, further daemon resets are not sent on.
+    assert!(ev(&mut t, rst, 6 * S).is_empty());
+}
+
+/// The loop drains the workers one after the other, so an event a worker saw
+/// earlier can arrive after one another worker saw later. An event from before
+/// the connection it names was opened is about an older connection on the same
+/// ports: it must not touch the newer one.
+#[test]
+fn an_event_from_before_the_connection_opened_is_ignored() {
+    let mut t = ConnTracker::new(T);
+    // The client reuses the port at 10 s; worker 1 saw the old connection's
+    // daemon reset, FIN and removal earlier, and they are drained after.
+    ev(&mut t, opened(0, 1, 0), 10 * S);
+    let stale = [
+        Event::DaemonRst {
+            key: key(1),
+            seq: 1,
+            at_ns: 0,
+        },
+        Event::Reset {
+            key: key(1),
+            at_ns: 0,
+        },
+        Event::Fin {
+            key: key(1),
+            from_client: false,
+            at_ns: 0,
+        },
+        Event::Established {
+            key: key(1),
+            at_ns: 0,
+        },
+        Event::Removed {
+            key: key(1),
+            at_ns: 0,
+        },
+    ];
+    for e in stale {
+        let out = ev_seen(&mut t, e, 9 * S, 11 * S);
+        assert!(out.is_empty(), "{e:?} gave {out:?}");
+    }
+    let info = t.get(&key(1)).unwrap();
+    assert_eq!((info.phase, info.opened_ns), (Phase::SynSent, 10 * S));
+    assert_eq!(t.ignored_events(), 5);
+    // An Opened older than the tracked one is a stale copy too.
+    assert!(ev_seen(&mut t, opened(1, 1, 2), 9 * S, 11 * S).is_empty());
+    assert_eq!(t.get(&key(1)).unwrap().daemon, daemon(0));
+    // Events of the connection itself apply, from its opening on.
+    let established = Event::Established {
+        key: key(1),
+        at_ns: 0,
+    };
+    ev_seen(&mut t, established, 10 * S, 11 * S);
+    assert_eq!(t.get(&key(1)).unwrap().phase, Phase::Established);
 }
 
 #[test]
@@ -314,25 +493,28 @@ fn events_for_unknown_keys_are_ignored_and_counted() {
     ev(&mut t, opened(0, 1, 0), 0);
     let k = key(2);
     let events = [
-        Event::Established { key: k },
+        Event::Established { key: k, at_ns: 0 },
         Event::Fin {
             key: k,
             from_client: true,
+            at_ns: 0,
         },
-        Event::Rst {
+        Event::Reset { key: k, at_ns: 0 },
+        Event::DaemonRst {
             key: k,
-            from_client: false,
+            seq: 0,
+            at_ns: 0,
         },
         Event::Active {
             key: k,
             last_seen_ns: 0,
         },
-        Event::Removed { key: k },
+        Event::Removed { key: k, at_ns: 0 },
     ];
     for e in events {
         assert!(ev(&mut t, e, S).is_empty());
     }
-    assert_eq!(t.ignored_events(), 5);
+    assert_eq!(t.ignored_events(), 6);
     assert_eq!(t.len(), 1);
     assert_eq!(t.next_deadline(), Some(10 * S));
 }
@@ -364,15 +546,30 @@ fn listing_and_per_daemon_counts() {
     let mut t = ConnTracker::new(T);
     ev(&mut t, opened(0, 1, 1), 0); // SynSent, backend 1
     ev(&mut t, opened(1, 2, 1), 0);
-    ev(&mut t, Event::Established { key: key(2) }, 0); // active, backend 1
+    ev(
+        &mut t,
+        Event::Established {
+            key: key(2),
+            at_ns: 0,
+        },
+        0,
+    ); // active, backend 1
     ev(&mut t, opened(2, 3, 2), 0);
-    ev(&mut t, Event::Established { key: key(3) }, 0);
+    ev(
+        &mut t,
+        Event::Established {
+            key: key(3),
+            at_ns: 0,
+        },
+        0,
+    );
     for from_client in [true, false] {
         ev(
             &mut t,
             Event::Fin {
                 key: key(3),
                 from_client,
+                at_ns: 0,
             },
             0,
         ); // Closing, backend 2
@@ -409,10 +606,11 @@ fn thousand_connections_close_cleanly() {
         let now = u64::from(i) * 1000;
         let k = key(i);
         t.on_event(opened((i % 4) as u16, i, (i % 8) as u16), now, &mut out);
-        t.on_event(Event::Established { key: k }, now + 1, &mut out);
+        t.on_event(Event::Established { key: k, at_ns: 0 }, now + 1, &mut out);
         let fin = |from_client| Event::Fin {
             key: k,
             from_client,
+            at_ns: 0,
         };
         t.on_event(fin(true), now + 2, &mut out);
         t.on_event(fin(false), now + 3, &mut out);
@@ -447,20 +645,17 @@ fn stale_timer_entries_stay_bounded() {
         assert!(t.timer_entries() <= 3 * t.len() + COMPACT_SLACK);
     }
     assert_eq!(t.next_deadline(), Some(99_999 + 300 * S));
-    // Many connections forgotten by RST out of deadline order.
+    // Many connections removed by their workers out of deadline order.
     let mut t = ConnTracker::new(T);
     for i in 0..10_000u32 {
         ev(&mut t, opened(0, i, 0), u64::from(10_000 - i));
     }
     for i in 0..10_000u32 {
-        ev(
-            &mut t,
-            Event::Rst {
-                key: key(i),
-                from_client: true,
-            },
-            S,
-        );
+        let removed = Event::Removed {
+            key: key(i),
+            at_ns: 0,
+        };
+        ev(&mut t, removed, S);
         assert!(t.timer_entries() <= 3 * t.len() + COMPACT_SLACK);
     }
     assert_eq!(t.timer_entries(), 0);
@@ -476,11 +671,13 @@ mod model {
         syn: Duration::from_secs(3),
         idle: Duration::from_secs(5),
         linger: Duration::ZERO,
+        rst_linger: Duration::from_secs(1),
     };
     const SMALL: Timeouts = Timeouts {
         syn: Duration::from_secs(10),
         idle: Duration::from_secs(30),
         linger: Duration::from_secs(2),
+        rst_linger: Duration::from_secs(4),
     };
 
     #[derive(Clone, Copy, Debug)]
@@ -506,6 +703,11 @@ mod model {
             self.t.unwrap_or(SMALL)
         }
 
+        /// The connection `key` names if it was opened no later than `at`.
+        fn current(&mut self, key: &FlowKey, at: u64) -> Option<&mut MConn> {
+            self.conns.get_mut(&idx(key)).filter(|c| c.opened <= at)
+        }
+
         fn apply(&mut self, e: Event, now: u64) -> Vec<Command> {
             let t = self.t();
             let mut out = Vec::new();
@@ -513,13 +715,17 @@ mod model {
                 Event::Opened {
                     worker: WorkerId(worker),
                     key,
+                    at_ns,
                     ..
                 } => {
+                    if self.conns.get(&idx(&key)).is_some_and(|c| c.opened > at_ns) {
+                        return out;
+                    }
                     let new = MConn {
                         worker,
                         phase: Phase::SynSent,
                         deadline: now + nanos(t.syn),
-                        opened: now,
+                        opened: at_ns,
                     };
                     if let Some(old) = self.conns.insert(idx(&key), new) {
                         if old.worker != worker {
@@ -531,22 +737,26 @@ mod model {
                         }
                     }
                 }
-                Event::Established { key } => {
-                    if let Some(c) = self.conns.get_mut(&idx(&key)) {
+                Event::Established { key, at_ns } => {
+                    if let Some(c) = self.current(&key, at_ns) {
                         if matches!(c.phase, Phase::SynSent | Phase::Established) {
                             c.phase = Phase::Established;
                             c.deadline = now + nanos(t.idle);
                         }
                     }
                 }
-                Event::Fin { key, from_client } => {
-                    if let Some(c) = self.conns.get_mut(&idx(&key)) {
+                Event::Fin {
+                    key,
+                    from_client,
+                    at_ns,
+                } => {
+                    if let Some(c) = self.current(&key, at_ns) {
                         let (cf, df) = match c.phase {
                             Phase::HalfClosed {
                                 client_fin,
                                 daemon_fin,
                             } => (client_fin, daemon_fin),
-                            Phase::Closing => return out,
+                            Phase::Closing | Phase::Reset => return out,
                             _ => (false, false),
                         };
                         let (cf, df) = (cf || from_client, df || !from_client);
@@ -561,24 +771,37 @@ mod model {
                         }
                     }
                 }
-                Event::Rst { key, .. } => {
-                    if let Some(c) = self.conns.remove(&idx(&key)) {
-                        out.push(Command::Remove {
-                            worker: c.worker,
-                            key,
-                            opened_ns: c.opened,
-                        });
+                Event::Reset { key, at_ns } => {
+                    if let Some(c) = self.current(&key, at_ns) {
+                        if c.phase != Phase::Reset {
+                            c.phase = Phase::Reset;
+                            c.deadline = now + nanos(t.rst_linger);
+                        }
+                    }
+                }
+                Event::DaemonRst { key, seq, at_ns } => {
+                    if let Some(c) = self.current(&key, at_ns) {
+                        if c.phase != Phase::Reset {
+                            out.push(Command::CheckRst {
+                                worker: c.worker,
+                                key,
+                                seq,
+                                at_ns,
+                            });
+                        }
                     }
                 }
                 Event::Active { key, last_seen_ns } => {
-                    if let Some(c) = self.conns.get_mut(&idx(&key)) {
+                    if let Some(c) = self.current(&key, last_seen_ns) {
                         if matches!(c.phase, Phase::Established | Phase::HalfClosed { .. }) {
                             c.deadline = last_seen_ns + nanos(t.idle);
                         }
                     }
                 }
-                Event::Removed { key } => {
-                    self.conns.remove(&idx(&key));
+                Event::Removed { key, at_ns } => {
+                    if self.current(&key, at_ns).is_some() {
+                        self.conns.remove(&idx(&key));
+                    }
                 }
             }
             out
@@ -601,7 +824,7 @@ mod model {
                         c.deadline = now + nanos(RECHECK_INTERVAL);
                         true
                     }
-                    _ => {
+                    Phase::SynSent | Phase::Closing | Phase::Reset => {
                         out.push(Command::Remove {
                             worker: c.worker,
                             key: key(i),
@@ -617,7 +840,9 @@ mod model {
 
     #[derive(Clone, Debug)]
     enum Op {
-        Event(Event),
+        /// An event seen by its worker this many seconds before the loop applies
+        /// it (0 mostly; more makes events about older connections).
+        Event(Event, u64),
         /// Advance the clock by this many ns, then expire.
         Advance(u64),
         SetTimeouts(bool),
@@ -626,17 +851,24 @@ mod model {
     fn op() -> impl Strategy<Value = Op> {
         let k = (0u32..6).prop_map(key);
         let dt = prop::sample::select(vec![0, S / 2, S, 2 * S, 3 * S, 5 * S, 10 * S, 30 * S]);
+        let back = prop::sample::select(vec![0u64, 0, 0, 1, 3, 10]);
         prop_oneof![
-            3 => (0u32..6, 0u16..3, 0u16..3).prop_map(|(i, w, b)| Op::Event(opened(w, i, b))),
-            3 => k.clone().prop_map(|key| Op::Event(Event::Established { key })),
-            3 => (k.clone(), any::<bool>())
-                .prop_map(|(key, from_client)| Op::Event(Event::Fin { key, from_client })),
-            1 => (k.clone(), any::<bool>())
-                .prop_map(|(key, from_client)| Op::Event(Event::Rst { key, from_client })),
-            // Active's last_seen is stored as "seconds back from now" and resolved later.
+            3 => (0u32..6, 0u16..3, 0u16..3, back.clone())
+                .prop_map(|(i, w, b, back)| Op::Event(opened(w, i, b), back)),
+            3 => (k.clone(), back.clone())
+                .prop_map(|(key, back)| Op::Event(Event::Established { key, at_ns: 0 }, back)),
+            3 => (k.clone(), any::<bool>(), back.clone()).prop_map(|(key, from_client, back)| {
+                Op::Event(Event::Fin { key, from_client, at_ns: 0 }, back)
+            }),
+            1 => (k.clone(), back.clone())
+                .prop_map(|(key, back)| Op::Event(Event::Reset { key, at_ns: 0 }, back)),
+            1 => (k.clone(), any::<u32>(), back.clone()).prop_map(|(key, seq, back)| {
+                Op::Event(Event::DaemonRst { key, seq, at_ns: 0 }, back)
+            }),
+            // Active's last_seen is resolved from `back` when applied.
             2 => (k.clone(), 0u64..40)
-                .prop_map(|(key, back)| Op::Event(Event::Active { key, last_seen_ns: back })),
-            1 => k.prop_map(|key| Op::Event(Event::Removed { key })),
+                .prop_map(|(key, back)| Op::Event(Event::Active { key, last_seen_ns: 0 }, back)),
+            1 => (k, back).prop_map(|(key, back)| Op::Event(Event::Removed { key, at_ns: 0 }, back)),
             5 => dt.prop_map(Op::Advance),
             1 => any::<bool>().prop_map(Op::SetTimeouts),
         ]
@@ -654,6 +886,9 @@ mod model {
                 key,
                 idle_since_ns,
             } => (1, worker, key.packed(), idle_since_ns),
+            Command::CheckRst {
+                worker, key, at_ns, ..
+            } => (2, worker, key.packed(), at_ns),
         });
         v
     }
@@ -677,8 +912,9 @@ mod model {
     /// Every command names a key tracked before the step, with its owner.
     fn targets_tracked(cmds: &[Command], before: &HashMap<u32, MConn>) {
         for c in cmds {
-            let (Command::Remove { worker, key, .. } | Command::RemoveIfIdle { worker, key, .. }) =
-                *c;
+            let (Command::Remove { worker, key, .. }
+            | Command::RemoveIfIdle { worker, key, .. }
+            | Command::CheckRst { worker, key, .. }) = *c;
             let owner = before.get(&idx(&key)).map(|c| c.worker);
             assert_eq!(owner, Some(worker), "command for a forgotten key: {c:?}");
         }
@@ -693,11 +929,13 @@ mod model {
             for op in ops {
                 let before = m.conns.clone();
                 let (got, want) = match op {
-                    Op::Event(mut e) => {
-                        if let Event::Active { last_seen_ns, .. } = &mut e {
-                            *last_seen_ns = now - *last_seen_ns * S;
-                        }
-                        (ev(&mut t, e, now), m.apply(e, now))
+                    Op::Event(e, back) => {
+                        let at = now - back * S;
+                        let e = match seen_at(e, at) {
+                            Event::Active { key, .. } => Event::Active { key, last_seen_ns: at },
+                            e => e,
+                        };
+                        (ev_seen(&mut t, e, at, now), m.apply(e, now))
                     }
                     Op::Advance(dt) => {
                         now += dt;
@@ -714,18 +952,18 @@ mod model {
                 prop_assert_eq!(sorted(got), sorted(want));
                 check(&t, &m);
             }
-            // Close everything: RST for even keys, both FINs for odd ones.
+            // Close everything: a reset for even keys, both FINs for odd ones.
             let tracked: Vec<u32> = m.conns.keys().copied().collect();
             let n_tracked = tracked.len();
             let mut removed = Vec::new();
             for i in tracked {
                 let k = key(i);
                 let events = if i % 2 == 0 {
-                    vec![Event::Rst { key: k, from_client: true }]
+                    vec![Event::Reset { key: k, at_ns: now }]
                 } else {
                     vec![
-                        Event::Fin { key: k, from_client: true },
-                        Event::Fin { key: k, from_client: false },
+                        Event::Fin { key: k, from_client: true, at_ns: now },
+                        Event::Fin { key: k, from_client: false, at_ns: now },
                     ]
                 };
                 for e in events {
@@ -734,7 +972,11 @@ mod model {
                     removed.extend(got);
                 }
             }
-            now += nanos(SMALL.linger.max(ALT.linger));
+            now += [SMALL, ALT]
+                .iter()
+                .map(|t| nanos(t.linger.max(t.rst_linger)))
+                .max()
+                .unwrap_or(0);
             removed.extend(exp(&mut t, now));
             prop_assert_eq!(t.len(), 0);
             prop_assert!(t.next_deadline().is_none());

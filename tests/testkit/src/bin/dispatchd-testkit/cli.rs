@@ -92,11 +92,23 @@ enum Command {
         #[arg(long)]
         to: SocketAddrV4,
         /// `malformed`: one of each malformed kind per round; `syn-flood`: SYNs from
-        /// spoofed sources in 198.18.128.0/17; `ack`: plain ACK segments.
+        /// spoofed sources in 198.18.128.0/17; `ack`: plain ACK segments; `rst`:
+        /// resets with sequence number `--seq`.
         #[arg(long)]
         kind: String,
         #[arg(long, default_value_t = 1)]
         count: usize,
+        /// The TCP sequence number of the frames.
+        #[arg(long, default_value_t = 1)]
+        seq: u32,
+    },
+    /// Waits for one TCP segment from `--from` on `--iface` and prints its
+    /// sequence and acknowledgment numbers.
+    Sniff {
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        from: SocketAddrV4,
     },
     Hold {
         #[arg(long)]
@@ -172,10 +184,12 @@ pub fn run() -> Result<()> {
             to,
             kind,
             count,
+            seq,
         } => {
             let from = SocketAddrV4::new(src_ip, src_port);
-            inject::run(&iface, &dst_mac, from, to, &kind, count)
+            inject::run(&iface, &dst_mac, from, to, &kind, count, seq)
         }
+        Command::Sniff { iface, from } => inject::sniff(&iface, from),
         Command::Hold {
             to,
             seconds,

@@ -1,5 +1,5 @@
-//! Raw frames for the hardening tests: malformed ones of every kind, SYN floods
-//! and stray ACKs, built by the kit's frame builder.
+//! Raw frames for the hardening tests: malformed ones of every kind, SYN floods,
+//! stray ACKs and blind resets, built by the kit's frame builder.
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4},
@@ -9,7 +9,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use dispatchd_testkit::frame::{parse_mac, tcp_flags, Frame, FrameSpec};
 
-use crate::sockets::{raw_socket, send};
+use crate::sockets::{raw_socket, recv, send};
 
 const ETHER_TYPE_IPV6: u16 = 0x86dd;
 
@@ -110,6 +110,7 @@ pub fn run(
     to: SocketAddrV4,
     kind: &str,
     count: usize,
+    seq: u32,
 ) -> Result<()> {
     let mac = |text: &str| parse_mac(text).with_context(|| format!("MAC {text:?}"));
     let src_mac = mac(&std::fs::read_to_string(format!(
@@ -120,7 +121,7 @@ pub fn run(
         src_mac,
         dst_mac: mac(dst_mac)?,
         ip_id: 0x1234,
-        seq: 1,
+        seq,
         ..FrameSpec::tcp(from, to)
     };
     match kind {
@@ -169,7 +170,45 @@ pub fn run(
             }
             println!("sent ack={count}");
         }
-        other => bail!("unknown kind {other:?}: malformed | syn-flood | ack"),
+        "rst" => {
+            let rst = FrameSpec {
+                tcp_flags: tcp_flags::RST,
+                ..base
+            }
+            .build();
+            for _ in 0..count {
+                send(&fd, rst.as_bytes())?;
+            }
+            println!("sent rst={count} seq={seq}");
+        }
+        other => bail!("unknown kind {other:?}: malformed | syn-flood | ack | rst"),
     }
     Ok(())
+}
+
+/// Waits for one TCP segment sent from `from` on `iface` and prints its
+/// sequence and acknowledgment numbers: what a test needs to aim a reset inside
+/// (or outside) a live connection's window.
+pub fn sniff(iface: &str, from: SocketAddrV4) -> Result<()> {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let fd = raw_socket(iface)?;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = recv(&fd, &mut buf)?;
+        let Ok(p) = SlicedPacket::from_ethernet(&buf[..n]) else {
+            continue;
+        };
+        let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) = (p.net, p.transport)
+        else {
+            continue;
+        };
+        if ip.header().source_addr() == *from.ip() && tcp.source_port() == from.port() {
+            println!(
+                "seq={} ack={}",
+                tcp.sequence_number(),
+                tcp.acknowledgment_number()
+            );
+            return Ok(());
+        }
+    }
 }

@@ -12,8 +12,9 @@
 //! rr:      K persistent connections, each doing request/reply exchanges back to
 //!          back for D seconds (requests per second and per-request latency).
 //! many:    many connections opened at once and held.
-//! inject:  hand-made frames (malformed ones, SYN floods, stray ACKs) sent
-//!          through a raw socket.
+//! inject:  hand-made frames (malformed ones, SYN floods, stray ACKs, resets)
+//!          sent through a raw socket.
+//! sniff:   the sequence numbers of one segment of a live connection.
 //!
 //! Every client prints `key=value` lines that tests parse, and exits non-zero if
 //! any connection failed or any echo differed.

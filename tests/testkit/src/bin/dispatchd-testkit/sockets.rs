@@ -184,6 +184,17 @@ pub fn raw_socket(iface: &str) -> Result<OwnedFd> {
     Ok(owned)
 }
 
+/// Receives one frame into `buf` (an AF_PACKET socket sees every frame the
+/// interface sends or receives); returns its length.
+pub fn recv(fd: &OwnedFd, buf: &mut [u8]) -> Result<usize> {
+    // SAFETY: buf is a live, writable buffer of the length given.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error()).context("receiving a raw frame");
+    }
+    Ok(n as usize)
+}
+
 /// Sends one frame, waiting out a full device queue (ENOBUFS) rather than
 /// losing the frame.
 pub fn send(fd: &OwnedFd, frame: &[u8]) -> Result<()> {
