@@ -15,7 +15,7 @@ use std::{
 use criterion::{criterion_group, criterion_main, Criterion};
 use dispatchd::{
     balance::{BackendSpec, PolicyKind},
-    config::{ServiceConfig, DEFAULT_FLOW_CAPACITY},
+    config::{ServiceConfig, DEFAULT_EVENT_RING, DEFAULT_FLOW_CAPACITY},
     dataplane::{forward, pipelined, Dataplane, Forwarder, FrameHandler, Reverser},
     flow::{FlowKey, FlowTable},
     ids::WorkerId,
@@ -106,7 +106,7 @@ fn bench(c: &mut Criterion) {
     // the cache like in the daemon); emptied between timed passes like the
     // management loop does.
     let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
-    let (worker, main) = protocol::link::<Dataplane>(wake);
+    let (worker, main) = protocol::link::<Dataplane>(wake, DEFAULT_EVENT_RING);
     let (mut sink, mut events) = (worker.events, main.events);
 
     // A table with one million established connections, made through the real

@@ -234,7 +234,7 @@ pub fn run_with(
         .zip(applied.planes);
     for (q, ((sockets, core), plane)) in places.enumerate() {
         let stats = Arc::new(WorkerStats::default());
-        let (worker_end, loop_end) = protocol::link(wake.clone());
+        let (worker_end, loop_end) = protocol::link(wake.clone(), config.event_ring);
         links.push(WorkerLink {
             link: loop_end,
             stats: stats.clone(),

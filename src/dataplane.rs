@@ -567,7 +567,7 @@ pub(crate) mod testing {
     /// An event sink and the loop's end of its ring.
     pub fn events() -> (EventSink, ring::Consumer<Event>) {
         let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
-        let (worker, main) = protocol::link_sized::<Dataplane>(wake, 16);
+        let (worker, main) = protocol::link::<Dataplane>(wake, 16);
         (worker.events, main.events)
     }
 }

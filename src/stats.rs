@@ -90,7 +90,12 @@ pub struct WorkerStats {
     pub wakeups: Counter,
     pub sleeps: Counter,
     pub flows: Counter,
-    /// Events the management loop never saw because the worker's queue was full.
+    /// Events that waited in the worker because its ring to the loop was full.
+    pub events_deferred: Counter,
+    /// Rounds the worker took no frame or command because the loop was behind
+    /// with its events.
+    pub held_back: Counter,
+    /// Events lost: never, unless a round emits more than it may (a bug).
     pub events_dropped: Counter,
     /// Resets that did not end their connection: sequence number out of the
     /// window, or older than the record.

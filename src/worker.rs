@@ -21,13 +21,11 @@ use crate::{
     dataplane::{pipelined, Dataplane, Forwarder, FrameHandler, Reverser},
     flow::{FlowTable, RstWindow, TcpState},
     ids::WorkerId,
-    protocol::{self, Event, EventSink, FlowCommand, WorkerEnd},
+    protocol::{self, Event, EventSink, FlowCommand, WorkerEnd, COMMANDS_PER_ROUND},
     stats::{now_ns, Counter, WorkerDrop, WorkerStats},
     xsk::{poll_readable, QueueSockets},
 };
 
-/// Commands applied per loop round, so a burst of them cannot stall packets.
-const COMMANDS_PER_ROUND: usize = 64;
 /// Empty polls an adaptive worker spins through before it sleeps in poll().
 const ADAPTIVE_SPINS: u32 = 2_000;
 /// Longest sleep, so that a stop request is noticed promptly.
@@ -117,12 +115,21 @@ pub fn run(setup: WorkerSetup) {
             next_socket_stats_ns = now_ns + SOCKET_STATS_INTERVAL_NS;
             read_socket_stats(&front, &back, &stats);
         }
+        recycle(&mut front, &mut b, &stats);
+        recycle(&mut back, &mut b, &stats);
+        events.flush();
+        if events.must_hold_back() {
+            // The loop is behind with this worker's events: taking more frames or
+            // commands could cost events, which would cost connections. Frames
+            // wait in the kernel's rings meanwhile.
+            stats.held_back.add(1);
+            std::hint::spin_loop();
+            continue;
+        }
         for command in commands.try_iter().take(COMMANDS_PER_ROUND) {
             stats.commands.add(1);
             apply(command, &mut table, &mut plane, &mut events, &stats, now_ns);
         }
-        recycle(&mut front, &mut b, &stats);
-        recycle(&mut back, &mut b, &stats);
 
         let mut busy_ns = 0u64;
         let mut fwd = Rings {

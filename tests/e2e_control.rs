@@ -378,3 +378,26 @@ fn ctl_conns_filters_by_daemon_and_client_and_stops_at_the_limit() {
     );
     drop(holds);
 }
+
+#[test]
+fn a_tiny_event_ring_under_a_connection_storm_loses_no_event() {
+    let topo = Topology::up(DISPATCHD, "tiny", 4, 1);
+    let _servers = topo.serve(4);
+    let mut flags = Topology::default_flags(4);
+    flags.extend(["--event-ring", "2", "--linger-ms", "500"].map(String::from));
+    let _lb = topo.dispatchd(&flags);
+    // Every connection must succeed (`connect` fails on any error) although the
+    // loop can take only two events of the worker at a time.
+    connect(&topo, &["--connections", "3000", "--concurrency", "16"]);
+    let stats = topo.stats();
+    let (deferred, held_back) = (
+        u64_at(&stats, "/workers/0/events_deferred"),
+        u64_at(&stats, "/workers/0/held_back"),
+    );
+    println!("events deferred {deferred}, rounds held back {held_back}");
+    assert!(deferred > 0, "the ring never overflowed: {stats}");
+    assert_eq!(u64_at(&stats, "/workers/0/events_dropped"), 0, "{stats}");
+    wait_until(Duration::from_secs(5), "no record left after the linger", || {
+        records(&topo) == (0, 0)
+    });
+}

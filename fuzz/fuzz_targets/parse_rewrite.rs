@@ -100,7 +100,7 @@ fuzz_target!(|data: &[u8]| {
     let mut table = FlowTable::with_capacity(2);
     let stats = WorkerStats::default();
     let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
-    let (worker, _main) = protocol::link_sized::<Dataplane>(wake, 64);
+    let (worker, _main) = protocol::link::<Dataplane>(wake, 64);
     let mut sink = worker.events;
     // Forward as the worker's batch loop does: the prefetch's hint comes along.
     let mut forwarder = Forwarder {

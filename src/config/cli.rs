@@ -68,6 +68,9 @@ pub struct RunArgs {
     /// Descriptors per ring operation, 1..=256.
     #[arg(long, value_name = "N")]
     pub batch: Option<usize>,
+    /// Slots of each worker's event ring to the management loop (power of two).
+    #[arg(long, value_name = "N")]
+    pub event_ring: Option<usize>,
     /// Path of the control socket (`dispatchd ctl` talks to it).
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
@@ -147,6 +150,9 @@ impl RunArgs {
         }
         if let Some(v) = self.frames_per_queue {
             file.frames_per_queue = v;
+        }
+        if let Some(v) = self.event_ring {
+            file.event_ring = v;
         }
         if let Some(v) = self.batch {
             file.batch = v;

@@ -12,7 +12,8 @@ use serde::{
 use super::{
     parse_addr, parse_backend, BindMode, Config, ConfigError, ControlConfig, HealthCheck,
     OnFailure, PollMode, ServiceConfig, Timeouts, XdpMode, DEFAULT_BATCH, DEFAULT_CONTROL_SOCKET,
-    DEFAULT_FLOW_CAPACITY, DEFAULT_FRAMES_PER_QUEUE, DEFAULT_QUEUES, DEFAULT_WEIGHT,
+    DEFAULT_EVENT_RING, DEFAULT_FLOW_CAPACITY, DEFAULT_FRAMES_PER_QUEUE, DEFAULT_QUEUES,
+    DEFAULT_WEIGHT,
 };
 use crate::balance::{BackendSpec, PolicyKind};
 use std::{path::PathBuf, time::Duration};
@@ -41,6 +42,8 @@ pub(super) struct FileConfig {
     pub frames_per_queue: u32,
     /// Descriptors per ring operation.
     pub batch: usize,
+    /// Slots of each worker's event ring.
+    pub event_ring: usize,
     /// `[[service]]` tables.
     #[serde(rename = "service")]
     pub services: Vec<FileService>,
@@ -112,6 +115,7 @@ impl Default for FileConfig {
             poll: PollMode::default(),
             flow_capacity: DEFAULT_FLOW_CAPACITY,
             frames_per_queue: DEFAULT_FRAMES_PER_QUEUE,
+            event_ring: DEFAULT_EVENT_RING,
             batch: DEFAULT_BATCH,
             services: Vec::new(),
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
@@ -235,6 +239,7 @@ impl FileConfig {
             poll: self.poll,
             flow_capacity: self.flow_capacity,
             frames_per_queue: self.frames_per_queue,
+            event_ring: self.event_ring,
             batch: self.batch,
             services: self
                 .services

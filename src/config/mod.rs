@@ -47,6 +47,12 @@ pub const MAX_FRAMES_PER_QUEUE: u32 = 1 << 20;
 pub const DEFAULT_BATCH: usize = 64;
 /// Largest accepted `batch`.
 pub const MAX_BATCH: usize = 256;
+/// Default slots of each worker's event ring.
+pub const DEFAULT_EVENT_RING: usize = 65_536;
+/// Smallest accepted `event_ring` (tests use tiny rings to make the loop fall behind).
+pub const MIN_EVENT_RING: usize = 2;
+/// Largest accepted `event_ring`.
+pub const MAX_EVENT_RING: usize = 1 << 22;
 /// Weight of a backend given without one.
 pub const DEFAULT_WEIGHT: u32 = 1;
 /// Longest interface name Linux accepts (`IFNAMSIZ - 1`).
@@ -114,6 +120,11 @@ pub struct Config {
     pub frames_per_queue: u32,
     /// Descriptors per ring operation, 1..=[`MAX_BATCH`].
     pub batch: usize,
+    /// Slots of each worker's event ring to the management loop: a power of two
+    /// in [`MIN_EVENT_RING`]..=[`MAX_EVENT_RING`]. A burst of new connections in
+    /// one loop round should fit; when it does not, the worker keeps its events
+    /// and pauses rather than lose one.
+    pub event_ring: usize,
     /// The services to balance; at least one.
     pub services: Vec<ServiceConfig>,
     /// The management loop: control socket, metrics, timeouts, health checks.
@@ -232,6 +243,8 @@ pub enum ConfigError {
     FramesTooLarge { frames: u32 },
     #[error("batch = {batch} is out of range 1..={MAX_BATCH}")]
     BatchOutOfRange { batch: usize },
+    #[error("event_ring = {slots} must be a power of two in {MIN_EVENT_RING}..={MAX_EVENT_RING}")]
+    BadEventRing { slots: usize },
     #[error("flow_capacity = 0: must be >= 1")]
     ZeroFlowCapacity,
     #[error(
@@ -310,6 +323,13 @@ impl Config {
         }
         if frames > MAX_FRAMES_PER_QUEUE {
             return Err(ConfigError::FramesTooLarge { frames });
+        }
+        if !self.event_ring.is_power_of_two()
+            || !(MIN_EVENT_RING..=MAX_EVENT_RING).contains(&self.event_ring)
+        {
+            return Err(ConfigError::BadEventRing {
+                slots: self.event_ring,
+            });
         }
         if self.flow_capacity == 0 {
             return Err(ConfigError::ZeroFlowCapacity);

@@ -20,6 +20,7 @@ fn base() -> Config {
         flow_capacity: DEFAULT_FLOW_CAPACITY,
         frames_per_queue: DEFAULT_FRAMES_PER_QUEUE,
         batch: DEFAULT_BATCH,
+        event_ring: DEFAULT_EVENT_RING,
         services: vec![
             ServiceConfig {
                 address: a("198.18.0.100:80"),
@@ -403,4 +404,20 @@ fn daemons_are_numbered_in_config_order_across_services() {
             (2, a("198.18.0.101:80"), a("198.19.0.13:8080")),
         ]
     );
+}
+
+#[test]
+fn event_ring_is_a_power_of_two_in_range() {
+    for slots in [0, 1, 3, 1000, MAX_EVENT_RING * 2] {
+        let mut c = base();
+        c.event_ring = slots;
+        let e = err(c);
+        assert!(matches!(e, ConfigError::BadEventRing { .. }), "{slots}");
+        assert!(e.to_string().contains(&format!("event_ring = {slots}")));
+    }
+    for slots in [MIN_EVENT_RING, 16, DEFAULT_EVENT_RING, MAX_EVENT_RING] {
+        let mut c = base();
+        c.event_ring = slots;
+        c.validate().unwrap();
+    }
 }

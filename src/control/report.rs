@@ -48,7 +48,7 @@ fn merged(
     h
 }
 
-fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); 19] {
+fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); 21] {
     [
         ("rx_front", s.rx_front.get()),
         ("rx_back", s.rx_back.get()),
@@ -62,6 +62,8 @@ fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); 19] {
             "table_full",
             s.dropped[WorkerDrop::TableFull as usize].get(),
         ),
+        ("events_deferred", s.events_deferred.get()),
+        ("held_back", s.held_back.get()),
         ("events_dropped", s.events_dropped.get()),
         ("rst_ignored", s.rst_ignored.get()),
         ("commands", s.commands.get()),
@@ -177,7 +179,7 @@ fn json_line(value: &impl Serialize) -> String {
 
 pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
     struct PerWorker {
-        fields: [(&'static str, u64); 19],
+        fields: [(&'static str, u64); 21],
         invalid: Vec<(&'static str, u64)>,
         dropped: Vec<(&'static str, u64)>,
     }
@@ -400,8 +402,18 @@ pub fn prometheus(s: &StatsSnapshot<'_>) -> String {
         per_worker(&|w| w.new_flows.get()),
     );
     counter(
+        "events_deferred_total",
+        "Worker events kept back because the ring to the loop was full.",
+        per_worker(&|w| w.events_deferred.get()),
+    );
+    counter(
+        "held_back_rounds_total",
+        "Worker rounds that took no frame because the loop was behind with events.",
+        per_worker(&|w| w.held_back.get()),
+    );
+    counter(
         "events_dropped_total",
-        "Worker events lost to a full queue.",
+        "Worker events lost (never, unless a round emits more events than it may).",
         per_worker(&|w| w.events_dropped.get()),
     );
     counter(

@@ -8,10 +8,12 @@
 //! worker ◀──────────── Command channel ──────────── loop
 //! ```
 //!
-//! Both directions are bounded. A full event ring costs the event (counted as
-//! `events_dropped`); a full command channel keeps the loop's command for its next
-//! round, in order.
+//! Both directions are bounded and lose nothing: a full event ring makes the
+//! worker keep its events and, before that could overflow too, stop taking new
+//! frames until the loop has caught up; a full command channel keeps the loop's
+//! command for its next round, in order.
 use std::{
+    collections::VecDeque,
     net::SocketAddrV4,
     sync::{
         atomic::{fence, AtomicBool, Ordering::SeqCst},
@@ -30,9 +32,6 @@ use crate::{
 
 pub mod ring;
 
-/// Events a worker may queue before it counts them as dropped; a burst of new
-/// connections in one loop round must fit.
-pub const EVENT_QUEUE: usize = 65_536;
 /// Commands queued per worker; the loop keeps what does not fit for later.
 pub const COMMAND_QUEUE: usize = 4_096;
 
@@ -147,31 +146,71 @@ impl Wake {
     }
 }
 
+/// Events a worker keeps when its ring is full, until the loop has room again.
+pub const EVENT_OVERFLOW: usize = 4096;
+/// The most events one worker round can emit: two per frame (a segment can both
+/// establish and end a connection) in each direction of a batch, and one per
+/// command. [`EventSink::must_hold_back`] keeps this much of the overflow free.
+pub const EVENTS_PER_ROUND: usize = 2 * 2 * crate::config::MAX_BATCH + COMMANDS_PER_ROUND;
+/// Commands a worker applies per round, so a burst of them cannot stall packets.
+pub const COMMANDS_PER_ROUND: usize = 64;
+
 /// A worker's side of its bounded event queue to the management loop.
+///
+/// No event is lost: what does not fit the ring waits in a preallocated
+/// overflow (oldest first, so the loop sees events in order) and goes out at the
+/// next flush; before the overflow could fill, the worker stops taking new
+/// frames and commands ([`must_hold_back`](Self::must_hold_back)) until the
+/// loop has caught up. Frames then wait in the kernel's rings instead.
 pub struct EventSink {
     queue: ring::Producer<Event>,
+    overflow: VecDeque<Event>,
     wake: Arc<Wake>,
     sent: bool,
 }
 
 impl EventSink {
-    /// Never blocks: a full queue costs the event, which is counted. The loop
-    /// sees the event after the next [`flush`](Self::flush).
+    /// Never blocks. The loop sees the event after the next
+    /// [`flush`](Self::flush).
     #[inline]
     pub fn emit(&mut self, event: Event, stats: &WorkerStats) {
-        match self.queue.try_push(event) {
-            Ok(()) => self.sent = true,
-            Err(_) => stats.events_dropped.add(1),
+        if self.overflow.is_empty() {
+            if self.queue.try_push(event).is_ok() {
+                self.sent = true;
+                return;
+            }
+        }
+        if self.overflow.len() < EVENT_OVERFLOW {
+            stats.events_deferred.add(1);
+            self.overflow.push_back(event);
+        } else {
+            // Only if a round emitted more than EVENTS_PER_ROUND: a bug.
+            stats.events_dropped.add(1);
         }
     }
 
-    /// Once per batch: publish this batch's events and wake the loop for them.
+    /// Once per batch: move what waits in the overflow into the ring as far as
+    /// it has room, publish, and wake the loop for it.
     #[inline]
     pub fn flush(&mut self) {
+        while let Some(&event) = self.overflow.front() {
+            if self.queue.try_push(event).is_err() {
+                break;
+            }
+            self.overflow.pop_front();
+            self.sent = true;
+        }
         if std::mem::take(&mut self.sent) {
             self.queue.publish();
             self.wake.notify();
         }
+    }
+
+    /// Whether the worker must take no new frame or command this round: the
+    /// overflow could not hold all a round may emit.
+    #[inline]
+    pub fn must_hold_back(&self) -> bool {
+        self.overflow.len() > EVENT_OVERFLOW - EVENTS_PER_ROUND
     }
 }
 
@@ -187,21 +226,17 @@ pub struct LoopEnd<Plane> {
     pub commands: SyncSender<Command<Plane>>,
 }
 
-/// A new link between the loop and one worker, at the protocol's queue sizes;
-/// every worker's events wake the loop through the one `wake`.
-pub fn link<Plane>(wake: Arc<Wake>) -> (WorkerEnd<Plane>, LoopEnd<Plane>) {
-    link_sized(wake, EVENT_QUEUE)
-}
-
-/// [`link`] with an event ring of `events` slots (rounded up to a power of two),
-/// for tests that fill it.
-pub fn link_sized<Plane>(wake: Arc<Wake>, events: usize) -> (WorkerEnd<Plane>, LoopEnd<Plane>) {
+/// A new link between the loop and one worker, with an event ring of `events`
+/// slots (rounded up to a power of two); every worker's events wake the loop
+/// through the one `wake`.
+pub fn link<Plane>(wake: Arc<Wake>, events: usize) -> (WorkerEnd<Plane>, LoopEnd<Plane>) {
     let (event_tx, event_rx) = ring::channel(events);
     let (command_tx, command_rx) = sync_channel(COMMAND_QUEUE);
     (
         WorkerEnd {
             events: EventSink {
                 queue: event_tx,
+                overflow: VecDeque::with_capacity(EVENT_OVERFLOW),
                 wake,
                 sent: false,
             },
@@ -212,4 +247,56 @@ pub fn link_sized<Plane>(wake: Arc<Wake>, events: usize) -> (WorkerEnd<Plane>, L
             commands: command_tx,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ids::WorkerId, stats::WorkerStats};
+
+    fn opened(i: u16) -> Event {
+        let addr = |port| SocketAddrV4::new(std::net::Ipv4Addr::new(198, 18, 0, 2), port);
+        Event::Opened {
+            worker: WorkerId(0),
+            key: FlowKey::new(addr(i), addr(80), 6),
+            daemon: addr(8080),
+            at_ns: u64::from(i),
+        }
+    }
+
+    #[test]
+    fn events_that_do_not_fit_wait_and_arrive_in_order() {
+        let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
+        let (mut worker, mut main) = link::<()>(wake, 4);
+        let stats = WorkerStats::default();
+        for i in 0..10 {
+            worker.events.emit(opened(i), &stats);
+        }
+        assert_eq!(stats.events_deferred.get(), 6);
+        let mut seen = Vec::new();
+        while seen.len() < 10 {
+            worker.events.flush();
+            seen.extend(main.events.try_iter());
+        }
+        assert_eq!(seen, (0..10).map(opened).collect::<Vec<_>>());
+        assert_eq!(stats.events_dropped.get(), 0);
+    }
+
+    #[test]
+    fn a_worker_holds_back_before_its_overflow_could_fill() {
+        let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
+        let (mut worker, _main) = link::<()>(wake, 2);
+        let stats = WorkerStats::default();
+        // The ring's two slots, then the overflow up to where a round still fits.
+        for i in 0..2 + EVENT_OVERFLOW - EVENTS_PER_ROUND {
+            worker.events.emit(opened(i as u16), &stats);
+        }
+        assert!(!worker.events.must_hold_back());
+        // The worst round.
+        for i in 0..EVENTS_PER_ROUND {
+            worker.events.emit(opened(i as u16), &stats);
+        }
+        assert_eq!(stats.events_dropped.get(), 0);
+        assert!(worker.events.must_hold_back());
+    }
 }
