@@ -174,11 +174,9 @@ impl EventSink {
     /// [`flush`](Self::flush).
     #[inline]
     pub fn emit(&mut self, event: Event, stats: &WorkerStats) {
-        if self.overflow.is_empty() {
-            if self.queue.try_push(event).is_ok() {
-                self.sent = true;
-                return;
-            }
+        if self.overflow.is_empty() && self.queue.try_push(event).is_ok() {
+            self.sent = true;
+            return;
         }
         if self.overflow.len() < EVENT_OVERFLOW {
             stats.events_deferred.add(1);
