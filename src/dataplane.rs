@@ -45,6 +45,19 @@ pub struct Dataplane {
     pub back_mac: [u8; 6],
     /// The owning worker, reported with each new connection.
     pub worker: WorkerId,
+    /// Every daemon's id, by address: how a record of an earlier epoch finds its
+    /// daemon's id in this plane.
+    pub ids: AHashMap<SocketAddrV4, BackendId>,
+    /// Per [`BackendId`]: records made before this time are gone (the daemon
+    /// failed and its connections were reset).
+    pub reset_before: Vec<u64>,
+    /// Bumped by every change that can invalidate a record's `backend` (a
+    /// reload, a reset): records of an older epoch are brought up to date when
+    /// met, by the packet path or the worker's sweep.
+    pub epoch: u8,
+    /// A record idle this long is removed by the worker's own sweep, whatever
+    /// the loop said: a lost message can never keep a record for good.
+    pub age_limit_ns: u64,
 }
 
 /// An address and port as one integer: hashed with a single write, where
@@ -93,14 +106,21 @@ impl Dataplane {
             backend_owner.len(),
             next_hops.len()
         );
+        let ids = daemons_of(services)
+            .map(|(id, _, b)| (b.addr, id))
+            .collect();
         Ok(Self {
             services: slots,
             service_by_vip,
             service_by_daemon,
             next_hops,
+            reset_before: vec![0; backend_owner.len()],
             backend_owner,
             back_mac,
             worker,
+            ids,
+            epoch: 0,
+            age_limit_ns: u64::MAX,
         })
     }
 }
@@ -132,52 +152,63 @@ impl Dataplane {
         }
     }
 
-    /// Every daemon's id, by address.
-    fn ids_by_addr(&self) -> AHashMap<SocketAddrV4, BackendId> {
-        self.services
-            .iter()
-            .flat_map(|slot| {
-                (0..slot.pool.len()).map(move |l| {
-                    let local = PoolIndex(l as u16);
-                    (slot.pool.addr(local), slot.backend(local))
-                })
-            })
-            .collect()
+    /// Whether `record` still stands, brought up to this plane's epoch: its
+    /// daemon is found by address (a reload may have given it another id); false
+    /// if the daemon is no longer configured or its connections were reset after
+    /// the record was made. Connection counts are not touched: they were carried
+    /// over by [`take_over`](Self::take_over), or zeroed by the reset.
+    #[inline(always)]
+    pub fn current(&self, record: &mut FlowRecord) -> bool {
+        record.epoch == self.epoch || self.refresh(record)
     }
 
-    /// Takes over a worker's records after a reload: records of daemons that
-    /// remain point at their new ids (and count towards least-connections);
-    /// records of daemons no longer configured are dropped. Daemons keep their
-    /// up/down/draining state. Runs on the reload path only, so it may allocate.
-    pub fn adopt(&mut self, table: &mut FlowTable, old: &Dataplane) {
-        let ids = self.ids_by_addr();
+    #[cold]
+    fn refresh(&self, record: &mut FlowRecord) -> bool {
+        match self.ids.get(&record.daemon) {
+            Some(&id) if record.created_ns >= self.reset_before[id.index()] => {
+                record.backend = id;
+                record.epoch = self.epoch;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A failed daemon's connections are reset: its records made before
+    /// `now_ns` are gone (each when next met, by a packet or the sweep).
+    pub fn reset_daemon(&mut self, backend: BackendId, now_ns: u64) {
+        if let Some(at) = self.reset_before.get_mut(backend.index()) {
+            *at = now_ns;
+            self.reset_active(backend);
+            self.epoch = self.epoch.wrapping_add(1);
+        }
+    }
+
+    /// Takes over from the plane a reload replaces: daemons that remain keep
+    /// their up/down/draining state, their connection counts and their resets,
+    /// by address, and the epoch moves on so that every record is re-pointed by
+    /// address when next met. O(daemons): the records are left to the packet
+    /// path and the worker's sweep.
+    pub fn take_over(&mut self, old: &Dataplane) {
         for slot in &old.services {
             for l in 0..slot.pool.len() {
                 let local = PoolIndex(l as u16);
-                if let Some(&id) = ids.get(&slot.pool.addr(local)) {
-                    self.set_backend_state(id, slot.pool.state(local));
+                let addr = slot.pool.addr(local);
+                let Some(&id) = self.ids.get(&addr) else {
+                    continue;
+                };
+                self.set_backend_state(id, slot.pool.state(local));
+                if let Some((pool, new_local)) = self.pool_of(id) {
+                    for _ in 0..slot.pool.active(local) {
+                        pool.connection_opened(new_local);
+                    }
+                }
+                if let Some(&old_id) = old.ids.get(&addr) {
+                    self.reset_before[id.index()] = old.reset_before[old_id.index()];
                 }
             }
         }
-        let moves: Vec<(FlowKey, Option<BackendId>)> = table
-            .iter()
-            .map(|r| (r.key, ids.get(&r.daemon).copied()))
-            .collect();
-        for (key, id) in moves {
-            match id {
-                Some(id) => {
-                    if let Some(record) = table.get_mut(&key) {
-                        record.backend = id;
-                    }
-                    if let Some((pool, local)) = self.pool_of(id) {
-                        pool.connection_opened(local);
-                    }
-                }
-                None => {
-                    table.remove(&key);
-                }
-            }
-        }
+        self.epoch = old.epoch.wrapping_add(1);
     }
 }
 
@@ -326,7 +357,8 @@ pub fn forward(
     let opens_connection = flags.syn() && !flags.ack();
     let (seq, next) = pkt.tcp_seq_next();
     let ack = pkt.tcp_ack();
-    let (daemon, backend, opened) = match table.get_mut_hashed(&key, hash) {
+    let valid = |r: &mut FlowRecord| plane.current(r);
+    let (daemon, backend, opened) = match table.get_valid_hashed(&key, hash, valid) {
         Some(record) => {
             record.last_seen_ns = now_ns;
             let before = record.state;
@@ -400,6 +432,7 @@ pub fn forward(
                 client_next: next,
                 client_ack: 0,
                 state,
+                epoch: plane.epoch,
             };
             // `Exists` cannot happen right after a miss with this worker the only
             // writer; either way the connection is refused rather than mis-counted.

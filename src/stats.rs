@@ -74,6 +74,14 @@ impl Counter {
         self.0.store(value, Relaxed);
     }
 
+    /// For high-water marks: keeps the larger of the current value and `value`.
+    #[inline]
+    pub fn raise(&self, value: u64) {
+        if value > self.0.load(Relaxed) {
+            self.0.store(value, Relaxed);
+        }
+    }
+
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
@@ -97,6 +105,12 @@ pub struct WorkerStats {
     pub held_back: Counter,
     /// Events lost: never, unless a round emits more than it may (a bug).
     pub events_dropped: Counter,
+    /// Records the worker's sweep removed because they were idle beyond the age
+    /// limit: the loop should have removed them (a message was lost).
+    pub aged_out: Counter,
+    /// The longest round so far, in ns: commands, both directions, the sweep
+    /// (not the sleep when idle). What a frame may wait behind.
+    pub round_max_ns: Counter,
     /// Resets that did not end their connection: sequence number out of the
     /// window, or older than the record.
     pub rst_ignored: Counter,

@@ -101,6 +101,9 @@ pub fn run(setup: WorkerSetup) {
         free: frames,
     };
     let mut idle_spins = 0u32;
+    let mut sweeper = Sweeper::default();
+    let mut round_started: Option<u64> = None;
+    let mut next_sweep_ns = 0;
     // The daemon waits for this before it says it is running; frames that
     // arrived meanwhile are waiting in the RX rings.
     if let Some(ready) = ready {
@@ -111,6 +114,12 @@ pub fn run(setup: WorkerSetup) {
 
     while !stop.load(Relaxed) {
         let now_ns = now_ns();
+        // Measured from the previous round's start, so that it includes
+        // everything the round did; a round that ended in a sleep is not
+        // measured (its gap is the sleep).
+        if let Some(started) = round_started.replace(now_ns) {
+            stats.round_max_ns.raise(now_ns - started);
+        }
         if now_ns >= next_socket_stats_ns {
             next_socket_stats_ns = now_ns + SOCKET_STATS_INTERVAL_NS;
             read_socket_stats(&front, &back, &stats);
@@ -128,7 +137,16 @@ pub fn run(setup: WorkerSetup) {
         }
         for command in commands.try_iter().take(COMMANDS_PER_ROUND) {
             stats.commands.add(1);
-            apply(command, &mut table, &mut plane, &mut events, &stats, now_ns);
+            let table = &mut table;
+            apply(
+                command,
+                table,
+                &mut plane,
+                &mut sweeper,
+                &mut events,
+                &stats,
+                now_ns,
+            );
         }
 
         let mut busy_ns = 0u64;
@@ -172,12 +190,16 @@ pub fn run(setup: WorkerSetup) {
                 now_ns,
             },
         );
+        let n = (n_fwd + n_rev) as u64;
+        if now_ns >= next_sweep_ns {
+            next_sweep_ns = now_ns + SWEEP_EVERY_NS;
+            sweeper.step(SWEEP_SLICE, &mut table, &mut plane, &mut events, &stats, now_ns);
+        }
         events.flush();
         stats.rx_front.add(n_fwd as u64);
         stats.rx_back.add(n_rev as u64);
         stats.flows.set(table.len() as u64);
 
-        let n = (n_fwd + n_rev) as u64;
         if let Some(per_packet) = busy_ns.checked_div(n) {
             stats.latency_ns.record_n(per_packet, n);
             stats.batch_sizes.record_n(n, 1);
@@ -187,11 +209,15 @@ pub fn run(setup: WorkerSetup) {
         }
         match poll {
             PollMode::Busy => std::hint::spin_loop(),
-            PollMode::Wakeup => sleep(&front, &back, &stats),
+            PollMode::Wakeup => {
+                sleep(&front, &back, &stats);
+                round_started = None;
+            }
             PollMode::Adaptive => {
                 idle_spins += 1;
                 if idle_spins >= ADAPTIVE_SPINS {
                     sleep(&front, &back, &stats);
+                    round_started = None;
                     idle_spins = 0;
                 } else {
                     std::hint::spin_loop();
@@ -207,6 +233,7 @@ fn apply(
     command: Command,
     table: &mut FlowTable,
     plane: &mut Dataplane,
+    sweeper: &mut Sweeper,
     events: &mut EventSink,
     stats: &WorkerStats,
     now_ns: u64,
@@ -253,15 +280,90 @@ fn apply(
         },
         Command::BackendState { backend, state } => plane.set_backend_state(backend, state),
         Command::RemoveBackendFlows { backend } => {
-            table.retain(|r| r.backend != backend);
-            plane.reset_active(backend);
+            sweeper.finish_pass(table, plane, events, stats, now_ns);
+            plane.reset_daemon(backend, now_ns);
+            sweeper.begin_pass(table);
         }
         Command::ReplacePlane(new) => {
+            sweeper.finish_pass(table, plane, events, stats, now_ns);
             let old = std::mem::replace(plane, *new);
-            plane.adopt(table, &old);
+            plane.take_over(&old);
+            sweeper.begin_pass(table);
         }
     }
     events.flush();
+}
+
+/// Flow-table slots a worker sweeps at a time, at most once per
+/// [`SWEEP_EVERY_NS`]: about a million slots a second (a default table's two
+/// million in two seconds) for a microsecond or two each millisecond, so the
+/// sweep never adds more than that to a frame's wait.
+const SWEEP_SLICE: usize = 1024;
+const SWEEP_EVERY_NS: u64 = 1_000_000;
+
+/// The worker's walk over its own table, a slice per round: records of an
+/// earlier epoch are brought up to date (or dropped), records idle beyond the
+/// plane's age limit are removed whatever the loop said. Table-wide work is
+/// thus never done at once on the packet path.
+#[derive(Default)]
+struct Sweeper {
+    cursor: usize,
+    /// Slots left before every record has been looked at since the epoch last
+    /// moved.
+    pass_left: usize,
+}
+
+impl Sweeper {
+    fn step(
+        &mut self,
+        slots: usize,
+        table: &mut FlowTable,
+        plane: &mut Dataplane,
+        events: &mut EventSink,
+        stats: &WorkerStats,
+        now_ns: u64,
+    ) {
+        let age_limit = plane.age_limit_ns;
+        self.cursor = table.sweep(self.cursor, slots, |r| {
+            if !plane.current(r) {
+                return false;
+            }
+            if now_ns.saturating_sub(r.last_seen_ns) <= age_limit {
+                return true;
+            }
+            plane.connection_closed(r.backend);
+            events.emit(
+                Event::Removed {
+                    key: r.key,
+                    at_ns: now_ns,
+                },
+                stats,
+            );
+            stats.aged_out.add(1);
+            false
+        });
+        self.pass_left = self.pass_left.saturating_sub(slots);
+    }
+
+    /// The epoch is about to move: records must not lag two epochs behind (an
+    /// 8-bit epoch must not wrap onto a live one), so a pass still running is
+    /// finished now. Rare: two changes within one pass.
+    fn finish_pass(
+        &mut self,
+        table: &mut FlowTable,
+        plane: &mut Dataplane,
+        events: &mut EventSink,
+        stats: &WorkerStats,
+        now_ns: u64,
+    ) {
+        if self.pass_left > 0 {
+            self.step(self.pass_left, table, plane, events, stats, now_ns);
+        }
+    }
+
+    fn begin_pass(&mut self, table: &FlowTable) {
+        self.pass_left = table.slots();
+    }
 }
 
 /// How often a worker asks the kernel for its sockets' drop counters (a syscall
@@ -440,10 +542,12 @@ mod tests {
         send(false, 15, &mut table, &mut plane);
         // The port is reused at 30: the record restarts for the new connection.
         send(true, 30, &mut table, &mut plane);
+        let mut sweeper = Sweeper::default();
         apply(
             remove(20),
             &mut table,
             &mut plane,
+            &mut sweeper,
             &mut loop_side,
             &stats,
             40,
@@ -454,6 +558,7 @@ mod tests {
             remove(35),
             &mut table,
             &mut plane,
+            &mut sweeper,
             &mut loop_side,
             &stats,
             40,
@@ -542,14 +647,22 @@ mod tests {
         let (kept_a, kept_c) = (count(&table, a), count(&table, c));
         assert!(kept_a > 0 && kept_c > 0 && count(&table, b) > 0 && count(&table, d) > 0);
 
+        let mut sweeper = Sweeper::default();
         apply(
             Command::ReplacePlane(Box::new(plane(&new))),
             &mut table,
             &mut running,
+            &mut sweeper,
             &mut events,
             &stats,
             2,
         );
+        // The records are brought up to date a slice at a time: none was touched
+        // by the reload itself.
+        assert_eq!(table.len(), 12);
+        while sweeper.pass_left > 0 {
+            sweeper.step(5, &mut table, &mut running, &mut events, &stats, 3);
+        }
 
         // A fresh start with `new`, brought to the same connections and states.
         let mut fresh = plane(&new);
@@ -614,7 +727,8 @@ mod tests {
         rx.try_iter().for_each(drop);
         let mut check = |table: &mut FlowTable, seq: u32, at_ns: u64| {
             let command = Command::Flow(FlowCommand::CheckRst { key, seq, at_ns });
-            apply(command, table, &mut plane, &mut events, &stats, 20);
+            let sweeper = &mut Sweeper::default();
+            apply(command, table, &mut plane, sweeper, &mut events, &stats, 20);
             rx.try_iter().collect::<Vec<_>>()
         };
         assert_eq!(check(&mut table, 5000u32.wrapping_add(1 << 31), 15), []);
@@ -626,5 +740,89 @@ mod tests {
         let reset = Event::Reset { key, at_ns: 15 };
         assert_eq!(check(&mut table, 5000 + 1000, 15), [reset]);
         assert!(table.get(&key).unwrap().state.contains(TcpState::RST));
+    }
+
+    #[test]
+    fn a_reset_daemon_loses_its_records_lazily_and_idle_records_age_out() {
+        use crate::{dataplane::testing::segment_at, ids::BackendId};
+        let (a, b) = (
+            SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080),
+            SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 12), 8080),
+        );
+        let mut plane = testing::plane(VIP, &[a, b]);
+        plane.age_limit_ns = 1000;
+        let mut table = FlowTable::with_capacity(16);
+        let stats = WorkerStats::default();
+        let (mut events, mut rx) = testing::events();
+        let client = |i: u16| SocketAddrV4::new(*CLIENT.ip(), 40000 + i);
+        // Round robin: clients 0 and 2 go to a, 1 and 3 to b.
+        for i in 0..4 {
+            let mut syn = segment_at(client(i), VIP, 0x02, 1, 0);
+            assert!(forward(
+                &mut syn,
+                &mut table,
+                &mut plane,
+                &mut events,
+                &stats,
+                10,
+                None
+            ));
+        }
+        events.flush();
+        rx.try_iter().for_each(drop);
+        let mut sweeper = Sweeper::default();
+        let reset_a = Command::RemoveBackendFlows {
+            backend: BackendId(0),
+        };
+        apply(
+            reset_a,
+            &mut table,
+            &mut plane,
+            &mut sweeper,
+            &mut events,
+            &stats,
+            20,
+        );
+        assert_eq!(table.len(), 4, "nothing walked the table");
+
+        // A segment of one of a's connections finds no record any more.
+        let mut ack = segment_at(client(0), VIP, 0x10, 2, 1);
+        assert!(!forward(
+            &mut ack,
+            &mut table,
+            &mut plane,
+            &mut events,
+            &stats,
+            30,
+            None
+        ));
+        assert_eq!(stats.dropped[WorkerDrop::NoFlow as usize].get(), 1);
+        assert_eq!(table.len(), 3);
+        // The sweep takes the other; b's stay (idle 30 ns of 1000).
+        while sweeper.pass_left > 0 {
+            sweeper.step(3, &mut table, &mut plane, &mut events, &stats, 40);
+        }
+        let daemons: Vec<_> = table.iter().map(|r| r.daemon).collect();
+        assert_eq!(daemons, [b, b]);
+        events.flush();
+        assert_eq!(rx.try_iter().count(), 0, "the loop already forgot a's");
+
+        // Long idle: the sweep removes them on its own, and tells the loop.
+        sweeper.step(
+            table.slots(),
+            &mut table,
+            &mut plane,
+            &mut events,
+            &stats,
+            2000,
+        );
+        assert!(table.is_empty());
+        assert_eq!(stats.aged_out.get(), 2);
+        events.flush();
+        let removed = rx
+            .try_iter()
+            .filter(|e| matches!(e, Event::Removed { at_ns: 2000, .. }))
+            .count();
+        assert_eq!(removed, 2);
     }
 }

@@ -397,7 +397,9 @@ fn a_tiny_event_ring_under_a_connection_storm_loses_no_event() {
     println!("events deferred {deferred}, rounds held back {held_back}");
     assert!(deferred > 0, "the ring never overflowed: {stats}");
     assert_eq!(u64_at(&stats, "/workers/0/events_dropped"), 0, "{stats}");
-    wait_until(Duration::from_secs(5), "no record left after the linger", || {
-        records(&topo) == (0, 0)
-    });
+    wait_until(
+        Duration::from_secs(5),
+        "no record left after the linger",
+        || records(&topo) == (0, 0),
+    );
 }

@@ -46,6 +46,19 @@ pub struct Timeouts {
     pub rst_linger: Duration,
 }
 
+impl Timeouts {
+    /// How long a record may go without a packet before its worker removes it
+    /// on its own: twice the longest of the timeouts, so that it never races the
+    /// loop, which removes or probes every record well before.
+    pub fn record_age_limit(&self) -> Duration {
+        2 * self
+            .syn
+            .max(self.idle)
+            .max(self.linger)
+            .max(self.rst_linger)
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         Self {

@@ -61,14 +61,17 @@ pub fn planes(
     back_mac: [u8; 6],
     workers: usize,
 ) -> Result<Vec<Dataplane>> {
+    let age_limit = config.control.timeouts.record_age_limit();
     (0..workers)
         .map(|w| {
-            Dataplane::build(
+            let mut plane = Dataplane::build(
                 WorkerId(w as u16),
                 &config.services,
                 next_hops.clone(),
                 back_mac,
-            )
+            )?;
+            plane.age_limit_ns = u64::try_from(age_limit.as_nanos()).unwrap_or(u64::MAX);
+            Ok(plane)
         })
         .collect()
 }

@@ -94,6 +94,8 @@ pub struct Manager<'a> {
     metrics: Option<TcpListener>,
     orders: Vec<Order>,
     next_refresh_ns: u64,
+    /// The longest round so far (ns), from a wake-up to the next wait.
+    round_max_ns: u64,
     stop: bool,
 }
 
@@ -131,6 +133,7 @@ impl<'a> Manager<'a> {
             metrics,
             orders: Vec::new(),
             next_refresh_ns: 0,
+            round_max_ns: 0,
             stop: false,
             config: parts.config,
         })
@@ -151,11 +154,16 @@ impl<'a> Manager<'a> {
         // Daemons whose next hop is still unknown start out of selection.
         self.tell_states();
         while !self.stop {
+            let round_started = now_ns();
             self.wake.arm();
             self.drain_events();
-            for done in self.uring.wait()? {
+            self.round_max_ns = self.round_max_ns.max(now_ns() - round_started);
+            let done = self.uring.wait()?;
+            let round_started = now_ns();
+            for done in done {
                 self.complete(done)?;
             }
+            self.round_max_ns = self.round_max_ns.max(now_ns() - round_started);
         }
         Ok(())
     }
@@ -172,6 +180,7 @@ impl<'a> Manager<'a> {
             connections: self.tracker.len(),
             ignored_events: self.tracker.ignored_events(),
             timer_entries: self.tracker.timer_entries(),
+            loop_round_max_ns: self.round_max_ns,
         }
     }
 

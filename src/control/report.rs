@@ -35,6 +35,9 @@ pub struct StatsSnapshot<'a> {
     pub ignored_events: u64,
     /// The connection tracker's timer entries, live and stale.
     pub timer_entries: usize,
+    /// The management loop's longest round so far (ns): handling what one
+    /// wake-up brought.
+    pub loop_round_max_ns: u64,
 }
 
 fn merged(
@@ -48,7 +51,7 @@ fn merged(
     h
 }
 
-fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); 21] {
+fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); 23] {
     [
         ("rx_front", s.rx_front.get()),
         ("rx_back", s.rx_back.get()),
@@ -65,6 +68,8 @@ fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); 21] {
         ("events_deferred", s.events_deferred.get()),
         ("held_back", s.held_back.get()),
         ("events_dropped", s.events_dropped.get()),
+        ("aged_out", s.aged_out.get()),
+        ("round_max_ns", s.round_max_ns.get()),
         ("rst_ignored", s.rst_ignored.get()),
         ("commands", s.commands.get()),
         ("batches", s.batches.get()),
@@ -135,8 +140,8 @@ pub fn stats_text(s: &StatsSnapshot<'_>) -> String {
     }
     let _ = writeln!(
         out,
-        "connections {} ignored_events {} timer_entries {}",
-        s.connections, s.ignored_events, s.timer_entries
+        "connections {} ignored_events {} timer_entries {} loop_round_max_ns {}",
+        s.connections, s.ignored_events, s.timer_entries, s.loop_round_max_ns
     );
     out
 }
@@ -168,6 +173,7 @@ struct StatsJson<'a> {
     connections: usize,
     ignored_events: u64,
     timer_entries: usize,
+    loop_round_max_ns: u64,
 }
 
 /// One JSON document and a newline.
@@ -179,7 +185,7 @@ fn json_line(value: &impl Serialize) -> String {
 
 pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
     struct PerWorker {
-        fields: [(&'static str, u64); 21],
+        fields: [(&'static str, u64); 23],
         invalid: Vec<(&'static str, u64)>,
         dropped: Vec<(&'static str, u64)>,
     }
@@ -220,6 +226,7 @@ pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
         connections: s.connections,
         ignored_events: s.ignored_events,
         timer_entries: s.timer_entries,
+        loop_round_max_ns: s.loop_round_max_ns,
     })
 }
 
@@ -417,6 +424,11 @@ pub fn prometheus(s: &StatsSnapshot<'_>) -> String {
         per_worker(&|w| w.events_dropped.get()),
     );
     counter(
+        "aged_out_total",
+        "Records a worker removed on its own, idle beyond the age limit (a lost message).",
+        per_worker(&|w| w.aged_out.get()),
+    );
+    counter(
         "rst_ignored_total",
         "Resets that did not end their connection (sequence number out of the window).",
         per_worker(&|w| w.rst_ignored.get()),
@@ -466,6 +478,22 @@ pub fn prometheus(s: &StatsSnapshot<'_>) -> String {
         "# HELP dispatchd_connections Connections tracked.\n# TYPE dispatchd_connections gauge"
     );
     let _ = writeln!(out, "dispatchd_connections {}", s.connections);
+    let _ = writeln!(
+        out,
+        "# HELP dispatchd_worker_round_max_ns Longest worker round so far (what a frame may wait behind).\n# TYPE dispatchd_worker_round_max_ns gauge"
+    );
+    for (q, w) in s.workers.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "dispatchd_worker_round_max_ns{{worker=\"{q}\"}} {}",
+            w.round_max_ns.get()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP dispatchd_loop_round_max_ns Longest management-loop round so far.\n# TYPE dispatchd_loop_round_max_ns gauge\ndispatchd_loop_round_max_ns {}",
+        s.loop_round_max_ns
+    );
     let h = merged(s.workers, |w| &w.latency_ns);
     let _ = writeln!(
         out,

@@ -45,6 +45,9 @@ pub struct FlowRecord {
     /// which a daemon's reset's sequence number lies.
     pub client_ack: u32,
     pub state: TcpState,
+    /// The worker's configuration epoch when `backend` was last set: a record of
+    /// an older one is brought up to date (or dropped) when next met.
+    pub epoch: u8,
 }
 
 /// Size of a [`FlowRecord`] (48 bytes on the supported targets; asserted in tests).
@@ -79,6 +82,7 @@ const VACANT: FlowRecord = FlowRecord {
     client_next: 0,
     client_ack: 0,
     state: TcpState(0),
+    epoch: 0,
 };
 
 /// `len` copies of `value`, written now: new flows then pay no page fault on the
@@ -248,6 +252,57 @@ impl FlowTable {
         Some(&mut self.records[i])
     }
 
+    /// [`get_mut_hashed`](Self::get_mut_hashed) for records that may have outlived
+    /// what they point at: `valid` may bring the record up to date (and say so),
+    /// or refuse it, and a refused record is removed and reported absent.
+    #[inline(always)]
+    pub fn get_valid_hashed(
+        &mut self,
+        key: &FlowKey,
+        hash: FlowHash,
+        valid: impl FnOnce(&mut FlowRecord) -> bool,
+    ) -> Option<&mut FlowRecord> {
+        debug_assert_eq!(hash, self.hash(key));
+        let i = self.find(key, hash).ok()?;
+        if valid(&mut self.records[i]) {
+            Some(&mut self.records[i])
+        } else {
+            self.remove_at(i);
+            None
+        }
+    }
+
+    /// Moves over `count` slots (at most all of them) from `from` on, wrapping,
+    /// and calls `keep` on each record met; a record it refuses is removed.
+    /// Returns the slot to start the next call from: a table-wide job done a
+    /// slice at a time. Passes over all the slots in slices see every record that
+    /// was there at the start and is still there at the end at least once, as
+    /// long as nothing else removes records meanwhile (a removal behind the
+    /// cursor can shift a record the pass has not seen yet behind it); a record
+    /// a removal shifts across the point where the pass began is seen twice.
+    pub fn sweep(
+        &mut self,
+        from: usize,
+        count: usize,
+        mut keep: impl FnMut(&mut FlowRecord) -> bool,
+    ) -> usize {
+        let mut i = from & self.mask;
+        let mut moved = 0;
+        // Each removal costs one more step without moving; there are at most
+        // `len` of them.
+        while moved < count.min(self.tags.len()) {
+            if self.tags[i] != EMPTY_TAG && !keep(&mut self.records[i]) {
+                // The backward shift may have moved the next record into slot i:
+                // look at it again.
+                self.remove_at(i);
+                continue;
+            }
+            i = (i + 1) & self.mask;
+            moved += 1;
+        }
+        i
+    }
+
     /// Inserts a record for a key not yet present. On error the table is untouched:
     /// `Exists` if the key is present (checked first), `Full` if `len() == capacity()`.
     pub fn insert(&mut self, record: FlowRecord) -> Result<&mut FlowRecord, InsertError> {
@@ -375,6 +430,7 @@ mod tests {
             client_next: n,
             client_ack: 0,
             state: TcpState::SYN_SEEN,
+            epoch: 0,
         }
     }
 
@@ -515,6 +571,54 @@ mod tests {
             assert_eq!(removed, 32);
             assert_eq!(t.len(), 16);
         }
+    }
+
+    #[test]
+    fn a_sweep_in_slices_sees_every_record_in_one_pass() {
+        for capacity in [1, 7, 100, 1000] {
+            let mut t = FlowTable::with_capacity(capacity);
+            for n in 0..capacity as u32 {
+                t.insert(rec(n, 0, u64::from(n))).unwrap();
+            }
+            let mut seen = std::collections::HashMap::<u32, u32>::new();
+            let mut cursor = 12_345;
+            let mut left = t.slots();
+            while left > 0 {
+                let slice = left.min(17);
+                cursor = t.sweep(cursor, slice, |r| {
+                    let n = ((u32::from(r.key.client_ip) - 0x0a00_0000) << 8)
+                        | u32::from(r.key.client_port - 1024);
+                    *seen.entry(n).or_default() += 1;
+                    n % 3 != 0
+                });
+                left -= slice;
+            }
+            assert_eq!(seen.len(), capacity, "every record seen");
+            assert_eq!(t.len(), (0..capacity).filter(|n| n % 3 != 0).count());
+            for n in 0..capacity as u32 {
+                assert_eq!(t.get(&key(n)).is_some(), n % 3 != 0, "key {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_invalid_record_is_removed_when_met() {
+        let mut t = FlowTable::with_capacity(8);
+        for n in 0..4 {
+            t.insert(rec(n, 0, 0)).unwrap();
+        }
+        let k = key(2);
+        let hash = t.hash(&k);
+        assert!(t.get_valid_hashed(&k, hash, |_| false).is_none());
+        assert!(t.get(&k).is_none());
+        assert_eq!(t.len(), 3);
+        let k = key(3);
+        let hash = t.hash(&k);
+        let r = t.get_valid_hashed(&k, hash, |r| {
+            r.epoch = 9;
+            true
+        });
+        assert_eq!(r.map(|r| r.epoch), Some(9));
     }
 
     #[test]

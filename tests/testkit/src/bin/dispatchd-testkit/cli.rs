@@ -109,6 +109,8 @@ enum Command {
         iface: String,
         #[arg(long)]
         from: SocketAddrV4,
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
     },
     Hold {
         #[arg(long)]
@@ -189,7 +191,11 @@ pub fn run() -> Result<()> {
             let from = SocketAddrV4::new(src_ip, src_port);
             inject::run(&iface, &dst_mac, from, to, &kind, count, seq)
         }
-        Command::Sniff { iface, from } => inject::sniff(&iface, from),
+        Command::Sniff {
+            iface,
+            from,
+            timeout_ms,
+        } => inject::sniff(&iface, from, Duration::from_millis(timeout_ms)),
         Command::Hold {
             to,
             seconds,

@@ -3,7 +3,7 @@
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -189,12 +189,19 @@ pub fn run(
 /// Waits for one TCP segment sent from `from` on `iface` and prints its
 /// sequence and acknowledgment numbers: what a test needs to aim a reset inside
 /// (or outside) a live connection's window.
-pub fn sniff(iface: &str, from: SocketAddrV4) -> Result<()> {
+pub fn sniff(iface: &str, from: SocketAddrV4, timeout: Duration) -> Result<()> {
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
     let fd = raw_socket(iface)?;
     let mut buf = vec![0u8; 65536];
+    let deadline = Instant::now() + timeout;
     loop {
-        let n = recv(&fd, &mut buf)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("no segment from {from} on {iface} within {timeout:?}");
+        }
+        let Some(n) = recv(&fd, &mut buf, left)? else {
+            continue;
+        };
         let Ok(p) = SlicedPacket::from_ethernet(&buf[..n]) else {
             continue;
         };

@@ -185,14 +185,26 @@ pub fn raw_socket(iface: &str) -> Result<OwnedFd> {
 }
 
 /// Receives one frame into `buf` (an AF_PACKET socket sees every frame the
-/// interface sends or receives); returns its length.
-pub fn recv(fd: &OwnedFd, buf: &mut [u8]) -> Result<usize> {
+/// interface sends or receives) within `timeout`; its length, or None if none
+/// came.
+pub fn recv(fd: &OwnedFd, buf: &mut [u8], timeout: Duration) -> Result<Option<usize>> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: pfd is one valid pollfd for the call.
+    let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if ready <= 0 {
+        return Ok(None);
+    }
     // SAFETY: buf is a live, writable buffer of the length given.
     let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
     if n < 0 {
         return Err(std::io::Error::last_os_error()).context("receiving a raw frame");
     }
-    Ok(n as usize)
+    Ok(Some(n as usize))
 }
 
 /// Sends one frame, waiting out a full device queue (ENOBUFS) rather than
