@@ -11,8 +11,11 @@ use crate::{
     flow::{FlowHash, FlowKey, FlowRecord, FlowTable, InsertError, TcpState},
     ids::{BackendId, PoolIndex, ServiceId, WorkerId},
     neigh::NextHop,
-    packet::{peek_endpoints, L4Frame, MacPair},
-    protocol::{Event, EventSink},
+    packet::{
+        icmp::{self, IcmpError},
+        peek_endpoints, DropReason, L4Frame, MacPair,
+    },
+    protocol::{Event, EventSink, SLOW_FRAME_MAX},
     stats::{WorkerDrop, WorkerStats},
 };
 
@@ -45,6 +48,8 @@ pub struct Dataplane {
     pub back_mac: [u8; 6],
     /// The owning worker, reported with each new connection.
     pub worker: WorkerId,
+    /// Client SYNs announcing a larger MSS are lowered to this (`mss_clamp`).
+    pub mss_clamp: Option<u16>,
 }
 
 /// An address and port as one integer: hashed with a single write, where
@@ -101,7 +106,14 @@ impl Dataplane {
             backend_owner,
             back_mac,
             worker,
+            mss_clamp: None,
         })
+    }
+
+    /// This plane with client SYNs clamped to `mss` (see [`Dataplane::mss_clamp`]).
+    pub fn with_mss_clamp(mut self, mss: Option<u16>) -> Self {
+        self.mss_clamp = mss;
+        self
     }
 }
 
@@ -286,12 +298,12 @@ impl FrameHandler for Reverser<'_> {
     }
 }
 
-/// Parses a frame, counting the reason when it cannot be rewritten correctly.
+/// Whether a frame that is not TCP or UDP is ICMP: the XDP program steers ICMP
+/// errors about connections to the same sockets as their segments.
 #[inline]
-fn parse_counted<'a>(frame: &'a mut [u8], stats: &WorkerStats) -> Option<L4Frame<'a>> {
-    L4Frame::parse(frame)
-        .map_err(|reason| stats.invalid[reason.index()].add(1))
-        .ok()
+fn is_icmp(reason: DropReason, frame: &[u8]) -> bool {
+    reason == DropReason::UnsupportedProtocol
+        && icmp::peek_protocol(frame) == Some(icmp::PROTO_ICMP)
 }
 
 #[inline]
@@ -313,8 +325,15 @@ pub fn forward(
     now_ns: u64,
     hint: Option<FlowHint>,
 ) -> bool {
-    let Some(mut pkt) = parse_counted(frame, stats) else {
-        return false;
+    let mut pkt = match L4Frame::parse(frame) {
+        Ok(pkt) => pkt,
+        Err(reason) => {
+            if is_icmp(reason, frame) {
+                return icmp_from_front(frame, events, stats);
+            }
+            stats.invalid[reason.index()].add(1);
+            return false;
+        }
     };
     let key = FlowKey::new(pkt.src(), pkt.dst(), pkt.protocol().number());
     let hash = match hint {
@@ -411,6 +430,13 @@ pub fn forward(
             dst: dst_mac,
         },
     );
+    if opens_connection {
+        if let Some(mss) = plane.mss_clamp {
+            if pkt.clamp_mss(mss) {
+                stats.mss_clamped.add(1);
+            }
+        }
+    }
     true
 }
 
@@ -423,8 +449,15 @@ pub fn reverse(
     events: &mut EventSink,
     stats: &WorkerStats,
 ) -> bool {
-    let Some(mut pkt) = parse_counted(frame, stats) else {
-        return false;
+    let mut pkt = match L4Frame::parse(frame) {
+        Ok(pkt) => pkt,
+        Err(reason) => {
+            if is_icmp(reason, frame) {
+                return icmp_from_back(frame, plane, stats);
+            }
+            stats.invalid[reason.index()].add(1);
+            return false;
+        }
     };
     let Some(&service) = plane.service_by_daemon.get(&endpoint_key(pkt.src())) else {
         return drop_with(stats, WorkerDrop::UnknownDaemon);
@@ -448,6 +481,52 @@ pub fn reverse(
         events.emit(ev, stats);
     }
     pkt.rewrite_src(service);
+    true
+}
+
+/// An ICMP error from the front about a reply: its daemon is in the record of
+/// the connection, which may be another worker's (the error's queue is the
+/// NIC's pick), so a copy goes to the management loop, which knows every
+/// connection. Errors are rare; the copy is small (at most [`SLOW_FRAME_MAX`]
+/// bytes, a longer one is cut) and the UMEM frame is freed at once.
+#[cold]
+fn icmp_from_front(frame: &mut [u8], events: &mut EventSink, stats: &WorkerStats) -> bool {
+    let mut error = match IcmpError::parse(frame) {
+        Ok(e) => e,
+        Err(reason) => {
+            stats.icmp_invalid[reason.index()].add(1);
+            return false;
+        }
+    };
+    error.truncate(SLOW_FRAME_MAX);
+    if events.emit_frame(error.as_bytes()) {
+        stats.icmp_to_loop.add(1);
+    } else {
+        stats.dropped[WorkerDrop::IcmpQueueFull as usize].add(1);
+    }
+    false
+}
+
+/// An ICMP error from the back about a client's segment: like a reply, the
+/// daemon it was sent to names the service, so it is translated here, with no
+/// flow lookup; the XDP program set the Ethernet addresses towards the client.
+#[cold]
+fn icmp_from_back(frame: &mut [u8], plane: &Dataplane, stats: &WorkerStats) -> bool {
+    let mut error = match IcmpError::parse(frame) {
+        Ok(e) => e,
+        Err(reason) => {
+            stats.icmp_invalid[reason.index()].add(1);
+            return false;
+        }
+    };
+    let Some(&service) = plane
+        .service_by_daemon
+        .get(&endpoint_key(error.quoted_dst()))
+    else {
+        return drop_with(stats, WorkerDrop::UnknownDaemon);
+    };
+    error.rewrite_to_client(service);
+    stats.icmp_to_client.add(1);
     true
 }
 

@@ -95,7 +95,10 @@ fn a_narrow_route_beyond_a_front_router_does_not_stall_downloads() {
         text(&out),
         lb.output()
     );
-    assert!(stdout.contains(&format!("ok={DOWNLOADS} failed=0")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("ok={DOWNLOADS} failed=0")),
+        "{stdout}"
+    );
 
     let stats = topo.stats();
     println!("{}", topo.ctl(&["stats"]));

@@ -41,6 +41,8 @@ pub(super) struct FileConfig {
     pub frames_per_queue: u32,
     /// Descriptors per ring operation.
     pub batch: usize,
+    /// Largest MSS client SYNs may announce; none by default.
+    pub mss_clamp: Option<u16>,
     /// `[[service]]` tables.
     #[serde(rename = "service")]
     pub services: Vec<FileService>,
@@ -111,6 +113,7 @@ impl Default for FileConfig {
             flow_capacity: DEFAULT_FLOW_CAPACITY,
             frames_per_queue: DEFAULT_FRAMES_PER_QUEUE,
             batch: DEFAULT_BATCH,
+            mss_clamp: None,
             services: Vec::new(),
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
             metrics_listen: None,
@@ -234,6 +237,7 @@ impl FileConfig {
             flow_capacity: self.flow_capacity,
             frames_per_queue: self.frames_per_queue,
             batch: self.batch,
+            mss_clamp: self.mss_clamp,
             services: self
                 .services
                 .into_iter()

@@ -49,6 +49,12 @@ pub const DEFAULT_BATCH: usize = 64;
 pub const MAX_BATCH: usize = 256;
 /// Weight of a backend given without one.
 pub const DEFAULT_WEIGHT: u32 = 1;
+/// Smallest accepted `mss_clamp`: the MSS every IPv4 host must accept (RFC 9293,
+/// 576-byte datagrams less 40 bytes of headers); lower would only shrink segments
+/// below what any path needs.
+pub const MIN_MSS_CLAMP: u16 = 536;
+/// Largest accepted `mss_clamp`: an IPv4 packet's most, less 40 bytes of headers.
+pub const MAX_MSS_CLAMP: u16 = 65_495;
 /// Longest interface name Linux accepts (`IFNAMSIZ - 1`).
 pub const MAX_IFNAME_LEN: usize = 15;
 
@@ -114,6 +120,9 @@ pub struct Config {
     pub frames_per_queue: u32,
     /// Descriptors per ring operation, 1..=[`MAX_BATCH`].
     pub batch: usize,
+    /// Client SYNs announcing a larger MSS are lowered to this, for paths that
+    /// filter ICMP; [`MIN_MSS_CLAMP`]..=[`MAX_MSS_CLAMP`]. None: left alone.
+    pub mss_clamp: Option<u16>,
     /// The services to balance; at least one.
     pub services: Vec<ServiceConfig>,
     /// The management loop: control socket, metrics, timeouts, health checks.
@@ -232,6 +241,8 @@ pub enum ConfigError {
     FramesTooLarge { frames: u32 },
     #[error("batch = {batch} is out of range 1..={MAX_BATCH}")]
     BatchOutOfRange { batch: usize },
+    #[error("mss_clamp = {mss} is out of range {MIN_MSS_CLAMP}..={MAX_MSS_CLAMP}")]
+    MssClampOutOfRange { mss: u16 },
     #[error("flow_capacity = 0: must be >= 1")]
     ZeroFlowCapacity,
     #[error(
@@ -313,6 +324,11 @@ impl Config {
         }
         if self.flow_capacity == 0 {
             return Err(ConfigError::ZeroFlowCapacity);
+        }
+        if let Some(mss) = self.mss_clamp {
+            if !(MIN_MSS_CLAMP..=MAX_MSS_CLAMP).contains(&mss) {
+                return Err(ConfigError::MssClampOutOfRange { mss });
+            }
         }
         if self.flow_capacity > crate::flow::MAX_CAPACITY {
             return Err(ConfigError::FlowCapacityTooLarge {

@@ -69,6 +69,7 @@ pub fn planes(
                 next_hops.clone(),
                 back_mac,
             )
+            .map(|plane| plane.with_mss_clamp(config.mss_clamp))
         })
         .collect()
 }

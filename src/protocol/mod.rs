@@ -1,16 +1,18 @@
 //! Everything that passes between a worker and the management loop, in one place:
 //! what a worker reports ([`Event`], through a lock-free [`ring`] it publishes once
-//! per batch), how it wakes the loop ([`Wake`]), and what the loop orders a worker
-//! to do ([`Command`], through a bounded channel the worker drains between batches).
+//! per batch), the rare frames it hands over for the loop to handle
+//! ([`SlowFrame`], copies of ICMP errors, through a second, small ring), how it
+//! wakes the loop ([`Wake`]), and what the loop orders a worker to do
+//! ([`Command`], through a bounded channel the worker drains between batches).
 //!
 //! ```text
-//! worker ──EventSink: Event ring + Wake (eventfd)──▶ loop
-//! worker ◀──────────── Command channel ──────────── loop
+//! worker ──EventSink: Event ring + SlowFrame ring + Wake (eventfd)──▶ loop
+//! worker ◀───────────────────── Command channel ──────────────────── loop
 //! ```
 //!
 //! Both directions are bounded. A full event ring costs the event (counted as
-//! `events_dropped`); a full command channel keeps the loop's command for its next
-//! round, in order.
+//! `events_dropped`), a full frame ring the frame (counted by the caller); a full
+//! command channel keeps the loop's command for its next round, in order.
 use std::{
     net::SocketAddrV4,
     sync::{
@@ -35,6 +37,43 @@ pub mod ring;
 pub const EVENT_QUEUE: usize = 65_536;
 /// Commands queued per worker; the loop keeps what does not fit for later.
 pub const COMMAND_QUEUE: usize = 4_096;
+/// Frames a worker may hand to the loop before it counts them as dropped. They
+/// are rare (ICMP errors) and a slot is a whole [`SlowFrame`], so the ring is
+/// small and separate from the events', which it would otherwise bloat.
+pub const SLOW_QUEUE: usize = 64;
+/// The most of a frame a [`SlowFrame`] holds: an Ethernet header and the
+/// largest ICMP error RFC 1812 lets a router send.
+pub const SLOW_FRAME_MAX: usize =
+    crate::packet::ethernet::HEADER_LEN + crate::packet::icmp::MAX_ERROR_IP_LEN;
+
+/// A copy of a frame the worker does not handle itself, for the loop.
+#[derive(Clone, Copy)]
+pub struct SlowFrame {
+    len: u16,
+    bytes: [u8; SLOW_FRAME_MAX],
+}
+
+impl SlowFrame {
+    /// A copy of `frame`, if it fits.
+    pub fn new(frame: &[u8]) -> Option<Self> {
+        let mut copy = SlowFrame {
+            len: u16::try_from(frame.len()).ok()?,
+            bytes: [0; SLOW_FRAME_MAX],
+        };
+        copy.bytes.get_mut(..frame.len())?.copy_from_slice(frame);
+        Some(copy)
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for SlowFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlowFrame").field("len", &self.len).finish()
+    }
+}
 
 /// What a worker reports. The worker that sees a daemon's FIN or RST may not be
 /// the worker that owns the record (replies arrive on any queue); the loop routes
@@ -104,6 +143,9 @@ pub enum Command<Plane> {
     /// A reloaded configuration: the worker keeps its records for daemons that
     /// remain.
     ReplacePlane(Box<Plane>),
+    /// A whole frame for a daemon, rewritten by the loop (a translated ICMP
+    /// error): copy it into a free UMEM frame and send it on the back socket.
+    TransmitBack(Box<[u8]>),
 }
 
 /// Wakes the management loop through its eventfd, at most once per sleep: the
@@ -140,9 +182,11 @@ impl Wake {
     }
 }
 
-/// A worker's side of its bounded event queue to the management loop.
+/// A worker's side of its bounded event queue (and frame queue) to the
+/// management loop.
 pub struct EventSink {
     queue: ring::Producer<Event>,
+    frames: ring::Producer<SlowFrame>,
     wake: Arc<Wake>,
     sent: bool,
 }
@@ -158,11 +202,25 @@ impl EventSink {
         }
     }
 
-    /// Once per batch: publish this batch's events and wake the loop for them.
+    /// Hands a copy of `frame` to the loop; false if it does not fit a
+    /// [`SlowFrame`] or the ring is full (the caller counts it). The loop sees
+    /// it after the next [`flush`](Self::flush).
+    pub fn emit_frame(&mut self, frame: &[u8]) -> bool {
+        let Some(copy) = SlowFrame::new(frame) else {
+            return false;
+        };
+        let pushed = self.frames.try_push(copy).is_ok();
+        self.sent |= pushed;
+        pushed
+    }
+
+    /// Once per batch: publish this batch's events and frames and wake the loop
+    /// for them.
     #[inline]
     pub fn flush(&mut self) {
         if std::mem::take(&mut self.sent) {
             self.queue.publish();
+            self.frames.publish();
             self.wake.notify();
         }
     }
@@ -177,6 +235,7 @@ pub struct WorkerEnd<Plane> {
 /// The loop's ends of its link with one worker.
 pub struct LoopEnd<Plane> {
     pub events: ring::Consumer<Event>,
+    pub frames: ring::Consumer<SlowFrame>,
     pub commands: SyncSender<Command<Plane>>,
 }
 
@@ -190,11 +249,13 @@ pub fn link<Plane>(wake: Arc<Wake>) -> (WorkerEnd<Plane>, LoopEnd<Plane>) {
 /// for tests that fill it.
 pub fn link_sized<Plane>(wake: Arc<Wake>, events: usize) -> (WorkerEnd<Plane>, LoopEnd<Plane>) {
     let (event_tx, event_rx) = ring::channel(events);
+    let (frame_tx, frame_rx) = ring::channel(SLOW_QUEUE);
     let (command_tx, command_rx) = sync_channel(COMMAND_QUEUE);
     (
         WorkerEnd {
             events: EventSink {
                 queue: event_tx,
+                frames: frame_tx,
                 wake,
                 sent: false,
             },
@@ -202,6 +263,7 @@ pub fn link_sized<Plane>(wake: Arc<Wake>, events: usize) -> (WorkerEnd<Plane>, L
         },
         LoopEnd {
             events: event_rx,
+            frames: frame_rx,
             commands: command_tx,
         },
     )

@@ -14,8 +14,8 @@ use std::net::SocketAddrV4;
 use std::net::Ipv4Addr;
 
 use etherparse::{
-    checksum::Sum16BitWords, icmpv4, EtherType, Ethernet2Header, Icmpv4Type, IpHeaders,
-    IpNumber, Ipv4Header, Ipv4Options, PacketBuilder, SingleVlanHeader, TcpHeader, VlanId,
+    checksum::Sum16BitWords, icmpv4, EtherType, Ethernet2Header, Icmpv4Type, IpHeaders, IpNumber,
+    Ipv4Header, Ipv4Options, PacketBuilder, SingleVlanHeader, TcpHeader, VlanId,
 };
 
 /// TCP flag bits, as they sit in the header's flags byte.
@@ -219,10 +219,9 @@ impl IcmpSpec {
                 code_u8: 0,
                 bytes5to8: [0; 4],
             },
-            IcmpKind::EchoRequest => Icmpv4Type::EchoRequest(etherparse::IcmpEchoHeader {
-                id: 1,
-                seq: 1,
-            }),
+            IcmpKind::EchoRequest => {
+                Icmpv4Type::EchoRequest(etherparse::IcmpEchoHeader { id: 1, seq: 1 })
+            }
         };
         let ip = Ipv4Header {
             source: self.src.octets(),

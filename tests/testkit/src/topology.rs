@@ -147,8 +147,14 @@ impl Topology {
     ) -> Topology {
         require_root();
         let prefix = format!("dt{name}{}", std::process::id() % 100_000);
-        Topology::create_routed(&prefix, daemons, queues, router, Programs::for_test(dispatchd))
-            .unwrap_or_else(|e| panic!("{e:#}"))
+        Topology::create_routed(
+            &prefix,
+            daemons,
+            queues,
+            router,
+            Programs::for_test(dispatchd),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// The namespaces `<prefix>c`, `<prefix>d`, `<prefix>s` with `daemons`
