@@ -607,9 +607,15 @@ pub(crate) mod testing {
 
     /// An event sink and the loop's end of its ring.
     pub fn events() -> (EventSink, ring::Consumer<Event>) {
+        let (events, main) = link();
+        (events, main.events)
+    }
+
+    /// An event sink and the loop's end of the whole link (events and frames).
+    pub fn link() -> (EventSink, protocol::LoopEnd<Dataplane>) {
         let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
         let (worker, main) = protocol::link_sized::<Dataplane>(wake, 16);
-        (worker.events, main.events)
+        (worker.events, main)
     }
 }
 
@@ -618,7 +624,10 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::protocol::ring;
+    use crate::{
+        packet::icmp::IcmpDrop,
+        protocol::{self, ring},
+    };
 
     const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80);
     const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 40000);
@@ -778,5 +787,162 @@ mod tests {
         // A retransmitted SYN of a live connection is not a new one.
         assert!(send(0x02, 3, &mut table, &mut plane, &mut sink));
         assert_eq!(opened(&mut sink, &mut rx), 0);
+    }
+
+    // ICMP errors and the MSS clamp: frames from the test kit's encoder.
+    use dispatchd_testkit::frame::{FrameSpec, IcmpKind, IcmpSpec};
+
+    const DAEMON: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080);
+    const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+
+    fn error_about(
+        from: SocketAddrV4,
+        to: SocketAddrV4,
+        at: Ipv4Addr,
+        quote_len: usize,
+    ) -> Vec<u8> {
+        let about = FrameSpec {
+            ttl: 63,
+            payload: vec![1; 1000],
+            ..FrameSpec::tcp(from, to)
+        }
+        .build();
+        IcmpSpec {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            src: ROUTER,
+            dst: at,
+            ttl: 64,
+            tos: 0xc0,
+            kind: IcmpKind::FragNeeded { mtu: 1280 },
+            quote: about.ip_packet()[..quote_len].to_vec(),
+        }
+        .build()
+        .into_bytes()
+    }
+
+    #[test]
+    fn an_icmp_error_from_the_front_is_copied_to_the_loop_and_its_frame_freed() {
+        let mut plane = testing::plane(VIP, &[DAEMON]);
+        let mut table = FlowTable::with_capacity(4);
+        let stats = WorkerStats::default();
+        let (mut sink, mut main) = testing::link();
+        let mut long = error_about(VIP, CLIENT, *VIP.ip(), 1020);
+        let original = long.clone();
+        assert!(!forward(
+            &mut long, &mut table, &mut plane, &mut sink, &stats, 1, None
+        ));
+        sink.flush();
+        let mut copy = main.frames.try_pop().expect("a copy for the loop");
+        // Cut to what RFC 1812 lets an error be, still a valid error.
+        assert_eq!(copy.bytes_mut().len(), SLOW_FRAME_MAX);
+        let mut cut = IcmpError::parse(copy.bytes_mut()).expect("a valid error");
+        assert_eq!((cut.quoted_src(), cut.quoted_dst()), (VIP, CLIENT));
+        assert_eq!(
+            cut.as_bytes()[42..],
+            original[42..SLOW_FRAME_MAX],
+            "the quote's start"
+        );
+        cut.truncate(0);
+        assert_eq!(stats.icmp_to_loop.get(), 1);
+        assert!(main.events.try_pop().is_none(), "no event");
+        assert_eq!(table.len(), 0, "no record");
+
+        // A corrupt one is counted and not copied.
+        let mut bad = error_about(VIP, CLIENT, *VIP.ip(), 28);
+        bad[40] ^= 1;
+        assert!(!forward(
+            &mut bad, &mut table, &mut plane, &mut sink, &stats, 1, None
+        ));
+        sink.flush();
+        assert!(main.frames.try_pop().is_none());
+        assert_eq!(stats.icmp_invalid[IcmpDrop::BadChecksum.index()].get(), 1);
+        assert_eq!(stats.invalid_total(), 0, "not counted as a bad TCP frame");
+
+        // A full ring costs the copy, counted.
+        for _ in 0..protocol::SLOW_QUEUE + 1 {
+            let mut e = error_about(VIP, CLIENT, *VIP.ip(), 28);
+            forward(&mut e, &mut table, &mut plane, &mut sink, &stats, 1, None);
+        }
+        assert_eq!(stats.dropped[WorkerDrop::IcmpQueueFull as usize].get(), 1);
+        assert_eq!(stats.icmp_to_loop.get(), 1 + protocol::SLOW_QUEUE as u64);
+    }
+
+    #[test]
+    fn an_icmp_error_from_the_back_is_translated_for_the_client() {
+        let plane = testing::plane(VIP, &[DAEMON]);
+        let stats = WorkerStats::default();
+        let (mut sink, _rx) = testing::events();
+        let mut f = error_about(CLIENT, DAEMON, *CLIENT.ip(), 100);
+        let macs = f[..12].to_vec();
+        assert!(reverse(&mut f, &plane, &mut sink, &stats));
+        let e = IcmpError::parse(&mut f).expect("still a valid error");
+        assert_eq!((e.outer_src(), e.outer_dst()), (*VIP.ip(), *CLIENT.ip()));
+        assert_eq!((e.quoted_src(), e.quoted_dst()), (CLIENT, VIP));
+        assert_eq!(
+            f[..12],
+            macs[..],
+            "the XDP program's Ethernet addresses stay"
+        );
+        assert_eq!(stats.icmp_to_client.get(), 1);
+
+        // About a segment to no configured daemon: never rewritten.
+        let stranger = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 99), 8080);
+        let mut f = error_about(CLIENT, stranger, *CLIENT.ip(), 28);
+        assert!(!reverse(&mut f, &plane, &mut sink, &stats));
+        assert_eq!(stats.dropped[WorkerDrop::UnknownDaemon as usize].get(), 1);
+    }
+
+    fn syn_with_mss(mss: u16, flags: u8) -> Vec<u8> {
+        let mut f = segment(flags);
+        // Data offset 6: a 4-byte MSS option after the header.
+        let at = 14 + 20 + 20;
+        f.splice(at..at, [2, 4, (mss >> 8) as u8, mss as u8]);
+        let mut fr = dispatchd_testkit::frame::Frame::from_bytes(f);
+        let total = fr.total_len() + 4;
+        fr.set_total_len(total).set_tcp_data_offset(6);
+        fr.reseal_ip_checksum().reseal_tcp_checksum();
+        fr.into_bytes()
+    }
+
+    #[test]
+    fn mss_clamp_lowers_client_syns_only() {
+        let mut plane = testing::plane(VIP, &[DAEMON]).with_mss_clamp(Some(1240));
+        let mut table = FlowTable::with_capacity(4);
+        let stats = WorkerStats::default();
+        let (mut sink, _rx) = testing::events();
+        let mss_of = |f: &[u8]| u16::from_be_bytes([f[56], f[57]]);
+        let mut syn = syn_with_mss(1460, 0x02);
+        assert!(forward(
+            &mut syn, &mut table, &mut plane, &mut sink, &stats, 1, None
+        ));
+        assert_eq!(mss_of(&syn), 1240);
+        assert!(L4Frame::parse(&mut syn).unwrap().l4_checksum_ok());
+        // A segment that is not a SYN is left alone, whatever it carries.
+        let mut ack = syn_with_mss(1460, 0x10);
+        assert!(forward(
+            &mut ack, &mut table, &mut plane, &mut sink, &stats, 2, None
+        ));
+        assert_eq!(mss_of(&ack), 1460);
+        // A smaller MSS stays.
+        let mut small = syn_with_mss(536, 0x02);
+        let client = SocketAddrV4::new(*CLIENT.ip(), 40001);
+        small[34..36].copy_from_slice(&client.port().to_be_bytes());
+        let mut fr = dispatchd_testkit::frame::Frame::from_bytes(small);
+        fr.reseal_tcp_checksum();
+        let mut small = fr.into_bytes();
+        assert!(forward(
+            &mut small, &mut table, &mut plane, &mut sink, &stats, 3, None
+        ));
+        assert_eq!(mss_of(&small), 536);
+        assert_eq!(stats.mss_clamped.get(), 1);
+        // Off by default.
+        let mut plane = testing::plane(VIP, &[DAEMON]);
+        let mut table = FlowTable::with_capacity(4);
+        let mut syn = syn_with_mss(1460, 0x02);
+        assert!(forward(
+            &mut syn, &mut table, &mut plane, &mut sink, &stats, 1, None
+        ));
+        assert_eq!(mss_of(&syn), 1460);
     }
 }
