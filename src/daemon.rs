@@ -228,6 +228,9 @@ pub fn run_with(
             list.join(" ")
         );
     }
+    if let Some(mss) = config.mss_clamp {
+        println!("dispatchd: client SYNs announce an MSS of at most {mss}");
+    }
     if bare {
         println!("dispatchd: BARE FORWARDER (benchmark only): frames cross unparsed, unrewritten");
     }

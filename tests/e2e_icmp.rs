@@ -101,10 +101,12 @@ fn worker_sum(stats: &serde_json::Value, key: &str) -> u64 {
 /// clients has a smaller MTU than everything else: the daemons' full-size
 /// segments are refused there with "fragmentation needed", addressed to the
 /// VIP. Without translation that error reaches no one who can act on it (the
-/// host has no socket for the service) and every download stalls.
+/// host has no socket for the service) and every download stalls. Two queues,
+/// as on a NIC: the loop translates an error whichever queue it lands on (here
+/// the router's forwarding keeps the front on queue 0; the replies use both).
 #[test]
 fn a_narrow_route_beyond_a_front_router_does_not_stall_downloads() {
-    let topo = Topology::up_routed(DISPATCHD, "ifr", 4, 1, Router::Front);
+    let topo = Topology::up_routed(DISPATCHD, "ifr", 4, 2, Router::Front);
     narrow_route(
         &topo,
         &topo.router(),
@@ -114,7 +116,10 @@ fn a_narrow_route_beyond_a_front_router_does_not_stall_downloads() {
         NARROW_MTU,
     );
     let _servers = topo.serve_with(4, &["--download"]);
-    let mut lb = dispatchd(&topo, &["--metrics-listen", "127.0.0.1:9131"]);
+    let mut lb = dispatchd(
+        &topo,
+        &["--queues", "2", "--metrics-listen", "127.0.0.1:9131"],
+    );
 
     let out = download(&topo, DOWNLOADS, "10000");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
