@@ -39,6 +39,12 @@ enum steer_counter {
 	CNT_IPV6,              /* IPv6: passed */
 	CNT_VIP_MALFORMED,     /* TCP to a VIP with IHL < 5 or cut before the ports: dropped */
 	CNT_VIP_FRAGMENT,      /* non-first TCP fragment to a VIP: dropped */
+	CNT_ICMP_FRONT_STEERED, /* ICMP error to a VIP about a service's reply: to a front socket */
+	CNT_ICMP_BACK_STEERED, /* ICMP error on the back about a segment to a daemon: to a back socket */
+	CNT_FRAG_NEEDED_SENT,  /* reply larger than the front path's MTU: answered with
+				* "fragmentation needed" back to the daemon (XDP_TX) */
+	CNT_TOO_BIG,           /* reply larger than the front path's MTU that cannot be answered
+				* (DF clear, IP options, no source address set): dropped */
 	CNT_MAX,
 };
 

@@ -4,19 +4,31 @@
 #   PREFIXc: c0 198.18.0.2/24 (default via .1)  <->  PREFIXd: l0 198.18.0.1/24 + VIP 198.18.0.100
 #   PREFIXs: s0 198.19.0.2/24 + .11 .12 ...     <->  PREFIXd: l1 198.19.0.1/24
 #
-# usage: topology.sh up PREFIX [DAEMONS] [QUEUES]
+# With ROUTER, a fourth namespace PREFIXr routes one side, its own links in
+# 198.18.x.y (the tests put a smaller route MTU or a filter on it):
+#
+#   front: c0 198.18.0.2/24 <-> r0 198.18.0.1/24 | r1 198.18.1.1/24 <-> l0 198.18.1.2/24 + VIP
+#          (the dispatcher reaches the clients via 198.18.1.1, the router the VIP via
+#          198.18.1.2 and answers the clients' ARP for it)
+#   back:  l1 198.18.2.1/24 <-> b0 198.18.2.2/24 | b1 198.19.0.1/24 <-> s0 (as above)
+#          (the dispatcher reaches the daemons via 198.18.2.2, the router the clients via 198.18.2.1)
+#
+# usage: topology.sh up PREFIX [DAEMONS] [QUEUES] [ROUTER: none|front|back]
 #        topology.sh down PREFIX
 # Interfaces live inside their namespaces from the start, so the fixed names
-# c0/l0/l1/s0 never clash between topologies; PREFIX keeps namespaces apart.
+# c0/l0/l1/s0 (r0/r1, b0/b1) never clash between topologies; PREFIX keeps
+# namespaces apart.
 set -euo pipefail
 
-cmd=${1:?usage: topology.sh up|down PREFIX [DAEMONS] [QUEUES]}
-p=${2:?usage: topology.sh up|down PREFIX [DAEMONS] [QUEUES]}
+usage="usage: topology.sh up|down PREFIX [DAEMONS] [QUEUES] [none|front|back]"
+cmd=${1:?$usage}
+p=${2:?$usage}
 daemons=${3:-4}
 queues=${4:-1}
+router=${5:-none}
 
 down() {
-	for ns in "${p}c" "${p}d" "${p}s"; do
+	for ns in "${p}c" "${p}d" "${p}s" "${p}r"; do
 		ip netns del "$ns" 2>/dev/null || true
 	done
 }
@@ -30,17 +42,42 @@ tune() {
 }
 
 up() {
+	case "$router" in none | front | back) ;; *) echo "$usage" >&2; exit 2 ;; esac
 	down
 	trap 'down' ERR
-	for ns in "${p}c" "${p}d" "${p}s"; do
+	local all=("${p}c" "${p}d" "${p}s")
+	[ "$router" = none ] || all+=("${p}r")
+	for ns in "${all[@]}"; do
 		ip netns add "$ns"
 		ip -n "$ns" link set lo up
 	done
 	local q="numtxqueues $queues numrxqueues $queues"
-	# shellcheck disable=SC2086
-	ip link add c0 netns "${p}c" $q type veth peer name l0 netns "${p}d" $q
-	# shellcheck disable=SC2086
-	ip link add l1 netns "${p}d" $q type veth peer name s0 netns "${p}s" $q
+	case "$router" in
+	front)
+		# shellcheck disable=SC2086
+		ip link add c0 netns "${p}c" $q type veth peer name r0 netns "${p}r" $q
+		# shellcheck disable=SC2086
+		ip link add r1 netns "${p}r" $q type veth peer name l0 netns "${p}d" $q
+		tune "${p}r" r0; tune "${p}r" r1
+		;;
+	*)
+		# shellcheck disable=SC2086
+		ip link add c0 netns "${p}c" $q type veth peer name l0 netns "${p}d" $q
+		;;
+	esac
+	case "$router" in
+	back)
+		# shellcheck disable=SC2086
+		ip link add l1 netns "${p}d" $q type veth peer name b0 netns "${p}r" $q
+		# shellcheck disable=SC2086
+		ip link add b1 netns "${p}r" $q type veth peer name s0 netns "${p}s" $q
+		tune "${p}r" b0; tune "${p}r" b1
+		;;
+	*)
+		# shellcheck disable=SC2086
+		ip link add l1 netns "${p}d" $q type veth peer name s0 netns "${p}s" $q
+		;;
+	esac
 	tune "${p}c" c0; tune "${p}d" l0; tune "${p}d" l1; tune "${p}s" s0
 
 	ip -n "${p}c" addr add 198.18.0.2/24 dev c0
@@ -53,16 +90,51 @@ up() {
 	# 10000 stay free for the benchmark's packet generator.
 	ip netns exec "${p}c" sysctl -qw net.ipv4.ip_local_port_range="10000 65000" net.ipv4.tcp_tw_reuse=1
 
-	ip -n "${p}d" addr add 198.18.0.1/24 dev l0
+	if [ "$router" = front ]; then
+		ip -n "${p}d" addr add 198.18.1.2/24 dev l0
+	else
+		ip -n "${p}d" addr add 198.18.0.1/24 dev l0
+	fi
 	# The VIP is local on the front so the kernel answers ARP for it and keeps
 	# its non-service ports (ping, ssh) reachable; service frames never reach it.
 	ip -n "${p}d" addr add 198.18.0.100/32 dev l0
-	ip -n "${p}d" addr add 198.19.0.1/24 dev l1
+	if [ "$router" = back ]; then
+		ip -n "${p}d" addr add 198.18.2.1/24 dev l1
+	else
+		ip -n "${p}d" addr add 198.19.0.1/24 dev l1
+	fi
 	# dispatchd's XDP program asks the FIB for each reply's next hop towards the
 	# client; the kernel answers that only for an interface that forwards IPv4.
 	ip netns exec "${p}d" sysctl -qw net.ipv4.conf.l0.forwarding=1
 	ip -n "${p}d" link set l0 up
 	ip -n "${p}d" link set l1 up
+	case "$router" in
+	front) ip -n "${p}d" route add 198.18.0.0/24 via 198.18.1.1 dev l0 ;;
+	back) ip -n "${p}d" route add 198.19.0.0/24 via 198.18.2.2 dev l1 ;;
+	esac
+
+	if [ "$router" != none ]; then
+		ip netns exec "${p}r" sysctl -qw net.ipv4.ip_forward=1
+	fi
+	case "$router" in
+	front)
+		ip -n "${p}r" addr add 198.18.0.1/24 dev r0
+		ip -n "${p}r" addr add 198.18.1.1/24 dev r1
+		ip -n "${p}r" link set r0 up
+		ip -n "${p}r" link set r1 up
+		ip -n "${p}r" route add 198.18.0.100/32 via 198.18.1.2 dev r1
+		# The clients' subnet holds the VIP, so they ARP for it on their own
+		# link: the router answers for it (proxy ARP) as it routes it elsewhere.
+		ip netns exec "${p}r" sysctl -qw net.ipv4.conf.r0.proxy_arp=1
+		;;
+	back)
+		ip -n "${p}r" addr add 198.18.2.2/24 dev b0
+		ip -n "${p}r" addr add 198.19.0.1/24 dev b1
+		ip -n "${p}r" link set b0 up
+		ip -n "${p}r" link set b1 up
+		ip -n "${p}r" route add 198.18.0.0/24 via 198.18.2.1 dev b0
+		;;
+	esac
 
 	ip -n "${p}s" addr add 198.19.0.2/24 dev s0
 	for i in $(seq 1 "$daemons"); do
@@ -78,5 +150,5 @@ up() {
 case "$cmd" in
 up) up ;;
 down) down ;;
-*) echo "usage: topology.sh up|down PREFIX [DAEMONS] [QUEUES]" >&2; exit 2 ;;
+*) echo "$usage" >&2; exit 2 ;;
 esac

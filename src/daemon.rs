@@ -196,10 +196,18 @@ pub fn run_with(
             ),
         }
     }
-    for addr in
-        sys::ipv4_addrs(&ifaces.back.name).context("reading the back interface's addresses")?
-    {
+    let back_addrs =
+        sys::ipv4_addrs(&ifaces.back.name).context("reading the back interface's addresses")?;
+    for &addr in &back_addrs {
         steering.add_local_addr(addr)?;
+    }
+    match back_addrs.first() {
+        Some(&addr) => steering.set_icmp_source(addr)?,
+        None => println!(
+            "dispatchd: {} has no IPv4 address: replies too big for the front path are dropped \
+             without telling their daemon",
+            ifaces.back.name
+        ),
     }
     let queues = open_queues(&config, &ifaces, &steering)?;
 
@@ -219,6 +227,9 @@ pub fn run_with(
             s.policy,
             list.join(" ")
         );
+    }
+    if let Some(mss) = config.mss_clamp {
+        println!("dispatchd: client SYNs announce an MSS of at most {mss}");
     }
     if bare {
         println!("dispatchd: BARE FORWARDER (benchmark only): frames cross unparsed, unrewritten");

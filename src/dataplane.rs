@@ -11,8 +11,11 @@ use crate::{
     flow::{FlowHash, FlowKey, FlowRecord, FlowTable, InsertError, RstWindow, TcpState},
     ids::{BackendId, PoolIndex, ServiceId, WorkerId},
     neigh::NextHop,
-    packet::{peek_endpoints, L4Frame, MacPair},
-    protocol::{Event, EventSink},
+    packet::{
+        icmp::{self, IcmpError},
+        peek_endpoints, DropReason, L4Frame, MacPair,
+    },
+    protocol::{Event, EventSink, SLOW_FRAME_MAX},
     stats::{WorkerDrop, WorkerStats},
 };
 
@@ -58,6 +61,8 @@ pub struct Dataplane {
     /// A record idle this long is removed by the worker's own sweep, whatever
     /// the loop said: a lost message can never keep a record for good.
     pub age_limit_ns: u64,
+    /// Client SYNs announcing a larger MSS are lowered to this (`mss_clamp`).
+    pub mss_clamp: Option<u16>,
 }
 
 /// An address and port as one integer: hashed with a single write, where
@@ -121,7 +126,14 @@ impl Dataplane {
             ids,
             epoch: 0,
             age_limit_ns: u64::MAX,
+            mss_clamp: None,
         })
+    }
+
+    /// This plane with client SYNs clamped to `mss` (see [`Dataplane::mss_clamp`]).
+    pub fn with_mss_clamp(mut self, mss: Option<u16>) -> Self {
+        self.mss_clamp = mss;
+        self
     }
 }
 
@@ -318,12 +330,12 @@ impl FrameHandler for Reverser<'_> {
     }
 }
 
-/// Parses a frame, counting the reason when it cannot be rewritten correctly.
+/// Whether a frame that is not TCP or UDP is ICMP: the XDP program steers ICMP
+/// errors about connections to the same sockets as their segments.
 #[inline]
-fn parse_counted<'a>(frame: &'a mut [u8], stats: &WorkerStats) -> Option<L4Frame<'a>> {
-    L4Frame::parse(frame)
-        .map_err(|reason| stats.invalid[reason.index()].add(1))
-        .ok()
+fn is_icmp(reason: DropReason, frame: &[u8]) -> bool {
+    reason == DropReason::UnsupportedProtocol
+        && icmp::peek_protocol(frame) == Some(icmp::PROTO_ICMP)
 }
 
 #[inline]
@@ -345,8 +357,15 @@ pub fn forward(
     now_ns: u64,
     hint: Option<FlowHint>,
 ) -> bool {
-    let Some(mut pkt) = parse_counted(frame, stats) else {
-        return false;
+    let mut pkt = match L4Frame::parse(frame) {
+        Ok(pkt) => pkt,
+        Err(reason) => {
+            if is_icmp(reason, frame) {
+                return icmp_from_front(frame, events, stats);
+            }
+            stats.invalid[reason.index()].add(1);
+            return false;
+        }
     };
     let key = FlowKey::new(pkt.src(), pkt.dst(), pkt.protocol().number());
     let hash = match hint {
@@ -468,6 +487,13 @@ pub fn forward(
             dst: dst_mac,
         },
     );
+    if opens_connection {
+        if let Some(mss) = plane.mss_clamp {
+            if pkt.clamp_mss(mss) {
+                stats.mss_clamped.add(1);
+            }
+        }
+    }
     true
 }
 
@@ -481,8 +507,15 @@ pub fn reverse(
     stats: &WorkerStats,
     now_ns: u64,
 ) -> bool {
-    let Some(mut pkt) = parse_counted(frame, stats) else {
-        return false;
+    let mut pkt = match L4Frame::parse(frame) {
+        Ok(pkt) => pkt,
+        Err(reason) => {
+            if is_icmp(reason, frame) {
+                return icmp_from_back(frame, plane, stats);
+            }
+            stats.invalid[reason.index()].add(1);
+            return false;
+        }
     };
     let Some(&service) = plane.service_by_daemon.get(&endpoint_key(pkt.src())) else {
         return drop_with(stats, WorkerDrop::UnknownDaemon);
@@ -509,6 +542,52 @@ pub fn reverse(
         events.emit(ev, stats);
     }
     pkt.rewrite_src(service);
+    true
+}
+
+/// An ICMP error from the front about a reply: its daemon is in the record of
+/// the connection, which may be another worker's (the error's queue is the
+/// NIC's pick), so a copy goes to the management loop, which knows every
+/// connection. Errors are rare; the copy is small (at most [`SLOW_FRAME_MAX`]
+/// bytes, a longer one is cut) and the UMEM frame is freed at once.
+#[cold]
+fn icmp_from_front(frame: &mut [u8], events: &mut EventSink, stats: &WorkerStats) -> bool {
+    let mut error = match IcmpError::parse(frame) {
+        Ok(e) => e,
+        Err(reason) => {
+            stats.icmp_invalid[reason.index()].add(1);
+            return false;
+        }
+    };
+    error.truncate(SLOW_FRAME_MAX);
+    if events.emit_frame(error.as_bytes()) {
+        stats.icmp_to_loop.add(1);
+    } else {
+        stats.dropped[WorkerDrop::IcmpQueueFull as usize].add(1);
+    }
+    false
+}
+
+/// An ICMP error from the back about a client's segment: like a reply, the
+/// daemon it was sent to names the service, so it is translated here, with no
+/// flow lookup; the XDP program set the Ethernet addresses towards the client.
+#[cold]
+fn icmp_from_back(frame: &mut [u8], plane: &Dataplane, stats: &WorkerStats) -> bool {
+    let mut error = match IcmpError::parse(frame) {
+        Ok(e) => e,
+        Err(reason) => {
+            stats.icmp_invalid[reason.index()].add(1);
+            return false;
+        }
+    };
+    let Some(&service) = plane
+        .service_by_daemon
+        .get(&endpoint_key(error.quoted_dst()))
+    else {
+        return drop_with(stats, WorkerDrop::UnknownDaemon);
+    };
+    error.rewrite_to_client(service);
+    stats.icmp_to_client.add(1);
     true
 }
 
@@ -599,9 +678,15 @@ pub(crate) mod testing {
 
     /// An event sink and the loop's end of its ring.
     pub fn events() -> (EventSink, ring::Consumer<Event>) {
+        let (events, main) = link();
+        (events, main.events)
+    }
+
+    /// An event sink and the loop's end of the whole link (events and frames).
+    pub fn link() -> (EventSink, protocol::LoopEnd<Dataplane>) {
         let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
         let (worker, main) = protocol::link::<Dataplane>(wake, 16);
-        (worker.events, main.events)
+        (worker.events, main)
     }
 }
 
@@ -610,7 +695,10 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::protocol::ring;
+    use crate::{
+        packet::icmp::IcmpDrop,
+        protocol::{self, ring},
+    };
 
     const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80);
     const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 40000);
@@ -805,5 +893,162 @@ mod tests {
         // Another one changes nothing.
         assert_eq!(send(&mut table, 0x04, 101, 0), []);
         assert_eq!(stats.rst_ignored.get(), 1);
+    }
+
+    // ICMP errors and the MSS clamp: frames from the test kit's encoder.
+    use dispatchd_testkit::frame::{FrameSpec, IcmpKind, IcmpSpec};
+
+    const DAEMON: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080);
+    const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+
+    fn error_about(
+        from: SocketAddrV4,
+        to: SocketAddrV4,
+        at: Ipv4Addr,
+        quote_len: usize,
+    ) -> Vec<u8> {
+        let about = FrameSpec {
+            ttl: 63,
+            payload: vec![1; 1000],
+            ..FrameSpec::tcp(from, to)
+        }
+        .build();
+        IcmpSpec {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            src: ROUTER,
+            dst: at,
+            ttl: 64,
+            tos: 0xc0,
+            kind: IcmpKind::FragNeeded { mtu: 1280 },
+            quote: about.ip_packet()[..quote_len].to_vec(),
+        }
+        .build()
+        .into_bytes()
+    }
+
+    #[test]
+    fn an_icmp_error_from_the_front_is_copied_to_the_loop_and_its_frame_freed() {
+        let mut plane = testing::plane(VIP, &[DAEMON]);
+        let mut table = FlowTable::with_capacity(4);
+        let stats = WorkerStats::default();
+        let (mut sink, mut main) = testing::link();
+        let mut long = error_about(VIP, CLIENT, *VIP.ip(), 1020);
+        let original = long.clone();
+        assert!(!forward(
+            &mut long, &mut table, &mut plane, &mut sink, &stats, 1, None
+        ));
+        sink.flush();
+        let mut copy = main.frames.try_pop().expect("a copy for the loop");
+        // Cut to what RFC 1812 lets an error be, still a valid error.
+        assert_eq!(copy.bytes_mut().len(), SLOW_FRAME_MAX);
+        let mut cut = IcmpError::parse(copy.bytes_mut()).expect("a valid error");
+        assert_eq!((cut.quoted_src(), cut.quoted_dst()), (VIP, CLIENT));
+        assert_eq!(
+            cut.as_bytes()[42..],
+            original[42..SLOW_FRAME_MAX],
+            "the quote's start"
+        );
+        cut.truncate(0);
+        assert_eq!(stats.icmp_to_loop.get(), 1);
+        assert!(main.events.try_pop().is_none(), "no event");
+        assert_eq!(table.len(), 0, "no record");
+
+        // A corrupt one is counted and not copied.
+        let mut bad = error_about(VIP, CLIENT, *VIP.ip(), 28);
+        bad[40] ^= 1;
+        assert!(!forward(
+            &mut bad, &mut table, &mut plane, &mut sink, &stats, 1, None
+        ));
+        sink.flush();
+        assert!(main.frames.try_pop().is_none());
+        assert_eq!(stats.icmp_invalid[IcmpDrop::BadChecksum.index()].get(), 1);
+        assert_eq!(stats.invalid_total(), 0, "not counted as a bad TCP frame");
+
+        // A full ring costs the copy, counted.
+        for _ in 0..protocol::SLOW_QUEUE + 1 {
+            let mut e = error_about(VIP, CLIENT, *VIP.ip(), 28);
+            forward(&mut e, &mut table, &mut plane, &mut sink, &stats, 1, None);
+        }
+        assert_eq!(stats.dropped[WorkerDrop::IcmpQueueFull as usize].get(), 1);
+        assert_eq!(stats.icmp_to_loop.get(), 1 + protocol::SLOW_QUEUE as u64);
+    }
+
+    #[test]
+    fn an_icmp_error_from_the_back_is_translated_for_the_client() {
+        let plane = testing::plane(VIP, &[DAEMON]);
+        let stats = WorkerStats::default();
+        let (mut sink, _rx) = testing::events();
+        let mut f = error_about(CLIENT, DAEMON, *CLIENT.ip(), 100);
+        let macs = f[..12].to_vec();
+        assert!(reverse(&mut f, &plane, &mut sink, &stats, 1));
+        let e = IcmpError::parse(&mut f).expect("still a valid error");
+        assert_eq!((e.outer_src(), e.outer_dst()), (*VIP.ip(), *CLIENT.ip()));
+        assert_eq!((e.quoted_src(), e.quoted_dst()), (CLIENT, VIP));
+        assert_eq!(
+            f[..12],
+            macs[..],
+            "the XDP program's Ethernet addresses stay"
+        );
+        assert_eq!(stats.icmp_to_client.get(), 1);
+
+        // About a segment to no configured daemon: never rewritten.
+        let stranger = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 99), 8080);
+        let mut f = error_about(CLIENT, stranger, *CLIENT.ip(), 28);
+        assert!(!reverse(&mut f, &plane, &mut sink, &stats, 1));
+        assert_eq!(stats.dropped[WorkerDrop::UnknownDaemon as usize].get(), 1);
+    }
+
+    fn syn_with_mss(mss: u16, flags: u8) -> Vec<u8> {
+        let mut f = segment(flags);
+        // Data offset 6: a 4-byte MSS option after the header.
+        let at = 14 + 20 + 20;
+        f.splice(at..at, [2, 4, (mss >> 8) as u8, mss as u8]);
+        let mut fr = dispatchd_testkit::frame::Frame::from_bytes(f);
+        let total = fr.total_len() + 4;
+        fr.set_total_len(total).set_tcp_data_offset(6);
+        fr.reseal_ip_checksum().reseal_tcp_checksum();
+        fr.into_bytes()
+    }
+
+    #[test]
+    fn mss_clamp_lowers_client_syns_only() {
+        let mut plane = testing::plane(VIP, &[DAEMON]).with_mss_clamp(Some(1240));
+        let mut table = FlowTable::with_capacity(4);
+        let stats = WorkerStats::default();
+        let (mut sink, _rx) = testing::events();
+        let mss_of = |f: &[u8]| u16::from_be_bytes([f[56], f[57]]);
+        let mut syn = syn_with_mss(1460, 0x02);
+        assert!(forward(
+            &mut syn, &mut table, &mut plane, &mut sink, &stats, 1, None
+        ));
+        assert_eq!(mss_of(&syn), 1240);
+        assert!(L4Frame::parse(&mut syn).unwrap().l4_checksum_ok());
+        // A segment that is not a SYN is left alone, whatever it carries.
+        let mut ack = syn_with_mss(1460, 0x10);
+        assert!(forward(
+            &mut ack, &mut table, &mut plane, &mut sink, &stats, 2, None
+        ));
+        assert_eq!(mss_of(&ack), 1460);
+        // A smaller MSS stays.
+        let mut small = syn_with_mss(536, 0x02);
+        let client = SocketAddrV4::new(*CLIENT.ip(), 40001);
+        small[34..36].copy_from_slice(&client.port().to_be_bytes());
+        let mut fr = dispatchd_testkit::frame::Frame::from_bytes(small);
+        fr.reseal_tcp_checksum();
+        let mut small = fr.into_bytes();
+        assert!(forward(
+            &mut small, &mut table, &mut plane, &mut sink, &stats, 3, None
+        ));
+        assert_eq!(mss_of(&small), 536);
+        assert_eq!(stats.mss_clamped.get(), 1);
+        // Off by default.
+        let mut plane = testing::plane(VIP, &[DAEMON]);
+        let mut table = FlowTable::with_capacity(4);
+        let mut syn = syn_with_mss(1460, 0x02);
+        assert!(forward(
+            &mut syn, &mut table, &mut plane, &mut sink, &stats, 1, None
+        ));
+        assert_eq!(mss_of(&syn), 1460);
     }
 }

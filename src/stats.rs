@@ -4,7 +4,7 @@
 //! read-modify-write: no lock prefix on the hot path.
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::packet::DropReason;
+use crate::packet::{icmp::IcmpDrop, DropReason};
 
 /// Drops decided by the worker after a frame parsed cleanly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,10 +28,17 @@ pub enum WorkerDrop {
     /// for corrupted or forged SYNs. (Later segments are not verified; the
     /// incremental update keeps a wrong checksum wrong for the daemon to drop.)
     BadSynChecksum,
+    /// An ICMP error from the front found the worker's ring to the management
+    /// loop full (errors come in bursts of one per too-big segment; the sender
+    /// retransmits and draws another).
+    IcmpQueueFull,
+    /// A translated ICMP error from the loop found no free UMEM frame or no room
+    /// on the back TX ring.
+    IcmpTxFailed,
 }
 
 impl WorkerDrop {
-    pub const ALL: [WorkerDrop; 8] = [
+    pub const ALL: [WorkerDrop; 10] = [
         Self::NoFlow,
         Self::UnknownService,
         Self::UnknownDaemon,
@@ -40,6 +47,8 @@ impl WorkerDrop {
         Self::NoNeighbour,
         Self::TxRingFull,
         Self::BadSynChecksum,
+        Self::IcmpQueueFull,
+        Self::IcmpTxFailed,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -53,6 +62,8 @@ impl WorkerDrop {
             Self::NoNeighbour => "no_neighbour",
             Self::TxRingFull => "tx_ring_full",
             Self::BadSynChecksum => "bad_syn_checksum",
+            Self::IcmpQueueFull => "icmp_queue_full",
+            Self::IcmpTxFailed => "icmp_tx_failed",
         }
     }
 }
@@ -128,6 +139,18 @@ pub struct WorkerStats {
     pub xsk_invalid_descs: Counter,
     pub invalid: [Counter; DropReason::COUNT],
     pub dropped: [Counter; WorkerDrop::COUNT],
+    /// ICMP errors from the front about a connection's reply, copied to the
+    /// management loop (which finds the connection's daemon).
+    pub icmp_to_loop: Counter,
+    /// ICMP errors the loop translated, sent to their daemon by this worker.
+    pub icmp_to_daemon: Counter,
+    /// ICMP errors from the back about a client's segment, translated and sent
+    /// to the client.
+    pub icmp_to_client: Counter,
+    /// ICMP frames steered to this worker that are not translated, by reason.
+    pub icmp_invalid: [Counter; IcmpDrop::COUNT],
+    /// Client SYNs whose MSS option was lowered to `mss_clamp`.
+    pub mss_clamped: Counter,
     /// Per-packet processing time (ns), without the kernel's send in the TX kick.
     pub latency_ns: AtomicHistogram,
     /// Frames per non-empty batch.
@@ -141,6 +164,10 @@ impl WorkerStats {
 
     pub fn dropped_total(&self) -> u64 {
         self.dropped.iter().map(Counter::get).sum()
+    }
+
+    pub fn icmp_invalid_total(&self) -> u64 {
+        self.icmp_invalid.iter().map(Counter::get).sum()
     }
 }
 

@@ -137,6 +137,10 @@ pub fn run(setup: WorkerSetup) {
         }
         for command in commands.try_iter().take(COMMANDS_PER_ROUND) {
             stats.commands.add(1);
+            if let Command::TransmitBack(frame) = command {
+                transmit_copy(&umem, &mut back.tx, &mut b.free, &frame, &stats);
+                continue;
+            }
             let table = &mut table;
             apply(
                 command,
@@ -193,7 +197,14 @@ pub fn run(setup: WorkerSetup) {
         let n = (n_fwd + n_rev) as u64;
         if now_ns >= next_sweep_ns {
             next_sweep_ns = now_ns + SWEEP_EVERY_NS;
-            sweeper.step(SWEEP_SLICE, &mut table, &mut plane, &mut events, &stats, now_ns);
+            sweeper.step(
+                SWEEP_SLICE,
+                &mut table,
+                &mut plane,
+                &mut events,
+                &stats,
+                now_ns,
+            );
         }
         events.flush();
         stats.rx_front.add(n_fwd as u64);
@@ -290,6 +301,8 @@ fn apply(
             plane.take_over(&old);
             sweeper.begin_pass(table);
         }
+        // Needs the rings, which `run` holds: it sends these itself.
+        Command::TransmitBack(_) => {}
     }
     events.flush();
 }
@@ -364,6 +377,43 @@ impl Sweeper {
     fn begin_pass(&mut self, table: &FlowTable) {
         self.pass_left = table.slots();
     }
+}
+
+/// Sends a copy of `frame` (a translated ICMP error, from the loop) on the back
+/// TX ring, in a frame taken from the free list. Rare: one produce and kick per
+/// frame is fine. No free frame or no room on the ring costs the frame, counted.
+fn transmit_copy(
+    umem: &Umem,
+    tx: &mut TxQueue,
+    free: &mut Vec<FrameDesc>,
+    frame: &[u8],
+    stats: &WorkerStats,
+) {
+    let Some(mut desc) = free.pop() else {
+        stats.dropped[WorkerDrop::IcmpTxFailed as usize].add(1);
+        return;
+    };
+    // SAFETY: the descriptor came off the free list, so user space owns the
+    // frame and nothing else refers to it until it is handed to a ring below.
+    let mut data = unsafe { umem.data_mut(&mut desc) };
+    let mut cursor = data.cursor();
+    cursor.set_pos(0);
+    if std::io::Write::write_all(&mut cursor, frame).is_err() {
+        // Longer than a UMEM frame: the loop never builds one.
+        free.push(desc);
+        stats.dropped[WorkerDrop::IcmpTxFailed as usize].add(1);
+        return;
+    }
+    // SAFETY: the frame is owned by user space and belongs to this UMEM, the
+    // one the ring was created with; on success it leaves for the kernel.
+    if unsafe { tx.produce_one(&desc) } == 0 {
+        free.push(desc);
+        stats.dropped[WorkerDrop::IcmpTxFailed as usize].add(1);
+        return;
+    }
+    stats.icmp_to_daemon.add(1);
+    stats.tx_back.add(1);
+    kick(tx, 1, stats);
 }
 
 /// How often a worker asks the kernel for its sockets' drop counters (a syscall

@@ -37,7 +37,7 @@ use skel::{types, SteerSkel, SteerSkelBuilder};
 
 /// Names of `enum steer_counter` in `bpf/steer.h`, in order. [`Steering::load`]
 /// checks the length against the counters map's size, which comes from the header.
-pub const COUNTER_NAMES: [&str; 11] = [
+pub const COUNTER_NAMES: [&str; 15] = [
     "front_steered",
     "back_steered",
     "passed",
@@ -49,6 +49,10 @@ pub const COUNTER_NAMES: [&str; 11] = [
     "ipv6",
     "vip_malformed",
     "vip_fragment",
+    "icmp_front_steered",
+    "icmp_back_steered",
+    "frag_needed_sent",
+    "too_big",
 ];
 
 /// Which side of the dispatcher a socket or interface is on.
@@ -291,6 +295,19 @@ impl Steering {
             .local_addrs
             .update(&key.to_ne_bytes(), &[1], MapFlags::ANY)
             .with_context(|| format!("adding local address {addr} to the XDP map"))
+    }
+
+    /// The source address of the "fragmentation needed" the program answers a
+    /// daemon with when its reply is larger than the front path's MTU: one of
+    /// this host's addresses on the back. Until it is set, such replies are
+    /// dropped (counted as `too_big`).
+    pub fn set_icmp_source(&self, addr: Ipv4Addr) -> Result<()> {
+        let value = u32::from_ne_bytes(addr.octets());
+        self.skel
+            .maps
+            .icmp_source
+            .update(&0u32.to_ne_bytes(), &value.to_ne_bytes(), MapFlags::ANY)
+            .with_context(|| format!("setting {addr} as the source of ICMP errors"))
     }
 
     pub fn register_socket(&self, side: Side, queue: u32, fd: RawFd) -> Result<()> {

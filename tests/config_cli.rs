@@ -547,6 +547,37 @@ fn flag_values_are_validated() {
         resolve(&args).unwrap_err(),
         ConfigError::SameInterface { .. }
     ));
+
+    let mut args = FLAGS.to_vec();
+    args.extend(["--mss-clamp", "535"]);
+    let e = resolve(&args).unwrap_err();
+    assert!(
+        matches!(e, ConfigError::MssClampOutOfRange { mss: 535 }),
+        "{e}"
+    );
+}
+
+#[test]
+fn mss_clamp_flag_over_the_file() {
+    let p = example_arg();
+    // The example leaves it out: off.
+    assert_eq!(resolve(&["--config", &p]).unwrap().mss_clamp, None);
+    let c = resolve(&["--config", &p, "--mss-clamp", "1240"]).unwrap();
+    assert_eq!(c.mss_clamp, Some(1240));
+    let file = write_tmp(
+        "mss_clamp.toml",
+        &format!(
+            "{HEAD}mss_clamp = 1400\n{}",
+            svc("198.18.0.100:80", "[\"198.19.0.11:8080\"]")
+        ),
+    );
+    let file = file.to_str().unwrap();
+    assert_eq!(resolve(&["--config", file]).unwrap().mss_clamp, Some(1400));
+    let c = resolve(&["--config", file, "--mss-clamp", "1240"]).unwrap();
+    assert_eq!(c.mss_clamp, Some(1240), "the flag wins");
+    let mut args = FLAGS.to_vec();
+    args.extend(["--mss-clamp", "1300"]);
+    assert_eq!(resolve(&args).unwrap().mss_clamp, Some(1300));
 }
 
 #[test]

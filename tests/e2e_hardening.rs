@@ -519,9 +519,11 @@ fn a_blind_reset_does_not_end_a_connection_and_an_in_window_one_does() {
 
     // A reset at the client's own sequence number ends it: the record lingers
     // (state Reset) and then goes.
-    wait_until(Duration::from_secs(5), "the first connection's record gone", || {
-        u64_at(&topo.stats(), "/connections") == 0
-    });
+    wait_until(
+        Duration::from_secs(5),
+        "the first connection's record gone",
+        || u64_at(&topo.stats(), "/connections") == 0,
+    );
     let _long = topo.client_start(
         &["hold", "--to", VIP, "--seconds", "5", "--interval-ms", "50"],
         "opened",

@@ -666,3 +666,164 @@ fn drop_cases_cover_every_reason() {
     assert_eq!(DropReason::COUNT, 19);
     assert_eq!(DropReason::ALL.len(), DropReason::COUNT);
 }
+
+// ---------------------------------------------------------------------------------
+// ICMP errors: a quote of the segment as one side saw it, translated, equals the
+// error built around the segment as the other side sent it.
+
+use dispatchd::packet::icmp::IcmpError;
+use dispatchd_testkit::frame::{IcmpKind, IcmpSpec};
+
+fn icmp_kind() -> impl Strategy<Value = IcmpKind> {
+    prop_oneof![
+        any::<u16>().prop_map(|mtu| IcmpKind::FragNeeded { mtu }),
+        Just(IcmpKind::PortUnreachable),
+        Just(IcmpKind::TimeExceeded),
+        any::<u8>().prop_map(|pointer| IcmpKind::ParameterProblem { pointer }),
+    ]
+}
+
+/// A TCP segment (TTL `ttl`) from `src` to `dst`, and its IPv4 packet.
+fn tcp_segment(s: &FrameSpec, src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
+    FrameSpec {
+        transport: Transport::Tcp,
+        padding: Vec::new(),
+        src,
+        dst,
+        ..s.clone()
+    }
+    .build()
+    .ip_packet()
+    .to_vec()
+}
+
+fn icmp_frame(
+    macs: &MacPair,
+    (from, to): (Ipv4Addr, Ipv4Addr),
+    ttl: u8,
+    kind: IcmpKind,
+    quote: &[u8],
+) -> Vec<u8> {
+    IcmpSpec {
+        src_mac: macs.src,
+        dst_mac: macs.dst,
+        src: from,
+        dst: to,
+        ttl,
+        tos: 0,
+        kind,
+        quote: quote.to_vec(),
+    }
+    .build()
+    .into_bytes()
+}
+
+/// The quote's length, from RFC 792's 28 bytes to the whole packet, but never
+/// ending inside the quoted TCP checksum (bytes 36-37), whose first byte cannot
+/// be translated alone (see the unit tests).
+fn quote_len(packet: &[u8], pick: prop::sample::Index) -> usize {
+    match 28 + pick.index(packet.len() - 27) {
+        37 => 38,
+        n => n,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn an_error_about_a_reply_translates_to_the_error_about_what_the_daemon_sent(
+        s in spec(), (client, service, daemon) in (sock(), sock(), sock()),
+        router in any::<u32>(), ttl in 2u8..=255, kind in icmp_kind(),
+        pick in any::<prop::sample::Index>(), (seen_macs, new_macs) in (macs(), macs()),
+    ) {
+        let sent = tcp_segment(&s, daemon, client);
+        let seen = tcp_segment(&s, service, client);
+        let n = quote_len(&seen, pick);
+        let router = Ipv4Addr::from(router);
+        let mut f = icmp_frame(&seen_macs, (router, *service.ip()), ttl, kind, &seen[..n]);
+        let mut e = IcmpError::parse(&mut f).expect("a valid error parses");
+        prop_assert_eq!((e.quoted_src(), e.quoted_dst()), (service, client));
+        e.rewrite_to_daemon(daemon, &new_macs);
+        let want = icmp_frame(&new_macs, (router, *daemon.ip()), ttl - 1, kind, &sent[..n]);
+        prop_assert_eq!(f, want);
+    }
+
+    #[test]
+    fn an_error_about_a_clients_segment_translates_to_the_error_about_what_the_client_sent(
+        s in spec(), (client, service, daemon) in (sock(), sock(), sock()),
+        router in any::<u32>(), ttl in 2u8..=255, kind in icmp_kind(),
+        pick in any::<prop::sample::Index>(), m in macs(),
+    ) {
+        let sent = tcp_segment(&s, client, service);
+        let seen = tcp_segment(&s, client, daemon);
+        let n = quote_len(&seen, pick);
+        let mut f = icmp_frame(&m, (Ipv4Addr::from(router), *client.ip()), ttl, kind, &seen[..n]);
+        IcmpError::parse(&mut f).expect("a valid error parses").rewrite_to_client(service);
+        let want = icmp_frame(&m, (*service.ip(), *client.ip()), ttl - 1, kind, &sent[..n]);
+        prop_assert_eq!(f, want);
+    }
+
+    #[test]
+    fn icmp_parse_of_flipped_errors_never_panics(
+        s in spec(), kind in icmp_kind(), m in macs(), to in sock(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..6),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let seen = tcp_segment(&s, s.src, s.dst);
+        let mut f = icmp_frame(&m, (*s.src.ip(), *s.dst.ip()), s.ttl, kind, &seen[..seen.len().min(100)]);
+        let hdr = f.len().min(80);
+        for (i, x) in flips {
+            let at = i.index(hdr);
+            f[at] ^= x;
+        }
+        let n = cut.index(f.len() + 1);
+        f.truncate(n);
+        if let Ok(mut e) = IcmpError::parse(&mut f) {
+            let _ = (e.kind(), e.mtu(), e.outer_src(), e.outer_dst(), e.quoted_src(), e.quoted_dst());
+            e.truncate(100);
+            e.rewrite_to_daemon(to, &m);
+            e.rewrite_to_client(to);
+            let len = e.frame_len();
+            prop_assert!(IcmpError::parse(&mut f[..len].to_vec()).is_ok(), "a rewrite keeps it valid");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// MSS clamp: a SYN whose MSS option is lowered equals the SYN built with the lower
+// value, whatever the option's alignment and the options around it.
+
+fn syn_with_options(s: &FrameSpec, mss: u16, nops_before: usize, window_scale: bool) -> Vec<u8> {
+    use etherparse::{TcpHeader, TcpOptionElement};
+    let mut tcp = TcpHeader::new(s.src.port(), s.dst.port(), s.seq, s.window);
+    tcp.syn = true;
+    let mut options: Vec<TcpOptionElement> = vec![TcpOptionElement::Noop; nops_before];
+    options.push(TcpOptionElement::MaximumSegmentSize(mss));
+    if window_scale {
+        options.push(TcpOptionElement::WindowScale(7));
+    }
+    tcp.set_options(&options).expect("options fit");
+    let b = etherparse::PacketBuilder::ethernet2(s.src_mac, s.dst_mac)
+        .ipv4(s.src.ip().octets(), s.dst.ip().octets(), s.ttl)
+        .tcp_header(tcp);
+    let mut f = Vec::with_capacity(b.size(s.payload.len()));
+    b.write(&mut f, &s.payload).expect("encodes");
+    f
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn mss_clamp_matches_a_fresh_encoding(
+        s in spec(), mss in any::<u16>(), max in any::<u16>(),
+        nops in 0usize..4, window_scale in any::<bool>(),
+    ) {
+        let s = FrameSpec { payload: s.payload[..s.payload.len().min(64)].to_vec(), ..s };
+        let mut f = syn_with_options(&s, mss, nops, window_scale);
+        let clamped = L4Frame::parse(&mut f).expect("parses").clamp_mss(max);
+        prop_assert_eq!(clamped, mss > max);
+        prop_assert_eq!(f, syn_with_options(&s, mss.min(max), nops, window_scale));
+    }
+}

@@ -13,6 +13,10 @@
 //! calling thread's namespace and needs no program on it. Needs root; fails, never
 //! skips, without it or without BPF.
 //!
+//! ICMP errors come from the test kit's encoder around quotes of the segments
+//! it builds; the "fragmentation needed" the program builds in place is compared
+//! byte for byte with the one the encoder builds from the same reply.
+//!
 //! What a test run cannot reach, and where it stays covered:
 //! - `truncated` for a frame shorter than an Ethernet header: the kernel refuses a
 //!   test run of fewer than 14 bytes (EINVAL, pinned below), and no such frame
@@ -35,11 +39,11 @@ use dispatchd::{
     xsk::{self, QueueSockets},
 };
 use dispatchd_testkit::{
-    frame::{tcp_flags, Frame, FrameSpec},
+    frame::{tcp_flags, Frame, FrameSpec, IcmpKind, IcmpSpec},
     require_root, text, NetNsGuard,
 };
 use etherparse::{EtherType, Ethernet2Header, PacketBuilder, VlanId};
-use libbpf_sys::{XDP_DROP, XDP_PASS, XDP_REDIRECT};
+use libbpf_sys::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 
 const FRONT: &str = "front";
 const BACK: &str = "back";
@@ -68,6 +72,12 @@ const UNRESOLVED: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 3),
 const UNROUTED: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 9, 9), 40000);
 /// The back's own address (a health probe's source).
 const BACK_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
+/// Behind `CLIENT` as a gateway, on a route whose MTU is locked at `NARROW_MTU`:
+/// bpf_fib_lookup reports a larger packet as "fragmentation needed".
+const NARROW: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 5, 2), 40000);
+const NARROW_MTU: u16 = 1280;
+/// A router on either side, the source of ICMP errors.
+const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 
 /// Runs `ip ARGS`, panicking with its output if it fails.
 fn ip(args: &[&str]) {
@@ -149,6 +159,7 @@ impl Lab {
             "link set bpeer up".into(),
             // For the FIB-success rows; `UNRESOLVED` has none, `UNROUTED` no route.
             format!("neigh add {} lladdr {} dev {FRONT} nud permanent", CLIENT.ip(), mac(CLIENT_MAC)),
+            format!("route add 198.18.5.0/24 via {} dev {FRONT} mtu lock {NARROW_MTU}", CLIENT.ip()),
         ] {
             let mut args = vec!["-n", &n];
             args.extend(cmd.split_whitespace());
@@ -174,6 +185,9 @@ impl Lab {
         for a in local {
             steering.add_local_addr(a).expect("local address");
         }
+        steering
+            .set_icmp_source(BACK_ADDR)
+            .expect("the source of ICMP errors");
         let sockets = xsk::open_queue(&front, &back, 0, 256, BindMode::Copy)
             .unwrap_or_else(|e| panic!("AF_XDP sockets on queue 0: {e:#}"));
         steering
@@ -272,6 +286,42 @@ fn icmp_echo(macs: Macs, from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
     let mut f = Vec::with_capacity(b.size(4));
     b.write(&mut f, b"ping").expect("writing an ICMP frame");
     f
+}
+
+/// An ICMP error of `kind` from `from` to `to` quoting the first `quoted` bytes
+/// of `about`'s IPv4 packet.
+fn icmp_error(
+    macs: Macs,
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    kind: IcmpKind,
+    about: &[u8],
+    quoted: usize,
+) -> Vec<u8> {
+    let about = Frame::from_bytes(about.to_vec());
+    let packet = about.ip_packet();
+    IcmpSpec {
+        src_mac: macs.0,
+        dst_mac: macs.1,
+        src: from,
+        dst: to,
+        ttl: 64,
+        tos: 0xc0,
+        kind,
+        quote: packet[..quoted.min(packet.len())].to_vec(),
+    }
+    .build()
+    .into_bytes()
+}
+
+/// A full-size data segment (1460 bytes of payload, DF set) from `from` to `to`.
+fn full_size(macs: Macs, from: SocketAddrV4, to: SocketAddrV4) -> FrameSpec {
+    FrameSpec {
+        tcp_flags: tcp_flags::ACK | tcp_flags::PSH,
+        payload: vec![0x5a; 1460],
+        dont_fragment: true,
+        ..spec(macs, from, to)
+    }
 }
 
 /// The TCP SYN of `tcp`, tagged once (802.1Q) or twice (802.1ad outside).
@@ -418,6 +468,40 @@ fn table() -> Vec<Row> {
     let with_options = tcp_with(FROM_CLIENT, CLIENT, SERVICE, ip_options);
     let reply = tcp(FROM_DAEMON, daemon, CLIENT);
     let rewritten = tcp(TO_CLIENT, daemon, CLIENT);
+    // ICMP errors: the quoted segments, as the network saw them.
+    let seen_reply = tcp(FROM_CLIENT, SERVICE, CLIENT);
+    let seen_forwarded = tcp(FROM_DAEMON, CLIENT, daemon);
+    let frag = IcmpKind::FragNeeded { mtu: 1280 };
+    let to_vip = |kind, about: &[u8], quoted| icmp_error(FROM_CLIENT, ROUTER, VIP, kind, about, quoted);
+    let on_back = |to: Ipv4Addr, kind, about: &[u8]| icmp_error(FROM_DAEMON, ROUTER, to, kind, about, 28);
+    // A reply that does not fit the narrow route, and the answer the program
+    // must build from it: back to the daemon, from the back's address, quoting
+    // the reply's IPv4 header and 8 bytes.
+    let too_big = full_size(FROM_DAEMON, daemon, NARROW).build().into_bytes();
+    let frag_needed = IcmpSpec {
+        src_mac: BACK_MAC,
+        dst_mac: BACK_PEER_MAC,
+        src: BACK_ADDR,
+        dst: *daemon.ip(),
+        ttl: 64,
+        tos: 0xc0,
+        kind: IcmpKind::FragNeeded { mtu: NARROW_MTU },
+        quote: Frame::from_bytes(too_big.clone()).ip_packet()[..28].to_vec(),
+    }
+    .build()
+    .into_bytes();
+    let too_big_no_df = FrameSpec { dont_fragment: false, ..full_size(FROM_DAEMON, daemon, NARROW) }.build().into_bytes();
+    let too_big_options = FrameSpec { ip_options: vec![1, 1, 1, 0], ..full_size(FROM_DAEMON, daemon, NARROW) }.build().into_bytes();
+    let fits_narrow = FrameSpec { payload: vec![0x5a; 1240], ..full_size(FROM_DAEMON, daemon, NARROW) };
+    // The program sets the Ethernet addresses of an error towards the client,
+    // as of a reply; the rest is the worker's.
+    let towards_client = |mut f: Vec<u8>| {
+        f[..6].copy_from_slice(&TO_CLIENT.1);
+        f[6..12].copy_from_slice(&TO_CLIENT.0);
+        f
+    };
+    let error_to_client = on_back(*CLIENT.ip(), frag, &seen_forwarded);
+    let time_exceeded = on_back(*CLIENT.ip(), IcmpKind::TimeExceeded, &seen_forwarded);
     vec![
         // The front.
         row("service SYN", Front, 0, syn.clone(),
@@ -476,6 +560,33 @@ fn table() -> Vec<Row> {
             XDP_PASS, &["vlan", "passed"]),
         row("IPv6 TCP to the service port", Front, 0, tcp6(FROM_CLIENT, CLIENT, SERVICE),
             XDP_PASS, &["ipv6", "passed"]),
+        // ICMP errors to the VIP: about a service's reply, to the front socket.
+        row("fragmentation needed about a reply", Front, 0, to_vip(frag, &seen_reply, 28),
+            XDP_REDIRECT, &["icmp_front_steered"]),
+        row("time exceeded about a reply, whole reply quoted", Front, 0, to_vip(IcmpKind::TimeExceeded, &seen_reply, 1500),
+            XDP_REDIRECT, &["icmp_front_steered"]),
+        row("port unreachable about a reply", Front, 0, to_vip(IcmpKind::PortUnreachable, &seen_reply, 28),
+            XDP_REDIRECT, &["icmp_front_steered"]),
+        row("parameter problem about a reply", Front, 0, to_vip(IcmpKind::ParameterProblem { pointer: 8 }, &seen_reply, 28),
+            XDP_REDIRECT, &["icmp_front_steered"]),
+        row("fragmentation needed about a reply, queue without socket", Front, 1, to_vip(frag, &seen_reply, 28),
+            XDP_DROP, &["no_socket"]),
+        row("source quench about a reply", Front, 0, to_vip(IcmpKind::SourceQuench, &seen_reply, 28),
+            XDP_PASS, &["passed"]),
+        row("error quoting 7 bytes of TCP", Front, 0, to_vip(frag, &seen_reply, 27),
+            XDP_PASS, &["passed"]),
+        row("error about the VIP's other port", Front, 0, to_vip(frag, &tcp(FROM_CLIENT, other_port, CLIENT), 28),
+            XDP_PASS, &["passed"]),
+        row("error about UDP from the service port", Front, 0, to_vip(frag, &udp(FROM_CLIENT, SERVICE, CLIENT), 28),
+            XDP_PASS, &["passed"]),
+        row("error quoting a header with options", Front, 0, to_vip(frag, &tcp_with(FROM_CLIENT, SERVICE, CLIENT, ip_options), 32),
+            XDP_PASS, &["passed"]),
+        row("error quoting a later fragment", Front, 0, to_vip(frag, &tcp_with(FROM_CLIENT, SERVICE, CLIENT, later_fragment), 28),
+            XDP_PASS, &["passed"]),
+        row("error about a reply, to a non-VIP address", Front, 0, icmp_error(FROM_CLIENT, ROUTER, *elsewhere.ip(), frag, &seen_reply, 28),
+            XDP_PASS, &["passed"]),
+        row("error about a reply, outer header with options", Front, 0, with_outer_options(&to_vip(frag, &seen_reply, 28)),
+            XDP_PASS, &["passed"]),
         // The back.
         row("daemon reply, route and neighbour", Back, 0, reply.clone(),
             XDP_REDIRECT, &["back_steered"]).leaves(rewritten.clone()),
@@ -501,6 +612,32 @@ fn table() -> Vec<Row> {
             XDP_PASS, &["passed"]),
         row("802.1Q-tagged daemon reply", Back, 0, tcp_vlan(FROM_DAEMON, daemon, CLIENT, false),
             XDP_PASS, &["vlan", "passed"]),
+        // Replies and the front route's MTU.
+        row("reply that fits the narrow route", Back, 0, fits_narrow.build().into_bytes(),
+            XDP_REDIRECT, &["back_steered"]).leaves(FrameSpec { src_mac: TO_CLIENT.0, dst_mac: TO_CLIENT.1, ..fits_narrow }.build().into_bytes()),
+        row("reply too big for the narrow route", Back, 0, too_big,
+            XDP_TX, &["frag_needed_sent"]).leaves(frag_needed),
+        row("reply too big for the narrow route, DF clear", Back, 0, too_big_no_df,
+            XDP_DROP, &["too_big"]),
+        row("reply too big for the narrow route, IP options", Back, 0, too_big_options,
+            XDP_DROP, &["too_big"]),
+        // ICMP errors on the back: about a segment to a daemon, to the back socket.
+        row("fragmentation needed about a client's segment", Back, 0, error_to_client.clone(),
+            XDP_REDIRECT, &["icmp_back_steered"]).leaves(towards_client(error_to_client.clone())),
+        row("time exceeded about a client's segment", Back, 0, time_exceeded.clone(),
+            XDP_REDIRECT, &["icmp_back_steered"]).leaves(towards_client(time_exceeded)),
+        row("error about a client's segment, no neighbour", Back, 0, on_back(*UNRESOLVED.ip(), frag, &tcp(FROM_DAEMON, UNRESOLVED, daemon)),
+            XDP_DROP, &["fib_no_neigh"]),
+        row("error about a client's segment, no route", Back, 0, on_back(*UNROUTED.ip(), frag, &tcp(FROM_DAEMON, UNROUTED, daemon)),
+            XDP_DROP, &["fib_failed"]),
+        row("error about a health probe, to the back's address", Back, 0, on_back(BACK_ADDR, frag, &tcp(FROM_DAEMON, probe, daemon)),
+            XDP_PASS, &["passed"]),
+        row("error about a segment to a non-daemon", Back, 0, on_back(*CLIENT.ip(), frag, &tcp(FROM_DAEMON, CLIENT, stranger)),
+            XDP_PASS, &["passed"]),
+        row("source quench about a client's segment", Back, 0, on_back(*CLIENT.ip(), IcmpKind::SourceQuench, &seen_forwarded),
+            XDP_PASS, &["passed"]),
+        row("ICMP echo on the back", Back, 0, icmp_echo(FROM_DAEMON, *daemon.ip(), *CLIENT.ip()),
+            XDP_PASS, &["passed"]),
         row("service SYN arriving on the back", Back, 0, syn.clone(),
             XDP_PASS, &["passed"]),
         // Neither front nor back.
@@ -510,7 +647,27 @@ fn table() -> Vec<Row> {
             XDP_PASS, &["passed"]),
         row("daemon reply on another interface", Other, 0, reply,
             XDP_PASS, &["passed"]),
+        row("error about a reply on another interface", Other, 0, to_vip(frag, &seen_reply, 28),
+            XDP_PASS, &["passed"]),
     ]
+}
+
+/// `frame` (an IPv4 frame without options) with four bytes of IPv4 options
+/// (no-ops and an end) inserted, IHL, total length and header checksum
+/// resealed: the ICMP behind them is left as it was.
+fn with_outer_options(frame: &[u8]) -> Vec<u8> {
+    let mut f = frame[..34].to_vec();
+    f.extend_from_slice(&[1, 1, 1, 0]);
+    f.extend_from_slice(&frame[34..]);
+    let total = u16::from_be_bytes([f[16], f[17]]) + 4;
+    let mut fr = Frame::from_bytes(f);
+    fr.set_ihl(6).set_total_len(total);
+    let mut f = fr.into_bytes();
+    f[24..26].copy_from_slice(&[0, 0]);
+    let header = etherparse::Ipv4HeaderSlice::from_slice(&f[14..38]).expect("an IPv4 header");
+    let ck = header.to_header().calc_header_checksum();
+    f[24..26].copy_from_slice(&ck.to_be_bytes());
+    f
 }
 
 fn verdict_name(v: u32) -> String {
@@ -518,6 +675,7 @@ fn verdict_name(v: u32) -> String {
         XDP_PASS => "XDP_PASS".into(),
         XDP_DROP => "XDP_DROP".into(),
         XDP_REDIRECT => "XDP_REDIRECT".into(),
+        XDP_TX => "XDP_TX".into(),
         v => format!("verdict {v}"),
     }
 }
@@ -579,7 +737,7 @@ fn every_frame_class_gets_its_verdict_counters_and_frame() {
             "no row moves the counter {name}"
         );
     }
-    for v in [XDP_PASS, XDP_DROP, XDP_REDIRECT] {
+    for v in [XDP_PASS, XDP_DROP, XDP_REDIRECT, XDP_TX] {
         assert!(
             rows.iter().any(|r| r.verdict == v),
             "no row expects {}",
@@ -687,6 +845,40 @@ fn a_reply_is_dropped_while_the_front_does_not_forward() {
         .expect("test run");
     assert_eq!(verdict_name(verdict), verdict_name(XDP_REDIRECT));
     assert_eq!(out, tcp(TO_CLIENT, DAEMONS[0], CLIENT));
+}
+
+/// Without a source address for it (the back has none), a reply too big for the
+/// front route cannot be answered: it is dropped and counted as `too_big`.
+#[test]
+fn a_reply_too_big_is_dropped_while_no_source_address_is_set() {
+    let lab = Lab::up("s");
+    let daemon = DAEMONS[0];
+    let too_big = full_size(FROM_DAEMON, daemon, NARROW).build().into_bytes();
+    let too_big_counter = counter_index("too_big");
+    let sent_counter = counter_index("frag_needed_sent");
+
+    lab.steering
+        .set_icmp_source(Ipv4Addr::UNSPECIFIED)
+        .expect("clearing the source");
+    let before = lab.counters();
+    let (verdict, out) = lab
+        .steering
+        .test_run(&too_big, lab.back.index, 0)
+        .expect("test run");
+    let after = lab.counters();
+    assert_eq!(verdict_name(verdict), verdict_name(XDP_DROP));
+    assert_eq!(out, too_big, "a dropped reply is left as it came");
+    let mut want = before;
+    want[too_big_counter] += 1;
+    assert_eq!(after, want, "only too_big moves");
+
+    lab.steering.set_icmp_source(BACK_ADDR).expect("the source");
+    let (verdict, _) = lab
+        .steering
+        .test_run(&too_big, lab.back.index, 0)
+        .expect("test run");
+    assert_eq!(verdict_name(verdict), verdict_name(XDP_TX));
+    assert_eq!(lab.counters()[sent_counter], after[sent_counter] + 1);
 }
 
 /// What the kernel refuses before the program runs: these rows cannot be in the

@@ -1,6 +1,8 @@
 //! Any bytes as a frame: parsing never panics, and when a frame parses, every
 //! rewrite leaves checksums equal to a full recomputation, touches only the fields
 //! it should, and the per-packet functions of the worker run without panicking.
+//! The same for ICMP errors: a translated error's IPv4 and ICMP checksums still
+//! verify.
 #![no_main]
 
 use std::{
@@ -16,7 +18,7 @@ use dispatchd::{
     ids::WorkerId,
     neigh::NextHop,
     protocol::{self, Wake},
-    packet::{checksum, L4Frame, L4Proto, MacPair},
+    packet::{checksum, icmp::IcmpError, L4Frame, L4Proto, MacPair},
     stats::WorkerStats,
     sys::EventFd,
 };
@@ -53,11 +55,33 @@ fn checksums_hold(frame: &mut [u8], before_ok: (bool, bool)) {
     }
 }
 
+/// A valid ICMP error stays valid through either translation: its checksums
+/// were verified by the parse and must still verify by a full computation.
+fn icmp_translations(knobs: &[u8], frame: &[u8]) {
+    let mut buf = frame.to_vec();
+    let Ok(mut error) = IcmpError::parse(&mut buf) else { return };
+    let target = addr(&knobs[..6]);
+    if knobs[6] & 1 == 0 {
+        let macs = MacPair { src: [2, 0, 0, 0, 0, 1], dst: [2, 0, 0, 0, 0, 2] };
+        error.rewrite_to_daemon(target, &macs);
+        assert_eq!(error.quoted_src(), target);
+    } else {
+        error.rewrite_to_client(target);
+        assert_eq!(error.quoted_dst(), target);
+    }
+    error.truncate(usize::from(knobs[7]) * 8);
+    let len = error.frame_len();
+    assert!(checksum::verify(&buf[14..34]), "IPv4 checksum broken by the translation");
+    assert!(checksum::verify(&buf[34..len]), "ICMP checksum broken by the translation");
+}
+
 fuzz_target!(|data: &[u8]| {
     if data.len() < 12 {
         return;
     }
     let (knobs, frame) = data.split_at(12);
+    icmp_translations(knobs, frame);
+    worker_path(knobs, frame);
     let mut buf = frame.to_vec();
     let Ok(pkt) = L4Frame::parse(&mut buf) else { return };
     let bytes = pkt.as_bytes();
@@ -86,8 +110,11 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(pkt.l4_payload(), &payload[..], "payload untouched");
     drop(pkt);
     checksums_hold(&mut buf, before);
+});
 
-    // The worker's own per-packet path, on a tiny table that fills up.
+/// The worker's own per-packet path, on a tiny table that fills up: any frame,
+/// TCP, UDP, ICMP or garbage.
+fn worker_path(knobs: &[u8], frame: &[u8]) {
     let services = [ServiceConfig {
         address: addr(&knobs[6..12]),
         policy: if knobs[6] & 2 == 0 { PolicyKind::RoundRobin } else { PolicyKind::Maglev },
@@ -115,4 +142,4 @@ fuzz_target!(|data: &[u8]| {
     forwarder.handle(&mut copy, hint);
     let mut copy = frame.to_vec();
     reverse(&mut copy, &plane, &mut sink, &stats, 2);
-});
+}

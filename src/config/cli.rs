@@ -12,7 +12,8 @@ use crate::balance::{BackendSpec, PolicyKind};
 /// validation):
 ///
 /// * Scalar flags (`--front`, `--back`, `--queues`, `--cores`, `--bind-mode`,
-///   `--xdp-mode`, `--poll`, `--flow-capacity`, `--frames-per-queue`, `--batch`)
+///   `--xdp-mode`, `--poll`, `--flow-capacity`, `--frames-per-queue`, `--batch`,
+///   `--mss-clamp`)
 ///   replace the file's value. `--cores` replaces the whole list; note that changing
 ///   `--queues` alone makes a file's `cores` list the wrong length.
 /// * `--service` with one or more `--backend` defines a single service that replaces
@@ -71,6 +72,10 @@ pub struct RunArgs {
     /// Slots of each worker's event ring to the management loop (power of two).
     #[arg(long, value_name = "N")]
     pub event_ring: Option<usize>,
+    /// Lower the MSS option of client SYNs to at most N bytes (536..=65495), for
+    /// paths whose ICMP "fragmentation needed" is filtered.
+    #[arg(long, value_name = "N")]
+    pub mss_clamp: Option<u16>,
     /// Path of the control socket (`dispatchd ctl` talks to it).
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
@@ -156,6 +161,9 @@ impl RunArgs {
         }
         if let Some(v) = self.batch {
             file.batch = v;
+        }
+        if let Some(v) = self.mss_clamp {
+            file.mss_clamp = Some(v);
         }
         if let Some(v) = &self.control_socket {
             file.control_socket = v.clone();

@@ -44,6 +44,8 @@ pub(super) struct FileConfig {
     pub batch: usize,
     /// Slots of each worker's event ring.
     pub event_ring: usize,
+    /// Largest MSS client SYNs may announce; none by default.
+    pub mss_clamp: Option<u16>,
     /// `[[service]]` tables.
     #[serde(rename = "service")]
     pub services: Vec<FileService>,
@@ -117,6 +119,7 @@ impl Default for FileConfig {
             frames_per_queue: DEFAULT_FRAMES_PER_QUEUE,
             event_ring: DEFAULT_EVENT_RING,
             batch: DEFAULT_BATCH,
+            mss_clamp: None,
             services: Vec::new(),
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
             metrics_listen: None,
@@ -241,6 +244,7 @@ impl FileConfig {
             frames_per_queue: self.frames_per_queue,
             event_ring: self.event_ring,
             batch: self.batch,
+            mss_clamp: self.mss_clamp,
             services: self
                 .services
                 .into_iter()

@@ -55,6 +55,12 @@ pub const MIN_EVENT_RING: usize = 2;
 pub const MAX_EVENT_RING: usize = 1 << 22;
 /// Weight of a backend given without one.
 pub const DEFAULT_WEIGHT: u32 = 1;
+/// Smallest accepted `mss_clamp`: the MSS every IPv4 host must accept (RFC 9293,
+/// 576-byte datagrams less 40 bytes of headers); lower would only shrink segments
+/// below what any path needs.
+pub const MIN_MSS_CLAMP: u16 = 536;
+/// Largest accepted `mss_clamp`: an IPv4 packet's most, less 40 bytes of headers.
+pub const MAX_MSS_CLAMP: u16 = 65_495;
 /// Longest interface name Linux accepts (`IFNAMSIZ - 1`).
 pub const MAX_IFNAME_LEN: usize = 15;
 
@@ -125,6 +131,9 @@ pub struct Config {
     /// one loop round should fit; when it does not, the worker keeps its events
     /// and pauses rather than lose one.
     pub event_ring: usize,
+    /// Client SYNs announcing a larger MSS are lowered to this, for paths that
+    /// filter ICMP; [`MIN_MSS_CLAMP`]..=[`MAX_MSS_CLAMP`]. None: left alone.
+    pub mss_clamp: Option<u16>,
     /// The services to balance; at least one.
     pub services: Vec<ServiceConfig>,
     /// The management loop: control socket, metrics, timeouts, health checks.
@@ -245,6 +254,8 @@ pub enum ConfigError {
     BatchOutOfRange { batch: usize },
     #[error("event_ring = {slots} must be a power of two in {MIN_EVENT_RING}..={MAX_EVENT_RING}")]
     BadEventRing { slots: usize },
+    #[error("mss_clamp = {mss} is out of range {MIN_MSS_CLAMP}..={MAX_MSS_CLAMP}")]
+    MssClampOutOfRange { mss: u16 },
     #[error("flow_capacity = 0: must be >= 1")]
     ZeroFlowCapacity,
     #[error(
@@ -333,6 +344,11 @@ impl Config {
         }
         if self.flow_capacity == 0 {
             return Err(ConfigError::ZeroFlowCapacity);
+        }
+        if let Some(mss) = self.mss_clamp {
+            if !(MIN_MSS_CLAMP..=MAX_MSS_CLAMP).contains(&mss) {
+                return Err(ConfigError::MssClampOutOfRange { mss });
+            }
         }
         if self.flow_capacity > crate::flow::MAX_CAPACITY {
             return Err(ConfigError::FlowCapacityTooLarge {

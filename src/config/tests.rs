@@ -21,6 +21,7 @@ fn base() -> Config {
         frames_per_queue: DEFAULT_FRAMES_PER_QUEUE,
         batch: DEFAULT_BATCH,
         event_ring: DEFAULT_EVENT_RING,
+        mss_clamp: None,
         services: vec![
             ServiceConfig {
                 address: a("198.18.0.100:80"),
@@ -420,4 +421,45 @@ fn event_ring_is_a_power_of_two_in_range() {
         c.event_ring = slots;
         c.validate().unwrap();
     }
+}
+
+#[test]
+fn mss_clamp_range() {
+    for ok in [MIN_MSS_CLAMP, 1240, 1460, MAX_MSS_CLAMP] {
+        let mut c = base();
+        c.mss_clamp = Some(ok);
+        assert!(c.validate().is_ok(), "{ok}");
+    }
+    for bad in [0, 1, MIN_MSS_CLAMP - 1, MAX_MSS_CLAMP + 1, u16::MAX] {
+        let mut c = base();
+        c.mss_clamp = Some(bad);
+        let e = err(c);
+        assert!(
+            matches!(e, ConfigError::MssClampOutOfRange { mss } if mss == bad),
+            "{bad}: {e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("mss_clamp = {bad} is out of range 536..=65495")
+        );
+    }
+}
+
+#[test]
+fn mss_clamp_from_the_file() {
+    let text = "front = \"l0\"\nback = \"l1\"\nmss_clamp = 1240\n\
+                [[service]]\naddress = \"198.18.0.100:80\"\nbackends = [\"198.19.0.11:8080\"]\n";
+    assert_eq!(Config::from_toml_str(text).unwrap().mss_clamp, Some(1240));
+    let none = text.replace("mss_clamp = 1240\n", "");
+    assert_eq!(Config::from_toml_str(&none).unwrap().mss_clamp, None);
+    let big = text.replace("1240", "70000");
+    assert!(matches!(
+        Config::from_toml_str(&big),
+        Err(ConfigError::BadValue { .. })
+    ));
+    let small = text.replace("1240", "100");
+    assert!(matches!(
+        Config::from_toml_str(&small),
+        Err(ConfigError::MssClampOutOfRange { mss: 100 })
+    ));
 }

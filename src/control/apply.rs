@@ -69,7 +69,8 @@ pub fn planes(
                 &config.services,
                 next_hops.clone(),
                 back_mac,
-            )?;
+            )?
+            .with_mss_clamp(config.mss_clamp);
             plane.age_limit_ns = u64::try_from(age_limit.as_nanos()).unwrap_or(u64::MAX);
             Ok(plane)
         })

@@ -22,6 +22,7 @@ use super::{
     conntrack::{ConnTracker, Order},
     ctl::{self, Format, Request, REQUEST_MAX},
     health::Health,
+    icmp::{self, IcmpStats},
     report::{self, StatsSnapshot},
     uring::{Completion, Uring},
 };
@@ -30,7 +31,7 @@ use crate::{
     dataplane::Dataplane,
     ids::{BackendId, WorkerId},
     neigh::{NextHop, Resolver},
-    protocol::{Event, LoopEnd, Wake},
+    protocol::{Event, LoopEnd, SlowFrame, Wake},
     stats::{now_ns, WorkerStats},
     sys::{Signal, SignalFd, SIGINFO_LEN},
     worker::Command,
@@ -93,6 +94,7 @@ pub struct Manager<'a> {
     ctl: UnixListener,
     metrics: Option<TcpListener>,
     orders: Vec<Order>,
+    icmp: IcmpStats,
     next_refresh_ns: u64,
     /// The longest round so far (ns), from a wake-up to the next wait.
     round_max_ns: u64,
@@ -132,6 +134,7 @@ impl<'a> Manager<'a> {
             ctl: parts.ctl,
             metrics,
             orders: Vec::new(),
+            icmp: IcmpStats::default(),
             next_refresh_ns: 0,
             round_max_ns: 0,
             stop: false,
@@ -181,6 +184,7 @@ impl<'a> Manager<'a> {
             ignored_events: self.tracker.ignored_events(),
             timer_entries: self.tracker.timer_entries(),
             loop_round_max_ns: self.round_max_ns,
+            icmp: self.icmp,
         }
     }
 
@@ -262,7 +266,35 @@ impl<'a> Manager<'a> {
                 self.tracker.on_event(event, now_ns(), &mut self.orders);
             }
         }
+        // After the events, so an error about a connection that just opened
+        // finds it.
+        for w in 0..self.workers.len() {
+            while let Some(frame) = self.workers[w].link.frames.try_pop() {
+                self.icmp_to_daemon(WorkerId(w as u16), frame);
+            }
+        }
         self.send_orders();
+    }
+
+    /// Translates an ICMP error that `worker` copied from the front for the
+    /// daemon of its connection, and has that worker send it (it just received
+    /// the error, so it is alive; any worker's back socket reaches the daemon).
+    fn icmp_to_daemon(&mut self, worker: WorkerId, mut frame: SlowFrame) {
+        let (tracker, backends, next_hops) = (&self.tracker, &self.backends, &self.next_hops);
+        let outcome = icmp::to_daemon(
+            frame.bytes_mut(),
+            |key| tracker.daemon_of(key),
+            |daemon| {
+                let id = backends.find(daemon)?;
+                next_hops.get(id.index())?.get()
+            },
+            self.back_mac,
+        )
+        .map(|bytes| {
+            self.backlog
+                .push_back((worker, Command::TransmitBack(bytes.into())));
+        });
+        self.icmp.count(outcome);
     }
 
     /// Queues the tracker's orders behind whatever waits already, then sends.

@@ -13,6 +13,7 @@ pub mod backends;
 pub mod conntrack;
 pub mod ctl;
 pub mod health;
+pub mod icmp;
 pub mod manager;
 pub mod report;
 pub mod uring;

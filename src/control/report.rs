@@ -10,10 +10,11 @@ use super::{
     conntrack::{BackendConns, ConnInfo},
     ctl::Format,
     health::Health,
+    icmp::IcmpStats,
 };
 use crate::{
     ids::WorkerId,
-    packet::DropReason,
+    packet::{icmp::IcmpDrop, DropReason},
     stats::{WorkerDrop, WorkerStats},
     xdp::COUNTER_NAMES,
 };
@@ -38,6 +39,8 @@ pub struct StatsSnapshot<'a> {
     /// The management loop's longest round so far (ns): handling what one
     /// wake-up brought.
     pub loop_round_max_ns: u64,
+    /// ICMP errors the loop translated for daemons, or not.
+    pub icmp: IcmpStats,
 }
 
 fn merged(
@@ -51,7 +54,9 @@ fn merged(
     h
 }
 
-fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); 23] {
+const WORKER_FIELDS: usize = 28;
+
+fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); WORKER_FIELDS] {
     [
         ("rx_front", s.rx_front.get()),
         ("rx_back", s.rx_back.get()),
@@ -79,6 +84,11 @@ fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); 23] {
         ("xsk_fill_ring_empty", s.xsk_fill_ring_empty.get()),
         ("xsk_rx_dropped", s.xsk_rx_dropped.get()),
         ("xsk_invalid_descs", s.xsk_invalid_descs.get()),
+        ("icmp_to_loop", s.icmp_to_loop.get()),
+        ("icmp_to_daemon", s.icmp_to_daemon.get()),
+        ("icmp_to_client", s.icmp_to_client.get()),
+        ("icmp_invalid", s.icmp_invalid_total()),
+        ("mss_clamped", s.mss_clamped.get()),
     ]
 }
 
@@ -112,6 +122,12 @@ pub fn stats_text(s: &StatsSnapshot<'_>) -> String {
                 let _ = writeln!(out, "  dropped {}: {n}", d.as_str());
             }
         }
+        for r in IcmpDrop::ALL {
+            let n = w.icmp_invalid[r.index()].get();
+            if n > 0 {
+                let _ = writeln!(out, "  invalid {}: {n}", r.as_str());
+            }
+        }
     }
     let line = |h: &Histogram<u64>| {
         percentile_values(h)
@@ -138,6 +154,13 @@ pub fn stats_text(s: &StatsSnapshot<'_>) -> String {
             .collect();
         let _ = writeln!(out, "xdp: {}", parts.join(" "));
     }
+    let icmp: Vec<String> = s
+        .icmp
+        .fields()
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    let _ = writeln!(out, "icmp to daemons: {}", icmp.join(" "));
     let _ = writeln!(
         out,
         "connections {} ignored_events {} timer_entries {} loop_round_max_ns {}",
@@ -162,6 +185,7 @@ struct WorkerJson<'a> {
     fields: Fields<'a>,
     invalid_by_reason: Fields<'a>,
     dropped_by_reason: Fields<'a>,
+    icmp_invalid_by_reason: Fields<'a>,
 }
 
 #[derive(Serialize)]
@@ -170,6 +194,8 @@ struct StatsJson<'a> {
     per_packet_ns: Fields<'a>,
     batch_size: Fields<'a>,
     xdp: Option<Fields<'a>>,
+    /// ICMP errors from the front, as the loop handled them.
+    icmp: IcmpStats,
     connections: usize,
     ignored_events: u64,
     timer_entries: usize,
@@ -185,9 +211,10 @@ fn json_line(value: &impl Serialize) -> String {
 
 pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
     struct PerWorker {
-        fields: [(&'static str, u64); 23],
+        fields: [(&'static str, u64); WORKER_FIELDS],
         invalid: Vec<(&'static str, u64)>,
         dropped: Vec<(&'static str, u64)>,
+        icmp_invalid: Vec<(&'static str, u64)>,
     }
     let per_worker: Vec<PerWorker> = s
         .workers
@@ -201,6 +228,10 @@ pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
             dropped: WorkerDrop::ALL
                 .iter()
                 .map(|d| (d.as_str(), w.dropped[*d as usize].get()))
+                .collect(),
+            icmp_invalid: IcmpDrop::ALL
+                .iter()
+                .map(|r| (r.as_str(), w.icmp_invalid[r.index()].get()))
                 .collect(),
         })
         .collect();
@@ -218,11 +249,13 @@ pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
                 fields: Fields(&w.fields),
                 invalid_by_reason: Fields(&w.invalid),
                 dropped_by_reason: Fields(&w.dropped),
+                icmp_invalid_by_reason: Fields(&w.icmp_invalid),
             })
             .collect(),
         per_packet_ns: Fields(&latency),
         batch_size: Fields(&batches),
         xdp: xdp.as_deref().map(Fields),
+        icmp: s.icmp,
         connections: s.connections,
         ignored_events: s.ignored_events,
         timer_entries: s.timer_entries,
@@ -435,6 +468,35 @@ pub fn prometheus(s: &StatsSnapshot<'_>) -> String {
     );
     let mut rows = Vec::new();
     for (q, w) in s.workers.iter().enumerate() {
+        for (what, c) in [
+            ("to_loop", &w.icmp_to_loop),
+            ("to_daemon", &w.icmp_to_daemon),
+            ("to_client", &w.icmp_to_client),
+        ] {
+            rows.push((format!("worker=\"{q}\",what=\"{what}\""), c.get()));
+        }
+    }
+    counter(
+        "icmp_errors_total",
+        "ICMP errors about connections: from the front to the loop, translated to daemons, translated to clients.",
+        rows,
+    );
+    counter(
+        "icmp_loop_total",
+        "ICMP errors from the front as the management loop handled them.",
+        s.icmp
+            .fields()
+            .iter()
+            .map(|(k, v)| (format!("result=\"{k}\""), *v))
+            .collect(),
+    );
+    counter(
+        "mss_clamped_total",
+        "Client SYNs whose MSS option was lowered to mss_clamp.",
+        per_worker(&|w| w.mss_clamped.get()),
+    );
+    let mut rows = Vec::new();
+    for (q, w) in s.workers.iter().enumerate() {
         for r in DropReason::ALL {
             rows.push((
                 format!("worker=\"{q}\",reason=\"{}\"", r.as_str()),
@@ -445,6 +507,12 @@ pub fn prometheus(s: &StatsSnapshot<'_>) -> String {
             rows.push((
                 format!("worker=\"{q}\",reason=\"{}\"", d.as_str()),
                 w.dropped[d as usize].get(),
+            ));
+        }
+        for r in IcmpDrop::ALL {
+            rows.push((
+                format!("worker=\"{q}\",reason=\"{}\"", r.as_str()),
+                w.icmp_invalid[r.index()].get(),
             ));
         }
     }

@@ -46,6 +46,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 pub mod checksum;
 pub mod ethernet;
+pub mod icmp;
 pub mod ipv4;
 pub mod tcp;
 pub mod udp;
@@ -474,6 +475,41 @@ impl<'a> L4Frame<'a> {
                 &l4[udp::HEADER_LEN..len]
             }
         }
+    }
+
+    /// Lowers a TCP MSS option larger than `max` to `max`, updating the TCP
+    /// checksum incrementally; true if it did. Options are walked within the
+    /// validated data offset; a malformed option list (a length below 2 or past
+    /// the header) ends the walk with nothing changed, as does a UDP frame.
+    pub fn clamp_mss(&mut self, max: u16) -> bool {
+        if self.proto != L4Proto::Tcp {
+            return false;
+        }
+        let segment = self.l4_mut();
+        let header_len = tcp::Segment::new_unchecked(&*segment).header_len();
+        let Some(at) = tcp::mss_option(&segment[..header_len]) else {
+            return false;
+        };
+        let old = u16::from_be_bytes([segment[at], segment[at + 1]]);
+        if old <= max {
+            return false;
+        }
+        // The checksum sums 16-bit words from the segment's start; an option may
+        // start at any byte, so an odd offset puts the value across two words.
+        let word =
+            |s: &[u8], i: usize| u16::from_be_bytes([s[i], s.get(i + 1).copied().unwrap_or(0)]);
+        let first = at & !1;
+        let last = (at + 1) & !1;
+        let old_words = (word(segment, first), word(segment, last));
+        segment[at..at + 2].copy_from_slice(&max.to_be_bytes());
+        let new_words = (word(segment, first), word(segment, last));
+        let mut ck = Incremental::new(tcp::Segment::new_unchecked(&*segment).checksum())
+            .replace16(old_words.0, new_words.0);
+        if last != first {
+            ck = ck.replace16(old_words.1, new_words.1);
+        }
+        tcp::Segment::new_unchecked(segment).set_checksum(ck.finish());
+        true
     }
 
     pub fn macs(&self) -> MacPair {

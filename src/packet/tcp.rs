@@ -138,9 +138,66 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Segment<T> {
     }
 }
 
+/// Option kinds (RFC 9293).
+pub const OPTION_END: u8 = 0;
+pub const OPTION_NOP: u8 = 1;
+pub const OPTION_MSS: u8 = 2;
+
+/// Where the value of the MSS option lies in `header` (a TCP header, options
+/// included, cut at its data offset): the offset of its two bytes. `None` if
+/// there is none, or if the options before it are malformed (a length below 2
+/// or past the header): then nothing can be trusted to be an option.
+pub fn mss_option(header: &[u8]) -> Option<usize> {
+    let mut at = HEADER_LEN;
+    while at < header.len() {
+        match header[at] {
+            OPTION_END => return None,
+            OPTION_NOP => at += 1,
+            kind => {
+                let len = usize::from(*header.get(at + 1)?);
+                if len < 2 || at + len > header.len() {
+                    return None;
+                }
+                if kind == OPTION_MSS {
+                    return (len == 4).then_some(at + 2);
+                }
+                at += len;
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mss_option_is_found_among_others() {
+        let mut h = SEG.to_vec();
+        // NOP, NOP, timestamps (10 bytes), MSS 1460, window scale 7, end.
+        h.extend_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+        h.extend_from_slice(&[2, 4, 0x05, 0xb4, 3, 3, 7, 0]);
+        assert_eq!(mss_option(&h), Some(20 + 12 + 2));
+        // An odd offset: one NOP only.
+        let mut odd = SEG.to_vec();
+        odd.extend_from_slice(&[1, 2, 4, 0x05, 0xb4, 0, 0, 0]);
+        assert_eq!(mss_option(&odd), Some(23));
+        // None at all, after an end, or after a malformed option.
+        assert_eq!(mss_option(&SEG), None);
+        let mut ended = SEG.to_vec();
+        ended.extend_from_slice(&[0, 2, 4, 0x05, 0xb4, 0, 0, 0]);
+        assert_eq!(mss_option(&ended), None);
+        for bad in [[8, 0, 2, 4], [8, 1, 2, 4], [8, 9, 2, 4], [2, 5, 5, 0xb4]] {
+            let mut b = SEG.to_vec();
+            b.extend_from_slice(&bad);
+            assert_eq!(mss_option(&b), None, "{bad:?}");
+        }
+        // A kind without its length byte at the very end.
+        let mut cut = SEG.to_vec();
+        cut.extend_from_slice(&[1, 1, 1, 2]);
+        assert_eq!(mss_option(&cut), None);
+    }
 
     const SEG: [u8; 20] = [
         0x30, 0x39, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 2, 0x50, 0x12, 0xff, 0xff, 0xab, 0xcd, 0, 0,

@@ -1,17 +1,20 @@
 //! Everything that passes between a worker and the management loop, in one place:
 //! what a worker reports ([`Event`], through a lock-free [`ring`] it publishes once
-//! per batch), how it wakes the loop ([`Wake`]), and what the loop orders a worker
-//! to do ([`Command`], through a bounded channel the worker drains between batches).
+//! per batch), the rare frames it hands over for the loop to handle
+//! ([`SlowFrame`], copies of ICMP errors, through a second, small ring), how it
+//! wakes the loop ([`Wake`]), and what the loop orders a worker to do
+//! ([`Command`], through a bounded channel the worker drains between batches).
 //!
 //! ```text
-//! worker ──EventSink: Event ring + Wake (eventfd)──▶ loop
-//! worker ◀──────────── Command channel ──────────── loop
+//! worker ──EventSink: Event ring + SlowFrame ring + Wake (eventfd)──▶ loop
+//! worker ◀───────────────────── Command channel ──────────────────── loop
 //! ```
 //!
-//! Both directions are bounded and lose nothing: a full event ring makes the
+//! Both directions are bounded and lose no event: a full event ring makes the
 //! worker keep its events and, before that could overflow too, stop taking new
 //! frames until the loop has caught up; a full command channel keeps the loop's
-//! command for its next round, in order.
+//! command for its next round, in order. A full frame ring (the rare ICMP
+//! errors the loop must translate) costs the frame, counted by the caller.
 use std::{
     collections::VecDeque,
     net::SocketAddrV4,
@@ -34,6 +37,43 @@ pub mod ring;
 
 /// Commands queued per worker; the loop keeps what does not fit for later.
 pub const COMMAND_QUEUE: usize = 4_096;
+/// Frames a worker may hand to the loop before it counts them as dropped. They
+/// are rare (ICMP errors) and a slot is a whole [`SlowFrame`], so the ring is
+/// small and separate from the events', which it would otherwise bloat.
+pub const SLOW_QUEUE: usize = 64;
+/// The most of a frame a [`SlowFrame`] holds: an Ethernet header and the
+/// largest ICMP error RFC 1812 lets a router send.
+pub const SLOW_FRAME_MAX: usize =
+    crate::packet::ethernet::HEADER_LEN + crate::packet::icmp::MAX_ERROR_IP_LEN;
+
+/// A copy of a frame the worker does not handle itself, for the loop.
+#[derive(Clone, Copy)]
+pub struct SlowFrame {
+    len: u16,
+    bytes: [u8; SLOW_FRAME_MAX],
+}
+
+impl SlowFrame {
+    /// A copy of `frame`, if it fits.
+    pub fn new(frame: &[u8]) -> Option<Self> {
+        let mut copy = SlowFrame {
+            len: u16::try_from(frame.len()).ok()?,
+            bytes: [0; SLOW_FRAME_MAX],
+        };
+        copy.bytes.get_mut(..frame.len())?.copy_from_slice(frame);
+        Some(copy)
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for SlowFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlowFrame").field("len", &self.len).finish()
+    }
+}
 
 /// What a worker reports. The worker that sees a daemon's FIN or RST may not be
 /// the worker that owns the record (replies arrive on any queue); the loop routes
@@ -110,6 +150,9 @@ pub enum Command<Plane> {
     /// A reloaded configuration: the worker keeps its records for daemons that
     /// remain.
     ReplacePlane(Box<Plane>),
+    /// A whole frame for a daemon, rewritten by the loop (a translated ICMP
+    /// error): copy it into a free UMEM frame and send it on the back socket.
+    TransmitBack(Box<[u8]>),
 }
 
 /// Wakes the management loop through its eventfd, at most once per sleep: the
@@ -155,7 +198,8 @@ pub const EVENTS_PER_ROUND: usize = 2 * 2 * crate::config::MAX_BATCH + COMMANDS_
 /// Commands a worker applies per round, so a burst of them cannot stall packets.
 pub const COMMANDS_PER_ROUND: usize = 64;
 
-/// A worker's side of its bounded event queue to the management loop.
+/// A worker's side of its bounded event queue (and frame queue) to the
+/// management loop.
 ///
 /// No event is lost: what does not fit the ring waits in a preallocated
 /// overflow (oldest first, so the loop sees events in order) and goes out at the
@@ -165,6 +209,7 @@ pub const COMMANDS_PER_ROUND: usize = 64;
 pub struct EventSink {
     queue: ring::Producer<Event>,
     overflow: VecDeque<Event>,
+    frames: ring::Producer<SlowFrame>,
     wake: Arc<Wake>,
     sent: bool,
 }
@@ -187,8 +232,21 @@ impl EventSink {
         }
     }
 
+    /// Hands a copy of `frame` to the loop; false if it does not fit a
+    /// [`SlowFrame`] or the ring is full (the caller counts it). The loop sees
+    /// it after the next [`flush`](Self::flush).
+    pub fn emit_frame(&mut self, frame: &[u8]) -> bool {
+        let Some(copy) = SlowFrame::new(frame) else {
+            return false;
+        };
+        let pushed = self.frames.try_push(copy).is_ok();
+        self.sent |= pushed;
+        pushed
+    }
+
     /// Once per batch: move what waits in the overflow into the ring as far as
-    /// it has room, publish, and wake the loop for it.
+    /// it has room, publish this batch's events and frames, and wake the loop
+    /// for them.
     #[inline]
     pub fn flush(&mut self) {
         while let Some(&event) = self.overflow.front() {
@@ -200,6 +258,7 @@ impl EventSink {
         }
         if std::mem::take(&mut self.sent) {
             self.queue.publish();
+            self.frames.publish();
             self.wake.notify();
         }
     }
@@ -221,6 +280,7 @@ pub struct WorkerEnd<Plane> {
 /// The loop's ends of its link with one worker.
 pub struct LoopEnd<Plane> {
     pub events: ring::Consumer<Event>,
+    pub frames: ring::Consumer<SlowFrame>,
     pub commands: SyncSender<Command<Plane>>,
 }
 
@@ -229,12 +289,14 @@ pub struct LoopEnd<Plane> {
 /// through the one `wake`.
 pub fn link<Plane>(wake: Arc<Wake>, events: usize) -> (WorkerEnd<Plane>, LoopEnd<Plane>) {
     let (event_tx, event_rx) = ring::channel(events);
+    let (frame_tx, frame_rx) = ring::channel(SLOW_QUEUE);
     let (command_tx, command_rx) = sync_channel(COMMAND_QUEUE);
     (
         WorkerEnd {
             events: EventSink {
                 queue: event_tx,
                 overflow: VecDeque::with_capacity(EVENT_OVERFLOW),
+                frames: frame_tx,
                 wake,
                 sent: false,
             },
@@ -242,6 +304,7 @@ pub fn link<Plane>(wake: Arc<Wake>, events: usize) -> (WorkerEnd<Plane>, LoopEnd
         },
         LoopEnd {
             events: event_rx,
+            frames: frame_rx,
             commands: command_tx,
         },
     )

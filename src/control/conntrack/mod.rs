@@ -328,6 +328,11 @@ impl ConnTracker {
         self.conns.values().map(|c| c.info)
     }
 
+    /// The daemon of a tracked connection (for translating ICMP errors).
+    pub fn daemon_of(&self, key: FlowKey) -> Option<SocketAddrV4> {
+        self.conns.get(&key.packed()).map(|c| c.info.daemon)
+    }
+
     /// Connection counts per daemon (for `ctl backends`).
     pub fn per_daemon(&self) -> AHashMap<SocketAddrV4, BackendConns> {
         let mut counts = AHashMap::<SocketAddrV4, BackendConns>::new();

@@ -11,9 +11,11 @@
 //! over whatever the bytes say afterwards.
 use std::net::SocketAddrV4;
 
+use std::net::Ipv4Addr;
+
 use etherparse::{
-    checksum::Sum16BitWords, EtherType, Ethernet2Header, IpHeaders, Ipv4Header, Ipv4Options,
-    PacketBuilder, SingleVlanHeader, TcpHeader, VlanId,
+    checksum::Sum16BitWords, icmpv4, EtherType, Ethernet2Header, Icmpv4Type, IpHeaders, IpNumber,
+    Ipv4Header, Ipv4Options, PacketBuilder, SingleVlanHeader, TcpHeader, VlanId,
 };
 
 /// TCP flag bits, as they sit in the header's flags byte.
@@ -162,6 +164,95 @@ impl FrameSpec {
     }
 }
 
+/// What an ICMPv4 message says, for [`IcmpSpec`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IcmpKind {
+    /// Destination unreachable, fragmentation needed (code 4), with the
+    /// next hop's MTU.
+    FragNeeded { mtu: u16 },
+    /// Destination unreachable, port unreachable (code 3).
+    PortUnreachable,
+    /// Time exceeded in transit (type 11, code 0).
+    TimeExceeded,
+    /// Parameter problem, the pointer at the offending byte (type 12, code 0).
+    ParameterProblem { pointer: u8 },
+    /// Source quench (type 4), deprecated.
+    SourceQuench,
+    /// Echo request (type 8): not an error.
+    EchoRequest,
+}
+
+/// An ICMPv4 message in an Ethernet frame: the outer IPv4 header as the
+/// defaults of [`FrameSpec::tcp`] (TTL as given, id 0, DF clear, as Linux's
+/// icmp_send leaves it), the ICMP header and `quote` after it (for an error,
+/// the start of the offending IPv4 packet, see [`Frame::ip_packet`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IcmpSpec {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ttl: u8,
+    /// The outer header's type of service (Linux sends errors with 0xc0).
+    pub tos: u8,
+    pub kind: IcmpKind,
+    pub quote: Vec<u8>,
+}
+
+impl IcmpSpec {
+    pub fn build(&self) -> Frame {
+        let icmp_type = match self.kind {
+            IcmpKind::FragNeeded { mtu } => Icmpv4Type::DestinationUnreachable(
+                icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
+            ),
+            IcmpKind::PortUnreachable => {
+                Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Port)
+            }
+            IcmpKind::TimeExceeded => {
+                Icmpv4Type::TimeExceeded(icmpv4::TimeExceededCode::TtlExceededInTransit)
+            }
+            IcmpKind::ParameterProblem { pointer } => Icmpv4Type::ParameterProblem(
+                icmpv4::ParameterProblemHeader::PointerIndicatesError(pointer),
+            ),
+            IcmpKind::SourceQuench => Icmpv4Type::Unknown {
+                type_u8: 4,
+                code_u8: 0,
+                bytes5to8: [0; 4],
+            },
+            IcmpKind::EchoRequest => {
+                Icmpv4Type::EchoRequest(etherparse::IcmpEchoHeader { id: 1, seq: 1 })
+            }
+        };
+        let ip = Ipv4Header {
+            source: self.src.octets(),
+            destination: self.dst.octets(),
+            time_to_live: self.ttl,
+            dscp: etherparse::Ipv4Dscp::try_new(self.tos >> 2)
+                .unwrap_or_else(|e| panic!("TOS {:#x}: {e}", self.tos)),
+            ecn: etherparse::Ipv4Ecn::try_new(self.tos & 3)
+                .unwrap_or_else(|e| panic!("TOS {:#x}: {e}", self.tos)),
+            protocol: IpNumber::ICMP,
+            dont_fragment: false,
+            ..Default::default()
+        };
+        let ethernet = Ethernet2Header {
+            source: self.src_mac,
+            destination: self.dst_mac,
+            ether_type: EtherType::IPV4,
+        };
+        let mut bytes = ethernet.to_bytes().to_vec();
+        PacketBuilder::ip(IpHeaders::Ipv4(ip, Default::default()))
+            .icmpv4(icmp_type)
+            .write(&mut bytes, &self.quote)
+            .unwrap_or_else(|e| panic!("encoding {self:?}: {e}"));
+        Frame {
+            bytes,
+            l3: ETHERNET_LEN,
+            ip_header_len: Ipv4Header::MIN_LEN,
+        }
+    }
+}
+
 /// A frame's bytes and where its IPv4 header starts and ends as built, which the
 /// setters keep using however they change the header's own length fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,6 +284,14 @@ impl Frame {
 
     pub fn into_bytes(self) -> Vec<u8> {
         self.bytes
+    }
+
+    /// The IPv4 packet: from its header to its total length (or the frame's
+    /// end, if that comes first). The first bytes of it are what an ICMP error
+    /// about the frame quotes.
+    pub fn ip_packet(&self) -> &[u8] {
+        let end = (self.l3 + usize::from(self.total_len())).min(self.bytes.len());
+        &self.bytes[self.l3..end]
     }
 
     fn read16(&self, at: usize) -> u16 {

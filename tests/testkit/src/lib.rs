@@ -16,4 +16,4 @@ pub mod topology;
 
 pub use netns::NetNsGuard;
 pub use process::{ensure_root, output_of, require_root, text, wait_until, Proc};
-pub use topology::{daemon_addr, per_daemon, testkit_bin, Programs, Topology, VIP};
+pub use topology::{daemon_addr, per_daemon, testkit_bin, Programs, Router, Topology, VIP};

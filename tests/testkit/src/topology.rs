@@ -101,6 +101,29 @@ fn build_testkit() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Where a fourth namespace routes between the dispatcher and the others
+/// (`scripts/topology.sh`'s ROUTER argument), so a test can give that hop a
+/// smaller route MTU or a filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Router {
+    /// The DESIGN.md topology: direct links.
+    None,
+    /// Between the clients and the front: c0 <-> r0 | r1 <-> l0.
+    Front,
+    /// Between the back and the daemons: l1 <-> b0 | b1 <-> s0.
+    Back,
+}
+
+impl Router {
+    fn arg(self) -> &'static str {
+        match self {
+            Router::None => "none",
+            Router::Front => "front",
+            Router::Back => "back",
+        }
+    }
+}
+
 pub struct Topology {
     pub prefix: String,
     programs: Programs,
@@ -111,9 +134,27 @@ impl Topology {
     /// be made. `dispatchd` is `env!("CARGO_BIN_EXE_dispatchd")`.
     pub fn up(dispatchd: &str, name: &str, daemons: usize, queues: usize) -> Topology {
         require_root();
+        Topology::up_routed(dispatchd, name, daemons, queues, Router::None)
+    }
+
+    /// [`Topology::up`] with a router namespace on one side.
+    pub fn up_routed(
+        dispatchd: &str,
+        name: &str,
+        daemons: usize,
+        queues: usize,
+        router: Router,
+    ) -> Topology {
+        require_root();
         let prefix = format!("dt{name}{}", std::process::id() % 100_000);
-        Topology::create(&prefix, daemons, queues, Programs::for_test(dispatchd))
-            .unwrap_or_else(|e| panic!("{e:#}"))
+        Topology::create_routed(
+            &prefix,
+            daemons,
+            queues,
+            router,
+            Programs::for_test(dispatchd),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// The namespaces `<prefix>c`, `<prefix>d`, `<prefix>s` with `daemons`
@@ -124,12 +165,24 @@ impl Topology {
         queues: usize,
         programs: Programs,
     ) -> Result<Topology> {
+        Topology::create_routed(prefix, daemons, queues, Router::None, programs)
+    }
+
+    /// [`Topology::create`] with a router namespace `<prefix>r` on one side.
+    pub fn create_routed(
+        prefix: &str,
+        daemons: usize,
+        queues: usize,
+        router: Router,
+        programs: Programs,
+    ) -> Result<Topology> {
         let topo = Topology {
             prefix: prefix.to_owned(),
             programs,
         };
         let status = Command::new(topology_script())
             .args(["up", prefix, &daemons.to_string(), &queues.to_string()])
+            .arg(router.arg())
             .status()
             .context("running scripts/topology.sh")?;
         if !status.success() {
@@ -150,6 +203,10 @@ impl Topology {
     }
     pub fn daemons(&self) -> String {
         format!("{}s", self.prefix)
+    }
+    /// The router namespace of a topology made with a [`Router`].
+    pub fn router(&self) -> String {
+        format!("{}r", self.prefix)
     }
 
     /// A command run inside namespace `ns`.
@@ -192,11 +249,17 @@ impl Topology {
 
     /// Starts echo servers on the first `n` daemon addresses.
     pub fn serve(&self, n: usize) -> Proc {
+        self.serve_with(n, &[])
+    }
+
+    /// [`Topology::serve`] with more `serve` flags (e.g. `--download`).
+    pub fn serve_with(&self, n: usize, extra: &[&str]) -> Proc {
         let mut cmd = self.cmd(&self.daemons(), &self.programs.testkit);
         cmd.arg("serve");
         for i in 0..n {
             cmd.args(["--listen", &daemon_addr(i)]);
         }
+        cmd.args(extra);
         started(cmd, "serving", Duration::from_secs(5))
     }
 

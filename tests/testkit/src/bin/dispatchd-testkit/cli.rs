@@ -27,6 +27,10 @@ enum Command {
         /// After echoing the first read, abort the connection with a RST.
         #[arg(long)]
         reset: bool,
+        /// Instead of echoing, send as many bytes as the client asks for (see
+        /// `download`).
+        #[arg(long, conflicts_with = "reset")]
+        download: bool,
     },
     Connect {
         #[arg(long)]
@@ -65,6 +69,19 @@ enum Command {
         to: SocketAddr,
         #[arg(long)]
         bytes: usize,
+    },
+    /// Downloads: asks a `serve --download` daemon for BYTES, checks them byte
+    /// for byte; a read that waits longer than the timeout fails the download.
+    Download {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        bytes: usize,
+        /// Downloads, one after another, each on a new connection.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
     },
     /// Opens many connections at once and holds them: counts the accepted and the
     /// refused (connect timed out), then checks every accepted one still echoes.
@@ -135,7 +152,18 @@ enum Command {
 
 pub fn run() -> Result<()> {
     match Cli::parse().command {
-        Command::Serve { listen, reset } => server::serve(&listen, reset),
+        Command::Serve {
+            listen,
+            reset,
+            download,
+        } => {
+            let mode = match (reset, download) {
+                (_, true) => server::Mode::Download,
+                (true, false) => server::Mode::EchoThenReset,
+                (false, false) => server::Mode::Echo,
+            };
+            server::serve(&listen, mode)
+        }
         Command::Connect {
             to,
             connections,
@@ -167,6 +195,12 @@ pub fn run() -> Result<()> {
             Duration::from_millis(timeout_ms),
         ),
         Command::Bulk { to, bytes } => clients::bulk(to, bytes),
+        Command::Download {
+            to,
+            bytes,
+            count,
+            timeout_ms,
+        } => clients::download(to, bytes, count, Duration::from_millis(timeout_ms)),
         Command::Many {
             to,
             connections,

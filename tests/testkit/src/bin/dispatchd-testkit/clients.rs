@@ -113,7 +113,7 @@ fn open_sending(
 }
 
 /// Deterministic bytes that differ per offset, so a reordered or mixed-up echo shows.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
@@ -287,6 +287,77 @@ pub fn bulk(to: SocketAddr, bytes: usize) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `count` downloads of `bytes` each from a `serve --download` daemon, one after
+/// another: one line per download (`download=I daemon=… bytes=… seconds=…`, or
+/// `download=I failed …`), then `ok=N failed=M`; fails if any failed.
+pub fn download(to: SocketAddr, bytes: usize, count: usize, timeout: Duration) -> Result<()> {
+    let want = pattern(crate::server::DOWNLOAD_SEED, bytes);
+    let mut failed = 0;
+    for i in 0..count {
+        let started = Instant::now();
+        match download_one(to, &want, timeout) {
+            Ok(daemon) => {
+                let secs = started.elapsed().as_secs_f64();
+                println!(
+                    "download={i} daemon={daemon} bytes={bytes} seconds={secs:.3} mbit_per_s={:.1}",
+                    bytes as f64 * 8.0 / secs / 1e6
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                println!(
+                    "download={i} failed after {:.3} s: {e:#}",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    println!("ok={} failed={failed}", count - failed);
+    if failed > 0 {
+        bail!("{failed} of {count} downloads failed");
+    }
+    Ok(())
+}
+
+fn download_one(to: SocketAddr, want: &[u8], timeout: Duration) -> Result<String> {
+    let mut s = open_sending(
+        to,
+        timeout,
+        format!("{}\n", want.len()).as_bytes(),
+        &mut Seen::default(),
+    )?;
+    let mut got = Vec::with_capacity(want.len());
+    let read = s.reader.read_to_end(&mut got);
+    let at = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    if let Err(e) = read {
+        let what = match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                format!("stalled (nothing for {timeout:?})")
+            }
+            _ => e.to_string(),
+        };
+        bail!(
+            "{what} after {} of {} bytes from {}",
+            got.len(),
+            want.len(),
+            s.daemon
+        );
+    }
+    if got != want {
+        bail!(
+            "the bytes from {} differ at byte {at} (got {} of {})",
+            s.daemon,
+            got.len(),
+            want.len()
+        );
+    }
+    Ok(s.daemon)
 }
 
 pub fn many(

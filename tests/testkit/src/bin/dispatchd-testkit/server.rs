@@ -1,6 +1,6 @@
 //! The echo servers that stand in for the daemons.
 use std::{
-    io::{Read, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     thread,
     time::Duration,
@@ -8,9 +8,25 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::sockets::abort_on_close;
+use crate::{clients::pattern, sockets::abort_on_close};
 
-pub fn serve(listen: &[SocketAddr], reset: bool) -> Result<()> {
+/// What a server does with each connection after its hello line.
+#[derive(Clone, Copy)]
+pub enum Mode {
+    /// Echo everything back.
+    Echo,
+    /// Echo the first read, then reset the connection.
+    EchoThenReset,
+    /// Read a decimal byte count on a line, send that many bytes of
+    /// [`DOWNLOAD_SEED`]'s pattern, close: segments as large as the path allows
+    /// flow towards the client only.
+    Download,
+}
+
+/// The seed of the bytes a download server sends.
+pub const DOWNLOAD_SEED: u64 = 0xd0d0;
+
+pub fn serve(listen: &[SocketAddr], mode: Mode) -> Result<()> {
     let mut threads = Vec::new();
     for &addr in listen {
         let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
@@ -18,7 +34,11 @@ pub fn serve(listen: &[SocketAddr], reset: bool) -> Result<()> {
             for stream in listener.incoming().flatten() {
                 thread::spawn(move || {
                     // A client that vanishes mid-echo is the client's business.
-                    let _ = echo(stream, addr, reset);
+                    let _ = match mode {
+                        Mode::Echo => echo(stream, addr, false),
+                        Mode::EchoThenReset => echo(stream, addr, true),
+                        Mode::Download => download(stream, addr),
+                    };
                 });
             }
         }));
@@ -54,4 +74,22 @@ fn echo(mut stream: TcpStream, local: SocketAddr, reset: bool) -> std::io::Resul
             return abort_on_close(&stream);
         }
     }
+}
+
+fn download(stream: TcpStream, local: SocketAddr) -> std::io::Result<()> {
+    let peer = stream.peer_addr()?;
+    let mut writer = stream.try_clone()?;
+    writer.write_all(format!("hello daemon={local} peer={peer}\n").as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let Ok(bytes) = line.trim().parse::<usize>() else {
+        return Err(std::io::Error::other(format!("byte count {line:?}")));
+    };
+    writer.write_all(&pattern(DOWNLOAD_SEED, bytes))?;
+    writer.shutdown(Shutdown::Write)?;
+    // Until the client closes, so the whole close crosses the dispatcher.
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest)?;
+    Ok(())
 }
