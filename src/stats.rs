@@ -98,6 +98,23 @@ impl Counter {
     }
 }
 
+/// A high-water mark one thread raises and another takes (resetting it):
+/// the longest of something since the last look.
+#[derive(Debug, Default)]
+pub struct Peak(AtomicU64);
+
+impl Peak {
+    #[inline]
+    pub fn raise(&self, value: u64) {
+        self.0.fetch_max(value, Relaxed);
+    }
+
+    /// The peak since the last take.
+    pub fn take(&self) -> u64 {
+        self.0.swap(0, Relaxed)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     pub rx_front: Counter,
@@ -119,8 +136,13 @@ pub struct WorkerStats {
     /// Records the worker's sweep removed because they were idle beyond the age
     /// limit: the loop should have removed them (a message was lost).
     pub aged_out: Counter,
-    /// The longest round so far, in ns: commands, both directions, the sweep
-    /// (not the sleep when idle). What a frame may wait behind.
+    /// The longest round (commands, both directions, the sweep; not the sleep
+    /// when idle) since the loop last looked: what a frame may wait behind. The
+    /// loop turns it, each second, into `round_max_1s_ns` and `round_max_ns`.
+    pub round_peak: Peak,
+    /// The longest round in the last second, in ns (written by the loop).
+    pub round_max_1s_ns: Counter,
+    /// The longest round since start, in ns (written by the loop).
     pub round_max_ns: Counter,
     /// Resets that did not end their connection: sequence number out of the
     /// window, or older than the record.

@@ -118,7 +118,7 @@ pub fn run(setup: WorkerSetup) {
         // everything the round did; a round that ended in a sleep is not
         // measured (its gap is the sleep).
         if let Some(started) = round_started.replace(now_ns) {
-            stats.round_max_ns.raise(now_ns - started);
+            stats.round_peak.raise(now_ns - started);
         }
         if now_ns >= next_socket_stats_ns {
             next_socket_stats_ns = now_ns + SOCKET_STATS_INTERVAL_NS;

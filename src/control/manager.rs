@@ -41,6 +41,8 @@ use crate::{
 /// How often the loop wakes by itself: timers, probes, neighbours.
 const TICK: Duration = Duration::from_millis(100);
 const NEIGHBOUR_REFRESH_NS: u64 = 1_000_000_000;
+/// The window of the "longest round in the last second" stall measures.
+const PEAK_WINDOW_NS: u64 = 1_000_000_000;
 const RING_ENTRIES: u32 = 256;
 
 /// What each in-flight operation is for.
@@ -96,8 +98,12 @@ pub struct Manager<'a> {
     orders: Vec<Order>,
     icmp: IcmpStats,
     next_refresh_ns: u64,
-    /// The longest round so far (ns), from a wake-up to the next wait.
-    round_max_ns: u64,
+    /// The longest round (ns), from a wake-up to the next wait: since the last
+    /// second began, in the last whole second, and since start.
+    round_peak: u64,
+    round_max_1s: u64,
+    round_max: u64,
+    next_peaks_ns: u64,
     stop: bool,
 }
 
@@ -136,7 +142,10 @@ impl<'a> Manager<'a> {
             orders: Vec::new(),
             icmp: IcmpStats::default(),
             next_refresh_ns: 0,
-            round_max_ns: 0,
+            round_peak: 0,
+            round_max_1s: 0,
+            round_max: 0,
+            next_peaks_ns: 0,
             stop: false,
             config: parts.config,
         })
@@ -160,13 +169,13 @@ impl<'a> Manager<'a> {
             let round_started = now_ns();
             self.wake.arm();
             self.drain_events();
-            self.round_max_ns = self.round_max_ns.max(now_ns() - round_started);
+            self.round_peak = self.round_peak.max(now_ns() - round_started);
             let done = self.uring.wait()?;
             let round_started = now_ns();
             for done in done {
                 self.complete(done)?;
             }
-            self.round_max_ns = self.round_max_ns.max(now_ns() - round_started);
+            self.round_peak = self.round_peak.max(now_ns() - round_started);
         }
         Ok(())
     }
@@ -183,7 +192,8 @@ impl<'a> Manager<'a> {
             connections: self.tracker.len(),
             ignored_events: self.tracker.ignored_events(),
             timer_entries: self.tracker.timer_entries(),
-            loop_round_max_ns: self.round_max_ns,
+            loop_round_max_ns: self.round_max,
+            loop_round_max_1s_ns: self.round_max_1s,
             icmp: self.icmp,
         }
     }
@@ -357,6 +367,10 @@ impl<'a> Manager<'a> {
             };
             self.uring.connect(tag, addr, health.timeout)?;
         }
+        if now >= self.next_peaks_ns {
+            self.next_peaks_ns = now + PEAK_WINDOW_NS;
+            self.turn_peaks();
+        }
         if now >= self.next_refresh_ns {
             self.next_refresh_ns = now + NEIGHBOUR_REFRESH_NS;
             for backend in self.backends.ids().collect::<Vec<_>>() {
@@ -365,6 +379,18 @@ impl<'a> Manager<'a> {
             self.tell_states();
         }
         Ok(())
+    }
+
+    /// Closes a second of stall measures: each worker's and the loop's longest
+    /// round in it, and the longest since start.
+    fn turn_peaks(&mut self) {
+        for w in &self.stats {
+            let peak = w.round_peak.take();
+            w.round_max_1s_ns.set(peak);
+            w.round_max_ns.raise(peak);
+        }
+        self.round_max_1s = std::mem::take(&mut self.round_peak);
+        self.round_max = self.round_max.max(self.round_max_1s);
     }
 
     /// Re-reads a daemon's next hop from the kernel's tables (the probes make
@@ -442,11 +468,19 @@ impl<'a> Manager<'a> {
             Request::Stats(Format::Text) => report::stats_text(&self.snapshot()),
             Request::Stats(Format::Json) => report::stats_json(&self.snapshot()),
             Request::Conns(filter, format) => {
+                let tracked = self.tracker.len();
+                if filter.daemon.is_none() && filter.client.is_none() {
+                    // Every connection matches: no need to walk them all.
+                    let first = self.tracker.iter().take(filter.limit);
+                    return report::conns(first, tracked, tracked, filter.limit, now_ns(), format);
+                }
+                // Finding what matches a filter walks every connection once.
                 let matching = self.tracker.iter().filter(|c| {
                     filter.daemon.is_none_or(|d| c.daemon == d)
                         && filter.client.is_none_or(|f| f.matches(c.key.client()))
                 });
-                report::conns(matching, self.tracker.len(), filter.limit, now_ns(), format)
+                let (rows, matched) = report::first_of(matching, filter.limit);
+                report::conns(rows.into_iter(), matched, tracked, filter.limit, now_ns(), format)
             }
             Request::Backends(Format::Text) => report::backends_text(self.backends.iter(), counts),
             Request::Backends(Format::Json) => report::backends_json(self.backends.iter(), counts),

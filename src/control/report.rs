@@ -39,6 +39,8 @@ pub struct StatsSnapshot<'a> {
     /// The management loop's longest round so far (ns): handling what one
     /// wake-up brought.
     pub loop_round_max_ns: u64,
+    /// The same over the last second.
+    pub loop_round_max_1s_ns: u64,
     /// ICMP errors the loop translated for daemons, or not.
     pub icmp: IcmpStats,
 }
@@ -54,7 +56,7 @@ fn merged(
     h
 }
 
-const WORKER_FIELDS: usize = 28;
+const WORKER_FIELDS: usize = 29;
 
 fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); WORKER_FIELDS] {
     [
@@ -75,6 +77,7 @@ fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); WORKER_FIELDS] {
         ("events_dropped", s.events_dropped.get()),
         ("aged_out", s.aged_out.get()),
         ("round_max_ns", s.round_max_ns.get()),
+        ("round_max_1s_ns", s.round_max_1s_ns.get()),
         ("rst_ignored", s.rst_ignored.get()),
         ("commands", s.commands.get()),
         ("batches", s.batches.get()),
@@ -163,8 +166,8 @@ pub fn stats_text(s: &StatsSnapshot<'_>) -> String {
     let _ = writeln!(out, "icmp to daemons: {}", icmp.join(" "));
     let _ = writeln!(
         out,
-        "connections {} ignored_events {} timer_entries {} loop_round_max_ns {}",
-        s.connections, s.ignored_events, s.timer_entries, s.loop_round_max_ns
+        "connections {} ignored_events {} timer_entries {} loop_round_max_ns {} loop_round_max_1s_ns {}",
+        s.connections, s.ignored_events, s.timer_entries, s.loop_round_max_ns, s.loop_round_max_1s_ns
     );
     out
 }
@@ -200,6 +203,7 @@ struct StatsJson<'a> {
     ignored_events: u64,
     timer_entries: usize,
     loop_round_max_ns: u64,
+    loop_round_max_1s_ns: u64,
 }
 
 /// One JSON document and a newline.
@@ -260,6 +264,7 @@ pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
         ignored_events: s.ignored_events,
         timer_entries: s.timer_entries,
         loop_round_max_ns: s.loop_round_max_ns,
+        loop_round_max_1s_ns: s.loop_round_max_1s_ns,
     })
 }
 
@@ -294,25 +299,32 @@ struct ConnsJson {
     tracked: usize,
 }
 
-/// `ctl conns`: the first `limit` of `conns` (the ones the request's filters let
-/// through), each with its daemon, owner, phase and age, and how many matched of
-/// how many are tracked. Only the rows shown are rendered, so a large table
-/// costs the loop a walk, not a string per record.
+/// The first `limit` of `conns`, and how many there are.
+pub fn first_of(conns: impl Iterator<Item = ConnInfo>, limit: usize) -> (Vec<ConnInfo>, usize) {
+    let mut first = Vec::new();
+    let mut n = 0;
+    for c in conns {
+        if first.len() < limit {
+            first.push(c);
+        }
+        n += 1;
+    }
+    (first, n)
+}
+
+/// `ctl conns`: at most `limit` of `conns` (which `matched` of the `tracked`
+/// connections match the request), each with its daemon, owner, phase and age.
+/// Only the rows shown are rendered, so a large table costs no string per
+/// record.
 pub fn conns(
     conns: impl Iterator<Item = ConnInfo>,
+    matched: usize,
     tracked: usize,
     limit: usize,
     now_ns: u64,
     format: Format,
 ) -> String {
-    let mut rows = Vec::new();
-    let mut matched = 0;
-    for c in conns {
-        if rows.len() < limit {
-            rows.push(conn_row(&c, now_ns));
-        }
-        matched += 1;
-    }
+    let rows: Vec<ConnRow> = conns.take(limit).map(|c| conn_row(&c, now_ns)).collect();
     if format == Format::Json {
         return json_line(&ConnsJson {
             connections: rows,
@@ -406,7 +418,11 @@ pub fn prometheus(s: &StatsSnapshot<'_>) -> String {
             "# HELP dispatchd_{name} {help}\n# TYPE dispatchd_{name} counter"
         );
         for (labels, v) in rows {
-            let _ = writeln!(out, "dispatchd_{name}{{{labels}}} {v}");
+            if labels.is_empty() {
+                let _ = writeln!(out, "dispatchd_{name} {v}");
+            } else {
+                let _ = writeln!(out, "dispatchd_{name}{{{labels}}} {v}");
+            }
         }
     };
     let per_worker = |f: &dyn Fn(&WorkerStats) -> u64| -> Vec<(String, u64)> {
@@ -546,21 +562,45 @@ pub fn prometheus(s: &StatsSnapshot<'_>) -> String {
         "# HELP dispatchd_connections Connections tracked.\n# TYPE dispatchd_connections gauge"
     );
     let _ = writeln!(out, "dispatchd_connections {}", s.connections);
-    let _ = writeln!(
-        out,
-        "# HELP dispatchd_worker_round_max_ns Longest worker round so far (what a frame may wait behind).\n# TYPE dispatchd_worker_round_max_ns gauge"
-    );
-    for (q, w) in s.workers.iter().enumerate() {
+    let mut gauge = |name: &str, help: &str, rows: &[(String, u64)]| {
         let _ = writeln!(
             out,
-            "dispatchd_worker_round_max_ns{{worker=\"{q}\"}} {}",
-            w.round_max_ns.get()
+            "# HELP dispatchd_{name} {help}\n# TYPE dispatchd_{name} gauge"
         );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP dispatchd_loop_round_max_ns Longest management-loop round so far.\n# TYPE dispatchd_loop_round_max_ns gauge\ndispatchd_loop_round_max_ns {}",
-        s.loop_round_max_ns
+        for (labels, v) in rows {
+            if labels.is_empty() {
+                let _ = writeln!(out, "dispatchd_{name} {v}");
+            } else {
+                let _ = writeln!(out, "dispatchd_{name}{{{labels}}} {v}");
+            }
+        }
+    };
+    let per_worker = |f: &dyn Fn(&WorkerStats) -> u64| -> Vec<(String, u64)> {
+        s.workers
+            .iter()
+            .enumerate()
+            .map(|(q, w)| (format!("worker=\"{q}\""), f(w)))
+            .collect()
+    };
+    gauge(
+        "worker_round_max_ns",
+        "Longest worker round since start (what a frame may wait behind).",
+        &per_worker(&|w| w.round_max_ns.get()),
+    );
+    gauge(
+        "worker_round_max_1s_ns",
+        "Longest worker round in the last second.",
+        &per_worker(&|w| w.round_max_1s_ns.get()),
+    );
+    gauge(
+        "loop_round_max_ns",
+        "Longest management-loop round since start.",
+        &[(String::new(), s.loop_round_max_ns)],
+    );
+    gauge(
+        "loop_round_max_1s_ns",
+        "Longest management-loop round in the last second.",
+        &[(String::new(), s.loop_round_max_1s_ns)],
     );
     let h = merged(s.workers, |w| &w.latency_ns);
     let _ = writeln!(

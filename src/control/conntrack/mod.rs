@@ -82,6 +82,43 @@ impl BackendConns {
     pub fn total(&self) -> u32 {
         self.active + self.inactive
     }
+
+    fn count(&mut self, phase: Phase, add: bool) {
+        let n = if is_active(phase) {
+            &mut self.active
+        } else {
+            &mut self.inactive
+        };
+        *n = if add { *n + 1 } else { n.saturating_sub(1) };
+    }
+}
+
+/// IPVS's split: established and half-closed connections are active.
+fn is_active(phase: Phase) -> bool {
+    matches!(phase, Phase::Established | Phase::HalfClosed { .. })
+}
+
+/// Counts a connection `info` in (or out of) its daemon's counts.
+fn count(counts: &mut AHashMap<SocketAddrV4, BackendConns>, info: &ConnInfo, add: bool) {
+    if add {
+        counts.entry(info.daemon).or_default().count(info.phase, true);
+    } else if let Some(c) = counts.get_mut(&info.daemon) {
+        c.count(info.phase, false);
+        if c.total() == 0 {
+            counts.remove(&info.daemon);
+        }
+    }
+}
+
+/// Moves a connection to `phase`, keeping its daemon's counts right.
+fn set_phase(counts: &mut AHashMap<SocketAddrV4, BackendConns>, info: &mut ConnInfo, phase: Phase) {
+    if is_active(info.phase) != is_active(phase) {
+        count(counts, info, false);
+        info.phase = phase;
+        count(counts, info, true);
+    } else {
+        info.phase = phase;
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -96,6 +133,9 @@ struct Conn {
 pub struct ConnTracker {
     timeouts: Timeouts,
     conns: AHashMap<u128, Conn>,
+    /// Connections per daemon, kept up to date as they come, change phase and
+    /// go, so that asking costs O(daemons), not a walk of every connection.
+    per_daemon: AHashMap<SocketAddrV4, BackendConns>,
     timers: Timers,
     ignored: u64,
 }
@@ -145,6 +185,7 @@ impl ConnTracker {
         Self {
             timeouts,
             conns: AHashMap::new(),
+            per_daemon: AHashMap::new(),
             timers: Timers::default(),
             ignored: 0,
         }
@@ -191,7 +232,9 @@ impl ConnTracker {
                 self.timers.arm(&mut conn, deadline);
                 // The client reused the port: the new record replaces the old one (whose
                 // heap entry is now stale). If another worker held it, drop its copy.
+                count(&mut self.per_daemon, &conn.info, true);
                 if let Some(old) = self.conns.insert(key.packed(), conn) {
+                    count(&mut self.per_daemon, &old.info, false);
                     if old.info.worker != worker {
                         let opened_ns = old.info.opened_ns;
                         out.push((old.info.worker, FlowCommand::Remove { key, opened_ns }));
@@ -201,7 +244,7 @@ impl ConnTracker {
             Event::Established { key, at_ns } => {
                 if let Some(c) = current(&mut self.conns, &mut self.ignored, key, at_ns) {
                     if matches!(c.info.phase, Phase::SynSent | Phase::Established) {
-                        c.info.phase = Phase::Established;
+                        set_phase(&mut self.per_daemon, &mut c.info, Phase::Established);
                         let deadline = now_ns.saturating_add(nanos(t.idle));
                         self.timers.arm(c, deadline);
                     }
@@ -224,22 +267,23 @@ impl ConnTracker {
                     let client_fin = client_fin || from_client;
                     let daemon_fin = daemon_fin || !from_client;
                     if client_fin && daemon_fin {
-                        c.info.phase = Phase::Closing;
+                        set_phase(&mut self.per_daemon, &mut c.info, Phase::Closing);
                         let deadline = now_ns.saturating_add(nanos(t.linger));
                         self.timers.arm(c, deadline);
                     } else {
                         // First FIN: keep the current (idle, or syn) deadline.
-                        c.info.phase = Phase::HalfClosed {
+                        let half = Phase::HalfClosed {
                             client_fin,
                             daemon_fin,
                         };
+                        set_phase(&mut self.per_daemon, &mut c.info, half);
                     }
                 }
             }
             Event::Reset { key, at_ns } => {
                 if let Some(c) = current(&mut self.conns, &mut self.ignored, key, at_ns) {
                     if c.info.phase != Phase::Reset {
-                        c.info.phase = Phase::Reset;
+                        set_phase(&mut self.per_daemon, &mut c.info, Phase::Reset);
                         let deadline = now_ns.saturating_add(nanos(t.rst_linger));
                         self.timers.arm(c, deadline);
                     }
@@ -264,7 +308,9 @@ impl ConnTracker {
             }
             Event::Removed { key, at_ns } => {
                 if current(&mut self.conns, &mut self.ignored, key, at_ns).is_some() {
-                    self.conns.remove(&key.packed());
+                    if let Some(gone) = self.conns.remove(&key.packed()) {
+                        count(&mut self.per_daemon, &gone.info, false);
+                    }
                 }
             }
         }
@@ -296,7 +342,9 @@ impl ConnTracker {
                     self.timers.arm(c, recheck);
                 }
                 Phase::SynSent | Phase::Closing | Phase::Reset => {
-                    self.conns.remove(&packed);
+                    if let Some(gone) = self.conns.remove(&packed) {
+                        count(&mut self.per_daemon, &gone.info, false);
+                    }
                     out.push((worker, FlowCommand::Remove { key, opened_ns }));
                 }
             }
@@ -333,17 +381,10 @@ impl ConnTracker {
         self.conns.get(&key.packed()).map(|c| c.info.daemon)
     }
 
-    /// Connection counts per daemon (for `ctl backends`).
-    pub fn per_daemon(&self) -> AHashMap<SocketAddrV4, BackendConns> {
-        let mut counts = AHashMap::<SocketAddrV4, BackendConns>::new();
-        for c in self.conns.values() {
-            let e = counts.entry(c.info.daemon).or_default();
-            match c.info.phase {
-                Phase::Established | Phase::HalfClosed { .. } => e.active += 1,
-                Phase::SynSent | Phase::Closing | Phase::Reset => e.inactive += 1,
-            }
-        }
-        counts
+    /// Connection counts per daemon (for `ctl backends`): O(1), kept as
+    /// connections come and go.
+    pub fn per_daemon(&self) -> &AHashMap<SocketAddrV4, BackendConns> {
+        &self.per_daemon
     }
 
     /// Keys of every connection to `daemon`, e.g. to reset a failed daemon's

@@ -124,6 +124,21 @@ fn exp(t: &mut ConnTracker, now: u64) -> Vec<Command> {
     out.into_iter().map(flat).collect()
 }
 
+/// The per-daemon counts by walking every connection: what the tracker keeps
+/// up to date as they change.
+fn recount(t: &ConnTracker) -> AHashMap<SocketAddrV4, BackendConns> {
+    let mut counts = AHashMap::<SocketAddrV4, BackendConns>::new();
+    for c in t.iter() {
+        let e = counts.entry(c.daemon).or_default();
+        if is_active(c.phase) {
+            e.active += 1;
+        } else {
+            e.inactive += 1;
+        }
+    }
+    counts
+}
+
 /// What only the tests ask of the tracker.
 impl ConnTracker {
     fn get(&self, key: &FlowKey) -> Option<ConnInfo> {
@@ -895,6 +910,7 @@ mod model {
 
     fn check(t: &ConnTracker, m: &Model) {
         assert_eq!(t.len(), m.conns.len());
+        assert_eq!(*t.per_daemon(), recount(t), "per-daemon counts kept right");
         assert_eq!(
             t.next_deadline(),
             m.conns.values().map(|c| c.deadline).min()

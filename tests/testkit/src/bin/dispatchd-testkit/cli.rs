@@ -118,6 +118,9 @@ enum Command {
         /// The TCP sequence number of the frames.
         #[arg(long, default_value_t = 1)]
         seq: u32,
+        /// For `syn-flood`: frames per second (0: as fast as the socket takes them).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
     },
     /// Waits for one TCP segment from `--from` on `--iface` and prints its
     /// sequence and acknowledgment numbers.
@@ -221,9 +224,16 @@ pub fn run() -> Result<()> {
             kind,
             count,
             seq,
+            rate,
         } => {
             let from = SocketAddrV4::new(src_ip, src_port);
-            inject::run(&iface, &dst_mac, from, to, &kind, count, seq)
+            let what = inject::Injection {
+                kind: &kind,
+                count,
+                seq,
+                rate,
+            };
+            inject::run(&iface, &dst_mac, from, to, what)
         }
         Command::Sniff {
             iface,

@@ -103,15 +103,28 @@ fn malformed(base: &FrameSpec) -> Vec<Malformed> {
     ]
 }
 
+/// What to send: the kind of frames, how many, their TCP sequence number, and
+/// how many per second (0: as fast as the socket takes them).
+pub struct Injection<'a> {
+    pub kind: &'a str,
+    pub count: usize,
+    pub seq: u32,
+    pub rate: u64,
+}
+
 pub fn run(
     iface: &str,
     dst_mac: &str,
     from: SocketAddrV4,
     to: SocketAddrV4,
-    kind: &str,
-    count: usize,
-    seq: u32,
+    what: Injection<'_>,
 ) -> Result<()> {
+    let Injection {
+        kind,
+        count,
+        seq,
+        rate,
+    } = what;
     let mac = |text: &str| parse_mac(text).with_context(|| format!("MAC {text:?}"));
     let src_mac = mac(&std::fs::read_to_string(format!(
         "/sys/class/net/{iface}/address"
@@ -151,6 +164,13 @@ pub fn run(
                     ..base.clone()
                 };
                 send(&fd, syn.build().as_bytes())?;
+                if rate > 0 && i % 1024 == 0 {
+                    // Paced: wait until the schedule catches up with what was sent.
+                    let due = Duration::from_secs_f64(f64::from(i) / rate as f64);
+                    if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(ahead);
+                    }
+                }
             }
             let secs = started.elapsed().as_secs_f64();
             println!(
