@@ -51,8 +51,14 @@ fn plane(policy: PolicyKind) -> Dataplane {
         policy,
         backends,
     }];
-    Dataplane::build(WorkerId(0), &services, next_hops, [0x02, 0, 0, 0, 0, 0x11])
-        .expect("valid services")
+    Dataplane::build(
+        WorkerId(0),
+        &services,
+        &[],
+        next_hops,
+        [0x02, 0, 0, 0, 0, 0x11],
+    )
+    .expect("valid services")
 }
 
 /// The i-th client: spread over a /12 and the whole port range.

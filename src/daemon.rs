@@ -182,7 +182,7 @@ pub fn run_with(
         back_mac: ifaces.back_mac,
         workers: config.queues as usize,
     };
-    let applied = apply(&config, |_| None, &host, &mut steering)?;
+    let applied = apply(&config, &[], |_| None, &host, &mut steering)?;
     for ((_, _, daemon), hop) in config.daemons().zip(applied.next_hops.iter()) {
         match hop.get() {
             Some(mac) => println!(

@@ -6,7 +6,7 @@ use ahash::AHashMap;
 use anyhow::{Context, Result};
 
 use crate::{
-    balance::{BackendState, Pool},
+    balance::{BackendSpec, BackendState, PolicyKind, Pool},
     config::{daemons_of, ServiceConfig},
     flow::{FlowHash, FlowKey, FlowRecord, FlowTable, InsertError, RstWindow, TcpState},
     ids::{BackendId, PoolIndex, ServiceId, WorkerId},
@@ -33,6 +33,16 @@ impl ServiceSlot {
     }
 }
 
+/// A daemon a reload removed whose connections go on to their end
+/// (`on_remove = "finish"`): in the plane for their records and its replies, in
+/// no service's selection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retired {
+    pub daemon: SocketAddrV4,
+    /// The service it answered for: its replies still leave as from it.
+    pub service: SocketAddrV4,
+}
+
 /// What a worker needs to decide a frame's fate; built once per worker at start
 /// and on every reload.
 pub struct Dataplane {
@@ -54,6 +64,9 @@ pub struct Dataplane {
     /// Per [`BackendId`]: records made before this time are gone (the daemon
     /// failed and its connections were reset).
     pub reset_before: Vec<u64>,
+    /// Daemons from this id on are retired (see [`Retired`]): always draining,
+    /// whatever the plane they were taken over from said.
+    pub first_retired: usize,
     /// Bumped by every change that can invalidate a record's `backend` (a
     /// reload, a reset): records of an older epoch are brought up to date when
     /// met, by the packet path or the worker's sweep.
@@ -78,6 +91,7 @@ impl Dataplane {
     pub fn build(
         worker: WorkerId,
         services: &[ServiceConfig],
+        retired: &[Retired],
         next_hops: Arc<[NextHop]>,
         back_mac: [u8; 6],
     ) -> Result<Self> {
@@ -101,6 +115,30 @@ impl Dataplane {
                 backend_owner.push((id, PoolIndex(local as u16)));
             }
         }
+        // Retired daemons follow, in a pool of their own that no VIP leads to.
+        let first_retired = backend_owner.len();
+        if !retired.is_empty() {
+            let id = ServiceId::from_index(slots.len()).context("more than 65535 services")?;
+            let specs: Vec<BackendSpec> = retired
+                .iter()
+                .map(|r| BackendSpec {
+                    addr: r.daemon,
+                    weight: 1,
+                })
+                .collect();
+            let mut pool = Pool::new(PolicyKind::RoundRobin, &specs).context("retired daemons")?;
+            let first_backend =
+                BackendId::from_index(first_retired).context("more than 65535 daemons")?;
+            for (local, r) in retired.iter().enumerate() {
+                pool.set_state(PoolIndex(local as u16), BackendState::Draining);
+                service_by_daemon.insert(endpoint_key(r.daemon), r.service);
+                backend_owner.push((id, PoolIndex(local as u16)));
+            }
+            slots.push(ServiceSlot {
+                pool,
+                first_backend,
+            });
+        }
         debug_assert!(daemons_of(services).zip(&backend_owner).all(
             |((id, _, b), &(s, local))| slots[s.index()].backend(local) == id
                 && slots[s.index()].pool.addr(local) == b.addr
@@ -113,6 +151,12 @@ impl Dataplane {
         );
         let ids = daemons_of(services)
             .map(|(id, _, b)| (b.addr, id))
+            .chain(
+                retired
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (r.daemon, BackendId((first_retired + i) as u16))),
+            )
             .collect();
         Ok(Self {
             services: slots,
@@ -120,6 +164,7 @@ impl Dataplane {
             service_by_daemon,
             next_hops,
             reset_before: vec![0; backend_owner.len()],
+            first_retired,
             backend_owner,
             back_mac,
             worker,
@@ -209,7 +254,15 @@ impl Dataplane {
                 let Some(&id) = self.ids.get(&addr) else {
                     continue;
                 };
-                self.set_backend_state(id, slot.pool.state(local));
+                // A retired daemon's state is not its own choice (it is
+                // draining because it was removed): it is not carried either way.
+                let old_retired = old
+                    .ids
+                    .get(&addr)
+                    .is_some_and(|o| o.index() >= old.first_retired);
+                if !old_retired && id.index() < self.first_retired {
+                    self.set_backend_state(id, slot.pool.state(local));
+                }
                 if let Some((pool, new_local)) = self.pool_of(id) {
                     for _ in 0..slot.pool.active(local) {
                         pool.connection_opened(new_local);
@@ -621,7 +674,6 @@ fn report_client_change(
 pub(crate) mod testing {
     use super::*;
     use crate::{
-        balance::{BackendSpec, PolicyKind},
         protocol::{self, ring, Wake},
         sys::EventFd,
     };
@@ -638,7 +690,7 @@ pub(crate) mod testing {
         }];
         let hops: Arc<[NextHop]> = daemons.iter().map(|_| NextHop::default()).collect();
         hops.iter().for_each(|h| h.set(Some([6; 6])));
-        Dataplane::build(WorkerId(0), &services, hops, [8; 6]).expect("a valid service")
+        Dataplane::build(WorkerId(0), &services, &[], hops, [8; 6]).expect("a valid service")
     }
 
     /// A TCP segment from `client` to `vip` with the flag byte `flags`, from the
@@ -893,6 +945,64 @@ mod tests {
         // Another one changes nothing.
         assert_eq!(send(&mut table, 0x04, 101, 0), []);
         assert_eq!(stats.rst_ignored.get(), 1);
+    }
+
+    #[test]
+    fn a_retired_daemon_keeps_its_connections_and_gets_no_new_one() {
+        let a = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080);
+        let b = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 12), 8080);
+        let hops = |n: usize| -> Arc<[NextHop]> {
+            let hops: Arc<[NextHop]> = (0..n).map(|_| NextHop::default()).collect();
+            hops.iter().for_each(|h| h.set(Some([6; 6])));
+            hops
+        };
+        let only_b = [ServiceConfig {
+            address: VIP,
+            policy: PolicyKind::RoundRobin,
+            backends: vec![BackendSpec { addr: b, weight: 1 }],
+        }];
+        let retired = [Retired {
+            daemon: a,
+            service: VIP,
+        }];
+        let mut table = FlowTable::with_capacity(16);
+        let stats = WorkerStats::default();
+        let (mut sink, _rx) = testing::events();
+        let mut send = |plane: &mut Dataplane, table: &mut FlowTable, client, flags| {
+            let mut f = segment_from(client, flags);
+            forward(&mut f, table, plane, &mut sink, &stats, 1, None)
+                .then(|| L4Frame::parse(&mut f).unwrap().dst())
+        };
+
+        let mut old = testing::plane(VIP, &[a, b]);
+        assert_eq!(send(&mut old, &mut table, CLIENT, 0x02), Some(a));
+        let mut held = Dataplane::build(WorkerId(0), &only_b, &retired, hops(2), [8; 6]).unwrap();
+        held.take_over(&old);
+        assert_eq!(held.first_retired, 1);
+        assert_eq!(
+            send(&mut held, &mut table, CLIENT, 0x10),
+            Some(a),
+            "goes on"
+        );
+        for port in 1..5 {
+            let other = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 3), port);
+            assert_eq!(send(&mut held, &mut table, other, 0x02), Some(b));
+        }
+        let mut reply = testing::segment(a, CLIENT, 0x10);
+        let (mut events, _) = testing::events();
+        assert!(reverse(&mut reply, &held, &mut events, &stats, 1));
+        assert_eq!(L4Frame::parse(&mut reply).unwrap().src(), VIP);
+
+        // Its state is not carried into a plane where it is configured again.
+        let mut back = testing::plane(VIP, &[a, b]);
+        back.take_over(&held);
+        assert_eq!(back.services[0].pool.state(PoolIndex(0)), BackendState::Up);
+
+        // Let go of: its records are gone when next met.
+        let mut gone = Dataplane::build(WorkerId(0), &only_b, &[], hops(1), [8; 6]).unwrap();
+        gone.take_over(&held);
+        assert_eq!(send(&mut gone, &mut table, CLIENT, 0x10), None);
+        assert_eq!(stats.dropped_total(), 1);
     }
 
     // ICMP errors and the MSS clamp: frames from the test kit's encoder.

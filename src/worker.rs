@@ -666,7 +666,7 @@ mod tests {
             let n = services.iter().map(|s| s.backends.len()).sum::<usize>();
             let hops: Arc<[NextHop]> = (0..n).map(|_| NextHop::default()).collect();
             hops.iter().for_each(|h| h.set(Some([6; 6])));
-            Dataplane::build(WorkerId(0), services, hops, [8; 6]).unwrap()
+            Dataplane::build(WorkerId(0), services, &[], hops, [8; 6]).unwrap()
         };
 
         let mut running = plane(&old);

@@ -21,7 +21,10 @@ use libbpf_rs::{
     MapCore, MapFlags, OpenObject,
 };
 
-use crate::config::{Config, XdpMode, MAX_QUEUES};
+use crate::{
+    config::{Config, XdpMode, MAX_QUEUES},
+    dataplane::Retired,
+};
 
 #[allow(
     clippy::all,
@@ -122,7 +125,9 @@ pub struct SteeringTable {
 }
 
 impl SteeringTable {
-    pub fn of(config: &Config) -> Self {
+    /// The maps for `config` and the daemons a reload `retired` (whose replies
+    /// still come back).
+    pub fn of(config: &Config, retired: &[Retired]) -> Self {
         Self {
             services: config
                 .services
@@ -130,7 +135,11 @@ impl SteeringTable {
                 .enumerate()
                 .map(|(i, s)| (s.address, i as u32))
                 .collect(),
-            daemons: config.daemons().map(|(_, s, b)| (b.addr, s)).collect(),
+            daemons: config
+                .daemons()
+                .map(|(_, s, b)| (b.addr, s))
+                .chain(retired.iter().map(|r| (r.daemon, r.service)))
+                .collect(),
             vips: config.services.iter().map(|s| *s.address.ip()).collect(),
         }
     }

@@ -1,10 +1,11 @@
-//! A reload that reorders daemons: the connection tracker names daemons by
+//! Reloads. One that reorders daemons: the connection tracker names daemons by
 //! address, so when one of them fails and `on_failure = "reset"` drops its
 //! connections, exactly its own go, and every other connection's record still
-//! ends when the connection does.
+//! ends when the connection does. One that removes a daemon: by `on_remove`,
+//! its connections go on to their end (and then it goes), or are dropped at once.
 use std::time::Duration;
 
-use dispatchd_testkit::{daemon_addr, text, wait_until, Proc, Topology, VIP};
+use dispatchd_testkit::{daemon_addr, per_daemon, text, wait_until, Proc, Topology, VIP};
 
 const DISPATCHD: &str = env!("CARGO_BIN_EXE_dispatchd");
 
@@ -20,7 +21,7 @@ fn cut_off(topo: &Topology, i: usize) {
     assert!(out.status.success(), "nft: {}", text(&out));
 }
 
-/// The daemons `ctl conns` names, sorted.
+/// The daemons `ctl conns` names, sorted, each once.
 fn tracked_daemons(topo: &Topology) -> Vec<String> {
     let json: serde_json::Value =
         serde_json::from_str(&topo.ctl(&["conns", "--json"])).expect("conns JSON");
@@ -31,6 +32,7 @@ fn tracked_daemons(topo: &Topology) -> Vec<String> {
         .map(|c| c["daemon"].as_str().expect("daemon").to_owned())
         .collect();
     daemons.sort();
+    daemons.dedup();
     daemons
 }
 
@@ -99,4 +101,156 @@ fn after_a_reordering_reload_a_failed_daemon_takes_only_its_own_connections() {
         stats["connections"] == 0 && stats["workers"][0]["flows"] == 0
     });
     let _ = std::fs::remove_file(&file);
+}
+
+/// Writes a config with `on_remove = rule` and daemons `daemons` to `file`.
+fn write_removal_config(file: &std::path::Path, rule: &str, daemons: &[usize]) {
+    let list: Vec<String> = daemons
+        .iter()
+        .map(|&i| format!("\"{}\"", daemon_addr(i)))
+        .collect();
+    let body = format!(
+        "front = \"l0\"\nback = \"l1\"\non_remove = \"{rule}\"\n[timeouts]\nlinger_ms = 300\n\
+         [[service]]\naddress = \"{VIP}\"\npolicy = \"round_robin\"\nbackends = [{}]\n",
+        list.join(", ")
+    );
+    std::fs::write(file, body).expect("writing the config");
+}
+
+/// `ctl backends --json`: each daemon's address and state.
+fn backend_states(topo: &Topology) -> Vec<(String, String)> {
+    let json: serde_json::Value =
+        serde_json::from_str(&topo.ctl(&["backends", "--json"])).expect("backends JSON");
+    json.as_array()
+        .expect("a list")
+        .iter()
+        .map(|b| {
+            let field = |k: &str| b[k].as_str().expect(k).to_owned();
+            (field("daemon"), field("state"))
+        })
+        .collect()
+}
+
+/// Two daemons, a long connection to each; a reload removes daemon 0, and new
+/// connections then all go to daemon 1. Returns the topology, dispatchd, the
+/// two connections (`[i]` to daemon i) and the servers.
+fn remove_daemon_0_under_load(prefix: &str, rule: &str) -> (Topology, Proc, Vec<Proc>, Vec<Proc>) {
+    let topo = Topology::up(DISPATCHD, prefix, 2, 1);
+    let servers: Vec<_> = (0..2).map(|i| topo.serve_one(i, &[])).collect();
+    let file = std::env::temp_dir().join(format!("dispatchd-{}.toml", topo.prefix));
+    write_removal_config(&file, rule, &[0, 1]);
+    let lb = topo.dispatchd(&["--config", file.to_str().expect("utf-8 path")]);
+    let mut holds: Vec<Proc> = (0..2)
+        .map(|_| {
+            topo.client_start(
+                &["hold", "--to", VIP, "--seconds", "5", "--interval-ms", "50"],
+                "opened",
+            )
+        })
+        .collect();
+    // holds[i] is the connection to daemon i.
+    let to_daemon_0 = format!("daemon={} opened", daemon_addr(0));
+    holds.sort_by_key(|h| !h.output().contains(&to_daemon_0));
+    assert!(
+        holds[0].output().contains(&to_daemon_0),
+        "{}",
+        holds[0].output()
+    );
+    let both: Vec<String> = (0..2).map(daemon_addr).collect();
+    assert_eq!(tracked_daemons(&topo), both);
+
+    write_removal_config(&file, rule, &[1]);
+    lb.signal("HUP");
+    wait_until(Duration::from_secs(5), "reload applied", || {
+        lb.output().contains("SIGHUP: reloaded")
+    });
+    let _ = std::fs::remove_file(&file);
+    // New connections all go to the daemon that remains.
+    let out = topo.client_run(&[
+        "connect",
+        "--to",
+        VIP,
+        "--connections",
+        "40",
+        "--concurrency",
+        "4",
+    ]);
+    assert!(out.status.success(), "new connections:\n{}", text(&out));
+    assert_eq!(
+        per_daemon(&String::from_utf8_lossy(&out.stdout)),
+        [(daemon_addr(1), 40)]
+    );
+    (topo, lb, holds, servers)
+}
+
+#[test]
+fn a_removed_daemon_keeps_its_connections_to_their_end_then_goes() {
+    let (topo, lb, mut holds, _servers) = remove_daemon_0_under_load("rmfin", "finish");
+    assert!(lb
+        .output()
+        .contains(&format!("{} (retired)", daemon_addr(0))));
+    assert_eq!(
+        backend_states(&topo),
+        [
+            (daemon_addr(1), "up".to_owned()),
+            (daemon_addr(0), "retired".to_owned())
+        ]
+    );
+    let refused = std::process::Command::new(DISPATCHD)
+        .args(["ctl", "--socket", &topo.control_socket(), "undrain"])
+        .arg(daemon_addr(0))
+        .output()
+        .expect("running dispatchd ctl");
+    assert!(
+        !refused.status.success() && text(&refused).contains("removed by a reload"),
+        "{}",
+        text(&refused)
+    );
+    for (i, hold) in holds.iter_mut().enumerate() {
+        assert!(
+            hold.wait(Duration::from_secs(15)).success(),
+            "connection {i} broke:\n{}",
+            hold.output()
+        );
+    }
+    wait_until(
+        Duration::from_secs(5),
+        "the removed daemon let go of",
+        || {
+            lb.output().contains(&format!(
+                "removed daemon {} has no connection left",
+                daemon_addr(0)
+            ))
+        },
+    );
+    assert_eq!(backend_states(&topo), [(daemon_addr(1), "up".to_owned())]);
+    wait_until(Duration::from_secs(5), "no record left", || {
+        let stats = topo.stats();
+        stats["connections"] == 0 && stats["workers"][0]["flows"] == 0
+    });
+}
+
+#[test]
+fn a_removed_daemon_loses_its_connections_at_once_with_on_remove_reset() {
+    let (topo, _lb, mut holds, _servers) = remove_daemon_0_under_load("rmrst", "reset");
+    assert_eq!(
+        tracked_daemons(&topo),
+        [daemon_addr(1)],
+        "forgotten at once"
+    );
+    assert_eq!(backend_states(&topo), [(daemon_addr(1), "up".to_owned())]);
+    assert!(
+        !holds[0].wait(Duration::from_secs(15)).success(),
+        "the removed daemon's connection went on:\n{}",
+        holds[0].output()
+    );
+    assert!(
+        holds[1].wait(Duration::from_secs(15)).success(),
+        "the other connection broke:\n{}",
+        holds[1].output()
+    );
+    wait_until(Duration::from_secs(5), "no record left", || {
+        let stats = topo.stats();
+        stats["connections"] == 0 && stats["workers"][0]["flows"] == 0
+    });
 }

@@ -3,6 +3,7 @@
 //! included) stays behind. Loads the real program (root, BPF); attaches nothing.
 use dispatchd::{
     config::Config,
+    dataplane::Retired,
     xdp::{Interface, Steering, SteeringTable},
 };
 
@@ -50,14 +51,14 @@ fn a_reload_leaves_the_maps_a_fresh_start_would() {
     ]);
 
     let mut reloaded = load();
-    reloaded.sync(&SteeringTable::of(&a)).unwrap();
-    assert_eq!(reloaded.contents().unwrap(), SteeringTable::of(&a));
-    reloaded.sync(&SteeringTable::of(&b)).unwrap();
+    reloaded.sync(&SteeringTable::of(&a, &[])).unwrap();
+    assert_eq!(reloaded.contents().unwrap(), SteeringTable::of(&a, &[]));
+    reloaded.sync(&SteeringTable::of(&b, &[])).unwrap();
 
     let mut fresh = load();
-    fresh.sync(&SteeringTable::of(&b)).unwrap();
+    fresh.sync(&SteeringTable::of(&b, &[])).unwrap();
 
-    let want = SteeringTable::of(&b);
+    let want = SteeringTable::of(&b, &[]);
     assert_eq!(fresh.contents().unwrap(), want);
     assert_eq!(reloaded.contents().unwrap(), want);
     let vips: Vec<String> = want.vips.iter().map(|v| v.to_string()).collect();
@@ -67,4 +68,27 @@ fn a_reload_leaves_the_maps_a_fresh_start_would() {
         "198.18.0.103:80".parse().unwrap(),
         "a daemon that changed service answers for its new one"
     );
+}
+
+#[test]
+fn a_retired_daemon_keeps_its_reply_entry_until_it_is_let_go() {
+    let a = config(&[("198.18.0.100:80", &["198.19.0.11:8080", "198.19.0.12:8080"])]);
+    let b = config(&[("198.18.0.100:80", &["198.19.0.12:8080"])]);
+    let retired = [Retired {
+        daemon: "198.19.0.11:8080".parse().unwrap(),
+        service: "198.18.0.100:80".parse().unwrap(),
+    }];
+    let mut steering = load();
+    steering.sync(&SteeringTable::of(&a, &[])).unwrap();
+    steering.sync(&SteeringTable::of(&b, &retired)).unwrap();
+    let held = steering.contents().unwrap();
+    assert_eq!(
+        held,
+        SteeringTable::of(&a, &[]),
+        "its replies still steered"
+    );
+    steering.sync(&SteeringTable::of(&b, &[])).unwrap();
+    let after = steering.contents().unwrap();
+    assert_eq!(after, SteeringTable::of(&b, &[]));
+    assert!(!after.daemons.contains_key(&retired[0].daemon));
 }

@@ -122,7 +122,7 @@ fn worker_path(knobs: &[u8], frame: &[u8]) {
     }];
     let hops: Arc<[NextHop]> = vec![NextHop::default()].into();
     hops[0].set(Some([2, 0, 0, 0, 0, 3]));
-    let plane = Dataplane::build(WorkerId(0), &services, hops, [2, 0, 0, 0, 0, 4]);
+    let plane = Dataplane::build(WorkerId(0), &services, &[], hops, [2, 0, 0, 0, 0, 4]);
     let Ok(mut plane) = plane else { return };
     let mut table = FlowTable::with_capacity(2);
     let stats = WorkerStats::default();

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddrV4, path::PathBuf};
 
-use super::{file::FileBackend, OnFailure, PollMode, XdpMode};
+use super::{file::FileBackend, OnFailure, OnRemove, PollMode, XdpMode};
 use super::{file::FileConfig, file::FileService, parse_backend, BindMode, Config, ConfigError};
 use crate::balance::{BackendSpec, PolicyKind};
 
@@ -100,6 +100,9 @@ pub struct RunArgs {
     /// What happens to a failed daemon's connections.
     #[arg(long, value_enum)]
     pub on_failure: Option<OnFailure>,
+    /// What happens to the connections of a daemon a reload removes.
+    #[arg(long, value_enum)]
+    pub on_remove: Option<OnRemove>,
     /// Benchmark only: workers move frames between the sockets untouched (no
     /// parsing, no rewriting), the ceiling of the AF_XDP substrate.
     #[arg(long, hide = true)]
@@ -189,6 +192,9 @@ impl RunArgs {
         }
         if let Some(v) = self.on_failure {
             file.health.on_failure = v;
+        }
+        if let Some(v) = self.on_remove {
+            file.on_remove = v;
         }
 
         let backends: Vec<FileBackend> = self.backends.iter().copied().map(FileBackend).collect();

@@ -36,6 +36,18 @@ pub enum OnFailure {
     Reset,
 }
 
+/// What happens to the connections of a daemon a reload removes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRemove {
+    /// They go on to the end: the daemon takes no new connection and leaves
+    /// once its last one has ended (as IPVS keeps a removed real server).
+    #[default]
+    Finish,
+    /// Their records are removed at once: their further segments are dropped.
+    Reset,
+}
+
 /// Connection timeouts. `Default`: syn 10 s, idle 300 s, linger 2 s, reset
 /// linger 10 s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +112,7 @@ pub struct ControlConfig {
     pub timeouts: Timeouts,
     pub health: HealthCheck,
     pub on_failure: OnFailure,
+    pub on_remove: OnRemove,
 }
 
 impl Default for ControlConfig {
@@ -110,6 +123,7 @@ impl Default for ControlConfig {
             timeouts: Default::default(),
             health: Default::default(),
             on_failure: OnFailure::default(),
+            on_remove: OnRemove::default(),
         }
     }
 }

@@ -11,9 +11,9 @@ use serde::{
 
 use super::{
     parse_addr, parse_backend, BindMode, Config, ConfigError, ControlConfig, HealthCheck,
-    OnFailure, PollMode, ServiceConfig, Timeouts, XdpMode, DEFAULT_BATCH, DEFAULT_CONTROL_SOCKET,
-    DEFAULT_EVENT_RING, DEFAULT_FLOW_CAPACITY, DEFAULT_FRAMES_PER_QUEUE, DEFAULT_QUEUES,
-    DEFAULT_WEIGHT,
+    OnFailure, OnRemove, PollMode, ServiceConfig, Timeouts, XdpMode, DEFAULT_BATCH,
+    DEFAULT_CONTROL_SOCKET, DEFAULT_EVENT_RING, DEFAULT_FLOW_CAPACITY, DEFAULT_FRAMES_PER_QUEUE,
+    DEFAULT_QUEUES, DEFAULT_WEIGHT,
 };
 use crate::balance::{BackendSpec, PolicyKind};
 use std::{path::PathBuf, time::Duration};
@@ -53,6 +53,8 @@ pub(super) struct FileConfig {
     pub control_socket: PathBuf,
     /// Loopback ADDR:PORT for the Prometheus endpoint.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// What happens to the connections of daemons a reload removes.
+    pub on_remove: OnRemove,
     /// `[timeouts]` table.
     pub timeouts: FileTimeouts,
     /// `[health]` table.
@@ -123,6 +125,7 @@ impl Default for FileConfig {
             services: Vec::new(),
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
             metrics_listen: None,
+            on_remove: OnRemove::default(),
             timeouts: FileTimeouts::default(),
             health: FileHealth::default(),
         }
@@ -270,6 +273,7 @@ impl FileConfig {
                     fall: self.health.fall,
                 },
                 on_failure: self.health.on_failure,
+                on_remove: self.on_remove,
             },
         };
         config.validate()?;

@@ -27,9 +27,9 @@ use crate::balance::{BackendSpec, PolicyKind};
 
 pub use cli::RunArgs;
 pub use control::{
-    ControlConfig, HealthCheck, OnFailure, Timeouts, DEFAULT_CONTROL_SOCKET, DEFAULT_FALL,
-    DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LINGER,
-    DEFAULT_RISE, DEFAULT_RST_LINGER, DEFAULT_SYN_TIMEOUT,
+    ControlConfig, HealthCheck, OnFailure, OnRemove, Timeouts, DEFAULT_CONTROL_SOCKET,
+    DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_LINGER, DEFAULT_RISE, DEFAULT_RST_LINGER, DEFAULT_SYN_TIMEOUT,
 };
 
 /// Default number of queues (one AF_XDP socket and one worker per queue).

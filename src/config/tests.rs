@@ -71,7 +71,7 @@ fn control_settings_are_validated() {
 #[test]
 fn control_tables_parse_with_defaults_and_reject_unknown_keys() {
     let text = "front = \"l0\"\nback = \"l1\"\ncontrol_socket = \"/tmp/x.sock\"\n\
-                metrics_listen = \"127.0.0.1:9100\"\n[timeouts]\nidle_ms = 2000\n\
+                metrics_listen = \"127.0.0.1:9100\"\non_remove = \"reset\"\n[timeouts]\nidle_ms = 2000\n\
                 [health]\nfall = 2\non_failure = \"reset\"\n\
                 [[service]]\naddress = \"198.18.0.100:80\"\nbackends = [\"198.19.0.11:8080\"]\n";
     let c = Config::from_toml_str(text).unwrap();
@@ -83,6 +83,9 @@ fn control_tables_parse_with_defaults_and_reject_unknown_keys() {
     assert_eq!(c.control.timeouts.syn, super::Timeouts::default().syn);
     assert_eq!(c.control.health.fall, 2);
     assert_eq!(c.control.on_failure, OnFailure::Reset);
+    assert_eq!(c.control.on_remove, OnRemove::Reset);
+    let finish = Config::from_toml_str(&text.replace("on_remove = \"reset\"\n", "")).unwrap();
+    assert_eq!(finish.control.on_remove, OnRemove::Finish, "the default");
     let bad = text.replace("idle_ms", "idle_msec");
     let e = Config::from_toml_str(&bad).unwrap_err().to_string();
     assert!(e.contains("idle_msec"), "{e}");

@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use crate::{
     config::Config,
-    dataplane::Dataplane,
+    dataplane::{Dataplane, Retired},
     ids::WorkerId,
     neigh::{NextHop, Resolver},
     xdp::{Steering, SteeringTable},
@@ -30,33 +30,41 @@ pub struct Host<'a> {
     pub workers: usize,
 }
 
-/// Checks that every daemon is routed through the back interface, builds the
+/// Checks that every daemon (configured or `retired`: removed by a reload, its
+/// connections going on) is routed through the back interface, builds the
 /// next-hop table (a MAC `known` already, else what the kernel's neighbour table
 /// says now; unknown ones are resolved later by the loop), builds each worker's
 /// dataplane and then makes the steering maps hold exactly `config`'s services,
-/// VIPs and daemons, removing what an earlier configuration left. Everything that
-/// can fail on the configuration fails before the maps are touched.
+/// VIPs and daemons and the retired daemons, removing what an earlier
+/// configuration left. Everything that can fail on the configuration fails before
+/// the maps are touched.
 pub fn apply(
     config: &Config,
+    retired: &[Retired],
     known: impl Fn(SocketAddrV4) -> Option<[u8; 6]>,
     host: &Host<'_>,
     steering: &mut Steering,
 ) -> Result<Applied> {
-    let next_hops: Arc<[NextHop]> = config.daemons().map(|_| NextHop::default()).collect();
-    for ((_, _, daemon), hop) in config.daemons().zip(next_hops.iter()) {
-        host.resolver.route(*daemon.addr.ip())?;
-        hop.set(
-            known(daemon.addr).or_else(|| host.resolver.lookup(*daemon.addr.ip()).ok().flatten()),
-        );
+    // Retired daemons take the ids after the configured ones.
+    let daemons: Vec<SocketAddrV4> = config
+        .daemons()
+        .map(|(_, _, b)| b.addr)
+        .chain(retired.iter().map(|r| r.daemon))
+        .collect();
+    let next_hops: Arc<[NextHop]> = daemons.iter().map(|_| NextHop::default()).collect();
+    for (daemon, hop) in daemons.iter().zip(next_hops.iter()) {
+        host.resolver.route(*daemon.ip())?;
+        hop.set(known(*daemon).or_else(|| host.resolver.lookup(*daemon.ip()).ok().flatten()));
     }
-    let planes = planes(config, &next_hops, host.back_mac, host.workers)?;
-    steering.sync(&SteeringTable::of(config))?;
+    let planes = planes(config, retired, &next_hops, host.back_mac, host.workers)?;
+    steering.sync(&SteeringTable::of(config, retired))?;
     Ok(Applied { next_hops, planes })
 }
 
-/// Each worker's dataplane for `config`.
+/// Each worker's dataplane for `config` and the `retired` daemons.
 pub fn planes(
     config: &Config,
+    retired: &[Retired],
     next_hops: &Arc<[NextHop]>,
     back_mac: [u8; 6],
     workers: usize,
@@ -67,6 +75,7 @@ pub fn planes(
             let mut plane = Dataplane::build(
                 WorkerId(w as u16),
                 &config.services,
+                retired,
                 next_hops.clone(),
                 back_mac,
             )?

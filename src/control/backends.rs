@@ -5,7 +5,7 @@
 use std::net::SocketAddrV4;
 
 use super::health::{Health, HealthState};
-use crate::{balance::BackendState, config::Config, ids::BackendId};
+use crate::{balance::BackendState, config::Config, dataplane::Retired, ids::BackendId};
 
 /// One daemon.
 #[derive(Clone, Debug)]
@@ -18,6 +18,9 @@ pub struct Backend {
     /// offered new connections before (a freshly added one, say), since the
     /// workers could not send them anywhere.
     pub next_hop_known: bool,
+    /// Removed by a reload, kept until its last connection ends
+    /// (`on_remove = "finish"`): never offered a new one, never probed.
+    pub retired: bool,
     told: BackendState,
     probing: bool,
     next_probe_ns: u64,
@@ -26,7 +29,9 @@ pub struct Backend {
 impl Backend {
     /// Whether the daemon takes new connections, all things considered.
     pub fn effective(&self) -> BackendState {
-        if self.health.health() == Health::Down || !self.next_hop_known {
+        if self.retired {
+            BackendState::Draining
+        } else if self.health.health() == Health::Down || !self.next_hop_known {
             BackendState::Down
         } else if self.draining {
             BackendState::Draining
@@ -46,30 +51,42 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// The daemons of `config`, keeping the health and drain state of the ones
-    /// `old` knew (by address): a reload changes the list, not what is known of
-    /// a daemon. Every daemon is due a probe at `now_ns`, and is taken as told
-    /// `Up`, since the workers build their pools with every daemon up.
+    /// The daemons of `config`, then the `retired` ones, keeping the health and
+    /// drain state of the ones `old` knew (by address): a reload changes the
+    /// list, not what is known of a daemon. Every configured daemon is due a
+    /// probe at `now_ns`, and is taken as told what the workers build their
+    /// pools with: `Up`, `Draining` for the retired.
     pub fn new(
         config: &Config,
+        retired: &[Retired],
         old: &Backends,
         next_hop_known: impl Fn(BackendId) -> bool,
         now_ns: u64,
     ) -> Self {
         let check = &config.control.health;
-        let list = config
+        let configured = config
             .daemons()
-            .map(|(id, service, b)| {
-                let previous = old.find(b.addr).map(|i| &old.list[i.index()]);
+            .map(|(_, service, b)| (b.addr, service, false));
+        let retired = retired.iter().map(|r| (r.daemon, r.service, true));
+        let list = configured
+            .chain(retired)
+            .enumerate()
+            .map(|(i, (addr, service, retired))| {
+                let previous = old.find(addr).map(|i| &old.list[i.index()]);
                 Backend {
-                    addr: b.addr,
+                    addr,
                     service,
                     health: previous.map_or_else(|| HealthState::new(check), |o| o.health.clone()),
                     draining: previous.is_some_and(|o| o.draining),
-                    next_hop_known: next_hop_known(id),
-                    told: BackendState::Up,
+                    next_hop_known: next_hop_known(BackendId(i as u16)),
+                    retired,
+                    told: if retired {
+                        BackendState::Draining
+                    } else {
+                        BackendState::Up
+                    },
                     probing: false,
-                    next_probe_ns: now_ns,
+                    next_probe_ns: if retired { u64::MAX } else { now_ns },
                 }
             })
             .collect();
@@ -103,6 +120,14 @@ impl Backends {
         self.list.iter()
     }
 
+    /// The retired daemons (see [`Backend::retired`]).
+    pub fn retired(&self) -> impl Iterator<Item = Retired> + '_ {
+        self.list.iter().filter(|b| b.retired).map(|b| Retired {
+            daemon: b.addr,
+            service: b.service,
+        })
+    }
+
     /// The id of the daemon at `addr`.
     pub fn find(&self, addr: SocketAddrV4) -> Option<BackendId> {
         self.list
@@ -124,7 +149,7 @@ impl Backends {
     pub fn due_probes(&mut self, now_ns: u64, interval_ns: u64) -> Vec<BackendId> {
         let mut due = Vec::new();
         for (i, b) in self.list.iter_mut().enumerate() {
-            if !b.probing && b.next_probe_ns <= now_ns {
+            if !b.probing && !b.retired && b.next_probe_ns <= now_ns {
                 b.probing = true;
                 b.next_probe_ns = now_ns + interval_ns;
                 due.push(BackendId(i as u16));
@@ -180,7 +205,13 @@ mod tests {
 
     #[test]
     fn a_daemon_without_a_next_hop_is_down_until_it_has_one() {
-        let mut b = Backends::new(&config(&[A, B]), &Backends::default(), |id| id.0 == 0, 0);
+        let mut b = Backends::new(
+            &config(&[A, B]),
+            &[],
+            &Backends::default(),
+            |id| id.0 == 0,
+            0,
+        );
         assert_eq!(b.news(BackendId(0)), None, "up, as the workers start");
         assert_eq!(b.news(BackendId(1)), Some(BackendState::Down));
         assert_eq!(b.news(BackendId(1)), None, "told once");
@@ -190,7 +221,7 @@ mod tests {
 
     #[test]
     fn health_flips_after_fall_and_rise_and_draining_is_apart_from_it() {
-        let mut b = Backends::new(&config(&[A]), &Backends::default(), |_| true, 0);
+        let mut b = Backends::new(&config(&[A]), &[], &Backends::default(), |_| true, 0);
         let (id, gen) = (BackendId(0), b.generation());
         assert_eq!(b.probe_done(id, gen, false), None);
         assert_eq!(b.probe_done(id, gen, false), Some(Health::Down));
@@ -207,7 +238,7 @@ mod tests {
     #[test]
     fn probes_are_due_once_per_interval_and_never_two_at_a_time() {
         let s = 1_000_000_000;
-        let mut b = Backends::new(&config(&[A, B]), &Backends::default(), |_| true, 10);
+        let mut b = Backends::new(&config(&[A, B]), &[], &Backends::default(), |_| true, 10);
         assert_eq!(b.due_probes(5, s), [], "not before the list's start");
         assert_eq!(b.due_probes(10, s), [BackendId(0), BackendId(1)]);
         assert_eq!(b.due_probes(10 + 2 * s, s), [], "still in flight");
@@ -219,7 +250,7 @@ mod tests {
 
     #[test]
     fn a_reload_keeps_what_is_known_of_a_daemon_by_address() {
-        let mut old = Backends::new(&config(&[A, B, C]), &Backends::default(), |_| true, 0);
+        let mut old = Backends::new(&config(&[A, B, C]), &[], &Backends::default(), |_| true, 0);
         let gen = old.generation();
         for _ in 0..2 {
             old.probe_done(BackendId(1), gen, false);
@@ -227,7 +258,7 @@ mod tests {
         old.set_draining(BackendId(2), true);
 
         // B and C swap places, A goes.
-        let new = Backends::new(&config(&[C, B]), &old, |_| true, 0);
+        let new = Backends::new(&config(&[C, B]), &[], &old, |_| true, 0);
         assert_eq!(new.generation(), gen + 1);
         let c = new.find(addr(C)).unwrap();
         let b = new.find(addr(B)).unwrap();
@@ -239,13 +270,31 @@ mod tests {
 
     #[test]
     fn a_probe_of_the_previous_list_is_ignored() {
-        let old = Backends::new(&config(&[A]), &Backends::default(), |_| true, 0);
-        let mut new = Backends::new(&config(&[B]), &old, |_| true, 0);
+        let old = Backends::new(&config(&[A]), &[], &Backends::default(), |_| true, 0);
+        let mut new = Backends::new(&config(&[B]), &[], &old, |_| true, 0);
         new.due_probes(0, 1);
         for _ in 0..3 {
             assert_eq!(new.probe_done(BackendId(0), old.generation(), false), None);
         }
         assert_eq!(new.get(BackendId(0)).health.health(), Health::Up);
         assert_eq!(new.due_probes(5, 1), [], "its own probe is still in flight");
+    }
+
+    #[test]
+    fn a_retired_daemon_follows_the_configured_ones_and_is_never_probed_or_offered() {
+        let retired = [Retired {
+            daemon: addr(A),
+            service: addr("198.18.0.100:80"),
+        }];
+        let old = Backends::new(&config(&[A, B]), &[], &Backends::default(), |_| true, 0);
+        let mut new = Backends::new(&config(&[B]), &retired, &old, |_| true, 0);
+        let a = new.find(addr(A)).expect("kept while retired");
+        assert_eq!(a, BackendId(1), "after the configured daemons");
+        assert!(new.get(a).retired);
+        assert_eq!(new.retired().collect::<Vec<_>>(), retired);
+        assert_eq!(new.due_probes(0, 1), [BackendId(0)], "only B is probed");
+        assert_eq!(new.news(a), None, "the workers build it draining");
+        new.set_draining(a, false);
+        assert_eq!(new.get(a).effective(), BackendState::Draining);
     }
 }

@@ -8,12 +8,13 @@
 //! re-reads their next hops, answers the control socket and reloads on SIGHUP.
 use std::{
     collections::VecDeque,
-    net::TcpListener,
+    net::{SocketAddrV4, TcpListener},
     os::{fd::AsRawFd, unix::net::UnixListener},
     sync::{mpsc::TrySendError, Arc},
     time::Duration,
 };
 
+use ahash::AHashSet;
 use anyhow::{Context, Result};
 
 use super::{
@@ -27,8 +28,8 @@ use super::{
     uring::{Completion, Uring},
 };
 use crate::{
-    config::{Config, OnFailure},
-    dataplane::Dataplane,
+    config::{Config, OnFailure, OnRemove},
+    dataplane::{Dataplane, Retired},
     ids::{BackendId, WorkerId},
     neigh::{NextHop, Resolver},
     protocol::{Event, LoopEnd, SlowFrame, Wake},
@@ -119,6 +120,7 @@ impl<'a> Manager<'a> {
         let next_hops = parts.next_hops;
         let backends = Backends::new(
             &parts.config,
+            &[],
             &Backends::default(),
             |id| next_hops[id.index()].get().is_some(),
             now_ns(),
@@ -377,6 +379,7 @@ impl<'a> Manager<'a> {
                 self.refresh_next_hop(backend);
             }
             self.tell_states();
+            self.let_go_of_finished();
         }
         Ok(())
     }
@@ -443,16 +446,20 @@ impl<'a> Manager<'a> {
     /// Drops every record of a failed daemon: the tracker's, by the daemon's
     /// address, and the workers'.
     fn reset_backend(&mut self, backend: BackendId) {
-        let addr = self.backends.get(backend).addr;
-        let doomed: Vec<_> = self.tracker.connections_of(addr).collect();
+        self.forget_connections_of(self.backends.get(backend).addr);
+        self.broadcast(|| Command::RemoveBackendFlows { backend });
+        self.send_backlog();
+    }
+
+    /// The tracker forgets every connection to `daemon`. O(tracked connections).
+    fn forget_connections_of(&mut self, daemon: SocketAddrV4) {
+        let doomed: Vec<_> = self.tracker.connections_of(daemon).collect();
         let now = now_ns();
         for key in doomed {
             let removed = Event::Removed { key, at_ns: now };
             self.tracker.on_event(removed, now, &mut self.orders);
         }
         self.send_orders();
-        self.broadcast(|| Command::RemoveBackendFlows { backend });
-        self.send_backlog();
     }
 
     // ---- control socket ---------------------------------------------------
@@ -480,13 +487,25 @@ impl<'a> Manager<'a> {
                         && filter.client.is_none_or(|f| f.matches(c.key.client()))
                 });
                 let (rows, matched) = report::first_of(matching, filter.limit);
-                report::conns(rows.into_iter(), matched, tracked, filter.limit, now_ns(), format)
+                report::conns(
+                    rows.into_iter(),
+                    matched,
+                    tracked,
+                    filter.limit,
+                    now_ns(),
+                    format,
+                )
             }
             Request::Backends(Format::Text) => report::backends_text(self.backends.iter(), counts),
             Request::Backends(Format::Json) => report::backends_json(self.backends.iter(), counts),
             Request::Drain(addr) | Request::Undrain(addr) => {
                 let draining = matches!(request, Request::Drain(_));
                 match self.backends.find(addr) {
+                    Some(backend) if self.backends.get(backend).retired => {
+                        format!(
+                            "error: {addr} was removed by a reload; it takes no new connection\n"
+                        )
+                    }
                     Some(backend) => {
                         self.backends.set_draining(backend, draining);
                         self.tell_state(backend);
@@ -536,6 +555,83 @@ impl<'a> Manager<'a> {
         ) {
             println!("dispatchd: SIGHUP: interface, queue and memory settings need a restart; applying services only");
         }
+        let retired = self.retire(&new);
+        self.install(new, retired)?;
+        let list: Vec<String> = self
+            .backends
+            .iter()
+            .map(|b| {
+                if b.retired {
+                    format!("{} (retired)", b.addr)
+                } else {
+                    b.addr.to_string()
+                }
+            })
+            .collect();
+        println!("dispatchd: SIGHUP: reloaded; daemons {}", list.join(" "));
+        Ok(())
+    }
+
+    /// The daemons `new` drops that stay, retired, until their connections end
+    /// (`on_remove = "finish"`): those with tracked connections, dropped now or
+    /// by an earlier reload. With `on_remove = "reset"` there are none: the
+    /// tracker forgets the dropped daemons' connections now, and the workers
+    /// drop their records when next met (their daemon is in no plane).
+    fn retire(&mut self, new: &Config) -> Vec<Retired> {
+        let kept: AHashSet<SocketAddrV4> = new.daemons().map(|(_, _, b)| b.addr).collect();
+        let gone: Vec<Retired> = self
+            .backends
+            .iter()
+            .filter(|b| !kept.contains(&b.addr))
+            .map(|b| Retired {
+                daemon: b.addr,
+                service: b.service,
+            })
+            .collect();
+        match new.control.on_remove {
+            OnRemove::Finish => {
+                let per_daemon = self.tracker.per_daemon();
+                gone.into_iter()
+                    .filter(|r| per_daemon.get(&r.daemon).is_some_and(|c| c.total() > 0))
+                    .collect()
+            }
+            OnRemove::Reset => {
+                for r in gone {
+                    self.forget_connections_of(r.daemon);
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// Lets go of retired daemons whose last connection has ended: the planes
+    /// and maps are rebuilt without them (O(daemons); records of the others are
+    /// re-pointed when next met).
+    fn let_go_of_finished(&mut self) {
+        let per_daemon = self.tracker.per_daemon();
+        let (still, done): (Vec<Retired>, Vec<Retired>) = self
+            .backends
+            .retired()
+            .partition(|r| per_daemon.get(&r.daemon).is_some_and(|c| c.total() > 0));
+        if done.is_empty() {
+            return;
+        }
+        match self.install(self.config.clone(), still) {
+            Ok(()) => {
+                for r in done {
+                    println!(
+                        "dispatchd: removed daemon {} has no connection left; gone",
+                        r.daemon
+                    );
+                }
+            }
+            Err(e) => eprintln!("dispatchd: letting go of retired daemons: {e:#}"),
+        }
+    }
+
+    /// Makes `config` and the `retired` daemons the running set: maps, planes,
+    /// next hops and the loop's view of the daemons.
+    fn install(&mut self, config: Config, retired: Vec<Retired>) -> Result<()> {
         let host = Host {
             resolver: &self.resolver,
             back_mac: self.back_mac,
@@ -547,25 +643,24 @@ impl<'a> Manager<'a> {
                 .find(addr)
                 .and_then(|id| next_hops[id.index()].get())
         };
-        let applied = apply(&new, known, &host, self.steering)?;
+        let applied = apply(&config, &retired, known, &host, self.steering)?;
         for (w, plane) in applied.planes.into_iter().enumerate() {
             self.backlog
                 .push_back((WorkerId(w as u16), Command::ReplacePlane(Box::new(plane))));
         }
-        self.tracker.set_timeouts(new.control.timeouts);
+        self.tracker.set_timeouts(config.control.timeouts);
         self.next_hops = applied.next_hops;
         let next_hops = &self.next_hops;
         self.backends = Backends::new(
-            &new,
+            &config,
+            &retired,
             &self.backends,
             |id| next_hops[id.index()].get().is_some(),
             now_ns(),
         );
-        self.config = new;
+        self.config = config;
         self.send_backlog();
         self.tell_states();
-        let list: Vec<String> = self.backends.iter().map(|b| b.addr.to_string()).collect();
-        println!("dispatchd: SIGHUP: reloaded; daemons {}", list.join(" "));
         Ok(())
     }
 }

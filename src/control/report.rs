@@ -372,7 +372,11 @@ fn backend_row(b: &Backend, conns: BackendConns) -> BackendRow {
             "down"
         },
         draining: b.draining,
-        state: format!("{:?}", b.effective()).to_lowercase(),
+        state: if b.retired {
+            "retired".to_owned()
+        } else {
+            format!("{:?}", b.effective()).to_lowercase()
+        },
         active: conns.active,
         inactive: conns.inactive,
     }

@@ -101,7 +101,10 @@ fn is_active(phase: Phase) -> bool {
 /// Counts a connection `info` in (or out of) its daemon's counts.
 fn count(counts: &mut AHashMap<SocketAddrV4, BackendConns>, info: &ConnInfo, add: bool) {
     if add {
-        counts.entry(info.daemon).or_default().count(info.phase, true);
+        counts
+            .entry(info.daemon)
+            .or_default()
+            .count(info.phase, true);
     } else if let Some(c) = counts.get_mut(&info.daemon) {
         c.count(info.phase, false);
         if c.total() == 0 {
