@@ -4,16 +4,23 @@
 #   PREFIXc: c0 198.18.0.2/24 (default via .1)  <->  PREFIXd: l0 198.18.0.1/24 + VIP 198.18.0.100
 #   PREFIXs: s0 198.19.0.2/24 + .11 .12 ...     <->  PREFIXd: l1 198.19.0.1/24
 #
-# usage: topology.sh up PREFIX [DAEMONS] [QUEUES]
+# usage: topology.sh up PREFIX [DAEMONS] [QUEUES] [BACK_QUEUES]
 #        topology.sh down PREFIX
+# QUEUES (default 1) is the number of RX and TX queues of c0/l0, BACK_QUEUES
+# (default QUEUES) that of l1/s0. A veth hands each frame to the peer's RX
+# queue of the TX queue it was sent on, and the sender's kernel picks the TX
+# queue per connection, so connections spread over the queues as RSS spreads
+# them on a NIC.
 # Interfaces live inside their namespaces from the start, so the fixed names
 # c0/l0/l1/s0 never clash between topologies; PREFIX keeps namespaces apart.
 set -euo pipefail
 
-cmd=${1:?usage: topology.sh up|down PREFIX [DAEMONS] [QUEUES]}
-p=${2:?usage: topology.sh up|down PREFIX [DAEMONS] [QUEUES]}
+usage="usage: topology.sh up|down PREFIX [DAEMONS] [QUEUES] [BACK_QUEUES]"
+cmd=${1:?$usage}
+p=${2:?$usage}
 daemons=${3:-4}
 queues=${4:-1}
+back_queues=${5:-$queues}
 
 down() {
 	for ns in "${p}c" "${p}d" "${p}s"; do
@@ -37,10 +44,11 @@ up() {
 		ip -n "$ns" link set lo up
 	done
 	local q="numtxqueues $queues numrxqueues $queues"
+	local bq="numtxqueues $back_queues numrxqueues $back_queues"
 	# shellcheck disable=SC2086
 	ip link add c0 netns "${p}c" $q type veth peer name l0 netns "${p}d" $q
 	# shellcheck disable=SC2086
-	ip link add l1 netns "${p}d" $q type veth peer name s0 netns "${p}s" $q
+	ip link add l1 netns "${p}d" $bq type veth peer name s0 netns "${p}s" $bq
 	tune "${p}c" c0; tune "${p}d" l0; tune "${p}d" l1; tune "${p}s" s0
 
 	ip -n "${p}c" addr add 198.18.0.2/24 dev c0
@@ -52,6 +60,12 @@ up() {
 	# rates here, and exhausted ports look like lost connections). Ports below
 	# 10000 stay free for the benchmark's packet generator.
 	ip netns exec "${p}c" sysctl -qw net.ipv4.ip_local_port_range="10000 65000" net.ipv4.tcp_tw_reuse=1
+	# A NIC's RSS keeps a connection on one RX queue for good (it hashes the
+	# headers). A veth's peer picks the queue from the sending socket's hash,
+	# which TCP re-draws after a retransmission timeout (net.core.txrehash):
+	# the connection would move to another queue, and so to another worker,
+	# which has no record of it. Keep the hash, as a wire would.
+	ip netns exec "${p}c" sysctl -qw net.core.txrehash=0
 
 	ip -n "${p}d" addr add 198.18.0.1/24 dev l0
 	# The VIP is local on the front so the kernel answers ARP for it and keeps
@@ -78,5 +92,5 @@ up() {
 case "$cmd" in
 up) up ;;
 down) down ;;
-*) echo "usage: topology.sh up|down PREFIX [DAEMONS] [QUEUES]" >&2; exit 2 ;;
+*) echo "$usage" >&2; exit 2 ;;
 esac

@@ -31,6 +31,7 @@ use crate::{
     ids::{BackendId, WorkerId},
     neigh::{NextHop, Resolver},
     protocol::{Event, LoopEnd, Wake},
+    queues::{self, LinkWatch},
     stats::{now_ns, WorkerStats},
     sys::{Signal, SignalFd, SIGINFO_LEN},
     worker::Command,
@@ -40,6 +41,8 @@ use crate::{
 /// How often the loop wakes by itself: timers, probes, neighbours.
 const TICK: Duration = Duration::from_millis(100);
 const NEIGHBOUR_REFRESH_NS: u64 = 1_000_000_000;
+/// How often the interfaces' RX queue counts and MTUs are re-read.
+const LINK_REFRESH_NS: u64 = 1_000_000_000;
 const RING_ENTRIES: u32 = 256;
 
 /// What each in-flight operation is for.
@@ -72,6 +75,8 @@ pub struct ManagerParts<'a> {
     pub resolver: Resolver,
     pub back_mac: [u8; 6],
     pub ctl: UnixListener,
+    /// The front and back interfaces as start-up found and served them.
+    pub links: [LinkWatch; 2],
 }
 
 pub struct Manager<'a> {
@@ -94,6 +99,12 @@ pub struct Manager<'a> {
     metrics: Option<TcpListener>,
     orders: Vec<Order>,
     next_refresh_ns: u64,
+    links: [LinkWatch; 2],
+    /// Changes of an interface's queue count or MTU seen while running.
+    link_changes: u64,
+    /// The last failure to read an interface, said once.
+    link_error: Option<String>,
+    next_link_refresh_ns: u64,
     stop: bool,
 }
 
@@ -131,6 +142,10 @@ impl<'a> Manager<'a> {
             metrics,
             orders: Vec::new(),
             next_refresh_ns: 0,
+            links: parts.links,
+            link_changes: 0,
+            link_error: None,
+            next_link_refresh_ns: 0,
             stop: false,
             config: parts.config,
         })
@@ -172,6 +187,8 @@ impl<'a> Manager<'a> {
             connections: self.tracker.len(),
             ignored_events: self.tracker.ignored_events(),
             timer_entries: self.tracker.timer_entries(),
+            links: &self.links,
+            link_changes: self.link_changes,
         }
     }
 
@@ -316,7 +333,35 @@ impl<'a> Manager<'a> {
             }
             self.tell_states();
         }
+        if now >= self.next_link_refresh_ns {
+            self.next_link_refresh_ns = now + LINK_REFRESH_NS;
+            self.watch_links();
+        }
         Ok(())
+    }
+
+    /// Re-reads both interfaces' RX queue counts and MTUs. A change is never
+    /// silent: one line when it happens (queues added after start have no
+    /// socket until a restart, and the line says so), a counter, and the counts
+    /// seen beside those served in `ctl stats` and /metrics.
+    fn watch_links(&mut self) {
+        for link in &mut self.links {
+            match queues::read_counts(&link.facts.name) {
+                Ok((rx_queues, mtu)) => {
+                    if let Some(line) = link.update(rx_queues, mtu) {
+                        self.link_changes += 1;
+                        eprintln!("dispatchd: WARNING: {line}");
+                    }
+                }
+                Err(e) => {
+                    let line = format!("cannot re-read {}: {e}", link.facts.label());
+                    if self.link_error.as_ref() != Some(&line) {
+                        eprintln!("dispatchd: WARNING: {line}");
+                        self.link_error = Some(line);
+                    }
+                }
+            }
+        }
     }
 
     /// Re-reads a daemon's next hop from the kernel's tables (the probes make

@@ -188,6 +188,12 @@ impl FlowTable {
         self.slots() * SLOT_BYTES
     }
 
+    /// [`memory_bytes`](Self::memory_bytes) of a table of `capacity`, before
+    /// it is allocated.
+    pub fn memory_for(capacity: usize) -> usize {
+        Self::slots_for(capacity).saturating_mul(SLOT_BYTES)
+    }
+
     /// `key`'s hash in this table, for the `*_hashed` methods.
     #[inline(always)]
     pub fn hash(&self, key: &FlowKey) -> FlowHash {
@@ -516,6 +522,7 @@ mod tests {
             t.tags.len() * 4 + t.records.len() * RECORD_BYTES,
             t.memory_bytes()
         );
+        assert_eq!(FlowTable::memory_for(1_000_000), t.memory_bytes());
         assert_eq!(t.capacity(), 1_000_000);
         assert!(t.is_empty());
     }

@@ -110,10 +110,28 @@ impl Topology {
     /// A topology for test `name`, unique to this process; panics if it cannot
     /// be made. `dispatchd` is `env!("CARGO_BIN_EXE_dispatchd")`.
     pub fn up(dispatchd: &str, name: &str, daemons: usize, queues: usize) -> Topology {
+        Topology::up_queues(dispatchd, name, daemons, queues, queues)
+    }
+
+    /// [`Topology::up`] with `front_queues` queues on the client's veth pair
+    /// (c0/l0) and `back_queues` on the daemons' (l1/s0).
+    pub fn up_queues(
+        dispatchd: &str,
+        name: &str,
+        daemons: usize,
+        front_queues: usize,
+        back_queues: usize,
+    ) -> Topology {
         require_root();
         let prefix = format!("dt{name}{}", std::process::id() % 100_000);
-        Topology::create(&prefix, daemons, queues, Programs::for_test(dispatchd))
-            .unwrap_or_else(|e| panic!("{e:#}"))
+        Topology::create_queues(
+            &prefix,
+            daemons,
+            front_queues,
+            back_queues,
+            Programs::for_test(dispatchd),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// The namespaces `<prefix>c`, `<prefix>d`, `<prefix>s` with `daemons`
@@ -124,12 +142,30 @@ impl Topology {
         queues: usize,
         programs: Programs,
     ) -> Result<Topology> {
+        Topology::create_queues(prefix, daemons, queues, queues, programs)
+    }
+
+    /// [`Topology::create`] with `front_queues` queues on c0/l0 and
+    /// `back_queues` on l1/s0.
+    pub fn create_queues(
+        prefix: &str,
+        daemons: usize,
+        front_queues: usize,
+        back_queues: usize,
+        programs: Programs,
+    ) -> Result<Topology> {
         let topo = Topology {
             prefix: prefix.to_owned(),
             programs,
         };
         let status = Command::new(topology_script())
-            .args(["up", prefix, &daemons.to_string(), &queues.to_string()])
+            .args([
+                "up",
+                prefix,
+                &daemons.to_string(),
+                &front_queues.to_string(),
+                &back_queues.to_string(),
+            ])
             .status()
             .context("running scripts/topology.sh")?;
         if !status.success() {
