@@ -36,6 +36,7 @@ use crate::{
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a worker may take to allocate and write its flow table.
 const WORKER_START_TIMEOUT: Duration = Duration::from_secs(60);
+const MIB: u64 = 1 << 20;
 
 /// Which worker serves which queues, on which core: a worker per core (as
 /// configured, or every core but the first), at most as many as the smaller
@@ -61,8 +62,6 @@ fn plan_workers(config: &Config, front: &LinkFacts, back: &LinkFacts) -> Vec<Wor
     }
     plan
 }
-
-const MIB: u64 = 1 << 20;
 
 fn fmt_mac(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")

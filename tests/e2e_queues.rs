@@ -95,6 +95,17 @@ fn four_queues_with_default_settings_serve_every_queue() {
     let topo = Topology::up(DISPATCHD, "q4", 4, 4);
     let _servers = topo.serve(4);
     let mut lb = topo.dispatchd(&Topology::default_flags(4));
+    let started = lb.output();
+    for line in [
+        "l0 (front): 4 RX queues, MTU 1500 (frames fit up to 3826), AF_XDP zero-copy not advertised",
+        "l0 and l1 do not advertise AF_XDP zero-copy: every socket binds in copy mode",
+        // Copy mode, and this kernel takes the raised TX budget: one kick per
+        // batch of 64.
+        "8 sockets bound in copy mode (up to 64 frames per TX kick)",
+        "UMEM 65536 frames x 4 KiB = 256 MiB locked",
+    ] {
+        assert!(started.contains(line), "{line:?} missing:\n{started}");
+    }
     drive_traffic(&topo);
 
     let stats = topo.stats();

@@ -81,7 +81,7 @@ pub enum XdpMode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum PollMode {
-    /// Spin on the rings; lowest latency, one full core per queue.
+    /// Spin on the rings; lowest latency, one full core per worker.
     Busy,
     /// Sleep in poll(2) until the kernel wakes the socket.
     Wakeup,

@@ -1,4 +1,4 @@
-//! The per-queue flow table: fixed capacity, open addressing, no allocation after
+//! The per-worker flow table: fixed capacity, open addressing, no allocation after
 //! construction.
 //!
 //! # Layout
