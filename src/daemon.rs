@@ -176,6 +176,7 @@ fn open_workers(
     };
     let table_mib = FlowTable::memory_for(config.flow_capacity) as u64 / MIB;
     let mut workers = Vec::new();
+    let mut umem_mib = 0;
     for (w, queues) in plan.iter().enumerate() {
         let sockets = xsk::open_worker(&ifaces.front, &ifaces.back, queues, &opts)
             .with_context(|| format!("worker {w}"))?;
@@ -207,6 +208,7 @@ fn open_workers(
             format!("mixed: {}", each.join(", "))
         };
         let frames = xsk::umem_frames(config.frames_per_queue, all.len());
+        umem_mib += u64::from(frames) * u64::from(xsk::FRAME_SIZE) / MIB;
         println!(
             "dispatchd: worker {w}: front {} queues {}, back {} queues {}: {} sockets bound in {mode}; \
              memory: UMEM {frames} frames x {} KiB = {} MiB locked, flow table {} connections = {table_mib} MiB",
@@ -232,6 +234,11 @@ fn open_workers(
         }
         workers.push(sockets);
     }
+    println!(
+        "dispatchd: memory of {} workers: UMEM {umem_mib} MiB locked, flow tables {} MiB",
+        workers.len(),
+        table_mib * workers.len() as u64
+    );
     Ok(workers)
 }
 

@@ -167,7 +167,7 @@ pub fn run(setup: WorkerSetup) {
             );
             count_socket(&stats, i, n_front + j, received, sent);
             if received == 0 && from.busy_poll {
-                from.busy_poll();
+                from.poll_device();
             }
             n_fwd += received;
             sent_fwd += sent;
@@ -195,7 +195,7 @@ pub fn run(setup: WorkerSetup) {
             );
             count_socket(&stats, n_front + j, i, received, sent);
             if received == 0 && from.busy_poll {
-                from.busy_poll();
+                from.poll_device();
             }
             n_rev += received;
             sent_rev += sent;

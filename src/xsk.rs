@@ -155,7 +155,7 @@ impl Rings {
     /// Busy-polls the device for this socket: recvfrom() on an AF_XDP socket
     /// runs the NAPI of its queue in this thread (sk_busy_loop), which is how
     /// the kernel gets to run it when SO_PREFER_BUSY_POLL defers it to us.
-    pub fn busy_poll(&self) {
+    pub fn poll_device(&self) {
         // SAFETY: a zero-length receive into no buffer; the kernel writes
         // nothing. Errors (EAGAIN and the like) only mean nothing was done.
         unsafe {
