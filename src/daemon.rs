@@ -24,7 +24,7 @@ use crate::{
     ids::WorkerId,
     neigh::{self, Resolver},
     protocol::{self, Wake},
-    queues::{self, fmt_queues, LinkFacts, LinkWatch, Role, WorkerQueues},
+    queues::{self, fmt_queues, LinkFacts, LinkWatch, WorkerQueues},
     stats::WorkerStats,
     sys::{self, EventFd},
     worker::{self, WorkerSetup},
@@ -111,8 +111,8 @@ fn check_host(config: &Config) -> Result<Interfaces> {
     let back = Interface::lookup(&config.back).context("back")?;
     let back_mac = neigh::interface_mac(&back.name)?;
     require_forwarding(&front.name)?;
-    let front_link = queues::read_link(&front, Role::Front)?;
-    let back_link = queues::read_link(&back, Role::Back)?;
+    let front_link = queues::read_link(&front, Side::Front)?;
+    let back_link = queues::read_link(&back, Side::Back)?;
     queues::check(
         config.queues,
         &front_link,

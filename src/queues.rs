@@ -11,11 +11,14 @@
 //! The counts come from `/sys/class/net/IF/queues/rx-*`, which follows the
 //! device's real RX queue count (`ethtool -L` changes it): the range of
 //! `rx_queue_index` the XDP program sees.
-use std::{fmt, fs, io, path::PathBuf};
+use std::{fs, io, path::PathBuf};
 
 use thiserror::Error;
 
-use crate::{config::MAX_QUEUES, xdp::Interface};
+use crate::{
+    config::MAX_QUEUES,
+    xdp::{Interface, Side},
+};
 
 /// Bytes of an Ethernet header: a frame is the IP packet (at most the MTU) plus
 /// this. Tagged frames are not served (the program passes them to the host).
@@ -24,27 +27,11 @@ pub const ETHERNET_HEADER: u32 = 14;
 /// (`XDP_PACKET_HEADROOM`), in copy and zero-copy mode alike.
 pub const XDP_PACKET_HEADROOM: u32 = 256;
 
-/// Which side of the dispatcher an interface is on, for messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Front,
-    Back,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Front => "front",
-            Self::Back => "back",
-        })
-    }
-}
-
 /// What start-up and the watch read about an interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkFacts {
     pub name: String,
-    pub role: Role,
+    pub role: Side,
     /// Real RX queues (`queues/rx-*`).
     pub rx_queues: u32,
     pub mtu: u32,
@@ -188,7 +175,7 @@ pub fn read_counts(name: &str) -> io::Result<(u32, u32)> {
 /// Reads an interface's RX queue count and MTU. sysfs shows the devices of the
 /// network namespace it was mounted in, not necessarily the caller's, so the
 /// device's index there must be the one this process resolved.
-pub fn read_link(iface: &Interface, role: Role) -> anyhow::Result<LinkFacts> {
+pub fn read_link(iface: &Interface, role: Side) -> anyhow::Result<LinkFacts> {
     let name = &iface.name;
     let index = read_number(name, "ifindex").map_err(|e| {
         anyhow::anyhow!("reading {name} ({role}) from sysfs: {e} (is /sys mounted for this network namespace? ip netns exec does that)")
@@ -341,9 +328,9 @@ impl LinkWatch {
 mod tests {
     use super::*;
 
-    fn link(role: Role, rx_queues: u32, mtu: u32) -> LinkFacts {
+    fn link(role: Side, rx_queues: u32, mtu: u32) -> LinkFacts {
         LinkFacts {
-            name: if role == Role::Front { "l0" } else { "l1" }.into(),
+            name: if role == Side::Front { "l0" } else { "l1" }.into(),
             role,
             rx_queues,
             mtu,
@@ -363,8 +350,8 @@ mod tests {
         let ok = |f, b, q| {
             check(
                 q,
-                &link(Role::Front, f, 1500),
-                &link(Role::Back, b, 1500),
+                &link(Side::Front, f, 1500),
+                &link(Side::Back, b, 1500),
                 4096,
                 0,
             )
@@ -406,8 +393,8 @@ mod tests {
         let check_mtu = |front, back| {
             check(
                 None,
-                &link(Role::Front, 1, front),
-                &link(Role::Back, 1, back),
+                &link(Side::Front, 1, front),
+                &link(Side::Back, 1, back),
                 4096,
                 0,
             )
@@ -504,7 +491,7 @@ mod tests {
 
     #[test]
     fn the_watch_reports_each_change_once() {
-        let mut w = LinkWatch::new(link(Role::Front, 4, 1500), 3826);
+        let mut w = LinkWatch::new(link(Side::Front, 4, 1500), 3826);
         assert_eq!(w.update(4, 1500), None);
         let line = w.update(8, 1500).expect("more queues are reported");
         assert!(

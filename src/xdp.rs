@@ -58,6 +58,15 @@ pub enum Side {
     Back,
 }
 
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Front => "front",
+            Self::Back => "back",
+        })
+    }
+}
+
 /// An interface that exists, resolved once at start-up.
 #[derive(Clone, Debug)]
 pub struct Interface {

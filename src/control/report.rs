@@ -284,7 +284,7 @@ pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
     let link = |front: bool| {
         s.links
             .iter()
-            .find(|l| (l.facts.role == crate::queues::Role::Front) == front)
+            .find(|l| (l.facts.role == crate::xdp::Side::Front) == front)
             .map(link_json)
     };
     let latency = percentile_values(&merged(s.workers, |w| &w.latency_ns));
