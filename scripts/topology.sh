@@ -13,19 +13,25 @@
 #   back:  l1 198.18.2.1/24 <-> b0 198.18.2.2/24 | b1 198.19.0.1/24 <-> s0 (as above)
 #          (the dispatcher reaches the daemons via 198.18.2.2, the router the clients via 198.18.2.1)
 #
-# usage: topology.sh up PREFIX [DAEMONS] [QUEUES] [ROUTER: none|front|back]
+# usage: topology.sh up PREFIX [DAEMONS] [QUEUES] [BACK_QUEUES] [ROUTER: none|front|back]
 #        topology.sh down PREFIX
+# QUEUES (default 1) is the number of RX and TX queues of c0/l0, BACK_QUEUES
+# (default QUEUES) that of l1/s0. A veth hands each frame to the peer's RX
+# queue of the TX queue it was sent on, and the sender's kernel picks the TX
+# queue per connection, so connections spread over the queues as RSS spreads
+# them on a NIC.
 # Interfaces live inside their namespaces from the start, so the fixed names
 # c0/l0/l1/s0 (r0/r1, b0/b1) never clash between topologies; PREFIX keeps
 # namespaces apart.
 set -euo pipefail
 
-usage="usage: topology.sh up|down PREFIX [DAEMONS] [QUEUES] [none|front|back]"
+usage="usage: topology.sh up|down PREFIX [DAEMONS] [QUEUES] [BACK_QUEUES] [none|front|back]"
 cmd=${1:?$usage}
 p=${2:?$usage}
 daemons=${3:-4}
 queues=${4:-1}
-router=${5:-none}
+back_queues=${5:-$queues}
+router=${6:-none}
 
 down() {
 	for ns in "${p}c" "${p}d" "${p}s" "${p}r"; do
@@ -52,6 +58,7 @@ up() {
 		ip -n "$ns" link set lo up
 	done
 	local q="numtxqueues $queues numrxqueues $queues"
+	local bq="numtxqueues $back_queues numrxqueues $back_queues"
 	case "$router" in
 	front)
 		# shellcheck disable=SC2086
@@ -68,14 +75,14 @@ up() {
 	case "$router" in
 	back)
 		# shellcheck disable=SC2086
-		ip link add l1 netns "${p}d" $q type veth peer name b0 netns "${p}r" $q
+		ip link add l1 netns "${p}d" $bq type veth peer name b0 netns "${p}r" $bq
 		# shellcheck disable=SC2086
-		ip link add b1 netns "${p}r" $q type veth peer name s0 netns "${p}s" $q
+		ip link add b1 netns "${p}r" $bq type veth peer name s0 netns "${p}s" $bq
 		tune "${p}r" b0; tune "${p}r" b1
 		;;
 	*)
 		# shellcheck disable=SC2086
-		ip link add l1 netns "${p}d" $q type veth peer name s0 netns "${p}s" $q
+		ip link add l1 netns "${p}d" $bq type veth peer name s0 netns "${p}s" $bq
 		;;
 	esac
 	tune "${p}c" c0; tune "${p}d" l0; tune "${p}d" l1; tune "${p}s" s0
@@ -89,6 +96,12 @@ up() {
 	# rates here, and exhausted ports look like lost connections). Ports below
 	# 10000 stay free for the benchmark's packet generator.
 	ip netns exec "${p}c" sysctl -qw net.ipv4.ip_local_port_range="10000 65000" net.ipv4.tcp_tw_reuse=1
+	# A NIC's RSS keeps a connection on one RX queue for good (it hashes the
+	# headers). A veth's peer picks the queue from the sending socket's hash,
+	# which TCP re-draws after a retransmission timeout (net.core.txrehash):
+	# the connection would move to another queue, and so to another worker,
+	# which has no record of it. Keep the hash, as a wire would.
+	ip netns exec "${p}c" sysctl -qw net.core.txrehash=0
 
 	if [ "$router" = front ]; then
 		ip -n "${p}d" addr add 198.18.1.2/24 dev l0

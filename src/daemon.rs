@@ -1,9 +1,10 @@
 //! Start-up, the running daemon, and shutdown.
 //!
 //! Order matters for "nothing left attached": everything that can fail on bad
-//! input (interfaces, routes, program load, socket binds) happens before the
-//! program is attached, and the attachment is a pair of bpf_links owned by this
-//! process, so any exit after it, clean or not, detaches.
+//! input (interfaces, their queue counts and MTUs, routes, program load, socket
+//! binds) happens before the program is attached, and the attachment is a pair
+//! of bpf_links owned by this process, so any exit after it, clean or not,
+//! detaches.
 use std::{
     sync::{atomic::AtomicBool, atomic::Ordering::Relaxed, Arc},
     thread,
@@ -13,37 +14,53 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    config::Config,
+    config::{Config, PollMode},
     control::{
         apply::{apply, Host},
         ctl,
         manager::{Manager, ManagerParts, WorkerLink},
     },
+    flow::FlowTable,
     ids::WorkerId,
     neigh::{self, Resolver},
     protocol::{self, Wake},
+    queues::{self, fmt_queues, LinkFacts, LinkWatch, WorkerQueues},
     stats::WorkerStats,
     sys::{self, EventFd},
     worker::{self, WorkerSetup},
-    xdp::{Interface, Side, Steering},
-    xsk,
+    xdp::{self, Interface, Side, Steering},
+    xsk::{self, Bind, SocketOptions},
 };
 
 /// Start-up's TCP attempt that makes the kernel resolve a daemon's next hop.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a worker may take to allocate and write its flow table.
 const WORKER_START_TIMEOUT: Duration = Duration::from_secs(60);
+const MIB: u64 = 1 << 20;
 
-/// The cores workers run on: as configured, or else every core but the first
-/// (which keeps the main thread and the kernel's own work), round-robin.
-fn worker_cores(config: &Config) -> Vec<Option<usize>> {
-    if !config.cores.is_empty() {
-        return config.cores.iter().map(|&c| Some(c)).collect();
+/// Which worker serves which queues, on which core: a worker per core (as
+/// configured, or every core but the first), at most as many as the smaller
+/// interface has queues.
+fn plan_workers(config: &Config, front: &LinkFacts, back: &LinkFacts) -> Vec<WorkerQueues> {
+    let available: Vec<usize> = core_affinity::get_core_ids()
+        .map(|ids| ids.into_iter().map(|c| c.id).collect())
+        .unwrap_or_default();
+    let cores = queues::worker_cores(&config.cores, &available);
+    let plan = queues::plan(front.rx_queues, back.rx_queues, &cores);
+    if plan.len() < cores.len() {
+        let unused: Vec<String> = cores[plan.len()..]
+            .iter()
+            .map(|c| c.map_or("any".into(), |c| c.to_string()))
+            .collect();
+        println!(
+            "dispatchd: {} workers for {} front and {} back queues; core(s) {} unused",
+            plan.len(),
+            front.rx_queues,
+            back.rx_queues,
+            unused.join(",")
+        );
     }
-    let n = core_affinity::get_core_ids().map_or(1, |c| c.len()).max(1);
-    (0..config.queues as usize)
-        .map(|q| Some(if n > 1 { 1 + q % (n - 1) } else { 0 }))
-        .collect()
+    plan
 }
 
 fn fmt_mac(mac: [u8; 6]) -> String {
@@ -75,10 +92,13 @@ struct Interfaces {
     front: Interface,
     back: Interface,
     back_mac: [u8; 6],
+    front_link: LinkFacts,
+    back_link: LinkFacts,
 }
 
 /// What must hold before anything is loaded: the capabilities, the interfaces,
-/// forwarding on the front.
+/// forwarding on the front, RX queue counts dispatchd can serve, MTUs whose
+/// frames fit a UMEM frame.
 fn check_host(config: &Config) -> Result<Interfaces> {
     let missing = sys::missing_capabilities().context("reading this process's capabilities")?;
     if !missing.is_empty() {
@@ -91,39 +111,135 @@ fn check_host(config: &Config) -> Result<Interfaces> {
     let back = Interface::lookup(&config.back).context("back")?;
     let back_mac = neigh::interface_mac(&back.name)?;
     require_forwarding(&front.name)?;
+    let front_link = queues::read_link(&front, Side::Front)?;
+    let back_link = queues::read_link(&back, Side::Back)?;
+    queues::check(
+        config.queues,
+        &front_link,
+        &back_link,
+        xsk::FRAME_SIZE,
+        xsk::FRAME_HEADROOM,
+    )?;
     Ok(Interfaces {
         front,
         back,
         back_mac,
+        front_link,
+        back_link,
     })
 }
 
-/// Opens every queue's sockets and registers them with the steering program.
-fn open_queues(
+/// How every worker binds its sockets, from what both interfaces advertise;
+/// says what each advertises and why the mode was chosen.
+fn choose_bind(config: &Config, ifaces: &Interfaces) -> Result<Bind> {
+    let front = xdp::zerocopy_support(&ifaces.front)?;
+    let back = xdp::zerocopy_support(&ifaces.back)?;
+    let max_mtu = queues::max_mtu(xsk::FRAME_SIZE, xsk::FRAME_HEADROOM);
+    for (link, zc) in [(&ifaces.front_link, front), (&ifaces.back_link, back)] {
+        println!(
+            "dispatchd: {}: {} RX queues, MTU {} (frames fit up to {max_mtu}), AF_XDP zero-copy {}",
+            link.label(),
+            link.rx_queues,
+            link.mtu,
+            match zc {
+                Some(true) => "advertised",
+                Some(false) => "not advertised",
+                None => "unknown (the kernel reports no XDP features)",
+            }
+        );
+    }
+    let (bind, note) = xsk::decide_bind(
+        config.bind_mode,
+        (&ifaces.front.name, front),
+        (&ifaces.back.name, back),
+    )?;
+    if let Some(note) = note {
+        println!("dispatchd: {note}");
+    }
+    Ok(bind)
+}
+
+/// Opens every worker's sockets and registers each with the steering program
+/// under its interface and queue.
+fn open_workers(
     config: &Config,
     ifaces: &Interfaces,
+    plan: &[WorkerQueues],
+    bind: Bind,
     steering: &Steering,
-) -> Result<Vec<xsk::QueueSockets>> {
-    let mut queues = Vec::new();
-    for q in 0..config.queues {
-        let sockets = xsk::open_queue(
-            &ifaces.front,
-            &ifaces.back,
-            q,
-            config.frames_per_queue,
-            config.bind_mode,
-        )?;
-        steering.register_socket(Side::Front, q, sockets.front.fd())?;
-        steering.register_socket(Side::Back, q, sockets.back.fd())?;
-        let mode = |zc: bool| if zc { "zero-copy" } else { "copy" };
+) -> Result<Vec<xsk::WorkerSockets>> {
+    let opts = SocketOptions {
+        bind,
+        frames_per_queue: config.frames_per_queue,
+        batch: config.batch,
+        busy_poll: config.poll == PollMode::Busy,
+    };
+    let table_mib = FlowTable::memory_for(config.flow_capacity) as u64 / MIB;
+    let mut workers = Vec::new();
+    let mut umem_mib = 0;
+    for (w, queues) in plan.iter().enumerate() {
+        let sockets = xsk::open_worker(&ifaces.front, &ifaces.back, queues, &opts)
+            .with_context(|| format!("worker {w}"))?;
+        for rings in &sockets.front {
+            steering.register_socket(Side::Front, rings.queue, rings.fd())?;
+        }
+        for rings in &sockets.back {
+            steering.register_socket(Side::Back, rings.queue, rings.fd())?;
+        }
+        let all: Vec<&xsk::Rings> = sockets.front.iter().chain(&sockets.back).collect();
+        let mode = if all.iter().all(|r| r.zerocopy) {
+            "zero-copy (one TX kick per batch)".to_owned()
+        } else if all.iter().all(|r| !r.zerocopy) {
+            format!(
+                "copy mode (up to {} frames per TX kick)",
+                all.iter().map(|r| r.tx_budget).min().unwrap_or(0)
+            )
+        } else {
+            let each: Vec<String> = all
+                .iter()
+                .map(|r| {
+                    format!(
+                        "queue {} {}",
+                        r.queue,
+                        if r.zerocopy { "zero-copy" } else { "copy" }
+                    )
+                })
+                .collect();
+            format!("mixed: {}", each.join(", "))
+        };
+        let frames = xsk::umem_frames(config.frames_per_queue, all.len());
+        umem_mib += u64::from(frames) * u64::from(xsk::FRAME_SIZE) / MIB;
         println!(
-            "dispatchd: queue {q}: front socket {}, back socket {}",
-            mode(sockets.front.zerocopy),
-            mode(sockets.back.zerocopy)
+            "dispatchd: worker {w}: front {} queues {}, back {} queues {}: {} sockets bound in {mode}; \
+             memory: UMEM {frames} frames x {} KiB = {} MiB locked, flow table {} connections = {table_mib} MiB",
+            ifaces.front.name,
+            fmt_queues(&queues.front),
+            ifaces.back.name,
+            fmt_queues(&queues.back),
+            all.len(),
+            xsk::FRAME_SIZE / 1024,
+            u64::from(frames) * u64::from(xsk::FRAME_SIZE) / MIB,
+            config.flow_capacity,
         );
-        queues.push(sockets);
+        if opts.busy_poll {
+            if let Some(first) = all.first() {
+                let (prefer, usecs) = xsk::busy_poll_options(first.fd())
+                    .context("reading back the busy poll options")?;
+                println!(
+                    "dispatchd: worker {w}: busy poll on every socket (SO_PREFER_BUSY_POLL {prefer}, \
+                     SO_BUSY_POLL {usecs} us, SO_BUSY_POLL_BUDGET {})",
+                    config.batch
+                );
+            }
+        }
+        workers.push(sockets);
     }
-    Ok(queues)
+    println!(
+        "dispatchd: memory of {} workers: UMEM {umem_mib} MiB locked, flow tables {} MiB",
+        workers.len(),
+        table_mib * workers.len() as u64
+    );
+    Ok(workers)
 }
 
 /// Starts the workers and waits until each serves: each allocates its flow
@@ -135,7 +251,7 @@ fn start_workers(setups: Vec<WorkerSetup>) -> (Vec<thread::JoinHandle<()>>, Resu
         setup.ready = Some(ready_tx.clone());
         let (id, core) = (setup.id, setup.core);
         match thread::Builder::new()
-            .name(format!("dispatchd-q{id}"))
+            .name(format!("dispatchd-w{id}"))
             .spawn(move || worker::run(setup))
         {
             Ok(handle) => handles.push(handle),
@@ -176,11 +292,13 @@ pub fn run_with(
     for (_, _, daemon) in config.daemons() {
         resolver.resolve(daemon.addr)?;
     }
+    let bind = choose_bind(&config, &ifaces)?;
+    let plan = plan_workers(&config, &ifaces.front_link, &ifaces.back_link);
     let mut steering = Steering::load(&ifaces.front, &ifaces.back)?;
     let host = Host {
         resolver: &resolver,
         back_mac: ifaces.back_mac,
-        workers: config.queues as usize,
+        workers: plan.len(),
     };
     let applied = apply(&config, &[], |_| None, &host, &mut steering)?;
     for ((_, _, daemon), hop) in config.daemons().zip(applied.next_hops.iter()) {
@@ -209,7 +327,7 @@ pub fn run_with(
             ifaces.back.name
         ),
     }
-    let queues = open_queues(&config, &ifaces, &steering)?;
+    let sockets = open_workers(&config, &ifaces, &plan, bind, &steering)?;
 
     // Bound before anything is attached, so a bad path fails start-up cleanly.
     let ctl = ctl::bind(&config.control.control_socket)?;
@@ -239,20 +357,17 @@ pub fn run_with(
     let stop = Arc::new(AtomicBool::new(false));
     let mut links = Vec::new();
     let mut setups = Vec::new();
-    let places = queues
-        .into_iter()
-        .zip(worker_cores(&config))
-        .zip(applied.planes);
-    for (q, ((sockets, core), plane)) in places.enumerate() {
-        let stats = Arc::new(WorkerStats::default());
+    let places = sockets.into_iter().zip(&plan).zip(applied.planes);
+    for (w, ((sockets, queues), plane)) in places.enumerate() {
+        let stats = Arc::new(WorkerStats::with_sockets(&queues.front, &queues.back));
         let (worker_end, loop_end) = protocol::link(wake.clone(), config.event_ring);
         links.push(WorkerLink {
             link: loop_end,
             stats: stats.clone(),
         });
         setups.push(WorkerSetup {
-            id: WorkerId(q as u16),
-            core,
+            id: WorkerId(w as u16),
+            core: queues.core,
             batch: config.batch,
             poll: config.poll,
             flow_capacity: config.flow_capacity,
@@ -276,6 +391,11 @@ pub fn run_with(
             .unwrap_or_default()
     );
     let poll = config.poll;
+    let max_mtu = queues::max_mtu(xsk::FRAME_SIZE, xsk::FRAME_HEADROOM);
+    let watch = [
+        LinkWatch::new(ifaces.front_link.clone(), max_mtu),
+        LinkWatch::new(ifaces.back_link.clone(), max_mtu),
+    ];
     // The loop's ring, signalfd and listeners exist before the workers start, so
     // a failure here leaves nothing running.
     let mut manager = Manager::new(ManagerParts {
@@ -288,6 +408,7 @@ pub fn run_with(
         resolver,
         back_mac: ifaces.back_mac,
         ctl,
+        links: watch,
     })?;
     // Everything privileged is done: the workers and the loop run without any
     // capability (the workers inherit this thread's empty sets).

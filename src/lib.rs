@@ -16,6 +16,7 @@ pub mod neigh;
 pub mod packet;
 pub mod prefetch;
 pub mod protocol;
+pub mod queues;
 pub mod stats;
 pub mod sys;
 pub mod worker;

@@ -115,6 +115,20 @@ impl Peak {
     }
 }
 
+/// One AF_XDP socket of a worker: its side, its queue, the frames it received
+/// and the frames the worker put on its TX ring.
+#[derive(Debug, Default)]
+pub struct SocketStats {
+    pub front: bool,
+    pub queue: u32,
+    pub rx: Counter,
+    pub tx: Counter,
+    /// Frames the kernel steered to this socket but dropped before the worker
+    /// saw them (its RX ring full, or no frame to receive into; refreshed
+    /// about once a second).
+    pub kernel_drops: Counter,
+}
+
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     pub rx_front: Counter,
@@ -177,9 +191,31 @@ pub struct WorkerStats {
     pub latency_ns: AtomicHistogram,
     /// Frames per non-empty batch.
     pub batch_sizes: AtomicHistogram,
+    /// Each socket's own counts: the front ones, then the back ones, in the
+    /// worker's queue order.
+    pub sockets: Box<[SocketStats]>,
 }
 
 impl WorkerStats {
+    /// Counters for a worker serving these front and back queues.
+    pub fn with_sockets(front: &[u32], back: &[u32]) -> Self {
+        let socket = |front: bool| {
+            move |&queue: &u32| SocketStats {
+                front,
+                queue,
+                ..SocketStats::default()
+            }
+        };
+        Self {
+            sockets: front
+                .iter()
+                .map(socket(true))
+                .chain(back.iter().map(socket(false)))
+                .collect(),
+            ..Self::default()
+        }
+    }
+
     pub fn invalid_total(&self) -> u64 {
         self.invalid.iter().map(Counter::get).sum()
     }

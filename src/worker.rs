@@ -1,9 +1,17 @@
-//! The per-queue worker: receive a batch, rewrite each frame in place, transmit the
-//! same descriptors on the other socket, recycle completions into fill rings.
+//! A worker: for each of its sockets, receive a batch, rewrite each frame in
+//! place, transmit the same descriptors on a socket of the other side, recycle
+//! completions into fill rings.
+//!
+//! A worker serves one queue or several of each interface, all its sockets on
+//! one UMEM. Front socket `i` transmits on back socket `i % back sockets` and
+//! back socket `j` on front socket `j % front sockets`: a fixed pairing, so the
+//! frames of one flow, which the NIC keeps on one RX queue, also leave through
+//! one TX queue, in order.
 //!
 //! Nothing on this path allocates, locks or makes a syscall per packet: the only
-//! syscalls are the TX kick (one per batch, when the ring asks for it) and poll()
-//! when there is nothing to do.
+//! syscalls are the TX kick (per batch, when the ring asks for it), poll() when
+//! there is nothing to do, and in busy-poll mode a recvfrom() on an empty RX
+//! ring (that is the busy poll).
 #![allow(unsafe_code)] // UMEM frame access and ring produce/consume; each block says why it is sound
 
 use std::{
@@ -22,8 +30,8 @@ use crate::{
     flow::{FlowTable, RstWindow, TcpState},
     ids::WorkerId,
     protocol::{self, Event, EventSink, FlowCommand, WorkerEnd, COMMANDS_PER_ROUND},
-    stats::{now_ns, Counter, WorkerDrop, WorkerStats},
-    xsk::{poll_readable, QueueSockets},
+    stats::{now_ns, WorkerDrop, WorkerStats},
+    xsk::{self, poll_readable, WorkerSockets},
 };
 
 /// Empty polls an adaptive worker spins through before it sleeps in poll().
@@ -40,7 +48,7 @@ pub struct WorkerSetup {
     pub batch: usize,
     pub poll: PollMode,
     pub flow_capacity: usize,
-    pub sockets: QueueSockets,
+    pub sockets: WorkerSockets,
     pub plane: Dataplane,
     pub stats: Arc<WorkerStats>,
     pub stop: Arc<AtomicBool>,
@@ -51,10 +59,14 @@ pub struct WorkerSetup {
     pub ready: Option<std::sync::mpsc::Sender<WorkerId>>,
 }
 
+/// One direction of one pump: the RX ring of a socket and the TX ring of the
+/// other side's socket it is paired with.
 struct Rings<'a> {
     umem: &'a Umem,
     rx: &'a mut RxQueue,
     tx: &'a mut TxQueue,
+    /// Frames one kick of `tx` sends.
+    tx_budget: usize,
 }
 
 /// Descriptor scratch space, sized once.
@@ -87,7 +99,7 @@ pub fn run(setup: WorkerSetup) {
             eprintln!("dispatchd: worker {id} could not pin to core {core}; running unpinned");
         }
     }
-    let QueueSockets {
+    let WorkerSockets {
         umem,
         frames,
         mut front,
@@ -100,6 +112,8 @@ pub fn run(setup: WorkerSetup) {
         tx: Vec::with_capacity(batch),
         free: frames,
     };
+    let mut pollfds = xsk::pollfds(front.iter().chain(back.iter()));
+    let n_front = front.len();
     let mut idle_spins = 0u32;
     let mut sweeper = Sweeper::default();
     let mut round_started: Option<u64> = None;
@@ -122,10 +136,11 @@ pub fn run(setup: WorkerSetup) {
         }
         if now_ns >= next_socket_stats_ns {
             next_socket_stats_ns = now_ns + SOCKET_STATS_INTERVAL_NS;
-            read_socket_stats(&front, &back, &stats);
+            read_socket_stats(front.iter().chain(back.iter()), &stats);
         }
-        recycle(&mut front, &mut b, &stats);
-        recycle(&mut back, &mut b, &stats);
+        for rings in front.iter_mut().chain(back.iter_mut()) {
+            recycle(rings, &mut b, &stats);
+        }
         events.flush();
         if events.must_hold_back() {
             // The loop is behind with this worker's events: taking more frames or
@@ -138,13 +153,14 @@ pub fn run(setup: WorkerSetup) {
         for command in commands.try_iter().take(COMMANDS_PER_ROUND) {
             stats.commands.add(1);
             if let Command::TransmitBack(frame) = command {
-                transmit_copy(&umem, &mut back.tx, &mut b.free, &frame, &stats);
+                // Any back socket will do: the frame starts no flow.
+                let to = &mut back[0];
+                transmit_copy(&umem, &mut to.tx, to.tx_budget, &mut b.free, &frame, &stats);
                 continue;
             }
-            let table = &mut table;
             apply(
                 command,
-                table,
+                &mut table,
                 &mut plane,
                 &mut sweeper,
                 &mut events,
@@ -154,46 +170,67 @@ pub fn run(setup: WorkerSetup) {
         }
 
         let mut busy_ns = 0u64;
-        let mut fwd = Rings {
-            umem: &umem,
-            rx: &mut front.rx,
-            tx: &mut back.tx,
-        };
-        // The bare forwarder (benchmark only) passes every frame untouched.
-        let n_fwd = pump(
-            &mut fwd,
-            &mut b,
-            &stats,
-            &stats.tx_back,
-            &mut busy_ns,
-            bare,
-            &mut Forwarder {
-                table: &mut table,
-                plane: &mut plane,
-                events: &mut events,
-                stats: &stats,
-                now_ns,
-            },
-        );
-        let mut rev = Rings {
-            umem: &umem,
-            rx: &mut back.rx,
-            tx: &mut front.tx,
-        };
-        let n_rev = pump(
-            &mut rev,
-            &mut b,
-            &stats,
-            &stats.tx_front,
-            &mut busy_ns,
-            bare,
-            &mut Reverser {
-                plane: &plane,
-                events: &mut events,
-                stats: &stats,
-                now_ns,
-            },
-        );
+        let (mut n_fwd, mut n_rev, mut sent_fwd, mut sent_rev) = (0, 0, 0, 0);
+        for (i, from) in front.iter_mut().enumerate() {
+            let j = i % back.len();
+            let to = &mut back[j];
+            let mut rings = Rings {
+                umem: &umem,
+                rx: &mut from.rx,
+                tx: &mut to.tx,
+                tx_budget: to.tx_budget,
+            };
+            // The bare forwarder (benchmark only) passes every frame untouched.
+            let (received, sent) = pump(
+                &mut rings,
+                &mut b,
+                &stats,
+                &mut busy_ns,
+                bare,
+                &mut Forwarder {
+                    table: &mut table,
+                    plane: &mut plane,
+                    events: &mut events,
+                    stats: &stats,
+                    now_ns,
+                },
+            );
+            count_socket(&stats, i, n_front + j, received, sent);
+            if received == 0 && from.busy_poll {
+                from.poll_device();
+            }
+            n_fwd += received;
+            sent_fwd += sent;
+        }
+        for (j, from) in back.iter_mut().enumerate() {
+            let i = j % front.len();
+            let to = &mut front[i];
+            let mut rings = Rings {
+                umem: &umem,
+                rx: &mut from.rx,
+                tx: &mut to.tx,
+                tx_budget: to.tx_budget,
+            };
+            let (received, sent) = pump(
+                &mut rings,
+                &mut b,
+                &stats,
+                &mut busy_ns,
+                bare,
+                &mut Reverser {
+                    plane: &plane,
+                    events: &mut events,
+                    stats: &stats,
+                    now_ns,
+                },
+            );
+            count_socket(&stats, n_front + j, i, received, sent);
+            if received == 0 && from.busy_poll {
+                from.poll_device();
+            }
+            n_rev += received;
+            sent_rev += sent;
+        }
         let n = (n_fwd + n_rev) as u64;
         if now_ns >= next_sweep_ns {
             next_sweep_ns = now_ns + SWEEP_EVERY_NS;
@@ -209,6 +246,8 @@ pub fn run(setup: WorkerSetup) {
         events.flush();
         stats.rx_front.add(n_fwd as u64);
         stats.rx_back.add(n_rev as u64);
+        stats.tx_back.add(sent_fwd as u64);
+        stats.tx_front.add(sent_rev as u64);
         stats.flows.set(table.len() as u64);
 
         if let Some(per_packet) = busy_ns.checked_div(n) {
@@ -221,19 +260,35 @@ pub fn run(setup: WorkerSetup) {
         match poll {
             PollMode::Busy => std::hint::spin_loop(),
             PollMode::Wakeup => {
-                sleep(&front, &back, &stats);
+                sleep(&mut pollfds, &stats);
                 round_started = None;
             }
             PollMode::Adaptive => {
                 idle_spins += 1;
                 if idle_spins >= ADAPTIVE_SPINS {
-                    sleep(&front, &back, &stats);
+                    sleep(&mut pollfds, &stats);
                     round_started = None;
                     idle_spins = 0;
                 } else {
                     std::hint::spin_loop();
                 }
             }
+        }
+    }
+}
+
+/// Adds one pump's frames to the counters of the socket that received them and
+/// of the one that sent them (a batch at a time, and only when there was one).
+#[inline]
+fn count_socket(stats: &WorkerStats, from: usize, to: usize, received: usize, sent: usize) {
+    if received > 0 {
+        if let Some(s) = stats.sockets.get(from) {
+            s.rx.add(received as u64);
+        }
+    }
+    if sent > 0 {
+        if let Some(s) = stats.sockets.get(to) {
+            s.tx.add(sent as u64);
         }
     }
 }
@@ -385,6 +440,7 @@ impl Sweeper {
 fn transmit_copy(
     umem: &Umem,
     tx: &mut TxQueue,
+    tx_budget: usize,
     free: &mut Vec<FrameDesc>,
     frame: &[u8],
     stats: &WorkerStats,
@@ -413,35 +469,43 @@ fn transmit_copy(
     }
     stats.icmp_to_daemon.add(1);
     stats.tx_back.add(1);
-    kick(tx, 1, stats);
+    kick(tx, 1, tx_budget, stats);
 }
 
 /// How often a worker asks the kernel for its sockets' drop counters (a syscall
 /// per socket, so not per batch).
 const SOCKET_STATS_INTERVAL_NS: u64 = 1_000_000_000;
 
-fn read_socket_stats(front: &crate::xsk::Rings, back: &crate::xsk::Rings, stats: &WorkerStats) {
-    // An error (none is expected on a bound socket) keeps the last values.
-    let (Ok(f), Ok(b)) = (front.kernel_drops(), back.kernel_drops()) else {
-        return;
-    };
-    let sum = |i: usize| f[i] + b[i];
-    stats.xsk_rx_ring_full.set(sum(0));
-    stats.xsk_fill_ring_empty.set(sum(1));
-    stats.xsk_rx_dropped.set(sum(2));
-    stats.xsk_invalid_descs.set(sum(3));
+fn read_socket_stats<'a>(sockets: impl Iterator<Item = &'a xsk::Rings>, stats: &WorkerStats) {
+    let mut sum = [0u64; 4];
+    for (i, rings) in sockets.enumerate() {
+        // An error (none is expected on a bound socket) keeps the last values.
+        let Ok(k) = rings.kernel_drops() else {
+            return;
+        };
+        for (total, v) in sum.iter_mut().zip(k) {
+            *total += v;
+        }
+        if let Some(s) = stats.sockets.get(i) {
+            s.kernel_drops.set(k[0] + k[2]);
+        }
+    }
+    stats.xsk_rx_ring_full.set(sum[0]);
+    stats.xsk_fill_ring_empty.set(sum[1]);
+    stats.xsk_rx_dropped.set(sum[2]);
+    stats.xsk_invalid_descs.set(sum[3]);
 }
 
-fn sleep(front: &crate::xsk::Rings, back: &crate::xsk::Rings, stats: &WorkerStats) {
+fn sleep(pollfds: &mut [libc::pollfd], stats: &WorkerStats) {
     stats.sleeps.add(1);
-    poll_readable([front.fd(), back.fd()], POLL_TIMEOUT_MS);
+    poll_readable(pollfds, POLL_TIMEOUT_MS);
 }
 
 /// Completed transmissions come back as free frames; free frames go to the fill
 /// ring so the kernel can receive into them.
 fn recycle(rings: &mut crate::xsk::Rings, b: &mut Batches, stats: &WorkerStats) {
     loop {
-        // SAFETY: the descriptors belong to this queue's UMEM, the only one these
+        // SAFETY: the descriptors belong to this worker's UMEM, the only one these
         // rings were created with.
         let done = unsafe { rings.comp.consume(&mut b.rx) };
         b.free.extend_from_slice(&b.rx[..done]);
@@ -457,16 +521,19 @@ fn recycle(rings: &mut crate::xsk::Rings, b: &mut Batches, stats: &WorkerStats) 
     }
 }
 
-/// Descriptors the kernel sends per TX kick in copy mode (TX_BATCH_SIZE of the
-/// generic AF_XDP path); a batch larger than that needs more than one kick.
-const COPY_MODE_TX_BUDGET: usize = 32;
+/// Kicks that send `n` frames when one kick sends at most `budget`: one in
+/// zero-copy mode (the driver's NAPI drains the whole ring), one per budget in
+/// copy mode (the kernel's generic transmit stops at its budget).
+fn kicks_for(n: usize, budget: usize) -> usize {
+    n.div_ceil(budget.max(1)).max(1)
+}
 
 /// Asks the kernel to send `n` newly queued frames, if the ring wants a wake-up.
-fn kick(tx: &mut TxQueue, n: usize, stats: &WorkerStats) {
+fn kick(tx: &mut TxQueue, n: usize, budget: usize, stats: &WorkerStats) {
     if !tx.needs_wakeup() {
         return;
     }
-    for _ in 0..n.div_ceil(COPY_MODE_TX_BUDGET) {
+    for _ in 0..kicks_for(n, budget) {
         stats.wakeups.add(1);
         // EAGAIN/ENOBUFS/EBUSY mean the kernel is busy sending; xsk-rs folds
         // them into Ok, anything else would show as missing completions.
@@ -475,22 +542,22 @@ fn kick(tx: &mut TxQueue, n: usize, stats: &WorkerStats) {
 }
 
 /// Receives one batch on `rings.rx`, runs `handle` over each frame in place and
-/// transmits the ones it accepts on `rings.tx`. Returns the frames received, and
-/// adds to `busy_ns` the time from taking the batch to handing it to the TX ring:
-/// the dispatcher's own per-packet cost, without the kernel's send in the kick.
+/// transmits the ones it accepts on `rings.tx`. Returns the frames received and
+/// sent, and adds to `busy_ns` the time from taking the batch to handing it to
+/// the TX ring: the dispatcher's own per-packet cost, without the kernel's send
+/// in the kick.
 fn pump(
     rings: &mut Rings<'_>,
     b: &mut Batches,
     stats: &WorkerStats,
-    tx_counter: &Counter,
     busy_ns: &mut u64,
     bare: bool,
     handler: &mut impl FrameHandler,
-) -> usize {
-    // SAFETY: the descriptors belong to this queue's UMEM.
+) -> (usize, usize) {
+    // SAFETY: the descriptors belong to this worker's UMEM.
     let received = unsafe { rings.rx.consume(&mut b.rx) };
     if received == 0 {
-        return 0;
+        return (0, 0);
     }
     let start = Instant::now();
     b.tx.clear();
@@ -521,7 +588,7 @@ fn pump(
     );
     if b.tx.is_empty() {
         *busy_ns += start.elapsed().as_nanos() as u64;
-        return received;
+        return (received, 0);
     }
     // SAFETY (both produce calls): the frames are owned by user space and belong
     // to this UMEM; a produce takes all of them or none (libxdp reserves all or
@@ -530,17 +597,16 @@ fn pump(
     *busy_ns += start.elapsed().as_nanos() as u64;
     if sent == 0 {
         // The kernel has not taken earlier batches yet: push it, then retry once.
-        kick(rings.tx, b.tx.len(), stats);
+        kick(rings.tx, b.tx.len(), rings.tx_budget, stats);
         sent = unsafe { rings.tx.produce(&b.tx) };
     }
     if sent == 0 {
         stats.dropped[WorkerDrop::TxRingFull as usize].add(b.tx.len() as u64);
         b.free.extend_from_slice(&b.tx);
     } else {
-        tx_counter.add(sent as u64);
-        kick(rings.tx, sent, stats);
+        kick(rings.tx, sent, rings.tx_budget, stats);
     }
-    received
+    (received, sent)
 }
 
 #[cfg(test)]
@@ -614,6 +680,19 @@ mod tests {
             40,
         );
         assert!(table.get(&key).is_none());
+    }
+
+    /// Zero-copy: the driver drains the whole TX ring on one kick. Copy mode:
+    /// the kernel's generic transmit sends at most its budget per kick.
+    #[test]
+    fn one_kick_per_batch_in_zero_copy_mode_one_per_budget_in_copy_mode() {
+        assert_eq!(kicks_for(64, usize::MAX), 1);
+        assert_eq!(kicks_for(256, usize::MAX), 1);
+        assert_eq!(kicks_for(1, usize::MAX), 1);
+        assert_eq!(kicks_for(64, crate::xsk::COPY_MODE_TX_BUDGET), 2);
+        assert_eq!(kicks_for(33, crate::xsk::COPY_MODE_TX_BUDGET), 2);
+        assert_eq!(kicks_for(32, crate::xsk::COPY_MODE_TX_BUDGET), 1);
+        assert_eq!(kicks_for(64, 64), 1, "a raised copy-mode budget");
     }
 
     fn syn(client: SocketAddrV4, vip: SocketAddrV4) -> Vec<u8> {

@@ -65,6 +65,15 @@ pub enum Side {
     Back,
 }
 
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Front => "front",
+            Self::Back => "back",
+        })
+    }
+}
+
 /// An interface that exists, resolved once at start-up.
 #[derive(Clone, Debug)]
 pub struct Interface {
@@ -449,6 +458,29 @@ impl Steering {
         let data = output.data.map(|d| d.to_vec()).unwrap_or_default();
         Ok((output.return_value, data))
     }
+}
+
+/// Whether `iface` advertises AF_XDP zero-copy (NETDEV_XDP_ACT_XSK_ZEROCOPY in
+/// the XDP features libbpf's bpf_xdp_query reads from the netdev netlink
+/// family); `None` when the kernel reports no features at all (a kernel
+/// without that family reports 0, while every device that runs XDP reports at
+/// least NETDEV_XDP_ACT_BASIC).
+pub fn zerocopy_support(iface: &Interface) -> Result<crate::xsk::ZerocopySupport> {
+    const NETDEV_XDP_ACT_XSK_ZEROCOPY: u64 = 1 << 3;
+    // SAFETY: all-zero is a valid bpf_xdp_query_opts; sz tells libbpf its size,
+    // which includes feature_flags, so libbpf fills it in.
+    let mut opts: libbpf_sys::bpf_xdp_query_opts = unsafe { std::mem::zeroed() };
+    opts.sz = size_of::<libbpf_sys::bpf_xdp_query_opts>() as _;
+    // SAFETY: opts is initialised and outlives the call.
+    let rc = unsafe { libbpf_sys::bpf_xdp_query(iface.index as i32, 0, &mut opts) };
+    if rc < 0 {
+        bail!(
+            "querying the XDP features of {}: {}",
+            iface.name,
+            std::io::Error::from_raw_os_error(-rc)
+        );
+    }
+    Ok((opts.feature_flags != 0).then_some(opts.feature_flags & NETDEV_XDP_ACT_XSK_ZEROCOPY != 0))
 }
 
 fn query_mode(iface: &Interface) -> Result<AttachedMode> {

@@ -63,7 +63,7 @@ fn example_file_loads() {
     let c = Config::load(&example_path()).unwrap();
     assert_eq!(c.front, "l0");
     assert_eq!(c.back, "l1");
-    assert_eq!(c.queues, 2);
+    assert_eq!(c.queues, None);
     assert_eq!(c.cores, vec![2, 3]);
     assert_eq!(c.bind_mode, BindMode::Auto);
     assert_eq!(c.xdp_mode, XdpMode::Auto);
@@ -344,9 +344,9 @@ fn scalar_rules_via_file() {
             "1..=64",
         ),
         (
-            "queues = 2\ncores = [1]",
-            |e| matches!(e, ConfigError::CoresLength { .. }),
-            "cores",
+            "cores = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64]",
+            |e| matches!(e, ConfigError::TooManyCores { cores: 65 }),
+            "at most 64 workers",
         ),
         (
             "queues = 2\ncores = [1, 1]",
@@ -443,7 +443,7 @@ fn flags_only() {
     let c = resolve(FLAGS).unwrap();
     assert_eq!(c.front, "eth0");
     assert_eq!(c.back, "eth1");
-    assert_eq!(c.queues, 1);
+    assert_eq!(c.queues, None);
     assert_eq!(c.batch, DEFAULT_BATCH);
     assert_eq!(c.services.len(), 1);
     assert_eq!(c.services[0].address, a("10.0.0.1:80"));
@@ -478,7 +478,7 @@ fn flags_only_all_scalars() {
         "32",
     ]);
     let c = resolve(&args).unwrap();
-    assert_eq!(c.queues, 4);
+    assert_eq!(c.queues, Some(4));
     assert_eq!(c.cores, vec![4, 5, 6, 7]);
     assert_eq!(c.services[0].policy, PolicyKind::LeastConnections);
     assert_eq!(c.bind_mode, BindMode::Zerocopy);
@@ -637,7 +637,7 @@ fn scalar_flags_override_file() {
     let file = Config::load(&example_path()).unwrap();
     assert_eq!(c.front, "eth9");
     assert_eq!(c.back, file.back);
-    assert_eq!(c.queues, 3);
+    assert_eq!(c.queues, Some(3));
     assert_eq!(c.cores, vec![7, 8, 9]);
     assert_eq!(c.poll, PollMode::Wakeup);
     assert_eq!(c.batch, 16);
@@ -648,20 +648,14 @@ fn scalar_flags_override_file() {
     assert_eq!(c.services, file.services);
 }
 
+/// Queues and worker cores are independent: a worker may serve several queues.
 #[test]
-fn queues_flag_alone_conflicts_with_file_cores() {
+fn queues_flag_keeps_the_file_cores() {
     let p = example_arg();
-    let e = resolve(&["--config", &p, "--queues", "4"]).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            ConfigError::CoresLength {
-                cores: 2,
-                queues: 4
-            }
-        ),
-        "{e:?}"
-    );
+    let file = Config::load(&example_path()).unwrap();
+    let c = resolve(&["--config", &p, "--queues", "4"]).unwrap();
+    assert_eq!(c.queues, Some(4));
+    assert_eq!(c.cores, file.cores);
 }
 
 #[test]

@@ -154,12 +154,15 @@ fn non_service_traffic_still_reaches_the_host() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// Two queues and two worker cores: a worker per queue pair, each with its
+/// own table, both taking connections (`--queues 2` asserts the count the
+/// links have; tests/e2e_queues.rs has workers with several queues).
 #[test]
 fn two_queues_both_carry_traffic() {
     let topo = Topology::up(DISPATCHD, "q2", 4, 2);
     let _servers = topo.serve(4);
     let mut flags = Topology::default_flags(4);
-    flags.extend(["--queues", "2"].map(String::from));
+    flags.extend(["--queues", "2", "--cores", "0,1"].map(String::from));
     let mut lb = topo.dispatchd(&flags);
     let out = topo.client_run(&[
         "connect",

@@ -34,9 +34,10 @@ use std::{
 };
 
 use dispatchd::{
-    config::{BindMode, MAX_QUEUES},
+    config::MAX_QUEUES,
+    queues::WorkerQueues,
     xdp::{Interface, Side, Steering, SteeringTable, COUNTER_NAMES},
-    xsk::{self, QueueSockets},
+    xsk::{self, Bind, SocketOptions, WorkerSockets},
 };
 use dispatchd_testkit::{
     frame::{tcp_flags, Frame, FrameSpec, IcmpKind, IcmpSpec},
@@ -124,7 +125,7 @@ impl Drop for NetNs {
 /// dispatchd's start-up fills them, and the sockets of queue 0 registered.
 struct Lab {
     steering: Steering,
-    sockets: QueueSockets,
+    sockets: WorkerSockets,
     front: Interface,
     back: Interface,
     other: Interface,
@@ -188,13 +189,24 @@ impl Lab {
         steering
             .set_icmp_source(BACK_ADDR)
             .expect("the source of ICMP errors");
-        let sockets = xsk::open_queue(&front, &back, 0, 256, BindMode::Copy)
+        let queue_0 = WorkerQueues {
+            core: None,
+            front: vec![0],
+            back: vec![0],
+        };
+        let opts = SocketOptions {
+            bind: Bind::Copy,
+            frames_per_queue: 256,
+            batch: 64,
+            busy_poll: false,
+        };
+        let sockets = xsk::open_worker(&front, &back, &queue_0, &opts)
             .unwrap_or_else(|e| panic!("AF_XDP sockets on queue 0: {e:#}"));
         steering
-            .register_socket(Side::Front, 0, sockets.front.fd())
+            .register_socket(Side::Front, 0, sockets.front[0].fd())
             .expect("front socket");
         steering
-            .register_socket(Side::Back, 0, sockets.back.fd())
+            .register_socket(Side::Back, 0, sockets.back[0].fd())
             .expect("back socket");
         Lab {
             steering,
@@ -806,8 +818,8 @@ fn every_frame_class_gets_its_verdict_counters_and_frame() {
     );
     // A test run decides a redirect and stops there: nothing reached the sockets.
     for (side, rings) in [
-        ("front", &mut lab.sockets.front),
-        ("back", &mut lab.sockets.back),
+        ("front", &mut lab.sockets.front[0]),
+        ("back", &mut lab.sockets.back[0]),
     ] {
         assert_eq!(
             rings.rx.nb_avail(64),

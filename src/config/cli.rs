@@ -13,9 +13,7 @@ use crate::balance::{BackendSpec, PolicyKind};
 ///
 /// * Scalar flags (`--front`, `--back`, `--queues`, `--cores`, `--bind-mode`,
 ///   `--xdp-mode`, `--poll`, `--flow-capacity`, `--frames-per-queue`, `--batch`,
-///   `--mss-clamp`)
-///   replace the file's value. `--cores` replaces the whole list; note that changing
-///   `--queues` alone makes a file's `cores` list the wrong length.
+///   `--mss-clamp`) replace the file's value. `--cores` replaces the whole list.
 /// * `--service` with one or more `--backend` defines a single service that replaces
 ///   all of the file's services.
 /// * `--backend` without `--service` is allowed only if the file has exactly one
@@ -41,10 +39,11 @@ pub struct RunArgs {
     /// A daemon of the service, weight 1 unless `@WEIGHT` is given; repeatable.
     #[arg(long = "backend", value_name = "ADDR:PORT[@WEIGHT]", value_parser = parse_backend)]
     pub backends: Vec<BackendSpec>,
-    /// Number of queues (one AF_XDP socket and worker each), 1..=64.
+    /// The RX queue count both interfaces must have, 1..=64 (start is refused
+    /// otherwise); without it every queue they have is served.
     #[arg(long)]
     pub queues: Option<u32>,
-    /// Core per queue, comma-separated (e.g. 2,3,4,5).
+    /// Worker cores, one worker each, comma-separated (e.g. 2,3,4,5).
     #[arg(long, value_delimiter = ',', value_name = "CORE,...")]
     pub cores: Vec<usize>,
     /// Selection policy for every service: round_robin, weighted_round_robin,
@@ -60,10 +59,10 @@ pub struct RunArgs {
     /// How workers wait for packets.
     #[arg(long, value_enum)]
     pub poll: Option<PollMode>,
-    /// Flow-table capacity per queue.
+    /// Flow-table capacity per worker.
     #[arg(long, value_name = "N")]
     pub flow_capacity: Option<usize>,
-    /// UMEM frames per queue (power of two, >= 2 * batch).
+    /// UMEM frames per queue pair, a front and a back queue (power of two, >= 2 * batch).
     #[arg(long, value_name = "N")]
     pub frames_per_queue: Option<u32>,
     /// Descriptors per ring operation, 1..=256.
@@ -139,7 +138,7 @@ impl RunArgs {
             file.back = Some(v.clone());
         }
         if let Some(v) = self.queues {
-            file.queues = v;
+            file.queues = Some(v);
         }
         if !self.cores.is_empty() {
             file.cores = self.cores.clone();

@@ -13,7 +13,7 @@ use super::{
     parse_addr, parse_backend, BindMode, Config, ConfigError, ControlConfig, HealthCheck,
     OnFailure, OnRemove, PollMode, ServiceConfig, Timeouts, XdpMode, DEFAULT_BATCH,
     DEFAULT_CONTROL_SOCKET, DEFAULT_EVENT_RING, DEFAULT_FLOW_CAPACITY, DEFAULT_FRAMES_PER_QUEUE,
-    DEFAULT_QUEUES, DEFAULT_WEIGHT,
+    DEFAULT_WEIGHT,
 };
 use crate::balance::{BackendSpec, PolicyKind};
 use std::{path::PathBuf, time::Duration};
@@ -26,9 +26,10 @@ pub(super) struct FileConfig {
     pub front: Option<String>,
     /// Back interface (daemons). Required unless given with `--back`.
     pub back: Option<String>,
-    /// Number of queues / workers.
-    pub queues: u32,
-    /// One core per queue; empty = automatic.
+    /// The RX queue count both interfaces must have; absent = serve whatever
+    /// they have.
+    pub queues: Option<u32>,
+    /// One core per worker; empty = automatic.
     pub cores: Vec<usize>,
     /// AF_XDP bind mode.
     pub bind_mode: BindMode,
@@ -36,9 +37,9 @@ pub(super) struct FileConfig {
     pub xdp_mode: XdpMode,
     /// Worker wait strategy.
     pub poll: PollMode,
-    /// Flow-table capacity per queue.
+    /// Flow-table capacity per worker.
     pub flow_capacity: usize,
-    /// UMEM frames per queue.
+    /// UMEM frames per queue pair.
     pub frames_per_queue: u32,
     /// Descriptors per ring operation.
     pub batch: usize,
@@ -112,7 +113,7 @@ impl Default for FileConfig {
         FileConfig {
             front: None,
             back: None,
-            queues: DEFAULT_QUEUES,
+            queues: None,
             cores: Vec::new(),
             bind_mode: BindMode::default(),
             xdp_mode: XdpMode::default(),

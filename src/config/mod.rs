@@ -32,14 +32,13 @@ pub use control::{
     DEFAULT_LINGER, DEFAULT_RISE, DEFAULT_RST_LINGER, DEFAULT_SYN_TIMEOUT,
 };
 
-/// Default number of queues (one AF_XDP socket and one worker per queue).
-pub const DEFAULT_QUEUES: u32 = 1;
-// MAX_QUEUES (largest accepted `queues`), MAX_SERVICES and MAX_DAEMONS: the sizes
-// of the steering program's maps, from `bpf/steer.h`.
+// MAX_QUEUES (the most RX queues an interface may have, and the largest accepted
+// `queues`), MAX_SERVICES and MAX_DAEMONS: the sizes of the steering program's
+// maps, from `bpf/steer.h`.
 include!(concat!(env!("OUT_DIR"), "/steer_limits.rs"));
-/// Default flow-table capacity, per queue.
+/// Default flow-table capacity, per worker.
 pub const DEFAULT_FLOW_CAPACITY: usize = 1 << 20;
-/// Default number of UMEM frames per queue.
+/// Default number of UMEM frames per queue pair (a front and a back queue).
 pub const DEFAULT_FRAMES_PER_QUEUE: u32 = 16384;
 /// Largest accepted `frames_per_queue`.
 pub const MAX_FRAMES_PER_QUEUE: u32 = 1 << 20;
@@ -94,7 +93,7 @@ pub enum XdpMode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum PollMode {
-    /// Spin on the rings; lowest latency, one full core per queue.
+    /// Spin on the rings; lowest latency, one full core per worker.
     Busy,
     /// Sleep in poll(2) until the kernel wakes the socket.
     Wakeup,
@@ -110,9 +109,13 @@ pub struct Config {
     pub front: String,
     /// Interface the backend daemons are reached through.
     pub back: String,
-    /// Number of queues, 1..=[`MAX_QUEUES`].
-    pub queues: u32,
-    /// Core for each queue's worker; empty = pick automatically, else one per queue.
+    /// `None` (the default): serve every RX queue of both interfaces, as many as
+    /// each has. `Some(n)`, 1..=[`MAX_QUEUES`]: the same, but start only if both
+    /// interfaces have exactly `n` RX queues (an assertion of the expected count).
+    pub queues: Option<u32>,
+    /// The worker cores, one worker each, no repeats, at most [`MAX_QUEUES`];
+    /// empty = every core but the first (at least one). Workers beyond the
+    /// smaller interface's queue count are not started.
     pub cores: Vec<usize>,
     /// AF_XDP bind mode.
     pub bind_mode: BindMode,
@@ -120,9 +123,11 @@ pub struct Config {
     pub xdp_mode: XdpMode,
     /// Worker wait strategy.
     pub poll: PollMode,
-    /// Flow-table capacity per queue, >= 1.
+    /// Flow-table capacity per worker, >= 1.
     pub flow_capacity: usize,
-    /// UMEM frames per queue: a power of two, >= 2 * `batch`, <= [`MAX_FRAMES_PER_QUEUE`].
+    /// UMEM frames per queue pair (a front and a back queue; a worker with F
+    /// front and B back queues has `frames_per_queue * (F + B) / 2`): a power of
+    /// two, >= 2 * `batch`, <= [`MAX_FRAMES_PER_QUEUE`].
     pub frames_per_queue: u32,
     /// Descriptors per ring operation, 1..=[`MAX_BATCH`].
     pub batch: usize,
@@ -240,8 +245,10 @@ pub enum ConfigError {
     },
     #[error("queues = {queues} is out of range 1..={MAX_QUEUES}")]
     QueuesOutOfRange { queues: u32 },
-    #[error("cores lists {cores} core(s) but queues = {queues}; give one core per queue or none")]
-    CoresLength { cores: usize, queues: u32 },
+    #[error(
+        "cores lists {cores} cores; at most {MAX_QUEUES} workers can run (one queue each at least)"
+    )]
+    TooManyCores { cores: usize },
     #[error("core {core} is listed twice in cores")]
     DuplicateCore { core: usize },
     #[error("frames_per_queue = {frames} is not a power of two")]
@@ -302,22 +309,17 @@ impl Config {
                 name: self.front.clone(),
             });
         }
-        if !(1..=MAX_QUEUES).contains(&self.queues) {
-            return Err(ConfigError::QueuesOutOfRange {
-                queues: self.queues,
+        if let Some(queues) = self.queues.filter(|q| !(1..=MAX_QUEUES).contains(q)) {
+            return Err(ConfigError::QueuesOutOfRange { queues });
+        }
+        if self.cores.len() > MAX_QUEUES as usize {
+            return Err(ConfigError::TooManyCores {
+                cores: self.cores.len(),
             });
         }
-        if !self.cores.is_empty() {
-            if self.cores.len() != self.queues as usize {
-                return Err(ConfigError::CoresLength {
-                    cores: self.cores.len(),
-                    queues: self.queues,
-                });
-            }
-            let mut seen = HashSet::new();
-            if let Some(&core) = self.cores.iter().find(|c| !seen.insert(**c)) {
-                return Err(ConfigError::DuplicateCore { core });
-            }
+        let mut seen = HashSet::new();
+        if let Some(&core) = self.cores.iter().find(|c| !seen.insert(**c)) {
+            return Err(ConfigError::DuplicateCore { core });
         }
         if !(1..=MAX_BATCH).contains(&self.batch) {
             return Err(ConfigError::BatchOutOfRange { batch: self.batch });

@@ -12,7 +12,7 @@ fn base() -> Config {
     Config {
         front: "l0".into(),
         back: "l1".into(),
-        queues: 2,
+        queues: Some(2),
         cores: vec![],
         bind_mode: BindMode::Auto,
         xdp_mode: XdpMode::Auto,
@@ -111,7 +111,7 @@ backends = ["10.0.1.1:80"]
 "#,
     )
     .unwrap();
-    assert_eq!(c.queues, DEFAULT_QUEUES);
+    assert_eq!(c.queues, None, "every queue served unless asserted");
     assert!(c.cores.is_empty());
     assert_eq!(c.bind_mode, BindMode::Auto);
     assert_eq!(c.xdp_mode, XdpMode::Auto);
@@ -185,29 +185,34 @@ fn same_interface() {
 fn queues_range() {
     for q in [0, MAX_QUEUES + 1] {
         let mut c = base();
-        c.queues = q;
+        c.queues = Some(q);
         let e = err(c);
         assert!(matches!(e, ConfigError::QueuesOutOfRange { .. }));
         assert!(e.to_string().contains(&format!("queues = {q}")));
     }
-    let mut c = base();
-    c.queues = MAX_QUEUES;
-    c.validate().unwrap();
+    for q in [Some(1), Some(MAX_QUEUES), None] {
+        let mut c = base();
+        c.queues = q;
+        c.validate().unwrap();
+    }
 }
 
 #[test]
 fn cores_rules() {
+    // Workers and queues are independent: a worker serves one queue or several.
+    for queues in [Some(2), Some(7), None] {
+        let mut c = base();
+        c.queues = queues;
+        c.cores = vec![1];
+        c.validate().unwrap();
+    }
     let mut c = base();
-    c.cores = vec![1];
+    c.cores = (0..=MAX_QUEUES as usize).collect();
     let e = err(c);
-    assert!(matches!(
-        e,
-        ConfigError::CoresLength {
-            cores: 1,
-            queues: 2
-        }
-    ));
-    assert!(e.to_string().contains("queues = 2"));
+    assert!(matches!(e, ConfigError::TooManyCores { cores } if cores == MAX_QUEUES as usize + 1));
+    assert!(e
+        .to_string()
+        .contains(&format!("at most {MAX_QUEUES} workers")));
     let mut c = base();
     c.cores = vec![3, 3];
     let e = err(c);

@@ -33,6 +33,7 @@ use crate::{
     ids::{BackendId, WorkerId},
     neigh::{NextHop, Resolver},
     protocol::{Event, LoopEnd, SlowFrame, Wake},
+    queues::{self, LinkWatch},
     stats::{now_ns, WorkerStats},
     sys::{Signal, SignalFd, SIGINFO_LEN},
     worker::Command,
@@ -44,6 +45,8 @@ const TICK: Duration = Duration::from_millis(100);
 const NEIGHBOUR_REFRESH_NS: u64 = 1_000_000_000;
 /// The window of the "longest round in the last second" stall measures.
 const PEAK_WINDOW_NS: u64 = 1_000_000_000;
+/// How often the interfaces' RX queue counts and MTUs are re-read.
+const LINK_REFRESH_NS: u64 = 1_000_000_000;
 const RING_ENTRIES: u32 = 256;
 
 /// What each in-flight operation is for.
@@ -76,6 +79,8 @@ pub struct ManagerParts<'a> {
     pub resolver: Resolver,
     pub back_mac: [u8; 6],
     pub ctl: UnixListener,
+    /// The front and back interfaces as start-up found and served them.
+    pub links: [LinkWatch; 2],
 }
 
 pub struct Manager<'a> {
@@ -105,6 +110,12 @@ pub struct Manager<'a> {
     round_max_1s: u64,
     round_max: u64,
     next_peaks_ns: u64,
+    links: [LinkWatch; 2],
+    /// Changes of an interface's queue count or MTU seen while running.
+    link_changes: u64,
+    /// The last failure to read an interface, said once.
+    link_error: Option<String>,
+    next_link_refresh_ns: u64,
     stop: bool,
 }
 
@@ -148,6 +159,10 @@ impl<'a> Manager<'a> {
             round_max_1s: 0,
             round_max: 0,
             next_peaks_ns: 0,
+            links: parts.links,
+            link_changes: 0,
+            link_error: None,
+            next_link_refresh_ns: 0,
             stop: false,
             config: parts.config,
         })
@@ -197,6 +212,8 @@ impl<'a> Manager<'a> {
             loop_round_max_ns: self.round_max,
             loop_round_max_1s_ns: self.round_max_1s,
             icmp: self.icmp,
+            links: &self.links,
+            link_changes: self.link_changes,
         }
     }
 
@@ -381,6 +398,10 @@ impl<'a> Manager<'a> {
             self.tell_states();
             self.let_go_of_finished();
         }
+        if now >= self.next_link_refresh_ns {
+            self.next_link_refresh_ns = now + LINK_REFRESH_NS;
+            self.watch_links();
+        }
         Ok(())
     }
 
@@ -394,6 +415,30 @@ impl<'a> Manager<'a> {
         }
         self.round_max_1s = std::mem::take(&mut self.round_peak);
         self.round_max = self.round_max.max(self.round_max_1s);
+    }
+
+    /// Re-reads both interfaces' RX queue counts and MTUs. A change is never
+    /// silent: one line when it happens (queues added after start have no
+    /// socket until a restart, and the line says so), a counter, and the counts
+    /// seen beside those served in `ctl stats` and /metrics.
+    fn watch_links(&mut self) {
+        for link in &mut self.links {
+            match queues::read_counts(&link.facts.name) {
+                Ok((rx_queues, mtu)) => {
+                    if let Some(line) = link.update(rx_queues, mtu) {
+                        self.link_changes += 1;
+                        eprintln!("dispatchd: WARNING: {line}");
+                    }
+                }
+                Err(e) => {
+                    let line = format!("cannot re-read {}: {e}", link.facts.label());
+                    if self.link_error.as_ref() != Some(&line) {
+                        eprintln!("dispatchd: WARNING: {line}");
+                        self.link_error = Some(line);
+                    }
+                }
+            }
+        }
     }
 
     /// Re-reads a daemon's next hop from the kernel's tables (the probes make

@@ -15,7 +15,8 @@ use super::{
 use crate::{
     ids::WorkerId,
     packet::{icmp::IcmpDrop, DropReason},
-    stats::{WorkerDrop, WorkerStats},
+    queues::LinkWatch,
+    stats::{SocketStats, WorkerDrop, WorkerStats},
     xdp::COUNTER_NAMES,
 };
 
@@ -43,6 +44,18 @@ pub struct StatsSnapshot<'a> {
     pub loop_round_max_1s_ns: u64,
     /// ICMP errors the loop translated for daemons, or not.
     pub icmp: IcmpStats,
+    /// The front and back interfaces: RX queues seen now and served, MTU.
+    pub links: &'a [LinkWatch],
+    /// Changes of a queue count or MTU seen since start.
+    pub link_changes: u64,
+}
+
+fn side(s: &SocketStats) -> &'static str {
+    if s.front {
+        "front"
+    } else {
+        "back"
+    }
 }
 
 fn merged(
@@ -113,6 +126,17 @@ pub fn stats_text(s: &StatsSnapshot<'_>) -> String {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let _ = writeln!(out, "worker {q}: {}", fields.join(" "));
+        for sock in w.sockets.iter() {
+            let _ = writeln!(
+                out,
+                "  {} queue {}: rx {} tx {} kernel_drops {}",
+                side(sock),
+                sock.queue,
+                sock.rx.get(),
+                sock.tx.get(),
+                sock.kernel_drops.get()
+            );
+        }
         for r in DropReason::ALL {
             let n = w.invalid[r.index()].get();
             if n > 0 {
@@ -164,6 +188,27 @@ pub fn stats_text(s: &StatsSnapshot<'_>) -> String {
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
     let _ = writeln!(out, "icmp to daemons: {}", icmp.join(" "));
+    let links: Vec<String> = s
+        .links
+        .iter()
+        .map(|l| {
+            format!(
+                "{} {} seen {} served {} mtu {}",
+                l.facts.role, l.facts.name, l.facts.rx_queues, l.served, l.facts.mtu
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "rx queues: {}; changes {}{}",
+        links.join(", "),
+        s.link_changes,
+        if s.links.iter().any(LinkWatch::unserved) {
+            " (QUEUES WITHOUT A SOCKET: restart to serve them)"
+        } else {
+            ""
+        }
+    );
     let _ = writeln!(
         out,
         "connections {} ignored_events {} timer_entries {} loop_round_max_ns {} loop_round_max_1s_ns {}",
@@ -181,19 +226,59 @@ impl Serialize for Fields<'_> {
     }
 }
 
+/// One socket of a worker. Its keys differ from the worker's, so that summing
+/// a worker key over the document does not count a socket's share twice.
+#[derive(Serialize)]
+struct SocketJson {
+    side: &'static str,
+    queue: u32,
+    rx: u64,
+    tx: u64,
+    kernel_drops: u64,
+}
+
 #[derive(Serialize)]
 struct WorkerJson<'a> {
-    queue: usize,
+    worker: usize,
     #[serde(flatten)]
     fields: Fields<'a>,
     invalid_by_reason: Fields<'a>,
     dropped_by_reason: Fields<'a>,
     icmp_invalid_by_reason: Fields<'a>,
+    sockets: Vec<SocketJson>,
+}
+
+/// An interface's RX queues: seen now, served since start.
+#[derive(Serialize)]
+struct LinkJson<'a> {
+    interface: &'a str,
+    seen: u32,
+    served: u32,
+    unserved: u32,
+    mtu: u32,
+}
+
+#[derive(Serialize)]
+struct QueuesJson<'a> {
+    front: Option<LinkJson<'a>>,
+    back: Option<LinkJson<'a>>,
+    changes: u64,
+}
+
+fn link_json(l: &LinkWatch) -> LinkJson<'_> {
+    LinkJson {
+        interface: &l.facts.name,
+        seen: l.facts.rx_queues,
+        served: l.served,
+        unserved: l.facts.rx_queues.saturating_sub(l.served),
+        mtu: l.facts.mtu,
+    }
 }
 
 #[derive(Serialize)]
 struct StatsJson<'a> {
     workers: Vec<WorkerJson<'a>>,
+    queues: QueuesJson<'a>,
     per_packet_ns: Fields<'a>,
     batch_size: Fields<'a>,
     xdp: Option<Fields<'a>>,
@@ -214,11 +299,12 @@ fn json_line(value: &impl Serialize) -> String {
 }
 
 pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
-    struct PerWorker {
+    struct PerWorker<'w> {
         fields: [(&'static str, u64); WORKER_FIELDS],
         invalid: Vec<(&'static str, u64)>,
         dropped: Vec<(&'static str, u64)>,
         icmp_invalid: Vec<(&'static str, u64)>,
+        sockets: &'w [SocketStats],
     }
     let per_worker: Vec<PerWorker> = s
         .workers
@@ -237,8 +323,15 @@ pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
                 .iter()
                 .map(|r| (r.as_str(), w.icmp_invalid[r.index()].get()))
                 .collect(),
+            sockets: &w.sockets,
         })
         .collect();
+    let link = |front: bool| {
+        s.links
+            .iter()
+            .find(|l| (l.facts.role == crate::xdp::Side::Front) == front)
+            .map(link_json)
+    };
     let latency = percentile_values(&merged(s.workers, |w| &w.latency_ns));
     let batches = percentile_values(&merged(s.workers, |w| &w.batch_sizes));
     let xdp: Option<Vec<(&str, u64)>> = s
@@ -248,14 +341,30 @@ pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
         workers: per_worker
             .iter()
             .enumerate()
-            .map(|(queue, w)| WorkerJson {
-                queue,
+            .map(|(worker, w)| WorkerJson {
+                worker,
                 fields: Fields(&w.fields),
                 invalid_by_reason: Fields(&w.invalid),
                 dropped_by_reason: Fields(&w.dropped),
                 icmp_invalid_by_reason: Fields(&w.icmp_invalid),
+                sockets: w
+                    .sockets
+                    .iter()
+                    .map(|sock| SocketJson {
+                        side: side(sock),
+                        queue: sock.queue,
+                        rx: sock.rx.get(),
+                        tx: sock.tx.get(),
+                        kernel_drops: sock.kernel_drops.get(),
+                    })
+                    .collect(),
             })
             .collect(),
+        queues: QueuesJson {
+            front: link(true),
+            back: link(false),
+            changes: s.link_changes,
+        },
         per_packet_ns: Fields(&latency),
         batch_size: Fields(&batches),
         xdp: xdp.as_deref().map(Fields),
@@ -553,6 +662,39 @@ pub fn prometheus(s: &StatsSnapshot<'_>) -> String {
         "Frames the kernel's AF_XDP sockets dropped before a worker saw them (refreshed each second).",
         rows,
     );
+    let per_socket = |f: &dyn Fn(&SocketStats) -> u64| -> Vec<(String, u64)> {
+        s.workers
+            .iter()
+            .enumerate()
+            .flat_map(|(w, ws)| {
+                ws.sockets.iter().map(move |sock| {
+                    (
+                        format!(
+                            "worker=\"{w}\",side=\"{}\",queue=\"{}\"",
+                            side(sock),
+                            sock.queue
+                        ),
+                        f(sock),
+                    )
+                })
+            })
+            .collect()
+    };
+    counter(
+        "socket_rx_packets_total",
+        "Frames received, per AF_XDP socket.",
+        per_socket(&|sock| sock.rx.get()),
+    );
+    counter(
+        "socket_tx_packets_total",
+        "Frames sent, per AF_XDP socket.",
+        per_socket(&|sock| sock.tx.get()),
+    );
+    counter(
+        "rx_queue_changes_total",
+        "Changes of an interface's RX queue count or MTU seen while running.",
+        vec![(String::new(), s.link_changes)],
+    );
     if let Some(c) = s.xdp {
         let rows = COUNTER_NAMES
             .iter()
@@ -606,6 +748,20 @@ pub fn prometheus(s: &StatsSnapshot<'_>) -> String {
         "Longest management-loop round in the last second.",
         &[(String::new(), s.loop_round_max_1s_ns)],
     );
+    let _ = writeln!(
+        out,
+        "# HELP dispatchd_rx_queues RX queues an interface has now (seen) and has a socket for (served); \
+         a change needs a restart.\n# TYPE dispatchd_rx_queues gauge"
+    );
+    for l in s.links {
+        for (what, v) in [("seen", l.facts.rx_queues), ("served", l.served)] {
+            let _ = writeln!(
+                out,
+                "dispatchd_rx_queues{{side=\"{}\",interface=\"{}\",state=\"{what}\"}} {v}",
+                l.facts.role, l.facts.name
+            );
+        }
+    }
     let h = merged(s.workers, |w| &w.latency_ns);
     let _ = writeln!(
         out,

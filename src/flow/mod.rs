@@ -1,4 +1,4 @@
-//! Flow key, record and the per-queue flow table.
+//! Flow key, record and the per-worker flow table.
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 mod state;
@@ -10,7 +10,7 @@ pub use table::{
 };
 
 /// The client side 5-tuple of a connection as it arrives at the front: the key of
-/// the per-queue table and the input of the consistent-hash policy.
+/// the per-worker table and the input of the consistent-hash policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub client_ip: Ipv4Addr,

@@ -1,4 +1,4 @@
-//! The per-queue flow table: fixed capacity, open addressing, no allocation after
+//! The per-worker flow table: fixed capacity, open addressing, no allocation after
 //! construction.
 //!
 //! # Layout
@@ -198,6 +198,12 @@ impl FlowTable {
     #[inline]
     pub fn memory_bytes(&self) -> usize {
         self.slots() * SLOT_BYTES
+    }
+
+    /// [`memory_bytes`](Self::memory_bytes) of a table of `capacity`, before
+    /// it is allocated.
+    pub fn memory_for(capacity: usize) -> usize {
+        Self::slots_for(capacity).saturating_mul(SLOT_BYTES)
     }
 
     /// `key`'s hash in this table, for the `*_hashed` methods.
@@ -630,6 +636,7 @@ mod tests {
             t.tags.len() * 4 + t.records.len() * RECORD_BYTES,
             t.memory_bytes()
         );
+        assert_eq!(FlowTable::memory_for(1_000_000), t.memory_bytes());
         assert_eq!(t.capacity(), 1_000_000);
         assert!(t.is_empty());
     }

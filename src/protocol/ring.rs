@@ -36,7 +36,7 @@ struct Shared<T> {
 // `try_pop`). Values cross threads, hence `T: Send`.
 unsafe impl<T: Send> Sync for Shared<T> {}
 
-/// The sending half; one per queue, owned by one thread.
+/// The sending half; one per worker, owned by one thread.
 pub struct Producer<T> {
     shared: Arc<Shared<T>>,
     /// Next position to write; published up to here by [`publish`](Self::publish).
@@ -47,7 +47,7 @@ pub struct Producer<T> {
     mask: usize,
 }
 
-/// The receiving half; one per queue, owned by one thread.
+/// The receiving half; one per worker, owned by one thread.
 pub struct Consumer<T> {
     shared: Arc<Shared<T>>,
     head: usize,

@@ -38,8 +38,8 @@ mod tests {
     #[test]
     fn pointer_and_sum_follow_the_stats_shape() {
         let doc: Value = serde_json::from_str(
-            r#"{"workers":[{"queue":0,"flows":2,"table_full":1,"dropped_by_reason":{"table_full":1}},
-                           {"queue":1,"flows":3,"table_full":0,"dropped_by_reason":{"table_full":0}}],
+            r#"{"workers":[{"worker":0,"flows":2,"table_full":1,"dropped_by_reason":{"table_full":1}},
+                           {"worker":1,"flows":3,"table_full":0,"dropped_by_reason":{"table_full":0}}],
                 "xdp":{"ipv6":4},"connections":5}"#,
         )
         .unwrap();

@@ -133,8 +133,25 @@ impl Topology {
     /// A topology for test `name`, unique to this process; panics if it cannot
     /// be made. `dispatchd` is `env!("CARGO_BIN_EXE_dispatchd")`.
     pub fn up(dispatchd: &str, name: &str, daemons: usize, queues: usize) -> Topology {
-        require_root();
-        Topology::up_routed(dispatchd, name, daemons, queues, Router::None)
+        Topology::up_queues(dispatchd, name, daemons, queues, queues)
+    }
+
+    /// [`Topology::up`] with `front_queues` queues on the client's veth pair
+    /// (c0/l0) and `back_queues` on the daemons' (l1/s0).
+    pub fn up_queues(
+        dispatchd: &str,
+        name: &str,
+        daemons: usize,
+        front_queues: usize,
+        back_queues: usize,
+    ) -> Topology {
+        Topology::up_shaped(
+            dispatchd,
+            name,
+            daemons,
+            (front_queues, back_queues),
+            Router::None,
+        )
     }
 
     /// [`Topology::up`] with a router namespace on one side.
@@ -145,9 +162,20 @@ impl Topology {
         queues: usize,
         router: Router,
     ) -> Topology {
+        Topology::up_shaped(dispatchd, name, daemons, (queues, queues), router)
+    }
+
+    /// [`Topology::up`] with `queues` (front, back) and a `router`.
+    pub fn up_shaped(
+        dispatchd: &str,
+        name: &str,
+        daemons: usize,
+        queues: (usize, usize),
+        router: Router,
+    ) -> Topology {
         require_root();
         let prefix = format!("dt{name}{}", std::process::id() % 100_000);
-        Topology::create_routed(
+        Topology::create_shaped(
             &prefix,
             daemons,
             queues,
@@ -165,14 +193,16 @@ impl Topology {
         queues: usize,
         programs: Programs,
     ) -> Result<Topology> {
-        Topology::create_routed(prefix, daemons, queues, Router::None, programs)
+        Topology::create_shaped(prefix, daemons, (queues, queues), Router::None, programs)
     }
 
-    /// [`Topology::create`] with a router namespace `<prefix>r` on one side.
-    pub fn create_routed(
+    /// [`Topology::create`] with `queues.0` queues on the clients' side
+    /// (c0/l0), `queues.1` on the daemons' (l1/s0), and a router namespace
+    /// `<prefix>r` on one side or none.
+    pub fn create_shaped(
         prefix: &str,
         daemons: usize,
-        queues: usize,
+        queues: (usize, usize),
         router: Router,
         programs: Programs,
     ) -> Result<Topology> {
@@ -181,8 +211,14 @@ impl Topology {
             programs,
         };
         let status = Command::new(topology_script())
-            .args(["up", prefix, &daemons.to_string(), &queues.to_string()])
-            .arg(router.arg())
+            .args([
+                "up",
+                prefix,
+                &daemons.to_string(),
+                &queues.0.to_string(),
+                &queues.1.to_string(),
+                router.arg(),
+            ])
             .status()
             .context("running scripts/topology.sh")?;
         if !status.success() {
