@@ -4,10 +4,13 @@
  * but the reply's Ethernet addresses happens in user space on the AF_XDP socket.
  *
  * front: IPv4/TCP frames to a configured (VIP, port)   -> front XSK of the rx queue
- * back:  IPv4/TCP frames from a configured daemon, not
- *        addressed to this host                        -> back XSK of the rx queue,
+ * back:  IPv4/TCP frames from a configured daemon that
+ *        the kernel would route out of the front (and,
+ *        with reply_mode "tracked", of a tracked
+ *        connection)                                   -> back XSK of the rx queue,
  *        with Ethernet addresses set from the kernel's FIB for the client
- * anything else                                        -> XDP_PASS (ARP, ICMP, ssh, ...)
+ * anything else                                        -> XDP_PASS (ARP, ICMP, ssh, the
+ *        host's own conversations with the daemons, ...)
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -26,6 +29,8 @@
 /* Set by user space before load; the verifier then prunes the other branch. */
 const volatile __u32 front_ifindex = 0;
 const volatile __u32 back_ifindex = 0;
+/* reply_mode "tracked": only replies of connections in `tracked` are taken. */
+const volatile __u8 track_replies = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -50,14 +55,26 @@ struct {
 	__type(value, __u8);
 } vip_addrs SEC(".maps");
 
-/* This host's own addresses on the back side: a daemon's answer to one of them
- * (a health probe, an ssh session) is the host's traffic, not a reply to a client. */
+/* Next hops towards clients that had no neighbour entry when a reply needed
+ * one (network byte order): the management loop takes them out and asks the
+ * kernel to resolve each. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_UNRESOLVED_HOPS);
 	__type(key, __u32);
 	__type(value, __u8);
-} local_addrs SEC(".maps");
+} unresolved_hops SEC(".maps");
+
+/* reply_mode "tracked": the connections the workers hold records for. Sized by
+ * user space before load like the flow tables together (1 entry otherwise);
+ * allocated as connections open, not up front. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1);
+	__type(key, struct reply_key);
+	__type(value, __u8);
+} tracked SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
@@ -156,35 +173,105 @@ static __always_inline int steer_front(struct xdp_md *ctx, struct iphdr *iph, st
 	return to_socket(ctx->rx_queue_index, CNT_FRONT_STEERED);
 }
 
+/* Passed to the kernel, with the reason counted beside `passed`. */
+static __always_inline int pass_back(__u32 reason)
+{
+	count(reason, 0);
+	return count(CNT_PASSED, XDP_PASS);
+}
+
+/* reply_mode "tracked": is this daemon frame a reply of a connection a worker
+ * holds a record for? Anything else from the daemon's address and port (a host
+ * that reaches the daemon directly, through this one or not) stays the host's. */
+static __always_inline int reply_tracked(struct iphdr *iph, struct tcphdr *tcph)
+{
+	struct reply_key key = {
+		.client_addr = iph->daddr,
+		.daemon_addr = iph->saddr,
+		.client_port = tcph->dest,
+		.daemon_port = tcph->source,
+	};
+
+	return bpf_map_lookup_elem(&tracked, &key) != 0;
+}
+
+/* Where the kernel would send this frame: the lookup its forwarding path makes
+ * for a frame arriving on the back (no output interface), so `fib->ifindex` is
+ * the route's true egress and a local destination (any address of this host:
+ * every interface's, the VIPs, loopback-routed ones) comes back NOT_FWDED. Not
+ * BPF_FIB_LOOKUP_OUTPUT with the front as ifindex: that sets the front as the
+ * flow's output interface, and fib_table_lookup then skips every next hop on
+ * another interface (fib_lookup_good_nhc), so a destination routed elsewhere
+ * falls through to a shorter prefix through the front (a default route) or to
+ * no route at all. The kernel answers only if the back forwards IPv4
+ * (FWD_DISABLED otherwise). The source is the VIP the reply leaves with, so
+ * `from VIP` policy rules pick its route; the reply's ports feed a multipath
+ * hash. */
+static __always_inline int reply_route(struct xdp_md *ctx, struct iphdr *iph,
+				       struct tcphdr *tcph, struct daemon_info *daemon,
+				       struct bpf_fib_lookup *fib)
+{
+	fib->family = AF_INET;
+	fib->l4_protocol = IPPROTO_TCP;
+	fib->sport = daemon->service.port;
+	fib->dport = tcph->dest;
+	fib->tot_len = bpf_ntohs(iph->tot_len);
+	fib->ipv4_src = daemon->service.addr;
+	fib->ipv4_dst = iph->daddr;
+	fib->ifindex = back_ifindex;
+	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+}
+
+/* The kernel has no neighbour entry for the hop towards the client (the lookup
+ * left that hop in ipv4_dst): note it for the management loop, which makes the
+ * kernel resolve it, and drop the reply meanwhile; TCP sends it again. Passing
+ * it instead would make the host forward it with the daemon's source, and the
+ * client's RST would reset the daemon's connection. */
+static __always_inline int unresolved_hop(struct bpf_fib_lookup *fib)
+{
+	__u32 hop = fib->ipv4_dst;
+	__u8 one = 1;
+
+	/* A burst of replies to one hop updates it once. */
+	if (!bpf_map_lookup_elem(&unresolved_hops, &hop))
+		bpf_map_update_elem(&unresolved_hops, &hop, &one, BPF_ANY);
+	return count(CNT_FIB_NO_NEIGH, XDP_DROP);
+}
+
 static __always_inline int steer_back(struct xdp_md *ctx, struct ethhdr *eth,
 				      struct iphdr *iph, struct tcphdr *tcph)
 {
 	struct endpoint key = { .addr = iph->saddr, .port = tcph->source };
 	struct bpf_fib_lookup fib = {};
 	struct daemon_info *daemon;
-	__u32 daddr = iph->daddr;
 	int rc;
 
 	daemon = bpf_map_lookup_elem(&daemons, &key);
-	if (!daemon || bpf_map_lookup_elem(&local_addrs, &daddr))
+	if (!daemon)
 		return count(CNT_PASSED, XDP_PASS);
+	if (track_replies && !reply_tracked(iph, tcph))
+		return pass_back(CNT_BACK_UNTRACKED);
 
-	/* The reply leaves through the front towards the client: ask the kernel's
-	 * route and neighbour tables for that hop. OUTPUT makes the lookup from the
-	 * egress side, so it cannot pick the back. The kernel still answers only if
-	 * the front forwards IPv4 (BPF_FIB_LKUP_RET_FWD_DISABLED otherwise, counted
-	 * as fib_failed), which dispatchd checks at start-up. */
-	fib.family = AF_INET;
-	fib.l4_protocol = IPPROTO_TCP;
-	fib.tot_len = bpf_ntohs(iph->tot_len);
-	fib.ipv4_src = daemon->service.addr;
-	fib.ipv4_dst = daddr;
-	fib.ifindex = front_ifindex;
-	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		return count(CNT_FIB_NO_NEIGH, XDP_DROP);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+	rc = reply_route(ctx, iph, tcph, daemon, &fib);
+	switch (rc) {
+	case BPF_FIB_LKUP_RET_SUCCESS:
+	case BPF_FIB_LKUP_RET_NO_NEIGH:
+		/* Clients are reached through the front; a route out of any
+		 * other interface is to a host the daemon talks to directly. */
+		if (fib.ifindex != front_ifindex)
+			return pass_back(CNT_BACK_NOT_FRONT);
+		if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+			return unresolved_hop(&fib);
+		break;
+	case BPF_FIB_LKUP_RET_NOT_FWDED:
+		return pass_back(CNT_BACK_TO_HOST);
+	case BPF_FIB_LKUP_RET_FWD_DISABLED:
+		/* The kernel cannot forward it either: what is local still gets
+		 * delivered (health probes), the rest is dropped there. */
+		return pass_back(CNT_FWD_DISABLED);
+	default:
 		return count(CNT_FIB_FAILED, XDP_DROP);
+	}
 	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 	return to_socket(MAX_QUEUES + ctx->rx_queue_index, CNT_BACK_STEERED);

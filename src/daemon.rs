@@ -13,7 +13,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    config::Config,
+    config::{Config, ReplyMode},
     control::{
         apply::{apply, Host},
         ctl,
@@ -23,9 +23,9 @@ use crate::{
     neigh::{self, Resolver},
     protocol::{self, Wake},
     stats::WorkerStats,
-    sys::{self, EventFd},
+    sys::{self, EventFd, RawIpSender},
     worker::{self, WorkerSetup},
-    xdp::{Interface, Side, Steering},
+    xdp::{Interface, Replies, Side, Steering},
     xsk,
 };
 
@@ -50,18 +50,30 @@ fn fmt_mac(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
 }
 
-/// The XDP program asks the kernel's FIB for the next hop of each reply to a
-/// client, and the kernel answers only for interfaces that forward IPv4.
-fn require_forwarding(front: &str) -> Result<()> {
-    let path = format!("/proc/sys/net/ipv4/conf/{front}/forwarding");
+/// The XDP program asks the kernel's FIB where it would forward each frame a
+/// daemon sends (the client's next hop, or the host itself), as for a frame
+/// arriving on the back; the kernel answers only if the back forwards IPv4.
+fn require_forwarding(back: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{back}/forwarding");
     let value = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     if value.trim() != "1" {
         bail!(
-            "IPv4 forwarding is off on the front interface {front}; the reply path's FIB lookup needs it \
-             (sysctl -w net.ipv4.conf.{front}.forwarding=1)"
+            "IPv4 forwarding is off on the back interface {back}; the reply path's FIB lookup needs it \
+             (sysctl -w net.ipv4.conf.{back}.forwarding=1)"
         );
     }
     Ok(())
+}
+
+/// What the steering program needs to know of `reply_mode`.
+fn replies(config: &Config) -> Replies {
+    match config.reply_mode {
+        ReplyMode::Stateless => Replies::Stateless,
+        // Validation keeps it within MAX_TRACKED, a u32.
+        ReplyMode::Tracked => Replies::Tracked {
+            capacity: u32::try_from(config.tracked_capacity()).unwrap_or(u32::MAX),
+        },
+    }
 }
 
 /// Runs dispatchd until SIGTERM or SIGINT. `reload` re-reads the configuration
@@ -78,7 +90,7 @@ struct Interfaces {
 }
 
 /// What must hold before anything is loaded: the capabilities, the interfaces,
-/// forwarding on the front.
+/// forwarding on the back.
 fn check_host(config: &Config) -> Result<Interfaces> {
     let missing = sys::missing_capabilities().context("reading this process's capabilities")?;
     if !missing.is_empty() {
@@ -90,7 +102,7 @@ fn check_host(config: &Config) -> Result<Interfaces> {
     let front = Interface::lookup(&config.front).context("front")?;
     let back = Interface::lookup(&config.back).context("back")?;
     let back_mac = neigh::interface_mac(&back.name)?;
-    require_forwarding(&front.name)?;
+    require_forwarding(&back.name)?;
     Ok(Interfaces {
         front,
         back,
@@ -176,7 +188,7 @@ pub fn run_with(
     for (_, _, daemon) in config.daemons() {
         resolver.resolve(daemon.addr)?;
     }
-    let mut steering = Steering::load(&ifaces.front, &ifaces.back)?;
+    let mut steering = Steering::load(&ifaces.front, &ifaces.back, replies(&config))?;
     let host = Host {
         resolver: &resolver,
         back_mac: ifaces.back_mac,
@@ -196,11 +208,13 @@ pub fn run_with(
             ),
         }
     }
-    for addr in
-        sys::ipv4_addrs(&ifaces.back.name).context("reading the back interface's addresses")?
-    {
-        steering.add_local_addr(addr)?;
-    }
+    // Opened while dispatchd still has CAP_NET_RAW, which sending does not need.
+    let probes = RawIpSender::open(&ifaces.front.name).with_context(|| {
+        format!(
+            "opening a raw socket on {} for next-hop probes",
+            ifaces.front.name
+        )
+    })?;
     let queues = open_queues(&config, &ifaces, &steering)?;
 
     // Bound before anything is attached, so a bad path fails start-up cleanly.
@@ -219,6 +233,16 @@ pub fn run_with(
             s.policy,
             list.join(" ")
         );
+    }
+    match config.reply_mode {
+        ReplyMode::Stateless => println!(
+            "dispatchd: replies: every frame from a daemon's address and port routed out of {}",
+            ifaces.front.name
+        ),
+        ReplyMode::Tracked => println!(
+            "dispatchd: replies: tracked connections only (room for {} in the kernel)",
+            config.tracked_capacity()
+        ),
     }
     if bare {
         println!("dispatchd: BARE FORWARDER (benchmark only): frames cross unparsed, unrewritten");
@@ -251,6 +275,10 @@ pub fn run_with(
             stop: stop.clone(),
             link: worker_end,
             bare,
+            tracked: match config.reply_mode {
+                ReplyMode::Tracked => Some(steering.tracked_map()?),
+                ReplyMode::Stateless => None,
+            },
             ready: None,
         });
     }
@@ -277,6 +305,7 @@ pub fn run_with(
         resolver,
         back_mac: ifaces.back_mac,
         ctl,
+        probes,
     })?;
     // Everything privileged is done: the workers and the loop run without any
     // capability (the workers inherit this thread's empty sets).

@@ -18,6 +18,7 @@ pub mod prefetch;
 pub mod protocol;
 pub mod stats;
 pub mod sys;
+pub mod tracked;
 pub mod worker;
 pub mod xdp;
 pub mod xsk;

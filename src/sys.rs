@@ -1,7 +1,8 @@
-//! Small libc wrappers for process set-up: interface addresses, signals, memory advice.
-#![allow(unsafe_code)] // getifaddrs, signal masks, madvise; each block says why it is sound
+//! Small libc wrappers: signals, capabilities, memory advice, the eventfd and a
+//! raw IPv4 sender.
+#![allow(unsafe_code)] // signal masks, capabilities, madvise, sockets; each block says why it is sound
 
-use std::{ffi::CStr, io, mem::MaybeUninit, net::Ipv4Addr};
+use std::{io, mem::MaybeUninit, net::Ipv4Addr};
 
 const HUGE_PAGE: usize = 2 << 20;
 
@@ -59,34 +60,73 @@ pub fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
     result
 }
 
-/// This host's IPv4 addresses on `device`.
-pub fn ipv4_addrs(device: &str) -> io::Result<Vec<Ipv4Addr>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: head is a valid out-pointer; on success it owns a list we free below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut out = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: cur is a node of the list getifaddrs returned, not yet freed.
-        let ifa = unsafe { &*cur };
-        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-        let name = unsafe { CStr::from_ptr(ifa.ifa_name) };
-        if !ifa.ifa_addr.is_null() && name.to_bytes() == device.as_bytes() {
-            // SAFETY: ifa_addr is non-null and points to a sockaddr of the family it
-            // declares; only AF_INET ones are read as sockaddr_in.
-            let family = unsafe { (*ifa.ifa_addr).sa_family };
-            if i32::from(family) == libc::AF_INET {
-                let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
-                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-            }
+/// A send-only raw IPv4 socket bound to one interface: the caller writes whole
+/// IPv4 packets (IPPROTO_RAW implies IP_HDRINCL; the kernel fills in a zero
+/// source address, a zero id, the total length and the header checksum) and
+/// nothing is ever received on it. Opening needs CAP_NET_RAW (and binding to
+/// the device may); sending does not, so one opened at start-up keeps working
+/// after [`drop_all_capabilities`]. A packet sent to an address the kernel has
+/// no neighbour entry for makes the kernel resolve it, as any local packet does.
+#[derive(Debug)]
+pub struct RawIpSender(std::os::fd::OwnedFd);
+
+impl RawIpSender {
+    pub fn open(device: &str) -> io::Result<Self> {
+        // SAFETY: plain socket(2); a non-negative result is a new fd we own.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::IPPROTO_RAW,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
         }
-        cur = ifa.ifa_next;
+        // SAFETY: fd is a fresh descriptor owned by nobody else.
+        let sock = Self(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) });
+        // SAFETY: setsockopt reads `device.len()` bytes of the name during the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                device.as_ptr().cast(),
+                device.len() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(sock)
     }
-    // SAFETY: head came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
-    Ok(out)
+
+    /// Sends `packet` (a whole IPv4 packet) to `dst` without waiting.
+    pub fn send_to(&self, packet: &[u8], dst: Ipv4Addr) -> io::Result<()> {
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(dst).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: packet and sin are live for the call, of the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                std::os::fd::AsRawFd::as_raw_fd(&self.0),
+                packet.as_ptr().cast(),
+                packet.len(),
+                libc::MSG_DONTWAIT,
+                (&sin as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 /// The signals the daemon handles itself.

@@ -23,6 +23,8 @@ use crate::{
     ids::WorkerId,
     protocol::{self, Event, EventSink, FlowCommand, WorkerEnd},
     stats::{now_ns, Counter, WorkerDrop, WorkerStats},
+    tracked::ReplyTracker,
+    xdp::TrackedMap,
     xsk::{poll_readable, QueueSockets},
 };
 
@@ -49,6 +51,8 @@ pub struct WorkerSetup {
     pub link: WorkerEnd<Dataplane>,
     /// Benchmark only (`--bare-forwarder`): frames cross untouched, no parsing.
     pub bare: bool,
+    /// reply_mode "tracked": the kernel's map this worker mirrors its table into.
+    pub tracked: Option<TrackedMap>,
     /// Told this worker's id once it is about to serve (its table allocated).
     pub ready: Option<std::sync::mpsc::Sender<WorkerId>>,
 }
@@ -82,6 +86,7 @@ pub fn run(setup: WorkerSetup) {
             commands,
         },
         bare,
+        tracked,
         ready,
     } = setup;
     if let Some(core) = core {
@@ -96,6 +101,7 @@ pub fn run(setup: WorkerSetup) {
         mut back,
     } = sockets;
     let mut table = FlowTable::with_capacity(flow_capacity);
+    let mut tracker = tracked.map(|map| ReplyTracker::new(map, &mut table));
     let mut b = Batches {
         // Placeholders, overwritten by each consume before they are read.
         rx: vec![FrameDesc::default(); batch],
@@ -121,6 +127,9 @@ pub fn run(setup: WorkerSetup) {
             stats.commands.add(1);
             apply(command, &mut table, &mut plane, &mut events, &stats);
         }
+        if let Some(t) = &mut tracker {
+            t.sync(&mut table, &stats);
+        }
         recycle(&mut front, &mut b, &stats);
         recycle(&mut back, &mut b, &stats);
 
@@ -145,6 +154,11 @@ pub fn run(setup: WorkerSetup) {
                 stats: &stats,
                 now_ns,
             },
+            |f| {
+                if let Some(t) = &mut tracker {
+                    t.sync(f.table, f.stats);
+                }
+            },
         );
         let mut rev = Rings {
             umem: &umem,
@@ -163,6 +177,7 @@ pub fn run(setup: WorkerSetup) {
                 events: &mut events,
                 stats: &stats,
             },
+            |_| {},
         );
         events.flush();
         stats.rx_front.add(n_fwd as u64);
@@ -301,17 +316,21 @@ fn kick(tx: &mut TxQueue, n: usize, stats: &WorkerStats) {
 }
 
 /// Receives one batch on `rings.rx`, runs `handle` over each frame in place and
-/// transmits the ones it accepts on `rings.tx`. Returns the frames received, and
-/// adds to `busy_ns` the time from taking the batch to handing it to the TX ring:
-/// the dispatcher's own per-packet cost, without the kernel's send in the kick.
-fn pump(
+/// transmits the ones it accepts on `rings.tx`; `before_send` runs once the
+/// batch is handled and before any of it is handed to the ring. Returns the
+/// frames received, and adds to `busy_ns` the time from taking the batch to
+/// handing it to the TX ring: the dispatcher's own per-packet cost, without the
+/// kernel's send in the kick.
+#[allow(clippy::too_many_arguments)]
+fn pump<H: FrameHandler>(
     rings: &mut Rings<'_>,
     b: &mut Batches,
     stats: &WorkerStats,
     tx_counter: &Counter,
     busy_ns: &mut u64,
     bare: bool,
-    handler: &mut impl FrameHandler,
+    handler: &mut H,
+    before_send: impl FnOnce(&mut H),
 ) -> usize {
     // SAFETY: the descriptors belong to this queue's UMEM.
     let received = unsafe { rings.rx.consume(&mut b.rx) };
@@ -345,6 +364,9 @@ fn pump(
             }
         },
     );
+    // reply_mode "tracked": the batch's new connections reach the kernel's map
+    // before their SYNs leave, so no SYN-ACK can come back ahead of its key.
+    before_send(handler);
     if b.tx.is_empty() {
         *busy_ns += start.elapsed().as_nanos() as u64;
         return received;

@@ -3,7 +3,7 @@
 //! included) stays behind. Loads the real program (root, BPF); attaches nothing.
 use dispatchd::{
     config::Config,
-    xdp::{Interface, Steering, SteeringTable},
+    xdp::{Interface, Replies, Steering, SteeringTable},
 };
 
 fn config(services: &[(&str, &[&str])]) -> Config {
@@ -31,7 +31,7 @@ fn load() -> Steering {
     );
     // The program is only loaded, never attached: any interface will do.
     let lo = Interface::lookup("lo").expect("lo");
-    Steering::load(&lo, &lo).expect("loading the XDP program")
+    Steering::load(&lo, &lo, Replies::Stateless).expect("loading the XDP program")
 }
 
 #[test]

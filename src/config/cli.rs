@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddrV4, path::PathBuf};
 
-use super::{file::FileBackend, OnFailure, PollMode, XdpMode};
+use super::{file::FileBackend, OnFailure, PollMode, ReplyMode, XdpMode};
 use super::{file::FileConfig, file::FileService, parse_backend, BindMode, Config, ConfigError};
 use crate::balance::{BackendSpec, PolicyKind};
 
@@ -12,8 +12,8 @@ use crate::balance::{BackendSpec, PolicyKind};
 /// validation):
 ///
 /// * Scalar flags (`--front`, `--back`, `--queues`, `--cores`, `--bind-mode`,
-///   `--xdp-mode`, `--poll`, `--flow-capacity`, `--frames-per-queue`, `--batch`)
-///   replace the file's value. `--cores` replaces the whole list; note that changing
+///   `--xdp-mode`, `--poll`, `--flow-capacity`, `--frames-per-queue`, `--batch`,
+///   `--reply-mode`) replace the file's value. `--cores` replaces the whole list; note that changing
 ///   `--queues` alone makes a file's `cores` list the wrong length.
 /// * `--service` with one or more `--backend` defines a single service that replaces
 ///   all of the file's services.
@@ -68,6 +68,10 @@ pub struct RunArgs {
     /// Descriptors per ring operation, 1..=256.
     #[arg(long, value_name = "N")]
     pub batch: Option<usize>,
+    /// Which daemon frames are rewritten as replies: every one from a daemon's
+    /// address and port (stateless), or those of tracked connections only.
+    #[arg(long, value_enum)]
+    pub reply_mode: Option<ReplyMode>,
     /// Path of the control socket (`dispatchd ctl` talks to it).
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
@@ -147,6 +151,9 @@ impl RunArgs {
         }
         if let Some(v) = self.batch {
             file.batch = v;
+        }
+        if let Some(v) = self.reply_mode {
+            file.reply_mode = v;
         }
         if let Some(v) = &self.control_socket {
             file.control_socket = v.clone();

@@ -11,8 +11,9 @@ use serde::{
 
 use super::{
     parse_addr, parse_backend, BindMode, Config, ConfigError, ControlConfig, HealthCheck,
-    OnFailure, PollMode, ServiceConfig, Timeouts, XdpMode, DEFAULT_BATCH, DEFAULT_CONTROL_SOCKET,
-    DEFAULT_FLOW_CAPACITY, DEFAULT_FRAMES_PER_QUEUE, DEFAULT_QUEUES, DEFAULT_WEIGHT,
+    OnFailure, PollMode, ReplyMode, ServiceConfig, Timeouts, XdpMode, DEFAULT_BATCH,
+    DEFAULT_CONTROL_SOCKET, DEFAULT_FLOW_CAPACITY, DEFAULT_FRAMES_PER_QUEUE, DEFAULT_QUEUES,
+    DEFAULT_WEIGHT,
 };
 use crate::balance::{BackendSpec, PolicyKind};
 use std::{path::PathBuf, time::Duration};
@@ -41,6 +42,8 @@ pub(super) struct FileConfig {
     pub frames_per_queue: u32,
     /// Descriptors per ring operation.
     pub batch: usize,
+    /// Which daemon frames are rewritten as replies.
+    pub reply_mode: ReplyMode,
     /// `[[service]]` tables.
     #[serde(rename = "service")]
     pub services: Vec<FileService>,
@@ -111,6 +114,7 @@ impl Default for FileConfig {
             flow_capacity: DEFAULT_FLOW_CAPACITY,
             frames_per_queue: DEFAULT_FRAMES_PER_QUEUE,
             batch: DEFAULT_BATCH,
+            reply_mode: ReplyMode::default(),
             services: Vec::new(),
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
             metrics_listen: None,
@@ -234,6 +238,7 @@ impl FileConfig {
             flow_capacity: self.flow_capacity,
             frames_per_queue: self.frames_per_queue,
             batch: self.batch,
+            reply_mode: self.reply_mode,
             services: self
                 .services
                 .into_iter()

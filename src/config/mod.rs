@@ -91,6 +91,21 @@ pub enum PollMode {
     Adaptive,
 }
 
+/// Which frames from a daemon's address and port are rewritten to its service
+/// (always only those the kernel would route out of the front).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyMode {
+    /// All of them: no per-connection state on the reply path, so replies may
+    /// come back through any instance (asymmetric return paths). A host that
+    /// reaches a daemon directly through this one gets its replies from the VIP.
+    #[default]
+    Stateless,
+    /// Only those of connections this instance tracks (a kernel map the workers
+    /// fill); everything else from the daemon is the host's to forward.
+    Tracked,
+}
+
 /// A validated configuration, ready to run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -114,6 +129,9 @@ pub struct Config {
     pub frames_per_queue: u32,
     /// Descriptors per ring operation, 1..=[`MAX_BATCH`].
     pub batch: usize,
+    /// Which daemon frames are rewritten as replies; with `Tracked`,
+    /// `flow_capacity * queues` <= [`MAX_TRACKED`].
+    pub reply_mode: ReplyMode,
     /// The services to balance; at least one.
     pub services: Vec<ServiceConfig>,
     /// The management loop: control socket, metrics, timeouts, health checks.
@@ -239,6 +257,11 @@ pub enum ConfigError {
         crate::flow::MAX_CAPACITY
     )]
     FlowCapacityTooLarge { capacity: usize },
+    #[error(
+        "reply_mode = \"tracked\" needs room for flow_capacity * queues = {connections} \
+         connections in the kernel; it holds at most {MAX_TRACKED}"
+    )]
+    TrackedTooLarge { connections: u64 },
     #[error("{field} = {name:?} is not a valid interface name: {reason}")]
     BadInterface {
         field: &'static str,
@@ -258,6 +281,12 @@ impl Config {
     /// Reads the file at `path`, parses and validates it.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         file::FileConfig::load(path)?.into_config()
+    }
+
+    /// Connections all flow tables hold together: what the kernel's map of
+    /// tracked connections must have room for in `reply_mode = "tracked"`.
+    pub fn tracked_capacity(&self) -> u64 {
+        self.flow_capacity as u64 * u64::from(self.queues)
     }
 
     /// Every daemon of every service in config order, with its [`BackendId`] (its
@@ -318,6 +347,12 @@ impl Config {
             return Err(ConfigError::FlowCapacityTooLarge {
                 capacity: self.flow_capacity,
             });
+        }
+        if self.reply_mode == ReplyMode::Tracked {
+            let connections = self.tracked_capacity();
+            if connections > u64::from(MAX_TRACKED) {
+                return Err(ConfigError::TrackedTooLarge { connections });
+            }
         }
         self.validate_services()
     }

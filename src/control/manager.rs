@@ -5,10 +5,12 @@
 //!
 //! It drains the workers' events into the connection tracker, sends the tracker's
 //! orders and the daemons' state changes to the workers, probes the daemons,
-//! re-reads their next hops, answers the control socket and reloads on SIGHUP.
+//! re-reads their next hops, has the kernel resolve clients' next hops that the
+//! XDP program found unresolved, answers the control socket and reloads on
+//! SIGHUP.
 use std::{
     collections::VecDeque,
-    net::TcpListener,
+    net::{Ipv4Addr, TcpListener},
     os::{fd::AsRawFd, unix::net::UnixListener},
     sync::{mpsc::TrySendError, Arc},
     time::Duration,
@@ -22,6 +24,7 @@ use super::{
     conntrack::{ConnTracker, Order},
     ctl::{self, Format, Request, REQUEST_MAX},
     health::Health,
+    nexthops::HopProber,
     report::{self, StatsSnapshot},
     uring::{Completion, Uring},
 };
@@ -32,7 +35,7 @@ use crate::{
     neigh::{NextHop, Resolver},
     protocol::{Event, LoopEnd, Wake},
     stats::{now_ns, WorkerStats},
-    sys::{Signal, SignalFd, SIGINFO_LEN},
+    sys::{RawIpSender, Signal, SignalFd, SIGINFO_LEN},
     worker::Command,
     xdp::Steering,
 };
@@ -72,6 +75,9 @@ pub struct ManagerParts<'a> {
     pub resolver: Resolver,
     pub back_mac: [u8; 6],
     pub ctl: UnixListener,
+    /// Sends the probes that make the kernel resolve clients' next hops, out of
+    /// the front (opened before the capabilities were dropped).
+    pub probes: RawIpSender,
 }
 
 pub struct Manager<'a> {
@@ -94,6 +100,10 @@ pub struct Manager<'a> {
     metrics: Option<TcpListener>,
     orders: Vec<Order>,
     next_refresh_ns: u64,
+    probes: RawIpSender,
+    prober: HopProber,
+    /// Scratch for the next hops taken from the XDP program each round.
+    unresolved: Vec<Ipv4Addr>,
     stop: bool,
 }
 
@@ -131,6 +141,9 @@ impl<'a> Manager<'a> {
             metrics,
             orders: Vec::new(),
             next_refresh_ns: 0,
+            probes: parts.probes,
+            prober: HopProber::default(),
+            unresolved: Vec::new(),
             stop: false,
             config: parts.config,
         })
@@ -172,6 +185,7 @@ impl<'a> Manager<'a> {
             connections: self.tracker.len(),
             ignored_events: self.tracker.ignored_events(),
             timer_entries: self.tracker.timer_entries(),
+            next_hops: self.prober.stats,
         }
     }
 
@@ -296,6 +310,7 @@ impl<'a> Manager<'a> {
         self.drain_events();
         self.tracker.expire(now, &mut self.orders);
         self.send_orders();
+        self.resolve_client_hops(now);
         let health = self.config.control.health;
         let generation = self.backends.generation();
         for backend in self
@@ -317,6 +332,19 @@ impl<'a> Manager<'a> {
             self.tell_states();
         }
         Ok(())
+    }
+
+    /// Has the kernel resolve the next hops towards clients that replies found
+    /// without a neighbour entry since the last round (see [`super::nexthops`]).
+    fn resolve_client_hops(&mut self, now: u64) {
+        self.unresolved.clear();
+        if let Err(e) = self.steering.take_unresolved_hops(&mut self.unresolved) {
+            eprintln!("dispatchd: reading the unresolved next hops: {e:#}");
+        }
+        let probes = &self.probes;
+        self.prober.run(&self.unresolved, now, |packet, hop| {
+            probes.send_to(packet, hop)
+        });
     }
 
     /// Re-reads a daemon's next hop from the kernel's tables (the probes make
@@ -439,6 +467,7 @@ impl<'a> Manager<'a> {
             &new.cores,
             new.flow_capacity,
             new.frames_per_queue,
+            new.reply_mode,
         ) != (
             &old.front,
             &old.back,
@@ -446,8 +475,9 @@ impl<'a> Manager<'a> {
             &old.cores,
             old.flow_capacity,
             old.frames_per_queue,
+            old.reply_mode,
         ) {
-            println!("dispatchd: SIGHUP: interface, queue and memory settings need a restart; applying services only");
+            println!("dispatchd: SIGHUP: interface, queue, memory and reply_mode settings need a restart; applying services only");
         }
         let host = Host {
             resolver: &self.resolver,

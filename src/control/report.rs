@@ -9,6 +9,7 @@ use super::{
     backends::Backend,
     conntrack::{BackendConns, ConnInfo},
     health::Health,
+    nexthops::HopStats,
 };
 use crate::{
     ids::WorkerId,
@@ -34,6 +35,8 @@ pub struct StatsSnapshot<'a> {
     pub ignored_events: u64,
     /// The connection tracker's timer entries, live and stale.
     pub timer_entries: usize,
+    /// Probes that made the kernel resolve clients' next hops.
+    pub next_hops: HopStats,
 }
 
 fn merged(
@@ -47,7 +50,7 @@ fn merged(
     h
 }
 
-fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); 18] {
+fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); 21] {
     [
         ("rx_front", s.rx_front.get()),
         ("rx_back", s.rx_back.get()),
@@ -70,6 +73,9 @@ fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); 18] {
         ("xsk_fill_ring_empty", s.xsk_fill_ring_empty.get()),
         ("xsk_rx_dropped", s.xsk_rx_dropped.get()),
         ("xsk_invalid_descs", s.xsk_invalid_descs.get()),
+        ("tracked_inserted", s.tracked_inserted.get()),
+        ("tracked_removed", s.tracked_removed.get()),
+        ("tracked_failed", s.tracked_failed.get()),
     ]
 }
 
@@ -129,6 +135,12 @@ pub fn stats_text(s: &StatsSnapshot<'_>) -> String {
             .collect();
         let _ = writeln!(out, "xdp: {}", parts.join(" "));
     }
+    let h = s.next_hops;
+    let _ = writeln!(
+        out,
+        "next hops: probes_sent {} probes_suppressed {} probe_errors {}",
+        h.probes_sent, h.probes_suppressed, h.probe_errors
+    );
     let _ = writeln!(
         out,
         "connections {} ignored_events {} timer_entries {}",
@@ -161,6 +173,7 @@ struct StatsJson<'a> {
     per_packet_ns: Fields<'a>,
     batch_size: Fields<'a>,
     xdp: Option<Fields<'a>>,
+    next_hops: HopStats,
     connections: usize,
     ignored_events: u64,
     timer_entries: usize,
@@ -175,7 +188,7 @@ fn json_line(value: &impl Serialize) -> String {
 
 pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
     struct PerWorker {
-        fields: [(&'static str, u64); 18],
+        fields: [(&'static str, u64); 21],
         invalid: Vec<(&'static str, u64)>,
         dropped: Vec<(&'static str, u64)>,
     }
@@ -213,6 +226,7 @@ pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
         per_packet_ns: Fields(&latency),
         batch_size: Fields(&batches),
         xdp: xdp.as_deref().map(Fields),
+        next_hops: s.next_hops,
         connections: s.connections,
         ignored_events: s.ignored_events,
         timer_entries: s.timer_entries,
@@ -415,6 +429,34 @@ pub fn prometheus(s: &StatsSnapshot<'_>) -> String {
             .collect();
         counter("xdp_verdicts_total", "Verdicts of the XDP program.", rows);
     }
+    let h = s.next_hops;
+    counter(
+        "next_hop_probes_total",
+        "Probes making the kernel resolve clients' next hops, by outcome.",
+        [
+            ("sent", h.probes_sent),
+            ("suppressed", h.probes_suppressed),
+            ("error", h.probe_errors),
+        ]
+        .map(|(r, v)| (format!("result=\"{r}\""), v))
+        .to_vec(),
+    );
+    counter(
+        "tracked_connections_total",
+        "reply_mode tracked: connections written to and removed from the kernel's map, and keys it refused.",
+        s.workers
+            .iter()
+            .enumerate()
+            .flat_map(|(q, w)| {
+                [
+                    ("inserted", w.tracked_inserted.get()),
+                    ("removed", w.tracked_removed.get()),
+                    ("failed", w.tracked_failed.get()),
+                ]
+                .map(|(op, v)| (format!("worker=\"{q}\",op=\"{op}\""), v))
+            })
+            .collect(),
+    );
     let _ = writeln!(
         out,
         "# HELP dispatchd_connections Connections tracked.\n# TYPE dispatchd_connections gauge"
