@@ -53,13 +53,17 @@ impl ReplyTracker {
                 Change::Removed(r) => (false, r),
             };
             if inserted != self.inserting {
-                write(&self.map, &mut self.keys, self.inserting, stats);
+                if !self.keys.is_empty() {
+                    write(&self.map, &mut self.keys, self.inserting, stats);
+                }
                 self.inserting = inserted;
             }
             self.keys
                 .push(reply_key(record.key.client(), record.daemon));
         }
-        write(&self.map, &mut self.keys, self.inserting, stats);
+        if !self.keys.is_empty() {
+            write(&self.map, &mut self.keys, self.inserting, stats);
+        }
     }
 }
 

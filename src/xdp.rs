@@ -465,6 +465,36 @@ impl Steering {
         let data = output.data.map(|d| d.to_vec()).unwrap_or_default();
         Ok((output.return_value, data))
     }
+
+    /// The kernel's average time for one run of the program on `frame`, over
+    /// `repeat` runs of [`test_run`](Self::test_run) in one call: what the
+    /// program costs per frame of that class (FIB and map lookups included).
+    pub fn time_run(
+        &self,
+        frame: &[u8],
+        ingress_ifindex: u32,
+        rx_queue: u32,
+        repeat: u32,
+    ) -> Result<std::time::Duration> {
+        let len = u32::try_from(frame.len()).context("frame length")?;
+        let mut ctx: Vec<u8> = [0, len, 0, ingress_ifindex, rx_queue, 0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        let input = libbpf_rs::ProgramInput {
+            data_in: Some(frame),
+            context_in: Some(&mut ctx),
+            repeat,
+            ..Default::default()
+        };
+        let output = self
+            .skel
+            .progs
+            .dispatchd_steer
+            .test_run(input)
+            .context("timed BPF_PROG_TEST_RUN")?;
+        Ok(output.duration)
+    }
 }
 
 /// `struct reply_key` of `bpf/steer.h`: a connection as its daemon's replies
@@ -502,6 +532,39 @@ const UPDATE_BATCH_MAX: usize = 256;
 static ONES: [u8; UPDATE_BATCH_MAX] = [1; UPDATE_BATCH_MAX];
 
 impl TrackedMap {
+    /// A map of the tracked map's layout on its own, with no program looking it
+    /// up (for tests and benchmarks; dispatchd uses the program's own through
+    /// [`Steering::tracked_map`]). Needs CAP_BPF.
+    pub fn standalone(capacity: u32) -> Result<Self> {
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            ..Default::default()
+        };
+        let map = libbpf_rs::MapHandle::create(
+            libbpf_rs::MapType::Hash,
+            Some("tracked"),
+            size_of::<ReplyKey>() as u32,
+            1,
+            capacity,
+            &opts,
+        )
+        .context("creating a tracked-connections map (needs CAP_BPF)")?;
+        let fd = map
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the map's descriptor")?;
+        Ok(Self { fd })
+    }
+
+    /// Another handle on the same map (a duplicated descriptor).
+    pub fn try_clone(&self) -> Result<Self> {
+        let fd = self
+            .fd
+            .try_clone()
+            .context("duplicating the tracked map's descriptor")?;
+        Ok(Self { fd })
+    }
+
     /// Adds `keys` with one BPF_MAP_UPDATE_BATCH per 256 keys.
     pub fn insert(&self, keys: &[ReplyKey]) -> BatchOutcome {
         let mut done = 0;

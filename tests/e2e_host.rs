@@ -120,6 +120,9 @@ fn a_client_next_hop_the_kernel_forgot_is_resolved_again() {
     assert!(ping.status.success(), "{}", text(&ping));
     assert!(usable(&client_entry(&topo)), "{}", client_entry(&topo));
     let mut lb = topo.dispatchd(&Topology::default_flags(2));
+    // What follows runs without any capability: the probes' raw socket was
+    // opened before they were dropped.
+    assert!(lb.output().contains("all capabilities dropped"));
     let mut hold = topo.client_start(
         &["hold", "--to", VIP, "--seconds", "9", "--interval-ms", "50"],
         "opened",

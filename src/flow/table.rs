@@ -172,8 +172,15 @@ impl FlowTable {
     #[inline(always)]
     fn note(&mut self, change: Change) {
         if self.keep_journal {
-            self.journal.push(change);
+            self.push_change(change);
         }
+    }
+
+    /// Out of line, so that tables keeping no journal (reply_mode "stateless")
+    /// carry only the test of the flag in their insert and remove paths.
+    #[inline(never)]
+    fn push_change(&mut self, change: Change) {
+        self.journal.push(change);
     }
 
     /// A table whose tags keep only `tag_mask` bits: with a small mask almost every

@@ -258,6 +258,9 @@ impl Bench {
                 if v == "bare" {
                     cmd.arg("--bare-forwarder");
                 }
+                if let Some(mode) = &self.opts.reply_mode {
+                    cmd.args(["--reply-mode", mode]);
+                }
                 let started = Proc::start(cmd, "dispatchd: running", Duration::from_secs(10));
                 lb = Some(started.context("starting dispatchd")?);
             }
