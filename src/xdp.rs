@@ -310,7 +310,10 @@ impl Steering {
     pub fn take_unresolved_hops(&self, hops: &mut Vec<Ipv4Addr>) -> Result<()> {
         let map = &self.skel.maps.unresolved_hops;
         let start = hops.len();
-        hops.extend(map.keys().filter_map(|k| ip_of(&k)));
+        // A key the program evicts under the walk's cursor restarts the walk
+        // from the first key: bounded, a storm of new hops cannot hold it.
+        let most = 2 * map.max_entries() as usize;
+        hops.extend(map.keys().take(most).filter_map(|k| ip_of(&k)));
         for hop in &hops[start..] {
             match map.delete(&hop.octets()) {
                 Ok(()) => {}
