@@ -17,12 +17,14 @@ use dispatchd::{
     balance::{BackendSpec, PolicyKind},
     config::{ServiceConfig, DEFAULT_EVENT_RING, DEFAULT_FLOW_CAPACITY},
     dataplane::{forward, pipelined, Dataplane, Forwarder, FrameHandler, Reverser},
-    flow::{FlowKey, FlowTable},
-    ids::WorkerId,
+    flow::{FlowKey, FlowRecord, FlowTable, TcpState},
+    ids::{BackendId, WorkerId},
     neigh::NextHop,
     protocol::{self, Wake},
     stats::WorkerStats,
     sys::EventFd,
+    tracked::ReplyTracker,
+    xdp::TrackedMap,
 };
 use dispatchd_testkit::frame::{tcp_flags, FrameSpec};
 
@@ -173,13 +175,21 @@ fn bench(c: &mut Criterion) {
     let syns: Vec<Vec<u8>> = (0..CHUNK)
         .map(|k| tcp_frame(fresh(k), VIP, true, 0))
         .collect();
-    for policy in [
-        PolicyKind::RoundRobin,
-        PolicyKind::Maglev,
-        PolicyKind::LeastConnections,
+    // Last, the round-robin case again with the journal reply_mode "tracked"
+    // keeps (emptied outside the timing, as the worker's sync would): the
+    // worker's own share of a tracked connection, without the map writes.
+    for (policy, journal) in [
+        (PolicyKind::RoundRobin, false),
+        (PolicyKind::Maglev, false),
+        (PolicyKind::LeastConnections, false),
+        (PolicyKind::RoundRobin, true),
     ] {
         let mut p = plane(policy);
-        g.bench_function(format!("new_connection_{policy}"), |b| {
+        if journal {
+            table.keep_journal(CHUNK as usize * 2);
+        }
+        let name = if journal { "_journal" } else { "" };
+        g.bench_function(format!("new_connection_{policy}{name}"), |b| {
             b.iter_custom(|iters| {
                 let mut elapsed = Duration::ZERO;
                 let mut left = iters;
@@ -196,6 +206,7 @@ fn bench(c: &mut Criterion) {
                     for k in 0..n as u32 {
                         table.remove(&FlowKey::new(fresh(k), VIP, 6));
                     }
+                    table.drain_journal().for_each(drop);
                     sink.flush();
                     events.try_iter().for_each(drop);
                     left -= n as u64;
@@ -219,12 +230,63 @@ fn bench(c: &mut Criterion) {
             timed_passes(&replies, iters, &mut handler)
         })
     });
+    tracked_sync(&mut g);
     g.finish();
     assert_eq!(
         stats.invalid_total() + stats.dropped_total(),
         0,
         "every benchmarked frame was forwarded"
     );
+}
+
+/// reply_mode "tracked": what a connection costs the worker in map writes, in
+/// batches of 64 new connections (one BPF_MAP_UPDATE_BATCH) later removed
+/// together (one BPF_MAP_DELETE_BATCH), against a real kernel map; per
+/// connection. Needs CAP_BPF: without it, said and left out.
+fn tracked_sync(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    const BATCH: u32 = 64;
+    let map = match TrackedMap::standalone(1 << 20) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("packet_path/tracked_sync left out: {e:#}");
+            return;
+        }
+    };
+    let stats = WorkerStats::default();
+    let mut table = FlowTable::with_capacity(BATCH as usize);
+    let mut tracker = ReplyTracker::new(map, &mut table);
+    let records: Vec<FlowRecord> = (0..BATCH)
+        .map(|i| FlowRecord {
+            key: FlowKey::new(client(i), VIP, 6),
+            backend: BackendId(0),
+            daemon: daemons()[0].addr,
+            created_ns: 1,
+            last_seen_ns: 1,
+            state: TcpState::SYN_SEEN,
+            client_next: 0,
+            client_ack: 0,
+            epoch: 0,
+        })
+        .collect();
+    g.bench_function("tracked_sync_per_connection_batch_64", |b| {
+        b.iter_custom(|iters| {
+            let batches = iters.div_ceil(u64::from(BATCH));
+            let start = Instant::now();
+            for _ in 0..batches {
+                for r in &records {
+                    let _ = table.insert(*r);
+                }
+                tracker.sync(&mut table, &stats);
+                table.retain(|_| false);
+                tracker.sync(&mut table, &stats);
+            }
+            // Per connection: the batches ran BATCH of them each.
+            start
+                .elapsed()
+                .mul_f64(iters as f64 / (batches * u64::from(BATCH)) as f64)
+        })
+    });
+    assert_eq!(stats.tracked_failed.get(), 0, "every key written");
 }
 
 criterion_group!(benches, bench);

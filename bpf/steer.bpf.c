@@ -6,14 +6,17 @@
  * front: IPv4/TCP frames to a configured (VIP, port)   -> front XSK of the rx queue
  *        ICMP errors to a VIP quoting a service's reply -> front XSK (the loop finds
  *                                                        the connection's daemon)
- * back:  IPv4/TCP frames from a configured daemon, not
- *        addressed to this host                        -> back XSK of the rx queue,
+ * back:  IPv4/TCP frames from a configured daemon that
+ *        the kernel would route out of the front (and,
+ *        with reply_mode "tracked", of a tracked
+ *        connection)                                   -> back XSK of the rx queue,
  *        with Ethernet addresses set from the kernel's FIB for the client;
  *        one too big for the front path is answered with
  *        "fragmentation needed" instead                -> XDP_TX back to the daemon
- *        ICMP errors not addressed to this host quoting
- *        a segment to a daemon                         -> back XSK, FIB addresses
- * anything else                                        -> XDP_PASS (ARP, ping, ssh, ...)
+ *        ICMP errors the kernel would route out of the
+ *        front quoting a segment to a daemon           -> back XSK, FIB addresses
+ * anything else                                        -> XDP_PASS (ARP, ping, ssh, the
+ *        host's own conversations with the daemons, ...)
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -46,6 +49,8 @@ struct icmp_error_hdr {
 /* Set by user space before load; the verifier then prunes the other branch. */
 const volatile __u32 front_ifindex = 0;
 const volatile __u32 back_ifindex = 0;
+/* reply_mode "tracked": only replies of connections in `tracked` are taken. */
+const volatile __u8 track_replies = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -70,14 +75,26 @@ struct {
 	__type(value, __u8);
 } vip_addrs SEC(".maps");
 
-/* This host's own addresses on the back side: a daemon's answer to one of them
- * (a health probe, an ssh session) is the host's traffic, not a reply to a client. */
+/* Next hops towards clients that had no neighbour entry when a reply needed
+ * one (network byte order): the management loop takes them out and asks the
+ * kernel to resolve each. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_UNRESOLVED_HOPS);
 	__type(key, __u32);
 	__type(value, __u8);
-} local_addrs SEC(".maps");
+} unresolved_hops SEC(".maps");
+
+/* reply_mode "tracked": the connections the workers hold records for. Sized by
+ * user space before load like the flow tables together (1 entry otherwise),
+ * and allocated in full at load like them: no allocation when a connection
+ * opens, which halves what the workers' batched updates cost. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, struct reply_key);
+	__type(value, __u8);
+} tracked SEC(".maps");
 
 /* This host's address on the back (one entry; 0 until user space sets it): the
  * source of the "fragmentation needed" the program answers daemons with. */
@@ -247,35 +264,6 @@ static __always_inline int steer_front_icmp(struct xdp_md *ctx, void *data_end, 
 	return to_socket(ctx->rx_queue_index, CNT_ICMP_FRONT_STEERED);
 }
 
-/* Asks the kernel's route and neighbour tables for the hop towards `iph`'s
- * destination (a client) through the front, as a packet from `src`, and on
- * success writes it into the Ethernet header. OUTPUT makes the lookup from the
- * egress side, so it cannot pick the back. The kernel still answers only if the
- * front forwards IPv4 (BPF_FIB_LKUP_RET_FWD_DISABLED otherwise, counted as
- * fib_failed), which dispatchd checks at start-up. A packet larger than the
- * route's MTU gets BPF_FIB_LKUP_RET_FRAG_NEEDED and the MTU in *mtu. */
-static __always_inline int client_hop(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *iph,
-				      __u32 src, __u16 *mtu)
-{
-	struct bpf_fib_lookup fib = {};
-	int rc;
-
-	fib.family = AF_INET;
-	fib.l4_protocol = iph->protocol;
-	fib.tot_len = bpf_ntohs(iph->tot_len);
-	fib.ipv4_src = src;
-	fib.ipv4_dst = iph->daddr;
-	fib.ifindex = front_ifindex;
-	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
-	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
-		__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-		__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
-	} else if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
-		*mtu = fib.mtu_result;
-	}
-	return rc;
-}
-
 static __always_inline __u16 csum_fold(__s64 partial)
 {
 	__u32 sum = (__u32)partial;
@@ -366,32 +354,152 @@ static __always_inline int frag_needed(struct xdp_md *ctx, __u16 mtu)
 	return count(CNT_FRAG_NEEDED_SENT, XDP_TX);
 }
 
+/* Passed to the kernel, with the reason counted beside `passed`. */
+static __always_inline int pass_back(__u32 reason)
+{
+	count(reason, 0);
+	return count(CNT_PASSED, XDP_PASS);
+}
+
+/* reply_mode "tracked": is this daemon frame a reply of a connection a worker
+ * holds a record for? Anything else from the daemon's address and port (a host
+ * that reaches the daemon directly, through this one or not) stays the host's. */
+static __always_inline int reply_tracked(struct iphdr *iph, struct tcphdr *tcph)
+{
+	struct reply_key key = {
+		.client_addr = iph->daddr,
+		.daemon_addr = iph->saddr,
+		.client_port = tcph->dest,
+		.daemon_port = tcph->source,
+	};
+
+	return bpf_map_lookup_elem(&tracked, &key) != 0;
+}
+
+/* Where the kernel would send a frame from a daemon to `iph`'s destination (a
+ * client), leaving as from `src` (the VIP it answers for) with ports `sport`,
+ * `dport` (0 for an ICMP error): the lookup its forwarding path makes for a
+ * frame arriving on the back (no output interface), so `fib->ifindex` is the
+ * route's true egress and a local destination (any address of this host: every
+ * interface's, the VIPs, loopback-routed ones) comes back NOT_FWDED. Not
+ * BPF_FIB_LOOKUP_OUTPUT with the front as ifindex: that sets the front as the
+ * flow's output interface, and fib_table_lookup then skips every next hop on
+ * another interface (fib_lookup_good_nhc), so a destination routed elsewhere
+ * falls through to a shorter prefix through the front (a default route) or to
+ * no route at all. The kernel answers only if the back forwards IPv4
+ * (FWD_DISABLED otherwise). The source makes `from VIP` policy rules pick the
+ * route; the ports feed a multipath hash. A frame larger than the route's MTU
+ * gets FRAG_NEEDED and the MTU in `fib->mtu_result`, before the kernel says
+ * the egress: `with_len` 0 asks again without the length. */
+static __always_inline int reply_route(struct xdp_md *ctx, struct iphdr *iph, __u32 src,
+				       __be16 sport, __be16 dport, int with_len,
+				       struct bpf_fib_lookup *fib)
+{
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->family = AF_INET;
+	fib->l4_protocol = iph->protocol;
+	fib->sport = sport;
+	fib->dport = dport;
+	fib->tot_len = with_len ? bpf_ntohs(iph->tot_len) : 0;
+	fib->ipv4_src = src;
+	fib->ipv4_dst = iph->daddr;
+	fib->ifindex = back_ifindex;
+	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+}
+
+/* The kernel has no neighbour entry for the hop towards the client (the lookup
+ * left that hop in ipv4_dst): note it for the management loop, which makes the
+ * kernel resolve it, and drop the reply meanwhile; TCP sends it again. Passing
+ * it instead would make the host forward it with the daemon's source, and the
+ * client's RST would reset the daemon's connection. */
+static __always_inline int unresolved_hop(struct bpf_fib_lookup *fib)
+{
+	__u32 hop = fib->ipv4_dst;
+	__u8 one = 1;
+
+	/* A burst of replies to one hop updates it once. */
+	if (!bpf_map_lookup_elem(&unresolved_hops, &hop))
+		bpf_map_update_elem(&unresolved_hops, &hop, &one, BPF_ANY);
+	return count(CNT_FIB_NO_NEIGH, XDP_DROP);
+}
+
+/* Sets the Ethernet addresses of a daemon's frame (a reply, or an error about a
+ * client's segment) for the hop towards the client, if the kernel would send
+ * it out of the front; `sport`, `dport` as for reply_route. Returns 0 when
+ * the frame is ready for a back socket, else the frame's verdict: passed to the
+ * host (not for a client), dropped (no route, no neighbour yet), or, with
+ * `answer_too_big`, turned into "fragmentation needed" for the daemon. */
+static __always_inline int to_client(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *iph,
+				     __u32 src, __be16 sport, __be16 dport, int answer_too_big)
+{
+	struct bpf_fib_lookup fib;
+	__u16 mtu = 0;
+	int rc;
+
+	rc = reply_route(ctx, iph, src, sport, dport, 1, &fib);
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		/* Too big for the route; whether it is the front's route (ours to
+		 * answer) or another's (the host's, which answers it itself) the
+		 * kernel only says when asked without the length. */
+		mtu = fib.mtu_result;
+		rc = reply_route(ctx, iph, src, sport, dport, 0, &fib);
+		if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+			if (fib.ifindex != front_ifindex)
+				return pass_back(CNT_BACK_NOT_FRONT);
+			if (answer_too_big)
+				return frag_needed(ctx, mtu);
+			/* An error is at most 576 bytes: a front route with a
+			 * smaller MTU, below IPv4's minimum, is a failed lookup. */
+			return count(CNT_FIB_FAILED, XDP_DROP);
+		}
+	}
+	switch (rc) {
+	case BPF_FIB_LKUP_RET_SUCCESS:
+	case BPF_FIB_LKUP_RET_NO_NEIGH:
+		/* Clients are reached through the front; a route out of any
+		 * other interface is to a host the daemon talks to directly. */
+		if (fib.ifindex != front_ifindex)
+			return pass_back(CNT_BACK_NOT_FRONT);
+		if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+			return unresolved_hop(&fib);
+		break;
+	case BPF_FIB_LKUP_RET_NOT_FWDED:
+		return pass_back(CNT_BACK_TO_HOST);
+	case BPF_FIB_LKUP_RET_FWD_DISABLED:
+		/* The kernel cannot forward it either: what is local still gets
+		 * delivered (health probes), the rest is dropped there. */
+		return pass_back(CNT_FWD_DISABLED);
+	default:
+		return count(CNT_FIB_FAILED, XDP_DROP);
+	}
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	return 0;
+}
+
 static __always_inline int steer_back(struct xdp_md *ctx, struct ethhdr *eth,
 				      struct iphdr *iph, struct tcphdr *tcph)
 {
 	struct endpoint key = { .addr = iph->saddr, .port = tcph->source };
 	struct daemon_info *daemon;
-	__u32 daddr = iph->daddr;
-	__u16 mtu = 0;
-	int rc;
+	int verdict;
 
 	daemon = bpf_map_lookup_elem(&daemons, &key);
-	if (!daemon || bpf_map_lookup_elem(&local_addrs, &daddr))
+	if (!daemon)
 		return count(CNT_PASSED, XDP_PASS);
-	/* The reply leaves through the front towards the client. */
-	rc = client_hop(ctx, eth, iph, daemon->service.addr, &mtu);
-	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
-		return frag_needed(ctx, mtu);
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		return count(CNT_FIB_NO_NEIGH, XDP_DROP);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
-		return count(CNT_FIB_FAILED, XDP_DROP);
+	if (track_replies && !reply_tracked(iph, tcph))
+		return pass_back(CNT_BACK_UNTRACKED);
+	verdict = to_client(ctx, eth, iph, daemon->service.addr, daemon->service.port,
+			    tcph->dest, 1);
+	if (verdict)
+		return verdict;
 	return to_socket(MAX_QUEUES + ctx->rx_queue_index, CNT_BACK_STEERED);
 }
 
-/* An error on the back, not for this host, quoting a client's segment as
- * forwarded (client -> daemon:port): translated towards the client like a
- * reply, so it takes the reply's way out. */
+/* An error on the back quoting a client's segment as forwarded (client ->
+ * daemon:port), on its way to the client: translated towards the client like a
+ * reply, so it takes the reply's way out. One for this host (NOT_FWDED) is the
+ * host's. */
 static __always_inline int steer_back_icmp(struct xdp_md *ctx, struct ethhdr *eth,
 					   void *data_end, struct iphdr *iph)
 {
@@ -399,12 +507,8 @@ static __always_inline int steer_back_icmp(struct xdp_md *ctx, struct ethhdr *et
 	struct daemon_info *daemon;
 	struct iphdr *quote;
 	__be16 *ports = 0;
-	__u32 daddr = iph->daddr;
-	__u16 mtu = 0;
-	int rc;
+	int verdict;
 
-	if (bpf_map_lookup_elem(&local_addrs, &daddr))
-		return count(CNT_PASSED, XDP_PASS);
 	quote = icmp_quote(data_end, iph, &ports);
 	if (!quote || !ports)
 		return count(CNT_PASSED, XDP_PASS);
@@ -413,13 +517,9 @@ static __always_inline int steer_back_icmp(struct xdp_md *ctx, struct ethhdr *et
 	daemon = bpf_map_lookup_elem(&daemons, &key);
 	if (!daemon)
 		return count(CNT_PASSED, XDP_PASS);
-	/* An error is at most 576 bytes: a front route with a smaller MTU, below
-	 * IPv4's minimum, is counted as a failed lookup. */
-	rc = client_hop(ctx, eth, iph, daemon->service.addr, &mtu);
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		return count(CNT_FIB_NO_NEIGH, XDP_DROP);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
-		return count(CNT_FIB_FAILED, XDP_DROP);
+	verdict = to_client(ctx, eth, iph, daemon->service.addr, 0, 0, 0);
+	if (verdict)
+		return verdict;
 	return to_socket(MAX_QUEUES + ctx->rx_queue_index, CNT_ICMP_BACK_STEERED);
 }
 

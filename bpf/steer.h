@@ -13,6 +13,12 @@
 #define MAX_SERVICES 1024
 /* Entries of the daemons map. */
 #define MAX_DAEMONS 4096
+/* Most entries of the tracked map (reply_mode "tracked"): the kernel refuses a
+ * hash map with more than 2^27 (its bucket array would pass 4 GiB). */
+#define MAX_TRACKED 134217728
+/* Next hops towards clients noted unresolved between two rounds of the
+ * management loop (100 ms); the oldest give way. */
+#define MAX_UNRESOLVED_HOPS 1024
 
 /* (VIP, port) of a service, or (address, port) of a daemon. */
 struct endpoint {
@@ -26,14 +32,28 @@ struct daemon_info {
 	struct endpoint service;
 };
 
+/* A connection as its daemon's replies show it, all four fields as the reply
+ * carries them: the key of the tracked map (reply_mode "tracked"), which the
+ * workers fill. Keyed by the daemon rather than the VIP, so a host that talks
+ * to the daemon directly from the same address and port as one of its VIP
+ * connections (to another daemon) is still told apart. */
+struct reply_key {
+	__u32 client_addr;
+	__u32 daemon_addr;
+	__u16 client_port;
+	__u16 daemon_port;
+};
+
 /* Every verdict the program reaches is counted in a per-CPU array. */
 enum steer_counter {
 	CNT_FRONT_STEERED = 0, /* service frame redirected to a front socket */
 	CNT_BACK_STEERED,      /* daemon reply redirected to a back socket */
 	CNT_PASSED,            /* not ours: handed to the kernel */
 	CNT_NO_SOCKET,         /* ours, but no socket on this queue: dropped */
-	CNT_FIB_NO_NEIGH,      /* reply to a client whose next hop is unresolved */
-	CNT_FIB_FAILED,        /* reply to a client the kernel cannot route */
+	CNT_FIB_NO_NEIGH,      /* reply to a client whose next hop is unresolved: the
+				* hop noted for resolution, the reply dropped */
+	CNT_FIB_FAILED,        /* reply the kernel would drop (blackhole, unreachable,
+				* prohibit, beyond the egress MTU): dropped */
 	CNT_TRUNCATED,         /* too short to read the IPv4 addresses: passed */
 	CNT_VLAN,              /* VLAN-tagged: passed (dispatchd serves untagged frames) */
 	CNT_IPV6,              /* IPv6: passed */
@@ -45,6 +65,12 @@ enum steer_counter {
 				* "fragmentation needed" back to the daemon (XDP_TX) */
 	CNT_TOO_BIG,           /* reply larger than the front path's MTU that cannot be answered
 				* (DF clear, IP options, no source address set): dropped */
+	CNT_BACK_TO_HOST,      /* daemon frame the kernel would not route out (a local
+				* destination, or none): passed */
+	CNT_BACK_NOT_FRONT,    /* daemon frame routed out of another interface: passed */
+	CNT_BACK_UNTRACKED,    /* reply_mode "tracked": daemon frame of no tracked
+				* connection: passed */
+	CNT_FWD_DISABLED,      /* daemon frame while the back does not forward: passed */
 	CNT_MAX,
 };
 

@@ -116,9 +116,12 @@ up() {
 	else
 		ip -n "${p}d" addr add 198.19.0.1/24 dev l1
 	fi
-	# dispatchd's XDP program asks the FIB for each reply's next hop towards the
-	# client; the kernel answers that only for an interface that forwards IPv4.
-	ip netns exec "${p}d" sysctl -qw net.ipv4.conf.l0.forwarding=1
+	# dispatchd's XDP program asks the FIB where the kernel would forward each
+	# frame a daemon sends (the client's next hop, or the host itself), as for a
+	# frame arriving on l1; the kernel answers that only if l1 forwards IPv4. The
+	# host forwards between the two sides too (a host on the client side
+	# reaching a daemon by its own address), so l0 forwards as well.
+	ip netns exec "${p}d" sysctl -qw net.ipv4.conf.l0.forwarding=1 net.ipv4.conf.l1.forwarding=1
 	ip -n "${p}d" link set l0 up
 	ip -n "${p}d" link set l1 up
 	case "$router" in

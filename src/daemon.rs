@@ -14,7 +14,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    config::{Config, PollMode},
+    config::{Config, PollMode, ReplyMode},
     control::{
         apply::{apply, Host},
         ctl,
@@ -26,9 +26,9 @@ use crate::{
     protocol::{self, Wake},
     queues::{self, fmt_queues, LinkFacts, LinkWatch, WorkerQueues},
     stats::WorkerStats,
-    sys::{self, EventFd},
+    sys::{self, EventFd, RawIpSender},
     worker::{self, WorkerSetup},
-    xdp::{self, Interface, Side, Steering},
+    xdp::{self, Interface, Replies, Side, Steering},
     xsk::{self, Bind, SocketOptions},
 };
 
@@ -67,18 +67,31 @@ fn fmt_mac(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
 }
 
-/// The XDP program asks the kernel's FIB for the next hop of each reply to a
-/// client, and the kernel answers only for interfaces that forward IPv4.
-fn require_forwarding(front: &str) -> Result<()> {
-    let path = format!("/proc/sys/net/ipv4/conf/{front}/forwarding");
+/// The XDP program asks the kernel's FIB where it would forward each frame a
+/// daemon sends (the client's next hop, or the host itself), as for a frame
+/// arriving on the back; the kernel answers only if the back forwards IPv4.
+fn require_forwarding(back: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{back}/forwarding");
     let value = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     if value.trim() != "1" {
         bail!(
-            "IPv4 forwarding is off on the front interface {front}; the reply path's FIB lookup needs it \
-             (sysctl -w net.ipv4.conf.{front}.forwarding=1)"
+            "IPv4 forwarding is off on the back interface {back}; the reply path's FIB lookup needs it \
+             (sysctl -w net.ipv4.conf.{back}.forwarding=1)"
         );
     }
     Ok(())
+}
+
+/// What the steering program needs to know of `reply_mode`, for `workers`
+/// flow tables.
+fn replies(config: &Config, workers: usize) -> Replies {
+    match config.reply_mode {
+        ReplyMode::Stateless => Replies::Stateless,
+        // check_tracked_room keeps it within MAX_TRACKED, a u32.
+        ReplyMode::Tracked => Replies::Tracked {
+            capacity: u32::try_from(config.tracked_capacity(workers)).unwrap_or(u32::MAX),
+        },
+    }
 }
 
 /// Runs dispatchd until SIGTERM or SIGINT. `reload` re-reads the configuration
@@ -97,7 +110,7 @@ struct Interfaces {
 }
 
 /// What must hold before anything is loaded: the capabilities, the interfaces,
-/// forwarding on the front, RX queue counts dispatchd can serve, MTUs whose
+/// forwarding on the back, RX queue counts dispatchd can serve, MTUs whose
 /// frames fit a UMEM frame.
 fn check_host(config: &Config) -> Result<Interfaces> {
     let missing = sys::missing_capabilities().context("reading this process's capabilities")?;
@@ -110,7 +123,7 @@ fn check_host(config: &Config) -> Result<Interfaces> {
     let front = Interface::lookup(&config.front).context("front")?;
     let back = Interface::lookup(&config.back).context("back")?;
     let back_mac = neigh::interface_mac(&back.name)?;
-    require_forwarding(&front.name)?;
+    require_forwarding(&back.name)?;
     let front_link = queues::read_link(&front, Side::Front)?;
     let back_link = queues::read_link(&back, Side::Back)?;
     queues::check(
@@ -294,7 +307,8 @@ pub fn run_with(
     }
     let bind = choose_bind(&config, &ifaces)?;
     let plan = plan_workers(&config, &ifaces.front_link, &ifaces.back_link);
-    let mut steering = Steering::load(&ifaces.front, &ifaces.back)?;
+    config.check_tracked_room(plan.len())?;
+    let mut steering = Steering::load(&ifaces.front, &ifaces.back, replies(&config, plan.len()))?;
     let host = Host {
         resolver: &resolver,
         back_mac: ifaces.back_mac,
@@ -316,9 +330,6 @@ pub fn run_with(
     }
     let back_addrs =
         sys::ipv4_addrs(&ifaces.back.name).context("reading the back interface's addresses")?;
-    for &addr in &back_addrs {
-        steering.add_local_addr(addr)?;
-    }
     match back_addrs.first() {
         Some(&addr) => steering.set_icmp_source(addr)?,
         None => println!(
@@ -327,6 +338,13 @@ pub fn run_with(
             ifaces.back.name
         ),
     }
+    // Opened while dispatchd still has CAP_NET_RAW, which sending does not need.
+    let probes = RawIpSender::open(&ifaces.front.name).with_context(|| {
+        format!(
+            "opening a raw socket on {} for next-hop probes",
+            ifaces.front.name
+        )
+    })?;
     let sockets = open_workers(&config, &ifaces, &plan, bind, &steering)?;
 
     // Bound before anything is attached, so a bad path fails start-up cleanly.
@@ -348,6 +366,16 @@ pub fn run_with(
     }
     if let Some(mss) = config.mss_clamp {
         println!("dispatchd: client SYNs announce an MSS of at most {mss}");
+    }
+    match config.reply_mode {
+        ReplyMode::Stateless => println!(
+            "dispatchd: replies: every frame from a daemon's address and port routed out of {}",
+            ifaces.front.name
+        ),
+        ReplyMode::Tracked => println!(
+            "dispatchd: replies: tracked connections only (room for {} in the kernel)",
+            config.tracked_capacity(plan.len())
+        ),
     }
     if bare {
         println!("dispatchd: BARE FORWARDER (benchmark only): frames cross unparsed, unrewritten");
@@ -377,6 +405,10 @@ pub fn run_with(
             stop: stop.clone(),
             link: worker_end,
             bare,
+            tracked: match config.reply_mode {
+                ReplyMode::Tracked => Some(steering.tracked_map()?),
+                ReplyMode::Stateless => None,
+            },
             ready: None,
         });
     }
@@ -409,6 +441,7 @@ pub fn run_with(
         back_mac: ifaces.back_mac,
         ctl,
         links: watch,
+        probes,
     })?;
     // Everything privileged is done: the workers and the loop run without any
     // capability (the workers inherit this thread's empty sets).

@@ -19,6 +19,7 @@ pub mod protocol;
 pub mod queues;
 pub mod stats;
 pub mod sys;
+pub mod tracked;
 pub mod worker;
 pub mod xdp;
 pub mod xsk;

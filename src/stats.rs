@@ -173,6 +173,11 @@ pub struct WorkerStats {
     pub xsk_fill_ring_empty: Counter,
     /// Invalid descriptors, received and sent (a bug in frame accounting).
     pub xsk_invalid_descs: Counter,
+    /// reply_mode "tracked": connections written to and removed from the
+    /// kernel's map of tracked connections, and keys the kernel refused.
+    pub tracked_inserted: Counter,
+    pub tracked_removed: Counter,
+    pub tracked_failed: Counter,
     pub invalid: [Counter; DropReason::COUNT],
     pub dropped: [Counter; WorkerDrop::COUNT],
     /// ICMP errors from the front about a connection's reply, copied to the

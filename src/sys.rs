@@ -1,5 +1,6 @@
-//! Small libc wrappers for process set-up: interface addresses, signals, memory advice.
-#![allow(unsafe_code)] // getifaddrs, signal masks, madvise; each block says why it is sound
+//! Small libc wrappers: signals, capabilities, memory advice, the eventfd and a
+//! raw IPv4 sender.
+#![allow(unsafe_code)] // signal masks, capabilities, madvise, sockets; each block says why it is sound
 
 use std::{ffi::CStr, io, mem::MaybeUninit, net::Ipv4Addr};
 
@@ -57,6 +58,75 @@ pub fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
     // SAFETY: as above, restoring the previous mask.
     unsafe { libc::umask(old) };
     result
+}
+
+/// A send-only raw IPv4 socket bound to one interface: the caller writes whole
+/// IPv4 packets (IPPROTO_RAW implies IP_HDRINCL; the kernel fills in a zero
+/// source address, a zero id, the total length and the header checksum) and
+/// nothing is ever received on it. Opening needs CAP_NET_RAW (and binding to
+/// the device may); sending does not, so one opened at start-up keeps working
+/// after [`drop_all_capabilities`]. A packet sent to an address the kernel has
+/// no neighbour entry for makes the kernel resolve it, as any local packet does.
+#[derive(Debug)]
+pub struct RawIpSender(std::os::fd::OwnedFd);
+
+impl RawIpSender {
+    pub fn open(device: &str) -> io::Result<Self> {
+        // SAFETY: plain socket(2); a non-negative result is a new fd we own.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::IPPROTO_RAW,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor owned by nobody else.
+        let sock = Self(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) });
+        // SAFETY: setsockopt reads `device.len()` bytes of the name during the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                device.as_ptr().cast(),
+                device.len() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(sock)
+    }
+
+    /// Sends `packet` (a whole IPv4 packet) to `dst` without waiting.
+    pub fn send_to(&self, packet: &[u8], dst: Ipv4Addr) -> io::Result<()> {
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(dst).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: packet and sin are live for the call, of the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                std::os::fd::AsRawFd::as_raw_fd(&self.0),
+                packet.as_ptr().cast(),
+                packet.len(),
+                libc::MSG_DONTWAIT,
+                (&sin as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 /// This host's IPv4 addresses on `device`.

@@ -31,6 +31,8 @@ use crate::{
     ids::WorkerId,
     protocol::{self, Event, EventSink, FlowCommand, WorkerEnd, COMMANDS_PER_ROUND},
     stats::{now_ns, WorkerDrop, WorkerStats},
+    tracked::ReplyTracker,
+    xdp::TrackedMap,
     xsk::{self, poll_readable, WorkerSockets},
 };
 
@@ -55,6 +57,8 @@ pub struct WorkerSetup {
     pub link: WorkerEnd<Dataplane>,
     /// Benchmark only (`--bare-forwarder`): frames cross untouched, no parsing.
     pub bare: bool,
+    /// reply_mode "tracked": the kernel's map this worker mirrors its table into.
+    pub tracked: Option<TrackedMap>,
     /// Told this worker's id once it is about to serve (its table allocated).
     pub ready: Option<std::sync::mpsc::Sender<WorkerId>>,
 }
@@ -92,6 +96,7 @@ pub fn run(setup: WorkerSetup) {
             commands,
         },
         bare,
+        tracked,
         ready,
     } = setup;
     if let Some(core) = core {
@@ -106,6 +111,7 @@ pub fn run(setup: WorkerSetup) {
         mut back,
     } = sockets;
     let mut table = FlowTable::with_capacity(flow_capacity);
+    let mut tracker = tracked.map(|map| ReplyTracker::new(map, &mut table));
     let mut b = Batches {
         // Placeholders, overwritten by each consume before they are read.
         rx: vec![FrameDesc::default(); batch],
@@ -168,6 +174,9 @@ pub fn run(setup: WorkerSetup) {
                 now_ns,
             );
         }
+        if let Some(t) = &mut tracker {
+            t.sync(&mut table, &stats);
+        }
 
         let mut busy_ns = 0u64;
         let (mut n_fwd, mut n_rev, mut sent_fwd, mut sent_rev) = (0, 0, 0, 0);
@@ -193,6 +202,11 @@ pub fn run(setup: WorkerSetup) {
                     events: &mut events,
                     stats: &stats,
                     now_ns,
+                },
+                |f| {
+                    if let Some(t) = &mut tracker {
+                        t.sync(f.table, f.stats);
+                    }
                 },
             );
             count_socket(&stats, i, n_front + j, received, sent);
@@ -223,6 +237,7 @@ pub fn run(setup: WorkerSetup) {
                     stats: &stats,
                     now_ns,
                 },
+                |_| {},
             );
             count_socket(&stats, n_front + j, i, received, sent);
             if received == 0 && from.busy_poll {
@@ -542,17 +557,20 @@ fn kick(tx: &mut TxQueue, n: usize, budget: usize, stats: &WorkerStats) {
 }
 
 /// Receives one batch on `rings.rx`, runs `handle` over each frame in place and
-/// transmits the ones it accepts on `rings.tx`. Returns the frames received and
-/// sent, and adds to `busy_ns` the time from taking the batch to handing it to
-/// the TX ring: the dispatcher's own per-packet cost, without the kernel's send
-/// in the kick.
-fn pump(
+/// transmits the ones it accepts on `rings.tx`; `before_send` runs once the
+/// batch is handled and before any of it is handed to the ring. Returns the
+/// frames received and sent, and adds to `busy_ns` the time from taking the
+/// batch to handing it to the TX ring: the dispatcher's own per-packet cost,
+/// without the kernel's send in the kick.
+#[allow(clippy::too_many_arguments)]
+fn pump<H: FrameHandler>(
     rings: &mut Rings<'_>,
     b: &mut Batches,
     stats: &WorkerStats,
     busy_ns: &mut u64,
     bare: bool,
-    handler: &mut impl FrameHandler,
+    handler: &mut H,
+    before_send: impl FnOnce(&mut H),
 ) -> (usize, usize) {
     // SAFETY: the descriptors belong to this worker's UMEM.
     let received = unsafe { rings.rx.consume(&mut b.rx) };
@@ -586,6 +604,9 @@ fn pump(
             }
         },
     );
+    // reply_mode "tracked": the batch's new connections reach the kernel's map
+    // before their SYNs leave, so no SYN-ACK can come back ahead of its key.
+    before_send(handler);
     if b.tx.is_empty() {
         *busy_ns += start.elapsed().as_nanos() as u64;
         return (received, 0);

@@ -9,7 +9,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     ffi::CString,
-    fmt,
+    fmt, io,
     mem::MaybeUninit,
     net::{Ipv4Addr, SocketAddrV4},
     os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
@@ -40,7 +40,7 @@ use skel::{types, SteerSkel, SteerSkelBuilder};
 
 /// Names of `enum steer_counter` in `bpf/steer.h`, in order. [`Steering::load`]
 /// checks the length against the counters map's size, which comes from the header.
-pub const COUNTER_NAMES: [&str; 15] = [
+pub const COUNTER_NAMES: [&str; 19] = [
     "front_steered",
     "back_steered",
     "passed",
@@ -56,6 +56,10 @@ pub const COUNTER_NAMES: [&str; 15] = [
     "icmp_back_steered",
     "frag_needed_sent",
     "too_big",
+    "back_to_host",
+    "back_not_front",
+    "back_untracked",
+    "fwd_disabled",
 ];
 
 /// Which side of the dispatcher a socket or interface is on.
@@ -124,6 +128,17 @@ pub struct Steering {
     links: Vec<OwnedFd>,
 }
 
+/// Which frames from a daemon's address and port the program takes as replies
+/// to clients (`reply_mode`). Either way only those the kernel would route out
+/// of the front.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replies {
+    /// All of them: no per-connection state, any instance can rewrite them.
+    Stateless,
+    /// Those of connections in the tracked map, which has room for `capacity`.
+    Tracked { capacity: u32 },
+}
+
 /// What the steering maps hold for a configuration: its services (with their
 /// index), its daemons (with their service) and its VIPs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -187,7 +202,7 @@ fn pod_bytes<T: Copy>(value: &T) -> &[u8] {
 impl Steering {
     /// Loads (and verifies) the program for this pair of interfaces. Nothing is
     /// attached until [`Steering::attach`].
-    pub fn load(front: &Interface, back: &Interface) -> Result<Self> {
+    pub fn load(front: &Interface, back: &Interface, replies: Replies) -> Result<Self> {
         // The skeleton borrows its object storage for its whole life; one program per
         // process, so leaking it once gives it the 'static life the workers need.
         // libbpf's own messages would add lines to a failure that is reported as
@@ -205,6 +220,13 @@ impl Steering {
             .context("program has no rodata")?;
         rodata.front_ifindex = front.index;
         rodata.back_ifindex = back.index;
+        if let Replies::Tracked { capacity } = replies {
+            rodata.track_replies = 1;
+            open.maps
+                .tracked
+                .set_max_entries(capacity.max(1))
+                .context("sizing the tracked-connections map")?;
+        }
         let skel = open
             .load()
             .context("loading the XDP program (needs root, or CAP_BPF with CAP_PERFMON)")?;
@@ -304,15 +326,38 @@ impl Steering {
         Ok(table)
     }
 
-    /// One of this host's addresses on the back: daemons' answers to it are the
-    /// host's own traffic and stay with the kernel.
-    pub fn add_local_addr(&self, addr: Ipv4Addr) -> Result<()> {
-        let key = u32::from_ne_bytes(addr.octets());
-        self.skel
+    /// Takes the next hops towards clients that the program found without a
+    /// neighbour entry since the last call (appended to `hops`), and forgets
+    /// them: one still unresolved is noted again by the next reply that needs it.
+    pub fn take_unresolved_hops(&self, hops: &mut Vec<Ipv4Addr>) -> Result<()> {
+        let map = &self.skel.maps.unresolved_hops;
+        let start = hops.len();
+        // A key the program evicts under the walk's cursor restarts the walk
+        // from the first key: bounded, a storm of new hops cannot hold it.
+        let most = 2 * map.max_entries() as usize;
+        hops.extend(map.keys().take(most).filter_map(|k| ip_of(&k)));
+        for hop in &hops[start..] {
+            match map.delete(&hop.octets()) {
+                Ok(()) => {}
+                // Evicted meanwhile (the map is an LRU): nothing to forget.
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).context("forgetting an unresolved next hop"),
+            }
+        }
+        Ok(())
+    }
+
+    /// A handle on the tracked-connections map for one worker (reply_mode
+    /// "tracked"); in stateless mode the map exists with one unused entry.
+    pub fn tracked_map(&self) -> Result<TrackedMap> {
+        let fd = self
+            .skel
             .maps
-            .local_addrs
-            .update(&key.to_ne_bytes(), &[1], MapFlags::ANY)
-            .with_context(|| format!("adding local address {addr} to the XDP map"))
+            .tracked
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the tracked map's descriptor")?;
+        Ok(TrackedMap { fd })
     }
 
     /// The source address of the "fragmentation needed" the program answers a
@@ -457,6 +502,175 @@ impl Steering {
             })?;
         let data = output.data.map(|d| d.to_vec()).unwrap_or_default();
         Ok((output.return_value, data))
+    }
+
+    /// The kernel's average time for one run of the program on `frame`, over
+    /// `repeat` runs of [`test_run`](Self::test_run) in one call: what the
+    /// program costs per frame of that class (FIB and map lookups included).
+    pub fn time_run(
+        &self,
+        frame: &[u8],
+        ingress_ifindex: u32,
+        rx_queue: u32,
+        repeat: u32,
+    ) -> Result<std::time::Duration> {
+        let len = u32::try_from(frame.len()).context("frame length")?;
+        let mut ctx: Vec<u8> = [0, len, 0, ingress_ifindex, rx_queue, 0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        let input = libbpf_rs::ProgramInput {
+            data_in: Some(frame),
+            context_in: Some(&mut ctx),
+            repeat,
+            ..Default::default()
+        };
+        let output = self
+            .skel
+            .progs
+            .dispatchd_steer
+            .test_run(input)
+            .context("timed BPF_PROG_TEST_RUN")?;
+        Ok(output.duration)
+    }
+}
+
+/// `struct reply_key` of `bpf/steer.h`: a connection as its daemon's replies
+/// show it, the key of the tracked map.
+pub type ReplyKey = types::reply_key;
+
+/// The tracked map's key for the connection between `client` and `daemon`.
+pub fn reply_key(client: SocketAddrV4, daemon: SocketAddrV4) -> ReplyKey {
+    // Network byte order in memory, as the program reads the packet.
+    ReplyKey {
+        client_addr: u32::from_ne_bytes(client.ip().octets()),
+        daemon_addr: u32::from_ne_bytes(daemon.ip().octets()),
+        client_port: client.port().to_be(),
+        daemon_port: daemon.port().to_be(),
+    }
+}
+
+/// How far one batch operation went: the keys the kernel took, in order, and
+/// why it stopped before the end, if it did (the key at `done` was refused).
+#[derive(Debug)]
+pub struct BatchOutcome {
+    pub done: usize,
+    pub error: Option<io::Error>,
+}
+
+/// One worker's handle on the tracked-connections map (reply_mode "tracked"):
+/// what its flow table holds, as the program looks replies up.
+#[derive(Debug)]
+pub struct TrackedMap {
+    fd: OwnedFd,
+}
+
+/// Keys written per BPF_MAP_UPDATE_BATCH: the values are this many ones.
+const UPDATE_BATCH_MAX: usize = 256;
+static ONES: [u8; UPDATE_BATCH_MAX] = [1; UPDATE_BATCH_MAX];
+
+impl TrackedMap {
+    /// A map of the tracked map's layout on its own, with no program looking it
+    /// up (for tests and benchmarks; dispatchd uses the program's own through
+    /// [`Steering::tracked_map`]). Needs CAP_BPF.
+    pub fn standalone(capacity: u32) -> Result<Self> {
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            ..Default::default()
+        };
+        let map = libbpf_rs::MapHandle::create(
+            libbpf_rs::MapType::Hash,
+            Some("tracked"),
+            size_of::<ReplyKey>() as u32,
+            1,
+            capacity,
+            &opts,
+        )
+        .context("creating a tracked-connections map (needs CAP_BPF)")?;
+        let fd = map
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the map's descriptor")?;
+        Ok(Self { fd })
+    }
+
+    /// Another handle on the same map (a duplicated descriptor).
+    pub fn try_clone(&self) -> Result<Self> {
+        let fd = self
+            .fd
+            .try_clone()
+            .context("duplicating the tracked map's descriptor")?;
+        Ok(Self { fd })
+    }
+
+    /// Adds `keys` with one BPF_MAP_UPDATE_BATCH per 256 keys.
+    pub fn insert(&self, keys: &[ReplyKey]) -> BatchOutcome {
+        let mut done = 0;
+        for chunk in keys.chunks(UPDATE_BATCH_MAX) {
+            let mut count = chunk.len() as u32;
+            // SAFETY: keys and values hold `count` elements of the map's key
+            // (`struct reply_key`, no padding) and value (one byte) sizes; the
+            // kernel only reads them during the call and writes `count`.
+            let rc = unsafe {
+                libbpf_sys::bpf_map_update_batch(
+                    self.fd.as_raw_fd(),
+                    chunk.as_ptr().cast(),
+                    ONES.as_ptr().cast(),
+                    &mut count,
+                    &batch_opts(),
+                )
+            };
+            done += count as usize;
+            if rc < 0 {
+                return BatchOutcome {
+                    done,
+                    error: Some(io::Error::from_raw_os_error(-rc)),
+                };
+            }
+        }
+        BatchOutcome { done, error: None }
+    }
+
+    /// Removes `keys` with one BPF_MAP_DELETE_BATCH.
+    pub fn remove(&self, keys: &[ReplyKey]) -> BatchOutcome {
+        let mut count = keys.len() as u32;
+        // SAFETY: keys holds `count` elements of the map's key size, read by the
+        // kernel during the call only; it writes `count`.
+        let rc = unsafe {
+            libbpf_sys::bpf_map_delete_batch(
+                self.fd.as_raw_fd(),
+                keys.as_ptr().cast(),
+                &mut count,
+                &batch_opts(),
+            )
+        };
+        BatchOutcome {
+            done: count as usize,
+            error: (rc < 0).then(|| io::Error::from_raw_os_error(-rc)),
+        }
+    }
+
+    /// Whether `key` is in the map (for tests and diagnostics: a syscall).
+    pub fn contains(&self, key: &ReplyKey) -> bool {
+        let mut value = 0u8;
+        // SAFETY: key points at one key of the map's key size and value at one
+        // byte, the map's value size; both live across the call.
+        let rc = unsafe {
+            libbpf_sys::bpf_map_lookup_elem(
+                self.fd.as_raw_fd(),
+                (key as *const ReplyKey).cast(),
+                (&mut value as *mut u8).cast(),
+            )
+        };
+        rc == 0
+    }
+}
+
+fn batch_opts() -> libbpf_sys::bpf_map_batch_opts {
+    libbpf_sys::bpf_map_batch_opts {
+        sz: size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
+        elem_flags: 0,
+        flags: 0,
     }
 }
 

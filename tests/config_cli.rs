@@ -8,7 +8,7 @@ use std::{
 use clap::Parser;
 use dispatchd::{
     balance::{BackendSpec, PolicyKind},
-    config::{BindMode, Config, ConfigError, PollMode, RunArgs, XdpMode, DEFAULT_BATCH},
+    config::{BindMode, Config, ConfigError, PollMode, ReplyMode, RunArgs, XdpMode, DEFAULT_BATCH},
 };
 
 #[derive(Parser, Debug)]
@@ -68,6 +68,7 @@ fn example_file_loads() {
     assert_eq!(c.bind_mode, BindMode::Auto);
     assert_eq!(c.xdp_mode, XdpMode::Auto);
     assert_eq!(c.poll, PollMode::Adaptive);
+    assert_eq!(c.reply_mode, ReplyMode::Stateless);
     assert_eq!(c.services.len(), 2);
     let s = &c.services[0];
     assert_eq!(s.address, a("198.18.0.100:80"));
@@ -476,6 +477,8 @@ fn flags_only_all_scalars() {
         "8192",
         "--batch",
         "32",
+        "--reply-mode",
+        "tracked",
     ]);
     let c = resolve(&args).unwrap();
     assert_eq!(c.queues, Some(4));
@@ -487,6 +490,7 @@ fn flags_only_all_scalars() {
     assert_eq!(c.flow_capacity, 1000);
     assert_eq!(c.frames_per_queue, 8192);
     assert_eq!(c.batch, 32);
+    assert_eq!(c.reply_mode, ReplyMode::Tracked);
 }
 
 #[test]
@@ -632,6 +636,8 @@ fn scalar_flags_override_file() {
         "copy",
         "--flow-capacity",
         "77",
+        "--reply-mode",
+        "tracked",
     ])
     .unwrap();
     let file = Config::load(&example_path()).unwrap();
@@ -645,7 +651,34 @@ fn scalar_flags_override_file() {
     assert_eq!(c.xdp_mode, XdpMode::Skb);
     assert_eq!(c.bind_mode, BindMode::Copy);
     assert_eq!(c.flow_capacity, 77);
+    assert_eq!(c.reply_mode, ReplyMode::Tracked);
     assert_eq!(c.services, file.services);
+}
+
+#[test]
+fn tracked_replies_beyond_the_kernel_maps_limit_are_refused() {
+    let e = resolve(&[
+        "--front",
+        "l0",
+        "--back",
+        "l1",
+        "--service",
+        "198.18.0.100:80",
+        "--backend",
+        "198.19.0.11:8080",
+        "--queues",
+        "64",
+        "--flow-capacity",
+        "2097153",
+        "--reply-mode",
+        "tracked",
+    ])
+    .unwrap_err();
+    assert!(
+        matches!(e, ConfigError::TrackedTooLarge { connections } if connections == 64 * 2_097_153),
+        "{e}"
+    );
+    assert!(e.to_string().contains("134217728"), "{e}");
 }
 
 /// Queues and worker cores are independent: a worker may serve several queues.

@@ -282,6 +282,20 @@ fn bad_start_up_input_is_one_line_and_leaves_nothing_attached() {
     let out = topo.dispatchd_fails(&["--config", &twice]);
     assert_clean_failure(&topo, &out, "198.19.0.11:8080");
 
+    // The back does not forward: the reply path's FIB lookup would fail.
+    let sysctl = |on: &str| {
+        let out = topo.run(
+            &topo.dispatcher(),
+            "sysctl",
+            &["-qw", &format!("net.ipv4.conf.l1.forwarding={on}")],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    sysctl("0");
+    let out = topo.dispatchd_fails(&Topology::default_flags(2));
+    sysctl("1");
+    assert_clean_failure(&topo, &out, "forwarding is off on the back interface l1");
+
     // No permission: the same valid command as an unprivileged user.
     let out = topo
         .cmd(&topo.dispatcher(), "setpriv")

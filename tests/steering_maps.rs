@@ -4,7 +4,7 @@
 use dispatchd::{
     config::Config,
     dataplane::Retired,
-    xdp::{Interface, Steering, SteeringTable},
+    xdp::{Interface, Replies, Steering, SteeringTable},
 };
 
 fn config(services: &[(&str, &[&str])]) -> Config {
@@ -32,7 +32,7 @@ fn load() -> Steering {
     );
     // The program is only loaded, never attached: any interface will do.
     let lo = Interface::lookup("lo").expect("lo");
-    Steering::load(&lo, &lo).expect("loading the XDP program")
+    Steering::load(&lo, &lo, Replies::Stateless).expect("loading the XDP program")
 }
 
 #[test]

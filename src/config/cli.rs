@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddrV4, path::PathBuf};
 
-use super::{file::FileBackend, OnFailure, OnRemove, PollMode, XdpMode};
+use super::{file::FileBackend, OnFailure, OnRemove, PollMode, ReplyMode, XdpMode};
 use super::{file::FileConfig, file::FileService, parse_backend, BindMode, Config, ConfigError};
 use crate::balance::{BackendSpec, PolicyKind};
 
@@ -13,7 +13,8 @@ use crate::balance::{BackendSpec, PolicyKind};
 ///
 /// * Scalar flags (`--front`, `--back`, `--queues`, `--cores`, `--bind-mode`,
 ///   `--xdp-mode`, `--poll`, `--flow-capacity`, `--frames-per-queue`, `--batch`,
-///   `--mss-clamp`) replace the file's value. `--cores` replaces the whole list.
+///   `--mss-clamp`, `--reply-mode`) replace the file's value. `--cores` replaces the
+///   whole list.
 /// * `--service` with one or more `--backend` defines a single service that replaces
 ///   all of the file's services.
 /// * `--backend` without `--service` is allowed only if the file has exactly one
@@ -75,6 +76,10 @@ pub struct RunArgs {
     /// paths whose ICMP "fragmentation needed" is filtered.
     #[arg(long, value_name = "N")]
     pub mss_clamp: Option<u16>,
+    /// Which daemon frames are rewritten as replies: every one from a daemon's
+    /// address and port (stateless), or those of tracked connections only.
+    #[arg(long, value_enum)]
+    pub reply_mode: Option<ReplyMode>,
     /// Path of the control socket (`dispatchd ctl` talks to it).
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
@@ -166,6 +171,9 @@ impl RunArgs {
         }
         if let Some(v) = self.mss_clamp {
             file.mss_clamp = Some(v);
+        }
+        if let Some(v) = self.reply_mode {
+            file.reply_mode = v;
         }
         if let Some(v) = &self.control_socket {
             file.control_socket = v.clone();

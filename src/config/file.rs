@@ -11,7 +11,7 @@ use serde::{
 
 use super::{
     parse_addr, parse_backend, BindMode, Config, ConfigError, ControlConfig, HealthCheck,
-    OnFailure, OnRemove, PollMode, ServiceConfig, Timeouts, XdpMode, DEFAULT_BATCH,
+    OnFailure, OnRemove, PollMode, ReplyMode, ServiceConfig, Timeouts, XdpMode, DEFAULT_BATCH,
     DEFAULT_CONTROL_SOCKET, DEFAULT_EVENT_RING, DEFAULT_FLOW_CAPACITY, DEFAULT_FRAMES_PER_QUEUE,
     DEFAULT_WEIGHT,
 };
@@ -47,6 +47,8 @@ pub(super) struct FileConfig {
     pub event_ring: usize,
     /// Largest MSS client SYNs may announce; none by default.
     pub mss_clamp: Option<u16>,
+    /// Which daemon frames are rewritten as replies.
+    pub reply_mode: ReplyMode,
     /// `[[service]]` tables.
     #[serde(rename = "service")]
     pub services: Vec<FileService>,
@@ -123,6 +125,7 @@ impl Default for FileConfig {
             event_ring: DEFAULT_EVENT_RING,
             batch: DEFAULT_BATCH,
             mss_clamp: None,
+            reply_mode: ReplyMode::default(),
             services: Vec::new(),
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
             metrics_listen: None,
@@ -249,6 +252,7 @@ impl FileConfig {
             event_ring: self.event_ring,
             batch: self.batch,
             mss_clamp: self.mss_clamp,
+            reply_mode: self.reply_mode,
             services: self
                 .services
                 .into_iter()

@@ -102,6 +102,21 @@ pub enum PollMode {
     Adaptive,
 }
 
+/// Which frames from a daemon's address and port are rewritten to its service
+/// (always only those the kernel would route out of the front).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyMode {
+    /// All of them: no per-connection state on the reply path, so replies may
+    /// come back through any instance (asymmetric return paths). A host that
+    /// reaches a daemon directly through this one gets its replies from the VIP.
+    #[default]
+    Stateless,
+    /// Only those of connections this instance tracks (a kernel map the workers
+    /// fill); everything else from the daemon is the host's to forward.
+    Tracked,
+}
+
 /// A validated configuration, ready to run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -139,6 +154,10 @@ pub struct Config {
     /// Client SYNs announcing a larger MSS are lowered to this, for paths that
     /// filter ICMP; [`MIN_MSS_CLAMP`]..=[`MAX_MSS_CLAMP`]. None: left alone.
     pub mss_clamp: Option<u16>,
+    /// Which daemon frames are rewritten as replies; with `Tracked`,
+    /// `flow_capacity * workers` <= [`MAX_TRACKED`] (checked here against the
+    /// most workers `queues` and `cores` allow, at start against the real count).
+    pub reply_mode: ReplyMode,
     /// The services to balance; at least one.
     pub services: Vec<ServiceConfig>,
     /// The management loop: control socket, metrics, timeouts, health checks.
@@ -270,6 +289,11 @@ pub enum ConfigError {
         crate::flow::MAX_CAPACITY
     )]
     FlowCapacityTooLarge { capacity: usize },
+    #[error(
+        "reply_mode = \"tracked\" needs room for flow_capacity * workers = {connections} \
+         connections in the kernel; it holds at most {MAX_TRACKED}"
+    )]
+    TrackedTooLarge { connections: u64 },
     #[error("{field} = {name:?} is not a valid interface name: {reason}")]
     BadInterface {
         field: &'static str,
@@ -289,6 +313,37 @@ impl Config {
     /// Reads the file at `path`, parses and validates it.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         file::FileConfig::load(path)?.into_config()
+    }
+
+    /// Connections the flow tables of `workers` workers hold together: what the
+    /// kernel's map of tracked connections must have room for in
+    /// `reply_mode = "tracked"`.
+    pub fn tracked_capacity(&self, workers: usize) -> u64 {
+        self.flow_capacity as u64 * workers as u64
+    }
+
+    /// The most workers this configuration allows, as far as it says: one per
+    /// core of `cores`, one per queue of `queues` (the host decides the rest at
+    /// start).
+    pub fn max_workers(&self) -> Option<usize> {
+        let by_cores = (!self.cores.is_empty()).then_some(self.cores.len());
+        let by_queues = self.queues.map(|q| q as usize);
+        match (by_cores, by_queues) {
+            (Some(c), Some(q)) => Some(c.min(q)),
+            (c, q) => c.or(q),
+        }
+    }
+
+    /// Checks that the tracked-connections map (reply_mode "tracked") has room
+    /// for `workers` flow tables.
+    pub fn check_tracked_room(&self, workers: usize) -> Result<(), ConfigError> {
+        if self.reply_mode == ReplyMode::Tracked {
+            let connections = self.tracked_capacity(workers);
+            if connections > u64::from(MAX_TRACKED) {
+                return Err(ConfigError::TrackedTooLarge { connections });
+            }
+        }
+        Ok(())
     }
 
     /// Every daemon of every service in config order, with its [`BackendId`] (its
@@ -357,6 +412,7 @@ impl Config {
                 capacity: self.flow_capacity,
             });
         }
+        self.check_tracked_room(self.max_workers().unwrap_or(1))?;
         self.validate_services()
     }
 

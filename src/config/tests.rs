@@ -22,6 +22,7 @@ fn base() -> Config {
         batch: DEFAULT_BATCH,
         event_ring: DEFAULT_EVENT_RING,
         mss_clamp: None,
+        reply_mode: ReplyMode::Stateless,
         services: vec![
             ServiceConfig {
                 address: a("198.18.0.100:80"),
@@ -43,6 +44,46 @@ fn flow_capacity_beyond_the_table_limit_is_refused() {
     let mut c = base();
     c.flow_capacity = crate::flow::MAX_CAPACITY + 1;
     assert!(matches!(err(c), ConfigError::FlowCapacityTooLarge { .. }));
+}
+
+#[test]
+fn tracked_replies_need_a_kernel_map_the_size_of_the_tables() {
+    let mut c = base();
+    c.reply_mode = ReplyMode::Tracked;
+    c.queues = Some(64);
+    c.flow_capacity = MAX_TRACKED as usize / 64;
+    assert!(c.validate().is_ok());
+    c.flow_capacity += 1;
+    let e = err(c.clone());
+    assert!(
+        matches!(e, ConfigError::TrackedTooLarge { connections } if connections == c.tracked_capacity(64)),
+        "{e}"
+    );
+    // Two cores bound the workers to two whatever the queues: the start-up
+    // check, with the real count, is the one that decides.
+    c.cores = vec![1, 2];
+    assert!(c.validate().is_ok());
+    assert!(c.check_tracked_room(2).is_ok());
+    assert!(c.check_tracked_room(64).is_err());
+    c.cores.clear();
+    // Stateless replies keep no such map.
+    c.reply_mode = ReplyMode::Stateless;
+    assert!(c.validate().is_ok());
+}
+
+#[test]
+fn reply_mode_parses_defaults_to_stateless_and_rejects_other_words() {
+    let service = "[[service]]\naddress = \"198.18.0.100:80\"\nbackends = [\"198.19.0.11:8080\"]\n";
+    let parse = |extra: &str| {
+        Config::from_toml_str(&format!("front = \"l0\"\nback = \"l1\"\n{extra}{service}"))
+    };
+    assert_eq!(parse("").unwrap().reply_mode, ReplyMode::Stateless);
+    assert_eq!(
+        parse("reply_mode = \"tracked\"\n").unwrap().reply_mode,
+        ReplyMode::Tracked
+    );
+    let e = parse("reply_mode = \"stateful\"\n").unwrap_err();
+    assert!(matches!(e, ConfigError::BadValue { .. }), "{e}");
 }
 
 #[test]

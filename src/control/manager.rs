@@ -5,10 +5,12 @@
 //!
 //! It drains the workers' events into the connection tracker, sends the tracker's
 //! orders and the daemons' state changes to the workers, probes the daemons,
-//! re-reads their next hops, answers the control socket and reloads on SIGHUP.
+//! re-reads their next hops, has the kernel resolve clients' next hops that the
+//! XDP program found unresolved, answers the control socket and reloads on
+//! SIGHUP.
 use std::{
     collections::VecDeque,
-    net::{SocketAddrV4, TcpListener},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener},
     os::{fd::AsRawFd, unix::net::UnixListener},
     sync::{mpsc::TrySendError, Arc},
     time::Duration,
@@ -24,6 +26,7 @@ use super::{
     ctl::{self, Format, Request, REQUEST_MAX},
     health::Health,
     icmp::{self, IcmpStats},
+    nexthops::HopProber,
     report::{self, StatsSnapshot},
     uring::{Completion, Uring},
 };
@@ -35,7 +38,7 @@ use crate::{
     protocol::{Event, LoopEnd, SlowFrame, Wake},
     queues::{self, LinkWatch},
     stats::{now_ns, WorkerStats},
-    sys::{Signal, SignalFd, SIGINFO_LEN},
+    sys::{RawIpSender, Signal, SignalFd, SIGINFO_LEN},
     worker::Command,
     xdp::Steering,
 };
@@ -81,6 +84,9 @@ pub struct ManagerParts<'a> {
     pub ctl: UnixListener,
     /// The front and back interfaces as start-up found and served them.
     pub links: [LinkWatch; 2],
+    /// Sends the probes that make the kernel resolve clients' next hops, out of
+    /// the front (opened before the capabilities were dropped).
+    pub probes: RawIpSender,
 }
 
 pub struct Manager<'a> {
@@ -116,6 +122,10 @@ pub struct Manager<'a> {
     /// The last failure to read an interface, said once.
     link_error: Option<String>,
     next_link_refresh_ns: u64,
+    probes: RawIpSender,
+    prober: HopProber,
+    /// Scratch for the next hops taken from the XDP program each round.
+    unresolved: Vec<Ipv4Addr>,
     stop: bool,
 }
 
@@ -163,6 +173,9 @@ impl<'a> Manager<'a> {
             link_changes: 0,
             link_error: None,
             next_link_refresh_ns: 0,
+            probes: parts.probes,
+            prober: HopProber::default(),
+            unresolved: Vec::new(),
             stop: false,
             config: parts.config,
         })
@@ -214,6 +227,7 @@ impl<'a> Manager<'a> {
             icmp: self.icmp,
             links: &self.links,
             link_changes: self.link_changes,
+            next_hops: self.prober.stats,
         }
     }
 
@@ -373,6 +387,7 @@ impl<'a> Manager<'a> {
         self.drain_events();
         self.tracker.expire(now, &mut self.orders);
         self.send_orders();
+        self.resolve_client_hops(now);
         let health = self.config.control.health;
         let generation = self.backends.generation();
         for backend in self
@@ -439,6 +454,19 @@ impl<'a> Manager<'a> {
                 }
             }
         }
+    }
+
+    /// Has the kernel resolve the next hops towards clients that replies found
+    /// without a neighbour entry since the last round (see [`super::nexthops`]).
+    fn resolve_client_hops(&mut self, now: u64) {
+        self.unresolved.clear();
+        if let Err(e) = self.steering.take_unresolved_hops(&mut self.unresolved) {
+            eprintln!("dispatchd: reading the unresolved next hops: {e:#}");
+        }
+        let probes = &self.probes;
+        self.prober.run(&self.unresolved, now, |packet, hop| {
+            probes.send_to(packet, hop)
+        });
     }
 
     /// Re-reads a daemon's next hop from the kernel's tables (the probes make
@@ -590,6 +618,7 @@ impl<'a> Manager<'a> {
             &new.cores,
             new.flow_capacity,
             new.frames_per_queue,
+            new.reply_mode,
         ) != (
             &old.front,
             &old.back,
@@ -597,8 +626,9 @@ impl<'a> Manager<'a> {
             &old.cores,
             old.flow_capacity,
             old.frames_per_queue,
+            old.reply_mode,
         ) {
-            println!("dispatchd: SIGHUP: interface, queue and memory settings need a restart; applying services only");
+            println!("dispatchd: SIGHUP: interface, queue, memory and reply_mode settings need a restart; applying services only");
         }
         let retired = self.retire(&new);
         self.install(new, retired)?;

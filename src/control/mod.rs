@@ -3,7 +3,8 @@
 //! Pure parts, which do no I/O and take the monotonic time (`u64` nanoseconds) as
 //! an argument: the connection close state machine with its timers
 //! ([`conntrack`]), health-check rise/fall ([`health`]), every daemon's state
-//! ([`backends`]), control requests ([`ctl`]) and the rendering of statistics
+//! ([`backends`]), control requests ([`ctl`]), the probing of clients' next hops
+//! the kernel forgot ([`nexthops`]) and the rendering of statistics
 //! ([`report`]). Around them: the io_uring slab ([`uring`]), the one path from a
 //! configuration to the running state ([`apply`]), and the loop that drives it all
 //! ([`manager`]).
@@ -15,5 +16,6 @@ pub mod ctl;
 pub mod health;
 pub mod icmp;
 pub mod manager;
+pub mod nexthops;
 pub mod report;
 pub mod uring;

@@ -11,6 +11,7 @@ use super::{
     ctl::Format,
     health::Health,
     icmp::IcmpStats,
+    nexthops::HopStats,
 };
 use crate::{
     ids::WorkerId,
@@ -48,6 +49,8 @@ pub struct StatsSnapshot<'a> {
     pub links: &'a [LinkWatch],
     /// Changes of a queue count or MTU seen since start.
     pub link_changes: u64,
+    /// Probes that made the kernel resolve clients' next hops.
+    pub next_hops: HopStats,
 }
 
 fn side(s: &SocketStats) -> &'static str {
@@ -69,7 +72,7 @@ fn merged(
     h
 }
 
-const WORKER_FIELDS: usize = 29;
+const WORKER_FIELDS: usize = 32;
 
 fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); WORKER_FIELDS] {
     [
@@ -105,6 +108,9 @@ fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); WORKER_FIELDS] {
         ("icmp_to_client", s.icmp_to_client.get()),
         ("icmp_invalid", s.icmp_invalid_total()),
         ("mss_clamped", s.mss_clamped.get()),
+        ("tracked_inserted", s.tracked_inserted.get()),
+        ("tracked_removed", s.tracked_removed.get()),
+        ("tracked_failed", s.tracked_failed.get()),
     ]
 }
 
@@ -198,6 +204,12 @@ pub fn stats_text(s: &StatsSnapshot<'_>) -> String {
             )
         })
         .collect();
+    let h = s.next_hops;
+    let _ = writeln!(
+        out,
+        "next hops: probes_sent {} probes_suppressed {} probe_errors {}",
+        h.probes_sent, h.probes_suppressed, h.probe_errors
+    );
     let _ = writeln!(
         out,
         "rx queues: {}; changes {}{}",
@@ -284,6 +296,7 @@ struct StatsJson<'a> {
     xdp: Option<Fields<'a>>,
     /// ICMP errors from the front, as the loop handled them.
     icmp: IcmpStats,
+    next_hops: HopStats,
     connections: usize,
     ignored_events: u64,
     timer_entries: usize,
@@ -369,6 +382,7 @@ pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
         batch_size: Fields(&batches),
         xdp: xdp.as_deref().map(Fields),
         icmp: s.icmp,
+        next_hops: s.next_hops,
         connections: s.connections,
         ignored_events: s.ignored_events,
         timer_entries: s.timer_entries,
@@ -703,6 +717,34 @@ pub fn prometheus(s: &StatsSnapshot<'_>) -> String {
             .collect();
         counter("xdp_verdicts_total", "Verdicts of the XDP program.", rows);
     }
+    let h = s.next_hops;
+    counter(
+        "next_hop_probes_total",
+        "Probes making the kernel resolve clients' next hops, by outcome.",
+        [
+            ("sent", h.probes_sent),
+            ("suppressed", h.probes_suppressed),
+            ("error", h.probe_errors),
+        ]
+        .map(|(r, v)| (format!("result=\"{r}\""), v))
+        .to_vec(),
+    );
+    counter(
+        "tracked_connections_total",
+        "reply_mode tracked: connections written to and removed from the kernel's map, and keys it refused.",
+        s.workers
+            .iter()
+            .enumerate()
+            .flat_map(|(q, w)| {
+                [
+                    ("inserted", w.tracked_inserted.get()),
+                    ("removed", w.tracked_removed.get()),
+                    ("failed", w.tracked_failed.get()),
+                ]
+                .map(|(op, v)| (format!("worker=\"{q}\",op=\"{op}\""), v))
+            })
+            .collect(),
+    );
     let _ = writeln!(
         out,
         "# HELP dispatchd_connections Connections tracked.\n# TYPE dispatchd_connections gauge"

@@ -6,7 +6,7 @@ mod table;
 
 pub use state::{tcp_flags, RstWindow, TcpState};
 pub use table::{
-    FlowHash, FlowRecord, FlowTable, InsertError, MAX_CAPACITY, RECORD_BYTES, SLOT_BYTES,
+    Change, FlowHash, FlowRecord, FlowTable, InsertError, MAX_CAPACITY, RECORD_BYTES, SLOT_BYTES,
 };
 
 /// The client side 5-tuple of a connection as it arrives at the front: the key of

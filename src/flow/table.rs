@@ -65,6 +65,13 @@ pub enum InsertError {
     Exists,
 }
 
+/// A record that entered or left a table keeping a journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Inserted(FlowRecord),
+    Removed(FlowRecord),
+}
+
 const EMPTY_TAG: u32 = 0;
 
 const VACANT: FlowRecord = FlowRecord {
@@ -117,6 +124,10 @@ pub struct FlowTable {
     hasher: ahash::RandomState,
     /// All ones except in tests, which narrow it to force tag and home collisions.
     tag_mask: u32,
+    /// Every record inserted and removed since the last drain, in order, while
+    /// `keep_journal` is set ([`keep_journal`](Self::keep_journal)).
+    journal: Vec<Change>,
+    keep_journal: bool,
 }
 
 impl fmt::Debug for FlowTable {
@@ -150,7 +161,38 @@ impl FlowTable {
             capacity,
             hasher: ahash::RandomState::new(),
             tag_mask: u32::MAX,
+            journal: Vec::new(),
+            keep_journal: false,
         }
+    }
+
+    /// From now on, notes every record inserted and removed (by any method), in
+    /// order, until [`drain_journal`](Self::drain_journal) takes them: what a
+    /// copy of the table's contents kept elsewhere (the kernel's map of tracked
+    /// connections) needs to follow it. `room` changes fit without allocating.
+    pub fn keep_journal(&mut self, room: usize) {
+        self.journal.reserve(room);
+        self.keep_journal = true;
+    }
+
+    /// The changes noted since the last call, oldest first; none if no journal
+    /// is kept.
+    pub fn drain_journal(&mut self) -> std::vec::Drain<'_, Change> {
+        self.journal.drain(..)
+    }
+
+    #[inline(always)]
+    fn note(&mut self, change: Change) {
+        if self.keep_journal {
+            self.push_change(change);
+        }
+    }
+
+    /// Out of line, so that tables keeping no journal (reply_mode "stateless")
+    /// carry only the test of the flag in their insert and remove paths.
+    #[inline(never)]
+    fn push_change(&mut self, change: Change) {
+        self.journal.push(change);
     }
 
     /// A table whose tags keep only `tag_mask` bits: with a small mask almost every
@@ -332,6 +374,7 @@ impl FlowTable {
                 self.tags[i] = hash.0;
                 self.records[i] = record;
                 self.len += 1;
+                self.note(Change::Inserted(record));
                 Ok(&mut self.records[i])
             }
         }
@@ -365,6 +408,7 @@ impl FlowTable {
         }
         self.tags[hole] = EMPTY_TAG;
         self.len -= 1;
+        self.note(Change::Removed(removed));
         removed
     }
 
@@ -531,6 +575,44 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_journal_notes_every_insert_and_removal_in_order() {
+        let mut t = FlowTable::with_capacity(16);
+        t.insert(rec(1, 0, 0)).unwrap();
+        assert_eq!(t.drain_journal().count(), 0, "kept only once asked for");
+        t.keep_journal(4);
+        t.insert(rec(2, 0, 0)).unwrap();
+        assert_eq!(t.insert(rec(2, 1, 1)), Err(InsertError::Exists));
+        t.get_mut(&key(2)).unwrap().last_seen_ns = 9;
+        assert!(t.remove(&key(7)).is_none());
+        let removed = t.remove(&key(1)).unwrap();
+        t.insert(rec(3, 0, 0)).unwrap();
+        t.insert(rec(4, 0, 0)).unwrap();
+        assert_eq!(t.retain(|r| r.key == key(4)), 2);
+        let mut changes: Vec<Change> = t.drain_journal().collect();
+        // retain visits in slot order: compare its two removals as a set.
+        let tail: Vec<Change> = changes.split_off(4);
+        assert_eq!(
+            changes,
+            [
+                Change::Inserted(rec(2, 0, 0)),
+                Change::Removed(removed),
+                Change::Inserted(rec(3, 0, 0)),
+                Change::Inserted(rec(4, 0, 0)),
+            ]
+        );
+        let mut gone: Vec<u16> = tail
+            .iter()
+            .map(|c| match c {
+                Change::Removed(r) => r.key.client_port,
+                Change::Inserted(r) => panic!("{r:?} inserted by retain"),
+            })
+            .collect();
+        gone.sort_unstable();
+        assert_eq!(gone, [key(2).client_port, key(3).client_port]);
+        assert_eq!(t.drain_journal().count(), 0, "drained");
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub struct RunOpts {
     /// Where the results go.
     #[arg(long, default_value = "bench/results")]
     pub out_dir: PathBuf,
+    /// dispatchd's `--reply-mode` (stateless or tracked); dispatchd's default
+    /// when not given (so that an older dispatchd runs too).
+    #[arg(long)]
+    pub reply_mode: Option<String>,
     /// Directory holding dispatchd and dispatchd-testkit (default: this binary's).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,

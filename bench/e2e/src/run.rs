@@ -205,11 +205,16 @@ impl Bench {
             "direct" | "nftables" => {
                 sysctl(&self.topo, &dispatcher, "net.ipv4.ip_forward=1")?;
                 // ip_forward=0 turns forwarding off on every interface; dispatchd
-                // needs it back on l0 (its reply path's FIB lookup).
+                // needs it back on l1 (its reply path's FIB lookup), and the
+                // topology has it on l0 as well.
                 undo.push(
                     &dispatcher,
                     "sysctl",
-                    &["-qw", "net.ipv4.conf.l0.forwarding=1"],
+                    &[
+                        "-qw",
+                        "net.ipv4.conf.l0.forwarding=1",
+                        "net.ipv4.conf.l1.forwarding=1",
+                    ],
                 );
                 undo.push(&dispatcher, "sysctl", &["-qw", "net.ipv4.ip_forward=0"]);
                 if v == "nftables" {
@@ -252,6 +257,9 @@ impl Bench {
                 }
                 if v == "bare" {
                     cmd.arg("--bare-forwarder");
+                }
+                if let Some(mode) = &self.opts.reply_mode {
+                    cmd.args(["--reply-mode", mode]);
                 }
                 let started = Proc::start(cmd, "dispatchd: running", Duration::from_secs(10));
                 lb = Some(started.context("starting dispatchd")?);

@@ -15,6 +15,9 @@ use crate::{
 #[derive(Parser)]
 #[command(name = "dispatchd-testkit")]
 struct Cli {
+    /// Clients connect from this local address (a host with several).
+    #[arg(long, global = true)]
+    bind: Option<Ipv4Addr>,
     #[command(subcommand)]
     command: Command,
 }
@@ -154,7 +157,11 @@ enum Command {
 }
 
 pub fn run() -> Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if let Some(addr) = cli.bind {
+        crate::sockets::bind_clients_to(addr);
+    }
+    match cli.command {
         Command::Serve {
             listen,
             reset,

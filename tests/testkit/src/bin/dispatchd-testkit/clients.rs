@@ -430,12 +430,20 @@ fn hold_on(to: SocketAddr, duration: Duration, interval: Duration, seen: &mut Se
     println!("daemon={} opened", s.daemon);
     let started = Instant::now();
     let mut rounds = 0u64;
+    // The slowest exchange: how long the connection stalled at worst.
+    let mut max_round = Duration::ZERO;
     while started.elapsed() < duration {
+        let round = Instant::now();
         exchange(&mut s, &pattern(rounds, 100)).with_context(|| format!("round {rounds}"))?;
+        max_round = max_round.max(round.elapsed());
         rounds += 1;
         thread::sleep(interval);
     }
-    println!("daemon={} rounds={rounds} ok", s.daemon);
+    println!(
+        "daemon={} rounds={rounds} max_round_ms={} ok",
+        s.daemon,
+        max_round.as_millis()
+    );
     Ok(())
 }
 

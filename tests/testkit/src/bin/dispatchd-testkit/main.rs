@@ -17,7 +17,8 @@
 //! sniff:   the sequence numbers of one segment of a live connection.
 //!
 //! Every client prints `key=value` lines that tests parse, and exits non-zero if
-//! any connection failed or any echo differed.
+//! any connection failed or any echo differed. `--bind ADDR` (before the
+//! subcommand) makes the clients connect from that local address.
 #![deny(unsafe_code)]
 
 mod cli;

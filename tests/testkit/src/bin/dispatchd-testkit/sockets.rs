@@ -8,10 +8,20 @@ use std::{
     io,
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::OnceLock,
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
+
+/// The local address every client connection is made from (`--bind`), when set:
+/// a host with several addresses connecting from a chosen one.
+static BIND: OnceLock<Ipv4Addr> = OnceLock::new();
+
+/// Makes every later [`connect`] bind its socket to `addr` (any port) first.
+pub fn bind_clients_to(addr: Ipv4Addr) {
+    let _ = BIND.set(addr);
+}
 
 /// Connects to `to` within `timeout`. The local address the kernel picked comes
 /// back whatever the outcome, so that a failed connection can still be named by
@@ -33,14 +43,21 @@ pub fn connect(
     }
     // SAFETY: fd is fresh and owned by nobody else.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: to.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*to.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
+    if let Some(from) = BIND.get() {
+        let local = sockaddr(SocketAddrV4::new(*from, 0));
+        // SAFETY: local is initialised and its size is passed; bind only reads it.
+        let rc = unsafe {
+            libc::bind(
+                fd,
+                (&local as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return (None, Err(io::Error::last_os_error()));
+        }
+    }
+    let sin = sockaddr(to);
     // SAFETY: sin is initialised and its size is passed; connect only reads it.
     let rc = unsafe {
         libc::connect(
@@ -63,6 +80,17 @@ pub fn connect(
     let local = local_addr(fd);
     let result = started.and_then(|()| finish_connect(owned, timeout));
     (local, result)
+}
+
+fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
 }
 
 fn local_addr(fd: libc::c_int) -> Option<SocketAddrV4> {

@@ -1,0 +1,100 @@
+//! `reply_mode = "tracked"`: each worker mirrors the connections of its flow
+//! table into the kernel's map of tracked connections, which the XDP program
+//! looks every daemon frame up in before taking it as a reply. A reply may
+//! arrive on any queue, so the record it belongs to may be another worker's:
+//! the map is the one place every queue's program can see them all.
+//!
+//! The table keeps a journal of the records it gains and loses
+//! ([`FlowTable::keep_journal`]); [`ReplyTracker::sync`] writes it to the map,
+//! one batch syscall per run of insertions or removals, in the order they
+//! happened. The worker calls it after handling a batch of client frames and
+//! before handing them to the TX ring (so a daemon's SYN-ACK never arrives
+//! before its connection is in the map), and after applying the loop's
+//! commands (so removed records leave the map even when no traffic follows).
+//! A connection costs one key write and one key removal, each shared with the
+//! other connections of its batch; a record restarted by a reused port keeps
+//! its key.
+use crate::{
+    flow::{Change, FlowTable},
+    stats::WorkerStats,
+    xdp::{reply_key, BatchOutcome, ReplyKey, TrackedMap},
+};
+
+/// Journal entries a worker expects between two syncs without allocating: a
+/// full batch of new connections, or a round of removal commands.
+const ROOM: usize = 1024;
+
+/// One worker's writer of the tracked map.
+pub struct ReplyTracker {
+    map: TrackedMap,
+    /// The run being gathered: keys to insert (`inserting`) or to remove.
+    keys: Vec<ReplyKey>,
+    inserting: bool,
+}
+
+impl ReplyTracker {
+    /// A tracker writing to `map`; `table` starts keeping the journal it needs.
+    pub fn new(map: TrackedMap, table: &mut FlowTable) -> Self {
+        table.keep_journal(ROOM);
+        Self {
+            map,
+            keys: Vec::with_capacity(ROOM),
+            inserting: true,
+        }
+    }
+
+    /// Writes the table's changes since the last call to the kernel's map. No
+    /// syscall when nothing changed.
+    #[inline]
+    pub fn sync(&mut self, table: &mut FlowTable, stats: &WorkerStats) {
+        for change in table.drain_journal() {
+            let (inserted, record) = match change {
+                Change::Inserted(r) => (true, r),
+                Change::Removed(r) => (false, r),
+            };
+            if inserted != self.inserting {
+                if !self.keys.is_empty() {
+                    write(&self.map, &mut self.keys, self.inserting, stats);
+                }
+                self.inserting = inserted;
+            }
+            self.keys
+                .push(reply_key(record.key.client(), record.daemon));
+        }
+        if !self.keys.is_empty() {
+            write(&self.map, &mut self.keys, self.inserting, stats);
+        }
+    }
+}
+
+/// Inserts or removes `keys` (then empties it), counting what the kernel took
+/// and refused.
+#[cold]
+fn write(map: &TrackedMap, keys: &mut Vec<ReplyKey>, insert: bool, stats: &WorkerStats) {
+    let mut rest = &keys[..];
+    while !rest.is_empty() {
+        let BatchOutcome { done, error } = if insert {
+            map.insert(rest)
+        } else {
+            map.remove(rest)
+        };
+        let counter = if insert {
+            &stats.tracked_inserted
+        } else {
+            &stats.tracked_removed
+        };
+        counter.add(done as u64);
+        let Some(error) = error else { break };
+        // A removal stops at a key the map lacks (its insertion failed
+        // earlier): skip it, remove the rest. Anything else (no memory, a map
+        // full, which the sizing rules out) refuses the rest of the run too.
+        if !insert && error.raw_os_error() == Some(libc::ENOENT) {
+            stats.tracked_failed.add(1);
+            rest = &rest[(done + 1).min(rest.len())..];
+            continue;
+        }
+        stats.tracked_failed.add((rest.len() - done) as u64);
+        break;
+    }
+    keys.clear();
+}
