@@ -103,7 +103,8 @@ fn after_a_reordering_reload_a_failed_daemon_takes_only_its_own_connections() {
     let _ = std::fs::remove_file(&file);
 }
 
-/// Writes a config with `on_remove = rule` and daemons `daemons` to `file`.
+/// Writes a config with `on_remove = rule`, health checks every 200 ms that
+/// reset a failed daemon's connections, and round robin over `daemons`.
 fn write_removal_config(file: &std::path::Path, rule: &str, daemons: &[usize]) {
     let list: Vec<String> = daemons
         .iter()
@@ -111,6 +112,7 @@ fn write_removal_config(file: &std::path::Path, rule: &str, daemons: &[usize]) {
         .collect();
     let body = format!(
         "front = \"l0\"\nback = \"l1\"\non_remove = \"{rule}\"\n[timeouts]\nlinger_ms = 300\n\
+         [health]\ninterval_ms = 200\ntimeout_ms = 100\nfall = 2\non_failure = \"reset\"\n\
          [[service]]\naddress = \"{VIP}\"\npolicy = \"round_robin\"\nbackends = [{}]\n",
         list.join(", ")
     );
@@ -253,4 +255,94 @@ fn a_removed_daemon_loses_its_connections_at_once_with_on_remove_reset() {
         let stats = topo.stats();
         stats["connections"] == 0 && stats["workers"][0]["flows"] == 0
     });
+}
+
+/// One reload that reorders, removes and adds daemons while short connections
+/// churn and a long one runs to each daemon: no short connection fails, the
+/// added daemon takes new ones, the removed one's connection runs to its end
+/// (`on_remove = "finish"`), and `on_failure = "reset"` then acts on exactly
+/// the daemon that failed.
+#[test]
+fn a_reload_that_reorders_removes_and_adds_under_load_keeps_every_connection() {
+    let topo = Topology::up(DISPATCHD, "rmix", 4, 1);
+    let _servers: Vec<_> = (0..4).map(|i| topo.serve_one(i, &[])).collect();
+    let file = std::env::temp_dir().join(format!("dispatchd-{}.toml", topo.prefix));
+    write_removal_config(&file, "finish", &[0, 1, 2]);
+    let lb = topo.dispatchd(&["--config", file.to_str().expect("utf-8 path")]);
+    let mut holds: Vec<Proc> = (0..3)
+        .map(|_| {
+            topo.client_start(
+                &["hold", "--to", VIP, "--seconds", "7", "--interval-ms", "50"],
+                "opened",
+            )
+        })
+        .collect();
+    // holds[i] is the connection to daemon i.
+    holds.sort_by_key(|h| {
+        (0..3)
+            .position(|i| {
+                h.output()
+                    .contains(&format!("daemon={} opened", daemon_addr(i)))
+            })
+            .expect("a hold to one of the three")
+    });
+    let mut churn = topo.client_start(
+        &["churn", "--to", VIP, "--seconds", "4", "--concurrency", "4"],
+        "churning",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    write_removal_config(&file, "finish", &[2, 3, 1]);
+    lb.signal("HUP");
+    wait_until(Duration::from_secs(5), "reload applied", || {
+        lb.output().contains("SIGHUP: reloaded")
+    });
+    let _ = std::fs::remove_file(&file);
+
+    assert!(
+        churn.wait(Duration::from_secs(15)).success(),
+        "{}",
+        churn.output()
+    );
+    let churned = churn.output();
+    assert!(
+        churned.contains(" failed=0 "),
+        "short connections failed:\n{churned}"
+    );
+    let spread = per_daemon(&churned);
+    assert!(
+        spread.iter().any(|(d, n)| *d == daemon_addr(3) && *n > 0),
+        "the added daemon took no connection: {spread:?}"
+    );
+
+    // Daemon 1 fails: only its own connection is dropped.
+    cut_off(&topo, 1);
+    wait_until(Duration::from_secs(5), "daemon 1 marked down", || {
+        lb.output()
+            .contains(&format!("daemon {} is down", daemon_addr(1)))
+    });
+    wait_until(Duration::from_secs(3), "its connection dropped", || {
+        !tracked_daemons(&topo).contains(&daemon_addr(1))
+    });
+    for i in [0, 2] {
+        assert!(
+            holds[i].wait(Duration::from_secs(15)).success(),
+            "the connection to daemon {i} broke:\n{}",
+            holds[i].output()
+        );
+    }
+    assert!(
+        !holds[1].wait(Duration::from_secs(15)).success(),
+        "the failed daemon's connection went on"
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "the removed daemon let go of",
+        || {
+            lb.output().contains(&format!(
+                "removed daemon {} has no connection left",
+                daemon_addr(0)
+            ))
+        },
+    );
 }
