@@ -16,13 +16,13 @@ use anyhow::{bail, Context, Result};
 use crate::{
     config::{Config, PollMode, ReplyMode},
     control::{
-        apply::{apply, Host},
+        apply::{apply, Host, OffBack},
         ctl,
         manager::{Manager, ManagerParts, WorkerLink},
     },
     flow::FlowTable,
     ids::WorkerId,
-    neigh::{self, Resolver},
+    neigh::{self, fmt_mac, HopBook, Kernel},
     protocol::{self, Wake},
     queues::{self, fmt_queues, LinkFacts, LinkWatch, WorkerQueues},
     stats::WorkerStats,
@@ -61,10 +61,6 @@ fn plan_workers(config: &Config, front: &LinkFacts, back: &LinkFacts) -> Vec<Wor
         );
     }
     plan
-}
-
-fn fmt_mac(mac: [u8; 6]) -> String {
-    mac.map(|b| format!("{b:02x}")).join(":")
 }
 
 /// The XDP program asks the kernel's FIB where it would forward each frame a
@@ -295,39 +291,58 @@ pub fn run_with(
     let ifaces = check_host(&config)?;
     sys::block_signals().context("blocking signals")?;
     sys::give_back_large_allocations();
-    let resolver = Resolver {
-        back: ifaces.back.name.clone(),
-        probe_timeout: PROBE_TIMEOUT,
-    };
+    // Subscribed to the kernel's route and neighbour changes before the first
+    // request, so that nothing that changes from here on goes unseen.
+    let kernel = Kernel::open(&ifaces.back.name, ifaces.back.index, PROBE_TIMEOUT)?;
     // Before anything is steered, make the kernel resolve every daemon's next
-    // hop, so that each takes connections from the first SYN on (the loop
-    // resolves the ones that do not answer yet).
+    // hop, so that each takes connections from the first SYN on (the health
+    // probes have the kernel resolve the ones that do not answer yet, and its
+    // notification brings their MAC).
     for (_, _, daemon) in config.daemons() {
-        resolver.resolve(daemon.addr)?;
+        kernel.resolve(daemon.addr)?;
     }
+    let mut book = HopBook::new(ifaces.back.index);
+    book.load_neighbours(
+        &kernel
+            .neighbours()
+            .context("reading the back interface's neighbours")?,
+        &mut Vec::new(),
+    );
     let bind = choose_bind(&config, &ifaces)?;
     let plan = plan_workers(&config, &ifaces.front_link, &ifaces.back_link);
     config.check_tracked_room(plan.len())?;
     let mut steering = Steering::load(&ifaces.front, &ifaces.back, replies(&config, plan.len()))?;
     let host = Host {
-        resolver: &resolver,
+        kernel: &kernel,
         back_mac: ifaces.back_mac,
         workers: plan.len(),
     };
-    let applied = apply(&config, &[], |_| None, &host, &mut steering)?;
-    for ((_, _, daemon), hop) in config.daemons().zip(applied.next_hops.iter()) {
-        match hop.get() {
+    let applied = apply(
+        &config,
+        &[],
+        |_, hop| book.neighbour_mac(hop),
+        &host,
+        OffBack::Refuse,
+        &mut steering,
+    )?;
+    for ((_, _, daemon), hop) in config.daemons().zip(&applied.hops) {
+        let via = match hop.hop() {
+            Some(h) if h != *daemon.addr.ip() => format!(" via {h}"),
+            _ => String::new(),
+        };
+        match hop.usable() {
             Some(mac) => println!(
-                "dispatchd: daemon {} next hop {}",
+                "dispatchd: daemon {} next hop {}{via}",
                 daemon.addr,
                 fmt_mac(mac)
             ),
             None => println!(
-                "dispatchd: daemon {} next hop unresolved yet; retrying",
+                "dispatchd: daemon {} next hop{via} unresolved yet; the health probes have the kernel resolve it",
                 daemon.addr
             ),
         }
     }
+    book.install(applied.hops);
     let back_addrs =
         sys::ipv4_addrs(&ifaces.back.name).context("reading the back interface's addresses")?;
     match back_addrs.first() {
@@ -437,7 +452,8 @@ pub fn run_with(
         workers: links,
         wake,
         next_hops: applied.next_hops,
-        resolver,
+        kernel,
+        book,
         back_mac: ifaces.back_mac,
         ctl,
         links: watch,

@@ -13,6 +13,7 @@ pub mod dataplane;
 pub mod flow;
 pub mod ids;
 pub mod neigh;
+pub mod netlink;
 pub mod packet;
 pub mod prefetch;
 pub mod protocol;

@@ -1,19 +1,34 @@
-//! Next-hop MAC addresses from the kernel's own tables.
+//! Daemons' next hops, from the kernel's own decisions.
 //!
-//! A daemon's frames leave through the back interface to the daemon itself or, if
-//! the kernel routes it via a gateway, to that gateway. Both answers come from the
-//! kernel: the main routing table (`/proc/net/route`) names the next hop and the
-//! neighbour table (`/proc/net/arp`) its MAC. When the MAC is not known yet, a TCP
-//! connection attempt to the daemon makes the kernel resolve it (any answer, even
-//! a refusal, leaves a complete neighbour entry behind).
+//! A daemon's frames leave through the back interface to the daemon itself or,
+//! if the kernel routes it via a gateway, to that gateway. Where they go is what
+//! the kernel answers to a route "get" for the daemon's address (`ip route get`:
+//! its policy rules, every table, one path of a multipath route); the hop's MAC
+//! is the kernel's neighbour entry for it on the back. Both come over rtnetlink
+//! ([`Kernel`]): requests at start, then the kernel's change notifications,
+//! which the management loop drains as they arrive ([`HopBook`] keeps what they
+//! said; it is pure). When a hop's MAC is not known yet, a TCP connection
+//! attempt to the daemon (at start) or the health probes (running) make the
+//! kernel resolve it, and its notification brings the MAC.
 use std::{
-    fs,
+    fmt,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::Duration,
 };
 
+use ahash::AHashMap;
 use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::{
+    ids::BackendId,
+    netlink::{
+        self,
+        socket::{interface_name, NlSocket},
+        Message, Messages, NeighMsg, RouteMsg, NTF_PROXY, NUD_FAILED,
+    },
+};
 
 /// A daemon's next-hop MAC, packed in the low 48 bits; 0 while unresolved. The
 /// loop writes it from the kernel's tables, every worker reads it per packet
@@ -41,80 +56,6 @@ impl NextHop {
     }
 }
 
-/// The hop a packet to `dst` goes to first, and out of which interface.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Route {
-    pub next_hop: Ipv4Addr,
-    pub device: String,
-}
-
-fn hex_ip(field: &str) -> Option<Ipv4Addr> {
-    // /proc/net/route prints addresses as the in-memory u32 (network order bytes
-    // read as a native-endian integer).
-    u32::from_str_radix(field, 16)
-        .ok()
-        .map(|v| Ipv4Addr::from(v.to_ne_bytes()))
-}
-
-/// Longest-prefix match over the kernel's main IPv4 table as printed in
-/// /proc/net/route. Policy routing rules are not consulted.
-pub fn route_from_table(table: &str, dst: Ipv4Addr) -> Option<Route> {
-    const RTF_UP: u32 = 0x1;
-    const RTF_GATEWAY: u32 = 0x2;
-    let mut best: Option<(u32, Route)> = None;
-    for line in table.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let [device, dest, gateway, flags, _, _, metric, mask, ..] = f[..] else {
-            continue;
-        };
-        let (Some(dest), Some(gateway), Some(mask)) = (hex_ip(dest), hex_ip(gateway), hex_ip(mask))
-        else {
-            continue;
-        };
-        let (Ok(flags), Ok(_metric)) = (u32::from_str_radix(flags, 16), metric.parse::<u32>())
-        else {
-            continue;
-        };
-        if flags & RTF_UP == 0 || u32::from(dst) & u32::from(mask) != u32::from(dest) {
-            continue;
-        }
-        let prefix = u32::from(mask).count_ones();
-        if best.as_ref().is_some_and(|(p, _)| *p >= prefix) {
-            continue;
-        }
-        let next_hop = if flags & RTF_GATEWAY != 0 {
-            gateway
-        } else {
-            dst
-        };
-        best = Some((
-            prefix,
-            Route {
-                next_hop,
-                device: device.to_owned(),
-            },
-        ));
-    }
-    best.map(|(_, r)| r)
-}
-
-/// The MAC of a complete neighbour entry for `ip` on `device`, from /proc/net/arp.
-pub fn mac_from_arp(table: &str, ip: Ipv4Addr, device: &str) -> Option<[u8; 6]> {
-    const ATF_COM: u32 = 0x2;
-    for line in table.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let [addr, _hw_type, flags, mac, _mask, dev] = f[..] else {
-            continue;
-        };
-        let flags = u32::from_str_radix(flags.trim_start_matches("0x"), 16).unwrap_or(0);
-        if dev != device || addr.parse::<Ipv4Addr>().ok() != Some(ip) || flags & ATF_COM == 0 {
-            continue;
-        }
-        return parse_mac(mac).filter(|m| *m != [0; 6]);
-    }
-    None
-}
-
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = text.trim().split(':');
@@ -124,110 +65,845 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
+pub fn fmt_mac(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
 /// The MAC of one of this host's interfaces.
 pub fn interface_mac(device: &str) -> Result<[u8; 6]> {
     let path = format!("/sys/class/net/{device}/address");
-    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     parse_mac(&text).with_context(|| format!("{path} holds no MAC address: {text:?}"))
 }
 
-/// Resolves `daemon`'s next hop on `back`. Errors name what the kernel said.
-pub struct Resolver {
-    pub back: String,
-    pub probe_timeout: Duration,
+/// Where the kernel sends a packet to a daemon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// Out of the back, to `hop`: the daemon itself on a connected network,
+    /// else the gateway of the route (of the path the kernel chose).
+    Back { hop: Ipv4Addr },
+    /// Out of another interface (`lo` for an address of this host).
+    Elsewhere { interface: String },
+    /// No route (none at all, or an unreachable, prohibit or blackhole one):
+    /// the kernel's reason.
+    NoRoute { reason: String },
+    /// Out of the back, but to a next hop dispatchd cannot resolve (an IPv6
+    /// gateway for an IPv4 route).
+    Unsupported { what: String },
 }
 
-impl Resolver {
-    /// The route to `daemon`, checked to leave through the back interface.
-    pub fn route(&self, daemon: Ipv4Addr) -> Result<Route> {
-        let table = fs::read_to_string("/proc/net/route").context("reading /proc/net/route")?;
-        let Some(route) = route_from_table(&table, daemon) else {
-            bail!("no route to daemon {daemon}");
+impl Reach {
+    /// From the kernel's answer to a route "get" for `daemon` on a host whose
+    /// back is `back` (its index and name); `name` names other interfaces.
+    pub fn of_answer(
+        route: &RouteMsg,
+        daemon: Ipv4Addr,
+        back: (u32, &str),
+        name: impl Fn(u32) -> String,
+    ) -> Reach {
+        let Some(oif) = route.oif else {
+            return Reach::NoRoute {
+                reason: format!(
+                    "the kernel named no output interface (route type {})",
+                    route.kind
+                ),
+            };
         };
-        if route.device != self.back {
+        if oif != back.0 {
+            return Reach::Elsewhere {
+                interface: name(oif),
+            };
+        }
+        if route.via_family.is_some() {
+            return Reach::Unsupported {
+                what: format!("a gateway of another address family out of {}", back.1),
+            };
+        }
+        Reach::Back {
+            hop: route.gateway.unwrap_or(daemon),
+        }
+    }
+
+    pub fn is_back(&self) -> bool {
+        matches!(self, Reach::Back { .. })
+    }
+
+    /// Why this is no way to the daemon (`ctl backends`); `None` if it
+    /// leaves by the back.
+    pub fn why_not(&self, back: &str) -> Option<String> {
+        match self {
+            Reach::Back { .. } => None,
+            Reach::Elsewhere { interface } => Some(format!(
+                "routed via {interface}, not the back interface {back}"
+            )),
+            Reach::NoRoute { reason } => Some(format!("no route ({reason})")),
+            Reach::Unsupported { what } => {
+                Some(format!("routed via {what}, which dispatchd cannot send to"))
+            }
+        }
+    }
+
+    /// What is wrong with this reach for `daemon`, as one line; `None` if it
+    /// leaves by the back.
+    pub fn problem(&self, daemon: impl fmt::Display, back: &str) -> Option<String> {
+        match self {
+            Reach::Back { .. } => None,
+            Reach::Elsewhere { interface } => Some(format!(
+                "daemon {daemon} is routed via {interface}, not the back interface {back}"
+            )),
+            Reach::NoRoute { reason } => Some(format!("no route to daemon {daemon} ({reason})")),
+            Reach::Unsupported { what } => Some(format!(
+                "daemon {daemon} is routed via {what}, which dispatchd cannot send to"
+            )),
+        }
+    }
+}
+
+/// One daemon's next hop as the loop knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonHop {
+    pub addr: Ipv4Addr,
+    pub reach: Reach,
+    /// The hop's MAC as the kernel last reported it, while routed via the back.
+    pub mac: Option<[u8; 6]>,
+}
+
+impl DaemonHop {
+    /// The MAC the workers send the daemon's frames to: only while the kernel
+    /// routes it out of the back.
+    pub fn usable(&self) -> Option<[u8; 6]> {
+        self.mac.filter(|_| self.reach.is_back())
+    }
+
+    pub fn hop(&self) -> Option<Ipv4Addr> {
+        match self.reach {
+            Reach::Back { hop } => Some(hop),
+            _ => None,
+        }
+    }
+}
+
+/// What the kernel has told the loop about the daemons' next hops: the
+/// complete neighbour entries on the back, and where it routes each daemon.
+/// Pure: the loop feeds it the kernel's messages and answers, and copies each
+/// daemon's [`DaemonHop::usable`] MAC into its [`NextHop`] cell.
+///
+/// A daemon keeps its hop's last MAC when the kernel drops or fails the entry
+/// (unused entries are collected, a flush removes them): that is not news
+/// that the MAC changed, and the health probes soon have the kernel resolve
+/// it again, whose notification brings the answer. A new MAC replaces it at
+/// once; a route away from the back clears it.
+#[derive(Debug)]
+pub struct HopBook {
+    back: u32,
+    /// MACs of the kernel's complete (NUD_VALID) IPv4 entries on the back.
+    macs: AHashMap<Ipv4Addr, [u8; 6]>,
+    /// Indexed by [`BackendId`].
+    daemons: Vec<DaemonHop>,
+}
+
+/// A daemon's hop as a route answer changed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rerouted {
+    pub before: Reach,
+    pub after: Reach,
+}
+
+impl HopBook {
+    /// An empty book for a back interface of index `back`.
+    pub fn new(back: u32) -> Self {
+        Self {
+            back,
+            macs: AHashMap::new(),
+            daemons: Vec::new(),
+        }
+    }
+
+    pub fn get(&self, id: BackendId) -> Option<&DaemonHop> {
+        self.daemons.get(id.index())
+    }
+
+    pub fn daemons(&self) -> &[DaemonHop] {
+        &self.daemons
+    }
+
+    /// The MAC a daemon at `addr` routed to `hop` starts with when a
+    /// configuration is (re)applied: the kernel's entry for the hop, else what
+    /// the same daemon had with the same hop.
+    pub fn mac_for(&self, addr: Ipv4Addr, hop: Ipv4Addr) -> Option<[u8; 6]> {
+        self.macs.get(&hop).copied().or_else(|| {
+            self.daemons
+                .iter()
+                .find(|d| d.addr == addr && d.hop() == Some(hop))
+                .and_then(|d| d.mac)
+        })
+    }
+
+    /// The daemons of a new configuration, in [`BackendId`] order.
+    pub fn install(&mut self, daemons: Vec<DaemonHop>) {
+        self.daemons = daemons;
+    }
+
+    /// Whether the complete entry for `ip` is known, and its MAC.
+    pub fn neighbour_mac(&self, ip: Ipv4Addr) -> Option<[u8; 6]> {
+        self.macs.get(&ip).copied()
+    }
+
+    /// Takes a full dump of the kernel's entries on the back as the truth:
+    /// every daemon whose hop has an entry takes its MAC (`changed` gets those
+    /// whose MAC changed); the others keep theirs.
+    pub fn load_neighbours<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = &'a NeighMsg>,
+        changed: &mut Vec<BackendId>,
+    ) {
+        self.macs.clear();
+        for n in entries {
+            if let (Some(ip), Some(mac)) = (n.dst, self.entry_mac(n)) {
+                self.macs.insert(ip, mac);
+            }
+        }
+        for (i, d) in self.daemons.iter_mut().enumerate() {
+            let Some(hop) = d.hop() else { continue };
+            if let Some(&mac) = self.macs.get(&hop) {
+                if d.mac != Some(mac) {
+                    d.mac = Some(mac);
+                    changed.push(BackendId(i as u16));
+                }
+            }
+        }
+    }
+
+    /// The MAC a message gives an entry on the back, if it is one dispatchd
+    /// follows and it is complete.
+    fn entry_mac(&self, n: &NeighMsg) -> Option<[u8; 6]> {
+        if n.ifindex != self.back || n.flags & NTF_PROXY != 0 {
+            return None;
+        }
+        n.usable_mac()
+    }
+
+    /// One neighbour notification. Daemons whose hop it is and whose MAC it
+    /// changes go into `changed`. Returns true when it says a daemon's hop
+    /// failed (nobody answered the kernel's ARP): with
+    /// `fib_multipath_use_neigh` the kernel then routes around it, so the
+    /// routes are worth asking again.
+    pub fn neighbour(&mut self, n: &NeighMsg, changed: &mut Vec<BackendId>) -> bool {
+        if n.ifindex != self.back || n.flags & NTF_PROXY != 0 {
+            return false;
+        }
+        let Some(ip) = n.dst else { return false };
+        match n.usable_mac() {
+            Some(mac) => {
+                self.macs.insert(ip, mac);
+                for (i, d) in self.daemons.iter_mut().enumerate() {
+                    if d.hop() == Some(ip) && d.mac != Some(mac) {
+                        d.mac = Some(mac);
+                        changed.push(BackendId(i as u16));
+                    }
+                }
+                false
+            }
+            None => {
+                self.macs.remove(&ip);
+                !n.deleted
+                    && n.state & NUD_FAILED != 0
+                    && self.daemons.iter().any(|d| d.hop() == Some(ip))
+            }
+        }
+    }
+
+    /// Where the kernel now routes daemon `id`. A new hop takes the kernel's
+    /// entry for it (or none yet: the health probes have it resolved); a
+    /// route away from the back leaves the daemon without a MAC. Returns the
+    /// change, if the route changed; `changed` gets `id` if its usable MAC did.
+    pub fn reroute(
+        &mut self,
+        id: BackendId,
+        reach: Reach,
+        changed: &mut Vec<BackendId>,
+    ) -> Option<Rerouted> {
+        let macs = &self.macs;
+        let d = self.daemons.get_mut(id.index())?;
+        let usable_before = d.usable();
+        let mac = match &reach {
+            Reach::Back { hop } => macs
+                .get(hop)
+                .copied()
+                .or(d.mac.filter(|_| d.hop() == Some(*hop))),
+            _ => None,
+        };
+        d.mac = mac;
+        let before = std::mem::replace(&mut d.reach, reach);
+        if d.usable() != usable_before {
+            changed.push(id);
+        }
+        (before != d.reach).then(|| Rerouted {
+            before,
+            after: d.reach.clone(),
+        })
+    }
+
+    /// Whether a route to `dst`/`dst_len` (no `dst`: a default route) covers
+    /// some daemon's address, so that its coming or going may change where
+    /// the kernel sends that daemon's packets.
+    pub fn covers_a_daemon(&self, dst: Option<Ipv4Addr>, dst_len: u8) -> bool {
+        if dst_len > 32 {
+            return false;
+        }
+        let dst = u32::from(dst.unwrap_or(Ipv4Addr::UNSPECIFIED));
+        let mask = u32::MAX.checked_shl(32 - u32::from(dst_len)).unwrap_or(0);
+        self.daemons
+            .iter()
+            .any(|d| u32::from(d.addr) & mask == dst & mask)
+    }
+}
+
+/// What the loop did with rtnetlink, since start (`ctl stats`, metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NetlinkStats {
+    /// Notifications read and handled (neighbour, route, link, address and
+    /// rule changes; the ones about nothing dispatchd follows included).
+    pub messages: u64,
+    /// Route "get" requests for daemons made while running (after a change).
+    pub route_requests: u64,
+    /// Times notifications were lost (receive buffer full, ENOBUFS, or a
+    /// datagram cut short) and every neighbour and route was read again.
+    pub resyncs: u64,
+    /// Messages that could not be read (bad lengths; their datagram's rest is
+    /// skipped) and messages from a sender other than the kernel.
+    pub malformed: u64,
+    /// Failed reads and requests.
+    pub errors: u64,
+}
+
+impl NetlinkStats {
+    pub fn fields(&self) -> [(&'static str, u64); 5] {
+        [
+            ("messages", self.messages),
+            ("route_requests", self.route_requests),
+            ("resyncs", self.resyncs),
+            ("malformed", self.malformed),
+            ("errors", self.errors),
+        ]
+    }
+}
+
+/// A notification socket's receive buffer: a burst of changes (a routing
+/// daemon loading a table) must overflow it before anything is lost.
+const NOTIFY_BUFFER: usize = 4 << 20;
+/// Requests are answered at once; a longer wait is a fault.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
+/// A dump's datagrams are at most 32 KiB (the kernel sizes them after the
+/// reader's buffer, up to that).
+pub const DATAGRAM_MAX: usize = 32 << 10;
+/// The groups the loop follows: neighbours, IPv4 routes and rules, and the
+/// links and addresses whose changes move routes without a route message.
+const GROUPS: u32 = netlink::RTMGRP_NEIGH
+    | netlink::RTMGRP_IPV4_ROUTE
+    | netlink::RTMGRP_IPV4_RULE
+    | netlink::RTMGRP_IPV4_IFADDR
+    | netlink::RTMGRP_LINK;
+
+/// The kernel's routes and neighbours over rtnetlink: requests and their
+/// answers on one socket, change notifications on another (non-blocking,
+/// drained by the loop), so that an answer never waits behind notifications.
+pub struct Kernel {
+    back: String,
+    back_index: u32,
+    requests: NlSocket,
+    notifications: NlSocket,
+    seq: std::cell::Cell<u32>,
+    probe_timeout: Duration,
+}
+
+impl Kernel {
+    /// Subscribes first, so that no change after the first requests is missed.
+    pub fn open(back: &str, back_index: u32, probe_timeout: Duration) -> Result<Self> {
+        let notifications =
+            NlSocket::open(GROUPS, true).context("opening an rtnetlink notification socket")?;
+        notifications
+            .set_receive_buffer(NOTIFY_BUFFER)
+            .context("sizing the rtnetlink notification socket")?;
+        let requests = NlSocket::open(0, false).context("opening an rtnetlink socket")?;
+        requests
+            .set_receive_timeout(ANSWER_TIMEOUT)
+            .context("setting the rtnetlink socket's timeout")?;
+        Ok(Self {
+            back: back.to_owned(),
+            back_index,
+            requests,
+            notifications,
+            seq: std::cell::Cell::new(1),
+            probe_timeout,
+        })
+    }
+
+    pub fn back(&self) -> &str {
+        &self.back
+    }
+
+    pub fn back_index(&self) -> u32 {
+        self.back_index
+    }
+
+    /// The socket the notifications arrive on (non-blocking).
+    pub fn notifications(&self) -> &NlSocket {
+        &self.notifications
+    }
+
+    fn next_seq(&self) -> u32 {
+        let seq = self.seq.get().wrapping_add(1).max(1);
+        self.seq.set(seq);
+        seq
+    }
+
+    /// Sends `request` (built for sequence number `seq`) and hands `each` the
+    /// answer's messages until it returns false or the answer ends (a dump's
+    /// NLMSG_DONE, an error). Messages of other sequence numbers (the late
+    /// answer to a request that timed out) are skipped.
+    fn ask(&self, seq: u32, request: &[u8], mut each: impl FnMut(Message) -> bool) -> Result<()> {
+        self.requests
+            .send(request)
+            .context("sending an rtnetlink request")?;
+        let mut buf = vec![0u8; DATAGRAM_MAX];
+        loop {
+            let got = self
+                .requests
+                .recv(&mut buf)
+                .context("reading the kernel's rtnetlink answer")?;
+            if got.truncated {
+                bail!("an rtnetlink answer did not fit {} bytes", buf.len());
+            }
+            if !got.from_kernel {
+                continue;
+            }
+            for item in Messages::new(&buf[..got.len]) {
+                let (header, message) =
+                    item.map_err(|e| anyhow::anyhow!("a malformed rtnetlink answer: {e}"))?;
+                if header.seq != seq {
+                    continue;
+                }
+                let end = matches!(message, Message::Done | Message::Error(_));
+                if !each(message) || end {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Where the kernel routes a packet this host sends to `daemon` (`ip
+    /// route get`). Errors are the socket's; the kernel's refusals are a
+    /// [`Reach::NoRoute`].
+    pub fn route(&self, daemon: Ipv4Addr) -> Result<Reach> {
+        let seq = self.next_seq();
+        let mut reach = None;
+        self.ask(seq, &netlink::route_get(seq, daemon), |m| {
+            reach = match m {
+                Message::Route(r) => Some(Reach::of_answer(
+                    &r,
+                    daemon,
+                    (self.back_index, &self.back),
+                    |oif| interface_name(oif).unwrap_or_else(|| format!("interface #{oif}")),
+                )),
+                Message::Error(0) => None,
+                Message::Error(errno) => Some(Reach::NoRoute {
+                    reason: format!("the kernel: {}", errno_text(errno)),
+                }),
+                _ => return true,
+            };
+            false
+        })?;
+        reach.with_context(|| format!("the kernel did not answer the route request for {daemon}"))
+    }
+
+    /// The next hop of `daemon`, or why it is not routed out of the back: the
+    /// error start-up and reload give.
+    pub fn route_via_back(&self, daemon: Ipv4Addr) -> Result<Ipv4Addr> {
+        match self.route(daemon)? {
+            Reach::Back { hop } => Ok(hop),
+            other => bail!("{}", other.problem(daemon, &self.back).unwrap_or_default()),
+        }
+    }
+
+    /// The kernel's entry for `hop` on the back, if it has one (`ip neigh get`).
+    pub fn neighbour(&self, hop: Ipv4Addr) -> Result<Option<NeighMsg>> {
+        let seq = self.next_seq();
+        let mut entry = None;
+        self.ask(seq, &netlink::neigh_get(seq, self.back_index, hop), |m| {
+            if let Message::Neighbour(n) = m {
+                entry = Some(n);
+            }
+            false
+        })?;
+        Ok(entry)
+    }
+
+    /// Every IPv4 entry the kernel has on the back.
+    pub fn neighbours(&self) -> Result<Vec<NeighMsg>> {
+        let seq = self.next_seq();
+        let mut entries = Vec::new();
+        let mut failed = None;
+        self.ask(seq, &netlink::neigh_dump(seq, self.back_index), |m| {
+            match m {
+                Message::Neighbour(n) => entries.push(n),
+                Message::Error(e) if e != 0 => failed = Some(e),
+                _ => {}
+            }
+            true
+        })?;
+        if let Some(errno) = failed {
             bail!(
-                "daemon {daemon} is routed via {}, not the back interface {}",
-                route.device,
-                self.back
+                "dumping the neighbours of {}: {}",
+                self.back,
+                errno_text(errno)
             );
         }
-        Ok(route)
+        Ok(entries)
     }
 
-    /// The next-hop MAC for `daemon`, if the kernel knows it now.
-    pub fn lookup(&self, daemon: Ipv4Addr) -> Result<Option<[u8; 6]>> {
-        let route = self.route(daemon)?;
-        let arp = fs::read_to_string("/proc/net/arp").context("reading /proc/net/arp")?;
-        Ok(mac_from_arp(&arp, route.next_hop, &route.device))
-    }
-
-    /// Like [`Resolver::lookup`], but first makes the kernel resolve the hop with a
-    /// TCP connection attempt to the daemon if it is not known.
-    pub fn resolve(&self, daemon: SocketAddrV4) -> Result<Option<[u8; 6]>> {
-        if let Some(mac) = self.lookup(*daemon.ip())? {
-            return Ok(Some(mac));
+    /// At start: the next hop of `daemon` (or the error that refuses it), and
+    /// its MAC. If the kernel has no complete entry for the hop, a TCP
+    /// connection attempt to the daemon makes it resolve one first (any
+    /// answer, even a refusal, leaves a complete entry behind).
+    pub fn resolve(&self, daemon: SocketAddrV4) -> Result<(Ipv4Addr, Option<[u8; 6]>)> {
+        let hop = self.route_via_back(*daemon.ip())?;
+        let mac = |k: &Self| -> Result<Option<[u8; 6]>> {
+            Ok(k.neighbour(hop)?.and_then(|n| n.usable_mac()))
+        };
+        if let Some(known) = mac(self)? {
+            return Ok((hop, Some(known)));
         }
-        // Refused or accepted, either answer completes the neighbour entry.
         let _ = TcpStream::connect_timeout(&SocketAddr::V4(daemon), self.probe_timeout);
-        self.lookup(*daemon.ip())
+        Ok((hop, mac(self)?))
+    }
+}
+
+/// The text of a positive errno.
+pub fn errno_text(errno: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    // "No route to host (os error 113)": the number says nothing more.
+    match text.rfind(" (os error") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::{NUD_REACHABLE, NUD_STALE, RTN_UNICAST};
 
-    const ROUTE: &str =
-        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
-l1\t00000000\t010013C6\t0003\t0\t0\t0\t00000000\t0\t0\t0
-l1\t000013C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
-l0\t000012C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
-";
+    const BACK: u32 = 3;
+    const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+    const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
 
-    #[test]
-    fn on_link_destination_is_its_own_next_hop() {
-        let r = route_from_table(ROUTE, "198.19.0.11".parse().unwrap()).unwrap();
-        assert_eq!(
-            r,
-            Route {
-                next_hop: "198.19.0.11".parse().unwrap(),
-                device: "l1".into()
-            }
-        );
-        let r = route_from_table(ROUTE, "198.18.0.2".parse().unwrap()).unwrap();
-        assert_eq!(r.device, "l0");
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn neigh(addr: &str, state: u16, mac: Option<[u8; 6]>) -> NeighMsg {
+        NeighMsg {
+            deleted: false,
+            family: 2,
+            ifindex: BACK,
+            state,
+            flags: 0,
+            dst: Some(ip(addr)),
+            lladdr: mac,
+        }
+    }
+
+    fn back(hop: &str) -> Reach {
+        Reach::Back { hop: ip(hop) }
+    }
+
+    /// Daemons .11 (on link), .12 (on link) and 198.19.1.11 via gateway .2.
+    fn book() -> HopBook {
+        let mut b = HopBook::new(BACK);
+        b.install(vec![
+            DaemonHop {
+                addr: ip("198.19.0.11"),
+                reach: back("198.19.0.11"),
+                mac: None,
+            },
+            DaemonHop {
+                addr: ip("198.19.0.12"),
+                reach: back("198.19.0.12"),
+                mac: Some(MAC_A),
+            },
+            DaemonHop {
+                addr: ip("198.19.1.11"),
+                reach: back("198.19.0.2"),
+                mac: None,
+            },
+        ]);
+        b
+    }
+
+    fn id(i: u16) -> BackendId {
+        BackendId(i)
     }
 
     #[test]
-    fn off_link_destination_goes_to_the_gateway() {
-        let r = route_from_table(ROUTE, "203.0.113.9".parse().unwrap()).unwrap();
-        assert_eq!(
-            r,
-            Route {
-                next_hop: "198.19.0.1".parse().unwrap(),
-                device: "l1".into()
-            }
+    fn a_complete_entry_gives_its_mac_to_every_daemon_behind_the_hop() {
+        let mut b = book();
+        let mut changed = Vec::new();
+        assert!(!b.neighbour(
+            &neigh("198.19.0.2", NUD_REACHABLE, Some(MAC_B)),
+            &mut changed
+        ));
+        assert_eq!(changed, [id(2)]);
+        assert_eq!(b.get(id(2)).unwrap().usable(), Some(MAC_B));
+        changed.clear();
+        // The same MAC again (a state change, REACHABLE to STALE): no news.
+        b.neighbour(&neigh("198.19.0.2", NUD_STALE, Some(MAC_B)), &mut changed);
+        assert!(changed.is_empty());
+        // A new MAC: news at once.
+        b.neighbour(
+            &neigh("198.19.0.12", NUD_REACHABLE, Some(MAC_B)),
+            &mut changed,
+        );
+        assert_eq!(changed, [id(1)]);
+        assert_eq!(b.get(id(1)).unwrap().usable(), Some(MAC_B));
+    }
+
+    #[test]
+    fn entries_of_other_interfaces_proxies_and_incomplete_ones_give_nothing() {
+        let mut b = book();
+        let mut changed = Vec::new();
+        let mut other = neigh("198.19.0.11", NUD_REACHABLE, Some(MAC_B));
+        other.ifindex = BACK + 1;
+        b.neighbour(&other, &mut changed);
+        let mut proxy = neigh("198.19.0.11", NUD_REACHABLE, Some(MAC_B));
+        proxy.flags = NTF_PROXY;
+        b.neighbour(&proxy, &mut changed);
+        b.neighbour(
+            &neigh("198.19.0.11", netlink::NUD_INCOMPLETE, None),
+            &mut changed,
+        );
+        b.neighbour(&neigh("198.19.0.11", NUD_REACHABLE, None), &mut changed);
+        assert!(changed.is_empty());
+        assert_eq!(b.get(id(0)).unwrap().usable(), None);
+        assert_eq!(b.neighbour_mac(ip("198.19.0.11")), None);
+    }
+
+    #[test]
+    fn a_forgotten_or_failed_entry_keeps_the_last_mac_and_a_failed_hop_asks_for_routes() {
+        let mut b = book();
+        let mut changed = Vec::new();
+        b.neighbour(
+            &neigh("198.19.0.12", NUD_REACHABLE, Some(MAC_A)),
+            &mut changed,
+        );
+        let mut gone = neigh("198.19.0.12", NUD_STALE, Some(MAC_A));
+        gone.deleted = true;
+        assert!(
+            !b.neighbour(&gone, &mut changed),
+            "a deletion is not a failure"
         );
         assert_eq!(
-            route_from_table("header\n", "203.0.113.9".parse().unwrap()),
-            None
+            b.neighbour_mac(ip("198.19.0.12")),
+            None,
+            "the kernel has none"
+        );
+        assert_eq!(
+            b.get(id(1)).unwrap().usable(),
+            Some(MAC_A),
+            "the daemon keeps it"
+        );
+        assert!(b.neighbour(&neigh("198.19.0.12", NUD_FAILED, None), &mut changed));
+        assert_eq!(b.get(id(1)).unwrap().usable(), Some(MAC_A));
+        assert!(changed.is_empty());
+        // Not a daemon's hop: nothing to ask.
+        assert!(!b.neighbour(&neigh("198.19.0.99", NUD_FAILED, None), &mut changed));
+    }
+
+    #[test]
+    fn a_route_off_the_back_clears_the_mac_and_the_way_back_restores_the_kernels() {
+        let mut b = book();
+        let mut changed = Vec::new();
+        b.neighbour(
+            &neigh("198.19.0.12", NUD_REACHABLE, Some(MAC_A)),
+            &mut changed,
+        );
+        changed.clear();
+        let away = Reach::Elsewhere {
+            interface: "l0".into(),
+        };
+        let r = b
+            .reroute(id(1), away.clone(), &mut changed)
+            .expect("a change");
+        assert_eq!((r.before, r.after), (back("198.19.0.12"), away.clone()));
+        assert_eq!(changed, [id(1)]);
+        assert_eq!(b.get(id(1)).unwrap().usable(), None);
+        changed.clear();
+        assert_eq!(b.reroute(id(1), away, &mut changed), None, "no change");
+        assert!(changed.is_empty());
+        b.reroute(id(1), back("198.19.0.12"), &mut changed)
+            .expect("back");
+        assert_eq!(changed, [id(1)]);
+        assert_eq!(b.get(id(1)).unwrap().usable(), Some(MAC_A));
+    }
+
+    #[test]
+    fn a_new_hop_waits_for_its_own_entry() {
+        let mut b = book();
+        let mut changed = Vec::new();
+        // .12 moves behind a gateway the kernel has no entry for yet.
+        b.reroute(id(1), back("198.19.0.3"), &mut changed)
+            .expect("a change");
+        assert_eq!(changed, [id(1)]);
+        assert_eq!(b.get(id(1)).unwrap().usable(), None, "not .12's old MAC");
+        changed.clear();
+        b.neighbour(
+            &neigh("198.19.0.3", NUD_REACHABLE, Some(MAC_B)),
+            &mut changed,
+        );
+        assert_eq!(changed, [id(1)]);
+        assert_eq!(b.get(id(1)).unwrap().usable(), Some(MAC_B));
+        // Same route again, same hop: unchanged, MAC kept.
+        changed.clear();
+        assert_eq!(b.reroute(id(1), back("198.19.0.3"), &mut changed), None);
+        assert!(changed.is_empty());
+        assert_eq!(
+            b.reroute(id(9), back("198.19.0.3"), &mut changed),
+            None,
+            "no such daemon"
         );
     }
 
     #[test]
-    fn arp_entries_must_be_complete_and_on_the_device() {
-        let arp = "IP address       HW type     Flags       HW address            Mask     Device
-198.19.0.11      0x1         0x2         aa:bb:cc:dd:ee:01     *        l1
-198.19.0.12      0x1         0x0         00:00:00:00:00:00     *        l1
-198.19.0.13      0x1         0x2         aa:bb:cc:dd:ee:03     *        l0
-";
-        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    fn a_dump_is_the_truth_for_the_hops_it_has() {
+        let mut b = book();
+        let mut changed = Vec::new();
+        let mut other = neigh("198.19.0.11", NUD_REACHABLE, Some(MAC_B));
+        other.ifindex = BACK + 1;
+        let dump = [
+            neigh("198.19.0.2", NUD_REACHABLE, Some(MAC_A)),
+            neigh("198.19.0.12", NUD_STALE, Some(MAC_B)),
+            other,
+            neigh("198.19.0.50", NUD_FAILED, None),
+        ];
+        b.load_neighbours(&dump, &mut changed);
+        assert_eq!(changed, [id(1), id(2)]);
+        assert_eq!(b.get(id(0)).unwrap().usable(), None, "only on the back");
+        assert_eq!(b.get(id(1)).unwrap().usable(), Some(MAC_B));
+        assert_eq!(b.get(id(2)).unwrap().usable(), Some(MAC_A));
+        assert_eq!(b.neighbour_mac(ip("198.19.0.50")), None);
+        // A later dump without .12's entry: .12 keeps its MAC.
+        changed.clear();
+        b.load_neighbours(&dump[..1], &mut changed);
+        assert!(changed.is_empty());
+        assert_eq!(b.get(id(1)).unwrap().usable(), Some(MAC_B));
+        assert_eq!(b.neighbour_mac(ip("198.19.0.12")), None);
+    }
+
+    #[test]
+    fn a_reload_keeps_a_daemons_mac_for_the_same_hop_and_prefers_the_kernels() {
+        let mut b = book();
+        // .12 has MAC_A, which the kernel no longer lists.
+        assert_eq!(b.mac_for(ip("198.19.0.12"), ip("198.19.0.12")), Some(MAC_A));
         assert_eq!(
-            mac_from_arp(arp, ip("198.19.0.11"), "l1"),
-            Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 1])
+            b.mac_for(ip("198.19.0.12"), ip("198.19.0.3")),
+            None,
+            "another hop"
         );
-        assert_eq!(mac_from_arp(arp, ip("198.19.0.12"), "l1"), None);
-        assert_eq!(mac_from_arp(arp, ip("198.19.0.13"), "l1"), None);
+        assert_eq!(
+            b.mac_for(ip("198.19.0.13"), ip("198.19.0.12")),
+            None,
+            "another daemon"
+        );
+        let mut changed = Vec::new();
+        b.neighbour(
+            &neigh("198.19.0.12", NUD_REACHABLE, Some(MAC_B)),
+            &mut changed,
+        );
+        assert_eq!(b.mac_for(ip("198.19.0.12"), ip("198.19.0.12")), Some(MAC_B));
+        assert_eq!(b.mac_for(ip("198.19.0.13"), ip("198.19.0.12")), Some(MAC_B));
+    }
+
+    #[test]
+    fn a_route_matters_when_it_covers_a_daemon() {
+        let b = book();
+        assert!(b.covers_a_daemon(None, 0), "a default route");
+        assert!(b.covers_a_daemon(Some(ip("198.19.1.0")), 24));
+        assert!(b.covers_a_daemon(Some(ip("198.19.0.12")), 32));
+        assert!(!b.covers_a_daemon(Some(ip("198.19.0.13")), 32));
+        assert!(!b.covers_a_daemon(Some(ip("198.18.0.0")), 24));
+        assert!(b.covers_a_daemon(Some(ip("198.16.0.0")), 12));
+        assert!(
+            !b.covers_a_daemon(Some(ip("198.19.0.12")), 33),
+            "not a prefix length"
+        );
+    }
+
+    fn answer(oif: Option<u32>, gateway: Option<&str>) -> RouteMsg {
+        RouteMsg {
+            family: 2,
+            dst_len: 32,
+            kind: RTN_UNICAST,
+            table: 254,
+            dst: Some(ip("198.19.1.11")),
+            gateway: gateway.map(ip),
+            oif,
+            ..RouteMsg::default()
+        }
+    }
+
+    #[test]
+    fn a_route_answer_says_which_hop_or_why_none() {
+        let daemon = ip("198.19.1.11");
+        let on_back = (BACK, "l1");
+        let name = |i: u32| {
+            if i == 1 {
+                "lo".to_owned()
+            } else {
+                format!("if{i}")
+            }
+        };
+        assert_eq!(
+            Reach::of_answer(
+                &answer(Some(BACK), Some("198.19.0.2")),
+                daemon,
+                on_back,
+                name
+            ),
+            back("198.19.0.2")
+        );
+        assert_eq!(
+            Reach::of_answer(&answer(Some(BACK), None), daemon, on_back, name),
+            back("198.19.1.11"),
+            "on link: the daemon is its own hop"
+        );
+        let local = Reach::of_answer(&answer(Some(1), None), daemon, on_back, name);
+        assert_eq!(
+            local,
+            Reach::Elsewhere {
+                interface: "lo".into()
+            }
+        );
+        assert_eq!(
+            local.problem("198.19.1.11:8080", "l1").unwrap(),
+            "daemon 198.19.1.11:8080 is routed via lo, not the back interface l1"
+        );
+        assert!(matches!(
+            Reach::of_answer(&answer(None, None), daemon, on_back, name),
+            Reach::NoRoute { .. }
+        ));
+        let mut v6 = answer(Some(BACK), None);
+        v6.via_family = Some(10);
+        let reach = Reach::of_answer(&v6, daemon, on_back, name);
+        assert!(matches!(reach, Reach::Unsupported { .. }), "{reach:?}");
+        assert!(back("198.19.0.2").problem(daemon, "l1").is_none());
+        assert_eq!(
+            Reach::NoRoute {
+                reason: format!("the kernel: {}", errno_text(101))
+            }
+            .problem(daemon, "l1")
+            .unwrap(),
+            "no route to daemon 198.19.1.11 (the kernel: Network is unreachable)"
+        );
     }
 
     #[test]
@@ -236,5 +912,6 @@ l0\t000012C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
         assert_eq!(parse_mac("02:00:00:00:00"), None);
         assert_eq!(parse_mac("02:00:00:00:00:0a:01"), None);
         assert_eq!(parse_mac("zz:00:00:00:00:0a"), None);
+        assert_eq!(fmt_mac([2, 0, 0x5e, 0x10, 0, 1]), "02:00:5e:10:00:01");
     }
 }

@@ -2,15 +2,18 @@
 //! worker's dataplane and the steering program's maps. Start-up and SIGHUP reload
 //! both go through [`apply`], so a reload to a configuration leaves the same state
 //! as a fresh start with it.
-use std::{net::SocketAddrV4, sync::Arc};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    sync::Arc,
+};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use crate::{
     config::Config,
     dataplane::{Dataplane, Retired},
     ids::WorkerId,
-    neigh::{NextHop, Resolver},
+    neigh::{DaemonHop, Kernel, NextHop, Reach},
     xdp::{Steering, SteeringTable},
 };
 
@@ -20,29 +23,46 @@ pub struct Applied {
     pub next_hops: Arc<[NextHop]>,
     /// One per worker, in worker order.
     pub planes: Vec<Dataplane>,
+    /// Each daemon's route and the MAC its cell started with, in the same
+    /// order: what the loop's [`HopBook`](crate::neigh::HopBook) installs.
+    pub hops: Vec<DaemonHop>,
+}
+
+/// What a daemon the kernel does not route out of the back does to [`apply`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffBack {
+    /// Refuses the configuration (start-up, reload): one line saying why.
+    Refuse,
+    /// Takes it without a next hop, as the loop found it while running (when
+    /// the running configuration is applied again, e.g. to let go of retired
+    /// daemons): it is offered nothing until its route is back.
+    Keep,
 }
 
 /// The host facts `apply` needs besides the configuration.
 pub struct Host<'a> {
-    pub resolver: &'a Resolver,
+    pub kernel: &'a Kernel,
     /// The back interface's MAC: the source of every frame sent to a daemon.
     pub back_mac: [u8; 6],
     pub workers: usize,
 }
 
-/// Checks that every daemon (configured or `retired`: removed by a reload, its
-/// connections going on) is routed through the back interface, builds the
-/// next-hop table (a MAC `known` already, else what the kernel's neighbour table
-/// says now; unknown ones are resolved later by the loop), builds each worker's
-/// dataplane and then makes the steering maps hold exactly `config`'s services,
-/// VIPs and daemons and the retired daemons, removing what an earlier
-/// configuration left. Everything that can fail on the configuration fails before
-/// the maps are touched.
+/// Asks the kernel where it routes every daemon (configured or `retired`:
+/// removed by a reload, its connections going on) and checks that it is out of
+/// the back interface (`off_back` says what happens otherwise), builds the
+/// next-hop table (the MAC `mac` gives a daemon and its hop: the kernel's
+/// entry, or what the daemon had; unknown ones come with the kernel's
+/// notification once it has resolved them), builds each worker's dataplane and
+/// then makes the steering maps hold exactly `config`'s services, VIPs and
+/// daemons and the retired daemons, removing what an earlier configuration
+/// left. Everything that can fail on the configuration fails before the maps
+/// are touched.
 pub fn apply(
     config: &Config,
     retired: &[Retired],
-    known: impl Fn(SocketAddrV4) -> Option<[u8; 6]>,
+    mac: impl Fn(Ipv4Addr, Ipv4Addr) -> Option<[u8; 6]>,
     host: &Host<'_>,
+    off_back: OffBack,
     steering: &mut Steering,
 ) -> Result<Applied> {
     // Retired daemons take the ids after the configured ones.
@@ -51,14 +71,36 @@ pub fn apply(
         .map(|(_, _, b)| b.addr)
         .chain(retired.iter().map(|r| r.daemon))
         .collect();
-    let next_hops: Arc<[NextHop]> = daemons.iter().map(|_| NextHop::default()).collect();
-    for (daemon, hop) in daemons.iter().zip(next_hops.iter()) {
-        host.resolver.route(*daemon.ip())?;
-        hop.set(known(*daemon).or_else(|| host.resolver.lookup(*daemon.ip()).ok().flatten()));
+    let mut hops = Vec::with_capacity(daemons.len());
+    for daemon in &daemons {
+        let addr = *daemon.ip();
+        let reach = host.kernel.route(addr)?;
+        if let (Some(problem), OffBack::Refuse) =
+            (reach.problem(addr, host.kernel.back()), off_back)
+        {
+            bail!("{problem}");
+        }
+        let mac = match reach {
+            Reach::Back { hop } => mac(addr, hop),
+            _ => None,
+        };
+        hops.push(DaemonHop { addr, reach, mac });
     }
+    let next_hops: Arc<[NextHop]> = hops
+        .iter()
+        .map(|h| {
+            let cell = NextHop::default();
+            cell.set(h.usable());
+            cell
+        })
+        .collect();
     let planes = planes(config, retired, &next_hops, host.back_mac, host.workers)?;
     steering.sync(&SteeringTable::of(config, retired))?;
-    Ok(Applied { next_hops, planes })
+    Ok(Applied {
+        next_hops,
+        planes,
+        hops,
+    })
 }
 
 /// Each worker's dataplane for `config` and the `retired` daemons.

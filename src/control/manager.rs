@@ -5,11 +5,13 @@
 //!
 //! It drains the workers' events into the connection tracker, sends the tracker's
 //! orders and the daemons' state changes to the workers, probes the daemons,
-//! re-reads their next hops, has the kernel resolve clients' next hops that the
-//! XDP program found unresolved, answers the control socket and reloads on
-//! SIGHUP.
+//! follows the kernel's routes and neighbours (rtnetlink notifications, polled
+//! on the ring like everything else) for the daemons' next hops, has the kernel
+//! resolve clients' next hops that the XDP program found unresolved, answers the
+//! control socket and reloads on SIGHUP.
 use std::{
     collections::VecDeque,
+    io,
     net::{Ipv4Addr, SocketAddrV4, TcpListener},
     os::{fd::AsRawFd, unix::net::UnixListener},
     sync::{mpsc::TrySendError, Arc},
@@ -20,7 +22,7 @@ use ahash::AHashSet;
 use anyhow::{Context, Result};
 
 use super::{
-    apply::{apply, Host},
+    apply::{apply, Host, OffBack},
     backends::Backends,
     conntrack::{ConnTracker, Order},
     ctl::{self, Format, Request, REQUEST_MAX},
@@ -34,7 +36,8 @@ use crate::{
     config::{Config, OnFailure, OnRemove},
     dataplane::{Dataplane, Retired},
     ids::{BackendId, WorkerId},
-    neigh::{NextHop, Resolver},
+    neigh::{self, HopBook, Kernel, NetlinkStats, NextHop, Reach, Rerouted},
+    netlink::{Message, Messages},
     protocol::{Event, LoopEnd, SlowFrame, Wake},
     queues::{self, LinkWatch},
     stats::{now_ns, WorkerStats},
@@ -43,9 +46,20 @@ use crate::{
     xdp::Steering,
 };
 
-/// How often the loop wakes by itself: timers, probes, neighbours.
+/// How often the loop wakes by itself: timers, probes.
 const TICK: Duration = Duration::from_millis(100);
-const NEIGHBOUR_REFRESH_NS: u64 = 1_000_000_000;
+/// How often retired daemons are checked for connections left.
+const RETIRED_CHECK_NS: u64 = 1_000_000_000;
+/// Notification datagrams read per wake-up at most: a flood of changes is
+/// read over several rounds, the ring's other completions in between (the
+/// poll fires again at once while some are left).
+const DRAIN_DATAGRAMS: usize = 1024;
+/// Route requests per round at most when the daemons' routes are asked again
+/// (each is a request the kernel answers at once, a few microseconds): with
+/// thousands of daemons the pass is sliced, so no round stalls the loop.
+const REROUTE_SLICE: usize = 128;
+/// The pause between two slices, for the ring's other completions.
+const REROUTE_PAUSE: Duration = Duration::from_millis(1);
 /// The window of the "longest round in the last second" stall measures.
 const PEAK_WINDOW_NS: u64 = 1_000_000_000;
 /// How often the interfaces' RX queue counts and MTUs are re-read.
@@ -58,10 +72,21 @@ enum Tag {
     EventFd,
     Signal,
     Tick,
-    Accept { metrics: bool },
-    Recv { metrics: bool },
+    Accept {
+        metrics: bool,
+    },
+    Recv {
+        metrics: bool,
+    },
     Send,
-    Probe { backend: BackendId, generation: u64 },
+    Probe {
+        backend: BackendId,
+        generation: u64,
+    },
+    /// The rtnetlink notification socket became readable.
+    Netlink,
+    /// The next slice of route requests.
+    Reroute,
 }
 
 /// A worker as the loop sees it.
@@ -79,7 +104,12 @@ pub struct ManagerParts<'a> {
     pub workers: Vec<WorkerLink>,
     pub wake: Arc<Wake>,
     pub next_hops: Arc<[NextHop]>,
-    pub resolver: Resolver,
+    /// rtnetlink: the requests and the notifications (subscribed before
+    /// start-up's first request).
+    pub kernel: Kernel,
+    /// What start-up learnt of the daemons' routes and hops, in the order of
+    /// `next_hops`.
+    pub book: HopBook,
     pub back_mac: [u8; 6],
     pub ctl: UnixListener,
     /// The front and back interfaces as start-up found and served them.
@@ -101,7 +131,21 @@ pub struct Manager<'a> {
     reload: Box<dyn FnMut() -> Result<Config> + 'a>,
     steering: &'a mut Steering,
     next_hops: Arc<[NextHop]>,
-    resolver: Resolver,
+    kernel: Kernel,
+    /// The daemons' routes and hops as the kernel told them; their usable MACs
+    /// are what `next_hops` holds.
+    book: HopBook,
+    netlink: NetlinkStats,
+    /// The notification socket's receive buffer.
+    netlink_buf: Vec<u8>,
+    /// Daemons whose next hop changed, to copy into their cells and states.
+    hop_changes: Vec<BackendId>,
+    /// The next daemon whose route is to be asked again, while a pass runs.
+    reroute_next: Option<usize>,
+    /// A [`Tag::Reroute`] timeout is in flight.
+    reroute_armed: bool,
+    /// The last rtnetlink failure said, so a repeated one is only counted.
+    netlink_error: Option<String>,
     back_mac: [u8; 6],
     /// Commands that did not fit a worker's queue yet, in order.
     backlog: VecDeque<(WorkerId, Command)>,
@@ -109,7 +153,7 @@ pub struct Manager<'a> {
     metrics: Option<TcpListener>,
     orders: Vec<Order>,
     icmp: IcmpStats,
-    next_refresh_ns: u64,
+    next_retired_check_ns: u64,
     /// The longest round (ns), from a wake-up to the next wait: since the last
     /// second began, in the last whole second, and since start.
     round_peak: u64,
@@ -157,14 +201,21 @@ impl<'a> Manager<'a> {
             reload: parts.reload,
             steering: parts.steering,
             next_hops,
-            resolver: parts.resolver,
+            kernel: parts.kernel,
+            book: parts.book,
+            netlink: NetlinkStats::default(),
+            netlink_buf: vec![0; neigh::DATAGRAM_MAX],
+            hop_changes: Vec::new(),
+            reroute_next: None,
+            reroute_armed: false,
+            netlink_error: None,
             back_mac: parts.back_mac,
             backlog: VecDeque::new(),
             ctl: parts.ctl,
             metrics,
             orders: Vec::new(),
             icmp: IcmpStats::default(),
-            next_refresh_ns: 0,
+            next_retired_check_ns: 0,
             round_peak: 0,
             round_max_1s: 0,
             round_max: 0,
@@ -193,6 +244,8 @@ impl<'a> Manager<'a> {
             self.uring
                 .accept(Tag::Accept { metrics: true }, m.as_raw_fd())?;
         }
+        self.uring
+            .poll_readable(Tag::Netlink, self.kernel.notifications().raw())?;
         // Daemons whose next hop is still unknown start out of selection.
         self.tell_states();
         while !self.stop {
@@ -228,6 +281,7 @@ impl<'a> Manager<'a> {
             links: &self.links,
             link_changes: self.link_changes,
             next_hops: self.prober.stats,
+            netlink: self.netlink,
         }
     }
 
@@ -297,6 +351,18 @@ impl<'a> Manager<'a> {
                 backend,
                 generation,
             } => self.probe_result(backend, generation, done.result == 0),
+            Tag::Netlink => {
+                if let Some(e) = failed {
+                    self.netlink_fault(format!("polling the rtnetlink socket: {e}"));
+                }
+                self.drain_netlink()?;
+                self.uring
+                    .poll_readable(Tag::Netlink, self.kernel.notifications().raw())?;
+            }
+            Tag::Reroute => {
+                self.reroute_armed = false;
+                self.reroute_slice()?;
+            }
         }
         Ok(())
     }
@@ -405,13 +471,13 @@ impl<'a> Manager<'a> {
             self.next_peaks_ns = now + PEAK_WINDOW_NS;
             self.turn_peaks();
         }
-        if now >= self.next_refresh_ns {
-            self.next_refresh_ns = now + NEIGHBOUR_REFRESH_NS;
-            for backend in self.backends.ids().collect::<Vec<_>>() {
-                self.refresh_next_hop(backend);
-            }
-            self.tell_states();
+        if now >= self.next_retired_check_ns {
+            self.next_retired_check_ns = now + RETIRED_CHECK_NS;
             self.let_go_of_finished();
+        }
+        // A pass of route requests whose next slice could not be scheduled.
+        if !self.reroute_armed {
+            self.reroute_slice()?;
         }
         if now >= self.next_link_refresh_ns {
             self.next_link_refresh_ns = now + LINK_REFRESH_NS;
@@ -469,27 +535,195 @@ impl<'a> Manager<'a> {
         });
     }
 
-    /// Re-reads a daemon's next hop from the kernel's tables (the probes make
-    /// the kernel resolve it).
-    fn refresh_next_hop(&mut self, backend: BackendId) {
-        let Some(hop) = self.next_hops.get(backend.index()) else {
-            return;
-        };
-        let addr = self.backends.get(backend).addr;
-        if let Ok(Some(mac)) = self.resolver.lookup(*addr.ip()) {
-            hop.set(Some(mac));
+    // ---- routes and neighbours (rtnetlink) ----------------------------------
+
+    /// Reads the notifications the kernel has queued: a neighbour change
+    /// reaches the daemons behind that hop at once (cells, states, workers);
+    /// a route, rule, address or link change starts a pass of route requests
+    /// for the daemons. Lost notifications (ENOBUFS) make it read every
+    /// neighbour and route again.
+    fn drain_netlink(&mut self) -> Result<()> {
+        let mut buf = std::mem::take(&mut self.netlink_buf);
+        for _ in 0..DRAIN_DATAGRAMS {
+            match self.kernel.notifications().recv(&mut buf) {
+                // Only the kernel may send to the groups (CAP_NET_ADMIN), but
+                // any process may try: never taken for the kernel's word.
+                Ok(got) if !got.from_kernel => self.netlink.malformed += 1,
+                Ok(got) if got.truncated => {
+                    self.netlink_fault("a notification longer than the buffer".into());
+                    self.resync(&mut buf);
+                }
+                Ok(got) => {
+                    for item in Messages::new(&buf[..got.len]) {
+                        match item {
+                            Ok((_, message)) => self.on_notification(message),
+                            Err(e) => {
+                                self.netlink.malformed += 1;
+                                self.say_netlink(format!(
+                                    "a malformed rtnetlink notification: {e}"
+                                ));
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => self.resync(&mut buf),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    self.netlink_fault(format!("reading rtnetlink notifications: {e}"));
+                    break;
+                }
+            }
         }
-        self.backends
-            .set_next_hop_known(backend, hop.get().is_some());
+        self.netlink_buf = buf;
+        self.apply_hop_changes();
+        self.reroute_slice()
+    }
+
+    fn on_notification(&mut self, message: Message) {
+        self.netlink.messages += 1;
+        match message {
+            Message::Neighbour(n) => {
+                if self.book.neighbour(&n, &mut self.hop_changes) {
+                    self.start_reroute();
+                }
+            }
+            Message::Route(r) => {
+                if self.book.covers_a_daemon(r.dst, r.dst_len) {
+                    self.start_reroute();
+                }
+            }
+            Message::RoutingChanged => self.start_reroute(),
+            Message::Done | Message::Error(_) | Message::Other => {}
+        }
+    }
+
+    /// Notifications were lost: what is still queued is older than the loss
+    /// (applied after a fresh dump, it could undo it), so it is dropped, and
+    /// every neighbour and route is read again.
+    fn resync(&mut self, buf: &mut [u8]) {
+        self.netlink.resyncs += 1;
+        eprintln!(
+            "dispatchd: WARNING: rtnetlink notifications were lost (the socket's buffer overflowed); \
+             reading the neighbours and the daemons' routes again"
+        );
+        for _ in 0..DRAIN_DATAGRAMS {
+            match self.kernel.notifications().recv(buf) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                Err(_) => break,
+            }
+        }
+        match self.kernel.neighbours() {
+            Ok(entries) => self.book.load_neighbours(&entries, &mut self.hop_changes),
+            Err(e) => self.netlink_fault(format!("{e:#}")),
+        }
+        self.start_reroute();
+    }
+
+    /// Asks every daemon's route again, from the first (a pass under way
+    /// starts over: the change may concern the daemons it already asked).
+    fn start_reroute(&mut self) {
+        self.reroute_next = Some(0);
+    }
+
+    /// One slice of a pass of route requests, and the next one scheduled.
+    fn reroute_slice(&mut self) -> Result<()> {
+        let Some(start) = self.reroute_next else {
+            return Ok(());
+        };
+        let daemons = self.book.daemons().len();
+        let end = (start + REROUTE_SLICE).min(daemons);
+        for i in start..end {
+            let id = BackendId(i as u16);
+            let addr = self.book.daemons()[i].addr;
+            self.netlink.route_requests += 1;
+            match self.kernel.route(addr) {
+                Ok(reach) => {
+                    if let Some(change) = self.book.reroute(id, reach, &mut self.hop_changes) {
+                        self.report_reroute(id, &change);
+                    }
+                }
+                Err(e) => self.netlink_fault(format!("{e:#}")),
+            }
+        }
+        self.reroute_next = (end < daemons).then_some(end);
+        self.apply_hop_changes();
+        if self.reroute_next.is_some() && !self.reroute_armed {
+            self.reroute_armed = true;
+            self.uring.timeout(Tag::Reroute, REROUTE_PAUSE)?;
+        }
+        Ok(())
+    }
+
+    /// Says how a daemon's route changed: loudly when it no longer leaves by
+    /// the back (it is offered nothing until it does again).
+    fn report_reroute(&self, id: BackendId, change: &Rerouted) {
+        if id.index() >= self.backends.len() {
+            return;
+        }
+        let daemon = self.backends.get(id).addr;
+        let back = self.kernel.back();
+        match (&change.before, &change.after) {
+            (_, after) if !after.is_back() => eprintln!(
+                "dispatchd: WARNING: {}: it takes no new connection until it is routed via {back} again",
+                after.problem(daemon, back).unwrap_or_default()
+            ),
+            (Reach::Back { hop: was }, Reach::Back { hop }) => {
+                println!("dispatchd: daemon {daemon}'s next hop is now {hop} (was {was})")
+            }
+            (_, Reach::Back { hop }) => println!(
+                "dispatchd: daemon {daemon} is routed via the back interface {back} again (next hop {hop})"
+            ),
+            _ => {}
+        }
+    }
+
+    /// Copies the changed daemons' usable MACs into their cells (the workers
+    /// read them per packet), and their states to the workers: a daemon
+    /// without one is offered no new connection.
+    fn apply_hop_changes(&mut self) {
+        let mut changed = std::mem::take(&mut self.hop_changes);
+        for &id in &changed {
+            let (Some(hop), Some(cell)) = (self.book.get(id), self.next_hops.get(id.index()))
+            else {
+                continue;
+            };
+            if id.index() >= self.backends.len() {
+                continue;
+            }
+            let (before, after) = (cell.get(), hop.usable());
+            cell.set(after);
+            if let Some(mac) = after.filter(|m| before != Some(*m)) {
+                println!(
+                    "dispatchd: daemon {} next hop {} (was {})",
+                    self.backends.get(id).addr,
+                    neigh::fmt_mac(mac),
+                    before.map_or("unknown".to_owned(), neigh::fmt_mac)
+                );
+            }
+            self.backends.set_next_hop_known(id, after.is_some());
+            self.tell_state(id);
+        }
+        changed.clear();
+        self.hop_changes = changed;
+    }
+
+    /// A failed read or request: counted, said once until another fails.
+    fn netlink_fault(&mut self, what: String) {
+        self.netlink.errors += 1;
+        self.say_netlink(what);
+    }
+
+    fn say_netlink(&mut self, what: String) {
+        if self.netlink_error.as_ref() != Some(&what) {
+            eprintln!("dispatchd: WARNING: {what}");
+            self.netlink_error = Some(what);
+        }
     }
 
     fn probe_result(&mut self, backend: BackendId, generation: u64, ok: bool) {
         if generation != self.backends.generation() {
             return;
-        }
-        if ok && !self.backends.get(backend).next_hop_known {
-            // The probe's handshake has just made the kernel resolve the hop.
-            self.refresh_next_hop(backend);
         }
         if let Some(flip) = self.backends.probe_done(backend, generation, ok) {
             let addr = self.backends.get(backend).addr;
@@ -569,8 +803,19 @@ impl<'a> Manager<'a> {
                     format,
                 )
             }
-            Request::Backends(Format::Text) => report::backends_text(self.backends.iter(), counts),
-            Request::Backends(Format::Json) => report::backends_json(self.backends.iter(), counts),
+            Request::Backends(format) => {
+                let hops = self.book.daemons();
+                let rows = self
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| (b, hops.get(i)));
+                let back = self.kernel.back();
+                match format {
+                    Format::Text => report::backends_text(rows, back, counts),
+                    Format::Json => report::backends_json(rows, back, counts),
+                }
+            }
             Request::Drain(addr) | Request::Undrain(addr) => {
                 let draining = matches!(request, Request::Drain(_));
                 match self.backends.find(addr) {
@@ -631,7 +876,7 @@ impl<'a> Manager<'a> {
             println!("dispatchd: SIGHUP: interface, queue, memory and reply_mode settings need a restart; applying services only");
         }
         let retired = self.retire(&new);
-        self.install(new, retired)?;
+        self.install(new, retired, OffBack::Refuse)?;
         let list: Vec<String> = self
             .backends
             .iter()
@@ -691,7 +936,7 @@ impl<'a> Manager<'a> {
         if done.is_empty() {
             return;
         }
-        match self.install(self.config.clone(), still) {
+        match self.install(self.config.clone(), still, OffBack::Keep) {
             Ok(()) => {
                 for r in done {
                     println!(
@@ -705,26 +950,34 @@ impl<'a> Manager<'a> {
     }
 
     /// Makes `config` and the `retired` daemons the running set: maps, planes,
-    /// next hops and the loop's view of the daemons.
-    fn install(&mut self, config: Config, retired: Vec<Retired>) -> Result<()> {
+    /// next hops and the loop's view of the daemons. `off_back` says whether a
+    /// daemon the kernel does not route out of the back refuses it.
+    fn install(&mut self, config: Config, retired: Vec<Retired>, off_back: OffBack) -> Result<()> {
         let host = Host {
-            resolver: &self.resolver,
+            kernel: &self.kernel,
             back_mac: self.back_mac,
             workers: self.workers.len(),
         };
-        let (backends, next_hops) = (&self.backends, &self.next_hops);
-        let known = |addr| {
-            backends
-                .find(addr)
-                .and_then(|id| next_hops[id.index()].get())
-        };
-        let applied = apply(&config, &retired, known, &host, self.steering)?;
+        let book = &self.book;
+        let applied = apply(
+            &config,
+            &retired,
+            |addr, hop| book.mac_for(addr, hop),
+            &host,
+            off_back,
+            self.steering,
+        )?;
         for (w, plane) in applied.planes.into_iter().enumerate() {
             self.backlog
                 .push_back((WorkerId(w as u16), Command::ReplacePlane(Box::new(plane))));
         }
         self.tracker.set_timeouts(config.control.timeouts);
         self.next_hops = applied.next_hops;
+        self.book.install(applied.hops);
+        // A pass of route requests under way starts over on the new list.
+        if self.reroute_next.is_some() {
+            self.start_reroute();
+        }
         let next_hops = &self.next_hops;
         self.backends = Backends::new(
             &config,

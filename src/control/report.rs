@@ -15,6 +15,7 @@ use super::{
 };
 use crate::{
     ids::WorkerId,
+    neigh::{fmt_mac, DaemonHop, NetlinkStats},
     packet::{icmp::IcmpDrop, DropReason},
     queues::LinkWatch,
     stats::{SocketStats, WorkerDrop, WorkerStats},
@@ -51,6 +52,8 @@ pub struct StatsSnapshot<'a> {
     pub link_changes: u64,
     /// Probes that made the kernel resolve clients' next hops.
     pub next_hops: HopStats,
+    /// What the loop did with rtnetlink (the daemons' routes and hops).
+    pub netlink: NetlinkStats,
 }
 
 fn side(s: &SocketStats) -> &'static str {
@@ -210,6 +213,13 @@ pub fn stats_text(s: &StatsSnapshot<'_>) -> String {
         "next hops: probes_sent {} probes_suppressed {} probe_errors {}",
         h.probes_sent, h.probes_suppressed, h.probe_errors
     );
+    let netlink: Vec<String> = s
+        .netlink
+        .fields()
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    let _ = writeln!(out, "netlink: {}", netlink.join(" "));
     let _ = writeln!(
         out,
         "rx queues: {}; changes {}{}",
@@ -297,6 +307,8 @@ struct StatsJson<'a> {
     /// ICMP errors from the front, as the loop handled them.
     icmp: IcmpStats,
     next_hops: HopStats,
+    /// rtnetlink: notifications handled, route requests, resyncs, faults.
+    netlink: NetlinkStats,
     connections: usize,
     ignored_events: u64,
     timer_entries: usize,
@@ -383,6 +395,7 @@ pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
         xdp: xdp.as_deref().map(Fields),
         icmp: s.icmp,
         next_hops: s.next_hops,
+        netlink: s.netlink,
         connections: s.connections,
         ignored_events: s.ignored_events,
         timer_entries: s.timer_entries,
@@ -483,9 +496,22 @@ struct BackendRow {
     active: u32,
     /// Half-open and closing connections.
     inactive: u32,
+    /// The MAC its frames go to; none while unresolved or not routed out of
+    /// the back.
+    next_hop: Option<String>,
+    /// The hop the kernel routes it to out of the back: the daemon itself, or
+    /// a gateway.
+    via: Option<std::net::Ipv4Addr>,
+    /// Why its route is no way to it (not out of the back, none at all).
+    route_problem: Option<String>,
 }
 
-fn backend_row(b: &Backend, conns: BackendConns) -> BackendRow {
+fn backend_row(
+    b: &Backend,
+    hop: Option<&DaemonHop>,
+    back: &str,
+    conns: BackendConns,
+) -> BackendRow {
     BackendRow {
         daemon: b.addr,
         service: b.service,
@@ -502,21 +528,33 @@ fn backend_row(b: &Backend, conns: BackendConns) -> BackendRow {
         },
         active: conns.active,
         inactive: conns.inactive,
+        next_hop: hop.and_then(DaemonHop::usable).map(fmt_mac),
+        via: hop.and_then(DaemonHop::hop),
+        route_problem: hop.and_then(|h| h.reach.why_not(back)),
     }
 }
 
-/// `ctl backends`: each daemon's health, drain flag, effective state and
-/// connection counts; `conns` gives the counts of a daemon.
+/// `ctl backends`: each daemon's health, drain flag, effective state,
+/// connection counts and next hop (its MAC and the hop it is routed to, or
+/// why its route is no way to it); `conns` gives the counts of a daemon,
+/// `back` names the back interface.
 pub fn backends_text<'a>(
-    backends: impl Iterator<Item = &'a Backend>,
+    backends: impl Iterator<Item = (&'a Backend, Option<&'a DaemonHop>)>,
+    back: &str,
     conns: impl Fn(SocketAddrV4) -> BackendConns,
 ) -> String {
     let mut out = String::new();
-    for b in backends {
-        let r = backend_row(b, conns(b.addr));
+    for (b, hop) in backends {
+        let r = backend_row(b, hop, back, conns(b.addr));
+        let next_hop = match (&r.next_hop, r.via, &r.route_problem) {
+            (Some(mac), Some(via), _) => format!("{mac} via {via}"),
+            (None, Some(via), _) => format!("unresolved via {via}"),
+            (_, None, Some(problem)) => format!("none ({problem})"),
+            _ => "unknown".to_owned(),
+        };
         let _ = writeln!(
             out,
-            "{} service {} health {} state {} active {} inactive {}",
+            "{} service {} health {} state {} active {} inactive {} next_hop {next_hop}",
             r.daemon, r.service, r.health, r.state, r.active, r.inactive
         );
     }
@@ -527,12 +565,13 @@ pub fn backends_text<'a>(
 }
 
 pub fn backends_json<'a>(
-    backends: impl Iterator<Item = &'a Backend>,
+    backends: impl Iterator<Item = (&'a Backend, Option<&'a DaemonHop>)>,
+    back: &str,
     conns: impl Fn(SocketAddrV4) -> BackendConns,
 ) -> String {
     json_line(
         &backends
-            .map(|b| backend_row(b, conns(b.addr)))
+            .map(|(b, hop)| backend_row(b, hop, back, conns(b.addr)))
             .collect::<Vec<_>>(),
     )
 }
@@ -728,6 +767,16 @@ pub fn prometheus(s: &StatsSnapshot<'_>) -> String {
         ]
         .map(|(r, v)| (format!("result=\"{r}\""), v))
         .to_vec(),
+    );
+    counter(
+        "netlink_total",
+        "rtnetlink for the daemons' routes and next hops: notifications handled, route requests, \
+         resynchronisations after lost notifications, malformed messages, failed reads and requests.",
+        s.netlink
+            .fields()
+            .iter()
+            .map(|(k, v)| (format!("what=\"{k}\""), *v))
+            .collect(),
     );
     counter(
         "tracked_connections_total",

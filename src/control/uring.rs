@@ -22,6 +22,8 @@ use io_uring::{opcode, squeue, types, IoUring};
 /// kernel points at.
 enum Held {
     Nothing,
+    /// A poll: nothing the kernel touches, and no descriptor in its result.
+    Poll,
     Buffer(Box<[u8]>),
     Timespec(Box<types::Timespec>),
     Socket {
@@ -141,6 +143,17 @@ impl<Tag> Uring<Tag> {
                     unreachable!("just stored")
                 };
                 opcode::Timeout::new(&**ts as *const types::Timespec).build()
+            })
+        }
+    }
+
+    /// Completes once `fd` is readable (one shot: poll again for more). `fd`
+    /// must stay open until completion (the loop's own sockets do).
+    pub fn poll_readable(&mut self, tag: Tag, fd: RawFd) -> Result<()> {
+        // SAFETY: a poll points at nothing; the descriptor outlives it.
+        unsafe {
+            self.push(Some(tag), Held::Poll, |_| {
+                opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build()
             })
         }
     }
@@ -287,7 +300,7 @@ impl<Tag> Uring<Tag> {
                 // returns a new descriptor that we now own.
                 done.fd = Some(unsafe { OwnedFd::from_raw_fd(result) });
             }
-            Held::Nothing | Held::Timespec(_) | Held::Connect { .. } => {}
+            Held::Nothing | Held::Poll | Held::Timespec(_) | Held::Connect { .. } => {}
             Held::Buffer(buf) => done.buf = Some(buf),
             Held::Socket { fd, buf, from } => {
                 done.sent = from + result.max(0) as usize;

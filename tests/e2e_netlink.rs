@@ -1,0 +1,466 @@
+//! Daemons' routes and next hops as the kernel decides them, end to end: a
+//! daemon reachable only through a policy-routing table, a multipath route
+//! whose first path is down, a daemon whose MAC changes while it serves, a
+//! route that moves a daemon off the back and back again, and the start-up and
+//! reload errors, all from the kernel's own answers (rtnetlink), not from a
+//! reading of the main table. Real XDP program, real AF_XDP sockets, real kernel
+//! TCP; dispatchd runs without any capability after start-up. Needs root.
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use dispatchd_testkit::{json::u64_at, per_daemon, text, wait_until, Proc, Topology, VIP};
+
+const DISPATCHD: &str = env!("CARGO_BIN_EXE_dispatchd");
+
+/// Runs `ip ARGS` in namespace `ns`; panics with its output if it fails.
+fn ip(topo: &Topology, ns: &str, args: &[&str]) -> String {
+    topo.exec(ns, "ip", args)
+        .unwrap_or_else(|e| panic!("ip {args:?} in {ns}: {e:#}"))
+}
+
+/// Echo servers on `addrs` in the daemon namespace.
+fn serve_at(topo: &Topology, addrs: &[&str]) -> Proc {
+    let mut cmd = topo.cmd(&topo.daemons(), &topo.programs().testkit);
+    cmd.arg("serve");
+    for a in addrs {
+        cmd.args(["--listen", a]);
+    }
+    Proc::start(cmd, "serving", Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// `dispatchd run` flags for the VIP on l0/l1 and `daemons`.
+fn flags(daemons: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["--front", "l0", "--back", "l1", "--service", VIP]
+        .map(String::from)
+        .to_vec();
+    for d in daemons {
+        v.extend(["--backend".to_owned(), (*d).to_owned()]);
+    }
+    v
+}
+
+/// `n` short connections to the VIP, which must all succeed: how many each
+/// daemon took.
+fn connect(topo: &Topology, n: usize) -> Vec<(String, usize)> {
+    let n = n.to_string();
+    let out = topo.client_run(&[
+        "connect",
+        "--to",
+        VIP,
+        "--connections",
+        &n,
+        "--concurrency",
+        "2",
+        "--timeout-ms",
+        "3000",
+    ]);
+    assert!(out.status.success(), "{n} connections:\n{}", text(&out));
+    per_daemon(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn taken_by(spread: &[(String, usize)], daemon: &str) -> usize {
+    spread
+        .iter()
+        .find(|(d, _)| d == daemon)
+        .map_or(0, |(_, n)| *n)
+}
+
+/// The `ctl backends` line of `daemon`.
+fn backend_line(topo: &Topology, daemon: &str) -> String {
+    let all = topo.ctl(&["backends"]);
+    all.lines()
+        .find(|l| l.starts_with(daemon))
+        .unwrap_or_else(|| panic!("{daemon} in {all}"))
+        .to_owned()
+}
+
+/// The word after `key` in a `ctl backends` line.
+fn field(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .skip_while(|w| *w != key)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        .to_owned()
+}
+
+/// Polls `proc`'s output every millisecond until it contains `needle`; how
+/// long that took.
+fn wait_for_line(proc: &Proc, needle: &str, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    while !proc.output().contains(needle) {
+        assert!(
+            start.elapsed() < timeout,
+            "{needle:?} not in the output within {timeout:?}:\n{}",
+            proc.output()
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+    start.elapsed()
+}
+
+/// A daemon in 198.19.1.0/24, which only a policy rule routes: `ip rule add to
+/// 198.19.1.0/24 lookup 100` and, in table 100, a route via the daemons' host
+/// (198.19.0.2) out of the back. The main table has no route for it (the
+/// dispatcher has no default route), so a reading of the main table refused it
+/// at start ("no route to daemon 198.19.1.11"); the kernel's own decision
+/// (`ip route get`) goes through the rule, and connections reach it.
+#[test]
+fn a_daemon_routed_by_a_policy_rule_takes_connections() {
+    let topo = Topology::up(DISPATCHD, "nlpol", 1, 1);
+    let (d, s) = (topo.dispatcher(), topo.daemons());
+    ip(&topo, &s, &["addr", "add", "198.19.1.11/32", "dev", "s0"]);
+    ip(
+        &topo,
+        &d,
+        &[
+            "route",
+            "add",
+            "198.19.1.0/24",
+            "via",
+            "198.19.0.2",
+            "dev",
+            "l1",
+            "table",
+            "100",
+        ],
+    );
+    ip(
+        &topo,
+        &d,
+        &[
+            "rule",
+            "add",
+            "to",
+            "198.19.1.0/24",
+            "lookup",
+            "100",
+            "pref",
+            "1000",
+        ],
+    );
+    // The kernel itself routes it so, and only through the rule.
+    let got = ip(&topo, &d, &["route", "get", "198.19.1.11"]);
+    assert!(got.contains("via 198.19.0.2 dev l1"), "{got}");
+    let main = ip(
+        &topo,
+        &d,
+        &["route", "show", "table", "main", "match", "198.19.1.11"],
+    );
+    assert!(main.trim().is_empty(), "the main table routes it: {main}");
+
+    let _servers = serve_at(&topo, &["198.19.0.11:8080", "198.19.1.11:8080"]);
+    let lb = topo.dispatchd(&flags(&["198.19.0.11:8080", "198.19.1.11:8080"]));
+    let s0 = topo.mac(&s, "s0").expect("s0's MAC");
+    let line = backend_line(&topo, "198.19.1.11:8080");
+    assert_eq!(field(&line, "next_hop"), s0, "{line}");
+    assert_eq!(field(&line, "via"), "198.19.0.2", "{line}");
+    let spread = connect(&topo, 40);
+    println!("policy-routed daemon: {spread:?}");
+    assert!(taken_by(&spread, "198.19.1.11:8080") > 0, "{spread:?}");
+    assert!(taken_by(&spread, "198.19.0.11:8080") > 0, "{spread:?}");
+    drop(lb);
+}
+
+/// A multipath route to 198.19.1.0/24 whose first path (via a third interface,
+/// m1) is down: the kernel skips the dead path and routes through the back.
+/// /proc/net/route shows only a multipath route's first path (m1), so a reading
+/// of it refused the daemon ("routed via m1"); the kernel's decision serves it.
+#[test]
+fn a_multipath_route_is_followed_as_the_kernel_picks_its_path() {
+    let topo = Topology::up(DISPATCHD, "nlmp", 1, 1);
+    let (d, s) = (topo.dispatcher(), topo.daemons());
+    ip(&topo, &s, &["addr", "add", "198.19.1.11/32", "dev", "s0"]);
+    // Both ends of m1's pair in the dispatcher's namespace: the namespace goes,
+    // and the pair with it, whatever happens to the test.
+    ip(
+        &topo,
+        &d,
+        &["link", "add", "m1", "type", "veth", "peer", "name", "m2"],
+    );
+    ip(&topo, &d, &["addr", "add", "198.18.200.1/24", "dev", "m1"]);
+    ip(&topo, &d, &["link", "set", "m1", "up"]);
+    ip(&topo, &d, &["link", "set", "m2", "up"]);
+    ip(
+        &topo,
+        &d,
+        &[
+            "route",
+            "add",
+            "198.19.1.0/24",
+            "nexthop",
+            "via",
+            "198.18.200.2",
+            "dev",
+            "m1",
+            "nexthop",
+            "via",
+            "198.19.0.2",
+            "dev",
+            "l1",
+        ],
+    );
+    ip(&topo, &d, &["link", "set", "m1", "down"]);
+    let shown = ip(&topo, &d, &["route", "show", "198.19.1.0/24"]);
+    assert!(shown.contains("dead"), "m1's path is dead: {shown}");
+    let got = ip(&topo, &d, &["route", "get", "198.19.1.11"]);
+    assert!(got.contains("via 198.19.0.2 dev l1"), "{got}");
+
+    let _servers = serve_at(&topo, &["198.19.1.11:8080"]);
+    let lb = topo.dispatchd(&flags(&["198.19.1.11:8080"]));
+    let line = backend_line(&topo, "198.19.1.11:8080");
+    assert_eq!(field(&line, "via"), "198.19.0.2", "{line}");
+    let spread = connect(&topo, 20);
+    assert_eq!(taken_by(&spread, "198.19.1.11:8080"), 20, "{spread:?}");
+    drop(lb);
+}
+
+/// The daemons' host changes its MAC (s0) while a long-lived connection runs,
+/// and the dispatcher's kernel learns the new one: first told (`ip neigh
+/// replace`), then by resolving again after a flush (the next health probe's
+/// ARP). Each time dispatchd follows the kernel's neighbour notification: the
+/// long-lived connection goes on (its segments meanwhile to the old MAC are
+/// retransmitted) and new connections reach both daemons. How long dispatchd
+/// took after the kernel's change is printed.
+#[test]
+fn a_daemons_new_mac_is_followed_at_once() {
+    let topo = Topology::up(DISPATCHD, "nlmac", 2, 1);
+    let (d, s) = (topo.dispatcher(), topo.daemons());
+    let _servers = topo.serve(2);
+    let lb = topo.dispatchd(&Topology::default_flags(2));
+    let daemons = ["198.19.0.11:8080", "198.19.0.12:8080"];
+    let old = topo.mac(&s, "s0").expect("s0's MAC");
+    for daemon in daemons {
+        assert_eq!(
+            field(&backend_line(&topo, daemon), "next_hop"),
+            old,
+            "{daemon}"
+        );
+    }
+    let mut hold = topo.client_start(
+        &["hold", "--to", VIP, "--seconds", "8", "--interval-ms", "50"],
+        "opened",
+    );
+    thread::sleep(Duration::from_millis(500));
+
+    // Told: the entries replaced with the new address.
+    let told = "02:00:5e:10:00:01";
+    ip(&topo, &s, &["link", "set", "s0", "address", told]);
+    thread::sleep(Duration::from_millis(200));
+    let replaced = Instant::now();
+    for addr in ["198.19.0.11", "198.19.0.12"] {
+        ip(
+            &topo,
+            &d,
+            &[
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                told,
+                "dev",
+                "l1",
+                "nud",
+                "reachable",
+            ],
+        );
+    }
+    let ip_took = replaced.elapsed();
+    let mut seen = Duration::ZERO;
+    for addr in ["198.19.0.11", "198.19.0.12"] {
+        let line = format!("daemon {addr}:8080 next hop {told}");
+        seen = seen.max(wait_for_line(&lb, &line, Duration::from_secs(2)));
+    }
+    let ctl_took = wait_until(Duration::from_secs(2), "ctl backends shows it", || {
+        daemons
+            .iter()
+            .all(|d| field(&backend_line(&topo, d), "next_hop") == told)
+    });
+    println!(
+        "replaced: both `ip neigh replace` done in {ip_took:?}; dispatchd's lines {seen:?} later, \
+         ctl backends showing it {ctl_took:?} later"
+    );
+    let spread = connect(&topo, 20);
+    assert!(
+        daemons.iter().all(|d| taken_by(&spread, d) > 0),
+        "{spread:?}"
+    );
+
+    // Learned: the entries flushed; the health probes make the kernel ask
+    // again, and the answer comes from the new address.
+    let learned = "02:00:5e:10:00:02";
+    ip(&topo, &s, &["link", "set", "s0", "address", learned]);
+    thread::sleep(Duration::from_millis(200));
+    ip(&topo, &d, &["neigh", "flush", "dev", "l1"]);
+    let mut seen = Duration::ZERO;
+    for addr in ["198.19.0.11", "198.19.0.12"] {
+        let line = format!("daemon {addr}:8080 next hop {learned}");
+        seen = seen.max(wait_for_line(&lb, &line, Duration::from_secs(3)));
+    }
+    let entry = ip(&topo, &d, &["neigh", "show", "198.19.0.11", "dev", "l1"]);
+    println!(
+        "flushed: dispatchd's lines {seen:?} after the flush (the kernel resolving again: {})",
+        entry.trim()
+    );
+    let spread = connect(&topo, 20);
+    assert!(
+        daemons.iter().all(|d| taken_by(&spread, d) > 0),
+        "{spread:?}"
+    );
+
+    let status = hold.wait(Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "the long-lived connection broke:\n{}",
+        hold.output()
+    );
+    println!("long-lived connection: {}", hold.output().trim());
+    let stats = topo.stats();
+    assert!(u64_at(&stats, "/netlink/messages") > 0, "{stats}");
+    assert_eq!(u64_at(&stats, "/netlink/malformed"), 0, "{stats}");
+    drop(lb);
+}
+
+/// A more specific route sends one daemon out of the front while dispatchd
+/// runs: dispatchd says so in its log, shows it in `ctl backends`, and offers
+/// the daemon no new connection; when the route goes, the daemon is back.
+#[test]
+fn a_daemon_routed_off_the_back_is_reported_and_avoided_until_it_returns() {
+    let topo = Topology::up(DISPATCHD, "nloff", 2, 1);
+    let d = topo.dispatcher();
+    let _servers = topo.serve(2);
+    let lb = topo.dispatchd(&Topology::default_flags(2));
+    let (kept, moved) = ("198.19.0.11:8080", "198.19.0.12:8080");
+    assert!(taken_by(&connect(&topo, 20), moved) > 0);
+
+    let added = Instant::now();
+    ip(&topo, &d, &["route", "add", "198.19.0.12/32", "dev", "l0"]);
+    let took = wait_for_line(
+        &lb,
+        "daemon 198.19.0.12:8080 is routed via l0, not the back interface l1",
+        Duration::from_secs(2),
+    );
+    println!(
+        "route via the front reported {took:?} after `ip route add` began ({:?} in all)",
+        added.elapsed()
+    );
+    let line = backend_line(&topo, moved);
+    assert_eq!(field(&line, "state"), "down", "{line}");
+    assert_eq!(field(&line, "next_hop"), "none", "{line}");
+    let spread = connect(&topo, 30);
+    assert_eq!(taken_by(&spread, moved), 0, "{spread:?}");
+    assert_eq!(taken_by(&spread, kept), 30, "{spread:?}");
+
+    ip(&topo, &d, &["route", "del", "198.19.0.12/32", "dev", "l0"]);
+    let took = wait_for_line(
+        &lb,
+        "daemon 198.19.0.12:8080 is routed via the back interface l1 again",
+        Duration::from_secs(2),
+    );
+    println!("route back reported {took:?} after `ip route del`");
+    // Health may have seen a failed probe or two meanwhile (they went out of
+    // l0): rise takes two good ones.
+    wait_until(Duration::from_secs(5), "the daemon is up again", || {
+        field(&backend_line(&topo, moved), "state") == "up"
+    });
+    let spread = connect(&topo, 30);
+    assert!(taken_by(&spread, moved) > 0, "{spread:?}");
+    drop(lb);
+}
+
+/// One line on stderr, non-zero exit, nothing attached.
+fn assert_refused(topo: &Topology, out: &std::process::Output, expect: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr:\n{}", text(out));
+    assert!(
+        lines[0].starts_with("dispatchd: ") && lines[0].contains(expect),
+        "expected {expect:?}:\n{}",
+        text(out)
+    );
+    assert!(!topo.xdp_attached("l0") && !topo.xdp_attached("l1"));
+}
+
+/// Start-up refuses a daemon the kernel does not route out of the back, with
+/// the kernel's reason: no route, an unreachable route, a route out of the
+/// front, and a policy rule that sends a daemon of the back's own subnet out of
+/// the front (the main table says l1, the kernel l0). A reload to such a
+/// daemon is refused the same way and the running set is kept.
+#[test]
+fn start_up_and_reload_refuse_what_the_kernel_does_not_route_out_of_the_back() {
+    let topo = Topology::up(DISPATCHD, "nlbad", 2, 1);
+    let d = topo.dispatcher();
+    let out = topo.dispatchd_fails(&flags(&["198.19.2.11:8080"]));
+    assert_refused(&topo, &out, "no route to daemon 198.19.2.11");
+
+    ip(&topo, &d, &["route", "add", "unreachable", "198.19.3.0/24"]);
+    let out = topo.dispatchd_fails(&flags(&["198.19.3.11:8080"]));
+    assert_refused(&topo, &out, "no route to daemon 198.19.3.11");
+
+    let out = topo.dispatchd_fails(&flags(&["198.18.0.50:8080"]));
+    assert_refused(
+        &topo,
+        &out,
+        "daemon 198.18.0.50 is routed via l0, not the back interface l1",
+    );
+
+    ip(
+        &topo,
+        &d,
+        &[
+            "route",
+            "add",
+            "198.19.0.12/32",
+            "dev",
+            "l0",
+            "table",
+            "101",
+        ],
+    );
+    ip(
+        &topo,
+        &d,
+        &[
+            "rule",
+            "add",
+            "to",
+            "198.19.0.12",
+            "lookup",
+            "101",
+            "pref",
+            "1001",
+        ],
+    );
+    let out = topo.dispatchd_fails(&flags(&["198.19.0.11:8080", "198.19.0.12:8080"]));
+    assert_refused(
+        &topo,
+        &out,
+        "daemon 198.19.0.12 is routed via l0, not the back interface l1",
+    );
+
+    // A reload to the same daemon: refused, the running set kept.
+    let _servers = topo.serve(2);
+    let dir = std::env::temp_dir().join(format!("dispatchd-nlbad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let file = dir.join("dispatchd.toml");
+    let config = |daemons: &str| {
+        let body = format!(
+            "front = \"l0\"\nback = \"l1\"\n[[service]]\naddress = \"{VIP}\"\nbackends = [{daemons}]\n"
+        );
+        std::fs::write(&file, body).expect("writing the config");
+    };
+    config("\"198.19.0.11:8080\"");
+    let lb = topo.dispatchd(&["--config", file.to_str().expect("utf-8 path")]);
+    config("\"198.19.0.11:8080\", \"198.19.0.12:8080\"");
+    lb.signal("HUP");
+    wait_for_line(
+        &lb,
+        "SIGHUP: daemon 198.19.0.12 is routed via l0, not the back interface l1",
+        Duration::from_secs(3),
+    );
+    let spread = connect(&topo, 10);
+    assert_eq!(taken_by(&spread, "198.19.0.11:8080"), 10, "{spread:?}");
+    drop(lb);
+    let _ = std::fs::remove_dir_all(&dir);
+}
