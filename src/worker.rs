@@ -272,6 +272,11 @@ pub fn run(setup: WorkerSetup) {
             idle_spins = 0;
             continue;
         }
+        if events.has_backlog() {
+            // The loop is behind: give it the core, and flush again at once.
+            std::thread::yield_now();
+            continue;
+        }
         match poll {
             PollMode::Busy => std::hint::spin_loop(),
             PollMode::Wakeup => {

@@ -263,6 +263,14 @@ impl EventSink {
         }
     }
 
+    /// Events still wait in the overflow: the worker must not sleep, since
+    /// nothing but its own next round sends them (an idle worker would hold
+    /// them for a poll timeout per ring's worth).
+    #[inline]
+    pub fn has_backlog(&self) -> bool {
+        !self.overflow.is_empty()
+    }
+
     /// Whether the worker must take no new frame or command this round: the
     /// overflow could not hold all a round may emit.
     #[inline]
@@ -334,11 +342,16 @@ mod tests {
             worker.events.emit(opened(i), &stats);
         }
         assert_eq!(stats.events_deferred.get(), 6);
+        assert!(
+            worker.events.has_backlog(),
+            "a worker must not sleep on these"
+        );
         let mut seen = Vec::new();
         while seen.len() < 10 {
             worker.events.flush();
             seen.extend(main.events.try_iter());
         }
+        assert!(!worker.events.has_backlog());
         assert_eq!(seen, (0..10).map(opened).collect::<Vec<_>>());
         assert_eq!(stats.events_dropped.get(), 0);
     }
