@@ -264,9 +264,7 @@ impl Dataplane {
                     self.set_backend_state(id, slot.pool.state(local));
                 }
                 if let Some((pool, new_local)) = self.pool_of(id) {
-                    for _ in 0..slot.pool.active(local) {
-                        pool.connection_opened(new_local);
-                    }
+                    pool.connections_carried(new_local, slot.pool.active(local));
                 }
                 if let Some(&old_id) = old.ids.get(&addr) {
                     self.reset_before[id.index()] = old.reset_before[old_id.index()];

@@ -209,6 +209,14 @@ impl Pool {
         *a = a.saturating_add(1);
     }
 
+    /// Adds `n` connections carried over from an earlier pool (a reload): one
+    /// addition however many there are.
+    #[inline]
+    pub fn connections_carried(&mut self, index: PoolIndex, n: u32) {
+        let a = &mut self.active[index.index()];
+        *a = a.saturating_add(n);
+    }
+
     /// Counts a closed connection of `index` (saturating at 0).
     #[inline]
     pub fn connection_closed(&mut self, index: PoolIndex) {
