@@ -674,12 +674,16 @@ fn batch_opts() -> libbpf_sys::bpf_map_batch_opts {
     }
 }
 
+/// What an interface says it can do with AF_XDP: `Some(zero-copy)`, or `None`
+/// when the kernel does not report XDP features (no netdev netlink family).
+pub type ZerocopySupport = Option<bool>;
+
 /// Whether `iface` advertises AF_XDP zero-copy (NETDEV_XDP_ACT_XSK_ZEROCOPY in
 /// the XDP features libbpf's bpf_xdp_query reads from the netdev netlink
 /// family); `None` when the kernel reports no features at all (a kernel
 /// without that family reports 0, while every device that runs XDP reports at
 /// least NETDEV_XDP_ACT_BASIC).
-pub fn zerocopy_support(iface: &Interface) -> Result<crate::xsk::ZerocopySupport> {
+pub fn zerocopy_support(iface: &Interface) -> Result<ZerocopySupport> {
     const NETDEV_XDP_ACT_XSK_ZEROCOPY: u64 = 1 << 3;
     // SAFETY: all-zero is a valid bpf_xdp_query_opts; sz tells libbpf its size,
     // which includes feature_flags, so libbpf fills it in.

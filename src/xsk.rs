@@ -22,7 +22,11 @@ use xsk_rs::{
     CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem,
 };
 
-use crate::{config::BindMode, queues::WorkerQueues, xdp::Interface};
+use crate::{
+    config::BindMode,
+    queues::WorkerQueues,
+    xdp::{Interface, ZerocopySupport},
+};
 
 /// Bytes of a UMEM frame: one page, single-buffer (a frame holds a whole
 /// packet; interfaces whose MTU does not fit are refused at start).
@@ -49,10 +53,6 @@ pub enum Bind {
     /// No flag: the kernel binds zero-copy where the driver can, else copy.
     PreferZerocopy,
 }
-
-/// What an interface says it can do with AF_XDP: `Some(zero-copy)`, or `None`
-/// when the kernel does not report XDP features (no netdev netlink family).
-pub type ZerocopySupport = Option<bool>;
 
 /// Chooses the bind for `mode` from what each interface advertises; returns
 /// it and, when the choice needs saying, a line that says why.
