@@ -2,7 +2,7 @@ use std::{net::SocketAddrV4, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use dispatchd::{
-    config::{Config, RunArgs, DEFAULT_CONTROL_SOCKET},
+    config::{RunArgs, DEFAULT_CONTROL_SOCKET},
     control::ctl::{self, ClientFilter, ConnFilter, Format, Request, DEFAULT_CONNS_LIMIT},
 };
 
@@ -18,10 +18,18 @@ struct Cli {
 enum Command {
     /// Run the dispatcher (needs root, or CAP_NET_ADMIN, CAP_BPF, CAP_PERFMON, CAP_NET_RAW, CAP_IPC_LOCK).
     Run(Box<RunArgs>),
-    /// Validate a configuration file and exit.
+    /// Validate a configuration (a file, and `run` flags merged over it as `run`
+    /// merges them) and exit.
     CheckConfig {
-        /// The TOML file to check.
-        file: PathBuf,
+        /// The TOML file to check (the same as --config).
+        #[arg(value_name = "FILE", conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// Print the effective configuration, file and flags merged, as TOML
+        /// with every key (defaults included); it loads as the same configuration.
+        #[arg(long)]
+        print: bool,
+        #[command(flatten)]
+        run: Box<RunArgs>,
     },
     /// Ask a running dispatchd through its control socket.
     Ctl {
@@ -91,6 +99,31 @@ impl CtlVerb {
     }
 }
 
+/// `dispatchd check-config`: resolves as `run` would, says what it found, and
+/// with `print` writes the effective configuration to stdout.
+fn check_config(run: &RunArgs, print: bool) -> anyhow::Result<()> {
+    let config = run.resolve()?;
+    let origin = match &run.config {
+        Some(path) => path.display().to_string(),
+        None => "flags".to_owned(),
+    };
+    let summary = format!(
+        "{origin}: ok ({} service(s), {} daemon(s))",
+        config.services.len(),
+        config.daemons().count()
+    );
+    if print {
+        // The summary as a comment keeps stdout a file `--config` can load.
+        let toml = config
+            .to_toml()
+            .map_err(|e| anyhow::anyhow!("printing the configuration: {e}"))?;
+        print!("# {summary}; effective configuration (file and flags merged, defaults included)\n{toml}");
+    } else {
+        println!("{summary}");
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -112,21 +145,13 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Command::CheckConfig { file } => {
-            Config::load(&file)
-                .map_err(anyhow::Error::from)
-                .map(|config| {
-                    println!(
-                        "{}: ok ({} service(s), {} daemon(s))",
-                        file.display(),
-                        config.services.len(),
-                        config
-                            .services
-                            .iter()
-                            .map(|s| s.backends.len())
-                            .sum::<usize>()
-                    );
-                })
+        Command::CheckConfig {
+            file,
+            print,
+            mut run,
+        } => {
+            run.config = file.or(run.config.take());
+            check_config(&run, print)
         }
     };
     match result {
