@@ -118,9 +118,10 @@ fn check_host(config: &Config) -> Result<Interfaces> {
     }
     let missing = sys::missing_capabilities().context("reading this process's capabilities")?;
     if !missing.is_empty() {
+        let names: Vec<String> = missing.iter().map(ToString::to_string).collect();
         bail!(
             "permission denied: dispatchd needs {} (run as root)",
-            missing.join(", ")
+            names.join(", ")
         );
     }
     let front = Interface::lookup(&config.front).context("front")?;
