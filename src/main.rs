@@ -1,10 +1,12 @@
 use std::{net::SocketAddrV4, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
 use dispatchd::{
     config::{RunArgs, DEFAULT_CONTROL_SOCKET},
     control::ctl::{self, ClientFilter, ConnFilter, Format, Request, DEFAULT_CONNS_LIMIT},
 };
+use std::io::Write;
 
 /// Binds many server daemons to one service address.
 #[derive(Parser)]
@@ -31,6 +33,12 @@ enum Command {
         #[command(flatten)]
         run: Box<RunArgs>,
     },
+    /// Write the manual page or shell completions, generated from this command
+    /// line's own definition (for packaging; README: Installing).
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
     /// Ask a running dispatchd through its control socket.
     Ctl {
         /// The daemon's control socket.
@@ -42,6 +50,46 @@ enum Command {
         #[command(subcommand)]
         verb: CtlVerb,
     },
+}
+
+#[derive(Subcommand)]
+enum Generate {
+    /// The manual page (roff): dispatchd(1) on stdout, or with DIR one page per
+    /// command (dispatchd.1, dispatchd-run.1, dispatchd-ctl-stats.1, ...) written there.
+    Man {
+        /// Directory to write every page to (it must exist).
+        dir: Option<PathBuf>,
+    },
+    /// The completion script for SHELL, on stdout.
+    Completions { shell: clap_complete::Shell },
+}
+
+impl Generate {
+    fn write(self) -> anyhow::Result<()> {
+        let cmd = Cli::command();
+        match self {
+            Generate::Man { dir: None } => {
+                let mut out = std::io::stdout().lock();
+                clap_mangen::Man::new(cmd).render(&mut out)?;
+                out.flush()?;
+            }
+            Generate::Man { dir: Some(dir) } => {
+                clap_mangen::generate_to(cmd, &dir)
+                    .with_context(|| format!("writing manual pages to {}", dir.display()))?;
+                println!("manual pages written to {}", dir.display());
+            }
+            Generate::Completions { shell } => {
+                // Into memory first: clap_complete panics when its writer
+                // fails, and stdout may be a closed pipe.
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut cmd.clone(), "dispatchd", &mut script);
+                let mut out = std::io::stdout().lock();
+                out.write_all(&script)?;
+                out.flush()?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand)]
@@ -145,6 +193,7 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::Generate { what } => what.write(),
         Command::CheckConfig {
             file,
             print,
