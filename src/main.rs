@@ -160,15 +160,22 @@ fn check_config(run: &RunArgs, print: bool) -> anyhow::Result<()> {
         config.services.len(),
         config.daemons().count()
     );
+    // Written, not print!ed: print! panics when stdout is a closed pipe
+    // (`check-config --print | head`).
+    let mut out = std::io::stdout().lock();
     if print {
         // The summary as a comment keeps stdout a file `--config` can load.
         let toml = config
             .to_toml()
             .map_err(|e| anyhow::anyhow!("printing the configuration: {e}"))?;
-        print!("# {summary}; effective configuration (file and flags merged, defaults included)\n{toml}");
+        write!(
+            out,
+            "# {summary}; effective configuration (file and flags merged, defaults included)\n{toml}"
+        )?;
     } else {
-        println!("{summary}");
+        writeln!(out, "{summary}")?;
     }
+    out.flush()?;
     Ok(())
 }
 
