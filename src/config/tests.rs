@@ -584,3 +584,31 @@ fn mss_clamp_from_the_file() {
         Err(ConfigError::MssClampOutOfRange { mss: 100 })
     ));
 }
+
+#[test]
+fn the_printed_config_loads_as_the_same_with_every_optional_key_set_or_not() {
+    let plain = base();
+    let mut full = base();
+    full.queues = Some(4);
+    full.cores = vec![1, 3];
+    full.mss_clamp = Some(1400);
+    full.reply_mode = ReplyMode::Tracked;
+    full.flow_capacity = 4096;
+    full.control.metrics_listen = Some("127.0.0.1:9100".parse().unwrap());
+    full.control.control_socket = "/run/dispatchd/ctl.sock".into();
+    full.control.on_failure = OnFailure::Reset;
+    full.control.on_remove = OnRemove::Reset;
+    full.control.health.rise = 5;
+    full.control.timeouts.rst_linger = Duration::from_millis(1234);
+    full.services[0].backends[1].weight = 7;
+    for c in [plain, full] {
+        let text = c.to_toml().unwrap();
+        assert_eq!(Config::from_toml_str(&text).unwrap(), c, "{text}");
+    }
+    // A path TOML cannot hold (from the flag; not UTF-8) is an error, not a panic.
+    let mut odd = base();
+    let name: std::ffi::OsString =
+        std::os::unix::ffi::OsStringExt::from_vec(b"/run/\xff.sock".to_vec());
+    odd.control.control_socket = name.into();
+    assert!(odd.to_toml().is_err());
+}
