@@ -22,6 +22,7 @@ use crate::{
     },
     flow::FlowTable,
     ids::WorkerId,
+    kernel,
     neigh::{self, fmt_mac, HopBook, Kernel},
     protocol::{self, Wake},
     queues::{self, fmt_queues, LinkFacts, LinkWatch, WorkerQueues},
@@ -105,15 +106,22 @@ struct Interfaces {
     back_link: LinkFacts,
 }
 
-/// What must hold before anything is loaded: the capabilities, the interfaces,
-/// forwarding on the back, RX queue counts dispatchd can serve, MTUs whose
-/// frames fit a UMEM frame.
+/// What must hold before anything is loaded: a kernel new enough, the
+/// capabilities, the interfaces, forwarding on the back, RX queue counts
+/// dispatchd can serve, MTUs whose frames fit a UMEM frame.
 fn check_host(config: &Config) -> Result<Interfaces> {
+    // First: an older kernel may not know CAP_BPF at all, and the capability
+    // check would then blame the user's privileges instead of the kernel.
+    let release = kernel::running_release().context("reading the kernel's release")?;
+    if let Some(why) = kernel::too_old(&release) {
+        bail!(why);
+    }
     let missing = sys::missing_capabilities().context("reading this process's capabilities")?;
     if !missing.is_empty() {
+        let names: Vec<String> = missing.iter().map(ToString::to_string).collect();
         bail!(
             "permission denied: dispatchd needs {} (run as root)",
-            missing.join(", ")
+            names.join(", ")
         );
     }
     let front = Interface::lookup(&config.front).context("front")?;

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod flow;
 pub mod ids;
+pub mod kernel;
 pub mod neigh;
 pub mod netlink;
 pub mod packet;

@@ -1,10 +1,12 @@
 use std::{net::SocketAddrV4, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
 use dispatchd::{
-    config::{Config, RunArgs, DEFAULT_CONTROL_SOCKET},
+    config::{RunArgs, DEFAULT_CONTROL_SOCKET},
     control::ctl::{self, ClientFilter, ConnFilter, Format, Request, DEFAULT_CONNS_LIMIT},
 };
+use std::io::Write;
 
 /// Binds many server daemons to one service address.
 #[derive(Parser)]
@@ -18,10 +20,24 @@ struct Cli {
 enum Command {
     /// Run the dispatcher (needs root, or CAP_NET_ADMIN, CAP_BPF, CAP_PERFMON, CAP_NET_RAW, CAP_IPC_LOCK).
     Run(Box<RunArgs>),
-    /// Validate a configuration file and exit.
+    /// Validate a configuration (a file, and `run` flags merged over it as `run`
+    /// merges them) and exit.
     CheckConfig {
-        /// The TOML file to check.
-        file: PathBuf,
+        /// The TOML file to check (the same as --config).
+        #[arg(value_name = "FILE", conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// Print the effective configuration, file and flags merged, as TOML
+        /// with every key (defaults included); it loads as the same configuration.
+        #[arg(long)]
+        print: bool,
+        #[command(flatten)]
+        run: Box<RunArgs>,
+    },
+    /// Write the manual page or shell completions, generated from this command
+    /// line's own definition (for packaging; README: Installing).
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
     },
     /// Ask a running dispatchd through its control socket.
     Ctl {
@@ -34,6 +50,46 @@ enum Command {
         #[command(subcommand)]
         verb: CtlVerb,
     },
+}
+
+#[derive(Subcommand)]
+enum Generate {
+    /// The manual page (roff): dispatchd(1) on stdout, or with DIR one page per
+    /// command (dispatchd.1, dispatchd-run.1, dispatchd-ctl-stats.1, ...) written there.
+    Man {
+        /// Directory to write every page to (it must exist).
+        dir: Option<PathBuf>,
+    },
+    /// The completion script for SHELL, on stdout.
+    Completions { shell: clap_complete::Shell },
+}
+
+impl Generate {
+    fn write(self) -> anyhow::Result<()> {
+        let cmd = Cli::command();
+        match self {
+            Generate::Man { dir: None } => {
+                let mut out = std::io::stdout().lock();
+                clap_mangen::Man::new(cmd).render(&mut out)?;
+                out.flush()?;
+            }
+            Generate::Man { dir: Some(dir) } => {
+                clap_mangen::generate_to(cmd, &dir)
+                    .with_context(|| format!("writing manual pages to {}", dir.display()))?;
+                println!("manual pages written to {}", dir.display());
+            }
+            Generate::Completions { shell } => {
+                // Into memory first: clap_complete panics when its writer
+                // fails, and stdout may be a closed pipe.
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut cmd.clone(), "dispatchd", &mut script);
+                let mut out = std::io::stdout().lock();
+                out.write_all(&script)?;
+                out.flush()?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand)]
@@ -91,6 +147,38 @@ impl CtlVerb {
     }
 }
 
+/// `dispatchd check-config`: resolves as `run` would, says what it found, and
+/// with `print` writes the effective configuration to stdout.
+fn check_config(run: &RunArgs, print: bool) -> anyhow::Result<()> {
+    let config = run.resolve()?;
+    let origin = match &run.config {
+        Some(path) => path.display().to_string(),
+        None => "flags".to_owned(),
+    };
+    let summary = format!(
+        "{origin}: ok ({} service(s), {} daemon(s))",
+        config.services.len(),
+        config.daemons().count()
+    );
+    // Written, not print!ed: print! panics when stdout is a closed pipe
+    // (`check-config --print | head`).
+    let mut out = std::io::stdout().lock();
+    if print {
+        // The summary as a comment keeps stdout a file `--config` can load.
+        let toml = config
+            .to_toml()
+            .map_err(|e| anyhow::anyhow!("printing the configuration: {e}"))?;
+        write!(
+            out,
+            "# {summary}; effective configuration (file and flags merged, defaults included)\n{toml}"
+        )?;
+    } else {
+        writeln!(out, "{summary}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -112,21 +200,14 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Command::CheckConfig { file } => {
-            Config::load(&file)
-                .map_err(anyhow::Error::from)
-                .map(|config| {
-                    println!(
-                        "{}: ok ({} service(s), {} daemon(s))",
-                        file.display(),
-                        config.services.len(),
-                        config
-                            .services
-                            .iter()
-                            .map(|s| s.backends.len())
-                            .sum::<usize>()
-                    );
-                })
+        Command::Generate { what } => what.write(),
+        Command::CheckConfig {
+            file,
+            print,
+            mut run,
+        } => {
+            run.config = file.or(run.config.take());
+            check_config(&run, print)
         }
     };
     match result {

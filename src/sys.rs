@@ -1,8 +1,10 @@
-//! Small libc wrappers: signals, capabilities, memory advice, the eventfd and a
-//! raw IPv4 sender.
-#![allow(unsafe_code)] // signal masks, capabilities, madvise, sockets; each block says why it is sound
+//! Small libc wrappers: signals, capabilities (through the caps crate), memory
+//! advice, the eventfd and a raw IPv4 sender.
+#![allow(unsafe_code)] // signal masks, no_new_privs, madvise, sockets; each block says why it is sound
 
 use std::{ffi::CStr, io, mem::MaybeUninit, net::Ipv4Addr};
+
+use caps::{CapSet, Capability};
 
 const HUGE_PAGE: usize = 2 << 20;
 
@@ -197,29 +199,26 @@ pub fn block_signals() -> io::Result<()> {
 /// CAP_BPF with CAP_PERFMON loads the program (the verifier wants both for its
 /// packet-pointer arithmetic), CAP_NET_RAW opens AF_XDP sockets, CAP_IPC_LOCK
 /// pins the UMEM beyond RLIMIT_MEMLOCK.
-const NEEDED_CAPS: [(u32, &str); 5] = [
-    (12, "CAP_NET_ADMIN"),
-    (39, "CAP_BPF"),
-    (38, "CAP_PERFMON"),
-    (13, "CAP_NET_RAW"),
-    (14, "CAP_IPC_LOCK"),
+pub const NEEDED_CAPS: [Capability; 5] = [
+    Capability::CAP_NET_ADMIN,
+    Capability::CAP_BPF,
+    Capability::CAP_PERFMON,
+    Capability::CAP_NET_RAW,
+    Capability::CAP_IPC_LOCK,
 ];
 
-/// Names of the needed capabilities this process lacks, from /proc/self/status.
-pub fn missing_capabilities() -> io::Result<Vec<&'static str>> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, "no CapEff in /proc/self/status")
-        })?;
+/// The needed capabilities this thread lacks in its effective set.
+pub fn missing_capabilities() -> io::Result<Vec<Capability>> {
+    let effective = caps::read(None, CapSet::Effective).map_err(caps_error)?;
     Ok(NEEDED_CAPS
-        .iter()
-        .filter(|(bit, _)| eff & (1 << bit) == 0)
-        .map(|&(_, name)| name)
+        .into_iter()
+        .filter(|c| !effective.contains(c))
         .collect())
+}
+
+/// The caps crate's errors are strings that already name the failing call.
+fn caps_error(e: caps::errors::CapsError) -> io::Error {
+    io::Error::other(e.to_string())
 }
 
 /// An eventfd: workers write to it to wake the management loop, which reads it
@@ -292,69 +291,80 @@ impl SignalFd {
 /// Size of the `signalfd_siginfo` the kernel hands back per signal.
 pub const SIGINFO_LEN: usize = 128;
 
-/// Gives up every capability for good: the bounding set, the ambient set, and the
-/// effective/permitted/inheritable sets of the calling thread (threads created
-/// afterwards inherit the empty sets), and sets no_new_privs so no exec can get
-/// them back. Called once set-up is done: from then on dispatchd only uses
+/// Gives up every capability for good: the bounding set (when this process
+/// may: it takes CAP_SETPCAP), the ambient set, and the inheritable, effective
+/// and permitted sets of the calling thread (threads created afterwards
+/// inherit the empty sets), and sets no_new_privs so no exec can get them
+/// back. Called once set-up is done: from then on dispatchd only uses
 /// descriptors it already holds (sockets, BPF maps and links, io_uring), which
 /// need no capability.
 pub fn drop_all_capabilities() -> io::Result<()> {
-    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")?
-        .trim()
-        .parse()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    // SAFETY: prctl with integer arguments only.
+    // SAFETY: prctl with integer arguments only; it changes a flag of this
+    // thread (inherited by those it creates) and touches no memory of ours.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    for cap in 0..=last {
-        // SAFETY: as above. Needs CAP_SETPCAP: a process started with only the
-        // capabilities it needs lacks it, and then keeps its bounding set (with
-        // no_new_privs and empty permitted sets, nothing can be regained from it).
-        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EPERM) {
-                break;
-            }
-            return Err(err);
+    // The bounding set first, while CAP_SETPCAP is still effective. A process
+    // started with only the capabilities it needs lacks CAP_SETPCAP and keeps
+    // its bounding set: with no_new_privs and empty permitted sets nothing can
+    // be regained from it.
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).map_err(caps_error)? {
+        // Those of the crate's list the running kernel has (up to
+        // cap_last_cap): all of Linux's as of 6.18, the newest being
+        // CAP_CHECKPOINT_RESTORE (5.9).
+        let supported = caps::runtime::procfs_all_supported(None).map_err(caps_error)?;
+        for cap in supported {
+            caps::drop(None, CapSet::Bounding, cap).map_err(caps_error)?;
         }
     }
-    // SAFETY: as above; clearing an already empty ambient set is fine.
-    unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL,
-            0,
-            0,
-            0,
-        )
-    };
-    #[repr(C)]
-    struct CapHeader {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct CapData {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-    let header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let data = [CapData {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
-    // SAFETY: capset reads a v3 header and two data words, both live and of the
-    // layout the kernel's uapi defines.
-    if unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
+    caps::clear(None, CapSet::Ambient).map_err(caps_error)?;
+    // Inheritable and effective before permitted: the kernel refuses a
+    // permitted set that no longer covers the other two.
+    for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+        caps::clear(None, set).map_err(caps_error)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `Cap*:` lines of a task's status file, as the e2e tests read them.
+    fn cap_lines(status: &str) -> Vec<(&str, &str)> {
+        ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"]
+            .into_iter()
+            .map(|key| {
+                let value = status.lines().find_map(|l| l.strip_prefix(key));
+                (key, value.expect(key).trim())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_thread_that_drops_them_has_no_capability_left_and_says_which_it_misses() {
+        assert!(
+            missing_capabilities().unwrap().is_empty(),
+            "this test needs root (the five set-up capabilities) to have something to drop"
+        );
+        // A thread of its own: capability sets and no_new_privs are per thread,
+        // so the test process keeps its own.
+        let (missing, status) = std::thread::spawn(|| {
+            drop_all_capabilities().unwrap();
+            let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            (missing_capabilities().unwrap(), status)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(missing, NEEDED_CAPS.to_vec());
+        for (key, value) in cap_lines(&status) {
+            assert_eq!(value, "0000000000000000", "{key}");
+        }
+        let no_new_privs = status.lines().find_map(|l| l.strip_prefix("NoNewPrivs:"));
+        assert_eq!(no_new_privs.map(str::trim), Some("1"));
+        assert!(
+            missing_capabilities().unwrap().is_empty(),
+            "the test's own thread keeps them"
+        );
+    }
 }

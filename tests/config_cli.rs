@@ -104,6 +104,101 @@ fn missing_file() {
     );
 }
 
+/// `dispatchd ARGS...`: its exit status, stdout and stderr.
+fn dispatchd(args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dispatchd"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (out.status, text(out.stdout), text(out.stderr))
+}
+
+#[test]
+fn missing_file_says_the_os_error_once() {
+    for args in [
+        &["check-config", "/nonexistent/dispatchd.toml"][..],
+        &["run", "--config", "/nonexistent/dispatchd.toml"],
+    ] {
+        let (status, _, err) = dispatchd(args);
+        assert!(!status.success());
+        assert_eq!(
+            err,
+            "dispatchd: config /nonexistent/dispatchd.toml: cannot read: \
+             No such file or directory (os error 2)\n",
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn check_config_refuses_addresses_that_are_no_single_host() {
+    let cases = [
+        (
+            "198.18.0.100:0",
+            "198.19.0.11:8080",
+            "service 198.18.0.100:0: port 0 is no port a TCP connection can use",
+        ),
+        (
+            "198.18.0.100:80",
+            "0.0.0.0:8080",
+            "backend 0.0.0.0:8080 of service 198.18.0.100:80: 0.0.0.0 is no host's address",
+        ),
+        (
+            "198.18.0.100:80",
+            "255.255.255.255:8080",
+            "backend 255.255.255.255:8080 of service 198.18.0.100:80: \
+             255.255.255.255 is the broadcast address, not one host's",
+        ),
+        (
+            "198.18.0.100:80",
+            "224.0.0.5:8080",
+            "backend 224.0.0.5:8080 of service 198.18.0.100:80: \
+             224.0.0.0/4 is multicast, not one host's address",
+        ),
+    ];
+    for (i, (service, daemon, message)) in cases.into_iter().enumerate() {
+        let text = format!("{HEAD}{}", svc(service, &format!("[\"{daemon}\"]")));
+        let path = write_tmp(&format!("not_one_host_{i}.toml"), &text);
+        let (status, out, err) = dispatchd(&["check-config", path.to_str().unwrap()]);
+        assert!(!status.success(), "{service} {daemon}: {out}");
+        assert_eq!(err, format!("dispatchd: {message}\n"));
+    }
+}
+
+#[test]
+fn timeout_errors_give_the_values() {
+    let text = format!(
+        "{HEAD}[health]\ninterval_ms = 300\ntimeout_ms = 450\n{}",
+        svc("198.18.0.100:80", "[\"198.19.0.11:8080\"]")
+    );
+    let (_, msg) = parse_err(&text);
+    assert_eq!(
+        msg,
+        "health.timeout_ms = 450 is longer than health.interval_ms = 300: \
+         a probe must end before the next one starts"
+    );
+    for key in ["syn_ms", "idle_ms", "linger_ms", "rst_linger_ms"] {
+        let text = format!(
+            "{HEAD}[timeouts]\n{key} = 0\n{}",
+            svc("198.18.0.100:80", "[\"198.19.0.11:8080\"]")
+        );
+        let (_, msg) = parse_err(&text);
+        assert_eq!(
+            msg,
+            format!("timeouts.{key} = 0: must be greater than zero")
+        );
+    }
+    for key in ["rise", "fall"] {
+        let text = format!(
+            "{HEAD}[health]\n{key} = 0\n{}",
+            svc("198.18.0.100:80", "[\"198.19.0.11:8080\"]")
+        );
+        let (_, msg) = parse_err(&text);
+        assert_eq!(msg, format!("health.{key} = 0: must be greater than zero"));
+    }
+}
+
 #[test]
 fn unreadable_file_is_a_directory() {
     let e = Config::load(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap_err();
@@ -830,4 +925,87 @@ fn missing_config_file_via_flag() {
     let e = resolve(&["--config", "/nonexistent/x.toml"]).unwrap_err();
     assert!(matches!(e, ConfigError::Read { .. }));
     assert!(e.to_string().contains("/nonexistent/x.toml"));
+}
+
+// ---------------------------------------------------------------- check-config --print
+
+#[test]
+fn check_config_prints_the_effective_config_which_loads_as_the_same() {
+    let p = example_arg();
+    let flags = [
+        "--queues",
+        "4",
+        "--policy",
+        "maglev",
+        "--mss-clamp",
+        "1400",
+        "--health-interval-ms",
+        "250",
+    ];
+    let (status, out, err) =
+        dispatchd(&[&["check-config", p.as_str(), "--print"][..], &flags[..]].concat());
+    assert!(status.success(), "{err}");
+    assert!(
+        out.starts_with(&format!("# {p}: ok (2 service(s), ")),
+        "{out}"
+    );
+    let printed = Config::from_toml_str(&out).unwrap();
+    let merged = resolve(&[&["--config", p.as_str()][..], &flags[..]].concat()).unwrap();
+    assert_eq!(printed, merged);
+    // Defaults and flags are written out, not left implicit.
+    for line in [
+        "queues = 4",
+        "mss_clamp = 1400",
+        "policy = \"maglev\"",
+        "interval_ms = 250",
+        "timeout_ms = 250",
+        "syn_ms = 10000",
+        "\"198.19.0.11:8080@1\"",
+    ] {
+        assert!(
+            out.lines().any(|l| l.trim() == line || l.contains(line)),
+            "{line}: {out}"
+        );
+    }
+
+    // The same through --config, and from flags alone.
+    let (_, via_flag, _) =
+        dispatchd(&[&["check-config", "--config", &p, "--print"][..], &flags[..]].concat());
+    assert_eq!(via_flag, out);
+    let only_flags = [
+        "--front",
+        "a0",
+        "--back",
+        "b0",
+        "--service",
+        "10.0.0.1:80",
+        "--backend",
+        "10.0.1.1:80@2",
+    ];
+    let (status, out, err) =
+        dispatchd(&[&["check-config", "--print"][..], &only_flags[..]].concat());
+    assert!(status.success(), "{err}");
+    assert!(
+        out.starts_with("# flags: ok (1 service(s), 1 daemon(s))"),
+        "{out}"
+    );
+    assert_eq!(
+        Config::from_toml_str(&out).unwrap(),
+        resolve(&only_flags).unwrap()
+    );
+}
+
+#[test]
+fn check_config_without_print_says_ok_and_refuses_two_files() {
+    let p = example_arg();
+    let (status, out, _) = dispatchd(&["check-config", &p]);
+    assert!(status.success());
+    assert_eq!(out, format!("{p}: ok (2 service(s), 5 daemon(s))\n"));
+    let (status, _, err) = dispatchd(&["check-config", &p, "--config", &p]);
+    assert!(!status.success());
+    assert!(err.contains("cannot be used with"), "{err}");
+    // A flag's error is the same one line as `run`'s.
+    let (status, _, err) = dispatchd(&["check-config", &p, "--batch", "0"]);
+    assert!(!status.success());
+    assert_eq!(err, "dispatchd: batch = 0 is out of range 1..=256\n");
 }

@@ -4,7 +4,7 @@
 //! lookup table and the [`Pool`] that applies a [`PolicyKind`] to a service's daemons.
 use std::{fmt, net::SocketAddrV4, str::FromStr};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 mod hash;
 pub mod maglev;
@@ -15,7 +15,7 @@ pub use maglev::MaglevTable;
 pub use pool::{Pool, PoolError};
 
 /// How a service spreads new connections over its daemons.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PolicyKind {
     #[default]

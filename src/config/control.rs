@@ -26,7 +26,17 @@ pub const DEFAULT_RISE: u32 = 2;
 pub const DEFAULT_FALL: u32 = 3;
 
 /// What happens to a failed daemon's open connections.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum OnFailure {
     /// They keep being forwarded to it (they may recover, or end by themselves).
@@ -37,7 +47,17 @@ pub enum OnFailure {
 }
 
 /// What happens to the connections of a daemon a reload removes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum OnRemove {
     /// They go on to the end: the daemon takes no new connection and leaves
@@ -143,16 +163,24 @@ impl ControlConfig {
             ("timeouts.rst_linger_ms", t.rst_linger),
         ] {
             if d.is_zero() {
-                return Err(ConfigError::ZeroDuration { key });
+                return Err(ConfigError::Zero { key });
             }
         }
         let h = &self.health;
-        if h.interval.is_zero() || h.timeout.is_zero() || h.timeout > h.interval {
-            return Err(ConfigError::BadHealthTiming);
+        for (key, zero) in [
+            ("health.interval_ms", h.interval.is_zero()),
+            ("health.timeout_ms", h.timeout.is_zero()),
+            ("health.rise", h.rise == 0),
+            ("health.fall", h.fall == 0),
+        ] {
+            if zero {
+                return Err(ConfigError::Zero { key });
+            }
         }
-        if h.rise == 0 || h.fall == 0 {
-            return Err(ConfigError::ZeroDuration {
-                key: "health.rise/fall",
+        if h.timeout > h.interval {
+            return Err(ConfigError::HealthTimeoutBeyondInterval {
+                timeout_ms: h.timeout.as_millis(),
+                interval_ms: h.interval.as_millis(),
             });
         }
         Ok(())

@@ -6,7 +6,7 @@ use std::{fmt, net::SocketAddrV4, path::Path};
 
 use serde::{
     de::{self, value::MapAccessDeserializer, MapAccess, Visitor},
-    Deserialize, Deserializer,
+    Deserialize, Deserializer, Serialize, Serializer,
 };
 
 use super::{
@@ -19,7 +19,7 @@ use crate::balance::{BackendSpec, PolicyKind};
 use std::{path::PathBuf, time::Duration};
 
 /// Top level of the file.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct FileConfig {
     /// Front interface (clients, VIPs). Required unless given with `--front`.
@@ -65,7 +65,7 @@ pub(super) struct FileConfig {
 }
 
 /// `[timeouts]`: how long records live in each phase, in milliseconds.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct FileTimeouts {
     pub syn_ms: u64,
@@ -87,7 +87,7 @@ impl Default for FileTimeouts {
 }
 
 /// `[health]`: TCP connect probes to every daemon.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct FileHealth {
     pub interval_ms: u64,
@@ -137,7 +137,7 @@ impl Default for FileConfig {
 }
 
 /// One `[[service]]` table.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileService {
     /// VIP:port clients connect to. Required.
@@ -176,6 +176,13 @@ fn de_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddrV4, D::Error> {
     parse_addr(&s).map_err(de::Error::custom)
 }
 
+/// Always `"ADDR:PORT@WEIGHT"`: the effective configuration says every weight.
+impl Serialize for FileBackend {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}@{}", self.0.addr, self.0.weight))
+    }
+}
+
 impl<'de> Deserialize<'de> for FileBackend {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -205,9 +212,9 @@ impl<'de> Deserialize<'de> for FileBackend {
 impl FileConfig {
     /// Reads and parses (does not validate) the file at `path`.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         FileConfig::parse(&text, Some(path))
     }
@@ -227,6 +234,52 @@ impl FileConfig {
             });
         }
         toml::from_str(text).map_err(|e| schema_error(text, origin, &e))
+    }
+
+    /// The file that loads as `config`: every key written, defaults included.
+    pub fn from_config(config: &Config) -> FileConfig {
+        let c = &config.control;
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        FileConfig {
+            front: Some(config.front.clone()),
+            back: Some(config.back.clone()),
+            queues: config.queues,
+            cores: config.cores.clone(),
+            bind_mode: config.bind_mode,
+            xdp_mode: config.xdp_mode,
+            poll: config.poll,
+            flow_capacity: config.flow_capacity,
+            frames_per_queue: config.frames_per_queue,
+            batch: config.batch,
+            event_ring: config.event_ring,
+            mss_clamp: config.mss_clamp,
+            reply_mode: config.reply_mode,
+            services: config
+                .services
+                .iter()
+                .map(|s| FileService {
+                    address: s.address,
+                    policy: s.policy,
+                    backends: s.backends.iter().copied().map(FileBackend).collect(),
+                })
+                .collect(),
+            control_socket: c.control_socket.clone(),
+            metrics_listen: c.metrics_listen,
+            on_remove: c.on_remove,
+            timeouts: FileTimeouts {
+                syn_ms: ms(c.timeouts.syn),
+                idle_ms: ms(c.timeouts.idle),
+                linger_ms: ms(c.timeouts.linger),
+                rst_linger_ms: ms(c.timeouts.rst_linger),
+            },
+            health: FileHealth {
+                interval_ms: ms(c.health.interval),
+                timeout_ms: ms(c.health.timeout),
+                rise: c.health.rise,
+                fall: c.health.fall,
+                on_failure: c.on_failure,
+            },
+        }
     }
 
     /// Validates and converts to the final form.

@@ -21,7 +21,7 @@ use std::{
 
 use crate::ids::BackendId;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::balance::{BackendSpec, PolicyKind};
 
@@ -64,7 +64,7 @@ pub const MAX_MSS_CLAMP: u16 = 65_495;
 pub const MAX_IFNAME_LEN: usize = 15;
 
 /// How the AF_XDP sockets bind to their queues.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum BindMode {
     /// Try zero-copy, fall back to copy mode.
@@ -77,7 +77,7 @@ pub enum BindMode {
 }
 
 /// How the XDP steering program is attached to the front interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// Try driver (native) mode, fall back to generic (skb) mode.
@@ -90,7 +90,7 @@ pub enum XdpMode {
 }
 
 /// How the workers wait for packets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum PollMode {
     /// Spin on the rings; lowest latency, one full core per worker.
@@ -104,7 +104,7 @@ pub enum PollMode {
 
 /// Which frames from a daemon's address and port are rewritten to its service
 /// (always only those the kernel would route out of the front).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ReplyMode {
     /// All of them: no per-connection state on the reply path, so replies may
@@ -181,15 +181,19 @@ pub struct ServiceConfig {
 pub enum ConfigError {
     #[error("metrics_listen {addr} is not a loopback address")]
     MetricsNotLoopback { addr: std::net::SocketAddr },
-    #[error("{key} must be greater than zero")]
-    ZeroDuration { key: &'static str },
-    #[error("health.timeout_ms must be > 0 and <= health.interval_ms")]
-    BadHealthTiming,
-    #[error("config {}: cannot read: {source}", path.display())]
+    #[error("{key} = 0: must be greater than zero")]
+    Zero { key: &'static str },
+    #[error(
+        "health.timeout_ms = {timeout_ms} is longer than health.interval_ms = {interval_ms}: \
+         a probe must end before the next one starts"
+    )]
+    HealthTimeoutBeyondInterval { timeout_ms: u128, interval_ms: u128 },
+    // The OS error is part of this line and deliberately not a `source`: the
+    // caller prints the error chain, which would say it twice.
+    #[error("config {}: cannot read: {error}", path.display())]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{origin}: TOML syntax error at line {line}: {message}")]
     Syntax {
@@ -237,6 +241,17 @@ pub enum ConfigError {
     TooManyServices { services: usize },
     #[error("{daemons} daemons configured; the steering program holds at most {MAX_DAEMONS}")]
     TooManyDaemons { daemons: usize },
+    #[error("service {address}: {reason}")]
+    BadServiceAddress {
+        address: SocketAddrV4,
+        reason: &'static str,
+    },
+    #[error("backend {backend} of service {service}: {reason}")]
+    BadBackendAddress {
+        service: SocketAddrV4,
+        backend: SocketAddrV4,
+        reason: &'static str,
+    },
     #[error("service {address} is listed twice")]
     DuplicateService { address: SocketAddrV4 },
     #[error("service {service} has no backends")]
@@ -313,6 +328,14 @@ impl Config {
     /// Reads the file at `path`, parses and validates it.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         file::FileConfig::load(path)?.into_config()
+    }
+
+    /// This configuration as a TOML file that loads as it: every key written,
+    /// defaults included (`check-config --print`).
+    /// Fails only on what TOML cannot hold: a control socket path that is not
+    /// UTF-8 (possible from the flag).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(&file::FileConfig::from_config(self))
     }
 
     /// Connections the flow tables of `workers` workers hold together: what the
@@ -431,6 +454,12 @@ impl Config {
         }
         let mut vips = HashSet::new();
         for s in &self.services {
+            if let Some(reason) = not_one_host(s.address) {
+                return Err(ConfigError::BadServiceAddress {
+                    address: s.address,
+                    reason,
+                });
+            }
             if !vips.insert(s.address) {
                 return Err(ConfigError::DuplicateService { address: s.address });
             }
@@ -442,6 +471,13 @@ impl Config {
                 return Err(ConfigError::NoBackends { service: s.address });
             }
             for b in &s.backends {
+                if let Some(reason) = not_one_host(b.addr) {
+                    return Err(ConfigError::BadBackendAddress {
+                        service: s.address,
+                        backend: b.addr,
+                        reason,
+                    });
+                }
                 if b.weight == 0 {
                     return Err(ConfigError::ZeroWeight {
                         service: s.address,
@@ -473,6 +509,29 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// Why `addr` cannot be one host's TCP endpoint across a network, if it
+/// cannot: a service's VIP:port clients connect to, or a daemon dispatchd
+/// sends their segments to. The XDP program and the workers would take such
+/// an address as given and rewrite frames to it.
+fn not_one_host(addr: SocketAddrV4) -> Option<&'static str> {
+    let ip = addr.ip();
+    if ip.is_unspecified() {
+        Some("0.0.0.0 is no host's address")
+    } else if ip.octets()[0] == 0 {
+        Some("0.0.0.0/8 means \"this network\", a source address only (RFC 1122)")
+    } else if ip.is_broadcast() {
+        Some("255.255.255.255 is the broadcast address, not one host's")
+    } else if ip.is_multicast() {
+        Some("224.0.0.0/4 is multicast, not one host's address")
+    } else if ip.is_loopback() {
+        Some("127.0.0.0/8 is loopback, never reached through an interface")
+    } else if addr.port() == 0 {
+        Some("port 0 is no port a TCP connection can use")
+    } else {
+        None
     }
 }
 

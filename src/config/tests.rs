@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 fn b(s: &str) -> BackendSpec {
     parse_backend(s).unwrap()
@@ -98,15 +99,86 @@ fn control_settings_are_validated() {
     assert!(
         matches!(
             e,
-            ConfigError::ZeroDuration {
+            ConfigError::Zero {
                 key: "timeouts.idle_ms"
             }
         ),
         "{e}"
     );
+    assert_eq!(
+        e.to_string(),
+        "timeouts.idle_ms = 0: must be greater than zero"
+    );
     let mut c = base();
     c.control.health.timeout = c.control.health.interval * 2;
-    assert!(matches!(err(c), ConfigError::BadHealthTiming));
+    assert_eq!(
+        err(c).to_string(),
+        "health.timeout_ms = 2000 is longer than health.interval_ms = 1000: \
+         a probe must end before the next one starts"
+    );
+}
+
+#[test]
+fn each_zero_health_setting_is_named() {
+    type Set = fn(&mut HealthCheck);
+    let cases: [(&str, Set); 4] = [
+        ("health.interval_ms", |h| h.interval = Duration::ZERO),
+        ("health.timeout_ms", |h| h.timeout = Duration::ZERO),
+        ("health.rise", |h| h.rise = 0),
+        ("health.fall", |h| h.fall = 0),
+    ];
+    for (key, set) in cases {
+        let mut c = base();
+        set(&mut c.control.health);
+        let e = err(c);
+        assert!(matches!(e, ConfigError::Zero { key: k } if k == key), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!("{key} = 0: must be greater than zero")
+        );
+    }
+}
+
+#[test]
+fn services_and_daemons_must_be_one_hosts_address_and_port() {
+    let service_cases = [
+        ("198.18.0.100:0", "port 0"),
+        ("0.0.0.0:80", "0.0.0.0 is no host's address"),
+        ("0.1.2.3:80", "this network"),
+        ("255.255.255.255:80", "broadcast"),
+        ("224.0.0.1:80", "multicast"),
+        ("239.255.255.250:80", "multicast"),
+        ("127.0.0.1:80", "loopback"),
+    ];
+    for (address, why) in service_cases {
+        let mut c = base();
+        c.services[1].address = a(address);
+        let e = err(c);
+        assert!(matches!(e, ConfigError::BadServiceAddress { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!("service {address}: ")) && msg.contains(why),
+            "{msg}"
+        );
+    }
+    let daemon_cases = service_cases.map(|(address, why)| (address.replace(":80", ":8080"), why));
+    for (daemon, why) in daemon_cases {
+        let mut c = base();
+        c.services[0].backends[1] = b(&daemon);
+        let e = err(c);
+        assert!(matches!(e, ConfigError::BadBackendAddress { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!("backend {daemon} of service 198.18.0.100:80: "))
+                && msg.contains(why),
+            "{msg}"
+        );
+    }
+    // The edges that are one host's: the first and last unicast addresses.
+    let mut c = base();
+    c.services[0].backends[1] = b("1.0.0.0:1");
+    c.services[1].address = a("223.255.255.254:65535");
+    assert!(c.validate().is_ok());
 }
 
 #[test]
@@ -511,4 +583,32 @@ fn mss_clamp_from_the_file() {
         Config::from_toml_str(&small),
         Err(ConfigError::MssClampOutOfRange { mss: 100 })
     ));
+}
+
+#[test]
+fn the_printed_config_loads_as_the_same_with_every_optional_key_set_or_not() {
+    let plain = base();
+    let mut full = base();
+    full.queues = Some(4);
+    full.cores = vec![1, 3];
+    full.mss_clamp = Some(1400);
+    full.reply_mode = ReplyMode::Tracked;
+    full.flow_capacity = 4096;
+    full.control.metrics_listen = Some("127.0.0.1:9100".parse().unwrap());
+    full.control.control_socket = "/run/dispatchd/ctl.sock".into();
+    full.control.on_failure = OnFailure::Reset;
+    full.control.on_remove = OnRemove::Reset;
+    full.control.health.rise = 5;
+    full.control.timeouts.rst_linger = Duration::from_millis(1234);
+    full.services[0].backends[1].weight = 7;
+    for c in [plain, full] {
+        let text = c.to_toml().unwrap();
+        assert_eq!(Config::from_toml_str(&text).unwrap(), c, "{text}");
+    }
+    // A path TOML cannot hold (from the flag; not UTF-8) is an error, not a panic.
+    let mut odd = base();
+    let name: std::ffi::OsString =
+        std::os::unix::ffi::OsStringExt::from_vec(b"/run/\xff.sock".to_vec());
+    odd.control.control_socket = name.into();
+    assert!(odd.to_toml().is_err());
 }
