@@ -226,7 +226,10 @@ impl Pool {
     /// can repeat, and when every daemon is Down.
     #[inline]
     pub fn recover(&self, key: &FlowKey) -> Option<PoolIndex> {
-        self.recovery.as_ref()?.lookup(flow_hash(key)).map(PoolIndex)
+        self.recovery
+            .as_ref()?
+            .lookup(flow_hash(key))
+            .map(PoolIndex)
     }
 
     /// Counts a new connection to `index` (saturating).
