@@ -62,14 +62,19 @@ struct Restart {
     /// From the SIGKILL to the second process attached and running.
     window: Duration,
     after: Value,
+    /// The second process's `ctl stats` text and /metrics.
+    text: String,
+    metrics: String,
 }
+
+const METRICS: &str = "127.0.0.1:9110";
 
 /// 16 persistent connections to a `policy` service; dispatchd is SIGKILLed
 /// and started again under them.
 fn restart_under_load(topo: &Topology, policy: &str) -> Restart {
     let _servers = topo.serve(4);
     drop_service_frames_at_the_host(topo);
-    let first = topo.dispatchd(&flags(policy, &[]));
+    let first = topo.dispatchd(&flags(policy, &["--metrics-listen", METRICS]));
     let mut load = topo.client_start(
         &[
             "rr",
@@ -90,11 +95,21 @@ fn restart_under_load(topo: &Topology, policy: &str) -> Restart {
     let killed = Instant::now();
     first.signal("KILL");
     drop(first);
-    let second = topo.dispatchd(&flags(policy, &[]));
+    let second = topo.dispatchd(&flags(policy, &["--metrics-listen", METRICS]));
     let window = killed.elapsed();
     let status = load.wait(Duration::from_secs(40));
     let out = load.output();
     let after = topo.stats();
+    let text = topo.ctl(&["stats"]);
+    let metrics = topo.run(
+        &topo.dispatcher(),
+        "bash",
+        &[
+            "-c",
+            "exec 3<>/dev/tcp/127.0.0.1/9110; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
+        ],
+    );
+    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
     drop(second);
     println!("{policy}: window {window:?}; {out}");
     assert_eq!(
@@ -107,6 +122,8 @@ fn restart_under_load(topo: &Topology, policy: &str) -> Restart {
         broken: field(&out, "errors"),
         window,
         after,
+        text,
+        metrics,
     }
 }
 
@@ -140,6 +157,20 @@ fn persistent_connections_survive_a_restart_only_with_maglev() {
         "the clients proved their connections: {}",
         maglev.after
     );
+    assert!(
+        maglev
+            .text
+            .contains("recovered records: confirmed 16 expired 0"),
+        "{}",
+        maglev.text
+    );
+    for line in [
+        "dispatchd_recovered_flows_total{worker=\"0\"} 16",
+        "dispatchd_recovered_records_total{result=\"confirmed\"} 16",
+        "dispatchd_recovered_records_total{result=\"expired\"} 0",
+    ] {
+        assert!(maglev.metrics.contains(line), "{line}:\n{}", maglev.metrics);
+    }
 
     let no_flow = sum_of(&round_robin.after, "no_flow");
     println!(
