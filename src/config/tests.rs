@@ -107,6 +107,11 @@ fn control_settings_are_validated() {
     let mut c = base();
     c.control.health.timeout = c.control.health.interval * 2;
     assert!(matches!(err(c), ConfigError::BadHealthTiming));
+    let mut c = base();
+    c.control.stop_grace = MAX_STOP_GRACE;
+    assert!(c.validate().is_ok());
+    c.control.stop_grace += std::time::Duration::from_millis(1);
+    assert!(matches!(err(c), ConfigError::StopGraceTooLong { .. }));
 }
 
 #[test]
