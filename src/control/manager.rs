@@ -298,8 +298,7 @@ impl<'a> Manager<'a> {
             .iter()
             .map(|w| !w.link.events.producer_gone())
             .collect();
-        let services: Vec<SocketAddrV4> =
-            self.config.services.iter().map(|s| s.address).collect();
+        let services: Vec<SocketAddrV4> = self.config.services.iter().map(|s| s.address).collect();
         ready::decide(ready::Facts {
             stopping_left_ms: self
                 .stopping_until_ns

@@ -214,8 +214,13 @@ mod tests {
             "not ready: service 198.18.0.100:80 has no healthy daemon\n"
         );
         let http = http(&no);
-        assert!(http.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{http}");
-        assert!(http.ends_with("\r\n\r\nnot ready: service 198.18.0.100:80 has no healthy daemon\n"));
+        assert!(
+            http.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{http}"
+        );
+        assert!(
+            http.ends_with("\r\n\r\nnot ready: service 198.18.0.100:80 has no healthy daemon\n")
+        );
         assert_eq!(
             json(&no),
             "{\"ready\":false,\"reason\":\"service 198.18.0.100:80 has no healthy daemon\"}\n"
