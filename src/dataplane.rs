@@ -427,8 +427,8 @@ pub fn forward(
     };
     let flags = pkt.tcp_flags();
     let opens_connection = flags.syn() && !flags.ack();
-    let (seq, next) = pkt.tcp_seq_next();
-    let ack = pkt.tcp_ack();
+    let (seq, mut next) = pkt.tcp_seq_next();
+    let mut ack = pkt.tcp_ack();
     let valid = |r: &mut FlowRecord| plane.current(r);
     let (daemon, backend, opened) = match table.get_valid_hashed(&key, hash, valid) {
         Some(record) => {
@@ -459,6 +459,9 @@ pub fn forward(
                 }
                 (record.daemon, record.backend, false)
             } else {
+                if before.contains(TcpState::RECOVERED) && !before.is_established() {
+                    confirm_recovered(record, flags.ack(), &mut next, &mut ack);
+                }
                 record.client_next = next;
                 if flags.ack() {
                     record.client_ack = ack;
@@ -470,12 +473,25 @@ pub fn forward(
                 (record.daemon, record.backend, false)
             }
         }
-        None => {
+        None if !opens_connection => {
             // Only a connection's first segment may pick a daemon; anything else
-            // without a record belongs to a connection we never saw.
-            if !opens_connection {
-                return drop_with(stats, WorkerDrop::NoFlow);
-            }
+            // without a record belongs to a connection we never saw, which a
+            // maglev service can still place.
+            let Some(found) = recover(&mut pkt, key, hash, table, plane, stats, now_ns) else {
+                return false;
+            };
+            events.emit(
+                Event::Recovered {
+                    worker: plane.worker,
+                    key,
+                    daemon: found.0,
+                    at_ns: now_ns,
+                },
+                stats,
+            );
+            (found.0, found.1, false)
+        }
+        None => {
             if !pkt.l4_checksum_ok() {
                 return drop_with(stats, WorkerDrop::BadSynChecksum);
             }
@@ -548,6 +564,93 @@ pub fn forward(
         }
     }
     true
+}
+
+/// A mid-connection segment without a record: for a `maglev` service, the
+/// daemon the recovery table names gets a record, so a connection goes on
+/// through a restart or a move to another instance. Every instance with the
+/// same daemon set names the same daemon (the table is a pure function of the
+/// daemons' addresses). The record starts short-lived (the loop expires it like
+/// a half-open one) until a later client segment proves the connection (see
+/// [`confirm_recovered`]): a spoofed segment costs a record for `syn_ms`, as a
+/// spoofed SYN does, and no longer. Only a segment with ACK and without SYN or
+/// RST qualifies (a reset without a record has nothing to end); its checksum is
+/// verified, as a SYN's is, since it makes state. `None`: dropped, counted.
+#[cold]
+#[inline(never)]
+fn recover(
+    pkt: &mut L4Frame<'_>,
+    key: FlowKey,
+    hash: FlowHash,
+    table: &mut FlowTable,
+    plane: &mut Dataplane,
+    stats: &WorkerStats,
+    now_ns: u64,
+) -> Option<(SocketAddrV4, BackendId)> {
+    let flags = pkt.tcp_flags();
+    let refuse = |why| {
+        drop_with(stats, why);
+        None
+    };
+    if !flags.ack() || flags.rst() || flags.syn() {
+        return refuse(WorkerDrop::NoFlow);
+    }
+    let Some(&service) = plane.service_by_vip.get(&endpoint_key(key.service())) else {
+        return refuse(WorkerDrop::UnknownService);
+    };
+    let slot = &mut plane.services[service.index()];
+    let Some(local) = slot.pool.recover(&key) else {
+        return refuse(WorkerDrop::NoFlow);
+    };
+    if !pkt.l4_checksum_ok() {
+        return refuse(WorkerDrop::BadSynChecksum);
+    }
+    let backend = slot.backend(local);
+    let daemon = slot.pool.addr(local);
+    if plane.next_hops[backend.index()].get().is_none() {
+        return refuse(WorkerDrop::NoNeighbour);
+    }
+    let (_, next) = pkt.tcp_seq_next();
+    let mut state = TcpState::RECOVERED;
+    state.on_client_segment(flags.0);
+    let record = FlowRecord {
+        key,
+        backend,
+        daemon,
+        created_ns: now_ns,
+        last_seen_ns: now_ns,
+        client_next: next,
+        client_ack: pkt.tcp_ack(),
+        state,
+        epoch: plane.epoch,
+    };
+    if table.insert_hashed(record, hash).is_err() {
+        return refuse(WorkerDrop::TableFull);
+    }
+    slot.pool.connection_opened(local);
+    stats.recovered.add(1);
+    Some((daemon, backend))
+}
+
+/// A recovered record is proven once a client segment moves past what the
+/// segments before it said: new data (its end beyond the furthest end seen) or
+/// a larger acknowledgment (the client got something new from the daemon). A
+/// duplicate, a retransmission or a keep-alive does not, and does not lower the
+/// marks either (`next` and `ack`, what the record keeps, stay the furthest). A flood of one spoofed segment
+/// per tuple never gets further than the short-lived record; a spoofer who sends
+/// a second, advanced one gets what a spoofed SYN and ACK get today, a record
+/// that lives until idle or until the daemon's reset (its kernel has no socket
+/// for the tuple and answers with one, which the record's window admits).
+#[cold]
+#[inline(never)]
+fn confirm_recovered(record: &mut FlowRecord, has_ack: bool, next: &mut u32, ack: &mut u32) {
+    let after = |a: u32, b: u32| (a.wrapping_sub(b) as i32) > 0;
+    if after(*next, record.client_next) || (has_ack && after(*ack, record.client_ack)) {
+        record.state.insert(TcpState::ESTABLISHED);
+    } else {
+        *next = record.client_next;
+        *ack = record.client_ack;
+    }
 }
 
 /// Daemon to client: the daemon's address alone names the service, so no flow
@@ -680,9 +783,18 @@ pub(crate) mod testing {
 
     /// A round-robin service at `vip` over `daemons`, every next hop known.
     pub fn plane(vip: SocketAddrV4, daemons: &[SocketAddrV4]) -> Dataplane {
+        plane_with(vip, daemons, PolicyKind::RoundRobin)
+    }
+
+    /// [`plane`] with another policy.
+    pub fn plane_with(
+        vip: SocketAddrV4,
+        daemons: &[SocketAddrV4],
+        policy: PolicyKind,
+    ) -> Dataplane {
         let services = [ServiceConfig {
             address: vip,
-            policy: PolicyKind::RoundRobin,
+            policy,
             backends: daemons
                 .iter()
                 .map(|&addr| BackendSpec { addr, weight: 1 })
@@ -1160,5 +1272,239 @@ mod tests {
             &mut syn, &mut table, &mut plane, &mut sink, &stats, 1, None
         ));
         assert_eq!(mss_of(&syn), 1460);
+    }
+
+    // Recovery: a mid-connection segment without a record.
+    const DAEMONS: [SocketAddrV4; 3] = [
+        SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080),
+        SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 12), 8080),
+        SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 13), 8080),
+    ];
+
+    /// One instance of dispatchd as far as a frame is concerned: its own plane,
+    /// table, counters and event ring, built from its own copy of the config.
+    struct Instance {
+        plane: Dataplane,
+        table: FlowTable,
+        stats: WorkerStats,
+        sink: EventSink,
+        rx: ring::Consumer<Event>,
+    }
+
+    impl Instance {
+        fn new(policy: PolicyKind) -> Self {
+            let (sink, rx) = testing::events();
+            Self {
+                plane: testing::plane_with(VIP, &DAEMONS, policy),
+                table: FlowTable::with_capacity(4096),
+                stats: WorkerStats::default(),
+                sink,
+                rx,
+            }
+        }
+
+        /// Sends `frame` through `forward`: where it went, if anywhere.
+        fn send(&mut self, mut frame: Vec<u8>, now_ns: u64) -> Option<SocketAddrV4> {
+            let i = self;
+            forward(
+                &mut frame,
+                &mut i.table,
+                &mut i.plane,
+                &mut i.sink,
+                &i.stats,
+                now_ns,
+                None,
+            )
+            .then(|| L4Frame::parse(&mut frame).unwrap().dst())
+        }
+
+        fn events(&mut self) -> Vec<Event> {
+            self.sink.flush();
+            self.rx.try_iter().collect()
+        }
+
+        fn dropped(&self, why: WorkerDrop) -> u64 {
+            self.stats.dropped[why as usize].get()
+        }
+    }
+
+    fn client(i: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2 + (i % 7) as u8), 30000 + i)
+    }
+
+    #[test]
+    fn a_maglev_service_recovers_a_connection_on_another_instance_to_the_same_daemon() {
+        let mut first = Instance::new(PolicyKind::Maglev);
+        let mut second = Instance::new(PolicyKind::Maglev);
+        let mut spread = [0; 3];
+        for i in 0..300 {
+            let c = client(i);
+            let picked = first.send(testing::segment(c, VIP, 0x02), 1).unwrap();
+            // The second instance never saw the SYN: a data segment, a pure
+            // ACK and a FIN|ACK all find the first one's daemon.
+            let flags = [0x18, 0x10, 0x11][usize::from(i % 3)];
+            let seg = testing::segment_at(c, VIP, flags, 1000, 5000);
+            assert_eq!(second.send(seg, 2), Some(picked), "client {c}");
+            spread[DAEMONS.iter().position(|&d| d == picked).unwrap()] += 1;
+            // Its next segment is the record's.
+            let seg = testing::segment_at(c, VIP, 0x10, 1000, 5000);
+            assert_eq!(second.send(seg, 3), Some(picked));
+            let events = second.events();
+            assert!(
+                matches!(
+                    events[..],
+                    [Event::Recovered { worker: WorkerId(0), key, daemon, at_ns: 2 }]
+                        if key == FlowKey::new(c, VIP, 6) && daemon == picked
+                ),
+                "one Recovered, nothing else: {events:?}"
+            );
+            first.events();
+        }
+        assert!(spread.iter().all(|&n| n > 50), "{spread:?}");
+        assert_eq!(second.stats.recovered.get(), 300);
+        assert_eq!(second.stats.new_flows.get(), 0);
+        assert_eq!(second.stats.dropped_total(), 0);
+        assert_eq!(second.table.len(), 300);
+        let record = second.table.get(&FlowKey::new(client(0), VIP, 6)).unwrap();
+        assert!(record.state.contains(TcpState::RECOVERED));
+        assert!(!record.state.is_established());
+        assert_eq!((record.client_ack, record.created_ns), (5000, 2));
+    }
+
+    #[test]
+    fn what_cannot_be_recovered_is_dropped_as_before() {
+        let mut maglev = Instance::new(PolicyKind::Maglev);
+        // A reset, a segment without ACK, a SYN|ACK from a client: no record.
+        for flags in [0x04, 0x14, 0x01, 0x12] {
+            let seg = testing::segment_at(client(1), VIP, flags, 1000, 5000);
+            assert_eq!(maglev.send(seg, 1), None, "flags {flags:#x}");
+        }
+        assert_eq!(maglev.dropped(WorkerDrop::NoFlow), 4);
+        // A corrupted segment makes no state either.
+        let mut bad = testing::segment_at(client(1), VIP, 0x10, 1000, 5000);
+        bad[14 + 20 + 16] ^= 0x40;
+        assert_eq!(maglev.send(bad, 1), None);
+        assert_eq!(maglev.dropped(WorkerDrop::BadSynChecksum), 1);
+        // Every daemon down: nowhere to recover to.
+        for b in 0..3 {
+            maglev
+                .plane
+                .set_backend_state(BackendId(b), BackendState::Down);
+        }
+        let seg = testing::segment_at(client(1), VIP, 0x10, 1000, 5000);
+        assert_eq!(maglev.send(seg, 1), None);
+        assert_eq!(maglev.dropped(WorkerDrop::NoFlow), 5);
+        assert_eq!((maglev.table.len(), maglev.stats.recovered.get()), (0, 0));
+        assert!(maglev.events().is_empty());
+
+        // Policies whose choice no other process can repeat keep dropping.
+        for policy in [
+            PolicyKind::RoundRobin,
+            PolicyKind::WeightedRoundRobin,
+            PolicyKind::LeastConnections,
+        ] {
+            let mut other = Instance::new(policy);
+            let seg = testing::segment_at(client(1), VIP, 0x10, 1000, 5000);
+            assert_eq!(other.send(seg, 1), None, "{policy}");
+            assert_eq!(other.dropped(WorkerDrop::NoFlow), 1);
+            assert_eq!((other.table.len(), other.stats.recovered.get()), (0, 0));
+        }
+    }
+
+    #[test]
+    fn a_recovered_record_is_confirmed_only_by_the_client_moving_on() {
+        let mut lb = Instance::new(PolicyKind::Maglev);
+        let c = client(4);
+        let key = FlowKey::new(c, VIP, 6);
+        let established = |lb: &mut Instance| {
+            lb.events()
+                .iter()
+                .filter(|e| matches!(e, Event::Established { key: k, .. } if *k == key))
+                .count()
+        };
+        assert!(lb
+            .send(testing::segment_at(c, VIP, 0x10, 1000, 5000), 1)
+            .is_some());
+        // The same segment again (a spoofer's flood, or a retransmission), a
+        // keep-alive one byte back, an older ACK: still unproven.
+        for (seq, ack) in [(1000, 5000), (999, 5000), (1000, 4000), (1000, 5000)] {
+            lb.send(testing::segment_at(c, VIP, 0x10, seq, ack), 2);
+            assert_eq!(established(&mut lb), 0, "seq {seq} ack {ack}");
+        }
+        assert!(!lb.table.get(&key).unwrap().state.is_established());
+        // The client acknowledges something new from the daemon: proven.
+        lb.send(testing::segment_at(c, VIP, 0x10, 1000, 5100), 3);
+        assert_eq!(established(&mut lb), 1);
+        assert!(lb.table.get(&key).unwrap().state.is_established());
+        lb.send(testing::segment_at(c, VIP, 0x10, 1000, 5200), 4);
+        assert_eq!(established(&mut lb), 0, "once");
+
+        // New data from the client proves it too (an upload: its ACK stays).
+        let c = client(5);
+        let key = FlowKey::new(c, VIP, 6);
+        let data = |seq| {
+            dispatchd_testkit::frame::FrameSpec {
+                tcp_flags: 0x18,
+                seq,
+                ack: 5000,
+                payload: vec![7; 100],
+                ..dispatchd_testkit::frame::FrameSpec::tcp(c, VIP)
+            }
+            .build()
+            .into_bytes()
+        };
+        lb.send(data(1000), 5);
+        lb.send(data(1000), 6);
+        assert!(!lb.table.get(&key).unwrap().state.is_established());
+        lb.send(data(1100), 7);
+        assert!(lb.table.get(&key).unwrap().state.is_established());
+        assert_eq!(lb.stats.recovered.get(), 2);
+    }
+
+    #[test]
+    fn a_draining_daemon_keeps_the_connections_it_had_and_gets_no_new_one() {
+        let mut before = Instance::new(PolicyKind::Maglev);
+        let mut after = Instance::new(PolicyKind::Maglev);
+        let draining = BackendId(1);
+        after
+            .plane
+            .set_backend_state(draining, BackendState::Draining);
+        let mut kept = 0;
+        for i in 0..300 {
+            let c = client(i);
+            let owner = before.send(testing::segment(c, VIP, 0x02), 1).unwrap();
+            let ack = testing::segment_at(c, VIP, 0x10, 1000, 5000);
+            assert_eq!(after.send(ack, 1), Some(owner), "recovered where it was");
+            kept += usize::from(owner == DAEMONS[1]);
+            let new = SocketAddrV4::new(*c.ip(), c.port() + 10_000);
+            let syn = testing::segment(new, VIP, 0x02);
+            assert_ne!(after.send(syn, 1), Some(DAEMONS[1]), "no new connection");
+        }
+        assert!(kept > 50, "{kept}");
+    }
+
+    /// A daemon's FIN or RST on an instance that never saw the connection (its
+    /// reply took another path back): rewritten and passed on like any reply,
+    /// no record made; the events it raises name a key no tracker knows, which
+    /// the tracker ignores and counts (`events_for_unknown_keys_are_ignored_and_counted`
+    /// in the conntrack tests), and a worker asked to judge the reset without
+    /// the record ignores it (`rst_ignored`).
+    #[test]
+    fn a_daemons_termination_without_a_record_passes_and_makes_no_state() {
+        let mut lb = Instance::new(PolicyKind::Maglev);
+        for flags in [0x11, 0x14, 0x04] {
+            let mut reply = testing::segment(DAEMONS[0], client(1), flags);
+            assert!(reverse(&mut reply, &lb.plane, &mut lb.sink, &lb.stats, 1));
+            assert_eq!(L4Frame::parse(&mut reply).unwrap().src(), VIP);
+        }
+        assert_eq!(lb.table.len(), 0);
+        let key = FlowKey::new(client(1), VIP, 6);
+        let events = lb.events();
+        assert_eq!(events.len(), 3);
+        assert!(events.iter().all(|e| matches!(
+            e,
+            Event::Fin { key: k, from_client: false, .. } | Event::DaemonRst { key: k, .. } if *k == key
+        )));
+        assert_eq!(lb.stats.dropped_total() + lb.stats.recovered.get(), 0);
     }
 }

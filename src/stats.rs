@@ -10,7 +10,9 @@ use crate::packet::{icmp::IcmpDrop, DropReason};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum WorkerDrop {
-    /// A non-SYN segment from a client with no record (e.g. after a restart).
+    /// A non-SYN segment from a client with no record (e.g. after a restart)
+    /// that could not be recovered: the service's policy is not `maglev`, the
+    /// segment is a reset or has no ACK, or every daemon is down.
     NoFlow,
     /// The destination is not a configured service.
     UnknownService,
@@ -24,8 +26,9 @@ pub enum WorkerDrop {
     NoNeighbour,
     /// The other socket's TX ring had no room.
     TxRingFull,
-    /// A connection's first segment failed its TCP checksum: no state is made
-    /// for corrupted or forged SYNs. (Later segments are not verified; the
+    /// A connection's first segment here (a SYN, or the segment that would
+    /// recover its record) failed its TCP checksum: no state is made for
+    /// corrupted or forged segments. (Later segments are not verified; the
     /// incremental update keeps a wrong checksum wrong for the daemon to drop.)
     BadSynChecksum,
     /// An ICMP error from the front found the worker's ring to the management
@@ -136,6 +139,10 @@ pub struct WorkerStats {
     pub tx_front: Counter,
     pub tx_back: Counter,
     pub new_flows: Counter,
+    /// Records made for a mid-connection segment that met no record (after a
+    /// restart, or moved here by ECMP): a `maglev` service's recovery table
+    /// named the daemon.
+    pub recovered: Counter,
     pub batches: Counter,
     pub wakeups: Counter,
     pub sleeps: Counter,

@@ -34,6 +34,12 @@ pub enum PoolError {
 ///   cross-multiplication); the scan starts after the previous pick, so ties rotate.
 /// * `Maglev`: [`MaglevTable`] over the Up daemons, looked up with [`flow_hash`];
 ///   the same daemon set gives the same pick on every host.
+///
+/// A Maglev pool keeps a second table for [`recover`](Self::recover): over the
+/// daemons that are not Down, so a draining daemon still owns the connections it
+/// has when a segment of one meets an instance without its record. When no daemon
+/// drains the two tables are equal; they are rebuilt, in place, only when their
+/// own daemon set changes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Pool {
     policy: PolicyKind,
@@ -44,6 +50,9 @@ pub struct Pool {
     cursor: usize,
     wrr_current: Box<[i64]>,
     maglev: Option<MaglevTable>,
+    /// Maglev over the daemons that are not Down: where an existing connection
+    /// whose record was lost belongs.
+    recovery: Option<MaglevTable>,
 }
 
 impl Pool {
@@ -72,6 +81,7 @@ impl Pool {
             cursor: 0,
             wrr_current: vec![0; n].into_boxed_slice(),
             maglev: (policy == PolicyKind::Maglev).then(|| MaglevTable::new(backends)),
+            recovery: (policy == PolicyKind::Maglev).then(|| MaglevTable::new(backends)),
         })
     }
 
@@ -124,8 +134,15 @@ impl Pool {
     /// existing ones are untouched. When the set of Up daemons changes, smooth WRR
     /// restarts its cycle and Maglev repopulates its table in place.
     pub fn set_state(&mut self, index: PoolIndex, state: BackendState) {
-        let was_up = self.states[index.index()] == BackendState::Up;
+        let before = self.states[index.index()];
+        let was_up = before == BackendState::Up;
         self.states[index.index()] = state;
+        if (before == BackendState::Down) != (state == BackendState::Down) {
+            if let Some(r) = self.recovery.as_mut() {
+                let states = &self.states;
+                r.rebuild(|i| states[i] != BackendState::Down);
+            }
+        }
         let is_up = state == BackendState::Up;
         if was_up == is_up {
             return;
@@ -202,6 +219,19 @@ impl Pool {
         }
     }
 
+    /// The daemon an existing connection belongs to when its record is lost
+    /// (after a restart, or on another instance behind ECMP): Maglev over the
+    /// daemons that are not Down, the same answer on every instance with the same
+    /// daemon set. `None` for the other policies, whose choice no other process
+    /// can repeat, and when every daemon is Down.
+    #[inline]
+    pub fn recover(&self, key: &FlowKey) -> Option<PoolIndex> {
+        self.recovery
+            .as_ref()?
+            .lookup(flow_hash(key))
+            .map(PoolIndex)
+    }
+
     /// Counts a new connection to `index` (saturating).
     #[inline]
     pub fn connection_opened(&mut self, index: PoolIndex) {
@@ -220,5 +250,98 @@ impl Pool {
     #[inline]
     pub fn active(&self, index: PoolIndex) -> u32 {
         self.active[index.index()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn daemons(n: u8) -> Vec<BackendSpec> {
+        (0..n)
+            .map(|i| BackendSpec {
+                addr: SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11 + i), 8080),
+                weight: 1,
+            })
+            .collect()
+    }
+
+    fn keys() -> impl Iterator<Item = FlowKey> {
+        (0..20_000u32).map(|i| {
+            FlowKey::new(
+                SocketAddrV4::new(Ipv4Addr::from(0xc612_0000 | (i >> 6)), 1024 + i as u16),
+                SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80),
+                6,
+            )
+        })
+    }
+
+    /// Two instances never share memory: each builds its pools from its own copy
+    /// of the configuration (here in another order), and both must send a lost
+    /// connection to the same daemon.
+    #[test]
+    fn independently_built_pools_recover_alike() {
+        let specs = daemons(5);
+        let mut reversed = specs.clone();
+        reversed.reverse();
+        let mut a = Pool::new(PolicyKind::Maglev, &specs).unwrap();
+        let mut b = Pool::new(PolicyKind::Maglev, &reversed).unwrap();
+        for key in keys() {
+            let on_a = a.recover(&key).map(|i| a.addr(i));
+            assert!(on_a.is_some());
+            assert_eq!(on_a, b.recover(&key).map(|i| b.addr(i)));
+            // With every daemon up, recovery repeats the pick of the SYN.
+            assert_eq!(a.select(&key), a.recover(&key));
+            assert_eq!(
+                b.select(&key).map(|i| b.addr(i)),
+                b.recover(&key).map(|i| b.addr(i))
+            );
+        }
+    }
+
+    #[test]
+    fn a_draining_daemon_keeps_its_connections_and_a_down_one_loses_them() {
+        let specs = daemons(4);
+        let mut pool = Pool::new(PolicyKind::Maglev, &specs).unwrap();
+        let before: Vec<_> = keys().map(|k| pool.recover(&k)).collect();
+        let draining = PoolIndex(2);
+        pool.set_state(draining, BackendState::Draining);
+        let mut moved_to_others = 0;
+        for (key, was) in keys().zip(&before) {
+            assert_eq!(pool.recover(&key), *was, "recovery ignores draining");
+            let pick = pool.select(&key).unwrap();
+            assert_ne!(pick, draining, "no new connection to a draining daemon");
+            if *was == Some(draining) {
+                moved_to_others += 1;
+            }
+        }
+        assert!(moved_to_others > 4_000, "{moved_to_others}");
+
+        pool.set_state(draining, BackendState::Down);
+        for key in keys() {
+            assert_ne!(pool.recover(&key), Some(draining));
+        }
+        // Back up: the same table as at the start, without allocating anew.
+        pool.set_state(draining, BackendState::Up);
+        assert!(keys().zip(&before).all(|(k, was)| pool.recover(&k) == *was));
+        for i in 0..4 {
+            pool.set_state(PoolIndex(i), BackendState::Down);
+        }
+        assert_eq!(pool.recover(&keys().next().unwrap()), None);
+    }
+
+    #[test]
+    fn only_maglev_recovers() {
+        let specs = daemons(3);
+        for policy in [
+            PolicyKind::RoundRobin,
+            PolicyKind::WeightedRoundRobin,
+            PolicyKind::LeastConnections,
+        ] {
+            let pool = Pool::new(policy, &specs).unwrap();
+            assert_eq!(pool.recover(&keys().next().unwrap()), None, "{policy}");
+        }
     }
 }

@@ -279,6 +279,7 @@ impl<'a> Manager<'a> {
             xdp: self.steering.counters().ok(),
             connections: self.tracker.len(),
             ignored_events: self.tracker.ignored_events(),
+            recovery: self.tracker.recovery(),
             timer_entries: self.tracker.timer_entries(),
             loop_round_max_ns: self.round_max,
             loop_round_max_1s_ns: self.round_max_1s,

@@ -7,7 +7,7 @@ use serde::{Serialize, Serializer};
 
 use super::{
     backends::Backend,
-    conntrack::{BackendConns, ConnInfo},
+    conntrack::{BackendConns, ConnInfo, RecoveryCounts},
     ctl::Format,
     health::Health,
     icmp::IcmpStats,
@@ -37,6 +37,8 @@ pub struct StatsSnapshot<'a> {
     pub xdp: Option<[u64; COUNTER_NAMES.len()]>,
     pub connections: usize,
     pub ignored_events: u64,
+    /// What became of the records made by recovery (confirmed, expired).
+    pub recovery: RecoveryCounts,
     /// The connection tracker's timer entries, live and stale.
     pub timer_entries: usize,
     /// The management loop's longest round so far (ns): handling what one
@@ -77,7 +79,7 @@ fn merged(
     h
 }
 
-const WORKER_FIELDS: usize = 32;
+const WORKER_FIELDS: usize = 33;
 
 fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); WORKER_FIELDS] {
     [
@@ -86,6 +88,7 @@ fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); WORKER_FIELDS] {
         ("tx_back", s.tx_back.get()),
         ("tx_front", s.tx_front.get()),
         ("new_flows", s.new_flows.get()),
+        ("recovered", s.recovered.get()),
         ("flows", s.flows.get()),
         ("invalid", s.invalid_total()),
         ("dropped", s.dropped_total()),
@@ -238,6 +241,11 @@ pub fn stats_text(s: &StatsSnapshot<'_>) -> String {
         "connections {} ignored_events {} timer_entries {} loop_round_max_ns {} loop_round_max_1s_ns {}",
         s.connections, s.ignored_events, s.timer_entries, s.loop_round_max_ns, s.loop_round_max_1s_ns
     );
+    let _ = writeln!(
+        out,
+        "recovered records: confirmed {} expired {}",
+        s.recovery.confirmed, s.recovery.expired
+    );
     out
 }
 
@@ -313,6 +321,8 @@ struct StatsJson<'a> {
     netlink: NetlinkStats,
     connections: usize,
     ignored_events: u64,
+    /// Records made by recovery: proven by the client, or expired unproven.
+    recovery: RecoveryCounts,
     timer_entries: usize,
     loop_round_max_ns: u64,
     loop_round_max_1s_ns: u64,
@@ -400,6 +410,7 @@ pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
         netlink: s.netlink,
         connections: s.connections,
         ignored_events: s.ignored_events,
+        recovery: s.recovery,
         timer_entries: s.timer_entries,
         loop_round_max_ns: s.loop_round_max_ns,
         loop_round_max_1s_ns: s.loop_round_max_1s_ns,
@@ -624,6 +635,19 @@ pub fn prometheus(s: &StatsSnapshot<'_>) -> String {
         "new_flows_total",
         "Connections accepted.",
         per_worker(&|w| w.new_flows.get()),
+    );
+    counter(
+        "recovered_flows_total",
+        "Records made for mid-connection segments without one (maglev recovery).",
+        per_worker(&|w| w.recovered.get()),
+    );
+    counter(
+        "recovered_records_total",
+        "Records made by recovery that the client proved real, or that expired unproven.",
+        vec![
+            ("result=\"confirmed\"".to_owned(), s.recovery.confirmed),
+            ("result=\"expired\"".to_owned(), s.recovery.expired),
+        ],
     );
     counter(
         "events_deferred_total",

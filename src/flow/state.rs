@@ -19,6 +19,9 @@ pub mod tcp_flags {
 /// * [`SYN_SEEN`](Self::SYN_SEEN): a client SYN passed.
 /// * [`ESTABLISHED`](Self::ESTABLISHED): a client ACK (without SYN) after a SYN.
 /// * [`FIN_CLIENT`](Self::FIN_CLIENT): the client sent FIN.
+/// * [`RECOVERED`](Self::RECOVERED): the record was made for a mid-connection
+///   segment (no SYN seen here); it becomes established once a later client
+///   segment moves its sequence or acknowledgment number past the first one's.
 /// * [`RST`](Self::RST): a reset from either side was accepted (its sequence
 ///   number was in the window); set by the worker, not by `on_client_segment`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -29,6 +32,7 @@ impl TcpState {
     pub const SYN_SEEN: Self = Self(1 << 0);
     pub const ESTABLISHED: Self = Self(1 << 1);
     pub const FIN_CLIENT: Self = Self(1 << 2);
+    pub const RECOVERED: Self = Self(1 << 3);
     pub const RST: Self = Self(1 << 4);
 
     /// All bits of `other` are set in `self`.

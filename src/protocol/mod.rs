@@ -94,7 +94,17 @@ pub enum Event {
         daemon: SocketAddrV4,
         at_ns: u64,
     },
-    /// The client's first ACK after its SYN.
+    /// A record was created on `worker` for a mid-connection segment that met
+    /// no record (a `maglev` service's recovery): short-lived, like a half-open
+    /// one, until `Established` says the connection is real.
+    Recovered {
+        worker: WorkerId,
+        key: FlowKey,
+        daemon: SocketAddrV4,
+        at_ns: u64,
+    },
+    /// The client's first ACK after its SYN, or, for a recovered record, the
+    /// first client segment that moved past the one that recovered it.
     Established { key: FlowKey, at_ns: u64 },
     Fin {
         key: FlowKey,

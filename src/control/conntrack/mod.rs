@@ -6,6 +6,7 @@
 //! named by its address, which a reload does not change.
 //!
 //! ```text
+//! Recovered ──▶ Recovered ──Established (the client moved on)──▶ Established; syn deadline: Remove
 //! Opened ──▶ SynSent ──Established──▶ Established ──Fin──▶ HalfClosed ──Fin (other side)──▶ Closing
 //!   syn deadline: Remove     idle deadline: RemoveIfIdle (recheck)         linger deadline: Remove
 //! Reset (any phase; the owner accepted a RST) ──▶ Reset: Remove at the reset linger deadline.
@@ -47,6 +48,10 @@ pub type Order = (WorkerId, FlowCommand);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     SynSent,
+    /// Made for a mid-connection segment without a record (Maglev recovery),
+    /// not yet proven: removed at the syn deadline like a half-open one. A FIN
+    /// does not move it (that would let a spoofed FIN|ACK buy an idle timeout).
+    Recovered,
     Established,
     HalfClosed {
         client_fin: bool,
@@ -141,6 +146,17 @@ pub struct ConnTracker {
     per_daemon: AHashMap<SocketAddrV4, BackendConns>,
     timers: Timers,
     ignored: u64,
+    recovery: RecoveryCounts,
+}
+
+/// What became of records made by recovery.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RecoveryCounts {
+    /// Proven by a later client segment: tracked like any established one.
+    pub confirmed: u64,
+    /// Removed at their short deadline, never proven (spoofed, or a connection
+    /// that sent nothing new in time: its next segment recovers it again).
+    pub expired: u64,
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -191,6 +207,7 @@ impl ConnTracker {
             per_daemon: AHashMap::new(),
             timers: Timers::default(),
             ignored: 0,
+            recovery: RecoveryCounts::default(),
         }
     }
 
@@ -211,42 +228,22 @@ impl ConnTracker {
                 key,
                 daemon,
                 at_ns,
-            } => {
-                if self
-                    .conns
-                    .get(&key.packed())
-                    .is_some_and(|c| c.info.opened_ns > at_ns)
-                {
-                    self.ignored += 1;
-                    return self.maintain();
-                }
-                let mut conn = Conn {
-                    info: ConnInfo {
-                        worker,
-                        key,
-                        daemon,
-                        phase: Phase::SynSent,
-                        opened_ns: at_ns,
-                        deadline_ns: 0,
-                    },
-                    gen: 0,
-                };
-                let deadline = now_ns.saturating_add(nanos(t.syn));
-                self.timers.arm(&mut conn, deadline);
-                // The client reused the port: the new record replaces the old one (whose
-                // heap entry is now stale). If another worker held it, drop its copy.
-                count(&mut self.per_daemon, &conn.info, true);
-                if let Some(old) = self.conns.insert(key.packed(), conn) {
-                    count(&mut self.per_daemon, &old.info, false);
-                    if old.info.worker != worker {
-                        let opened_ns = old.info.opened_ns;
-                        out.push((old.info.worker, FlowCommand::Remove { key, opened_ns }));
-                    }
-                }
-            }
+            } => self.open(worker, key, daemon, at_ns, Phase::SynSent, now_ns, out),
+            Event::Recovered {
+                worker,
+                key,
+                daemon,
+                at_ns,
+            } => self.open(worker, key, daemon, at_ns, Phase::Recovered, now_ns, out),
             Event::Established { key, at_ns } => {
                 if let Some(c) = current(&mut self.conns, &mut self.ignored, key, at_ns) {
-                    if matches!(c.info.phase, Phase::SynSent | Phase::Established) {
+                    if c.info.phase == Phase::Recovered {
+                        self.recovery.confirmed += 1;
+                    }
+                    if matches!(
+                        c.info.phase,
+                        Phase::SynSent | Phase::Recovered | Phase::Established
+                    ) {
                         set_phase(&mut self.per_daemon, &mut c.info, Phase::Established);
                         let deadline = now_ns.saturating_add(nanos(t.idle));
                         self.timers.arm(c, deadline);
@@ -261,6 +258,7 @@ impl ConnTracker {
                 if let Some(c) = current(&mut self.conns, &mut self.ignored, key, at_ns) {
                     let (client_fin, daemon_fin) = match c.info.phase {
                         Phase::SynSent | Phase::Established => (false, false),
+                        Phase::Recovered => return self.maintain(),
                         Phase::HalfClosed {
                             client_fin,
                             daemon_fin,
@@ -320,6 +318,52 @@ impl ConnTracker {
         self.maintain();
     }
 
+    /// A record made on `worker` (by a SYN, or by recovery): tracked from its
+    /// `phase` with the syn deadline.
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        &mut self,
+        worker: WorkerId,
+        key: FlowKey,
+        daemon: SocketAddrV4,
+        at_ns: u64,
+        phase: Phase,
+        now_ns: u64,
+        out: &mut Vec<Order>,
+    ) {
+        if self
+            .conns
+            .get(&key.packed())
+            .is_some_and(|c| c.info.opened_ns > at_ns)
+        {
+            self.ignored += 1;
+            return;
+        }
+        let mut conn = Conn {
+            info: ConnInfo {
+                worker,
+                key,
+                daemon,
+                phase,
+                opened_ns: at_ns,
+                deadline_ns: 0,
+            },
+            gen: 0,
+        };
+        let deadline = now_ns.saturating_add(nanos(self.timeouts.syn));
+        self.timers.arm(&mut conn, deadline);
+        // The client reused the port: the new record replaces the old one (whose
+        // heap entry is now stale). If another worker held it, drop its copy.
+        count(&mut self.per_daemon, &conn.info, true);
+        if let Some(old) = self.conns.insert(key.packed(), conn) {
+            count(&mut self.per_daemon, &old.info, false);
+            if old.info.worker != worker {
+                let opened_ns = old.info.opened_ns;
+                out.push((old.info.worker, FlowCommand::Remove { key, opened_ns }));
+            }
+        }
+    }
+
     /// Fires every deadline `<= now_ns`: SynSent and Closing records are removed
     /// (`Remove`), Established and HalfClosed ones are probed (`RemoveIfIdle`) and
     /// re-armed `RECHECK_INTERVAL` later in case the answer never comes.
@@ -344,7 +388,10 @@ impl ConnTracker {
                     let recheck = now_ns.saturating_add(nanos(RECHECK_INTERVAL));
                     self.timers.arm(c, recheck);
                 }
-                Phase::SynSent | Phase::Closing | Phase::Reset => {
+                Phase::SynSent | Phase::Recovered | Phase::Closing | Phase::Reset => {
+                    if c.info.phase == Phase::Recovered {
+                        self.recovery.expired += 1;
+                    }
                     if let Some(gone) = self.conns.remove(&packed) {
                         count(&mut self.per_daemon, &gone.info, false);
                     }
@@ -366,6 +413,11 @@ impl ConnTracker {
     /// Events for keys not tracked (late segments after a removal, lost `Opened`).
     pub fn ignored_events(&self) -> u64 {
         self.ignored
+    }
+
+    /// What became of the records made by recovery.
+    pub fn recovery(&self) -> RecoveryCounts {
+        self.recovery
     }
 
     /// Entries in the timer heap, live and stale (at most `3 × len() + COMPACT_SLACK`):

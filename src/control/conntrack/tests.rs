@@ -31,6 +31,16 @@ fn opened(worker: u16, i: u32, backend: u16) -> Event {
     }
 }
 
+/// A `Recovered`: a record made for a mid-connection segment.
+fn recovered(worker: u16, i: u32, backend: u16) -> Event {
+    Event::Recovered {
+        worker: WorkerId(worker),
+        key: key(i),
+        daemon: daemon(backend),
+        at_ns: 0,
+    }
+}
+
 /// `e` as seen by a worker at `at` (`Active` carries its own time).
 fn seen_at(e: Event, at: u64) -> Event {
     match e {
@@ -40,6 +50,17 @@ fn seen_at(e: Event, at: u64) -> Event {
             daemon,
             ..
         } => Event::Opened {
+            worker,
+            key,
+            daemon,
+            at_ns: at,
+        },
+        Event::Recovered {
+            worker,
+            key,
+            daemon,
+            ..
+        } => Event::Recovered {
             worker,
             key,
             daemon,
@@ -206,6 +227,57 @@ fn half_open_expires_with_remove() {
     );
     assert!(t.is_empty() && t.next_deadline().is_none());
     assert!(exp(&mut t, u64::MAX).is_empty());
+}
+
+#[test]
+fn a_recovered_record_lives_like_a_half_open_one_until_the_client_proves_it() {
+    let mut t = ConnTracker::new(T);
+    // Unproven: a FIN does not buy it the idle timeout, the syn deadline removes it.
+    assert!(ev(&mut t, recovered(2, 1, 7), 100).is_empty());
+    let fin = Event::Fin {
+        key: key(1),
+        from_client: true,
+        at_ns: 0,
+    };
+    assert!(ev(&mut t, fin, 200).is_empty());
+    let info = t.get(&key(1)).unwrap();
+    assert_eq!((info.phase, info.daemon), (Phase::Recovered, daemon(7)));
+    assert_eq!(t.per_daemon()[&daemon(7)].inactive, 1);
+    assert_eq!(
+        exp(&mut t, 100 + 10 * S),
+        [Command::Remove {
+            worker: 2,
+            key: key(1),
+            opened_ns: 100
+        }]
+    );
+    assert_eq!(
+        t.recovery(),
+        RecoveryCounts {
+            confirmed: 0,
+            expired: 1
+        }
+    );
+    assert!(t.is_empty() && t.per_daemon().is_empty());
+
+    // Proven: tracked as established, probed when idle, never expired unproven.
+    ev(&mut t, recovered(2, 2, 7), 20 * S);
+    let proven = Event::Established {
+        key: key(2),
+        at_ns: 0,
+    };
+    assert!(ev(&mut t, proven, 21 * S).is_empty());
+    assert_eq!(t.get(&key(2)).unwrap().phase, Phase::Established);
+    assert_eq!(t.per_daemon()[&daemon(7)].active, 1);
+    assert!(exp(&mut t, 40 * S).is_empty());
+    assert_eq!(t.next_deadline(), Some(21 * S + 300 * S));
+    assert_eq!(
+        t.recovery(),
+        RecoveryCounts {
+            confirmed: 1,
+            expired: 1
+        }
+    );
 }
 
 #[test]
@@ -732,13 +804,24 @@ mod model {
                     key,
                     at_ns,
                     ..
+                }
+                | Event::Recovered {
+                    worker: WorkerId(worker),
+                    key,
+                    at_ns,
+                    ..
                 } => {
                     if self.conns.get(&idx(&key)).is_some_and(|c| c.opened > at_ns) {
                         return out;
                     }
+                    let phase = if matches!(e, Event::Recovered { .. }) {
+                        Phase::Recovered
+                    } else {
+                        Phase::SynSent
+                    };
                     let new = MConn {
                         worker,
-                        phase: Phase::SynSent,
+                        phase,
                         deadline: now + nanos(t.syn),
                         opened: at_ns,
                     };
@@ -754,7 +837,10 @@ mod model {
                 }
                 Event::Established { key, at_ns } => {
                     if let Some(c) = self.current(&key, at_ns) {
-                        if matches!(c.phase, Phase::SynSent | Phase::Established) {
+                        if matches!(
+                            c.phase,
+                            Phase::SynSent | Phase::Recovered | Phase::Established
+                        ) {
                             c.phase = Phase::Established;
                             c.deadline = now + nanos(t.idle);
                         }
@@ -771,7 +857,7 @@ mod model {
                                 client_fin,
                                 daemon_fin,
                             } => (client_fin, daemon_fin),
-                            Phase::Closing | Phase::Reset => return out,
+                            Phase::Closing | Phase::Reset | Phase::Recovered => return out,
                             _ => (false, false),
                         };
                         let (cf, df) = (cf || from_client, df || !from_client);
@@ -839,7 +925,7 @@ mod model {
                         c.deadline = now + nanos(RECHECK_INTERVAL);
                         true
                     }
-                    Phase::SynSent | Phase::Closing | Phase::Reset => {
+                    Phase::SynSent | Phase::Recovered | Phase::Closing | Phase::Reset => {
                         out.push(Command::Remove {
                             worker: c.worker,
                             key: key(i),
@@ -870,6 +956,8 @@ mod model {
         prop_oneof![
             3 => (0u32..6, 0u16..3, 0u16..3, back.clone())
                 .prop_map(|(i, w, b, back)| Op::Event(opened(w, i, b), back)),
+            2 => (0u32..6, 0u16..3, 0u16..3, back.clone())
+                .prop_map(|(i, w, b, back)| Op::Event(recovered(w, i, b), back)),
             3 => (k.clone(), back.clone())
                 .prop_map(|(key, back)| Op::Event(Event::Established { key, at_ns: 0 }, back)),
             3 => (k.clone(), any::<bool>(), back.clone()).prop_map(|(key, from_client, back)| {
@@ -990,7 +1078,8 @@ mod model {
             }
             now += [SMALL, ALT]
                 .iter()
-                .map(|t| nanos(t.linger.max(t.rst_linger)))
+                // (A recovered record ignores FINs: its syn deadline ends it.)
+                .map(|t| nanos(t.linger.max(t.rst_linger).max(t.syn)))
                 .max()
                 .unwrap_or(0);
             removed.extend(exp(&mut t, now));

@@ -112,8 +112,9 @@ enum Command {
         #[arg(long)]
         to: SocketAddrV4,
         /// `malformed`: one of each malformed kind per round; `syn-flood`: SYNs from
-        /// spoofed sources in 198.18.128.0/17; `ack`: plain ACK segments; `rst`:
-        /// resets with sequence number `--seq`.
+        /// spoofed sources in 198.18.128.0/17; `ack-flood`: ACKs from spoofed
+        /// clients at hosts 128-255 of `--src-ip`'s /24, random ports and numbers;
+        /// `ack`: plain ACK segments; `rst`: resets with sequence number `--seq`.
         #[arg(long)]
         kind: String,
         #[arg(long, default_value_t = 1)]
@@ -121,7 +122,7 @@ enum Command {
         /// The TCP sequence number of the frames.
         #[arg(long, default_value_t = 1)]
         seq: u32,
-        /// For `syn-flood`: frames per second (0: as fast as the socket takes them).
+        /// For the floods: frames per second (0: as fast as the socket takes them).
         #[arg(long, default_value_t = 0)]
         rate: u64,
     },
@@ -153,6 +154,10 @@ enum Command {
         seconds: f64,
         #[arg(long, default_value_t = 64)]
         payload: usize,
+        /// How long a request may wait for its echo before its connection
+        /// counts as broken.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
     },
 }
 
@@ -261,6 +266,13 @@ pub fn run() -> Result<()> {
             connections,
             seconds,
             payload,
-        } => clients::request_reply(to, connections, Duration::from_secs_f64(seconds), payload),
+            timeout_ms,
+        } => clients::request_reply(
+            to,
+            connections,
+            Duration::from_secs_f64(seconds),
+            payload,
+            Duration::from_millis(timeout_ms),
+        ),
     }
 }

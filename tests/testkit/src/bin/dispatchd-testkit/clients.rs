@@ -507,9 +507,10 @@ pub fn request_reply(
     connections: usize,
     duration: Duration,
     payload: usize,
+    timeout: Duration,
 ) -> Result<()> {
     let sessions = (0..connections.max(1))
-        .map(|_| open(to, Duration::from_secs(5)))
+        .map(|_| open(to, timeout))
         .collect::<Result<Vec<_>>>()?;
     let started = Instant::now();
     let workers: Vec<_> = sessions

@@ -112,6 +112,26 @@ pub struct Injection<'a> {
     pub rate: u64,
 }
 
+/// Paced sending: after frame `i`, waits until a schedule of `rate` frames a
+/// second catches up with what was sent (checked every 1024 frames; 0: no pace).
+fn pace(started: Instant, i: u32, rate: u64) {
+    if rate > 0 && i % 1024 == 0 {
+        let due = Duration::from_secs_f64(f64::from(i) / rate as f64);
+        if let Some(ahead) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+    }
+}
+
+/// splitmix64: reproducible pseudo-random numbers without a dependency.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 pub fn run(
     iface: &str,
     dst_mac: &str,
@@ -164,17 +184,42 @@ pub fn run(
                     ..base.clone()
                 };
                 send(&fd, syn.build().as_bytes())?;
-                if rate > 0 && i % 1024 == 0 {
-                    // Paced: wait until the schedule catches up with what was sent.
-                    let due = Duration::from_secs_f64(f64::from(i) / rate as f64);
-                    if let Some(ahead) = due.checked_sub(started.elapsed()) {
-                        std::thread::sleep(ahead);
-                    }
-                }
+                pace(started, i, rate);
             }
             let secs = started.elapsed().as_secs_f64();
             println!(
                 "sent syn={count} seconds={secs:.3} rate={:.0}",
+                count as f64 / secs
+            );
+        }
+        "ack-flood" => {
+            // Spoofed mid-connection segments: ACKs (with a little data) from
+            // clients that never opened a connection, at hosts 128..254 of the
+            // sender's own /24 (the client network) and ports from 1024 up,
+            // each tuple once (up to 127 × 64,512), with random sequence and
+            // acknowledgment numbers: what a blind attacker sends to make a
+            // consistent-hashing balancer create records.
+            let net = u32::from(*from.ip()) & 0xffff_ff00;
+            let mut state = 0x5eed_u64 ^ u64::from(seq);
+            let started = Instant::now();
+            for i in 0..count as u32 {
+                let r = splitmix(&mut state);
+                let ip = Ipv4Addr::from(net | (0x80 + i % 127));
+                let port = 1024 + (i / 127) as u16;
+                let ack = FrameSpec {
+                    src: SocketAddrV4::new(ip, port),
+                    tcp_flags: tcp_flags::ACK,
+                    seq: (r >> 24) as u32,
+                    ack: (r >> 40) as u32 ^ (r as u32),
+                    payload: b"spoofed".to_vec(),
+                    ..base.clone()
+                };
+                send(&fd, ack.build().as_bytes())?;
+                pace(started, i, rate);
+            }
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "sent ack={count} seconds={secs:.3} rate={:.0}",
                 count as f64 / secs
             );
         }
