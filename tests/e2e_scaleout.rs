@@ -148,6 +148,21 @@ fn start_load(so: &ScaleOut, seconds: u64) -> (Vec<Proc>, Proc) {
     (holds, churn)
 }
 
+/// The persistent connections among an instance's records: established ones
+/// older than any short one can be (they last milliseconds).
+const PERSISTENT_AGE_MS: u64 = 2500;
+
+/// The client ports instance `k` tracks, and how many of them are the
+/// persistent connections.
+fn ports_of(so: &ScaleOut, k: usize) -> (BTreeSet<u16>, usize) {
+    let rows = so.client_ports(k).expect("the instance's connections");
+    let persistent = rows
+        .iter()
+        .filter(|(_, state, age)| state == "Established" && *age > PERSISTENT_AGE_MS)
+        .count();
+    (rows.into_iter().map(|(p, _, _)| p).collect(), persistent)
+}
+
 /// A counter summed over one instance's JSON stats (workers and XDP), if the
 /// instance answers and counts it.
 fn counter(so: &ScaleOut, k: usize, key: &str) -> Option<u64> {
@@ -206,11 +221,8 @@ fn instances_stop_restart_and_join_under_load_without_breaking_connections() {
 
     let (holds, churn) = start_load(&so, 36);
     std::thread::sleep(Duration::from_secs(3));
-    let on_a = so.client_ports(0).expect("instance 0's connections");
-    println!(
-        "instance 0 holds {} of the client's connections",
-        on_a.len()
-    );
+    let (_, held) = ports_of(&so, 0);
+    println!("instance 0 carries {held} of the {HOLDS} persistent connections");
 
     // Instance 0 stops gracefully: unready first, so its routes go before it does.
     let sent = Instant::now();
@@ -290,8 +302,8 @@ fn a_crashed_instance_leaves_the_survivors_connections_untouched() {
 
     let (holds, churn) = start_load(&so, 20);
     std::thread::sleep(Duration::from_secs(3));
-    let on_a = so.client_ports(0).expect("instance 0's connections");
-    let on_b = so.client_ports(1).expect("instance 1's connections");
+    let (on_a, held_a) = ports_of(&so, 0);
+    let (on_b, held_b) = ports_of(&so, 1);
 
     let sent = Instant::now();
     lbs[0].signal("KILL");
@@ -316,11 +328,82 @@ fn a_crashed_instance_leaves_the_survivors_connections_untouched() {
         "SIGKILL of instance 0: routes withdrawn after {withdrawn:?}; connections before: {} on 0, {} on 1; \
          broken: {of_a} of instance 0's, {of_b} of instance 1's, {unknown} opened after (churn); \
          persistent broken {} of {HOLDS}; churn {} ok, {} failed; recovered on 1: {recovered:?}",
-        on_a.len(),
-        on_b.len(),
+        format!("{} ({held_a} persistent)", on_a.len()),
+        format!("{} ({held_b} persistent)", on_b.len()),
         seen.holds_failed,
         seen.churn_ok,
         seen.churn_failed
     );
     assert_eq!(of_b, 0, "connections on the surviving instance broke");
+}
+
+/// An instance that dies silently, as a machine does (power, kernel panic):
+/// nothing answers and nothing resets, so its peers notice only when the BGP
+/// hold timer (3 s here) runs out. Meanwhile the connections hashed to it,
+/// both ways (the router's VIP route and the daemons' default route), are
+/// black-holed; after it, the survivors recover them (maglev) if the
+/// clients' retransmissions have not given up. Measures what survives.
+#[test]
+fn a_silent_instance_is_routed_around_after_the_bgp_hold_time() {
+    let so = ScaleOut::up(DISPATCHD, "sd", DAEMONS);
+    let _servers = so.serve(DAEMONS);
+    let _router = so.bird("router");
+    let _daemons = so.bird("daemons");
+    let _speakers: Vec<Speaker> = (0..2).map(|k| speaker(&so, k)).collect();
+    let mut lbs: Vec<Proc> = (0..2)
+        .map(|k| so.dispatchd(k, DAEMONS, &flags("0")))
+        .collect();
+    converge(
+        &so,
+        &[0, 1],
+        Duration::from_secs(30),
+        "two instances announced",
+    );
+
+    let (holds, churn) = start_load(&so, 24);
+    std::thread::sleep(Duration::from_secs(3));
+    let (on_a, held_a) = ports_of(&so, 0);
+    let (on_b, held_b) = ports_of(&so, 1);
+
+    // Everything in and out of instance 0's host dropped, then its
+    // dispatchd killed: no frame is forwarded or answered any more.
+    let i0 = so.instance(0);
+    let dead = "add table inet dead; \
+        add chain inet dead drop_in { type filter hook prerouting priority -500; policy drop; }; \
+        add chain inet dead drop_out { type filter hook output priority -500; policy drop; }";
+    let out = so.cmd(&i0, "nft").arg(dead).output().expect("running nft");
+    assert!(
+        out.status.success(),
+        "nft: {}",
+        dispatchd_testkit::text(&out)
+    );
+    let sent = Instant::now();
+    lbs[0].signal("KILL");
+    converge(&so, &[1], Duration::from_secs(10), "instance 0 withdrawn");
+    let withdrawn = sent.elapsed();
+    lbs[0].wait(Duration::from_secs(5));
+
+    let seen = collect(holds, churn, Duration::from_secs(60));
+    let recovered = report_counters(&so, &[1]);
+    let port = |f: &Failure| f.local.map(|l| l.port());
+    let (mut of_a, mut of_b, mut unknown) = (0, 0, 0);
+    for f in &seen.failures {
+        match port(f) {
+            Some(p) if on_a.contains(&p) => of_a += 1,
+            Some(p) if on_b.contains(&p) => of_b += 1,
+            _ => unknown += 1,
+        }
+        println!("broken: {f:?}");
+    }
+    println!(
+        "silent death of instance 0: routes withdrawn after {withdrawn:?} (hold time 3 s); \
+         persistent connections before: {held_a} on 0, {held_b} on 1; broken: {of_a} of instance 0's, \
+         {of_b} of instance 1's, {unknown} opened after (churn); persistent broken {} of {HOLDS}; \
+         churn {} ok, {} failed; recovered on 1: {recovered:?}",
+        seen.holds_failed, seen.churn_ok, seen.churn_failed
+    );
+    assert!(
+        withdrawn >= Duration::from_secs(2) && withdrawn < Duration::from_secs(6),
+        "withdrawn after {withdrawn:?}: not by the 3 s hold timer"
+    );
 }

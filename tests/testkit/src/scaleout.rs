@@ -173,8 +173,9 @@ impl ScaleOut {
         serde_json::from_str(&json).with_context(|| format!("ctl stats --json: {json}"))
     }
 
-    /// The client ports of the connections instance `k` tracks.
-    pub fn client_ports(&self, k: usize) -> Result<BTreeSet<u16>> {
+    /// The client ports of the connections instance `k` tracks, with their
+    /// phases and ages in milliseconds.
+    pub fn client_ports(&self, k: usize) -> Result<Vec<(u16, String, u64)>> {
         let json = self.ctl(
             k,
             &["--json", "conns", "--client", CLIENT, "--limit", "100000"],
@@ -186,8 +187,11 @@ impl ScaleOut {
         };
         Ok(rows
             .iter()
-            .filter_map(|r| r["client"].as_str())
-            .filter_map(|c| c.rsplit_once(':')?.1.parse().ok())
+            .filter_map(|r| {
+                let port = r["client"].as_str()?.rsplit_once(':')?.1.parse().ok()?;
+                let state = r["state"].as_str()?.to_owned();
+                Some((port, state, r["age_ms"].as_u64()?))
+            })
             .collect())
     }
 
