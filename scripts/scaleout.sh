@@ -172,6 +172,17 @@ up() {
 		ip -n "$i" link set l0 up
 		ip -n "$i" link set l1 up
 		ip -n "$i" route add default via "198.18.$((10 + k)).1"
+		# While dispatchd runs, its XDP program takes the service's frames
+		# before the host sees them; when it has died and the routers have not
+		# yet heard, the host would answer them with resets (it owns the VIP),
+		# breaking connections a survivor could have recovered. Dropped
+		# instead, they are retransmitted after the route has moved.
+		# SCALEOUT_HOST_RST=1 leaves the host's resets, to measure them.
+		if [ "${SCALEOUT_HOST_RST:-0}" != 1 ]; then
+			ip netns exec "$i" nft 'add table inet dispatchd_vip;
+				add chain inet dispatchd_vip input { type filter hook input priority 0; policy accept; };
+				add rule inet dispatchd_vip input ip daddr 198.18.0.100 tcp dport 80 drop'
+		fi
 	done
 	bird_configs
 	trap - ERR
