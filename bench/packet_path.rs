@@ -175,21 +175,27 @@ fn bench(c: &mut Criterion) {
     let syns: Vec<Vec<u8>> = (0..CHUNK)
         .map(|k| tcp_frame(fresh(k), VIP, true, 0))
         .collect();
+    // Mid-connection segments of the same fresh clients: records recovered
+    // by a maglev service (the rare path after a restart or an ECMP move).
+    let lost: Vec<Vec<u8>> = (0..CHUNK)
+        .map(|k| tcp_frame(fresh(k), VIP, false, 0))
+        .collect();
     // Last, the round-robin case again with the journal reply_mode "tracked"
     // keeps (emptied outside the timing, as the worker's sync would): the
     // worker's own share of a tracked connection, without the map writes.
-    for (policy, journal) in [
-        (PolicyKind::RoundRobin, false),
-        (PolicyKind::Maglev, false),
-        (PolicyKind::LeastConnections, false),
-        (PolicyKind::RoundRobin, true),
+    for (policy, journal, frames, what) in [
+        (PolicyKind::RoundRobin, false, &syns, "new_connection"),
+        (PolicyKind::Maglev, false, &syns, "new_connection"),
+        (PolicyKind::LeastConnections, false, &syns, "new_connection"),
+        (PolicyKind::Maglev, false, &lost, "recovered_connection"),
+        (PolicyKind::RoundRobin, true, &syns, "new_connection"),
     ] {
         let mut p = plane(policy);
         if journal {
             table.keep_journal(CHUNK as usize * 2);
         }
         let name = if journal { "_journal" } else { "" };
-        g.bench_function(format!("new_connection_{policy}{name}"), |b| {
+        g.bench_function(format!("{what}_{policy}{name}"), |b| {
             b.iter_custom(|iters| {
                 let mut elapsed = Duration::ZERO;
                 let mut left = iters;
@@ -202,7 +208,7 @@ fn bench(c: &mut Criterion) {
                         stats: &stats,
                         now_ns: 3,
                     };
-                    elapsed += timed_passes(&syns[..n], n as u64, &mut handler);
+                    elapsed += timed_passes(&frames[..n], n as u64, &mut handler);
                     for k in 0..n as u32 {
                         table.remove(&FlowKey::new(fresh(k), VIP, 6));
                     }

@@ -172,16 +172,20 @@ up() {
 		ip -n "$i" link set l0 up
 		ip -n "$i" link set l1 up
 		ip -n "$i" route add default via "198.18.$((10 + k)).1"
-		# While dispatchd runs, its XDP program takes the service's frames
-		# before the host sees them; when it has died and the routers have not
-		# yet heard, the host would answer them with resets (it owns the VIP),
-		# breaking connections a survivor could have recovered. Dropped
-		# instead, they are retransmitted after the route has moved.
-		# SCALEOUT_HOST_RST=1 leaves the host's resets, to measure them.
+		# The README's two rules (What survives what). While dispatchd runs,
+		# its XDP program takes the service's frames before the host sees
+		# them; when it has died and the routers have not yet heard, the host
+		# would answer the clients' segments with resets (it owns the VIP) and
+		# forward the daemons' replies unrewritten, breaking connections a
+		# survivor could have recovered. Dropped instead, they are
+		# retransmitted after the routes have moved. SCALEOUT_HOST_RST=1
+		# leaves them out, to measure the resets.
 		if [ "${SCALEOUT_HOST_RST:-0}" != 1 ]; then
-			ip netns exec "$i" nft 'add table inet dispatchd_vip;
-				add chain inet dispatchd_vip input { type filter hook input priority 0; policy accept; };
-				add rule inet dispatchd_vip input ip daddr 198.18.0.100 tcp dport 80 drop'
+			ip netns exec "$i" nft 'add table ip dispatchd;
+				add chain ip dispatchd input { type filter hook input priority 0; };
+				add rule ip dispatchd input ip daddr 198.18.0.100 tcp dport 80 drop;
+				add chain ip dispatchd forward { type filter hook forward priority 0; };
+				add rule ip dispatchd forward ip saddr 198.19.0.0/24 tcp sport 8080 drop'
 		fi
 	done
 	bird_configs

@@ -636,11 +636,15 @@ fn recover(
 /// segments before it said: new data (its end beyond the furthest end seen) or
 /// a larger acknowledgment (the client got something new from the daemon). A
 /// duplicate, a retransmission or a keep-alive does not, and does not lower the
-/// marks either (`next` and `ack`, what the record keeps, stay the furthest). A flood of one spoofed segment
-/// per tuple never gets further than the short-lived record; a spoofer who sends
-/// a second, advanced one gets what a spoofed SYN and ACK get today, a record
-/// that lives until idle or until the daemon's reset (its kernel has no socket
-/// for the tuple and answers with one, which the record's window admits).
+/// marks either (`next` and `ack`, what the record keeps, stay the furthest).
+///
+/// The client rather than the daemon, because the daemon's replies take the
+/// stateless reverse path (any worker, any instance) and finding their record
+/// would put a lookup on every reply. A flood of one spoofed segment per tuple
+/// never gets past the short-lived record; a spoofer who sends a second,
+/// advanced one gets what a spoofed SYN and ACK get, a record that lives until
+/// idle or until the daemon's reset (its kernel has no socket for the tuple and
+/// answers with one, which the record's window admits).
 #[cold]
 #[inline(never)]
 fn confirm_recovered(record: &mut FlowRecord, has_ack: bool, next: &mut u32, ack: &mut u32) {

@@ -325,11 +325,12 @@ fn a_crashed_instance_leaves_the_survivors_connections_untouched() {
     }
     println!("watcher 0:\n{}", speakers[0].watch.output());
     println!(
-        "SIGKILL of instance 0: routes withdrawn after {withdrawn:?}; connections before: {} on 0, {} on 1; \
+        "SIGKILL of instance 0: routes withdrawn after {withdrawn:?}; connections before: \
+         {} ({held_a} persistent) on 0, {} ({held_b} persistent) on 1; \
          broken: {of_a} of instance 0's, {of_b} of instance 1's, {unknown} opened after (churn); \
          persistent broken {} of {HOLDS}; churn {} ok, {} failed; recovered on 1: {recovered:?}",
-        format!("{} ({held_a} persistent)", on_a.len()),
-        format!("{} ({held_b} persistent)", on_b.len()),
+        on_a.len(),
+        on_b.len(),
         seen.holds_failed,
         seen.churn_ok,
         seen.churn_failed

@@ -115,7 +115,7 @@ pub struct Injection<'a> {
 /// Paced sending: after frame `i`, waits until a schedule of `rate` frames a
 /// second catches up with what was sent (checked every 1024 frames; 0: no pace).
 fn pace(started: Instant, i: u32, rate: u64) {
-    if rate > 0 && i % 1024 == 0 {
+    if rate > 0 && i.is_multiple_of(1024) {
         let due = Duration::from_secs_f64(f64::from(i) / rate as f64);
         if let Some(ahead) = due.checked_sub(started.elapsed()) {
             std::thread::sleep(ahead);
