@@ -844,9 +844,9 @@ impl<'a> Manager<'a> {
         let counts = |addr| per_daemon.get(&addr).copied().unwrap_or_default();
         match request {
             Request::Stats(Format::Text) => report::stats_text(&self.snapshot()),
+            Request::Stats(Format::Json) => report::stats_json(&self.snapshot()),
             Request::Ready(Format::Text) => ready::line(&self.readiness()),
             Request::Ready(Format::Json) => ready::json(&self.readiness()),
-            Request::Stats(Format::Json) => report::stats_json(&self.snapshot()),
             Request::Conns(filter, format) => {
                 let tracked = self.tracker.len();
                 if filter.daemon.is_none() && filter.client.is_none() {
