@@ -2,7 +2,8 @@
 # Installs what building and testing dispatchd needs on Debian, only if missing.
 # clang builds the XDP program; m4, make, pkg-config, libelf-dev, zlib1g-dev and
 # libpcap-dev build the vendored libbpf/libxdp that xsk-rs links; iproute2, ethtool
-# and nftables build and tune the test topology; ping and setpriv serve the tests.
+# and nftables build and tune the test topology; ping and setpriv serve the tests;
+# bird2 (BGP) announces the VIP in the scale-out test.
 set -euo pipefail
 
 need=()
@@ -18,6 +19,7 @@ have_cmd ethtool || need+=(ethtool)
 have_cmd nft || need+=(nftables)
 have_cmd ping || need+=(iputils-ping)
 have_cmd setpriv || need+=(util-linux)
+have_cmd bird || need+=(bird2)
 for p in libelf-dev zlib1g-dev libpcap-dev; do have_pkg "$p" || need+=("$p"); done
 
 if [ ${#need[@]} -gt 0 ]; then

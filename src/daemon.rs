@@ -446,6 +446,7 @@ pub fn run_with(
             .unwrap_or_default()
     );
     let poll = config.poll;
+    let stop_grace = config.control.stop_grace;
     let max_mtu = queues::max_mtu(xsk::FRAME_SIZE, xsk::FRAME_HEADROOM);
     let watch = [
         LinkWatch::new(ifaces.front_link.clone(), max_mtu),
@@ -474,7 +475,15 @@ pub fn run_with(
     let (handles, started) = start_workers(setups);
     let outcome = started.and_then(|()| {
         println!("{listening}");
-        println!("dispatchd: running (poll {poll:?}); SIGTERM or SIGINT stops, SIGHUP reloads");
+        let term = if stop_grace.is_zero() {
+            "SIGTERM or SIGINT stops".to_owned()
+        } else {
+            format!(
+                "SIGTERM stops after {} ms unready (graceful), SIGINT at once",
+                stop_grace.as_millis()
+            )
+        };
+        println!("dispatchd: running (poll {poll:?}); {term}, SIGHUP reloads");
         manager.run()
     });
     stop.store(true, Relaxed);

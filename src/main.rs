@@ -121,6 +121,11 @@ enum CtlVerb {
         /// The daemon (ADDR:PORT).
         daemon: SocketAddrV4,
     },
+    /// Whether this instance should get traffic: exit 0 when ready; otherwise
+    /// exit 1 and one line saying why (stopping, a worker not running, a
+    /// service without a healthy daemon, or dispatchd not answering). For a
+    /// BGP speaker's check.
+    Ready,
 }
 
 impl CtlVerb {
@@ -143,6 +148,7 @@ impl CtlVerb {
             CtlVerb::Backends => Request::Backends(format),
             CtlVerb::Drain { daemon } => Request::Drain(daemon),
             CtlVerb::Undrain { daemon } => Request::Undrain(daemon),
+            CtlVerb::Ready => Request::Ready(format),
         }
     }
 }
@@ -179,6 +185,11 @@ fn check_config(run: &RunArgs, print: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether a `ready` reply, text or JSON, says ready.
+fn ready_reply(reply: &str) -> bool {
+    reply == "ready\n" || reply.starts_with("{\"ready\":true")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -191,14 +202,25 @@ fn main() -> ExitCode {
                 dispatchd::daemon::run_with(config, reload, bare)
             }),
         Command::Ctl { socket, json, verb } => {
-            let line = verb.request(json).line();
-            ctl::request(&socket, &line).and_then(|reply| {
-                print!("{reply}");
-                if reply.starts_with("error:") {
-                    anyhow::bail!("{}", reply.trim_start_matches("error:").trim());
+            let request = verb.request(json);
+            let line = request.line();
+            match ctl::request(&socket, &line) {
+                Ok(reply) => {
+                    print!("{reply}");
+                    if reply.starts_with("error:") {
+                        Err(anyhow::anyhow!(
+                            "{}",
+                            reply.trim_start_matches("error:").trim()
+                        ))
+                    } else if matches!(request, Request::Ready(_)) && !ready_reply(&reply) {
+                        // The reason is the reply already printed.
+                        return ExitCode::FAILURE;
+                    } else {
+                        Ok(())
+                    }
                 }
-                Ok(())
-            })
+                Err(e) => Err(e),
+            }
         }
         Command::Generate { what } => what.write(),
         Command::CheckConfig {

@@ -680,6 +680,59 @@ fn mss_clamp_flag_over_the_file() {
 }
 
 #[test]
+fn stop_grace_defaults_to_none_merges_and_is_bounded() {
+    use std::time::Duration;
+    let p = example_arg();
+    // The example leaves it out: SIGTERM stops at once.
+    let c = resolve(&["--config", &p]).unwrap();
+    assert_eq!(c.control.stop_grace, Duration::ZERO);
+    let file = write_tmp(
+        "stop_grace.toml",
+        &format!(
+            "{HEAD}stop_grace_ms = 3000\n{}",
+            svc("198.18.0.100:80", "[\"198.19.0.11:8080\"]")
+        ),
+    );
+    let file = file.to_str().unwrap();
+    let c = resolve(&["--config", file]).unwrap();
+    assert_eq!(c.control.stop_grace, Duration::from_secs(3));
+    let c = resolve(&["--config", file, "--stop-grace-ms", "500"]).unwrap();
+    assert_eq!(
+        c.control.stop_grace,
+        Duration::from_millis(500),
+        "the flag wins"
+    );
+    let mut args = FLAGS.to_vec();
+    args.extend(["--stop-grace-ms", "600000"]);
+    assert_eq!(
+        resolve(&args).unwrap().control.stop_grace,
+        Duration::from_secs(600)
+    );
+    let mut args = FLAGS.to_vec();
+    args.extend(["--stop-grace-ms", "600001"]);
+    let e = resolve(&args).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ConfigError::StopGraceTooLong {
+                ms: 600_001,
+                max_ms: 600_000
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "stop_grace_ms = 600001 is longer than 600000 ms (the most a graceful stop may take)"
+    );
+    let (e, _) = parse_err(&format!(
+        "{HEAD}stop_grace_ms = -1\n{}",
+        svc("198.18.0.100:80", "[\"198.19.0.11:8080\"]")
+    ));
+    assert!(matches!(e, ConfigError::BadValue { .. }), "{e}");
+}
+
+#[test]
 fn clap_rejects_malformed_flags() {
     let parse = |args: &[&str]| {
         TestCli::try_parse_from(std::iter::once("dispatchd").chain(args.iter().copied()))

@@ -13,7 +13,8 @@ use crate::balance::{BackendSpec, PolicyKind};
 ///
 /// * Scalar flags (`--front`, `--back`, `--queues`, `--cores`, `--bind-mode`,
 ///   `--xdp-mode`, `--poll`, `--flow-capacity`, `--frames-per-queue`, `--batch`,
-///   `--mss-clamp`, `--reply-mode`) replace the file's value. `--cores` replaces the
+///   `--mss-clamp`, `--reply-mode`, `--stop-grace-ms` and the control flags)
+///   replace the file's value. `--cores` replaces the
 ///   whole list.
 /// * `--service` with one or more `--backend` defines a single service that replaces
 ///   all of the file's services.
@@ -107,6 +108,11 @@ pub struct RunArgs {
     /// What happens to the connections of a daemon a reload removes.
     #[arg(long, value_enum)]
     pub on_remove: Option<OnRemove>,
+    /// On SIGTERM, keep forwarding this long while reporting not ready (so a
+    /// BGP speaker withdraws the VIP first), then stop; 0 stops at once. SIGINT
+    /// or a second SIGTERM stops at once.
+    #[arg(long, value_name = "MS")]
+    pub stop_grace_ms: Option<u64>,
     /// Benchmark only: workers move frames between the sockets untouched (no
     /// parsing, no rewriting), the ceiling of the AF_XDP substrate.
     #[arg(long, hide = true)]
@@ -202,6 +208,9 @@ impl RunArgs {
         }
         if let Some(v) = self.on_remove {
             file.on_remove = v;
+        }
+        if let Some(v) = self.stop_grace_ms {
+            file.stop_grace_ms = v;
         }
 
         let backends: Vec<FileBackend> = self.backends.iter().copied().map(FileBackend).collect();

@@ -24,6 +24,14 @@ pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
 pub const DEFAULT_RISE: u32 = 2;
 /// Default number of consecutive failures that take an Up backend Down.
 pub const DEFAULT_FALL: u32 = 3;
+/// Default graceful stop: none, SIGTERM stops at once. Lingering pays only
+/// where something acts on readiness (a BGP speaker withdrawing the VIP); a
+/// single instance would only delay its stop, and supervisors and scripts
+/// expect SIGTERM to stop dispatchd promptly.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::ZERO;
+/// Longest accepted graceful stop: longer than any supervisor waits for a
+/// stop (systemd's default is 90 s), so a larger value is a mistake.
+pub const MAX_STOP_GRACE: Duration = Duration::from_secs(600);
 
 /// What happens to a failed daemon's open connections.
 #[derive(
@@ -133,6 +141,9 @@ pub struct ControlConfig {
     pub health: HealthCheck,
     pub on_failure: OnFailure,
     pub on_remove: OnRemove,
+    /// On SIGTERM: how long to keep forwarding while unready (so a speaker
+    /// withdraws the route first) before detaching; zero stops at once.
+    pub stop_grace: Duration,
 }
 
 impl Default for ControlConfig {
@@ -144,6 +155,7 @@ impl Default for ControlConfig {
             health: Default::default(),
             on_failure: OnFailure::default(),
             on_remove: OnRemove::default(),
+            stop_grace: DEFAULT_STOP_GRACE,
         }
     }
 }
@@ -181,6 +193,12 @@ impl ControlConfig {
             return Err(ConfigError::HealthTimeoutBeyondInterval {
                 timeout_ms: h.timeout.as_millis(),
                 interval_ms: h.interval.as_millis(),
+            });
+        }
+        if self.stop_grace > MAX_STOP_GRACE {
+            return Err(ConfigError::StopGraceTooLong {
+                ms: self.stop_grace.as_millis() as u64,
+                max_ms: MAX_STOP_GRACE.as_millis() as u64,
             });
         }
         Ok(())

@@ -13,7 +13,7 @@ use super::{
     parse_addr, parse_backend, BindMode, Config, ConfigError, ControlConfig, HealthCheck,
     OnFailure, OnRemove, PollMode, ReplyMode, ServiceConfig, Timeouts, XdpMode, DEFAULT_BATCH,
     DEFAULT_CONTROL_SOCKET, DEFAULT_EVENT_RING, DEFAULT_FLOW_CAPACITY, DEFAULT_FRAMES_PER_QUEUE,
-    DEFAULT_WEIGHT,
+    DEFAULT_STOP_GRACE, DEFAULT_WEIGHT,
 };
 use crate::balance::{BackendSpec, PolicyKind};
 use std::{path::PathBuf, time::Duration};
@@ -58,6 +58,8 @@ pub(super) struct FileConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// What happens to the connections of daemons a reload removes.
     pub on_remove: OnRemove,
+    /// On SIGTERM, how long to forward while unready before stopping.
+    pub stop_grace_ms: u64,
     /// `[timeouts]` table.
     pub timeouts: FileTimeouts,
     /// `[health]` table.
@@ -130,6 +132,7 @@ impl Default for FileConfig {
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
             metrics_listen: None,
             on_remove: OnRemove::default(),
+            stop_grace_ms: DEFAULT_STOP_GRACE.as_millis() as u64,
             timeouts: FileTimeouts::default(),
             health: FileHealth::default(),
         }
@@ -266,6 +269,7 @@ impl FileConfig {
             control_socket: c.control_socket.clone(),
             metrics_listen: c.metrics_listen,
             on_remove: c.on_remove,
+            stop_grace_ms: ms(c.stop_grace),
             timeouts: FileTimeouts {
                 syn_ms: ms(c.timeouts.syn),
                 idle_ms: ms(c.timeouts.idle),
@@ -332,6 +336,7 @@ impl FileConfig {
                 },
                 on_failure: self.health.on_failure,
                 on_remove: self.on_remove,
+                stop_grace: Duration::from_millis(self.stop_grace_ms),
             },
         };
         config.validate()?;

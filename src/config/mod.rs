@@ -29,7 +29,8 @@ pub use cli::RunArgs;
 pub use control::{
     ControlConfig, HealthCheck, OnFailure, OnRemove, Timeouts, DEFAULT_CONTROL_SOCKET,
     DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_LINGER, DEFAULT_RISE, DEFAULT_RST_LINGER, DEFAULT_SYN_TIMEOUT,
+    DEFAULT_LINGER, DEFAULT_RISE, DEFAULT_RST_LINGER, DEFAULT_STOP_GRACE, DEFAULT_SYN_TIMEOUT,
+    MAX_STOP_GRACE,
 };
 
 // MAX_QUEUES (the most RX queues an interface may have, and the largest accepted
@@ -188,6 +189,8 @@ pub enum ConfigError {
          a probe must end before the next one starts"
     )]
     HealthTimeoutBeyondInterval { timeout_ms: u128, interval_ms: u128 },
+    #[error("stop_grace_ms = {ms} is longer than {max_ms} ms (the most a graceful stop may take)")]
+    StopGraceTooLong { ms: u64, max_ms: u64 },
     // The OS error is part of this line and deliberately not a `source`: the
     // caller prints the error chain, which would say it twice.
     #[error("config {}: cannot read: {error}", path.display())]

@@ -600,6 +600,7 @@ fn the_printed_config_loads_as_the_same_with_every_optional_key_set_or_not() {
     full.control.on_remove = OnRemove::Reset;
     full.control.health.rise = 5;
     full.control.timeouts.rst_linger = Duration::from_millis(1234);
+    full.control.stop_grace = Duration::from_millis(2500);
     full.services[0].backends[1].weight = 7;
     for c in [plain, full] {
         let text = c.to_toml().unwrap();
@@ -611,4 +612,22 @@ fn the_printed_config_loads_as_the_same_with_every_optional_key_set_or_not() {
         std::os::unix::ffi::OsStringExt::from_vec(b"/run/\xff.sock".to_vec());
     odd.control.control_socket = name.into();
     assert!(odd.to_toml().is_err());
+}
+
+#[test]
+fn a_graceful_stop_has_a_limit() {
+    let mut c = base();
+    c.control.stop_grace = MAX_STOP_GRACE;
+    assert!(c.validate().is_ok());
+    c.control.stop_grace += std::time::Duration::from_millis(1);
+    let e = err(c);
+    assert!(matches!(e, ConfigError::StopGraceTooLong { .. }), "{e}");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "stop_grace_ms = {} is longer than {} ms (the most a graceful stop may take)",
+            MAX_STOP_GRACE.as_millis() + 1,
+            MAX_STOP_GRACE.as_millis()
+        )
+    );
 }

@@ -86,9 +86,11 @@ pub enum Request {
     Backends(Format),
     Drain(SocketAddrV4),
     Undrain(SocketAddrV4),
+    /// Whether this instance should get traffic (see [`super::ready`]).
+    Ready(Format),
 }
 
-const EXPECTED: &str = "expected stats|conns [daemon=ADDR:PORT] [client=ADDR[:PORT]] [limit=N]|backends|drain ADDR|undrain ADDR, optionally followed by json";
+const EXPECTED: &str = "expected stats|conns [daemon=ADDR:PORT] [client=ADDR[:PORT]] [limit=N]|backends|drain ADDR|undrain ADDR|ready, optionally followed by json";
 
 impl Request {
     /// The request line: a verb, its arguments, and `json` last if wanted.
@@ -96,6 +98,7 @@ impl Request {
         let (mut words, format) = match self {
             Request::Stats(f) => (vec!["stats".to_owned()], *f),
             Request::Backends(f) => (vec!["backends".to_owned()], *f),
+            Request::Ready(f) => (vec!["ready".to_owned()], *f),
             Request::Conns(filter, f) => {
                 let mut w = vec!["conns".to_owned()];
                 w.extend(filter.daemon.map(|d| format!("daemon={d}")));
@@ -148,6 +151,7 @@ impl Request {
                 Ok(Request::Conns(filter, format))
             }
             ["backends"] => Ok(Request::Backends(format)),
+            ["ready"] => Ok(Request::Ready(format)),
             ["drain", addr] => daemon(addr).map(Request::Drain),
             ["undrain", addr] => daemon(addr).map(Request::Undrain),
             _ => Err(EXPECTED.into()),
@@ -181,8 +185,27 @@ pub fn request(socket: &Path, request: &str) -> Result<String> {
     Ok(reply)
 }
 
-/// The metrics endpoint's whole answer to any request: `body` in the Prometheus
-/// text format.
+/// What a request to the metrics listener asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpAsk {
+    /// `GET /ready`: the readiness answer (200 or 503).
+    Ready,
+    /// Anything else: the metrics, as before /ready existed.
+    Metrics,
+}
+
+/// Reads the request line of an HTTP request: only the path matters.
+pub fn http_ask(request: &str) -> HttpAsk {
+    let mut words = request.lines().next().unwrap_or("").split_whitespace();
+    match (words.next(), words.next()) {
+        (Some("GET" | "HEAD"), Some(path)) if path.split('?').next() == Some("/ready") => {
+            HttpAsk::Ready
+        }
+        _ => HttpAsk::Metrics,
+    }
+}
+
+/// The metrics endpoint's answer: `body` in the Prometheus text format.
 pub fn http_metrics(body: &str) -> String {
     format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -209,6 +232,8 @@ mod tests {
             ("backends json", Request::Backends(Format::Json)),
             ("drain 198.19.0.12:8080", Request::Drain(d)),
             ("undrain 198.19.0.12:8080 json", Request::Undrain(d)),
+            ("ready", Request::Ready(Format::Text)),
+            ("ready json", Request::Ready(Format::Json)),
         ] {
             assert_eq!(Request::parse(line), Ok(want), "{line:?}");
         }
@@ -238,6 +263,8 @@ mod tests {
             Request::Backends(Format::Text),
             Request::Drain(d),
             Request::Undrain(d),
+            Request::Ready(Format::Text),
+            Request::Ready(Format::Json),
         ] {
             assert_eq!(Request::parse(&request.line()), Ok(request));
         }
@@ -253,6 +280,7 @@ mod tests {
             "drain",
             "drain a b",
             "conns all",
+            "ready now",
         ] {
             let e = Request::parse(line).unwrap_err();
             assert!(e.starts_with("expected stats|conns"), "{line:?}: {e}");
@@ -269,6 +297,21 @@ mod tests {
             Request::parse("conns limit=-1"),
             Err("limit \"-1\" is not a whole number".into())
         );
+    }
+
+    #[test]
+    fn only_get_ready_asks_for_readiness() {
+        for (request, want) in [
+            ("GET /ready HTTP/1.1\r\nHost: x\r\n\r\n", HttpAsk::Ready),
+            ("GET /ready?verbose HTTP/1.0\r\n\r\n", HttpAsk::Ready),
+            ("HEAD /ready HTTP/1.1\r\n\r\n", HttpAsk::Ready),
+            ("GET /metrics HTTP/1.1\r\n\r\n", HttpAsk::Metrics),
+            ("GET / HTTP/1.1\r\n\r\n", HttpAsk::Metrics),
+            ("GET /readyz HTTP/1.1\r\n\r\n", HttpAsk::Metrics),
+            ("", HttpAsk::Metrics),
+        ] {
+            assert_eq!(http_ask(request), want, "{request:?}");
+        }
     }
 
     #[test]

@@ -25,10 +25,11 @@ use super::{
     apply::{apply, Host, OffBack},
     backends::Backends,
     conntrack::{ConnTracker, Order},
-    ctl::{self, Format, Request, REQUEST_MAX},
+    ctl::{self, Format, HttpAsk, Request, REQUEST_MAX},
     health::Health,
     icmp::{self, IcmpStats},
     nexthops::HopProber,
+    ready::{self, NotReady},
     report::{self, StatsSnapshot},
     uring::{Completion, Uring},
 };
@@ -170,6 +171,9 @@ pub struct Manager<'a> {
     prober: HopProber,
     /// Scratch for the next hops taken from the XDP program each round.
     unresolved: Vec<Ipv4Addr>,
+    /// A graceful stop under way: when it ends (monotonic ns). Meanwhile the
+    /// instance forwards as before but says it is not ready.
+    stopping_until_ns: Option<u64>,
     stop: bool,
 }
 
@@ -227,6 +231,7 @@ impl<'a> Manager<'a> {
             probes: parts.probes,
             prober: HopProber::default(),
             unresolved: Vec::new(),
+            stopping_until_ns: None,
             stop: false,
             config: parts.config,
         })
@@ -283,6 +288,57 @@ impl<'a> Manager<'a> {
             link_changes: self.link_changes,
             next_hops: self.prober.stats,
             netlink: self.netlink,
+            ready: self.readiness().is_ok(),
+        }
+    }
+
+    /// Ready for traffic, or why not (see [`ready`]).
+    fn readiness(&self) -> Result<(), NotReady> {
+        let running: Vec<bool> = self
+            .workers
+            .iter()
+            .map(|w| !w.link.events.producer_gone())
+            .collect();
+        let services: Vec<SocketAddrV4> = self.config.services.iter().map(|s| s.address).collect();
+        ready::decide(ready::Facts {
+            stopping_left_ms: self
+                .stopping_until_ns
+                .map(|until| until.saturating_sub(now_ns()) / 1_000_000),
+            workers_running: &running,
+            services: &services,
+            backends: self.backends.iter(),
+        })
+    }
+
+    /// SIGTERM: with a grace period, turn unready first (so the speaker
+    /// withdraws this instance's routes and new traffic goes elsewhere) and
+    /// keep forwarding until it ends; without one, or when a stop is already
+    /// under way (a second SIGTERM), stop now.
+    fn terminate(&mut self) {
+        let grace = self.config.control.stop_grace;
+        if grace.is_zero() || self.stopping_until_ns.is_some() {
+            if self.stopping_until_ns.is_some() {
+                println!("dispatchd: SIGTERM again: stopping now");
+            }
+            self.stop = true;
+            return;
+        }
+        self.stopping_until_ns = Some(now_ns() + grace.as_nanos() as u64);
+        println!(
+            "dispatchd: SIGTERM: not ready from now on; forwarding for {} ms more, then stopping \
+             (SIGINT or another SIGTERM stops at once)",
+            grace.as_millis()
+        );
+    }
+
+    /// Ends a graceful stop whose time is up.
+    fn check_stopping(&mut self, now: u64) {
+        if self.stopping_until_ns.is_some_and(|until| now >= until) {
+            println!(
+                "dispatchd: grace period of {} ms over; stopping",
+                self.config.control.stop_grace.as_millis()
+            );
+            self.stop = true;
         }
     }
 
@@ -295,7 +351,8 @@ impl<'a> Manager<'a> {
             }
             Tag::Signal => {
                 match done.buf.as_deref().and_then(SignalFd::decode) {
-                    Some(Signal::Terminate | Signal::Interrupt) => self.stop = true,
+                    Some(Signal::Terminate) => self.terminate(),
+                    Some(Signal::Interrupt) => self.stop = true,
                     Some(Signal::Hangup) => self.reload_config(),
                     None => {}
                 }
@@ -332,7 +389,12 @@ impl<'a> Manager<'a> {
                 if done.result > 0 {
                     let request = String::from_utf8_lossy(&buf[..done.result as usize]);
                     let reply = if metrics {
-                        ctl::http_metrics(&report::prometheus(&self.snapshot()))
+                        match ctl::http_ask(&request) {
+                            HttpAsk::Ready => ready::http(&self.readiness()),
+                            HttpAsk::Metrics => {
+                                ctl::http_metrics(&report::prometheus(&self.snapshot()))
+                            }
+                        }
                     } else {
                         self.ctl_reply(&request)
                     };
@@ -451,6 +513,7 @@ impl<'a> Manager<'a> {
         {
             anyhow::bail!("worker {w} stopped unexpectedly; stopping dispatchd");
         }
+        self.check_stopping(now);
         self.drain_events();
         self.tracker.expire(now, &mut self.orders);
         self.send_orders();
@@ -782,6 +845,8 @@ impl<'a> Manager<'a> {
         match request {
             Request::Stats(Format::Text) => report::stats_text(&self.snapshot()),
             Request::Stats(Format::Json) => report::stats_json(&self.snapshot()),
+            Request::Ready(Format::Text) => ready::line(&self.readiness()),
+            Request::Ready(Format::Json) => ready::json(&self.readiness()),
             Request::Conns(filter, format) => {
                 let tracked = self.tracker.len();
                 if filter.daemon.is_none() && filter.client.is_none() {

@@ -56,6 +56,8 @@ pub struct StatsSnapshot<'a> {
     pub next_hops: HopStats,
     /// What the loop did with rtnetlink (the daemons' routes and hops).
     pub netlink: NetlinkStats,
+    /// Whether the instance is ready for traffic (see [`super::ready`]).
+    pub ready: bool,
 }
 
 fn side(s: &SocketStats) -> &'static str {
@@ -823,6 +825,13 @@ pub fn prometheus(s: &StatsSnapshot<'_>) -> String {
         "# HELP dispatchd_connections Connections tracked.\n# TYPE dispatchd_connections gauge"
     );
     let _ = writeln!(out, "dispatchd_connections {}", s.connections);
+    let _ = writeln!(
+        out,
+        "# HELP dispatchd_ready 1 while every worker runs, every service has a healthy daemon \
+         and no stop is under way (GET /ready says why not).\n# TYPE dispatchd_ready gauge\n\
+         dispatchd_ready {}",
+        u8::from(s.ready)
+    );
     let mut gauge = |name: &str, help: &str, rows: &[(String, u64)]| {
         let _ = writeln!(
             out,

@@ -1,6 +1,6 @@
 //! dispatchd's end-to-end test kit: the harness shared by the dispatchd package's
 //! tests and the end-to-end benchmark (the DESIGN.md topology, process guards,
-//! a network-namespace guard), and the one frame builder that the tests, the
+//! a network-namespace guard, several instances behind a BGP-fed ECMP router), and the one frame builder that the tests, the
 //! `dispatchd-testkit inject` command and the benchmark's packet generator use.
 //!
 //! The harness needs root (namespaces, XDP, AF_XDP); without it, it fails with
@@ -12,6 +12,7 @@ pub mod json;
 pub mod netns;
 pub mod outcome;
 pub mod process;
+pub mod scaleout;
 pub mod topology;
 
 pub use netns::NetNsGuard;
