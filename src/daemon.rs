@@ -8,7 +8,7 @@
 use std::{
     sync::{atomic::AtomicBool, atomic::Ordering::Relaxed, Arc},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -19,13 +19,14 @@ use crate::{
         apply::{apply, Host, OffBack},
         ctl,
         manager::{Manager, ManagerParts, WorkerLink},
+        takeover::{self, Identity},
     },
-    flow::FlowTable,
+    flow::{FlowRecord, FlowTable},
     ids::WorkerId,
     neigh::{self, fmt_mac, HopBook, Kernel},
     protocol::{self, Wake},
     queues::{self, fmt_queues, LinkFacts, LinkWatch, WorkerQueues},
-    stats::WorkerStats,
+    stats::{now_ns, WorkerStats},
     sys::{self, EventFd, RawIpSender},
     worker::{self, WorkerSetup},
     xdp::{self, Interface, Replies, Side, Steering},
@@ -93,7 +94,7 @@ fn replies(config: &Config, workers: usize) -> Replies {
 /// Runs dispatchd until SIGTERM or SIGINT. `reload` re-reads the configuration
 /// (the file and flags of the command line) on SIGHUP.
 pub fn run(config: Config, reload: Box<dyn FnMut() -> Result<Config> + '_>) -> Result<()> {
-    run_with(config, reload, false)
+    run_with(config, reload, false, false)
 }
 
 /// The interfaces, checked to be usable.
@@ -253,7 +254,7 @@ fn open_workers(
 
 /// Starts the workers and waits until each serves: each allocates its flow
 /// table (first-touched on its own core) before it says so.
-fn start_workers(setups: Vec<WorkerSetup>) -> (Vec<thread::JoinHandle<()>>, Result<()>) {
+fn start_workers(setups: Vec<WorkerSetup>) -> (Vec<thread::JoinHandle<FlowTable>>, Result<()>) {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut handles = Vec::new();
     for mut setup in setups {
@@ -281,12 +282,138 @@ fn start_workers(setups: Vec<WorkerSetup>) -> (Vec<thread::JoinHandle<()>>, Resu
     (handles, started)
 }
 
+/// What a takeover must find the same in the running process: the
+/// interfaces and the queues of each worker.
+fn identity(ifaces: &Interfaces, plan: &[WorkerQueues]) -> Identity {
+    let layout: Vec<String> = plan
+        .iter()
+        .enumerate()
+        .map(|(w, q)| {
+            format!(
+                "{w}:f{}/b{}",
+                fmt_queues(&q.front),
+                fmt_queues(&q.back)
+            )
+        })
+        .collect();
+    Identity {
+        front: ifaces.front.name.clone(),
+        back: ifaces.back.name.clone(),
+        layout: layout.join(";"),
+    }
+}
+
+/// Every worker's flow table, each allocated and written by a thread on the
+/// worker's core (as the worker itself would: its memory first touched
+/// there), before a takeover's switch rather than in its window.
+fn allocate_tables(plan: &[WorkerQueues], capacity: usize) -> Result<Vec<FlowTable>> {
+    thread::scope(|s| {
+        let handles: Vec<_> = plan
+            .iter()
+            .map(|q| {
+                s.spawn(move || {
+                    if let Some(core) = q.core {
+                        core_affinity::set_for_current(core_affinity::CoreId { id: core });
+                    }
+                    FlowTable::with_capacity(capacity)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow::anyhow!("allocating a flow table failed")))
+            .collect()
+    })
+}
+
+/// How long a new process retries binding its sockets while the old one's
+/// are closing (the kernel refuses a second socket on a queue with EBUSY).
+const REBIND_PATIENCE: Duration = Duration::from_secs(2);
+
+/// [`open_workers`] after a takeover's switch: the old process has closed its
+/// sockets before it sent its records, so EBUSY should not happen; if it
+/// does, it is waited out a little.
+fn open_workers_after(
+    config: &Config,
+    ifaces: &Interfaces,
+    plan: &[WorkerQueues],
+    bind: Bind,
+    steering: &Steering,
+) -> Result<Vec<xsk::WorkerSockets>> {
+    let deadline = Instant::now() + REBIND_PATIENCE;
+    loop {
+        match open_workers(config, ifaces, plan, bind, steering) {
+            Err(e) if Instant::now() < deadline && format!("{e:#}").contains("busy") => {
+                thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// What a takeover brought: the records for each worker, and when the links
+/// were switched.
+struct TookOver {
+    pid: u32,
+    records: Vec<(u16, FlowRecord)>,
+    switched: Instant,
+    tables: Vec<FlowTable>,
+}
+
+/// The new process's side of a takeover, up to the records (see
+/// [`takeover`]): asks the running dispatchd on the control socket, points
+/// its links at this process's program, then reads the records it sends once
+/// its workers stopped. Everything slow (the tables) is done before.
+/// `None` if no dispatchd listens on the control socket: a fresh start.
+fn take_over(
+    config: &Config,
+    plan: &[WorkerQueues],
+    me: &Identity,
+    steering: &mut Steering,
+) -> Result<Option<TookOver>> {
+    let tables = allocate_tables(plan, config.flow_capacity)?;
+    let socket = &config.control.control_socket;
+    let Some(mut request) = takeover::Request::send(socket, me)? else {
+        println!(
+            "dispatchd: no dispatchd listens on {}: nothing to take over, starting afresh",
+            socket.display()
+        );
+        return Ok(None);
+    };
+    takeover::test_die_at("links");
+    let pid = request.pid;
+    steering.adopt_links(std::mem::take(&mut request.links))?;
+    let switched = Instant::now();
+    takeover::test_die_at("switched");
+    let records = match request.switched(now_ns) {
+        Ok(r) => r,
+        Err(e) => {
+            // This process holds the links: it goes on alone.
+            eprintln!(
+                "dispatchd: WARNING: the old process (pid {pid}) sent no records ({e:#}); \
+                 going on without them"
+            );
+            Vec::new()
+        }
+    };
+    Ok(Some(TookOver {
+        pid,
+        records,
+        switched,
+        tables,
+    }))
+}
+
 /// [`run`], with the benchmark-only bare forwarder (`--bare-forwarder`) on or off:
 /// when on, workers move frames between the sockets without parsing or rewriting.
+///
+/// With `takeover`, the program is not attached: the running dispatchd on the
+/// same control socket hands its links and records over (see [`takeover`]).
 pub fn run_with(
     config: Config,
     reload: Box<dyn FnMut() -> Result<Config> + '_>,
     bare: bool,
+    takeover: bool,
 ) -> Result<()> {
     let ifaces = check_host(&config)?;
     sys::block_signals().context("blocking signals")?;
@@ -360,16 +487,42 @@ pub fn run_with(
             ifaces.front.name
         )
     })?;
-    let sockets = open_workers(&config, &ifaces, &plan, bind, &steering)?;
-
-    // Bound before anything is attached, so a bad path fails start-up cleanly.
-    let ctl = ctl::bind(&config.control.control_socket)?;
-    let front_mode = steering.attach(&ifaces.front, config.xdp_mode)?;
-    let back_mode = steering.attach(&ifaces.back, config.xdp_mode)?;
-    println!(
-        "dispatchd: XDP on {} (front) {front_mode}, on {} (back) {back_mode}",
-        ifaces.front.name, ifaces.back.name
-    );
+    let identity = identity(&ifaces, &plan);
+    let took = match takeover {
+        true => take_over(&config, &plan, &identity, &mut steering)?,
+        false => None,
+    };
+    let (sockets, ctl, mut took_over) = if let Some(took) = took {
+        let sockets = open_workers_after(&config, &ifaces, &plan, bind, &steering)?;
+        // The old process left its socket file: this one replaces it.
+        let ctl = ctl::bind(&config.control.control_socket)?;
+        println!(
+            "dispatchd: XDP on {} (front) and {} (back): links taken over from pid {}",
+            ifaces.front.name, ifaces.back.name, took.pid
+        );
+        (sockets, ctl, Some(took))
+    } else {
+        let sockets = open_workers(&config, &ifaces, &plan, bind, &steering)?;
+        // Bound before anything is attached, so a bad path fails start-up cleanly.
+        let ctl = ctl::bind(&config.control.control_socket)?;
+        let front_mode = steering.attach(&ifaces.front, config.xdp_mode)?;
+        let back_mode = steering.attach(&ifaces.back, config.xdp_mode)?;
+        println!(
+            "dispatchd: XDP on {} (front) {front_mode}, on {} (back) {back_mode}",
+            ifaces.front.name, ifaces.back.name
+        );
+        (sockets, ctl, None)
+    };
+    let mut tables: Vec<Option<FlowTable>> = match &mut took_over {
+        Some(t) => std::mem::take(&mut t.tables).into_iter().map(Some).collect(),
+        None => Vec::new(),
+    };
+    let mut inherited: Vec<Vec<FlowRecord>> = vec![Vec::new(); plan.len()];
+    for &(w, record) in took_over.iter().flat_map(|t| &t.records) {
+        if let Some(list) = inherited.get_mut(usize::from(w)) {
+            list.push(record);
+        }
+    }
     for s in &config.services {
         let list: Vec<String> = s.backends.iter().map(|b| b.addr.to_string()).collect();
         println!(
@@ -425,6 +578,8 @@ pub fn run_with(
                 ReplyMode::Stateless => None,
             },
             ready: None,
+            table: tables.get_mut(w).and_then(Option::take),
+            inherited: std::mem::take(&mut inherited[w]),
         });
     }
     let socket_path = config.control.control_socket.clone();
@@ -458,30 +613,72 @@ pub fn run_with(
         ctl,
         links: watch,
         probes,
+        identity,
     })?;
+    if let Some(t) = &took_over {
+        manager.inherit(&t.records);
+    }
     // Everything privileged is done: the workers and the loop run without any
     // capability (the workers inherit this thread's empty sets).
     sys::drop_all_capabilities().context("dropping capabilities")?;
     println!("dispatchd: all capabilities dropped");
     let (handles, started) = start_workers(setups);
+    if let (Some(t), Ok(())) = (&took_over, &started) {
+        let dropped = manager
+            .xdp_counters()
+            .map(|c| c[3].to_string())
+            .unwrap_or_else(|_| "?".into());
+        println!(
+            "dispatchd: took over from pid {} with {} records: serving {:.1} ms after the switch \
+             ({dropped} frames dropped meanwhile for want of a socket, none passed to the host)",
+            t.pid,
+            t.records.len(),
+            t.switched.elapsed().as_secs_f64() * 1e3,
+        );
+    }
     let outcome = started.and_then(|()| {
         println!("{listening}");
         println!("dispatchd: running (poll {poll:?}); SIGTERM or SIGINT stops, SIGHUP reloads");
         manager.run()
     });
     stop.store(true, Relaxed);
-    for h in handles {
-        let _ = h.join();
-    }
+    // Each worker's sockets close as it ends: a new process can bind them.
+    let tables: Vec<FlowTable> = handles.into_iter().filter_map(|h| h.join().ok()).collect();
     // Counted after the workers stopped, so the numbers are final.
     let final_stats = manager.final_stats();
+    let handover = manager.take_handover();
     drop(manager);
-    steering.detach();
-    let _ = std::fs::remove_file(&socket_path);
+    match handover {
+        // The new process holds the links and replaces the socket file.
+        Some(mut stream) => hand_records(&mut stream, &tables),
+        None => {
+            steering.detach();
+            let _ = std::fs::remove_file(&socket_path);
+        }
+    }
+    drop(tables);
     outcome?;
     println!("dispatchd: final statistics");
     for line in final_stats.lines() {
         println!("  {line}");
     }
     Ok(())
+}
+
+/// The old process's last step of a takeover: every worker's records, with
+/// their owner, to the new process. If it cannot, the new one goes on
+/// without them (it holds the links).
+fn hand_records(stream: &mut std::os::unix::net::UnixStream, tables: &[FlowTable]) {
+    let now = now_ns();
+    let count: usize = tables.iter().map(FlowTable::len).sum();
+    let mut bytes = Vec::with_capacity(count * takeover::RECORD_WIRE);
+    for (w, table) in tables.iter().enumerate() {
+        for record in table.iter() {
+            takeover::encode(w as u16, record, now, &mut bytes);
+        }
+    }
+    match takeover::send_records(stream, &bytes) {
+        Ok(()) => println!("dispatchd: handed {count} records over; exiting"),
+        Err(e) => eprintln!("dispatchd: handing the records over: {e:#}"),
+    }
 }

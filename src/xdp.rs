@@ -12,7 +12,7 @@ use std::{
     fmt, io,
     mem::MaybeUninit,
     net::{Ipv4Addr, SocketAddrV4},
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
 };
 
 use anyhow::{bail, Context, Result};
@@ -433,6 +433,46 @@ impl Steering {
         // SAFETY: bpf_link_create returned a new fd that nothing else owns.
         self.links.push(unsafe { OwnedFd::from_raw_fd(fd) });
         query_mode(iface)
+    }
+
+    /// The links attaching the program, front first: what a takeover hands to
+    /// the new process (which gets its own descriptors for them).
+    pub fn links(&self) -> Vec<BorrowedFd<'_>> {
+        self.links.iter().map(|l| l.as_fd()).collect()
+    }
+
+    /// Takes over the links of another process (front first) and points each
+    /// at this program (`bpf_link_update`, atomic per interface): from then
+    /// on every frame on those interfaces runs this program, and the links live
+    /// as long as any process holds them. The first failure is returned with
+    /// the links that were re-pointed kept, so the caller can tell.
+    pub fn adopt_links(&mut self, links: Vec<OwnedFd>) -> Result<()> {
+        for link in links {
+            self.links.push(link);
+            let link = self.links.last().map(|l| l.as_raw_fd()).unwrap_or(-1);
+            self.point(link)?;
+        }
+        Ok(())
+    }
+
+    /// Points every link this process holds at its own program again (after
+    /// a takeover that did not complete).
+    pub fn reclaim_links(&self) -> Result<()> {
+        self.links.iter().try_for_each(|l| self.point(l.as_raw_fd()))
+    }
+
+    fn point(&self, link: RawFd) -> Result<()> {
+        let prog = self.skel.progs.dispatchd_steer.as_fd().as_raw_fd();
+        // SAFETY: link and prog are open descriptors this process holds; a
+        // null opts asks for an unconditional update.
+        let rc = unsafe { libbpf_sys::bpf_link_update(link, prog, std::ptr::null()) };
+        if rc < 0 {
+            bail!(
+                "re-pointing an XDP link at the new program: {}",
+                io::Error::from_raw_os_error(-rc)
+            );
+        }
+        Ok(())
     }
 
     /// Detaches from every interface (closing the links). Also happens on drop.

@@ -18,4 +18,5 @@ pub mod icmp;
 pub mod manager;
 pub mod nexthops;
 pub mod report;
+pub mod takeover;
 pub mod uring;
