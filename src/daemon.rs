@@ -169,7 +169,16 @@ fn choose_bind(config: &Config, ifaces: &Interfaces) -> Result<Bind> {
     Ok(bind)
 }
 
-/// Opens every worker's sockets and registers each with the steering program
+fn socket_options(config: &Config, bind: Bind) -> SocketOptions {
+    SocketOptions {
+        bind,
+        frames_per_queue: config.frames_per_queue,
+        batch: config.batch,
+        busy_poll: config.poll == PollMode::Busy,
+    }
+}
+
+/// Opens every worker's sockets (on the UMEMs made beforehand, if any) and registers each with the steering program
 /// under its interface and queue.
 fn open_workers(
     config: &Config,
@@ -177,18 +186,18 @@ fn open_workers(
     plan: &[WorkerQueues],
     bind: Bind,
     steering: &Steering,
+    umems: Vec<xsk::WorkerUmem>,
 ) -> Result<Vec<xsk::WorkerSockets>> {
-    let opts = SocketOptions {
-        bind,
-        frames_per_queue: config.frames_per_queue,
-        batch: config.batch,
-        busy_poll: config.poll == PollMode::Busy,
-    };
+    let opts = socket_options(config, bind);
     let table_mib = FlowTable::memory_for(config.flow_capacity) as u64 / MIB;
     let mut workers = Vec::new();
     let mut umem_mib = 0;
+    let mut umems = umems.into_iter();
     for (w, queues) in plan.iter().enumerate() {
-        let sockets = xsk::open_worker(&ifaces.front, &ifaces.back, queues, &opts)
+        let sockets = umems
+            .next()
+            .map_or_else(|| xsk::make_umem(queues, &opts), Ok)
+            .and_then(|umem| xsk::bind_worker(umem, &ifaces.front, &ifaces.back, queues, &opts))
             .with_context(|| format!("worker {w}"))?;
         for rings in &sockets.front {
             steering.register_socket(Side::Front, rings.queue, rings.fd())?;
@@ -288,13 +297,7 @@ fn identity(ifaces: &Interfaces, plan: &[WorkerQueues]) -> Identity {
     let layout: Vec<String> = plan
         .iter()
         .enumerate()
-        .map(|(w, q)| {
-            format!(
-                "{w}:f{}/b{}",
-                fmt_queues(&q.front),
-                fmt_queues(&q.back)
-            )
-        })
+        .map(|(w, q)| format!("{w}:f{}/b{}", fmt_queues(&q.front), fmt_queues(&q.back)))
         .collect();
     Identity {
         front: ifaces.front.name.clone(),
@@ -321,7 +324,10 @@ fn allocate_tables(plan: &[WorkerQueues], capacity: usize) -> Result<Vec<FlowTab
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().map_err(|_| anyhow::anyhow!("allocating a flow table failed")))
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("allocating a flow table failed"))
+            })
             .collect()
     })
 }
@@ -330,20 +336,25 @@ fn allocate_tables(plan: &[WorkerQueues], capacity: usize) -> Result<Vec<FlowTab
 /// are closing (the kernel refuses a second socket on a queue with EBUSY).
 const REBIND_PATIENCE: Duration = Duration::from_secs(2);
 
-/// [`open_workers`] after a takeover's switch: the old process has closed its
-/// sockets before it sent its records, so EBUSY should not happen; if it
-/// does, it is waited out a little.
+/// [`open_workers`] after a takeover's switch: the old process closed its
+/// sockets before it sent its records, but the kernel lets go of their queues
+/// a little later; until it has, binding fails with EBUSY, which is retried.
 fn open_workers_after(
     config: &Config,
     ifaces: &Interfaces,
     plan: &[WorkerQueues],
     bind: Bind,
     steering: &Steering,
+    umems: Vec<xsk::WorkerUmem>,
 ) -> Result<Vec<xsk::WorkerSockets>> {
     let deadline = Instant::now() + REBIND_PATIENCE;
+    let mut umems = Some(umems);
     loop {
-        match open_workers(config, ifaces, plan, bind, steering) {
-            Err(e) if Instant::now() < deadline && format!("{e:#}").contains("busy") => {
+        let made = umems.take().unwrap_or_default();
+        match open_workers(config, ifaces, plan, bind, steering, made) {
+            // EBUSY: the old process's binding of a queue is released by the
+            // kernel after its socket closed, deferred to a work queue.
+            Err(e) if Instant::now() < deadline && format!("{e:#}").contains("os error 16") => {
                 thread::sleep(Duration::from_millis(5));
             }
             other => return other,
@@ -357,6 +368,10 @@ struct TookOver {
     pid: u32,
     records: Vec<(u16, FlowRecord)>,
     switched: Instant,
+    umems: Vec<xsk::WorkerUmem>,
+    /// Since the switch: when the records had come, when the sockets were bound.
+    records_after: Duration,
+    bound_after: Duration,
     tables: Vec<FlowTable>,
 }
 
@@ -368,10 +383,16 @@ struct TookOver {
 fn take_over(
     config: &Config,
     plan: &[WorkerQueues],
+    bind: Bind,
     me: &Identity,
     steering: &mut Steering,
 ) -> Result<Option<TookOver>> {
     let tables = allocate_tables(plan, config.flow_capacity)?;
+    let opts = socket_options(config, bind);
+    let umems = plan
+        .iter()
+        .map(|q| xsk::make_umem(q, &opts))
+        .collect::<Result<Vec<_>>>()?;
     let socket = &config.control.control_socket;
     let Some(mut request) = takeover::Request::send(socket, me)? else {
         println!(
@@ -400,6 +421,9 @@ fn take_over(
         pid,
         records,
         switched,
+        records_after: switched.elapsed(),
+        bound_after: Duration::ZERO,
+        umems,
         tables,
     }))
 }
@@ -489,11 +513,13 @@ pub fn run_with(
     })?;
     let identity = identity(&ifaces, &plan);
     let took = match takeover {
-        true => take_over(&config, &plan, &identity, &mut steering)?,
+        true => take_over(&config, &plan, bind, &identity, &mut steering)?,
         false => None,
     };
-    let (sockets, ctl, mut took_over) = if let Some(took) = took {
-        let sockets = open_workers_after(&config, &ifaces, &plan, bind, &steering)?;
+    let (sockets, ctl, mut took_over) = if let Some(mut took) = took {
+        let umems = std::mem::take(&mut took.umems);
+        let sockets = open_workers_after(&config, &ifaces, &plan, bind, &steering, umems)?;
+        took.bound_after = took.switched.elapsed();
         // The old process left its socket file: this one replaces it.
         let ctl = ctl::bind(&config.control.control_socket)?;
         println!(
@@ -502,7 +528,7 @@ pub fn run_with(
         );
         (sockets, ctl, Some(took))
     } else {
-        let sockets = open_workers(&config, &ifaces, &plan, bind, &steering)?;
+        let sockets = open_workers(&config, &ifaces, &plan, bind, &steering, Vec::new())?;
         // Bound before anything is attached, so a bad path fails start-up cleanly.
         let ctl = ctl::bind(&config.control.control_socket)?;
         let front_mode = steering.attach(&ifaces.front, config.xdp_mode)?;
@@ -514,7 +540,10 @@ pub fn run_with(
         (sockets, ctl, None)
     };
     let mut tables: Vec<Option<FlowTable>> = match &mut took_over {
-        Some(t) => std::mem::take(&mut t.tables).into_iter().map(Some).collect(),
+        Some(t) => std::mem::take(&mut t.tables)
+            .into_iter()
+            .map(Some)
+            .collect(),
         None => Vec::new(),
     };
     let mut inherited: Vec<Vec<FlowRecord>> = vec![Vec::new(); plan.len()];
@@ -551,6 +580,7 @@ pub fn run_with(
 
     let wake = Arc::new(Wake::new(EventFd::new().context("creating an eventfd")?));
     let stop = Arc::new(AtomicBool::new(false));
+    let stop_wake = Arc::new(EventFd::new().context("creating an eventfd")?);
     let mut links = Vec::new();
     let mut setups = Vec::new();
     let places = sockets.into_iter().zip(&plan).zip(applied.planes);
@@ -571,6 +601,7 @@ pub fn run_with(
             plane,
             stats,
             stop: stop.clone(),
+            stop_wake: stop_wake.clone(),
             link: worker_end,
             bare,
             tracked: match config.reply_mode {
@@ -624,16 +655,21 @@ pub fn run_with(
     println!("dispatchd: all capabilities dropped");
     let (handles, started) = start_workers(setups);
     if let (Some(t), Ok(())) = (&took_over, &started) {
-        let dropped = manager
-            .xdp_counters()
-            .map(|c| c[3].to_string())
-            .unwrap_or_else(|_| "?".into());
+        let no_socket = xdp::COUNTER_NAMES.iter().position(|n| *n == "no_socket");
+        let dropped = match (manager.xdp_counters(), no_socket) {
+            (Ok(c), Some(i)) => c[i].to_string(),
+            _ => "?".into(),
+        };
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
-            "dispatchd: took over from pid {} with {} records: serving {:.1} ms after the switch \
-             ({dropped} frames dropped meanwhile for want of a socket, none passed to the host)",
+            "dispatchd: took over from pid {} with {} records: records {:.1} ms, sockets bound \
+             {:.1} ms, serving {:.1} ms after the switch ({dropped} frames dropped meanwhile for \
+             want of a socket, none passed to the host)",
             t.pid,
             t.records.len(),
-            t.switched.elapsed().as_secs_f64() * 1e3,
+            ms(t.records_after),
+            ms(t.bound_after),
+            ms(t.switched.elapsed()),
         );
     }
     let outcome = started.and_then(|()| {
@@ -642,21 +678,24 @@ pub fn run_with(
         manager.run()
     });
     stop.store(true, Relaxed);
+    stop_wake.notify();
     // Each worker's sockets close as it ends: a new process can bind them.
     let tables: Vec<FlowTable> = handles.into_iter().filter_map(|h| h.join().ok()).collect();
-    // Counted after the workers stopped, so the numbers are final.
-    let final_stats = manager.final_stats();
-    let handover = manager.take_handover();
-    drop(manager);
-    match handover {
-        // The new process holds the links and replaces the socket file.
-        Some(mut stream) => hand_records(&mut stream, &tables),
-        None => {
-            steering.detach();
-            let _ = std::fs::remove_file(&socket_path);
-        }
+    // First of all: the new process waits for them.
+    let mut handover = manager.take_handover();
+    if let Some(stream) = handover.as_mut() {
+        hand_records(stream, &tables);
     }
     drop(tables);
+    // Counted after the workers stopped, so the numbers are final.
+    let final_stats = manager.final_stats();
+    drop(manager);
+    // After a takeover, the new process holds the links and has replaced the
+    // socket file.
+    if handover.is_none() {
+        steering.detach();
+        let _ = std::fs::remove_file(&socket_path);
+    }
     outcome?;
     println!("dispatchd: final statistics");
     for line in final_stats.lines() {

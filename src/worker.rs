@@ -31,6 +31,7 @@ use crate::{
     ids::WorkerId,
     protocol::{self, Event, EventSink, FlowCommand, WorkerEnd, COMMANDS_PER_ROUND},
     stats::{now_ns, WorkerDrop, WorkerStats},
+    sys::EventFd,
     tracked::ReplyTracker,
     xdp::TrackedMap,
     xsk::{self, poll_readable, WorkerSockets},
@@ -54,6 +55,9 @@ pub struct WorkerSetup {
     pub plane: Dataplane,
     pub stats: Arc<WorkerStats>,
     pub stop: Arc<AtomicBool>,
+    /// Readable once `stop` is set: a sleeping worker wakes at once (a
+    /// takeover waits for the sockets to close).
+    pub stop_wake: Arc<EventFd>,
     pub link: WorkerEnd<Dataplane>,
     /// Benchmark only (`--bare-forwarder`): frames cross untouched, no parsing.
     pub bare: bool,
@@ -98,6 +102,7 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
         mut plane,
         stats,
         stop,
+        stop_wake,
         link: WorkerEnd {
             mut events,
             commands,
@@ -146,6 +151,11 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
         free: frames,
     };
     let mut pollfds = xsk::pollfds(front.iter().chain(back.iter()));
+    pollfds.push(libc::pollfd {
+        fd: stop_wake.raw(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
     let n_front = front.len();
     let mut idle_spins = 0u32;
     let mut sweeper = Sweeper::default();

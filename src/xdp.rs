@@ -458,7 +458,9 @@ impl Steering {
     /// Points every link this process holds at its own program again (after
     /// a takeover that did not complete).
     pub fn reclaim_links(&self) -> Result<()> {
-        self.links.iter().try_for_each(|l| self.point(l.as_raw_fd()))
+        self.links
+            .iter()
+            .try_for_each(|l| self.point(l.as_raw_fd()))
     }
 
     fn point(&self, link: RawFd) -> Result<()> {

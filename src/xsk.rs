@@ -222,6 +222,19 @@ pub fn open_worker(
     queues: &WorkerQueues,
     opts: &SocketOptions,
 ) -> Result<WorkerSockets> {
+    bind_worker(make_umem(queues, opts)?, front, back, queues, opts)
+}
+
+/// A worker's UMEM and all its frames, no socket bound yet: the part of
+/// opening a worker that takes time (the memory is mapped and pinned), which
+/// a takeover does before its switch.
+pub struct WorkerUmem {
+    umem: Umem,
+    frames: Vec<FrameDesc>,
+}
+
+/// The first half of [`open_worker`].
+pub fn make_umem(queues: &WorkerQueues, opts: &SocketOptions) -> Result<WorkerUmem> {
     let ring =
         QueueSize::new(ring_size(opts.frames_per_queue)).map_err(|e| anyhow!("ring size: {e}"))?;
     let umem_config = UmemConfig::builder()
@@ -234,11 +247,25 @@ pub fn open_worker(
     let sockets = queues.front.len() + queues.back.len();
     let count = NonZeroU32::new(umem_frames(opts.frames_per_queue, sockets))
         .context("a worker's UMEM would have no frames")?;
-    let (umem, mut frames) = Umem::new(umem_config, count, false).map_err(|e| {
+    let (umem, frames) = Umem::new(umem_config, count, false).map_err(|e| {
         anyhow!(
             "creating a UMEM of {count} frames: {e} (registering it needs CAP_IPC_LOCK or a large RLIMIT_MEMLOCK)"
         )
     })?;
+    Ok(WorkerUmem { umem, frames })
+}
+
+/// The second half of [`open_worker`]: the sockets bound on `umem`.
+pub fn bind_worker(
+    umem: WorkerUmem,
+    front: &Interface,
+    back: &Interface,
+    queues: &WorkerQueues,
+    opts: &SocketOptions,
+) -> Result<WorkerSockets> {
+    let WorkerUmem { umem, mut frames } = umem;
+    let ring =
+        QueueSize::new(ring_size(opts.frames_per_queue)).map_err(|e| anyhow!("ring size: {e}"))?;
 
     let mut bind_flags = BindFlags::XDP_USE_NEED_WAKEUP;
     match opts.bind {
@@ -265,8 +292,11 @@ pub fn open_worker(
             xsk_rs::Socket::new(socket_config, &umem, &name, queue)
         }
         .map_err(|e| {
+            let cause = std::error::Error::source(&e)
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default();
             anyhow!(
-                "binding an AF_XDP socket to {} queue {queue} ({:?}): {e}{}",
+                "binding an AF_XDP socket to {} queue {queue} ({:?}): {e}{cause}{}",
                 iface.name,
                 opts.bind,
                 if opts.bind == Bind::Copy {

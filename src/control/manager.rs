@@ -337,7 +337,9 @@ impl<'a> Manager<'a> {
         };
         if let Some(refusal) = refusal {
             eprintln!("dispatchd: {refusal}");
-            let reply = format!("error: {refusal}\n").into_bytes().into_boxed_slice();
+            let reply = format!("error: {refusal}\n")
+                .into_bytes()
+                .into_boxed_slice();
             return self.uring.send(Tag::Send, fd, reply, 0);
         }
         let mut stream = UnixStream::from(fd);

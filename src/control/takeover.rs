@@ -176,9 +176,8 @@ impl Request {
                 return Ok(None)
             }
             Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("connecting to {} to take over", socket.display())
-                })
+                return Err(e)
+                    .with_context(|| format!("connecting to {} to take over", socket.display()))
             }
         };
         stream.set_read_timeout(Some(STEP_TIMEOUT))?;
@@ -240,10 +239,7 @@ pub fn test_die_at(stage: &str) {
 /// A's side, once it has the request: either the refusal to send, or the
 /// links passed and B's "switched" read back. Blocking, with timeouts: the
 /// loop waits here for B (a few milliseconds), the workers forward meanwhile.
-pub fn hand_links(
-    stream: &mut UnixStream,
-    links: &[std::os::fd::BorrowedFd<'_>],
-) -> Result<()> {
+pub fn hand_links(stream: &mut UnixStream, links: &[std::os::fd::BorrowedFd<'_>]) -> Result<()> {
     stream.set_read_timeout(Some(STEP_TIMEOUT))?;
     stream.set_write_timeout(Some(STEP_TIMEOUT))?;
     sys::send_fds(
@@ -347,7 +343,10 @@ mod tests {
         let peer = std::thread::spawn(move || {
             let mut buf = [0u8; 64];
             let (n, fds) = sys::recv_fds(b.as_fd(), &mut buf).unwrap();
-            assert_eq!(&buf[..n], format!("links {}\n", std::process::id()).as_bytes());
+            assert_eq!(
+                &buf[..n],
+                format!("links {}\n", std::process::id()).as_bytes()
+            );
             assert_eq!(fds.len(), 2);
             let mut b = b;
             b.write_all(b"switched\n").unwrap();
