@@ -187,8 +187,10 @@ fn open_workers(
     bind: Bind,
     steering: &Steering,
     umems: Vec<xsk::WorkerUmem>,
-) -> Result<Vec<xsk::WorkerSockets>> {
+    busy_wait: Duration,
+) -> Result<(Vec<xsk::WorkerSockets>, u32)> {
     let opts = socket_options(config, bind);
+    let mut busy = 0;
     let table_mib = FlowTable::memory_for(config.flow_capacity) as u64 / MIB;
     let mut workers = Vec::new();
     let mut umem_mib = 0;
@@ -197,7 +199,13 @@ fn open_workers(
         let sockets = umems
             .next()
             .map_or_else(|| xsk::make_umem(queues, &opts), Ok)
-            .and_then(|umem| xsk::bind_worker(umem, &ifaces.front, &ifaces.back, queues, &opts))
+            .and_then(|umem| {
+                xsk::bind_worker(umem, &ifaces.front, &ifaces.back, queues, &opts, busy_wait)
+            })
+            .map(|(sockets, refused)| {
+                busy += refused;
+                sockets
+            })
             .with_context(|| format!("worker {w}"))?;
         for rings in &sockets.front {
             steering.register_socket(Side::Front, rings.queue, rings.fd())?;
@@ -258,7 +266,7 @@ fn open_workers(
         workers.len(),
         table_mib * workers.len() as u64
     );
-    Ok(workers)
+    Ok((workers, busy))
 }
 
 /// Starts the workers and waits until each serves: each allocates its flow
@@ -332,35 +340,9 @@ fn allocate_tables(plan: &[WorkerQueues], capacity: usize) -> Result<Vec<FlowTab
     })
 }
 
-/// How long a new process retries binding its sockets while the old one's
-/// are closing (the kernel refuses a second socket on a queue with EBUSY).
+/// How long a new process retries binding a socket while the kernel lets go
+/// of the old process's socket on the same queue (EBUSY meanwhile).
 const REBIND_PATIENCE: Duration = Duration::from_secs(2);
-
-/// [`open_workers`] after a takeover's switch: the old process closed its
-/// sockets before it sent its records, but the kernel lets go of their queues
-/// a little later; until it has, binding fails with EBUSY, which is retried.
-fn open_workers_after(
-    config: &Config,
-    ifaces: &Interfaces,
-    plan: &[WorkerQueues],
-    bind: Bind,
-    steering: &Steering,
-    umems: Vec<xsk::WorkerUmem>,
-) -> Result<Vec<xsk::WorkerSockets>> {
-    let deadline = Instant::now() + REBIND_PATIENCE;
-    let mut umems = Some(umems);
-    loop {
-        let made = umems.take().unwrap_or_default();
-        match open_workers(config, ifaces, plan, bind, steering, made) {
-            // EBUSY: the old process's binding of a queue is released by the
-            // kernel after its socket closed, deferred to a work queue.
-            Err(e) if Instant::now() < deadline && format!("{e:#}").contains("os error 16") => {
-                thread::sleep(Duration::from_millis(5));
-            }
-            other => return other,
-        }
-    }
-}
 
 /// What a takeover brought: the records for each worker, and when the links
 /// were switched.
@@ -372,6 +354,8 @@ struct TookOver {
     /// Since the switch: when the records had come, when the sockets were bound.
     records_after: Duration,
     bound_after: Duration,
+    /// Binds refused (EBUSY) while the old sockets' queues were released.
+    busy: u32,
     tables: Vec<FlowTable>,
 }
 
@@ -423,6 +407,7 @@ fn take_over(
         switched,
         records_after: switched.elapsed(),
         bound_after: Duration::ZERO,
+        busy: 0,
         umems,
         tables,
     }))
@@ -518,8 +503,18 @@ pub fn run_with(
     };
     let (sockets, ctl, mut took_over) = if let Some(mut took) = took {
         let umems = std::mem::take(&mut took.umems);
-        let sockets = open_workers_after(&config, &ifaces, &plan, bind, &steering, umems)?;
+        // The old process closed its sockets before it sent its records.
+        let (sockets, busy) = open_workers(
+            &config,
+            &ifaces,
+            &plan,
+            bind,
+            &steering,
+            umems,
+            REBIND_PATIENCE,
+        )?;
         took.bound_after = took.switched.elapsed();
+        took.busy = busy;
         // The old process left its socket file: this one replaces it.
         let ctl = ctl::bind(&config.control.control_socket)?;
         println!(
@@ -528,7 +523,15 @@ pub fn run_with(
         );
         (sockets, ctl, Some(took))
     } else {
-        let sockets = open_workers(&config, &ifaces, &plan, bind, &steering, Vec::new())?;
+        let (sockets, _) = open_workers(
+            &config,
+            &ifaces,
+            &plan,
+            bind,
+            &steering,
+            Vec::new(),
+            Duration::ZERO,
+        )?;
         // Bound before anything is attached, so a bad path fails start-up cleanly.
         let ctl = ctl::bind(&config.control.control_socket)?;
         let front_mode = steering.attach(&ifaces.front, config.xdp_mode)?;
@@ -663,12 +666,14 @@ pub fn run_with(
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
             "dispatchd: took over from pid {} with {} records: records {:.1} ms, sockets bound \
-             {:.1} ms, serving {:.1} ms after the switch ({dropped} frames dropped meanwhile for \
-             want of a socket, none passed to the host)",
+             {:.1} ms ({} binds refused while the kernel released the old ones), serving {:.1} ms \
+             after the switch ({dropped} frames dropped meanwhile for want of a socket, none \
+             passed to the host)",
             t.pid,
             t.records.len(),
             ms(t.records_after),
             ms(t.bound_after),
+            t.busy,
             ms(t.switched.elapsed()),
         );
     }

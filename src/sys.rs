@@ -409,11 +409,18 @@ pub fn send_fds(
             );
         }
     }
-    // SAFETY: msg and everything it points at are initialised and live.
-    let sent = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let sent = loop {
+        // SAFETY: msg and everything it points at are initialised and live.
+        let sent = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if sent >= 0 {
+            break sent;
+        }
+        let e = io::Error::last_os_error();
+        // Nothing was sent: try again (io_uring's task work interrupts).
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
     if sent as usize != data.len() {
         return Err(io::Error::new(io::ErrorKind::WriteZero, "short sendmsg"));
     }

@@ -123,7 +123,12 @@ fn takeover_under_load(name: &str, policy: &str) {
     let mut takeover = flags(policy);
     takeover.push("--takeover".into());
     let started = Instant::now();
-    let b = topo.dispatchd(&takeover);
+    let mut cmd = topo.cmd(&topo.dispatcher(), DISPATCHD);
+    cmd.arg("run")
+        .args(&takeover)
+        .args(["--control-socket", &topo.control_socket()]);
+    let b = Proc::start(cmd, "dispatchd: running", Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e:#}\nthe old process said:\n{}", a.output()));
     let took = started.elapsed();
     assert!(
         a.wait(Duration::from_secs(10)).success(),
@@ -140,7 +145,9 @@ fn takeover_under_load(name: &str, policy: &str) {
     assert_eq!(
         u64_at(&stats, "/connections"),
         before,
-        "the new process tracks every connection"
+        "the new process tracks every connection:\n{}\nold:\n{}",
+        b.output(),
+        a.output()
     );
     assert_eq!(
         u64_at(&stats, "/workers/0/flows"),

@@ -332,8 +332,8 @@ impl<'a> Manager<'a> {
     /// back at this process's program and nothing else changed.
     fn takeover_request(&mut self, fd: OwnedFd, line: &str) -> Result<()> {
         let refusal = match Identity::parse(line) {
-            None => Some(format!("malformed takeover request {:?}", line.trim())),
-            Some(theirs) => self.identity.refusal(&theirs),
+            Err(e) => Some(e),
+            Ok(theirs) => self.identity.refusal(&theirs),
         };
         if let Some(refusal) = refusal {
             eprintln!("dispatchd: {refusal}");

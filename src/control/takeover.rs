@@ -2,7 +2,7 @@
 //! the running one (A) say to each other on A's control socket.
 //!
 //! ```text
-//! B -> A  takeover front=l0 back=l1 layout=0:f0/b0\n
+//! B -> A  takeover protocol=1 front=l0 back=l1 layout=0:f0/b0\n
 //! A -> B  error: takeover refused: ...\n            (A goes on unchanged)
 //!    or   links <pid>\n  + SCM_RIGHTS [front link, back link]
 //!         B points both links at its own program (bpf_link_update)
@@ -35,6 +35,10 @@ use crate::{
 
 /// The first word of B's request.
 pub const VERB: &str = "takeover";
+/// The version of this exchange and of the records' wire form: processes of
+/// different versions refuse each other (an upgrade that changes them needs a
+/// plain restart).
+pub const PROTOCOL: u32 = 1;
 /// How long either side waits for the other's next step.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes of one record on the wire.
@@ -56,16 +60,29 @@ pub struct Identity {
 impl Identity {
     pub fn line(&self) -> String {
         format!(
-            "{VERB} front={} back={} layout={}",
+            "{VERB} protocol={PROTOCOL} front={} back={} layout={}",
             self.front, self.back, self.layout
         )
     }
 
-    pub fn parse(line: &str) -> Option<Identity> {
+    /// The identity a request line carries; an error (the reply) if it is not
+    /// one this process understands.
+    pub fn parse(line: &str) -> Result<Identity, String> {
         let mut words = line.split_whitespace();
         if words.next() != Some(VERB) {
-            return None;
+            return Err(format!("not a takeover request: {:?}", line.trim()));
         }
+        let protocol = format!("protocol={PROTOCOL}");
+        if words.next() != Some(protocol.as_str()) {
+            return Err(format!(
+                "takeover refused: the new process speaks another takeover protocol than this \
+                 one ({protocol}); restart instead"
+            ));
+        }
+        Self::fields(words).ok_or_else(|| format!("malformed takeover request {:?}", line.trim()))
+    }
+
+    fn fields<'a>(words: impl Iterator<Item = &'a str>) -> Option<Identity> {
         let (mut front, mut back, mut layout) = (None, None, None);
         for w in words {
             match w.split_once('=') {
@@ -183,8 +200,12 @@ impl Request {
         stream.set_read_timeout(Some(STEP_TIMEOUT))?;
         stream.write_all(format!("{}\n", me.line()).as_bytes())?;
         let mut buf = [0u8; 1024];
-        let (n, links) =
-            sys::recv_fds(stream.as_fd(), &mut buf).context("reading the takeover answer")?;
+        let (n, links) = loop {
+            match sys::recv_fds(stream.as_fd(), &mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                other => break other.context("reading the takeover answer")?,
+            }
+        };
         let answer = String::from_utf8_lossy(&buf[..n]);
         let answer = answer.trim();
         if let Some(e) = answer.strip_prefix("error:") {
@@ -254,6 +275,9 @@ pub fn hand_links(stream: &mut UnixStream, links: &[std::os::fd::BorrowedFd<'_>]
         match stream.read(&mut buf[got..]) {
             Ok(0) => bail!("the new process went away before it switched"),
             Ok(n) => got += n,
+            // The loop's io_uring interrupts its thread's blocking calls to
+            // run completion work: not the peer's doing.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e).context("waiting for the new process to switch"),
         }
     }
@@ -287,9 +311,13 @@ mod tests {
     #[test]
     fn the_request_line_survives() {
         let me = identity("l0", "0:f0/b0;1:f1/b1");
-        assert_eq!(Identity::parse(&me.line()), Some(me.clone()));
-        assert_eq!(Identity::parse("takeover front=l0"), None);
-        assert_eq!(Identity::parse("stats"), None);
+        assert_eq!(Identity::parse(&me.line()), Ok(me.clone()));
+        assert!(Identity::parse("takeover protocol=1 front=l0")
+            .unwrap_err()
+            .starts_with("malformed"));
+        assert!(Identity::parse("stats").is_err());
+        let other = Identity::parse("takeover protocol=0 front=l0 back=l1 layout=0:f0/b0");
+        assert!(other.unwrap_err().contains("another takeover protocol"));
         assert_eq!(me.refusal(&me), None);
         let e = me.refusal(&identity("l2", "0:f0/b0;1:f1/b1")).unwrap();
         assert!(e.contains("front l0") && e.contains("front l2"), "{e}");
