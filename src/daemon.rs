@@ -6,6 +6,7 @@
 //! of bpf_links owned by this process, so any exit after it, clean or not,
 //! detaches.
 use std::{
+    os::fd::AsFd,
     sync::{atomic::AtomicBool, atomic::Ordering::Relaxed, Arc},
     thread,
     time::{Duration, Instant},
@@ -301,7 +302,11 @@ fn start_workers(setups: Vec<WorkerSetup>) -> (Vec<thread::JoinHandle<FlowTable>
 
 /// What a takeover must find the same in the running process: the
 /// interfaces and the queues of each worker.
-fn identity(ifaces: &Interfaces, plan: &[WorkerQueues]) -> Identity {
+fn identity(ifaces: &Interfaces, plan: &[WorkerQueues], reply_mode: ReplyMode) -> Identity {
+    let replies = match reply_mode {
+        ReplyMode::Stateless => "stateless",
+        ReplyMode::Tracked => "tracked",
+    };
     let layout: Vec<String> = plan
         .iter()
         .enumerate()
@@ -310,6 +315,7 @@ fn identity(ifaces: &Interfaces, plan: &[WorkerQueues]) -> Identity {
     Identity {
         front: ifaces.front.name.clone(),
         back: ifaces.back.name.clone(),
+        replies: replies.to_owned(),
         layout: layout.join(";"),
     }
 }
@@ -387,6 +393,13 @@ fn take_over(
     };
     takeover::test_die_at("links");
     let pid = request.pid;
+    // Before the switch, so that B's program takes the replies of every
+    // connection A tracked (connections A opens from here to the switch are
+    // written by B's workers from the records, once they start).
+    if config.reply_mode == ReplyMode::Tracked {
+        let copied = steering.copy_tracked(request.tracked.as_fd())?;
+        println!("dispatchd: {copied} tracked connections copied from pid {pid}");
+    }
     steering.adopt_links(std::mem::take(&mut request.links))?;
     let switched = Instant::now();
     takeover::test_die_at("switched");
@@ -496,7 +509,7 @@ pub fn run_with(
             ifaces.front.name
         )
     })?;
-    let identity = identity(&ifaces, &plan);
+    let identity = identity(&ifaces, &plan, config.reply_mode);
     let took = match takeover {
         true => take_over(&config, &plan, bind, &identity, &mut steering)?,
         false => None,

@@ -360,6 +360,54 @@ impl Steering {
         Ok(TrackedMap { fd })
     }
 
+    /// The tracked-connections map itself: what a takeover hands to the new
+    /// process, which copies it before it switches.
+    pub fn tracked_fd(&self) -> BorrowedFd<'_> {
+        self.skel.maps.tracked.as_fd()
+    }
+
+    /// Copies every key of another process's tracked-connections map (`from`,
+    /// of the same layout) into this program's, so that replies of every
+    /// connection it tracked are taken from the switch on. Returns how many.
+    pub fn copy_tracked(&self, from: BorrowedFd<'_>) -> Result<usize> {
+        let most = 2 * self.skel.maps.tracked.max_entries() as usize;
+        let mut keys: Vec<ReplyKey> = Vec::new();
+        let mut next = ReplyKey::default();
+        while keys.len() < most {
+            let prev = keys
+                .last()
+                .map_or(std::ptr::null(), |k| (k as *const ReplyKey).cast());
+            // SAFETY: prev is null (the first key) or points at a key of the
+            // map's key size that lives across the call; next has room for one.
+            let rc = unsafe {
+                libbpf_sys::bpf_map_get_next_key(
+                    from.as_raw_fd(),
+                    prev,
+                    (&mut next as *mut ReplyKey).cast(),
+                )
+            };
+            if rc == -libc::ENOENT {
+                break;
+            }
+            if rc < 0 {
+                bail!(
+                    "reading the running process's tracked connections: {}",
+                    io::Error::from_raw_os_error(-rc)
+                );
+            }
+            keys.push(next);
+        }
+        let outcome = self.tracked_map()?.insert(&keys);
+        if let Some(e) = outcome.error {
+            bail!(
+                "copying the running process's tracked connections: {e} after {} of {}",
+                outcome.done,
+                keys.len()
+            );
+        }
+        Ok(keys.len())
+    }
+
     /// The source address of the "fragmentation needed" the program answers a
     /// daemon with when its reply is larger than the front path's MTU: one of
     /// this host's addresses on the back. Until it is set, such replies are

@@ -17,6 +17,12 @@ fn flags(policy: &str) -> Vec<String> {
     f
 }
 
+fn flags_with(policy: &str, extra: &[&str]) -> Vec<String> {
+    let mut f = flags(policy);
+    f.extend(extra.iter().map(|s| s.to_string()));
+    f
+}
+
 /// `CONNECTIONS` long connections exchanging a message every 50 ms.
 fn hold(topo: &Topology, seconds: u64) -> Vec<Proc> {
     let seconds = seconds.to_string();
@@ -109,10 +115,10 @@ fn a_plain_restart_breaks_connections() {
 /// A takeover under load (`policy`): no connection breaks, the host sends no
 /// reset, the new process holds every record the old one held, serves new
 /// connections, and the old one exits.
-fn takeover_under_load(name: &str, policy: &str) {
+fn takeover_under_load(name: &str, policy: &str, extra: &[&str]) {
     let topo = Topology::up(DISPATCHD, name, DAEMONS, 1);
     let _servers = topo.serve(DAEMONS);
-    let mut a = topo.dispatchd(&flags(policy));
+    let mut a = topo.dispatchd(&flags_with(policy, extra));
     count_host_rsts(&topo);
     let mut holds = hold(&topo, 6);
     std::thread::sleep(Duration::from_millis(500));
@@ -120,7 +126,7 @@ fn takeover_under_load(name: &str, policy: &str) {
     assert_eq!(before, CONNECTIONS as u64, "records before the takeover");
     let rsts = host_rsts(&topo);
 
-    let mut takeover = flags(policy);
+    let mut takeover = flags_with(policy, extra);
     takeover.push("--takeover".into());
     let started = Instant::now();
     let mut cmd = topo.cmd(&topo.dispatcher(), DISPATCHD);
@@ -154,11 +160,15 @@ fn takeover_under_load(name: &str, policy: &str) {
         before,
         "its worker holds every record"
     );
+    if extra.contains(&"tracked") {
+        let copied = format!("{CONNECTIONS} tracked connections copied");
+        assert!(b.output().contains(&copied), "{}", b.output());
+    }
     new_connections_work(&topo);
     let broken = broken(&mut holds);
     let rsts = host_rsts(&topo) - rsts;
     eprintln!(
-        "takeover ({policy}): {broken} of {CONNECTIONS} connections broken, {rsts} RSTs from the host, \
+        "takeover ({policy} {extra:?}): {broken} of {CONNECTIONS} connections broken, {rsts} RSTs from the host, \
          start to running {took:?}; {window}"
     );
     assert_eq!(broken, 0, "connections broken by the takeover");
@@ -172,12 +182,19 @@ fn takeover_under_load(name: &str, policy: &str) {
 
 #[test]
 fn a_takeover_breaks_no_maglev_connection() {
-    takeover_under_load("tkm", "maglev");
+    takeover_under_load("tkm", "maglev", &[]);
 }
 
 #[test]
 fn a_takeover_breaks_no_round_robin_connection() {
-    takeover_under_load("tkrr", "round_robin");
+    takeover_under_load("tkrr", "round_robin", &[]);
+}
+
+/// With `reply_mode = "tracked"` the new program must take the replies of
+/// every connection from the switch on: it copies the old one's map first.
+#[test]
+fn a_takeover_in_tracked_reply_mode_breaks_no_connection() {
+    takeover_under_load("tktr", "least_connections", &["--reply-mode", "tracked"]);
 }
 
 /// A takeover whose configuration names another front interface is refused

@@ -343,7 +343,9 @@ impl<'a> Manager<'a> {
             return self.uring.send(Tag::Send, fd, reply, 0);
         }
         let mut stream = UnixStream::from(fd);
-        match takeover::hand_links(&mut stream, &self.steering.links()) {
+        let mut fds = self.steering.links();
+        fds.push(self.steering.tracked_fd());
+        match takeover::hand_links(&mut stream, &fds) {
             Ok(()) => {
                 println!("dispatchd: a new process took the links over; stopping and handing the records over");
                 self.handover = Some(stream);

@@ -2,10 +2,11 @@
 //! the running one (A) say to each other on A's control socket.
 //!
 //! ```text
-//! B -> A  takeover protocol=1 front=l0 back=l1 layout=0:f0/b0\n
+//! B -> A  takeover protocol=1 front=l0 back=l1 replies=stateless layout=0:f0/b0\n
 //! A -> B  error: takeover refused: ...\n            (A goes on unchanged)
-//!    or   links <pid>\n  + SCM_RIGHTS [front link, back link]
-//!         B points both links at its own program (bpf_link_update)
+//!    or   links <pid>\n  + SCM_RIGHTS [front link, back link, tracked map]
+//!         B copies the tracked map (reply_mode "tracked") into its own,
+//!         then points both links at its own program (bpf_link_update)
 //! B -> A  switched\n
 //!         A stops its workers (their sockets and UMEMs close)
 //! A -> B  records <n>\n  + n records of RECORD_WIRE bytes; A exits
@@ -53,6 +54,8 @@ pub const DIE_AT_ENV: &str = "DISPATCHD_TEST_TAKEOVER_DIE_AT";
 pub struct Identity {
     pub front: String,
     pub back: String,
+    /// `reply_mode`: which replies the program takes.
+    pub replies: String,
     /// `w:f<queues>/b<queues>` per worker, `;`-separated.
     pub layout: String,
 }
@@ -60,8 +63,8 @@ pub struct Identity {
 impl Identity {
     pub fn line(&self) -> String {
         format!(
-            "{VERB} protocol={PROTOCOL} front={} back={} layout={}",
-            self.front, self.back, self.layout
+            "{VERB} protocol={PROTOCOL} front={} back={} replies={} layout={}",
+            self.front, self.back, self.replies, self.layout
         )
     }
 
@@ -83,11 +86,12 @@ impl Identity {
     }
 
     fn fields<'a>(words: impl Iterator<Item = &'a str>) -> Option<Identity> {
-        let (mut front, mut back, mut layout) = (None, None, None);
+        let (mut front, mut back, mut replies, mut layout) = (None, None, None, None);
         for w in words {
             match w.split_once('=') {
                 Some(("front", v)) => front = Some(v.to_owned()),
                 Some(("back", v)) => back = Some(v.to_owned()),
+                Some(("replies", v)) => replies = Some(v.to_owned()),
                 Some(("layout", v)) => layout = Some(v.to_owned()),
                 _ => return None,
             }
@@ -95,6 +99,7 @@ impl Identity {
         Some(Identity {
             front: front?,
             back: back?,
+            replies: replies?,
             layout: layout?,
         })
     }
@@ -106,6 +111,12 @@ impl Identity {
                 "takeover refused: this dispatchd serves front {} and back {}, the new one's \
                  configuration names front {} and back {}",
                 self.front, self.back, new.front, new.back
+            ));
+        }
+        if self.replies != new.replies {
+            return Some(format!(
+                "takeover refused: this dispatchd runs reply_mode {}, the new one {}; restart instead",
+                self.replies, new.replies
             ));
         }
         if self.layout != new.layout {
@@ -173,6 +184,8 @@ pub fn decode(b: &[u8; RECORD_WIRE], now_ns: u64) -> (u16, FlowRecord) {
 pub struct Request {
     stream: UnixStream,
     pub links: Vec<OwnedFd>,
+    /// A's map of tracked connections.
+    pub tracked: OwnedFd,
     /// A's process id, as it said.
     pub pid: u32,
 }
@@ -215,10 +228,20 @@ impl Request {
             .strip_prefix("links ")
             .and_then(|p| p.parse().ok())
             .with_context(|| format!("unexpected takeover answer {answer:?}"))?;
-        if links.len() != 2 {
-            bail!("the running dispatchd passed {} links, not 2", links.len());
+        let mut links = links;
+        if links.len() != 3 {
+            bail!(
+                "the running dispatchd passed {} descriptors, not 3",
+                links.len()
+            );
         }
-        Ok(Some(Request { stream, links, pid }))
+        let tracked = links.pop().context("three descriptors")?;
+        Ok(Some(Request {
+            stream,
+            links,
+            tracked,
+            pid,
+        }))
     }
 
     /// Tells A that the links point at this process's program, and reads the
@@ -257,16 +280,16 @@ pub fn test_die_at(stage: &str) {
     }
 }
 
-/// A's side, once it has the request: either the refusal to send, or the
-/// links passed and B's "switched" read back. Blocking, with timeouts: the
+/// A's side, once it has the request: the links and the tracked map passed
+/// (`fds`) and B's "switched" read back. Blocking, with timeouts: the
 /// loop waits here for B (a few milliseconds), the workers forward meanwhile.
-pub fn hand_links(stream: &mut UnixStream, links: &[std::os::fd::BorrowedFd<'_>]) -> Result<()> {
+pub fn hand_links(stream: &mut UnixStream, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<()> {
     stream.set_read_timeout(Some(STEP_TIMEOUT))?;
     stream.set_write_timeout(Some(STEP_TIMEOUT))?;
     sys::send_fds(
         stream.as_fd(),
         format!("links {}\n", std::process::id()).as_bytes(),
-        links,
+        fds,
     )
     .context("passing the links")?;
     let mut buf = [0u8; 64];
@@ -304,6 +327,7 @@ mod tests {
         Identity {
             front: front.into(),
             back: "l1".into(),
+            replies: "stateless".into(),
             layout: layout.into(),
         }
     }
@@ -316,13 +340,21 @@ mod tests {
             .unwrap_err()
             .starts_with("malformed"));
         assert!(Identity::parse("stats").is_err());
-        let other = Identity::parse("takeover protocol=0 front=l0 back=l1 layout=0:f0/b0");
+        let other = Identity::parse(
+            "takeover protocol=0 front=l0 back=l1 replies=stateless layout=0:f0/b0",
+        );
         assert!(other.unwrap_err().contains("another takeover protocol"));
         assert_eq!(me.refusal(&me), None);
         let e = me.refusal(&identity("l2", "0:f0/b0;1:f1/b1")).unwrap();
         assert!(e.contains("front l0") && e.contains("front l2"), "{e}");
         let e = me.refusal(&identity("l0", "0:f0,1/b0,1")).unwrap();
         assert!(e.contains("other queues"), "{e}");
+        let tracked = Identity {
+            replies: "tracked".into(),
+            ..me.clone()
+        };
+        let e = me.refusal(&tracked).unwrap();
+        assert!(e.contains("reply_mode stateless"), "{e}");
     }
 
     #[test]
@@ -375,7 +407,7 @@ mod tests {
                 &buf[..n],
                 format!("links {}\n", std::process::id()).as_bytes()
             );
-            assert_eq!(fds.len(), 2);
+            assert_eq!(fds.len(), 3);
             let mut b = b;
             b.write_all(b"switched\n").unwrap();
             let mut line = String::new();
@@ -383,7 +415,7 @@ mod tests {
             reader.read_line(&mut line).unwrap();
             line
         });
-        hand_links(&mut a, &[file.as_fd(), file.as_fd()]).unwrap();
+        hand_links(&mut a, &[file.as_fd(), file.as_fd(), file.as_fd()]).unwrap();
         send_records(&mut a, &[]).unwrap();
         assert_eq!(peer.join().unwrap(), "records 0\n");
     }
