@@ -179,8 +179,10 @@ fn socket_options(config: &Config, bind: Bind) -> SocketOptions {
     }
 }
 
-/// Opens every worker's sockets (on the UMEMs made beforehand, if any) and registers each with the steering program
-/// under its interface and queue.
+/// Opens every worker's sockets (on the UMEMs made beforehand, if any) and
+/// registers each with the steering program under its interface and queue;
+/// a bind refused with EBUSY is retried for up to `busy_wait`. Returns the
+/// sockets and how many binds were refused so.
 fn open_workers(
     config: &Config,
     ifaces: &Interfaces,
@@ -301,7 +303,7 @@ fn start_workers(setups: Vec<WorkerSetup>) -> (Vec<thread::JoinHandle<FlowTable>
 }
 
 /// What a takeover must find the same in the running process: the
-/// interfaces and the queues of each worker.
+/// interfaces, `reply_mode` and the queues of each worker.
 fn identity(ifaces: &Interfaces, plan: &[WorkerQueues], reply_mode: ReplyMode) -> Identity {
     let replies = match reply_mode {
         ReplyMode::Stateless => "stateless",
@@ -698,7 +700,9 @@ pub fn run_with(
     stop.store(true, Relaxed);
     stop_wake.notify();
     // Each worker's sockets close as it ends: a new process can bind them.
-    let tables: Vec<FlowTable> = handles.into_iter().filter_map(|h| h.join().ok()).collect();
+    // By worker index, which the records travel with (a worker that panicked
+    // has none left).
+    let tables: Vec<Option<FlowTable>> = handles.into_iter().map(|h| h.join().ok()).collect();
     // First of all: the new process waits for them.
     let mut handover = manager.take_handover();
     if let Some(stream) = handover.as_mut() {
@@ -725,11 +729,12 @@ pub fn run_with(
 /// The old process's last step of a takeover: every worker's records, with
 /// their owner, to the new process. If it cannot, the new one goes on
 /// without them (it holds the links).
-fn hand_records(stream: &mut std::os::unix::net::UnixStream, tables: &[FlowTable]) {
+fn hand_records(stream: &mut std::os::unix::net::UnixStream, tables: &[Option<FlowTable>]) {
     let now = now_ns();
-    let count: usize = tables.iter().map(FlowTable::len).sum();
+    let count: usize = tables.iter().flatten().map(FlowTable::len).sum();
     let mut bytes = Vec::with_capacity(count * takeover::RECORD_WIRE);
     for (w, table) in tables.iter().enumerate() {
+        let Some(table) = table else { continue };
         for record in table.iter() {
             takeover::encode(w as u16, record, now, &mut bytes);
         }
