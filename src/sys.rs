@@ -480,3 +480,14 @@ pub fn recv_fds(
     }
     Ok((got as usize, fds))
 }
+
+/// Ends this process at once with SIGKILL, as an operator's `kill -9` would:
+/// no destructor runs, no core is dumped; the kernel closes every descriptor.
+pub fn kill_self() -> ! {
+    // SAFETY: plain syscalls on this process; SIGKILL cannot be caught or
+    // blocked, so kill does not return.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    std::process::abort()
+}

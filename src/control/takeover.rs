@@ -44,8 +44,8 @@ pub const PROTOCOL: u32 = 1;
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes of one record on the wire.
 pub const RECORD_WIRE: usize = 46;
-/// Test hook: a stage (`links`, `switched`) at which the new process dies
-/// abruptly, as a crash or a SIGKILL would.
+/// Test hook: a stage (`links`: it holds the links; `switched`: it has
+/// re-pointed them but not said so) at which the new process kills itself.
 pub const DIE_AT_ENV: &str = "DISPATCHD_TEST_TAKEOVER_DIE_AT";
 
 /// What must be the same in both processes: the interfaces and which worker
@@ -272,11 +272,11 @@ impl Request {
     }
 }
 
-/// Dies abruptly if the test hook asks for it at `stage`.
+/// Dies by SIGKILL if the test hook asks for it at `stage`.
 pub fn test_die_at(stage: &str) {
     if std::env::var(DIE_AT_ENV).is_ok_and(|s| s == stage) {
-        eprintln!("dispatchd: test hook: dying at takeover stage {stage}");
-        std::process::abort();
+        eprintln!("dispatchd: test hook: killed at takeover stage {stage}");
+        sys::kill_self();
     }
 }
 
