@@ -125,13 +125,16 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
         mut back,
     } = sockets;
     let mut table = table.unwrap_or_else(|| FlowTable::with_capacity(flow_capacity));
+    let mut tracker = tracked.map(|map| ReplyTracker::new(map, &mut table));
     // After the tracker, whose journal then carries the inherited records into
     // the kernel's map of tracked connections.
-    let mut tracker = tracked.map(|map| ReplyTracker::new(map, &mut table));
     let inherited_count = inherited.len();
     let mut refused = 0;
     for mut record in inherited {
-        if !(plane.adopt(&mut record) && table.insert(record).is_ok()) {
+        if !plane.adopt(&mut record) {
+            refused += 1;
+        } else if table.insert(record).is_err() {
+            plane.connection_closed(record.backend);
             refused += 1;
         }
     }
