@@ -6,9 +6,10 @@
 //! of bpf_links owned by this process, so any exit after it, clean or not,
 //! detaches.
 use std::{
+    os::fd::AsFd,
     sync::{atomic::AtomicBool, atomic::Ordering::Relaxed, Arc},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -19,14 +20,15 @@ use crate::{
         apply::{apply, Host, OffBack},
         ctl,
         manager::{Manager, ManagerParts, WorkerLink},
+        takeover::{self, Identity},
     },
-    flow::FlowTable,
+    flow::{FlowRecord, FlowTable},
     ids::WorkerId,
     kernel,
     neigh::{self, fmt_mac, HopBook, Kernel},
     protocol::{self, Wake},
     queues::{self, fmt_queues, LinkFacts, LinkWatch, WorkerQueues},
-    stats::WorkerStats,
+    stats::{now_ns, WorkerStats},
     sys::{self, EventFd, RawIpSender},
     worker::{self, WorkerSetup},
     xdp::{self, Interface, Replies, Side, Steering},
@@ -94,7 +96,7 @@ fn replies(config: &Config, workers: usize) -> Replies {
 /// Runs dispatchd until SIGTERM or SIGINT. `reload` re-reads the configuration
 /// (the file and flags of the command line) on SIGHUP.
 pub fn run(config: Config, reload: Box<dyn FnMut() -> Result<Config> + '_>) -> Result<()> {
-    run_with(config, reload, false)
+    run_with(config, reload, false, false)
 }
 
 /// The interfaces, checked to be usable.
@@ -176,26 +178,45 @@ fn choose_bind(config: &Config, ifaces: &Interfaces) -> Result<Bind> {
     Ok(bind)
 }
 
-/// Opens every worker's sockets and registers each with the steering program
-/// under its interface and queue.
+fn socket_options(config: &Config, bind: Bind) -> SocketOptions {
+    SocketOptions {
+        bind,
+        frames_per_queue: config.frames_per_queue,
+        batch: config.batch,
+        busy_poll: config.poll == PollMode::Busy,
+    }
+}
+
+/// Opens every worker's sockets (on the UMEMs made beforehand, if any) and
+/// registers each with the steering program under its interface and queue;
+/// a bind refused with EBUSY is retried for up to `busy_wait`. Returns the
+/// sockets and how many binds were refused so.
 fn open_workers(
     config: &Config,
     ifaces: &Interfaces,
     plan: &[WorkerQueues],
     bind: Bind,
     steering: &Steering,
-) -> Result<Vec<xsk::WorkerSockets>> {
-    let opts = SocketOptions {
-        bind,
-        frames_per_queue: config.frames_per_queue,
-        batch: config.batch,
-        busy_poll: config.poll == PollMode::Busy,
-    };
+    umems: Vec<xsk::WorkerUmem>,
+    busy_wait: Duration,
+) -> Result<(Vec<xsk::WorkerSockets>, u32)> {
+    let opts = socket_options(config, bind);
+    let mut busy = 0;
     let table_mib = FlowTable::memory_for(config.flow_capacity) as u64 / MIB;
     let mut workers = Vec::new();
     let mut umem_mib = 0;
+    let mut umems = umems.into_iter();
     for (w, queues) in plan.iter().enumerate() {
-        let sockets = xsk::open_worker(&ifaces.front, &ifaces.back, queues, &opts)
+        let sockets = umems
+            .next()
+            .map_or_else(|| xsk::make_umem(queues, &opts), Ok)
+            .and_then(|umem| {
+                xsk::bind_worker(umem, &ifaces.front, &ifaces.back, queues, &opts, busy_wait)
+            })
+            .map(|(sockets, refused)| {
+                busy += refused;
+                sockets
+            })
             .with_context(|| format!("worker {w}"))?;
         for rings in &sockets.front {
             steering.register_socket(Side::Front, rings.queue, rings.fd())?;
@@ -256,12 +277,12 @@ fn open_workers(
         workers.len(),
         table_mib * workers.len() as u64
     );
-    Ok(workers)
+    Ok((workers, busy))
 }
 
 /// Starts the workers and waits until each serves: each allocates its flow
 /// table (first-touched on its own core) before it says so.
-fn start_workers(setups: Vec<WorkerSetup>) -> (Vec<thread::JoinHandle<()>>, Result<()>) {
+fn start_workers(setups: Vec<WorkerSetup>) -> (Vec<thread::JoinHandle<FlowTable>>, Result<()>) {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut handles = Vec::new();
     for mut setup in setups {
@@ -289,12 +310,142 @@ fn start_workers(setups: Vec<WorkerSetup>) -> (Vec<thread::JoinHandle<()>>, Resu
     (handles, started)
 }
 
+/// What a takeover must find the same in the running process: the
+/// interfaces, `reply_mode` and the queues of each worker.
+fn identity(ifaces: &Interfaces, plan: &[WorkerQueues], reply_mode: ReplyMode) -> Identity {
+    let replies = match reply_mode {
+        ReplyMode::Stateless => "stateless",
+        ReplyMode::Tracked => "tracked",
+    };
+    let layout: Vec<String> = plan
+        .iter()
+        .enumerate()
+        .map(|(w, q)| format!("{w}:f{}/b{}", fmt_queues(&q.front), fmt_queues(&q.back)))
+        .collect();
+    Identity {
+        front: ifaces.front.name.clone(),
+        back: ifaces.back.name.clone(),
+        replies: replies.to_owned(),
+        layout: layout.join(";"),
+    }
+}
+
+/// Every worker's flow table, each allocated and written by a thread on the
+/// worker's core (as the worker itself would: its memory first touched
+/// there), before a takeover's switch rather than in its window.
+fn allocate_tables(plan: &[WorkerQueues], capacity: usize) -> Result<Vec<FlowTable>> {
+    thread::scope(|s| {
+        let handles: Vec<_> = plan
+            .iter()
+            .map(|q| {
+                s.spawn(move || {
+                    if let Some(core) = q.core {
+                        core_affinity::set_for_current(core_affinity::CoreId { id: core });
+                    }
+                    FlowTable::with_capacity(capacity)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("allocating a flow table failed"))
+            })
+            .collect()
+    })
+}
+
+/// How long a new process retries binding a socket while the kernel lets go
+/// of the old process's socket on the same queue (EBUSY meanwhile).
+const REBIND_PATIENCE: Duration = Duration::from_secs(2);
+
+/// What a takeover brought: the records for each worker, and when the links
+/// were switched.
+struct TookOver {
+    pid: u32,
+    records: Vec<(u16, FlowRecord)>,
+    switched: Instant,
+    umems: Vec<xsk::WorkerUmem>,
+    /// Since the switch: when the records had come, when the sockets were bound.
+    records_after: Duration,
+    bound_after: Duration,
+    /// Binds refused (EBUSY) while the old sockets' queues were released.
+    busy: u32,
+    tables: Vec<FlowTable>,
+}
+
+/// The new process's side of a takeover, up to the records (see
+/// [`takeover`]): asks the running dispatchd on the control socket, points
+/// its links at this process's program, then reads the records it sends once
+/// its workers stopped. Everything slow (the tables) is done before.
+/// `None` if no dispatchd listens on the control socket: a fresh start.
+fn take_over(
+    config: &Config,
+    plan: &[WorkerQueues],
+    bind: Bind,
+    me: &Identity,
+    steering: &mut Steering,
+) -> Result<Option<TookOver>> {
+    let tables = allocate_tables(plan, config.flow_capacity)?;
+    let opts = socket_options(config, bind);
+    let umems = plan
+        .iter()
+        .map(|q| xsk::make_umem(q, &opts))
+        .collect::<Result<Vec<_>>>()?;
+    let socket = &config.control.control_socket;
+    let Some(mut request) = takeover::Request::send(socket, me)? else {
+        println!(
+            "dispatchd: no dispatchd listens on {}: nothing to take over, starting afresh",
+            socket.display()
+        );
+        return Ok(None);
+    };
+    takeover::test_die_at("links");
+    let pid = request.pid;
+    // Before the switch, so that B's program takes the replies of every
+    // connection A tracked (connections A opens from here to the switch are
+    // written by B's workers from the records, once they start).
+    if config.reply_mode == ReplyMode::Tracked {
+        let copied = steering.copy_tracked(request.tracked.as_fd())?;
+        println!("dispatchd: {copied} tracked connections copied from pid {pid}");
+    }
+    steering.adopt_links(std::mem::take(&mut request.links))?;
+    let switched = Instant::now();
+    takeover::test_die_at("switched");
+    let records = match request.switched(now_ns) {
+        Ok(r) => r,
+        Err(e) => {
+            // This process holds the links: it goes on alone.
+            eprintln!(
+                "dispatchd: WARNING: the old process (pid {pid}) sent no records ({e:#}); \
+                 going on without them"
+            );
+            Vec::new()
+        }
+    };
+    Ok(Some(TookOver {
+        pid,
+        records,
+        switched,
+        records_after: switched.elapsed(),
+        bound_after: Duration::ZERO,
+        busy: 0,
+        umems,
+        tables,
+    }))
+}
+
 /// [`run`], with the benchmark-only bare forwarder (`--bare-forwarder`) on or off:
 /// when on, workers move frames between the sockets without parsing or rewriting.
+///
+/// With `takeover`, the program is not attached: the running dispatchd on the
+/// same control socket hands its links and records over (see [`takeover`]).
 pub fn run_with(
     config: Config,
     reload: Box<dyn FnMut() -> Result<Config> + '_>,
     bare: bool,
+    takeover: bool,
 ) -> Result<()> {
     let ifaces = check_host(&config)?;
     sys::block_signals().context("blocking signals")?;
@@ -368,16 +519,65 @@ pub fn run_with(
             ifaces.front.name
         )
     })?;
-    let sockets = open_workers(&config, &ifaces, &plan, bind, &steering)?;
-
-    // Bound before anything is attached, so a bad path fails start-up cleanly.
-    let ctl = ctl::bind(&config.control.control_socket)?;
-    let front_mode = steering.attach(&ifaces.front, config.xdp_mode)?;
-    let back_mode = steering.attach(&ifaces.back, config.xdp_mode)?;
-    println!(
-        "dispatchd: XDP on {} (front) {front_mode}, on {} (back) {back_mode}",
-        ifaces.front.name, ifaces.back.name
-    );
+    let identity = identity(&ifaces, &plan, config.reply_mode);
+    let took = match takeover {
+        true => take_over(&config, &plan, bind, &identity, &mut steering)?,
+        false => None,
+    };
+    let (sockets, ctl, mut took_over) = if let Some(mut took) = took {
+        let umems = std::mem::take(&mut took.umems);
+        // The old process closed its sockets before it sent its records.
+        let (sockets, busy) = open_workers(
+            &config,
+            &ifaces,
+            &plan,
+            bind,
+            &steering,
+            umems,
+            REBIND_PATIENCE,
+        )?;
+        took.bound_after = took.switched.elapsed();
+        took.busy = busy;
+        // The old process left its socket file: this one replaces it.
+        let ctl = ctl::bind(&config.control.control_socket)?;
+        println!(
+            "dispatchd: XDP on {} (front) and {} (back): links taken over from pid {}",
+            ifaces.front.name, ifaces.back.name, took.pid
+        );
+        (sockets, ctl, Some(took))
+    } else {
+        let (sockets, _) = open_workers(
+            &config,
+            &ifaces,
+            &plan,
+            bind,
+            &steering,
+            Vec::new(),
+            Duration::ZERO,
+        )?;
+        // Bound before anything is attached, so a bad path fails start-up cleanly.
+        let ctl = ctl::bind(&config.control.control_socket)?;
+        let front_mode = steering.attach(&ifaces.front, config.xdp_mode)?;
+        let back_mode = steering.attach(&ifaces.back, config.xdp_mode)?;
+        println!(
+            "dispatchd: XDP on {} (front) {front_mode}, on {} (back) {back_mode}",
+            ifaces.front.name, ifaces.back.name
+        );
+        (sockets, ctl, None)
+    };
+    let mut tables: Vec<Option<FlowTable>> = match &mut took_over {
+        Some(t) => std::mem::take(&mut t.tables)
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut inherited: Vec<Vec<FlowRecord>> = vec![Vec::new(); plan.len()];
+    for &(w, record) in took_over.iter().flat_map(|t| &t.records) {
+        if let Some(list) = inherited.get_mut(usize::from(w)) {
+            list.push(record);
+        }
+    }
     for s in &config.services {
         let list: Vec<String> = s.backends.iter().map(|b| b.addr.to_string()).collect();
         println!(
@@ -406,6 +606,7 @@ pub fn run_with(
 
     let wake = Arc::new(Wake::new(EventFd::new().context("creating an eventfd")?));
     let stop = Arc::new(AtomicBool::new(false));
+    let stop_wake = Arc::new(EventFd::new().context("creating an eventfd")?);
     let mut links = Vec::new();
     let mut setups = Vec::new();
     let places = sockets.into_iter().zip(&plan).zip(applied.planes);
@@ -426,6 +627,7 @@ pub fn run_with(
             plane,
             stats,
             stop: stop.clone(),
+            stop_wake: stop_wake.clone(),
             link: worker_end,
             bare,
             tracked: match config.reply_mode {
@@ -433,6 +635,8 @@ pub fn run_with(
                 ReplyMode::Stateless => None,
             },
             ready: None,
+            table: tables.get_mut(w).and_then(Option::take),
+            inherited: std::mem::take(&mut inherited[w]),
         });
     }
     let socket_path = config.control.control_socket.clone();
@@ -467,12 +671,36 @@ pub fn run_with(
         ctl,
         links: watch,
         probes,
+        identity,
     })?;
+    if let Some(t) = &took_over {
+        manager.inherit(&t.records);
+    }
     // Everything privileged is done: the workers and the loop run without any
     // capability (the workers inherit this thread's empty sets).
     sys::drop_all_capabilities().context("dropping capabilities")?;
     println!("dispatchd: all capabilities dropped");
     let (handles, started) = start_workers(setups);
+    if let (Some(t), Ok(())) = (&took_over, &started) {
+        let no_socket = xdp::COUNTER_NAMES.iter().position(|n| *n == "no_socket");
+        let dropped = match (manager.xdp_counters(), no_socket) {
+            (Ok(c), Some(i)) => c[i].to_string(),
+            _ => "?".into(),
+        };
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "dispatchd: took over from pid {} with {} records: records {:.1} ms, sockets bound \
+             {:.1} ms ({} binds refused while the kernel released the old ones), serving {:.1} ms \
+             after the switch ({dropped} frames dropped meanwhile for want of a socket, none \
+             passed to the host)",
+            t.pid,
+            t.records.len(),
+            ms(t.records_after),
+            ms(t.bound_after),
+            t.busy,
+            ms(t.switched.elapsed()),
+        );
+    }
     let outcome = started.and_then(|()| {
         println!("{listening}");
         let term = if stop_grace.is_zero() {
@@ -487,18 +715,49 @@ pub fn run_with(
         manager.run()
     });
     stop.store(true, Relaxed);
-    for h in handles {
-        let _ = h.join();
+    stop_wake.notify();
+    // Each worker's sockets close as it ends: a new process can bind them.
+    // By worker index, which the records travel with (a worker that panicked
+    // has none left).
+    let tables: Vec<Option<FlowTable>> = handles.into_iter().map(|h| h.join().ok()).collect();
+    // First of all: the new process waits for them.
+    let mut handover = manager.take_handover();
+    if let Some(stream) = handover.as_mut() {
+        hand_records(stream, &tables);
     }
+    drop(tables);
     // Counted after the workers stopped, so the numbers are final.
     let final_stats = manager.final_stats();
     drop(manager);
-    steering.detach();
-    let _ = std::fs::remove_file(&socket_path);
+    // After a takeover, the new process holds the links and has replaced the
+    // socket file.
+    if handover.is_none() {
+        steering.detach();
+        let _ = std::fs::remove_file(&socket_path);
+    }
     outcome?;
     println!("dispatchd: final statistics");
     for line in final_stats.lines() {
         println!("  {line}");
     }
     Ok(())
+}
+
+/// The old process's last step of a takeover: every worker's records, with
+/// their owner, to the new process. If it cannot, the new one goes on
+/// without them (it holds the links).
+fn hand_records(stream: &mut std::os::unix::net::UnixStream, tables: &[Option<FlowTable>]) {
+    let now = now_ns();
+    let count: usize = tables.iter().flatten().map(FlowTable::len).sum();
+    let mut bytes = Vec::with_capacity(count * takeover::RECORD_WIRE);
+    for (w, table) in tables.iter().enumerate() {
+        let Some(table) = table else { continue };
+        for record in table.iter() {
+            takeover::encode(w as u16, record, now, &mut bytes);
+        }
+    }
+    match takeover::send_records(stream, &bytes) {
+        Ok(()) => println!("dispatchd: handed {count} records over; exiting"),
+        Err(e) => eprintln!("dispatchd: handing the records over: {e:#}"),
+    }
 }

@@ -209,6 +209,21 @@ impl Dataplane {
         }
     }
 
+    /// Takes a record another process made (a takeover): points it at this
+    /// plane's id for its daemon, by address, and counts it as one of that
+    /// daemon's connections. False if the daemon is not in this plane.
+    pub fn adopt(&mut self, record: &mut FlowRecord) -> bool {
+        let Some(&id) = self.ids.get(&record.daemon) else {
+            return false;
+        };
+        record.backend = id;
+        record.epoch = self.epoch;
+        if let Some((pool, local)) = self.pool_of(id) {
+            pool.connection_opened(local);
+        }
+        true
+    }
+
     /// Whether `record` still stands, brought up to this plane's epoch: its
     /// daemon is found by address (a reload may have given it another id); false
     /// if the daemon is no longer configured or its connections were reset after

@@ -197,9 +197,9 @@ fn main() -> ExitCode {
             .resolve()
             .map_err(anyhow::Error::from)
             .and_then(|config| {
-                let bare = args.bare_forwarder;
+                let (bare, takeover) = (args.bare_forwarder, args.takeover);
                 let reload = Box::new(move || args.resolve().map_err(anyhow::Error::from));
-                dispatchd::daemon::run_with(config, reload, bare)
+                dispatchd::daemon::run_with(config, reload, bare, takeover)
             }),
         Command::Ctl { socket, json, verb } => {
             let request = verb.request(json);

@@ -326,6 +326,139 @@ pub fn drop_all_capabilities() -> io::Result<()> {
     Ok(())
 }
 
+/// Most descriptors one [`send_fds`] carries (the bpf_links of a takeover).
+pub const MAX_PASSED_FDS: usize = 4;
+
+/// Sends `data` on the Unix stream socket `sock` with `fds` attached
+/// (SCM_RIGHTS): the receiver gets its own descriptors for the same open
+/// files. All of `data` goes in one sendmsg or it is an error (it is a short
+/// line).
+pub fn send_fds(
+    sock: std::os::fd::BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if fds.len() > MAX_PASSED_FDS {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds"));
+    }
+    let raw: Vec<libc::c_int> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let payload = std::mem::size_of_val(raw.as_slice()) as u32;
+    // u64 elements keep the control buffer aligned for struct cmsghdr.
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: all-zero is a valid msghdr; the pointers set below point at
+    // iov and control, which outlive the sendmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !raw.is_empty() {
+        // SAFETY: CMSG_SPACE is arithmetic on its argument.
+        let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+        debug_assert!(space <= size_of_val(&control));
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: msg_control points at `space` zeroed bytes, room for one
+        // header and `raw` (MAX_PASSED_FDS ints fit the 64 bytes), so
+        // CMSG_FIRSTHDR is non-null and CMSG_DATA has `payload` bytes after it.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as _;
+            std::ptr::copy_nonoverlapping(
+                raw.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(cmsg),
+                payload as usize,
+            );
+        }
+    }
+    let sent = loop {
+        // SAFETY: msg and everything it points at are initialised and live.
+        let sent = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if sent >= 0 {
+            break sent;
+        }
+        let e = io::Error::last_os_error();
+        // Nothing was sent: try again (io_uring's task work interrupts).
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    if sent as usize != data.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short sendmsg"));
+    }
+    Ok(())
+}
+
+/// Receives up to `buf.len()` bytes on the Unix stream socket `sock`, and the
+/// descriptors attached to them (at most [`MAX_PASSED_FDS`]; more, or a
+/// truncated control message, is an error after the ones received are
+/// closed). Returns the byte count (0 at end of stream) and the descriptors.
+pub fn recv_fds(
+    sock: std::os::fd::BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Vec<std::os::fd::OwnedFd>)> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: all-zero is a valid msghdr; its pointers are set to iov and
+    // control, which outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(&control) as _;
+    // SAFETY: msg points at live buffers of the sizes it states;
+    // MSG_CMSG_CLOEXEC keeps the received fds out of any child.
+    let got = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    // SAFETY: the kernel wrote msg_controllen bytes of well-formed control
+    // messages into `control`; CMSG_FIRSTHDR/CMSG_NXTHDR stay within them.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(cmsg);
+                for i in 0..bytes / size_of::<libc::c_int>() {
+                    let fd = std::ptr::read_unaligned(data.cast::<libc::c_int>().add(i));
+                    // Each is a new descriptor the kernel installed for us.
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() > MAX_PASSED_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "more descriptors than expected",
+        ));
+    }
+    Ok((got as usize, fds))
+}
+
+/// Ends this process at once with SIGKILL, as an operator's `kill -9` would:
+/// no destructor runs, no core is dumped; the kernel closes every descriptor.
+pub fn kill_self() -> ! {
+    // SAFETY: plain syscalls on this process; SIGKILL cannot be caught or
+    // blocked, so kill does not return.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    std::process::abort()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

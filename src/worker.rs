@@ -27,10 +27,11 @@ use xsk_rs::{FrameDesc, RxQueue, TxQueue, Umem};
 use crate::{
     config::PollMode,
     dataplane::{pipelined, Dataplane, Forwarder, FrameHandler, Reverser},
-    flow::{FlowTable, RstWindow, TcpState},
+    flow::{FlowRecord, FlowTable, RstWindow, TcpState},
     ids::WorkerId,
     protocol::{self, Event, EventSink, FlowCommand, WorkerEnd, COMMANDS_PER_ROUND},
     stats::{now_ns, WorkerDrop, WorkerStats},
+    sys::EventFd,
     tracked::ReplyTracker,
     xdp::TrackedMap,
     xsk::{self, poll_readable, WorkerSockets},
@@ -54,6 +55,9 @@ pub struct WorkerSetup {
     pub plane: Dataplane,
     pub stats: Arc<WorkerStats>,
     pub stop: Arc<AtomicBool>,
+    /// Readable once `stop` is set: a sleeping worker wakes at once (a
+    /// takeover waits for the sockets to close).
+    pub stop_wake: Arc<EventFd>,
     pub link: WorkerEnd<Dataplane>,
     /// Benchmark only (`--bare-forwarder`): frames cross untouched, no parsing.
     pub bare: bool,
@@ -61,6 +65,11 @@ pub struct WorkerSetup {
     pub tracked: Option<TrackedMap>,
     /// Told this worker's id once it is about to serve (its table allocated).
     pub ready: Option<std::sync::mpsc::Sender<WorkerId>>,
+    /// A table allocated beforehand (a takeover allocates it before the
+    /// switch, to keep slow work out of the window); else the worker does.
+    pub table: Option<FlowTable>,
+    /// Records a takeover brought for this worker, entered before it serves.
+    pub inherited: Vec<FlowRecord>,
 }
 
 /// One direction of one pump: the RX ring of a socket and the TX ring of the
@@ -80,7 +89,9 @@ struct Batches {
     free: Vec<FrameDesc>,
 }
 
-pub fn run(setup: WorkerSetup) {
+/// Runs until told to stop; returns the flow table (a takeover hands its
+/// records to the next process).
+pub fn run(setup: WorkerSetup) -> FlowTable {
     let WorkerSetup {
         id,
         core,
@@ -91,6 +102,7 @@ pub fn run(setup: WorkerSetup) {
         mut plane,
         stats,
         stop,
+        stop_wake,
         link: WorkerEnd {
             mut events,
             commands,
@@ -98,6 +110,8 @@ pub fn run(setup: WorkerSetup) {
         bare,
         tracked,
         ready,
+        table,
+        inherited,
     } = setup;
     if let Some(core) = core {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
@@ -110,8 +124,29 @@ pub fn run(setup: WorkerSetup) {
         mut front,
         mut back,
     } = sockets;
-    let mut table = FlowTable::with_capacity(flow_capacity);
+    let mut table = table.unwrap_or_else(|| FlowTable::with_capacity(flow_capacity));
     let mut tracker = tracked.map(|map| ReplyTracker::new(map, &mut table));
+    // After the tracker, whose journal then carries the inherited records into
+    // the kernel's map of tracked connections.
+    let inherited_count = inherited.len();
+    let mut refused = 0;
+    for mut record in inherited {
+        if !plane.adopt(&mut record) {
+            refused += 1;
+        } else if table.insert(record).is_err() {
+            plane.connection_closed(record.backend);
+            refused += 1;
+        }
+    }
+    if refused > 0 {
+        eprintln!(
+            "dispatchd: worker {id}: {refused} of {inherited_count} records handed over refused \
+             (their daemon is not configured, or the table is full)"
+        );
+    }
+    if let Some(t) = &mut tracker {
+        t.sync(&mut table, &stats);
+    }
     let mut b = Batches {
         // Placeholders, overwritten by each consume before they are read.
         rx: vec![FrameDesc::default(); batch],
@@ -119,6 +154,11 @@ pub fn run(setup: WorkerSetup) {
         free: frames,
     };
     let mut pollfds = xsk::pollfds(front.iter().chain(back.iter()));
+    pollfds.push(libc::pollfd {
+        fd: stop_wake.raw(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
     let n_front = front.len();
     let mut idle_spins = 0u32;
     let mut sweeper = Sweeper::default();
@@ -295,6 +335,7 @@ pub fn run(setup: WorkerSetup) {
             }
         }
     }
+    table
 }
 
 /// Adds one pump's frames to the counters of the socket that received them and

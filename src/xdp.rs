@@ -12,7 +12,7 @@ use std::{
     fmt, io,
     mem::MaybeUninit,
     net::{Ipv4Addr, SocketAddrV4},
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
 };
 
 use anyhow::{bail, Context, Result};
@@ -360,6 +360,54 @@ impl Steering {
         Ok(TrackedMap { fd })
     }
 
+    /// The tracked-connections map itself: what a takeover hands to the new
+    /// process, which copies it before it switches.
+    pub fn tracked_fd(&self) -> BorrowedFd<'_> {
+        self.skel.maps.tracked.as_fd()
+    }
+
+    /// Copies every key of another process's tracked-connections map (`from`,
+    /// of the same layout) into this program's, so that replies of every
+    /// connection it tracked are taken from the switch on. Returns how many.
+    pub fn copy_tracked(&self, from: BorrowedFd<'_>) -> Result<usize> {
+        let most = 2 * self.skel.maps.tracked.max_entries() as usize;
+        let mut keys: Vec<ReplyKey> = Vec::new();
+        let mut next = ReplyKey::default();
+        while keys.len() < most {
+            let prev = keys
+                .last()
+                .map_or(std::ptr::null(), |k| (k as *const ReplyKey).cast());
+            // SAFETY: prev is null (the first key) or points at a key of the
+            // map's key size that lives across the call; next has room for one.
+            let rc = unsafe {
+                libbpf_sys::bpf_map_get_next_key(
+                    from.as_raw_fd(),
+                    prev,
+                    (&mut next as *mut ReplyKey).cast(),
+                )
+            };
+            if rc == -libc::ENOENT {
+                break;
+            }
+            if rc < 0 {
+                bail!(
+                    "reading the running process's tracked connections: {}",
+                    io::Error::from_raw_os_error(-rc)
+                );
+            }
+            keys.push(next);
+        }
+        let outcome = self.tracked_map()?.insert(&keys);
+        if let Some(e) = outcome.error {
+            bail!(
+                "copying the running process's tracked connections: {e} after {} of {}",
+                outcome.done,
+                keys.len()
+            );
+        }
+        Ok(keys.len())
+    }
+
     /// The source address of the "fragmentation needed" the program answers a
     /// daemon with when its reply is larger than the front path's MTU: one of
     /// this host's addresses on the back. Until it is set, such replies are
@@ -433,6 +481,48 @@ impl Steering {
         // SAFETY: bpf_link_create returned a new fd that nothing else owns.
         self.links.push(unsafe { OwnedFd::from_raw_fd(fd) });
         query_mode(iface)
+    }
+
+    /// The links attaching the program, front first: what a takeover hands to
+    /// the new process (which gets its own descriptors for them).
+    pub fn links(&self) -> Vec<BorrowedFd<'_>> {
+        self.links.iter().map(|l| l.as_fd()).collect()
+    }
+
+    /// Takes over the links of another process (front first) and points each
+    /// at this program (`bpf_link_update`, atomic per interface): from then
+    /// on every frame on those interfaces runs this program, and the links live
+    /// as long as any process holds them. The first failure is returned with
+    /// the links that were re-pointed kept, so the caller can tell.
+    pub fn adopt_links(&mut self, links: Vec<OwnedFd>) -> Result<()> {
+        for link in links {
+            self.links.push(link);
+            let link = self.links.last().map(|l| l.as_raw_fd()).unwrap_or(-1);
+            self.point(link)?;
+        }
+        Ok(())
+    }
+
+    /// Points every link this process holds at its own program again (after
+    /// a takeover that did not complete).
+    pub fn reclaim_links(&self) -> Result<()> {
+        self.links
+            .iter()
+            .try_for_each(|l| self.point(l.as_raw_fd()))
+    }
+
+    fn point(&self, link: RawFd) -> Result<()> {
+        let prog = self.skel.progs.dispatchd_steer.as_fd().as_raw_fd();
+        // SAFETY: link and prog are open descriptors this process holds; a
+        // null opts asks for an unconditional update.
+        let rc = unsafe { libbpf_sys::bpf_link_update(link, prog, std::ptr::null()) };
+        if rc < 0 {
+            bail!(
+                "re-pointing an XDP link at the new program: {}",
+                io::Error::from_raw_os_error(-rc)
+            );
+        }
+        Ok(())
     }
 
     /// Detaches from every interface (closing the links). Also happens on drop.

@@ -14,6 +14,7 @@
 use std::{
     num::NonZeroU32,
     os::fd::{AsRawFd, RawFd},
+    time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -222,6 +223,27 @@ pub fn open_worker(
     queues: &WorkerQueues,
     opts: &SocketOptions,
 ) -> Result<WorkerSockets> {
+    bind_worker(
+        make_umem(queues, opts)?,
+        front,
+        back,
+        queues,
+        opts,
+        Duration::ZERO,
+    )
+    .map(|(sockets, _)| sockets)
+}
+
+/// A worker's UMEM and all its frames, no socket bound yet: the part of
+/// opening a worker that takes time (the memory is mapped and pinned), which
+/// a takeover does before its switch.
+pub struct WorkerUmem {
+    umem: Umem,
+    frames: Vec<FrameDesc>,
+}
+
+/// The first half of [`open_worker`].
+pub fn make_umem(queues: &WorkerQueues, opts: &SocketOptions) -> Result<WorkerUmem> {
     let ring =
         QueueSize::new(ring_size(opts.frames_per_queue)).map_err(|e| anyhow!("ring size: {e}"))?;
     let umem_config = UmemConfig::builder()
@@ -234,11 +256,32 @@ pub fn open_worker(
     let sockets = queues.front.len() + queues.back.len();
     let count = NonZeroU32::new(umem_frames(opts.frames_per_queue, sockets))
         .context("a worker's UMEM would have no frames")?;
-    let (umem, mut frames) = Umem::new(umem_config, count, false).map_err(|e| {
+    let (umem, frames) = Umem::new(umem_config, count, false).map_err(|e| {
         anyhow!(
             "creating a UMEM of {count} frames: {e} (registering it needs CAP_IPC_LOCK or a large RLIMIT_MEMLOCK)"
         )
     })?;
+    Ok(WorkerUmem { umem, frames })
+}
+
+/// The second half of [`open_worker`]: the sockets bound on `umem`. A queue
+/// that still has another socket (EBUSY) is tried again for up to
+/// `busy_wait`: a takeover's new process binds the queues the old one has
+/// just closed, which the kernel lets go of a little later (deferred to a
+/// work queue). Returns the sockets and how many binds were refused so.
+pub fn bind_worker(
+    umem: WorkerUmem,
+    front: &Interface,
+    back: &Interface,
+    queues: &WorkerQueues,
+    opts: &SocketOptions,
+    busy_wait: Duration,
+) -> Result<(WorkerSockets, u32)> {
+    let deadline = Instant::now() + busy_wait;
+    let busy = std::cell::Cell::new(0);
+    let WorkerUmem { umem, mut frames } = umem;
+    let ring =
+        QueueSize::new(ring_size(opts.frames_per_queue)).map_err(|e| anyhow!("ring size: {e}"))?;
 
     let mut bind_flags = BindFlags::XDP_USE_NEED_WAKEUP;
     match opts.bind {
@@ -259,14 +302,24 @@ pub fn open_worker(
             .name
             .parse()
             .map_err(|_| anyhow!("interface name {}", iface.name))?;
-        // SAFETY: every (interface, queue) pair is bound once, and with
-        // XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD as xsk-rs requires for shared UMEMs.
-        let (tx, rx, fill_comp) = unsafe {
-            xsk_rs::Socket::new(socket_config, &umem, &name, queue)
+        let (tx, rx, fill_comp) = loop {
+            // SAFETY: every (interface, queue) pair is bound once (a refused
+            // bind binds nothing), and with XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD
+            // as xsk-rs requires for shared UMEMs.
+            match unsafe { xsk_rs::Socket::new(socket_config, &umem, &name, queue) } {
+                Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                    busy.set(busy.get() + 1);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                other => break other,
+            }
         }
         .map_err(|e| {
+            let cause = std::error::Error::source(&e)
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default();
             anyhow!(
-                "binding an AF_XDP socket to {} queue {queue} ({:?}): {e}{}",
+                "binding an AF_XDP socket to {} queue {queue} ({:?}): {e}{cause}{}",
                 iface.name,
                 opts.bind,
                 if opts.bind == Bind::Copy {
@@ -313,12 +366,21 @@ pub fn open_worker(
     };
     let front_rings = open_side(front, &queues.front)?;
     let back_rings = open_side(back, &queues.back)?;
-    Ok(WorkerSockets {
+    let sockets = WorkerSockets {
         umem,
         frames,
         front: front_rings,
         back: back_rings,
-    })
+    };
+    Ok((sockets, busy.get()))
+}
+
+/// Whether a bind was refused because the queue has a socket already.
+fn is_busy(e: &xsk_rs::socket::SocketCreateError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|c| c.downcast_ref::<std::io::Error>())
+        .and_then(std::io::Error::raw_os_error)
+        == Some(libc::EBUSY)
 }
 
 /// `setsockopt(fd, level, name, value)` for an int-sized option.

@@ -1062,3 +1062,26 @@ fn check_config_without_print_says_ok_and_refuses_two_files() {
     assert!(!status.success());
     assert_eq!(err, "dispatchd: batch = 0 is out of range 1..=256\n");
 }
+
+/// `--takeover` is a way to start, not a setting: it changes nothing of the
+/// resolved configuration (the control socket names the process to replace).
+#[test]
+fn takeover_is_a_flag_that_leaves_the_config_alone() {
+    let base = [
+        "t",
+        "--front",
+        "l0",
+        "--back",
+        "l1",
+        "--service",
+        "198.18.0.100:80",
+        "--backend",
+        "198.19.0.11:8080",
+    ];
+    let plain = TestCli::try_parse_from(base).unwrap().run;
+    let with = TestCli::try_parse_from(base.iter().copied().chain(["--takeover"]))
+        .unwrap()
+        .run;
+    assert!(!plain.takeover && with.takeover);
+    assert_eq!(plain.resolve().unwrap(), with.resolve().unwrap());
+}

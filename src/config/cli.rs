@@ -117,6 +117,12 @@ pub struct RunArgs {
     /// parsing, no rewriting), the ceiling of the AF_XDP substrate.
     #[arg(long, hide = true)]
     pub bare_forwarder: bool,
+    /// Take over from the dispatchd running on the same control socket (an
+    /// upgrade or restart without a broken connection): its XDP links are
+    /// re-pointed at this process's program and its flow records handed
+    /// over, then it exits. Both must serve the same interfaces and queues.
+    #[arg(long)]
+    pub takeover: bool,
 }
 
 impl RunArgs {

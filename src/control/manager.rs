@@ -13,7 +13,10 @@ use std::{
     collections::VecDeque,
     io,
     net::{Ipv4Addr, SocketAddrV4, TcpListener},
-    os::{fd::AsRawFd, unix::net::UnixListener},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::net::{UnixListener, UnixStream},
+    },
     sync::{mpsc::TrySendError, Arc},
     time::Duration,
 };
@@ -31,11 +34,13 @@ use super::{
     nexthops::HopProber,
     ready::{self, NotReady},
     report::{self, StatsSnapshot},
+    takeover::{self, Identity},
     uring::{Completion, Uring},
 };
 use crate::{
     config::{Config, OnFailure, OnRemove},
     dataplane::{Dataplane, Retired},
+    flow::{FlowRecord, TcpState},
     ids::{BackendId, WorkerId},
     neigh::{self, HopBook, Kernel, NetlinkStats, NextHop, Reach, Rerouted},
     netlink::{Message, Messages},
@@ -118,6 +123,8 @@ pub struct ManagerParts<'a> {
     /// Sends the probes that make the kernel resolve clients' next hops, out of
     /// the front (opened before the capabilities were dropped).
     pub probes: RawIpSender,
+    /// What a new process must share with this one to take over from it.
+    pub identity: Identity,
 }
 
 pub struct Manager<'a> {
@@ -174,6 +181,10 @@ pub struct Manager<'a> {
     /// A graceful stop under way: when it ends (monotonic ns). Meanwhile the
     /// instance forwards as before but says it is not ready.
     stopping_until_ns: Option<u64>,
+    identity: Identity,
+    /// The connection of a new process that took the links over: it waits
+    /// for the records once the workers stopped.
+    handover: Option<UnixStream>,
     stop: bool,
 }
 
@@ -232,6 +243,8 @@ impl<'a> Manager<'a> {
             prober: HopProber::default(),
             unresolved: Vec::new(),
             stopping_until_ns: None,
+            identity: parts.identity,
+            handover: None,
             stop: false,
             config: parts.config,
         })
@@ -264,6 +277,92 @@ impl<'a> Manager<'a> {
                 self.complete(done)?;
             }
             self.round_peak = self.round_peak.max(now_ns() - round_started);
+        }
+        Ok(())
+    }
+
+    /// The XDP program's verdict counters now.
+    pub fn xdp_counters(&self) -> Result<[u64; crate::xdp::COUNTER_NAMES.len()]> {
+        self.steering.counters()
+    }
+
+    /// The new process's connection, if a takeover ended [`run`](Self::run).
+    pub fn take_handover(&mut self) -> Option<UnixStream> {
+        self.handover.take()
+    }
+
+    /// Tracks the connections whose records a takeover brought (owner, record
+    /// on this process's clock), in the phase each record shows: opened,
+    /// established, closed by the client, reset. A daemon's FIN is not in a
+    /// record: such a connection restarts established and ends by its own
+    /// FINs or the idle timeout.
+    pub fn inherit(&mut self, records: &[(u16, FlowRecord)]) {
+        let now = now_ns();
+        for &(worker, r) in records {
+            let (key, at_ns) = (r.key, r.created_ns);
+            let opened = Event::Opened {
+                worker: WorkerId(worker),
+                key,
+                daemon: r.daemon,
+                at_ns,
+            };
+            self.tracker.on_event(opened, now, &mut self.orders);
+            if r.state.is_established() {
+                let established = Event::Established { key, at_ns };
+                self.tracker.on_event(established, now, &mut self.orders);
+            }
+            if r.state.contains(TcpState::FIN_CLIENT) {
+                let fin = Event::Fin {
+                    key,
+                    from_client: true,
+                    at_ns,
+                };
+                self.tracker.on_event(fin, now, &mut self.orders);
+            }
+            if r.state.contains(TcpState::RST) {
+                let reset = Event::Reset { key, at_ns };
+                self.tracker.on_event(reset, now, &mut self.orders);
+            }
+        }
+        // Orders (a reset connection's removal) reach the workers once they run.
+        for (worker, command) in self.orders.drain(..) {
+            self.backlog.push_back((worker, Command::Flow(command)));
+        }
+    }
+
+    /// A new process asks to take over (see [`takeover`]): refused with a
+    /// reply if it does not match this one; otherwise the links are passed and,
+    /// once it says it switched them, the loop stops and the daemon hands the
+    /// records over. If it goes away or fails before, the links are pointed
+    /// back at this process's program and nothing else changed.
+    fn takeover_request(&mut self, fd: OwnedFd, line: &str) -> Result<()> {
+        let refusal = match Identity::parse(line) {
+            Err(e) => Some(e),
+            Ok(theirs) => self.identity.refusal(&theirs),
+        };
+        if let Some(refusal) = refusal {
+            eprintln!("dispatchd: {refusal}");
+            let reply = format!("error: {refusal}\n")
+                .into_bytes()
+                .into_boxed_slice();
+            return self.uring.send(Tag::Send, fd, reply, 0);
+        }
+        let mut stream = UnixStream::from(fd);
+        let mut fds = self.steering.links();
+        fds.push(self.steering.tracked_fd());
+        match takeover::hand_links(&mut stream, &fds) {
+            Ok(()) => {
+                println!("dispatchd: a new process took the links over; stopping and handing the records over");
+                self.handover = Some(stream);
+                self.stop = true;
+            }
+            Err(e) => {
+                let reclaimed = match self.steering.reclaim_links() {
+                    Ok(()) => String::new(),
+                    Err(e) => format!(" (pointing the links back failed: {e:#})"),
+                };
+                eprintln!("dispatchd: takeover abandoned: {e:#}; serving on{reclaimed}");
+            }
         }
         Ok(())
     }
@@ -388,6 +487,10 @@ impl<'a> Manager<'a> {
                 };
                 if done.result > 0 {
                     let request = String::from_utf8_lossy(&buf[..done.result as usize]);
+                    if !metrics && request.starts_with(takeover::VERB) {
+                        let request = request.into_owned();
+                        return self.takeover_request(fd, &request);
+                    }
                     let reply = if metrics {
                         match ctl::http_ask(&request) {
                             HttpAsk::Ready => ready::http(&self.readiness()),

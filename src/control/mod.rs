@@ -19,4 +19,5 @@ pub mod manager;
 pub mod nexthops;
 pub mod ready;
 pub mod report;
+pub mod takeover;
 pub mod uring;

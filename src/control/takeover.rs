@@ -1,0 +1,422 @@
+//! Hitless takeover (`dispatchd run --takeover`): what the new process (B) and
+//! the running one (A) say to each other on A's control socket.
+//!
+//! ```text
+//! B -> A  takeover protocol=1 front=l0 back=l1 replies=stateless layout=0:f0/b0\n
+//! A -> B  error: takeover refused: ...\n            (A goes on unchanged)
+//!    or   links <pid>\n  + SCM_RIGHTS [front link, back link, tracked map]
+//!         B copies the tracked map (reply_mode "tracked") into its own,
+//!         then points both links at its own program (bpf_link_update)
+//! B -> A  switched\n
+//!         A stops its workers (their sockets and UMEMs close)
+//! A -> B  records <n>\n  + n records of RECORD_WIRE bytes; A exits
+//! ```
+//!
+//! Between the switch and B's first socket, B's program finds its XSKMAP empty
+//! and drops service frames (counted `no_socket`): never passed to the host,
+//! whose stack would answer them with RST. TCP retransmits them.
+//!
+//! Records travel with their owner (worker index) and their times as ages, as
+//! each process's clock counts from its own start.
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, SocketAddrV4},
+    os::{fd::AsFd, fd::OwnedFd, unix::net::UnixStream},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    flow::{FlowKey, FlowRecord, TcpState},
+    ids::BackendId,
+    sys,
+};
+
+/// The first word of B's request.
+pub const VERB: &str = "takeover";
+/// The version of this exchange and of the records' wire form: processes of
+/// different versions refuse each other (an upgrade that changes them needs a
+/// plain restart).
+pub const PROTOCOL: u32 = 1;
+/// How long either side waits for the other's next step.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes of one record on the wire.
+pub const RECORD_WIRE: usize = 46;
+/// Test hook: a stage (`links`: it holds the links; `switched`: it has
+/// re-pointed them but not said so) at which the new process kills itself.
+pub const DIE_AT_ENV: &str = "DISPATCHD_TEST_TAKEOVER_DIE_AT";
+
+/// What must be the same in both processes: the interfaces and which worker
+/// serves which queues (records are handed to the worker of the same index).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub front: String,
+    pub back: String,
+    /// `reply_mode`: which replies the program takes.
+    pub replies: String,
+    /// `w:f<queues>/b<queues>` per worker, `;`-separated.
+    pub layout: String,
+}
+
+impl Identity {
+    pub fn line(&self) -> String {
+        format!(
+            "{VERB} protocol={PROTOCOL} front={} back={} replies={} layout={}",
+            self.front, self.back, self.replies, self.layout
+        )
+    }
+
+    /// The identity a request line carries; an error (the reply) if it is not
+    /// one this process understands.
+    pub fn parse(line: &str) -> Result<Identity, String> {
+        let mut words = line.split_whitespace();
+        if words.next() != Some(VERB) {
+            return Err(format!("not a takeover request: {:?}", line.trim()));
+        }
+        let protocol = format!("protocol={PROTOCOL}");
+        if words.next() != Some(protocol.as_str()) {
+            return Err(format!(
+                "takeover refused: the new process speaks another takeover protocol than this \
+                 one ({protocol}); restart instead"
+            ));
+        }
+        Self::fields(words).ok_or_else(|| format!("malformed takeover request {:?}", line.trim()))
+    }
+
+    fn fields<'a>(words: impl Iterator<Item = &'a str>) -> Option<Identity> {
+        let (mut front, mut back, mut replies, mut layout) = (None, None, None, None);
+        for w in words {
+            match w.split_once('=') {
+                Some(("front", v)) => front = Some(v.to_owned()),
+                Some(("back", v)) => back = Some(v.to_owned()),
+                Some(("replies", v)) => replies = Some(v.to_owned()),
+                Some(("layout", v)) => layout = Some(v.to_owned()),
+                _ => return None,
+            }
+        }
+        Some(Identity {
+            front: front?,
+            back: back?,
+            replies: replies?,
+            layout: layout?,
+        })
+    }
+
+    /// Why `new` cannot take over from `self`, if it cannot.
+    pub fn refusal(&self, new: &Identity) -> Option<String> {
+        if (&self.front, &self.back) != (&new.front, &new.back) {
+            return Some(format!(
+                "takeover refused: this dispatchd serves front {} and back {}, the new one's \
+                 configuration names front {} and back {}",
+                self.front, self.back, new.front, new.back
+            ));
+        }
+        if self.replies != new.replies {
+            return Some(format!(
+                "takeover refused: this dispatchd runs reply_mode {}, the new one {}; restart instead",
+                self.replies, new.replies
+            ));
+        }
+        if self.layout != new.layout {
+            return Some(format!(
+                "takeover refused: the workers would serve other queues (running {}, new {}); \
+                 records could not be handed to the worker that receives their frames",
+                self.layout, new.layout
+            ));
+        }
+        None
+    }
+}
+
+/// One record as it travels: its owner and its times as ages at `now_ns`.
+pub fn encode(worker: u16, r: &FlowRecord, now_ns: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(&worker.to_le_bytes());
+    out.extend_from_slice(&r.key.client_ip.octets());
+    out.extend_from_slice(&r.key.service_ip.octets());
+    out.extend_from_slice(&r.key.client_port.to_le_bytes());
+    out.extend_from_slice(&r.key.service_port.to_le_bytes());
+    out.push(r.key.protocol);
+    out.extend_from_slice(&r.daemon.ip().octets());
+    out.extend_from_slice(&r.daemon.port().to_le_bytes());
+    out.extend_from_slice(&now_ns.saturating_sub(r.created_ns).to_le_bytes());
+    out.extend_from_slice(&now_ns.saturating_sub(r.last_seen_ns).to_le_bytes());
+    out.extend_from_slice(&r.client_next.to_le_bytes());
+    out.extend_from_slice(&r.client_ack.to_le_bytes());
+    out.push(r.state.0);
+}
+
+/// A record from its wire form, its times on this process's clock at
+/// `now_ns`. Times older than this process's start become its start (ages
+/// are kept as far as the clock goes back; a record may look younger, never
+/// older). Its backend is unknown until a worker adopts it.
+pub fn decode(b: &[u8; RECORD_WIRE], now_ns: u64) -> (u16, FlowRecord) {
+    let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+    let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let u64_at = |i: usize| {
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&b[i..i + 8]);
+        u64::from_le_bytes(v)
+    };
+    let ip_at = |i: usize| Ipv4Addr::new(b[i], b[i + 1], b[i + 2], b[i + 3]);
+    let record = FlowRecord {
+        key: FlowKey {
+            client_ip: ip_at(2),
+            service_ip: ip_at(6),
+            client_port: u16_at(10),
+            service_port: u16_at(12),
+            protocol: b[14],
+        },
+        backend: BackendId(0),
+        daemon: SocketAddrV4::new(ip_at(15), u16_at(19)),
+        created_ns: now_ns.saturating_sub(u64_at(21)),
+        last_seen_ns: now_ns.saturating_sub(u64_at(29)),
+        client_next: u32_at(37),
+        client_ack: u32_at(41),
+        state: TcpState(b[45]),
+        epoch: 0,
+    };
+    (u16_at(0), record)
+}
+
+/// B's side, up to the switch: the connection to A and the links A gave.
+pub struct Request {
+    stream: UnixStream,
+    pub links: Vec<OwnedFd>,
+    /// A's map of tracked connections.
+    pub tracked: OwnedFd,
+    /// A's process id, as it said.
+    pub pid: u32,
+}
+
+impl Request {
+    /// Asks the dispatchd on `socket` to hand over; returns its links, its
+    /// refusal as the error, or `None` if no process listens there (no file,
+    /// or the file of one that is gone).
+    pub fn send(socket: &Path, me: &Identity) -> Result<Option<Request>> {
+        let mut stream = match UnixStream::connect(socket) {
+            Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("connecting to {} to take over", socket.display()))
+            }
+        };
+        stream.set_read_timeout(Some(STEP_TIMEOUT))?;
+        stream.write_all(format!("{}\n", me.line()).as_bytes())?;
+        let mut buf = [0u8; 1024];
+        let (n, links) = loop {
+            match sys::recv_fds(stream.as_fd(), &mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                other => break other.context("reading the takeover answer")?,
+            }
+        };
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        let answer = answer.trim();
+        if let Some(e) = answer.strip_prefix("error:") {
+            bail!("{}", e.trim());
+        }
+        let pid = answer
+            .strip_prefix("links ")
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("unexpected takeover answer {answer:?}"))?;
+        let mut links = links;
+        if links.len() != 3 {
+            bail!(
+                "the running dispatchd passed {} descriptors, not 3",
+                links.len()
+            );
+        }
+        let tracked = links.pop().context("three descriptors")?;
+        Ok(Some(Request {
+            stream,
+            links,
+            tracked,
+            pid,
+        }))
+    }
+
+    /// Tells A that the links point at this process's program, and reads the
+    /// records A sends once its workers stopped: (owner, record) pairs, times
+    /// on this process's clock.
+    pub fn switched(mut self, now_ns: impl Fn() -> u64) -> Result<Vec<(u16, FlowRecord)>> {
+        self.stream.write_all(b"switched\n")?;
+        let mut reader = BufReader::new(self.stream);
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .context("waiting for the records")?;
+        let count: usize = line
+            .trim()
+            .strip_prefix("records ")
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("unexpected line {:?} instead of the records", line.trim()))?;
+        let mut bytes = vec![0u8; count * RECORD_WIRE];
+        reader
+            .read_exact(&mut bytes)
+            .context("reading the records")?;
+        let now = now_ns();
+        Ok(bytes
+            .chunks_exact(RECORD_WIRE)
+            .filter_map(|c| c.try_into().ok())
+            .map(|c| decode(c, now))
+            .collect())
+    }
+}
+
+/// Dies by SIGKILL if the test hook asks for it at `stage`.
+pub fn test_die_at(stage: &str) {
+    if std::env::var(DIE_AT_ENV).is_ok_and(|s| s == stage) {
+        eprintln!("dispatchd: test hook: killed at takeover stage {stage}");
+        sys::kill_self();
+    }
+}
+
+/// A's side, once it has the request: the links and the tracked map passed
+/// (`fds`) and B's "switched" read back. Blocking, with timeouts: the
+/// loop waits here for B (a few milliseconds), the workers forward meanwhile.
+pub fn hand_links(stream: &mut UnixStream, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<()> {
+    stream.set_read_timeout(Some(STEP_TIMEOUT))?;
+    stream.set_write_timeout(Some(STEP_TIMEOUT))?;
+    sys::send_fds(
+        stream.as_fd(),
+        format!("links {}\n", std::process::id()).as_bytes(),
+        fds,
+    )
+    .context("passing the links")?;
+    let mut buf = [0u8; 64];
+    let mut got = 0;
+    while !buf[..got].contains(&b'\n') && got < buf.len() {
+        match stream.read(&mut buf[got..]) {
+            Ok(0) => bail!("the new process went away before it switched"),
+            Ok(n) => got += n,
+            // The loop's io_uring interrupts its thread's blocking calls to
+            // run completion work: not the peer's doing.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("waiting for the new process to switch"),
+        }
+    }
+    match std::str::from_utf8(&buf[..got]).map(str::trim) {
+        Ok("switched") => Ok(()),
+        other => bail!("the new process said {other:?} instead of switched"),
+    }
+}
+
+/// A's last step: the records of every worker, with their owner.
+pub fn send_records(stream: &mut UnixStream, records: &[u8]) -> Result<()> {
+    let count = records.len() / RECORD_WIRE;
+    stream.write_all(format!("records {count}\n").as_bytes())?;
+    stream.write_all(records)?;
+    stream.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(front: &str, layout: &str) -> Identity {
+        Identity {
+            front: front.into(),
+            back: "l1".into(),
+            replies: "stateless".into(),
+            layout: layout.into(),
+        }
+    }
+
+    #[test]
+    fn the_request_line_survives() {
+        let me = identity("l0", "0:f0/b0;1:f1/b1");
+        assert_eq!(Identity::parse(&me.line()), Ok(me.clone()));
+        assert!(Identity::parse("takeover protocol=1 front=l0")
+            .unwrap_err()
+            .starts_with("malformed"));
+        assert!(Identity::parse("stats").is_err());
+        let other = Identity::parse(
+            "takeover protocol=0 front=l0 back=l1 replies=stateless layout=0:f0/b0",
+        );
+        assert!(other.unwrap_err().contains("another takeover protocol"));
+        assert_eq!(me.refusal(&me), None);
+        let e = me.refusal(&identity("l2", "0:f0/b0;1:f1/b1")).unwrap();
+        assert!(e.contains("front l0") && e.contains("front l2"), "{e}");
+        let e = me.refusal(&identity("l0", "0:f0,1/b0,1")).unwrap();
+        assert!(e.contains("other queues"), "{e}");
+        let tracked = Identity {
+            replies: "tracked".into(),
+            ..me.clone()
+        };
+        let e = me.refusal(&tracked).unwrap();
+        assert!(e.contains("reply_mode stateless"), "{e}");
+    }
+
+    #[test]
+    fn a_record_survives_the_wire_with_its_ages() {
+        let r = FlowRecord {
+            key: FlowKey {
+                client_ip: Ipv4Addr::new(198, 18, 0, 2),
+                service_ip: Ipv4Addr::new(198, 18, 0, 100),
+                client_port: 40000,
+                service_port: 80,
+                protocol: 6,
+            },
+            backend: BackendId(3),
+            daemon: "198.19.0.12:8080".parse().unwrap(),
+            created_ns: 1_000,
+            last_seen_ns: 9_000,
+            client_next: 0xdead_beef,
+            client_ack: 7,
+            state: TcpState::ESTABLISHED,
+            epoch: 4,
+        };
+        let mut wire = Vec::new();
+        encode(2, &r, 10_000, &mut wire);
+        assert_eq!(wire.len(), RECORD_WIRE);
+        let (worker, back) = decode(wire.as_slice().try_into().unwrap(), 50_000);
+        assert_eq!(worker, 2);
+        assert_eq!(
+            back,
+            FlowRecord {
+                created_ns: 41_000,
+                last_seen_ns: 49_000,
+                backend: BackendId(0),
+                epoch: 0,
+                ..r
+            }
+        );
+        // A clock that started after the record: its start, not a wrap.
+        let (_, young) = decode(wire.as_slice().try_into().unwrap(), 5_000);
+        assert_eq!((young.created_ns, young.last_seen_ns), (0, 4_000));
+    }
+
+    #[test]
+    fn links_and_records_cross_a_socket() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let file = std::fs::File::open("/proc/self/exe").unwrap();
+        let peer = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let (n, fds) = sys::recv_fds(b.as_fd(), &mut buf).unwrap();
+            assert_eq!(
+                &buf[..n],
+                format!("links {}\n", std::process::id()).as_bytes()
+            );
+            assert_eq!(fds.len(), 3);
+            let mut b = b;
+            b.write_all(b"switched\n").unwrap();
+            let mut line = String::new();
+            let mut reader = BufReader::new(b);
+            reader.read_line(&mut line).unwrap();
+            line
+        });
+        hand_links(&mut a, &[file.as_fd(), file.as_fd(), file.as_fd()]).unwrap();
+        send_records(&mut a, &[]).unwrap();
+        assert_eq!(peer.join().unwrap(), "records 0\n");
+    }
+}
