@@ -42,42 +42,51 @@ fn a_reload_and_ctl_conns_with_a_million_records_are_sliced() {
     let lb = topo.dispatchd(&["--config", file.to_str().expect("utf-8 path")]);
     let l0 = topo.mac(&topo.dispatcher(), "l0").expect("l0's MAC");
 
-    // Half-open records from spoofed clients, paced so the worker takes them all.
-    let flood = topo.run(
-        &topo.client(),
-        &topo.programs().testkit,
-        &[
-            "inject",
-            "--iface",
-            "c0",
-            "--dst-mac",
-            &l0,
-            "--src-ip",
-            "198.18.128.1",
-            "--to",
-            VIP,
-            "--kind",
-            "syn-flood",
-            "--count",
-            &SPOOFED.to_string(),
-            "--rate",
-            "150000",
-        ],
-    );
-    assert!(flood.status.success(), "flood: {}", text(&flood));
+    // Half-open records from spoofed clients, paced so the worker takes them
+    // all. A starved worker (other work on its core) leaves some in the
+    // kernel's full RX ring; the flood's tuples are the same each time, so
+    // sending it again fills in what was missed.
     let records = || u64_at(&topo.stats(), "/workers/0/flows");
-    let mut last = 0;
-    wait_until(
-        Duration::from_secs(20),
-        "the flood's records settled",
-        || {
-            let now = records();
-            let settled = now == last && now > 0;
-            last = now;
-            thread::sleep(Duration::from_millis(500));
-            settled
-        },
-    );
+    for attempt in 1..=3 {
+        let flood = topo.run(
+            &topo.client(),
+            &topo.programs().testkit,
+            &[
+                "inject",
+                "--iface",
+                "c0",
+                "--dst-mac",
+                &l0,
+                "--src-ip",
+                "198.18.128.1",
+                "--to",
+                VIP,
+                "--kind",
+                "syn-flood",
+                "--count",
+                &SPOOFED.to_string(),
+                "--rate",
+                "150000",
+            ],
+        );
+        assert!(flood.status.success(), "flood: {}", text(&flood));
+        let mut last = 0;
+        wait_until(
+            Duration::from_secs(20),
+            "the flood's records settled",
+            || {
+                let now = records();
+                let settled = now == last && now > 0;
+                last = now;
+                thread::sleep(Duration::from_millis(500));
+                settled
+            },
+        );
+        println!("flood {attempt}: {} records", records());
+        if records() >= 500_000 {
+            break;
+        }
+    }
     let before = records();
     println!("records in the table: {before}");
     assert!(
