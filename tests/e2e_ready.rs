@@ -37,6 +37,18 @@ fn http_get(topo: &Topology, path: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The same GET written in two pieces 200 ms apart, the path split between
+/// them, as TCP may deliver any request.
+fn http_get_split(topo: &Topology, first: &str, rest: &str) -> String {
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{METRICS_PORT}; printf '{first}' >&3; sleep 0.2; \
+         printf '{rest}' >&3; cat <&3"
+    );
+    let out = topo.run(&topo.dispatcher(), "bash", &["-c", &script]);
+    assert!(out.status.success(), "split GET: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn gauge(topo: &Topology) -> String {
     let metrics = http_get(topo, "/metrics");
     metrics
@@ -65,6 +77,10 @@ fn readiness_follows_the_daemons_health() {
     assert_eq!(ready(&topo), (true, "ready".to_owned()));
     let get = http_get(&topo, "/ready");
     assert!(get.starts_with("HTTP/1.1 200 OK\r\n"), "{get}");
+    assert!(get.ends_with("\r\n\r\nready\n"), "{get}");
+    // Answered once the request is whole, not on its first segment (which
+    // named "/rea", i.e. the metrics, and left the rest to reset the close).
+    let get = http_get_split(&topo, "GET /rea", "dy HTTP/1.0\\r\\nHost: lb\\r\\n\\r\\n");
     assert!(get.ends_with("\r\n\r\nready\n"), "{get}");
     assert_eq!(gauge(&topo), "dispatchd_ready 1");
     let json = topo.ctl(&["--json", "ready"]);

@@ -205,6 +205,12 @@ pub fn http_ask(request: &str) -> HttpAsk {
     }
 }
 
+/// Whether `received` holds a whole HTTP request head (it ends with an empty
+/// line; the endpoints take no body).
+pub fn http_request_complete(received: &[u8]) -> bool {
+    received.windows(4).any(|w| w == b"\r\n\r\n") || received.windows(2).any(|w| w == b"\n\n")
+}
+
 /// The metrics endpoint's answer: `body` in the Prometheus text format.
 pub fn http_metrics(body: &str) -> String {
     format!(
@@ -216,6 +222,19 @@ pub fn http_metrics(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_http_request_is_whole_at_its_empty_line() {
+        assert!(!http_request_complete(b"GET /ready HTTP/1.0\r\n"));
+        assert!(!http_request_complete(
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
+        ));
+        assert!(http_request_complete(b"GET /ready HTTP/1.0\r\n\r\n"));
+        assert!(http_request_complete(
+            b"GET / HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n"
+        ));
+        assert!(http_request_complete(b"GET / HTTP/1.0\n\n"));
+    }
 
     #[test]
     fn requests_parse_with_their_format() {

@@ -485,8 +485,22 @@ impl<'a> Manager<'a> {
                 let (Some(fd), Some(buf)) = (done.fd, done.buf) else {
                     return Ok(());
                 };
-                if done.result > 0 {
-                    let request = String::from_utf8_lossy(&buf[..done.result as usize]);
+                // A request is answered once whole, or as it came if the
+                // client ended it early (EOF after part of it).
+                if done.result > 0 || (done.result == 0 && done.sent > 0) {
+                    // An HTTP request may come in several segments: answered
+                    // (and the socket closed) before its end, the unread rest
+                    // would make the close a reset the client may see before
+                    // the answer.
+                    if metrics
+                        && done.result > 0
+                        && !ctl::http_request_complete(&buf[..done.sent])
+                        && done.sent < buf.len()
+                    {
+                        let filled = done.sent;
+                        return self.uring.recv_into(Tag::Recv { metrics }, fd, buf, filled);
+                    }
+                    let request = String::from_utf8_lossy(&buf[..done.sent]);
                     if !metrics && request.starts_with(takeover::VERB) {
                         let request = request.into_owned();
                         return self.takeover_request(fd, &request);

@@ -54,7 +54,8 @@ pub struct Completion<Tag> {
     pub buf: Option<Box<[u8]>>,
     /// The socket a receive or send used, or the one an accept created.
     pub fd: Option<OwnedFd>,
-    /// For a send: the bytes of `buf` sent so far, this completion's included.
+    /// For a send or receive: the bytes of `buf` sent or filled so far, this
+    /// completion's included.
     pub sent: usize,
 }
 
@@ -177,20 +178,25 @@ impl<Tag> Uring<Tag> {
 
     /// Receives up to `len` bytes on `fd`, which comes back with the completion.
     pub fn recv(&mut self, tag: Tag, fd: OwnedFd, len: usize) -> Result<()> {
+        self.recv_into(tag, fd, vec![0; len].into_boxed_slice(), 0)
+    }
+
+    /// Receives into `buf[from..]` on `fd` (more of a request whose start is
+    /// in `buf[..from]`); both come back with the completion, whose `sent`
+    /// says how far the buffer is filled.
+    pub fn recv_into(&mut self, tag: Tag, fd: OwnedFd, buf: Box<[u8]>, from: usize) -> Result<()> {
         let raw = fd.as_raw_fd();
-        let held = Held::Socket {
-            fd,
-            buf: vec![0; len].into_boxed_slice(),
-            from: 0,
-        };
-        // SAFETY: the entry points at the slot's own buffer, and the descriptor
-        // is the slot's own.
+        let from = from.min(buf.len());
+        let held = Held::Socket { fd, buf, from };
+        // SAFETY: the entry points into the slot's own buffer, within its
+        // length, and the descriptor is the slot's own.
         unsafe {
             self.push(Some(tag), held, |held| {
-                let Held::Socket { buf, .. } = held else {
+                let Held::Socket { buf, from, .. } = held else {
                     unreachable!("just stored")
                 };
-                opcode::Recv::new(types::Fd(raw), buf.as_mut_ptr(), buf.len() as u32).build()
+                let rest = &mut buf[*from..];
+                opcode::Recv::new(types::Fd(raw), rest.as_mut_ptr(), rest.len() as u32).build()
             })
         }
     }
