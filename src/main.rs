@@ -121,6 +121,15 @@ enum CtlVerb {
         /// The daemon (ADDR:PORT).
         daemon: SocketAddrV4,
     },
+    /// Set a daemon's weight (its share of new connections under the weighted
+    /// policies) until the next reload or restart; 0 drains it, and a weight
+    /// above 0 undrains it.
+    Weight {
+        /// The daemon (ADDR:PORT).
+        daemon: SocketAddrV4,
+        /// The new weight.
+        weight: u32,
+    },
     /// Whether this instance should get traffic: exit 0 when ready; otherwise
     /// exit 1 and one line saying why (stopping, a worker not running, a
     /// service without a healthy daemon, or dispatchd not answering). For a
@@ -148,6 +157,7 @@ impl CtlVerb {
             CtlVerb::Backends => Request::Backends(format),
             CtlVerb::Drain { daemon } => Request::Drain(daemon),
             CtlVerb::Undrain { daemon } => Request::Undrain(daemon),
+            CtlVerb::Weight { daemon, weight } => Request::Weight(daemon, weight),
             CtlVerb::Ready => Request::Ready(format),
         }
     }

@@ -198,6 +198,58 @@ fn a_draining_daemon_keeps_its_connection_and_gets_no_new_ones() {
     );
 }
 
+/// `ctl weight`: a weight shifts the share of new connections at once (the
+/// records kept, as across a reload), 0 drains the daemon while its open
+/// connection goes on, and a weight above 0 gives it connections again.
+#[test]
+fn a_weight_set_by_ctl_shifts_new_connections_and_zero_drains() {
+    let topo = Topology::up(DISPATCHD, "weight", 2, 1);
+    let _servers = topo.serve(2);
+    let mut flags = Topology::default_flags(2);
+    flags.extend(["--policy", "weighted_round_robin"].map(String::from));
+    let lb = topo.dispatchd(&flags);
+    let (heavy, light) = (daemon_addr(0), daemon_addr(1));
+    let share = |topo: &Topology| {
+        let spread = per_daemon(&connect(
+            topo,
+            &["--connections", "400", "--concurrency", "4"],
+        ));
+        let of = |d: &str| spread.iter().find(|(x, _)| x == d).map_or(0, |(_, n)| *n);
+        (of(&heavy), of(&light))
+    };
+
+    let reply = topo.ctl(&["weight", &heavy, "3"]);
+    assert_eq!(reply, format!("ok: {heavy} weight 3\n"));
+    let (h, l) = share(&topo);
+    println!("weight 3 : 1 -> {h} : {l}");
+    assert_eq!(h + l, 400);
+    assert!((280..=320).contains(&h), "weight 3 of 4 took {h} of 400");
+    assert!(lb
+        .output()
+        .contains(&format!("daemon {heavy} weight 1 -> 3")));
+
+    let mut long = topo.client_start(
+        &["hold", "--to", VIP, "--seconds", "3", "--interval-ms", "50"],
+        "opened",
+    );
+    let reply = topo.ctl(&["weight", &heavy, "0"]);
+    assert_eq!(reply, format!("ok: {heavy} weight 0: draining\n"));
+    assert_eq!(
+        share(&topo),
+        (0, 400),
+        "a daemon of weight 0 takes nothing new"
+    );
+    assert!(
+        long.wait(Duration::from_secs(10)).success(),
+        "an open connection outlives weight 0:\n{}",
+        long.output()
+    );
+
+    topo.ctl(&["weight", &heavy, "1"]);
+    let (h, l) = share(&topo);
+    assert!((180..=220).contains(&h), "weight 1 : 1 again: {h} : {l}");
+}
+
 #[test]
 fn sighup_adds_and_removes_daemons_without_breaking_remaining_connections() {
     let topo = Topology::up(DISPATCHD, "hup", 4, 1);

@@ -86,11 +86,13 @@ pub enum Request {
     Backends(Format),
     Drain(SocketAddrV4),
     Undrain(SocketAddrV4),
+    /// A daemon's weight; 0 drains it (as IPVS users expect).
+    Weight(SocketAddrV4, u32),
     /// Whether this instance should get traffic (see [`super::ready`]).
     Ready(Format),
 }
 
-const EXPECTED: &str = "expected stats|conns [daemon=ADDR:PORT] [client=ADDR[:PORT]] [limit=N]|backends|drain ADDR|undrain ADDR|ready, optionally followed by json";
+const EXPECTED: &str = "expected stats|conns [daemon=ADDR:PORT] [client=ADDR[:PORT]] [limit=N]|backends|drain ADDR|undrain ADDR|weight ADDR N|ready, optionally followed by json";
 
 impl Request {
     /// The request line: a verb, its arguments, and `json` last if wanted.
@@ -108,6 +110,10 @@ impl Request {
             }
             Request::Drain(d) => (vec!["drain".to_owned(), d.to_string()], Format::Text),
             Request::Undrain(d) => (vec!["undrain".to_owned(), d.to_string()], Format::Text),
+            Request::Weight(d, w) => (
+                vec!["weight".to_owned(), d.to_string(), w.to_string()],
+                Format::Text,
+            ),
         };
         if format == Format::Json {
             words.push("json".to_owned());
@@ -154,6 +160,12 @@ impl Request {
             ["ready"] => Ok(Request::Ready(format)),
             ["drain", addr] => daemon(addr).map(Request::Drain),
             ["undrain", addr] => daemon(addr).map(Request::Undrain),
+            ["weight", addr, weight] => {
+                let weight = weight
+                    .parse()
+                    .map_err(|_| format!("weight {weight:?} is not a whole number"))?;
+                daemon(addr).map(|d| Request::Weight(d, weight))
+            }
             _ => Err(EXPECTED.into()),
         }
     }
@@ -251,6 +263,8 @@ mod tests {
             ("backends json", Request::Backends(Format::Json)),
             ("drain 198.19.0.12:8080", Request::Drain(d)),
             ("undrain 198.19.0.12:8080 json", Request::Undrain(d)),
+            ("weight 198.19.0.12:8080 3", Request::Weight(d, 3)),
+            ("weight 198.19.0.12:8080 0", Request::Weight(d, 0)),
             ("ready", Request::Ready(Format::Text)),
             ("ready json", Request::Ready(Format::Json)),
         ] {
@@ -282,6 +296,7 @@ mod tests {
             Request::Backends(Format::Text),
             Request::Drain(d),
             Request::Undrain(d),
+            Request::Weight(d, 7),
             Request::Ready(Format::Text),
             Request::Ready(Format::Json),
         ] {

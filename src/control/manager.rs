@@ -38,6 +38,7 @@ use super::{
     uring::{Completion, Uring},
 };
 use crate::{
+    balance::PolicyKind,
     config::{Config, OnFailure, OnRemove},
     dataplane::{Dataplane, Retired},
     flow::{FlowRecord, TcpState},
@@ -999,6 +1000,7 @@ impl<'a> Manager<'a> {
                     Format::Json => report::backends_json(rows, back, counts),
                 }
             }
+            Request::Weight(addr, weight) => self.set_weight(addr, weight),
             Request::Drain(addr) | Request::Undrain(addr) => {
                 let draining = matches!(request, Request::Drain(_));
                 match self.backends.find(addr) {
@@ -1017,6 +1019,57 @@ impl<'a> Manager<'a> {
                 }
             }
         }
+    }
+
+    /// `ctl weight`: 0 drains the daemon (IPVS's quiesce: its connections
+    /// finish); any other weight is applied as a reload with that one change
+    /// would apply it (records kept, planes rebuilt), and undrains it. Until
+    /// the next reload or restart, which take the file's weight.
+    fn set_weight(&mut self, addr: SocketAddrV4, weight: u32) -> String {
+        let Some(id) = self.backends.find(addr) else {
+            return format!("error: {addr} is not a configured daemon\n");
+        };
+        if self.backends.get(id).retired {
+            return format!("error: {addr} was removed by a reload; it takes no new connection\n");
+        }
+        if weight == 0 {
+            self.backends.set_draining(id, true);
+            self.tell_state(id);
+            println!("dispatchd: ctl: daemon {addr} weight 0: draining");
+            return format!("ok: {addr} weight 0: draining\n");
+        }
+        let mut new = self.config.clone();
+        let Some((policy, spec)) = new
+            .services
+            .iter_mut()
+            .flat_map(|s| {
+                let policy = s.policy;
+                s.backends.iter_mut().map(move |b| (policy, b))
+            })
+            .find(|(_, b)| b.addr == addr)
+        else {
+            return format!("error: {addr} is not a configured daemon\n");
+        };
+        let was = std::mem::replace(&mut spec.weight, weight);
+        let ignored = if policy == PolicyKind::RoundRobin {
+            " (its service's policy, round_robin, gives every daemon the same share)"
+        } else {
+            ""
+        };
+        if let Err(e) = new.validate() {
+            return format!("error: {e}\n");
+        }
+        let retired = self.retire(&new);
+        if let Err(e) = self.install(new, retired, OffBack::Keep) {
+            eprintln!("dispatchd: ctl: daemon {addr} weight {weight}: {e:#}");
+            return format!("error: {e:#}\n");
+        }
+        if let Some(id) = self.backends.find(addr) {
+            self.backends.set_draining(id, false);
+            self.tell_state(id);
+        }
+        println!("dispatchd: ctl: daemon {addr} weight {was} -> {weight}{ignored}");
+        format!("ok: {addr} weight {weight}{ignored}\n")
     }
 
     // ---- reload ------------------------------------------------------------
