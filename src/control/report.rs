@@ -589,28 +589,40 @@ pub fn backends_json<'a>(
     )
 }
 
+/// One metric family in the exposition format: its HELP and TYPE lines, then a
+/// sample per row (`labels` as written between the braces, none if empty).
+fn family(out: &mut String, kind: &str, name: &str, help: &str, rows: &[(String, u64)]) {
+    let _ = writeln!(
+        out,
+        "# HELP dispatchd_{name} {help}\n# TYPE dispatchd_{name} {kind}"
+    );
+    for (labels, v) in rows {
+        if labels.is_empty() {
+            let _ = writeln!(out, "dispatchd_{name} {v}");
+        } else {
+            let _ = writeln!(out, "dispatchd_{name}{{{labels}}} {v}");
+        }
+    }
+}
+
+/// A row per worker, labelled with its index.
+fn worker_rows(
+    workers: &[std::sync::Arc<WorkerStats>],
+    f: &dyn Fn(&WorkerStats) -> u64,
+) -> Vec<(String, u64)> {
+    workers
+        .iter()
+        .enumerate()
+        .map(|(q, w)| (format!("worker=\"{q}\""), f(w)))
+        .collect()
+}
+
 pub fn prometheus(s: &StatsSnapshot<'_>) -> String {
     let mut out = String::new();
     let mut counter = |name: &str, help: &str, rows: Vec<(String, u64)>| {
-        let _ = writeln!(
-            out,
-            "# HELP dispatchd_{name} {help}\n# TYPE dispatchd_{name} counter"
-        );
-        for (labels, v) in rows {
-            if labels.is_empty() {
-                let _ = writeln!(out, "dispatchd_{name} {v}");
-            } else {
-                let _ = writeln!(out, "dispatchd_{name}{{{labels}}} {v}");
-            }
-        }
+        family(&mut out, "counter", name, help, &rows)
     };
-    let per_worker = |f: &dyn Fn(&WorkerStats) -> u64| -> Vec<(String, u64)> {
-        s.workers
-            .iter()
-            .enumerate()
-            .map(|(q, w)| (format!("worker=\"{q}\""), f(w)))
-            .collect()
-    };
+    let per_worker = |f: &dyn Fn(&WorkerStats) -> u64| worker_rows(s.workers, f);
     counter(
         "rx_front_packets_total",
         "Frames received on the front socket.",
@@ -833,24 +845,7 @@ pub fn prometheus(s: &StatsSnapshot<'_>) -> String {
         u8::from(s.ready)
     );
     let mut gauge = |name: &str, help: &str, rows: &[(String, u64)]| {
-        let _ = writeln!(
-            out,
-            "# HELP dispatchd_{name} {help}\n# TYPE dispatchd_{name} gauge"
-        );
-        for (labels, v) in rows {
-            if labels.is_empty() {
-                let _ = writeln!(out, "dispatchd_{name} {v}");
-            } else {
-                let _ = writeln!(out, "dispatchd_{name}{{{labels}}} {v}");
-            }
-        }
-    };
-    let per_worker = |f: &dyn Fn(&WorkerStats) -> u64| -> Vec<(String, u64)> {
-        s.workers
-            .iter()
-            .enumerate()
-            .map(|(q, w)| (format!("worker=\"{q}\""), f(w)))
-            .collect()
+        family(&mut out, "gauge", name, help, rows)
     };
     gauge(
         "worker_round_max_ns",
