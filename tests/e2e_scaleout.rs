@@ -200,16 +200,25 @@ fn report_counters(so: &ScaleOut, ks: &[usize]) -> Vec<Option<u64>> {
         .collect()
 }
 
-#[test]
-fn instances_stop_restart_and_join_under_load_without_breaking_connections() {
-    let so = ScaleOut::up(DISPATCHD, "so", DAEMONS);
-    let _servers = so.serve(DAEMONS);
-    let _router = so.bird("router");
-    let _daemons = so.bird("daemons");
-    let grace = grace_ms().to_string();
-    let mut speakers: Vec<Speaker> = (0..2).map(|k| speaker(&so, k)).collect();
-    let mut lbs: Vec<Proc> = (0..2)
-        .map(|k| so.dispatchd(k, DAEMONS, &flags(&grace)))
+/// Two instances announced behind the router, with their daemons, birds and
+/// watchers: everything a test starts from. A test binds every field, the
+/// topology first, so that they drop in reverse: the instances first, the
+/// namespaces last (a field left to `..` would drop at once).
+struct TwoInstances {
+    lbs: Vec<Proc>,
+    speakers: Vec<Speaker>,
+    birds: [Proc; 2],
+    servers: Proc,
+    so: ScaleOut,
+}
+
+fn two_instances(prefix: &str, grace: &str) -> TwoInstances {
+    let so = ScaleOut::up(DISPATCHD, prefix, DAEMONS);
+    let servers = so.serve(DAEMONS);
+    let birds = [so.bird("router"), so.bird("daemons")];
+    let speakers: Vec<Speaker> = (0..2).map(|k| speaker(&so, k)).collect();
+    let lbs: Vec<Proc> = (0..2)
+        .map(|k| so.dispatchd(k, DAEMONS, &flags(grace)))
         .collect();
     let took = converge(
         &so,
@@ -218,6 +227,25 @@ fn instances_stop_restart_and_join_under_load_without_breaking_connections() {
         "two instances announced",
     );
     println!("both instances announced {took:?} after start");
+    TwoInstances {
+        lbs,
+        speakers,
+        birds,
+        servers,
+        so,
+    }
+}
+
+#[test]
+fn instances_stop_restart_and_join_under_load_without_breaking_connections() {
+    let grace = grace_ms().to_string();
+    let TwoInstances {
+        so,
+        servers: _servers,
+        birds: _birds,
+        mut speakers,
+        mut lbs,
+    } = two_instances("so", &grace);
 
     let (holds, churn) = start_load(&so, 36);
     std::thread::sleep(Duration::from_secs(3));
@@ -285,20 +313,13 @@ fn instances_stop_restart_and_join_under_load_without_breaking_connections() {
 
 #[test]
 fn a_crashed_instance_leaves_the_survivors_connections_untouched() {
-    let so = ScaleOut::up(DISPATCHD, "sk", DAEMONS);
-    let _servers = so.serve(DAEMONS);
-    let _router = so.bird("router");
-    let _daemons = so.bird("daemons");
-    let speakers: Vec<Speaker> = (0..2).map(|k| speaker(&so, k)).collect();
-    let mut lbs: Vec<Proc> = (0..2)
-        .map(|k| so.dispatchd(k, DAEMONS, &flags("0")))
-        .collect();
-    converge(
-        &so,
-        &[0, 1],
-        Duration::from_secs(30),
-        "two instances announced",
-    );
+    let TwoInstances {
+        so,
+        servers: _servers,
+        birds: _birds,
+        speakers,
+        mut lbs,
+    } = two_instances("sk", "0");
 
     let (holds, churn) = start_load(&so, 20);
     std::thread::sleep(Duration::from_secs(3));
@@ -349,20 +370,13 @@ fn a_crashed_instance_leaves_the_survivors_connections_untouched() {
 /// clients' retransmissions have not given up. Measures what survives.
 #[test]
 fn a_silent_instance_is_routed_around_after_the_bgp_hold_time() {
-    let so = ScaleOut::up(DISPATCHD, "sd", DAEMONS);
-    let _servers = so.serve(DAEMONS);
-    let _router = so.bird("router");
-    let _daemons = so.bird("daemons");
-    let _speakers: Vec<Speaker> = (0..2).map(|k| speaker(&so, k)).collect();
-    let mut lbs: Vec<Proc> = (0..2)
-        .map(|k| so.dispatchd(k, DAEMONS, &flags("0")))
-        .collect();
-    converge(
-        &so,
-        &[0, 1],
-        Duration::from_secs(30),
-        "two instances announced",
-    );
+    let TwoInstances {
+        so,
+        servers: _servers,
+        birds: _birds,
+        speakers: _speakers,
+        mut lbs,
+    } = two_instances("sd", "0");
 
     let (holds, churn) = start_load(&so, 24);
     std::thread::sleep(Duration::from_secs(3));
