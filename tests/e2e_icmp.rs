@@ -49,6 +49,24 @@ fn download(topo: &Topology, count: &str, timeout_ms: &str) -> std::process::Out
     ])
 }
 
+/// All DOWNLOADS downloads must complete: `what` names the case in the
+/// failure, with dispatchd's output.
+fn all_downloaded(topo: &Topology, lb: &Proc, what: &str) {
+    let out = download(topo, DOWNLOADS, "10000");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{what}: {stdout}");
+    assert!(
+        out.status.success(),
+        "{what}:\n{}\n{}",
+        text(&out),
+        lb.output()
+    );
+    assert!(
+        stdout.contains(&format!("ok={DOWNLOADS} failed=0")),
+        "{stdout}"
+    );
+}
+
 fn stats_field(stats: &serde_json::Value, path: &[&str]) -> u64 {
     let mut v = stats;
     for p in path {
@@ -121,19 +139,7 @@ fn a_narrow_route_beyond_a_front_router_does_not_stall_downloads() {
         &["--queues", "2", "--metrics-listen", "127.0.0.1:9131"],
     );
 
-    let out = download(&topo, DOWNLOADS, "10000");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "downloads through the narrow route:\n{}\n{}",
-        text(&out),
-        lb.output()
-    );
-    assert!(
-        stdout.contains(&format!("ok={DOWNLOADS} failed=0")),
-        "{stdout}"
-    );
+    all_downloaded(&topo, &lb, "downloads through the narrow route");
 
     let stats = topo.stats();
     let shown = topo.ctl(&["stats"]);
@@ -245,19 +251,7 @@ fn a_reply_too_big_for_the_front_route_is_answered_with_fragmentation_needed() {
     let _servers = topo.serve_with(4, &["--download"]);
     let mut lb = dispatchd(&topo, &[]);
 
-    let out = download(&topo, DOWNLOADS, "10000");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "downloads over the narrow front route:\n{}\n{}",
-        text(&out),
-        lb.output()
-    );
-    assert!(
-        stdout.contains(&format!("ok={DOWNLOADS} failed=0")),
-        "{stdout}"
-    );
+    all_downloaded(&topo, &lb, "downloads over the narrow front route");
     let stats = topo.stats();
     println!("{}", topo.ctl(&["stats"]));
     assert!(
@@ -315,19 +309,7 @@ fn mss_clamp_carries_downloads_over_a_path_that_drops_icmp() {
     lb.terminate(Duration::from_secs(10));
 
     let mut lb = dispatchd(&topo, &["--mss-clamp", "1240"]);
-    let out = download(&topo, DOWNLOADS, "10000");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    println!("with the clamp: {stdout}");
-    assert!(
-        out.status.success(),
-        "downloads with the clamp:\n{}\n{}",
-        text(&out),
-        lb.output()
-    );
-    assert!(
-        stdout.contains(&format!("ok={DOWNLOADS} failed=0")),
-        "{stdout}"
-    );
+    all_downloaded(&topo, &lb, "downloads with the clamp");
     let stats = topo.stats();
     println!("{}", topo.ctl(&["stats"]));
     let downloads: u64 = DOWNLOADS.parse().expect("a number");
