@@ -33,8 +33,9 @@ enum Held {
         from: usize,
     },
     Connect {
-        /// Kept open until the connect completes; closed with the slot.
-        _fd: OwnedFd,
+        /// Kept open until the connect completes, then handed back with the
+        /// completion (closed when dropped).
+        fd: OwnedFd,
         addr: Box<libc::sockaddr_in>,
     },
 }
@@ -52,7 +53,7 @@ pub struct Completion<Tag> {
     pub result: i32,
     /// A read's or receive's buffer, or a send's (all of it).
     pub buf: Option<Box<[u8]>>,
-    /// The socket a receive or send used, or the one an accept created.
+    /// The socket a receive, send or connect used, or the one an accept created.
     pub fd: Option<OwnedFd>,
     /// For a send or receive: the bytes of `buf` sent or filled so far, this
     /// completion's included.
@@ -70,6 +71,14 @@ pub struct Uring<Tag> {
     ring: IoUring,
     slots: Vec<Option<Slot<Tag>>>,
     free: Vec<usize>,
+}
+
+/// `entry`, linked to the timeout pushed right after it when there is one.
+fn linked(entry: squeue::Entry, timeout: Option<Duration>) -> squeue::Entry {
+    match timeout {
+        Some(_) => entry.flags(squeue::Flags::IO_LINK),
+        None => entry,
+    }
 }
 
 fn timespec(d: Duration) -> Box<types::Timespec> {
@@ -185,6 +194,30 @@ impl<Tag> Uring<Tag> {
     /// in `buf[..from]`); both come back with the completion, whose `sent`
     /// says how far the buffer is filled.
     pub fn recv_into(&mut self, tag: Tag, fd: OwnedFd, buf: Box<[u8]>, from: usize) -> Result<()> {
+        self.recv_op(tag, fd, buf, from, None)
+    }
+
+    /// [`Uring::recv_into`] cancelled after `timeout` (the completion's result
+    /// is then `-ECANCELED`).
+    pub fn recv_within(
+        &mut self,
+        tag: Tag,
+        fd: OwnedFd,
+        buf: Box<[u8]>,
+        from: usize,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.recv_op(tag, fd, buf, from, Some(timeout))
+    }
+
+    fn recv_op(
+        &mut self,
+        tag: Tag,
+        fd: OwnedFd,
+        buf: Box<[u8]>,
+        from: usize,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
         let raw = fd.as_raw_fd();
         let from = from.min(buf.len());
         let held = Held::Socket { fd, buf, from };
@@ -196,14 +229,41 @@ impl<Tag> Uring<Tag> {
                     unreachable!("just stored")
                 };
                 let rest = &mut buf[*from..];
-                opcode::Recv::new(types::Fd(raw), rest.as_mut_ptr(), rest.len() as u32).build()
-            })
+                let entry =
+                    opcode::Recv::new(types::Fd(raw), rest.as_mut_ptr(), rest.len() as u32).build();
+                linked(entry, timeout)
+            })?;
         }
+        self.link_timeout(timeout)
     }
 
     /// Sends `buf[from..]` on `fd`; both come back with the completion, whose
     /// `sent` says how far the buffer is sent.
     pub fn send(&mut self, tag: Tag, fd: OwnedFd, buf: Box<[u8]>, from: usize) -> Result<()> {
+        self.send_op(tag, fd, buf, from, None)
+    }
+
+    /// [`Uring::send`] cancelled after `timeout` (the completion's result is
+    /// then `-ECANCELED`).
+    pub fn send_within(
+        &mut self,
+        tag: Tag,
+        fd: OwnedFd,
+        buf: Box<[u8]>,
+        from: usize,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.send_op(tag, fd, buf, from, Some(timeout))
+    }
+
+    fn send_op(
+        &mut self,
+        tag: Tag,
+        fd: OwnedFd,
+        buf: Box<[u8]>,
+        from: usize,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
         let raw = fd.as_raw_fd();
         let held = Held::Socket { fd, buf, from };
         // SAFETY: the entry points into the slot's own buffer, within its length,
@@ -214,7 +274,29 @@ impl<Tag> Uring<Tag> {
                     unreachable!("just stored")
                 };
                 let rest = &buf[(*from).min(buf.len())..];
-                opcode::Send::new(types::Fd(raw), rest.as_ptr(), rest.len() as u32).build()
+                let entry = opcode::Send::new(types::Fd(raw), rest.as_ptr(), rest.len() as u32)
+                    // A peer that closed must fail the send, not kill us with SIGPIPE.
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build();
+                linked(entry, timeout)
+            })?;
+        }
+        self.link_timeout(timeout)
+    }
+
+    /// The linked timeout that follows an entry [`linked`] flagged, if any:
+    /// its completion is of no use (the operation's own says `-ECANCELED`).
+    fn link_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        let Some(timeout) = timeout else {
+            return Ok(());
+        };
+        // SAFETY: the entry points at the slot's own timespec.
+        unsafe {
+            self.push(None, Held::Timespec(timespec(timeout)), |held| {
+                let Held::Timespec(ts) = held else {
+                    unreachable!("just stored")
+                };
+                opcode::LinkTimeout::new(&**ts as *const types::Timespec).build()
             })
         }
     }
@@ -247,7 +329,7 @@ impl<Tag> Uring<Tag> {
         // SAFETY: the entry points at the slot's own address, of its size, and
         // the descriptor is the slot's own.
         unsafe {
-            self.push(Some(tag), Held::Connect { _fd: fd, addr: sin }, |held| {
+            self.push(Some(tag), Held::Connect { fd, addr: sin }, |held| {
                 let Held::Connect { addr, .. } = held else {
                     unreachable!("just stored")
                 };
@@ -306,7 +388,8 @@ impl<Tag> Uring<Tag> {
                 // returns a new descriptor that we now own.
                 done.fd = Some(unsafe { OwnedFd::from_raw_fd(result) });
             }
-            Held::Nothing | Held::Poll | Held::Timespec(_) | Held::Connect { .. } => {}
+            Held::Nothing | Held::Poll | Held::Timespec(_) => {}
+            Held::Connect { fd, .. } => done.fd = Some(fd),
             Held::Buffer(buf) => done.buf = Some(buf),
             Held::Socket { fd, buf, from } => {
                 done.sent = from + result.max(0) as usize;
