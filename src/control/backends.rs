@@ -12,6 +12,14 @@ use crate::{
     ids::BackendId,
 };
 
+/// Probe results of one daemon since it was first configured (kept across
+/// reloads, as its health is).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeCounts {
+    pub passed: u64,
+    pub failed: u64,
+}
+
 /// One daemon.
 #[derive(Clone, Debug)]
 pub struct Backend {
@@ -20,6 +28,7 @@ pub struct Backend {
     pub health: HealthState,
     /// Its service's check (a retired daemon's is never used).
     pub check: ServiceHealth,
+    pub probes: ProbeCounts,
     pub draining: bool,
     /// Whether the kernel has told us the MAC of its next hop: a daemon is not
     /// offered new connections before (a freshly added one, say), since the
@@ -110,6 +119,7 @@ impl Backends {
                     service,
                     health,
                     check,
+                    probes: previous.map(|o| o.probes).unwrap_or_default(),
                     draining: previous.is_some_and(|o| o.draining),
                     next_hop_known: next_hop_known(BackendId(i as u16)),
                     retired,
@@ -200,6 +210,11 @@ impl Backends {
         }
         let b = self.list.get_mut(id.index())?;
         b.probing = false;
+        if ok {
+            b.probes.passed += 1;
+        } else {
+            b.probes.failed += 1;
+        }
         b.health.record(ok)
     }
 
