@@ -85,7 +85,18 @@ fn example_file_loads() {
             be("198.19.0.13:8080", 2)
         ]
     );
+    assert_eq!(
+        s.health.kind,
+        ProbeKind::Http(HttpProbe {
+            path: "/health".into(),
+            status: 200,
+            host: None,
+        })
+    );
+    assert_eq!(s.health.port, Some(8081));
     assert_eq!(c.services[1].policy, PolicyKind::Maglev);
+    assert_eq!(c.services[1].health.kind, ProbeKind::Tcp);
+    assert_eq!(c.services[1].health.schedule, c.control.health);
 }
 
 #[test]

@@ -70,13 +70,18 @@ fn ip_of(addr: &str) -> &str {
 /// A config file with one service over `daemons` daemons, checked by HTTP on
 /// [`CHECK_PORT`] every [`INTERVAL_MS`] with `fall`.
 fn write_config(path: &std::path::Path, daemons: usize, fall: u32) {
+    write_config_on(path, daemons, fall, CHECK_PORT);
+}
+
+/// [`write_config`] with the check on `port`.
+fn write_config_on(path: &std::path::Path, daemons: usize, fall: u32, port: u16) {
     let list: Vec<String> = (0..daemons)
         .map(|i| format!("{:?}", daemon_addr(i)))
         .collect();
     let text = format!(
         "front = \"l0\"\nback = \"l1\"\n\
          [[service]]\naddress = \"{VIP}\"\nbackends = [{}]\n\
-         [service.health]\nkind = \"http\"\npath = \"/health\"\nport = {CHECK_PORT}\n\
+         [service.health]\nkind = \"http\"\npath = \"/health\"\nport = {port}\n\
          status = 200\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 150\nrise = 2\nfall = {fall}\n",
         list.join(", ")
     );
@@ -274,7 +279,7 @@ fn a_reload_lowering_fall_applies_to_a_running_daemon() {
     let pages: Vec<HealthPage> = (0..2).map(|i| HealthPage::start(&topo, i)).collect();
     let config = TempFile(std::env::temp_dir().join(format!("dispatchd-{}.toml", topo.prefix)));
     write_config(&config.0, 2, 3);
-    let lb = topo.dispatchd(&["--config", config.0.to_str().unwrap()]);
+    let mut lb = topo.dispatchd(&["--config", config.0.to_str().unwrap()]);
     all_up_by_http(&topo, 2);
     let daemon = daemon_addr(0);
 
@@ -303,4 +308,29 @@ fn a_reload_lowering_fall_applies_to_a_running_daemon() {
         fast < slow,
         "fall 1 ({fast:?}) must take a daemon down sooner than fall 3 ({slow:?})"
     );
+
+    // The check moved to a port with no HTTP server behind it: the echo
+    // server answers the request with itself, not a status line. Both
+    // daemons fail it and go down; dispatchd goes on.
+    write_config_on(&config.0, 2, 1, 8080);
+    lb.signal("HUP");
+    for i in 0..2 {
+        let (r, took) = until(
+            &topo,
+            &daemon_addr(i),
+            Duration::from_secs(5),
+            "down by a reply that is not HTTP",
+            |r| health(r) == "down",
+        );
+        assert_eq!(r["check"]["target"], daemon_addr(i).as_str(), "{r}");
+        println!(
+            "check on the echo port: {} down after {took:?}",
+            daemon_addr(i)
+        );
+    }
+    let failed = count(&row(&topo, &daemon), "probes_failed");
+    until(&topo, &daemon, Duration::from_secs(2), "probed on", |r| {
+        count(r, "probes_failed") > failed
+    });
+    assert!(lb.exited().is_none(), "dispatchd stopped:\n{}", lb.output());
 }

@@ -381,6 +381,23 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_of_the_global_defaults_reaches_the_services_that_inherit_them() {
+        let with_fall = |fall: u32| {
+            parse(&format!(
+                "front = \"l0\"\nback = \"l1\"\n[health]\nfall = {fall}\n\
+                 [[service]]\naddress = \"198.18.0.100:80\"\nbackends = [{A:?}]\n\
+                 [service.health]\nkind = \"http\"\n\
+                 [[service]]\naddress = \"198.18.0.101:80\"\nbackends = [{C:?}]\n\
+                 [service.health]\nfall = 5\n"
+            ))
+        };
+        let old = Backends::new(&with_fall(3), &[], &Backends::default(), |_| true, 0);
+        let new = Backends::new(&with_fall(1), &[], &old, |_| true, 0);
+        assert_eq!(new.get(BackendId(0)).check.schedule.fall, 1, "inherited");
+        assert_eq!(new.get(BackendId(1)).check.schedule.fall, 5, "its own");
+    }
+
+    #[test]
     fn a_changed_probe_restarts_the_streak_from_the_current_state() {
         let mut old = Backends::new(
             &two_services("", ""),
