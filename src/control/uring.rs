@@ -129,6 +129,21 @@ impl<Tag> Uring<Tag> {
         }
     }
 
+    /// Hands what is queued to the kernel unless `n` more entries fit. An
+    /// operation and its linked timeout must go in one submission: split by a
+    /// full queue, the operation would run unbounded (a connect to a silent
+    /// host for minutes) and the timeout would fail alone.
+    fn reserve(&mut self, n: usize) -> Result<()> {
+        let free = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if free < n {
+            self.ring.submit().context("submitting to the io_uring")?;
+        }
+        Ok(())
+    }
+
     /// Reads up to `len` bytes from `fd`, which must stay open until completion
     /// (the loop's own eventfd and signalfd do).
     pub fn read(&mut self, tag: Tag, fd: RawFd, len: usize) -> Result<()> {
@@ -218,6 +233,7 @@ impl<Tag> Uring<Tag> {
         from: usize,
         timeout: Option<Duration>,
     ) -> Result<()> {
+        self.reserve(1 + usize::from(timeout.is_some()))?;
         let raw = fd.as_raw_fd();
         let from = from.min(buf.len());
         let held = Held::Socket { fd, buf, from };
@@ -264,6 +280,7 @@ impl<Tag> Uring<Tag> {
         from: usize,
         timeout: Option<Duration>,
     ) -> Result<()> {
+        self.reserve(1 + usize::from(timeout.is_some()))?;
         let raw = fd.as_raw_fd();
         let held = Held::Socket { fd, buf, from };
         // SAFETY: the entry points into the slot's own buffer, within its length,
@@ -326,6 +343,7 @@ impl<Tag> Uring<Tag> {
             },
             sin_zero: [0; 8],
         });
+        self.reserve(2)?;
         // SAFETY: the entry points at the slot's own address, of its size, and
         // the descriptor is the slot's own.
         unsafe {
@@ -398,5 +416,64 @@ impl<Tag> Uring<Tag> {
             }
         }
         Some(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{TcpListener, TcpStream},
+        time::Instant,
+    };
+
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    enum T {
+        Guard,
+        Connect,
+    }
+
+    /// A connect to a listener whose accept queue is full hangs (the SYN is
+    /// dropped); its linked timeout must cancel it even when the submission
+    /// queue fills between the two entries.
+    #[test]
+    fn a_linked_timeout_is_never_split_from_its_connect() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // SAFETY: plain listen(2) on a socket we own: a backlog of one.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let addr = match listener.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            other => panic!("{other}"),
+        };
+        // Fill the accept queue (never accepted).
+        let _queued: Vec<TcpStream> = (0..2)
+            .filter_map(|_| {
+                TcpStream::connect_timeout(&addr.into(), Duration::from_millis(200)).ok()
+            })
+            .collect();
+
+        let mut ring: Uring<T> = Uring::new(2).unwrap();
+        // One slot left of two: the pair must not be split across submissions.
+        ring.timeout(T::Guard, Duration::from_secs(3)).unwrap();
+        let start = Instant::now();
+        ring.connect(T::Connect, addr, Duration::from_millis(100))
+            .unwrap();
+        loop {
+            let done = ring.wait().unwrap();
+            if let Some(c) = done.iter().find(|c| c.tag == T::Connect) {
+                assert_eq!(c.result, -libc::ECANCELED, "cancelled by its timeout");
+                assert!(
+                    start.elapsed() < Duration::from_secs(1),
+                    "{:?}",
+                    start.elapsed()
+                );
+                break;
+            }
+            assert!(
+                done.iter().all(|c| c.tag != T::Guard),
+                "the connect outlived its 100 ms timeout by seconds"
+            );
+        }
     }
 }
