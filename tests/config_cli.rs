@@ -89,7 +89,7 @@ fn example_file_loads() {
         s.health.kind,
         ProbeKind::Http(HttpProbe {
             path: "/health".into(),
-            status: 200,
+            status: vec![200..=200],
             host: None,
         })
     );
@@ -1142,7 +1142,7 @@ fn http_keys_default_and_the_schedule_inherits_per_key() {
         h.kind,
         ProbeKind::Http(HttpProbe {
             path: "/".into(),
-            status: 200,
+            status: vec![200..=200],
             host: None,
         })
     );
@@ -1159,7 +1159,7 @@ fn http_keys_default_and_the_schedule_inherits_per_key() {
         h.kind,
         ProbeKind::Http(HttpProbe {
             path: "/health?full=1".into(),
-            status: 204,
+            status: vec![204..=204],
             host: Some("app.example".into()),
         })
     );
@@ -1175,6 +1175,25 @@ fn http_keys_default_and_the_schedule_inherits_per_key() {
     );
     // A TCP check may have its own port too.
     assert_eq!(health_of(&with_health("", "port = 22")).port, Some(22));
+}
+
+#[test]
+fn status_may_be_a_list_of_codes_and_ranges() {
+    let status = |written: &str| match health_of(&with_health(
+        "",
+        &format!("kind = \"http\"\nstatus = {written}"),
+    ))
+    .kind
+    {
+        ProbeKind::Http(h) => h,
+        other => panic!("{other:?}"),
+    };
+    let h = status(r#"[200, 204, "300-399"]"#);
+    assert_eq!(h.status, vec![200..=200, 204..=204, 300..=399]);
+    assert!(h.passes(204) && h.passes(302) && !h.passes(201) && !h.passes(400));
+    assert_eq!(status(r#""200-299""#).status, vec![200..=299]);
+    assert_eq!(status(r#"" 200 - 299 ""#).status, vec![200..=299]);
+    assert_eq!(status("[503]").status, vec![503..=503]);
 }
 
 #[test]
@@ -1251,6 +1270,36 @@ fn each_service_health_rule_is_enforced_with_service_and_key_named() {
             "kind = \"http\"\nstatus = -1",
             "health.status = -1",
             "100..=599",
+        ),
+        (
+            "kind = \"http\"\nstatus = [200, 600]",
+            "health.status = 600",
+            "100..=599",
+        ),
+        (
+            "kind = \"http\"\nstatus = \"200-600\"",
+            "health.status = 200-600",
+            "100..=599",
+        ),
+        (
+            "kind = \"http\"\nstatus = \"299-200\"",
+            "health.status = 299-200",
+            "from low to high",
+        ),
+        (
+            "kind = \"http\"\nstatus = \"2xx\"",
+            "health.status = \"2xx\"",
+            "a range \"LOW-HIGH\"",
+        ),
+        (
+            "kind = \"http\"\nstatus = [\"200-\"]",
+            "health.status = \"200-\"",
+            "a range \"LOW-HIGH\"",
+        ),
+        (
+            "kind = \"http\"\nstatus = []",
+            "health.status = []",
+            "at least one code",
         ),
         ("port = 0", "health.port = 0", "1..=65535"),
         ("port = 65536", "health.port = 65536", "1..=65535"),
@@ -1341,9 +1390,11 @@ fn unknown_kind_and_unknown_keys_in_the_health_table_are_refused() {
 fn check_config_print_writes_every_service_health_key_and_loads_as_the_same() {
     let text = format!(
         "{HEAD}[health]\nfall = 4\n{}[service.health]\nkind = \"http\"\npath = \"/health\"\n\
-         status = 204\nhost = \"app.example\"\nport = 8081\ninterval_ms = 300\n{}",
+         status = 204\nhost = \"app.example\"\nport = 8081\ninterval_ms = 300\n{}\
+         [service.health]\nkind = \"http\"\nstatus = [200, \"300-399\"]\n{}",
         svc("10.0.0.1:80", r#"["10.0.1.1:80"]"#),
         svc("10.0.0.2:80", r#"["10.0.1.2:80"]"#),
+        svc("10.0.0.3:80", r#"["10.0.1.3:80"]"#),
     );
     let p = write_tmp("service-health.toml", &text);
     let (status, out, err) = dispatchd(&["check-config", p.to_str().unwrap(), "--print"]);
@@ -1362,11 +1413,12 @@ fn check_config_print_writes_every_service_health_key_and_loads_as_the_same() {
         "interval_ms = 300",
         "kind = \"tcp\"",
         "fall = 4",
+        "status = [200, \"300-399\"]",
     ] {
         assert!(out.lines().any(|l| l.trim() == line), "{line}: {out}");
     }
-    assert_eq!(out.matches("[service.health]").count(), 2, "{out}");
-    // The second service's table is the global one written out.
+    assert_eq!(out.matches("[service.health]").count(), 3, "{out}");
+    // The last service's table is the global one written out.
     let second = &out[out.rfind("[service.health]").unwrap()..];
     assert!(
         second.contains("kind = \"tcp\"") && !second.contains("path"),

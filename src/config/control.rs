@@ -1,7 +1,7 @@
 //! The management loop's settings: control socket, metrics endpoint, connection
 //! timeouts and health checks. The control plane reads these; it does not own them,
 //! so that the config layer needs nothing above it.
-use std::{path::PathBuf, time::Duration};
+use std::{ops::RangeInclusive, path::PathBuf, time::Duration};
 
 use super::ConfigError;
 
@@ -152,22 +152,45 @@ pub enum ProbeKind {
 }
 
 /// An HTTP check: `GET path HTTP/1.0` with a Host header; passes iff the
-/// status line carries `status`.
+/// status line carries a code of `status`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpProbe {
     /// Starts with '/'; no spaces or control characters.
     pub path: String,
-    /// 100..=599.
-    pub status: u16,
+    /// The codes that pass: ranges (a code alone is a range of one), each
+    /// within 100..=599 and not empty; at least one.
+    pub status: Vec<RangeInclusive<u16>>,
     /// The Host header; `None`: the probed address (`ADDR` or `ADDR:PORT`).
     pub host: Option<String>,
+}
+
+impl HttpProbe {
+    /// Whether a reply with status `code` passes.
+    pub fn passes(&self, code: u16) -> bool {
+        self.status.iter().any(|r| r.contains(&code))
+    }
+}
+
+/// `status` as written: `200`, or `200,204,300-399`.
+pub fn fmt_status(status: &[RangeInclusive<u16>]) -> String {
+    status
+        .iter()
+        .map(|r| {
+            if r.start() == r.end() {
+                r.start().to_string()
+            } else {
+                format!("{}-{}", r.start(), r.end())
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl Default for HttpProbe {
     fn default() -> Self {
         Self {
             path: DEFAULT_HEALTH_PATH.to_owned(),
-            status: DEFAULT_HEALTH_STATUS,
+            status: vec![DEFAULT_HEALTH_STATUS..=DEFAULT_HEALTH_STATUS],
             host: None,
         }
     }
@@ -268,12 +291,21 @@ impl ServiceHealth {
                 );
             }
         }
-        if !(100..=599).contains(&http.status) {
-            return bad(
-                "status",
-                http.status.to_string(),
-                "must be an HTTP status code, 100..=599".into(),
-            );
+        if http.status.is_empty() {
+            return bad("status", "[]".into(), "must name at least one code".into());
+        }
+        for r in &http.status {
+            let value = fmt_status(std::slice::from_ref(r));
+            if !(100..=599).contains(r.start()) || !(100..=599).contains(r.end()) {
+                return bad(
+                    "status",
+                    value,
+                    "must be an HTTP status code, 100..=599".into(),
+                );
+            }
+            if r.start() > r.end() {
+                return bad("status", value, "a range must go from low to high".into());
+            }
         }
         Ok(())
     }

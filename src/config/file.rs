@@ -17,7 +17,7 @@ use super::{
     DEFAULT_STOP_GRACE, DEFAULT_WEIGHT,
 };
 use crate::balance::{BackendSpec, PolicyKind};
-use std::{path::PathBuf, time::Duration};
+use std::{ops::RangeInclusive, path::PathBuf, time::Duration};
 
 /// Top level of the file.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -178,9 +178,9 @@ pub(super) struct FileServiceHealth {
     /// HTTP only: the request's path; default "/".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// HTTP only: the expected status code; default 200.
+    /// HTTP only: the status codes that pass; default 200.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<i64>,
+    pub status: Option<FileStatus>,
     /// HTTP only: the Host header; default the probed ADDR[:PORT].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
@@ -198,6 +198,76 @@ pub(super) struct FileServiceHealth {
     pub fall: Option<u32>,
 }
 
+/// `status` as written: a code, a `"LOW-HIGH"` range, or a list of both.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub(super) enum FileStatus {
+    One(FileStatusItem),
+    Many(Vec<FileStatusItem>),
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub(super) enum FileStatusItem {
+    Code(i64),
+    Range(String),
+}
+
+impl FileStatus {
+    fn from_ranges(status: &[RangeInclusive<u16>]) -> FileStatus {
+        let item = |r: &RangeInclusive<u16>| {
+            if r.start() == r.end() {
+                FileStatusItem::Code(i64::from(*r.start()))
+            } else {
+                FileStatusItem::Range(format!("{}-{}", r.start(), r.end()))
+            }
+        };
+        match status {
+            [one] => FileStatus::One(item(one)),
+            many => FileStatus::Many(many.iter().map(item).collect()),
+        }
+    }
+
+    /// The ranges, or what is wrong with an item (its text, the reason);
+    /// the bounds' own rules are [`ServiceHealth`]'s.
+    fn ranges(&self) -> Result<Vec<RangeInclusive<u16>>, (String, &'static str)> {
+        const CODE: &str = "must be an HTTP status code, 100..=599";
+        let item = |i: &FileStatusItem| match i {
+            FileStatusItem::Code(c) => u16::try_from(*c)
+                .map(|c| c..=c)
+                .map_err(|_| (c.to_string(), CODE)),
+            FileStatusItem::Range(s) => {
+                let bad = || {
+                    (
+                        format!("{s:?}"),
+                        "must be a code or a range \"LOW-HIGH\" such as \"200-299\"",
+                    )
+                };
+                let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+                let bound = |b: &str| b.trim().parse::<u16>().map_err(|_| bad());
+                Ok(bound(lo)?..=bound(hi)?)
+            }
+        };
+        match self {
+            FileStatus::One(i) => Ok(vec![item(i)?]),
+            FileStatus::Many(list) => list.iter().map(item).collect(),
+        }
+    }
+
+    fn written(&self) -> String {
+        let item = |i: &FileStatusItem| match i {
+            FileStatusItem::Code(c) => c.to_string(),
+            FileStatusItem::Range(s) => format!("{s:?}"),
+        };
+        match self {
+            FileStatus::One(i) => item(i),
+            FileStatus::Many(l) => {
+                format!("[{}]", l.iter().map(item).collect::<Vec<_>>().join(", "))
+            }
+        }
+    }
+}
+
 impl FileServiceHealth {
     /// Every key written: what `check-config --print` shows of a service.
     fn from_health(h: &ServiceHealth) -> FileServiceHealth {
@@ -207,7 +277,7 @@ impl FileServiceHealth {
             ProbeKind::Http(http) => (
                 FileProbeKind::Http,
                 Some(http.path.clone()),
-                Some(i64::from(http.status)),
+                Some(FileStatus::from_ranges(&http.status)),
                 http.host.clone(),
             ),
         };
@@ -243,7 +313,7 @@ impl FileServiceHealth {
             FileProbeKind::Tcp => {
                 for (key, set) in [
                     ("path", self.path.as_ref().map(|p| format!("{p:?}"))),
-                    ("status", self.status.map(|s| s.to_string())),
+                    ("status", self.status.as_ref().map(FileStatus::written)),
                     ("host", self.host.as_ref().map(|h| format!("{h:?}"))),
                 ] {
                     if let Some(value) = set {
@@ -261,15 +331,11 @@ impl FileServiceHealth {
                     .path
                     .clone()
                     .unwrap_or_else(|| DEFAULT_HEALTH_PATH.to_owned()),
-                status: match self.status {
-                    None => DEFAULT_HEALTH_STATUS,
-                    Some(s) => u16::try_from(s).map_err(|_| {
-                        bad(
-                            "status",
-                            s.to_string(),
-                            "must be an HTTP status code, 100..=599",
-                        )
-                    })?,
+                status: match &self.status {
+                    None => vec![DEFAULT_HEALTH_STATUS..=DEFAULT_HEALTH_STATUS],
+                    Some(s) => s
+                        .ranges()
+                        .map_err(|(value, reason)| bad("status", value, reason))?,
                 },
                 host: self.host.clone(),
             }),

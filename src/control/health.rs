@@ -305,7 +305,7 @@ mod tests {
     fn the_request_names_path_and_host_and_asks_to_close() {
         let probe = HttpProbe {
             path: "/health?x=1".into(),
-            status: 200,
+            status: vec![200..=200],
             host: None,
         };
         let target: SocketAddrV4 = "198.19.0.11:8081".parse().unwrap();

@@ -963,7 +963,7 @@ impl<'a> Manager<'a> {
             (ProbeStep::Recv, Some(fd), Some(buf)) => {
                 let filled = done.sent.min(buf.len());
                 match health::parse_status_line(&buf[..filled]) {
-                    StatusLine::Status(code) => ProbeNext::Verdict(code == http.status),
+                    StatusLine::Status(code) => ProbeNext::Verdict(http.passes(code)),
                     StatusLine::Malformed => ProbeNext::Verdict(false),
                     // Closed or out of room before the line's end.
                     StatusLine::Incomplete if done.result == 0 || filled == buf.len() => {

@@ -14,7 +14,7 @@ use super::{
     nexthops::HopStats,
 };
 use crate::{
-    config::ProbeKind,
+    config::{fmt_status, ProbeKind},
     ids::WorkerId,
     neigh::{fmt_mac, DaemonHop, NetlinkStats},
     packet::{icmp::IcmpDrop, DropReason},
@@ -534,7 +534,8 @@ struct CheckRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<u16>,
+    /// The codes that pass, as written in the file (`200`, `200,300-399`).
+    status: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     host: Option<String>,
     interval_ms: u128,
@@ -546,7 +547,12 @@ struct CheckRow {
 fn check_row(b: &Backend) -> CheckRow {
     let (kind, path, status, host) = match &b.check.kind {
         ProbeKind::Tcp => ("tcp", None, None, None),
-        ProbeKind::Http(h) => ("http", Some(h.path.clone()), Some(h.status), h.host.clone()),
+        ProbeKind::Http(h) => (
+            "http",
+            Some(h.path.clone()),
+            Some(fmt_status(&h.status)),
+            h.host.clone(),
+        ),
     };
     let s = &b.check.schedule;
     CheckRow {
