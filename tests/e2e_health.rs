@@ -3,7 +3,8 @@
 //! service's `[service.health]` asks for `GET /health` there. A daemon whose
 //! check answers 404 goes down although its service port still accepts
 //! connections, takes no new connection through the VIP, and comes back when
-//! the check passes again; a reload's new `fall` applies to a running daemon.
+//! the check passes again; a reload's new `fall` applies to a running daemon;
+//! the Host header is the configured one, or the probed address.
 //! Needs root.
 use std::{
     path::PathBuf,
@@ -75,6 +76,11 @@ fn write_config(path: &std::path::Path, daemons: usize, fall: u32) {
 
 /// [`write_config`] with the check on `port`.
 fn write_config_on(path: &std::path::Path, daemons: usize, fall: u32, port: u16) {
+    write_config_with(path, daemons, fall, port, "");
+}
+
+/// [`write_config_on`] with more `[service.health]` lines.
+fn write_config_with(path: &std::path::Path, daemons: usize, fall: u32, port: u16, more: &str) {
     let list: Vec<String> = (0..daemons)
         .map(|i| format!("{:?}", daemon_addr(i)))
         .collect();
@@ -82,7 +88,8 @@ fn write_config_on(path: &std::path::Path, daemons: usize, fall: u32, port: u16)
         "front = \"l0\"\nback = \"l1\"\n\
          [[service]]\naddress = \"{VIP}\"\nbackends = [{}]\n\
          [service.health]\nkind = \"http\"\npath = \"/health\"\nport = {port}\n\
-         status = 200\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 150\nrise = 2\nfall = {fall}\n",
+         status = 200\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 150\nrise = 2\nfall = {fall}\n\
+         {more}\n",
         list.join(", ")
     );
     std::fs::write(path, text).expect("writing the config");
@@ -333,4 +340,62 @@ fn a_reload_lowering_fall_applies_to_a_running_daemon() {
         count(r, "probes_failed") > failed
     });
     assert!(lb.exited().is_none(), "dispatchd stopped:\n{}", lb.output());
+}
+
+/// An HTTP server that answers 200 to `GET /health` with `Host: want` and
+/// 421 (Misdirected Request) to anything else.
+const HOST_CHECKING_SERVER: &str = r#"
+import http.server, sys
+want, ip, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+class Check(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = self.path == "/health" and self.headers.get("Host") == want
+        self.send_response(200 if ok else 421)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer((ip, port), Check)
+print("serving", flush=True)
+server.serve_forever()
+"#;
+
+#[test]
+fn the_host_header_is_the_configured_one_or_the_probed_address() {
+    let topo = Topology::up(DISPATCHD, "hchost", 1, 1);
+    let daemon = daemon_addr(0);
+    let want = "app.example";
+    let mut cmd = topo.cmd(&topo.daemons(), PYTHON);
+    cmd.args(["-c", HOST_CHECKING_SERVER, want, ip_of(&daemon)])
+        .arg(CHECK_PORT.to_string());
+    let _server =
+        Proc::start(cmd, "serving", Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e:#}"));
+    let config = TempFile(std::env::temp_dir().join(format!("dispatchd-{}.toml", topo.prefix)));
+    let named = format!("host = \"{want}\"");
+    write_config_with(&config.0, 1, 2, CHECK_PORT, &named);
+    let lb = topo.dispatchd(&["--config", config.0.to_str().unwrap()]);
+    let (r, _) = until(&topo, &daemon, Duration::from_secs(5), "passing", |r| {
+        health(r) == "up" && count(r, "probes_passed") >= 2
+    });
+    assert_eq!(count(&r, "probes_failed"), 0, "{r}");
+    assert_eq!(r["check"]["host"], want, "{r}");
+
+    // Without `host` the header names the probed address: 421, down.
+    write_config_with(&config.0, 1, 2, CHECK_PORT, "");
+    lb.signal("HUP");
+    let (r, took) = until(&topo, &daemon, Duration::from_secs(5), "down", |r| {
+        health(r) == "down"
+    });
+    assert!(r["check"].get("host").is_none(), "{r}");
+    println!(
+        "Host {daemon_ip}:{CHECK_PORT} refused: down after {took:?}",
+        daemon_ip = ip_of(&daemon)
+    );
+
+    write_config_with(&config.0, 1, 2, CHECK_PORT, &named);
+    lb.signal("HUP");
+    let (_, took) = until(&topo, &daemon, Duration::from_secs(5), "up", |r| {
+        health(r) == "up"
+    });
+    println!("Host {want} again: up after {took:?}");
 }
