@@ -52,6 +52,7 @@ fn plane(policy: PolicyKind) -> Dataplane {
         address: VIP,
         policy,
         backends,
+        health: Default::default(),
     }];
     Dataplane::build(
         WorkerId(0),

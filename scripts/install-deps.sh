@@ -3,7 +3,8 @@
 # clang builds the XDP program; m4, make, pkg-config, libelf-dev, zlib1g-dev and
 # libpcap-dev build the vendored libbpf/libxdp that xsk-rs links; iproute2, ethtool
 # and nftables build and tune the test topology; ping and setpriv serve the tests;
-# bird2 (BGP) announces the VIP in the scale-out test.
+# bird2 (BGP) announces the VIP in the scale-out test; Debian's python3 (its
+# http.server) answers the HTTP health checks of the health test.
 set -euo pipefail
 
 need=()
@@ -20,6 +21,7 @@ have_cmd nft || need+=(nftables)
 have_cmd ping || need+=(iputils-ping)
 have_cmd setpriv || need+=(util-linux)
 have_cmd bird || need+=(bird2)
+[ -x /usr/bin/python3 ] || need+=(python3)
 for p in libelf-dev zlib1g-dev libpcap-dev; do have_pkg "$p" || need+=("$p"); done
 
 if [ ${#need[@]} -gt 0 ]; then

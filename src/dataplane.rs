@@ -816,6 +816,7 @@ pub(crate) mod testing {
                 .iter()
                 .map(|&addr| BackendSpec { addr, weight: 1 })
                 .collect(),
+            health: Default::default(),
         }];
         let hops: Arc<[NextHop]> = daemons.iter().map(|_| NextHop::default()).collect();
         hops.iter().for_each(|h| h.set(Some([6; 6])));
@@ -1089,6 +1090,7 @@ mod tests {
             address: VIP,
             policy: PolicyKind::RoundRobin,
             backends: vec![BackendSpec { addr: b, weight: 1 }],
+            health: Default::default(),
         }];
         let retired = [Retired {
             daemon: a,

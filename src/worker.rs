@@ -790,6 +790,7 @@ mod tests {
                     weight: 1,
                 })
                 .collect(),
+            health: Default::default(),
         };
         let (a, b, c, d, e) = (
             "198.19.0.11:8080",

@@ -3,12 +3,16 @@
 use std::{
     net::SocketAddrV4,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use clap::Parser;
 use dispatchd::{
     balance::{BackendSpec, PolicyKind},
-    config::{BindMode, Config, ConfigError, PollMode, ReplyMode, RunArgs, XdpMode, DEFAULT_BATCH},
+    config::{
+        BindMode, Config, ConfigError, HttpProbe, PollMode, ProbeKind, ReplyMode, RunArgs,
+        ServiceHealth, XdpMode, DEFAULT_BATCH,
+    },
 };
 
 #[derive(Parser, Debug)]
@@ -81,7 +85,18 @@ fn example_file_loads() {
             be("198.19.0.13:8080", 2)
         ]
     );
+    assert_eq!(
+        s.health.kind,
+        ProbeKind::Http(HttpProbe {
+            path: "/health".into(),
+            status: vec![200..=200],
+            host: None,
+        })
+    );
+    assert_eq!(s.health.port, Some(8081));
     assert_eq!(c.services[1].policy, PolicyKind::Maglev);
+    assert_eq!(c.services[1].health.kind, ProbeKind::Tcp);
+    assert_eq!(c.services[1].health.schedule, c.control.health);
 }
 
 #[test]
@@ -681,7 +696,6 @@ fn mss_clamp_flag_over_the_file() {
 
 #[test]
 fn stop_grace_defaults_to_none_merges_and_is_bounded() {
-    use std::time::Duration;
     let p = example_arg();
     // The example leaves it out: SIGTERM stops at once.
     let c = resolve(&["--config", &p]).unwrap();
@@ -1084,4 +1098,330 @@ fn takeover_is_a_flag_that_leaves_the_config_alone() {
         .run;
     assert!(!plain.takeover && with.takeover);
     assert_eq!(plain.resolve().unwrap(), with.resolve().unwrap());
+}
+
+// ---------------------------------------------------------------- [service.health]
+
+/// A file with one service whose `[service.health]` table is `body`, after a
+/// `[health]` table `global`.
+fn with_health(global: &str, body: &str) -> String {
+    format!(
+        "{HEAD}[health]\n{global}\n{}[service.health]\n{body}\n",
+        svc("10.0.0.1:80", r#"["10.0.1.1:80"]"#)
+    )
+}
+
+fn health_of(text: &str) -> ServiceHealth {
+    let c = Config::from_toml_str(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    c.services[0].health.clone()
+}
+
+#[test]
+fn a_service_without_a_health_table_gets_tcp_on_the_global_values() {
+    let text = format!(
+        "{HEAD}[health]\ninterval_ms = 700\ntimeout_ms = 300\nrise = 4\nfall = 5\n{}",
+        svc("10.0.0.1:80", r#"["10.0.1.1:80"]"#)
+    );
+    let h = health_of(&text);
+    assert_eq!(h.kind, ProbeKind::Tcp);
+    assert_eq!(h.port, None);
+    assert_eq!(
+        (h.schedule.interval, h.schedule.timeout),
+        (Duration::from_millis(700), Duration::from_millis(300))
+    );
+    assert_eq!((h.schedule.rise, h.schedule.fall), (4, 5));
+}
+
+#[test]
+fn http_keys_default_and_the_schedule_inherits_per_key() {
+    let h = health_of(&with_health(
+        "interval_ms = 700\ntimeout_ms = 300\nrise = 4\nfall = 5",
+        "kind = \"http\"\nfall = 1",
+    ));
+    assert_eq!(
+        h.kind,
+        ProbeKind::Http(HttpProbe {
+            path: "/".into(),
+            status: vec![200..=200],
+            host: None,
+        })
+    );
+    assert_eq!(h.schedule.fall, 1);
+    assert_eq!(h.schedule.rise, 4);
+    assert_eq!(h.schedule.interval, Duration::from_millis(700));
+
+    let h = health_of(&with_health(
+        "",
+        "kind = \"http\"\npath = \"/health?full=1\"\nstatus = 204\nhost = \"app.example\"\n\
+         port = 8081\ninterval_ms = 200\ntimeout_ms = 150\nrise = 1\nfall = 2",
+    ));
+    assert_eq!(
+        h.kind,
+        ProbeKind::Http(HttpProbe {
+            path: "/health?full=1".into(),
+            status: vec![204..=204],
+            host: Some("app.example".into()),
+        })
+    );
+    assert_eq!(h.port, Some(8081));
+    assert_eq!(
+        (
+            h.schedule.interval,
+            h.schedule.timeout,
+            h.schedule.rise,
+            h.schedule.fall
+        ),
+        (Duration::from_millis(200), Duration::from_millis(150), 1, 2)
+    );
+    // A TCP check may have its own port too.
+    assert_eq!(health_of(&with_health("", "port = 22")).port, Some(22));
+}
+
+#[test]
+fn status_may_be_a_list_of_codes_and_ranges() {
+    let status = |written: &str| match health_of(&with_health(
+        "",
+        &format!("kind = \"http\"\nstatus = {written}"),
+    ))
+    .kind
+    {
+        ProbeKind::Http(h) => h,
+        other => panic!("{other:?}"),
+    };
+    let h = status(r#"[200, 204, "300-399"]"#);
+    assert_eq!(h.status, vec![200..=200, 204..=204, 300..=399]);
+    assert!(h.passes(204) && h.passes(302) && !h.passes(201) && !h.passes(400));
+    assert_eq!(status(r#""200-299""#).status, vec![200..=299]);
+    assert_eq!(status(r#"" 200 - 299 ""#).status, vec![200..=299]);
+    assert_eq!(status("[503]").status, vec![503..=503]);
+}
+
+#[test]
+fn an_inherited_timeout_fits_a_shorter_service_interval() {
+    // The global timeout (500 ms) would be longer than the service's interval.
+    let h = health_of(&with_health("", "interval_ms = 200"));
+    assert_eq!(h.schedule.timeout, Duration::from_millis(200));
+    let h = health_of(&with_health("timeout_ms = 100", "interval_ms = 200"));
+    assert_eq!(h.schedule.timeout, Duration::from_millis(100));
+}
+
+/// Every rule of `[service.health]`: the error names the service, the key
+/// and the value.
+#[test]
+fn each_service_health_rule_is_enforced_with_service_and_key_named() {
+    let cases: &[(&str, &str, &str)] = &[
+        // (table body, key named, words of the reason)
+        (
+            "kind = \"http\"\npath = \"health\"",
+            "health.path = \"health\"",
+            "must start with '/'",
+        ),
+        (
+            "kind = \"http\"\npath = \"\"",
+            "health.path = \"\"",
+            "must start with '/'",
+        ),
+        (
+            "kind = \"http\"\npath = \"/a b\"",
+            "health.path = \"/a b\"",
+            "spaces or control characters",
+        ),
+        (
+            "kind = \"http\"\npath = \"/a\\r\\nX: y\"",
+            "health.path",
+            "spaces or control characters",
+        ),
+        (
+            "kind = \"http\"\npath = \"/a\\nb\"",
+            "health.path",
+            "(CR, LF)",
+        ),
+        (
+            "kind = \"http\"\nhost = \"a b\"",
+            "health.host = \"a b\"",
+            "spaces or control characters",
+        ),
+        (
+            "kind = \"http\"\nhost = \"a\\r\\nX: y\"",
+            "health.host",
+            "(CR, LF)",
+        ),
+        (
+            "kind = \"http\"\nhost = \"\"",
+            "health.host",
+            "must not be empty",
+        ),
+        (
+            "kind = \"http\"\nstatus = 99",
+            "health.status = 99",
+            "100..=599",
+        ),
+        (
+            "kind = \"http\"\nstatus = 600",
+            "health.status = 600",
+            "100..=599",
+        ),
+        (
+            "kind = \"http\"\nstatus = 70000",
+            "health.status = 70000",
+            "100..=599",
+        ),
+        (
+            "kind = \"http\"\nstatus = -1",
+            "health.status = -1",
+            "100..=599",
+        ),
+        (
+            "kind = \"http\"\nstatus = [200, 600]",
+            "health.status = 600",
+            "100..=599",
+        ),
+        (
+            "kind = \"http\"\nstatus = \"200-600\"",
+            "health.status = 200-600",
+            "100..=599",
+        ),
+        (
+            "kind = \"http\"\nstatus = \"299-200\"",
+            "health.status = 299-200",
+            "from low to high",
+        ),
+        (
+            "kind = \"http\"\nstatus = \"2xx\"",
+            "health.status = \"2xx\"",
+            "a range \"LOW-HIGH\"",
+        ),
+        (
+            "kind = \"http\"\nstatus = [\"200-\"]",
+            "health.status = \"200-\"",
+            "a range \"LOW-HIGH\"",
+        ),
+        (
+            "kind = \"http\"\nstatus = []",
+            "health.status = []",
+            "at least one code",
+        ),
+        ("port = 0", "health.port = 0", "1..=65535"),
+        ("port = 65536", "health.port = 65536", "1..=65535"),
+        (
+            "kind = \"http\"\nport = -5",
+            "health.port = -5",
+            "1..=65535",
+        ),
+        (
+            "interval_ms = 100\ntimeout_ms = 200",
+            "health.timeout_ms = 200",
+            "longer than interval_ms = 100",
+        ),
+        (
+            "interval_ms = 0",
+            "health.interval_ms = 0",
+            "greater than zero",
+        ),
+        (
+            "timeout_ms = 0",
+            "health.timeout_ms = 0",
+            "greater than zero",
+        ),
+        ("rise = 0", "health.rise = 0", "greater than zero"),
+        ("fall = 0", "health.fall = 0", "greater than zero"),
+        (
+            "path = \"/x\"",
+            "health.path = \"/x\"",
+            "only an HTTP check",
+        ),
+        ("status = 200", "health.status = 200", "only an HTTP check"),
+        (
+            "kind = \"tcp\"\nhost = \"h\"",
+            "health.host = \"h\"",
+            "only an HTTP check",
+        ),
+    ];
+    for (body, key, reason) in cases {
+        let (e, msg) = parse_err(&with_health("", body));
+        assert!(
+            matches!(e, ConfigError::BadServiceHealth { .. }),
+            "{body}: {e:?}"
+        );
+        assert!(msg.starts_with("service 10.0.0.1:80: "), "{body}: {msg}");
+        assert!(msg.contains(key), "{body}: {msg}");
+        assert!(msg.contains(reason), "{body}: {msg}");
+    }
+    // The longest path and host pass; one byte more does not.
+    let long = |n: usize| "a".repeat(n);
+    let ok = format!(
+        "kind = \"http\"\npath = \"/{}\"\nhost = \"{}\"",
+        long(1023),
+        long(255)
+    );
+    assert!(Config::from_toml_str(&with_health("", &ok)).is_ok());
+    let (_, msg) = parse_err(&with_health(
+        "",
+        &format!("kind = \"http\"\npath = \"/{}\"", long(1024)),
+    ));
+    assert!(
+        msg.contains("health.path = 1025 bytes: longer than 1024 bytes"),
+        "{msg}"
+    );
+    let (_, msg) = parse_err(&with_health(
+        "",
+        &format!("kind = \"http\"\nhost = \"{}\"", long(256)),
+    ));
+    assert!(
+        msg.contains("health.host = 256 bytes: longer than 255 bytes"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unknown_kind_and_unknown_keys_in_the_health_table_are_refused() {
+    let (e, msg) = parse_err(&with_health("", "kind = \"icmp\""));
+    assert!(matches!(e, ConfigError::BadValue { .. }), "{e:?}");
+    assert!(
+        msg.contains("icmp") && msg.contains("tcp") && msg.contains("http"),
+        "{msg}"
+    );
+    let (e, msg) = parse_err(&with_health("", "kind = \"http\"\nexpect = 200"));
+    assert!(matches!(e, ConfigError::UnknownKey { .. }), "{e:?}");
+    assert!(msg.contains("`expect`") && msg.contains("status"), "{msg}");
+}
+
+#[test]
+fn check_config_print_writes_every_service_health_key_and_loads_as_the_same() {
+    let text = format!(
+        "{HEAD}[health]\nfall = 4\n{}[service.health]\nkind = \"http\"\npath = \"/health\"\n\
+         status = 204\nhost = \"app.example\"\nport = 8081\ninterval_ms = 300\n{}\
+         [service.health]\nkind = \"http\"\nstatus = [200, \"300-399\"]\n{}",
+        svc("10.0.0.1:80", r#"["10.0.1.1:80"]"#),
+        svc("10.0.0.2:80", r#"["10.0.1.2:80"]"#),
+        svc("10.0.0.3:80", r#"["10.0.1.3:80"]"#),
+    );
+    let p = write_tmp("service-health.toml", &text);
+    let (status, out, err) = dispatchd(&["check-config", p.to_str().unwrap(), "--print"]);
+    assert!(status.success(), "{err}");
+    assert_eq!(
+        Config::from_toml_str(&out).unwrap(),
+        Config::from_toml_str(&text).unwrap()
+    );
+    for line in [
+        "[service.health]",
+        "kind = \"http\"",
+        "path = \"/health\"",
+        "status = 204",
+        "host = \"app.example\"",
+        "port = 8081",
+        "interval_ms = 300",
+        "kind = \"tcp\"",
+        "fall = 4",
+        "status = [200, \"300-399\"]",
+    ] {
+        assert!(out.lines().any(|l| l.trim() == line), "{line}: {out}");
+    }
+    assert_eq!(out.matches("[service.health]").count(), 3, "{out}");
+    // The last service's table is the global one written out.
+    let second = &out[out.rfind("[service.health]").unwrap()..];
+    assert!(
+        second.contains("kind = \"tcp\"") && !second.contains("path"),
+        "{second}"
+    );
 }

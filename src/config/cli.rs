@@ -226,6 +226,7 @@ impl RunArgs {
                     address,
                     policy: PolicyKind::default(),
                     backends,
+                    health: None,
                 }]
             }
             None if !backends.is_empty() => match file.services.as_mut_slice() {

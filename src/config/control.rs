@@ -1,7 +1,7 @@
 //! The management loop's settings: control socket, metrics endpoint, connection
 //! timeouts and health checks. The control plane reads these; it does not own them,
 //! so that the config layer needs nothing above it.
-use std::{path::PathBuf, time::Duration};
+use std::{ops::RangeInclusive, path::PathBuf, time::Duration};
 
 use super::ConfigError;
 
@@ -128,6 +128,186 @@ impl Default for HealthCheck {
             rise: DEFAULT_RISE,
             fall: DEFAULT_FALL,
         }
+    }
+}
+
+/// Longest accepted HTTP check `path`, in bytes: the request must fit in one
+/// small buffer.
+pub const MAX_HEALTH_PATH: usize = 1024;
+/// Longest accepted HTTP check `host` (a DNS name's most).
+pub const MAX_HEALTH_HOST: usize = 255;
+/// Default HTTP check path.
+pub const DEFAULT_HEALTH_PATH: &str = "/";
+/// Default status an HTTP check expects.
+pub const DEFAULT_HEALTH_STATUS: u16 = 200;
+
+/// What a service's probes check.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// The daemon accepts a TCP connection.
+    #[default]
+    Tcp,
+    /// It accepts one and answers `GET path` with the expected status.
+    Http(HttpProbe),
+}
+
+/// An HTTP check: `GET path HTTP/1.0` with a Host header; passes iff the
+/// status line carries a code of `status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpProbe {
+    /// Starts with '/'; no spaces or control characters.
+    pub path: String,
+    /// The codes that pass: ranges (a code alone is a range of one), each
+    /// within 100..=599 and not empty; at least one.
+    pub status: Vec<RangeInclusive<u16>>,
+    /// The Host header; `None`: the probed address (`ADDR` or `ADDR:PORT`).
+    pub host: Option<String>,
+}
+
+impl HttpProbe {
+    /// Whether a reply with status `code` passes.
+    pub fn passes(&self, code: u16) -> bool {
+        self.status.iter().any(|r| r.contains(&code))
+    }
+}
+
+/// `status` as written: `200`, or `200,204,300-399`.
+pub fn fmt_status(status: &[RangeInclusive<u16>]) -> String {
+    status
+        .iter()
+        .map(|r| {
+            if r.start() == r.end() {
+                r.start().to_string()
+            } else {
+                format!("{}-{}", r.start(), r.end())
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Default for HttpProbe {
+    fn default() -> Self {
+        Self {
+            path: DEFAULT_HEALTH_PATH.to_owned(),
+            status: vec![DEFAULT_HEALTH_STATUS..=DEFAULT_HEALTH_STATUS],
+            host: None,
+        }
+    }
+}
+
+/// One service's health check: what is probed, on which port, how often.
+/// `Default`: a TCP connect to the daemon's port on the [`HealthCheck`]
+/// defaults (what a service without a `[service.health]` table gets from the
+/// global `[health]` table).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceHealth {
+    pub kind: ProbeKind,
+    /// The port probed; `None`: the daemon's. Never `Some(0)`.
+    pub port: Option<u16>,
+    pub schedule: HealthCheck,
+}
+
+impl ServiceHealth {
+    /// Whether a probe of `self` and one of `other` test the same thing (kind,
+    /// port, request, expected status): when not, a daemon's streak of results
+    /// says nothing about the new check.
+    pub fn same_probe(&self, other: &ServiceHealth) -> bool {
+        (&self.kind, self.port) == (&other.kind, other.port)
+    }
+
+    /// Checks the rules of each key; the error names `service` and the key.
+    pub(super) fn validate(&self, service: std::net::SocketAddrV4) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, value: String, reason: String| {
+            Err(ConfigError::BadServiceHealth {
+                service,
+                key,
+                value,
+                reason,
+            })
+        };
+        let h = &self.schedule;
+        for (key, value, zero) in [
+            ("interval_ms", h.interval.as_millis(), h.interval.is_zero()),
+            ("timeout_ms", h.timeout.as_millis(), h.timeout.is_zero()),
+            ("rise", u128::from(h.rise), h.rise == 0),
+            ("fall", u128::from(h.fall), h.fall == 0),
+        ] {
+            if zero {
+                return bad(key, value.to_string(), "must be greater than zero".into());
+            }
+        }
+        if h.timeout > h.interval {
+            return bad(
+                "timeout_ms",
+                h.timeout.as_millis().to_string(),
+                format!(
+                    "longer than interval_ms = {}: a probe must end before the next one starts",
+                    h.interval.as_millis()
+                ),
+            );
+        }
+        if self.port == Some(0) {
+            return bad("port", "0".into(), "must be in 1..=65535".into());
+        }
+        let ProbeKind::Http(http) = &self.kind else {
+            return Ok(());
+        };
+        let unfit = |s: &str| s.chars().any(|c| c == ' ' || c.is_control());
+        let path = &http.path;
+        if !path.starts_with('/') {
+            return bad("path", format!("{path:?}"), "must start with '/'".into());
+        }
+        if unfit(path) {
+            return bad(
+                "path",
+                format!("{path:?}"),
+                "must not contain spaces or control characters (CR, LF)".into(),
+            );
+        }
+        if path.len() > MAX_HEALTH_PATH {
+            return bad(
+                "path",
+                format!("{} bytes", path.len()),
+                format!("longer than {MAX_HEALTH_PATH} bytes"),
+            );
+        }
+        if let Some(host) = &http.host {
+            if host.is_empty() {
+                return bad("host", "\"\"".into(), "must not be empty".into());
+            }
+            if unfit(host) {
+                return bad(
+                    "host",
+                    format!("{host:?}"),
+                    "must not contain spaces or control characters (CR, LF)".into(),
+                );
+            }
+            if host.len() > MAX_HEALTH_HOST {
+                return bad(
+                    "host",
+                    format!("{} bytes", host.len()),
+                    format!("longer than {MAX_HEALTH_HOST} bytes"),
+                );
+            }
+        }
+        if http.status.is_empty() {
+            return bad("status", "[]".into(), "must name at least one code".into());
+        }
+        for r in &http.status {
+            let value = fmt_status(std::slice::from_ref(r));
+            if !(100..=599).contains(r.start()) || !(100..=599).contains(r.end()) {
+                return bad(
+                    "status",
+                    value,
+                    "must be an HTTP status code, 100..=599".into(),
+                );
+            }
+            if r.start() > r.end() {
+                return bad("status", value, "a range must go from low to high".into());
+            }
+        }
+        Ok(())
     }
 }
 

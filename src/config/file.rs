@@ -11,12 +11,13 @@ use serde::{
 
 use super::{
     parse_addr, parse_backend, BindMode, Config, ConfigError, ControlConfig, HealthCheck,
-    OnFailure, OnRemove, PollMode, ReplyMode, ServiceConfig, Timeouts, XdpMode, DEFAULT_BATCH,
-    DEFAULT_CONTROL_SOCKET, DEFAULT_EVENT_RING, DEFAULT_FLOW_CAPACITY, DEFAULT_FRAMES_PER_QUEUE,
+    HttpProbe, OnFailure, OnRemove, PollMode, ProbeKind, ReplyMode, ServiceConfig, ServiceHealth,
+    Timeouts, XdpMode, DEFAULT_BATCH, DEFAULT_CONTROL_SOCKET, DEFAULT_EVENT_RING,
+    DEFAULT_FLOW_CAPACITY, DEFAULT_FRAMES_PER_QUEUE, DEFAULT_HEALTH_PATH, DEFAULT_HEALTH_STATUS,
     DEFAULT_STOP_GRACE, DEFAULT_WEIGHT,
 };
 use crate::balance::{BackendSpec, PolicyKind};
-use std::{path::PathBuf, time::Duration};
+use std::{ops::RangeInclusive, path::PathBuf, time::Duration};
 
 /// Top level of the file.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -152,6 +153,217 @@ pub(super) struct FileService {
     /// The daemons: `"ADDR:PORT"` (weight 1), `"ADDR:PORT@W"` or `{ address, weight }`.
     #[serde(default)]
     pub backends: Vec<FileBackend>,
+    /// `[service.health]`: how its daemons are probed; absent = TCP connects
+    /// on the `[health]` values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<FileServiceHealth>,
+}
+
+/// The word of `[service.health] kind`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum FileProbeKind {
+    #[default]
+    Tcp,
+    Http,
+}
+
+/// `[service.health]`: every key optional; the schedule's default to the
+/// `[health]` table's. Numbers are read wide so that an out-of-range one gets
+/// the error naming its service and key, not a type error.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct FileServiceHealth {
+    pub kind: FileProbeKind,
+    /// HTTP only: the request's path; default "/".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// HTTP only: the status codes that pass; default 200.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<FileStatus>,
+    /// HTTP only: the Host header; default the probed ADDR[:PORT].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The port probed; default the daemon's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval_ms: Option<u64>,
+    /// Default: `[health] timeout_ms`, at most this table's `interval_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rise: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fall: Option<u32>,
+}
+
+/// `status` as written: a code, a `"LOW-HIGH"` range, or a list of both.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub(super) enum FileStatus {
+    One(FileStatusItem),
+    Many(Vec<FileStatusItem>),
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub(super) enum FileStatusItem {
+    Code(i64),
+    Range(String),
+}
+
+impl FileStatus {
+    fn from_ranges(status: &[RangeInclusive<u16>]) -> FileStatus {
+        let item = |r: &RangeInclusive<u16>| {
+            if r.start() == r.end() {
+                FileStatusItem::Code(i64::from(*r.start()))
+            } else {
+                FileStatusItem::Range(format!("{}-{}", r.start(), r.end()))
+            }
+        };
+        match status {
+            [one] => FileStatus::One(item(one)),
+            many => FileStatus::Many(many.iter().map(item).collect()),
+        }
+    }
+
+    /// The ranges, or what is wrong with an item (its text, the reason);
+    /// the bounds' own rules are [`ServiceHealth`]'s.
+    fn ranges(&self) -> Result<Vec<RangeInclusive<u16>>, (String, &'static str)> {
+        const CODE: &str = "must be an HTTP status code, 100..=599";
+        let item = |i: &FileStatusItem| match i {
+            FileStatusItem::Code(c) => u16::try_from(*c)
+                .map(|c| c..=c)
+                .map_err(|_| (c.to_string(), CODE)),
+            FileStatusItem::Range(s) => {
+                let bad = || {
+                    (
+                        format!("{s:?}"),
+                        "must be a code or a range \"LOW-HIGH\" such as \"200-299\"",
+                    )
+                };
+                let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+                let bound = |b: &str| b.trim().parse::<u16>().map_err(|_| bad());
+                Ok(bound(lo)?..=bound(hi)?)
+            }
+        };
+        match self {
+            FileStatus::One(i) => Ok(vec![item(i)?]),
+            FileStatus::Many(list) => list.iter().map(item).collect(),
+        }
+    }
+
+    fn written(&self) -> String {
+        let item = |i: &FileStatusItem| match i {
+            FileStatusItem::Code(c) => c.to_string(),
+            FileStatusItem::Range(s) => format!("{s:?}"),
+        };
+        match self {
+            FileStatus::One(i) => item(i),
+            FileStatus::Many(l) => {
+                format!("[{}]", l.iter().map(item).collect::<Vec<_>>().join(", "))
+            }
+        }
+    }
+}
+
+impl FileServiceHealth {
+    /// Every key written: what `check-config --print` shows of a service.
+    fn from_health(h: &ServiceHealth) -> FileServiceHealth {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let (kind, path, status, host) = match &h.kind {
+            ProbeKind::Tcp => (FileProbeKind::Tcp, None, None, None),
+            ProbeKind::Http(http) => (
+                FileProbeKind::Http,
+                Some(http.path.clone()),
+                Some(FileStatus::from_ranges(&http.status)),
+                http.host.clone(),
+            ),
+        };
+        FileServiceHealth {
+            kind,
+            path,
+            status,
+            host,
+            port: h.port.map(i64::from),
+            interval_ms: Some(ms(h.schedule.interval)),
+            timeout_ms: Some(ms(h.schedule.timeout)),
+            rise: Some(h.schedule.rise),
+            fall: Some(h.schedule.fall),
+        }
+    }
+
+    /// The service's check, keys left out taken from `defaults` (`[health]`).
+    /// The rules on values are [`ServiceHealth`]'s; here only what its types
+    /// cannot hold: HTTP keys on a TCP check, numbers beyond a port's or a
+    /// status code's type.
+    fn resolve(
+        &self,
+        service: SocketAddrV4,
+        defaults: &HealthCheck,
+    ) -> Result<ServiceHealth, ConfigError> {
+        let bad = |key: &'static str, value: String, reason: &str| ConfigError::BadServiceHealth {
+            service,
+            key,
+            value,
+            reason: reason.to_owned(),
+        };
+        let kind = match self.kind {
+            FileProbeKind::Tcp => {
+                for (key, set) in [
+                    ("path", self.path.as_ref().map(|p| format!("{p:?}"))),
+                    ("status", self.status.as_ref().map(FileStatus::written)),
+                    ("host", self.host.as_ref().map(|h| format!("{h:?}"))),
+                ] {
+                    if let Some(value) = set {
+                        return Err(bad(
+                            key,
+                            value,
+                            "only an HTTP check has it (kind = \"http\")",
+                        ));
+                    }
+                }
+                ProbeKind::Tcp
+            }
+            FileProbeKind::Http => ProbeKind::Http(HttpProbe {
+                path: self
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_HEALTH_PATH.to_owned()),
+                status: match &self.status {
+                    None => vec![DEFAULT_HEALTH_STATUS..=DEFAULT_HEALTH_STATUS],
+                    Some(s) => s
+                        .ranges()
+                        .map_err(|(value, reason)| bad("status", value, reason))?,
+                },
+                host: self.host.clone(),
+            }),
+        };
+        let port = match self.port {
+            None => None,
+            Some(p) => Some(
+                u16::try_from(p).map_err(|_| bad("port", p.to_string(), "must be in 1..=65535"))?,
+            ),
+        };
+        let interval = self
+            .interval_ms
+            .map_or(defaults.interval, Duration::from_millis);
+        Ok(ServiceHealth {
+            kind,
+            port,
+            schedule: HealthCheck {
+                interval,
+                // An inherited timeout fits the service's own interval, as the
+                // --health-interval-ms flag shortens the global one.
+                timeout: self
+                    .timeout_ms
+                    .map_or(defaults.timeout.min(interval), Duration::from_millis),
+                rise: self.rise.unwrap_or(defaults.rise),
+                fall: self.fall.unwrap_or(defaults.fall),
+            },
+        })
+    }
 }
 
 /// A backend entry: a string or an inline table.
@@ -264,6 +476,7 @@ impl FileConfig {
                     address: s.address,
                     policy: s.policy,
                     backends: s.backends.iter().copied().map(FileBackend).collect(),
+                    health: Some(FileServiceHealth::from_health(&s.health)),
                 })
                 .collect(),
             control_socket: c.control_socket.clone(),
@@ -296,6 +509,31 @@ impl FileConfig {
             key: "back",
             flag: "--back",
         })?;
+        let defaults = HealthCheck {
+            interval: Duration::from_millis(self.health.interval_ms),
+            timeout: Duration::from_millis(self.health.timeout_ms),
+            rise: self.health.rise,
+            fall: self.health.fall,
+        };
+        let services = self
+            .services
+            .into_iter()
+            .map(|s| {
+                let health = match &s.health {
+                    Some(h) => h.resolve(s.address, &defaults)?,
+                    None => ServiceHealth {
+                        schedule: defaults,
+                        ..ServiceHealth::default()
+                    },
+                };
+                Ok(ServiceConfig {
+                    address: s.address,
+                    policy: s.policy,
+                    backends: s.backends.into_iter().map(|b| b.0).collect(),
+                    health,
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
         let config = Config {
             front,
             back,
@@ -310,15 +548,7 @@ impl FileConfig {
             batch: self.batch,
             mss_clamp: self.mss_clamp,
             reply_mode: self.reply_mode,
-            services: self
-                .services
-                .into_iter()
-                .map(|s| ServiceConfig {
-                    address: s.address,
-                    policy: s.policy,
-                    backends: s.backends.into_iter().map(|b| b.0).collect(),
-                })
-                .collect(),
+            services,
             control: ControlConfig {
                 control_socket: self.control_socket,
                 metrics_listen: self.metrics_listen,
@@ -328,12 +558,7 @@ impl FileConfig {
                     linger: Duration::from_millis(self.timeouts.linger_ms),
                     rst_linger: Duration::from_millis(self.timeouts.rst_linger_ms),
                 },
-                health: HealthCheck {
-                    interval: Duration::from_millis(self.health.interval_ms),
-                    timeout: Duration::from_millis(self.health.timeout_ms),
-                    rise: self.health.rise,
-                    fall: self.health.fall,
-                },
+                health: defaults,
                 on_failure: self.health.on_failure,
                 on_remove: self.on_remove,
                 stop_grace: Duration::from_millis(self.stop_grace_ms),

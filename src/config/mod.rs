@@ -29,10 +29,11 @@ use crate::balance::{BackendSpec, PolicyKind};
 pub use changes::changes;
 pub use cli::RunArgs;
 pub use control::{
-    ControlConfig, HealthCheck, OnFailure, OnRemove, Timeouts, DEFAULT_CONTROL_SOCKET,
-    DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    fmt_status, ControlConfig, HealthCheck, HttpProbe, OnFailure, OnRemove, ProbeKind,
+    ServiceHealth, Timeouts, DEFAULT_CONTROL_SOCKET, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL,
+    DEFAULT_HEALTH_PATH, DEFAULT_HEALTH_STATUS, DEFAULT_HEALTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_LINGER, DEFAULT_RISE, DEFAULT_RST_LINGER, DEFAULT_STOP_GRACE, DEFAULT_SYN_TIMEOUT,
-    MAX_STOP_GRACE,
+    MAX_HEALTH_HOST, MAX_HEALTH_PATH, MAX_STOP_GRACE,
 };
 
 // MAX_QUEUES (the most RX queues an interface may have, and the largest accepted
@@ -176,6 +177,9 @@ pub struct ServiceConfig {
     pub policy: PolicyKind,
     /// The daemons; at least one, no duplicates, weights >= 1.
     pub backends: Vec<BackendSpec>,
+    /// How its daemons are probed (`[service.health]`, on the `[health]`
+    /// defaults).
+    pub health: ServiceHealth,
 }
 
 /// Why a configuration was rejected. `Display` is one line naming the file, field or
@@ -191,6 +195,13 @@ pub enum ConfigError {
          a probe must end before the next one starts"
     )]
     HealthTimeoutBeyondInterval { timeout_ms: u128, interval_ms: u128 },
+    #[error("service {service}: health.{key} = {value}: {reason}")]
+    BadServiceHealth {
+        service: SocketAddrV4,
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("stop_grace_ms = {ms} is longer than {max_ms} ms (the most a graceful stop may take)")]
     StopGraceTooLong { ms: u64, max_ms: u64 },
     // The OS error is part of this line and deliberately not a `source`: the
@@ -468,6 +479,7 @@ impl Config {
             if !vips.insert(s.address) {
                 return Err(ConfigError::DuplicateService { address: s.address });
             }
+            s.health.validate(s.address)?;
         }
         // backend address -> the service that first listed it
         let mut owner: HashMap<SocketAddrV4, SocketAddrV4> = HashMap::new();

@@ -29,11 +29,13 @@ fn base() -> Config {
                 address: a("198.18.0.100:80"),
                 policy: PolicyKind::RoundRobin,
                 backends: vec![b("198.19.0.11:8080"), b("198.19.0.12:8080")],
+                health: ServiceHealth::default(),
             },
             ServiceConfig {
                 address: a("198.18.0.101:80"),
                 policy: PolicyKind::Maglev,
                 backends: vec![b("198.19.0.13:8080")],
+                health: ServiceHealth::default(),
             },
         ],
         control: ControlConfig::default(),
@@ -492,6 +494,7 @@ fn more_services_or_daemons_than_the_steering_maps_hold_are_refused() {
                 weight: 1,
             })
             .collect(),
+        health: ServiceHealth::default(),
     };
     let mut c = base();
     c.services = (0..=MAX_SERVICES as usize).map(|i| service(i, 1)).collect();

@@ -5,7 +5,20 @@
 use std::net::SocketAddrV4;
 
 use super::health::{Health, HealthState};
-use crate::{balance::BackendState, config::Config, dataplane::Retired, ids::BackendId};
+use crate::{
+    balance::BackendState,
+    config::{Config, ServiceHealth},
+    dataplane::Retired,
+    ids::BackendId,
+};
+
+/// Probe results of one daemon since it was first configured (kept across
+/// reloads, as its health is).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeCounts {
+    pub passed: u64,
+    pub failed: u64,
+}
 
 /// One daemon.
 #[derive(Clone, Debug)]
@@ -13,6 +26,9 @@ pub struct Backend {
     pub addr: SocketAddrV4,
     pub service: SocketAddrV4,
     pub health: HealthState,
+    /// Its service's check (a retired daemon's is never used).
+    pub check: ServiceHealth,
+    pub probes: ProbeCounts,
     pub draining: bool,
     /// Whether the kernel has told us the MAC of its next hop: a daemon is not
     /// offered new connections before (a freshly added one, say), since the
@@ -27,6 +43,12 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// Where its probes connect: its address, on its service's check port if
+    /// one is set.
+    pub fn probe_target(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(*self.addr.ip(), self.check.port.unwrap_or(self.addr.port()))
+    }
+
     /// Whether the daemon takes new connections, all things considered.
     pub fn effective(&self) -> BackendState {
         if self.retired {
@@ -53,9 +75,12 @@ pub struct Backends {
 impl Backends {
     /// The daemons of `config`, then the `retired` ones, keeping the health and
     /// drain state of the ones `old` knew (by address): a reload changes the
-    /// list, not what is known of a daemon. Every configured daemon is due a
-    /// probe at `now_ns`, and is taken as told what the workers build their
-    /// pools with: `Up`, `Draining` for the retired.
+    /// list, not what is known of a daemon. Each takes its service's check:
+    /// new rise and fall apply to the streak it has; a changed probe (kind,
+    /// port, path, status, Host) restarts the streak from the current state.
+    /// Every configured daemon is due a probe at `now_ns`, and is taken as
+    /// told what the workers build their pools with: `Up`, `Draining` for the
+    /// retired.
     pub fn new(
         config: &Config,
         retired: &[Retired],
@@ -63,20 +88,38 @@ impl Backends {
         next_hop_known: impl Fn(BackendId) -> bool,
         now_ns: u64,
     ) -> Self {
-        let check = &config.control.health;
-        let configured = config
-            .daemons()
-            .map(|(_, service, b)| (b.addr, service, false));
-        let retired = retired.iter().map(|r| (r.daemon, r.service, true));
+        // In the order of `Config::daemons`, which gives the ids.
+        let configured = config.services.iter().flat_map(|s| {
+            s.backends
+                .iter()
+                .map(move |b| (b.addr, s.address, s.health.clone(), false))
+        });
+        let retired_check = ServiceHealth {
+            schedule: config.control.health,
+            ..ServiceHealth::default()
+        };
+        let retired = retired
+            .iter()
+            .map(|r| (r.daemon, r.service, retired_check.clone(), true));
         let list = configured
             .chain(retired)
             .enumerate()
-            .map(|(i, (addr, service, retired))| {
+            .map(|(i, (addr, service, check, retired))| {
                 let previous = old.find(addr).map(|i| &old.list[i.index()]);
+                let health = match previous {
+                    Some(o) => {
+                        let mut h = o.health.clone();
+                        h.retune(&check.schedule, !o.check.same_probe(&check));
+                        h
+                    }
+                    None => HealthState::new(&check.schedule),
+                };
                 Backend {
                     addr,
                     service,
-                    health: previous.map_or_else(|| HealthState::new(check), |o| o.health.clone()),
+                    health,
+                    check,
+                    probes: previous.map(|o| o.probes).unwrap_or_default(),
                     draining: previous.is_some_and(|o| o.draining),
                     next_hop_known: next_hop_known(BackendId(i as u16)),
                     retired,
@@ -145,13 +188,14 @@ impl Backends {
     }
 
     /// The daemons due a probe at `now_ns` (none of them has one in flight); each
-    /// is marked as probing and next due one `interval_ns` later.
-    pub fn due_probes(&mut self, now_ns: u64, interval_ns: u64) -> Vec<BackendId> {
+    /// is marked as probing and next due one interval of its service later.
+    pub fn due_probes(&mut self, now_ns: u64) -> Vec<BackendId> {
         let mut due = Vec::new();
         for (i, b) in self.list.iter_mut().enumerate() {
             if !b.probing && !b.retired && b.next_probe_ns <= now_ns {
                 b.probing = true;
-                b.next_probe_ns = now_ns + interval_ns;
+                let interval = b.check.schedule.interval.as_nanos();
+                b.next_probe_ns = now_ns.saturating_add(interval.try_into().unwrap_or(u64::MAX));
                 due.push(BackendId(i as u16));
             }
         }
@@ -166,6 +210,11 @@ impl Backends {
         }
         let b = self.list.get_mut(id.index())?;
         b.probing = false;
+        if ok {
+            b.probes.passed += 1;
+        } else {
+            b.probes.failed += 1;
+        }
         b.health.record(ok)
     }
 
@@ -239,13 +288,13 @@ mod tests {
     fn probes_are_due_once_per_interval_and_never_two_at_a_time() {
         let s = 1_000_000_000;
         let mut b = Backends::new(&config(&[A, B]), &[], &Backends::default(), |_| true, 10);
-        assert_eq!(b.due_probes(5, s), [], "not before the list's start");
-        assert_eq!(b.due_probes(10, s), [BackendId(0), BackendId(1)]);
-        assert_eq!(b.due_probes(10 + 2 * s, s), [], "still in flight");
+        assert_eq!(b.due_probes(5), [], "not before the list's start");
+        assert_eq!(b.due_probes(10), [BackendId(0), BackendId(1)]);
+        assert_eq!(b.due_probes(10 + 2 * s), [], "still in flight");
         let gen = b.generation();
         b.probe_done(BackendId(0), gen, true);
-        assert_eq!(b.due_probes(10 + 2 * s, s), [BackendId(0)]);
-        assert_eq!(b.due_probes(10 + 2 * s + 1, s), []);
+        assert_eq!(b.due_probes(10 + 2 * s), [BackendId(0)]);
+        assert_eq!(b.due_probes(10 + 2 * s + 1), []);
     }
 
     #[test]
@@ -268,16 +317,159 @@ mod tests {
         assert_eq!(new.find(addr(A)), None);
     }
 
+    fn parse(text: &str) -> Config {
+        Config::from_toml_str(text).expect("a valid config")
+    }
+
+    /// Two services: S1 with A and B, S2 with C; `s1` and `s2` are their
+    /// `[service.health]` bodies.
+    fn two_services(s1: &str, s2: &str) -> Config {
+        parse(&format!(
+            "front = \"l0\"\nback = \"l1\"\n[health]\nrise = 2\nfall = 3\n\
+             [[service]]\naddress = \"198.18.0.100:80\"\nbackends = [{A:?}, {B:?}]\n\
+             [service.health]\n{s1}\n\
+             [[service]]\naddress = \"198.18.0.101:80\"\nbackends = [{C:?}]\n\
+             [service.health]\n{s2}\n"
+        ))
+    }
+
+    #[test]
+    fn each_daemon_is_probed_on_its_own_services_interval() {
+        let ms = 1_000_000;
+        let config = two_services("interval_ms = 100", "interval_ms = 300");
+        let mut b = Backends::new(&config, &[], &Backends::default(), |_| true, 0);
+        let gen = b.generation();
+        let (a, bb, c) = (BackendId(0), BackendId(1), BackendId(2));
+        assert_eq!(b.due_probes(0), [a, bb, c]);
+        for id in [a, bb, c] {
+            b.probe_done(id, gen, true);
+        }
+        assert_eq!(b.due_probes(99 * ms), []);
+        assert_eq!(b.due_probes(100 * ms), [a, bb]);
+        b.probe_done(a, gen, true);
+        b.probe_done(bb, gen, true);
+        assert_eq!(b.due_probes(200 * ms), [a, bb]);
+        b.probe_done(a, gen, true);
+        b.probe_done(bb, gen, true);
+        assert_eq!(b.due_probes(300 * ms), [a, bb, c]);
+    }
+
+    #[test]
+    fn a_reload_applies_new_thresholds_to_the_streak_a_daemon_has() {
+        let old_config = two_services("fall = 3", "");
+        let mut old = Backends::new(&old_config, &[], &Backends::default(), |_| true, 0);
+        let gen = old.generation();
+        let a = BackendId(0);
+        assert_eq!(old.probe_done(a, gen, false), None);
+        assert_eq!(old.probe_done(a, gen, false), None);
+
+        let mut new = Backends::new(&two_services("fall = 1", ""), &[], &old, |_| true, 0);
+        let gen = new.generation();
+        assert_eq!(new.get(a).health.health(), Health::Up, "the state stays");
+        assert_eq!(new.get(a).check.schedule.fall, 1);
+        assert_eq!(new.probe_done(a, gen, false), Some(Health::Down));
+
+        // The other way: fall raised while failing, the streak counts on.
+        let mut old = Backends::new(&old_config, &[], &Backends::default(), |_| true, 0);
+        let gen = old.generation();
+        old.probe_done(a, gen, false);
+        old.probe_done(a, gen, false);
+        let mut new = Backends::new(&two_services("fall = 4", ""), &[], &old, |_| true, 0);
+        let gen = new.generation();
+        assert_eq!(new.probe_done(a, gen, false), None, "3 of 4");
+        assert_eq!(new.probe_done(a, gen, false), Some(Health::Down));
+    }
+
+    #[test]
+    fn a_reload_of_the_global_defaults_reaches_the_services_that_inherit_them() {
+        let with_fall = |fall: u32| {
+            parse(&format!(
+                "front = \"l0\"\nback = \"l1\"\n[health]\nfall = {fall}\n\
+                 [[service]]\naddress = \"198.18.0.100:80\"\nbackends = [{A:?}]\n\
+                 [service.health]\nkind = \"http\"\n\
+                 [[service]]\naddress = \"198.18.0.101:80\"\nbackends = [{C:?}]\n\
+                 [service.health]\nfall = 5\n"
+            ))
+        };
+        let old = Backends::new(&with_fall(3), &[], &Backends::default(), |_| true, 0);
+        let new = Backends::new(&with_fall(1), &[], &old, |_| true, 0);
+        assert_eq!(new.get(BackendId(0)).check.schedule.fall, 1, "inherited");
+        assert_eq!(new.get(BackendId(1)).check.schedule.fall, 5, "its own");
+    }
+
+    #[test]
+    fn a_changed_probe_restarts_the_streak_from_the_current_state() {
+        let mut old = Backends::new(
+            &two_services("", ""),
+            &[],
+            &Backends::default(),
+            |_| true,
+            0,
+        );
+        let gen = old.generation();
+        let a = BackendId(0);
+        old.probe_done(a, gen, false);
+        old.probe_done(a, gen, false);
+        let http = "kind = \"http\"\npath = \"/health\"";
+        let mut new = Backends::new(&two_services(http, ""), &[], &old, |_| true, 0);
+        let gen = new.generation();
+        assert_eq!(
+            new.probe_done(a, gen, false),
+            None,
+            "1 of 3 for the new check"
+        );
+        assert_eq!(new.probe_done(a, gen, false), None);
+        assert_eq!(new.probe_done(a, gen, false), Some(Health::Down));
+
+        // Only the schedule changes: the streak goes on.
+        let mut old = Backends::new(
+            &two_services(http, ""),
+            &[],
+            &Backends::default(),
+            |_| true,
+            0,
+        );
+        let gen = old.generation();
+        old.probe_done(a, gen, false);
+        old.probe_done(a, gen, false);
+        let slower = format!("{http}\ninterval_ms = 2000");
+        let mut new = Backends::new(&two_services(&slower, ""), &[], &old, |_| true, 0);
+        let gen = new.generation();
+        assert_eq!(new.probe_done(a, gen, false), Some(Health::Down));
+    }
+
+    #[test]
+    fn a_daemon_moved_to_another_service_takes_its_check() {
+        let old = Backends::new(
+            &two_services("", "kind = \"http\"\nport = 8081"),
+            &[],
+            &Backends::default(),
+            |_| true,
+            0,
+        );
+        let moved = parse(&format!(
+            "front = \"l0\"\nback = \"l1\"\n\
+             [[service]]\naddress = \"198.18.0.100:80\"\nbackends = [{B:?}]\n\
+             [[service]]\naddress = \"198.18.0.101:80\"\nbackends = [{C:?}, {A:?}]\n\
+             [service.health]\nkind = \"http\"\nport = 8081\n"
+        ));
+        let new = Backends::new(&moved, &[], &old, |_| true, 0);
+        let a = new.get(new.find(addr(A)).unwrap());
+        assert_eq!(a.service, addr("198.18.0.101:80"));
+        assert_eq!(a.check, new.get(new.find(addr(C)).unwrap()).check);
+        assert_eq!(a.check.port, Some(8081));
+    }
+
     #[test]
     fn a_probe_of_the_previous_list_is_ignored() {
         let old = Backends::new(&config(&[A]), &[], &Backends::default(), |_| true, 0);
         let mut new = Backends::new(&config(&[B]), &[], &old, |_| true, 0);
-        new.due_probes(0, 1);
+        new.due_probes(0);
         for _ in 0..3 {
             assert_eq!(new.probe_done(BackendId(0), old.generation(), false), None);
         }
         assert_eq!(new.get(BackendId(0)).health.health(), Health::Up);
-        assert_eq!(new.due_probes(5, 1), [], "its own probe is still in flight");
+        assert_eq!(new.due_probes(5), [], "its own probe is still in flight");
     }
 
     #[test]
@@ -292,7 +484,7 @@ mod tests {
         assert_eq!(a, BackendId(1), "after the configured daemons");
         assert!(new.get(a).retired);
         assert_eq!(new.retired().collect::<Vec<_>>(), retired);
-        assert_eq!(new.due_probes(0, 1), [BackendId(0)], "only B is probed");
+        assert_eq!(new.due_probes(0), [BackendId(0)], "only B is probed");
         assert_eq!(new.news(a), None, "the workers build it draining");
         new.set_draining(a, false);
         assert_eq!(new.get(a).effective(), BackendState::Draining);

@@ -1,7 +1,8 @@
 //! The management loop: one thread, driven by io_uring ([`uring`](super::uring)).
 //! Every wait is a submission: the workers' eventfd, a periodic tick, the
 //! signalfd, the control socket and the metrics listener (accept, request, reply),
-//! and TCP connects for health probes (each linked to a timeout).
+//! and health probes: a TCP connect, or for HTTP checks a connect, a send and
+//! receives, each linked to a timeout that ends with the probe's.
 //!
 //! It drains the workers' events into the connection tracker, sends the tracker's
 //! orders and the daemons' state changes to the workers, probes the daemons,
@@ -29,7 +30,7 @@ use super::{
     backends::Backends,
     conntrack::{ConnTracker, Order},
     ctl::{self, Format, HttpAsk, Request, REQUEST_MAX},
-    health::Health,
+    health::{self, Health, StatusLine},
     icmp::{self, IcmpStats},
     nexthops::HopProber,
     ready::{self, NotReady},
@@ -39,7 +40,7 @@ use super::{
 };
 use crate::{
     balance::PolicyKind,
-    config::{self, Config, OnFailure, OnRemove},
+    config::{self, Config, OnFailure, OnRemove, ProbeKind},
     dataplane::{Dataplane, Retired},
     flow::{FlowRecord, TcpState},
     ids::{BackendId, WorkerId},
@@ -89,11 +90,30 @@ enum Tag {
     Probe {
         backend: BackendId,
         generation: u64,
+        step: ProbeStep,
+        /// When the whole probe must be over (`now_ns` clock).
+        deadline_ns: u64,
     },
     /// The rtnetlink notification socket became readable.
     Netlink,
     /// The next slice of route requests.
     Reroute,
+}
+
+/// Where a probe is: every check connects; an HTTP check then sends its
+/// request and receives until the status line is whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProbeStep {
+    Connect,
+    Send,
+    Recv,
+}
+
+/// What a probe does after one of its steps completed.
+enum ProbeNext {
+    Verdict(bool),
+    Send(OwnedFd, Box<[u8]>, usize),
+    Recv(OwnedFd, Box<[u8]>, usize),
 }
 
 /// A worker as the loop sees it.
@@ -533,7 +553,9 @@ impl<'a> Manager<'a> {
             Tag::Probe {
                 backend,
                 generation,
-            } => self.probe_result(backend, generation, done.result == 0),
+                step,
+                deadline_ns,
+            } => self.probe_step(backend, generation, step, deadline_ns, done)?,
             Tag::Netlink => {
                 if let Some(e) = failed {
                     self.netlink_fault(format!("polling the rtnetlink socket: {e}"));
@@ -638,18 +660,17 @@ impl<'a> Manager<'a> {
         self.tracker.expire(now, &mut self.orders);
         self.send_orders();
         self.resolve_client_hops(now);
-        let health = self.config.control.health;
         let generation = self.backends.generation();
-        for backend in self
-            .backends
-            .due_probes(now, health.interval.as_nanos() as u64)
-        {
-            let addr = self.backends.get(backend).addr;
+        for backend in self.backends.due_probes(now) {
+            let b = self.backends.get(backend);
+            let timeout = b.check.schedule.timeout;
             let tag = Tag::Probe {
                 backend,
                 generation,
+                step: ProbeStep::Connect,
+                deadline_ns: now.saturating_add(timeout.as_nanos().try_into().unwrap_or(u64::MAX)),
             };
-            self.uring.connect(tag, addr, health.timeout)?;
+            self.uring.connect(tag, b.probe_target(), timeout)?;
         }
         if now >= self.next_peaks_ns {
             self.next_peaks_ns = now + PEAK_WINDOW_NS;
@@ -903,6 +924,77 @@ impl<'a> Manager<'a> {
             tracing::warn!("{what}");
             self.netlink_error = Some(what);
         }
+    }
+
+    /// One step of a probe completed: a TCP check's connect is its verdict; an
+    /// HTTP check goes on to the next step within what is left of its
+    /// timeout, and passes iff the status line carries the expected code. A
+    /// short, malformed or late answer fails it. The socket is closed when
+    /// the probe ends (dropped with the completion).
+    fn probe_step(
+        &mut self,
+        backend: BackendId,
+        generation: u64,
+        step: ProbeStep,
+        deadline_ns: u64,
+        done: Completion<Tag>,
+    ) -> Result<()> {
+        // A probe of the list before a reload: its daemon may be another now.
+        if generation != self.backends.generation() {
+            return Ok(());
+        }
+        let b = self.backends.get(backend);
+        let ProbeKind::Http(http) = &b.check.kind else {
+            self.probe_result(backend, generation, done.result == 0);
+            return Ok(());
+        };
+        let left = deadline_ns.saturating_sub(now_ns());
+        let next = match (step, done.fd, done.buf) {
+            _ if done.result < 0 || left == 0 => ProbeNext::Verdict(false),
+            (ProbeStep::Connect, Some(fd), _) => {
+                let request = health::http_request(http, b.probe_target());
+                ProbeNext::Send(fd, request.into_boxed_slice(), 0)
+            }
+            (ProbeStep::Send, Some(fd), Some(buf)) if done.result > 0 => {
+                if done.sent < buf.len() {
+                    ProbeNext::Send(fd, buf, done.sent)
+                } else {
+                    ProbeNext::Recv(fd, vec![0; health::HTTP_REPLY_MAX].into_boxed_slice(), 0)
+                }
+            }
+            (ProbeStep::Recv, Some(fd), Some(buf)) => {
+                let filled = done.sent.min(buf.len());
+                match health::parse_status_line(&buf[..filled]) {
+                    StatusLine::Status(code) => ProbeNext::Verdict(http.passes(code)),
+                    StatusLine::Malformed => ProbeNext::Verdict(false),
+                    // Closed or out of room before the line's end.
+                    StatusLine::Incomplete if done.result == 0 || filled == buf.len() => {
+                        ProbeNext::Verdict(false)
+                    }
+                    StatusLine::Incomplete => ProbeNext::Recv(fd, buf, filled),
+                }
+            }
+            _ => ProbeNext::Verdict(false),
+        };
+        let left = Duration::from_nanos(left);
+        let tag = |step| Tag::Probe {
+            backend,
+            generation,
+            step,
+            deadline_ns,
+        };
+        match next {
+            ProbeNext::Verdict(ok) => self.probe_result(backend, generation, ok),
+            ProbeNext::Send(fd, buf, from) => {
+                self.uring
+                    .send_within(tag(ProbeStep::Send), fd, buf, from, left)?
+            }
+            ProbeNext::Recv(fd, buf, from) => {
+                self.uring
+                    .recv_within(tag(ProbeStep::Recv), fd, buf, from, left)?
+            }
+        }
+        Ok(())
     }
 
     fn probe_result(&mut self, backend: BackendId, generation: u64, ok: bool) {

@@ -14,6 +14,7 @@ use super::{
     nexthops::HopStats,
 };
 use crate::{
+    config::{fmt_status, ProbeKind},
     ids::WorkerId,
     neigh::{fmt_mac, DaemonHop, NetlinkStats},
     packet::{icmp::IcmpDrop, DropReason},
@@ -517,6 +518,54 @@ struct BackendRow {
     via: Option<std::net::Ipv4Addr>,
     /// Why its route is no way to it (not out of the back, none at all).
     route_problem: Option<String>,
+    /// Its service's health check, as it runs now.
+    check: CheckRow,
+    /// Probes that passed and failed since it was first configured.
+    probes_passed: u64,
+    probes_failed: u64,
+}
+
+/// A daemon's health check in `ctl backends --json`.
+#[derive(Serialize)]
+struct CheckRow {
+    kind: &'static str,
+    /// The address probed (its own, or on the service's check port).
+    target: SocketAddrV4,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The codes that pass, as written in the file (`200`, `200,300-399`).
+    status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
+    interval_ms: u128,
+    timeout_ms: u128,
+    rise: u32,
+    fall: u32,
+}
+
+fn check_row(b: &Backend) -> CheckRow {
+    let (kind, path, status, host) = match &b.check.kind {
+        ProbeKind::Tcp => ("tcp", None, None, None),
+        ProbeKind::Http(h) => (
+            "http",
+            Some(h.path.clone()),
+            Some(fmt_status(&h.status)),
+            h.host.clone(),
+        ),
+    };
+    let s = &b.check.schedule;
+    CheckRow {
+        kind,
+        target: b.probe_target(),
+        path,
+        status,
+        host,
+        interval_ms: s.interval.as_millis(),
+        timeout_ms: s.timeout.as_millis(),
+        rise: s.rise,
+        fall: s.fall,
+    }
 }
 
 fn backend_row(
@@ -544,6 +593,9 @@ fn backend_row(
         next_hop: hop.and_then(DaemonHop::usable).map(fmt_mac),
         via: hop.and_then(DaemonHop::hop),
         route_problem: hop.and_then(|h| h.reach.why_not(back)),
+        check: check_row(b),
+        probes_passed: b.probes.passed,
+        probes_failed: b.probes.failed,
     }
 }
 

@@ -33,8 +33,9 @@ enum Held {
         from: usize,
     },
     Connect {
-        /// Kept open until the connect completes; closed with the slot.
-        _fd: OwnedFd,
+        /// Kept open until the connect completes, then handed back with the
+        /// completion (closed when dropped).
+        fd: OwnedFd,
         addr: Box<libc::sockaddr_in>,
     },
 }
@@ -52,7 +53,7 @@ pub struct Completion<Tag> {
     pub result: i32,
     /// A read's or receive's buffer, or a send's (all of it).
     pub buf: Option<Box<[u8]>>,
-    /// The socket a receive or send used, or the one an accept created.
+    /// The socket a receive, send or connect used, or the one an accept created.
     pub fd: Option<OwnedFd>,
     /// For a send or receive: the bytes of `buf` sent or filled so far, this
     /// completion's included.
@@ -70,6 +71,14 @@ pub struct Uring<Tag> {
     ring: IoUring,
     slots: Vec<Option<Slot<Tag>>>,
     free: Vec<usize>,
+}
+
+/// `entry`, linked to the timeout pushed right after it when there is one.
+fn linked(entry: squeue::Entry, timeout: Option<Duration>) -> squeue::Entry {
+    match timeout {
+        Some(_) => entry.flags(squeue::Flags::IO_LINK),
+        None => entry,
+    }
 }
 
 fn timespec(d: Duration) -> Box<types::Timespec> {
@@ -118,6 +127,21 @@ impl<Tag> Uring<Tag> {
             // A full submission queue: hand what is queued to the kernel first.
             self.ring.submit().context("submitting to the io_uring")?;
         }
+    }
+
+    /// Hands what is queued to the kernel unless `n` more entries fit. An
+    /// operation and its linked timeout must go in one submission: split by a
+    /// full queue, the operation would run unbounded (a connect to a silent
+    /// host for minutes) and the timeout would fail alone.
+    fn reserve(&mut self, n: usize) -> Result<()> {
+        let free = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if free < n {
+            self.ring.submit().context("submitting to the io_uring")?;
+        }
+        Ok(())
     }
 
     /// Reads up to `len` bytes from `fd`, which must stay open until completion
@@ -185,6 +209,31 @@ impl<Tag> Uring<Tag> {
     /// in `buf[..from]`); both come back with the completion, whose `sent`
     /// says how far the buffer is filled.
     pub fn recv_into(&mut self, tag: Tag, fd: OwnedFd, buf: Box<[u8]>, from: usize) -> Result<()> {
+        self.recv_op(tag, fd, buf, from, None)
+    }
+
+    /// [`Uring::recv_into`] cancelled after `timeout` (the completion's result
+    /// is then `-ECANCELED`).
+    pub fn recv_within(
+        &mut self,
+        tag: Tag,
+        fd: OwnedFd,
+        buf: Box<[u8]>,
+        from: usize,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.recv_op(tag, fd, buf, from, Some(timeout))
+    }
+
+    fn recv_op(
+        &mut self,
+        tag: Tag,
+        fd: OwnedFd,
+        buf: Box<[u8]>,
+        from: usize,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
+        self.reserve(1 + usize::from(timeout.is_some()))?;
         let raw = fd.as_raw_fd();
         let from = from.min(buf.len());
         let held = Held::Socket { fd, buf, from };
@@ -196,14 +245,42 @@ impl<Tag> Uring<Tag> {
                     unreachable!("just stored")
                 };
                 let rest = &mut buf[*from..];
-                opcode::Recv::new(types::Fd(raw), rest.as_mut_ptr(), rest.len() as u32).build()
-            })
+                let entry =
+                    opcode::Recv::new(types::Fd(raw), rest.as_mut_ptr(), rest.len() as u32).build();
+                linked(entry, timeout)
+            })?;
         }
+        self.link_timeout(timeout)
     }
 
     /// Sends `buf[from..]` on `fd`; both come back with the completion, whose
     /// `sent` says how far the buffer is sent.
     pub fn send(&mut self, tag: Tag, fd: OwnedFd, buf: Box<[u8]>, from: usize) -> Result<()> {
+        self.send_op(tag, fd, buf, from, None)
+    }
+
+    /// [`Uring::send`] cancelled after `timeout` (the completion's result is
+    /// then `-ECANCELED`).
+    pub fn send_within(
+        &mut self,
+        tag: Tag,
+        fd: OwnedFd,
+        buf: Box<[u8]>,
+        from: usize,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.send_op(tag, fd, buf, from, Some(timeout))
+    }
+
+    fn send_op(
+        &mut self,
+        tag: Tag,
+        fd: OwnedFd,
+        buf: Box<[u8]>,
+        from: usize,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
+        self.reserve(1 + usize::from(timeout.is_some()))?;
         let raw = fd.as_raw_fd();
         let held = Held::Socket { fd, buf, from };
         // SAFETY: the entry points into the slot's own buffer, within its length,
@@ -214,7 +291,29 @@ impl<Tag> Uring<Tag> {
                     unreachable!("just stored")
                 };
                 let rest = &buf[(*from).min(buf.len())..];
-                opcode::Send::new(types::Fd(raw), rest.as_ptr(), rest.len() as u32).build()
+                let entry = opcode::Send::new(types::Fd(raw), rest.as_ptr(), rest.len() as u32)
+                    // A peer that closed must fail the send, not kill us with SIGPIPE.
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build();
+                linked(entry, timeout)
+            })?;
+        }
+        self.link_timeout(timeout)
+    }
+
+    /// The linked timeout that follows an entry [`linked`] flagged, if any:
+    /// its completion is of no use (the operation's own says `-ECANCELED`).
+    fn link_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        let Some(timeout) = timeout else {
+            return Ok(());
+        };
+        // SAFETY: the entry points at the slot's own timespec.
+        unsafe {
+            self.push(None, Held::Timespec(timespec(timeout)), |held| {
+                let Held::Timespec(ts) = held else {
+                    unreachable!("just stored")
+                };
+                opcode::LinkTimeout::new(&**ts as *const types::Timespec).build()
             })
         }
     }
@@ -244,10 +343,11 @@ impl<Tag> Uring<Tag> {
             },
             sin_zero: [0; 8],
         });
+        self.reserve(2)?;
         // SAFETY: the entry points at the slot's own address, of its size, and
         // the descriptor is the slot's own.
         unsafe {
-            self.push(Some(tag), Held::Connect { _fd: fd, addr: sin }, |held| {
+            self.push(Some(tag), Held::Connect { fd, addr: sin }, |held| {
                 let Held::Connect { addr, .. } = held else {
                     unreachable!("just stored")
                 };
@@ -306,7 +406,8 @@ impl<Tag> Uring<Tag> {
                 // returns a new descriptor that we now own.
                 done.fd = Some(unsafe { OwnedFd::from_raw_fd(result) });
             }
-            Held::Nothing | Held::Poll | Held::Timespec(_) | Held::Connect { .. } => {}
+            Held::Nothing | Held::Poll | Held::Timespec(_) => {}
+            Held::Connect { fd, .. } => done.fd = Some(fd),
             Held::Buffer(buf) => done.buf = Some(buf),
             Held::Socket { fd, buf, from } => {
                 done.sent = from + result.max(0) as usize;
@@ -315,5 +416,64 @@ impl<Tag> Uring<Tag> {
             }
         }
         Some(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{TcpListener, TcpStream},
+        time::Instant,
+    };
+
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    enum T {
+        Guard,
+        Connect,
+    }
+
+    /// A connect to a listener whose accept queue is full hangs (the SYN is
+    /// dropped); its linked timeout must cancel it even when the submission
+    /// queue fills between the two entries.
+    #[test]
+    fn a_linked_timeout_is_never_split_from_its_connect() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // SAFETY: plain listen(2) on a socket we own: a backlog of one.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let addr = match listener.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            other => panic!("{other}"),
+        };
+        // Fill the accept queue (never accepted).
+        let _queued: Vec<TcpStream> = (0..2)
+            .filter_map(|_| {
+                TcpStream::connect_timeout(&addr.into(), Duration::from_millis(200)).ok()
+            })
+            .collect();
+
+        let mut ring: Uring<T> = Uring::new(2).unwrap();
+        // One slot left of two: the pair must not be split across submissions.
+        ring.timeout(T::Guard, Duration::from_secs(3)).unwrap();
+        let start = Instant::now();
+        ring.connect(T::Connect, addr, Duration::from_millis(100))
+            .unwrap();
+        loop {
+            let done = ring.wait().unwrap();
+            if let Some(c) = done.iter().find(|c| c.tag == T::Connect) {
+                assert_eq!(c.result, -libc::ECANCELED, "cancelled by its timeout");
+                assert!(
+                    start.elapsed() < Duration::from_secs(1),
+                    "{:?}",
+                    start.elapsed()
+                );
+                break;
+            }
+            assert!(
+                done.iter().all(|c| c.tag != T::Guard),
+                "the connect outlived its 100 ms timeout by seconds"
+            );
+        }
     }
 }
