@@ -14,6 +14,7 @@ pub mod flow;
 pub mod ids;
 pub mod kernel;
 pub mod neigh;
+pub mod notify;
 pub mod netlink;
 pub mod packet;
 pub mod prefetch;
