@@ -176,9 +176,15 @@ mod tests {
         let mut dog = Watchdog::new(Duration::from_millis(400), &[0, 0], 0);
         assert_eq!(dog.interval(), Duration::from_millis(200));
         assert_eq!(dog.check(199 * MS, &[5, 5]), Verdict::NotDue);
-        assert_eq!(dog.check(200 * MS, &[5, 5]), Verdict::Feed { resumed: vec![] });
+        assert_eq!(
+            dog.check(200 * MS, &[5, 5]),
+            Verdict::Feed { resumed: vec![] }
+        );
         assert_eq!(dog.check(300 * MS, &[9, 9]), Verdict::NotDue);
-        assert_eq!(dog.check(400 * MS, &[9, 9]), Verdict::Feed { resumed: vec![] });
+        assert_eq!(
+            dog.check(400 * MS, &[9, 9]),
+            Verdict::Feed { resumed: vec![] }
+        );
     }
 
     #[test]

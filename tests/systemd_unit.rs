@@ -3,10 +3,7 @@
 //! grants and makes matches what the code needs, from the code's own lists.
 use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
 
-use dispatchd::{
-    config::DEFAULT_CONTROL_SOCKET,
-    sys::NEEDED_CAPS,
-};
+use dispatchd::{config::DEFAULT_CONTROL_SOCKET, sys::NEEDED_CAPS};
 
 const DISPATCHD: &str = env!("CARGO_BIN_EXE_dispatchd");
 const UNIT: &str = include_str!("../examples/systemd/dispatchd.service");

@@ -181,7 +181,9 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
             std::fs::DirBuilder::new()
                 .mode(0o755)
                 .create(dir)
-                .with_context(|| format!("creating the control socket's directory {}", dir.display()))?;
+                .with_context(|| {
+                    format!("creating the control socket's directory {}", dir.display())
+                })?;
         }
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {

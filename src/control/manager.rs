@@ -479,7 +479,10 @@ impl<'a> Manager<'a> {
             Verdict::NotDue => {}
             Verdict::Feed { resumed } => {
                 for worker in resumed {
-                    tracing::info!(worker, "worker runs again; feeding systemd's watchdog again");
+                    tracing::info!(
+                        worker,
+                        "worker runs again; feeding systemd's watchdog again"
+                    );
                 }
                 self.notify.tell("WATCHDOG=1");
             }

@@ -1,0 +1,340 @@
+//! systemd's notifications end to end, on the DESIGN.md topology: the test is
+//! the service manager. It opens a NOTIFY_SOCKET of its own, starts dispatchd
+//! with it and a WATCHDOG_USEC, and reads what dispatchd says: READY=1 once it
+//! serves, WATCHDOG=1 while every worker runs (and not while one is stopped),
+//! RELOADING=1 then READY=1 around a SIGHUP (good or broken config),
+//! STOPPING=1 on SIGTERM. Needs root (and ptrace, to stop one worker thread).
+#![allow(unsafe_code)] // ptrace(2) on one worker thread; each call says why it is sound
+
+use std::{
+    os::unix::net::UnixDatagram,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use dispatchd_testkit::{daemon_addr, Proc, Topology, VIP};
+
+const DISPATCHD: &str = env!("CARGO_BIN_EXE_dispatchd");
+/// What systemd would pass for WatchdogSec=400ms: fed every 200 ms.
+const WATCHDOG_USEC: u64 = 400_000;
+const WATCHDOG: Duration = Duration::from_micros(WATCHDOG_USEC);
+
+/// The service manager's end: a datagram socket in a directory of its own.
+struct Manager {
+    socket: UnixDatagram,
+    dir: PathBuf,
+}
+
+impl Manager {
+    fn open(name: &str) -> Manager {
+        let dir = std::env::temp_dir().join(format!("nt-notify-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("making the socket's directory");
+        let socket = UnixDatagram::bind(dir.join("notify")).expect("binding NOTIFY_SOCKET");
+        Manager { socket, dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join("notify")
+    }
+
+    /// The next notification, if one comes within `timeout`.
+    fn next(&self, timeout: Duration) -> Option<String> {
+        self.socket
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        match self.socket.recv(&mut buf) {
+            Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
+            Err(e) => panic!("reading NOTIFY_SOCKET: {e}"),
+        }
+    }
+
+    /// The first notification other than WATCHDOG=1 within `timeout`.
+    fn next_state(&self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left) {
+                Some(m) if m.trim() == "WATCHDOG=1" => continue,
+                Some(m) => return m,
+                None => panic!("no notification but WATCHDOG=1 within {timeout:?}"),
+            }
+        }
+    }
+
+    /// The times WATCHDOG=1 came in the next `window`; any other
+    /// notification fails the test.
+    fn watchdogs(&self, window: Duration) -> Vec<Instant> {
+        let deadline = Instant::now() + window;
+        let mut at = Vec::new();
+        while let Some(m) = self.next(deadline.saturating_duration_since(Instant::now())) {
+            assert_eq!(m.trim(), "WATCHDOG=1", "unexpected notification");
+            at.push(Instant::now());
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        at
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The value of `key` in a notification, if there.
+fn field<'a>(message: &'a str, key: &str) -> Option<&'a str> {
+    message
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn gaps(at: &[Instant]) -> Vec<Duration> {
+    at.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+/// Starts dispatchd as systemd would for a Type=notify unit with a watchdog.
+fn start(topo: &Topology, manager: &Manager, args: &[String]) -> Proc {
+    let mut cmd = topo.cmd(&topo.dispatcher(), DISPATCHD);
+    cmd.arg("run")
+        .args(args)
+        .args(["--control-socket", &topo.control_socket()])
+        .env("NOTIFY_SOCKET", manager.path())
+        .env("WATCHDOG_USEC", WATCHDOG_USEC.to_string());
+    Proc::start(cmd, "dispatchd: running", Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn write_config(file: &Path, daemons: usize) {
+    let list: Vec<String> = (0..daemons)
+        .map(|i| format!("\"{}\"", daemon_addr(i)))
+        .collect();
+    let body = format!(
+        "front = \"l0\"\nback = \"l1\"\npoll = \"wakeup\"\n[health]\ninterval_ms = 200\ntimeout_ms = 100\n\
+         [[service]]\naddress = \"{VIP}\"\nbackends = [{}]\n",
+        list.join(", ")
+    );
+    std::fs::write(file, body).expect("writing the config");
+}
+
+#[test]
+fn ready_watchdog_reloading_and_stopping_in_order() {
+    let topo = Topology::up(DISPATCHD, "ntseq", 2, 1);
+    let _servers = topo.serve(2);
+    let manager = Manager::open("seq");
+    let file = std::env::temp_dir().join(format!("nt-notify-{}.toml", topo.prefix));
+    write_config(&file, 1);
+    let mut lb = start(
+        &topo,
+        &manager,
+        &["--config".into(), file.display().to_string()],
+    );
+
+    // READY=1 is the first word, sent when it says "running".
+    let ready = manager
+        .next(Duration::from_secs(2))
+        .expect("READY=1 after start");
+    assert_eq!(field(&ready, "READY"), Some("1"), "{ready}");
+    let status = field(&ready, "STATUS").expect("a STATUS= with READY=1");
+    assert!(status.starts_with("serving; "), "{ready}");
+
+    // Idle workers (poll = "wakeup": they sleep in poll between frames) keep
+    // it fed, every half timeout, never near the timeout itself.
+    let fed = manager.watchdogs(Duration::from_secs(3));
+    let gaps = gaps(&fed);
+    let longest = gaps.iter().max().copied().unwrap_or_default();
+    println!(
+        "idle: {} WATCHDOG=1 in 3 s, longest gap {longest:?}",
+        fed.len()
+    );
+    assert!(fed.len() >= 10, "{} WATCHDOG=1 in 3 s", fed.len());
+    assert!(
+        longest < WATCHDOG,
+        "a gap of {longest:?}: systemd would kill it"
+    );
+
+    // A reload: RELOADING=1 with the time it began, then READY=1 saying so.
+    write_config(&file, 2);
+    let before = dispatchd::sys::monotonic_usec();
+    lb.signal("HUP");
+    let reloading = manager.next_state(Duration::from_secs(2));
+    let after = dispatchd::sys::monotonic_usec();
+    assert_eq!(field(&reloading, "RELOADING"), Some("1"), "{reloading}");
+    let at: u64 = field(&reloading, "MONOTONIC_USEC")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MONOTONIC_USEC in {reloading}"));
+    assert!(
+        (before..=after).contains(&at),
+        "{before} <= {at} <= {after}"
+    );
+    let done = manager.next_state(Duration::from_secs(2));
+    assert_eq!(field(&done, "READY"), Some("1"), "{done}");
+    assert!(
+        field(&done, "STATUS").is_some_and(|s| s.starts_with("reloaded")),
+        "{done}"
+    );
+    assert!(topo.ctl(&["backends"]).contains(&daemon_addr(1)));
+
+    // A broken file: the running configuration stays, and systemd hears so.
+    std::fs::write(&file, "front = \n").unwrap();
+    lb.signal("HUP");
+    let reloading = manager.next_state(Duration::from_secs(2));
+    assert_eq!(field(&reloading, "RELOADING"), Some("1"), "{reloading}");
+    assert!(field(&reloading, "MONOTONIC_USEC").is_some(), "{reloading}");
+    let kept = manager.next_state(Duration::from_secs(2));
+    assert_eq!(field(&kept, "READY"), Some("1"), "{kept}");
+    assert!(
+        field(&kept, "STATUS")
+            .is_some_and(|s| s.starts_with("reload failed, running configuration kept")),
+        "{kept}"
+    );
+    assert!(topo.ctl(&["backends"]).contains(&daemon_addr(1)));
+    // Still fed after the reloads.
+    assert!(manager.watchdogs(Duration::from_secs(1)).len() >= 3);
+
+    lb.signal("TERM");
+    let stopping = manager.next_state(Duration::from_secs(2));
+    assert_eq!(field(&stopping, "STOPPING"), Some("1"), "{stopping}");
+    assert!(
+        lb.wait(Duration::from_secs(10)).success(),
+        "{}",
+        lb.output()
+    );
+    let _ = std::fs::remove_file(&file);
+}
+
+/// One thread of another process stopped (the rest of it runs) while held:
+/// PTRACE_SEIZE and PTRACE_INTERRUPT stop that thread only; the drop detaches,
+/// which resumes it.
+struct StoppedThread {
+    tid: libc::pid_t,
+}
+
+impl StoppedThread {
+    fn stop(tid: libc::pid_t) -> StoppedThread {
+        // SAFETY: ptrace with integer arguments only; a failure is an error
+        // return, checked.
+        let seized = unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0) };
+        assert_eq!(
+            seized,
+            0,
+            "PTRACE_SEIZE {tid}: {}",
+            std::io::Error::last_os_error()
+        );
+        let held = StoppedThread { tid };
+        // SAFETY: as above.
+        let interrupted = unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0) };
+        assert_eq!(
+            interrupted,
+            0,
+            "PTRACE_INTERRUPT {tid}: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a live local.
+        let waited = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        assert_eq!(
+            waited,
+            tid,
+            "waitpid {tid}: {}",
+            std::io::Error::last_os_error()
+        );
+        assert!(
+            libc::WIFSTOPPED(status),
+            "thread {tid} not stopped: status {status:#x}"
+        );
+        held
+    }
+}
+
+impl Drop for StoppedThread {
+    fn drop(&mut self) {
+        // SAFETY: integer arguments only; the thread is in a ptrace stop, so
+        // PTRACE_DETACH applies and resumes it.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.tid, 0, 0) };
+    }
+}
+
+/// The thread of `pid` named `name` (std names the workers' threads).
+fn thread_named(pid: u32, name: &str) -> libc::pid_t {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("reading the threads");
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            return task.file_name().to_string_lossy().parse().expect("a tid");
+        }
+    }
+    panic!("no thread {name} in pid {pid}");
+}
+
+#[test]
+fn a_stopped_worker_stops_the_watchdog_until_it_runs_again() {
+    let topo = Topology::up_queues(DISPATCHD, "ntdog", 2, 2, 2);
+    let _servers = topo.serve(2);
+    let manager = Manager::open("dog");
+    let mut flags = Topology::default_flags(2);
+    flags.extend(["--cores", "0,1", "--poll", "wakeup"].map(String::from));
+    let lb = start(&topo, &manager, &flags);
+    let ready = manager.next_state(Duration::from_secs(2));
+    assert_eq!(field(&ready, "READY"), Some("1"), "{ready}");
+    let stats = topo.stats();
+    assert_eq!(
+        stats["workers"].as_array().map(Vec::len),
+        Some(2),
+        "two workers: {stats}"
+    );
+    assert!(manager.watchdogs(Duration::from_secs(1)).len() >= 3);
+
+    let worker = thread_named(lb.pid(), "dispatchd-w1");
+    let stopped_at = Instant::now();
+    let held = StoppedThread::stop(worker);
+    // A feed already decided on, or one that finds the worker moved just
+    // before it stopped, may still come; after that, none while it is stopped.
+    let late = manager.watchdogs(WATCHDOG);
+    let quiet = manager.watchdogs(3 * WATCHDOG);
+    println!(
+        "worker 1 stopped: {} WATCHDOG=1 in the first {WATCHDOG:?} (in flight), {} in the next {:?}",
+        late.len(),
+        quiet.len(),
+        3 * WATCHDOG
+    );
+    assert!(late.len() <= 1, "{} feeds after the stop", late.len());
+    assert!(quiet.is_empty(), "fed while worker 1 was stopped");
+    // The rest of the process runs: the loop answers, worker 0 goes on.
+    let stats = topo.stats();
+    assert!(stats["workers"][0].is_object(), "{stats}");
+    let mut lb = lb;
+    assert!(lb.exited().is_none(), "dispatchd exited: {}", lb.output());
+
+    drop(held);
+    let resumed_at = Instant::now();
+    let back = manager
+        .next(WATCHDOG)
+        .expect("WATCHDOG=1 again once the worker runs");
+    assert_eq!(back.trim(), "WATCHDOG=1");
+    println!(
+        "stopped for {:?}; fed again {:?} after the worker resumed",
+        resumed_at - stopped_at,
+        resumed_at.elapsed()
+    );
+    assert!(manager.watchdogs(Duration::from_secs(1)).len() >= 3);
+    lb.signal("TERM");
+    let stopping = manager.next_state(Duration::from_secs(2));
+    assert_eq!(field(&stopping, "STOPPING"), Some("1"), "{stopping}");
+    assert!(
+        lb.wait(Duration::from_secs(10)).success(),
+        "{}",
+        lb.output()
+    );
+}
