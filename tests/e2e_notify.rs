@@ -338,3 +338,46 @@ fn a_stopped_worker_stops_the_watchdog_until_it_runs_again() {
         lb.output()
     );
 }
+
+/// A takeover between two units (README: a template unit run alternately):
+/// the old process tells its unit STOPPING=1 and exits 0, the new one tells
+/// its own unit READY=1 and feeds its watchdog. Neither hands the other its
+/// main PID: each is the main process of its own unit.
+#[test]
+fn a_takeover_stops_the_old_unit_and_readies_the_new_one() {
+    let topo = Topology::up(DISPATCHD, "nttk", 2, 1);
+    let _servers = topo.serve(2);
+    let flags = Topology::default_flags(2);
+    let unit_a = Manager::open("tka");
+    let mut a = start(&topo, &unit_a, &flags);
+    let ready = unit_a.next_state(Duration::from_secs(2));
+    assert_eq!(field(&ready, "READY"), Some("1"), "{ready}");
+
+    let unit_b = Manager::open("tkb");
+    let mut takeover = flags.clone();
+    takeover.push("--takeover".into());
+    let mut b = start(&topo, &unit_b, &takeover);
+    assert!(b.output().contains("took over from pid"), "{}", b.output());
+
+    let stopping = unit_a.next_state(Duration::from_secs(2));
+    assert_eq!(field(&stopping, "STOPPING"), Some("1"), "{stopping}");
+    assert!(
+        field(&stopping, "STATUS").is_some_and(|s| s.contains("takeover")),
+        "{stopping}"
+    );
+    assert_eq!(field(&stopping, "MAINPID"), None, "{stopping}");
+    assert!(a.wait(Duration::from_secs(10)).success(), "{}", a.output());
+    // Nothing more from the old process once it said it stops.
+    while let Some(m) = unit_a.next(Duration::from_millis(100)) {
+        assert_eq!(m.trim(), "WATCHDOG=1", "after STOPPING=1: {m}");
+    }
+
+    let ready = unit_b.next_state(Duration::from_secs(2));
+    assert_eq!(field(&ready, "READY"), Some("1"), "{ready}");
+    assert_eq!(field(&ready, "MAINPID"), None, "{ready}");
+    assert!(unit_b.watchdogs(Duration::from_secs(1)).len() >= 3);
+    b.signal("TERM");
+    let stopping = unit_b.next_state(Duration::from_secs(2));
+    assert_eq!(field(&stopping, "STOPPING"), Some("1"), "{stopping}");
+    assert!(b.wait(Duration::from_secs(10)).success(), "{}", b.output());
+}
