@@ -18,6 +18,8 @@ const DISPATCHD: &str = env!("CARGO_BIN_EXE_dispatchd");
 /// What systemd would pass for WatchdogSec=400ms: fed every 200 ms.
 const WATCHDOG_USEC: u64 = 400_000;
 const WATCHDOG: Duration = Duration::from_micros(WATCHDOG_USEC);
+/// The sequence test's graceful stop: STOPPING=1 comes at its start.
+const GRACE_MS: u64 = 1500;
 
 /// The service manager's end: a datagram socket in a directory of its own.
 struct Manager {
@@ -121,7 +123,7 @@ fn write_config(file: &Path, daemons: usize) {
         .map(|i| format!("\"{}\"", daemon_addr(i)))
         .collect();
     let body = format!(
-        "front = \"l0\"\nback = \"l1\"\npoll = \"wakeup\"\n[health]\ninterval_ms = 200\ntimeout_ms = 100\n\
+        "front = \"l0\"\nback = \"l1\"\npoll = \"wakeup\"\nstop_grace_ms = {GRACE_MS}\n[health]\ninterval_ms = 200\ntimeout_ms = 100\n\
          [[service]]\naddress = \"{VIP}\"\nbackends = [{}]\n",
         list.join(", ")
     );
@@ -203,14 +205,25 @@ fn ready_watchdog_reloading_and_stopping_in_order() {
     // Still fed after the reloads.
     assert!(manager.watchdogs(Duration::from_secs(1)).len() >= 3);
 
+    // A graceful stop: STOPPING=1 when it begins, not when it ends.
+    let term = Instant::now();
     lb.signal("TERM");
-    let stopping = manager.next_state(Duration::from_secs(2));
+    let stopping = manager.next_state(Duration::from_secs(1));
+    let told = term.elapsed();
     assert_eq!(field(&stopping, "STOPPING"), Some("1"), "{stopping}");
+    assert!(
+        field(&stopping, "STATUS").is_some_and(|s| s.contains(&format!("{GRACE_MS} ms"))),
+        "{stopping}"
+    );
+    assert!(lb.exited().is_none(), "exited before its grace period");
     assert!(
         lb.wait(Duration::from_secs(10)).success(),
         "{}",
         lb.output()
     );
+    let exited = term.elapsed();
+    println!("SIGTERM: STOPPING=1 after {told:?}, exit after {exited:?}");
+    assert!(exited >= Duration::from_millis(GRACE_MS), "{exited:?}");
     let _ = std::fs::remove_file(&file);
 }
 
@@ -376,7 +389,7 @@ fn a_takeover_stops_the_old_unit_and_readies_the_new_one() {
     assert_eq!(field(&ready, "READY"), Some("1"), "{ready}");
     assert_eq!(field(&ready, "MAINPID"), None, "{ready}");
     assert!(unit_b.watchdogs(Duration::from_secs(1)).len() >= 3);
-    b.signal("TERM");
+    b.signal("INT");
     let stopping = unit_b.next_state(Duration::from_secs(2));
     assert_eq!(field(&stopping, "STOPPING"), Some("1"), "{stopping}");
     assert!(b.wait(Duration::from_secs(10)).success(), "{}", b.output());
