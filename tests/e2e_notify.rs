@@ -312,8 +312,9 @@ fn a_stopped_worker_stops_the_watchdog_until_it_runs_again() {
     let worker = thread_named(lb.pid(), "dispatchd-w1");
     let stopped_at = Instant::now();
     let held = StoppedThread::stop(worker);
-    // A feed already decided on, or one that finds the worker moved just
-    // before it stopped, may still come; after that, none while it is stopped.
+    // Up to two feeds may still come: one sent as the thread stopped, and
+    // the next if the worker moved between that feed and its stop. After
+    // that, none while it is stopped.
     let late = manager.watchdogs(WATCHDOG);
     let quiet = manager.watchdogs(3 * WATCHDOG);
     println!(
@@ -322,7 +323,7 @@ fn a_stopped_worker_stops_the_watchdog_until_it_runs_again() {
         quiet.len(),
         3 * WATCHDOG
     );
-    assert!(late.len() <= 1, "{} feeds after the stop", late.len());
+    assert!(late.len() <= 2, "{} feeds after the stop", late.len());
     assert!(quiet.is_empty(), "fed while worker 1 was stopped");
     // The rest of the process runs: the loop answers, worker 0 goes on.
     let stats = topo.stats();
