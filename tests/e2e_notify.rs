@@ -33,6 +33,11 @@ impl Manager {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("making the socket's directory");
         let socket = UnixDatagram::bind(dir.join("notify")).expect("binding NOTIFY_SOCKET");
+        // Writable by anyone, as systemd's own is (a test runs dispatchd as
+        // an unprivileged user too).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("notify"), std::fs::Permissions::from_mode(0o666))
+            .expect("opening NOTIFY_SOCKET to all");
         Manager { socket, dir }
     }
 
@@ -394,4 +399,69 @@ fn a_takeover_stops_the_old_unit_and_readies_the_new_one() {
     let stopping = unit_b.next_state(Duration::from_secs(2));
     assert_eq!(field(&stopping, "STOPPING"), Some("1"), "{stopping}");
     assert!(b.wait(Duration::from_secs(10)).success(), "{}", b.output());
+}
+
+/// The capabilities the unit grants, from the unit file itself.
+fn unit_capabilities() -> String {
+    let unit = include_str!("../examples/systemd/dispatchd.service");
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("CapabilityBoundingSet= in the unit");
+    line.split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// What the unit grants is enough to serve, as systemd applies it: as root
+/// (the unit as shipped) with only those capabilities in the bounding set and
+/// no_new_privs, and as an unprivileged user holding them as ambient
+/// capabilities (a drop-in with User=). setpriv sets what systemd would.
+#[test]
+fn the_units_capabilities_are_enough_to_serve() {
+    let topo = Topology::up(DISPATCHD, "ntcap", 2, 1);
+    let _servers = topo.serve(2);
+    let caps = unit_capabilities();
+    assert_eq!(caps.split(',').count(), 5, "{caps}");
+    let keep = format!("-all,+{}", caps.replace(',', ",+"));
+    let as_root = vec![format!("--bounding-set={keep}"), "--inh-caps=-all".into()];
+    let as_user = vec![
+        "--reuid=65534".into(),
+        "--regid=65534".into(),
+        "--clear-groups".into(),
+        format!("--bounding-set={keep}"),
+        format!("--inh-caps={keep}"),
+        format!("--ambient-caps={keep}"),
+    ];
+    for (who, setpriv) in [("root", as_root), ("an unprivileged user", as_user)] {
+        let manager = Manager::open("cap");
+        let mut cmd = topo.cmd(&topo.dispatcher(), "setpriv");
+        cmd.args(&setpriv)
+            .arg("--no-new-privs")
+            .arg(DISPATCHD)
+            .arg("run")
+            .args(Topology::default_flags(2))
+            .args(["--control-socket", &topo.control_socket()])
+            .env("NOTIFY_SOCKET", manager.path())
+            .env("WATCHDOG_USEC", WATCHDOG_USEC.to_string());
+        let mut lb = Proc::start(cmd, "dispatchd: running", Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("as {who} with {caps}: {e:#}"));
+        let ready = manager.next_state(Duration::from_secs(2));
+        assert_eq!(field(&ready, "READY"), Some("1"), "as {who}: {ready}");
+        let out = topo.client_run(&["connect", "--to", VIP, "--connections", "10"]);
+        assert!(
+            out.status.success(),
+            "as {who}: {}",
+            dispatchd_testkit::text(&out)
+        );
+        assert!(manager.watchdogs(Duration::from_secs(1)).len() >= 3);
+        lb.signal("TERM");
+        assert!(
+            lb.wait(Duration::from_secs(10)).success(),
+            "as {who}: {}",
+            lb.output()
+        );
+        assert!(!topo.xdp_attached("l0"), "as {who}: still attached");
+    }
 }
