@@ -9,6 +9,7 @@
 use std::{
     os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -464,4 +465,86 @@ fn the_units_capabilities_are_enough_to_serve() {
         );
         assert!(!topo.xdp_attached("l0"), "as {who}: still attached");
     }
+}
+
+/// Runs the rest of its arguments with every mount but /proc, /sys, /dev and
+/// `$1` read-only, in a private mount namespace: what ProtectSystem=strict
+/// leaves writable with RuntimeDirectory= as `$1`. Exits 97 if a write
+/// outside `$1` still succeeds (the emulation failed, not dispatchd).
+const READ_ONLY_SYSTEM: &str = r#"
+set -e
+rw="$1"; shift
+mount --bind "$rw" "$rw"
+for mp in $(awk '{print $2}' /proc/self/mounts); do
+  case "$mp" in /proc|/proc/*|/sys|/sys/*|/dev|/dev/*|"$rw") continue;; esac
+  mount -o remount,bind,ro "$mp"
+done
+if touch /var/tmp/nt-ro-probe 2>/dev/null || touch "$(dirname "$rw")/nt-ro-probe" 2>/dev/null; then
+  echo "the file system is still writable" >&2; exit 97
+fi
+touch "$rw/nt-rw-probe" && rm "$rw/nt-rw-probe"
+exec "$@"
+"#;
+
+/// The unit's ProtectSystem=strict: dispatchd starts, serves, reloads and
+/// stops with nothing writable but its runtime directory (the control socket).
+#[test]
+fn it_serves_with_nothing_writable_but_its_runtime_directory() {
+    let topo = Topology::up(DISPATCHD, "ntro", 2, 1);
+    let _servers = topo.serve(2);
+    let manager = Manager::open("ro");
+    let run = std::env::temp_dir().join(format!("nt-run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&run);
+    std::fs::create_dir_all(&run).unwrap();
+    let socket = run.join("dispatchd").join("dispatchd.sock");
+    let mut cmd = topo.cmd(&topo.dispatcher(), "unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        READ_ONLY_SYSTEM,
+        "sh",
+    ])
+    .arg(&run)
+    .arg(DISPATCHD)
+    .arg("run")
+    .args(Topology::default_flags(2))
+    .arg("--control-socket")
+    .arg(&socket)
+    .env("NOTIFY_SOCKET", manager.path())
+    .env("WATCHDOG_USEC", WATCHDOG_USEC.to_string());
+    let mut lb = Proc::start(cmd, "dispatchd: running", Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let ready = manager.next_state(Duration::from_secs(2));
+    assert_eq!(field(&ready, "READY"), Some("1"), "{ready}");
+    // The socket's directory made by dispatchd (RuntimeDirectory= makes it
+    // under systemd), and the control socket answers.
+    let out = Command::new(DISPATCHD)
+        .args(["ctl", "--socket"])
+        .arg(&socket)
+        .arg("ready")
+        .output()
+        .expect("running dispatchd ctl");
+    assert!(out.status.success(), "{}", dispatchd_testkit::text(&out));
+    let out = topo.client_run(&["connect", "--to", VIP, "--connections", "10"]);
+    assert!(out.status.success(), "{}", dispatchd_testkit::text(&out));
+    lb.signal("HUP");
+    let reloading = manager.next_state(Duration::from_secs(2));
+    assert_eq!(field(&reloading, "RELOADING"), Some("1"), "{reloading}");
+    let done = manager.next_state(Duration::from_secs(2));
+    assert!(
+        field(&done, "STATUS").is_some_and(|s| s.starts_with("reloaded")),
+        "{done}"
+    );
+    lb.signal("TERM");
+    assert!(
+        lb.wait(Duration::from_secs(10)).success(),
+        "{}",
+        lb.output()
+    );
+    assert!(!socket.exists(), "the control socket is removed at exit");
+    assert!(!topo.xdp_attached("l0"));
+    std::fs::remove_dir_all(&run).unwrap();
 }
