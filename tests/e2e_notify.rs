@@ -548,3 +548,36 @@ fn it_serves_with_nothing_writable_but_its_runtime_directory() {
     assert!(!topo.xdp_attached("l0"));
     std::fs::remove_dir_all(&run).unwrap();
 }
+
+/// STATUS= follows `ctl ready`: ready with daemons up, not ready (naming the
+/// service) once none is healthy, ready again when one is back.
+#[test]
+fn the_status_follows_readiness() {
+    let topo = Topology::up(DISPATCHD, "ntst", 1, 1);
+    let servers = topo.serve(1);
+    let manager = Manager::open("st");
+    let mut flags = Topology::default_flags(1);
+    flags.extend(["--health-interval-ms", "200"].map(String::from));
+    let mut lb = start(&topo, &manager, &flags);
+    let ready = manager.next_state(Duration::from_secs(2));
+    assert_eq!(field(&ready, "READY"), Some("1"), "{ready}");
+    assert_eq!(field(&ready, "STATUS"), Some("serving; ready"), "{ready}");
+
+    drop(servers);
+    let down = manager.next_state(Duration::from_secs(5));
+    assert_eq!(
+        field(&down, "STATUS"),
+        Some(format!("serving; not ready: service {VIP} has no healthy daemon").as_str()),
+        "{down}"
+    );
+    assert_eq!(field(&down, "READY"), None, "a status change only: {down}");
+    let _servers = topo.serve(1);
+    let up = manager.next_state(Duration::from_secs(5));
+    assert_eq!(field(&up, "STATUS"), Some("serving; ready"), "{up}");
+    lb.signal("TERM");
+    assert!(
+        lb.wait(Duration::from_secs(10)).success(),
+        "{}",
+        lb.output()
+    );
+}
