@@ -1,5 +1,5 @@
 //! systemd's service notifications (sd_notify(3)): READY, RELOADING,
-//! STOPPING, MAINPID, STATUS and WATCHDOG, as datagrams to `$NOTIFY_SOCKET`.
+//! STOPPING, STATUS and WATCHDOG, as datagrams to `$NOTIFY_SOCKET`.
 //!
 //! A few lines over a Unix datagram socket rather than a crate: the small
 //! crates connect a socket per message and do not take the abstract
@@ -10,6 +10,7 @@
 //! moved since the last feed: the management loop feeds it, so a wedged loop
 //! stops it too, and a wedged worker stops it by not moving.
 use std::{
+    cell::Cell,
     ffi::OsStr,
     io,
     os::unix::{
@@ -28,6 +29,9 @@ pub const WATCHDOG_PID_ENV: &str = "WATCHDOG_PID";
 #[derive(Debug, Default)]
 pub struct Notifier {
     target: Option<(UnixDatagram, SocketAddr)>,
+    /// The last send failed: the next failures are not logged again (the
+    /// watchdog sends every few seconds) until one succeeds.
+    failing: Cell<bool>,
 }
 
 impl Notifier {
@@ -54,6 +58,7 @@ impl Notifier {
         socket.set_nonblocking(true)?;
         Ok(Self {
             target: Some((socket, addr)),
+            failing: Cell::new(false),
         })
     }
 
@@ -72,9 +77,22 @@ impl Notifier {
     /// [`send`](Self::send), a failure logged: systemd not hearing a state
     /// change is worth a line, not a stop.
     pub fn tell(&self, message: &str) {
-        if let Err(e) = self.send(message) {
-            let what = message.lines().next().unwrap_or_default();
-            tracing::warn!(notification = what, error = %e, "systemd notification not sent");
+        match self.send(message) {
+            Ok(()) => {
+                if self.failing.replace(false) {
+                    tracing::info!("systemd notifications sent again");
+                }
+            }
+            Err(e) => {
+                if !self.failing.replace(true) {
+                    let what = message.lines().next().unwrap_or_default();
+                    tracing::warn!(
+                        notification = what,
+                        error = %e,
+                        "systemd notification not sent (further failures not logged until one is sent)"
+                    );
+                }
+            }
         }
     }
 }
