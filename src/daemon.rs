@@ -55,8 +55,8 @@ fn plan_workers(config: &Config, front: &LinkFacts, back: &LinkFacts) -> Vec<Wor
             .iter()
             .map(|c| c.map_or("any".into(), |c| c.to_string()))
             .collect();
-        println!(
-            "dispatchd: {} workers for {} front and {} back queues; core(s) {} unused",
+        tracing::info!(
+            "{} workers for {} front and {} back queues; core(s) {} unused",
             plan.len(),
             front.rx_queues,
             back.rx_queues,
@@ -155,8 +155,8 @@ fn choose_bind(config: &Config, ifaces: &Interfaces) -> Result<Bind> {
     let back = xdp::zerocopy_support(&ifaces.back)?;
     let max_mtu = queues::max_mtu(xsk::FRAME_SIZE, xsk::FRAME_HEADROOM);
     for (link, zc) in [(&ifaces.front_link, front), (&ifaces.back_link, back)] {
-        println!(
-            "dispatchd: {}: {} RX queues, MTU {} (frames fit up to {max_mtu}), AF_XDP zero-copy {}",
+        tracing::info!(
+            "{}: {} RX queues, MTU {} (frames fit up to {max_mtu}), AF_XDP zero-copy {}",
             link.label(),
             link.rx_queues,
             link.mtu,
@@ -173,7 +173,7 @@ fn choose_bind(config: &Config, ifaces: &Interfaces) -> Result<Bind> {
         (&ifaces.back.name, back),
     )?;
     if let Some(note) = note {
-        println!("dispatchd: {note}");
+        tracing::info!("{note}");
     }
     Ok(bind)
 }
@@ -247,8 +247,8 @@ fn open_workers(
         };
         let frames = xsk::umem_frames(config.frames_per_queue, all.len());
         umem_mib += u64::from(frames) * u64::from(xsk::FRAME_SIZE) / MIB;
-        println!(
-            "dispatchd: worker {w}: front {} queues {}, back {} queues {}: {} sockets bound in {mode}; \
+        tracing::info!(
+            "worker {w}: front {} queues {}, back {} queues {}: {} sockets bound in {mode}; \
              memory: UMEM {frames} frames x {} KiB = {} MiB locked, flow table {} connections = {table_mib} MiB",
             ifaces.front.name,
             fmt_queues(&queues.front),
@@ -263,8 +263,8 @@ fn open_workers(
             if let Some(first) = all.first() {
                 let (prefer, usecs) = xsk::busy_poll_options(first.fd())
                     .context("reading back the busy poll options")?;
-                println!(
-                    "dispatchd: worker {w}: busy poll on every socket (SO_PREFER_BUSY_POLL {prefer}, \
+                tracing::info!(
+                    "worker {w}: busy poll on every socket (SO_PREFER_BUSY_POLL {prefer}, \
                      SO_BUSY_POLL {usecs} us, SO_BUSY_POLL_BUDGET {})",
                     config.batch
                 );
@@ -272,8 +272,8 @@ fn open_workers(
         }
         workers.push(sockets);
     }
-    println!(
-        "dispatchd: memory of {} workers: UMEM {umem_mib} MiB locked, flow tables {} MiB",
+    tracing::info!(
+        "memory of {} workers: UMEM {umem_mib} MiB locked, flow tables {} MiB",
         workers.len(),
         table_mib * workers.len() as u64
     );
@@ -295,8 +295,8 @@ fn start_workers(setups: Vec<WorkerSetup>) -> (Vec<thread::JoinHandle<FlowTable>
             Ok(handle) => handles.push(handle),
             Err(e) => return (handles, Err(e).context("spawning a worker")),
         }
-        println!(
-            "dispatchd: worker {id} on core {}",
+        tracing::info!(
+            "worker {id} on core {}",
             core.map_or("any".into(), |c| c.to_string())
         );
     }
@@ -304,7 +304,7 @@ fn start_workers(setups: Vec<WorkerSetup>) -> (Vec<thread::JoinHandle<FlowTable>
     let started = (0..handles.len()).try_for_each(|_| {
         ready_rx
             .recv_timeout(WORKER_START_TIMEOUT)
-            .map(drop)
+            .map(|id| tracing::info!(worker = %id, "worker {id} serving its queues"))
             .context("a worker did not start")
     });
     (handles, started)
@@ -395,8 +395,8 @@ fn take_over(
         .collect::<Result<Vec<_>>>()?;
     let socket = &config.control.control_socket;
     let Some(mut request) = takeover::Request::send(socket, me)? else {
-        println!(
-            "dispatchd: no dispatchd listens on {}: nothing to take over, starting afresh",
+        tracing::info!(
+            "no dispatchd listens on {}: nothing to take over, starting afresh",
             socket.display()
         );
         return Ok(None);
@@ -408,7 +408,7 @@ fn take_over(
     // written by B's workers from the records, once they start).
     if config.reply_mode == ReplyMode::Tracked {
         let copied = steering.copy_tracked(request.tracked.as_fd())?;
-        println!("dispatchd: {copied} tracked connections copied from pid {pid}");
+        tracing::info!("{copied} tracked connections copied from pid {pid}");
     }
     steering.adopt_links(std::mem::take(&mut request.links))?;
     let switched = Instant::now();
@@ -417,8 +417,8 @@ fn take_over(
         Ok(r) => r,
         Err(e) => {
             // This process holds the links: it goes on alone.
-            eprintln!(
-                "dispatchd: WARNING: the old process (pid {pid}) sent no records ({e:#}); \
+            tracing::warn!(
+                "the old process (pid {pid}) sent no records ({e:#}); \
                  going on without them"
             );
             Vec::new()
@@ -447,6 +447,12 @@ pub fn run_with(
     bare: bool,
     takeover: bool,
 ) -> Result<()> {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        pid = std::process::id(),
+        takeover,
+        "starting"
+    );
     let ifaces = check_host(&config)?;
     sys::block_signals().context("blocking signals")?;
     sys::give_back_large_allocations();
@@ -490,13 +496,13 @@ pub fn run_with(
             _ => String::new(),
         };
         match hop.usable() {
-            Some(mac) => println!(
-                "dispatchd: daemon {} next hop {}{via}",
+            Some(mac) => tracing::info!(
+                "daemon {} next hop {}{via}",
                 daemon.addr,
                 fmt_mac(mac)
             ),
-            None => println!(
-                "dispatchd: daemon {} next hop{via} unresolved yet; the health probes have the kernel resolve it",
+            None => tracing::info!(
+                "daemon {} next hop{via} unresolved yet; the health probes have the kernel resolve it",
                 daemon.addr
             ),
         }
@@ -506,8 +512,8 @@ pub fn run_with(
         sys::ipv4_addrs(&ifaces.back.name).context("reading the back interface's addresses")?;
     match back_addrs.first() {
         Some(&addr) => steering.set_icmp_source(addr)?,
-        None => println!(
-            "dispatchd: {} has no IPv4 address: replies too big for the front path are dropped \
+        None => tracing::info!(
+            "{} has no IPv4 address: replies too big for the front path are dropped \
              without telling their daemon",
             ifaces.back.name
         ),
@@ -540,9 +546,11 @@ pub fn run_with(
         took.busy = busy;
         // The old process left its socket file: this one replaces it.
         let ctl = ctl::bind(&config.control.control_socket)?;
-        println!(
-            "dispatchd: XDP on {} (front) and {} (back): links taken over from pid {}",
-            ifaces.front.name, ifaces.back.name, took.pid
+        tracing::info!(
+            "XDP on {} (front) and {} (back): links taken over from pid {}",
+            ifaces.front.name,
+            ifaces.back.name,
+            took.pid
         );
         (sockets, ctl, Some(took))
     } else {
@@ -559,9 +567,10 @@ pub fn run_with(
         let ctl = ctl::bind(&config.control.control_socket)?;
         let front_mode = steering.attach(&ifaces.front, config.xdp_mode)?;
         let back_mode = steering.attach(&ifaces.back, config.xdp_mode)?;
-        println!(
-            "dispatchd: XDP on {} (front) {front_mode}, on {} (back) {back_mode}",
-            ifaces.front.name, ifaces.back.name
+        tracing::info!(
+            "XDP on {} (front) {front_mode}, on {} (back) {back_mode}",
+            ifaces.front.name,
+            ifaces.back.name
         );
         (sockets, ctl, None)
     };
@@ -580,28 +589,23 @@ pub fn run_with(
     }
     for s in &config.services {
         let list: Vec<String> = s.backends.iter().map(|b| b.addr.to_string()).collect();
-        println!(
-            "dispatchd: service {} ({}) -> {}",
-            s.address,
-            s.policy,
-            list.join(" ")
-        );
+        tracing::info!("service {} ({}) -> {}", s.address, s.policy, list.join(" "));
     }
     if let Some(mss) = config.mss_clamp {
-        println!("dispatchd: client SYNs announce an MSS of at most {mss}");
+        tracing::info!("client SYNs announce an MSS of at most {mss}");
     }
     match config.reply_mode {
-        ReplyMode::Stateless => println!(
-            "dispatchd: replies: every frame from a daemon's address and port routed out of {}",
+        ReplyMode::Stateless => tracing::info!(
+            "replies: every frame from a daemon's address and port routed out of {}",
             ifaces.front.name
         ),
-        ReplyMode::Tracked => println!(
-            "dispatchd: replies: tracked connections only (room for {} in the kernel)",
+        ReplyMode::Tracked => tracing::info!(
+            "replies: tracked connections only (room for {} in the kernel)",
             config.tracked_capacity(plan.len())
         ),
     }
     if bare {
-        println!("dispatchd: BARE FORWARDER (benchmark only): frames cross unparsed, unrewritten");
+        tracing::info!("BARE FORWARDER (benchmark only): frames cross unparsed, unrewritten");
     }
 
     let wake = Arc::new(Wake::new(EventFd::new().context("creating an eventfd")?));
@@ -641,7 +645,7 @@ pub fn run_with(
     }
     let socket_path = config.control.control_socket.clone();
     let listening = format!(
-        "dispatchd: control socket {}{}",
+        "control socket {}{}",
         socket_path.display(),
         config
             .control
@@ -679,7 +683,7 @@ pub fn run_with(
     // Everything privileged is done: the workers and the loop run without any
     // capability (the workers inherit this thread's empty sets).
     sys::drop_all_capabilities().context("dropping capabilities")?;
-    println!("dispatchd: all capabilities dropped");
+    tracing::info!("all capabilities dropped");
     let (handles, started) = start_workers(setups);
     if let (Some(t), Ok(())) = (&took_over, &started) {
         let no_socket = xdp::COUNTER_NAMES.iter().position(|n| *n == "no_socket");
@@ -688,8 +692,8 @@ pub fn run_with(
             _ => "?".into(),
         };
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        println!(
-            "dispatchd: took over from pid {} with {} records: records {:.1} ms, sockets bound \
+        tracing::info!(
+            "took over from pid {} with {} records: records {:.1} ms, sockets bound \
              {:.1} ms ({} binds refused while the kernel released the old ones), serving {:.1} ms \
              after the switch ({dropped} frames dropped meanwhile for want of a socket, none \
              passed to the host)",
@@ -702,7 +706,7 @@ pub fn run_with(
         );
     }
     let outcome = started.and_then(|()| {
-        println!("{listening}");
+        tracing::info!("{listening}");
         let term = if stop_grace.is_zero() {
             "SIGTERM or SIGINT stops".to_owned()
         } else {
@@ -711,7 +715,7 @@ pub fn run_with(
                 stop_grace.as_millis()
             )
         };
-        println!("dispatchd: running (poll {poll:?}); {term}, SIGHUP reloads");
+        tracing::info!("running (poll {poll:?}); {term}, SIGHUP reloads");
         manager.run()
     });
     stop.store(true, Relaxed);
@@ -736,9 +740,9 @@ pub fn run_with(
         let _ = std::fs::remove_file(&socket_path);
     }
     outcome?;
-    println!("dispatchd: final statistics");
+    tracing::info!("final statistics");
     for line in final_stats.lines() {
-        println!("  {line}");
+        tracing::info!("  {line}");
     }
     Ok(())
 }
@@ -757,7 +761,7 @@ fn hand_records(stream: &mut std::os::unix::net::UnixStream, tables: &[Option<Fl
         }
     }
     match takeover::send_records(stream, &bytes) {
-        Ok(()) => println!("dispatchd: handed {count} records over; exiting"),
-        Err(e) => eprintln!("dispatchd: handing the records over: {e:#}"),
+        Ok(()) => tracing::info!("handed {count} records over; exiting"),
+        Err(e) => tracing::error!("handing the records over: {e:#}"),
     }
 }

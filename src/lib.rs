@@ -13,6 +13,7 @@ pub mod dataplane;
 pub mod flow;
 pub mod ids;
 pub mod kernel;
+pub mod log;
 pub mod neigh;
 pub mod netlink;
 pub mod notify;

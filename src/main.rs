@@ -5,6 +5,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use dispatchd::{
     config::{RunArgs, DEFAULT_CONTROL_SOCKET},
     control::ctl::{self, ClientFilter, ConnFilter, Format, Request, DEFAULT_CONNS_LIMIT},
+    log::{LogFormat, LogLevel},
 };
 use std::io::Write;
 
@@ -19,7 +20,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the dispatcher (needs root, or CAP_NET_ADMIN, CAP_BPF, CAP_PERFMON, CAP_NET_RAW, CAP_IPC_LOCK).
-    Run(Box<RunArgs>),
+    Run {
+        #[command(flatten)]
+        args: Box<RunArgs>,
+        #[command(flatten)]
+        log: LogArgs,
+    },
     /// Validate a configuration (a file, and `run` flags merged over it as `run`
     /// merges them) and exit.
     CheckConfig {
@@ -50,6 +56,17 @@ enum Command {
         #[command(subcommand)]
         verb: CtlVerb,
     },
+}
+
+/// How `run` logs (process settings, not configuration: a reload keeps them).
+#[derive(clap::Args)]
+struct LogArgs {
+    /// Log line format on stdout.
+    #[arg(long, value_enum, default_value_t)]
+    log_format: LogFormat,
+    /// The least severe level logged.
+    #[arg(long, value_enum, default_value_t)]
+    log_level: LogLevel,
 }
 
 #[derive(Subcommand)]
@@ -203,14 +220,23 @@ fn ready_reply(reply: &str) -> bool {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => args
-            .resolve()
-            .map_err(anyhow::Error::from)
-            .and_then(|config| {
-                let (bare, takeover) = (args.bare_forwarder, args.takeover);
-                let reload = Box::new(move || args.resolve().map_err(anyhow::Error::from));
-                dispatchd::daemon::run_with(config, reload, bare, takeover)
-            }),
+        Command::Run { args, log } => {
+            dispatchd::log::init(log.log_format, log.log_level);
+            let result = args
+                .resolve()
+                .map_err(anyhow::Error::from)
+                .and_then(|config| {
+                    let (bare, takeover) = (args.bare_forwarder, args.takeover);
+                    let reload = Box::new(move || args.resolve().map_err(anyhow::Error::from));
+                    dispatchd::daemon::run_with(config, reload, bare, takeover)
+                });
+            if let (Err(e), LogFormat::Json) = (&result, log.log_format) {
+                // Log pipelines read the cause from the log too; the line on
+                // stderr below stays the process's last word for people.
+                tracing::error!(error = %format!("{e:#}"), "stopped on an error");
+            }
+            result
+        }
         Command::Ctl { socket, json, verb } => {
             let request = verb.request(json);
             let line = request.line();

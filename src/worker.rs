@@ -115,7 +115,7 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
     } = setup;
     if let Some(core) = core {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-            eprintln!("dispatchd: worker {id} could not pin to core {core}; running unpinned");
+            tracing::warn!("worker {id} could not pin to core {core}; running unpinned");
         }
     }
     let WorkerSockets {
@@ -139,8 +139,8 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
         }
     }
     if refused > 0 {
-        eprintln!(
-            "dispatchd: worker {id}: {refused} of {inherited_count} records handed over refused \
+        tracing::warn!(
+            "worker {id}: {refused} of {inherited_count} records handed over refused \
              (their daemon is not configured, or the table is full)"
         );
     }

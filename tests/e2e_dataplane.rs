@@ -8,9 +8,14 @@ const DISPATCHD: &str = env!("CARGO_BIN_EXE_dispatchd");
 
 /// dispatchd's final statistics line for worker `q`, as `key value` pairs.
 fn worker_counter(output: &str, q: usize, key: &str) -> u64 {
-    let line = output
+    let stats = output
+        .split_once("final statistics")
+        .unwrap_or_else(|| panic!("no final statistics in:\n{output}"))
+        .1;
+    let prefix = format!("worker {q}: ");
+    let line = stats
         .lines()
-        .find(|l| l.trim_start().starts_with(&format!("worker {q}: ")))
+        .find_map(|l| l.find(&prefix).map(|at| &l[at..]))
         .unwrap_or_else(|| panic!("no statistics for worker {q} in:\n{output}"));
     let mut words = line.split_whitespace();
     while let Some(w) = words.next() {

@@ -9,6 +9,7 @@
 //!
 //! `examples/dispatchd.toml` is the documented reference for the file format.
 
+mod changes;
 mod cli;
 mod control;
 mod file;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::balance::{BackendSpec, PolicyKind};
 
+pub use changes::changes;
 pub use cli::RunArgs;
 pub use control::{
     ControlConfig, HealthCheck, OnFailure, OnRemove, Timeouts, DEFAULT_CONTROL_SOCKET,

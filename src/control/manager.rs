@@ -39,7 +39,7 @@ use super::{
 };
 use crate::{
     balance::PolicyKind,
-    config::{Config, OnFailure, OnRemove},
+    config::{self, Config, OnFailure, OnRemove},
     dataplane::{Dataplane, Retired},
     flow::{FlowRecord, TcpState},
     ids::{BackendId, WorkerId},
@@ -353,7 +353,7 @@ impl<'a> Manager<'a> {
             Ok(theirs) => self.identity.refusal(&theirs),
         };
         if let Some(refusal) = refusal {
-            eprintln!("dispatchd: {refusal}");
+            tracing::warn!("takeover refused: {refusal}");
             let reply = format!("error: {refusal}\n")
                 .into_bytes()
                 .into_boxed_slice();
@@ -364,7 +364,9 @@ impl<'a> Manager<'a> {
         fds.push(self.steering.tracked_fd());
         match takeover::hand_links(&mut stream, &fds) {
             Ok(()) => {
-                println!("dispatchd: a new process took the links over; stopping and handing the records over");
+                tracing::info!(
+                    "a new process took the links over; stopping and handing the records over"
+                );
                 // Each process is the main process of a unit of its own
                 // (README: a template unit run alternately), so this one's
                 // unit stops here; the new one told its own unit READY=1.
@@ -377,7 +379,7 @@ impl<'a> Manager<'a> {
                     Ok(()) => String::new(),
                     Err(e) => format!(" (pointing the links back failed: {e:#})"),
                 };
-                eprintln!("dispatchd: takeover abandoned: {e:#}; serving on{reclaimed}");
+                tracing::warn!("takeover abandoned: {e:#}; serving on{reclaimed}");
             }
         }
         Ok(())
@@ -517,7 +519,7 @@ impl<'a> Manager<'a> {
         let grace = self.config.control.stop_grace;
         if grace.is_zero() || self.stopping_until_ns.is_some() {
             if self.stopping_until_ns.is_some() {
-                println!("dispatchd: SIGTERM again: stopping now");
+                tracing::info!("SIGTERM again: stopping now");
             }
             self.tell_stopping("stopping (SIGTERM)");
             self.stop = true;
@@ -528,8 +530,8 @@ impl<'a> Manager<'a> {
             "stopping (SIGTERM): not ready, forwarding for {} ms more",
             grace.as_millis()
         ));
-        println!(
-            "dispatchd: SIGTERM: not ready from now on; forwarding for {} ms more, then stopping \
+        tracing::info!(
+            "SIGTERM: not ready from now on; forwarding for {} ms more, then stopping \
              (SIGINT or another SIGTERM stops at once)",
             grace.as_millis()
         );
@@ -538,8 +540,8 @@ impl<'a> Manager<'a> {
     /// Ends a graceful stop whose time is up.
     fn check_stopping(&mut self, now: u64) {
         if self.stopping_until_ns.is_some_and(|until| now >= until) {
-            println!(
-                "dispatchd: grace period of {} ms over; stopping",
+            tracing::info!(
+                "grace period of {} ms over; stopping",
                 self.config.control.stop_grace.as_millis()
             );
             self.stop = true;
@@ -576,7 +578,7 @@ impl<'a> Manager<'a> {
                         } else {
                             "control socket"
                         };
-                        eprintln!("dispatchd: accept on the {on}: {e}");
+                        tracing::error!("accept on the {on}: {e}");
                     }
                     (None, None) => {}
                 }
@@ -796,13 +798,13 @@ impl<'a> Manager<'a> {
                 Ok((rx_queues, mtu)) => {
                     if let Some(line) = link.update(rx_queues, mtu) {
                         self.link_changes += 1;
-                        eprintln!("dispatchd: WARNING: {line}");
+                        tracing::warn!("{line}");
                     }
                 }
                 Err(e) => {
                     let line = format!("cannot re-read {}: {e}", link.facts.label());
                     if self.link_error.as_ref() != Some(&line) {
-                        eprintln!("dispatchd: WARNING: {line}");
+                        tracing::warn!("{line}");
                         self.link_error = Some(line);
                     }
                 }
@@ -815,7 +817,7 @@ impl<'a> Manager<'a> {
     fn resolve_client_hops(&mut self, now: u64) {
         self.unresolved.clear();
         if let Err(e) = self.steering.take_unresolved_hops(&mut self.unresolved) {
-            eprintln!("dispatchd: reading the unresolved next hops: {e:#}");
+            tracing::error!("reading the unresolved next hops: {e:#}");
         }
         let probes = &self.probes;
         self.prober.run(&self.unresolved, now, |packet, hop| {
@@ -890,8 +892,8 @@ impl<'a> Manager<'a> {
     /// every neighbour and route is read again.
     fn resync(&mut self, buf: &mut [u8]) {
         self.netlink.resyncs += 1;
-        eprintln!(
-            "dispatchd: WARNING: rtnetlink notifications were lost (the socket's buffer overflowed); \
+        tracing::warn!(
+            "rtnetlink notifications were lost (the socket's buffer overflowed); \
              reading the neighbours and the daemons' routes again"
         );
         for _ in 0..DRAIN_DATAGRAMS {
@@ -952,15 +954,15 @@ impl<'a> Manager<'a> {
         let daemon = self.backends.get(id).addr;
         let back = self.kernel.back();
         match (&change.before, &change.after) {
-            (_, after) if !after.is_back() => eprintln!(
-                "dispatchd: WARNING: {}: it takes no new connection until it is routed via {back} again",
+            (_, after) if !after.is_back() => tracing::warn!(
+                "{}: it takes no new connection until it is routed via {back} again",
                 after.problem(daemon, back).unwrap_or_default()
             ),
             (Reach::Back { hop: was }, Reach::Back { hop }) => {
-                println!("dispatchd: daemon {daemon}'s next hop is now {hop} (was {was})")
+                tracing::info!("daemon {daemon}'s next hop is now {hop} (was {was})")
             }
-            (_, Reach::Back { hop }) => println!(
-                "dispatchd: daemon {daemon} is routed via the back interface {back} again (next hop {hop})"
+            (_, Reach::Back { hop }) => tracing::info!(
+                "daemon {daemon} is routed via the back interface {back} again (next hop {hop})"
             ),
             _ => {}
         }
@@ -982,8 +984,8 @@ impl<'a> Manager<'a> {
             let (before, after) = (cell.get(), hop.usable());
             cell.set(after);
             if let Some(mac) = after.filter(|m| before != Some(*m)) {
-                println!(
-                    "dispatchd: daemon {} next hop {} (was {})",
+                tracing::info!(
+                    "daemon {} next hop {} (was {})",
                     self.backends.get(id).addr,
                     neigh::fmt_mac(mac),
                     before.map_or("unknown".to_owned(), neigh::fmt_mac)
@@ -1004,7 +1006,7 @@ impl<'a> Manager<'a> {
 
     fn say_netlink(&mut self, what: String) {
         if self.netlink_error.as_ref() != Some(&what) {
-            eprintln!("dispatchd: WARNING: {what}");
+            tracing::warn!("{what}");
             self.netlink_error = Some(what);
         }
     }
@@ -1015,8 +1017,12 @@ impl<'a> Manager<'a> {
         }
         if let Some(flip) = self.backends.probe_done(backend, generation, ok) {
             let addr = self.backends.get(backend).addr;
-            let word = if flip == Health::Up { "up" } else { "down" };
-            println!("dispatchd: daemon {addr} is {word}");
+            match flip {
+                Health::Up => tracing::info!(daemon = %addr, health = "up", "daemon {addr} is up"),
+                Health::Down => {
+                    tracing::warn!(daemon = %addr, health = "down", "daemon {addr} is down")
+                }
+            }
             if flip == Health::Down && self.config.control.on_failure == OnFailure::Reset {
                 self.reset_backend(backend);
             }
@@ -1119,6 +1125,7 @@ impl<'a> Manager<'a> {
                         self.backends.set_draining(backend, draining);
                         self.tell_state(backend);
                         let word = if draining { "draining" } else { "undrained" };
+                        tracing::info!(daemon = %addr, draining, "ctl: daemon {addr} {word}");
                         format!("ok: {addr} {word}\n")
                     }
                     None => format!("error: {addr} is not a configured daemon\n"),
@@ -1141,7 +1148,7 @@ impl<'a> Manager<'a> {
         if weight == 0 {
             self.backends.set_draining(id, true);
             self.tell_state(id);
-            println!("dispatchd: ctl: daemon {addr} weight 0: draining");
+            tracing::info!(daemon = %addr, weight, draining = true, "ctl: daemon {addr} weight 0: draining");
             return format!("ok: {addr} weight 0: draining\n");
         }
         let mut new = self.config.clone();
@@ -1167,14 +1174,14 @@ impl<'a> Manager<'a> {
         }
         let retired = self.retire(&new);
         if let Err(e) = self.install(new, retired, OffBack::Keep) {
-            eprintln!("dispatchd: ctl: daemon {addr} weight {weight}: {e:#}");
+            tracing::error!("ctl: daemon {addr} weight {weight}: {e:#}");
             return format!("error: {e:#}\n");
         }
         if let Some(id) = self.backends.find(addr) {
             self.backends.set_draining(id, false);
             self.tell_state(id);
         }
-        println!("dispatchd: ctl: daemon {addr} weight {was} -> {weight}{ignored}");
+        tracing::info!(daemon = %addr, weight, was, "ctl: daemon {addr} weight {was} -> {weight}{ignored}");
         format!("ok: {addr} weight {weight}{ignored}\n")
     }
 
@@ -1198,7 +1205,7 @@ impl<'a> Manager<'a> {
             Err(e) => format!("reload failed, running configuration kept: {e:#}"),
         };
         if let Err(e) = outcome {
-            eprintln!("dispatchd: SIGHUP: {e:#}");
+            tracing::error!("SIGHUP: {e:#}");
         }
         self.told_status = self.status_line();
         self.notify.tell(&format!(
@@ -1226,8 +1233,9 @@ impl<'a> Manager<'a> {
             old.frames_per_queue,
             old.reply_mode,
         ) {
-            println!("dispatchd: SIGHUP: interface, queue, memory and reply_mode settings need a restart; applying services only");
+            tracing::info!("SIGHUP: interface, queue, memory and reply_mode settings need a restart; applying services only");
         }
+        let changed = config::changes(&self.config, &new);
         let retired = self.retire(&new);
         self.install(new, retired, OffBack::Refuse)?;
         let list: Vec<String> = self
@@ -1241,7 +1249,16 @@ impl<'a> Manager<'a> {
                 }
             })
             .collect();
-        println!("dispatchd: SIGHUP: reloaded; daemons {}", list.join(" "));
+        let changed = if changed.is_empty() {
+            "nothing".to_owned()
+        } else {
+            changed.join("; ")
+        };
+        tracing::info!(
+            %changed,
+            "SIGHUP: reloaded; daemons {}",
+            list.join(" ")
+        );
         Ok(())
     }
 
@@ -1292,13 +1309,10 @@ impl<'a> Manager<'a> {
         match self.install(self.config.clone(), still, OffBack::Keep) {
             Ok(()) => {
                 for r in done {
-                    println!(
-                        "dispatchd: removed daemon {} has no connection left; gone",
-                        r.daemon
-                    );
+                    tracing::info!("removed daemon {} has no connection left; gone", r.daemon);
                 }
             }
-            Err(e) => eprintln!("dispatchd: letting go of retired daemons: {e:#}"),
+            Err(e) => tracing::error!("letting go of retired daemons: {e:#}"),
         }
     }
 

@@ -103,8 +103,8 @@ impl HopProber {
                 Err(e) => {
                     self.stats.probe_errors += 1;
                     if !std::mem::replace(&mut self.reported, true) {
-                        eprintln!(
-                            "dispatchd: resolving next hop {hop} through the front: {e} \
+                        tracing::warn!(
+                            "resolving next hop {hop} through the front: {e} \
                              (counted as probe_errors; further failures are only counted)"
                         );
                     }

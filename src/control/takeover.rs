@@ -275,7 +275,7 @@ impl Request {
 /// Dies by SIGKILL if the test hook asks for it at `stage`.
 pub fn test_die_at(stage: &str) {
     if std::env::var(DIE_AT_ENV).is_ok_and(|s| s == stage) {
-        eprintln!("dispatchd: test hook: killed at takeover stage {stage}");
+        tracing::error!("test hook: killed at takeover stage {stage}");
         sys::kill_self();
     }
 }

@@ -314,11 +314,17 @@ impl Topology {
     /// Starts dispatchd in the dispatcher namespace with `args` after `run`, and
     /// this topology's control socket.
     pub fn dispatchd<S: AsRef<OsStr>>(&self, args: &[S]) -> Proc {
+        self.dispatchd_until(args, "dispatchd: running")
+    }
+
+    /// [`Topology::dispatchd`], started once its output holds `ready` (for
+    /// log formats other than the text one).
+    pub fn dispatchd_until<S: AsRef<OsStr>>(&self, args: &[S], ready: &str) -> Proc {
         let mut cmd = self.cmd(&self.dispatcher(), &self.programs.dispatchd);
         cmd.arg("run")
             .args(args)
             .args(["--control-socket", &self.control_socket()]);
-        started(cmd, "dispatchd: running", Duration::from_secs(20))
+        started(cmd, ready, Duration::from_secs(20))
     }
 
     /// Runs dispatchd expecting it to fail at start-up; returns its output.
