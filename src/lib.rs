@@ -16,6 +16,7 @@ pub mod kernel;
 pub mod log;
 pub mod neigh;
 pub mod netlink;
+pub mod notify;
 pub mod packet;
 pub mod prefetch;
 pub mod protocol;

@@ -169,6 +169,9 @@ pub struct WorkerStats {
     /// window, or older than the record.
     pub rst_ignored: Counter,
     pub commands: Counter,
+    /// Rounds begun, idle ones included (an idle worker wakes from its poll at
+    /// least every 100 ms): the proof of life systemd's watchdog is fed on.
+    pub heartbeat: Counter,
     /// The kernel's AF_XDP socket statistics, front and back sockets summed,
     /// refreshed about once a second. Frames the kernel steered to this queue but
     /// dropped before the worker saw them are `xsk_rx_ring_full` (the RX ring was

@@ -62,6 +62,22 @@ pub fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
     result
 }
 
+/// CLOCK_MONOTONIC in microseconds: the clock systemd compares a reload's
+/// `MONOTONIC_USEC` with (`now_ns` counts from this process's start instead).
+pub fn monotonic_usec() -> u64 {
+    let mut ts = MaybeUninit::<libc::timespec>::uninit();
+    // SAFETY: clock_gettime writes a whole timespec through the pointer, which
+    // is valid for the call; CLOCK_MONOTONIC always exists on Linux, so the
+    // value is initialised when it returns 0.
+    let ts = unsafe {
+        if libc::clock_gettime(libc::CLOCK_MONOTONIC, ts.as_mut_ptr()) != 0 {
+            return 0;
+        }
+        ts.assume_init()
+    };
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
+}
+
 /// A send-only raw IPv4 socket bound to one interface: the caller writes whole
 /// IPv4 packets (IPPROTO_RAW implies IP_HDRINCL; the kernel fills in a zero
 /// source address, a zero id, the total length and the header checksum) and

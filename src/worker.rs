@@ -173,6 +173,8 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
     let mut next_socket_stats_ns = 0;
 
     while !stop.load(Relaxed) {
+        // First: a round held back by the loop still shows this worker alive.
+        stats.heartbeat.add(1);
         let now_ns = now_ns();
         // Measured from the previous round's start, so that it includes
         // everything the round did; a round that ended in a sleep is not

@@ -5,8 +5,10 @@ use std::{ops::RangeInclusive, path::PathBuf, time::Duration};
 
 use super::ConfigError;
 
-/// Default path of the control socket (created 0600).
-pub const DEFAULT_CONTROL_SOCKET: &str = "/run/dispatchd.sock";
+/// Default path of the control socket (created 0600), in the directory a
+/// systemd unit's `RuntimeDirectory=dispatchd` makes (dispatchd makes it
+/// when missing).
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/dispatchd/dispatchd.sock";
 /// Default time a connection may stay half-open (SYN seen, no ACK) before removal.
 pub const DEFAULT_SYN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time without packets after which an established connection is checked.

@@ -5,7 +5,7 @@ use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddrV4},
     os::unix::{
-        fs::{FileTypeExt, PermissionsExt},
+        fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
         net::{UnixListener, UnixStream},
     },
     path::Path,
@@ -174,6 +174,18 @@ impl Request {
 /// Binds the control socket with mode 0600 from the start (umask), replacing a
 /// stale socket file left by a dead process.
 pub fn bind(path: &Path) -> Result<UnixListener> {
+    // Its directory, when missing (the default's /run/dispatchd outside
+    // systemd): only that one level, so a mistyped path still fails.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .mode(0o755)
+                .create(dir)
+                .with_context(|| {
+                    format!("creating the control socket's directory {}", dir.display())
+                })?;
+        }
+    }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {
             let _ = std::fs::remove_file(path);
@@ -234,6 +246,24 @@ pub fn http_metrics(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binding_makes_the_sockets_missing_directory_and_only_that_one() {
+        let base = std::env::temp_dir().join(format!("nt-ctl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir(&base).unwrap();
+        let socket = base.join("dispatchd").join("dispatchd.sock");
+        let listener = bind(&socket).unwrap();
+        assert!(socket.exists());
+        drop(listener);
+        // Bound again over the socket it left, in the directory now there.
+        bind(&socket).unwrap();
+        let deeper = base.join("a").join("b").join("dispatchd.sock");
+        let err = bind(&deeper).unwrap_err();
+        assert!(format!("{err:#}").contains("creating the control socket's directory"));
+        assert!(!base.join("a").exists());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 
     #[test]
     fn an_http_request_is_whole_at_its_empty_line() {

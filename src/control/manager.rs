@@ -46,10 +46,11 @@ use crate::{
     ids::{BackendId, WorkerId},
     neigh::{self, HopBook, Kernel, NetlinkStats, NextHop, Reach, Rerouted},
     netlink::{Message, Messages},
+    notify::{self, Notifier, Verdict, Watchdog},
     protocol::{Event, LoopEnd, SlowFrame, Wake},
     queues::{self, LinkWatch},
     stats::{now_ns, WorkerStats},
-    sys::{RawIpSender, Signal, SignalFd, SIGINFO_LEN},
+    sys::{self, RawIpSender, Signal, SignalFd, SIGINFO_LEN},
     worker::Command,
     xdp::Steering,
 };
@@ -207,6 +208,12 @@ pub struct Manager<'a> {
     /// for the records once the workers stopped.
     handover: Option<UnixStream>,
     stop: bool,
+    /// systemd's notification socket (a no-op outside systemd).
+    notify: Notifier,
+    /// Fed from the tick while every worker moves, when systemd asks for it.
+    watchdog: Option<Watchdog>,
+    /// The readiness last told systemd as STATUS=.
+    told_status: String,
 }
 
 impl<'a> Manager<'a> {
@@ -267,6 +274,9 @@ impl<'a> Manager<'a> {
             identity: parts.identity,
             handover: None,
             stop: false,
+            notify: Notifier::from_env().context("opening $NOTIFY_SOCKET")?,
+            watchdog: None,
+            told_status: String::new(),
             config: parts.config,
         })
     }
@@ -287,6 +297,7 @@ impl<'a> Manager<'a> {
             .poll_readable(Tag::Netlink, self.kernel.notifications().raw())?;
         // Daemons whose next hop is still unknown start out of selection.
         self.tell_states();
+        self.tell_ready();
         while !self.stop {
             let round_started = now_ns();
             self.wake.arm();
@@ -376,6 +387,10 @@ impl<'a> Manager<'a> {
                 tracing::info!(
                     "a new process took the links over; stopping and handing the records over"
                 );
+                // Each process is the main process of a unit of its own
+                // (README: a template unit run alternately), so this one's
+                // unit stops here; the new one told its own unit READY=1.
+                self.tell_stopping("stopping: handing over to a new process (takeover)");
                 self.handover = Some(stream);
                 self.stop = true;
             }
@@ -432,6 +447,90 @@ impl<'a> Manager<'a> {
         })
     }
 
+    /// Tells systemd the daemon serves (READY=1), with `ctl ready`'s answer
+    /// as its status, and starts the watchdog if systemd asks for one. Ready
+    /// for systemd means started: whether traffic should come is the status,
+    /// as a load balancer must start even while its daemons are down.
+    fn tell_ready(&mut self) {
+        self.told_status = self.status_line();
+        self.notify
+            .tell(&format!("READY=1\n{}", notify::status(&self.told_status)));
+        if let Some(timeout) = notify::watchdog_timeout() {
+            let dog = Watchdog::new(timeout, &self.heartbeats(), now_ns());
+            tracing::info!(
+                timeout_ms = timeout.as_millis() as u64,
+                interval_ms = dog.interval().as_millis() as u64,
+                "systemd watchdog on: fed while every worker moves"
+            );
+            self.watchdog = Some(dog);
+        }
+    }
+
+    /// The STATUS= systemd shows: `ctl ready`'s line.
+    fn status_line(&self) -> String {
+        match self.readiness() {
+            Ok(()) => "serving; ready".to_owned(),
+            Err(why) => format!("serving; not ready: {why}"),
+        }
+    }
+
+    /// A new STATUS= when readiness changed (a tick's check).
+    fn tell_status(&mut self) {
+        if !self.notify.enabled() || self.stopping_until_ns.is_some() {
+            return;
+        }
+        let line = self.status_line();
+        if line != self.told_status {
+            self.notify.tell(&notify::status(&line));
+            self.told_status = line;
+        }
+    }
+
+    fn heartbeats(&self) -> Vec<u64> {
+        self.stats.iter().map(|s| s.heartbeat.get()).collect()
+    }
+
+    /// WATCHDOG=1 when due and every worker moved since the last feed; a
+    /// worker that did not is named, and systemd, unfed, restarts dispatchd.
+    fn feed_watchdog(&mut self, now: u64) {
+        let heartbeats = self.heartbeats();
+        let Some(dog) = &mut self.watchdog else {
+            return;
+        };
+        match dog.check(now, &heartbeats) {
+            Verdict::NotDue => {}
+            Verdict::Feed { resumed } => {
+                for worker in resumed {
+                    tracing::info!(
+                        worker,
+                        "worker runs again; feeding systemd's watchdog again"
+                    );
+                }
+                self.notify.tell("WATCHDOG=1");
+            }
+            Verdict::Withhold { newly, .. } => {
+                for worker in newly {
+                    tracing::warn!(
+                        worker,
+                        "worker stalled: its rounds stopped; not feeding systemd's watchdog"
+                    );
+                }
+            }
+        }
+    }
+
+    /// STOPPING=1, with what the stop does.
+    fn tell_stopping(&self, how: &str) {
+        self.notify
+            .tell(&format!("STOPPING=1\n{}", notify::status(how)));
+    }
+
+    /// SIGINT: stop now.
+    fn interrupt(&mut self) {
+        self.tell_stopping("stopping (SIGINT)");
+        self.stop = true;
+    }
+
     /// SIGTERM: with a grace period, turn unready first (so the speaker
     /// withdraws this instance's routes and new traffic goes elsewhere) and
     /// keep forwarding until it ends; without one, or when a stop is already
@@ -442,10 +541,15 @@ impl<'a> Manager<'a> {
             if self.stopping_until_ns.is_some() {
                 tracing::info!("SIGTERM again: stopping now");
             }
+            self.tell_stopping("stopping (SIGTERM)");
             self.stop = true;
             return;
         }
         self.stopping_until_ns = Some(now_ns() + grace.as_nanos() as u64);
+        self.tell_stopping(&format!(
+            "stopping (SIGTERM): not ready, forwarding for {} ms more",
+            grace.as_millis()
+        ));
         tracing::info!(
             "SIGTERM: not ready from now on; forwarding for {} ms more, then stopping \
              (SIGINT or another SIGTERM stops at once)",
@@ -474,7 +578,7 @@ impl<'a> Manager<'a> {
             Tag::Signal => {
                 match done.buf.as_deref().and_then(SignalFd::decode) {
                     Some(Signal::Terminate) => self.terminate(),
-                    Some(Signal::Interrupt) => self.stop = true,
+                    Some(Signal::Interrupt) => self.interrupt(),
                     Some(Signal::Hangup) => self.reload_config(),
                     None => {}
                 }
@@ -656,6 +760,8 @@ impl<'a> Manager<'a> {
             anyhow::bail!("worker {w} stopped unexpectedly; stopping dispatchd");
         }
         self.check_stopping(now);
+        self.feed_watchdog(now);
+        self.tell_status();
         self.drain_events();
         self.tracker.expire(now, &mut self.orders);
         self.send_orders();
@@ -1177,16 +1283,27 @@ impl<'a> Manager<'a> {
     /// Records of daemons that remain are kept (workers re-point them); the rest
     /// of the settings need a restart, which is said, not silently ignored.
     fn reload_config(&mut self) {
-        let new = match (self.reload)() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!("SIGHUP: keeping the running configuration: {e:#}");
-                return;
-            }
+        // systemd (253+) matches MONOTONIC_USEC with the reload it asked for.
+        self.notify.tell(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}\n{}",
+            sys::monotonic_usec(),
+            notify::status("reloading (SIGHUP)")
+        ));
+        let outcome = (self.reload)()
+            .context("keeping the running configuration")
+            .and_then(|new| self.reload_to(new));
+        let status = match &outcome {
+            Ok(()) => "reloaded".to_owned(),
+            Err(e) => format!("reload failed, running configuration kept: {e:#}"),
         };
-        if let Err(e) = self.reload_to(new) {
+        if let Err(e) = outcome {
             tracing::error!("SIGHUP: {e:#}");
         }
+        self.told_status = self.status_line();
+        self.notify.tell(&format!(
+            "READY=1\n{}",
+            notify::status(&format!("{status}; {}", self.told_status))
+        ));
     }
 
     fn reload_to(&mut self, new: Config) -> Result<()> {
