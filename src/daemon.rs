@@ -20,6 +20,7 @@ use crate::{
         apply::{apply, Host, OffBack},
         ctl,
         manager::{Manager, ManagerParts, WorkerLink},
+        state::{Overrides, StateFile},
         takeover::{self, Identity},
     },
     flow::{FlowRecord, FlowTable},
@@ -454,6 +455,11 @@ pub fn run_with(
         "starting"
     );
     let ifaces = check_host(&config)?;
+    let state_file = config.control.state_file.clone().map(StateFile::new);
+    let mut overrides = match &state_file {
+        Some(file) => read_overrides(file, &config)?,
+        None => Overrides::default(),
+    };
     sys::block_signals().context("blocking signals")?;
     sys::give_back_large_allocations();
     // Subscribed to the kernel's route and neighbour changes before the first
@@ -482,14 +488,15 @@ pub fn run_with(
         back_mac: ifaces.back_mac,
         workers: plan.len(),
     };
-    let applied = apply(
-        &config,
+    let mut applied = apply(
+        &overrides.weighted(&config),
         &[],
         |_, hop| book.neighbour_mac(hop),
         &host,
         OffBack::Refuse,
         &mut steering,
     )?;
+    drain_in_planes(&config, &overrides, &mut applied.planes);
     for ((_, _, daemon), hop) in config.daemons().zip(&applied.hops) {
         let via = match hop.hop() {
             Some(h) if h != *daemon.addr.ip() => format!(" via {h}"),
@@ -530,6 +537,24 @@ pub fn run_with(
         true => take_over(&config, &plan, bind, &identity, &mut steering)?,
         false => None,
     };
+    // The old process wrote its last change before it sent the records: the
+    // file now holds what it ran with (a change made since this process
+    // read it is applied by the loop before it serves).
+    let mut adopted = None;
+    if let (Some(file), Some(_)) = (&state_file, &took) {
+        match file.load() {
+            Ok(mut now) => {
+                now.retain_configured(&config);
+                if now != overrides {
+                    adopted = Some(now);
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %format!("{e:#}"),
+                "re-reading the state file after the takeover; keeping what was read at start"
+            ),
+        }
+    }
     let (sockets, ctl, mut took_over) = if let Some(mut took) = took {
         let umems = std::mem::take(&mut took.umems);
         // The old process closed its sockets before it sent its records.
@@ -676,7 +701,12 @@ pub fn run_with(
         links: watch,
         probes,
         identity,
+        overrides: std::mem::take(&mut overrides),
+        state_file,
     })?;
+    if let Some(now) = adopted {
+        manager.adopt_overrides(now)?;
+    }
     if let Some(t) = &took_over {
         manager.inherit(&t.records);
     }
@@ -745,6 +775,45 @@ pub fn run_with(
         tracing::info!("  {line}");
     }
     Ok(())
+}
+
+/// The overrides `file` holds for the daemons `config` has, the file checked
+/// to be writable once the capabilities are dropped; those of other daemons
+/// are left out (and out of the file's next write), each said.
+fn read_overrides(file: &StateFile, config: &Config) -> Result<Overrides> {
+    let mut overrides = file.open_unprivileged()?;
+    for gone in overrides.retain_configured(config) {
+        tracing::warn!(
+            daemon = %gone,
+            path = %file.path().display(),
+            "state file: an override of a daemon the configuration does not have is ignored"
+        );
+    }
+    for (daemon, o) in overrides.iter() {
+        tracing::info!(daemon = %daemon, drained = o.drained, weight = ?o.weight, "state file: operator's override applied");
+    }
+    tracing::info!(
+        path = %file.path().display(),
+        overrides = overrides.len(),
+        "state file read; writable once the capabilities are dropped"
+    );
+    Ok(overrides)
+}
+
+/// Marks the drained daemons in the workers' planes before they serve, so
+/// that none gets a connection before the loop first tells the states.
+fn drain_in_planes(
+    config: &Config,
+    overrides: &Overrides,
+    planes: &mut [crate::dataplane::Dataplane],
+) {
+    for (id, _, b) in config.daemons() {
+        if overrides.get(b.addr).drained {
+            for plane in planes.iter_mut() {
+                plane.set_backend_state(id, crate::balance::BackendState::Draining);
+            }
+        }
+    }
 }
 
 /// The old process's last step of a takeover: every worker's records, with

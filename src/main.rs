@@ -126,9 +126,11 @@ enum CtlVerb {
         #[arg(long, default_value_t = DEFAULT_CONNS_LIMIT)]
         limit: usize,
     },
-    /// Each daemon's health, drain flag, state, active and inactive connections.
+    /// Each daemon's health, drain flag, state, active and inactive connections,
+    /// next hop, weight and the operator's override of it (ctl drain/weight).
     Backends,
-    /// Give a daemon no new connections; its open ones finish.
+    /// Give a daemon no new connections; its open ones finish. Kept across
+    /// reloads (and restarts with a state_file) until undrained.
     Drain {
         /// The daemon (ADDR:PORT).
         daemon: SocketAddrV4,
@@ -139,13 +141,18 @@ enum CtlVerb {
         daemon: SocketAddrV4,
     },
     /// Set a daemon's weight (its share of new connections under the weighted
-    /// policies) until the next reload or restart; 0 drains it, and a weight
-    /// above 0 undrains it.
+    /// policies) over the config's, across reloads (and restarts with a
+    /// state_file) until --reset; 0 drains it, and a weight above 0 undrains it.
     Weight {
         /// The daemon (ADDR:PORT).
         daemon: SocketAddrV4,
         /// The new weight.
-        weight: u32,
+        #[arg(required_unless_present = "reset")]
+        weight: Option<u32>,
+        /// Back to the config's weight and undrained: clears the daemon's
+        /// overrides.
+        #[arg(long, conflicts_with = "weight")]
+        reset: bool,
     },
     /// Whether this instance should get traffic: exit 0 when ready; otherwise
     /// exit 1 and one line saying why (stopping, a worker not running, a
@@ -174,7 +181,12 @@ impl CtlVerb {
             CtlVerb::Backends => Request::Backends(format),
             CtlVerb::Drain { daemon } => Request::Drain(daemon),
             CtlVerb::Undrain { daemon } => Request::Undrain(daemon),
-            CtlVerb::Weight { daemon, weight } => Request::Weight(daemon, weight),
+            CtlVerb::Weight {
+                daemon,
+                weight: Some(weight),
+                ..
+            } => Request::Weight(daemon, weight),
+            CtlVerb::Weight { daemon, .. } => Request::WeightReset(daemon),
             CtlVerb::Ready => Request::Ready(format),
         }
     }

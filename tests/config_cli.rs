@@ -1425,3 +1425,55 @@ fn check_config_print_writes_every_service_health_key_and_loads_as_the_same() {
         "{second}"
     );
 }
+
+#[test]
+fn state_file_is_off_by_default_set_by_file_or_flag_and_validated() {
+    let p = example_arg();
+    let c = resolve(&["--config", &p]).unwrap();
+    assert_eq!(
+        c.control.state_file.as_deref(),
+        None,
+        "the example only shows it, commented out"
+    );
+    let mut args = FLAGS.to_vec();
+    assert_eq!(resolve(&args).unwrap().control.state_file, None);
+    let file = write_tmp(
+        "state_file.toml",
+        &format!(
+            "{HEAD}state_file = \"/var/lib/dispatchd/state.json\"\n{}",
+            svc("198.18.0.100:80", "[\"198.19.0.11:8080\"]")
+        ),
+    );
+    let file = file.to_str().unwrap();
+    let c = resolve(&["--config", file]).unwrap();
+    assert_eq!(
+        c.control.state_file.as_deref(),
+        Some(Path::new("/var/lib/dispatchd/state.json"))
+    );
+    let c = resolve(&["--config", file, "--state-file", "/srv/lb/state.json"]).unwrap();
+    assert_eq!(
+        c.control.state_file.as_deref(),
+        Some(Path::new("/srv/lb/state.json")),
+        "the flag wins"
+    );
+    args.extend(["--state-file", "relative/state.json"]);
+    let e = resolve(&args).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "state_file relative/state.json: not an absolute path (it would depend on where dispatchd was started)"
+    );
+    let (e, msg) = parse_err(&format!(
+        "{HEAD}state_file = \"/run/dispatchd.sock\"\n{}",
+        svc("198.18.0.100:80", "[\"198.19.0.11:8080\"]")
+    ));
+    assert!(matches!(e, ConfigError::BadStateFile { .. }), "{e}");
+    assert_eq!(
+        msg,
+        "state_file /run/dispatchd.sock: is the control socket's path"
+    );
+    let (e, _) = parse_err(&format!(
+        "{HEAD}state_file = 3\n{}",
+        svc("198.18.0.100:80", "[\"198.19.0.11:8080\"]")
+    ));
+    assert!(matches!(e, ConfigError::BadValue { .. }), "{e}");
+}

@@ -13,7 +13,7 @@ use crate::balance::{BackendSpec, PolicyKind};
 ///
 /// * Scalar flags (`--front`, `--back`, `--queues`, `--cores`, `--bind-mode`,
 ///   `--xdp-mode`, `--poll`, `--flow-capacity`, `--frames-per-queue`, `--batch`,
-///   `--mss-clamp`, `--reply-mode`, `--stop-grace-ms` and the control flags)
+///   `--mss-clamp`, `--reply-mode`, `--stop-grace-ms`, `--state-file` and the control flags)
 ///   replace the file's value. `--cores` replaces the
 ///   whole list.
 /// * `--service` with one or more `--backend` defines a single service that replaces
@@ -113,6 +113,12 @@ pub struct RunArgs {
     /// or a second SIGTERM stops at once.
     #[arg(long, value_name = "MS")]
     pub stop_grace_ms: Option<u64>,
+    /// Keep the operator's drain and weight overrides (`ctl drain`, `ctl
+    /// weight`) in this JSON file, written on every change and read at start,
+    /// so that they survive a restart; in a directory uid 0 owns (systemd's
+    /// StateDirectory=).
+    #[arg(long, value_name = "PATH")]
+    pub state_file: Option<PathBuf>,
     /// Benchmark only: workers move frames between the sockets untouched (no
     /// parsing, no rewriting), the ceiling of the AF_XDP substrate.
     #[arg(long, hide = true)]
@@ -217,6 +223,9 @@ impl RunArgs {
         }
         if let Some(v) = self.stop_grace_ms {
             file.stop_grace_ms = v;
+        }
+        if let Some(v) = &self.state_file {
+            file.state_file = Some(v.clone());
         }
 
         let backends: Vec<FileBackend> = self.backends.iter().copied().map(FileBackend).collect();

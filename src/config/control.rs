@@ -326,6 +326,10 @@ pub struct ControlConfig {
     /// On SIGTERM: how long to keep forwarding while unready (so a speaker
     /// withdraws the route first) before detaching; zero stops at once.
     pub stop_grace: Duration,
+    /// Where the operator's drain and weight overrides (`ctl drain`,
+    /// `ctl weight`) are kept across restarts: an absolute path with a file
+    /// name, not the control socket's; none = they last until the process ends.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for ControlConfig {
@@ -338,6 +342,7 @@ impl Default for ControlConfig {
             on_failure: OnFailure::default(),
             on_remove: OnRemove::default(),
             stop_grace: DEFAULT_STOP_GRACE,
+            state_file: None,
         }
     }
 }
@@ -376,6 +381,25 @@ impl ControlConfig {
                 timeout_ms: h.timeout.as_millis(),
                 interval_ms: h.interval.as_millis(),
             });
+        }
+        if let Some(path) = &self.state_file {
+            let reason = if !path.is_absolute() {
+                Some("not an absolute path (it would depend on where dispatchd was started)")
+            } else if path.file_name().is_none()
+                || path.as_os_str().as_encoded_bytes().ends_with(b"/")
+            {
+                Some("names a directory, not a file")
+            } else if *path == self.control_socket {
+                Some("is the control socket's path")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(ConfigError::BadStateFile {
+                    path: path.clone(),
+                    reason,
+                });
+            }
         }
         if self.stop_grace > MAX_STOP_GRACE {
             return Err(ConfigError::StopGraceTooLong {

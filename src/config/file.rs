@@ -61,6 +61,8 @@ pub(super) struct FileConfig {
     pub on_remove: OnRemove,
     /// On SIGTERM, how long to forward while unready before stopping.
     pub stop_grace_ms: u64,
+    /// Where `ctl drain`/`ctl weight` overrides are kept across restarts.
+    pub state_file: Option<PathBuf>,
     /// `[timeouts]` table.
     pub timeouts: FileTimeouts,
     /// `[health]` table.
@@ -134,6 +136,7 @@ impl Default for FileConfig {
             metrics_listen: None,
             on_remove: OnRemove::default(),
             stop_grace_ms: DEFAULT_STOP_GRACE.as_millis() as u64,
+            state_file: None,
             timeouts: FileTimeouts::default(),
             health: FileHealth::default(),
         }
@@ -483,6 +486,7 @@ impl FileConfig {
             metrics_listen: c.metrics_listen,
             on_remove: c.on_remove,
             stop_grace_ms: ms(c.stop_grace),
+            state_file: c.state_file.clone(),
             timeouts: FileTimeouts {
                 syn_ms: ms(c.timeouts.syn),
                 idle_ms: ms(c.timeouts.idle),
@@ -562,6 +566,7 @@ impl FileConfig {
                 on_failure: self.health.on_failure,
                 on_remove: self.on_remove,
                 stop_grace: Duration::from_millis(self.stop_grace_ms),
+                state_file: self.state_file,
             },
         };
         config.validate()?;

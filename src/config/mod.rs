@@ -202,6 +202,8 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    #[error("state_file {}: {reason}", path.display())]
+    BadStateFile { path: PathBuf, reason: &'static str },
     #[error("stop_grace_ms = {ms} is longer than {max_ms} ms (the most a graceful stop may take)")]
     StopGraceTooLong { ms: u64, max_ms: u64 },
     // The OS error is part of this line and deliberately not a `source`: the

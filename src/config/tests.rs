@@ -604,6 +604,7 @@ fn the_printed_config_loads_as_the_same_with_every_optional_key_set_or_not() {
     full.control.health.rise = 5;
     full.control.timeouts.rst_linger = Duration::from_millis(1234);
     full.control.stop_grace = Duration::from_millis(2500);
+    full.control.state_file = Some("/var/lib/dispatchd/state.json".into());
     full.services[0].backends[1].weight = 7;
     for c in [plain, full] {
         let text = c.to_toml().unwrap();
@@ -633,4 +634,28 @@ fn a_graceful_stop_has_a_limit() {
             MAX_STOP_GRACE.as_millis()
         )
     );
+}
+
+#[test]
+fn a_state_file_is_an_absolute_file_path_other_than_the_control_socket() {
+    let mut c = base();
+    c.control.state_file = Some("/var/lib/dispatchd/state.json".into());
+    assert!(c.validate().is_ok());
+    for (path, reason) in [
+        (
+            "state.json",
+            "not an absolute path (it would depend on where dispatchd was started)",
+        ),
+        ("/var/lib/dispatchd/", "names a directory, not a file"),
+        ("/", "names a directory, not a file"),
+        ("/var/lib/..", "names a directory, not a file"),
+        ("/run/dispatchd.sock", "is the control socket's path"),
+    ] {
+        let mut c = base();
+        c.control.control_socket = "/run/dispatchd.sock".into();
+        c.control.state_file = Some(path.into());
+        let e = err(c);
+        assert!(matches!(e, ConfigError::BadStateFile { .. }), "{path}: {e}");
+        assert_eq!(e.to_string(), format!("state_file {path}: {reason}"));
+    }
 }

@@ -88,11 +88,13 @@ pub enum Request {
     Undrain(SocketAddrV4),
     /// A daemon's weight; 0 drains it (as IPVS users expect).
     Weight(SocketAddrV4, u32),
+    /// Back to the config's weight, undrained: the daemon's overrides cleared.
+    WeightReset(SocketAddrV4),
     /// Whether this instance should get traffic (see [`super::ready`]).
     Ready(Format),
 }
 
-const EXPECTED: &str = "expected stats|conns [daemon=ADDR:PORT] [client=ADDR[:PORT]] [limit=N]|backends|drain ADDR|undrain ADDR|weight ADDR N|ready, optionally followed by json";
+const EXPECTED: &str = "expected stats|conns [daemon=ADDR:PORT] [client=ADDR[:PORT]] [limit=N]|backends|drain ADDR|undrain ADDR|weight ADDR N|weight ADDR reset|ready, optionally followed by json";
 
 impl Request {
     /// The request line: a verb, its arguments, and `json` last if wanted.
@@ -112,6 +114,10 @@ impl Request {
             Request::Undrain(d) => (vec!["undrain".to_owned(), d.to_string()], Format::Text),
             Request::Weight(d, w) => (
                 vec!["weight".to_owned(), d.to_string(), w.to_string()],
+                Format::Text,
+            ),
+            Request::WeightReset(d) => (
+                vec!["weight".to_owned(), d.to_string(), "reset".to_owned()],
                 Format::Text,
             ),
         };
@@ -160,6 +166,7 @@ impl Request {
             ["ready"] => Ok(Request::Ready(format)),
             ["drain", addr] => daemon(addr).map(Request::Drain),
             ["undrain", addr] => daemon(addr).map(Request::Undrain),
+            ["weight", addr, "reset"] => daemon(addr).map(Request::WeightReset),
             ["weight", addr, weight] => {
                 let weight = weight
                     .parse()
@@ -295,6 +302,7 @@ mod tests {
             ("undrain 198.19.0.12:8080 json", Request::Undrain(d)),
             ("weight 198.19.0.12:8080 3", Request::Weight(d, 3)),
             ("weight 198.19.0.12:8080 0", Request::Weight(d, 0)),
+            ("weight 198.19.0.12:8080 reset", Request::WeightReset(d)),
             ("ready", Request::Ready(Format::Text)),
             ("ready json", Request::Ready(Format::Json)),
         ] {
@@ -327,6 +335,7 @@ mod tests {
             Request::Drain(d),
             Request::Undrain(d),
             Request::Weight(d, 7),
+            Request::WeightReset(d),
             Request::Ready(Format::Text),
             Request::Ready(Format::Json),
         ] {

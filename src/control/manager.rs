@@ -34,12 +34,13 @@ use super::{
     icmp::{self, IcmpStats},
     nexthops::HopProber,
     ready::{self, NotReady},
-    report::{self, StatsSnapshot},
+    report::{self, BackendSetting, StatsSnapshot},
+    state::{Overrides, StateFile},
     takeover::{self, Identity},
     uring::{Completion, Uring},
 };
 use crate::{
-    balance::PolicyKind,
+    balance::{BackendState, PolicyKind},
     config::{self, Config, OnFailure, OnRemove, ProbeKind},
     dataplane::{Dataplane, Retired},
     flow::{FlowRecord, TcpState},
@@ -147,6 +148,11 @@ pub struct ManagerParts<'a> {
     pub probes: RawIpSender,
     /// What a new process must share with this one to take over from it.
     pub identity: Identity,
+    /// The operator's drain and weight overrides, read from `state_file` at
+    /// start (only daemons `config` has).
+    pub overrides: Overrides,
+    /// Where the overrides are written on every change; none = not kept.
+    pub state_file: Option<StateFile>,
 }
 
 pub struct Manager<'a> {
@@ -157,7 +163,13 @@ pub struct Manager<'a> {
     wake: Arc<Wake>,
     signals: SignalFd,
     backends: Backends,
+    /// The running configuration: `base` with the operator's weights.
     config: Config,
+    /// The configuration as loaded (file and flags), without the overrides:
+    /// what they are cleared back to.
+    base: Config,
+    overrides: Overrides,
+    state_file: Option<StateFile>,
     reload: Box<dyn FnMut() -> Result<Config> + 'a>,
     steering: &'a mut Steering,
     next_hops: Arc<[NextHop]>,
@@ -226,13 +238,19 @@ impl<'a> Manager<'a> {
             None => None,
         };
         let next_hops = parts.next_hops;
-        let backends = Backends::new(
-            &parts.config,
+        let config = parts.overrides.weighted(&parts.config);
+        let mut backends = Backends::new(
+            &config,
             &[],
             &Backends::default(),
             |id| next_hops[id.index()].get().is_some(),
             now_ns(),
         );
+        for (addr, o) in parts.overrides.iter() {
+            if let Some(id) = backends.find(addr) {
+                backends.set_draining(id, o.drained);
+            }
+        }
         Ok(Manager {
             uring: Uring::new(RING_ENTRIES)?,
             tracker: ConnTracker::new(parts.config.control.timeouts),
@@ -277,7 +295,10 @@ impl<'a> Manager<'a> {
             notify: Notifier::from_env().context("opening $NOTIFY_SOCKET")?,
             watchdog: None,
             told_status: String::new(),
-            config: parts.config,
+            config,
+            base: parts.config,
+            overrides: parts.overrides,
+            state_file: parts.state_file,
         })
     }
 
@@ -402,6 +423,19 @@ impl<'a> Manager<'a> {
                 tracing::warn!("takeover abandoned: {e:#}; serving on{reclaimed}");
             }
         }
+        Ok(())
+    }
+
+    /// Takes the operator's overrides the old process's state file held once
+    /// a takeover switched (see `daemon::run_with`): applied as a reload with
+    /// them would be, before the loop runs.
+    pub fn adopt_overrides(&mut self, overrides: Overrides) -> Result<()> {
+        self.overrides = overrides;
+        self.install(self.base.clone(), Vec::new(), OffBack::Keep)?;
+        tracing::info!(
+            overrides = self.overrides.len(),
+            "state file re-read after the takeover"
+        );
         Ok(())
     }
 
@@ -1199,12 +1233,23 @@ impl<'a> Manager<'a> {
                     .enumerate()
                     .map(|(i, b)| (b, hops.get(i)));
                 let back = self.kernel.back();
+                let weights: ahash::AHashMap<SocketAddrV4, u32> = self
+                    .config
+                    .daemons()
+                    .map(|(_, _, b)| (b.addr, b.weight))
+                    .collect();
+                let overrides = &self.overrides;
+                let settings = |addr| BackendSetting {
+                    weight: weights.get(&addr).copied(),
+                    overridden: overrides.get(addr),
+                };
                 match format {
-                    Format::Text => report::backends_text(rows, back, counts),
-                    Format::Json => report::backends_json(rows, back, counts),
+                    Format::Text => report::backends_text(rows, back, counts, settings),
+                    Format::Json => report::backends_json(rows, back, counts, settings),
                 }
             }
-            Request::Weight(addr, weight) => self.set_weight(addr, weight),
+            Request::Weight(addr, weight) => self.set_weight(addr, Some(weight)),
+            Request::WeightReset(addr) => self.set_weight(addr, None),
             Request::Drain(addr) | Request::Undrain(addr) => {
                 let draining = matches!(request, Request::Drain(_));
                 match self.backends.find(addr) {
@@ -1215,10 +1260,11 @@ impl<'a> Manager<'a> {
                     }
                     Some(backend) => {
                         self.backends.set_draining(backend, draining);
+                        self.overrides.set_drained(addr, draining);
                         self.tell_state(backend);
                         let word = if draining { "draining" } else { "undrained" };
                         tracing::info!(daemon = %addr, draining, "ctl: daemon {addr} {word}");
-                        format!("ok: {addr} {word}\n")
+                        self.saved(format!("{addr} {word}"))
                     }
                     None => format!("error: {addr} is not a configured daemon\n"),
                 }
@@ -1226,55 +1272,98 @@ impl<'a> Manager<'a> {
         }
     }
 
+    /// The reply to a change the operator made, once the overrides are in
+    /// the state file (if one is configured). Written here, on the loop, as
+    /// a blocking write of a few KB: a rare control action, and a reply
+    /// that says "ok" means the change survives a restart.
+    fn saved(&self, change: String) -> String {
+        let Some(file) = &self.state_file else {
+            return format!("ok: {change}\n");
+        };
+        match file.save(&self.overrides) {
+            Ok(()) => {
+                tracing::info!(
+                    path = %file.path().display(),
+                    overrides = self.overrides.len(),
+                    "state file written"
+                );
+                format!("ok: {change}\n")
+            }
+            Err(e) => {
+                tracing::error!(path = %file.path().display(), error = %e, "writing the state file");
+                format!(
+                    "error: {change}, but writing the state file {} failed ({e}): the change is \
+                     lost at the next restart\n",
+                    file.path().display()
+                )
+            }
+        }
+    }
+
     /// `ctl weight`: 0 drains the daemon (IPVS's quiesce: its connections
     /// finish); any other weight is applied as a reload with that one change
-    /// would apply it (records kept, planes rebuilt), and undrains it. Until
-    /// the next reload or restart, which take the file's weight.
-    fn set_weight(&mut self, addr: SocketAddrV4, weight: u32) -> String {
+    /// would apply it (records kept, planes rebuilt), and undrains it. `None`
+    /// (`--reset`) clears the daemon's overrides: the config's weight,
+    /// undrained. The override is kept over the config across reloads, and
+    /// across restarts with a state file.
+    fn set_weight(&mut self, addr: SocketAddrV4, weight: Option<u32>) -> String {
         let Some(id) = self.backends.find(addr) else {
             return format!("error: {addr} is not a configured daemon\n");
         };
         if self.backends.get(id).retired {
             return format!("error: {addr} was removed by a reload; it takes no new connection\n");
         }
-        if weight == 0 {
+        if weight == Some(0) {
             self.backends.set_draining(id, true);
+            self.overrides.set_drained(addr, true);
             self.tell_state(id);
-            tracing::info!(daemon = %addr, weight, draining = true, "ctl: daemon {addr} weight 0: draining");
-            return format!("ok: {addr} weight 0: draining\n");
+            tracing::info!(daemon = %addr, weight = 0, draining = true, "ctl: daemon {addr} weight 0: draining");
+            return self.saved(format!("{addr} weight 0: draining"));
         }
-        let mut new = self.config.clone();
-        let Some((policy, spec)) = new
+        let Some((policy, was)) = self
+            .config
             .services
-            .iter_mut()
-            .flat_map(|s| {
-                let policy = s.policy;
-                s.backends.iter_mut().map(move |b| (policy, b))
-            })
+            .iter()
+            .flat_map(|s| s.backends.iter().map(move |b| (s.policy, b)))
             .find(|(_, b)| b.addr == addr)
+            .map(|(p, b)| (p, b.weight))
         else {
             return format!("error: {addr} is not a configured daemon\n");
         };
-        let was = std::mem::replace(&mut spec.weight, weight);
+        let before = self.overrides.clone();
+        match weight {
+            Some(w) => self.overrides.set_weight(addr, w),
+            None => self.overrides.clear(addr),
+        }
         let ignored = if policy == PolicyKind::RoundRobin {
             " (its service's policy, round_robin, gives every daemon the same share)"
         } else {
             ""
         };
+        let new = self.overrides.weighted(&self.base);
         if let Err(e) = new.validate() {
+            self.overrides = before;
             return format!("error: {e}\n");
         }
         let retired = self.retire(&new);
-        if let Err(e) = self.install(new, retired, OffBack::Keep) {
-            tracing::error!("ctl: daemon {addr} weight {weight}: {e:#}");
+        if let Err(e) = self.install(self.base.clone(), retired, OffBack::Keep) {
+            self.overrides = before;
+            tracing::error!(daemon = %addr, ?weight, "ctl: daemon {addr} weight: {e:#}");
             return format!("error: {e:#}\n");
         }
-        if let Some(id) = self.backends.find(addr) {
-            self.backends.set_draining(id, false);
-            self.tell_state(id);
+        let now = self
+            .config
+            .daemons()
+            .find(|(_, _, b)| b.addr == addr)
+            .map_or(was, |(_, _, b)| b.weight);
+        let reset = if weight.is_none() { " (reset)" } else { "" };
+        tracing::info!(daemon = %addr, weight = now, was, reset = weight.is_none(), "ctl: daemon {addr} weight {was} -> {now}{reset}{ignored}");
+        match weight {
+            Some(_) => self.saved(format!("{addr} weight {now}{ignored}")),
+            None => self.saved(format!(
+                "{addr} weight {now} (the config's), undrained{ignored}"
+            )),
         }
-        tracing::info!(daemon = %addr, weight, was, "ctl: daemon {addr} weight {was} -> {weight}{ignored}");
-        format!("ok: {addr} weight {weight}{ignored}\n")
     }
 
     // ---- reload ------------------------------------------------------------
@@ -1327,7 +1416,15 @@ impl<'a> Manager<'a> {
         ) {
             tracing::info!("SIGHUP: interface, queue, memory and reply_mode settings need a restart; applying services only");
         }
-        let changed = config::changes(&self.config, &new);
+        // The file's changes against what it said before, not against the
+        // operator's overrides, which the reload keeps.
+        let changed = config::changes(&self.base, &new);
+        if new.control.state_file != old.control.state_file {
+            tracing::warn!(
+                running = ?self.state_file.as_ref().map(|f| f.path().display().to_string()),
+                "SIGHUP: state_file changed; it needs a restart, the running one is kept"
+            );
+        }
         let retired = self.retire(&new);
         self.install(new, retired, OffBack::Refuse)?;
         let list: Vec<String> = self
@@ -1398,7 +1495,7 @@ impl<'a> Manager<'a> {
         if done.is_empty() {
             return;
         }
-        match self.install(self.config.clone(), still, OffBack::Keep) {
+        match self.install(self.base.clone(), still, OffBack::Keep) {
             Ok(()) => {
                 for r in done {
                     tracing::info!("removed daemon {} has no connection left; gone", r.daemon);
@@ -1408,17 +1505,20 @@ impl<'a> Manager<'a> {
         }
     }
 
-    /// Makes `config` and the `retired` daemons the running set: maps, planes,
-    /// next hops and the loop's view of the daemons. `off_back` says whether a
-    /// daemon the kernel does not route out of the back refuses it.
-    fn install(&mut self, config: Config, retired: Vec<Retired>, off_back: OffBack) -> Result<()> {
+    /// Makes `base` with the operator's overrides, and the `retired` daemons,
+    /// the running set: maps, planes, next hops and the loop's view of the
+    /// daemons. `off_back` says whether a daemon the kernel does not route
+    /// out of the back refuses it. Overrides of daemons `base` no longer has
+    /// are forgotten (and left out of the state file's next write).
+    fn install(&mut self, base: Config, retired: Vec<Retired>, off_back: OffBack) -> Result<()> {
+        let config = self.overrides.weighted(&base);
         let host = Host {
             kernel: &self.kernel,
             back_mac: self.back_mac,
             workers: self.workers.len(),
         };
         let book = &self.book;
-        let applied = apply(
+        let mut applied = apply(
             &config,
             &retired,
             |addr, hop| book.mac_for(addr, hop),
@@ -1426,6 +1526,18 @@ impl<'a> Manager<'a> {
             off_back,
             self.steering,
         )?;
+        for gone in self.overrides.retain_configured(&base) {
+            tracing::warn!(daemon = %gone, "the operator's override of a daemon no longer configured is dropped");
+        }
+        // Drained in the planes themselves: no new connection reaches them
+        // between the planes' arrival and the states' (told next).
+        for (id, _, b) in config.daemons() {
+            if self.overrides.get(b.addr).drained {
+                for plane in &mut applied.planes {
+                    plane.set_backend_state(id, BackendState::Draining);
+                }
+            }
+        }
         for (w, plane) in applied.planes.into_iter().enumerate() {
             self.backlog
                 .push_back((WorkerId(w as u16), Command::ReplacePlane(Box::new(plane))));
@@ -1445,7 +1557,14 @@ impl<'a> Manager<'a> {
             |id| next_hops[id.index()].get().is_some(),
             now_ns(),
         );
+        // The overrides are the one source of a drain: one cleared since
+        // (`ctl weight --reset`) must not be carried over by address.
+        for id in self.backends.ids().collect::<Vec<_>>() {
+            let drained = self.overrides.get(self.backends.get(id).addr).drained;
+            self.backends.set_draining(id, drained);
+        }
         self.config = config;
+        self.base = base;
         self.send_backlog();
         self.tell_states();
         Ok(())

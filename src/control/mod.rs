@@ -4,7 +4,8 @@
 //! an argument: the connection close state machine with its timers
 //! ([`conntrack`]), health-check rise/fall ([`health`]), every daemon's state
 //! ([`backends`]), control requests ([`ctl`]), the probing of clients' next hops
-//! the kernel forgot ([`nexthops`]), readiness ([`ready`]) and the rendering of
+//! the kernel forgot ([`nexthops`]), the operator's overrides ([`state`], with
+//! the file that keeps them), readiness ([`ready`]) and the rendering of
 //! statistics ([`report`]). Around them: the io_uring slab ([`uring`]), the one path from a
 //! configuration to the running state ([`apply`]), and the loop that drives it all
 //! ([`manager`]).
@@ -19,5 +20,6 @@ pub mod manager;
 pub mod nexthops;
 pub mod ready;
 pub mod report;
+pub mod state;
 pub mod takeover;
 pub mod uring;

@@ -12,6 +12,7 @@ use super::{
     health::Health,
     icmp::IcmpStats,
     nexthops::HopStats,
+    state::Override,
 };
 use crate::{
     config::{fmt_status, ProbeKind},
@@ -518,6 +519,13 @@ struct BackendRow {
     via: Option<std::net::Ipv4Addr>,
     /// Why its route is no way to it (not out of the back, none at all).
     route_problem: Option<String>,
+    /// The weight it runs with (the override's, else the config's); none
+    /// for a daemon a reload removed.
+    weight: Option<u32>,
+    /// What the operator changed (`ctl drain`, `ctl weight`), kept over the
+    /// config until cleared; none if nothing.
+    #[serde(rename = "override")]
+    overridden: Option<OverrideRow>,
     /// Its service's health check, as it runs now.
     check: CheckRow,
     /// Probes that passed and failed since it was first configured.
@@ -568,11 +576,44 @@ fn check_row(b: &Backend) -> CheckRow {
     }
 }
 
+#[derive(Serialize)]
+struct OverrideRow {
+    drained: bool,
+    weight: Option<u32>,
+}
+
+/// What `ctl backends` shows of a daemon's settings besides its state.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BackendSetting {
+    /// The weight it runs with; none for a retired daemon.
+    pub weight: Option<u32>,
+    pub overridden: Override,
+}
+
+impl BackendSetting {
+    /// `none`, `drained`, `weight=3` or `drained,weight=3`.
+    fn override_text(&self) -> String {
+        let o = &self.overridden;
+        let words: Vec<String> = o
+            .drained
+            .then(|| "drained".to_owned())
+            .into_iter()
+            .chain(o.weight.map(|w| format!("weight={w}")))
+            .collect();
+        if words.is_empty() {
+            "none".to_owned()
+        } else {
+            words.join(",")
+        }
+    }
+}
+
 fn backend_row(
     b: &Backend,
     hop: Option<&DaemonHop>,
     back: &str,
     conns: BackendConns,
+    setting: BackendSetting,
 ) -> BackendRow {
     BackendRow {
         daemon: b.addr,
@@ -596,31 +637,46 @@ fn backend_row(
         check: check_row(b),
         probes_passed: b.probes.passed,
         probes_failed: b.probes.failed,
+        weight: setting.weight,
+        overridden: (!setting.overridden.is_none()).then_some(OverrideRow {
+            drained: setting.overridden.drained,
+            weight: setting.overridden.weight,
+        }),
     }
 }
 
 /// `ctl backends`: each daemon's health, drain flag, effective state,
 /// connection counts and next hop (its MAC and the hop it is routed to, or
-/// why its route is no way to it); `conns` gives the counts of a daemon,
-/// `back` names the back interface.
+/// why its route is no way to it), weight and override; `conns` gives the
+/// counts of a daemon, `settings` its weight and override, `back` names the
+/// back interface.
 pub fn backends_text<'a>(
     backends: impl Iterator<Item = (&'a Backend, Option<&'a DaemonHop>)>,
     back: &str,
     conns: impl Fn(SocketAddrV4) -> BackendConns,
+    settings: impl Fn(SocketAddrV4) -> BackendSetting,
 ) -> String {
     let mut out = String::new();
     for (b, hop) in backends {
-        let r = backend_row(b, hop, back, conns(b.addr));
+        let setting = settings(b.addr);
+        let r = backend_row(b, hop, back, conns(b.addr), setting);
         let next_hop = match (&r.next_hop, r.via, &r.route_problem) {
             (Some(mac), Some(via), _) => format!("{mac} via {via}"),
             (None, Some(via), _) => format!("unresolved via {via}"),
             (_, None, Some(problem)) => format!("none ({problem})"),
             _ => "unknown".to_owned(),
         };
+        let weight = r.weight.map_or("-".to_owned(), |w| w.to_string());
         let _ = writeln!(
             out,
-            "{} service {} health {} state {} active {} inactive {} next_hop {next_hop}",
-            r.daemon, r.service, r.health, r.state, r.active, r.inactive
+            "{} service {} health {} state {} active {} inactive {} weight {weight} override {} next_hop {next_hop}",
+            r.daemon,
+            r.service,
+            r.health,
+            r.state,
+            r.active,
+            r.inactive,
+            setting.override_text()
         );
     }
     if out.is_empty() {
@@ -633,10 +689,11 @@ pub fn backends_json<'a>(
     backends: impl Iterator<Item = (&'a Backend, Option<&'a DaemonHop>)>,
     back: &str,
     conns: impl Fn(SocketAddrV4) -> BackendConns,
+    settings: impl Fn(SocketAddrV4) -> BackendSetting,
 ) -> String {
     json_line(
         &backends
-            .map(|(b, hop)| backend_row(b, hop, back, conns(b.addr)))
+            .map(|(b, hop)| backend_row(b, hop, back, conns(b.addr), settings(b.addr)))
             .collect::<Vec<_>>(),
     )
 }
