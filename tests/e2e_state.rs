@@ -213,12 +213,23 @@ fn drains_and_weights_set_by_ctl_survive_a_restart_and_a_reload() {
     assert_eq!(reloaded[0], 0);
     within(reloaded[1], 240, "weight 3 of 5");
 
-    assert_eq!(topo.ctl(&["undrain", &d0]), format!("ok: {d0} undrained\n"));
+    // A reset applies as a reload: the drained daemon's state, which the
+    // workers carry over reloads, must be told undrained.
+    assert_eq!(
+        topo.ctl(&["weight", &d0, "--reset"]),
+        format!("ok: {d0} weight 1 (the config's), undrained\n")
+    );
+    assert_eq!(setting(&topo, 0), ("1".into(), "none".into()));
+    let reset = shares(&topo);
+    println!("daemon 0 reset: {reset:?} (weights 1 : 3 : 2)");
+    within(reset[0], 67, "daemon 0 reset, weight 1 of 6");
     assert_eq!(
         topo.ctl(&["weight", &d1, "--reset"]),
         format!("ok: {d1} weight 1 (the config's), undrained\n")
     );
     assert_eq!(setting(&topo, 1), ("1".into(), "none".into()));
+    let file = std::fs::read_to_string(dir.state()).expect("the state file");
+    assert!(file.contains("\"daemons\": []"), "{file}");
     stop(&mut lb);
 
     let _lb = topo.dispatchd(&["--config", &config]);
@@ -306,4 +317,15 @@ fn overrides_carry_over_a_takeover() {
     assert_eq!(after[0], 0);
     within(after[1], 300, "weight 3 of 4");
     within(after[2], 100, "weight 1 of 4");
+
+    // The new process writes the same file: an undrain persists.
+    assert_eq!(topo.ctl(&["undrain", &d0]), format!("ok: {d0} undrained\n"));
+    let file = std::fs::read_to_string(dir.state()).expect("the state file");
+    assert!(
+        !file.contains(&d0) && file.contains(&d1),
+        "only daemon 1's weight is left: {file}"
+    );
+    let undrained = shares(&topo);
+    println!("daemon 0 undrained: {undrained:?} (weights 1 : 3 : 1)");
+    within(undrained[0], 80, "daemon 0 undrained, weight 1 of 5");
 }

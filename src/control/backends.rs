@@ -79,8 +79,9 @@ impl Backends {
     /// new rise and fall apply to the streak it has; a changed probe (kind,
     /// port, path, status, Host) restarts the streak from the current state.
     /// Every configured daemon is due a probe at `now_ns`, and is taken as
-    /// told what the workers build their pools with: `Up`, `Draining` for the
-    /// retired.
+    /// told what the workers' new planes hold once they took over from the
+    /// old ones (`Dataplane::take_over`): what `old` told them of a daemon
+    /// that stays configured, `Draining` for the retired, `Up` for the rest.
     pub fn new(
         config: &Config,
         retired: &[Retired],
@@ -126,7 +127,9 @@ impl Backends {
                     told: if retired {
                         BackendState::Draining
                     } else {
-                        BackendState::Up
+                        previous
+                            .filter(|o| !o.retired)
+                            .map_or(BackendState::Up, |o| o.told)
                     },
                     probing: false,
                     next_probe_ns: if retired { u64::MAX } else { now_ns },
@@ -458,6 +461,20 @@ mod tests {
         assert_eq!(a.service, addr("198.18.0.101:80"));
         assert_eq!(a.check, new.get(new.find(addr(C)).unwrap()).check);
         assert_eq!(a.check.port, Some(8081));
+    }
+
+    /// The workers' planes carry a kept daemon's state over a reload: one
+    /// drained before it and undrained with it must be told so.
+    #[test]
+    fn a_daemon_undrained_by_a_reload_is_told_up_again() {
+        let mut old = Backends::new(&config(&[A, B]), &[], &Backends::default(), |_| true, 0);
+        let a = old.find(addr(A)).unwrap();
+        old.set_draining(a, true);
+        assert_eq!(old.news(a), Some(BackendState::Draining));
+        let mut new = Backends::new(&config(&[A, B]), &[], &old, |_| true, 0);
+        assert_eq!(new.news(a), None, "the workers carried Draining");
+        new.set_draining(a, false);
+        assert_eq!(new.news(a), Some(BackendState::Up));
     }
 
     #[test]

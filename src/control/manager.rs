@@ -40,7 +40,7 @@ use super::{
     uring::{Completion, Uring},
 };
 use crate::{
-    balance::{BackendState, PolicyKind},
+    balance::PolicyKind,
     config::{self, Config, OnFailure, OnRemove, ProbeKind},
     dataplane::{Dataplane, Retired},
     flow::{FlowRecord, TcpState},
@@ -1518,7 +1518,7 @@ impl<'a> Manager<'a> {
             workers: self.workers.len(),
         };
         let book = &self.book;
-        let mut applied = apply(
+        let applied = apply(
             &config,
             &retired,
             |addr, hop| book.mac_for(addr, hop),
@@ -1528,15 +1528,6 @@ impl<'a> Manager<'a> {
         )?;
         for gone in self.overrides.retain_configured(&base) {
             tracing::warn!(daemon = %gone, "the operator's override of a daemon no longer configured is dropped");
-        }
-        // Drained in the planes themselves: no new connection reaches them
-        // between the planes' arrival and the states' (told next).
-        for (id, _, b) in config.daemons() {
-            if self.overrides.get(b.addr).drained {
-                for plane in &mut applied.planes {
-                    plane.set_backend_state(id, BackendState::Draining);
-                }
-            }
         }
         for (w, plane) in applied.planes.into_iter().enumerate() {
             self.backlog
