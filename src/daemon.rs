@@ -533,6 +533,9 @@ pub fn run_with(
         )
     })?;
     let identity = identity(&ifaces, &plan, config.reply_mode);
+    if takeover {
+        takeover::test_pause();
+    }
     let took = match takeover {
         true => take_over(&config, &plan, bind, &identity, &mut steering)?,
         false => None,

@@ -329,3 +329,52 @@ fn overrides_carry_over_a_takeover() {
     println!("daemon 0 undrained: {undrained:?} (weights 1 : 3 : 1)");
     within(undrained[0], 80, "daemon 0 undrained, weight 1 of 5");
 }
+
+/// A change the operator makes on the old process after the new one read
+/// the state file at its start, but before it took over (the test hook holds
+/// it there), reaches the new process: it reads the file again once the old
+/// one has stopped, and runs with the change.
+#[test]
+fn a_change_made_while_a_takeover_starts_reaches_the_new_process() {
+    let topo = Topology::up(DISPATCHD, "pstkw", DAEMONS, 1);
+    let _servers = topo.serve(DAEMONS);
+    let dir = StateDir::new(&topo);
+    let config = write_config(&dir, &[1, 1, 1]);
+    let mut a = topo.dispatchd(&["--config", &config]);
+    let (d0, d1) = (daemon_addr(0), daemon_addr(1));
+    topo.ctl(&["drain", &d0]);
+
+    let pause = dir.0.join("paused");
+    let mut cmd = topo.cmd(&topo.dispatcher(), DISPATCHD);
+    cmd.args(["run", "--config", &config, "--takeover"])
+        .args(["--control-socket", &topo.control_socket()])
+        .env("DISPATCHD_TEST_TAKEOVER_PAUSE_FILE", &pause);
+    let mut b = Proc::start(cmd, "", Duration::ZERO).expect("starting the new process");
+    wait_until(
+        Duration::from_secs(20),
+        "the new process read the state file and waits",
+        || pause.exists(),
+    );
+    // On the old process, which still serves: the new one read the file
+    // before these.
+    topo.ctl(&["undrain", &d0]);
+    topo.ctl(&["weight", &d1, "3"]);
+    std::fs::remove_file(&pause).unwrap();
+    assert!(
+        a.wait(Duration::from_secs(20)).success(),
+        "the old process exits cleanly:\n{}\nthe new one said:\n{}",
+        a.output(),
+        b.output()
+    );
+    assert!(
+        b.exited().is_none(),
+        "the new process runs:\n{}",
+        b.output()
+    );
+    assert_eq!(setting(&topo, 0), ("1".into(), "none".into()));
+    assert_eq!(setting(&topo, 1), ("3".into(), "weight=3".into()));
+    let after = shares(&topo);
+    println!("after the takeover: {after:?} (weights 1 : 3 : 1, none drained)");
+    within(after[0], 80, "daemon 0 undrained, weight 1 of 5");
+    within(after[1], 240, "daemon 1 weight 3 of 5");
+}

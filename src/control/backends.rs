@@ -186,6 +186,14 @@ impl Backends {
         self.list[id.index()].draining = draining;
     }
 
+    /// The workers' planes were built with `id` draining (an operator's
+    /// drain read at start): what they were told.
+    pub fn built_draining(&mut self, id: BackendId) {
+        let b = &mut self.list[id.index()];
+        b.draining = true;
+        b.told = BackendState::Draining;
+    }
+
     pub fn set_next_hop_known(&mut self, id: BackendId, known: bool) {
         self.list[id.index()].next_hop_known = known;
     }

@@ -149,7 +149,8 @@ pub struct ManagerParts<'a> {
     /// What a new process must share with this one to take over from it.
     pub identity: Identity,
     /// The operator's drain and weight overrides, read from `state_file` at
-    /// start (only daemons `config` has).
+    /// start (only daemons `config` has); the workers' planes are built with
+    /// the drained ones draining.
     pub overrides: Overrides,
     /// Where the overrides are written on every change; none = not kept.
     pub state_file: Option<StateFile>,
@@ -247,8 +248,8 @@ impl<'a> Manager<'a> {
             now_ns(),
         );
         for (addr, o) in parts.overrides.iter() {
-            if let Some(id) = backends.find(addr) {
-                backends.set_draining(id, o.drained);
+            if let (Some(id), true) = (backends.find(addr), o.drained) {
+                backends.built_draining(id);
             }
         }
         Ok(Manager {

@@ -280,6 +280,26 @@ pub fn test_die_at(stage: &str) {
     }
 }
 
+/// The test hook that holds a new process between reading the state file at
+/// start and asking for the takeover: it makes the file this names and waits
+/// until the test removes it (at most 10 s), so that a test can change the
+/// old process's overrides in that window.
+pub const PAUSE_ENV: &str = "DISPATCHD_TEST_TAKEOVER_PAUSE_FILE";
+
+/// Pauses if the test hook asks for it (see [`PAUSE_ENV`]).
+pub fn test_pause() {
+    let Some(path) = std::env::var_os(PAUSE_ENV) else {
+        return;
+    };
+    if std::fs::write(&path, b"paused\n").is_err() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&path).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A's side, once it has the request: the links and the tracked map passed
 /// (`fds`) and B's "switched" read back. Blocking, with timeouts: the
 /// loop waits here for B (a few milliseconds), the workers forward meanwhile.
