@@ -1463,13 +1463,13 @@ fn state_file_is_off_by_default_set_by_file_or_flag_and_validated() {
         "state_file relative/state.json: not an absolute path (it would depend on where dispatchd was started)"
     );
     let (e, msg) = parse_err(&format!(
-        "{HEAD}state_file = \"/run/dispatchd.sock\"\n{}",
+        "{HEAD}state_file = \"/run/dispatchd/dispatchd.sock\"\n{}",
         svc("198.18.0.100:80", "[\"198.19.0.11:8080\"]")
     ));
     assert!(matches!(e, ConfigError::BadStateFile { .. }), "{e}");
     assert_eq!(
         msg,
-        "state_file /run/dispatchd.sock: is the control socket's path"
+        "state_file /run/dispatchd/dispatchd.sock: is the control socket's path"
     );
     let (e, _) = parse_err(&format!(
         "{HEAD}state_file = 3\n{}",
