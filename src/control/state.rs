@@ -282,9 +282,9 @@ impl StateFile {
         made.map_err(|e| {
             anyhow!(
                 "state file {}: cannot write in {} once capabilities are dropped ({e}): \
-                 dispatchd runs as uid 0 without CAP_DAC_OVERRIDE, so the directory must be \
-                 owned by root and writable by its owner (e.g. mode 0755; systemd: \
-                 StateDirectory=dispatchd for /var/lib/dispatchd)",
+                 dispatchd runs on without CAP_DAC_OVERRIDE, so the directory must be owned \
+                 by its user (root, as a rule) and writable by its owner (e.g. mode 0755; \
+                 systemd: StateDirectory=dispatchd for /var/lib/dispatchd)",
                 self.path.display(),
                 dir.display()
             )
