@@ -3,7 +3,9 @@
 # clang builds the XDP program; m4, make, pkg-config, libelf-dev, zlib1g-dev and
 # libpcap-dev build the vendored libbpf/libxdp that xsk-rs links; iproute2, ethtool
 # and nftables build and tune the test topology; ping and setpriv serve the tests;
-# bird2 (BGP) announces the VIP in the scale-out test.
+# bird2 (BGP) announces the VIP in the scale-out test; python3-prometheus-client
+# is the Prometheus project's exposition parser the metrics test reads /metrics
+# with (Debian's package, run with /usr/bin/python3).
 set -euo pipefail
 
 need=()
@@ -20,7 +22,7 @@ have_cmd nft || need+=(nftables)
 have_cmd ping || need+=(iputils-ping)
 have_cmd setpriv || need+=(util-linux)
 have_cmd bird || need+=(bird2)
-for p in libelf-dev zlib1g-dev libpcap-dev; do have_pkg "$p" || need+=("$p"); done
+for p in libelf-dev zlib1g-dev libpcap-dev python3-prometheus-client; do have_pkg "$p" || need+=("$p"); done
 
 if [ ${#need[@]} -gt 0 ]; then
 	echo "install-deps: installing ${need[*]}" >&2

@@ -183,6 +183,9 @@ impl Family<'_> {
     }
 }
 
+/// A daemon's value in a gauge family.
+type BackendGauge = fn(&BackendMetric) -> i64;
+
 /// No labels.
 const NONE: [(&str, &str); 0] = [];
 
@@ -623,7 +626,7 @@ impl Scrape {
                 )
             })
             .collect();
-        let gauges: [(&str, &str, fn(&BackendMetric) -> i64); 3] = [
+        let gauges: [(&str, &str, BackendGauge); 3] = [
             (
                 "dispatchd_backend_up",
                 "1 while a daemon's health check passes.",
