@@ -1183,14 +1183,12 @@ impl<'a> Manager<'a> {
             Ok(c) => c,
             Err(e) => {
                 self.reloads.failure += 1;
-                tracing::error!(error = %format!("{e:#}"), "SIGHUP: keeping the running configuration");
                 eprintln!("dispatchd: SIGHUP: keeping the running configuration: {e:#}");
                 return;
             }
         };
         if let Err(e) = self.reload_to(new) {
             self.reloads.failure += 1;
-            tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload failed");
             eprintln!("dispatchd: SIGHUP: {e:#}");
         }
     }
