@@ -122,6 +122,19 @@ fn write_config(file: &std::path::Path, port: u16, daemons: &[usize], extra: &st
     std::fs::write(file, body).expect("writing the config");
 }
 
+/// Waits until every daemon takes new connections (probed, its next hop
+/// resolved), so that round robin splits them evenly.
+fn wait_all_up(topo: &Topology) {
+    wait_until(Duration::from_secs(5), "every daemon up", || {
+        let list: Value =
+            serde_json::from_str(&topo.ctl(&["backends", "--json"])).expect("backends JSON");
+        list.as_array()
+            .expect("a list")
+            .iter()
+            .all(|b| b["state"] == "up")
+    });
+}
+
 fn connect(topo: &Topology, n: usize) {
     let out = topo.client_run(&[
         "connect",
@@ -227,6 +240,7 @@ fn metrics_parse_and_follow_traffic_drain_weight_and_health() {
 
     // New connections, split over the daemons, add up to what the client made.
     const CONNECTIONS: usize = 60;
+    wait_all_up(&topo);
     connect(&topo, CONNECTIONS);
     let mut page = scrape(&topo, port);
     wait_until(Duration::from_secs(5), "every Opened event counted", || {
@@ -436,7 +450,10 @@ fn reloads_report_what_needs_a_restart_and_counters_follow_the_daemons() {
             .collect()
     };
 
-    connect(&topo, 20);
+    // An odd number: round robin gives one daemon a connection more, so
+    // the two daemons' counts differ and a mix-up would show.
+    wait_all_up(&topo);
+    connect(&topo, 21);
     let mut page = scrape(&topo, port);
     wait_until(Duration::from_secs(5), "the connections counted", || {
         page = scrape(&topo, port);
@@ -444,11 +461,27 @@ fn reloads_report_what_needs_a_restart_and_counters_follow_the_daemons() {
             "dispatchd_backend_new_connections",
             "dispatchd_backend_new_connections_total",
             &[],
-        ) == 20.0
+        ) == 21.0
+    });
+    // Every connection closed and lingered out: no frame of theirs is still
+    // on its way, so the counts stand still.
+    wait_until(Duration::from_secs(5), "the connections gone", || {
+        page = scrape(&topo, port);
+        page.one("dispatchd_connections", "dispatchd_connections", &[]) == 0.0
     });
     let before = packets(&page, &daemons[1]);
     assert_eq!(before.len(), 1);
     assert!(before[0] > 0.0);
+    assert_ne!(packets(&page, &daemons[0]), before, "10 and 11 connections");
+    let opened = |page: &Page, d: &str| {
+        page.one(
+            "dispatchd_backend_new_connections",
+            "dispatchd_backend_new_connections_total",
+            &backend(d),
+        )
+    };
+    let opened_before = opened(&page, &daemons[1]);
+    let commands = u64_at(&topo.stats(), "/workers/0/commands");
     let first_success = page.one(
         "dispatchd_last_reload_success_timestamp_seconds",
         "dispatchd_last_reload_success_timestamp_seconds",
@@ -469,6 +502,12 @@ fn reloads_report_what_needs_a_restart_and_counters_follow_the_daemons() {
         page = scrape(&topo, port);
         reloads(&page, "success") == 1.0
     });
+    // The worker has taken the new plane (the first command of the reload)
+    // and let go of the old one, whose counts the loop folds by address.
+    wait_until(Duration::from_secs(5), "the new plane taken", || {
+        u64_at(&topo.stats(), "/workers/0/commands") > commands
+    });
+    page = scrape(&topo, port);
     assert_eq!(pending(&page), ["poll", "batch"]);
     assert!(
         page.one(
@@ -510,9 +549,11 @@ fn reloads_report_what_needs_a_restart_and_counters_follow_the_daemons() {
     assert_eq!(json["pending_restart"][0]["running"], "adaptive");
     assert_eq!(json["pending_restart"][0]["file"], "busy");
 
-    // The new daemons take the traffic; the old one none.
+    // The new daemons take the traffic, the new one once it is up (probed,
+    // its next hop resolved); the old one none.
     let backends = topo.ctl(&["backends"]);
     assert!(!backends.contains(&daemons[0]), "{backends}");
+    wait_all_up(&topo);
     connect(&topo, 20);
     wait_until(
         Duration::from_secs(5),
@@ -523,22 +564,12 @@ fn reloads_report_what_needs_a_restart_and_counters_follow_the_daemons() {
                 "dispatchd_backend_new_connections",
                 "dispatchd_backend_new_connections_total",
                 &[],
-            ) == 30.0
+            ) == opened_before + 20.0
         },
     );
-    // Daemon 1 had 10 before the reload (round robin over two); 20 more
-    // split over 1 and 2.
-    for (d, opened) in [(&daemons[1], 20.0), (&daemons[2], 10.0)] {
-        assert_eq!(
-            page.one(
-                "dispatchd_backend_new_connections",
-                "dispatchd_backend_new_connections_total",
-                &backend(d)
-            ),
-            opened,
-            "{d}"
-        );
-    }
+    // Daemon 0's are gone with it; 20 more split over 1 and 2.
+    assert_eq!(opened(&page, &daemons[1]), opened_before + 10.0);
+    assert_eq!(opened(&page, &daemons[2]), 10.0);
     assert!(packets(&page, &daemons[2])[0] > 0.0);
     assert!(packets(&page, &daemons[1])[0] > before[0]);
 

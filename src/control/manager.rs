@@ -102,7 +102,8 @@ enum Tag {
 pub struct WorkerLink {
     pub link: LoopEnd<Dataplane>,
     pub stats: Arc<WorkerStats>,
-    /// The traffic bank of the plane the worker starts with.
+    /// The traffic bank of the plane the worker starts with (the loop takes
+    /// it at its start).
     pub traffic: Arc<[BackendTraffic]>,
 }
 
@@ -205,7 +206,7 @@ pub struct Manager<'a> {
 }
 
 impl<'a> Manager<'a> {
-    pub fn new(parts: ManagerParts<'a>) -> Result<Self> {
+    pub fn new(mut parts: ManagerParts<'a>) -> Result<Self> {
         let metrics = match parts.config.control.metrics_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -226,8 +227,10 @@ impl<'a> Manager<'a> {
             parts.config.daemons().map(|(_, _, b)| b.addr),
             parts.config.services.iter().map(|s| s.address),
         );
-        for w in &parts.workers {
-            traffic.track(daemons.clone(), w.traffic.clone());
+        // Taken, not cloned: a bank is let go of once its plane alone held it.
+        for w in &mut parts.workers {
+            let bank = std::mem::replace(&mut w.traffic, BackendTraffic::bank(0));
+            traffic.track(daemons.clone(), bank);
         }
         let started_unix = unix_now();
         Ok(Manager {
