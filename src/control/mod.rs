@@ -4,8 +4,9 @@
 //! an argument: the connection close state machine with its timers
 //! ([`conntrack`]), health-check rise/fall ([`health`]), every daemon's state
 //! ([`backends`]), control requests ([`ctl`]), the probing of clients' next hops
-//! the kernel forgot ([`nexthops`]), readiness ([`ready`]) and the rendering of
-//! statistics ([`report`]). Around them: the io_uring slab ([`uring`]), the one path from a
+//! the kernel forgot ([`nexthops`]), readiness ([`ready`]), each daemon's
+//! traffic by address across reloads ([`traffic`]) and the rendering of
+//! statistics ([`report`], [`metrics`]). Around them: the io_uring slab ([`uring`]), the one path from a
 //! configuration to the running state ([`apply`]), and the loop that drives it all
 //! ([`manager`]).
 

@@ -1,5 +1,5 @@
-//! Rendering the numbers: `ctl stats|conns|backends` as text or JSON, and the
-//! Prometheus text format.
+//! Rendering the numbers: `ctl stats|conns|backends` as text or JSON (GET
+//! /metrics is [`super::metrics`]).
 use std::{fmt::Write, net::SocketAddrV4};
 
 use hdrhistogram::Histogram;
