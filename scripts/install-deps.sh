@@ -4,7 +4,9 @@
 # libpcap-dev build the vendored libbpf/libxdp that xsk-rs links; iproute2, ethtool
 # and nftables build and tune the test topology; ping and setpriv serve the tests;
 # bird2 (BGP) announces the VIP in the scale-out test; Debian's python3 (its
-# http.server) answers the HTTP health checks of the health test.
+# http.server) answers the HTTP health checks of the health test;
+# python3-prometheus-client is the Prometheus project's exposition parser the
+# metrics test reads /metrics with (run with /usr/bin/python3).
 set -euo pipefail
 
 need=()
@@ -22,7 +24,7 @@ have_cmd ping || need+=(iputils-ping)
 have_cmd setpriv || need+=(util-linux)
 have_cmd bird || need+=(bird2)
 [ -x /usr/bin/python3 ] || need+=(python3)
-for p in libelf-dev zlib1g-dev libpcap-dev; do have_pkg "$p" || need+=("$p"); done
+for p in libelf-dev zlib1g-dev libpcap-dev python3-prometheus-client; do have_pkg "$p" || need+=("$p"); done
 
 if [ ${#need[@]} -gt 0 ]; then
 	echo "install-deps: installing ${need[*]}" >&2

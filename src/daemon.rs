@@ -648,6 +648,7 @@ pub fn run_with(
         links.push(WorkerLink {
             link: loop_end,
             stats: stats.clone(),
+            traffic: plane.traffic.clone(),
         });
         setups.push(WorkerSetup {
             id: WorkerId(w as u16),

@@ -16,7 +16,7 @@ use crate::{
         peek_endpoints, DropReason, L4Frame, MacPair,
     },
     protocol::{Event, EventSink, SLOW_FRAME_MAX},
-    stats::{WorkerDrop, WorkerStats},
+    stats::{BackendTraffic, WorkerDrop, WorkerStats},
 };
 
 /// One service as a worker sees it: its own copy of the selection state (so picks
@@ -49,8 +49,12 @@ pub struct Dataplane {
     pub services: Vec<ServiceSlot>,
     /// Keyed by [`endpoint_key`] of the VIP and port.
     pub service_by_vip: AHashMap<u64, ServiceId>,
-    /// A reply's source decides its new source: the daemon's service.
-    pub service_by_daemon: AHashMap<u64, SocketAddrV4>,
+    /// A reply's source decides its new source: the daemon's service; and
+    /// names the daemon's id, for its traffic counters.
+    pub service_by_daemon: AHashMap<u64, (SocketAddrV4, BackendId)>,
+    /// Each daemon's frames and bytes through this worker, indexed by
+    /// [`BackendId`]: this plane's own bank (see [`BackendTraffic`]).
+    pub traffic: Arc<[BackendTraffic]>,
     /// Indexed by [`BackendId`].
     pub next_hops: Arc<[NextHop]>,
     /// Where each daemon sits, indexed by [`BackendId`].
@@ -111,7 +115,9 @@ impl Dataplane {
             });
             service_by_vip.insert(endpoint_key(s.address), id);
             for (local, b) in s.backends.iter().enumerate() {
-                service_by_daemon.insert(endpoint_key(b.addr), s.address);
+                let backend = BackendId::from_index(backend_owner.len())
+                    .context("more than 65535 daemons")?;
+                service_by_daemon.insert(endpoint_key(b.addr), (s.address, backend));
                 backend_owner.push((id, PoolIndex(local as u16)));
             }
         }
@@ -131,7 +137,9 @@ impl Dataplane {
                 BackendId::from_index(first_retired).context("more than 65535 daemons")?;
             for (local, r) in retired.iter().enumerate() {
                 pool.set_state(PoolIndex(local as u16), BackendState::Draining);
-                service_by_daemon.insert(endpoint_key(r.daemon), r.service);
+                let backend = BackendId::from_index(backend_owner.len())
+                    .context("more than 65535 daemons")?;
+                service_by_daemon.insert(endpoint_key(r.daemon), (r.service, backend));
                 backend_owner.push((id, PoolIndex(local as u16)));
             }
             slots.push(ServiceSlot {
@@ -162,6 +170,7 @@ impl Dataplane {
             services: slots,
             service_by_vip,
             service_by_daemon,
+            traffic: BackendTraffic::bank(backend_owner.len()),
             next_hops,
             reset_before: vec![0; backend_owner.len()],
             first_retired,
@@ -423,6 +432,7 @@ pub fn forward(
     now_ns: u64,
     hint: Option<FlowHint>,
 ) -> bool {
+    let frame_len = frame.len() as u64;
     let mut pkt = match L4Frame::parse(frame) {
         Ok(pkt) => pkt,
         Err(reason) => {
@@ -562,6 +572,10 @@ pub fn forward(
     let Some(dst_mac) = plane.next_hops[backend.index()].get() else {
         return drop_with(stats, WorkerDrop::NoNeighbour);
     };
+    if let Some(traffic) = plane.traffic.get(backend.index()) {
+        traffic.to_packets.add(1);
+        traffic.to_bytes.add(frame_len);
+    }
     pkt.rewrite_forward(
         daemon,
         &MacPair {
@@ -680,6 +694,7 @@ pub fn reverse(
     stats: &WorkerStats,
     now_ns: u64,
 ) -> bool {
+    let frame_len = frame.len() as u64;
     let mut pkt = match L4Frame::parse(frame) {
         Ok(pkt) => pkt,
         Err(reason) => {
@@ -690,9 +705,13 @@ pub fn reverse(
             return false;
         }
     };
-    let Some(&service) = plane.service_by_daemon.get(&endpoint_key(pkt.src())) else {
+    let Some(&(service, backend)) = plane.service_by_daemon.get(&endpoint_key(pkt.src())) else {
         return drop_with(stats, WorkerDrop::UnknownDaemon);
     };
+    if let Some(traffic) = plane.traffic.get(backend.index()) {
+        traffic.from_packets.add(1);
+        traffic.from_bytes.add(frame_len);
+    }
     let flags = pkt.tcp_flags();
     if flags.fin() || flags.rst() {
         // The record may belong to another worker (replies arrive on any queue):
@@ -753,7 +772,7 @@ fn icmp_from_back(frame: &mut [u8], plane: &Dataplane, stats: &WorkerStats) -> b
             return false;
         }
     };
-    let Some(&service) = plane
+    let Some(&(service, _)) = plane
         .service_by_daemon
         .get(&endpoint_key(error.quoted_dst()))
     else {
@@ -1213,6 +1232,46 @@ mod tests {
         }
         assert_eq!(stats.dropped[WorkerDrop::IcmpQueueFull as usize].get(), 1);
         assert_eq!(stats.icmp_to_loop.get(), 1 + protocol::SLOW_QUEUE as u64);
+    }
+
+    /// Each daemon's frames and bytes, both ways, land in its own slot of the
+    /// plane's bank; a stranger's reply counts for none.
+    #[test]
+    fn traffic_is_counted_per_daemon_both_ways() {
+        use dispatchd_testkit::frame::tcp_flags::{ACK, SYN};
+        let other = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 12), 8080);
+        let mut plane = testing::plane(VIP, &[DAEMON, other]);
+        let stats = WorkerStats::default();
+        let (mut sink, _rx) = testing::events();
+        let mut table = FlowTable::with_capacity(64);
+        let mut syn = segment(SYN);
+        let len = syn.len() as u64;
+        assert!(forward(
+            &mut syn, &mut table, &mut plane, &mut sink, &stats, 1, None
+        ));
+        let picked = table.get(&FlowKey::new(CLIENT, VIP, 6)).unwrap().backend;
+        let mut ack = segment(ACK);
+        assert!(forward(
+            &mut ack, &mut table, &mut plane, &mut sink, &stats, 2, None
+        ));
+        let mine = &plane.traffic[picked.index()];
+        assert_eq!((mine.to_packets.get(), mine.to_bytes.get()), (2, 2 * len));
+        let theirs = &plane.traffic[1 - picked.index()];
+        assert_eq!(theirs.to_packets.get(), 0);
+
+        let from = [DAEMON, other][picked.index()];
+        let mut reply = testing::segment(from, CLIENT, ACK);
+        let reply_len = reply.len() as u64;
+        assert!(reverse(&mut reply, &plane, &mut sink, &stats, 3));
+        assert_eq!(
+            (mine.from_packets.get(), mine.from_bytes.get()),
+            (1, reply_len)
+        );
+        let stranger = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 99), 8080);
+        let mut reply = testing::segment(stranger, CLIENT, ACK);
+        assert!(!reverse(&mut reply, &plane, &mut sink, &stats, 3));
+        let counted: u64 = plane.traffic.iter().map(|t| t.from_packets.get()).sum();
+        assert_eq!(counted, 1);
     }
 
     #[test]

@@ -118,6 +118,28 @@ impl Peak {
     }
 }
 
+/// One daemon's traffic through one worker, in a bank indexed by
+/// [`BackendId`](crate::ids::BackendId) that belongs to one plane: a reload
+/// gives each worker a new plane with a new bank, so ids of two configurations
+/// never share a counter (the loop sums banks by daemon address). Bytes are
+/// whole frames, Ethernet header included.
+#[derive(Debug, Default)]
+pub struct BackendTraffic {
+    /// Client frames forwarded to the daemon.
+    pub to_packets: Counter,
+    pub to_bytes: Counter,
+    /// The daemon's replies forwarded to clients.
+    pub from_packets: Counter,
+    pub from_bytes: Counter,
+}
+
+impl BackendTraffic {
+    /// A bank for `daemons` ids.
+    pub fn bank(daemons: usize) -> std::sync::Arc<[BackendTraffic]> {
+        (0..daemons).map(|_| BackendTraffic::default()).collect()
+    }
+}
+
 /// One AF_XDP socket of a worker: its side, its queue, the frames it received
 /// and the frames the worker put on its TX ring.
 #[derive(Debug, Default)]
@@ -266,12 +288,15 @@ const HISTOGRAM_BUCKETS: usize = LINEAR_BUCKETS as usize + (64 - 6) * SUB_BUCKET
 /// snapshot into an HDR histogram to merge and query.
 pub struct AtomicHistogram {
     buckets: Box<[AtomicU64]>,
+    /// The sum of the recorded values, for an exposition's `_sum`.
+    sum: AtomicU64,
 }
 
 impl Default for AtomicHistogram {
     fn default() -> Self {
         Self {
             buckets: (0..HISTOGRAM_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
         }
     }
 }
@@ -309,6 +334,37 @@ impl AtomicHistogram {
         let b = &self.buckets[bucket_of(value)];
         // One writer per histogram: load+store cannot lose a count.
         b.store(b.load(Relaxed).wrapping_add(count), Relaxed);
+        let total = value.wrapping_mul(count);
+        self.sum
+            .store(self.sum.load(Relaxed).wrapping_add(total), Relaxed);
+    }
+
+    /// The sum of every value recorded.
+    pub fn sum(&self) -> u64 {
+        self.sum.load(Relaxed)
+    }
+
+    /// Adds to `counts[k]` the samples at most `bounds[k]` (in the
+    /// histogram's unit; `bounds` ascending), for cumulative buckets: a bucket
+    /// counts below a bound when its middle value does.
+    pub fn add_cumulative(&self, bounds: &[u64], counts: &mut [u64]) {
+        for (i, b) in self.buckets.iter().enumerate() {
+            let n = b.load(Relaxed);
+            if n == 0 {
+                continue;
+            }
+            let v = bucket_value(i);
+            for (bound, c) in bounds.iter().zip(counts.iter_mut()) {
+                if v <= *bound {
+                    *c += n;
+                }
+            }
+        }
+    }
+
+    /// Samples recorded.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
     }
 
     /// Adds this histogram's samples into `into`.

@@ -338,6 +338,37 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The settings a reload cannot apply, by their file key, with their
+    /// values as the file writes them: a running process keeps its own until
+    /// a restart.
+    pub fn restart_only(&self) -> Vec<(&'static str, String)> {
+        fn show(v: impl Serialize) -> String {
+            match serde_json::to_value(v) {
+                Ok(serde_json::Value::String(s)) => s,
+                Ok(serde_json::Value::Null) => "unset".to_owned(),
+                Ok(other) => other.to_string(),
+                Err(e) => format!("({e})"),
+            }
+        }
+        vec![
+            ("front", show(&self.front)),
+            ("back", show(&self.back)),
+            ("queues", show(self.queues)),
+            ("cores", show(&self.cores)),
+            ("bind_mode", show(self.bind_mode)),
+            ("xdp_mode", show(self.xdp_mode)),
+            ("poll", show(self.poll)),
+            ("flow_capacity", show(self.flow_capacity)),
+            ("frames_per_queue", show(self.frames_per_queue)),
+            ("batch", show(self.batch)),
+            ("event_ring", show(self.event_ring)),
+            ("reply_mode", show(self.reply_mode)),
+            ("control_socket", show(&self.control.control_socket)),
+            ("metrics_listen", show(self.control.metrics_listen)),
+            ("state_file", show(&self.control.state_file)),
+        ]
+    }
+
     /// Parses a TOML document and validates it.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         file::FileConfig::parse(text, None)?.into_config()

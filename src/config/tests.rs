@@ -659,3 +659,41 @@ fn a_state_file_is_an_absolute_file_path_other_than_the_control_socket() {
         assert_eq!(e.to_string(), format!("state_file {path}: {reason}"));
     }
 }
+
+/// What a reload reports as needing a restart: named by file key (each one
+/// the example file documents), valued as the file writes it, and only the
+/// settings that differ.
+#[test]
+fn restart_only_settings_are_file_keys_with_file_values() {
+    let example = include_str!("../../examples/dispatchd.toml");
+    let running = base();
+    for (key, _) in running.restart_only() {
+        assert!(
+            example.contains(&format!("\n{key} = ")) || example.contains(&format!("\n# {key} = ")),
+            "{key} is not a key of examples/dispatchd.toml"
+        );
+    }
+    let mut file = base();
+    file.poll = PollMode::Busy;
+    file.batch = 32;
+    file.control.metrics_listen = Some("127.0.0.1:9100".parse().unwrap());
+    let differ: Vec<(&str, String, String)> = running
+        .restart_only()
+        .into_iter()
+        .zip(file.restart_only())
+        .filter(|(r, f)| r.1 != f.1)
+        .map(|(r, f)| (r.0, r.1, f.1))
+        .collect();
+    assert_eq!(
+        differ,
+        [
+            ("poll", "adaptive".to_owned(), "busy".to_owned()),
+            ("batch", running.batch.to_string(), "32".to_owned()),
+            (
+                "metrics_listen",
+                "unset".to_owned(),
+                "127.0.0.1:9100".to_owned()
+            ),
+        ]
+    );
+}

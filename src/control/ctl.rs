@@ -245,7 +245,8 @@ pub fn http_request_complete(received: &[u8]) -> bool {
 /// The metrics endpoint's answer: `body` in the Prometheus text format.
 pub fn http_metrics(body: &str) -> String {
     format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        super::metrics::CONTENT_TYPE,
         body.len()
     )
 }

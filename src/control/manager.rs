@@ -22,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use ahash::AHashSet;
+use ahash::{AHashMap, AHashSet};
 use anyhow::{Context, Result};
 
 use super::{
@@ -32,11 +32,13 @@ use super::{
     ctl::{self, Format, HttpAsk, Request, REQUEST_MAX},
     health::{self, Health, StatusLine},
     icmp::{self, IcmpStats},
+    metrics::{self, BackendMetric, PendingKey, ReloadCounts, ScrapeExtra, ServiceMetric},
     nexthops::HopProber,
     ready::{self, NotReady},
     report::{self, BackendSetting, StatsSnapshot},
     state::{Overrides, StateFile},
     takeover::{self, Identity},
+    traffic::TrafficBook,
     uring::{Completion, Uring},
 };
 use crate::{
@@ -50,7 +52,7 @@ use crate::{
     notify::{self, Notifier, Verdict, Watchdog},
     protocol::{Event, LoopEnd, SlowFrame, Wake},
     queues::{self, LinkWatch},
-    stats::{now_ns, WorkerStats},
+    stats::{now_ns, BackendTraffic, WorkerStats},
     sys::{self, RawIpSender, Signal, SignalFd, SIGINFO_LEN},
     worker::Command,
     xdp::Steering,
@@ -122,6 +124,9 @@ enum ProbeNext {
 pub struct WorkerLink {
     pub link: LoopEnd<Dataplane>,
     pub stats: Arc<WorkerStats>,
+    /// The traffic bank of the plane the worker starts with (the loop takes
+    /// it at its start).
+    pub traffic: Arc<[BackendTraffic]>,
 }
 
 /// What `dispatchd run` hands the loop: the state start-up built, and how to
@@ -217,6 +222,17 @@ pub struct Manager<'a> {
     /// instance forwards as before but says it is not ready.
     stopping_until_ns: Option<u64>,
     identity: Identity,
+    /// Each daemon's frames, bytes and new connections, by address.
+    traffic: TrafficBook,
+    reloads: ReloadCounts,
+    /// The settings only a restart applies, as this process runs them.
+    running: Vec<(&'static str, String)>,
+    /// Those of them the file, at the last successful reload, asks otherwise.
+    pending: Vec<PendingKey>,
+    /// Unix time of the start.
+    started_unix: f64,
+    /// Each worker's flow-table capacity, as started.
+    table_capacity: u64,
     /// The connection of a new process that took the links over: it waits
     /// for the records once the workers stopped.
     handover: Option<UnixStream>,
@@ -230,7 +246,7 @@ pub struct Manager<'a> {
 }
 
 impl<'a> Manager<'a> {
-    pub fn new(parts: ManagerParts<'a>) -> Result<Self> {
+    pub fn new(mut parts: ManagerParts<'a>) -> Result<Self> {
         let metrics = match parts.config.control.metrics_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -252,6 +268,17 @@ impl<'a> Manager<'a> {
                 backends.built_draining(id);
             }
         }
+        let mut traffic = TrafficBook::default();
+        let daemons = traffic.install(
+            parts.config.daemons().map(|(_, _, b)| b.addr),
+            parts.config.services.iter().map(|s| s.address),
+        );
+        // Taken, not cloned: a bank is let go of once its plane alone held it.
+        for w in &mut parts.workers {
+            let bank = std::mem::replace(&mut w.traffic, BackendTraffic::bank(0));
+            traffic.track(daemons.clone(), bank);
+        }
+        let started_unix = unix_now();
         Ok(Manager {
             uring: Uring::new(RING_ENTRIES)?,
             tracker: ConnTracker::new(parts.config.control.timeouts),
@@ -291,6 +318,15 @@ impl<'a> Manager<'a> {
             unresolved: Vec::new(),
             stopping_until_ns: None,
             identity: parts.identity,
+            traffic,
+            reloads: ReloadCounts {
+                last_success_unix: started_unix,
+                ..ReloadCounts::default()
+            },
+            running: parts.config.restart_only(),
+            pending: Vec::new(),
+            started_unix,
+            table_capacity: parts.config.flow_capacity as u64,
             handover: None,
             stop: false,
             notify: Notifier::from_env().context("opening $NOTIFY_SOCKET")?,
@@ -461,7 +497,74 @@ impl<'a> Manager<'a> {
             next_hops: self.prober.stats,
             netlink: self.netlink,
             ready: self.readiness().is_ok(),
+            pending_restart: &self.pending,
+            reloads: self.reloads,
         }
+    }
+
+    /// GET /metrics: the snapshot, each service and daemon, the process.
+    fn scrape(&mut self) -> String {
+        self.traffic.settle();
+        let totals = self.traffic.totals();
+        let per_daemon = self.tracker.per_daemon();
+        let weights: AHashMap<SocketAddrV4, u32> = self
+            .config
+            .daemons()
+            .map(|(_, _, b)| (b.addr, b.weight))
+            .collect();
+        let backends: Vec<BackendMetric> = self
+            .backends
+            .iter()
+            .map(|b| {
+                let conns = per_daemon.get(&b.addr).copied().unwrap_or_default();
+                BackendMetric {
+                    service: b.service,
+                    daemon: b.addr,
+                    up: b.health.health() == Health::Up,
+                    weight: weights.get(&b.addr).copied().unwrap_or(0),
+                    drained: b.draining || b.retired,
+                    retired: b.retired,
+                    active: conns.active,
+                    inactive: conns.inactive,
+                    traffic: totals.get(&b.addr).copied().unwrap_or_default(),
+                }
+            })
+            .collect();
+        let services = self
+            .config
+            .services
+            .iter()
+            .map(|s| {
+                let mine = backends.iter().filter(|b| b.service == s.address);
+                let (mut up, mut active, mut inactive) = (0, 0, 0);
+                for b in mine {
+                    up += u32::from(b.up && !b.retired);
+                    active += u64::from(b.active);
+                    inactive += u64::from(b.inactive);
+                }
+                ServiceMetric {
+                    address: s.address,
+                    daemons_up: up,
+                    new_connections: self.traffic.service_opened(s.address),
+                    active,
+                    inactive,
+                }
+            })
+            .collect();
+        let pending: AHashSet<&str> = self.pending.iter().map(|p| p.key).collect();
+        let extra = ScrapeExtra {
+            services,
+            backends,
+            table_capacity: self.table_capacity,
+            started_unix: self.started_unix,
+            reloads: self.reloads,
+            restart_keys: self
+                .running
+                .iter()
+                .map(|(key, _)| (*key, pending.contains(key)))
+                .collect(),
+        };
+        metrics::render(&self.snapshot(), extra)
     }
 
     /// Ready for traffic, or why not (see [`ready`]).
@@ -670,9 +773,7 @@ impl<'a> Manager<'a> {
                     let reply = if metrics {
                         match ctl::http_ask(&request) {
                             HttpAsk::Ready => ready::http(&self.readiness()),
-                            HttpAsk::Metrics => {
-                                ctl::http_metrics(&report::prometheus(&self.snapshot()))
-                            }
+                            HttpAsk::Metrics => ctl::http_metrics(&self.scrape()),
                         }
                     } else {
                         self.ctl_reply(&request)
@@ -714,6 +815,9 @@ impl<'a> Manager<'a> {
     fn drain_events(&mut self) {
         for w in &mut self.workers {
             while let Some(event) = w.link.events.try_pop() {
+                if let Event::Opened { key, daemon, .. } = event {
+                    self.traffic.opened(key.service(), daemon);
+                }
                 // Read after the event arrived, so a connection's opening time is
                 // never before its record's creation: removals compare the two.
                 self.tracker.on_event(event, now_ns(), &mut self.orders);
@@ -1387,6 +1491,7 @@ impl<'a> Manager<'a> {
             Err(e) => format!("reload failed, running configuration kept: {e:#}"),
         };
         if let Err(e) = outcome {
+            self.reloads.failure += 1;
             tracing::error!("SIGHUP: {e:#}");
         }
         self.told_status = self.status_line();
@@ -1397,37 +1502,40 @@ impl<'a> Manager<'a> {
     }
 
     fn reload_to(&mut self, new: Config) -> Result<()> {
-        let old = &self.config;
-        if (
-            &new.front,
-            &new.back,
-            new.queues,
-            &new.cores,
-            new.flow_capacity,
-            new.frames_per_queue,
-            new.reply_mode,
-        ) != (
-            &old.front,
-            &old.back,
-            old.queues,
-            &old.cores,
-            old.flow_capacity,
-            old.frames_per_queue,
-            old.reply_mode,
-        ) {
-            tracing::info!("SIGHUP: interface, queue, memory and reply_mode settings need a restart; applying services only");
-        }
         // The file's changes against what it said before, not against the
         // operator's overrides, which the reload keeps.
         let changed = config::changes(&self.base, &new);
-        if new.control.state_file != old.control.state_file {
-            tracing::warn!(
-                running = ?self.state_file.as_ref().map(|f| f.path().display().to_string()),
-                "SIGHUP: state_file changed; it needs a restart, the running one is kept"
-            );
-        }
+        let pending: Vec<PendingKey> = self
+            .running
+            .iter()
+            .zip(new.restart_only())
+            .filter(|((_, running), (_, file))| running != file)
+            .map(|((key, running), (_, file))| PendingKey {
+                key,
+                running: running.clone(),
+                file,
+            })
+            .collect();
         let retired = self.retire(&new);
         self.install(new, retired, OffBack::Refuse)?;
+        self.reloads.success += 1;
+        self.reloads.last_success_unix = unix_now();
+        for p in &pending {
+            tracing::warn!(
+                key = p.key,
+                running = %p.running,
+                file = %p.file,
+                "SIGHUP: setting needs a restart; keeping the running value"
+            );
+        }
+        if !pending.is_empty() {
+            let keys: Vec<&str> = pending.iter().map(|p| p.key).collect();
+            tracing::warn!(
+                "SIGHUP: {} need a restart; applying services only",
+                keys.join(", ")
+            );
+        }
+        self.pending = pending;
         let list: Vec<String> = self
             .backends
             .iter()
@@ -1530,7 +1638,16 @@ impl<'a> Manager<'a> {
         for gone in self.overrides.retain_configured(&base) {
             tracing::warn!(daemon = %gone, "the operator's override of a daemon no longer configured is dropped");
         }
+        let daemons = self.traffic.install(
+            config
+                .daemons()
+                .map(|(_, _, b)| b.addr)
+                .chain(retired.iter().map(|r| r.daemon)),
+            config.services.iter().map(|s| s.address),
+        );
+        self.traffic.settle();
         for (w, plane) in applied.planes.into_iter().enumerate() {
+            self.traffic.track(daemons.clone(), plane.traffic.clone());
             self.backlog
                 .push_back((WorkerId(w as u16), Command::ReplacePlane(Box::new(plane))));
         }
@@ -1561,4 +1678,11 @@ impl<'a> Manager<'a> {
         self.tell_states();
         Ok(())
     }
+}
+
+/// Seconds since the Unix epoch, for timestamps operators compare with clocks.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }

@@ -5,8 +5,9 @@
 //! ([`conntrack`]), health-check rise/fall ([`health`]), every daemon's state
 //! ([`backends`]), control requests ([`ctl`]), the probing of clients' next hops
 //! the kernel forgot ([`nexthops`]), the operator's overrides ([`state`], with
-//! the file that keeps them), readiness ([`ready`]) and the rendering of
-//! statistics ([`report`]). Around them: the io_uring slab ([`uring`]), the one path from a
+//! the file that keeps them), readiness ([`ready`]), each daemon's traffic by
+//! address across reloads ([`traffic`]) and the rendering of statistics
+//! ([`report`], [`metrics`]). Around them: the io_uring slab ([`uring`]), the one path from a
 //! configuration to the running state ([`apply`]), and the loop that drives it all
 //! ([`manager`]).
 
@@ -17,9 +18,11 @@ pub mod ctl;
 pub mod health;
 pub mod icmp;
 pub mod manager;
+pub mod metrics;
 pub mod nexthops;
 pub mod ready;
 pub mod report;
 pub mod state;
 pub mod takeover;
+pub mod traffic;
 pub mod uring;

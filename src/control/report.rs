@@ -1,5 +1,5 @@
-//! Rendering the numbers: `ctl stats|conns|backends` as text or JSON, and the
-//! Prometheus text format.
+//! Rendering the numbers: `ctl stats|conns|backends` as text or JSON (GET
+//! /metrics is [`super::metrics`]).
 use std::{fmt::Write, net::SocketAddrV4};
 
 use hdrhistogram::Histogram;
@@ -11,6 +11,7 @@ use super::{
     ctl::Format,
     health::Health,
     icmp::IcmpStats,
+    metrics::{PendingKey, ReloadCounts},
     nexthops::HopStats,
     state::Override,
 };
@@ -60,6 +61,9 @@ pub struct StatsSnapshot<'a> {
     pub netlink: NetlinkStats,
     /// Whether the instance is ready for traffic (see [`super::ready`]).
     pub ready: bool,
+    /// Settings the file changed that wait for a restart.
+    pub pending_restart: &'a [PendingKey],
+    pub reloads: ReloadCounts,
 }
 
 fn side(s: &SocketStats) -> &'static str {
@@ -248,6 +252,25 @@ pub fn stats_text(s: &StatsSnapshot<'_>) -> String {
         "recovered records: confirmed {} expired {}",
         s.recovery.confirmed, s.recovery.expired
     );
+    let _ = writeln!(
+        out,
+        "reloads: success {} failure {}",
+        s.reloads.success, s.reloads.failure
+    );
+    let pending: Vec<String> = s
+        .pending_restart
+        .iter()
+        .map(|p| format!("{} (running {}, file {})", p.key, p.running, p.file))
+        .collect();
+    let _ = writeln!(
+        out,
+        "pending restart: {}",
+        if pending.is_empty() {
+            "none".to_owned()
+        } else {
+            pending.join(", ")
+        }
+    );
     out
 }
 
@@ -328,6 +351,9 @@ struct StatsJson<'a> {
     timer_entries: usize,
     loop_round_max_ns: u64,
     loop_round_max_1s_ns: u64,
+    reloads: ReloadCounts,
+    /// Settings the file changed that only a restart applies.
+    pending_restart: &'a [PendingKey],
 }
 
 /// One JSON document and a newline.
@@ -416,6 +442,8 @@ pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
         timer_entries: s.timer_entries,
         loop_round_max_ns: s.loop_round_max_ns,
         loop_round_max_1s_ns: s.loop_round_max_1s_ns,
+        reloads: s.reloads,
+        pending_restart: s.pending_restart,
     })
 }
 
@@ -696,312 +724,4 @@ pub fn backends_json<'a>(
             .map(|(b, hop)| backend_row(b, hop, back, conns(b.addr), settings(b.addr)))
             .collect::<Vec<_>>(),
     )
-}
-
-/// One metric family in the exposition format: its HELP and TYPE lines, then a
-/// sample per row (`labels` as written between the braces, none if empty).
-fn family(out: &mut String, kind: &str, name: &str, help: &str, rows: &[(String, u64)]) {
-    let _ = writeln!(
-        out,
-        "# HELP dispatchd_{name} {help}\n# TYPE dispatchd_{name} {kind}"
-    );
-    for (labels, v) in rows {
-        if labels.is_empty() {
-            let _ = writeln!(out, "dispatchd_{name} {v}");
-        } else {
-            let _ = writeln!(out, "dispatchd_{name}{{{labels}}} {v}");
-        }
-    }
-}
-
-/// A row per worker, labelled with its index.
-fn worker_rows(
-    workers: &[std::sync::Arc<WorkerStats>],
-    f: &dyn Fn(&WorkerStats) -> u64,
-) -> Vec<(String, u64)> {
-    workers
-        .iter()
-        .enumerate()
-        .map(|(q, w)| (format!("worker=\"{q}\""), f(w)))
-        .collect()
-}
-
-pub fn prometheus(s: &StatsSnapshot<'_>) -> String {
-    let mut out = String::new();
-    let mut counter = |name: &str, help: &str, rows: Vec<(String, u64)>| {
-        family(&mut out, "counter", name, help, &rows)
-    };
-    let per_worker = |f: &dyn Fn(&WorkerStats) -> u64| worker_rows(s.workers, f);
-    counter(
-        "rx_front_packets_total",
-        "Frames received on the front socket.",
-        per_worker(&|w| w.rx_front.get()),
-    );
-    counter(
-        "rx_back_packets_total",
-        "Frames received on the back socket.",
-        per_worker(&|w| w.rx_back.get()),
-    );
-    counter(
-        "tx_back_packets_total",
-        "Frames sent to daemons.",
-        per_worker(&|w| w.tx_back.get()),
-    );
-    counter(
-        "tx_front_packets_total",
-        "Frames sent to clients.",
-        per_worker(&|w| w.tx_front.get()),
-    );
-    counter(
-        "new_flows_total",
-        "Connections accepted.",
-        per_worker(&|w| w.new_flows.get()),
-    );
-    counter(
-        "recovered_flows_total",
-        "Records made for mid-connection segments without one (maglev recovery).",
-        per_worker(&|w| w.recovered.get()),
-    );
-    counter(
-        "recovered_records_total",
-        "Records made by recovery that the client proved real, or that expired unproven.",
-        vec![
-            ("result=\"confirmed\"".to_owned(), s.recovery.confirmed),
-            ("result=\"expired\"".to_owned(), s.recovery.expired),
-        ],
-    );
-    counter(
-        "events_deferred_total",
-        "Worker events kept back because the ring to the loop was full.",
-        per_worker(&|w| w.events_deferred.get()),
-    );
-    counter(
-        "held_back_rounds_total",
-        "Worker rounds that took no frame because the loop was behind with events.",
-        per_worker(&|w| w.held_back.get()),
-    );
-    counter(
-        "events_dropped_total",
-        "Worker events lost (never, unless a round emits more events than it may).",
-        per_worker(&|w| w.events_dropped.get()),
-    );
-    counter(
-        "aged_out_total",
-        "Records a worker removed on its own, idle beyond the age limit (a lost message).",
-        per_worker(&|w| w.aged_out.get()),
-    );
-    counter(
-        "rst_ignored_total",
-        "Resets that did not end their connection (sequence number out of the window).",
-        per_worker(&|w| w.rst_ignored.get()),
-    );
-    let mut rows = Vec::new();
-    for (q, w) in s.workers.iter().enumerate() {
-        for (what, c) in [
-            ("to_loop", &w.icmp_to_loop),
-            ("to_daemon", &w.icmp_to_daemon),
-            ("to_client", &w.icmp_to_client),
-        ] {
-            rows.push((format!("worker=\"{q}\",what=\"{what}\""), c.get()));
-        }
-    }
-    counter(
-        "icmp_errors_total",
-        "ICMP errors about connections: from the front to the loop, translated to daemons, translated to clients.",
-        rows,
-    );
-    counter(
-        "icmp_loop_total",
-        "ICMP errors from the front as the management loop handled them.",
-        s.icmp
-            .fields()
-            .iter()
-            .map(|(k, v)| (format!("result=\"{k}\""), *v))
-            .collect(),
-    );
-    counter(
-        "mss_clamped_total",
-        "Client SYNs whose MSS option was lowered to mss_clamp.",
-        per_worker(&|w| w.mss_clamped.get()),
-    );
-    let mut rows = Vec::new();
-    for (q, w) in s.workers.iter().enumerate() {
-        for r in DropReason::ALL {
-            rows.push((
-                format!("worker=\"{q}\",reason=\"{}\"", r.as_str()),
-                w.invalid[r.index()].get(),
-            ));
-        }
-        for d in WorkerDrop::ALL {
-            rows.push((
-                format!("worker=\"{q}\",reason=\"{}\"", d.as_str()),
-                w.dropped[d as usize].get(),
-            ));
-        }
-        for r in IcmpDrop::ALL {
-            rows.push((
-                format!("worker=\"{q}\",reason=\"{}\"", r.as_str()),
-                w.icmp_invalid[r.index()].get(),
-            ));
-        }
-    }
-    counter("dropped_packets_total", "Frames dropped, by reason.", rows);
-    let mut rows = Vec::new();
-    for (q, w) in s.workers.iter().enumerate() {
-        for (reason, c) in [
-            ("rx_ring_full", &w.xsk_rx_ring_full),
-            ("fill_ring_empty", &w.xsk_fill_ring_empty),
-            ("rx_dropped", &w.xsk_rx_dropped),
-            ("invalid_descs", &w.xsk_invalid_descs),
-        ] {
-            rows.push((format!("worker=\"{q}\",reason=\"{reason}\""), c.get()));
-        }
-    }
-    counter(
-        "xsk_kernel_drops_total",
-        "Frames the kernel's AF_XDP sockets dropped before a worker saw them (refreshed each second).",
-        rows,
-    );
-    let per_socket = |f: &dyn Fn(&SocketStats) -> u64| -> Vec<(String, u64)> {
-        s.workers
-            .iter()
-            .enumerate()
-            .flat_map(|(w, ws)| {
-                ws.sockets.iter().map(move |sock| {
-                    (
-                        format!(
-                            "worker=\"{w}\",side=\"{}\",queue=\"{}\"",
-                            side(sock),
-                            sock.queue
-                        ),
-                        f(sock),
-                    )
-                })
-            })
-            .collect()
-    };
-    counter(
-        "socket_rx_packets_total",
-        "Frames received, per AF_XDP socket.",
-        per_socket(&|sock| sock.rx.get()),
-    );
-    counter(
-        "socket_tx_packets_total",
-        "Frames sent, per AF_XDP socket.",
-        per_socket(&|sock| sock.tx.get()),
-    );
-    counter(
-        "rx_queue_changes_total",
-        "Changes of an interface's RX queue count or MTU seen while running.",
-        vec![(String::new(), s.link_changes)],
-    );
-    if let Some(c) = s.xdp {
-        let rows = COUNTER_NAMES
-            .iter()
-            .zip(c)
-            .map(|(n, v)| (format!("verdict=\"{n}\""), v))
-            .collect();
-        counter("xdp_verdicts_total", "Verdicts of the XDP program.", rows);
-    }
-    let h = s.next_hops;
-    counter(
-        "next_hop_probes_total",
-        "Probes making the kernel resolve clients' next hops, by outcome.",
-        [
-            ("sent", h.probes_sent),
-            ("suppressed", h.probes_suppressed),
-            ("error", h.probe_errors),
-        ]
-        .map(|(r, v)| (format!("result=\"{r}\""), v))
-        .to_vec(),
-    );
-    counter(
-        "netlink_total",
-        "rtnetlink for the daemons' routes and next hops: notifications handled, route requests, \
-         resynchronisations after lost notifications, malformed messages, failed reads and requests.",
-        s.netlink
-            .fields()
-            .iter()
-            .map(|(k, v)| (format!("what=\"{k}\""), *v))
-            .collect(),
-    );
-    counter(
-        "tracked_connections_total",
-        "reply_mode tracked: connections written to and removed from the kernel's map, and keys it refused.",
-        s.workers
-            .iter()
-            .enumerate()
-            .flat_map(|(q, w)| {
-                [
-                    ("inserted", w.tracked_inserted.get()),
-                    ("removed", w.tracked_removed.get()),
-                    ("failed", w.tracked_failed.get()),
-                ]
-                .map(|(op, v)| (format!("worker=\"{q}\",op=\"{op}\""), v))
-            })
-            .collect(),
-    );
-    let _ = writeln!(
-        out,
-        "# HELP dispatchd_connections Connections tracked.\n# TYPE dispatchd_connections gauge"
-    );
-    let _ = writeln!(out, "dispatchd_connections {}", s.connections);
-    let _ = writeln!(
-        out,
-        "# HELP dispatchd_ready 1 while every worker runs, every service has a healthy daemon \
-         and no stop is under way (GET /ready says why not).\n# TYPE dispatchd_ready gauge\n\
-         dispatchd_ready {}",
-        u8::from(s.ready)
-    );
-    let mut gauge = |name: &str, help: &str, rows: &[(String, u64)]| {
-        family(&mut out, "gauge", name, help, rows)
-    };
-    gauge(
-        "worker_round_max_ns",
-        "Longest worker round since start (what a frame may wait behind).",
-        &per_worker(&|w| w.round_max_ns.get()),
-    );
-    gauge(
-        "worker_round_max_1s_ns",
-        "Longest worker round in the last second.",
-        &per_worker(&|w| w.round_max_1s_ns.get()),
-    );
-    gauge(
-        "loop_round_max_ns",
-        "Longest management-loop round since start.",
-        &[(String::new(), s.loop_round_max_ns)],
-    );
-    gauge(
-        "loop_round_max_1s_ns",
-        "Longest management-loop round in the last second.",
-        &[(String::new(), s.loop_round_max_1s_ns)],
-    );
-    let _ = writeln!(
-        out,
-        "# HELP dispatchd_rx_queues RX queues an interface has now (seen) and has a socket for (served); \
-         a change needs a restart.\n# TYPE dispatchd_rx_queues gauge"
-    );
-    for l in s.links {
-        for (what, v) in [("seen", l.facts.rx_queues), ("served", l.served)] {
-            let _ = writeln!(
-                out,
-                "dispatchd_rx_queues{{side=\"{}\",interface=\"{}\",state=\"{what}\"}} {v}",
-                l.facts.role, l.facts.name
-            );
-        }
-    }
-    let h = merged(s.workers, |w| &w.latency_ns);
-    let _ = writeln!(
-        out,
-        "# HELP dispatchd_packet_processing_ns Per-packet processing time.\n# TYPE dispatchd_packet_processing_ns summary"
-    );
-    for (label, q) in PERCENTILES {
-        let _ = writeln!(
-            out,
-            "dispatchd_packet_processing_ns{{quantile=\"{q}\",label=\"{label}\"}} {}",
-            h.value_at_quantile(q)
-        );
-    }
-    let _ = writeln!(out, "dispatchd_packet_processing_ns_count {}", h.len());
-    out
 }
