@@ -242,15 +242,6 @@ pub fn http_request_complete(received: &[u8]) -> bool {
     received.windows(4).any(|w| w == b"\r\n\r\n") || received.windows(2).any(|w| w == b"\n\n")
 }
 
-/// The metrics endpoint's answer: `body` in the Prometheus text format.
-pub fn http_metrics(body: &str) -> String {
-    format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        super::metrics::CONTENT_TYPE,
-        body.len()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

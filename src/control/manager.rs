@@ -32,10 +32,10 @@ use super::{
     ctl::{self, Format, HttpAsk, Request, REQUEST_MAX},
     health::{self, Health, StatusLine},
     icmp::{self, IcmpStats},
-    metrics::{self, BackendMetric, PendingKey, ReloadCounts, ScrapeExtra, ServiceMetric},
+    metrics::{self, BackendMetric, ScrapeExtra, ServiceMetric},
     nexthops::HopProber,
     ready::{self, NotReady},
-    report::{self, BackendSetting, StatsSnapshot},
+    report::{self, BackendSetting, PendingKey, ReloadCounts, StatsSnapshot},
     state::{Overrides, StateFile},
     takeover::{self, Identity},
     traffic::TrafficBook,
@@ -773,7 +773,7 @@ impl<'a> Manager<'a> {
                     let reply = if metrics {
                         match ctl::http_ask(&request) {
                             HttpAsk::Ready => ready::http(&self.readiness()),
-                            HttpAsk::Metrics => ctl::http_metrics(&self.scrape()),
+                            HttpAsk::Metrics => metrics::http_metrics(&self.scrape()),
                         }
                     } else {
                         self.ctl_reply(&request)

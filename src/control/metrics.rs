@@ -15,7 +15,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{report::StatsSnapshot, traffic::Totals};
+use super::{
+    report::{ReloadCounts, StatsSnapshot},
+    traffic::Totals,
+};
 use crate::{
     packet::{icmp::IcmpDrop, DropReason},
     stats::{AtomicHistogram, SocketStats, WorkerDrop, WorkerStats},
@@ -24,6 +27,15 @@ use crate::{
 
 /// `Content-Type` of the page.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The metrics endpoint's answer: `body` in the Prometheus text format.
+pub fn http_metrics(body: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        CONTENT_TYPE,
+        body.len()
+    )
+}
 
 /// One daemon as /metrics shows it.
 #[derive(Debug)]
@@ -52,23 +64,6 @@ pub struct ServiceMetric {
     pub new_connections: u64,
     pub active: u64,
     pub inactive: u64,
-}
-
-/// A setting the file changed that only a restart applies.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct PendingKey {
-    pub key: &'static str,
-    pub running: String,
-    pub file: String,
-}
-
-/// What became of the SIGHUP reloads.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
-pub struct ReloadCounts {
-    pub success: u64,
-    pub failure: u64,
-    /// Unix time of the last successful load (start-up counts as one).
-    pub last_success_unix: f64,
 }
 
 /// Everything a scrape shows that `ctl stats` does not.

@@ -11,7 +11,6 @@ use super::{
     ctl::Format,
     health::Health,
     icmp::IcmpStats,
-    metrics::{PendingKey, ReloadCounts},
     nexthops::HopStats,
     state::Override,
 };
@@ -33,6 +32,23 @@ pub const PERCENTILES: [(&str, f64); 5] = [
     ("p99.9", 0.999),
     ("p99.99", 0.9999),
 ];
+
+/// A setting the file changed that only a restart applies.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PendingKey {
+    pub key: &'static str,
+    pub running: String,
+    pub file: String,
+}
+
+/// What became of the SIGHUP reloads.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct ReloadCounts {
+    pub success: u64,
+    pub failure: u64,
+    /// Unix time of the last successful load (start-up counts as one).
+    pub last_success_unix: f64,
+}
 
 /// Everything `ctl stats` shows, gathered at one moment.
 pub struct StatsSnapshot<'a> {
