@@ -23,6 +23,8 @@ have_cmd nft || need+=(nftables)
 have_cmd ping || need+=(iputils-ping)
 have_cmd setpriv || need+=(util-linux)
 have_cmd bird || need+=(bird2)
+# systemd-analyze verifies the unit file in tests/systemd_unit.rs.
+have_cmd systemd-analyze || need+=(systemd)
 [ -x /usr/bin/python3 ] || need+=(python3)
 for p in libelf-dev zlib1g-dev libpcap-dev python3-prometheus-client; do have_pkg "$p" || need+=("$p"); done
 
