@@ -17,9 +17,11 @@
 #![deny(unsafe_code)]
 
 mod cli;
+mod cpu;
 mod load;
 mod perf;
 mod pktgen;
+mod placement;
 mod report;
 mod run;
 mod setup;
