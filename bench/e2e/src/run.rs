@@ -24,6 +24,7 @@ const DAEMONS: usize = 4;
 /// Client ports of the packet generator: below the ephemeral range the kernel
 /// clients use, and dropped at the daemons' ingress so nothing answers them.
 pub const PKTGEN_PORT: u16 = 2000;
+const WORKLOADS: [&str; 4] = ["connections", "rr", "bulk", "pps"];
 
 /// Set by SIGINT/SIGTERM: the run stops after the current workload and tears down.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -71,6 +72,11 @@ pub fn run(mut opts: RunOpts) -> Result<()> {
     for v in &opts.variants {
         if !VARIANTS.contains(&v.as_str()) {
             bail!("unknown variant {v}");
+        }
+    }
+    for w in &opts.workloads {
+        if !WORKLOADS.contains(&w.as_str()) {
+            bail!("unknown workload {w}");
         }
     }
     let me = std::env::current_exe()?;
@@ -320,16 +326,18 @@ impl Bench {
         }
         let to = if v == "direct" { DIRECT } else { VIP };
         // A failed workload is reported and the run goes on.
-        if v != "bare" {
-            let r = interrupted().and_then(|()| self.connections(v, to));
-            self.attempt(v, "connections", r);
-            let r = interrupted().and_then(|()| self.rr(v, to));
-            self.attempt(v, "rr", r);
-            let r = interrupted().and_then(|()| self.bulk(v, to));
-            self.attempt(v, "bulk", r);
+        for w in WORKLOADS {
+            if !self.opts.workloads.iter().any(|x| x == w) || (v == "bare" && w != "pps") {
+                continue;
+            }
+            let r = interrupted().and_then(|()| match w {
+                "connections" => self.connections(v, to),
+                "rr" => self.rr(v, to),
+                "bulk" => self.bulk(v, to),
+                _ => self.pps(v, to),
+            });
+            self.attempt(v, w, r);
         }
-        let r = interrupted().and_then(|()| self.pps(v, to));
-        self.attempt(v, "pps", r);
         if let Some(mut lb) = lb {
             self.final_stats(v, &socket);
             // Stopped cleanly, so the next variant finds the interfaces free.
