@@ -77,6 +77,14 @@ pub struct RunOpts {
     /// dispatchd's copy-mode receive then run in the sender's softirq (core 0).
     #[arg(long)]
     pub no_threaded_napi: bool,
+    /// In dedicated mode, run the threaded NAPI kthreads at SCHED_FIFO 50 (as
+    /// threaded IRQ handlers run) instead of SCHED_OTHER.
+    #[arg(long)]
+    pub napi_fifo: bool,
+    /// More arguments for dispatchd's command line (whitespace-separated), e.g.
+    /// "--poll busy".
+    #[arg(long, allow_hyphen_values = true)]
+    pub dispatchd_args: Option<String>,
     /// Client threads of the new-connections workload.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,

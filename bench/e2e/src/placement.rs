@@ -90,7 +90,8 @@ pub fn napi_before() -> BTreeSet<u32> {
 }
 
 /// After dispatchd attached (its XDP program gives the veths NAPI): threaded
-/// NAPI on l0 and l1, the kthreads pinned to the forwarding core. Their names.
+/// NAPI on l0 and l1, the kthreads pinned to the forwarding core (at
+/// SCHED_FIFO 50 with --napi-fifo). Their names.
 pub fn thread_napi(bench: &Bench, before: &BTreeSet<u32>, undo: &mut Undo) -> Result<String> {
     let ns = bench.topo.dispatcher();
     for dev in ["l0", "l1"] {
@@ -118,6 +119,21 @@ pub fn thread_napi(bench: &Bench, before: &BTreeSet<u32>, undo: &mut Undo) -> Re
                 "pinning napi kthread {pid}: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             );
+        }
+        // --napi-fifo: as a threaded IRQ handler runs (SCHED_FIFO 50),
+        // preempting a polling worker at once, where a SCHED_OTHER kthread
+        // waits for the scheduler.
+        if bench.opts.napi_fifo {
+            let out = Command::new("chrt")
+                .args(["-f", "-p", "50", &pid.to_string()])
+                .output()
+                .context("chrt")?;
+            if !out.status.success() {
+                bail!(
+                    "chrt -f 50 on napi kthread {pid}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
         }
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         names.push(comm.trim().to_owned());

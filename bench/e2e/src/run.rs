@@ -303,6 +303,9 @@ impl Bench {
                 if self.mode == Mode::Dedicated {
                     cmd.args(["--control-core", &self.opts.control_core.to_string()]);
                 }
+                if let Some(more) = &self.opts.dispatchd_args {
+                    cmd.args(more.split_whitespace());
+                }
                 if let Some(mode) = &self.opts.reply_mode {
                     cmd.args(["--reply-mode", mode]);
                 }
