@@ -7,6 +7,7 @@
 # tables), e2e-<ts>-dedicated.json, e2e-<ts>.json (shared), their latency SVGs and
 # latest.md. About 10 minutes per round; --quick (both modes) about two.
 #
+# BENCH_PREFIX names the namespaces (default bench<pid>).
 # usage: scripts/bench.sh [--quick] [--rounds N] [--modes dedicated,shared]
 #                         [--seconds S] [--warmup S] [--perf] [--control-core C]
 #                         [--variants direct,nftables,dispatchd,bare] [...]
@@ -19,7 +20,7 @@ if [ "$(id -u)" != 0 ]; then
 	exit 1
 fi
 cargo build --release --locked --workspace --bins
-p=bench$$
+p=${BENCH_PREFIX:-bench$$}
 # The harness tears its topology down itself (a guard, also on error or panic);
 # this is for a harness that was killed outright.
 trap 'scripts/topology.sh down "$p"' EXIT

@@ -101,8 +101,13 @@ pub struct RunOpts {
         default_value = "direct,nftables,dispatchd,bare"
     )]
     pub variants: Vec<String>,
-    /// Workloads to run (comma-separated subset of connections,rr,bulk,pps).
-    #[arg(long, value_delimiter = ',', default_value = "connections,rr,bulk,pps")]
+    /// Workloads to run (comma-separated subset of
+    /// connections,rr,bulk,pps,frames1500).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "connections,rr,bulk,pps,frames1500"
+    )]
     pub workloads: Vec<String>,
     /// Record `perf record -a -e cpu-clock` during the rr and pps workloads of
     /// nftables and dispatchd and write the top symbols next to the results.

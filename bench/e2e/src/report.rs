@@ -15,7 +15,7 @@ use crate::{
 pub const VARIANTS: [&str; 4] = ["direct", "nftables", "dispatchd", "bare"];
 
 /// (id, workload, metric, unit, higher is better)
-const ROWS: [(&str, &str, &str, &str, bool); 15] = [
+const ROWS: [(&str, &str, &str, &str, bool); 16] = [
     ("conn_rate", "new connections", "rate", "conn/s", true),
     ("conn_p50", "new connections", "latency p50", "µs", false),
     ("conn_p99", "new connections", "latency p99", "µs", false),
@@ -82,6 +82,13 @@ const ROWS: [(&str, &str, &str, &str, bool); 15] = [
         "forwarded packets",
         "received / sent",
         "",
+        true,
+    ),
+    (
+        "big_mbit",
+        "1500-byte packets (generator, one way)",
+        "received at s0",
+        "Mbit/s",
         true,
     ),
     (
@@ -449,7 +456,7 @@ impl Results {
             md.push_str("\n| --- | --- |");
             md.push_str(&" ---: |".repeat(cores));
             md.push('\n');
-            for workload in ["connections", "rr", "bulk", "pps"] {
+            for workload in ["connections", "rr", "bulk", "pps", "frames1500"] {
                 for v in VARIANTS {
                     let Some(c) = self.cpu.get(&format!("{workload}/{v}")) else {
                         continue;

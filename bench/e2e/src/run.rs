@@ -24,7 +24,7 @@ const DAEMONS: usize = 4;
 /// Client ports of the packet generator: below the ephemeral range the kernel
 /// clients use, and dropped at the daemons' ingress so nothing answers them.
 pub const PKTGEN_PORT: u16 = 2000;
-const WORKLOADS: [&str; 4] = ["connections", "rr", "bulk", "pps"];
+const WORKLOADS: [&str; 5] = ["connections", "rr", "bulk", "pps", "frames1500"];
 
 /// Set by SIGINT/SIGTERM: the run stops after the current workload and tears down.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -330,14 +330,16 @@ impl Bench {
         let to = if v == "direct" { DIRECT } else { VIP };
         // A failed workload is reported and the run goes on.
         for w in WORKLOADS {
-            if !self.opts.workloads.iter().any(|x| x == w) || (v == "bare" && w != "pps") {
+            let packets = w == "pps" || w == "frames1500";
+            if !self.opts.workloads.iter().any(|x| x == w) || (v == "bare" && !packets) {
                 continue;
             }
             let r = interrupted().and_then(|()| match w {
                 "connections" => self.connections(v, to),
                 "rr" => self.rr(v, to),
                 "bulk" => self.bulk(v, to),
-                _ => self.pps(v, to),
+                "pps" => self.pps(v, to),
+                _ => self.frames1500(v, to),
             });
             self.attempt(v, w, r);
         }

@@ -144,6 +144,30 @@ impl Bench {
     /// the window, prints `stop`: s0's receive counter is read at each line, so
     /// the received rate covers the same window as the sent one.
     pub fn pps(&mut self, v: &'static str, to: &str) -> Result<()> {
+        let (sent, rx_pps) = self.pktgen(v, to, crate::pktgen::FRAME_LEN, "pps")?;
+        self.results.set("pps_sent", v, sent);
+        self.results.set("pps_received", v, rx_pps);
+        Ok(())
+    }
+
+    /// The packet generator at 1500-byte IP packets: the substrate's bulk
+    /// ceiling in copy mode (the bare forwarder) and each variant's.
+    pub fn frames1500(&mut self, v: &'static str, to: &str) -> Result<()> {
+        let len = crate::pktgen::MAX_FRAME_LEN;
+        let (_, rx_pps) = self.pktgen(v, to, len, "frames1500")?;
+        self.results.set("big_mbit", v, rx_pps * 1500.0 * 8.0 / 1e6);
+        Ok(())
+    }
+
+    /// One generator run of `frame_len`-byte frames: the rates sent and
+    /// received at s0.
+    fn pktgen(
+        &mut self,
+        v: &'static str,
+        to: &str,
+        frame_len: usize,
+        workload: &str,
+    ) -> Result<(f64, f64)> {
         let (ip, port) = to.split_once(':').context("address")?;
         let mut cmd = self.topo.cmd(&self.topo.client(), &self.me);
         cmd.args([
@@ -170,6 +194,8 @@ impl Bench {
             &self.opts.seconds.to_string(),
             "--core",
             "0",
+            "--frame-len",
+            &frame_len.to_string(),
         ]);
         if v == "dispatchd" {
             cmd.arg("--syn-first");
@@ -183,12 +209,14 @@ impl Bench {
             match line.as_str() {
                 "start" => {
                     window = Some((self.rx()?, Instant::now(), CpuSample::now()));
-                    perf = self.perf_start(v, "pps")?;
+                    if workload == "pps" {
+                        perf = self.perf_start(v, "pps")?;
+                    }
                 }
                 "stop" => {
                     let (rx0, t0, cpu0) = window.take().context("stop before start")?;
                     let (rx1, secs) = (self.rx()?, t0.elapsed().as_secs_f64());
-                    self.results.cpu("pps", v, CpuSample::now().since(&cpu0));
+                    self.results.cpu(workload, v, CpuSample::now().since(&cpu0));
                     out.push_str(&format!("received={} rx_seconds={secs:.3}\n", rx1 - rx0));
                 }
                 _ => {
@@ -206,9 +234,7 @@ impl Bench {
         let received = field(&out, "received=", "received").context("no received count")?;
         let secs = field(&out, "received=", "rx_seconds").context("no rx window")?;
         let rx_pps = received / secs;
-        eprintln!("   pps: sent {sent:.0}/s, received at s0 {rx_pps:.0}/s");
-        self.results.set("pps_sent", v, sent);
-        self.results.set("pps_received", v, rx_pps);
-        Ok(())
+        eprintln!("   {workload}: sent {sent:.0}/s, received at s0 {rx_pps:.0}/s ({frame_len} B)");
+        Ok((sent, rx_pps))
     }
 }
