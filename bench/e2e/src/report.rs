@@ -304,8 +304,11 @@ impl Results {
         }
     }
 
+    /// Adds a note once (each round makes the same ones).
     pub fn note(&mut self, n: String) {
-        self.notes.push(n);
+        if !self.notes.contains(&n) {
+            self.notes.push(n);
+        }
     }
 
     /// One round's value of row `id`: the row shows the median of the rounds.
