@@ -6,7 +6,8 @@
 # bird2 (BGP) announces the VIP in the scale-out test; Debian's python3 (its
 # http.server) answers the HTTP health checks of the health test;
 # python3-prometheus-client is the Prometheus project's exposition parser the
-# metrics test reads /metrics with (run with /usr/bin/python3).
+# metrics test reads /metrics with (run with /usr/bin/python3); iperf3 is the
+# benchmark's one-way bulk stream, taskset pins its clients and daemons.
 set -euo pipefail
 
 need=()
@@ -25,6 +26,8 @@ have_cmd setpriv || need+=(util-linux)
 have_cmd bird || need+=(bird2)
 # systemd-analyze verifies the unit file in tests/systemd_unit.rs.
 have_cmd systemd-analyze || need+=(systemd)
+have_cmd iperf3 || need+=(iperf3)
+have_cmd taskset || need+=(util-linux)
 [ -x /usr/bin/python3 ] || need+=(python3)
 for p in libelf-dev zlib1g-dev libpcap-dev python3-prometheus-client; do have_pkg "$p" || need+=("$p"); done
 

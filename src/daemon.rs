@@ -455,6 +455,14 @@ pub fn run_with(
         "starting"
     );
     let ifaces = check_host(&config)?;
+    // Before any thread starts: the loop's helpers (probes, the takeover's
+    // listener) inherit the placement; workers pin themselves to theirs.
+    if let Some(core) = config.control_core {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+            bail!("control_core = {core}: cannot pin the management thread there (no such core, or not in this process's CPU set)");
+        }
+        tracing::info!(core, "management thread pinned");
+    }
     let state_file = config.control.state_file.clone().map(StateFile::new);
     let mut overrides = match &state_file {
         Some(file) => read_overrides(file, &config)?,

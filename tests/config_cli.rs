@@ -69,6 +69,7 @@ fn example_file_loads() {
     assert_eq!(c.back, "l1");
     assert_eq!(c.queues, None);
     assert_eq!(c.cores, vec![2, 3]);
+    assert_eq!(c.control_core, Some(0));
     assert_eq!(c.bind_mode, BindMode::Auto);
     assert_eq!(c.xdp_mode, XdpMode::Auto);
     assert_eq!(c.poll, PollMode::Adaptive);
@@ -465,6 +466,11 @@ fn scalar_rules_via_file() {
             "core 1",
         ),
         (
+            "control_core = 1024",
+            |e| matches!(e, ConfigError::ControlCoreOutOfRange { core: 1024 }),
+            "control_core = 1024",
+        ),
+        (
             "frames_per_queue = 1000",
             |e| matches!(e, ConfigError::FramesNotPowerOfTwo { .. }),
             "frames_per_queue = 1000",
@@ -573,6 +579,8 @@ fn flags_only_all_scalars() {
         "4",
         "--cores",
         "4,5,6,7",
+        "--control-core",
+        "3",
         "--policy",
         "least_connections",
         "--bind-mode",
@@ -593,6 +601,7 @@ fn flags_only_all_scalars() {
     let c = resolve(&args).unwrap();
     assert_eq!(c.queues, Some(4));
     assert_eq!(c.cores, vec![4, 5, 6, 7]);
+    assert_eq!(c.control_core, Some(3));
     assert_eq!(c.services[0].policy, PolicyKind::LeastConnections);
     assert_eq!(c.bind_mode, BindMode::Zerocopy);
     assert_eq!(c.xdp_mode, XdpMode::Native);

@@ -48,6 +48,10 @@ pub struct RunArgs {
     /// Worker cores, one worker each, comma-separated (e.g. 2,3,4,5).
     #[arg(long, value_delimiter = ',', value_name = "CORE,...")]
     pub cores: Vec<usize>,
+    /// The management loop's core (its thread is pinned there); default: not
+    /// pinned.
+    #[arg(long, value_name = "CORE")]
+    pub control_core: Option<usize>,
     /// Selection policy for every service: round_robin, weighted_round_robin,
     /// least_connections or maglev.
     #[arg(long, value_name = "POLICY")]
@@ -165,6 +169,9 @@ impl RunArgs {
         }
         if !self.cores.is_empty() {
             file.cores = self.cores.clone();
+        }
+        if let Some(v) = self.control_core {
+            file.control_core = Some(v);
         }
         if let Some(v) = self.bind_mode {
             file.bind_mode = v;

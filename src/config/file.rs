@@ -32,6 +32,8 @@ pub(super) struct FileConfig {
     pub queues: Option<u32>,
     /// One core per worker; empty = automatic.
     pub cores: Vec<usize>,
+    /// The management loop's core; absent = wherever the scheduler puts it.
+    pub control_core: Option<usize>,
     /// AF_XDP bind mode.
     pub bind_mode: BindMode,
     /// XDP attach mode.
@@ -122,6 +124,7 @@ impl Default for FileConfig {
             back: None,
             queues: None,
             cores: Vec::new(),
+            control_core: None,
             bind_mode: BindMode::default(),
             xdp_mode: XdpMode::default(),
             poll: PollMode::default(),
@@ -463,6 +466,7 @@ impl FileConfig {
             back: Some(config.back.clone()),
             queues: config.queues,
             cores: config.cores.clone(),
+            control_core: config.control_core,
             bind_mode: config.bind_mode,
             xdp_mode: config.xdp_mode,
             poll: config.poll,
@@ -543,6 +547,7 @@ impl FileConfig {
             back,
             queues: self.queues,
             cores: self.cores,
+            control_core: self.control_core,
             bind_mode: self.bind_mode,
             xdp_mode: self.xdp_mode,
             poll: self.poll,

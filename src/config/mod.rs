@@ -40,6 +40,8 @@ pub use control::{
 // `queues`), MAX_SERVICES and MAX_DAEMONS: the sizes of the steering program's
 // maps, from `bpf/steer.h`.
 include!(concat!(env!("OUT_DIR"), "/steer_limits.rs"));
+/// Cores a thread can be pinned to: sched_setaffinity's default set (CPU_SETSIZE).
+pub const MAX_CORE: usize = 1024;
 /// Default flow-table capacity, per worker.
 pub const DEFAULT_FLOW_CAPACITY: usize = 1 << 20;
 /// Default number of UMEM frames per queue pair (a front and a back queue).
@@ -136,6 +138,10 @@ pub struct Config {
     /// empty = every core but the first (at least one). Workers beyond the
     /// smaller interface's queue count are not started.
     pub cores: Vec<usize>,
+    /// The core the management loop's thread is pinned to, below
+    /// [`MAX_CORE`]; it may be a worker's (a busy-polling worker then shares
+    /// its core). None: not pinned, the scheduler places it.
+    pub control_core: Option<usize>,
     /// AF_XDP bind mode.
     pub bind_mode: BindMode,
     /// XDP attach mode.
@@ -303,6 +309,8 @@ pub enum ConfigError {
     TooManyCores { cores: usize },
     #[error("core {core} is listed twice in cores")]
     DuplicateCore { core: usize },
+    #[error("control_core = {core} is out of range 0..{MAX_CORE}")]
+    ControlCoreOutOfRange { core: usize },
     #[error("frames_per_queue = {frames} is not a power of two")]
     FramesNotPowerOfTwo { frames: u32 },
     #[error("frames_per_queue = {frames} is too small: must be >= 2 * batch = {min}")]
@@ -355,6 +363,7 @@ impl Config {
             ("back", show(&self.back)),
             ("queues", show(self.queues)),
             ("cores", show(&self.cores)),
+            ("control_core", show(self.control_core)),
             ("bind_mode", show(self.bind_mode)),
             ("xdp_mode", show(self.xdp_mode)),
             ("poll", show(self.poll)),
@@ -447,6 +456,9 @@ impl Config {
         let mut seen = HashSet::new();
         if let Some(&core) = self.cores.iter().find(|c| !seen.insert(**c)) {
             return Err(ConfigError::DuplicateCore { core });
+        }
+        if let Some(core) = self.control_core.filter(|&c| c >= MAX_CORE) {
+            return Err(ConfigError::ControlCoreOutOfRange { core });
         }
         if !(1..=MAX_BATCH).contains(&self.batch) {
             return Err(ConfigError::BatchOutOfRange { batch: self.batch });

@@ -15,6 +15,7 @@ fn base() -> Config {
         back: "l1".into(),
         queues: Some(2),
         cores: vec![],
+        control_core: None,
         bind_mode: BindMode::Auto,
         xdp_mode: XdpMode::Auto,
         poll: PollMode::Adaptive,
@@ -335,6 +336,23 @@ fn cores_rules() {
     assert!(e.to_string().contains("core 3"));
     let mut c = base();
     c.cores = vec![3, 4];
+    c.validate().unwrap();
+}
+
+#[test]
+fn control_core_within_the_affinity_set() {
+    let mut c = base();
+    c.control_core = Some(MAX_CORE);
+    let e = err(c);
+    assert!(matches!(e, ConfigError::ControlCoreOutOfRange { core } if core == MAX_CORE));
+    assert!(e.to_string().contains("control_core = 1024"), "{e}");
+    // Sharing a worker's core is allowed: the one-core deployment.
+    let mut c = base();
+    c.cores = vec![1];
+    c.control_core = Some(1);
+    c.validate().unwrap();
+    let mut c = base();
+    c.control_core = Some(MAX_CORE - 1);
     c.validate().unwrap();
 }
 

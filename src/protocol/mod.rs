@@ -190,10 +190,12 @@ impl Wake {
         fence(SeqCst);
     }
 
-    /// Called by a worker after it published events.
+    /// Called by a worker after it published events. The load first: while
+    /// the loop is awake the flag is clear, and a load leaves the cache line
+    /// shared where a swap would take it from the loop and every other worker.
     fn notify(&self) {
         fence(SeqCst);
-        if self.armed.swap(false, SeqCst) {
+        if self.armed.load(SeqCst) && self.armed.swap(false, SeqCst) {
             self.eventfd.notify();
         }
     }

@@ -23,6 +23,29 @@ pub enum Cmd {
     Svg { json: PathBuf },
 }
 
+/// Where the run places its processes and the kernel's forwarding.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// As deployed: one forwarding core (1) for each variant, clients and
+    /// daemons on core 0.
+    Dedicated,
+    /// Everything shares both cores (only dispatchd's worker and the packet
+    /// generator pinned).
+    Shared,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Dedicated => "dedicated",
+            Mode::Shared => "shared",
+        }
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunOpts {
     /// Measured seconds per workload.
@@ -34,6 +57,34 @@ pub struct RunOpts {
     /// Smoke test: 3 s per workload, 1 s warm-up (about a minute in all).
     #[arg(long)]
     pub quick: bool,
+    /// The modes to run, each a table of its own (dedicated first).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "dedicated,shared"
+    )]
+    pub modes: Vec<Mode>,
+    /// Rounds of every variant in turn (variants alternate within a round);
+    /// each value reported is the median of the rounds.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// In dedicated mode, the core of dispatchd's management thread
+    /// (`--control-core`); the worker is on core 1.
+    #[arg(long, default_value_t = 1)]
+    pub control_core: usize,
+    /// In dedicated mode, leave the dispatcher's veth NAPI unthreaded: XDP and
+    /// dispatchd's copy-mode receive then run in the sender's softirq (core 0).
+    #[arg(long)]
+    pub no_threaded_napi: bool,
+    /// In dedicated mode, run the threaded NAPI kthreads at SCHED_FIFO 50 (as
+    /// threaded IRQ handlers run) instead of SCHED_OTHER.
+    #[arg(long)]
+    pub napi_fifo: bool,
+    /// More arguments for dispatchd's command line (whitespace-separated), e.g.
+    /// "--poll busy".
+    #[arg(long, allow_hyphen_values = true)]
+    pub dispatchd_args: Option<String>,
     /// Client threads of the new-connections workload.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
@@ -50,6 +101,14 @@ pub struct RunOpts {
         default_value = "direct,nftables,dispatchd,bare"
     )]
     pub variants: Vec<String>,
+    /// Workloads to run (comma-separated subset of
+    /// connections,rr,bulk,pps,frames1500).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "connections,rr,bulk,pps,frames1500"
+    )]
+    pub workloads: Vec<String>,
     /// Record `perf record -a -e cpu-clock` during the rr and pps workloads of
     /// nftables and dispatchd and write the top symbols next to the results.
     #[arg(long)]

@@ -10,16 +10,20 @@
 //!
 //! Workloads: new connections per second, requests per second on persistent
 //! connections, bulk throughput, forwarded packets per second from an AF_XDP
-//! packet generator (`dispatchd-bench pktgen`). Writes `bench/results/e2e-<ts>.md`,
-//! `.json`, `-latency.svg` and `latest.md`.
+//! packet generator (`dispatchd-bench pktgen`), and its 1500-byte packets.
+//! Two modes, each a table (see `placement.rs`): dedicated (one forwarding core
+//! per variant, as deployed) and shared. Writes `bench/results/e2e-<ts>.md`,
+//! each mode's `.json` and `-latency.svg`, and `latest.md`.
 //!
 //! Needs root. Run through `scripts/bench.sh`.
 #![deny(unsafe_code)]
 
 mod cli;
+mod cpu;
 mod load;
 mod perf;
 mod pktgen;
+mod placement;
 mod report;
 mod run;
 mod setup;

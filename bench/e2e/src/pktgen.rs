@@ -22,8 +22,13 @@ use xsk_rs::{
     FrameDesc,
 };
 
-/// Wire length of every frame without FCS: 14 + 20 + 20 + 10 bytes of payload.
+/// Wire length of the SYNs and of the default ACKs, without FCS: 14 + 20 + 20 +
+/// 10 bytes of payload.
 pub const FRAME_LEN: usize = 64;
+/// The longest ACK frame: a 1500-byte IP packet (the veth's MTU).
+pub const MAX_FRAME_LEN: usize = 1514;
+/// Ethernet + IPv4 + TCP headers.
+const HEADERS: usize = 54;
 const FRAMES: u32 = 4096;
 const RING: u32 = 2048;
 const BATCH: usize = 64;
@@ -59,16 +64,21 @@ pub struct PktgenArgs {
     /// Core to pin the generator to.
     #[arg(long)]
     pub core: Option<usize>,
+    /// Wire length of the ACK frames (their payload fills it), 64..=1514.
+    #[arg(long, default_value_t = FRAME_LEN)]
+    pub frame_len: usize,
 }
 
-/// One tuple's frame, padded to [`FRAME_LEN`]: a SYN, or an ACK carrying ten
-/// bytes (its sequence number one past the SYN's).
+/// One tuple's frame: a SYN padded to [`FRAME_LEN`], or an ACK `len` bytes long
+/// whose payload fills it (its sequence number one past the SYN's): a real
+/// IP length, which a kernel forwarder does not trim.
 pub fn build_frame(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
     src: SocketAddrV4,
     dst: SocketAddrV4,
     flags: u8,
+    len: usize,
 ) -> Vec<u8> {
     let syn = flags & tcp_flags::SYN != 0;
     let isn = 0x1000_0000u32.wrapping_add(u32::from(src.port()) << 8);
@@ -82,12 +92,19 @@ pub fn build_frame(
         payload: if syn {
             Vec::new()
         } else {
-            b"abcdefghij".to_vec()
+            b"abcdefghij"
+                .iter()
+                .copied()
+                .cycle()
+                .take(len.clamp(FRAME_LEN, MAX_FRAME_LEN) - HEADERS)
+                .collect()
         },
         ..FrameSpec::tcp(src, dst)
     };
     let mut frame = spec.build().into_bytes();
-    frame.resize(FRAME_LEN, 0);
+    if frame.len() < FRAME_LEN {
+        frame.resize(FRAME_LEN, 0);
+    }
     frame
 }
 
@@ -98,6 +115,13 @@ pub fn run(a: PktgenArgs) -> Result<()> {
     let mac = |text: &str| parse_mac(text).with_context(|| format!("MAC address {text:?}"));
     let (src_mac, dst_mac) = (mac(&a.src_mac)?, mac(&a.dst_mac)?);
     let tuples = a.tuples.max(1);
+    if !(FRAME_LEN..=MAX_FRAME_LEN).contains(&a.frame_len) {
+        return Err(anyhow!(
+            "--frame-len {} is outside {FRAME_LEN}..={MAX_FRAME_LEN}",
+            a.frame_len
+        ));
+    }
+    let frame_len = a.frame_len;
     let frame = |i: u16, flags: u8| {
         build_frame(
             src_mac,
@@ -105,6 +129,7 @@ pub fn run(a: PktgenArgs) -> Result<()> {
             SocketAddrV4::new(a.src_ip, a.base_port + i),
             SocketAddrV4::new(a.dst_ip, a.dst_port),
             flags,
+            frame_len,
         )
     };
 
@@ -164,7 +189,7 @@ pub fn run(a: PktgenArgs) -> Result<()> {
             // SAFETY: the frame just completed, so user space owns it; its
             // contents are as written, only the length was reset.
             let mut data = unsafe { umem.data_mut(desc) };
-            data.cursor().set_pos(FRAME_LEN);
+            data.cursor().set_pos(frame_len);
             free.push(*desc);
         }
         let n = free.len().min(BATCH);
@@ -227,7 +252,7 @@ pub fn run(a: PktgenArgs) -> Result<()> {
     let secs = started.elapsed().as_secs_f64();
     println!("stop");
     println!(
-        "sent={sent} seconds={secs:.3} pps={:.0} rounds={rounds} tuples={tuples} frame_len={FRAME_LEN}",
+        "sent={sent} seconds={secs:.3} pps={:.0} rounds={rounds} tuples={tuples} frame_len={frame_len}",
         sent as f64 / secs
     );
     std::io::stdout().flush()?;
@@ -244,16 +269,21 @@ mod tests {
     fn frames_are_wire_sized_and_parse() {
         let src = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 2000);
         let dst = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80);
-        for flags in [tcp_flags::SYN, tcp_flags::ACK] {
-            let f = build_frame([2; 6], [4; 6], src, dst, flags);
-            assert_eq!(f.len(), FRAME_LEN);
+        for (flags, len, wire, payload) in [
+            (tcp_flags::SYN, FRAME_LEN, FRAME_LEN, 0),
+            (tcp_flags::SYN, MAX_FRAME_LEN, FRAME_LEN, 0),
+            (tcp_flags::ACK, FRAME_LEN, FRAME_LEN, 10),
+            (tcp_flags::ACK, MAX_FRAME_LEN, MAX_FRAME_LEN, 1460),
+        ] {
+            let f = build_frame([2; 6], [4; 6], src, dst, flags, len);
+            assert_eq!(f.len(), wire);
             let p = SlicedPacket::from_ethernet(&f).expect("parses");
             let Some(TransportSlice::Tcp(tcp)) = p.transport else {
                 panic!("no TCP")
             };
             assert_eq!(tcp.syn(), flags == tcp_flags::SYN);
             assert_eq!(tcp.ack(), flags == tcp_flags::ACK);
-            assert_eq!(tcp.payload().len(), if tcp.syn() { 0 } else { 10 });
+            assert_eq!(tcp.payload().len(), payload);
         }
     }
 }

@@ -6,12 +6,16 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cli::RunOpts;
+use crate::{
+    cli::{Mode, RunOpts},
+    cpu::CoreCpu,
+    placement,
+};
 
 pub const VARIANTS: [&str; 4] = ["direct", "nftables", "dispatchd", "bare"];
 
 /// (id, workload, metric, unit, higher is better)
-const ROWS: [(&str, &str, &str, &str, bool); 13] = [
+const ROWS: [(&str, &str, &str, &str, bool); 16] = [
     ("conn_rate", "new connections", "rate", "conn/s", true),
     ("conn_p50", "new connections", "latency p50", "µs", false),
     ("conn_p99", "new connections", "latency p99", "µs", false),
@@ -19,6 +23,20 @@ const ROWS: [(&str, &str, &str, &str, bool); 13] = [
         "conn_p99.9",
         "new connections",
         "latency p99.9",
+        "µs",
+        false,
+    ),
+    (
+        "conn_cpu1_us",
+        "new connections",
+        "core 1 busy per connection",
+        "µs",
+        false,
+    ),
+    (
+        "conn_cpu0_us",
+        "new connections",
+        "core 0 busy per connection",
         "µs",
         false,
     ),
@@ -64,6 +82,13 @@ const ROWS: [(&str, &str, &str, &str, bool); 13] = [
         "forwarded packets",
         "received / sent",
         "",
+        true,
+    ),
+    (
+        "big_mbit",
+        "1500-byte packets (generator, one way)",
+        "received at s0",
+        "Mbit/s",
         true,
     ),
     (
@@ -133,6 +158,45 @@ pub struct Results {
     /// dispatchd's whole `ctl stats --json` by variant.
     pub ctl_stats: BTreeMap<String, Value>,
     pub notes: Vec<String>,
+    /// "dedicated" or "shared"; empty in results from before the modes.
+    #[serde(default)]
+    pub mode: String,
+    /// Per-core CPU over each measured window, by `workload/variant`.
+    #[serde(default)]
+    pub cpu: BTreeMap<String, Vec<CoreCpu>>,
+    /// Every round's value by key, whose median the document shows.
+    #[serde(skip)]
+    rounds: Rounds,
+}
+
+/// The rounds' raw values: not part of the document (a document read back
+/// has only the medians), so equal whatever they hold.
+#[derive(Debug, Clone, Default)]
+struct Rounds(BTreeMap<String, Vec<f64>>);
+
+impl PartialEq for Rounds {
+    fn eq(&self, _: &Rounds) -> bool {
+        true
+    }
+}
+
+impl Rounds {
+    /// Adds one round's value of `key`; the median of its rounds so far.
+    fn add(&mut self, key: String, v: f64) -> f64 {
+        let all = self.0.entry(key).or_default();
+        all.push(v);
+        median(all)
+    }
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 fn cmd(program: &str, args: &[&str]) -> String {
@@ -154,7 +218,7 @@ pub fn fmt_num(v: f64) -> String {
 }
 
 impl Results {
-    pub fn new(opts: &RunOpts, stamp: &str) -> Results {
+    pub fn new(opts: &RunOpts, stamp: &str, mode: Mode) -> Results {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|t| {
@@ -174,22 +238,44 @@ impl Results {
             ),
             kernel: cmd("uname", &["-r"]),
             durations: format!(
-                    "{} s measured per workload after {} s warm-up{}",
+                    "{} s measured per workload after {} s warm-up{}; {} round(s), variants alternating within each, \
+                     every value the median of the rounds",
                     opts.seconds,
                     opts.warmup,
-                    if opts.quick { " (--quick)" } else { "" }
+                    if opts.quick { " (--quick)" } else { "" },
+                    opts.rounds.max(1)
                 ),
             load: format!(
                     "connections: 64 B echo, {} client threads; rr: {} persistent connections, 64 B request/reply; \
                      bulk: one connection, echo both ways; pps: AF_XDP copy-mode generator on c0, {} tuples, 64 B ACK frames, counted at s0",
                     opts.concurrency, opts.rr_connections, opts.tuples
                 ),
-            cores: "2 cores: dispatchd's one worker pinned to core 1 (--cores 1); the packet generator pinned to core 0; \
+            cores: match mode {
+                Mode::Shared => "shared: dispatchd's one worker pinned to core 1 (--cores 1); the packet generator pinned to core 0; \
                  clients, servers, softirqs and dispatchd's management thread share both cores. The kernel variants \
                  forward in the softirq of whichever core sent the frame."
                     .into(),
+                Mode::Dedicated => format!(
+                    "dedicated: one forwarding core (core {f}) per variant, clients, daemons and the packet generator \
+                     on core {c} (taskset). dispatchd: worker --cores {f}, management thread --control-core {m}{napi}. \
+                     nftables and direct: RPS on the dispatcher's l0 and l1 (rps_cpus = core {f}). Every variant: RPS \
+                     on the client's c0 and the daemons' s0 to core {c}, so their own receive stays on their core.",
+                    f = placement::FORWARDING_CORE,
+                    c = placement::CLIENT_CORE,
+                    m = opts.control_core,
+                    napi = if opts.no_threaded_napi {
+                        "; veth NAPI not threaded (--no-threaded-napi): XDP and the copy-mode receive run in the \
+                         sender's softirq, on the clients' core"
+                    } else {
+                        "; threaded NAPI on l0 and l1, its kthreads pinned to the forwarding core (XDP and the \
+                         copy-mode receive run there, not in the sender's softirq)"
+                    }
+                ),
+            },
         };
-        Results::with_header(header)
+        let mut r = Results::with_header(header);
+        r.mode = mode.name().into();
+        r
     }
 
     /// Every row, no value yet.
@@ -212,14 +298,26 @@ impl Results {
             per_packet_ns: BTreeMap::new(),
             ctl_stats: BTreeMap::new(),
             notes: Vec::new(),
+            mode: String::new(),
+            cpu: BTreeMap::new(),
+            rounds: Rounds::default(),
         }
     }
 
+    /// Adds a note once (each round makes the same ones).
     pub fn note(&mut self, n: String) {
-        self.notes.push(n);
+        if !self.notes.contains(&n) {
+            self.notes.push(n);
+        }
     }
 
+    /// One round's value of row `id`: the row shows the median of the rounds.
     pub fn set(&mut self, id: &str, variant: &str, v: f64) {
+        let v = if id == "pps_ratio" {
+            v
+        } else {
+            self.rounds.add(format!("{id}/{variant}"), v)
+        };
         if let Some(row) = self.rows.iter_mut().find(|r| r.id == id) {
             row.values.insert(variant.into(), Some(v));
         }
@@ -237,12 +335,39 @@ impl Results {
         row.values.get(variant).copied().flatten()
     }
 
+    /// One round's latencies: each percentile the median of the rounds.
     pub fn latency(&mut self, workload: &str, variant: &str, l: Latency) {
+        let mut m = |k: &str, v: f64| self.rounds.add(format!("lat/{workload}/{variant}/{k}"), v);
+        let l = Latency {
+            p50: m("p50", l.p50),
+            p90: m("p90", l.p90),
+            p99: m("p99", l.p99),
+            p99_9: m("p99.9", l.p99_9),
+            max: m("max", l.max),
+        };
         let id = if workload == "rr" { "rr" } else { "conn" };
         self.set(&format!("{id}_p50"), variant, l.p50);
         self.set(&format!("{id}_p99"), variant, l.p99);
         self.set(&format!("{id}_p99.9"), variant, l.p99_9);
         self.latency_us.insert(format!("{workload}/{variant}"), l);
+    }
+
+    /// One round's per-core CPU of a workload: each figure the median of the rounds.
+    pub fn cpu(&mut self, workload: &str, variant: &str, cores: Vec<CoreCpu>) {
+        let key = format!("{workload}/{variant}");
+        let cores = cores
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut m = |k: &str, v: f64| self.rounds.add(format!("cpu/{key}/{i}/{k}"), v);
+                CoreCpu {
+                    user: m("user", c.user),
+                    system: m("system", c.system),
+                    softirq: m("softirq", c.softirq),
+                }
+            })
+            .collect();
+        self.cpu.insert(key, cores);
     }
 
     pub fn latency_of(&self, workload: &str, variant: &str) -> Option<&Latency> {
@@ -269,7 +394,16 @@ impl Results {
     }
 
     pub fn markdown(&self) -> String {
-        let mut md = String::from("# dispatchd end-to-end benchmark\n\n");
+        let mut md = match self.mode.as_str() {
+            "dedicated" => {
+                "# dispatchd end-to-end benchmark: dedicated forwarding core (as deployed)\n\n"
+                    .to_owned()
+            }
+            "shared" => {
+                "# dispatchd end-to-end benchmark: everything shares both cores\n\n".to_owned()
+            }
+            _ => String::from("# dispatchd end-to-end benchmark\n\n"),
+        };
         // The header's fields in their declared order (serde_json keeps it).
         if let Ok(serde_json::Value::Object(header)) = serde_json::to_value(&self.header) {
             for (k, v) in header {
@@ -311,6 +445,39 @@ impl Results {
                 ratio("direct"),
                 ratio("nftables")
             );
+        }
+        if !self.cpu.is_empty() {
+            md.push_str(
+                "\nPer-core CPU over each measured window, % of one core as user / system / softirq+irq \
+                 (/proc/stat; whole machine, so the harness's own work counts too):\n\n",
+            );
+            let cores = self.cpu.values().map(Vec::len).max().unwrap_or(0);
+            md.push_str("| workload | variant |");
+            for c in 0..cores {
+                let _ = write!(md, " core {c} |");
+            }
+            md.push_str("\n| --- | --- |");
+            md.push_str(&" ---: |".repeat(cores));
+            md.push('\n');
+            for workload in ["connections", "rr", "bulk", "pps", "frames1500"] {
+                for v in VARIANTS {
+                    let Some(c) = self.cpu.get(&format!("{workload}/{v}")) else {
+                        continue;
+                    };
+                    let _ = write!(md, "| {workload} | {v} |");
+                    for core in c {
+                        let pct = |x: f64| format!("{:.0}", x * 100.0);
+                        let _ = write!(
+                            md,
+                            " {} / {} / {} |",
+                            pct(core.user),
+                            pct(core.system),
+                            pct(core.softirq)
+                        );
+                    }
+                    md.push('\n');
+                }
+            }
         }
         if !self.per_packet_ns.is_empty() {
             md.push_str("\ndispatchd's own per-packet processing time (ns, `ctl stats --json` → `per_packet_ns`, whole run of the variant):\n\n");
@@ -361,8 +528,52 @@ mod tests {
             )
             .unwrap(),
         );
+        r.cpu(
+            "pps",
+            "dispatchd",
+            vec![
+                CoreCpu {
+                    user: 0.5,
+                    system: 0.25,
+                    softirq: 0.13,
+                },
+                CoreCpu::default(),
+            ],
+        );
         r.note("a note".into());
         r
+    }
+
+    #[test]
+    fn rounds_report_their_median() {
+        let mut r = sample();
+        for v in [300.0, 100.0, 200.0] {
+            r.set("conn_rate", "nftables", v);
+        }
+        assert_eq!(r.get("conn_rate", "nftables"), Some(200.0));
+        r.set("conn_rate", "nftables", 1000.0);
+        assert_eq!(r.get("conn_rate", "nftables"), Some(250.0));
+        let l = |p99: f64| Latency {
+            p50: 1.0,
+            p90: 2.0,
+            p99,
+            p99_9: 4.0,
+            max: 5.0,
+        };
+        // sample() gave dispatchd's rr one round with p99 = 3.
+        r.latency("rr", "dispatchd", l(9.0));
+        r.latency("rr", "dispatchd", l(1.0));
+        assert_eq!(r.latency_of("rr", "dispatchd").unwrap().p99, 3.0);
+        assert_eq!(r.get("rr_p99", "dispatchd"), Some(3.0));
+        let one = |user| CoreCpu {
+            user,
+            ..CoreCpu::default()
+        };
+        r.cpu("pps", "dispatchd", vec![one(0.1), one(0.9)]);
+        r.cpu("pps", "dispatchd", vec![one(0.2), one(0.0)]);
+        let c = &r.cpu["pps/dispatchd"];
+        assert_eq!((c[0].user, c[1].user), (0.2, 0.0));
+        assert!((median(&[4.0, 1.0]) - 2.5).abs() < 1e-12);
     }
 
     #[test]
@@ -379,6 +590,10 @@ mod tests {
         );
         assert!(
             md.contains(r#"- dispatchd: `{"p50":103,"max":9,"count":2}`"#),
+            "{md}"
+        );
+        assert!(
+            md.contains("| workload | variant | core 0 | core 1 |\n| --- | --- | ---: | ---: |\n| pps | dispatchd | 50 / 25 / 13 | 0 / 0 / 0 |"),
             "{md}"
         );
     }

@@ -12,8 +12,9 @@ use anyhow::{bail, Context, Result};
 use dispatchd_testkit::{daemon_addr, ensure_root, output_of, Proc, Programs, Topology, VIP};
 
 use crate::{
-    cli::RunOpts,
+    cli::{Mode, RunOpts},
     load::Load,
+    placement,
     report::{Results, VARIANTS},
     setup::{nft, sysctl, Undo},
 };
@@ -23,6 +24,7 @@ const DAEMONS: usize = 4;
 /// Client ports of the packet generator: below the ephemeral range the kernel
 /// clients use, and dropped at the daemons' ingress so nothing answers them.
 pub const PKTGEN_PORT: u16 = 2000;
+const WORKLOADS: [&str; 5] = ["connections", "rr", "bulk", "pps", "frames1500"];
 
 /// Set by SIGINT/SIGTERM: the run stops after the current workload and tears down.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -49,6 +51,7 @@ pub struct Bench {
     pub c0_mac: String,
     pub l0_mac: String,
     server_pid: u32,
+    pub mode: Mode,
     pub results: Results,
     pub stamp: String,
 }
@@ -69,6 +72,11 @@ pub fn run(mut opts: RunOpts) -> Result<()> {
     for v in &opts.variants {
         if !VARIANTS.contains(&v.as_str()) {
             bail!("unknown variant {v}");
+        }
+    }
+    for w in &opts.workloads {
+        if !WORKLOADS.contains(&w.as_str()) {
+            bail!("unknown workload {w}");
         }
     }
     let me = std::env::current_exe()?;
@@ -126,8 +134,10 @@ pub fn run(mut opts: RunOpts) -> Result<()> {
         server.pid()
     ));
 
+    let first = opts.modes.first().copied().unwrap_or(Mode::Shared);
     let mut bench = Bench {
-        results: Results::new(&opts, &stamp),
+        results: Results::new(&opts, &stamp, first),
+        mode: first,
         opts,
         topo,
         me,
@@ -139,18 +149,31 @@ pub fn run(mut opts: RunOpts) -> Result<()> {
     };
     bench.check_counter()?;
     let variants = bench.opts.variants.clone();
-    for v in VARIANTS {
-        if variants.iter().any(|x| x == v) {
-            interrupted()?;
-            eprintln!("== {v}");
-            if let Err(e) = bench.variant(v) {
-                eprintln!("dispatchd-bench: variant {v}: {e:#}");
-                bench.results.note(format!("variant {v} failed: {e:#}"));
+    let mut done = Vec::new();
+    for mode in bench.opts.modes.clone() {
+        bench.mode = mode;
+        bench.results = Results::new(&bench.opts, &bench.stamp, mode);
+        let placed = placement::enter(&bench, mode)?;
+        for round in 1..=bench.opts.rounds.max(1) {
+            for v in VARIANTS {
+                if variants.iter().any(|x| x == v) {
+                    interrupted()?;
+                    eprintln!("== {} round {round}: {v}", mode.name());
+                    if let Err(e) = bench.variant(v) {
+                        eprintln!("dispatchd-bench: variant {v}: {e:#}");
+                        bench.results.note(format!("variant {v} failed: {e:#}"));
+                    }
+                }
             }
         }
+        drop(placed);
+        done.push(std::mem::replace(
+            &mut bench.results,
+            Results::new(&bench.opts, &bench.stamp, mode),
+        ));
     }
     drop(server);
-    bench.write()
+    bench.write(&done)
 }
 
 impl Bench {
@@ -161,6 +184,24 @@ impl Bench {
             self.s0_rx = PathBuf::new();
         }
         self.rx().map(drop)
+    }
+
+    pub fn server_pid(&self) -> u32 {
+        self.server_pid
+    }
+
+    /// `program` run in namespace `ns` as a client or daemon: on the clients'
+    /// core in dedicated mode.
+    pub fn end_cmd(&self, ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match self.mode {
+            Mode::Shared => self.topo.cmd(ns, program),
+            Mode::Dedicated => {
+                let mut cmd = self.topo.cmd(ns, "taskset");
+                cmd.args(["-c", &placement::CLIENT_CORE.to_string()])
+                    .arg(program);
+                cmd
+            }
+        }
     }
 
     /// Frames received on s0 so far.
@@ -234,6 +275,7 @@ impl Bench {
                 }
             }
             _ => {
+                let napi = placement::napi_before();
                 let mut cmd = self.topo.cmd(&dispatcher, &self.topo.programs().dispatchd);
                 cmd.args([
                     "run",
@@ -258,30 +300,55 @@ impl Bench {
                 if v == "bare" {
                     cmd.arg("--bare-forwarder");
                 }
+                if self.mode == Mode::Dedicated {
+                    cmd.args(["--control-core", &self.opts.control_core.to_string()]);
+                }
+                if let Some(more) = &self.opts.dispatchd_args {
+                    cmd.args(more.split_whitespace());
+                }
                 if let Some(mode) = &self.opts.reply_mode {
                     cmd.args(["--reply-mode", mode]);
                 }
                 let started = Proc::start(cmd, "dispatchd: running", Duration::from_secs(10));
                 lb = Some(started.context("starting dispatchd")?);
+                if self.mode == Mode::Dedicated && !self.opts.no_threaded_napi {
+                    let names = placement::thread_napi(self, &napi, &mut undo)?;
+                    if !self
+                        .results
+                        .notes
+                        .iter()
+                        .any(|n| n.starts_with("threaded NAPI"))
+                    {
+                        self.results.note(format!(
+                            "threaded NAPI on the dispatcher's l0 and l1 while dispatchd runs, kthreads pinned to core {}: {names}",
+                            placement::FORWARDING_CORE
+                        ));
+                    }
+                }
             }
         }
         let to = if v == "direct" { DIRECT } else { VIP };
         // A failed workload is reported and the run goes on.
-        if v != "bare" {
-            let r = interrupted().and_then(|()| self.connections(v, to));
-            self.attempt(v, "connections", r);
-            let r = interrupted().and_then(|()| self.rr(v, to));
-            self.attempt(v, "rr", r);
-            let r = interrupted().and_then(|()| self.bulk(v, to));
-            self.attempt(v, "bulk", r);
+        for w in WORKLOADS {
+            let packets = w == "pps" || w == "frames1500";
+            if !self.opts.workloads.iter().any(|x| x == w) || (v == "bare" && !packets) {
+                continue;
+            }
+            let r = interrupted().and_then(|()| match w {
+                "connections" => self.connections(v, to),
+                "rr" => self.rr(v, to),
+                "bulk" => self.bulk(v, to),
+                "pps" => self.pps(v, to),
+                _ => self.frames1500(v, to),
+            });
+            self.attempt(v, w, r);
         }
-        let r = interrupted().and_then(|()| self.pps(v, to));
-        self.attempt(v, "pps", r);
         if let Some(mut lb) = lb {
             self.final_stats(v, &socket);
             // Stopped cleanly, so the next variant finds the interfaces free.
             lb.terminate(Duration::from_secs(5));
         }
+        // dispatchd's undo (threaded NAPI off) needs it gone: its detach ends NAPI.
         drop(undo);
         Ok(())
     }
@@ -320,24 +387,37 @@ impl Bench {
         }
     }
 
-    fn write(&mut self) -> Result<()> {
+    /// Each mode's results: `e2e-<ts>.json` (shared, as before this run had
+    /// modes) or `e2e-<ts>-<mode>.json` and its latency SVG; one Markdown
+    /// document with every mode's table, also as `latest.md`.
+    fn write(&self, done: &[Results]) -> Result<()> {
         let dir = &self.opts.out_dir;
         fs::create_dir_all(dir)?;
-        let base = dir.join(format!("e2e-{}", self.stamp));
-        let md = self.results.markdown();
-        fs::write(base.with_extension("md"), &md)?;
+        let base = format!("e2e-{}", self.stamp);
+        let mut md = String::new();
+        let mut wrote = Vec::new();
+        for r in done {
+            if !md.is_empty() {
+                md.push_str("\n---\n\n");
+            }
+            md.push_str(&r.markdown());
+            let name = match r.mode.as_str() {
+                "shared" | "" => base.clone(),
+                m => format!("{base}-{m}"),
+            };
+            let json = dir.join(format!("{name}.json"));
+            fs::write(&json, r.json()?)?;
+            let svg = dir.join(format!("{name}-latency.svg"));
+            fs::write(&svg, r.svg())?;
+            wrote.extend([json, svg]);
+        }
+        let md_path = dir.join(format!("{base}.md"));
+        fs::write(&md_path, &md)?;
         fs::write(dir.join("latest.md"), &md)?;
-        fs::write(base.with_extension("json"), self.results.json()?)?;
-        let svg = dir.join(format!("e2e-{}-latency.svg", self.stamp));
-        fs::write(&svg, self.results.svg())?;
         println!("{md}");
-        println!(
-            "wrote {}, {}, {} and {}",
-            base.with_extension("md").display(),
-            base.with_extension("json").display(),
-            svg.display(),
-            dir.join("latest.md").display()
-        );
+        wrote.extend([md_path, dir.join("latest.md")]);
+        let names: Vec<String> = wrote.iter().map(|p| p.display().to_string()).collect();
+        println!("wrote {}", names.join(", "));
         Ok(())
     }
 }

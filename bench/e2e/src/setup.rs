@@ -12,6 +12,14 @@ pub fn sysctl(topo: &Topology, ns: &str, kv: &str) -> Result<()> {
     topo.exec(ns, "sysctl", &["-qw", kv]).map(drop)
 }
 
+/// Runs a shell line in namespace `ns` (a sysfs write: the path is the
+/// namespace's own /sys only for a process inside it).
+pub fn sh(topo: &Topology, ns: &str, line: &str) -> Result<()> {
+    topo.exec(ns, "sh", &["-c", line])
+        .map(drop)
+        .with_context(|| format!("in {ns}: {line}"))
+}
+
 /// Loads `ruleset` with `nft -f -` in namespace `ns`.
 pub fn nft(topo: &Topology, ns: &str, ruleset: &str) -> Result<()> {
     let mut child = topo

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use dispatchd_testkit::Proc;
 
 use crate::{
+    cpu::CpuSample,
     report::Latency,
     run::{Bench, PKTGEN_PORT},
 };
@@ -37,8 +38,7 @@ impl Bench {
     /// Runs a testkit client in the client namespace; its stdout.
     fn testkit(&self, args: &[&str]) -> Result<String> {
         let out = self
-            .topo
-            .cmd(&self.topo.client(), &self.topo.programs().testkit)
+            .end_cmd(&self.topo.client(), &self.topo.programs().testkit)
             .args(args)
             .output()
             .context("running dispatchd-testkit")?;
@@ -72,7 +72,9 @@ impl Bench {
         ])?;
         // The warm-up's rate sizes the measured run to last about --seconds.
         let rate = field(&warm, "ok=", "rate").unwrap_or(1000.0);
-        let n = ((rate * self.opts.seconds).clamp(500.0, 500_000.0) as usize).to_string();
+        let count = (rate * self.opts.seconds).clamp(500.0, 500_000.0) as usize;
+        let n = count.to_string();
+        let cpu0 = CpuSample::now();
         let out = self.testkit(&[
             "connect",
             "--to",
@@ -84,8 +86,20 @@ impl Bench {
             "--payload",
             "64",
         ])?;
+        let cpu1 = CpuSample::now();
         let rate = field(&out, "ok=", "rate").context("connect printed no rate")?;
         let lat = latency(&out).context("connect printed no latency")?;
+        let cores = cpu1.since(&cpu0);
+        // CPU per connection: each core's busy time over the window (the
+        // client's start and exit included: a few ms) per connection made.
+        let window = cpu1.seconds_since(&cpu0);
+        let made = field(&out, "ok=", "ok").unwrap_or(count as f64).max(1.0);
+        for (core, id) in [(0, "conn_cpu0_us"), (1, "conn_cpu1_us")] {
+            if let Some(c) = cores.get(core) {
+                self.results.set(id, v, c.busy() * window / made * 1e6);
+            }
+        }
+        self.results.cpu("connections", v, cores);
         eprintln!(
             "   connections: {rate:.0}/s p50={}us p99={}us",
             lat.p50, lat.p99
@@ -100,7 +114,9 @@ impl Bench {
         let (w, s) = (self.opts.warmup.to_string(), self.opts.seconds.to_string());
         self.testkit(&["rr", "--to", to, "--connections", &k, "--seconds", &w])?;
         let perf = self.perf_start(v, "rr")?;
+        let cpu0 = CpuSample::now();
         let out = self.testkit(&["rr", "--to", to, "--connections", &k, "--seconds", &s])?;
+        self.results.cpu("rr", v, CpuSample::now().since(&cpu0));
         self.perf_finish(perf)?;
         let rate = field(&out, "requests=", "rate").context("rr printed no rate")?;
         let lat = latency(&out).context("rr printed no latency")?;
@@ -115,7 +131,9 @@ impl Bench {
         let mbit = field(&warm, "", "mbit_per_s").unwrap_or(1000.0);
         // Both directions carry the bytes: size it to last about --seconds.
         let bytes = (mbit * 1e6 / 8.0 / 2.0 * self.opts.seconds).clamp(4e6, 256e6) as usize;
+        let cpu0 = CpuSample::now();
         let out = self.testkit(&["bulk", "--to", to, "--bytes", &bytes.to_string()])?;
+        self.results.cpu("bulk", v, CpuSample::now().since(&cpu0));
         let mbit = field(&out, "", "mbit_per_s").context("bulk printed no mbit_per_s")?;
         eprintln!("   bulk: {mbit:.0} Mbit/s ({bytes} bytes each way)");
         self.results.set("bulk_mbit", v, mbit);
@@ -126,6 +144,30 @@ impl Bench {
     /// the window, prints `stop`: s0's receive counter is read at each line, so
     /// the received rate covers the same window as the sent one.
     pub fn pps(&mut self, v: &'static str, to: &str) -> Result<()> {
+        let (sent, rx_pps) = self.pktgen(v, to, crate::pktgen::FRAME_LEN, "pps")?;
+        self.results.set("pps_sent", v, sent);
+        self.results.set("pps_received", v, rx_pps);
+        Ok(())
+    }
+
+    /// The packet generator at 1500-byte IP packets: the substrate's bulk
+    /// ceiling in copy mode (the bare forwarder) and each variant's.
+    pub fn frames1500(&mut self, v: &'static str, to: &str) -> Result<()> {
+        let len = crate::pktgen::MAX_FRAME_LEN;
+        let (_, rx_pps) = self.pktgen(v, to, len, "frames1500")?;
+        self.results.set("big_mbit", v, rx_pps * 1500.0 * 8.0 / 1e6);
+        Ok(())
+    }
+
+    /// One generator run of `frame_len`-byte frames: the rates sent and
+    /// received at s0.
+    fn pktgen(
+        &mut self,
+        v: &'static str,
+        to: &str,
+        frame_len: usize,
+        workload: &str,
+    ) -> Result<(f64, f64)> {
         let (ip, port) = to.split_once(':').context("address")?;
         let mut cmd = self.topo.cmd(&self.topo.client(), &self.me);
         cmd.args([
@@ -152,6 +194,8 @@ impl Bench {
             &self.opts.seconds.to_string(),
             "--core",
             "0",
+            "--frame-len",
+            &frame_len.to_string(),
         ]);
         if v == "dispatchd" {
             cmd.arg("--syn-first");
@@ -164,12 +208,15 @@ impl Bench {
             let line = line?;
             match line.as_str() {
                 "start" => {
-                    window = Some((self.rx()?, Instant::now()));
-                    perf = self.perf_start(v, "pps")?;
+                    window = Some((self.rx()?, Instant::now(), CpuSample::now()));
+                    if workload == "pps" {
+                        perf = self.perf_start(v, "pps")?;
+                    }
                 }
                 "stop" => {
-                    let (rx0, t0) = window.context("stop before start")?;
+                    let (rx0, t0, cpu0) = window.take().context("stop before start")?;
                     let (rx1, secs) = (self.rx()?, t0.elapsed().as_secs_f64());
+                    self.results.cpu(workload, v, CpuSample::now().since(&cpu0));
                     out.push_str(&format!("received={} rx_seconds={secs:.3}\n", rx1 - rx0));
                 }
                 _ => {
@@ -187,9 +234,7 @@ impl Bench {
         let received = field(&out, "received=", "received").context("no received count")?;
         let secs = field(&out, "received=", "rx_seconds").context("no rx window")?;
         let rx_pps = received / secs;
-        eprintln!("   pps: sent {sent:.0}/s, received at s0 {rx_pps:.0}/s");
-        self.results.set("pps_sent", v, sent);
-        self.results.set("pps_received", v, rx_pps);
-        Ok(())
+        eprintln!("   {workload}: sent {sent:.0}/s, received at s0 {rx_pps:.0}/s ({frame_len} B)");
+        Ok((sent, rx_pps))
     }
 }
