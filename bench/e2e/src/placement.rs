@@ -12,9 +12,10 @@ use std::{collections::BTreeSet, fs, process::Command};
 
 use anyhow::{bail, Context, Result};
 
+use dispatchd_testkit::Topology;
+
 use crate::{
     cli::Mode,
-    run::Bench,
     setup::{sh, Undo},
 };
 
@@ -23,12 +24,11 @@ pub const FORWARDING_CORE: usize = 1;
 
 /// RPS masks: the dispatcher's interfaces to the forwarding core, the client's
 /// and daemons' to theirs.
-fn rps(bench: &Bench) -> [(String, &'static str, String); 4] {
+fn rps(t: &Topology) -> [(String, &'static str, String); 4] {
     let (fwd, ends) = (
         format!("{:x}", 1u32 << FORWARDING_CORE),
         format!("{:x}", 1u32 << CLIENT_CORE),
     );
-    let t = &bench.topo;
     [
         (t.dispatcher(), "l0", fwd.clone()),
         (t.dispatcher(), "l1", fwd),
@@ -37,25 +37,22 @@ fn rps(bench: &Bench) -> [(String, &'static str, String); 4] {
     ]
 }
 
-/// Sets the mode's placement up; undone when the returned value drops.
-pub fn enter(bench: &Bench, mode: Mode) -> Result<Undo> {
+/// Sets the mode's placement up, the daemons' server (`server_pid`) pinned
+/// with the clients; undone when the returned value drops.
+pub fn enter(topo: &Topology, server_pid: u32, mode: Mode) -> Result<Undo> {
     let mut undo = Undo::default();
     if mode == Mode::Shared {
         return Ok(undo);
     }
     let all = format!("0-{}", num_cores().saturating_sub(1));
-    let server = bench.server_pid().to_string();
-    let daemons = bench.topo.daemons();
-    let pin = |cores: &str| {
-        bench
-            .topo
-            .exec(&daemons, "taskset", &["-a", "-p", "-c", cores, &server])
-    };
+    let server = server_pid.to_string();
+    let daemons = topo.daemons();
+    let pin = |cores: &str| topo.exec(&daemons, "taskset", &["-a", "-p", "-c", cores, &server]);
     pin(&CLIENT_CORE.to_string()).context("pinning the daemons")?;
     undo.push(&daemons, "taskset", &["-a", "-p", "-c", &all, &server]);
-    for (ns, dev, mask) in rps(bench) {
+    for (ns, dev, mask) in rps(topo) {
         let path = format!("/sys/class/net/{dev}/queues/rx-0/rps_cpus");
-        sh(&bench.topo, &ns, &format!("echo {mask} > {path}"))?;
+        sh(topo, &ns, &format!("echo {mask} > {path}"))?;
         undo.push(&ns, "sh", &["-c", &format!("echo 0 > {path}")]);
     }
     Ok(undo)
@@ -91,12 +88,17 @@ pub fn napi_before() -> BTreeSet<u32> {
 
 /// After dispatchd attached (its XDP program gives the veths NAPI): threaded
 /// NAPI on l0 and l1, the kthreads pinned to the forwarding core (at
-/// SCHED_FIFO 50 with --napi-fifo). Their names.
-pub fn thread_napi(bench: &Bench, before: &BTreeSet<u32>, undo: &mut Undo) -> Result<String> {
-    let ns = bench.topo.dispatcher();
+/// SCHED_FIFO 50 with `fifo`, --napi-fifo). Their names.
+pub fn thread_napi(
+    topo: &Topology,
+    fifo: bool,
+    before: &BTreeSet<u32>,
+    undo: &mut Undo,
+) -> Result<String> {
+    let ns = topo.dispatcher();
     for dev in ["l0", "l1"] {
         let path = format!("/sys/class/net/{dev}/threaded");
-        sh(&bench.topo, &ns, &format!("echo 1 > {path}"))?;
+        sh(topo, &ns, &format!("echo 1 > {path}"))?;
         // Without NAPI (XDP detached) the write fails: nothing to undo then.
         undo.push(
             &ns,
@@ -123,7 +125,7 @@ pub fn thread_napi(bench: &Bench, before: &BTreeSet<u32>, undo: &mut Undo) -> Re
         // --napi-fifo: as a threaded IRQ handler runs (SCHED_FIFO 50),
         // preempting a polling worker at once, where a SCHED_OTHER kthread
         // waits for the scheduler.
-        if bench.opts.napi_fifo {
+        if fifo {
             let out = Command::new("chrt")
                 .args(["-f", "-p", "50", &pid.to_string()])
                 .output()

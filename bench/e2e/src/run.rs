@@ -153,7 +153,7 @@ pub fn run(mut opts: RunOpts) -> Result<()> {
     for mode in bench.opts.modes.clone() {
         bench.mode = mode;
         bench.results = Results::new(&bench.opts, &bench.stamp, mode);
-        let placed = placement::enter(&bench, mode)?;
+        let placed = placement::enter(&bench.topo, bench.server_pid(), mode)?;
         for round in 1..=bench.opts.rounds.max(1) {
             for v in VARIANTS {
                 if variants.iter().any(|x| x == v) {
@@ -312,7 +312,8 @@ impl Bench {
                 let started = Proc::start(cmd, "dispatchd: running", Duration::from_secs(10));
                 lb = Some(started.context("starting dispatchd")?);
                 if self.mode == Mode::Dedicated && !self.opts.no_threaded_napi {
-                    let names = placement::thread_napi(self, &napi, &mut undo)?;
+                    let names =
+                        placement::thread_napi(&self.topo, self.opts.napi_fifo, &napi, &mut undo)?;
                     if !self
                         .results
                         .notes
