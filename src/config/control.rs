@@ -255,43 +255,34 @@ impl ServiceHealth {
         let ProbeKind::Http(http) = &self.kind else {
             return Ok(());
         };
-        let unfit = |s: &str| s.chars().any(|c| c == ' ' || c.is_control());
+        // The path and Host go into the request line and a header as written.
+        let request_text = |key, value: &str, max: usize| {
+            if value.chars().any(|c| c == ' ' || c.is_control()) {
+                return bad(
+                    key,
+                    format!("{value:?}"),
+                    "must not contain spaces or control characters (CR, LF)".into(),
+                );
+            }
+            if value.len() > max {
+                return bad(
+                    key,
+                    format!("{} bytes", value.len()),
+                    format!("longer than {max} bytes"),
+                );
+            }
+            Ok(())
+        };
         let path = &http.path;
         if !path.starts_with('/') {
             return bad("path", format!("{path:?}"), "must start with '/'".into());
         }
-        if unfit(path) {
-            return bad(
-                "path",
-                format!("{path:?}"),
-                "must not contain spaces or control characters (CR, LF)".into(),
-            );
-        }
-        if path.len() > MAX_HEALTH_PATH {
-            return bad(
-                "path",
-                format!("{} bytes", path.len()),
-                format!("longer than {MAX_HEALTH_PATH} bytes"),
-            );
-        }
+        request_text("path", path, MAX_HEALTH_PATH)?;
         if let Some(host) = &http.host {
             if host.is_empty() {
                 return bad("host", "\"\"".into(), "must not be empty".into());
             }
-            if unfit(host) {
-                return bad(
-                    "host",
-                    format!("{host:?}"),
-                    "must not contain spaces or control characters (CR, LF)".into(),
-                );
-            }
-            if host.len() > MAX_HEALTH_HOST {
-                return bad(
-                    "host",
-                    format!("{} bytes", host.len()),
-                    format!("longer than {MAX_HEALTH_HOST} bytes"),
-                );
-            }
+            request_text("host", host, MAX_HEALTH_HOST)?;
         }
         if http.status.is_empty() {
             return bad("status", "[]".into(), "must name at least one code".into());

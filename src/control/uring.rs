@@ -74,6 +74,13 @@ pub struct Uring<Tag> {
 }
 
 /// `entry`, linked to the timeout pushed right after it when there is one.
+/// Which way a socket operation moves bytes.
+#[derive(Clone, Copy)]
+enum Way {
+    Recv,
+    Send,
+}
+
 fn linked(entry: squeue::Entry, timeout: Option<Duration>) -> squeue::Entry {
     match timeout {
         Some(_) => entry.flags(squeue::Flags::IO_LINK),
@@ -209,7 +216,7 @@ impl<Tag> Uring<Tag> {
     /// in `buf[..from]`); both come back with the completion, whose `sent`
     /// says how far the buffer is filled.
     pub fn recv_into(&mut self, tag: Tag, fd: OwnedFd, buf: Box<[u8]>, from: usize) -> Result<()> {
-        self.recv_op(tag, fd, buf, from, None)
+        self.socket_op(Way::Recv, tag, fd, buf, from, None)
     }
 
     /// [`Uring::recv_into`] cancelled after `timeout` (the completion's result
@@ -222,11 +229,14 @@ impl<Tag> Uring<Tag> {
         from: usize,
         timeout: Duration,
     ) -> Result<()> {
-        self.recv_op(tag, fd, buf, from, Some(timeout))
+        self.socket_op(Way::Recv, tag, fd, buf, from, Some(timeout))
     }
 
-    fn recv_op(
+    /// A receive into, or a send from, `buf[from..]` on `fd`, both held by the
+    /// slot until its completion.
+    fn socket_op(
         &mut self,
+        way: Way,
         tag: Tag,
         fd: OwnedFd,
         buf: Box<[u8]>,
@@ -234,7 +244,7 @@ impl<Tag> Uring<Tag> {
         timeout: Option<Duration>,
     ) -> Result<()> {
         self.reserve(1 + usize::from(timeout.is_some()))?;
-        let raw = fd.as_raw_fd();
+        let raw = types::Fd(fd.as_raw_fd());
         let from = from.min(buf.len());
         let held = Held::Socket { fd, buf, from };
         // SAFETY: the entry points into the slot's own buffer, within its
@@ -245,8 +255,15 @@ impl<Tag> Uring<Tag> {
                     unreachable!("just stored")
                 };
                 let rest = &mut buf[*from..];
-                let entry =
-                    opcode::Recv::new(types::Fd(raw), rest.as_mut_ptr(), rest.len() as u32).build();
+                let (ptr, len) = (rest.as_mut_ptr(), rest.len() as u32);
+                let entry = match way {
+                    Way::Recv => opcode::Recv::new(raw, ptr, len).build(),
+                    Way::Send => opcode::Send::new(raw, ptr, len)
+                        // A peer that closed must fail the send, not kill us
+                        // with SIGPIPE.
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build(),
+                };
                 linked(entry, timeout)
             })?;
         }
@@ -256,7 +273,7 @@ impl<Tag> Uring<Tag> {
     /// Sends `buf[from..]` on `fd`; both come back with the completion, whose
     /// `sent` says how far the buffer is sent.
     pub fn send(&mut self, tag: Tag, fd: OwnedFd, buf: Box<[u8]>, from: usize) -> Result<()> {
-        self.send_op(tag, fd, buf, from, None)
+        self.socket_op(Way::Send, tag, fd, buf, from, None)
     }
 
     /// [`Uring::send`] cancelled after `timeout` (the completion's result is
@@ -269,36 +286,7 @@ impl<Tag> Uring<Tag> {
         from: usize,
         timeout: Duration,
     ) -> Result<()> {
-        self.send_op(tag, fd, buf, from, Some(timeout))
-    }
-
-    fn send_op(
-        &mut self,
-        tag: Tag,
-        fd: OwnedFd,
-        buf: Box<[u8]>,
-        from: usize,
-        timeout: Option<Duration>,
-    ) -> Result<()> {
-        self.reserve(1 + usize::from(timeout.is_some()))?;
-        let raw = fd.as_raw_fd();
-        let held = Held::Socket { fd, buf, from };
-        // SAFETY: the entry points into the slot's own buffer, within its length,
-        // and the descriptor is the slot's own.
-        unsafe {
-            self.push(Some(tag), held, |held| {
-                let Held::Socket { buf, from, .. } = held else {
-                    unreachable!("just stored")
-                };
-                let rest = &buf[(*from).min(buf.len())..];
-                let entry = opcode::Send::new(types::Fd(raw), rest.as_ptr(), rest.len() as u32)
-                    // A peer that closed must fail the send, not kill us with SIGPIPE.
-                    .flags(libc::MSG_NOSIGNAL)
-                    .build();
-                linked(entry, timeout)
-            })?;
-        }
-        self.link_timeout(timeout)
+        self.socket_op(Way::Send, tag, fd, buf, from, Some(timeout))
     }
 
     /// The linked timeout that follows an entry [`linked`] flagged, if any:
