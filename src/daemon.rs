@@ -278,7 +278,46 @@ fn open_workers(
         workers.len(),
         table_mib * workers.len() as u64
     );
+    if config.poll == PollMode::Busy {
+        for iface in [&ifaces.front.name, &ifaces.back.name] {
+            warn_undeferred_napi(iface);
+        }
+    }
     Ok((workers, busy))
+}
+
+/// Busy polling owns a device's NAPI only if the device defers it: with
+/// `napi_defer_hard_irqs` or `gro_flush_timeout` at 0, the kernel still runs
+/// the NAPI in softirq (or its kthread) at every interrupt, beside the busy
+/// poll, and on a core shared with the worker the two take turns: measured on
+/// veth, a one-connection stream lost segments at the device's ring there and
+/// none with both set.
+fn warn_undeferred_napi(iface: &str) {
+    let (defer, timeout) = match queues::napi_deferral(iface) {
+        Ok(facts) => facts,
+        Err(e) => {
+            tracing::warn!(iface, "poll busy: cannot read {iface}'s NAPI deferral: {e}");
+            return;
+        }
+    };
+    if defer == 0 || timeout == 0 {
+        tracing::warn!(
+            iface,
+            napi_defer_hard_irqs = defer,
+            gro_flush_timeout_ns = timeout,
+            "poll busy: {iface} does not defer its NAPI to the busy poll, so the kernel \
+             keeps running it beside the worker; set both, e.g. \
+             echo 2 > /sys/class/net/{iface}/napi_defer_hard_irqs; \
+             echo 200000 > /sys/class/net/{iface}/gro_flush_timeout"
+        );
+    } else {
+        tracing::info!(
+            iface,
+            napi_defer_hard_irqs = defer,
+            gro_flush_timeout_ns = timeout,
+            "poll busy: {iface} defers its NAPI to the busy poll"
+        );
+    }
 }
 
 /// Starts the workers and waits until each serves: each allocates its flow

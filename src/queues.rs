@@ -167,6 +167,21 @@ pub fn rx_queue_count(name: &str) -> io::Result<u32> {
     Ok(count)
 }
 
+/// The device's `napi_defer_hard_irqs` and `gro_flush_timeout` (ns): what
+/// preferred busy polling needs non-zero to own its NAPI.
+pub fn napi_deferral(name: &str) -> io::Result<(u32, u64)> {
+    let timeout_path = sys_path(name, "gro_flush_timeout");
+    let timeout = fs::read_to_string(&timeout_path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", timeout_path.display())))?;
+    let timeout = timeout.trim().parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: not a number", timeout_path.display()),
+        )
+    })?;
+    Ok((read_number(name, "napi_defer_hard_irqs")?, timeout))
+}
+
 /// An interface's RX queue count and MTU now, for the watch.
 pub fn read_counts(name: &str) -> io::Result<(u32, u32)> {
     Ok((rx_queue_count(name)?, read_number(name, "mtu")?))

@@ -129,3 +129,52 @@ fn a_start_up_error_is_a_json_record_and_one_line_on_stderr() {
     assert_eq!(stderr.lines().count(), 1, "{}", text(&out));
     assert!(stderr.starts_with("dispatchd: ") && stderr.contains("nosuch0"));
 }
+
+/// `poll = "busy"` owns a device's NAPI only where the device defers it to the
+/// busy poll (README: busy polling): dispatchd says which of its interfaces do
+/// not, with the values it read, and which do.
+#[test]
+fn busy_poll_says_which_interfaces_do_not_defer_their_napi() {
+    let topo = Topology::up(DISPATCHD, "lgb", 1, 1);
+    let _daemon = topo.serve_one(0, &[]);
+    // The back defers (the values the kernel's AF_XDP documentation gives),
+    // the front keeps the kernel's default of 0.
+    let sysfs = "echo 2 > /sys/class/net/l1/napi_defer_hard_irqs; \
+                 echo 200000 > /sys/class/net/l1/gro_flush_timeout";
+    let set = topo.run(&topo.dispatcher(), "sh", &["-c", sysfs]);
+    assert!(set.status.success(), "{}", text(&set));
+    let mut flags = Topology::default_flags(1);
+    flags.extend(["--log-format", "json", "--poll", "busy"].map(String::from));
+    let mut lb = topo.dispatchd_until(&flags, r#""message":"running"#);
+    lb.signal("TERM");
+    wait_until(Duration::from_secs(10), "dispatchd to exit", || {
+        lb.exited().is_some()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let all = records(&lb.output());
+
+    let front = find(&all, "l0 does not defer its NAPI");
+    assert_eq!(front["level"], "WARN", "{front}");
+    assert_eq!(
+        (
+            &front["iface"],
+            &front["napi_defer_hard_irqs"],
+            &front["gro_flush_timeout_ns"]
+        ),
+        (&Value::from("l0"), &Value::from(0), &Value::from(0)),
+        "{front}"
+    );
+    let back = find(&all, "l1 defers its NAPI");
+    assert_eq!(back["level"], "INFO", "{back}");
+    assert_eq!(
+        (&back["napi_defer_hard_irqs"], &back["gro_flush_timeout_ns"]),
+        (&Value::from(2), &Value::from(200_000)),
+        "{back}"
+    );
+    assert!(
+        !all.iter().any(|r| r["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("l1 does not defer"))),
+        "the back was reported as not deferring"
+    );
+}

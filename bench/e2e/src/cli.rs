@@ -77,6 +77,13 @@ pub struct RunOpts {
     /// dispatchd's copy-mode receive then run in the sender's softirq (core 0).
     #[arg(long)]
     pub no_threaded_napi: bool,
+    /// In dedicated mode, dispatchd's worker runs the dispatcher's NAPI itself:
+    /// `--poll busy` (SO_PREFER_BUSY_POLL) with napi_defer_hard_irqs and
+    /// gro_flush_timeout set on l0 and l1, so a frame's XDP and copy-mode
+    /// receive run in the worker's own busy poll on the forwarding core, and no
+    /// kthread or softirq competes with it (instead of threaded NAPI).
+    #[arg(long)]
+    pub busy_poll: bool,
     /// In dedicated mode, run the threaded NAPI kthreads at SCHED_FIFO 50 (as
     /// threaded IRQ handlers run) instead of SCHED_OTHER.
     #[arg(long)]
@@ -94,7 +101,9 @@ pub struct RunOpts {
     /// 5-tuples of the packet generator.
     #[arg(long, default_value_t = 1024)]
     pub tuples: u16,
-    /// Variants to run (comma-separated subset of direct,nftables,dispatchd,bare).
+    /// Variants to run (comma-separated subset of
+    /// direct,nftables,dispatchd,dispatchd2,bare; dispatchd2 is dispatchd with
+    /// two workers, one per core: the scaling rows, shared mode only).
     #[arg(
         long,
         value_delimiter = ',',
@@ -102,13 +111,18 @@ pub struct RunOpts {
     )]
     pub variants: Vec<String>,
     /// Workloads to run (comma-separated subset of
-    /// connections,rr,bulk,pps,frames1500).
+    /// connections,rr,bulk,stream,pps,frames1500).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "connections,rr,bulk,pps,frames1500"
+        default_value = "connections,rr,bulk,stream,pps,frames1500"
     )]
     pub workloads: Vec<String>,
+    /// Receive and transmit queues of every veth of the topology (more than
+    /// one for the dispatchd2 variant's second worker to have a queue of its
+    /// own; every variant then runs on that topology).
+    #[arg(long, default_value_t = 1)]
+    pub queues: usize,
     /// Record `perf record -a -e cpu-clock` during the rr and pps workloads of
     /// nftables and dispatchd and write the top symbols next to the results.
     #[arg(long)]

@@ -90,7 +90,13 @@ impl Load {
         let now = Load::sample(server);
         let wall = now.at.duration_since(self.at).as_secs_f64().max(1e-3);
         let outside = ((now.busy_s - self.busy_s) - (now.ours_s - self.ours_s)) / wall;
-        let mine = ["dispatchd", "dispatchd-testk", "dispatchd-bench", "perf"];
+        let mine = [
+            "dispatchd",
+            "dispatchd-testk",
+            "dispatchd-bench",
+            "perf",
+            "iperf3",
+        ];
         let mut top: Vec<(f64, String)> = now
             .procs
             .iter()

@@ -37,23 +37,33 @@ fn rps(t: &Topology) -> [(String, &'static str, String); 4] {
     ]
 }
 
-/// Sets the mode's placement up, the daemons' server (`server_pid`) pinned
+/// Sets the mode's placement up, the daemons' servers (`server_pids`) pinned
 /// with the clients; undone when the returned value drops.
-pub fn enter(topo: &Topology, server_pid: u32, mode: Mode) -> Result<Undo> {
+pub fn enter(topo: &Topology, server_pids: &[u32], mode: Mode) -> Result<Undo> {
     let mut undo = Undo::default();
     if mode == Mode::Shared {
         return Ok(undo);
     }
     let all = format!("0-{}", num_cores().saturating_sub(1));
-    let server = server_pid.to_string();
     let daemons = topo.daemons();
-    let pin = |cores: &str| topo.exec(&daemons, "taskset", &["-a", "-p", "-c", cores, &server]);
-    pin(&CLIENT_CORE.to_string()).context("pinning the daemons")?;
-    undo.push(&daemons, "taskset", &["-a", "-p", "-c", &all, &server]);
+    for server in server_pids.iter().map(u32::to_string) {
+        let pin = |cores: &str| topo.exec(&daemons, "taskset", &["-a", "-p", "-c", cores, &server]);
+        pin(&CLIENT_CORE.to_string()).context("pinning the daemons")?;
+        undo.push(&daemons, "taskset", &["-a", "-p", "-c", &all, &server]);
+    }
     for (ns, dev, mask) in rps(topo) {
-        let path = format!("/sys/class/net/{dev}/queues/rx-0/rps_cpus");
-        sh(topo, &ns, &format!("echo {mask} > {path}"))?;
-        undo.push(&ns, "sh", &["-c", &format!("echo 0 > {path}")]);
+        // Every receive queue (a run with --queues has more than one).
+        let paths = format!("/sys/class/net/{dev}/queues/rx-*/rps_cpus");
+        sh(
+            topo,
+            &ns,
+            &format!("for q in {paths}; do echo {mask} > $q; done"),
+        )?;
+        undo.push(
+            &ns,
+            "sh",
+            &["-c", &format!("for q in {paths}; do echo 0 > $q; done")],
+        );
     }
     Ok(undo)
 }
@@ -80,6 +90,34 @@ fn napi_kthreads() -> BTreeSet<u32> {
     }
     found
 }
+
+/// What the kernel documents for preferred busy polling: the device's NAPI is
+/// not rescheduled from interrupt (here: the peer's transmit) for
+/// `napi_defer_hard_irqs` rounds while a busy-polling socket keeps polling it,
+/// with `gro_flush_timeout` as the watchdog that runs it when polling stops.
+/// On l0 and l1 while dispatchd runs with `--poll busy`; undone after it.
+pub fn defer_napi(topo: &Topology, undo: &mut Undo) -> Result<()> {
+    let ns = topo.dispatcher();
+    for dev in ["l0", "l1"] {
+        let at = |attr: &str| format!("/sys/class/net/{dev}/{attr}");
+        let (defer, timeout) = (at("napi_defer_hard_irqs"), at("gro_flush_timeout"));
+        sh(
+            topo,
+            &ns,
+            &format!("echo {DEFER_HARD_IRQS} > {defer}; echo {GRO_FLUSH_TIMEOUT_NS} > {timeout}"),
+        )?;
+        undo.push(
+            &ns,
+            "sh",
+            &["-c", &format!("echo 0 > {defer}; echo 0 > {timeout}")],
+        );
+    }
+    Ok(())
+}
+
+/// The kernel's AF_XDP documentation's example values for preferred busy polling.
+pub const DEFER_HARD_IRQS: u32 = 2;
+pub const GRO_FLUSH_TIMEOUT_NS: u32 = 200_000;
 
 /// Before dispatchd starts: the kthreads that are not its interfaces'.
 pub fn napi_before() -> BTreeSet<u32> {

@@ -12,10 +12,10 @@ use crate::{
     placement,
 };
 
-pub const VARIANTS: [&str; 4] = ["direct", "nftables", "dispatchd", "bare"];
+pub const VARIANTS: [&str; 5] = ["direct", "nftables", "dispatchd", "dispatchd2", "bare"];
 
 /// (id, workload, metric, unit, higher is better)
-const ROWS: [(&str, &str, &str, &str, bool); 16] = [
+const ROWS: [(&str, &str, &str, &str, bool); 18] = [
     ("conn_rate", "new connections", "rate", "conn/s", true),
     ("conn_p50", "new connections", "latency p50", "µs", false),
     ("conn_p99", "new connections", "latency p99", "µs", false),
@@ -68,6 +68,20 @@ const ROWS: [(&str, &str, &str, &str, bool); 16] = [
         "throughput (both ways)",
         "Mbit/s",
         true,
+    ),
+    (
+        "stream_mbit",
+        "bulk stream (iperf3, one connection, one way)",
+        "throughput",
+        "Mbit/s",
+        true,
+    ),
+    (
+        "stream_retransmits",
+        "bulk stream (iperf3, one connection, one way)",
+        "retransmits",
+        "segments",
+        false,
     ),
     ("pps_sent", "forwarded packets", "sent", "pps", true),
     (
@@ -247,7 +261,8 @@ impl Results {
                 ),
             load: format!(
                     "connections: 64 B echo, {} client threads; rr: {} persistent connections, 64 B request/reply; \
-                     bulk: one connection, echo both ways; pps: AF_XDP copy-mode generator on c0, {} tuples, 64 B ACK frames, counted at s0",
+                     bulk: one connection, echo both ways; stream: iperf3, one connection, client to one daemon \
+                     (198.19.0.11:5201, a service of its own on the VIP); pps: AF_XDP copy-mode generator on c0, {} tuples, 64 B ACK frames, counted at s0",
                     opts.concurrency, opts.rr_connections, opts.tuples
                 ),
             cores: match mode {
@@ -263,7 +278,11 @@ impl Results {
                     f = placement::FORWARDING_CORE,
                     c = placement::CLIENT_CORE,
                     m = opts.control_core,
-                    napi = if opts.no_threaded_napi {
+                    napi = if opts.busy_poll {
+                        "; --poll busy with napi_defer_hard_irqs 2 and gro_flush_timeout 200 µs on l0 and l1 \
+                         (--busy-poll): the worker's busy poll runs their NAPI (XDP and the copy-mode receive) \
+                         on the forwarding core, no kthread or softirq beside it"
+                    } else if opts.no_threaded_napi {
                         "; veth NAPI not threaded (--no-threaded-napi): XDP and the copy-mode receive run in the \
                          sender's softirq, on the clients' core"
                     } else {
@@ -328,6 +347,13 @@ impl Results {
                 }
             }
         }
+    }
+
+    /// Whether any row has a value for `variant`.
+    fn measured(&self, variant: &str) -> bool {
+        self.rows
+            .iter()
+            .any(|r| r.values.get(variant).copied().flatten().is_some())
     }
 
     fn get(&self, id: &str, variant: &str) -> Option<f64> {
@@ -417,9 +443,33 @@ impl Results {
              **bare** = dispatchd's sockets and rings with no parsing or rewriting (`--bare-forwarder`), \
              packet rate only. Ratios are dispatchd ÷ other: above 1 is better for rates, worse for latencies.\n\n",
         );
-        md.push_str(
-            "| workload | metric | unit | direct | nftables | dispatchd | bare | dispatchd/direct | dispatchd/nftables |\n\
-             | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        if self.measured("dispatchd2") {
+            md.push_str(
+                "**dispatchd2** = dispatchd with two workers, one per core (`--cores 0,1`), on the same \
+                 topology: the scaling rows (informational on two cores); its ratio is dispatchd2 ÷ dispatchd.\n\n",
+            );
+        }
+        // The four classic columns always; dispatchd2 and its ratio when measured.
+        let columns: Vec<&str> = VARIANTS
+            .into_iter()
+            .filter(|&v| v != "dispatchd2" || self.measured(v))
+            .collect();
+        let scaling = self.measured("dispatchd2");
+        let _ = writeln!(
+            md,
+            "| workload | metric | unit | {} | dispatchd/direct | dispatchd/nftables |{}",
+            columns.join(" | "),
+            if scaling {
+                " dispatchd2/dispatchd |"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            md,
+            "| --- | --- | --- |{}{}",
+            " ---: |".repeat(columns.len() + 2),
+            if scaling { " ---: |" } else { "" }
         );
         for Row {
             id,
@@ -429,21 +479,25 @@ impl Results {
             ..
         } in &self.rows
         {
-            let cells: Vec<String> = VARIANTS
+            let cells: Vec<String> = columns
                 .iter()
                 .map(|v| self.get(id, v).map_or("–".into(), fmt_num))
                 .collect();
-            let d = self.get(id, "dispatchd");
-            let ratio = |other: &str| match (d, self.get(id, other)) {
+            let ratio = |of: &str, to: &str| match (self.get(id, of), self.get(id, to)) {
                 (Some(d), Some(o)) if o > 0.0 && id != "outside_cpu" => format!("{:.2}", d / o),
                 _ => "–".into(),
             };
             let _ = writeln!(
                 md,
-                "| {workload} | {metric} | {unit} | {} | {} | {} |",
+                "| {workload} | {metric} | {unit} | {} | {} | {} |{}",
                 cells.join(" | "),
-                ratio("direct"),
-                ratio("nftables")
+                ratio("dispatchd", "direct"),
+                ratio("dispatchd", "nftables"),
+                if scaling {
+                    format!(" {} |", ratio("dispatchd2", "dispatchd"))
+                } else {
+                    String::new()
+                }
             );
         }
         if !self.cpu.is_empty() {
@@ -459,7 +513,7 @@ impl Results {
             md.push_str("\n| --- | --- |");
             md.push_str(&" ---: |".repeat(cores));
             md.push('\n');
-            for workload in ["connections", "rr", "bulk", "pps", "frames1500"] {
+            for workload in ["connections", "rr", "bulk", "stream", "pps", "frames1500"] {
                 for v in VARIANTS {
                     let Some(c) = self.cpu.get(&format!("{workload}/{v}")) else {
                         continue;

@@ -24,7 +24,11 @@ const DAEMONS: usize = 4;
 /// Client ports of the packet generator: below the ephemeral range the kernel
 /// clients use, and dropped at the daemons' ingress so nothing answers them.
 pub const PKTGEN_PORT: u16 = 2000;
-const WORKLOADS: [&str; 5] = ["connections", "rr", "bulk", "pps", "frames1500"];
+const WORKLOADS: [&str; 6] = ["connections", "rr", "bulk", "stream", "pps", "frames1500"];
+/// The stream workload's iperf3 server: one daemon, behind a service of its own
+/// on the VIP (iperf3's control and data connections must meet the same server).
+pub const STREAM_DAEMON: &str = "198.19.0.11";
+pub const STREAM_PORT: u16 = 5201;
 
 /// Set by SIGINT/SIGTERM: the run stops after the current workload and tears down.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -51,6 +55,8 @@ pub struct Bench {
     pub c0_mac: String,
     pub l0_mac: String,
     server_pid: u32,
+    /// Every daemon-side server (the testkit's, iperf3's): pinned in dedicated mode.
+    server_pids: Vec<u32>,
     pub mode: Mode,
     pub results: Results,
     pub stamp: String,
@@ -104,7 +110,7 @@ pub fn run(mut opts: RunOpts) -> Result<()> {
         .trim()
         .to_owned();
 
-    let topo = Topology::create(&prefix, DAEMONS, 1, programs)?;
+    let topo = Topology::create(&prefix, DAEMONS, opts.queues.max(1), programs)?;
     let (client, daemons) = (topo.client(), topo.daemons());
     let c0_mac = topo.mac(&client, "c0")?;
     let l0_mac = topo.mac(&topo.dispatcher(), "l0")?;
@@ -129,6 +135,18 @@ pub fn run(mut opts: RunOpts) -> Result<()> {
         serve.args(["--listen", &daemon_addr(i)]);
     }
     let server = Proc::start(serve, "serving", Duration::from_secs(10)).context("testkit serve")?;
+    let mut server_pids = vec![server.pid()];
+    let stream_server = if opts.workloads.iter().any(|w| w == "stream") {
+        let mut cmd = topo.cmd(&daemons, "iperf3");
+        let port = STREAM_PORT.to_string();
+        cmd.args(["-s", "-B", STREAM_DAEMON, "-p", &port, "--forceflush"]);
+        let iperf = Proc::start(cmd, "Server listening", Duration::from_secs(10))
+            .context("iperf3 -s (scripts/install-deps.sh installs iperf3)")?;
+        server_pids.push(iperf.pid());
+        Some(iperf)
+    } else {
+        None
+    };
     let s0_rx = PathBuf::from(format!(
         "/proc/{}/root/sys/class/net/s0/statistics/rx_packets",
         server.pid()
@@ -145,6 +163,7 @@ pub fn run(mut opts: RunOpts) -> Result<()> {
         c0_mac,
         l0_mac,
         server_pid: server.pid(),
+        server_pids,
         stamp,
     };
     bench.check_counter()?;
@@ -153,7 +172,7 @@ pub fn run(mut opts: RunOpts) -> Result<()> {
     for mode in bench.opts.modes.clone() {
         bench.mode = mode;
         bench.results = Results::new(&bench.opts, &bench.stamp, mode);
-        let placed = placement::enter(&bench.topo, bench.server_pid(), mode)?;
+        let placed = placement::enter(&bench.topo, &bench.server_pids, mode)?;
         for round in 1..=bench.opts.rounds.max(1) {
             for v in VARIANTS {
                 if variants.iter().any(|x| x == v) {
@@ -172,6 +191,7 @@ pub fn run(mut opts: RunOpts) -> Result<()> {
             Results::new(&bench.opts, &bench.stamp, mode),
         ));
     }
+    drop(stream_server);
     drop(server);
     bench.write(&done)
 }
@@ -184,10 +204,6 @@ impl Bench {
             self.s0_rx = PathBuf::new();
         }
         self.rx().map(drop)
-    }
-
-    pub fn server_pid(&self) -> u32 {
-        self.server_pid
     }
 
     /// `program` run in namespace `ns` as a client or daemon: on the clients'
@@ -267,26 +283,29 @@ impl Bench {
                         &dispatcher,
                         &format!(
                             "table ip dbench {{\n chain pre {{\n type nat hook prerouting priority dstnat; policy accept;\n \
-                             ip daddr 198.18.0.100 tcp dport 80 dnat ip to numgen inc mod {DAEMONS} map {{ {} }}\n }}\n}}\n",
+                             ip daddr 198.18.0.100 tcp dport 80 dnat ip to numgen inc mod {DAEMONS} map {{ {} }}\n \
+                             ip daddr 198.18.0.100 tcp dport {STREAM_PORT} dnat ip to {STREAM_DAEMON}:{STREAM_PORT}\n }}\n}}\n",
                             map.join(", ")
                         ),
                     )?;
                     undo.push(&dispatcher, "nft", &["delete", "table", "ip", "dbench"]);
                 }
             }
+            "dispatchd2" if self.mode == Mode::Dedicated => {
+                bail!("dispatchd2 (two workers) needs both cores: shared mode only")
+            }
             _ => {
                 let napi = placement::napi_before();
                 let mut cmd = self.topo.cmd(&dispatcher, &self.topo.programs().dispatchd);
+                let cores = if v == "dispatchd2" { "0,1" } else { "1" };
                 cmd.args([
                     "run",
                     "--front",
                     "l0",
                     "--back",
                     "l1",
-                    "--service",
-                    VIP,
                     "--cores",
-                    "1",
+                    cores,
                     "--control-socket",
                     &socket,
                     // The generator's tuples stay half-open (nothing answers
@@ -294,14 +313,26 @@ impl Bench {
                     "--syn-timeout-ms",
                     "600000",
                 ]);
-                for i in 0..DAEMONS {
-                    cmd.args(["--backend", &daemon_addr(i)]);
+                if self.opts.workloads.iter().any(|w| w == "stream") {
+                    // Two services need the file (flags define one).
+                    let file = format!("/tmp/dispatchd-bench-{}.toml", self.topo.prefix);
+                    fs::write(&file, services_toml())?;
+                    cmd.args(["--config", &file]);
+                } else {
+                    cmd.args(["--service", VIP]);
+                    for i in 0..DAEMONS {
+                        cmd.args(["--backend", &daemon_addr(i)]);
+                    }
                 }
                 if v == "bare" {
                     cmd.arg("--bare-forwarder");
                 }
                 if self.mode == Mode::Dedicated {
                     cmd.args(["--control-core", &self.opts.control_core.to_string()]);
+                }
+                let busy_poll = self.mode == Mode::Dedicated && self.opts.busy_poll;
+                if busy_poll {
+                    cmd.args(["--poll", "busy"]);
                 }
                 if let Some(more) = &self.opts.dispatchd_args {
                     cmd.args(more.split_whitespace());
@@ -311,7 +342,9 @@ impl Bench {
                 }
                 let started = Proc::start(cmd, "dispatchd: running", Duration::from_secs(10));
                 lb = Some(started.context("starting dispatchd")?);
-                if self.mode == Mode::Dedicated && !self.opts.no_threaded_napi {
+                if busy_poll {
+                    placement::defer_napi(&self.topo, &mut undo)?;
+                } else if self.mode == Mode::Dedicated && !self.opts.no_threaded_napi {
                     let names =
                         placement::thread_napi(&self.topo, self.opts.napi_fifo, &napi, &mut undo)?;
                     if !self
@@ -329,6 +362,11 @@ impl Bench {
             }
         }
         let to = if v == "direct" { DIRECT } else { VIP };
+        let stream_to = if v == "direct" {
+            STREAM_DAEMON
+        } else {
+            VIP.split_once(':').map_or(VIP, |(ip, _)| ip)
+        };
         // A failed workload is reported and the run goes on.
         for w in WORKLOADS {
             let packets = w == "pps" || w == "frames1500";
@@ -339,6 +377,7 @@ impl Bench {
                 "connections" => self.connections(v, to),
                 "rr" => self.rr(v, to),
                 "bulk" => self.bulk(v, to),
+                "stream" => self.stream(v, stream_to),
                 "pps" => self.pps(v, to),
                 _ => self.frames1500(v, to),
             });
@@ -421,4 +460,18 @@ impl Bench {
         println!("wrote {}", names.join(", "));
         Ok(())
     }
+}
+
+/// The services of a run with the stream workload: the VIP's port 80 over the
+/// four daemons, and iperf3's port on one daemon.
+fn services_toml() -> String {
+    let backends: Vec<String> = (0..DAEMONS)
+        .map(|i| format!("\"{}\"", daemon_addr(i)))
+        .collect();
+    let (vip, _) = VIP.split_once(':').unwrap_or((VIP, ""));
+    format!(
+        "[[service]]\naddress = \"{VIP}\"\nbackends = [{}]\n\n\
+         [[service]]\naddress = \"{vip}:{STREAM_PORT}\"\nbackends = [\"{STREAM_DAEMON}:{STREAM_PORT}\"]\n",
+        backends.join(", ")
+    )
 }

@@ -2,7 +2,7 @@
 //! crate for one chart).
 use std::fmt::Write as _;
 
-use crate::report::{fmt_num, Results, VARIANTS};
+use crate::report::{fmt_num, Results};
 
 /// The percentiles drawn, in `Latency::percentiles` order (max is left out:
 /// one outlier would squash the scale).
@@ -13,7 +13,7 @@ impl Results {
     /// percentile, one bar per variant.
     pub fn svg(&self) -> String {
         const COLORS: [&str; 3] = ["#4477aa", "#ee6677", "#228833"];
-        let variants = &VARIANTS[..3];
+        let variants = ["direct", "nftables", "dispatchd"];
         let panels = [
             ("connections", "new connections (connect, 64 B echo, close)"),
             ("rr", "requests on persistent connections (64 B)"),

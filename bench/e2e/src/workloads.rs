@@ -1,6 +1,7 @@
 //! The workloads, each measured through the testkit's clients or the packet
 //! generator in the client namespace: new connections, requests on persistent
-//! connections, bulk transfer, forwarded packets per second.
+//! connections, bulk transfer (echoed, and iperf3's one-way stream), forwarded
+//! packets per second.
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -9,7 +10,7 @@ use dispatchd_testkit::Proc;
 use crate::{
     cpu::CpuSample,
     report::Latency,
-    run::{Bench, PKTGEN_PORT},
+    run::{Bench, PKTGEN_PORT, STREAM_PORT},
 };
 
 /// The number after `key=` on the first line starting with `line_prefix` that
@@ -140,6 +141,42 @@ impl Bench {
         Ok(())
     }
 
+    /// Bulk as iperf3 measures it: one connection streaming one way, client to
+    /// daemon, for --seconds after --warmup omitted seconds (`host`: the VIP,
+    /// or the daemon's own address for direct).
+    pub fn stream(&mut self, v: &'static str, host: &str) -> Result<()> {
+        let port = STREAM_PORT.to_string();
+        let (w, s) = (
+            format!("{:.0}", self.opts.warmup.ceil().max(1.0)),
+            format!("{:.0}", self.opts.seconds.ceil().max(1.0)),
+        );
+        let cpu0 = CpuSample::now();
+        let out = self
+            .end_cmd(&self.topo.client(), "iperf3")
+            .args(["-c", host, "-p", &port, "-t", &s, "-O", &w, "-J"])
+            .output()
+            .context("running iperf3")?;
+        let cores = CpuSample::now().since(&cpu0);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("iperf3 -J printed no JSON (status {})", out.status))?;
+        if let Some(e) = report["error"].as_str() {
+            bail!("iperf3: {e}");
+        }
+        let end = &report["end"];
+        let bits = end["sum_received"]["bits_per_second"]
+            .as_f64()
+            .context("iperf3: no end.sum_received.bits_per_second")?;
+        let retransmits = end["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0);
+        eprintln!(
+            "   stream: {:.0} Mbit/s, {retransmits} retransmits",
+            bits / 1e6
+        );
+        self.results.cpu("stream", v, cores);
+        self.results.set("stream_mbit", v, bits / 1e6);
+        self.results.set("stream_retransmits", v, retransmits);
+        Ok(())
+    }
+
     /// The packet generator sends for the warm-up, prints `start`, sends for
     /// the window, prints `stop`: s0's receive counter is read at each line, so
     /// the received rate covers the same window as the sent one.
@@ -197,7 +234,7 @@ impl Bench {
             "--frame-len",
             &frame_len.to_string(),
         ]);
-        if v == "dispatchd" {
+        if v.starts_with("dispatchd") {
             cmd.arg("--syn-first");
         }
         let (mut proc, lines) = Proc::start_reading(cmd).context("starting pktgen")?;
