@@ -653,6 +653,33 @@ mod tests {
     }
 
     #[test]
+    fn the_scaling_column_shows_only_when_two_workers_were_measured() {
+        let mut r = sample();
+        r.set("rr_rate", "dispatchd", 100.0);
+        r.set("rr_rate", "nftables", 80.0);
+        let md = r.markdown();
+        assert!(!md.contains("dispatchd2"), "{md}");
+        assert!(
+            md.contains("| direct | nftables | dispatchd | bare | dispatchd/direct | dispatchd/nftables |\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| req/s | – | 80.0 | 100 | – | – | 1.25 |\n"),
+            "{md}"
+        );
+        r.set("rr_rate", "dispatchd2", 150.0);
+        let md = r.markdown();
+        assert!(
+            md.contains("| dispatchd | dispatchd2 | bare | dispatchd/direct | dispatchd/nftables | dispatchd2/dispatchd |\n| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| req/s | – | 80.0 | 100 | 150 | – | – | 1.25 | 1.50 |\n"),
+            "{md}"
+        );
+    }
+
+    #[test]
     fn earlier_results_are_still_readable() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../results");
         let mut read = 0;
