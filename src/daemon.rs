@@ -286,12 +286,10 @@ fn open_workers(
     Ok((workers, busy))
 }
 
-/// Busy polling owns a device's NAPI only if the device defers it: with
-/// `napi_defer_hard_irqs` or `gro_flush_timeout` at 0, the kernel still runs
-/// the NAPI in softirq (or its kthread) at every interrupt, beside the busy
-/// poll, and on a core shared with the worker the two take turns: measured on
-/// veth, a one-connection stream lost segments at the device's ring there and
-/// none with both set.
+/// Preferred busy polling owns a device's NAPI only if the device defers it
+/// (the kernel's AF_XDP documentation): with `napi_defer_hard_irqs` or
+/// `gro_flush_timeout` at 0, the kernel still runs the NAPI in softirq (or its
+/// kthread) at every interrupt, beside the worker's busy poll.
 fn warn_undeferred_napi(iface: &str) {
     let (defer, timeout) = match queues::napi_deferral(iface) {
         Ok(facts) => facts,

@@ -34,7 +34,7 @@ use crate::{
     sys::EventFd,
     tracked::ReplyTracker,
     xdp::TrackedMap,
-    xsk::{self, poll_readable, WorkerSockets},
+    xsk::{self, poll_readable, BusyPoll, WorkerSockets},
 };
 
 /// Empty polls an adaptive worker spins through before it sleeps in poll().
@@ -252,9 +252,7 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
                 },
             );
             count_socket(&stats, i, n_front + j, received, sent);
-            if received == 0 && from.busy_poll {
-                from.poll_device();
-            }
+            busy_poll(from, received, id);
             n_fwd += received;
             sent_fwd += sent;
         }
@@ -282,9 +280,7 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
                 |_| {},
             );
             count_socket(&stats, n_front + j, i, received, sent);
-            if received == 0 && from.busy_poll {
-                from.poll_device();
-            }
+            busy_poll(from, received, id);
             n_rev += received;
             sent_rev += sent;
         }
@@ -338,6 +334,49 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
         }
     }
     table
+}
+
+/// After a pump of `from`: an empty RX ring is busy-polled, and the first
+/// frames tell whether that can work (see [`BusyPoll::Unproven`]); where it
+/// cannot, the worker stops making the syscall and says so once.
+#[inline]
+fn busy_poll(from: &mut crate::xsk::Rings, received: usize, worker: WorkerId) {
+    match from.busy_poll {
+        BusyPoll::Off => {}
+        BusyPoll::On | BusyPoll::Unproven if received == 0 => from.poll_device(),
+        BusyPoll::On => {}
+        BusyPoll::Unproven => match from.napi_id() {
+            Ok(id) if id != 0 => {
+                tracing::info!(
+                    worker = %worker,
+                    iface = %from.iface,
+                    queue = from.queue,
+                    napi_id = id,
+                    "busy poll: {} queue {} polls NAPI {id}",
+                    from.iface,
+                    from.queue
+                );
+                from.busy_poll = BusyPoll::On;
+            }
+            outcome => {
+                tracing::warn!(
+                    worker = %worker,
+                    iface = %from.iface,
+                    queue = from.queue,
+                    "busy poll: {} queue {}'s socket has no NAPI id ({}), so there is nothing \
+                     to busy-poll (copy mode on a device whose XDP receive has none, such as \
+                     veth); the worker spins on its rings without the syscall",
+                    from.iface,
+                    from.queue,
+                    match outcome {
+                        Ok(_) => "0".to_owned(),
+                        Err(e) => e.to_string(),
+                    }
+                );
+                from.busy_poll = BusyPoll::Off;
+            }
+        },
+    }
 }
 
 /// Adds one pump's frames to the counters of the socket that received them and

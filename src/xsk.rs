@@ -112,9 +112,23 @@ pub struct Rings {
     /// Frames one TX kick sends: unbounded in zero-copy mode (the driver's
     /// NAPI drains the ring), the generic path's budget in copy mode.
     pub tx_budget: usize,
-    /// Busy polling set up: an empty RX ring is polled through recvfrom(),
+    /// Busy polling: whether an empty RX ring is polled through recvfrom(),
     /// which runs the device's NAPI in this thread.
-    pub busy_poll: bool,
+    pub busy_poll: BusyPoll,
+    /// The interface's name, for what the worker reports about this socket.
+    pub iface: String,
+}
+
+/// Busy polling of one socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BusyPoll {
+    Off,
+    /// Set up, not known to work yet: the socket learns its queue's NAPI id
+    /// from its first received frame, and a device whose XDP receive has none
+    /// (copy mode on veth) leaves it 0, where recvfrom() polls nothing.
+    Unproven,
+    /// The socket has a NAPI id: recvfrom() runs that NAPI.
+    On,
 }
 
 impl Rings {
@@ -151,6 +165,12 @@ impl Rings {
         if produced == give {
             free.truncate(start);
         }
+    }
+
+    /// The NAPI id the socket learnt from its received frames (0: none, so
+    /// busy polling it does nothing).
+    pub fn napi_id(&self) -> std::io::Result<i32> {
+        get_int_option(self.fd(), SO_INCOMING_NAPI_ID)
     }
 
     /// Busy-polls the device for this socket: recvfrom() on an AF_XDP socket
@@ -212,6 +232,7 @@ pub struct SocketOptions {
 const BUSY_POLL_USECS: libc::c_int = 20;
 const SO_PREFER_BUSY_POLL: libc::c_int = 69;
 const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+const SO_INCOMING_NAPI_ID: libc::c_int = 56;
 
 /// Opens a worker's sockets: one UMEM, then a socket for each of its front and
 /// back queues, each filled before any steering points at it, so that frames
@@ -351,7 +372,12 @@ pub fn bind_worker(
             queue,
             zerocopy,
             tx_budget,
-            busy_poll: opts.busy_poll,
+            busy_poll: if opts.busy_poll {
+                BusyPoll::Unproven
+            } else {
+                BusyPoll::Off
+            },
+            iface: iface.name.clone(),
         })
     };
     let mut open_side = |iface: &Interface, queues: &[u32]| -> Result<Vec<Rings>> {
@@ -445,26 +471,31 @@ fn set_busy_poll(fd: RawFd, batch: usize) -> std::io::Result<()> {
 /// The busy-poll options as the kernel reports them: SO_PREFER_BUSY_POLL and
 /// SO_BUSY_POLL (µs). (It has no getsockopt for SO_BUSY_POLL_BUDGET.)
 pub fn busy_poll_options(fd: RawFd) -> std::io::Result<(i32, i32)> {
-    let get = |name: libc::c_int| -> std::io::Result<i32> {
-        let mut value: libc::c_int = 0;
-        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: value and len are valid for writes of the sizes given.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                name,
-                (&mut value as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if rc == 0 {
-            Ok(value)
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
+    Ok((
+        get_int_option(fd, SO_PREFER_BUSY_POLL)?,
+        get_int_option(fd, libc::SO_BUSY_POLL)?,
+    ))
+}
+
+/// An integer SOL_SOCKET option of `fd`.
+fn get_int_option(fd: RawFd, name: libc::c_int) -> std::io::Result<i32> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: value and len are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
     };
-    Ok((get(SO_PREFER_BUSY_POLL)?, get(libc::SO_BUSY_POLL)?))
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn is_zerocopy(fd: RawFd) -> Result<bool> {

@@ -3,7 +3,7 @@
 //! every state change is there with the fields to filter on. Needs root.
 use std::time::Duration;
 
-use dispatchd_testkit::{daemon_addr, text, wait_until, Topology};
+use dispatchd_testkit::{daemon_addr, text, wait_until, Topology, VIP};
 use serde_json::Value;
 
 const DISPATCHD: &str = env!("CARGO_BIN_EXE_dispatchd");
@@ -131,10 +131,11 @@ fn a_start_up_error_is_a_json_record_and_one_line_on_stderr() {
 }
 
 /// `poll = "busy"` owns a device's NAPI only where the device defers it to the
-/// busy poll (README: busy polling): dispatchd says which of its interfaces do
-/// not, with the values it read, and which do.
+/// busy poll, and polls it only through a socket that has its NAPI id (README:
+/// busy polling): dispatchd says which interfaces defer, with the values it
+/// read, and for each socket whether there is a NAPI to poll.
 #[test]
-fn busy_poll_says_which_interfaces_do_not_defer_their_napi() {
+fn busy_poll_reports_each_interfaces_napi_deferral_and_each_sockets_napi_id() {
     let topo = Topology::up(DISPATCHD, "lgb", 1, 1);
     let _daemon = topo.serve_one(0, &[]);
     // The back defers (the values the kernel's AF_XDP documentation gives),
@@ -146,6 +147,12 @@ fn busy_poll_says_which_interfaces_do_not_defer_their_napi() {
     let mut flags = Topology::default_flags(1);
     flags.extend(["--log-format", "json", "--poll", "busy"].map(String::from));
     let mut lb = topo.dispatchd_until(&flags, r#""message":"running"#);
+    // Frames both ways: each socket learns its NAPI id, if any, from its first.
+    let out = topo.client_run(&["connect", "--to", VIP, "--connections", "5"]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until(Duration::from_secs(5), "both sockets' verdicts", || {
+        lb.output().matches("busy poll: l").count() >= 2
+    });
     lb.signal("TERM");
     wait_until(Duration::from_secs(10), "dispatchd to exit", || {
         lb.exited().is_some()
@@ -177,4 +184,32 @@ fn busy_poll_says_which_interfaces_do_not_defer_their_napi() {
             .is_some_and(|m| m.contains("l1 does not defer"))),
         "the back was reported as not deferring"
     );
+    // veth's copy-mode receive gives its sockets no NAPI id (README: busy
+    // polling), so each socket's first frames end its busy poll, once.
+    for iface in ["l0", "l1"] {
+        let verdicts: Vec<&Value> = all
+            .iter()
+            .filter(|r| {
+                r["iface"] == iface
+                    && r["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("NAPI id") || m.contains("polls NAPI"))
+            })
+            .collect();
+        assert_eq!(verdicts.len(), 1, "{iface}: {verdicts:#?}");
+        let verdict = verdicts[0];
+        assert_eq!(verdict["level"], "WARN", "{verdict}");
+        assert!(
+            verdict["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("{iface} queue 0's socket has no NAPI id (0)")),
+            "{verdict}"
+        );
+        assert_eq!(
+            (&verdict["queue"], &verdict["worker"]),
+            (&Value::from(0), &Value::from("0")),
+            "{verdict}"
+        );
+    }
 }

@@ -77,13 +77,6 @@ pub struct RunOpts {
     /// dispatchd's copy-mode receive then run in the sender's softirq (core 0).
     #[arg(long)]
     pub no_threaded_napi: bool,
-    /// In dedicated mode, dispatchd's worker runs the dispatcher's NAPI itself:
-    /// `--poll busy` (SO_PREFER_BUSY_POLL) with napi_defer_hard_irqs and
-    /// gro_flush_timeout set on l0 and l1, so a frame's XDP and copy-mode
-    /// receive run in the worker's own busy poll on the forwarding core, and no
-    /// kthread or softirq competes with it (instead of threaded NAPI).
-    #[arg(long)]
-    pub busy_poll: bool,
     /// In dedicated mode, run the threaded NAPI kthreads at SCHED_FIFO 50 (as
     /// threaded IRQ handlers run) instead of SCHED_OTHER.
     #[arg(long)]

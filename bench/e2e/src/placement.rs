@@ -91,34 +91,6 @@ fn napi_kthreads() -> BTreeSet<u32> {
     found
 }
 
-/// What the kernel documents for preferred busy polling: the device's NAPI is
-/// not rescheduled from interrupt (here: the peer's transmit) for
-/// `napi_defer_hard_irqs` rounds while a busy-polling socket keeps polling it,
-/// with `gro_flush_timeout` as the watchdog that runs it when polling stops.
-/// On l0 and l1 while dispatchd runs with `--poll busy`; undone after it.
-pub fn defer_napi(topo: &Topology, undo: &mut Undo) -> Result<()> {
-    let ns = topo.dispatcher();
-    for dev in ["l0", "l1"] {
-        let at = |attr: &str| format!("/sys/class/net/{dev}/{attr}");
-        let (defer, timeout) = (at("napi_defer_hard_irqs"), at("gro_flush_timeout"));
-        sh(
-            topo,
-            &ns,
-            &format!("echo {DEFER_HARD_IRQS} > {defer}; echo {GRO_FLUSH_TIMEOUT_NS} > {timeout}"),
-        )?;
-        undo.push(
-            &ns,
-            "sh",
-            &["-c", &format!("echo 0 > {defer}; echo 0 > {timeout}")],
-        );
-    }
-    Ok(())
-}
-
-/// The kernel's AF_XDP documentation's example values for preferred busy polling.
-pub const DEFER_HARD_IRQS: u32 = 2;
-pub const GRO_FLUSH_TIMEOUT_NS: u32 = 200_000;
-
 /// Before dispatchd starts: the kthreads that are not its interfaces'.
 pub fn napi_before() -> BTreeSet<u32> {
     napi_kthreads()

@@ -278,11 +278,7 @@ impl Results {
                     f = placement::FORWARDING_CORE,
                     c = placement::CLIENT_CORE,
                     m = opts.control_core,
-                    napi = if opts.busy_poll {
-                        "; --poll busy with napi_defer_hard_irqs 2 and gro_flush_timeout 200 µs on l0 and l1 \
-                         (--busy-poll): the worker's busy poll runs their NAPI (XDP and the copy-mode receive) \
-                         on the forwarding core, no kthread or softirq beside it"
-                    } else if opts.no_threaded_napi {
+                    napi = if opts.no_threaded_napi {
                         "; veth NAPI not threaded (--no-threaded-napi): XDP and the copy-mode receive run in the \
                          sender's softirq, on the clients' core"
                     } else {

@@ -330,10 +330,6 @@ impl Bench {
                 if self.mode == Mode::Dedicated {
                     cmd.args(["--control-core", &self.opts.control_core.to_string()]);
                 }
-                let busy_poll = self.mode == Mode::Dedicated && self.opts.busy_poll;
-                if busy_poll {
-                    cmd.args(["--poll", "busy"]);
-                }
                 if let Some(more) = &self.opts.dispatchd_args {
                     cmd.args(more.split_whitespace());
                 }
@@ -342,9 +338,7 @@ impl Bench {
                 }
                 let started = Proc::start(cmd, "dispatchd: running", Duration::from_secs(10));
                 lb = Some(started.context("starting dispatchd")?);
-                if busy_poll {
-                    placement::defer_napi(&self.topo, &mut undo)?;
-                } else if self.mode == Mode::Dedicated && !self.opts.no_threaded_napi {
+                if self.mode == Mode::Dedicated && !self.opts.no_threaded_napi {
                     let names =
                         placement::thread_napi(&self.topo, self.opts.napi_fifo, &napi, &mut undo)?;
                     if !self
