@@ -50,6 +50,7 @@ fn plane(policy: PolicyKind) -> Dataplane {
     }
     let services = [ServiceConfig {
         address: VIP,
+        protocol: dispatchd::config::Protocol::Tcp,
         policy,
         backends,
         health: Default::default(),

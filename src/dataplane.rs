@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     balance::{BackendSpec, BackendState, PolicyKind, Pool},
-    config::{daemons_of, ServiceConfig},
+    config::{daemons_of, Protocol, ServiceConfig},
     flow::{FlowHash, FlowKey, FlowRecord, FlowTable, InsertError, RstWindow, TcpState},
     ids::{BackendId, PoolIndex, ServiceId, WorkerId},
     neigh::NextHop,
@@ -41,6 +41,8 @@ pub struct Retired {
     pub daemon: SocketAddrV4,
     /// The service it answered for: its replies still leave as from it.
     pub service: SocketAddrV4,
+    /// That service's protocol: the daemon's replies are of it.
+    pub protocol: Protocol,
 }
 
 /// What a worker needs to decide a frame's fate; built once per worker at start
@@ -830,6 +832,7 @@ pub(crate) mod testing {
     ) -> Dataplane {
         let services = [ServiceConfig {
             address: vip,
+            protocol: crate::config::Protocol::Tcp,
             policy,
             backends: daemons
                 .iter()
@@ -1107,6 +1110,7 @@ mod tests {
         };
         let only_b = [ServiceConfig {
             address: VIP,
+            protocol: crate::config::Protocol::Tcp,
             policy: PolicyKind::RoundRobin,
             backends: vec![BackendSpec { addr: b, weight: 1 }],
             health: Default::default(),
@@ -1114,6 +1118,7 @@ mod tests {
         let retired = [Retired {
             daemon: a,
             service: VIP,
+            protocol: crate::config::Protocol::Tcp,
         }];
         let mut table = FlowTable::with_capacity(16);
         let stats = WorkerStats::default();

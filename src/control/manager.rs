@@ -1574,6 +1574,7 @@ impl<'a> Manager<'a> {
             .map(|b| Retired {
                 daemon: b.addr,
                 service: b.service,
+                protocol: b.protocol,
             })
             .collect();
         match new.control.on_remove {

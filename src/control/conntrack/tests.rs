@@ -7,6 +7,7 @@ const T: Timeouts = Timeouts {
     idle: Duration::from_secs(300),
     linger: Duration::from_secs(2),
     rst_linger: Duration::from_secs(10),
+    udp_idle: Duration::from_secs(300),
 };
 
 fn key(i: u32) -> FlowKey {
@@ -200,6 +201,7 @@ fn defaults() {
             idle: Duration::from_secs(300),
             linger: Duration::from_secs(2),
             rst_linger: Duration::from_secs(10),
+            udp_idle: Duration::from_secs(300),
         }
     );
     let t = ConnTracker::default();
@@ -759,12 +761,14 @@ mod model {
         idle: Duration::from_secs(5),
         linger: Duration::ZERO,
         rst_linger: Duration::from_secs(1),
+        udp_idle: Duration::from_secs(300),
     };
     const SMALL: Timeouts = Timeouts {
         syn: Duration::from_secs(10),
         idle: Duration::from_secs(30),
         linger: Duration::from_secs(2),
         rst_linger: Duration::from_secs(4),
+        udp_idle: Duration::from_secs(300),
     };
 
     #[derive(Clone, Copy, Debug)]
