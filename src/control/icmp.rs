@@ -15,7 +15,6 @@ use crate::{
     flow::FlowKey,
     packet::{
         icmp::{IcmpDrop, IcmpError},
-        ipv4::PROTO_TCP,
         MacPair,
     },
 };
@@ -65,7 +64,11 @@ pub fn to_daemon(
 ) -> Result<&[u8], Untranslated> {
     let mut error = IcmpError::parse(frame).map_err(Untranslated::Invalid)?;
     // The quote is the reply: from the service, to the client.
-    let key = FlowKey::new(error.quoted_dst(), error.quoted_src(), PROTO_TCP);
+    let key = FlowKey::new(
+        error.quoted_dst(),
+        error.quoted_src(),
+        error.quoted_protocol(),
+    );
     let daemon = daemon_of(key).ok_or(Untranslated::NoConnection)?;
     let dst = next_hop(daemon).ok_or(Untranslated::NoNextHop)?;
     error.rewrite_to_daemon(daemon, &MacPair { src: back_mac, dst });
@@ -91,6 +94,7 @@ mod tests {
     use dispatchd_testkit::frame::{FrameSpec, IcmpKind, IcmpSpec};
 
     use super::*;
+    use crate::packet::ipv4::PROTO_TCP;
 
     const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 40000);
     const SERVICE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80);
