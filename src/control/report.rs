@@ -548,6 +548,8 @@ pub fn conns(
 struct BackendRow {
     daemon: SocketAddrV4,
     service: SocketAddrV4,
+    /// Its service's protocol: "tcp" or "udp".
+    protocol: &'static str,
     health: &'static str,
     draining: bool,
     state: String,
@@ -662,6 +664,7 @@ fn backend_row(
     BackendRow {
         daemon: b.addr,
         service: b.service,
+        protocol: b.protocol.as_str(),
         health: if b.health.health() == Health::Up {
             "up"
         } else {
@@ -715,7 +718,7 @@ pub fn backends_text<'a>(
             out,
             "{} service {} health {} state {} active {} inactive {} weight {weight} override {} next_hop {next_hop}",
             r.daemon,
-            r.service,
+            super::metrics::service_label(r.service, b.protocol),
             r.health,
             r.state,
             r.active,
