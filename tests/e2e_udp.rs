@@ -187,6 +187,7 @@ fn idle_flows_expire_and_a_new_datagram_starts_a_new_one() {
     let sent = Instant::now();
     let stats = topo.stats();
     assert_eq!(u64_at(&stats, "/connections"), 20, "{stats}");
+    assert_eq!(u64_at(&stats, "/udp_flows"), 20, "{stats}");
     assert_eq!(sum_of(&stats, "flows"), 20, "records in the table: {stats}");
     let active: u64 = {
         let json: Value =
@@ -202,7 +203,7 @@ fn idle_flows_expire_and_a_new_datagram_starts_a_new_one() {
     // Idle for udp_idle_ms: the tracker asks, the worker removes.
     let waited = wait_until(Duration::from_secs(5), "the UDP records expired", || {
         let j = topo.stats();
-        u64_at(&j, "/connections") == 0 && sum_of(&j, "flows") == 0
+        u64_at(&j, "/connections") == 0 && u64_at(&j, "/udp_flows") == 0 && sum_of(&j, "flows") == 0
     });
     let gone_after = sent.elapsed();
     println!("20 idle UDP flows gone {gone_after:?} after their datagram (udp_idle_ms 1000, polled for {waited:?})");

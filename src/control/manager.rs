@@ -490,6 +490,7 @@ impl<'a> Manager<'a> {
             workers: &self.stats,
             xdp: self.steering.counters().ok(),
             connections: self.tracker.len(),
+            udp_flows: self.tracker.udp_len(),
             ignored_events: self.tracker.ignored_events(),
             recovery: self.tracker.recovery(),
             timer_entries: self.tracker.timer_entries(),

@@ -107,6 +107,7 @@ struct Scrape {
     workers: Vec<Arc<WorkerStats>>,
     xdp: Option<[u64; COUNTER_NAMES.len()]>,
     connections: u64,
+    udp_flows: u64,
     ready: bool,
     recovery: [(&'static str, u64); 2],
     icmp: Vec<(&'static str, u64)>,
@@ -126,6 +127,7 @@ pub fn render(s: &StatsSnapshot<'_>, extra: ScrapeExtra) -> String {
         workers: s.workers.to_vec(),
         xdp: s.xdp,
         connections: s.connections as u64,
+        udp_flows: s.udp_flows as u64,
         ready: s.ready,
         recovery: [
             ("confirmed", s.recovery.confirmed),
@@ -545,6 +547,13 @@ impl Scrape {
         .gauge(&NONE, self.connections as i64)?;
         family(
             e,
+            "dispatchd_udp_flows",
+            "UDP flows tracked (of dispatchd_connections).",
+            MetricType::Gauge,
+        )?
+        .gauge(&NONE, self.udp_flows as i64)?;
+        family(
+            e,
             "dispatchd_ready",
             "1 while every worker runs, every service has a healthy daemon and no stop is under way \
              (GET /ready says why not).",
@@ -779,6 +788,7 @@ mod tests {
             workers,
             xdp: Some([7; COUNTER_NAMES.len()]),
             connections: 3,
+            udp_flows: 1,
             ignored_events: 0,
             recovery: RecoveryCounts::default(),
             timer_entries: 0,
@@ -868,6 +878,7 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("dispatchd_build_info{version=\""));
+        assert!(page.contains("dispatchd_udp_flows 1\n"), "{page}");
         assert!(page.contains("dispatchd_reload_pending_restart{key=\"poll\"} 1\n"));
         assert!(page.contains("dispatchd_reload_pending_restart{key=\"batch\"} 0\n"));
         assert_eq!(

@@ -55,6 +55,8 @@ pub struct StatsSnapshot<'a> {
     pub workers: &'a [std::sync::Arc<WorkerStats>],
     pub xdp: Option<[u64; COUNTER_NAMES.len()]>,
     pub connections: usize,
+    /// Of `connections`, the UDP flows.
+    pub udp_flows: usize,
     pub ignored_events: u64,
     /// What became of the records made by recovery (confirmed, expired).
     pub recovery: RecoveryCounts,
@@ -260,8 +262,8 @@ pub fn stats_text(s: &StatsSnapshot<'_>) -> String {
     );
     let _ = writeln!(
         out,
-        "connections {} ignored_events {} timer_entries {} loop_round_max_ns {} loop_round_max_1s_ns {}",
-        s.connections, s.ignored_events, s.timer_entries, s.loop_round_max_ns, s.loop_round_max_1s_ns
+        "connections {} udp_flows {} ignored_events {} timer_entries {} loop_round_max_ns {} loop_round_max_1s_ns {}",
+        s.connections, s.udp_flows, s.ignored_events, s.timer_entries, s.loop_round_max_ns, s.loop_round_max_1s_ns
     );
     let _ = writeln!(
         out,
@@ -361,6 +363,8 @@ struct StatsJson<'a> {
     /// rtnetlink: notifications handled, route requests, resyncs, faults.
     netlink: NetlinkStats,
     connections: usize,
+    /// Of `connections`, the UDP flows.
+    udp_flows: usize,
     ignored_events: u64,
     /// Records made by recovery: proven by the client, or expired unproven.
     recovery: RecoveryCounts,
@@ -453,6 +457,7 @@ pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
         next_hops: s.next_hops,
         netlink: s.netlink,
         connections: s.connections,
+        udp_flows: s.udp_flows,
         ignored_events: s.ignored_events,
         recovery: s.recovery,
         timer_entries: s.timer_entries,

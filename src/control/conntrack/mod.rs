@@ -143,6 +143,8 @@ struct Conn {
 pub struct ConnTracker {
     timeouts: Timeouts,
     conns: AHashMap<u128, Conn>,
+    /// How many of `conns` are UDP flows.
+    udp: usize,
     /// Connections per daemon, kept up to date as they come, change phase and
     /// go, so that asking costs O(daemons), not a walk of every connection.
     per_daemon: AHashMap<SocketAddrV4, BackendConns>,
@@ -220,6 +222,7 @@ impl ConnTracker {
         Self {
             timeouts,
             conns: AHashMap::new(),
+            udp: 0,
             per_daemon: AHashMap::new(),
             timers: Timers::default(),
             ignored: 0,
@@ -326,6 +329,7 @@ impl ConnTracker {
             Event::Removed { key, at_ns } => {
                 if current(&mut self.conns, &mut self.ignored, key, at_ns).is_some() {
                     if let Some(gone) = self.conns.remove(&key.packed()) {
+                        self.udp -= usize::from(is_udp(&gone.info.key));
                         count(&mut self.per_daemon, &gone.info, false);
                     }
                 }
@@ -379,7 +383,9 @@ impl ConnTracker {
         // The client reused the port: the new record replaces the old one (whose
         // heap entry is now stale). If another worker held it, drop its copy.
         count(&mut self.per_daemon, &conn.info, true);
-        if let Some(old) = self.conns.insert(key.packed(), conn) {
+        let old = self.conns.insert(key.packed(), conn);
+        self.udp += usize::from(old.is_none() && is_udp(&key));
+        if let Some(old) = old {
             count(&mut self.per_daemon, &old.info, false);
             if old.info.worker != worker {
                 let opened_ns = old.info.opened_ns;
@@ -417,6 +423,7 @@ impl ConnTracker {
                         self.recovery.expired += 1;
                     }
                     if let Some(gone) = self.conns.remove(&packed) {
+                        self.udp -= usize::from(is_udp(&gone.info.key));
                         count(&mut self.per_daemon, &gone.info, false);
                     }
                     out.push((worker, FlowCommand::Remove { key, opened_ns }));
@@ -432,6 +439,11 @@ impl ConnTracker {
 
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()
+    }
+
+    /// How many of the tracked records are UDP flows.
+    pub fn udp_len(&self) -> usize {
+        self.udp
     }
 
     /// Events for keys not tracked (late segments after a removal, lost `Opened`).

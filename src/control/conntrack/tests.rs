@@ -1176,6 +1176,7 @@ fn a_udp_flow_is_established_at_once_and_ends_when_idle_for_its_own_timeout() {
         assert_eq!(t.get(&k).unwrap().phase, Phase::Established);
     }
     assert_eq!(t.per_daemon()[&daemon(0)].active, 2);
+    assert_eq!(t.udp_len(), 2);
     // The UDP idle timeout, not syn's (10 s) nor TCP's idle (300 s).
     assert!(exp(&mut t, 29 * S).is_empty());
     let probe = |k: FlowKey, now: u64| Command::RemoveIfIdle {
@@ -1198,7 +1199,10 @@ fn a_udp_flow_is_established_at_once_and_ends_when_idle_for_its_own_timeout() {
     };
     assert_eq!(exp(&mut t, 30 * S + 1), [probe(udp_key(2), 30 * S + 1)]);
     assert!(ev(&mut t, removed, 31 * S).is_empty());
-    assert_eq!(t.len(), 1);
+    assert_eq!((t.len(), t.udp_len()), (1, 1));
+    // A TCP connection beside it is not one.
+    assert!(ev(&mut t, opened(1, 3, 0), 32 * S).is_empty());
+    assert_eq!((t.len(), t.udp_len()), (2, 1));
     assert_eq!(
         t.recovery(),
         RecoveryCounts::default(),
