@@ -538,15 +538,12 @@ pub fn forward(
                 return drop_with(stats, WorkerDrop::UnknownService);
             };
             let slot = &mut plane.services[service.index()];
-            // A UDP flow's record may be missing mid-flow (a restart, another
-            // instance) with nothing to tell: Maglev's recovery table, which
-            // keeps a draining daemon's flows, places it as TCP recovery would.
-            let pick = if is_udp {
-                slot.pool.recover(&key).or_else(|| slot.pool.select(&key))
-            } else {
-                slot.pool.select(&key)
-            };
-            let Some(local) = pick else {
+            // A UDP datagram without a record may be a flow's first or one
+            // whose record is gone (a restart, another instance): nothing
+            // tells them apart. Maglev's pick is a pure function of the daemons
+            // taking new flows, so the same set places a flow where it was;
+            // a draining daemon takes no new flow, as for TCP.
+            let Some(local) = slot.pool.select(&key) else {
                 return drop_with(stats, WorkerDrop::NoBackend);
             };
             let backend = slot.backend(local);
@@ -1169,6 +1166,63 @@ mod tests {
         let mut tcp_reply = testing::segment(udp[0], CLIENT, 0x12);
         assert!(!reverse(&mut tcp_reply, &plane, &mut events, &stats, 50));
         assert_eq!(stats.dropped[WorkerDrop::UnknownDaemon as usize].get(), 1);
+    }
+
+    #[test]
+    fn a_udp_flow_without_its_record_goes_on_to_its_maglev_daemon() {
+        let daemons: Vec<SocketAddrV4> = (0..5)
+            .map(|i| SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 21 + i), 5353))
+            .collect();
+        let maglev_udp = || {
+            let services = [ServiceConfig {
+                address: VIP,
+                protocol: Protocol::Udp,
+                policy: PolicyKind::Maglev,
+                backends: daemons
+                    .iter()
+                    .map(|&addr| BackendSpec { addr, weight: 1 })
+                    .collect(),
+                health: Default::default(),
+            }];
+            let hops: Arc<[NextHop]> = daemons.iter().map(|_| NextHop::default()).collect();
+            hops.iter().for_each(|h| h.set(Some([6; 6])));
+            Dataplane::build(WorkerId(0), &services, &[], hops, [8; 6]).expect("a valid service")
+        };
+        // Two instances (or one before and after a restart): each datagram of
+        // a flow, met first on either, goes to the same daemon.
+        let (mut first, mut second) = (maglev_udp(), maglev_udp());
+        let (mut table_a, mut table_b) =
+            (FlowTable::with_capacity(256), FlowTable::with_capacity(256));
+        let stats = WorkerStats::default();
+        let (mut events, _rx) = testing::events();
+        let mut used = std::collections::BTreeSet::new();
+        for i in 0..64 {
+            let client = SocketAddrV4::new(Ipv4Addr::new(198, 18, 7, i as u8), 20000 + i);
+            let mut on_a = datagram(client, VIP, true);
+            let mut on_b = on_a.clone();
+            assert!(forward(
+                &mut on_a,
+                &mut table_a,
+                &mut first,
+                &mut events,
+                &stats,
+                1,
+                None
+            ));
+            assert!(forward(
+                &mut on_b,
+                &mut table_b,
+                &mut second,
+                &mut events,
+                &stats,
+                2,
+                None
+            ));
+            let a = L4Frame::parse(&mut on_a).unwrap().dst();
+            assert_eq!(a, L4Frame::parse(&mut on_b).unwrap().dst(), "{client}");
+            used.insert(a);
+        }
+        assert!(used.len() >= 4, "the flows spread: {used:?}");
     }
 
     #[test]

@@ -155,6 +155,11 @@ fn queries_from_many_ports_spread_and_a_long_flow_stays_on_its_daemon() {
     assert_eq!(q.per_daemon.len(), 1, "{}", q.raw);
     let stats = topo.stats();
     assert_eq!(sum_of(&stats, "new_flows"), 201, "{stats}");
+    let conns = topo.ctl(&["conns"]);
+    assert!(
+        conns.contains("-> 198.18.0.100:53/udp -> 198.19.0.1"),
+        "ctl conns names the protocol: {conns}"
+    );
     // `ctl backends` names the service with its protocol.
     let backends = topo.ctl(&["backends"]);
     assert!(

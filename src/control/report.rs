@@ -473,6 +473,8 @@ pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
 struct ConnRow {
     client: SocketAddrV4,
     service: SocketAddrV4,
+    /// "tcp" or "udp".
+    protocol: &'static str,
     daemon: SocketAddrV4,
     worker: WorkerId,
     state: String,
@@ -483,6 +485,11 @@ fn conn_row(c: &ConnInfo, now_ns: u64) -> ConnRow {
     ConnRow {
         client: c.key.client(),
         service: c.key.service(),
+        protocol: if c.key.protocol == crate::config::Protocol::Udp.number() {
+            "udp"
+        } else {
+            "tcp"
+        },
         daemon: c.daemon,
         worker: c.worker,
         state: format!("{:?}", c.phase),
@@ -536,8 +543,14 @@ pub fn conns(
     for r in &rows {
         let _ = writeln!(
             out,
-            "{} -> {} -> {} worker {} {} age {} ms",
-            r.client, r.service, r.daemon, r.worker, r.state, r.age_ms
+            "{} -> {}{} -> {} worker {} {} age {} ms",
+            r.client,
+            r.service,
+            if r.protocol == "udp" { "/udp" } else { "" },
+            r.daemon,
+            r.worker,
+            r.state,
+            r.age_ms
         );
     }
     let _ = writeln!(
