@@ -481,3 +481,20 @@ fn a_tcp_and_a_udp_service_share_a_vip_port() {
     assert_eq!(sum_of(&stats, "new_flows"), 80, "{stats}");
     still_running(&mut lb);
 }
+
+#[test]
+fn tracked_replies_carry_udp_flows_too() {
+    let topo = Topology::up(DISPATCHD, "dutracked", 2, 1);
+    let _servers = udp_serve(&topo, &[0, 1]);
+    let file = config(&topo, UDP_VIP, 2, "reply_mode = \"tracked\"", "");
+    let mut lb = topo.dispatchd(&["--config", &file]);
+    wait_all_up(&topo);
+    let q = query(&topo, UDP_VIP, &["--clients", "50", "--count", "2"]);
+    assert_eq!((q.ok, q.lost, q.switched), (100, 0, 0), "{}", q.raw);
+    let stats = topo.stats();
+    // Each flow's reply key reached the kernel's map (the program takes only
+    // tracked replies in this mode).
+    assert_eq!(sum_of(&stats, "tracked_inserted"), 50, "{stats}");
+    assert_eq!(sum_of(&stats, "tracked_failed"), 0, "{stats}");
+    still_running(&mut lb);
+}
