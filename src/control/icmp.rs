@@ -141,6 +141,47 @@ mod tests {
     }
 
     #[test]
+    fn an_error_about_a_udp_answer_goes_to_its_flows_daemon_and_not_a_tcp_ones() {
+        let about = |from, to, at, ttl| {
+            let answer = FrameSpec {
+                ttl: 63,
+                payload: vec![7; 100],
+                ..FrameSpec::udp(from, to)
+            }
+            .build();
+            IcmpSpec {
+                src_mac: [2, 0, 0, 0, 0x7e, 1],
+                dst_mac: [2, 0, 0, 0, 0xf0, 1],
+                src: ROUTER,
+                dst: at,
+                ttl,
+                tos: 0xc0,
+                kind: IcmpKind::PortUnreachable,
+                quote: answer.ip_packet().to_vec(),
+            }
+            .build()
+            .into_bytes()
+        };
+        let udp_flow = |key: FlowKey| {
+            (key == FlowKey::new(CLIENT, SERVICE, crate::packet::ipv4::PROTO_UDP)).then_some(DAEMON)
+        };
+        let mut f = about(SERVICE, CLIENT, *SERVICE.ip(), 64);
+        let sent = to_daemon(&mut f, udp_flow, |_| Some(HOP), BACK_MAC)
+            .expect("translated")
+            .to_vec();
+        let mut want = about(DAEMON, CLIENT, *DAEMON.ip(), 63);
+        want[..6].copy_from_slice(&HOP);
+        want[6..12].copy_from_slice(&BACK_MAC);
+        assert_eq!(sent, want);
+        // The TCP connection on the same ports is another flow.
+        let mut f = about(SERVICE, CLIENT, *SERVICE.ip(), 64);
+        assert_eq!(
+            to_daemon(&mut f, tracked, |_| Some(HOP), BACK_MAC).err(),
+            Some(Untranslated::NoConnection)
+        );
+    }
+
+    #[test]
     fn what_is_not_translated_says_why() {
         let other = SocketAddrV4::new(*CLIENT.ip(), 40001);
         let mut f = error_about(SERVICE, other, *SERVICE.ip(), 64);
