@@ -8,7 +8,14 @@ use libbpf_cargo::SkeletonBuilder;
 const SRC: &str = "bpf/steer.bpf.c";
 const HEADERS: &[&str] = &["bpf/steer.h"];
 /// The `#define`s of the shared header that user space needs as well.
-const LIMITS: &[&str] = &["MAX_QUEUES", "MAX_SERVICES", "MAX_DAEMONS", "MAX_TRACKED"];
+const LIMITS: &[&str] = &[
+    "MAX_QUEUES",
+    "MAX_SERVICES",
+    "MAX_DAEMONS",
+    "MAX_TRACKED",
+    "VIP_TCP",
+    "VIP_UDP",
+];
 
 /// `pub const NAME: u32 = VALUE;` for each of [`LIMITS`], read from `header`.
 fn limits(header: &str) -> String {

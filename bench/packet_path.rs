@@ -29,6 +29,8 @@ use dispatchd::{
 use dispatchd_testkit::frame::{tcp_flags, FrameSpec};
 
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80);
+/// The UDP rows' service: the same VIP and port, protocol UDP.
+const UDP: u8 = 17;
 const ESTABLISHED_FLOWS: u32 = 1_000_000;
 /// Distinct frames cycled through, so lookups touch the table like real traffic.
 const FRAME_SET: usize = 4096;
@@ -43,6 +45,10 @@ fn daemons() -> Vec<BackendSpec> {
 }
 
 fn plane(policy: PolicyKind) -> Dataplane {
+    plane_of(policy, dispatchd::config::Protocol::Tcp)
+}
+
+fn plane_of(policy: PolicyKind, protocol: dispatchd::config::Protocol) -> Dataplane {
     let backends = daemons();
     let next_hops: Arc<[NextHop]> = backends.iter().map(|_| NextHop::default()).collect();
     for hop in next_hops.iter() {
@@ -50,6 +56,7 @@ fn plane(policy: PolicyKind) -> Dataplane {
     }
     let services = [ServiceConfig {
         address: VIP,
+        protocol,
         policy,
         backends,
         health: Default::default(),
@@ -80,6 +87,15 @@ fn tcp_frame(src: SocketAddrV4, dst: SocketAddrV4, syn: bool, payload: usize) ->
         ..FrameSpec::tcp(src, dst)
     };
     spec.build().into_bytes()
+}
+
+fn udp_frame(src: SocketAddrV4, dst: SocketAddrV4, payload: usize) -> Vec<u8> {
+    FrameSpec {
+        payload: vec![0x5a; payload],
+        ..FrameSpec::udp(src, dst)
+    }
+    .build()
+    .into_bytes()
 }
 
 /// Times `handler` over `iters` frames taken in turn from `templates`, prefetching
@@ -237,6 +253,8 @@ fn bench(c: &mut Criterion) {
             timed_passes(&replies, iters, &mut handler)
         })
     });
+    drop(table);
+    udp_rows(&mut g, &stats, &mut sink, &mut events);
     tracked_sync(&mut g);
     g.finish();
     assert_eq!(
@@ -244,6 +262,89 @@ fn bench(c: &mut Criterion) {
         0,
         "every benchmarked frame was forwarded"
     );
+}
+
+/// The UDP rows, on a table of their own with a million UDP flows (the TCP
+/// table is dropped first): a datagram of an established flow (cold, as the
+/// TCP row), a flow's first datagram, and a daemon's answer.
+fn udp_rows(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    stats: &WorkerStats,
+    sink: &mut protocol::EventSink,
+    events: &mut protocol::ring::Consumer<protocol::Event>,
+) {
+    let mut table = FlowTable::with_capacity(DEFAULT_FLOW_CAPACITY);
+    let mut rr = plane_of(PolicyKind::RoundRobin, dispatchd::config::Protocol::Udp);
+    for i in 0..ESTABLISHED_FLOWS {
+        let mut first = udp_frame(client(i), VIP, 32);
+        assert!(forward(
+            &mut first, &mut table, &mut rr, sink, stats, 1, None
+        ));
+        if i % 1024 == 0 {
+            sink.flush();
+            events.try_iter().for_each(drop);
+        }
+    }
+    sink.flush();
+    events.try_iter().for_each(drop);
+    assert_eq!(table.len(), ESTABLISHED_FLOWS as usize);
+    let step = ESTABLISHED_FLOWS / FRAME_SET as u32;
+    let datagrams: Vec<Vec<u8>> = (0..FRAME_SET as u32)
+        .map(|k| udp_frame(client(k * step), VIP, 32))
+        .collect();
+    g.bench_function("forward_udp_established_cold_1m_flows", |b| {
+        b.iter_custom(|iters| {
+            let mut handler = Forwarder {
+                table: &mut table,
+                plane: &mut rr,
+                events: &mut *sink,
+                stats,
+                now_ns: 2,
+            };
+            timed_passes(&datagrams, iters, &mut handler)
+        })
+    });
+    const CHUNK: u32 = 16_384;
+    let fresh = |k: u32| client(ESTABLISHED_FLOWS + k);
+    let firsts: Vec<Vec<u8>> = (0..CHUNK).map(|k| udp_frame(fresh(k), VIP, 32)).collect();
+    g.bench_function("new_udp_flow_round_robin", |b| {
+        b.iter_custom(|iters| {
+            let mut elapsed = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(u64::from(CHUNK)) as usize;
+                let mut handler = Forwarder {
+                    table: &mut table,
+                    plane: &mut rr,
+                    events: &mut *sink,
+                    stats,
+                    now_ns: 3,
+                };
+                elapsed += timed_passes(&firsts[..n], n as u64, &mut handler);
+                for k in 0..n as u32 {
+                    table.remove(&FlowKey::new(fresh(k), VIP, UDP));
+                }
+                sink.flush();
+                events.try_iter().for_each(drop);
+                left -= n as u64;
+            }
+            elapsed
+        })
+    });
+    let answers: Vec<Vec<u8>> = (0..FRAME_SET as u32)
+        .map(|k| udp_frame(daemons()[k as usize % 4].addr, client(k), 32))
+        .collect();
+    g.bench_function("reverse_udp", |b| {
+        b.iter_custom(|iters| {
+            let mut handler = Reverser {
+                plane: &rr,
+                events: &mut *sink,
+                stats,
+                now_ns: 2,
+            };
+            timed_passes(&answers, iters, &mut handler)
+        })
+    });
 }
 
 /// reply_mode "tracked": what a connection costs the worker in map writes, in

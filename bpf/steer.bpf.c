@@ -3,10 +3,11 @@
  * interface. It only decides *whether* a frame belongs to dispatchd; every rewrite
  * but the reply's Ethernet addresses happens in user space on the AF_XDP socket.
  *
- * front: IPv4/TCP frames to a configured (VIP, port)   -> front XSK of the rx queue
+ * front: IPv4/TCP and UDP frames to a configured
+ *        (VIP, port, protocol)                         -> front XSK of the rx queue
  *        ICMP errors to a VIP quoting a service's reply -> front XSK (the loop finds
  *                                                        the connection's daemon)
- * back:  IPv4/TCP frames from a configured daemon that
+ * back:  IPv4/TCP and UDP frames from a configured daemon that
  *        the kernel would route out of the front (and,
  *        with reply_mode "tracked", of a tracked
  *        connection)                                   -> back XSK of the rx queue,
@@ -66,7 +67,8 @@ struct {
 	__type(value, struct daemon_info);
 } daemons SEC(".maps");
 
-/* The VIPs alone (any port): TCP frames to them that cannot be matched to a
+/* The VIPs alone (any port), with the protocols of their services (VIP_TCP,
+ * VIP_UDP): frames of such a protocol to them that cannot be matched to a
  * service because they are malformed are dropped and counted, not passed. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -128,15 +130,18 @@ static __always_inline int count(__u32 which, int verdict)
 	return verdict;
 }
 
-/* Where the walk to the TCP ports ended. */
+/* Where the walk to the TCP or UDP ports ended. */
 enum walk {
 	WALK_OK,        /* iph and tcph (first four bytes) readable */
-	WALK_NOT_OURS,  /* not IPv4/TCP, or unreadable: the kernel's business */
-	WALK_MALFORMED, /* IPv4/TCP with IHL < 5 or cut before the ports */
+	WALK_NOT_OURS,  /* not IPv4/TCP or UDP, or unreadable: the kernel's business */
+	WALK_MALFORMED, /* IPv4/TCP or UDP with IHL < 5 or cut before the ports */
 	WALK_FRAGMENT,  /* a non-first fragment: no ports to match */
 };
 
-/* Bounds-checked walk to the TCP ports. Frames with IP options or first
+/* Bounds-checked walk to the TCP or UDP ports (the first four bytes of either
+ * header, so `tcph` stands for both and only its ports are read). A UDP
+ * length field is not checked here: a frame of a service with a wrong one
+ * reaches user space, which counts it by reason. Frames with IP options or first
  * fragments still reach user space when they hit a service, so that they are
  * counted there by reason rather than silently handed to the kernel; what cannot
  * be matched to a service is counted here. */
@@ -168,7 +173,7 @@ static __always_inline enum walk walk(void *data, void *data_end, struct iphdr *
 		return WALK_NOT_OURS;
 	}
 	*iph_out = iph;
-	if (iph->protocol != IPPROTO_TCP)
+	if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP)
 		return WALK_NOT_OURS;
 	if (iph->frag_off & bpf_htons(0x1fff))
 		return WALK_FRAGMENT;
@@ -176,7 +181,7 @@ static __always_inline enum walk walk(void *data, void *data_end, struct iphdr *
 	if (ihl_bytes < sizeof(*iph))
 		return WALK_MALFORMED;
 	tcph = (void *)iph + ihl_bytes;
-	/* The ports are the first four bytes of the TCP header. */
+	/* The ports are the first four bytes of the TCP and the UDP header. */
 	if ((void *)tcph + 4 > data_end)
 		return WALK_MALFORMED;
 	*tcph_out = tcph;
@@ -195,8 +200,9 @@ static __always_inline int to_socket(__u32 slot, __u32 steered)
 
 static __always_inline int steer_front(struct xdp_md *ctx, struct iphdr *iph, struct tcphdr *tcph)
 {
-	struct endpoint key = { .addr = iph->daddr, .port = tcph->dest };
+	struct endpoint key = { .addr = iph->daddr, .port = tcph->dest, .protocol = iph->protocol };
 
+	/* A VIP port with a service of the other protocol only is the host's. */
 	if (!bpf_map_lookup_elem(&services, &key))
 		return count(CNT_PASSED, XDP_PASS);
 	return to_socket(ctx->rx_queue_index, CNT_FRONT_STEERED);
@@ -207,10 +213,10 @@ static __always_inline int steer_front(struct xdp_md *ctx, struct iphdr *iph, st
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 
-/* The quote of an ICMP error that TCP acts on (destination unreachable, time
- * exceeded, parameter problem; not the deprecated source quench, which hosts
- * ignore): an option-less IPv4 header of a TCP segment that carries its ports,
- * and the 8 bytes of TCP header RFC 792 promises. The outer header must have no
+/* The quote of an ICMP error that TCP and UDP act on (destination unreachable,
+ * time exceeded, parameter problem; not the deprecated source quench, which
+ * hosts ignore): an option-less IPv4 header of a TCP segment or UDP datagram
+ * that carries its ports, and the 8 bytes of L4 header RFC 792 promises. The outer header must have no
  * options and not be a fragment (an error of at most 576 bytes never is).
  * Returns the quoted IPv4 header and its ports, or 0: not one to translate, and
  * the kernel's business. */
@@ -232,7 +238,7 @@ static __always_inline struct iphdr *icmp_quote(void *data_end, struct iphdr *ip
 	quote = (void *)(icmp + 1);
 	if ((void *)(quote + 1) > data_end)
 		return 0;
-	if (quote->ihl != 5 || quote->protocol != IPPROTO_TCP ||
+	if (quote->ihl != 5 || (quote->protocol != IPPROTO_TCP && quote->protocol != IPPROTO_UDP) ||
 	    (quote->frag_off & bpf_htons(IP_OFFSET)))
 		return 0;
 	p = (void *)(quote + 1);
@@ -259,6 +265,7 @@ static __always_inline int steer_front_icmp(struct xdp_md *ctx, void *data_end, 
 		return count(CNT_PASSED, XDP_PASS);
 	key.addr = quote->saddr;
 	key.port = ports[0];
+	key.protocol = quote->protocol;
 	if (!bpf_map_lookup_elem(&services, &key))
 		return count(CNT_PASSED, XDP_PASS);
 	return to_socket(ctx->rx_queue_index, CNT_ICMP_FRONT_STEERED);
@@ -480,7 +487,7 @@ static __always_inline int to_client(struct xdp_md *ctx, struct ethhdr *eth, str
 static __always_inline int steer_back(struct xdp_md *ctx, struct ethhdr *eth,
 				      struct iphdr *iph, struct tcphdr *tcph)
 {
-	struct endpoint key = { .addr = iph->saddr, .port = tcph->source };
+	struct endpoint key = { .addr = iph->saddr, .port = tcph->source, .protocol = iph->protocol };
 	struct daemon_info *daemon;
 	int verdict;
 
@@ -514,6 +521,7 @@ static __always_inline int steer_back_icmp(struct xdp_md *ctx, struct ethhdr *et
 		return count(CNT_PASSED, XDP_PASS);
 	key.addr = quote->daddr;
 	key.port = ports[1];
+	key.protocol = quote->protocol;
 	daemon = bpf_map_lookup_elem(&daemons, &key);
 	if (!daemon)
 		return count(CNT_PASSED, XDP_PASS);
@@ -532,6 +540,7 @@ int dispatchd_steer(struct xdp_md *ctx)
 	struct tcphdr *tcph = 0;
 	enum walk w;
 	__u32 daddr;
+	__u8 *kinds;
 
 	if (ctx->rx_queue_index >= MAX_QUEUES)
 		return count(CNT_PASSED, XDP_PASS);
@@ -547,7 +556,8 @@ int dispatchd_steer(struct xdp_md *ctx)
 		daddr = iph->daddr;
 		if (w == WALK_OK)
 			return steer_front(ctx, iph, tcph);
-		if (bpf_map_lookup_elem(&vip_addrs, &daddr))
+		kinds = bpf_map_lookup_elem(&vip_addrs, &daddr);
+		if (kinds && (*kinds & (iph->protocol == IPPROTO_UDP ? VIP_UDP : VIP_TCP)))
 			return count(w == WALK_FRAGMENT ? CNT_VIP_FRAGMENT : CNT_VIP_MALFORMED, XDP_DROP);
 		return count(CNT_PASSED, XDP_PASS);
 	}

@@ -20,11 +20,19 @@
  * management loop (100 ms); the oldest give way. */
 #define MAX_UNRESOLVED_HOPS 1024
 
-/* (VIP, port) of a service, or (address, port) of a daemon. */
+/* The value of a VIP in the vip_addrs map: which protocols it has services
+ * of, so that a malformed frame or a fragment of the other protocol is still
+ * the host's. */
+#define VIP_TCP 1
+#define VIP_UDP 2
+
+/* (VIP, port, protocol) of a service, or (address, port, protocol) of a
+ * daemon: a VIP:port may have a TCP and a UDP service. */
 struct endpoint {
 	__u32 addr;
 	__u16 port;
-	__u16 pad; /* zero: keys are compared as bytes */
+	__u8 protocol; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad;      /* zero: keys are compared as bytes */
 };
 
 /* What a daemon's replies are rewritten to: its service's VIP and port. */
@@ -57,8 +65,8 @@ enum steer_counter {
 	CNT_TRUNCATED,         /* too short to read the IPv4 addresses: passed */
 	CNT_VLAN,              /* VLAN-tagged: passed (dispatchd serves untagged frames) */
 	CNT_IPV6,              /* IPv6: passed */
-	CNT_VIP_MALFORMED,     /* TCP to a VIP with IHL < 5 or cut before the ports: dropped */
-	CNT_VIP_FRAGMENT,      /* non-first TCP fragment to a VIP: dropped */
+	CNT_VIP_MALFORMED,     /* TCP or UDP to a VIP with IHL < 5 or cut before the ports: dropped */
+	CNT_VIP_FRAGMENT,      /* non-first TCP or UDP fragment to a VIP: dropped */
 	CNT_ICMP_FRONT_STEERED, /* ICMP error to a VIP about a service's reply: to a front socket */
 	CNT_ICMP_BACK_STEERED, /* ICMP error on the back about a segment to a daemon: to a back socket */
 	CNT_FRAG_NEEDED_SENT,  /* reply larger than the front path's MTU: answered with

@@ -7,13 +7,13 @@ use anyhow::{Context, Result};
 
 use crate::{
     balance::{BackendSpec, BackendState, PolicyKind, Pool},
-    config::{daemons_of, ServiceConfig},
+    config::{daemons_of, Protocol, ServiceConfig},
     flow::{FlowHash, FlowKey, FlowRecord, FlowTable, InsertError, RstWindow, TcpState},
     ids::{BackendId, PoolIndex, ServiceId, WorkerId},
     neigh::NextHop,
     packet::{
         icmp::{self, IcmpError},
-        peek_endpoints, DropReason, L4Frame, MacPair,
+        peek_endpoints, DropReason, L4Frame, L4Proto, MacPair,
     },
     protocol::{Event, EventSink, SLOW_FRAME_MAX},
     stats::{BackendTraffic, WorkerDrop, WorkerStats},
@@ -41,16 +41,18 @@ pub struct Retired {
     pub daemon: SocketAddrV4,
     /// The service it answered for: its replies still leave as from it.
     pub service: SocketAddrV4,
+    /// That service's protocol: the daemon's replies are of it.
+    pub protocol: Protocol,
 }
 
 /// What a worker needs to decide a frame's fate; built once per worker at start
 /// and on every reload.
 pub struct Dataplane {
     pub services: Vec<ServiceSlot>,
-    /// Keyed by [`endpoint_key`] of the VIP and port.
+    /// Keyed by [`endpoint_key`] of the VIP, port and protocol.
     pub service_by_vip: AHashMap<u64, ServiceId>,
-    /// A reply's source decides its new source: the daemon's service; and
-    /// names the daemon's id, for its traffic counters.
+    /// A reply's source (and protocol) decides its new source: the daemon's
+    /// service; and names the daemon's id, for its traffic counters.
     pub service_by_daemon: AHashMap<u64, (SocketAddrV4, BackendId)>,
     /// Each daemon's frames and bytes through this worker, indexed by
     /// [`BackendId`]: this plane's own bank (see [`BackendTraffic`]).
@@ -82,11 +84,11 @@ pub struct Dataplane {
     pub mss_clamp: Option<u16>,
 }
 
-/// An address and port as one integer: hashed with a single write, where
-/// `SocketAddrV4`'s own Hash feeds the hasher field by field.
+/// An address, port and IP protocol number as one integer: hashed with a
+/// single write, where `SocketAddrV4`'s own Hash feeds the hasher field by field.
 #[inline]
-pub fn endpoint_key(addr: SocketAddrV4) -> u64 {
-    (u64::from(u32::from(*addr.ip())) << 16) | u64::from(addr.port())
+pub fn endpoint_key(addr: SocketAddrV4, protocol: u8) -> u64 {
+    (u64::from(u32::from(*addr.ip())) << 24) | (u64::from(protocol) << 16) | u64::from(addr.port())
 }
 
 impl Dataplane {
@@ -113,11 +115,14 @@ impl Dataplane {
                 pool,
                 first_backend,
             });
-            service_by_vip.insert(endpoint_key(s.address), id);
+            service_by_vip.insert(endpoint_key(s.address, s.protocol.number()), id);
             for (local, b) in s.backends.iter().enumerate() {
                 let backend = BackendId::from_index(backend_owner.len())
                     .context("more than 65535 daemons")?;
-                service_by_daemon.insert(endpoint_key(b.addr), (s.address, backend));
+                service_by_daemon.insert(
+                    endpoint_key(b.addr, s.protocol.number()),
+                    (s.address, backend),
+                );
                 backend_owner.push((id, PoolIndex(local as u16)));
             }
         }
@@ -139,7 +144,10 @@ impl Dataplane {
                 pool.set_state(PoolIndex(local as u16), BackendState::Draining);
                 let backend = BackendId::from_index(backend_owner.len())
                     .context("more than 65535 daemons")?;
-                service_by_daemon.insert(endpoint_key(r.daemon), (r.service, backend));
+                service_by_daemon.insert(
+                    endpoint_key(r.daemon, r.protocol.number()),
+                    (r.service, backend),
+                );
                 backend_owner.push((id, PoolIndex(local as u16)));
             }
             slots.push(ServiceSlot {
@@ -449,7 +457,9 @@ pub fn forward(
         _ => table.hash(&key),
     };
     let flags = pkt.tcp_flags();
-    let opens_connection = flags.syn() && !flags.ack();
+    let is_udp = pkt.protocol() == L4Proto::Udp;
+    // UDP has no handshake: any datagram without a record starts a flow.
+    let opens_connection = is_udp || (flags.syn() && !flags.ack());
     let (seq, mut next) = pkt.tcp_seq_next();
     let mut ack = pkt.tcp_ack();
     let valid = |r: &mut FlowRecord| plane.current(r);
@@ -457,7 +467,10 @@ pub fn forward(
         Some(record) => {
             record.last_seen_ns = now_ns;
             let before = record.state;
-            if opens_connection
+            if is_udp {
+                // Nothing to follow: the record lives while datagrams come.
+                (record.daemon, record.backend, false)
+            } else if opens_connection
                 && (before.contains(TcpState::FIN_CLIENT) || before.contains(TcpState::RST))
             {
                 // The client reuses the port of a connection that is closing (its
@@ -518,10 +531,18 @@ pub fn forward(
             if !pkt.l4_checksum_ok() {
                 return drop_with(stats, WorkerDrop::BadSynChecksum);
             }
-            let Some(&service) = plane.service_by_vip.get(&endpoint_key(key.service())) else {
+            let Some(&service) = plane
+                .service_by_vip
+                .get(&endpoint_key(key.service(), key.protocol))
+            else {
                 return drop_with(stats, WorkerDrop::UnknownService);
             };
             let slot = &mut plane.services[service.index()];
+            // A UDP datagram without a record may be a flow's first or one
+            // whose record is gone (a restart, another instance): nothing
+            // tells them apart. Maglev's pick is a pure function of the daemons
+            // taking new flows, so the same set places a flow where it was;
+            // a draining daemon takes no new flow, as for TCP.
             let Some(local) = slot.pool.select(&key) else {
                 return drop_with(stats, WorkerDrop::NoBackend);
             };
@@ -622,7 +643,10 @@ fn recover(
     if !flags.ack() || flags.rst() || flags.syn() {
         return refuse(WorkerDrop::NoFlow);
     }
-    let Some(&service) = plane.service_by_vip.get(&endpoint_key(key.service())) else {
+    let Some(&service) = plane
+        .service_by_vip
+        .get(&endpoint_key(key.service(), key.protocol))
+    else {
         return refuse(WorkerDrop::UnknownService);
     };
     let slot = &mut plane.services[service.index()];
@@ -705,7 +729,10 @@ pub fn reverse(
             return false;
         }
     };
-    let Some(&(service, backend)) = plane.service_by_daemon.get(&endpoint_key(pkt.src())) else {
+    let Some(&(service, backend)) = plane
+        .service_by_daemon
+        .get(&endpoint_key(pkt.src(), pkt.protocol().number()))
+    else {
         return drop_with(stats, WorkerDrop::UnknownDaemon);
     };
     if let Some(traffic) = plane.traffic.get(backend.index()) {
@@ -774,7 +801,7 @@ fn icmp_from_back(frame: &mut [u8], plane: &Dataplane, stats: &WorkerStats) -> b
     };
     let Some(&(service, _)) = plane
         .service_by_daemon
-        .get(&endpoint_key(error.quoted_dst()))
+        .get(&endpoint_key(error.quoted_dst(), error.quoted_protocol()))
     else {
         return drop_with(stats, WorkerDrop::UnknownDaemon);
     };
@@ -830,6 +857,7 @@ pub(crate) mod testing {
     ) -> Dataplane {
         let services = [ServiceConfig {
             address: vip,
+            protocol: crate::config::Protocol::Tcp,
             policy,
             backends: daemons
                 .iter()
@@ -1009,6 +1037,276 @@ mod tests {
         assert!(!fwd.handle(&mut [0u8; 20], None));
     }
 
+    /// A plane with a TCP service on `VIP` over `tcp` and a UDP service on the
+    /// same VIP and port over `udp`.
+    fn tcp_and_udp_plane(tcp: &[SocketAddrV4], udp: &[SocketAddrV4]) -> Dataplane {
+        let service = |protocol, daemons: &[SocketAddrV4]| ServiceConfig {
+            address: VIP,
+            protocol,
+            policy: PolicyKind::RoundRobin,
+            backends: daemons
+                .iter()
+                .map(|&addr| BackendSpec { addr, weight: 1 })
+                .collect(),
+            health: Default::default(),
+        };
+        let services = [service(Protocol::Tcp, tcp), service(Protocol::Udp, udp)];
+        let hops: Arc<[NextHop]> = tcp.iter().chain(udp).map(|_| NextHop::default()).collect();
+        hops.iter().for_each(|h| h.set(Some([6; 6])));
+        Dataplane::build(WorkerId(0), &services, &[], hops, [8; 6]).expect("valid services")
+    }
+
+    fn datagram(from: SocketAddrV4, to: SocketAddrV4, summed: bool) -> Vec<u8> {
+        use dispatchd_testkit::frame::FrameSpec;
+        let mut f = FrameSpec {
+            src_mac: [2; 6],
+            dst_mac: [4; 6],
+            payload: b"query".to_vec(),
+            ..FrameSpec::udp(from, to)
+        }
+        .build();
+        if !summed {
+            f.set_l4_checksum(0);
+        }
+        f.into_bytes()
+    }
+
+    #[test]
+    fn udp_flows_pick_on_their_first_datagram_and_follow_their_record() {
+        let tcp = [SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080)];
+        let udp = [
+            SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 21), 5353),
+            SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 22), 5353),
+        ];
+        let mut plane = tcp_and_udp_plane(&tcp, &udp);
+        let mut table = FlowTable::with_capacity(16);
+        let stats = WorkerStats::default();
+        let (mut events, mut rx) = testing::events();
+        let clients: Vec<SocketAddrV4> = (0..4)
+            .map(|i| SocketAddrV4::new(*CLIENT.ip(), 40000 + i))
+            .collect();
+        let mut picked = Vec::new();
+        for round in 0..3 {
+            for &client in &clients {
+                let mut f = datagram(client, VIP, true);
+                assert!(forward(
+                    &mut f,
+                    &mut table,
+                    &mut plane,
+                    &mut events,
+                    &stats,
+                    10 + round,
+                    None
+                ));
+                let pkt = L4Frame::parse(&mut f).unwrap();
+                assert_eq!(pkt.protocol(), L4Proto::Udp);
+                assert!(pkt.l4_checksum_ok(), "the rewritten checksum is right");
+                if round == 0 {
+                    picked.push(pkt.dst());
+                } else {
+                    assert_eq!(
+                        pkt.dst(),
+                        picked[clients.iter().position(|c| *c == client).unwrap()]
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            picked,
+            [udp[0], udp[1], udp[0], udp[1]],
+            "round robin over the UDP daemons only"
+        );
+        assert_eq!(stats.new_flows.get(), 4, "one record per flow");
+        let opened: Vec<Event> = {
+            events.flush();
+            rx.try_iter().collect()
+        };
+        assert_eq!(opened.len(), 4, "{opened:?}");
+        assert!(opened
+            .iter()
+            .all(|e| matches!(e, Event::Opened { key, .. } if key.protocol == 17)));
+        // A TCP SYN to the same VIP and port goes to the TCP service.
+        let mut syn = segment(0x02);
+        assert!(forward(
+            &mut syn,
+            &mut table,
+            &mut plane,
+            &mut events,
+            &stats,
+            20,
+            None
+        ));
+        assert_eq!(L4Frame::parse(&mut syn).unwrap().dst(), tcp[0]);
+        // A daemon's reply leaves as from the VIP and port, a zero checksum stays zero.
+        for summed in [true, false] {
+            let mut reply = datagram(udp[1], clients[1], summed);
+            assert!(reverse(&mut reply, &plane, &mut events, &stats, 30));
+            let pkt = L4Frame::parse(&mut reply).unwrap();
+            assert_eq!((pkt.src(), pkt.dst()), (VIP, clients[1]));
+            if summed {
+                assert!(pkt.l4_checksum_ok());
+            } else {
+                assert_eq!(pkt.l4_checksum(), 0);
+            }
+        }
+        // A first datagram without a checksum is taken (0 means none); the same
+        // rule on the forward rewrite.
+        let mut f = datagram(SocketAddrV4::new(*CLIENT.ip(), 41000), VIP, false);
+        assert!(forward(
+            &mut f,
+            &mut table,
+            &mut plane,
+            &mut events,
+            &stats,
+            40,
+            None
+        ));
+        assert_eq!(L4Frame::parse(&mut f).unwrap().l4_checksum(), 0);
+        // TCP from a UDP daemon's address and port is no reply of its service.
+        let mut tcp_reply = testing::segment(udp[0], CLIENT, 0x12);
+        assert!(!reverse(&mut tcp_reply, &plane, &mut events, &stats, 50));
+        assert_eq!(stats.dropped[WorkerDrop::UnknownDaemon as usize].get(), 1);
+    }
+
+    #[test]
+    fn a_udp_flow_without_its_record_goes_on_to_its_maglev_daemon() {
+        let daemons: Vec<SocketAddrV4> = (0..5)
+            .map(|i| SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 21 + i), 5353))
+            .collect();
+        let maglev_udp = || {
+            let services = [ServiceConfig {
+                address: VIP,
+                protocol: Protocol::Udp,
+                policy: PolicyKind::Maglev,
+                backends: daemons
+                    .iter()
+                    .map(|&addr| BackendSpec { addr, weight: 1 })
+                    .collect(),
+                health: Default::default(),
+            }];
+            let hops: Arc<[NextHop]> = daemons.iter().map(|_| NextHop::default()).collect();
+            hops.iter().for_each(|h| h.set(Some([6; 6])));
+            Dataplane::build(WorkerId(0), &services, &[], hops, [8; 6]).expect("a valid service")
+        };
+        // Two instances (or one before and after a restart): each datagram of
+        // a flow, met first on either, goes to the same daemon.
+        let (mut first, mut second) = (maglev_udp(), maglev_udp());
+        let (mut table_a, mut table_b) =
+            (FlowTable::with_capacity(256), FlowTable::with_capacity(256));
+        let stats = WorkerStats::default();
+        let (mut events, _rx) = testing::events();
+        let mut used = std::collections::BTreeSet::new();
+        for i in 0..64 {
+            let client = SocketAddrV4::new(Ipv4Addr::new(198, 18, 7, i as u8), 20000 + i);
+            let mut on_a = datagram(client, VIP, true);
+            let mut on_b = on_a.clone();
+            assert!(forward(
+                &mut on_a,
+                &mut table_a,
+                &mut first,
+                &mut events,
+                &stats,
+                1,
+                None
+            ));
+            assert!(forward(
+                &mut on_b,
+                &mut table_b,
+                &mut second,
+                &mut events,
+                &stats,
+                2,
+                None
+            ));
+            let a = L4Frame::parse(&mut on_a).unwrap().dst();
+            assert_eq!(a, L4Frame::parse(&mut on_b).unwrap().dst(), "{client}");
+            used.insert(a);
+        }
+        assert!(used.len() >= 4, "the flows spread: {used:?}");
+    }
+
+    #[test]
+    fn hostile_udp_frames_are_counted_drops_and_make_no_record() {
+        let udp = [SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 21), 5353)];
+        let mut plane = tcp_and_udp_plane(
+            &[SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080)],
+            &udp,
+        );
+        let mut table = FlowTable::with_capacity(16);
+        let stats = WorkerStats::default();
+        let (mut events, _rx) = testing::events();
+        let good = datagram(CLIENT, VIP, true);
+        let edit = |f: fn(&mut dispatchd_testkit::frame::Frame)| {
+            let mut frame = dispatchd_testkit::frame::Frame::from_bytes(good.clone());
+            f(&mut frame);
+            frame.into_bytes()
+        };
+        let cases: [(&str, Vec<u8>, DropReason); 4] = [
+            (
+                "length beyond the datagram",
+                edit(|f| {
+                    f.set_udp_len(400);
+                }),
+                DropReason::BadUdpLength,
+            ),
+            (
+                "length below the header",
+                edit(|f| {
+                    f.set_udp_len(7);
+                }),
+                DropReason::BadUdpLength,
+            ),
+            (
+                "cut inside the header",
+                edit(|f| {
+                    f.truncate(14 + 20 + 6)
+                        .set_total_len(26)
+                        .reseal_ip_checksum();
+                }),
+                DropReason::TruncatedUdp,
+            ),
+            (
+                "IP length shorter than the header",
+                edit(|f| {
+                    f.set_total_len(20 + 5).reseal_ip_checksum();
+                }),
+                DropReason::TruncatedUdp,
+            ),
+        ];
+        for (name, mut frame, reason) in cases {
+            let before = stats.invalid[reason.index()].get();
+            assert!(
+                !forward(
+                    &mut frame,
+                    &mut table,
+                    &mut plane,
+                    &mut events,
+                    &stats,
+                    1,
+                    None
+                ),
+                "{name}"
+            );
+            assert_eq!(stats.invalid[reason.index()].get(), before + 1, "{name}");
+        }
+        // A wrong checksum on a first datagram makes no record either.
+        let mut bad_sum = edit(|f| {
+            f.set_l4_checksum(0x1234);
+        });
+        assert!(!forward(
+            &mut bad_sum,
+            &mut table,
+            &mut plane,
+            &mut events,
+            &stats,
+            1,
+            None
+        ));
+        assert_eq!(stats.dropped[WorkerDrop::BadSynChecksum as usize].get(), 1);
+        assert_eq!(table.len(), 0);
+        assert_eq!(stats.new_flows.get(), 0);
+    }
+
     #[test]
     fn a_syn_reusing_a_closing_connections_port_is_tracked_as_new() {
         let daemon = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080);
@@ -1107,6 +1405,7 @@ mod tests {
         };
         let only_b = [ServiceConfig {
             address: VIP,
+            protocol: crate::config::Protocol::Tcp,
             policy: PolicyKind::RoundRobin,
             backends: vec![BackendSpec { addr: b, weight: 1 }],
             health: Default::default(),
@@ -1114,6 +1413,7 @@ mod tests {
         let retired = [Retired {
             daemon: a,
             service: VIP,
+            protocol: crate::config::Protocol::Tcp,
         }];
         let mut table = FlowTable::with_capacity(16);
         let stats = WorkerStats::default();

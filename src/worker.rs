@@ -823,6 +823,7 @@ mod tests {
         let addr = |s: &str| s.parse::<SocketAddrV4>().unwrap();
         let service = |vip: &str, policy, daemons: &[&str]| ServiceConfig {
             address: addr(vip),
+            protocol: crate::config::Protocol::Tcp,
             policy,
             backends: daemons
                 .iter()

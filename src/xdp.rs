@@ -7,7 +7,7 @@
 #![allow(unsafe_code)] // libbpf C calls and the generated skeleton; each block says why it is sound
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     ffi::CString,
     fmt, io,
     mem::MaybeUninit,
@@ -22,7 +22,7 @@ use libbpf_rs::{
 };
 
 use crate::{
-    config::{Config, XdpMode, MAX_QUEUES},
+    config::{Config, Protocol, XdpMode, MAX_QUEUES, VIP_TCP, VIP_UDP},
     dataplane::Retired,
 };
 
@@ -140,50 +140,72 @@ pub enum Replies {
 }
 
 /// What the steering maps hold for a configuration: its services (with their
-/// index), its daemons (with their service) and its VIPs.
+/// index), its daemons (with their service), each by address and protocol,
+/// and its VIPs with the protocols of their services (`VIP_TCP | VIP_UDP`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SteeringTable {
-    pub services: BTreeMap<SocketAddrV4, u32>,
-    pub daemons: BTreeMap<SocketAddrV4, SocketAddrV4>,
-    pub vips: BTreeSet<Ipv4Addr>,
+    pub services: BTreeMap<(SocketAddrV4, Protocol), u32>,
+    pub daemons: BTreeMap<(SocketAddrV4, Protocol), SocketAddrV4>,
+    pub vips: BTreeMap<Ipv4Addr, u8>,
+}
+
+/// The bit of `protocol` in a VIP's value.
+pub fn vip_kind(protocol: Protocol) -> u8 {
+    match protocol {
+        Protocol::Tcp => VIP_TCP as u8,
+        Protocol::Udp => VIP_UDP as u8,
+    }
 }
 
 impl SteeringTable {
     /// The maps for `config` and the daemons a reload `retired` (whose replies
     /// still come back).
     pub fn of(config: &Config, retired: &[Retired]) -> Self {
+        let mut vips = BTreeMap::new();
+        for s in &config.services {
+            *vips.entry(*s.address.ip()).or_default() |= vip_kind(s.protocol);
+        }
         Self {
             services: config
                 .services
                 .iter()
                 .enumerate()
-                .map(|(i, s)| (s.address, i as u32))
+                .map(|(i, s)| ((s.address, s.protocol), i as u32))
                 .collect(),
             daemons: config
-                .daemons()
-                .map(|(_, s, b)| (b.addr, s))
-                .chain(retired.iter().map(|r| (r.daemon, r.service)))
+                .services
+                .iter()
+                .flat_map(|s| s.backends.iter().map(|b| ((b.addr, s.protocol), s.address)))
+                .chain(retired.iter().map(|r| ((r.daemon, r.protocol), r.service)))
                 .collect(),
-            vips: config.services.iter().map(|s| *s.address.ip()).collect(),
+            vips,
         }
     }
 }
 
-fn endpoint(addr: SocketAddrV4) -> types::endpoint {
+fn endpoint((addr, protocol): (SocketAddrV4, Protocol)) -> types::endpoint {
     // Network byte order in memory, as the program reads the packet.
     types::endpoint {
         addr: u32::from_ne_bytes(addr.ip().octets()),
         port: addr.port().to_be(),
+        protocol: protocol.number(),
         pad: 0,
     }
 }
 
-/// The address an `endpoint` key or value holds, from its bytes as the map
-/// stores them.
-fn endpoint_addr(bytes: &[u8]) -> Option<SocketAddrV4> {
+/// The address and protocol an `endpoint` key or value holds, from its bytes
+/// as the map stores them.
+fn endpoint_addr(bytes: &[u8]) -> Option<(SocketAddrV4, Protocol)> {
     let ip: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
     let port: [u8; 2] = bytes.get(4..6)?.try_into().ok()?;
-    Some(SocketAddrV4::new(ip.into(), u16::from_be_bytes(port)))
+    let protocol = match *bytes.get(6)? {
+        n if n == Protocol::Udp.number() => Protocol::Udp,
+        _ => Protocol::Tcp,
+    };
+    Some((
+        SocketAddrV4::new(ip.into(), u16::from_be_bytes(port)),
+        protocol,
+    ))
 }
 
 fn ip_of(bytes: &[u8]) -> Option<Ipv4Addr> {
@@ -255,7 +277,7 @@ impl Steering {
         {
             maps.services
                 .delete(pod_bytes(&endpoint(*vip)))
-                .with_context(|| format!("removing service {vip} from the XDP map"))?;
+                .with_context(|| format!("removing service {} from the XDP map", vip.0))?;
         }
         for daemon in have
             .daemons
@@ -264,18 +286,18 @@ impl Steering {
         {
             maps.daemons
                 .delete(pod_bytes(&endpoint(*daemon)))
-                .with_context(|| format!("removing daemon {daemon} from the XDP map"))?;
+                .with_context(|| format!("removing daemon {} from the XDP map", daemon.0))?;
         }
-        for ip in have.vips.difference(&want.vips) {
+        for ip in have.vips.keys().filter(|k| !want.vips.contains_key(k)) {
             maps.vip_addrs
                 .delete(&u32::from_ne_bytes(ip.octets()).to_ne_bytes())
                 .with_context(|| format!("removing VIP {ip} from the XDP map"))?;
         }
-        for ip in &want.vips {
+        for (ip, kinds) in &want.vips {
             maps.vip_addrs
                 .update(
                     &u32::from_ne_bytes(ip.octets()).to_ne_bytes(),
-                    &[1],
+                    &[*kinds],
                     MapFlags::ANY,
                 )
                 .with_context(|| format!("adding VIP {ip} to the XDP map"))?;
@@ -283,11 +305,11 @@ impl Steering {
         for (vip, id) in &want.services {
             maps.services
                 .update(pod_bytes(&endpoint(*vip)), &id.to_ne_bytes(), MapFlags::ANY)
-                .with_context(|| format!("adding service {vip} to the XDP map"))?;
+                .with_context(|| format!("adding service {} to the XDP map", vip.0))?;
         }
         for (daemon, service) in &want.daemons {
             let value = types::daemon_info {
-                service: endpoint(*service),
+                service: endpoint((*service, daemon.1)),
             };
             maps.daemons
                 .update(
@@ -295,7 +317,7 @@ impl Steering {
                     pod_bytes(&value),
                     MapFlags::ANY,
                 )
-                .with_context(|| format!("adding daemon {daemon} to the XDP map"))?;
+                .with_context(|| format!("adding daemon {} to the XDP map", daemon.0))?;
         }
         Ok(())
     }
@@ -318,11 +340,17 @@ impl Steering {
                 .daemons
                 .lookup(&key, MapFlags::ANY)?
                 .and_then(|v| endpoint_addr(&v));
-            if let (Some(daemon), Some(service)) = (endpoint_addr(&key), service) {
+            if let (Some(daemon), Some((service, _))) = (endpoint_addr(&key), service) {
                 table.daemons.insert(daemon, service);
             }
         }
-        table.vips = maps.vip_addrs.keys().filter_map(|k| ip_of(&k)).collect();
+        for key in maps.vip_addrs.keys() {
+            let kinds = maps.vip_addrs.lookup(&key, MapFlags::ANY)?;
+            if let (Some(ip), Some(&kinds)) = (ip_of(&key), kinds.as_ref().and_then(|v| v.first()))
+            {
+                table.vips.insert(ip, kinds);
+            }
+        }
         Ok(table)
     }
 

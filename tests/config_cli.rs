@@ -10,8 +10,8 @@ use clap::Parser;
 use dispatchd::{
     balance::{BackendSpec, PolicyKind},
     config::{
-        BindMode, Config, ConfigError, HttpProbe, PollMode, ProbeKind, ReplyMode, RunArgs,
-        ServiceHealth, XdpMode, DEFAULT_BATCH,
+        BindMode, Config, ConfigError, HttpProbe, PollMode, ProbeKind, Protocol, ReplyMode,
+        RunArgs, ServiceHealth, XdpMode, DEFAULT_BATCH,
     },
 };
 
@@ -74,7 +74,7 @@ fn example_file_loads() {
     assert_eq!(c.xdp_mode, XdpMode::Auto);
     assert_eq!(c.poll, PollMode::Adaptive);
     assert_eq!(c.reply_mode, ReplyMode::Stateless);
-    assert_eq!(c.services.len(), 2);
+    assert_eq!(c.services.len(), 3);
     let s = &c.services[0];
     assert_eq!(s.address, a("198.18.0.100:80"));
     assert_eq!(s.policy, PolicyKind::WeightedRoundRobin);
@@ -98,6 +98,10 @@ fn example_file_loads() {
     assert_eq!(c.services[1].policy, PolicyKind::Maglev);
     assert_eq!(c.services[1].health.kind, ProbeKind::Tcp);
     assert_eq!(c.services[1].health.schedule, c.control.health);
+    assert_eq!(c.services[1].protocol, Protocol::Tcp);
+    assert_eq!(c.services[2].protocol, Protocol::Udp);
+    assert_eq!(c.services[2].address, a("198.18.0.100:53"));
+    assert_eq!(c.control.timeouts.udp_idle, Duration::from_secs(300));
 }
 
 #[test]
@@ -399,7 +403,8 @@ fn backend_in_two_services() {
     assert!(matches!(e, ConfigError::BackendInTwoServices { .. }));
     assert_eq!(
         msg,
-        "backend 198.19.0.11:8080 is listed in services 198.18.0.100:80 and 198.18.0.101:80"
+        "backend 198.19.0.11:8080 is listed in services 198.18.0.100:80 (tcp) and \
+         198.18.0.101:80 (tcp); a daemon ADDR:PORT serves one service, whatever its protocol"
     );
 }
 
@@ -914,13 +919,13 @@ fn backends_without_service_replace_the_single_service_backends() {
 
 #[test]
 fn backends_without_service_need_exactly_one_file_service() {
-    let p = example_arg(); // two services
+    let p = example_arg(); // three services
     let e = resolve(&["--config", &p, "--backend", "10.0.1.5:80"]).unwrap_err();
     assert!(
-        matches!(e, ConfigError::BackendsWithoutService { services: 2 }),
+        matches!(e, ConfigError::BackendsWithoutService { services: 3 }),
         "{e:?}"
     );
-    assert!(e.to_string().contains("found 2"), "{e}");
+    assert!(e.to_string().contains("found 3"), "{e}");
 
     let path = write_tmp("no_service.toml", HEAD);
     let e = resolve(&[
@@ -955,7 +960,7 @@ fn service_flags_complete_a_file_without_services() {
 fn policy_flag_applies_to_every_service() {
     let p = example_arg();
     let c = resolve(&["--config", &p, "--policy", "least_connections"]).unwrap();
-    assert_eq!(c.services.len(), 2);
+    assert_eq!(c.services.len(), 3);
     assert!(c
         .services
         .iter()
@@ -1022,7 +1027,7 @@ fn check_config_prints_the_effective_config_which_loads_as_the_same() {
         dispatchd(&[&["check-config", p.as_str(), "--print"][..], &flags[..]].concat());
     assert!(status.success(), "{err}");
     assert!(
-        out.starts_with(&format!("# {p}: ok (2 service(s), ")),
+        out.starts_with(&format!("# {p}: ok (3 service(s), ")),
         "{out}"
     );
     let printed = Config::from_toml_str(&out).unwrap();
@@ -1076,7 +1081,7 @@ fn check_config_without_print_says_ok_and_refuses_two_files() {
     let p = example_arg();
     let (status, out, _) = dispatchd(&["check-config", &p]);
     assert!(status.success());
-    assert_eq!(out, format!("{p}: ok (2 service(s), 5 daemon(s))\n"));
+    assert_eq!(out, format!("{p}: ok (3 service(s), 7 daemon(s))\n"));
     let (status, _, err) = dispatchd(&["check-config", &p, "--config", &p]);
     assert!(!status.success());
     assert!(err.contains("cannot be used with"), "{err}");

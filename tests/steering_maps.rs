@@ -2,7 +2,8 @@
 //! with the new configuration puts there: nothing of a removed service (its VIP
 //! included) stays behind. Loads the real program (root, BPF); attaches nothing.
 use dispatchd::{
-    config::Config,
+    balance::BackendSpec,
+    config::{Config, Protocol, ServiceConfig},
     dataplane::Retired,
     xdp::{Interface, Replies, Steering, SteeringTable},
 };
@@ -61,10 +62,10 @@ fn a_reload_leaves_the_maps_a_fresh_start_would() {
     let want = SteeringTable::of(&b, &[]);
     assert_eq!(fresh.contents().unwrap(), want);
     assert_eq!(reloaded.contents().unwrap(), want);
-    let vips: Vec<String> = want.vips.iter().map(|v| v.to_string()).collect();
+    let vips: Vec<String> = want.vips.keys().map(|v| v.to_string()).collect();
     assert_eq!(vips, ["198.18.0.100", "198.18.0.102", "198.18.0.103"]);
     assert_eq!(
-        want.daemons[&"198.19.0.12:8080".parse().unwrap()],
+        want.daemons[&("198.19.0.12:8080".parse().unwrap(), Protocol::Tcp)],
         "198.18.0.103:80".parse().unwrap(),
         "a daemon that changed service answers for its new one"
     );
@@ -77,6 +78,7 @@ fn a_retired_daemon_keeps_its_reply_entry_until_it_is_let_go() {
     let retired = [Retired {
         daemon: "198.19.0.11:8080".parse().unwrap(),
         service: "198.18.0.100:80".parse().unwrap(),
+        protocol: Protocol::Tcp,
     }];
     let mut steering = load();
     steering.sync(&SteeringTable::of(&a, &[])).unwrap();
@@ -90,5 +92,37 @@ fn a_retired_daemon_keeps_its_reply_entry_until_it_is_let_go() {
     steering.sync(&SteeringTable::of(&b, &[])).unwrap();
     let after = steering.contents().unwrap();
     assert_eq!(after, SteeringTable::of(&b, &[]));
-    assert!(!after.daemons.contains_key(&retired[0].daemon));
+    assert!(!after
+        .daemons
+        .contains_key(&(retired[0].daemon, Protocol::Tcp)));
+}
+
+#[test]
+fn a_reload_that_adds_a_udp_service_on_a_tcp_vip_port_keys_both_by_protocol() {
+    let a = config(&[("198.18.0.100:80", &["198.19.0.11:8080"])]);
+    let mut b = a.clone();
+    b.services.push(ServiceConfig {
+        protocol: Protocol::Udp,
+        backends: vec![BackendSpec {
+            addr: "198.19.0.21:5353".parse().unwrap(),
+            weight: 1,
+        }],
+        ..a.services[0].clone()
+    });
+    b.validate().unwrap();
+    let mut steering = load();
+    steering.sync(&SteeringTable::of(&a, &[])).unwrap();
+    steering.sync(&SteeringTable::of(&b, &[])).unwrap();
+    let held = steering.contents().unwrap();
+    assert_eq!(held, SteeringTable::of(&b, &[]));
+    let vip: std::net::SocketAddrV4 = "198.18.0.100:80".parse().unwrap();
+    assert_eq!(held.services[&(vip, Protocol::Tcp)], 0);
+    assert_eq!(held.services[&(vip, Protocol::Udp)], 1);
+    assert_eq!(
+        held.vips[vip.ip()],
+        (dispatchd::config::VIP_TCP | dispatchd::config::VIP_UDP) as u8
+    );
+    // And back: the UDP entries go, the TCP ones stay.
+    steering.sync(&SteeringTable::of(&a, &[])).unwrap();
+    assert_eq!(steering.contents().unwrap(), SteeringTable::of(&a, &[]));
 }

@@ -38,7 +38,7 @@ use std::{
 };
 
 use dispatchd::{
-    config::MAX_QUEUES,
+    config::{Protocol, MAX_QUEUES, VIP_TCP, VIP_UDP},
     queues::WorkerQueues,
     xdp::{reply_key, Interface, Replies, Side, Steering, SteeringTable, COUNTER_NAMES},
     xsk::{self, Bind, SocketOptions, WorkerSockets},
@@ -65,6 +65,12 @@ const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xc1, 0x02];
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 const SERVICE: SocketAddrV4 = SocketAddrV4::new(VIP, 80);
+/// A UDP service on another port of the VIP (TCP to it is the host's; UDP to
+/// `SERVICE`'s port, TCP only, too).
+const UDP_SERVICE: SocketAddrV4 = SocketAddrV4::new(VIP, 53);
+const UDP_DAEMON: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 21), 5353);
+/// A VIP with a TCP service only: what of UDP cannot be matched is the host's.
+const TCP_ONLY_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 101);
 const DAEMONS: [SocketAddrV4; 2] = [
     SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080),
     SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 12), 8080),
@@ -202,9 +208,22 @@ impl Lab {
             .unwrap_or_else(|e| panic!("loading the XDP program (is BPF available?): {e:#}"));
         steering
             .sync(&SteeringTable {
-                services: [(SERVICE, 0)].into(),
-                daemons: DAEMONS.map(|d| (d, SERVICE)).into(),
-                vips: [VIP].into(),
+                services: [
+                    ((SERVICE, Protocol::Tcp), 0),
+                    ((UDP_SERVICE, Protocol::Udp), 1),
+                    ((SocketAddrV4::new(TCP_ONLY_VIP, 80), Protocol::Tcp), 2),
+                ]
+                .into(),
+                daemons: DAEMONS
+                    .map(|d| ((d, Protocol::Tcp), SERVICE))
+                    .into_iter()
+                    .chain([((UDP_DAEMON, Protocol::Udp), UDP_SERVICE)])
+                    .collect(),
+                vips: [
+                    (VIP, (VIP_TCP | VIP_UDP) as u8),
+                    (TCP_ONLY_VIP, VIP_TCP as u8),
+                ]
+                .into(),
             })
             .expect("service and daemons");
         steering
@@ -535,7 +554,55 @@ fn table() -> Vec<Row> {
     };
     let error_to_client = on_back(*CLIENT.ip(), frag, &seen_forwarded);
     let time_exceeded = on_back(*CLIENT.ip(), IcmpKind::TimeExceeded, &seen_forwarded);
+    // UDP: a datagram to the UDP service, its daemon's reply, and errors about them.
+    let datagram = udp(FROM_CLIENT, CLIENT, UDP_SERVICE);
+    let udp_reply = udp(FROM_DAEMON, UDP_DAEMON, CLIENT);
+    let udp_unreachable = on_back(*CLIENT.ip(), IcmpKind::PortUnreachable, &udp(FROM_DAEMON, CLIENT, UDP_DAEMON));
+    let udp_fragment = |to| {
+        let mut f = FrameSpec { src_mac: FROM_CLIENT.0, dst_mac: FROM_CLIENT.1, payload: b"ping".to_vec(), ..FrameSpec::udp(CLIENT, to) }.build();
+        f.set_fragment(true, 185).reseal_ip_checksum();
+        f.into_bytes()
+    };
+    let bad_udp_len = |len| {
+        let mut f = Frame::from_bytes(datagram.clone());
+        f.set_udp_len(len);
+        f.into_bytes()
+    };
     vec![
+        // UDP on the front: steered only to a UDP service; the length field is
+        // the workers' to judge (counted there by reason).
+        row("UDP to the UDP service", Front, 0, datagram.clone(),
+            XDP_REDIRECT, &["front_steered"]),
+        row("UDP to the UDP service, queue without socket", Front, 1, datagram.clone(),
+            XDP_DROP, &["no_socket"]),
+        row("TCP to the UDP-only port", Front, 0, tcp(FROM_CLIENT, CLIENT, UDP_SERVICE),
+            XDP_PASS, &["passed"]),
+        row("UDP with a length field beyond the frame", Front, 0, bad_udp_len(400),
+            XDP_REDIRECT, &["front_steered"]),
+        row("UDP with a length field below its header", Front, 0, bad_udp_len(3),
+            XDP_REDIRECT, &["front_steered"]),
+        row("UDP cut inside its header, after the ports", Front, 0, cut(datagram.clone(), 14 + 20 + 5),
+            XDP_REDIRECT, &["front_steered"]),
+        row("UDP to the VIP cut before the ports", Front, 0, cut(datagram.clone(), 14 + 20 + 3),
+            XDP_DROP, &["vip_malformed"]),
+        row("non-first UDP fragment to the VIP", Front, 0, udp_fragment(UDP_SERVICE),
+            XDP_DROP, &["vip_fragment"]),
+        row("non-first UDP fragment to a VIP without UDP services", Front, 0, udp_fragment(SocketAddrV4::new(TCP_ONLY_VIP, 53)),
+            XDP_PASS, &["passed"]),
+        row("UDP cut before the ports, to a VIP without UDP services", Front, 0, cut(udp(FROM_CLIENT, CLIENT, SocketAddrV4::new(TCP_ONLY_VIP, 80)), 14 + 20 + 3),
+            XDP_PASS, &["passed"]),
+        row("port unreachable about a UDP reply", Front, 0, to_vip(IcmpKind::PortUnreachable, &udp(FROM_CLIENT, UDP_SERVICE, CLIENT), 28),
+            XDP_REDIRECT, &["icmp_front_steered"]),
+        // UDP on the back.
+        row("UDP daemon's reply", Back, 0, udp_reply.clone(),
+            XDP_REDIRECT, &["back_steered"]).leaves(udp(TO_CLIENT, UDP_DAEMON, CLIENT)),
+        row("TCP from the UDP daemon's address and port", Back, 0, tcp(FROM_DAEMON, UDP_DAEMON, CLIENT),
+            XDP_PASS, &["passed"]),
+        row("UDP daemon's reply, no neighbour", Back, 0, udp(FROM_DAEMON, UDP_DAEMON, UNRESOLVED),
+            XDP_DROP, &["fib_no_neigh"]),
+        row("port unreachable about a datagram to the UDP daemon", Back, 0, udp_unreachable.clone(),
+            XDP_REDIRECT, &["icmp_back_steered"]).leaves(towards_client(udp_unreachable)),
+
         // The front.
         row("service SYN", Front, 0, syn.clone(),
             XDP_REDIRECT, &["front_steered"]),

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddrV4, path::PathBuf};
 
-use super::{file::FileBackend, OnFailure, OnRemove, PollMode, ReplyMode, XdpMode};
+use super::{file::FileBackend, OnFailure, OnRemove, PollMode, Protocol, ReplyMode, XdpMode};
 use super::{file::FileConfig, file::FileService, parse_backend, BindMode, Config, ConfigError};
 use crate::balance::{BackendSpec, PolicyKind};
 
@@ -240,6 +240,7 @@ impl RunArgs {
             Some(address) => {
                 file.services = vec![FileService {
                     address,
+                    protocol: Protocol::Tcp,
                     policy: PolicyKind::default(),
                     backends,
                     health: None,

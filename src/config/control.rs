@@ -13,6 +13,10 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/dispatchd/dispatchd.sock";
 pub const DEFAULT_SYN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time without packets after which an established connection is checked.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default time a UDP flow's record lives without a datagram from its client:
+/// IPVS's UDP timeout (`ipvsadm --set`'s third value), so that a config moved
+/// from IPVS keeps its flows as long.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default time a connection is kept after both FINs (last ACK, retransmissions).
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
 /// Default time a connection is kept after an accepted reset: segments still in
@@ -79,13 +83,16 @@ pub enum OnRemove {
 }
 
 /// Connection timeouts. `Default`: syn 10 s, idle 300 s, linger 2 s, reset
-/// linger 10 s.
+/// linger 10 s, UDP idle 300 s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     pub syn: Duration,
     pub idle: Duration,
     pub linger: Duration,
     pub rst_linger: Duration,
+    /// A UDP flow's record is removed after this long without a datagram
+    /// from its client (UDP has no end of its own).
+    pub udp_idle: Duration,
 }
 
 impl Timeouts {
@@ -98,6 +105,7 @@ impl Timeouts {
             .max(self.idle)
             .max(self.linger)
             .max(self.rst_linger)
+            .max(self.udp_idle)
     }
 }
 
@@ -108,6 +116,7 @@ impl Default for Timeouts {
             idle: DEFAULT_IDLE_TIMEOUT,
             linger: DEFAULT_LINGER,
             rst_linger: DEFAULT_RST_LINGER,
+            udp_idle: DEFAULT_UDP_IDLE_TIMEOUT,
         }
     }
 }
@@ -351,6 +360,7 @@ impl ControlConfig {
             ("timeouts.idle_ms", t.idle),
             ("timeouts.linger_ms", t.linger),
             ("timeouts.rst_linger_ms", t.rst_linger),
+            ("timeouts.udp_idle_ms", t.udp_idle),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Zero { key });

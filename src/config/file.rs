@@ -11,8 +11,8 @@ use serde::{
 
 use super::{
     parse_addr, parse_backend, BindMode, Config, ConfigError, ControlConfig, HealthCheck,
-    HttpProbe, OnFailure, OnRemove, PollMode, ProbeKind, ReplyMode, ServiceConfig, ServiceHealth,
-    Timeouts, XdpMode, DEFAULT_BATCH, DEFAULT_CONTROL_SOCKET, DEFAULT_EVENT_RING,
+    HttpProbe, OnFailure, OnRemove, PollMode, ProbeKind, Protocol, ReplyMode, ServiceConfig,
+    ServiceHealth, Timeouts, XdpMode, DEFAULT_BATCH, DEFAULT_CONTROL_SOCKET, DEFAULT_EVENT_RING,
     DEFAULT_FLOW_CAPACITY, DEFAULT_FRAMES_PER_QUEUE, DEFAULT_HEALTH_PATH, DEFAULT_HEALTH_STATUS,
     DEFAULT_STOP_GRACE, DEFAULT_WEIGHT,
 };
@@ -79,6 +79,7 @@ pub(super) struct FileTimeouts {
     pub idle_ms: u64,
     pub linger_ms: u64,
     pub rst_linger_ms: u64,
+    pub udp_idle_ms: u64,
 }
 
 impl Default for FileTimeouts {
@@ -89,6 +90,7 @@ impl Default for FileTimeouts {
             idle_ms: t.idle.as_millis() as u64,
             linger_ms: t.linger.as_millis() as u64,
             rst_linger_ms: t.rst_linger.as_millis() as u64,
+            udp_idle_ms: t.udp_idle.as_millis() as u64,
         }
     }
 }
@@ -153,6 +155,9 @@ pub(super) struct FileService {
     /// VIP:port clients connect to. Required.
     #[serde(deserialize_with = "de_addr")]
     pub address: SocketAddrV4,
+    /// The transport it balances; default tcp.
+    #[serde(default)]
+    pub protocol: Protocol,
     /// Selection policy; default round_robin.
     #[serde(default)]
     pub policy: PolicyKind,
@@ -481,9 +486,12 @@ impl FileConfig {
                 .iter()
                 .map(|s| FileService {
                     address: s.address,
+                    protocol: s.protocol,
                     policy: s.policy,
                     backends: s.backends.iter().copied().map(FileBackend).collect(),
-                    health: Some(FileServiceHealth::from_health(&s.health)),
+                    // A UDP service's daemons are not probed: it has no check.
+                    health: (s.protocol == Protocol::Tcp)
+                        .then(|| FileServiceHealth::from_health(&s.health)),
                 })
                 .collect(),
             control_socket: c.control_socket.clone(),
@@ -496,6 +504,7 @@ impl FileConfig {
                 idle_ms: ms(c.timeouts.idle),
                 linger_ms: ms(c.timeouts.linger),
                 rst_linger_ms: ms(c.timeouts.rst_linger),
+                udp_idle_ms: ms(c.timeouts.udp_idle),
             },
             health: FileHealth {
                 interval_ms: ms(c.health.interval),
@@ -528,7 +537,12 @@ impl FileConfig {
             .into_iter()
             .map(|s| {
                 let health = match &s.health {
+                    Some(_) if s.protocol == Protocol::Udp => {
+                        return Err(ConfigError::UdpHealth { service: s.address })
+                    }
                     Some(h) => h.resolve(s.address, &defaults)?,
+                    // Never probed: no schedule of its own to carry.
+                    None if s.protocol == Protocol::Udp => ServiceHealth::default(),
                     None => ServiceHealth {
                         schedule: defaults,
                         ..ServiceHealth::default()
@@ -536,6 +550,7 @@ impl FileConfig {
                 };
                 Ok(ServiceConfig {
                     address: s.address,
+                    protocol: s.protocol,
                     policy: s.policy,
                     backends: s.backends.into_iter().map(|b| b.0).collect(),
                     health,
@@ -566,6 +581,7 @@ impl FileConfig {
                     idle: Duration::from_millis(self.timeouts.idle_ms),
                     linger: Duration::from_millis(self.timeouts.linger_ms),
                     rst_linger: Duration::from_millis(self.timeouts.rst_linger_ms),
+                    udp_idle: Duration::from_millis(self.timeouts.udp_idle_ms),
                 },
                 health: defaults,
                 on_failure: self.health.on_failure,

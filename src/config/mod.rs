@@ -123,6 +123,43 @@ pub enum ReplyMode {
     Tracked,
 }
 
+/// The transport a service balances. A VIP:port may have one service of each.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Deserialize, Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Connections: a record from the SYN to the close, health-checked daemons.
+    #[default]
+    Tcp,
+    /// Datagrams: a record from a flow's first datagram until it is idle for
+    /// `timeouts.udp_idle_ms`; daemons are not probed.
+    Udp,
+}
+
+impl Protocol {
+    /// The IPv4 protocol number, as the flow key and the XDP maps hold it.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => crate::packet::L4Proto::Tcp.number(),
+            Protocol::Udp => crate::packet::L4Proto::Udp.number(),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A validated configuration, ready to run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -179,6 +216,8 @@ pub struct Config {
 pub struct ServiceConfig {
     /// The address clients connect to.
     pub address: SocketAddrV4,
+    /// TCP or UDP; (address, protocol) is unique.
+    pub protocol: Protocol,
     /// How new connections are spread over `backends`.
     pub policy: PolicyKind,
     /// The daemons; at least one, no duplicates, weights >= 1.
@@ -276,8 +315,16 @@ pub enum ConfigError {
         backend: SocketAddrV4,
         reason: &'static str,
     },
-    #[error("service {address} is listed twice")]
-    DuplicateService { address: SocketAddrV4 },
+    #[error("service {address} ({protocol}) is listed twice")]
+    DuplicateService {
+        address: SocketAddrV4,
+        protocol: Protocol,
+    },
+    #[error(
+        "service {service} (udp): [service.health] is for TCP services; \
+         a UDP service's daemons are not probed"
+    )]
+    UdpHealth { service: SocketAddrV4 },
     #[error("service {service} has no backends")]
     NoBackends { service: SocketAddrV4 },
     #[error("backend {backend} is listed twice in service {service}")]
@@ -285,11 +332,16 @@ pub enum ConfigError {
         service: SocketAddrV4,
         backend: SocketAddrV4,
     },
-    #[error("backend {backend} is listed in services {first} and {second}")]
+    #[error(
+        "backend {backend} is listed in services {first} ({first_protocol}) and {second} \
+         ({second_protocol}); a daemon ADDR:PORT serves one service, whatever its protocol"
+    )]
     BackendInTwoServices {
         backend: SocketAddrV4,
         first: SocketAddrV4,
+        first_protocol: Protocol,
         second: SocketAddrV4,
+        second_protocol: Protocol,
     },
     #[error("backend {backend} of service {service} has weight 0; weights must be >= 1")]
     ZeroWeight {
@@ -521,13 +573,18 @@ impl Config {
                     reason,
                 });
             }
-            if !vips.insert(s.address) {
-                return Err(ConfigError::DuplicateService { address: s.address });
+            if !vips.insert((s.address, s.protocol)) {
+                return Err(ConfigError::DuplicateService {
+                    address: s.address,
+                    protocol: s.protocol,
+                });
             }
             s.health.validate(s.address)?;
         }
         // backend address -> the service that first listed it
-        let mut owner: HashMap<SocketAddrV4, SocketAddrV4> = HashMap::new();
+        // A daemon is one across protocols: ctl, the state file, metrics and the
+        // records name it by ADDR:PORT alone.
+        let mut owner: HashMap<SocketAddrV4, (SocketAddrV4, Protocol)> = HashMap::new();
         for s in &self.services {
             if s.backends.is_empty() {
                 return Err(ConfigError::NoBackends { service: s.address });
@@ -546,25 +603,29 @@ impl Config {
                         backend: b.addr,
                     });
                 }
-                if vips.contains(&b.addr) {
+                if vips.contains(&(b.addr, Protocol::Tcp))
+                    || vips.contains(&(b.addr, Protocol::Udp))
+                {
                     return Err(ConfigError::BackendIsService {
                         service: s.address,
                         backend: b.addr,
                     });
                 }
-                match owner.insert(b.addr, s.address) {
+                match owner.insert(b.addr, (s.address, s.protocol)) {
                     None => {}
-                    Some(first) if first == s.address => {
+                    Some(first) if first == (s.address, s.protocol) => {
                         return Err(ConfigError::DuplicateBackend {
                             service: s.address,
                             backend: b.addr,
                         })
                     }
-                    Some(first) => {
+                    Some((first, first_protocol)) => {
                         return Err(ConfigError::BackendInTwoServices {
                             backend: b.addr,
                             first,
+                            first_protocol,
                             second: s.address,
+                            second_protocol: s.protocol,
                         })
                     }
                 }

@@ -28,12 +28,14 @@ fn base() -> Config {
         services: vec![
             ServiceConfig {
                 address: a("198.18.0.100:80"),
+                protocol: Protocol::Tcp,
                 policy: PolicyKind::RoundRobin,
                 backends: vec![b("198.19.0.11:8080"), b("198.19.0.12:8080")],
                 health: ServiceHealth::default(),
             },
             ServiceConfig {
                 address: a("198.18.0.101:80"),
+                protocol: Protocol::Tcp,
                 policy: PolicyKind::Maglev,
                 backends: vec![b("198.19.0.13:8080")],
                 health: ServiceHealth::default(),
@@ -441,7 +443,8 @@ fn service_rules() {
     assert!(matches!(e, ConfigError::BackendInTwoServices { .. }));
     assert_eq!(
         e.to_string(),
-        "backend 198.19.0.11:8080 is listed in services 198.18.0.100:80 and 198.18.0.101:80"
+        "backend 198.19.0.11:8080 is listed in services 198.18.0.100:80 (tcp) and \
+         198.18.0.101:80 (tcp); a daemon ADDR:PORT serves one service, whatever its protocol"
     );
 
     let mut c = base();
@@ -502,6 +505,7 @@ fn more_services_or_daemons_than_the_steering_maps_hold_are_refused() {
             std::net::Ipv4Addr::new(198, 18, (i >> 8) as u8, i as u8),
             80,
         ),
+        protocol: Protocol::Tcp,
         policy: PolicyKind::RoundRobin,
         backends: (0..daemons)
             .map(|d| BackendSpec {
@@ -624,6 +628,13 @@ fn the_printed_config_loads_as_the_same_with_every_optional_key_set_or_not() {
     full.control.stop_grace = Duration::from_millis(2500);
     full.control.state_file = Some("/var/lib/dispatchd/state.json".into());
     full.services[0].backends[1].weight = 7;
+    full.control.timeouts.udp_idle = Duration::from_millis(4321);
+    full.services.push(ServiceConfig {
+        protocol: Protocol::Udp,
+        backends: vec![b("198.19.0.21:5353")],
+        ..full.services[0].clone()
+    });
+    full.services[2].health = ServiceHealth::default();
     for c in [plain, full] {
         let text = c.to_toml().unwrap();
         assert_eq!(Config::from_toml_str(&text).unwrap(), c, "{text}");
@@ -713,5 +724,109 @@ fn restart_only_settings_are_file_keys_with_file_values() {
                 "127.0.0.1:9100".to_owned()
             ),
         ]
+    );
+}
+
+/// A document with `services` (TOML `[[service]]` tables) after the interfaces.
+fn with_services(services: &str) -> Result<Config, ConfigError> {
+    Config::from_toml_str(&format!("front = \"l0\"\nback = \"l1\"\n{services}"))
+}
+
+#[test]
+fn protocol_defaults_to_tcp_and_takes_udp() {
+    let c = with_services(
+        "[[service]]\naddress = \"198.18.0.100:53\"\nbackends = [\"198.19.0.11:53\"]\n\
+         [[service]]\naddress = \"198.18.0.101:53\"\nprotocol = \"udp\"\n\
+         backends = [\"198.19.0.12:53\"]\n",
+    )
+    .unwrap();
+    assert_eq!(c.services[0].protocol, Protocol::Tcp);
+    assert_eq!(c.services[1].protocol, Protocol::Udp);
+    let e = with_services(
+        "[[service]]\naddress = \"198.18.0.100:53\"\nprotocol = \"sctp\"\n\
+         backends = [\"198.19.0.11:53\"]\n",
+    )
+    .unwrap_err();
+    assert!(matches!(e, ConfigError::BadValue { .. }), "{e}");
+}
+
+#[test]
+fn a_vip_port_may_have_one_tcp_and_one_udp_service() {
+    let mut c = base();
+    c.services[1] = ServiceConfig {
+        protocol: Protocol::Udp,
+        ..c.services[0].clone()
+    };
+    c.services[1].backends = vec![b("198.19.0.21:8080")];
+    assert!(c.validate().is_ok());
+    let mut twice = c.clone();
+    twice.services[0].protocol = Protocol::Udp;
+    twice.services[0].backends = vec![b("198.19.0.22:8080")];
+    let e = err(twice);
+    assert!(
+        matches!(
+            e,
+            ConfigError::DuplicateService {
+                protocol: Protocol::Udp,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "service 198.18.0.100:80 (udp) is listed twice"
+    );
+}
+
+#[test]
+fn a_daemon_serves_one_service_whatever_the_protocol() {
+    let mut c = base();
+    c.services[1] = ServiceConfig {
+        protocol: Protocol::Udp,
+        ..c.services[0].clone()
+    };
+    let e = err(c);
+    assert!(matches!(e, ConfigError::BackendInTwoServices { .. }), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "backend 198.19.0.11:8080 is listed in services 198.18.0.100:80 (tcp) and \
+         198.18.0.100:80 (udp); a daemon ADDR:PORT serves one service, whatever its protocol"
+    );
+}
+
+#[test]
+fn a_udp_service_has_no_health_check() {
+    let e = with_services(
+        "[[service]]\naddress = \"198.18.0.100:53\"\nprotocol = \"udp\"\n\
+         backends = [\"198.19.0.11:53\"]\n[service.health]\nkind = \"tcp\"\n",
+    )
+    .unwrap_err();
+    assert!(matches!(e, ConfigError::UdpHealth { .. }), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "service 198.18.0.100:53 (udp): [service.health] is for TCP services; \
+         a UDP service's daemons are not probed"
+    );
+}
+
+#[test]
+fn udp_idle_defaults_to_ipvs_and_zero_is_refused() {
+    assert_eq!(
+        base().control.timeouts.udp_idle,
+        Duration::from_secs(300),
+        "IPVS's UDP timeout"
+    );
+    let c = with_services(
+        "[timeouts]\nudp_idle_ms = 1500\n[[service]]\naddress = \"198.18.0.100:53\"\n\
+         backends = [\"198.19.0.11:53\"]\n",
+    )
+    .unwrap();
+    assert_eq!(c.control.timeouts.udp_idle, Duration::from_millis(1500));
+    let mut c = base();
+    c.control.timeouts.udp_idle = Duration::ZERO;
+    assert_eq!(
+        err(c).to_string(),
+        "timeouts.udp_idle_ms = 0: must be greater than zero"
     );
 }

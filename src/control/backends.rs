@@ -7,7 +7,7 @@ use std::net::SocketAddrV4;
 use super::health::{Health, HealthState};
 use crate::{
     balance::BackendState,
-    config::{Config, ServiceHealth},
+    config::{Config, Protocol, ServiceHealth},
     dataplane::Retired,
     ids::BackendId,
 };
@@ -25,6 +25,9 @@ pub struct ProbeCounts {
 pub struct Backend {
     pub addr: SocketAddrV4,
     pub service: SocketAddrV4,
+    /// Its service's protocol. A UDP service's daemons are never probed
+    /// (there is no connection to make): they stay Up unless drained.
+    pub protocol: Protocol,
     pub health: HealthState,
     /// Its service's check (a retired daemon's is never used).
     pub check: ServiceHealth,
@@ -93,7 +96,7 @@ impl Backends {
         let configured = config.services.iter().flat_map(|s| {
             s.backends
                 .iter()
-                .map(move |b| (b.addr, s.address, s.health.clone(), false))
+                .map(move |b| (b.addr, s.address, s.protocol, s.health.clone(), false))
         });
         let retired_check = ServiceHealth {
             schedule: config.control.health,
@@ -101,13 +104,16 @@ impl Backends {
         };
         let retired = retired
             .iter()
-            .map(|r| (r.daemon, r.service, retired_check.clone(), true));
+            .map(|r| (r.daemon, r.service, r.protocol, retired_check.clone(), true));
         let list = configured
             .chain(retired)
             .enumerate()
-            .map(|(i, (addr, service, check, retired))| {
+            .map(|(i, (addr, service, protocol, check, retired))| {
                 let previous = old.find(addr).map(|i| &old.list[i.index()]);
+                let probed = !retired && protocol == Protocol::Tcp;
                 let health = match previous {
+                    // Not probed: whatever its TCP service's probes said is gone.
+                    _ if !probed && !retired => HealthState::new(&check.schedule),
                     Some(o) => {
                         let mut h = o.health.clone();
                         h.retune(&check.schedule, !o.check.same_probe(&check));
@@ -118,6 +124,7 @@ impl Backends {
                 Backend {
                     addr,
                     service,
+                    protocol,
                     health,
                     check,
                     probes: previous.map(|o| o.probes).unwrap_or_default(),
@@ -132,7 +139,7 @@ impl Backends {
                             .map_or(BackendState::Up, |o| o.told)
                     },
                     probing: false,
-                    next_probe_ns: if retired { u64::MAX } else { now_ns },
+                    next_probe_ns: if probed { now_ns } else { u64::MAX },
                 }
             })
             .collect();
@@ -171,6 +178,7 @@ impl Backends {
         self.list.iter().filter(|b| b.retired).map(|b| Retired {
             daemon: b.addr,
             service: b.service,
+            protocol: b.protocol,
         })
     }
 
@@ -502,6 +510,7 @@ mod tests {
         let retired = [Retired {
             daemon: addr(A),
             service: addr("198.18.0.100:80"),
+            protocol: crate::config::Protocol::Tcp,
         }];
         let old = Backends::new(&config(&[A, B]), &[], &Backends::default(), |_| true, 0);
         let mut new = Backends::new(&config(&[B]), &retired, &old, |_| true, 0);

@@ -15,7 +15,6 @@ use crate::{
     flow::FlowKey,
     packet::{
         icmp::{IcmpDrop, IcmpError},
-        ipv4::PROTO_TCP,
         MacPair,
     },
 };
@@ -65,7 +64,11 @@ pub fn to_daemon(
 ) -> Result<&[u8], Untranslated> {
     let mut error = IcmpError::parse(frame).map_err(Untranslated::Invalid)?;
     // The quote is the reply: from the service, to the client.
-    let key = FlowKey::new(error.quoted_dst(), error.quoted_src(), PROTO_TCP);
+    let key = FlowKey::new(
+        error.quoted_dst(),
+        error.quoted_src(),
+        error.quoted_protocol(),
+    );
     let daemon = daemon_of(key).ok_or(Untranslated::NoConnection)?;
     let dst = next_hop(daemon).ok_or(Untranslated::NoNextHop)?;
     error.rewrite_to_daemon(daemon, &MacPair { src: back_mac, dst });
@@ -91,6 +94,7 @@ mod tests {
     use dispatchd_testkit::frame::{FrameSpec, IcmpKind, IcmpSpec};
 
     use super::*;
+    use crate::packet::ipv4::PROTO_TCP;
 
     const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 40000);
     const SERVICE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80);
@@ -134,6 +138,47 @@ mod tests {
         want[..6].copy_from_slice(&HOP);
         want[6..12].copy_from_slice(&BACK_MAC);
         assert_eq!(sent, want);
+    }
+
+    #[test]
+    fn an_error_about_a_udp_answer_goes_to_its_flows_daemon_and_not_a_tcp_ones() {
+        let about = |from, to, at, ttl| {
+            let answer = FrameSpec {
+                ttl: 63,
+                payload: vec![7; 100],
+                ..FrameSpec::udp(from, to)
+            }
+            .build();
+            IcmpSpec {
+                src_mac: [2, 0, 0, 0, 0x7e, 1],
+                dst_mac: [2, 0, 0, 0, 0xf0, 1],
+                src: ROUTER,
+                dst: at,
+                ttl,
+                tos: 0xc0,
+                kind: IcmpKind::PortUnreachable,
+                quote: answer.ip_packet().to_vec(),
+            }
+            .build()
+            .into_bytes()
+        };
+        let udp_flow = |key: FlowKey| {
+            (key == FlowKey::new(CLIENT, SERVICE, crate::packet::ipv4::PROTO_UDP)).then_some(DAEMON)
+        };
+        let mut f = about(SERVICE, CLIENT, *SERVICE.ip(), 64);
+        let sent = to_daemon(&mut f, udp_flow, |_| Some(HOP), BACK_MAC)
+            .expect("translated")
+            .to_vec();
+        let mut want = about(DAEMON, CLIENT, *DAEMON.ip(), 63);
+        want[..6].copy_from_slice(&HOP);
+        want[6..12].copy_from_slice(&BACK_MAC);
+        assert_eq!(sent, want);
+        // The TCP connection on the same ports is another flow.
+        let mut f = about(SERVICE, CLIENT, *SERVICE.ip(), 64);
+        assert_eq!(
+            to_daemon(&mut f, tracked, |_| Some(HOP), BACK_MAC).err(),
+            Some(Untranslated::NoConnection)
+        );
     }
 
     #[test]

@@ -271,7 +271,11 @@ impl<'a> Manager<'a> {
         let mut traffic = TrafficBook::default();
         let daemons = traffic.install(
             parts.config.daemons().map(|(_, _, b)| b.addr),
-            parts.config.services.iter().map(|s| s.address),
+            parts
+                .config
+                .services
+                .iter()
+                .map(|s| (s.address, s.protocol.number())),
         );
         // Taken, not cloned: a bank is let go of once its plane alone held it.
         for w in &mut parts.workers {
@@ -486,6 +490,7 @@ impl<'a> Manager<'a> {
             workers: &self.stats,
             xdp: self.steering.counters().ok(),
             connections: self.tracker.len(),
+            udp_flows: self.tracker.udp_len(),
             ignored_events: self.tracker.ignored_events(),
             recovery: self.tracker.recovery(),
             timer_entries: self.tracker.timer_entries(),
@@ -519,6 +524,7 @@ impl<'a> Manager<'a> {
                 let conns = per_daemon.get(&b.addr).copied().unwrap_or_default();
                 BackendMetric {
                     service: b.service,
+                    protocol: b.protocol,
                     daemon: b.addr,
                     up: b.health.health() == Health::Up,
                     weight: weights.get(&b.addr).copied().unwrap_or(0),
@@ -535,7 +541,9 @@ impl<'a> Manager<'a> {
             .services
             .iter()
             .map(|s| {
-                let mine = backends.iter().filter(|b| b.service == s.address);
+                let mine = backends
+                    .iter()
+                    .filter(|b| b.service == s.address && b.protocol == s.protocol);
                 let (mut up, mut active, mut inactive) = (0, 0, 0);
                 for b in mine {
                     up += u32::from(b.up && !b.retired);
@@ -544,8 +552,9 @@ impl<'a> Manager<'a> {
                 }
                 ServiceMetric {
                     address: s.address,
+                    protocol: s.protocol,
                     daemons_up: up,
-                    new_connections: self.traffic.service_opened(s.address),
+                    new_connections: self.traffic.service_opened(s.address, s.protocol.number()),
                     active,
                     inactive,
                 }
@@ -816,7 +825,7 @@ impl<'a> Manager<'a> {
         for w in &mut self.workers {
             while let Some(event) = w.link.events.try_pop() {
                 if let Event::Opened { key, daemon, .. } = event {
-                    self.traffic.opened(key.service(), daemon);
+                    self.traffic.opened(key.service(), key.protocol, daemon);
                 }
                 // Read after the event arrived, so a connection's opening time is
                 // never before its record's creation: removals compare the two.
@@ -1574,6 +1583,7 @@ impl<'a> Manager<'a> {
             .map(|b| Retired {
                 daemon: b.addr,
                 service: b.service,
+                protocol: b.protocol,
             })
             .collect();
         match new.control.on_remove {
@@ -1643,7 +1653,10 @@ impl<'a> Manager<'a> {
                 .daemons()
                 .map(|(_, _, b)| b.addr)
                 .chain(retired.iter().map(|r| r.daemon)),
-            config.services.iter().map(|s| s.address),
+            config
+                .services
+                .iter()
+                .map(|s| (s.address, s.protocol.number())),
         );
         self.traffic.settle();
         for (w, plane) in applied.planes.into_iter().enumerate() {

@@ -20,6 +20,7 @@ use super::{
     traffic::Totals,
 };
 use crate::{
+    config::Protocol,
     packet::{icmp::IcmpDrop, DropReason},
     stats::{AtomicHistogram, SocketStats, WorkerDrop, WorkerStats},
     xdp::COUNTER_NAMES,
@@ -37,10 +38,22 @@ pub fn http_metrics(body: &str) -> String {
     )
 }
 
+/// A service's `service` label: its VIP:port, and `/udp` after it for a UDP
+/// service, so that a TCP and a UDP service on one VIP:port are two series
+/// and every TCP series keeps the labels it always had.
+pub fn service_label(address: SocketAddrV4, protocol: Protocol) -> String {
+    match protocol {
+        Protocol::Tcp => address.to_string(),
+        Protocol::Udp => format!("{address}/udp"),
+    }
+}
+
 /// One daemon as /metrics shows it.
 #[derive(Debug)]
 pub struct BackendMetric {
     pub service: SocketAddrV4,
+    /// Its service's protocol.
+    pub protocol: Protocol,
     pub daemon: SocketAddrV4,
     /// Its health check passes.
     pub up: bool,
@@ -59,6 +72,7 @@ pub struct BackendMetric {
 #[derive(Debug)]
 pub struct ServiceMetric {
     pub address: SocketAddrV4,
+    pub protocol: Protocol,
     /// Its daemons whose health check passes.
     pub daemons_up: u32,
     pub new_connections: u64,
@@ -93,6 +107,7 @@ struct Scrape {
     workers: Vec<Arc<WorkerStats>>,
     xdp: Option<[u64; COUNTER_NAMES.len()]>,
     connections: u64,
+    udp_flows: u64,
     ready: bool,
     recovery: [(&'static str, u64); 2],
     icmp: Vec<(&'static str, u64)>,
@@ -112,6 +127,7 @@ pub fn render(s: &StatsSnapshot<'_>, extra: ScrapeExtra) -> String {
         workers: s.workers.to_vec(),
         xdp: s.xdp,
         connections: s.connections as u64,
+        udp_flows: s.udp_flows as u64,
         ready: s.ready,
         recovery: [
             ("confirmed", s.recovery.confirmed),
@@ -531,6 +547,13 @@ impl Scrape {
         .gauge(&NONE, self.connections as i64)?;
         family(
             e,
+            "dispatchd_udp_flows",
+            "UDP flows tracked (of dispatchd_connections).",
+            MetricType::Gauge,
+        )?
+        .gauge(&NONE, self.udp_flows as i64)?;
+        family(
+            e,
             "dispatchd_ready",
             "1 while every worker runs, every service has a healthy daemon and no stop is under way \
              (GET /ready says why not).",
@@ -575,7 +598,7 @@ impl Scrape {
             .extra
             .services
             .iter()
-            .map(|s| (s.address.to_string(), s))
+            .map(|s| (service_label(s.address, s.protocol), s))
             .collect();
         let mut fam = family(
             e,
@@ -614,7 +637,7 @@ impl Scrape {
             .map(|b| {
                 (
                     [
-                        ("service", b.service.to_string()),
+                        ("service", service_label(b.service, b.protocol)),
                         ("backend", b.daemon.to_string()),
                     ],
                     b,
@@ -765,6 +788,7 @@ mod tests {
             workers,
             xdp: Some([7; COUNTER_NAMES.len()]),
             connections: 3,
+            udp_flows: 1,
             ignored_events: 0,
             recovery: RecoveryCounts::default(),
             timer_entries: 0,
@@ -786,6 +810,7 @@ mod tests {
         ScrapeExtra {
             services: vec![ServiceMetric {
                 address: vip,
+                protocol: Protocol::Tcp,
                 daemons_up: u32::from(daemons),
                 new_connections: 10,
                 active: 1,
@@ -794,6 +819,7 @@ mod tests {
             backends: (0..daemons)
                 .map(|i| BackendMetric {
                     service: vip,
+                    protocol: Protocol::Tcp,
                     daemon: SocketAddrV4::new(
                         Ipv4Addr::new(198, 19, (i >> 8) as u8, i as u8),
                         8080,
@@ -852,6 +878,7 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("dispatchd_build_info{version=\""));
+        assert!(page.contains("dispatchd_udp_flows 1\n"), "{page}");
         assert!(page.contains("dispatchd_reload_pending_restart{key=\"poll\"} 1\n"));
         assert!(page.contains("dispatchd_reload_pending_restart{key=\"batch\"} 0\n"));
         assert_eq!(
@@ -866,6 +893,33 @@ mod tests {
             let name = line.split(' ').nth(2).unwrap();
             assert!(!name.ends_with("_ns"), "a base unit: {name}");
         }
+    }
+
+    #[test]
+    fn a_tcp_and_a_udp_service_on_one_vip_port_are_two_series() {
+        let workers = vec![Arc::new(WorkerStats::default())];
+        let mut e = extra(1);
+        let mut udp = ServiceMetric {
+            protocol: Protocol::Udp,
+            new_connections: 7,
+            ..e.services.remove(0)
+        };
+        let tcp = ServiceMetric {
+            protocol: Protocol::Tcp,
+            new_connections: 3,
+            ..udp
+        };
+        udp.active = 5;
+        e.services = vec![tcp, udp];
+        let page = render(&snapshot(&workers), e);
+        assert_eq!(
+            samples(&page, "dispatchd_service_new_connections"),
+            [
+                "dispatchd_service_new_connections_total{service=\"198.18.0.100:80\"} 3",
+                "dispatchd_service_new_connections_total{service=\"198.18.0.100:80/udp\"} 7",
+            ],
+            "{page}"
+        );
     }
 
     /// A scrape with a thousand daemons, on the loop's thread: it must stay

@@ -269,6 +269,7 @@ mod tests {
         let retired = [Retired {
             daemon: "198.19.0.12:8080".parse().unwrap(),
             service: VIP_A.parse().unwrap(),
+            protocol: crate::config::Protocol::Tcp,
         }];
         let mut b = backends(&c, &retired);
         take_down(&mut b, BackendId(0));

@@ -55,6 +55,8 @@ pub struct StatsSnapshot<'a> {
     pub workers: &'a [std::sync::Arc<WorkerStats>],
     pub xdp: Option<[u64; COUNTER_NAMES.len()]>,
     pub connections: usize,
+    /// Of `connections`, the UDP flows.
+    pub udp_flows: usize,
     pub ignored_events: u64,
     /// What became of the records made by recovery (confirmed, expired).
     pub recovery: RecoveryCounts,
@@ -260,8 +262,8 @@ pub fn stats_text(s: &StatsSnapshot<'_>) -> String {
     );
     let _ = writeln!(
         out,
-        "connections {} ignored_events {} timer_entries {} loop_round_max_ns {} loop_round_max_1s_ns {}",
-        s.connections, s.ignored_events, s.timer_entries, s.loop_round_max_ns, s.loop_round_max_1s_ns
+        "connections {} udp_flows {} ignored_events {} timer_entries {} loop_round_max_ns {} loop_round_max_1s_ns {}",
+        s.connections, s.udp_flows, s.ignored_events, s.timer_entries, s.loop_round_max_ns, s.loop_round_max_1s_ns
     );
     let _ = writeln!(
         out,
@@ -361,6 +363,8 @@ struct StatsJson<'a> {
     /// rtnetlink: notifications handled, route requests, resyncs, faults.
     netlink: NetlinkStats,
     connections: usize,
+    /// Of `connections`, the UDP flows.
+    udp_flows: usize,
     ignored_events: u64,
     /// Records made by recovery: proven by the client, or expired unproven.
     recovery: RecoveryCounts,
@@ -453,6 +457,7 @@ pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
         next_hops: s.next_hops,
         netlink: s.netlink,
         connections: s.connections,
+        udp_flows: s.udp_flows,
         ignored_events: s.ignored_events,
         recovery: s.recovery,
         timer_entries: s.timer_entries,
@@ -468,6 +473,8 @@ pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
 struct ConnRow {
     client: SocketAddrV4,
     service: SocketAddrV4,
+    /// "tcp" or "udp".
+    protocol: &'static str,
     daemon: SocketAddrV4,
     worker: WorkerId,
     state: String,
@@ -478,6 +485,11 @@ fn conn_row(c: &ConnInfo, now_ns: u64) -> ConnRow {
     ConnRow {
         client: c.key.client(),
         service: c.key.service(),
+        protocol: if c.key.protocol == crate::config::Protocol::Udp.number() {
+            "udp"
+        } else {
+            "tcp"
+        },
         daemon: c.daemon,
         worker: c.worker,
         state: format!("{:?}", c.phase),
@@ -531,8 +543,14 @@ pub fn conns(
     for r in &rows {
         let _ = writeln!(
             out,
-            "{} -> {} -> {} worker {} {} age {} ms",
-            r.client, r.service, r.daemon, r.worker, r.state, r.age_ms
+            "{} -> {}{} -> {} worker {} {} age {} ms",
+            r.client,
+            r.service,
+            if r.protocol == "udp" { "/udp" } else { "" },
+            r.daemon,
+            r.worker,
+            r.state,
+            r.age_ms
         );
     }
     let _ = writeln!(
@@ -548,6 +566,8 @@ pub fn conns(
 struct BackendRow {
     daemon: SocketAddrV4,
     service: SocketAddrV4,
+    /// Its service's protocol: "tcp" or "udp".
+    protocol: &'static str,
     health: &'static str,
     draining: bool,
     state: String,
@@ -662,6 +682,7 @@ fn backend_row(
     BackendRow {
         daemon: b.addr,
         service: b.service,
+        protocol: b.protocol.as_str(),
         health: if b.health.health() == Health::Up {
             "up"
         } else {
@@ -715,7 +736,7 @@ pub fn backends_text<'a>(
             out,
             "{} service {} health {} state {} active {} inactive {} weight {weight} override {} next_hop {next_hop}",
             r.daemon,
-            r.service,
+            super::metrics::service_label(r.service, b.protocol),
             r.health,
             r.state,
             r.active,

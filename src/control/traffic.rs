@@ -49,14 +49,15 @@ pub struct TrafficBook {
     /// The daemons of the running set, with the generation that brought each
     /// in: a bank older than that counted an earlier stay of the address.
     joined: AHashMap<SocketAddrV4, u64>,
-    /// The services of the running set, for their new-connection counts.
-    services: AHashSet<SocketAddrV4>,
+    /// The services of the running set (address, IP protocol number), for
+    /// their new-connection counts.
+    services: AHashSet<(SocketAddrV4, u8)>,
     live: Vec<Bank>,
     /// What let-go banks counted, and the new connections, by daemon.
     settled: AHashMap<SocketAddrV4, Totals>,
     /// New connections by service: kept while the service is configured,
     /// whichever daemons come and go.
-    service_opened: AHashMap<SocketAddrV4, u64>,
+    service_opened: AHashMap<(SocketAddrV4, u8), u64>,
 }
 
 impl TrafficBook {
@@ -66,7 +67,7 @@ impl TrafficBook {
     pub fn install(
         &mut self,
         daemons: impl Iterator<Item = SocketAddrV4>,
-        services: impl Iterator<Item = SocketAddrV4>,
+        services: impl Iterator<Item = (SocketAddrV4, u8)>,
     ) -> Arc<[SocketAddrV4]> {
         self.generation += 1;
         let daemons: Arc<[SocketAddrV4]> = daemons.collect();
@@ -91,13 +92,14 @@ impl TrafficBook {
         });
     }
 
-    /// A connection opened to `daemon` of `service` (a worker's event).
-    pub fn opened(&mut self, service: SocketAddrV4, daemon: SocketAddrV4) {
+    /// A connection (or UDP flow) of IP protocol `protocol` opened to
+    /// `daemon` of `service` (a worker's event).
+    pub fn opened(&mut self, service: SocketAddrV4, protocol: u8, daemon: SocketAddrV4) {
         if self.joined.contains_key(&daemon) {
             self.settled.entry(daemon).or_default().new_connections += 1;
         }
-        if self.services.contains(&service) {
-            *self.service_opened.entry(service).or_default() += 1;
+        if self.services.contains(&(service, protocol)) {
+            *self.service_opened.entry((service, protocol)).or_default() += 1;
         }
     }
 
@@ -145,8 +147,11 @@ impl TrafficBook {
     }
 
     /// New connections of a configured service since it was configured.
-    pub fn service_opened(&self, service: SocketAddrV4) -> u64 {
-        self.service_opened.get(&service).copied().unwrap_or(0)
+    pub fn service_opened(&self, service: SocketAddrV4, protocol: u8) -> u64 {
+        self.service_opened
+            .get(&(service, protocol))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -174,17 +179,23 @@ mod tests {
     #[test]
     fn totals_follow_the_address_across_a_reordering_reload() {
         let mut book = TrafficBook::default();
-        let first = book.install([addr(1), addr(2), addr(3)].into_iter(), [VIP].into_iter());
+        let first = book.install(
+            [addr(1), addr(2), addr(3)].into_iter(),
+            [(VIP, 6)].into_iter(),
+        );
         let old = BackendTraffic::bank(3);
         book.track(first, old.clone());
         count(&old, 0, 10); // addr 1
         count(&old, 1, 20); // addr 2
         count(&old, 2, 30); // addr 3
-        book.opened(VIP, addr(1));
-        book.opened(VIP, addr(3));
+        book.opened(VIP, 6, addr(1));
+        book.opened(VIP, 6, addr(3));
 
         // Reordered: 2 then 1, 3 gone, 4 new.
-        let second = book.install([addr(2), addr(1), addr(4)].into_iter(), [VIP].into_iter());
+        let second = book.install(
+            [addr(2), addr(1), addr(4)].into_iter(),
+            [(VIP, 6)].into_iter(),
+        );
         let new = BackendTraffic::bank(3);
         book.track(second, new.clone());
         // The worker has not switched yet: the old bank still counts.
@@ -217,7 +228,7 @@ mod tests {
         );
         assert_eq!(t[&addr(2)].to_packets, 25);
         assert_eq!(t[&addr(4)].to_packets, 9);
-        assert_eq!(book.service_opened(VIP), 2, "a service keeps its count");
+        assert_eq!(book.service_opened(VIP, 6), 2, "a service keeps its count");
     }
 
     /// A daemon removed and added back starts from zero, even when a plane
@@ -225,13 +236,13 @@ mod tests {
     #[test]
     fn a_daemon_that_comes_back_starts_from_zero() {
         let mut book = TrafficBook::default();
-        let first = book.install([addr(1), addr(2)].into_iter(), [VIP].into_iter());
+        let first = book.install([addr(1), addr(2)].into_iter(), [(VIP, 6)].into_iter());
         let old = BackendTraffic::bank(2);
         book.track(first, old.clone());
         count(&old, 1, 50);
-        let second = book.install([addr(1)].into_iter(), [VIP].into_iter());
+        let second = book.install([addr(1)].into_iter(), [(VIP, 6)].into_iter());
         book.track(second, BackendTraffic::bank(1));
-        let third = book.install([addr(1), addr(2)].into_iter(), [VIP].into_iter());
+        let third = book.install([addr(1), addr(2)].into_iter(), [(VIP, 6)].into_iter());
         book.track(third, BackendTraffic::bank(2));
         assert_eq!(book.totals()[&addr(2)].to_packets, 0);
         drop(old);
@@ -247,7 +258,7 @@ mod tests {
         let daemons: Vec<SocketAddrV4> = (0..1000u16)
             .map(|i| SocketAddrV4::new(Ipv4Addr::new(198, 19, (i >> 8) as u8, i as u8), 8080))
             .collect();
-        let list = book.install(daemons.iter().copied(), [VIP].into_iter());
+        let list = book.install(daemons.iter().copied(), [(VIP, 6)].into_iter());
         let banks: Vec<_> = (0..2).map(|_| BackendTraffic::bank(1000)).collect();
         for b in &banks {
             book.track(list.clone(), b.clone());

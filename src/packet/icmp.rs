@@ -45,13 +45,16 @@
 //!    problem (12): `NotAnError`. Source quench (4) is not translated: RFC 6633
 //!    deprecated it and hosts ignore it (Linux's tcp_v4_err does).
 //! 9. quoted version != 4 or IHL < 5: `BadHeader`; IHL > 5: `IpOptions`
-//! 10. quoted protocol not TCP: `NotTcp`; quoted offset != 0: `Fragment` (no
-//!     ports to translate)
+//! 10. quoted protocol neither TCP nor UDP: `NotTcp` (the counter keeps its
+//!     name); quoted offset != 0: `Fragment` (no ports to translate)
+//!
+//! A quoted UDP datagram's checksum sits in the 8 bytes every error carries:
+//! it is always updated, except a 0 (no checksum), which stays 0.
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::{
     checksum::{self, Incremental},
-    ethernet, ipv4, tcp, MacPair,
+    ethernet, ipv4, tcp, udp, MacPair,
 };
 
 /// IP protocol number of ICMP.
@@ -228,7 +231,7 @@ impl<'a> IcmpError<'a> {
             return Err(IcmpDrop::BadHeader);
         }
         check_ihl(quote.ihl())?;
-        if quote.protocol() != ipv4::PROTO_TCP {
+        if quote.protocol() != ipv4::PROTO_TCP && quote.protocol() != ipv4::PROTO_UDP {
             return Err(IcmpDrop::NotTcp);
         }
         if quote.frag_offset() != 0 {
@@ -259,6 +262,11 @@ impl<'a> IcmpError<'a> {
     /// Who the error is for: the quoted segment's sender, as the network saw it.
     pub fn outer_dst(&self) -> Ipv4Addr {
         self.addr(IP + ipv4::field::DST_ADDR.start)
+    }
+
+    /// The quoted packet's protocol: TCP or UDP.
+    pub fn quoted_protocol(&self) -> u8 {
+        self.buf[QUOTE_IP + ipv4::field::PROTOCOL]
     }
 
     /// The quoted segment's source address and port.
@@ -371,17 +379,27 @@ impl<'a> IcmpError<'a> {
         // The quoted TCP checksum, if the quote holds it whole. A quote that
         // ends between its two bytes leaves the first one as it was: the new
         // value's high byte depends, by the carry, on the low byte, which is
-        // not there.
-        if self.ip_end >= QUOTE_TCP_CHECKSUM_END {
-            let at = QUOTE_TCP + tcp::field::CHECKSUM.start;
-            let old_tcp_ck = be16(b, at);
-            // The TCP checksum covers the address (pseudo-header) and the port.
-            let new_tcp_ck = Incremental::new(old_tcp_ck)
+        // not there. A UDP checksum is always there (in the first 8 bytes);
+        // a 0 there means none was sent, and stays.
+        let l4_ck_at = if b[QUOTE_IP + ipv4::field::PROTOCOL] == ipv4::PROTO_UDP {
+            Some(QUOTE_TCP + udp::field::CHECKSUM.start).filter(|&at| be16(b, at) != 0)
+        } else {
+            (self.ip_end >= QUOTE_TCP_CHECKSUM_END)
+                .then_some(QUOTE_TCP + tcp::field::CHECKSUM.start)
+        };
+        if let Some(at) = l4_ck_at {
+            let old_l4_ck = be16(b, at);
+            // The L4 checksum covers the address (pseudo-header) and the port.
+            let mut new_l4_ck = Incremental::new(old_l4_ck)
                 .replace32(old_addr, new_addr)
                 .replace16(old_port, new_port)
                 .finish();
-            put16(b, at, new_tcp_ck);
-            icmp_ck = icmp_ck.replace16(old_tcp_ck, new_tcp_ck);
+            // RFC 768: a computed 0 is sent as all ones, 0 meaning none.
+            if new_l4_ck == 0 && at == QUOTE_TCP + udp::field::CHECKSUM.start {
+                new_l4_ck = 0xffff;
+            }
+            put16(b, at, new_l4_ck);
+            icmp_ck = icmp_ck.replace16(old_l4_ck, new_l4_ck);
         }
         put32(b, addr_at, new_addr);
         put16(b, port_at, new_port);

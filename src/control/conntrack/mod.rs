@@ -12,6 +12,8 @@
 //! Reset (any phase; the owner accepted a RST) ──▶ Reset: Remove at the reset linger deadline.
 //! DaemonRst: CheckRst to the owner, which answers Reset if the RST is in the window.
 //! Removed (worker dropped it): forget.
+//! UDP (no handshake, no close): Opened or Recovered ──▶ Established at once;
+//!   udp idle deadline: RemoveIfIdle (recheck), as an idle TCP connection.
 //! ```
 //!
 //! Events carry the time the worker saw them; one from before the tracked
@@ -141,6 +143,8 @@ struct Conn {
 pub struct ConnTracker {
     timeouts: Timeouts,
     conns: AHashMap<u128, Conn>,
+    /// How many of `conns` are UDP flows.
+    udp: usize,
     /// Connections per daemon, kept up to date as they come, change phase and
     /// go, so that asking costs O(daemons), not a walk of every connection.
     per_daemon: AHashMap<SocketAddrV4, BackendConns>,
@@ -161,6 +165,20 @@ pub struct RecoveryCounts {
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn is_udp(key: &FlowKey) -> bool {
+    key.protocol == crate::packet::L4Proto::Udp.number()
+}
+
+/// How long a record of `key` may go without a packet: a UDP flow's own
+/// timeout, or an established TCP connection's.
+fn idle_of(t: &Timeouts, key: &FlowKey) -> Duration {
+    if is_udp(key) {
+        t.udp_idle
+    } else {
+        t.idle
+    }
 }
 
 /// Min-heap of `(deadline, generation, packed key)` and the generation counter.
@@ -204,6 +222,7 @@ impl ConnTracker {
         Self {
             timeouts,
             conns: AHashMap::new(),
+            udp: 0,
             per_daemon: AHashMap::new(),
             timers: Timers::default(),
             ignored: 0,
@@ -302,7 +321,7 @@ impl ConnTracker {
                     // Only a probed phase is re-armed; a late answer for a record that has
                     // since moved to Closing keeps its linger deadline.
                     if matches!(c.info.phase, Phase::Established | Phase::HalfClosed { .. }) {
-                        let deadline = last_seen_ns.saturating_add(nanos(t.idle));
+                        let deadline = last_seen_ns.saturating_add(nanos(idle_of(&t, &key)));
                         self.timers.arm(c, deadline);
                     }
                 }
@@ -310,6 +329,7 @@ impl ConnTracker {
             Event::Removed { key, at_ns } => {
                 if current(&mut self.conns, &mut self.ignored, key, at_ns).is_some() {
                     if let Some(gone) = self.conns.remove(&key.packed()) {
+                        self.udp -= usize::from(is_udp(&gone.info.key));
                         count(&mut self.per_daemon, &gone.info, false);
                     }
                 }
@@ -319,7 +339,8 @@ impl ConnTracker {
     }
 
     /// A record made on `worker` (by a SYN, or by recovery): tracked from its
-    /// `phase` with the syn deadline.
+    /// `phase` with the syn deadline; a UDP flow's, established with the UDP
+    /// idle deadline.
     #[allow(clippy::too_many_arguments)]
     fn open(
         &mut self,
@@ -339,6 +360,13 @@ impl ConnTracker {
             self.ignored += 1;
             return;
         }
+        // A UDP flow is as proven as it will ever be by its first datagram
+        // (recovered or not): it lives until idle.
+        let (phase, timeout) = if is_udp(&key) {
+            (Phase::Established, self.timeouts.udp_idle)
+        } else {
+            (phase, self.timeouts.syn)
+        };
         let mut conn = Conn {
             info: ConnInfo {
                 worker,
@@ -350,12 +378,14 @@ impl ConnTracker {
             },
             gen: 0,
         };
-        let deadline = now_ns.saturating_add(nanos(self.timeouts.syn));
+        let deadline = now_ns.saturating_add(nanos(timeout));
         self.timers.arm(&mut conn, deadline);
         // The client reused the port: the new record replaces the old one (whose
         // heap entry is now stale). If another worker held it, drop its copy.
         count(&mut self.per_daemon, &conn.info, true);
-        if let Some(old) = self.conns.insert(key.packed(), conn) {
+        let old = self.conns.insert(key.packed(), conn);
+        self.udp += usize::from(old.is_none() && is_udp(&key));
+        if let Some(old) = old {
             count(&mut self.per_daemon, &old.info, false);
             if old.info.worker != worker {
                 let opened_ns = old.info.opened_ns;
@@ -368,7 +398,7 @@ impl ConnTracker {
     /// (`Remove`), Established and HalfClosed ones are probed (`RemoveIfIdle`) and
     /// re-armed `RECHECK_INTERVAL` later in case the answer never comes.
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Order>) {
-        let idle = nanos(self.timeouts.idle);
+        let timeouts = self.timeouts;
         while let Some(&Reverse((deadline, gen, packed))) = self.timers.heap.peek() {
             if deadline > now_ns {
                 break;
@@ -383,7 +413,7 @@ impl ConnTracker {
             let (worker, key, opened_ns) = (c.info.worker, c.info.key, c.info.opened_ns);
             match c.info.phase {
                 Phase::Established | Phase::HalfClosed { .. } => {
-                    let idle_since_ns = now_ns.saturating_sub(idle);
+                    let idle_since_ns = now_ns.saturating_sub(nanos(idle_of(&timeouts, &key)));
                     out.push((worker, FlowCommand::RemoveIfIdle { key, idle_since_ns }));
                     let recheck = now_ns.saturating_add(nanos(RECHECK_INTERVAL));
                     self.timers.arm(c, recheck);
@@ -393,6 +423,7 @@ impl ConnTracker {
                         self.recovery.expired += 1;
                     }
                     if let Some(gone) = self.conns.remove(&packed) {
+                        self.udp -= usize::from(is_udp(&gone.info.key));
                         count(&mut self.per_daemon, &gone.info, false);
                     }
                     out.push((worker, FlowCommand::Remove { key, opened_ns }));
@@ -408,6 +439,11 @@ impl ConnTracker {
 
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()
+    }
+
+    /// How many of the tracked records are UDP flows.
+    pub fn udp_len(&self) -> usize {
+        self.udp
     }
 
     /// Events for keys not tracked (late segments after a removal, lost `Opened`).

@@ -7,6 +7,7 @@ const T: Timeouts = Timeouts {
     idle: Duration::from_secs(300),
     linger: Duration::from_secs(2),
     rst_linger: Duration::from_secs(10),
+    udp_idle: Duration::from_secs(300),
 };
 
 fn key(i: u32) -> FlowKey {
@@ -200,6 +201,7 @@ fn defaults() {
             idle: Duration::from_secs(300),
             linger: Duration::from_secs(2),
             rst_linger: Duration::from_secs(10),
+            udp_idle: Duration::from_secs(300),
         }
     );
     let t = ConnTracker::default();
@@ -759,12 +761,14 @@ mod model {
         idle: Duration::from_secs(5),
         linger: Duration::ZERO,
         rst_linger: Duration::from_secs(1),
+        udp_idle: Duration::from_secs(300),
     };
     const SMALL: Timeouts = Timeouts {
         syn: Duration::from_secs(10),
         idle: Duration::from_secs(30),
         linger: Duration::from_secs(2),
         rst_linger: Duration::from_secs(4),
+        udp_idle: Duration::from_secs(300),
     };
 
     #[derive(Clone, Copy, Debug)]
@@ -1114,5 +1118,94 @@ fn memory_follows_the_connections_down() {
         t.timers.heap.capacity() <= 4 * 10 + COMPACT_SLACK,
         "heap capacity {}",
         t.timers.heap.capacity()
+    );
+}
+
+/// A UDP flow's key: the same tuple as [`key`], protocol 17.
+fn udp_key(i: u32) -> FlowKey {
+    FlowKey {
+        protocol: 17,
+        ..key(i)
+    }
+}
+
+#[test]
+fn a_udp_flow_is_established_at_once_and_ends_when_idle_for_its_own_timeout() {
+    let t_udp = Timeouts {
+        udp_idle: Duration::from_secs(30),
+        ..T
+    };
+    let mut t = ConnTracker::new(t_udp);
+    for (i, e) in [
+        opened(1, 1, 0),
+        // Recovery of a datagram of a flow another instance started: the
+        // same, with no short proving deadline (no handshake to prove).
+        recovered(1, 2, 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let e = match e {
+            Event::Opened {
+                worker,
+                daemon,
+                at_ns,
+                ..
+            } => Event::Opened {
+                worker,
+                key: udp_key(1),
+                daemon,
+                at_ns,
+            },
+            Event::Recovered {
+                worker,
+                daemon,
+                at_ns,
+                ..
+            } => Event::Recovered {
+                worker,
+                key: udp_key(2),
+                daemon,
+                at_ns,
+            },
+            other => other,
+        };
+        assert!(ev(&mut t, e, i as u64).is_empty());
+    }
+    for k in [udp_key(1), udp_key(2)] {
+        assert_eq!(t.get(&k).unwrap().phase, Phase::Established);
+    }
+    assert_eq!(t.per_daemon()[&daemon(0)].active, 2);
+    assert_eq!(t.udp_len(), 2);
+    // The UDP idle timeout, not syn's (10 s) nor TCP's idle (300 s).
+    assert!(exp(&mut t, 29 * S).is_empty());
+    let probe = |k: FlowKey, now: u64| Command::RemoveIfIdle {
+        worker: 1,
+        key: k,
+        idle_since_ns: now - 30 * S,
+    };
+    assert_eq!(exp(&mut t, 30 * S), [probe(udp_key(1), 30 * S)]);
+    // Busy: re-armed from its last datagram with the UDP timeout.
+    let active = Event::Active {
+        key: udp_key(1),
+        last_seen_ns: 25 * S,
+    };
+    assert!(ev(&mut t, active, 30 * S).is_empty());
+    assert_eq!(t.get(&udp_key(1)).unwrap().deadline_ns, 55 * S);
+    // Idle: the worker removed it, the tracker forgets it.
+    let removed = Event::Removed {
+        key: udp_key(2),
+        at_ns: 31 * S,
+    };
+    assert_eq!(exp(&mut t, 30 * S + 1), [probe(udp_key(2), 30 * S + 1)]);
+    assert!(ev(&mut t, removed, 31 * S).is_empty());
+    assert_eq!((t.len(), t.udp_len()), (1, 1));
+    // A TCP connection beside it is not one.
+    assert!(ev(&mut t, opened(1, 3, 0), 32 * S).is_empty());
+    assert_eq!((t.len(), t.udp_len()), (2, 1));
+    assert_eq!(
+        t.recovery(),
+        RecoveryCounts::default(),
+        "not a TCP recovery"
     );
 }

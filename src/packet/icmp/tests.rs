@@ -419,9 +419,9 @@ fn every_drop_reason() {
             IcmpDrop::IpOptions,
         ),
         (
-            "quoted UDP",
+            "quoted SCTP",
             Box::new(move |f: &mut Vec<u8>| {
-                f[42 + 9] = 17;
+                f[42 + 9] = 132;
                 reseal_icmp(f);
             }),
             IcmpDrop::NotTcp,
@@ -494,6 +494,94 @@ fn random_bytes_never_panic() {
             e.truncate((next() % 200) as usize);
             e.rewrite_to_daemon(DAEMON, &MACS);
             e.rewrite_to_client(SERVICE);
+        }
+    }
+}
+
+/// A datagram with an odd payload, TTL `ttl`; its checksum 0 (none) if not `summed`.
+fn datagram(from: SocketAddrV4, to: SocketAddrV4, ttl: u8, summed: bool) -> Frame {
+    let mut f = FrameSpec {
+        ttl,
+        ip_id: 0x4d2,
+        payload: (0..301u32).map(|i| (i * 5) as u8).collect(),
+        ..FrameSpec::udp(from, to)
+    }
+    .build();
+    if !summed {
+        f.set_l4_checksum(0);
+    }
+    f
+}
+
+#[test]
+fn errors_about_udp_datagrams_are_translated_both_ways_and_a_zero_checksum_stays_zero() {
+    for summed in [true, false] {
+        for kind in KINDS {
+            for n in [28, 36, 300] {
+                // About a reply: as the router saw it (from the VIP), for the daemon.
+                let sent = datagram(DAEMON, CLIENT, 63, summed);
+                let seen = datagram(SERVICE, CLIENT, 63, summed);
+                let mut f = error(
+                    ROUTER_MACS,
+                    FRONT_ROUTER,
+                    *SERVICE.ip(),
+                    61,
+                    kind,
+                    &seen.ip_packet()[..n],
+                );
+                let mut e =
+                    IcmpError::parse(&mut f).unwrap_or_else(|r| panic!("{kind:?} {n}: {r}"));
+                assert_eq!(e.quoted_protocol(), ipv4::PROTO_UDP);
+                assert_eq!((e.quoted_src(), e.quoted_dst()), (SERVICE, CLIENT));
+                e.rewrite_to_daemon(DAEMON, &MACS);
+                let want = error(
+                    (MACS.src, MACS.dst),
+                    FRONT_ROUTER,
+                    *DAEMON.ip(),
+                    60,
+                    kind,
+                    &sent.ip_packet()[..n],
+                );
+                assert_eq!(
+                    f, want,
+                    "to the daemon: {kind:?}, {n} bytes, summed {summed}"
+                );
+
+                // About a client's datagram: as the back saw it (to the daemon), for the client.
+                let sent = datagram(CLIENT, SERVICE, 63, summed);
+                let seen = datagram(CLIENT, DAEMON, 63, summed);
+                let mut f = error(
+                    ROUTER_MACS,
+                    BACK_ROUTER,
+                    *CLIENT.ip(),
+                    64,
+                    kind,
+                    &seen.ip_packet()[..n],
+                );
+                let mut e =
+                    IcmpError::parse(&mut f).unwrap_or_else(|r| panic!("{kind:?} {n}: {r}"));
+                e.rewrite_to_client(SERVICE);
+                let want = error(
+                    ROUTER_MACS,
+                    *SERVICE.ip(),
+                    *CLIENT.ip(),
+                    63,
+                    kind,
+                    &sent.ip_packet()[..n],
+                );
+                assert_eq!(
+                    f, want,
+                    "to the client: {kind:?}, {n} bytes, summed {summed}"
+                );
+                let quoted_ck = 14 + 20 + 8 + 20 + 6;
+                if !summed {
+                    assert_eq!(
+                        &f[quoted_ck..quoted_ck + 2],
+                        [0, 0],
+                        "no checksum stays none"
+                    );
+                }
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     clients::{self, Close},
-    inject, server,
+    inject, server, udp,
 };
 
 #[derive(Parser)]
@@ -34,6 +34,35 @@ enum Command {
         /// `download`).
         #[arg(long, conflicts_with = "reset")]
         download: bool,
+    },
+    /// UDP echo servers (see `udp`).
+    UdpServe {
+        #[arg(long = "listen", required = true)]
+        listen: Vec<SocketAddr>,
+    },
+    /// UDP queries from many connected sockets (see `udp`).
+    UdpQuery {
+        #[arg(long)]
+        to: SocketAddr,
+        /// Sockets, each its own source port.
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        /// Queries per socket, in rounds over every socket.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// The first socket's source port, the next one's port + 1, ...;
+        /// default: ports the kernel picks.
+        #[arg(long)]
+        src_port: Option<u16>,
+        /// Pause between two rounds.
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
+        /// How long a query waits for its answer before it counts as lost.
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        /// Bytes of each query, at least its header.
+        #[arg(long, default_value_t = 0)]
+        payload: usize,
     },
     Connect {
         #[arg(long)]
@@ -179,6 +208,24 @@ pub fn run() -> Result<()> {
             };
             server::serve(&listen, mode)
         }
+        Command::UdpServe { listen } => udp::serve(&listen),
+        Command::UdpQuery {
+            to,
+            clients,
+            count,
+            src_port,
+            interval_ms,
+            timeout_ms,
+            payload,
+        } => udp::query(udp::Query {
+            to,
+            clients,
+            count,
+            src_port,
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_millis(timeout_ms),
+            payload,
+        }),
         Command::Connect {
             to,
             connections,

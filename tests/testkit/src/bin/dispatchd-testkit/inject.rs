@@ -103,6 +103,44 @@ fn malformed(base: &FrameSpec) -> Vec<Malformed> {
     ]
 }
 
+/// Every malformed UDP kind once, named as dispatchd counts it: the length
+/// field or the IPv4 total length at odds with the datagram, each with its
+/// checksums right.
+fn malformed_udp(base: &FrameSpec) -> Vec<Malformed> {
+    let ok = FrameSpec {
+        payload: b"malformed-udp".to_vec(),
+        ..FrameSpec::udp(base.src, base.dst)
+    }
+    .build();
+    let with = |kind: &'static str, edit: &dyn Fn(&mut Frame)| {
+        let mut frame = ok.clone();
+        edit(&mut frame);
+        let bytes = frame.as_bytes_mut();
+        bytes[..6].copy_from_slice(&base.dst_mac);
+        bytes[6..12].copy_from_slice(&base.src_mac);
+        Malformed { kind, frame }
+    };
+    vec![
+        with("bad_udp_length", &|f| {
+            f.set_udp_len(400);
+        }),
+        with("bad_udp_length", &|f| {
+            f.set_udp_len(7);
+        }),
+        // The IPv4 packet ends inside the UDP header (the frame may go on:
+        // Ethernet padding).
+        with("truncated_udp", &|f| {
+            f.set_total_len(20 + 6).reseal_ip_checksum();
+        }),
+        with("vip_malformed", &|f| {
+            f.truncate(14 + 20 + 3);
+        }),
+        with("bad_syn_checksum", &|f| {
+            f.set_l4_checksum(f.l4_checksum() ^ 0x5a00);
+        }),
+    ]
+}
+
 /// What to send: the kind of frames, how many, their TCP sequence number, and
 /// how many per second (0: as fast as the socket takes them).
 pub struct Injection<'a> {
@@ -170,6 +208,41 @@ pub fn run(
             for (k, n) in sent {
                 println!("sent {k}={n}");
             }
+        }
+        "udp-malformed" => {
+            let frames = malformed_udp(&base);
+            let mut sent = BTreeMap::<&str, usize>::new();
+            for _ in 0..count {
+                for m in &frames {
+                    send(&fd, m.frame.as_bytes())?;
+                    *sent.entry(m.kind).or_default() += 1;
+                }
+            }
+            for (k, n) in sent {
+                println!("sent {k}={n}");
+            }
+        }
+        "udp-flood" => {
+            // Datagrams from spoofed sources in 198.18.128.0/17, each tuple
+            // once: every one asks for a record.
+            let started = Instant::now();
+            for i in 0..count as u32 {
+                let ip = Ipv4Addr::from(0xc612_8000 | (i % 0x8000));
+                let port = 1024 + (i / 0x8000) as u16 * 7 + (i % 61) as u16;
+                let datagram = FrameSpec {
+                    src_mac: base.src_mac,
+                    dst_mac: base.dst_mac,
+                    payload: b"spoofed".to_vec(),
+                    ..FrameSpec::udp(SocketAddrV4::new(ip, port), to)
+                };
+                send(&fd, datagram.build().as_bytes())?;
+                pace(started, i, rate);
+            }
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "sent udp={count} seconds={secs:.3} rate={:.0}",
+                count as f64 / secs
+            );
         }
         "syn-flood" => {
             let started = Instant::now();
@@ -246,7 +319,9 @@ pub fn run(
             }
             println!("sent rst={count} seq={seq}");
         }
-        other => bail!("unknown kind {other:?}: malformed | syn-flood | ack | rst"),
+        other => bail!(
+            "unknown kind {other:?}: malformed | udp-malformed | syn-flood | udp-flood | ack-flood | ack | rst"
+        ),
     }
     Ok(())
 }

@@ -15,6 +15,7 @@
 //! inject:  hand-made frames (malformed ones, SYN floods, stray ACKs, resets)
 //!          sent through a raw socket.
 //! sniff:   the sequence numbers of one segment of a live connection.
+//! udp-serve, udp-query: UDP echo servers and a query client (see `udp.rs`).
 //!
 //! Every client prints `key=value` lines that tests parse, and exits non-zero if
 //! any connection failed or any echo differed. `--bind ADDR` (before the
@@ -26,6 +27,7 @@ mod clients;
 mod inject;
 mod server;
 mod sockets;
+mod udp;
 
 use std::process::ExitCode;
 

@@ -23,6 +23,11 @@ pub fn bind_clients_to(addr: Ipv4Addr) {
     let _ = BIND.set(addr);
 }
 
+/// The address [`bind_clients_to`] set, if any.
+pub fn client_bind() -> Option<Ipv4Addr> {
+    BIND.get().copied()
+}
+
 /// Connects to `to` within `timeout`. The local address the kernel picked comes
 /// back whatever the outcome, so that a failed connection can still be named by
 /// its 4-tuple (std's connect forgets it on failure).
