@@ -323,7 +323,7 @@ fn icmp_frame(
     let mut out = Vec::new();
     PacketBuilder::ethernet2(m.src, m.dst)
         .ipv6(from.octets(), to.octets(), hop)
-        .icmpv6(kind.clone())
+        .icmpv6(*kind)
         .write(&mut out, quote)
         .unwrap();
     out

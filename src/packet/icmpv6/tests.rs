@@ -78,12 +78,12 @@ fn an_error_from_the_back_reaches_the_client_as_about_the_vip() {
                 let sent = packet(udp, CLIENT, DAEMON, 30);
                 let seen = packet(udp, CLIENT, SERVICE, 30);
                 let cut = cut.min(sent.len());
-                let mut f = error(kind.clone(), ROUTER, *CLIENT.ip(), 64, &sent[..cut]);
+                let mut f = error(kind, ROUTER, *CLIENT.ip(), 64, &sent[..cut]);
                 let mut e = Icmpv6Error::parse(&mut f).unwrap();
                 assert_eq!(e.quoted_dst(), DAEMON);
                 assert_eq!(e.quoted_src(), CLIENT);
                 e.rewrite_to_client(SERVICE);
-                let mut want = error(kind.clone(), *SERVICE.ip(), *CLIENT.ip(), 63, &seen[..cut]);
+                let mut want = error(kind, *SERVICE.ip(), *CLIENT.ip(), 63, &seen[..cut]);
                 if !udp && cut == 57 {
                     // One byte of the quoted TCP checksum: left as it was; the
                     // ICMPv6 checksum covers it (parse verifies it in full).
@@ -103,14 +103,14 @@ fn an_error_from_the_front_reaches_the_daemon_as_about_its_reply() {
         for udp in [false, true] {
             let seen = packet(udp, SERVICE, CLIENT, 100);
             let sent = packet(udp, DAEMON, CLIENT, 100);
-            let mut f = error(kind.clone(), ROUTER, *SERVICE.ip(), 64, &seen);
+            let mut f = error(kind, ROUTER, *SERVICE.ip(), 64, &seen);
             let len = f.len();
             let mut e = Icmpv6Error::parse(&mut f).unwrap();
             assert_eq!(e.outer_dst(), *SERVICE.ip());
             assert_eq!(e.outer_src(), ROUTER);
             assert_eq!(e.frame_len(), len);
             e.rewrite_to_daemon(DAEMON, &MACS);
-            let mut want = error(kind.clone(), ROUTER, *DAEMON.ip(), 63, &sent);
+            let mut want = error(kind, ROUTER, *DAEMON.ip(), 63, &sent);
             want[..6].copy_from_slice(&MACS.dst);
             want[6..12].copy_from_slice(&MACS.src);
             assert_eq!(f, want, "{kind:?} udp {udp}");
@@ -132,7 +132,7 @@ fn kind_mtu_and_protocol() {
     assert_eq!(e.mtu(), Some(1400));
     assert_eq!(e.quoted_protocol(), 6);
     let mut g = error(
-        kinds()[1].clone(),
+        kinds()[1],
         ROUTER,
         *CLIENT.ip(),
         64,
@@ -147,13 +147,13 @@ fn kind_mtu_and_protocol() {
 #[test]
 fn truncate_keeps_a_valid_error() {
     let big = packet(false, SERVICE, CLIENT, 1400);
-    let mut f = error(kinds()[0].clone(), ROUTER, *SERVICE.ip(), 64, &big);
+    let mut f = error(kinds()[0], ROUTER, *SERVICE.ip(), 64, &big);
     let mut e = Icmpv6Error::parse(&mut f).unwrap();
     e.truncate(14 + MAX_ERROR_IP_LEN);
     assert_eq!(e.frame_len(), 14 + MAX_ERROR_IP_LEN);
     let kept = e.frame_len();
     let want = error(
-        kinds()[0].clone(),
+        kinds()[0],
         ROUTER,
         *SERVICE.ip(),
         64,
@@ -169,7 +169,7 @@ fn truncate_keeps_a_valid_error() {
 
 fn valid() -> Vec<u8> {
     error(
-        kinds()[1].clone(),
+        kinds()[1],
         ROUTER,
         *CLIENT.ip(),
         64,
