@@ -16,13 +16,19 @@
  *        "fragmentation needed" instead                -> XDP_TX back to the daemon
  *        ICMP errors the kernel would route out of the
  *        front quoting a segment to a daemon           -> back XSK, FIB addresses
+ * front: IPv6 TCP/UDP frames to a (VIP, port, protocol)
+ *        of services6                                  -> front XSK of the rx queue
+ *        IPv6 to a VIP whose next header is an
+ *        extension header                              -> XDP_DROP, counted
  * anything else                                        -> XDP_PASS (ARP, ping, ssh, the
- *        host's own conversations with the daemons, ...)
+ *        host's own conversations with the daemons, IPv6 neighbour discovery and
+ *        router advertisements, ICMPv6 echo, all IPv6 on the back, ...)
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
@@ -76,6 +82,23 @@ struct {
 	__type(key, __u32);
 	__type(value, __u8);
 } vip_addrs SEC(".maps");
+
+/* IPv6 services, as `services` for IPv4 (the value is the service's index). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SERVICES);
+	__type(key, struct endpoint6);
+	__type(value, __u32);
+} services6 SEC(".maps");
+
+/* The IPv6 VIPs alone: frames to them that cannot be matched to a service (an
+ * extension header first, cut before the ports) are dropped and counted. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SERVICES);
+	__type(key, struct in6_addr);
+	__type(value, __u8);
+} vip6_addrs SEC(".maps");
 
 /* Next hops towards clients that had no neighbour entry when a reply needed
  * one (network byte order): the management loop takes them out and asks the
@@ -136,6 +159,7 @@ enum walk {
 	WALK_NOT_OURS,  /* not IPv4/TCP or UDP, or unreadable: the kernel's business */
 	WALK_MALFORMED, /* IPv4/TCP or UDP with IHL < 5 or cut before the ports */
 	WALK_FRAGMENT,  /* a non-first fragment: no ports to match */
+	WALK_IPV6,      /* an IPv6 frame: steer_front6's, or the host's */
 };
 
 /* Bounds-checked walk to the TCP or UDP ports (the first four bytes of either
@@ -161,10 +185,8 @@ static __always_inline enum walk walk(void *data, void *data_end, struct iphdr *
 		count(CNT_VLAN, 0);
 		return WALK_NOT_OURS;
 	}
-	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-		count(CNT_IPV6, 0);
-		return WALK_NOT_OURS;
-	}
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return WALK_IPV6;
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return WALK_NOT_OURS;
 	iph = (void *)(eth + 1);
@@ -531,6 +553,59 @@ static __always_inline int steer_back_icmp(struct xdp_md *ctx, struct ethhdr *et
 	return to_socket(MAX_QUEUES + ctx->rx_queue_index, CNT_ICMP_BACK_STEERED);
 }
 
+/* An IPv6 extension header (RFC 8200 section 4, the IANA registry; ESP too, as
+ * nothing after it is readable): hop-by-hop, routing, fragment, ESP, AH,
+ * destination options, mobility, HIP, shim6, experimental. The same list as
+ * `is_extension_header` in src/packet/ipv6.rs. */
+static __always_inline int ipv6_ext_header(__u8 next)
+{
+	switch (next) {
+	case 0: case 43: case 44: case 50: case 51: case 60:
+	case 135: case 139: case 140: case 253: case 254:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+/* An IPv6 frame on the front. Only frames to a VIP of services6 are looked at:
+ * everything else (neighbour discovery and router advertisements, which go to
+ * multicast or link-local addresses, the host's own traffic) is the host's at the
+ * cost of one lookup. To a VIP: TCP or UDP to a service goes to the front socket;
+ * ICMPv6 (neighbour solicitations for the VIP, echo) and other ports and
+ * protocols are the host's. An extension header is dropped and counted rather
+ * than walked: the workers drop them by policy (DropReason::Ipv6ExtensionHeader),
+ * and passed, a segment with one would reach the host's stack, which owns the
+ * VIP and would answer a service port it does not listen on with a reset for the
+ * client's connection (the IPv4 side drops what it cannot match to a service on
+ * a VIP for the same reason). */
+static __always_inline int steer_front6(struct xdp_md *ctx, void *data, void *data_end)
+{
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	struct endpoint6 key = {};
+	__be16 *ports;
+	__u8 next;
+
+	if ((void *)(ip6 + 1) > data_end)
+		return pass_back(CNT_TRUNCATED);
+	if (!bpf_map_lookup_elem(&vip6_addrs, &ip6->daddr))
+		return pass_back(CNT_IPV6);
+	next = ip6->nexthdr;
+	if (ipv6_ext_header(next))
+		return count(CNT_VIP6_EXT_HEADER, XDP_DROP);
+	if (next != IPPROTO_TCP && next != IPPROTO_UDP)
+		return pass_back(CNT_IPV6);
+	ports = (void *)(ip6 + 1);
+	if ((void *)ports + 4 > data_end)
+		return count(CNT_VIP_MALFORMED, XDP_DROP);
+	__builtin_memcpy(key.addr, &ip6->daddr, sizeof(key.addr));
+	key.port = ports[1];
+	key.protocol = next;
+	if (!bpf_map_lookup_elem(&services6, &key))
+		return pass_back(CNT_IPV6);
+	return to_socket(ctx->rx_queue_index, CNT_FRONT6_STEERED);
+}
+
 SEC("xdp")
 int dispatchd_steer(struct xdp_md *ctx)
 {
@@ -545,6 +620,12 @@ int dispatchd_steer(struct xdp_md *ctx)
 	if (ctx->rx_queue_index >= MAX_QUEUES)
 		return count(CNT_PASSED, XDP_PASS);
 	w = walk(data, data_end, &iph, &tcph);
+	if (w == WALK_IPV6) {
+		if (ctx->ingress_ifindex == front_ifindex)
+			return steer_front6(ctx, data, data_end);
+		/* The back has no IPv6 daemons yet. */
+		return pass_back(CNT_IPV6);
+	}
 	if (iph && iph->protocol == IPPROTO_ICMP) {
 		if (ctx->ingress_ifindex == front_ifindex)
 			return steer_front_icmp(ctx, data_end, iph);

@@ -35,6 +35,15 @@ struct endpoint {
 	__u8 pad;      /* zero: keys are compared as bytes */
 };
 
+/* (VIP, port, protocol) of an IPv6 service: the key of the services6 map. The
+ * protocol is part of it from the start (a VIP:port may serve TCP and UDP). */
+struct endpoint6 {
+	__u8 addr[16];
+	__u16 port;
+	__u8 protocol; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad;      /* zero: keys are compared as bytes */
+};
+
 /* What a daemon's replies are rewritten to: its service's VIP and port. */
 struct daemon_info {
 	struct endpoint service;
@@ -64,7 +73,7 @@ enum steer_counter {
 				* prohibit, beyond the egress MTU): dropped */
 	CNT_TRUNCATED,         /* too short to read the IPv4 addresses: passed */
 	CNT_VLAN,              /* VLAN-tagged: passed (dispatchd serves untagged frames) */
-	CNT_IPV6,              /* IPv6: passed */
+	CNT_IPV6,              /* IPv6, not to an IPv6 service: passed */
 	CNT_VIP_MALFORMED,     /* TCP or UDP to a VIP with IHL < 5 or cut before the ports: dropped */
 	CNT_VIP_FRAGMENT,      /* non-first TCP or UDP fragment to a VIP: dropped */
 	CNT_ICMP_FRONT_STEERED, /* ICMP error to a VIP about a service's reply: to a front socket */
@@ -79,6 +88,8 @@ enum steer_counter {
 	CNT_BACK_UNTRACKED,    /* reply_mode "tracked": daemon frame of no tracked
 				* connection: passed */
 	CNT_FWD_DISABLED,      /* daemon frame while the back does not forward: passed */
+	CNT_FRONT6_STEERED,    /* IPv6 service frame redirected to a front socket */
+	CNT_VIP6_EXT_HEADER,   /* IPv6 to a VIP with an extension header: dropped */
 	CNT_MAX,
 };
 

@@ -7,11 +7,11 @@
 #![allow(unsafe_code)] // libbpf C calls and the generated skeleton; each block says why it is sound
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     ffi::CString,
     fmt, io,
     mem::MaybeUninit,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
 };
 
@@ -40,7 +40,7 @@ use skel::{types, SteerSkel, SteerSkelBuilder};
 
 /// Names of `enum steer_counter` in `bpf/steer.h`, in order. [`Steering::load`]
 /// checks the length against the counters map's size, which comes from the header.
-pub const COUNTER_NAMES: [&str; 19] = [
+pub const COUNTER_NAMES: [&str; 21] = [
     "front_steered",
     "back_steered",
     "passed",
@@ -60,6 +60,8 @@ pub const COUNTER_NAMES: [&str; 19] = [
     "back_not_front",
     "back_untracked",
     "fwd_disabled",
+    "front6_steered",
+    "vip6_ext_header",
 ];
 
 /// Which side of the dispatcher a socket or interface is on.
@@ -213,6 +215,30 @@ fn ip_of(bytes: &[u8]) -> Option<Ipv4Addr> {
     Some(ip.into())
 }
 
+/// An IPv6 service: (VIP and port, IP protocol number).
+pub type Service6 = (SocketAddrV6, u8);
+
+fn endpoint6((addr, protocol): Service6) -> types::endpoint6 {
+    // Address and port in network byte order, as the program reads the packet.
+    types::endpoint6 {
+        addr: addr.ip().octets(),
+        port: addr.port().to_be(),
+        protocol,
+        pad: 0,
+    }
+}
+
+/// The service an `endpoint6` key holds, from its bytes as the map stores them.
+fn endpoint6_of(bytes: &[u8]) -> Option<Service6> {
+    let ip: [u8; 16] = bytes.get(..16)?.try_into().ok()?;
+    let port: [u8; 2] = bytes.get(16..18)?.try_into().ok()?;
+    let protocol = *bytes.get(18)?;
+    Some((
+        SocketAddrV6::new(ip.into(), u16::from_be_bytes(port), 0, 0),
+        protocol,
+    ))
+}
+
 /// Views a plain-old-data map key or value as bytes for libbpf's byte-slice API.
 fn pod_bytes<T: Copy>(value: &T) -> &[u8] {
     // SAFETY: only called with the skeleton's #[repr(C)] types and integers, which
@@ -352,6 +378,62 @@ impl Steering {
             }
         }
         Ok(table)
+    }
+
+    /// Makes the IPv6 services map hold exactly `want` (service -> its index) and
+    /// the IPv6 VIPs map exactly their addresses; entries `want` lacks are removed.
+    /// Kept apart from [`sync`](Self::sync) until the configuration has IPv6
+    /// services: the whole IPv6 half is written through here.
+    pub fn sync_services6(&mut self, want: &BTreeMap<Service6, u32>) -> Result<()> {
+        let (have, have_vips) = self.services6()?;
+        let want_vips: BTreeSet<Ipv6Addr> = want.keys().map(|(a, _)| *a.ip()).collect();
+        let maps = &self.skel.maps;
+        for service in have.keys().filter(|k| !want.contains_key(k)) {
+            maps.services6
+                .delete(pod_bytes(&endpoint6(*service)))
+                .with_context(|| format!("removing service {service:?} from the XDP map"))?;
+        }
+        for ip in have_vips.difference(&want_vips) {
+            maps.vip6_addrs
+                .delete(&ip.octets())
+                .with_context(|| format!("removing VIP {ip} from the XDP map"))?;
+        }
+        for ip in &want_vips {
+            maps.vip6_addrs
+                .update(&ip.octets(), &[1], MapFlags::ANY)
+                .with_context(|| format!("adding VIP {ip} to the XDP map"))?;
+        }
+        for (service, id) in want {
+            maps.services6
+                .update(
+                    pod_bytes(&endpoint6(*service)),
+                    &id.to_ne_bytes(),
+                    MapFlags::ANY,
+                )
+                .with_context(|| format!("adding service {service:?} to the XDP map"))?;
+        }
+        Ok(())
+    }
+
+    /// What the IPv6 services and VIPs maps hold now.
+    pub fn services6(&self) -> Result<(BTreeMap<Service6, u32>, BTreeSet<Ipv6Addr>)> {
+        let maps = &self.skel.maps;
+        let mut services = BTreeMap::new();
+        for key in maps.services6.keys() {
+            let id = maps
+                .services6
+                .lookup(&key, MapFlags::ANY)?
+                .and_then(|v| Some(u32::from_ne_bytes(v.get(..4)?.try_into().ok()?)));
+            if let (Some(service), Some(id)) = (endpoint6_of(&key), id) {
+                services.insert(service, id);
+            }
+        }
+        let vips = maps
+            .vip6_addrs
+            .keys()
+            .filter_map(|k| Some(Ipv6Addr::from(<[u8; 16]>::try_from(k.as_slice()).ok()?)))
+            .collect();
+        Ok((services, vips))
     }
 
     /// Takes the next hops towards clients that the program found without a

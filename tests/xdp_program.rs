@@ -33,7 +33,7 @@
 //!   covered by e2e_dataplane's `connections_spread_evenly_and_echo_intact` and
 //!   `two_queues_both_carry_traffic`.
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
     process::Command,
 };
 
@@ -105,6 +105,15 @@ const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
 /// A blackholed client network.
 const BLACKHOLED: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 99, 5), 40000);
 const BLACKHOLED_NET: &str = "198.18.99.0/24";
+/// The IPv6 VIP (documentation prefix: a test run sends nothing anywhere), with
+/// a TCP service on port 80 and a UDP service on port 53.
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
+const SERVICE6: SocketAddrV6 = SocketAddrV6::new(VIP6, 80, 0, 0);
+const UDP_SERVICE6: SocketAddrV6 = SocketAddrV6::new(VIP6, 53, 0, 0);
+const CLIENT6: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2), 40000, 0, 0);
+const TCP: u8 = 6;
+const UDP: u8 = 17;
 
 /// Runs `ip ARGS`, panicking with its output if it fails.
 fn ip(args: &[&str]) {
@@ -226,6 +235,9 @@ impl Lab {
                 .into(),
             })
             .expect("service and daemons");
+        steering
+            .sync_services6(&[((SERVICE6, TCP), 0), ((UDP_SERVICE6, UDP), 1)].into())
+            .expect("IPv6 services");
         steering
             .set_icmp_source(BACK_ADDR)
             .expect("the source of ICMP errors");
@@ -413,6 +425,53 @@ fn tcp6(macs: Macs, from: SocketAddrV4, to: SocketAddrV4) -> Vec<u8> {
     f
 }
 
+/// A TCP SYN (or a UDP datagram) over IPv6.
+fn l4_6(macs: Macs, from: SocketAddrV6, to: SocketAddrV6, udp: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(macs.0, macs.1).ipv6(from.ip().octets(), to.ip().octets(), 64);
+    let mut f = Vec::new();
+    if udp {
+        b.udp(from.port(), to.port()).write(&mut f, b"query")
+    } else {
+        b.tcp(from.port(), to.port(), 1, 64240)
+            .syn()
+            .write(&mut f, &[])
+    }
+    .expect("writing an IPv6 frame");
+    f
+}
+
+/// An ICMPv6 message of `icmp_type` carrying `body` (neighbour discovery is not
+/// among etherparse 0.16's types; the program reads only the IPv6 header).
+fn icmp6(macs: Macs, from: Ipv6Addr, to: Ipv6Addr, icmp_type: u8, body: &[u8]) -> Vec<u8> {
+    let kind = etherparse::Icmpv6Type::Unknown {
+        type_u8: icmp_type,
+        code_u8: 0,
+        bytes5to8: [0; 4],
+    };
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv6(from.octets(), to.octets(), 255)
+        .icmpv6(kind)
+        .write(&mut f, body)
+        .expect("writing an ICMPv6 frame");
+    f
+}
+
+/// `frame` (IPv6, no extension header) with an 8-byte extension header of type
+/// `next` (hop-by-hop, destination options, fragment, ...) inserted before its
+/// upper-layer header; next header and payload length follow.
+fn with_ext_header(frame: &[u8], next: u8) -> Vec<u8> {
+    let upper = frame[20];
+    let mut f = frame[..54].to_vec();
+    f[20] = next;
+    let len = u16::from_be_bytes([f[18], f[19]]) + 8;
+    f[18..20].copy_from_slice(&len.to_be_bytes());
+    // Next header, then six bytes (a PadN option or a fragment's offset and id).
+    f.extend_from_slice(&[upper, 0, 1, 4, 0, 0, 0, 0]);
+    f.extend_from_slice(&frame[54..]);
+    f
+}
+
 /// An ARP request from `from` for `to` (etherparse 0.16 builds no ARP).
 fn arp_request(macs: Macs, from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
     let eth = Ethernet2Header {
@@ -568,6 +627,11 @@ fn table() -> Vec<Row> {
         f.set_udp_len(len);
         f.into_bytes()
     };
+    let syn6 = l4_6(FROM_CLIENT, CLIENT6, SERVICE6, false);
+    let solicited_node = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 0x100);
+    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    let all_routers = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+    let router_ll = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
     vec![
         // UDP on the front: steered only to a UDP service; the length field is
         // the workers' to judge (counted there by reason).
@@ -659,6 +723,55 @@ fn table() -> Vec<Row> {
         row("802.1ad-tagged service SYN", Front, 0, tcp_vlan(FROM_CLIENT, CLIENT, SERVICE, true),
             XDP_PASS, &["vlan", "passed"]),
         row("IPv6 TCP to the service port", Front, 0, tcp6(FROM_CLIENT, CLIENT, SERVICE),
+            XDP_PASS, &["ipv6", "passed"]),
+        // IPv6: services6 and the VIPs of IPv6 services; the rest is the host's.
+        row("IPv6 service SYN", Front, 0, syn6.clone(),
+            XDP_REDIRECT, &["front6_steered"]),
+        row("IPv6 UDP to the UDP service", Front, 0, l4_6(FROM_CLIENT, CLIENT6, UDP_SERVICE6, true),
+            XDP_REDIRECT, &["front6_steered"]),
+        row("IPv6 service SYN on a queue without socket", Front, 1, syn6.clone(),
+            XDP_DROP, &["no_socket"]),
+        row("IPv6 service SYN on queue MAX_QUEUES", Front, MAX_QUEUES, syn6.clone(),
+            XDP_PASS, &["passed"]),
+        row("IPv6 UDP to the TCP service's port", Front, 0, l4_6(FROM_CLIENT, CLIENT6, SERVICE6, true),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("IPv6 TCP to the UDP service's port", Front, 0, l4_6(FROM_CLIENT, CLIENT6, UDP_SERVICE6, false),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("IPv6 TCP to the VIP, another port", Front, 0, l4_6(FROM_CLIENT, CLIENT6, SocketAddrV6::new(VIP6, 22, 0, 0), false),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("IPv6 TCP to a non-VIP address", Front, 0, l4_6(FROM_CLIENT, CLIENT6, SocketAddrV6::new(*CLIENT6.ip(), 80, 0, 0), false),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("neighbour solicitation for the VIP (solicited-node multicast)", Front, 0, icmp6(FROM_CLIENT, *CLIENT6.ip(), solicited_node, 135, &VIP6.octets()),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("neighbour solicitation to the VIP (unicast, unreachability detection)", Front, 0, icmp6(FROM_CLIENT, *CLIENT6.ip(), VIP6, 135, &VIP6.octets()),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("neighbour advertisement to the VIP", Front, 0, icmp6(FROM_CLIENT, *CLIENT6.ip(), VIP6, 136, &CLIENT6.ip().octets()),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("router advertisement", Front, 0, icmp6(FROM_CLIENT, router_ll, all_nodes, 134, &[0; 8]),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("router solicitation", Front, 0, icmp6(FROM_CLIENT, *CLIENT6.ip(), all_routers, 133, &[0; 4]),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("ICMPv6 echo to the VIP", Front, 0, icmp6(FROM_CLIENT, *CLIENT6.ip(), VIP6, 128, &[0, 1, 0, 1]),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("IPv6 packet too big to the VIP", Front, 0, icmp6(FROM_CLIENT, *CLIENT6.ip(), VIP6, 2, &syn6[14..]),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("IPv6 service SYN behind a hop-by-hop header", Front, 0, with_ext_header(&syn6, 0),
+            XDP_DROP, &["vip6_ext_header"]),
+        row("IPv6 service SYN behind a fragment header", Front, 0, with_ext_header(&syn6, 44),
+            XDP_DROP, &["vip6_ext_header"]),
+        row("IPv6 UDP service behind destination options", Front, 0, with_ext_header(&l4_6(FROM_CLIENT, CLIENT6, UDP_SERVICE6, true), 60),
+            XDP_DROP, &["vip6_ext_header"]),
+        row("IPv6 extension header to a non-VIP address", Front, 0, with_ext_header(&l4_6(FROM_CLIENT, CLIENT6, SocketAddrV6::new(*CLIENT6.ip(), 80, 0, 0), false), 0),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("IPv6 no next header to the VIP", Front, 0, { let mut f = syn6.clone(); f[20] = 59; f },
+            XDP_PASS, &["ipv6", "passed"]),
+        row("IPv6 to the VIP cut before the ports", Front, 0, cut(syn6.clone(), 14 + 40 + 3),
+            XDP_DROP, &["vip_malformed"]),
+        row("IPv6 header cut", Front, 0, cut(syn6.clone(), 14 + 39),
+            XDP_PASS, &["truncated", "passed"]),
+        row("IPv6 service SYN on the back", Back, 0, syn6.clone(),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("IPv6 service SYN on another interface", Other, 0, syn6,
             XDP_PASS, &["ipv6", "passed"]),
         // ICMP errors to the VIP: about a service's reply, to the front socket.
         row("fragmentation needed about a reply", Front, 0, to_vip(frag, &seen_reply, 28),
@@ -1011,6 +1124,63 @@ fn every_frame_class_gets_its_verdict_counters_and_frame() {
             "frames on the {side} socket's RX ring"
         );
     }
+}
+
+/// The IPv6 services map and the IPv6 VIPs follow what they are synced to: a
+/// service removed stops being steered, a VIP without services is forgotten.
+#[test]
+fn ipv6_services_sync_adds_and_removes() {
+    let mut lab = Lab::up("6", Replies::Stateless);
+    let (services, vips) = lab.steering.services6().expect("the IPv6 maps");
+    assert_eq!(
+        services,
+        [((SERVICE6, TCP), 0), ((UDP_SERVICE6, UDP), 1)].into()
+    );
+    assert_eq!(vips, [VIP6].into());
+    let syn6 = l4_6(FROM_CLIENT, CLIENT6, SERVICE6, false);
+    let steered = row(
+        "IPv6 service SYN",
+        Iface::Front,
+        0,
+        syn6.clone(),
+        XDP_REDIRECT,
+        &["front6_steered"],
+    );
+    assert_rows_pass(&run_rows(&lab, &[steered]), 1);
+
+    // Only the UDP service left: TCP to port 80 is the host's.
+    lab.steering
+        .sync_services6(&[((UDP_SERVICE6, UDP), 0)].into())
+        .expect("syncing");
+    let (services, vips) = lab.steering.services6().unwrap();
+    assert_eq!(services, [((UDP_SERVICE6, UDP), 0)].into());
+    assert_eq!(vips, [VIP6].into());
+    let passed = row(
+        "IPv6 SYN to a removed service",
+        Iface::Front,
+        0,
+        syn6.clone(),
+        XDP_PASS,
+        &["ipv6", "passed"],
+    );
+    assert_rows_pass(&run_rows(&lab, &[passed]), 1);
+
+    // None: the VIP is forgotten, so an extension header to it is the host's.
+    lab.steering.sync_services6(&Default::default()).unwrap();
+    let (services, vips) = lab.steering.services6().unwrap();
+    assert!(
+        services.is_empty() && vips.is_empty(),
+        "{services:?} {vips:?}"
+    );
+    let ext = row(
+        "extension header to a former VIP",
+        Iface::Front,
+        0,
+        with_ext_header(&syn6, 0),
+        XDP_PASS,
+        &["ipv6", "passed"],
+    );
+    assert_rows_pass(&run_rows(&lab, &[ext]), 1);
 }
 
 /// reply_mode "tracked": only replies of connections in the map are taken, and

@@ -10,7 +10,7 @@ mod hash;
 pub mod maglev;
 mod pool;
 
-pub use hash::{addr_hashes, flow_hash, fmix64};
+pub use hash::{addr_hashes, flow_hash, flow_hash6, fmix64};
 pub use maglev::MaglevTable;
 pub use pool::{Pool, PoolError};
 

@@ -24,7 +24,7 @@
 //! UDP's own convention (0 means "no checksum", a computed 0 is sent as `0xFFFF`,
 //! RFC 768) is applied by the caller on top of this.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// One's complement sum (RFC 1071) of `data` read as big-endian 16-bit words, added to
 /// `initial`; an odd trailing byte is padded with a zero byte. The result is unfolded;
@@ -92,6 +92,24 @@ pub fn l4_checksum_ipv4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, segment: &[u
     !fold(sum(segment, pseudo_header_ipv4(src, dst, protocol, len)))
 }
 
+/// Unfolded sum of the IPv6 pseudo-header used by TCP, UDP and ICMPv6 checksums
+/// (RFC 8200 section 8.1): source, destination, upper-layer length (32 bits), three
+/// zero bytes, next header. A sum is order-free, so the 32-bit length is added as
+/// its two words.
+pub fn pseudo_header_ipv6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, l4_len: u32) -> u64 {
+    let acc = sum(&src.octets(), 0);
+    let acc = sum(&dst.octets(), acc);
+    acc + u64::from(l4_len >> 16) + u64::from(l4_len & 0xFFFF) + u64::from(next_header)
+}
+
+/// Full TCP/UDP/ICMPv6 checksum over IPv6: pseudo-header plus `segment` (with its
+/// checksum field set to zero). Does not apply UDP's `0 -> 0xFFFF` rule.
+pub fn l4_checksum_ipv6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, segment: &[u8]) -> u16 {
+    // A segment of an IPv6 packet without a jumbo option is < 65536 bytes.
+    let len = segment.len() as u32;
+    !fold(sum(segment, pseudo_header_ipv6(src, dst, next_header, len)))
+}
+
 /// RFC 1624 incremental checksum update accumulating several replaced words before a
 /// single complement. The words are summed without folding, and folded once at the
 /// end: the same one's complement result, with a dependency chain of a few adds
@@ -125,6 +143,20 @@ impl Incremental {
     pub fn replace32(self, old: u32, new: u32) -> Self {
         self.replace16((old >> 16) as u16, (new >> 16) as u16)
             .replace16(old as u16, new as u16)
+    }
+
+    /// Accounts for a 128-bit field (eight 16-bit words, e.g. an IPv6 address in a
+    /// pseudo-header) changing from `old` to `new`.
+    #[inline(always)]
+    pub fn replace128(self, old: u128, new: u128) -> Self {
+        // ~m + m' per word, summed as two 64-bit halves of four words each: the
+        // complement of a whole half is the four complemented words side by side.
+        let half = |x: u64| (x >> 48) + ((x >> 32) & 0xFFFF) + ((x >> 16) & 0xFFFF) + (x & 0xFFFF);
+        let (old_hi, old_lo) = ((old >> 64) as u64, old as u64);
+        let (new_hi, new_lo) = ((new >> 64) as u64, new as u64);
+        Self {
+            acc: self.acc + half(!old_hi) + half(!old_lo) + half(new_hi) + half(new_lo),
+        }
     }
 
     /// The updated checksum `HC'`, in the canonical representation of zero (see the
@@ -268,6 +300,47 @@ mod tests {
         h[10] = 0;
         h[11] = 0;
         assert_eq!(inc, checksum(&h));
+    }
+
+    #[test]
+    fn replace128_is_eight_replace16() {
+        let cases = [
+            (
+                0x1c46u16,
+                0x2001_0db8_0000_0000_0000_0000_0000_0001u128,
+                u128::MAX,
+            ),
+            (0x0000, u128::MAX, 0),
+            (0xffff, 0, u128::MAX),
+            (
+                0x8000,
+                0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10,
+                0xfffe_fdfc_fbfa_f9f8_f7f6_f5f4_f3f2_f1f0,
+            ),
+        ];
+        for (ck, old, new) in cases {
+            let mut by_word = Incremental::new(ck);
+            for i in (0..8).rev() {
+                by_word = by_word.replace16((old >> (16 * i)) as u16, (new >> (16 * i)) as u16);
+            }
+            assert_eq!(
+                Incremental::new(ck).replace128(old, new).finish(),
+                by_word.finish()
+            );
+        }
+    }
+
+    #[test]
+    fn pseudo_header_ipv6_example() {
+        let src: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let dst: Ipv6Addr = "2001:db8:ffff::2".parse().unwrap();
+        let seg = [0x04, 0xd2, 0x16, 0x2e, 0x00, 0x0a, 0x00, 0x00, 0x61, 0x62];
+        let mut manual = Vec::new();
+        manual.extend_from_slice(&src.octets());
+        manual.extend_from_slice(&dst.octets());
+        manual.extend_from_slice(&[0, 0, 0, 10, 0, 0, 0, 17]);
+        manual.extend_from_slice(&seg);
+        assert_eq!(l4_checksum_ipv6(src, dst, 17, &seg), checksum(&manual));
     }
 
     #[test]

@@ -37,6 +37,9 @@
 //! A total length that covers the IP header but not a minimal L4 header is reported as
 //! the L4-specific `TruncatedTcp` / `TruncatedUdp`, not as `TotalLengthTooSmall`.
 //!
+//! IPv6 frames have a parser of their own, [`ipv6::L4Frame6`], with its own rules
+//! (see the [`ipv6`] module docs); its failures are `DropReason`s too.
+//!
 //! TCP/UDP checksums are *not* verified (that would mean summing the whole payload on
 //! the hot path); an incremental update preserves a wrong checksum as wrong, so the
 //! end host still drops a corrupted segment.
@@ -47,7 +50,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 pub mod checksum;
 pub mod ethernet;
 pub mod icmp;
+pub mod icmpv6;
 pub mod ipv4;
+pub mod ipv6;
 pub mod tcp;
 pub mod udp;
 
@@ -90,11 +95,21 @@ pub enum DropReason {
     TcpOffsetPastEnd,
     TruncatedUdp,
     BadUdpLength,
+    /// IPv6 path ([`ipv6::L4Frame6`]): any ethertype but 0x86dd.
+    NotIpv6,
+    /// IPv6 path: shorter than Ethernet + the 40-byte IPv6 header.
+    TruncatedIpv6,
+    /// IPv6 path: payload length beyond the frame.
+    Ipv6PayloadLengthBeyondFrame,
+    /// IPv6 path: the next header is an extension header (dropped by policy).
+    Ipv6ExtensionHeader,
+    /// IPv6 path: a UDP checksum of 0, which IPv6 forbids (RFC 8200 section 8.1).
+    Udp6ZeroChecksum,
 }
 
 impl DropReason {
     /// Every variant, in discriminant order (`ALL[r.index()] == r`).
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 24] = [
         DropReason::TruncatedEthernet,
         DropReason::VlanTagged,
         DropReason::Ipv6,
@@ -114,6 +129,11 @@ impl DropReason {
         DropReason::TcpOffsetPastEnd,
         DropReason::TruncatedUdp,
         DropReason::BadUdpLength,
+        DropReason::NotIpv6,
+        DropReason::TruncatedIpv6,
+        DropReason::Ipv6PayloadLengthBeyondFrame,
+        DropReason::Ipv6ExtensionHeader,
+        DropReason::Udp6ZeroChecksum,
     ];
 
     /// Number of variants.
@@ -147,6 +167,11 @@ impl DropReason {
             DropReason::TcpOffsetPastEnd => "tcp_offset_past_end",
             DropReason::TruncatedUdp => "truncated_udp",
             DropReason::BadUdpLength => "bad_udp_length",
+            DropReason::NotIpv6 => "not_ipv6",
+            DropReason::TruncatedIpv6 => "truncated_ipv6",
+            DropReason::Ipv6PayloadLengthBeyondFrame => "ipv6_payload_length_beyond_frame",
+            DropReason::Ipv6ExtensionHeader => "ipv6_extension_header",
+            DropReason::Udp6ZeroChecksum => "udp6_zero_checksum",
         }
     }
 }
@@ -482,34 +507,7 @@ impl<'a> L4Frame<'a> {
     /// validated data offset; a malformed option list (a length below 2 or past
     /// the header) ends the walk with nothing changed, as does a UDP frame.
     pub fn clamp_mss(&mut self, max: u16) -> bool {
-        if self.proto != L4Proto::Tcp {
-            return false;
-        }
-        let segment = self.l4_mut();
-        let header_len = tcp::Segment::new_unchecked(&*segment).header_len();
-        let Some(at) = tcp::mss_option(&segment[..header_len]) else {
-            return false;
-        };
-        let old = u16::from_be_bytes([segment[at], segment[at + 1]]);
-        if old <= max {
-            return false;
-        }
-        // The checksum sums 16-bit words from the segment's start; an option may
-        // start at any byte, so an odd offset puts the value across two words.
-        let word =
-            |s: &[u8], i: usize| u16::from_be_bytes([s[i], s.get(i + 1).copied().unwrap_or(0)]);
-        let first = at & !1;
-        let last = (at + 1) & !1;
-        let old_words = (word(segment, first), word(segment, last));
-        segment[at..at + 2].copy_from_slice(&max.to_be_bytes());
-        let new_words = (word(segment, first), word(segment, last));
-        let mut ck = Incremental::new(tcp::Segment::new_unchecked(&*segment).checksum())
-            .replace16(old_words.0, new_words.0);
-        if last != first {
-            ck = ck.replace16(old_words.1, new_words.1);
-        }
-        tcp::Segment::new_unchecked(segment).set_checksum(ck.finish());
-        true
+        self.proto == L4Proto::Tcp && tcp::clamp_mss(self.l4_mut(), max)
     }
 
     pub fn macs(&self) -> MacPair {

@@ -1,6 +1,6 @@
 //! TCP header view (smoltcp style). Only the fields NAT needs are exposed.
 
-use super::{DropReason, TcpFlags};
+use super::{checksum::Incremental, DropReason, TcpFlags};
 
 /// Byte offsets/ranges of the fixed TCP header.
 pub(crate) mod field {
@@ -166,6 +166,41 @@ pub fn mss_option(header: &[u8]) -> Option<usize> {
         }
     }
     None
+}
+
+/// Lowers the MSS option of `segment` (a validated TCP segment: header, options and
+/// payload, data offset within it) to `max` if larger, updating the checksum
+/// incrementally; true if it did. Shared by both IP versions: the option and the
+/// checksum live in the segment, the pseudo-header does not change. Options are
+/// walked within the data offset; a malformed option list ends the walk with
+/// nothing changed.
+pub(crate) fn clamp_mss(segment: &mut [u8], max: u16) -> bool {
+    if segment.len() < HEADER_LEN {
+        return false;
+    }
+    let header_len = Segment::new_unchecked(&*segment).header_len();
+    let Some(at) = segment.get(..header_len).and_then(mss_option) else {
+        return false;
+    };
+    let old = u16::from_be_bytes([segment[at], segment[at + 1]]);
+    if old <= max {
+        return false;
+    }
+    // The checksum sums 16-bit words from the segment's start; an option may
+    // start at any byte, so an odd offset puts the value across two words.
+    let word = |s: &[u8], i: usize| u16::from_be_bytes([s[i], s.get(i + 1).copied().unwrap_or(0)]);
+    let first = at & !1;
+    let last = (at + 1) & !1;
+    let old_words = (word(segment, first), word(segment, last));
+    segment[at..at + 2].copy_from_slice(&max.to_be_bytes());
+    let new_words = (word(segment, first), word(segment, last));
+    let mut ck = Incremental::new(Segment::new_unchecked(&*segment).checksum())
+        .replace16(old_words.0, new_words.0);
+    if last != first {
+        ck = ck.replace16(old_words.1, new_words.1);
+    }
+    Segment::new_unchecked(segment).set_checksum(ck.finish());
+    true
 }
 
 #[cfg(test)]
