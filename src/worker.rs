@@ -37,7 +37,8 @@ use crate::{
     xsk::{self, poll_readable, BusyPoll, WorkerSockets},
 };
 
-/// Empty polls an adaptive worker spins through before it sleeps in poll().
+/// Empty polls an adaptive worker makes (yielding the core after each) before
+/// it sleeps in poll().
 const ADAPTIVE_SPINS: u32 = 2_000;
 /// Longest sleep, so that a stop request is noticed promptly.
 const POLL_TIMEOUT_MS: i32 = 100;
@@ -328,7 +329,13 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
                     round_started = None;
                     idle_spins = 0;
                 } else {
-                    std::hint::spin_loop();
+                    // An empty round gives the core to anything else runnable
+                    // on it: clients or daemons on a shared core, or a NAPI
+                    // kthread pinned beside the worker, whose frames a spin
+                    // would keep waiting (and dropping at the device's ring)
+                    // to the end of the worker's slice. Alone on its core,
+                    // this returns at once.
+                    std::thread::yield_now();
                 }
             }
         }

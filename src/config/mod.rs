@@ -103,7 +103,8 @@ pub enum PollMode {
     Busy,
     /// Sleep in poll(2) until the kernel wakes the socket.
     Wakeup,
-    /// Spin while traffic flows, sleep when idle.
+    /// Poll while traffic flows, yielding the core after each empty round to
+    /// anything else runnable on it; sleep when idle.
     #[default]
     Adaptive,
 }
