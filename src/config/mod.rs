@@ -155,6 +155,16 @@ impl Protocol {
     }
 }
 
+/// A service as ctl and /metrics name it: its VIP:port, and `/udp` after it
+/// for a UDP service, so that a TCP and a UDP service on one VIP:port are two
+/// names and every TCP service keeps the name it always had.
+pub fn service_name(address: SocketAddrV4, protocol: Protocol) -> String {
+    match protocol {
+        Protocol::Tcp => address.to_string(),
+        Protocol::Udp => format!("{address}/udp"),
+    }
+}
+
 impl std::fmt::Display for Protocol {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -20,7 +20,7 @@ use super::{
     traffic::Totals,
 };
 use crate::{
-    config::Protocol,
+    config::{service_name, Protocol},
     packet::{icmp::IcmpDrop, DropReason},
     stats::{AtomicHistogram, SocketStats, WorkerDrop, WorkerStats},
     xdp::COUNTER_NAMES,
@@ -36,16 +36,6 @@ pub fn http_metrics(body: &str) -> String {
         CONTENT_TYPE,
         body.len()
     )
-}
-
-/// A service's `service` label: its VIP:port, and `/udp` after it for a UDP
-/// service, so that a TCP and a UDP service on one VIP:port are two series
-/// and every TCP series keeps the labels it always had.
-pub fn service_label(address: SocketAddrV4, protocol: Protocol) -> String {
-    match protocol {
-        Protocol::Tcp => address.to_string(),
-        Protocol::Udp => format!("{address}/udp"),
-    }
 }
 
 /// One daemon as /metrics shows it.
@@ -598,7 +588,7 @@ impl Scrape {
             .extra
             .services
             .iter()
-            .map(|s| (service_label(s.address, s.protocol), s))
+            .map(|s| (service_name(s.address, s.protocol), s))
             .collect();
         let mut fam = family(
             e,
@@ -637,7 +627,7 @@ impl Scrape {
             .map(|b| {
                 (
                     [
-                        ("service", service_label(b.service, b.protocol)),
+                        ("service", service_name(b.service, b.protocol)),
                         ("backend", b.daemon.to_string()),
                     ],
                     b,

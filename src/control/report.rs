@@ -736,7 +736,7 @@ pub fn backends_text<'a>(
             out,
             "{} service {} health {} state {} active {} inactive {} weight {weight} override {} next_hop {next_hop}",
             r.daemon,
-            super::metrics::service_label(r.service, b.protocol),
+            crate::config::service_name(r.service, b.protocol),
             r.health,
             r.state,
             r.active,
