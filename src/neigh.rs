@@ -1015,13 +1015,22 @@ mod tests {
         assert!(matches!(reach, Reach::Unsupported { .. }), "{reach:?}");
         assert!(back("198.19.0.2").problem(daemon, "l1").is_none());
         assert_eq!(
-            Reach::NoRoute {
+            Reach::<Ipv4Addr>::NoRoute {
                 reason: format!("the kernel: {}", errno_text(101))
             }
             .problem(daemon, "l1")
             .unwrap(),
             "no route to daemon 198.19.1.11 (the kernel: Network is unreachable)"
         );
+    }
+
+    #[test]
+    fn the_ipv6_probe_is_an_echo_request_the_kernel_completes() {
+        let p = echo6_request(0x0102);
+        assert_eq!(p.len(), PROBE6_LEN);
+        // Type 128, code 0, checksum left to the kernel, id "dp", the sequence.
+        assert_eq!(p[..8], [128, 0, 0, 0, 0x64, 0x70, 1, 2]);
+        assert_eq!(&p[8..], PROBE6_PAYLOAD);
     }
 
     #[test]

@@ -1684,6 +1684,8 @@ fn the_cost_per_frame_of_each_reply_mode() {
     let reply = tcp(FROM_DAEMON, DAEMONS[0], CLIENT);
     let to_host = tcp(FROM_DAEMON, DAEMONS[0], SocketAddrV4::new(BACK_ADDR, 50000));
     let syn = tcp(FROM_CLIENT, CLIENT, SERVICE);
+    let reply6 = l4_6(FROM_DAEMON, DAEMON6, CLIENT6B, false);
+    let syn6 = l4_6(FROM_CLIENT, CLIENT6B, SERVICE6B, false);
     for (mode, replies) in [
         ("stateless", Replies::Stateless),
         ("tracked", Replies::Tracked { capacity: 1 << 20 }),
@@ -1699,11 +1701,18 @@ fn the_cost_per_frame_of_each_reply_mode() {
                 .chain([reply_key(CLIENT, DAEMONS[0])])
                 .collect();
             assert!(map.insert(&others).error.is_none());
+            let map6 = lab.steering.tracked6_map().expect("the IPv6 tracked map");
+            assert!(map6
+                .insert(&[reply_key6(CLIENT6B, DAEMON6)])
+                .error
+                .is_none());
         }
         for (name, frame, iface) in [
             ("daemon reply to a client", &reply, lab.back.index),
             ("daemon frame to the host", &to_host, lab.back.index),
             ("service SYN", &syn, lab.front.index),
+            ("IPv6 daemon reply to a client", &reply6, lab.back.index),
+            ("IPv6 service SYN", &syn6, lab.front.index),
         ] {
             let t = lab
                 .steering
