@@ -141,8 +141,10 @@ pub struct Steering {
 pub enum Replies {
     /// All of them: no per-connection state, any instance can rewrite them.
     Stateless,
-    /// Those of connections in the tracked map, which has room for `capacity`.
-    Tracked { capacity: u32 },
+    /// Those of connections in the tracked map, which has room for `capacity`
+    /// (IPv4) and tracked6, with room for `capacity6` (IPv6; both allocated in
+    /// full at load, so 1 while there are no IPv6 services).
+    Tracked { capacity: u32, capacity6: u32 },
 }
 
 /// What the steering maps hold for a configuration: its services (with their
@@ -299,17 +301,19 @@ impl Steering {
             .context("program has no rodata")?;
         rodata.front_ifindex = front.index;
         rodata.back_ifindex = back.index;
-        if let Replies::Tracked { capacity } = replies {
+        if let Replies::Tracked {
+            capacity,
+            capacity6,
+        } = replies
+        {
             rodata.track_replies = 1;
             open.maps
                 .tracked
                 .set_max_entries(capacity.max(1))
                 .context("sizing the tracked-connections map")?;
-            // Preallocated like `tracked`, and as large: an IPv4-only
-            // configuration pays for it until the flow capacity is split.
             open.maps
                 .tracked6
-                .set_max_entries(capacity.max(1))
+                .set_max_entries(capacity6.max(1))
                 .context("sizing the IPv6 tracked-connections map")?;
         }
         let skel = open

@@ -1449,7 +1449,13 @@ fn ipv6_services_sync_adds_and_removes() {
 /// one that leaves the map is the host's again.
 #[test]
 fn tracked_replies_are_taken_and_the_rest_passed() {
-    let lab = Lab::up("r", Replies::Tracked { capacity: 64 });
+    let lab = Lab::up(
+        "r",
+        Replies::Tracked {
+            capacity: 64,
+            capacity6: 64,
+        },
+    );
     let map = lab.steering.tracked_map().expect("the tracked map");
     let key = reply_key(CLIENT, DAEMONS[0]);
     let outcome = map.insert(&[key]);
@@ -1688,7 +1694,13 @@ fn the_cost_per_frame_of_each_reply_mode() {
     let syn6 = l4_6(FROM_CLIENT, CLIENT6B, SERVICE6B, false);
     for (mode, replies) in [
         ("stateless", Replies::Stateless),
-        ("tracked", Replies::Tracked { capacity: 1 << 20 }),
+        (
+            "tracked",
+            Replies::Tracked {
+                capacity: 1 << 20,
+                capacity6: 1 << 10,
+            },
+        ),
     ] {
         let lab = Lab::up(&mode[..1], replies);
         if let Replies::Tracked { .. } = replies {
