@@ -18,11 +18,17 @@
  *        front quoting a segment to a daemon           -> back XSK, FIB addresses
  * front: IPv6 TCP/UDP frames to a (VIP, port, protocol)
  *        of services6                                  -> front XSK of the rx queue
+ *        ICMPv6 errors to a VIP quoting a service's
+ *        reply                                         -> front XSK
+ * back:  IPv6 TCP/UDP from a daemon of daemons6, as
+ *        IPv4 (FIB with AF_INET6, tracked6, "packet
+ *        too big" answered in place), and ICMPv6
+ *        errors quoting a segment to a daemon          -> back XSK / XDP_TX
  *        IPv6 to a VIP whose next header is an
  *        extension header                              -> XDP_DROP, counted
  * anything else                                        -> XDP_PASS (ARP, ping, ssh, the
  *        host's own conversations with the daemons, IPv6 neighbour discovery and
- *        router advertisements, ICMPv6 echo, all IPv6 on the back, ...)
+ *        router advertisements, ICMPv6 echo, ...)
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -99,6 +105,41 @@ struct {
 	__type(key, struct in6_addr);
 	__type(value, __u8);
 } vip6_addrs SEC(".maps");
+
+/* IPv6 daemons, as `daemons` for IPv4: (address, port, protocol) -> their
+ * service's VIP6 and port. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_DAEMONS);
+	__type(key, struct endpoint6);
+	__type(value, struct daemon_info6);
+} daemons6 SEC(".maps");
+
+/* Next hops towards IPv6 clients with no neighbour entry, as unresolved_hops
+ * (often a router's link-local address: the loop resolves it on the front). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_UNRESOLVED_HOPS);
+	__type(key, struct in6_addr);
+	__type(value, __u8);
+} unresolved_hops6 SEC(".maps");
+
+/* reply_mode "tracked", IPv6 connections: as `tracked`, sized by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, struct reply_key6);
+	__type(value, __u8);
+} tracked6 SEC(".maps");
+
+/* This host's IPv6 address on the back (all zero until user space sets it):
+ * the source of the "packet too big" the program answers daemons with. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct in6_addr);
+} icmp_source6 SEC(".maps");
 
 /* Next hops towards clients that had no neighbour entry when a reply needed
  * one (network byte order): the management loop takes them out and asks the
@@ -579,6 +620,9 @@ static __always_inline int ipv6_ext_header(__u8 next)
  * VIP and would answer a service port it does not listen on with a reset for the
  * client's connection (the IPv4 side drops what it cannot match to a service on
  * a VIP for the same reason). */
+static __always_inline int steer_front_icmp6(struct xdp_md *ctx, void *data_end,
+					     struct ipv6hdr *ip6);
+
 static __always_inline int steer_front6(struct xdp_md *ctx, void *data, void *data_end)
 {
 	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
@@ -593,6 +637,8 @@ static __always_inline int steer_front6(struct xdp_md *ctx, void *data, void *da
 	next = ip6->nexthdr;
 	if (ipv6_ext_header(next))
 		return count(CNT_VIP6_EXT_HEADER, XDP_DROP);
+	if (next == IPPROTO_ICMPV6)
+		return steer_front_icmp6(ctx, data_end, ip6);
 	if (next != IPPROTO_TCP && next != IPPROTO_UDP)
 		return pass_back(CNT_IPV6);
 	ports = (void *)(ip6 + 1);
@@ -604,6 +650,307 @@ static __always_inline int steer_front6(struct xdp_md *ctx, void *data, void *da
 	if (!bpf_map_lookup_elem(&services6, &key))
 		return pass_back(CNT_IPV6);
 	return to_socket(ctx->rx_queue_index, CNT_FRONT6_STEERED);
+}
+
+/* An ICMPv6 error's header (RFC 4443): the last word is the MTU of "packet too
+ * big", the pointer of "parameter problem", unused otherwise. */
+struct icmp6_error_hdr {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be32 mtu;
+};
+#ifndef IPPROTO_ICMPV6
+#define IPPROTO_ICMPV6 58
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+#define ICMPV6_DEST_UNREACH 1
+#define ICMPV6_PKT_TOOBIG 2
+#define ICMPV6_TIME_EXCEED 3
+#define ICMPV6_PARAMPROB 4
+
+/* The quote of an ICMPv6 error TCP and UDP act on (types 1-4): an IPv6 header
+ * of a TCP segment or UDP datagram with no extension header, and the 8 bytes of
+ * L4 header that hold its ports. The outer header must have no extension
+ * header either. Returns the quoted header and its ports, or 0: the kernel's. */
+static __always_inline struct ipv6hdr *icmp6_quote(void *data_end, struct ipv6hdr *ip6,
+						  __be16 **ports)
+{
+	struct icmp6_error_hdr *icmp;
+	struct ipv6hdr *quote;
+	__be16 *p;
+
+	if (ip6->nexthdr != IPPROTO_ICMPV6)
+		return 0;
+	icmp = (void *)(ip6 + 1);
+	if ((void *)(icmp + 1) > data_end)
+		return 0;
+	if (icmp->type < ICMPV6_DEST_UNREACH || icmp->type > ICMPV6_PARAMPROB)
+		return 0;
+	quote = (void *)(icmp + 1);
+	if ((void *)(quote + 1) > data_end)
+		return 0;
+	if (quote->nexthdr != IPPROTO_TCP && quote->nexthdr != IPPROTO_UDP)
+		return 0;
+	p = (void *)(quote + 1);
+	if ((void *)p + 8 > data_end)
+		return 0;
+	*ports = p;
+	return quote;
+}
+
+/* An ICMPv6 error to a VIP (steer_front6 checked it is one) quoting a reply
+ * from a service: the loop finds the daemon, as for IPv4. */
+static __always_inline int steer_front_icmp6(struct xdp_md *ctx, void *data_end,
+					     struct ipv6hdr *ip6)
+{
+	struct endpoint6 key = {};
+	struct ipv6hdr *quote;
+	__be16 *ports = 0;
+
+	quote = icmp6_quote(data_end, ip6, &ports);
+	if (!quote || !ports)
+		return pass_back(CNT_IPV6);
+	__builtin_memcpy(key.addr, &quote->saddr, sizeof(key.addr));
+	key.port = ports[0];
+	key.protocol = quote->nexthdr;
+	if (!bpf_map_lookup_elem(&services6, &key))
+		return pass_back(CNT_IPV6);
+	return to_socket(ctx->rx_queue_index, CNT_ICMP6_FRONT_STEERED);
+}
+
+/* reply_route for IPv6: the forwarding path's lookup for a frame arriving on
+ * the back, from `src` (the VIP6) to the frame's destination. The kernel
+ * (bpf_ipv6_fib_lookup, net/core/filter.c) answers FWD_DISABLED unless the
+ * device of `fib->ifindex`, the back, forwards IPv6 (its own
+ * net.ipv6.conf.<back>.forwarding, not `all`), NOT_FWDED for link-local,
+ * multicast and loopback addresses, local destinations and no route, and
+ * checks `tot_len` (the whole IPv6 packet) against the route's MTU before it
+ * picks the next hop. */
+static __always_inline int reply_route6(struct xdp_md *ctx, struct ipv6hdr *ip6, const __u8 *src,
+					__be16 sport, __be16 dport, int with_len,
+					struct bpf_fib_lookup *fib)
+{
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->family = AF_INET6;
+	/* Traffic class and flow label (the flow label feeds a multipath hash). */
+	fib->flowinfo = *(__be32 *)ip6 & bpf_htonl(0x0fffffff);
+	fib->l4_protocol = ip6->nexthdr;
+	fib->sport = sport;
+	fib->dport = dport;
+	fib->tot_len = with_len ? sizeof(*ip6) + bpf_ntohs(ip6->payload_len) : 0;
+	__builtin_memcpy(fib->ipv6_src, src, 16);
+	__builtin_memcpy(fib->ipv6_dst, &ip6->daddr, 16);
+	fib->ifindex = back_ifindex;
+	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+}
+
+/* As unresolved_hop: the lookup left the hop (the client, or its router) in
+ * ipv6_dst. */
+static __always_inline int unresolved_hop6(struct bpf_fib_lookup *fib)
+{
+	struct in6_addr hop;
+	__u8 one = 1;
+
+	__builtin_memcpy(&hop, fib->ipv6_dst, sizeof(hop));
+	if (!bpf_map_lookup_elem(&unresolved_hops6, &hop))
+		bpf_map_update_elem(&unresolved_hops6, &hop, &one, BPF_ANY);
+	return count(CNT_FIB_NO_NEIGH, XDP_DROP);
+}
+
+/* The answer: Ethernet, IPv6, ICMPv6, then the quote: the reply's IPv6 header
+ * and the 8 bytes of TCP or UDP header after it. RFC 4443 asks for as much of
+ * the packet as fits in 1280 bytes; 8 bytes are what a receiver needs (Linux
+ * reads the ports and the sequence number) and keep the checksum one fixed
+ * bpf_csum_diff, as the IPv4 answer's. */
+#define PTB_QUOTE_LEN (sizeof(struct ipv6hdr) + 8)
+#define PTB_ICMP_LEN (sizeof(struct icmp6_error_hdr) + PTB_QUOTE_LEN)
+#define PACKET_TOO_BIG_LEN (sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + PTB_ICMP_LEN)
+
+/* frag_needed for IPv6: routers never fragment IPv6, so every sender of a
+ * packet too big for the next link is told, whatever its flags. */
+static __always_inline int packet_too_big(struct xdp_md *ctx, __u32 mtu)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *reply = (void *)(eth + 1);
+	unsigned char to[ETH_ALEN], from[ETH_ALEN];
+	struct icmp6_error_hdr *icmp;
+	struct in6_addr saddr, daddr, *src;
+	struct ipv6hdr *ip6;
+	__be32 pseudo[2];
+	__u32 zero = 0;
+	__s64 sum;
+	int len;
+
+	if ((void *)reply + PTB_QUOTE_LEN > data_end)
+		return count(CNT_TOO_BIG, XDP_DROP);
+	src = bpf_map_lookup_elem(&icmp_source6, &zero);
+	if (!src || !(src->in6_u.u6_addr32[0] | src->in6_u.u6_addr32[1] |
+		      src->in6_u.u6_addr32[2] | src->in6_u.u6_addr32[3]))
+		return count(CNT_TOO_BIG, XDP_DROP);
+	saddr = *src;
+	__builtin_memcpy(&daddr, &reply->saddr, sizeof(daddr));
+	__builtin_memcpy(to, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(from, eth->h_dest, ETH_ALEN);
+
+	/* As frag_needed: the new headers go before the reply's IPv6 header,
+	 * which stays in place as the quote; the rest is cut. */
+	if (bpf_xdp_adjust_head(ctx, -(int)(sizeof(struct ipv6hdr) + sizeof(struct icmp6_error_hdr))))
+		return count(CNT_TOO_BIG, XDP_DROP);
+	len = (int)((long)ctx->data_end - (long)ctx->data);
+	if (bpf_xdp_adjust_tail(ctx, (int)PACKET_TOO_BIG_LEN - len))
+		return count(CNT_TOO_BIG, XDP_DROP);
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	ip6 = (void *)(eth + 1);
+	icmp = (void *)(ip6 + 1);
+	if (data + PACKET_TOO_BIG_LEN > data_end)
+		return count(CNT_TOO_BIG, XDP_DROP);
+
+	__builtin_memcpy(eth->h_dest, to, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, from, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IPV6);
+	/* Version 6, traffic class and flow label 0. */
+	*(__be32 *)ip6 = bpf_htonl(0x60000000);
+	ip6->payload_len = bpf_htons(PTB_ICMP_LEN);
+	ip6->nexthdr = IPPROTO_ICMPV6;
+	ip6->hop_limit = 64;
+	__builtin_memcpy(&ip6->saddr, &saddr, sizeof(saddr));
+	__builtin_memcpy(&ip6->daddr, &daddr, sizeof(daddr));
+	icmp->type = ICMPV6_PKT_TOOBIG;
+	icmp->code = 0;
+	icmp->checksum = 0;
+	icmp->mtu = bpf_htonl(mtu);
+	/* Over the pseudo-header (addresses, upper-layer length, next header)
+	 * and the message; every size a multiple of 4, as bpf_csum_diff needs. */
+	pseudo[0] = bpf_htonl(PTB_ICMP_LEN);
+	pseudo[1] = bpf_htonl(IPPROTO_ICMPV6);
+	sum = bpf_csum_diff(0, 0, (__be32 *)&ip6->saddr, 32, 0);
+	sum = bpf_csum_diff(0, 0, pseudo, sizeof(pseudo), (__u32)sum);
+	sum = bpf_csum_diff(0, 0, (__be32 *)icmp, PTB_ICMP_LEN, (__u32)sum);
+	icmp->checksum = csum_fold(sum);
+	return count(CNT_PACKET_TOO_BIG_SENT, XDP_TX);
+}
+
+/* to_client for IPv6: the Ethernet addresses of a daemon's frame towards the
+ * client from the FIB, or the frame's verdict. The same outcomes and counters
+ * as IPv4. */
+static __always_inline int to_client6(struct xdp_md *ctx, struct ethhdr *eth, struct ipv6hdr *ip6,
+				      const __u8 *src, __be16 sport, __be16 dport, int answer_too_big)
+{
+	struct bpf_fib_lookup fib;
+	__u32 mtu = 0;
+	int rc;
+
+	rc = reply_route6(ctx, ip6, src, sport, dport, 1, &fib);
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		mtu = fib.mtu_result;
+		rc = reply_route6(ctx, ip6, src, sport, dport, 0, &fib);
+		if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+			if (fib.ifindex != front_ifindex)
+				return pass_back(CNT_BACK_NOT_FRONT);
+			if (answer_too_big)
+				return packet_too_big(ctx, mtu);
+			/* An ICMPv6 error fits the IPv6 minimum MTU; a route below it
+			 * is a failed lookup. */
+			return count(CNT_FIB_FAILED, XDP_DROP);
+		}
+	}
+	switch (rc) {
+	case BPF_FIB_LKUP_RET_SUCCESS:
+	case BPF_FIB_LKUP_RET_NO_NEIGH:
+		if (fib.ifindex != front_ifindex)
+			return pass_back(CNT_BACK_NOT_FRONT);
+		if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+			return unresolved_hop6(&fib);
+		break;
+	case BPF_FIB_LKUP_RET_NOT_FWDED:
+		return pass_back(CNT_BACK_TO_HOST);
+	case BPF_FIB_LKUP_RET_FWD_DISABLED:
+		return pass_back(CNT_FWD_DISABLED);
+	default:
+		return count(CNT_FIB_FAILED, XDP_DROP);
+	}
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	return 0;
+}
+
+/* An ICMPv6 error on the back quoting a client's segment as forwarded (client
+ * -> daemon:port): towards the client like a reply, as steer_back_icmp. */
+static __always_inline int steer_back_icmp6(struct xdp_md *ctx, struct ethhdr *eth,
+					    void *data_end, struct ipv6hdr *ip6)
+{
+	struct endpoint6 key = {};
+	struct daemon_info6 *daemon;
+	struct ipv6hdr *quote;
+	__be16 *ports = 0;
+	int verdict;
+
+	quote = icmp6_quote(data_end, ip6, &ports);
+	if (!quote || !ports)
+		return pass_back(CNT_IPV6);
+	__builtin_memcpy(key.addr, &quote->daddr, sizeof(key.addr));
+	key.port = ports[1];
+	key.protocol = quote->nexthdr;
+	daemon = bpf_map_lookup_elem(&daemons6, &key);
+	if (!daemon)
+		return pass_back(CNT_IPV6);
+	verdict = to_client6(ctx, eth, ip6, daemon->service.addr, 0, 0, 0);
+	if (verdict)
+		return verdict;
+	return to_socket(MAX_QUEUES + ctx->rx_queue_index, CNT_ICMP6_BACK_STEERED);
+}
+
+/* An IPv6 frame on the back: a reply from a daemon of daemons6 (with reply_mode
+ * "tracked", of a tracked connection) that the kernel would route out of the
+ * front -> back socket with the FIB's Ethernet addresses (the worker rewrites
+ * the source to the VIP6); one too big for the front path -> "packet too big"
+ * to the daemon; an ICMPv6 error about a segment to a daemon -> back socket.
+ * Everything else (neighbour discovery, the host's own conversations, a reply
+ * with an extension header, which the workers would drop) is the host's. */
+static __always_inline int steer_back6(struct xdp_md *ctx, void *data, void *data_end)
+{
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	struct endpoint6 key = {};
+	struct daemon_info6 *daemon;
+	__be16 *ports;
+	int verdict;
+
+	if ((void *)(ip6 + 1) > data_end)
+		return pass_back(CNT_TRUNCATED);
+	if (ip6->nexthdr == IPPROTO_ICMPV6)
+		return steer_back_icmp6(ctx, eth, data_end, ip6);
+	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
+		return pass_back(CNT_IPV6);
+	ports = (void *)(ip6 + 1);
+	if ((void *)ports + 4 > data_end)
+		return pass_back(CNT_IPV6);
+	__builtin_memcpy(key.addr, &ip6->saddr, sizeof(key.addr));
+	key.port = ports[0];
+	key.protocol = ip6->nexthdr;
+	daemon = bpf_map_lookup_elem(&daemons6, &key);
+	if (!daemon)
+		return pass_back(CNT_IPV6);
+	if (track_replies) {
+		struct reply_key6 tk = { .client_port = ports[1], .daemon_port = ports[0] };
+
+		__builtin_memcpy(tk.client_addr, &ip6->daddr, 16);
+		__builtin_memcpy(tk.daemon_addr, &ip6->saddr, 16);
+		if (!bpf_map_lookup_elem(&tracked6, &tk))
+			return pass_back(CNT_BACK_UNTRACKED);
+	}
+	verdict = to_client6(ctx, eth, ip6, daemon->service.addr, daemon->service.port,
+			     ports[1], 1);
+	if (verdict)
+		return verdict;
+	return to_socket(MAX_QUEUES + ctx->rx_queue_index, CNT_BACK6_STEERED);
 }
 
 SEC("xdp")
@@ -623,7 +970,8 @@ int dispatchd_steer(struct xdp_md *ctx)
 	if (w == WALK_IPV6) {
 		if (ctx->ingress_ifindex == front_ifindex)
 			return steer_front6(ctx, data, data_end);
-		/* The back has no IPv6 daemons yet. */
+		if (ctx->ingress_ifindex == back_ifindex)
+			return steer_back6(ctx, data, data_end);
 		return pass_back(CNT_IPV6);
 	}
 	if (iph && iph->protocol == IPPROTO_ICMP) {

@@ -49,6 +49,11 @@ struct daemon_info {
 	struct endpoint service;
 };
 
+/* The same for an IPv6 daemon (key: its endpoint6): its service's VIP6 and port. */
+struct daemon_info6 {
+	struct endpoint6 service;
+};
+
 /* A connection as its daemon's replies show it, all four fields as the reply
  * carries them: the key of the tracked map (reply_mode "tracked"), which the
  * workers fill. Keyed by the daemon rather than the VIP, so a host that talks
@@ -57,6 +62,14 @@ struct daemon_info {
 struct reply_key {
 	__u32 client_addr;
 	__u32 daemon_addr;
+	__u16 client_port;
+	__u16 daemon_port;
+};
+
+/* reply_key for IPv6 connections: the key of the tracked6 map. */
+struct reply_key6 {
+	__u8 client_addr[16];
+	__u8 daemon_addr[16];
 	__u16 client_port;
 	__u16 daemon_port;
 };
@@ -90,6 +103,11 @@ enum steer_counter {
 	CNT_FWD_DISABLED,      /* daemon frame while the back does not forward: passed */
 	CNT_FRONT6_STEERED,    /* IPv6 service frame redirected to a front socket */
 	CNT_VIP6_EXT_HEADER,   /* IPv6 to a VIP with an extension header: dropped */
+	CNT_BACK6_STEERED,     /* IPv6 daemon reply redirected to a back socket */
+	CNT_ICMP6_FRONT_STEERED, /* ICMPv6 error to a VIP about a service's reply: to a front socket */
+	CNT_ICMP6_BACK_STEERED, /* ICMPv6 error on the back about a segment to a daemon: to a back socket */
+	CNT_PACKET_TOO_BIG_SENT, /* IPv6 reply larger than the front path's MTU: answered
+				  * with "packet too big" back to the daemon (XDP_TX) */
 	CNT_MAX,
 };
 

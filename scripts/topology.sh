@@ -13,7 +13,13 @@
 #   back:  l1 198.18.2.1/24 <-> b0 198.18.2.2/24 | b1 198.19.0.1/24 <-> s0 (as above)
 #          (the dispatcher reaches the daemons via 198.18.2.2, the router the clients via 198.18.2.1)
 #
-# usage: topology.sh up PREFIX [DAEMONS] [QUEUES] [BACK_QUEUES] [ROUTER: none|front|back]
+# With FAMILY "dual" (ROUTER none only), IPv6 besides, in the benchmark prefix
+# 2001:2::/48 (RFC 5180), every address without duplicate address detection:
+#
+#   PREFIXc: c0 2001:2:0:1::2/64 (default via ::1)  <->  PREFIXd: l0 2001:2:0:1::1/64 + VIP 2001:2:0:1::100
+#   PREFIXs: s0 2001:2:0:2::2/64 + ::11 ::12 ...    <->  PREFIXd: l1 2001:2:0:2::1/64
+#
+# usage: topology.sh up PREFIX [DAEMONS] [QUEUES] [BACK_QUEUES] [ROUTER: none|front|back] [FAMILY: ipv4|dual]
 #        topology.sh down PREFIX
 # QUEUES (default 1) is the number of RX and TX queues of c0/l0, BACK_QUEUES
 # (default QUEUES) that of l1/s0. A veth hands each frame to the peer's RX
@@ -25,13 +31,14 @@
 # namespaces apart.
 set -euo pipefail
 
-usage="usage: topology.sh up|down PREFIX [DAEMONS] [QUEUES] [BACK_QUEUES] [none|front|back]"
+usage="usage: topology.sh up|down PREFIX [DAEMONS] [QUEUES] [BACK_QUEUES] [none|front|back] [ipv4|dual]"
 cmd=${1:?$usage}
 p=${2:?$usage}
 daemons=${3:-4}
 queues=${4:-1}
 back_queues=${5:-$queues}
 router=${6:-none}
+family=${7:-ipv4}
 
 down() {
 	for ns in "${p}c" "${p}d" "${p}s" "${p}r"; do
@@ -49,6 +56,7 @@ tune() {
 
 up() {
 	case "$router" in none | front | back) ;; *) echo "$usage" >&2; exit 2 ;; esac
+	case "$family" in ipv4) ;; dual) [ "$router" = none ] || { echo "dual: ROUTER none only" >&2; exit 2; } ;; *) echo "$usage" >&2; exit 2 ;; esac
 	down
 	trap 'down' ERR
 	local all=("${p}c" "${p}d" "${p}s")
@@ -56,6 +64,12 @@ up() {
 	for ns in "${all[@]}"; do
 		ip netns add "$ns"
 		ip -n "$ns" link set lo up
+		if [ "$family" = dual ]; then
+			# No duplicate address detection on the interfaces made next, their
+			# link-local addresses included: a tentative address is not used,
+			# and a test would wait a second or more for each.
+			ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+		fi
 	done
 	local q="numtxqueues $queues numrxqueues $queues"
 	local bq="numtxqueues $back_queues numrxqueues $back_queues"
@@ -158,9 +172,38 @@ up() {
 	done
 	ip -n "${p}s" link set s0 up
 	ip -n "${p}s" route add default via 198.19.0.1
+	if [ "$family" = dual ]; then
+		up6
+	fi
 	# Bursts of new connections must not overflow the echo servers' accept queues.
 	ip netns exec "${p}s" sysctl -qw net.core.somaxconn=4096
 	trap - ERR
+}
+
+# The IPv6 half of a "dual" topology (after `up` made the links).
+up6() {
+	ip -n "${p}c" addr add 2001:2:0:1::2/64 dev c0 nodad
+	ip -n "${p}c" -6 route add default via 2001:2:0:1::1 dev c0
+
+	ip -n "${p}d" addr add 2001:2:0:1::1/64 dev l0 nodad
+	# Local on the front, as the IPv4 VIP: the kernel answers neighbour
+	# solicitations for it.
+	ip -n "${p}d" addr add 2001:2:0:1::100/128 dev l0 nodad
+	ip -n "${p}d" addr add 2001:2:0:2::1/64 dev l1 nodad
+	# dispatchd's FIB lookup (bpf_ipv6_fib_lookup) checks the forwarding
+	# setting of the device it is made for, l1: net.ipv6.conf.l1.forwarding.
+	# The kernel's own IPv6 forwarding between the sides (ip6_forward) checks
+	# net.ipv6.conf.all.forwarding, which also sets every interface's. A
+	# forwarding interface ignores router advertisements unless accept_ra is
+	# 2; this topology's addresses and routes are static, so none are taken.
+	ip netns exec "${p}d" sysctl -qw net.ipv6.conf.all.forwarding=1 net.ipv6.conf.l1.forwarding=1 \
+		net.ipv6.conf.l0.accept_ra=0 net.ipv6.conf.l1.accept_ra=0
+
+	ip -n "${p}s" addr add 2001:2:0:2::2/64 dev s0 nodad
+	for i in $(seq 1 "$daemons"); do
+		ip -n "${p}s" addr add "2001:2:0:2::$(printf %x $((16 + i)))/64" dev s0 nodad
+	done
+	ip -n "${p}s" -6 route add default via 2001:2:0:2::1 dev s0
 }
 
 case "$cmd" in

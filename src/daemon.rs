@@ -90,6 +90,8 @@ fn replies(config: &Config, workers: usize) -> Replies {
         // check_tracked_room keeps it within MAX_TRACKED, a u32.
         ReplyMode::Tracked => Replies::Tracked {
             capacity: u32::try_from(config.tracked_capacity(workers)).unwrap_or(u32::MAX),
+            // No IPv6 services are configurable yet: tracked6 stays one entry.
+            capacity6: 1,
         },
     }
 }

@@ -12,7 +12,7 @@
 //! kernel resolve it, and its notification brings the MAC.
 use std::{
     fmt,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream},
     sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::Duration,
 };
@@ -76,12 +76,14 @@ pub fn interface_mac(device: &str) -> Result<[u8; 6]> {
     parse_mac(&text).with_context(|| format!("{path} holds no MAC address: {text:?}"))
 }
 
-/// Where the kernel sends a packet to a daemon.
+/// Where the kernel sends a packet to a daemon (an IPv6 one with `A` =
+/// `Ipv6Addr`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reach {
+pub enum Reach<A = Ipv4Addr> {
     /// Out of the back, to `hop`: the daemon itself on a connected network,
-    /// else the gateway of the route (of the path the kernel chose).
-    Back { hop: Ipv4Addr },
+    /// else the gateway of the route (of the path the kernel chose; for IPv6
+    /// often a router's link-local address, on the back).
+    Back { hop: A },
     /// Out of another interface (`lo` for an address of this host).
     Elsewhere { interface: String },
     /// No route (none at all, or an unreachable, prohibit or blackhole one):
@@ -92,15 +94,15 @@ pub enum Reach {
     Unsupported { what: String },
 }
 
-impl Reach {
+impl<A: Copy> Reach<A> {
     /// From the kernel's answer to a route "get" for `daemon` on a host whose
     /// back is `back` (its index and name); `name` names other interfaces.
     pub fn of_answer(
-        route: &RouteMsg,
-        daemon: Ipv4Addr,
+        route: &RouteMsg<A>,
+        daemon: A,
         back: (u32, &str),
         name: impl Fn(u32) -> String,
-    ) -> Reach {
+    ) -> Reach<A> {
         let Some(oif) = route.oif else {
             return Reach::NoRoute {
                 reason: format!(
@@ -579,6 +581,122 @@ impl Kernel {
     }
 }
 
+/// The IPv6 side of [`Kernel`]: the same requests with AF_INET6, for daemons
+/// with IPv6 addresses. Their hops are not in a [`HopBook`] yet (the loop
+/// ignores [`Message::Neighbour6`] and [`Message::Route6`]).
+impl Kernel {
+    /// Where the kernel routes a packet this host sends to `daemon` (`ip -6
+    /// route get`).
+    pub fn route6(&self, daemon: Ipv6Addr) -> Result<Reach<Ipv6Addr>> {
+        let seq = self.next_seq();
+        let mut reach = None;
+        self.ask(seq, &netlink::route_get6(seq, daemon), |m| {
+            reach = match m {
+                Message::Route6(r) => Some(Reach::of_answer(
+                    &r,
+                    daemon,
+                    (self.back_index, &self.back),
+                    |oif| interface_name(oif).unwrap_or_else(|| format!("interface #{oif}")),
+                )),
+                Message::Error(0) => None,
+                Message::Error(errno) => Some(Reach::NoRoute {
+                    reason: format!("the kernel: {}", errno_text(errno)),
+                }),
+                _ => return true,
+            };
+            false
+        })?;
+        reach.with_context(|| format!("the kernel did not answer the route request for {daemon}"))
+    }
+
+    /// The next hop of an IPv6 `daemon` (itself, a gateway, or a router's
+    /// link-local address on the back), or why it is not routed out of the back.
+    pub fn route_via_back6(&self, daemon: Ipv6Addr) -> Result<Ipv6Addr> {
+        match self.route6(daemon)? {
+            Reach::Back { hop } => Ok(hop),
+            other => bail!("{}", other.problem(daemon, &self.back).unwrap_or_default()),
+        }
+    }
+
+    /// The kernel's NDP entry for `hop` on the back, if it has one (`ip -6
+    /// neigh get`).
+    pub fn neighbour6(&self, hop: Ipv6Addr) -> Result<Option<NeighMsg<Ipv6Addr>>> {
+        self.neighbour6_on(self.back_index, hop)
+    }
+
+    /// The kernel's NDP entry for `hop` on interface `ifindex` (a client's hop
+    /// is on the front).
+    pub fn neighbour6_on(&self, ifindex: u32, hop: Ipv6Addr) -> Result<Option<NeighMsg<Ipv6Addr>>> {
+        let seq = self.next_seq();
+        let mut entry = None;
+        self.ask(seq, &netlink::neigh_get6(seq, ifindex, hop), |m| {
+            if let Message::Neighbour6(n) = m {
+                entry = Some(n);
+            }
+            false
+        })?;
+        Ok(entry)
+    }
+
+    /// Every IPv6 entry the kernel has on the back.
+    pub fn neighbours6(&self) -> Result<Vec<NeighMsg<Ipv6Addr>>> {
+        let seq = self.next_seq();
+        let mut entries = Vec::new();
+        let mut failed = None;
+        self.ask(seq, &netlink::neigh_dump6(seq, self.back_index), |m| {
+            match m {
+                Message::Neighbour6(n) => entries.push(n),
+                Message::Error(e) if e != 0 => failed = Some(e),
+                _ => {}
+            }
+            true
+        })?;
+        if let Some(errno) = failed {
+            bail!(
+                "dumping the IPv6 neighbours of {}: {}",
+                self.back,
+                errno_text(errno)
+            );
+        }
+        Ok(entries)
+    }
+
+    /// [`resolve`](Self::resolve) for an IPv6 daemon: its next hop and the
+    /// hop's MAC, a TCP connection attempt making the kernel solicit it first
+    /// when it has no complete entry.
+    pub fn resolve6(&self, daemon: SocketAddrV6) -> Result<(Ipv6Addr, Option<[u8; 6]>)> {
+        let hop = self.route_via_back6(*daemon.ip())?;
+        let mac = |k: &Self| -> Result<Option<[u8; 6]>> {
+            Ok(k.neighbour6(hop)?.and_then(|n| n.usable_mac()))
+        };
+        if let Some(known) = mac(self)? {
+            return Ok((hop, Some(known)));
+        }
+        let _ = TcpStream::connect_timeout(&SocketAddr::V6(daemon), self.probe_timeout);
+        Ok((hop, mac(self)?))
+    }
+}
+
+/// What the IPv6 next-hop probe carries (an ICMPv6 echo request's data).
+const PROBE6_PAYLOAD: &[u8; 24] = b"dispatchd next-hop probe";
+/// ICMPv6 echo identifier of every probe ("dp"), as the IPv4 probe's.
+const PROBE6_ID: u16 = 0x6470;
+/// An ICMPv6 echo request: header and payload.
+pub const PROBE6_LEN: usize = 8 + PROBE6_PAYLOAD.len();
+
+/// The IPv6 next-hop probe: an ICMPv6 echo request (type 128) with checksum 0,
+/// which the kernel fills in on a raw ICMPv6 socket (RFC 3542 3.1), for
+/// [`crate::sys::RawIcmp6Sender`]. Sending it to a hop the kernel has no
+/// neighbour entry for makes the kernel solicit the hop.
+pub fn echo6_request(seq: u16) -> [u8; PROBE6_LEN] {
+    let mut p = [0u8; PROBE6_LEN];
+    p[0] = 128;
+    p[4..6].copy_from_slice(&PROBE6_ID.to_be_bytes());
+    p[6..8].copy_from_slice(&seq.to_be_bytes());
+    p[8..].copy_from_slice(PROBE6_PAYLOAD);
+    p
+}
+
 /// The text of a positive errno.
 pub fn errno_text(errno: i32) -> String {
     let text = std::io::Error::from_raw_os_error(errno).to_string();
@@ -897,13 +1015,22 @@ mod tests {
         assert!(matches!(reach, Reach::Unsupported { .. }), "{reach:?}");
         assert!(back("198.19.0.2").problem(daemon, "l1").is_none());
         assert_eq!(
-            Reach::NoRoute {
+            Reach::<Ipv4Addr>::NoRoute {
                 reason: format!("the kernel: {}", errno_text(101))
             }
             .problem(daemon, "l1")
             .unwrap(),
             "no route to daemon 198.19.1.11 (the kernel: Network is unreachable)"
         );
+    }
+
+    #[test]
+    fn the_ipv6_probe_is_an_echo_request_the_kernel_completes() {
+        let p = echo6_request(0x0102);
+        assert_eq!(p.len(), PROBE6_LEN);
+        // Type 128, code 0, checksum left to the kernel, id "dp", the sequence.
+        assert_eq!(p[..8], [128, 0, 0, 0, 0x64, 0x70, 1, 2]);
+        assert_eq!(&p[8..], PROBE6_PAYLOAD);
     }
 
     #[test]

@@ -147,6 +147,100 @@ impl RawIpSender {
     }
 }
 
+/// A send-only raw ICMPv6 socket bound to one interface (the front): the
+/// IPv6 twin of [`RawIpSender`] for the IPv6 next-hop probes. The caller
+/// writes ICMPv6 messages; the kernel adds the IPv6 header (source from the
+/// device, hop limit) and the ICMPv6 checksum, and solicits a destination it
+/// has no neighbour entry for, as for any packet it sends. Opening needs
+/// CAP_NET_RAW; sending does not.
+#[derive(Debug)]
+pub struct RawIcmp6Sender {
+    fd: std::os::fd::OwnedFd,
+    ifindex: u32,
+}
+
+impl RawIcmp6Sender {
+    /// `ifindex` is `device`'s: the scope of a link-local destination.
+    pub fn open(device: &str, ifindex: u32) -> io::Result<Self> {
+        // SAFETY: plain socket(2); a non-negative result is a new fd we own.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET6,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::IPPROTO_ICMPV6,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor owned by nobody else.
+        let owned: std::os::fd::OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+        // Nothing is read from it: a filter that blocks every type keeps the
+        // kernel from queueing the ICMPv6 traffic of the host on it.
+        let block_all = [u32::MAX; 8];
+        // SAFETY: setsockopt reads the 32-byte filter during the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_ICMPV6,
+                1, // ICMP6_FILTER
+                block_all.as_ptr().cast(),
+                size_of_val(&block_all) as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: setsockopt reads `device.len()` bytes of the name during the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                device.as_ptr().cast(),
+                device.len() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { fd: owned, ifindex })
+    }
+
+    /// Sends `message` (an ICMPv6 message) to `dst` without waiting.
+    pub fn send_to(&self, message: &[u8], dst: std::net::Ipv6Addr) -> io::Result<()> {
+        let sin6 = libc::sockaddr_in6 {
+            sin6_family: libc::AF_INET6 as libc::sa_family_t,
+            sin6_port: 0,
+            sin6_flowinfo: 0,
+            sin6_addr: libc::in6_addr {
+                s6_addr: dst.octets(),
+            },
+            // A link-local hop (a router's) is only unique on its link.
+            sin6_scope_id: if dst.is_unicast_link_local() {
+                self.ifindex
+            } else {
+                0
+            },
+        };
+        // SAFETY: message and sin6 are live for the call, of the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                message.as_ptr().cast(),
+                message.len(),
+                libc::MSG_DONTWAIT,
+                (&sin6 as *const libc::sockaddr_in6).cast(),
+                size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 /// This host's IPv4 addresses on `device`.
 pub fn ipv4_addrs(device: &str) -> io::Result<Vec<Ipv4Addr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();

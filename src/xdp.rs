@@ -7,7 +7,7 @@
 #![allow(unsafe_code)] // libbpf C calls and the generated skeleton; each block says why it is sound
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     ffi::CString,
     fmt, io,
     mem::MaybeUninit,
@@ -40,7 +40,7 @@ use skel::{types, SteerSkel, SteerSkelBuilder};
 
 /// Names of `enum steer_counter` in `bpf/steer.h`, in order. [`Steering::load`]
 /// checks the length against the counters map's size, which comes from the header.
-pub const COUNTER_NAMES: [&str; 21] = [
+pub const COUNTER_NAMES: [&str; 25] = [
     "front_steered",
     "back_steered",
     "passed",
@@ -62,6 +62,10 @@ pub const COUNTER_NAMES: [&str; 21] = [
     "fwd_disabled",
     "front6_steered",
     "vip6_ext_header",
+    "back6_steered",
+    "icmp6_front_steered",
+    "icmp6_back_steered",
+    "packet_too_big_sent",
 ];
 
 /// Which side of the dispatcher a socket or interface is on.
@@ -137,18 +141,24 @@ pub struct Steering {
 pub enum Replies {
     /// All of them: no per-connection state, any instance can rewrite them.
     Stateless,
-    /// Those of connections in the tracked map, which has room for `capacity`.
-    Tracked { capacity: u32 },
+    /// Those of connections in the tracked map, which has room for `capacity`
+    /// (IPv4) and tracked6, with room for `capacity6` (IPv6; both allocated in
+    /// full at load, so 1 while there are no IPv6 services).
+    Tracked { capacity: u32, capacity6: u32 },
 }
 
 /// What the steering maps hold for a configuration: its services (with their
 /// index), its daemons (with their service), each by address and protocol,
-/// and its VIPs with the protocols of their services (`VIP_TCP | VIP_UDP`).
+/// and its VIPs with the protocols of their services (`VIP_TCP | VIP_UDP`);
+/// the IPv6 ones in the `6` fields (maps services6, daemons6, vip6_addrs).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SteeringTable {
     pub services: BTreeMap<(SocketAddrV4, Protocol), u32>,
     pub daemons: BTreeMap<(SocketAddrV4, Protocol), SocketAddrV4>,
     pub vips: BTreeMap<Ipv4Addr, u8>,
+    pub services6: BTreeMap<(SocketAddrV6, Protocol), u32>,
+    pub daemons6: BTreeMap<(SocketAddrV6, Protocol), SocketAddrV6>,
+    pub vips6: BTreeMap<Ipv6Addr, u8>,
 }
 
 /// The bit of `protocol` in a VIP's value.
@@ -181,6 +191,23 @@ impl SteeringTable {
                 .chain(retired.iter().map(|r| ((r.daemon, r.protocol), r.service)))
                 .collect(),
             vips,
+            ..Self::default()
+        }
+    }
+
+    /// Adds the IPv6 service `service` of `protocol` (index `id`) with its
+    /// `daemons`, and its VIP with the protocol's bit.
+    pub fn add_service6(
+        &mut self,
+        service: SocketAddrV6,
+        protocol: Protocol,
+        id: u32,
+        daemons: impl IntoIterator<Item = SocketAddrV6>,
+    ) {
+        self.services6.insert((service, protocol), id);
+        *self.vips6.entry(*service.ip()).or_default() |= vip_kind(protocol);
+        for d in daemons {
+            self.daemons6.insert((d, protocol), service);
         }
     }
 }
@@ -215,28 +242,34 @@ fn ip_of(bytes: &[u8]) -> Option<Ipv4Addr> {
     Some(ip.into())
 }
 
-/// An IPv6 service: (VIP and port, IP protocol number).
-pub type Service6 = (SocketAddrV6, u8);
-
-fn endpoint6((addr, protocol): Service6) -> types::endpoint6 {
+fn endpoint6((addr, protocol): (SocketAddrV6, Protocol)) -> types::endpoint6 {
     // Address and port in network byte order, as the program reads the packet.
     types::endpoint6 {
         addr: addr.ip().octets(),
         port: addr.port().to_be(),
-        protocol,
+        protocol: protocol.number(),
         pad: 0,
     }
 }
 
-/// The service an `endpoint6` key holds, from its bytes as the map stores them.
-fn endpoint6_of(bytes: &[u8]) -> Option<Service6> {
+/// The address and protocol an `endpoint6` key or value holds, from its bytes
+/// as the map stores them.
+fn endpoint6_of(bytes: &[u8]) -> Option<(SocketAddrV6, Protocol)> {
     let ip: [u8; 16] = bytes.get(..16)?.try_into().ok()?;
     let port: [u8; 2] = bytes.get(16..18)?.try_into().ok()?;
-    let protocol = *bytes.get(18)?;
+    let protocol = match *bytes.get(18)? {
+        n if n == Protocol::Udp.number() => Protocol::Udp,
+        _ => Protocol::Tcp,
+    };
     Some((
         SocketAddrV6::new(ip.into(), u16::from_be_bytes(port), 0, 0),
         protocol,
     ))
+}
+
+fn ip6_of(bytes: &[u8]) -> Option<Ipv6Addr> {
+    let ip: [u8; 16] = bytes.get(..16)?.try_into().ok()?;
+    Some(ip.into())
 }
 
 /// Views a plain-old-data map key or value as bytes for libbpf's byte-slice API.
@@ -268,12 +301,20 @@ impl Steering {
             .context("program has no rodata")?;
         rodata.front_ifindex = front.index;
         rodata.back_ifindex = back.index;
-        if let Replies::Tracked { capacity } = replies {
+        if let Replies::Tracked {
+            capacity,
+            capacity6,
+        } = replies
+        {
             rodata.track_replies = 1;
             open.maps
                 .tracked
                 .set_max_entries(capacity.max(1))
                 .context("sizing the tracked-connections map")?;
+            open.maps
+                .tracked6
+                .set_max_entries(capacity6.max(1))
+                .context("sizing the IPv6 tracked-connections map")?;
         }
         let skel = open
             .load()
@@ -345,6 +386,61 @@ impl Steering {
                 )
                 .with_context(|| format!("adding daemon {} to the XDP map", daemon.0))?;
         }
+        self.sync6(&have, want)
+    }
+
+    /// The IPv6 half of [`sync`](Self::sync): services6, daemons6, vip6_addrs.
+    fn sync6(&self, have: &SteeringTable, want: &SteeringTable) -> Result<()> {
+        let maps = &self.skel.maps;
+        for service in have
+            .services6
+            .keys()
+            .filter(|k| !want.services6.contains_key(k))
+        {
+            maps.services6
+                .delete(pod_bytes(&endpoint6(*service)))
+                .with_context(|| format!("removing service {} from the XDP map", service.0))?;
+        }
+        for daemon in have
+            .daemons6
+            .keys()
+            .filter(|k| !want.daemons6.contains_key(k))
+        {
+            maps.daemons6
+                .delete(pod_bytes(&endpoint6(*daemon)))
+                .with_context(|| format!("removing daemon {} from the XDP map", daemon.0))?;
+        }
+        for ip in have.vips6.keys().filter(|k| !want.vips6.contains_key(k)) {
+            maps.vip6_addrs
+                .delete(&ip.octets())
+                .with_context(|| format!("removing VIP {ip} from the XDP map"))?;
+        }
+        for (ip, kinds) in &want.vips6 {
+            maps.vip6_addrs
+                .update(&ip.octets(), &[*kinds], MapFlags::ANY)
+                .with_context(|| format!("adding VIP {ip} to the XDP map"))?;
+        }
+        for (service, id) in &want.services6 {
+            maps.services6
+                .update(
+                    pod_bytes(&endpoint6(*service)),
+                    &id.to_ne_bytes(),
+                    MapFlags::ANY,
+                )
+                .with_context(|| format!("adding service {} to the XDP map", service.0))?;
+        }
+        for (daemon, service) in &want.daemons6 {
+            let value = types::daemon_info6 {
+                service: endpoint6((*service, daemon.1)),
+            };
+            maps.daemons6
+                .update(
+                    pod_bytes(&endpoint6(*daemon)),
+                    pod_bytes(&value),
+                    MapFlags::ANY,
+                )
+                .with_context(|| format!("adding daemon {} to the XDP map", daemon.0))?;
+        }
         Ok(())
     }
 
@@ -377,63 +473,32 @@ impl Steering {
                 table.vips.insert(ip, kinds);
             }
         }
-        Ok(table)
-    }
-
-    /// Makes the IPv6 services map hold exactly `want` (service -> its index) and
-    /// the IPv6 VIPs map exactly their addresses; entries `want` lacks are removed.
-    /// Kept apart from [`sync`](Self::sync) until the configuration has IPv6
-    /// services: the whole IPv6 half is written through here.
-    pub fn sync_services6(&mut self, want: &BTreeMap<Service6, u32>) -> Result<()> {
-        let (have, have_vips) = self.services6()?;
-        let want_vips: BTreeSet<Ipv6Addr> = want.keys().map(|(a, _)| *a.ip()).collect();
-        let maps = &self.skel.maps;
-        for service in have.keys().filter(|k| !want.contains_key(k)) {
-            maps.services6
-                .delete(pod_bytes(&endpoint6(*service)))
-                .with_context(|| format!("removing service {service:?} from the XDP map"))?;
-        }
-        for ip in have_vips.difference(&want_vips) {
-            maps.vip6_addrs
-                .delete(&ip.octets())
-                .with_context(|| format!("removing VIP {ip} from the XDP map"))?;
-        }
-        for ip in &want_vips {
-            maps.vip6_addrs
-                .update(&ip.octets(), &[1], MapFlags::ANY)
-                .with_context(|| format!("adding VIP {ip} to the XDP map"))?;
-        }
-        for (service, id) in want {
-            maps.services6
-                .update(
-                    pod_bytes(&endpoint6(*service)),
-                    &id.to_ne_bytes(),
-                    MapFlags::ANY,
-                )
-                .with_context(|| format!("adding service {service:?} to the XDP map"))?;
-        }
-        Ok(())
-    }
-
-    /// What the IPv6 services and VIPs maps hold now.
-    pub fn services6(&self) -> Result<(BTreeMap<Service6, u32>, BTreeSet<Ipv6Addr>)> {
-        let maps = &self.skel.maps;
-        let mut services = BTreeMap::new();
         for key in maps.services6.keys() {
             let id = maps
                 .services6
                 .lookup(&key, MapFlags::ANY)?
                 .and_then(|v| Some(u32::from_ne_bytes(v.get(..4)?.try_into().ok()?)));
             if let (Some(service), Some(id)) = (endpoint6_of(&key), id) {
-                services.insert(service, id);
+                table.services6.insert(service, id);
             }
         }
-        let vips = maps
-            .vip6_addrs
-            .keys()
-            .filter_map(|k| Some(Ipv6Addr::from(<[u8; 16]>::try_from(k.as_slice()).ok()?)))
-            .collect();
-        Ok((services, vips))
+        for key in maps.daemons6.keys() {
+            let service = maps
+                .daemons6
+                .lookup(&key, MapFlags::ANY)?
+                .and_then(|v| endpoint6_of(&v));
+            if let (Some(daemon), Some((service, _))) = (endpoint6_of(&key), service) {
+                table.daemons6.insert(daemon, service);
+            }
+        }
+        for key in maps.vip6_addrs.keys() {
+            let kinds = maps.vip6_addrs.lookup(&key, MapFlags::ANY)?;
+            if let (Some(ip), Some(&kinds)) = (ip6_of(&key), kinds.as_ref().and_then(|v| v.first()))
+            {
+                table.vips6.insert(ip, kinds);
+            }
+        }
+        Ok(table)
     }
 
     /// Takes the next hops towards clients that the program found without a
@@ -457,6 +522,35 @@ impl Steering {
         Ok(())
     }
 
+    /// [`take_unresolved_hops`](Self::take_unresolved_hops) for IPv6 next
+    /// hops (unresolved_hops6); a link-local one is on the front.
+    pub fn take_unresolved_hops6(&self, hops: &mut Vec<Ipv6Addr>) -> Result<()> {
+        let map = &self.skel.maps.unresolved_hops6;
+        let start = hops.len();
+        let most = 2 * map.max_entries() as usize;
+        hops.extend(map.keys().take(most).filter_map(|k| ip6_of(&k)));
+        for hop in &hops[start..] {
+            match map.delete(&hop.octets()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).context("forgetting an unresolved IPv6 next hop"),
+            }
+        }
+        Ok(())
+    }
+
+    /// A handle on the IPv6 tracked-connections map (tracked6) for one worker.
+    pub fn tracked6_map(&self) -> Result<TrackedMap<ReplyKey6>> {
+        let fd = self
+            .skel
+            .maps
+            .tracked6
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the IPv6 tracked map's descriptor")?;
+        Ok(TrackedMap::from_fd(fd))
+    }
+
     /// A handle on the tracked-connections map for one worker (reply_mode
     /// "tracked"); in stateless mode the map exists with one unused entry.
     pub fn tracked_map(&self) -> Result<TrackedMap> {
@@ -467,7 +561,7 @@ impl Steering {
             .as_fd()
             .try_clone_to_owned()
             .context("duplicating the tracked map's descriptor")?;
-        Ok(TrackedMap { fd })
+        Ok(TrackedMap::from_fd(fd))
     }
 
     /// The tracked-connections map itself: what a takeover hands to the new
@@ -529,6 +623,18 @@ impl Steering {
             .icmp_source
             .update(&0u32.to_ne_bytes(), &value.to_ne_bytes(), MapFlags::ANY)
             .with_context(|| format!("setting {addr} as the source of ICMP errors"))
+    }
+
+    /// The source address of the "packet too big" the program answers a
+    /// daemon with when its IPv6 reply is larger than the front path's MTU:
+    /// one of this host's global addresses on the back. Until it is set (the
+    /// unspecified address unsets it), such replies are dropped (`too_big`).
+    pub fn set_icmp_source6(&self, addr: Ipv6Addr) -> Result<()> {
+        self.skel
+            .maps
+            .icmp_source6
+            .update(&0u32.to_ne_bytes(), &addr.octets(), MapFlags::ANY)
+            .with_context(|| format!("setting {addr} as the source of ICMPv6 errors"))
     }
 
     pub fn register_socket(&self, side: Side, queue: u32, fd: RawFd) -> Result<()> {
@@ -750,6 +856,19 @@ pub fn reply_key(client: SocketAddrV4, daemon: SocketAddrV4) -> ReplyKey {
     }
 }
 
+/// `struct reply_key6` of `bpf/steer.h`: the key of the tracked6 map.
+pub type ReplyKey6 = types::reply_key6;
+
+/// The tracked6 map's key for the connection between `client` and `daemon`.
+pub fn reply_key6(client: SocketAddrV6, daemon: SocketAddrV6) -> ReplyKey6 {
+    ReplyKey6 {
+        client_addr: client.ip().octets(),
+        daemon_addr: daemon.ip().octets(),
+        client_port: client.port().to_be(),
+        daemon_port: daemon.port().to_be(),
+    }
+}
+
 /// How far one batch operation went: the keys the kernel took, in order, and
 /// why it stopped before the end, if it did (the key at `done` was refused).
 #[derive(Debug)]
@@ -759,17 +878,37 @@ pub struct BatchOutcome {
 }
 
 /// One worker's handle on the tracked-connections map (reply_mode "tracked"):
-/// what its flow table holds, as the program looks replies up.
+/// what its flow table holds, as the program looks replies up. `K` is the
+/// map's key: [`ReplyKey`] (tracked) or [`ReplyKey6`] (tracked6).
 #[derive(Debug)]
-pub struct TrackedMap {
+pub struct TrackedMap<K = ReplyKey> {
     fd: OwnedFd,
+    key: std::marker::PhantomData<K>,
 }
 
 /// Keys written per BPF_MAP_UPDATE_BATCH: the values are this many ones.
 const UPDATE_BATCH_MAX: usize = 256;
 static ONES: [u8; UPDATE_BATCH_MAX] = [1; UPDATE_BATCH_MAX];
 
-impl TrackedMap {
+/// The keys a tracked map can have: the skeleton's padding-free key structs,
+/// whose size is the map's key size.
+pub trait TrackedKey: Copy + private::Sealed {}
+impl TrackedKey for ReplyKey {}
+impl TrackedKey for ReplyKey6 {}
+mod private {
+    pub trait Sealed {}
+    impl Sealed for super::ReplyKey {}
+    impl Sealed for super::ReplyKey6 {}
+}
+
+impl<K: TrackedKey> TrackedMap<K> {
+    fn from_fd(fd: OwnedFd) -> Self {
+        Self {
+            fd,
+            key: std::marker::PhantomData,
+        }
+    }
+
     /// A map of the tracked map's layout on its own, with no program looking it
     /// up (for tests and benchmarks; dispatchd uses the program's own through
     /// [`Steering::tracked_map`]). Needs CAP_BPF.
@@ -781,7 +920,7 @@ impl TrackedMap {
         let map = libbpf_rs::MapHandle::create(
             libbpf_rs::MapType::Hash,
             Some("tracked"),
-            size_of::<ReplyKey>() as u32,
+            size_of::<K>() as u32,
             1,
             capacity,
             &opts,
@@ -791,7 +930,7 @@ impl TrackedMap {
             .as_fd()
             .try_clone_to_owned()
             .context("duplicating the map's descriptor")?;
-        Ok(Self { fd })
+        Ok(Self::from_fd(fd))
     }
 
     /// Another handle on the same map (a duplicated descriptor).
@@ -800,16 +939,16 @@ impl TrackedMap {
             .fd
             .try_clone()
             .context("duplicating the tracked map's descriptor")?;
-        Ok(Self { fd })
+        Ok(Self::from_fd(fd))
     }
 
     /// Adds `keys` with one BPF_MAP_UPDATE_BATCH per 256 keys.
-    pub fn insert(&self, keys: &[ReplyKey]) -> BatchOutcome {
+    pub fn insert(&self, keys: &[K]) -> BatchOutcome {
         let mut done = 0;
         for chunk in keys.chunks(UPDATE_BATCH_MAX) {
             let mut count = chunk.len() as u32;
             // SAFETY: keys and values hold `count` elements of the map's key
-            // (`struct reply_key`, no padding) and value (one byte) sizes; the
+            // (`struct reply_key` or `reply_key6`, no padding) and value (one byte) sizes; the
             // kernel only reads them during the call and writes `count`.
             let rc = unsafe {
                 libbpf_sys::bpf_map_update_batch(
@@ -832,7 +971,7 @@ impl TrackedMap {
     }
 
     /// Removes `keys` with one BPF_MAP_DELETE_BATCH.
-    pub fn remove(&self, keys: &[ReplyKey]) -> BatchOutcome {
+    pub fn remove(&self, keys: &[K]) -> BatchOutcome {
         let mut count = keys.len() as u32;
         // SAFETY: keys holds `count` elements of the map's key size, read by the
         // kernel during the call only; it writes `count`.
@@ -851,14 +990,14 @@ impl TrackedMap {
     }
 
     /// Whether `key` is in the map (for tests and diagnostics: a syscall).
-    pub fn contains(&self, key: &ReplyKey) -> bool {
+    pub fn contains(&self, key: &K) -> bool {
         let mut value = 0u8;
         // SAFETY: key points at one key of the map's key size and value at one
         // byte, the map's value size; both live across the call.
         let rc = unsafe {
             libbpf_sys::bpf_map_lookup_elem(
                 self.fd.as_raw_fd(),
-                (key as *const ReplyKey).cast(),
+                (key as *const K).cast(),
                 (&mut value as *mut u8).cast(),
             )
         };

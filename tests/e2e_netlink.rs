@@ -464,3 +464,174 @@ fn start_up_and_reload_refuse_what_the_kernel_does_not_route_out_of_the_back() {
     drop(lb);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The IPv6 side of the kernel's answers, against a dual-stack topology's real
+/// tables (in the dispatcher namespace, no dispatchd): `ip -6 route get` and
+/// `ip -6 neigh` over rtnetlink for a daemon on the back's link, for one behind
+/// a router's link-local address, for the host's own addresses, a client and
+/// an unrouted address; the TCP attempt of `resolve6` makes the kernel solicit
+/// a hop, whose MAC then comes from the IPv6 neighbour table and its dump; and
+/// the ICMPv6 echo probe makes the kernel solicit a client's hop on the front,
+/// global or link-local, as the management loop will for the XDP program's
+/// unresolved_hops6.
+#[test]
+fn ipv6_routes_and_neighbours_come_from_the_kernel() {
+    use std::net::{Ipv6Addr, SocketAddrV6};
+
+    use dispatchd::{
+        neigh::{echo6_request, Kernel, Reach},
+        sys::RawIcmp6Sender,
+        xdp::Interface,
+    };
+    use dispatchd_testkit::NetNsGuard;
+
+    let topo = Topology::up_dual(DISPATCHD, "v6knl", 1, 1);
+    let (c, d, s) = (topo.client(), topo.dispatcher(), topo.daemons());
+    let mac_of = |ns: &str, dev: &str| {
+        let m = topo.mac(ns, dev).unwrap_or_else(|e| panic!("{e:#}"));
+        dispatchd::neigh::parse_mac(&m).unwrap_or_else(|| panic!("{m}"))
+    };
+    let (s0_mac, c0_mac) = (mac_of(&s, "s0"), mac_of(&c, "c0"));
+    // s0's link-local address: the router of a network behind it.
+    let s0_ll: Ipv6Addr = {
+        let out = ip(
+            &topo,
+            &s,
+            &["-6", "-o", "addr", "show", "dev", "s0", "scope", "link"],
+        );
+        let word = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no link-local address on s0: {out}"));
+        word.split('/').next().unwrap().parse().unwrap()
+    };
+    let c0_ll: Ipv6Addr = {
+        let out = ip(
+            &topo,
+            &c,
+            &["-6", "-o", "addr", "show", "dev", "c0", "scope", "link"],
+        );
+        let word = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .unwrap();
+        word.split('/').next().unwrap().parse().unwrap()
+    };
+    ip(
+        &topo,
+        &s,
+        &["addr", "add", "2001:2:0:3::11/128", "dev", "s0", "nodad"],
+    );
+    ip(
+        &topo,
+        &d,
+        &[
+            "-6",
+            "route",
+            "add",
+            "2001:2:0:3::/64",
+            "via",
+            &s0_ll.to_string(),
+            "dev",
+            "l1",
+        ],
+    );
+
+    let _inside = NetNsGuard::enter(&d).unwrap_or_else(|e| panic!("entering {d}: {e}"));
+    let back = Interface::lookup("l1").expect("l1");
+    let front = Interface::lookup("l0").expect("l0");
+    let kernel = Kernel::open("l1", back.index, Duration::from_secs(1))
+        .unwrap_or_else(|e| panic!("rtnetlink: {e:#}"));
+
+    let on_link: Ipv6Addr = "2001:2:0:2::11".parse().unwrap();
+    let behind: Ipv6Addr = "2001:2:0:3::11".parse().unwrap();
+    assert_eq!(
+        kernel.route6(on_link).unwrap(),
+        Reach::Back { hop: on_link }
+    );
+    assert_eq!(kernel.route6(behind).unwrap(), Reach::Back { hop: s0_ll });
+    for (local, via) in [
+        ("2001:2:0:1::100", "lo"),
+        ("2001:2:0:2::1", "lo"),
+        ("2001:2:0:1::2", "l0"),
+    ] {
+        assert_eq!(
+            kernel.route6(local.parse().unwrap()).unwrap(),
+            Reach::Elsewhere {
+                interface: via.into()
+            },
+            "{local}"
+        );
+    }
+    let unrouted = kernel.route6("2001:2:0:9::9".parse().unwrap()).unwrap();
+    assert!(matches!(unrouted, Reach::NoRoute { .. }), "{unrouted:?}");
+    let refused = kernel
+        .route_via_back6("2001:2:0:1::2".parse().unwrap())
+        .unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("not the back interface l1"),
+        "{refused:#}"
+    );
+
+    // No entry for the router yet; resolving the daemon behind it (a TCP
+    // attempt, refused: nothing listens) leaves a complete one.
+    let before = kernel.neighbour6(s0_ll).unwrap();
+    assert!(
+        before.as_ref().and_then(|n| n.usable_mac()).is_none(),
+        "{before:?}"
+    );
+    let (hop, mac) = kernel
+        .resolve6(SocketAddrV6::new(behind, 8080, 0, 0))
+        .unwrap();
+    assert_eq!((hop, mac), (s0_ll, Some(s0_mac)));
+    let entry = kernel
+        .neighbour6(s0_ll)
+        .unwrap()
+        .expect("the router's entry");
+    assert_eq!(
+        (entry.ifindex, entry.dst, entry.usable_mac()),
+        (back.index, Some(s0_ll), Some(s0_mac))
+    );
+    let dump = kernel.neighbours6().unwrap();
+    assert!(
+        dump.iter()
+            .any(|n| n.dst == Some(s0_ll) && n.usable_mac() == Some(s0_mac)),
+        "{dump:?}"
+    );
+    assert!(
+        dump.iter()
+            .all(|n| n.ifindex == back.index && n.family == 10),
+        "{dump:?}"
+    );
+
+    // The probe: one echo request each, and the kernel solicits the client's
+    // global and link-local addresses on the front until they answer.
+    let probe = RawIcmp6Sender::open("l0", front.index)
+        .unwrap_or_else(|e| panic!("raw ICMPv6 socket: {e}"));
+    let client: Ipv6Addr = "2001:2:0:1::2".parse().unwrap();
+    for (i, hop) in [client, c0_ll].into_iter().enumerate() {
+        let known = kernel.neighbour6_on(front.index, hop).unwrap();
+        assert!(
+            known.as_ref().and_then(|n| n.usable_mac()).is_none(),
+            "{hop}: {known:?}"
+        );
+        probe
+            .send_to(&echo6_request(i as u16), hop)
+            .unwrap_or_else(|e| panic!("probing {hop}: {e}"));
+        let start = Instant::now();
+        loop {
+            let entry = kernel.neighbour6_on(front.index, hop).unwrap();
+            if entry.as_ref().and_then(|n| n.usable_mac()) == Some(c0_mac) {
+                eprintln!("{hop} resolved {:?} after the probe", start.elapsed());
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "{hop} unresolved: {entry:?}"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}

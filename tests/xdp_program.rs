@@ -40,7 +40,9 @@ use std::{
 use dispatchd::{
     config::{Protocol, MAX_QUEUES, VIP_TCP, VIP_UDP},
     queues::WorkerQueues,
-    xdp::{reply_key, Interface, Replies, Side, Steering, SteeringTable, COUNTER_NAMES},
+    xdp::{
+        reply_key, reply_key6, Interface, Replies, Side, Steering, SteeringTable, COUNTER_NAMES,
+    },
     xsk::{self, Bind, SocketOptions, WorkerSockets},
 };
 use dispatchd_testkit::{
@@ -112,8 +114,41 @@ const SERVICE6: SocketAddrV6 = SocketAddrV6::new(VIP6, 80, 0, 0);
 const UDP_SERVICE6: SocketAddrV6 = SocketAddrV6::new(VIP6, 53, 0, 0);
 const CLIENT6: SocketAddrV6 =
     SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2), 40000, 0, 0);
-const TCP: u8 = 6;
-const UDP: u8 = 17;
+/// The IPv6 back path's lab, in the benchmark prefix 2001:2::/48 (RFC 5180):
+/// front 2001:2:0:1::1/64, back 2001:2:0:2::1/64 (the "packet too big"
+/// source), a VIP with a TCP service on 80 and a UDP service on 53.
+const FRONT_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 1);
+const BACK_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 1);
+const VIP6B: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 0x100);
+const SERVICE6B: SocketAddrV6 = SocketAddrV6::new(VIP6B, 80, 0, 0);
+const UDP_SERVICE6B: SocketAddrV6 = SocketAddrV6::new(VIP6B, 53, 0, 0);
+const DAEMON6: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 0x11), 8080, 0, 0);
+const UDP_DAEMON6: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 0x21), 5353, 0, 0);
+/// On the front's subnet with a permanent neighbour entry (`CLIENT_MAC`).
+const CLIENT6B: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 2), 40000, 0, 0);
+/// On the front's subnet, no neighbour entry.
+const UNRESOLVED6: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 3), 40000, 0, 0);
+/// Behind `CLIENT6B` on a route locked at `NARROW_MTU` (the IPv6 minimum).
+const NARROW6: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 5, 0, 0, 0, 2), 40000, 0, 0);
+/// Behind a link-local router on the front that has no neighbour entry.
+const BEHIND_ROUTER6: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 0x64, 0, 0, 0, 5), 40000, 0, 0);
+const ROUTER6_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0xfe);
+const BLACKHOLED6: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 0x99, 0, 0, 0, 5), 40000, 0, 0);
+/// In no route of the namespace.
+const UNROUTED6: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 9, 0, 0, 0, 9), 40000, 0, 0);
+const LOOPBACK_ROUTED6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x200, 0, 0, 0, 1);
+const OTHER_HOST6: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 0x50, 0, 0, 0, 9), 40000, 0, 0);
+/// A router on the back, the source of ICMPv6 errors there.
+const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 0xfe);
 
 /// Runs `ip ARGS`, panicking with its output if it fails.
 fn ip(args: &[&str]) {
@@ -202,6 +237,17 @@ impl Lab {
             format!("route add 198.18.5.0/24 via {} dev {FRONT} mtu lock {NARROW_MTU}", CLIENT.ip()),
             format!("route add {GATEWAY_NET} via {GATEWAY} dev {FRONT}"),
             format!("route add blackhole {BLACKHOLED_NET}"),
+            // IPv6, without duplicate address detection (tentative addresses
+            // are not used as sources nor routed to).
+            format!("addr add {FRONT_ADDR6}/64 dev {FRONT} nodad"),
+            format!("addr add {BACK_ADDR6}/64 dev {BACK} nodad"),
+            format!("addr add {VIP6B}/128 dev {FRONT} nodad"),
+            format!("addr add {LOOPBACK_ROUTED6}/128 dev lo"),
+            "addr add 2001:2:0:50::1/64 dev other0 nodad".into(),
+            format!("-6 neigh add {} lladdr {} dev {FRONT} nud permanent", CLIENT6B.ip(), mac(CLIENT_MAC)),
+            format!("-6 route add 2001:2:0:5::/64 via {} dev {FRONT} mtu lock {NARROW_MTU}", CLIENT6B.ip()),
+            format!("-6 route add 2001:2:0:64::/64 via {ROUTER6_LL} dev {FRONT}"),
+            "-6 route add blackhole 2001:2:0:99::/64".into(),
         ] {
             let mut args = vec!["-n", &n];
             args.extend(cmd.split_whitespace());
@@ -209,38 +255,43 @@ impl Lab {
         }
         // As dispatchd requires: the reply's FIB lookup needs it.
         set_forwarding(&n, BACK, true);
+        set_forwarding6(&n, BACK, true);
 
         let front = Interface::lookup(FRONT).expect("front in the namespace");
         let back = Interface::lookup(BACK).expect("back in the namespace");
         let other = Interface::lookup("lo").expect("lo in the namespace");
         let mut steering = Steering::load(&front, &back, replies)
             .unwrap_or_else(|e| panic!("loading the XDP program (is BPF available?): {e:#}"));
-        steering
-            .sync(&SteeringTable {
-                services: [
-                    ((SERVICE, Protocol::Tcp), 0),
-                    ((UDP_SERVICE, Protocol::Udp), 1),
-                    ((SocketAddrV4::new(TCP_ONLY_VIP, 80), Protocol::Tcp), 2),
-                ]
-                .into(),
-                daemons: DAEMONS
-                    .map(|d| ((d, Protocol::Tcp), SERVICE))
-                    .into_iter()
-                    .chain([((UDP_DAEMON, Protocol::Udp), UDP_SERVICE)])
-                    .collect(),
-                vips: [
-                    (VIP, (VIP_TCP | VIP_UDP) as u8),
-                    (TCP_ONLY_VIP, VIP_TCP as u8),
-                ]
-                .into(),
-            })
-            .expect("service and daemons");
-        steering
-            .sync_services6(&[((SERVICE6, TCP), 0), ((UDP_SERVICE6, UDP), 1)].into())
-            .expect("IPv6 services");
+        let mut table = SteeringTable {
+            services: [
+                ((SERVICE, Protocol::Tcp), 0),
+                ((UDP_SERVICE, Protocol::Udp), 1),
+                ((SocketAddrV4::new(TCP_ONLY_VIP, 80), Protocol::Tcp), 2),
+            ]
+            .into(),
+            daemons: DAEMONS
+                .map(|d| ((d, Protocol::Tcp), SERVICE))
+                .into_iter()
+                .chain([((UDP_DAEMON, Protocol::Udp), UDP_SERVICE)])
+                .collect(),
+            vips: [
+                (VIP, (VIP_TCP | VIP_UDP) as u8),
+                (TCP_ONLY_VIP, VIP_TCP as u8),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        table.add_service6(SERVICE6, Protocol::Tcp, 0, []);
+        table.add_service6(UDP_SERVICE6, Protocol::Udp, 1, []);
+        table.add_service6(SERVICE6B, Protocol::Tcp, 2, [DAEMON6]);
+        table.add_service6(UDP_SERVICE6B, Protocol::Udp, 3, [UDP_DAEMON6]);
+        steering.sync(&table).expect("services and daemons");
         steering
             .set_icmp_source(BACK_ADDR)
             .expect("the source of ICMP errors");
+        steering
+            .set_icmp_source6(BACK_ADDR6)
+            .expect("the source of ICMPv6 errors");
         let queue_0 = WorkerQueues {
             core: None,
             front: vec![0],
@@ -288,6 +339,20 @@ fn set_forwarding(ns: &str, iface: &str, on: bool) {
         .args(["netns", "exec", ns, "sysctl", "-qw"])
         .arg(format!(
             "net.ipv4.conf.{iface}.forwarding={}",
+            if on { 1 } else { 0 }
+        ))
+        .output()
+        .expect("running sysctl");
+    assert!(out.status.success(), "sysctl:\n{}", text(&out));
+}
+
+/// Sets `net.ipv6.conf.<iface>.forwarding`: the setting bpf_ipv6_fib_lookup
+/// checks, on the device the lookup is made for (the back), whatever `all` says.
+fn set_forwarding6(ns: &str, iface: &str, on: bool) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "sysctl", "-qw"])
+        .arg(format!(
+            "net.ipv6.conf.{iface}.forwarding={}",
             if on { 1 } else { 0 }
         ))
         .output()
@@ -437,6 +502,38 @@ fn l4_6(macs: Macs, from: SocketAddrV6, to: SocketAddrV6, udp: bool) -> Vec<u8> 
             .write(&mut f, &[])
     }
     .expect("writing an IPv6 frame");
+    f
+}
+
+/// A TCP data segment over IPv6 with `payload` bytes.
+fn tcp6_data(macs: Macs, from: SocketAddrV6, to: SocketAddrV6, payload: usize) -> Vec<u8> {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv6(from.ip().octets(), to.ip().octets(), 64)
+        .tcp(from.port(), to.port(), 1, 64240)
+        .ack(1)
+        .write(&mut f, &vec![0x5a; payload])
+        .expect("writing an IPv6 frame");
+    f
+}
+
+/// An ICMPv6 error of `kind` from `from` to `to` quoting `about`'s IPv6 packet
+/// (cut to `quoted` bytes).
+fn icmp6_error(
+    macs: Macs,
+    from: Ipv6Addr,
+    to: Ipv6Addr,
+    kind: etherparse::Icmpv6Type,
+    about: &[u8],
+    quoted: usize,
+) -> Vec<u8> {
+    let packet = &about[14..];
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv6(from.octets(), to.octets(), 64)
+        .icmpv6(kind)
+        .write(&mut f, &packet[..quoted.min(packet.len())])
+        .expect("writing an ICMPv6 error");
     f
 }
 
@@ -632,7 +729,93 @@ fn table() -> Vec<Row> {
     let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
     let all_routers = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
     let router_ll = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+    // The IPv6 back path.
+    use etherparse::{Icmpv6Type as T6, icmpv6::{DestUnreachableCode as Unreach6, TimeExceededCode}};
+    let reply6 = l4_6(FROM_DAEMON, DAEMON6, CLIENT6B, false);
+    let rewritten6 = l4_6(TO_CLIENT, DAEMON6, CLIENT6B, false);
+    let reply6_to = |to: SocketAddrV6| l4_6(FROM_DAEMON, DAEMON6, to, false);
+    let too_big6 = tcp6_data(FROM_DAEMON, DAEMON6, NARROW6, 1300);
+    let packet_too_big = icmp6_error((BACK_MAC, BACK_PEER_MAC), BACK_ADDR6, *DAEMON6.ip(), T6::PacketTooBig { mtu: NARROW_MTU.into() }, &too_big6, 48);
+    let fits_narrow6 = |macs| tcp6_data(macs, DAEMON6, NARROW6, usize::from(NARROW_MTU) - 40 - 20);
+    let forwarded6 = l4_6(FROM_DAEMON, CLIENT6B, DAEMON6, false);
+    let on_back6 = |to: Ipv6Addr, kind, about: &[u8]| icmp6_error(FROM_DAEMON, ROUTER6, to, kind, about, 48);
+    let unreachable6 = on_back6(*CLIENT6B.ip(), T6::DestinationUnreachable(Unreach6::Address), &forwarded6);
+    let udp_unreachable6 = on_back6(*CLIENT6B.ip(), T6::DestinationUnreachable(Unreach6::Port), &l4_6(FROM_DAEMON, CLIENT6B, UDP_DAEMON6, true));
+    let to_vip6 = |kind, about: &[u8], quoted| icmp6_error(FROM_CLIENT, *CLIENT6B.ip(), VIP6B, kind, about, quoted);
+    let seen_reply6 = l4_6(FROM_CLIENT, SERVICE6B, CLIENT6B, false);
     vec![
+        // IPv6 on the back: daemons6, the FIB with AF_INET6.
+        row("IPv6 daemon's reply, route and neighbour", Back, 0, reply6.clone(),
+            XDP_REDIRECT, &["back6_steered"]).leaves(rewritten6.clone()),
+        row("IPv6 UDP daemon's reply", Back, 0, l4_6(FROM_DAEMON, UDP_DAEMON6, CLIENT6B, true),
+            XDP_REDIRECT, &["back6_steered"]).leaves(l4_6(TO_CLIENT, UDP_DAEMON6, CLIENT6B, true)),
+        row("IPv6 daemon's reply on a queue without socket", Back, 1, reply6.clone(),
+            XDP_DROP, &["no_socket"]).leaves(rewritten6),
+        row("IPv6 daemon's reply, no neighbour", Back, 0, reply6_to(UNRESOLVED6),
+            XDP_DROP, &["fib_no_neigh"]),
+        row("IPv6 daemon's reply via a link-local router without neighbour", Back, 0, reply6_to(BEHIND_ROUTER6),
+            XDP_DROP, &["fib_no_neigh"]),
+        row("IPv6 daemon's reply to a blackholed network", Back, 0, reply6_to(BLACKHOLED6),
+            XDP_DROP, &["fib_failed"]),
+        row("IPv6 daemon's reply, no route", Back, 0, reply6_to(UNROUTED6),
+            XDP_PASS, &["back_to_host", "passed"]),
+        row("IPv6 daemon's reply to the back's own address", Back, 0, reply6_to(SocketAddrV6::new(BACK_ADDR6, 50000, 0, 0)),
+            XDP_PASS, &["back_to_host", "passed"]),
+        row("IPv6 daemon's reply to the VIP", Back, 0, reply6_to(SocketAddrV6::new(VIP6B, 50000, 0, 0)),
+            XDP_PASS, &["back_to_host", "passed"]),
+        row("IPv6 daemon's reply to an address routed to loopback", Back, 0, reply6_to(SocketAddrV6::new(LOOPBACK_ROUTED6, 50000, 0, 0)),
+            XDP_PASS, &["back_to_host", "passed"]),
+        row("IPv6 daemon's reply to a link-local address", Back, 0, reply6_to(SocketAddrV6::new(router_ll, 50000, 0, 0)),
+            XDP_PASS, &["back_to_host", "passed"]),
+        row("IPv6 daemon's reply to a host on the back's network", Back, 0, reply6_to(SocketAddrV6::new(ROUTER6, 50000, 0, 0)),
+            XDP_PASS, &["back_not_front", "passed"]),
+        row("IPv6 daemon's reply to a network of a third interface", Back, 0, reply6_to(OTHER_HOST6),
+            XDP_PASS, &["back_not_front", "passed"]),
+        row("IPv6 reply from a non-daemon address", Back, 0, l4_6(FROM_DAEMON, SocketAddrV6::new(ROUTER6, 8080, 0, 0), CLIENT6B, false),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("IPv6 TCP from the UDP daemon's address and port", Back, 0, l4_6(FROM_DAEMON, UDP_DAEMON6, CLIENT6B, false),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("IPv6 daemon's reply behind a hop-by-hop header", Back, 0, with_ext_header(&reply6, 0),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("IPv6 daemon's reply cut before the ports", Back, 0, cut(reply6.clone(), 14 + 40 + 3),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("IPv6 header cut on the back", Back, 0, cut(reply6.clone(), 14 + 39),
+            XDP_PASS, &["truncated", "passed"]),
+        row("IPv6 reply that fits the narrow route", Back, 0, fits_narrow6(FROM_DAEMON),
+            XDP_REDIRECT, &["back6_steered"]).leaves(fits_narrow6(TO_CLIENT)),
+        row("IPv6 reply too big for the narrow route", Back, 0, too_big6,
+            XDP_TX, &["packet_too_big_sent"]).leaves(packet_too_big),
+        row("neighbour solicitation from a daemon", Back, 0, icmp6(FROM_DAEMON, *DAEMON6.ip(), solicited_node, 135, &[0; 20]),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("ICMPv6 echo from a daemon", Back, 0, icmp6(FROM_DAEMON, *DAEMON6.ip(), *CLIENT6B.ip(), 128, &[0; 4]),
+            XDP_PASS, &["ipv6", "passed"]),
+        // ICMPv6 errors on the back about a segment to a daemon: the reply's way.
+        row("ICMPv6 unreachable about a client's segment", Back, 0, unreachable6.clone(),
+            XDP_REDIRECT, &["icmp6_back_steered"]).leaves(towards_client(unreachable6)),
+        row("ICMPv6 port unreachable about a datagram to the UDP daemon", Back, 0, udp_unreachable6.clone(),
+            XDP_REDIRECT, &["icmp6_back_steered"]).leaves(towards_client(udp_unreachable6)),
+        row("ICMPv6 error about a client's segment, no neighbour", Back, 0, on_back6(*UNRESOLVED6.ip(), T6::TimeExceeded(TimeExceededCode::HopLimitExceeded), &l4_6(FROM_DAEMON, UNRESOLVED6, DAEMON6, false)),
+            XDP_DROP, &["fib_no_neigh"]),
+        row("ICMPv6 error about a health probe, to the back's address", Back, 0, on_back6(BACK_ADDR6, T6::DestinationUnreachable(Unreach6::Port), &l4_6(FROM_DAEMON, SocketAddrV6::new(BACK_ADDR6, 50000, 0, 0), DAEMON6, false)),
+            XDP_PASS, &["back_to_host", "passed"]),
+        row("ICMPv6 error about a segment to a non-daemon", Back, 0, on_back6(*CLIENT6B.ip(), T6::DestinationUnreachable(Unreach6::Port), &l4_6(FROM_DAEMON, CLIENT6B, SocketAddrV6::new(ROUTER6, 8080, 0, 0), false)),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("ICMPv6 error quoting fewer than 8 bytes of TCP", Back, 0, icmp6_error(FROM_DAEMON, ROUTER6, *CLIENT6B.ip(), T6::DestinationUnreachable(Unreach6::Address), &forwarded6, 44),
+            XDP_PASS, &["ipv6", "passed"]),
+        // ICMPv6 errors on the front about a service's reply: the loop's.
+        row("ICMPv6 packet too big about a service's reply", Front, 0, to_vip6(T6::PacketTooBig { mtu: 1280 }, &seen_reply6, 48),
+            XDP_REDIRECT, &["icmp6_front_steered"]),
+        row("ICMPv6 port unreachable about a UDP service's reply", Front, 0, to_vip6(T6::DestinationUnreachable(Unreach6::Port), &l4_6(FROM_CLIENT, UDP_SERVICE6B, CLIENT6B, true), 48),
+            XDP_REDIRECT, &["icmp6_front_steered"]),
+        row("ICMPv6 error about a reply, queue without socket", Front, 1, to_vip6(T6::PacketTooBig { mtu: 1280 }, &seen_reply6, 48),
+            XDP_DROP, &["no_socket"]),
+        row("ICMPv6 error about a reply from another port of the VIP", Front, 0, to_vip6(T6::PacketTooBig { mtu: 1280 }, &l4_6(FROM_CLIENT, SocketAddrV6::new(VIP6B, 22, 0, 0), CLIENT6B, false), 48),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("ICMPv6 error about a reply, quote cut", Front, 0, to_vip6(T6::PacketTooBig { mtu: 1280 }, &seen_reply6, 40),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("ICMPv6 packet too big about a reply, on another interface", Other, 0, to_vip6(T6::PacketTooBig { mtu: 1280 }, &seen_reply6, 48),
+            XDP_PASS, &["ipv6", "passed"]),
+
         // UDP on the front: steered only to a UDP service; the length field is
         // the workers' to judge (counted there by reason).
         row("UDP to the UDP service", Front, 0, datagram.clone(),
@@ -977,6 +1160,13 @@ fn tracked_table() -> Vec<Row> {
             XDP_PASS, &["back_untracked", "passed"]),
         row("frame from a non-daemon address", Back, 0, tcp(FROM_DAEMON, SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 99), 8080), CLIENT),
             XDP_PASS, &["passed"]),
+        // IPv6: tracked6 holds CLIENT6B with DAEMON6.
+        row("IPv6 reply of the tracked connection", Back, 0, l4_6(FROM_DAEMON, DAEMON6, CLIENT6B, false),
+            XDP_REDIRECT, &["back6_steered"]).leaves(l4_6(TO_CLIENT, DAEMON6, CLIENT6B, false)),
+        row("IPv6 daemon's frame to another port of the tracked client", Back, 0, l4_6(FROM_DAEMON, DAEMON6, SocketAddrV6::new(*CLIENT6B.ip(), 40001, 0, 0), false),
+            XDP_PASS, &["back_untracked", "passed"]),
+        row("IPv6 UDP daemon's untracked reply", Back, 0, l4_6(FROM_DAEMON, UDP_DAEMON6, CLIENT6B, true),
+            XDP_PASS, &["back_untracked", "passed"]),
     ]
 }
 
@@ -1048,9 +1238,27 @@ fn assert_rows_pass(failures: &[String], rows: usize) {
 
 /// A daemon's reply while the back does not forward, then while the front
 /// does not (see `a_daemon_frame_is_passed_while_the_back_does_not_forward`).
-fn forwarding_rows() -> [Row; 2] {
+fn forwarding_rows() -> [Row; 4] {
     let reply = tcp(FROM_DAEMON, DAEMONS[0], CLIENT);
+    let reply6 = l4_6(FROM_DAEMON, DAEMON6, CLIENT6B, false);
     [
+        row(
+            "IPv6 reply while the back does not forward IPv6",
+            Iface::Back,
+            0,
+            reply6.clone(),
+            XDP_PASS,
+            &["fwd_disabled", "passed"],
+        ),
+        row(
+            "IPv6 reply while only the back forwards IPv6",
+            Iface::Back,
+            0,
+            reply6,
+            XDP_REDIRECT,
+            &["back6_steered"],
+        )
+        .leaves(l4_6(TO_CLIENT, DAEMON6, CLIENT6B, false)),
         row(
             "reply while the back does not forward",
             Iface::Back,
@@ -1112,6 +1320,16 @@ fn every_frame_class_gets_its_verdict_counters_and_frame() {
     hops.clear();
     lab.steering.take_unresolved_hops(&mut hops).unwrap();
     assert!(hops.is_empty(), "{hops:?}");
+    // The IPv6 ones: the client, the link-local router it is behind.
+    let mut hops6 = Vec::new();
+    lab.steering
+        .take_unresolved_hops6(&mut hops6)
+        .expect("the unresolved IPv6 hops");
+    hops6.sort();
+    assert_eq!(hops6, [*UNRESOLVED6.ip(), ROUTER6_LL]);
+    hops6.clear();
+    lab.steering.take_unresolved_hops6(&mut hops6).unwrap();
+    assert!(hops6.is_empty(), "{hops6:?}");
 
     // A test run decides a redirect and stops there: nothing reached the sockets.
     for (side, rings) in [
@@ -1126,52 +1344,96 @@ fn every_frame_class_gets_its_verdict_counters_and_frame() {
     }
 }
 
-/// The IPv6 services map and the IPv6 VIPs follow what they are synced to: a
-/// service removed stops being steered, a VIP without services is forgotten.
+/// The IPv6 half of the steering table follows what it is synced to: a
+/// service removed stops being steered, a VIP without services is forgotten,
+/// a daemon removed is the host's again; the IPv4 half is left alone.
 #[test]
 fn ipv6_services_sync_adds_and_removes() {
     let mut lab = Lab::up("6", Replies::Stateless);
-    let (services, vips) = lab.steering.services6().expect("the IPv6 maps");
+    let full = lab.steering.contents().expect("the maps");
     assert_eq!(
-        services,
-        [((SERVICE6, TCP), 0), ((UDP_SERVICE6, UDP), 1)].into()
+        full.services6,
+        [
+            ((SERVICE6, Protocol::Tcp), 0),
+            ((UDP_SERVICE6, Protocol::Udp), 1),
+            ((SERVICE6B, Protocol::Tcp), 2),
+            ((UDP_SERVICE6B, Protocol::Udp), 3)
+        ]
+        .into()
     );
-    assert_eq!(vips, [VIP6].into());
+    assert_eq!(
+        full.daemons6,
+        [
+            ((DAEMON6, Protocol::Tcp), SERVICE6B),
+            ((UDP_DAEMON6, Protocol::Udp), UDP_SERVICE6B)
+        ]
+        .into()
+    );
+    let both = (VIP_TCP | VIP_UDP) as u8;
+    assert_eq!(full.vips6, [(VIP6, both), (VIP6B, both)].into());
     let syn6 = l4_6(FROM_CLIENT, CLIENT6, SERVICE6, false);
-    let steered = row(
-        "IPv6 service SYN",
-        Iface::Front,
-        0,
-        syn6.clone(),
-        XDP_REDIRECT,
-        &["front6_steered"],
-    );
-    assert_rows_pass(&run_rows(&lab, &[steered]), 1);
+    let reply6 = l4_6(FROM_DAEMON, DAEMON6, CLIENT6B, false);
+    let steered = [
+        row(
+            "IPv6 service SYN",
+            Iface::Front,
+            0,
+            syn6.clone(),
+            XDP_REDIRECT,
+            &["front6_steered"],
+        ),
+        row(
+            "IPv6 daemon's reply",
+            Iface::Back,
+            0,
+            reply6.clone(),
+            XDP_REDIRECT,
+            &["back6_steered"],
+        )
+        .leaves(l4_6(TO_CLIENT, DAEMON6, CLIENT6B, false)),
+    ];
+    assert_rows_pass(&run_rows(&lab, &steered), 2);
 
-    // Only the UDP service left: TCP to port 80 is the host's.
-    lab.steering
-        .sync_services6(&[((UDP_SERVICE6, UDP), 0)].into())
-        .expect("syncing");
-    let (services, vips) = lab.steering.services6().unwrap();
-    assert_eq!(services, [((UDP_SERVICE6, UDP), 0)].into());
-    assert_eq!(vips, [VIP6].into());
-    let passed = row(
-        "IPv6 SYN to a removed service",
-        Iface::Front,
-        0,
-        syn6.clone(),
-        XDP_PASS,
-        &["ipv6", "passed"],
-    );
-    assert_rows_pass(&run_rows(&lab, &[passed]), 1);
+    // Only the UDP service of the first VIP left: TCP to port 80 is the
+    // host's, and so is the TCP daemon's reply.
+    let mut want = SteeringTable {
+        services: full.services.clone(),
+        daemons: full.daemons.clone(),
+        vips: full.vips.clone(),
+        ..Default::default()
+    };
+    want.add_service6(UDP_SERVICE6, Protocol::Udp, 0, []);
+    lab.steering.sync(&want).expect("syncing");
+    let now = lab.steering.contents().unwrap();
+    assert_eq!(now, want);
+    let passed = [
+        row(
+            "IPv6 SYN to a removed service",
+            Iface::Front,
+            0,
+            syn6.clone(),
+            XDP_PASS,
+            &["ipv6", "passed"],
+        ),
+        row(
+            "IPv6 reply of a removed daemon",
+            Iface::Back,
+            0,
+            reply6,
+            XDP_PASS,
+            &["ipv6", "passed"],
+        ),
+    ];
+    assert_rows_pass(&run_rows(&lab, &passed), 2);
 
-    // None: the VIP is forgotten, so an extension header to it is the host's.
-    lab.steering.sync_services6(&Default::default()).unwrap();
-    let (services, vips) = lab.steering.services6().unwrap();
-    assert!(
-        services.is_empty() && vips.is_empty(),
-        "{services:?} {vips:?}"
-    );
+    // None: the VIP is forgotten, so an extension header to it is the host's;
+    // the IPv4 services stay.
+    want.services6.clear();
+    want.vips6.clear();
+    lab.steering.sync(&want).unwrap();
+    let now = lab.steering.contents().unwrap();
+    assert!(now.services6.is_empty() && now.vips6.is_empty(), "{now:?}");
+    assert_eq!(now.services, full.services);
     let ext = row(
         "extension header to a former VIP",
         Iface::Front,
@@ -1187,12 +1449,23 @@ fn ipv6_services_sync_adds_and_removes() {
 /// one that leaves the map is the host's again.
 #[test]
 fn tracked_replies_are_taken_and_the_rest_passed() {
-    let lab = Lab::up("r", Replies::Tracked { capacity: 64 });
+    let lab = Lab::up(
+        "r",
+        Replies::Tracked {
+            capacity: 64,
+            capacity6: 64,
+        },
+    );
     let map = lab.steering.tracked_map().expect("the tracked map");
     let key = reply_key(CLIENT, DAEMONS[0]);
     let outcome = map.insert(&[key]);
     assert_eq!((outcome.done, outcome.error.is_none()), (1, true));
     assert!(map.contains(&key));
+    let map6 = lab.steering.tracked6_map().expect("the IPv6 tracked map");
+    let key6 = reply_key6(CLIENT6B, DAEMON6);
+    let outcome = map6.insert(&[key6]);
+    assert_eq!((outcome.done, outcome.error.is_none()), (1, true));
+    assert!(map6.contains(&key6));
     let rows = tracked_table();
     let failures = run_rows(&lab, &rows);
     assert_rows_pass(&failures, rows.len());
@@ -1222,7 +1495,26 @@ fn tracked_replies_are_taken_and_the_rest_passed() {
 #[test]
 fn a_daemon_frame_is_passed_while_the_back_does_not_forward() {
     let lab = Lab::up("f", Replies::Stateless);
-    let [back_off, front_off] = forwarding_rows();
+    let [back6_off, back6_only, back_off, front_off] = forwarding_rows();
+    // IPv6: the back's own setting, not `all` (0 in a new namespace) nor the
+    // front's.
+    set_forwarding6(&lab.ns.name, BACK, false);
+    assert_rows_pass(&run_rows(&lab, &[back6_off]), 1);
+    set_forwarding6(&lab.ns.name, BACK, true);
+    set_forwarding6(&lab.ns.name, FRONT, false);
+    let all = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns.name,
+            "sysctl",
+            "-n",
+            "net.ipv6.conf.all.forwarding",
+        ])
+        .output()
+        .expect("running sysctl");
+    assert_eq!(String::from_utf8_lossy(&all.stdout).trim(), "0");
+    assert_rows_pass(&run_rows(&lab, &[back6_only]), 1);
     set_forwarding(&lab.ns.name, BACK, false);
     assert_rows_pass(&run_rows(&lab, &[back_off]), 1);
     set_forwarding(&lab.ns.name, BACK, true);
@@ -1319,6 +1611,33 @@ fn a_reply_too_big_is_dropped_while_no_source_address_is_set() {
         .expect("test run");
     assert_eq!(verdict_name(verdict), verdict_name(XDP_TX));
     assert_eq!(lab.counters()[sent_counter], after[sent_counter] + 1);
+
+    // IPv6: no "packet too big" without icmp_source6.
+    let too_big6 = tcp6_data(FROM_DAEMON, DAEMON6, NARROW6, 1300);
+    let sent6_counter = counter_index("packet_too_big_sent");
+    lab.steering
+        .set_icmp_source6(Ipv6Addr::UNSPECIFIED)
+        .expect("clearing the source");
+    let before = lab.counters();
+    let (verdict, out) = lab
+        .steering
+        .test_run(&too_big6, lab.back.index, 0)
+        .expect("test run");
+    let after = lab.counters();
+    assert_eq!(verdict_name(verdict), verdict_name(XDP_DROP));
+    assert_eq!(out, too_big6, "a dropped reply is left as it came");
+    let mut want = before;
+    want[too_big_counter] += 1;
+    assert_eq!(after, want, "only too_big moves");
+    lab.steering
+        .set_icmp_source6(BACK_ADDR6)
+        .expect("the source");
+    let (verdict, _) = lab
+        .steering
+        .test_run(&too_big6, lab.back.index, 0)
+        .expect("test run");
+    assert_eq!(verdict_name(verdict), verdict_name(XDP_TX));
+    assert_eq!(lab.counters()[sent6_counter], after[sent6_counter] + 1);
 }
 
 /// What the kernel refuses before the program runs: these rows cannot be in the
@@ -1371,9 +1690,17 @@ fn the_cost_per_frame_of_each_reply_mode() {
     let reply = tcp(FROM_DAEMON, DAEMONS[0], CLIENT);
     let to_host = tcp(FROM_DAEMON, DAEMONS[0], SocketAddrV4::new(BACK_ADDR, 50000));
     let syn = tcp(FROM_CLIENT, CLIENT, SERVICE);
+    let reply6 = l4_6(FROM_DAEMON, DAEMON6, CLIENT6B, false);
+    let syn6 = l4_6(FROM_CLIENT, CLIENT6B, SERVICE6B, false);
     for (mode, replies) in [
         ("stateless", Replies::Stateless),
-        ("tracked", Replies::Tracked { capacity: 1 << 20 }),
+        (
+            "tracked",
+            Replies::Tracked {
+                capacity: 1 << 20,
+                capacity6: 1 << 10,
+            },
+        ),
     ] {
         let lab = Lab::up(&mode[..1], replies);
         if let Replies::Tracked { .. } = replies {
@@ -1386,11 +1713,18 @@ fn the_cost_per_frame_of_each_reply_mode() {
                 .chain([reply_key(CLIENT, DAEMONS[0])])
                 .collect();
             assert!(map.insert(&others).error.is_none());
+            let map6 = lab.steering.tracked6_map().expect("the IPv6 tracked map");
+            assert!(map6
+                .insert(&[reply_key6(CLIENT6B, DAEMON6)])
+                .error
+                .is_none());
         }
         for (name, frame, iface) in [
             ("daemon reply to a client", &reply, lab.back.index),
             ("daemon frame to the host", &to_host, lab.back.index),
             ("service SYN", &syn, lab.front.index),
+            ("IPv6 daemon reply to a client", &reply6, lab.back.index),
+            ("IPv6 service SYN", &syn6, lab.front.index),
         ] {
             let t = lab
                 .steering

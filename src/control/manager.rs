@@ -1052,6 +1052,8 @@ impl<'a> Manager<'a> {
                 }
             }
             Message::RoutingChanged => self.start_reroute(),
+            // No IPv6 daemon hops are followed yet (HopBook is IPv4's).
+            Message::Route6(_) | Message::Neighbour6(_) => {}
             Message::Done | Message::Error(_) | Message::Other => {}
         }
     }

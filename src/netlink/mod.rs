@@ -1,6 +1,8 @@
 //! rtnetlink, as much of it as dispatchd needs: the requests it makes (a route
 //! "get" for a daemon's address, a neighbour "get" and a neighbour dump on the
-//! back interface) and the parsing of what the kernel sends, answers and change
+//! back interface), for IPv4 and IPv6 (`*6` requests, [`Message::Route6`],
+//! [`Message::Neighbour6`]: the same layouts with 16-byte addresses and
+//! AF_INET6), and the parsing of what the kernel sends, answers and change
 //! notifications alike. Pure: bytes in, bytes out; the socket is in [`socket`].
 //!
 //! Every length is checked before it is used: a message or attribute that
@@ -15,7 +17,7 @@
 
 pub mod socket;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const NLMSG_HDRLEN: usize = 16;
 const RTMSG_LEN: usize = 12;
@@ -50,8 +52,44 @@ pub const RTMGRP_NEIGH: u32 = 0x4;
 pub const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 pub const RTMGRP_IPV4_ROUTE: u32 = 0x40;
 pub const RTMGRP_IPV4_RULE: u32 = 0x80;
+pub const RTMGRP_IPV6_IFADDR: u32 = 0x100;
+pub const RTMGRP_IPV6_ROUTE: u32 = 0x400;
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// An address family's address as rtnetlink carries it: `LEN` bytes in
+/// network order, under family number `FAMILY`.
+pub trait NlAddr: Copy + std::fmt::Debug + PartialEq + Eq {
+    const FAMILY: u8;
+    const LEN: usize;
+    /// The address in `value`, which must be exactly `LEN` bytes.
+    fn parse(value: &[u8]) -> Result<Self, Malformed>;
+    fn put(self, out: &mut Vec<u8>, kind: u16);
+}
+
+impl NlAddr for Ipv4Addr {
+    const FAMILY: u8 = AF_INET;
+    const LEN: usize = 4;
+    fn parse(value: &[u8]) -> Result<Self, Malformed> {
+        ipv4(value)
+    }
+    fn put(self, out: &mut Vec<u8>, kind: u16) {
+        put_attr(out, kind, &self.octets());
+    }
+}
+
+impl NlAddr for Ipv6Addr {
+    const FAMILY: u8 = AF_INET6;
+    const LEN: usize = 16;
+    fn parse(value: &[u8]) -> Result<Self, Malformed> {
+        let octets: [u8; 16] = value.try_into().map_err(|_| Malformed::BadValue)?;
+        Ok(Ipv6Addr::from(octets))
+    }
+    fn put(self, out: &mut Vec<u8>, kind: u16) {
+        put_attr(out, kind, &self.octets());
+    }
+}
 
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
@@ -123,10 +161,11 @@ pub struct Header {
     pub pid: u32,
 }
 
-/// An IPv4 route as the kernel describes it: the answer to a route "get" (the
-/// path it chose for one destination) or a route added or removed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RouteMsg {
+/// A route as the kernel describes it: the answer to a route "get" (the
+/// path it chose for one destination) or a route added or removed; IPv4 unless
+/// `A` is `Ipv6Addr`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteMsg<A = Ipv4Addr> {
     /// RTM_DELROUTE.
     pub deleted: bool,
     pub family: u8,
@@ -134,8 +173,8 @@ pub struct RouteMsg {
     /// `rtm_type`: unicast, local, unreachable, ...
     pub kind: u8,
     pub table: u32,
-    pub dst: Option<Ipv4Addr>,
-    pub gateway: Option<Ipv4Addr>,
+    pub dst: Option<A>,
+    pub gateway: Option<A>,
     /// The output interface's index.
     pub oif: Option<u32>,
     /// An RTA_VIA gateway (an IPv6 next hop for an IPv4 route): its family.
@@ -145,11 +184,29 @@ pub struct RouteMsg {
     pub multipath: bool,
 }
 
+impl<A> Default for RouteMsg<A> {
+    fn default() -> Self {
+        Self {
+            deleted: false,
+            family: 0,
+            dst_len: 0,
+            kind: 0,
+            table: 0,
+            dst: None,
+            gateway: None,
+            oif: None,
+            via_family: None,
+            multipath: false,
+        }
+    }
+}
+
 pub const RTN_UNICAST: u8 = 1;
 
-/// A neighbour entry as the kernel describes it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NeighMsg {
+/// A neighbour entry as the kernel describes it (IPv4 unless `A` is
+/// `Ipv6Addr`: the NDP table).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NeighMsg<A = Ipv4Addr> {
     /// RTM_DELNEIGH: the entry is gone.
     pub deleted: bool,
     pub family: u8,
@@ -158,12 +215,26 @@ pub struct NeighMsg {
     pub state: u16,
     /// NTF_* bits.
     pub flags: u8,
-    pub dst: Option<Ipv4Addr>,
+    pub dst: Option<A>,
     /// The link-layer address when it is an Ethernet one (6 bytes).
     pub lladdr: Option<[u8; 6]>,
 }
 
-impl NeighMsg {
+impl<A> Default for NeighMsg<A> {
+    fn default() -> Self {
+        Self {
+            deleted: false,
+            family: 0,
+            ifindex: 0,
+            state: 0,
+            flags: 0,
+            dst: None,
+            lladdr: None,
+        }
+    }
+}
+
+impl<A> NeighMsg<A> {
     /// The MAC the kernel sends to for this entry now, if any.
     pub fn usable_mac(&self) -> Option<[u8; 6]> {
         if self.deleted || self.state & NUD_VALID == 0 {
@@ -178,6 +249,10 @@ impl NeighMsg {
 pub enum Message {
     Route(RouteMsg),
     Neighbour(NeighMsg),
+    /// An IPv6 route (AF_INET6).
+    Route6(RouteMsg<Ipv6Addr>),
+    /// An IPv6 neighbour (NDP) entry (AF_INET6).
+    Neighbour6(NeighMsg<Ipv6Addr>),
     /// A link, an address or a policy rule was added, changed or removed: any
     /// route may have changed with it (IPv4 sends no route notification for
     /// the routes a link going down takes away, nor for a new rule's effect).
@@ -267,8 +342,32 @@ fn parse_body(header: &Header, body: &[u8]) -> Result<Message, Malformed> {
             Ok(Message::Error(code.saturating_neg()))
         }
         NLMSG_DONE => Ok(Message::Done),
-        RTM_NEWROUTE | RTM_DELROUTE => parse_route(body, header.kind == RTM_DELROUTE),
-        RTM_NEWNEIGH | RTM_DELNEIGH => parse_neigh(body, header.kind == RTM_DELNEIGH),
+        RTM_NEWROUTE | RTM_DELROUTE => {
+            let deleted = header.kind == RTM_DELROUTE;
+            match body.first() {
+                Some(&AF_INET) => {
+                    Ok(parse_route::<Ipv4Addr>(body, deleted)?
+                        .map_or(Message::Other, Message::Route))
+                }
+                Some(&AF_INET6) => {
+                    Ok(parse_route::<Ipv6Addr>(body, deleted)?
+                        .map_or(Message::Other, Message::Route6))
+                }
+                Some(_) => Ok(Message::Other),
+                None => Err(Malformed::ShortBody),
+            }
+        }
+        RTM_NEWNEIGH | RTM_DELNEIGH => {
+            let deleted = header.kind == RTM_DELNEIGH;
+            match body.first() {
+                Some(&AF_INET) => Ok(parse_neigh::<Ipv4Addr>(body, deleted)?
+                    .map_or(Message::Other, Message::Neighbour)),
+                Some(&AF_INET6) => Ok(parse_neigh::<Ipv6Addr>(body, deleted)?
+                    .map_or(Message::Other, Message::Neighbour6)),
+                Some(_) => Ok(Message::Other),
+                None => Err(Malformed::ShortBody),
+            }
+        }
         RTM_NEWLINK | RTM_DELLINK | RTM_NEWADDR | RTM_DELADDR | RTM_NEWRULE | RTM_DELRULE => {
             Ok(Message::RoutingChanged)
         }
@@ -314,11 +413,12 @@ fn index(value: &[u8]) -> Result<u32, Malformed> {
     Ok(u32::from_ne_bytes(bytes))
 }
 
-fn parse_route(body: &[u8], deleted: bool) -> Result<Message, Malformed> {
+/// A route of family `A` (`None`: not that family's).
+fn parse_route<A: NlAddr>(body: &[u8], deleted: bool) -> Result<Option<RouteMsg<A>>, Malformed> {
     if body.len() < RTMSG_LEN {
         return Err(Malformed::ShortBody);
     }
-    let mut r = RouteMsg {
+    let mut r = RouteMsg::<A> {
         deleted,
         family: body[0],
         dst_len: body[1],
@@ -326,17 +426,17 @@ fn parse_route(body: &[u8], deleted: bool) -> Result<Message, Malformed> {
         kind: body[7],
         ..RouteMsg::default()
     };
-    if r.family != AF_INET {
-        // Only IPv4 routes carry IPv4-sized addresses; others are not ours.
-        return Ok(Message::Other);
+    if r.family != A::FAMILY {
+        // Only this family's routes carry its addresses.
+        return Ok(None);
     }
     for attr in (Attrs {
         rest: &body[RTMSG_LEN..],
     }) {
         let (kind, value) = attr?;
         match kind {
-            RTA_DST => r.dst = Some(ipv4(value)?),
-            RTA_GATEWAY => r.gateway = Some(ipv4(value)?),
+            RTA_DST => r.dst = Some(A::parse(value)?),
+            RTA_GATEWAY => r.gateway = Some(A::parse(value)?),
             RTA_OIF => r.oif = Some(index(value)?),
             RTA_TABLE => r.table = index(value)?,
             RTA_MULTIPATH => r.multipath = true,
@@ -347,14 +447,15 @@ fn parse_route(body: &[u8], deleted: bool) -> Result<Message, Malformed> {
             _ => {}
         }
     }
-    Ok(Message::Route(r))
+    Ok(Some(r))
 }
 
-fn parse_neigh(body: &[u8], deleted: bool) -> Result<Message, Malformed> {
+/// A neighbour entry of family `A` (`None`: not that family's).
+fn parse_neigh<A: NlAddr>(body: &[u8], deleted: bool) -> Result<Option<NeighMsg<A>>, Malformed> {
     if body.len() < NDMSG_LEN {
         return Err(Malformed::ShortBody);
     }
-    let mut n = NeighMsg {
+    let mut n = NeighMsg::<A> {
         deleted,
         family: body[0],
         ifindex: u32_at(body, 4),
@@ -362,22 +463,22 @@ fn parse_neigh(body: &[u8], deleted: bool) -> Result<Message, Malformed> {
         flags: body[10],
         ..NeighMsg::default()
     };
-    if n.family != AF_INET {
-        return Ok(Message::Other);
+    if n.family != A::FAMILY {
+        return Ok(None);
     }
     for attr in (Attrs {
         rest: &body[NDMSG_LEN..],
     }) {
         let (kind, value) = attr?;
         match kind {
-            NDA_DST => n.dst = Some(ipv4(value)?),
+            NDA_DST => n.dst = Some(A::parse(value)?),
             // Other link layers (InfiniBand, tunnels without one) are not a
             // MAC a worker could write: no address, not a malformed message.
             NDA_LLADDR => n.lladdr = value.try_into().ok(),
             _ => {}
         }
     }
-    Ok(Message::Neighbour(n))
+    Ok(Some(n))
 }
 
 /// Appends a message header for a body of `body_len` bytes.
@@ -404,27 +505,60 @@ fn put_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
 /// route. The answer is an RTM_NEWROUTE naming the output interface and the
 /// gateway, or an error (no route, unreachable, prohibited).
 pub fn route_get(seq: u32, dst: Ipv4Addr) -> Vec<u8> {
-    let mut out = Vec::with_capacity(NLMSG_HDRLEN + RTMSG_LEN + 8);
-    put_header(&mut out, RTM_GETROUTE, NLM_F_REQUEST, seq, RTMSG_LEN + 8);
-    // rtmsg: family, dst_len /32, the rest zero (any table, type, scope).
-    out.extend_from_slice(&[AF_INET, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-    put_attr(&mut out, RTA_DST, &dst.octets());
+    route_get_of(seq, dst)
+}
+
+/// [`route_get`] for an IPv6 destination (`ip -6 route get`): the answer is
+/// a [`Message::Route6`].
+pub fn route_get6(seq: u32, dst: Ipv6Addr) -> Vec<u8> {
+    route_get_of(seq, dst)
+}
+
+fn route_get_of<A: NlAddr>(seq: u32, dst: A) -> Vec<u8> {
+    let attr = RTATTR_HDRLEN + A::LEN;
+    let mut out = Vec::with_capacity(NLMSG_HDRLEN + RTMSG_LEN + attr);
+    put_header(&mut out, RTM_GETROUTE, NLM_F_REQUEST, seq, RTMSG_LEN + attr);
+    // rtmsg: family, dst_len the whole address, the rest zero (any table,
+    // type, scope).
+    let bits = (A::LEN * 8) as u8;
+    out.extend_from_slice(&[A::FAMILY, bits, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    dst.put(&mut out, RTA_DST);
     out
 }
 
 /// The kernel's IPv4 neighbour entry for `dst` on interface `ifindex` (`ip
 /// neigh get`): an RTM_NEWNEIGH, or ENOENT.
 pub fn neigh_get(seq: u32, ifindex: u32, dst: Ipv4Addr) -> Vec<u8> {
-    let mut out = Vec::with_capacity(NLMSG_HDRLEN + NDMSG_LEN + 8);
-    put_header(&mut out, RTM_GETNEIGH, NLM_F_REQUEST, seq, NDMSG_LEN + 8);
-    out.extend_from_slice(&ndmsg(ifindex));
-    put_attr(&mut out, NDA_DST, &dst.octets());
+    neigh_get_of(seq, ifindex, dst)
+}
+
+/// The kernel's IPv6 (NDP) entry for `dst` on `ifindex` (`ip -6 neigh get`):
+/// a [`Message::Neighbour6`], or ENOENT.
+pub fn neigh_get6(seq: u32, ifindex: u32, dst: Ipv6Addr) -> Vec<u8> {
+    neigh_get_of(seq, ifindex, dst)
+}
+
+fn neigh_get_of<A: NlAddr>(seq: u32, ifindex: u32, dst: A) -> Vec<u8> {
+    let attr = RTATTR_HDRLEN + A::LEN;
+    let mut out = Vec::with_capacity(NLMSG_HDRLEN + NDMSG_LEN + attr);
+    put_header(&mut out, RTM_GETNEIGH, NLM_F_REQUEST, seq, NDMSG_LEN + attr);
+    out.extend_from_slice(&ndmsg(A::FAMILY, ifindex));
+    dst.put(&mut out, NDA_DST);
     out
 }
 
 /// Every IPv4 neighbour entry on interface `ifindex` (`ip neigh show dev`):
 /// RTM_NEWNEIGH messages over one or more datagrams, then NLMSG_DONE.
 pub fn neigh_dump(seq: u32, ifindex: u32) -> Vec<u8> {
+    neigh_dump_of(AF_INET, seq, ifindex)
+}
+
+/// Every IPv6 neighbour entry on `ifindex` (`ip -6 neigh show dev`).
+pub fn neigh_dump6(seq: u32, ifindex: u32) -> Vec<u8> {
+    neigh_dump_of(AF_INET6, seq, ifindex)
+}
+
+fn neigh_dump_of(family: u8, seq: u32, ifindex: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(NLMSG_HDRLEN + NDMSG_LEN + 8);
     put_header(
         &mut out,
@@ -435,14 +569,14 @@ pub fn neigh_dump(seq: u32, ifindex: u32) -> Vec<u8> {
     );
     // The interface goes in NDA_IFINDEX: a dump's ndmsg must have none (the
     // kernel checks it strictly when asked to).
-    out.extend_from_slice(&ndmsg(0));
+    out.extend_from_slice(&ndmsg(family, 0));
     put_attr(&mut out, NDA_IFINDEX, &ifindex.to_ne_bytes());
     out
 }
 
-fn ndmsg(ifindex: u32) -> [u8; NDMSG_LEN] {
+fn ndmsg(family: u8, ifindex: u32) -> [u8; NDMSG_LEN] {
     let mut m = [0u8; NDMSG_LEN];
-    m[0] = AF_INET;
+    m[0] = family;
     m[4..8].copy_from_slice(&ifindex.to_ne_bytes());
     m
 }

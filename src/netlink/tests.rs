@@ -124,7 +124,7 @@ fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
 }
 
 fn ndmsg_body(ifindex: u32, state: u16, attrs: &[Vec<u8>]) -> Vec<u8> {
-    let mut b = ndmsg(ifindex).to_vec();
+    let mut b = ndmsg(AF_INET, ifindex).to_vec();
     b[8..10].copy_from_slice(&state.to_ne_bytes());
     for a in attrs {
         b.extend_from_slice(a);
@@ -189,19 +189,93 @@ fn a_link_layer_address_that_is_not_ethernet_is_no_mac_but_no_fault() {
     assert_eq!(n.usable_mac(), None);
 }
 
+fn ip6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+/// IPv6 messages are read with 16-byte addresses, as their own variants; an
+/// IPv4-sized address in one is malformed; other families are skipped.
 #[test]
-fn other_families_are_not_read_as_ipv4() {
-    let mut body = ndmsg_body(3, NUD_REACHABLE, &[attr(NDA_DST, &[0xfe; 16])]);
+fn ipv6_messages_are_read_as_ipv6_and_other_families_skipped() {
+    let mut body = ndmsg_body(
+        3,
+        NUD_REACHABLE,
+        &[
+            attr(NDA_DST, &ip6("2001:2:0:2::11").octets()),
+            attr(NDA_LLADDR, &[2, 0, 0, 0, 0, 0x11]),
+        ],
+    );
     body[0] = 10; // AF_INET6
+    let got = all(&message(RTM_NEWNEIGH, &body));
+    let Ok((_, Message::Neighbour6(n))) = &got[0] else {
+        panic!("{got:?}")
+    };
     assert_eq!(
-        all(&message(RTM_NEWNEIGH, &body))[0],
+        (n.family, n.ifindex, n.dst),
+        (10, 3, Some(ip6("2001:2:0:2::11")))
+    );
+    assert_eq!(n.usable_mac(), Some([2, 0, 0, 0, 0, 0x11]));
+
+    let mut route = vec![10, 64, 0, 0, 254, 0, 0, RTN_UNICAST, 0, 0, 0, 0];
+    route.extend(attr(RTA_DST, &ip6("2001:2:0:64::").octets()));
+    route.extend(attr(RTA_GATEWAY, &ip6("fe80::fe").octets()));
+    route.extend(attr(RTA_OIF, &4u32.to_ne_bytes()));
+    let got = all(&message(RTM_NEWROUTE, &route));
+    let Ok((_, Message::Route6(r))) = &got[0] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(
+        (r.dst, r.dst_len, r.gateway, r.oif),
+        (
+            Some(ip6("2001:2:0:64::")),
+            64,
+            Some(ip6("fe80::fe")),
+            Some(4)
+        )
+    );
+
+    let mut short = ndmsg_body(3, NUD_REACHABLE, &[attr(NDA_DST, &[198, 19, 0, 11])]);
+    short[0] = 10;
+    assert_eq!(
+        all(&message(RTM_NEWNEIGH, &short))[0],
+        Err(Malformed::BadValue)
+    );
+    // An IPv4 entry with an IPv6-sized address is malformed too.
+    let long = ndmsg_body(3, NUD_REACHABLE, &[attr(NDA_DST, &[0x20; 16])]);
+    assert_eq!(
+        all(&message(RTM_NEWNEIGH, &long))[0],
+        Err(Malformed::BadValue)
+    );
+    let mut bridge = ndmsg_body(3, NUD_REACHABLE, &[attr(NDA_DST, &[0xfe; 16])]);
+    bridge[0] = 7; // AF_BRIDGE: the forwarding database
+    assert_eq!(
+        all(&message(RTM_NEWNEIGH, &bridge))[0],
         Ok((header(RTM_NEWNEIGH), Message::Other))
     );
-    let mut route = vec![10, 64, 0, 0, 254, 0, 0, 1, 0, 0, 0, 0];
-    route.extend(attr(RTA_DST, &[0x20; 16]));
     assert_eq!(
-        all(&message(RTM_NEWROUTE, &route))[0],
-        Ok((header(RTM_NEWROUTE), Message::Other))
+        all(&message(RTM_NEWROUTE, &[]))[0],
+        Err(Malformed::ShortBody)
+    );
+}
+
+/// The IPv6 requests: the IPv4 layouts with AF_INET6, /128 and 16-byte
+/// addresses (checked against the kernel's answers in e2e_netlink).
+#[test]
+fn ipv6_requests_are_laid_out_as_the_kernel_reads_them() {
+    let get = route_get6(7, ip6("2001:2:0:2::11"));
+    assert_eq!(
+        get,
+        hex("300000001a00010007000000000000000a80000000000000000000001400010020010002000000020000000000000011")
+    );
+    let dump = neigh_dump6(8, 3);
+    assert_eq!(
+        dump,
+        hex("240000001e00010308000000000000000a00000000000000000000000800080003000000")
+    );
+    let one = neigh_get6(9, 3, ip6("2001:2:0:2::1"));
+    assert_eq!(
+        one,
+        hex("300000001e00010009000000000000000a00000003000000000000001400010020010002000000020000000000000001")
     );
 }
 

@@ -17,4 +17,6 @@ pub mod topology;
 
 pub use netns::NetNsGuard;
 pub use process::{ensure_root, output_of, require_root, text, wait_until, Proc};
-pub use topology::{daemon_addr, per_daemon, testkit_bin, Programs, Router, Topology, VIP};
+pub use topology::{
+    daemon_addr, daemon_addr6, per_daemon, testkit_bin, Programs, Router, Topology, VIP, VIP6,
+};

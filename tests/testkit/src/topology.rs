@@ -21,6 +21,15 @@ pub fn daemon_addr(i: usize) -> String {
     format!("198.19.0.{}:8080", 11 + i)
 }
 
+/// The IPv6 VIP and port of a dual-stack topology ([`Topology::up_dual`]).
+pub const VIP6: &str = "[2001:2:0:1::100]:80";
+
+/// The IPv6 address of daemon `i` (0-based) of a dual-stack topology:
+/// 2001:2:0:2::11, ::12, ... (hexadecimal, as the script writes them).
+pub fn daemon_addr6(i: usize) -> String {
+    format!("[2001:2:0:2::{:x}]:8080", 0x11 + i)
+}
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -185,6 +194,24 @@ impl Topology {
         .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
+    /// [`Topology::up`] with IPv6 besides IPv4 (`scripts/topology.sh`'s
+    /// "dual"): the clients 2001:2:0:1::2/64, the front 2001:2:0:1::1/64 with
+    /// the VIP [`VIP6`], the back 2001:2:0:2::1/64 forwarding IPv6, the
+    /// daemons [`daemon_addr6`]; no duplicate address detection anywhere.
+    pub fn up_dual(dispatchd: &str, name: &str, daemons: usize, queues: usize) -> Topology {
+        require_root();
+        let prefix = format!("dt{name}{}", std::process::id() % 100_000);
+        Topology::create_family(
+            &prefix,
+            daemons,
+            (queues, queues),
+            Router::None,
+            true,
+            Programs::for_test(dispatchd),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
     /// The namespaces `<prefix>c`, `<prefix>d`, `<prefix>s` with `daemons`
     /// daemon addresses and `queues` queues per veth.
     pub fn create(
@@ -206,6 +233,19 @@ impl Topology {
         router: Router,
         programs: Programs,
     ) -> Result<Topology> {
+        Topology::create_family(prefix, daemons, queues, router, false, programs)
+    }
+
+    /// [`Topology::create_shaped`], with IPv6 besides if `dual` (router
+    /// `None` only).
+    pub fn create_family(
+        prefix: &str,
+        daemons: usize,
+        queues: (usize, usize),
+        router: Router,
+        dual: bool,
+        programs: Programs,
+    ) -> Result<Topology> {
         let topo = Topology {
             prefix: prefix.to_owned(),
             programs,
@@ -218,6 +258,7 @@ impl Topology {
                 &queues.0.to_string(),
                 &queues.1.to_string(),
                 router.arg(),
+                if dual { "dual" } else { "ipv4" },
             ])
             .status()
             .context("running scripts/topology.sh")?;
