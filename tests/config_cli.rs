@@ -1577,3 +1577,26 @@ fn check_config_prints_an_ipv6_service_that_loads_back() {
         .unwrap()
     );
 }
+
+#[test]
+fn run_refuses_an_ipv6_service_until_the_data_path_serves_it() {
+    let (status, _, err) = dispatchd(&[
+        "run",
+        "--front",
+        "v6pnone0",
+        "--back",
+        "v6pnone1",
+        "--service",
+        "[2001:2:0:1::100]:80",
+        "--backend",
+        "[2001:2:0:2::11]:8080",
+    ]);
+    assert!(!status.success());
+    assert!(
+        err.ends_with(
+            "dispatchd: service [2001:2:0:1::100]:80 (tcp): IPv6 services are not served yet; \
+             remove it from the configuration\n"
+        ),
+        "{err}"
+    );
+}
