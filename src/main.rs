@@ -202,8 +202,8 @@ fn check_config(run: &RunArgs, print: bool) -> anyhow::Result<()> {
     };
     let summary = format!(
         "{origin}: ok ({} service(s), {} daemon(s))",
-        config.services.len(),
-        config.daemons().count()
+        config.services.len() + config.services6.len(),
+        config.daemons().count() + config.daemons6().count()
     );
     // Written, not print!ed: print! panics when stdout is a closed pipe
     // (`check-config --print | head`).

@@ -4,7 +4,7 @@
 //! read-modify-write: no lock prefix on the hot path.
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::packet::{icmp::IcmpDrop, DropReason};
+use crate::packet::{icmp::IcmpDrop, icmpv6::Icmpv6Drop, DropReason};
 
 /// Drops decided by the worker after a frame parsed cleanly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,6 +222,8 @@ pub struct WorkerStats {
     pub icmp_to_client: Counter,
     /// ICMP frames steered to this worker that are not translated, by reason.
     pub icmp_invalid: [Counter; IcmpDrop::COUNT],
+    /// ICMPv6 frames steered to this worker that are not translated, by reason.
+    pub icmpv6_invalid: [Counter; Icmpv6Drop::COUNT],
     /// Client SYNs whose MSS option was lowered to `mss_clamp`.
     pub mss_clamped: Counter,
     /// Per-packet processing time (ns), without the kernel's send in the TX kick.
@@ -261,8 +263,22 @@ impl WorkerStats {
         self.dropped.iter().map(Counter::get).sum()
     }
 
+    /// ICMP errors of both families not translated.
     pub fn icmp_invalid_total(&self) -> u64 {
-        self.icmp_invalid.iter().map(Counter::get).sum()
+        (self.icmp_invalid.iter().chain(&self.icmpv6_invalid))
+            .map(Counter::get)
+            .sum()
+    }
+
+    /// Every reason an ICMP error (either family) was not translated, with its
+    /// count: IPv4 reasons, then IPv6 ones (`icmpv6_*`).
+    pub fn icmp_invalid_by_reason(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        (IcmpDrop::ALL.iter())
+            .map(|r| (r.as_str(), self.icmp_invalid[r.index()].get()))
+            .chain(
+                (Icmpv6Drop::ALL.iter())
+                    .map(|r| (r.as_str(), self.icmpv6_invalid[r.index()].get())),
+            )
     }
 }
 

@@ -1491,3 +1491,112 @@ fn state_file_is_off_by_default_set_by_file_or_flag_and_validated() {
     ));
     assert!(matches!(e, ConfigError::BadValue { .. }), "{e}");
 }
+
+#[test]
+fn ipv6_service_and_daemons_from_the_flags() {
+    let c = resolve(&[
+        "--front",
+        "a",
+        "--back",
+        "b",
+        "--service",
+        "[2001:2:0:1::100]:80",
+        "--backend",
+        "[2001:2:0:2::11]:8080",
+        "--backend",
+        "[2001:2:0:2::12]:8080@3",
+    ])
+    .unwrap();
+    assert!(c.services.is_empty());
+    let s = &c.services6[0];
+    assert_eq!(s.address.to_string(), "[2001:2:0:1::100]:80");
+    let daemons: Vec<_> = (s.backends.iter())
+        .map(|b| (b.addr.to_string(), b.weight))
+        .collect();
+    assert_eq!(
+        daemons,
+        [
+            ("[2001:2:0:2::11]:8080".to_owned(), 1),
+            ("[2001:2:0:2::12]:8080".to_owned(), 3)
+        ]
+    );
+
+    let e = resolve(&[
+        "--front",
+        "a",
+        "--back",
+        "b",
+        "--service",
+        "[2001:2:0:1::100]:80",
+        "--backend",
+        "198.19.0.11:8080",
+    ])
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "backend 198.19.0.11:8080 of service [2001:2:0:1::100]:80: a service and its daemons \
+         are of one family (IPv4 or IPv6); dispatchd does not translate between them"
+    );
+}
+
+#[test]
+fn check_config_prints_an_ipv6_service_that_loads_back() {
+    let (status, out, err) = dispatchd(&[
+        "check-config",
+        "--print",
+        "--front",
+        "a",
+        "--back",
+        "b",
+        "--service",
+        "[2001:2:0:1::100]:80",
+        "--backend",
+        "[2001:2:0:2::11]:8080@2",
+    ]);
+    assert!(status.success(), "{err}");
+    assert!(
+        out.starts_with("# flags: ok (1 service(s), 1 daemon(s))"),
+        "{out}"
+    );
+    assert!(out.contains("address = \"[2001:2:0:1::100]:80\""), "{out}");
+    assert!(out.contains("\"[2001:2:0:2::11]:8080@2\""), "{out}");
+    let printed = write_tmp("v6p-printed.toml", &out);
+    let again = Config::load(&printed).unwrap();
+    assert_eq!(
+        again,
+        resolve(&[
+            "--front",
+            "a",
+            "--back",
+            "b",
+            "--service",
+            "[2001:2:0:1::100]:80",
+            "--backend",
+            "[2001:2:0:2::11]:8080@2",
+        ])
+        .unwrap()
+    );
+}
+
+#[test]
+fn run_refuses_an_ipv6_service_until_the_data_path_serves_it() {
+    let (status, _, err) = dispatchd(&[
+        "run",
+        "--front",
+        "v6pnone0",
+        "--back",
+        "v6pnone1",
+        "--service",
+        "[2001:2:0:1::100]:80",
+        "--backend",
+        "[2001:2:0:2::11]:8080",
+    ]);
+    assert!(!status.success());
+    assert!(
+        err.ends_with(
+            "dispatchd: service [2001:2:0:1::100]:80 (tcp): IPv6 services are not served yet; \
+             remove it from the configuration\n"
+        ),
+        "{err}"
+    );
+}

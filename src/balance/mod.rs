@@ -60,10 +60,11 @@ impl FromStr for PolicyKind {
     }
 }
 
-/// One daemon of a service as configured.
+/// One daemon of a service as configured; `A` is its family's address
+/// (`SocketAddrV6` for an IPv6 service's daemons).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BackendSpec {
-    pub addr: SocketAddrV4,
+pub struct BackendSpec<A = SocketAddrV4> {
+    pub addr: A,
     /// Relative share of new connections for the weighted policies (>= 1).
     pub weight: u32,
 }

@@ -1,6 +1,6 @@
 //! The `run` flags and the one place they are merged over the file.
 
-use std::{net::SocketAddrV4, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf};
 
 use super::{file::FileBackend, OnFailure, OnRemove, PollMode, Protocol, ReplyMode, XdpMode};
 use super::{file::FileConfig, file::FileService, parse_backend, BindMode, Config, ConfigError};
@@ -35,12 +35,13 @@ pub struct RunArgs {
     /// Back interface (the daemons are reached through it).
     #[arg(long, value_name = "IFNAME")]
     pub back: Option<String>,
-    /// Service VIP:port; with --backend, replaces the file's services.
+    /// Service VIP:port (IPv6 in brackets, `[2001:db8::1]:80`); with
+    /// --backend, replaces the file's services.
     #[arg(long, value_name = "ADDR:PORT")]
-    pub service: Option<SocketAddrV4>,
+    pub service: Option<SocketAddr>,
     /// A daemon of the service, weight 1 unless `@WEIGHT` is given; repeatable.
     #[arg(long = "backend", value_name = "ADDR:PORT[@WEIGHT]", value_parser = parse_backend)]
-    pub backends: Vec<BackendSpec>,
+    pub backends: Vec<BackendSpec<SocketAddr>>,
     /// The RX queue count both interfaces must have, 1..=64 (start is refused
     /// otherwise); without it every queue they have is served.
     #[arg(long)]

@@ -228,7 +228,7 @@ impl ServiceHealth {
     }
 
     /// Checks the rules of each key; the error names `service` and the key.
-    pub(super) fn validate(&self, service: std::net::SocketAddrV4) -> Result<(), ConfigError> {
+    pub(super) fn validate(&self, service: std::net::SocketAddr) -> Result<(), ConfigError> {
         let bad = |key: &'static str, value: String, reason: String| {
             Err(ConfigError::BadServiceHealth {
                 service,

@@ -2,7 +2,7 @@
 //! named constants, unknown keys rejected at every level. This layer is raw; the
 //! flags are merged onto it and then it becomes a validated [`Config`].
 
-use std::{fmt, net::SocketAddrV4, path::Path};
+use std::{fmt, net::SocketAddr, path::Path};
 
 use serde::{
     de::{self, value::MapAccessDeserializer, MapAccess, Visitor},
@@ -10,11 +10,11 @@ use serde::{
 };
 
 use super::{
-    parse_addr, parse_backend, BindMode, Config, ConfigError, ControlConfig, HealthCheck,
-    HttpProbe, OnFailure, OnRemove, PollMode, ProbeKind, Protocol, ReplyMode, ServiceConfig,
-    ServiceHealth, Timeouts, XdpMode, DEFAULT_BATCH, DEFAULT_CONTROL_SOCKET, DEFAULT_EVENT_RING,
-    DEFAULT_FLOW_CAPACITY, DEFAULT_FRAMES_PER_QUEUE, DEFAULT_HEALTH_PATH, DEFAULT_HEALTH_STATUS,
-    DEFAULT_STOP_GRACE, DEFAULT_WEIGHT,
+    parse_addr, parse_backend, split_family, BindMode, Config, ConfigError, ControlConfig,
+    FamilyService, HealthCheck, HttpProbe, OnFailure, OnRemove, PollMode, ProbeKind, Protocol,
+    ReplyMode, ServiceConfig, ServiceHealth, Timeouts, XdpMode, DEFAULT_BATCH,
+    DEFAULT_CONTROL_SOCKET, DEFAULT_EVENT_RING, DEFAULT_FLOW_CAPACITY, DEFAULT_FRAMES_PER_QUEUE,
+    DEFAULT_HEALTH_PATH, DEFAULT_HEALTH_STATUS, DEFAULT_STOP_GRACE, DEFAULT_WEIGHT,
 };
 use crate::balance::{BackendSpec, PolicyKind};
 use std::{ops::RangeInclusive, path::PathBuf, time::Duration};
@@ -154,7 +154,7 @@ impl Default for FileConfig {
 pub(super) struct FileService {
     /// VIP:port clients connect to. Required.
     #[serde(deserialize_with = "de_addr")]
-    pub address: SocketAddrV4,
+    pub address: SocketAddr,
     /// The transport it balances; default tcp.
     #[serde(default)]
     pub protocol: Protocol,
@@ -311,7 +311,7 @@ impl FileServiceHealth {
     /// status code's type.
     fn resolve(
         &self,
-        service: SocketAddrV4,
+        service: SocketAddr,
         defaults: &HealthCheck,
     ) -> Result<ServiceHealth, ConfigError> {
         let bad = |key: &'static str, value: String, reason: &str| ConfigError::BadServiceHealth {
@@ -379,7 +379,7 @@ impl FileServiceHealth {
 
 /// A backend entry: a string or an inline table.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) struct FileBackend(pub BackendSpec);
+pub(super) struct FileBackend(pub BackendSpec<SocketAddr>);
 
 /// The table form of a backend.
 #[derive(Deserialize)]
@@ -387,7 +387,7 @@ pub(super) struct FileBackend(pub BackendSpec);
 struct BackendTable {
     /// Daemon ADDR:PORT. Required.
     #[serde(deserialize_with = "de_addr")]
-    address: SocketAddrV4,
+    address: SocketAddr,
     /// Relative share for weighted policies; default 1.
     #[serde(default = "default_weight")]
     weight: u32,
@@ -397,7 +397,7 @@ fn default_weight() -> u32 {
     DEFAULT_WEIGHT
 }
 
-fn de_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddrV4, D::Error> {
+fn de_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     let s = String::deserialize(d)?;
     parse_addr(&s).map_err(de::Error::custom)
 }
@@ -413,17 +413,20 @@ impl<'de> Deserialize<'de> for FileBackend {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = BackendSpec;
+            type Value = BackendSpec<SocketAddr>;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(r#"a backend "ADDR:PORT", "ADDR:PORT@WEIGHT" or { address = "ADDR:PORT", weight = N }"#)
             }
 
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<BackendSpec, E> {
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<BackendSpec<SocketAddr>, E> {
                 parse_backend(s).map_err(E::custom)
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<BackendSpec, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<BackendSpec<SocketAddr>, A::Error> {
                 let t = BackendTable::deserialize(MapAccessDeserializer::new(map))?;
                 Ok(BackendSpec {
                     addr: t.address,
@@ -481,19 +484,12 @@ impl FileConfig {
             event_ring: config.event_ring,
             mss_clamp: config.mss_clamp,
             reply_mode: config.reply_mode,
-            services: config
+            services: (config
                 .services
                 .iter()
-                .map(|s| FileService {
-                    address: s.address,
-                    protocol: s.protocol,
-                    policy: s.policy,
-                    backends: s.backends.iter().copied().map(FileBackend).collect(),
-                    // A UDP service's daemons are not probed: it has no check.
-                    health: (s.protocol == Protocol::Tcp)
-                        .then(|| FileServiceHealth::from_health(&s.health)),
-                })
-                .collect(),
+                .map(|s| file_service(s, s.address.into())))
+            .chain((config.services6.iter()).map(|s| file_service(s, s.address.into())))
+            .collect(),
             control_socket: c.control_socket.clone(),
             metrics_listen: c.metrics_listen,
             on_remove: c.on_remove,
@@ -532,31 +528,27 @@ impl FileConfig {
             rise: self.health.rise,
             fall: self.health.fall,
         };
-        let services = self
-            .services
-            .into_iter()
-            .map(|s| {
-                let health = match &s.health {
-                    Some(_) if s.protocol == Protocol::Udp => {
-                        return Err(ConfigError::UdpHealth { service: s.address })
-                    }
-                    Some(h) => h.resolve(s.address, &defaults)?,
-                    // Never probed: no schedule of its own to carry.
-                    None if s.protocol == Protocol::Udp => ServiceHealth::default(),
-                    None => ServiceHealth {
-                        schedule: defaults,
-                        ..ServiceHealth::default()
-                    },
-                };
-                Ok(ServiceConfig {
-                    address: s.address,
-                    protocol: s.protocol,
-                    policy: s.policy,
-                    backends: s.backends.into_iter().map(|b| b.0).collect(),
-                    health,
-                })
-            })
-            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let mut services = Vec::new();
+        let mut services6 = Vec::new();
+        for s in self.services {
+            let health = match &s.health {
+                Some(_) if s.protocol == Protocol::Udp => {
+                    return Err(ConfigError::UdpHealth { service: s.address })
+                }
+                Some(h) => h.resolve(s.address, &defaults)?,
+                // Never probed: no schedule of its own to carry.
+                None if s.protocol == Protocol::Udp => ServiceHealth::default(),
+                None => ServiceHealth {
+                    schedule: defaults,
+                    ..ServiceHealth::default()
+                },
+            };
+            let backends: Vec<_> = s.backends.iter().map(|b| b.0).collect();
+            match split_family(s.address, s.protocol, s.policy, &backends, health)? {
+                FamilyService::V4(s) => services.push(s),
+                FamilyService::V6(s) => services6.push(s),
+            }
+        }
         let config = Config {
             front,
             back,
@@ -573,6 +565,7 @@ impl FileConfig {
             mss_clamp: self.mss_clamp,
             reply_mode: self.reply_mode,
             services,
+            services6,
             control: ControlConfig {
                 control_socket: self.control_socket,
                 metrics_listen: self.metrics_listen,
@@ -592,6 +585,28 @@ impl FileConfig {
         };
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// The `[[service]]` table of `s`, at `address` (its family's, widened).
+fn file_service<A: Copy + Into<SocketAddr>>(
+    s: &ServiceConfig<A>,
+    address: SocketAddr,
+) -> FileService {
+    FileService {
+        address,
+        protocol: s.protocol,
+        policy: s.policy,
+        backends: (s.backends.iter())
+            .map(|b| {
+                FileBackend(BackendSpec {
+                    addr: b.addr.into(),
+                    weight: b.weight,
+                })
+            })
+            .collect(),
+        // A UDP service's daemons are not probed: it has no check.
+        health: (s.protocol == Protocol::Tcp).then(|| FileServiceHealth::from_health(&s.health)),
     }
 }
 

@@ -16,7 +16,7 @@ mod file;
 
 use std::{
     collections::{HashMap, HashSet},
-    net::SocketAddrV4,
+    net::{SocketAddr, SocketAddrV4, SocketAddrV6},
     path::{Path, PathBuf},
 };
 
@@ -216,26 +216,54 @@ pub struct Config {
     /// `flow_capacity * workers` <= [`MAX_TRACKED`] (checked here against the
     /// most workers `queues` and `cores` allow, at start against the real count).
     pub reply_mode: ReplyMode,
-    /// The services to balance; at least one.
+    /// The IPv4 services to balance; at least one service of either family.
     pub services: Vec<ServiceConfig>,
+    /// The IPv6 services. Services of both families count against
+    /// [`MAX_SERVICES`], their daemons against [`MAX_DAEMONS`].
+    pub services6: Vec<Service6Config>,
     /// The management loop: control socket, metrics, timeouts, health checks.
     pub control: ControlConfig,
 }
 
 /// One service: a VIP:port on the front interface and the daemons behind it.
+/// `A` is its family's address: the service and its daemons are of one family
+/// (no translation between IPv4 and IPv6). IPv4 services are
+/// `ServiceConfig` (the IPv4 paths keep their 6-byte addresses), IPv6 ones
+/// [`Service6Config`].
 #[derive(Clone, Debug, PartialEq)]
-pub struct ServiceConfig {
+pub struct ServiceConfig<A = SocketAddrV4> {
     /// The address clients connect to.
-    pub address: SocketAddrV4,
+    pub address: A,
     /// TCP or UDP; (address, protocol) is unique.
     pub protocol: Protocol,
     /// How new connections are spread over `backends`.
     pub policy: PolicyKind,
     /// The daemons; at least one, no duplicates, weights >= 1.
-    pub backends: Vec<BackendSpec>,
+    pub backends: Vec<BackendSpec<A>>,
     /// How its daemons are probed (`[service.health]`, on the `[health]`
     /// defaults).
     pub health: ServiceHealth,
+}
+
+/// An IPv6 service.
+pub type Service6Config = ServiceConfig<SocketAddrV6>;
+
+/// What validation needs of an address family's `ADDR:PORT`.
+pub trait FamilyAddr: Copy + Eq + std::hash::Hash + Into<SocketAddr> {
+    /// Why it cannot be one host's endpoint across a network, if it cannot.
+    fn not_one_host(self) -> Option<&'static str>;
+}
+
+impl FamilyAddr for SocketAddrV4 {
+    fn not_one_host(self) -> Option<&'static str> {
+        not_one_host(self)
+    }
+}
+
+impl FamilyAddr for SocketAddrV6 {
+    fn not_one_host(self) -> Option<&'static str> {
+        not_one_host6(self)
+    }
 }
 
 /// Why a configuration was rejected. `Display` is one line naming the file, field or
@@ -253,7 +281,7 @@ pub enum ConfigError {
     HealthTimeoutBeyondInterval { timeout_ms: u128, interval_ms: u128 },
     #[error("service {service}: health.{key} = {value}: {reason}")]
     BadServiceHealth {
-        service: SocketAddrV4,
+        service: SocketAddr,
         key: &'static str,
         value: String,
         reason: String,
@@ -303,7 +331,7 @@ pub enum ConfigError {
     #[error("{flag} is required when no --config file is given")]
     MissingFlag { flag: &'static str },
     #[error("--service {service} needs at least one --backend")]
-    ServiceWithoutBackend { service: SocketAddrV4 },
+    ServiceWithoutBackend { service: SocketAddr },
     #[error(
         "--backend without --service needs a config file with exactly one service, \
          found {services}; pass --service to replace them all"
@@ -317,52 +345,60 @@ pub enum ConfigError {
     TooManyDaemons { daemons: usize },
     #[error("service {address}: {reason}")]
     BadServiceAddress {
-        address: SocketAddrV4,
+        address: SocketAddr,
         reason: &'static str,
     },
     #[error("backend {backend} of service {service}: {reason}")]
     BadBackendAddress {
-        service: SocketAddrV4,
-        backend: SocketAddrV4,
+        service: SocketAddr,
+        backend: SocketAddr,
         reason: &'static str,
     },
     #[error("service {address} ({protocol}) is listed twice")]
     DuplicateService {
-        address: SocketAddrV4,
+        address: SocketAddr,
         protocol: Protocol,
     },
     #[error(
         "service {service} (udp): [service.health] is for TCP services; \
          a UDP service's daemons are not probed"
     )]
-    UdpHealth { service: SocketAddrV4 },
+    UdpHealth { service: SocketAddr },
+    #[error(
+        "backend {backend} of service {service}: a service and its daemons are of one \
+         family (IPv4 or IPv6); dispatchd does not translate between them"
+    )]
+    MixedFamily {
+        service: SocketAddr,
+        backend: SocketAddr,
+    },
     #[error("service {service} has no backends")]
-    NoBackends { service: SocketAddrV4 },
+    NoBackends { service: SocketAddr },
     #[error("backend {backend} is listed twice in service {service}")]
     DuplicateBackend {
-        service: SocketAddrV4,
-        backend: SocketAddrV4,
+        service: SocketAddr,
+        backend: SocketAddr,
     },
     #[error(
         "backend {backend} is listed in services {first} ({first_protocol}) and {second} \
          ({second_protocol}); a daemon ADDR:PORT serves one service, whatever its protocol"
     )]
     BackendInTwoServices {
-        backend: SocketAddrV4,
-        first: SocketAddrV4,
+        backend: SocketAddr,
+        first: SocketAddr,
         first_protocol: Protocol,
-        second: SocketAddrV4,
+        second: SocketAddr,
         second_protocol: Protocol,
     },
     #[error("backend {backend} of service {service} has weight 0; weights must be >= 1")]
     ZeroWeight {
-        service: SocketAddrV4,
-        backend: SocketAddrV4,
+        service: SocketAddr,
+        backend: SocketAddr,
     },
     #[error("backend {backend} of service {service} is itself a service address")]
     BackendIsService {
-        service: SocketAddrV4,
-        backend: SocketAddrV4,
+        service: SocketAddr,
+        backend: SocketAddr,
     },
     #[error("queues = {queues} is out of range 1..={MAX_QUEUES}")]
     QueuesOutOfRange { queues: u32 },
@@ -497,6 +533,20 @@ impl Config {
         daemons_of(&self.services)
     }
 
+    /// Every daemon of every IPv6 service in config order, with its
+    /// [`BackendId`]: the ids continue after the IPv4 daemons', so that an id
+    /// names one daemon whatever its family.
+    pub fn daemons6(
+        &self,
+    ) -> impl Iterator<Item = (BackendId, SocketAddrV6, BackendSpec<SocketAddrV6>)> + '_ {
+        let first: usize = self.services.iter().map(|s| s.backends.len()).sum();
+        self.services6
+            .iter()
+            .flat_map(|s| s.backends.iter().map(move |b| (s.address, *b)))
+            .enumerate()
+            .map(move |(i, (service, b))| (BackendId((first + i) as u16), service, b))
+    }
+
     /// Checks every rule documented on the fields. The constructors call this; call
     /// it again after changing a `Config` by hand.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -564,85 +614,139 @@ impl Config {
     }
 
     fn validate_services(&self) -> Result<(), ConfigError> {
-        if self.services.is_empty() {
+        if self.services.is_empty() && self.services6.is_empty() {
             return Err(ConfigError::NoServices);
         }
-        if self.services.len() > MAX_SERVICES as usize {
-            return Err(ConfigError::TooManyServices {
-                services: self.services.len(),
-            });
+        let services = self.services.len() + self.services6.len();
+        if services > MAX_SERVICES as usize {
+            return Err(ConfigError::TooManyServices { services });
         }
-        let daemons: usize = self.services.iter().map(|s| s.backends.len()).sum();
+        let daemons: usize = (self.services.iter().map(|s| s.backends.len()))
+            .chain(self.services6.iter().map(|s| s.backends.len()))
+            .sum();
         if daemons > MAX_DAEMONS as usize {
             return Err(ConfigError::TooManyDaemons { daemons });
         }
-        let mut vips = HashSet::new();
-        for s in &self.services {
-            if let Some(reason) = not_one_host(s.address) {
-                return Err(ConfigError::BadServiceAddress {
-                    address: s.address,
+        validate_family(&self.services)?;
+        validate_family(&self.services6)
+    }
+}
+
+/// The rules on the services of one family: the families never meet (a
+/// daemon of the other family is rejected while reading, [`split_family`]).
+fn validate_family<A: FamilyAddr>(services: &[ServiceConfig<A>]) -> Result<(), ConfigError> {
+    let mut vips = HashSet::new();
+    for s in services {
+        if let Some(reason) = s.address.not_one_host() {
+            return Err(ConfigError::BadServiceAddress {
+                address: s.address.into(),
+                reason,
+            });
+        }
+        if !vips.insert((s.address, s.protocol)) {
+            return Err(ConfigError::DuplicateService {
+                address: s.address.into(),
+                protocol: s.protocol,
+            });
+        }
+        s.health.validate(s.address.into())?;
+    }
+    // backend address -> the service that first listed it
+    // A daemon is one across protocols: ctl, the state file, metrics and the
+    // records name it by ADDR:PORT alone.
+    let mut owner: HashMap<A, (A, Protocol)> = HashMap::new();
+    for s in services {
+        let service: SocketAddr = s.address.into();
+        if s.backends.is_empty() {
+            return Err(ConfigError::NoBackends { service });
+        }
+        for b in &s.backends {
+            let backend: SocketAddr = b.addr.into();
+            if let Some(reason) = b.addr.not_one_host() {
+                return Err(ConfigError::BadBackendAddress {
+                    service,
+                    backend,
                     reason,
                 });
             }
-            if !vips.insert((s.address, s.protocol)) {
-                return Err(ConfigError::DuplicateService {
-                    address: s.address,
-                    protocol: s.protocol,
-                });
+            if b.weight == 0 {
+                return Err(ConfigError::ZeroWeight { service, backend });
             }
-            s.health.validate(s.address)?;
-        }
-        // backend address -> the service that first listed it
-        // A daemon is one across protocols: ctl, the state file, metrics and the
-        // records name it by ADDR:PORT alone.
-        let mut owner: HashMap<SocketAddrV4, (SocketAddrV4, Protocol)> = HashMap::new();
-        for s in &self.services {
-            if s.backends.is_empty() {
-                return Err(ConfigError::NoBackends { service: s.address });
+            if vips.contains(&(b.addr, Protocol::Tcp)) || vips.contains(&(b.addr, Protocol::Udp)) {
+                return Err(ConfigError::BackendIsService { service, backend });
             }
-            for b in &s.backends {
-                if let Some(reason) = not_one_host(b.addr) {
-                    return Err(ConfigError::BadBackendAddress {
-                        service: s.address,
-                        backend: b.addr,
-                        reason,
-                    });
+            match owner.insert(b.addr, (s.address, s.protocol)) {
+                None => {}
+                Some(first) if first == (s.address, s.protocol) => {
+                    return Err(ConfigError::DuplicateBackend { service, backend })
                 }
-                if b.weight == 0 {
-                    return Err(ConfigError::ZeroWeight {
-                        service: s.address,
-                        backend: b.addr,
-                    });
-                }
-                if vips.contains(&(b.addr, Protocol::Tcp))
-                    || vips.contains(&(b.addr, Protocol::Udp))
-                {
-                    return Err(ConfigError::BackendIsService {
-                        service: s.address,
-                        backend: b.addr,
-                    });
-                }
-                match owner.insert(b.addr, (s.address, s.protocol)) {
-                    None => {}
-                    Some(first) if first == (s.address, s.protocol) => {
-                        return Err(ConfigError::DuplicateBackend {
-                            service: s.address,
-                            backend: b.addr,
-                        })
-                    }
-                    Some((first, first_protocol)) => {
-                        return Err(ConfigError::BackendInTwoServices {
-                            backend: b.addr,
-                            first,
-                            first_protocol,
-                            second: s.address,
-                            second_protocol: s.protocol,
-                        })
-                    }
+                Some((first, first_protocol)) => {
+                    return Err(ConfigError::BackendInTwoServices {
+                        backend,
+                        first: first.into(),
+                        first_protocol,
+                        second: service,
+                        second_protocol: s.protocol,
+                    })
                 }
             }
         }
-        Ok(())
+    }
+    Ok(())
+}
+
+/// One service as written (`--service` or `[[service]]`, either family)
+/// sorted into its family, or the error naming it and the first daemon of
+/// the other family.
+pub(crate) enum FamilyService {
+    V4(ServiceConfig),
+    V6(Service6Config),
+}
+
+pub(crate) fn split_family(
+    address: SocketAddr,
+    protocol: Protocol,
+    policy: PolicyKind,
+    backends: &[BackendSpec<SocketAddr>],
+    health: ServiceHealth,
+) -> Result<FamilyService, ConfigError> {
+    let mixed = |b: &BackendSpec<SocketAddr>| ConfigError::MixedFamily {
+        service: address,
+        backend: b.addr,
+    };
+    match address {
+        SocketAddr::V4(address) => Ok(FamilyService::V4(ServiceConfig {
+            address,
+            protocol,
+            policy,
+            backends: backends
+                .iter()
+                .map(|b| match b.addr {
+                    SocketAddr::V4(addr) => Ok(BackendSpec {
+                        addr,
+                        weight: b.weight,
+                    }),
+                    SocketAddr::V6(_) => Err(mixed(b)),
+                })
+                .collect::<Result<_, _>>()?,
+            health,
+        })),
+        SocketAddr::V6(address) => Ok(FamilyService::V6(ServiceConfig {
+            address,
+            protocol,
+            policy,
+            backends: backends
+                .iter()
+                .map(|b| match b.addr {
+                    SocketAddr::V6(addr) => Ok(BackendSpec {
+                        addr,
+                        weight: b.weight,
+                    }),
+                    SocketAddr::V4(_) => Err(mixed(b)),
+                })
+                .collect::<Result<_, _>>()?,
+            health,
+        })),
     }
 }
 
@@ -669,6 +773,29 @@ fn not_one_host(addr: SocketAddrV4) -> Option<&'static str> {
     }
 }
 
+/// [`not_one_host`] for IPv6: the addresses that name no single remote host.
+/// Link-local addresses are refused too: they need a scope (an interface),
+/// which neither the flow records nor the XDP maps carry.
+fn not_one_host6(addr: SocketAddrV6) -> Option<&'static str> {
+    let ip = addr.ip();
+    let first = ip.segments()[0];
+    if ip.is_unspecified() {
+        Some(":: is no host's address")
+    } else if ip.is_loopback() {
+        Some("::1 is loopback, never reached through an interface")
+    } else if ip.is_multicast() {
+        Some("ff00::/8 is multicast, not one host's address")
+    } else if first & 0xffc0 == 0xfe80 {
+        Some("fe80::/10 is link-local: it needs a scope the records do not carry")
+    } else if ip.to_ipv4_mapped().is_some() {
+        Some("::ffff:0:0/96 is an IPv4-mapped address; write the IPv4 address instead")
+    } else if addr.port() == 0 {
+        Some("port 0 is no port a TCP connection can use")
+    } else {
+        None
+    }
+}
+
 /// [`Config::daemons`] of a list of services.
 pub fn daemons_of(
     services: &[ServiceConfig],
@@ -681,9 +808,10 @@ pub fn daemons_of(
 }
 
 /// Parses `ADDR:PORT` or `ADDR:PORT@WEIGHT` (the `--backend` syntax and the string
-/// form of a backend in the file). Weight defaults to [`DEFAULT_WEIGHT`]; a weight of 0
+/// form of a backend in the file), IPv6 addresses in brackets
+/// (`[2001:2:0:2::11]:8080@2`). Weight defaults to [`DEFAULT_WEIGHT`]; a weight of 0
 /// parses and is rejected by validation.
-pub fn parse_backend(s: &str) -> Result<BackendSpec, String> {
+pub fn parse_backend(s: &str) -> Result<BackendSpec<SocketAddr>, String> {
     let (addr, weight) = match s.rsplit_once('@') {
         Some((addr, w)) => {
             let weight = w
@@ -700,11 +828,11 @@ pub fn parse_backend(s: &str) -> Result<BackendSpec, String> {
     })
 }
 
-/// Parses an IPv4 `ADDR:PORT`, with an error that names the input.
-fn parse_addr(s: &str) -> Result<SocketAddrV4, String> {
-    s.trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not an IPv4 ADDR:PORT such as \"198.18.0.100:80\""))
+/// Parses an `ADDR:PORT` of either family, with an error that names the input.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        format!("{s:?} is not an ADDR:PORT such as \"198.18.0.100:80\" or \"[2001:2:0:1::100]:80\"")
+    })
 }
 
 /// Linux's rules for an interface name (`dev_valid_name`).

@@ -2,7 +2,25 @@ use super::*;
 use std::time::Duration;
 
 fn b(s: &str) -> BackendSpec {
-    parse_backend(s).unwrap()
+    let spec = parse_backend(s).unwrap();
+    match spec.addr {
+        SocketAddr::V4(addr) => BackendSpec {
+            addr,
+            weight: spec.weight,
+        },
+        SocketAddr::V6(_) => panic!("{s} is not IPv4"),
+    }
+}
+
+fn b6(s: &str) -> BackendSpec<SocketAddrV6> {
+    let spec = parse_backend(s).unwrap();
+    match spec.addr {
+        SocketAddr::V6(addr) => BackendSpec {
+            addr,
+            weight: spec.weight,
+        },
+        SocketAddr::V4(_) => panic!("{s} is not IPv6"),
+    }
 }
 
 fn a(s: &str) -> SocketAddrV4 {
@@ -25,6 +43,7 @@ fn base() -> Config {
         event_ring: DEFAULT_EVENT_RING,
         mss_clamp: None,
         reply_mode: ReplyMode::Stateless,
+        services6: vec![],
         services: vec![
             ServiceConfig {
                 address: a("198.18.0.100:80"),
@@ -256,7 +275,15 @@ fn parse_backend_forms() {
     assert!(e.contains("weight \"x\""), "{e}");
     let e = parse_backend("1.2.3.4").unwrap_err();
     assert!(e.contains("\"1.2.3.4\"") && e.contains("ADDR:PORT"), "{e}");
-    assert!(parse_backend("[::1]:80").is_err());
+    assert_eq!(
+        b6("[2001:2:0:2::11]:8080@3"),
+        BackendSpec {
+            addr: "[2001:2:0:2::11]:8080".parse().unwrap(),
+            weight: 3
+        }
+    );
+    let e = parse_backend("2001:2:0:2::11:8080").unwrap_err();
+    assert!(e.contains("[2001:2:0:1::100]:80"), "{e}");
 }
 
 #[test]
@@ -829,4 +856,165 @@ fn udp_idle_defaults_to_ipvs_and_zero_is_refused() {
         err(c).to_string(),
         "timeouts.udp_idle_ms = 0: must be greater than zero"
     );
+}
+
+const SERVICE6: &str = "[[service]]\naddress = \"[2001:2:0:1::100]:80\"\n\
+                        backends = [\"[2001:2:0:2::11]:8080\", \"[2001:2:0:2::12]:8080@2\"]\n";
+
+#[test]
+fn an_ipv6_service_is_read_into_services6_with_ids_after_the_ipv4_daemons() {
+    let c = with_services(&format!(
+        "{SERVICE6}[[service]]\naddress = \"198.18.0.100:80\"\nbackends = [\"198.19.0.11:8080\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.services.len(), 1);
+    assert_eq!(c.services6.len(), 1);
+    let s6 = &c.services6[0];
+    assert_eq!(s6.address, "[2001:2:0:1::100]:80".parse().unwrap());
+    assert_eq!(
+        s6.backends,
+        vec![b6("[2001:2:0:2::11]:8080"), b6("[2001:2:0:2::12]:8080@2")]
+    );
+    assert_eq!(
+        s6.health.schedule, c.control.health,
+        "[health] defaults apply"
+    );
+    let ids: Vec<_> = c.daemons6().map(|(id, _, b)| (id.0, b.addr)).collect();
+    assert_eq!(
+        ids,
+        vec![
+            (1, "[2001:2:0:2::11]:8080".parse().unwrap()),
+            (2, "[2001:2:0:2::12]:8080".parse().unwrap())
+        ]
+    );
+}
+
+#[test]
+fn a_service_and_its_daemons_are_of_one_family() {
+    let e = with_services(
+        "[[service]]\naddress = \"[2001:2:0:1::100]:80\"\n\
+         backends = [\"[2001:2:0:2::11]:8080\", \"198.19.0.11:8080\"]\n",
+    )
+    .unwrap_err();
+    assert!(matches!(e, ConfigError::MixedFamily { .. }), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "backend 198.19.0.11:8080 of service [2001:2:0:1::100]:80: a service and its daemons \
+         are of one family (IPv4 or IPv6); dispatchd does not translate between them"
+    );
+    let e = with_services(
+        "[[service]]\naddress = \"198.18.0.100:80\"\nbackends = [\"[2001:2:0:2::11]:8080\"]\n",
+    )
+    .unwrap_err();
+    assert!(matches!(e, ConfigError::MixedFamily { .. }), "{e}");
+}
+
+#[test]
+fn ipv6_duplicates_are_refused_per_protocol_as_for_ipv4() {
+    let mut c = with_services(SERVICE6).unwrap();
+    let mut udp = c.services6[0].clone();
+    udp.protocol = Protocol::Udp;
+    udp.backends = vec![b6("[2001:2:0:2::21]:53")];
+    c.services6.push(udp);
+    assert!(
+        c.validate().is_ok(),
+        "one TCP and one UDP service per VIP:port"
+    );
+
+    let mut twice = c.clone();
+    twice.services6[1].protocol = Protocol::Tcp;
+    let e = err(twice);
+    assert_eq!(
+        e.to_string(),
+        "service [2001:2:0:1::100]:80 (tcp) is listed twice"
+    );
+
+    let mut shared = c.clone();
+    shared.services6[1].backends = vec![b6("[2001:2:0:2::11]:8080")];
+    let e = err(shared);
+    assert!(matches!(e, ConfigError::BackendInTwoServices { .. }), "{e}");
+
+    let mut dup = c.clone();
+    dup.services6[0].backends.push(b6("[2001:2:0:2::11]:8080"));
+    let e = err(dup);
+    assert_eq!(
+        e.to_string(),
+        "backend [2001:2:0:2::11]:8080 is listed twice in service [2001:2:0:1::100]:80"
+    );
+
+    let mut vip = c.clone();
+    vip.services6[0].backends.push(b6("[2001:2:0:1::100]:80"));
+    assert!(matches!(err(vip), ConfigError::BackendIsService { .. }));
+
+    let mut zero = c;
+    zero.services6[0].backends[0].weight = 0;
+    assert!(matches!(err(zero), ConfigError::ZeroWeight { .. }));
+}
+
+#[test]
+fn ipv6_addresses_that_are_no_single_remote_host_are_refused() {
+    for (addr, why) in [
+        ("[::]:80", ":: is no host"),
+        ("[::1]:80", "loopback"),
+        ("[ff02::1]:80", "multicast"),
+        ("[fe80::1]:80", "link-local"),
+        ("[::ffff:198.18.0.100]:80", "IPv4-mapped"),
+        ("[2001:2:0:1::100]:0", "port 0"),
+    ] {
+        let mut c = with_services(SERVICE6).unwrap();
+        c.services6[0].address = addr.parse().unwrap();
+        let e = err(c);
+        assert!(matches!(e, ConfigError::BadServiceAddress { .. }), "{e}");
+        assert!(e.to_string().contains(why), "{addr}: {e}");
+        let mut c = with_services(SERVICE6).unwrap();
+        c.services6[0].backends[0].addr = addr.parse().unwrap();
+        let e = err(c);
+        assert!(matches!(e, ConfigError::BadBackendAddress { .. }), "{e}");
+    }
+}
+
+#[test]
+fn services_of_both_families_share_the_steering_limits() {
+    let mut c = base();
+    let v4 = c.services.len();
+    c.services6 = (0..=MAX_SERVICES as usize - v4)
+        .map(|i| ServiceConfig {
+            address: SocketAddrV6::new(
+                std::net::Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 1, i as u16),
+                80,
+                0,
+                0,
+            ),
+            protocol: Protocol::Tcp,
+            policy: PolicyKind::RoundRobin,
+            backends: vec![BackendSpec {
+                addr: SocketAddrV6::new(
+                    std::net::Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 1, i as u16),
+                    80,
+                    0,
+                    0,
+                ),
+                weight: 1,
+            }],
+            health: ServiceHealth::default(),
+        })
+        .collect();
+    let e = err(c);
+    assert!(
+        matches!(e, ConfigError::TooManyServices { services } if services == MAX_SERVICES as usize + 1),
+        "{e}"
+    );
+}
+
+#[test]
+fn dual_stack_config_prints_and_reads_back_the_same() {
+    let c = with_services(&format!(
+        "[[service]]\naddress = \"198.18.0.100:80\"\nbackends = [\"198.19.0.11:8080\"]\n{SERVICE6}\
+         [[service]]\naddress = \"[2001:2:0:1::100]:53\"\nprotocol = \"udp\"\n\
+         backends = [\"[2001:2:0:2::21]:53\"]\n"
+    ))
+    .unwrap();
+    let text = c.to_toml().unwrap();
+    assert!(text.contains("\"[2001:2:0:2::12]:8080@2\""), "{text}");
+    assert_eq!(Config::from_toml_str(&text).unwrap(), c);
 }

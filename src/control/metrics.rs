@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     config::{service_name, Protocol},
-    packet::{icmp::IcmpDrop, DropReason},
+    packet::DropReason,
     stats::{AtomicHistogram, SocketStats, WorkerDrop, WorkerStats},
     xdp::COUNTER_NAMES,
 };
@@ -377,11 +377,7 @@ impl Scrape {
                         .iter()
                         .map(|d| (d.as_str(), w.dropped[*d as usize].get())),
                 )
-                .chain(
-                    IcmpDrop::ALL
-                        .iter()
-                        .map(|r| (r.as_str(), w.icmp_invalid[r.index()].get())),
-                );
+                .chain(w.icmp_invalid_by_reason());
             for (reason, v) in reasons {
                 fam.counter(&([("worker", q)], [("reason", reason)]), v)?;
             }
@@ -772,6 +768,7 @@ mod tests {
 
     use super::*;
     use crate::control::{conntrack::RecoveryCounts, icmp::IcmpStats, nexthops::HopStats};
+    use crate::packet::{icmp::IcmpDrop, icmpv6::Icmpv6Drop};
 
     fn snapshot(workers: &[Arc<WorkerStats>]) -> StatsSnapshot<'_> {
         StatsSnapshot {
@@ -883,6 +880,37 @@ mod tests {
             let name = line.split(' ').nth(2).unwrap();
             assert!(!name.ends_with("_ns"), "a base unit: {name}");
         }
+    }
+
+    #[test]
+    fn icmpv6_errors_not_translated_are_counted_by_reason() {
+        let workers = vec![Arc::new(WorkerStats::default())];
+        workers[0].icmpv6_invalid[Icmpv6Drop::BadChecksum.index()].add(2);
+        workers[0].icmp_invalid[IcmpDrop::Truncated.index()].add(1);
+        let page = render(&snapshot(&workers), extra(1));
+        let invalid: Vec<_> = samples(&page, "dispatchd_")
+            .into_iter()
+            .filter(|l| l.contains("icmp") && l.contains("reason=") && !l.ends_with(" 0"))
+            .collect();
+        assert_eq!(
+            invalid.len(),
+            2,
+            "one series per reason and family: {invalid:?}"
+        );
+        assert!(
+            invalid
+                .iter()
+                .any(|l| l.contains("reason=\"icmpv6_bad_checksum\"") && l.ends_with(" 2")),
+            "{invalid:?}"
+        );
+        let text = crate::control::report::stats_text(&snapshot(&workers));
+        assert!(
+            text.contains("  invalid icmpv6_bad_checksum: 2\n"),
+            "{text}"
+        );
+        let json = crate::control::report::stats_json(&snapshot(&workers));
+        assert!(json.contains("\"icmpv6_bad_checksum\":2"), "{json}");
+        assert!(json.contains("\"icmp_invalid\":3"), "both families: {json}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::{
     config::{fmt_status, ProbeKind},
     ids::WorkerId,
     neigh::{fmt_mac, DaemonHop, NetlinkStats},
-    packet::{icmp::IcmpDrop, DropReason},
+    packet::DropReason,
     queues::LinkWatch,
     stats::{SocketStats, WorkerDrop, WorkerStats},
     xdp::COUNTER_NAMES,
@@ -187,10 +187,9 @@ pub fn stats_text(s: &StatsSnapshot<'_>) -> String {
                 let _ = writeln!(out, "  dropped {}: {n}", d.as_str());
             }
         }
-        for r in IcmpDrop::ALL {
-            let n = w.icmp_invalid[r.index()].get();
+        for (reason, n) in w.icmp_invalid_by_reason() {
             if n > 0 {
-                let _ = writeln!(out, "  invalid {}: {n}", r.as_str());
+                let _ = writeln!(out, "  invalid {reason}: {n}");
             }
         }
     }
@@ -404,10 +403,7 @@ pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
                 .iter()
                 .map(|d| (d.as_str(), w.dropped[*d as usize].get()))
                 .collect(),
-            icmp_invalid: IcmpDrop::ALL
-                .iter()
-                .map(|r| (r.as_str(), w.icmp_invalid[r.index()].get()))
-                .collect(),
+            icmp_invalid: w.icmp_invalid_by_reason().collect(),
             sockets: &w.sockets,
         })
         .collect();

@@ -6,7 +6,8 @@ mod table;
 
 pub use state::{tcp_flags, RstWindow, TcpState};
 pub use table::{
-    Change, FlowHash, FlowRecord, FlowTable, InsertError, MAX_CAPACITY, RECORD_BYTES, SLOT_BYTES,
+    Change, FlowHash, FlowRecord, FlowRecord6, FlowTable, FlowTable6, InsertError, Record, Table,
+    MAX_CAPACITY, RECORD6_BYTES, RECORD_BYTES, SLOT6_BYTES, SLOT_BYTES,
 };
 
 /// The client side 5-tuple of a connection as it arrives at the front: the key of

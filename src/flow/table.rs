@@ -22,9 +22,14 @@
 //! Linear probing; deletion by backward shift (no tombstones), so lookups in a table
 //! that has seen any number of inserts and removes cost what they would in a freshly
 //! built table with the same contents.
-use std::{fmt, mem::size_of, net::Ipv4Addr, net::SocketAddrV4};
+use std::{
+    fmt,
+    hash::Hash,
+    mem::size_of,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
+};
 
-use super::{FlowKey, TcpState};
+use super::{FlowKey, FlowKey6, TcpState};
 use crate::{ids::BackendId, prefetch::prefetch};
 
 /// One connection: where its packets go and what has been seen of it.
@@ -50,10 +55,95 @@ pub struct FlowRecord {
     pub epoch: u8,
 }
 
+/// One IPv6 connection: [`FlowRecord`] with IPv6 addresses. The daemon is an
+/// address and a port, not a `SocketAddrV6`, whose flow label and scope would
+/// add 8 bytes to every record and mean nothing here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowRecord6 {
+    pub key: FlowKey6,
+    pub backend: BackendId,
+    pub daemon_ip: Ipv6Addr,
+    pub daemon_port: u16,
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    pub client_next: u32,
+    pub client_ack: u32,
+    pub state: TcpState,
+    pub epoch: u8,
+}
+
+impl FlowRecord6 {
+    pub fn daemon(&self) -> SocketAddrV6 {
+        SocketAddrV6::new(self.daemon_ip, self.daemon_port, 0, 0)
+    }
+}
+
+/// What a [`Table`] keeps: a fixed-size record that carries its own key.
+/// The table is monomorphised per record type, so the IPv4 table's code is
+/// what it was before IPv6 records existed.
+pub trait Record: Copy {
+    type Key: Copy + Eq;
+    /// What is hashed of a key: distinct keys give distinct values.
+    type Packed: Hash;
+    /// The filler of empty slots (never compared: tags say which slots hold records).
+    const VACANT: Self;
+    fn key(&self) -> &Self::Key;
+    fn packed(key: &Self::Key) -> Self::Packed;
+}
+
+impl Record for FlowRecord {
+    type Key = FlowKey;
+    type Packed = u128;
+    const VACANT: Self = VACANT;
+    #[inline(always)]
+    fn key(&self) -> &FlowKey {
+        &self.key
+    }
+    #[inline(always)]
+    fn packed(key: &FlowKey) -> u128 {
+        key.packed()
+    }
+}
+
+impl Record for FlowRecord6 {
+    type Key = FlowKey6;
+    type Packed = (u128, u128, u64);
+    const VACANT: Self = FlowRecord6 {
+        key: FlowKey6 {
+            client_ip: Ipv6Addr::UNSPECIFIED,
+            service_ip: Ipv6Addr::UNSPECIFIED,
+            client_port: 0,
+            service_port: 0,
+            protocol: 0,
+        },
+        backend: BackendId(0),
+        daemon_ip: Ipv6Addr::UNSPECIFIED,
+        daemon_port: 0,
+        created_ns: 0,
+        last_seen_ns: 0,
+        client_next: 0,
+        client_ack: 0,
+        state: TcpState(0),
+        epoch: 0,
+    };
+    #[inline(always)]
+    fn key(&self) -> &FlowKey6 {
+        &self.key
+    }
+    #[inline(always)]
+    fn packed(key: &FlowKey6) -> (u128, u128, u64) {
+        key.packed()
+    }
+}
+
 /// Size of a [`FlowRecord`] (48 bytes on the supported targets; asserted in tests).
 pub const RECORD_BYTES: usize = size_of::<FlowRecord>();
 /// Bytes per slot: one record plus its 4-byte tag (52 bytes).
 pub const SLOT_BYTES: usize = RECORD_BYTES + size_of::<u32>();
+/// Size of a [`FlowRecord6`] (88 bytes; asserted in tests).
+pub const RECORD6_BYTES: usize = size_of::<FlowRecord6>();
+/// Bytes per slot of an IPv6 table (92).
+pub const SLOT6_BYTES: usize = RECORD6_BYTES + size_of::<u32>();
 /// Largest capacity [`FlowTable::with_capacity`] accepts (tags address at most 2^32 slots).
 pub const MAX_CAPACITY: usize = 1 << 30;
 
@@ -67,9 +157,9 @@ pub enum InsertError {
 
 /// A record that entered or left a table keeping a journal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Change {
-    Inserted(FlowRecord),
-    Removed(FlowRecord),
+pub enum Change<R = FlowRecord> {
+    Inserted(R),
+    Removed(R),
 }
 
 const EMPTY_TAG: u32 = 0;
@@ -108,16 +198,17 @@ fn resident_slice<T: Copy>(len: usize, value: T) -> Box<[T]> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowHash(u32);
 
-/// Fixed-capacity hash table of [`FlowRecord`]s keyed by [`FlowKey`], for one
+/// Fixed-capacity hash table of records ([`FlowRecord`]s keyed by [`FlowKey`],
+/// [`FlowRecord6`]s keyed by [`FlowKey6`]), for one
 /// writer (one queue's worker). See the module docs for layout and memory.
 ///
 /// Records returned by [`get_mut`](Self::get_mut) and [`insert`](Self::insert) must
 /// not have their `key` changed: the record would stay in the table (reachable by
 /// [`iter`](Self::iter)/[`retain`](Self::retain), which keep working) but no longer
 /// be found by key.
-pub struct FlowTable {
+pub struct Table<R: Record> {
     tags: Box<[u32]>,
-    records: Box<[FlowRecord]>,
+    records: Box<[R]>,
     mask: usize,
     len: usize,
     capacity: usize,
@@ -126,11 +217,16 @@ pub struct FlowTable {
     tag_mask: u32,
     /// Every record inserted and removed since the last drain, in order, while
     /// `keep_journal` is set ([`keep_journal`](Self::keep_journal)).
-    journal: Vec<Change>,
+    journal: Vec<Change<R>>,
     keep_journal: bool,
 }
 
-impl fmt::Debug for FlowTable {
+/// The IPv4 flow table.
+pub type FlowTable = Table<FlowRecord>;
+/// The IPv6 flow table: the same table over [`FlowRecord6`].
+pub type FlowTable6 = Table<FlowRecord6>;
+
+impl<R: Record> fmt::Debug for Table<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FlowTable")
             .field("len", &self.len)
@@ -140,7 +236,9 @@ impl fmt::Debug for FlowTable {
     }
 }
 
-impl FlowTable {
+impl<R: Record> Table<R> {
+    const SLOT: usize = size_of::<R>() + size_of::<u32>();
+
     /// Allocates a table holding up to `capacity` records; nothing allocates later.
     ///
     /// # Panics
@@ -152,7 +250,7 @@ impl FlowTable {
         );
         let slots = Self::slots_for(capacity);
         let tags = resident_slice(slots, EMPTY_TAG);
-        let records = resident_slice(slots, VACANT);
+        let records = resident_slice(slots, R::VACANT);
         Self {
             tags,
             records,
@@ -177,12 +275,12 @@ impl FlowTable {
 
     /// The changes noted since the last call, oldest first; none if no journal
     /// is kept.
-    pub fn drain_journal(&mut self) -> std::vec::Drain<'_, Change> {
+    pub fn drain_journal(&mut self) -> std::vec::Drain<'_, Change<R>> {
         self.journal.drain(..)
     }
 
     #[inline(always)]
-    fn note(&mut self, change: Change) {
+    fn note(&mut self, change: Change<R>) {
         if self.keep_journal {
             self.push_change(change);
         }
@@ -191,7 +289,7 @@ impl FlowTable {
     /// Out of line, so that tables keeping no journal (reply_mode "stateless")
     /// carry only the test of the flag in their insert and remove paths.
     #[inline(never)]
-    fn push_change(&mut self, change: Change) {
+    fn push_change(&mut self, change: Change<R>) {
         self.journal.push(change);
     }
 
@@ -236,35 +334,35 @@ impl FlowTable {
         self.tags.len()
     }
 
-    /// Heap bytes held: `slots() * SLOT_BYTES`.
+    /// Heap bytes held: `slots() * SLOT_BYTES` ([`SLOT6_BYTES`] for IPv6).
     #[inline]
     pub fn memory_bytes(&self) -> usize {
-        self.slots() * SLOT_BYTES
+        self.slots() * Self::SLOT
     }
 
     /// [`memory_bytes`](Self::memory_bytes) of a table of `capacity`, before
     /// it is allocated.
     pub fn memory_for(capacity: usize) -> usize {
-        Self::slots_for(capacity).saturating_mul(SLOT_BYTES)
+        Self::slots_for(capacity).saturating_mul(Self::SLOT)
     }
 
     /// `key`'s hash in this table, for the `*_hashed` methods.
     #[inline(always)]
-    pub fn hash(&self, key: &FlowKey) -> FlowHash {
-        let t = (self.hasher.hash_one(key.packed()) >> 32) as u32 & self.tag_mask;
+    pub fn hash(&self, key: &R::Key) -> FlowHash {
+        let t = (self.hasher.hash_one(R::packed(key)) >> 32) as u32 & self.tag_mask;
         FlowHash(if t == EMPTY_TAG { 1 } else { t })
     }
 
     /// `Ok(slot)` holding `key`, or `Err(slot)`: the empty slot ending its probe run.
     #[inline(always)]
-    fn find(&self, key: &FlowKey, FlowHash(tag): FlowHash) -> Result<usize, usize> {
+    fn find(&self, key: &R::Key, FlowHash(tag): FlowHash) -> Result<usize, usize> {
         let mut i = tag as usize & self.mask;
         loop {
             let t = self.tags[i];
             if t == EMPTY_TAG {
                 return Err(i);
             }
-            if t == tag && self.records[i].key == *key {
+            if t == tag && self.records[i].key() == key {
                 return Ok(i);
             }
             i = (i + 1) & self.mask;
@@ -282,19 +380,19 @@ impl FlowTable {
     }
 
     #[inline(always)]
-    pub fn get(&self, key: &FlowKey) -> Option<&FlowRecord> {
+    pub fn get(&self, key: &R::Key) -> Option<&R> {
         let i = self.find(key, self.hash(key)).ok()?;
         Some(&self.records[i])
     }
 
     #[inline(always)]
-    pub fn get_mut(&mut self, key: &FlowKey) -> Option<&mut FlowRecord> {
+    pub fn get_mut(&mut self, key: &R::Key) -> Option<&mut R> {
         self.get_mut_hashed(key, self.hash(key))
     }
 
     /// [`get_mut`](Self::get_mut) for a key whose [`hash`](Self::hash) is known.
     #[inline(always)]
-    pub fn get_mut_hashed(&mut self, key: &FlowKey, hash: FlowHash) -> Option<&mut FlowRecord> {
+    pub fn get_mut_hashed(&mut self, key: &R::Key, hash: FlowHash) -> Option<&mut R> {
         debug_assert_eq!(hash, self.hash(key));
         let i = self.find(key, hash).ok()?;
         Some(&mut self.records[i])
@@ -306,10 +404,10 @@ impl FlowTable {
     #[inline(always)]
     pub fn get_valid_hashed(
         &mut self,
-        key: &FlowKey,
+        key: &R::Key,
         hash: FlowHash,
-        valid: impl FnOnce(&mut FlowRecord) -> bool,
-    ) -> Option<&mut FlowRecord> {
+        valid: impl FnOnce(&mut R) -> bool,
+    ) -> Option<&mut R> {
         debug_assert_eq!(hash, self.hash(key));
         let i = self.find(key, hash).ok()?;
         if valid(&mut self.records[i]) {
@@ -332,7 +430,7 @@ impl FlowTable {
         &mut self,
         from: usize,
         count: usize,
-        mut keep: impl FnMut(&mut FlowRecord) -> bool,
+        mut keep: impl FnMut(&mut R) -> bool,
     ) -> usize {
         let mut i = from & self.mask;
         let mut moved = 0;
@@ -353,19 +451,15 @@ impl FlowTable {
 
     /// Inserts a record for a key not yet present. On error the table is untouched:
     /// `Exists` if the key is present (checked first), `Full` if `len() == capacity()`.
-    pub fn insert(&mut self, record: FlowRecord) -> Result<&mut FlowRecord, InsertError> {
-        self.insert_hashed(record, self.hash(&record.key))
+    pub fn insert(&mut self, record: R) -> Result<&mut R, InsertError> {
+        self.insert_hashed(record, self.hash(record.key()))
     }
 
     /// [`insert`](Self::insert) for a record whose key's [`hash`](Self::hash) is known.
     #[inline]
-    pub fn insert_hashed(
-        &mut self,
-        record: FlowRecord,
-        hash: FlowHash,
-    ) -> Result<&mut FlowRecord, InsertError> {
-        debug_assert_eq!(hash, self.hash(&record.key));
-        match self.find(&record.key, hash) {
+    pub fn insert_hashed(&mut self, record: R, hash: FlowHash) -> Result<&mut R, InsertError> {
+        debug_assert_eq!(hash, self.hash(record.key()));
+        match self.find(record.key(), hash) {
             Ok(_) => Err(InsertError::Exists),
             Err(_) if self.len >= self.capacity => Err(InsertError::Full {
                 capacity: self.capacity,
@@ -380,14 +474,14 @@ impl FlowTable {
         }
     }
 
-    pub fn remove(&mut self, key: &FlowKey) -> Option<FlowRecord> {
+    pub fn remove(&mut self, key: &R::Key) -> Option<R> {
         let i = self.find(key, self.hash(key)).ok()?;
         Some(self.remove_at(i))
     }
 
     /// Empties occupied slot `i` and shifts later members of its probe run back so
     /// that every record stays reachable from its home slot without tombstones.
-    fn remove_at(&mut self, i: usize) -> FlowRecord {
+    fn remove_at(&mut self, i: usize) -> R {
         let removed = self.records[i];
         let mask = self.mask;
         let mut hole = i;
@@ -413,7 +507,7 @@ impl FlowTable {
     }
 
     /// All records, in slot order.
-    pub fn iter(&self) -> impl Iterator<Item = &FlowRecord> {
+    pub fn iter(&self) -> impl Iterator<Item = &R> {
         self.tags
             .iter()
             .zip(self.records.iter())
@@ -423,7 +517,7 @@ impl FlowTable {
 
     /// Keeps the records for which `f` returns true, removes the others, and returns
     /// how many were removed. `f` is called exactly once per record. O(slots).
-    pub fn retain(&mut self, mut f: impl FnMut(&FlowRecord) -> bool) -> usize {
+    pub fn retain(&mut self, mut f: impl FnMut(&R) -> bool) -> usize {
         if self.len == 0 {
             return 0;
         }
@@ -489,6 +583,66 @@ mod tests {
         assert_eq!(RECORD_BYTES, 48);
         assert_eq!(SLOT_BYTES, 52);
         assert_eq!(size_of::<FlowKey>(), 14);
+        assert_eq!(RECORD6_BYTES, 88);
+        assert_eq!(SLOT6_BYTES, 92);
+        assert_eq!(size_of::<FlowKey6>(), 38);
+        assert_eq!(FlowTable6::memory_for(3), 4 * 92);
+        assert_eq!(FlowTable::memory_for(3), 4 * 52);
+    }
+
+    fn key6(n: u32) -> FlowKey6 {
+        FlowKey6 {
+            client_ip: Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, (n >> 16) as u16, n as u16),
+            service_ip: "2001:2:0:1::100".parse().unwrap(),
+            client_port: 1024 + (n & 0xff) as u16,
+            service_port: 80,
+            protocol: 6,
+        }
+    }
+
+    #[test]
+    fn an_ipv6_table_inserts_finds_and_removes_by_the_whole_tuple() {
+        let mut t = FlowTable6::with_capacity(64);
+        for n in 0..64 {
+            let r = FlowRecord6 {
+                key: key6(n),
+                backend: BackendId(n as u16 % 3),
+                daemon_ip: "2001:2:0:2::11".parse().unwrap(),
+                daemon_port: 8080,
+                ..<FlowRecord6 as Record>::VACANT
+            };
+            t.insert(r).unwrap();
+        }
+        assert_eq!(
+            t.insert(FlowRecord6 {
+                key: key6(0),
+                ..<FlowRecord6 as Record>::VACANT
+            }),
+            Err(InsertError::Exists)
+        );
+        assert_eq!(
+            t.insert(FlowRecord6 {
+                key: key6(64),
+                ..<FlowRecord6 as Record>::VACANT
+            }),
+            Err(InsertError::Full { capacity: 64 })
+        );
+        // Keys that differ only in the low bits of the client address, or
+        // only in the service address, are different flows.
+        let mut other = key6(5);
+        other.service_ip = "2001:2:0:1::101".parse().unwrap();
+        assert!(t.get(&other).is_none());
+        assert_eq!(t.get(&key6(5)).unwrap().backend, BackendId(2));
+        assert_eq!(
+            t.get(&key6(7)).unwrap().daemon().to_string(),
+            "[2001:2:0:2::11]:8080"
+        );
+        assert_eq!(t.remove(&key6(5)).unwrap().key, key6(5));
+        assert_eq!(t.len(), 63);
+        assert_eq!(t.retain(|r| r.backend != BackendId(0)), 22, "0, 3, .., 63");
+        assert!((0..64)
+            .filter(|&n| n != 5)
+            .all(|n| t.get(&key6(n)).is_some() == (n % 3 != 0)));
     }
 
     #[test]
