@@ -103,19 +103,7 @@ impl RawIpSender {
         }
         // SAFETY: fd is a fresh descriptor owned by nobody else.
         let sock = Self(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) });
-        // SAFETY: setsockopt reads `device.len()` bytes of the name during the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_BINDTODEVICE,
-                device.as_ptr().cast(),
-                device.len() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        bind_to_device(fd, device)?;
         Ok(sock)
     }
 
@@ -191,19 +179,7 @@ impl RawIcmp6Sender {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: setsockopt reads `device.len()` bytes of the name during the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_BINDTODEVICE,
-                device.as_ptr().cast(),
-                device.len() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        bind_to_device(fd, device)?;
         Ok(Self { fd: owned, ifindex })
     }
 
@@ -239,6 +215,24 @@ impl RawIcmp6Sender {
         }
         Ok(())
     }
+}
+
+/// Binds socket `fd` to interface `device` (SO_BINDTODEVICE).
+fn bind_to_device(fd: std::os::fd::RawFd, device: &str) -> io::Result<()> {
+    // SAFETY: setsockopt reads `device.len()` bytes of the name during the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            device.as_ptr().cast(),
+            device.len() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// This host's IPv4 addresses on `device`.

@@ -710,44 +710,50 @@ pub(crate) fn split_family(
     backends: &[BackendSpec<SocketAddr>],
     health: ServiceHealth,
 ) -> Result<FamilyService, ConfigError> {
-    let mixed = |b: &BackendSpec<SocketAddr>| ConfigError::MixedFamily {
-        service: address,
-        backend: b.addr,
-    };
-    match address {
-        SocketAddr::V4(address) => Ok(FamilyService::V4(ServiceConfig {
-            address,
-            protocol,
-            policy,
-            backends: backends
-                .iter()
-                .map(|b| match b.addr {
-                    SocketAddr::V4(addr) => Ok(BackendSpec {
+    // The daemons in the service's family, or the error naming the first
+    // that is not.
+    fn same_family<A>(
+        service: SocketAddr,
+        backends: &[BackendSpec<SocketAddr>],
+        of: fn(SocketAddr) -> Option<A>,
+    ) -> Result<Vec<BackendSpec<A>>, ConfigError> {
+        backends
+            .iter()
+            .map(|b| {
+                of(b.addr)
+                    .map(|addr| BackendSpec {
                         addr,
                         weight: b.weight,
-                    }),
-                    SocketAddr::V6(_) => Err(mixed(b)),
-                })
-                .collect::<Result<_, _>>()?,
-            health,
-        })),
-        SocketAddr::V6(address) => Ok(FamilyService::V6(ServiceConfig {
-            address,
-            protocol,
-            policy,
-            backends: backends
-                .iter()
-                .map(|b| match b.addr {
-                    SocketAddr::V6(addr) => Ok(BackendSpec {
-                        addr,
-                        weight: b.weight,
-                    }),
-                    SocketAddr::V4(_) => Err(mixed(b)),
-                })
-                .collect::<Result<_, _>>()?,
-            health,
-        })),
+                    })
+                    .ok_or(ConfigError::MixedFamily {
+                        service,
+                        backend: b.addr,
+                    })
+            })
+            .collect()
     }
+    Ok(match address {
+        SocketAddr::V4(vip) => FamilyService::V4(ServiceConfig {
+            address: vip,
+            protocol,
+            policy,
+            backends: same_family(address, backends, |a| match a {
+                SocketAddr::V4(a) => Some(a),
+                SocketAddr::V6(_) => None,
+            })?,
+            health,
+        }),
+        SocketAddr::V6(vip) => FamilyService::V6(ServiceConfig {
+            address: vip,
+            protocol,
+            policy,
+            backends: same_family(address, backends, |a| match a {
+                SocketAddr::V6(a) => Some(a),
+                SocketAddr::V4(_) => None,
+            })?,
+            health,
+        }),
+    })
 }
 
 /// Why `addr` cannot be one host's TCP endpoint across a network, if it
