@@ -141,7 +141,7 @@ fn sys_path(name: &str, leaf: &str) -> PathBuf {
     PathBuf::from("/sys/class/net").join(name).join(leaf)
 }
 
-fn read_number(name: &str, leaf: &str) -> io::Result<u32> {
+fn read_number<T: std::str::FromStr>(name: &str, leaf: &str) -> io::Result<T> {
     let path = sys_path(name, leaf);
     let text = fs::read_to_string(&path)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
@@ -170,16 +170,10 @@ pub fn rx_queue_count(name: &str) -> io::Result<u32> {
 /// The device's `napi_defer_hard_irqs` and `gro_flush_timeout` (ns): what
 /// preferred busy polling needs non-zero to own its NAPI.
 pub fn napi_deferral(name: &str) -> io::Result<(u32, u64)> {
-    let timeout_path = sys_path(name, "gro_flush_timeout");
-    let timeout = fs::read_to_string(&timeout_path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", timeout_path.display())))?;
-    let timeout = timeout.trim().parse().map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{}: not a number", timeout_path.display()),
-        )
-    })?;
-    Ok((read_number(name, "napi_defer_hard_irqs")?, timeout))
+    Ok((
+        read_number(name, "napi_defer_hard_irqs")?,
+        read_number(name, "gro_flush_timeout")?,
+    ))
 }
 
 /// An interface's RX queue count and MTU now, for the watch.
@@ -192,7 +186,7 @@ pub fn read_counts(name: &str) -> io::Result<(u32, u32)> {
 /// device's index there must be the one this process resolved.
 pub fn read_link(iface: &Interface, role: Side) -> anyhow::Result<LinkFacts> {
     let name = &iface.name;
-    let index = read_number(name, "ifindex").map_err(|e| {
+    let index: u32 = read_number(name, "ifindex").map_err(|e| {
         anyhow::anyhow!("reading {name} ({role}) from sysfs: {e} (is /sys mounted for this network namespace? ip netns exec does that)")
     })?;
     if index != iface.index {
