@@ -102,9 +102,10 @@ pub fn run(config: Config, reload: Box<dyn FnMut() -> Result<Config> + '_>) -> R
     run_with(config, reload, false, false)
 }
 
-/// IPv6 services are read and validated, but the workers do not serve them
-/// yet (the XDP back path and the neighbour book for IPv6 are not merged):
-/// refused rather than silently left out, at start and on a reload.
+/// IPv6 services are read and validated, but not served yet (the workers
+/// have no IPv6 forward and reverse path, and the loop puts no IPv6 entries in
+/// the steering table or next hops in the hop book): refused rather than
+/// silently left out, at start and on a reload.
 pub(crate) fn refuse_unserved_ipv6(config: &Config) -> Result<()> {
     if let Some(s) = config.services6.first() {
         bail!(
