@@ -317,6 +317,7 @@ impl Bench {
                     // Two services need the file (flags define one).
                     let file = format!("/tmp/dispatchd-bench-{}.toml", self.topo.prefix);
                     fs::write(&file, services_toml())?;
+                    undo.push(&dispatcher, "rm", &["-f", &file]);
                     cmd.args(["--config", &file]);
                 } else {
                     cmd.args(["--service", VIP]);
