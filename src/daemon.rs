@@ -102,21 +102,6 @@ pub fn run(config: Config, reload: Box<dyn FnMut() -> Result<Config> + '_>) -> R
     run_with(config, reload, false, false)
 }
 
-/// IPv6 services are read and validated, but not served yet (the workers
-/// have no IPv6 forward and reverse path, and the loop puts no IPv6 entries in
-/// the steering table or next hops in the hop book): refused rather than
-/// silently left out, at start and on a reload.
-pub(crate) fn refuse_unserved_ipv6(config: &Config) -> Result<()> {
-    if let Some(s) = config.services6.first() {
-        bail!(
-            "service {} ({}): IPv6 services are not served yet; remove it from the configuration",
-            s.address,
-            s.protocol
-        );
-    }
-    Ok(())
-}
-
 /// The interfaces, checked to be usable.
 struct Interfaces {
     front: Interface,
@@ -508,7 +493,7 @@ pub fn run_with(
         takeover,
         "starting"
     );
-    refuse_unserved_ipv6(&config)?;
+    config.refuse_unserved_ipv6()?;
     let ifaces = check_host(&config)?;
     // Before any thread starts: the loop's helpers (probes, the takeover's
     // listener) inherit the placement; workers pin themselves to theirs.

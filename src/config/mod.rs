@@ -445,6 +445,21 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// IPv6 services are read and validated, but not served yet (the workers
+    /// have no IPv6 forward and reverse path, and the loop puts no IPv6
+    /// entries in the steering table or next hops in the hop book): refused
+    /// rather than silently left out, at start and on a reload.
+    pub fn refuse_unserved_ipv6(&self) -> anyhow::Result<()> {
+        if let Some(s) = self.services6.first() {
+            anyhow::bail!(
+                "service {} ({}): IPv6 services are not served yet; remove it from the configuration",
+                s.address,
+                s.protocol
+            );
+        }
+        Ok(())
+    }
+
     /// The settings a reload cannot apply, by their file key, with their
     /// values as the file writes them: a running process keeps its own until
     /// a restart.

@@ -1513,7 +1513,7 @@ impl<'a> Manager<'a> {
     }
 
     fn reload_to(&mut self, new: Config) -> Result<()> {
-        crate::daemon::refuse_unserved_ipv6(&new)?;
+        new.refuse_unserved_ipv6()?;
         // The file's changes against what it said before, not against the
         // operator's overrides, which the reload keeps.
         let changed = config::changes(&self.base, &new);
