@@ -15,9 +15,9 @@ use std::{
 use criterion::{criterion_group, criterion_main, Criterion};
 use dispatchd::{
     balance::{BackendSpec, PolicyKind},
-    config::{ServiceConfig, DEFAULT_EVENT_RING, DEFAULT_FLOW_CAPACITY},
-    dataplane::{forward, pipelined, Dataplane, Forwarder, FrameHandler, Reverser},
-    flow::{FlowKey, FlowRecord, FlowTable, TcpState},
+    config::{Service6Config, ServiceConfig, DEFAULT_EVENT_RING, DEFAULT_FLOW_CAPACITY},
+    dataplane::{forward, forward6, pipelined, Dataplane, Forwarder, FrameHandler, Reverser},
+    flow::{FlowKey, FlowKey6, FlowRecord, FlowTable, FlowTable6, TcpState},
     ids::{BackendId, WorkerId},
     neigh::NextHop,
     packet::{ipv6::L4Frame6, L4Frame, MacPair},
@@ -65,6 +65,7 @@ fn plane_of(policy: PolicyKind, protocol: dispatchd::config::Protocol) -> Datapl
     Dataplane::build(
         WorkerId(0),
         &services,
+        &[],
         &[],
         next_hops,
         [0x02, 0, 0, 0, 0, 0x11],
@@ -133,11 +134,13 @@ fn bench(c: &mut Criterion) {
     // management loop does.
     let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
     let (worker, main) = protocol::link::<Dataplane>(wake, DEFAULT_EVENT_RING);
-    let (mut sink, mut events) = (worker.events, main.events);
+    let (mut sink, mut events, mut events6) = (worker.events, main.events, main.events6);
 
     // A table with one million established connections, made through the real
     // new-connection path.
     let mut table = FlowTable::with_capacity(DEFAULT_FLOW_CAPACITY);
+    // The IPv4 rows' IPv6 table: empty, as in an IPv4-only process.
+    let mut empty6 = FlowTable6::with_capacity(0);
     let mut rr = plane(PolicyKind::RoundRobin);
     let mut opened = 0;
     for i in 0..ESTABLISHED_FLOWS {
@@ -175,6 +178,7 @@ fn bench(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let mut handler = Forwarder {
                     table: &mut table,
+                    table6: &mut empty6,
                     plane: &mut rr,
                     events: &mut sink,
                     stats: &stats,
@@ -221,6 +225,7 @@ fn bench(c: &mut Criterion) {
                     let n = left.min(u64::from(CHUNK)) as usize;
                     let mut handler = Forwarder {
                         table: &mut table,
+                        table6: &mut empty6,
                         plane: &mut p,
                         events: &mut sink,
                         stats: &stats,
@@ -256,6 +261,7 @@ fn bench(c: &mut Criterion) {
     });
     drop(table);
     udp_rows(&mut g, &stats, &mut sink, &mut events);
+    ipv6_rows(&mut g, &stats, &mut sink, &mut events6);
     tracked_sync(&mut g);
     packet_core(&mut g);
     g.finish();
@@ -276,6 +282,7 @@ fn udp_rows(
     events: &mut protocol::ring::Consumer<protocol::Event>,
 ) {
     let mut table = FlowTable::with_capacity(DEFAULT_FLOW_CAPACITY);
+    let mut empty6 = FlowTable6::with_capacity(0);
     let mut rr = plane_of(PolicyKind::RoundRobin, dispatchd::config::Protocol::Udp);
     for i in 0..ESTABLISHED_FLOWS {
         let mut first = udp_frame(client(i), VIP, 32);
@@ -298,6 +305,7 @@ fn udp_rows(
         b.iter_custom(|iters| {
             let mut handler = Forwarder {
                 table: &mut table,
+                table6: &mut empty6,
                 plane: &mut rr,
                 events: &mut *sink,
                 stats,
@@ -317,6 +325,7 @@ fn udp_rows(
                 let n = left.min(u64::from(CHUNK)) as usize;
                 let mut handler = Forwarder {
                     table: &mut table,
+                    table6: &mut empty6,
                     plane: &mut rr,
                     events: &mut *sink,
                     stats,
@@ -347,6 +356,176 @@ fn udp_rows(
             timed_passes(&answers, iters, &mut handler)
         })
     });
+}
+
+/// The IPv6 rows, TCP then UDP, each on a table of its own with a million
+/// flows of its protocol (the IPv4 tables are dropped first): a segment or
+/// datagram of an established flow (cold, as the IPv4 rows), a flow's first
+/// frame, a daemon's answer. Frames come in through the `Forwarder` and
+/// `Reverser` the worker uses, so the family dispatch is part of the cost.
+fn ipv6_rows(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    stats: &WorkerStats,
+    sink: &mut protocol::EventSink,
+    events: &mut protocol::ring::Consumer<protocol::Event6>,
+) {
+    use dispatchd::config::Protocol;
+    let vip6 = SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100), 80, 0, 0);
+    let daemons6: Vec<BackendSpec<SocketAddrV6>> = (0..4)
+        .map(|i| BackendSpec {
+            addr: SocketAddrV6::new(
+                Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 11 + i),
+                8080,
+                0,
+                0,
+            ),
+            weight: 1,
+        })
+        .collect();
+    let plane6 = |protocol| {
+        let next_hops: Arc<[NextHop]> = daemons6.iter().map(|_| NextHop::default()).collect();
+        for hop in next_hops.iter() {
+            hop.set(Some([0x02, 0, 0, 0, 0, 0x22]));
+        }
+        let services6 = [Service6Config {
+            address: vip6,
+            protocol,
+            policy: PolicyKind::RoundRobin,
+            backends: daemons6.clone(),
+            health: Default::default(),
+        }];
+        Dataplane::build(
+            WorkerId(0),
+            &[],
+            &services6,
+            &[],
+            next_hops,
+            [2, 0, 0, 0, 0, 0x11],
+        )
+        .expect("valid services")
+    };
+    // The i-th client: 2^20 addresses of a /64 and the whole port range.
+    let client6 = |i: u32| {
+        let ip = Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0xc,
+            0,
+            0,
+            0,
+            (i >> 20) as u16,
+            (i >> 4) as u16,
+        );
+        SocketAddrV6::new(ip, 1024 + (i & 0xf) as u16 * 4000, 0, 0)
+    };
+    let frame6 =
+        |protocol, src: SocketAddrV6, dst: SocketAddrV6, syn: bool| {
+            let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv6(src.ip().octets(), dst.ip().octets(), 64);
+            let mut f = Vec::new();
+            match protocol {
+                Protocol::Udp => b.udp(src.port(), dst.port()).write(&mut f, &[0x5a; 32]),
+                Protocol::Tcp if syn => b
+                    .tcp(src.port(), dst.port(), 1000, 64240)
+                    .syn()
+                    .write(&mut f, &[]),
+                Protocol::Tcp => b
+                    .tcp(src.port(), dst.port(), 1000, 64240)
+                    .ack(1)
+                    .write(&mut f, &[]),
+            }
+            .expect("an IPv6 frame");
+            f
+        };
+    let mut empty4 = FlowTable::with_capacity(1);
+    for (protocol, tag) in [(Protocol::Tcp, ""), (Protocol::Udp, "_udp")] {
+        let mut table6 = FlowTable6::with_capacity(DEFAULT_FLOW_CAPACITY);
+        let mut rr = plane6(protocol);
+        for i in 0..ESTABLISHED_FLOWS {
+            let mut first = frame6(protocol, client6(i), vip6, true);
+            assert!(forward6(
+                &mut first,
+                &mut table6,
+                &mut rr,
+                sink,
+                stats,
+                1,
+                None
+            ));
+            if i % 1024 == 0 {
+                sink.flush();
+                events.try_iter().for_each(drop);
+            }
+        }
+        sink.flush();
+        events.try_iter().for_each(drop);
+        assert_eq!(table6.len(), ESTABLISHED_FLOWS as usize);
+        let step = ESTABLISHED_FLOWS / FRAME_SET as u32;
+        let established: Vec<Vec<u8>> = (0..FRAME_SET as u32)
+            .map(|k| frame6(protocol, client6(k * step), vip6, false))
+            .collect();
+        g.bench_function(format!("forward6{tag}_established_cold_1m_flows"), |b| {
+            b.iter_custom(|iters| {
+                let mut handler = Forwarder {
+                    table: &mut empty4,
+                    table6: &mut table6,
+                    plane: &mut rr,
+                    events: &mut *sink,
+                    stats,
+                    now_ns: 2,
+                };
+                timed_passes(&established, iters, &mut handler)
+            })
+        });
+        const CHUNK: u32 = 16_384;
+        let fresh = |k: u32| client6(ESTABLISHED_FLOWS + k);
+        let firsts: Vec<Vec<u8>> = (0..CHUNK)
+            .map(|k| frame6(protocol, fresh(k), vip6, true))
+            .collect();
+        let what = match protocol {
+            Protocol::Tcp => "new_connection6_round_robin",
+            Protocol::Udp => "new_udp6_flow_round_robin",
+        };
+        g.bench_function(what, |b| {
+            b.iter_custom(|iters| {
+                let mut elapsed = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let n = left.min(u64::from(CHUNK)) as usize;
+                    let mut handler = Forwarder {
+                        table: &mut empty4,
+                        table6: &mut table6,
+                        plane: &mut rr,
+                        events: &mut *sink,
+                        stats,
+                        now_ns: 3,
+                    };
+                    elapsed += timed_passes(&firsts[..n], n as u64, &mut handler);
+                    for k in 0..n as u32 {
+                        table6.remove(&FlowKey6::new(fresh(k), vip6, protocol.number()));
+                    }
+                    sink.flush();
+                    events.try_iter().for_each(drop);
+                    left -= n as u64;
+                }
+                elapsed
+            })
+        });
+        let answers: Vec<Vec<u8>> = (0..FRAME_SET as u32)
+            .map(|k| frame6(protocol, daemons6[k as usize % 4].addr, client6(k), false))
+            .collect();
+        g.bench_function(format!("reverse6{tag}"), |b| {
+            b.iter_custom(|iters| {
+                let mut handler = Reverser {
+                    plane: &rr,
+                    events: &mut *sink,
+                    stats,
+                    now_ns: 2,
+                };
+                timed_passes(&answers, iters, &mut handler)
+            })
+        });
+    }
 }
 
 /// reply_mode "tracked": what a connection costs the worker in map writes, in

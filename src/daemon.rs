@@ -704,6 +704,7 @@ pub fn run_with(
             batch: config.batch,
             poll: config.poll,
             flow_capacity: config.flow_capacity,
+            flow_capacity6: worker::flow_capacity6(&config),
             sockets,
             plane,
             stats,
@@ -713,6 +714,10 @@ pub fn run_with(
             bare,
             tracked: match config.reply_mode {
                 ReplyMode::Tracked => Some(steering.tracked_map()?),
+                ReplyMode::Stateless => None,
+            },
+            tracked6: match config.reply_mode {
+                ReplyMode::Tracked => Some(steering.tracked6_map()?),
                 ReplyMode::Stateless => None,
             },
             ready: None,

@@ -1,33 +1,43 @@
 //! What happens to one frame: the per-packet decisions and rewrites of a worker,
 //! free of rings and syscalls so that tests and benchmarks run exactly this code.
-use std::{net::SocketAddrV4, sync::Arc};
+use std::{
+    net::{SocketAddr, SocketAddrV4, SocketAddrV6},
+    sync::Arc,
+};
 
 use ahash::AHashMap;
 use anyhow::{Context, Result};
 
 use crate::{
-    balance::{BackendSpec, BackendState, PolicyKind, Pool},
-    config::{daemons_of, Protocol, ServiceConfig},
-    flow::{FlowHash, FlowKey, FlowRecord, FlowTable, InsertError, RstWindow, TcpState},
+    balance::{BackendSpec, BackendState, DaemonAddr, PolicyKind, Pool},
+    config::{daemons_of, Protocol, Service6Config, ServiceConfig},
+    flow::{
+        FlowHash, FlowKey, FlowKey6, FlowRecord, FlowRecord6, FlowTable, FlowTable6, InsertError,
+        RstWindow, TcpState,
+    },
     ids::{BackendId, PoolIndex, ServiceId, WorkerId},
     neigh::NextHop,
     packet::{
+        ethernet,
         icmp::{self, IcmpError},
+        icmpv6::Icmpv6Error,
+        ipv6::{self, peek_endpoints6, L4Frame6},
         peek_endpoints, DropReason, L4Frame, L4Proto, MacPair,
     },
-    protocol::{Event, EventSink, SLOW_FRAME_MAX},
+    protocol::{Event, EventSink, Lane, SLOW_FRAME_MAX},
     stats::{BackendTraffic, WorkerDrop, WorkerStats},
 };
 
 /// One service as a worker sees it: its own copy of the selection state (so picks
 /// need no lock), and the id of its first daemon (the others follow in order).
+/// `A` is its family's address (`SocketAddrV6` for an IPv6 service).
 #[derive(Debug, PartialEq)]
-pub struct ServiceSlot {
-    pub pool: Pool,
+pub struct ServiceSlot<A = SocketAddrV4> {
+    pub pool: Pool<A>,
     pub first_backend: BackendId,
 }
 
-impl ServiceSlot {
+impl<A> ServiceSlot<A> {
     fn backend(&self, local: PoolIndex) -> BackendId {
         BackendId(self.first_backend.0 + local.0)
     }
@@ -38,15 +48,55 @@ impl ServiceSlot {
 /// no service's selection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retired {
-    pub daemon: SocketAddrV4,
-    /// The service it answered for: its replies still leave as from it.
-    pub service: SocketAddrV4,
+    pub daemon: SocketAddr,
+    /// The service it answered for: its replies still leave as from it (of the
+    /// daemon's family).
+    pub service: SocketAddr,
     /// That service's protocol: the daemon's replies are of it.
     pub protocol: Protocol,
 }
 
+impl Retired {
+    /// The daemon and its service if they are IPv4.
+    pub fn v4(&self) -> Option<(SocketAddrV4, SocketAddrV4)> {
+        match (self.daemon, self.service) {
+            (SocketAddr::V4(d), SocketAddr::V4(s)) => Some((d, s)),
+            _ => None,
+        }
+    }
+}
+
+/// Which pool of a plane a daemon is in: its family's list of services, the
+/// service's index in it, and the daemon's place in the service's pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub v6: bool,
+    pub service: ServiceId,
+    pub local: PoolIndex,
+}
+
+/// A pool of either family, for what does not depend on the daemons' addresses.
+enum PoolMut<'a> {
+    V4(&'a mut Pool),
+    V6(&'a mut Pool<SocketAddrV6>),
+}
+
+macro_rules! on_pool {
+    ($pool:expr, $p:ident => $e:expr) => {
+        match $pool {
+            PoolMut::V4($p) => $e,
+            PoolMut::V6($p) => $e,
+        }
+    };
+}
+
 /// What a worker needs to decide a frame's fate; built once per worker at start
 /// and on every reload.
+///
+/// IPv6 services have maps and slots of their own (`*6`), next to the IPv4
+/// ones, so that an IPv4 lookup keeps its 8-byte key; daemon ids
+/// ([`BackendId`]) run over both families: the IPv4 daemons', then the IPv6
+/// daemons', then the retired ones of either family.
 pub struct Dataplane {
     pub services: Vec<ServiceSlot>,
     /// Keyed by [`endpoint_key`] of the VIP, port and protocol.
@@ -54,19 +104,27 @@ pub struct Dataplane {
     /// A reply's source (and protocol) decides its new source: the daemon's
     /// service; and names the daemon's id, for its traffic counters.
     pub service_by_daemon: AHashMap<u64, (SocketAddrV4, BackendId)>,
+    /// IPv6 services, indexed by the [`ServiceId`]s of `service_by_vip6`.
+    pub services6: Vec<ServiceSlot<SocketAddrV6>>,
+    /// Keyed by [`endpoint_key6`] of the VIP, port and protocol.
+    pub service_by_vip6: AHashMap<Endpoint6, ServiceId>,
+    /// [`service_by_daemon`](Self::service_by_daemon) for IPv6 daemons.
+    pub service_by_daemon6: AHashMap<Endpoint6, (SocketAddrV6, BackendId)>,
     /// Each daemon's frames and bytes through this worker, indexed by
     /// [`BackendId`]: this plane's own bank (see [`BackendTraffic`]).
     pub traffic: Arc<[BackendTraffic]>,
     /// Indexed by [`BackendId`].
     pub next_hops: Arc<[NextHop]>,
     /// Where each daemon sits, indexed by [`BackendId`].
-    pub backend_owner: Vec<(ServiceId, PoolIndex)>,
+    pub backend_owner: Vec<Owner>,
     pub back_mac: [u8; 6],
     /// The owning worker, reported with each new connection.
     pub worker: WorkerId,
     /// Every daemon's id, by address: how a record of an earlier epoch finds its
     /// daemon's id in this plane.
     pub ids: AHashMap<SocketAddrV4, BackendId>,
+    /// [`ids`](Self::ids) of the IPv6 daemons (flow label and scope 0).
+    pub ids6: AHashMap<SocketAddrV6, BackendId>,
     /// Per [`BackendId`]: records made before this time are gone (the daemon
     /// failed and its connections were reset).
     pub reset_before: Vec<u64>,
@@ -91,12 +149,108 @@ pub fn endpoint_key(addr: SocketAddrV4, protocol: u8) -> u64 {
     (u64::from(u32::from(*addr.ip())) << 24) | (u64::from(protocol) << 16) | u64::from(addr.port())
 }
 
+/// An IPv6 address, port and IP protocol number as one hashable value: the
+/// address as one `u128`, the port and protocol as one `u32`.
+pub type Endpoint6 = (u128, u32);
+
+/// [`endpoint_key`] for IPv6 (flow label and scope are not part of it).
+#[inline]
+pub fn endpoint_key6(addr: SocketAddrV6, protocol: u8) -> Endpoint6 {
+    (
+        u128::from(*addr.ip()),
+        (u32::from(protocol) << 16) | u32::from(addr.port()),
+    )
+}
+
+/// `addr` without flow label or scope: how the plane keys an IPv6 daemon.
+#[inline]
+fn bare6(addr: SocketAddrV6) -> SocketAddrV6 {
+    SocketAddrV6::new(*addr.ip(), addr.port(), 0, 0)
+}
+
+/// One family's services into `slots` and its VIP and daemon maps; the daemons
+/// take the ids from `backend_owner.len()` on.
+fn add_services<A: DaemonAddr, K: Copy + Eq + std::hash::Hash>(
+    services: &[ServiceConfig<A>],
+    v6: bool,
+    key: impl Fn(A, u8) -> K,
+    slots: &mut Vec<ServiceSlot<A>>,
+    service_by_vip: &mut AHashMap<K, ServiceId>,
+    service_by_daemon: &mut AHashMap<K, (A, BackendId)>,
+    backend_owner: &mut Vec<Owner>,
+) -> Result<()> {
+    for s in services {
+        let id = ServiceId::from_index(slots.len()).context("more than 65535 services")?;
+        let pool =
+            Pool::new(s.policy, &s.backends).with_context(|| format!("service {}", s.address))?;
+        let first_backend =
+            BackendId::from_index(backend_owner.len()).context("more than 65535 daemons")?;
+        slots.push(ServiceSlot {
+            pool,
+            first_backend,
+        });
+        service_by_vip.insert(key(s.address, s.protocol.number()), id);
+        for (local, b) in s.backends.iter().enumerate() {
+            let backend =
+                BackendId::from_index(backend_owner.len()).context("more than 65535 daemons")?;
+            service_by_daemon.insert(key(b.addr, s.protocol.number()), (s.address, backend));
+            backend_owner.push(Owner {
+                v6,
+                service: id,
+                local: PoolIndex(local as u16),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One family's retired daemons, `(id, daemon, service, protocol)` in id
+/// order: a pool of their own that no VIP leads to, every daemon draining.
+fn add_retired<A: DaemonAddr, K: Copy + Eq + std::hash::Hash>(
+    retired: &[(BackendId, A, A, Protocol)],
+    v6: bool,
+    key: impl Fn(A, u8) -> K,
+    slots: &mut Vec<ServiceSlot<A>>,
+    service_by_daemon: &mut AHashMap<K, (A, BackendId)>,
+    backend_owner: &mut [Owner],
+) -> Result<()> {
+    let Some(&(first_backend, ..)) = retired.first() else {
+        return Ok(());
+    };
+    let id = ServiceId::from_index(slots.len()).context("more than 65535 services")?;
+    let specs: Vec<BackendSpec<A>> = retired
+        .iter()
+        .map(|&(_, addr, ..)| BackendSpec { addr, weight: 1 })
+        .collect();
+    let mut pool = Pool::new(PolicyKind::RoundRobin, &specs).context("retired daemons")?;
+    for (local, &(backend, daemon, service, protocol)) in retired.iter().enumerate() {
+        let local = PoolIndex(local as u16);
+        pool.set_state(local, BackendState::Draining);
+        service_by_daemon.insert(key(daemon, protocol.number()), (service, backend));
+        backend_owner[backend.index()] = Owner {
+            v6,
+            service: id,
+            local,
+        };
+    }
+    // `first_backend` names the pool's first daemon only: retired daemons of
+    // the two families share one run of ids, and no VIP leads here to pick.
+    slots.push(ServiceSlot {
+        pool,
+        first_backend,
+    });
+    Ok(())
+}
+
 impl Dataplane {
-    /// One worker's view of `services`; daemons get the ids of
-    /// [`Config::daemons`](crate::config::Config::daemons), which index `next_hops`.
+    /// One worker's view of `services` and `services6`; daemons get the ids of
+    /// [`Config::daemons`](crate::config::Config::daemons) then
+    /// [`Config::daemons6`](crate::config::Config::daemons6), then the
+    /// `retired` ones in order: the ids that index `next_hops`.
     pub fn build(
         worker: WorkerId,
         services: &[ServiceConfig],
+        services6: &[Service6Config],
         retired: &[Retired],
         next_hops: Arc<[NextHop]>,
         back_mac: [u8; 6],
@@ -104,61 +258,87 @@ impl Dataplane {
         let mut slots = Vec::with_capacity(services.len());
         let mut service_by_vip = AHashMap::new();
         let mut service_by_daemon = AHashMap::new();
+        let mut slots6 = Vec::with_capacity(services6.len());
+        let mut service_by_vip6 = AHashMap::new();
+        let mut service_by_daemon6 = AHashMap::new();
         let mut backend_owner = Vec::new();
-        for (i, s) in services.iter().enumerate() {
-            let id = ServiceId::from_index(i).context("more than 65535 services")?;
-            let pool = Pool::new(s.policy, &s.backends)
-                .with_context(|| format!("service {}", s.address))?;
-            let first_backend =
-                BackendId::from_index(backend_owner.len()).context("more than 65535 daemons")?;
-            slots.push(ServiceSlot {
-                pool,
-                first_backend,
-            });
-            service_by_vip.insert(endpoint_key(s.address, s.protocol.number()), id);
-            for (local, b) in s.backends.iter().enumerate() {
-                let backend = BackendId::from_index(backend_owner.len())
-                    .context("more than 65535 daemons")?;
-                service_by_daemon.insert(
-                    endpoint_key(b.addr, s.protocol.number()),
-                    (s.address, backend),
-                );
-                backend_owner.push((id, PoolIndex(local as u16)));
-            }
-        }
-        // Retired daemons follow, in a pool of their own that no VIP leads to.
+        add_services(
+            services,
+            false,
+            endpoint_key,
+            &mut slots,
+            &mut service_by_vip,
+            &mut service_by_daemon,
+            &mut backend_owner,
+        )?;
+        let bare: Vec<Service6Config> = services6
+            .iter()
+            .map(|s| Service6Config {
+                address: bare6(s.address),
+                backends: (s.backends.iter())
+                    .map(|b| BackendSpec {
+                        addr: bare6(b.addr),
+                        weight: b.weight,
+                    })
+                    .collect(),
+                ..s.clone()
+            })
+            .collect();
+        add_services(
+            &bare,
+            true,
+            endpoint_key6,
+            &mut slots6,
+            &mut service_by_vip6,
+            &mut service_by_daemon6,
+            &mut backend_owner,
+        )?;
+        // Retired daemons follow, in a pool of their own per family.
         let first_retired = backend_owner.len();
-        if !retired.is_empty() {
-            let id = ServiceId::from_index(slots.len()).context("more than 65535 services")?;
-            let specs: Vec<BackendSpec> = retired
-                .iter()
-                .map(|r| BackendSpec {
-                    addr: r.daemon,
-                    weight: 1,
-                })
-                .collect();
-            let mut pool = Pool::new(PolicyKind::RoundRobin, &specs).context("retired daemons")?;
-            let first_backend =
-                BackendId::from_index(first_retired).context("more than 65535 daemons")?;
-            for (local, r) in retired.iter().enumerate() {
-                pool.set_state(PoolIndex(local as u16), BackendState::Draining);
-                let backend = BackendId::from_index(backend_owner.len())
-                    .context("more than 65535 daemons")?;
-                service_by_daemon.insert(
-                    endpoint_key(r.daemon, r.protocol.number()),
-                    (r.service, backend),
-                );
-                backend_owner.push((id, PoolIndex(local as u16)));
+        let mut retired4 = Vec::new();
+        let mut retired6 = Vec::new();
+        for (i, r) in retired.iter().enumerate() {
+            let id = BackendId::from_index(first_retired + i).context("more than 65535 daemons")?;
+            match (r.daemon, r.service) {
+                (SocketAddr::V4(d), SocketAddr::V4(s)) => retired4.push((id, d, s, r.protocol)),
+                (SocketAddr::V6(d), SocketAddr::V6(s)) => {
+                    retired6.push((id, bare6(d), bare6(s), r.protocol))
+                }
+                _ => anyhow::bail!(
+                    "retired daemon {} of service {}: a service and its daemons are of one family",
+                    r.daemon,
+                    r.service
+                ),
             }
-            slots.push(ServiceSlot {
-                pool,
-                first_backend,
+            // Overwritten by add_retired.
+            backend_owner.push(Owner {
+                v6: false,
+                service: ServiceId(0),
+                local: PoolIndex(0),
             });
         }
-        debug_assert!(daemons_of(services).zip(&backend_owner).all(
-            |((id, _, b), &(s, local))| slots[s.index()].backend(local) == id
-                && slots[s.index()].pool.addr(local) == b.addr
-        ));
+        add_retired(
+            &retired4,
+            false,
+            endpoint_key,
+            &mut slots,
+            &mut service_by_daemon,
+            &mut backend_owner,
+        )?;
+        add_retired(
+            &retired6,
+            true,
+            endpoint_key6,
+            &mut slots6,
+            &mut service_by_daemon6,
+            &mut backend_owner,
+        )?;
+        debug_assert!(daemons_of(services)
+            .zip(&backend_owner)
+            .all(|((id, _, b), o)| {
+                let slot = &slots[o.service.index()];
+                !o.v6 && slot.backend(o.local) == id && slot.pool.addr(o.local) == b.addr
+            }));
         anyhow::ensure!(
             backend_owner.len() == next_hops.len(),
             "{} daemons but {} next hops",
@@ -167,17 +347,24 @@ impl Dataplane {
         );
         let ids = daemons_of(services)
             .map(|(id, _, b)| (b.addr, id))
-            .chain(
-                retired
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| (r.daemon, BackendId((first_retired + i) as u16))),
-            )
+            .chain(retired4.iter().map(|&(id, d, ..)| (d, id)))
+            .collect();
+        let ids6 = (slots6.iter())
+            .zip(&bare)
+            .flat_map(|(slot, s)| {
+                (s.backends.iter().enumerate())
+                    .map(|(local, b)| (b.addr, slot.backend(PoolIndex(local as u16))))
+            })
+            .chain(retired6.iter().map(|&(id, d, ..)| (d, id)))
             .collect();
         Ok(Self {
             services: slots,
             service_by_vip,
             service_by_daemon,
+            services6: slots6,
+            service_by_vip6,
+            service_by_daemon6,
+            ids6,
             traffic: BackendTraffic::bank(backend_owner.len()),
             next_hops,
             reset_before: vec![0; backend_owner.len()],
@@ -200,29 +387,94 @@ impl Dataplane {
 }
 
 impl Dataplane {
-    fn pool_of(&mut self, backend: BackendId) -> Option<(&mut Pool, PoolIndex)> {
-        let &(service, local) = self.backend_owner.get(backend.index())?;
-        Some((&mut self.services[service.index()].pool, local))
+    fn pool_of(&mut self, backend: BackendId) -> Option<(PoolMut<'_>, PoolIndex)> {
+        let &Owner { v6, service, local } = self.backend_owner.get(backend.index())?;
+        let pool = if v6 {
+            PoolMut::V6(&mut self.services6[service.index()].pool)
+        } else {
+            PoolMut::V4(&mut self.services[service.index()].pool)
+        };
+        Some((pool, local))
     }
 
     pub fn connection_closed(&mut self, backend: BackendId) {
         if let Some((pool, local)) = self.pool_of(backend) {
-            pool.connection_closed(local);
+            on_pool!(pool, p => p.connection_closed(local));
         }
     }
 
     pub fn set_backend_state(&mut self, backend: BackendId, state: BackendState) {
         if let Some((pool, local)) = self.pool_of(backend) {
-            pool.set_state(local, state);
+            on_pool!(pool, p => p.set_state(local, state));
         }
     }
 
     /// Forgets a daemon's active connections (its records were dropped).
     pub fn reset_active(&mut self, backend: BackendId) {
         if let Some((pool, local)) = self.pool_of(backend) {
-            while pool.active(local) > 0 {
-                pool.connection_closed(local);
+            on_pool!(pool, p => while p.active(local) > 0 {
+                p.connection_closed(local);
+            });
+        }
+    }
+
+    fn connection_opened(&mut self, backend: BackendId) {
+        if let Some((pool, local)) = self.pool_of(backend) {
+            on_pool!(pool, p => p.connection_opened(local));
+        }
+    }
+
+    /// The id of a daemon of either family in this plane.
+    fn id_of(&self, addr: SocketAddr) -> Option<BackendId> {
+        match addr {
+            SocketAddr::V4(a) => self.ids.get(&a).copied(),
+            SocketAddr::V6(a) => self.ids6.get(&bare6(a)).copied(),
+        }
+    }
+
+    /// Every daemon of the plane's pools, by address, with its id, state and
+    /// connection count: what a reload carries over.
+    fn daemons(&self) -> impl Iterator<Item = (SocketAddr, BackendState, u32)> + '_ {
+        fn each<A: DaemonAddr>(
+            slots: &[ServiceSlot<A>],
+        ) -> impl Iterator<Item = (SocketAddr, BackendState, u32)> + '_ {
+            slots.iter().flat_map(|slot| {
+                (0..slot.pool.len()).map(|l| {
+                    let local = PoolIndex(l as u16);
+                    let p = &slot.pool;
+                    (p.addr(local).into(), p.state(local), p.active(local))
+                })
+            })
+        }
+        each(&self.services).chain(each(&self.services6))
+    }
+
+    /// [`adopt`](Self::adopt) for an IPv6 record.
+    pub fn adopt6(&mut self, record: &mut FlowRecord6) -> bool {
+        let Some(&id) = self.ids6.get(&record.daemon()) else {
+            return false;
+        };
+        record.backend = id;
+        record.epoch = self.epoch;
+        self.connection_opened(id);
+        true
+    }
+
+    /// [`current`](Self::current) for an IPv6 record.
+    #[inline(always)]
+    pub fn current6(&self, record: &mut FlowRecord6) -> bool {
+        record.epoch == self.epoch || self.refresh6(record)
+    }
+
+    #[cold]
+    fn refresh6(&self, record: &mut FlowRecord6) -> bool {
+        match self.ids6.get(&record.daemon()) {
+            Some(&id) if record.created_ns >= self.reset_before[id.index()] => {
+                record.backend = id;
+                record.epoch = self.epoch;
+                true
             }
+            _ => false,
         }
     }
 
@@ -235,9 +487,7 @@ impl Dataplane {
         };
         record.backend = id;
         record.epoch = self.epoch;
-        if let Some((pool, local)) = self.pool_of(id) {
-            pool.connection_opened(local);
-        }
+        self.connection_opened(id);
         true
     }
 
@@ -279,33 +529,80 @@ impl Dataplane {
     /// address when next met. O(daemons): the records are left to the packet
     /// path and the worker's sweep.
     pub fn take_over(&mut self, old: &Dataplane) {
-        for slot in &old.services {
-            for l in 0..slot.pool.len() {
-                let local = PoolIndex(l as u16);
-                let addr = slot.pool.addr(local);
-                let Some(&id) = self.ids.get(&addr) else {
-                    continue;
-                };
-                // A retired daemon's state is not its own choice (it is
-                // draining because it was removed): it is not carried either way.
-                let old_retired = old
-                    .ids
-                    .get(&addr)
-                    .is_some_and(|o| o.index() >= old.first_retired);
-                if !old_retired && id.index() < self.first_retired {
-                    self.set_backend_state(id, slot.pool.state(local));
-                }
-                if let Some((pool, new_local)) = self.pool_of(id) {
-                    pool.connections_carried(new_local, slot.pool.active(local));
-                }
-                if let Some(&old_id) = old.ids.get(&addr) {
-                    self.reset_before[id.index()] = old.reset_before[old_id.index()];
-                }
+        for (addr, state, active) in old.daemons() {
+            let Some(id) = self.id_of(addr) else {
+                continue;
+            };
+            let old_id = old.id_of(addr);
+            // A retired daemon's state is not its own choice (it is
+            // draining because it was removed): it is not carried either way.
+            let old_retired = old_id.is_some_and(|o| o.index() >= old.first_retired);
+            if !old_retired && id.index() < self.first_retired {
+                self.set_backend_state(id, state);
+            }
+            if let Some((pool, new_local)) = self.pool_of(id) {
+                on_pool!(pool, p => p.connections_carried(new_local, active));
+            }
+            if let Some(old_id) = old_id {
+                self.reset_before[id.index()] = old.reset_before[old_id.index()];
             }
         }
         self.epoch = old.epoch.wrapping_add(1);
     }
 }
+
+/// What the worker's commands and sweep need of a record of either family:
+/// the same handling for both tables, monomorphised per family.
+pub trait PlaneRecord: crate::flow::Record<Key = Self::FlowKey> {
+    type FlowKey: Lane + Eq + Copy;
+    /// [`Dataplane::current`] or [`Dataplane::current6`].
+    fn is_current(&mut self, plane: &Dataplane) -> bool;
+    fn backend(&self) -> BackendId;
+    fn created_ns(&self) -> u64;
+    fn last_seen_ns(&self) -> u64;
+    fn client_ack(&self) -> u32;
+    fn state(&self) -> TcpState;
+    fn state_mut(&mut self) -> &mut TcpState;
+}
+
+macro_rules! plane_record {
+    ($record:ty, $key:ty, $current:ident) => {
+        impl PlaneRecord for $record {
+            type FlowKey = $key;
+            #[inline]
+            fn is_current(&mut self, plane: &Dataplane) -> bool {
+                plane.$current(self)
+            }
+            #[inline]
+            fn backend(&self) -> BackendId {
+                self.backend
+            }
+            #[inline]
+            fn created_ns(&self) -> u64 {
+                self.created_ns
+            }
+            #[inline]
+            fn last_seen_ns(&self) -> u64 {
+                self.last_seen_ns
+            }
+            #[inline]
+            fn client_ack(&self) -> u32 {
+                self.client_ack
+            }
+            #[inline]
+            fn state(&self) -> TcpState {
+                self.state
+            }
+            #[inline]
+            fn state_mut(&mut self) -> &mut TcpState {
+                &mut self.state
+            }
+        }
+    };
+}
+
+plane_record!(FlowRecord, FlowKey, current);
+plane_record!(FlowRecord6, FlowKey6, current6);
 
 /// How many frames ahead of the one being handled a batch prefetches: far enough
 /// for a cache miss to be served meanwhile, few enough that the lines are not
@@ -357,9 +654,37 @@ pub struct FlowHint {
     hash: FlowHash,
 }
 
-/// Client-to-daemon frames: [`forward`] with what it needs.
+/// [`FlowHint`] of an IPv6 frame.
+#[derive(Clone, Copy, Debug)]
+pub struct FlowHint6 {
+    key: FlowKey6,
+    hash: FlowHash,
+}
+
+/// What a prefetch learned of a frame: its family, and its key and hash if it
+/// could peek them. The family rides along so that the frame's handling needs
+/// no second look at its ethertype.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Hint {
+    /// Nothing peeked (a short frame): the handler looks for itself.
+    #[default]
+    None,
+    V4(FlowHint),
+    V6(FlowHint6),
+}
+
+/// Whether `frame`'s ethertype is IPv6 (bytes 12-13): the one look that sends a
+/// frame to the IPv6 path. Everything else takes the IPv4 path, which drops and
+/// counts what it cannot parse, as it always did.
+#[inline(always)]
+pub fn is_ipv6_frame(frame: &[u8]) -> bool {
+    matches!(frame.get(12..14), Some([0x86, 0xdd]))
+}
+
+/// Client-to-daemon frames: [`forward`] or [`forward6`] with what they need.
 pub struct Forwarder<'a> {
     pub table: &'a mut FlowTable,
+    pub table6: &'a mut FlowTable6,
     pub plane: &'a mut Dataplane,
     pub events: &'a mut EventSink,
     pub stats: &'a WorkerStats,
@@ -367,22 +692,59 @@ pub struct Forwarder<'a> {
 }
 
 impl FrameHandler for Forwarder<'_> {
-    type Hint = Option<FlowHint>;
+    type Hint = Hint;
 
     #[inline(always)]
-    fn prefetch(&self, frame: &[u8]) -> Option<FlowHint> {
-        let (client, service, protocol) = peek_endpoints(frame)?;
+    fn prefetch(&self, frame: &[u8]) -> Hint {
+        if is_ipv6_frame(frame) {
+            return self.prefetch6(frame);
+        }
+        let Some((client, service, protocol)) = peek_endpoints(frame) else {
+            return Hint::None;
+        };
         let key = FlowKey::new(client, service, protocol);
         let hash = self.table.hash(&key);
         self.table.prefetch(hash);
-        Some(FlowHint { key, hash })
+        Hint::V4(FlowHint { key, hash })
     }
 
     #[inline(always)]
-    fn handle(&mut self, frame: &mut [u8], hint: Option<FlowHint>) -> bool {
+    fn handle(&mut self, frame: &mut [u8], hint: Hint) -> bool {
+        let hint4 = match hint {
+            Hint::V4(h) => Some(h),
+            Hint::V6(h) => return self.handle6(frame, Some(h)),
+            Hint::None if is_ipv6_frame(frame) => return self.handle6(frame, None),
+            Hint::None => None,
+        };
         forward(
             frame,
             self.table,
+            self.plane,
+            self.events,
+            self.stats,
+            self.now_ns,
+            hint4,
+        )
+    }
+}
+
+impl Forwarder<'_> {
+    #[inline(always)]
+    fn prefetch6(&self, frame: &[u8]) -> Hint {
+        let Some((client, service, protocol)) = peek_endpoints6(frame) else {
+            return Hint::None;
+        };
+        let key = FlowKey6::new(client, service, protocol);
+        let hash = self.table6.hash(&key);
+        self.table6.prefetch(hash);
+        Hint::V6(FlowHint6 { key, hash })
+    }
+
+    #[inline(never)]
+    fn handle6(&mut self, frame: &mut [u8], hint: Option<FlowHint6>) -> bool {
+        forward6(
+            frame,
+            self.table6,
             self.plane,
             self.events,
             self.stats,
@@ -409,6 +771,9 @@ impl FrameHandler for Reverser<'_> {
 
     #[inline(always)]
     fn handle(&mut self, frame: &mut [u8], _hint: ()) -> bool {
+        if is_ipv6_frame(frame) {
+            return reverse6(frame, self.plane, self.events, self.stats, self.now_ns);
+        }
         reverse(frame, self.plane, self.events, self.stats, self.now_ns)
     }
 }
@@ -419,6 +784,14 @@ impl FrameHandler for Reverser<'_> {
 fn is_icmp(reason: DropReason, frame: &[u8]) -> bool {
     reason == DropReason::UnsupportedProtocol
         && icmp::peek_protocol(frame) == Some(icmp::PROTO_ICMP)
+}
+
+/// [`is_icmp`] for an IPv6 frame: its next header is ICMPv6 (extension
+/// headers before it are not walked; see `packet::ipv6`).
+#[inline]
+fn is_icmp6(reason: DropReason, frame: &[u8]) -> bool {
+    reason == DropReason::UnsupportedProtocol
+        && frame.get(ethernet::HEADER_LEN + ipv6::field::NEXT_HEADER) == Some(&ipv6::NEXT_ICMPV6)
 }
 
 #[inline]
@@ -496,7 +869,13 @@ pub fn forward(
                 (record.daemon, record.backend, false)
             } else {
                 if before.contains(TcpState::RECOVERED) && !before.is_established() {
-                    confirm_recovered(record, flags.ack(), &mut next, &mut ack);
+                    confirm_recovered(
+                        &mut record.state,
+                        (record.client_next, record.client_ack),
+                        flags.ack(),
+                        &mut next,
+                        &mut ack,
+                    );
                 }
                 record.client_next = next;
                 if flags.ack() {
@@ -698,13 +1077,19 @@ fn recover(
 /// answers with one, which the record's window admits).
 #[cold]
 #[inline(never)]
-fn confirm_recovered(record: &mut FlowRecord, has_ack: bool, next: &mut u32, ack: &mut u32) {
+fn confirm_recovered(
+    state: &mut TcpState,
+    (client_next, client_ack): (u32, u32),
+    has_ack: bool,
+    next: &mut u32,
+    ack: &mut u32,
+) {
     let after = |a: u32, b: u32| (a.wrapping_sub(b) as i32) > 0;
-    if after(*next, record.client_next) || (has_ack && after(*ack, record.client_ack)) {
-        record.state.insert(TcpState::ESTABLISHED);
+    if after(*next, client_next) || (has_ack && after(*ack, client_ack)) {
+        state.insert(TcpState::ESTABLISHED);
     } else {
-        *next = record.client_next;
-        *ack = record.client_ack;
+        *next = client_next;
+        *ack = client_ack;
     }
 }
 
@@ -810,12 +1195,362 @@ fn icmp_from_back(frame: &mut [u8], plane: &Dataplane, stats: &WorkerStats) -> b
     true
 }
 
-/// Tells the management loop what a client segment changed in a record's state.
-#[cold]
-fn report_client_change(
+/// [`forward`] for an IPv6 frame: the same decisions, events and counters, on
+/// the worker's IPv6 table and the plane's IPv6 services.
+#[inline(always)]
+pub fn forward6(
+    frame: &mut [u8],
+    table: &mut FlowTable6,
+    plane: &mut Dataplane,
     events: &mut EventSink,
     stats: &WorkerStats,
-    key: FlowKey,
+    now_ns: u64,
+    hint: Option<FlowHint6>,
+) -> bool {
+    let frame_len = frame.len() as u64;
+    let mut pkt = match L4Frame6::parse(frame) {
+        Ok(pkt) => pkt,
+        Err(reason) => {
+            if is_icmp6(reason, frame) {
+                return icmp6_from_front(frame, events, stats);
+            }
+            stats.invalid[reason.index()].add(1);
+            return false;
+        }
+    };
+    let key = FlowKey6::new(pkt.src(), pkt.dst(), pkt.protocol().number());
+    let hash = match hint {
+        Some(hint) if hint.key == key => hint.hash,
+        _ => table.hash(&key),
+    };
+    let flags = pkt.tcp_flags();
+    let is_udp = pkt.protocol() == L4Proto::Udp;
+    // UDP has no handshake: any datagram without a record starts a flow.
+    let opens_connection = is_udp || (flags.syn() && !flags.ack());
+    let (seq, mut next) = pkt.tcp_seq_next();
+    let mut ack = pkt.tcp_ack();
+    let valid = |r: &mut FlowRecord6| plane.current6(r);
+    let (daemon, backend, opened) = match table.get_valid_hashed(&key, hash, valid) {
+        Some(record) => {
+            record.last_seen_ns = now_ns;
+            let before = record.state;
+            if is_udp {
+                // Nothing to follow: the record lives while datagrams come.
+                (record.daemon(), record.backend, false)
+            } else if opens_connection
+                && (before.contains(TcpState::FIN_CLIENT) || before.contains(TcpState::RST))
+            {
+                // The client reuses the port of a connection that is closing (its
+                // record lingers): a new connection to the same daemon, which the
+                // loop must track afresh rather than expire with the old one.
+                record.state = TcpState::default();
+                record.state.on_client_segment(flags.0);
+                record.created_ns = now_ns;
+                record.client_next = next;
+                record.client_ack = 0;
+                (record.daemon(), record.backend, true)
+            } else if flags.rst() {
+                // The segment goes on either way: the daemon's kernel judges it
+                // too. Only one in the window ends the mapping.
+                if !before.contains(TcpState::RST) {
+                    if RstWindow::CLIENT.admits(seq, record.client_next) {
+                        record.state.insert(TcpState::RST);
+                        events.emit(Event::Reset { key, at_ns: now_ns }, stats);
+                    } else {
+                        stats.rst_ignored.add(1);
+                    }
+                }
+                (record.daemon(), record.backend, false)
+            } else {
+                if before.contains(TcpState::RECOVERED) && !before.is_established() {
+                    confirm_recovered(
+                        &mut record.state,
+                        (record.client_next, record.client_ack),
+                        flags.ack(),
+                        &mut next,
+                        &mut ack,
+                    );
+                }
+                record.client_next = next;
+                if flags.ack() {
+                    record.client_ack = ack;
+                }
+                record.state.on_client_segment(flags.0);
+                if record.state != before {
+                    report_client_change(events, stats, key, before, record.state, now_ns);
+                }
+                (record.daemon(), record.backend, false)
+            }
+        }
+        None if !opens_connection => {
+            // Only a connection's first segment may pick a daemon; anything else
+            // without a record belongs to a connection we never saw, which a
+            // maglev service can still place.
+            let Some(found) = recover6(&mut pkt, key, hash, table, plane, stats, now_ns) else {
+                return false;
+            };
+            events.emit(
+                Event::Recovered {
+                    worker: plane.worker,
+                    key,
+                    daemon: found.0,
+                    at_ns: now_ns,
+                },
+                stats,
+            );
+            (found.0, found.1, false)
+        }
+        None => {
+            if !pkt.l4_checksum_ok() {
+                return drop_with(stats, WorkerDrop::BadSynChecksum);
+            }
+            let Some(&service) = plane
+                .service_by_vip6
+                .get(&endpoint_key6(key.service(), key.protocol))
+            else {
+                return drop_with(stats, WorkerDrop::UnknownService);
+            };
+            let slot = &mut plane.services6[service.index()];
+            // A UDP datagram without a record may be a flow's first or one
+            // whose record is gone (a restart, another instance): nothing
+            // tells them apart. Maglev's pick is a pure function of the daemons
+            // taking new flows, so the same set places a flow where it was;
+            // a draining daemon takes no new flow, as for TCP.
+            let Some(local) = slot.pool.select(&key) else {
+                return drop_with(stats, WorkerDrop::NoBackend);
+            };
+            let backend = slot.backend(local);
+            let daemon = slot.pool.addr(local);
+            // Refuse before recording: the client's retransmitted SYN then gets
+            // a fresh pick instead of the same unreachable daemon.
+            if plane.next_hops[backend.index()].get().is_none() {
+                return drop_with(stats, WorkerDrop::NoNeighbour);
+            }
+            let mut state = TcpState::default();
+            state.on_client_segment(flags.0);
+            let record = FlowRecord6 {
+                key,
+                backend,
+                daemon_ip: *daemon.ip(),
+                daemon_port: daemon.port(),
+                created_ns: now_ns,
+                last_seen_ns: now_ns,
+                client_next: next,
+                client_ack: 0,
+                state,
+                epoch: plane.epoch,
+            };
+            // `Exists` cannot happen right after a miss with this worker the only
+            // writer; either way the connection is refused rather than mis-counted.
+            if let Err(InsertError::Full { .. } | InsertError::Exists) =
+                table.insert_hashed(record, hash)
+            {
+                return drop_with(stats, WorkerDrop::TableFull);
+            }
+            slot.pool.connection_opened(local);
+            stats.new_flows.add(1);
+            (daemon, backend, true)
+        }
+    };
+    if opened {
+        let worker = plane.worker;
+        events.emit(
+            Event::Opened {
+                worker,
+                key,
+                daemon,
+                at_ns: now_ns,
+            },
+            stats,
+        );
+    }
+    let Some(dst_mac) = plane.next_hops[backend.index()].get() else {
+        return drop_with(stats, WorkerDrop::NoNeighbour);
+    };
+    if let Some(traffic) = plane.traffic.get(backend.index()) {
+        traffic.to_packets.add(1);
+        traffic.to_bytes.add(frame_len);
+    }
+    pkt.rewrite_forward(
+        daemon,
+        &MacPair {
+            src: plane.back_mac,
+            dst: dst_mac,
+        },
+    );
+    if opens_connection {
+        if let Some(mss) = plane.mss_clamp {
+            if pkt.clamp_mss(mss) {
+                stats.mss_clamped.add(1);
+            }
+        }
+    }
+    true
+}
+
+/// [`recover`] for an IPv6 segment.
+#[cold]
+#[inline(never)]
+fn recover6(
+    pkt: &mut L4Frame6<'_>,
+    key: FlowKey6,
+    hash: FlowHash,
+    table: &mut FlowTable6,
+    plane: &mut Dataplane,
+    stats: &WorkerStats,
+    now_ns: u64,
+) -> Option<(SocketAddrV6, BackendId)> {
+    let flags = pkt.tcp_flags();
+    let refuse = |why| {
+        drop_with(stats, why);
+        None
+    };
+    if !flags.ack() || flags.rst() || flags.syn() {
+        return refuse(WorkerDrop::NoFlow);
+    }
+    let Some(&service) = plane
+        .service_by_vip6
+        .get(&endpoint_key6(key.service(), key.protocol))
+    else {
+        return refuse(WorkerDrop::UnknownService);
+    };
+    let slot = &mut plane.services6[service.index()];
+    let Some(local) = slot.pool.recover(&key) else {
+        return refuse(WorkerDrop::NoFlow);
+    };
+    if !pkt.l4_checksum_ok() {
+        return refuse(WorkerDrop::BadSynChecksum);
+    }
+    let backend = slot.backend(local);
+    let daemon = slot.pool.addr(local);
+    if plane.next_hops[backend.index()].get().is_none() {
+        return refuse(WorkerDrop::NoNeighbour);
+    }
+    let (_, next) = pkt.tcp_seq_next();
+    let mut state = TcpState::RECOVERED;
+    state.on_client_segment(flags.0);
+    let record = FlowRecord6 {
+        key,
+        backend,
+        daemon_ip: *daemon.ip(),
+        daemon_port: daemon.port(),
+        created_ns: now_ns,
+        last_seen_ns: now_ns,
+        client_next: next,
+        client_ack: pkt.tcp_ack(),
+        state,
+        epoch: plane.epoch,
+    };
+    if table.insert_hashed(record, hash).is_err() {
+        return refuse(WorkerDrop::TableFull);
+    }
+    slot.pool.connection_opened(local);
+    stats.recovered.add(1);
+    Some((daemon, backend))
+}
+
+/// [`reverse`] for an IPv6 frame.
+#[inline]
+pub fn reverse6(
+    frame: &mut [u8],
+    plane: &Dataplane,
+    events: &mut EventSink,
+    stats: &WorkerStats,
+    now_ns: u64,
+) -> bool {
+    let frame_len = frame.len() as u64;
+    let mut pkt = match L4Frame6::parse(frame) {
+        Ok(pkt) => pkt,
+        Err(reason) => {
+            if is_icmp6(reason, frame) {
+                return icmp6_from_back(frame, plane, stats);
+            }
+            stats.invalid[reason.index()].add(1);
+            return false;
+        }
+    };
+    let Some(&(service, backend)) = plane
+        .service_by_daemon6
+        .get(&endpoint_key6(pkt.src(), pkt.protocol().number()))
+    else {
+        return drop_with(stats, WorkerDrop::UnknownDaemon);
+    };
+    if let Some(traffic) = plane.traffic.get(backend.index()) {
+        traffic.from_packets.add(1);
+        traffic.from_bytes.add(frame_len);
+    }
+    let flags = pkt.tcp_flags();
+    if flags.fin() || flags.rst() {
+        // The record may belong to another worker (replies arrive on any queue):
+        // the management loop routes by key to the owner, which judges a reset.
+        let key = FlowKey6::new(pkt.dst(), service, pkt.protocol().number());
+        let ev = if flags.rst() {
+            let (seq, _) = pkt.tcp_seq_next();
+            Event::DaemonRst {
+                key,
+                seq,
+                at_ns: now_ns,
+            }
+        } else {
+            Event::Fin {
+                key,
+                from_client: false,
+                at_ns: now_ns,
+            }
+        };
+        events.emit(ev, stats);
+    }
+    pkt.rewrite_src(service);
+    true
+}
+
+/// [`icmp_from_front`] for an ICMPv6 error: the loop translates it with its
+/// IPv6 tracker.
+#[cold]
+fn icmp6_from_front(frame: &mut [u8], events: &mut EventSink, stats: &WorkerStats) -> bool {
+    let mut error = match Icmpv6Error::parse(frame) {
+        Ok(e) => e,
+        Err(reason) => {
+            stats.icmpv6_invalid[reason.index()].add(1);
+            return false;
+        }
+    };
+    error.truncate(SLOW_FRAME_MAX);
+    if events.emit_frame(error.as_bytes()) {
+        stats.icmp_to_loop.add(1);
+    } else {
+        stats.dropped[WorkerDrop::IcmpQueueFull as usize].add(1);
+    }
+    false
+}
+
+/// [`icmp_from_back`] for an ICMPv6 error about a client's IPv6 segment.
+#[cold]
+fn icmp6_from_back(frame: &mut [u8], plane: &Dataplane, stats: &WorkerStats) -> bool {
+    let mut error = match Icmpv6Error::parse(frame) {
+        Ok(e) => e,
+        Err(reason) => {
+            stats.icmpv6_invalid[reason.index()].add(1);
+            return false;
+        }
+    };
+    let Some(&(service, _)) = plane
+        .service_by_daemon6
+        .get(&endpoint_key6(error.quoted_dst(), error.quoted_protocol()))
+    else {
+        return drop_with(stats, WorkerDrop::UnknownDaemon);
+    };
+    error.rewrite_to_client(service);
+    stats.icmp_to_client.add(1);
+    true
+}
+
+/// Tells the management loop what a client segment changed in a record's state.
+#[cold]
+fn report_client_change<K: Lane>(
+    events: &mut EventSink,
+    stats: &WorkerStats,
+    key: K,
     before: TcpState,
     after: TcpState,
     at_ns: u64,
@@ -867,7 +1602,7 @@ pub(crate) mod testing {
         }];
         let hops: Arc<[NextHop]> = daemons.iter().map(|_| NextHop::default()).collect();
         hops.iter().for_each(|h| h.set(Some([6; 6])));
-        Dataplane::build(WorkerId(0), &services, &[], hops, [8; 6]).expect("a valid service")
+        Dataplane::build(WorkerId(0), &services, &[], &[], hops, [8; 6]).expect("a valid service")
     }
 
     /// A TCP segment from `client` to `vip` with the flag byte `flags`, from the
@@ -1006,8 +1741,10 @@ mod tests {
         let mut table = FlowTable::with_capacity(16);
         let stats = WorkerStats::default();
         let (mut events, _rx) = testing::events();
+        let mut table6 = FlowTable6::with_capacity(0);
         let mut fwd = Forwarder {
             table: &mut table,
+            table6: &mut table6,
             plane: &mut plane,
             events: &mut events,
             stats: &stats,
@@ -1019,22 +1756,22 @@ mod tests {
         ];
         for (client, daemon) in clients.iter().zip(daemons) {
             let mut syn = segment_from(*client, 0x02);
-            assert!(fwd.handle(&mut syn, None));
+            assert!(fwd.handle(&mut syn, Hint::None));
             assert_eq!(L4Frame::parse(&mut syn).unwrap().dst(), daemon);
         }
 
         let wrong = fwd.prefetch(&segment_from(clients[0], 0x10));
         let right = fwd.prefetch(&segment_from(clients[1], 0x10));
-        assert!(wrong.is_some() && right.is_some());
-        for hint in [wrong, right, None] {
+        assert!(matches!((wrong, right), (Hint::V4(_), Hint::V4(_))));
+        for hint in [wrong, right, Hint::None] {
             let mut ack = segment_from(clients[1], 0x10);
             assert!(fwd.handle(&mut ack, hint));
             assert_eq!(L4Frame::parse(&mut ack).unwrap().dst(), daemons[1]);
         }
         assert_eq!(stats.dropped_total() + stats.invalid_total(), 0);
         // Something that is not a frame gives no hint, and is dropped when handled.
-        assert!(fwd.prefetch(&[0u8; 20]).is_none());
-        assert!(!fwd.handle(&mut [0u8; 20], None));
+        assert!(matches!(fwd.prefetch(&[0u8; 20]), Hint::None));
+        assert!(!fwd.handle(&mut [0u8; 20], Hint::None));
     }
 
     /// A plane with a TCP service on `VIP` over `tcp` and a UDP service on the
@@ -1053,7 +1790,7 @@ mod tests {
         let services = [service(Protocol::Tcp, tcp), service(Protocol::Udp, udp)];
         let hops: Arc<[NextHop]> = tcp.iter().chain(udp).map(|_| NextHop::default()).collect();
         hops.iter().for_each(|h| h.set(Some([6; 6])));
-        Dataplane::build(WorkerId(0), &services, &[], hops, [8; 6]).expect("valid services")
+        Dataplane::build(WorkerId(0), &services, &[], &[], hops, [8; 6]).expect("valid services")
     }
 
     fn datagram(from: SocketAddrV4, to: SocketAddrV4, summed: bool) -> Vec<u8> {
@@ -1186,7 +1923,8 @@ mod tests {
             }];
             let hops: Arc<[NextHop]> = daemons.iter().map(|_| NextHop::default()).collect();
             hops.iter().for_each(|h| h.set(Some([6; 6])));
-            Dataplane::build(WorkerId(0), &services, &[], hops, [8; 6]).expect("a valid service")
+            Dataplane::build(WorkerId(0), &services, &[], &[], hops, [8; 6])
+                .expect("a valid service")
         };
         // Two instances (or one before and after a restart): each datagram of
         // a flow, met first on either, goes to the same daemon.
@@ -1411,8 +2149,8 @@ mod tests {
             health: Default::default(),
         }];
         let retired = [Retired {
-            daemon: a,
-            service: VIP,
+            daemon: a.into(),
+            service: VIP.into(),
             protocol: crate::config::Protocol::Tcp,
         }];
         let mut table = FlowTable::with_capacity(16);
@@ -1426,7 +2164,8 @@ mod tests {
 
         let mut old = testing::plane(VIP, &[a, b]);
         assert_eq!(send(&mut old, &mut table, CLIENT, 0x02), Some(a));
-        let mut held = Dataplane::build(WorkerId(0), &only_b, &retired, hops(2), [8; 6]).unwrap();
+        let mut held =
+            Dataplane::build(WorkerId(0), &only_b, &[], &retired, hops(2), [8; 6]).unwrap();
         held.take_over(&old);
         assert_eq!(held.first_retired, 1);
         assert_eq!(
@@ -1449,7 +2188,7 @@ mod tests {
         assert_eq!(back.services[0].pool.state(PoolIndex(0)), BackendState::Up);
 
         // Let go of: its records are gone when next met.
-        let mut gone = Dataplane::build(WorkerId(0), &only_b, &[], hops(1), [8; 6]).unwrap();
+        let mut gone = Dataplane::build(WorkerId(0), &only_b, &[], &[], hops(1), [8; 6]).unwrap();
         gone.take_over(&held);
         assert_eq!(send(&mut gone, &mut table, CLIENT, 0x10), None);
         assert_eq!(stats.dropped_total(), 1);

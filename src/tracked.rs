@@ -5,7 +5,7 @@
 //! the map is the one place every queue's program can see them all.
 //!
 //! The table keeps a journal of the records it gains and loses
-//! ([`FlowTable::keep_journal`]); [`ReplyTracker::sync`] writes it to the map,
+//! ([`Table::keep_journal`]); [`ReplyTracker::sync`] writes it to the map,
 //! one batch syscall per run of insertions or removals, in the order they
 //! happened. The worker calls it after handling a batch of client frames and
 //! before handing them to the TX ring (so a daemon's SYN-ACK never arrives
@@ -15,26 +15,49 @@
 //! other connections of its batch; a record restarted by a reused port keeps
 //! its key.
 use crate::{
-    flow::{Change, FlowTable},
+    flow::{Change, FlowRecord, FlowRecord6, Record, Table},
     stats::WorkerStats,
-    xdp::{reply_key, BatchOutcome, ReplyKey, TrackedMap},
+    xdp::{reply_key, reply_key6, BatchOutcome, ReplyKey, ReplyKey6, TrackedKey, TrackedMap},
 };
+
+/// A record whose connection the kernel's map of its family tracks: the IPv4
+/// records go to `tracked`, the IPv6 ones to `tracked6`.
+pub trait Tracked: Record {
+    type ReplyKey: TrackedKey;
+    fn reply_key(&self) -> Self::ReplyKey;
+}
+
+impl Tracked for FlowRecord {
+    type ReplyKey = ReplyKey;
+    #[inline]
+    fn reply_key(&self) -> ReplyKey {
+        reply_key(self.key.client(), self.daemon)
+    }
+}
+
+impl Tracked for FlowRecord6 {
+    type ReplyKey = ReplyKey6;
+    #[inline]
+    fn reply_key(&self) -> ReplyKey6 {
+        reply_key6(self.key.client(), self.daemon())
+    }
+}
 
 /// Journal entries a worker expects between two syncs without allocating: a
 /// full batch of new connections, or a round of removal commands.
-const ROOM: usize = 1024;
+pub const ROOM: usize = 1024;
 
-/// One worker's writer of the tracked map.
-pub struct ReplyTracker {
-    map: TrackedMap,
+/// One worker's writer of the tracked map of one family (`R` is its records).
+pub struct ReplyTracker<R: Tracked = FlowRecord> {
+    map: TrackedMap<R::ReplyKey>,
     /// The run being gathered: keys to insert (`inserting`) or to remove.
-    keys: Vec<ReplyKey>,
+    keys: Vec<R::ReplyKey>,
     inserting: bool,
 }
 
-impl ReplyTracker {
+impl<R: Tracked> ReplyTracker<R> {
     /// A tracker writing to `map`; `table` starts keeping the journal it needs.
-    pub fn new(map: TrackedMap, table: &mut FlowTable) -> Self {
+    pub fn new(map: TrackedMap<R::ReplyKey>, table: &mut Table<R>) -> Self {
         table.keep_journal(ROOM);
         Self {
             map,
@@ -46,7 +69,7 @@ impl ReplyTracker {
     /// Writes the table's changes since the last call to the kernel's map. No
     /// syscall when nothing changed.
     #[inline]
-    pub fn sync(&mut self, table: &mut FlowTable, stats: &WorkerStats) {
+    pub fn sync(&mut self, table: &mut Table<R>, stats: &WorkerStats) {
         for change in table.drain_journal() {
             let (inserted, record) = match change {
                 Change::Inserted(r) => (true, r),
@@ -58,8 +81,7 @@ impl ReplyTracker {
                 }
                 self.inserting = inserted;
             }
-            self.keys
-                .push(reply_key(record.key.client(), record.daemon));
+            self.keys.push(record.reply_key());
         }
         if !self.keys.is_empty() {
             write(&self.map, &mut self.keys, self.inserting, stats);
@@ -70,7 +92,7 @@ impl ReplyTracker {
 /// Inserts or removes `keys` (then empties it), counting what the kernel took
 /// and refused.
 #[cold]
-fn write(map: &TrackedMap, keys: &mut Vec<ReplyKey>, insert: bool, stats: &WorkerStats) {
+fn write<K: TrackedKey>(map: &TrackedMap<K>, keys: &mut Vec<K>, insert: bool, stats: &WorkerStats) {
     let mut rest = &keys[..];
     while !rest.is_empty() {
         let BatchOutcome { done, error } = if insert {

@@ -25,15 +25,16 @@ use std::{
 use xsk_rs::{FrameDesc, RxQueue, TxQueue, Umem};
 
 use crate::{
+    config::Config,
     config::PollMode,
-    dataplane::{pipelined, Dataplane, Forwarder, FrameHandler, Reverser},
-    flow::{FlowRecord, FlowTable, RstWindow, TcpState},
+    dataplane::{pipelined, Dataplane, Forwarder, FrameHandler, PlaneRecord, Reverser},
+    flow::{FlowRecord, FlowTable, FlowTable6, Record, RstWindow, Table, TcpState},
     ids::WorkerId,
     protocol::{self, Event, EventSink, FlowCommand, WorkerEnd, COMMANDS_PER_ROUND},
     stats::{now_ns, WorkerDrop, WorkerStats},
     sys::EventFd,
     tracked::ReplyTracker,
-    xdp::TrackedMap,
+    xdp::{ReplyKey6, TrackedMap},
     xsk::{self, poll_readable, BusyPoll, WorkerSockets},
 };
 
@@ -52,6 +53,8 @@ pub struct WorkerSetup {
     pub batch: usize,
     pub poll: PollMode,
     pub flow_capacity: usize,
+    /// The IPv6 table's capacity (see [`flow_capacity6`]).
+    pub flow_capacity6: usize,
     pub sockets: WorkerSockets,
     pub plane: Dataplane,
     pub stats: Arc<WorkerStats>,
@@ -64,6 +67,8 @@ pub struct WorkerSetup {
     pub bare: bool,
     /// reply_mode "tracked": the kernel's map this worker mirrors its table into.
     pub tracked: Option<TrackedMap>,
+    /// reply_mode "tracked": the kernel's map of IPv6 connections.
+    pub tracked6: Option<TrackedMap<ReplyKey6>>,
     /// Told this worker's id once it is about to serve (its table allocated).
     pub ready: Option<std::sync::mpsc::Sender<WorkerId>>,
     /// A table allocated beforehand (a takeover allocates it before the
@@ -71,6 +76,19 @@ pub struct WorkerSetup {
     pub table: Option<FlowTable>,
     /// Records a takeover brought for this worker, entered before it serves.
     pub inherited: Vec<FlowRecord>,
+}
+
+/// The capacity of each worker's IPv6 flow table: `flow_capacity`, as the
+/// IPv4 table's, when `config` has IPv6 services; none otherwise, so that an
+/// IPv4-only process does not hold a table of 92-byte slots it never uses (at
+/// the default capacity, 193 MB per worker). An IPv6 service added by a reload
+/// to a process started without any gets its table then (see `grow_table6`).
+pub fn flow_capacity6(config: &Config) -> usize {
+    if config.services6.is_empty() {
+        0
+    } else {
+        config.flow_capacity
+    }
 }
 
 /// One direction of one pump: the RX ring of a socket and the TX ring of the
@@ -99,6 +117,7 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
         batch,
         poll,
         flow_capacity,
+        flow_capacity6,
         sockets,
         mut plane,
         stats,
@@ -110,6 +129,7 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
         },
         bare,
         tracked,
+        tracked6,
         ready,
         table,
         inherited,
@@ -127,6 +147,8 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
     } = sockets;
     let mut table = table.unwrap_or_else(|| FlowTable::with_capacity(flow_capacity));
     let mut tracker = tracked.map(|map| ReplyTracker::new(map, &mut table));
+    let mut table6 = FlowTable6::with_capacity(flow_capacity6);
+    let mut tracker6 = tracked6.map(|map| ReplyTracker::new(map, &mut table6));
     // After the tracker, whose journal then carries the inherited records into
     // the kernel's map of tracked connections.
     let inherited_count = inherited.len();
@@ -163,6 +185,7 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
     let n_front = front.len();
     let mut idle_spins = 0u32;
     let mut sweeper = Sweeper::default();
+    let mut sweeper6 = Sweeper::default();
     let mut round_started: Option<u64> = None;
     let mut next_sweep_ns = 0;
     // The daemon waits for this before it says it is running; frames that
@@ -207,11 +230,16 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
                 transmit_copy(&umem, &mut to.tx, to.tx_budget, &mut b.free, &frame, &stats);
                 continue;
             }
+            if let Command::ReplacePlane(new) = &command {
+                if !new.services6.is_empty() && table6.capacity() < flow_capacity {
+                    grow_table6(&mut table6, flow_capacity, tracker6.is_some(), id);
+                }
+            }
             apply(
                 command,
-                &mut table,
+                (&mut table, &mut table6),
                 &mut plane,
-                &mut sweeper,
+                (&mut sweeper, &mut sweeper6),
                 &mut events,
                 &stats,
                 now_ns,
@@ -219,6 +247,9 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
         }
         if let Some(t) = &mut tracker {
             t.sync(&mut table, &stats);
+        }
+        if let Some(t) = &mut tracker6 {
+            t.sync(&mut table6, &stats);
         }
 
         let mut busy_ns = 0u64;
@@ -241,6 +272,7 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
                 bare,
                 &mut Forwarder {
                     table: &mut table,
+                    table6: &mut table6,
                     plane: &mut plane,
                     events: &mut events,
                     stats: &stats,
@@ -249,6 +281,9 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
                 |f| {
                     if let Some(t) = &mut tracker {
                         t.sync(f.table, f.stats);
+                    }
+                    if let Some(t) = &mut tracker6 {
+                        t.sync(f.table6, f.stats);
                     }
                 },
             );
@@ -296,13 +331,23 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
                 &stats,
                 now_ns,
             );
+            if !table6.is_empty() || sweeper6.pass_left > 0 {
+                sweeper6.step(
+                    SWEEP_SLICE,
+                    &mut table6,
+                    &mut plane,
+                    &mut events,
+                    &stats,
+                    now_ns,
+                );
+            }
         }
         events.flush();
         stats.rx_front.add(n_fwd as u64);
         stats.rx_back.add(n_rev as u64);
         stats.tx_back.add(sent_fwd as u64);
         stats.tx_front.add(sent_rev as u64);
-        stats.flows.set(table.len() as u64);
+        stats.flows.set((table.len() + table6.len()) as u64);
 
         if let Some(per_packet) = busy_ns.checked_div(n) {
             stats.latency_ns.record_n(per_packet, n);
@@ -402,73 +447,115 @@ fn count_socket(stats: &WorkerStats, from: usize, to: usize, received: usize, se
     }
 }
 
+/// Replaces an IPv6 table allocated empty (no IPv6 service at start) with one
+/// of `capacity`, when a reload brings the first IPv6 service: once per
+/// process, between two batches; frames wait in the rings meanwhile.
+#[cold]
+fn grow_table6(table6: &mut FlowTable6, capacity: usize, journal: bool, id: WorkerId) {
+    tracing::info!(
+        worker = %id,
+        capacity,
+        mib = FlowTable6::memory_for(capacity) / (1 << 20),
+        "allocating the IPv6 flow table for the first IPv6 service"
+    );
+    let mut grown = FlowTable6::with_capacity(capacity);
+    if journal {
+        grown.keep_journal(crate::tracked::ROOM);
+    }
+    for record in table6.iter() {
+        // Cannot fail: the new table is larger and starts empty. The journal
+        // notes the insertion again; the tracked map already has the key.
+        let _ = grown.insert(*record);
+    }
+    *table6 = grown;
+}
+
 /// Carries out one command of the management loop; the worker stays the only
-/// writer of its table and pools.
+/// writer of its tables and pools.
 fn apply(
     command: Command,
-    table: &mut FlowTable,
+    (table, table6): (&mut FlowTable, &mut FlowTable6),
     plane: &mut Dataplane,
-    sweeper: &mut Sweeper,
+    (sweeper, sweeper6): (&mut Sweeper, &mut Sweeper),
     events: &mut EventSink,
     stats: &WorkerStats,
     now_ns: u64,
 ) {
     match command {
-        Command::Flow(FlowCommand::Remove { key, opened_ns }) => {
+        Command::Flow(command) => apply_flow(command, table, plane, events, stats, now_ns),
+        Command::Flow6(command) => apply_flow(command, table6, plane, events, stats, now_ns),
+        Command::BackendState { backend, state } => plane.set_backend_state(backend, state),
+        Command::RemoveBackendFlows { backend } => {
+            sweeper.finish_pass(table, plane, events, stats, now_ns);
+            sweeper6.finish_pass(table6, plane, events, stats, now_ns);
+            plane.reset_daemon(backend, now_ns);
+            sweeper.begin_pass(table);
+            sweeper6.begin_pass(table6);
+        }
+        Command::ReplacePlane(new) => {
+            sweeper.finish_pass(table, plane, events, stats, now_ns);
+            sweeper6.finish_pass(table6, plane, events, stats, now_ns);
+            let old = std::mem::replace(plane, *new);
+            plane.take_over(&old);
+            sweeper.begin_pass(table);
+            sweeper6.begin_pass(table6);
+        }
+        // Needs the rings, which `run` holds: it sends these itself.
+        Command::TransmitBack(_) => {}
+    }
+    events.flush();
+}
+
+/// One order about a record of either family's table.
+fn apply_flow<R: PlaneRecord>(
+    command: FlowCommand<R::FlowKey>,
+    table: &mut Table<R>,
+    plane: &mut Dataplane,
+    events: &mut EventSink,
+    stats: &WorkerStats,
+    now_ns: u64,
+) {
+    match command {
+        FlowCommand::Remove { key, opened_ns } => {
             // A record restarted by a reused port since the loop decided is a
             // newer connection's.
-            if table.get(&key).is_some_and(|r| r.created_ns <= opened_ns) {
+            if table.get(&key).is_some_and(|r| r.created_ns() <= opened_ns) {
                 if let Some(record) = table.remove(&key) {
-                    plane.connection_closed(record.backend);
+                    plane.connection_closed(record.backend());
                 }
             }
         }
-        Command::Flow(FlowCommand::RemoveIfIdle { key, idle_since_ns }) => match table.get(&key) {
-            Some(record) if record.last_seen_ns > idle_since_ns => {
+        FlowCommand::RemoveIfIdle { key, idle_since_ns } => match table.get(&key) {
+            Some(record) if record.last_seen_ns() > idle_since_ns => {
                 events.emit(
                     Event::Active {
                         key,
-                        last_seen_ns: record.last_seen_ns,
+                        last_seen_ns: record.last_seen_ns(),
                     },
                     stats,
                 );
             }
             _ => {
                 if let Some(record) = table.remove(&key) {
-                    plane.connection_closed(record.backend);
+                    plane.connection_closed(record.backend());
                 }
                 events.emit(Event::Removed { key, at_ns: now_ns }, stats);
             }
         },
-        Command::Flow(FlowCommand::CheckRst { key, seq, at_ns }) => match table.get_mut(&key) {
+        FlowCommand::CheckRst { key, seq, at_ns } => match table.get_mut(&key) {
             // A reset from before the record (re)started is about an older
             // connection on the same ports.
             Some(r)
-                if r.created_ns <= at_ns
-                    && !r.state.contains(TcpState::RST)
-                    && RstWindow::DAEMON.admits(seq, r.client_ack) =>
+                if r.created_ns() <= at_ns
+                    && !r.state().contains(TcpState::RST)
+                    && RstWindow::DAEMON.admits(seq, r.client_ack()) =>
             {
-                r.state.insert(TcpState::RST);
+                r.state_mut().insert(TcpState::RST);
                 events.emit(Event::Reset { key, at_ns }, stats);
             }
             _ => stats.rst_ignored.add(1),
         },
-        Command::BackendState { backend, state } => plane.set_backend_state(backend, state),
-        Command::RemoveBackendFlows { backend } => {
-            sweeper.finish_pass(table, plane, events, stats, now_ns);
-            plane.reset_daemon(backend, now_ns);
-            sweeper.begin_pass(table);
-        }
-        Command::ReplacePlane(new) => {
-            sweeper.finish_pass(table, plane, events, stats, now_ns);
-            let old = std::mem::replace(plane, *new);
-            plane.take_over(&old);
-            sweeper.begin_pass(table);
-        }
-        // Needs the rings, which `run` holds: it sends these itself.
-        Command::TransmitBack(_) => {}
     }
-    events.flush();
 }
 
 /// Flow-table slots a worker sweeps at a time, at most once per
@@ -491,10 +578,10 @@ struct Sweeper {
 }
 
 impl Sweeper {
-    fn step(
+    fn step<R: PlaneRecord>(
         &mut self,
         slots: usize,
-        table: &mut FlowTable,
+        table: &mut Table<R>,
         plane: &mut Dataplane,
         events: &mut EventSink,
         stats: &WorkerStats,
@@ -502,16 +589,16 @@ impl Sweeper {
     ) {
         let age_limit = plane.age_limit_ns;
         self.cursor = table.sweep(self.cursor, slots, |r| {
-            if !plane.current(r) {
+            if !r.is_current(plane) {
                 return false;
             }
-            if now_ns.saturating_sub(r.last_seen_ns) <= age_limit {
+            if now_ns.saturating_sub(r.last_seen_ns()) <= age_limit {
                 return true;
             }
-            plane.connection_closed(r.backend);
+            plane.connection_closed(r.backend());
             events.emit(
                 Event::Removed {
-                    key: r.key,
+                    key: *r.key(),
                     at_ns: now_ns,
                 },
                 stats,
@@ -525,9 +612,9 @@ impl Sweeper {
     /// The epoch is about to move: records must not lag two epochs behind (an
     /// 8-bit epoch must not wrap onto a live one), so a pass still running is
     /// finished now. Rare: two changes within one pass.
-    fn finish_pass(
+    fn finish_pass<R: PlaneRecord>(
         &mut self,
-        table: &mut FlowTable,
+        table: &mut Table<R>,
         plane: &mut Dataplane,
         events: &mut EventSink,
         stats: &WorkerStats,
@@ -538,7 +625,7 @@ impl Sweeper {
         }
     }
 
-    fn begin_pass(&mut self, table: &FlowTable) {
+    fn begin_pass<R: Record>(&mut self, table: &Table<R>) {
         self.pass_left = table.slots();
     }
 }
@@ -729,6 +816,29 @@ mod tests {
     use std::net::{Ipv4Addr, SocketAddrV4};
 
     use super::*;
+
+    /// [`super::apply`] for the IPv4 table alone (an empty IPv6 one beside it).
+    fn apply(
+        command: Command,
+        table: &mut FlowTable,
+        plane: &mut Dataplane,
+        sweeper: &mut Sweeper,
+        events: &mut EventSink,
+        stats: &WorkerStats,
+        now_ns: u64,
+    ) {
+        let mut table6 = FlowTable6::with_capacity(0);
+        let mut sweeper6 = Sweeper::default();
+        super::apply(
+            command,
+            (table, &mut table6),
+            plane,
+            (sweeper, &mut sweeper6),
+            events,
+            stats,
+            now_ns,
+        );
+    }
     use crate::{
         dataplane::{forward, testing},
         flow::FlowKey,
@@ -862,7 +972,7 @@ mod tests {
             let n = services.iter().map(|s| s.backends.len()).sum::<usize>();
             let hops: Arc<[NextHop]> = (0..n).map(|_| NextHop::default()).collect();
             hops.iter().for_each(|h| h.set(Some([6; 6])));
-            Dataplane::build(WorkerId(0), services, &[], hops, [8; 6]).unwrap()
+            Dataplane::build(WorkerId(0), services, &[], &[], hops, [8; 6]).unwrap()
         };
 
         let mut running = plane(&old);
@@ -916,9 +1026,9 @@ mod tests {
             (0..3u16)
                 .map(BackendId)
                 .find(|&id| {
-                    p.backend_owner
-                        .get(id.index())
-                        .is_some_and(|&(s, l)| p.services[s.index()].pool.addr(l) == addr(daemon))
+                    p.backend_owner.get(id.index()).is_some_and(|o| {
+                        p.services[o.service.index()].pool.addr(o.local) == addr(daemon)
+                    })
                 })
                 .unwrap()
         };
@@ -932,8 +1042,10 @@ mod tests {
         for daemon in [a, c] {
             let id = ids(&fresh, daemon);
             for _ in 0..count(&table, daemon) {
-                let (s, l) = fresh.backend_owner[id.index()];
-                fresh.services[s.index()].pool.connection_opened(l);
+                let o = fresh.backend_owner[id.index()];
+                fresh.services[o.service.index()]
+                    .pool
+                    .connection_opened(o.local);
             }
         }
         fresh.set_backend_state(ids(&fresh, c), BackendState::Draining);

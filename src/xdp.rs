@@ -188,7 +188,11 @@ impl SteeringTable {
                 .services
                 .iter()
                 .flat_map(|s| s.backends.iter().map(|b| ((b.addr, s.protocol), s.address)))
-                .chain(retired.iter().map(|r| ((r.daemon, r.protocol), r.service)))
+                .chain(
+                    retired
+                        .iter()
+                        .filter_map(|r| r.v4().map(|(d, s)| ((d, r.protocol), s))),
+                )
                 .collect(),
             vips,
             ..Self::default()

@@ -52,14 +52,14 @@ const ALL: [PolicyKind; 4] = [
 fn pool_validation() {
     let ok = [spec(0, 1), spec(1, 2)];
     for policy in ALL {
-        assert_eq!(Pool::new(policy, &[]).unwrap_err(), PoolError::NoBackends);
+        assert_eq!(<Pool>::new(policy, &[]).unwrap_err(), PoolError::NoBackends);
         assert_eq!(
             Pool::new(policy, &[spec(0, 1), spec(1, 0)]).unwrap_err(),
-            PoolError::ZeroWeight(spec(1, 0).addr)
+            PoolError::ZeroWeight(spec(1, 0).addr.into())
         );
         assert_eq!(
             Pool::new(policy, &[spec(0, 1), spec(1, 1), spec(0, 5)]).unwrap_err(),
-            PoolError::Duplicate(spec(0, 1).addr)
+            PoolError::Duplicate(spec(0, 1).addr.into())
         );
         let p = Pool::new(policy, &ok).unwrap();
         assert_eq!((p.policy(), p.len(), p.is_empty()), (policy, 2, false));
@@ -74,7 +74,7 @@ fn pool_validation() {
     );
     assert!(Pool::new(PolicyKind::RoundRobin, &many[..65_535]).is_ok());
     assert_eq!(
-        PoolError::ZeroWeight(spec(1, 0).addr).to_string(),
+        PoolError::ZeroWeight(spec(1, 0).addr.into()).to_string(),
         "backend 10.0.2.1:9000 has weight 0"
     );
 }

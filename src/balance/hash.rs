@@ -3,7 +3,7 @@
 //! Everything here is spelled out in terms of fixed integer operations (no `std::hash`
 //! `Hasher`, no ahash, no per-process seeds), so every dispatcher host behind ECMP
 //! computes the same values and therefore the same Maglev picks.
-use std::net::SocketAddrV4;
+use std::net::{SocketAddrV4, SocketAddrV6};
 
 use crate::flow::{FlowKey, FlowKey6};
 
@@ -70,6 +70,19 @@ pub fn flow_hash6(key: &FlowKey6) -> u64 {
 #[inline]
 pub fn addr_hashes(addr: SocketAddrV4) -> (u64, u64) {
     let x = (u64::from(u32::from(*addr.ip())) << 16) | u64::from(addr.port());
+    (fmix64(x ^ OFFSET_SEED), fmix64(x ^ SKIP_SEED))
+}
+
+/// [`addr_hashes`] of an IPv6 daemon: the 128-bit address folded into 64 bits
+/// by the murmur3 finalizer (high half, then low half, as [`flow_hash6`] does),
+/// then the port, each seed as for IPv4. Stable across hosts: every instance
+/// with the same daemons builds the same Maglev table. Flow label and scope are
+/// not part of it.
+#[inline]
+pub fn addr_hashes6(addr: SocketAddrV6) -> (u64, u64) {
+    let ip = u128::from(*addr.ip());
+    let folded = fmix64(fmix64((ip >> 64) as u64) ^ ip as u64);
+    let x = fmix64(folded ^ u64::from(addr.port()));
     (fmix64(x ^ OFFSET_SEED), fmix64(x ^ SKIP_SEED))
 }
 

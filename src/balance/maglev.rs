@@ -31,9 +31,9 @@
 //!
 //! Rebuilding ([`MaglevTable::rebuild`]) reuses the buffers allocated by
 //! [`MaglevTable::new`]: no allocation.
-use std::{fmt, net::SocketAddrV4};
+use std::fmt;
 
-use super::{addr_hashes, BackendSpec};
+use super::{BackendSpec, DaemonAddr};
 
 /// Candidate table sizes, all prime.
 pub const TABLE_SIZES: [u32; 5] = [65_537, 131_071, 262_139, 524_287, 1_048_573];
@@ -123,7 +123,7 @@ impl MaglevTable {
     /// # Panics
     /// If there are more than `u16::MAX` backends (the [`Pool`](super::Pool) rejects
     /// that first).
-    pub fn new(backends: &[BackendSpec]) -> Self {
+    pub fn new<A: DaemonAddr>(backends: &[BackendSpec<A>]) -> Self {
         Self::with_size(backends, table_size_for(backends.len()))
     }
 
@@ -131,7 +131,7 @@ impl MaglevTable {
     ///
     /// # Panics
     /// If `size` is not prime, or more than `u16::MAX` backends.
-    pub fn with_size(backends: &[BackendSpec], size: u32) -> Self {
+    pub fn with_size<A: DaemonAddr>(backends: &[BackendSpec<A>], size: u32) -> Self {
         assert!(is_prime(size), "maglev table size {size} is not prime");
         assert!(backends.len() <= usize::from(u16::MAX), "too many backends");
         let n = backends.len();
@@ -140,7 +140,7 @@ impl MaglevTable {
         let (offset, skip) = backends
             .iter()
             .map(|b| {
-                let (h1, h2) = addr_hashes(b.addr);
+                let (h1, h2) = b.addr.addr_hashes();
                 let m = u64::from(size);
                 ((h1 % m) as u32, (h2 % (m - 1) + 1) as u32)
             })
@@ -249,10 +249,10 @@ impl MaglevTable {
 
     /// The entries mapped to daemon addresses (for comparing tables built from
     /// differently ordered configurations).
-    pub fn owners<'a>(
+    pub fn owners<'a, A: DaemonAddr>(
         &'a self,
-        backends: &'a [BackendSpec],
-    ) -> impl Iterator<Item = Option<SocketAddrV4>> + 'a {
+        backends: &'a [BackendSpec<A>],
+    ) -> impl Iterator<Item = Option<A>> + 'a {
         self.entries
             .iter()
             .map(|&e| (e != NO_BACKEND).then(|| backends[usize::from(e)].addr))
@@ -261,7 +261,7 @@ impl MaglevTable {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, SocketAddrV4};
 
     use super::*;
 

@@ -2,7 +2,11 @@
 //!
 //! Seed types shared with the config module, the stable [`flow_hash`], the Maglev
 //! lookup table and the [`Pool`] that applies a [`PolicyKind`] to a service's daemons.
-use std::{fmt, net::SocketAddrV4, str::FromStr};
+use std::{
+    fmt,
+    net::{SocketAddrV4, SocketAddrV6},
+    str::FromStr,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +14,7 @@ mod hash;
 pub mod maglev;
 mod pool;
 
-pub use hash::{addr_hashes, flow_hash, flow_hash6, fmix64};
+pub use hash::{addr_hashes, addr_hashes6, flow_hash, flow_hash6, fmix64};
 pub use maglev::MaglevTable;
 pub use pool::{Pool, PoolError};
 
@@ -78,4 +82,45 @@ pub enum BackendState {
     Up,
     Down,
     Draining,
+}
+
+/// A daemon's address in one family: what a [`Pool`] and a [`MaglevTable`] need
+/// of it. Implemented for `SocketAddrV4` and `SocketAddrV6`; each pool is
+/// monomorphised, so the IPv4 one is the code it was.
+pub trait DaemonAddr: Copy + Ord + fmt::Debug + fmt::Display + Into<std::net::SocketAddr> {
+    /// The two stable hashes that seed the daemon's Maglev permutation.
+    fn addr_hashes(self) -> (u64, u64);
+}
+
+impl DaemonAddr for SocketAddrV4 {
+    #[inline]
+    fn addr_hashes(self) -> (u64, u64) {
+        addr_hashes(self)
+    }
+}
+
+impl DaemonAddr for SocketAddrV6 {
+    #[inline]
+    fn addr_hashes(self) -> (u64, u64) {
+        addr_hashes6(self)
+    }
+}
+
+/// A flow's key as a policy sees it: its stable hash, for Maglev.
+pub trait FlowHashed {
+    fn flow_hash(&self) -> u64;
+}
+
+impl FlowHashed for crate::flow::FlowKey {
+    #[inline(always)]
+    fn flow_hash(&self) -> u64 {
+        flow_hash(self)
+    }
+}
+
+impl FlowHashed for crate::flow::FlowKey6 {
+    #[inline(always)]
+    fn flow_hash(&self) -> u64 {
+        flow_hash6(self)
+    }
 }

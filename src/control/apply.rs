@@ -69,7 +69,7 @@ pub fn apply(
     let daemons: Vec<SocketAddrV4> = config
         .daemons()
         .map(|(_, _, b)| b.addr)
-        .chain(retired.iter().map(|r| r.daemon))
+        .chain(retired.iter().filter_map(|r| r.v4().map(|(d, _)| d)))
         .collect();
     let mut hops = Vec::with_capacity(daemons.len());
     for daemon in &daemons {
@@ -117,6 +117,7 @@ pub fn planes(
             let mut plane = Dataplane::build(
                 WorkerId(w as u16),
                 &config.services,
+                &config.services6,
                 retired,
                 next_hops.clone(),
                 back_mac,

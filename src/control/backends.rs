@@ -104,7 +104,8 @@ impl Backends {
         };
         let retired = retired
             .iter()
-            .map(|r| (r.daemon, r.service, r.protocol, retired_check.clone(), true));
+            .filter_map(|r| r.v4().map(|(d, s)| (d, s, r.protocol)))
+            .map(|(d, s, p)| (d, s, p, retired_check.clone(), true));
         let list = configured
             .chain(retired)
             .enumerate()
@@ -176,8 +177,8 @@ impl Backends {
     /// The retired daemons (see [`Backend::retired`]).
     pub fn retired(&self) -> impl Iterator<Item = Retired> + '_ {
         self.list.iter().filter(|b| b.retired).map(|b| Retired {
-            daemon: b.addr,
-            service: b.service,
+            daemon: b.addr.into(),
+            service: b.service.into(),
             protocol: b.protocol,
         })
     }
@@ -508,8 +509,8 @@ mod tests {
     #[test]
     fn a_retired_daemon_follows_the_configured_ones_and_is_never_probed_or_offered() {
         let retired = [Retired {
-            daemon: addr(A),
-            service: addr("198.18.0.100:80"),
+            daemon: addr(A).into(),
+            service: addr("198.18.0.100:80").into(),
             protocol: crate::config::Protocol::Tcp,
         }];
         let old = Backends::new(&config(&[A, B]), &[], &Backends::default(), |_| true, 0);

@@ -4,17 +4,21 @@
 //! daemon, so it rewrites the copy for that daemon here and hands it back to a
 //! worker to send on its back socket.
 //!
+//! ICMPv6 errors take the same way ([`to_daemon6`]), with the IPv6 tracker.
+//!
 //! Errors about no tracked connection are dropped and counted, not handed to the
 //! host: the host has no socket for a service's connections (their frames never
 //! reach it), so it could do nothing with them either.
-use std::net::SocketAddrV4;
+use std::net::{SocketAddrV4, SocketAddrV6};
 
 use serde::Serialize;
 
 use crate::{
-    flow::FlowKey,
+    flow::{FlowKey, FlowKey6},
     packet::{
+        ethernet,
         icmp::{IcmpDrop, IcmpError},
+        icmpv6::{Icmpv6Drop, Icmpv6Error},
         MacPair,
     },
 };
@@ -48,6 +52,7 @@ impl IcmpStats {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Untranslated {
     Invalid(IcmpDrop),
+    Invalid6(Icmpv6Drop),
     NoConnection,
     NoNextHop,
 }
@@ -76,13 +81,40 @@ pub fn to_daemon(
     Ok(&frame[..len])
 }
 
+/// Whether a copied frame is IPv6 (by its ethertype): which of
+/// [`to_daemon`] and [`to_daemon6`] it is for.
+pub fn is_ipv6(frame: &[u8]) -> bool {
+    frame.get(12..14) == Some(&ethernet::ETHERTYPE_IPV6.to_be_bytes()[..])
+}
+
+/// [`to_daemon`] for an ICMPv6 error about an IPv6 reply.
+pub fn to_daemon6(
+    frame: &mut [u8],
+    daemon_of: impl Fn(FlowKey6) -> Option<SocketAddrV6>,
+    next_hop: impl Fn(SocketAddrV6) -> Option<[u8; 6]>,
+    back_mac: [u8; 6],
+) -> Result<&[u8], Untranslated> {
+    let mut error = Icmpv6Error::parse(frame).map_err(Untranslated::Invalid6)?;
+    // The quote is the reply: from the service, to the client.
+    let key = FlowKey6::new(
+        error.quoted_dst(),
+        error.quoted_src(),
+        error.quoted_protocol(),
+    );
+    let daemon = daemon_of(key).ok_or(Untranslated::NoConnection)?;
+    let dst = next_hop(daemon).ok_or(Untranslated::NoNextHop)?;
+    error.rewrite_to_daemon(daemon, &MacPair { src: back_mac, dst });
+    let len = error.frame_len();
+    Ok(&frame[..len])
+}
+
 impl IcmpStats {
     pub fn count(&mut self, outcome: Result<(), Untranslated>) {
         match outcome {
             Ok(()) => self.translated += 1,
             Err(Untranslated::NoConnection) => self.no_connection += 1,
             Err(Untranslated::NoNextHop) => self.no_next_hop += 1,
-            Err(Untranslated::Invalid(_)) => self.invalid += 1,
+            Err(Untranslated::Invalid(_) | Untranslated::Invalid6(_)) => self.invalid += 1,
         }
     }
 }

@@ -13,7 +13,7 @@
 use std::{
     collections::VecDeque,
     io,
-    net::{Ipv4Addr, SocketAddrV4, TcpListener},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
     os::{
         fd::{AsRawFd, OwnedFd},
         unix::net::{UnixListener, UnixStream},
@@ -28,7 +28,7 @@ use anyhow::{Context, Result};
 use super::{
     apply::{apply, Host, OffBack},
     backends::Backends,
-    conntrack::{ConnTracker, Order},
+    conntrack::{ConnTracker, ConnTracker6, Order, Order6, RecoveryCounts},
     ctl::{self, Format, HttpAsk, Request, REQUEST_MAX},
     health::{self, Health, StatusLine},
     icmp::{self, IcmpStats},
@@ -50,7 +50,7 @@ use crate::{
     neigh::{self, HopBook, Kernel, NetlinkStats, NextHop, Reach, Rerouted},
     netlink::{Message, Messages},
     notify::{self, Notifier, Verdict, Watchdog},
-    protocol::{Event, LoopEnd, SlowFrame, Wake},
+    protocol::{Event, Event6, LoopEnd, SlowFrame, Wake},
     queues::{self, LinkWatch},
     stats::{now_ns, BackendTraffic, WorkerStats},
     sys::{self, RawIpSender, Signal, SignalFd, SIGINFO_LEN},
@@ -164,6 +164,8 @@ pub struct ManagerParts<'a> {
 pub struct Manager<'a> {
     uring: Uring<Tag>,
     tracker: ConnTracker,
+    /// IPv6 connections: a tracker of their own (see [`ConnTracker6`]).
+    tracker6: ConnTracker6,
     workers: Vec<WorkerLink>,
     stats: Vec<Arc<WorkerStats>>,
     wake: Arc<Wake>,
@@ -200,6 +202,7 @@ pub struct Manager<'a> {
     ctl: UnixListener,
     metrics: Option<TcpListener>,
     orders: Vec<Order>,
+    orders6: Vec<Order6>,
     icmp: IcmpStats,
     next_retired_check_ns: u64,
     /// The longest round (ns), from a wake-up to the next wait: since the last
@@ -286,6 +289,7 @@ impl<'a> Manager<'a> {
         Ok(Manager {
             uring: Uring::new(RING_ENTRIES)?,
             tracker: ConnTracker::new(parts.config.control.timeouts),
+            tracker6: ConnTracker6::new(parts.config.control.timeouts),
             stats: parts.workers.iter().map(|w| w.stats.clone()).collect(),
             workers: parts.workers,
             wake: parts.wake,
@@ -307,6 +311,7 @@ impl<'a> Manager<'a> {
             ctl: parts.ctl,
             metrics,
             orders: Vec::new(),
+            orders6: Vec::new(),
             icmp: IcmpStats::default(),
             next_retired_check_ns: 0,
             round_peak: 0,
@@ -489,11 +494,17 @@ impl<'a> Manager<'a> {
         StatsSnapshot {
             workers: &self.stats,
             xdp: self.steering.counters().ok(),
-            connections: self.tracker.len(),
-            udp_flows: self.tracker.udp_len(),
-            ignored_events: self.tracker.ignored_events(),
-            recovery: self.tracker.recovery(),
-            timer_entries: self.tracker.timer_entries(),
+            connections: self.tracker.len() + self.tracker6.len(),
+            udp_flows: self.tracker.udp_len() + self.tracker6.udp_len(),
+            ignored_events: self.tracker.ignored_events() + self.tracker6.ignored_events(),
+            recovery: {
+                let (a, b) = (self.tracker.recovery(), self.tracker6.recovery());
+                RecoveryCounts {
+                    confirmed: a.confirmed + b.confirmed,
+                    expired: a.expired + b.expired,
+                }
+            },
+            timer_entries: self.tracker.timer_entries() + self.tracker6.timer_entries(),
             loop_round_max_ns: self.round_max,
             loop_round_max_1s_ns: self.round_max_1s,
             icmp: self.icmp,
@@ -831,6 +842,9 @@ impl<'a> Manager<'a> {
                 // never before its record's creation: removals compare the two.
                 self.tracker.on_event(event, now_ns(), &mut self.orders);
             }
+            while let Some(event) = w.link.events6.try_pop() {
+                self.tracker6.on_event(event, now_ns(), &mut self.orders6);
+            }
         }
         // After the events, so an error about a connection that just opened
         // finds it.
@@ -847,16 +861,31 @@ impl<'a> Manager<'a> {
     /// the error, so it is alive; any worker's back socket reaches the daemon).
     fn icmp_to_daemon(&mut self, worker: WorkerId, mut frame: SlowFrame) {
         let (tracker, backends, next_hops) = (&self.tracker, &self.backends, &self.next_hops);
-        let outcome = icmp::to_daemon(
-            frame.bytes_mut(),
-            |key| tracker.daemon_of(key),
-            |daemon| {
-                let id = backends.find(daemon)?;
-                next_hops.get(id.index())?.get()
-            },
-            self.back_mac,
-        )
-        .map(|bytes| {
+        let (tracker6, config) = (&self.tracker6, &self.config);
+        let bytes = frame.bytes_mut();
+        // The worker copied either family's errors; the ethertype says which.
+        let outcome = if icmp::is_ipv6(bytes) {
+            icmp::to_daemon6(
+                bytes,
+                |key| tracker6.daemon_of(key),
+                |daemon| {
+                    let (id, ..) = config.daemons6().find(|(_, _, b)| b.addr == daemon)?;
+                    next_hops.get(id.index())?.get()
+                },
+                self.back_mac,
+            )
+        } else {
+            icmp::to_daemon(
+                bytes,
+                |key| tracker.daemon_of(key),
+                |daemon| {
+                    let id = backends.find(daemon)?;
+                    next_hops.get(id.index())?.get()
+                },
+                self.back_mac,
+            )
+        };
+        let outcome = outcome.map(|bytes| {
             self.backlog
                 .push_back((worker, Command::TransmitBack(bytes.into())));
         });
@@ -867,6 +896,9 @@ impl<'a> Manager<'a> {
     fn send_orders(&mut self) {
         for (worker, command) in self.orders.drain(..) {
             self.backlog.push_back((worker, Command::Flow(command)));
+        }
+        for (worker, command) in self.orders6.drain(..) {
+            self.backlog.push_back((worker, Command::Flow6(command)));
         }
         self.send_backlog();
     }
@@ -912,6 +944,7 @@ impl<'a> Manager<'a> {
         self.tell_status();
         self.drain_events();
         self.tracker.expire(now, &mut self.orders);
+        self.tracker6.expire(now, &mut self.orders6);
         self.send_orders();
         self.resolve_client_hops(now);
         let generation = self.backends.generation();
@@ -1289,20 +1322,40 @@ impl<'a> Manager<'a> {
     /// Drops every record of a failed daemon: the tracker's, by the daemon's
     /// address, and the workers'.
     fn reset_backend(&mut self, backend: BackendId) {
-        self.forget_connections_of(self.backends.get(backend).addr);
+        self.forget_connections_of(self.backends.get(backend).addr.into());
         self.broadcast(|| Command::RemoveBackendFlows { backend });
         self.send_backlog();
     }
 
     /// The tracker forgets every connection to `daemon`. O(tracked connections).
-    fn forget_connections_of(&mut self, daemon: SocketAddrV4) {
-        let doomed: Vec<_> = self.tracker.connections_of(daemon).collect();
+    fn forget_connections_of(&mut self, daemon: SocketAddr) {
         let now = now_ns();
-        for key in doomed {
-            let removed = Event::Removed { key, at_ns: now };
-            self.tracker.on_event(removed, now, &mut self.orders);
+        match daemon {
+            SocketAddr::V4(daemon) => {
+                let doomed: Vec<_> = self.tracker.connections_of(daemon).collect();
+                for key in doomed {
+                    let removed = Event::Removed { key, at_ns: now };
+                    self.tracker.on_event(removed, now, &mut self.orders);
+                }
+            }
+            SocketAddr::V6(daemon) => {
+                let doomed: Vec<_> = self.tracker6.connections_of(daemon).collect();
+                for key in doomed {
+                    let removed = Event6::Removed { key, at_ns: now };
+                    self.tracker6.on_event(removed, now, &mut self.orders6);
+                }
+            }
         }
         self.send_orders();
+    }
+
+    /// Connections the trackers hold to `daemon`, of either family.
+    fn connections_to(&self, daemon: SocketAddr) -> u32 {
+        let counts = match daemon {
+            SocketAddr::V4(d) => self.tracker.per_daemon().get(&d),
+            SocketAddr::V6(d) => self.tracker6.per_daemon().get(&d),
+        };
+        counts.map_or(0, |c| c.total())
     }
 
     // ---- control socket ---------------------------------------------------
@@ -1584,18 +1637,16 @@ impl<'a> Manager<'a> {
             .iter()
             .filter(|b| !kept.contains(&b.addr))
             .map(|b| Retired {
-                daemon: b.addr,
-                service: b.service,
+                daemon: b.addr.into(),
+                service: b.service.into(),
                 protocol: b.protocol,
             })
             .collect();
         match new.control.on_remove {
-            OnRemove::Finish => {
-                let per_daemon = self.tracker.per_daemon();
-                gone.into_iter()
-                    .filter(|r| per_daemon.get(&r.daemon).is_some_and(|c| c.total() > 0))
-                    .collect()
-            }
+            OnRemove::Finish => gone
+                .into_iter()
+                .filter(|r| self.connections_to(r.daemon) > 0)
+                .collect(),
             OnRemove::Reset => {
                 for r in gone {
                     self.forget_connections_of(r.daemon);
@@ -1609,11 +1660,10 @@ impl<'a> Manager<'a> {
     /// and maps are rebuilt without them (O(daemons); records of the others are
     /// re-pointed when next met).
     fn let_go_of_finished(&mut self) {
-        let per_daemon = self.tracker.per_daemon();
         let (still, done): (Vec<Retired>, Vec<Retired>) = self
             .backends
             .retired()
-            .partition(|r| per_daemon.get(&r.daemon).is_some_and(|c| c.total() > 0));
+            .partition(|r| self.connections_to(r.daemon) > 0);
         if done.is_empty() {
             return;
         }
@@ -1655,7 +1705,7 @@ impl<'a> Manager<'a> {
             config
                 .daemons()
                 .map(|(_, _, b)| b.addr)
-                .chain(retired.iter().map(|r| r.daemon)),
+                .chain(retired.iter().filter_map(|r| r.v4().map(|(d, _)| d))),
             config
                 .services
                 .iter()
@@ -1668,6 +1718,7 @@ impl<'a> Manager<'a> {
                 .push_back((WorkerId(w as u16), Command::ReplacePlane(Box::new(plane))));
         }
         self.tracker.set_timeouts(config.control.timeouts);
+        self.tracker6.set_timeouts(config.control.timeouts);
         self.next_hops = applied.next_hops;
         self.book.install(applied.hops);
         // A pass of route requests under way starts over on the new list.

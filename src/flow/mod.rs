@@ -10,6 +10,46 @@ pub use table::{
     MAX_CAPACITY, RECORD6_BYTES, RECORD_BYTES, SLOT6_BYTES, SLOT_BYTES,
 };
 
+/// What the worker↔loop protocol and the loop's tracker need of a flow key of
+/// either family: the type of a daemon's address, and the key as one value to
+/// hash and order. Implemented by [`FlowKey`] and [`FlowKey6`]; everything
+/// generic over it is monomorphised, so the IPv4 code is what it was.
+pub trait KeyFamily: Copy + Eq + std::fmt::Debug + Send + 'static {
+    /// A daemon's address in this family.
+    type Daemon: Copy + Eq + std::hash::Hash + std::fmt::Debug + std::fmt::Display + Send + 'static;
+    /// The key packed for hashing and ordering: distinct keys, distinct values.
+    type Packed: Copy + Ord + std::hash::Hash + std::fmt::Debug;
+    fn pack(&self) -> Self::Packed;
+    /// IP protocol number (6 TCP, 17 UDP).
+    fn protocol(&self) -> u8;
+}
+
+impl KeyFamily for FlowKey {
+    type Daemon = SocketAddrV4;
+    type Packed = u128;
+    #[inline(always)]
+    fn pack(&self) -> u128 {
+        self.packed()
+    }
+    #[inline(always)]
+    fn protocol(&self) -> u8 {
+        self.protocol
+    }
+}
+
+impl KeyFamily for FlowKey6 {
+    type Daemon = SocketAddrV6;
+    type Packed = (u128, u128, u64);
+    #[inline(always)]
+    fn pack(&self) -> (u128, u128, u64) {
+        self.packed()
+    }
+    #[inline(always)]
+    fn protocol(&self) -> u8 {
+        self.protocol
+    }
+}
+
 /// The client side 5-tuple of a connection as it arrives at the front: the key of
 /// the per-worker table and the input of the consistent-hash policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -10,6 +10,11 @@
 //! worker ◀───────────────────── Command channel ──────────────────── loop
 //! ```
 //!
+//! Each family has its own event ring ([`Event`] is generic over the flow key:
+//! `Event<FlowKey>` for IPv4, [`Event6`] for IPv6), so an IPv4 event keeps its
+//! size and an IPv6 one (twice as large) costs only IPv6 connections; commands
+//! share the one channel ([`Command::Flow`] and [`Command::Flow6`]).
+//!
 //! Both directions are bounded and lose no event: a full event ring makes the
 //! worker keep its events and, before that could overflow too, stop taking new
 //! frames until the loop has caught up; a full command channel keeps the loop's
@@ -17,7 +22,6 @@
 //! errors the loop must translate) costs the frame, counted by the caller.
 use std::{
     collections::VecDeque,
-    net::SocketAddrV4,
     sync::{
         atomic::{fence, AtomicBool, Ordering::SeqCst},
         mpsc::{sync_channel, Receiver, SyncSender},
@@ -27,7 +31,7 @@ use std::{
 
 use crate::{
     balance::BackendState,
-    flow::FlowKey,
+    flow::{FlowKey, FlowKey6, KeyFamily},
     ids::{BackendId, WorkerId},
     stats::WorkerStats,
     sys::EventFd,
@@ -84,14 +88,14 @@ impl std::fmt::Debug for SlowFrame {
 /// an event from before the connection it would change was opened: a late event
 /// about an old connection never touches a newer one that reused its ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
+pub enum Event<K: KeyFamily = FlowKey> {
     /// A record was created (or restarted by a SYN reusing a closing connection's
     /// port) on `worker`, for a connection to `daemon`; `at_ns` is the record's
     /// creation time.
     Opened {
         worker: WorkerId,
-        key: FlowKey,
-        daemon: SocketAddrV4,
+        key: K,
+        daemon: K::Daemon,
         at_ns: u64,
     },
     /// A record was created on `worker` for a mid-connection segment that met
@@ -99,54 +103,60 @@ pub enum Event {
     /// one, until `Established` says the connection is real.
     Recovered {
         worker: WorkerId,
-        key: FlowKey,
-        daemon: SocketAddrV4,
+        key: K,
+        daemon: K::Daemon,
         at_ns: u64,
     },
     /// The client's first ACK after its SYN, or, for a recovered record, the
     /// first client segment that moved past the one that recovered it.
-    Established { key: FlowKey, at_ns: u64 },
+    Established { key: K, at_ns: u64 },
     Fin {
-        key: FlowKey,
+        key: K,
         from_client: bool,
         at_ns: u64,
     },
     /// The owner accepted a reset from either side: its sequence number was in
     /// the window the record has seen. The connection is over.
-    Reset { key: FlowKey, at_ns: u64 },
+    Reset { key: K, at_ns: u64 },
     /// A daemon's reset, seen on any worker and not judged yet: the owner has the
     /// sequence numbers to judge it with.
-    DaemonRst { key: FlowKey, seq: u32, at_ns: u64 },
+    DaemonRst { key: K, seq: u32, at_ns: u64 },
     /// Answer to a `RemoveIfIdle`: the record's last activity (ns); the worker did
     /// NOT remove it.
-    Active { key: FlowKey, last_seen_ns: u64 },
+    Active { key: K, last_seen_ns: u64 },
     /// The worker removed the record (after `RemoveIfIdle` found it idle, or for
     /// any reason).
-    Removed { key: FlowKey, at_ns: u64 },
+    Removed { key: K, at_ns: u64 },
 }
 
 /// What the loop's connection tracker orders about one record; sent to the worker
 /// that owns it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FlowCommand {
+pub enum FlowCommand<K: KeyFamily = FlowKey> {
     /// Remove the record of the connection the loop heard open at `opened_ns`.
     /// A record created after that belongs to a newer connection that reused the
     /// key (its `Opened` may still be on its way to the loop) and stays.
-    Remove { key: FlowKey, opened_ns: u64 },
+    Remove { key: K, opened_ns: u64 },
     /// Remove the record if it has seen no packet since `idle_since_ns`; otherwise
     /// answer [`Event::Active`].
-    RemoveIfIdle { key: FlowKey, idle_since_ns: u64 },
+    RemoveIfIdle { key: K, idle_since_ns: u64 },
     /// Judge a daemon's reset (an [`Event::DaemonRst`]) against the record: if its
     /// sequence number is in the window and the record is not newer than the
     /// reset, mark the record reset and answer [`Event::Reset`].
-    CheckRst { key: FlowKey, seq: u32, at_ns: u64 },
+    CheckRst { key: K, seq: u32, at_ns: u64 },
 }
+
+/// An IPv6 connection's event.
+pub type Event6 = Event<FlowKey6>;
+/// An order about an IPv6 connection's record.
+pub type FlowCommand6 = FlowCommand<FlowKey6>;
 
 /// What the loop tells a worker. `Plane` is the worker's per-packet state (the
 /// dataplane), which a reload replaces whole; it is a parameter so that this
 /// module needs nothing above it.
 pub enum Command<Plane> {
     Flow(FlowCommand),
+    Flow6(FlowCommand6),
     /// A daemon is up, down or draining: affects new connections only.
     BackendState {
         backend: BackendId,
@@ -221,6 +231,8 @@ pub const COMMANDS_PER_ROUND: usize = 64;
 pub struct EventSink {
     queue: ring::Producer<Event>,
     overflow: VecDeque<Event>,
+    queue6: ring::Producer<Event6>,
+    overflow6: VecDeque<Event6>,
     frames: ring::Producer<SlowFrame>,
     wake: Arc<Wake>,
     sent: bool,
@@ -230,14 +242,15 @@ impl EventSink {
     /// Never blocks. The loop sees the event after the next
     /// [`flush`](Self::flush).
     #[inline]
-    pub fn emit(&mut self, event: Event, stats: &WorkerStats) {
-        if self.overflow.is_empty() && self.queue.try_push(event).is_ok() {
-            self.sent = true;
+    pub fn emit<K: Lane>(&mut self, event: Event<K>, stats: &WorkerStats) {
+        let (queue, overflow, sent) = K::lane(self);
+        if overflow.is_empty() && queue.try_push(event).is_ok() {
+            *sent = true;
             return;
         }
-        if self.overflow.len() < EVENT_OVERFLOW {
+        if overflow.len() < EVENT_OVERFLOW {
             stats.events_deferred.add(1);
-            self.overflow.push_back(event);
+            overflow.push_back(event);
         } else {
             // Only if a round emitted more than EVENTS_PER_ROUND: a bug.
             stats.events_dropped.add(1);
@@ -261,15 +274,13 @@ impl EventSink {
     /// for them.
     #[inline]
     pub fn flush(&mut self) {
-        while let Some(&event) = self.overflow.front() {
-            if self.queue.try_push(event).is_err() {
-                break;
-            }
-            self.overflow.pop_front();
-            self.sent = true;
+        self.sent |= drain_overflow(&mut self.queue, &mut self.overflow);
+        if !self.overflow6.is_empty() {
+            self.sent |= drain_overflow(&mut self.queue6, &mut self.overflow6);
         }
         if std::mem::take(&mut self.sent) {
             self.queue.publish();
+            self.queue6.publish();
             self.frames.publish();
             self.wake.notify();
         }
@@ -280,14 +291,63 @@ impl EventSink {
     /// them for a poll timeout per ring's worth).
     #[inline]
     pub fn has_backlog(&self) -> bool {
-        !self.overflow.is_empty()
+        !self.overflow.is_empty() || !self.overflow6.is_empty()
     }
 
     /// Whether the worker must take no new frame or command this round: the
     /// overflow could not hold all a round may emit.
     #[inline]
     pub fn must_hold_back(&self) -> bool {
-        self.overflow.len() > EVENT_OVERFLOW - EVENTS_PER_ROUND
+        // Each family's overflow must hold the worst round (all of a round's
+        // events may be of one family).
+        self.overflow.len().max(self.overflow6.len()) > EVENT_OVERFLOW - EVENTS_PER_ROUND
+    }
+}
+
+/// Moves what waits in `overflow` into `queue` as far as it has room; whether
+/// anything moved.
+#[inline]
+fn drain_overflow<T: Copy>(queue: &mut ring::Producer<T>, overflow: &mut VecDeque<T>) -> bool {
+    let mut moved = false;
+    while let Some(&event) = overflow.front() {
+        if queue.try_push(event).is_err() {
+            break;
+        }
+        overflow.pop_front();
+        moved = true;
+    }
+    moved
+}
+
+/// The event ring and overflow of a key's family in an [`EventSink`].
+pub trait Lane: KeyFamily {
+    #[allow(clippy::type_complexity)]
+    fn lane(
+        sink: &mut EventSink,
+    ) -> (
+        &mut ring::Producer<Event<Self>>,
+        &mut VecDeque<Event<Self>>,
+        &mut bool,
+    );
+}
+
+impl Lane for FlowKey {
+    #[inline(always)]
+    fn lane(sink: &mut EventSink) -> (&mut ring::Producer<Event>, &mut VecDeque<Event>, &mut bool) {
+        (&mut sink.queue, &mut sink.overflow, &mut sink.sent)
+    }
+}
+
+impl Lane for FlowKey6 {
+    #[inline(always)]
+    fn lane(
+        sink: &mut EventSink,
+    ) -> (
+        &mut ring::Producer<Event6>,
+        &mut VecDeque<Event6>,
+        &mut bool,
+    ) {
+        (&mut sink.queue6, &mut sink.overflow6, &mut sink.sent)
     }
 }
 
@@ -300,6 +360,8 @@ pub struct WorkerEnd<Plane> {
 /// The loop's ends of its link with one worker.
 pub struct LoopEnd<Plane> {
     pub events: ring::Consumer<Event>,
+    /// IPv6 connections' events, in a ring of the same number of slots.
+    pub events6: ring::Consumer<Event6>,
     pub frames: ring::Consumer<SlowFrame>,
     pub commands: SyncSender<Command<Plane>>,
 }
@@ -309,6 +371,7 @@ pub struct LoopEnd<Plane> {
 /// through the one `wake`.
 pub fn link<Plane>(wake: Arc<Wake>, events: usize) -> (WorkerEnd<Plane>, LoopEnd<Plane>) {
     let (event_tx, event_rx) = ring::channel(events);
+    let (event6_tx, event6_rx) = ring::channel(events);
     let (frame_tx, frame_rx) = ring::channel(SLOW_QUEUE);
     let (command_tx, command_rx) = sync_channel(COMMAND_QUEUE);
     (
@@ -316,6 +379,8 @@ pub fn link<Plane>(wake: Arc<Wake>, events: usize) -> (WorkerEnd<Plane>, LoopEnd
             events: EventSink {
                 queue: event_tx,
                 overflow: VecDeque::with_capacity(EVENT_OVERFLOW),
+                queue6: event6_tx,
+                overflow6: VecDeque::with_capacity(EVENT_OVERFLOW),
                 frames: frame_tx,
                 wake,
                 sent: false,
@@ -324,6 +389,7 @@ pub fn link<Plane>(wake: Arc<Wake>, events: usize) -> (WorkerEnd<Plane>, LoopEnd
         },
         LoopEnd {
             events: event_rx,
+            events6: event6_rx,
             frames: frame_rx,
             commands: command_tx,
         },
@@ -332,6 +398,8 @@ pub fn link<Plane>(wake: Arc<Wake>, events: usize) -> (WorkerEnd<Plane>, LoopEnd
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv6Addr, SocketAddrV4, SocketAddrV6};
+
     use super::*;
     use crate::{ids::WorkerId, stats::WorkerStats};
 

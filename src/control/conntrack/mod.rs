@@ -16,6 +16,10 @@
 //!   udp idle deadline: RemoveIfIdle (recheck), as an idle TCP connection.
 //! ```
 //!
+//! The tracker is generic over the flow key's family ([`KeyFamily`]): the loop
+//! keeps one for IPv4 connections ([`ConnTracker`]) and one for IPv6 ones
+//! ([`ConnTracker6`]), each monomorphised, so the IPv4 one keeps its `u128` keys.
+//!
 //! Events carry the time the worker saw them; one from before the tracked
 //! connection was opened is about an older connection on the same ports and is
 //! ignored, so the order in which the loop drains the workers cannot let a late
@@ -28,13 +32,13 @@
 //! when stale entries exceed `2 × len() + COMPACT_SLACK` the heap is rebuilt from the
 //! records (O(n), amortised O(1) per push), so the heap never holds more than
 //! `3 × len() + COMPACT_SLACK` entries between calls.
-use std::{cmp::Reverse, collections::BinaryHeap, net::SocketAddrV4, time::Duration};
+use std::{cmp::Reverse, collections::BinaryHeap, time::Duration};
 
 use ahash::AHashMap;
 
 use crate::{
     config::Timeouts,
-    flow::FlowKey,
+    flow::{FlowKey, FlowKey6, KeyFamily},
     ids::WorkerId,
     protocol::{Event, FlowCommand},
 };
@@ -45,7 +49,11 @@ pub const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 pub const COMPACT_SLACK: usize = 1024;
 
 /// A command for the worker that owns the record.
-pub type Order = (WorkerId, FlowCommand);
+pub type Order<K = FlowKey> = (WorkerId, FlowCommand<K>);
+/// A command about an IPv6 record.
+pub type Order6 = Order<FlowKey6>;
+/// The tracker of IPv6 connections.
+pub type ConnTracker6 = ConnTracker<FlowKey6>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -67,10 +75,10 @@ pub enum Phase {
 
 /// One tracked connection, as listed by `ctl conns`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnInfo {
+pub struct ConnInfo<K: KeyFamily = FlowKey> {
     pub worker: WorkerId,
-    pub key: FlowKey,
-    pub daemon: SocketAddrV4,
+    pub key: K,
+    pub daemon: K::Daemon,
     pub phase: Phase,
     pub opened_ns: u64,
     /// When the record's current timer fires.
@@ -106,7 +114,11 @@ fn is_active(phase: Phase) -> bool {
 }
 
 /// Counts a connection `info` in (or out of) its daemon's counts.
-fn count(counts: &mut AHashMap<SocketAddrV4, BackendConns>, info: &ConnInfo, add: bool) {
+fn count<K: KeyFamily>(
+    counts: &mut AHashMap<K::Daemon, BackendConns>,
+    info: &ConnInfo<K>,
+    add: bool,
+) {
     if add {
         counts
             .entry(info.daemon)
@@ -121,7 +133,11 @@ fn count(counts: &mut AHashMap<SocketAddrV4, BackendConns>, info: &ConnInfo, add
 }
 
 /// Moves a connection to `phase`, keeping its daemon's counts right.
-fn set_phase(counts: &mut AHashMap<SocketAddrV4, BackendConns>, info: &mut ConnInfo, phase: Phase) {
+fn set_phase<K: KeyFamily>(
+    counts: &mut AHashMap<K::Daemon, BackendConns>,
+    info: &mut ConnInfo<K>,
+    phase: Phase,
+) {
     if is_active(info.phase) != is_active(phase) {
         count(counts, info, false);
         info.phase = phase;
@@ -132,23 +148,23 @@ fn set_phase(counts: &mut AHashMap<SocketAddrV4, BackendConns>, info: &mut ConnI
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Conn {
-    info: ConnInfo,
+struct Conn<K: KeyFamily> {
+    info: ConnInfo<K>,
     /// Generation of the record's one live heap entry.
     gen: u64,
 }
 
 /// The management thread's view of every connection; see the module doc.
 #[derive(Debug)]
-pub struct ConnTracker {
+pub struct ConnTracker<K: KeyFamily = FlowKey> {
     timeouts: Timeouts,
-    conns: AHashMap<u128, Conn>,
+    conns: AHashMap<K::Packed, Conn<K>>,
     /// How many of `conns` are UDP flows.
     udp: usize,
     /// Connections per daemon, kept up to date as they come, change phase and
     /// go, so that asking costs O(daemons), not a walk of every connection.
-    per_daemon: AHashMap<SocketAddrV4, BackendConns>,
-    timers: Timers,
+    per_daemon: AHashMap<K::Daemon, BackendConns>,
+    timers: Timers<K>,
     ignored: u64,
     recovery: RecoveryCounts,
 }
@@ -167,13 +183,13 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-fn is_udp(key: &FlowKey) -> bool {
-    key.protocol == crate::packet::L4Proto::Udp.number()
+fn is_udp<K: KeyFamily>(key: &K) -> bool {
+    key.protocol() == crate::packet::L4Proto::Udp.number()
 }
 
 /// How long a record of `key` may go without a packet: a UDP flow's own
 /// timeout, or an established TCP connection's.
-fn idle_of(t: &Timeouts, key: &FlowKey) -> Duration {
+fn idle_of<K: KeyFamily>(t: &Timeouts, key: &K) -> Duration {
     if is_udp(key) {
         t.udp_idle
     } else {
@@ -182,34 +198,43 @@ fn idle_of(t: &Timeouts, key: &FlowKey) -> Duration {
 }
 
 /// Min-heap of `(deadline, generation, packed key)` and the generation counter.
-#[derive(Debug, Default)]
-struct Timers {
-    heap: BinaryHeap<Reverse<(u64, u64, u128)>>,
+#[derive(Debug)]
+struct Timers<K: KeyFamily> {
+    heap: BinaryHeap<Reverse<(u64, u64, K::Packed)>>,
     next_gen: u64,
 }
 
-impl Timers {
+impl<K: KeyFamily> Default for Timers<K> {
+    fn default() -> Self {
+        Self {
+            heap: BinaryHeap::new(),
+            next_gen: 0,
+        }
+    }
+}
+
+impl<K: KeyFamily> Timers<K> {
     /// Sets the record's deadline: a new generation and a new heap entry (the previous
     /// entry becomes stale).
-    fn arm(&mut self, conn: &mut Conn, deadline: u64) {
+    fn arm(&mut self, conn: &mut Conn<K>, deadline: u64) {
         conn.gen = self.next_gen;
         self.next_gen += 1;
         conn.info.deadline_ns = deadline;
         self.heap
-            .push(Reverse((deadline, conn.gen, conn.info.key.packed())));
+            .push(Reverse((deadline, conn.gen, conn.info.key.pack())));
     }
 }
 
 /// The record of `key` if it was opened no later than `at_ns` (the time the
 /// event about it was seen); otherwise the event is counted as ignored.
-fn current<'a>(
-    conns: &'a mut AHashMap<u128, Conn>,
+fn current<'a, K: KeyFamily>(
+    conns: &'a mut AHashMap<K::Packed, Conn<K>>,
     ignored: &mut u64,
-    key: FlowKey,
+    key: K,
     at_ns: u64,
-) -> Option<&'a mut Conn> {
+) -> Option<&'a mut Conn<K>> {
     let c = conns
-        .get_mut(&key.packed())
+        .get_mut(&key.pack())
         .filter(|c| c.info.opened_ns <= at_ns);
     if c.is_none() {
         *ignored += 1;
@@ -217,7 +242,7 @@ fn current<'a>(
     c
 }
 
-impl ConnTracker {
+impl<K: KeyFamily> ConnTracker<K> {
     pub fn new(timeouts: Timeouts) -> Self {
         Self {
             timeouts,
@@ -239,7 +264,7 @@ impl ConnTracker {
     /// worker emits a `Remove` for the old owner's copy; a daemon's reset is sent
     /// to the owner to judge. An event from before the connection it names was
     /// opened is about an older connection on the same ports, and is ignored.
-    pub fn on_event(&mut self, event: Event, now_ns: u64, out: &mut Vec<Order>) {
+    pub fn on_event(&mut self, event: Event<K>, now_ns: u64, out: &mut Vec<Order<K>>) {
         let t = self.timeouts;
         match event {
             Event::Opened {
@@ -328,7 +353,7 @@ impl ConnTracker {
             }
             Event::Removed { key, at_ns } => {
                 if current(&mut self.conns, &mut self.ignored, key, at_ns).is_some() {
-                    if let Some(gone) = self.conns.remove(&key.packed()) {
+                    if let Some(gone) = self.conns.remove(&key.pack()) {
                         self.udp -= usize::from(is_udp(&gone.info.key));
                         count(&mut self.per_daemon, &gone.info, false);
                     }
@@ -345,16 +370,16 @@ impl ConnTracker {
     fn open(
         &mut self,
         worker: WorkerId,
-        key: FlowKey,
-        daemon: SocketAddrV4,
+        key: K,
+        daemon: K::Daemon,
         at_ns: u64,
         phase: Phase,
         now_ns: u64,
-        out: &mut Vec<Order>,
+        out: &mut Vec<Order<K>>,
     ) {
         if self
             .conns
-            .get(&key.packed())
+            .get(&key.pack())
             .is_some_and(|c| c.info.opened_ns > at_ns)
         {
             self.ignored += 1;
@@ -383,7 +408,7 @@ impl ConnTracker {
         // The client reused the port: the new record replaces the old one (whose
         // heap entry is now stale). If another worker held it, drop its copy.
         count(&mut self.per_daemon, &conn.info, true);
-        let old = self.conns.insert(key.packed(), conn);
+        let old = self.conns.insert(key.pack(), conn);
         self.udp += usize::from(old.is_none() && is_udp(&key));
         if let Some(old) = old {
             count(&mut self.per_daemon, &old.info, false);
@@ -397,7 +422,7 @@ impl ConnTracker {
     /// Fires every deadline `<= now_ns`: SynSent and Closing records are removed
     /// (`Remove`), Established and HalfClosed ones are probed (`RemoveIfIdle`) and
     /// re-armed `RECHECK_INTERVAL` later in case the answer never comes.
-    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Order>) {
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Order<K>>) {
         let timeouts = self.timeouts;
         while let Some(&Reverse((deadline, gen, packed))) = self.timers.heap.peek() {
             if deadline > now_ns {
@@ -463,24 +488,24 @@ impl ConnTracker {
     }
 
     /// Every tracked connection, in no particular order (for `ctl conns`).
-    pub fn iter(&self) -> impl Iterator<Item = ConnInfo> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = ConnInfo<K>> + '_ {
         self.conns.values().map(|c| c.info)
     }
 
     /// The daemon of a tracked connection (for translating ICMP errors).
-    pub fn daemon_of(&self, key: FlowKey) -> Option<SocketAddrV4> {
-        self.conns.get(&key.packed()).map(|c| c.info.daemon)
+    pub fn daemon_of(&self, key: K) -> Option<K::Daemon> {
+        self.conns.get(&key.pack()).map(|c| c.info.daemon)
     }
 
     /// Connection counts per daemon (for `ctl backends`): O(1), kept as
     /// connections come and go.
-    pub fn per_daemon(&self) -> &AHashMap<SocketAddrV4, BackendConns> {
+    pub fn per_daemon(&self) -> &AHashMap<K::Daemon, BackendConns> {
         &self.per_daemon
     }
 
     /// Keys of every connection to `daemon`, e.g. to reset a failed daemon's
     /// connections. O(len()).
-    pub fn connections_of(&self, daemon: SocketAddrV4) -> impl Iterator<Item = FlowKey> + '_ {
+    pub fn connections_of(&self, daemon: K::Daemon) -> impl Iterator<Item = K> + '_ {
         self.conns
             .values()
             .filter(move |c| c.info.daemon == daemon)

@@ -1,5 +1,5 @@
 use super::*;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 const S: u64 = 1_000_000_000;
 const T: Timeouts = Timeouts {
