@@ -2625,3 +2625,6 @@ mod tests {
         assert_eq!(lb.stats.dropped_total() + lb.stats.recovered.get(), 0);
     }
 }
+
+#[cfg(test)]
+mod tests6;

@@ -398,7 +398,7 @@ pub fn link<Plane>(wake: Arc<Wake>, events: usize) -> (WorkerEnd<Plane>, LoopEnd
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv6Addr, SocketAddrV4, SocketAddrV6};
+    use std::net::SocketAddrV4;
 
     use super::*;
     use crate::{ids::WorkerId, stats::WorkerStats};

@@ -1209,3 +1209,190 @@ fn a_udp_flow_is_established_at_once_and_ends_when_idle_for_its_own_timeout() {
         "not a TCP recovery"
     );
 }
+
+mod ipv6 {
+    //! The IPv6 tracker: the same machine on IPv6 keys, whose packed form is
+    //! three integers; keys that differ only in the last bits of an address
+    //! stay apart.
+    use std::net::{Ipv6Addr, SocketAddrV6};
+
+    use super::T;
+    use crate::{
+        control::conntrack::{BackendConns, ConnTracker6, Order6, Phase},
+        flow::FlowKey6,
+        ids::WorkerId,
+        protocol::{Event6, FlowCommand6},
+    };
+
+    const S: u64 = 1_000_000_000;
+
+    fn key(i: u16, protocol: u8) -> FlowKey6 {
+        FlowKey6::new(
+            SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 0xc, 0, 0, 0, i), 40000, 0, 0),
+            SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 0x100), 80, 0, 0),
+            protocol,
+        )
+    }
+
+    fn daemon(i: u16) -> SocketAddrV6 {
+        SocketAddrV6::new(
+            Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 0x11 + i),
+            8080,
+            0,
+            0,
+        )
+    }
+
+    fn opened(worker: u16, k: FlowKey6, d: u16, at_ns: u64) -> Event6 {
+        Event6::Opened {
+            worker: WorkerId(worker),
+            key: k,
+            daemon: daemon(d),
+            at_ns,
+        }
+    }
+
+    #[test]
+    fn an_ipv6_connection_goes_through_its_phases_and_is_removed_by_its_owner() {
+        let mut t = ConnTracker6::new(T);
+        let mut out: Vec<Order6> = Vec::new();
+        let (a, b) = (key(1, 6), key(2, 6));
+        t.on_event(opened(1, a, 0, 0), 0, &mut out);
+        t.on_event(opened(0, b, 1, 0), 0, &mut out);
+        assert_eq!(t.len(), 2, "keys one bit apart are two connections");
+        assert_eq!(t.daemon_of(a), Some(daemon(0)));
+        t.on_event(Event6::Established { key: a, at_ns: 1 }, 1, &mut out);
+        let conns = t.per_daemon();
+        assert_eq!(
+            conns[&daemon(0)],
+            BackendConns {
+                active: 1,
+                inactive: 0
+            }
+        );
+        assert_eq!(
+            conns[&daemon(1)],
+            BackendConns {
+                active: 0,
+                inactive: 1
+            }
+        );
+        // The daemon's reset is judged by the owner, worker 1.
+        let rst = Event6::DaemonRst {
+            key: a,
+            seq: 7,
+            at_ns: 2,
+        };
+        t.on_event(rst, 2, &mut out);
+        assert_eq!(
+            out.drain(..).collect::<Vec<_>>(),
+            [(
+                WorkerId(1),
+                FlowCommand6::CheckRst {
+                    key: a,
+                    seq: 7,
+                    at_ns: 2
+                }
+            )]
+        );
+        for from_client in [true, false] {
+            t.on_event(
+                Event6::Fin {
+                    key: a,
+                    from_client,
+                    at_ns: 3,
+                },
+                3,
+                &mut out,
+            );
+        }
+        assert_eq!(t.iter().find(|c| c.key == a).unwrap().phase, Phase::Closing);
+        // b never completes its handshake: removed at the syn deadline; a at
+        // the linger deadline, each by its own owner.
+        t.expire(T.syn.as_nanos() as u64 + 1, &mut out);
+        assert_eq!(
+            out.drain(..).collect::<Vec<_>>(),
+            [
+                (
+                    WorkerId(1),
+                    FlowCommand6::Remove {
+                        key: a,
+                        opened_ns: 0
+                    }
+                ),
+                (
+                    WorkerId(0),
+                    FlowCommand6::Remove {
+                        key: b,
+                        opened_ns: 0
+                    }
+                ),
+            ]
+        );
+        assert!(t.is_empty() && t.per_daemon().is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_udp_flow_lives_until_idle_and_a_reused_key_moves_to_its_new_worker() {
+        let mut t = ConnTracker6::new(T);
+        let mut out = Vec::new();
+        let k = key(9, 17);
+        t.on_event(opened(0, k, 0, 0), 0, &mut out);
+        assert_eq!(t.udp_len(), 1);
+        assert_eq!(t.iter().next().unwrap().phase, Phase::Established);
+        let idle = T.udp_idle.as_nanos() as u64;
+        t.expire(idle, &mut out);
+        assert_eq!(
+            out.drain(..).collect::<Vec<_>>(),
+            [(
+                WorkerId(0),
+                FlowCommand6::RemoveIfIdle {
+                    key: k,
+                    idle_since_ns: 0
+                }
+            )]
+        );
+        // Still active: re-armed from its last packet.
+        t.on_event(
+            Event6::Active {
+                key: k,
+                last_seen_ns: 5 * S,
+            },
+            idle,
+            &mut out,
+        );
+        t.expire(idle + 4 * S, &mut out);
+        assert!(out.is_empty());
+        // The same key opens on another worker: the old owner drops its copy.
+        t.on_event(opened(1, k, 1, idle + 5 * S), idle + 5 * S, &mut out);
+        assert_eq!(
+            out.drain(..).collect::<Vec<_>>(),
+            [(
+                WorkerId(0),
+                FlowCommand6::Remove {
+                    key: k,
+                    opened_ns: 0
+                }
+            )]
+        );
+        assert_eq!(t.daemon_of(k), Some(daemon(1)));
+        // A late event about the old flow is ignored.
+        let late = Event6::Removed {
+            key: k,
+            at_ns: idle,
+        };
+        t.on_event(late, idle + 6 * S, &mut out);
+        assert_eq!((t.len(), t.ignored_events()), (1, 1));
+        t.on_event(
+            Event6::Removed {
+                key: k,
+                at_ns: idle + 7 * S,
+            },
+            idle + 7 * S,
+            &mut out,
+        );
+        assert!(t.is_empty());
+        assert_eq!(t.udp_len(), 0);
+        assert_eq!(t.connections_of(daemon(1)).count(), 0);
+    }
+}
