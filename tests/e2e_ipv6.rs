@@ -242,6 +242,7 @@ fn ipv6_connections_spread_evenly_and_echo_intact() {
     assert!(xdp(&stats, "front6_steered") >= 4 * 401, "{stats}");
     assert!(xdp(&stats, "back6_steered") >= 4 * 401, "{stats}");
     assert_eq!(xdp(&stats, "front_steered"), 0, "no IPv4 service: {stats}");
+    assert_eq!(worker_sum(&stats, "invalid"), 0, "{stats}");
     assert_eq!(worker_sum(&stats, "dropped"), 0, "{stats}");
     lb.terminate(Duration::from_secs(10));
 }
@@ -505,6 +506,7 @@ fn a_narrow_ipv6_route_beyond_a_front_router_does_not_stall_downloads() {
     assert_eq!(u64_at(&stats, "/icmp/translated"), steered, "{stats}");
     assert_eq!(worker_sum(&stats, "icmp_to_daemon"), steered, "{stats}");
     assert_eq!(u64_at(&stats, "/icmp/no_connection"), 0, "{stats}");
+    assert_eq!(worker_sum(&stats, "icmp_invalid"), 0, "{stats}");
     assert_eq!(worker_sum(&stats, "dropped"), 0, "{stats}");
     let m = metrics(&topo, 9161);
     assert_eq!(
@@ -551,6 +553,7 @@ fn a_narrow_ipv6_route_beyond_a_back_router_does_not_stall_uploads() {
     let steered = xdp(&stats, "icmp6_back_steered");
     assert!(steered >= 1, "{stats}");
     assert_eq!(worker_sum(&stats, "icmp_to_client"), steered, "{stats}");
+    assert_eq!(worker_sum(&stats, "icmp_invalid"), 0, "{stats}");
     assert_eq!(worker_sum(&stats, "dropped"), 0, "{stats}");
     assert_eq!(xdp(&stats, "icmp6_front_steered"), 0, "{stats}");
     // The client's kernel took the translated error: its route to the VIP
