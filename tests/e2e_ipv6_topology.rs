@@ -175,4 +175,35 @@ fn the_routed_dual_stack_topologies_route_ipv6_through_the_router() {
         assert!(stdout.contains("ok=10 lost=0"), "{stdout}");
         assert!(stdout.contains("first_local=[2001:2:0:1::2]:"), "{stdout}");
     }
+
+    // The router narrows its route to the daemons as tests/e2e_ipv6.rs
+    // does: its packet too big reaches the client (here directly, the
+    // kernel forwarding), whose route cache then holds the narrow MTU.
+    let narrow = [
+        "-6",
+        "route",
+        "replace",
+        "2001:2:0:2::/64",
+        "dev",
+        "b1",
+        "proto",
+        "kernel",
+        "metric",
+        "256",
+        "mtu",
+        "1280",
+    ];
+    topo.exec(&topo.router(), "ip", &narrow)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let to = daemon_addr6(0);
+    let out = topo.client_run(&["bulk", "--to", &to, "--bytes", "2000000"]);
+    assert!(out.status.success(), "bulk to {to}:\n{}", text(&out));
+    let cached = topo
+        .exec(
+            &topo.client(),
+            "ip",
+            &["-6", "route", "get", "2001:2:0:2::11"],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(cached.contains("mtu 1280"), "{cached}");
 }
