@@ -751,6 +751,19 @@ fn ctl_drain_and_metrics_name_an_ipv6_daemon() {
     wait_all_up(&topo);
     let (mut long, daemon) = hold(&topo, VIP6, "4");
     assert!(daemons6(3).contains(&daemon), "{daemon}");
+    // `ctl conns` shows it, filtered by its daemon's bracketed name.
+    let conns = topo.ctl(&["conns", "--daemon", &daemon]);
+    let row = format!("-> {VIP6} -> {daemon} worker 0 ");
+    assert!(
+        conns
+            .lines()
+            .any(|l| l.starts_with(CLIENT6) && l.contains(&row)),
+        "{conns}"
+    );
+    assert!(
+        conns.contains("1 shown of 1 matching of 1 tracked"),
+        "{conns}"
+    );
 
     let reply = topo.ctl(&["drain", &daemon]);
     assert!(reply.contains("draining"), "{reply}");
