@@ -859,3 +859,63 @@ fn a_stopped_ipv6_daemon_goes_down_and_gets_no_new_connections() {
     assert_eq!(back.get(&victim), Some(&30), "{back:?}");
     lb.terminate(Duration::from_secs(10));
 }
+
+/// A TCP connect whose every segment carries a destination options header
+/// (the kernel's own, set with IPV6_DSTOPTS on the socket; one PadN option):
+/// prints `connected <the daemon's hello>` or `failed <the error's type>`.
+const CONNECT_WITH_DSTOPTS: &str = r#"
+import socket, sys
+host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, bytes([0, 0, 1, 4, 0, 0, 0, 0]))
+s.settimeout(timeout)
+try:
+    s.connect((host, port))
+    print("connected", s.recv(200).decode().strip())
+except OSError as e:
+    print("failed", type(e).__name__)
+"#;
+
+fn connect_with_dstopts(topo: &Topology, host: &str, port: &str) -> String {
+    let out = topo.run(
+        &topo.client(),
+        "python3",
+        &["-c", CONNECT_WITH_DSTOPTS, host, port, "2"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// IPv6 extension headers are not walked on the hot path: a segment to the
+/// VIP behind one is dropped by the XDP program and counted, so a client
+/// whose kernel adds destination options gets no answer at all (neither a
+/// daemon's nor the VIP's host's reset), while plain connections go on and
+/// the host still forwards such segments to addresses that are no VIP.
+#[test]
+fn ipv6_segments_with_an_extension_header_to_the_vip_are_dropped_and_counted() {
+    let topo = Topology::up_dual(DISPATCHD, "v6ext", 2, 1);
+    let plain = "[2001:2:0:2::11]:9090";
+    let _servers = topo.serve_on(&[daemons6(2), vec![plain.to_owned()]].concat(), &[]);
+    let mut lb = dispatchd(&topo, Topology::default_flags6(2), &[]);
+    wait_all_up(&topo);
+
+    let got = connect_with_dstopts(&topo, "2001:2:0:1::100", "80");
+    assert_eq!(got, "failed TimeoutError", "to the VIP with options");
+    let stats = topo.stats();
+    // The SYN and its retransmission within 2 s at least.
+    let dropped = xdp(&stats, "vip6_ext_header");
+    println!("a connect with destination options: {dropped} SYNs dropped");
+    assert!(dropped >= 2, "{stats}");
+    assert_eq!(xdp(&stats, "front6_steered"), 0, "{stats}");
+    assert_eq!(sum_of(&stats, "new_flows"), 0, "{stats}");
+
+    let spread = spread(&topo, VIP6, 10);
+    assert_eq!(spread.values().sum::<usize>(), 10, "{spread:?}");
+    let got = connect_with_dstopts(&topo, "2001:2:0:2::11", "9090");
+    assert!(
+        got.starts_with(&format!("connected hello daemon={plain} peer={CLIENT6}")),
+        "not to a VIP: the host's, forwarded: {got}"
+    );
+    assert_eq!(xdp(&topo.stats(), "vip6_ext_header"), dropped);
+    lb.terminate(Duration::from_secs(10));
+}
