@@ -919,3 +919,76 @@ fn ipv6_segments_with_an_extension_header_to_the_vip_are_dropped_and_counted() {
     assert_eq!(xdp(&topo.stats(), "vip6_ext_header"), dropped);
     lb.terminate(Duration::from_secs(10));
 }
+
+/// How many reloads dispatchd has logged as applied.
+fn reloads(lb: &Proc) -> usize {
+    lb.output().matches("SIGHUP: reloaded").count()
+}
+
+/// A connection to the IPv6 VIP's port while no service has it: the host
+/// owning the VIP refuses it.
+fn vip6_refused(topo: &Topology) -> bool {
+    let out = topo.client_run(&[
+        "connect",
+        "--to",
+        VIP6,
+        "--connections",
+        "1",
+        "--timeout-ms",
+        "2000",
+    ]);
+    !out.status.success() && text(&out).contains("Connection refused")
+}
+
+/// SIGHUP turns an IPv4-only configuration into a dual-stack one and back:
+/// the IPv6 service starts serving once its daemons are up, leaves the VIP's
+/// port to the host again when removed, and an IPv4 connection open across
+/// both reloads goes on.
+#[test]
+fn a_reload_adds_an_ipv6_service_beside_an_ipv4_one_and_removes_it() {
+    let topo = Topology::up_dual(DISPATCHD, "v6hup", 2, 1);
+    let v4: Vec<String> = (0..2).map(daemon_addr).collect();
+    let v6 = daemons6(2);
+    let _servers = topo.serve_on(&[v4.clone(), v6.clone()].concat(), &[]);
+    let ipv4_only = format!(
+        "front = \"l0\"\nback = \"l1\"\n[timeouts]\nlinger_ms = 300\n\n{}",
+        service_table(VIP, "tcp", &v4)
+    );
+    let dual = format!("{ipv4_only}\n{}", service_table(VIP6, "tcp", &v6));
+    let file = config_file(&topo, &ipv4_only);
+    let lb = topo.dispatchd(&["--config", &file]);
+    wait_all_up(&topo);
+    let (mut long, _) = hold(&topo, VIP, "5");
+    assert!(vip6_refused(&topo), "no IPv6 service yet: the host's port");
+
+    std::fs::write(&file, &dual).expect("writing the config");
+    lb.signal("HUP");
+    wait_until(Duration::from_secs(5), "the reload applied", || {
+        reloads(&lb) == 1
+    });
+    let took = wait_until(Duration::from_secs(5), "the IPv6 daemons up", || {
+        let rows = backends_json(&topo);
+        rows.len() == 4 && rows.iter().all(|b| b["state"] == "up")
+    });
+    println!("IPv6 daemons up {took:?} after the reload");
+    let by6 = spread(&topo, VIP6, 100);
+    assert_eq!(by6, v6.iter().map(|d| (d.clone(), 50)).collect(), "{by6:?}");
+    let by4 = spread(&topo, VIP, 100);
+    assert_eq!(
+        by4.keys().collect::<Vec<_>>(),
+        v4.iter().collect::<Vec<_>>()
+    );
+    assert_eq!(by4.values().sum::<usize>(), 100, "{by4:?}");
+
+    std::fs::write(&file, &ipv4_only).expect("writing the config");
+    lb.signal("HUP");
+    wait_until(Duration::from_secs(5), "the second reload applied", || {
+        reloads(&lb) == 2
+    });
+    wait_until(Duration::from_secs(5), "the IPv6 service gone", || {
+        vip6_refused(&topo)
+    });
+    held_to_the_end(&mut long);
+    let by4 = spread(&topo, VIP, 10);
+    assert_eq!(by4.values().sum::<usize>(), 10, "{by4:?}");
+}
