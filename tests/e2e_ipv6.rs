@@ -992,3 +992,68 @@ fn a_reload_adds_an_ipv6_service_beside_an_ipv4_one_and_removes_it() {
     let by4 = spread(&topo, VIP, 10);
     assert_eq!(by4.values().sum::<usize>(), 10, "{by4:?}");
 }
+
+/// A client reaching an IPv6 daemon by its own address through the
+/// dispatcher: with the default stateless replies, the daemon's SYN-ACK is
+/// rewritten to come from the VIP and the connection cannot open; with
+/// `--reply-mode tracked` only the replies of tracked IPv6 connections are
+/// rewritten (`tracked6`), so the direct connections work while the VIP
+/// carries its own.
+#[test]
+fn a_client_reaching_an_ipv6_daemon_directly_works_with_tracked_replies() {
+    let topo = Topology::up_dual(DISPATCHD, "v6trk", 2, 1);
+    let _servers = topo.serve_on(&daemons6(2), &[]);
+    let direct = daemon_addr6(0);
+    let direct_connect = |n: &str| {
+        topo.client_run(&[
+            "connect",
+            "--to",
+            &direct,
+            "--connections",
+            n,
+            "--concurrency",
+            "2",
+            "--timeout-ms",
+            "1500",
+        ])
+    };
+
+    let mut lb = dispatchd(&topo, Topology::default_flags6(2), &[]);
+    let out = direct_connect("1");
+    assert!(
+        !out.status.success(),
+        "stateless replies rewrite the direct connection's SYN-ACK:\n{}",
+        text(&out)
+    );
+    lb.terminate(Duration::from_secs(10));
+
+    let mut lb = dispatchd(
+        &topo,
+        Topology::default_flags6(2),
+        &["--reply-mode", "tracked"],
+    );
+    wait_all_up(&topo);
+    let by6 = spread(&topo, VIP6, 100);
+    assert_eq!(
+        by6,
+        daemons6(2).into_iter().map(|d| (d, 50)).collect(),
+        "{by6:?}"
+    );
+    let before = topo.stats();
+    let out = direct_connect("20");
+    assert!(out.status.success(), "direct:\n{}", text(&out));
+    assert_eq!(
+        per_daemon(&String::from_utf8_lossy(&out.stdout)),
+        [(direct.clone(), 20)]
+    );
+    let after = topo.stats();
+    let moved = |k: &str| sum_of(&after, k) - sum_of(&before, k);
+    assert_eq!(moved("rx_back"), 0, "a direct reply reached a worker");
+    assert_eq!(moved("tx_front"), 0, "a direct reply was rewritten");
+    assert!(
+        xdp(&after, "back_untracked") - xdp(&before, "back_untracked") >= 20 * 4,
+        "each direct connection's replies pass: {after}"
+    );
+    assert_eq!(sum_of(&after, "tracked_inserted"), 100, "{after}");
+    lb.terminate(Duration::from_secs(10));
+}
