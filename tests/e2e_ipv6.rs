@@ -1057,3 +1057,36 @@ fn a_client_reaching_an_ipv6_daemon_directly_works_with_tracked_replies() {
     assert_eq!(sum_of(&after, "tracked_inserted"), 100, "{after}");
     lb.terminate(Duration::from_secs(10));
 }
+
+/// The IPv6 reply path's FIB lookup needs the back to forward IPv6
+/// (`net.ipv6.conf.<back>.forwarding`, not `all`): with IPv6 services,
+/// start-up is refused in one line naming the setting, nothing attached;
+/// an IPv4-only configuration does not need it.
+#[test]
+fn ipv6_services_need_ipv6_forwarding_on_the_back() {
+    let topo = Topology::up_dual(DISPATCHD, "v6fwd", 2, 1);
+    let _servers = topo.serve_on(&[daemon_addr(0), daemon_addr6(0)], &[]);
+    if let Err(e) = topo.exec(
+        &topo.dispatcher(),
+        "sysctl",
+        &["-qw", "net.ipv6.conf.l1.forwarding=0"],
+    ) {
+        panic!("{e:#}");
+    }
+    let out = topo.dispatchd_fails(&Topology::default_flags6(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr:\n{}", text(&out));
+    assert!(
+        lines[0].starts_with("dispatchd: ")
+            && lines[0].contains("IPv6 forwarding is off on the back interface l1"),
+        "{}",
+        lines[0]
+    );
+    assert!(!topo.xdp_attached("l0") && !topo.xdp_attached("l1"));
+
+    let mut lb = dispatchd(&topo, Topology::default_flags(1), &[]);
+    let by4 = spread(&topo, VIP, 10);
+    assert_eq!(by4, [(daemon_addr(0), 10)].into_iter().collect());
+    lb.terminate(Duration::from_secs(10));
+}
