@@ -13,11 +13,17 @@
 #   back:  l1 198.18.2.1/24 <-> b0 198.18.2.2/24 | b1 198.19.0.1/24 <-> s0 (as above)
 #          (the dispatcher reaches the daemons via 198.18.2.2, the router the clients via 198.18.2.1)
 #
-# With FAMILY "dual" (ROUTER none only), IPv6 besides, in the benchmark prefix
-# 2001:2::/48 (RFC 5180), every address without duplicate address detection:
+# With FAMILY "dual", IPv6 besides, in the benchmark prefix 2001:2::/48 (RFC
+# 5180), every address without duplicate address detection:
 #
 #   PREFIXc: c0 2001:2:0:1::2/64 (default via ::1)  <->  PREFIXd: l0 2001:2:0:1::1/64 + VIP 2001:2:0:1::100
 #   PREFIXs: s0 2001:2:0:2::2/64 + ::11 ::12 ...    <->  PREFIXd: l1 2001:2:0:2::1/64
+#
+# and with a ROUTER, its IPv6 links as its IPv4 ones:
+#
+#   front: c0 2001:2:0:1::2/64 <-> r0 2001:2:0:1::1/64 | r1 2001:2:0:3::1/64 <-> l0 2001:2:0:3::2/64 + VIP
+#          (the clients reach the VIP through the router by a host route)
+#   back:  l1 2001:2:0:4::1/64 <-> b0 2001:2:0:4::2/64 | b1 2001:2:0:2::1/64 <-> s0 (as above)
 #
 # usage: topology.sh up PREFIX [DAEMONS] [QUEUES] [BACK_QUEUES] [ROUTER: none|front|back] [FAMILY: ipv4|dual]
 #        topology.sh down PREFIX
@@ -56,7 +62,7 @@ tune() {
 
 up() {
 	case "$router" in none | front | back) ;; *) echo "$usage" >&2; exit 2 ;; esac
-	case "$family" in ipv4) ;; dual) [ "$router" = none ] || { echo "dual: ROUTER none only" >&2; exit 2; } ;; *) echo "$usage" >&2; exit 2 ;; esac
+	case "$family" in ipv4 | dual) ;; *) echo "$usage" >&2; exit 2 ;; esac
 	down
 	trap 'down' ERR
 	local all=("${p}c" "${p}d" "${p}s")
@@ -185,11 +191,14 @@ up6() {
 	ip -n "${p}c" addr add 2001:2:0:1::2/64 dev c0 nodad
 	ip -n "${p}c" -6 route add default via 2001:2:0:1::1 dev c0
 
-	ip -n "${p}d" addr add 2001:2:0:1::1/64 dev l0 nodad
+	local front=2001:2:0:1::1/64 back=2001:2:0:2::1/64
+	[ "$router" = front ] && front=2001:2:0:3::2/64
+	[ "$router" = back ] && back=2001:2:0:4::1/64
+	ip -n "${p}d" addr add "$front" dev l0 nodad
 	# Local on the front, as the IPv4 VIP: the kernel answers neighbour
 	# solicitations for it.
 	ip -n "${p}d" addr add 2001:2:0:1::100/128 dev l0 nodad
-	ip -n "${p}d" addr add 2001:2:0:2::1/64 dev l1 nodad
+	ip -n "${p}d" addr add "$back" dev l1 nodad
 	# dispatchd's FIB lookup (bpf_ipv6_fib_lookup) checks the forwarding
 	# setting of the device it is made for, l1: net.ipv6.conf.l1.forwarding.
 	# The kernel's own IPv6 forwarding between the sides (ip6_forward) checks
@@ -198,6 +207,30 @@ up6() {
 	# 2; this topology's addresses and routes are static, so none are taken.
 	ip netns exec "${p}d" sysctl -qw net.ipv6.conf.all.forwarding=1 net.ipv6.conf.l1.forwarding=1 \
 		net.ipv6.conf.l0.accept_ra=0 net.ipv6.conf.l1.accept_ra=0
+	case "$router" in
+	front) ip -n "${p}d" -6 route add 2001:2:0:1::/64 via 2001:2:0:3::1 dev l0 ;;
+	back) ip -n "${p}d" -6 route add 2001:2:0:2::/64 via 2001:2:0:4::2 dev l1 ;;
+	esac
+
+	case "$router" in
+	front)
+		ip -n "${p}r" addr add 2001:2:0:1::1/64 dev r0 nodad
+		ip -n "${p}r" addr add 2001:2:0:3::1/64 dev r1 nodad
+		ip -n "${p}r" -6 route add 2001:2:0:1::100/128 via 2001:2:0:3::2 dev r1
+		# The VIP lies in the clients' own prefix, where they would solicit
+		# it on their link: a host route sends it to the router instead (the
+		# IPv4 side's proxy ARP, without a proxy neighbour entry).
+		ip -n "${p}c" -6 route add 2001:2:0:1::100/128 via 2001:2:0:1::1 dev c0
+		;;
+	back)
+		ip -n "${p}r" addr add 2001:2:0:4::2/64 dev b0 nodad
+		ip -n "${p}r" addr add 2001:2:0:2::1/64 dev b1 nodad
+		ip -n "${p}r" -6 route add 2001:2:0:1::/64 via 2001:2:0:4::1 dev b0
+		;;
+	esac
+	if [ "$router" != none ]; then
+		ip netns exec "${p}r" sysctl -qw net.ipv6.conf.all.forwarding=1
+	fi
 
 	ip -n "${p}s" addr add 2001:2:0:2::2/64 dev s0 nodad
 	for i in $(seq 1 "$daemons"); do

@@ -6,7 +6,9 @@
 //! IPv4 as before. Needs root.
 use std::time::Duration;
 
-use dispatchd_testkit::{daemon_addr, daemon_addr6, per_daemon, text, Proc, Topology, VIP6};
+use dispatchd_testkit::{
+    daemon_addr, daemon_addr6, per_daemon, text, Proc, Router, Topology, VIP6,
+};
 
 const DISPATCHD: &str = env!("CARGO_BIN_EXE_dispatchd");
 
@@ -114,4 +116,94 @@ fn the_dual_stack_topology_routes_ipv6_between_clients_and_daemons() {
         "a connection to an unserved VIP6 port:\n{}",
         text(&out)
     );
+}
+
+/// The dual-stack topology with a router on either side
+/// (`Topology::up_dual_routed`): IPv6 crosses the router both ways, the
+/// clients reach the VIP's address through the front router, and the
+/// daemons' UDP servers answer over IPv6 through the back router.
+#[test]
+fn the_routed_dual_stack_topologies_route_ipv6_through_the_router() {
+    let topo = Topology::up_dual_routed(DISPATCHD, "v6kfr", 1, 1, Router::Front);
+    let (c, d, r) = (topo.client(), topo.dispatcher(), topo.router());
+    assert_eq!(sysctl(&topo, &r, "net.ipv6.conf.all.forwarding"), "1");
+    let front = topo
+        .exec(&d, "ip", &["-6", "-o", "addr", "show", "dev", "l0"])
+        .unwrap();
+    for want in ["2001:2:0:3::2/64", "2001:2:0:1::100/128"] {
+        assert!(front.contains(want), "l0 lacks {want}: {front}");
+    }
+    for to in ["2001:2:0:1::100", "2001:2:0:3::2"] {
+        let out = topo.run(&c, "ping", &["-6", "-c", "1", "-W", "2", to]);
+        assert!(out.status.success(), "ping -6 {to}:\n{}", text(&out));
+    }
+    // The replies leave the dispatcher through the router, not on-link.
+    let route = topo
+        .exec(&d, "ip", &["-6", "route", "get", "2001:2:0:1::2"])
+        .unwrap();
+    assert!(route.contains("via 2001:2:0:3::1 dev l0"), "{route}");
+    drop(topo);
+
+    let topo = Topology::up_dual_routed(DISPATCHD, "v6kbr", 2, 1, Router::Back);
+    let (d, s) = (topo.dispatcher(), topo.daemons());
+    let route = topo
+        .exec(&d, "ip", &["-6", "route", "get", "2001:2:0:2::11"])
+        .unwrap();
+    assert!(route.contains("via 2001:2:0:4::2 dev l1"), "{route}");
+    let mut serve = topo.cmd(&s, &topo.programs().testkit);
+    serve.arg("serve");
+    let mut udp = topo.cmd(&s, &topo.programs().testkit);
+    udp.arg("udp-serve");
+    for i in 0..2 {
+        serve.args(["--listen", &daemon_addr6(i)]);
+        udp.args(["--listen", &daemon_addr6(i)]);
+    }
+    let _servers =
+        Proc::start(serve, "serving", Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e:#}"));
+    let _udp =
+        Proc::start(udp, "serving udp", Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e:#}"));
+    for i in 0..2 {
+        let to = daemon_addr6(i);
+        assert_eq!(connect(&topo, &to, 10), [(to.clone(), 10)], "to {to}");
+        let out = topo.client_run(&["udp-query", "--to", &to, "--clients", "5", "--count", "2"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "udp-query {to}:\n{}", text(&out));
+        assert!(
+            stdout.contains(&format!("daemon={to} flows=5 datagrams=10")),
+            "{stdout}"
+        );
+        assert!(stdout.contains("ok=10 lost=0"), "{stdout}");
+        assert!(stdout.contains("first_local=[2001:2:0:1::2]:"), "{stdout}");
+    }
+
+    // The router narrows its route to the daemons as tests/e2e_ipv6.rs
+    // does: its packet too big reaches the client (here directly, the
+    // kernel forwarding), whose route cache then holds the narrow MTU.
+    let narrow = [
+        "-6",
+        "route",
+        "replace",
+        "2001:2:0:2::/64",
+        "dev",
+        "b1",
+        "proto",
+        "kernel",
+        "metric",
+        "256",
+        "mtu",
+        "1280",
+    ];
+    topo.exec(&topo.router(), "ip", &narrow)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let to = daemon_addr6(0);
+    let out = topo.client_run(&["bulk", "--to", &to, "--bytes", "2000000"]);
+    assert!(out.status.success(), "bulk to {to}:\n{}", text(&out));
+    let cached = topo
+        .exec(
+            &topo.client(),
+            "ip",
+            &["-6", "route", "get", "2001:2:0:2::11"],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(cached.contains("mtu 1280"), "{cached}");
 }

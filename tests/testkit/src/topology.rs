@@ -199,13 +199,28 @@ impl Topology {
     /// the VIP [`VIP6`], the back 2001:2:0:2::1/64 forwarding IPv6, the
     /// daemons [`daemon_addr6`]; no duplicate address detection anywhere.
     pub fn up_dual(dispatchd: &str, name: &str, daemons: usize, queues: usize) -> Topology {
+        Topology::up_dual_routed(dispatchd, name, daemons, queues, Router::None)
+    }
+
+    /// [`Topology::up_dual`] with a router namespace on one side, its IPv6
+    /// links beside its IPv4 ones: front, r1 2001:2:0:3::1/64 <-> l0
+    /// 2001:2:0:3::2/64 (the clients' side of the router keeps
+    /// 2001:2:0:1::1/64); back, l1 2001:2:0:4::1/64 <-> b0 2001:2:0:4::2/64
+    /// (the daemons' side keeps 2001:2:0:2::1/64).
+    pub fn up_dual_routed(
+        dispatchd: &str,
+        name: &str,
+        daemons: usize,
+        queues: usize,
+        router: Router,
+    ) -> Topology {
         require_root();
         let prefix = format!("dt{name}{}", std::process::id() % 100_000);
         Topology::create_family(
             &prefix,
             daemons,
             (queues, queues),
-            Router::None,
+            router,
             true,
             Programs::for_test(dispatchd),
         )
@@ -236,8 +251,7 @@ impl Topology {
         Topology::create_family(prefix, daemons, queues, router, false, programs)
     }
 
-    /// [`Topology::create_shaped`], with IPv6 besides if `dual` (router
-    /// `None` only).
+    /// [`Topology::create_shaped`], with IPv6 besides if `dual`.
     pub fn create_family(
         prefix: &str,
         daemons: usize,
@@ -340,6 +354,18 @@ impl Topology {
         started(cmd, "serving", Duration::from_secs(5))
     }
 
+    /// Echo servers on `addrs` (any family) in one process, with more `serve`
+    /// flags.
+    pub fn serve_on<S: AsRef<str>>(&self, addrs: &[S], extra: &[&str]) -> Proc {
+        let mut cmd = self.cmd(&self.daemons(), &self.programs.testkit);
+        cmd.arg("serve");
+        for a in addrs {
+            cmd.args(["--listen", a.as_ref()]);
+        }
+        cmd.args(extra);
+        started(cmd, "serving", Duration::from_secs(5))
+    }
+
     /// Starts an echo server for daemon `i` alone, so it can be stopped alone.
     pub fn serve_one(&self, i: usize, extra: &[&str]) -> Proc {
         let mut cmd = self.cmd(&self.daemons(), &self.programs.testkit);
@@ -414,6 +440,19 @@ impl Topology {
         for i in 0..n {
             v.push("--backend".into());
             v.push(daemon_addr(i));
+        }
+        v
+    }
+
+    /// [`Topology::default_flags`] for the IPv6 service [`VIP6`] of a
+    /// dual-stack topology and its first `n` daemons ([`daemon_addr6`]).
+    pub fn default_flags6(n: usize) -> Vec<String> {
+        let mut v: Vec<String> = ["--front", "l0", "--back", "l1", "--service", VIP6]
+            .map(String::from)
+            .to_vec();
+        for i in 0..n {
+            v.push("--backend".into());
+            v.push(daemon_addr6(i));
         }
         v
     }

@@ -10,7 +10,7 @@
 use std::{
     collections::BTreeMap,
     io::ErrorKind,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     thread,
     time::{Duration, Instant},
 };
@@ -104,14 +104,16 @@ fn ask(socket: &UdpSocket, query: &[u8], buf: &mut [u8]) -> Answer {
 }
 
 pub fn query(q: Query) -> Result<()> {
-    let local = match crate::sockets::client_bind() {
-        Some(ip) => ip,
-        None => Ipv4Addr::UNSPECIFIED,
+    // `--bind` is IPv4's; an IPv6 query goes from any of the client's addresses.
+    let local = match (q.to, crate::sockets::client_bind()) {
+        (SocketAddr::V6(_), _) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        (SocketAddr::V4(_), Some(ip)) => IpAddr::V4(ip),
+        (SocketAddr::V4(_), None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
     };
     let mut sockets = Vec::with_capacity(q.clients);
     for i in 0..q.clients {
         let port = q.src_port.map_or(0, |p| p + i as u16);
-        let socket = UdpSocket::bind(SocketAddrV4::new(local, port))
+        let socket = UdpSocket::bind(SocketAddr::new(local, port))
             .with_context(|| format!("binding a UDP client on port {port}"))?;
         socket
             .connect(q.to)
