@@ -30,7 +30,7 @@ use crate::{
     protocol::{self, Wake},
     queues::{self, fmt_queues, LinkFacts, LinkWatch, WorkerQueues},
     stats::{now_ns, WorkerStats},
-    sys::{self, EventFd, RawIpSender},
+    sys::{self, EventFd, RawIcmp6Sender, RawIpSender},
     worker::{self, WorkerSetup},
     xdp::{self, Interface, Replies, Side, Steering},
     xsk::{self, Bind, SocketOptions},
@@ -493,7 +493,6 @@ pub fn run_with(
         takeover,
         "starting"
     );
-    config.refuse_unserved_ipv6()?;
     let ifaces = check_host(&config)?;
     // Before any thread starts: the loop's helpers (probes, the takeover's
     // listener) inherit the placement; workers pin themselves to theirs.
@@ -520,11 +519,22 @@ pub fn run_with(
     for (_, _, daemon) in config.daemons() {
         kernel.resolve(daemon.addr)?;
     }
+    for (_, _, daemon) in config.daemons6() {
+        kernel.resolve6(daemon.addr)?;
+    }
     let mut book = HopBook::new(ifaces.back.index);
+    // The IPv6 table only for IPv6 daemons (a host may run with IPv6 off).
+    let neighbours6 = match config.services6.is_empty() {
+        true => Vec::new(),
+        false => kernel
+            .neighbours6()
+            .context("reading the back interface's IPv6 neighbours")?,
+    };
     book.load_neighbours(
         &kernel
             .neighbours()
             .context("reading the back interface's neighbours")?,
+        &neighbours6,
         &mut Vec::new(),
     );
     let bind = choose_bind(&config, &ifaces)?;
@@ -545,9 +555,9 @@ pub fn run_with(
         &mut steering,
     )?;
     drain_in_planes(&config, &overrides, &mut applied.planes);
-    for ((_, _, daemon), hop) in config.daemons().zip(&applied.hops) {
+    for ((_, _, daemon), hop) in config.all_daemons().zip(&applied.hops) {
         let via = match hop.hop() {
-            Some(h) if h != *daemon.addr.ip() => format!(" via {h}"),
+            Some(h) if h != daemon.addr.ip() => format!(" via {h}"),
             _ => String::new(),
         };
         match hop.usable() {
@@ -573,6 +583,18 @@ pub fn run_with(
             ifaces.back.name
         ),
     }
+    if !config.services6.is_empty() {
+        let back_addrs6 = sys::ipv6_addrs(&ifaces.back.name)
+            .context("reading the back interface's IPv6 addresses")?;
+        match back_addrs6.first() {
+            Some(&addr) => steering.set_icmp_source6(addr)?,
+            None => tracing::info!(
+                "{} has no global IPv6 address: IPv6 replies too big for the front path \
+                 are dropped without telling their daemon",
+                ifaces.back.name
+            ),
+        }
+    }
     // Opened while dispatchd still has CAP_NET_RAW, which sending does not need.
     let probes = RawIpSender::open(&ifaces.front.name).with_context(|| {
         format!(
@@ -580,6 +602,25 @@ pub fn run_with(
             ifaces.front.name
         )
     })?;
+    // Opened whatever the configuration: a reload may bring IPv6 services,
+    // and the capability to open it is gone by then.
+    let probes6 = match RawIcmp6Sender::open(&ifaces.front.name, ifaces.front.index) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            if !config.services6.is_empty() {
+                bail!(
+                    "opening a raw ICMPv6 socket on {} for next-hop probes: {e}",
+                    ifaces.front.name
+                );
+            }
+            tracing::info!(
+                error = %e,
+                "no raw ICMPv6 socket on {}: IPv6 clients' next hops will not be probed",
+                ifaces.front.name
+            );
+            None
+        }
+    };
     let identity = identity(&ifaces, &plan, config.reply_mode);
     if takeover {
         takeover::test_pause();
@@ -752,6 +793,7 @@ pub fn run_with(
         ctl,
         links: watch,
         probes,
+        probes6,
         identity,
         overrides: std::mem::take(&mut overrides),
         state_file,
@@ -859,7 +901,7 @@ fn drain_in_planes(
     overrides: &Overrides,
     planes: &mut [crate::dataplane::Dataplane],
 ) {
-    for (id, _, b) in config.daemons() {
+    for (id, _, b) in config.all_daemons() {
         if overrides.get(b.addr).drained {
             for plane in planes.iter_mut() {
                 plane.set_backend_state(id, crate::balance::BackendState::Draining);

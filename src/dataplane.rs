@@ -1,6 +1,9 @@
 //! What happens to one frame: the per-packet decisions and rewrites of a worker,
 //! free of rings and syscalls so that tests and benchmarks run exactly this code.
-use std::{net::SocketAddrV4, sync::Arc};
+use std::{
+    net::{SocketAddr, SocketAddrV4},
+    sync::Arc,
+};
 
 use ahash::AHashMap;
 use anyhow::{Context, Result};
@@ -38,11 +41,31 @@ impl ServiceSlot {
 /// no service's selection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retired {
-    pub daemon: SocketAddrV4,
+    pub daemon: SocketAddr,
     /// The service it answered for: its replies still leave as from it.
-    pub service: SocketAddrV4,
+    pub service: SocketAddr,
     /// That service's protocol: the daemon's replies are of it.
     pub protocol: Protocol,
+}
+
+/// A retired IPv4 daemon, as this IPv4 plane holds it.
+struct Retired4 {
+    daemon: SocketAddrV4,
+    service: SocketAddrV4,
+    protocol: Protocol,
+}
+
+impl Retired4 {
+    fn of(r: &Retired) -> Option<Self> {
+        match (r.daemon, r.service) {
+            (SocketAddr::V4(daemon), SocketAddr::V4(service)) => Some(Self {
+                daemon,
+                service,
+                protocol: r.protocol,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// What a worker needs to decide a frame's fate; built once per worker at start
@@ -127,6 +150,8 @@ impl Dataplane {
             }
         }
         // Retired daemons follow, in a pool of their own that no VIP leads to.
+        // (This plane has no IPv6 path: an IPv6 retired daemon is left out.)
+        let retired: Vec<Retired4> = retired.iter().filter_map(Retired4::of).collect();
         let first_retired = backend_owner.len();
         if !retired.is_empty() {
             let id = ServiceId::from_index(slots.len()).context("more than 65535 services")?;
@@ -1411,8 +1436,8 @@ mod tests {
             health: Default::default(),
         }];
         let retired = [Retired {
-            daemon: a,
-            service: VIP,
+            daemon: a.into(),
+            service: VIP.into(),
             protocol: crate::config::Protocol::Tcp,
         }];
         let mut table = FlowTable::with_capacity(16);

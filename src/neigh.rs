@@ -12,7 +12,7 @@
 //! kernel resolve it, and its notification brings the MAC.
 use std::{
     fmt,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream},
     sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::Duration,
 };
@@ -130,6 +130,19 @@ impl<A: Copy> Reach<A> {
         matches!(self, Reach::Back { .. })
     }
 
+    /// The same reach with its hop as an address of either family.
+    pub fn into_ip(self) -> Reach<IpAddr>
+    where
+        A: Into<IpAddr>,
+    {
+        match self {
+            Reach::Back { hop } => Reach::Back { hop: hop.into() },
+            Reach::Elsewhere { interface } => Reach::Elsewhere { interface },
+            Reach::NoRoute { reason } => Reach::NoRoute { reason },
+            Reach::Unsupported { what } => Reach::Unsupported { what },
+        }
+    }
+
     /// Why this is no way to the daemon (`ctl backends`); `None` if it
     /// leaves by the back.
     pub fn why_not(&self, back: &str) -> Option<String> {
@@ -161,11 +174,12 @@ impl<A: Copy> Reach<A> {
     }
 }
 
-/// One daemon's next hop as the loop knows it.
+/// One daemon's next hop as the loop knows it (an IPv6 daemon's hop is an
+/// IPv6 address, its MAC the kernel's NDP entry's).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DaemonHop {
-    pub addr: Ipv4Addr,
-    pub reach: Reach,
+    pub addr: IpAddr,
+    pub reach: Reach<IpAddr>,
     /// The hop's MAC as the kernel last reported it, while routed via the back.
     pub mac: Option<[u8; 6]>,
 }
@@ -177,7 +191,7 @@ impl DaemonHop {
         self.mac.filter(|_| self.reach.is_back())
     }
 
-    pub fn hop(&self) -> Option<Ipv4Addr> {
+    pub fn hop(&self) -> Option<IpAddr> {
         match self.reach {
             Reach::Back { hop } => Some(hop),
             _ => None,
@@ -198,8 +212,9 @@ impl DaemonHop {
 #[derive(Debug)]
 pub struct HopBook {
     back: u32,
-    /// MACs of the kernel's complete (NUD_VALID) IPv4 entries on the back.
-    macs: AHashMap<Ipv4Addr, [u8; 6]>,
+    /// MACs of the kernel's complete (NUD_VALID) entries on the back, IPv4
+    /// (ARP) and IPv6 (NDP).
+    macs: AHashMap<IpAddr, [u8; 6]>,
     /// Indexed by [`BackendId`].
     daemons: Vec<DaemonHop>,
 }
@@ -207,8 +222,8 @@ pub struct HopBook {
 /// A daemon's hop as a route answer changed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rerouted {
-    pub before: Reach,
-    pub after: Reach,
+    pub before: Reach<IpAddr>,
+    pub after: Reach<IpAddr>,
 }
 
 impl HopBook {
@@ -232,7 +247,8 @@ impl HopBook {
     /// The MAC a daemon at `addr` routed to `hop` starts with when a
     /// configuration is (re)applied: the kernel's entry for the hop, else what
     /// the same daemon had with the same hop.
-    pub fn mac_for(&self, addr: Ipv4Addr, hop: Ipv4Addr) -> Option<[u8; 6]> {
+    pub fn mac_for(&self, addr: impl Into<IpAddr>, hop: impl Into<IpAddr>) -> Option<[u8; 6]> {
+        let (addr, hop) = (addr.into(), hop.into());
         self.macs.get(&hop).copied().or_else(|| {
             self.daemons
                 .iter()
@@ -241,28 +257,39 @@ impl HopBook {
         })
     }
 
+    /// Whether some daemon is an IPv6 one (its hop in the NDP table).
+    pub fn has_ipv6(&self) -> bool {
+        self.daemons.iter().any(|d| d.addr.is_ipv6())
+    }
+
     /// The daemons of a new configuration, in [`BackendId`] order.
     pub fn install(&mut self, daemons: Vec<DaemonHop>) {
         self.daemons = daemons;
     }
 
     /// Whether the complete entry for `ip` is known, and its MAC.
-    pub fn neighbour_mac(&self, ip: Ipv4Addr) -> Option<[u8; 6]> {
-        self.macs.get(&ip).copied()
+    pub fn neighbour_mac(&self, ip: impl Into<IpAddr>) -> Option<[u8; 6]> {
+        self.macs.get(&ip.into()).copied()
     }
 
-    /// Takes a full dump of the kernel's entries on the back as the truth:
-    /// every daemon whose hop has an entry takes its MAC (`changed` gets those
-    /// whose MAC changed); the others keep theirs.
+    /// Takes a full dump of the kernel's entries on the back (IPv4's and
+    /// IPv6's) as the truth: every daemon whose hop has an entry takes its
+    /// MAC (`changed` gets those whose MAC changed); the others keep theirs.
     pub fn load_neighbours<'a>(
         &mut self,
         entries: impl IntoIterator<Item = &'a NeighMsg>,
+        entries6: impl IntoIterator<Item = &'a NeighMsg<Ipv6Addr>>,
         changed: &mut Vec<BackendId>,
     ) {
         self.macs.clear();
         for n in entries {
             if let (Some(ip), Some(mac)) = (n.dst, self.entry_mac(n)) {
-                self.macs.insert(ip, mac);
+                self.macs.insert(ip.into(), mac);
+            }
+        }
+        for n in entries6 {
+            if let (Some(ip), Some(mac)) = (n.dst, self.entry_mac(n)) {
+                self.macs.insert(ip.into(), mac);
             }
         }
         for (i, d) in self.daemons.iter_mut().enumerate() {
@@ -278,7 +305,7 @@ impl HopBook {
 
     /// The MAC a message gives an entry on the back, if it is one dispatchd
     /// follows and it is complete.
-    fn entry_mac(&self, n: &NeighMsg) -> Option<[u8; 6]> {
+    fn entry_mac<A>(&self, n: &NeighMsg<A>) -> Option<[u8; 6]> {
         if n.ifindex != self.back || n.flags & NTF_PROXY != 0 {
             return None;
         }
@@ -290,11 +317,17 @@ impl HopBook {
     /// failed (nobody answered the kernel's ARP): with
     /// `fib_multipath_use_neigh` the kernel then routes around it, so the
     /// routes are worth asking again.
-    pub fn neighbour(&mut self, n: &NeighMsg, changed: &mut Vec<BackendId>) -> bool {
+    pub fn neighbour<A: Copy + Into<IpAddr>>(
+        &mut self,
+        n: &NeighMsg<A>,
+        changed: &mut Vec<BackendId>,
+    ) -> bool {
         if n.ifindex != self.back || n.flags & NTF_PROXY != 0 {
             return false;
         }
-        let Some(ip) = n.dst else { return false };
+        let Some(ip) = n.dst.map(Into::into) else {
+            return false;
+        };
         match n.usable_mac() {
             Some(mac) => {
                 self.macs.insert(ip, mac);
@@ -322,7 +355,7 @@ impl HopBook {
     pub fn reroute(
         &mut self,
         id: BackendId,
-        reach: Reach,
+        reach: Reach<IpAddr>,
         changed: &mut Vec<BackendId>,
     ) -> Option<Rerouted> {
         let macs = &self.macs;
@@ -355,9 +388,23 @@ impl HopBook {
         }
         let dst = u32::from(dst.unwrap_or(Ipv4Addr::UNSPECIFIED));
         let mask = u32::MAX.checked_shl(32 - u32::from(dst_len)).unwrap_or(0);
-        self.daemons
-            .iter()
-            .any(|d| u32::from(d.addr) & mask == dst & mask)
+        self.daemons.iter().any(|d| match d.addr {
+            IpAddr::V4(a) => u32::from(a) & mask == dst & mask,
+            IpAddr::V6(_) => false,
+        })
+    }
+
+    /// [`covers_a_daemon`](Self::covers_a_daemon) for an IPv6 route.
+    pub fn covers_a_daemon6(&self, dst: Option<Ipv6Addr>, dst_len: u8) -> bool {
+        if dst_len > 128 {
+            return false;
+        }
+        let dst = u128::from(dst.unwrap_or(Ipv6Addr::UNSPECIFIED));
+        let mask = u128::MAX.checked_shl(128 - u32::from(dst_len)).unwrap_or(0);
+        self.daemons.iter().any(|d| match d.addr {
+            IpAddr::V6(a) => u128::from(a) & mask == dst & mask,
+            IpAddr::V4(_) => false,
+        })
     }
 }
 
@@ -403,6 +450,7 @@ pub const DATAGRAM_MAX: usize = 32 << 10;
 /// links and addresses whose changes move routes without a route message.
 const GROUPS: u32 = netlink::RTMGRP_NEIGH
     | netlink::RTMGRP_IPV4_ROUTE
+    | netlink::RTMGRP_IPV6_ROUTE
     | netlink::RTMGRP_IPV4_RULE
     | netlink::RTMGRP_IPV4_IFADDR
     | netlink::RTMGRP_LINK;
@@ -582,9 +630,16 @@ impl Kernel {
 }
 
 /// The IPv6 side of [`Kernel`]: the same requests with AF_INET6, for daemons
-/// with IPv6 addresses. Their hops are not in a [`HopBook`] yet (the loop
-/// ignores [`Message::Neighbour6`] and [`Message::Route6`]).
+/// with IPv6 addresses.
 impl Kernel {
+    /// [`route`](Self::route) or [`route6`](Self::route6), by `daemon`'s family.
+    pub fn route_ip(&self, daemon: IpAddr) -> Result<Reach<IpAddr>> {
+        Ok(match daemon {
+            IpAddr::V4(a) => self.route(a)?.into_ip(),
+            IpAddr::V6(a) => self.route6(a)?.into_ip(),
+        })
+    }
+
     /// Where the kernel routes a packet this host sends to `daemon` (`ip -6
     /// route get`).
     pub fn route6(&self, daemon: Ipv6Addr) -> Result<Reach<Ipv6Addr>> {
@@ -732,8 +787,10 @@ mod tests {
         }
     }
 
-    fn back(hop: &str) -> Reach {
-        Reach::Back { hop: ip(hop) }
+    fn back(hop: &str) -> Reach<IpAddr> {
+        Reach::Back {
+            hop: ip(hop).into(),
+        }
     }
 
     /// Daemons .11 (on link), .12 (on link) and 198.19.1.11 via gateway .2.
@@ -741,17 +798,17 @@ mod tests {
         let mut b = HopBook::new(BACK);
         b.install(vec![
             DaemonHop {
-                addr: ip("198.19.0.11"),
+                addr: ip("198.19.0.11").into(),
                 reach: back("198.19.0.11"),
                 mac: None,
             },
             DaemonHop {
-                addr: ip("198.19.0.12"),
+                addr: ip("198.19.0.12").into(),
                 reach: back("198.19.0.12"),
                 mac: Some(MAC_A),
             },
             DaemonHop {
-                addr: ip("198.19.1.11"),
+                addr: ip("198.19.1.11").into(),
                 reach: back("198.19.0.2"),
                 mac: None,
             },
@@ -903,7 +960,7 @@ mod tests {
             other,
             neigh("198.19.0.50", NUD_FAILED, None),
         ];
-        b.load_neighbours(&dump, &mut changed);
+        b.load_neighbours(&dump, &[], &mut changed);
         assert_eq!(changed, [id(1), id(2)]);
         assert_eq!(b.get(id(0)).unwrap().usable(), None, "only on the back");
         assert_eq!(b.get(id(1)).unwrap().usable(), Some(MAC_B));
@@ -911,7 +968,7 @@ mod tests {
         assert_eq!(b.neighbour_mac(ip("198.19.0.50")), None);
         // A later dump without .12's entry: .12 keeps its MAC.
         changed.clear();
-        b.load_neighbours(&dump[..1], &mut changed);
+        b.load_neighbours(&dump[..1], &[], &mut changed);
         assert!(changed.is_empty());
         assert_eq!(b.get(id(1)).unwrap().usable(), Some(MAC_B));
         assert_eq!(b.neighbour_mac(ip("198.19.0.12")), None);
@@ -987,11 +1044,15 @@ mod tests {
                 on_back,
                 name
             ),
-            back("198.19.0.2")
+            Reach::Back {
+                hop: ip("198.19.0.2")
+            }
         );
         assert_eq!(
             Reach::of_answer(&answer(Some(BACK), None), daemon, on_back, name),
-            back("198.19.1.11"),
+            Reach::Back {
+                hop: ip("198.19.1.11")
+            },
             "on link: the daemon is its own hop"
         );
         let local = Reach::of_answer(&answer(Some(1), None), daemon, on_back, name);

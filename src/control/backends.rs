@@ -2,7 +2,7 @@
 //! next hop is known, its probe schedule, and the state the workers were last
 //! told. Pure: the loop feeds in probe results, times and operator requests, and
 //! sends the workers what [`Backends::news`] returns.
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use super::health::{Health, HealthState};
 use crate::{
@@ -23,8 +23,8 @@ pub struct ProbeCounts {
 /// One daemon.
 #[derive(Clone, Debug)]
 pub struct Backend {
-    pub addr: SocketAddrV4,
-    pub service: SocketAddrV4,
+    pub addr: SocketAddr,
+    pub service: SocketAddr,
     /// Its service's protocol. A UDP service's daemons are never probed
     /// (there is no connection to make): they stay Up unless drained.
     pub protocol: Protocol,
@@ -48,8 +48,8 @@ pub struct Backend {
 impl Backend {
     /// Where its probes connect: its address, on its service's check port if
     /// one is set.
-    pub fn probe_target(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(*self.addr.ip(), self.check.port.unwrap_or(self.addr.port()))
+    pub fn probe_target(&self) -> SocketAddr {
+        SocketAddr::new(self.addr.ip(), self.check.port.unwrap_or(self.addr.port()))
     }
 
     /// Whether the daemon takes new connections, all things considered.
@@ -92,12 +92,23 @@ impl Backends {
         next_hop_known: impl Fn(BackendId) -> bool,
         now_ns: u64,
     ) -> Self {
-        // In the order of `Config::daemons`, which gives the ids.
-        let configured = config.services.iter().flat_map(|s| {
-            s.backends
-                .iter()
-                .map(move |b| (b.addr, s.address, s.protocol, s.health.clone(), false))
-        });
+        // In the order of `Config::daemons` then `Config::daemons6`, which
+        // gives the ids.
+        let configured = config
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.backends.iter().map(move |b| {
+                    let (addr, service) = (b.addr.into(), s.address.into());
+                    (addr, service, s.protocol, s.health.clone(), false)
+                })
+            })
+            .chain(config.services6.iter().flat_map(|s| {
+                s.backends.iter().map(move |b| {
+                    let (addr, service) = (b.addr.into(), s.address.into());
+                    (addr, service, s.protocol, s.health.clone(), false)
+                })
+            }));
         let retired_check = ServiceHealth {
             schedule: config.control.health,
             ..ServiceHealth::default()
@@ -183,7 +194,8 @@ impl Backends {
     }
 
     /// The id of the daemon at `addr`.
-    pub fn find(&self, addr: SocketAddrV4) -> Option<BackendId> {
+    pub fn find(&self, addr: impl Into<SocketAddr>) -> Option<BackendId> {
+        let addr = addr.into();
         self.list
             .iter()
             .position(|b| b.addr == addr)
@@ -263,7 +275,7 @@ mod tests {
         .expect("a valid config")
     }
 
-    fn addr(s: &str) -> SocketAddrV4 {
+    fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
 

@@ -13,7 +13,7 @@
 use std::{
     collections::VecDeque,
     io,
-    net::{Ipv4Addr, SocketAddrV4, TcpListener},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener},
     os::{
         fd::{AsRawFd, OwnedFd},
         unix::net::{UnixListener, UnixStream},
@@ -53,7 +53,7 @@ use crate::{
     protocol::{Event, LoopEnd, SlowFrame, Wake},
     queues::{self, LinkWatch},
     stats::{now_ns, BackendTraffic, WorkerStats},
-    sys::{self, RawIpSender, Signal, SignalFd, SIGINFO_LEN},
+    sys::{self, RawIcmp6Sender, RawIpSender, Signal, SignalFd, SIGINFO_LEN},
     worker::Command,
     xdp::Steering,
 };
@@ -151,6 +151,9 @@ pub struct ManagerParts<'a> {
     /// Sends the probes that make the kernel resolve clients' next hops, out of
     /// the front (opened before the capabilities were dropped).
     pub probes: RawIpSender,
+    /// The same for IPv6 clients' hops; none if it could not be opened (IPv6
+    /// off on this host).
+    pub probes6: Option<RawIcmp6Sender>,
     /// What a new process must share with this one to take over from it.
     pub identity: Identity,
     /// The operator's drain and weight overrides, read from `state_file` at
@@ -218,6 +221,9 @@ pub struct Manager<'a> {
     prober: HopProber,
     /// Scratch for the next hops taken from the XDP program each round.
     unresolved: Vec<Ipv4Addr>,
+    probes6: Option<RawIcmp6Sender>,
+    prober6: HopProber<Ipv6Addr>,
+    unresolved6: Vec<Ipv6Addr>,
     /// A graceful stop under way: when it ends (monotonic ns). Meanwhile the
     /// instance forwards as before but says it is not ready.
     stopping_until_ns: Option<u64>,
@@ -270,12 +276,8 @@ impl<'a> Manager<'a> {
         }
         let mut traffic = TrafficBook::default();
         let daemons = traffic.install(
-            parts.config.daemons().map(|(_, _, b)| b.addr),
-            parts
-                .config
-                .services
-                .iter()
-                .map(|s| (s.address, s.protocol.number())),
+            parts.config.all_daemons().map(|(_, _, b)| b.addr),
+            (parts.config.all_services()).map(|(address, p)| (address, p.number())),
         );
         // Taken, not cloned: a bank is let go of once its plane alone held it.
         for w in &mut parts.workers {
@@ -320,6 +322,9 @@ impl<'a> Manager<'a> {
             probes: parts.probes,
             prober: HopProber::default(),
             unresolved: Vec::new(),
+            probes6: parts.probes6,
+            prober6: HopProber::default(),
+            unresolved6: Vec::new(),
             stopping_until_ns: None,
             identity: parts.identity,
             traffic,
@@ -499,7 +504,7 @@ impl<'a> Manager<'a> {
             icmp: self.icmp,
             links: &self.links,
             link_changes: self.link_changes,
-            next_hops: self.prober.stats,
+            next_hops: self.prober.stats.plus(self.prober6.stats),
             netlink: self.netlink,
             ready: self.readiness().is_ok(),
             pending_restart: &self.pending,
@@ -512,16 +517,16 @@ impl<'a> Manager<'a> {
         self.traffic.settle();
         let totals = self.traffic.totals();
         let per_daemon = self.tracker.per_daemon();
-        let weights: AHashMap<SocketAddrV4, u32> = self
+        let weights: AHashMap<SocketAddr, u32> = self
             .config
-            .daemons()
+            .all_daemons()
             .map(|(_, _, b)| (b.addr, b.weight))
             .collect();
         let backends: Vec<BackendMetric> = self
             .backends
             .iter()
             .map(|b| {
-                let conns = per_daemon.get(&b.addr).copied().unwrap_or_default();
+                let conns = conns_of(per_daemon, b.addr);
                 BackendMetric {
                     service: b.service,
                     protocol: b.protocol,
@@ -536,14 +541,11 @@ impl<'a> Manager<'a> {
                 }
             })
             .collect();
-        let services = self
-            .config
-            .services
-            .iter()
-            .map(|s| {
+        let services = (self.config.all_services())
+            .map(|(address, protocol)| {
                 let mine = backends
                     .iter()
-                    .filter(|b| b.service == s.address && b.protocol == s.protocol);
+                    .filter(|b| b.service == address && b.protocol == protocol);
                 let (mut up, mut active, mut inactive) = (0, 0, 0);
                 for b in mine {
                     up += u32::from(b.up && !b.retired);
@@ -551,10 +553,10 @@ impl<'a> Manager<'a> {
                     inactive += u64::from(b.inactive);
                 }
                 ServiceMetric {
-                    address: s.address,
-                    protocol: s.protocol,
+                    address,
+                    protocol,
                     daemons_up: up,
-                    new_connections: self.traffic.service_opened(s.address, s.protocol.number()),
+                    new_connections: self.traffic.service_opened(address, protocol.number()),
                     active,
                     inactive,
                 }
@@ -583,7 +585,7 @@ impl<'a> Manager<'a> {
             .iter()
             .map(|w| !w.link.events.producer_gone())
             .collect();
-        let services: Vec<SocketAddrV4> = self.config.services.iter().map(|s| s.address).collect();
+        let services: Vec<SocketAddr> = self.config.all_services().map(|(a, _)| a).collect();
         ready::decide(ready::Facts {
             stopping_left_ms: self
                 .stopping_until_ns
@@ -992,6 +994,18 @@ impl<'a> Manager<'a> {
         self.prober.run(&self.unresolved, now, |packet, hop| {
             probes.send_to(packet, hop)
         });
+        self.unresolved6.clear();
+        if let Err(e) = self.steering.take_unresolved_hops6(&mut self.unresolved6) {
+            tracing::error!("reading the unresolved IPv6 next hops: {e:#}");
+        }
+        if let Some(probes6) = &self.probes6 {
+            self.prober6.run_with(
+                &self.unresolved6,
+                now,
+                |_, seq| neigh::echo6_request(seq),
+                |message, hop| probes6.send_to(message, hop),
+            );
+        }
     }
 
     // ---- routes and neighbours (rtnetlink) ----------------------------------
@@ -1051,9 +1065,17 @@ impl<'a> Manager<'a> {
                     self.start_reroute();
                 }
             }
+            Message::Neighbour6(n) => {
+                if self.book.neighbour(&n, &mut self.hop_changes) {
+                    self.start_reroute();
+                }
+            }
+            Message::Route6(r) => {
+                if self.book.covers_a_daemon6(r.dst, r.dst_len) {
+                    self.start_reroute();
+                }
+            }
             Message::RoutingChanged => self.start_reroute(),
-            // No IPv6 daemon hops are followed yet (HopBook is IPv4's).
-            Message::Route6(_) | Message::Neighbour6(_) => {}
             Message::Done | Message::Error(_) | Message::Other => {}
         }
     }
@@ -1075,7 +1097,18 @@ impl<'a> Manager<'a> {
             }
         }
         match self.kernel.neighbours() {
-            Ok(entries) => self.book.load_neighbours(&entries, &mut self.hop_changes),
+            // The IPv6 table only when an IPv6 daemon's hop is in it (a host
+            // may run with IPv6 off).
+            Ok(entries) => match self.book.has_ipv6().then(|| self.kernel.neighbours6()) {
+                None => self
+                    .book
+                    .load_neighbours(&entries, &[], &mut self.hop_changes),
+                Some(Ok(entries6)) => {
+                    self.book
+                        .load_neighbours(&entries, &entries6, &mut self.hop_changes)
+                }
+                Some(Err(e)) => self.netlink_fault(format!("{e:#}")),
+            },
             Err(e) => self.netlink_fault(format!("{e:#}")),
         }
         self.start_reroute();
@@ -1098,7 +1131,7 @@ impl<'a> Manager<'a> {
             let id = BackendId(i as u16);
             let addr = self.book.daemons()[i].addr;
             self.netlink.route_requests += 1;
-            match self.kernel.route(addr) {
+            match self.kernel.route_ip(addr) {
                 Ok(reach) => {
                     if let Some(change) = self.book.reroute(id, reach, &mut self.hop_changes) {
                         self.report_reroute(id, &change);
@@ -1295,7 +1328,11 @@ impl<'a> Manager<'a> {
     }
 
     /// The tracker forgets every connection to `daemon`. O(tracked connections).
-    fn forget_connections_of(&mut self, daemon: SocketAddrV4) {
+    fn forget_connections_of(&mut self, daemon: SocketAddr) {
+        // The tracker follows IPv4 connections only, so far.
+        let SocketAddr::V4(daemon) = daemon else {
+            return;
+        };
         let doomed: Vec<_> = self.tracker.connections_of(daemon).collect();
         let now = now_ns();
         for key in doomed {
@@ -1313,7 +1350,7 @@ impl<'a> Manager<'a> {
             Err(e) => return format!("error: {e}\n"),
         };
         let per_daemon = self.tracker.per_daemon();
-        let counts = |addr| per_daemon.get(&addr).copied().unwrap_or_default();
+        let counts = |addr| conns_of(per_daemon, addr);
         match request {
             Request::Stats(Format::Text) => report::stats_text(&self.snapshot()),
             Request::Stats(Format::Json) => report::stats_json(&self.snapshot()),
@@ -1328,8 +1365,10 @@ impl<'a> Manager<'a> {
                 }
                 // Finding what matches a filter walks every connection once.
                 let matching = self.tracker.iter().filter(|c| {
-                    filter.daemon.is_none_or(|d| c.daemon == d)
-                        && filter.client.is_none_or(|f| f.matches(c.key.client()))
+                    filter.daemon.is_none_or(|d| SocketAddr::V4(c.daemon) == d)
+                        && filter
+                            .client
+                            .is_none_or(|f| f.matches(c.key.client().into()))
                 });
                 let (rows, matched) = report::first_of(matching, filter.limit);
                 report::conns(
@@ -1349,13 +1388,13 @@ impl<'a> Manager<'a> {
                     .enumerate()
                     .map(|(i, b)| (b, hops.get(i)));
                 let back = self.kernel.back();
-                let weights: ahash::AHashMap<SocketAddrV4, u32> = self
+                let weights: ahash::AHashMap<SocketAddr, u32> = self
                     .config
-                    .daemons()
+                    .all_daemons()
                     .map(|(_, _, b)| (b.addr, b.weight))
                     .collect();
                 let overrides = &self.overrides;
-                let settings = |addr| BackendSetting {
+                let settings = |addr: SocketAddr| BackendSetting {
                     weight: weights.get(&addr).copied(),
                     overridden: overrides.get(addr),
                 };
@@ -1422,7 +1461,7 @@ impl<'a> Manager<'a> {
     /// (`--reset`) clears the daemon's overrides: the config's weight,
     /// undrained. The override is kept over the config across reloads, and
     /// across restarts with a state file.
-    fn set_weight(&mut self, addr: SocketAddrV4, weight: Option<u32>) -> String {
+    fn set_weight(&mut self, addr: SocketAddr, weight: Option<u32>) -> String {
         let Some(id) = self.backends.find(addr) else {
             return format!("error: {addr} is not a configured daemon\n");
         };
@@ -1436,13 +1475,19 @@ impl<'a> Manager<'a> {
             tracing::info!(daemon = %addr, weight = 0, draining = true, "ctl: daemon {addr} weight 0: draining");
             return self.saved(format!("{addr} weight 0: draining"));
         }
-        let Some((policy, was)) = self
-            .config
-            .services
-            .iter()
-            .flat_map(|s| s.backends.iter().map(move |b| (s.policy, b)))
-            .find(|(_, b)| b.addr == addr)
-            .map(|(p, b)| (p, b.weight))
+        let Some((policy, was)) = (self.config.services.iter())
+            .flat_map(|s| {
+                s.backends
+                    .iter()
+                    .map(|b| (s.policy, b.addr.into(), b.weight))
+            })
+            .chain((self.config.services6.iter()).flat_map(|s| {
+                s.backends
+                    .iter()
+                    .map(|b| (s.policy, b.addr.into(), b.weight))
+            }))
+            .find(|&(_, a, _): &(_, SocketAddr, _)| a == addr)
+            .map(|(p, _, w)| (p, w))
         else {
             return format!("error: {addr} is not a configured daemon\n");
         };
@@ -1469,7 +1514,7 @@ impl<'a> Manager<'a> {
         }
         let now = self
             .config
-            .daemons()
+            .all_daemons()
             .find(|(_, _, b)| b.addr == addr)
             .map_or(was, |(_, _, b)| b.weight);
         let reset = if weight.is_none() { " (reset)" } else { "" };
@@ -1513,7 +1558,6 @@ impl<'a> Manager<'a> {
     }
 
     fn reload_to(&mut self, new: Config) -> Result<()> {
-        new.refuse_unserved_ipv6()?;
         // The file's changes against what it said before, not against the
         // operator's overrides, which the reload keeps.
         let changed = config::changes(&self.base, &new);
@@ -1578,7 +1622,7 @@ impl<'a> Manager<'a> {
     /// tracker forgets the dropped daemons' connections now, and the workers
     /// drop their records when next met (their daemon is in no plane).
     fn retire(&mut self, new: &Config) -> Vec<Retired> {
-        let kept: AHashSet<SocketAddrV4> = new.daemons().map(|(_, _, b)| b.addr).collect();
+        let kept: AHashSet<SocketAddr> = new.all_daemons().map(|(_, _, b)| b.addr).collect();
         let gone: Vec<Retired> = self
             .backends
             .iter()
@@ -1593,7 +1637,7 @@ impl<'a> Manager<'a> {
             OnRemove::Finish => {
                 let per_daemon = self.tracker.per_daemon();
                 gone.into_iter()
-                    .filter(|r| per_daemon.get(&r.daemon).is_some_and(|c| c.total() > 0))
+                    .filter(|r| conns_of(per_daemon, r.daemon).total() > 0)
                     .collect()
             }
             OnRemove::Reset => {
@@ -1613,7 +1657,7 @@ impl<'a> Manager<'a> {
         let (still, done): (Vec<Retired>, Vec<Retired>) = self
             .backends
             .retired()
-            .partition(|r| per_daemon.get(&r.daemon).is_some_and(|c| c.total() > 0));
+            .partition(|r| conns_of(per_daemon, r.daemon).total() > 0);
         if done.is_empty() {
             return;
         }
@@ -1652,14 +1696,8 @@ impl<'a> Manager<'a> {
             tracing::warn!(daemon = %gone, "the operator's override of a daemon no longer configured is dropped");
         }
         let daemons = self.traffic.install(
-            config
-                .daemons()
-                .map(|(_, _, b)| b.addr)
-                .chain(retired.iter().map(|r| r.daemon)),
-            config
-                .services
-                .iter()
-                .map(|s| (s.address, s.protocol.number())),
+            (config.all_daemons().map(|(_, _, b)| b.addr)).chain(retired.iter().map(|r| r.daemon)),
+            (config.all_services()).map(|(address, p)| (address, p.number())),
         );
         self.traffic.settle();
         for (w, plane) in applied.planes.into_iter().enumerate() {
@@ -1701,4 +1739,16 @@ fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A daemon's connection counts in the tracker's table (which follows IPv4
+/// connections only, so far: an IPv6 daemon has none there).
+fn conns_of(
+    per_daemon: &AHashMap<SocketAddrV4, super::conntrack::BackendConns>,
+    daemon: SocketAddr,
+) -> super::conntrack::BackendConns {
+    match daemon {
+        SocketAddr::V4(d) => per_daemon.get(&d).copied().unwrap_or_default(),
+        SocketAddr::V6(_) => Default::default(),
+    }
 }

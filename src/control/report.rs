@@ -1,6 +1,9 @@
 //! Rendering the numbers: `ctl stats|conns|backends` as text or JSON (GET
 //! /metrics is [`super::metrics`]).
-use std::{fmt::Write, net::SocketAddrV4};
+use std::{
+    fmt::Write,
+    net::{SocketAddr, SocketAddrV4},
+};
 
 use hdrhistogram::Histogram;
 use serde::{Serialize, Serializer};
@@ -560,8 +563,8 @@ pub fn conns(
 /// One row of `ctl backends`.
 #[derive(Serialize)]
 struct BackendRow {
-    daemon: SocketAddrV4,
-    service: SocketAddrV4,
+    daemon: SocketAddr,
+    service: SocketAddr,
     /// Its service's protocol: "tcp" or "udp".
     protocol: &'static str,
     health: &'static str,
@@ -576,7 +579,7 @@ struct BackendRow {
     next_hop: Option<String>,
     /// The hop the kernel routes it to out of the back: the daemon itself, or
     /// a gateway.
-    via: Option<std::net::Ipv4Addr>,
+    via: Option<std::net::IpAddr>,
     /// Why its route is no way to it (not out of the back, none at all).
     route_problem: Option<String>,
     /// The weight it runs with (the override's, else the config's); none
@@ -598,7 +601,7 @@ struct BackendRow {
 struct CheckRow {
     kind: &'static str,
     /// The address probed (its own, or on the service's check port).
-    target: SocketAddrV4,
+    target: SocketAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -714,8 +717,8 @@ fn backend_row(
 pub fn backends_text<'a>(
     backends: impl Iterator<Item = (&'a Backend, Option<&'a DaemonHop>)>,
     back: &str,
-    conns: impl Fn(SocketAddrV4) -> BackendConns,
-    settings: impl Fn(SocketAddrV4) -> BackendSetting,
+    conns: impl Fn(SocketAddr) -> BackendConns,
+    settings: impl Fn(SocketAddr) -> BackendSetting,
 ) -> String {
     let mut out = String::new();
     for (b, hop) in backends {
@@ -749,8 +752,8 @@ pub fn backends_text<'a>(
 pub fn backends_json<'a>(
     backends: impl Iterator<Item = (&'a Backend, Option<&'a DaemonHop>)>,
     back: &str,
-    conns: impl Fn(SocketAddrV4) -> BackendConns,
-    settings: impl Fn(SocketAddrV4) -> BackendSetting,
+    conns: impl Fn(SocketAddr) -> BackendConns,
+    settings: impl Fn(SocketAddr) -> BackendSetting,
 ) -> String {
     json_line(
         &backends
