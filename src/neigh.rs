@@ -820,6 +820,107 @@ mod tests {
         BackendId(i)
     }
 
+    fn ip6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    fn neigh6(addr: &str, state: u16, mac: Option<[u8; 6]>) -> NeighMsg<Ipv6Addr> {
+        NeighMsg {
+            deleted: false,
+            family: 10,
+            ifindex: BACK,
+            state,
+            flags: 0,
+            dst: Some(ip6(addr)),
+            lladdr: mac,
+        }
+    }
+
+    /// An IPv4 daemon, then IPv6 daemons on link and behind a router's
+    /// link-local address.
+    fn dual_book() -> HopBook {
+        let mut b = HopBook::new(BACK);
+        let v6 = |daemon: &str, hop: &str| DaemonHop {
+            addr: ip6(daemon).into(),
+            reach: Reach::Back {
+                hop: ip6(hop).into(),
+            },
+            mac: None,
+        };
+        b.install(vec![
+            DaemonHop {
+                addr: ip("198.19.0.11").into(),
+                reach: back("198.19.0.11"),
+                mac: None,
+            },
+            v6("2001:2:0:2::11", "2001:2:0:2::11"),
+            v6("2001:2:0:3::11", "fe80::1"),
+        ]);
+        b
+    }
+
+    #[test]
+    fn ipv6_daemons_take_the_macs_of_their_hops_ndp_entries() {
+        let mut b = dual_book();
+        assert!(b.has_ipv6());
+        assert!(!book().has_ipv6());
+        let mut changed = Vec::new();
+        b.neighbour(&neigh6("fe80::1", NUD_REACHABLE, Some(MAC_B)), &mut changed);
+        assert_eq!(changed, [id(2)], "the daemon behind the router");
+        assert_eq!(b.get(id(2)).unwrap().usable(), Some(MAC_B));
+        // An IPv4 entry of the same bytes is no IPv6 hop, and the reverse.
+        changed.clear();
+        b.neighbour(
+            &neigh("198.19.0.11", NUD_REACHABLE, Some(MAC_A)),
+            &mut changed,
+        );
+        assert_eq!(changed, [id(0)]);
+        // A full dump of both tables: the on-link daemon's entry is in the NDP one.
+        changed.clear();
+        b.load_neighbours(
+            &[neigh("198.19.0.11", NUD_REACHABLE, Some(MAC_A))],
+            &[neigh6("2001:2:0:2::11", NUD_STALE, Some(MAC_A))],
+            &mut changed,
+        );
+        assert_eq!(changed, [id(1)]);
+        assert_eq!(b.neighbour_mac(ip6("2001:2:0:2::11")), Some(MAC_A));
+        assert_eq!(b.neighbour_mac(ip6("fe80::1")), None, "not in the dump");
+        assert_eq!(b.get(id(2)).unwrap().usable(), Some(MAC_B), "kept its last");
+        // A failed NDP entry of a daemon's hop asks for the routes again.
+        assert!(b.neighbour(&neigh6("fe80::1", NUD_FAILED, None), &mut changed));
+        // A reload keeps the MAC of the same daemon behind the same hop.
+        assert_eq!(
+            b.mac_for(ip6("2001:2:0:3::11"), ip6("fe80::1")),
+            Some(MAC_B)
+        );
+        assert_eq!(b.mac_for(ip6("2001:2:0:3::11"), ip6("fe80::2")), None);
+        // A route away from the back leaves it without one.
+        changed.clear();
+        let away = Reach::NoRoute {
+            reason: "unreachable".into(),
+        };
+        let change = b.reroute(id(2), away.clone(), &mut changed).unwrap();
+        assert_eq!(change.after, away);
+        assert_eq!(changed, [id(2)]);
+        assert_eq!(b.get(id(2)).unwrap().usable(), None);
+    }
+
+    #[test]
+    fn an_ipv6_route_matters_when_it_covers_an_ipv6_daemon() {
+        let b = dual_book();
+        assert!(b.covers_a_daemon6(None, 0), "a default route");
+        assert!(b.covers_a_daemon6(Some(ip6("2001:2:0:2::")), 64));
+        assert!(b.covers_a_daemon6(Some(ip6("2001:2:0:3::11")), 128));
+        assert!(!b.covers_a_daemon6(Some(ip6("2001:2:0:4::")), 64));
+        assert!(!b.covers_a_daemon6(Some(ip6("2001:2:0:2::11")), 129));
+        assert!(!book().covers_a_daemon6(None, 0), "no IPv6 daemon");
+        assert!(
+            !b.covers_a_daemon(Some(ip("198.19.1.0")), 24),
+            "IPv4 routes only for IPv4 daemons"
+        );
+        assert!(b.covers_a_daemon(Some(ip("198.19.0.0")), 24));
+    }
+
     #[test]
     fn a_complete_entry_gives_its_mac_to_every_daemon_behind_the_hop() {
         let mut b = book();

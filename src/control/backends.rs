@@ -535,4 +535,42 @@ mod tests {
         new.set_draining(a, false);
         assert_eq!(new.get(a).effective(), BackendState::Draining);
     }
+
+    #[test]
+    fn ipv6_daemons_follow_the_ipv4_ones_and_retired_ones_follow_both() {
+        let dual = Config::from_toml_str(
+            "front = \"l0\"\nback = \"l1\"\n\
+             [[service]]\naddress = \"[2001:2:0:1::100]:80\"\n\
+             backends = [\"[2001:2:0:2::11]:8080\"]\n\
+             [service.health]\nport = 9000\n\
+             [[service]]\naddress = \"198.18.0.100:80\"\nbackends = [\"198.19.0.11:8080\"]\n",
+        )
+        .unwrap();
+        let retired = [Retired {
+            daemon: addr("[2001:2:0:2::12]:8080"),
+            service: addr("[2001:2:0:1::100]:80"),
+            protocol: crate::config::Protocol::Tcp,
+        }];
+        let mut b = Backends::new(&dual, &retired, &Backends::default(), |_| true, 0);
+        let order: Vec<String> = b.iter().map(|d| d.addr.to_string()).collect();
+        assert_eq!(
+            order,
+            [
+                "198.19.0.11:8080",
+                "[2001:2:0:2::11]:8080",
+                "[2001:2:0:2::12]:8080"
+            ],
+            "the ids of Config::daemons, then daemons6, then the retired"
+        );
+        let v6 = b.find(addr("[2001:2:0:2::11]:8080")).unwrap();
+        assert_eq!(v6, BackendId(1));
+        assert_eq!(b.get(v6).service, addr("[2001:2:0:1::100]:80"));
+        assert_eq!(
+            b.get(v6).probe_target(),
+            addr("[2001:2:0:2::11]:9000"),
+            "its service's check port"
+        );
+        assert_eq!(b.due_probes(0), [BackendId(0), BackendId(1)]);
+        assert_eq!(b.retired().collect::<Vec<_>>(), retired);
+    }
 }

@@ -505,4 +505,30 @@ mod tests {
             );
         }
     }
+
+    /// Health probes of an IPv6 daemon: the connect goes over AF_INET6 and
+    /// says whether something listens.
+    #[test]
+    fn a_connect_reaches_an_ipv6_listener_and_is_refused_by_a_closed_port() {
+        let listener = TcpListener::bind("[::1]:0").expect("IPv6 on lo");
+        let open = listener.local_addr().unwrap();
+        let closed = {
+            let l = TcpListener::bind("[::1]:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let mut ring: Uring<T> = Uring::new(8).unwrap();
+        for (addr, want) in [(open, 0), (closed, -libc::ECONNREFUSED)] {
+            ring.connect(T::Connect, addr, Duration::from_secs(2))
+                .unwrap();
+            let result = loop {
+                let done = ring.wait().unwrap();
+                if let Some(c) = done.iter().find(|c| c.tag == T::Connect) {
+                    break c.result;
+                }
+            };
+            assert_eq!(result, want, "{addr}");
+        }
+        let (_, peer) = listener.accept().unwrap();
+        assert!(peer.is_ipv6(), "{peer}");
+    }
 }
