@@ -82,6 +82,20 @@ fn require_forwarding(back: &str) -> Result<()> {
     Ok(())
 }
 
+/// The same for IPv6 replies: the FIB lookup with `AF_INET6` checks the
+/// back's own `forwarding` (not `all`'s).
+fn require_forwarding6(back: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{back}/forwarding");
+    let value = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    if value.trim() != "1" {
+        bail!(
+            "IPv6 forwarding is off on the back interface {back}; the IPv6 reply path's FIB lookup \
+             needs it (sysctl -w net.ipv6.conf.{back}.forwarding=1)"
+        );
+    }
+    Ok(())
+}
+
 /// What the steering program needs to know of `reply_mode`, for `workers`
 /// flow tables.
 fn replies(config: &Config, workers: usize) -> Replies {
@@ -90,8 +104,12 @@ fn replies(config: &Config, workers: usize) -> Replies {
         // check_tracked_room keeps it within MAX_TRACKED, a u32.
         ReplyMode::Tracked => Replies::Tracked {
             capacity: u32::try_from(config.tracked_capacity(workers)).unwrap_or(u32::MAX),
-            // No IPv6 services are configurable yet: tracked6 stays one entry.
-            capacity6: 1,
+            // Allocated in full at load: only for IPv6 services configured at
+            // start (a reload bringing the first ones needs a restart).
+            capacity6: match config.services6.is_empty() {
+                true => 1,
+                false => u32::try_from(config.tracked_capacity(workers)).unwrap_or(u32::MAX),
+            },
         },
     }
 }
@@ -133,6 +151,9 @@ fn check_host(config: &Config) -> Result<Interfaces> {
     let back = Interface::lookup(&config.back).context("back")?;
     let back_mac = neigh::interface_mac(&back.name)?;
     require_forwarding(&back.name)?;
+    if !config.services6.is_empty() {
+        require_forwarding6(&back.name)?;
+    }
     let front_link = queues::read_link(&front, Side::Front)?;
     let back_link = queues::read_link(&back, Side::Back)?;
     queues::check(
@@ -583,17 +604,23 @@ pub fn run_with(
             ifaces.back.name
         ),
     }
-    if !config.services6.is_empty() {
-        let back_addrs6 = sys::ipv6_addrs(&ifaces.back.name)
-            .context("reading the back interface's IPv6 addresses")?;
-        match back_addrs6.first() {
-            Some(&addr) => steering.set_icmp_source6(addr)?,
-            None => tracing::info!(
-                "{} has no global IPv6 address: IPv6 replies too big for the front path \
-                 are dropped without telling their daemon",
-                ifaces.back.name
-            ),
+    // Set whatever the configuration, for a reload that brings IPv6 services.
+    let back_addrs6 = match sys::ipv6_addrs(&ifaces.back.name) {
+        Ok(addrs) => addrs,
+        Err(e) if config.services6.is_empty() => {
+            tracing::debug!(error = %e, "reading the back interface's IPv6 addresses");
+            Vec::new()
         }
+        Err(e) => return Err(e).context("reading the back interface's IPv6 addresses"),
+    };
+    match back_addrs6.first() {
+        Some(&addr) => steering.set_icmp_source6(addr)?,
+        None if !config.services6.is_empty() => tracing::info!(
+            "{} has no global IPv6 address: IPv6 replies too big for the front path \
+             are dropped without telling their daemon",
+            ifaces.back.name
+        ),
+        None => {}
     }
     // Opened while dispatchd still has CAP_NET_RAW, which sending does not need.
     let probes = RawIpSender::open(&ifaces.front.name).with_context(|| {

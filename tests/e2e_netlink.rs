@@ -850,3 +850,46 @@ fn reach_hop(reach: &dispatchd::neigh::Reach<std::net::IpAddr>) -> Option<std::n
         _ => None,
     }
 }
+
+/// An IPv6 service needs the back to forward IPv6 (the XDP program's FIB
+/// lookup for its replies checks the back's own `forwarding`): start-up says
+/// so with the sysctl to set, and an IPv6 daemon the kernel does not route out
+/// of the back is refused as an IPv4 one is, with nothing attached.
+#[test]
+fn start_up_refuses_an_ipv6_service_the_host_cannot_serve() {
+    let topo = Topology::up_dual(DISPATCHD, "c6bad", 1, 1);
+    let d = topo.dispatcher();
+    let v6 = |daemons: &[&str]| {
+        let mut v: Vec<String> = ["--front", "l0", "--back", "l1", "--service"]
+            .map(String::from)
+            .to_vec();
+        v.push(dispatchd_testkit::VIP6.to_owned());
+        for daemon in daemons {
+            v.extend(["--backend".to_owned(), (*daemon).to_owned()]);
+        }
+        v
+    };
+    let out = topo.dispatchd_fails(&v6(&["[2001:2:0:9::11]:8080"]));
+    assert_refused(&topo, &out, "no route to daemon 2001:2:0:9::11");
+    let out = topo.dispatchd_fails(&v6(&["[2001:2:0:1::2]:8080"]));
+    assert_refused(
+        &topo,
+        &out,
+        "daemon 2001:2:0:1::2 is routed via l0, not the back interface l1",
+    );
+
+    topo.exec(&d, "sysctl", &["-qw", "net.ipv6.conf.l1.forwarding=0"])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let out = topo.dispatchd_fails(&v6(&["[2001:2:0:2::11]:8080"]));
+    assert_refused(
+        &topo,
+        &out,
+        "IPv6 forwarding is off on the back interface l1; the IPv6 reply path's FIB lookup \
+         needs it (sysctl -w net.ipv6.conf.l1.forwarding=1)",
+    );
+    // An IPv4 service alone does not need it.
+    let _servers = topo.serve(1);
+    let lb = topo.dispatchd(&Topology::default_flags(1));
+    assert!(topo.xdp_attached("l0") && topo.xdp_attached("l1"));
+    drop(lb);
+}

@@ -43,7 +43,7 @@ use super::{
 };
 use crate::{
     balance::PolicyKind,
-    config::{self, Config, OnFailure, OnRemove, ProbeKind},
+    config::{self, Config, OnFailure, OnRemove, ProbeKind, ReplyMode},
     dataplane::{Dataplane, Retired},
     flow::{FlowRecord, TcpState},
     ids::{BackendId, WorkerId},
@@ -233,6 +233,10 @@ pub struct Manager<'a> {
     reloads: ReloadCounts,
     /// The settings only a restart applies, as this process runs them.
     running: Vec<(&'static str, String)>,
+    /// Whether the steering program can track IPv6 connections: its tracked6
+    /// map is sized at start, for the IPv6 services then configured (see
+    /// `daemon::replies`); always with `reply_mode = "stateless"`.
+    ipv6_tracked_room: bool,
     /// Those of them the file, at the last successful reload, asks otherwise.
     pending: Vec<PendingKey>,
     /// Unix time of the start.
@@ -333,6 +337,8 @@ impl<'a> Manager<'a> {
                 ..ReloadCounts::default()
             },
             running: parts.config.restart_only(),
+            ipv6_tracked_room: parts.config.reply_mode == ReplyMode::Stateless
+                || !parts.config.services6.is_empty(),
             pending: Vec::new(),
             started_unix,
             table_capacity: parts.config.flow_capacity as u64,
@@ -1558,6 +1564,14 @@ impl<'a> Manager<'a> {
     }
 
     fn reload_to(&mut self, new: Config) -> Result<()> {
+        if !self.ipv6_tracked_room && !new.services6.is_empty() {
+            anyhow::bail!(
+                "service {}: IPv6 services with reply_mode = \"tracked\" need a restart when \
+                 dispatchd started without any (the map of tracked IPv6 connections is sized \
+                 at start)",
+                new.services6[0].address
+            );
+        }
         // The file's changes against what it said before, not against the
         // operator's overrides, which the reload keeps.
         let changed = config::changes(&self.base, &new);
