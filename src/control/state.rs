@@ -426,7 +426,7 @@ mod tests {
         // A file as an IPv4-only dispatchd wrote it.
         let old = "{\n  \"version\": 1,\n  \"daemons\": [\n    {\n      \"daemon\": \"198.19.0.11:8080\",\n      \"drained\": true\n    },\n    {\n      \"daemon\": \"198.19.0.12:8080\",\n      \"drained\": false,\n      \"weight\": 3\n    }\n  ]\n}\n";
         let loaded = Overrides::parse(old).unwrap();
-        assert_eq!(loaded.get(a("198.19.0.11:8080")).drained, true);
+        assert!(loaded.get(a("198.19.0.11:8080")).drained);
         assert_eq!(loaded.get(a("198.19.0.12:8080")).weight, Some(3));
         assert_eq!(loaded.to_json(), old, "written back as it was");
         // An IPv6 address without brackets is no daemon.
