@@ -761,3 +761,88 @@ pub fn backends_json<'a>(
             .collect::<Vec<_>>(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::{
+        config::Config,
+        control::backends::Backends,
+        neigh::{DaemonHop, Reach},
+    };
+
+    /// `ctl backends` of a dual-stack configuration: IPv6 daemons, services,
+    /// hops and probe targets in brackets where a port follows.
+    #[test]
+    fn ipv6_daemons_are_shown_in_brackets() {
+        let config = Config::from_toml_str(
+            "front = \"l0\"\nback = \"l1\"\n\
+             [[service]]\naddress = \"198.18.0.100:80\"\nbackends = [\"198.19.0.11:8080\"]\n\
+             [[service]]\naddress = \"[2001:2:0:1::100]:53\"\nprotocol = \"udp\"\n\
+             backends = [\"[2001:2:0:2::11]:5353@2\"]\n\
+             [[service]]\naddress = \"[2001:2:0:1::100]:80\"\n\
+             backends = [\"[2001:2:0:3::11]:8080\"]\n\
+             [service.health]\nport = 9000\n",
+        )
+        .unwrap();
+        let backends = Backends::new(&config, &[], &Backends::default(), |_| true, 0);
+        let router: IpAddr = "fe80::1".parse().unwrap();
+        let hops = [
+            DaemonHop {
+                addr: "198.19.0.11".parse().unwrap(),
+                reach: Reach::Back {
+                    hop: "198.19.0.11".parse().unwrap(),
+                },
+                mac: Some([2, 0, 0, 0, 0, 1]),
+            },
+            DaemonHop {
+                addr: "2001:2:0:2::11".parse().unwrap(),
+                reach: Reach::Back {
+                    hop: "2001:2:0:2::11".parse().unwrap(),
+                },
+                mac: None,
+            },
+            DaemonHop {
+                addr: "2001:2:0:3::11".parse().unwrap(),
+                reach: Reach::Back { hop: router },
+                mac: Some([2, 0, 0, 0, 0, 2]),
+            },
+        ];
+        let rows = || backends.iter().zip(hops.iter().map(Some));
+        let weights: Vec<(SocketAddr, u32)> = config
+            .all_daemons()
+            .map(|(_, _, b)| (b.addr, b.weight))
+            .collect();
+        let settings = |addr: SocketAddr| BackendSetting {
+            weight: weights.iter().find(|(a, _)| *a == addr).map(|(_, w)| *w),
+            overridden: Override::default(),
+        };
+        let text = backends_text(rows(), "l1", |_| BackendConns::default(), settings);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "198.19.0.11:8080 service 198.18.0.100:80 health up state up active 0 inactive 0 \
+                 weight 1 override none next_hop 02:00:00:00:00:01 via 198.19.0.11",
+                "[2001:2:0:2::11]:5353 service [2001:2:0:1::100]:53/udp health up state up \
+                 active 0 inactive 0 weight 2 override none next_hop unresolved via 2001:2:0:2::11",
+                "[2001:2:0:3::11]:8080 service [2001:2:0:1::100]:80 health up state up active 0 \
+                 inactive 0 weight 1 override none next_hop 02:00:00:00:00:02 via fe80::1",
+            ]
+        );
+        let json: serde_json::Value = serde_json::from_str(&backends_json(
+            rows(),
+            "l1",
+            |_| BackendConns::default(),
+            settings,
+        ))
+        .unwrap();
+        let last = &json[2];
+        assert_eq!(last["daemon"], "[2001:2:0:3::11]:8080");
+        assert_eq!(last["service"], "[2001:2:0:1::100]:80");
+        assert_eq!(last["via"], "fe80::1");
+        assert_eq!(last["check"]["target"], "[2001:2:0:3::11]:9000");
+    }
+}
