@@ -30,7 +30,7 @@ use crate::{
     protocol::{self, Wake},
     queues::{self, fmt_queues, LinkFacts, LinkWatch, WorkerQueues},
     stats::{now_ns, WorkerStats},
-    sys::{self, EventFd, RawIpSender},
+    sys::{self, EventFd, RawIcmp6Sender, RawIpSender},
     worker::{self, WorkerSetup},
     xdp::{self, Interface, Replies, Side, Steering},
     xsk::{self, Bind, SocketOptions},
@@ -82,6 +82,20 @@ fn require_forwarding(back: &str) -> Result<()> {
     Ok(())
 }
 
+/// The same for IPv6 replies: the FIB lookup with `AF_INET6` checks the
+/// back's own `forwarding` (not `all`'s).
+fn require_forwarding6(back: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{back}/forwarding");
+    let value = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    if value.trim() != "1" {
+        bail!(
+            "IPv6 forwarding is off on the back interface {back}; the IPv6 reply path's FIB lookup \
+             needs it (sysctl -w net.ipv6.conf.{back}.forwarding=1)"
+        );
+    }
+    Ok(())
+}
+
 /// What the steering program needs to know of `reply_mode`, for `workers`
 /// flow tables.
 fn replies(config: &Config, workers: usize) -> Replies {
@@ -90,8 +104,12 @@ fn replies(config: &Config, workers: usize) -> Replies {
         // check_tracked_room keeps it within MAX_TRACKED, a u32.
         ReplyMode::Tracked => Replies::Tracked {
             capacity: u32::try_from(config.tracked_capacity(workers)).unwrap_or(u32::MAX),
-            // No IPv6 services are configurable yet: tracked6 stays one entry.
-            capacity6: 1,
+            // Allocated in full at load: only for IPv6 services configured at
+            // start (a reload bringing the first ones needs a restart).
+            capacity6: match config.services6.is_empty() {
+                true => 1,
+                false => u32::try_from(config.tracked_capacity(workers)).unwrap_or(u32::MAX),
+            },
         },
     }
 }
@@ -133,6 +151,9 @@ fn check_host(config: &Config) -> Result<Interfaces> {
     let back = Interface::lookup(&config.back).context("back")?;
     let back_mac = neigh::interface_mac(&back.name)?;
     require_forwarding(&back.name)?;
+    if !config.services6.is_empty() {
+        require_forwarding6(&back.name)?;
+    }
     let front_link = queues::read_link(&front, Side::Front)?;
     let back_link = queues::read_link(&back, Side::Back)?;
     queues::check(
@@ -493,7 +514,6 @@ pub fn run_with(
         takeover,
         "starting"
     );
-    config.refuse_unserved_ipv6()?;
     let ifaces = check_host(&config)?;
     // Before any thread starts: the loop's helpers (probes, the takeover's
     // listener) inherit the placement; workers pin themselves to theirs.
@@ -520,11 +540,22 @@ pub fn run_with(
     for (_, _, daemon) in config.daemons() {
         kernel.resolve(daemon.addr)?;
     }
+    for (_, _, daemon) in config.daemons6() {
+        kernel.resolve6(daemon.addr)?;
+    }
     let mut book = HopBook::new(ifaces.back.index);
+    // The IPv6 table only for IPv6 daemons (a host may run with IPv6 off).
+    let neighbours6 = match config.services6.is_empty() {
+        true => Vec::new(),
+        false => kernel
+            .neighbours6()
+            .context("reading the back interface's IPv6 neighbours")?,
+    };
     book.load_neighbours(
         &kernel
             .neighbours()
             .context("reading the back interface's neighbours")?,
+        &neighbours6,
         &mut Vec::new(),
     );
     let bind = choose_bind(&config, &ifaces)?;
@@ -545,9 +576,9 @@ pub fn run_with(
         &mut steering,
     )?;
     drain_in_planes(&config, &overrides, &mut applied.planes);
-    for ((_, _, daemon), hop) in config.daemons().zip(&applied.hops) {
+    for ((_, _, daemon), hop) in config.all_daemons().zip(&applied.hops) {
         let via = match hop.hop() {
-            Some(h) if h != *daemon.addr.ip() => format!(" via {h}"),
+            Some(h) if h != daemon.addr.ip() => format!(" via {h}"),
             _ => String::new(),
         };
         match hop.usable() {
@@ -573,6 +604,24 @@ pub fn run_with(
             ifaces.back.name
         ),
     }
+    // Set whatever the configuration, for a reload that brings IPv6 services.
+    let back_addrs6 = match sys::ipv6_addrs(&ifaces.back.name) {
+        Ok(addrs) => addrs,
+        Err(e) if config.services6.is_empty() => {
+            tracing::debug!(error = %e, "reading the back interface's IPv6 addresses");
+            Vec::new()
+        }
+        Err(e) => return Err(e).context("reading the back interface's IPv6 addresses"),
+    };
+    match back_addrs6.first() {
+        Some(&addr) => steering.set_icmp_source6(addr)?,
+        None if !config.services6.is_empty() => tracing::info!(
+            "{} has no global IPv6 address: IPv6 replies too big for the front path \
+             are dropped without telling their daemon",
+            ifaces.back.name
+        ),
+        None => {}
+    }
     // Opened while dispatchd still has CAP_NET_RAW, which sending does not need.
     let probes = RawIpSender::open(&ifaces.front.name).with_context(|| {
         format!(
@@ -580,6 +629,25 @@ pub fn run_with(
             ifaces.front.name
         )
     })?;
+    // Opened whatever the configuration: a reload may bring IPv6 services,
+    // and the capability to open it is gone by then.
+    let probes6 = match RawIcmp6Sender::open(&ifaces.front.name, ifaces.front.index) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            if !config.services6.is_empty() {
+                bail!(
+                    "opening a raw ICMPv6 socket on {} for next-hop probes: {e}",
+                    ifaces.front.name
+                );
+            }
+            tracing::info!(
+                error = %e,
+                "no raw ICMPv6 socket on {}: IPv6 clients' next hops will not be probed",
+                ifaces.front.name
+            );
+            None
+        }
+    };
     let identity = identity(&ifaces, &plan, config.reply_mode);
     if takeover {
         takeover::test_pause();
@@ -757,6 +825,7 @@ pub fn run_with(
         ctl,
         links: watch,
         probes,
+        probes6,
         identity,
         overrides: std::mem::take(&mut overrides),
         state_file,
@@ -864,7 +933,7 @@ fn drain_in_planes(
     overrides: &Overrides,
     planes: &mut [crate::dataplane::Dataplane],
 ) {
-    for (id, _, b) in config.daemons() {
+    for (id, _, b) in config.all_daemons() {
         if overrides.get(b.addr).drained {
             for plane in planes.iter_mut() {
                 plane.set_backend_state(id, crate::balance::BackendState::Draining);

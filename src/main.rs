@@ -1,4 +1,4 @@
-use std::{net::SocketAddrV4, path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -118,7 +118,7 @@ enum CtlVerb {
     Conns {
         /// Only connections to this daemon (ADDR:PORT).
         #[arg(long)]
-        daemon: Option<SocketAddrV4>,
+        daemon: Option<SocketAddr>,
         /// Only connections from this client (ADDR or ADDR:PORT).
         #[arg(long)]
         client: Option<ClientFilter>,
@@ -132,20 +132,20 @@ enum CtlVerb {
     /// Give a daemon no new connections; its open ones finish. Kept across
     /// reloads (and restarts with a state_file) until undrained.
     Drain {
-        /// The daemon (ADDR:PORT).
-        daemon: SocketAddrV4,
+        /// The daemon (ADDR:PORT; [ADDR]:PORT for IPv6).
+        daemon: SocketAddr,
     },
     /// Give a drained daemon new connections again.
     Undrain {
-        /// The daemon (ADDR:PORT).
-        daemon: SocketAddrV4,
+        /// The daemon (ADDR:PORT; [ADDR]:PORT for IPv6).
+        daemon: SocketAddr,
     },
     /// Set a daemon's weight (its share of new connections under the weighted
     /// policies) over the config's, across reloads (and restarts with a
     /// state_file) until --reset; 0 drains it, and a weight above 0 undrains it.
     Weight {
-        /// The daemon (ADDR:PORT).
-        daemon: SocketAddrV4,
+        /// The daemon (ADDR:PORT; [ADDR]:PORT for IPv6).
+        daemon: SocketAddr,
         /// The new weight.
         #[arg(required_unless_present = "reset")]
         weight: Option<u32>,

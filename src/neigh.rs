@@ -12,7 +12,7 @@
 //! kernel resolve it, and its notification brings the MAC.
 use std::{
     fmt,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream},
     sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::Duration,
 };
@@ -130,6 +130,19 @@ impl<A: Copy> Reach<A> {
         matches!(self, Reach::Back { .. })
     }
 
+    /// The same reach with its hop as an address of either family.
+    pub fn into_ip(self) -> Reach<IpAddr>
+    where
+        A: Into<IpAddr>,
+    {
+        match self {
+            Reach::Back { hop } => Reach::Back { hop: hop.into() },
+            Reach::Elsewhere { interface } => Reach::Elsewhere { interface },
+            Reach::NoRoute { reason } => Reach::NoRoute { reason },
+            Reach::Unsupported { what } => Reach::Unsupported { what },
+        }
+    }
+
     /// Why this is no way to the daemon (`ctl backends`); `None` if it
     /// leaves by the back.
     pub fn why_not(&self, back: &str) -> Option<String> {
@@ -161,11 +174,12 @@ impl<A: Copy> Reach<A> {
     }
 }
 
-/// One daemon's next hop as the loop knows it.
+/// One daemon's next hop as the loop knows it (an IPv6 daemon's hop is an
+/// IPv6 address, its MAC the kernel's NDP entry's).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DaemonHop {
-    pub addr: Ipv4Addr,
-    pub reach: Reach,
+    pub addr: IpAddr,
+    pub reach: Reach<IpAddr>,
     /// The hop's MAC as the kernel last reported it, while routed via the back.
     pub mac: Option<[u8; 6]>,
 }
@@ -177,7 +191,7 @@ impl DaemonHop {
         self.mac.filter(|_| self.reach.is_back())
     }
 
-    pub fn hop(&self) -> Option<Ipv4Addr> {
+    pub fn hop(&self) -> Option<IpAddr> {
         match self.reach {
             Reach::Back { hop } => Some(hop),
             _ => None,
@@ -198,8 +212,9 @@ impl DaemonHop {
 #[derive(Debug)]
 pub struct HopBook {
     back: u32,
-    /// MACs of the kernel's complete (NUD_VALID) IPv4 entries on the back.
-    macs: AHashMap<Ipv4Addr, [u8; 6]>,
+    /// MACs of the kernel's complete (NUD_VALID) entries on the back, IPv4
+    /// (ARP) and IPv6 (NDP).
+    macs: AHashMap<IpAddr, [u8; 6]>,
     /// Indexed by [`BackendId`].
     daemons: Vec<DaemonHop>,
 }
@@ -207,8 +222,8 @@ pub struct HopBook {
 /// A daemon's hop as a route answer changed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rerouted {
-    pub before: Reach,
-    pub after: Reach,
+    pub before: Reach<IpAddr>,
+    pub after: Reach<IpAddr>,
 }
 
 impl HopBook {
@@ -232,7 +247,8 @@ impl HopBook {
     /// The MAC a daemon at `addr` routed to `hop` starts with when a
     /// configuration is (re)applied: the kernel's entry for the hop, else what
     /// the same daemon had with the same hop.
-    pub fn mac_for(&self, addr: Ipv4Addr, hop: Ipv4Addr) -> Option<[u8; 6]> {
+    pub fn mac_for(&self, addr: impl Into<IpAddr>, hop: impl Into<IpAddr>) -> Option<[u8; 6]> {
+        let (addr, hop) = (addr.into(), hop.into());
         self.macs.get(&hop).copied().or_else(|| {
             self.daemons
                 .iter()
@@ -241,28 +257,39 @@ impl HopBook {
         })
     }
 
+    /// Whether some daemon is an IPv6 one (its hop in the NDP table).
+    pub fn has_ipv6(&self) -> bool {
+        self.daemons.iter().any(|d| d.addr.is_ipv6())
+    }
+
     /// The daemons of a new configuration, in [`BackendId`] order.
     pub fn install(&mut self, daemons: Vec<DaemonHop>) {
         self.daemons = daemons;
     }
 
     /// Whether the complete entry for `ip` is known, and its MAC.
-    pub fn neighbour_mac(&self, ip: Ipv4Addr) -> Option<[u8; 6]> {
-        self.macs.get(&ip).copied()
+    pub fn neighbour_mac(&self, ip: impl Into<IpAddr>) -> Option<[u8; 6]> {
+        self.macs.get(&ip.into()).copied()
     }
 
-    /// Takes a full dump of the kernel's entries on the back as the truth:
-    /// every daemon whose hop has an entry takes its MAC (`changed` gets those
-    /// whose MAC changed); the others keep theirs.
+    /// Takes a full dump of the kernel's entries on the back (IPv4's and
+    /// IPv6's) as the truth: every daemon whose hop has an entry takes its
+    /// MAC (`changed` gets those whose MAC changed); the others keep theirs.
     pub fn load_neighbours<'a>(
         &mut self,
         entries: impl IntoIterator<Item = &'a NeighMsg>,
+        entries6: impl IntoIterator<Item = &'a NeighMsg<Ipv6Addr>>,
         changed: &mut Vec<BackendId>,
     ) {
         self.macs.clear();
         for n in entries {
             if let (Some(ip), Some(mac)) = (n.dst, self.entry_mac(n)) {
-                self.macs.insert(ip, mac);
+                self.macs.insert(ip.into(), mac);
+            }
+        }
+        for n in entries6 {
+            if let (Some(ip), Some(mac)) = (n.dst, self.entry_mac(n)) {
+                self.macs.insert(ip.into(), mac);
             }
         }
         for (i, d) in self.daemons.iter_mut().enumerate() {
@@ -278,7 +305,7 @@ impl HopBook {
 
     /// The MAC a message gives an entry on the back, if it is one dispatchd
     /// follows and it is complete.
-    fn entry_mac(&self, n: &NeighMsg) -> Option<[u8; 6]> {
+    fn entry_mac<A>(&self, n: &NeighMsg<A>) -> Option<[u8; 6]> {
         if n.ifindex != self.back || n.flags & NTF_PROXY != 0 {
             return None;
         }
@@ -290,11 +317,17 @@ impl HopBook {
     /// failed (nobody answered the kernel's ARP): with
     /// `fib_multipath_use_neigh` the kernel then routes around it, so the
     /// routes are worth asking again.
-    pub fn neighbour(&mut self, n: &NeighMsg, changed: &mut Vec<BackendId>) -> bool {
+    pub fn neighbour<A: Copy + Into<IpAddr>>(
+        &mut self,
+        n: &NeighMsg<A>,
+        changed: &mut Vec<BackendId>,
+    ) -> bool {
         if n.ifindex != self.back || n.flags & NTF_PROXY != 0 {
             return false;
         }
-        let Some(ip) = n.dst else { return false };
+        let Some(ip) = n.dst.map(Into::into) else {
+            return false;
+        };
         match n.usable_mac() {
             Some(mac) => {
                 self.macs.insert(ip, mac);
@@ -322,7 +355,7 @@ impl HopBook {
     pub fn reroute(
         &mut self,
         id: BackendId,
-        reach: Reach,
+        reach: Reach<IpAddr>,
         changed: &mut Vec<BackendId>,
     ) -> Option<Rerouted> {
         let macs = &self.macs;
@@ -355,9 +388,23 @@ impl HopBook {
         }
         let dst = u32::from(dst.unwrap_or(Ipv4Addr::UNSPECIFIED));
         let mask = u32::MAX.checked_shl(32 - u32::from(dst_len)).unwrap_or(0);
-        self.daemons
-            .iter()
-            .any(|d| u32::from(d.addr) & mask == dst & mask)
+        self.daemons.iter().any(|d| match d.addr {
+            IpAddr::V4(a) => u32::from(a) & mask == dst & mask,
+            IpAddr::V6(_) => false,
+        })
+    }
+
+    /// [`covers_a_daemon`](Self::covers_a_daemon) for an IPv6 route.
+    pub fn covers_a_daemon6(&self, dst: Option<Ipv6Addr>, dst_len: u8) -> bool {
+        if dst_len > 128 {
+            return false;
+        }
+        let dst = u128::from(dst.unwrap_or(Ipv6Addr::UNSPECIFIED));
+        let mask = u128::MAX.checked_shl(128 - u32::from(dst_len)).unwrap_or(0);
+        self.daemons.iter().any(|d| match d.addr {
+            IpAddr::V6(a) => u128::from(a) & mask == dst & mask,
+            IpAddr::V4(_) => false,
+        })
     }
 }
 
@@ -403,6 +450,7 @@ pub const DATAGRAM_MAX: usize = 32 << 10;
 /// links and addresses whose changes move routes without a route message.
 const GROUPS: u32 = netlink::RTMGRP_NEIGH
     | netlink::RTMGRP_IPV4_ROUTE
+    | netlink::RTMGRP_IPV6_ROUTE
     | netlink::RTMGRP_IPV4_RULE
     | netlink::RTMGRP_IPV4_IFADDR
     | netlink::RTMGRP_LINK;
@@ -582,9 +630,16 @@ impl Kernel {
 }
 
 /// The IPv6 side of [`Kernel`]: the same requests with AF_INET6, for daemons
-/// with IPv6 addresses. Their hops are not in a [`HopBook`] yet (the loop
-/// ignores [`Message::Neighbour6`] and [`Message::Route6`]).
+/// with IPv6 addresses.
 impl Kernel {
+    /// [`route`](Self::route) or [`route6`](Self::route6), by `daemon`'s family.
+    pub fn route_ip(&self, daemon: IpAddr) -> Result<Reach<IpAddr>> {
+        Ok(match daemon {
+            IpAddr::V4(a) => self.route(a)?.into_ip(),
+            IpAddr::V6(a) => self.route6(a)?.into_ip(),
+        })
+    }
+
     /// Where the kernel routes a packet this host sends to `daemon` (`ip -6
     /// route get`).
     pub fn route6(&self, daemon: Ipv6Addr) -> Result<Reach<Ipv6Addr>> {
@@ -732,8 +787,10 @@ mod tests {
         }
     }
 
-    fn back(hop: &str) -> Reach {
-        Reach::Back { hop: ip(hop) }
+    fn back(hop: &str) -> Reach<IpAddr> {
+        Reach::Back {
+            hop: ip(hop).into(),
+        }
     }
 
     /// Daemons .11 (on link), .12 (on link) and 198.19.1.11 via gateway .2.
@@ -741,17 +798,17 @@ mod tests {
         let mut b = HopBook::new(BACK);
         b.install(vec![
             DaemonHop {
-                addr: ip("198.19.0.11"),
+                addr: ip("198.19.0.11").into(),
                 reach: back("198.19.0.11"),
                 mac: None,
             },
             DaemonHop {
-                addr: ip("198.19.0.12"),
+                addr: ip("198.19.0.12").into(),
                 reach: back("198.19.0.12"),
                 mac: Some(MAC_A),
             },
             DaemonHop {
-                addr: ip("198.19.1.11"),
+                addr: ip("198.19.1.11").into(),
                 reach: back("198.19.0.2"),
                 mac: None,
             },
@@ -761,6 +818,107 @@ mod tests {
 
     fn id(i: u16) -> BackendId {
         BackendId(i)
+    }
+
+    fn ip6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    fn neigh6(addr: &str, state: u16, mac: Option<[u8; 6]>) -> NeighMsg<Ipv6Addr> {
+        NeighMsg {
+            deleted: false,
+            family: 10,
+            ifindex: BACK,
+            state,
+            flags: 0,
+            dst: Some(ip6(addr)),
+            lladdr: mac,
+        }
+    }
+
+    /// An IPv4 daemon, then IPv6 daemons on link and behind a router's
+    /// link-local address.
+    fn dual_book() -> HopBook {
+        let mut b = HopBook::new(BACK);
+        let v6 = |daemon: &str, hop: &str| DaemonHop {
+            addr: ip6(daemon).into(),
+            reach: Reach::Back {
+                hop: ip6(hop).into(),
+            },
+            mac: None,
+        };
+        b.install(vec![
+            DaemonHop {
+                addr: ip("198.19.0.11").into(),
+                reach: back("198.19.0.11"),
+                mac: None,
+            },
+            v6("2001:2:0:2::11", "2001:2:0:2::11"),
+            v6("2001:2:0:3::11", "fe80::1"),
+        ]);
+        b
+    }
+
+    #[test]
+    fn ipv6_daemons_take_the_macs_of_their_hops_ndp_entries() {
+        let mut b = dual_book();
+        assert!(b.has_ipv6());
+        assert!(!book().has_ipv6());
+        let mut changed = Vec::new();
+        b.neighbour(&neigh6("fe80::1", NUD_REACHABLE, Some(MAC_B)), &mut changed);
+        assert_eq!(changed, [id(2)], "the daemon behind the router");
+        assert_eq!(b.get(id(2)).unwrap().usable(), Some(MAC_B));
+        // An IPv4 entry of the same bytes is no IPv6 hop, and the reverse.
+        changed.clear();
+        b.neighbour(
+            &neigh("198.19.0.11", NUD_REACHABLE, Some(MAC_A)),
+            &mut changed,
+        );
+        assert_eq!(changed, [id(0)]);
+        // A full dump of both tables: the on-link daemon's entry is in the NDP one.
+        changed.clear();
+        b.load_neighbours(
+            &[neigh("198.19.0.11", NUD_REACHABLE, Some(MAC_A))],
+            &[neigh6("2001:2:0:2::11", NUD_STALE, Some(MAC_A))],
+            &mut changed,
+        );
+        assert_eq!(changed, [id(1)]);
+        assert_eq!(b.neighbour_mac(ip6("2001:2:0:2::11")), Some(MAC_A));
+        assert_eq!(b.neighbour_mac(ip6("fe80::1")), None, "not in the dump");
+        assert_eq!(b.get(id(2)).unwrap().usable(), Some(MAC_B), "kept its last");
+        // A failed NDP entry of a daemon's hop asks for the routes again.
+        assert!(b.neighbour(&neigh6("fe80::1", NUD_FAILED, None), &mut changed));
+        // A reload keeps the MAC of the same daemon behind the same hop.
+        assert_eq!(
+            b.mac_for(ip6("2001:2:0:3::11"), ip6("fe80::1")),
+            Some(MAC_B)
+        );
+        assert_eq!(b.mac_for(ip6("2001:2:0:3::11"), ip6("fe80::2")), None);
+        // A route away from the back leaves it without one.
+        changed.clear();
+        let away = Reach::NoRoute {
+            reason: "unreachable".into(),
+        };
+        let change = b.reroute(id(2), away.clone(), &mut changed).unwrap();
+        assert_eq!(change.after, away);
+        assert_eq!(changed, [id(2)]);
+        assert_eq!(b.get(id(2)).unwrap().usable(), None);
+    }
+
+    #[test]
+    fn an_ipv6_route_matters_when_it_covers_an_ipv6_daemon() {
+        let b = dual_book();
+        assert!(b.covers_a_daemon6(None, 0), "a default route");
+        assert!(b.covers_a_daemon6(Some(ip6("2001:2:0:2::")), 64));
+        assert!(b.covers_a_daemon6(Some(ip6("2001:2:0:3::11")), 128));
+        assert!(!b.covers_a_daemon6(Some(ip6("2001:2:0:4::")), 64));
+        assert!(!b.covers_a_daemon6(Some(ip6("2001:2:0:2::11")), 129));
+        assert!(!book().covers_a_daemon6(None, 0), "no IPv6 daemon");
+        assert!(
+            !b.covers_a_daemon(Some(ip("198.19.1.0")), 24),
+            "IPv4 routes only for IPv4 daemons"
+        );
+        assert!(b.covers_a_daemon(Some(ip("198.19.0.0")), 24));
     }
 
     #[test]
@@ -903,7 +1061,7 @@ mod tests {
             other,
             neigh("198.19.0.50", NUD_FAILED, None),
         ];
-        b.load_neighbours(&dump, &mut changed);
+        b.load_neighbours(&dump, &[], &mut changed);
         assert_eq!(changed, [id(1), id(2)]);
         assert_eq!(b.get(id(0)).unwrap().usable(), None, "only on the back");
         assert_eq!(b.get(id(1)).unwrap().usable(), Some(MAC_B));
@@ -911,7 +1069,7 @@ mod tests {
         assert_eq!(b.neighbour_mac(ip("198.19.0.50")), None);
         // A later dump without .12's entry: .12 keeps its MAC.
         changed.clear();
-        b.load_neighbours(&dump[..1], &mut changed);
+        b.load_neighbours(&dump[..1], &[], &mut changed);
         assert!(changed.is_empty());
         assert_eq!(b.get(id(1)).unwrap().usable(), Some(MAC_B));
         assert_eq!(b.neighbour_mac(ip("198.19.0.12")), None);
@@ -987,11 +1145,15 @@ mod tests {
                 on_back,
                 name
             ),
-            back("198.19.0.2")
+            Reach::Back {
+                hop: ip("198.19.0.2")
+            }
         );
         assert_eq!(
             Reach::of_answer(&answer(Some(BACK), None), daemon, on_back, name),
-            back("198.19.1.11"),
+            Reach::Back {
+                hop: ip("198.19.1.11")
+            },
             "on link: the daemon is its own hop"
         );
         let local = Reach::of_answer(&answer(Some(1), None), daemon, on_back, name);

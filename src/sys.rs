@@ -2,7 +2,12 @@
 //! advice, the eventfd and a raw IPv4 sender.
 #![allow(unsafe_code)] // signal masks, no_new_privs, madvise, sockets; each block says why it is sound
 
-use std::{ffi::CStr, io, mem::MaybeUninit, net::Ipv4Addr};
+use std::{
+    ffi::CStr,
+    io,
+    mem::MaybeUninit,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use caps::{CapSet, Capability};
 
@@ -263,6 +268,44 @@ pub fn ipv4_addrs(device: &str) -> io::Result<Vec<Ipv4Addr>> {
     // SAFETY: head came from getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(head) };
     Ok(out)
+}
+
+/// This host's global IPv6 addresses on `device` (none if IPv6 is off),
+/// those past duplicate address detection first.
+pub fn ipv6_addrs(device: &str) -> io::Result<Vec<Ipv6Addr>> {
+    match std::fs::read_to_string("/proc/net/if_inet6") {
+        Ok(text) => Ok(parse_if_inet6(&text, device)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The global addresses of `device` in `/proc/net/if_inet6` (per line: the
+/// address in 32 hex digits, ifindex, prefix length, scope, flags, name),
+/// without the ones that failed duplicate address detection; tentative ones
+/// last.
+fn parse_if_inet6(text: &str, device: &str) -> Vec<Ipv6Addr> {
+    const SCOPE_GLOBAL: u32 = 0;
+    const IFA_F_DADFAILED: u32 = 0x08;
+    const IFA_F_TENTATIVE: u32 = 0x40;
+    let mut found: Vec<(bool, Ipv6Addr)> = text
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let [addr, _, _, scope, flags, name] = f.as_slice() else {
+                return None;
+            };
+            let scope = u32::from_str_radix(scope, 16).ok()?;
+            let flags = u32::from_str_radix(flags, 16).ok()?;
+            if *name != device || scope != SCOPE_GLOBAL || flags & IFA_F_DADFAILED != 0 {
+                return None;
+            }
+            let ip = Ipv6Addr::from(u128::from_str_radix(addr, 16).ok()?);
+            Some((flags & IFA_F_TENTATIVE != 0, ip))
+        })
+        .collect();
+    found.sort_by_key(|(tentative, _)| *tentative);
+    found.into_iter().map(|(_, ip)| ip).collect()
 }
 
 /// The signals the daemon handles itself.
@@ -566,6 +609,28 @@ pub fn kill_self() -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_global_ipv6_addresses_of_a_device_are_read_settled_first() {
+        let text = "\
+fe800000000000000000000000000001 03 40 20 80   back0
+20010002000000020000000000000001 03 40 00 c0   back0
+20010002000000020000000000000002 03 40 00 80   back0
+20010002000000020000000000000003 03 40 00 88   back0
+20010002000000010000000000000001 02 40 00 80  front0
+00000000000000000000000000000001 01 80 10 80       lo
+";
+        assert_eq!(
+            parse_if_inet6(text, "back0"),
+            [
+                "2001:2:0:2::2".parse::<Ipv6Addr>().unwrap(),
+                "2001:2:0:2::1".parse().unwrap()
+            ],
+            "link-local and DAD-failed left out, the tentative one last"
+        );
+        assert!(parse_if_inet6(text, "back1").is_empty());
+        assert!(parse_if_inet6("garbage\n", "back0").is_empty());
+    }
 
     /// The `Cap*:` lines of a task's status file, as the e2e tests read them.
     fn cap_lines(status: &str) -> Vec<(&str, &str)> {

@@ -11,7 +11,7 @@ use std::{
     ffi::CString,
     fmt, io,
     mem::MaybeUninit,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
 };
 
@@ -172,12 +172,14 @@ pub fn vip_kind(protocol: Protocol) -> u8 {
 impl SteeringTable {
     /// The maps for `config` and the daemons a reload `retired` (whose replies
     /// still come back).
+    /// IPv6 services are indexed after the IPv4 ones, as their daemons' ids
+    /// follow the IPv4 daemons'.
     pub fn of(config: &Config, retired: &[Retired]) -> Self {
         let mut vips = BTreeMap::new();
         for s in &config.services {
             *vips.entry(*s.address.ip()).or_default() |= vip_kind(s.protocol);
         }
-        Self {
+        let mut table = Self {
             services: config
                 .services
                 .iter()
@@ -188,15 +190,28 @@ impl SteeringTable {
                 .services
                 .iter()
                 .flat_map(|s| s.backends.iter().map(|b| ((b.addr, s.protocol), s.address)))
-                .chain(
-                    retired
-                        .iter()
-                        .filter_map(|r| r.v4().map(|(d, s)| ((d, r.protocol), s))),
-                )
                 .collect(),
             vips,
             ..Self::default()
+        };
+        for (i, s) in config.services6.iter().enumerate() {
+            let id = (config.services.len() + i) as u32;
+            table.add_service6(s.address, s.protocol, id, s.backends.iter().map(|b| b.addr));
         }
+        // A retired daemon's replies still come back, as from its service.
+        for r in retired {
+            match (r.daemon, r.service) {
+                (SocketAddr::V4(daemon), SocketAddr::V4(service)) => {
+                    table.daemons.insert((daemon, r.protocol), service);
+                }
+                (SocketAddr::V6(daemon), SocketAddr::V6(service)) => {
+                    table.daemons6.insert((daemon, r.protocol), service);
+                }
+                // A service and its daemons are of one family (validation).
+                _ => {}
+            }
+        }
+        table
     }
 
     /// Adds the IPv6 service `service` of `protocol` (index `id`) with its

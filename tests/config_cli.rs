@@ -1579,7 +1579,7 @@ fn check_config_prints_an_ipv6_service_that_loads_back() {
 }
 
 #[test]
-fn run_refuses_an_ipv6_service_until_the_data_path_serves_it() {
+fn run_takes_an_ipv6_service_on_to_the_host_checks() {
     let (status, _, err) = dispatchd(&[
         "run",
         "--front",
@@ -1592,11 +1592,72 @@ fn run_refuses_an_ipv6_service_until_the_data_path_serves_it() {
         "[2001:2:0:2::11]:8080",
     ]);
     assert!(!status.success());
+    // Not refused for its family: it gets as far as the interfaces.
     assert!(
         err.ends_with(
-            "dispatchd: service [2001:2:0:1::100]:80 (tcp): IPv6 services are not served yet; \
-             remove it from the configuration\n"
+            "dispatchd: front: interface v6pnone0 not found: No such device (os error 19)\n"
         ),
         "{err}"
     );
+}
+
+/// `dispatchd ctl` names an IPv6 daemon in brackets and sends the line the
+/// loop parses (a listener on a socket of the test's answers in its place);
+/// an IPv6 address without brackets is refused before anything is sent.
+#[test]
+fn ctl_sends_ipv6_daemons_in_brackets() {
+    use std::io::{BufRead, BufReader, Write};
+
+    let dir = std::env::temp_dir().join(format!("dispatchd-ctl6-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("ctl.sock");
+    let _ = std::fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let server = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for _ in 0..3 {
+            let (conn, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&conn).read_line(&mut line).unwrap();
+            (&conn).write_all(b"ok\n").unwrap();
+            lines.push(line.trim_end().to_owned());
+        }
+        lines
+    });
+    let socket_arg = socket.to_str().unwrap();
+    for verb in [
+        &["weight", "[2001:2:0:2::11]:8080", "3"][..],
+        &["drain", "[2001:2:0:2::11]:8080"][..],
+        &[
+            "conns",
+            "--daemon",
+            "[2001:2:0:2::11]:8080",
+            "--client",
+            "2001:2:0:1::2",
+        ][..],
+    ] {
+        let mut args = vec!["ctl", "--socket", socket_arg];
+        args.extend_from_slice(verb);
+        let (status, out, err) = dispatchd(&args);
+        assert!(status.success(), "{verb:?}: {err}");
+        assert_eq!(out, "ok\n");
+    }
+    assert_eq!(
+        server.join().unwrap(),
+        [
+            "weight [2001:2:0:2::11]:8080 3",
+            "drain [2001:2:0:2::11]:8080",
+            "conns daemon=[2001:2:0:2::11]:8080 client=2001:2:0:1::2 limit=1000",
+        ]
+    );
+    let (status, _, err) = dispatchd(&[
+        "ctl",
+        "--socket",
+        socket_arg,
+        "drain",
+        "2001:2:0:2::11:8080",
+    ]);
+    assert!(!status.success());
+    assert!(err.contains("invalid value '2001:2:0:2::11:8080'"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

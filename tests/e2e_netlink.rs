@@ -635,3 +635,261 @@ fn ipv6_routes_and_neighbours_come_from_the_kernel() {
         }
     }
 }
+
+/// IPv6 daemons' next hops are followed as the management loop follows them
+/// (the same `HopBook` calls on the kernel's own messages): their routes
+/// from `ip -6 route get`, their MACs from the NDP table and its
+/// notifications on the socket `Kernel::open` subscribes (IPv6 routes
+/// included), beside an IPv4 daemon. A daemon's MAC changes (s0's address,
+/// told with `ip -6 neigh replace`), a route takes a daemon off the back and
+/// goes again, and a daemon behind a router's link-local address takes the
+/// router's MAC. What dispatchd's loop does with the result (cells, states)
+/// is the IPv4 path's; serving IPv6 end to end needs the IPv6 dataplane.
+#[test]
+fn ipv6_daemon_hops_are_followed_from_the_kernels_notifications() {
+    use std::net::{IpAddr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+
+    use dispatchd::{
+        ids::BackendId,
+        neigh::{DaemonHop, HopBook, Kernel, Reach},
+        netlink::{Message, Messages},
+        xdp::Interface,
+    };
+    use dispatchd_testkit::NetNsGuard;
+
+    let topo = Topology::up_dual(DISPATCHD, "c6hop", 2, 1);
+    let (d, s) = (topo.dispatcher(), topo.daemons());
+    let s0_mac = {
+        let m = topo.mac(&s, "s0").unwrap_or_else(|e| panic!("{e:#}"));
+        dispatchd::neigh::parse_mac(&m).unwrap_or_else(|| panic!("{m}"))
+    };
+    let s0_ll: Ipv6Addr = {
+        let out = ip(
+            &topo,
+            &s,
+            &["-6", "-o", "addr", "show", "dev", "s0", "scope", "link"],
+        );
+        let word = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no link-local address on s0: {out}"));
+        word.split('/').next().unwrap().parse().unwrap()
+    };
+    ip(
+        &topo,
+        &s,
+        &["addr", "add", "2001:2:0:3::11/128", "dev", "s0", "nodad"],
+    );
+    ip(
+        &topo,
+        &d,
+        &[
+            "-6",
+            "route",
+            "add",
+            "2001:2:0:3::/64",
+            "via",
+            &s0_ll.to_string(),
+            "dev",
+            "l1",
+        ],
+    );
+
+    // The whole test inside: interface names are read in the thread's namespace.
+    let _inside = NetNsGuard::enter(&d).unwrap_or_else(|e| panic!("entering {d}: {e}"));
+    let back = Interface::lookup("l1").expect("l1");
+    let kernel = Kernel::open("l1", back.index, Duration::from_secs(1))
+        .unwrap_or_else(|e| panic!("rtnetlink: {e:#}"));
+    let v4: SocketAddrV4 = "198.19.0.11:8080".parse().unwrap();
+    let on_link: SocketAddrV6 = "[2001:2:0:2::11]:8080".parse().unwrap();
+    let behind: SocketAddrV6 = "[2001:2:0:3::11]:8080".parse().unwrap();
+    // Start-up: each resolved (a TCP attempt has the kernel solicit the hop),
+    // then the routes and both tables read, as daemon.rs and apply.rs do.
+    kernel.resolve(v4).unwrap();
+    kernel.resolve6(on_link).unwrap();
+    kernel.resolve6(behind).unwrap();
+    let mut book = HopBook::new(back.index);
+    book.load_neighbours(
+        &kernel.neighbours().unwrap(),
+        &kernel.neighbours6().unwrap(),
+        &mut Vec::new(),
+    );
+    let daemons: [IpAddr; 3] = [
+        (*v4.ip()).into(),
+        (*on_link.ip()).into(),
+        (*behind.ip()).into(),
+    ];
+    book.install(
+        daemons
+            .iter()
+            .map(|&addr| {
+                let reach = kernel.route_ip(addr).unwrap();
+                let mac = reach_hop(&reach).and_then(|hop| book.mac_for(addr, hop));
+                DaemonHop { addr, reach, mac }
+            })
+            .collect(),
+    );
+    let hop_of = |book: &HopBook, i: u16| book.get(BackendId(i)).unwrap().clone();
+    assert_eq!(hop_of(&book, 0).usable(), Some(s0_mac), "the IPv4 daemon");
+    assert_eq!(
+        hop_of(&book, 1).usable(),
+        Some(s0_mac),
+        "on the back's link"
+    );
+    assert_eq!(hop_of(&book, 1).hop(), Some((*on_link.ip()).into()));
+    assert_eq!(hop_of(&book, 2).hop(), Some(s0_ll.into()), "the router");
+    assert_eq!(hop_of(&book, 2).usable(), Some(s0_mac));
+
+    // What the loop does with each notification (manager.rs on_notification
+    // and reroute_slice), until `done` holds or 3 s pass.
+    let follow = |book: &mut HopBook, what: &str, done: &dyn Fn(&HopBook) -> bool| {
+        let start = Instant::now();
+        let mut buf = vec![0u8; dispatchd::neigh::DATAGRAM_MAX];
+        let mut changed = Vec::new();
+        while !done(book) {
+            assert!(start.elapsed() < Duration::from_secs(3), "{what}: {book:?}");
+            let got = match kernel.notifications().recv(&mut buf) {
+                Ok(got) => got,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+                Err(e) => panic!("{what}: {e}"),
+            };
+            let mut reroute = false;
+            for item in Messages::new(&buf[..got.len]) {
+                match item.unwrap_or_else(|e| panic!("{what}: {e}")).1 {
+                    Message::Neighbour6(n) => reroute |= book.neighbour(&n, &mut changed),
+                    Message::Neighbour(n) => reroute |= book.neighbour(&n, &mut changed),
+                    Message::Route6(r) => reroute |= book.covers_a_daemon6(r.dst, r.dst_len),
+                    Message::Route(r) => reroute |= book.covers_a_daemon(r.dst, r.dst_len),
+                    Message::RoutingChanged => reroute = true,
+                    _ => {}
+                }
+            }
+            if reroute {
+                for (i, addr) in daemons.iter().enumerate() {
+                    let reach = kernel.route_ip(*addr).unwrap();
+                    book.reroute(BackendId(i as u16), reach, &mut changed);
+                }
+            }
+        }
+        start.elapsed()
+    };
+
+    // s0 takes a new MAC; the dispatcher's kernel is told it for the on-link
+    // daemon's entry: that daemon follows, the router's entry is another.
+    let told = "02:00:5e:10:06:01";
+    ip(&topo, &s, &["link", "set", "s0", "address", told]);
+    ip(
+        &topo,
+        &d,
+        &[
+            "-6",
+            "neigh",
+            "replace",
+            "2001:2:0:2::11",
+            "lladdr",
+            told,
+            "dev",
+            "l1",
+            "nud",
+            "reachable",
+        ],
+    );
+    let told_mac = dispatchd::neigh::parse_mac(told).unwrap();
+    let took = follow(&mut book, "the new MAC", &|b| {
+        b.get(BackendId(1)).unwrap().usable() == Some(told_mac)
+    });
+    println!("new NDP entry followed {took:?} after `ip -6 neigh replace`");
+    assert_eq!(
+        hop_of(&book, 0).usable(),
+        Some(s0_mac),
+        "IPv4's ARP entry is its own"
+    );
+    assert_eq!(
+        hop_of(&book, 2).usable(),
+        Some(s0_mac),
+        "the router's entry is its own"
+    );
+
+    // A more specific route sends the on-link daemon out of the front.
+    ip(
+        &topo,
+        &d,
+        &["-6", "route", "add", "2001:2:0:2::11/128", "dev", "l0"],
+    );
+    let took = follow(&mut book, "routed off the back", &|b| {
+        !b.get(BackendId(1)).unwrap().reach.is_back()
+    });
+    println!("route off the back followed {took:?} after `ip -6 route add`");
+    assert_eq!(
+        hop_of(&book, 1).reach,
+        Reach::Elsewhere {
+            interface: "l0".into()
+        }
+    );
+    assert_eq!(hop_of(&book, 1).usable(), None, "no MAC while off the back");
+    assert!(hop_of(&book, 2).reach.is_back(), "the other daemons stay");
+    ip(
+        &topo,
+        &d,
+        &["-6", "route", "del", "2001:2:0:2::11/128", "dev", "l0"],
+    );
+    let took = follow(&mut book, "back on the back", &|b| {
+        b.get(BackendId(1)).unwrap().usable() == Some(told_mac)
+    });
+    println!("route back followed {took:?} after `ip -6 route del`");
+}
+
+/// The hop a reach names, if it leaves by the back.
+fn reach_hop(reach: &dispatchd::neigh::Reach<std::net::IpAddr>) -> Option<std::net::IpAddr> {
+    match reach {
+        dispatchd::neigh::Reach::Back { hop } => Some(*hop),
+        _ => None,
+    }
+}
+
+/// An IPv6 service needs the back to forward IPv6 (the XDP program's FIB
+/// lookup for its replies checks the back's own `forwarding`): start-up says
+/// so with the sysctl to set, and an IPv6 daemon the kernel does not route out
+/// of the back is refused as an IPv4 one is, with nothing attached.
+#[test]
+fn start_up_refuses_an_ipv6_service_the_host_cannot_serve() {
+    let topo = Topology::up_dual(DISPATCHD, "c6bad", 1, 1);
+    let d = topo.dispatcher();
+    let v6 = |daemons: &[&str]| {
+        let mut v: Vec<String> = ["--front", "l0", "--back", "l1", "--service"]
+            .map(String::from)
+            .to_vec();
+        v.push(dispatchd_testkit::VIP6.to_owned());
+        for daemon in daemons {
+            v.extend(["--backend".to_owned(), (*daemon).to_owned()]);
+        }
+        v
+    };
+    let out = topo.dispatchd_fails(&v6(&["[2001:2:0:9::11]:8080"]));
+    assert_refused(&topo, &out, "no route to daemon 2001:2:0:9::11");
+    let out = topo.dispatchd_fails(&v6(&["[2001:2:0:1::2]:8080"]));
+    assert_refused(
+        &topo,
+        &out,
+        "daemon 2001:2:0:1::2 is routed via l0, not the back interface l1",
+    );
+
+    topo.exec(&d, "sysctl", &["-qw", "net.ipv6.conf.l1.forwarding=0"])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let out = topo.dispatchd_fails(&v6(&["[2001:2:0:2::11]:8080"]));
+    assert_refused(
+        &topo,
+        &out,
+        "IPv6 forwarding is off on the back interface l1; the IPv6 reply path's FIB lookup \
+         needs it (sysctl -w net.ipv6.conf.l1.forwarding=1)",
+    );
+    // An IPv4 service alone does not need it.
+    let _servers = topo.serve(1);
+    let lb = topo.dispatchd(&Topology::default_flags(1));
+    assert!(topo.xdp_attached("l0") && topo.xdp_attached("l1"));
+    drop(lb);
+}

@@ -346,3 +346,47 @@ fn a_reload_that_reorders_removes_and_adds_under_load_keeps_every_connection() {
         },
     );
 }
+
+/// With `reply_mode = "tracked"` the map of tracked IPv6 connections is sized
+/// (and allocated) at start, for the IPv6 services then configured: a reload
+/// that brings the first ones is refused, named as needing a restart, and the
+/// running configuration keeps serving.
+#[test]
+fn a_reload_bringing_the_first_ipv6_services_in_tracked_mode_is_refused() {
+    let topo = Topology::up_dual(DISPATCHD, "c6trk", 1, 1);
+    let _servers = topo.serve(1);
+    let file = std::env::temp_dir().join(format!("dispatchd-{}.toml", topo.prefix));
+    let v4 = format!(
+        "front = \"l0\"\nback = \"l1\"\nreply_mode = \"tracked\"\nflow_capacity = 1024\n\
+         [[service]]\naddress = \"{VIP}\"\nbackends = [\"{}\"]\n",
+        daemon_addr(0)
+    );
+    std::fs::write(&file, &v4).expect("writing the config");
+    let lb = topo.dispatchd(&["--config", file.to_str().expect("utf-8 path")]);
+    std::fs::write(
+        &file,
+        format!(
+            "{v4}[[service]]\naddress = \"{}\"\nbackends = [\"{}\"]\n",
+            dispatchd_testkit::VIP6,
+            dispatchd_testkit::daemon_addr6(0)
+        ),
+    )
+    .expect("writing the config");
+    lb.signal("HUP");
+    wait_until(Duration::from_secs(5), "the reload's outcome", || {
+        topo.ctl(&["stats"])
+            .contains("reloads: success 0 failure 1")
+    });
+    assert!(
+        lb.output()
+            .contains("IPv6 services with reply_mode = \"tracked\" need a restart"),
+        "{}",
+        lb.output()
+    );
+    let backends = topo.ctl(&["backends"]);
+    assert_eq!(backends.lines().count(), 1, "{backends}");
+    let out = topo.client_run(&["connect", "--to", VIP, "--connections", "5"]);
+    assert!(out.status.success(), "{}", text(&out));
+    drop(lb);
+    let _ = std::fs::remove_file(&file);
+}

@@ -94,7 +94,7 @@ fn a_retired_daemon_keeps_its_reply_entry_until_it_is_let_go() {
     assert_eq!(after, SteeringTable::of(&b, &[]));
     assert!(!after
         .daemons
-        .contains_key(&(retired[0].daemon, Protocol::Tcp)));
+        .contains_key(&("198.19.0.11:8080".parse().unwrap(), Protocol::Tcp)));
 }
 
 #[test]
@@ -125,4 +125,67 @@ fn a_reload_that_adds_a_udp_service_on_a_tcp_vip_port_keys_both_by_protocol() {
     // And back: the UDP entries go, the TCP ones stay.
     steering.sync(&SteeringTable::of(&a, &[])).unwrap();
     assert_eq!(steering.contents().unwrap(), SteeringTable::of(&a, &[]));
+}
+
+#[test]
+fn ipv6_services_daemons_and_vips_are_in_the_table_and_a_reload_clears_them() {
+    let dual = config(&[
+        ("198.18.0.100:80", &["198.19.0.11:8080"]),
+        (
+            "[2001:2:0:1::100]:80",
+            &["[2001:2:0:2::11]:8080", "[2001:2:0:2::12]:8080"],
+        ),
+        ("[2001:2:0:1::101]:53", &["[2001:2:0:2::13]:5353"]),
+    ]);
+    let want = SteeringTable::of(&dual, &[]);
+    let v6 = |s: &str| -> std::net::SocketAddrV6 { s.parse().unwrap() };
+    assert_eq!(
+        want.services6.iter().collect::<Vec<_>>(),
+        [
+            (&(v6("[2001:2:0:1::100]:80"), Protocol::Tcp), &1),
+            (&(v6("[2001:2:0:1::101]:53"), Protocol::Tcp), &2),
+        ],
+        "indexed after the IPv4 services"
+    );
+    assert_eq!(
+        want.daemons6[&(v6("[2001:2:0:2::12]:8080"), Protocol::Tcp)],
+        v6("[2001:2:0:1::100]:80")
+    );
+    assert_eq!(want.daemons6.len(), 3);
+    assert_eq!(
+        want.vips6.keys().map(|v| v.to_string()).collect::<Vec<_>>(),
+        ["2001:2:0:1::100", "2001:2:0:1::101"]
+    );
+    assert_eq!(want.services.len(), 1, "the IPv4 service as before");
+
+    let mut steering = load();
+    steering.sync(&want).unwrap();
+    assert_eq!(steering.contents().unwrap(), want, "what the maps hold");
+
+    // A reload drops the second IPv6 service and one daemon of the first,
+    // which stays retired while its connections finish.
+    let after = config(&[
+        ("198.18.0.100:80", &["198.19.0.11:8080"]),
+        ("[2001:2:0:1::100]:80", &["[2001:2:0:2::11]:8080"]),
+    ]);
+    let retired = [Retired {
+        daemon: "[2001:2:0:2::12]:8080".parse().unwrap(),
+        service: "[2001:2:0:1::100]:80".parse().unwrap(),
+        protocol: Protocol::Tcp,
+    }];
+    steering.sync(&SteeringTable::of(&after, &retired)).unwrap();
+    let held = steering.contents().unwrap();
+    assert_eq!(held, SteeringTable::of(&after, &retired));
+    assert_eq!(
+        held.daemons6[&(v6("[2001:2:0:2::12]:8080"), Protocol::Tcp)],
+        v6("[2001:2:0:1::100]:80"),
+        "a retired IPv6 daemon's replies are still steered"
+    );
+    assert_eq!(held.vips6.len(), 1, "the dropped service's VIP is gone");
+    steering.sync(&SteeringTable::of(&after, &[])).unwrap();
+    assert_eq!(steering.contents().unwrap().daemons6.len(), 1);
+    // IPv4 only again: no IPv6 entry is left.
+    let v4 = config(&[("198.18.0.100:80", &["198.19.0.11:8080"])]);
+    steering.sync(&SteeringTable::of(&v4, &[])).unwrap();
+    assert_eq!(steering.contents().unwrap(), SteeringTable::of(&v4, &[]));
 }

@@ -1,31 +1,14 @@
 //! What a new configuration changes, in words: a reload says it in its log line.
-use std::{collections::BTreeMap, net::SocketAddrV4};
+use std::{collections::BTreeMap, fmt::Display};
 
-use super::{Config, ServiceConfig};
+use super::{Config, FamilyAddr, ServiceConfig};
 
-/// Each change from `old` to `new`, one phrase each, in config order; empty
-/// when they are the same.
+/// Each change from `old` to `new`, one phrase each, in config order (the
+/// IPv4 services', then the IPv6 services'); empty when they are the same.
 pub fn changes(old: &Config, new: &Config) -> Vec<String> {
     let mut said = Vec::new();
-    let before: BTreeMap<SocketAddrV4, &ServiceConfig> =
-        old.services.iter().map(|s| (s.address, s)).collect();
-    let after: BTreeMap<SocketAddrV4, &ServiceConfig> =
-        new.services.iter().map(|s| (s.address, s)).collect();
-    for s in &old.services {
-        if !after.contains_key(&s.address) {
-            said.push(format!("service {} removed", s.address));
-        }
-    }
-    for s in &new.services {
-        match before.get(&s.address) {
-            None => said.push(format!(
-                "service {} added ({} daemons)",
-                s.address,
-                s.backends.len()
-            )),
-            Some(was) => service_changes(was, s, &mut said),
-        }
-    }
+    family_changes(&old.services, &new.services, &mut said);
+    family_changes(&old.services6, &new.services6, &mut said);
     let (o, n) = (&old.control, &new.control);
     let settings = [
         ("timeouts", o.timeouts != n.timeouts),
@@ -44,7 +27,35 @@ pub fn changes(old: &Config, new: &Config) -> Vec<String> {
     said
 }
 
-fn service_changes(old: &ServiceConfig, new: &ServiceConfig, said: &mut Vec<String>) {
+fn family_changes<A: FamilyAddr + Ord + Display>(
+    old: &[ServiceConfig<A>],
+    new: &[ServiceConfig<A>],
+    said: &mut Vec<String>,
+) {
+    let before: BTreeMap<A, &ServiceConfig<A>> = old.iter().map(|s| (s.address, s)).collect();
+    let after: BTreeMap<A, &ServiceConfig<A>> = new.iter().map(|s| (s.address, s)).collect();
+    for s in old {
+        if !after.contains_key(&s.address) {
+            said.push(format!("service {} removed", s.address));
+        }
+    }
+    for s in new {
+        match before.get(&s.address) {
+            None => said.push(format!(
+                "service {} added ({} daemons)",
+                s.address,
+                s.backends.len()
+            )),
+            Some(was) => service_changes(was, s, said),
+        }
+    }
+}
+
+fn service_changes<A: FamilyAddr + Ord + Display>(
+    old: &ServiceConfig<A>,
+    new: &ServiceConfig<A>,
+    said: &mut Vec<String>,
+) {
     let vip = new.address;
     if old.policy != new.policy {
         said.push(format!(
@@ -52,10 +63,8 @@ fn service_changes(old: &ServiceConfig, new: &ServiceConfig, said: &mut Vec<Stri
             old.policy, new.policy
         ));
     }
-    let weights: BTreeMap<SocketAddrV4, u32> =
-        old.backends.iter().map(|b| (b.addr, b.weight)).collect();
-    let kept: BTreeMap<SocketAddrV4, u32> =
-        new.backends.iter().map(|b| (b.addr, b.weight)).collect();
+    let weights: BTreeMap<A, u32> = old.backends.iter().map(|b| (b.addr, b.weight)).collect();
+    let kept: BTreeMap<A, u32> = new.backends.iter().map(|b| (b.addr, b.weight)).collect();
     for b in &old.backends {
         if !kept.contains_key(&b.addr) {
             said.push(format!("service {vip}: daemon {} removed", b.addr));
@@ -74,7 +83,7 @@ fn service_changes(old: &ServiceConfig, new: &ServiceConfig, said: &mut Vec<Stri
             Some(_) => {}
         }
     }
-    let order = |s: &ServiceConfig| s.backends.iter().map(|b| b.addr).collect::<Vec<_>>();
+    let order = |s: &ServiceConfig<A>| s.backends.iter().map(|b| b.addr).collect::<Vec<_>>();
     let same_set = weights.len() == kept.len() && weights.keys().all(|a| kept.contains_key(a));
     if same_set && order(old) != order(new) {
         said.push(format!("service {vip}: daemons reordered"));
@@ -139,6 +148,35 @@ mod tests {
                 "service 198.18.0.12:443 added (1 daemons)",
                 "health changed",
                 "stop_grace_ms changed",
+            ]
+        );
+    }
+
+    #[test]
+    fn ipv6_services_and_daemons_are_named_in_brackets() {
+        let old = config(&format!(
+            "{BASE}\n[[service]]\naddress = \"[2001:2:0:1::100]:80\"\n\
+             backends = [\"[2001:2:0:2::11]:8080\", \"[2001:2:0:2::12]:8080\"]\n"
+        ));
+        let mut new = old.clone();
+        new.services6[0].backends[0].weight = 2;
+        new.services6[0].backends.remove(1);
+        let mut added = new.services6[0].clone();
+        added.address = "[2001:2:0:1::101]:443".parse().unwrap();
+        new.services6.push(added);
+        assert_eq!(
+            changes(&old, &new),
+            [
+                "service [2001:2:0:1::100]:80: daemon [2001:2:0:2::12]:8080 removed",
+                "service [2001:2:0:1::100]:80: daemon [2001:2:0:2::11]:8080 weight 1 -> 2",
+                "service [2001:2:0:1::101]:443 added (1 daemons)",
+            ]
+        );
+        assert_eq!(
+            changes(&new, &config(BASE)),
+            [
+                "service [2001:2:0:1::100]:80 removed",
+                "service [2001:2:0:1::101]:443 removed"
             ]
         );
     }

@@ -158,7 +158,8 @@ impl Protocol {
 /// A service as ctl and /metrics name it: its VIP:port, and `/udp` after it
 /// for a UDP service, so that a TCP and a UDP service on one VIP:port are two
 /// names and every TCP service keeps the name it always had.
-pub fn service_name(address: SocketAddrV4, protocol: Protocol) -> String {
+pub fn service_name(address: impl Into<SocketAddr>, protocol: Protocol) -> String {
+    let address = address.into();
     match protocol {
         Protocol::Tcp => address.to_string(),
         Protocol::Udp => format!("{address}/udp"),
@@ -445,21 +446,6 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// IPv6 services are read and validated, but not served yet (the workers
-    /// have no IPv6 forward and reverse path, and the loop puts no IPv6
-    /// entries in the steering table or next hops in the hop book): refused
-    /// rather than silently left out, at start and on a reload.
-    pub fn refuse_unserved_ipv6(&self) -> anyhow::Result<()> {
-        if let Some(s) = self.services6.first() {
-            anyhow::bail!(
-                "service {} ({}): IPv6 services are not served yet; remove it from the configuration",
-                s.address,
-                s.protocol
-            );
-        }
-        Ok(())
-    }
-
     /// The settings a reload cannot apply, by their file key, with their
     /// values as the file writes them: a running process keeps its own until
     /// a restart.
@@ -560,6 +546,34 @@ impl Config {
             .flat_map(|s| s.backends.iter().map(move |b| (s.address, *b)))
             .enumerate()
             .map(move |(i, (service, b))| (BackendId((first + i) as u16), service, b))
+    }
+
+    /// Every service of both families, IPv4's first, by its address and
+    /// protocol.
+    pub fn all_services(&self) -> impl Iterator<Item = (SocketAddr, Protocol)> + '_ {
+        (self.services.iter().map(|s| (s.address.into(), s.protocol))).chain(
+            self.services6
+                .iter()
+                .map(|s| (s.address.into(), s.protocol)),
+        )
+    }
+
+    /// Every daemon of both families, [`daemons`](Self::daemons) then
+    /// [`daemons6`](Self::daemons6) (the order of their ids), with its
+    /// service's address, both named as the control side names them.
+    pub fn all_daemons(
+        &self,
+    ) -> impl Iterator<Item = (BackendId, SocketAddr, BackendSpec<SocketAddr>)> + '_ {
+        fn named<A: Into<SocketAddr>>(
+            (id, service, b): (BackendId, A, BackendSpec<A>),
+        ) -> (BackendId, SocketAddr, BackendSpec<SocketAddr>) {
+            let b = BackendSpec {
+                addr: b.addr.into(),
+                weight: b.weight,
+            };
+            (id, service.into(), b)
+        }
+        self.daemons().map(named).chain(self.daemons6().map(named))
     }
 
     /// Checks every rule documented on the fields. The constructors call this; call

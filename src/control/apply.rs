@@ -3,7 +3,7 @@
 //! both go through [`apply`], so a reload to a configuration leaves the same state
 //! as a fresh start with it.
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     sync::Arc,
 };
 
@@ -60,21 +60,21 @@ pub struct Host<'a> {
 pub fn apply(
     config: &Config,
     retired: &[Retired],
-    mac: impl Fn(Ipv4Addr, Ipv4Addr) -> Option<[u8; 6]>,
+    mac: impl Fn(IpAddr, IpAddr) -> Option<[u8; 6]>,
     host: &Host<'_>,
     off_back: OffBack,
     steering: &mut Steering,
 ) -> Result<Applied> {
-    // Retired daemons take the ids after the configured ones.
-    let daemons: Vec<SocketAddrV4> = config
-        .daemons()
-        .map(|(_, _, b)| b.addr)
-        .chain(retired.iter().filter_map(|r| r.v4().map(|(d, _)| d)))
+    // IPv6 daemons take the ids after the IPv4 ones, retired daemons after
+    // every configured one.
+    let daemons: Vec<SocketAddr> = (config.daemons().map(|(_, _, b)| b.addr.into()))
+        .chain(config.daemons6().map(|(_, _, b)| b.addr.into()))
+        .chain(retired.iter().map(|r| r.daemon))
         .collect();
     let mut hops = Vec::with_capacity(daemons.len());
     for daemon in &daemons {
-        let addr = *daemon.ip();
-        let reach = host.kernel.route(addr)?;
+        let addr = daemon.ip();
+        let reach = host.kernel.route_ip(addr)?;
         if let (Some(problem), OffBack::Refuse) =
             (reach.problem(addr, host.kernel.back()), off_back)
         {

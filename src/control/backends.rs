@@ -2,7 +2,7 @@
 //! next hop is known, its probe schedule, and the state the workers were last
 //! told. Pure: the loop feeds in probe results, times and operator requests, and
 //! sends the workers what [`Backends::news`] returns.
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use super::health::{Health, HealthState};
 use crate::{
@@ -23,8 +23,8 @@ pub struct ProbeCounts {
 /// One daemon.
 #[derive(Clone, Debug)]
 pub struct Backend {
-    pub addr: SocketAddrV4,
-    pub service: SocketAddrV4,
+    pub addr: SocketAddr,
+    pub service: SocketAddr,
     /// Its service's protocol. A UDP service's daemons are never probed
     /// (there is no connection to make): they stay Up unless drained.
     pub protocol: Protocol,
@@ -48,8 +48,8 @@ pub struct Backend {
 impl Backend {
     /// Where its probes connect: its address, on its service's check port if
     /// one is set.
-    pub fn probe_target(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(*self.addr.ip(), self.check.port.unwrap_or(self.addr.port()))
+    pub fn probe_target(&self) -> SocketAddr {
+        SocketAddr::new(self.addr.ip(), self.check.port.unwrap_or(self.addr.port()))
     }
 
     /// Whether the daemon takes new connections, all things considered.
@@ -92,20 +92,30 @@ impl Backends {
         next_hop_known: impl Fn(BackendId) -> bool,
         now_ns: u64,
     ) -> Self {
-        // In the order of `Config::daemons`, which gives the ids.
-        let configured = config.services.iter().flat_map(|s| {
-            s.backends
-                .iter()
-                .map(move |b| (b.addr, s.address, s.protocol, s.health.clone(), false))
-        });
+        // In the order of `Config::daemons` then `Config::daemons6`, which
+        // gives the ids.
+        let configured = config
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.backends.iter().map(move |b| {
+                    let (addr, service) = (b.addr.into(), s.address.into());
+                    (addr, service, s.protocol, s.health.clone(), false)
+                })
+            })
+            .chain(config.services6.iter().flat_map(|s| {
+                s.backends.iter().map(move |b| {
+                    let (addr, service) = (b.addr.into(), s.address.into());
+                    (addr, service, s.protocol, s.health.clone(), false)
+                })
+            }));
         let retired_check = ServiceHealth {
             schedule: config.control.health,
             ..ServiceHealth::default()
         };
         let retired = retired
             .iter()
-            .filter_map(|r| r.v4().map(|(d, s)| (d, s, r.protocol)))
-            .map(|(d, s, p)| (d, s, p, retired_check.clone(), true));
+            .map(|r| (r.daemon, r.service, r.protocol, retired_check.clone(), true));
         let list = configured
             .chain(retired)
             .enumerate()
@@ -177,14 +187,15 @@ impl Backends {
     /// The retired daemons (see [`Backend::retired`]).
     pub fn retired(&self) -> impl Iterator<Item = Retired> + '_ {
         self.list.iter().filter(|b| b.retired).map(|b| Retired {
-            daemon: b.addr.into(),
-            service: b.service.into(),
+            daemon: b.addr,
+            service: b.service,
             protocol: b.protocol,
         })
     }
 
     /// The id of the daemon at `addr`.
-    pub fn find(&self, addr: SocketAddrV4) -> Option<BackendId> {
+    pub fn find(&self, addr: impl Into<SocketAddr>) -> Option<BackendId> {
+        let addr = addr.into();
         self.list
             .iter()
             .position(|b| b.addr == addr)
@@ -264,7 +275,7 @@ mod tests {
         .expect("a valid config")
     }
 
-    fn addr(s: &str) -> SocketAddrV4 {
+    fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
 
@@ -509,8 +520,8 @@ mod tests {
     #[test]
     fn a_retired_daemon_follows_the_configured_ones_and_is_never_probed_or_offered() {
         let retired = [Retired {
-            daemon: addr(A).into(),
-            service: addr("198.18.0.100:80").into(),
+            daemon: addr(A),
+            service: addr("198.18.0.100:80"),
             protocol: crate::config::Protocol::Tcp,
         }];
         let old = Backends::new(&config(&[A, B]), &[], &Backends::default(), |_| true, 0);
@@ -523,5 +534,43 @@ mod tests {
         assert_eq!(new.news(a), None, "the workers build it draining");
         new.set_draining(a, false);
         assert_eq!(new.get(a).effective(), BackendState::Draining);
+    }
+
+    #[test]
+    fn ipv6_daemons_follow_the_ipv4_ones_and_retired_ones_follow_both() {
+        let dual = Config::from_toml_str(
+            "front = \"l0\"\nback = \"l1\"\n\
+             [[service]]\naddress = \"[2001:2:0:1::100]:80\"\n\
+             backends = [\"[2001:2:0:2::11]:8080\"]\n\
+             [service.health]\nport = 9000\n\
+             [[service]]\naddress = \"198.18.0.100:80\"\nbackends = [\"198.19.0.11:8080\"]\n",
+        )
+        .unwrap();
+        let retired = [Retired {
+            daemon: addr("[2001:2:0:2::12]:8080"),
+            service: addr("[2001:2:0:1::100]:80"),
+            protocol: crate::config::Protocol::Tcp,
+        }];
+        let mut b = Backends::new(&dual, &retired, &Backends::default(), |_| true, 0);
+        let order: Vec<String> = b.iter().map(|d| d.addr.to_string()).collect();
+        assert_eq!(
+            order,
+            [
+                "198.19.0.11:8080",
+                "[2001:2:0:2::11]:8080",
+                "[2001:2:0:2::12]:8080"
+            ],
+            "the ids of Config::daemons, then daemons6, then the retired"
+        );
+        let v6 = b.find(addr("[2001:2:0:2::11]:8080")).unwrap();
+        assert_eq!(v6, BackendId(1));
+        assert_eq!(b.get(v6).service, addr("[2001:2:0:1::100]:80"));
+        assert_eq!(
+            b.get(v6).probe_target(),
+            addr("[2001:2:0:2::11]:9000"),
+            "its service's check port"
+        );
+        assert_eq!(b.due_probes(0), [BackendId(0), BackendId(1)]);
+        assert_eq!(b.retired().collect::<Vec<_>>(), retired);
     }
 }

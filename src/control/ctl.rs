@@ -3,7 +3,7 @@
 use std::{
     fmt,
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     os::unix::{
         fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
         net::{UnixListener, UnixStream},
@@ -33,7 +33,7 @@ pub enum Format {
 /// most `limit` of them (the reply stays small however many are tracked).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnFilter {
-    pub daemon: Option<SocketAddrV4>,
+    pub daemon: Option<SocketAddr>,
     pub client: Option<ClientFilter>,
     pub limit: usize,
 }
@@ -41,14 +41,14 @@ pub struct ConnFilter {
 /// A client address, with or without its port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientFilter {
-    Addr(Ipv4Addr),
-    Endpoint(SocketAddrV4),
+    Addr(IpAddr),
+    Endpoint(SocketAddr),
 }
 
 impl ClientFilter {
-    pub fn matches(&self, client: SocketAddrV4) -> bool {
+    pub fn matches(&self, client: SocketAddr) -> bool {
         match *self {
-            ClientFilter::Addr(ip) => *client.ip() == ip,
+            ClientFilter::Addr(ip) => client.ip() == ip,
             ClientFilter::Endpoint(e) => client == e,
         }
     }
@@ -61,7 +61,7 @@ impl FromStr for ClientFilter {
         s.parse()
             .map(ClientFilter::Endpoint)
             .or_else(|_| s.parse().map(ClientFilter::Addr))
-            .map_err(|_| format!("{s:?} is not an IPv4 address or ADDR:PORT"))
+            .map_err(|_| format!("{s:?} is not an address or ADDR:PORT ([v6]:PORT for IPv6)"))
     }
 }
 
@@ -84,12 +84,12 @@ pub enum Request {
     Stats(Format),
     Conns(ConnFilter, Format),
     Backends(Format),
-    Drain(SocketAddrV4),
-    Undrain(SocketAddrV4),
+    Drain(SocketAddr),
+    Undrain(SocketAddr),
     /// A daemon's weight; 0 drains it (as IPVS users expect).
-    Weight(SocketAddrV4, u32),
+    Weight(SocketAddr, u32),
     /// Back to the config's weight, undrained: the daemon's overrides cleared.
-    WeightReset(SocketAddrV4),
+    WeightReset(SocketAddr),
     /// Whether this instance should get traffic (see [`super::ready`]).
     Ready(Format),
 }
@@ -137,8 +137,8 @@ impl Request {
             Format::Text
         };
         let daemon = |addr: &str| {
-            addr.parse::<SocketAddrV4>()
-                .map_err(|_| format!("{addr:?} is not an IPv4 ADDR:PORT"))
+            addr.parse::<SocketAddr>()
+                .map_err(|_| format!("{addr:?} is not an ADDR:PORT ([v6]:PORT for IPv6)"))
         };
         match words.as_slice() {
             ["stats"] => Ok(Request::Stats(format)),
@@ -279,7 +279,7 @@ mod tests {
 
     #[test]
     fn requests_parse_with_their_format() {
-        let d: SocketAddrV4 = "198.19.0.12:8080".parse().unwrap();
+        let d: SocketAddr = "198.19.0.12:8080".parse().unwrap();
         let all = ConnFilter {
             daemon: None,
             client: None,
@@ -304,7 +304,8 @@ mod tests {
 
     #[test]
     fn a_request_survives_its_line() {
-        let d: SocketAddrV4 = "198.19.0.12:8080".parse().unwrap();
+        let d: SocketAddr = "198.19.0.12:8080".parse().unwrap();
+        let d6: SocketAddr = "[2001:2:0:2::11]:8080".parse().unwrap();
         for request in [
             Request::Stats(Format::Json),
             Request::Conns(
@@ -328,11 +329,60 @@ mod tests {
             Request::Undrain(d),
             Request::Weight(d, 7),
             Request::WeightReset(d),
+            Request::Drain(d6),
+            Request::Weight(d6, 2),
+            Request::Conns(
+                ConnFilter {
+                    daemon: Some(d6),
+                    client: Some("2001:2:0:1::2".parse().unwrap()),
+                    limit: 5,
+                },
+                Format::Text,
+            ),
+            Request::Conns(
+                ConnFilter {
+                    daemon: None,
+                    client: Some("[2001:2:0:1::2]:40000".parse().unwrap()),
+                    limit: 5,
+                },
+                Format::Text,
+            ),
             Request::Ready(Format::Text),
             Request::Ready(Format::Json),
         ] {
             assert_eq!(Request::parse(&request.line()), Ok(request));
         }
+    }
+
+    #[test]
+    fn ipv6_daemons_are_named_in_brackets() {
+        let d6: SocketAddr = "[2001:2:0:2::11]:8080".parse().unwrap();
+        for (line, want) in [
+            ("drain [2001:2:0:2::11]:8080", Request::Drain(d6)),
+            ("undrain [2001:2:0:2::11]:8080", Request::Undrain(d6)),
+            ("weight [2001:2:0:2::11]:8080 4", Request::Weight(d6, 4)),
+            (
+                "weight [2001:2:0:2::11]:8080 reset",
+                Request::WeightReset(d6),
+            ),
+        ] {
+            assert_eq!(Request::parse(line), Ok(want), "{line:?}");
+        }
+        assert_eq!(
+            Request::Weight(d6, 4).line(),
+            "weight [2001:2:0:2::11]:8080 4"
+        );
+        // Without brackets the port cannot be told from the address.
+        assert_eq!(
+            Request::parse("drain 2001:2:0:2::11:8080"),
+            Err("\"2001:2:0:2::11:8080\" is not an ADDR:PORT ([v6]:PORT for IPv6)".into())
+        );
+        let filter: ClientFilter = "2001:2:0:1::2".parse().unwrap();
+        assert!(filter.matches("[2001:2:0:1::2]:40000".parse().unwrap()));
+        assert!(!filter.matches("198.18.0.2:40000".parse().unwrap()));
+        let filter: ClientFilter = "[2001:2:0:1::2]:40000".parse().unwrap();
+        assert!(filter.matches("[2001:2:0:1::2]:40000".parse().unwrap()));
+        assert!(!filter.matches("[2001:2:0:1::2]:40001".parse().unwrap()));
     }
 
     #[test]
@@ -352,11 +402,11 @@ mod tests {
         }
         assert_eq!(
             Request::parse("drain 198.19.0.12"),
-            Err("\"198.19.0.12\" is not an IPv4 ADDR:PORT".into())
+            Err("\"198.19.0.12\" is not an ADDR:PORT ([v6]:PORT for IPv6)".into())
         );
         assert_eq!(
             Request::parse("conns client=nowhere"),
-            Err("\"nowhere\" is not an IPv4 address or ADDR:PORT".into())
+            Err("\"nowhere\" is not an address or ADDR:PORT ([v6]:PORT for IPv6)".into())
         );
         assert_eq!(
             Request::parse("conns limit=-1"),

@@ -1,7 +1,7 @@
 //! Health-check rise/fall: a backend flips Down after `fall` consecutive failed
 //! probes and back Up after `rise` consecutive successful ones. And what an HTTP
 //! probe sends and how its answer is judged (the loop drives the socket).
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::config::{HealthCheck, HttpProbe};
 
@@ -11,10 +11,14 @@ pub const HTTP_REPLY_MAX: usize = 512;
 
 /// The request of an HTTP check of `target` (the address probed): HTTP/1.0 and
 /// `Connection: close`, so that any server answers once and closes.
-pub fn http_request(probe: &HttpProbe, target: SocketAddrV4) -> Vec<u8> {
+pub fn http_request(probe: &HttpProbe, target: SocketAddr) -> Vec<u8> {
     let host = match &probe.host {
         Some(h) => h.clone(),
-        None if target.port() == 80 => target.ip().to_string(),
+        None if target.port() == 80 => match target.ip() {
+            IpAddr::V4(ip) => ip.to_string(),
+            // An IPv6 literal in a Host is bracketed (RFC 3986 IP-literal).
+            IpAddr::V6(ip) => format!("[{ip}]"),
+        },
         None => target.to_string(),
     };
     format!(
@@ -308,7 +312,7 @@ mod tests {
             status: vec![200..=200],
             host: None,
         };
-        let target: SocketAddrV4 = "198.19.0.11:8081".parse().unwrap();
+        let target: SocketAddr = "198.19.0.11:8081".parse().unwrap();
         assert_eq!(
             String::from_utf8(http_request(&probe, target)).unwrap(),
             "GET /health?x=1 HTTP/1.0\r\nHost: 198.19.0.11:8081\r\n\
@@ -318,6 +322,14 @@ mod tests {
         assert!(String::from_utf8(http_request(&probe, on_80))
             .unwrap()
             .contains("\r\nHost: 198.19.0.11\r\n"));
+        let v6: SocketAddr = "[2001:2:0:2::11]:8081".parse().unwrap();
+        assert!(String::from_utf8(http_request(&probe, v6))
+            .unwrap()
+            .contains("\r\nHost: [2001:2:0:2::11]:8081\r\n"));
+        let v6_on_80 = "[2001:2:0:2::11]:80".parse().unwrap();
+        assert!(String::from_utf8(http_request(&probe, v6_on_80))
+            .unwrap()
+            .contains("\r\nHost: [2001:2:0:2::11]\r\n"));
         let named = HttpProbe {
             host: Some("app.example".into()),
             ..probe

@@ -13,7 +13,7 @@
 use std::{
     collections::VecDeque,
     io,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener},
     os::{
         fd::{AsRawFd, OwnedFd},
         unix::net::{UnixListener, UnixStream},
@@ -28,7 +28,7 @@ use anyhow::{Context, Result};
 use super::{
     apply::{apply, Host, OffBack},
     backends::Backends,
-    conntrack::{ConnTracker, ConnTracker6, Order, Order6, RecoveryCounts},
+    conntrack::{BackendConns, ConnTracker, ConnTracker6, Order, Order6, RecoveryCounts},
     ctl::{self, Format, HttpAsk, Request, REQUEST_MAX},
     health::{self, Health, StatusLine},
     icmp::{self, IcmpStats},
@@ -43,7 +43,7 @@ use super::{
 };
 use crate::{
     balance::PolicyKind,
-    config::{self, Config, OnFailure, OnRemove, ProbeKind},
+    config::{self, Config, OnFailure, OnRemove, ProbeKind, ReplyMode},
     dataplane::{Dataplane, Retired},
     flow::{FlowRecord, TcpState},
     ids::{BackendId, WorkerId},
@@ -53,7 +53,7 @@ use crate::{
     protocol::{Event, Event6, LoopEnd, SlowFrame, Wake},
     queues::{self, LinkWatch},
     stats::{now_ns, BackendTraffic, WorkerStats},
-    sys::{self, RawIpSender, Signal, SignalFd, SIGINFO_LEN},
+    sys::{self, RawIcmp6Sender, RawIpSender, Signal, SignalFd, SIGINFO_LEN},
     worker::Command,
     xdp::Steering,
 };
@@ -151,6 +151,9 @@ pub struct ManagerParts<'a> {
     /// Sends the probes that make the kernel resolve clients' next hops, out of
     /// the front (opened before the capabilities were dropped).
     pub probes: RawIpSender,
+    /// The same for IPv6 clients' hops; none if it could not be opened (IPv6
+    /// off on this host).
+    pub probes6: Option<RawIcmp6Sender>,
     /// What a new process must share with this one to take over from it.
     pub identity: Identity,
     /// The operator's drain and weight overrides, read from `state_file` at
@@ -221,6 +224,9 @@ pub struct Manager<'a> {
     prober: HopProber,
     /// Scratch for the next hops taken from the XDP program each round.
     unresolved: Vec<Ipv4Addr>,
+    probes6: Option<RawIcmp6Sender>,
+    prober6: HopProber<Ipv6Addr>,
+    unresolved6: Vec<Ipv6Addr>,
     /// A graceful stop under way: when it ends (monotonic ns). Meanwhile the
     /// instance forwards as before but says it is not ready.
     stopping_until_ns: Option<u64>,
@@ -230,6 +236,10 @@ pub struct Manager<'a> {
     reloads: ReloadCounts,
     /// The settings only a restart applies, as this process runs them.
     running: Vec<(&'static str, String)>,
+    /// Whether the steering program can track IPv6 connections: its tracked6
+    /// map is sized at start, for the IPv6 services then configured (see
+    /// `daemon::replies`); always with `reply_mode = "stateless"`.
+    ipv6_tracked_room: bool,
     /// Those of them the file, at the last successful reload, asks otherwise.
     pending: Vec<PendingKey>,
     /// Unix time of the start.
@@ -273,12 +283,8 @@ impl<'a> Manager<'a> {
         }
         let mut traffic = TrafficBook::default();
         let daemons = traffic.install(
-            parts.config.daemons().map(|(_, _, b)| b.addr),
-            parts
-                .config
-                .services
-                .iter()
-                .map(|s| (s.address, s.protocol.number())),
+            parts.config.all_daemons().map(|(_, _, b)| b.addr),
+            (parts.config.all_services()).map(|(address, p)| (address, p.number())),
         );
         // Taken, not cloned: a bank is let go of once its plane alone held it.
         for w in &mut parts.workers {
@@ -325,6 +331,9 @@ impl<'a> Manager<'a> {
             probes: parts.probes,
             prober: HopProber::default(),
             unresolved: Vec::new(),
+            probes6: parts.probes6,
+            prober6: HopProber::default(),
+            unresolved6: Vec::new(),
             stopping_until_ns: None,
             identity: parts.identity,
             traffic,
@@ -333,6 +342,8 @@ impl<'a> Manager<'a> {
                 ..ReloadCounts::default()
             },
             running: parts.config.restart_only(),
+            ipv6_tracked_room: parts.config.reply_mode == ReplyMode::Stateless
+                || !parts.config.services6.is_empty(),
             pending: Vec::new(),
             started_unix,
             table_capacity: parts.config.flow_capacity as u64,
@@ -510,7 +521,7 @@ impl<'a> Manager<'a> {
             icmp: self.icmp,
             links: &self.links,
             link_changes: self.link_changes,
-            next_hops: self.prober.stats,
+            next_hops: self.prober.stats.plus(self.prober6.stats),
             netlink: self.netlink,
             ready: self.readiness().is_ok(),
             pending_restart: &self.pending,
@@ -522,17 +533,17 @@ impl<'a> Manager<'a> {
     fn scrape(&mut self) -> String {
         self.traffic.settle();
         let totals = self.traffic.totals();
-        let per_daemon = self.tracker.per_daemon();
-        let weights: AHashMap<SocketAddrV4, u32> = self
+        let (per_daemon, per_daemon6) = (self.tracker.per_daemon(), self.tracker6.per_daemon());
+        let weights: AHashMap<SocketAddr, u32> = self
             .config
-            .daemons()
+            .all_daemons()
             .map(|(_, _, b)| (b.addr, b.weight))
             .collect();
         let backends: Vec<BackendMetric> = self
             .backends
             .iter()
             .map(|b| {
-                let conns = per_daemon.get(&b.addr).copied().unwrap_or_default();
+                let conns = conns_of(per_daemon, per_daemon6, b.addr);
                 BackendMetric {
                     service: b.service,
                     protocol: b.protocol,
@@ -547,14 +558,11 @@ impl<'a> Manager<'a> {
                 }
             })
             .collect();
-        let services = self
-            .config
-            .services
-            .iter()
-            .map(|s| {
+        let services = (self.config.all_services())
+            .map(|(address, protocol)| {
                 let mine = backends
                     .iter()
-                    .filter(|b| b.service == s.address && b.protocol == s.protocol);
+                    .filter(|b| b.service == address && b.protocol == protocol);
                 let (mut up, mut active, mut inactive) = (0, 0, 0);
                 for b in mine {
                     up += u32::from(b.up && !b.retired);
@@ -562,10 +570,10 @@ impl<'a> Manager<'a> {
                     inactive += u64::from(b.inactive);
                 }
                 ServiceMetric {
-                    address: s.address,
-                    protocol: s.protocol,
+                    address,
+                    protocol,
                     daemons_up: up,
-                    new_connections: self.traffic.service_opened(s.address, s.protocol.number()),
+                    new_connections: self.traffic.service_opened(address, protocol.number()),
                     active,
                     inactive,
                 }
@@ -594,7 +602,7 @@ impl<'a> Manager<'a> {
             .iter()
             .map(|w| !w.link.events.producer_gone())
             .collect();
-        let services: Vec<SocketAddrV4> = self.config.services.iter().map(|s| s.address).collect();
+        let services: Vec<SocketAddr> = self.config.all_services().map(|(a, _)| a).collect();
         ready::decide(ready::Facts {
             stopping_left_ms: self
                 .stopping_until_ns
@@ -843,6 +851,9 @@ impl<'a> Manager<'a> {
                 self.tracker.on_event(event, now_ns(), &mut self.orders);
             }
             while let Some(event) = w.link.events6.try_pop() {
+                if let Event6::Opened { key, daemon, .. } = event {
+                    self.traffic.opened(key.service(), key.protocol, daemon);
+                }
                 self.tracker6.on_event(event, now_ns(), &mut self.orders6);
             }
         }
@@ -1025,6 +1036,18 @@ impl<'a> Manager<'a> {
         self.prober.run(&self.unresolved, now, |packet, hop| {
             probes.send_to(packet, hop)
         });
+        self.unresolved6.clear();
+        if let Err(e) = self.steering.take_unresolved_hops6(&mut self.unresolved6) {
+            tracing::error!("reading the unresolved IPv6 next hops: {e:#}");
+        }
+        if let Some(probes6) = &self.probes6 {
+            self.prober6.run_with(
+                &self.unresolved6,
+                now,
+                |_, seq| neigh::echo6_request(seq),
+                |message, hop| probes6.send_to(message, hop),
+            );
+        }
     }
 
     // ---- routes and neighbours (rtnetlink) ----------------------------------
@@ -1084,9 +1107,17 @@ impl<'a> Manager<'a> {
                     self.start_reroute();
                 }
             }
+            Message::Neighbour6(n) => {
+                if self.book.neighbour(&n, &mut self.hop_changes) {
+                    self.start_reroute();
+                }
+            }
+            Message::Route6(r) => {
+                if self.book.covers_a_daemon6(r.dst, r.dst_len) {
+                    self.start_reroute();
+                }
+            }
             Message::RoutingChanged => self.start_reroute(),
-            // No IPv6 daemon hops are followed yet (HopBook is IPv4's).
-            Message::Route6(_) | Message::Neighbour6(_) => {}
             Message::Done | Message::Error(_) | Message::Other => {}
         }
     }
@@ -1108,7 +1139,18 @@ impl<'a> Manager<'a> {
             }
         }
         match self.kernel.neighbours() {
-            Ok(entries) => self.book.load_neighbours(&entries, &mut self.hop_changes),
+            // The IPv6 table only when an IPv6 daemon's hop is in it (a host
+            // may run with IPv6 off).
+            Ok(entries) => match self.book.has_ipv6().then(|| self.kernel.neighbours6()) {
+                None => self
+                    .book
+                    .load_neighbours(&entries, &[], &mut self.hop_changes),
+                Some(Ok(entries6)) => {
+                    self.book
+                        .load_neighbours(&entries, &entries6, &mut self.hop_changes)
+                }
+                Some(Err(e)) => self.netlink_fault(format!("{e:#}")),
+            },
             Err(e) => self.netlink_fault(format!("{e:#}")),
         }
         self.start_reroute();
@@ -1131,7 +1173,7 @@ impl<'a> Manager<'a> {
             let id = BackendId(i as u16);
             let addr = self.book.daemons()[i].addr;
             self.netlink.route_requests += 1;
-            match self.kernel.route(addr) {
+            match self.kernel.route_ip(addr) {
                 Ok(reach) => {
                     if let Some(change) = self.book.reroute(id, reach, &mut self.hop_changes) {
                         self.report_reroute(id, &change);
@@ -1351,11 +1393,7 @@ impl<'a> Manager<'a> {
 
     /// Connections the trackers hold to `daemon`, of either family.
     fn connections_to(&self, daemon: SocketAddr) -> u32 {
-        let counts = match daemon {
-            SocketAddr::V4(d) => self.tracker.per_daemon().get(&d),
-            SocketAddr::V6(d) => self.tracker6.per_daemon().get(&d),
-        };
-        counts.map_or(0, |c| c.total())
+        conns_of(self.tracker.per_daemon(), self.tracker6.per_daemon(), daemon).total()
     }
 
     // ---- control socket ---------------------------------------------------
@@ -1365,24 +1403,28 @@ impl<'a> Manager<'a> {
             Ok(r) => r,
             Err(e) => return format!("error: {e}\n"),
         };
-        let per_daemon = self.tracker.per_daemon();
-        let counts = |addr| per_daemon.get(&addr).copied().unwrap_or_default();
+        let (per_daemon, per_daemon6) = (self.tracker.per_daemon(), self.tracker6.per_daemon());
+        let counts = |addr| conns_of(per_daemon, per_daemon6, addr);
         match request {
             Request::Stats(Format::Text) => report::stats_text(&self.snapshot()),
             Request::Stats(Format::Json) => report::stats_json(&self.snapshot()),
             Request::Ready(Format::Text) => ready::line(&self.readiness()),
             Request::Ready(Format::Json) => ready::json(&self.readiness()),
             Request::Conns(filter, format) => {
-                let tracked = self.tracker.len();
+                let tracked = self.tracker.len() + self.tracker6.len();
+                let every = || {
+                    (self.tracker.iter().map(report::Listed::from))
+                        .chain(self.tracker6.iter().map(report::Listed::from))
+                };
                 if filter.daemon.is_none() && filter.client.is_none() {
                     // Every connection matches: no need to walk them all.
-                    let first = self.tracker.iter().take(filter.limit);
+                    let first = every().take(filter.limit);
                     return report::conns(first, tracked, tracked, filter.limit, now_ns(), format);
                 }
                 // Finding what matches a filter walks every connection once.
-                let matching = self.tracker.iter().filter(|c| {
+                let matching = every().filter(|c| {
                     filter.daemon.is_none_or(|d| c.daemon == d)
-                        && filter.client.is_none_or(|f| f.matches(c.key.client()))
+                        && filter.client.is_none_or(|f| f.matches(c.client))
                 });
                 let (rows, matched) = report::first_of(matching, filter.limit);
                 report::conns(
@@ -1402,13 +1444,13 @@ impl<'a> Manager<'a> {
                     .enumerate()
                     .map(|(i, b)| (b, hops.get(i)));
                 let back = self.kernel.back();
-                let weights: ahash::AHashMap<SocketAddrV4, u32> = self
+                let weights: ahash::AHashMap<SocketAddr, u32> = self
                     .config
-                    .daemons()
+                    .all_daemons()
                     .map(|(_, _, b)| (b.addr, b.weight))
                     .collect();
                 let overrides = &self.overrides;
-                let settings = |addr| BackendSetting {
+                let settings = |addr: SocketAddr| BackendSetting {
                     weight: weights.get(&addr).copied(),
                     overridden: overrides.get(addr),
                 };
@@ -1475,7 +1517,7 @@ impl<'a> Manager<'a> {
     /// (`--reset`) clears the daemon's overrides: the config's weight,
     /// undrained. The override is kept over the config across reloads, and
     /// across restarts with a state file.
-    fn set_weight(&mut self, addr: SocketAddrV4, weight: Option<u32>) -> String {
+    fn set_weight(&mut self, addr: SocketAddr, weight: Option<u32>) -> String {
         let Some(id) = self.backends.find(addr) else {
             return format!("error: {addr} is not a configured daemon\n");
         };
@@ -1489,13 +1531,19 @@ impl<'a> Manager<'a> {
             tracing::info!(daemon = %addr, weight = 0, draining = true, "ctl: daemon {addr} weight 0: draining");
             return self.saved(format!("{addr} weight 0: draining"));
         }
-        let Some((policy, was)) = self
-            .config
-            .services
-            .iter()
-            .flat_map(|s| s.backends.iter().map(move |b| (s.policy, b)))
-            .find(|(_, b)| b.addr == addr)
-            .map(|(p, b)| (p, b.weight))
+        let Some((policy, was)) = (self.config.services.iter())
+            .flat_map(|s| {
+                s.backends
+                    .iter()
+                    .map(|b| (s.policy, b.addr.into(), b.weight))
+            })
+            .chain((self.config.services6.iter()).flat_map(|s| {
+                s.backends
+                    .iter()
+                    .map(|b| (s.policy, b.addr.into(), b.weight))
+            }))
+            .find(|&(_, a, _): &(_, SocketAddr, _)| a == addr)
+            .map(|(p, _, w)| (p, w))
         else {
             return format!("error: {addr} is not a configured daemon\n");
         };
@@ -1522,7 +1570,7 @@ impl<'a> Manager<'a> {
         }
         let now = self
             .config
-            .daemons()
+            .all_daemons()
             .find(|(_, _, b)| b.addr == addr)
             .map_or(was, |(_, _, b)| b.weight);
         let reset = if weight.is_none() { " (reset)" } else { "" };
@@ -1566,7 +1614,14 @@ impl<'a> Manager<'a> {
     }
 
     fn reload_to(&mut self, new: Config) -> Result<()> {
-        new.refuse_unserved_ipv6()?;
+        if !self.ipv6_tracked_room && !new.services6.is_empty() {
+            anyhow::bail!(
+                "service {}: IPv6 services with reply_mode = \"tracked\" need a restart when \
+                 dispatchd started without any (the map of tracked IPv6 connections is sized \
+                 at start)",
+                new.services6[0].address
+            );
+        }
         // The file's changes against what it said before, not against the
         // operator's overrides, which the reload keeps.
         let changed = config::changes(&self.base, &new);
@@ -1631,7 +1686,7 @@ impl<'a> Manager<'a> {
     /// tracker forgets the dropped daemons' connections now, and the workers
     /// drop their records when next met (their daemon is in no plane).
     fn retire(&mut self, new: &Config) -> Vec<Retired> {
-        let kept: AHashSet<SocketAddrV4> = new.daemons().map(|(_, _, b)| b.addr).collect();
+        let kept: AHashSet<SocketAddr> = new.all_daemons().map(|(_, _, b)| b.addr).collect();
         let gone: Vec<Retired> = self
             .backends
             .iter()
@@ -1702,14 +1757,8 @@ impl<'a> Manager<'a> {
             tracing::warn!(daemon = %gone, "the operator's override of a daemon no longer configured is dropped");
         }
         let daemons = self.traffic.install(
-            config
-                .daemons()
-                .map(|(_, _, b)| b.addr)
-                .chain(retired.iter().filter_map(|r| r.v4().map(|(d, _)| d))),
-            config
-                .services
-                .iter()
-                .map(|s| (s.address, s.protocol.number())),
+            (config.all_daemons().map(|(_, _, b)| b.addr)).chain(retired.iter().map(|r| r.daemon)),
+            (config.all_services()).map(|(address, p)| (address, p.number())),
         );
         self.traffic.settle();
         for (w, plane) in applied.planes.into_iter().enumerate() {
@@ -1752,4 +1801,19 @@ fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A daemon's connection counts in the tracker's table (which follows IPv4
+/// connections only, so far: an IPv6 daemon has none there).
+fn conns_of(
+    per_daemon: &AHashMap<SocketAddrV4, BackendConns>,
+    per_daemon6: &AHashMap<SocketAddrV6, BackendConns>,
+    daemon: SocketAddr,
+) -> BackendConns {
+    match daemon {
+        SocketAddr::V4(d) => per_daemon.get(&d),
+        SocketAddr::V6(d) => per_daemon6.get(&d),
+    }
+    .copied()
+    .unwrap_or_default()
 }

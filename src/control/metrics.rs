@@ -6,7 +6,7 @@
 //! in a fresh registry and encodes it. Names follow Prometheus' conventions:
 //! base units (seconds, bytes), counters end in `_total` (the encoder adds
 //! it), histograms have `_bucket`, `_sum` and `_count`.
-use std::{net::SocketAddrV4, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
 use prometheus_client::{
     collector::Collector,
@@ -41,10 +41,10 @@ pub fn http_metrics(body: &str) -> String {
 /// One daemon as /metrics shows it.
 #[derive(Debug)]
 pub struct BackendMetric {
-    pub service: SocketAddrV4,
+    pub service: SocketAddr,
     /// Its service's protocol.
     pub protocol: Protocol,
-    pub daemon: SocketAddrV4,
+    pub daemon: SocketAddr,
     /// Its health check passes.
     pub up: bool,
     pub weight: u32,
@@ -61,7 +61,7 @@ pub struct BackendMetric {
 /// One service as /metrics shows it.
 #[derive(Debug)]
 pub struct ServiceMetric {
-    pub address: SocketAddrV4,
+    pub address: SocketAddr,
     pub protocol: Protocol,
     /// Its daemons whose health check passes.
     pub daemons_up: u32,
@@ -764,7 +764,10 @@ impl Collector for Scrape {
 
 #[cfg(test)]
 mod tests {
-    use std::{net::Ipv4Addr, time::Instant};
+    use std::{
+        net::{Ipv4Addr, SocketAddrV4},
+        time::Instant,
+    };
 
     use super::*;
     use crate::control::{conntrack::RecoveryCounts, icmp::IcmpStats, nexthops::HopStats};
@@ -793,7 +796,7 @@ mod tests {
     }
 
     fn extra(daemons: u16) -> ScrapeExtra {
-        let vip = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80);
+        let vip = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80).into();
         ScrapeExtra {
             services: vec![ServiceMetric {
                 address: vip,
@@ -810,7 +813,8 @@ mod tests {
                     daemon: SocketAddrV4::new(
                         Ipv4Addr::new(198, 19, (i >> 8) as u8, i as u8),
                         8080,
-                    ),
+                    )
+                    .into(),
                     up: true,
                     weight: 1,
                     drained: false,
@@ -936,6 +940,48 @@ mod tests {
                 "dispatchd_service_new_connections_total{service=\"198.18.0.100:80\"} 3",
                 "dispatchd_service_new_connections_total{service=\"198.18.0.100:80/udp\"} 7",
             ],
+            "{page}"
+        );
+    }
+
+    #[test]
+    fn ipv6_services_and_daemons_are_labelled_in_brackets() {
+        let workers = vec![Arc::new(WorkerStats::default())];
+        let mut e = extra(1);
+        let vip6: SocketAddr = "[2001:2:0:1::100]:80".parse().unwrap();
+        e.services.push(ServiceMetric {
+            address: vip6,
+            protocol: Protocol::Udp,
+            daemons_up: 1,
+            new_connections: 4,
+            active: 0,
+            inactive: 0,
+        });
+        e.backends.push(BackendMetric {
+            service: vip6,
+            protocol: Protocol::Udp,
+            daemon: "[2001:2:0:2::11]:8080".parse().unwrap(),
+            up: true,
+            weight: 3,
+            drained: false,
+            retired: false,
+            active: 0,
+            inactive: 0,
+            traffic: Totals::default(),
+        });
+        let page = render(&snapshot(&workers), e);
+        assert_eq!(
+            samples(&page, "dispatchd_service_new_connections"),
+            [
+                "dispatchd_service_new_connections_total{service=\"198.18.0.100:80\"} 10",
+                "dispatchd_service_new_connections_total{service=\"[2001:2:0:1::100]:80/udp\"} 4",
+            ],
+            "{page}"
+        );
+        assert!(
+            page.contains(
+                "dispatchd_backend_weight{service=\"[2001:2:0:1::100]:80/udp\",backend=\"[2001:2:0:2::11]:8080\"} 3\n"
+            ),
             "{page}"
         );
     }

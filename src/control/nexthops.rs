@@ -21,7 +21,7 @@
 //! Each hop is probed at most once per [`PROBE_INTERVAL_NS`], however many
 //! replies are dropped meanwhile (the kernel itself retries its ARP requests
 //! for an entry being resolved).
-use std::{collections::HashMap, io, net::Ipv4Addr};
+use std::{collections::HashMap, fmt, hash::Hash, io, net::Ipv4Addr};
 
 use serde::Serialize;
 
@@ -69,25 +69,64 @@ pub fn echo_request(hop: Ipv4Addr, seq: u16) -> [u8; PROBE_LEN] {
     p
 }
 
-/// Decides which noted hops to probe and sends the probes.
-#[derive(Debug, Default)]
-pub struct HopProber {
+/// Decides which noted hops to probe and sends the probes: IPv4 hops (`A` =
+/// `Ipv4Addr`, the probe [`echo_request`]) or IPv6 ones (the probe
+/// [`crate::neigh::echo6_request`] on a raw ICMPv6 socket, where the kernel
+/// writes the IPv6 header and the checksum).
+#[derive(Debug)]
+pub struct HopProber<A = Ipv4Addr> {
     /// When each recently probed hop was probed.
-    last: HashMap<Ipv4Addr, u64>,
+    last: HashMap<A, u64>,
     seq: u16,
     pub stats: HopStats,
     /// The first failure is reported; later ones are only counted.
     reported: bool,
 }
 
-impl HopProber {
+impl<A> Default for HopProber<A> {
+    fn default() -> Self {
+        Self {
+            last: HashMap::new(),
+            seq: 0,
+            stats: HopStats::default(),
+            reported: false,
+        }
+    }
+}
+
+impl HopStats {
+    /// Both families' counts together.
+    pub fn plus(self, other: HopStats) -> HopStats {
+        HopStats {
+            probes_sent: self.probes_sent + other.probes_sent,
+            probes_suppressed: self.probes_suppressed + other.probes_suppressed,
+            probe_errors: self.probe_errors + other.probe_errors,
+        }
+    }
+}
+
+impl HopProber<Ipv4Addr> {
     /// Probes each of `hops` that was not probed within [`PROBE_INTERVAL_NS`]
     /// of `now_ns`, through `send` (the packet and the hop to send it to).
     pub fn run(
         &mut self,
         hops: &[Ipv4Addr],
         now_ns: u64,
-        mut send: impl FnMut(&[u8], Ipv4Addr) -> io::Result<()>,
+        send: impl FnMut(&[u8], Ipv4Addr) -> io::Result<()>,
+    ) {
+        self.run_with(hops, now_ns, echo_request, send);
+    }
+}
+
+impl<A: Copy + Eq + Hash + fmt::Display> HopProber<A> {
+    /// [`run`](HopProber::run) with the probe `packet` builds for a hop and
+    /// a sequence number.
+    pub fn run_with<P: AsRef<[u8]>>(
+        &mut self,
+        hops: &[A],
+        now_ns: u64,
+        packet: impl Fn(A, u16) -> P,
+        mut send: impl FnMut(&[u8], A) -> io::Result<()>,
     ) {
         self.last
             .retain(|_, at| now_ns.saturating_sub(*at) < PROBE_INTERVAL_NS);
@@ -98,7 +137,7 @@ impl HopProber {
             }
             self.last.insert(hop, now_ns);
             self.seq = self.seq.wrapping_add(1);
-            match send(&echo_request(hop, self.seq), hop) {
+            match send(packet(hop, self.seq).as_ref(), hop) {
                 Ok(()) => self.stats.probes_sent += 1,
                 Err(e) => {
                     self.stats.probe_errors += 1;
@@ -167,6 +206,44 @@ mod tests {
         );
         // Nothing is kept of hops not seen for an interval.
         assert!(prober.last.is_empty());
+    }
+
+    #[test]
+    fn ipv6_hops_are_probed_with_the_icmpv6_echo_once_per_interval() {
+        let a: std::net::Ipv6Addr = "2001:2:0:1::2".parse().unwrap();
+        let b: std::net::Ipv6Addr = "fe80::1".parse().unwrap();
+        let mut prober = HopProber::default();
+        let mut sent = Vec::new();
+        let mut run = |p: &mut HopProber<std::net::Ipv6Addr>, hops: &[std::net::Ipv6Addr], now| {
+            p.run_with(
+                hops,
+                now,
+                |_, seq| crate::neigh::echo6_request(seq),
+                |packet, hop| {
+                    assert_eq!(packet[0], 128, "an ICMPv6 echo request");
+                    sent.push((hop, u16::from_be_bytes([packet[6], packet[7]])));
+                    Ok(())
+                },
+            );
+        };
+        run(&mut prober, &[a, b, a], 0);
+        run(&mut prober, &[a], PROBE_INTERVAL_NS - 1);
+        run(&mut prober, &[a], PROBE_INTERVAL_NS);
+        assert_eq!(sent, [(a, 1), (b, 2), (a, 3)]);
+        assert_eq!(prober.stats.probes_sent, 3);
+        assert_eq!(prober.stats.probes_suppressed, 2);
+        assert_eq!(
+            prober.stats.plus(HopStats {
+                probes_sent: 1,
+                probes_suppressed: 0,
+                probe_errors: 4
+            }),
+            HopStats {
+                probes_sent: 4,
+                probes_suppressed: 2,
+                probe_errors: 4
+            }
+        );
     }
 
     #[test]

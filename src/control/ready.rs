@@ -5,7 +5,7 @@
 //! Ready only while every worker runs, every service has at least one daemon
 //! that takes new connections (up, next hop known, not drained, not retired),
 //! and no stop is under way. Pure: the loop gathers the facts, this decides.
-use std::{fmt, net::SocketAddrV4};
+use std::{fmt, net::SocketAddr};
 
 use super::backends::Backend;
 use crate::balance::BackendState;
@@ -19,7 +19,7 @@ pub enum NotReady {
     /// A worker thread ended; its queues' frames go unserved.
     WorkerStopped { worker: usize },
     /// These services have no daemon that takes new connections.
-    NoHealthyDaemon { services: Vec<SocketAddrV4> },
+    NoHealthyDaemon { services: Vec<SocketAddr> },
 }
 
 impl fmt::Display for NotReady {
@@ -49,7 +49,7 @@ pub struct Facts<'a, B> {
     /// Whether each worker still runs, in worker order.
     pub workers_running: &'a [bool],
     /// The configured services, in order.
-    pub services: &'a [SocketAddrV4],
+    pub services: &'a [SocketAddr],
     /// Every daemon the loop knows (configured and retired).
     pub backends: B,
 }
@@ -76,7 +76,7 @@ where
             healthy[i] = true;
         }
     }
-    let services: Vec<SocketAddrV4> = facts
+    let services: Vec<SocketAddr> = facts
         .services
         .iter()
         .zip(&healthy)
@@ -157,13 +157,13 @@ mod tests {
         Backends::new(config, retired, &Backends::default(), |_| true, 0)
     }
 
-    fn services(config: &Config) -> Vec<SocketAddrV4> {
-        config.services.iter().map(|s| s.address).collect()
+    fn services(config: &Config) -> Vec<SocketAddr> {
+        config.all_services().map(|(a, _)| a).collect()
     }
 
     fn decide_on(
         b: &Backends,
-        services: &[SocketAddrV4],
+        services: &[SocketAddr],
         workers: &[bool],
         stopping: Option<u64>,
     ) -> Result<(), NotReady> {
@@ -274,6 +274,33 @@ mod tests {
         let mut b = backends(&c, &retired);
         take_down(&mut b, BackendId(0));
         assert!(decide_on(&b, &services(&c), &[true], None).is_err());
+    }
+
+    #[test]
+    fn an_ipv6_service_counts_as_any_other() {
+        let c = Config::from_toml_str(&format!(
+            r#"
+            front = "l0"
+            back = "l1"
+            [[service]]
+            address = "{VIP_A}"
+            backends = ["198.19.0.11:8080"]
+            [[service]]
+            address = "[2001:2:0:1::100]:80"
+            backends = ["[2001:2:0:2::11]:8080", "[2001:2:0:2::12]:8080"]
+            "#
+        ))
+        .unwrap();
+        let mut b = backends(&c, &[]);
+        assert_eq!(decide_on(&b, &services(&c), &[true], None), Ok(()));
+        take_down(&mut b, BackendId(1));
+        assert_eq!(decide_on(&b, &services(&c), &[true], None), Ok(()));
+        take_down(&mut b, BackendId(2));
+        let no = decide_on(&b, &services(&c), &[true], None);
+        assert_eq!(
+            line(&no),
+            "not ready: service [2001:2:0:1::100]:80 has no healthy daemon\n"
+        );
     }
 
     #[test]

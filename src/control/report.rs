@@ -1,13 +1,16 @@
 //! Rendering the numbers: `ctl stats|conns|backends` as text or JSON (GET
 //! /metrics is [`super::metrics`]).
-use std::{fmt::Write, net::SocketAddrV4};
+use std::{
+    fmt::Write,
+    net::SocketAddr,
+};
 
 use hdrhistogram::Histogram;
 use serde::{Serialize, Serializer};
 
 use super::{
     backends::Backend,
-    conntrack::{BackendConns, ConnInfo, RecoveryCounts},
+    conntrack::{BackendConns, ConnInfo, Phase, RecoveryCounts},
     ctl::Format,
     health::Health,
     icmp::IcmpStats,
@@ -16,6 +19,7 @@ use super::{
 };
 use crate::{
     config::{fmt_status, ProbeKind},
+    flow::{FlowKey, FlowKey6},
     ids::WorkerId,
     neigh::{fmt_mac, DaemonHop, NetlinkStats},
     packet::DropReason,
@@ -464,24 +468,64 @@ pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
     })
 }
 
+/// One tracked connection of either family, as `ctl conns` lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub client: SocketAddr,
+    pub service: SocketAddr,
+    pub protocol: u8,
+    pub daemon: SocketAddr,
+    pub worker: WorkerId,
+    pub phase: Phase,
+    pub opened_ns: u64,
+}
+
+impl From<ConnInfo<FlowKey>> for Listed {
+    fn from(c: ConnInfo<FlowKey>) -> Self {
+        Listed {
+            client: c.key.client().into(),
+            service: c.key.service().into(),
+            protocol: c.key.protocol,
+            daemon: c.daemon.into(),
+            worker: c.worker,
+            phase: c.phase,
+            opened_ns: c.opened_ns,
+        }
+    }
+}
+
+impl From<ConnInfo<FlowKey6>> for Listed {
+    fn from(c: ConnInfo<FlowKey6>) -> Self {
+        Listed {
+            client: c.key.client().into(),
+            service: c.key.service().into(),
+            protocol: c.key.protocol,
+            daemon: c.daemon.into(),
+            worker: c.worker,
+            phase: c.phase,
+            opened_ns: c.opened_ns,
+        }
+    }
+}
+
 /// One row of `ctl conns`.
 #[derive(Serialize)]
 struct ConnRow {
-    client: SocketAddrV4,
-    service: SocketAddrV4,
+    client: SocketAddr,
+    service: SocketAddr,
     /// "tcp" or "udp".
     protocol: &'static str,
-    daemon: SocketAddrV4,
+    daemon: SocketAddr,
     worker: WorkerId,
     state: String,
     age_ms: u64,
 }
 
-fn conn_row(c: &ConnInfo, now_ns: u64) -> ConnRow {
+fn conn_row(c: &Listed, now_ns: u64) -> ConnRow {
     ConnRow {
-        client: c.key.client(),
-        service: c.key.service(),
-        protocol: if c.key.protocol == crate::config::Protocol::Udp.number() {
+        client: c.client,
+        service: c.service,
+        protocol: if c.protocol == crate::config::Protocol::Udp.number() {
             "udp"
         } else {
             "tcp"
@@ -503,7 +547,7 @@ struct ConnsJson {
 }
 
 /// The first `limit` of `conns`, and how many there are.
-pub fn first_of(conns: impl Iterator<Item = ConnInfo>, limit: usize) -> (Vec<ConnInfo>, usize) {
+pub fn first_of(conns: impl Iterator<Item = Listed>, limit: usize) -> (Vec<Listed>, usize) {
     let mut first = Vec::new();
     let mut n = 0;
     for c in conns {
@@ -520,7 +564,7 @@ pub fn first_of(conns: impl Iterator<Item = ConnInfo>, limit: usize) -> (Vec<Con
 /// Only the rows shown are rendered, so a large table costs no string per
 /// record.
 pub fn conns(
-    conns: impl Iterator<Item = ConnInfo>,
+    conns: impl Iterator<Item = Listed>,
     matched: usize,
     tracked: usize,
     limit: usize,
@@ -560,8 +604,8 @@ pub fn conns(
 /// One row of `ctl backends`.
 #[derive(Serialize)]
 struct BackendRow {
-    daemon: SocketAddrV4,
-    service: SocketAddrV4,
+    daemon: SocketAddr,
+    service: SocketAddr,
     /// Its service's protocol: "tcp" or "udp".
     protocol: &'static str,
     health: &'static str,
@@ -576,7 +620,7 @@ struct BackendRow {
     next_hop: Option<String>,
     /// The hop the kernel routes it to out of the back: the daemon itself, or
     /// a gateway.
-    via: Option<std::net::Ipv4Addr>,
+    via: Option<std::net::IpAddr>,
     /// Why its route is no way to it (not out of the back, none at all).
     route_problem: Option<String>,
     /// The weight it runs with (the override's, else the config's); none
@@ -598,7 +642,7 @@ struct BackendRow {
 struct CheckRow {
     kind: &'static str,
     /// The address probed (its own, or on the service's check port).
-    target: SocketAddrV4,
+    target: SocketAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -714,8 +758,8 @@ fn backend_row(
 pub fn backends_text<'a>(
     backends: impl Iterator<Item = (&'a Backend, Option<&'a DaemonHop>)>,
     back: &str,
-    conns: impl Fn(SocketAddrV4) -> BackendConns,
-    settings: impl Fn(SocketAddrV4) -> BackendSetting,
+    conns: impl Fn(SocketAddr) -> BackendConns,
+    settings: impl Fn(SocketAddr) -> BackendSetting,
 ) -> String {
     let mut out = String::new();
     for (b, hop) in backends {
@@ -749,12 +793,97 @@ pub fn backends_text<'a>(
 pub fn backends_json<'a>(
     backends: impl Iterator<Item = (&'a Backend, Option<&'a DaemonHop>)>,
     back: &str,
-    conns: impl Fn(SocketAddrV4) -> BackendConns,
-    settings: impl Fn(SocketAddrV4) -> BackendSetting,
+    conns: impl Fn(SocketAddr) -> BackendConns,
+    settings: impl Fn(SocketAddr) -> BackendSetting,
 ) -> String {
     json_line(
         &backends
             .map(|(b, hop)| backend_row(b, hop, back, conns(b.addr), settings(b.addr)))
             .collect::<Vec<_>>(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::{
+        config::Config,
+        control::backends::Backends,
+        neigh::{DaemonHop, Reach},
+    };
+
+    /// `ctl backends` of a dual-stack configuration: IPv6 daemons, services,
+    /// hops and probe targets in brackets where a port follows.
+    #[test]
+    fn ipv6_daemons_are_shown_in_brackets() {
+        let config = Config::from_toml_str(
+            "front = \"l0\"\nback = \"l1\"\n\
+             [[service]]\naddress = \"198.18.0.100:80\"\nbackends = [\"198.19.0.11:8080\"]\n\
+             [[service]]\naddress = \"[2001:2:0:1::100]:53\"\nprotocol = \"udp\"\n\
+             backends = [\"[2001:2:0:2::11]:5353@2\"]\n\
+             [[service]]\naddress = \"[2001:2:0:1::100]:80\"\n\
+             backends = [\"[2001:2:0:3::11]:8080\"]\n\
+             [service.health]\nport = 9000\n",
+        )
+        .unwrap();
+        let backends = Backends::new(&config, &[], &Backends::default(), |_| true, 0);
+        let router: IpAddr = "fe80::1".parse().unwrap();
+        let hops = [
+            DaemonHop {
+                addr: "198.19.0.11".parse().unwrap(),
+                reach: Reach::Back {
+                    hop: "198.19.0.11".parse().unwrap(),
+                },
+                mac: Some([2, 0, 0, 0, 0, 1]),
+            },
+            DaemonHop {
+                addr: "2001:2:0:2::11".parse().unwrap(),
+                reach: Reach::Back {
+                    hop: "2001:2:0:2::11".parse().unwrap(),
+                },
+                mac: None,
+            },
+            DaemonHop {
+                addr: "2001:2:0:3::11".parse().unwrap(),
+                reach: Reach::Back { hop: router },
+                mac: Some([2, 0, 0, 0, 0, 2]),
+            },
+        ];
+        let rows = || backends.iter().zip(hops.iter().map(Some));
+        let weights: Vec<(SocketAddr, u32)> = config
+            .all_daemons()
+            .map(|(_, _, b)| (b.addr, b.weight))
+            .collect();
+        let settings = |addr: SocketAddr| BackendSetting {
+            weight: weights.iter().find(|(a, _)| *a == addr).map(|(_, w)| *w),
+            overridden: Override::default(),
+        };
+        let text = backends_text(rows(), "l1", |_| BackendConns::default(), settings);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "198.19.0.11:8080 service 198.18.0.100:80 health up state up active 0 inactive 0 \
+                 weight 1 override none next_hop 02:00:00:00:00:01 via 198.19.0.11",
+                "[2001:2:0:2::11]:5353 service [2001:2:0:1::100]:53/udp health up state up \
+                 active 0 inactive 0 weight 2 override none next_hop unresolved via 2001:2:0:2::11",
+                "[2001:2:0:3::11]:8080 service [2001:2:0:1::100]:80 health up state up active 0 \
+                 inactive 0 weight 1 override none next_hop 02:00:00:00:00:02 via fe80::1",
+            ]
+        );
+        let json: serde_json::Value = serde_json::from_str(&backends_json(
+            rows(),
+            "l1",
+            |_| BackendConns::default(),
+            settings,
+        ))
+        .unwrap();
+        let last = &json[2];
+        assert_eq!(last["daemon"], "[2001:2:0:3::11]:8080");
+        assert_eq!(last["service"], "[2001:2:0:1::100]:80");
+        assert_eq!(last["via"], "fe80::1");
+        assert_eq!(last["check"]["target"], "[2001:2:0:3::11]:9000");
+    }
 }

@@ -13,7 +13,7 @@ use std::{
     collections::BTreeMap,
     fs,
     io::{self, Write},
-    net::SocketAddrV4,
+    net::SocketAddr,
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
@@ -43,7 +43,7 @@ impl Override {
 
 /// Every daemon's override, by address; daemons without one are absent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Overrides(BTreeMap<SocketAddrV4, Override>);
+pub struct Overrides(BTreeMap<SocketAddr, Override>);
 
 /// The file as written.
 #[derive(Serialize, Deserialize)]
@@ -56,7 +56,7 @@ struct StateDoc {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Entry {
-    daemon: SocketAddrV4,
+    daemon: SocketAddr,
     #[serde(default)]
     drained: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,7 +64,7 @@ struct Entry {
 }
 
 impl Overrides {
-    pub fn get(&self, daemon: SocketAddrV4) -> Override {
+    pub fn get(&self, daemon: SocketAddr) -> Override {
         self.0.get(&daemon).copied().unwrap_or_default()
     }
 
@@ -76,12 +76,12 @@ impl Overrides {
         self.0.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (SocketAddrV4, Override)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, Override)> + '_ {
         self.0.iter().map(|(a, o)| (*a, *o))
     }
 
     /// Changes `daemon`'s override; one that overrides nothing is forgotten.
-    fn change(&mut self, daemon: SocketAddrV4, f: impl FnOnce(&mut Override)) {
+    fn change(&mut self, daemon: SocketAddr, f: impl FnOnce(&mut Override)) {
         let o = self.0.entry(daemon).or_default();
         f(o);
         if o.is_none() {
@@ -89,12 +89,12 @@ impl Overrides {
         }
     }
 
-    pub fn set_drained(&mut self, daemon: SocketAddrV4, drained: bool) {
+    pub fn set_drained(&mut self, daemon: SocketAddr, drained: bool) {
         self.change(daemon, |o| o.drained = drained);
     }
 
     /// A weight of 1 or more, which undrains it (as `ctl weight` always did).
-    pub fn set_weight(&mut self, daemon: SocketAddrV4, weight: u32) {
+    pub fn set_weight(&mut self, daemon: SocketAddr, weight: u32) {
         self.change(daemon, |o| {
             o.weight = Some(weight);
             o.drained = false;
@@ -102,7 +102,7 @@ impl Overrides {
     }
 
     /// Back to the config: its weight, not drained.
-    pub fn clear(&mut self, daemon: SocketAddrV4) {
+    pub fn clear(&mut self, daemon: SocketAddr) {
         self.0.remove(&daemon);
     }
 
@@ -114,7 +114,16 @@ impl Overrides {
             .iter_mut()
             .flat_map(|s| s.backends.iter_mut())
         {
-            if let Some(w) = self.get(b.addr).weight {
+            if let Some(w) = self.get(b.addr.into()).weight {
+                b.weight = w;
+            }
+        }
+        for b in config
+            .services6
+            .iter_mut()
+            .flat_map(|s| s.backends.iter_mut())
+        {
+            if let Some(w) = self.get(b.addr.into()).weight {
                 b.weight = w;
             }
         }
@@ -122,10 +131,12 @@ impl Overrides {
     }
 
     /// Forgets the overrides of daemons `config` does not have; returns them.
-    pub fn retain_configured(&mut self, config: &Config) -> Vec<SocketAddrV4> {
-        let configured: std::collections::HashSet<SocketAddrV4> =
-            config.daemons().map(|(_, _, b)| b.addr).collect();
-        let gone: Vec<SocketAddrV4> = self
+    pub fn retain_configured(&mut self, config: &Config) -> Vec<SocketAddr> {
+        let configured: std::collections::HashSet<SocketAddr> =
+            (config.daemons().map(|(_, _, b)| b.addr.into()))
+                .chain(config.daemons6().map(|(_, _, b)| b.addr.into()))
+                .collect();
+        let gone: Vec<SocketAddr> = self
             .0
             .keys()
             .filter(|a| !configured.contains(a))
@@ -317,7 +328,7 @@ mod tests {
 
     use super::*;
 
-    fn a(s: &str) -> SocketAddrV4 {
+    fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
 
@@ -401,6 +412,41 @@ mod tests {
         assert_eq!(weights, [2, 7]);
         assert_eq!(o.retain_configured(&base), [a("198.19.0.99:8080")]);
         assert_eq!(o.len(), 1);
+    }
+
+    #[test]
+    fn an_ipv6_daemon_round_trips_and_an_ipv4_only_file_still_loads() {
+        let mut o = Overrides::default();
+        o.set_drained(a("198.19.0.11:8080"), true);
+        o.set_weight(a("[2001:2:0:2::11]:8080"), 4);
+        o.set_drained(a("[2001:2:0:2::12]:8080"), true);
+        let text = o.to_json();
+        assert!(text.contains("\"[2001:2:0:2::11]:8080\""), "{text}");
+        assert_eq!(Overrides::parse(&text), Ok(o.clone()));
+        // A file as an IPv4-only dispatchd wrote it.
+        let old = "{\n  \"version\": 1,\n  \"daemons\": [\n    {\n      \"daemon\": \"198.19.0.11:8080\",\n      \"drained\": true\n    },\n    {\n      \"daemon\": \"198.19.0.12:8080\",\n      \"drained\": false,\n      \"weight\": 3\n    }\n  ]\n}\n";
+        let loaded = Overrides::parse(old).unwrap();
+        assert!(loaded.get(a("198.19.0.11:8080")).drained);
+        assert_eq!(loaded.get(a("198.19.0.12:8080")).weight, Some(3));
+        assert_eq!(loaded.to_json(), old, "written back as it was");
+        // An IPv6 address without brackets is no daemon.
+        let e = Overrides::parse(
+            "{\"version\": 1, \"daemons\": [{\"daemon\": \"2001:2:0:2::11:8080\"}]}",
+        )
+        .unwrap_err();
+        assert!(e.contains("invalid"), "{e}");
+        // Weights of IPv6 daemons override the config's, and stay while configured.
+        let base = Config::from_toml_str(
+            "front = \"l0\"\nback = \"l1\"\n[[service]]\naddress = \"198.18.0.100:80\"\n\
+             backends = [\"198.19.0.11:8080\"]\n[[service]]\naddress = \"[2001:2:0:1::100]:80\"\n\
+             backends = [\"[2001:2:0:2::11]:8080@2\", \"[2001:2:0:2::13]:8080\"]\n",
+        )
+        .unwrap();
+        let w = o.weighted(&base);
+        let weights: Vec<u32> = w.daemons6().map(|(_, _, b)| b.weight).collect();
+        assert_eq!(weights, [4, 1]);
+        assert_eq!(o.retain_configured(&base), [a("[2001:2:0:2::12]:8080")]);
+        assert_eq!(o.len(), 2);
     }
 
     #[test]

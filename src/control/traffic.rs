@@ -9,7 +9,7 @@
 //! worker let go of them (folded once no worker holds them, so no count is lost
 //! or read twice). A daemon that leaves the configuration loses its counts; if
 //! it comes back it starts from zero, however late an old plane is let go of.
-use std::{net::SocketAddrV4, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
 use ahash::{AHashMap, AHashSet};
 
@@ -38,7 +38,7 @@ impl Totals {
 /// A plane's bank and the daemon each of its ids stood for.
 struct Bank {
     generation: u64,
-    daemons: Arc<[SocketAddrV4]>,
+    daemons: Arc<[SocketAddr]>,
     counters: Arc<[BackendTraffic]>,
 }
 
@@ -48,16 +48,16 @@ pub struct TrafficBook {
     generation: u64,
     /// The daemons of the running set, with the generation that brought each
     /// in: a bank older than that counted an earlier stay of the address.
-    joined: AHashMap<SocketAddrV4, u64>,
+    joined: AHashMap<SocketAddr, u64>,
     /// The services of the running set (address, IP protocol number), for
     /// their new-connection counts.
-    services: AHashSet<(SocketAddrV4, u8)>,
+    services: AHashSet<(SocketAddr, u8)>,
     live: Vec<Bank>,
     /// What let-go banks counted, and the new connections, by daemon.
-    settled: AHashMap<SocketAddrV4, Totals>,
+    settled: AHashMap<SocketAddr, Totals>,
     /// New connections by service: kept while the service is configured,
     /// whichever daemons come and go.
-    service_opened: AHashMap<(SocketAddrV4, u8), u64>,
+    service_opened: AHashMap<(SocketAddr, u8), u64>,
 }
 
 impl TrafficBook {
@@ -66,11 +66,11 @@ impl TrafficBook {
     /// Returns the list to give [`track`](Self::track) with each plane's bank.
     pub fn install(
         &mut self,
-        daemons: impl Iterator<Item = SocketAddrV4>,
-        services: impl Iterator<Item = (SocketAddrV4, u8)>,
-    ) -> Arc<[SocketAddrV4]> {
+        daemons: impl Iterator<Item = SocketAddr>,
+        services: impl Iterator<Item = (SocketAddr, u8)>,
+    ) -> Arc<[SocketAddr]> {
         self.generation += 1;
-        let daemons: Arc<[SocketAddrV4]> = daemons.collect();
+        let daemons: Arc<[SocketAddr]> = daemons.collect();
         let joined = daemons
             .iter()
             .map(|a| (*a, self.joined.get(a).copied().unwrap_or(self.generation)))
@@ -84,7 +84,7 @@ impl TrafficBook {
 
     /// A plane's bank, counting for the daemons of the last
     /// [`install`](Self::install).
-    pub fn track(&mut self, daemons: Arc<[SocketAddrV4]>, counters: Arc<[BackendTraffic]>) {
+    pub fn track(&mut self, daemons: Arc<[SocketAddr]>, counters: Arc<[BackendTraffic]>) {
         self.live.push(Bank {
             generation: self.generation,
             daemons,
@@ -94,7 +94,13 @@ impl TrafficBook {
 
     /// A connection (or UDP flow) of IP protocol `protocol` opened to
     /// `daemon` of `service` (a worker's event).
-    pub fn opened(&mut self, service: SocketAddrV4, protocol: u8, daemon: SocketAddrV4) {
+    pub fn opened(
+        &mut self,
+        service: impl Into<SocketAddr>,
+        protocol: u8,
+        daemon: impl Into<SocketAddr>,
+    ) {
+        let (service, daemon) = (service.into(), daemon.into());
         if self.joined.contains_key(&daemon) {
             self.settled.entry(daemon).or_default().new_connections += 1;
         }
@@ -123,13 +129,13 @@ impl TrafficBook {
         }
     }
 
-    fn counts(&self, addr: &SocketAddrV4, generation: u64) -> bool {
+    fn counts(&self, addr: &SocketAddr, generation: u64) -> bool {
         self.joined.get(addr).is_some_and(|&g| generation >= g)
     }
 
     /// Every daemon of the running set with its counts so far.
-    pub fn totals(&self) -> AHashMap<SocketAddrV4, Totals> {
-        let mut out: AHashMap<SocketAddrV4, Totals> = self
+    pub fn totals(&self) -> AHashMap<SocketAddr, Totals> {
+        let mut out: AHashMap<SocketAddr, Totals> = self
             .joined
             .keys()
             .map(|a| (*a, self.settled.get(a).copied().unwrap_or_default()))
@@ -147,9 +153,9 @@ impl TrafficBook {
     }
 
     /// New connections of a configured service since it was configured.
-    pub fn service_opened(&self, service: SocketAddrV4, protocol: u8) -> u64 {
+    pub fn service_opened(&self, service: impl Into<SocketAddr>, protocol: u8) -> u64 {
         self.service_opened
-            .get(&(service, protocol))
+            .get(&(service.into(), protocol))
             .copied()
             .unwrap_or(0)
     }
@@ -157,15 +163,15 @@ impl TrafficBook {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, SocketAddrV4};
 
     use super::*;
 
-    fn addr(last: u8) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, last), 8080)
+    fn addr(last: u8) -> SocketAddr {
+        SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, last), 8080).into()
     }
 
-    const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80);
+    const VIP: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80));
 
     fn count(bank: &[BackendTraffic], id: usize, packets: u64) {
         bank[id].to_packets.add(packets);
@@ -255,8 +261,10 @@ mod tests {
     #[test]
     fn totals_of_a_thousand_daemons() {
         let mut book = TrafficBook::default();
-        let daemons: Vec<SocketAddrV4> = (0..1000u16)
-            .map(|i| SocketAddrV4::new(Ipv4Addr::new(198, 19, (i >> 8) as u8, i as u8), 8080))
+        let daemons: Vec<SocketAddr> = (0..1000u16)
+            .map(|i| {
+                SocketAddrV4::new(Ipv4Addr::new(198, 19, (i >> 8) as u8, i as u8), 8080).into()
+            })
             .collect();
         let list = book.install(daemons.iter().copied(), [(VIP, 6)].into_iter());
         let banks: Vec<_> = (0..2).map(|_| BackendTraffic::bank(1000)).collect();

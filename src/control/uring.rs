@@ -9,7 +9,7 @@
 
 use std::{
     io,
-    net::SocketAddrV4,
+    net::SocketAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     time::Duration,
 };
@@ -36,8 +36,59 @@ enum Held {
         /// Kept open until the connect completes, then handed back with the
         /// completion (closed when dropped).
         fd: OwnedFd,
-        addr: Box<libc::sockaddr_in>,
+        addr: Box<ConnectAddr>,
     },
+}
+
+/// A connect's destination as the kernel reads it, of either family.
+enum ConnectAddr {
+    V4(libc::sockaddr_in),
+    V6(libc::sockaddr_in6),
+}
+
+impl ConnectAddr {
+    fn of(addr: SocketAddr) -> Self {
+        match addr {
+            SocketAddr::V4(a) => ConnectAddr::V4(libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            }),
+            SocketAddr::V6(a) => ConnectAddr::V6(libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo().to_be(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            }),
+        }
+    }
+
+    fn family(&self) -> libc::c_int {
+        match self {
+            ConnectAddr::V4(_) => libc::AF_INET,
+            ConnectAddr::V6(_) => libc::AF_INET6,
+        }
+    }
+
+    /// The address and its length, for connect(2).
+    fn raw(&self) -> (*const libc::sockaddr, libc::socklen_t) {
+        match self {
+            ConnectAddr::V4(a) => (
+                (a as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ),
+            ConnectAddr::V6(a) => (
+                (a as *const libc::sockaddr_in6).cast(),
+                size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            ),
+        }
+    }
 }
 
 struct Slot<Tag> {
@@ -309,11 +360,12 @@ impl<Tag> Uring<Tag> {
     /// A TCP connect to `addr` from a new socket, cancelled after `timeout`: the
     /// completion's result is 0 (connected), `-ECONNREFUSED` and the like, or
     /// `-ECANCELED` when the timeout fired first.
-    pub fn connect(&mut self, tag: Tag, addr: SocketAddrV4, timeout: Duration) -> Result<()> {
+    pub fn connect(&mut self, tag: Tag, addr: SocketAddr, timeout: Duration) -> Result<()> {
+        let sin = Box::new(ConnectAddr::of(addr));
         // SAFETY: plain socket(2); a non-negative result is a new fd we own.
         let raw = unsafe {
             libc::socket(
-                libc::AF_INET,
+                sin.family(),
                 libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
                 0,
             )
@@ -323,14 +375,6 @@ impl<Tag> Uring<Tag> {
         }
         // SAFETY: raw is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let sin = Box::new(libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: addr.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*addr.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        });
         self.reserve(2)?;
         // SAFETY: the entry points at the slot's own address, of its size, and
         // the descriptor is the slot's own.
@@ -339,13 +383,10 @@ impl<Tag> Uring<Tag> {
                 let Held::Connect { addr, .. } = held else {
                     unreachable!("just stored")
                 };
-                opcode::Connect::new(
-                    types::Fd(raw),
-                    (&**addr as *const libc::sockaddr_in).cast(),
-                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                )
-                .build()
-                .flags(squeue::Flags::IO_LINK)
+                let (addr, len) = addr.raw();
+                opcode::Connect::new(types::Fd(raw), addr, len)
+                    .build()
+                    .flags(squeue::Flags::IO_LINK)
             })?;
             // SAFETY: the entry points at the slot's own timespec.
             self.push(None, Held::Timespec(timespec(timeout)), |held| {
@@ -445,7 +486,7 @@ mod tests {
         // One slot left of two: the pair must not be split across submissions.
         ring.timeout(T::Guard, Duration::from_secs(3)).unwrap();
         let start = Instant::now();
-        ring.connect(T::Connect, addr, Duration::from_millis(100))
+        ring.connect(T::Connect, addr.into(), Duration::from_millis(100))
             .unwrap();
         loop {
             let done = ring.wait().unwrap();
@@ -463,5 +504,31 @@ mod tests {
                 "the connect outlived its 100 ms timeout by seconds"
             );
         }
+    }
+
+    /// Health probes of an IPv6 daemon: the connect goes over AF_INET6 and
+    /// says whether something listens.
+    #[test]
+    fn a_connect_reaches_an_ipv6_listener_and_is_refused_by_a_closed_port() {
+        let listener = TcpListener::bind("[::1]:0").expect("IPv6 on lo");
+        let open = listener.local_addr().unwrap();
+        let closed = {
+            let l = TcpListener::bind("[::1]:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let mut ring: Uring<T> = Uring::new(8).unwrap();
+        for (addr, want) in [(open, 0), (closed, -libc::ECONNREFUSED)] {
+            ring.connect(T::Connect, addr, Duration::from_secs(2))
+                .unwrap();
+            let result = loop {
+                let done = ring.wait().unwrap();
+                if let Some(c) = done.iter().find(|c| c.tag == T::Connect) {
+                    break c.result;
+                }
+            };
+            assert_eq!(result, want, "{addr}");
+        }
+        let (_, peer) = listener.accept().unwrap();
+        assert!(peer.is_ipv6(), "{peer}");
     }
 }
