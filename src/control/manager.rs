@@ -1364,7 +1364,7 @@ impl<'a> Manager<'a> {
     /// Drops every record of a failed daemon: the tracker's, by the daemon's
     /// address, and the workers'.
     fn reset_backend(&mut self, backend: BackendId) {
-        self.forget_connections_of(self.backends.get(backend).addr.into());
+        self.forget_connections_of(self.backends.get(backend).addr);
         self.broadcast(|| Command::RemoveBackendFlows { backend });
         self.send_backlog();
     }
@@ -1393,7 +1393,12 @@ impl<'a> Manager<'a> {
 
     /// Connections the trackers hold to `daemon`, of either family.
     fn connections_to(&self, daemon: SocketAddr) -> u32 {
-        conns_of(self.tracker.per_daemon(), self.tracker6.per_daemon(), daemon).total()
+        conns_of(
+            self.tracker.per_daemon(),
+            self.tracker6.per_daemon(),
+            daemon,
+        )
+        .total()
     }
 
     // ---- control socket ---------------------------------------------------
@@ -1692,8 +1697,8 @@ impl<'a> Manager<'a> {
             .iter()
             .filter(|b| !kept.contains(&b.addr))
             .map(|b| Retired {
-                daemon: b.addr.into(),
-                service: b.service.into(),
+                daemon: b.addr,
+                service: b.service,
                 protocol: b.protocol,
             })
             .collect();

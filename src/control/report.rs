@@ -1,9 +1,6 @@
 //! Rendering the numbers: `ctl stats|conns|backends` as text or JSON (GET
 //! /metrics is [`super::metrics`]).
-use std::{
-    fmt::Write,
-    net::SocketAddr,
-};
+use std::{fmt::Write, net::SocketAddr};
 
 use hdrhistogram::Histogram;
 use serde::{Serialize, Serializer};
