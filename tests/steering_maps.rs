@@ -94,7 +94,7 @@ fn a_retired_daemon_keeps_its_reply_entry_until_it_is_let_go() {
     assert_eq!(after, SteeringTable::of(&b, &[]));
     assert!(!after
         .daemons
-        .contains_key(&(retired[0].daemon, Protocol::Tcp)));
+        .contains_key(&(retired[0].v4().unwrap().0, Protocol::Tcp)));
 }
 
 #[test]
