@@ -580,9 +580,9 @@ fn tracked_sync(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::Wa
 
 /// The packet core's share of a frame, IPv4 beside IPv6: validate, then rewrite
 /// forward (destination := daemon) or reverse (source := VIP), Ethernet addresses
-/// included; no flow table, no policy. The IPv6 dataplane does not exist yet, so
-/// these rows are where its per-family cost shows until it does: the difference
-/// is the IPv6 parse and the eight-word address update in the TCP checksum.
+/// included; no flow table, no policy: the difference is the IPv6 parse and the
+/// eight-word address update in the TCP checksum (the whole IPv6 path's rows
+/// are `ipv6_rows`').
 fn packet_core(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     let macs = MacPair {
         src: [0x02, 0, 0, 0, 0, 0x11],

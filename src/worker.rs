@@ -1183,4 +1183,156 @@ mod tests {
             .count();
         assert_eq!(removed, 2);
     }
+
+    /// The worker answers the loop's orders about IPv6 records as about IPv4
+    /// ones, and its own sweep ages IPv6 records out.
+    #[test]
+    fn ipv6_records_answer_the_loops_orders_and_age_out_in_the_sweep() {
+        use std::net::{Ipv6Addr, SocketAddrV6};
+
+        use crate::{
+            balance::{BackendSpec, PolicyKind},
+            config::{Protocol, Service6Config},
+            dataplane::forward6,
+            flow::FlowKey6,
+            neigh::NextHop,
+            protocol::{Event6, FlowCommand6},
+        };
+        let vip = SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 0x100), 80, 0, 0);
+        let client = SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 2), 40000, 0, 0);
+        let daemon = SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 0x11), 8080, 0, 0);
+        let services6 = [Service6Config {
+            address: vip,
+            protocol: Protocol::Tcp,
+            policy: PolicyKind::RoundRobin,
+            backends: vec![BackendSpec {
+                addr: daemon,
+                weight: 1,
+            }],
+            health: Default::default(),
+        }];
+        let hops: std::sync::Arc<[NextHop]> = [NextHop::default()].into_iter().collect();
+        hops[0].set(Some([6; 6]));
+        let mut plane = Dataplane::build(WorkerId(0), &[], &services6, &[], hops, [8; 6]).unwrap();
+        plane.age_limit_ns = 1_000;
+        let mut table = FlowTable::with_capacity(4);
+        let mut table6 = FlowTable6::with_capacity(4);
+        let stats = WorkerStats::default();
+        let (mut events, main) = testing::link();
+        let mut rx = main.events6;
+        let syn = |seq: u32| {
+            let mut out = Vec::new();
+            etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+                .ipv6(client.ip().octets(), vip.ip().octets(), 64)
+                .tcp(client.port(), vip.port(), seq, 64000)
+                .syn()
+                .write(&mut out, &[])
+                .unwrap();
+            out
+        };
+        let key = FlowKey6::new(client, vip, 6);
+        let mut order = |command: FlowCommand6,
+                         table6: &mut FlowTable6,
+                         plane: &mut Dataplane,
+                         events: &mut EventSink| {
+            super::apply(
+                Command::Flow6(command),
+                (&mut table, table6),
+                plane,
+                (&mut Sweeper::default(), &mut Sweeper::default()),
+                events,
+                &stats,
+                50,
+            );
+        };
+        assert!(forward6(
+            &mut syn(1000),
+            &mut table6,
+            &mut plane,
+            &mut events,
+            &stats,
+            10,
+            None
+        ));
+        events.flush();
+        assert!(matches!(
+            rx.try_pop(),
+            Some(Event6::Opened { at_ns: 10, .. })
+        ));
+        // Busy since: it stays and says so.
+        let busy = FlowCommand6::RemoveIfIdle {
+            key,
+            idle_since_ns: 5,
+        };
+        order(busy, &mut table6, &mut plane, &mut events);
+        assert_eq!(
+            rx.try_iter().collect::<Vec<_>>(),
+            [Event6::Active {
+                key,
+                last_seen_ns: 10
+            }]
+        );
+        // A daemon's reset in the window (around the client's acknowledgment,
+        // 0 before any) ends it; one from before it opened does not.
+        let old = FlowCommand6::CheckRst {
+            key,
+            seq: 0,
+            at_ns: 9,
+        };
+        order(old, &mut table6, &mut plane, &mut events);
+        assert_eq!(stats.rst_ignored.get(), 1);
+        let rst = FlowCommand6::CheckRst {
+            key,
+            seq: 0,
+            at_ns: 20,
+        };
+        order(rst, &mut table6, &mut plane, &mut events);
+        assert_eq!(
+            rx.try_iter().collect::<Vec<_>>(),
+            [Event6::Reset { key, at_ns: 20 }]
+        );
+        // Idle: removed, and the daemon's count with it.
+        let idle = FlowCommand6::RemoveIfIdle {
+            key,
+            idle_since_ns: 20,
+        };
+        order(idle, &mut table6, &mut plane, &mut events);
+        assert_eq!(
+            rx.try_iter().collect::<Vec<_>>(),
+            [Event6::Removed { key, at_ns: 50 }]
+        );
+        assert!(table6.is_empty());
+        assert_eq!(plane.services6[0].pool.active(crate::ids::PoolIndex(0)), 0);
+        // A new connection on the port: a Remove of the old one spares it.
+        assert!(forward6(
+            &mut syn(7000),
+            &mut table6,
+            &mut plane,
+            &mut events,
+            &stats,
+            60,
+            None
+        ));
+        let stale = FlowCommand6::Remove { key, opened_ns: 10 };
+        order(stale, &mut table6, &mut plane, &mut events);
+        assert_eq!(table6.len(), 1);
+        // The sweep ages it out past the plane's age limit, whatever the loop said.
+        rx.try_iter().for_each(drop);
+        let mut sweeper6 = Sweeper::default();
+        sweeper6.step(
+            table6.slots(),
+            &mut table6,
+            &mut plane,
+            &mut events,
+            &stats,
+            2_000,
+        );
+        events.flush();
+        assert!(table6.is_empty());
+        assert_eq!(stats.aged_out.get(), 1);
+        assert_eq!(
+            rx.try_iter().collect::<Vec<_>>(),
+            [Event6::Removed { key, at_ns: 2_000 }]
+        );
+    }
 }

@@ -872,7 +872,7 @@ impl<'a> Manager<'a> {
     /// the error, so it is alive; any worker's back socket reaches the daemon).
     fn icmp_to_daemon(&mut self, worker: WorkerId, mut frame: SlowFrame) {
         let (tracker, backends, next_hops) = (&self.tracker, &self.backends, &self.next_hops);
-        let (tracker6, config) = (&self.tracker6, &self.config);
+        let tracker6 = &self.tracker6;
         let bytes = frame.bytes_mut();
         // The worker copied either family's errors; the ethertype says which.
         let outcome = if icmp::is_ipv6(bytes) {
@@ -880,7 +880,7 @@ impl<'a> Manager<'a> {
                 bytes,
                 |key| tracker6.daemon_of(key),
                 |daemon| {
-                    let (id, ..) = config.daemons6().find(|(_, _, b)| b.addr == daemon)?;
+                    let id = backends.find(daemon)?;
                     next_hops.get(id.index())?.get()
                 },
                 self.back_mac,

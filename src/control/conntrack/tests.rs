@@ -1285,7 +1285,7 @@ mod ipv6 {
         };
         t.on_event(rst, 2, &mut out);
         assert_eq!(
-            out.drain(..).collect::<Vec<_>>(),
+            std::mem::take(&mut out),
             [(
                 WorkerId(1),
                 FlowCommand6::CheckRst {
@@ -1311,7 +1311,7 @@ mod ipv6 {
         // the linger deadline, each by its own owner.
         t.expire(T.syn.as_nanos() as u64 + 1, &mut out);
         assert_eq!(
-            out.drain(..).collect::<Vec<_>>(),
+            std::mem::take(&mut out),
             [
                 (
                     WorkerId(1),
@@ -1343,7 +1343,7 @@ mod ipv6 {
         let idle = T.udp_idle.as_nanos() as u64;
         t.expire(idle, &mut out);
         assert_eq!(
-            out.drain(..).collect::<Vec<_>>(),
+            std::mem::take(&mut out),
             [(
                 WorkerId(0),
                 FlowCommand6::RemoveIfIdle {
@@ -1366,7 +1366,7 @@ mod ipv6 {
         // The same key opens on another worker: the old owner drops its copy.
         t.on_event(opened(1, k, 1, idle + 5 * S), idle + 5 * S, &mut out);
         assert_eq!(
-            out.drain(..).collect::<Vec<_>>(),
+            std::mem::take(&mut out),
             [(
                 WorkerId(0),
                 FlowCommand6::Remove {
