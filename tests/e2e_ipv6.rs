@@ -75,21 +75,10 @@ fn spread(topo: &Topology, to: &str, n: usize) -> BTreeMap<String, usize> {
 }
 
 /// Records of open connections: the management loop's count and the
-/// workers' tables (an IPv6 table's count too, if the workers report one
-/// apart).
+/// workers' tables (IPv4 and IPv6 records together in `flows`).
 fn records(topo: &Topology) -> (u64, u64) {
     let stats = topo.stats();
-    let workers = stats["workers"].as_array().expect("workers in ctl stats");
-    let held = workers
-        .iter()
-        .map(|w| {
-            w["flows"]
-                .as_u64()
-                .unwrap_or_else(|| panic!("no flows in {w}"))
-                + w.get("flows6").and_then(Value::as_u64).unwrap_or(0)
-        })
-        .sum();
-    (u64_at(&stats, "/connections"), held)
+    (u64_at(&stats, "/connections"), worker_sum(&stats, "flows"))
 }
 
 fn xdp(stats: &Value, key: &str) -> u64 {
