@@ -121,7 +121,7 @@ impl IcmpStats {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
 
     use dispatchd_testkit::frame::{FrameSpec, IcmpKind, IcmpSpec};
 
@@ -209,6 +209,68 @@ mod tests {
         let mut f = about(SERVICE, CLIENT, *SERVICE.ip(), 64);
         assert_eq!(
             to_daemon(&mut f, tracked, |_| Some(HOP), BACK_MAC).err(),
+            Some(Untranslated::NoConnection)
+        );
+    }
+
+    /// An ICMPv6 packet-too-big from a router at `at`'s side about a TCP
+    /// segment `from` -> `to`, in an Ethernet frame.
+    fn error6_about(from: SocketAddrV6, to: SocketAddrV6, at: Ipv6Addr, hop_limit: u8) -> Vec<u8> {
+        use etherparse::{Icmpv6Type, PacketBuilder};
+        let mut segment = Vec::new();
+        PacketBuilder::ethernet2([0; 6], [0; 6])
+            .ipv6(from.ip().octets(), to.ip().octets(), 63)
+            .tcp(from.port(), to.port(), 5000, 1000)
+            .ack(1001)
+            .write(&mut segment, &[7; 100])
+            .unwrap();
+        let router = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 1);
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0x7e, 1], [2, 0, 0, 0, 0xf0, 1])
+            .ipv6(router.octets(), at.octets(), hop_limit)
+            .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1280 })
+            .write(&mut out, &segment[14..])
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn an_ipv6_error_about_a_tracked_reply_goes_to_its_daemon_from_the_ipv6_tracker() {
+        use crate::{control::conntrack::ConnTracker6, flow::FlowKey6, protocol::Event6};
+        let v6 = |last: u16, port| {
+            SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, last), port, 0, 0)
+        };
+        let (client, service) = (v6(2, 40000), v6(0x100, 80));
+        let daemon = SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 0x11), 8080, 0, 0);
+        let key = FlowKey6::new(client, service, PROTO_TCP);
+        let mut tracker = ConnTracker6::new(Default::default());
+        let opened = Event6::Opened {
+            worker: crate::ids::WorkerId(0),
+            key,
+            daemon,
+            at_ns: 1,
+        };
+        tracker.on_event(opened, 1, &mut Vec::new());
+
+        let mut f = error6_about(service, client, *service.ip(), 64);
+        assert!(is_ipv6(&f));
+        let sent = to_daemon6(&mut f, |k| tracker.daemon_of(k), |_| Some(HOP), BACK_MAC)
+            .expect("translated")
+            .to_vec();
+        let mut want = error6_about(daemon, client, *daemon.ip(), 63);
+        want[..6].copy_from_slice(&HOP);
+        want[6..12].copy_from_slice(&BACK_MAC);
+        assert_eq!(sent, want);
+        // No connection the tracker knows: not translated, and said so.
+        let mut stray = error6_about(service, v6(2, 40007), *service.ip(), 64);
+        assert_eq!(
+            to_daemon6(
+                &mut stray,
+                |k| tracker.daemon_of(k),
+                |_| Some(HOP),
+                BACK_MAC
+            )
+            .err(),
             Some(Untranslated::NoConnection)
         );
     }
