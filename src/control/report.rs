@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     config::{fmt_status, ProbeKind},
-    flow::{FlowKey, FlowKey6},
+    flow::KeyFamily,
     ids::WorkerId,
     neigh::{fmt_mac, DaemonHop, NetlinkStats},
     packet::DropReason,
@@ -477,26 +477,12 @@ pub struct Listed {
     pub opened_ns: u64,
 }
 
-impl From<ConnInfo<FlowKey>> for Listed {
-    fn from(c: ConnInfo<FlowKey>) -> Self {
+impl<K: KeyFamily> From<ConnInfo<K>> for Listed {
+    fn from(c: ConnInfo<K>) -> Self {
         Listed {
-            client: c.key.client().into(),
-            service: c.key.service().into(),
-            protocol: c.key.protocol,
-            daemon: c.daemon.into(),
-            worker: c.worker,
-            phase: c.phase,
-            opened_ns: c.opened_ns,
-        }
-    }
-}
-
-impl From<ConnInfo<FlowKey6>> for Listed {
-    fn from(c: ConnInfo<FlowKey6>) -> Self {
-        Listed {
-            client: c.key.client().into(),
-            service: c.key.service().into(),
-            protocol: c.key.protocol,
+            client: c.key.client_addr(),
+            service: c.key.service_addr(),
+            protocol: c.key.protocol(),
             daemon: c.daemon.into(),
             worker: c.worker,
             phase: c.phase,

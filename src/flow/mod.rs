@@ -16,12 +16,23 @@ pub use table::{
 /// generic over it is monomorphised, so the IPv4 code is what it was.
 pub trait KeyFamily: Copy + Eq + std::fmt::Debug + Send + 'static {
     /// A daemon's address in this family.
-    type Daemon: Copy + Eq + std::hash::Hash + std::fmt::Debug + std::fmt::Display + Send + 'static;
+    type Daemon: Copy
+        + Eq
+        + std::hash::Hash
+        + std::fmt::Debug
+        + std::fmt::Display
+        + Into<std::net::SocketAddr>
+        + Send
+        + 'static;
     /// The key packed for hashing and ordering: distinct keys, distinct values.
     type Packed: Copy + Ord + std::hash::Hash + std::fmt::Debug;
     fn pack(&self) -> Self::Packed;
     /// IP protocol number (6 TCP, 17 UDP).
     fn protocol(&self) -> u8;
+    /// The client's address and port, of either family (for reports).
+    fn client_addr(&self) -> std::net::SocketAddr;
+    /// The service's address and port, of either family (for reports).
+    fn service_addr(&self) -> std::net::SocketAddr;
 }
 
 impl KeyFamily for FlowKey {
@@ -35,6 +46,12 @@ impl KeyFamily for FlowKey {
     fn protocol(&self) -> u8 {
         self.protocol
     }
+    fn client_addr(&self) -> std::net::SocketAddr {
+        self.client().into()
+    }
+    fn service_addr(&self) -> std::net::SocketAddr {
+        self.service().into()
+    }
 }
 
 impl KeyFamily for FlowKey6 {
@@ -47,6 +64,12 @@ impl KeyFamily for FlowKey6 {
     #[inline(always)]
     fn protocol(&self) -> u8 {
         self.protocol
+    }
+    fn client_addr(&self) -> std::net::SocketAddr {
+        self.client().into()
+    }
+    fn service_addr(&self) -> std::net::SocketAddr {
+        self.service().into()
     }
 }
 
