@@ -974,7 +974,9 @@ fn hand_records(stream: &mut std::os::unix::net::UnixStream, tables: &[Option<Ta
     let mut bytes = Vec::with_capacity(count * takeover::RECORD_WIRE);
     let mut bytes6 = Vec::with_capacity(count6 * takeover::RECORD6_WIRE);
     for (w, tables) in tables.iter().enumerate() {
-        let Some((table, table6)) = tables else { continue };
+        let Some((table, table6)) = tables else {
+            continue;
+        };
         for record in table.iter() {
             takeover::encode(w as u16, record, now, &mut bytes);
         }

@@ -65,8 +65,7 @@ fn records(topo: &Topology) -> (u64, u64) {
 
 /// `ctl conns --json`'s rows of `service`: (daemon, state, age in ms).
 fn conns_of(topo: &Topology, service: &str) -> Vec<(String, String, u64)> {
-    let list: Value =
-        serde_json::from_str(&topo.ctl(&["conns", "--json"])).expect("conns JSON");
+    let list: Value = serde_json::from_str(&topo.ctl(&["conns", "--json"])).expect("conns JSON");
     list["connections"]
         .as_array()
         .expect("connections")
@@ -115,9 +114,8 @@ fn a_takeover_hands_ipv6_round_robin_connections_over() {
             .all(|b| b["state"] == "up")
     });
 
-    let mut holds6: Vec<(Proc, String)> = (0..CONNECTIONS6)
-        .map(|_| hold(&topo, VIP6, "5"))
-        .collect();
+    let mut holds6: Vec<(Proc, String)> =
+        (0..CONNECTIONS6).map(|_| hold(&topo, VIP6, "5")).collect();
     let (mut hold4, daemon4) = hold(&topo, VIP, "5");
     std::thread::sleep(BEFORE);
     let all = (CONNECTIONS6 + 1) as u64;
@@ -188,9 +186,11 @@ fn a_takeover_hands_ipv6_round_robin_connections_over() {
         hold4.output()
     );
     // Their FINs end them in the new process's tracker and tables.
-    let gone = wait_until(Duration::from_secs(5), "the records of closed connections gone", || {
-        records(&topo) == (0, 0)
-    });
+    let gone = wait_until(
+        Duration::from_secs(5),
+        "the records of closed connections gone",
+        || records(&topo) == (0, 0),
+    );
     eprintln!(
         "takeover (dual stack, round robin): {CONNECTIONS6} IPv6 and 1 IPv4 connections held, \
          start to running {took:?}, records gone {gone:?} after the last close; {window}"

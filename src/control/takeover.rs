@@ -642,7 +642,11 @@ mod tests {
         let wire = both_sections(2, 3);
         let handed = read_records(&mut wire.as_slice(), || 20_000).unwrap();
         assert_eq!(handed.records.len(), 2);
-        let ports: Vec<u16> = handed.records6.iter().map(|(_, r)| r.key.client_port).collect();
+        let ports: Vec<u16> = handed
+            .records6
+            .iter()
+            .map(|(_, r)| r.key.client_port)
+            .collect();
         assert_eq!(ports, [2000, 2001, 2002]);
         assert!(handed.records6.iter().all(|(w, r)| *w == 1
             && r.daemon() == "[fd00:19::12]:8080".parse().unwrap()
@@ -674,10 +678,17 @@ mod tests {
             ("ipv6 line cut short", whole[..v4_end + 3].to_vec()),
             ("no count", b"records\n".to_vec()),
             ("a count that is not a number", b"records -1\n".to_vec()),
-            ("a count past any memory", format!("records {}\n", u64::MAX).into_bytes()),
+            (
+                "a count past any memory",
+                format!("records {}\n", u64::MAX).into_bytes(),
+            ),
             (
                 "an ipv6 count past any memory",
-                [&whole[..v4_end], format!("records6 {}\n", u64::MAX / 2).as_bytes()].concat(),
+                [
+                    &whole[..v4_end],
+                    format!("records6 {}\n", u64::MAX / 2).as_bytes(),
+                ]
+                .concat(),
             ),
             ("sections swapped", b"records6 0\nrecords 0\n".to_vec()),
             (
