@@ -550,14 +550,14 @@ mod tests {
             assert_eq!(fds.len(), 3);
             let mut b = b;
             b.write_all(b"switched\n").unwrap();
-            let mut line = String::new();
-            let mut reader = BufReader::new(b);
-            reader.read_line(&mut line).unwrap();
-            line
+            let mut said = String::new();
+            b.read_to_string(&mut said).unwrap();
+            said
         });
         hand_links(&mut a, &[file.as_fd(), file.as_fd(), file.as_fd()]).unwrap();
         send_records(&mut a, &[], &[]).unwrap();
-        assert_eq!(peer.join().unwrap(), "records 0\n");
+        drop(a);
+        assert_eq!(peer.join().unwrap(), "records 0\nrecords6 0\n");
     }
 
     fn record6(client_port: u16) -> FlowRecord6 {
