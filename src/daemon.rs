@@ -23,7 +23,7 @@ use crate::{
         state::{Overrides, StateFile},
         takeover::{self, Identity},
     },
-    flow::{FlowRecord, FlowTable},
+    flow::{FlowRecord, FlowRecord6, FlowTable, FlowTable6},
     ids::WorkerId,
     kernel,
     neigh::{self, fmt_mac, HopBook, Kernel},
@@ -343,7 +343,9 @@ fn warn_undeferred_napi(iface: &str) {
 
 /// Starts the workers and waits until each serves: each allocates its flow
 /// table (first-touched on its own core) before it says so.
-fn start_workers(setups: Vec<WorkerSetup>) -> (Vec<thread::JoinHandle<FlowTable>>, Result<()>) {
+type Tables = (FlowTable, FlowTable6);
+
+fn start_workers(setups: Vec<WorkerSetup>) -> (Vec<thread::JoinHandle<Tables>>, Result<()>) {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut handles = Vec::new();
     for mut setup in setups {
@@ -391,10 +393,15 @@ fn identity(ifaces: &Interfaces, plan: &[WorkerQueues], reply_mode: ReplyMode) -
     }
 }
 
-/// Every worker's flow table, each allocated and written by a thread on the
-/// worker's core (as the worker itself would: its memory first touched
-/// there), before a takeover's switch rather than in its window.
-fn allocate_tables(plan: &[WorkerQueues], capacity: usize) -> Result<Vec<FlowTable>> {
+/// Every worker's flow tables (IPv4, and IPv6 of `capacity6`), each allocated
+/// and written by a thread on the worker's core (as the worker itself would:
+/// its memory first touched there), before a takeover's switch rather than in
+/// its window.
+fn allocate_tables(
+    plan: &[WorkerQueues],
+    capacity: usize,
+    capacity6: usize,
+) -> Result<Vec<Tables>> {
     thread::scope(|s| {
         let handles: Vec<_> = plan
             .iter()
@@ -403,7 +410,10 @@ fn allocate_tables(plan: &[WorkerQueues], capacity: usize) -> Result<Vec<FlowTab
                     if let Some(core) = q.core {
                         core_affinity::set_for_current(core_affinity::CoreId { id: core });
                     }
-                    FlowTable::with_capacity(capacity)
+                    (
+                        FlowTable::with_capacity(capacity),
+                        FlowTable6::with_capacity(capacity6),
+                    )
                 })
             })
             .collect();
@@ -426,6 +436,7 @@ const REBIND_PATIENCE: Duration = Duration::from_secs(2);
 struct TookOver {
     pid: u32,
     records: Vec<(u16, FlowRecord)>,
+    records6: Vec<(u16, FlowRecord6)>,
     switched: Instant,
     umems: Vec<xsk::WorkerUmem>,
     /// Since the switch: when the records had come, when the sockets were bound.
@@ -433,7 +444,7 @@ struct TookOver {
     bound_after: Duration,
     /// Binds refused (EBUSY) while the old sockets' queues were released.
     busy: u32,
-    tables: Vec<FlowTable>,
+    tables: Vec<Tables>,
 }
 
 /// The new process's side of a takeover, up to the records (see
@@ -448,7 +459,7 @@ fn take_over(
     me: &Identity,
     steering: &mut Steering,
 ) -> Result<Option<TookOver>> {
-    let tables = allocate_tables(plan, config.flow_capacity)?;
+    let tables = allocate_tables(plan, config.flow_capacity, worker::flow_capacity6(config))?;
     let opts = socket_options(config, bind);
     let umems = plan
         .iter()
@@ -474,20 +485,21 @@ fn take_over(
     steering.adopt_links(std::mem::take(&mut request.links))?;
     let switched = Instant::now();
     takeover::test_die_at("switched");
-    let records = match request.switched(now_ns) {
-        Ok(r) => r,
+    let handed = match request.switched(now_ns) {
+        Ok(h) => h,
         Err(e) => {
             // This process holds the links: it goes on alone.
             tracing::warn!(
                 "the old process (pid {pid}) sent no records ({e:#}); \
                  going on without them"
             );
-            Vec::new()
+            takeover::Handed::default()
         }
     };
     Ok(Some(TookOver {
         pid,
-        records,
+        records: handed.records,
+        records6: handed.records6,
         switched,
         records_after: switched.elapsed(),
         bound_after: Duration::ZERO,
@@ -718,7 +730,7 @@ pub fn run_with(
         );
         (sockets, ctl, None)
     };
-    let mut tables: Vec<Option<FlowTable>> = match &mut took_over {
+    let mut tables: Vec<Option<Tables>> = match &mut took_over {
         Some(t) => std::mem::take(&mut t.tables)
             .into_iter()
             .map(Some)
@@ -728,6 +740,12 @@ pub fn run_with(
     let mut inherited: Vec<Vec<FlowRecord>> = vec![Vec::new(); plan.len()];
     for &(w, record) in took_over.iter().flat_map(|t| &t.records) {
         if let Some(list) = inherited.get_mut(usize::from(w)) {
+            list.push(record);
+        }
+    }
+    let mut inherited6: Vec<Vec<FlowRecord6>> = vec![Vec::new(); plan.len()];
+    for &(w, record) in took_over.iter().flat_map(|t| &t.records6) {
+        if let Some(list) = inherited6.get_mut(usize::from(w)) {
             list.push(record);
         }
     }
@@ -759,6 +777,7 @@ pub fn run_with(
     let mut setups = Vec::new();
     let places = sockets.into_iter().zip(&plan).zip(applied.planes);
     for (w, ((sockets, queues), plane)) in places.enumerate() {
+        let (table, table6) = tables.get_mut(w).and_then(Option::take).unzip();
         let stats = Arc::new(WorkerStats::with_sockets(&queues.front, &queues.back));
         let (worker_end, loop_end) = protocol::link(wake.clone(), config.event_ring);
         links.push(WorkerLink {
@@ -789,8 +808,10 @@ pub fn run_with(
                 ReplyMode::Stateless => None,
             },
             ready: None,
-            table: tables.get_mut(w).and_then(Option::take),
+            table,
+            table6,
             inherited: std::mem::take(&mut inherited[w]),
+            inherited6: std::mem::take(&mut inherited6[w]),
         });
     }
     let socket_path = config.control.control_socket.clone();
@@ -834,7 +855,7 @@ pub fn run_with(
         manager.adopt_overrides(now)?;
     }
     if let Some(t) = &took_over {
-        manager.inherit(&t.records);
+        manager.inherit(&t.records, &t.records6);
     }
     // Everything privileged is done: the workers and the loop run without any
     // capability (the workers inherit this thread's empty sets).
@@ -849,12 +870,13 @@ pub fn run_with(
         };
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         tracing::info!(
-            "took over from pid {} with {} records: records {:.1} ms, sockets bound \
+            "took over from pid {} with {} IPv4 and {} IPv6 records: records {:.1} ms, sockets bound \
              {:.1} ms ({} binds refused while the kernel released the old ones), serving {:.1} ms \
              after the switch ({dropped} frames dropped meanwhile for want of a socket, none \
              passed to the host)",
             t.pid,
             t.records.len(),
+            t.records6.len(),
             ms(t.records_after),
             ms(t.bound_after),
             t.busy,
@@ -879,7 +901,7 @@ pub fn run_with(
     // Each worker's sockets close as it ends: a new process can bind them.
     // By worker index, which the records travel with (a worker that panicked
     // has none left).
-    let tables: Vec<Option<FlowTable>> = handles.into_iter().map(|h| h.join().ok()).collect();
+    let tables: Vec<Option<Tables>> = handles.into_iter().map(|h| h.join().ok()).collect();
     // First of all: the new process waits for them.
     let mut handover = manager.take_handover();
     if let Some(stream) = handover.as_mut() {
@@ -945,18 +967,29 @@ fn drain_in_planes(
 /// The old process's last step of a takeover: every worker's records, with
 /// their owner, to the new process. If it cannot, the new one goes on
 /// without them (it holds the links).
-fn hand_records(stream: &mut std::os::unix::net::UnixStream, tables: &[Option<FlowTable>]) {
+fn hand_records(stream: &mut std::os::unix::net::UnixStream, tables: &[Option<Tables>]) {
     let now = now_ns();
-    let count: usize = tables.iter().flatten().map(FlowTable::len).sum();
+    let count: usize = tables.iter().flatten().map(|(t, _)| t.len()).sum();
+    let count6: usize = tables.iter().flatten().map(|(_, t)| t.len()).sum();
     let mut bytes = Vec::with_capacity(count * takeover::RECORD_WIRE);
-    for (w, table) in tables.iter().enumerate() {
-        let Some(table) = table else { continue };
+    let mut bytes6 = Vec::with_capacity(count6 * takeover::RECORD6_WIRE);
+    for (w, tables) in tables.iter().enumerate() {
+        let Some((table, table6)) = tables else {
+            continue;
+        };
         for record in table.iter() {
             takeover::encode(w as u16, record, now, &mut bytes);
         }
+        for record in table6.iter() {
+            takeover::encode6(w as u16, record, now, &mut bytes6);
+        }
     }
-    match takeover::send_records(stream, &bytes) {
-        Ok(()) => tracing::info!("handed {count} records over; exiting"),
+    match takeover::send_records(stream, &bytes, &bytes6) {
+        Ok(()) => tracing::info!(
+            records = count,
+            records6 = count6,
+            "handed {count} IPv4 and {count6} IPv6 records over; exiting"
+        ),
         Err(e) => tracing::error!("handing the records over: {e:#}"),
     }
 }

@@ -28,7 +28,7 @@ use crate::{
     config::Config,
     config::PollMode,
     dataplane::{pipelined, Dataplane, Forwarder, FrameHandler, PlaneRecord, Reverser},
-    flow::{FlowRecord, FlowTable, FlowTable6, Record, RstWindow, Table, TcpState},
+    flow::{FlowRecord, FlowRecord6, FlowTable, FlowTable6, Record, RstWindow, Table, TcpState},
     ids::WorkerId,
     protocol::{self, Event, EventSink, FlowCommand, WorkerEnd, COMMANDS_PER_ROUND},
     stats::{now_ns, WorkerDrop, WorkerStats},
@@ -74,8 +74,12 @@ pub struct WorkerSetup {
     /// A table allocated beforehand (a takeover allocates it before the
     /// switch, to keep slow work out of the window); else the worker does.
     pub table: Option<FlowTable>,
+    /// The IPv6 table, likewise.
+    pub table6: Option<FlowTable6>,
     /// Records a takeover brought for this worker, entered before it serves.
     pub inherited: Vec<FlowRecord>,
+    /// IPv6 records a takeover brought for this worker, likewise.
+    pub inherited6: Vec<FlowRecord6>,
 }
 
 /// The capacity of each worker's IPv6 flow table: `flow_capacity`, as the
@@ -108,9 +112,9 @@ struct Batches {
     free: Vec<FrameDesc>,
 }
 
-/// Runs until told to stop; returns the flow table (a takeover hands its
+/// Runs until told to stop; returns the flow tables (a takeover hands their
 /// records to the next process).
-pub fn run(setup: WorkerSetup) -> FlowTable {
+pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
     let WorkerSetup {
         id,
         core,
@@ -132,7 +136,9 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
         tracked6,
         ready,
         table,
+        table6,
         inherited,
+        inherited6,
     } = setup;
     if let Some(core) = core {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
@@ -147,16 +153,24 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
     } = sockets;
     let mut table = table.unwrap_or_else(|| FlowTable::with_capacity(flow_capacity));
     let mut tracker = tracked.map(|map| ReplyTracker::new(map, &mut table));
-    let mut table6 = FlowTable6::with_capacity(flow_capacity6);
+    let mut table6 = table6.unwrap_or_else(|| FlowTable6::with_capacity(flow_capacity6));
     let mut tracker6 = tracked6.map(|map| ReplyTracker::new(map, &mut table6));
-    // After the tracker, whose journal then carries the inherited records into
-    // the kernel's map of tracked connections.
-    let inherited_count = inherited.len();
+    // After the trackers, whose journals then carry the inherited records into
+    // the kernel's maps of tracked connections.
+    let inherited_count = inherited.len() + inherited6.len();
     let mut refused = 0;
     for mut record in inherited {
         if !plane.adopt(&mut record) {
             refused += 1;
         } else if table.insert(record).is_err() {
+            plane.connection_closed(record.backend);
+            refused += 1;
+        }
+    }
+    for mut record in inherited6 {
+        if !plane.adopt6(&mut record) {
+            refused += 1;
+        } else if table6.insert(record).is_err() {
             plane.connection_closed(record.backend);
             refused += 1;
         }
@@ -169,6 +183,9 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
     }
     if let Some(t) = &mut tracker {
         t.sync(&mut table, &stats);
+    }
+    if let Some(t) = &mut tracker6 {
+        t.sync(&mut table6, &stats);
     }
     let mut b = Batches {
         // Placeholders, overwritten by each consume before they are read.
@@ -385,7 +402,7 @@ pub fn run(setup: WorkerSetup) -> FlowTable {
             }
         }
     }
-    table
+    (table, table6)
 }
 
 /// After a pump of `from`: an empty RX ring is busy-polled, and the first

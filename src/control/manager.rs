@@ -45,7 +45,7 @@ use crate::{
     balance::PolicyKind,
     config::{self, Config, OnFailure, OnRemove, ProbeKind, ReplyMode},
     dataplane::{Dataplane, Retired},
-    flow::{FlowRecord, TcpState},
+    flow::{FlowRecord, FlowRecord6, KeyFamily, TcpState},
     ids::{BackendId, WorkerId},
     neigh::{self, HopBook, Kernel, NetlinkStats, NextHop, Reach, Rerouted},
     netlink::{Message, Messages},
@@ -402,41 +402,31 @@ impl<'a> Manager<'a> {
     }
 
     /// Tracks the connections whose records a takeover brought (owner, record
-    /// on this process's clock), in the phase each record shows: opened,
-    /// established, closed by the client, reset. A daemon's FIN is not in a
-    /// record: such a connection restarts established and ends by its own
-    /// FINs or the idle timeout.
-    pub fn inherit(&mut self, records: &[(u16, FlowRecord)]) {
+    /// on this process's clock), IPv4 and IPv6, in the phase each record
+    /// shows: opened, established, closed by the client, reset. A daemon's FIN
+    /// is not in a record: such a connection restarts established and ends by
+    /// its own FINs or the idle timeout.
+    pub fn inherit(&mut self, records: &[(u16, FlowRecord)], records6: &[(u16, FlowRecord6)]) {
         let now = now_ns();
         for &(worker, r) in records {
-            let (key, at_ns) = (r.key, r.created_ns);
-            let opened = Event::Opened {
-                worker: WorkerId(worker),
-                key,
-                daemon: r.daemon,
-                at_ns,
-            };
-            self.tracker.on_event(opened, now, &mut self.orders);
-            if r.state.is_established() {
-                let established = Event::Established { key, at_ns };
-                self.tracker.on_event(established, now, &mut self.orders);
+            let events = inherited_events(WorkerId(worker), r.key, r.daemon, r.state, r.created_ns);
+            for event in events.into_iter().flatten() {
+                self.tracker.on_event(event, now, &mut self.orders);
             }
-            if r.state.contains(TcpState::FIN_CLIENT) {
-                let fin = Event::Fin {
-                    key,
-                    from_client: true,
-                    at_ns,
-                };
-                self.tracker.on_event(fin, now, &mut self.orders);
-            }
-            if r.state.contains(TcpState::RST) {
-                let reset = Event::Reset { key, at_ns };
-                self.tracker.on_event(reset, now, &mut self.orders);
+        }
+        for &(worker, r) in records6 {
+            let events =
+                inherited_events(WorkerId(worker), r.key, r.daemon(), r.state, r.created_ns);
+            for event in events.into_iter().flatten() {
+                self.tracker6.on_event(event, now, &mut self.orders6);
             }
         }
         // Orders (a reset connection's removal) reach the workers once they run.
         for (worker, command) in self.orders.drain(..) {
             self.backlog.push_back((worker, Command::Flow(command)));
+        }
+        for (worker, command) in self.orders6.drain(..) {
+            self.backlog.push_back((worker, Command::Flow6(command)));
         }
     }
 
@@ -1821,4 +1811,34 @@ fn conns_of(
     }
     .copied()
     .unwrap_or_default()
+}
+
+/// The events that bring a tracker to the phase an inherited record shows
+/// (see [`Manager::inherit`]), its times from `at_ns` (the record's creation).
+fn inherited_events<K: KeyFamily>(
+    worker: WorkerId,
+    key: K,
+    daemon: K::Daemon,
+    state: TcpState,
+    at_ns: u64,
+) -> [Option<Event<K>>; 4] {
+    [
+        Some(Event::Opened {
+            worker,
+            key,
+            daemon,
+            at_ns,
+        }),
+        state
+            .is_established()
+            .then_some(Event::Established { key, at_ns }),
+        state.contains(TcpState::FIN_CLIENT).then_some(Event::Fin {
+            key,
+            from_client: true,
+            at_ns,
+        }),
+        state
+            .contains(TcpState::RST)
+            .then_some(Event::Reset { key, at_ns }),
+    ]
 }

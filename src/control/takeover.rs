@@ -9,8 +9,18 @@
 //!         then points both links at its own program (bpf_link_update)
 //! B -> A  switched\n
 //!         A stops its workers (their sockets and UMEMs close)
-//! A -> B  records <n>\n  + n records of RECORD_WIRE bytes; A exits
+//! A -> B  records <n>\n  + n records of RECORD_WIRE bytes
+//! A -> B  records6 <m>\n + m IPv6 records of RECORD6_WIRE bytes; A exits
 //! ```
+//!
+//! The IPv6 section is an addition within protocol 1, not a new version: a
+//! new process must be able to take over from the running older one (the
+//! upgrade this exists for), and neither side can announce it to an older
+//! peer without being refused (the request's words and the answers are read
+//! strictly). An older B reads the IPv4 section and closes, never reading
+//! the IPv6 one (its IPv6 connections are lost, as they were); a new B that
+//! finds the stream closed after the IPv4 section (an older A) goes on with
+//! no IPv6 records.
 //!
 //! Between the switch and B's first socket, B's program finds its XSKMAP empty
 //! and drops service frames (counted `no_socket`): never passed to the host,
@@ -20,7 +30,7 @@
 //! each process's clock counts from its own start.
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4},
     os::{fd::AsFd, fd::OwnedFd, unix::net::UnixStream},
     path::Path,
     time::Duration,
@@ -29,7 +39,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    flow::{FlowKey, FlowRecord, TcpState},
+    flow::{FlowKey, FlowKey6, FlowRecord, FlowRecord6, TcpState},
     ids::BackendId,
     sys,
 };
@@ -44,6 +54,10 @@ pub const PROTOCOL: u32 = 1;
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes of one record on the wire.
 pub const RECORD_WIRE: usize = 46;
+/// Bytes of one IPv6 record on the wire.
+pub const RECORD6_WIRE: usize = 82;
+/// The first word of the line that opens the IPv6 section.
+const RECORDS6: &str = "records6";
 /// Test hook: a stage (`links`: it holds the links; `switched`: it has
 /// re-pointed them but not said so) at which the new process kills itself.
 pub const DIE_AT_ENV: &str = "DISPATCHD_TEST_TAKEOVER_DIE_AT";
@@ -180,6 +194,119 @@ pub fn decode(b: &[u8; RECORD_WIRE], now_ns: u64) -> (u16, FlowRecord) {
     (u16_at(0), record)
 }
 
+/// [`encode`] for an IPv6 record.
+pub fn encode6(worker: u16, r: &FlowRecord6, now_ns: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(&worker.to_le_bytes());
+    out.extend_from_slice(&r.key.client_ip.octets());
+    out.extend_from_slice(&r.key.service_ip.octets());
+    out.extend_from_slice(&r.key.client_port.to_le_bytes());
+    out.extend_from_slice(&r.key.service_port.to_le_bytes());
+    out.push(r.key.protocol);
+    out.extend_from_slice(&r.daemon_ip.octets());
+    out.extend_from_slice(&r.daemon_port.to_le_bytes());
+    out.extend_from_slice(&now_ns.saturating_sub(r.created_ns).to_le_bytes());
+    out.extend_from_slice(&now_ns.saturating_sub(r.last_seen_ns).to_le_bytes());
+    out.extend_from_slice(&r.client_next.to_le_bytes());
+    out.extend_from_slice(&r.client_ack.to_le_bytes());
+    out.push(r.state.0);
+}
+
+/// [`decode`] for an IPv6 record.
+pub fn decode6(b: &[u8; RECORD6_WIRE], now_ns: u64) -> (u16, FlowRecord6) {
+    let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+    let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let u64_at = |i: usize| {
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&b[i..i + 8]);
+        u64::from_le_bytes(v)
+    };
+    let ip_at = |i: usize| {
+        let mut v = [0u8; 16];
+        v.copy_from_slice(&b[i..i + 16]);
+        Ipv6Addr::from(v)
+    };
+    let record = FlowRecord6 {
+        key: FlowKey6 {
+            client_ip: ip_at(2),
+            service_ip: ip_at(18),
+            client_port: u16_at(34),
+            service_port: u16_at(36),
+            protocol: b[38],
+        },
+        backend: BackendId(0),
+        daemon_ip: ip_at(39),
+        daemon_port: u16_at(55),
+        created_ns: now_ns.saturating_sub(u64_at(57)),
+        last_seen_ns: now_ns.saturating_sub(u64_at(65)),
+        client_next: u32_at(73),
+        client_ack: u32_at(77),
+        state: TcpState(b[81]),
+        epoch: 0,
+    };
+    (u16_at(0), record)
+}
+
+/// One section of records as it arrives: its line (`<word> <count>`) and
+/// `count` records of `wire` bytes. `None` if the stream ends before the
+/// line (the peer had no such section to send); an error if the line is not
+/// that section's or the records are cut short.
+fn read_section(reader: &mut impl BufRead, word: &str, wire: usize) -> Result<Option<Vec<u8>>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let count: u64 = line
+        .trim()
+        .strip_prefix(word)
+        .and_then(|rest| rest.strip_prefix(' '))
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("unexpected line {:?} instead of the {word}", line.trim()))?;
+    let len = count
+        .checked_mul(wire as u64)
+        .with_context(|| format!("{count} {word} cannot be"))?;
+    // Read as they come rather than allocated from the count up front: a
+    // wrong count is a short read, not an allocation of its size.
+    let mut bytes = Vec::new();
+    reader.take(len).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 != len {
+        bail!(
+            "{word}: {} bytes of {len} came before the stream ended",
+            bytes.len()
+        );
+    }
+    Ok(Some(bytes))
+}
+
+/// Everything the old process handed over: (owner, record) pairs, times on
+/// this process's clock.
+#[derive(Debug, Default)]
+pub struct Handed {
+    pub records: Vec<(u16, FlowRecord)>,
+    pub records6: Vec<(u16, FlowRecord6)>,
+}
+
+/// Reads both sections (see the module's note): the IPv4 one must be there;
+/// the IPv6 one is empty if an older process ended the stream without it.
+/// A broken IPv6 section is an error, as a broken IPv4 one is.
+pub fn read_records(reader: &mut impl BufRead, now_ns: impl Fn() -> u64) -> Result<Handed> {
+    let v4 = read_section(reader, "records", RECORD_WIRE)?
+        .context("the stream ended before the records")?;
+    let v6 = read_section(reader, RECORDS6, RECORD6_WIRE)?;
+    let now = now_ns();
+    let records = v4
+        .chunks_exact(RECORD_WIRE)
+        .filter_map(|c| c.try_into().ok())
+        .map(|c| decode(c, now))
+        .collect();
+    let records6 = v6
+        .unwrap_or_default()
+        .chunks_exact(RECORD6_WIRE)
+        .filter_map(|c| c.try_into().ok())
+        .map(|c| decode6(c, now))
+        .collect();
+    Ok(Handed { records, records6 })
+}
+
 /// B's side, up to the switch: the connection to A and the links A gave.
 pub struct Request {
     stream: UnixStream,
@@ -245,30 +372,10 @@ impl Request {
     }
 
     /// Tells A that the links point at this process's program, and reads the
-    /// records A sends once its workers stopped: (owner, record) pairs, times
-    /// on this process's clock.
-    pub fn switched(mut self, now_ns: impl Fn() -> u64) -> Result<Vec<(u16, FlowRecord)>> {
+    /// records A sends once its workers stopped (see [`read_records`]).
+    pub fn switched(mut self, now_ns: impl Fn() -> u64) -> Result<Handed> {
         self.stream.write_all(b"switched\n")?;
-        let mut reader = BufReader::new(self.stream);
-        let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .context("waiting for the records")?;
-        let count: usize = line
-            .trim()
-            .strip_prefix("records ")
-            .and_then(|n| n.parse().ok())
-            .with_context(|| format!("unexpected line {:?} instead of the records", line.trim()))?;
-        let mut bytes = vec![0u8; count * RECORD_WIRE];
-        reader
-            .read_exact(&mut bytes)
-            .context("reading the records")?;
-        let now = now_ns();
-        Ok(bytes
-            .chunks_exact(RECORD_WIRE)
-            .filter_map(|c| c.try_into().ok())
-            .map(|c| decode(c, now))
-            .collect())
+        read_records(&mut BufReader::new(self.stream), now_ns)
     }
 }
 
@@ -330,11 +437,24 @@ pub fn hand_links(stream: &mut UnixStream, fds: &[std::os::fd::BorrowedFd<'_>]) 
     }
 }
 
-/// A's last step: the records of every worker, with their owner.
-pub fn send_records(stream: &mut UnixStream, records: &[u8]) -> Result<()> {
+/// A's last step: the records of every worker, with their owner, IPv4 then
+/// IPv6 (`records`, `records6`: [`encode`]d and [`encode6`]d). An older new
+/// process closes the stream after the IPv4 section: the IPv6 one's failure
+/// is then its own error, told apart from the IPv4 one's.
+pub fn send_records(stream: &mut UnixStream, records: &[u8], records6: &[u8]) -> Result<()> {
     let count = records.len() / RECORD_WIRE;
     stream.write_all(format!("records {count}\n").as_bytes())?;
     stream.write_all(records)?;
+    stream.flush()?;
+    let count6 = records6.len() / RECORD6_WIRE;
+    let mut section6 = format!("{RECORDS6} {count6}\n").into_bytes();
+    section6.extend_from_slice(records6);
+    stream.write_all(&section6).with_context(|| {
+        format!(
+            "the IPv4 records went over, the {count6} IPv6 ones did not \
+             (a new process of an older version takes none)"
+        )
+    })?;
     stream.flush()?;
     Ok(())
 }
@@ -430,13 +550,158 @@ mod tests {
             assert_eq!(fds.len(), 3);
             let mut b = b;
             b.write_all(b"switched\n").unwrap();
-            let mut line = String::new();
-            let mut reader = BufReader::new(b);
-            reader.read_line(&mut line).unwrap();
-            line
+            let mut said = String::new();
+            b.read_to_string(&mut said).unwrap();
+            said
         });
         hand_links(&mut a, &[file.as_fd(), file.as_fd(), file.as_fd()]).unwrap();
-        send_records(&mut a, &[]).unwrap();
-        assert_eq!(peer.join().unwrap(), "records 0\n");
+        send_records(&mut a, &[], &[]).unwrap();
+        drop(a);
+        assert_eq!(peer.join().unwrap(), "records 0\nrecords6 0\n");
+    }
+
+    fn record6(client_port: u16) -> FlowRecord6 {
+        FlowRecord6 {
+            key: FlowKey6 {
+                client_ip: "fd00:18::2".parse().unwrap(),
+                service_ip: "fd00:18::100".parse().unwrap(),
+                client_port,
+                service_port: 80,
+                protocol: 6,
+            },
+            backend: BackendId(5),
+            daemon_ip: "fd00:19::12".parse().unwrap(),
+            daemon_port: 8080,
+            created_ns: 1_000,
+            last_seen_ns: 9_000,
+            client_next: 0xdead_beef,
+            client_ack: 0x0102_0304,
+            state: TcpState(TcpState::ESTABLISHED.0 | TcpState::FIN_CLIENT.0),
+            epoch: 4,
+        }
+    }
+
+    #[test]
+    fn an_ipv6_record_survives_the_wire_with_its_ages() {
+        let r = record6(40000);
+        let mut wire = Vec::new();
+        encode6(3, &r, 10_000, &mut wire);
+        assert_eq!(wire.len(), RECORD6_WIRE);
+        let (worker, back) = decode6(wire.as_slice().try_into().unwrap(), 50_000);
+        assert_eq!(worker, 3);
+        assert_eq!(
+            back,
+            FlowRecord6 {
+                created_ns: 41_000,
+                last_seen_ns: 49_000,
+                backend: BackendId(0),
+                epoch: 0,
+                ..r
+            }
+        );
+        let (_, young) = decode6(wire.as_slice().try_into().unwrap(), 5_000);
+        assert_eq!((young.created_ns, young.last_seen_ns), (0, 4_000));
+    }
+
+    fn both_sections(v4: usize, v6: usize) -> Vec<u8> {
+        let (mut records, mut records6) = (Vec::new(), Vec::new());
+        let r4 = FlowRecord {
+            key: FlowKey {
+                client_ip: Ipv4Addr::new(198, 18, 0, 2),
+                service_ip: Ipv4Addr::new(198, 18, 0, 100),
+                client_port: 0,
+                service_port: 80,
+                protocol: 6,
+            },
+            backend: BackendId(0),
+            daemon: "198.19.0.12:8080".parse().unwrap(),
+            created_ns: 0,
+            last_seen_ns: 0,
+            client_next: 1,
+            client_ack: 2,
+            state: TcpState::ESTABLISHED,
+            epoch: 0,
+        };
+        for i in 0..v4 {
+            let mut r = r4;
+            r.key.client_port = 1000 + i as u16;
+            encode(0, &r, 0, &mut records);
+        }
+        for i in 0..v6 {
+            encode6(1, &record6(2000 + i as u16), 10_000, &mut records6);
+        }
+        let mut out = format!("records {v4}\n").into_bytes();
+        out.extend_from_slice(&records);
+        out.extend_from_slice(format!("records6 {v6}\n").as_bytes());
+        out.extend_from_slice(&records6);
+        out
+    }
+
+    #[test]
+    fn both_sections_are_read_and_an_older_peers_stream_has_no_ipv6_one() {
+        let wire = both_sections(2, 3);
+        let handed = read_records(&mut wire.as_slice(), || 20_000).unwrap();
+        assert_eq!(handed.records.len(), 2);
+        let ports: Vec<u16> = handed
+            .records6
+            .iter()
+            .map(|(_, r)| r.key.client_port)
+            .collect();
+        assert_eq!(ports, [2000, 2001, 2002]);
+        assert!(handed.records6.iter().all(|(w, r)| *w == 1
+            && r.daemon() == "[fd00:19::12]:8080".parse().unwrap()
+            && r.created_ns == 11_000));
+        // An older process: the IPv4 section, then the end of the stream.
+        let old = both_sections(2, 0);
+        let cut = old.len() - "records6 0\n".len();
+        let handed = read_records(&mut &old[..cut], || 0).unwrap();
+        assert_eq!((handed.records.len(), handed.records6.len()), (2, 0));
+        // Sent over a socket as A sends them.
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let reader = std::thread::spawn(move || read_records(&mut BufReader::new(b), || 0));
+        let mut r6 = Vec::new();
+        encode6(0, &record6(7), 0, &mut r6);
+        send_records(&mut a, &[], &r6).unwrap();
+        drop(a);
+        let handed = reader.join().unwrap().unwrap();
+        assert_eq!((handed.records.len(), handed.records6.len()), (0, 1));
+    }
+
+    #[test]
+    fn a_malformed_stream_is_an_error_not_a_panic() {
+        let whole = both_sections(1, 2);
+        let v4_end = "records 1\n".len() + RECORD_WIRE;
+        let bad: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", Vec::new()),
+            ("ipv4 records cut short", whole[..v4_end - 1].to_vec()),
+            ("ipv6 records cut short", whole[..whole.len() - 1].to_vec()),
+            ("ipv6 line cut short", whole[..v4_end + 3].to_vec()),
+            ("no count", b"records\n".to_vec()),
+            ("a count that is not a number", b"records -1\n".to_vec()),
+            (
+                "a count past any memory",
+                format!("records {}\n", u64::MAX).into_bytes(),
+            ),
+            (
+                "an ipv6 count past any memory",
+                [
+                    &whole[..v4_end],
+                    format!("records6 {}\n", u64::MAX / 2).as_bytes(),
+                ]
+                .concat(),
+            ),
+            ("sections swapped", b"records6 0\nrecords 0\n".to_vec()),
+            (
+                "another line after the ipv4 section",
+                [&whole[..v4_end], b"links 3\n".as_slice()].concat(),
+            ),
+            ("not utf-8", vec![0xff, 0xfe, b'\n']),
+        ];
+        for (what, wire) in bad {
+            assert!(
+                read_records(&mut wire.as_slice(), || 0).is_err(),
+                "{what}: read as records"
+            );
+        }
     }
 }
