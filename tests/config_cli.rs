@@ -403,8 +403,8 @@ fn backend_in_two_services() {
     assert!(matches!(e, ConfigError::BackendInTwoServices { .. }));
     assert_eq!(
         msg,
-        "backend 198.19.0.11:8080 is listed in services 198.18.0.100:80 (tcp) and \
-         198.18.0.101:80 (tcp); a daemon ADDR:PORT serves one service, whatever its protocol"
+        "backend 198.19.0.11:8080 (tcp) is listed in services 198.18.0.100:80 and \
+         198.18.0.101:80; a daemon ADDR:PORT serves one service of each protocol"
     );
 }
 
