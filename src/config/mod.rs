@@ -575,6 +575,19 @@ impl Config {
         self.daemons().map(named).chain(self.daemons6().map(named))
     }
 
+    /// Every daemon of both families in the order of
+    /// [`all_daemons`](Self::all_daemons), as the control side keys one: its
+    /// address and its service's protocol (an ADDR:PORT may serve a TCP and a
+    /// UDP service), with its weight.
+    pub fn all_daemon_keys(&self) -> impl Iterator<Item = ((SocketAddr, Protocol), u32)> + '_ {
+        fn keys<A: Into<SocketAddr> + Copy>(
+            s: &ServiceConfig<A>,
+        ) -> impl Iterator<Item = ((SocketAddr, Protocol), u32)> + '_ {
+            (s.backends.iter()).map(move |b| ((b.addr.into(), s.protocol), b.weight))
+        }
+        (self.services.iter().flat_map(keys)).chain(self.services6.iter().flat_map(keys))
+    }
+
     /// Checks every rule documented on the fields. The constructors call this; call
     /// it again after changing a `Config` by hand.
     pub fn validate(&self) -> Result<(), ConfigError> {
