@@ -120,11 +120,12 @@ pub struct Dataplane {
     pub back_mac: [u8; 6],
     /// The owning worker, reported with each new connection.
     pub worker: WorkerId,
-    /// Every daemon's id, by address: how a record of an earlier epoch finds its
-    /// daemon's id in this plane.
-    pub ids: AHashMap<SocketAddrV4, BackendId>,
+    /// Every daemon's id, by address and IP protocol number (one ADDR:PORT may
+    /// serve a TCP and a UDP service: two daemons): how a record of an earlier
+    /// epoch finds its daemon's id in this plane, by its key's protocol.
+    pub ids: AHashMap<(SocketAddrV4, u8), BackendId>,
     /// [`ids`](Self::ids) of the IPv6 daemons (flow label and scope 0).
-    pub ids6: AHashMap<SocketAddrV6, BackendId>,
+    pub ids6: AHashMap<(SocketAddrV6, u8), BackendId>,
     /// Per [`BackendId`]: records made before this time are gone (the daemon
     /// failed and its connections were reset).
     pub reset_before: Vec<u64>,
@@ -345,17 +346,25 @@ impl Dataplane {
             backend_owner.len(),
             next_hops.len()
         );
-        let ids = daemons_of(services)
-            .map(|(id, _, b)| (b.addr, id))
-            .chain(retired4.iter().map(|&(id, d, ..)| (d, id)))
+        let ids = (services.iter())
+            .flat_map(|s| {
+                s.backends
+                    .iter()
+                    .map(move |b| (b.addr, s.protocol.number()))
+            })
+            .zip(daemons_of(services))
+            .map(|(key, (id, ..))| (key, id))
+            .chain(retired4.iter().map(|&(id, d, _, p)| ((d, p.number()), id)))
             .collect();
         let ids6 = (slots6.iter())
             .zip(&bare)
             .flat_map(|(slot, s)| {
-                (s.backends.iter().enumerate())
-                    .map(|(local, b)| (b.addr, slot.backend(PoolIndex(local as u16))))
+                (s.backends.iter().enumerate()).map(|(local, b)| {
+                    let id = slot.backend(PoolIndex(local as u16));
+                    ((b.addr, s.protocol.number()), id)
+                })
             })
-            .chain(retired6.iter().map(|&(id, d, ..)| (d, id)))
+            .chain(retired6.iter().map(|&(id, d, _, p)| ((d, p.number()), id)))
             .collect();
         Ok(Self {
             services: slots,
@@ -424,34 +433,36 @@ impl Dataplane {
         }
     }
 
-    /// The id of a daemon of either family in this plane.
-    fn id_of(&self, addr: SocketAddr) -> Option<BackendId> {
+    /// The id of a daemon of either family in this plane, by its address and
+    /// its service's IP protocol number.
+    fn id_of(&self, addr: SocketAddr, protocol: u8) -> Option<BackendId> {
         match addr {
-            SocketAddr::V4(a) => self.ids.get(&a).copied(),
-            SocketAddr::V6(a) => self.ids6.get(&bare6(a)).copied(),
+            SocketAddr::V4(a) => self.ids.get(&(a, protocol)).copied(),
+            SocketAddr::V6(a) => self.ids6.get(&(bare6(a), protocol)).copied(),
         }
     }
 
-    /// Every daemon of the plane's pools, by address, with its id, state and
-    /// connection count: what a reload carries over.
-    fn daemons(&self) -> impl Iterator<Item = (SocketAddr, BackendState, u32)> + '_ {
-        fn each<A: DaemonAddr>(
-            slots: &[ServiceSlot<A>],
-        ) -> impl Iterator<Item = (SocketAddr, BackendState, u32)> + '_ {
-            slots.iter().flat_map(|slot| {
-                (0..slot.pool.len()).map(|l| {
-                    let local = PoolIndex(l as u16);
-                    let p = &slot.pool;
-                    (p.addr(local).into(), p.state(local), p.active(local))
-                })
-            })
-        }
-        each(&self.services).chain(each(&self.services6))
+    /// Every daemon of the plane, by address and IP protocol number, with its
+    /// state and connection count: what a reload carries over.
+    fn daemons(&self) -> impl Iterator<Item = (SocketAddr, u8, BackendState, u32)> + '_ {
+        let v4 = (self.ids.iter()).map(|(&(a, p), &id)| (SocketAddr::V4(a), p, id));
+        let v6 = (self.ids6.iter()).map(|(&(a, p), &id)| (SocketAddr::V6(a), p, id));
+        v4.chain(v6).filter_map(|(addr, protocol, id)| {
+            let &Owner { v6, service, local } = self.backend_owner.get(id.index())?;
+            let (state, active) = if v6 {
+                let p = &self.services6[service.index()].pool;
+                (p.state(local), p.active(local))
+            } else {
+                let p = &self.services[service.index()].pool;
+                (p.state(local), p.active(local))
+            };
+            Some((addr, protocol, state, active))
+        })
     }
 
     /// [`adopt`](Self::adopt) for an IPv6 record.
     pub fn adopt6(&mut self, record: &mut FlowRecord6) -> bool {
-        let Some(&id) = self.ids6.get(&record.daemon()) else {
+        let Some(&id) = self.ids6.get(&(record.daemon(), record.key.protocol)) else {
             return false;
         };
         record.backend = id;
@@ -468,7 +479,7 @@ impl Dataplane {
 
     #[cold]
     fn refresh6(&self, record: &mut FlowRecord6) -> bool {
-        match self.ids6.get(&record.daemon()) {
+        match self.ids6.get(&(record.daemon(), record.key.protocol)) {
             Some(&id) if record.created_ns >= self.reset_before[id.index()] => {
                 record.backend = id;
                 record.epoch = self.epoch;
@@ -482,7 +493,7 @@ impl Dataplane {
     /// plane's id for its daemon, by address, and counts it as one of that
     /// daemon's connections. False if the daemon is not in this plane.
     pub fn adopt(&mut self, record: &mut FlowRecord) -> bool {
-        let Some(&id) = self.ids.get(&record.daemon) else {
+        let Some(&id) = self.ids.get(&(record.daemon, record.key.protocol)) else {
             return false;
         };
         record.backend = id;
@@ -503,7 +514,7 @@ impl Dataplane {
 
     #[cold]
     fn refresh(&self, record: &mut FlowRecord) -> bool {
-        match self.ids.get(&record.daemon) {
+        match self.ids.get(&(record.daemon, record.key.protocol)) {
             Some(&id) if record.created_ns >= self.reset_before[id.index()] => {
                 record.backend = id;
                 record.epoch = self.epoch;
@@ -529,11 +540,11 @@ impl Dataplane {
     /// address when next met. O(daemons): the records are left to the packet
     /// path and the worker's sweep.
     pub fn take_over(&mut self, old: &Dataplane) {
-        for (addr, state, active) in old.daemons() {
-            let Some(id) = self.id_of(addr) else {
+        for (addr, protocol, state, active) in old.daemons() {
+            let Some(id) = self.id_of(addr, protocol) else {
                 continue;
             };
-            let old_id = old.id_of(addr);
+            let old_id = old.id_of(addr, protocol);
             // A retired daemon's state is not its own choice (it is
             // draining because it was removed): it is not carried either way.
             let old_retired = old_id.is_some_and(|o| o.index() >= old.first_retired);
@@ -1789,6 +1800,66 @@ mod tests {
         let hops: Arc<[NextHop]> = tcp.iter().chain(udp).map(|_| NextHop::default()).collect();
         hops.iter().for_each(|h| h.set(Some([6; 6])));
         Dataplane::build(WorkerId(0), &services, &[], &[], hops, [8; 6]).expect("valid services")
+    }
+
+    /// One daemon ADDR:PORT behind the TCP and the UDP service is two daemons:
+    /// after a reload each record finds its own by its key's protocol, and each
+    /// keeps its own state and connection count.
+    #[test]
+    fn a_daemon_of_a_tcp_and_a_udp_service_is_two_daemons_across_a_reload() {
+        let d = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 53);
+        let x = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 12), 53);
+        let mut old = tcp_and_udp_plane(&[d], &[d]);
+        let record = |protocol: L4Proto, backend| FlowRecord {
+            key: FlowKey::new(CLIENT, VIP, protocol.number()),
+            backend,
+            daemon: d,
+            created_ns: 1,
+            last_seen_ns: 1,
+            client_next: 0,
+            client_ack: 0,
+            state: TcpState::default(),
+            epoch: 0,
+        };
+        let (tcp_old, udp_old) = (BackendId(0), BackendId(1));
+        assert_eq!(old.ids.get(&(d, L4Proto::Tcp.number())), Some(&tcp_old));
+        assert_eq!(old.ids.get(&(d, L4Proto::Udp.number())), Some(&udp_old));
+        old.set_backend_state(udp_old, BackendState::Draining);
+        old.connection_opened(tcp_old);
+        old.connection_opened(tcp_old);
+        old.connection_opened(udp_old);
+
+        // A new TCP daemon ahead of both moves their ids on by one.
+        let mut new = tcp_and_udp_plane(&[x, d], &[d]);
+        new.take_over(&old);
+        let (tcp_new, udp_new) = (BackendId(1), BackendId(2));
+        let mut tcp = record(L4Proto::Tcp, tcp_old);
+        let mut udp = record(L4Proto::Udp, udp_old);
+        assert!(new.current(&mut tcp) && new.current(&mut udp));
+        assert_eq!((tcp.backend, udp.backend), (tcp_new, udp_new));
+        let tcp_pool = &new.services[0].pool;
+        let udp_pool = &new.services[1].pool;
+        assert_eq!(tcp_pool.state(PoolIndex(1)), BackendState::Up);
+        assert_eq!(udp_pool.state(PoolIndex(0)), BackendState::Draining);
+        assert_eq!(tcp_pool.active(PoolIndex(1)), 2);
+        assert_eq!(udp_pool.active(PoolIndex(0)), 1);
+
+        // Without its UDP service, the daemon's UDP records are gone, its TCP
+        // ones stand.
+        let tcp_only = [ServiceConfig {
+            address: VIP,
+            protocol: Protocol::Tcp,
+            policy: PolicyKind::RoundRobin,
+            backends: vec![BackendSpec { addr: d, weight: 1 }],
+            health: Default::default(),
+        }];
+        let hop: Arc<[NextHop]> = Arc::new([NextHop::default()]);
+        hop[0].set(Some([6; 6]));
+        let mut last = Dataplane::build(WorkerId(0), &tcp_only, &[], &[], hop, [8; 6]).unwrap();
+        last.take_over(&new);
+        assert!(last.current(&mut tcp));
+        assert_eq!(tcp.backend, BackendId(0));
+        assert!(!last.current(&mut udp));
     }
 
     fn datagram(from: SocketAddrV4, to: SocketAddrV4, summed: bool) -> Vec<u8> {

@@ -132,19 +132,22 @@ enum CtlVerb {
     /// Give a daemon no new connections; its open ones finish. Kept across
     /// reloads (and restarts with a state_file) until undrained.
     Drain {
-        /// The daemon (ADDR:PORT; [ADDR]:PORT for IPv6).
+        /// The daemon (ADDR:PORT; [ADDR]:PORT for IPv6): every daemon at that
+        /// ADDR:PORT, the TCP and the UDP service's if it serves both.
         daemon: SocketAddr,
     },
     /// Give a drained daemon new connections again.
     Undrain {
-        /// The daemon (ADDR:PORT; [ADDR]:PORT for IPv6).
+        /// The daemon (ADDR:PORT; [ADDR]:PORT for IPv6): every daemon at that
+        /// ADDR:PORT, the TCP and the UDP service's if it serves both.
         daemon: SocketAddr,
     },
     /// Set a daemon's weight (its share of new connections under the weighted
     /// policies) over the config's, across reloads (and restarts with a
     /// state_file) until --reset; 0 drains it, and a weight above 0 undrains it.
     Weight {
-        /// The daemon (ADDR:PORT; [ADDR]:PORT for IPv6).
+        /// The daemon (ADDR:PORT; [ADDR]:PORT for IPv6): every daemon at that
+        /// ADDR:PORT, the TCP and the UDP service's if it serves both.
         daemon: SocketAddr,
         /// The new weight.
         #[arg(required_unless_present = "reset")]

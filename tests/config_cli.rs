@@ -389,6 +389,42 @@ fn duplicate_backend_in_service() {
     );
 }
 
+/// `[[service]]` with `protocol = "udp"`.
+fn udp_svc(address: &str, backends: &str) -> String {
+    format!("[[service]]\naddress = \"{address}\"\nprotocol = \"udp\"\nbackends = {backends}\n")
+}
+
+#[test]
+fn a_backend_serves_a_tcp_and_a_udp_service() {
+    // A DNS server on 53 over both, IPv4 and IPv6.
+    let text = format!(
+        "{HEAD}{}{}{}{}",
+        svc("198.18.0.100:53", r#"["198.19.0.11:53"]"#),
+        udp_svc("198.18.0.100:53", r#"["198.19.0.11:53"]"#),
+        svc("[2001:2:0:1::100]:53", r#"["[2001:2:0:2::11]:53"]"#),
+        udp_svc("[2001:2:0:1::100]:53", r#"["[2001:2:0:2::11]:53"]"#),
+    );
+    let c = Config::from_toml_str(&text).expect("one service of each protocol");
+    assert_eq!((c.services.len(), c.services6.len()), (2, 2));
+}
+
+#[test]
+fn backend_in_two_udp_services() {
+    let text = format!(
+        "{HEAD}{}{}{}",
+        udp_svc("198.18.0.100:53", r#"["198.19.0.11:53"]"#),
+        svc("198.18.0.101:53", r#"["198.19.0.11:53"]"#),
+        udp_svc("198.18.0.101:53", r#"["198.19.0.11:53"]"#),
+    );
+    let (e, msg) = parse_err(&text);
+    assert!(matches!(e, ConfigError::BackendInTwoServices { .. }));
+    assert_eq!(
+        msg,
+        "backend 198.19.0.11:53 (udp) is listed in services 198.18.0.100:53 and \
+         198.18.0.101:53; a daemon ADDR:PORT serves one service of each protocol"
+    );
+}
+
 #[test]
 fn backend_in_two_services() {
     let text = format!(
@@ -403,8 +439,8 @@ fn backend_in_two_services() {
     assert!(matches!(e, ConfigError::BackendInTwoServices { .. }));
     assert_eq!(
         msg,
-        "backend 198.19.0.11:8080 is listed in services 198.18.0.100:80 (tcp) and \
-         198.18.0.101:80 (tcp); a daemon ADDR:PORT serves one service, whatever its protocol"
+        "backend 198.19.0.11:8080 (tcp) is listed in services 198.18.0.100:80 and \
+         198.18.0.101:80; a daemon ADDR:PORT serves one service of each protocol"
     );
 }
 

@@ -498,3 +498,218 @@ fn tracked_replies_carry_udp_flows_too() {
     assert_eq!(sum_of(&stats, "tracked_failed"), 0, "{stats}");
     still_running(&mut lb);
 }
+
+/// The value of the sample `name{labels}` on the /metrics page from `port`.
+fn metric(topo: &Topology, port: u16, name: &str, labels: &str) -> u64 {
+    let get = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{port}; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"
+    );
+    let out = topo.run(&topo.dispatcher(), "bash", &["-c", &get]);
+    let page = String::from_utf8_lossy(&out.stdout).into_owned();
+    let sample = format!("{name}{{{labels}}} ");
+    let found: Vec<u64> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix(&sample))
+        .map(|v| v.trim().parse().expect("an integer sample"))
+        .collect();
+    assert_eq!(found.len(), 1, "{sample}: {found:?} in\n{page}");
+    found[0]
+}
+
+/// `ctl backends --json` as (daemon, protocol) -> row.
+fn backend_rows(topo: &Topology) -> BTreeMap<(String, String), Value> {
+    let json: Value =
+        serde_json::from_str(&topo.ctl(&["backends", "--json"])).expect("backends JSON");
+    json.as_array()
+        .expect("a list")
+        .iter()
+        .map(|b| {
+            let daemon = b["daemon"].as_str().expect("daemon").to_owned();
+            let protocol = b["protocol"].as_str().expect("protocol").to_owned();
+            ((daemon, protocol), b.clone())
+        })
+        .collect()
+}
+
+/// A DNS-like server answering TCP and UDP on one ADDR:PORT, behind a TCP
+/// and a UDP service on one VIP:port: two daemons per ADDR:PORT, each with
+/// its own flows, counts and rows; a drain of the ADDR:PORT stops new flows of
+/// both; a reload keeps the open flows of both.
+#[test]
+fn one_daemon_addr_port_serves_a_tcp_and_a_udp_service() {
+    let port = 9153;
+    let topo = Topology::up(DISPATCHD, "dudual", 2, 1);
+    let daemons = ["198.19.0.11:8080", "198.19.0.12:8080"];
+    let _tcp = topo.serve(2);
+    let mut cmd = topo.cmd(&topo.daemons(), &topo.programs().testkit);
+    cmd.arg("udp-serve");
+    for d in daemons {
+        cmd.args(["--listen", d]);
+    }
+    let _udp = Proc::start(cmd, "serving udp", Duration::from_secs(5)).expect("UDP servers");
+    let file = std::env::temp_dir().join(format!("dispatchd-{}.toml", topo.prefix));
+    let list = format!("[\"{}\", \"{}\"]", daemons[0], daemons[1]);
+    let write = |udp_idle_ms: u64| {
+        let body = format!(
+            "front = \"l0\"\nback = \"l1\"\nmetrics_listen = \"127.0.0.1:{port}\"\n\
+             [timeouts]\nudp_idle_ms = {udp_idle_ms}\n\
+             [[service]]\naddress = \"{VIP}\"\nbackends = {list}\n\
+             [[service]]\naddress = \"{VIP}\"\nprotocol = \"udp\"\nbackends = {list}\n"
+        );
+        std::fs::write(&file, body).expect("writing the config");
+    };
+    write(60_000);
+    let mut lb = topo.dispatchd(&["--config", file.to_str().expect("a UTF-8 path")]);
+    wait_all_up(&topo);
+    assert_eq!(backend_rows(&topo).len(), 4, "two daemons per ADDR:PORT");
+
+    // Both services carry traffic, spread over both daemons.
+    let out = topo.client_run(&["connect", "--to", VIP, "--connections", "40"]);
+    assert!(out.status.success(), "TCP:\n{}", text(&out));
+    let tcp = dispatchd_testkit::per_daemon(&String::from_utf8_lossy(&out.stdout));
+    let even: Vec<(String, usize)> = daemons.iter().map(|d| (d.to_string(), 20)).collect();
+    assert_eq!(tcp, even, "TCP over both daemons");
+    let q = query(&topo, VIP, &["--clients", "30", "--count", "2"]);
+    assert_eq!((q.ok, q.lost, q.switched), (60, 0, 0), "{}", q.raw);
+    let udp: Vec<(String, usize)> = q
+        .per_daemon
+        .iter()
+        .map(|(d, (f, _))| (d.clone(), *f))
+        .collect();
+    let even15: Vec<(String, usize)> = daemons.iter().map(|d| (d.to_string(), 15)).collect();
+    assert_eq!(udp, even15, "UDP over both daemons");
+
+    // One row per service and daemon, each with its own protocol's counts.
+    let rows = backend_rows(&topo);
+    for d in daemons {
+        let (t, u) = (
+            &rows[&(d.to_owned(), "tcp".to_owned())],
+            &rows[&(d.to_owned(), "udp".to_owned())],
+        );
+        assert_eq!(t["service"], VIP, "{t}");
+        assert_eq!(u["service"], VIP, "{u}");
+        // The 15 UDP flows of the daemon are live (idle timeout 60 s); its
+        // TCP connections are closed: none is active.
+        assert_eq!(
+            (u["active"].as_u64(), u["inactive"].as_u64()),
+            (Some(15), Some(0)),
+            "{u}"
+        );
+        assert_eq!(t["active"].as_u64(), Some(0), "{t}");
+        assert!(t["inactive"].as_u64().expect("inactive") <= 20, "{t}");
+        let new = |service: &str| {
+            metric(
+                &topo,
+                port,
+                "dispatchd_backend_new_connections_total",
+                &format!("service=\"{service}\",backend=\"{d}\""),
+            )
+        };
+        assert_eq!((new(VIP), new(&format!("{VIP}/udp"))), (20, 15), "{d}");
+        let packets = |service: &str| {
+            metric(
+                &topo,
+                port,
+                "dispatchd_backend_packets_total",
+                &format!("service=\"{service}\",backend=\"{d}\",direction=\"to_backend\""),
+            )
+        };
+        // Two datagrams per UDP flow; a TCP connection is several segments.
+        assert_eq!(packets(&format!("{VIP}/udp")), 30, "{d}");
+        assert!(packets(VIP) >= 20 * 4, "{d}");
+    }
+
+    // Long flows of both protocols, one on each daemon, across a reload that
+    // reorders the services (the daemons' ids change).
+    let holds: Vec<Proc> = (0..2)
+        .map(|_| {
+            topo.client_start(
+                &["hold", "--to", VIP, "--seconds", "5", "--interval-ms", "50"],
+                "opened",
+            )
+        })
+        .collect();
+    let long_udp = std::thread::scope(|s| {
+        let long = s.spawn(|| {
+            query(
+                &topo,
+                VIP,
+                &[
+                    "--clients",
+                    "2",
+                    "--count",
+                    "40",
+                    "--interval-ms",
+                    "100",
+                    "--src-port",
+                    "41000",
+                ],
+            )
+        });
+        std::thread::sleep(Duration::from_millis(1000));
+        let body = format!(
+            "front = \"l0\"\nback = \"l1\"\nmetrics_listen = \"127.0.0.1:{port}\"\n\
+             [timeouts]\nudp_idle_ms = 60000\n\
+             [[service]]\naddress = \"{VIP}\"\nprotocol = \"udp\"\nbackends = [\"{}\", \"{}\"]\n\
+             [[service]]\naddress = \"{VIP}\"\nbackends = [\"{}\", \"{}\"]\n",
+            daemons[1], daemons[0], daemons[1], daemons[0]
+        );
+        std::fs::write(&file, body).expect("writing the config");
+        lb.signal("HUP");
+        wait_until(Duration::from_secs(5), "reload applied", || {
+            lb.output().contains("SIGHUP: reloaded")
+        });
+        long.join().expect("the long UDP flows")
+    });
+    assert_eq!(
+        (long_udp.ok, long_udp.lost, long_udp.switched),
+        (80, 0, 0),
+        "{}",
+        long_udp.raw
+    );
+    assert_eq!(
+        long_udp.per_daemon.len(),
+        2,
+        "one long flow per daemon: {}",
+        long_udp.raw
+    );
+    for (i, mut hold) in holds.into_iter().enumerate() {
+        assert!(
+            hold.wait(Duration::from_secs(15)).success(),
+            "TCP connection {i} broke across the reload:\n{}",
+            hold.output()
+        );
+    }
+
+    // Draining the ADDR:PORT stops new flows of both protocols there.
+    let reply = topo.ctl(&["drain", daemons[0]]);
+    assert!(reply.starts_with("ok"), "{reply}");
+    let rows = backend_rows(&topo);
+    for protocol in ["tcp", "udp"] {
+        let row = &rows[&(daemons[0].to_owned(), protocol.to_owned())];
+        assert_eq!(row["state"], "draining", "{row}");
+        let other = &rows[&(daemons[1].to_owned(), protocol.to_owned())];
+        assert_eq!(other["state"], "up", "{other}");
+    }
+    let out = topo.client_run(&["connect", "--to", VIP, "--connections", "20"]);
+    assert!(out.status.success(), "TCP:\n{}", text(&out));
+    let tcp = dispatchd_testkit::per_daemon(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        tcp,
+        [(daemons[1].to_owned(), 20)],
+        "no new TCP connection to the drained"
+    );
+    let q = query(&topo, VIP, &["--clients", "20", "--count", "1"]);
+    assert_eq!((q.ok, q.lost), (20, 0), "{}", q.raw);
+    let udp: Vec<(String, usize)> = q
+        .per_daemon
+        .iter()
+        .map(|(d, (f, _))| (d.clone(), *f))
+        .collect();
+    assert_eq!(
+        udp,
+        [(daemons[1].to_owned(), 20)],
+        "no new UDP flow to the drained"
+    );
+    still_running(&mut lb);
+}

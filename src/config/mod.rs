@@ -381,15 +381,14 @@ pub enum ConfigError {
         backend: SocketAddr,
     },
     #[error(
-        "backend {backend} is listed in services {first} ({first_protocol}) and {second} \
-         ({second_protocol}); a daemon ADDR:PORT serves one service, whatever its protocol"
+        "backend {backend} ({protocol}) is listed in services {first} and {second}; \
+         a daemon ADDR:PORT serves one service of each protocol"
     )]
     BackendInTwoServices {
         backend: SocketAddr,
+        protocol: Protocol,
         first: SocketAddr,
-        first_protocol: Protocol,
         second: SocketAddr,
-        second_protocol: Protocol,
     },
     #[error("backend {backend} of service {service} has weight 0; weights must be >= 1")]
     ZeroWeight {
@@ -576,6 +575,19 @@ impl Config {
         self.daemons().map(named).chain(self.daemons6().map(named))
     }
 
+    /// Every daemon of both families in the order of
+    /// [`all_daemons`](Self::all_daemons), as the control side keys one: its
+    /// address and its service's protocol (an ADDR:PORT may serve a TCP and a
+    /// UDP service), with its weight.
+    pub fn all_daemon_keys(&self) -> impl Iterator<Item = ((SocketAddr, Protocol), u32)> + '_ {
+        fn keys<A: Into<SocketAddr> + Copy>(
+            s: &ServiceConfig<A>,
+        ) -> impl Iterator<Item = ((SocketAddr, Protocol), u32)> + '_ {
+            (s.backends.iter()).map(move |b| ((b.addr.into(), s.protocol), b.weight))
+        }
+        (self.services.iter().flat_map(keys)).chain(self.services6.iter().flat_map(keys))
+    }
+
     /// Checks every rule documented on the fields. The constructors call this; call
     /// it again after changing a `Config` by hand.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -680,10 +692,10 @@ fn validate_family<A: FamilyAddr>(services: &[ServiceConfig<A>]) -> Result<(), C
         }
         s.health.validate(s.address.into())?;
     }
-    // backend address -> the service that first listed it
-    // A daemon is one across protocols: ctl, the state file, metrics and the
-    // records name it by ADDR:PORT alone.
-    let mut owner: HashMap<A, (A, Protocol)> = HashMap::new();
+    // (backend address, protocol) -> the service that first listed it: one
+    // ADDR:PORT may answer a TCP and a UDP service (a DNS server on 53), two
+    // daemons that the records, ids and trackers tell apart by protocol.
+    let mut owner: HashMap<(A, Protocol), A> = HashMap::new();
     for s in services {
         let service: SocketAddr = s.address.into();
         if s.backends.is_empty() {
@@ -704,18 +716,17 @@ fn validate_family<A: FamilyAddr>(services: &[ServiceConfig<A>]) -> Result<(), C
             if vips.contains(&(b.addr, Protocol::Tcp)) || vips.contains(&(b.addr, Protocol::Udp)) {
                 return Err(ConfigError::BackendIsService { service, backend });
             }
-            match owner.insert(b.addr, (s.address, s.protocol)) {
+            match owner.insert((b.addr, s.protocol), s.address) {
                 None => {}
-                Some(first) if first == (s.address, s.protocol) => {
+                Some(first) if first == s.address => {
                     return Err(ConfigError::DuplicateBackend { service, backend })
                 }
-                Some((first, first_protocol)) => {
+                Some(first) => {
                     return Err(ConfigError::BackendInTwoServices {
                         backend,
+                        protocol: s.protocol,
                         first: first.into(),
-                        first_protocol,
                         second: service,
-                        second_protocol: s.protocol,
                     })
                 }
             }

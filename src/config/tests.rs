@@ -470,8 +470,8 @@ fn service_rules() {
     assert!(matches!(e, ConfigError::BackendInTwoServices { .. }));
     assert_eq!(
         e.to_string(),
-        "backend 198.19.0.11:8080 is listed in services 198.18.0.100:80 (tcp) and \
-         198.18.0.101:80 (tcp); a daemon ADDR:PORT serves one service, whatever its protocol"
+        "backend 198.19.0.11:8080 (tcp) is listed in services 198.18.0.100:80 and \
+         198.18.0.101:80; a daemon ADDR:PORT serves one service of each protocol"
     );
 
     let mut c = base();
@@ -807,18 +807,33 @@ fn a_vip_port_may_have_one_tcp_and_one_udp_service() {
 }
 
 #[test]
-fn a_daemon_serves_one_service_whatever_the_protocol() {
+fn a_daemon_serves_a_tcp_and_a_udp_service() {
+    // One ADDR:PORT behind a TCP and a UDP service on one VIP:port (a DNS server).
     let mut c = base();
     c.services[1] = ServiceConfig {
         protocol: Protocol::Udp,
         ..c.services[0].clone()
     };
+    c.validate().expect("one daemon per protocol");
+    // ... and on two VIPs.
+    let mut c = base();
+    c.services[1].protocol = Protocol::Udp;
+    c.services[1].backends.push(b("198.19.0.11:8080"));
+    c.validate().expect("one daemon per protocol");
+}
+
+#[test]
+fn a_daemon_serves_one_service_of_each_protocol() {
+    let mut c = base();
+    c.services[0].protocol = Protocol::Udp;
+    c.services[1].protocol = Protocol::Udp;
+    c.services[1].backends.push(b("198.19.0.11:8080"));
     let e = err(c);
     assert!(matches!(e, ConfigError::BackendInTwoServices { .. }), "{e}");
     assert_eq!(
         e.to_string(),
-        "backend 198.19.0.11:8080 is listed in services 198.18.0.100:80 (tcp) and \
-         198.18.0.100:80 (udp); a daemon ADDR:PORT serves one service, whatever its protocol"
+        "backend 198.19.0.11:8080 (udp) is listed in services 198.18.0.100:80 and \
+         198.18.0.101:80; a daemon ADDR:PORT serves one service of each protocol"
     );
 }
 
@@ -929,10 +944,23 @@ fn ipv6_duplicates_are_refused_per_protocol_as_for_ipv4() {
         "service [2001:2:0:1::100]:80 (tcp) is listed twice"
     );
 
+    // One daemon ADDR:PORT behind the TCP and the UDP service.
     let mut shared = c.clone();
     shared.services6[1].backends = vec![b6("[2001:2:0:2::11]:8080")];
-    let e = err(shared);
+    shared.validate().expect("one daemon per protocol");
+
+    // ... but not behind two UDP services.
+    let mut udp2 = shared.clone();
+    let mut other = udp2.services6[1].clone();
+    other.address = "[2001:2:0:1::101]:80".parse().unwrap();
+    udp2.services6.push(other);
+    let e = err(udp2);
     assert!(matches!(e, ConfigError::BackendInTwoServices { .. }), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "backend [2001:2:0:2::11]:8080 (udp) is listed in services [2001:2:0:1::100]:80 and \
+         [2001:2:0:1::101]:80; a daemon ADDR:PORT serves one service of each protocol"
+    );
 
     let mut dup = c.clone();
     dup.services6[0].backends.push(b6("[2001:2:0:2::11]:8080"));

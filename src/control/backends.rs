@@ -120,7 +120,7 @@ impl Backends {
             .chain(retired)
             .enumerate()
             .map(|(i, (addr, service, protocol, check, retired))| {
-                let previous = old.find(addr).map(|i| &old.list[i.index()]);
+                let previous = old.find(addr, protocol).map(|i| &old.list[i.index()]);
                 let probed = !retired && protocol == Protocol::Tcp;
                 let health = match previous {
                     // Not probed: whatever its TCP service's probes said is gone.
@@ -193,13 +193,23 @@ impl Backends {
         })
     }
 
-    /// The id of the daemon at `addr`.
-    pub fn find(&self, addr: impl Into<SocketAddr>) -> Option<BackendId> {
+    /// The id of the daemon at `addr` of a service of `protocol` (one
+    /// ADDR:PORT may serve a TCP and a UDP service: two daemons).
+    pub fn find(&self, addr: impl Into<SocketAddr>, protocol: Protocol) -> Option<BackendId> {
         let addr = addr.into();
         self.list
             .iter()
-            .position(|b| b.addr == addr)
+            .position(|b| b.addr == addr && b.protocol == protocol)
             .map(|i| BackendId(i as u16))
+    }
+
+    /// The ids of every daemon at `addr`, whatever its service's protocol:
+    /// what ctl and the state file name by ADDR:PORT.
+    pub fn at(&self, addr: impl Into<SocketAddr>) -> impl Iterator<Item = BackendId> + '_ {
+        let addr = addr.into();
+        (self.list.iter().enumerate())
+            .filter(move |(_, b)| b.addr == addr)
+            .map(|(i, _)| BackendId(i as u16))
     }
 
     pub fn set_draining(&mut self, id: BackendId, draining: bool) {
@@ -340,12 +350,12 @@ mod tests {
         // B and C swap places, A goes.
         let new = Backends::new(&config(&[C, B]), &[], &old, |_| true, 0);
         assert_eq!(new.generation(), gen + 1);
-        let c = new.find(addr(C)).unwrap();
-        let b = new.find(addr(B)).unwrap();
+        let c = new.find(addr(C), Protocol::Tcp).unwrap();
+        let b = new.find(addr(B), Protocol::Tcp).unwrap();
         assert_eq!((c, b), (BackendId(0), BackendId(1)));
         assert!(new.get(c).draining && new.get(c).health.health() == Health::Up);
         assert!(!new.get(b).draining && new.get(b).health.health() == Health::Down);
-        assert_eq!(new.find(addr(A)), None);
+        assert_eq!(new.find(addr(A), Protocol::Tcp), None);
     }
 
     fn parse(text: &str) -> Config {
@@ -485,9 +495,12 @@ mod tests {
              [service.health]\nkind = \"http\"\nport = 8081\n"
         ));
         let new = Backends::new(&moved, &[], &old, |_| true, 0);
-        let a = new.get(new.find(addr(A)).unwrap());
+        let a = new.get(new.find(addr(A), Protocol::Tcp).unwrap());
         assert_eq!(a.service, addr("198.18.0.101:80"));
-        assert_eq!(a.check, new.get(new.find(addr(C)).unwrap()).check);
+        assert_eq!(
+            a.check,
+            new.get(new.find(addr(C), Protocol::Tcp).unwrap()).check
+        );
         assert_eq!(a.check.port, Some(8081));
     }
 
@@ -496,7 +509,7 @@ mod tests {
     #[test]
     fn a_daemon_undrained_by_a_reload_is_told_up_again() {
         let mut old = Backends::new(&config(&[A, B]), &[], &Backends::default(), |_| true, 0);
-        let a = old.find(addr(A)).unwrap();
+        let a = old.find(addr(A), Protocol::Tcp).unwrap();
         old.set_draining(a, true);
         assert_eq!(old.news(a), Some(BackendState::Draining));
         let mut new = Backends::new(&config(&[A, B]), &[], &old, |_| true, 0);
@@ -526,7 +539,9 @@ mod tests {
         }];
         let old = Backends::new(&config(&[A, B]), &[], &Backends::default(), |_| true, 0);
         let mut new = Backends::new(&config(&[B]), &retired, &old, |_| true, 0);
-        let a = new.find(addr(A)).expect("kept while retired");
+        let a = new
+            .find(addr(A), Protocol::Tcp)
+            .expect("kept while retired");
         assert_eq!(a, BackendId(1), "after the configured daemons");
         assert!(new.get(a).retired);
         assert_eq!(new.retired().collect::<Vec<_>>(), retired);
@@ -562,7 +577,9 @@ mod tests {
             ],
             "the ids of Config::daemons, then daemons6, then the retired"
         );
-        let v6 = b.find(addr("[2001:2:0:2::11]:8080")).unwrap();
+        let v6 = b
+            .find(addr("[2001:2:0:2::11]:8080"), Protocol::Tcp)
+            .unwrap();
         assert_eq!(v6, BackendId(1));
         assert_eq!(b.get(v6).service, addr("[2001:2:0:1::100]:80"));
         assert_eq!(
@@ -572,5 +589,54 @@ mod tests {
         );
         assert_eq!(b.due_probes(0), [BackendId(0), BackendId(1)]);
         assert_eq!(b.retired().collect::<Vec<_>>(), retired);
+    }
+
+    /// One ADDR:PORT behind a TCP and a UDP service is two daemons: found by
+    /// protocol, both named by the address; only the TCP one is probed, and
+    /// its failing probes leave the UDP one up; a reload that reorders them
+    /// keeps each one's state.
+    #[test]
+    fn a_tcp_and_a_udp_daemon_at_one_address_are_two() {
+        let both = |udp_first: bool| {
+            let tcp =
+                "[[service]]\naddress = \"198.18.0.100:53\"\nbackends = [\"198.19.0.11:53\"]\n\
+                       [service.health]\nrise = 1\nfall = 1\n";
+            let udp = "[[service]]\naddress = \"198.18.0.100:53\"\nprotocol = \"udp\"\n\
+                       backends = [\"198.19.0.11:53\"]\n";
+            let (a, b) = if udp_first { (udp, tcp) } else { (tcp, udp) };
+            Config::from_toml_str(&format!("front = \"l0\"\nback = \"l1\"\n{a}{b}")).unwrap()
+        };
+        let d = addr("198.19.0.11:53");
+        let mut old = Backends::new(&both(false), &[], &Backends::default(), |_| true, 0);
+        let (tcp, udp) = (
+            old.find(d, Protocol::Tcp).unwrap(),
+            old.find(d, Protocol::Udp).unwrap(),
+        );
+        assert_eq!((tcp, udp), (BackendId(0), BackendId(1)));
+        assert_eq!(old.at(d).collect::<Vec<_>>(), [tcp, udp]);
+        assert_eq!(old.due_probes(0), [tcp], "a UDP daemon is not probed");
+        let gen = old.generation();
+        assert_eq!(old.probe_done(tcp, gen, false), Some(Health::Down));
+        assert_eq!(old.get(tcp).effective(), BackendState::Down);
+        assert_eq!(
+            old.get(udp).effective(),
+            BackendState::Up,
+            "not the TCP probe's"
+        );
+
+        let new = Backends::new(&both(true), &[], &old, |_| true, 0);
+        let (tcp, udp) = (
+            new.find(d, Protocol::Tcp).unwrap(),
+            new.find(d, Protocol::Udp).unwrap(),
+        );
+        assert_eq!((tcp, udp), (BackendId(1), BackendId(0)));
+        assert_eq!(
+            new.get(tcp).health.health(),
+            Health::Down,
+            "kept by address and protocol"
+        );
+        assert_eq!(new.get(tcp).probes.failed, 1);
+        assert_eq!(new.get(udp).health.health(), Health::Up);
+        assert_eq!(new.get(udp).probes, ProbeCounts::default());
     }
 }

@@ -27,7 +27,7 @@ use anyhow::{Context, Result};
 
 use super::{
     apply::{apply, Host, OffBack},
-    backends::Backends,
+    backends::{Backend, Backends},
     conntrack::{BackendConns, ConnTracker, ConnTracker6, Order, Order6, RecoveryCounts},
     ctl::{self, Format, HttpAsk, Request, REQUEST_MAX},
     health::{self, Health, StatusLine},
@@ -43,7 +43,7 @@ use super::{
 };
 use crate::{
     balance::PolicyKind,
-    config::{self, Config, OnFailure, OnRemove, ProbeKind, ReplyMode},
+    config::{self, Config, OnFailure, OnRemove, ProbeKind, Protocol, ReplyMode},
     dataplane::{Dataplane, Retired},
     flow::{FlowRecord, FlowRecord6, KeyFamily, TcpState},
     ids::{BackendId, WorkerId},
@@ -277,13 +277,15 @@ impl<'a> Manager<'a> {
             now_ns(),
         );
         for (addr, o) in parts.overrides.iter() {
-            if let (Some(id), true) = (backends.find(addr), o.drained) {
-                backends.built_draining(id);
+            if o.drained {
+                for id in backends.at(addr).collect::<Vec<_>>() {
+                    backends.built_draining(id);
+                }
             }
         }
         let mut traffic = TrafficBook::default();
         let daemons = traffic.install(
-            parts.config.all_daemons().map(|(_, _, b)| b.addr),
+            (parts.config.all_daemon_keys()).map(|((addr, p), _)| (addr, p.number())),
             (parts.config.all_services()).map(|(address, p)| (address, p.number())),
         );
         // Taken, not cloned: a bank is let go of once its plane alone held it.
@@ -524,27 +526,26 @@ impl<'a> Manager<'a> {
         self.traffic.settle();
         let totals = self.traffic.totals();
         let (per_daemon, per_daemon6) = (self.tracker.per_daemon(), self.tracker6.per_daemon());
-        let weights: AHashMap<SocketAddr, u32> = self
-            .config
-            .all_daemons()
-            .map(|(_, _, b)| (b.addr, b.weight))
-            .collect();
+        let weights: AHashMap<(SocketAddr, Protocol), u32> =
+            self.config.all_daemon_keys().collect();
         let backends: Vec<BackendMetric> = self
             .backends
             .iter()
             .map(|b| {
-                let conns = conns_of(per_daemon, per_daemon6, b.addr);
+                let conns = conns_of(per_daemon, per_daemon6, b.addr, b.protocol.number());
                 BackendMetric {
                     service: b.service,
                     protocol: b.protocol,
                     daemon: b.addr,
                     up: b.health.health() == Health::Up,
-                    weight: weights.get(&b.addr).copied().unwrap_or(0),
+                    weight: weights.get(&(b.addr, b.protocol)).copied().unwrap_or(0),
                     drained: b.draining || b.retired,
                     retired: b.retired,
                     active: conns.active,
                     inactive: conns.inactive,
-                    traffic: totals.get(&b.addr).copied().unwrap_or_default(),
+                    traffic: (totals.get(&(b.addr, b.protocol.number())))
+                        .copied()
+                        .unwrap_or_default(),
                 }
             })
             .collect();
@@ -870,7 +871,8 @@ impl<'a> Manager<'a> {
                 bytes,
                 |key| tracker6.daemon_of(key),
                 |daemon| {
-                    let id = backends.find(daemon)?;
+                    // Either protocol's: one address, one next hop.
+                    let id = backends.at(daemon).next()?;
                     next_hops.get(id.index())?.get()
                 },
                 self.back_mac,
@@ -880,7 +882,8 @@ impl<'a> Manager<'a> {
                 bytes,
                 |key| tracker.daemon_of(key),
                 |daemon| {
-                    let id = backends.find(daemon)?;
+                    // Either protocol's: one address, one next hop.
+                    let id = backends.at(daemon).next()?;
                     next_hops.get(id.index())?.get()
                 },
                 self.back_mac,
@@ -1352,26 +1355,28 @@ impl<'a> Manager<'a> {
     }
 
     /// Drops every record of a failed daemon: the tracker's, by the daemon's
-    /// address, and the workers'.
+    /// address and protocol, and the workers'.
     fn reset_backend(&mut self, backend: BackendId) {
-        self.forget_connections_of(self.backends.get(backend).addr);
+        let b = self.backends.get(backend);
+        self.forget_connections_of(b.addr, b.protocol.number());
         self.broadcast(|| Command::RemoveBackendFlows { backend });
         self.send_backlog();
     }
 
-    /// The tracker forgets every connection to `daemon`. O(tracked connections).
-    fn forget_connections_of(&mut self, daemon: SocketAddr) {
+    /// The tracker forgets every connection of IP protocol `protocol` to
+    /// `daemon`. O(tracked connections).
+    fn forget_connections_of(&mut self, daemon: SocketAddr, protocol: u8) {
         let now = now_ns();
         match daemon {
             SocketAddr::V4(daemon) => {
-                let doomed: Vec<_> = self.tracker.connections_of(daemon).collect();
+                let doomed: Vec<_> = self.tracker.connections_of(daemon, protocol).collect();
                 for key in doomed {
                     let removed = Event::Removed { key, at_ns: now };
                     self.tracker.on_event(removed, now, &mut self.orders);
                 }
             }
             SocketAddr::V6(daemon) => {
-                let doomed: Vec<_> = self.tracker6.connections_of(daemon).collect();
+                let doomed: Vec<_> = self.tracker6.connections_of(daemon, protocol).collect();
                 for key in doomed {
                     let removed = Event6::Removed { key, at_ns: now };
                     self.tracker6.on_event(removed, now, &mut self.orders6);
@@ -1381,12 +1386,14 @@ impl<'a> Manager<'a> {
         self.send_orders();
     }
 
-    /// Connections the trackers hold to `daemon`, of either family.
-    fn connections_to(&self, daemon: SocketAddr) -> u32 {
+    /// Connections of IP protocol `protocol` the trackers hold to `daemon`,
+    /// of either family.
+    fn connections_to(&self, daemon: SocketAddr, protocol: u8) -> u32 {
         conns_of(
             self.tracker.per_daemon(),
             self.tracker6.per_daemon(),
             daemon,
+            protocol,
         )
         .total()
     }
@@ -1399,7 +1406,7 @@ impl<'a> Manager<'a> {
             Err(e) => return format!("error: {e}\n"),
         };
         let (per_daemon, per_daemon6) = (self.tracker.per_daemon(), self.tracker6.per_daemon());
-        let counts = |addr| conns_of(per_daemon, per_daemon6, addr);
+        let counts = |b: &Backend| conns_of(per_daemon, per_daemon6, b.addr, b.protocol.number());
         match request {
             Request::Stats(Format::Text) => report::stats_text(&self.snapshot()),
             Request::Stats(Format::Json) => report::stats_json(&self.snapshot()),
@@ -1439,15 +1446,12 @@ impl<'a> Manager<'a> {
                     .enumerate()
                     .map(|(i, b)| (b, hops.get(i)));
                 let back = self.kernel.back();
-                let weights: ahash::AHashMap<SocketAddr, u32> = self
-                    .config
-                    .all_daemons()
-                    .map(|(_, _, b)| (b.addr, b.weight))
-                    .collect();
+                let weights: ahash::AHashMap<(SocketAddr, Protocol), u32> =
+                    self.config.all_daemon_keys().collect();
                 let overrides = &self.overrides;
-                let settings = |addr: SocketAddr| BackendSetting {
-                    weight: weights.get(&addr).copied(),
-                    overridden: overrides.get(addr),
+                let settings = |b: &Backend| BackendSetting {
+                    weight: weights.get(&(b.addr, b.protocol)).copied(),
+                    overridden: overrides.get(b.addr),
                 };
                 match format {
                     Format::Text => report::backends_text(rows, back, counts, settings),
@@ -1458,21 +1462,28 @@ impl<'a> Manager<'a> {
             Request::WeightReset(addr) => self.set_weight(addr, None),
             Request::Drain(addr) | Request::Undrain(addr) => {
                 let draining = matches!(request, Request::Drain(_));
-                match self.backends.find(addr) {
-                    Some(backend) if self.backends.get(backend).retired => {
+                // Every daemon at the ADDR:PORT: the TCP and the UDP service's.
+                let at: Vec<BackendId> = self.backends.at(addr).collect();
+                let live: Vec<BackendId> = (at.iter().copied())
+                    .filter(|&b| !self.backends.get(b).retired)
+                    .collect();
+                match (at.is_empty(), live.is_empty()) {
+                    (false, true) => {
                         format!(
                             "error: {addr} was removed by a reload; it takes no new connection\n"
                         )
                     }
-                    Some(backend) => {
-                        self.backends.set_draining(backend, draining);
+                    (false, false) => {
+                        for &backend in &live {
+                            self.backends.set_draining(backend, draining);
+                            self.tell_state(backend);
+                        }
                         self.overrides.set_drained(addr, draining);
-                        self.tell_state(backend);
                         let word = if draining { "draining" } else { "undrained" };
                         tracing::info!(daemon = %addr, draining, "ctl: daemon {addr} {word}");
                         self.saved(format!("{addr} {word}"))
                     }
-                    None => format!("error: {addr} is not a configured daemon\n"),
+                    (true, _) => format!("error: {addr} is not a configured daemon\n"),
                 }
             }
         }
@@ -1513,16 +1524,23 @@ impl<'a> Manager<'a> {
     /// undrained. The override is kept over the config across reloads, and
     /// across restarts with a state file.
     fn set_weight(&mut self, addr: SocketAddr, weight: Option<u32>) -> String {
-        let Some(id) = self.backends.find(addr) else {
+        // Every daemon at the ADDR:PORT: the TCP and the UDP service's.
+        let at: Vec<BackendId> = self.backends.at(addr).collect();
+        if at.is_empty() {
             return format!("error: {addr} is not a configured daemon\n");
-        };
-        if self.backends.get(id).retired {
+        }
+        let live: Vec<BackendId> = (at.into_iter())
+            .filter(|&b| !self.backends.get(b).retired)
+            .collect();
+        if live.is_empty() {
             return format!("error: {addr} was removed by a reload; it takes no new connection\n");
         }
         if weight == Some(0) {
-            self.backends.set_draining(id, true);
+            for &id in &live {
+                self.backends.set_draining(id, true);
+                self.tell_state(id);
+            }
             self.overrides.set_drained(addr, true);
-            self.tell_state(id);
             tracing::info!(daemon = %addr, weight = 0, draining = true, "ctl: daemon {addr} weight 0: draining");
             return self.saved(format!("{addr} weight 0: draining"));
         }
@@ -1681,11 +1699,12 @@ impl<'a> Manager<'a> {
     /// tracker forgets the dropped daemons' connections now, and the workers
     /// drop their records when next met (their daemon is in no plane).
     fn retire(&mut self, new: &Config) -> Vec<Retired> {
-        let kept: AHashSet<SocketAddr> = new.all_daemons().map(|(_, _, b)| b.addr).collect();
+        let kept: AHashSet<(SocketAddr, Protocol)> =
+            new.all_daemon_keys().map(|(key, _)| key).collect();
         let gone: Vec<Retired> = self
             .backends
             .iter()
-            .filter(|b| !kept.contains(&b.addr))
+            .filter(|b| !kept.contains(&(b.addr, b.protocol)))
             .map(|b| Retired {
                 daemon: b.addr,
                 service: b.service,
@@ -1695,11 +1714,11 @@ impl<'a> Manager<'a> {
         match new.control.on_remove {
             OnRemove::Finish => gone
                 .into_iter()
-                .filter(|r| self.connections_to(r.daemon) > 0)
+                .filter(|r| self.connections_to(r.daemon, r.protocol.number()) > 0)
                 .collect(),
             OnRemove::Reset => {
                 for r in gone {
-                    self.forget_connections_of(r.daemon);
+                    self.forget_connections_of(r.daemon, r.protocol.number());
                 }
                 Vec::new()
             }
@@ -1713,7 +1732,7 @@ impl<'a> Manager<'a> {
         let (still, done): (Vec<Retired>, Vec<Retired>) = self
             .backends
             .retired()
-            .partition(|r| self.connections_to(r.daemon) > 0);
+            .partition(|r| self.connections_to(r.daemon, r.protocol.number()) > 0);
         if done.is_empty() {
             return;
         }
@@ -1752,7 +1771,10 @@ impl<'a> Manager<'a> {
             tracing::warn!(daemon = %gone, "the operator's override of a daemon no longer configured is dropped");
         }
         let daemons = self.traffic.install(
-            (config.all_daemons().map(|(_, _, b)| b.addr)).chain(retired.iter().map(|r| r.daemon)),
+            (config
+                .all_daemon_keys()
+                .map(|((addr, p), _)| (addr, p.number())))
+            .chain(retired.iter().map(|r| (r.daemon, r.protocol.number()))),
             (config.all_services()).map(|(address, p)| (address, p.number())),
         );
         self.traffic.settle();
@@ -1798,16 +1820,17 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// A daemon's connection counts in the tracker's table (which follows IPv4
-/// connections only, so far: an IPv6 daemon has none there).
+/// The connection counts of a daemon of either family and its service's IP
+/// protocol `protocol` in the trackers' tables.
 fn conns_of(
-    per_daemon: &AHashMap<SocketAddrV4, BackendConns>,
-    per_daemon6: &AHashMap<SocketAddrV6, BackendConns>,
+    per_daemon: &AHashMap<(SocketAddrV4, u8), BackendConns>,
+    per_daemon6: &AHashMap<(SocketAddrV6, u8), BackendConns>,
     daemon: SocketAddr,
+    protocol: u8,
 ) -> BackendConns {
     match daemon {
-        SocketAddr::V4(d) => per_daemon.get(&d),
-        SocketAddr::V6(d) => per_daemon6.get(&d),
+        SocketAddr::V4(d) => per_daemon.get(&(d, protocol)),
+        SocketAddr::V6(d) => per_daemon6.get(&(d, protocol)),
     }
     .copied()
     .unwrap_or_default()

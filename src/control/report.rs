@@ -741,13 +741,13 @@ fn backend_row(
 pub fn backends_text<'a>(
     backends: impl Iterator<Item = (&'a Backend, Option<&'a DaemonHop>)>,
     back: &str,
-    conns: impl Fn(SocketAddr) -> BackendConns,
-    settings: impl Fn(SocketAddr) -> BackendSetting,
+    conns: impl Fn(&Backend) -> BackendConns,
+    settings: impl Fn(&Backend) -> BackendSetting,
 ) -> String {
     let mut out = String::new();
     for (b, hop) in backends {
-        let setting = settings(b.addr);
-        let r = backend_row(b, hop, back, conns(b.addr), setting);
+        let setting = settings(b);
+        let r = backend_row(b, hop, back, conns(b), setting);
         let next_hop = match (&r.next_hop, r.via, &r.route_problem) {
             (Some(mac), Some(via), _) => format!("{mac} via {via}"),
             (None, Some(via), _) => format!("unresolved via {via}"),
@@ -776,12 +776,12 @@ pub fn backends_text<'a>(
 pub fn backends_json<'a>(
     backends: impl Iterator<Item = (&'a Backend, Option<&'a DaemonHop>)>,
     back: &str,
-    conns: impl Fn(SocketAddr) -> BackendConns,
-    settings: impl Fn(SocketAddr) -> BackendSetting,
+    conns: impl Fn(&Backend) -> BackendConns,
+    settings: impl Fn(&Backend) -> BackendSetting,
 ) -> String {
     json_line(
         &backends
-            .map(|(b, hop)| backend_row(b, hop, back, conns(b.addr), settings(b.addr)))
+            .map(|(b, hop)| backend_row(b, hop, back, conns(b), settings(b)))
             .collect::<Vec<_>>(),
     )
 }
@@ -839,8 +839,8 @@ mod tests {
             .all_daemons()
             .map(|(_, _, b)| (b.addr, b.weight))
             .collect();
-        let settings = |addr: SocketAddr| BackendSetting {
-            weight: weights.iter().find(|(a, _)| *a == addr).map(|(_, w)| *w),
+        let settings = |b: &Backend| BackendSetting {
+            weight: weights.iter().find(|(a, _)| *a == b.addr).map(|(_, w)| *w),
             overridden: Override::default(),
         };
         let text = backends_text(rows(), "l1", |_| BackendConns::default(), settings);

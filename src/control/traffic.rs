@@ -1,4 +1,5 @@
-//! Each daemon's traffic and new connections, by address, for /metrics.
+//! Each daemon's traffic and new connections, by address and protocol (one
+//! ADDR:PORT may serve a TCP and a UDP service: two daemons), for /metrics.
 //!
 //! Workers count a daemon's frames and bytes in their plane's bank, indexed by
 //! [`BackendId`](crate::ids::BackendId), which is a daemon's place in the
@@ -14,6 +15,9 @@ use std::{net::SocketAddr, sync::Arc};
 use ahash::{AHashMap, AHashSet};
 
 use crate::stats::BackendTraffic;
+
+/// A daemon: its address and its service's IP protocol number.
+pub type Daemon = (SocketAddr, u8);
 
 /// One daemon's counts, summed over the workers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,7 +42,7 @@ impl Totals {
 /// A plane's bank and the daemon each of its ids stood for.
 struct Bank {
     generation: u64,
-    daemons: Arc<[SocketAddr]>,
+    daemons: Arc<[Daemon]>,
     counters: Arc<[BackendTraffic]>,
 }
 
@@ -48,13 +52,13 @@ pub struct TrafficBook {
     generation: u64,
     /// The daemons of the running set, with the generation that brought each
     /// in: a bank older than that counted an earlier stay of the address.
-    joined: AHashMap<SocketAddr, u64>,
+    joined: AHashMap<Daemon, u64>,
     /// The services of the running set (address, IP protocol number), for
     /// their new-connection counts.
     services: AHashSet<(SocketAddr, u8)>,
     live: Vec<Bank>,
     /// What let-go banks counted, and the new connections, by daemon.
-    settled: AHashMap<SocketAddr, Totals>,
+    settled: AHashMap<Daemon, Totals>,
     /// New connections by service: kept while the service is configured,
     /// whichever daemons come and go.
     service_opened: AHashMap<(SocketAddr, u8), u64>,
@@ -66,11 +70,11 @@ impl TrafficBook {
     /// Returns the list to give [`track`](Self::track) with each plane's bank.
     pub fn install(
         &mut self,
-        daemons: impl Iterator<Item = SocketAddr>,
+        daemons: impl Iterator<Item = Daemon>,
         services: impl Iterator<Item = (SocketAddr, u8)>,
-    ) -> Arc<[SocketAddr]> {
+    ) -> Arc<[Daemon]> {
         self.generation += 1;
-        let daemons: Arc<[SocketAddr]> = daemons.collect();
+        let daemons: Arc<[Daemon]> = daemons.collect();
         let joined = daemons
             .iter()
             .map(|a| (*a, self.joined.get(a).copied().unwrap_or(self.generation)))
@@ -84,7 +88,7 @@ impl TrafficBook {
 
     /// A plane's bank, counting for the daemons of the last
     /// [`install`](Self::install).
-    pub fn track(&mut self, daemons: Arc<[SocketAddr]>, counters: Arc<[BackendTraffic]>) {
+    pub fn track(&mut self, daemons: Arc<[Daemon]>, counters: Arc<[BackendTraffic]>) {
         self.live.push(Bank {
             generation: self.generation,
             daemons,
@@ -100,7 +104,7 @@ impl TrafficBook {
         protocol: u8,
         daemon: impl Into<SocketAddr>,
     ) {
-        let (service, daemon) = (service.into(), daemon.into());
+        let (service, daemon) = (service.into(), (daemon.into(), protocol));
         if self.joined.contains_key(&daemon) {
             self.settled.entry(daemon).or_default().new_connections += 1;
         }
@@ -129,13 +133,13 @@ impl TrafficBook {
         }
     }
 
-    fn counts(&self, addr: &SocketAddr, generation: u64) -> bool {
+    fn counts(&self, addr: &Daemon, generation: u64) -> bool {
         self.joined.get(addr).is_some_and(|&g| generation >= g)
     }
 
     /// Every daemon of the running set with its counts so far.
-    pub fn totals(&self) -> AHashMap<SocketAddr, Totals> {
-        let mut out: AHashMap<SocketAddr, Totals> = self
+    pub fn totals(&self) -> AHashMap<Daemon, Totals> {
+        let mut out: AHashMap<Daemon, Totals> = self
             .joined
             .keys()
             .map(|a| (*a, self.settled.get(a).copied().unwrap_or_default()))
@@ -167,8 +171,12 @@ mod tests {
 
     use super::*;
 
-    fn addr(last: u8) -> SocketAddr {
-        SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, last), 8080).into()
+    /// The TCP daemon at 198.19.0.`last`:8080.
+    fn addr(last: u8) -> Daemon {
+        (
+            SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, last), 8080).into(),
+            6,
+        )
     }
 
     const VIP: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80));
@@ -194,8 +202,8 @@ mod tests {
         count(&old, 0, 10); // addr 1
         count(&old, 1, 20); // addr 2
         count(&old, 2, 30); // addr 3
-        book.opened(VIP, 6, addr(1));
-        book.opened(VIP, 6, addr(3));
+        book.opened(VIP, 6, addr(1).0);
+        book.opened(VIP, 6, addr(3).0);
 
         // Reordered: 2 then 1, 3 gone, 4 new.
         let second = book.install(
@@ -237,6 +245,37 @@ mod tests {
         assert_eq!(book.service_opened(VIP, 6), 2, "a service keeps its count");
     }
 
+    /// One ADDR:PORT behind a TCP and a UDP service is two daemons, counted
+    /// apart, in traffic and in new connections, across a reload that swaps
+    /// their ids.
+    #[test]
+    fn a_tcp_and_a_udp_daemon_at_one_address_count_apart() {
+        let mut book = TrafficBook::default();
+        let (tcp, udp) = (addr(1), (addr(1).0, 17));
+        let services = || [(VIP, 6), (VIP, 17)].into_iter();
+        let first = book.install([tcp, udp].into_iter(), services());
+        let old = BackendTraffic::bank(2);
+        book.track(first, old.clone());
+        count(&old, 0, 3);
+        count(&old, 1, 40);
+        book.opened(VIP, 6, tcp.0);
+        book.opened(VIP, 17, udp.0);
+        book.opened(VIP, 17, udp.0);
+        let second = book.install([udp, tcp].into_iter(), services());
+        let new = BackendTraffic::bank(2);
+        book.track(second, new.clone());
+        count(&new, 0, 2);
+        drop(old);
+        book.settle();
+        let t = book.totals();
+        assert_eq!((t[&tcp].to_packets, t[&udp].to_packets), (3, 42));
+        assert_eq!((t[&tcp].new_connections, t[&udp].new_connections), (1, 2));
+        assert_eq!(
+            (book.service_opened(VIP, 6), book.service_opened(VIP, 17)),
+            (1, 2)
+        );
+    }
+
     /// A daemon removed and added back starts from zero, even when a plane
     /// from before its removal is let go of only afterwards.
     #[test]
@@ -261,9 +300,10 @@ mod tests {
     #[test]
     fn totals_of_a_thousand_daemons() {
         let mut book = TrafficBook::default();
-        let daemons: Vec<SocketAddr> = (0..1000u16)
+        let daemons: Vec<Daemon> = (0..1000u16)
             .map(|i| {
-                SocketAddrV4::new(Ipv4Addr::new(198, 19, (i >> 8) as u8, i as u8), 8080).into()
+                let a = SocketAddrV4::new(Ipv4Addr::new(198, 19, (i >> 8) as u8, i as u8), 8080);
+                (a.into(), 6)
             })
             .collect();
         let list = book.install(daemons.iter().copied(), [(VIP, 6)].into_iter());

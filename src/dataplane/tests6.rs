@@ -643,3 +643,39 @@ fn ipv6_events_have_their_own_ring_and_lose_nothing() {
     assert_eq!(at, (0..100).collect::<Vec<_>>());
     assert_eq!(w.stats.events_dropped.get(), 0);
 }
+
+/// An IPv6 daemon ADDR:PORT behind the TCP and the UDP service is two daemons:
+/// after a reload that gives them other ids, each record finds its own by its
+/// key's protocol, with its own state.
+#[test]
+fn an_ipv6_daemon_of_a_tcp_and_a_udp_service_is_two_daemons_across_a_reload() {
+    let tcp = service6(Protocol::Tcp, PolicyKind::RoundRobin, 1);
+    let udp = service6(Protocol::Udp, PolicyKind::RoundRobin, 1);
+    let mut old = plane6(&[tcp.clone(), udp.clone()]);
+    let d = daemon(0);
+    assert_eq!(old.ids6.get(&(d, 6)), Some(&BackendId(0)));
+    assert_eq!(old.ids6.get(&(d, 17)), Some(&BackendId(1)));
+    old.set_backend_state(BackendId(0), BackendState::Draining);
+    let record = |protocol: u8, backend| FlowRecord6 {
+        key: FlowKey6::new(CLIENT, VIP, protocol),
+        backend,
+        daemon_ip: *d.ip(),
+        daemon_port: d.port(),
+        created_ns: 1,
+        last_seen_ns: 1,
+        client_next: 0,
+        client_ack: 0,
+        state: Default::default(),
+        epoch: 0,
+    };
+    let mut new = plane6(&[udp, tcp]);
+    new.take_over(&old);
+    let (mut t, mut u) = (record(6, BackendId(0)), record(17, BackendId(1)));
+    assert!(new.current6(&mut t) && new.current6(&mut u));
+    assert_eq!((t.backend, u.backend), (BackendId(1), BackendId(0)));
+    assert_eq!(
+        new.services6[1].pool.state(PoolIndex(0)),
+        BackendState::Draining
+    );
+    assert_eq!(new.services6[0].pool.state(PoolIndex(0)), BackendState::Up);
+}

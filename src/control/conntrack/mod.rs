@@ -113,28 +113,30 @@ fn is_active(phase: Phase) -> bool {
     matches!(phase, Phase::Established | Phase::HalfClosed { .. })
 }
 
+/// A daemon as the counts know it: its address and its service's IP protocol
+/// number (one ADDR:PORT may serve a TCP and a UDP service, two daemons).
+pub type DaemonKey<K> = (<K as KeyFamily>::Daemon, u8);
+
 /// Counts a connection `info` in (or out of) its daemon's counts.
 fn count<K: KeyFamily>(
-    counts: &mut AHashMap<K::Daemon, BackendConns>,
+    counts: &mut AHashMap<DaemonKey<K>, BackendConns>,
     info: &ConnInfo<K>,
     add: bool,
 ) {
+    let daemon = (info.daemon, info.key.protocol());
     if add {
-        counts
-            .entry(info.daemon)
-            .or_default()
-            .count(info.phase, true);
-    } else if let Some(c) = counts.get_mut(&info.daemon) {
+        counts.entry(daemon).or_default().count(info.phase, true);
+    } else if let Some(c) = counts.get_mut(&daemon) {
         c.count(info.phase, false);
         if c.total() == 0 {
-            counts.remove(&info.daemon);
+            counts.remove(&daemon);
         }
     }
 }
 
 /// Moves a connection to `phase`, keeping its daemon's counts right.
 fn set_phase<K: KeyFamily>(
-    counts: &mut AHashMap<K::Daemon, BackendConns>,
+    counts: &mut AHashMap<DaemonKey<K>, BackendConns>,
     info: &mut ConnInfo<K>,
     phase: Phase,
 ) {
@@ -163,7 +165,7 @@ pub struct ConnTracker<K: KeyFamily = FlowKey> {
     udp: usize,
     /// Connections per daemon, kept up to date as they come, change phase and
     /// go, so that asking costs O(daemons), not a walk of every connection.
-    per_daemon: AHashMap<K::Daemon, BackendConns>,
+    per_daemon: AHashMap<DaemonKey<K>, BackendConns>,
     timers: Timers<K>,
     ignored: u64,
     recovery: RecoveryCounts,
@@ -497,18 +499,18 @@ impl<K: KeyFamily> ConnTracker<K> {
         self.conns.get(&key.pack()).map(|c| c.info.daemon)
     }
 
-    /// Connection counts per daemon (for `ctl backends`): O(1), kept as
-    /// connections come and go.
-    pub fn per_daemon(&self) -> &AHashMap<K::Daemon, BackendConns> {
+    /// Connection counts per daemon and protocol (for `ctl backends`): O(1),
+    /// kept as connections come and go.
+    pub fn per_daemon(&self) -> &AHashMap<DaemonKey<K>, BackendConns> {
         &self.per_daemon
     }
 
-    /// Keys of every connection to `daemon`, e.g. to reset a failed daemon's
-    /// connections. O(len()).
-    pub fn connections_of(&self, daemon: K::Daemon) -> impl Iterator<Item = K> + '_ {
+    /// Keys of every connection of IP protocol `protocol` to `daemon`, e.g. to
+    /// reset a failed daemon's connections. O(len()).
+    pub fn connections_of(&self, daemon: K::Daemon, protocol: u8) -> impl Iterator<Item = K> + '_ {
         self.conns
             .values()
-            .filter(move |c| c.info.daemon == daemon)
+            .filter(move |c| c.info.daemon == daemon && c.info.key.protocol() == protocol)
             .map(|c| c.info.key)
     }
 

@@ -148,10 +148,10 @@ fn exp(t: &mut ConnTracker, now: u64) -> Vec<Command> {
 
 /// The per-daemon counts by walking every connection: what the tracker keeps
 /// up to date as they change.
-fn recount(t: &ConnTracker) -> AHashMap<SocketAddrV4, BackendConns> {
-    let mut counts = AHashMap::<SocketAddrV4, BackendConns>::new();
+fn recount(t: &ConnTracker) -> AHashMap<(SocketAddrV4, u8), BackendConns> {
+    let mut counts = AHashMap::<(SocketAddrV4, u8), BackendConns>::new();
     for c in t.iter() {
-        let e = counts.entry(c.daemon).or_default();
+        let e = counts.entry((c.daemon, c.key.protocol)).or_default();
         if is_active(c.phase) {
             e.active += 1;
         } else {
@@ -244,7 +244,7 @@ fn a_recovered_record_lives_like_a_half_open_one_until_the_client_proves_it() {
     assert!(ev(&mut t, fin, 200).is_empty());
     let info = t.get(&key(1)).unwrap();
     assert_eq!((info.phase, info.daemon), (Phase::Recovered, daemon(7)));
-    assert_eq!(t.per_daemon()[&daemon(7)].inactive, 1);
+    assert_eq!(t.per_daemon()[&(daemon(7), 6)].inactive, 1);
     assert_eq!(
         exp(&mut t, 100 + 10 * S),
         [Command::Remove {
@@ -270,7 +270,7 @@ fn a_recovered_record_lives_like_a_half_open_one_until_the_client_proves_it() {
     };
     assert!(ev(&mut t, proven, 21 * S).is_empty());
     assert_eq!(t.get(&key(2)).unwrap().phase, Phase::Established);
-    assert_eq!(t.per_daemon()[&daemon(7)].active, 1);
+    assert_eq!(t.per_daemon()[&(daemon(7), 6)].active, 1);
     assert!(exp(&mut t, 40 * S).is_empty());
     assert_eq!(t.next_deadline(), Some(21 * S + 300 * S));
     assert_eq!(
@@ -666,25 +666,25 @@ fn listing_and_per_daemon_counts() {
     assert_eq!(t.iter().count(), 3);
     let counts = t.per_daemon();
     assert_eq!(
-        counts[&daemon(1)],
+        counts[&(daemon(1), 6)],
         BackendConns {
             active: 1,
             inactive: 1
         }
     );
     assert_eq!(
-        counts[&daemon(2)],
+        counts[&(daemon(2), 6)],
         BackendConns {
             active: 0,
             inactive: 1
         }
     );
-    assert_eq!(counts[&daemon(1)].total(), 2);
-    assert!(!counts.contains_key(&daemon(3)));
-    let mut of1: Vec<_> = t.connections_of(daemon(1)).collect();
+    assert_eq!(counts[&(daemon(1), 6)].total(), 2);
+    assert!(!counts.contains_key(&(daemon(3), 6)));
+    let mut of1: Vec<_> = t.connections_of(daemon(1), 6).collect();
     of1.sort_by_key(FlowKey::packed);
     assert_eq!(of1, [key(1), key(2)]);
-    assert_eq!(t.connections_of(daemon(3)).count(), 0);
+    assert_eq!(t.connections_of(daemon(3), 6).count(), 0);
 }
 
 #[test]
@@ -1175,7 +1175,7 @@ fn a_udp_flow_is_established_at_once_and_ends_when_idle_for_its_own_timeout() {
     for k in [udp_key(1), udp_key(2)] {
         assert_eq!(t.get(&k).unwrap().phase, Phase::Established);
     }
-    assert_eq!(t.per_daemon()[&daemon(0)].active, 2);
+    assert_eq!(t.per_daemon()[&(daemon(0), 17)].active, 2);
     assert_eq!(t.udp_len(), 2);
     // The UDP idle timeout, not syn's (10 s) nor TCP's idle (300 s).
     assert!(exp(&mut t, 29 * S).is_empty());
@@ -1264,14 +1264,14 @@ mod ipv6 {
         t.on_event(Event6::Established { key: a, at_ns: 1 }, 1, &mut out);
         let conns = t.per_daemon();
         assert_eq!(
-            conns[&daemon(0)],
+            conns[&(daemon(0), 6)],
             BackendConns {
                 active: 1,
                 inactive: 0
             }
         );
         assert_eq!(
-            conns[&daemon(1)],
+            conns[&(daemon(1), 6)],
             BackendConns {
                 active: 0,
                 inactive: 1
@@ -1393,6 +1393,40 @@ mod ipv6 {
         );
         assert!(t.is_empty());
         assert_eq!(t.udp_len(), 0);
-        assert_eq!(t.connections_of(daemon(1)).count(), 0);
+        assert_eq!(t.connections_of(daemon(1), 17).count(), 0);
     }
+}
+
+/// One ADDR:PORT behind a TCP and a UDP service is two daemons: each counts
+/// its own protocol's connections, and resetting one leaves the other's.
+#[test]
+fn a_tcp_and_a_udp_daemon_at_one_address_count_apart() {
+    let mut t = ConnTracker::new(T);
+    ev(&mut t, opened(0, 1, 5), 1);
+    ev(&mut t, opened(0, 2, 5), 1);
+    let udp = Event::Opened {
+        worker: WorkerId(0),
+        key: udp_key(3),
+        daemon: daemon(5),
+        at_ns: 0,
+    };
+    ev(&mut t, udp, 1);
+    let tcp_conns = BackendConns {
+        active: 0,
+        inactive: 2,
+    };
+    let udp_conns = BackendConns {
+        active: 1,
+        inactive: 0,
+    };
+    assert_eq!(t.per_daemon()[&(daemon(5), 6)], tcp_conns);
+    assert_eq!(t.per_daemon()[&(daemon(5), 17)], udp_conns);
+    assert_eq!(*t.per_daemon(), recount(&t));
+    let mut tcp: Vec<_> = t.connections_of(daemon(5), 6).collect();
+    tcp.sort_by_key(FlowKey::packed);
+    assert_eq!(tcp, [key(1), key(2)]);
+    assert_eq!(
+        t.connections_of(daemon(5), 17).collect::<Vec<_>>(),
+        [udp_key(3)]
+    );
 }
