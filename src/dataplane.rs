@@ -206,7 +206,9 @@ fn add_services<A: DaemonAddr, K: Copy + Eq + std::hash::Hash>(
 }
 
 /// One family's retired daemons, `(id, daemon, service, protocol)` in id
-/// order: a pool of their own that no VIP leads to, every daemon draining.
+/// order: a pool of their own per protocol that no VIP leads to, every daemon
+/// draining. Per protocol, because one ADDR:PORT may be a TCP and a UDP
+/// daemon, and a pool holds an address once.
 fn add_retired<A: DaemonAddr, K: Copy + Eq + std::hash::Hash>(
     retired: &[(BackendId, A, A, Protocol)],
     v6: bool,
@@ -215,31 +217,35 @@ fn add_retired<A: DaemonAddr, K: Copy + Eq + std::hash::Hash>(
     service_by_daemon: &mut AHashMap<K, (A, BackendId)>,
     backend_owner: &mut [Owner],
 ) -> Result<()> {
-    let Some(&(first_backend, ..)) = retired.first() else {
-        return Ok(());
-    };
-    let id = ServiceId::from_index(slots.len()).context("more than 65535 services")?;
-    let specs: Vec<BackendSpec<A>> = retired
-        .iter()
-        .map(|&(_, addr, ..)| BackendSpec { addr, weight: 1 })
-        .collect();
-    let mut pool = Pool::new(PolicyKind::RoundRobin, &specs).context("retired daemons")?;
-    for (local, &(backend, daemon, service, protocol)) in retired.iter().enumerate() {
-        let local = PoolIndex(local as u16);
-        pool.set_state(local, BackendState::Draining);
-        service_by_daemon.insert(key(daemon, protocol.number()), (service, backend));
-        backend_owner[backend.index()] = Owner {
-            v6,
-            service: id,
-            local,
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        let of_protocol: Vec<_> = retired.iter().filter(|r| r.3 == protocol).collect();
+        let Some(&&(first_backend, ..)) = of_protocol.first() else {
+            continue;
         };
+        let id = ServiceId::from_index(slots.len()).context("more than 65535 services")?;
+        let specs: Vec<BackendSpec<A>> = of_protocol
+            .iter()
+            .map(|&&(_, addr, ..)| BackendSpec { addr, weight: 1 })
+            .collect();
+        let mut pool = Pool::new(PolicyKind::RoundRobin, &specs).context("retired daemons")?;
+        for (local, &&(backend, daemon, service, _)) in of_protocol.iter().enumerate() {
+            let local = PoolIndex(local as u16);
+            pool.set_state(local, BackendState::Draining);
+            service_by_daemon.insert(key(daemon, protocol.number()), (service, backend));
+            backend_owner[backend.index()] = Owner {
+                v6,
+                service: id,
+                local,
+            };
+        }
+        // `first_backend` names the pool's first daemon only: retired daemons
+        // of both families and protocols share one run of ids, and no VIP
+        // leads here to pick.
+        slots.push(ServiceSlot {
+            pool,
+            first_backend,
+        });
     }
-    // `first_backend` names the pool's first daemon only: retired daemons of
-    // the two families share one run of ids, and no VIP leads here to pick.
-    slots.push(ServiceSlot {
-        pool,
-        first_backend,
-    });
     Ok(())
 }
 
@@ -2199,6 +2205,41 @@ mod tests {
         // Another one changes nothing.
         assert_eq!(send(&mut table, 0x04, 101, 0), []);
         assert_eq!(stats.rst_ignored.get(), 1);
+    }
+
+    #[test]
+    fn one_address_retired_as_a_tcp_and_a_udp_daemon_is_two_retired_daemons() {
+        use crate::config::Protocol;
+        let a = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 5353);
+        let b = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 12), 5353);
+        let service = |protocol| ServiceConfig {
+            address: VIP,
+            protocol,
+            policy: PolicyKind::RoundRobin,
+            backends: vec![BackendSpec { addr: b, weight: 1 }],
+            health: Default::default(),
+        };
+        let retired = [Protocol::Tcp, Protocol::Udp].map(|protocol| Retired {
+            daemon: a.into(),
+            service: VIP.into(),
+            protocol,
+        });
+        let hops: Arc<[NextHop]> = (0..4).map(|_| NextHop::default()).collect();
+        let services = [service(Protocol::Tcp), service(Protocol::Udp)];
+        let plane = Dataplane::build(WorkerId(0), &services, &[], &retired, hops, [8; 6])
+            .expect("a reload retiring both of an address's daemons");
+        assert_eq!(plane.first_retired, 2);
+        for (id, protocol) in [(2, Protocol::Tcp), (3, Protocol::Udp)] {
+            assert_eq!(
+                plane.id_of(a.into(), protocol.number()),
+                Some(BackendId(id))
+            );
+            let owner = plane.backend_owner[id as usize];
+            assert!(!owner.v6);
+            let pool = &plane.services[owner.service.index()].pool;
+            assert_eq!(pool.addr(owner.local), a);
+            assert_eq!(pool.state(owner.local), BackendState::Draining);
+        }
     }
 
     #[test]
