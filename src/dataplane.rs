@@ -141,6 +141,15 @@ pub struct Dataplane {
     pub age_limit_ns: u64,
     /// Client SYNs announcing a larger MSS are lowered to this (`mss_clamp`).
     pub mss_clamp: Option<u16>,
+    /// The same path's MSS for IPv6 SYNs ([`ipv6_mss`]).
+    pub mss_clamp6: Option<u16>,
+}
+
+/// The MSS of an IPv6 segment on the path whose IPv4 MSS is `mss_clamp`:
+/// the IPv6 header is 20 bytes longer than IPv4's, and never below the MSS of
+/// IPv6's minimum MTU (1280 - 60).
+pub fn ipv6_mss(mss_clamp: u16) -> u16 {
+    mss_clamp.saturating_sub(20).max(1220)
 }
 
 /// An address, port and IP protocol number as one integer: hashed with a
@@ -391,12 +400,14 @@ impl Dataplane {
             epoch: 0,
             age_limit_ns: u64::MAX,
             mss_clamp: None,
+            mss_clamp6: None,
         })
     }
 
     /// This plane with client SYNs clamped to `mss` (see [`Dataplane::mss_clamp`]).
     pub fn with_mss_clamp(mut self, mss: Option<u16>) -> Self {
         self.mss_clamp = mss;
+        self.mss_clamp6 = mss.map(ipv6_mss);
         self
     }
 }
@@ -1368,7 +1379,7 @@ pub fn forward6(
         },
     );
     if opens_connection {
-        if let Some(mss) = plane.mss_clamp {
+        if let Some(mss) = plane.mss_clamp6 {
             if pkt.clamp_mss(mss) {
                 stats.mss_clamped.add(1);
             }

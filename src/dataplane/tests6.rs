@@ -594,7 +594,7 @@ fn a_dual_stack_plane_numbers_ipv6_daemons_after_ipv4_ones_and_keeps_them_on_rel
 }
 
 #[test]
-fn ipv6_syns_are_clamped_like_ipv4_ones() {
+fn ipv6_syns_are_clamped_to_the_same_paths_ipv6_mss() {
     let plane =
         plane6(&[service6(Protocol::Tcp, PolicyKind::RoundRobin, 1)]).with_mss_clamp(Some(1400));
     let mut w = Worker::new(plane, 16);
@@ -611,10 +611,12 @@ fn ipv6_syns_are_clamped_like_ipv4_ones() {
     assert_eq!(w.stats.mss_clamped.get(), 1);
     let pkt = L4Frame6::parse(&mut syn).unwrap();
     assert!(pkt.l4_checksum_ok());
+    // The IPv4 MSS 1400 is a 1440-byte path: 1380 for IPv6's longer header.
     assert_eq!(
         u16::from_be_bytes([syn[14 + 40 + 22], syn[14 + 40 + 23]]),
-        1400
+        1380
     );
+    assert_eq!(super::ipv6_mss(536), 1220, "never below IPv6's minimum MTU");
 }
 
 /// The ring of IPv6 events is the IPv4 one's twin: a worker's IPv6 events wait
