@@ -837,6 +837,8 @@ fn not_one_host6(addr: SocketAddrV6) -> Option<&'static str> {
         Some("::ffff:0:0/96 is an IPv4-mapped address; write the IPv4 address instead")
     } else if addr.port() == 0 {
         Some("port 0 is no port a TCP connection can use")
+    } else if addr.scope_id() != 0 {
+        Some("a scope (%N) means nothing for a global address, and the records do not carry one")
     } else {
         None
     }

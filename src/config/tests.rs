@@ -988,6 +988,7 @@ fn ipv6_addresses_that_are_no_single_remote_host_are_refused() {
         ("[fe80::1]:80", "link-local"),
         ("[::ffff:198.18.0.100]:80", "IPv4-mapped"),
         ("[2001:2:0:1::100]:0", "port 0"),
+        ("[2001:2:0:2::11%3]:8080", "scope"),
     ] {
         let mut c = with_services(SERVICE6).unwrap();
         c.services6[0].address = addr.parse().unwrap();
