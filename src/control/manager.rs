@@ -593,7 +593,7 @@ impl<'a> Manager<'a> {
             .iter()
             .map(|w| !w.link.events.producer_gone())
             .collect();
-        let services: Vec<SocketAddr> = self.config.all_services().map(|(a, _)| a).collect();
+        let services: Vec<_> = self.config.all_services().collect();
         ready::decide(ready::Facts {
             stopping_left_ms: self
                 .stopping_until_ns

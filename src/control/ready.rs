@@ -8,7 +8,10 @@
 use std::{fmt, net::SocketAddr};
 
 use super::backends::Backend;
-use crate::balance::BackendState;
+use crate::{
+    balance::BackendState,
+    config::{service_name, Protocol},
+};
 
 /// Why an instance is not ready; `Display` is the one line the operator sees.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,7 +22,8 @@ pub enum NotReady {
     /// A worker thread ended; its queues' frames go unserved.
     WorkerStopped { worker: usize },
     /// These services have no daemon that takes new connections.
-    NoHealthyDaemon { services: Vec<SocketAddr> },
+    /// (Named as ctl and metrics name them: `VIP:PORT`, `VIP:PORT/udp`.)
+    NoHealthyDaemon { services: Vec<String> },
 }
 
 impl fmt::Display for NotReady {
@@ -30,13 +34,12 @@ impl fmt::Display for NotReady {
             }
             NotReady::WorkerStopped { worker } => write!(f, "worker {worker} is not running"),
             NotReady::NoHealthyDaemon { services } => {
-                let list: Vec<String> = services.iter().map(|s| s.to_string()).collect();
-                let (noun, verb) = if list.len() == 1 {
+                let (noun, verb) = if services.len() == 1 {
                     ("service", "has")
                 } else {
                     ("services", "have")
                 };
-                write!(f, "{noun} {} {verb} no healthy daemon", list.join(", "))
+                write!(f, "{noun} {} {verb} no healthy daemon", services.join(", "))
             }
         }
     }
@@ -48,8 +51,9 @@ pub struct Facts<'a, B> {
     pub stopping_left_ms: Option<u64>,
     /// Whether each worker still runs, in worker order.
     pub workers_running: &'a [bool],
-    /// The configured services, in order.
-    pub services: &'a [SocketAddr],
+    /// The configured services, in order: a VIP:PORT may be a TCP and a UDP
+    /// service, each with its own daemons.
+    pub services: &'a [(SocketAddr, Protocol)],
     /// Every daemon the loop knows (configured and retired).
     pub backends: B,
 }
@@ -72,16 +76,17 @@ where
         if b.effective() != BackendState::Up {
             continue;
         }
-        if let Some(i) = facts.services.iter().position(|s| *s == b.service) {
+        let of_backend = (b.service, b.protocol);
+        if let Some(i) = facts.services.iter().position(|s| *s == of_backend) {
             healthy[i] = true;
         }
     }
-    let services: Vec<SocketAddr> = facts
+    let services: Vec<String> = facts
         .services
         .iter()
         .zip(&healthy)
         .filter(|(_, ok)| !**ok)
-        .map(|(s, _)| *s)
+        .map(|(&(address, protocol), _)| service_name(address, protocol))
         .collect();
     if services.is_empty() {
         Ok(())
@@ -157,13 +162,13 @@ mod tests {
         Backends::new(config, retired, &Backends::default(), |_| true, 0)
     }
 
-    fn services(config: &Config) -> Vec<SocketAddr> {
-        config.all_services().map(|(a, _)| a).collect()
+    fn services(config: &Config) -> Vec<(SocketAddr, Protocol)> {
+        config.all_services().collect()
     }
 
     fn decide_on(
         b: &Backends,
-        services: &[SocketAddr],
+        services: &[(SocketAddr, Protocol)],
         workers: &[bool],
         stopping: Option<u64>,
     ) -> Result<(), NotReady> {
@@ -206,7 +211,7 @@ mod tests {
         assert_eq!(
             no,
             Err(NotReady::NoHealthyDaemon {
-                services: vec![VIP_A.parse().unwrap()]
+                services: vec![VIP_A.to_owned()]
             })
         );
         assert_eq!(
@@ -249,7 +254,7 @@ mod tests {
         assert_eq!(
             decide_on(&b, &services(&c), &[true], None),
             Err(NotReady::NoHealthyDaemon {
-                services: vec![VIP_B.parse().unwrap()]
+                services: vec![VIP_B.to_owned()]
             })
         );
     }
@@ -300,6 +305,39 @@ mod tests {
         assert_eq!(
             line(&no),
             "not ready: service [2001:2:0:1::100]:80 has no healthy daemon\n"
+        );
+    }
+
+    #[test]
+    fn a_tcp_and_a_udp_service_on_one_vip_port_are_judged_apart() {
+        let c = Config::from_toml_str(
+            r#"
+            front = "l0"
+            back = "l1"
+            [[service]]
+            address = "198.18.0.100:53"
+            backends = ["198.19.0.11:53"]
+            [[service]]
+            address = "198.18.0.100:53"
+            protocol = "udp"
+            backends = ["198.19.0.12:53"]
+            "#,
+        )
+        .unwrap();
+        let mut b = backends(&c, &[]);
+        assert_eq!(decide_on(&b, &services(&c), &[true], None), Ok(()));
+        // The UDP daemon is never probed: it stays up while the TCP one fails.
+        take_down(&mut b, BackendId(0));
+        let no = decide_on(&b, &services(&c), &[true], None);
+        assert_eq!(
+            line(&no),
+            "not ready: service 198.18.0.100:53 has no healthy daemon\n"
+        );
+        b.set_draining(BackendId(1), true);
+        let no = decide_on(&b, &services(&c), &[true], None).unwrap_err();
+        assert_eq!(
+            no.to_string(),
+            "services 198.18.0.100:53, 198.18.0.100:53/udp have no healthy daemon"
         );
     }
 
