@@ -41,6 +41,9 @@ pub struct Producer<T> {
     shared: Arc<Shared<T>>,
     /// Next position to write; published up to here by [`publish`](Self::publish).
     tail: usize,
+    /// `tail` as last published: a publish with nothing new stores nothing, so
+    /// the consumer's cache line is not taken from it for no news.
+    published: usize,
     /// The consumer's `head` as last read: at most the real one, so trusting it
     /// can only make the queue look fuller than it is.
     head_seen: usize,
@@ -71,6 +74,7 @@ pub fn channel<T: Copy + Send>(capacity: usize) -> (Producer<T>, Consumer<T>) {
         Producer {
             shared: shared.clone(),
             tail: 0,
+            published: 0,
             head_seen: 0,
             mask,
         },
@@ -108,9 +112,13 @@ impl<T: Copy> Producer<T> {
     /// Makes every value pushed so far visible to the consumer.
     #[inline]
     pub fn publish(&mut self) {
+        if self.published == self.tail {
+            return;
+        }
         // Release: the slot writes above happen before the consumer's Acquire load
         // of `tail` that lets it read them.
         self.shared.tail.store(self.tail, Release);
+        self.published = self.tail;
     }
 }
 
