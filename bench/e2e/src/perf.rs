@@ -14,7 +14,7 @@ pub struct Perf {
 }
 
 impl Bench {
-    /// Starts perf for the rr and pps workloads of nftables and dispatchd when
+    /// Starts perf for the connections, rr and pps workloads of nftables and dispatchd when
     /// `--perf` asked for it.
     pub fn perf_start(&self, v: &str, workload: &str) -> Result<Option<Perf>> {
         if !self.opts.perf || !(v == "dispatchd" || v == "nftables") {
@@ -46,8 +46,12 @@ impl Bench {
         // perf stops by itself when its `sleep` ends, inside the window.
         proc.wait(Duration::from_secs_f64(self.opts.seconds + 60.0));
         let mut text = String::new();
-        let views: [(&str, &[&str]); 4] = [
+        let views: [(&str, &[&str]); 5] = [
             ("--sort cpu", &["--sort", "cpu"]),
+            (
+                "--cpu 1 --sort comm,sym (the forwarding core in dedicated mode)",
+                &["--cpu", "1", "--sort", "comm,sym"],
+            ),
             ("--sort comm,dso", &["--sort", "comm,dso"]),
             ("--sort sym", &["--sort", "sym"]),
             (

@@ -75,6 +75,7 @@ impl Bench {
         let rate = field(&warm, "ok=", "rate").unwrap_or(1000.0);
         let count = (rate * self.opts.seconds).clamp(500.0, 500_000.0) as usize;
         let n = count.to_string();
+        let perf = self.perf_start(v, "connections")?;
         let cpu0 = CpuSample::now();
         let out = self.testkit(&[
             "connect",
@@ -88,6 +89,7 @@ impl Bench {
             "64",
         ])?;
         let cpu1 = CpuSample::now();
+        self.perf_finish(perf)?;
         let rate = field(&out, "ok=", "rate").context("connect printed no rate")?;
         let lat = latency(&out).context("connect printed no latency")?;
         let cores = cpu1.since(&cpu0);
