@@ -168,6 +168,9 @@ pub struct WorkerStats {
     pub batches: Counter,
     pub wakeups: Counter,
     pub sleeps: Counter,
+    /// Times this worker woke the management loop for its events (an eventfd
+    /// write); while events flow the loop drains them on a timer instead.
+    pub loop_wakes: Counter,
     pub flows: Counter,
     /// Events that waited in the worker because its ring to the loop was full.
     pub events_deferred: Counter,

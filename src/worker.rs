@@ -230,7 +230,9 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
         for rings in front.iter_mut().chain(back.iter_mut()) {
             recycle(rings, &mut b, &stats);
         }
-        events.flush();
+        if events.flush() {
+            stats.loop_wakes.add(1);
+        }
         if events.must_hold_back() {
             // The loop is behind with this worker's events: taking more frames or
             // commands could cost events, which would cost connections. Frames
@@ -359,7 +361,9 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
                 );
             }
         }
-        events.flush();
+        if events.flush() {
+            stats.loop_wakes.add(1);
+        }
         stats.rx_front.add(n_fwd as u64);
         stats.rx_back.add(n_rev as u64);
         stats.tx_back.add(sent_fwd as u64);

@@ -104,7 +104,7 @@ fn merged(
     h
 }
 
-const WORKER_FIELDS: usize = 33;
+const WORKER_FIELDS: usize = 34;
 
 fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); WORKER_FIELDS] {
     [
@@ -132,6 +132,7 @@ fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); WORKER_FIELDS] {
         ("batches", s.batches.get()),
         ("wakeups", s.wakeups.get()),
         ("sleeps", s.sleeps.get()),
+        ("loop_wakes", s.loop_wakes.get()),
         ("xsk_rx_ring_full", s.xsk_rx_ring_full.get()),
         ("xsk_fill_ring_empty", s.xsk_fill_ring_empty.get()),
         ("xsk_rx_dropped", s.xsk_rx_dropped.get()),

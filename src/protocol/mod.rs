@@ -203,11 +203,13 @@ impl Wake {
     /// Called by a worker after it published events. The load first: while
     /// the loop is awake the flag is clear, and a load leaves the cache line
     /// shared where a swap would take it from the loop and every other worker.
-    fn notify(&self) {
+    fn notify(&self) -> bool {
         fence(SeqCst);
-        if self.armed.load(SeqCst) && self.armed.swap(false, SeqCst) {
+        let woke = self.armed.load(SeqCst) && self.armed.swap(false, SeqCst);
+        if woke {
             self.eventfd.notify();
         }
+        woke
     }
 }
 
@@ -271,9 +273,9 @@ impl EventSink {
 
     /// Once per batch: move what waits in the overflow into the ring as far as
     /// it has room, publish this batch's events and frames, and wake the loop
-    /// for them.
+    /// for them if it sleeps; whether this woke it.
     #[inline]
-    pub fn flush(&mut self) {
+    pub fn flush(&mut self) -> bool {
         self.sent |= drain_overflow(&mut self.queue, &mut self.overflow);
         if !self.overflow6.is_empty() {
             self.sent |= drain_overflow(&mut self.queue6, &mut self.overflow6);
@@ -282,8 +284,9 @@ impl EventSink {
             self.queue.publish();
             self.queue6.publish();
             self.frames.publish();
-            self.wake.notify();
+            return self.wake.notify();
         }
+        false
     }
 
     /// Events still wait in the overflow: the worker must not sleep, since
