@@ -547,20 +547,35 @@ impl Kernel {
     /// [`Reach::NoRoute`].
     pub fn route(&self, daemon: Ipv4Addr) -> Result<Reach> {
         let seq = self.next_seq();
+        self.ask_route(seq, &netlink::route_get(seq, daemon), daemon, |m| match m {
+            Message::Route(r) => Ok(r),
+            other => Err(other),
+        })
+    }
+
+    /// Asks the kernel for its route to `daemon` (`request`, numbered `seq`),
+    /// whose answer `route` picks out of the messages of the family.
+    fn ask_route<A: Copy + std::fmt::Display>(
+        &self,
+        seq: u32,
+        request: &[u8],
+        daemon: A,
+        route: impl Fn(Message) -> std::result::Result<RouteMsg<A>, Message>,
+    ) -> Result<Reach<A>> {
         let mut reach = None;
-        self.ask(seq, &netlink::route_get(seq, daemon), |m| {
-            reach = match m {
-                Message::Route(r) => Some(Reach::of_answer(
+        self.ask(seq, request, |m| {
+            reach = match route(m) {
+                Ok(r) => Some(Reach::of_answer(
                     &r,
                     daemon,
                     (self.back_index, &self.back),
                     |oif| interface_name(oif).unwrap_or_else(|| format!("interface #{oif}")),
                 )),
-                Message::Error(0) => None,
-                Message::Error(errno) => Some(Reach::NoRoute {
+                Err(Message::Error(0)) => None,
+                Err(Message::Error(errno)) => Some(Reach::NoRoute {
                     reason: format!("the kernel: {}", errno_text(errno)),
                 }),
-                _ => return true,
+                Err(_) => return true,
             };
             false
         })?;
@@ -644,24 +659,10 @@ impl Kernel {
     /// route get`).
     pub fn route6(&self, daemon: Ipv6Addr) -> Result<Reach<Ipv6Addr>> {
         let seq = self.next_seq();
-        let mut reach = None;
-        self.ask(seq, &netlink::route_get6(seq, daemon), |m| {
-            reach = match m {
-                Message::Route6(r) => Some(Reach::of_answer(
-                    &r,
-                    daemon,
-                    (self.back_index, &self.back),
-                    |oif| interface_name(oif).unwrap_or_else(|| format!("interface #{oif}")),
-                )),
-                Message::Error(0) => None,
-                Message::Error(errno) => Some(Reach::NoRoute {
-                    reason: format!("the kernel: {}", errno_text(errno)),
-                }),
-                _ => return true,
-            };
-            false
-        })?;
-        reach.with_context(|| format!("the kernel did not answer the route request for {daemon}"))
+        self.ask_route(seq, &netlink::route_get6(seq, daemon), daemon, |m| match m {
+            Message::Route6(r) => Ok(r),
+            other => Err(other),
+        })
     }
 
     /// The next hop of an IPv6 `daemon` (itself, a gateway, or a router's
