@@ -659,10 +659,15 @@ impl Kernel {
     /// route get`).
     pub fn route6(&self, daemon: Ipv6Addr) -> Result<Reach<Ipv6Addr>> {
         let seq = self.next_seq();
-        self.ask_route(seq, &netlink::route_get6(seq, daemon), daemon, |m| match m {
-            Message::Route6(r) => Ok(r),
-            other => Err(other),
-        })
+        self.ask_route(
+            seq,
+            &netlink::route_get6(seq, daemon),
+            daemon,
+            |m| match m {
+                Message::Route6(r) => Ok(r),
+                other => Err(other),
+            },
+        )
     }
 
     /// The next hop of an IPv6 `daemon` (itself, a gateway, or a router's

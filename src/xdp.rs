@@ -68,6 +68,19 @@ pub const COUNTER_NAMES: [&str; 25] = [
     "packet_too_big_sent",
 ];
 
+/// Counters of [`COUNTER_NAMES`] that say why a frame was passed to the host:
+/// each such frame is counted in `passed` as well, so these are a breakdown of
+/// it, not verdicts of their own.
+pub const PASS_REASONS: [&str; 7] = [
+    "truncated",
+    "vlan",
+    "ipv6",
+    "back_to_host",
+    "back_not_front",
+    "back_untracked",
+    "fwd_disabled",
+];
+
 /// Which side of the dispatcher a socket or interface is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {

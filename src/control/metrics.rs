@@ -23,7 +23,7 @@ use crate::{
     config::{service_name, Protocol},
     packet::DropReason,
     stats::{AtomicHistogram, SocketStats, WorkerDrop, WorkerStats},
-    xdp::COUNTER_NAMES,
+    xdp::{COUNTER_NAMES, PASS_REASONS},
 };
 
 /// `Content-Type` of the page.
@@ -495,14 +495,26 @@ impl Scrape {
         )?
         .counter(&NONE, self.link_changes)?;
         if let Some(c) = self.xdp {
+            let counted = || COUNTER_NAMES.iter().zip(c);
             let mut fam = family(
                 e,
                 "dispatchd_xdp_verdicts",
-                "Verdicts of the XDP program.",
+                "Verdicts of the XDP program, one per frame.",
                 MetricType::Counter,
             )?;
-            for (verdict, v) in COUNTER_NAMES.iter().zip(c) {
+            for (verdict, v) in counted().filter(|(n, _)| !PASS_REASONS.contains(n)) {
                 fam.counter(&[("verdict", *verdict)], v)?;
+            }
+            let mut fam = family(
+                e,
+                "dispatchd_xdp_pass_reasons",
+                "Why the XDP program passed frames to the host (each is also in \
+                 dispatchd_xdp_verdicts_total{verdict=\"passed\"}); other passed frames are \
+                 not the dispatcher's.",
+                MetricType::Counter,
+            )?;
+            for (reason, v) in counted().filter(|(n, _)| PASS_REASONS.contains(n)) {
+                fam.counter(&[("reason", *reason)], v)?;
             }
         }
         let mut fam = family(
@@ -883,6 +895,34 @@ mod tests {
         for line in page.lines().filter(|l| l.starts_with("# TYPE")) {
             let name = line.split(' ').nth(2).unwrap();
             assert!(!name.ends_with("_ns"), "a base unit: {name}");
+        }
+    }
+
+    #[test]
+    fn xdp_pass_reasons_are_a_family_of_their_own_so_verdicts_sum_to_frames() {
+        let workers = vec![Arc::new(WorkerStats::default())];
+        let mut snap = snapshot(&workers);
+        let mut xdp = [0; COUNTER_NAMES.len()];
+        let at = |name: &str| COUNTER_NAMES.iter().position(|n| *n == name).unwrap();
+        // 10 frames: 4 steered, 6 passed, of which 2 back_to_host and 1 vlan.
+        xdp[at("front_steered")] = 4;
+        xdp[at("passed")] = 6;
+        xdp[at("back_to_host")] = 2;
+        xdp[at("vlan")] = 1;
+        snap.xdp = Some(xdp);
+        let page = render(&snap, extra(1));
+        let sum = |family: &str| -> u64 {
+            samples(&page, family)
+                .iter()
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .sum()
+        };
+        assert_eq!(sum("dispatchd_xdp_verdicts_total"), 10, "{page}");
+        assert_eq!(sum("dispatchd_xdp_pass_reasons_total"), 3, "{page}");
+        assert!(page.contains("dispatchd_xdp_pass_reasons_total{reason=\"back_to_host\"} 2\n"));
+        assert!(!page.contains("verdict=\"back_to_host\""), "{page}");
+        for name in PASS_REASONS {
+            assert!(COUNTER_NAMES.contains(&name), "{name} is a counter");
         }
     }
 
