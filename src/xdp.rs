@@ -22,7 +22,9 @@ use libbpf_rs::{
 };
 
 use crate::{
-    config::{Config, Protocol, XdpMode, MAX_QUEUES, VIP_TCP, VIP_UDP},
+    config::{
+        Config, Protocol, XdpMode, MAX_QUEUES, REPLY_KEY6_SIZE, REPLY_KEY_SIZE, VIP_TCP, VIP_UDP,
+    },
     dataplane::Retired,
 };
 
@@ -864,27 +866,38 @@ impl Steering {
 /// show it, the key of the tracked map.
 pub type ReplyKey = types::reply_key;
 
-/// The tracked map's key for the connection between `client` and `daemon`.
-pub fn reply_key(client: SocketAddrV4, daemon: SocketAddrV4) -> ReplyKey {
+// The skeleton's types are the header's structs; the header asserts the
+// same sizes, so a field added on one side only fails a build.
+const _: () = assert!(size_of::<ReplyKey>() == REPLY_KEY_SIZE as usize);
+const _: () = assert!(size_of::<ReplyKey6>() == REPLY_KEY6_SIZE as usize);
+
+/// The tracked map's key for the connection between `client` and `daemon`
+/// over `protocol` (its IP protocol number, as the flow key holds it).
+pub fn reply_key(client: SocketAddrV4, daemon: SocketAddrV4, protocol: u8) -> ReplyKey {
     // Network byte order in memory, as the program reads the packet.
     ReplyKey {
         client_addr: u32::from_ne_bytes(client.ip().octets()),
         daemon_addr: u32::from_ne_bytes(daemon.ip().octets()),
         client_port: client.port().to_be(),
         daemon_port: daemon.port().to_be(),
+        protocol,
+        pad: [0; 3],
     }
 }
 
 /// `struct reply_key6` of `bpf/steer.h`: the key of the tracked6 map.
 pub type ReplyKey6 = types::reply_key6;
 
-/// The tracked6 map's key for the connection between `client` and `daemon`.
-pub fn reply_key6(client: SocketAddrV6, daemon: SocketAddrV6) -> ReplyKey6 {
+/// The tracked6 map's key for the connection between `client` and `daemon`
+/// over `protocol`.
+pub fn reply_key6(client: SocketAddrV6, daemon: SocketAddrV6, protocol: u8) -> ReplyKey6 {
     ReplyKey6 {
         client_addr: client.ip().octets(),
         daemon_addr: daemon.ip().octets(),
         client_port: client.port().to_be(),
         daemon_port: daemon.port().to_be(),
+        protocol,
+        pad: [0; 3],
     }
 }
 
@@ -909,8 +922,8 @@ pub struct TrackedMap<K = ReplyKey> {
 const UPDATE_BATCH_MAX: usize = 256;
 static ONES: [u8; UPDATE_BATCH_MAX] = [1; UPDATE_BATCH_MAX];
 
-/// The keys a tracked map can have: the skeleton's padding-free key structs,
-/// whose size is the map's key size.
+/// The keys a tracked map can have: the skeleton's key structs (their padding
+/// explicit and zeroed), whose size is the map's key size.
 pub trait TrackedKey: Copy + private::Sealed {}
 impl TrackedKey for ReplyKey {}
 impl TrackedKey for ReplyKey6 {}
@@ -967,7 +980,7 @@ impl<K: TrackedKey> TrackedMap<K> {
         for chunk in keys.chunks(UPDATE_BATCH_MAX) {
             let mut count = chunk.len() as u32;
             // SAFETY: keys and values hold `count` elements of the map's key
-            // (`struct reply_key` or `reply_key6`, no padding) and value (one byte) sizes; the
+            // (`struct reply_key` or `reply_key6`, padding explicit and zeroed) and value (one byte) sizes; the
             // kernel only reads them during the call and writes `count`.
             let rc = unsafe {
                 libbpf_sys::bpf_map_update_batch(
