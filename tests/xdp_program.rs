@@ -41,7 +41,8 @@ use dispatchd::{
     config::{Protocol, MAX_QUEUES, VIP_TCP, VIP_UDP},
     queues::WorkerQueues,
     xdp::{
-        reply_key, reply_key6, Interface, Replies, Side, Steering, SteeringTable, COUNTER_NAMES,
+        reply_key, reply_key6, HandedKeys, Interface, Replies, Side, Steering, SteeringTable,
+        COUNTER_NAMES,
     },
     xsk::{self, Bind, SocketOptions, WorkerSockets},
 };
@@ -1608,6 +1609,85 @@ fn one_client_ports_tcp_and_udp_to_one_daemon_are_tracked_apart() {
         ),
     ];
     assert_rows_pass(&run_rows(&lab, &udp_only), udp_only.len());
+}
+
+/// A takeover reads the running process's tracked map in the layout its key
+/// size says: this version's (16 bytes) as it is, an older one's (12 bytes,
+/// no protocol) as old keys to convert, any other refused.
+#[test]
+fn a_running_processs_tracked_map_is_read_in_its_own_layout() {
+    use libbpf_rs::MapCore;
+    use std::os::fd::AsFd;
+    let lab = Lab::up(
+        "tkv",
+        Replies::Tracked {
+            capacity: 64,
+            capacity6: 64,
+        },
+    );
+    let map_of = |key_size: u32| {
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            ..Default::default()
+        };
+        libbpf_rs::MapHandle::create(
+            libbpf_rs::MapType::Hash,
+            Some("tracked"),
+            key_size,
+            1,
+            16,
+            &opts,
+        )
+        .expect("a map")
+    };
+    let old: Vec<[u8; 12]> = (0..3u16)
+        .map(|i| {
+            let mut k = [0u8; 12];
+            k[..4].copy_from_slice(&CLIENT.ip().octets());
+            k[4..8].copy_from_slice(&DAEMONS[0].ip().octets());
+            k[8..10].copy_from_slice(&(40000 + i).to_be_bytes());
+            k[10..].copy_from_slice(&DAEMONS[0].port().to_be_bytes());
+            k
+        })
+        .collect();
+    let v0 = map_of(12);
+    for k in &old {
+        v0.update(k, &[1], libbpf_rs::MapFlags::ANY)
+            .expect("an old key");
+    }
+    match lab.steering.handed_tracked_keys(v0.as_fd()) {
+        Ok(HandedKeys::WithoutProtocol(mut keys)) => {
+            keys.sort();
+            assert_eq!(keys, old);
+        }
+        other => panic!("an old map read as {other:?}"),
+    }
+    let current = map_of(16);
+    let key = reply_key(CLIENT, DAEMONS[0], UDP);
+    let bytes: Vec<u8> = [
+        &key.client_addr.to_ne_bytes()[..],
+        &key.daemon_addr.to_ne_bytes(),
+        &key.client_port.to_ne_bytes(),
+        &key.daemon_port.to_ne_bytes(),
+        &[key.protocol, 0, 0, 0],
+    ]
+    .concat();
+    current
+        .update(&bytes, &[1], libbpf_rs::MapFlags::ANY)
+        .expect("a key");
+    match lab.steering.handed_tracked_keys(current.as_fd()) {
+        Ok(HandedKeys::Current(keys)) => {
+            assert_eq!(keys.len(), 1);
+            assert_eq!(keys[0].protocol, UDP);
+            assert_eq!(keys[0].client_port, key.client_port);
+        }
+        other => panic!("a current map read as {other:?}"),
+    }
+    let e = lab
+        .steering
+        .handed_tracked_keys(map_of(20).as_fd())
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("20 bytes"), "{e:#}");
 }
 
 /// bpf_fib_lookup answers only if the interface the lookup is made for (the
