@@ -2,7 +2,7 @@
 //! the running one (A) say to each other on A's control socket.
 //!
 //! ```text
-//! B -> A  takeover protocol=1 front=l0 back=l1 replies=stateless layout=0:f0/b0\n
+//! B -> A  takeover protocol=1 front=l0 back=l1 replies=stateless layout=0:f0/b0 reply_key=16\n
 //! A -> B  error: takeover refused: ...\n            (A goes on unchanged)
 //!    or   links <pid>\n  + SCM_RIGHTS [front link, back link, tracked map]
 //!         B copies the tracked map (reply_mode "tracked") into its own,
@@ -21,6 +21,16 @@
 //! the IPv6 one (its IPv6 connections are lost, as they were); a new B that
 //! finds the stream closed after the IPv4 section (an older A) goes on with
 //! no IPv6 records.
+//!
+//! `reply_key=` (the key size of B's tracked map) is an addition within
+//! protocol 1 too. The key gained the protocol (16 bytes; 12 before), and a
+//! process of the version before copies a map with its own key size, which
+//! the kernel would overrun: so A refuses, in tracked mode, a request that
+//! does not say `reply_key=` (an older B). An older A answers the word as a
+//! malformed request and goes on; B then asks again without it, and reads
+//! the layout of the map it gets from the map's key size (an older A's keys
+//! are converted, see `daemon::copy_tracked` and the README's "Tracked
+//! replies: the key carries the protocol").
 //!
 //! Between the switch and B's first socket, B's program finds its XSKMAP empty
 //! and drops service frames (counted `no_socket`): never passed to the host,
