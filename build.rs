@@ -15,6 +15,9 @@ const LIMITS: &[&str] = &[
     "MAX_TRACKED",
     "VIP_TCP",
     "VIP_UDP",
+    "REPLY_KEY_SIZE",
+    "REPLY_KEY6_SIZE",
+    "REPLY_KEY_V0_SIZE",
 ];
 
 /// `pub const NAME: u32 = VALUE;` for each of [`LIMITS`], read from `header`.

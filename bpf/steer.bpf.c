@@ -441,6 +441,7 @@ static __always_inline int reply_tracked(struct iphdr *iph, struct tcphdr *tcph)
 		.daemon_addr = iph->saddr,
 		.client_port = tcph->dest,
 		.daemon_port = tcph->source,
+		.protocol = iph->protocol,
 	};
 
 	return bpf_map_lookup_elem(&tracked, &key) != 0;
@@ -939,7 +940,11 @@ static __always_inline int steer_back6(struct xdp_md *ctx, void *data, void *dat
 	if (!daemon)
 		return pass_back(CNT_IPV6);
 	if (track_replies) {
-		struct reply_key6 tk = { .client_port = ports[1], .daemon_port = ports[0] };
+		struct reply_key6 tk = {
+			.client_port = ports[1],
+			.daemon_port = ports[0],
+			.protocol = ip6->nexthdr,
+		};
 
 		__builtin_memcpy(tk.client_addr, &ip6->daddr, 16);
 		__builtin_memcpy(tk.daemon_addr, &ip6->saddr, 16);

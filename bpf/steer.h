@@ -64,6 +64,10 @@ struct reply_key {
 	__u32 daemon_addr;
 	__u16 client_port;
 	__u16 daemon_port;
+	/* A daemon ADDR:PORT may serve a TCP and a UDP service: one client
+	 * port's flows of both protocols to it are two connections. */
+	__u8 protocol; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad[3];   /* zero: keys are compared as bytes */
 };
 
 /* reply_key for IPv6 connections: the key of the tracked6 map. */
@@ -72,7 +76,19 @@ struct reply_key6 {
 	__u8 daemon_addr[16];
 	__u16 client_port;
 	__u16 daemon_port;
+	__u8 protocol; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad[3];   /* zero: keys are compared as bytes */
 };
+
+/* The key sizes, which user space asserts its types against and which a
+ * takeover reads off the running process's map to tell its layout: before
+ * the protocol was part of it, struct reply_key had 12 bytes
+ * (REPLY_KEY_V0_SIZE: the same fields up to daemon_port). */
+#define REPLY_KEY_SIZE 16
+#define REPLY_KEY6_SIZE 40
+#define REPLY_KEY_V0_SIZE 12
+_Static_assert(sizeof(struct reply_key) == REPLY_KEY_SIZE, "struct reply_key changed size");
+_Static_assert(sizeof(struct reply_key6) == REPLY_KEY6_SIZE, "struct reply_key6 changed size");
 
 /* Every verdict the program reaches is counted in a per-CPU array. */
 enum steer_counter {

@@ -390,6 +390,7 @@ fn identity(ifaces: &Interfaces, plan: &[WorkerQueues], reply_mode: ReplyMode) -
         back: ifaces.back.name.clone(),
         replies: replies.to_owned(),
         layout: layout.join(";"),
+        reply_key: Some(crate::config::REPLY_KEY_SIZE),
     }
 }
 
@@ -447,6 +448,41 @@ struct TookOver {
     tables: Vec<Tables>,
 }
 
+/// Copies the running process's tracked map (`from`) into this program's,
+/// before the switch, so that its replies of every connection the running
+/// process tracked are taken from the switch on. An older process's keys
+/// have no protocol: each is converted by what its daemon serves in
+/// `config` (README, "Takeover"). Returns the keys guessed (see
+/// [`takeover::ConvertedKeys::guessed`]).
+fn copy_tracked(
+    config: &Config,
+    steering: &Steering,
+    from: std::os::fd::BorrowedFd<'_>,
+    pid: u32,
+) -> Result<Vec<xdp::ReplyKey>> {
+    match steering.handed_tracked_keys(from)? {
+        xdp::HandedKeys::Current(keys) => {
+            steering.insert_tracked(&keys)?;
+            tracing::info!("{} tracked connections copied from pid {pid}", keys.len());
+            Ok(Vec::new())
+        }
+        xdp::HandedKeys::WithoutProtocol(old) => {
+            let protocols = takeover::daemon_protocols(&config.services);
+            let converted = takeover::convert_v0_keys(&old, &protocols);
+            steering.insert_tracked(&converted.keys)?;
+            tracing::info!(
+                old = old.len(),
+                copied = converted.keys.len(),
+                guessed = converted.guessed.len(),
+                dropped = converted.dropped,
+                "tracked connections copied from pid {pid}, an older version whose keys \
+                 have no protocol: converted by the daemons' services in this configuration"
+            );
+            Ok(converted.guessed)
+        }
+    }
+}
+
 /// The new process's side of a takeover, up to the records (see
 /// [`takeover`]): asks the running dispatchd on the control socket, points
 /// its links at this process's program, then reads the records it sends once
@@ -478,10 +514,10 @@ fn take_over(
     // Before the switch, so that B's program takes the replies of every
     // connection A tracked (connections A opens from here to the switch are
     // written by B's workers from the records, once they start).
-    if config.reply_mode == ReplyMode::Tracked {
-        let copied = steering.copy_tracked(request.tracked.as_fd())?;
-        tracing::info!("{copied} tracked connections copied from pid {pid}");
-    }
+    let guessed = match config.reply_mode {
+        ReplyMode::Tracked => copy_tracked(config, steering, request.tracked.as_fd(), pid)?,
+        ReplyMode::Stateless => Vec::new(),
+    };
     steering.adopt_links(std::mem::take(&mut request.links))?;
     let switched = Instant::now();
     takeover::test_die_at("switched");
@@ -496,6 +532,18 @@ fn take_over(
             takeover::Handed::default()
         }
     };
+    // Before the workers start (none of this process's records exist yet,
+    // so none of these keys is one of its own connections).
+    let unbacked = takeover::unbacked(&guessed, &handed.records);
+    if !unbacked.is_empty() {
+        match steering.remove_tracked(&unbacked) {
+            Ok(n) => tracing::info!(
+                removed = n,
+                "tracked keys guessed for daemons serving TCP and UDP that no handed record backs"
+            ),
+            Err(e) => tracing::warn!("removing the unbacked guessed tracked keys: {e:#}"),
+        }
+    }
     Ok(Some(TookOver {
         pid,
         records: handed.records,

@@ -31,7 +31,7 @@ impl Tracked for FlowRecord {
     type ReplyKey = ReplyKey;
     #[inline]
     fn reply_key(&self) -> ReplyKey {
-        reply_key(self.key.client(), self.daemon)
+        reply_key(self.key.client(), self.daemon, self.key.protocol)
     }
 }
 
@@ -39,7 +39,7 @@ impl Tracked for FlowRecord6 {
     type ReplyKey = ReplyKey6;
     #[inline]
     fn reply_key(&self) -> ReplyKey6 {
-        reply_key6(self.key.client(), self.daemon())
+        reply_key6(self.key.client(), self.daemon(), self.key.protocol)
     }
 }
 

@@ -22,7 +22,10 @@ use libbpf_rs::{
 };
 
 use crate::{
-    config::{Config, Protocol, XdpMode, MAX_QUEUES, VIP_TCP, VIP_UDP},
+    config::{
+        Config, Protocol, XdpMode, MAX_QUEUES, REPLY_KEY6_SIZE, REPLY_KEY_SIZE, REPLY_KEY_V0_SIZE,
+        VIP_TCP, VIP_UDP,
+    },
     dataplane::Retired,
 };
 
@@ -602,38 +605,25 @@ impl Steering {
         self.skel.maps.tracked.as_fd()
     }
 
-    /// Copies every key of another process's tracked-connections map (`from`,
-    /// of the same layout) into this program's, so that replies of every
-    /// connection it tracked are taken from the switch on. Returns how many.
-    pub fn copy_tracked(&self, from: BorrowedFd<'_>) -> Result<usize> {
+    /// Every key of another process's tracked-connections map (`from`: a
+    /// takeover's running process), in the layout its key size says it has:
+    /// the running process may be older (README, "Takeover").
+    pub fn handed_tracked_keys(&self, from: BorrowedFd<'_>) -> Result<HandedKeys> {
         let most = 2 * self.skel.maps.tracked.max_entries() as usize;
-        let mut keys: Vec<ReplyKey> = Vec::new();
-        let mut next = ReplyKey::default();
-        while keys.len() < most {
-            let prev = keys
-                .last()
-                .map_or(std::ptr::null(), |k| (k as *const ReplyKey).cast());
-            // SAFETY: prev is null (the first key) or points at a key of the
-            // map's key size that lives across the call; next has room for one.
-            let rc = unsafe {
-                libbpf_sys::bpf_map_get_next_key(
-                    from.as_raw_fd(),
-                    prev,
-                    (&mut next as *mut ReplyKey).cast(),
-                )
-            };
-            if rc == -libc::ENOENT {
-                break;
-            }
-            if rc < 0 {
-                bail!(
-                    "reading the running process's tracked connections: {}",
-                    io::Error::from_raw_os_error(-rc)
-                );
-            }
-            keys.push(next);
+        let key_size = map_key_size(from).context("reading the running process's tracked map")?;
+        match key_size {
+            REPLY_KEY_SIZE => Ok(HandedKeys::Current(read_keys(from, most)?)),
+            REPLY_KEY_V0_SIZE => Ok(HandedKeys::WithoutProtocol(read_keys(from, most)?)),
+            other => bail!(
+                "the running process's tracked map has keys of {other} bytes, a layout this                  version does not know (its own: {REPLY_KEY_SIZE}, the previous one:                  {REPLY_KEY_V0_SIZE}); restart instead"
+            ),
         }
-        let outcome = self.tracked_map()?.insert(&keys);
+    }
+
+    /// Writes `keys` to this program's tracked map (a takeover's copy, before
+    /// the switch).
+    pub fn insert_tracked(&self, keys: &[ReplyKey]) -> Result<()> {
+        let outcome = self.tracked_map()?.insert(keys);
         if let Some(e) = outcome.error {
             bail!(
                 "copying the running process's tracked connections: {e} after {} of {}",
@@ -641,7 +631,26 @@ impl Steering {
                 keys.len()
             );
         }
-        Ok(keys.len())
+        Ok(())
+    }
+
+    /// Removes `keys` from this program's tracked map; a key it lacks is
+    /// skipped. Returns how many it removed.
+    pub fn remove_tracked(&self, keys: &[ReplyKey]) -> Result<usize> {
+        let map = self.tracked_map()?;
+        let (mut rest, mut removed) = (keys, 0);
+        while !rest.is_empty() {
+            let BatchOutcome { done, error } = map.remove(rest);
+            removed += done;
+            match error {
+                None => break,
+                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    rest = &rest[(done + 1).min(rest.len())..];
+                }
+                Some(e) => bail!("removing tracked connections: {e}"),
+            }
+        }
+        Ok(removed)
     }
 
     /// The source address of the "fragmentation needed" the program answers a
@@ -877,27 +886,118 @@ impl Steering {
 /// show it, the key of the tracked map.
 pub type ReplyKey = types::reply_key;
 
-/// The tracked map's key for the connection between `client` and `daemon`.
-pub fn reply_key(client: SocketAddrV4, daemon: SocketAddrV4) -> ReplyKey {
+// The skeleton's types are the header's structs; the header asserts the
+// same sizes, so a field added on one side only fails a build.
+const _: () = assert!(size_of::<ReplyKey>() == REPLY_KEY_SIZE as usize);
+const _: () = assert!(size_of::<ReplyKey6>() == REPLY_KEY6_SIZE as usize);
+
+/// The tracked map's key for the connection between `client` and `daemon`
+/// over `protocol` (its IP protocol number, as the flow key holds it).
+pub fn reply_key(client: SocketAddrV4, daemon: SocketAddrV4, protocol: u8) -> ReplyKey {
     // Network byte order in memory, as the program reads the packet.
     ReplyKey {
         client_addr: u32::from_ne_bytes(client.ip().octets()),
         daemon_addr: u32::from_ne_bytes(daemon.ip().octets()),
         client_port: client.port().to_be(),
         daemon_port: daemon.port().to_be(),
+        protocol,
+        pad: [0; 3],
     }
+}
+
+/// `struct reply_key` as it was before it carried the protocol
+/// (`REPLY_KEY_V0_SIZE` bytes: client address, daemon address, client port,
+/// daemon port, all in network byte order): what an older running process's
+/// tracked map holds at a takeover.
+pub type ReplyKeyV0 = [u8; REPLY_KEY_V0_SIZE as usize];
+
+/// The keys a takeover finds in the running process's tracked map.
+#[derive(Debug)]
+pub enum HandedKeys {
+    /// Of this version's layout: copied as they are.
+    Current(Vec<ReplyKey>),
+    /// Of the layout before the protocol was in the key.
+    WithoutProtocol(Vec<ReplyKeyV0>),
+}
+
+/// The parts of an old key: (client, daemon).
+pub fn reply_key_v0_parts(key: &ReplyKeyV0) -> (SocketAddrV4, SocketAddrV4) {
+    let ip = |i: usize| Ipv4Addr::new(key[i], key[i + 1], key[i + 2], key[i + 3]);
+    let port = |i: usize| u16::from_be_bytes([key[i], key[i + 1]]);
+    (
+        SocketAddrV4::new(ip(0), port(8)),
+        SocketAddrV4::new(ip(4), port(10)),
+    )
+}
+
+/// The parts of a key: (client, daemon, protocol).
+pub fn reply_key_parts(key: &ReplyKey) -> (SocketAddrV4, SocketAddrV4, u8) {
+    let client = SocketAddrV4::new(
+        Ipv4Addr::from(key.client_addr.to_ne_bytes()),
+        u16::from_be(key.client_port),
+    );
+    let daemon = SocketAddrV4::new(
+        Ipv4Addr::from(key.daemon_addr.to_ne_bytes()),
+        u16::from_be(key.daemon_port),
+    );
+    (client, daemon, key.protocol)
+}
+
+/// The key size of the BPF map `fd` is, as the kernel reports it.
+fn map_key_size(fd: BorrowedFd<'_>) -> Result<u32> {
+    let mut info = libbpf_sys::bpf_map_info::default();
+    let mut len = size_of::<libbpf_sys::bpf_map_info>() as u32;
+    // SAFETY: info is a bpf_map_info of `len` bytes that lives across the
+    // call; the kernel writes at most `len` bytes of it and `len` itself.
+    let rc = unsafe { libbpf_sys::bpf_map_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    if rc < 0 {
+        bail!("BPF map info: {}", io::Error::from_raw_os_error(-rc));
+    }
+    Ok(info.key_size)
+}
+
+/// Every key of map `fd` (at most `most`), whose key size the caller checked
+/// is `size_of::<K>()`.
+fn read_keys<K: Copy + Default>(fd: BorrowedFd<'_>, most: usize) -> Result<Vec<K>> {
+    let mut keys: Vec<K> = Vec::new();
+    let mut next = K::default();
+    while keys.len() < most {
+        let prev = keys
+            .last()
+            .map_or(std::ptr::null(), |k| (k as *const K).cast());
+        // SAFETY: prev is null (the first key) or points at a key of the
+        // map's key size (the caller checked it is K's) that lives across the
+        // call; next has room for one.
+        let rc = unsafe {
+            libbpf_sys::bpf_map_get_next_key(fd.as_raw_fd(), prev, (&mut next as *mut K).cast())
+        };
+        if rc == -libc::ENOENT {
+            break;
+        }
+        if rc < 0 {
+            bail!(
+                "reading the running process's tracked connections: {}",
+                io::Error::from_raw_os_error(-rc)
+            );
+        }
+        keys.push(next);
+    }
+    Ok(keys)
 }
 
 /// `struct reply_key6` of `bpf/steer.h`: the key of the tracked6 map.
 pub type ReplyKey6 = types::reply_key6;
 
-/// The tracked6 map's key for the connection between `client` and `daemon`.
-pub fn reply_key6(client: SocketAddrV6, daemon: SocketAddrV6) -> ReplyKey6 {
+/// The tracked6 map's key for the connection between `client` and `daemon`
+/// over `protocol`.
+pub fn reply_key6(client: SocketAddrV6, daemon: SocketAddrV6, protocol: u8) -> ReplyKey6 {
     ReplyKey6 {
         client_addr: client.ip().octets(),
         daemon_addr: daemon.ip().octets(),
         client_port: client.port().to_be(),
         daemon_port: daemon.port().to_be(),
+        protocol,
+        pad: [0; 3],
     }
 }
 
@@ -922,8 +1022,8 @@ pub struct TrackedMap<K = ReplyKey> {
 const UPDATE_BATCH_MAX: usize = 256;
 static ONES: [u8; UPDATE_BATCH_MAX] = [1; UPDATE_BATCH_MAX];
 
-/// The keys a tracked map can have: the skeleton's padding-free key structs,
-/// whose size is the map's key size.
+/// The keys a tracked map can have: the skeleton's key structs (their padding
+/// explicit and zeroed), whose size is the map's key size.
 pub trait TrackedKey: Copy + private::Sealed {}
 impl TrackedKey for ReplyKey {}
 impl TrackedKey for ReplyKey6 {}
@@ -980,7 +1080,7 @@ impl<K: TrackedKey> TrackedMap<K> {
         for chunk in keys.chunks(UPDATE_BATCH_MAX) {
             let mut count = chunk.len() as u32;
             // SAFETY: keys and values hold `count` elements of the map's key
-            // (`struct reply_key` or `reply_key6`, no padding) and value (one byte) sizes; the
+            // (`struct reply_key` or `reply_key6`, padding explicit and zeroed) and value (one byte) sizes; the
             // kernel only reads them during the call and writes `count`.
             let rc = unsafe {
                 libbpf_sys::bpf_map_update_batch(

@@ -23,9 +23,16 @@ fn client(port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), port)
 }
 
+const TCP: u8 = libc::IPPROTO_TCP as u8;
+const UDP: u8 = libc::IPPROTO_UDP as u8;
+
 fn record(port: u16, d: u8) -> FlowRecord {
+    record_of(port, d, TCP)
+}
+
+fn record_of(port: u16, d: u8, protocol: u8) -> FlowRecord {
     FlowRecord {
-        key: FlowKey::new(client(port), VIP, 6),
+        key: FlowKey::new(client(port), VIP, protocol),
         backend: BackendId(u16::from(d)),
         daemon: daemon(d),
         created_ns: 1,
@@ -46,7 +53,7 @@ fn maps(capacity: u32) -> (TrackedMap, TrackedMap) {
 }
 
 fn present(look: &TrackedMap, port: u16, d: u8) -> bool {
-    look.contains(&reply_key(client(port), daemon(d)))
+    look.contains(&reply_key(client(port), daemon(d), TCP))
 }
 
 #[test]
@@ -117,4 +124,39 @@ fn keys_the_kernel_refuses_are_counted_and_skipped_on_removal() {
     assert_eq!(stats.tracked_removed.get(), 2);
     assert_eq!(stats.tracked_failed.get(), 4);
     assert!((1..=4).all(|p| !present(&look, p, 0)));
+}
+
+/// A daemon ADDR:PORT behind a TCP and a UDP service: one client port's
+/// connection and flow of either protocol are two keys, and the end of one
+/// leaves the other's in the map.
+#[test]
+fn one_client_ports_tcp_and_udp_records_to_one_daemon_are_two_keys() {
+    let (map, look) = maps(16);
+    let stats = WorkerStats::default();
+    let mut table = FlowTable::with_capacity(8);
+    let mut tracker = ReplyTracker::new(map, &mut table);
+    let (tcp, udp) = (record_of(40000, 0, TCP), record_of(40000, 0, UDP));
+    let key_of = |protocol| reply_key(client(40000), daemon(0), protocol);
+    table.insert(tcp).unwrap();
+    tracker.sync(&mut table, &stats);
+    assert!(look.contains(&key_of(TCP)));
+    assert!(
+        !look.contains(&key_of(UDP)),
+        "a TCP connection tracks no UDP replies"
+    );
+    table.insert(udp).unwrap();
+    tracker.sync(&mut table, &stats);
+    assert_eq!(stats.tracked_inserted.get(), 2);
+    table.remove(&tcp.key).unwrap();
+    tracker.sync(&mut table, &stats);
+    assert!(!look.contains(&key_of(TCP)));
+    assert!(
+        look.contains(&key_of(UDP)),
+        "the UDP flow outlives the TCP connection"
+    );
+    table.remove(&udp.key).unwrap();
+    tracker.sync(&mut table, &stats);
+    assert!(!look.contains(&key_of(UDP)));
+    assert_eq!(stats.tracked_removed.get(), 2);
+    assert_eq!(stats.tracked_failed.get(), 0);
 }

@@ -41,7 +41,8 @@ use dispatchd::{
     config::{Protocol, MAX_QUEUES, VIP_TCP, VIP_UDP},
     queues::WorkerQueues,
     xdp::{
-        reply_key, reply_key6, Interface, Replies, Side, Steering, SteeringTable, COUNTER_NAMES,
+        reply_key, reply_key6, HandedKeys, Interface, Replies, Side, Steering, SteeringTable,
+        COUNTER_NAMES,
     },
     xsk::{self, Bind, SocketOptions, WorkerSockets},
 };
@@ -73,6 +74,9 @@ const UDP_SERVICE: SocketAddrV4 = SocketAddrV4::new(VIP, 53);
 const UDP_DAEMON: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 21), 5353);
 /// A VIP with a TCP service only: what of UDP cannot be matched is the host's.
 const TCP_ONLY_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 101);
+/// The IP protocol numbers the tracked maps' keys carry.
+const TCP: u8 = libc::IPPROTO_TCP as u8;
+const UDP: u8 = libc::IPPROTO_UDP as u8;
 const DAEMONS: [SocketAddrV4; 2] = [
     SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080),
     SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 12), 8080),
@@ -1457,12 +1461,12 @@ fn tracked_replies_are_taken_and_the_rest_passed() {
         },
     );
     let map = lab.steering.tracked_map().expect("the tracked map");
-    let key = reply_key(CLIENT, DAEMONS[0]);
+    let key = reply_key(CLIENT, DAEMONS[0], TCP);
     let outcome = map.insert(&[key]);
     assert_eq!((outcome.done, outcome.error.is_none()), (1, true));
     assert!(map.contains(&key));
     let map6 = lab.steering.tracked6_map().expect("the IPv6 tracked map");
-    let key6 = reply_key6(CLIENT6B, DAEMON6);
+    let key6 = reply_key6(CLIENT6B, DAEMON6, TCP);
     let outcome = map6.insert(&[key6]);
     assert_eq!((outcome.done, outcome.error.is_none()), (1, true));
     assert!(map6.contains(&key6));
@@ -1485,6 +1489,205 @@ fn tracked_replies_are_taken_and_the_rest_passed() {
         &["back_untracked", "passed"],
     )];
     assert_rows_pass(&run_rows(&lab, &gone), 1);
+}
+
+/// reply_mode "tracked" with a daemon ADDR:PORT behind a TCP and a UDP
+/// service: one client port's TCP connection and UDP flow to it are two
+/// entries, each taking only its own protocol's replies, and the end of one
+/// leaves the other's (the key carries the protocol).
+#[test]
+fn one_client_ports_tcp_and_udp_to_one_daemon_are_tracked_apart() {
+    let mut lab = Lab::up(
+        "tk",
+        Replies::Tracked {
+            capacity: 64,
+            capacity6: 64,
+        },
+    );
+    let mut both = lab.steering.contents().expect("the maps");
+    both.daemons
+        .insert((DAEMONS[0], Protocol::Udp), UDP_SERVICE);
+    both.daemons6
+        .insert((DAEMON6, Protocol::Udp), UDP_SERVICE6B);
+    lab.steering
+        .sync(&both)
+        .expect("the UDP service of the TCP daemons");
+    let map = lab.steering.tracked_map().expect("the tracked map");
+    let map6 = lab.steering.tracked6_map().expect("the IPv6 tracked map");
+    let tcp_key = reply_key(CLIENT, DAEMONS[0], TCP);
+    let udp_key = reply_key(CLIENT, DAEMONS[0], UDP);
+    let tcp_key6 = reply_key6(CLIENT6B, DAEMON6, TCP);
+    let udp_key6 = reply_key6(CLIENT6B, DAEMON6, UDP);
+    let tcp_reply = tcp(FROM_DAEMON, DAEMONS[0], CLIENT);
+    let udp_reply = udp(FROM_DAEMON, DAEMONS[0], CLIENT);
+    let tcp_reply6 = l4_6(FROM_DAEMON, DAEMON6, CLIENT6B, false);
+    let udp_reply6 = l4_6(FROM_DAEMON, DAEMON6, CLIENT6B, true);
+    let taken = |name: &'static str, frame: &Vec<u8>, out: Vec<u8>, counter: &'static str| {
+        let counts: &'static [&'static str] = match counter {
+            "back6_steered" => &["back6_steered"],
+            _ => &["back_steered"],
+        };
+        row(name, Iface::Back, 0, frame.clone(), XDP_REDIRECT, counts).leaves(out)
+    };
+    let passed = |name: &'static str, frame: &Vec<u8>| {
+        row(
+            name,
+            Iface::Back,
+            0,
+            frame.clone(),
+            XDP_PASS,
+            &["back_untracked", "passed"],
+        )
+    };
+
+    // Only the TCP connection: the UDP replies from the same daemon to the
+    // same client port are not its.
+    assert!(map.insert(&[tcp_key]).error.is_none());
+    assert!(map6.insert(&[tcp_key6]).error.is_none());
+    let tcp_only = [
+        taken(
+            "TCP reply of the tracked TCP connection",
+            &tcp_reply,
+            tcp(TO_CLIENT, DAEMONS[0], CLIENT),
+            "back_steered",
+        ),
+        passed("UDP reply to the TCP connection's client port", &udp_reply),
+        taken(
+            "IPv6 TCP reply of the tracked TCP connection",
+            &tcp_reply6,
+            l4_6(TO_CLIENT, DAEMON6, CLIENT6B, false),
+            "back6_steered",
+        ),
+        passed(
+            "IPv6 UDP reply to the TCP connection's client port",
+            &udp_reply6,
+        ),
+    ];
+    assert_rows_pass(&run_rows(&lab, &tcp_only), tcp_only.len());
+
+    // Both, then the TCP connection ends: the UDP flow's replies go on.
+    assert!(map.insert(&[udp_key]).error.is_none());
+    assert!(map6.insert(&[udp_key6]).error.is_none());
+    let both_rows = [
+        taken(
+            "TCP reply beside the UDP flow",
+            &tcp_reply,
+            tcp(TO_CLIENT, DAEMONS[0], CLIENT),
+            "back_steered",
+        ),
+        taken(
+            "UDP reply beside the TCP connection",
+            &udp_reply,
+            udp(TO_CLIENT, DAEMONS[0], CLIENT),
+            "back_steered",
+        ),
+        taken(
+            "IPv6 UDP reply beside the TCP connection",
+            &udp_reply6,
+            l4_6(TO_CLIENT, DAEMON6, CLIENT6B, true),
+            "back6_steered",
+        ),
+    ];
+    assert_rows_pass(&run_rows(&lab, &both_rows), both_rows.len());
+    assert_eq!(map.remove(&[tcp_key]).done, 1);
+    assert_eq!(map6.remove(&[tcp_key6]).done, 1);
+    assert!(map.contains(&udp_key) && map6.contains(&udp_key6));
+    let udp_only = [
+        passed("TCP reply after its connection ended", &tcp_reply),
+        taken(
+            "UDP reply after the TCP connection ended",
+            &udp_reply,
+            udp(TO_CLIENT, DAEMONS[0], CLIENT),
+            "back_steered",
+        ),
+        passed("IPv6 TCP reply after its connection ended", &tcp_reply6),
+        taken(
+            "IPv6 UDP reply after the TCP connection ended",
+            &udp_reply6,
+            l4_6(TO_CLIENT, DAEMON6, CLIENT6B, true),
+            "back6_steered",
+        ),
+    ];
+    assert_rows_pass(&run_rows(&lab, &udp_only), udp_only.len());
+}
+
+/// A takeover reads the running process's tracked map in the layout its key
+/// size says: this version's (16 bytes) as it is, an older one's (12 bytes,
+/// no protocol) as old keys to convert, any other refused.
+#[test]
+fn a_running_processs_tracked_map_is_read_in_its_own_layout() {
+    use libbpf_rs::MapCore;
+    use std::os::fd::AsFd;
+    let lab = Lab::up(
+        "tkv",
+        Replies::Tracked {
+            capacity: 64,
+            capacity6: 64,
+        },
+    );
+    let map_of = |key_size: u32| {
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            ..Default::default()
+        };
+        libbpf_rs::MapHandle::create(
+            libbpf_rs::MapType::Hash,
+            Some("tracked"),
+            key_size,
+            1,
+            16,
+            &opts,
+        )
+        .expect("a map")
+    };
+    let old: Vec<[u8; 12]> = (0..3u16)
+        .map(|i| {
+            let mut k = [0u8; 12];
+            k[..4].copy_from_slice(&CLIENT.ip().octets());
+            k[4..8].copy_from_slice(&DAEMONS[0].ip().octets());
+            k[8..10].copy_from_slice(&(40000 + i).to_be_bytes());
+            k[10..].copy_from_slice(&DAEMONS[0].port().to_be_bytes());
+            k
+        })
+        .collect();
+    let v0 = map_of(12);
+    for k in &old {
+        v0.update(k, &[1], libbpf_rs::MapFlags::ANY)
+            .expect("an old key");
+    }
+    match lab.steering.handed_tracked_keys(v0.as_fd()) {
+        Ok(HandedKeys::WithoutProtocol(mut keys)) => {
+            keys.sort();
+            assert_eq!(keys, old);
+        }
+        other => panic!("an old map read as {other:?}"),
+    }
+    let current = map_of(16);
+    let key = reply_key(CLIENT, DAEMONS[0], UDP);
+    let bytes: Vec<u8> = [
+        &key.client_addr.to_ne_bytes()[..],
+        &key.daemon_addr.to_ne_bytes(),
+        &key.client_port.to_ne_bytes(),
+        &key.daemon_port.to_ne_bytes(),
+        &[key.protocol, 0, 0, 0],
+    ]
+    .concat();
+    current
+        .update(&bytes, &[1], libbpf_rs::MapFlags::ANY)
+        .expect("a key");
+    match lab.steering.handed_tracked_keys(current.as_fd()) {
+        Ok(HandedKeys::Current(keys)) => {
+            assert_eq!(keys.len(), 1);
+            assert_eq!(keys[0].protocol, UDP);
+            assert_eq!(keys[0].client_port, key.client_port);
+        }
+        other => panic!("a current map read as {other:?}"),
+    }
+    let e = lab
+        .steering
+        .handed_tracked_keys(map_of(20).as_fd())
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("20 bytes"), "{e:#}");
 }
 
 /// bpf_fib_lookup answers only if the interface the lookup is made for (the
@@ -1708,14 +1911,14 @@ fn the_cost_per_frame_of_each_reply_mode() {
             let others: Vec<_> = (0..100_000u32)
                 .map(|i| {
                     let c = SocketAddrV4::new(Ipv4Addr::from(0x0a00_0000 | i), 40000);
-                    reply_key(c, DAEMONS[1])
+                    reply_key(c, DAEMONS[1], TCP)
                 })
-                .chain([reply_key(CLIENT, DAEMONS[0])])
+                .chain([reply_key(CLIENT, DAEMONS[0], TCP)])
                 .collect();
             assert!(map.insert(&others).error.is_none());
             let map6 = lab.steering.tracked6_map().expect("the IPv6 tracked map");
             assert!(map6
-                .insert(&[reply_key6(CLIENT6B, DAEMON6)])
+                .insert(&[reply_key6(CLIENT6B, DAEMON6, TCP)])
                 .error
                 .is_none());
         }

@@ -2,7 +2,7 @@
 //! the running one (A) say to each other on A's control socket.
 //!
 //! ```text
-//! B -> A  takeover protocol=1 front=l0 back=l1 replies=stateless layout=0:f0/b0\n
+//! B -> A  takeover protocol=1 front=l0 back=l1 replies=stateless layout=0:f0/b0 reply_key=16\n
 //! A -> B  error: takeover refused: ...\n            (A goes on unchanged)
 //!    or   links <pid>\n  + SCM_RIGHTS [front link, back link, tracked map]
 //!         B copies the tracked map (reply_mode "tracked") into its own,
@@ -22,6 +22,16 @@
 //! finds the stream closed after the IPv4 section (an older A) goes on with
 //! no IPv6 records.
 //!
+//! `reply_key=` (the key size of B's tracked map) is an addition within
+//! protocol 1 too. The key gained the protocol (16 bytes; 12 before), and a
+//! process of the version before copies a map with its own key size, which
+//! the kernel would overrun: so A refuses, in tracked mode, a request that
+//! does not say `reply_key=` (an older B). An older A answers the word as a
+//! malformed request and goes on; B then asks again without it, and reads
+//! the layout of the map it gets from the map's key size (an older A's keys
+//! are converted, see `daemon::copy_tracked` and the README's "Tracked
+//! replies: the key carries the protocol").
+//!
 //! Between the switch and B's first socket, B's program finds its XSKMAP empty
 //! and drops service frames (counted `no_socket`): never passed to the host,
 //! whose stack would answer them with RST. TCP retransmits them.
@@ -29,6 +39,7 @@
 //! Records travel with their owner (worker index) and their times as ages, as
 //! each process's clock counts from its own start.
 use std::{
+    collections::{BTreeMap, BTreeSet},
     io::{BufRead, BufReader, Read, Write},
     net::{Ipv4Addr, Ipv6Addr, SocketAddrV4},
     os::{fd::AsFd, fd::OwnedFd, unix::net::UnixStream},
@@ -39,9 +50,11 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
+    config::{Protocol, ServiceConfig},
     flow::{FlowKey, FlowKey6, FlowRecord, FlowRecord6, TcpState},
     ids::BackendId,
     sys,
+    xdp::{reply_key, reply_key_parts, reply_key_v0_parts, ReplyKey, ReplyKeyV0},
 };
 
 /// The first word of B's request.
@@ -56,6 +69,11 @@ pub const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const RECORD_WIRE: usize = 46;
 /// Bytes of one IPv6 record on the wire.
 pub const RECORD6_WIRE: usize = 82;
+/// The request's word for the key size of the new process's tracked map.
+const REPLY_KEY_WORD: &str = "reply_key";
+/// How an older running process answers a request with a word it does not
+/// know: the new process asks again without `reply_key=`.
+const MALFORMED: &str = "malformed takeover request";
 /// The first word of the line that opens the IPv6 section.
 const RECORDS6: &str = "records6";
 /// Test hook: a stage (`links`: it holds the links; `switched`: it has
@@ -72,14 +90,31 @@ pub struct Identity {
     pub replies: String,
     /// `w:f<queues>/b<queues>` per worker, `;`-separated.
     pub layout: String,
+    /// The key size of the process's tracked map (`reply_key=`): `None` in
+    /// the request of an older process, which does not say it (and whose key
+    /// has no protocol), or in one this process retries without it for an
+    /// older running process (see the module's note).
+    pub reply_key: Option<u32>,
 }
 
 impl Identity {
     pub fn line(&self) -> String {
-        format!(
+        let mut line = format!(
             "{VERB} protocol={PROTOCOL} front={} back={} replies={} layout={}",
             self.front, self.back, self.replies, self.layout
-        )
+        );
+        if let Some(size) = self.reply_key {
+            line.push_str(&format!(" {REPLY_KEY_WORD}={size}"));
+        }
+        line
+    }
+
+    /// The same identity as an older process states it (no `reply_key=`).
+    pub fn without_reply_key(&self) -> Identity {
+        Identity {
+            reply_key: None,
+            ..self.clone()
+        }
     }
 
     /// The identity a request line carries; an error (the reply) if it is not
@@ -96,17 +131,19 @@ impl Identity {
                  one ({protocol}); restart instead"
             ));
         }
-        Self::fields(words).ok_or_else(|| format!("malformed takeover request {:?}", line.trim()))
+        Self::fields(words).ok_or_else(|| format!("{MALFORMED} {:?}", line.trim()))
     }
 
     fn fields<'a>(words: impl Iterator<Item = &'a str>) -> Option<Identity> {
         let (mut front, mut back, mut replies, mut layout) = (None, None, None, None);
+        let mut reply_key = None;
         for w in words {
             match w.split_once('=') {
                 Some(("front", v)) => front = Some(v.to_owned()),
                 Some(("back", v)) => back = Some(v.to_owned()),
                 Some(("replies", v)) => replies = Some(v.to_owned()),
                 Some(("layout", v)) => layout = Some(v.to_owned()),
+                Some((REPLY_KEY_WORD, v)) => reply_key = Some(v.parse().ok()?),
                 _ => return None,
             }
         }
@@ -115,6 +152,7 @@ impl Identity {
             back: back?,
             replies: replies?,
             layout: layout?,
+            reply_key,
         })
     }
 
@@ -138,6 +176,17 @@ impl Identity {
                 "takeover refused: the workers would serve other queues (running {}, new {}); \
                  records could not be handed to the worker that receives their frames",
                 self.layout, new.layout
+            ));
+        }
+        // An older process copies the tracked map with its own, smaller key
+        // (no protocol): the kernel would write this map's keys past its
+        // buffers. In stateless mode it does not read the map.
+        if self.replies == "tracked" && self.reply_key.is_some() && new.reply_key.is_none() {
+            return Some(format!(
+                "takeover refused: the new process is of an older version, whose map of \
+                 tracked connections has keys without the protocol; it cannot copy this one's \
+                 ({} bytes); restart instead",
+                self.reply_key.unwrap_or_default()
             ));
         }
         None
@@ -307,6 +356,73 @@ pub fn read_records(reader: &mut impl BufRead, now_ns: impl Fn() -> u64) -> Resu
     Ok(Handed { records, records6 })
 }
 
+/// What each IPv4 daemon ADDR:PORT serves in `services`: the protocols of
+/// the services it is a daemon of.
+pub fn daemon_protocols(services: &[ServiceConfig]) -> BTreeMap<SocketAddrV4, BTreeSet<Protocol>> {
+    let mut map = BTreeMap::<SocketAddrV4, BTreeSet<Protocol>>::new();
+    for s in services {
+        for b in &s.backends {
+            map.entry(b.addr).or_default().insert(s.protocol);
+        }
+    }
+    map
+}
+
+/// An older running process's tracked keys (no protocol) in this version's
+/// layout.
+#[derive(Debug, Default)]
+pub struct ConvertedKeys {
+    /// To insert: one key per protocol the daemon serves in this process's
+    /// configuration.
+    pub keys: Vec<ReplyKey>,
+    /// Those of `keys` that are guesses (the daemon serves both protocols,
+    /// so both were inserted): the ones no handed record backs are removed
+    /// once the records came ([`unbacked`]).
+    pub guessed: Vec<ReplyKey>,
+    /// Keys of daemons this process's configuration does not have: its
+    /// program does not take their replies whatever the map holds.
+    pub dropped: usize,
+}
+
+/// Converts old keys, the protocol taken from `protocols` (see
+/// [`daemon_protocols`]): a TCP-only or UDP-only daemon's key gets that
+/// protocol; a daemon that serves both gets a key of each, as the old key
+/// stood for a connection of either.
+pub fn convert_v0_keys(
+    old: &[ReplyKeyV0],
+    protocols: &BTreeMap<SocketAddrV4, BTreeSet<Protocol>>,
+) -> ConvertedKeys {
+    let mut out = ConvertedKeys::default();
+    for key in old {
+        let (client, daemon) = reply_key_v0_parts(key);
+        let Some(served) = protocols.get(&daemon).filter(|p| !p.is_empty()) else {
+            out.dropped += 1;
+            continue;
+        };
+        for protocol in served {
+            let new = reply_key(client, daemon, protocol.number());
+            out.keys.push(new);
+            if served.len() > 1 {
+                out.guessed.push(new);
+            }
+        }
+    }
+    out
+}
+
+/// Those of `guessed` that no handed record is the connection of.
+pub fn unbacked(guessed: &[ReplyKey], records: &[(u16, FlowRecord)]) -> Vec<ReplyKey> {
+    let backed: BTreeSet<(SocketAddrV4, SocketAddrV4, u8)> = records
+        .iter()
+        .map(|(_, r)| (r.key.client(), r.daemon, r.key.protocol))
+        .collect();
+    guessed
+        .iter()
+        .filter(|k| !backed.contains(&reply_key_parts(k)))
+        .copied()
+        .collect()
+}
+
 /// B's side, up to the switch: the connection to A and the links A gave.
 pub struct Request {
     stream: UnixStream,
@@ -322,6 +438,21 @@ impl Request {
     /// refusal as the error, or `None` if no process listens there (no file,
     /// or the file of one that is gone).
     pub fn send(socket: &Path, me: &Identity) -> Result<Option<Request>> {
+        match Self::send_once(socket, me) {
+            // An older running process refuses the `reply_key=` word it does
+            // not know, and goes on unchanged: ask it as it understands.
+            Err(e) if me.reply_key.is_some() && e.to_string().starts_with(MALFORMED) => {
+                tracing::info!(
+                    "the running dispatchd is of an older version: asking it to hand over \
+                     in its own words"
+                );
+                Self::send_once(socket, &me.without_reply_key())
+            }
+            other => other,
+        }
+    }
+
+    fn send_once(socket: &Path, me: &Identity) -> Result<Option<Request>> {
         let mut stream = match UnixStream::connect(socket) {
             Ok(s) => s,
             Err(e)
@@ -469,6 +600,7 @@ mod tests {
             back: "l1".into(),
             replies: "stateless".into(),
             layout: layout.into(),
+            reply_key: Some(crate::config::REPLY_KEY_SIZE),
         }
     }
 
@@ -703,5 +835,175 @@ mod tests {
                 "{what}: read as records"
             );
         }
+    }
+
+    /// An older process's request has no `reply_key=`: still read, and
+    /// refused only where it would copy this one's tracked map.
+    #[test]
+    fn an_older_new_process_is_refused_only_with_tracked_replies() {
+        let me = identity("l0", "0:f0/b0");
+        assert!(me.line().ends_with(" reply_key=16"), "{}", me.line());
+        let old_line = "takeover protocol=1 front=l0 back=l1 replies=stateless layout=0:f0/b0";
+        let old = Identity::parse(old_line).unwrap();
+        assert_eq!(old, me.without_reply_key());
+        assert_eq!(old.line(), old_line, "an older process's words exactly");
+        assert_eq!(me.refusal(&old), None, "stateless: the map is not read");
+        let tracked = Identity {
+            replies: "tracked".into(),
+            ..me.clone()
+        };
+        let e = tracked
+            .refusal(&Identity {
+                replies: "tracked".into(),
+                ..old
+            })
+            .unwrap();
+        assert!(e.contains("older version") && e.contains("restart"), "{e}");
+        assert_eq!(tracked.refusal(&tracked), None);
+        let bad = format!("{old_line} reply_key=many");
+        assert!(Identity::parse(&bad).unwrap_err().starts_with(MALFORMED));
+    }
+
+    /// An older running process answers `reply_key=` as a malformed request
+    /// and goes on; the new process asks again in the older words.
+    #[test]
+    fn an_older_running_process_is_asked_again_without_the_new_word() {
+        let dir = std::env::temp_dir().join(format!("dispatchd-takeover-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ctl.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let old_a = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for _ in 0..2 {
+                let (stream, _) = listener.accept().unwrap();
+                let mut line = String::new();
+                BufReader::new(stream.try_clone().unwrap())
+                    .read_line(&mut line)
+                    .unwrap();
+                // The parser of a process of the previous version.
+                let old = Identity::parse(&line)
+                    .ok()
+                    .filter(|id| id.reply_key.is_none());
+                if old.is_none() {
+                    let mut s = stream;
+                    s.write_all(format!("error: {MALFORMED} {:?}\n", line.trim()).as_bytes())
+                        .unwrap();
+                } else {
+                    let file = std::fs::File::open("/proc/self/exe").unwrap();
+                    sys::send_fds(
+                        stream.as_fd(),
+                        b"links 4242\n",
+                        &[file.as_fd(), file.as_fd(), file.as_fd()],
+                    )
+                    .unwrap();
+                }
+                lines.push(line.trim().to_owned());
+            }
+            lines
+        });
+        let me = identity("l0", "0:f0/b0");
+        let request = Request::send(&path, &me)
+            .unwrap()
+            .expect("a running process");
+        assert_eq!(request.pid, 4242);
+        let lines = old_a.join().unwrap();
+        assert_eq!(lines, [me.line(), me.without_reply_key().line()]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn old_key(client: SocketAddrV4, daemon: SocketAddrV4) -> ReplyKeyV0 {
+        let mut k = [0u8; 12];
+        k[..4].copy_from_slice(&client.ip().octets());
+        k[4..8].copy_from_slice(&daemon.ip().octets());
+        k[8..10].copy_from_slice(&client.port().to_be_bytes());
+        k[10..].copy_from_slice(&daemon.port().to_be_bytes());
+        k
+    }
+
+    fn key_bytes(k: &ReplyKey) -> Vec<u8> {
+        [
+            &k.client_addr.to_ne_bytes()[..],
+            &k.daemon_addr.to_ne_bytes(),
+            &k.client_port.to_ne_bytes(),
+            &k.daemon_port.to_ne_bytes(),
+            &[k.protocol],
+            &k.pad,
+        ]
+        .concat()
+    }
+
+    /// An older process's keys (no protocol) become keys of this layout: the
+    /// protocol from the daemon's services here; both for a daemon with a
+    /// TCP and a UDP service (guesses until the records say which), none for
+    /// a daemon this configuration lacks.
+    #[test]
+    fn old_tracked_keys_are_converted_by_the_daemons_services() {
+        use crate::balance::{BackendSpec, PolicyKind};
+        let tcp_only: SocketAddrV4 = "198.19.0.11:8080".parse().unwrap();
+        let udp_only: SocketAddrV4 = "198.19.0.12:5353".parse().unwrap();
+        let both: SocketAddrV4 = "198.19.0.13:53".parse().unwrap();
+        let gone: SocketAddrV4 = "198.19.0.99:8080".parse().unwrap();
+        let service = |address: &str, protocol, daemons: &[SocketAddrV4]| ServiceConfig {
+            address: address.parse().unwrap(),
+            protocol,
+            policy: PolicyKind::default(),
+            backends: daemons
+                .iter()
+                .map(|&addr| BackendSpec { addr, weight: 1 })
+                .collect(),
+            health: Default::default(),
+        };
+        let services = [
+            service("198.18.0.100:80", Protocol::Tcp, &[tcp_only]),
+            service("198.18.0.100:53", Protocol::Udp, &[udp_only, both]),
+            service("198.18.0.101:53", Protocol::Tcp, &[both]),
+        ];
+        let protocols = daemon_protocols(&services);
+        let client: SocketAddrV4 = "198.18.0.2:40000".parse().unwrap();
+        let old = [
+            old_key(client, tcp_only),
+            old_key(client, udp_only),
+            old_key(client, both),
+            old_key(client, gone),
+        ];
+        let converted = convert_v0_keys(&old, &protocols);
+        let (tcp, udp) = (Protocol::Tcp.number(), Protocol::Udp.number());
+        let want = [
+            (client, tcp_only, tcp),
+            (client, udp_only, udp),
+            (client, both, tcp),
+            (client, both, udp),
+        ];
+        let got: Vec<_> = converted.keys.iter().map(reply_key_parts).collect();
+        assert_eq!(got, want);
+        // The new layout is the old one, then the protocol and zeroed padding.
+        for (new, i) in converted.keys.iter().zip([0, 1, 2, 2]) {
+            let bytes = key_bytes(new);
+            assert_eq!(bytes.len(), crate::config::REPLY_KEY_SIZE as usize);
+            assert_eq!(&bytes[..12], &old[i][..]);
+            assert_eq!(&bytes[13..], &[0, 0, 0]);
+        }
+        let guessed: Vec<_> = converted.guessed.iter().map(reply_key_parts).collect();
+        assert_eq!(guessed, [(client, both, tcp), (client, both, udp)]);
+        assert_eq!(converted.dropped, 1);
+
+        // The records say the connection to `both` was UDP: the TCP guess
+        // is the one to remove.
+        let record = FlowRecord {
+            key: FlowKey::new(client, "198.18.0.100:53".parse().unwrap(), udp),
+            backend: BackendId(0),
+            daemon: both,
+            created_ns: 0,
+            last_seen_ns: 0,
+            client_next: 0,
+            client_ack: 0,
+            state: TcpState::ESTABLISHED,
+            epoch: 0,
+        };
+        let left = unbacked(&converted.guessed, &[(0, record)]);
+        let left: Vec<_> = left.iter().map(reply_key_parts).collect();
+        assert_eq!(left, [(client, both, tcp)]);
+        assert_eq!(unbacked(&converted.guessed, &[]).len(), 2);
     }
 }

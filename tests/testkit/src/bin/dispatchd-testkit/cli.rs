@@ -173,6 +173,20 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         interval_ms: u64,
     },
+    /// A TCP connection and a UDP flow from one local port (see
+    /// `clients::two_protocols`).
+    TwoProtocols {
+        #[arg(long)]
+        to: SocketAddr,
+        /// The flow ended first; the other must go on.
+        #[arg(long, value_enum)]
+        close: clients::Protocol,
+        /// How long the other goes on after the close.
+        #[arg(long, default_value_t = 3000)]
+        after_ms: u64,
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+    },
     Rr {
         #[arg(long)]
         to: SocketAddr,
@@ -306,6 +320,17 @@ pub fn run() -> Result<()> {
         } => clients::hold(
             to,
             Duration::from_secs(seconds),
+            Duration::from_millis(interval_ms),
+        ),
+        Command::TwoProtocols {
+            to,
+            close,
+            after_ms,
+            interval_ms,
+        } => clients::two_protocols(
+            to,
+            close,
+            Duration::from_millis(after_ms),
             Duration::from_millis(interval_ms),
         ),
         Command::Rr {

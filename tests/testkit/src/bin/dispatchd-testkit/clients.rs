@@ -572,3 +572,84 @@ pub fn request_reply(
     }
     Ok(())
 }
+
+/// Which of [`two_protocols`]' two flows the client ends first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// A TCP connection and a UDP flow from one local port to `to` (a VIP:port
+/// with a service of each protocol; `reply_mode = "tracked"` keys its
+/// replies by the client's port): both exchange once, then the `close` one
+/// ends (TCP: FIN both ways; UDP: its socket closed, the record left to idle
+/// out) and the other goes on exchanging every `interval` for `after`. Its
+/// first failure fails the run. The UDP socket is connected, so it counts
+/// only answers from `to`. Prints `port=P tcp=<daemon> udp=<daemon>`,
+/// `closed=<protocol>`, then `kept=<protocol> rounds=N ok`.
+pub fn two_protocols(
+    to: SocketAddr,
+    close: Protocol,
+    after: Duration,
+    interval: Duration,
+) -> Result<()> {
+    let timeout = Duration::from_secs(2);
+    let mut tcp = open(to, timeout)?;
+    exchange(&mut tcp, &pattern(0, 100)).context("the first TCP exchange")?;
+    // The kernel picked the TCP port; the UDP socket takes the same number
+    // (the two protocols' ports are separate spaces).
+    let local = tcp.stream.local_addr()?;
+    let udp = std::net::UdpSocket::bind(local)
+        .with_context(|| format!("binding the UDP socket to the TCP connection's {local}"))?;
+    udp.connect(to)
+        .with_context(|| format!("connecting UDP to {to}"))?;
+    udp.set_read_timeout(Some(timeout))?;
+    let udp_daemon =
+        crate::udp::ask_daemon(&udp, b"q two-protocols round=0").context("the first UDP query")?;
+    println!("port={} tcp={} udp={udp_daemon}", local.port(), tcp.daemon);
+    let mut udp = Some(udp);
+    let mut tcp = Some(tcp);
+    match close {
+        Protocol::Tcp => {
+            let mut s = tcp.take().context("the TCP connection")?;
+            s.stream.shutdown(Shutdown::Write)?;
+            let mut rest = Vec::new();
+            s.reader
+                .read_to_end(&mut rest)
+                .context("waiting for the daemon's FIN")?;
+        }
+        Protocol::Udp => drop(udp.take()),
+    }
+    println!("closed={close:?}");
+    let started = Instant::now();
+    let mut rounds = 0u64;
+    while started.elapsed() < after {
+        thread::sleep(interval);
+        rounds += 1;
+        let round = || {
+            format!(
+                "round {rounds}, {} ms after the close",
+                started.elapsed().as_millis()
+            )
+        };
+        if let Some(s) = tcp.as_mut() {
+            exchange(s, &pattern(rounds, 100)).with_context(round)?;
+        }
+        if let Some(u) = udp.as_ref() {
+            let query = format!("q two-protocols round={rounds}");
+            crate::udp::ask_daemon(u, query.as_bytes()).with_context(round)?;
+        }
+    }
+    if let Some(mut s) = tcp {
+        s.stream.shutdown(Shutdown::Write)?;
+        let mut rest = Vec::new();
+        let _ = s.reader.read_to_end(&mut rest);
+    }
+    let kept = match close {
+        Protocol::Tcp => Protocol::Udp,
+        Protocol::Udp => Protocol::Tcp,
+    };
+    println!("kept={kept:?} rounds={rounds} ok");
+    Ok(())
+}

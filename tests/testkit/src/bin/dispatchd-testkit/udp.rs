@@ -103,6 +103,18 @@ fn ask(socket: &UdpSocket, query: &[u8], buf: &mut [u8]) -> Answer {
     }
 }
 
+/// One query on a connected socket and its answer: the daemon that answered,
+/// or why none came.
+pub fn ask_daemon(socket: &UdpSocket, query: &[u8]) -> Result<String> {
+    let mut buf = vec![0u8; 65536];
+    match ask(socket, query, &mut buf) {
+        Answer::Daemon(d) => Ok(d),
+        Answer::Lost => anyhow::bail!("no UDP answer within the timeout"),
+        Answer::Refused => anyhow::bail!("the UDP query was refused (port unreachable)"),
+        Answer::Wrong(e) => anyhow::bail!("UDP: {e}"),
+    }
+}
+
 pub fn query(q: Query) -> Result<()> {
     // `--bind` is IPv4's; an IPv6 query goes from any of the client's addresses.
     let local = match (q.to, crate::sockets::client_bind()) {
