@@ -37,6 +37,7 @@ use super::{
     ready::{self, NotReady},
     report::{self, BackendSetting, PendingKey, ReloadCounts, StatsSnapshot},
     state::{Overrides, StateFile},
+    table6::{Tables6, Tables6Plan},
     takeover::{self, Identity},
     traffic::TrafficBook,
     uring::{Completion, Uring},
@@ -127,6 +128,8 @@ pub struct WorkerLink {
     /// The traffic bank of the plane the worker starts with (the loop takes
     /// it at its start).
     pub traffic: Arc<[BackendTraffic]>,
+    /// The core the worker is pinned to, if any.
+    pub core: Option<usize>,
 }
 
 /// What `dispatchd run` hands the loop: the state start-up built, and how to
@@ -246,6 +249,8 @@ pub struct Manager<'a> {
     started_unix: f64,
     /// Each worker's flow-table capacity, as started.
     table_capacity: u64,
+    /// The workers' IPv6 tables: there, absent, or being made off-loop.
+    tables6: Tables6,
     /// The connection of a new process that took the links over: it waits
     /// for the records once the workers stopped.
     handover: Option<UnixStream>,
@@ -294,6 +299,16 @@ impl<'a> Manager<'a> {
             traffic.track(daemons.clone(), bank);
         }
         let started_unix = unix_now();
+        let tables6 = Tables6::new(
+            Tables6Plan {
+                capacity: parts.config.flow_capacity,
+                present: crate::worker::flow_capacity6(&parts.config) > 0,
+                journal: parts.config.reply_mode == ReplyMode::Tracked,
+                workers: parts.workers.len(),
+                cores: cores_beside(&parts.workers),
+            },
+            parts.wake.clone(),
+        );
         Ok(Manager {
             uring: Uring::new(RING_ENTRIES)?,
             tracker: ConnTracker::new(parts.config.control.timeouts),
@@ -349,6 +364,7 @@ impl<'a> Manager<'a> {
             pending: Vec::new(),
             started_unix,
             table_capacity: parts.config.flow_capacity as u64,
+            tables6,
             handover: None,
             stop: false,
             notify: Notifier::from_env().context("opening $NOTIFY_SOCKET")?,
@@ -730,6 +746,7 @@ impl<'a> Manager<'a> {
         match done.tag {
             Tag::EventFd => {
                 self.drain_events();
+                self.hand_out_tables6();
                 self.uring.read(Tag::EventFd, self.wake.eventfd.raw(), 8)?;
             }
             Tag::Signal => {
@@ -744,6 +761,7 @@ impl<'a> Manager<'a> {
             }
             Tag::Tick => {
                 self.tick()?;
+                self.hand_out_tables6();
                 self.uring.timeout(Tag::Tick, TICK)?;
             }
             Tag::Accept { metrics } => {
@@ -1778,6 +1796,7 @@ impl<'a> Manager<'a> {
             (config.all_services()).map(|(address, p)| (address, p.number())),
         );
         self.traffic.settle();
+        self.tables6.provide(!config.services6.is_empty());
         for (w, plane) in applied.planes.into_iter().enumerate() {
             self.traffic.track(daemons.clone(), plane.traffic.clone());
             self.backlog
@@ -1811,6 +1830,32 @@ impl<'a> Manager<'a> {
         self.tell_states();
         Ok(())
     }
+}
+
+impl Manager<'_> {
+    /// Sends each IPv6 table made since the last look to its worker.
+    fn hand_out_tables6(&mut self) {
+        let tables = self.tables6.arrived();
+        if tables.is_empty() {
+            return;
+        }
+        for (worker, table) in tables {
+            self.backlog.push_back((worker, Command::Table6(table)));
+        }
+        self.send_backlog();
+    }
+}
+
+/// The cores the management thread may run on that no worker is pinned to:
+/// where a helper thread's long work takes no time from a worker.
+fn cores_beside(workers: &[WorkerLink]) -> Vec<usize> {
+    let taken: AHashSet<usize> = workers.iter().filter_map(|w| w.core).collect();
+    core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .filter(|c| !taken.contains(c))
+        .collect()
 }
 
 /// Seconds since the Unix epoch, for timestamps operators compare with clocks.

@@ -23,6 +23,7 @@ pub mod nexthops;
 pub mod ready;
 pub mod report;
 pub mod state;
+pub mod table6;
 pub mod takeover;
 pub mod traffic;
 pub mod uring;
