@@ -86,7 +86,8 @@ pub struct WorkerSetup {
 /// IPv4 table's, when `config` has IPv6 services; none otherwise, so that an
 /// IPv4-only process does not hold a table of 92-byte slots it never uses (at
 /// the default capacity, 193 MB per worker). An IPv6 service added by a reload
-/// to a process started without any gets its table then (see `grow_table6`).
+/// to a process started without any gets its table then, allocated off the
+/// worker's loop (see [`crate::control::table6`] and [`Command::Table6`]).
 pub fn flow_capacity6(config: &Config) -> usize {
     if config.services6.is_empty() {
         0
