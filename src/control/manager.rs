@@ -37,7 +37,7 @@ use super::{
     ready::{self, NotReady},
     report::{self, BackendSetting, PendingKey, ReloadCounts, StatsSnapshot},
     state::{Overrides, StateFile},
-    table6::{Tables6, Tables6Plan},
+    table6::{self, Tables6, Tables6Plan},
     takeover::{self, Identity},
     traffic::TrafficBook,
     uring::{Completion, Uring},
@@ -305,7 +305,13 @@ impl<'a> Manager<'a> {
                 present: crate::worker::flow_capacity6(&parts.config) > 0,
                 journal: parts.config.reply_mode == ReplyMode::Tracked,
                 workers: parts.workers.len(),
-                cores: cores_beside(&parts.workers),
+                cores: table6::cores_beside(
+                    &(core_affinity::get_core_ids().unwrap_or_default())
+                        .into_iter()
+                        .map(|c| c.id)
+                        .collect::<Vec<_>>(),
+                    parts.workers.iter().map(|w| w.core),
+                ),
             },
             parts.wake.clone(),
         );
@@ -1830,9 +1836,7 @@ impl<'a> Manager<'a> {
         self.tell_states();
         Ok(())
     }
-}
 
-impl Manager<'_> {
     /// Sends each IPv6 table made since the last look to its worker.
     fn hand_out_tables6(&mut self) {
         let tables = self.tables6.arrived();
@@ -1844,18 +1848,6 @@ impl Manager<'_> {
         }
         self.send_backlog();
     }
-}
-
-/// The cores the management thread may run on that no worker is pinned to:
-/// where a helper thread's long work takes no time from a worker.
-fn cores_beside(workers: &[WorkerLink]) -> Vec<usize> {
-    let taken: AHashSet<usize> = workers.iter().filter_map(|w| w.core).collect();
-    core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| c.id)
-        .filter(|c| !taken.contains(c))
-        .collect()
 }
 
 /// Seconds since the Unix epoch, for timestamps operators compare with clocks.

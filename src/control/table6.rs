@@ -41,15 +41,30 @@ pub struct Tables6Plan {
     pub cores: Vec<usize>,
 }
 
+/// Of the cores the management thread may run on (`available`), those no
+/// worker is pinned to: where the helper's long work takes no time from a
+/// worker.
+pub fn cores_beside(
+    available: &[usize],
+    workers: impl Iterator<Item = Option<usize>>,
+) -> Vec<usize> {
+    let taken: Vec<usize> = workers.flatten().collect();
+    (available.iter().copied())
+        .filter(|c| !taken.contains(c))
+        .collect()
+}
+
 /// Whether the workers have their IPv6 tables, and the ones on their way.
 pub struct Tables6 {
     plan: Tables6Plan,
     state: State,
+    /// Each worker's: whether it has its table, or it was sent.
+    sent: Vec<bool>,
     wake: Arc<Wake>,
 }
 
 enum State {
-    /// No worker has a table, and none is being made.
+    /// Some worker has no table, and none is being made.
     Absent,
     /// The helper thread hands tables over on `ready`; `left` are to come.
     Allocating {
@@ -68,7 +83,13 @@ impl Tables6 {
         } else {
             State::Absent
         };
-        Self { plan, state, wake }
+        let sent = vec![plan.present; plan.workers];
+        Self {
+            plan,
+            state,
+            sent,
+            wake,
+        }
     }
 
     /// For a configuration about to run, with IPv6 services or not (`needed`):
@@ -78,13 +99,22 @@ impl Tables6 {
         if !needed || !matches!(self.state, State::Absent) {
             return false;
         }
+        // All of them but after a helper that died midway: those it sent are
+        // not made again (a worker refuses a table no larger than its own,
+        // and would free it on its own thread).
+        let missing: Vec<WorkerId> = (self.sent.iter().enumerate())
+            .filter(|(_, sent)| !**sent)
+            .map(|(w, _)| WorkerId(w as u16))
+            .collect();
+        if missing.is_empty() {
+            self.state = State::Present;
+            return false;
+        }
         let (sender, ready) = channel();
         let Tables6Plan {
-            capacity,
-            journal,
-            workers,
-            ..
+            capacity, journal, ..
         } = self.plan;
+        let workers = missing.len();
         let cores = self.plan.cores.clone();
         let wake = self.wake.clone();
         let spawned = thread::Builder::new()
@@ -95,12 +125,12 @@ impl Tables6 {
                         tracing::warn!("IPv6 flow tables: cannot keep off the workers' cores: {e}");
                     }
                 }
-                for w in 0..workers {
+                for w in missing {
                     let mut table = FlowTable6::with_capacity(capacity);
                     if journal {
                         table.keep_journal(tracked::ROOM);
                     }
-                    if sender.send((WorkerId(w as u16), Box::new(table))).is_err() {
+                    if sender.send((w, Box::new(table))).is_err() {
                         // The loop has ended.
                         return;
                     }
@@ -139,8 +169,11 @@ impl Tables6 {
         let mut done = Vec::new();
         loop {
             match ready.try_recv() {
-                Ok(table) => {
-                    done.push(table);
+                Ok((worker, table)) => {
+                    if let Some(sent) = self.sent.get_mut(worker.index()) {
+                        *sent = true;
+                    }
+                    done.push((worker, table));
                     *left -= 1;
                 }
                 Err(TryRecvError::Empty) => break,
@@ -150,8 +183,6 @@ impl Tables6 {
                             "IPv6 flow tables: their thread ended with {left} to make; \
                              a reload tries again"
                         );
-                        // Those sent are not sent again: the workers refuse a
-                        // table no larger than their own.
                         self.state = State::Absent;
                         return done;
                     }
@@ -217,6 +248,14 @@ mod tests {
         assert!(!t.provide(false));
         assert!(!t.provide(true));
         assert!(t.arrived().is_empty());
+    }
+
+    #[test]
+    fn the_helper_keeps_off_the_workers_cores_where_one_is_left() {
+        let workers = || [Some(1), None, Some(3)].into_iter();
+        assert_eq!(cores_beside(&[0, 1, 2, 3], workers()), [0, 2]);
+        assert_eq!(cores_beside(&[1, 3], workers()), Vec::<usize>::new());
+        assert_eq!(cores_beside(&[0, 1], [None].into_iter()), [0, 1]);
     }
 
     #[test]
