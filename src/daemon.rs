@@ -832,6 +832,7 @@ pub fn run_with(
             link: loop_end,
             stats: stats.clone(),
             traffic: plane.traffic.clone(),
+            core: queues.core,
         });
         setups.push(WorkerSetup {
             id: WorkerId(w as u16),

@@ -172,6 +172,10 @@ pub struct WorkerStats {
     /// write); while events flow the loop drains them on a timer instead.
     pub loop_wakes: Counter,
     pub flows: Counter,
+    /// The capacity of the worker's IPv6 flow table (records): 0 in a process
+    /// started without IPv6 services, until a reload brings the first one and
+    /// the table the loop had allocated is in place.
+    pub table6_capacity: Counter,
     /// Events that waited in the worker because its ring to the loop was full.
     pub events_deferred: Counter,
     /// Rounds the worker took no frame or command because the loop was behind

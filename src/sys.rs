@@ -42,6 +42,24 @@ pub fn advise_huge_pages<T>(memory: &mut [MaybeUninit<T>]) {
 /// Allocations at least this large get pages of their own from the kernel.
 const OWN_PAGES_FROM: libc::c_int = 256 << 10;
 
+/// Confines the calling thread to `cores` (those at or beyond the kernel's
+/// CPU set size are left out).
+pub fn set_thread_cores(cores: &[usize]) -> io::Result<()> {
+    // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &core in cores.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+        // SAFETY: `core` is below CPU_SETSIZE, so the bit lies inside `set`.
+        unsafe { libc::CPU_SET(core, &mut set) };
+    }
+    // SAFETY: pid 0 is the calling thread; `set` is live for the call and its
+    // size is the one passed.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Makes every allocation of [`OWN_PAGES_FROM`] or more get pages of its own
 /// (mmap), given back to the kernel when it is freed. glibc would otherwise raise
 /// that threshold each time such a block is freed and serve the next ones from

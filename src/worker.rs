@@ -86,7 +86,8 @@ pub struct WorkerSetup {
 /// IPv4 table's, when `config` has IPv6 services; none otherwise, so that an
 /// IPv4-only process does not hold a table of 92-byte slots it never uses (at
 /// the default capacity, 193 MB per worker). An IPv6 service added by a reload
-/// to a process started without any gets its table then (see `grow_table6`).
+/// to a process started without any gets its table then, allocated off the
+/// worker's loop (see [`crate::control::table6`] and [`Command::Table6`]).
 pub fn flow_capacity6(config: &Config) -> usize {
     if config.services6.is_empty() {
         0
@@ -155,6 +156,7 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
     let mut tracker = tracked.map(|map| ReplyTracker::new(map, &mut table));
     let mut table6 = table6.unwrap_or_else(|| FlowTable6::with_capacity(flow_capacity6));
     let mut tracker6 = tracked6.map(|map| ReplyTracker::new(map, &mut table6));
+    stats.table6_capacity.set(table6.capacity() as u64);
     // After the trackers, whose journals then carry the inherited records into
     // the kernel's maps of tracked connections.
     let inherited_count = inherited.len() + inherited6.len();
@@ -249,14 +251,10 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
                 transmit_copy(&umem, &mut to.tx, to.tx_budget, &mut b.free, &frame, &stats);
                 continue;
             }
-            if let Command::ReplacePlane(new) = &command {
-                if !new.services6.is_empty() && table6.capacity() < flow_capacity {
-                    grow_table6(&mut table6, flow_capacity, tracker6.is_some(), id);
-                }
-            }
-            apply(
+            obey(
                 command,
                 (&mut table, &mut table6),
+                tracker6.as_mut(),
                 &mut plane,
                 (&mut sweeper, &mut sweeper6),
                 &mut events,
@@ -468,27 +466,97 @@ fn count_socket(stats: &WorkerStats, from: usize, to: usize, received: usize, se
     }
 }
 
-/// Replaces an IPv6 table allocated empty (no IPv6 service at start) with one
-/// of `capacity`, when a reload brings the first IPv6 service: once per
-/// process, between two batches; frames wait in the rings meanwhile.
-#[cold]
-fn grow_table6(table6: &mut FlowTable6, capacity: usize, journal: bool, id: WorkerId) {
-    tracing::info!(
-        worker = %id,
-        capacity,
-        mib = FlowTable6::memory_for(capacity) / (1 << 20),
-        "allocating the IPv6 flow table for the first IPv6 service"
-    );
-    let mut grown = FlowTable6::with_capacity(capacity);
-    if journal {
-        grown.keep_journal(crate::tracked::ROOM);
+/// Carries out one command of the management loop as a round takes it: all
+/// but [`Command::TransmitBack`], which needs the rings and is sent by `run`.
+/// A reload's plane is applied as it comes, whatever its IPv6 services: the
+/// IPv6 table they need is allocated by the loop, off this thread, and comes
+/// as a [`Command::Table6`] of its own.
+#[allow(clippy::too_many_arguments)]
+fn obey(
+    command: Command,
+    (table, table6): (&mut FlowTable, &mut FlowTable6),
+    tracker6: Option<&mut ReplyTracker<FlowRecord6>>,
+    plane: &mut Dataplane,
+    (sweeper, sweeper6): (&mut Sweeper, &mut Sweeper),
+    events: &mut EventSink,
+    stats: &WorkerStats,
+    now_ns: u64,
+) {
+    match command {
+        Command::Table6(grown) => {
+            swap_in_table6(
+                table6, *grown, tracker6, plane, sweeper6, events, stats, now_ns,
+            );
+            events.flush();
+        }
+        command => apply(
+            command,
+            (table, table6),
+            plane,
+            (sweeper, sweeper6),
+            events,
+            stats,
+            now_ns,
+        ),
     }
+}
+
+/// Puts `grown`, allocated by the loop's helper thread, in place of the
+/// worker's IPv6 table (one with no room: the process started without IPv6
+/// services), moving its records, if any, over. Only moves and a free of the
+/// small old table happen here; frames wait in the rings meanwhile.
+#[cold]
+#[allow(clippy::too_many_arguments)]
+fn swap_in_table6(
+    table6: &mut FlowTable6,
+    mut grown: FlowTable6,
+    tracker6: Option<&mut ReplyTracker<FlowRecord6>>,
+    plane: &mut Dataplane,
+    sweeper6: &mut Sweeper,
+    events: &mut EventSink,
+    stats: &WorkerStats,
+    now_ns: u64,
+) {
+    if grown.capacity() <= table6.capacity() || !grown.is_empty() {
+        // The loop sends one table once, larger than the one it replaces.
+        tracing::warn!(
+            worker = %plane.worker,
+            capacity = grown.capacity(),
+            records = grown.len(),
+            "IPv6 flow table refused: not an empty table larger than the worker's own ({})",
+            table6.capacity()
+        );
+        return;
+    }
+    // The old table's journal goes to the kernel's map first, so that no
+    // change it noted is lost with it.
+    if let Some(t) = tracker6 {
+        t.sync(table6, stats);
+        if !grown.keeps_journal() {
+            grown.keep_journal(crate::tracked::ROOM);
+        }
+    }
+    // A pass under way walks the old table's slots: it ends there, and the
+    // next one starts on the new table.
+    let started = Instant::now();
+    sweeper6.finish_pass(table6, plane, events, stats, now_ns);
+    sweeper6.cursor = 0;
+    let moved = table6.len();
     for record in table6.iter() {
-        // Cannot fail: the new table is larger and starts empty. The journal
-        // notes the insertion again; the tracked map already has the key.
+        // Cannot fail: the new table is larger and empty. The journal notes
+        // the insertion again; the tracked map already has the key.
         let _ = grown.insert(*record);
     }
     *table6 = grown;
+    let took_us = started.elapsed().as_micros() as u64;
+    stats.table6_capacity.set(table6.capacity() as u64);
+    tracing::info!(
+        worker = %plane.worker,
+        capacity = table6.capacity(),
+        moved,
+        took_us,
+        "IPv6 flow table in place"
+    );
 }
 
 /// Carries out one command of the management loop; the worker stays the only
@@ -523,6 +591,8 @@ fn apply(
         }
         // Needs the rings, which `run` holds: it sends these itself.
         Command::TransmitBack(_) => {}
+        // Taken by `obey`, which has the IPv6 tracker.
+        Command::Table6(_) => {}
     }
     events.flush();
 }
@@ -1203,6 +1273,118 @@ mod tests {
             .filter(|e| matches!(e, Event::Removed { at_ns: 2000, .. }))
             .count();
         assert_eq!(removed, 2);
+    }
+
+    /// A reload bringing the first IPv6 service to a worker started without
+    /// any: its plane is applied as it comes and the IPv6 table is not grown
+    /// in the worker (it has no room: an IPv6 SYN is refused and counted);
+    /// the table the loop made arrives as `Table6` and is swapped in, with
+    /// the old table's records; a table no larger than the worker's is
+    /// refused.
+    #[test]
+    fn a_reload_does_not_grow_the_ipv6_table_and_table6_swaps_one_in() {
+        use std::net::{Ipv6Addr, SocketAddrV6};
+
+        use crate::{
+            balance::{BackendSpec, PolicyKind},
+            config::{Protocol, Service6Config},
+            dataplane::forward6,
+            flow::FlowKey6,
+            neigh::NextHop,
+        };
+        let vip6 = SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 0x100), 80, 0, 0);
+        let daemon6 = SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 0x11), 8080, 0, 0);
+        let client =
+            |port: u16| SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 2), port, 0, 0);
+        let syn = |from: SocketAddrV6| {
+            let mut out = Vec::new();
+            etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+                .ipv6(from.ip().octets(), vip6.ip().octets(), 64)
+                .tcp(from.port(), vip6.port(), 1000, 64000)
+                .syn()
+                .write(&mut out, &[])
+                .unwrap();
+            out
+        };
+        let daemon = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080);
+        let mut plane = testing::plane(VIP, &[daemon]);
+        let dual = {
+            let services = [crate::config::ServiceConfig {
+                address: VIP,
+                protocol: Protocol::Tcp,
+                policy: PolicyKind::RoundRobin,
+                backends: vec![BackendSpec {
+                    addr: daemon,
+                    weight: 1,
+                }],
+                health: Default::default(),
+            }];
+            let services6 = [Service6Config {
+                address: vip6,
+                protocol: Protocol::Tcp,
+                policy: PolicyKind::RoundRobin,
+                backends: vec![BackendSpec {
+                    addr: daemon6,
+                    weight: 1,
+                }],
+                health: Default::default(),
+            }];
+            let hops: Arc<[NextHop]> = (0..2).map(|_| NextHop::default()).collect();
+            hops.iter().for_each(|h| h.set(Some([6; 6])));
+            Dataplane::build(WorkerId(0), &services, &services6, &[], hops, [8; 6]).unwrap()
+        };
+        let mut table = FlowTable::with_capacity(4);
+        let mut table6 = FlowTable6::with_capacity(0);
+        let stats = WorkerStats::default();
+        let (mut events, _main) = testing::link();
+        let (mut sweeper, mut sweeper6) = (Sweeper::default(), Sweeper::default());
+        let mut obey = |command: Command, table6: &mut FlowTable6, plane: &mut Dataplane| {
+            super::obey(
+                command,
+                (&mut table, table6),
+                None,
+                plane,
+                (&mut sweeper, &mut sweeper6),
+                &mut events,
+                &stats,
+                20,
+            );
+        };
+        obey(
+            Command::ReplacePlane(Box::new(dual)),
+            &mut table6,
+            &mut plane,
+        );
+        assert_eq!(plane.services6.len(), 1, "the reload applied");
+        assert_eq!(table6.capacity(), 0, "not grown in the worker");
+        let (mut events, _main) = testing::link();
+        let mut send = |from, table6: &mut FlowTable6, plane: &mut Dataplane| {
+            forward6(&mut syn(from), table6, plane, &mut events, &stats, 30, None)
+        };
+        assert!(!send(client(40000), &mut table6, &mut plane));
+        assert_eq!(stats.dropped[WorkerDrop::TableFull as usize].get(), 1);
+
+        let small = Box::new(FlowTable6::with_capacity(2));
+        obey(Command::Table6(small), &mut table6, &mut plane);
+        assert_eq!((table6.capacity(), stats.table6_capacity.get()), (2, 2));
+        assert!(send(client(40000), &mut table6, &mut plane));
+        let key = FlowKey6::new(client(40000), vip6, 6);
+        let record = *table6.get(&key).expect("recorded");
+
+        let grown = Box::new(FlowTable6::with_capacity(64));
+        obey(Command::Table6(grown), &mut table6, &mut plane);
+        assert_eq!((table6.capacity(), stats.table6_capacity.get()), (64, 64));
+        assert_eq!(table6.len(), 1);
+        assert_eq!(table6.get(&key), Some(&record), "moved as it was");
+        for port in 40001..40004 {
+            assert!(send(client(port), &mut table6, &mut plane));
+        }
+        assert_eq!(table6.len(), 4, "room beyond the old table's 2");
+
+        let smaller = Box::new(FlowTable6::with_capacity(16));
+        obey(Command::Table6(smaller), &mut table6, &mut plane);
+        assert_eq!((table6.capacity(), table6.len()), (64, 4), "refused");
+        assert_eq!(stats.table6_capacity.get(), 64);
     }
 
     /// The worker answers the loop's orders about IPv6 records as about IPv4

@@ -1079,3 +1079,103 @@ fn ipv6_services_need_ipv6_forwarding_on_the_back() {
     assert_eq!(by4, [(daemon_addr(0), 10)].into_iter().collect());
     lb.terminate(Duration::from_secs(10));
 }
+
+/// Each worker's IPv6 table capacity, as `ctl stats --json` shows it.
+fn table6_capacities(topo: &Topology) -> Vec<u64> {
+    topo.stats()["workers"]
+        .as_array()
+        .expect("workers in ctl stats")
+        .iter()
+        .map(|w| w["table6_capacity"].as_u64().expect("table6_capacity"))
+        .collect()
+}
+
+/// The first IPv6 service a reload brings into an IPv4-only process needs
+/// each worker's IPv6 table (193 MB at the default capacity): it is made
+/// off the workers' loops and handed to them, while an IPv4 connection
+/// echoes on across the reload; then IPv6 connections are served, and `ctl
+/// stats` and `/metrics` show the table's capacity. Removing the service
+/// and bringing it back by two quick reloads keeps the table.
+#[test]
+fn the_first_ipv6_service_a_reload_brings_gets_a_table_made_off_the_workers_loops() {
+    let port = 9172;
+    let capacity = 1u64 << 20; // the default flow_capacity
+    let topo = Topology::up_dual(DISPATCHD, "vggrow", 2, 1);
+    let v4: Vec<String> = (0..2).map(daemon_addr).collect();
+    let v6 = daemons6(2);
+    let _servers = topo.serve_on(&[v4.clone(), v6.clone()].concat(), &[]);
+    let ipv4_only = format!(
+        "front = \"l0\"\nback = \"l1\"\n\n{}",
+        service_table(VIP, "tcp", &v4)
+    );
+    let dual = format!("{ipv4_only}\n{}", service_table(VIP6, "tcp", &v6));
+    let file = config_file(&topo, &ipv4_only);
+    let lb = topo.dispatchd(&[
+        "--config",
+        &file,
+        "--metrics-listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    wait_all_up(&topo);
+    assert_eq!(table6_capacities(&topo), [0], "IPv4 only: no IPv6 table");
+    let table6_metric = || {
+        sample(
+            &metrics(&topo, port),
+            "dispatchd_flow_table6_capacity",
+            &[("worker", "0")],
+        )
+    };
+    assert_eq!(table6_metric(), 0.0);
+    let (mut long, _) = hold(&topo, VIP, "6");
+    let round_max = || u64_at(&topo.stats(), "/workers/0/round_max_ns");
+    let before = round_max();
+    let loop_before = u64_at(&topo.stats(), "/loop_round_max_ns");
+
+    std::fs::write(&file, &dual).expect("writing the config");
+    lb.signal("HUP");
+    wait_until(Duration::from_secs(5), "the reload applied", || {
+        reloads(&lb) == 1
+    });
+    let took = wait_until(Duration::from_secs(10), "the IPv6 table in place", || {
+        table6_capacities(&topo) == [capacity]
+    });
+    // Measured, not asserted: the longest worker and loop rounds before and
+    // after, and what the worker said of the swap.
+    let stats = topo.stats();
+    println!(
+        "IPv6 table in place {took:?} after the reload; worker round_max_ns {before} before, {} after; \
+         loop_round_max_ns {loop_before} before, {} after; {}",
+        u64_at(&stats, "/workers/0/round_max_ns"),
+        u64_at(&stats, "/loop_round_max_ns"),
+        lb.output()
+            .lines()
+            .filter(|l| l.contains("IPv6 flow table"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    assert_eq!(table6_metric(), capacity as f64);
+    wait_until(Duration::from_secs(5), "the IPv6 daemons up", || {
+        let rows = backends_json(&topo);
+        rows.len() == 4 && rows.iter().all(|b| b["state"] == "up")
+    });
+    let by6 = spread(&topo, VIP6, 100);
+    assert_eq!(by6, v6.iter().map(|d| (d.clone(), 50)).collect(), "{by6:?}");
+
+    std::fs::write(&file, &ipv4_only).expect("writing the config");
+    lb.signal("HUP");
+    wait_until(Duration::from_secs(5), "the removal applied", || {
+        reloads(&lb) == 2
+    });
+    std::fs::write(&file, &dual).expect("writing the config");
+    lb.signal("HUP");
+    wait_until(Duration::from_secs(5), "the re-addition applied", || {
+        reloads(&lb) == 3
+    });
+    assert_eq!(table6_capacities(&topo), [capacity], "the table kept");
+    wait_all_up(&topo);
+    let by6 = spread(&topo, VIP6, 10);
+    assert_eq!(by6.values().sum::<usize>(), 10, "{by6:?}");
+    assert_eq!(table6_capacities(&topo), [capacity]);
+    held_to_the_end(&mut long);
+    println!("the IPv4 connection across the reloads: {}", long.output());
+}

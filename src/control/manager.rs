@@ -37,6 +37,7 @@ use super::{
     ready::{self, NotReady},
     report::{self, BackendSetting, PendingKey, ReloadCounts, StatsSnapshot},
     state::{Overrides, StateFile},
+    table6::{self, Tables6, Tables6Plan},
     takeover::{self, Identity},
     traffic::TrafficBook,
     uring::{Completion, Uring},
@@ -135,6 +136,8 @@ pub struct WorkerLink {
     /// The traffic bank of the plane the worker starts with (the loop takes
     /// it at its start).
     pub traffic: Arc<[BackendTraffic]>,
+    /// The core the worker is pinned to, if any.
+    pub core: Option<usize>,
 }
 
 /// What `dispatchd run` hands the loop: the state start-up built, and how to
@@ -254,6 +257,8 @@ pub struct Manager<'a> {
     started_unix: f64,
     /// Each worker's flow-table capacity, as started.
     table_capacity: u64,
+    /// The workers' IPv6 tables: there, absent, or being made off-loop.
+    tables6: Tables6,
     /// The connection of a new process that took the links over: it waits
     /// for the records once the workers stopped.
     handover: Option<UnixStream>,
@@ -305,6 +310,22 @@ impl<'a> Manager<'a> {
             traffic.track(daemons.clone(), bank);
         }
         let started_unix = unix_now();
+        let tables6 = Tables6::new(
+            Tables6Plan {
+                capacity: parts.config.flow_capacity,
+                present: crate::worker::flow_capacity6(&parts.config) > 0,
+                journal: parts.config.reply_mode == ReplyMode::Tracked,
+                workers: parts.workers.len(),
+                cores: table6::cores_beside(
+                    &(core_affinity::get_core_ids().unwrap_or_default())
+                        .into_iter()
+                        .map(|c| c.id)
+                        .collect::<Vec<_>>(),
+                    parts.workers.iter().map(|w| w.core),
+                ),
+            },
+            parts.wake.clone(),
+        );
         Ok(Manager {
             uring: Uring::new(RING_ENTRIES)?,
             tracker: ConnTracker::new(parts.config.control.timeouts),
@@ -360,6 +381,7 @@ impl<'a> Manager<'a> {
             pending: Vec::new(),
             started_unix,
             table_capacity: parts.config.flow_capacity as u64,
+            tables6,
             handover: None,
             lingering: false,
             stop: false,
@@ -752,7 +774,12 @@ impl<'a> Manager<'a> {
     fn complete(&mut self, done: Completion<Tag>) -> Result<()> {
         let failed = done.error();
         match done.tag {
-            Tag::EventFd => self.uring.read(Tag::EventFd, self.wake.eventfd.raw(), 8)?,
+            Tag::EventFd => {
+                // The IPv6 tables' helper wakes the loop here too (its tables
+                // are handed out after this round's drain, above).
+                self.hand_out_tables6();
+                self.uring.read(Tag::EventFd, self.wake.eventfd.raw(), 8)?;
+            }
             Tag::Linger => self.lingering = false,
             Tag::Signal => {
                 match done.buf.as_deref().and_then(SignalFd::decode) {
@@ -766,6 +793,7 @@ impl<'a> Manager<'a> {
             }
             Tag::Tick => {
                 self.tick()?;
+                self.hand_out_tables6();
                 self.uring.timeout(Tag::Tick, TICK)?;
             }
             Tag::Accept { metrics } => {
@@ -1806,6 +1834,7 @@ impl<'a> Manager<'a> {
             (config.all_services()).map(|(address, p)| (address, p.number())),
         );
         self.traffic.settle();
+        self.tables6.provide(!config.services6.is_empty());
         for (w, plane) in applied.planes.into_iter().enumerate() {
             self.traffic.track(daemons.clone(), plane.traffic.clone());
             self.backlog
@@ -1838,6 +1867,18 @@ impl<'a> Manager<'a> {
         self.send_backlog();
         self.tell_states();
         Ok(())
+    }
+
+    /// Sends each IPv6 table made since the last look to its worker.
+    fn hand_out_tables6(&mut self) {
+        let tables = self.tables6.arrived();
+        if tables.is_empty() {
+            return;
+        }
+        for (worker, table) in tables {
+            self.backlog.push_back((worker, Command::Table6(table)));
+        }
+        self.send_backlog();
     }
 }
 

@@ -450,6 +450,12 @@ impl Scrape {
             "Records a worker's flow table holds at most (new connections beyond are refused).",
             |_| capacity,
         )?;
+        self.per_worker_gauge(
+            e,
+            "dispatchd_flow_table6_capacity",
+            "Records a worker's IPv6 flow table holds at most (0 until the first IPv6 service).",
+            |w| w.table6_capacity.get() as f64,
+        )?;
         self.histogram(
             e,
             "dispatchd_packet_processing_seconds",

@@ -8,7 +8,8 @@
 //! the file that keeps them), readiness ([`ready`]), each daemon's traffic by
 //! address across reloads ([`traffic`]) and the rendering of statistics
 //! ([`report`], [`metrics`]). Around them: the io_uring slab ([`uring`]), the one path from a
-//! configuration to the running state ([`apply`]), and the loop that drives it all
+//! configuration to the running state ([`apply`]), the helper thread that makes the
+//! workers' IPv6 tables a reload's first IPv6 service needs ([`table6`]), and the loop that drives it all
 //! ([`manager`]).
 
 pub mod apply;
@@ -23,6 +24,7 @@ pub mod nexthops;
 pub mod ready;
 pub mod report;
 pub mod state;
+pub mod table6;
 pub mod takeover;
 pub mod traffic;
 pub mod uring;

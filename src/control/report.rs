@@ -104,7 +104,7 @@ fn merged(
     h
 }
 
-const WORKER_FIELDS: usize = 34;
+const WORKER_FIELDS: usize = 35;
 
 fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); WORKER_FIELDS] {
     [
@@ -115,6 +115,7 @@ fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); WORKER_FIELDS] {
         ("new_flows", s.new_flows.get()),
         ("recovered", s.recovered.get()),
         ("flows", s.flows.get()),
+        ("table6_capacity", s.table6_capacity.get()),
         ("invalid", s.invalid_total()),
         ("dropped", s.dropped_total()),
         (

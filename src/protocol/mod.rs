@@ -31,7 +31,7 @@ use std::{
 
 use crate::{
     balance::BackendState,
-    flow::{FlowKey, FlowKey6, KeyFamily},
+    flow::{FlowKey, FlowKey6, FlowTable6, KeyFamily},
     ids::{BackendId, WorkerId},
     stats::WorkerStats,
     sys::EventFd,
@@ -170,6 +170,11 @@ pub enum Command<Plane> {
     /// A reloaded configuration: the worker keeps its records for daemons that
     /// remain.
     ReplacePlane(Box<Plane>),
+    /// An IPv6 flow table of the configured capacity, allocated off the
+    /// worker's loop (the first IPv6 service a reload brings to a process
+    /// started without any): the worker moves its few records into it and
+    /// puts it in place of its own, which has no room.
+    Table6(Box<FlowTable6>),
     /// A whole frame for a daemon, rewritten by the loop (a translated ICMP
     /// error): copy it into a free UMEM frame and send it on the back socket.
     TransmitBack(Box<[u8]>),
