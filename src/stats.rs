@@ -169,7 +169,7 @@ pub struct WorkerStats {
     pub wakeups: Counter,
     pub sleeps: Counter,
     /// Times this worker woke the management loop for its events (an eventfd
-    /// write); while events flow the loop drains them on a timer instead.
+    /// write: the loop was asleep when the batch was published).
     pub loop_wakes: Counter,
     pub flows: Counter,
     /// The capacity of the worker's IPv6 flow table (records): 0 in a process

@@ -61,12 +61,6 @@ use crate::{
 
 /// How often the loop wakes by itself: timers, probes.
 const TICK: Duration = Duration::from_millis(100);
-/// While events flow, the loop drains them this often instead of being woken
-/// by each worker batch that publishes some: a wake-up costs the worker an
-/// eventfd write and the loop's core two context switches, per batch. Events
-/// steer nothing on the packet path, and the rings hold far more than this
-/// much of them (`event_ring`).
-const EVENT_LINGER: Duration = Duration::from_millis(1);
 /// How often retired daemons are checked for connections left.
 const RETIRED_CHECK_NS: u64 = 1_000_000_000;
 /// Notification datagrams read per wake-up at most: a flood of changes is
@@ -109,8 +103,6 @@ enum Tag {
     Netlink,
     /// The next slice of route requests.
     Reroute,
-    /// Time to drain the workers' events again (see [`EVENT_LINGER`]).
-    Linger,
 }
 
 /// Where a probe is: every check connects; an HTTP check then sends its
@@ -262,9 +254,6 @@ pub struct Manager<'a> {
     /// The connection of a new process that took the links over: it waits
     /// for the records once the workers stopped.
     handover: Option<UnixStream>,
-    /// An [`EVENT_LINGER`] timeout is pending: the loop drains again when it
-    /// ends, so it need not be woken by the workers meanwhile.
-    lingering: bool,
     stop: bool,
     /// systemd's notification socket (a no-op outside systemd).
     notify: Notifier,
@@ -383,7 +372,6 @@ impl<'a> Manager<'a> {
             table_capacity: parts.config.flow_capacity as u64,
             tables6,
             handover: None,
-            lingering: false,
             stop: false,
             notify: Notifier::from_env().context("opening $NOTIFY_SOCKET")?,
             watchdog: None,
@@ -412,25 +400,13 @@ impl<'a> Manager<'a> {
         // Daemons whose next hop is still unknown start out of selection.
         self.tell_states();
         self.tell_ready();
-        let mut drained = 0;
         while !self.stop {
             let round_started = now_ns();
-            if drained == 0 {
-                // Idle: the next event wakes the loop. Armed before the drain,
-                // so an event published meanwhile is drained here or wakes it.
-                self.wake.arm();
-            }
-            drained += self.drain_events();
-            if drained > 0 && !self.lingering {
-                self.uring.timeout(Tag::Linger, EVENT_LINGER)?;
-                self.lingering = true;
-            }
+            self.wake.arm();
+            self.drain_events();
             self.round_peak = self.round_peak.max(now_ns() - round_started);
             let done = self.uring.wait()?;
             let round_started = now_ns();
-            // Before the completions, so a ctl request sees every event the
-            // workers published before it was answered.
-            drained = self.drain_events();
             for done in done {
                 self.complete(done)?;
             }
@@ -775,12 +751,10 @@ impl<'a> Manager<'a> {
         let failed = done.error();
         match done.tag {
             Tag::EventFd => {
-                // The IPv6 tables' helper wakes the loop here too (its tables
-                // are handed out after this round's drain, above).
+                self.drain_events();
                 self.hand_out_tables6();
                 self.uring.read(Tag::EventFd, self.wake.eventfd.raw(), 8)?;
             }
-            Tag::Linger => self.lingering = false,
             Tag::Signal => {
                 match done.buf.as_deref().and_then(SignalFd::decode) {
                     Some(Signal::Terminate) => self.terminate(),
@@ -881,12 +855,9 @@ impl<'a> Manager<'a> {
         Ok(())
     }
 
-    /// Takes every event and frame the workers published; how many.
-    fn drain_events(&mut self) -> usize {
-        let mut drained = 0;
+    fn drain_events(&mut self) {
         for w in &mut self.workers {
             while let Some(event) = w.link.events.try_pop() {
-                drained += 1;
                 if let Event::Opened { key, daemon, .. } = event {
                     self.traffic.opened(key.service(), key.protocol, daemon);
                 }
@@ -895,7 +866,6 @@ impl<'a> Manager<'a> {
                 self.tracker.on_event(event, now_ns(), &mut self.orders);
             }
             while let Some(event) = w.link.events6.try_pop() {
-                drained += 1;
                 if let Event6::Opened { key, daemon, .. } = event {
                     self.traffic.opened(key.service(), key.protocol, daemon);
                 }
@@ -906,12 +876,10 @@ impl<'a> Manager<'a> {
         // finds it.
         for w in 0..self.workers.len() {
             while let Some(frame) = self.workers[w].link.frames.try_pop() {
-                drained += 1;
                 self.icmp_to_daemon(WorkerId(w as u16), frame);
             }
         }
         self.send_orders();
-        drained
     }
 
     /// Translates an ICMP error that `worker` copied from the front for the
