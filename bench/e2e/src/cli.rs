@@ -81,6 +81,11 @@ pub struct RunOpts {
     /// threaded IRQ handlers run) instead of SCHED_OTHER.
     #[arg(long)]
     pub napi_fifo: bool,
+    /// In dedicated mode, dispatchd's `--poll` (unless --dispatchd-args names
+    /// one): `wakeup` by default, the best of the three on this placement, where
+    /// veth's NAPI kthreads share the worker's core (README, "poll").
+    #[arg(long, default_value = "wakeup")]
+    pub dedicated_poll: String,
     /// More arguments for dispatchd's command line (whitespace-separated), e.g.
     /// "--poll busy".
     #[arg(long, allow_hyphen_values = true)]
@@ -133,4 +138,16 @@ pub struct RunOpts {
     /// Namespace prefix (default: db<pid>).
     #[arg(long)]
     pub prefix: Option<String>,
+}
+
+impl RunOpts {
+    /// The `--poll` dispatchd gets in dedicated mode: none when
+    /// --dispatchd-args names its own.
+    pub fn dedicated_poll(&self) -> Option<&str> {
+        let named = self
+            .dispatchd_args
+            .as_deref()
+            .is_some_and(|a| a.split_whitespace().any(|w| w.starts_with("--poll")));
+        (!named).then_some(self.dedicated_poll.as_str())
+    }
 }

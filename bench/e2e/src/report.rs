@@ -272,12 +272,16 @@ impl Results {
                     .into(),
                 Mode::Dedicated => format!(
                     "dedicated: one forwarding core (core {f}) per variant, clients, daemons and the packet generator \
-                     on core {c} (taskset). dispatchd: worker --cores {f}, management thread --control-core {m}{napi}. \
+                     on core {c} (taskset). dispatchd: worker --cores {f}{poll}, management thread --control-core {m}{napi}. \
                      nftables and direct: RPS on the dispatcher's l0 and l1 (rps_cpus = core {f}). Every variant: RPS \
                      on the client's c0 and the daemons' s0 to core {c}, so their own receive stays on their core.",
                     f = placement::FORWARDING_CORE,
                     c = placement::CLIENT_CORE,
                     m = opts.control_core,
+                    poll = opts
+                        .dedicated_poll()
+                        .map(|p| format!(" --poll {p}"))
+                        .unwrap_or_default(),
                     napi = if opts.no_threaded_napi {
                         "; veth NAPI not threaded (--no-threaded-napi): XDP and the copy-mode receive run in the \
                          sender's softirq, on the clients' core"

@@ -330,6 +330,9 @@ impl Bench {
                 }
                 if self.mode == Mode::Dedicated {
                     cmd.args(["--control-core", &self.opts.control_core.to_string()]);
+                    if let Some(poll) = self.opts.dedicated_poll() {
+                        cmd.args(["--poll", poll]);
+                    }
                 }
                 if let Some(more) = &self.opts.dispatchd_args {
                     cmd.args(more.split_whitespace());
