@@ -469,10 +469,20 @@ fn copy_tracked(
         xdp::HandedKeys::WithoutProtocol(old) => {
             let protocols = takeover::daemon_protocols(&config.services);
             let converted = takeover::convert_v0_keys(&old, &protocols);
-            steering.insert_tracked(&converted.keys)?;
+            steering.insert_tracked(&converted.certain)?;
+            // Twice as many keys as connections for these daemons: where the
+            // map has no room for a guess, the connection's own key comes
+            // from its record once the workers run. Those inserted are still
+            // cleaned up after the records (a missing key is skipped there).
+            if let Err(e) = steering.insert_tracked(&converted.guessed) {
+                tracing::warn!(
+                    "copying the guessed tracked keys (daemons serving TCP and UDP): {e:#}; \
+                     the rest are written from the records once the workers run"
+                );
+            }
             tracing::info!(
                 old = old.len(),
-                copied = converted.keys.len(),
+                certain = converted.certain.len(),
                 guessed = converted.guessed.len(),
                 dropped = converted.dropped,
                 "tracked connections copied from pid {pid}, an older version whose keys \

@@ -93,30 +93,23 @@ impl<R: Tracked> ReplyTracker<R> {
 /// and refused.
 #[cold]
 fn write<K: TrackedKey>(map: &TrackedMap<K>, keys: &mut Vec<K>, insert: bool, stats: &WorkerStats) {
-    let mut rest = &keys[..];
-    while !rest.is_empty() {
-        let BatchOutcome { done, error } = if insert {
-            map.insert(rest)
-        } else {
-            map.remove(rest)
-        };
-        let counter = if insert {
-            &stats.tracked_inserted
-        } else {
-            &stats.tracked_removed
-        };
-        counter.add(done as u64);
-        let Some(error) = error else { break };
-        // A removal stops at a key the map lacks (its insertion failed
-        // earlier): skip it, remove the rest. Anything else (no memory, a map
-        // full, which the sizing rules out) refuses the rest of the run too.
-        if !insert && error.raw_os_error() == Some(libc::ENOENT) {
-            stats.tracked_failed.add(1);
-            rest = &rest[(done + 1).min(rest.len())..];
-            continue;
-        }
-        stats.tracked_failed.add((rest.len() - done) as u64);
-        break;
-    }
+    // A key the map lacks (its insertion failed earlier) is skipped by a
+    // removal; anything else (no memory, a map full, which the sizing rules
+    // out) refuses the rest of the run.
+    let (done, failed) = if insert {
+        let BatchOutcome { done, error } = map.insert(keys);
+        (done, error.map_or(0, |_| keys.len() - done))
+    } else {
+        let (removed, skipped, error) = map.remove_present(keys);
+        let refused = error.map_or(0, |_| keys.len() - removed - skipped);
+        (removed, skipped + refused)
+    };
+    let counter = if insert {
+        &stats.tracked_inserted
+    } else {
+        &stats.tracked_removed
+    };
+    counter.add(done as u64);
+    stats.tracked_failed.add(failed as u64);
     keys.clear();
 }

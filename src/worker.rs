@@ -487,7 +487,9 @@ fn obey(
             swap_in_table6(
                 table6, *grown, tracker6, plane, sweeper6, events, stats, now_ns,
             );
-            events.flush();
+            if events.flush() {
+                stats.loop_wakes.add(1);
+            }
         }
         command => apply(
             command,
@@ -594,7 +596,9 @@ fn apply(
         // Taken by `obey`, which has the IPv6 tracker.
         Command::Table6(_) => {}
     }
-    events.flush();
+    if events.flush() {
+        stats.loop_wakes.add(1);
+    }
 }
 
 /// One order about a record of either family's table.

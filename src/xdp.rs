@@ -615,7 +615,9 @@ impl Steering {
             REPLY_KEY_SIZE => Ok(HandedKeys::Current(read_keys(from, most)?)),
             REPLY_KEY_V0_SIZE => Ok(HandedKeys::WithoutProtocol(read_keys(from, most)?)),
             other => bail!(
-                "the running process's tracked map has keys of {other} bytes, a layout this                  version does not know (its own: {REPLY_KEY_SIZE}, the previous one:                  {REPLY_KEY_V0_SIZE}); restart instead"
+                "the running process's tracked map has keys of {other} bytes, a layout this \
+                 version does not know (its own: {REPLY_KEY_SIZE}, the previous one: \
+                 {REPLY_KEY_V0_SIZE}); restart instead"
             ),
         }
     }
@@ -637,20 +639,10 @@ impl Steering {
     /// Removes `keys` from this program's tracked map; a key it lacks is
     /// skipped. Returns how many it removed.
     pub fn remove_tracked(&self, keys: &[ReplyKey]) -> Result<usize> {
-        let map = self.tracked_map()?;
-        let (mut rest, mut removed) = (keys, 0);
-        while !rest.is_empty() {
-            let BatchOutcome { done, error } = map.remove(rest);
-            removed += done;
-            match error {
-                None => break,
-                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    rest = &rest[(done + 1).min(rest.len())..];
-                }
-                Some(e) => bail!("removing tracked connections: {e}"),
-            }
+        match self.tracked_map()?.remove_present(keys) {
+            (removed, _, None) => Ok(removed),
+            (_, _, Some(e)) => bail!("removing tracked connections: {e}"),
         }
-        Ok(removed)
     }
 
     /// The source address of the "fragmentation needed" the program answers a
@@ -956,9 +948,15 @@ fn map_key_size(fd: BorrowedFd<'_>) -> Result<u32> {
     Ok(info.key_size)
 }
 
-/// Every key of map `fd` (at most `most`), whose key size the caller checked
-/// is `size_of::<K>()`.
+/// Every key of map `fd` (at most `most`), if its keys are `K`'s size.
 fn read_keys<K: Copy + Default>(fd: BorrowedFd<'_>, most: usize) -> Result<Vec<K>> {
+    let size = map_key_size(fd)?;
+    if size as usize != size_of::<K>() {
+        bail!(
+            "the map's keys are {size} bytes, not the {} expected",
+            size_of::<K>()
+        );
+    }
     let mut keys: Vec<K> = Vec::new();
     let mut next = K::default();
     while keys.len() < most {
@@ -966,7 +964,7 @@ fn read_keys<K: Copy + Default>(fd: BorrowedFd<'_>, most: usize) -> Result<Vec<K
             .last()
             .map_or(std::ptr::null(), |k| (k as *const K).cast());
         // SAFETY: prev is null (the first key) or points at a key of the
-        // map's key size (the caller checked it is K's) that lives across the
+        // map's key size (checked above to be K's) that lives across the
         // call; next has room for one.
         let rc = unsafe {
             libbpf_sys::bpf_map_get_next_key(fd.as_raw_fd(), prev, (&mut next as *mut K).cast())
@@ -1119,6 +1117,26 @@ impl<K: TrackedKey> TrackedMap<K> {
             done: count as usize,
             error: (rc < 0).then(|| io::Error::from_raw_os_error(-rc)),
         }
+    }
+
+    /// Removes `keys`, skipping each the map lacks (a removal stops at one).
+    /// Returns how many it removed and how many it skipped, and the error
+    /// that stopped it before the end, if one did.
+    pub fn remove_present(&self, keys: &[K]) -> (usize, usize, Option<io::Error>) {
+        let (mut rest, mut removed, mut skipped) = (keys, 0, 0);
+        while !rest.is_empty() {
+            let BatchOutcome { done, error } = self.remove(rest);
+            removed += done;
+            match error {
+                None => break,
+                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    skipped += 1;
+                    rest = &rest[(done + 1).min(rest.len())..];
+                }
+                Some(e) => return (removed, skipped, Some(e)),
+            }
+        }
+        (removed, skipped, None)
     }
 
     /// Whether `key` is in the map (for tests and diagnostics: a syscall).

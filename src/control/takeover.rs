@@ -372,12 +372,13 @@ pub fn daemon_protocols(services: &[ServiceConfig]) -> BTreeMap<SocketAddrV4, BT
 /// layout.
 #[derive(Debug, Default)]
 pub struct ConvertedKeys {
-    /// To insert: one key per protocol the daemon serves in this process's
-    /// configuration.
-    pub keys: Vec<ReplyKey>,
-    /// Those of `keys` that are guesses (the daemon serves both protocols,
-    /// so both were inserted): the ones no handed record backs are removed
-    /// once the records came ([`unbacked`]).
+    /// The keys of daemons that serve one protocol in this process's
+    /// configuration: the old key's connection was of that protocol.
+    pub certain: Vec<ReplyKey>,
+    /// The keys of daemons that serve both: a key of each protocol, of which
+    /// one is the connection's. Inserted after `certain` (the map may not have
+    /// room for both); the ones no handed record backs are removed once the
+    /// records came ([`unbacked`]).
     pub guessed: Vec<ReplyKey>,
     /// Keys of daemons this process's configuration does not have: its
     /// program does not take their replies whatever the map holds.
@@ -399,26 +400,35 @@ pub fn convert_v0_keys(
             out.dropped += 1;
             continue;
         };
-        for protocol in served {
-            let new = reply_key(client, daemon, protocol.number());
-            out.keys.push(new);
-            if served.len() > 1 {
-                out.guessed.push(new);
-            }
-        }
+        let into = if served.len() > 1 {
+            &mut out.guessed
+        } else {
+            &mut out.certain
+        };
+        into.extend(
+            served
+                .iter()
+                .map(|protocol| reply_key(client, daemon, protocol.number())),
+        );
     }
     out
 }
 
-/// Those of `guessed` that no handed record is the connection of.
+/// Those of `guessed` that no handed record is the connection of. Runs while
+/// service frames are dropped (after the switch, before the workers): one
+/// pass over the records, and none when nothing was guessed.
 pub fn unbacked(guessed: &[ReplyKey], records: &[(u16, FlowRecord)]) -> Vec<ReplyKey> {
-    let backed: BTreeSet<(SocketAddrV4, SocketAddrV4, u8)> = records
-        .iter()
-        .map(|(_, r)| (r.key.client(), r.daemon, r.key.protocol))
-        .collect();
+    if guessed.is_empty() {
+        return Vec::new();
+    }
+    let mut unbacked: BTreeSet<(SocketAddrV4, SocketAddrV4, u8)> =
+        guessed.iter().map(reply_key_parts).collect();
+    for (_, r) in records {
+        unbacked.remove(&(r.key.client(), r.daemon, r.key.protocol));
+    }
     guessed
         .iter()
-        .filter(|k| !backed.contains(&reply_key_parts(k)))
+        .filter(|k| unbacked.contains(&reply_key_parts(k)))
         .copied()
         .collect()
 }
@@ -975,10 +985,11 @@ mod tests {
             (client, both, tcp),
             (client, both, udp),
         ];
-        let got: Vec<_> = converted.keys.iter().map(reply_key_parts).collect();
+        let all = || converted.certain.iter().chain(&converted.guessed);
+        let got: Vec<_> = all().map(reply_key_parts).collect();
         assert_eq!(got, want);
         // The new layout is the old one, then the protocol and zeroed padding.
-        for (new, i) in converted.keys.iter().zip([0, 1, 2, 2]) {
+        for (new, i) in all().zip([0, 1, 2, 2]) {
             let bytes = key_bytes(new);
             assert_eq!(bytes.len(), crate::config::REPLY_KEY_SIZE as usize);
             assert_eq!(&bytes[..12], &old[i][..]);
