@@ -1616,7 +1616,12 @@ pub(crate) mod testing {
         daemons: &[SocketAddrV4],
         policy: PolicyKind,
     ) -> Dataplane {
-        let services = [ServiceConfig {
+        plane_of(&[service(vip, daemons, policy)], &[])
+    }
+
+    /// A TCP service at `vip` over `daemons` (either family), each of weight 1.
+    pub fn service<A: Copy>(vip: A, daemons: &[A], policy: PolicyKind) -> ServiceConfig<A> {
+        ServiceConfig {
             address: vip,
             protocol: crate::config::Protocol::Tcp,
             policy,
@@ -1625,10 +1630,29 @@ pub(crate) mod testing {
                 .map(|&addr| BackendSpec { addr, weight: 1 })
                 .collect(),
             health: Default::default(),
-        }];
-        let hops: Arc<[NextHop]> = daemons.iter().map(|_| NextHop::default()).collect();
+        }
+    }
+
+    /// A plane of `services` and `services6`, every daemon's next hop known.
+    pub fn plane_of(services: &[ServiceConfig], services6: &[Service6Config]) -> Dataplane {
+        let daemons = services.iter().map(|s| s.backends.len()).sum::<usize>()
+            + services6.iter().map(|s| s.backends.len()).sum::<usize>();
+        let hops: Arc<[NextHop]> = (0..daemons).map(|_| NextHop::default()).collect();
         hops.iter().for_each(|h| h.set(Some([6; 6])));
-        Dataplane::build(WorkerId(0), &services, &[], &[], hops, [8; 6]).expect("a valid service")
+        Dataplane::build(WorkerId(0), services, services6, &[], hops, [8; 6])
+            .expect("valid services")
+    }
+
+    /// An IPv6 SYN from `client` to `vip` with sequence number `seq`.
+    pub fn syn6(client: SocketAddrV6, vip: SocketAddrV6, seq: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv6(client.ip().octets(), vip.ip().octets(), 64)
+            .tcp(client.port(), vip.port(), seq, 64000)
+            .syn()
+            .write(&mut out, &[])
+            .expect("a SYN fits");
+        out
     }
 
     /// A TCP segment from `client` to `vip` with the flag byte `flags`, from the

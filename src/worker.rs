@@ -531,12 +531,10 @@ fn swap_in_table6(
         return;
     }
     // The old table's journal goes to the kernel's map first, so that no
-    // change it noted is lost with it.
+    // change it noted is lost with it; the new one keeps its own.
     if let Some(t) = tracker6 {
         t.sync(table6, stats);
-        if !grown.keeps_journal() {
-            grown.keep_journal(crate::tracked::ROOM);
-        }
+        grown.keep_journal(crate::tracked::ROOM);
     }
     // A pass under way walks the old table's slots: it ends there, and the
     // next one starts on the new table.
@@ -1289,54 +1287,18 @@ mod tests {
     fn a_reload_does_not_grow_the_ipv6_table_and_table6_swaps_one_in() {
         use std::net::{Ipv6Addr, SocketAddrV6};
 
-        use crate::{
-            balance::{BackendSpec, PolicyKind},
-            config::{Protocol, Service6Config},
-            dataplane::forward6,
-            flow::FlowKey6,
-            neigh::NextHop,
-        };
+        use crate::{balance::PolicyKind, dataplane::forward6, flow::FlowKey6};
         let vip6 = SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 0x100), 80, 0, 0);
         let daemon6 = SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 0x11), 8080, 0, 0);
         let client =
             |port: u16| SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 2), port, 0, 0);
-        let syn = |from: SocketAddrV6| {
-            let mut out = Vec::new();
-            etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
-                .ipv6(from.ip().octets(), vip6.ip().octets(), 64)
-                .tcp(from.port(), vip6.port(), 1000, 64000)
-                .syn()
-                .write(&mut out, &[])
-                .unwrap();
-            out
-        };
+        let syn = |from: SocketAddrV6| testing::syn6(from, vip6, 1000);
         let daemon = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080);
         let mut plane = testing::plane(VIP, &[daemon]);
-        let dual = {
-            let services = [crate::config::ServiceConfig {
-                address: VIP,
-                protocol: Protocol::Tcp,
-                policy: PolicyKind::RoundRobin,
-                backends: vec![BackendSpec {
-                    addr: daemon,
-                    weight: 1,
-                }],
-                health: Default::default(),
-            }];
-            let services6 = [Service6Config {
-                address: vip6,
-                protocol: Protocol::Tcp,
-                policy: PolicyKind::RoundRobin,
-                backends: vec![BackendSpec {
-                    addr: daemon6,
-                    weight: 1,
-                }],
-                health: Default::default(),
-            }];
-            let hops: Arc<[NextHop]> = (0..2).map(|_| NextHop::default()).collect();
-            hops.iter().for_each(|h| h.set(Some([6; 6])));
-            Dataplane::build(WorkerId(0), &services, &services6, &[], hops, [8; 6]).unwrap()
-        };
+        let dual = testing::plane_of(
+            &[testing::service(VIP, &[daemon], PolicyKind::RoundRobin)],
+            &[testing::service(vip6, &[daemon6], PolicyKind::RoundRobin)],
+        );
         let mut table = FlowTable::with_capacity(4);
         let mut table6 = FlowTable6::with_capacity(0);
         let stats = WorkerStats::default();
@@ -1398,45 +1360,25 @@ mod tests {
         use std::net::{Ipv6Addr, SocketAddrV6};
 
         use crate::{
-            balance::{BackendSpec, PolicyKind},
-            config::{Protocol, Service6Config},
+            balance::PolicyKind,
             dataplane::forward6,
             flow::FlowKey6,
-            neigh::NextHop,
             protocol::{Event6, FlowCommand6},
         };
         let vip = SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 0x100), 80, 0, 0);
         let client = SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 2), 40000, 0, 0);
         let daemon = SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 0x11), 8080, 0, 0);
-        let services6 = [Service6Config {
-            address: vip,
-            protocol: Protocol::Tcp,
-            policy: PolicyKind::RoundRobin,
-            backends: vec![BackendSpec {
-                addr: daemon,
-                weight: 1,
-            }],
-            health: Default::default(),
-        }];
-        let hops: std::sync::Arc<[NextHop]> = [NextHop::default()].into_iter().collect();
-        hops[0].set(Some([6; 6]));
-        let mut plane = Dataplane::build(WorkerId(0), &[], &services6, &[], hops, [8; 6]).unwrap();
+        let mut plane = testing::plane_of(
+            &[],
+            &[testing::service(vip, &[daemon], PolicyKind::RoundRobin)],
+        );
         plane.age_limit_ns = 1_000;
         let mut table = FlowTable::with_capacity(4);
         let mut table6 = FlowTable6::with_capacity(4);
         let stats = WorkerStats::default();
         let (mut events, main) = testing::link();
         let mut rx = main.events6;
-        let syn = |seq: u32| {
-            let mut out = Vec::new();
-            etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
-                .ipv6(client.ip().octets(), vip.ip().octets(), 64)
-                .tcp(client.port(), vip.port(), seq, 64000)
-                .syn()
-                .write(&mut out, &[])
-                .unwrap();
-            out
-        };
+        let syn = |seq: u32| testing::syn6(client, vip, seq);
         let key = FlowKey6::new(client, vip, 6);
         let mut order = |command: FlowCommand6,
                          table6: &mut FlowTable6,

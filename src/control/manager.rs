@@ -303,7 +303,6 @@ impl<'a> Manager<'a> {
             Tables6Plan {
                 capacity: parts.config.flow_capacity,
                 present: crate::worker::flow_capacity6(&parts.config) > 0,
-                journal: parts.config.reply_mode == ReplyMode::Tracked,
                 workers: parts.workers.len(),
                 cores: table6::cores_beside(
                     &(core_affinity::get_core_ids().unwrap_or_default())

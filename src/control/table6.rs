@@ -23,7 +23,7 @@ use std::{
     thread,
 };
 
-use crate::{flow::FlowTable6, ids::WorkerId, protocol::Wake, sys, tracked};
+use crate::{flow::FlowTable6, ids::WorkerId, protocol::Wake, sys};
 
 /// What [`Tables6`] needs to know of the process.
 pub struct Tables6Plan {
@@ -31,9 +31,6 @@ pub struct Tables6Plan {
     pub capacity: usize,
     /// Whether the workers have their tables already (IPv6 services at start).
     pub present: bool,
-    /// `reply_mode = "tracked"`: the tables keep the journal the worker's
-    /// reply tracker reads.
-    pub journal: bool,
     pub workers: usize,
     /// Where the helper thread may run: the management thread's cores less
     /// the workers'; empty where none is left (it then runs where the
@@ -111,9 +108,7 @@ impl Tables6 {
             return false;
         }
         let (sender, ready) = channel();
-        let Tables6Plan {
-            capacity, journal, ..
-        } = self.plan;
+        let capacity = self.plan.capacity;
         let workers = missing.len();
         let cores = self.plan.cores.clone();
         let wake = self.wake.clone();
@@ -126,10 +121,7 @@ impl Tables6 {
                     }
                 }
                 for w in missing {
-                    let mut table = FlowTable6::with_capacity(capacity);
-                    if journal {
-                        table.keep_journal(tracked::ROOM);
-                    }
+                    let table = FlowTable6::with_capacity(capacity);
                     if sender.send((w, Box::new(table))).is_err() {
                         // The loop has ended.
                         return;
@@ -204,11 +196,10 @@ mod tests {
     use super::*;
     use crate::sys::EventFd;
 
-    fn tables6(present: bool, journal: bool) -> Tables6 {
+    fn tables6(present: bool) -> Tables6 {
         let plan = Tables6Plan {
             capacity: 64,
             present,
-            journal,
             workers: 2,
             cores: Vec::new(),
         };
@@ -228,7 +219,7 @@ mod tests {
 
     #[test]
     fn the_first_ipv6_service_gets_one_table_per_worker_once() {
-        let mut t = tables6(false, false);
+        let mut t = tables6(false);
         assert!(!t.provide(false), "no IPv6 service: nothing to make");
         assert!(t.arrived().is_empty());
         assert!(t.provide(true));
@@ -240,7 +231,6 @@ mod tests {
         for (_, table) in &got {
             assert_eq!(table.capacity(), 64);
             assert!(table.is_empty());
-            assert!(!table.keeps_journal());
         }
         std::thread::sleep(Duration::from_millis(20));
         assert!(t.arrived().is_empty(), "no third table");
@@ -260,17 +250,8 @@ mod tests {
 
     #[test]
     fn workers_started_with_ipv6_services_get_no_other_table() {
-        let mut t = tables6(true, false);
+        let mut t = tables6(true);
         assert!(!t.provide(true));
         assert!(t.arrived().is_empty());
-    }
-
-    #[test]
-    fn with_tracked_replies_the_tables_keep_a_journal() {
-        let mut t = tables6(false, true);
-        assert!(t.provide(true));
-        let got = all_arrived(&mut t, 2);
-        assert_eq!(got.len(), 2);
-        assert!(got.iter().all(|(_, table)| table.keeps_journal()));
     }
 }

@@ -273,11 +273,6 @@ impl<R: Record> Table<R> {
         self.keep_journal = true;
     }
 
-    /// Whether [`keep_journal`](Self::keep_journal) was called.
-    pub fn keeps_journal(&self) -> bool {
-        self.keep_journal
-    }
-
     /// The changes noted since the last call, oldest first; none if no journal
     /// is kept.
     pub fn drain_journal(&mut self) -> std::vec::Drain<'_, Change<R>> {
