@@ -121,8 +121,8 @@ pub struct RunOpts {
     /// own; every variant then runs on that topology).
     #[arg(long, default_value_t = 1)]
     pub queues: usize,
-    /// Record `perf record -a -e cpu-clock` during the connections, rr and pps workloads of
-    /// nftables and dispatchd and write the top symbols next to the results.
+    /// Record `perf record -a -e cpu-clock` during the connections, rr and generator workloads of
+    /// nftables, dispatchd and the bare forwarder, and write the top symbols next to the results.
     #[arg(long)]
     pub perf: bool,
     /// Where the results go.

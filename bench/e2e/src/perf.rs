@@ -14,10 +14,10 @@ pub struct Perf {
 }
 
 impl Bench {
-    /// Starts perf for the connections, rr and pps workloads of nftables and dispatchd when
-    /// `--perf` asked for it.
+    /// Starts perf for the connections, rr and generator workloads of nftables,
+    /// dispatchd and the bare forwarder when `--perf` asked for it.
     pub fn perf_start(&self, v: &str, workload: &str) -> Result<Option<Perf>> {
-        if !self.opts.perf || !(v == "dispatchd" || v == "nftables") {
+        if !self.opts.perf || !matches!(v, "dispatchd" | "nftables" | "bare") {
             return Ok(None);
         }
         fs::create_dir_all(&self.opts.out_dir)?;

@@ -248,9 +248,7 @@ impl Bench {
             match line.as_str() {
                 "start" => {
                     window = Some((self.rx()?, Instant::now(), CpuSample::now()));
-                    if workload == "pps" {
-                        perf = self.perf_start(v, "pps")?;
-                    }
+                    perf = self.perf_start(v, workload)?;
                 }
                 "stop" => {
                     let (rx0, t0, cpu0) = window.take().context("stop before start")?;
