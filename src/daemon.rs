@@ -273,7 +273,7 @@ fn open_workers(
         umem_mib += u64::from(frames) * u64::from(xsk::FRAME_SIZE) / MIB;
         tracing::info!(
             "worker {w}: front {} queues {}, back {} queues {}: {} sockets bound in {mode}; \
-             memory: UMEM {frames} frames x {} KiB = {} MiB locked, flow table {} connections = {table_mib} MiB",
+             memory: UMEM {frames} frames x {} KiB = {} MiB locked on {}, flow table {} connections = {table_mib} MiB",
             ifaces.front.name,
             fmt_queues(&queues.front),
             ifaces.back.name,
@@ -281,6 +281,7 @@ fn open_workers(
             all.len(),
             xsk::FRAME_SIZE / 1024,
             u64::from(frames) * u64::from(xsk::FRAME_SIZE) / MIB,
+            sockets.pages,
             config.flow_capacity,
         );
         if opts.busy_poll {

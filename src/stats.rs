@@ -176,6 +176,8 @@ pub struct WorkerStats {
     /// started without IPv6 services, until a reload brings the first one and
     /// the table the loop had allocated is in place.
     pub table6_capacity: Counter,
+    /// The size of the huge pages the worker's UMEM is on; 0 on ordinary pages.
+    pub umem_huge_page_bytes: Counter,
     /// Events that waited in the worker because its ring to the loop was full.
     pub events_deferred: Counter,
     /// Rounds the worker took no frame or command because the loop was behind

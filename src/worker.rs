@@ -149,9 +149,14 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
     let WorkerSockets {
         umem,
         frames,
+        pages,
         mut front,
         mut back,
     } = sockets;
+    stats.umem_huge_page_bytes.set(match pages {
+        crate::xsk::UmemPages::Huge(size) => size,
+        crate::xsk::UmemPages::Small => 0,
+    });
     let mut table = table.unwrap_or_else(|| FlowTable::with_capacity(flow_capacity));
     let mut tracker = tracked.map(|map| ReplyTracker::new(map, &mut table));
     let mut table6 = table6.unwrap_or_else(|| FlowTable6::with_capacity(flow_capacity6));

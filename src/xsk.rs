@@ -198,6 +198,7 @@ impl Rings {
 pub struct WorkerSockets {
     pub umem: Umem,
     pub frames: Vec<FrameDesc>,
+    pub pages: UmemPages,
     pub front: Vec<Rings>,
     pub back: Vec<Rings>,
 }
@@ -261,6 +262,60 @@ pub fn open_worker(
 pub struct WorkerUmem {
     umem: Umem,
     frames: Vec<FrameDesc>,
+    pages: UmemPages,
+}
+
+/// What backs a worker's UMEM. The worker reads every frame's headers through
+/// its own mapping, one 4 KiB frame per page: on small pages that is a TLB
+/// miss per frame, on huge pages one entry covers 512 frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UmemPages {
+    /// hugetlbfs pages of this size (bytes), from the pool the administrator
+    /// reserved (`vm.nr_hugepages`).
+    Huge(u64),
+    /// Ordinary pages: no huge page was free, or the UMEM is not a whole
+    /// number of them.
+    Small,
+}
+
+impl UmemPages {
+    pub fn is_huge(self) -> bool {
+        matches!(self, UmemPages::Huge(_))
+    }
+}
+
+impl std::fmt::Display for UmemPages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UmemPages::Huge(size) => write!(f, "{} MiB huge pages", size >> 20),
+            UmemPages::Small => f.write_str("4 KiB pages"),
+        }
+    }
+}
+
+/// Whether a UMEM of `bytes` should ask for huge pages of `huge_page` bytes
+/// (the system's default size, 0 when it has none): only when it fills them
+/// exactly. A mapping that ends inside a huge page could not be unmapped by
+/// its own length (the kernel refuses to split a huge page), and a 16 MiB UMEM
+/// would waste most of a 1 GiB page.
+pub fn fits_huge_pages(bytes: u64, huge_page: u64) -> bool {
+    huge_page != 0 && bytes >= huge_page && bytes.is_multiple_of(huge_page)
+}
+
+/// The system's default huge page size (`Hugepagesize` in /proc/meminfo), the
+/// size MAP_HUGETLB maps; 0 if it says none.
+fn default_huge_page_size() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| huge_page_size_in(&text))
+        .unwrap_or(0)
+}
+
+fn huge_page_size_in(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("Hugepagesize:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let kib: u64 = words.next()?.parse().ok()?;
+    (words.next() == Some("kB")).then_some(kib * 1024)
 }
 
 /// The first half of [`open_worker`].
@@ -277,12 +332,30 @@ pub fn make_umem(queues: &WorkerQueues, opts: &SocketOptions) -> Result<WorkerUm
     let sockets = queues.front.len() + queues.back.len();
     let count = NonZeroU32::new(umem_frames(opts.frames_per_queue, sockets))
         .context("a worker's UMEM would have no frames")?;
+    let huge_page = default_huge_page_size();
+    // Huge pages come from the reserved pool or not at all: with none free the
+    // mapping fails at once (it reserves them up front), and the UMEM goes on
+    // ordinary pages as it would have without them.
+    if fits_huge_pages(u64::from(count.get()) * u64::from(FRAME_SIZE), huge_page) {
+        if let Ok((umem, frames)) = Umem::new(umem_config, count, true) {
+            let pages = UmemPages::Huge(huge_page);
+            return Ok(WorkerUmem {
+                umem,
+                frames,
+                pages,
+            });
+        }
+    }
     let (umem, frames) = Umem::new(umem_config, count, false).map_err(|e| {
         anyhow!(
             "creating a UMEM of {count} frames: {e} (registering it needs CAP_IPC_LOCK or a large RLIMIT_MEMLOCK)"
         )
     })?;
-    Ok(WorkerUmem { umem, frames })
+    Ok(WorkerUmem {
+        umem,
+        frames,
+        pages: UmemPages::Small,
+    })
 }
 
 /// The second half of [`open_worker`]: the sockets bound on `umem`. A queue
@@ -300,7 +373,11 @@ pub fn bind_worker(
 ) -> Result<(WorkerSockets, u32)> {
     let deadline = Instant::now() + busy_wait;
     let busy = std::cell::Cell::new(0);
-    let WorkerUmem { umem, mut frames } = umem;
+    let WorkerUmem {
+        umem,
+        mut frames,
+        pages,
+    } = umem;
     let ring =
         QueueSize::new(ring_size(opts.frames_per_queue)).map_err(|e| anyhow!("ring size: {e}"))?;
 
@@ -395,6 +472,7 @@ pub fn bind_worker(
     let sockets = WorkerSockets {
         umem,
         frames,
+        pages,
         front: front_rings,
         back: back_rings,
     };
@@ -544,6 +622,30 @@ pub fn pollfds<'a>(rings: impl Iterator<Item = &'a Rings>) -> Vec<libc::pollfd> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_pages_are_asked_for_only_when_the_umem_fills_them() {
+        const MIB: u64 = 1 << 20;
+        assert!(fits_huge_pages(64 * MIB, 2 * MIB));
+        assert!(fits_huge_pages(2 * MIB, 2 * MIB));
+        // Ends inside a huge page: it could not be unmapped by its length.
+        assert!(!fits_huge_pages(3 * MIB, 2 * MIB));
+        // Would waste most of a 1 GiB page.
+        assert!(!fits_huge_pages(64 * MIB, 1024 * MIB));
+        assert!(!fits_huge_pages(64 * MIB, 0));
+    }
+
+    #[test]
+    fn the_default_huge_page_size_is_read_from_meminfo() {
+        let meminfo = "HugePages_Free:        0\nHugepagesize:       2048 kB\nHugetlb: 0 kB\n";
+        assert_eq!(huge_page_size_in(meminfo), Some(2 << 20));
+        assert_eq!(
+            huge_page_size_in("Hugepagesize: 1048576 kB\n"),
+            Some(1 << 30)
+        );
+        assert_eq!(huge_page_size_in("MemTotal: 1 kB\n"), None);
+        assert_eq!(huge_page_size_in("Hugepagesize: lots\n"), None);
+    }
 
     #[test]
     fn auto_binds_zero_copy_only_when_both_interfaces_can() {

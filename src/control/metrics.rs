@@ -456,6 +456,12 @@ impl Scrape {
             "Records a worker's IPv6 flow table holds at most (0 until the first IPv6 service).",
             |w| w.table6_capacity.get() as f64,
         )?;
+        self.per_worker_gauge(
+            e,
+            "dispatchd_umem_huge_page_bytes",
+            "Size of the huge pages a worker's UMEM is on (0: ordinary pages, a TLB miss per frame).",
+            |w| w.umem_huge_page_bytes.get() as f64,
+        )?;
         self.histogram(
             e,
             "dispatchd_packet_processing_seconds",

@@ -104,7 +104,7 @@ fn merged(
     h
 }
 
-const WORKER_FIELDS: usize = 35;
+const WORKER_FIELDS: usize = 36;
 
 fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); WORKER_FIELDS] {
     [
@@ -116,6 +116,7 @@ fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); WORKER_FIELDS] {
         ("recovered", s.recovered.get()),
         ("flows", s.flows.get()),
         ("table6_capacity", s.table6_capacity.get()),
+        ("umem_huge_page_bytes", s.umem_huge_page_bytes.get()),
         ("invalid", s.invalid_total()),
         ("dropped", s.dropped_total()),
         (

@@ -1,0 +1,99 @@
+//! A worker's UMEM goes on huge pages when the administrator reserved them
+//! (`vm.nr_hugepages`), and on ordinary pages when none is free: the test
+//! reserves exactly one worker's worth, so of two workers the first gets them
+//! and the second falls back, and both carry connections. Needs root; it
+//! changes `vm.nr_hugepages` and puts it back, even on failure.
+use std::time::Duration;
+
+use dispatchd_testkit::{json::u64_at, text, Topology, VIP};
+
+const DISPATCHD: &str = env!("CARGO_BIN_EXE_dispatchd");
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+/// dispatchd's default `frames_per_queue`, and its frame size.
+const FRAMES_PER_QUEUE: u64 = 16384;
+const FRAME_SIZE: u64 = 4096;
+
+fn meminfo(field: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").expect("/proc/meminfo");
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/meminfo"))
+}
+
+/// Puts `vm.nr_hugepages` back as it was.
+struct Reserved(String);
+
+impl Reserved {
+    /// Reserves huge pages so that exactly `free` are free.
+    fn exactly_free(free: u64) -> Self {
+        let was = std::fs::read_to_string(NR_HUGEPAGES).expect("reading vm.nr_hugepages");
+        let in_use = meminfo("HugePages_Total") - meminfo("HugePages_Free");
+        let guard = Reserved(was);
+        std::fs::write(NR_HUGEPAGES, (in_use + free).to_string())
+            .expect("writing vm.nr_hugepages (root)");
+        assert_eq!(
+            meminfo("HugePages_Free"),
+            free,
+            "the kernel could not reserve {free} huge pages"
+        );
+        guard
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        let _ = std::fs::write(NR_HUGEPAGES, self.0.trim());
+    }
+}
+
+#[test]
+fn the_umem_is_on_huge_pages_when_reserved_and_on_small_ones_when_not() {
+    let huge_page = meminfo("Hugepagesize") * 1024;
+    // A worker with one front and one back queue.
+    let umem_pages = FRAMES_PER_QUEUE * FRAME_SIZE / huge_page;
+    let topo = Topology::up(DISPATCHD, "huge", 4, 2);
+    let _servers = topo.serve(4);
+    let _reserved = Reserved::exactly_free(umem_pages);
+
+    let mut flags = Topology::default_flags(4);
+    flags.extend(["--queues", "2", "--cores", "0,1"].map(String::from));
+    let lb = topo.dispatchd(&flags);
+    let stats = topo.stats();
+    assert_eq!(
+        (
+            u64_at(&stats, "/workers/0/umem_huge_page_bytes"),
+            u64_at(&stats, "/workers/1/umem_huge_page_bytes")
+        ),
+        (huge_page, 0),
+        "worker 0 takes the reserved pages, worker 1 finds none: {stats}"
+    );
+    assert_eq!(meminfo("HugePages_Free"), 0, "worker 0 holds them all");
+
+    let out = topo.client_run(&[
+        "connect",
+        "--to",
+        VIP,
+        "--connections",
+        "300",
+        "--concurrency",
+        "6",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stats = topo.stats();
+    for w in 0..2 {
+        for counter in ["new_flows", "rx_back"] {
+            assert!(
+                u64_at(&stats, &format!("/workers/{w}/{counter}")) > 0,
+                "worker {w}: no {counter}: {stats}"
+            );
+        }
+    }
+    let carried = u64_at(&stats, "/workers/0/new_flows") + u64_at(&stats, "/workers/1/new_flows");
+    assert_eq!(carried, 300, "{stats}");
+    drop(lb);
+    // The pages go back to the pool with the process.
+    dispatchd_testkit::wait_until(Duration::from_secs(5), "the pages freed", || {
+        meminfo("HugePages_Free") == umem_pages
+    });
+}
