@@ -1,0 +1,223 @@
+//! The zero-loss throughput search (RFC 2544 §26.1): the highest offered rate
+//! at which the forwarder loses at most [`MAX_LOSS`] of the frames, found by a
+//! binary search over paced trials. Pure: the trial is a closure, so the
+//! search's logic is tested without the kernel.
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+/// The loss a passing trial may have: 0.1 %.
+pub const MAX_LOSS: f64 = 0.001;
+/// The search stops when the bracket (highest pass, lowest failure) is this
+/// narrow, relative to its top.
+pub const PRECISION: f64 = 0.02;
+
+/// One paced trial: the rate asked for, the frames sent and received, and the
+/// seconds the sending took.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+pub struct Trial {
+    pub rate: f64,
+    pub sent: u64,
+    pub received: u64,
+    pub seconds: f64,
+}
+
+impl Trial {
+    /// 1 − received ÷ sent; a trial that sent nothing lost everything.
+    pub fn loss(&self) -> f64 {
+        if self.sent == 0 {
+            return 1.0;
+        }
+        1.0 - self.received as f64 / self.sent as f64
+    }
+
+    pub fn passes(&self) -> bool {
+        // In counts: 1 − 99 900 ÷ 100 000 is a hair above 0.001 in floating point.
+        let lost = self.sent.saturating_sub(self.received);
+        self.sent > 0 && lost as f64 <= MAX_LOSS * self.sent as f64
+    }
+
+    /// The rate the generator achieved (frames per second).
+    pub fn achieved(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.sent as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Where a search starts, how high it may go, and how many trials it has.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// The first rate tried (the overload window's received rate: near the
+    /// answer).
+    pub start: f64,
+    /// The highest rate tried: treated as failing until it is tried, which
+    /// happens only when the passes come within [`PRECISION`] of it.
+    pub ceiling: f64,
+    pub max_trials: usize,
+}
+
+/// A finished search: every trial in order, and the highest passing one.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Search {
+    pub trials: Vec<Trial>,
+    pub best: Option<Trial>,
+    /// The lowest rate that failed (the ceiling when none did).
+    pub lowest_failure: f64,
+}
+
+/// Binary search on the offered rate: each trial halves the bracket between
+/// the highest rate that passed (0 before any) and the lowest that failed
+/// (the untried ceiling before any), starting at `bounds.start`; it stops
+/// when the bracket is within [`PRECISION`] or after `max_trials`.
+pub fn search(bounds: Bounds, mut trial: impl FnMut(f64) -> Result<Trial>) -> Result<Search> {
+    let ceiling = bounds.ceiling.max(1.0);
+    let (mut pass, mut fail) = (0.0f64, ceiling);
+    let mut ceiling_tried = false;
+    let mut out = Search {
+        trials: Vec::new(),
+        best: None,
+        lowest_failure: ceiling,
+    };
+    let mut rate = bounds.start.clamp(1.0, ceiling);
+    while out.trials.len() < bounds.max_trials {
+        let t = trial(rate)?;
+        out.trials.push(t);
+        ceiling_tried |= rate >= ceiling;
+        if t.passes() {
+            pass = rate;
+            out.best = Some(t);
+        } else {
+            fail = rate;
+        }
+        if pass >= ceiling {
+            break;
+        }
+        if fail - pass <= PRECISION * fail {
+            // The bracket closed on the untried ceiling: try the ceiling itself.
+            if fail >= ceiling && !ceiling_tried {
+                rate = ceiling;
+                continue;
+            }
+            break;
+        }
+        rate = (pass + fail) / 2.0;
+    }
+    out.lowest_failure = fail;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::bail;
+
+    use super::*;
+
+    /// A forwarder that delivers every frame up to `capacity` per second and
+    /// loses the excess, trials of one second at exactly the asked rate.
+    fn forwarder(capacity: f64) -> impl FnMut(f64) -> Result<Trial> {
+        move |rate| {
+            let sent = rate.round() as u64;
+            Ok(Trial {
+                rate,
+                sent,
+                received: sent.min(capacity as u64),
+                seconds: 1.0,
+            })
+        }
+    }
+
+    fn bounds(start: f64, ceiling: f64) -> Bounds {
+        Bounds {
+            start,
+            ceiling,
+            max_trials: 8,
+        }
+    }
+
+    #[test]
+    fn loss_and_pass() {
+        let t = |sent, received| Trial {
+            rate: 1000.0,
+            sent,
+            received,
+            seconds: 0.5,
+        };
+        assert!(t(100_000, 100_000).passes());
+        assert!(t(100_000, 99_900).passes());
+        assert!(!t(100_000, 99_899).passes());
+        assert!(!t(0, 0).passes());
+        assert_eq!(t(0, 0).loss(), 1.0);
+        assert_eq!(t(1000, 500).achieved(), 2000.0);
+    }
+
+    #[test]
+    fn finds_the_capacity_within_the_precision() {
+        // Within 8 trials when the capacity is at least half the start.
+        for (capacity, start, ceiling) in [
+            (260_000.0, 240_000.0, 360_000.0),
+            (260_000.0, 300_000.0, 450_000.0),
+            (121_000.0, 240_000.0, 360_000.0),
+            (355_000.0, 240_000.0, 360_000.0),
+        ] {
+            let s = search(bounds(start, ceiling), forwarder(capacity)).unwrap();
+            let best = s.best.expect("a rate passed").rate;
+            assert!(best <= capacity, "{capacity}: {best} loses frames");
+            assert!(capacity < s.lowest_failure, "{capacity}: {s:?}");
+            assert!(
+                s.lowest_failure - best <= PRECISION * s.lowest_failure,
+                "{capacity}: bracket {best}..{}",
+                s.lowest_failure
+            );
+            assert!(s.trials.len() <= 8, "{capacity}: {} trials", s.trials.len());
+        }
+        // Far below the start the budget ends first, the bracket still right.
+        let s = search(bounds(240_000.0, 360_000.0), forwarder(50_000.0)).unwrap();
+        assert_eq!(s.trials.len(), 8);
+        let best = s.best.expect("a rate passed").rate;
+        assert!(best <= 50_000.0 && 50_000.0 < s.lowest_failure, "{s:?}");
+    }
+
+    #[test]
+    fn a_forwarder_faster_than_the_ceiling_is_reported_at_the_ceiling() {
+        let s = search(bounds(200_000.0, 300_000.0), forwarder(1e9)).unwrap();
+        assert_eq!(s.best.unwrap().rate, 300_000.0);
+        assert_eq!(s.trials.last().unwrap().rate, 300_000.0);
+        assert!(s.trials.len() <= 8);
+    }
+
+    #[test]
+    fn stops_after_max_trials_when_nothing_passes() {
+        let s = search(bounds(200_000.0, 300_000.0), forwarder(0.0)).unwrap();
+        assert_eq!(s.best, None);
+        assert_eq!(s.trials.len(), 8);
+        // Each failure halves the rate.
+        assert_eq!(s.trials[1].rate, 100_000.0);
+        assert_eq!(s.lowest_failure, s.trials[7].rate);
+    }
+
+    #[test]
+    fn judges_by_the_frames_the_trial_sent_not_the_rate_asked() {
+        // A generator that falls 10 % short of the asked rate: 250k asked is
+        // 225k sent, which a 230k forwarder carries.
+        let mut short = |rate: f64| {
+            let sent = (rate * 0.9) as u64;
+            Ok(Trial {
+                rate,
+                sent,
+                received: sent.min(230_000),
+                seconds: 1.0,
+            })
+        };
+        let s = search(bounds(250_000.0, 300_000.0), &mut short).unwrap();
+        let best = s.best.unwrap();
+        assert!(best.achieved() <= 230_000.0 && best.achieved() > 220_000.0);
+    }
+
+    #[test]
+    fn a_failing_trial_ends_the_search_with_its_error() {
+        let e = search(bounds(1.0, 2.0), |_| bail!("generator gone")).unwrap_err();
+        assert_eq!(e.to_string(), "generator gone");
+    }
+}
