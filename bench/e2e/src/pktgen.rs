@@ -161,11 +161,7 @@ impl Sender<'_> {
         while self.produced > self.completed && drain.elapsed() < Duration::from_secs(1) {
             self.round(true, 0);
         }
-        (
-            self.produced - first,
-            secs,
-            drain.elapsed().as_secs_f64(),
-        )
+        (self.produced - first, secs, drain.elapsed().as_secs_f64())
     }
 }
 
@@ -272,9 +268,8 @@ pub fn run(a: PktgenArgs) -> Result<()> {
         .map_err(|_| anyhow!("interface {}", a.iface))?;
     // SAFETY: the only socket on this UMEM, bound once, with program loading
     // inhibited.
-    let (tx, _rx, fill_comp) =
-        unsafe { xsk_rs::Socket::new(socket_config, &umem, &name, 0) }
-            .map_err(|e| anyhow!("binding an AF_XDP socket to {} queue 0: {e}", a.iface))?;
+    let (tx, _rx, fill_comp) = unsafe { xsk_rs::Socket::new(socket_config, &umem, &name, 0) }
+        .map_err(|e| anyhow!("binding an AF_XDP socket to {} queue 0: {e}", a.iface))?;
     let (_fill, comp) = fill_comp.context("a fresh socket has its own fill/comp rings")?;
 
     let write = |frames: &mut [FrameDesc], flags: u8| -> Result<()> {
@@ -453,7 +448,10 @@ mod tests {
             "trial inf 1",
         ] {
             let e = parse_trial(bad).unwrap_err().to_string();
-            assert!(e.contains("expected `trial <pps> <seconds>`"), "{bad:?}: {e}");
+            assert!(
+                e.contains("expected `trial <pps> <seconds>`"),
+                "{bad:?}: {e}"
+            );
         }
     }
 }
