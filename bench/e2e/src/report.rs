@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::{
     cli::{Mode, RunOpts},
     cpu::CoreCpu,
-    lossless::{Search, MAX_LOSS, PRECISION},
+    lossless::{Search, MAX_LOSS, MIN_ACHIEVED, PRECISION},
     placement,
 };
 
@@ -325,12 +325,14 @@ impl Results {
                 format!(
                     "after each generator workload's overload window, in the same generator process: a binary search \
                      on the offered rate (paced by the generator) for the highest one at which at most {} % of the \
-                     frames are lost (RFC 2544 §26.1): trials of {} s, the first at the overload window's received \
+                     frames are lost (RFC 2544 §26.1) and the generator achieved at least {} % of it (veth pushes back on the sender when \
+                     the forwarder's receive ring is full): trials of {} s, the first at the overload window's received \
                      rate, the top of the bracket 1.5 × that (at most the rate the generator sent), stopping when \
                      the bracket is within {} % or after {} trials; received counted by s0's ingress rule (the \
-                     generator's frames only) up to 100 ms after the trial's last frame left; the value is the rate \
+                     generator's frames only) from 50 ms after the previous trial to 100 ms after the trial's last frame left; the value is the rate \
                      the generator achieved in the highest passing trial",
                     MAX_LOSS * 100.0,
+                    MIN_ACHIEVED * 100.0,
                     opts.lossless_seconds,
                     PRECISION * 100.0,
                     opts.lossless_trials
@@ -771,6 +773,49 @@ mod tests {
             md.contains("| req/s | – | 80.0 | 100 | 150 | – | – | 1.25 | 1.50 |\n"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn generator_rows_show_dispatchd_over_bare_and_each_search() {
+        use crate::lossless::Trial;
+        let mut r = sample();
+        let md = r.markdown();
+        assert!(!md.contains("dispatchd ÷ bare"), "{md}");
+        assert!(!md.contains("Zero-loss searches"), "{md}");
+        assert!(!md.contains("**lossless**"), "{md}");
+        r.set("pps_received", "bare", 300.0);
+        r.set("big_lossless_mbit", "dispatchd", 1900.0);
+        r.set("big_lossless_mbit", "bare", 2000.0);
+        let trial = |rate: f64, received| Trial {
+            rate,
+            sent: rate as u64,
+            received,
+            seconds: 1.0,
+        };
+        r.lossless(
+            "frames1500",
+            "dispatchd",
+            Search {
+                trials: vec![trial(170_000.0, 160_000), trial(158_334.0, 158_334)],
+                best: Some(trial(158_334.0, 158_334)),
+                lowest_failure: 170_000.0,
+            },
+        );
+        let md = r.markdown();
+        assert!(
+            md.contains("(the target: at least 0.95): 64 B, received under overload **0.835**; 1500 B, zero-loss **0.950**.\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- frames1500/dispatchd: 2 trials, 158334 passed, 170000 failed\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| forwarded packets | highest rate with ≤ 0.1 % loss | pps |"),
+            "{md}"
+        );
+        let back = Results::from_json(&r.json().unwrap()).unwrap();
+        assert_eq!(back.lossless, r.lossless);
     }
 
     #[test]

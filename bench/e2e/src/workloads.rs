@@ -353,7 +353,9 @@ impl Bench {
     /// One zero-loss trial: `rate` for `secs`, received counted by s0's
     /// ingress rule from before the trial to [`DRAIN`] after its last frame.
     fn trial(&self, gen: &mut Generator, rate: f64, secs: f64) -> Result<Trial> {
-        // Read before the trial starts: nothing is in flight between trials.
+        // Read before the trial starts, once the frames of what came before
+        // (the overload window's backlog, a failed trial's) are through.
+        std::thread::sleep(PAUSE);
         let (arrived0, rx0) = (self.pktgen_arrived()?, self.rx()?);
         gen.send(&format!("trial {rate:.0} {secs}"))?;
         let stop = loop {
@@ -381,14 +383,19 @@ impl Bench {
             (t.achieved() / rate - 1.0) * 100.0,
             t.received,
             t.loss() * 100.0,
-            if t.passes() { ", pass" } else { "" },
+            if t.passes() {
+                ", pass"
+            } else if t.short() {
+                ", short of the asked rate"
+            } else {
+                ""
+            },
             if other != 0 {
                 format!(", s0 rx_packets {other:+} besides")
             } else {
                 String::new()
             }
         );
-        std::thread::sleep(PAUSE);
         Ok(t)
     }
 }
@@ -396,7 +403,7 @@ impl Bench {
 /// After a trial's last frame left the generator, before its received count
 /// is read: the frames still in the forwarder's rings arrive.
 const DRAIN: Duration = Duration::from_millis(100);
-/// Between trials, so that the forwarder's rings and queues are empty.
+/// Before each trial, so that the forwarder's rings and queues are empty.
 const PAUSE: Duration = Duration::from_millis(50);
 
 /// What one generator run measured: the overload window's rates sent and
