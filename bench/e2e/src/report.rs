@@ -329,7 +329,8 @@ impl Results {
                      the forwarder's receive ring is full): trials of {} s, the first at the overload window's received \
                      rate, the top of the bracket 1.5 × that (at most the rate the generator sent), stopping when \
                      the bracket is within {} % or after {} trials; received counted by s0's ingress rule (the \
-                     generator's frames only) from 50 ms after the previous trial to 100 ms after the trial's last frame left; the value is the rate \
+                     generator's frames only) from 50 ms after a flush (50 ms at 10k frames/s, uncounted: \
+                     it pushes out frames a forwarder left on its TX ring) to 100 ms after the trial's last frame left; the value is the rate \
                      the generator achieved in the highest passing trial",
                     MAX_LOSS * 100.0,
                     MIN_ACHIEVED * 100.0,

@@ -353,17 +353,14 @@ impl Bench {
     /// One zero-loss trial: `rate` for `secs`, received counted by s0's
     /// ingress rule from before the trial to [`DRAIN`] after its last frame.
     fn trial(&self, gen: &mut Generator, rate: f64, secs: f64) -> Result<Trial> {
-        // Read before the trial starts, once the frames of what came before
-        // (the overload window's backlog, a failed trial's) are through.
+        // Frames of what came before (the overload window, a failed trial)
+        // can wait on the forwarder's TX ring until received frames wake it:
+        // a short uncounted trial at a rate it carries pushes them out.
+        Self::trial_line(gen, &format!("trial {FLUSH_RATE} {}", FLUSH.as_secs_f64()))?;
+        // Read before the trial starts, once those frames are through.
         std::thread::sleep(PAUSE);
         let (arrived0, rx0) = (self.pktgen_arrived()?, self.rx()?);
-        gen.send(&format!("trial {rate:.0} {secs}"))?;
-        let stop = loop {
-            let line = gen.line()?.context("pktgen ended during a trial")?;
-            if line.starts_with("trial_stop") {
-                break line;
-            }
-        };
+        let stop = Self::trial_line(gen, &format!("trial {rate:.0} {secs}"))?;
         std::thread::sleep(DRAIN);
         let (arrived1, rx1) = (self.pktgen_arrived()?, self.rx()?);
         let sent = field(&stop, "", "sent").context("trial_stop without sent")?;
@@ -398,11 +395,25 @@ impl Bench {
         );
         Ok(t)
     }
+
+    /// Sends a trial to the generator; its `trial_stop` line.
+    fn trial_line(gen: &mut Generator, trial: &str) -> Result<String> {
+        gen.send(trial)?;
+        loop {
+            let line = gen.line()?.context("pktgen ended during a trial")?;
+            if line.starts_with("trial_stop") {
+                return Ok(line);
+            }
+        }
+    }
 }
 
 /// After a trial's last frame left the generator, before its received count
 /// is read: the frames still in the forwarder's rings arrive.
 const DRAIN: Duration = Duration::from_millis(100);
+/// The flush before each trial: 500 frames, one at a time.
+const FLUSH_RATE: u32 = 10_000;
+const FLUSH: Duration = Duration::from_millis(50);
 /// Before each trial, so that the forwarder's rings and queues are empty.
 const PAUSE: Duration = Duration::from_millis(50);
 
