@@ -62,9 +62,11 @@ pub struct Bounds {
     /// The first rate tried (the overload window's received rate: near the
     /// answer).
     pub start: f64,
-    /// The highest rate tried: treated as failing until it is tried, which
-    /// happens only when the passes come within [`PRECISION`] of it.
+    /// The top of the bracket, tried after the first pass; when it passes,
+    /// the bracket grows by half up to `limit`.
     pub ceiling: f64,
+    /// The highest rate ever tried (what the generator can send).
+    pub limit: f64,
     pub max_trials: usize,
 }
 
@@ -73,48 +75,48 @@ pub struct Bounds {
 pub struct Search {
     pub trials: Vec<Trial>,
     pub best: Option<Trial>,
-    /// The lowest rate that failed (the ceiling when none did).
-    pub lowest_failure: f64,
+    /// The lowest rate that failed; None when none did.
+    pub lowest_failure: Option<f64>,
 }
 
-/// Binary search on the offered rate: each trial halves the bracket between
-/// the highest rate that passed (0 before any) and the lowest that failed
-/// (the untried ceiling before any), starting at `bounds.start`; it stops
-/// when the bracket is within [`PRECISION`] or after `max_trials`.
+/// Binary search on the offered rate, starting at `bounds.start`: until a
+/// trial fails the next one is at the ceiling (grown by half each time it
+/// passes, up to the limit); then each trial halves the bracket between the
+/// highest rate that passed (0 before any) and the lowest that failed. It
+/// stops when the bracket is within [`PRECISION`], at a passing limit, or
+/// after `max_trials`.
 pub fn search(bounds: Bounds, mut trial: impl FnMut(f64) -> Result<Trial>) -> Result<Search> {
-    let ceiling = bounds.ceiling.max(1.0);
-    let (mut pass, mut fail) = (0.0f64, ceiling);
-    let mut ceiling_tried = false;
+    let limit = bounds.limit.max(1.0);
+    let mut ceiling = bounds.ceiling.clamp(1.0, limit);
+    let mut pass = 0.0f64;
     let mut out = Search {
         trials: Vec::new(),
         best: None,
-        lowest_failure: ceiling,
+        lowest_failure: None,
     };
     let mut rate = bounds.start.clamp(1.0, ceiling);
     while out.trials.len() < bounds.max_trials {
         let t = trial(rate)?;
         out.trials.push(t);
-        ceiling_tried |= rate >= ceiling;
         if t.passes() {
             pass = rate;
             out.best = Some(t);
         } else {
-            fail = rate;
+            out.lowest_failure = Some(out.lowest_failure.map_or(rate, |f: f64| f.min(rate)));
         }
         if pass >= ceiling {
-            break;
-        }
-        if fail - pass <= PRECISION * fail {
-            // The bracket closed on the untried ceiling: try the ceiling itself.
-            if fail >= ceiling && !ceiling_tried {
-                rate = ceiling;
-                continue;
+            if ceiling >= limit {
+                break;
             }
-            break;
+            ceiling = (ceiling * 1.5).min(limit);
         }
-        rate = (pass + fail) / 2.0;
+        rate = match out.lowest_failure {
+            // Only passes so far: the top of the bracket next.
+            None => ceiling,
+            Some(fail) if fail - pass <= PRECISION * fail => break,
+            Some(fail) => (pass + fail) / 2.0,
+        };
     }
-    out.lowest_failure = fail;
     Ok(out)
 }
 
@@ -142,6 +144,7 @@ mod tests {
         Bounds {
             start,
             ceiling,
+            limit: ceiling,
             max_trials: 8,
         }
     }
@@ -177,11 +180,11 @@ mod tests {
             let s = search(bounds(start, ceiling), forwarder(capacity)).unwrap();
             let best = s.best.expect("a rate passed").rate;
             assert!(best <= capacity, "{capacity}: {best} loses frames");
-            assert!(capacity < s.lowest_failure, "{capacity}: {s:?}");
+            let fail = s.lowest_failure.expect("a rate failed");
+            assert!(capacity < fail, "{capacity}: {s:?}");
             assert!(
-                s.lowest_failure - best <= PRECISION * s.lowest_failure,
-                "{capacity}: bracket {best}..{}",
-                s.lowest_failure
+                fail - best <= PRECISION * fail,
+                "{capacity}: bracket {best}..{fail}"
             );
             assert!(s.trials.len() <= 8, "{capacity}: {} trials", s.trials.len());
         }
@@ -189,15 +192,36 @@ mod tests {
         let s = search(bounds(240_000.0, 360_000.0), forwarder(50_000.0)).unwrap();
         assert_eq!(s.trials.len(), 8);
         let best = s.best.expect("a rate passed").rate;
-        assert!(best <= 50_000.0 && 50_000.0 < s.lowest_failure, "{s:?}");
+        assert!(
+            best <= 50_000.0 && 50_000.0 < s.lowest_failure.unwrap(),
+            "{s:?}"
+        );
     }
 
     #[test]
-    fn a_forwarder_faster_than_the_ceiling_is_reported_at_the_ceiling() {
+    fn a_forwarder_faster_than_the_limit_is_reported_at_the_limit() {
         let s = search(bounds(200_000.0, 300_000.0), forwarder(1e9)).unwrap();
         assert_eq!(s.best.unwrap().rate, 300_000.0);
         assert_eq!(s.trials.last().unwrap().rate, 300_000.0);
+        assert_eq!(s.lowest_failure, None);
         assert!(s.trials.len() <= 8);
+    }
+
+    #[test]
+    fn a_passing_ceiling_grows_the_bracket_up_to_the_limit() {
+        let b = Bounds {
+            limit: 1_000_000.0,
+            ..bounds(200_000.0, 300_000.0)
+        };
+        let s = search(b, forwarder(400_000.0)).unwrap();
+        let best = s.best.unwrap().rate;
+        let fail = s.lowest_failure.unwrap();
+        assert!(best <= 400_000.0 && 400_000.0 < fail, "{s:?}");
+        assert!(fail - best <= PRECISION * fail, "{s:?}");
+        // The ceiling grew once, to 450k, and no trial went above it.
+        assert!(s.trials.iter().all(|t| t.rate <= 450_000.0), "{s:?}");
+        let s = search(b, forwarder(1e9)).unwrap();
+        assert_eq!(s.best.unwrap().rate, 1_000_000.0, "{s:?}");
     }
 
     #[test]
@@ -207,7 +231,7 @@ mod tests {
         assert_eq!(s.trials.len(), 8);
         // Each failure halves the rate.
         assert_eq!(s.trials[1].rate, 100_000.0);
-        assert_eq!(s.lowest_failure, s.trials[7].rate);
+        assert_eq!(s.lowest_failure, Some(s.trials[7].rate));
     }
 
     #[test]

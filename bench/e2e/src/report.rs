@@ -327,7 +327,8 @@ impl Results {
                      on the offered rate (paced by the generator) for the highest one at which at most {} % of the \
                      frames are lost (RFC 2544 §26.1) and the generator achieved at least {} % of it (veth pushes back on the sender when \
                      the forwarder's receive ring is full): trials of {} s, the first at the overload window's received \
-                     rate, the top of the bracket 1.5 × that (at most the rate the generator sent), stopping when \
+                     rate, the top of the bracket 1.5 × that (raised by half \
+                     when it passes, up to the rate the generator sent unpaced), stopping when \
                      the bracket is within {} % or after {} trials; received counted by s0's ingress rule (the \
                      generator's frames only) from 50 ms after a flush (50 ms at 10k frames/s, uncounted: \
                      it pushes out frames a forwarder left on its TX ring) to 100 ms after the trial's last frame left; the value is the rate \
@@ -589,7 +590,7 @@ impl Results {
                             "{} trials, {} passed, {} failed",
                             s.trials.len(),
                             s.best.map_or("none".into(), |t| fmt_num(t.achieved())),
-                            fmt_num(s.lowest_failure)
+                            s.lowest_failure.map_or("none".into(), fmt_num)
                         )
                     })
                     .collect();
@@ -799,7 +800,7 @@ mod tests {
             Search {
                 trials: vec![trial(170_000.0, 160_000), trial(158_334.0, 158_334)],
                 best: Some(trial(158_334.0, 158_334)),
-                lowest_failure: 170_000.0,
+                lowest_failure: Some(170_000.0),
             },
         );
         let md = r.markdown();

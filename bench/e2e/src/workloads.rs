@@ -218,7 +218,7 @@ impl Bench {
         if best.is_none() {
             self.results.note(format!(
                 "{v} {workload}: no zero-loss trial passed (lowest tried {:.0} pps)",
-                s.lowest_failure
+                s.lowest_failure.unwrap_or(f64::NAN)
             ));
         }
         self.results.lossless(workload, v, s);
@@ -312,7 +312,8 @@ impl Bench {
         let search = if lossless {
             let bounds = Bounds {
                 start: rx_pps,
-                ceiling: (rx_pps * 1.5).min(sent),
+                ceiling: rx_pps * 1.5,
+                limit: sent,
                 max_trials: self.opts.lossless_trials,
             };
             let secs = self.opts.lossless_seconds;
@@ -323,7 +324,7 @@ impl Bench {
                     eprintln!(
                         "   {workload}: zero-loss {best:.0}/s after {} trials (lowest failure {:.0}/s)",
                         s.trials.len(),
-                        s.lowest_failure
+                        s.lowest_failure.unwrap_or(f64::NAN)
                     );
                     Some(s)
                 }
