@@ -587,10 +587,13 @@ impl Results {
                     .iter()
                     .map(|s| {
                         format!(
-                            "{} trials, {} passed, {} failed",
+                            "{} trials, {} passed, failed: {}",
                             s.trials.len(),
                             s.best.map_or("none".into(), |t| fmt_num(t.achieved())),
-                            s.lowest_failure.map_or("none".into(), fmt_num)
+                            s.lowest_failure.map_or_else(
+                                || "none (the generator's own limit: a lower bound)".into(),
+                                fmt_num
+                            )
                         )
                     })
                     .collect();
@@ -809,7 +812,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("- frames1500/dispatchd: 2 trials, 158334 passed, 170000 failed\n"),
+            md.contains("- frames1500/dispatchd: 2 trials, 158334 passed, failed: 170000\n"),
             "{md}"
         );
         assert!(

@@ -216,9 +216,13 @@ impl Bench {
         let s = s?;
         let best = s.best.map(|t| t.achieved());
         if best.is_none() {
+            let lowest = s
+                .trials
+                .iter()
+                .map(|t| t.rate)
+                .fold(f64::INFINITY, f64::min);
             self.results.note(format!(
-                "{v} {workload}: no zero-loss trial passed (lowest tried {:.0} pps)",
-                s.lowest_failure.unwrap_or(f64::NAN)
+                "{v} {workload}: no zero-loss trial passed (lowest tried {lowest:.0} pps)"
             ));
         }
         self.results.lossless(workload, v, s);
@@ -309,37 +313,39 @@ impl Bench {
             );
         };
         eprintln!("   {workload}: sent {sent:.0}/s, received at s0 {rx_pps:.0}/s ({frame_len} B)");
-        let search = if lossless {
-            let bounds = Bounds {
-                start: rx_pps,
-                ceiling: rx_pps * 1.5,
-                limit: sent,
-                max_trials: self.opts.lossless_trials,
-            };
-            let secs = self.opts.lossless_seconds;
-            // A failed search keeps the overload window's values.
-            match lossless::search(bounds, |rate| self.trial(&mut gen, rate, secs)) {
-                Ok(s) => {
-                    let best = s.best.map_or(0.0, |t| t.achieved());
-                    eprintln!(
-                        "   {workload}: zero-loss {best:.0}/s after {} trials (lowest failure {:.0}/s)",
+        let search =
+            if lossless {
+                let bounds = Bounds {
+                    start: rx_pps,
+                    ceiling: rx_pps * 1.5,
+                    limit: sent,
+                    max_trials: self.opts.lossless_trials,
+                };
+                let secs = self.opts.lossless_seconds;
+                // A failed search keeps the overload window's values.
+                match lossless::search(bounds, |rate| self.trial(&mut gen, rate, secs)) {
+                    Ok(s) => {
+                        let best = s.best.map_or(0.0, |t| t.achieved());
+                        eprintln!(
+                        "   {workload}: zero-loss {best:.0}/s after {} trials (lowest failure: {})",
                         s.trials.len(),
-                        s.lowest_failure.unwrap_or(f64::NAN)
+                        s.lowest_failure
+                            .map_or("none, the generator's limit".into(), |f| format!("{f:.0}/s"))
                     );
-                    Some(s)
+                        Some(s)
+                    }
+                    Err(e) => {
+                        let status = gen.finish();
+                        let e = format!("{e:#} ({status}): {}", gen.stderr().trim());
+                        eprintln!("dispatchd-bench: {v} {workload} zero-loss search: {e}");
+                        self.results
+                            .note(format!("{v} {workload}: zero-loss search failed: {e}"));
+                        None
+                    }
                 }
-                Err(e) => {
-                    let status = gen.finish();
-                    let e = format!("{e:#} ({status}): {}", gen.stderr().trim());
-                    eprintln!("dispatchd-bench: {v} {workload} zero-loss search: {e}");
-                    self.results
-                        .note(format!("{v} {workload}: zero-loss search failed: {e}"));
-                    None
-                }
-            }
-        } else {
-            None
-        };
+            } else {
+                None
+            };
         let status = gen.finish();
         if !status.success() {
             bail!("pktgen failed ({status}): {}", gen.stderr().trim());
