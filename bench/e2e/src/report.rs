@@ -328,7 +328,7 @@ impl Results {
                      frames are lost (RFC 2544 §26.1) and the generator achieved at least {} % of it (veth pushes back on the sender when \
                      the forwarder's receive ring is full): trials of {} s, the first at the overload window's received \
                      rate, the top of the bracket 1.5 × that (raised by half \
-                     when it passes, up to the rate the generator sent unpaced), stopping when \
+                     when it passes, up to 98 % of the rate the generator sent unpaced), stopping when \
                      the bracket is within {} % or after {} trials; received counted by s0's ingress rule (the \
                      generator's frames only) from 50 ms after a flush (50 ms at 10k frames/s, uncounted: \
                      it pushes out frames a forwarder left on its TX ring) to 100 ms after the trial's last frame left; the value is the rate \

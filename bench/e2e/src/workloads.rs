@@ -318,7 +318,8 @@ impl Bench {
                 let bounds = Bounds {
                     start: rx_pps,
                     ceiling: rx_pps * 1.5,
-                    limit: sent,
+                    // Paced, the generator reaches about 99 % of its unpaced rate.
+                    limit: sent * GENERATOR_SHARE,
                     max_trials: self.opts.lossless_trials,
                 };
                 let secs = self.opts.lossless_seconds;
@@ -418,6 +419,8 @@ impl Bench {
 /// After a trial's last frame left the generator, before its received count
 /// is read: the frames still in the forwarder's rings arrive.
 const DRAIN: Duration = Duration::from_millis(100);
+/// The highest share of the generator's unpaced rate a search tries.
+const GENERATOR_SHARE: f64 = 0.98;
 /// The flush before each trial: 500 frames, one at a time.
 const FLUSH_RATE: u32 = 10_000;
 const FLUSH: Duration = Duration::from_millis(50);
