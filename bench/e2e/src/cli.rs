@@ -121,6 +121,13 @@ pub struct RunOpts {
     /// own; every variant then runs on that topology).
     #[arg(long, default_value_t = 1)]
     pub queues: usize,
+    /// Trials of each generator workload's zero-loss search (after its overload
+    /// window, per variant and round); 0 skips the search.
+    #[arg(long, default_value_t = 8)]
+    pub lossless_trials: usize,
+    /// Seconds of each zero-loss trial.
+    #[arg(long, default_value_t = 0.5)]
+    pub lossless_seconds: f64,
     /// Record `perf record -a -e cpu-clock` during the connections, rr and generator workloads of
     /// nftables, dispatchd and the bare forwarder, and write the top symbols next to the results.
     #[arg(long)]

@@ -21,6 +21,7 @@
 mod cli;
 mod cpu;
 mod load;
+mod lossless;
 mod perf;
 mod pktgen;
 mod placement;

@@ -9,13 +9,14 @@ use serde_json::Value;
 use crate::{
     cli::{Mode, RunOpts},
     cpu::CoreCpu,
+    lossless::{Search, MAX_LOSS, MIN_ACHIEVED, PRECISION},
     placement,
 };
 
 pub const VARIANTS: [&str; 5] = ["direct", "nftables", "dispatchd", "dispatchd2", "bare"];
 
 /// (id, workload, metric, unit, higher is better)
-const ROWS: [(&str, &str, &str, &str, bool); 18] = [
+const ROWS: [(&str, &str, &str, &str, bool); 20] = [
     ("conn_rate", "new connections", "rate", "conn/s", true),
     ("conn_p50", "new connections", "latency p50", "µs", false),
     ("conn_p99", "new connections", "latency p99", "µs", false),
@@ -87,21 +88,35 @@ const ROWS: [(&str, &str, &str, &str, bool); 18] = [
     (
         "pps_received",
         "forwarded packets",
-        "received at s0",
+        "received at s0 under overload",
         "pps",
         true,
     ),
     (
         "pps_ratio",
         "forwarded packets",
-        "received / sent",
+        "received / sent under overload",
         "",
+        true,
+    ),
+    (
+        "pps_lossless",
+        "forwarded packets",
+        "highest rate with ≤ 0.1 % loss",
+        "pps",
         true,
     ),
     (
         "big_mbit",
         "1500-byte packets (generator, one way)",
-        "received at s0",
+        "received at s0 under overload",
+        "Mbit/s",
+        true,
+    ),
+    (
+        "big_lossless_mbit",
+        "1500-byte packets (generator, one way)",
+        "highest rate with ≤ 0.1 % loss",
         "Mbit/s",
         true,
     ),
@@ -114,6 +129,14 @@ const ROWS: [(&str, &str, &str, &str, bool); 18] = [
     ),
 ];
 
+/// The generator's rows whose dispatchd ÷ bare ratio the document states.
+const GENERATOR_ROWS: [(&str, &str); 4] = [
+    ("pps_received", "64 B, received under overload"),
+    ("pps_lossless", "64 B, zero-loss"),
+    ("big_mbit", "1500 B, received under overload"),
+    ("big_lossless_mbit", "1500 B, zero-loss"),
+];
+
 /// Where and how the run was made, as sentences.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Header {
@@ -124,6 +147,10 @@ pub struct Header {
     pub durations: String,
     pub load: String,
     pub cores: String,
+    /// How the zero-loss rows were searched; empty in earlier results and
+    /// when the search was skipped.
+    #[serde(default)]
+    pub lossless: String,
 }
 
 /// One metric of one workload, per variant (null where it was not measured).
@@ -178,6 +205,9 @@ pub struct Results {
     /// Per-core CPU over each measured window, by `workload/variant`.
     #[serde(default)]
     pub cpu: BTreeMap<String, Vec<CoreCpu>>,
+    /// Each round's zero-loss search (every trial) by `workload/variant`.
+    #[serde(default)]
+    pub lossless: BTreeMap<String, Vec<Search>>,
     /// Every round's value by key, whose median the document shows.
     #[serde(skip)]
     rounds: Rounds,
@@ -291,6 +321,27 @@ impl Results {
                     }
                 ),
             },
+            lossless: if opts.lossless_trials > 0 {
+                format!(
+                    "after each generator workload's overload window, in the same generator process: a binary search \
+                     on the offered rate (paced by the generator) for the highest one at which at most {} % of the \
+                     frames are lost (RFC 2544 §26.1) and the generator achieved at least {} % of it (veth pushes back on the sender when \
+                     the forwarder's receive ring is full): trials of {} s, the first at the overload window's received \
+                     rate, the top of the bracket 1.5 × that (raised by half \
+                     when it passes, up to 98 % of the rate the generator sent unpaced), stopping when \
+                     the bracket is within {} % or after {} trials; received counted by s0's ingress rule (the \
+                     generator's frames only) from 50 ms after a flush (50 ms at 10k frames/s, uncounted: \
+                     it pushes out frames a forwarder left on its TX ring) to 100 ms after the trial's last frame left; the value is the rate \
+                     the generator achieved in the highest passing trial",
+                    MAX_LOSS * 100.0,
+                    MIN_ACHIEVED * 100.0,
+                    opts.lossless_seconds,
+                    PRECISION * 100.0,
+                    opts.lossless_trials
+                )
+            } else {
+                String::new()
+            },
         };
         let mut r = Results::with_header(header);
         r.mode = mode.name().into();
@@ -319,8 +370,17 @@ impl Results {
             notes: Vec::new(),
             mode: String::new(),
             cpu: BTreeMap::new(),
+            lossless: BTreeMap::new(),
             rounds: Rounds::default(),
         }
+    }
+
+    /// One round's zero-loss search of a generator workload.
+    pub fn lossless(&mut self, workload: &str, variant: &str, s: Search) {
+        self.lossless
+            .entry(format!("{workload}/{variant}"))
+            .or_default()
+            .push(s);
     }
 
     /// Adds a note once (each round makes the same ones).
@@ -433,7 +493,10 @@ impl Results {
         // The header's fields in their declared order (serde_json keeps it).
         if let Ok(serde_json::Value::Object(header)) = serde_json::to_value(&self.header) {
             for (k, v) in header {
-                let _ = writeln!(md, "- **{k}**: {}", v.as_str().unwrap_or_default());
+                let v = v.as_str().unwrap_or_default();
+                if !v.is_empty() {
+                    let _ = writeln!(md, "- **{k}**: {v}");
+                }
             }
         }
         md.push_str(
@@ -500,6 +563,43 @@ impl Results {
                 }
             );
         }
+        let to_bare: Vec<String> = GENERATOR_ROWS
+            .iter()
+            .filter_map(|&(id, what)| {
+                let (d, b) = (self.get(id, "dispatchd")?, self.get(id, "bare")?);
+                (b > 0.0).then(|| format!("{what} **{:.3}**", d / b))
+            })
+            .collect();
+        if !to_bare.is_empty() {
+            let _ = writeln!(
+                md,
+                "\ndispatchd ÷ bare forwarder on the generator rows (the target: at least 0.95): {}.",
+                to_bare.join("; ")
+            );
+        }
+        if !self.lossless.is_empty() {
+            md.push_str(
+                "\nZero-loss searches, each round: trials, then the highest passing rate (achieved) and the \
+                 lowest failing one, pps:\n\n",
+            );
+            for (key, searches) in &self.lossless {
+                let rounds: Vec<String> = searches
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{} trials, {} passed, failed: {}",
+                            s.trials.len(),
+                            s.best.map_or("none".into(), |t| fmt_num(t.achieved())),
+                            s.lowest_failure.map_or_else(
+                                || "none (the generator's own limit: a lower bound)".into(),
+                                fmt_num
+                            )
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(md, "- {key}: {}", rounds.join("; "));
+            }
+        }
         if !self.cpu.is_empty() {
             md.push_str(
                 "\nPer-core CPU over each measured window, % of one core as user / system / softirq+irq \
@@ -564,6 +664,7 @@ mod tests {
             durations: "3 s".into(),
             load: "some".into(),
             cores: "2".into(),
+            lossless: String::new(),
         });
         r.set("pps_sent", "dispatchd", 1000.0);
         r.set("pps_received", "dispatchd", 250.5);
@@ -677,6 +778,49 @@ mod tests {
             md.contains("| req/s | – | 80.0 | 100 | 150 | – | – | 1.25 | 1.50 |\n"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn generator_rows_show_dispatchd_over_bare_and_each_search() {
+        use crate::lossless::Trial;
+        let mut r = sample();
+        let md = r.markdown();
+        assert!(!md.contains("dispatchd ÷ bare"), "{md}");
+        assert!(!md.contains("Zero-loss searches"), "{md}");
+        assert!(!md.contains("**lossless**"), "{md}");
+        r.set("pps_received", "bare", 300.0);
+        r.set("big_lossless_mbit", "dispatchd", 1900.0);
+        r.set("big_lossless_mbit", "bare", 2000.0);
+        let trial = |rate: f64, received| Trial {
+            rate,
+            sent: rate as u64,
+            received,
+            seconds: 1.0,
+        };
+        r.lossless(
+            "frames1500",
+            "dispatchd",
+            Search {
+                trials: vec![trial(170_000.0, 160_000), trial(158_334.0, 158_334)],
+                best: Some(trial(158_334.0, 158_334)),
+                lowest_failure: Some(170_000.0),
+            },
+        );
+        let md = r.markdown();
+        assert!(
+            md.contains("(the target: at least 0.95): 64 B, received under overload **0.835**; 1500 B, zero-loss **0.950**.\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- frames1500/dispatchd: 2 trials, 158334 passed, failed: 170000\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| forwarded packets | highest rate with ≤ 0.1 % loss | pps |"),
+            "{md}"
+        );
+        let back = Results::from_json(&r.json().unwrap()).unwrap();
+        assert_eq!(back.lossless, r.lossless);
     }
 
     #[test]

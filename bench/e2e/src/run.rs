@@ -24,6 +24,8 @@ const DAEMONS: usize = 4;
 /// Client ports of the packet generator: below the ephemeral range the kernel
 /// clients use, and dropped at the daemons' ingress so nothing answers them.
 pub const PKTGEN_PORT: u16 = 2000;
+/// The named nftables counter of the generator's frames arriving at s0.
+const PKTGEN_COUNTER: &str = "pktgen";
 const WORKLOADS: [&str; 6] = ["connections", "rr", "bulk", "stream", "pps", "frames1500"];
 /// The stream workload's iperf3 server: one daemon, behind a service of its own
 /// on the VIP (iperf3's control and data connections must meet the same server).
@@ -118,13 +120,14 @@ pub fn run(mut opts: RunOpts) -> Result<()> {
     // reuse, and the daemons deep accept queues.
     // The generator's frames are counted on arrival at s0 (the veth counts before
     // the ingress hook) and dropped there, so the daemons answer none of them
-    // (a SYN-ACK or RST would end dispatchd's records).
+    // (a SYN-ACK or RST would end dispatchd's records). The rule's counter
+    // counts the generator's frames alone: the zero-loss trials' received.
     nft(
         &topo,
         &daemons,
         &format!(
-            "table netdev dbench {{\n chain in {{\n type filter hook ingress device \"s0\" priority 0; policy accept;\n \
-             ip saddr 198.18.0.2 tcp sport {PKTGEN_PORT}-{} drop\n }}\n}}\n",
+            "table netdev dbench {{\n counter {PKTGEN_COUNTER} {{ }}\n chain in {{\n type filter hook ingress device \"s0\" priority 0; policy accept;\n \
+             ip saddr 198.18.0.2 tcp sport {PKTGEN_PORT}-{} counter name \"{PKTGEN_COUNTER}\" drop\n }}\n}}\n",
             PKTGEN_PORT + opts.tuples - 1
         ),
     )?;
@@ -233,6 +236,22 @@ impl Bench {
                 .with_context(|| format!("reading {}", self.s0_rx.display()))?
         };
         text.trim().parse().context("s0 rx_packets")
+    }
+
+    /// The generator's frames that arrived at s0 so far (its ingress rule's
+    /// counter: nothing else, unlike rx_packets).
+    pub fn pktgen_arrived(&self) -> Result<u64> {
+        let text = self.topo.exec(
+            &self.topo.daemons(),
+            "nft",
+            &["list", "counter", "netdev", "dbench", PKTGEN_COUNTER],
+        )?;
+        let mut words = text.split_whitespace();
+        words
+            .find(|&w| w == "packets")
+            .and_then(|_| words.next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no packet count in nft's {text:?}"))
     }
 
     fn variant(&mut self, v: &'static str) -> Result<()> {

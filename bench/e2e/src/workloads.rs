@@ -2,13 +2,18 @@
 //! generator in the client namespace: new connections, requests on persistent
 //! connections, bulk transfer (echoed, and iperf3's one-way stream), forwarded
 //! packets per second.
-use std::time::{Duration, Instant};
+use std::{
+    io::{BufRead, BufReader, Lines, Read, Write},
+    process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context, Result};
-use dispatchd_testkit::Proc;
 
 use crate::{
     cpu::CpuSample,
+    lossless::{self, Bounds, Search, Trial},
     report::Latency,
     run::{Bench, PKTGEN_PORT, STREAM_PORT},
 };
@@ -183,9 +188,12 @@ impl Bench {
     /// the window, prints `stop`: s0's receive counter is read at each line, so
     /// the received rate covers the same window as the sent one.
     pub fn pps(&mut self, v: &'static str, to: &str) -> Result<()> {
-        let (sent, rx_pps) = self.pktgen(v, to, crate::pktgen::FRAME_LEN, "pps")?;
-        self.results.set("pps_sent", v, sent);
-        self.results.set("pps_received", v, rx_pps);
+        let run = self.pktgen(v, to, crate::pktgen::FRAME_LEN, "pps")?;
+        self.results.set("pps_sent", v, run.sent);
+        self.results.set("pps_received", v, run.received);
+        if let Some(best) = self.lossless_result("pps", v, run.search) {
+            self.results.set("pps_lossless", v, best);
+        }
         Ok(())
     }
 
@@ -193,20 +201,44 @@ impl Bench {
     /// ceiling in copy mode (the bare forwarder) and each variant's.
     pub fn frames1500(&mut self, v: &'static str, to: &str) -> Result<()> {
         let len = crate::pktgen::MAX_FRAME_LEN;
-        let (_, rx_pps) = self.pktgen(v, to, len, "frames1500")?;
-        self.results.set("big_mbit", v, rx_pps * 1500.0 * 8.0 / 1e6);
+        let run = self.pktgen(v, to, len, "frames1500")?;
+        self.results
+            .set("big_mbit", v, run.received * 1500.0 * 8.0 / 1e6);
+        if let Some(best) = self.lossless_result("frames1500", v, run.search) {
+            self.results
+                .set("big_lossless_mbit", v, best * 1500.0 * 8.0 / 1e6);
+        }
         Ok(())
     }
 
+    /// A search into the results; its highest passing rate (achieved, pps).
+    fn lossless_result(&mut self, workload: &str, v: &str, s: Option<Search>) -> Option<f64> {
+        let s = s?;
+        let best = s.best.map(|t| t.achieved());
+        if best.is_none() {
+            let lowest = s
+                .trials
+                .iter()
+                .map(|t| t.rate)
+                .fold(f64::INFINITY, f64::min);
+            self.results.note(format!(
+                "{v} {workload}: no zero-loss trial passed (lowest tried {lowest:.0} pps)"
+            ));
+        }
+        self.results.lossless(workload, v, s);
+        best
+    }
+
     /// One generator run of `frame_len`-byte frames: the rates sent and
-    /// received at s0.
+    /// received at s0 in the overload window, then (unless
+    /// --lossless-trials 0) the zero-loss search over paced trials.
     fn pktgen(
         &mut self,
         v: &'static str,
         to: &str,
         frame_len: usize,
         workload: &str,
-    ) -> Result<(f64, f64)> {
+    ) -> Result<GeneratorRun> {
         let (ip, port) = to.split_once(':').context("address")?;
         let mut cmd = self.topo.cmd(&self.topo.client(), &self.me);
         cmd.args([
@@ -239,12 +271,15 @@ impl Bench {
         if v.starts_with("dispatchd") {
             cmd.arg("--syn-first");
         }
-        let (mut proc, lines) = Proc::start_reading(cmd).context("starting pktgen")?;
+        let lossless = self.opts.lossless_trials > 0;
+        if lossless {
+            cmd.arg("--trials");
+        }
+        let mut gen = Generator::spawn(cmd)?;
         let mut window = None;
         let mut out = String::new();
         let mut perf = None;
-        for line in lines {
-            let line = line?;
+        while let Some(line) = gen.line()? {
             match line.as_str() {
                 "start" => {
                     window = Some((self.rx()?, Instant::now(), CpuSample::now()));
@@ -255,23 +290,236 @@ impl Bench {
                     let (rx1, secs) = (self.rx()?, t0.elapsed().as_secs_f64());
                     self.results.cpu(workload, v, CpuSample::now().since(&cpu0));
                     out.push_str(&format!("received={} rx_seconds={secs:.3}\n", rx1 - rx0));
+                    self.perf_finish(perf.take())?;
                 }
+                // The generator waits for trials.
+                "trials" => break,
                 _ => {
                     out.push_str(&line);
                     out.push('\n');
                 }
             }
         }
-        let status = proc.wait(Duration::from_secs(30));
-        self.perf_finish(perf)?;
-        if !status.success() {
-            bail!("pktgen failed: {}", proc.output().trim());
-        }
-        let sent = field(&out, "sent=", "pps").context("pktgen printed no pps")?;
-        let received = field(&out, "received=", "received").context("no received count")?;
-        let secs = field(&out, "received=", "rx_seconds").context("no rx window")?;
-        let rx_pps = received / secs;
+        let overload = || -> Option<(f64, f64)> {
+            let sent = field(&out, "sent=", "pps")?;
+            let received = field(&out, "received=", "received")?;
+            Some((sent, received / field(&out, "received=", "rx_seconds")?))
+        };
+        let Some((sent, rx_pps)) = overload() else {
+            let status = gen.finish();
+            bail!(
+                "pktgen printed no window ({status}): {}\n{out}",
+                gen.stderr()
+            );
+        };
         eprintln!("   {workload}: sent {sent:.0}/s, received at s0 {rx_pps:.0}/s ({frame_len} B)");
-        Ok((sent, rx_pps))
+        let search =
+            if lossless {
+                let bounds = Bounds {
+                    start: rx_pps,
+                    ceiling: rx_pps * 1.5,
+                    // Paced, the generator reaches about 99 % of its unpaced rate.
+                    limit: sent * GENERATOR_SHARE,
+                    max_trials: self.opts.lossless_trials,
+                };
+                let secs = self.opts.lossless_seconds;
+                // A failed search keeps the overload window's values.
+                match lossless::search(bounds, |rate| self.trial(&mut gen, rate, secs)) {
+                    Ok(s) => {
+                        let best = s.best.map_or(0.0, |t| t.achieved());
+                        eprintln!(
+                        "   {workload}: zero-loss {best:.0}/s after {} trials (lowest failure: {})",
+                        s.trials.len(),
+                        s.lowest_failure
+                            .map_or("none, the generator's limit".into(), |f| format!("{f:.0}/s"))
+                    );
+                        Some(s)
+                    }
+                    Err(e) => {
+                        let status = gen.finish();
+                        let e = format!("{e:#} ({status}): {}", gen.stderr().trim());
+                        eprintln!("dispatchd-bench: {v} {workload} zero-loss search: {e}");
+                        self.results
+                            .note(format!("{v} {workload}: zero-loss search failed: {e}"));
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+        let status = gen.finish();
+        if !status.success() {
+            bail!("pktgen failed ({status}): {}", gen.stderr().trim());
+        }
+        Ok(GeneratorRun {
+            sent,
+            received: rx_pps,
+            search,
+        })
+    }
+
+    /// One zero-loss trial: `rate` for `secs`, received counted by s0's
+    /// ingress rule from before the trial to [`DRAIN`] after its last frame.
+    fn trial(&self, gen: &mut Generator, rate: f64, secs: f64) -> Result<Trial> {
+        // Frames of what came before (the overload window, a failed trial)
+        // can wait on the forwarder's TX ring until received frames wake it:
+        // a short uncounted trial at a rate it carries pushes them out.
+        Self::trial_line(gen, &format!("trial {FLUSH_RATE} {}", FLUSH.as_secs_f64()))?;
+        // Read before the trial starts, once those frames are through.
+        std::thread::sleep(PAUSE);
+        let (arrived0, rx0) = (self.pktgen_arrived()?, self.rx()?);
+        let stop = Self::trial_line(gen, &format!("trial {rate:.0} {secs}"))?;
+        std::thread::sleep(DRAIN);
+        let (arrived1, rx1) = (self.pktgen_arrived()?, self.rx()?);
+        let sent = field(&stop, "", "sent").context("trial_stop without sent")?;
+        let seconds = field(&stop, "", "seconds").context("trial_stop without seconds")?;
+        let t = Trial {
+            rate,
+            sent: sent as u64,
+            received: arrived1 - arrived0,
+            seconds,
+        };
+        // s0's rx_packets counts everything, the rule only the generator's.
+        let other = (rx1 - rx0) as i64 - t.received as i64;
+        eprintln!(
+            "     trial {rate:.0}/s: sent {} at {:.0}/s ({:+.2} % of asked), received {}, loss {:.3} %{}{}",
+            t.sent,
+            t.achieved(),
+            (t.achieved() / rate - 1.0) * 100.0,
+            t.received,
+            t.loss() * 100.0,
+            if t.passes() {
+                ", pass"
+            } else if t.short() {
+                ", short of the asked rate"
+            } else {
+                ""
+            },
+            if other != 0 {
+                format!(", s0 rx_packets {other:+} besides")
+            } else {
+                String::new()
+            }
+        );
+        Ok(t)
+    }
+
+    /// Sends a trial to the generator; its `trial_stop` line.
+    fn trial_line(gen: &mut Generator, trial: &str) -> Result<String> {
+        gen.send(trial)?;
+        loop {
+            let line = gen.line()?.context("pktgen ended during a trial")?;
+            if line.starts_with("trial_stop") {
+                return Ok(line);
+            }
+        }
+    }
+}
+
+/// After a trial's last frame left the generator, before its received count
+/// is read: the frames still in the forwarder's rings arrive.
+const DRAIN: Duration = Duration::from_millis(100);
+/// The highest share of the generator's unpaced rate a search tries.
+const GENERATOR_SHARE: f64 = 0.98;
+/// The flush before each trial: 500 frames, one at a time.
+const FLUSH_RATE: u32 = 10_000;
+const FLUSH: Duration = Duration::from_millis(50);
+/// Before each trial, so that the forwarder's rings and queues are empty.
+const PAUSE: Duration = Duration::from_millis(50);
+
+/// What one generator run measured: the overload window's rates sent and
+/// received at s0, and the zero-loss search when there was one.
+struct GeneratorRun {
+    sent: f64,
+    received: f64,
+    search: Option<Search>,
+}
+
+/// The generator process: its stdin takes the trials, its stdout's lines are
+/// read as they come, its stderr collected; killed on drop, and it exits by
+/// itself when its stdin closes (the bench ending, even by a kill).
+struct Generator {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Lines<BufReader<ChildStdout>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Generator {
+    fn spawn(mut cmd: Command) -> Result<Generator> {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting pktgen")?;
+        let stdout = child.stdout.take().context("stdout is piped")?;
+        let mut err = child.stderr.take().context("stderr is piped")?;
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let collected = stderr.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            *collected.lock().unwrap_or_else(|p| p.into_inner()) = text;
+        });
+        Ok(Generator {
+            stdin: child.stdin.take(),
+            child,
+            lines: BufReader::new(stdout).lines(),
+            stderr,
+        })
+    }
+
+    /// The next line of stdout; None at its end.
+    fn line(&mut self) -> Result<Option<String>> {
+        self.lines
+            .next()
+            .transpose()
+            .context("reading pktgen's output")
+    }
+
+    fn send(&mut self, line: &str) -> Result<()> {
+        let stdin = self.stdin.as_mut().context("pktgen's stdin is closed")?;
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .context("pktgen stopped taking trials")
+    }
+
+    /// Closes stdin and waits up to 30 s for the exit (then kills).
+    fn finish(&mut self) -> ExitStatus {
+        self.stdin = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    // Let the stderr reader take the last lines.
+                    std::thread::sleep(Duration::from_millis(50));
+                    return status;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    return self.child.wait().unwrap_or_default();
+                }
+            }
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for Generator {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

@@ -1,0 +1,264 @@
+//! The zero-loss throughput search (RFC 2544 §26.1): the highest offered rate
+//! at which the forwarder loses at most [`MAX_LOSS`] of the frames, found by a
+//! binary search over paced trials. Pure: the trial is a closure, so the
+//! search's logic is tested without the kernel.
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+/// The loss a passing trial may have: 0.1 %.
+pub const MAX_LOSS: f64 = 0.001;
+/// A trial whose generator sent less than this share of the asked rate fails:
+/// on veth a full receive ring of the forwarder pushes back on the sender
+/// instead of dropping, so a shortfall is the forwarder not keeping up (the
+/// generator alone paces to within 0.1 %).
+pub const MIN_ACHIEVED: f64 = 0.99;
+/// The search stops when the bracket (highest pass, lowest failure) is this
+/// narrow, relative to its top.
+pub const PRECISION: f64 = 0.02;
+
+/// One paced trial: the rate asked for, the frames sent and received, and the
+/// seconds the sending took.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+pub struct Trial {
+    pub rate: f64,
+    pub sent: u64,
+    pub received: u64,
+    pub seconds: f64,
+}
+
+impl Trial {
+    /// 1 − received ÷ sent; a trial that sent nothing lost everything.
+    pub fn loss(&self) -> f64 {
+        if self.sent == 0 {
+            return 1.0;
+        }
+        1.0 - self.received as f64 / self.sent as f64
+    }
+
+    pub fn passes(&self) -> bool {
+        // In counts: 1 − 99 900 ÷ 100 000 is a hair above 0.001 in floating point.
+        let lost = self.sent.saturating_sub(self.received);
+        self.sent > 0 && lost as f64 <= MAX_LOSS * self.sent as f64 && !self.short()
+    }
+
+    /// Whether the generator fell short of the asked rate (see [`MIN_ACHIEVED`]).
+    pub fn short(&self) -> bool {
+        self.achieved() < MIN_ACHIEVED * self.rate
+    }
+
+    /// The rate the generator achieved (frames per second).
+    pub fn achieved(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.sent as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Where a search starts, how high it may go, and how many trials it has.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// The first rate tried (the overload window's received rate: near the
+    /// answer).
+    pub start: f64,
+    /// The top of the bracket, tried after the first pass; when it passes,
+    /// the bracket grows by half up to `limit`.
+    pub ceiling: f64,
+    /// The highest rate ever tried (what the generator can send).
+    pub limit: f64,
+    pub max_trials: usize,
+}
+
+/// A finished search: every trial in order, and the highest passing one.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Search {
+    pub trials: Vec<Trial>,
+    pub best: Option<Trial>,
+    /// The lowest rate that failed; None when none did.
+    pub lowest_failure: Option<f64>,
+}
+
+/// Binary search on the offered rate, starting at `bounds.start`: until a
+/// trial fails the next one is at the ceiling (grown by half each time it
+/// passes, up to the limit); then each trial halves the bracket between the
+/// highest rate that passed (0 before any) and the lowest that failed. It
+/// stops when the bracket is within [`PRECISION`], at a passing limit, or
+/// after `max_trials`.
+pub fn search(bounds: Bounds, mut trial: impl FnMut(f64) -> Result<Trial>) -> Result<Search> {
+    let limit = bounds.limit.max(1.0);
+    let mut ceiling = bounds.ceiling.clamp(1.0, limit);
+    let mut pass = 0.0f64;
+    let mut out = Search {
+        trials: Vec::new(),
+        best: None,
+        lowest_failure: None,
+    };
+    let mut rate = bounds.start.clamp(1.0, ceiling);
+    while out.trials.len() < bounds.max_trials {
+        let t = trial(rate)?;
+        out.trials.push(t);
+        if t.passes() {
+            pass = rate;
+            out.best = Some(t);
+        } else {
+            out.lowest_failure = Some(out.lowest_failure.map_or(rate, |f: f64| f.min(rate)));
+        }
+        if pass >= ceiling {
+            if ceiling >= limit {
+                break;
+            }
+            ceiling = (ceiling * 1.5).min(limit);
+        }
+        rate = match out.lowest_failure {
+            // Only passes so far: the top of the bracket next.
+            None => ceiling,
+            Some(fail) if fail - pass <= PRECISION * fail => break,
+            Some(fail) => (pass + fail) / 2.0,
+        };
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::bail;
+
+    use super::*;
+
+    /// A forwarder that delivers every frame up to `capacity` per second and
+    /// loses the excess, trials of one second at exactly the asked rate.
+    fn forwarder(capacity: f64) -> impl FnMut(f64) -> Result<Trial> {
+        move |rate| {
+            let sent = rate.round() as u64;
+            Ok(Trial {
+                rate,
+                sent,
+                received: sent.min(capacity as u64),
+                seconds: 1.0,
+            })
+        }
+    }
+
+    fn bounds(start: f64, ceiling: f64) -> Bounds {
+        Bounds {
+            start,
+            ceiling,
+            limit: ceiling,
+            max_trials: 8,
+        }
+    }
+
+    #[test]
+    fn loss_and_pass() {
+        let t = |sent, received| Trial {
+            rate: 1000.0,
+            sent,
+            received,
+            seconds: 0.5,
+        };
+        assert!(t(100_000, 100_000).passes());
+        assert!(t(100_000, 99_900).passes());
+        assert!(!t(100_000, 99_899).passes());
+        assert!(!t(0, 0).passes());
+        // 0.5 s at 1000/s is 500 frames: 495 is 1 % short, 494 more.
+        assert!(t(495, 495).passes());
+        assert!(!t(494, 494).passes() && t(494, 494).short());
+        assert_eq!(t(0, 0).loss(), 1.0);
+        assert_eq!(t(1000, 500).achieved(), 2000.0);
+    }
+
+    #[test]
+    fn finds_the_capacity_within_the_precision() {
+        // Within 8 trials when the capacity is at least half the start.
+        for (capacity, start, ceiling) in [
+            (260_000.0, 240_000.0, 360_000.0),
+            (260_000.0, 300_000.0, 450_000.0),
+            (121_000.0, 240_000.0, 360_000.0),
+            (355_000.0, 240_000.0, 360_000.0),
+        ] {
+            let s = search(bounds(start, ceiling), forwarder(capacity)).unwrap();
+            let best = s.best.expect("a rate passed").rate;
+            assert!(best <= capacity, "{capacity}: {best} loses frames");
+            let fail = s.lowest_failure.expect("a rate failed");
+            assert!(capacity < fail, "{capacity}: {s:?}");
+            assert!(
+                fail - best <= PRECISION * fail,
+                "{capacity}: bracket {best}..{fail}"
+            );
+            assert!(s.trials.len() <= 8, "{capacity}: {} trials", s.trials.len());
+        }
+        // Far below the start the budget ends first, the bracket still right.
+        let s = search(bounds(240_000.0, 360_000.0), forwarder(50_000.0)).unwrap();
+        assert_eq!(s.trials.len(), 8);
+        let best = s.best.expect("a rate passed").rate;
+        assert!(
+            best <= 50_000.0 && 50_000.0 < s.lowest_failure.unwrap(),
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn a_forwarder_faster_than_the_limit_is_reported_at_the_limit() {
+        let s = search(bounds(200_000.0, 300_000.0), forwarder(1e9)).unwrap();
+        assert_eq!(s.best.unwrap().rate, 300_000.0);
+        assert_eq!(s.trials.last().unwrap().rate, 300_000.0);
+        assert_eq!(s.lowest_failure, None);
+        assert!(s.trials.len() <= 8);
+    }
+
+    #[test]
+    fn a_passing_ceiling_grows_the_bracket_up_to_the_limit() {
+        let b = Bounds {
+            limit: 1_000_000.0,
+            ..bounds(200_000.0, 300_000.0)
+        };
+        let s = search(b, forwarder(400_000.0)).unwrap();
+        let best = s.best.unwrap().rate;
+        let fail = s.lowest_failure.unwrap();
+        assert!(best <= 400_000.0 && 400_000.0 < fail, "{s:?}");
+        assert!(fail - best <= PRECISION * fail, "{s:?}");
+        // The ceiling grew once, to 450k, and no trial went above it.
+        assert!(s.trials.iter().all(|t| t.rate <= 450_000.0), "{s:?}");
+        let s = search(b, forwarder(1e9)).unwrap();
+        assert_eq!(s.best.unwrap().rate, 1_000_000.0, "{s:?}");
+    }
+
+    #[test]
+    fn stops_after_max_trials_when_nothing_passes() {
+        let s = search(bounds(200_000.0, 300_000.0), forwarder(0.0)).unwrap();
+        assert_eq!(s.best, None);
+        assert_eq!(s.trials.len(), 8);
+        // Each failure halves the rate.
+        assert_eq!(s.trials[1].rate, 100_000.0);
+        assert_eq!(s.lowest_failure, Some(s.trials[7].rate));
+    }
+
+    #[test]
+    fn a_trial_short_of_its_rate_fails_even_without_loss() {
+        // The forwarder pushes back above 230k/s: the generator sends no more,
+        // and every frame it sends arrives.
+        let push_back = |rate: f64| {
+            let sent = rate.min(230_000.0) as u64;
+            Ok(Trial {
+                rate,
+                sent,
+                received: sent,
+                seconds: 1.0,
+            })
+        };
+        let s = search(bounds(250_000.0, 300_000.0), push_back).unwrap();
+        let best = s.best.unwrap();
+        assert!(
+            best.achieved() <= 230_000.0 && best.achieved() > 225_000.0,
+            "{s:?}"
+        );
+        assert!(s.trials.iter().any(|t| t.short() && !t.passes()));
+    }
+
+    #[test]
+    fn a_failing_trial_ends_the_search_with_its_error() {
+        let e = search(bounds(1.0, 2.0), |_| bail!("generator gone")).unwrap_err();
+        assert_eq!(e.to_string(), "generator gone");
+    }
+}
