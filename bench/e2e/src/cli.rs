@@ -81,6 +81,12 @@ pub struct RunOpts {
     /// threaded IRQ handlers run) instead of SCHED_OTHER.
     #[arg(long)]
     pub napi_fifo: bool,
+    /// Leave `vm.nr_hugepages` alone, so dispatchd's UMEM goes on ordinary
+    /// pages. Otherwise the bench reserves huge pages for its workers' UMEMs
+    /// while dispatchd runs and gives the count back after (README, "Huge
+    /// pages for the UMEM").
+    #[arg(long)]
+    pub umem_small_pages: bool,
     /// In dedicated mode, dispatchd's `--poll` (unless --dispatchd-args names
     /// one): `wakeup` by default, the best of the three on this placement, where
     /// veth's NAPI kthreads share the worker's core (README, "poll").

@@ -299,12 +299,14 @@ impl Results {
                 Mode::Shared => "shared: dispatchd's one worker pinned to core 1 (--cores 1); the packet generator pinned to core 0; \
                  clients, servers, softirqs and dispatchd's management thread share both cores. The kernel variants \
                  forward in the softirq of whichever core sent the frame."
-                    .into(),
+                    .to_owned()
+                    + umem_pages(opts),
                 Mode::Dedicated => format!(
                     "dedicated: one forwarding core (core {f}) per variant, clients, daemons and the packet generator \
                      on core {c} (taskset). dispatchd: worker --cores {f}{poll}, management thread --control-core {m}{napi}. \
                      nftables and direct: RPS on the dispatcher's l0 and l1 (rps_cpus = core {f}). Every variant: RPS \
-                     on the client's c0 and the daemons' s0 to core {c}, so their own receive stays on their core.",
+                     on the client's c0 and the daemons' s0 to core {c}, so their own receive stays on their core.{umem}",
+                    umem = umem_pages(opts),
                     f = placement::FORWARDING_CORE,
                     c = placement::CLIENT_CORE,
                     m = opts.control_core,
@@ -646,6 +648,15 @@ impl Results {
             }
         }
         md
+    }
+}
+
+/// The header's words on what dispatchd's UMEM is on.
+fn umem_pages(opts: &RunOpts) -> &'static str {
+    if opts.umem_small_pages {
+        " dispatchd's UMEM on ordinary 4 KiB pages (--umem-small-pages)."
+    } else {
+        " dispatchd's UMEM on 2 MiB huge pages: the bench reserves them (vm.nr_hugepages) while dispatchd runs."
     }
 }
 

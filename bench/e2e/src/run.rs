@@ -314,6 +314,10 @@ impl Bench {
                 bail!("dispatchd2 (two workers) needs both cores: shared mode only")
             }
             _ => {
+                if !self.opts.umem_small_pages {
+                    let workers = if v == "dispatchd2" { 2 } else { 1 };
+                    self.reserve_huge_pages(workers, &mut undo)?;
+                }
                 let napi = placement::napi_before();
                 let mut cmd = self.topo.cmd(&dispatcher, &self.topo.programs().dispatchd);
                 let cores = if v == "dispatchd2" { "0,1" } else { "1" };
@@ -410,6 +414,34 @@ impl Bench {
         Ok(())
     }
 
+    /// Raises `vm.nr_hugepages` by what `workers` workers' UMEMs take (at
+    /// dispatchd's default `frames_per_queue`, a queue pair's 16384 frames of
+    /// 4 KiB), as an operator would; `undo` puts the count back.
+    fn reserve_huge_pages(&mut self, workers: usize, undo: &mut Undo) -> Result<()> {
+        const UMEM_PER_QUEUE_PAIR: u64 = 16384 * 4096;
+        let page = meminfo("Hugepagesize")? * 1024;
+        let want = workers as u64 * self.opts.queues.max(1) as u64 * UMEM_PER_QUEUE_PAIR / page;
+        let was = meminfo("HugePages_Total")?;
+        let dispatcher = self.topo.dispatcher();
+        sysctl(
+            &self.topo,
+            &dispatcher,
+            &format!("vm.nr_hugepages={}", was + want),
+        )?;
+        undo.push(
+            &dispatcher,
+            "sysctl",
+            &["-qw", &format!("vm.nr_hugepages={was}")],
+        );
+        let free = meminfo("HugePages_Free")?;
+        if free < want {
+            self.results.note(format!(
+                "only {free} of the {want} huge pages dispatchd's UMEM needs could be reserved: it is on ordinary pages"
+            ));
+        }
+        Ok(())
+    }
+
     /// dispatchd's own statistics at the end of its variant, into the results.
     fn final_stats(&mut self, v: &str, socket: &str) {
         let dispatchd = self.topo.programs().dispatchd.clone();
@@ -491,4 +523,13 @@ fn services_toml() -> String {
          [[service]]\naddress = \"{vip}:{STREAM_PORT}\"\nbackends = [\"{STREAM_DAEMON}:{STREAM_PORT}\"]\n",
         backends.join(", ")
     )
+}
+
+/// A number field of /proc/meminfo (its first word after the colon).
+fn meminfo(field: &str) -> Result<u64> {
+    fs::read_to_string("/proc/meminfo")?
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no {field} in /proc/meminfo"))
 }
