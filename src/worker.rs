@@ -43,6 +43,9 @@ use crate::{
 const ADAPTIVE_SPINS: u32 = 2_000;
 /// Longest sleep, so that a stop request is noticed promptly.
 const POLL_TIMEOUT_MS: i32 = 100;
+/// How long an idle worker sleeps while a TX ring still holds frames the
+/// device refused: its queue restarts without telling the socket.
+const TX_RETRY_MS: i32 = 1;
 
 /// What the loop tells a worker.
 pub type Command = protocol::Command<Dataplane>;
@@ -153,10 +156,7 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
         mut front,
         mut back,
     } = sockets;
-    stats.umem_huge_page_bytes.set(match pages {
-        crate::xsk::UmemPages::Huge(size) => size,
-        crate::xsk::UmemPages::Small => 0,
-    });
+    stats.umem_huge_page_bytes.set(pages.huge_page_bytes());
     let mut table = table.unwrap_or_else(|| FlowTable::with_capacity(flow_capacity));
     let mut tracker = tracked.map(|map| ReplyTracker::new(map, &mut table));
     let mut table6 = table6.unwrap_or_else(|| FlowTable6::with_capacity(flow_capacity6));
@@ -343,6 +343,7 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
             sent_rev += sent;
         }
         let n = (n_fwd + n_rev) as u64;
+        let tx_waiting = resend(front.iter_mut().chain(back.iter_mut()), &stats);
         if now_ns >= next_sweep_ns {
             next_sweep_ns = now_ns + SWEEP_EVERY_NS;
             sweeper.step(
@@ -385,16 +386,23 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
             std::thread::yield_now();
             continue;
         }
+        // Frames waiting on a TX ring are sent by the next round's kick: a
+        // sleep until the next frame arrives could hold them for good.
+        let timeout_ms = if tx_waiting {
+            TX_RETRY_MS
+        } else {
+            POLL_TIMEOUT_MS
+        };
         match poll {
             PollMode::Busy => std::hint::spin_loop(),
             PollMode::Wakeup => {
-                sleep(&mut pollfds, &stats);
+                sleep(&mut pollfds, timeout_ms, &stats);
                 round_started = None;
             }
             PollMode::Adaptive => {
                 idle_spins += 1;
                 if idle_spins >= ADAPTIVE_SPINS {
-                    sleep(&mut pollfds, &stats);
+                    sleep(&mut pollfds, timeout_ms, &stats);
                     round_started = None;
                     idle_spins = 0;
                 } else {
@@ -790,9 +798,45 @@ fn read_socket_stats<'a>(sockets: impl Iterator<Item = &'a xsk::Rings>, stats: &
     stats.xsk_invalid_descs.set(sum[3]);
 }
 
-fn sleep(pollfds: &mut [libc::pollfd], stats: &WorkerStats) {
+fn sleep(pollfds: &mut [libc::pollfd], timeout_ms: i32, stats: &WorkerStats) {
     stats.sleeps.add(1);
-    poll_readable(pollfds, POLL_TIMEOUT_MS);
+    poll_readable(pollfds, timeout_ms);
+}
+
+/// Kicks every TX ring that still holds frames the kernel did not take (a
+/// device that pushed back: in copy mode the kernel leaves the rest of a kick's
+/// frames on the ring for user space to send again), as xdpsock does while it
+/// has frames outstanding. Whether any ring still waits.
+fn resend<'a>(
+    sockets: impl Iterator<Item = &'a mut crate::xsk::Rings>,
+    stats: &WorkerStats,
+) -> bool {
+    let mut waiting = false;
+    // In zero-copy mode the driver takes frames as its own ring frees up.
+    for rings in sockets.filter(|r| !r.zerocopy) {
+        let mut left = rings.tx_waiting();
+        if left == 0 {
+            continue;
+        }
+        stats.tx_resent_kicks.add(1);
+        for _ in 0..kicks_for(left as usize, rings.tx_budget) {
+            if !rings.tx.needs_wakeup() {
+                break;
+            }
+            stats.wakeups.add(1);
+            let _ = rings.tx.wakeup();
+            let now = rings.tx_waiting();
+            // A kick that sent nothing: the device still refuses, and more
+            // kicks now would only fail as fast.
+            let stuck = now == left;
+            left = now;
+            if stuck || left == 0 {
+                break;
+            }
+        }
+        waiting |= left > 0;
+    }
+    waiting
 }
 
 /// Completed transmissions come back as free frames; free frames go to the fill

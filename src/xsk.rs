@@ -112,6 +112,8 @@ pub struct Rings {
     /// Frames one TX kick sends: unbounded in zero-copy mode (the driver's
     /// NAPI drains the ring), the generic path's budget in copy mode.
     pub tx_budget: usize,
+    /// Entries of the TX ring.
+    pub tx_size: u32,
     /// Busy polling: whether an empty RX ring is polled through recvfrom(),
     /// which runs the device's NAPI in this thread.
     pub busy_poll: BusyPoll,
@@ -146,6 +148,13 @@ impl Rings {
             s.rx_dropped(),
             s.rx_invalid_descs() + s.tx_invalid_descs(),
         ])
+    }
+
+    /// Frames on the TX ring the kernel has not taken yet. A device that
+    /// pushes back (its queue stopped) makes the kernel's transmit leave them
+    /// there for user space to send again: only another kick sends them.
+    pub fn tx_waiting(&mut self) -> u32 {
+        self.tx_size.saturating_sub(self.tx.nb_free_exact())
     }
 
     /// Hands frames from the end of `free` to the fill ring, as many as it has
@@ -279,8 +288,12 @@ pub enum UmemPages {
 }
 
 impl UmemPages {
-    pub fn is_huge(self) -> bool {
-        matches!(self, UmemPages::Huge(_))
+    /// The huge pages' size, 0 for ordinary pages (as the statistics say it).
+    pub fn huge_page_bytes(self) -> u64 {
+        match self {
+            UmemPages::Huge(size) => size,
+            UmemPages::Small => 0,
+        }
     }
 }
 
@@ -449,6 +462,7 @@ pub fn bind_worker(
             queue,
             zerocopy,
             tx_budget,
+            tx_size: ring.get(),
             busy_poll: if opts.busy_poll {
                 BusyPoll::Unproven
             } else {
