@@ -168,8 +168,8 @@ pub struct WorkerStats {
     pub batches: Counter,
     pub wakeups: Counter,
     pub sleeps: Counter,
-    /// Rounds that kicked a TX ring again for frames the device had refused
-    /// (still on the ring after the kick that queued them).
+    /// Kicks of a copy-mode TX ring for frames still on it after the kick that
+    /// queued them (a device that pushed back).
     pub tx_resent_kicks: Counter,
     /// Times this worker woke the management loop for its events (an eventfd
     /// write: the loop was asleep when the batch was published).

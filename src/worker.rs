@@ -35,7 +35,7 @@ use crate::{
     sys::EventFd,
     tracked::ReplyTracker,
     xdp::{ReplyKey6, TrackedMap},
-    xsk::{self, poll_readable, BusyPoll, WorkerSockets},
+    xsk::{self, poll_readable, BusyPoll, TxRetry, WorkerSockets},
 };
 
 /// Empty polls an adaptive worker makes (yielding the core after each) before
@@ -43,9 +43,13 @@ use crate::{
 const ADAPTIVE_SPINS: u32 = 2_000;
 /// Longest sleep, so that a stop request is noticed promptly.
 const POLL_TIMEOUT_MS: i32 = 100;
-/// How long an idle worker sleeps while a TX ring still holds frames the
-/// device refused: its queue restarts without telling the socket.
-const TX_RETRY_MS: i32 = 1;
+/// The first wait before a TX ring whose kick sent nothing is kicked again (a
+/// stopped queue restarts without telling the socket); it doubles while kicks
+/// go on sending nothing.
+const TX_RETRY_MS: u64 = 1;
+/// Kicks one round makes for a TX ring's left frames while they go: a budget
+/// each in copy mode, so the round's receive is not held up for long.
+const RESEND_KICKS: usize = 4;
 
 /// What the loop tells a worker.
 pub type Command = protocol::Command<Dataplane>;
@@ -343,7 +347,7 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
             sent_rev += sent;
         }
         let n = (n_fwd + n_rev) as u64;
-        let tx_waiting = resend(front.iter_mut().chain(back.iter_mut()), &stats);
+        let tx_due = resend(front.iter_mut().chain(back.iter_mut()), now_ns, &stats);
         if now_ns >= next_sweep_ns {
             next_sweep_ns = now_ns + SWEEP_EVERY_NS;
             sweeper.step(
@@ -386,13 +390,11 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
             std::thread::yield_now();
             continue;
         }
-        // Frames waiting on a TX ring are sent by the next round's kick: a
-        // sleep until the next frame arrives could hold them for good.
-        let timeout_ms = if tx_waiting {
-            TX_RETRY_MS
-        } else {
-            POLL_TIMEOUT_MS
-        };
+        // Frames waiting on a TX ring are sent by a later round's kick: a
+        // sleep until the next frame arrives would hold them that long.
+        let timeout_ms = tx_due.map_or(POLL_TIMEOUT_MS, |due| {
+            (due.saturating_sub(now_ns).div_ceil(1_000_000) as i32).clamp(1, POLL_TIMEOUT_MS)
+        });
         match poll {
             PollMode::Busy => std::hint::spin_loop(),
             PollMode::Wakeup => {
@@ -803,40 +805,67 @@ fn sleep(pollfds: &mut [libc::pollfd], timeout_ms: i32, stats: &WorkerStats) {
     poll_readable(pollfds, timeout_ms);
 }
 
-/// Kicks every TX ring that still holds frames the kernel did not take (a
-/// device that pushed back: in copy mode the kernel leaves the rest of a kick's
-/// frames on the ring for user space to send again), as xdpsock does while it
-/// has frames outstanding. Whether any ring still waits.
+/// Kicks every copy-mode TX ring that still holds frames the kernel did not
+/// take, as xdpsock does while it has frames outstanding: a device that pushed
+/// back (its queue stopped) made the kernel leave them on the ring for user
+/// space to send again, and only a kick (or a poll() of the socket) sends them.
+/// A kick that sends nothing backs that ring off, 1 ms doubling to
+/// [`POLL_TIMEOUT_MS`], so a device that stays stopped (down, its queue gone)
+/// costs a failing syscall now and then, not one per round. Returns when the
+/// earliest ring that still waits is due again (ns), if any does.
 fn resend<'a>(
     sockets: impl Iterator<Item = &'a mut crate::xsk::Rings>,
+    now_ns: u64,
     stats: &WorkerStats,
-) -> bool {
-    let mut waiting = false;
+) -> Option<u64> {
+    let mut due: Option<u64> = None;
     // In zero-copy mode the driver takes frames as its own ring frees up.
     for rings in sockets.filter(|r| !r.zerocopy) {
-        let mut left = rings.tx_waiting();
-        if left == 0 {
+        let before = rings.tx_waiting();
+        if before == 0 {
+            rings.tx_retry = TxRetry::default();
             continue;
         }
-        stats.tx_resent_kicks.add(1);
-        for _ in 0..kicks_for(left as usize, rings.tx_budget) {
-            if !rings.tx.needs_wakeup() {
-                break;
-            }
-            stats.wakeups.add(1);
+        if now_ns < rings.tx_retry.at_ns {
+            due = Some(due.map_or(rings.tx_retry.at_ns, |d| d.min(rings.tx_retry.at_ns)));
+            continue;
+        }
+        let mut left = before;
+        for _ in 0..RESEND_KICKS {
+            stats.tx_resent_kicks.add(1);
             let _ = rings.tx.wakeup();
             let now = rings.tx_waiting();
-            // A kick that sent nothing: the device still refuses, and more
-            // kicks now would only fail as fast.
-            let stuck = now == left;
+            let moved = now < left;
             left = now;
-            if stuck || left == 0 {
+            if !moved || left == 0 {
                 break;
             }
         }
-        waiting |= left > 0;
+        rings.tx_retry = next_retry(rings.tx_retry, before, left, now_ns);
+        if left > 0 {
+            let at_ns = rings.tx_retry.at_ns;
+            due = Some(due.map_or(at_ns, |d| d.min(at_ns)));
+        }
     }
-    waiting
+    due
+}
+
+/// A TX ring's backoff after this round's kicks took it from `before` frames
+/// waiting to `left`: none left, no backoff; some sent, again next round;
+/// none sent, a wait twice the last (1 ms to [`POLL_TIMEOUT_MS`]).
+fn next_retry(last: TxRetry, before: u32, left: u32, now_ns: u64) -> TxRetry {
+    if left == 0 {
+        return TxRetry::default();
+    }
+    let backoff_ms = if left < before {
+        0
+    } else {
+        (last.backoff_ms * 2).clamp(TX_RETRY_MS, POLL_TIMEOUT_MS as u64)
+    };
+    TxRetry {
+        at_ns: now_ns + backoff_ms * 1_000_000,
+        backoff_ms,
+    }
 }
 
 /// Completed transmissions come back as free frames; free frames go to the fill
@@ -985,6 +1014,37 @@ mod tests {
         dataplane::{forward, testing},
         flow::FlowKey,
     };
+
+    #[test]
+    fn a_tx_ring_that_sends_nothing_backs_off_and_one_that_sends_goes_on() {
+        const MS: u64 = 1_000_000;
+        let start = TxRetry::default();
+        // Nothing sent: 1, 2, 4 ... ms, up to the poll timeout.
+        let mut r = next_retry(start, 10, 10, 0);
+        assert_eq!(
+            r,
+            TxRetry {
+                at_ns: MS,
+                backoff_ms: 1
+            }
+        );
+        let mut waits = vec![r.backoff_ms];
+        for _ in 0..9 {
+            r = next_retry(r, 10, 10, r.at_ns);
+            waits.push(r.backoff_ms);
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 100, 100, 100]);
+        // Some sent: again at once, the backoff forgotten.
+        assert_eq!(
+            next_retry(r, 10, 4, 7 * MS),
+            TxRetry {
+                at_ns: 7 * MS,
+                backoff_ms: 0
+            }
+        );
+        // All sent: nothing to come back for.
+        assert_eq!(next_retry(r, 10, 0, 7 * MS), TxRetry::default());
+    }
 
     const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80);
     const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 40000);

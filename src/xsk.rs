@@ -114,11 +114,23 @@ pub struct Rings {
     pub tx_budget: usize,
     /// Entries of the TX ring.
     pub tx_size: u32,
+    /// When the TX ring's left frames are kicked again (see the worker's
+    /// `resend`).
+    pub tx_retry: TxRetry,
     /// Busy polling: whether an empty RX ring is polled through recvfrom(),
     /// which runs the device's NAPI in this thread.
     pub busy_poll: BusyPoll,
     /// The interface's name, for what the worker reports about this socket.
     pub iface: String,
+}
+
+/// The backoff of a TX ring whose kicks send nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxRetry {
+    /// Not before this time (ns, the worker's clock).
+    pub at_ns: u64,
+    /// The last wait (ms); 0 after a kick that sent something.
+    pub backoff_ms: u64,
 }
 
 /// Busy polling of one socket.
@@ -324,6 +336,14 @@ fn default_huge_page_size() -> u64 {
         .unwrap_or(0)
 }
 
+/// `vm.nr_hugepages`: the huge pages the administrator reserved (0 if unknown).
+fn reserved_huge_pages() -> u64 {
+    std::fs::read_to_string("/proc/sys/vm/nr_hugepages")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn huge_page_size_in(meminfo: &str) -> Option<u64> {
     let line = meminfo.lines().find(|l| l.starts_with("Hugepagesize:"))?;
     let mut words = line.split_whitespace().skip(1);
@@ -350,13 +370,21 @@ pub fn make_umem(queues: &WorkerQueues, opts: &SocketOptions) -> Result<WorkerUm
     // mapping fails at once (it reserves them up front), and the UMEM goes on
     // ordinary pages as it would have without them.
     if fits_huge_pages(u64::from(count.get()) * u64::from(FRAME_SIZE), huge_page) {
-        if let Ok((umem, frames)) = Umem::new(umem_config, count, true) {
-            let pages = UmemPages::Huge(huge_page);
-            return Ok(WorkerUmem {
-                umem,
-                frames,
-                pages,
-            });
+        match Umem::new(umem_config, count, true) {
+            Ok((umem, frames)) => {
+                return Ok(WorkerUmem {
+                    umem,
+                    frames,
+                    pages: UmemPages::Huge(huge_page),
+                })
+            }
+            // None reserved is the usual case, not worth a word; reserved ones
+            // that could not be had (all taken, a cgroup's limit) are.
+            Err(e) if reserved_huge_pages() > 0 => tracing::warn!(
+                "a UMEM of {count} frames could not go on the reserved huge pages ({e}): \
+                 ordinary pages instead"
+            ),
+            Err(_) => {}
         }
     }
     let (umem, frames) = Umem::new(umem_config, count, false).map_err(|e| {
@@ -463,6 +491,7 @@ pub fn bind_worker(
             zerocopy,
             tx_budget,
             tx_size: ring.get(),
+            tx_retry: TxRetry::default(),
             busy_poll: if opts.busy_poll {
                 BusyPoll::Unproven
             } else {

@@ -25,15 +25,17 @@ fn meminfo(field: &str) -> u64 {
 struct Reserved(String);
 
 impl Reserved {
-    /// Reserves huge pages so that exactly `free` are free.
+    /// Reserves huge pages so that exactly `free` can be mapped (free and
+    /// not promised to another mapping).
     fn exactly_free(free: u64) -> Self {
         let was = std::fs::read_to_string(NR_HUGEPAGES).expect("reading vm.nr_hugepages");
-        let in_use = meminfo("HugePages_Total") - meminfo("HugePages_Free");
+        let available = || meminfo("HugePages_Free") - meminfo("HugePages_Rsvd");
+        let taken = meminfo("HugePages_Total") - available();
         let guard = Reserved(was);
-        std::fs::write(NR_HUGEPAGES, (in_use + free).to_string())
+        std::fs::write(NR_HUGEPAGES, (taken + free).to_string())
             .expect("writing vm.nr_hugepages (root)");
         assert_eq!(
-            meminfo("HugePages_Free"),
+            available(),
             free,
             "the kernel could not reserve {free} huge pages"
         );
@@ -50,6 +52,11 @@ impl Drop for Reserved {
 #[test]
 fn the_umem_is_on_huge_pages_when_reserved_and_on_small_ones_when_not() {
     let huge_page = meminfo("Hugepagesize") * 1024;
+    assert_eq!(
+        huge_page,
+        2 << 20,
+        "this test sizes its reservation for 2 MiB default huge pages"
+    );
     // A worker with one front and one back queue.
     let umem_pages = FRAMES_PER_QUEUE * FRAME_SIZE / huge_page;
     let topo = Topology::up(DISPATCHD, "huge", 4, 2);
@@ -68,7 +75,11 @@ fn the_umem_is_on_huge_pages_when_reserved_and_on_small_ones_when_not() {
         (huge_page, 0),
         "worker 0 takes the reserved pages, worker 1 finds none: {stats}"
     );
-    assert_eq!(meminfo("HugePages_Free"), 0, "worker 0 holds them all");
+    assert_eq!(
+        meminfo("HugePages_Free") - meminfo("HugePages_Rsvd"),
+        0,
+        "worker 0 holds them all"
+    );
 
     let out = topo.client_run(&[
         "connect",
@@ -94,6 +105,6 @@ fn the_umem_is_on_huge_pages_when_reserved_and_on_small_ones_when_not() {
     drop(lb);
     // The pages go back to the pool with the process.
     dispatchd_testkit::wait_until(Duration::from_secs(5), "the pages freed", || {
-        meminfo("HugePages_Free") == umem_pages
+        meminfo("HugePages_Free") - meminfo("HugePages_Rsvd") == umem_pages
     });
 }

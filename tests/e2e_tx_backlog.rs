@@ -147,4 +147,10 @@ fn frames_left_on_a_tx_ring_leave_without_new_traffic() {
             since.elapsed()
         );
     }
+    // The device did push back: the worker found frames left on its ring.
+    let resent = u64_at(&topo.stats(), "/workers/0/tx_resent_kicks");
+    assert!(
+        resent > 0,
+        "no frame was ever left on the TX ring: nothing tested"
+    );
 }

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 
 /// The loss a passing trial may have: 0.1 %.
 pub const MAX_LOSS: f64 = 0.001;
-/// A trial whose generator sent less than this share of the asked rate fails:
-/// on veth a full receive ring of the forwarder pushes back on the sender
-/// instead of dropping, so a shortfall is the forwarder not keeping up (the
+/// A trial whose generator sent less than this share of the asked rate (its
+/// frames counted until the last one left its TX ring) fails: a forwarder that
+/// slows its sender down is not keeping up, though it loses nothing (the
 /// generator alone paces to within 0.1 %).
 pub const MIN_ACHIEVED: f64 = 0.99;
 /// The search stops when the bracket (highest pass, lowest failure) is this

@@ -327,8 +327,8 @@ impl Results {
                 format!(
                     "after each generator workload's overload window, in the same generator process: a binary search \
                      on the offered rate (paced by the generator) for the highest one at which at most {} % of the \
-                     frames are lost (RFC 2544 §26.1) and the generator achieved at least {} % of it (veth pushes back on the sender when \
-                     the forwarder's receive ring is full): trials of {} s, the first at the overload window's received \
+                     frames are lost (RFC 2544 §26.1) and the generator achieved at least {} % of it (counted until its last frame \
+                     left its TX ring: a forwarder that slows its sender down is not keeping up): trials of {} s, the first at the overload window's received \
                      rate, the top of the bracket 1.5 × that (raised by half \
                      when it passes, up to 98 % of the rate the generator sent unpaced), stopping when \
                      the bracket is within {} % or after {} trials; received counted by s0's ingress rule (the \

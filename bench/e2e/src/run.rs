@@ -315,8 +315,7 @@ impl Bench {
             }
             _ => {
                 if !self.opts.umem_small_pages {
-                    let workers = if v == "dispatchd2" { 2 } else { 1 };
-                    self.reserve_huge_pages(workers, &mut undo)?;
+                    self.reserve_huge_pages(&mut undo)?;
                 }
                 let napi = placement::napi_before();
                 let mut cmd = self.topo.cmd(&dispatcher, &self.topo.programs().dispatchd);
@@ -414,32 +413,28 @@ impl Bench {
         Ok(())
     }
 
-    /// Raises `vm.nr_hugepages` by what `workers` workers' UMEMs take (at
-    /// dispatchd's default `frames_per_queue`, a queue pair's 16384 frames of
-    /// 4 KiB), as an operator would; `undo` puts the count back.
-    fn reserve_huge_pages(&mut self, workers: usize, undo: &mut Undo) -> Result<()> {
+    /// Raises `vm.nr_hugepages` by what dispatchd's UMEMs take at its default
+    /// `frames_per_queue` (a queue pair's 16384 frames of 4 KiB, however the
+    /// queues are split between workers), as an operator would; `undo` puts
+    /// the count back. Whether the UMEMs got them, dispatchd's statistics say
+    /// (`umem_huge_page_bytes`, in the results' JSON).
+    fn reserve_huge_pages(&mut self, undo: &mut Undo) -> Result<()> {
         const UMEM_PER_QUEUE_PAIR: u64 = 16384 * 4096;
+        const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
         let page = meminfo("Hugepagesize")? * 1024;
-        let want = workers as u64 * self.opts.queues.max(1) as u64 * UMEM_PER_QUEUE_PAIR / page;
-        let was = meminfo("HugePages_Total")?;
+        let want = (self.opts.queues.max(1) as u64 * UMEM_PER_QUEUE_PAIR).div_ceil(page);
+        let was: u64 = fs::read_to_string(NR_HUGEPAGES)?.trim().parse()?;
         let dispatcher = self.topo.dispatcher();
-        sysctl(
-            &self.topo,
-            &dispatcher,
-            &format!("vm.nr_hugepages={}", was + want),
-        )?;
         undo.push(
             &dispatcher,
             "sysctl",
             &["-qw", &format!("vm.nr_hugepages={was}")],
         );
-        let free = meminfo("HugePages_Free")?;
-        if free < want {
-            self.results.note(format!(
-                "only {free} of the {want} huge pages dispatchd's UMEM needs could be reserved: it is on ordinary pages"
-            ));
-        }
-        Ok(())
+        sysctl(
+            &self.topo,
+            &dispatcher,
+            &format!("vm.nr_hugepages={}", was + want),
+        )
     }
 
     /// dispatchd's own statistics at the end of its variant, into the results.
