@@ -818,7 +818,7 @@ fn resend<'a>(
     now_ns: u64,
     stats: &WorkerStats,
 ) -> Option<u64> {
-    let mut due: Option<u64> = None;
+    let mut due = u64::MAX;
     // In zero-copy mode the driver takes frames as its own ring frees up.
     for rings in sockets.filter(|r| !r.zerocopy) {
         let before = rings.tx_waiting();
@@ -826,28 +826,26 @@ fn resend<'a>(
             rings.tx_retry = TxRetry::default();
             continue;
         }
-        if now_ns < rings.tx_retry.at_ns {
-            due = Some(due.map_or(rings.tx_retry.at_ns, |d| d.min(rings.tx_retry.at_ns)));
-            continue;
-        }
-        let mut left = before;
-        for _ in 0..RESEND_KICKS {
-            stats.tx_resent_kicks.add(1);
-            let _ = rings.tx.wakeup();
-            let now = rings.tx_waiting();
-            let moved = now < left;
-            left = now;
-            if !moved || left == 0 {
-                break;
+        if now_ns >= rings.tx_retry.at_ns {
+            let mut left = before;
+            for _ in 0..RESEND_KICKS {
+                stats.tx_resent_kicks.add(1);
+                let _ = rings.tx.wakeup();
+                let now = rings.tx_waiting();
+                let moved = now < left;
+                left = now;
+                if !moved || left == 0 {
+                    break;
+                }
+            }
+            rings.tx_retry = next_retry(rings.tx_retry, before, left, now_ns);
+            if left == 0 {
+                continue;
             }
         }
-        rings.tx_retry = next_retry(rings.tx_retry, before, left, now_ns);
-        if left > 0 {
-            let at_ns = rings.tx_retry.at_ns;
-            due = Some(due.map_or(at_ns, |d| d.min(at_ns)));
-        }
+        due = due.min(rings.tx_retry.at_ns);
     }
-    due
+    (due != u64::MAX).then_some(due)
 }
 
 /// A TX ring's backoff after this round's kicks took it from `before` frames

@@ -5,20 +5,17 @@
 //! changes `vm.nr_hugepages` and puts it back, even on failure.
 use std::time::Duration;
 
+use dispatchd::{
+    config::DEFAULT_FRAMES_PER_QUEUE,
+    xsk::{umem_frames, FRAME_SIZE},
+};
 use dispatchd_testkit::{json::u64_at, text, Topology, VIP};
 
 const DISPATCHD: &str = env!("CARGO_BIN_EXE_dispatchd");
 const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
-/// dispatchd's default `frames_per_queue`, and its frame size.
-const FRAMES_PER_QUEUE: u64 = 16384;
-const FRAME_SIZE: u64 = 4096;
 
 fn meminfo(field: &str) -> u64 {
-    let text = std::fs::read_to_string("/proc/meminfo").expect("/proc/meminfo");
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/meminfo"))
+    dispatchd_testkit::meminfo(field).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Puts `vm.nr_hugepages` back as it was.
@@ -57,8 +54,9 @@ fn the_umem_is_on_huge_pages_when_reserved_and_on_small_ones_when_not() {
         2 << 20,
         "this test sizes its reservation for 2 MiB default huge pages"
     );
-    // A worker with one front and one back queue.
-    let umem_pages = FRAMES_PER_QUEUE * FRAME_SIZE / huge_page;
+    // A worker with one front and one back queue, at the default size.
+    let umem_bytes = u64::from(umem_frames(DEFAULT_FRAMES_PER_QUEUE, 2)) * u64::from(FRAME_SIZE);
+    let umem_pages = umem_bytes / huge_page;
     let topo = Topology::up(DISPATCHD, "huge", 4, 2);
     let _servers = topo.serve(4);
     let _reserved = Reserved::exactly_free(umem_pages);

@@ -71,19 +71,8 @@ fn count_host_rsts(topo: &Topology) {
 
 /// The resets counted by [`count_host_rsts`] so far.
 fn host_rsts(topo: &Topology) -> u64 {
-    let out = topo.run(
-        &topo.dispatcher(),
-        "nft",
-        &["list", "counter", "inet", "tko", "rsts"],
-    );
-    assert!(out.status.success(), "nft: {}", text(&out));
-    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
-    listed
-        .split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no packet count in {listed}"))
+    topo.nft_counter(&topo.dispatcher(), "inet", "tko", "rsts")
+        .expect("the resets' counter")
 }
 
 /// Short connections through whichever process serves now all succeed.

@@ -18,18 +18,8 @@ const FLOOD: &str = "200000";
 /// The flood's frames s0's ingress rule counted (and dropped, so that
 /// nothing answers them).
 fn arrived(topo: &Topology) -> u64 {
-    let out = topo
-        .exec(
-            &topo.daemons(),
-            "nft",
-            &["list", "counter", "netdev", "txb", "flood"],
-        )
-        .expect("nft list counter");
-    out.split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no packet count in {out}"))
+    topo.nft_counter(&topo.daemons(), "netdev", "txb", "flood")
+        .expect("the flood's counter")
 }
 
 /// Frames l1 dropped on transmit (veth's peer ring full, no push-back).

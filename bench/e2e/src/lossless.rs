@@ -2,6 +2,8 @@
 //! at which the forwarder loses at most [`MAX_LOSS`] of the frames, found by a
 //! binary search over paced trials. Pure: the trial is a closure, so the
 //! search's logic is tested without the kernel.
+use std::time::Duration;
+
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +17,19 @@ pub const MIN_ACHIEVED: f64 = 0.99;
 /// The search stops when the bracket (highest pass, lowest failure) is this
 /// narrow, relative to its top.
 pub const PRECISION: f64 = 0.02;
+/// After a trial's last frame left the generator, before its received count
+/// is read: the frames still in the forwarder's rings arrive.
+pub const DRAIN: Duration = Duration::from_millis(100);
+/// The highest share of the generator's unpaced rate a search tries.
+pub const GENERATOR_SHARE: f64 = 0.98;
+/// The flush before each trial: 500 frames, one at a time.
+pub const FLUSH_RATE: u32 = 10_000;
+pub const FLUSH: Duration = Duration::from_millis(50);
+/// Before each trial, so that the forwarder's rings and queues are empty.
+pub const PAUSE: Duration = Duration::from_millis(50);
+/// The top of the bracket: this many times the first rate tried, and grown by
+/// as much while it passes.
+pub const CEILING_FACTOR: f64 = 1.5;
 
 /// One paced trial: the rate asked for, the frames sent and received, and the
 /// seconds the sending took.
@@ -108,7 +123,7 @@ pub fn search(bounds: Bounds, mut trial: impl FnMut(f64) -> Result<Trial>) -> Re
             if ceiling >= limit {
                 break;
             }
-            ceiling = (ceiling * 1.5).min(limit);
+            ceiling = (ceiling * CEILING_FACTOR).min(limit);
         }
         rate = match out.lowest_failure {
             // Only passes so far: the top of the bracket next.

@@ -9,7 +9,10 @@ use serde_json::Value;
 use crate::{
     cli::{Mode, RunOpts},
     cpu::CoreCpu,
-    lossless::{Search, MAX_LOSS, MIN_ACHIEVED, PRECISION},
+    lossless::{
+        Search, CEILING_FACTOR, DRAIN, FLUSH, FLUSH_RATE, GENERATOR_SHARE, MAX_LOSS, MIN_ACHIEVED,
+        PAUSE, PRECISION,
+    },
     placement,
 };
 
@@ -329,17 +332,21 @@ impl Results {
                      on the offered rate (paced by the generator) for the highest one at which at most {} % of the \
                      frames are lost (RFC 2544 §26.1) and the generator achieved at least {} % of it (counted until its last frame \
                      left its TX ring: a forwarder that slows its sender down is not keeping up): trials of {} s, the first at the overload window's received \
-                     rate, the top of the bracket 1.5 × that (raised by half \
-                     when it passes, up to 98 % of the rate the generator sent unpaced), stopping when \
+                     rate, the top of the bracket {CEILING_FACTOR} × that (raised as much \
+                     when it passes, up to {} % of the rate the generator sent unpaced), stopping when \
                      the bracket is within {} % or after {} trials; received counted by s0's ingress rule (the \
-                     generator's frames only) from 50 ms after a flush (50 ms at 10k frames/s, uncounted: \
-                     it pushes out frames a forwarder left on its TX ring) to 100 ms after the trial's last frame left; the value is the rate \
+                     generator's frames only) from {} ms after a flush ({} ms at {FLUSH_RATE} frames/s, uncounted: \
+                     it pushes out what a forwarder still held) to {} ms after the trial's last frame left; the value is the rate \
                      the generator achieved in the highest passing trial",
                     MAX_LOSS * 100.0,
                     MIN_ACHIEVED * 100.0,
                     opts.lossless_seconds,
+                    GENERATOR_SHARE * 100.0,
                     PRECISION * 100.0,
-                    opts.lossless_trials
+                    opts.lossless_trials,
+                    PAUSE.as_millis(),
+                    FLUSH.as_millis(),
+                    DRAIN.as_millis(),
                 )
             } else {
                 String::new()

@@ -9,7 +9,9 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use dispatchd_testkit::{daemon_addr, ensure_root, output_of, Proc, Programs, Topology, VIP};
+use dispatchd_testkit::{
+    daemon_addr, ensure_root, meminfo, output_of, Proc, Programs, Topology, VIP,
+};
 
 use crate::{
     cli::{Mode, RunOpts},
@@ -241,17 +243,8 @@ impl Bench {
     /// The generator's frames that arrived at s0 so far (its ingress rule's
     /// counter: nothing else, unlike rx_packets).
     pub fn pktgen_arrived(&self) -> Result<u64> {
-        let text = self.topo.exec(
-            &self.topo.daemons(),
-            "nft",
-            &["list", "counter", "netdev", "dbench", PKTGEN_COUNTER],
-        )?;
-        let mut words = text.split_whitespace();
-        words
-            .find(|&w| w == "packets")
-            .and_then(|_| words.next())
-            .and_then(|n| n.parse().ok())
-            .with_context(|| format!("no packet count in nft's {text:?}"))
+        self.topo
+            .nft_counter(&self.topo.daemons(), "netdev", "dbench", PKTGEN_COUNTER)
     }
 
     fn variant(&mut self, v: &'static str) -> Result<()> {
@@ -518,13 +511,4 @@ fn services_toml() -> String {
          [[service]]\naddress = \"{vip}:{STREAM_PORT}\"\nbackends = [\"{STREAM_DAEMON}:{STREAM_PORT}\"]\n",
         backends.join(", ")
     )
-}
-
-/// A number field of /proc/meminfo (its first word after the colon).
-fn meminfo(field: &str) -> Result<u64> {
-    fs::read_to_string("/proc/meminfo")?
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("no {field} in /proc/meminfo"))
 }

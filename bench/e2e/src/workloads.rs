@@ -3,17 +3,17 @@
 //! connections, bulk transfer (echoed, and iperf3's one-way stream), forwarded
 //! packets per second.
 use std::{
-    io::{BufRead, BufReader, Lines, Read, Write},
-    process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex},
+    io::{BufReader, Lines, Write},
+    process::{ChildStdin, ChildStdout, Command, ExitStatus},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
+use dispatchd_testkit::Proc;
 
 use crate::{
     cpu::CpuSample,
-    lossless::{self, Bounds, Search, Trial},
+    lossless::{self, Bounds, Search, Trial, DRAIN, FLUSH, FLUSH_RATE, GENERATOR_SHARE, PAUSE},
     report::Latency,
     run::{Bench, PKTGEN_PORT, STREAM_PORT},
 };
@@ -317,7 +317,7 @@ impl Bench {
             if lossless {
                 let bounds = Bounds {
                     start: rx_pps,
-                    ceiling: rx_pps * 1.5,
+                    ceiling: rx_pps * lossless::CEILING_FACTOR,
                     // Paced, the generator reaches about 99 % of its unpaced rate.
                     limit: sent * GENERATOR_SHARE,
                     max_trials: self.opts.lossless_trials,
@@ -416,17 +416,6 @@ impl Bench {
     }
 }
 
-/// After a trial's last frame left the generator, before its received count
-/// is read: the frames still in the forwarder's rings arrive.
-const DRAIN: Duration = Duration::from_millis(100);
-/// The highest share of the generator's unpaced rate a search tries.
-const GENERATOR_SHARE: f64 = 0.98;
-/// The flush before each trial: 500 frames, one at a time.
-const FLUSH_RATE: u32 = 10_000;
-const FLUSH: Duration = Duration::from_millis(50);
-/// Before each trial, so that the forwarder's rings and queues are empty.
-const PAUSE: Duration = Duration::from_millis(50);
-
 /// What one generator run measured: the overload window's rates sent and
 /// received at s0, and the zero-loss search when there was one.
 struct GeneratorRun {
@@ -439,34 +428,18 @@ struct GeneratorRun {
 /// read as they come, its stderr collected; killed on drop, and it exits by
 /// itself when its stdin closes (the bench ending, even by a kill).
 struct Generator {
-    child: Child,
+    proc: Proc,
     stdin: Option<ChildStdin>,
     lines: Lines<BufReader<ChildStdout>>,
-    stderr: Arc<Mutex<String>>,
 }
 
 impl Generator {
-    fn spawn(mut cmd: Command) -> Result<Generator> {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting pktgen")?;
-        let stdout = child.stdout.take().context("stdout is piped")?;
-        let mut err = child.stderr.take().context("stderr is piped")?;
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let collected = stderr.clone();
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = err.read_to_string(&mut text);
-            *collected.lock().unwrap_or_else(|p| p.into_inner()) = text;
-        });
+    fn spawn(cmd: Command) -> Result<Generator> {
+        let (proc, stdin, lines) = Proc::start_talking(cmd).context("starting pktgen")?;
         Ok(Generator {
-            stdin: child.stdin.take(),
-            child,
-            lines: BufReader::new(stdout).lines(),
-            stderr,
+            proc,
+            stdin: Some(stdin),
+            lines,
         })
     }
 
@@ -489,37 +462,19 @@ impl Generator {
     fn finish(&mut self) -> ExitStatus {
         self.stdin = None;
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => {
-                    // Let the stderr reader take the last lines.
-                    std::thread::sleep(Duration::from_millis(50));
-                    return status;
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    return self.child.wait().unwrap_or_default();
-                }
+        while Instant::now() < deadline {
+            if let Some(status) = self.proc.exited() {
+                // Let the stderr reader take the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return status;
             }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        self.proc.terminate(Duration::ZERO);
+        self.proc.exited().unwrap_or_default()
     }
 
     fn stderr(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-}
-
-impl Drop for Generator {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.proc.output()
     }
 }

@@ -16,7 +16,7 @@ pub mod scaleout;
 pub mod topology;
 
 pub use netns::NetNsGuard;
-pub use process::{ensure_root, output_of, require_root, text, wait_until, Proc};
+pub use process::{ensure_root, meminfo, output_of, require_root, text, wait_until, Proc};
 pub use topology::{
     daemon_addr, daemon_addr6, per_daemon, testkit_bin, Programs, Router, Topology, VIP, VIP6,
 };

@@ -2,7 +2,7 @@
 //! output and kills it on drop, root required loudly, and polling.
 use std::{
     io::{BufRead, BufReader, Lines, Read},
-    process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio},
+    process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Output, Stdio},
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
@@ -49,6 +49,16 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// A number field of /proc/meminfo (its first word after the colon), such as
+/// `HugePages_Free`, or `Hugepagesize` in kB.
+pub fn meminfo(field: &str) -> Result<u64> {
+    std::fs::read_to_string("/proc/meminfo")?
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no {field} in /proc/meminfo"))
 }
 
 /// Polls `check` every 50 ms until it holds, panicking after `timeout`; returns
@@ -102,16 +112,35 @@ impl Proc {
 
     /// Spawns `cmd` with its stdout left to the caller, line by line (to act on
     /// each line as it comes); stderr is collected as [`Proc::output`].
-    pub fn start_reading(mut cmd: Command) -> Result<(Proc, Lines<BufReader<ChildStdout>>)> {
+    pub fn start_reading(cmd: Command) -> Result<(Proc, Lines<BufReader<ChildStdout>>)> {
+        let (proc, _, lines) = Proc::spawn_reading(cmd, Stdio::null())?;
+        Ok((proc, lines))
+    }
+
+    /// [`Proc::start_reading`], and its stdin handed over too, to talk to the
+    /// process; dropping it closes the process's input.
+    pub fn start_talking(
+        cmd: Command,
+    ) -> Result<(Proc, ChildStdin, Lines<BufReader<ChildStdout>>)> {
+        let (proc, stdin, lines) = Proc::spawn_reading(cmd, Stdio::piped())?;
+        Ok((proc, stdin.context("stdin is piped")?, lines))
+    }
+
+    fn spawn_reading(
+        mut cmd: Command,
+        stdin: Stdio,
+    ) -> Result<(Proc, Option<ChildStdin>, Lines<BufReader<ChildStdout>>)> {
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("spawning {cmd:?}"))?;
         let stdout = child.stdout.take().context("stdout is piped")?;
+        let stdin = child.stdin.take();
         Ok((
             Proc::collecting_stderr(child)?,
+            stdin,
             BufReader::new(stdout).lines(),
         ))
     }

@@ -320,6 +320,18 @@ impl Topology {
         output_of(self.cmd(ns, program).args(args))
     }
 
+    /// The packets an nftables named counter (`nft list counter FAMILY TABLE
+    /// NAME`) in namespace `ns` has counted.
+    pub fn nft_counter(&self, ns: &str, family: &str, table: &str, name: &str) -> Result<u64> {
+        let listed = self.exec(ns, "nft", &["list", "counter", family, table, name])?;
+        let mut words = listed.split_whitespace();
+        words
+            .find(|&w| w == "packets")
+            .and_then(|_| words.next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no packet count in nft's {listed:?}"))
+    }
+
     /// The MAC address of `iface` in namespace `ns`.
     pub fn mac(&self, ns: &str, iface: &str) -> Result<String> {
         let path = format!("/sys/class/net/{iface}/address");
