@@ -19,3 +19,12 @@ pub fn prefetch<T>(item: &T) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = item;
 }
+
+/// Starts loading the cache line holding the first byte of `bytes` (a frame's
+/// headers), if there is one.
+#[inline(always)]
+pub fn prefetch_start(bytes: &[u8]) {
+    if let Some(first) = bytes.first() {
+        prefetch(first);
+    }
+}

@@ -933,6 +933,14 @@ fn pump<H: FrameHandler>(
     pipelined(
         &mut b.rx[..received],
         handler,
+        |desc| {
+            if !bare {
+                // SAFETY: the frame was consumed from the RX ring, so the
+                // kernel is done with it; this view ends with the statement,
+                // long before the frame's mutable view in the last closure.
+                crate::prefetch::prefetch_start(unsafe { umem.data(desc) }.contents());
+            }
+        },
         |h, desc| {
             if bare {
                 return Default::default();
