@@ -134,6 +134,15 @@ pub struct RunOpts {
     /// Seconds of each zero-loss trial.
     #[arg(long, default_value_t = 0.5)]
     pub lossless_seconds: f64,
+    /// The rate (frames per second) of each generator workload's fixed-rate
+    /// window, after its overload window: every variant gets the same offered
+    /// load, below what any of them carries, and the bench reports core 1's
+    /// busy time per frame received. 0 skips it.
+    #[arg(long, default_value_t = 100_000)]
+    pub cost_rate: u32,
+    /// Seconds of the fixed-rate window.
+    #[arg(long, default_value_t = 3.0)]
+    pub cost_seconds: f64,
     /// Record `perf record -a -e cpu-clock` during the connections, rr and generator workloads of
     /// nftables, dispatchd and the bare forwarder, and write the top symbols next to the results.
     #[arg(long)]

@@ -19,7 +19,7 @@ use crate::{
 pub const VARIANTS: [&str; 5] = ["direct", "nftables", "dispatchd", "dispatchd2", "bare"];
 
 /// (id, workload, metric, unit, higher is better)
-const ROWS: [(&str, &str, &str, &str, bool); 20] = [
+const ROWS: [(&str, &str, &str, &str, bool); 22] = [
     ("conn_rate", "new connections", "rate", "conn/s", true),
     ("conn_p50", "new connections", "latency p50", "µs", false),
     ("conn_p99", "new connections", "latency p99", "µs", false),
@@ -110,6 +110,13 @@ const ROWS: [(&str, &str, &str, &str, bool); 20] = [
         true,
     ),
     (
+        "pps_cpu1_ns",
+        "forwarded packets",
+        "core 1 busy per packet at the fixed rate",
+        "ns",
+        false,
+    ),
+    (
         "big_mbit",
         "1500-byte packets (generator, one way)",
         "received at s0 under overload",
@@ -122,6 +129,13 @@ const ROWS: [(&str, &str, &str, &str, bool); 20] = [
         "highest rate with ≤ 0.1 % loss",
         "Mbit/s",
         true,
+    ),
+    (
+        "big_cpu1_ns",
+        "1500-byte packets (generator, one way)",
+        "core 1 busy per packet at the fixed rate",
+        "ns",
+        false,
     ),
     (
         "outside_cpu",
@@ -139,6 +153,9 @@ const GENERATOR_ROWS: [(&str, &str); 4] = [
     ("big_mbit", "1500 B, received under overload"),
     ("big_lossless_mbit", "1500 B, zero-loss"),
 ];
+
+/// The generator's cost rows whose bare ÷ dispatchd ratio the document states.
+const COST_ROWS: [(&str, &str); 2] = [("pps_cpu1_ns", "64 B"), ("big_cpu1_ns", "1500 B")];
 
 /// Where and how the run was made, as sentences.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -295,8 +312,18 @@ impl Results {
             load: format!(
                     "connections: 64 B echo, {} client threads; rr: {} persistent connections, 64 B request/reply; \
                      bulk: one connection, echo both ways; stream: iperf3, one connection, client to one daemon \
-                     (198.19.0.11:5201, a service of its own on the VIP); pps: AF_XDP copy-mode generator on c0, {} tuples, 64 B ACK frames, counted at s0",
-                    opts.concurrency, opts.rr_connections, opts.tuples
+                     (198.19.0.11:5201, a service of its own on the VIP); pps: AF_XDP copy-mode generator on c0, {} tuples, 64 B ACK frames, counted at s0{}",
+                    opts.concurrency, opts.rr_connections, opts.tuples,
+                    if opts.cost_rate > 0 && mode == Mode::Dedicated {
+                        format!(
+                            "; after each generator workload's overload window, a fixed-rate window: {} frames/s for \
+                             {} s (paced, the same for every variant), core 1's busy time (/proc/stat) over it per \
+                             frame received at s0 (core 0's is the generator's spin)",
+                            opts.cost_rate, opts.cost_seconds
+                        )
+                    } else {
+                        String::new()
+                    }
                 ),
             cores: match mode {
                 Mode::Shared => "shared: dispatchd's one worker pinned to core 1 (--cores 1); the packet generator pinned to core 0; \
@@ -584,6 +611,21 @@ impl Results {
                 md,
                 "\ndispatchd ÷ bare forwarder on the generator rows (the target: at least 0.95): {}.",
                 to_bare.join("; ")
+            );
+        }
+        let cost_to_bare: Vec<String> = COST_ROWS
+            .iter()
+            .filter_map(|&(id, what)| {
+                let (d, b) = (self.get(id, "dispatchd")?, self.get(id, "bare")?);
+                (d > 0.0).then(|| format!("{what} **{:.3}**", b / d))
+            })
+            .collect();
+        if !cost_to_bare.is_empty() {
+            let _ = writeln!(
+                md,
+                "\nCore 1's busy time per packet at the fixed rate, bare forwarder ÷ dispatchd (the share of the bare \
+                 forwarder's packet rate dispatchd has where core 1 is the only limit): {}.",
+                cost_to_bare.join("; ")
             );
         }
         if !self.lossless.is_empty() {

@@ -12,8 +12,10 @@ use anyhow::{bail, Context, Result};
 use dispatchd_testkit::Proc;
 
 use crate::{
-    cpu::CpuSample,
+    cli::Mode,
+    cpu::{CoreCpu, CpuSample},
     lossless::{self, Bounds, Search, Trial, DRAIN, FLUSH, FLUSH_RATE, GENERATOR_SHARE, PAUSE},
+    placement,
     report::Latency,
     run::{Bench, PKTGEN_PORT, STREAM_PORT},
 };
@@ -191,6 +193,7 @@ impl Bench {
         let run = self.pktgen(v, to, crate::pktgen::FRAME_LEN, "pps")?;
         self.results.set("pps_sent", v, run.sent);
         self.results.set("pps_received", v, run.received);
+        self.cost_rows(v, "pps", run.cost);
         if let Some(best) = self.lossless_result("pps", v, run.search) {
             self.results.set("pps_lossless", v, best);
         }
@@ -204,11 +207,33 @@ impl Bench {
         let run = self.pktgen(v, to, len, "frames1500")?;
         self.results
             .set("big_mbit", v, run.received * 1500.0 * 8.0 / 1e6);
+        self.cost_rows(v, "big", run.cost);
         if let Some(best) = self.lossless_result("frames1500", v, run.search) {
             self.results
                 .set("big_lossless_mbit", v, best * 1500.0 * 8.0 / 1e6);
         }
         Ok(())
+    }
+
+    /// The fixed-rate window into the results: the forwarding core's busy
+    /// time per frame received, as row `{prefix}_cpu1_ns` (core 0's is the
+    /// generator's spin, whatever the forwarder).
+    fn cost_rows(&mut self, v: &str, prefix: &str, cost: Option<Cost>) {
+        let Some(cost) = cost else { return };
+        if let Some(core) = cost.cores.get(placement::FORWARDING_CORE) {
+            let received = cost.trial.received.max(1) as f64;
+            let ns = core.busy() * cost.seconds / received * 1e9;
+            self.results.set(&format!("{prefix}_cpu1_ns"), v, ns);
+        }
+        if !cost.trial.passes() {
+            self.results.note(format!(
+                "{v} {prefix}: the fixed-rate window ({:.0}/s asked, {:.0}/s sent) lost {:.2} % of its frames; \
+                 its busy time per frame counts the received ones only",
+                cost.trial.rate,
+                cost.trial.achieved(),
+                cost.trial.loss() * 100.0
+            ));
+        }
     }
 
     /// A search into the results; its highest passing rate (achieved, pps).
@@ -272,7 +297,10 @@ impl Bench {
             cmd.arg("--syn-first");
         }
         let lossless = self.opts.lossless_trials > 0;
-        if lossless {
+        // In shared mode dispatchd's worker polls (adaptive): its core is busy
+        // whatever the rate, so a busy time per frame would say nothing.
+        let fixed_rate = self.opts.cost_rate > 0 && self.mode == Mode::Dedicated;
+        if lossless || fixed_rate {
             cmd.arg("--trials");
         }
         let mut gen = Generator::spawn(cmd)?;
@@ -313,6 +341,31 @@ impl Bench {
             );
         };
         eprintln!("   {workload}: sent {sent:.0}/s, received at s0 {rx_pps:.0}/s ({frame_len} B)");
+        let cost = if fixed_rate {
+            let rate = f64::from(self.opts.cost_rate);
+            // A failed window, like a failed search, keeps the overload
+            // window's values.
+            match self.measured_trial(&mut gen, rate, self.opts.cost_seconds) {
+                Ok((trial, cores, seconds)) => {
+                    self.results
+                        .cpu(&format!("{workload}, {rate:.0}/s"), v, cores.clone());
+                    Some(Cost {
+                        trial,
+                        cores,
+                        seconds,
+                    })
+                }
+                Err(e) => {
+                    let e = format!("{e:#}: {}", gen.stderr().trim());
+                    eprintln!("dispatchd-bench: {v} {workload} fixed-rate window: {e}");
+                    self.results
+                        .note(format!("{v} {workload}: fixed-rate window failed: {e}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let search =
             if lossless {
                 let bounds = Bounds {
@@ -354,6 +407,7 @@ impl Bench {
         Ok(GeneratorRun {
             sent,
             received: rx_pps,
+            cost,
             search,
         })
     }
@@ -361,6 +415,17 @@ impl Bench {
     /// One zero-loss trial: `rate` for `secs`, received counted by s0's
     /// ingress rule from before the trial to [`DRAIN`] after its last frame.
     fn trial(&self, gen: &mut Generator, rate: f64, secs: f64) -> Result<Trial> {
+        Ok(self.measured_trial(gen, rate, secs)?.0)
+    }
+
+    /// [`trial`](Self::trial), with each core's CPU from sending the trial to
+    /// its last frame leaving the generator, and that window's seconds.
+    fn measured_trial(
+        &self,
+        gen: &mut Generator,
+        rate: f64,
+        secs: f64,
+    ) -> Result<(Trial, Vec<CoreCpu>, f64)> {
         // Frames of what came before (the overload window, a failed trial)
         // can wait on the forwarder's TX ring until received frames wake it:
         // a short uncounted trial at a rate it carries pushes them out.
@@ -368,7 +433,9 @@ impl Bench {
         // Read before the trial starts, once those frames are through.
         std::thread::sleep(PAUSE);
         let (arrived0, rx0) = (self.pktgen_arrived()?, self.rx()?);
+        let cpu0 = CpuSample::now();
         let stop = Self::trial_line(gen, &format!("trial {rate:.0} {secs}"))?;
+        let cpu1 = CpuSample::now();
         std::thread::sleep(DRAIN);
         let (arrived1, rx1) = (self.pktgen_arrived()?, self.rx()?);
         let sent = field(&stop, "", "sent").context("trial_stop without sent")?;
@@ -401,7 +468,7 @@ impl Bench {
                 String::new()
             }
         );
-        Ok(t)
+        Ok((t, cpu1.since(&cpu0), cpu1.seconds_since(&cpu0)))
     }
 
     /// Sends a trial to the generator; its `trial_stop` line.
@@ -421,7 +488,16 @@ impl Bench {
 struct GeneratorRun {
     sent: f64,
     received: f64,
+    /// The fixed-rate window, unless --cost-rate 0.
+    cost: Option<Cost>,
     search: Option<Search>,
+}
+
+/// The fixed-rate window: its trial, each core's CPU over it, and its seconds.
+struct Cost {
+    trial: Trial,
+    cores: Vec<CoreCpu>,
+    seconds: f64,
 }
 
 /// The generator process: its stdin takes the trials, its stdout's lines are
