@@ -127,8 +127,9 @@ pub struct RunOpts {
     /// own; every variant then runs on that topology).
     #[arg(long, default_value_t = 1)]
     pub queues: usize,
-    /// Trials of each generator workload's zero-loss search (after its overload
-    /// window, per variant and round); 0 skips the search.
+    /// Rates each generator workload's zero-loss search tries (after its
+    /// overload window, per variant and round; a failed rate takes a second
+    /// trial); 0 skips the search.
     #[arg(long, default_value_t = 8)]
     pub lossless_trials: usize,
     /// Seconds of each zero-loss trial.

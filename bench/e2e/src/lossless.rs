@@ -82,6 +82,7 @@ pub struct Bounds {
     pub ceiling: f64,
     /// The highest rate ever tried (what the generator can send).
     pub limit: f64,
+    /// Rates tried, at most (a failed rate took two trials).
     pub max_trials: usize,
 }
 
@@ -95,11 +96,14 @@ pub struct Search {
 }
 
 /// Binary search on the offered rate, starting at `bounds.start`: until a
-/// trial fails the next one is at the ceiling (grown by half each time it
-/// passes, up to the limit); then each trial halves the bracket between the
-/// highest rate that passed (0 before any) and the lowest that failed. It
-/// stops when the bracket is within [`PRECISION`], at a passing limit, or
-/// after `max_trials`.
+/// rate fails the next one is the ceiling (grown by half each time it passes,
+/// up to the limit); then each rate halves the bracket between the highest
+/// rate that passed (0 before any) and the lowest that failed. A rate fails
+/// only when two trials in a row at it fail: on this VM a forwarding core's
+/// scheduling hiccup of a millisecond overflows veth's 256-frame ring, and
+/// one such hiccup in a trial would otherwise end the search far below what
+/// the forwarder carries the rest of the time. It stops when the bracket is
+/// within [`PRECISION`], at a passing limit, or after `max_trials` rates.
 pub fn search(bounds: Bounds, mut trial: impl FnMut(f64) -> Result<Trial>) -> Result<Search> {
     let limit = bounds.limit.max(1.0);
     let mut ceiling = bounds.ceiling.clamp(1.0, limit);
@@ -110,9 +114,13 @@ pub fn search(bounds: Bounds, mut trial: impl FnMut(f64) -> Result<Trial>) -> Re
         lowest_failure: None,
     };
     let mut rate = bounds.start.clamp(1.0, ceiling);
-    while out.trials.len() < bounds.max_trials {
-        let t = trial(rate)?;
+    for _ in 0..bounds.max_trials {
+        let mut t = trial(rate)?;
         out.trials.push(t);
+        if !t.passes() {
+            t = trial(rate)?;
+            out.trials.push(t);
+        }
         if t.passes() {
             pass = rate;
             out.best = Some(t);
@@ -153,6 +161,13 @@ mod tests {
                 seconds: 1.0,
             })
         }
+    }
+
+    /// The distinct rates a search tried.
+    fn rates(s: &Search) -> usize {
+        let mut r: Vec<u64> = s.trials.iter().map(|t| t.rate as u64).collect();
+        r.dedup();
+        r.len()
     }
 
     fn bounds(start: f64, ceiling: f64) -> Bounds {
@@ -201,11 +216,11 @@ mod tests {
                 fail - best <= PRECISION * fail,
                 "{capacity}: bracket {best}..{fail}"
             );
-            assert!(s.trials.len() <= 8, "{capacity}: {} trials", s.trials.len());
+            assert!(rates(&s) <= 8, "{capacity}: {} rates", rates(&s));
         }
         // Far below the start the budget ends first, the bracket still right.
         let s = search(bounds(240_000.0, 360_000.0), forwarder(50_000.0)).unwrap();
-        assert_eq!(s.trials.len(), 8);
+        assert_eq!(rates(&s), 8);
         let best = s.best.expect("a rate passed").rate;
         assert!(
             best <= 50_000.0 && 50_000.0 < s.lowest_failure.unwrap(),
@@ -219,7 +234,7 @@ mod tests {
         assert_eq!(s.best.unwrap().rate, 300_000.0);
         assert_eq!(s.trials.last().unwrap().rate, 300_000.0);
         assert_eq!(s.lowest_failure, None);
-        assert!(s.trials.len() <= 8);
+        assert!(rates(&s) <= 8);
     }
 
     #[test]
@@ -243,10 +258,33 @@ mod tests {
     fn stops_after_max_trials_when_nothing_passes() {
         let s = search(bounds(200_000.0, 300_000.0), forwarder(0.0)).unwrap();
         assert_eq!(s.best, None);
-        assert_eq!(s.trials.len(), 8);
-        // Each failure halves the rate.
-        assert_eq!(s.trials[1].rate, 100_000.0);
-        assert_eq!(s.lowest_failure, Some(s.trials[7].rate));
+        // Each rate twice, each failure halving the rate.
+        assert_eq!(s.trials.len(), 16);
+        assert_eq!(s.trials[1].rate, 200_000.0);
+        assert_eq!(s.trials[2].rate, 100_000.0);
+        assert_eq!(s.lowest_failure, Some(s.trials[15].rate));
+    }
+
+    #[test]
+    fn one_failed_trial_at_a_rate_the_forwarder_carries_does_not_fail_the_rate() {
+        // Every third trial meets a hiccup and loses 1 % of its frames.
+        let mut inner = forwarder(260_000.0);
+        let mut n = 0;
+        let hiccups = move |rate| {
+            n += 1;
+            let mut t = inner(rate)?;
+            if n % 3 == 1 {
+                t.received = t.received * 99 / 100;
+            }
+            Ok(t)
+        };
+        let s = search(bounds(240_000.0, 360_000.0), hiccups).unwrap();
+        let (best, fail) = (s.best.unwrap().rate, s.lowest_failure.unwrap());
+        assert!(best <= 260_000.0 && 260_000.0 < fail, "{s:?}");
+        assert!(fail - best <= PRECISION * fail, "{s:?}");
+        // The first trial, at 240k, met a hiccup: its repeat passed.
+        assert!(!s.trials[0].passes() && s.trials[1].passes(), "{s:?}");
+        assert_eq!(s.trials[1].rate, 240_000.0);
     }
 
     #[test]

@@ -361,7 +361,8 @@ impl Results {
                      left its TX ring: a forwarder that slows its sender down is not keeping up): trials of {} s, the first at the overload window's received \
                      rate, the top of the bracket {CEILING_FACTOR} × that (raised as much \
                      when it passes, up to {} % of the rate the generator sent unpaced), stopping when \
-                     the bracket is within {} % or after {} trials; received counted by s0's ingress rule (the \
+                     the bracket is within {} % or after {} rates, a rate failing only when two trials in a row at it \
+                     fail (a one-off scheduling hiccup on the forwarding core overflows veth's 256-frame ring); received counted by s0's ingress rule (the \
                      generator's frames only) from {} ms after a flush ({} ms at {FLUSH_RATE} frames/s, uncounted: \
                      it pushes out what a forwarder still held) to {} ms after the trial's last frame left; the value is the rate \
                      the generator achieved in the highest passing trial",
