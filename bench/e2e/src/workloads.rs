@@ -227,7 +227,7 @@ impl Bench {
         }
         if !cost.trial.passes() {
             self.results.note(format!(
-                "{v} {prefix}: the fixed-rate window ({:.0}/s asked, {:.0}/s sent) lost {:.2} % of its frames; \
+                "{v} {prefix}: the fixed-rate window did not pass ({:.0}/s asked, {:.0}/s sent, {:.2} % lost); \
                  its busy time per frame counts the received ones only",
                 cost.trial.rate,
                 cost.trial.achieved(),
