@@ -242,11 +242,16 @@ fn bench(c: &mut Criterion) {
     // A few busy connections among the million: their records stay in cache,
     // as a connection's packets arrive in bursts.
     let hot: Vec<Vec<u8>> = acks[..16].iter().cycle().take(FRAME_SET).cloned().collect();
+    // The cold row's frames as the worker meets them under load: out of the
+    // cache, in a UMEM's slots (see `timed_umem_batches`).
+    let mut umem = vec![0u8; UMEM_SLOTS * UMEM_SLOT];
+    let mut rooms = umem_rooms(&mut umem, &acks);
     // Each packet from another of 4096 connections spread over the whole 88 MiB
     // table: every lookup touches lines of its own, far more than L1 holds.
     for (name, frames) in [
-        ("forward_established_hot_1m_flows", &hot),
-        ("forward_established_cold_1m_flows", &acks),
+        ("forward_established_hot_1m_flows", Some(&hot)),
+        ("forward_established_cold_1m_flows", Some(&acks)),
+        ("forward_established_cold_1m_flows_umem_frames", None),
     ] {
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
@@ -258,28 +263,13 @@ fn bench(c: &mut Criterion) {
                     stats: &stats,
                     now_ns: 2,
                 };
-                timed_passes(frames, iters, &mut handler)
+                match frames {
+                    Some(frames) => timed_passes(frames, iters, &mut handler),
+                    None => timed_umem_batches(&mut rooms, iters, &mut handler),
+                }
             })
         });
     }
-
-    // The cold row's frames as the worker meets them under load: out of the
-    // cache, in a UMEM's slots (see `timed_umem_batches`).
-    let mut umem = vec![0u8; UMEM_SLOTS * UMEM_SLOT];
-    let mut rooms = umem_rooms(&mut umem, &acks);
-    g.bench_function("forward_established_cold_1m_flows_umem_frames", |b| {
-        b.iter_custom(|iters| {
-            let mut handler = Forwarder {
-                table: &mut table,
-                table6: &mut empty6,
-                plane: &mut rr,
-                events: &mut sink,
-                stats: &stats,
-                now_ns: 2,
-            };
-            timed_umem_batches(&mut rooms, iters, &mut handler)
-        })
-    });
     drop(rooms);
     drop(umem);
 

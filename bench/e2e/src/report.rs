@@ -453,6 +453,17 @@ impl Results {
             .any(|r| r.values.get(variant).copied().flatten().is_some())
     }
 
+    /// `rows`' dispatchd and bare values as `ratio` gives them, each named,
+    /// where both were measured and the ratio is finite.
+    fn to_bare(&self, rows: &[(&str, &str)], ratio: impl Fn(f64, f64) -> f64) -> Vec<String> {
+        rows.iter()
+            .filter_map(|&(id, what)| {
+                let r = ratio(self.get(id, "dispatchd")?, self.get(id, "bare")?);
+                r.is_finite().then(|| format!("{what} **{r:.3}**"))
+            })
+            .collect()
+    }
+
     fn get(&self, id: &str, variant: &str) -> Option<f64> {
         let row = self.rows.iter().find(|r| r.id == id)?;
         row.values.get(variant).copied().flatten()
@@ -600,13 +611,7 @@ impl Results {
                 }
             );
         }
-        let to_bare: Vec<String> = GENERATOR_ROWS
-            .iter()
-            .filter_map(|&(id, what)| {
-                let (d, b) = (self.get(id, "dispatchd")?, self.get(id, "bare")?);
-                (b > 0.0).then(|| format!("{what} **{:.3}**", d / b))
-            })
-            .collect();
+        let to_bare = self.to_bare(&GENERATOR_ROWS, |d, b| d / b);
         if !to_bare.is_empty() {
             let _ = writeln!(
                 md,
@@ -614,13 +619,7 @@ impl Results {
                 to_bare.join("; ")
             );
         }
-        let cost_to_bare: Vec<String> = COST_ROWS
-            .iter()
-            .filter_map(|&(id, what)| {
-                let (d, b) = (self.get(id, "dispatchd")?, self.get(id, "bare")?);
-                (d > 0.0).then(|| format!("{what} **{:.3}**", b / d))
-            })
-            .collect();
+        let cost_to_bare = self.to_bare(&COST_ROWS, |d, b| b / d);
         if !cost_to_bare.is_empty() {
             let _ = writeln!(
                 md,
