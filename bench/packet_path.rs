@@ -15,7 +15,10 @@ use std::{
 use criterion::{criterion_group, criterion_main, Criterion};
 use dispatchd::{
     balance::{BackendSpec, PolicyKind},
-    config::{Service6Config, ServiceConfig, DEFAULT_EVENT_RING, DEFAULT_FLOW_CAPACITY},
+    config::{
+        Service6Config, ServiceConfig, DEFAULT_BATCH, DEFAULT_EVENT_RING, DEFAULT_FLOW_CAPACITY,
+        DEFAULT_FRAMES_PER_QUEUE,
+    },
     dataplane::{forward, forward6, pipelined, Dataplane, Forwarder, FrameHandler, Reverser},
     flow::{FlowKey, FlowKey6, FlowRecord, FlowTable, FlowTable6, TcpState},
     ids::{BackendId, WorkerId},
@@ -27,6 +30,7 @@ use dispatchd::{
     sys::EventFd,
     tracked::ReplyTracker,
     xdp::TrackedMap,
+    xsk,
 };
 use dispatchd_testkit::frame::{tcp_flags, FrameSpec};
 
@@ -129,30 +133,33 @@ fn timed_passes(templates: &[Vec<u8>], iters: u64, handler: &mut impl FrameHandl
     elapsed
 }
 
-/// A UMEM's worth of frame slots: 16384 of 4 KiB (64 MiB, more than the
-/// last-level cache), the worker's default per queue pair.
-const UMEM_SLOTS: usize = 16_384;
-const UMEM_SLOT: usize = 4096;
-/// The worker's default batch.
-const BATCH: usize = 64;
+/// A UMEM frame's slot.
+const UMEM_SLOT: usize = xsk::FRAME_SIZE as usize;
 
 /// Times `handler` over `iters` frames laid out like a worker's UMEM under
-/// load (see [`umem_rooms`]), a batch of the rooms at a time in their order.
-/// A frame's headers were last touched 64 MiB of frames ago and are out of
-/// the cache when its batch is handled, as when the kernel copied it in ahead
-/// of the megabytes of frames behind it in a full RX ring. Each batch's frames
-/// are restored after it, untimed.
+/// load (see [`umem_rooms`]), a batch of the worker's default size at a time,
+/// the rooms taken in their order from `next` on (kept across calls, so that
+/// every sample comes back to a room only after all the others). Between two
+/// visits of a frame, the batches touch the header lines of all the other
+/// frames (1 MiB at the default UMEM size; the L2 of this VM is 1 MiB a core) beside
+/// the flow table's lines, each in a 4 KiB page of its own (far more pages
+/// than the TLB holds, as in a UMEM on ordinary pages, the default): its
+/// headers are out of the L2 and its page out of the TLB when its batch comes.
+/// Each batch's frames are restored after it, untimed.
 fn timed_umem_batches(
     rooms: &mut [(&mut [u8], &[u8])],
+    next: &mut usize,
     iters: u64,
     handler: &mut impl FrameHandler,
 ) -> Duration {
     let mut elapsed = Duration::ZERO;
     let mut left = iters;
-    let mut next = 0;
     while left > 0 {
-        let n = left.min(BATCH as u64) as usize;
-        let batch = &mut rooms[next..next + n];
+        if *next + DEFAULT_BATCH > rooms.len() {
+            *next = 0;
+        }
+        let n = left.min(DEFAULT_BATCH as u64) as usize;
+        let batch = &mut rooms[*next..*next + n];
         let start = Instant::now();
         pipelined(
             batch,
@@ -167,10 +174,7 @@ fn timed_umem_batches(
         for (frame, template) in batch.iter_mut() {
             frame.copy_from_slice(template);
         }
-        next += n;
-        if next + BATCH > rooms.len() {
-            next = 0;
-        }
+        *next += n;
         left -= n as u64;
     }
     elapsed
@@ -243,9 +247,12 @@ fn bench(c: &mut Criterion) {
     // as a connection's packets arrive in bursts.
     let hot: Vec<Vec<u8>> = acks[..16].iter().cycle().take(FRAME_SET).cloned().collect();
     // The cold row's frames as the worker meets them under load: out of the
-    // cache, in a UMEM's slots (see `timed_umem_batches`).
-    let mut umem = vec![0u8; UMEM_SLOTS * UMEM_SLOT];
+    // cache, in the slots of a UMEM of the default size (see
+    // `timed_umem_batches`).
+    let slots = xsk::umem_frames(DEFAULT_FRAMES_PER_QUEUE, 2) as usize;
+    let mut umem = vec![0u8; slots * UMEM_SLOT];
     let mut rooms = umem_rooms(&mut umem, &acks);
+    let mut next_room = 0;
     // Each packet from another of 4096 connections spread over the whole 88 MiB
     // table: every lookup touches lines of its own, far more than L1 holds.
     for (name, frames) in [
@@ -265,7 +272,7 @@ fn bench(c: &mut Criterion) {
                 };
                 match frames {
                     Some(frames) => timed_passes(frames, iters, &mut handler),
-                    None => timed_umem_batches(&mut rooms, iters, &mut handler),
+                    None => timed_umem_batches(&mut rooms, &mut next_room, iters, &mut handler),
                 }
             })
         });

@@ -638,11 +638,12 @@ plane_record!(FlowRecord6, FlowKey6, current6);
 pub const PREFETCH_AHEAD: usize = 8;
 
 /// How many frames ahead of the one being handled a batch starts loading the
-/// frame's first cache line (its headers), so that by the time `prefetch` reads
-/// them, [`PREFETCH_AHEAD`] frames later, they are in the cache. Under load a
-/// frame waits behind a full RX ring, megabytes of frames that the kernel copied
-/// after it, and its headers are long out of the cache: `prefetch`'s own read of
-/// them then stalled the batch once per frame.
+/// frame's first cache line (an IPv4 frame's headers, TCP options aside), so
+/// that by the time `prefetch` reads them, [`PREFETCH_AHEAD`] frames later,
+/// they are in the cache. Under load a frame waits behind a full RX ring of
+/// frames the kernel copied after it (megabytes of 1500-byte ones), and its
+/// headers are out of the cache: `prefetch`'s own read of them then stalled
+/// the batch once per frame.
 pub const WARM_AHEAD: usize = 2 * PREFETCH_AHEAD;
 
 /// Hands each of `items` to `handle` in order, after `prefetch` has seen the item
@@ -1741,30 +1742,30 @@ mod tests {
         testing::segment(client, VIP, flags)
     }
 
-    /// Records what `pipelined` asks of it; each frame's first byte names it.
+    /// What `pipelined` asked, in order: (`'w'`arm, `'p'`refetch or
+    /// `'h'`andle, the frame's first byte, which names it).
+    type Log = std::rc::Rc<std::cell::RefCell<Vec<(char, u8)>>>;
+
+    /// Logs the prefetches and handlings `pipelined` asks of it, and each
+    /// handled frame with the hint that came with it.
     #[derive(Default)]
     struct Recorder {
-        prefetched: std::cell::RefCell<Vec<u8>>,
         /// Shared with the test's `warm`, which does not see the handler.
-        warmed: std::rc::Rc<std::cell::RefCell<Vec<u8>>>,
-        /// Each frame handled, its hint, and how many frames had been
-        /// prefetched and warmed by then.
-        handled: Vec<(u8, u8, usize, usize)>,
+        log: Log,
+        hints: Vec<(u8, u8)>,
     }
 
     impl FrameHandler for Recorder {
         type Hint = u8;
 
         fn prefetch(&self, frame: &[u8]) -> u8 {
-            self.prefetched.borrow_mut().push(frame[0]);
+            self.log.borrow_mut().push(('p', frame[0]));
             frame[0]
         }
 
         fn handle(&mut self, frame: &mut [u8], hint: u8) -> bool {
-            let prefetched_so_far = self.prefetched.borrow().len();
-            let warmed_so_far = self.warmed.borrow().len();
-            self.handled
-                .push((frame[0], hint, prefetched_so_far, warmed_so_far));
+            self.log.borrow_mut().push(('h', frame[0]));
+            self.hints.push((frame[0], hint));
             true
         }
     }
@@ -1784,29 +1785,33 @@ mod tests {
         ] {
             let mut frames: Vec<Vec<u8>> = (0..n as u8).map(|i| vec![i]).collect();
             let mut rec = Recorder::default();
-            let warmed = rec.warmed.clone();
+            let log = rec.log.clone();
             pipelined(
                 &mut frames,
                 &mut rec,
-                |f| warmed.borrow_mut().push(f[0]),
+                |f| log.borrow_mut().push(('w', f[0])),
                 |h, f| h.prefetch(f),
                 |h, f, hint| {
                     h.handle(f, hint);
                 },
             );
+            let log = log.borrow();
             let ids: Vec<u8> = (0..n as u8).collect();
-            assert_eq!(
-                *rec.prefetched.borrow(),
-                ids,
-                "each prefetched once, in order"
-            );
-            assert_eq!(*warmed.borrow(), ids, "each warmed once, in order");
-            for (i, &(frame, hint, prefetched, warmed)) in rec.handled.iter().enumerate() {
-                assert_eq!((frame, hint), (i as u8, i as u8), "n={n}");
-                assert_eq!(prefetched, n.min(i + PREFETCH_AHEAD + 1), "n={n} i={i}");
-                assert_eq!(warmed, n.min(i + WARM_AHEAD + 1), "n={n} i={i}");
+            for step in ['w', 'p', 'h'] {
+                let of_step: Vec<u8> = log.iter().filter(|e| e.0 == step).map(|e| e.1).collect();
+                assert_eq!(of_step, ids, "n={n}: each {step} once, in order");
             }
-            assert_eq!(rec.handled.len(), n);
+            let at = |step: char, id: u8| log.iter().position(|&e| e == (step, id)).unwrap();
+            for i in 0..n {
+                let id = i as u8;
+                assert!(at('w', id) < at('p', id), "n={n} i={i}: warmed first");
+                let before = &log[..at('h', id)];
+                let count = |step: char| before.iter().filter(|e| e.0 == step).count();
+                assert_eq!(count('p'), n.min(i + PREFETCH_AHEAD + 1), "n={n} i={i}");
+                assert_eq!(count('w'), n.min(i + WARM_AHEAD + 1), "n={n} i={i}");
+            }
+            let expected: Vec<(u8, u8)> = ids.iter().map(|&i| (i, i)).collect();
+            assert_eq!(rec.hints, expected, "n={n}: each hint with its frame");
         }
     }
 

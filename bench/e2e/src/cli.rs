@@ -129,19 +129,20 @@ pub struct RunOpts {
     pub queues: usize,
     /// Rates each generator workload's zero-loss search tries (after its
     /// overload window, per variant and round; a failed rate takes a second
-    /// trial); 0 skips the search.
-    #[arg(long, default_value_t = 8)]
-    pub lossless_trials: usize,
+    /// trial, a push-back excepted); 0 skips the search.
+    #[arg(long, alias = "lossless-trials", default_value_t = 8)]
+    pub lossless_rates: usize,
     /// Seconds of each zero-loss trial.
     #[arg(long, default_value_t = 0.5)]
     pub lossless_seconds: f64,
     /// The rate (frames per second) of each generator workload's fixed-rate
-    /// window, after its overload window: every variant gets the same offered
-    /// load, below what any of them carries, and the bench reports core 1's
-    /// busy time per frame received. 0 skips it.
+    /// window, after its overload window (dedicated mode, dispatchd's `--poll
+    /// wakeup`): every variant gets the same offered load, meant to be below
+    /// what any of them carries, and the bench reports core 1's busy time per
+    /// frame received. 0 skips it.
     #[arg(long, default_value_t = 100_000)]
     pub cost_rate: u32,
-    /// Seconds of the fixed-rate window.
+    /// Seconds of the fixed-rate window (0 skips it).
     #[arg(long, default_value_t = 3.0)]
     pub cost_seconds: f64,
     /// Record `perf record -a -e cpu-clock` during the connections, rr and generator workloads of

@@ -16,7 +16,7 @@ use crate::{
     cpu::{CoreCpu, CpuSample},
     lossless::{self, Bounds, Search, Trial, DRAIN, FLUSH, FLUSH_RATE, GENERATOR_SHARE, PAUSE},
     placement,
-    report::Latency,
+    report::{Latency, FIXED_RATE},
     run::{Bench, PKTGEN_PORT, STREAM_PORT},
 };
 
@@ -219,10 +219,14 @@ impl Bench {
     /// time per frame received, as row `{prefix}_cpu1_ns` (core 0's is the
     /// generator's spin, whatever the forwarder).
     fn cost_rows(&mut self, v: &str, prefix: &str, cost: Option<Cost>) {
+        const _: () = assert!(
+            placement::FORWARDING_CORE == 1,
+            "the rows are named after core 1"
+        );
         let Some(cost) = cost else { return };
-        if let Some(core) = cost.cores.get(placement::FORWARDING_CORE) {
-            let received = cost.trial.received.max(1) as f64;
-            let ns = core.busy() * cost.seconds / received * 1e9;
+        let core = cost.cores.get(placement::FORWARDING_CORE);
+        if let (Some(core), true) = (core, cost.trial.received > 0) {
+            let ns = core.busy() * cost.seconds / cost.trial.received as f64 * 1e9;
             self.results.set(&format!("{prefix}_cpu1_ns"), v, ns);
         }
         if !cost.trial.passes() {
@@ -296,10 +300,14 @@ impl Bench {
         if v.starts_with("dispatchd") {
             cmd.arg("--syn-first");
         }
-        let lossless = self.opts.lossless_trials > 0;
-        // In shared mode dispatchd's worker polls (adaptive): its core is busy
-        // whatever the rate, so a busy time per frame would say nothing.
-        let fixed_rate = self.opts.cost_rate > 0 && self.mode == Mode::Dedicated;
+        let mut lossless = self.opts.lossless_rates > 0;
+        // Only where dispatchd's worker sleeps when idle (dedicated mode,
+        // `--poll wakeup`): a polling worker keeps its core busy whatever the
+        // rate, so a busy time per frame would say nothing.
+        let fixed_rate = self.opts.cost_rate > 0
+            && self.opts.cost_seconds > 0.0
+            && self.mode == Mode::Dedicated
+            && self.opts.dedicated_poll() == Some("wakeup");
         if lossless || fixed_rate {
             cmd.arg("--trials");
         }
@@ -348,7 +356,7 @@ impl Bench {
             match self.measured_trial(&mut gen, rate, self.opts.cost_seconds) {
                 Ok((trial, cores, seconds)) => {
                     self.results
-                        .cpu(&format!("{workload}, {rate:.0}/s"), v, cores.clone());
+                        .cpu(&format!("{workload}{FIXED_RATE}"), v, cores.clone());
                     Some(Cost {
                         trial,
                         cores,
@@ -356,10 +364,13 @@ impl Bench {
                     })
                 }
                 Err(e) => {
-                    let e = format!("{e:#}: {}", gen.stderr().trim());
+                    let status = gen.finish();
+                    let e = format!("{e:#} ({status}): {}", gen.stderr().trim());
                     eprintln!("dispatchd-bench: {v} {workload} fixed-rate window: {e}");
                     self.results
                         .note(format!("{v} {workload}: fixed-rate window failed: {e}"));
+                    // The generator is gone: no search either.
+                    lossless = false;
                     None
                 }
             }
@@ -373,7 +384,7 @@ impl Bench {
                     ceiling: rx_pps * lossless::CEILING_FACTOR,
                     // Paced, the generator reaches about 99 % of its unpaced rate.
                     limit: sent * GENERATOR_SHARE,
-                    max_trials: self.opts.lossless_trials,
+                    max_rates: self.opts.lossless_rates,
                 };
                 let secs = self.opts.lossless_seconds;
                 // A failed search keeps the overload window's values.
