@@ -155,21 +155,8 @@ fn a_syn_flood_expires_and_real_connections_still_work() {
     let out = topo.client_run(&["connect", "--to", VIP, "--connections", "10"]);
     assert!(out.status.success(), "{}", text(&out));
     let rss_before = rss_kib(&lb);
-    let l0 = iface_mac(&topo, &topo.dispatcher(), "l0");
-
     let mut flood = topo.cmd(&topo.client(), &topo.programs().testkit);
-    flood.args([
-        "inject",
-        "--iface",
-        "c0",
-        "--dst-mac",
-        &l0,
-        "--src-ip",
-        "198.18.128.1",
-        "--to",
-        VIP,
-    ]);
-    flood.args(["--kind", "syn-flood", "--count", "100000"]);
+    flood.args(topo.inject_args("198.18.128.1", VIP, "syn-flood", 100_000));
     let flooding = flood
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -201,25 +201,10 @@ fn a_spoofed_ack_flood_leaves_real_connections_alone_and_expires() {
         "",
     );
     std::thread::sleep(Duration::from_millis(500));
-    let l0 = topo.mac(&topo.dispatcher(), "l0").expect("l0's MAC");
     let mut flood = topo.cmd(&topo.client(), &topo.programs().testkit);
-    flood.args([
-        "inject",
-        "--iface",
-        "c0",
-        "--dst-mac",
-        &l0,
-        "--src-ip",
-        "198.18.0.2",
-        "--to",
-        VIP,
-        "--kind",
-        "ack-flood",
-        "--count",
-        "100000",
-        "--rate",
-        "50000",
-    ]);
+    flood
+        .args(topo.inject_args("198.18.0.2", VIP, "ack-flood", 100_000))
+        .args(["--rate", "50000"]);
     let flooding = flood
         .stdout(Stdio::piped())
         .spawn()

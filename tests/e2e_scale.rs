@@ -6,7 +6,7 @@
 //! connections keep working, `ctl conns` answers a page of a million.
 use std::{thread, time::Duration};
 
-use dispatchd_testkit::{daemon_addr, json::u64_at, text, wait_until, Proc, Topology, VIP};
+use dispatchd_testkit::{daemon_addr, json::u64_at, text, wait_until_steady, Proc, Topology, VIP};
 
 const DISPATCHD: &str = env!("CARGO_BIN_EXE_dispatchd");
 const SPOOFED: usize = 1_000_000;
@@ -40,7 +40,6 @@ fn a_reload_and_ctl_conns_with_a_million_records_are_sliced() {
     };
     write([0, 1]);
     let lb = topo.dispatchd(&["--config", file.to_str().expect("utf-8 path")]);
-    let l0 = topo.mac(&topo.dispatcher(), "l0").expect("l0's MAC");
 
     // Half-open records from spoofed clients, paced so the worker takes them
     // all. A starved worker (other work on its core) leaves some in the
@@ -48,39 +47,18 @@ fn a_reload_and_ctl_conns_with_a_million_records_are_sliced() {
     // sending it again fills in what was missed.
     let records = || u64_at(&topo.stats(), "/workers/0/flows");
     for attempt in 1..=3 {
-        let flood = topo.run(
-            &topo.client(),
-            &topo.programs().testkit,
-            &[
-                "inject",
-                "--iface",
-                "c0",
-                "--dst-mac",
-                &l0,
-                "--src-ip",
-                "198.18.128.1",
-                "--to",
-                VIP,
-                "--kind",
-                "syn-flood",
-                "--count",
-                &SPOOFED.to_string(),
-                "--rate",
-                "150000",
-            ],
-        );
+        let flood = topo
+            .cmd(&topo.client(), &topo.programs().testkit)
+            .args(topo.inject_args("198.18.128.1", VIP, "syn-flood", SPOOFED as u64))
+            .args(["--rate", "150000"])
+            .output()
+            .expect("inject");
         assert!(flood.status.success(), "flood: {}", text(&flood));
-        let mut last = 0;
-        wait_until(
+        wait_until_steady(
             Duration::from_secs(20),
             "the flood's records settled",
-            || {
-                let now = records();
-                let settled = now == last && now > 0;
-                last = now;
-                thread::sleep(Duration::from_millis(500));
-                settled
-            },
+            Duration::from_millis(500),
+            records,
         );
         println!("flood {attempt}: {} records", records());
         if records() >= 500_000 {

@@ -10,10 +10,10 @@
 //! after. Needs root.
 use std::time::{Duration, Instant};
 
-use dispatchd_testkit::{json::u64_at, text, wait_until, Topology, VIP};
+use dispatchd_testkit::{json::u64_at, text, wait_until_steady, Topology, VIP};
 
 const DISPATCHD: &str = env!("CARGO_BIN_EXE_dispatchd");
-const FLOOD: &str = "200000";
+const FLOOD: u64 = 200_000;
 
 /// The flood's frames s0's ingress rule counted (and dropped, so that
 /// nothing answers them).
@@ -75,41 +75,23 @@ fn frames_left_on_a_tx_ring_leave_without_new_traffic() {
     let mut flags = Topology::default_flags(2);
     flags.extend(["--cores", "1", "--syn-timeout-ms", "600000"].map(String::from));
     let _lb = topo.dispatchd(&flags);
-    let l0 = topo.mac(&topo.dispatcher(), "l0").expect("l0's MAC");
     // Each flood may or may not leave frames behind (it depends on where
     // the push-back falls); two make a held frame likely to show.
     for round in 1..=2 {
         let mut flood = topo.cmd(&topo.client(), "taskset");
-        flood.args(["-c", "0"]).arg(&topo.programs().testkit).args([
-            "inject",
-            "--iface",
-            "c0",
-            "--dst-mac",
-            &l0,
-            "--src-ip",
-            "198.18.0.2",
-            "--to",
-            VIP,
-            "--kind",
-            "syn-flood",
-            "--count",
-            FLOOD,
-        ]);
+        flood
+            .args(["-c", "0"])
+            .arg(&topo.programs().testkit)
+            .args(topo.inject_args("198.18.0.2", VIP, "syn-flood", FLOOD));
         let out = flood.output().expect("inject");
         assert!(out.status.success(), "flood: {}", text(&out));
 
         // The worker has taken all it will once its receive count stands.
-        let received = || u64_at(&topo.stats(), "/workers/0/rx_front");
-        let mut last = 0;
-        wait_until(
+        wait_until_steady(
             Duration::from_secs(10),
             "the worker's receive to settle",
-            || {
-                let now = received();
-                let settled = now == last && now > 0;
-                last = now;
-                settled
-            },
+            Duration::ZERO,
+            || u64_at(&topo.stats(), "/workers/0/rx_front"),
         );
         let queued = u64_at(&topo.stats(), "/workers/0/tx_back");
         assert!(queued > 0, "the worker forwarded nothing");

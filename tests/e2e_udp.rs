@@ -278,27 +278,12 @@ fn hostile_udp_frames_are_counted_and_never_forwarded() {
     let mut lb = topo.dispatchd(&["--config", &file]);
     wait_all_up(&topo);
     let before = topo.stats();
-    let l0 = topo.mac(&topo.dispatcher(), "l0").expect("l0's MAC");
     let rounds = 25u64;
-    let out = topo.run(
-        &topo.client(),
-        &topo.programs().testkit,
-        &[
-            "inject",
-            "--iface",
-            "c0",
-            "--dst-mac",
-            &l0,
-            "--src-ip",
-            "198.18.0.2",
-            "--to",
-            UDP_VIP,
-            "--kind",
-            "udp-malformed",
-            "--count",
-            &rounds.to_string(),
-        ],
-    );
+    let out = topo
+        .cmd(&topo.client(), &topo.programs().testkit)
+        .args(topo.inject_args("198.18.0.2", UDP_VIP, "udp-malformed", rounds))
+        .output()
+        .expect("inject");
     assert!(out.status.success(), "inject:\n{}", text(&out));
     let sent = String::from_utf8_lossy(&out.stdout);
     let expected: Vec<(String, u64)> = sent
@@ -373,28 +358,12 @@ fn a_spoofed_udp_flood_leaves_tcp_connections_and_udp_flows_working() {
         .expect("long UDP flows");
     std::thread::sleep(Duration::from_millis(300));
 
-    let l0 = topo.mac(&topo.dispatcher(), "l0").expect("l0's MAC");
-    let flood = topo.run(
-        &topo.client(),
-        &topo.programs().testkit,
-        &[
-            "inject",
-            "--iface",
-            "c0",
-            "--dst-mac",
-            &l0,
-            "--src-ip",
-            "198.18.128.1",
-            "--to",
-            UDP_VIP,
-            "--kind",
-            "udp-flood",
-            "--count",
-            "30000",
-            "--rate",
-            "20000",
-        ],
-    );
+    let flood = topo
+        .cmd(&topo.client(), &topo.programs().testkit)
+        .args(topo.inject_args("198.18.128.1", UDP_VIP, "udp-flood", 30_000))
+        .args(["--rate", "20000"])
+        .output()
+        .expect("inject");
     assert!(flood.status.success(), "flood:\n{}", text(&flood));
     let during = topo.stats();
     // (`sum_of` would count it twice: a worker field and a drop reason.)

@@ -16,7 +16,9 @@ pub mod scaleout;
 pub mod topology;
 
 pub use netns::NetNsGuard;
-pub use process::{ensure_root, meminfo, output_of, require_root, text, wait_until, Proc};
+pub use process::{
+    ensure_root, meminfo, output_of, require_root, text, wait_until, wait_until_steady, Proc,
+};
 pub use topology::{
     daemon_addr, daemon_addr6, per_daemon, testkit_bin, Programs, Router, Topology, VIP, VIP6,
 };

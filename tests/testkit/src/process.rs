@@ -72,6 +72,26 @@ pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool
     start.elapsed()
 }
 
+/// Waits until `read` gives the same non-zero value twice in a row, reading
+/// it every `every` plus [`wait_until`]'s own 50 ms: a counter that has
+/// settled. Returns that value.
+pub fn wait_until_steady(
+    timeout: Duration,
+    what: &str,
+    every: Duration,
+    mut read: impl FnMut() -> u64,
+) -> u64 {
+    let mut last = 0;
+    wait_until(timeout, what, || {
+        let now = read();
+        let steady = now == last && now > 0;
+        last = now;
+        thread::sleep(every);
+        steady
+    });
+    last
+}
+
 /// A child process whose output is collected as it runs; killed on drop, so a
 /// failing test or benchmark leaves nothing running.
 pub struct Proc {

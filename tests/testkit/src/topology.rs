@@ -338,6 +338,34 @@ impl Topology {
         Ok(self.exec(ns, "cat", &[&path])?.trim().to_owned())
     }
 
+    /// The arguments of `dispatchd-testkit inject` sending `count` frames of
+    /// `kind` from the client's c0 to `to` through l0 (its MAC read here), from
+    /// `src_ip`; callers add `--rate` and the like, and the program (and a
+    /// `taskset` in front of it) themselves.
+    pub fn inject_args(&self, src_ip: &str, to: &str, kind: &str, count: u64) -> Vec<String> {
+        let l0 = self
+            .mac(&self.dispatcher(), "l0")
+            .unwrap_or_else(|e| panic!("l0's MAC: {e:#}"));
+        [
+            "inject",
+            "--iface",
+            "c0",
+            "--dst-mac",
+            &l0,
+            "--src-ip",
+            src_ip,
+            "--to",
+            to,
+            "--kind",
+            kind,
+            "--count",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain([count.to_string()])
+        .collect()
+    }
+
     /// True if an XDP program is attached to `iface` in the dispatcher namespace.
     pub fn xdp_attached(&self, iface: &str) -> bool {
         let out = self.run(
