@@ -28,7 +28,15 @@ const DAEMONS: usize = 4;
 pub const PKTGEN_PORT: u16 = 2000;
 /// The named nftables counter of the generator's frames arriving at s0.
 const PKTGEN_COUNTER: &str = "pktgen";
-const WORKLOADS: [&str; 6] = ["connections", "rr", "bulk", "stream", "pps", "frames1500"];
+const WORKLOADS: [&str; 7] = [
+    "connections",
+    "rr",
+    "rr4",
+    "bulk",
+    "stream",
+    "pps",
+    "frames1500",
+];
 /// The stream workload's iperf3 server: one daemon, behind a service of its own
 /// on the VIP (iperf3's control and data connections must meet the same server).
 pub const STREAM_DAEMON: &str = "198.19.0.11";
@@ -388,7 +396,8 @@ impl Bench {
             }
             let r = interrupted().and_then(|()| match w {
                 "connections" => self.connections(v, to),
-                "rr" => self.rr(v, to),
+                "rr" => self.rr(v, to, "rr", self.opts.rr_connections),
+                "rr4" => self.rr(v, to, "rr4", crate::workloads::RR4_CONNECTIONS),
                 "bulk" => self.bulk(v, to),
                 "stream" => self.stream(v, stream_to),
                 "pps" => self.pps(v, to),

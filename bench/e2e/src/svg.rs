@@ -17,6 +17,7 @@ impl Results {
         let panels = [
             ("connections", "new connections (connect, 64 B echo, close)"),
             ("rr", "requests on persistent connections (64 B)"),
+            ("rr4", "requests on 4 persistent connections (64 B)"),
         ];
         let all: Vec<f64> = self
             .latency_us

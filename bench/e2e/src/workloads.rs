@@ -12,13 +12,16 @@ use anyhow::{bail, Context, Result};
 use dispatchd_testkit::Proc;
 
 use crate::{
-    cli::Mode,
     cpu::{CoreCpu, CpuSample},
     lossless::{self, Bounds, Search, Trial, DRAIN, FLUSH, FLUSH_RATE, GENERATOR_SHARE, PAUSE},
     placement,
     report::{Latency, FIXED_RATE},
     run::{Bench, PKTGEN_PORT, STREAM_PORT},
 };
+
+/// Connections of the `rr4` workload: the shared-core tail target is
+/// p99.9 on 4 persistent connections (`rr` uses `--rr-connections`).
+pub const RR4_CONNECTIONS: usize = 4;
 
 /// The number after `key=` on the first line starting with `line_prefix` that
 /// has one (any line if the prefix is empty).
@@ -119,20 +122,32 @@ impl Bench {
         Ok(())
     }
 
-    pub fn rr(&mut self, v: &'static str, to: &str) -> Result<()> {
-        let k = self.opts.rr_connections.to_string();
+    /// Persistent 64 B request/reply on `connections` connections, as
+    /// `workload` ("rr", or "rr4": the 4 connections of the shared-core tail
+    /// target).
+    pub fn rr(
+        &mut self,
+        v: &'static str,
+        to: &str,
+        workload: &str,
+        connections: usize,
+    ) -> Result<()> {
+        let k = connections.to_string();
         let (w, s) = (self.opts.warmup.to_string(), self.opts.seconds.to_string());
         self.testkit(&["rr", "--to", to, "--connections", &k, "--seconds", &w])?;
-        let perf = self.perf_start(v, "rr")?;
+        let perf = self.perf_start(v, workload)?;
         let cpu0 = CpuSample::now();
         let out = self.testkit(&["rr", "--to", to, "--connections", &k, "--seconds", &s])?;
-        self.results.cpu("rr", v, CpuSample::now().since(&cpu0));
+        self.results.cpu(workload, v, CpuSample::now().since(&cpu0));
         self.perf_finish(perf)?;
         let rate = field(&out, "requests=", "rate").context("rr printed no rate")?;
         let lat = latency(&out).context("rr printed no latency")?;
-        eprintln!("   rr: {rate:.0}/s p50={}us p99={}us", lat.p50, lat.p99);
-        self.results.set("rr_rate", v, rate);
-        self.results.latency("rr", v, lat);
+        eprintln!(
+            "   {workload}: {rate:.0}/s p50={}us p99={}us",
+            lat.p50, lat.p99
+        );
+        self.results.set(&format!("{workload}_rate"), v, rate);
+        self.results.latency(workload, v, lat);
         Ok(())
     }
 
@@ -301,13 +316,8 @@ impl Bench {
             cmd.arg("--syn-first");
         }
         let mut lossless = self.opts.lossless_rates > 0;
-        // Only where dispatchd's worker sleeps when idle (dedicated mode,
-        // `--poll wakeup`): a polling worker keeps its core busy whatever the
-        // rate, so a busy time per frame would say nothing.
-        let fixed_rate = self.opts.cost_rate > 0
-            && self.opts.cost_seconds > 0.0
-            && self.mode == Mode::Dedicated
-            && self.opts.dedicated_poll() == Some("wakeup");
+        let cost_rate = self.opts.cost_rate_of(workload);
+        let fixed_rate = cost_rate > 0 && self.opts.fixed_rate_windows(self.mode);
         if lossless || fixed_rate {
             cmd.arg("--trials");
         }
@@ -350,7 +360,7 @@ impl Bench {
         };
         eprintln!("   {workload}: sent {sent:.0}/s, received at s0 {rx_pps:.0}/s ({frame_len} B)");
         let cost = if fixed_rate {
-            let rate = f64::from(self.opts.cost_rate);
+            let rate = f64::from(cost_rate);
             // A failed window, like a failed search, keeps the overload
             // window's values.
             match self.measured_trial(&mut gen, rate, self.opts.cost_seconds) {
