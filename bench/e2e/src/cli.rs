@@ -142,17 +142,10 @@ pub struct RunOpts {
     /// frame received. 0 skips it.
     #[arg(long, default_value_t = 100_000)]
     pub cost_rate: u32,
-    /// The fixed-rate window's rate for the 1500-byte workload (0 skips it):
-    /// near the AF_XDP forwarders' ceiling on this substrate (about 300k
-    /// frames/s when this VM is slowest), where frames come in batches and a
-    /// frame's cost is the forwarding's rather than the wake-ups' of the
-    /// 64-byte workload's lower rate.
-    #[arg(long, default_value_t = 250_000)]
-    pub cost_rate_1500: u32,
     /// Seconds of the fixed-rate window (0 skips it).
     #[arg(long, default_value_t = 3.0)]
     pub cost_seconds: f64,
-    /// Record `perf record -a -e cpu-clock` during the connections, rr and generator workloads of
+    /// Record `perf record -a -e cpu-clock` during the connections, rr, rr4 and generator workloads of
     /// nftables, dispatchd and the bare forwarder, and write the top symbols next to the results.
     #[arg(long)]
     pub perf: bool,
@@ -172,26 +165,18 @@ pub struct RunOpts {
 }
 
 impl RunOpts {
-    /// The `--poll` dispatchd gets in dedicated mode: none when
-    /// --dispatchd-args names its own.
-    /// The fixed-rate window's rate for a generator workload (0: none).
-    pub fn cost_rate_of(&self, workload: &str) -> u32 {
-        if workload == "frames1500" {
-            self.cost_rate_1500
-        } else {
-            self.cost_rate
-        }
-    }
-
-    /// Whether the generator workloads get a fixed-rate window at all: only
+    /// Whether the generator workloads get their fixed-rate window: only
     /// where dispatchd's worker sleeps when idle (dedicated mode, `--poll
     /// wakeup`), as a polling worker keeps its core busy whatever the rate.
-    pub fn fixed_rate_windows(&self, mode: Mode) -> bool {
-        self.cost_seconds > 0.0
+    pub fn fixed_rate_window(&self, mode: Mode) -> bool {
+        self.cost_rate > 0
+            && self.cost_seconds > 0.0
             && mode == Mode::Dedicated
             && self.dedicated_poll() == Some("wakeup")
     }
 
+    /// The `--poll` dispatchd gets in dedicated mode: none when
+    /// --dispatchd-args names its own.
     pub fn dedicated_poll(&self) -> Option<&str> {
         let named = self
             .dispatchd_args

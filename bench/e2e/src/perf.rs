@@ -14,7 +14,7 @@ pub struct Perf {
 }
 
 impl Bench {
-    /// Starts perf for the connections, rr and generator workloads of nftables,
+    /// Starts perf for the connections, rr, rr4 and generator workloads of nftables,
     /// dispatchd and the bare forwarder when `--perf` asked for it.
     pub fn perf_start(&self, v: &str, workload: &str) -> Result<Option<Perf>> {
         if !self.opts.perf || !matches!(v, "dispatchd" | "nftables" | "bare") {

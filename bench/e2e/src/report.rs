@@ -14,9 +14,13 @@ use crate::{
         PAUSE, PRECISION,
     },
     placement,
+    run::WORKLOADS,
+    workloads::RR4_CONNECTIONS,
 };
 
 pub const VARIANTS: [&str; 5] = ["direct", "nftables", "dispatchd", "dispatchd2", "bare"];
+
+const _: () = assert!(RR4_CONNECTIONS == 4, "the rr4 rows' labels say 4");
 
 /// (id, workload, metric, unit, higher is better)
 const ROWS: [(&str, &str, &str, &str, bool); 26] = [
@@ -345,19 +349,13 @@ impl Results {
                     "connections: 64 B echo, {} client threads; rr: {} persistent connections, 64 B request/reply; rr4: the same on {} connections; \
                      bulk: one connection, echo both ways; stream: iperf3, one connection, client to one daemon \
                      (198.19.0.11:5201, a service of its own on the VIP); pps: AF_XDP copy-mode generator on c0, {} tuples, 64 B ACK frames, counted at s0{}",
-                    opts.concurrency, opts.rr_connections, crate::workloads::RR4_CONNECTIONS, opts.tuples,
-                    if opts.fixed_rate_windows(mode) {
-                        let rate = |w| match opts.cost_rate_of(w) {
-                            0 => "none".to_owned(),
-                            r => format!("{r} frames/s"),
-                        };
+                    opts.concurrency, opts.rr_connections, RR4_CONNECTIONS, opts.tuples,
+                    if opts.fixed_rate_window(mode) {
                         format!(
-                            "; after each generator workload's overload window, a fixed-rate window of {} s \
-                             (64 B: {}, 1500 B: {}; paced, the same for every variant), core 1's busy time \
-                             (/proc/stat) over it per frame received at s0 (core 0's is the generator's spin)",
-                            opts.cost_seconds,
-                            rate("pps"),
-                            rate("frames1500")
+                            "; after each generator workload's overload window, a fixed-rate window: {} frames/s for \
+                             {} s (paced, the same for every variant), core 1's busy time (/proc/stat) over it per \
+                             frame received at s0 (core 0's is the generator's spin)",
+                            opts.cost_rate, opts.cost_seconds
                         )
                     } else {
                         String::new()
@@ -473,15 +471,20 @@ impl Results {
         } else {
             self.rounds.add(format!("{id}/{variant}"), v)
         };
-        if let Some(row) = self.rows.iter_mut().find(|r| r.id == id) {
-            row.values.insert(variant.into(), Some(v));
-        }
+        self.put(id, variant, v);
         if id == "pps_received" {
             if let Some(sent) = self.get("pps_sent", variant) {
                 if sent > 0.0 {
                     self.set("pps_ratio", variant, v / sent);
                 }
             }
+        }
+    }
+
+    /// Writes a row's value as it is: a median already, or a value of its own.
+    fn put(&mut self, id: &str, variant: &str, v: f64) {
+        if let Some(row) = self.rows.iter_mut().find(|r| r.id == id) {
+            row.values.insert(variant.into(), Some(v));
         }
     }
 
@@ -526,9 +529,11 @@ impl Results {
             "rr" | "rr4" => workload,
             _ => "conn",
         };
-        self.set(&format!("{id}_p50"), variant, l.p50);
-        self.set(&format!("{id}_p99"), variant, l.p99);
-        self.set(&format!("{id}_p99.9"), variant, l.p99_9);
+        // Each percentile is the median of the rounds already: `set` would
+        // take a median of these running medians.
+        self.put(&format!("{id}_p50"), variant, l.p50);
+        self.put(&format!("{id}_p99"), variant, l.p99);
+        self.put(&format!("{id}_p99.9"), variant, l.p99_9);
         self.latency_us.insert(format!("{workload}/{variant}"), l);
     }
 
@@ -664,9 +669,13 @@ impl Results {
             ) {
                 let _ = writeln!(
                     md,
-                    "\nShared-core tail: dispatchd's p99.9 ÷ nftables' on 4 persistent connections (the target: \
-                     at most 2): **{:.2}** ({} against {} µs).",
-                    d / n,
+                    "\nShared-core tail: dispatchd's p99.9 ÷ nftables' on {RR4_CONNECTIONS} persistent connections \
+                     (the target: at most 2): **{}** ({} against {} µs).",
+                    if n > 0.0 {
+                        format!("{:.2}", d / n)
+                    } else {
+                        "–".into()
+                    },
                     fmt_num(d),
                     fmt_num(n)
                 );
@@ -692,13 +701,11 @@ impl Results {
         if !cost_to_bare.is_empty() {
             let _ = writeln!(
                 md,
-                "\nCore 1's busy time per packet at the fixed rate, dispatchd − bare forwarder, ns: {}. At the \
-                 64-byte window's rate (the header's load line) a packet mostly comes alone and costs either \
-                 forwarder microseconds of wake-ups (the NAPI kthread's, the worker's) against tens of ns of \
-                 dispatchd's own parsing, lookup and rewriting (`per_packet_ns` below), so that difference bounds \
-                 dispatchd's extra cost from above within the noise; it does not resolve it. The 1500-byte window's \
-                 rate is near the forwarders' ceiling, where frames come in batches and the core is nearly always \
-                 busy: that difference is dispatchd's extra cost per frame where it would show in the throughput.",
+                "\nCore 1's busy time per packet at the fixed rate, dispatchd − bare forwarder, ns: {}. At this rate \
+                 a packet mostly comes alone and costs either forwarder microseconds of wake-ups (the NAPI kthread's, \
+                 the worker's) against tens of ns of dispatchd's own parsing, lookup and rewriting (`per_packet_ns` \
+                 below), so the difference bounds dispatchd's extra cost from above within the noise; it does not \
+                 resolve it.",
                 cost_to_bare.join("; ")
             );
         }
@@ -738,18 +745,10 @@ impl Results {
             md.push_str("\n| --- | --- |");
             md.push_str(&" ---: |".repeat(cores));
             md.push('\n');
-            let workloads = [
-                "connections",
-                "rr",
-                "rr4",
-                "bulk",
-                "stream",
-                "pps",
-                "frames1500",
-            ]
-            .map(String::from)
-            .into_iter()
-            .chain(["pps", "frames1500"].map(|w| format!("{w}{FIXED_RATE}")));
+            let workloads = WORKLOADS
+                .map(String::from)
+                .into_iter()
+                .chain(["pps", "frames1500"].map(|w| format!("{w}{FIXED_RATE}")));
             for workload in workloads {
                 for v in VARIANTS {
                     let Some(c) = self.cpu.get(&format!("{workload}/{v}")) else {
@@ -916,8 +915,9 @@ mod tests {
         assert_eq!(r.get("rr4_p99.9", "dispatchd"), Some(300.0));
         let line = "Shared-core tail: dispatchd's p99.9 ÷ nftables' on 4 persistent connections \
                     (the target: at most 2): **1.50** (300 against 200 µs).";
+        r.mode = "dedicated".into();
         assert!(
-            !r.markdown().contains(line),
+            !r.markdown().contains("Shared-core tail"),
             "only the shared table has the target"
         );
         r.mode = "shared".into();
@@ -927,6 +927,29 @@ mod tests {
             md.contains("| requests (persistent, 4 connections) | latency p99.9 | µs | – | 200 | 300 | – | – | 1.50 |\n"),
             "{md}"
         );
+        // Its panel is drawn only once it has values.
+        assert!(r.svg().contains("requests on 4 persistent connections"));
+        assert!(!sample()
+            .svg()
+            .contains("requests on 4 persistent connections"));
+    }
+
+    #[test]
+    fn a_latency_row_is_the_median_of_the_rounds() {
+        let mut r = sample();
+        let l = |p99_9| Latency {
+            p50: 1.0,
+            p90: 2.0,
+            p99: 3.0,
+            p99_9,
+            max: 99.0,
+        };
+        // Running medians 10, 5.5, 2: their median (5.5) is not the rounds'.
+        for v in [10.0, 1.0, 2.0] {
+            r.latency("rr4", "dispatchd", l(v));
+        }
+        assert_eq!(r.latency_of("rr4", "dispatchd").unwrap().p99_9, 2.0);
+        assert_eq!(r.get("rr4_p99.9", "dispatchd"), Some(2.0));
     }
 
     #[test]
@@ -1007,7 +1030,7 @@ mod tests {
         let md = r.markdown();
         assert!(
             md.contains(
-                "at the fixed rate, dispatchd − bare forwarder, ns: 64 B **+100**. At the 64-byte window"
+                "at the fixed rate, dispatchd − bare forwarder, ns: 64 B **+100**. At this rate"
             ),
             "{md}"
         );

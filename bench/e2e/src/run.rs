@@ -28,7 +28,7 @@ const DAEMONS: usize = 4;
 pub const PKTGEN_PORT: u16 = 2000;
 /// The named nftables counter of the generator's frames arriving at s0.
 const PKTGEN_COUNTER: &str = "pktgen";
-const WORKLOADS: [&str; 7] = [
+pub const WORKLOADS: [&str; 7] = [
     "connections",
     "rr",
     "rr4",

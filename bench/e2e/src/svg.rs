@@ -2,7 +2,10 @@
 //! crate for one chart).
 use std::fmt::Write as _;
 
-use crate::report::{fmt_num, Results};
+use crate::{
+    report::{fmt_num, Results},
+    workloads::RR4_CONNECTIONS,
+};
 
 /// The percentiles drawn, in `Latency::percentiles` order (max is left out:
 /// one outlier would squash the scale).
@@ -14,11 +17,22 @@ impl Results {
     pub fn svg(&self) -> String {
         const COLORS: [&str; 3] = ["#4477aa", "#ee6677", "#228833"];
         let variants = ["direct", "nftables", "dispatchd"];
-        let panels = [
-            ("connections", "new connections (connect, 64 B echo, close)"),
-            ("rr", "requests on persistent connections (64 B)"),
-            ("rr4", "requests on 4 persistent connections (64 B)"),
-        ];
+        // A workload no variant measured (a --workloads subset, older
+        // results) gets no panel.
+        let panels: Vec<(&str, String)> = [
+            (
+                "connections",
+                "new connections (connect, 64 B echo, close)".to_owned(),
+            ),
+            ("rr", "requests on persistent connections (64 B)".to_owned()),
+            (
+                "rr4",
+                format!("requests on {RR4_CONNECTIONS} persistent connections (64 B)"),
+            ),
+        ]
+        .into_iter()
+        .filter(|(key, _)| variants.iter().any(|v| self.latency_of(key, v).is_some()))
+        .collect();
         let all: Vec<f64> = self
             .latency_us
             .values()

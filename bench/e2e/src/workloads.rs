@@ -19,8 +19,9 @@ use crate::{
     run::{Bench, PKTGEN_PORT, STREAM_PORT},
 };
 
-/// Connections of the `rr4` workload: the shared-core tail target is
-/// p99.9 on 4 persistent connections (`rr` uses `--rr-connections`).
+/// Connections of the `rr4` workload, whose p99.9 the shared-core tail target
+/// is about (README, the bench section); `rr` uses `--rr-connections`. The
+/// report's row labels say 4.
 pub const RR4_CONNECTIONS: usize = 4;
 
 /// The number after `key=` on the first line starting with `line_prefix` that
@@ -122,9 +123,8 @@ impl Bench {
         Ok(())
     }
 
-    /// Persistent 64 B request/reply on `connections` connections, as
-    /// `workload` ("rr", or "rr4": the 4 connections of the shared-core tail
-    /// target).
+    /// Persistent 64 B request/reply on `connections` connections, recorded as
+    /// `workload` ("rr", or "rr4").
     pub fn rr(
         &mut self,
         v: &'static str,
@@ -316,8 +316,7 @@ impl Bench {
             cmd.arg("--syn-first");
         }
         let mut lossless = self.opts.lossless_rates > 0;
-        let cost_rate = self.opts.cost_rate_of(workload);
-        let fixed_rate = cost_rate > 0 && self.opts.fixed_rate_windows(self.mode);
+        let fixed_rate = self.opts.fixed_rate_window(self.mode);
         if lossless || fixed_rate {
             cmd.arg("--trials");
         }
@@ -360,7 +359,7 @@ impl Bench {
         };
         eprintln!("   {workload}: sent {sent:.0}/s, received at s0 {rx_pps:.0}/s ({frame_len} B)");
         let cost = if fixed_rate {
-            let rate = f64::from(cost_rate);
+            let rate = f64::from(self.opts.cost_rate);
             // A failed window, like a failed search, keeps the overload
             // window's values.
             match self.measured_trial(&mut gen, rate, self.opts.cost_seconds) {
