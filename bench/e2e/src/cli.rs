@@ -5,6 +5,23 @@ use clap::{Parser, Subcommand};
 
 use crate::pktgen::PktgenArgs;
 
+/// Every workload, in the order a variant runs them (`--workloads` picks a
+/// subset).
+pub const WORKLOADS: [&str; 7] = [
+    "connections",
+    "rr",
+    "rr4",
+    "bulk",
+    "stream",
+    "pps",
+    "frames1500",
+];
+
+/// Connections of the `rr4` workload, whose p99.9 the shared-core tail target
+/// is about (README, the bench section); `rr` uses `--rr-connections`. The
+/// report's row labels say 4.
+pub const RR4_CONNECTIONS: usize = 4;
+
 #[derive(Parser)]
 #[command(name = "dispatchd-bench")]
 pub struct Cli {

@@ -7,15 +7,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
-    cli::{Mode, RunOpts},
+    cli::{Mode, RunOpts, RR4_CONNECTIONS, WORKLOADS},
     cpu::CoreCpu,
     lossless::{
         Search, CEILING_FACTOR, DRAIN, FLUSH, FLUSH_RATE, GENERATOR_SHARE, MAX_LOSS, MIN_ACHIEVED,
         PAUSE, PRECISION,
     },
     placement,
-    run::WORKLOADS,
-    workloads::RR4_CONNECTIONS,
 };
 
 pub const VARIANTS: [&str; 5] = ["direct", "nftables", "dispatchd", "dispatchd2", "bare"];
@@ -898,18 +896,22 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_shared_tail_target_reads_the_four_connection_rows() {
-        let mut r = sample();
-        let l = |p99_9| Latency {
+    /// A latency whose p99.9 is `p99_9`, the rest fixed.
+    fn tail(p99_9: f64) -> Latency {
+        Latency {
             p50: 1.0,
             p90: 2.0,
             p99: 3.0,
             p99_9,
-            max: 9.0,
-        };
-        r.latency("rr4", "dispatchd", l(300.0));
-        r.latency("rr4", "nftables", l(200.0));
+            max: 99.0,
+        }
+    }
+
+    #[test]
+    fn the_shared_tail_target_reads_the_four_connection_rows() {
+        let mut r = sample();
+        r.latency("rr4", "dispatchd", tail(300.0));
+        r.latency("rr4", "nftables", tail(200.0));
         // The 16-connection rows are not the target's: they stay as they were.
         assert_eq!(r.get("rr_p99.9", "dispatchd"), Some(4.0));
         assert_eq!(r.get("rr4_p99.9", "dispatchd"), Some(300.0));
@@ -937,16 +939,9 @@ mod tests {
     #[test]
     fn a_latency_row_is_the_median_of_the_rounds() {
         let mut r = sample();
-        let l = |p99_9| Latency {
-            p50: 1.0,
-            p90: 2.0,
-            p99: 3.0,
-            p99_9,
-            max: 99.0,
-        };
         // Running medians 10, 5.5, 2: their median (5.5) is not the rounds'.
         for v in [10.0, 1.0, 2.0] {
-            r.latency("rr4", "dispatchd", l(v));
+            r.latency("rr4", "dispatchd", tail(v));
         }
         assert_eq!(r.latency_of("rr4", "dispatchd").unwrap().p99_9, 2.0);
         assert_eq!(r.get("rr4_p99.9", "dispatchd"), Some(2.0));

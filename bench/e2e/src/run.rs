@@ -14,7 +14,7 @@ use dispatchd_testkit::{
 };
 
 use crate::{
-    cli::{Mode, RunOpts},
+    cli::{Mode, RunOpts, RR4_CONNECTIONS, WORKLOADS},
     load::Load,
     placement,
     report::{Results, VARIANTS},
@@ -28,15 +28,6 @@ const DAEMONS: usize = 4;
 pub const PKTGEN_PORT: u16 = 2000;
 /// The named nftables counter of the generator's frames arriving at s0.
 const PKTGEN_COUNTER: &str = "pktgen";
-pub const WORKLOADS: [&str; 7] = [
-    "connections",
-    "rr",
-    "rr4",
-    "bulk",
-    "stream",
-    "pps",
-    "frames1500",
-];
 /// The stream workload's iperf3 server: one daemon, behind a service of its own
 /// on the VIP (iperf3's control and data connections must meet the same server).
 pub const STREAM_DAEMON: &str = "198.19.0.11";
@@ -397,7 +388,7 @@ impl Bench {
             let r = interrupted().and_then(|()| match w {
                 "connections" => self.connections(v, to),
                 "rr" => self.rr(v, to, "rr", self.opts.rr_connections),
-                "rr4" => self.rr(v, to, "rr4", crate::workloads::RR4_CONNECTIONS),
+                "rr4" => self.rr(v, to, "rr4", RR4_CONNECTIONS),
                 "bulk" => self.bulk(v, to),
                 "stream" => self.stream(v, stream_to),
                 "pps" => self.pps(v, to),

@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 
 use crate::{
+    cli::RR4_CONNECTIONS,
     report::{fmt_num, Results},
-    workloads::RR4_CONNECTIONS,
 };
 
 /// The percentiles drawn, in `Latency::percentiles` order (max is left out:

@@ -19,11 +19,6 @@ use crate::{
     run::{Bench, PKTGEN_PORT, STREAM_PORT},
 };
 
-/// Connections of the `rr4` workload, whose p99.9 the shared-core tail target
-/// is about (README, the bench section); `rr` uses `--rr-connections`. The
-/// report's row labels say 4.
-pub const RR4_CONNECTIONS: usize = 4;
-
 /// The number after `key=` on the first line starting with `line_prefix` that
 /// has one (any line if the prefix is empty).
 fn field(out: &str, line_prefix: &str, key: &str) -> Option<f64> {
