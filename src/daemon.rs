@@ -346,7 +346,12 @@ fn warn_undeferred_napi(iface: &str) {
 /// table (first-touched on its own core) before it says so.
 type Tables = (FlowTable, FlowTable6);
 
-fn start_workers(setups: Vec<WorkerSetup>) -> (Vec<thread::JoinHandle<Tables>>, Result<()>) {
+/// Spawns the workers; `fifo` (`worker_priority`) ends once they are spawned,
+/// so only they keep SCHED_FIFO.
+fn start_workers(
+    setups: Vec<WorkerSetup>,
+    fifo: Option<sys::FifoWhileSpawning>,
+) -> (Vec<thread::JoinHandle<Tables>>, Result<()>) {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut handles = Vec::new();
     for mut setup in setups {
@@ -364,6 +369,10 @@ fn start_workers(setups: Vec<WorkerSetup>) -> (Vec<thread::JoinHandle<Tables>>, 
             core.map_or("any".into(), |c| c.to_string())
         );
     }
+    if fifo.is_some() {
+        tracing::info!("workers at SCHED_FIFO (worker_priority)");
+    }
+    drop(fifo);
     drop(ready_tx);
     let started = (0..handles.len()).try_for_each(|_| {
         ready_rx
@@ -850,6 +859,7 @@ pub fn run_with(
             core: queues.core,
             batch: config.batch,
             poll: config.poll,
+            fifo: config.worker_priority.is_some(),
             flow_capacity: config.flow_capacity,
             flow_capacity6: worker::flow_capacity6(&config),
             sockets,
@@ -885,6 +895,7 @@ pub fn run_with(
             .unwrap_or_default()
     );
     let poll = config.poll;
+    let worker_priority = config.worker_priority;
     let stop_grace = config.control.stop_grace;
     let max_mtu = queues::max_mtu(xsk::FRAME_SIZE, xsk::FRAME_HEADROOM);
     let watch = [
@@ -917,11 +928,20 @@ pub fn run_with(
     if let Some(t) = &took_over {
         manager.inherit(&t.records, &t.records6);
     }
+    // The workers inherit SCHED_FIFO from this thread, which takes it while
+    // it still may (CAP_SYS_NICE) and leaves it once they are spawned.
+    let fifo = worker_priority
+        .map(|priority| {
+            sys::FifoWhileSpawning::new(priority).with_context(|| {
+                format!("worker_priority = {priority}: cannot take SCHED_FIFO (CAP_SYS_NICE)")
+            })
+        })
+        .transpose()?;
     // Everything privileged is done: the workers and the loop run without any
     // capability (the workers inherit this thread's empty sets).
     sys::drop_all_capabilities().context("dropping capabilities")?;
     tracing::info!("all capabilities dropped");
-    let (handles, started) = start_workers(setups);
+    let (handles, started) = start_workers(setups, fifo);
     if let (Some(t), Ok(())) = (&took_over, &started) {
         let no_socket = xdp::COUNTER_NAMES.iter().position(|n| *n == "no_socket");
         let dropped = match (manager.xdp_counters(), no_socket) {

@@ -39,6 +39,41 @@ pub fn advise_huge_pages<T>(memory: &mut [MaybeUninit<T>]) {
     }
 }
 
+/// The calling thread under SCHED_FIFO at `priority` (1..=99) until this is
+/// dropped, then under SCHED_OTHER again. Threads it creates meanwhile keep
+/// the policy (pthread's default, PTHREAD_INHERIT_SCHED): that is how workers
+/// get it once no thread holds CAP_SYS_NICE, since taking SCHED_FIFO needs
+/// the capability and going back to SCHED_OTHER does not.
+pub struct FifoWhileSpawning(());
+
+impl FifoWhileSpawning {
+    pub fn new(priority: u8) -> io::Result<Self> {
+        set_thread_policy(libc::SCHED_FIFO, libc::c_int::from(priority))?;
+        Ok(Self(()))
+    }
+}
+
+impl Drop for FifoWhileSpawning {
+    fn drop(&mut self) {
+        if let Err(e) = set_thread_policy(libc::SCHED_OTHER, 0) {
+            tracing::error!("the management thread could not leave SCHED_FIFO: {e}");
+        }
+    }
+}
+
+fn set_thread_policy(policy: libc::c_int, priority: libc::c_int) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: pid 0 is the calling thread; `param` is live for the call and
+    // the kernel only reads it.
+    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Allocations at least this large get pages of their own from the kernel.
 const OWN_PAGES_FROM: libc::c_int = 256 << 10;
 

@@ -59,6 +59,9 @@ pub struct WorkerSetup {
     pub core: Option<usize>,
     pub batch: usize,
     pub poll: PollMode,
+    /// `worker_priority` is set: the worker runs at SCHED_FIFO (inherited from
+    /// the thread that spawns it), so it must not spin while it waits for the loop.
+    pub fifo: bool,
     pub flow_capacity: usize,
     /// The IPv6 table's capacity (see [`flow_capacity6`]).
     pub flow_capacity6: usize,
@@ -128,6 +131,7 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
         core,
         batch,
         poll,
+        fifo,
         flow_capacity,
         flow_capacity6,
         sockets,
@@ -249,7 +253,11 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
             // commands could cost events, which would cost connections. Frames
             // wait in the kernel's rings meanwhile.
             stats.held_back.add(1);
-            std::hint::spin_loop();
+            if fifo {
+                wait_for_loop();
+            } else {
+                std::hint::spin_loop();
+            }
             continue;
         }
         for command in commands.try_iter().take(COMMANDS_PER_ROUND) {
@@ -387,7 +395,11 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
         }
         if events.has_backlog() {
             // The loop is behind: give it the core, and flush again at once.
-            std::thread::yield_now();
+            if fifo {
+                wait_for_loop();
+            } else {
+                std::thread::yield_now();
+            }
             continue;
         }
         // Frames waiting on a TX ring are sent by a later round's kick: a
@@ -664,6 +676,17 @@ fn apply_flow<R: PlaneRecord>(
             _ => stats.rst_ignored.add(1),
         },
     }
+}
+
+/// How long a SCHED_FIFO worker sleeps while it waits for the management
+/// loop: neither a spin nor a yield would let the loop run if it shares the
+/// worker's core (a SCHED_FIFO thread yields only to its own priority), until
+/// the kernel's real-time throttling took the core from the worker.
+const LOOP_WAIT: std::time::Duration = std::time::Duration::from_micros(50);
+
+#[cold]
+fn wait_for_loop() {
+    std::thread::sleep(LOOP_WAIT);
 }
 
 /// Flow-table slots a worker sweeps at a time, at most once per

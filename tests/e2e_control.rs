@@ -468,3 +468,79 @@ fn a_tiny_event_ring_under_a_connection_storm_loses_no_event() {
         || records(&topo) == (0, 0),
     );
 }
+
+/// The scheduling policy and real-time priority of `pid`'s thread `name`
+/// (/proc/PID/task/TID/stat fields 41 and 40).
+fn thread_policy(pid: u32, name: &str) -> (u32, u32) {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads") {
+        let path = task.expect("a thread").path();
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if !head.ends_with(&format!("({name}")) {
+            continue;
+        }
+        // Fields from the 3rd on; rt_priority is the 40th, policy the 41st.
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        return (f[41 - 3].parse().unwrap(), f[40 - 3].parse().unwrap());
+    }
+    panic!("no thread {name} in process {pid}");
+}
+
+/// A SCHED_FIFO worker (`--worker-priority`) with the management loop pinned
+/// to its core, under the storm that makes the worker wait for the loop: it
+/// must sleep while it waits. A spin or a yield would leave the loop, an
+/// ordinary thread, only what the kernel's real-time throttling takes back.
+#[test]
+fn a_fifo_worker_sharing_its_core_with_the_loop_loses_no_event() {
+    let topo = Topology::up(DISPATCHD, "fifo", 4, 1);
+    let _servers = topo.serve(4);
+    let mut flags = Topology::default_flags(4);
+    flags.extend(
+        [
+            "--event-ring",
+            "2",
+            "--linger-ms",
+            "500",
+            "--poll",
+            "wakeup",
+            "--worker-priority",
+            "10",
+            "--cores",
+            "1",
+            "--control-core",
+            "1",
+        ]
+        .map(String::from),
+    );
+    let lb = topo.dispatchd(&flags);
+    assert_eq!(
+        thread_policy(lb.pid(), "dispatchd-w0"),
+        (libc::SCHED_FIFO as u32, 10),
+        "the worker runs at SCHED_FIFO 10"
+    );
+    // The thread that spawned it went back to the ordinary scheduler.
+    assert_eq!(
+        thread_policy(lb.pid(), "dispatchd"),
+        (libc::SCHED_OTHER as u32, 0),
+        "the management thread"
+    );
+    connect(&topo, &["--connections", "3000", "--concurrency", "16"]);
+    let stats = topo.stats();
+    let (deferred, held_back) = (
+        u64_at(&stats, "/workers/0/events_deferred"),
+        u64_at(&stats, "/workers/0/held_back"),
+    );
+    println!("events deferred {deferred}, rounds held back {held_back}");
+    assert!(deferred > 0, "the ring never overflowed: {stats}");
+    assert_eq!(u64_at(&stats, "/workers/0/events_dropped"), 0, "{stats}");
+    // An idle worker in `poll = "wakeup"` takes the loop's removals when its
+    // poll times out (100 ms), a round's worth at a time: about 640 records a
+    // second here, so 3000 need about 5 s.
+    wait_until(
+        Duration::from_secs(15),
+        "no record left after the linger (500 ms)",
+        || records(&topo) == (0, 0),
+    );
+}

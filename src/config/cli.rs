@@ -66,6 +66,9 @@ pub struct RunArgs {
     /// How workers wait for packets.
     #[arg(long, value_enum)]
     pub poll: Option<PollMode>,
+    /// The workers' SCHED_FIFO priority, 1..=99 (with --poll wakeup).
+    #[arg(long, value_name = "PRIORITY")]
+    pub worker_priority: Option<u8>,
     /// Flow-table capacity per worker.
     #[arg(long, value_name = "N")]
     pub flow_capacity: Option<usize>,
@@ -182,6 +185,9 @@ impl RunArgs {
         }
         if let Some(v) = self.poll {
             file.poll = v;
+        }
+        if let Some(v) = self.worker_priority {
+            file.worker_priority = Some(v);
         }
         if let Some(v) = self.flow_capacity {
             file.flow_capacity = v;

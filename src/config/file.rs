@@ -40,6 +40,8 @@ pub(super) struct FileConfig {
     pub xdp_mode: XdpMode,
     /// Worker wait strategy.
     pub poll: PollMode,
+    /// The workers' SCHED_FIFO priority; absent = the ordinary scheduler.
+    pub worker_priority: Option<u8>,
     /// Flow-table capacity per worker.
     pub flow_capacity: usize,
     /// UMEM frames per queue pair.
@@ -130,6 +132,7 @@ impl Default for FileConfig {
             bind_mode: BindMode::default(),
             xdp_mode: XdpMode::default(),
             poll: PollMode::default(),
+            worker_priority: None,
             flow_capacity: DEFAULT_FLOW_CAPACITY,
             frames_per_queue: DEFAULT_FRAMES_PER_QUEUE,
             event_ring: DEFAULT_EVENT_RING,
@@ -478,6 +481,7 @@ impl FileConfig {
             bind_mode: config.bind_mode,
             xdp_mode: config.xdp_mode,
             poll: config.poll,
+            worker_priority: config.worker_priority,
             flow_capacity: config.flow_capacity,
             frames_per_queue: config.frames_per_queue,
             batch: config.batch,
@@ -558,6 +562,7 @@ impl FileConfig {
             bind_mode: self.bind_mode,
             xdp_mode: self.xdp_mode,
             poll: self.poll,
+            worker_priority: self.worker_priority,
             flow_capacity: self.flow_capacity,
             frames_per_queue: self.frames_per_queue,
             event_ring: self.event_ring,

@@ -197,6 +197,13 @@ pub struct Config {
     pub xdp_mode: XdpMode,
     /// Worker wait strategy.
     pub poll: PollMode,
+    /// The workers' SCHED_FIFO priority, 1..=99 (`poll = "wakeup"` only);
+    /// None: the ordinary scheduler. A worker that shares its core with the
+    /// NAPI that fills its sockets (veth, any threaded NAPI) then runs
+    /// whenever it has frames, so the kernel takes no more than the worker
+    /// carries: under overload, frames wait or are refused at the device
+    /// instead of being received and then dropped at a full RX ring.
+    pub worker_priority: Option<u8>,
     /// Flow-table capacity per worker, >= 1.
     pub flow_capacity: usize,
     /// UMEM frames per queue pair (a front and a back queue; a worker with F
@@ -418,6 +425,13 @@ pub enum ConfigError {
     FramesTooLarge { frames: u32 },
     #[error("batch = {batch} is out of range 1..={MAX_BATCH}")]
     BatchOutOfRange { batch: usize },
+    #[error("worker_priority = {priority} is out of range 1..=99 (SCHED_FIFO)")]
+    WorkerPriorityOutOfRange { priority: u8 },
+    #[error(
+        "worker_priority needs poll = \"wakeup\": a worker that polls at SCHED_FIFO never \
+         leaves its core to the NAPI that fills its sockets"
+    )]
+    WorkerPriorityNeedsWakeup,
     #[error("event_ring = {slots} must be a power of two in {MIN_EVENT_RING}..={MAX_EVENT_RING}")]
     BadEventRing { slots: usize },
     #[error("mss_clamp = {mss} is out of range {MIN_MSS_CLAMP}..={MAX_MSS_CLAMP}")]
@@ -466,6 +480,7 @@ impl Config {
             ("bind_mode", show(self.bind_mode)),
             ("xdp_mode", show(self.xdp_mode)),
             ("poll", show(self.poll)),
+            ("worker_priority", show(self.worker_priority)),
             ("flow_capacity", show(self.flow_capacity)),
             ("frames_per_queue", show(self.frames_per_queue)),
             ("batch", show(self.batch)),
@@ -616,6 +631,14 @@ impl Config {
         }
         if !(1..=MAX_BATCH).contains(&self.batch) {
             return Err(ConfigError::BatchOutOfRange { batch: self.batch });
+        }
+        if let Some(priority) = self.worker_priority {
+            if !(1..=99).contains(&priority) {
+                return Err(ConfigError::WorkerPriorityOutOfRange { priority });
+            }
+            if self.poll != PollMode::Wakeup {
+                return Err(ConfigError::WorkerPriorityNeedsWakeup);
+            }
         }
         let frames = self.frames_per_queue;
         if !frames.is_power_of_two() {

@@ -37,6 +37,7 @@ fn base() -> Config {
         bind_mode: BindMode::Auto,
         xdp_mode: XdpMode::Auto,
         poll: PollMode::Adaptive,
+        worker_priority: None,
         flow_capacity: DEFAULT_FLOW_CAPACITY,
         frames_per_queue: DEFAULT_FRAMES_PER_QUEUE,
         batch: DEFAULT_BATCH,
@@ -1046,4 +1047,44 @@ fn dual_stack_config_prints_and_reads_back_the_same() {
     let text = c.to_toml().unwrap();
     assert!(text.contains("\"[2001:2:0:2::12]:8080@2\""), "{text}");
     assert_eq!(Config::from_toml_str(&text).unwrap(), c);
+}
+
+#[test]
+fn worker_priority_is_a_fifo_priority_for_a_sleeping_worker() {
+    let mut c = base();
+    c.worker_priority = Some(10);
+    let e = c.validate().unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("worker_priority needs poll = \"wakeup\""),
+        "{e}"
+    );
+    c.poll = PollMode::Busy;
+    assert!(
+        c.validate().is_err(),
+        "busy polling at SCHED_FIFO starves the NAPI"
+    );
+    c.poll = PollMode::Wakeup;
+    c.validate().unwrap();
+    for bad in [0, 100] {
+        c.worker_priority = Some(bad);
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("worker_priority = {bad} is out of range 1..=99")),
+            "{e}"
+        );
+    }
+    c.worker_priority = Some(99);
+    c.validate().unwrap();
+}
+
+#[test]
+fn worker_priority_from_the_file_and_the_flag() {
+    let file = "front = \"l0\"\nback = \"l1\"\npoll = \"wakeup\"\nworker_priority = 20\n\
+                [[service]]\naddress = \"198.18.0.100:80\"\nbackends = [\"198.19.0.11:8080\"]\n";
+    let c = Config::from_toml_str(file).unwrap();
+    assert_eq!(c.worker_priority, Some(20));
+    let e = Config::from_toml_str(&file.replace("poll = \"wakeup\"\n", "")).unwrap_err();
+    assert!(e.to_string().contains("needs poll"), "{e:#}");
 }
