@@ -722,6 +722,18 @@ fn flag_values_are_validated() {
 }
 
 #[test]
+fn worker_priority_flag_needs_the_wakeup_poll() {
+    let mut args = FLAGS.to_vec();
+    args.extend(["--worker-priority", "10"]);
+    let e = resolve(&args).unwrap_err();
+    assert!(matches!(e, ConfigError::WorkerPriorityNeedsWakeup), "{e}");
+    args.extend(["--poll", "wakeup"]);
+    assert_eq!(resolve(&args).unwrap().worker_priority, Some(10));
+    // Unset: the ordinary scheduler, whatever the poll.
+    assert_eq!(resolve(FLAGS).unwrap().worker_priority, None);
+}
+
+#[test]
 fn mss_clamp_flag_over_the_file() {
     let p = example_arg();
     // The example leaves it out: off.

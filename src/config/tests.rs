@@ -1080,7 +1080,7 @@ fn worker_priority_is_a_fifo_priority_for_a_sleeping_worker() {
 }
 
 #[test]
-fn worker_priority_from_the_file_and_the_flag() {
+fn worker_priority_from_the_file() {
     let file = "front = \"l0\"\nback = \"l1\"\npoll = \"wakeup\"\nworker_priority = 20\n\
                 [[service]]\naddress = \"198.18.0.100:80\"\nbackends = [\"198.19.0.11:8080\"]\n";
     let c = Config::from_toml_str(file).unwrap();
