@@ -448,9 +448,19 @@ fn a_tiny_event_ring_under_a_connection_storm_loses_no_event() {
     let mut flags = Topology::default_flags(4);
     flags.extend(["--event-ring", "2", "--linger-ms", "500"].map(String::from));
     let _lb = topo.dispatchd(&flags);
-    // Every connection must succeed (`connect` fails on any error) although the
-    // loop can take only two events of the worker at a time.
-    connect(&topo, &["--connections", "3000", "--concurrency", "16"]);
+    // The last events wait in the worker's overflow after the storm: an idle
+    // worker must still send them (it slept 100 ms per two of them before,
+    // and records outlived this wait in 3 runs of 10).
+    storm_loses_no_event(&topo, Duration::from_secs(3));
+}
+
+/// 3000 connections at concurrency 16 through a worker whose event ring
+/// (`--event-ring 2`, `--linger-ms 500`) overflows: every connection must
+/// succeed (`connect` fails on any error) although the loop can take only two
+/// events of the worker at a time, no event is dropped, and no record is left
+/// `records_within` after the storm.
+fn storm_loses_no_event(topo: &Topology, records_within: Duration) {
+    connect(topo, &["--connections", "3000", "--concurrency", "16"]);
     let stats = topo.stats();
     let (deferred, held_back) = (
         u64_at(&stats, "/workers/0/events_deferred"),
@@ -459,13 +469,10 @@ fn a_tiny_event_ring_under_a_connection_storm_loses_no_event() {
     println!("events deferred {deferred}, rounds held back {held_back}");
     assert!(deferred > 0, "the ring never overflowed: {stats}");
     assert_eq!(u64_at(&stats, "/workers/0/events_dropped"), 0, "{stats}");
-    // The last events wait in the worker's overflow after the storm: an idle
-    // worker must still send them (it slept 100 ms per two of them before,
-    // and records outlived this wait in 3 runs of 10).
     wait_until(
-        Duration::from_secs(3),
+        records_within,
         "no record left after the linger (500 ms)",
-        || records(&topo) == (0, 0),
+        || records(topo) == (0, 0),
     );
 }
 
@@ -526,21 +533,8 @@ fn a_fifo_worker_sharing_its_core_with_the_loop_loses_no_event() {
         (libc::SCHED_OTHER as u32, 0),
         "the management thread"
     );
-    connect(&topo, &["--connections", "3000", "--concurrency", "16"]);
-    let stats = topo.stats();
-    let (deferred, held_back) = (
-        u64_at(&stats, "/workers/0/events_deferred"),
-        u64_at(&stats, "/workers/0/held_back"),
-    );
-    println!("events deferred {deferred}, rounds held back {held_back}");
-    assert!(deferred > 0, "the ring never overflowed: {stats}");
-    assert_eq!(u64_at(&stats, "/workers/0/events_dropped"), 0, "{stats}");
     // An idle worker in `poll = "wakeup"` takes the loop's removals when its
     // poll times out (100 ms), a round's worth at a time: about 640 records a
     // second here, so 3000 need about 5 s.
-    wait_until(
-        Duration::from_secs(15),
-        "no record left after the linger (500 ms)",
-        || records(&topo) == (0, 0),
-    );
+    storm_loses_no_event(&topo, Duration::from_secs(15));
 }
