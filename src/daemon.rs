@@ -847,7 +847,8 @@ pub fn run_with(
     for (w, ((sockets, queues), plane)) in places.enumerate() {
         let (table, table6) = tables.get_mut(w).and_then(Option::take).unzip();
         let stats = Arc::new(WorkerStats::with_sockets(&queues.front, &queues.back));
-        let (worker_end, loop_end) = protocol::link(wake.clone(), config.event_ring);
+        let (worker_end, loop_end) =
+            protocol::link(wake.clone(), config.event_ring).context("creating an eventfd")?;
         links.push(WorkerLink {
             link: loop_end,
             stats: stats.clone(),

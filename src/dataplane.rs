@@ -1716,7 +1716,7 @@ pub(crate) mod testing {
     /// An event sink and the loop's end of the whole link (events and frames).
     pub fn link() -> (EventSink, protocol::LoopEnd<Dataplane>) {
         let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
-        let (worker, main) = protocol::link::<Dataplane>(wake, 16);
+        let (worker, main) = protocol::link::<Dataplane>(wake, 16).expect("eventfd");
         (worker.events, main)
     }
 }

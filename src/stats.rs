@@ -174,6 +174,8 @@ pub struct WorkerStats {
     /// Times this worker woke the management loop for its events (an eventfd
     /// write: the loop was asleep when the batch was published).
     pub loop_wakes: Counter,
+    /// Times the loop's commands woke this worker from its sleep in poll().
+    pub command_wakes: Counter,
     pub flows: Counter,
     /// The capacity of the worker's IPv6 flow table (records): 0 in a process
     /// started without IPv6 services, until a reload brings the first one and

@@ -451,6 +451,20 @@ impl EventFd {
         };
     }
 
+    /// Reads the counter back to zero, so the fd is no longer readable.
+    /// EAGAIN (already zero) is the same outcome.
+    pub fn clear(&self) {
+        let mut count = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live buffer of 8 from our own fd.
+        unsafe {
+            libc::read(
+                std::os::fd::AsRawFd::as_raw_fd(&self.0),
+                count.as_mut_ptr().cast(),
+                8,
+            )
+        };
+    }
+
     pub fn raw(&self) -> std::os::fd::RawFd {
         std::os::fd::AsRawFd::as_raw_fd(&self.0)
     }

@@ -30,7 +30,7 @@ use crate::{
     dataplane::{pipelined, Dataplane, Forwarder, FrameHandler, PlaneRecord, Reverser},
     flow::{FlowRecord, FlowRecord6, FlowTable, FlowTable6, Record, RstWindow, Table, TcpState},
     ids::WorkerId,
-    protocol::{self, Event, EventSink, FlowCommand, WorkerEnd, COMMANDS_PER_ROUND},
+    protocol::{self, Event, EventSink, FlowCommand, Inbox, WorkerEnd, COMMANDS_PER_ROUND},
     stats::{now_ns, WorkerDrop, WorkerStats},
     sys::EventFd,
     tracked::ReplyTracker,
@@ -141,7 +141,7 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
         stop_wake,
         link: WorkerEnd {
             mut events,
-            commands,
+            mut commands,
         },
         bare,
         tracked,
@@ -214,6 +214,12 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
         events: libc::POLLIN,
         revents: 0,
     });
+    // Last, where `sleep` looks for it.
+    pollfds.push(libc::pollfd {
+        fd: commands.fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
     let n_front = front.len();
     let mut idle_spins = 0u32;
     let mut sweeper = Sweeper::default();
@@ -260,7 +266,7 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
             }
             continue;
         }
-        for command in commands.try_iter().take(COMMANDS_PER_ROUND) {
+        for command in commands.take(COMMANDS_PER_ROUND) {
             stats.commands.add(1);
             if let Command::TransmitBack(frame) = command {
                 // Any back socket will do: the frame starts no flow.
@@ -410,13 +416,13 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
         match poll {
             PollMode::Busy => std::hint::spin_loop(),
             PollMode::Wakeup => {
-                sleep(&mut pollfds, timeout_ms, &stats);
+                sleep(&mut pollfds, timeout_ms, &mut commands, &stats);
                 round_started = None;
             }
             PollMode::Adaptive => {
                 idle_spins += 1;
                 if idle_spins >= ADAPTIVE_SPINS {
-                    sleep(&mut pollfds, timeout_ms, &stats);
+                    sleep(&mut pollfds, timeout_ms, &mut commands, &stats);
                     round_started = None;
                     idle_spins = 0;
                 } else {
@@ -823,9 +829,27 @@ fn read_socket_stats<'a>(sockets: impl Iterator<Item = &'a xsk::Rings>, stats: &
     stats.xsk_invalid_descs.set(sum[3]);
 }
 
-fn sleep(pollfds: &mut [libc::pollfd], timeout_ms: i32, stats: &WorkerStats) {
+/// Sleeps until a socket has frames, the loop sends a command, the worker is
+/// told to stop or `timeout_ms` passes; not at all if a command waits already.
+/// The commands' eventfd is the last of `pollfds`.
+fn sleep(
+    pollfds: &mut [libc::pollfd],
+    timeout_ms: i32,
+    commands: &mut Inbox<Dataplane>,
+    stats: &WorkerStats,
+) {
+    if !commands.ready_to_sleep() {
+        return;
+    }
     stats.sleeps.add(1);
     poll_readable(pollfds, timeout_ms);
+    let woken = pollfds
+        .last()
+        .is_some_and(|fd| fd.revents & libc::POLLIN != 0);
+    if woken {
+        stats.command_wakes.add(1);
+    }
+    commands.awake(woken);
 }
 
 /// Kicks every copy-mode TX ring that still holds frames the kernel did not

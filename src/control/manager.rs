@@ -937,7 +937,7 @@ impl<'a> Manager<'a> {
             let Some(worker) = self.workers.get(w.index()) else {
                 continue;
             };
-            match worker.link.commands.try_send(c) {
+            match worker.link.commands.send(c) {
                 Ok(()) => {}
                 Err(TrySendError::Full(c)) => kept.push_back((w, c)),
                 Err(TrySendError::Disconnected(_)) => {}

@@ -104,7 +104,7 @@ fn merged(
     h
 }
 
-const WORKER_FIELDS: usize = 37;
+const WORKER_FIELDS: usize = 38;
 
 fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); WORKER_FIELDS] {
     [
@@ -135,6 +135,7 @@ fn worker_fields(s: &WorkerStats) -> [(&'static str, u64); WORKER_FIELDS] {
         ("wakeups", s.wakeups.get()),
         ("sleeps", s.sleeps.get()),
         ("loop_wakes", s.loop_wakes.get()),
+        ("command_wakes", s.command_wakes.get()),
         ("tx_resent_kicks", s.tx_resent_kicks.get()),
         ("xsk_rx_ring_full", s.xsk_rx_ring_full.get()),
         ("xsk_fill_ring_empty", s.xsk_fill_ring_empty.get()),

@@ -76,7 +76,7 @@ struct Worker {
 impl Worker {
     fn new(plane: Dataplane, capacity6: usize) -> Self {
         let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
-        let (worker, main) = protocol::link::<Dataplane>(wake, 64);
+        let (worker, main) = protocol::link::<Dataplane>(wake, 64).expect("eventfd");
         Self {
             table: FlowTable::with_capacity(16),
             table6: FlowTable6::with_capacity(capacity6),

@@ -3,11 +3,12 @@
 //! per batch), the rare frames it hands over for the loop to handle
 //! ([`SlowFrame`], copies of ICMP errors, through a second, small ring), how it
 //! wakes the loop ([`Wake`]), and what the loop orders a worker to do
-//! ([`Command`], through a bounded channel the worker drains between batches).
+//! ([`Command`], through a bounded channel the worker drains between batches,
+//! and a [`Wake`] of the worker's own for a worker asleep in poll()).
 //!
 //! ```text
 //! worker ──EventSink: Event ring + SlowFrame ring + Wake (eventfd)──▶ loop
-//! worker ◀───────────────────── Command channel ──────────────────── loop
+//! worker ◀──────────── Inbox: Command channel + Wake (eventfd) ───── loop
 //! ```
 //!
 //! Each family has its own event ring ([`Event`] is generic over the flow key:
@@ -23,8 +24,11 @@
 use std::{
     collections::VecDeque,
     sync::{
-        atomic::{fence, AtomicBool, Ordering::SeqCst},
-        mpsc::{sync_channel, Receiver, SyncSender},
+        atomic::{
+            fence, AtomicBool,
+            Ordering::{Relaxed, SeqCst},
+        },
+        mpsc::{sync_channel, Receiver, SyncSender, TrySendError},
         Arc,
     },
 };
@@ -180,8 +184,10 @@ pub enum Command<Plane> {
     TransmitBack(Box<[u8]>),
 }
 
-/// Wakes the management loop through its eventfd, at most once per sleep: the
-/// loop arms the flag before it waits, the first worker to see it armed writes.
+/// Wakes a sleeper through its eventfd, at most once per sleep: the sleeper
+/// arms the flag before it waits, the first sender to see it armed writes. The
+/// management loop has one that every worker's events wake; each worker has
+/// one that the loop's commands wake.
 #[derive(Debug)]
 pub struct Wake {
     pub eventfd: EventFd,
@@ -196,19 +202,26 @@ impl Wake {
         }
     }
 
-    /// Called by the loop before it drains the queues and goes to sleep. The
-    /// fence orders this store before the drain's loads, and pairs with the fence
-    /// in `notify`: either the drain sees a worker's published events, or that
-    /// worker's swap sees the flag armed. An event is never left without a wake-up.
+    /// Called by the sleeper before it looks at its queues a last time and goes
+    /// to sleep. The fence orders this store before that look's loads, and
+    /// pairs with the fence in `notify`: either the look sees what a sender
+    /// published, or that sender's swap sees the flag armed. Nothing published
+    /// is ever left without a wake-up.
     pub fn arm(&self) {
         self.armed.store(true, SeqCst);
         fence(SeqCst);
     }
 
-    /// Called by a worker after it published events. The load first: while
-    /// the loop is awake the flag is clear, and a load leaves the cache line
-    /// shared where a swap would take it from the loop and every other worker.
-    fn notify(&self) -> bool {
+    /// Called by the sleeper once awake, so that senders stop paying for the
+    /// swap and the write; what they publish meanwhile it sees on its next look.
+    fn disarm(&self) {
+        self.armed.store(false, Relaxed);
+    }
+
+    /// Called by a sender after it published. The load first: while the
+    /// sleeper is awake the flag is clear, and a load leaves the cache line
+    /// shared where a swap would take it from the sleeper and every other sender.
+    pub fn notify(&self) -> bool {
         fence(SeqCst);
         let woke = self.armed.load(SeqCst) && self.armed.swap(false, SeqCst);
         if woke {
@@ -359,10 +372,75 @@ impl Lane for FlowKey6 {
     }
 }
 
+/// A worker's end of the loop's commands. A worker that sleeps in poll()
+/// watches [`fd`](Self::fd) too, so that a command (a record's removal after its
+/// linger, a reload) is applied at once, not when the poll times out.
+pub struct Inbox<Plane> {
+    commands: Receiver<Command<Plane>>,
+    /// A command the last look before a sleep found, applied first.
+    held: Option<Command<Plane>>,
+    wake: Arc<Wake>,
+}
+
+impl<Plane> Inbox<Plane> {
+    /// Up to `n` commands, in the order the loop sent them.
+    pub fn take(&mut self, n: usize) -> impl Iterator<Item = Command<Plane>> + '_ {
+        self.held
+            .take()
+            .into_iter()
+            .chain(self.commands.try_iter())
+            .take(n)
+    }
+
+    /// Arms the wake-up before a sleep; false (the wake-up disarmed again) if a
+    /// command waits already, which the sleep would leave waiting.
+    pub fn ready_to_sleep(&mut self) -> bool {
+        self.wake.arm();
+        if self.held.is_none() {
+            self.held = self.commands.try_recv().ok();
+        }
+        if self.held.is_some() {
+            self.wake.disarm();
+            return false;
+        }
+        true
+    }
+
+    /// After the sleep: disarms the wake-up and, if the loop wrote it
+    /// (`woken`: the fd was readable), reads the eventfd back to empty.
+    pub fn awake(&self, woken: bool) {
+        self.wake.disarm();
+        if woken {
+            self.wake.eventfd.clear();
+        }
+    }
+
+    /// Readable once the loop has woken this worker.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.wake.eventfd.raw()
+    }
+}
+
+/// The loop's end of one worker's commands.
+pub struct Outbox<Plane> {
+    commands: SyncSender<Command<Plane>>,
+    wake: Arc<Wake>,
+}
+
+impl<Plane> Outbox<Plane> {
+    /// Queues `command`, and wakes the worker if it sleeps; a full queue gives
+    /// the command back.
+    pub fn send(&self, command: Command<Plane>) -> Result<(), TrySendError<Command<Plane>>> {
+        self.commands.try_send(command)?;
+        self.wake.notify();
+        Ok(())
+    }
+}
+
 /// A worker's ends of its link with the loop.
 pub struct WorkerEnd<Plane> {
     pub events: EventSink,
-    pub commands: Receiver<Command<Plane>>,
+    pub commands: Inbox<Plane>,
 }
 
 /// The loop's ends of its link with one worker.
@@ -371,18 +449,23 @@ pub struct LoopEnd<Plane> {
     /// IPv6 connections' events, in a ring of the same number of slots.
     pub events6: ring::Consumer<Event6>,
     pub frames: ring::Consumer<SlowFrame>,
-    pub commands: SyncSender<Command<Plane>>,
+    pub commands: Outbox<Plane>,
 }
 
 /// A new link between the loop and one worker, with an event ring of `events`
 /// slots (rounded up to a power of two); every worker's events wake the loop
-/// through the one `wake`.
-pub fn link<Plane>(wake: Arc<Wake>, events: usize) -> (WorkerEnd<Plane>, LoopEnd<Plane>) {
+/// through the one `wake`, and the loop's commands wake this worker through an
+/// eventfd of its own.
+pub fn link<Plane>(
+    wake: Arc<Wake>,
+    events: usize,
+) -> std::io::Result<(WorkerEnd<Plane>, LoopEnd<Plane>)> {
     let (event_tx, event_rx) = ring::channel(events);
     let (event6_tx, event6_rx) = ring::channel(events);
     let (frame_tx, frame_rx) = ring::channel(SLOW_QUEUE);
     let (command_tx, command_rx) = sync_channel(COMMAND_QUEUE);
-    (
+    let worker_wake = Arc::new(Wake::new(EventFd::new()?));
+    Ok((
         WorkerEnd {
             events: EventSink {
                 queue: event_tx,
@@ -393,15 +476,22 @@ pub fn link<Plane>(wake: Arc<Wake>, events: usize) -> (WorkerEnd<Plane>, LoopEnd
                 wake,
                 sent: false,
             },
-            commands: command_rx,
+            commands: Inbox {
+                commands: command_rx,
+                held: None,
+                wake: worker_wake.clone(),
+            },
         },
         LoopEnd {
             events: event_rx,
             events6: event6_rx,
             frames: frame_rx,
-            commands: command_tx,
+            commands: Outbox {
+                commands: command_tx,
+                wake: worker_wake,
+            },
         },
-    )
+    ))
 }
 
 #[cfg(test)]
@@ -424,7 +514,7 @@ mod tests {
     #[test]
     fn events_that_do_not_fit_wait_and_arrive_in_order() {
         let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
-        let (mut worker, mut main) = link::<()>(wake, 4);
+        let (mut worker, mut main) = link::<()>(wake, 4).expect("eventfd");
         let stats = WorkerStats::default();
         for i in 0..10 {
             worker.events.emit(opened(i), &stats);
@@ -447,7 +537,7 @@ mod tests {
     #[test]
     fn a_worker_holds_back_before_its_overflow_could_fill() {
         let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
-        let (mut worker, _main) = link::<()>(wake, 2);
+        let (mut worker, _main) = link::<()>(wake, 2).expect("eventfd");
         let stats = WorkerStats::default();
         // The ring's two slots, then the overflow up to where a round still fits.
         for i in 0..2 + EVENT_OVERFLOW - EVENTS_PER_ROUND {
@@ -460,5 +550,59 @@ mod tests {
         }
         assert_eq!(stats.events_dropped.get(), 0);
         assert!(worker.events.must_hold_back());
+    }
+
+    fn readable(fd: std::os::fd::RawFd) -> bool {
+        let mut pollfd = [libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        crate::xsk::poll_readable(&mut pollfd, 0);
+        pollfd[0].revents & libc::POLLIN != 0
+    }
+
+    fn backend_up(i: u16) -> Command<()> {
+        Command::BackendState {
+            backend: BackendId(i),
+            state: BackendState::Up,
+        }
+    }
+
+    fn backend_of(command: Command<()>) -> u16 {
+        match command {
+            Command::BackendState { backend, .. } => backend.0,
+            _ => panic!("not the command sent"),
+        }
+    }
+
+    #[test]
+    fn a_sleeping_worker_is_woken_by_a_command_and_an_awake_one_is_not() {
+        let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
+        let (mut worker, main) = link::<()>(wake, 4).expect("eventfd");
+        let inbox = &mut worker.commands;
+        // Awake: a command costs no write.
+        main.commands.send(backend_up(1)).expect("room");
+        assert!(!readable(inbox.fd()));
+        // The last look before a sleep finds it; it comes first, in order.
+        assert!(!inbox.ready_to_sleep(), "a command waits");
+        main.commands.send(backend_up(2)).expect("room");
+        assert!(!readable(inbox.fd()), "the worker did not sleep");
+        let taken: Vec<u16> = inbox.take(8).map(backend_of).collect();
+        assert_eq!(taken, [1, 2]);
+        // Asleep: the next command wakes it, once.
+        assert!(inbox.ready_to_sleep());
+        main.commands.send(backend_up(3)).expect("room");
+        main.commands.send(backend_up(4)).expect("room");
+        assert!(readable(inbox.fd()));
+        inbox.awake(true);
+        assert!(!readable(inbox.fd()), "the wake-up is read back");
+        let taken: Vec<u16> = inbox.take(1).map(backend_of).collect();
+        assert_eq!(taken, [3], "at most the round's number");
+        let taken: Vec<u16> = inbox.take(8).map(backend_of).collect();
+        assert_eq!(taken, [4]);
+        // Awake again after the sleep: no write.
+        main.commands.send(backend_up(5)).expect("room");
+        assert!(!readable(inbox.fd()));
     }
 }
