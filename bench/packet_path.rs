@@ -211,7 +211,7 @@ fn bench(c: &mut Criterion) {
     // the cache like in the daemon); emptied between timed passes like the
     // management loop does.
     let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
-    let (worker, main) = protocol::link::<Dataplane>(wake, DEFAULT_EVENT_RING);
+    let (worker, main) = protocol::link::<Dataplane>(wake, DEFAULT_EVENT_RING).expect("eventfd");
     let (mut sink, mut events, mut events6) = (worker.events, main.events, main.events6);
 
     // A table with one million established connections, made through the real
