@@ -547,6 +547,7 @@ impl Results {
                     user: m("user", c.user),
                     system: m("system", c.system),
                     softirq: m("softirq", c.softirq),
+                    steal: m("steal", c.steal),
                 }
             })
             .collect();
@@ -732,8 +733,10 @@ impl Results {
         }
         if !self.cpu.is_empty() {
             md.push_str(
-                "\nPer-core CPU over each measured window, % of one core as user / system / softirq+irq \
-                 (/proc/stat; whole machine, so the harness's own work counts too):\n\n",
+                "\nPer-core CPU over each measured window, % of one core as user / system / softirq+irq, \
+                 then in brackets the hypervisor's steal when there was any (/proc/stat; whole machine, so \
+                 the harness's own work counts too; steal is time the vCPU wanted and the host core ran \
+                 something else, the VM's own noise):\n\n",
             );
             let cores = self.cpu.values().map(Vec::len).max().unwrap_or(0);
             md.push_str("| workload | variant |");
@@ -757,11 +760,16 @@ impl Results {
                         let pct = |x: f64| format!("{:.0}", x * 100.0);
                         let _ = write!(
                             md,
-                            " {} / {} / {} |",
+                            " {} / {} / {}",
                             pct(core.user),
                             pct(core.system),
                             pct(core.softirq)
                         );
+                        // Below half a percent it rounds to nothing.
+                        if core.steal >= 0.005 {
+                            let _ = write!(md, " ({})", pct(core.steal));
+                        }
+                        md.push_str(" |");
                     }
                     md.push('\n');
                 }
@@ -834,6 +842,7 @@ mod tests {
                     user: 0.5,
                     system: 0.25,
                     softirq: 0.13,
+                    steal: 0.04,
                 },
                 CoreCpu::default(),
             ],
@@ -891,7 +900,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| workload | variant | core 0 | core 1 |\n| --- | --- | ---: | ---: |\n| pps | dispatchd | 50 / 25 / 13 | 0 / 0 / 0 |"),
+            md.contains("| workload | variant | core 0 | core 1 |\n| --- | --- | ---: | ---: |\n| pps | dispatchd | 50 / 25 / 13 (4) | 0 / 0 / 0 |"),
             "{md}"
         );
     }
