@@ -174,7 +174,8 @@ pub struct WorkerStats {
     /// Times this worker woke the management loop for its events (an eventfd
     /// write: the loop was asleep when the batch was published).
     pub loop_wakes: Counter,
-    /// Times the loop's commands woke this worker from its sleep in poll().
+    /// Sleeps in poll() that ended with the loop's command eventfd readable
+    /// (rarely, a write whose commands the worker had already taken).
     pub command_wakes: Counter,
     pub flows: Counter,
     /// The capacity of the worker's IPv6 flow table (records): 0 in a process

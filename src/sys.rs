@@ -421,8 +421,9 @@ fn caps_error(e: caps::errors::CapsError) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-/// An eventfd: workers write to it to wake the management loop, which reads it
-/// through io_uring.
+/// An eventfd: workers write the loop's to wake it (the loop reads it through
+/// io_uring), and the loop writes a worker's to wake it (the worker reads it
+/// back with [`clear`](Self::clear)).
 #[derive(Debug)]
 pub struct EventFd(std::os::fd::OwnedFd);
 

@@ -266,7 +266,7 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
             }
             continue;
         }
-        for command in commands.take(COMMANDS_PER_ROUND) {
+        for command in commands.take_up_to(COMMANDS_PER_ROUND) {
             stats.commands.add(1);
             if let Command::TransmitBack(frame) = command {
                 // Any back socket will do: the frame starts no flow.
@@ -416,14 +416,16 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
         match poll {
             PollMode::Busy => std::hint::spin_loop(),
             PollMode::Wakeup => {
-                sleep(&mut pollfds, timeout_ms, &mut commands, &stats);
-                round_started = None;
+                if sleep(&mut pollfds, timeout_ms, &mut commands, &stats) {
+                    round_started = None;
+                }
             }
             PollMode::Adaptive => {
                 idle_spins += 1;
                 if idle_spins >= ADAPTIVE_SPINS {
-                    sleep(&mut pollfds, timeout_ms, &mut commands, &stats);
-                    round_started = None;
+                    if sleep(&mut pollfds, timeout_ms, &mut commands, &stats) {
+                        round_started = None;
+                    }
                     idle_spins = 0;
                 } else {
                     // An empty round gives the core to anything else runnable
@@ -831,15 +833,16 @@ fn read_socket_stats<'a>(sockets: impl Iterator<Item = &'a xsk::Rings>, stats: &
 
 /// Sleeps until a socket has frames, the loop sends a command, the worker is
 /// told to stop or `timeout_ms` passes; not at all if a command waits already.
-/// The commands' eventfd is the last of `pollfds`.
+/// The commands' eventfd is the last of `pollfds`. Returns whether it slept.
 fn sleep(
     pollfds: &mut [libc::pollfd],
     timeout_ms: i32,
     commands: &mut Inbox<Dataplane>,
     stats: &WorkerStats,
-) {
+) -> bool {
+    debug_assert_eq!(pollfds.last().map(|p| p.fd), Some(commands.fd()));
     if !commands.ready_to_sleep() {
-        return;
+        return false;
     }
     stats.sleeps.add(1);
     poll_readable(pollfds, timeout_ms);
@@ -850,6 +853,7 @@ fn sleep(
         stats.command_wakes.add(1);
     }
     commands.awake(woken);
+    true
 }
 
 /// Kicks every copy-mode TX ring that still holds frames the kernel did not

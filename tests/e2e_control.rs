@@ -445,7 +445,7 @@ fn ctl_conns_filters_by_daemon_and_client_and_stops_at_the_limit() {
 /// closed at once (`many` holds them, then closes them all) leave 3000 records
 /// that the loop removes together after the linger: the loop's commands must
 /// wake the worker. A worker that only took them when its poll timed out, 64
-/// per 100 ms, held the records for about 5 s more.
+/// per 100 ms, still held some 3.8 s after the close.
 #[test]
 fn an_idle_wakeup_worker_takes_the_loops_removals_at_once() {
     let topo = Topology::up(DISPATCHD, "wake", 2, 1);
@@ -466,8 +466,8 @@ fn an_idle_wakeup_worker_takes_the_loops_removals_at_once() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(stdout.contains("accepted=3000 refused=0"), "{stdout}");
     let took = wait_until(
-        Duration::from_secs(2),
-        "3000 records removed within 1.5 s of their linger (500 ms)",
+        Duration::from_secs(3),
+        "3000 records removed within 2.5 s of their linger (500 ms)",
         || records(&topo) == (0, 0),
     );
     println!("3000 records gone {took:?} after the close (linger 500 ms)");
@@ -570,5 +570,5 @@ fn a_fifo_worker_sharing_its_core_with_the_loop_loses_no_event() {
         (libc::SCHED_OTHER as u32, 0),
         "the management thread"
     );
-    storm_loses_no_event(&topo, Duration::from_secs(3));
+    storm_loses_no_event(&topo, Duration::from_secs(5));
 }

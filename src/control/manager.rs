@@ -931,19 +931,32 @@ impl<'a> Manager<'a> {
     }
 
     fn send_backlog(&mut self) {
-        // A full command queue keeps the rest for the next round, in order.
+        // A full command queue keeps that worker's command, and every later one
+        // of it, for the next round: the worker may drain meanwhile, and a later
+        // command that found room would overtake the kept one.
         let mut kept = VecDeque::new();
+        let mut full = Vec::new();
         while let Some((w, c)) = self.backlog.pop_front() {
-            let Some(worker) = self.workers.get(w.index()) else {
+            let Some(worker) = self.workers.get_mut(w.index()) else {
                 continue;
             };
-            match worker.link.commands.send(c) {
+            if full.contains(&w) {
+                kept.push_back((w, c));
+                continue;
+            }
+            match worker.link.commands.push(c) {
                 Ok(()) => {}
-                Err(TrySendError::Full(c)) => kept.push_back((w, c)),
+                Err(TrySendError::Full(c)) => {
+                    full.push(w);
+                    kept.push_back((w, c));
+                }
                 Err(TrySendError::Disconnected(_)) => {}
             }
         }
         self.backlog = kept;
+        for worker in &mut self.workers {
+            worker.link.commands.wake();
+        }
     }
 
     /// Queues `command` for every worker.

@@ -214,6 +214,9 @@ impl Wake {
 
     /// Called by the sleeper once awake, so that senders stop paying for the
     /// swap and the write; what they publish meanwhile it sees on its next look.
+    /// Relaxed is enough: a sender that still sees the flag armed writes once
+    /// too often, and the next `arm` (SeqCst and a fence) is what rules out a
+    /// lost wake-up.
     fn disarm(&self) {
         self.armed.store(false, Relaxed);
     }
@@ -221,7 +224,7 @@ impl Wake {
     /// Called by a sender after it published. The load first: while the
     /// sleeper is awake the flag is clear, and a load leaves the cache line
     /// shared where a swap would take it from the sleeper and every other sender.
-    pub fn notify(&self) -> bool {
+    fn notify(&self) -> bool {
         fence(SeqCst);
         let woke = self.armed.load(SeqCst) && self.armed.swap(false, SeqCst);
         if woke {
@@ -383,13 +386,10 @@ pub struct Inbox<Plane> {
 }
 
 impl<Plane> Inbox<Plane> {
-    /// Up to `n` commands, in the order the loop sent them.
-    pub fn take(&mut self, n: usize) -> impl Iterator<Item = Command<Plane>> + '_ {
-        self.held
-            .take()
-            .into_iter()
-            .chain(self.commands.try_iter())
-            .take(n)
+    /// Up to `n` commands, in the order the loop sent them; each leaves the
+    /// inbox only when the iterator yields it.
+    pub fn take_up_to(&mut self, n: usize) -> impl Iterator<Item = Command<Plane>> + '_ {
+        std::iter::from_fn(|| self.held.take().or_else(|| self.commands.try_recv().ok())).take(n)
     }
 
     /// Arms the wake-up before a sleep; false (the wake-up disarmed again) if a
@@ -425,15 +425,26 @@ impl<Plane> Inbox<Plane> {
 pub struct Outbox<Plane> {
     commands: SyncSender<Command<Plane>>,
     wake: Arc<Wake>,
+    /// Commands pushed since the last [`wake`](Self::wake).
+    unannounced: bool,
 }
 
 impl<Plane> Outbox<Plane> {
-    /// Queues `command`, and wakes the worker if it sleeps; a full queue gives
-    /// the command back.
-    pub fn send(&self, command: Command<Plane>) -> Result<(), TrySendError<Command<Plane>>> {
+    /// Queues `command`; a full queue gives it back. A sleeping worker learns
+    /// of it at the next [`wake`](Self::wake).
+    pub fn push(&mut self, command: Command<Plane>) -> Result<(), TrySendError<Command<Plane>>> {
         self.commands.try_send(command)?;
-        self.wake.notify();
+        self.unannounced = true;
         Ok(())
+    }
+
+    /// Wakes the worker if it sleeps and commands were pushed since the last
+    /// call. Once per batch of commands, not per command: a worker woken by the
+    /// first would take it, sleep again, and be woken again by the next.
+    pub fn wake(&mut self) {
+        if std::mem::take(&mut self.unannounced) {
+            self.wake.notify();
+        }
     }
 }
 
@@ -489,6 +500,7 @@ pub fn link<Plane>(
             commands: Outbox {
                 commands: command_tx,
                 wake: worker_wake,
+                unannounced: false,
             },
         },
     ))
@@ -579,30 +591,54 @@ mod tests {
     #[test]
     fn a_sleeping_worker_is_woken_by_a_command_and_an_awake_one_is_not() {
         let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
-        let (mut worker, main) = link::<()>(wake, 4).expect("eventfd");
-        let inbox = &mut worker.commands;
+        let (mut worker, mut main) = link::<()>(wake, 4).expect("eventfd");
+        let (inbox, outbox) = (&mut worker.commands, &mut main.commands);
+        let mut send = |i| {
+            outbox.push(backend_up(i)).expect("room");
+            outbox.wake();
+        };
         // Awake: a command costs no write.
-        main.commands.send(backend_up(1)).expect("room");
+        send(1);
         assert!(!readable(inbox.fd()));
         // The last look before a sleep finds it; it comes first, in order.
         assert!(!inbox.ready_to_sleep(), "a command waits");
-        main.commands.send(backend_up(2)).expect("room");
+        send(2);
         assert!(!readable(inbox.fd()), "the worker did not sleep");
-        let taken: Vec<u16> = inbox.take(8).map(backend_of).collect();
+        let taken: Vec<u16> = inbox.take_up_to(8).map(backend_of).collect();
         assert_eq!(taken, [1, 2]);
         // Asleep: the next command wakes it, once.
         assert!(inbox.ready_to_sleep());
-        main.commands.send(backend_up(3)).expect("room");
-        main.commands.send(backend_up(4)).expect("room");
+        send(3);
+        send(4);
         assert!(readable(inbox.fd()));
         inbox.awake(true);
         assert!(!readable(inbox.fd()), "the wake-up is read back");
-        let taken: Vec<u16> = inbox.take(1).map(backend_of).collect();
+        let taken: Vec<u16> = inbox.take_up_to(1).map(backend_of).collect();
         assert_eq!(taken, [3], "at most the round's number");
-        let taken: Vec<u16> = inbox.take(8).map(backend_of).collect();
+        // An iterator dropped unused loses nothing.
+        drop(inbox.take_up_to(8));
+        let taken: Vec<u16> = inbox.take_up_to(8).map(backend_of).collect();
         assert_eq!(taken, [4]);
         // Awake again after the sleep: no write.
-        main.commands.send(backend_up(5)).expect("room");
+        send(5);
         assert!(!readable(inbox.fd()));
+    }
+
+    #[test]
+    fn a_batch_of_commands_wakes_a_sleeping_worker_once() {
+        let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
+        let (mut worker, mut main) = link::<()>(wake, 4).expect("eventfd");
+        assert!(worker.commands.ready_to_sleep());
+        for i in 0..3 {
+            main.commands.push(backend_up(i)).expect("room");
+        }
+        assert!(!readable(worker.commands.fd()), "no wake-up per push");
+        main.commands.wake();
+        assert!(readable(worker.commands.fd()));
+        worker.commands.awake(true);
+        main.commands.wake();
+        assert!(!readable(worker.commands.fd()), "nothing pushed since");
+        let taken: Vec<u16> = worker.commands.take_up_to(8).map(backend_of).collect();
+        assert_eq!(taken, [0, 1, 2]);
     }
 }

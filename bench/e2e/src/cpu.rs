@@ -17,7 +17,7 @@ pub struct CoreCpu {
     pub softirq: f64,
     /// Time the hypervisor gave this vCPU's host core to something else while
     /// the vCPU had work: the VM's own noise, which no variant controls. Not
-    /// part of [`busy`](Self::busy). (Runs before it was measured read 0.)
+    /// part of [`busy`](Self::busy). Results saved before this field existed read 0.
     #[serde(default)]
     pub steal: f64,
 }

@@ -734,7 +734,7 @@ impl Results {
         if !self.cpu.is_empty() {
             md.push_str(
                 "\nPer-core CPU over each measured window, % of one core as user / system / softirq+irq, \
-                 then in brackets the hypervisor's steal when there was any (/proc/stat; whole machine, so \
+                 then in parentheses the hypervisor's steal when there was any (/proc/stat; whole machine, so \
                  the harness's own work counts too; steal is time the vCPU wanted and the host core ran \
                  something else, the VM's own noise):\n\n",
             );
@@ -765,9 +765,9 @@ impl Results {
                             pct(core.system),
                             pct(core.softirq)
                         );
-                        // Below half a percent it rounds to nothing.
-                        if core.steal >= 0.005 {
-                            let _ = write!(md, " ({})", pct(core.steal));
+                        let steal = pct(core.steal);
+                        if steal != "0" {
+                            let _ = write!(md, " ({steal})");
                         }
                         md.push_str(" |");
                     }
