@@ -453,15 +453,7 @@ fn an_idle_wakeup_worker_takes_the_loops_removals_at_once() {
     let mut flags = Topology::default_flags(2);
     flags.extend(["--linger-ms", "500", "--poll", "wakeup"].map(String::from));
     let _lb = topo.dispatchd(&flags);
-    let out = topo.client_run(&[
-        "many",
-        "--to",
-        VIP,
-        "--connections",
-        "3000",
-        "--concurrency",
-        "100",
-    ]);
+    let out = topo.client_many(3000, 100);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", text(&out));
     assert!(stdout.contains("accepted=3000 refused=0"), "{stdout}");

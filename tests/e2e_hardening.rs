@@ -100,15 +100,7 @@ fn a_full_table_refuses_new_connections_and_keeps_the_accepted_ones() {
     flags.extend(["--flow-capacity", "1000", "--linger-ms", "300"].map(String::from));
     let _lb = topo.dispatchd(&flags);
 
-    let out = topo.client_run(&[
-        "many",
-        "--to",
-        VIP,
-        "--connections",
-        "2000",
-        "--concurrency",
-        "200",
-    ]);
+    let out = topo.client_many(2000, 200);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

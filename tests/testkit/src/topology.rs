@@ -502,6 +502,20 @@ impl Topology {
         self.run(&self.client(), &self.programs.testkit, args)
     }
 
+    /// `many`: opens `connections` to the VIP at once (`concurrency` at a time),
+    /// holds them, checks that each still echoes, then closes them all.
+    pub fn client_many(&self, connections: usize, concurrency: usize) -> Output {
+        self.client_run(&[
+            "many",
+            "--to",
+            VIP,
+            "--connections",
+            &connections.to_string(),
+            "--concurrency",
+            &concurrency.to_string(),
+        ])
+    }
+
     /// Starts a testkit client in the background, ready once it printed `ready`.
     pub fn client_start(&self, args: &[&str], ready: &str) -> Proc {
         let mut cmd = self.cmd(&self.client(), &self.programs.testkit);
