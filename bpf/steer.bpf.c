@@ -261,13 +261,18 @@ static __always_inline int to_socket(__u32 slot, __u32 steered)
 	return count(verdict == XDP_REDIRECT ? steered : CNT_NO_SOCKET, verdict);
 }
 
+static __always_inline void direct_syn(void *data_end, struct iphdr *iph, struct tcphdr *tcph);
+
 static __always_inline int steer_front(struct xdp_md *ctx, struct iphdr *iph, struct tcphdr *tcph)
 {
 	struct endpoint key = { .addr = iph->daddr, .port = tcph->dest, .protocol = iph->protocol };
 
 	/* A VIP port with a service of the other protocol only is the host's. */
-	if (!bpf_map_lookup_elem(&services, &key))
+	if (!bpf_map_lookup_elem(&services, &key)) {
+		if (track_replies)
+			direct_syn((void *)(long)ctx->data_end, iph, tcph);
 		return count(CNT_PASSED, XDP_PASS);
+	}
 	return to_socket(ctx->rx_queue_index, CNT_FRONT_STEERED);
 }
 
@@ -431,10 +436,80 @@ static __always_inline int pass_back(__u32 reason)
 	return count(CNT_PASSED, XDP_PASS);
 }
 
+/* reply_mode "tracked": who owns a tracked 4-tuple at the daemon (the value of
+ * `tracked` and `tracked6`). User space writes TRACKED_BY_WORKER when a worker
+ * opens a connection, or one that reuses a closing connection's port. A client
+ * may then reach the daemon directly (routed through this host) from the port
+ * of a VIP connection whose record still lingers: at the daemon that is the
+ * same 4-tuple. Its SYN marks the key DIRECT_PROBED on the way; if the daemon
+ * answers with a SYN-ACK, it accepted a new connection, so no live one had the
+ * 4-tuple: the key becomes DIRECT_OWNED and its frames are the host's, as
+ * conntrack lets a SYN reopen a closed entry. Any other answer means the
+ * tracked connection still lives there (a spoofed SYN gets a challenge ACK):
+ * the key goes back to TRACKED_BY_WORKER, so a SYN alone takes nothing over. */
+#define TRACKED_BY_WORKER 1
+#define DIRECT_PROBED 2
+#define DIRECT_OWNED 3
+
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
+
+/* The TCP flags byte, if the header is readable that far (-1 otherwise). */
+static __always_inline int tcp_flags(void *data_end, struct tcphdr *tcph)
+{
+	__u8 *flags = (__u8 *)tcph + 13;
+
+	if ((void *)(flags + 1) > data_end)
+		return -1;
+	return *flags;
+}
+
+static __always_inline int is_bare_syn(void *data_end, struct tcphdr *tcph)
+{
+	int flags = tcp_flags(data_end, tcph);
+
+	return flags >= 0 && (flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
+static __always_inline void direct_probe(__u8 *owner)
+{
+	if (owner && *owner == TRACKED_BY_WORKER)
+		*owner = DIRECT_PROBED;
+}
+
+/* What untracked() answers for a frame of the tracked connection: no reason
+ * to pass it (CNT_FRONT_STEERED is never one). */
+#define TRACKED_REPLY 0
+
+/* reply_mode "tracked": why a daemon frame whose 4-tuple has the key `owner`
+ * (0: none) is passed to the host, or TRACKED_REPLY if it is the tracked
+ * connection's. */
+static __always_inline __u32 untracked(void *data_end, __u8 *owner, __u8 protocol,
+				       struct tcphdr *tcph)
+{
+	int flags;
+
+	if (!owner)
+		return CNT_BACK_UNTRACKED;
+	if (*owner == TRACKED_BY_WORKER)
+		return TRACKED_REPLY;
+	if (*owner == DIRECT_OWNED)
+		return CNT_BACK_UNTRACKED;
+	flags = protocol == IPPROTO_TCP ? tcp_flags(data_end, tcph) : -1;
+	if (flags >= 0 && (flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK)) {
+		*owner = DIRECT_OWNED;
+		return CNT_DIRECT_TOOK_OVER;
+	}
+	*owner = TRACKED_BY_WORKER;
+	return TRACKED_REPLY;
+}
+
 /* reply_mode "tracked": is this daemon frame a reply of a connection a worker
  * holds a record for? Anything else from the daemon's address and port (a host
- * that reaches the daemon directly, through this one or not) stays the host's. */
-static __always_inline int reply_tracked(struct iphdr *iph, struct tcphdr *tcph)
+ * that reaches the daemon directly, through this one or not) stays the host's:
+ * the reason it is passed, or TRACKED_REPLY. */
+static __always_inline __u32 reply_untracked(void *data_end, struct iphdr *iph,
+					     struct tcphdr *tcph)
 {
 	struct reply_key key = {
 		.client_addr = iph->daddr,
@@ -444,7 +519,24 @@ static __always_inline int reply_tracked(struct iphdr *iph, struct tcphdr *tcph)
 		.protocol = iph->protocol,
 	};
 
-	return bpf_map_lookup_elem(&tracked, &key) != 0;
+	return untracked(data_end, bpf_map_lookup_elem(&tracked, &key), iph->protocol, tcph);
+}
+
+/* A client's TCP SYN (no ACK) passing through the front to a daemon's own
+ * address (a direct connection) whose 4-tuple a tracked connection holds. */
+static __always_inline void direct_syn(void *data_end, struct iphdr *iph, struct tcphdr *tcph)
+{
+	struct reply_key key = {
+		.client_addr = iph->saddr,
+		.daemon_addr = iph->daddr,
+		.client_port = tcph->source,
+		.daemon_port = tcph->dest,
+		.protocol = IPPROTO_TCP,
+	};
+
+	if (iph->protocol != IPPROTO_TCP || !is_bare_syn(data_end, tcph))
+		return;
+	direct_probe(bpf_map_lookup_elem(&tracked, &key));
 }
 
 /* Where the kernel would send a frame from a daemon to `iph`'s destination (a
@@ -558,8 +650,12 @@ static __always_inline int steer_back(struct xdp_md *ctx, struct ethhdr *eth,
 	daemon = bpf_map_lookup_elem(&daemons, &key);
 	if (!daemon)
 		return count(CNT_PASSED, XDP_PASS);
-	if (track_replies && !reply_tracked(iph, tcph))
-		return pass_back(CNT_BACK_UNTRACKED);
+	if (track_replies) {
+		__u32 reason = reply_untracked((void *)(long)ctx->data_end, iph, tcph);
+
+		if (reason != TRACKED_REPLY)
+			return pass_back(reason);
+	}
 	verdict = to_client(ctx, eth, iph, daemon->service.addr, daemon->service.port,
 			    tcph->dest, 1);
 	if (verdict)
@@ -624,6 +720,21 @@ static __always_inline int ipv6_ext_header(__u8 next)
 static __always_inline int steer_front_icmp6(struct xdp_md *ctx, void *data_end,
 					     struct ipv6hdr *ip6);
 
+/* direct_syn's IPv6 twin: a TCP SYN to an address that is no VIP. */
+static __always_inline void direct_syn6(void *data_end, struct ipv6hdr *ip6)
+{
+	struct reply_key6 key = { .protocol = IPPROTO_TCP };
+	struct tcphdr *tcph = (void *)(ip6 + 1);
+
+	if (ip6->nexthdr != IPPROTO_TCP || !is_bare_syn(data_end, tcph))
+		return;
+	__builtin_memcpy(key.client_addr, &ip6->saddr, 16);
+	__builtin_memcpy(key.daemon_addr, &ip6->daddr, 16);
+	key.client_port = tcph->source;
+	key.daemon_port = tcph->dest;
+	direct_probe(bpf_map_lookup_elem(&tracked6, &key));
+}
+
 static __always_inline int steer_front6(struct xdp_md *ctx, void *data, void *data_end)
 {
 	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
@@ -633,8 +744,11 @@ static __always_inline int steer_front6(struct xdp_md *ctx, void *data, void *da
 
 	if ((void *)(ip6 + 1) > data_end)
 		return pass_back(CNT_TRUNCATED);
-	if (!bpf_map_lookup_elem(&vip6_addrs, &ip6->daddr))
+	if (!bpf_map_lookup_elem(&vip6_addrs, &ip6->daddr)) {
+		if (track_replies)
+			direct_syn6(data_end, ip6);
 		return pass_back(CNT_IPV6);
+	}
 	next = ip6->nexthdr;
 	if (ipv6_ext_header(next))
 		return count(CNT_VIP6_EXT_HEADER, XDP_DROP);
@@ -946,10 +1060,14 @@ static __always_inline int steer_back6(struct xdp_md *ctx, void *data, void *dat
 			.protocol = ip6->nexthdr,
 		};
 
+		__u32 reason;
+
 		__builtin_memcpy(tk.client_addr, &ip6->daddr, 16);
 		__builtin_memcpy(tk.daemon_addr, &ip6->saddr, 16);
-		if (!bpf_map_lookup_elem(&tracked6, &tk))
-			return pass_back(CNT_BACK_UNTRACKED);
+		reason = untracked(data_end, bpf_map_lookup_elem(&tracked6, &tk), ip6->nexthdr,
+				   (void *)ports);
+		if (reason != TRACKED_REPLY)
+			return pass_back(reason);
 	}
 	verdict = to_client6(ctx, eth, ip6, daemon->service.addr, daemon->service.port,
 			     ports[1], 1);

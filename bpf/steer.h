@@ -124,6 +124,9 @@ enum steer_counter {
 	CNT_ICMP6_BACK_STEERED, /* ICMPv6 error on the back about a segment to a daemon: to a back socket */
 	CNT_PACKET_TOO_BIG_SENT, /* IPv6 reply larger than the front path's MTU: answered
 				  * with "packet too big" back to the daemon (XDP_TX) */
+	CNT_DIRECT_TOOK_OVER,  /* reply_mode "tracked": the daemon's SYN-ACK to a direct
+				* connection from a tracked connection's client port:
+				* passed, as that 4-tuple's frames are from then on */
 	CNT_MAX,
 };
 

@@ -844,6 +844,7 @@ fn forward_any(
     let (seq, mut next) = pkt.tcp_seq_next();
     let mut ack = pkt.tcp_ack();
     let valid = |r: &mut FlowRecord| plane.current(r);
+    let mut restarted = None;
     let (daemon, backend, opened) = match table.get_valid_hashed(&key, hash, valid) {
         Some(record) => {
             record.last_seen_ns = now_ns;
@@ -862,6 +863,8 @@ fn forward_any(
                 record.created_ns = now_ns;
                 record.client_next = next;
                 record.client_ack = 0;
+                stats.new_flows.add(1);
+                restarted = Some(*record);
                 (record.daemon, record.backend, true)
             } else if flags.rst() {
                 // The segment goes on either way: the daemon's kernel judges it
@@ -965,6 +968,11 @@ fn forward_any(
             (daemon, backend, true)
         }
     };
+    if let Some(record) = restarted {
+        // Its key may have gone to a direct connection meanwhile (see
+        // `TRACKED_BY_WORKER` in bpf/steer.bpf.c): the tracked map takes it back.
+        table.note_restarted(record);
+    }
     if opened {
         let worker = plane.worker;
         events.emit(
@@ -1247,6 +1255,7 @@ pub fn forward6(
     let (seq, mut next) = pkt.tcp_seq_next();
     let mut ack = pkt.tcp_ack();
     let valid = |r: &mut FlowRecord6| plane.current6(r);
+    let mut restarted = None;
     let (daemon, backend, opened) = match table.get_valid_hashed(&key, hash, valid) {
         Some(record) => {
             record.last_seen_ns = now_ns;
@@ -1265,6 +1274,8 @@ pub fn forward6(
                 record.created_ns = now_ns;
                 record.client_next = next;
                 record.client_ack = 0;
+                stats.new_flows.add(1);
+                restarted = Some(*record);
                 (record.daemon(), record.backend, true)
             } else if flags.rst() {
                 // The segment goes on either way: the daemon's kernel judges it
@@ -1369,6 +1380,11 @@ pub fn forward6(
             (daemon, backend, true)
         }
     };
+    if let Some(record) = restarted {
+        // Its key may have gone to a direct connection meanwhile (see
+        // `TRACKED_BY_WORKER` in bpf/steer.bpf.c): the tracked map takes it back.
+        table.note_restarted(record);
+    }
     if opened {
         let worker = plane.worker;
         events.emit(
@@ -2236,9 +2252,15 @@ mod tests {
         let record = table.get(&key).unwrap();
         assert_eq!(record.state, TcpState::SYN_SEEN);
         assert_eq!((record.daemon, record.created_ns), (daemon, 2));
+        assert_eq!(
+            stats.new_flows.get(),
+            2,
+            "the reuse is a connection accepted"
+        );
         // A retransmitted SYN of a live connection is not a new one.
         assert!(send(0x02, 3, &mut table, &mut plane, &mut sink));
         assert_eq!(opened(&mut sink, &mut rx), 0);
+        assert_eq!(stats.new_flows.get(), 2);
     }
 
     #[test]

@@ -43,7 +43,7 @@ use skel::{types, SteerSkel, SteerSkelBuilder};
 
 /// Names of `enum steer_counter` in `bpf/steer.h`, in order. [`Steering::load`]
 /// checks the length against the counters map's size, which comes from the header.
-pub const COUNTER_NAMES: [&str; 25] = [
+pub const COUNTER_NAMES: [&str; 26] = [
     "front_steered",
     "back_steered",
     "passed",
@@ -69,12 +69,13 @@ pub const COUNTER_NAMES: [&str; 25] = [
     "icmp6_front_steered",
     "icmp6_back_steered",
     "packet_too_big_sent",
+    "direct_took_over",
 ];
 
 /// Counters of [`COUNTER_NAMES`] that say why a frame was passed to the host:
 /// each such frame is counted in `passed` as well, so these are a breakdown of
 /// it, not verdicts of their own.
-pub const PASS_REASONS: [&str; 7] = [
+pub const PASS_REASONS: [&str; 8] = [
     "truncated",
     "vlan",
     "ipv6",
@@ -82,6 +83,7 @@ pub const PASS_REASONS: [&str; 7] = [
     "back_not_front",
     "back_untracked",
     "fwd_disabled",
+    "direct_took_over",
 ];
 
 /// Which side of the dispatcher a socket or interface is on.

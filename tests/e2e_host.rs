@@ -374,3 +374,86 @@ fn a_host_reaching_a_daemon_directly_works_with_tracked_replies() {
     assert!(sum_of(&after, "new_flows") >= 201, "{after}");
     lb.terminate(Duration::from_secs(10));
 }
+
+/// A host that reaches the daemon directly from the port of a VIP connection
+/// that has just ended: at the daemon it is the same 4-tuple, and the VIP
+/// connection's key stays in the tracked map while its record lingers. The
+/// direct SYN passing through hands the 4-tuple to the host (as conntrack
+/// lets a SYN reopen a closed entry), so the daemon's SYN-ACK reaches the
+/// client from the address it called; a VIP connection from that port again
+/// takes it back.
+#[test]
+fn a_direct_connection_from_a_lingering_vip_connections_port_is_the_hosts() {
+    let topo = Topology::up(DISPATCHD, "trkport", 1, 1);
+    let _servers = topo.serve(1);
+    let mut flags = Topology::default_flags(1);
+    flags.extend(["--reply-mode", "tracked", "--rst-linger-ms", "20000"].map(String::from));
+    let mut lb = topo.dispatchd(&flags);
+    // Resets end both connections: no TIME_WAIT on either side keeps the
+    // client from its port or the daemon from the new connection.
+    let from_the_port = |to: &str| {
+        topo.client_run(&[
+            "connect",
+            "--to",
+            to,
+            "--connections",
+            "1",
+            "--reset",
+            "--src-port",
+            "40000",
+            "--timeout-ms",
+            "1500",
+        ])
+    };
+    let ok = |to: &str, what: &str| {
+        let out = from_the_port(to);
+        assert!(
+            out.status.success(),
+            "{what}:\n{}\n{}",
+            text(&out),
+            lb.output()
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            stdout.contains(&format!("daemon={DAEMON} connections=1")),
+            "{what}: {stdout}"
+        );
+    };
+
+    ok(VIP, "the VIP connection");
+    let stats = topo.stats();
+    assert_eq!(sum_of(&stats, "flows"), 1, "its record lingers: {stats}");
+    assert_eq!(sum_of(&stats, "tracked_inserted"), 1, "{stats}");
+    ok(
+        DAEMON,
+        "the direct connection from the VIP connection's port",
+    );
+    let direct = topo.stats();
+    assert_eq!(xdp(&direct, "direct_took_over"), 1, "{direct}");
+    assert_eq!(
+        sum_of(&direct, "rx_back"),
+        sum_of(&stats, "rx_back"),
+        "a direct reply reached a worker"
+    );
+    assert_eq!(
+        sum_of(&direct, "flows"),
+        1,
+        "the VIP record still lingers: {direct}"
+    );
+
+    ok(VIP, "a VIP connection from that port again");
+    let again = topo.stats();
+    assert_eq!(sum_of(&again, "new_flows"), 2, "{again}");
+    assert_eq!(
+        sum_of(&again, "tracked_inserted"),
+        2,
+        "its key written again: {again}"
+    );
+    assert!(
+        sum_of(&again, "rx_back") > sum_of(&direct, "rx_back"),
+        "its replies taken: {again}"
+    );
+    ok(DAEMON, "a direct connection after it");
+    assert_eq!(xdp(&topo.stats(), "direct_took_over"), 2);
+    lb.terminate(Duration::from_secs(10));
+}

@@ -1047,6 +1047,58 @@ fn a_client_reaching_an_ipv6_daemon_directly_works_with_tracked_replies() {
     lb.terminate(Duration::from_secs(10));
 }
 
+/// e2e_host's `a_direct_connection_from_a_lingering_vip_connections_port_is_the_hosts`
+/// over IPv6: a direct connection from the port of a VIP connection whose
+/// record lingers (the same 4-tuple at the daemon) opens, and a VIP
+/// connection from that port again is tracked again.
+#[test]
+fn a_direct_ipv6_connection_from_a_lingering_vip_connections_port_opens() {
+    let topo = Topology::up_dual(DISPATCHD, "v6trkp", 1, 1);
+    let _servers = topo.serve_on(&daemons6(1), &[]);
+    let direct = daemon_addr6(0);
+    let mut lb = dispatchd(
+        &topo,
+        Topology::default_flags6(1),
+        &["--reply-mode", "tracked", "--rst-linger-ms", "20000"],
+    );
+    wait_all_up(&topo);
+    // Resets end both connections: no TIME_WAIT on either side keeps the
+    // client from its port or the daemon from the new connection.
+    let from_the_port = |to: &str, what: &str| {
+        connect(
+            &topo,
+            to,
+            &[
+                "--connections",
+                "1",
+                "--reset",
+                "--src-port",
+                "40000",
+                "--timeout-ms",
+                "1500",
+            ],
+        );
+        let stats = topo.stats();
+        println!("{what}: {} records", records(&topo).1);
+        stats
+    };
+
+    let vip = from_the_port(VIP6, "the VIP connection");
+    assert_eq!(records(&topo), (1, 1), "its record lingers: {vip}");
+    let direct_done = from_the_port(&direct, "the direct connection");
+    assert_eq!(xdp(&direct_done, "direct_took_over"), 1, "{direct_done}");
+    assert_eq!(
+        sum_of(&direct_done, "rx_back"),
+        sum_of(&vip, "rx_back"),
+        "a direct reply reached a worker"
+    );
+    let again = from_the_port(VIP6, "a VIP connection from that port again");
+    assert_eq!(sum_of(&again, "new_flows"), 2, "{again}");
+    assert_eq!(sum_of(&again, "tracked_inserted"), 2, "{again}");
+    assert!(sum_of(&again, "rx_back") > sum_of(&direct_done, "rx_back"));
+    lb.terminate(Duration::from_secs(10));
+}
+
 /// The IPv6 reply path's FIB lookup needs the back to forward IPv6
 /// (`net.ipv6.conf.<back>.forwarding`, not `all`): with IPv6 services,
 /// start-up is refused in one line naming the setting, nothing attached;

@@ -1174,6 +1174,79 @@ fn tracked_table() -> Vec<Row> {
     ]
 }
 
+/// A TCP segment from `from` to `to` with `flags`.
+fn tcp_flagged(macs: Macs, from: SocketAddrV4, to: SocketAddrV4, flags: u8) -> Vec<u8> {
+    tcp_with(macs, from, to, |s| {
+        s.tcp_flags = flags;
+        s.build()
+    })
+}
+
+/// [`tcp_flagged`] over IPv6 (SYN, ACK and RST are what the rows use).
+fn tcp6_flagged(macs: Macs, from: SocketAddrV6, to: SocketAddrV6, flags: u8) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(macs.0, macs.1).ipv6(from.ip().octets(), to.ip().octets(), 64);
+    let mut tcp = b.tcp(from.port(), to.port(), 1, 64240);
+    if flags & tcp_flags::SYN != 0 {
+        tcp = tcp.syn();
+    }
+    if flags & tcp_flags::ACK != 0 {
+        tcp = tcp.ack(1);
+    }
+    if flags & tcp_flags::RST != 0 {
+        tcp = tcp.rst();
+    }
+    let mut f = Vec::new();
+    tcp.write(&mut f, &[]).expect("writing an IPv6 frame");
+    f
+}
+
+/// reply_mode "tracked", in order, with the tracked maps holding CLIENT with
+/// DAEMONS[0] and CLIENT6B with DAEMON6: a direct connection from a tracked
+/// connection's client port (the same 4-tuple at the daemon) gets the
+/// daemon's frames once the daemon accepts its SYN with a SYN-ACK; any other
+/// answer (a live connection's challenge ACK, after a spoofed SYN) keeps them
+/// the tracked connection's.
+#[rustfmt::skip]
+fn direct_takeover_rows() -> Vec<Row> {
+    use tcp_flags::{ACK, RST, SYN};
+    use Iface::{Back, Front};
+    let direct_syn = || tcp_flagged(FROM_CLIENT, CLIENT, DAEMONS[0], SYN);
+    let from_daemon = |flags| tcp_flagged(FROM_DAEMON, DAEMONS[0], CLIENT, flags);
+    let taken = |flags| tcp_flagged(TO_CLIENT, DAEMONS[0], CLIENT, flags);
+    let direct_syn6 = || tcp6_flagged(FROM_CLIENT, CLIENT6B, DAEMON6, SYN);
+    let from_daemon6 = |flags| tcp6_flagged(FROM_DAEMON, DAEMON6, CLIENT6B, flags);
+    vec![
+        row("a client's SYN-ACK towards the daemon is no direct SYN", Front, 0, tcp_flagged(FROM_CLIENT, CLIENT, DAEMONS[0], SYN | ACK),
+            XDP_PASS, &["passed"]),
+        row("the daemon's SYN-ACK with no direct SYN before: the tracked connection's", Back, 0, from_daemon(SYN | ACK),
+            XDP_REDIRECT, &["back_steered"]).leaves(taken(SYN | ACK)),
+        row("a direct SYN from the tracked client port", Front, 0, direct_syn(),
+            XDP_PASS, &["passed"]),
+        row("the daemon's challenge ACK: a live tracked connection keeps its frames", Back, 0, from_daemon(ACK),
+            XDP_REDIRECT, &["back_steered"]).leaves(taken(ACK)),
+        row("and its next SYN-ACK too", Back, 0, from_daemon(SYN | ACK),
+            XDP_REDIRECT, &["back_steered"]).leaves(taken(SYN | ACK)),
+        row("a direct SYN again", Front, 0, direct_syn(),
+            XDP_PASS, &["passed"]),
+        row("the daemon accepts it with a SYN-ACK: the host's", Back, 0, from_daemon(SYN | ACK),
+            XDP_PASS, &["direct_took_over", "passed"]),
+        row("the direct connection's next frames are the host's", Back, 0, from_daemon(ACK),
+            XDP_PASS, &["back_untracked", "passed"]),
+        row("and its reset", Back, 0, from_daemon(RST),
+            XDP_PASS, &["back_untracked", "passed"]),
+        row("IPv6: a direct SYN from the tracked client port", Front, 0, direct_syn6(),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("IPv6: the daemon's challenge ACK keeps its frames tracked", Back, 0, from_daemon6(ACK),
+            XDP_REDIRECT, &["back6_steered"]).leaves(tcp6_flagged(TO_CLIENT, DAEMON6, CLIENT6B, ACK)),
+        row("IPv6: a direct SYN again", Front, 0, direct_syn6(),
+            XDP_PASS, &["ipv6", "passed"]),
+        row("IPv6: the daemon accepts it: the host's", Back, 0, from_daemon6(SYN | ACK),
+            XDP_PASS, &["direct_took_over", "passed"]),
+        row("IPv6: the direct connection's next frame", Back, 0, from_daemon6(ACK),
+            XDP_PASS, &["back_untracked", "passed"]),
+    ]
+}
+
 /// Runs every row through the program: the failures, one line each.
 fn run_rows(lab: &Lab, rows: &[Row]) -> Vec<String> {
     let mut failures = Vec::new();
@@ -1289,6 +1362,7 @@ fn every_counter_and_verdict_has_a_row() {
     let rows: Vec<Row> = table()
         .into_iter()
         .chain(tracked_table())
+        .chain(direct_takeover_rows())
         .chain(forwarding_rows())
         .collect();
     for name in COUNTER_NAMES {
@@ -1489,6 +1563,53 @@ fn tracked_replies_are_taken_and_the_rest_passed() {
         &["back_untracked", "passed"],
     )];
     assert_rows_pass(&run_rows(&lab, &gone), 1);
+}
+
+/// reply_mode "tracked": a direct connection from a tracked connection's
+/// client port takes the 4-tuple's frames only once the daemon accepts it, and
+/// the key a worker writes again (a VIP connection reusing the port) takes
+/// them back.
+#[test]
+fn a_direct_connection_takes_a_tracked_4_tuple_only_when_the_daemon_accepts_it() {
+    let lab = Lab::up(
+        "dt",
+        Replies::Tracked {
+            capacity: 64,
+            capacity6: 64,
+        },
+    );
+    let map = lab.steering.tracked_map().expect("the tracked map");
+    let map6 = lab.steering.tracked6_map().expect("the IPv6 tracked map");
+    let key = reply_key(CLIENT, DAEMONS[0], TCP);
+    let key6 = reply_key6(CLIENT6B, DAEMON6, TCP);
+    assert_eq!(map.insert(&[key]).done, 1);
+    assert_eq!(map6.insert(&[key6]).done, 1);
+    let rows = direct_takeover_rows();
+    assert_rows_pass(&run_rows(&lab, &rows), rows.len());
+
+    assert_eq!(map.insert(&[key]).done, 1);
+    assert_eq!(map6.insert(&[key6]).done, 1);
+    let written_again = [
+        row(
+            "the key written again: the tracked connection's",
+            Iface::Back,
+            0,
+            tcp_flagged(FROM_DAEMON, DAEMONS[0], CLIENT, tcp_flags::ACK),
+            XDP_REDIRECT,
+            &["back_steered"],
+        )
+        .leaves(tcp_flagged(TO_CLIENT, DAEMONS[0], CLIENT, tcp_flags::ACK)),
+        row(
+            "IPv6: the key written again",
+            Iface::Back,
+            0,
+            tcp6_flagged(FROM_DAEMON, DAEMON6, CLIENT6B, tcp_flags::ACK),
+            XDP_REDIRECT,
+            &["back6_steered"],
+        )
+        .leaves(tcp6_flagged(TO_CLIENT, DAEMON6, CLIENT6B, tcp_flags::ACK)),
+    ];
+    assert_rows_pass(&run_rows(&lab, &written_again), written_again.len());
 }
 
 /// reply_mode "tracked" with a daemon ADDR:PORT behind a TCP and a UDP

@@ -289,6 +289,11 @@ fn an_ipv6_client_fin_and_a_reset_in_its_window_end_the_connection() {
     assert!(w.forward(&mut tcp(CLIENT, VIP, 0x02, 9000, 0), 6));
     assert!(matches!(w.events6()[..], [Event6::Opened { at_ns: 6, .. }]));
     assert_eq!(w.table6.get(&key(CLIENT)).unwrap().created_ns, 6);
+    assert_eq!(
+        w.stats.new_flows.get(),
+        2,
+        "the reuse is a connection accepted"
+    );
 }
 
 #[test]

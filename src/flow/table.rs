@@ -279,6 +279,13 @@ impl<R: Record> Table<R> {
         self.journal.drain(..)
     }
 
+    /// Notes `record`, which stays in the table, as inserted again: a record
+    /// that a new connection restarted (a reused port), whose copy elsewhere
+    /// must be written afresh.
+    pub fn note_restarted(&mut self, record: R) {
+        self.note(Change::Inserted(record));
+    }
+
     #[inline(always)]
     fn note(&mut self, change: Change<R>) {
         if self.keep_journal {

@@ -81,6 +81,10 @@ enum Command {
         /// Expect the daemon to reset each connection after its echo.
         #[arg(long)]
         expect_reset: bool,
+        /// Connect from this local port (SO_REUSEADDR: a connection of it in
+        /// TIME_WAIT does not refuse it): a chosen 4-tuple, one connection.
+        #[arg(long)]
+        src_port: Option<u16>,
     },
     /// Short connections for a while, each failure reported as a `failure` JSON
     /// line (for attribution) rather than ending the run.
@@ -248,7 +252,12 @@ pub fn run() -> Result<()> {
             timeout_ms,
             reset,
             expect_reset,
+            src_port,
         } => {
+            if let Some(port) = src_port {
+                anyhow::ensure!(connections == 1, "--src-port makes one connection");
+                crate::sockets::connect_from_port(port);
+            }
             let close = match (reset, expect_reset) {
                 (true, _) => Close::Reset,
                 (false, true) => Close::ExpectReset,

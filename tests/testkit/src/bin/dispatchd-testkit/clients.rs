@@ -70,15 +70,11 @@ fn open_sending(
     first: &[u8],
     seen: &mut Seen,
 ) -> Result<Session> {
-    let connected = match to {
-        SocketAddr::V4(to_v4) => {
-            let (local, connected) = sockets::connect(to_v4, timeout);
-            seen.local = local;
-            connected
-        }
-        // IPv6: std's connect (a failure is reported without its local
-        // address, and `--bind` is IPv4's).
-        SocketAddr::V6(_) => TcpStream::connect_timeout(&to, timeout),
+    let (local, connected) = sockets::connect(to, timeout);
+    // A failure report names IPv4 connections only.
+    seen.local = match local {
+        Some(SocketAddr::V4(local)) => Some(local),
+        _ => None,
     };
     let mut stream = connected.with_context(|| format!("connecting to {to}"))?;
     stream.set_read_timeout(Some(timeout))?;

@@ -1,12 +1,12 @@
 //! The socket facilities std lacks: a TCP connect that tells the local address
 //! even when it fails, a TCP close that sends a RST, and a raw AF_PACKET socket
 //! for hand-made frames.
-#![allow(unsafe_code)] // socket, connect, poll, get/setsockopt, bind, send; each block says why it is sound
+#![allow(unsafe_code)] // socket, connect, poll, get/setsockopt, getsockname, bind, send; each block says why it is sound
 
 use std::{
     ffi::CString,
     io,
-    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::OnceLock,
     time::Duration,
@@ -14,13 +14,26 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-/// The local address every client connection is made from (`--bind`), when set:
-/// a host with several addresses connecting from a chosen one.
+/// The local address every IPv4 client connection is made from (`--bind`),
+/// when set: a host with several addresses connecting from a chosen one.
 static BIND: OnceLock<Ipv4Addr> = OnceLock::new();
 
-/// Makes every later [`connect`] bind its socket to `addr` (any port) first.
+/// The local port every client connection is made from (`--src-port`), when
+/// set: a chosen 4-tuple, e.g. one a closed connection to another address
+/// used a moment ago.
+static SRC_PORT: OnceLock<u16> = OnceLock::new();
+
+/// Makes every later [`connect`] to an IPv4 address bind its socket to `addr`
+/// (any port, unless [`connect_from_port`] chose one) first.
 pub fn bind_clients_to(addr: Ipv4Addr) {
     let _ = BIND.set(addr);
+}
+
+/// Makes every later [`connect`] bind its socket to `port` first, with
+/// SO_REUSEADDR, so that a connection of that port in TIME_WAIT does not
+/// refuse it.
+pub fn connect_from_port(port: u16) {
+    let _ = SRC_PORT.set(port);
 }
 
 /// The address [`bind_clients_to`] set, if any.
@@ -31,14 +44,15 @@ pub fn client_bind() -> Option<Ipv4Addr> {
 /// Connects to `to` within `timeout`. The local address the kernel picked comes
 /// back whatever the outcome, so that a failed connection can still be named by
 /// its 4-tuple (std's connect forgets it on failure).
-pub fn connect(
-    to: SocketAddrV4,
-    timeout: Duration,
-) -> (Option<SocketAddrV4>, io::Result<TcpStream>) {
+pub fn connect(to: SocketAddr, timeout: Duration) -> (Option<SocketAddr>, io::Result<TcpStream>) {
+    let family = match to {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
     // SAFETY: plain socket(2); a non-negative result is a new fd we own.
     let fd = unsafe {
         libc::socket(
-            libc::AF_INET,
+            family,
             libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
             0,
         )
@@ -48,29 +62,23 @@ pub fn connect(
     }
     // SAFETY: fd is fresh and owned by nobody else.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    if let Some(from) = BIND.get() {
-        let local = sockaddr(SocketAddrV4::new(*from, 0));
-        // SAFETY: local is initialised and its size is passed; bind only reads it.
-        let rc = unsafe {
-            libc::bind(
-                fd,
-                (&local as *const libc::sockaddr_in).cast(),
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return (None, Err(io::Error::last_os_error()));
+    let port = SRC_PORT.get().copied();
+    let from = match to {
+        SocketAddr::V4(_) => BIND
+            .get()
+            .map(|&ip| SocketAddr::from((ip, port.unwrap_or(0)))),
+        SocketAddr::V6(_) => None,
+    }
+    .or_else(|| port.map(|p| SocketAddr::new(unspecified(to), p)));
+    if let Some(from) = from {
+        if let Err(e) = bind(fd, from, port.is_some()) {
+            return (None, Err(e));
         }
     }
-    let sin = sockaddr(to);
-    // SAFETY: sin is initialised and its size is passed; connect only reads it.
-    let rc = unsafe {
-        libc::connect(
-            fd,
-            (&sin as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
+    let remote = RawAddr::of(to);
+    // SAFETY: remote holds an initialised sockaddr of the length passed;
+    // connect only reads it.
+    let rc = unsafe { libc::connect(fd, remote.ptr(), remote.len()) };
     let started = if rc == 0 {
         Ok(())
     } else {
@@ -87,30 +95,121 @@ pub fn connect(
     (local, result)
 }
 
-fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*addr.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
+fn unspecified(like: SocketAddr) -> IpAddr {
+    match like {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
     }
 }
 
-fn local_addr(fd: libc::c_int) -> Option<SocketAddrV4> {
-    // SAFETY: all-zero is a valid sockaddr_in.
-    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: sin and len are valid for writes of the sizes given.
-    let rc =
-        unsafe { libc::getsockname(fd, (&mut sin as *mut libc::sockaddr_in).cast(), &mut len) };
-    (rc == 0 && sin.sin_port != 0).then(|| {
-        SocketAddrV4::new(
-            Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-            u16::from_be(sin.sin_port),
+fn bind(fd: libc::c_int, from: SocketAddr, reuse: bool) -> io::Result<()> {
+    if reuse {
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads `on` (valid, of the size given) during the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&on as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let local = RawAddr::of(from);
+    // SAFETY: local holds an initialised sockaddr of the length passed; bind
+    // only reads it.
+    if unsafe { libc::bind(fd, local.ptr(), local.len()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A socket address as the kernel takes it.
+enum RawAddr {
+    V4(libc::sockaddr_in),
+    V6(libc::sockaddr_in6),
+}
+
+impl RawAddr {
+    fn of(addr: SocketAddr) -> Self {
+        match addr {
+            SocketAddr::V4(a) => Self::V4(libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            }),
+            SocketAddr::V6(a) => Self::V6(libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            }),
+        }
+    }
+
+    fn ptr(&self) -> *const libc::sockaddr {
+        match self {
+            Self::V4(sin) => (sin as *const libc::sockaddr_in).cast(),
+            Self::V6(sin6) => (sin6 as *const libc::sockaddr_in6).cast(),
+        }
+    }
+
+    fn len(&self) -> libc::socklen_t {
+        (match self {
+            Self::V4(_) => size_of::<libc::sockaddr_in>(),
+            Self::V6(_) => size_of::<libc::sockaddr_in6>(),
+        }) as libc::socklen_t
+    }
+}
+
+fn local_addr(fd: libc::c_int) -> Option<SocketAddr> {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: ss and len are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockname(
+            fd,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
         )
-    })
+    };
+    if rc != 0 {
+        return None;
+    }
+    let addr = match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in (its family says so),
+            // which sockaddr_storage is large and aligned enough to hold.
+            let sin =
+                unsafe { &*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            SocketAddr::from((
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for a sockaddr_in6.
+            let sin6 =
+                unsafe { &*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            SocketAddr::from((
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+            ))
+        }
+        _ => return None,
+    };
+    (addr.port() != 0).then_some(addr)
 }
 
 /// Waits for a non-blocking connect to finish and returns the blocking stream.
