@@ -145,10 +145,21 @@ fn queries_from_many_ports_spread_and_a_long_flow_stays_on_its_daemon() {
 
     // Long-lived: one socket, 100 queries, one daemon for all of them (the
     // answers come from the VIP:port: the connected socket takes no other).
+    // Its port is below the kernel's ephemeral range: one of the 200 flows
+    // above (still live) may have had any port in it.
     let q = query(
         &topo,
         UDP_VIP,
-        &["--clients", "1", "--count", "100", "--interval-ms", "5"],
+        &[
+            "--clients",
+            "1",
+            "--count",
+            "100",
+            "--interval-ms",
+            "5",
+            "--src-port",
+            "24000",
+        ],
     );
     println!("one flow of 100 queries: {:?}", q.per_daemon);
     assert_eq!((q.ok, q.lost, q.switched), (100, 0, 0), "{}", q.raw);
@@ -538,7 +549,15 @@ fn one_daemon_addr_port_serves_a_tcp_and_a_udp_service() {
     let tcp = dispatchd_testkit::per_daemon(&String::from_utf8_lossy(&out.stdout));
     let even: Vec<(String, usize)> = daemons.iter().map(|d| (d.to_string(), 20)).collect();
     assert_eq!(tcp, even, "TCP over both daemons");
-    let q = query(&topo, VIP, &["--clients", "30", "--count", "2"]);
+    // Ports of their own below the kernel's ephemeral range (22000-22029),
+    // as the later batches have: these flows live on (idle timeout 60 s),
+    // and a later socket the kernel gave one of their ports would continue
+    // that flow on its daemon, not start a new one.
+    let q = query(
+        &topo,
+        VIP,
+        &["--clients", "30", "--count", "2", "--src-port", "22000"],
+    );
     assert_eq!((q.ok, q.lost, q.switched), (60, 0, 0), "{}", q.raw);
     let udp: Vec<(String, usize)> = q
         .per_daemon
@@ -611,7 +630,7 @@ fn one_daemon_addr_port_serves_a_tcp_and_a_udp_service() {
                     "--interval-ms",
                     "100",
                     "--src-port",
-                    "41000",
+                    "21000",
                 ],
             )
         });
@@ -668,7 +687,11 @@ fn one_daemon_addr_port_serves_a_tcp_and_a_udp_service() {
         [(daemons[1].to_owned(), 20)],
         "no new TCP connection to the drained"
     );
-    let q = query(&topo, VIP, &["--clients", "20", "--count", "1"]);
+    let q = query(
+        &topo,
+        VIP,
+        &["--clients", "20", "--count", "1", "--src-port", "23000"],
+    );
     assert_eq!((q.ok, q.lost), (20, 0), "{}", q.raw);
     let udp: Vec<(String, usize)> = q
         .per_daemon
