@@ -429,6 +429,32 @@ impl Dataplane {
         }
     }
 
+    /// Whether `backend`'s daemon takes new connections (it is up, not
+    /// draining or down).
+    fn takes_new(&mut self, backend: BackendId) -> bool {
+        self.pool_of(backend)
+            .is_some_and(|(pool, local)| on_pool!(pool, p => p.state(local)) == BackendState::Up)
+    }
+
+    /// Whether a record a segment found still stands: it is current
+    /// ([`current`](Self::current)), and, for a client's bare SYN
+    /// (`segment_reopens`) on a closing connection, its daemon takes new
+    /// connections. The client reused the port: the SYN is a new connection,
+    /// which a draining or down daemon must not get (IPVS too schedules a SYN
+    /// on a closed connection's entry afresh). Refused, the record goes (its
+    /// daemon's count with it) and the SYN picks like any first one.
+    #[inline(always)]
+    fn stands<R: PlaneRecord>(&mut self, record: &mut R, segment_reopens: bool) -> bool {
+        if !record.is_current(self) {
+            return false;
+        }
+        if segment_reopens && record.state().is_closing() && !self.takes_new(record.backend()) {
+            self.connection_closed(record.backend());
+            return false;
+        }
+        true
+    }
+
     pub fn set_backend_state(&mut self, backend: BackendId, state: BackendState) {
         if let Some((pool, local)) = self.pool_of(backend) {
             on_pool!(pool, p => p.set_state(local, state));
@@ -843,7 +869,8 @@ fn forward_any(
     let opens_connection = is_udp || (flags.syn() && !flags.ack());
     let (seq, mut next) = pkt.tcp_seq_next();
     let mut ack = pkt.tcp_ack();
-    let valid = |r: &mut FlowRecord| plane.current(r);
+    let segment_reopens = !is_udp && opens_connection;
+    let valid = |r: &mut FlowRecord| plane.stands(r, segment_reopens);
     let mut restarted = None;
     let (daemon, backend, opened) = match table.get_valid_hashed(&key, hash, valid) {
         Some(record) => {
@@ -852,12 +879,11 @@ fn forward_any(
             if is_udp {
                 // Nothing to follow: the record lives while datagrams come.
                 (record.daemon, record.backend, false)
-            } else if opens_connection
-                && (before.contains(TcpState::FIN_CLIENT) || before.contains(TcpState::RST))
-            {
+            } else if opens_connection && before.is_closing() {
                 // The client reuses the port of a connection that is closing (its
-                // record lingers): a new connection to the same daemon, which the
-                // loop must track afresh rather than expire with the old one.
+                // record lingers): a new connection to the same daemon (one that
+                // takes no new connection refused the record: see `stands`), which
+                // the loop must track afresh rather than expire with the old one.
                 record.state = TcpState::default();
                 record.state.on_client_segment(flags.0);
                 record.created_ns = now_ns;
@@ -1254,7 +1280,8 @@ pub fn forward6(
     let opens_connection = is_udp || (flags.syn() && !flags.ack());
     let (seq, mut next) = pkt.tcp_seq_next();
     let mut ack = pkt.tcp_ack();
-    let valid = |r: &mut FlowRecord6| plane.current6(r);
+    let segment_reopens = !is_udp && opens_connection;
+    let valid = |r: &mut FlowRecord6| plane.stands(r, segment_reopens);
     let mut restarted = None;
     let (daemon, backend, opened) = match table.get_valid_hashed(&key, hash, valid) {
         Some(record) => {
@@ -1263,12 +1290,11 @@ pub fn forward6(
             if is_udp {
                 // Nothing to follow: the record lives while datagrams come.
                 (record.daemon(), record.backend, false)
-            } else if opens_connection
-                && (before.contains(TcpState::FIN_CLIENT) || before.contains(TcpState::RST))
-            {
+            } else if opens_connection && before.is_closing() {
                 // The client reuses the port of a connection that is closing (its
-                // record lingers): a new connection to the same daemon, which the
-                // loop must track afresh rather than expire with the old one.
+                // record lingers): a new connection to the same daemon (one that
+                // takes no new connection refused the record: see `stands`), which
+                // the loop must track afresh rather than expire with the old one.
                 record.state = TcpState::default();
                 record.state.on_client_segment(flags.0);
                 record.created_ns = now_ns;
@@ -2799,6 +2825,50 @@ mod tests {
             assert_ne!(after.send(syn, 1), Some(DAEMONS[1]), "no new connection");
         }
         assert!(kept > 50, "{kept}");
+    }
+
+    /// A client reusing the port of a closing connection whose daemon has
+    /// since been drained (or gone down) opens a new connection: it goes to a
+    /// daemon that takes new ones, as any first SYN does, and the drained
+    /// daemon's count gives the old one up. Up, the daemon keeps the port's
+    /// new connection (`a_syn_reusing_a_closing_connections_port_is_tracked_as_new`).
+    #[test]
+    fn a_reused_port_of_a_drained_daemons_closing_connection_picks_another() {
+        for (closing, drained) in [(0x11, BackendState::Draining), (0x04, BackendState::Down)] {
+            let mut lb = Instance::new(PolicyKind::RoundRobin);
+            let c = client(7);
+            let first = lb.send(testing::segment(c, VIP, 0x02), 1).unwrap();
+            assert_eq!(first, DAEMONS[0], "round robin starts at the first");
+            assert!(lb
+                .send(testing::segment_at(c, VIP, 0x10, 1000, 5000), 2)
+                .is_some());
+            assert!(lb
+                .send(testing::segment_at(c, VIP, closing, 1000, 5000), 3)
+                .is_some());
+            let active = |lb: &Instance, i: u16| lb.plane.services[0].pool.active(PoolIndex(i));
+            assert_eq!(active(&lb, 0), 1);
+            lb.plane.set_backend_state(BackendId(0), drained);
+            lb.events();
+
+            let again = lb.send(testing::segment(c, VIP, 0x02), 4);
+            assert_eq!(
+                again,
+                Some(DAEMONS[1]),
+                "{drained:?}: not the drained daemon"
+            );
+            assert_eq!((active(&lb, 0), active(&lb, 1)), (0, 1), "{drained:?}");
+            let record = lb.table.get(&FlowKey::new(c, VIP, 6)).unwrap();
+            assert_eq!((record.daemon, record.created_ns), (DAEMONS[1], 4));
+            assert_eq!(lb.stats.new_flows.get(), 2);
+            assert!(
+                matches!(lb.events()[..], [Event::Opened { daemon, at_ns: 4, .. }] if daemon == DAEMONS[1]),
+                "{drained:?}"
+            );
+            // Its next segments follow the new record.
+            let ack = testing::segment_at(c, VIP, 0x10, 1000, 5000);
+            assert_eq!(lb.send(ack, 5), Some(DAEMONS[1]));
+            assert_eq!(lb.stats.dropped_total(), 0);
+        }
     }
 
     /// A daemon's FIN or RST on an instance that never saw the connection (its

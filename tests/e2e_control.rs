@@ -198,6 +198,43 @@ fn a_draining_daemon_keeps_its_connection_and_gets_no_new_ones() {
     );
 }
 
+/// A client that reuses the port of a connection that has just closed (its
+/// record lingers) after that connection's daemon was drained opens a new
+/// connection: it goes to another daemon, not the drained one.
+#[test]
+fn a_reused_port_of_a_drained_daemons_closed_connection_goes_elsewhere() {
+    let topo = Topology::up(DISPATCHD, "drainport", 2, 1);
+    let _servers = topo.serve(2);
+    let mut flags = Topology::default_flags(2);
+    flags.extend(["--rst-linger-ms", "20000"].map(String::from));
+    let lb = topo.dispatchd(&flags);
+    // A reset ends it: no TIME_WAIT keeps the client from its port.
+    let from_the_port = || {
+        per_daemon(&connect(
+            &topo,
+            &["--connections", "1", "--reset", "--src-port", "40000"],
+        ))
+    };
+    let first = from_the_port();
+    let [(daemon, 1)] = &first[..] else {
+        panic!("one connection: {first:?}");
+    };
+    assert_eq!(
+        u64_at(&topo.stats(), "/connections"),
+        1,
+        "its record lingers"
+    );
+    let reply = topo.ctl(&["drain", daemon]);
+    assert!(reply.contains("draining"), "{reply}");
+    let again = from_the_port();
+    assert!(
+        again.len() == 1 && again[0].0 != *daemon,
+        "the drained {daemon} got the port's new connection: {again:?}\n{}",
+        lb.output()
+    );
+    assert_eq!(u64_at(&topo.stats(), "/workers/0/new_flows"), 2);
+}
+
 /// `ctl weight`: a weight shifts the share of new connections at once (the
 /// records kept, as across a reload), 0 drains the daemon while its open
 /// connection goes on, and a weight above 0 gives it connections again.

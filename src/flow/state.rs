@@ -56,6 +56,13 @@ impl TcpState {
         self.contains(Self::ESTABLISHED)
     }
 
+    /// The client has closed (FIN) or either side reset: a SYN from the
+    /// client's port now opens a new connection, not a retransmission.
+    #[inline]
+    pub const fn is_closing(self) -> bool {
+        self.contains(Self::FIN_CLIENT) || self.contains(Self::RST)
+    }
+
     /// Records a segment from the client with the given TCP flag byte (a reset
     /// is the caller's to judge).
     #[inline]
