@@ -208,12 +208,10 @@ fn a_reused_port_of_a_drained_daemons_closed_connection_goes_elsewhere() {
     let mut flags = Topology::default_flags(2);
     flags.extend(["--rst-linger-ms", "20000"].map(String::from));
     let lb = topo.dispatchd(&flags);
-    // A reset ends it: no TIME_WAIT keeps the client from its port.
     let from_the_port = || {
-        per_daemon(&connect(
-            &topo,
-            &["--connections", "1", "--reset", "--src-port", "40000"],
-        ))
+        let out = topo.client_reset_from_port(VIP, 40000);
+        assert!(out.status.success(), "{}", text(&out));
+        per_daemon(&String::from_utf8_lossy(&out.stdout))
     };
     let first = from_the_port();
     let [(daemon, 1)] = &first[..] else {

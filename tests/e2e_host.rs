@@ -393,24 +393,8 @@ fn a_direct_connection_from_a_lingering_vip_connections_port_is_the_hosts() {
     let mut flags = Topology::default_flags(1);
     flags.extend(["--reply-mode", "tracked", "--rst-linger-ms", "20000"].map(String::from));
     let mut lb = topo.dispatchd(&flags);
-    // Resets end both connections: no TIME_WAIT on either side keeps the
-    // client from its port or the daemon from the new connection.
-    let from_the_port = |to: &str| {
-        topo.client_run(&[
-            "connect",
-            "--to",
-            to,
-            "--connections",
-            "1",
-            "--reset",
-            "--src-port",
-            "40000",
-            "--timeout-ms",
-            "1500",
-        ])
-    };
     let ok = |to: &str, what: &str| {
-        let out = from_the_port(to);
+        let out = topo.client_reset_from_port(to, 40000);
         assert!(
             out.status.success(),
             "{what}:\n{}\n{}",

@@ -1062,22 +1062,9 @@ fn a_direct_ipv6_connection_from_a_lingering_vip_connections_port_opens() {
         &["--reply-mode", "tracked", "--rst-linger-ms", "20000"],
     );
     wait_all_up(&topo);
-    // Resets end both connections: no TIME_WAIT on either side keeps the
-    // client from its port or the daemon from the new connection.
     let from_the_port = |to: &str, what: &str| {
-        connect(
-            &topo,
-            to,
-            &[
-                "--connections",
-                "1",
-                "--reset",
-                "--src-port",
-                "40000",
-                "--timeout-ms",
-                "1500",
-            ],
-        );
+        let out = topo.client_reset_from_port(to, 40000);
+        assert!(out.status.success(), "{what}:\n{}", text(&out));
         let stats = topo.stats();
         println!("{what}: {} records", records(&topo).1);
         stats

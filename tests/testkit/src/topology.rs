@@ -516,6 +516,25 @@ impl Topology {
         ])
     }
 
+    /// One connection to `to` from the client's local `port`, ended by a
+    /// reset: no TIME_WAIT on either side keeps the client from the port or
+    /// the daemon from the next connection of the same 4-tuple. A connect
+    /// gives up after 1.5 s.
+    pub fn client_reset_from_port(&self, to: &str, port: u16) -> Output {
+        self.client_run(&[
+            "connect",
+            "--to",
+            to,
+            "--connections",
+            "1",
+            "--reset",
+            "--src-port",
+            &port.to_string(),
+            "--timeout-ms",
+            "1500",
+        ])
+    }
+
     /// Starts a testkit client in the background, ready once it printed `ready`.
     pub fn client_start(&self, args: &[&str], ready: &str) -> Proc {
         let mut cmd = self.cmd(&self.client(), &self.programs.testkit);
