@@ -51,7 +51,7 @@ use crate::{
     neigh::{self, HopBook, Kernel, NetlinkStats, NextHop, Reach, Rerouted},
     netlink::{Message, Messages},
     notify::{self, Notifier, Verdict, Watchdog},
-    protocol::{Event, Event6, LoopEnd, SlowFrame, Wake},
+    protocol::{Event, Event6, EventPace, LoopEnd, SlowFrame, Wake, EVENT_WINDOW},
     queues::{self, LinkWatch},
     stats::{now_ns, BackendTraffic, WorkerStats},
     sys::{self, RawIcmp6Sender, RawIpSender, Signal, SignalFd, SIGINFO_LEN},
@@ -103,6 +103,8 @@ enum Tag {
     Netlink,
     /// The next slice of route requests.
     Reroute,
+    /// The end of an [`EVENT_WINDOW`]: the events that came meanwhile.
+    EventWindow,
 }
 
 /// Where a probe is: every check connects; an HTTP check then sends its
@@ -200,6 +202,9 @@ pub struct Manager<'a> {
     reroute_next: Option<usize>,
     /// A [`Tag::Reroute`] timeout is in flight.
     reroute_armed: bool,
+    /// When the workers' events are looked at: an open window is a
+    /// [`Tag::EventWindow`] timeout in flight.
+    event_pace: EventPace,
     /// The last rtnetlink failure said, so a repeated one is only counted.
     netlink_error: Option<String>,
     back_mac: [u8; 6],
@@ -333,6 +338,7 @@ impl<'a> Manager<'a> {
             hop_changes: Vec::new(),
             reroute_next: None,
             reroute_armed: false,
+            event_pace: EventPace::new(parts.config.event_ring),
             netlink_error: None,
             back_mac: parts.back_mac,
             backlog: VecDeque::new(),
@@ -399,10 +405,14 @@ impl<'a> Manager<'a> {
         // Daemons whose next hop is still unknown start out of selection.
         self.tell_states();
         self.tell_ready();
+        let wake = self.wake.clone();
         while !self.stop {
             let round_started = now_ns();
-            self.wake.arm();
-            self.drain_events();
+            let mut pace = self.event_pace;
+            if pace.look(&wake, || self.drain_events()) {
+                self.uring.timeout(Tag::EventWindow, EVENT_WINDOW)?;
+            }
+            self.event_pace = pace;
             self.round_peak = self.round_peak.max(now_ns() - round_started);
             let done = self.uring.wait()?;
             let round_started = now_ns();
@@ -764,6 +774,9 @@ impl<'a> Manager<'a> {
                 self.uring
                     .read(Tag::Signal, self.signals.raw(), SIGINFO_LEN)?;
             }
+            // The next round's look takes what came, and opens another
+            // window if anything did.
+            Tag::EventWindow => self.event_pace.window_ended(),
             Tag::Tick => {
                 self.tick()?;
                 self.hand_out_tables6();
@@ -854,9 +867,12 @@ impl<'a> Manager<'a> {
         Ok(())
     }
 
-    fn drain_events(&mut self) {
+    /// Takes every worker's events and frames; how many there were.
+    fn drain_events(&mut self) -> usize {
+        let mut taken = 0;
         for w in &mut self.workers {
             while let Some(event) = w.link.events.try_pop() {
+                taken += 1;
                 if let Event::Opened { key, daemon, .. } = event {
                     self.traffic.opened(key.service(), key.protocol, daemon);
                 }
@@ -865,6 +881,7 @@ impl<'a> Manager<'a> {
                 self.tracker.on_event(event, now_ns(), &mut self.orders);
             }
             while let Some(event) = w.link.events6.try_pop() {
+                taken += 1;
                 if let Event6::Opened { key, daemon, .. } = event {
                     self.traffic.opened(key.service(), key.protocol, daemon);
                 }
@@ -875,10 +892,12 @@ impl<'a> Manager<'a> {
         // finds it.
         for w in 0..self.workers.len() {
             while let Some(frame) = self.workers[w].link.frames.try_pop() {
+                taken += 1;
                 self.icmp_to_daemon(WorkerId(w as u16), frame);
             }
         }
         self.send_orders();
+        taken
     }
 
     /// Translates an ICMP error that `worker` copied from the front for the
