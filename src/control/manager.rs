@@ -759,8 +759,9 @@ impl<'a> Manager<'a> {
     fn complete(&mut self, done: Completion<Tag>) -> Result<()> {
         let failed = done.error();
         match done.tag {
+            // The round's look, right after these completions, takes the
+            // events: a look that finds them is what opens a window.
             Tag::EventFd => {
-                self.drain_events();
                 self.hand_out_tables6();
                 self.uring.read(Tag::EventFd, self.wake.eventfd.raw(), 8)?;
             }
