@@ -826,6 +826,9 @@ impl<'a> Manager<'a> {
                         let request = request.into_owned();
                         return self.takeover_request(fd, &request);
                     }
+                    // An answer counts every event published before the
+                    // request came, even inside an event window.
+                    self.drain_events();
                     let reply = if metrics {
                         match ctl::http_ask(&request) {
                             HttpAsk::Ready => ready::http(&self.readiness()),
