@@ -718,6 +718,13 @@ mod tests {
         assert_eq!(taken, [0, 1, 2]);
     }
 
+    /// A link with event rings of `slots` slots, and a loop's pace for them.
+    fn paced(slots: usize) -> (Arc<Wake>, WorkerEnd<()>, LoopEnd<()>, EventPace) {
+        let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
+        let (worker, main) = link::<()>(wake.clone(), slots).expect("eventfd");
+        (wake, worker, main, EventPace::new(slots))
+    }
+
     /// A loop's look through `pace` at `main`'s events and frames: how many
     /// it took each time it looked.
     fn look(pace: &mut EventPace, wake: &Wake, main: &mut LoopEnd<()>) -> (bool, Vec<usize>) {
@@ -732,10 +739,8 @@ mod tests {
 
     #[test]
     fn while_events_keep_coming_the_loop_looks_when_a_window_ends_unwoken() {
-        let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
-        let (mut worker, mut main) = link::<()>(wake.clone(), 64).expect("eventfd");
+        let (wake, mut worker, mut main, mut pace) = paced(64);
         let stats = WorkerStats::default();
-        let mut pace = EventPace::new(64);
         let batch = |worker: &mut WorkerEnd<()>, n: u16| {
             for i in 0..n {
                 worker.events.emit(opened(i), &stats);
@@ -768,10 +773,8 @@ mod tests {
 
     #[test]
     fn an_event_published_after_the_last_look_wakes_the_loop() {
-        let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
-        let (mut worker, mut main) = link::<()>(wake.clone(), 64).expect("eventfd");
+        let (wake, mut worker, mut main, mut pace) = paced(64);
         let stats = WorkerStats::default();
-        let mut pace = EventPace::new(64);
         let mut looks = Vec::new();
         // The worker publishes right after the last look took the ring empty:
         // its flush finds the wake-up armed and writes it.
@@ -792,10 +795,8 @@ mod tests {
 
     #[test]
     fn half_a_ring_in_one_look_keeps_the_loop_woken_by_every_batch() {
-        let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
-        let (mut worker, mut main) = link::<()>(wake.clone(), 8).expect("eventfd");
+        let (wake, mut worker, mut main, mut pace) = paced(8);
         let stats = WorkerStats::default();
-        let mut pace = EventPace::new(8);
         for i in 0..4 {
             worker.events.emit(opened(i), &stats);
         }
@@ -811,10 +812,8 @@ mod tests {
 
     #[test]
     fn a_frame_wakes_the_loop_inside_a_window() {
-        let wake = Arc::new(Wake::new(EventFd::new().expect("eventfd")));
-        let (mut worker, mut main) = link::<()>(wake.clone(), 64).expect("eventfd");
+        let (wake, mut worker, mut main, mut pace) = paced(64);
         let stats = WorkerStats::default();
-        let mut pace = EventPace::new(64);
         worker.events.emit(opened(1), &stats);
         worker.events.flush();
         assert_eq!(look(&mut pace, &wake, &mut main), (true, vec![1]));
