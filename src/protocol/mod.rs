@@ -212,7 +212,7 @@ impl Wake {
     /// pairs with the fence in `notify`: either the look sees what a sender
     /// published, or that sender's swap sees the flag armed. Nothing published
     /// is ever left without a wake-up.
-    pub fn arm(&self) {
+    fn arm(&self) {
         self.armed.store(true, SeqCst);
         fence(SeqCst);
     }
@@ -222,7 +222,7 @@ impl Wake {
     /// Relaxed is enough: a sender that still sees the flag armed writes once
     /// too often, and the next `arm` (SeqCst and a fence) is what rules out a
     /// lost wake-up.
-    pub fn disarm(&self) {
+    fn disarm(&self) {
         self.armed.store(false, Relaxed);
     }
 
