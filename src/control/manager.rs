@@ -828,7 +828,8 @@ impl<'a> Manager<'a> {
                     }
                     // An answer counts every event published before the
                     // request came, even inside an event window.
-                    self.drain_events();
+                    let taken = self.drain_events();
+                    self.event_pace.took_aside(taken);
                     let reply = if metrics {
                         match ctl::http_ask(&request) {
                             HttpAsk::Ready => ready::http(&self.readiness()),
@@ -1005,7 +1006,10 @@ impl<'a> Manager<'a> {
         self.check_stopping(now);
         self.feed_watchdog(now);
         self.tell_status();
-        self.drain_events();
+        // Before the timers: a SYN's record must not expire on an
+        // establishment that is already published.
+        let taken = self.drain_events();
+        self.event_pace.took_aside(taken);
         self.tracker.expire(now, &mut self.orders);
         self.tracker6.expire(now, &mut self.orders6);
         self.send_orders();

@@ -264,6 +264,10 @@ pub struct EventPace {
     /// a worker's ring.
     dense: usize,
     window_open: bool,
+    /// Events the loop took since the last look without one (a tick's or a
+    /// request's drain): the next look counts them as its own, or a window
+    /// would not open for them.
+    taken_aside: usize,
 }
 
 impl EventPace {
@@ -272,14 +276,20 @@ impl EventPace {
         Self {
             dense: (ring_slots / 2).max(1),
             window_open: false,
+            taken_aside: 0,
         }
+    }
+
+    /// `taken` events were taken outside a look.
+    pub fn took_aside(&mut self, taken: usize) {
+        self.taken_aside += taken;
     }
 
     /// One round's look at the events: `take` takes them all and says how
     /// many it took. True when the caller must open a window, i.e. have
     /// [`window_ended`](Self::window_ended) called an [`EVENT_WINDOW`] from now.
     pub fn look(&mut self, wake: &Wake, mut take: impl FnMut() -> usize) -> bool {
-        let mut taken = take();
+        let mut taken = take() + std::mem::take(&mut self.taken_aside);
         if self.window_open {
             return false;
         }
@@ -769,6 +779,25 @@ mod tests {
         assert_eq!(look(&mut pace, &wake, &mut main), (false, vec![0, 0]));
         assert!(batch(&mut worker, 1));
         assert!(readable(wake.eventfd.raw()));
+    }
+
+    #[test]
+    fn events_taken_aside_open_the_window_the_next_look_would_have() {
+        let (wake, mut worker, mut main, mut pace) = paced(64);
+        let stats = WorkerStats::default();
+        worker.events.emit(opened(1), &stats);
+        worker.events.emit(opened(2), &stats);
+        worker.events.flush();
+        // A tick takes them before the round's look, which finds none itself.
+        pace.took_aside(main.events.try_iter().count());
+        assert_eq!(look(&mut pace, &wake, &mut main), (true, vec![0]));
+        worker.events.emit(opened(3), &stats);
+        assert!(!worker.events.flush(), "inside the window");
+        // Counted once: the window's end finds nothing and arms.
+        pace.window_ended();
+        assert_eq!(look(&mut pace, &wake, &mut main), (true, vec![1]));
+        pace.window_ended();
+        assert_eq!(look(&mut pace, &wake, &mut main), (false, vec![0, 0]));
     }
 
     #[test]
