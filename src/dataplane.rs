@@ -22,7 +22,7 @@ use crate::{
         icmp::{self, IcmpError},
         icmpv6::Icmpv6Error,
         ipv6::{self, L4Frame6},
-        peek_endpoints, DropReason, L4Frame, L4Proto, MacPair,
+        peek_endpoints, DropReason, L4Frame, L4Proto, MacPair, TcpFlags,
     },
     protocol::{Event, EventSink, Lane, SLOW_FRAME_MAX},
     stats::{BackendTraffic, WorkerDrop, WorkerStats},
@@ -617,6 +617,17 @@ pub trait PlaneRecord: crate::flow::Record<Key = Self::FlowKey> {
     fn client_ack(&self) -> u32;
     fn state(&self) -> TcpState;
     fn state_mut(&mut self) -> &mut TcpState;
+    /// What a client segment updates, for [`follow_client`].
+    fn client_track(&mut self) -> ClientTrack<'_>;
+}
+
+/// The part of a record of either family that follows the client's side.
+pub struct ClientTrack<'a> {
+    state: &'a mut TcpState,
+    created_ns: &'a mut u64,
+    last_seen_ns: &'a mut u64,
+    client_next: &'a mut u32,
+    client_ack: &'a mut u32,
 }
 
 macro_rules! plane_record {
@@ -650,6 +661,16 @@ macro_rules! plane_record {
             #[inline]
             fn state_mut(&mut self) -> &mut TcpState {
                 &mut self.state
+            }
+            #[inline]
+            fn client_track(&mut self) -> ClientTrack<'_> {
+                ClientTrack {
+                    state: &mut self.state,
+                    created_ns: &mut self.created_ns,
+                    last_seen_ns: &mut self.last_seen_ns,
+                    client_next: &mut self.client_next,
+                    client_ack: &mut self.client_ack,
+                }
             }
         }
     };
@@ -867,63 +888,25 @@ fn forward_any(
     let is_udp = pkt.protocol() == L4Proto::Udp;
     // UDP has no handshake: any datagram without a record starts a flow.
     let opens_connection = is_udp || (flags.syn() && !flags.ack());
-    let (seq, mut next) = pkt.tcp_seq_next();
-    let mut ack = pkt.tcp_ack();
+    let (seq, next) = pkt.tcp_seq_next();
+    let segment = ClientSegment {
+        flags,
+        is_udp,
+        opens_connection,
+        seq,
+        next,
+        ack: pkt.tcp_ack(),
+    };
     let segment_reopens = !is_udp && opens_connection;
     let valid = |r: &mut FlowRecord| plane.stands(r, segment_reopens);
     let mut restarted = None;
     let (daemon, backend, opened) = match table.get_valid_hashed(&key, hash, valid) {
         Some(record) => {
-            record.last_seen_ns = now_ns;
-            let before = record.state;
-            if is_udp {
-                // Nothing to follow: the record lives while datagrams come.
-                (record.daemon, record.backend, false)
-            } else if opens_connection && before.is_closing() {
-                // The client reuses the port of a connection that is closing (its
-                // record lingers): a new connection to the same daemon (one that
-                // takes no new connection refused the record: see `stands`), which
-                // the loop must track afresh rather than expire with the old one.
-                record.state = TcpState::default();
-                record.state.on_client_segment(flags.0);
-                record.created_ns = now_ns;
-                record.client_next = next;
-                record.client_ack = 0;
-                stats.new_flows.add(1);
+            let opened = follow_client(record, key, &segment, events, stats, now_ns);
+            if opened {
                 restarted = Some(*record);
-                (record.daemon, record.backend, true)
-            } else if flags.rst() {
-                // The segment goes on either way: the daemon's kernel judges it
-                // too. Only one in the window ends the mapping.
-                if !before.contains(TcpState::RST) {
-                    if RstWindow::CLIENT.admits(seq, record.client_next) {
-                        record.state.insert(TcpState::RST);
-                        events.emit(Event::Reset { key, at_ns: now_ns }, stats);
-                    } else {
-                        stats.rst_ignored.add(1);
-                    }
-                }
-                (record.daemon, record.backend, false)
-            } else {
-                if before.contains(TcpState::RECOVERED) && !before.is_established() {
-                    confirm_recovered(
-                        &mut record.state,
-                        (record.client_next, record.client_ack),
-                        flags.ack(),
-                        &mut next,
-                        &mut ack,
-                    );
-                }
-                record.client_next = next;
-                if flags.ack() {
-                    record.client_ack = ack;
-                }
-                record.state.on_client_segment(flags.0);
-                if record.state != before {
-                    report_client_change(events, stats, key, before, record.state, now_ns);
-                }
-                (record.daemon, record.backend, false)
             }
+            (record.daemon, record.backend, opened)
         }
         None if !opens_connection => {
             // Only a connection's first segment may pick a daemon; anything else
@@ -1033,6 +1016,90 @@ fn forward_any(
         }
     }
     true
+}
+
+/// A segment from the client, as [`follow_client`] needs it.
+struct ClientSegment {
+    flags: TcpFlags,
+    is_udp: bool,
+    /// A UDP datagram, or a SYN without ACK.
+    opens_connection: bool,
+    seq: u32,
+    /// The sequence number after the segment.
+    next: u32,
+    ack: u32,
+}
+
+/// A client segment on a connection whose record stands (IPv4 or IPv6):
+/// follows the connection's state and reports what changed. True when the
+/// segment restarted the record for a new connection.
+#[inline(always)]
+fn follow_client<R: PlaneRecord>(
+    record: &mut R,
+    key: R::FlowKey,
+    segment: &ClientSegment,
+    events: &mut EventSink,
+    stats: &WorkerStats,
+    now_ns: u64,
+) -> bool {
+    let track = record.client_track();
+    let &ClientSegment {
+        flags,
+        is_udp,
+        opens_connection,
+        seq,
+        mut next,
+        mut ack,
+    } = segment;
+    *track.last_seen_ns = now_ns;
+    let before = *track.state;
+    if is_udp {
+        // Nothing to follow: the record lives while datagrams come.
+        false
+    } else if opens_connection && before.is_closing() {
+        // The client reuses the port of a connection that is closing (its
+        // record lingers): a new connection to the same daemon (one that
+        // takes no new connection refused the record: see `stands`), which
+        // the loop must track afresh rather than expire with the old one.
+        *track.state = TcpState::default();
+        track.state.on_client_segment(flags.0);
+        *track.created_ns = now_ns;
+        *track.client_next = next;
+        *track.client_ack = 0;
+        stats.new_flows.add(1);
+        true
+    } else if flags.rst() {
+        // The segment goes on either way: the daemon's kernel judges it
+        // too. Only one in the window ends the mapping.
+        if !before.contains(TcpState::RST) {
+            if RstWindow::CLIENT.admits(seq, *track.client_next) {
+                track.state.insert(TcpState::RST);
+                events.emit(Event::Reset { key, at_ns: now_ns }, stats);
+            } else {
+                stats.rst_ignored.add(1);
+            }
+        }
+        false
+    } else {
+        if before.contains(TcpState::RECOVERED) && !before.is_established() {
+            confirm_recovered(
+                track.state,
+                (*track.client_next, *track.client_ack),
+                flags.ack(),
+                &mut next,
+                &mut ack,
+            );
+        }
+        *track.client_next = next;
+        if flags.ack() {
+            *track.client_ack = ack;
+        }
+        track.state.on_client_segment(flags.0);
+        if *track.state != before {
+            report_client_change(events, stats, key, before, *track.state, now_ns);
+        }
+        false
+    }
 }
 
 /// A mid-connection segment without a record: for a `maglev` service, the
@@ -1278,63 +1345,25 @@ pub fn forward6(
     let is_udp = pkt.protocol() == L4Proto::Udp;
     // UDP has no handshake: any datagram without a record starts a flow.
     let opens_connection = is_udp || (flags.syn() && !flags.ack());
-    let (seq, mut next) = pkt.tcp_seq_next();
-    let mut ack = pkt.tcp_ack();
+    let (seq, next) = pkt.tcp_seq_next();
+    let segment = ClientSegment {
+        flags,
+        is_udp,
+        opens_connection,
+        seq,
+        next,
+        ack: pkt.tcp_ack(),
+    };
     let segment_reopens = !is_udp && opens_connection;
     let valid = |r: &mut FlowRecord6| plane.stands(r, segment_reopens);
     let mut restarted = None;
     let (daemon, backend, opened) = match table.get_valid_hashed(&key, hash, valid) {
         Some(record) => {
-            record.last_seen_ns = now_ns;
-            let before = record.state;
-            if is_udp {
-                // Nothing to follow: the record lives while datagrams come.
-                (record.daemon(), record.backend, false)
-            } else if opens_connection && before.is_closing() {
-                // The client reuses the port of a connection that is closing (its
-                // record lingers): a new connection to the same daemon (one that
-                // takes no new connection refused the record: see `stands`), which
-                // the loop must track afresh rather than expire with the old one.
-                record.state = TcpState::default();
-                record.state.on_client_segment(flags.0);
-                record.created_ns = now_ns;
-                record.client_next = next;
-                record.client_ack = 0;
-                stats.new_flows.add(1);
+            let opened = follow_client(record, key, &segment, events, stats, now_ns);
+            if opened {
                 restarted = Some(*record);
-                (record.daemon(), record.backend, true)
-            } else if flags.rst() {
-                // The segment goes on either way: the daemon's kernel judges it
-                // too. Only one in the window ends the mapping.
-                if !before.contains(TcpState::RST) {
-                    if RstWindow::CLIENT.admits(seq, record.client_next) {
-                        record.state.insert(TcpState::RST);
-                        events.emit(Event::Reset { key, at_ns: now_ns }, stats);
-                    } else {
-                        stats.rst_ignored.add(1);
-                    }
-                }
-                (record.daemon(), record.backend, false)
-            } else {
-                if before.contains(TcpState::RECOVERED) && !before.is_established() {
-                    confirm_recovered(
-                        &mut record.state,
-                        (record.client_next, record.client_ack),
-                        flags.ack(),
-                        &mut next,
-                        &mut ack,
-                    );
-                }
-                record.client_next = next;
-                if flags.ack() {
-                    record.client_ack = ack;
-                }
-                record.state.on_client_segment(flags.0);
-                if record.state != before {
-                    report_client_change(events, stats, key, before, record.state, now_ns);
-                }
-                (record.daemon(), record.backend, false)
             }
+            (record.daemon(), record.backend, opened)
         }
         None if !opens_connection => {
             // Only a connection's first segment may pick a daemon; anything else
