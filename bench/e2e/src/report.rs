@@ -21,7 +21,7 @@ pub const VARIANTS: [&str; 5] = ["direct", "nftables", "dispatchd", "dispatchd2"
 const _: () = assert!(RR4_CONNECTIONS == 4, "the rr4 rows' labels say 4");
 
 /// (id, workload, metric, unit, higher is better)
-const ROWS: [(&str, &str, &str, &str, bool); 26] = [
+const ROWS: [(&str, &str, &str, &str, bool); 28] = [
     ("conn_rate", "new connections", "rate", "conn/s", true),
     ("conn_p50", "new connections", "latency p50", "µs", false),
     ("conn_p99", "new connections", "latency p99", "µs", false),
@@ -69,6 +69,13 @@ const ROWS: [(&str, &str, &str, &str, bool); 26] = [
         false,
     ),
     (
+        "rr_cpu1_us",
+        "requests (persistent)",
+        "core 1 busy per request",
+        "µs",
+        false,
+    ),
+    (
         "rr4_rate",
         "requests (persistent, 4 connections)",
         "rate",
@@ -93,6 +100,13 @@ const ROWS: [(&str, &str, &str, &str, bool); 26] = [
         "rr4_p99.9",
         "requests (persistent, 4 connections)",
         "latency p99.9",
+        "µs",
+        false,
+    ),
+    (
+        "rr4_cpu1_us",
+        "requests (persistent, 4 connections)",
+        "core 1 busy per request",
         "µs",
         false,
     ),

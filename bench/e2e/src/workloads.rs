@@ -133,9 +133,23 @@ impl Bench {
         let perf = self.perf_start(v, workload)?;
         let cpu0 = CpuSample::now();
         let out = self.testkit(&["rr", "--to", to, "--connections", &k, "--seconds", &s])?;
-        self.results.cpu(workload, v, CpuSample::now().since(&cpu0));
+        let cpu1 = CpuSample::now();
+        let cores = cpu1.since(&cpu0);
         self.perf_finish(perf)?;
         let rate = field(&out, "requests=", "rate").context("rr printed no rate")?;
+        // The forwarding core's cost per request, as for a connection: where
+        // core 0 (clients and daemons) bounds the rate for every variant, this
+        // is what sets the forwarders apart.
+        if let (Some(core1), Some(requests)) = (cores.get(1), field(&out, "requests=", "requests"))
+        {
+            let window = cpu1.seconds_since(&cpu0);
+            self.results.set(
+                &format!("{workload}_cpu1_us"),
+                v,
+                core1.busy() * window / requests.max(1.0) * 1e6,
+            );
+        }
+        self.results.cpu(workload, v, cores);
         let lat = latency(&out).context("rr printed no latency")?;
         eprintln!(
             "   {workload}: {rate:.0}/s p50={}us p99={}us",
