@@ -884,21 +884,13 @@ fn forward_any(
         Some(hint) if hint.key == key => hint.hash,
         _ => table.hash(&key),
     };
-    let flags = pkt.tcp_flags();
-    let is_udp = pkt.protocol() == L4Proto::Udp;
-    // UDP has no handshake: any datagram without a record starts a flow.
-    let opens_connection = is_udp || (flags.syn() && !flags.ack());
-    let (seq, next) = pkt.tcp_seq_next();
-    let segment = ClientSegment {
-        flags,
-        is_udp,
-        opens_connection,
-        seq,
-        next,
-        ack: pkt.tcp_ack(),
-    };
-    let segment_reopens = !is_udp && opens_connection;
-    let valid = |r: &mut FlowRecord| plane.stands(r, segment_reopens);
+    let segment = ClientSegment::new(
+        pkt.tcp_flags(),
+        pkt.protocol() == L4Proto::Udp,
+        pkt.tcp_seq_next(),
+        pkt.tcp_ack(),
+    );
+    let valid = |r: &mut FlowRecord| plane.stands(r, segment.reopens());
     let mut restarted = None;
     let (daemon, backend, opened) = match table.get_valid_hashed(&key, hash, valid) {
         Some(record) => {
@@ -908,7 +900,7 @@ fn forward_any(
             }
             (record.daemon, record.backend, opened)
         }
-        None if !opens_connection => {
+        None if !segment.opens_connection => {
             // Only a connection's first segment may pick a daemon; anything else
             // without a record belongs to a connection we never saw, which a
             // maglev service can still place.
@@ -953,14 +945,14 @@ fn forward_any(
                 return drop_with(stats, WorkerDrop::NoNeighbour);
             }
             let mut state = TcpState::default();
-            state.on_client_segment(flags.0);
+            state.on_client_segment(segment.flags.0);
             let record = FlowRecord {
                 key,
                 backend,
                 daemon,
                 created_ns: now_ns,
                 last_seen_ns: now_ns,
-                client_next: next,
+                client_next: segment.next,
                 client_ack: 0,
                 state,
                 epoch: plane.epoch,
@@ -1008,7 +1000,7 @@ fn forward_any(
             dst: dst_mac,
         },
     );
-    if opens_connection {
+    if segment.opens_connection {
         if let Some(mss) = plane.mss_clamp {
             if pkt.clamp_mss(mss) {
                 stats.mss_clamped.add(1);
@@ -1019,6 +1011,7 @@ fn forward_any(
 }
 
 /// A segment from the client, as [`follow_client`] needs it.
+#[derive(Clone, Copy)]
 struct ClientSegment {
     flags: TcpFlags,
     is_udp: bool,
@@ -1028,6 +1021,27 @@ struct ClientSegment {
     /// The sequence number after the segment.
     next: u32,
     ack: u32,
+}
+
+impl ClientSegment {
+    #[inline(always)]
+    fn new(flags: TcpFlags, is_udp: bool, (seq, next): (u32, u32), ack: u32) -> Self {
+        Self {
+            flags,
+            is_udp,
+            // UDP has no handshake: any datagram without a record starts a flow.
+            opens_connection: is_udp || (flags.syn() && !flags.ack()),
+            seq,
+            next,
+            ack,
+        }
+    }
+
+    /// A bare SYN, which may restart a closing record (see `Dataplane::stands`).
+    #[inline(always)]
+    fn reopens(&self) -> bool {
+        !self.is_udp && self.opens_connection
+    }
 }
 
 /// A client segment on a connection whose record stands (IPv4 or IPv6):
@@ -1341,21 +1355,13 @@ pub fn forward6(
         }
         None => table.hash(&key),
     };
-    let flags = pkt.tcp_flags();
-    let is_udp = pkt.protocol() == L4Proto::Udp;
-    // UDP has no handshake: any datagram without a record starts a flow.
-    let opens_connection = is_udp || (flags.syn() && !flags.ack());
-    let (seq, next) = pkt.tcp_seq_next();
-    let segment = ClientSegment {
-        flags,
-        is_udp,
-        opens_connection,
-        seq,
-        next,
-        ack: pkt.tcp_ack(),
-    };
-    let segment_reopens = !is_udp && opens_connection;
-    let valid = |r: &mut FlowRecord6| plane.stands(r, segment_reopens);
+    let segment = ClientSegment::new(
+        pkt.tcp_flags(),
+        pkt.protocol() == L4Proto::Udp,
+        pkt.tcp_seq_next(),
+        pkt.tcp_ack(),
+    );
+    let valid = |r: &mut FlowRecord6| plane.stands(r, segment.reopens());
     let mut restarted = None;
     let (daemon, backend, opened) = match table.get_valid_hashed(&key, hash, valid) {
         Some(record) => {
@@ -1365,7 +1371,7 @@ pub fn forward6(
             }
             (record.daemon(), record.backend, opened)
         }
-        None if !opens_connection => {
+        None if !segment.opens_connection => {
             // Only a connection's first segment may pick a daemon; anything else
             // without a record belongs to a connection we never saw, which a
             // maglev service can still place.
@@ -1410,7 +1416,7 @@ pub fn forward6(
                 return drop_with(stats, WorkerDrop::NoNeighbour);
             }
             let mut state = TcpState::default();
-            state.on_client_segment(flags.0);
+            state.on_client_segment(segment.flags.0);
             let record = FlowRecord6 {
                 key,
                 backend,
@@ -1418,7 +1424,7 @@ pub fn forward6(
                 daemon_port: daemon.port(),
                 created_ns: now_ns,
                 last_seen_ns: now_ns,
-                client_next: next,
+                client_next: segment.next,
                 client_ack: 0,
                 state,
                 epoch: plane.epoch,
@@ -1466,7 +1472,7 @@ pub fn forward6(
             dst: dst_mac,
         },
     );
-    if opens_connection {
+    if segment.opens_connection {
         if let Some(mss) = plane.mss_clamp6 {
             if pkt.clamp_mss(mss) {
                 stats.mss_clamped.add(1);
