@@ -5,7 +5,8 @@
 # core 0) and shared (everything on both cores). Builds, runs
 # target/release/dispatchd-bench as root and writes bench/results/e2e-<ts>.md (both
 # tables), e2e-<ts>-dedicated.json, e2e-<ts>.json (shared), their latency SVGs and
-# latest.md. About 10 minutes per round; --quick (both modes) about two.
+# latest.md. By default 3 alternating rounds of 5 s per workload, every value
+# their median: about 20 minutes. --quick: one round of 3 s, about two.
 #
 # BENCH_PREFIX names the namespaces (default bench<pid>).
 # usage: scripts/bench.sh [--quick] [--rounds N] [--modes dedicated,shared]

@@ -66,10 +66,10 @@ impl Mode {
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunOpts {
     /// Measured seconds per workload.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
     /// Warm-up seconds before each measured workload.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 1.0)]
     pub warmup: f64,
     /// Smoke test: 3 s per workload, 1 s warm-up (about a minute in all).
     #[arg(long)]
@@ -83,9 +83,10 @@ pub struct RunOpts {
     )]
     pub modes: Vec<Mode>,
     /// Rounds of every variant in turn (variants alternate within a round);
-    /// each value reported is the median of the rounds.
-    #[arg(long, default_value_t = 1)]
-    pub rounds: usize,
+    /// each value reported is the median of the rounds. Default 3 (a median
+    /// of three is what a result needs), 1 with --quick.
+    #[arg(long)]
+    pub rounds: Option<usize>,
     /// In dedicated mode, the core of dispatchd's management thread
     /// (`--control-core`); the worker is on core 1.
     #[arg(long, default_value_t = 1)]
@@ -182,6 +183,11 @@ pub struct RunOpts {
 }
 
 impl RunOpts {
+    /// The rounds to run: `--rounds`, or its default.
+    pub fn rounds(&self) -> usize {
+        self.rounds.unwrap_or(if self.quick { 1 } else { 3 }).max(1)
+    }
+
     /// Whether the generator workloads get their fixed-rate window: only
     /// where dispatchd's worker sleeps when idle (dedicated mode, `--poll
     /// wakeup`), as a polling worker keeps its core busy whatever the rate.

@@ -355,7 +355,7 @@ impl Results {
                     opts.seconds,
                     opts.warmup,
                     if opts.quick { " (--quick)" } else { "" },
-                    opts.rounds.max(1)
+                    opts.rounds()
                 ),
             load: format!(
                     "connections: 64 B echo, {} client threads; rr: {} persistent connections, 64 B request/reply; rr4: the same on {} connections; \

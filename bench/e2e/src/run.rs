@@ -177,7 +177,7 @@ pub fn run(mut opts: RunOpts) -> Result<()> {
         bench.mode = mode;
         bench.results = Results::new(&bench.opts, &bench.stamp, mode);
         let placed = placement::enter(&bench.topo, &bench.server_pids, mode)?;
-        for round in 1..=bench.opts.rounds.max(1) {
+        for round in 1..=bench.opts.rounds() {
             for v in VARIANTS {
                 if variants.iter().any(|x| x == v) {
                     interrupted()?;
