@@ -828,8 +828,7 @@ impl<'a> Manager<'a> {
                     }
                     // An answer counts every event published before the
                     // request came, even inside an event window.
-                    let taken = self.drain_events();
-                    self.event_pace.took_aside(taken);
+                    self.drain_events_aside();
                     let reply = if metrics {
                         match ctl::http_ask(&request) {
                             HttpAsk::Ready => ready::http(&self.readiness()),
@@ -870,6 +869,13 @@ impl<'a> Manager<'a> {
             }
         }
         Ok(())
+    }
+
+    /// [`drain_events`](Self::drain_events) outside the round's look: the
+    /// look counts what it took, so a window opens for them all the same.
+    fn drain_events_aside(&mut self) {
+        let taken = self.drain_events();
+        self.event_pace.took_aside(taken);
     }
 
     /// Takes every worker's events and frames; how many there were.
@@ -1008,8 +1014,7 @@ impl<'a> Manager<'a> {
         self.tell_status();
         // Before the timers: a SYN's record must not expire on an
         // establishment that is already published.
-        let taken = self.drain_events();
-        self.event_pace.took_aside(taken);
+        self.drain_events_aside();
         self.tracker.expire(now, &mut self.orders);
         self.tracker6.expire(now, &mut self.orders6);
         self.send_orders();
