@@ -117,7 +117,7 @@ fn replies(config: &Config, workers: usize) -> Replies {
 /// Runs dispatchd until SIGTERM or SIGINT. `reload` re-reads the configuration
 /// (the file and flags of the command line) on SIGHUP.
 pub fn run(config: Config, reload: Box<dyn FnMut() -> Result<Config> + '_>) -> Result<()> {
-    run_with(config, reload, false, false)
+    run_with(config, reload, Bare::Off, false)
 }
 
 /// The interfaces, checked to be usable.
@@ -577,15 +577,28 @@ fn take_over(
     }))
 }
 
-/// [`run`], with the benchmark-only bare forwarder (`--bare-forwarder`) on or off:
-/// when on, workers move frames between the sockets without parsing or rewriting.
+/// The benchmark's ceilings: forwarding with dispatchd's own work taken out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bare {
+    /// dispatchd as deployed.
+    Off,
+    /// `--bare-forwarder`: workers move frames between the sockets without
+    /// parsing or rewriting, the ceiling of the AF_XDP path.
+    Sockets,
+    /// `--bare-xdp-redirect`: the XDP program redirects what it would steer to
+    /// the other interface, untouched, and no frame reaches a worker: the
+    /// ceiling of forwarding in XDP itself.
+    XdpRedirect,
+}
+
+/// [`run`], with one of the benchmark-only bare forwarders ([`Bare`]) or none.
 ///
 /// With `takeover`, the program is not attached: the running dispatchd on the
 /// same control socket hands its links and records over (see [`takeover`]).
 pub fn run_with(
     config: Config,
     reload: Box<dyn FnMut() -> Result<Config> + '_>,
-    bare: bool,
+    bare: Bare,
     takeover: bool,
 ) -> Result<()> {
     tracing::info!(
@@ -641,7 +654,10 @@ pub fn run_with(
     let bind = choose_bind(&config, &ifaces)?;
     let plan = plan_workers(&config, &ifaces.front_link, &ifaces.back_link);
     config.check_tracked_room(plan.len())?;
-    let mut steering = Steering::load(&ifaces.front, &ifaces.back, replies(&config, plan.len()))?;
+    let mut steering = match bare {
+        Bare::XdpRedirect => Steering::load_bare_redirect(&ifaces.front, &ifaces.back)?,
+        _ => Steering::load(&ifaces.front, &ifaces.back, replies(&config, plan.len()))?,
+    };
     let host = Host {
         kernel: &kernel,
         back_mac: ifaces.back_mac,
@@ -834,8 +850,14 @@ pub fn run_with(
             config.tracked_capacity(plan.len())
         ),
     }
-    if bare {
-        tracing::info!("BARE FORWARDER (benchmark only): frames cross unparsed, unrewritten");
+    match bare {
+        Bare::Off => {}
+        Bare::Sockets => tracing::info!(
+            "BARE FORWARDER (benchmark only): frames cross unparsed, unrewritten"
+        ),
+        Bare::XdpRedirect => tracing::info!(
+            "BARE XDP REDIRECT (benchmark only): XDP redirects service frames to the other interface untouched; no worker sees one"
+        ),
     }
 
     let wake = Arc::new(Wake::new(EventFd::new().context("creating an eventfd")?));
@@ -869,7 +891,7 @@ pub fn run_with(
             stop: stop.clone(),
             stop_wake: stop_wake.clone(),
             link: worker_end,
-            bare,
+            bare: bare == Bare::Sockets,
             tracked: match config.reply_mode {
                 ReplyMode::Tracked => Some(steering.tracked_map()?),
                 ReplyMode::Stateless => None,

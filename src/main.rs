@@ -5,6 +5,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use dispatchd::{
     config::{RunArgs, DEFAULT_CONTROL_SOCKET},
     control::ctl::{self, ClientFilter, ConnFilter, Format, Request, DEFAULT_CONNS_LIMIT},
+    daemon::Bare,
     log::{LogFormat, LogLevel},
 };
 use std::io::Write;
@@ -241,7 +242,12 @@ fn main() -> ExitCode {
                 .resolve()
                 .map_err(anyhow::Error::from)
                 .and_then(|config| {
-                    let (bare, takeover) = (args.bare_forwarder, args.takeover);
+                    let bare = match (args.bare_forwarder, args.bare_xdp_redirect) {
+                        (true, _) => Bare::Sockets,
+                        (_, true) => Bare::XdpRedirect,
+                        _ => Bare::Off,
+                    };
+                    let takeover = args.takeover;
                     let reload = Box::new(move || args.resolve().map_err(anyhow::Error::from));
                     dispatchd::daemon::run_with(config, reload, bare, takeover)
                 });

@@ -321,6 +321,22 @@ impl Steering {
     /// Loads (and verifies) the program for this pair of interfaces. Nothing is
     /// attached until [`Steering::attach`].
     pub fn load(front: &Interface, back: &Interface, replies: Replies) -> Result<Self> {
+        Self::load_as(front, back, replies, false)
+    }
+
+    /// [`Steering::load`] for the benchmark's XDP ceiling (`--bare-xdp-redirect`):
+    /// what the program would steer to a socket it redirects to the other
+    /// interface instead, untouched.
+    pub fn load_bare_redirect(front: &Interface, back: &Interface) -> Result<Self> {
+        Self::load_as(front, back, Replies::Stateless, true)
+    }
+
+    fn load_as(
+        front: &Interface,
+        back: &Interface,
+        replies: Replies,
+        bare_redirect: bool,
+    ) -> Result<Self> {
         // The skeleton borrows its object storage for its whole life; one program per
         // process, so leaking it once gives it the 'static life the workers need.
         // libbpf's own messages would add lines to a failure that is reported as
@@ -338,6 +354,7 @@ impl Steering {
             .context("program has no rodata")?;
         rodata.front_ifindex = front.index;
         rodata.back_ifindex = back.index;
+        rodata.bare_xdp_redirect = u8::from(bare_redirect);
         if let Replies::Tracked {
             capacity,
             capacity6,

@@ -131,6 +131,11 @@ pub struct RunArgs {
     /// parsing, no rewriting), the ceiling of the AF_XDP substrate.
     #[arg(long, hide = true)]
     pub bare_forwarder: bool,
+    /// Benchmark only: the XDP program redirects the frames it would steer to
+    /// the other interface, untouched, and no worker sees them: the ceiling of
+    /// forwarding in XDP. The interfaces' peers need NAPI (veth: GRO on).
+    #[arg(long, hide = true, conflicts_with = "bare_forwarder")]
+    pub bare_xdp_redirect: bool,
     /// Take over from the dispatchd running on the same control socket (an
     /// upgrade or restart without a broken connection): its XDP links are
     /// re-pointed at this process's program and its flow records handed

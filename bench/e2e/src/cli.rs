@@ -124,8 +124,10 @@ pub struct RunOpts {
     #[arg(long, default_value_t = 1024)]
     pub tuples: u16,
     /// Variants to run (comma-separated subset of
-    /// direct,nftables,dispatchd,dispatchd2,bare; dispatchd2 is dispatchd with
-    /// two workers, one per core: the scaling rows, shared mode only).
+    /// direct,nftables,dispatchd,dispatchd2,bare,bare-xdp; dispatchd2 is
+    /// dispatchd with two workers, one per core: the scaling rows, shared mode
+    /// only; bare-xdp is the XDP program redirecting the generator's frames
+    /// itself, untouched: the ceiling of forwarding in XDP, packet rate only).
     #[arg(
         long,
         value_delimiter = ',',

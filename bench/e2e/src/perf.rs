@@ -17,7 +17,7 @@ impl Bench {
     /// Starts perf for the connections, rr, rr4 and generator workloads of nftables,
     /// dispatchd and the bare forwarder when `--perf` asked for it.
     pub fn perf_start(&self, v: &str, workload: &str) -> Result<Option<Perf>> {
-        if !self.opts.perf || !matches!(v, "dispatchd" | "nftables" | "bare") {
+        if !self.opts.perf || !matches!(v, "dispatchd" | "nftables" | "bare" | "bare-xdp") {
             return Ok(None);
         }
         fs::create_dir_all(&self.opts.out_dir)?;

@@ -16,7 +16,14 @@ use crate::{
     placement,
 };
 
-pub const VARIANTS: [&str; 5] = ["direct", "nftables", "dispatchd", "dispatchd2", "bare"];
+pub const VARIANTS: [&str; 6] = [
+    "direct",
+    "nftables",
+    "dispatchd",
+    "dispatchd2",
+    "bare",
+    "bare-xdp",
+];
 
 const _: () = assert!(RR4_CONNECTIONS == 4, "the rr4 rows' labels say 4");
 
@@ -624,10 +631,18 @@ impl Results {
                  topology: the scaling rows (informational on two cores); its ratio is dispatchd2 ÷ dispatchd.\n\n",
             );
         }
+        if self.measured("bare-xdp") {
+            md.push_str(
+                "**bare-xdp** = the XDP program redirects the frames it would steer to the other interface, \
+                 untouched (`--bare-xdp-redirect`; GRO on the client's c0 and the daemons' s0, which veth needs \
+                 to take a redirected frame): no worker, no copy into a UMEM, the ceiling of forwarding in XDP \
+                 itself; packet rate only.\n\n",
+            );
+        }
         // The four classic columns always; dispatchd2 and its ratio when measured.
         let columns: Vec<&str> = VARIANTS
             .into_iter()
-            .filter(|&v| v != "dispatchd2" || self.measured(v))
+            .filter(|&v| !matches!(v, "dispatchd2" | "bare-xdp") || self.measured(v))
             .collect();
         let scaling = self.measured("dispatchd2");
         let _ = writeln!(

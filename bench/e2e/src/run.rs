@@ -339,8 +339,20 @@ impl Bench {
                         cmd.args(["--backend", &daemon_addr(i)]);
                     }
                 }
-                if v == "bare" {
-                    cmd.arg("--bare-forwarder");
+                match v {
+                    "bare" => {
+                        cmd.arg("--bare-forwarder");
+                    }
+                    "bare-xdp" => {
+                        // veth takes a redirected frame only into a peer with NAPI
+                        // on: GRO on the client's c0 and the daemons' s0.
+                        for (ns, dev) in [(self.topo.client(), "c0"), (self.topo.daemons(), "s0")] {
+                            self.topo.exec(&ns, "ethtool", &["-K", dev, "gro", "on"])?;
+                            undo.push(&ns, "ethtool", &["-K", dev, "gro", "off"]);
+                        }
+                        cmd.arg("--bare-xdp-redirect");
+                    }
+                    _ => {}
                 }
                 if self.mode == Mode::Dedicated {
                     cmd.args(["--control-core", &self.opts.control_core.to_string()]);
@@ -382,7 +394,7 @@ impl Bench {
         // A failed workload is reported and the run goes on.
         for w in WORKLOADS {
             let packets = w == "pps" || w == "frames1500";
-            if !self.opts.workloads.iter().any(|x| x == w) || (v == "bare" && !packets) {
+            if !self.opts.workloads.iter().any(|x| x == w) || (v.starts_with("bare") && !packets) {
                 continue;
             }
             let r = interrupted().and_then(|()| match w {
