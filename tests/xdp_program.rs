@@ -2062,3 +2062,55 @@ fn the_cost_per_frame_of_each_reply_mode() {
         }
     }
 }
+
+/// The benchmark's XDP ceiling (`--bare-xdp-redirect`): a frame the program
+/// would steer to a socket it redirects to the other interface instead,
+/// untouched, with or without a socket on its queue, and what is not a
+/// service's it still passes to the kernel.
+#[test]
+fn the_bare_redirect_sends_a_service_frame_on_untouched_and_passes_the_rest() {
+    let lab = Lab::up("b", Replies::Stateless);
+    // Its own program and maps beside the lab's, in the lab's namespace.
+    let mut bare = Steering::load_bare_redirect(&lab.front, &lab.back)
+        .unwrap_or_else(|e| panic!("loading the bare-redirect program: {e:#}"));
+    bare.sync(&SteeringTable {
+        services: [((SERVICE, Protocol::Tcp), 0)].into(),
+        vips: [(VIP, VIP_TCP as u8)].into(),
+        ..Default::default()
+    })
+    .expect("the service");
+    let counter = |name: &str| bare.counters().expect("counters")[counter_index(name)];
+    let steered_before = counter("front_steered");
+
+    // Queue 1 has no socket: the deployed program drops a service's frame
+    // there, the bare one never looks.
+    let syn = tcp(FROM_CLIENT, CLIENT, SERVICE);
+    let (verdict, _) = lab
+        .steering
+        .test_run(&syn, lab.front.index, 1)
+        .expect("a run");
+    assert_eq!(
+        verdict_name(verdict),
+        verdict_name(XDP_DROP),
+        "the deployed program"
+    );
+    let (verdict, out) = bare.test_run(&syn, lab.front.index, 1).expect("a run");
+    assert_eq!(
+        verdict_name(verdict),
+        verdict_name(XDP_REDIRECT),
+        "a service's SYN"
+    );
+    assert_eq!(out, syn, "the frame leaves untouched");
+    assert_eq!(counter("front_steered"), steered_before + 1);
+
+    let elsewhere = tcp(FROM_CLIENT, CLIENT, SocketAddrV4::new(VIP, 81));
+    let (verdict, out) = bare
+        .test_run(&elsewhere, lab.front.index, 1)
+        .expect("a run");
+    assert_eq!(
+        verdict_name(verdict),
+        verdict_name(XDP_PASS),
+        "no service on port 81"
+    );
+    assert_eq!(out, elsewhere);
+}
