@@ -654,9 +654,10 @@ pub fn run_with(
     let bind = choose_bind(&config, &ifaces)?;
     let plan = plan_workers(&config, &ifaces.front_link, &ifaces.back_link);
     config.check_tracked_room(plan.len())?;
+    let replies = replies(&config, plan.len());
     let mut steering = match bare {
-        Bare::XdpRedirect => Steering::load_bare_redirect(&ifaces.front, &ifaces.back)?,
-        _ => Steering::load(&ifaces.front, &ifaces.back, replies(&config, plan.len()))?,
+        Bare::XdpRedirect => Steering::load_bare_redirect(&ifaces.front, &ifaces.back, replies)?,
+        _ => Steering::load(&ifaces.front, &ifaces.back, replies)?,
     };
     let host = Host {
         kernel: &kernel,

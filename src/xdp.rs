@@ -327,8 +327,12 @@ impl Steering {
     /// [`Steering::load`] for the benchmark's XDP ceiling (`--bare-xdp-redirect`):
     /// what the program would steer to a socket it redirects to the other
     /// interface instead, untouched.
-    pub fn load_bare_redirect(front: &Interface, back: &Interface) -> Result<Self> {
-        Self::load_as(front, back, Replies::Stateless, true)
+    pub fn load_bare_redirect(
+        front: &Interface,
+        back: &Interface,
+        replies: Replies,
+    ) -> Result<Self> {
+        Self::load_as(front, back, replies, true)
     }
 
     fn load_as(

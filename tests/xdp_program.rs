@@ -2071,7 +2071,7 @@ fn the_cost_per_frame_of_each_reply_mode() {
 fn the_bare_redirect_sends_a_service_frame_on_untouched_and_passes_the_rest() {
     let lab = Lab::up("b", Replies::Stateless);
     // Its own program and maps beside the lab's, in the lab's namespace.
-    let mut bare = Steering::load_bare_redirect(&lab.front, &lab.back)
+    let mut bare = Steering::load_bare_redirect(&lab.front, &lab.back, Replies::Stateless)
         .unwrap_or_else(|e| panic!("loading the bare-redirect program: {e:#}"));
     bare.sync(&SteeringTable {
         services: [((SERVICE, Protocol::Tcp), 0)].into(),
