@@ -26,6 +26,12 @@ impl CoreCpu {
     pub fn busy(&self) -> f64 {
         self.user + self.system + self.softirq
     }
+
+    /// The core's busy seconds over a window of `seconds`, per one of `count`
+    /// things done in it (connections, requests, frames); none counts as one.
+    pub fn busy_per(&self, seconds: f64, count: f64) -> f64 {
+        self.busy() * seconds / count.max(1.0)
+    }
 }
 
 /// Every core's tick counters at one instant: user nice system idle iowait irq softirq steal.
@@ -108,5 +114,21 @@ mod tests {
             "steal is not busy: {c:?}"
         );
         assert_eq!(c[1].busy(), 0.0);
+    }
+
+    #[test]
+    fn busy_time_per_thing_done() {
+        let c = CoreCpu {
+            user: 0.25,
+            system: 0.5,
+            softirq: 0.25,
+            steal: 0.5,
+        };
+        // A whole core for 2 s over 4 requests: 0.5 s each; steal left out.
+        assert!((c.busy_per(2.0, 4.0) - 0.5).abs() < 1e-12);
+        assert!(
+            (c.busy_per(2.0, 0.0) - 2.0).abs() < 1e-12,
+            "none counts as one"
+        );
     }
 }

@@ -102,10 +102,10 @@ impl Bench {
         // CPU per connection: each core's busy time over the window (the
         // client's start and exit included: a few ms) per connection made.
         let window = cpu1.seconds_since(&cpu0);
-        let made = field(&out, "ok=", "ok").unwrap_or(count as f64).max(1.0);
+        let made = field(&out, "ok=", "ok").unwrap_or(count as f64);
         for (core, id) in [(0, "conn_cpu0_us"), (1, "conn_cpu1_us")] {
             if let Some(c) = cores.get(core) {
-                self.results.set(id, v, c.busy() * window / made * 1e6);
+                self.results.set(id, v, c.busy_per(window, made) * 1e6);
             }
         }
         self.results.cpu("connections", v, cores);
@@ -143,11 +143,8 @@ impl Bench {
         if let (Some(core1), Some(requests)) = (cores.get(1), field(&out, "requests=", "requests"))
         {
             let window = cpu1.seconds_since(&cpu0);
-            self.results.set(
-                &format!("{workload}_cpu1_us"),
-                v,
-                core1.busy() * window / requests.max(1.0) * 1e6,
-            );
+            let us = core1.busy_per(window, requests) * 1e6;
+            self.results.set(&format!("{workload}_cpu1_us"), v, us);
         }
         self.results.cpu(workload, v, cores);
         let lat = latency(&out).context("rr printed no latency")?;
@@ -250,7 +247,7 @@ impl Bench {
         let Some(cost) = cost else { return };
         let core = cost.cores.get(placement::FORWARDING_CORE);
         if let (Some(core), true) = (core, cost.trial.received > 0) {
-            let ns = core.busy() * cost.seconds / cost.trial.received as f64 * 1e9;
+            let ns = core.busy_per(cost.seconds, cost.trial.received as f64) * 1e9;
             self.results.set(&format!("{prefix}_cpu1_ns"), v, ns);
         }
         if !cost.trial.passes() {
