@@ -145,8 +145,9 @@ fn queries_from_many_ports_spread_and_a_long_flow_stays_on_its_daemon() {
 
     // Long-lived: one socket, 100 queries, one daemon for all of them (the
     // answers come from the VIP:port: the connected socket takes no other).
-    // Its port is below the kernel's ephemeral range: one of the 200 flows
-    // above (still live) may have had any port in it.
+    // Its port is below the client's ephemeral range (10000-65000, set by
+    // scripts/topology.sh): one of the 200 flows above (still live) may have
+    // had any port in that range.
     let q = query(
         &topo,
         UDP_VIP,
@@ -158,7 +159,7 @@ fn queries_from_many_ports_spread_and_a_long_flow_stays_on_its_daemon() {
             "--interval-ms",
             "5",
             "--src-port",
-            "24000",
+            "5400",
         ],
     );
     println!("one flow of 100 queries: {:?}", q.per_daemon);
@@ -197,7 +198,7 @@ fn idle_flows_expire_and_a_new_datagram_starts_a_new_one() {
     let mut lb = topo.dispatchd(&["--config", &file]);
     wait_all_up(&topo);
 
-    let args = ["--clients", "20", "--count", "1", "--src-port", "31000"];
+    let args = ["--clients", "20", "--count", "1", "--src-port", "6100"];
     let q = query(&topo, UDP_VIP, &args);
     assert_eq!((q.ok, q.lost), (20, 0), "{}", q.raw);
     let sent = Instant::now();
@@ -254,7 +255,7 @@ fn a_stopped_daemons_port_unreachable_reaches_the_client_as_from_the_vip() {
         "--count",
         "3",
         "--src-port",
-        "32000",
+        "6200",
         "--timeout-ms",
         "500",
     ];
@@ -549,14 +550,15 @@ fn one_daemon_addr_port_serves_a_tcp_and_a_udp_service() {
     let tcp = dispatchd_testkit::per_daemon(&String::from_utf8_lossy(&out.stdout));
     let even: Vec<(String, usize)> = daemons.iter().map(|d| (d.to_string(), 20)).collect();
     assert_eq!(tcp, even, "TCP over both daemons");
-    // Ports of their own below the kernel's ephemeral range (22000-22029),
+    // Ports of their own below the client's ephemeral range (5200-5229; the
+    // range is 10000-65000, set by scripts/topology.sh),
     // as the later batches have: these flows live on (idle timeout 60 s),
     // and a later socket the kernel gave one of their ports would continue
     // that flow on its daemon, not start a new one.
     let q = query(
         &topo,
         VIP,
-        &["--clients", "30", "--count", "2", "--src-port", "22000"],
+        &["--clients", "30", "--count", "2", "--src-port", "5200"],
     );
     assert_eq!((q.ok, q.lost, q.switched), (60, 0, 0), "{}", q.raw);
     let udp: Vec<(String, usize)> = q
@@ -630,7 +632,7 @@ fn one_daemon_addr_port_serves_a_tcp_and_a_udp_service() {
                     "--interval-ms",
                     "100",
                     "--src-port",
-                    "21000",
+                    "5100",
                 ],
             )
         });
@@ -690,7 +692,7 @@ fn one_daemon_addr_port_serves_a_tcp_and_a_udp_service() {
     let q = query(
         &topo,
         VIP,
-        &["--clients", "20", "--count", "1", "--src-port", "23000"],
+        &["--clients", "20", "--count", "1", "--src-port", "5300"],
     );
     assert_eq!((q.ok, q.lost), (20, 0), "{}", q.raw);
     let udp: Vec<(String, usize)> = q
