@@ -513,6 +513,18 @@ static __always_inline __u32 untracked(void *data_end, __u8 *owner, __u8 protoco
 	return TRACKED_REPLY;
 }
 
+/* reply_mode "tracked": why an error quoting a client's segment to a daemon,
+ * whose 4-tuple has the key `owner` (0: none), is passed to the host, or
+ * TRACKED_REPLY if it is about the tracked connection. A key the direct-SYN
+ * probe marked stays the tracked connection's, as in untracked(), but an error
+ * is no answer to the probe and leaves it as it is. */
+static __always_inline __u32 quote_untracked(__u8 *owner)
+{
+	if (!owner || *owner == DIRECT_OWNED)
+		return CNT_BACK_UNTRACKED;
+	return TRACKED_REPLY;
+}
+
 /* reply_mode "tracked": is this daemon frame a reply of a connection a worker
  * holds a record for? Anything else from the daemon's address and port (a host
  * that reaches the daemon directly, through this one or not) stays the host's:
@@ -694,6 +706,21 @@ static __always_inline int steer_back_icmp(struct xdp_md *ctx, struct ethhdr *et
 	daemon = bpf_map_lookup_elem(&daemons, &key);
 	if (!daemon)
 		return count(CNT_PASSED, XDP_PASS);
+	if (track_replies) {
+		/* An error about a direct connection to the daemon is the host's,
+		 * as that connection's frames are. */
+		struct reply_key tk = {
+			.client_addr = quote->saddr,
+			.daemon_addr = quote->daddr,
+			.client_port = ports[0],
+			.daemon_port = ports[1],
+			.protocol = quote->protocol,
+		};
+		__u32 reason = quote_untracked(bpf_map_lookup_elem(&tracked, &tk));
+
+		if (reason != TRACKED_REPLY)
+			return pass_back(reason);
+	}
 	verdict = to_client(ctx, eth, iph, daemon->service.addr, 0, 0, 0);
 	if (verdict)
 		return verdict;
@@ -1025,6 +1052,20 @@ static __always_inline int steer_back_icmp6(struct xdp_md *ctx, struct ethhdr *e
 	daemon = bpf_map_lookup_elem(&daemons6, &key);
 	if (!daemon)
 		return pass_back(CNT_IPV6);
+	if (track_replies) {
+		struct reply_key6 tk = {
+			.client_port = ports[0],
+			.daemon_port = ports[1],
+			.protocol = quote->nexthdr,
+		};
+		__u32 reason;
+
+		__builtin_memcpy(tk.client_addr, &quote->saddr, 16);
+		__builtin_memcpy(tk.daemon_addr, &quote->daddr, 16);
+		reason = quote_untracked(bpf_map_lookup_elem(&tracked6, &tk));
+		if (reason != TRACKED_REPLY)
+			return pass_back(reason);
+	}
 	verdict = to_client6(ctx, eth, ip6, daemon->service.addr, 0, 0, 0);
 	if (verdict)
 		return verdict;

@@ -1149,10 +1149,32 @@ fn frame_diff(got: &[u8], want: &[u8]) -> String {
 /// one connection: `CLIENT` with `DAEMONS[0]`.
 #[rustfmt::skip]
 fn tracked_table() -> Vec<Row> {
+    use etherparse::{icmpv6::DestUnreachableCode, Icmpv6Type};
     use Iface::Back;
     let tracked = tcp(FROM_DAEMON, DAEMONS[0], CLIENT);
     let probe = SocketAddrV4::new(BACK_ADDR, 50000);
+    let direct_port = SocketAddrV4::new(*CLIENT.ip(), 40001);
+    // Errors from a router on the back about a client's segment to the daemon,
+    // of the tracked connection or of a direct one from another client port.
+    let frag = IcmpKind::FragNeeded { mtu: 1280 };
+    let error_about = |from| icmp_error(FROM_DAEMON, ROUTER, *CLIENT.ip(), frag, &tcp(FROM_DAEMON, from, DAEMONS[0]), 28);
+    let unreachable = Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Address);
+    let error6_about = |from| icmp6_error(FROM_DAEMON, ROUTER6, *CLIENT6B.ip(), unreachable, &l4_6(FROM_DAEMON, from, DAEMON6, false), 48);
+    let direct_port6 = SocketAddrV6::new(*CLIENT6B.ip(), 40001, 0, 0);
+    let towards_client = |mut f: Vec<u8>| {
+        f[..6].copy_from_slice(&TO_CLIENT.1);
+        f[6..12].copy_from_slice(&TO_CLIENT.0);
+        f
+    };
     vec![
+        row("error about the tracked connection's segment", Back, 0, error_about(CLIENT),
+            XDP_REDIRECT, &["icmp_back_steered"]).leaves(towards_client(error_about(CLIENT))),
+        row("error about a direct connection's segment", Back, 0, error_about(direct_port),
+            XDP_PASS, &["back_untracked", "passed"]),
+        row("IPv6 error about the tracked connection's segment", Back, 0, error6_about(CLIENT6B),
+            XDP_REDIRECT, &["icmp6_back_steered"]).leaves(towards_client(error6_about(CLIENT6B))),
+        row("IPv6 error about a direct connection's segment", Back, 0, error6_about(direct_port6),
+            XDP_PASS, &["back_untracked", "passed"]),
         row("reply of the tracked connection", Back, 0, tracked,
             XDP_REDIRECT, &["back_steered"]).leaves(tcp(TO_CLIENT, DAEMONS[0], CLIENT)),
         // The same client and VIP, another daemon: a direct connection.
@@ -1233,6 +1255,9 @@ fn direct_takeover_rows() -> Vec<Row> {
         row("the direct connection's next frames are the host's", Back, 0, from_daemon(ACK),
             XDP_PASS, &["back_untracked", "passed"]),
         row("and its reset", Back, 0, from_daemon(RST),
+            XDP_PASS, &["back_untracked", "passed"]),
+        row("and an error about its segment", Back, 0,
+            icmp_error(FROM_DAEMON, ROUTER, *CLIENT.ip(), IcmpKind::FragNeeded { mtu: 1280 }, &tcp(FROM_DAEMON, CLIENT, DAEMONS[0]), 28),
             XDP_PASS, &["back_untracked", "passed"]),
         row("IPv6: a direct SYN from the tracked client port", Front, 0, direct_syn6(),
             XDP_PASS, &["ipv6", "passed"]),
