@@ -623,6 +623,10 @@ pub fn run_with(
     };
     sys::block_signals().context("blocking signals")?;
     sys::give_back_large_allocations();
+    match sys::raise_descriptor_limit() {
+        Ok(limit) => tracing::debug!(limit, "open descriptors"),
+        Err(e) => tracing::warn!("cannot raise the open-descriptor limit: {e}"),
+    }
     // Subscribed to the kernel's route and neighbour changes before the first
     // request, so that nothing that changes from here on goes unseen.
     let kernel = Kernel::open(&ifaces.back.name, ifaces.back.index, PROBE_TIMEOUT)?;

@@ -421,6 +421,29 @@ fn caps_error(e: caps::errors::CapsError) -> io::Error {
     io::Error::other(e.to_string())
 }
 
+/// Raises this process's soft limit of open descriptors to its hard one, as
+/// systemd advises for a service that needs more than the soft default of
+/// 1024 (a health probe per daemon, up to thousands, each needs one while it
+/// runs, beside the sockets, maps and clients). Returns the limit now in force.
+pub fn raise_descriptor_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: limit is a live rlimit the kernel writes.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: limit is a live, initialised rlimit the kernel reads.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
 /// An eventfd: workers write the loop's to wake it (the loop reads it through
 /// io_uring), and the loop writes a worker's to wake it (the worker reads it
 /// back with [`clear`](Self::clear)).

@@ -520,3 +520,136 @@ fn a_blind_reset_does_not_end_a_connection_and_an_in_window_one_does() {
         || u64_at(&topo.stats(), "/connections") == 0,
     );
 }
+
+/// Opens `count` connections to the metrics listener on 127.0.0.1:`port` and
+/// as many to the control socket at `control`, sends nothing on any, and holds
+/// them until stdin closes; then prints how many of each the server had closed
+/// (EOF) by then.
+const HOLD_IDLE: &str = r#"
+import socket, sys
+port, control, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+held = []
+for _ in range(count):
+    t = socket.create_connection(("127.0.0.1", port), timeout=2)
+    u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    u.settimeout(2)
+    u.connect(control)
+    held += [("tcp", t), ("unix", u)]
+print("holding", len(held), flush=True)
+sys.stdin.read()
+closed = {"tcp": 0, "unix": 0}
+for kind, s in held:
+    s.setblocking(False)
+    try:
+        if s.recv(1) == b"":
+            closed[kind] += 1
+    except BlockingIOError:
+        pass
+print("closed", closed["tcp"], closed["unix"], flush=True)
+"#;
+
+/// Idle connections to the metrics listener and the control socket (clients
+/// that send nothing, or whose peer vanished) hold a descriptor each. With the
+/// process's limit used up by them, a health probe that cannot get a socket
+/// ended the management loop, and dispatchd with it; and they were never
+/// closed. Now such a probe is tried again an interval later, the daemons keep
+/// their health, and the server closes a connection whose request has not come
+/// within its deadline, which gives the descriptors back.
+#[test]
+fn idle_control_connections_neither_stop_the_daemon_nor_hold_descriptors_for_good() {
+    use std::io::BufRead;
+    let topo = Topology::up(DISPATCHD, "fds", 2, 1);
+    let _servers = topo.serve(2);
+    let port = 9157;
+    let mut flags = Topology::default_flags(2);
+    flags.extend(
+        [
+            "--metrics-listen",
+            "127.0.0.1:9157",
+            "--health-interval-ms",
+            "100",
+        ]
+        .map(String::from),
+    );
+    let mut lb = topo.dispatchd(&flags);
+    let pid = lb.pid();
+    // A limit a few descriptors above what the daemon holds: the idle
+    // connections reach it. (It raised its soft limit to the hard one at
+    // start; prlimit sets both.)
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the daemon's descriptors")
+        .count();
+    let limit = (open + 12).to_string();
+    let set = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .output()
+        .expect("prlimit (util-linux)");
+    assert!(set.status.success(), "prlimit: {}", text(&set));
+
+    let mut hold = topo
+        .cmd(&topo.dispatcher(), "/usr/bin/python3")
+        .args([
+            "-c",
+            HOLD_IDLE,
+            &port.to_string(),
+            &topo.control_socket(),
+            "10",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut lines = std::io::BufReader::new(hold.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("reading");
+    assert_eq!(first, "holding 20", "the idle clients");
+    // Many probe intervals with every descriptor taken.
+    std::thread::sleep(Duration::from_secs(2));
+    still_running(&mut lb);
+    let out = topo.client_run(&["connect", "--to", VIP, "--connections", "20"]);
+    assert!(
+        out.status.success(),
+        "connections while out of descriptors: {}",
+        text(&out)
+    );
+    // The deadline closes the idle ones, which gives their descriptors back:
+    // the control socket answers again.
+    wait_until(Duration::from_secs(15), "ctl answering again", || {
+        std::process::Command::new(DISPATCHD)
+            .args([
+                "ctl",
+                "--socket",
+                &topo.control_socket(),
+                "backends",
+                "--json",
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    still_running(&mut lb);
+    let list: Value =
+        serde_json::from_str(&topo.ctl(&["backends", "--json"])).expect("backends JSON");
+    for b in list.as_array().expect("a list") {
+        assert_eq!(b["state"], "up", "a daemon lost its health: {b}");
+    }
+    drop(hold.stdin.take());
+    let last = lines.next().expect("a line").expect("reading");
+    let closed: Vec<usize> = last
+        .strip_prefix("closed ")
+        .unwrap_or_else(|| panic!("{last}"))
+        .split(' ')
+        .map(|n| n.parse().expect("a count"))
+        .collect();
+    // Those the daemon accepted were closed at their deadline; the rest were
+    // accepted after the first ones closed, and closed at theirs or are
+    // still within it. So at least the ones it held at first were closed.
+    assert!(
+        closed.iter().sum::<usize>() >= 8,
+        "idle connections closed by the server (tcp, unix): {closed:?}"
+    );
+    let _ = hold.wait();
+}

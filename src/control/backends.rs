@@ -243,6 +243,17 @@ impl Backends {
         due
     }
 
+    /// A probe [`due_probes`](Self::due_probes) handed out that could not
+    /// start: no outcome, and the next one is due on the daemon's schedule.
+    pub fn probe_not_started(&mut self, id: BackendId, generation: u64) {
+        if generation != self.generation {
+            return;
+        }
+        if let Some(b) = self.list.get_mut(id.index()) {
+            b.probing = false;
+        }
+    }
+
     /// Records a probe's outcome; returns the daemon's new health if it flipped.
     /// A probe of an older configuration's list (`generation`) is ignored.
     pub fn probe_done(&mut self, id: BackendId, generation: u64, ok: bool) -> Option<Health> {

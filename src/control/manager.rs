@@ -78,6 +78,17 @@ const PEAK_WINDOW_NS: u64 = 1_000_000_000;
 /// How often the interfaces' RX queue counts and MTUs are re-read.
 const LINK_REFRESH_NS: u64 = 1_000_000_000;
 const RING_ENTRIES: u32 = 256;
+/// How long a client of the control socket or the metrics listener has to send
+/// its request, and to take the reply: a connection that sends nothing (an
+/// idle or half-open one) would otherwise hold its descriptor for good, and
+/// enough of them would leave none for the health probes.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+const REPLY_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a listener rests after an accept failed for want of descriptors or
+/// memory: accepting again at once would fail again at once, in a loop.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
+/// At most one warning this often about health probes that could not start.
+const PROBE_WARNING_NS: u64 = 1_000_000_000;
 
 /// What each in-flight operation is for.
 #[derive(Clone, Copy, Debug)]
@@ -86,6 +97,10 @@ enum Tag {
     Signal,
     Tick,
     Accept {
+        metrics: bool,
+    },
+    /// The end of an [`ACCEPT_PAUSE`].
+    AcceptPause {
         metrics: bool,
     },
     Recv {
@@ -222,6 +237,8 @@ pub struct Manager<'a> {
     round_max_1s: u64,
     round_max: u64,
     next_peaks_ns: u64,
+    /// When a warning about probes that could not start may come next.
+    next_probe_warning_ns: u64,
     links: [LinkWatch; 2],
     /// Changes of an interface's queue count or MTU seen while running.
     link_changes: u64,
@@ -352,6 +369,7 @@ impl<'a> Manager<'a> {
             round_max_1s: 0,
             round_max: 0,
             next_peaks_ns: 0,
+            next_probe_warning_ns: 0,
             links: parts.links,
             link_changes: 0,
             link_error: None,
@@ -745,6 +763,15 @@ impl<'a> Manager<'a> {
         );
     }
 
+    /// Accepts the next connection on the metrics listener or the control socket.
+    fn accept(&mut self, metrics: bool) -> Result<()> {
+        let listener = match (&self.metrics, metrics) {
+            (Some(l), true) => l.as_raw_fd(),
+            _ => self.ctl.as_raw_fd(),
+        };
+        self.uring.accept(Tag::Accept { metrics }, listener)
+    }
+
     /// Ends a graceful stop whose time is up.
     fn check_stopping(&mut self, now: u64) {
         if self.stopping_until_ns.is_some_and(|until| now >= until) {
@@ -784,24 +811,37 @@ impl<'a> Manager<'a> {
                 self.uring.timeout(Tag::Tick, TICK)?;
             }
             Tag::Accept { metrics } => {
+                let mut rest = false;
                 match (done.fd, failed) {
-                    (Some(fd), _) => self.uring.recv(Tag::Recv { metrics }, fd, REQUEST_MAX)?,
+                    (Some(fd), _) => self.uring.recv_within(
+                        Tag::Recv { metrics },
+                        fd,
+                        vec![0; REQUEST_MAX].into_boxed_slice(),
+                        0,
+                        REQUEST_DEADLINE,
+                    )?,
                     (None, Some(e)) => {
                         let on = if metrics {
                             "metrics listener"
                         } else {
                             "control socket"
                         };
+                        rest = matches!(
+                            e.raw_os_error(),
+                            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                        );
                         tracing::error!("accept on the {on}: {e}");
                     }
                     (None, None) => {}
                 }
-                let listener = match (&self.metrics, metrics) {
-                    (Some(l), true) => l.as_raw_fd(),
-                    _ => self.ctl.as_raw_fd(),
-                };
-                self.uring.accept(Tag::Accept { metrics }, listener)?;
+                if rest {
+                    self.uring
+                        .timeout(Tag::AcceptPause { metrics }, ACCEPT_PAUSE)?;
+                } else {
+                    self.accept(metrics)?;
+                }
             }
+            Tag::AcceptPause { metrics } => self.accept(metrics)?,
             Tag::Recv { metrics } => {
                 let (Some(fd), Some(buf)) = (done.fd, done.buf) else {
                     return Ok(());
@@ -819,7 +859,13 @@ impl<'a> Manager<'a> {
                         && done.sent < buf.len()
                     {
                         let filled = done.sent;
-                        return self.uring.recv_into(Tag::Recv { metrics }, fd, buf, filled);
+                        return self.uring.recv_within(
+                            Tag::Recv { metrics },
+                            fd,
+                            buf,
+                            filled,
+                            REQUEST_DEADLINE,
+                        );
                     }
                     let request = String::from_utf8_lossy(&buf[..done.sent]);
                     if !metrics && request.starts_with(takeover::VERB) {
@@ -837,15 +883,21 @@ impl<'a> Manager<'a> {
                     } else {
                         self.ctl_reply(&request)
                     };
-                    self.uring
-                        .send(Tag::Send, fd, reply.into_bytes().into_boxed_slice(), 0)?;
+                    self.uring.send_within(
+                        Tag::Send,
+                        fd,
+                        reply.into_bytes().into_boxed_slice(),
+                        0,
+                        REPLY_DEADLINE,
+                    )?;
                 }
             }
             Tag::Send => {
                 if let (Some(fd), Some(buf)) = (done.fd, done.buf) {
                     if done.result > 0 && done.sent < buf.len() {
                         let sent = done.sent;
-                        self.uring.send(Tag::Send, fd, buf, sent)?;
+                        self.uring
+                            .send_within(Tag::Send, fd, buf, sent, REPLY_DEADLINE)?;
                     }
                 }
             }
@@ -1020,6 +1072,7 @@ impl<'a> Manager<'a> {
         self.send_orders();
         self.resolve_client_hops(now);
         let generation = self.backends.generation();
+        let mut not_started = None;
         for backend in self.backends.due_probes(now) {
             let b = self.backends.get(backend);
             let timeout = b.check.schedule.timeout;
@@ -1029,7 +1082,22 @@ impl<'a> Manager<'a> {
                 step: ProbeStep::Connect,
                 deadline_ns: now.saturating_add(timeout.as_nanos().try_into().unwrap_or(u64::MAX)),
             };
-            self.uring.connect(tag, b.probe_target(), timeout)?;
+            if let Err(e) = self.uring.connect(tag, b.probe_target(), timeout) {
+                // A probe that could not start (no descriptor left, say) says
+                // nothing of the daemon: it keeps its health, and is probed
+                // again an interval later.
+                self.backends.probe_not_started(backend, generation);
+                not_started.get_or_insert((0, e)).0 += 1;
+            }
+        }
+        if let Some((count, e)) = not_started {
+            if now >= self.next_probe_warning_ns {
+                self.next_probe_warning_ns = now + PROBE_WARNING_NS;
+                tracing::warn!(
+                    "{count} health probe(s) could not start, tried again an interval later \
+                     (the daemons keep their health meanwhile): {e:#}"
+                );
+            }
         }
         if now >= self.next_peaks_ns {
             self.next_peaks_ns = now + PEAK_WINDOW_NS;
