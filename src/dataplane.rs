@@ -487,7 +487,7 @@ impl Dataplane {
 
     /// Every daemon of the plane, by address and IP protocol number, with its
     /// state and connection count: what a reload carries over.
-    fn daemons(&self) -> impl Iterator<Item = (SocketAddr, u8, BackendState, u32)> + '_ {
+    pub(crate) fn daemons(&self) -> impl Iterator<Item = (SocketAddr, u8, BackendState, u32)> + '_ {
         let v4 = (self.ids.iter()).map(|(&(a, p), &id)| (SocketAddr::V4(a), p, id));
         let v6 = (self.ids6.iter()).map(|(&(a, p), &id)| (SocketAddr::V6(a), p, id));
         v4.chain(v6).filter_map(|(addr, protocol, id)| {

@@ -649,7 +649,7 @@ fn apply_flow<R: PlaneRecord>(
             // newer connection's.
             if table.get(&key).is_some_and(|r| r.created_ns() <= opened_ns) {
                 if let Some(record) = table.remove(&key) {
-                    plane.connection_closed(record.backend());
+                    count_closed(record, plane);
                 }
             }
         }
@@ -665,7 +665,7 @@ fn apply_flow<R: PlaneRecord>(
             }
             _ => {
                 if let Some(record) = table.remove(&key) {
-                    plane.connection_closed(record.backend());
+                    count_closed(record, plane);
                 }
                 events.emit(Event::Removed { key, at_ns: now_ns }, stats);
             }
@@ -683,6 +683,17 @@ fn apply_flow<R: PlaneRecord>(
             }
             _ => stats.rst_ignored.add(1),
         },
+    }
+}
+
+/// Counts a removed record's connection off its daemon. The record may still
+/// carry an older plane's id (a reload renumbers the daemons, and the sweep
+/// brings records up to date a slice at a time): its daemon is found by
+/// address, as the sweep does, and a record whose daemon is gone, or was reset
+/// since, counts off nothing (its count was not carried, or was zeroed).
+fn count_closed<R: PlaneRecord>(mut record: R, plane: &mut Dataplane) {
+    if record.is_current(plane) {
+        plane.connection_closed(record.backend());
     }
 }
 
@@ -1181,6 +1192,85 @@ mod tests {
 
     fn syn(client: SocketAddrV4, vip: SocketAddrV4) -> Vec<u8> {
         testing::segment(client, vip, 0x02)
+    }
+
+    /// The loop's orders to remove a record may reach it before the sweep
+    /// brought it up to a reload's plane, whose ids may differ: the connection
+    /// is counted off its daemon by address, and not at all when its daemon is
+    /// gone. Before, the record's old id was used: under least connections the
+    /// wrong daemon lost a connection and the right one kept it for good.
+    #[test]
+    fn a_removal_after_a_reload_that_renumbers_the_daemons_counts_off_the_right_one() {
+        let a = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080);
+        let b = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 12), 8080);
+        let mut plane = testing::plane(VIP, &[a, b]);
+        let mut table = FlowTable::with_capacity(8);
+        let stats = WorkerStats::default();
+        let (mut events, _rx) = testing::events();
+        let client = |port| SocketAddrV4::new(*CLIENT.ip(), port);
+        let mut open = |port, table: &mut FlowTable, plane: &mut Dataplane, now_ns| {
+            assert!(forward(
+                &mut syn(client(port), VIP),
+                table,
+                plane,
+                &mut events,
+                &stats,
+                now_ns,
+                None
+            ));
+            FlowKey::new(client(port), VIP, 6)
+        };
+        let active = |plane: &Dataplane, daemon: SocketAddrV4| {
+            (plane.daemons())
+                .find(|d| d.0 == std::net::SocketAddr::V4(daemon))
+                .map(|d| d.3)
+        };
+        // Round robin: the first to a (id 0), the second to b (id 1).
+        let to_a = open(40000, &mut table, &mut plane, 1);
+        let to_b = open(40001, &mut table, &mut plane, 1);
+        assert_eq!(table.get(&to_b).map(|r| r.daemon), Some(b));
+        assert_eq!((active(&plane, a), active(&plane, b)), (Some(1), Some(1)));
+
+        // The reload leaves b alone, as id 0.
+        let (mut loop_side, _rx2) = testing::events();
+        let mut sweeper = Sweeper::default();
+        apply(
+            Command::ReplacePlane(Box::new(testing::plane(VIP, &[b]))),
+            &mut table,
+            &mut plane,
+            &mut sweeper,
+            &mut loop_side,
+            &stats,
+            2,
+        );
+        assert_eq!((active(&plane, a), active(&plane, b)), (None, Some(1)));
+        let _after = open(40002, &mut table, &mut plane, 3);
+        assert_eq!(active(&plane, b), Some(2));
+
+        // Before the sweep reaches them: a's record (its daemon gone) leaves
+        // b's count alone, and b's own record counts off b.
+        let remove = |key| Command::Flow(FlowCommand::Remove { key, opened_ns: 10 });
+        apply(
+            remove(to_a),
+            &mut table,
+            &mut plane,
+            &mut sweeper,
+            &mut loop_side,
+            &stats,
+            4,
+        );
+        assert_eq!(active(&plane, b), Some(2), "a's record counted off b");
+        apply(
+            remove(to_b),
+            &mut table,
+            &mut plane,
+            &mut sweeper,
+            &mut loop_side,
+            &stats,
+            5,
+        );
+        assert_eq!(active(&plane, b), Some(1));
+        assert_eq!(table.len(), 1);
     }
 
     /// A reload hands the worker a dataplane built from the new configuration;
