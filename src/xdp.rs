@@ -179,6 +179,10 @@ pub struct SteeringTable {
     pub vips6: BTreeMap<Ipv6Addr, u8>,
 }
 
+/// The `services` value of a service a reload removed while a retired daemon
+/// of it still has connections (the program reads only the key).
+pub const REMOVED_SERVICE: u32 = u32::MAX;
+
 /// The bit of `protocol` in a VIP's value.
 pub fn vip_kind(protocol: Protocol) -> u8 {
     match protocol {
@@ -216,14 +220,27 @@ impl SteeringTable {
             let id = (config.services.len() + i) as u32;
             table.add_service6(s.address, s.protocol, id, s.backends.iter().map(|b| b.addr));
         }
-        // A retired daemon's replies still come back, as from its service.
+        // A retired daemon's replies still come back, as from its service;
+        // and its clients' segments still come, to a service the reload may
+        // have removed: steered on until the daemon is let go of (the workers
+        // drop a new connection's first segment there, as for no service).
         for r in retired {
             match (r.daemon, r.service) {
                 (SocketAddr::V4(daemon), SocketAddr::V4(service)) => {
                     table.daemons.insert((daemon, r.protocol), service);
+                    table
+                        .services
+                        .entry((service, r.protocol))
+                        .or_insert(REMOVED_SERVICE);
+                    *table.vips.entry(*service.ip()).or_default() |= vip_kind(r.protocol);
                 }
                 (SocketAddr::V6(daemon), SocketAddr::V6(service)) => {
                     table.daemons6.insert((daemon, r.protocol), service);
+                    table
+                        .services6
+                        .entry((service, r.protocol))
+                        .or_insert(REMOVED_SERVICE);
+                    *table.vips6.entry(*service.ip()).or_default() |= vip_kind(r.protocol);
                 }
                 // A service and its daemons are of one family (validation).
                 _ => {}

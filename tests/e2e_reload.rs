@@ -390,3 +390,91 @@ fn a_reload_bringing_the_first_ipv6_services_in_tracked_mode_is_refused() {
     drop(lb);
     let _ = std::fs::remove_file(&file);
 }
+
+/// A reload that removes a whole service, with `on_remove = "finish"`: its
+/// daemon is retired, and its connections go on to their end as a removed
+/// daemon's do. Before, the program stopped steering the service's VIP:port at
+/// once, so the clients' segments went to the host and the connections broke
+/// (a retired daemon kept only its replies' entry).
+#[test]
+fn a_removed_services_connections_keep_going_to_their_end() {
+    let topo = Topology::up(DISPATCHD, "rmsvc", 2, 1);
+    let _servers: Vec<_> = (0..2).map(|i| topo.serve_one(i, &[])).collect();
+    let file = std::env::temp_dir().join(format!("dispatchd-{}.toml", topo.prefix));
+    let vip = VIP.split(':').next().expect("an address");
+    let other = format!("{vip}:81");
+    let write = |both: bool| {
+        let mut body = format!(
+            "front = \"l0\"\nback = \"l1\"\non_remove = \"finish\"\n[timeouts]\nlinger_ms = 300\n\
+             [[service]]\naddress = \"{VIP}\"\nbackends = [\"{}\"]\n",
+            daemon_addr(0)
+        );
+        if both {
+            body += &format!(
+                "[[service]]\naddress = \"{other}\"\nbackends = [\"{}\"]\n",
+                daemon_addr(1)
+            );
+        }
+        std::fs::write(&file, body).expect("writing the config");
+    };
+    write(true);
+    let lb = topo.dispatchd(&["--config", file.to_str().expect("utf-8 path")]);
+    let mut hold = topo.client_start(
+        &[
+            "hold",
+            "--to",
+            &other,
+            "--seconds",
+            "4",
+            "--interval-ms",
+            "50",
+        ],
+        "opened",
+    );
+    write(false);
+    lb.signal("HUP");
+    wait_until(Duration::from_secs(5), "reload applied", || {
+        lb.output().contains("SIGHUP: reloaded")
+    });
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        lb.output()
+            .contains(&format!("{} (retired)", daemon_addr(1))),
+        "{}",
+        lb.output()
+    );
+    assert!(
+        hold.wait(Duration::from_secs(15)).success(),
+        "the removed service's connection broke:\n{}",
+        hold.output()
+    );
+    // A new connection to the removed service finds none.
+    let out = topo.client_run(&[
+        "connect",
+        "--to",
+        &other,
+        "--connections",
+        "1",
+        "--timeout-ms",
+        "500",
+    ]);
+    assert!(
+        !out.status.success(),
+        "a new connection to a removed service:\n{}",
+        text(&out)
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "the retired daemon let go of",
+        || {
+            lb.output().contains(&format!(
+                "removed daemon {} has no connection left",
+                daemon_addr(1)
+            ))
+        },
+    );
+    wait_until(Duration::from_secs(5), "no record left", || {
+        let stats = topo.stats();
+        stats["connections"] == 0 && stats["workers"][0]["flows"] == 0
+    });
+}
