@@ -378,7 +378,12 @@ impl<'a> L4Frame6<'a> {
     /// connection's first segment only, as on the IPv4 path).
     pub fn l4_checksum_ok(&self) -> bool {
         let ip = self.ip();
-        let segment = self.l4();
+        let mut segment = self.l4();
+        if self.proto == L4Proto::Udp {
+            // Only the UDP length is covered, as on the IPv4 path.
+            let len = usize::from(udp::Datagram::new_unchecked(segment).len());
+            segment = &segment[..len.min(segment.len())];
+        }
         let pseudo = super::checksum::pseudo_header_ipv6(
             ip.src_addr(),
             ip.dst_addr(),

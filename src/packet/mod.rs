@@ -466,9 +466,17 @@ impl<'a> L4Frame<'a> {
     /// a connection's first segment (which then has none, or little).
     pub fn l4_checksum_ok(&self) -> bool {
         let ip = self.ip();
-        let segment = self.l4();
-        if self.proto == L4Proto::Udp && udp::Datagram::new_unchecked(segment).checksum() == 0 {
-            return true;
+        let mut segment = self.l4();
+        if self.proto == L4Proto::Udp {
+            let datagram = udp::Datagram::new_unchecked(segment);
+            if datagram.checksum() == 0 {
+                return true;
+            }
+            // A UDP length short of the IP payload (item 12) is what the
+            // checksum covers, pseudo-header included (RFC 768; Linux trims
+            // the datagram to it first): the rest (RFC 9868's options, say)
+            // is not the datagram's.
+            segment = &segment[..usize::from(datagram.len()).min(segment.len())];
         }
         let pseudo = checksum::pseudo_header_ipv4(
             ip.src_addr(),

@@ -80,7 +80,14 @@ fn expected_l4(f: &[u8], proto: u8) -> u16 {
     let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
     let src = Ipv4Addr::new(f[26], f[27], f[28], f[29]);
     let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
-    let mut seg = f[34..14 + total].to_vec();
+    // A UDP checksum covers the UDP length (RFC 768), which may fall short of
+    // the IP payload.
+    let end = if proto == 17 {
+        34 + usize::from(u16::from_be_bytes([f[38], f[39]]))
+    } else {
+        14 + total
+    };
+    let mut seg = f[34..end].to_vec();
     let ck_at = if proto == 6 { 16 } else { 6 };
     seg[ck_at] = 0;
     seg[ck_at + 1] = 0;
@@ -324,6 +331,21 @@ fn udp_length_shorter_than_ip_payload() {
     fill_checksums(&mut f);
     let fr = L4Frame::parse(&mut f).unwrap();
     assert_eq!(fr.l4_payload(), b"ab");
+}
+
+/// A UDP length short of the IP payload: the checksum covers the datagram
+/// alone, pseudo-header length included, whatever follows it. Before, the
+/// whole IP payload was summed, so such a datagram (with RFC 9868's options
+/// after it, say) failed the check and its flow was never recorded.
+#[test]
+fn a_udp_checksum_covers_the_udp_length_not_the_ip_payload() {
+    let mut f = udp_fixture(b"abcd");
+    f[38..40].copy_from_slice(&10u16.to_be_bytes()); // the datagram is "ab"
+    fill_checksums(&mut f);
+    f[44..46].copy_from_slice(b"zz"); // after the datagram: not covered
+    assert!(L4Frame::parse(&mut f).unwrap().l4_checksum_ok());
+    f[42] ^= 1; // inside it
+    assert!(!L4Frame::parse(&mut f).unwrap().l4_checksum_ok());
 }
 
 #[test]

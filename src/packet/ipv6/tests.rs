@@ -62,6 +62,20 @@ fn parse(mut frame: Vec<u8>) -> Result<(), DropReason> {
     L4Frame6::parse(&mut frame).map(|_| ())
 }
 
+/// As on the IPv4 path: a UDP length short of the IPv6 payload is what the
+/// checksum covers.
+#[test]
+fn a_udp_checksum_covers_the_udp_length_not_the_ipv6_payload() {
+    let mut f = udp(CLIENT, SERVICE, 64, b"ab");
+    f.extend_from_slice(b"zz");
+    let payload_len = u16::from_be_bytes([f[18], f[19]]) + 2;
+    f[18..20].copy_from_slice(&payload_len.to_be_bytes());
+    assert!(L4Frame6::parse(&mut f).unwrap().l4_checksum_ok());
+    let last = f.len() - 3; // the datagram's last byte
+    f[last] ^= 1;
+    assert!(!L4Frame6::parse(&mut f).unwrap().l4_checksum_ok());
+}
+
 #[test]
 fn header_accessors() {
     let mut f = tcp(CLIENT, SERVICE, 64, b"abc");
