@@ -28,6 +28,10 @@ have_cmd bird || need+=(bird2)
 have_cmd systemd-analyze || need+=(systemd)
 have_cmd iperf3 || need+=(iperf3)
 have_cmd taskset || need+=(util-linux)
+have_cmd prlimit || need+=(util-linux)
+# sysctl (the topology, tests) and kill (the testkit): minimal images lack them.
+have_cmd sysctl || need+=(procps)
+{ [ -x /usr/bin/kill ] || [ -x /bin/kill ]; } || need+=(procps) # not the shell builtin
 [ -x /usr/bin/python3 ] || need+=(python3)
 for p in libelf-dev zlib1g-dev libpcap-dev python3-prometheus-client; do have_pkg "$p" || need+=("$p"); done
 

@@ -608,6 +608,17 @@ pub fn run_with(
         "starting"
     );
     let ifaces = check_host(&config)?;
+    if let Some(priority) = config.worker_priority {
+        // Tried now, and given back at once, so that a host that refuses it
+        // (no CAP_SYS_NICE; systemd's RestrictRealtime=yes) fails start-up
+        // before anything is attached or taken over, not after.
+        drop(sys::FifoWhileSpawning::new(priority).with_context(|| {
+            format!(
+                "worker_priority = {priority}: cannot take SCHED_FIFO (it needs \
+                 CAP_SYS_NICE, and under systemd RestrictRealtime=no)"
+            )
+        })?);
+    }
     // Before any thread starts: the loop's helpers (probes, the takeover's
     // listener) inherit the placement; workers pin themselves to theirs.
     if let Some(core) = config.control_core {
@@ -790,7 +801,7 @@ pub fn run_with(
         took.bound_after = took.switched.elapsed();
         took.busy = busy;
         // The old process left its socket file: this one replaces it.
-        let ctl = ctl::bind(&config.control.control_socket)?;
+        let ctl = ctl::bind(&config.control.control_socket, true)?;
         tracing::info!(
             "XDP on {} (front) and {} (back): links taken over from pid {}",
             ifaces.front.name,
@@ -809,7 +820,7 @@ pub fn run_with(
             Duration::ZERO,
         )?;
         // Bound before anything is attached, so a bad path fails start-up cleanly.
-        let ctl = ctl::bind(&config.control.control_socket)?;
+        let ctl = ctl::bind(&config.control.control_socket, false)?;
         let front_mode = steering.attach(&ifaces.front, config.xdp_mode)?;
         let back_mode = steering.attach(&ifaces.back, config.xdp_mode)?;
         tracing::info!(
@@ -961,7 +972,10 @@ pub fn run_with(
     let fifo = worker_priority
         .map(|priority| {
             sys::FifoWhileSpawning::new(priority).with_context(|| {
-                format!("worker_priority = {priority}: cannot take SCHED_FIFO (CAP_SYS_NICE)")
+                format!(
+                    "worker_priority = {priority}: cannot take SCHED_FIFO (it needs \
+                     CAP_SYS_NICE, and under systemd RestrictRealtime=no)"
+                )
             })
         })
         .transpose()?;

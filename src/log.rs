@@ -105,6 +105,23 @@ where
     }
 }
 
+/// The process's last line on stderr, for an error that ended it: under
+/// systemd (`JOURNAL_STREAM` set) with the err priority in front, as the text
+/// log's lines have theirs, so `journalctl -p warning` shows why it stopped
+/// (an unprefixed line is filed at the unit's default, info).
+pub fn fatal_line(error: &anyhow::Error) -> String {
+    fatal_line_for(std::env::var_os("JOURNAL_STREAM").is_some(), error)
+}
+
+fn fatal_line_for(journal: bool, error: &anyhow::Error) -> String {
+    let priority = if journal {
+        format!("<{}>", syslog_priority(Level::ERROR))
+    } else {
+        String::new()
+    };
+    format!("{priority}dispatchd: {error:#}")
+}
+
 /// sd-daemon(3)'s priority prefixes: err, warning, info, debug.
 fn syslog_priority(level: Level) -> u8 {
     match level {
@@ -160,6 +177,19 @@ mod tests {
         assert_eq!(
             rest,
             " WARN dispatchd: daemon is down daemon=\"198.19.0.2:80\"\n"
+        );
+    }
+
+    #[test]
+    fn the_last_line_of_a_failed_process_carries_err_priority_for_the_journal() {
+        let e = anyhow::anyhow!("no such interface").context("front nosuch0");
+        assert_eq!(
+            fatal_line_for(false, &e),
+            "dispatchd: front nosuch0: no such interface"
+        );
+        assert_eq!(
+            fatal_line_for(true, &e),
+            "<3>dispatchd: front nosuch0: no such interface"
         );
     }
 

@@ -293,7 +293,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the context chain joined, as the user needs to act on it.
-            eprintln!("dispatchd: {e:#}");
+            eprintln!("{}", dispatchd::log::fatal_line(&e));
             ExitCode::FAILURE
         }
     }

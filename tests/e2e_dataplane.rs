@@ -317,6 +317,34 @@ fn bad_start_up_input_is_one_line_and_leaves_nothing_attached() {
         .expect("running setpriv");
     assert!(!out.status.success(), "{}", text(&out));
     assert_clean_failure(&topo, &out, "permission");
+
+    // worker_priority where SCHED_FIFO is refused (no CAP_SYS_NICE, as under
+    // the example unit): refused before anything is attached. It was found
+    // only after the program was attached, and with --takeover after the
+    // running process had handed its links over.
+    let out = topo
+        .cmd(&topo.dispatcher(), "setpriv")
+        .args(["--bounding-set=-sys_nice", "--inh-caps=-sys_nice"])
+        .arg(DISPATCHD)
+        .arg("run")
+        .args(Topology::default_flags(2))
+        .args([
+            "--worker-priority",
+            "10",
+            "--poll",
+            "wakeup",
+            "--control-socket",
+        ])
+        .arg(dir.join("ctl.sock"))
+        .output()
+        .expect("running setpriv");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_clean_failure(&topo, &out, "worker_priority = 10: cannot take SCHED_FIFO");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("XDP on"),
+        "refused before attaching:\n{}",
+        text(&out)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

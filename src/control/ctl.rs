@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::sys;
 
@@ -179,8 +179,10 @@ impl Request {
 }
 
 /// Binds the control socket with mode 0600 from the start (umask), replacing a
-/// stale socket file left by a dead process.
-pub fn bind(path: &Path) -> Result<UnixListener> {
+/// stale socket file left by a dead process. A socket a live process listens on
+/// is replaced only by a takeover of that process (`takeover`); otherwise it is
+/// another instance's, whose `ctl` and takeovers this one would cut off.
+pub fn bind(path: &Path, takeover: bool) -> Result<UnixListener> {
     // Its directory, when missing (the default's /run/dispatchd outside
     // systemd): only that one level, so a mistyped path still fails.
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -195,6 +197,13 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {
+            if !takeover && UnixStream::connect(path).is_ok() {
+                bail!(
+                    "control socket {}: a running process listens on it (another dispatchd? \
+                     take it over with --takeover, or give this one its own control_socket)",
+                    path.display()
+                );
+            }
             let _ = std::fs::remove_file(path);
         }
     }
@@ -252,16 +261,39 @@ mod tests {
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir(&base).unwrap();
         let socket = base.join("dispatchd").join("dispatchd.sock");
-        let listener = bind(&socket).unwrap();
+        let listener = bind(&socket, false).unwrap();
         assert!(socket.exists());
         drop(listener);
         // Bound again over the socket it left, in the directory now there.
-        bind(&socket).unwrap();
+        bind(&socket, false).unwrap();
         let deeper = base.join("a").join("b").join("dispatchd.sock");
-        let err = bind(&deeper).unwrap_err();
+        let err = bind(&deeper, false).unwrap_err();
         assert!(format!("{err:#}").contains("creating the control socket's directory"));
         assert!(!base.join("a").exists());
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// A second instance started with the same control socket took the path
+    /// from the first (which then answered no `ctl` and could not be taken
+    /// over); now it refuses to start, and only a takeover replaces it.
+    #[test]
+    fn a_live_processs_socket_is_replaced_only_by_a_takeover() {
+        let dir = std::env::temp_dir().join(format!("dispatchd-ctl-live-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ctl.sock");
+        let running = bind(&path, false).unwrap();
+        let err = bind(&path, false).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("a running process listens on it"),
+            "{err:#}"
+        );
+        assert!(
+            UnixStream::connect(&path).is_ok(),
+            "the first one's socket is still there"
+        );
+        let _taken = bind(&path, true).unwrap();
+        drop(running);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -434,9 +466,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("dispatchd-ctl-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("ctl.sock");
-        drop(bind(&path).unwrap());
+        drop(bind(&path, false).unwrap());
         // The file of a dead process's socket stays behind; binding again works.
-        let listener = bind(&path).unwrap();
+        let listener = bind(&path, false).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let server = std::thread::spawn(move || {

@@ -1835,6 +1835,11 @@ impl<'a> Manager<'a> {
     /// tracker forgets the dropped daemons' connections now, and the workers
     /// drop their records when next met (their daemon is in no plane).
     fn retire(&mut self, new: &Config) -> Vec<Retired> {
+        // Counted with every event published before the reload, even inside
+        // an event window, as a ctl answer is: a daemon whose only connections
+        // opened there would count none, and be let go of at once instead of
+        // retired, its connections' records with it.
+        self.drain_events_aside();
         let kept: AHashSet<(SocketAddr, Protocol)> =
             new.all_daemon_keys().map(|(key, _)| key).collect();
         let gone: Vec<Retired> = self
