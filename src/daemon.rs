@@ -538,6 +538,8 @@ fn take_over(
         ReplyMode::Tracked => copy_tracked(config, steering, request.tracked.as_fd(), pid)?,
         ReplyMode::Stateless => Vec::new(),
     };
+    takeover::test_slow_switch();
+    request.may_switch()?;
     steering.adopt_links(std::mem::take(&mut request.links))?;
     let switched = Instant::now();
     takeover::test_die_at("switched");

@@ -248,6 +248,40 @@ fn a_new_process_dying_leaves_the_old_serving(name: &str, stage: &str) {
     a.terminate(Duration::from_secs(5));
 }
 
+/// A new process too slow to re-point the links before the running one stops
+/// waiting for it (a huge map of tracked connections to copy) gives up
+/// instead. It used to re-point them anyway, after the old process had pointed
+/// them back at itself to serve on: the new one then ran with no records (the
+/// old one's `switched` read had failed) and the old one, alive and ready,
+/// saw no traffic.
+#[test]
+fn a_new_process_too_slow_to_switch_leaves_the_old_serving() {
+    let topo = Topology::up(DISPATCHD, "tkslow", DAEMONS, 1);
+    let _servers = topo.serve(DAEMONS);
+    let mut a = topo.dispatchd(&flags("maglev"));
+    let mut holds = hold(&topo, 10);
+    let mut takeover = flags("maglev");
+    takeover.extend(["--takeover", "--control-socket"].map(String::from));
+    takeover.push(topo.control_socket());
+    // Past the old process's wait: it has pointed the links back at itself.
+    let out = topo
+        .cmd(&topo.dispatcher(), DISPATCHD)
+        .arg("run")
+        .args(&takeover)
+        .env("DISPATCHD_TEST_TAKEOVER_SLOW_SWITCH_MS", "5500")
+        .output()
+        .expect("running dispatchd");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("not switching"), "{}", text(&out));
+    wait_until(Duration::from_secs(5), "the old process says so", || {
+        a.output().contains("takeover abandoned")
+    });
+    assert!(a.exited().is_none(), "the running process goes on");
+    assert_eq!(broken(&mut holds), 0, "{}", a.output());
+    new_connections_work(&topo);
+    a.terminate(Duration::from_secs(5));
+}
+
 #[test]
 fn a_new_process_killed_before_the_switch_leaves_the_old_serving() {
     a_new_process_dying_leaves_the_old_serving("tkk", "links");

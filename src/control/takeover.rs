@@ -44,7 +44,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddrV4},
     os::{fd::AsFd, fd::OwnedFd, unix::net::UnixStream},
     path::Path,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -65,6 +65,9 @@ pub const VERB: &str = "takeover";
 pub const PROTOCOL: u32 = 1;
 /// How long either side waits for the other's next step.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long before A's [`STEP_TIMEOUT`] B no longer re-points the links: the
+/// switch and the word that says so must reach A while it still waits.
+pub const SWITCH_MARGIN: Duration = Duration::from_secs(1);
 /// Bytes of one record on the wire.
 pub const RECORD_WIRE: usize = 46;
 /// Bytes of one IPv6 record on the wire.
@@ -436,6 +439,9 @@ pub fn unbacked(guessed: &[ReplyKey], records: &[(u16, FlowRecord)]) -> Vec<Repl
 /// B's side, up to the switch: the connection to A and the links A gave.
 pub struct Request {
     stream: UnixStream,
+    /// When the links came: the old process waits [`STEP_TIMEOUT`] from then
+    /// for `switched`, then points them back at its own program.
+    links_at: Instant,
     pub links: Vec<OwnedFd>,
     /// A's map of tracked connections.
     pub tracked: OwnedFd,
@@ -506,10 +512,31 @@ impl Request {
         let tracked = links.pop().context("three descriptors")?;
         Ok(Some(Request {
             stream,
+            links_at: Instant::now(),
             links,
             tracked,
             pid,
         }))
+    }
+
+    /// Whether this process may still re-point the links: not once A may have
+    /// stopped waiting for it (within [`SWITCH_MARGIN`] of [`STEP_TIMEOUT`]).
+    /// A that gave up serves on through links it points back at its own
+    /// program; re-pointing them then would take its traffic from a process
+    /// that hands no records over, and leave A running with none.
+    pub fn may_switch(&self) -> Result<()> {
+        let waited = self.links_at.elapsed();
+        if waited + SWITCH_MARGIN >= STEP_TIMEOUT {
+            bail!(
+                "{} ms since the running dispatchd (pid {}) handed its links over: it waits \
+                 {} s for the switch, then serves on; not switching (copying its tracked \
+                 connections took too long?)",
+                waited.as_millis(),
+                self.pid,
+                STEP_TIMEOUT.as_secs()
+            );
+        }
+        Ok(())
     }
 
     /// Tells A that the links point at this process's program, and reads the
@@ -517,6 +544,22 @@ impl Request {
     pub fn switched(mut self, now_ns: impl Fn() -> u64) -> Result<Handed> {
         self.stream.write_all(b"switched\n")?;
         read_records(&mut BufReader::new(self.stream), now_ns)
+    }
+}
+
+/// The test hook that makes a new process slow between taking the links and
+/// re-pointing them (milliseconds), as copying a very large map of tracked
+/// connections would.
+pub const SLOW_SWITCH_ENV: &str = "DISPATCHD_TEST_TAKEOVER_SLOW_SWITCH_MS";
+
+/// Sleeps if the test hook asks for it (see [`SLOW_SWITCH_ENV`]).
+pub fn test_slow_switch() {
+    if let Some(ms) = std::env::var(SLOW_SWITCH_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        tracing::warn!("test hook: {ms} ms before the switch");
+        std::thread::sleep(Duration::from_millis(ms));
     }
 }
 
