@@ -45,10 +45,24 @@ const MIB: u64 = 1 << 20;
 /// Which worker serves which queues, on which core: a worker per core (as
 /// configured, or every core but the first), at most as many as the smaller
 /// interface has queues.
-fn plan_workers(config: &Config, front: &LinkFacts, back: &LinkFacts) -> Vec<WorkerQueues> {
+fn plan_workers(config: &Config, front: &LinkFacts, back: &LinkFacts) -> Result<Vec<WorkerQueues>> {
     let available: Vec<usize> = core_affinity::get_core_ids()
         .map(|ids| ids.into_iter().map(|c| c.id).collect())
         .unwrap_or_default();
+    // As for control_core: a worker that cannot pin would run wherever the
+    // scheduler puts it, beside whatever the core was meant to be kept from.
+    if let Some(core) =
+        (config.cores.iter()).find(|c| !available.is_empty() && !available.contains(c))
+    {
+        bail!(
+            "cores: core {core} does not exist or is not in this process's CPU set (it may use {})",
+            available
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
     let cores = queues::worker_cores(&config.cores, &available);
     let plan = queues::plan(front.rx_queues, back.rx_queues, &cores);
     if plan.len() < cores.len() {
@@ -64,7 +78,7 @@ fn plan_workers(config: &Config, front: &LinkFacts, back: &LinkFacts) -> Vec<Wor
             unused.join(",")
         );
     }
-    plan
+    Ok(plan)
 }
 
 /// The XDP program asks the kernel's FIB where it would forward each frame a
@@ -669,7 +683,7 @@ pub fn run_with(
         &mut Vec::new(),
     );
     let bind = choose_bind(&config, &ifaces)?;
-    let plan = plan_workers(&config, &ifaces.front_link, &ifaces.back_link);
+    let plan = plan_workers(&config, &ifaces.front_link, &ifaces.back_link)?;
     config.check_tracked_room(plan.len())?;
     let replies = replies(&config, plan.len());
     let mut steering = match bare {

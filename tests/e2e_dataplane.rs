@@ -318,6 +318,13 @@ fn bad_start_up_input_is_one_line_and_leaves_nothing_attached() {
     assert!(!out.status.success(), "{}", text(&out));
     assert_clean_failure(&topo, &out, "permission");
 
+    // A worker core this process may not use: refused, as control_core is
+    // (it only warned, and the worker ran unpinned).
+    let mut no_core = Topology::default_flags(2);
+    no_core.extend(["--cores", "1000"].map(String::from));
+    let out = topo.dispatchd_fails(&no_core);
+    assert_clean_failure(&topo, &out, "cores: core 1000 does not exist");
+
     // worker_priority where SCHED_FIFO is refused (no CAP_SYS_NICE, as under
     // the example unit): refused before anything is attached. It was found
     // only after the program was attached, and with --takeover after the
