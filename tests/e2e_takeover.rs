@@ -224,10 +224,27 @@ fn a_takeover_of_other_interfaces_is_refused() {
 /// unchanged), or after (`stage` "switched": the old process points them back
 /// at its own program).
 fn a_new_process_dying_leaves_the_old_serving(name: &str, stage: &str) {
+    a_failed_takeover_leaves_the_old_serving(
+        name,
+        ("DISPATCHD_TEST_TAKEOVER_DIE_AT", stage),
+        4,
+        "",
+    );
+}
+
+/// A takeover whose new process fails through the test hook `hook` (a
+/// variable and its value) leaves the old one serving, its `holding_s`
+/// connections unbroken; the new one's output says `said`.
+fn a_failed_takeover_leaves_the_old_serving(
+    name: &str,
+    hook: (&str, &str),
+    holding_s: u64,
+    said: &str,
+) {
     let topo = Topology::up(DISPATCHD, name, DAEMONS, 1);
     let _servers = topo.serve(DAEMONS);
     let mut a = topo.dispatchd(&flags("maglev"));
-    let mut holds = hold(&topo, 4);
+    let mut holds = hold(&topo, holding_s);
     let mut takeover = flags("maglev");
     takeover.extend(["--takeover", "--control-socket"].map(String::from));
     takeover.push(topo.control_socket());
@@ -235,10 +252,11 @@ fn a_new_process_dying_leaves_the_old_serving(name: &str, stage: &str) {
         .cmd(&topo.dispatcher(), DISPATCHD)
         .arg("run")
         .args(&takeover)
-        .env("DISPATCHD_TEST_TAKEOVER_DIE_AT", stage)
+        .env(hook.0, hook.1)
         .output()
         .expect("running dispatchd");
     assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(said), "{}", text(&out));
     wait_until(Duration::from_secs(5), "the old process says so", || {
         a.output().contains("takeover abandoned")
     });
@@ -253,33 +271,15 @@ fn a_new_process_dying_leaves_the_old_serving(name: &str, stage: &str) {
 /// instead. It used to re-point them anyway, after the old process had pointed
 /// them back at itself to serve on: the new one then ran with no records (the
 /// old one's `switched` read had failed) and the old one, alive and ready,
-/// saw no traffic.
+/// saw no traffic. 5.5 s: past the old process's wait.
 #[test]
 fn a_new_process_too_slow_to_switch_leaves_the_old_serving() {
-    let topo = Topology::up(DISPATCHD, "tkslow", DAEMONS, 1);
-    let _servers = topo.serve(DAEMONS);
-    let mut a = topo.dispatchd(&flags("maglev"));
-    let mut holds = hold(&topo, 10);
-    let mut takeover = flags("maglev");
-    takeover.extend(["--takeover", "--control-socket"].map(String::from));
-    takeover.push(topo.control_socket());
-    // Past the old process's wait: it has pointed the links back at itself.
-    let out = topo
-        .cmd(&topo.dispatcher(), DISPATCHD)
-        .arg("run")
-        .args(&takeover)
-        .env("DISPATCHD_TEST_TAKEOVER_SLOW_SWITCH_MS", "5500")
-        .output()
-        .expect("running dispatchd");
-    assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("not switching"), "{}", text(&out));
-    wait_until(Duration::from_secs(5), "the old process says so", || {
-        a.output().contains("takeover abandoned")
-    });
-    assert!(a.exited().is_none(), "the running process goes on");
-    assert_eq!(broken(&mut holds), 0, "{}", a.output());
-    new_connections_work(&topo);
-    a.terminate(Duration::from_secs(5));
+    a_failed_takeover_leaves_the_old_serving(
+        "tkslow",
+        ("DISPATCHD_TEST_TAKEOVER_SLOW_SWITCH_MS", "5500"),
+        10,
+        "not switching",
+    );
 }
 
 #[test]
