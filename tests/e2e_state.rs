@@ -246,6 +246,49 @@ fn drains_and_weights_set_by_ctl_survive_a_restart_and_a_reload() {
 /// A state file dispatchd cannot parse, or one in a directory it could not
 /// write once its capabilities are dropped, stops start-up with one line
 /// naming it, before anything is attached; fixed, it starts.
+/// An override of a daemon the configuration no longer has is dropped, from
+/// the file too: a daemon drained by ctl, removed by a reload and added back
+/// by the next one runs undrained (`ctl backends`: override none), and so it
+/// must after a restart. The file kept the entry, so the restart drained it
+/// again. Likewise for an entry the configuration at start did not have.
+#[test]
+fn an_override_dropped_with_its_daemon_does_not_come_back_at_the_next_start() {
+    let topo = Topology::up(DISPATCHD, "psgone", DAEMONS, 1);
+    let _servers = topo.serve(DAEMONS);
+    let dir = StateDir::new(&topo);
+    let d2 = daemon_addr(2);
+    let reload = |lb: &Proc, weights: &[u32], n: usize| {
+        write_config(&dir, weights);
+        lb.signal("HUP");
+        wait_until(Duration::from_secs(5), "reload applied", || {
+            lb.output().matches("SIGHUP: reloaded").count() >= n
+        });
+    };
+    let config = write_config(&dir, &[1, 1, 1]);
+    let mut lb = topo.dispatchd(&["--config", &config]);
+    assert_eq!(topo.ctl(&["drain", &d2]), format!("ok: {d2} draining\n"));
+    reload(&lb, &[1, 1], 1);
+    reload(&lb, &[1, 1, 1], 2);
+    assert_eq!(setting(&topo, 2).1, "none");
+    stop(&mut lb);
+    let mut lb = topo.dispatchd(&["--config", &config]);
+    assert_eq!(setting(&topo, 2).1, "none", "{}", lb.output());
+    assert!(shares(&topo)[2] > 0, "daemon 2 drained again");
+
+    // Dropped at start: the configuration has no daemon 2.
+    assert_eq!(topo.ctl(&["drain", &d2]), format!("ok: {d2} draining\n"));
+    stop(&mut lb);
+    write_config(&dir, &[1, 1]);
+    let lb = topo.dispatchd(&["--config", &config]);
+    reload(&lb, &[1, 1, 1], 1);
+    assert_eq!(setting(&topo, 2).1, "none");
+    let mut lb = lb;
+    stop(&mut lb);
+    let mut lb = topo.dispatchd(&["--config", &config]);
+    assert_eq!(setting(&topo, 2).1, "none", "{}", lb.output());
+    stop(&mut lb);
+}
+
 #[test]
 fn a_corrupt_or_unwritable_state_file_stops_start_up_with_nothing_attached() {
     let topo = Topology::up(DISPATCHD, "psbad", DAEMONS, 1);

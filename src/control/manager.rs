@@ -423,6 +423,7 @@ impl<'a> Manager<'a> {
         // Daemons whose next hop is still unknown start out of selection.
         self.tell_states();
         self.tell_ready();
+        self.prune_state_file();
         let wake = self.wake.clone();
         while !self.stop {
             let round_started = now_ns();
@@ -1653,6 +1654,25 @@ impl<'a> Manager<'a> {
         }
     }
 
+    /// Writes the state file if it holds more than the running overrides: an
+    /// override of a daemon the configuration did not have at start was
+    /// ignored, and would come back, were a reload to add the daemon, at the
+    /// next start or takeover (`ctl backends` saying there was none).
+    fn prune_state_file(&self) {
+        let Some(file) = &self.state_file else {
+            return;
+        };
+        match file.load() {
+            Ok(on_file) if on_file.to_json() != self.overrides.to_json() => {
+                let _ = self.saved("the overrides of daemons not configured dropped".into());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(path = %file.path().display(), "reading the state file again: {e:#}")
+            }
+        }
+    }
+
     /// `ctl weight`: 0 drains the daemon (IPVS's quiesce: its connections
     /// finish); any other weight is applied as a reload with that one change
     /// would apply it (records kept, planes rebuilt), and undrains it. `None`
@@ -1908,8 +1928,14 @@ impl<'a> Manager<'a> {
             off_back,
             self.steering,
         )?;
-        for gone in self.overrides.retain_configured(&base) {
+        let dropped = self.overrides.retain_configured(&base);
+        for gone in &dropped {
             tracing::warn!(daemon = %gone, "the operator's override of a daemon no longer configured is dropped");
+        }
+        if !dropped.is_empty() {
+            // Out of the file too: a reload that brings the daemon back runs
+            // it without the override, and so must the next start.
+            let _ = self.saved(format!("{} override(s) dropped", dropped.len()));
         }
         let daemons = self.traffic.install(
             (config
