@@ -716,7 +716,7 @@ pub fn run_with(
                 fmt_mac(mac)
             ),
             None => tracing::info!(
-                "daemon {} next hop{via} unresolved yet; the health probes have the kernel resolve it",
+                "daemon {} next hop{via} unresolved yet; the loop has the kernel resolve it (a health probe, or an echo request through the back)",
                 daemon.addr
             ),
         }
@@ -772,6 +772,26 @@ pub fn run_with(
                 error = %e,
                 "no raw ICMPv6 socket on {}: IPv6 clients' next hops will not be probed",
                 ifaces.front.name
+            );
+            None
+        }
+    };
+    // The same probes through the back, for daemons' hops that no health
+    // probe makes the kernel resolve (a UDP daemon's, a retired one's).
+    let back_probes = RawIpSender::open(&ifaces.back.name).with_context(|| {
+        format!(
+            "opening a raw socket on {} for next-hop probes",
+            ifaces.back.name
+        )
+    })?;
+    let back_probes6 = match RawIcmp6Sender::open(&ifaces.back.name, ifaces.back.index) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::info!(
+                error = %e,
+                "no raw ICMPv6 socket on {}: IPv6 daemons' next hops are resolved by their \
+                 health probes only",
+                ifaces.back.name
             );
             None
         }
@@ -972,6 +992,8 @@ pub fn run_with(
         ctl,
         links: watch,
         probes,
+        back_probes,
+        back_probes6,
         probes6,
         identity,
         overrides: std::mem::take(&mut overrides),

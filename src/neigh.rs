@@ -206,7 +206,7 @@ impl DaemonHop {
 ///
 /// A daemon keeps its hop's last MAC when the kernel drops or fails the entry
 /// (unused entries are collected, a flush removes them): that is not news
-/// that the MAC changed, and the health probes soon have the kernel resolve
+/// that the MAC changed, and the loop soon has the kernel resolve
 /// it again, whose notification brings the answer. A new MAC replaces it at
 /// once; a route away from the back clears it.
 #[derive(Debug)]
@@ -349,7 +349,7 @@ impl HopBook {
     }
 
     /// Where the kernel now routes daemon `id`. A new hop takes the kernel's
-    /// entry for it (or none yet: the health probes have it resolved); a
+    /// entry for it (or none yet: the loop has it resolved); a
     /// route away from the back leaves the daemon without a MAC. Returns the
     /// change, if the route changed; `changed` gets `id` if its usable MAC did.
     pub fn reroute(

@@ -707,3 +707,46 @@ fn one_daemon_addr_port_serves_a_tcp_and_a_udp_service() {
     );
     still_running(&mut lb);
 }
+
+/// A UDP daemon a reload adds, whose address the kernel has no neighbour
+/// entry for, comes into selection once the kernel has resolved it. UDP
+/// daemons have no health probe, and nothing else made the kernel send to it,
+/// so it stayed down ("unresolved") for good. Now the loop sends an echo
+/// request to such a hop through the back once a second.
+#[test]
+fn a_udp_daemon_a_reload_adds_gets_its_next_hop_resolved() {
+    let topo = Topology::up(DISPATCHD, "duhop", 3, 1);
+    let _servers = udp_serve(&topo, &[0, 1, 2]);
+    let file = config(&topo, UDP_VIP, 2, "", "");
+    let mut lb = topo.dispatchd(&["--config", &file]);
+    wait_all_up(&topo);
+    // No entry for the new daemon's address, whatever set the topology up.
+    let added = udp_daemon(2);
+    let ip = added.split(':').next().expect("an address");
+    let out = topo.run(
+        &topo.dispatcher(),
+        "ip",
+        &["-4", "neigh", "flush", "to", ip, "dev", "l1"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    config(&topo, UDP_VIP, 3, "", "");
+    lb.signal("HUP");
+    wait_until(Duration::from_secs(5), "reload applied", || {
+        lb.output().contains("SIGHUP: reloaded")
+    });
+    wait_all_up(&topo);
+    let q = query(
+        &topo,
+        UDP_VIP,
+        &["--clients", "30", "--count", "1", "--src-port", "6300"],
+    );
+    assert_eq!((q.ok, q.lost), (30, 0), "{}", q.raw);
+    assert!(
+        q.per_daemon
+            .get(&added)
+            .is_some_and(|&(flows, _)| flows > 0),
+        "flows on the added daemon: {}",
+        q.raw
+    );
+    still_running(&mut lb);
+}

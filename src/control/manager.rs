@@ -13,7 +13,7 @@
 use std::{
     collections::VecDeque,
     io,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener},
     os::{
         fd::{AsRawFd, OwnedFd},
         unix::net::{UnixListener, UnixStream},
@@ -33,7 +33,7 @@ use super::{
     health::{self, Health, StatusLine},
     icmp::{self, IcmpStats},
     metrics::{self, BackendMetric, ScrapeExtra, ServiceMetric},
-    nexthops::HopProber,
+    nexthops::{self, HopProber},
     ready::{self, NotReady},
     report::{self, BackendSetting, PendingKey, ReloadCounts, StatsSnapshot},
     state::{Overrides, StateFile},
@@ -171,6 +171,9 @@ pub struct ManagerParts<'a> {
     /// Sends the probes that make the kernel resolve clients' next hops, out of
     /// the front (opened before the capabilities were dropped).
     pub probes: RawIpSender,
+    /// The same through the back, for daemons' hops.
+    pub back_probes: RawIpSender,
+    pub back_probes6: Option<RawIcmp6Sender>,
     /// The same for IPv6 clients' hops; none if it could not be opened (IPv6
     /// off on this host).
     pub probes6: Option<RawIcmp6Sender>,
@@ -246,6 +249,15 @@ pub struct Manager<'a> {
     link_error: Option<String>,
     next_link_refresh_ns: u64,
     probes: RawIpSender,
+    back_probes: RawIpSender,
+    back_probes6: Option<RawIcmp6Sender>,
+    /// Daemons' hops without a neighbour entry, probed once a
+    /// [`nexthops::PROBE_INTERVAL_NS`] (see [`Self::resolve_daemon_hops`]).
+    daemon_prober: HopProber,
+    daemon_prober6: HopProber<Ipv6Addr>,
+    daemon_hops: Vec<Ipv4Addr>,
+    daemon_hops6: Vec<Ipv6Addr>,
+    next_daemon_hops_ns: u64,
     prober: HopProber,
     /// Scratch for the next hops taken from the XDP program each round.
     unresolved: Vec<Ipv4Addr>,
@@ -375,6 +387,13 @@ impl<'a> Manager<'a> {
             link_error: None,
             next_link_refresh_ns: 0,
             probes: parts.probes,
+            back_probes: parts.back_probes,
+            back_probes6: parts.back_probes6,
+            daemon_prober: HopProber::default(),
+            daemon_prober6: HopProber::default(),
+            daemon_hops: Vec::new(),
+            daemon_hops6: Vec::new(),
+            next_daemon_hops_ns: 0,
             prober: HopProber::default(),
             unresolved: Vec::new(),
             probes6: parts.probes6,
@@ -1072,6 +1091,7 @@ impl<'a> Manager<'a> {
         self.tracker6.expire(now, &mut self.orders6);
         self.send_orders();
         self.resolve_client_hops(now);
+        self.resolve_daemon_hops(now);
         let generation = self.backends.generation();
         let mut not_started = None;
         for backend in self.backends.due_probes(now) {
@@ -1173,6 +1193,46 @@ impl<'a> Manager<'a> {
         if let Some(probes6) = &self.probes6 {
             self.prober6.run_with(
                 &self.unresolved6,
+                now,
+                |_, seq| neigh::echo6_request(seq),
+                |message, hop| probes6.send_to(message, hop),
+            );
+        }
+    }
+
+    /// Has the kernel resolve, once a probe interval, the hops of daemons it
+    /// routes out of the back but has no complete neighbour entry for: a TCP daemon's
+    /// health probes do that, but nothing would for a UDP daemon (no probes),
+    /// a retired one, or one a reload added or a route moved to a hop nothing
+    /// on this host has used yet. Such a daemon stayed out of selection for
+    /// good. An echo request through the back makes the kernel resolve the
+    /// hop; the neighbour notification then brings its MAC.
+    fn resolve_daemon_hops(&mut self, now: u64) {
+        if now < self.next_daemon_hops_ns {
+            return;
+        }
+        self.next_daemon_hops_ns = now + nexthops::PROBE_INTERVAL_NS;
+        self.daemon_hops.clear();
+        self.daemon_hops6.clear();
+        // Whether or not the daemon keeps the hop's last MAC (a flushed or
+        // failed entry leaves it): only a complete entry of the kernel's
+        // follows the hop, a new MAC included.
+        let book = &self.book;
+        let hops = (book.daemons().iter()).filter_map(|d| d.hop());
+        for hop in hops.filter(|&hop| book.neighbour_mac(hop).is_none()) {
+            match hop {
+                IpAddr::V4(hop) => self.daemon_hops.push(hop),
+                IpAddr::V6(hop) => self.daemon_hops6.push(hop),
+            }
+        }
+        let probes = &self.back_probes;
+        self.daemon_prober
+            .run(&self.daemon_hops, now, |packet, hop| {
+                probes.send_to(packet, hop)
+            });
+        if let Some(probes6) = &self.back_probes6 {
+            self.daemon_prober6.run_with(
+                &self.daemon_hops6,
                 now,
                 |_, seq| neigh::echo6_request(seq),
                 |message, hop| probes6.send_to(message, hop),
