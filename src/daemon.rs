@@ -51,9 +51,8 @@ fn plan_workers(config: &Config, front: &LinkFacts, back: &LinkFacts) -> Result<
         .unwrap_or_default();
     // As for control_core: a worker that cannot pin would run wherever the
     // scheduler puts it, beside whatever the core was meant to be kept from.
-    if let Some(core) =
-        (config.cores.iter()).find(|c| !available.is_empty() && !available.contains(c))
-    {
+    let usable = |core: &&usize| available.is_empty() || available.contains(core);
+    if let Some(core) = config.cores.iter().find(|c| !usable(c)) {
         bail!(
             "cores: core {core} does not exist or is not in this process's CPU set (it may use {})",
             available

@@ -138,6 +138,45 @@ enum ProbeNext {
     Recv(OwnedFd, Box<[u8]>, usize),
 }
 
+/// Echo requests that make the kernel resolve next hops out of one interface
+/// (its raw sockets were opened before the capabilities were dropped), at
+/// most one per hop and [`nexthops::PROBE_INTERVAL_NS`].
+struct HopProbes {
+    v4: HopProber,
+    v6: HopProber<Ipv6Addr>,
+    socket: RawIpSender,
+    /// None where IPv6 is off on this host.
+    socket6: Option<RawIcmp6Sender>,
+}
+
+impl HopProbes {
+    fn new(socket: RawIpSender, socket6: Option<RawIcmp6Sender>) -> Self {
+        Self {
+            v4: HopProber::default(),
+            v6: HopProber::default(),
+            socket,
+            socket6,
+        }
+    }
+
+    fn run(&mut self, hops: &[Ipv4Addr], hops6: &[Ipv6Addr], now: u64) {
+        let socket = &self.socket;
+        (self.v4).run(hops, now, |packet, hop| socket.send_to(packet, hop));
+        if let Some(socket6) = &self.socket6 {
+            self.v6.run_with(
+                hops6,
+                now,
+                |_, seq| neigh::echo6_request(seq),
+                |message, hop| socket6.send_to(message, hop),
+            );
+        }
+    }
+
+    fn stats(&self) -> nexthops::HopStats {
+        self.v4.stats.plus(self.v6.stats)
+    }
+}
+
 /// A worker as the loop sees it.
 pub struct WorkerLink {
     pub link: LoopEnd<Dataplane>,
@@ -248,21 +287,13 @@ pub struct Manager<'a> {
     /// The last failure to read an interface, said once.
     link_error: Option<String>,
     next_link_refresh_ns: u64,
-    probes: RawIpSender,
-    back_probes: RawIpSender,
-    back_probes6: Option<RawIcmp6Sender>,
-    /// Daemons' hops without a neighbour entry, probed once a
-    /// [`nexthops::PROBE_INTERVAL_NS`] (see [`Self::resolve_daemon_hops`]).
-    daemon_prober: HopProber,
-    daemon_prober6: HopProber<Ipv6Addr>,
-    daemon_hops: Vec<Ipv4Addr>,
-    daemon_hops6: Vec<Ipv6Addr>,
+    /// Clients' hops, out of the front (see [`Self::resolve_client_hops`]).
+    client_probes: HopProbes,
+    /// Daemons' hops, out of the back (see [`Self::resolve_daemon_hops`]).
+    daemon_probes: HopProbes,
     next_daemon_hops_ns: u64,
-    prober: HopProber,
-    /// Scratch for the next hops taken from the XDP program each round.
+    /// Scratch for the hops to probe in a round.
     unresolved: Vec<Ipv4Addr>,
-    probes6: Option<RawIcmp6Sender>,
-    prober6: HopProber<Ipv6Addr>,
     unresolved6: Vec<Ipv6Addr>,
     /// A graceful stop under way: when it ends (monotonic ns). Meanwhile the
     /// instance forwards as before but says it is not ready.
@@ -386,18 +417,10 @@ impl<'a> Manager<'a> {
             link_changes: 0,
             link_error: None,
             next_link_refresh_ns: 0,
-            probes: parts.probes,
-            back_probes: parts.back_probes,
-            back_probes6: parts.back_probes6,
-            daemon_prober: HopProber::default(),
-            daemon_prober6: HopProber::default(),
-            daemon_hops: Vec::new(),
-            daemon_hops6: Vec::new(),
+            client_probes: HopProbes::new(parts.probes, parts.probes6),
+            daemon_probes: HopProbes::new(parts.back_probes, parts.back_probes6),
             next_daemon_hops_ns: 0,
-            prober: HopProber::default(),
             unresolved: Vec::new(),
-            probes6: parts.probes6,
-            prober6: HopProber::default(),
             unresolved6: Vec::new(),
             stopping_until_ns: None,
             identity: parts.identity,
@@ -582,7 +605,7 @@ impl<'a> Manager<'a> {
             icmp: self.icmp,
             links: &self.links,
             link_changes: self.link_changes,
-            next_hops: self.prober.stats.plus(self.prober6.stats),
+            next_hops: self.client_probes.stats(),
             netlink: self.netlink,
             ready: self.readiness().is_ok(),
             pending_restart: &self.pending,
@@ -1182,22 +1205,11 @@ impl<'a> Manager<'a> {
         if let Err(e) = self.steering.take_unresolved_hops(&mut self.unresolved) {
             tracing::error!("reading the unresolved next hops: {e:#}");
         }
-        let probes = &self.probes;
-        self.prober.run(&self.unresolved, now, |packet, hop| {
-            probes.send_to(packet, hop)
-        });
         self.unresolved6.clear();
         if let Err(e) = self.steering.take_unresolved_hops6(&mut self.unresolved6) {
             tracing::error!("reading the unresolved IPv6 next hops: {e:#}");
         }
-        if let Some(probes6) = &self.probes6 {
-            self.prober6.run_with(
-                &self.unresolved6,
-                now,
-                |_, seq| neigh::echo6_request(seq),
-                |message, hop| probes6.send_to(message, hop),
-            );
-        }
+        (self.client_probes).run(&self.unresolved, &self.unresolved6, now);
     }
 
     /// Has the kernel resolve, once a probe interval, the hops of daemons it
@@ -1212,8 +1224,8 @@ impl<'a> Manager<'a> {
             return;
         }
         self.next_daemon_hops_ns = now + nexthops::PROBE_INTERVAL_NS;
-        self.daemon_hops.clear();
-        self.daemon_hops6.clear();
+        self.unresolved.clear();
+        self.unresolved6.clear();
         // Whether or not the daemon keeps the hop's last MAC (a flushed or
         // failed entry leaves it): only a complete entry of the kernel's
         // follows the hop, a new MAC included.
@@ -1221,23 +1233,11 @@ impl<'a> Manager<'a> {
         let hops = (book.daemons().iter()).filter_map(|d| d.hop());
         for hop in hops.filter(|&hop| book.neighbour_mac(hop).is_none()) {
             match hop {
-                IpAddr::V4(hop) => self.daemon_hops.push(hop),
-                IpAddr::V6(hop) => self.daemon_hops6.push(hop),
+                IpAddr::V4(hop) => self.unresolved.push(hop),
+                IpAddr::V6(hop) => self.unresolved6.push(hop),
             }
         }
-        let probes = &self.back_probes;
-        self.daemon_prober
-            .run(&self.daemon_hops, now, |packet, hop| {
-                probes.send_to(packet, hop)
-            });
-        if let Some(probes6) = &self.back_probes6 {
-            self.daemon_prober6.run_with(
-                &self.daemon_hops6,
-                now,
-                |_, seq| neigh::echo6_request(seq),
-                |message, hop| probes6.send_to(message, hop),
-            );
-        }
+        (self.daemon_probes).run(&self.unresolved, &self.unresolved6, now);
     }
 
     // ---- routes and neighbours (rtnetlink) ----------------------------------

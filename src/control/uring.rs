@@ -258,20 +258,10 @@ impl<Tag> Uring<Tag> {
         }
     }
 
-    /// Receives up to `len` bytes on `fd`, which comes back with the completion.
-    pub fn recv(&mut self, tag: Tag, fd: OwnedFd, len: usize) -> Result<()> {
-        self.recv_into(tag, fd, vec![0; len].into_boxed_slice(), 0)
-    }
-
     /// Receives into `buf[from..]` on `fd` (more of a request whose start is
-    /// in `buf[..from]`); both come back with the completion, whose `sent`
+    /// in `buf[..from]`), cancelled after `timeout` (the completion's result
+    /// is then `-ECANCELED`); both come back with the completion, whose `sent`
     /// says how far the buffer is filled.
-    pub fn recv_into(&mut self, tag: Tag, fd: OwnedFd, buf: Box<[u8]>, from: usize) -> Result<()> {
-        self.socket_op(Way::Recv, tag, fd, buf, from, None)
-    }
-
-    /// [`Uring::recv_into`] cancelled after `timeout` (the completion's result
-    /// is then `-ECANCELED`).
     pub fn recv_within(
         &mut self,
         tag: Tag,
