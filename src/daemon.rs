@@ -616,6 +616,10 @@ pub fn run_with(
     bare: Bare,
     takeover: bool,
 ) -> Result<()> {
+    // The shared clock starts here, not at its first reading: a record handed
+    // over by a takeover keeps as much of its age (and idle time) as this
+    // process's clock reaches back, which is then its whole life.
+    now_ns();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         pid = std::process::id(),
