@@ -446,12 +446,14 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 /// A dump's datagrams are at most 32 KiB (the kernel sizes them after the
 /// reader's buffer, up to that).
 pub const DATAGRAM_MAX: usize = 32 << 10;
-/// The groups the loop follows: neighbours, IPv4 routes and rules, and the
-/// links and addresses whose changes move routes without a route message.
+/// The groups the loop follows: neighbours, routes and policy rules of both
+/// families, and the links and addresses whose changes move routes without a
+/// route message.
 const GROUPS: u32 = netlink::RTMGRP_NEIGH
     | netlink::RTMGRP_IPV4_ROUTE
     | netlink::RTMGRP_IPV6_ROUTE
     | netlink::RTMGRP_IPV4_RULE
+    | netlink::RTMGRP_IPV6_RULE
     | netlink::RTMGRP_IPV4_IFADDR
     | netlink::RTMGRP_LINK;
 

@@ -10,7 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dispatchd_testkit::{json::u64_at, per_daemon, text, wait_until, Proc, Topology, VIP};
+use dispatchd_testkit::{
+    daemon_addr6, json::u64_at, per_daemon, text, wait_until, Proc, Topology, VIP, VIP6,
+};
 
 const DISPATCHD: &str = env!("CARGO_BIN_EXE_dispatchd");
 
@@ -44,11 +46,16 @@ fn flags(daemons: &[&str]) -> Vec<String> {
 /// `n` short connections to the VIP, which must all succeed: how many each
 /// daemon took.
 fn connect(topo: &Topology, n: usize) -> Vec<(String, usize)> {
+    connect_to(topo, VIP, n)
+}
+
+/// `n` short connections to the service `to`, as [`connect`].
+fn connect_to(topo: &Topology, to: &str, n: usize) -> Vec<(String, usize)> {
     let n = n.to_string();
     let out = topo.client_run(&[
         "connect",
         "--to",
-        VIP,
+        to,
         "--connections",
         &n,
         "--concurrency",
@@ -366,6 +373,57 @@ fn a_daemon_routed_off_the_back_is_reported_and_avoided_until_it_returns() {
     });
     let spread = connect(&topo, 30);
     assert!(taken_by(&spread, moved) > 0, "{spread:?}");
+    drop(lb);
+}
+
+/// The same through IPv6 policy routing, changed while dispatchd runs: `ip -6
+/// rule add` sends one IPv6 daemon to a table that routes it out of the front,
+/// and `ip -6 rule del` brings it back. A rule change is a notification of its
+/// own (no route changes), so the loop must follow IPv6 rules to see either.
+#[test]
+fn an_ipv6_rule_added_and_deleted_while_running_moves_a_daemon_off_the_back_and_back() {
+    let topo = Topology::up_dual(DISPATCHD, "nlrule6", 2, 1);
+    let d = topo.dispatcher();
+    let _servers = topo.serve_on(&[daemon_addr6(0), daemon_addr6(1)], &[]);
+    let lb = topo.dispatchd(&Topology::default_flags6(2));
+    let moved = daemon_addr6(1);
+    let moved_ip = moved.trim_start_matches('[').split(']').next().unwrap();
+    assert!(taken_by(&connect_to(&topo, VIP6, 20), &moved) > 0);
+
+    // Table 200 routes the daemon out of the front; nothing uses it yet.
+    ip(
+        &topo,
+        &d,
+        &["-6", "route", "add", moved_ip, "dev", "l0", "table", "200"],
+    );
+    let rule = [
+        "-6", "rule", "add", "to", moved_ip, "lookup", "200", "pref", "1000",
+    ];
+    ip(&topo, &d, &rule);
+    let took = wait_for_line(
+        &lb,
+        &format!("daemon {moved} is routed via l0, not the back interface l1"),
+        Duration::from_secs(2),
+    );
+    println!("`ip -6 rule add` followed in {took:?}");
+    let line = backend_line(&topo, &moved);
+    assert_eq!(field(&line, "state"), "down", "{line}");
+    let spread = connect_to(&topo, VIP6, 20);
+    assert_eq!(taken_by(&spread, &moved), 0, "{spread:?}");
+
+    let mut rule = rule;
+    rule[2] = "del";
+    ip(&topo, &d, &rule);
+    let took = wait_for_line(
+        &lb,
+        &format!("daemon {moved} is routed via the back interface l1 again"),
+        Duration::from_secs(2),
+    );
+    println!("`ip -6 rule del` followed in {took:?}");
+    wait_until(Duration::from_secs(5), "the daemon is up again", || {
+        field(&backend_line(&topo, &moved), "state") == "up"
+    });
+    assert!(taken_by(&connect_to(&topo, VIP6, 30), &moved) > 0);
     drop(lb);
 }
 

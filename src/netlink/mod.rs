@@ -54,6 +54,9 @@ pub const RTMGRP_IPV4_ROUTE: u32 = 0x40;
 pub const RTMGRP_IPV4_RULE: u32 = 0x80;
 pub const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 pub const RTMGRP_IPV6_ROUTE: u32 = 0x400;
+/// `1 << (RTNLGRP_IPV6_RULE - 1)`: the kernel headers define no legacy mask
+/// for it, but its group number (19) is within the mask's 32.
+pub const RTMGRP_IPV6_RULE: u32 = 0x40000;
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
