@@ -982,6 +982,63 @@ fn a_reload_adds_an_ipv6_service_beside_an_ipv4_one_and_removes_it() {
     assert_eq!(by4.values().sum::<usize>(), 10, "{by4:?}");
 }
 
+/// The first IPv6 service a reload brings, whose daemons' hops already have
+/// complete NDP entries that never change (here permanent ones; a REACHABLE
+/// entry is the same until it ages): their MACs come from a read of the NDP
+/// table at that reload. Start-up reads the table only when there are IPv6
+/// services, and a notification comes only when an entry changes, so these
+/// daemons stayed down ("unresolved") for good.
+#[test]
+fn the_first_ipv6_service_a_reload_brings_reads_the_ndp_table() {
+    let topo = Topology::up_dual(DISPATCHD, "v6ndp", 2, 1);
+    let v4: Vec<String> = (0..2).map(daemon_addr).collect();
+    let v6 = daemons6(2);
+    let _servers = topo.serve_on(&[v4.clone(), v6.clone()].concat(), &[]);
+    let s0 = topo.mac(&topo.daemons(), "s0").expect("s0's MAC");
+    for d in &v6 {
+        let ip = d.trim_start_matches('[').split(']').next().unwrap();
+        let out = topo.run(
+            &topo.dispatcher(),
+            "ip",
+            &[
+                "-6",
+                "neigh",
+                "replace",
+                ip,
+                "lladdr",
+                &s0,
+                "dev",
+                "l1",
+                "nud",
+                "permanent",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let ipv4_only = format!(
+        "front = \"l0\"\nback = \"l1\"\n\n{}",
+        service_table(VIP, "tcp", &v4)
+    );
+    let file = config_file(&topo, &ipv4_only);
+    let mut lb = topo.dispatchd(&["--config", &file]);
+    wait_all_up(&topo);
+
+    let dual = format!("{ipv4_only}\n{}", service_table(VIP6, "tcp", &v6));
+    std::fs::write(&file, &dual).expect("writing the config");
+    lb.signal("HUP");
+    wait_until(Duration::from_secs(5), "the reload applied", || {
+        reloads(&lb) == 1
+    });
+    let took = wait_until(Duration::from_secs(5), "the IPv6 daemons up", || {
+        let rows = backends_json(&topo);
+        rows.len() == 4 && rows.iter().all(|b| b["state"] == "up")
+    });
+    println!("IPv6 daemons behind permanent NDP entries up {took:?} after the reload");
+    let by6 = spread(&topo, VIP6, 20);
+    assert_eq!(by6, v6.iter().map(|d| (d.clone(), 10)).collect(), "{by6:?}");
+    lb.terminate(Duration::from_secs(10));
+}
+
 /// A client reaching an IPv6 daemon by its own address through the
 /// dispatcher: with the default stateless replies, the daemon's SYN-ACK is
 /// rewritten to come from the VIP and the connection cannot open; with

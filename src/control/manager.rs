@@ -1328,10 +1328,16 @@ impl<'a> Manager<'a> {
                 Err(_) => break,
             }
         }
+        self.read_neighbours(self.book.has_ipv6());
+        self.start_reroute();
+    }
+
+    /// Reads the kernel's neighbours on the back as the truth; the IPv6 table
+    /// only with `ipv6` (when an IPv6 daemon's hop is in it: a host may run
+    /// with IPv6 off).
+    fn read_neighbours(&mut self, ipv6: bool) {
         match self.kernel.neighbours() {
-            // The IPv6 table only when an IPv6 daemon's hop is in it (a host
-            // may run with IPv6 off).
-            Ok(entries) => match self.book.has_ipv6().then(|| self.kernel.neighbours6()) {
+            Ok(entries) => match ipv6.then(|| self.kernel.neighbours6()) {
                 None => self
                     .book
                     .load_neighbours(&entries, &[], &mut self.hop_changes),
@@ -1343,7 +1349,6 @@ impl<'a> Manager<'a> {
             },
             Err(e) => self.netlink_fault(format!("{e:#}")),
         }
-        self.start_reroute();
     }
 
     /// Asks every daemon's route again, from the first (a pass under way
@@ -1974,6 +1979,12 @@ impl<'a> Manager<'a> {
     /// are forgotten (and left out of the state file's next write).
     fn install(&mut self, base: Config, retired: Vec<Retired>, off_back: OffBack) -> Result<()> {
         let config = self.overrides.weighted(&base);
+        if !config.services6.is_empty() && !self.book.has_ipv6() {
+            // The first IPv6 daemons: the NDP table was not read (start-up
+            // reads it only for IPv6 services), and a complete entry that
+            // does not change brings no notification.
+            self.read_neighbours(true);
+        }
         let host = Host {
             kernel: &self.kernel,
             back_mac: self.back_mac,
