@@ -437,22 +437,33 @@ impl Dataplane {
     }
 
     /// Whether a record a segment found still stands: it is current
-    /// ([`current`](Self::current)), and, for a client's bare SYN
-    /// (`segment_reopens`) on a closing connection, its daemon takes new
-    /// connections. The client reused the port: the SYN is a new connection,
-    /// which a draining or down daemon must not get (IPVS too schedules a SYN
-    /// on a closed connection's entry afresh). Refused, the record goes (its
-    /// daemon's count with it) and the SYN picks like any first one.
+    /// ([`current`](Self::current)), and
+    /// - for a client's bare SYN on a closing connection, its daemon takes new
+    ///   connections. The client reused the port: the SYN is a new connection,
+    ///   which a draining or down daemon must not get (IPVS too schedules a SYN
+    ///   on a closed connection's entry afresh);
+    /// - for a UDP datagram, its daemon has a next hop. One routed off the back
+    ///   has none, and every datagram of the flow would be dropped while
+    ///   keeping the record alive: with no connection to lose, the flow picks
+    ///   afresh (IPVS's `expire_nodest_conn` for a daemon gone).
+    ///
+    /// Refused, the record goes (its daemon's count with it) and the segment
+    /// picks like any first one.
     #[inline(always)]
-    fn stands<R: PlaneRecord>(&mut self, record: &mut R, segment_reopens: bool) -> bool {
+    fn stands<R: PlaneRecord>(&mut self, record: &mut R, segment: &ClientSegment) -> bool {
         if !record.is_current(self) {
             return false;
         }
-        if segment_reopens && record.state().is_closing() && !self.takes_new(record.backend()) {
-            self.connection_closed(record.backend());
-            return false;
+        let backend = record.backend();
+        let moves = if segment.is_udp {
+            self.next_hops[backend.index()].get().is_none()
+        } else {
+            segment.reopens() && record.state().is_closing() && !self.takes_new(backend)
+        };
+        if moves {
+            self.connection_closed(backend);
         }
-        true
+        !moves
     }
 
     pub fn set_backend_state(&mut self, backend: BackendId, state: BackendState) {
@@ -890,7 +901,7 @@ fn forward_any(
         pkt.tcp_seq_next(),
         pkt.tcp_ack(),
     );
-    let valid = |r: &mut FlowRecord| plane.stands(r, segment.reopens());
+    let valid = |r: &mut FlowRecord| plane.stands(r, &segment);
     let mut restarted = None;
     let (daemon, backend, opened) = match table.get_valid_hashed(&key, hash, valid) {
         Some(record) => {
@@ -1361,7 +1372,7 @@ pub fn forward6(
         pkt.tcp_seq_next(),
         pkt.tcp_ack(),
     );
-    let valid = |r: &mut FlowRecord6| plane.stands(r, segment.reopens());
+    let valid = |r: &mut FlowRecord6| plane.stands(r, &segment);
     let mut restarted = None;
     let (daemon, backend, opened) = match table.get_valid_hashed(&key, hash, valid) {
         Some(record) => {
@@ -2124,6 +2135,70 @@ mod tests {
         let mut tcp_reply = testing::segment(udp[0], CLIENT, 0x12);
         assert!(!reverse(&mut tcp_reply, &plane, &mut events, &stats, 50));
         assert_eq!(stats.dropped[WorkerDrop::UnknownDaemon as usize].get(), 1);
+    }
+
+    /// A daemon routed off the back loses its next hop. Its UDP flows, which
+    /// would be dropped for good while every datagram kept their record
+    /// alive, pick another daemon at their next datagram; its TCP connections
+    /// cannot move and are dropped until the hop returns.
+    #[test]
+    fn a_udp_flow_whose_daemon_loses_its_next_hop_picks_another() {
+        let tcp = [SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080)];
+        let udp = [
+            SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 21), 5353),
+            SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 22), 5353),
+        ];
+        let mut plane = tcp_and_udp_plane(&tcp, &udp);
+        let mut table = FlowTable::with_capacity(16);
+        let stats = WorkerStats::default();
+        let (mut events, mut rx) = testing::events();
+        let clients: Vec<SocketAddrV4> = (0..4)
+            .map(|i| SocketAddrV4::new(*CLIENT.ip(), 40000 + i))
+            .collect();
+        // Where `frame` went, if it was sent.
+        let mut send = |plane: &mut Dataplane, mut frame: Vec<u8>, at: u64| {
+            let sent = forward(&mut frame, &mut table, plane, &mut events, &stats, at, None);
+            let to = sent.then(|| L4Frame::parse(&mut frame).unwrap().dst());
+            (to, table.len())
+        };
+        let first: Vec<_> = (clients.iter())
+            .map(|&c| send(&mut plane, datagram(c, VIP, true), 10).0.unwrap())
+            .collect();
+        assert_eq!(first, [udp[0], udp[1], udp[0], udp[1]]);
+        assert_eq!(send(&mut plane, segment(0x02), 11), (Some(tcp[0]), 5));
+
+        // What the loop does when the kernel routes udp[1] and tcp[0] off
+        // the back: the cells first, the states after.
+        let lost = plane.id_of(udp[1].into(), 17).unwrap();
+        let tcp_id = plane.id_of(tcp[0].into(), 6).unwrap();
+        plane.next_hops[lost.index()].set(None);
+        plane.next_hops[tcp_id.index()].set(None);
+        plane.set_backend_state(lost, BackendState::Down);
+        for round in [20, 30] {
+            for &c in &clients {
+                assert_eq!(
+                    send(&mut plane, datagram(c, VIP, true), round),
+                    (Some(udp[0]), 5),
+                    "every flow on the daemon left, moved (not doubled), and stays"
+                );
+            }
+        }
+        let pool = &plane.services[1].pool;
+        assert_eq!(
+            (pool.active(PoolIndex(0)), pool.active(PoolIndex(1))),
+            (4, 0),
+            "the moved flows counted over"
+        );
+        // The TCP connection's segment is dropped, its record kept.
+        assert_eq!(send(&mut plane, segment(0x10), 31), (None, 5));
+        assert_eq!(stats.dropped[WorkerDrop::NoNeighbour as usize].get(), 1);
+        let opened = {
+            events.flush();
+            rx.try_iter()
+                .filter(|e| matches!(e, Event::Opened { key, .. } if key.protocol == 17))
+                .count()
+        };
+        assert_eq!(opened, 4 + 2, "the loop hears of each move");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::{
 };
 
 use dispatchd_testkit::{
-    json::{sum_of, Value},
+    json::{sum_of, u64_at, Value},
     text, wait_until, Proc, Topology, VIP,
 };
 
@@ -130,8 +130,8 @@ fn a_client_next_hop_the_kernel_forgot_is_resolved_again() {
     let before = topo.stats();
     for round in 0..3 {
         thread::sleep(Duration::from_millis(700));
-        let probes_before = sum_of(&topo.stats(), "probes_sent");
-        let probed = || sum_of(&topo.stats(), "probes_sent") > probes_before;
+        let probes_before = u64_at(&topo.stats(), "/next_hops/probes_sent");
+        let probed = || u64_at(&topo.stats(), "/next_hops/probes_sent") > probes_before;
         // The entry is gone, or dispatchd has already asked for it again (the
         // hold's next reply may find it gone before an `ip neigh show`
         // started after the flush looks). Flushed again while neither shows:
@@ -187,7 +187,8 @@ fn a_client_next_hop_the_kernel_forgot_is_resolved_again() {
     assert!(worst < 2000, "an echo took {worst} ms");
 
     let after = topo.stats();
-    let probes = sum_of(&after, "probes_sent") - sum_of(&before, "probes_sent");
+    let probes =
+        u64_at(&after, "/next_hops/probes_sent") - u64_at(&before, "/next_hops/probes_sent");
     assert!(
         xdp(&after, "fib_no_neigh") > xdp(&before, "fib_no_neigh"),
         "{after}"
@@ -196,7 +197,7 @@ fn a_client_next_hop_the_kernel_forgot_is_resolved_again() {
         (3..=30).contains(&probes),
         "one probe per flush, give or take the rate limit: {probes}\n{after}"
     );
-    assert_eq!(sum_of(&after, "probe_errors"), 0, "{after}");
+    assert_eq!(u64_at(&after, "/next_hops/probe_errors"), 0, "{after}");
     lb.terminate(Duration::from_secs(10));
 }
 

@@ -748,5 +748,83 @@ fn a_udp_daemon_a_reload_adds_gets_its_next_hop_resolved() {
         "flows on the added daemon: {}",
         q.raw
     );
+    // The loop's echo requests did it, and say so.
+    let stats = topo.stats();
+    assert!(
+        u64_at(&stats, "/daemon_next_hops/probes_sent") > 0,
+        "{stats}"
+    );
+    assert_eq!(
+        u64_at(&stats, "/daemon_next_hops/probe_errors"),
+        0,
+        "{stats}"
+    );
+    still_running(&mut lb);
+}
+
+/// A route sends a UDP daemon out of the front while flows to it are open:
+/// their datagrams, which were dropped for good (`no_neighbour`) while each
+/// kept the record alive, go to the other daemon from the next one on; when
+/// the route goes, new flows reach the daemon again.
+#[test]
+fn udp_flows_of_a_daemon_routed_off_the_back_move_to_another() {
+    let topo = Topology::up(DISPATCHD, "duoff", 2, 1);
+    let _servers = udp_serve(&topo, &[0, 1]);
+    let file = config(&topo, UDP_VIP, 2, "[timeouts]\nudp_idle_ms = 30000\n", "");
+    let mut lb = topo.dispatchd(&["--config", &file]);
+    wait_all_up(&topo);
+    let flows = ["--clients", "10", "--count", "1", "--src-port", "6500"];
+    let before = query(&topo, UDP_VIP, &flows);
+    let (kept, moved) = (udp_daemon(0), udp_daemon(1));
+    assert_eq!((before.ok, before.lost), (10, 0), "{}", before.raw);
+    assert!(before.per_daemon.contains_key(&moved), "{}", before.raw);
+
+    let moved_ip = moved.split(':').next().expect("an address");
+    let route = ["route", "add", &format!("{moved_ip}/32"), "dev", "l0"];
+    let out = topo.run(&topo.dispatcher(), "ip", &route);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until(Duration::from_secs(2), "the move reported", || {
+        lb.output().contains(&format!(
+            "daemon {moved} is routed via l0, not the back interface l1"
+        ))
+    });
+    // The same ten flows (same ports, records alive): every query answered,
+    // by the daemon left.
+    let after = query(
+        &topo,
+        UDP_VIP,
+        &[&flows[..], &["--timeout-ms", "1000"]].concat(),
+    );
+    assert_eq!((after.ok, after.lost), (10, 0), "{}", after.raw);
+    assert_eq!(
+        after.per_daemon.keys().collect::<Vec<_>>(),
+        [&kept],
+        "{}",
+        after.raw
+    );
+    let stats = topo.stats();
+    assert_eq!(
+        u64_at(&stats, "/udp_flows"),
+        10,
+        "moved, not doubled: {stats}"
+    );
+
+    let mut route = route;
+    route[1] = "del";
+    let out = topo.run(&topo.dispatcher(), "ip", &route);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until(Duration::from_secs(2), "the return reported", || {
+        lb.output().contains(&format!(
+            "daemon {moved} is routed via the back interface l1 again"
+        ))
+    });
+    wait_all_up(&topo);
+    let fresh = query(
+        &topo,
+        UDP_VIP,
+        &["--clients", "10", "--count", "1", "--src-port", "6600"],
+    );
+    assert_eq!((fresh.ok, fresh.lost), (10, 0), "{}", fresh.raw);
+    assert!(fresh.per_daemon.contains_key(&moved), "{}", fresh.raw);
     still_running(&mut lb);
 }

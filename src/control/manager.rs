@@ -606,6 +606,7 @@ impl<'a> Manager<'a> {
             links: &self.links,
             link_changes: self.link_changes,
             next_hops: self.client_probes.stats(),
+            daemon_next_hops: self.daemon_probes.stats(),
             netlink: self.netlink,
             ready: self.readiness().is_ok(),
             pending_restart: &self.pending,

@@ -16,6 +16,7 @@ use prometheus_client::{
 };
 
 use super::{
+    nexthops::HopStats,
     report::{ReloadCounts, StatsSnapshot},
     traffic::Totals,
 };
@@ -104,6 +105,7 @@ struct Scrape {
     links: Vec<(String, String, u32, u32)>,
     link_changes: u64,
     next_hops: [(&'static str, u64); 3],
+    daemon_next_hops: [(&'static str, u64); 3],
     netlink: Vec<(&'static str, u64)>,
     loop_round_max_ns: u64,
     loop_round_max_1s_ns: u64,
@@ -112,7 +114,13 @@ struct Scrape {
 
 /// The page for `s` and `extra`.
 pub fn render(s: &StatsSnapshot<'_>, extra: ScrapeExtra) -> String {
-    let h = s.next_hops;
+    let by_result = |h: HopStats| {
+        [
+            ("sent", h.probes_sent),
+            ("suppressed", h.probes_suppressed),
+            ("error", h.probe_errors),
+        ]
+    };
     let scrape = Scrape {
         workers: s.workers.to_vec(),
         xdp: s.xdp,
@@ -137,11 +145,8 @@ pub fn render(s: &StatsSnapshot<'_>, extra: ScrapeExtra) -> String {
             })
             .collect(),
         link_changes: s.link_changes,
-        next_hops: [
-            ("sent", h.probes_sent),
-            ("suppressed", h.probes_suppressed),
-            ("error", h.probe_errors),
-        ],
+        next_hops: by_result(s.next_hops),
+        daemon_next_hops: by_result(s.daemon_next_hops),
         netlink: s.netlink.fields().to_vec(),
         loop_round_max_ns: s.loop_round_max_ns,
         loop_round_max_1s_ns: s.loop_round_max_1s_ns,
@@ -540,6 +545,16 @@ impl Scrape {
         }
         let mut fam = family(
             e,
+            "dispatchd_daemon_hop_probes",
+            "Probes through the back making the kernel resolve daemons' next hops that no health \
+             probe resolves, by outcome.",
+            MetricType::Counter,
+        )?;
+        for (result, v) in self.daemon_next_hops {
+            fam.counter(&[("result", result)], v)?;
+        }
+        let mut fam = family(
+            e,
             "dispatchd_netlink",
             "rtnetlink for the daemons' routes and next hops: notifications handled, route requests, \
              resynchronisations after lost notifications, malformed messages, failed reads and requests.",
@@ -794,7 +809,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::control::{conntrack::RecoveryCounts, icmp::IcmpStats, nexthops::HopStats};
+    use crate::control::{conntrack::RecoveryCounts, icmp::IcmpStats};
     use crate::packet::{icmp::IcmpDrop, icmpv6::Icmpv6Drop};
 
     fn snapshot(workers: &[Arc<WorkerStats>]) -> StatsSnapshot<'_> {
@@ -812,6 +827,10 @@ mod tests {
             links: &[],
             link_changes: 0,
             next_hops: HopStats::default(),
+            daemon_next_hops: HopStats {
+                probes_sent: 2,
+                ..HopStats::default()
+            },
             netlink: crate::neigh::NetlinkStats::default(),
             ready: true,
             pending_restart: &[],
@@ -894,6 +913,11 @@ mod tests {
         );
         assert!(page.contains("dispatchd_build_info{version=\""));
         assert!(page.contains("dispatchd_udp_flows 1\n"), "{page}");
+        assert!(
+            page.contains("dispatchd_daemon_hop_probes_total{result=\"sent\"} 2\n"),
+            "{page}"
+        );
+        assert!(page.contains("dispatchd_next_hop_probes_total{result=\"sent\"} 0\n"));
         assert!(page.contains("dispatchd_reload_pending_restart{key=\"poll\"} 1\n"));
         assert!(page.contains("dispatchd_reload_pending_restart{key=\"batch\"} 0\n"));
         assert_eq!(

@@ -76,6 +76,9 @@ pub struct StatsSnapshot<'a> {
     pub link_changes: u64,
     /// Probes that made the kernel resolve clients' next hops.
     pub next_hops: HopStats,
+    /// Probes through the back that made the kernel resolve daemons' next
+    /// hops (those no health probe resolves).
+    pub daemon_next_hops: HopStats,
     /// What the loop did with rtnetlink (the daemons' routes and hops).
     pub netlink: NetlinkStats,
     /// Whether the instance is ready for traffic (see [`super::ready`]).
@@ -241,12 +244,16 @@ pub fn stats_text(s: &StatsSnapshot<'_>) -> String {
             )
         })
         .collect();
-    let h = s.next_hops;
-    let _ = writeln!(
-        out,
-        "next hops: probes_sent {} probes_suppressed {} probe_errors {}",
-        h.probes_sent, h.probes_suppressed, h.probe_errors
-    );
+    for (what, h) in [
+        ("next hops", s.next_hops),
+        ("daemon next hops", s.daemon_next_hops),
+    ] {
+        let _ = writeln!(
+            out,
+            "{what}: probes_sent {} probes_suppressed {} probe_errors {}",
+            h.probes_sent, h.probes_suppressed, h.probe_errors
+        );
+    }
     let netlink: Vec<String> = s
         .netlink
         .fields()
@@ -365,6 +372,7 @@ struct StatsJson<'a> {
     /// ICMP errors from the front, as the loop handled them.
     icmp: IcmpStats,
     next_hops: HopStats,
+    daemon_next_hops: HopStats,
     /// rtnetlink: notifications handled, route requests, resyncs, faults.
     netlink: NetlinkStats,
     connections: usize,
@@ -457,6 +465,7 @@ pub fn stats_json(s: &StatsSnapshot<'_>) -> String {
         xdp: xdp.as_deref().map(Fields),
         icmp: s.icmp,
         next_hops: s.next_hops,
+        daemon_next_hops: s.daemon_next_hops,
         netlink: s.netlink,
         connections: s.connections,
         udp_flows: s.udp_flows,
