@@ -475,8 +475,8 @@ struct TookOver {
 /// before the switch, so that its replies of every connection the running
 /// process tracked are taken from the switch on. An older process's keys
 /// have no protocol: each is converted by what its daemon serves in
-/// `config` (README, "Takeover"). Returns the keys guessed (see
-/// [`takeover::ConvertedKeys::guessed`]).
+/// `config` (README, "Takeover"). Returns the keys copied, to be removed
+/// again where no handed record backs them ([`takeover::unbacked`]).
 fn copy_tracked(
     config: &Config,
     steering: &Steering,
@@ -487,7 +487,7 @@ fn copy_tracked(
         xdp::HandedKeys::Current(keys) => {
             steering.insert_tracked(&keys)?;
             tracing::info!("{} tracked connections copied from pid {pid}", keys.len());
-            Ok(Vec::new())
+            Ok(keys)
         }
         xdp::HandedKeys::WithoutProtocol(old) => {
             let protocols = takeover::daemon_protocols(&config.services);
@@ -495,8 +495,8 @@ fn copy_tracked(
             steering.insert_tracked(&converted.certain)?;
             // Twice as many keys as connections for these daemons: where the
             // map has no room for a guess, the connection's own key comes
-            // from its record once the workers run. Those inserted are still
-            // cleaned up after the records (a missing key is skipped there).
+            // from its record once the workers run. Those inserted are
+            // cleaned up with the rest (a missing key is skipped there).
             if let Err(e) = steering.insert_tracked(&converted.guessed) {
                 tracing::warn!(
                     "copying the guessed tracked keys (daemons serving TCP and UDP): {e:#}; \
@@ -511,7 +511,7 @@ fn copy_tracked(
                 "tracked connections copied from pid {pid}, an older version whose keys \
                  have no protocol: converted by the daemons' services in this configuration"
             );
-            Ok(converted.guessed)
+            Ok([converted.certain, converted.guessed].concat())
         }
     }
 }
@@ -547,7 +547,7 @@ fn take_over(
     // Before the switch, so that B's program takes the replies of every
     // connection A tracked (connections A opens from here to the switch are
     // written by B's workers from the records, once they start).
-    let guessed = match config.reply_mode {
+    let copied = match config.reply_mode {
         ReplyMode::Tracked => copy_tracked(config, steering, request.tracked.as_fd(), pid)?,
         ReplyMode::Stateless => Vec::new(),
     };
@@ -569,14 +569,16 @@ fn take_over(
     };
     // Before the workers start (none of this process's records exist yet,
     // so none of these keys is one of its own connections).
-    let unbacked = takeover::unbacked(&guessed, &handed.records);
+    let served = takeover::daemon_protocols(&config.services);
+    let unbacked = takeover::unbacked(&copied, &handed.records, &served);
     if !unbacked.is_empty() {
         match steering.remove_tracked(&unbacked) {
             Ok(n) => tracing::info!(
-                removed = n,
-                "tracked keys guessed for daemons serving TCP and UDP that no handed record backs"
+                "{n} copied tracked keys that no kept record backs removed (records of \
+                 daemons not configured, connections ended since the copy, guesses of the \
+                 other protocol)"
             ),
-            Err(e) => tracing::warn!("removing the unbacked guessed tracked keys: {e:#}"),
+            Err(e) => tracing::warn!("removing the copied tracked keys no record backs: {e:#}"),
         }
     }
     Ok(Some(TookOver {

@@ -291,3 +291,66 @@ fn a_new_process_killed_before_the_switch_leaves_the_old_serving() {
 fn a_new_process_killed_after_the_switch_leaves_the_old_serving() {
     a_new_process_dying_leaves_the_old_serving("tkks", "switched");
 }
+
+/// With `reply_mode = "tracked"`, a takeover whose configuration lacks one of
+/// the daemons: the new process refuses the records of that daemon's
+/// connections, and removes the tracked keys it copied for them, which
+/// nothing removed later (left in its map for good, each taking the room of a
+/// connection). The other daemons' connections go on.
+#[test]
+fn a_takeover_removes_the_copied_keys_of_the_records_it_refuses() {
+    let topo = Topology::up(DISPATCHD, "tkstale", DAEMONS, 1);
+    let _servers = topo.serve(DAEMONS);
+    let extra = ["--reply-mode", "tracked"];
+    let mut a = topo.dispatchd(&flags_with("round_robin", &extra));
+    let mut holds: Vec<Proc> = (0..2 * DAEMONS)
+        .map(|_| {
+            topo.client_start(
+                &["hold", "--to", VIP, "--seconds", "6", "--interval-ms", "50"],
+                "opened",
+            )
+        })
+        .collect();
+    wait_until(Duration::from_secs(2), "a record per connection", || {
+        u64_at(&topo.stats(), "/connections") == 2 * DAEMONS as u64
+    });
+
+    // The last daemon left out: two connections on it.
+    let mut takeover = Topology::default_flags(DAEMONS - 1);
+    takeover.extend(["--policy", "round_robin", "--takeover"].map(String::from));
+    takeover.extend(extra.map(String::from));
+    takeover.extend(["--control-socket".to_owned(), topo.control_socket()]);
+    let mut cmd = topo.cmd(&topo.dispatcher(), DISPATCHD);
+    cmd.arg("run").args(&takeover);
+    let b = Proc::start(cmd, "dispatchd: running", Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e:#}\nthe old process said:\n{}", a.output()));
+    assert!(
+        a.wait(Duration::from_secs(10)).success(),
+        "the old process exits cleanly:\n{}",
+        a.output()
+    );
+    let said = b.output();
+    assert!(
+        said.contains(&format!("{} tracked connections copied", 2 * DAEMONS)),
+        "{said}"
+    );
+    assert!(
+        said.contains("2 of 6 records handed over refused"),
+        "{said}"
+    );
+    assert!(
+        said.contains("2 copied tracked keys that no kept record backs removed"),
+        "{said}"
+    );
+    let stats = topo.stats();
+    assert_eq!(u64_at(&stats, "/connections"), 4, "{stats}");
+    // The kept connections' keys are the workers' from their records: as
+    // many written as kept, none refused.
+    assert_eq!(u64_at(&stats, "/workers/0/tracked_failed"), 0, "{stats}");
+    let broken: Vec<usize> = (holds.iter_mut().enumerate())
+        .filter_map(|(i, h)| (!h.wait(Duration::from_secs(30)).success()).then_some(i))
+        .collect();
+    assert!(broken.len() <= 2, "only the left-out daemon's: {broken:?}");
+    new_connections_work(&topo);
+    drop(b);
+}

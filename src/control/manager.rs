@@ -499,16 +499,26 @@ impl<'a> Manager<'a> {
     /// on this process's clock), IPv4 and IPv6, in the phase each record
     /// shows: opened, established, closed by the client, reset. A daemon's FIN
     /// is not in a record: such a connection restarts established and ends by
-    /// its own FINs or the idle timeout.
+    /// its own FINs or the idle timeout. Records of daemons this
+    /// configuration lacks are left out, as the workers refuse them.
     pub fn inherit(&mut self, records: &[(u16, FlowRecord)], records6: &[(u16, FlowRecord6)]) {
         let now = now_ns();
-        for &(worker, r) in records {
+        let served: AHashSet<(SocketAddr, u8)> = (self.config.all_daemon_keys())
+            .map(|((addr, protocol), _)| (addr, protocol.number()))
+            .collect();
+        let kept = |daemon: SocketAddr, protocol: u8| served.contains(&(daemon, protocol));
+        for &(worker, r) in records
+            .iter()
+            .filter(|(_, r)| kept(r.daemon.into(), r.key.protocol))
+        {
             let events = inherited_events(WorkerId(worker), r.key, r.daemon, r.state, r.created_ns);
             for event in events.into_iter().flatten() {
                 self.tracker.on_event(event, now, &mut self.orders);
             }
         }
-        for &(worker, r) in records6 {
+        for &(worker, r) in
+            (records6.iter()).filter(|(_, r)| kept(r.daemon().into(), r.key.protocol))
+        {
             let events =
                 inherited_events(WorkerId(worker), r.key, r.daemon(), r.state, r.created_ns);
             for event in events.into_iter().flatten() {

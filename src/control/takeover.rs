@@ -381,7 +381,7 @@ pub struct ConvertedKeys {
     /// The keys of daemons that serve both: a key of each protocol, of which
     /// one is the connection's. Inserted after `certain` (the map may not have
     /// room for both); the ones no handed record backs are removed once the
-    /// records came ([`unbacked`]).
+    /// records came ([`unbacked`], as any copied key).
     pub guessed: Vec<ReplyKey>,
     /// Keys of daemons this process's configuration does not have: its
     /// program does not take their replies whatever the map holds.
@@ -417,21 +417,36 @@ pub fn convert_v0_keys(
     out
 }
 
-/// Those of `guessed` that no handed record is the connection of. Runs while
-/// service frames are dropped (after the switch, before the workers): one
-/// pass over the records, and none when nothing was guessed.
-pub fn unbacked(guessed: &[ReplyKey], records: &[(u16, FlowRecord)]) -> Vec<ReplyKey> {
-    if guessed.is_empty() {
+/// Those of `copied` (the keys copied from the running process's map before
+/// the switch) that no handed record this process keeps is the connection
+/// of: records of daemons its configuration lacks (`served`, see
+/// [`daemon_protocols`]), which its workers refuse; connections the running
+/// process ended between the copy and the switch (their keys left its map,
+/// not this one's); the guesses of the wrong protocol. Left in the map,
+/// nothing would ever remove them, and each takes the room of a connection.
+/// Runs while service frames are dropped (after the switch, before the
+/// workers): one hashed pass over each list.
+pub fn unbacked(
+    copied: &[ReplyKey],
+    records: &[(u16, FlowRecord)],
+    served: &BTreeMap<SocketAddrV4, BTreeSet<Protocol>>,
+) -> Vec<ReplyKey> {
+    if copied.is_empty() {
         return Vec::new();
     }
-    let mut unbacked: BTreeSet<(SocketAddrV4, SocketAddrV4, u8)> =
-        guessed.iter().map(reply_key_parts).collect();
-    for (_, r) in records {
-        unbacked.remove(&(r.key.client(), r.daemon, r.key.protocol));
-    }
-    guessed
+    let kept = |r: &FlowRecord| {
+        served
+            .get(&r.daemon)
+            .is_some_and(|p| p.iter().any(|p| p.number() == r.key.protocol))
+    };
+    let backed: ahash::AHashSet<(SocketAddrV4, SocketAddrV4, u8)> = records
         .iter()
-        .filter(|k| unbacked.contains(&reply_key_parts(k)))
+        .filter(|(_, r)| kept(r))
+        .map(|(_, r)| (r.key.client(), r.daemon, r.key.protocol))
+        .collect();
+    copied
+        .iter()
+        .filter(|k| !backed.contains(&reply_key_parts(k)))
         .copied()
         .collect()
 }
@@ -1055,9 +1070,75 @@ mod tests {
             state: TcpState::ESTABLISHED,
             epoch: 0,
         };
-        let left = unbacked(&converted.guessed, &[(0, record)]);
+        let left = unbacked(&converted.guessed, &[(0, record)], &protocols);
         let left: Vec<_> = left.iter().map(reply_key_parts).collect();
         assert_eq!(left, [(client, both, tcp)]);
-        assert_eq!(unbacked(&converted.guessed, &[]).len(), 2);
+        assert_eq!(unbacked(&converted.guessed, &[], &protocols).len(), 2);
+    }
+
+    /// A connection the running process ended after B copied its tracked
+    /// map is in no handed record, and one of a daemon B's configuration
+    /// lacks is refused: their copied keys are removed, the kept
+    /// connections' keys stay.
+    #[test]
+    fn copied_keys_no_kept_record_backs_are_unbacked() {
+        let vip: SocketAddrV4 = "198.18.0.100:80".parse().unwrap();
+        let daemon: SocketAddrV4 = "198.19.0.11:8080".parse().unwrap();
+        let gone: SocketAddrV4 = "198.19.0.12:8080".parse().unwrap();
+        let client = |port| SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), port);
+        let mut copied: Vec<ReplyKey> = (40000..40004)
+            .map(|port| reply_key(client(port), daemon, 6))
+            .collect();
+        copied.push(reply_key(client(40010), gone, 6));
+        let services = [ServiceConfig {
+            address: vip,
+            protocol: Protocol::Tcp,
+            policy: crate::balance::PolicyKind::default(),
+            backends: vec![crate::balance::BackendSpec {
+                addr: daemon,
+                weight: 1,
+            }],
+            health: Default::default(),
+        }];
+        let served = daemon_protocols(&services);
+        let record = |port| FlowRecord {
+            key: FlowKey::new(client(port), vip, 6),
+            backend: BackendId(0),
+            daemon,
+            created_ns: 0,
+            last_seen_ns: 0,
+            client_next: 0,
+            client_ack: 0,
+            state: TcpState::ESTABLISHED,
+            epoch: 0,
+        };
+        // 40001 ended; 40004 opened after the copy (its key comes from its
+        // record when the workers start); 40010's daemon is not configured.
+        let mut records: Vec<(u16, FlowRecord)> = [40000, 40002, 40003, 40004]
+            .map(|p| (0, record(p)))
+            .to_vec();
+        let mut refused = record(40010);
+        refused.daemon = gone;
+        records.push((0, refused));
+        let left = |records: &[(u16, FlowRecord)]| -> Vec<_> {
+            (unbacked(&copied, records, &served).iter())
+                .map(reply_key_parts)
+                .collect()
+        };
+        assert_eq!(
+            left(&records),
+            [(client(40001), daemon, 6), (client(40010), gone, 6)]
+        );
+        // A UDP record on 40002 backs no TCP key (nor is it served).
+        records[1].1.key = FlowKey::new(client(40002), vip, 17);
+        assert_eq!(
+            left(&records),
+            [
+                (client(40001), daemon, 6),
+                (client(40002), daemon, 6),
+                (client(40010), gone, 6)
+            ]
+        );
+        assert!(unbacked(&[], &records, &served).is_empty());
     }
 }
