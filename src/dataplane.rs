@@ -2040,20 +2040,29 @@ mod tests {
         f.into_bytes()
     }
 
+    /// The TCP daemon and the UDP daemons of the UDP tests' VIP.
+    const UDP_TESTS_TCP: [SocketAddrV4; 1] =
+        [SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080)];
+    const UDP_TESTS_UDP: [SocketAddrV4; 2] = [
+        SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 21), 5353),
+        SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 22), 5353),
+    ];
+
+    /// Four sockets of the client's address (ports 40000 to 40003).
+    fn four_clients() -> Vec<SocketAddrV4> {
+        (0..4)
+            .map(|i| SocketAddrV4::new(*CLIENT.ip(), 40000 + i))
+            .collect()
+    }
+
     #[test]
     fn udp_flows_pick_on_their_first_datagram_and_follow_their_record() {
-        let tcp = [SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080)];
-        let udp = [
-            SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 21), 5353),
-            SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 22), 5353),
-        ];
+        let (tcp, udp) = (UDP_TESTS_TCP, UDP_TESTS_UDP);
         let mut plane = tcp_and_udp_plane(&tcp, &udp);
         let mut table = FlowTable::with_capacity(16);
         let stats = WorkerStats::default();
         let (mut events, mut rx) = testing::events();
-        let clients: Vec<SocketAddrV4> = (0..4)
-            .map(|i| SocketAddrV4::new(*CLIENT.ip(), 40000 + i))
-            .collect();
+        let clients = four_clients();
         let mut picked = Vec::new();
         for round in 0..3 {
             for &client in &clients {
@@ -2143,18 +2152,12 @@ mod tests {
     /// cannot move and are dropped until the hop returns.
     #[test]
     fn a_udp_flow_whose_daemon_loses_its_next_hop_picks_another() {
-        let tcp = [SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 11), 8080)];
-        let udp = [
-            SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 21), 5353),
-            SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 22), 5353),
-        ];
+        let (tcp, udp) = (UDP_TESTS_TCP, UDP_TESTS_UDP);
         let mut plane = tcp_and_udp_plane(&tcp, &udp);
         let mut table = FlowTable::with_capacity(16);
         let stats = WorkerStats::default();
         let (mut events, mut rx) = testing::events();
-        let clients: Vec<SocketAddrV4> = (0..4)
-            .map(|i| SocketAddrV4::new(*CLIENT.ip(), 40000 + i))
-            .collect();
+        let clients = four_clients();
         // Where `frame` went, if it was sent.
         let mut send = |plane: &mut Dataplane, mut frame: Vec<u8>, at: u64| {
             let sent = forward(&mut frame, &mut table, plane, &mut events, &stats, at, None);

@@ -929,6 +929,20 @@ fn vip6_refused(topo: &Topology) -> bool {
     !out.status.success() && text(&out).contains("Connection refused")
 }
 
+/// Writes `dual` (two IPv4 and two IPv6 daemons) to `file` and has `lb`
+/// reload it (its first reload): how long its IPv6 daemons took to come up.
+fn reload_to_dual(topo: &Topology, lb: &Proc, file: &str, dual: &str) -> Duration {
+    std::fs::write(file, dual).expect("writing the config");
+    lb.signal("HUP");
+    wait_until(Duration::from_secs(5), "the reload applied", || {
+        reloads(lb) == 1
+    });
+    wait_until(Duration::from_secs(5), "the IPv6 daemons up", || {
+        let rows = backends_json(topo);
+        rows.len() == 4 && rows.iter().all(|b| b["state"] == "up")
+    })
+}
+
 /// SIGHUP turns an IPv4-only configuration into a dual-stack one and back:
 /// the IPv6 service starts serving once its daemons are up, leaves the VIP's
 /// port to the host again when removed, and an IPv4 connection open across
@@ -950,15 +964,7 @@ fn a_reload_adds_an_ipv6_service_beside_an_ipv4_one_and_removes_it() {
     let (mut long, _) = hold(&topo, VIP, "5");
     assert!(vip6_refused(&topo), "no IPv6 service yet: the host's port");
 
-    std::fs::write(&file, &dual).expect("writing the config");
-    lb.signal("HUP");
-    wait_until(Duration::from_secs(5), "the reload applied", || {
-        reloads(&lb) == 1
-    });
-    let took = wait_until(Duration::from_secs(5), "the IPv6 daemons up", || {
-        let rows = backends_json(&topo);
-        rows.len() == 4 && rows.iter().all(|b| b["state"] == "up")
-    });
+    let took = reload_to_dual(&topo, &lb, &file, &dual);
     println!("IPv6 daemons up {took:?} after the reload");
     let by6 = spread(&topo, VIP6, 100);
     assert_eq!(by6, v6.iter().map(|d| (d.clone(), 50)).collect(), "{by6:?}");
@@ -1024,15 +1030,7 @@ fn the_first_ipv6_service_a_reload_brings_reads_the_ndp_table() {
     wait_all_up(&topo);
 
     let dual = format!("{ipv4_only}\n{}", service_table(VIP6, "tcp", &v6));
-    std::fs::write(&file, &dual).expect("writing the config");
-    lb.signal("HUP");
-    wait_until(Duration::from_secs(5), "the reload applied", || {
-        reloads(&lb) == 1
-    });
-    let took = wait_until(Duration::from_secs(5), "the IPv6 daemons up", || {
-        let rows = backends_json(&topo);
-        rows.len() == 4 && rows.iter().all(|b| b["state"] == "up")
-    });
+    let took = reload_to_dual(&topo, &lb, &file, &dual);
     println!("IPv6 daemons behind permanent NDP entries up {took:?} after the reload");
     let by6 = spread(&topo, VIP6, 20);
     assert_eq!(by6, v6.iter().map(|d| (d.clone(), 10)).collect(), "{by6:?}");

@@ -1059,21 +1059,29 @@ mod tests {
 
         // The records say the connection to `both` was UDP: the TCP guess
         // is the one to remove.
-        let record = FlowRecord {
-            key: FlowKey::new(client, "198.18.0.100:53".parse().unwrap(), udp),
+        let record = established(
+            FlowKey::new(client, "198.18.0.100:53".parse().unwrap(), udp),
+            both,
+        );
+        let left = unbacked(&converted.guessed, &[(0, record)], &protocols);
+        let left: Vec<_> = left.iter().map(reply_key_parts).collect();
+        assert_eq!(left, [(client, both, tcp)]);
+        assert_eq!(unbacked(&converted.guessed, &[], &protocols).len(), 2);
+    }
+
+    /// An established connection's record of `key` on `daemon`.
+    fn established(key: FlowKey, daemon: SocketAddrV4) -> FlowRecord {
+        FlowRecord {
+            key,
             backend: BackendId(0),
-            daemon: both,
+            daemon,
             created_ns: 0,
             last_seen_ns: 0,
             client_next: 0,
             client_ack: 0,
             state: TcpState::ESTABLISHED,
             epoch: 0,
-        };
-        let left = unbacked(&converted.guessed, &[(0, record)], &protocols);
-        let left: Vec<_> = left.iter().map(reply_key_parts).collect();
-        assert_eq!(left, [(client, both, tcp)]);
-        assert_eq!(unbacked(&converted.guessed, &[], &protocols).len(), 2);
+        }
     }
 
     /// A connection the running process ended after B copied its tracked
@@ -1101,17 +1109,7 @@ mod tests {
             health: Default::default(),
         }];
         let served = daemon_protocols(&services);
-        let record = |port| FlowRecord {
-            key: FlowKey::new(client(port), vip, 6),
-            backend: BackendId(0),
-            daemon,
-            created_ns: 0,
-            last_seen_ns: 0,
-            client_next: 0,
-            client_ack: 0,
-            state: TcpState::ESTABLISHED,
-            epoch: 0,
-        };
+        let record = |port| established(FlowKey::new(client(port), vip, 6), daemon);
         // 40001 ended; 40004 opened after the copy (its key comes from its
         // record when the workers start); 40010's daemon is not configured.
         let mut records: Vec<(u16, FlowRecord)> = [40000, 40002, 40003, 40004]
