@@ -516,6 +516,31 @@ fn copy_tracked(
     }
 }
 
+/// The raw sockets that send next-hop probes out of `iface`: IPv4's, and
+/// ICMPv6's opened whatever the configuration (a reload may bring IPv6
+/// services, and the capability to open it is gone by then). Without the
+/// ICMPv6 one start-up fails if `need6`, and otherwise says `without6`.
+fn probe_sockets(
+    iface: &Interface,
+    need6: bool,
+    without6: &str,
+) -> Result<(RawIpSender, Option<RawIcmp6Sender>)> {
+    let name = &iface.name;
+    let v4 = RawIpSender::open(name)
+        .with_context(|| format!("opening a raw socket on {name} for next-hop probes"))?;
+    let v6 = match RawIcmp6Sender::open(name, iface.index) {
+        Ok(p) => Some(p),
+        Err(e) if need6 => {
+            bail!("opening a raw ICMPv6 socket on {name} for next-hop probes: {e}")
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "no raw ICMPv6 socket on {name}: {without6}");
+            None
+        }
+    };
+    Ok((v4, v6))
+}
+
 /// The new process's side of a takeover, up to the records (see
 /// [`takeover`]): asks the running dispatchd on the control socket, points
 /// its links at this process's program, then reads the records it sends once
@@ -756,51 +781,18 @@ pub fn run_with(
         None => {}
     }
     // Opened while dispatchd still has CAP_NET_RAW, which sending does not need.
-    let probes = RawIpSender::open(&ifaces.front.name).with_context(|| {
-        format!(
-            "opening a raw socket on {} for next-hop probes",
-            ifaces.front.name
-        )
-    })?;
-    // Opened whatever the configuration: a reload may bring IPv6 services,
-    // and the capability to open it is gone by then.
-    let probes6 = match RawIcmp6Sender::open(&ifaces.front.name, ifaces.front.index) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            if !config.services6.is_empty() {
-                bail!(
-                    "opening a raw ICMPv6 socket on {} for next-hop probes: {e}",
-                    ifaces.front.name
-                );
-            }
-            tracing::info!(
-                error = %e,
-                "no raw ICMPv6 socket on {}: IPv6 clients' next hops will not be probed",
-                ifaces.front.name
-            );
-            None
-        }
-    };
+    let (probes, probes6) = probe_sockets(
+        &ifaces.front,
+        !config.services6.is_empty(),
+        "IPv6 clients' next hops will not be probed",
+    )?;
     // The same probes through the back, for daemons' hops that no health
     // probe makes the kernel resolve (a UDP daemon's, a retired one's).
-    let back_probes = RawIpSender::open(&ifaces.back.name).with_context(|| {
-        format!(
-            "opening a raw socket on {} for next-hop probes",
-            ifaces.back.name
-        )
-    })?;
-    let back_probes6 = match RawIcmp6Sender::open(&ifaces.back.name, ifaces.back.index) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            tracing::info!(
-                error = %e,
-                "no raw ICMPv6 socket on {}: IPv6 daemons' next hops are resolved by their \
-                 health probes only",
-                ifaces.back.name
-            );
-            None
-        }
-    };
+    let (back_probes, back_probes6) = probe_sockets(
+        &ifaces.back,
+        false,
+        "IPv6 daemons' next hops are resolved by their health probes only",
+    )?;
     let identity = identity(&ifaces, &plan, config.reply_mode);
     if takeover {
         takeover::test_pause();
