@@ -476,7 +476,7 @@ struct TookOver {
 /// process tracked are taken from the switch on. An older process's keys
 /// have no protocol: each is converted by what its daemon serves in
 /// `config` (README, "Takeover"). Returns the keys copied, to be removed
-/// again where no handed record backs them ([`takeover::unbacked`]).
+/// again where no kept record backs them ([`takeover::unbacked`]).
 fn copy_tracked(
     config: &Config,
     steering: &Steering,
