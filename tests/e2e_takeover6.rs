@@ -90,21 +90,22 @@ fn tally(daemons: impl Iterator<Item = String>) -> BTreeMap<String, usize> {
     t
 }
 
-#[test]
-fn a_takeover_hands_ipv6_round_robin_connections_over() {
-    let topo = Topology::up_dual(DISPATCHD, "tk6", 2, 1);
-    let v4: Vec<String> = (0..2).map(daemon_addr).collect();
-    let v6: Vec<String> = (0..2).map(daemon_addr6).collect();
-    let _servers = topo.serve_on(&[v4.clone(), v6.clone()].concat(), &[]);
+/// A configuration of both services, round robin over `v4` and `v6`, with
+/// `top` (top-level settings) first; its path.
+fn config_file(topo: &Topology, top: &str, v4: &[String], v6: &[String]) -> String {
     let body = format!(
-        "front = \"l0\"\nback = \"l1\"\n[timeouts]\nlinger_ms = 300\n\n{}\n{}",
-        service_table(VIP, &v4),
-        service_table(VIP6, &v6)
+        "front = \"l0\"\nback = \"l1\"\n{top}\n[timeouts]\nlinger_ms = 300\n\n{}\n{}",
+        service_table(VIP, v4),
+        service_table(VIP6, v6)
     );
     let file = std::env::temp_dir().join(format!("dispatchd-{}.toml", topo.prefix));
     std::fs::write(&file, body).expect("writing the config");
-    let file = file.to_str().expect("a UTF-8 path").to_owned();
-    let mut a = topo.dispatchd(&["--config", &file]);
+    file.to_str().expect("a UTF-8 path").to_owned()
+}
+
+/// dispatchd run with `file`, once every daemon is up.
+fn start(topo: &Topology, file: &str) -> Proc {
+    let a = topo.dispatchd(&["--config", file]);
     wait_until(Duration::from_secs(5), "every daemon up", || {
         let list: Value =
             serde_json::from_str(&topo.ctl(&["backends", "--json"])).expect("backends JSON");
@@ -113,23 +114,17 @@ fn a_takeover_hands_ipv6_round_robin_connections_over() {
             .iter()
             .all(|b| b["state"] == "up")
     });
+    a
+}
 
-    let mut holds6: Vec<(Proc, String)> =
-        (0..CONNECTIONS6).map(|_| hold(&topo, VIP6, "5")).collect();
-    let (mut hold4, daemon4) = hold(&topo, VIP, "5");
-    std::thread::sleep(BEFORE);
-    let all = (CONNECTIONS6 + 1) as u64;
-    assert_eq!(records(&topo), (all, all), "records before the takeover");
-    let held6 = tally(holds6.iter().map(|(_, d)| d.clone()));
-
-    let started = Instant::now();
+/// A new process with `file` takes over from `a`, which exits cleanly: the
+/// new process, and its line that says how long the window was.
+fn take_over(topo: &Topology, file: &str, a: &mut Proc) -> (Proc, String) {
     let mut cmd = topo.cmd(&topo.dispatcher(), DISPATCHD);
-    cmd.args(["run", "--config", &file, "--takeover"])
+    cmd.args(["run", "--config", file, "--takeover"])
         .args(["--control-socket", &topo.control_socket()]);
     let b = Proc::start(cmd, "dispatchd: running", Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{e:#}\nthe old process said:\n{}", a.output()));
-    let took = started.elapsed();
-    let running = Instant::now();
     assert!(
         a.wait(Duration::from_secs(10)).success(),
         "the old process exits cleanly:\n{}",
@@ -141,6 +136,30 @@ fn a_takeover_hands_ipv6_round_robin_connections_over() {
         .find(|l| l.contains("took over"))
         .map(str::to_owned)
         .unwrap_or_else(|| panic!("no takeover line:\n{}", b.output()));
+    (b, window)
+}
+
+#[test]
+fn a_takeover_hands_ipv6_round_robin_connections_over() {
+    let topo = Topology::up_dual(DISPATCHD, "tk6", 2, 1);
+    let v4: Vec<String> = (0..2).map(daemon_addr).collect();
+    let v6: Vec<String> = (0..2).map(daemon_addr6).collect();
+    let _servers = topo.serve_on(&[v4.clone(), v6.clone()].concat(), &[]);
+    let file = config_file(&topo, "", &v4, &v6);
+    let mut a = start(&topo, &file);
+
+    let mut holds6: Vec<(Proc, String)> =
+        (0..CONNECTIONS6).map(|_| hold(&topo, VIP6, "5")).collect();
+    let (mut hold4, daemon4) = hold(&topo, VIP, "5");
+    std::thread::sleep(BEFORE);
+    let all = (CONNECTIONS6 + 1) as u64;
+    assert_eq!(records(&topo), (all, all), "records before the takeover");
+    let held6 = tally(holds6.iter().map(|(_, d)| d.clone()));
+
+    let started = Instant::now();
+    let (b, window) = take_over(&topo, &file, &mut a);
+    let took = started.elapsed();
+    let running = Instant::now();
     assert_eq!(
         records(&topo),
         (all, all),
@@ -196,5 +215,99 @@ fn a_takeover_hands_ipv6_round_robin_connections_over() {
         "takeover (dual stack, round robin): {CONNECTIONS6} IPv6 and 1 IPv4 connections held, \
          start to running {took:?}, records gone {gone:?} after the last close; {window}"
     );
+    drop(b);
+}
+
+/// Downloads back to back from `to`, each `DOWNLOAD_BYTES` on a new
+/// connection. Started once the first is done.
+fn downloads(topo: &Topology, to: &str) -> Proc {
+    topo.client_start(
+        &[
+            "download",
+            "--to",
+            to,
+            "--bytes",
+            DOWNLOAD_BYTES,
+            "--count",
+            "100000",
+            "--timeout-ms",
+            "5000",
+        ],
+        "download=0 ",
+    )
+}
+
+/// The downloads `client` has reported: (completed, failed lines).
+fn downloaded(client: &Proc) -> (usize, Vec<String>) {
+    let out = client.output();
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("download=")).collect();
+    let failed = lines
+        .iter()
+        .filter(|l| l.contains("failed"))
+        .map(|l| l.to_string())
+        .collect();
+    (lines.len(), failed)
+}
+
+/// Each download's bytes, and how fast the daemons send them: a quarter of
+/// a second each, the daemon's pacing timer sending through the takeover's
+/// window (tens of milliseconds) as much as its congestion window allows.
+const DOWNLOAD_BYTES: &str = "1000000";
+const PACE_BYTES_PER_S: &str = "4000000";
+
+/// With `reply_mode = "tracked"`, the new program must take the replies of
+/// every IPv6 connection from the switch on, as it does IPv4's. A daemon's
+/// segment it passes to the host instead is forwarded untranslated: the
+/// client, which has no connection from the daemon's address, answers with
+/// a RST that ends the connection at the daemon. Paced downloads over both
+/// families (the daemons sending on their own timers, not only as the
+/// client's acknowledgments come), back to back across the takeover: none
+/// fails, and B copied the IPv6 map as it did the IPv4 one.
+#[test]
+fn a_takeover_in_tracked_reply_mode_breaks_no_ipv6_download() {
+    let topo = Topology::up_dual(DISPATCHD, "tk6t", 2, 1);
+    let v4: Vec<String> = (0..2).map(daemon_addr).collect();
+    let v6: Vec<String> = (0..2).map(daemon_addr6).collect();
+    let _servers = topo.serve_on(
+        &[v4.clone(), v6.clone()].concat(),
+        &["--download", "--pace-bytes-per-s", PACE_BYTES_PER_S],
+    );
+    let file = config_file(&topo, "reply_mode = \"tracked\"", &v4, &v6);
+    let mut a = start(&topo, &file);
+    let mut clients = [downloads(&topo, VIP), downloads(&topo, VIP6)];
+    let (b, window) = take_over(&topo, &file, &mut a);
+    // Each client finishes the download the takeover cut through and two
+    // more (or reports a failure).
+    let running: Vec<usize> = clients.iter().map(|c| downloaded(c).0).collect();
+    for (client, running) in clients.iter().zip(&running) {
+        wait_until(Duration::from_secs(30), "downloads after the takeover", || {
+            let (done, failed) = downloaded(client);
+            done >= running + 3 || !failed.is_empty()
+        });
+    }
+    for c in &mut clients {
+        c.terminate(Duration::from_secs(1));
+    }
+    for (family, client) in ["IPv4", "IPv6"].iter().zip(&clients) {
+        let (done, failed) = downloaded(client);
+        assert!(
+            failed.is_empty(),
+            "{family} downloads broken by the takeover ({done} reported):\n{}\nnew process:\n{}",
+            failed.join("\n"),
+            b.output()
+        );
+    }
+    let said = b.output();
+    let copied: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("tracked connections copied"))
+        .collect();
+    assert!(
+        copied.len() == 2 && copied.iter().any(|l| l.contains("IPv6")),
+        "the maps of both families copied:\n{said}"
+    );
+    let stats = topo.stats();
+    assert_eq!(u64_at(&stats, "/workers/0/tracked_failed"), 0, "{stats}");
+    eprintln!("takeover under IPv4 and IPv6 downloads (tracked replies): {window}");
     drop(b);
 }

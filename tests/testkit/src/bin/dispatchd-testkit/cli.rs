@@ -34,6 +34,10 @@ enum Command {
         /// `download`).
         #[arg(long, conflicts_with = "reset")]
         download: bool,
+        /// Paces each download to this many bytes a second (SO_MAX_PACING_RATE):
+        /// the daemon sends on its own timer, not only as acknowledgments come.
+        #[arg(long, requires = "download", default_value_t = 0)]
+        pace_bytes_per_s: u64,
     },
     /// UDP echo servers (see `udp`).
     UdpServe {
@@ -218,9 +222,12 @@ pub fn run() -> Result<()> {
             listen,
             reset,
             download,
+            pace_bytes_per_s,
         } => {
             let mode = match (reset, download) {
-                (_, true) => server::Mode::Download,
+                (_, true) => server::Mode::Download {
+                    pace: pace_bytes_per_s,
+                },
                 (true, false) => server::Mode::EchoThenReset,
                 (false, false) => server::Mode::Echo,
             };

@@ -19,8 +19,8 @@ pub enum Mode {
     EchoThenReset,
     /// Read a decimal byte count on a line, send that many bytes of
     /// [`DOWNLOAD_SEED`]'s pattern, close: segments as large as the path allows
-    /// flow towards the client only.
-    Download,
+    /// flow towards the client only; paced to `pace` bytes a second if not 0.
+    Download { pace: u64 },
 }
 
 /// The seed of the bytes a download server sends.
@@ -37,7 +37,7 @@ pub fn serve(listen: &[SocketAddr], mode: Mode) -> Result<()> {
                     let _ = match mode {
                         Mode::Echo => echo(stream, addr, false),
                         Mode::EchoThenReset => echo(stream, addr, true),
-                        Mode::Download => download(stream, addr),
+                        Mode::Download { pace } => download(stream, addr, pace),
                     };
                 });
             }
@@ -76,7 +76,10 @@ fn echo(mut stream: TcpStream, local: SocketAddr, reset: bool) -> std::io::Resul
     }
 }
 
-fn download(stream: TcpStream, local: SocketAddr) -> std::io::Result<()> {
+fn download(stream: TcpStream, local: SocketAddr, pace: u64) -> std::io::Result<()> {
+    if pace > 0 {
+        crate::sockets::pace(&stream, pace)?;
+    }
     let peer = stream.peer_addr()?;
     let mut writer = stream.try_clone()?;
     writer.write_all(format!("hello daemon={local} peer={peer}\n").as_bytes())?;

@@ -1,6 +1,6 @@
 //! The socket facilities std lacks: a TCP connect that tells the local address
-//! even when it fails, a TCP close that sends a RST, and a raw AF_PACKET socket
-//! for hand-made frames.
+//! even when it fails, a TCP close that sends a RST, a sending rate, and a raw
+//! AF_PACKET socket for hand-made frames.
 #![allow(unsafe_code)] // socket, connect, poll, get/setsockopt, getsockname, bind, send; each block says why it is sound
 
 use std::{
@@ -271,6 +271,27 @@ pub fn abort_on_close(stream: &TcpStream) -> std::io::Result<()> {
             libc::SO_LINGER,
             (&linger as *const libc::linger).cast(),
             size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Paces what `stream` sends to `bytes_per_s` (SO_MAX_PACING_RATE: TCP's
+/// own pacing, no qdisc needed): a sender that keeps sending on its timer
+/// between acknowledgments, not only as they come.
+pub fn pace(stream: &TcpStream, bytes_per_s: u64) -> std::io::Result<()> {
+    // SAFETY: setsockopt reads `bytes_per_s` (valid, of the size given)
+    // during the call; the kernel takes the rate as a u64 since 4.20.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MAX_PACING_RATE,
+            (&bytes_per_s as *const u64).cast(),
+            size_of::<u64>() as libc::socklen_t,
         )
     };
     if rc != 0 {
