@@ -414,6 +414,7 @@ fn identity(ifaces: &Interfaces, plan: &[WorkerQueues], reply_mode: ReplyMode) -
         replies: replies.to_owned(),
         layout: layout.join(";"),
         reply_key: Some(crate::config::REPLY_KEY_SIZE),
+        reply_key6: Some(crate::config::REPLY_KEY6_SIZE),
     }
 }
 
@@ -483,21 +484,22 @@ fn copy_tracked(
     from: std::os::fd::BorrowedFd<'_>,
     pid: u32,
 ) -> Result<Vec<xdp::ReplyKey>> {
+    let map = steering.tracked_map()?;
     match steering.handed_tracked_keys(from)? {
         xdp::HandedKeys::Current(keys) => {
-            steering.insert_tracked(&keys)?;
+            map.insert_copied(&keys)?;
             tracing::info!("{} tracked connections copied from pid {pid}", keys.len());
             Ok(keys)
         }
         xdp::HandedKeys::WithoutProtocol(old) => {
             let protocols = takeover::daemon_protocols(&config.services);
             let converted = takeover::convert_v0_keys(&old, &protocols);
-            steering.insert_tracked(&converted.certain)?;
+            map.insert_copied(&converted.certain)?;
             // Twice as many keys as connections for these daemons: where the
             // map has no room for a guess, the connection's own key comes
             // from its record once the workers run. Those inserted are
             // cleaned up with the rest (a missing key is skipped there).
-            if let Err(e) = steering.insert_tracked(&converted.guessed) {
+            if let Err(e) = map.insert_copied(&converted.guessed) {
                 tracing::warn!(
                     "copying the guessed tracked keys (daemons serving TCP and UDP): {e:#}; \
                      the rest are written from the records once the workers run"
@@ -514,6 +516,29 @@ fn copy_tracked(
             Ok([converted.certain, converted.guessed].concat())
         }
     }
+}
+
+/// Copies the running process's IPv6 tracked map (`from`; an older process
+/// hands none) into this program's, as [`copy_tracked`] the IPv4 one.
+fn copy_tracked6(
+    steering: &Steering,
+    from: Option<std::os::fd::BorrowedFd<'_>>,
+    pid: u32,
+) -> Result<Vec<xdp::ReplyKey6>> {
+    let Some(from) = from else {
+        tracing::info!(
+            "pid {pid} hands no map of tracked IPv6 connections (an older version): this \
+             process's workers write theirs from the IPv6 records when they start"
+        );
+        return Ok(Vec::new());
+    };
+    let keys = steering.handed_tracked6_keys(from)?;
+    steering.tracked6_map()?.insert_copied(&keys)?;
+    tracing::info!(
+        "{} IPv6 tracked connections copied from pid {pid}",
+        keys.len()
+    );
+    Ok(keys)
 }
 
 /// The raw sockets that send next-hop probes out of `iface`: IPv4's, and
@@ -572,9 +597,12 @@ fn take_over(
     // Before the switch, so that B's program takes the replies of every
     // connection A tracked (connections A opens from here to the switch are
     // written by B's workers from the records, once they start).
-    let copied = match config.reply_mode {
-        ReplyMode::Tracked => copy_tracked(config, steering, request.tracked.as_fd(), pid)?,
-        ReplyMode::Stateless => Vec::new(),
+    let (copied, copied6) = match config.reply_mode {
+        ReplyMode::Tracked => (
+            copy_tracked(config, steering, request.tracked.as_fd(), pid)?,
+            copy_tracked6(steering, request.tracked6.as_ref().map(|m| m.as_fd()), pid)?,
+        ),
+        ReplyMode::Stateless => (Vec::new(), Vec::new()),
     };
     takeover::test_slow_switch();
     request.may_switch()?;
@@ -594,17 +622,29 @@ fn take_over(
     };
     // Before the workers start (none of this process's records exist yet,
     // so none of these keys is one of its own connections).
-    let served = takeover::daemon_protocols(&config.services);
-    let unbacked = takeover::unbacked(&copied, &handed.records, &served);
-    if !unbacked.is_empty() {
-        match steering.remove_tracked(&unbacked) {
-            Ok(n) => tracing::info!(
-                "{n} copied tracked keys that no kept record backs removed (records of \
-                 daemons not configured, connections ended since the copy, guesses of the \
-                 other protocol)"
-            ),
-            Err(e) => tracing::warn!("removing the copied tracked keys no record backs: {e:#}"),
-        }
+    let unbacked = takeover::unbacked(
+        &copied,
+        &handed.records,
+        &takeover::daemon_protocols(&config.services),
+    );
+    let unbacked6 = takeover::unbacked(
+        &copied6,
+        &handed.records6,
+        &takeover::daemon_protocols(&config.services6),
+    );
+    // No syscall for a family with nothing to remove.
+    let removed = (|| -> Result<usize> {
+        Ok(steering.tracked_map()?.remove_each(&unbacked)?
+            + steering.tracked6_map()?.remove_each(&unbacked6)?)
+    })();
+    match removed {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            "{n} copied tracked keys that no kept record backs removed (records of \
+             daemons not configured, connections ended since the copy, guesses of the \
+             other protocol)"
+        ),
+        Err(e) => tracing::warn!("removing the copied tracked keys no record backs: {e:#}"),
     }
     Ok(Some(TookOver {
         pid,

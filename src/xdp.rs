@@ -645,6 +645,19 @@ impl Steering {
         self.skel.maps.tracked.as_fd()
     }
 
+    /// The IPv6 tracked-connections map itself, handed as [`tracked_fd`](Self::tracked_fd)'s.
+    pub fn tracked6_fd(&self) -> BorrowedFd<'_> {
+        self.skel.maps.tracked6.as_fd()
+    }
+
+    /// Every key of another process's IPv6 tracked-connections map (`from`:
+    /// a takeover's running process, of this version: an older one hands no
+    /// such map).
+    pub fn handed_tracked6_keys(&self, from: BorrowedFd<'_>) -> Result<Vec<ReplyKey6>> {
+        let most = 2 * self.skel.maps.tracked6.max_entries() as usize;
+        read_keys(from, most).context("reading the running process's IPv6 tracked map")
+    }
+
     /// Every key of another process's tracked-connections map (`from`: a
     /// takeover's running process), in the layout its key size says it has:
     /// the running process may be older (README, "Takeover").
@@ -659,29 +672,6 @@ impl Steering {
                  version does not know (its own: {REPLY_KEY_SIZE}, the previous one: \
                  {REPLY_KEY_V0_SIZE}); restart instead"
             ),
-        }
-    }
-
-    /// Writes `keys` to this program's tracked map (a takeover's copy, before
-    /// the switch).
-    pub fn insert_tracked(&self, keys: &[ReplyKey]) -> Result<()> {
-        let outcome = self.tracked_map()?.insert(keys);
-        if let Some(e) = outcome.error {
-            bail!(
-                "copying the running process's tracked connections: {e} after {} of {}",
-                outcome.done,
-                keys.len()
-            );
-        }
-        Ok(())
-    }
-
-    /// Removes `keys` from this program's tracked map; a key it lacks is
-    /// skipped. Returns how many it removed.
-    pub fn remove_tracked(&self, keys: &[ReplyKey]) -> Result<usize> {
-        match self.tracked_map()?.remove_present(keys) {
-            (removed, _, None) => Ok(removed),
-            (_, _, Some(e)) => bail!("removing tracked connections: {e}"),
         }
     }
 
@@ -1062,9 +1052,30 @@ static ONES: [u8; UPDATE_BATCH_MAX] = [1; UPDATE_BATCH_MAX];
 
 /// The keys a tracked map can have: the skeleton's key structs (their padding
 /// explicit and zeroed), whose size is the map's key size.
-pub trait TrackedKey: Copy + private::Sealed {}
-impl TrackedKey for ReplyKey {}
-impl TrackedKey for ReplyKey6 {}
+pub trait TrackedKey: Copy + private::Sealed {
+    /// A client's or a daemon's ADDR:PORT in this family.
+    type Addr: Copy + Ord + std::hash::Hash;
+    /// The key's connection: (client, daemon, protocol).
+    fn parts(&self) -> (Self::Addr, Self::Addr, u8);
+}
+impl TrackedKey for ReplyKey {
+    type Addr = SocketAddrV4;
+    fn parts(&self) -> (SocketAddrV4, SocketAddrV4, u8) {
+        reply_key_parts(self)
+    }
+}
+impl TrackedKey for ReplyKey6 {
+    type Addr = SocketAddrV6;
+    fn parts(&self) -> (SocketAddrV6, SocketAddrV6, u8) {
+        let end =
+            |addr: [u8; 16], port: u16| SocketAddrV6::new(addr.into(), u16::from_be(port), 0, 0);
+        (
+            end(self.client_addr, self.client_port),
+            end(self.daemon_addr, self.daemon_port),
+            self.protocol,
+        )
+    }
+}
 mod private {
     pub trait Sealed {}
     impl Sealed for super::ReplyKey {}
@@ -1156,6 +1167,29 @@ impl<K: TrackedKey> TrackedMap<K> {
         BatchOutcome {
             done: count as usize,
             error: (rc < 0).then(|| io::Error::from_raw_os_error(-rc)),
+        }
+    }
+
+    /// Writes `keys` (a takeover's copy of the running process's map, before
+    /// the switch): an error if the map took not all of them.
+    pub fn insert_copied(&self, keys: &[K]) -> Result<()> {
+        let outcome = self.insert(keys);
+        if let Some(e) = outcome.error {
+            bail!(
+                "copying the running process's tracked connections: {e} after {} of {}",
+                outcome.done,
+                keys.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes `keys`; a key the map lacks is skipped. Returns how many it
+    /// removed.
+    pub fn remove_each(&self, keys: &[K]) -> Result<usize> {
+        match self.remove_present(keys) {
+            (removed, _, None) => Ok(removed),
+            (_, _, Some(e)) => bail!("removing tracked connections: {e}"),
         }
     }
 

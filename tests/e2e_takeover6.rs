@@ -280,10 +280,14 @@ fn a_takeover_in_tracked_reply_mode_breaks_no_ipv6_download() {
     // more (or reports a failure).
     let running: Vec<usize> = clients.iter().map(|c| downloaded(c).0).collect();
     for (client, running) in clients.iter().zip(&running) {
-        wait_until(Duration::from_secs(30), "downloads after the takeover", || {
-            let (done, failed) = downloaded(client);
-            done >= running + 3 || !failed.is_empty()
-        });
+        wait_until(
+            Duration::from_secs(30),
+            "downloads after the takeover",
+            || {
+                let (done, failed) = downloaded(client);
+                done >= running + 3 || !failed.is_empty()
+            },
+        );
     }
     for c in &mut clients {
         c.terminate(Duration::from_secs(1));
@@ -302,9 +306,21 @@ fn a_takeover_in_tracked_reply_mode_breaks_no_ipv6_download() {
         .lines()
         .filter(|l| l.contains("tracked connections copied"))
         .collect();
+    // At the copy each family had a download running, its key in the map.
+    let counts: Vec<u64> = copied
+        .iter()
+        .filter_map(|l| {
+            let (_, n) = l.split_once("INFO dispatchd: ")?;
+            n.split_whitespace().next()?.parse().ok()
+        })
+        .collect();
     assert!(
         copied.len() == 2 && copied.iter().any(|l| l.contains("IPv6")),
         "the maps of both families copied:\n{said}"
+    );
+    assert!(
+        counts.len() == 2 && counts.iter().all(|&n| n >= 1),
+        "a running connection of each family copied: {counts:?}\n{said}"
     );
     let stats = topo.stats();
     assert_eq!(u64_at(&stats, "/workers/0/tracked_failed"), 0, "{stats}");

@@ -540,20 +540,28 @@ impl<'a> Manager<'a> {
     /// records over. If it goes away or fails before, the links are pointed
     /// back at this process's program and nothing else changed.
     fn takeover_request(&mut self, fd: OwnedFd, line: &str) -> Result<()> {
-        let refusal = match Identity::parse(line) {
-            Err(e) => Some(e),
-            Ok(theirs) => self.identity.refusal(&theirs),
+        let accepted =
+            Identity::parse(line).and_then(|theirs| match self.identity.refusal(&theirs) {
+                Some(refusal) => Err(refusal),
+                None => Ok(theirs),
+            });
+        let theirs = match accepted {
+            Ok(theirs) => theirs,
+            Err(refusal) => {
+                tracing::warn!("takeover refused: {refusal}");
+                let reply = format!("error: {refusal}\n")
+                    .into_bytes()
+                    .into_boxed_slice();
+                return self.uring.send(Tag::Send, fd, reply, 0);
+            }
         };
-        if let Some(refusal) = refusal {
-            tracing::warn!("takeover refused: {refusal}");
-            let reply = format!("error: {refusal}\n")
-                .into_bytes()
-                .into_boxed_slice();
-            return self.uring.send(Tag::Send, fd, reply, 0);
-        }
         let mut stream = UnixStream::from(fd);
         let mut fds = self.steering.links();
         fds.push(self.steering.tracked_fd());
+        // Only a new process that asks for it expects the IPv6 map.
+        if theirs.reply_key6.is_some() {
+            fds.push(self.steering.tracked6_fd());
+        }
         match takeover::hand_links(&mut stream, &fds) {
             Ok(()) => {
                 tracing::info!(

@@ -2,10 +2,10 @@
 //! the running one (A) say to each other on A's control socket.
 //!
 //! ```text
-//! B -> A  takeover protocol=1 front=l0 back=l1 replies=stateless layout=0:f0/b0 reply_key=16\n
+//! B -> A  takeover protocol=1 front=l0 back=l1 replies=stateless layout=0:f0/b0 reply_key=16 reply_key6=40\n
 //! A -> B  error: takeover refused: ...\n            (A goes on unchanged)
-//!    or   links <pid>\n  + SCM_RIGHTS [front link, back link, tracked map]
-//!         B copies the tracked map (reply_mode "tracked") into its own,
+//!    or   links <pid>\n  + SCM_RIGHTS [front link, back link, tracked map, tracked6 map]
+//!         B copies the tracked maps (reply_mode "tracked") into its own,
 //!         then points both links at its own program (bpf_link_update)
 //! B -> A  switched\n
 //!         A stops its workers (their sockets and UMEMs close)
@@ -32,6 +32,14 @@
 //! are converted, see `daemon::copy_tracked` and the README's "Tracked
 //! replies: the key carries the protocol").
 //!
+//! `reply_key6=` (the key size of B's IPv6 tracked map) asks for that map
+//! too: A passes it as a fourth descriptor only to a B that said the word,
+//! and refuses one whose size differs from its own in tracked mode. An A of
+//! the version before answers the word as malformed; B asks again without
+//! it (and then, for an A older still, without `reply_key=` as well), gets
+//! three descriptors, and writes its IPv6 map from the records once its
+//! workers run.
+//!
 //! Between the switch and B's first socket, B's program finds its XSKMAP empty
 //! and drops service frames (counted `no_socket`): never passed to the host,
 //! whose stack would answer them with RST. TCP retransmits them.
@@ -54,7 +62,8 @@ use crate::{
     flow::{FlowKey, FlowKey6, FlowRecord, FlowRecord6, TcpState},
     ids::BackendId,
     sys,
-    xdp::{reply_key, reply_key_parts, reply_key_v0_parts, ReplyKey, ReplyKeyV0},
+    tracked::Tracked,
+    xdp::{reply_key, reply_key_v0_parts, ReplyKey, ReplyKeyV0, TrackedKey},
 };
 
 /// The first word of B's request.
@@ -74,6 +83,8 @@ pub const RECORD_WIRE: usize = 46;
 pub const RECORD6_WIRE: usize = 82;
 /// The request's word for the key size of the new process's tracked map.
 const REPLY_KEY_WORD: &str = "reply_key";
+/// The request's word for the key size of its IPv6 tracked map.
+const REPLY_KEY6_WORD: &str = "reply_key6";
 /// How an older running process answers a request with a word it does not
 /// know: the new process asks again without `reply_key=`.
 const MALFORMED: &str = "malformed takeover request";
@@ -98,6 +109,10 @@ pub struct Identity {
     /// has no protocol), or in one this process retries without it for an
     /// older running process (see the module's note).
     pub reply_key: Option<u32>,
+    /// The key size of its IPv6 tracked map (`reply_key6=`): `None` in the
+    /// request of an older process, which takes no such map, or in one this
+    /// process retries without it.
+    pub reply_key6: Option<u32>,
 }
 
 impl Identity {
@@ -109,15 +124,21 @@ impl Identity {
         if let Some(size) = self.reply_key {
             line.push_str(&format!(" {REPLY_KEY_WORD}={size}"));
         }
+        if let Some(size) = self.reply_key6 {
+            line.push_str(&format!(" {REPLY_KEY6_WORD}={size}"));
+        }
         line
     }
 
-    /// The same identity as an older process states it (no `reply_key=`).
-    pub fn without_reply_key(&self) -> Identity {
-        Identity {
-            reply_key: None,
-            ..self.clone()
+    /// The same identity in the words of the version before the one whose
+    /// words it uses: without `reply_key6=`, then without `reply_key=`;
+    /// `None` once it says neither.
+    pub fn in_older_words(&self) -> Option<Identity> {
+        let mut older = self.clone();
+        if older.reply_key6.take().is_none() {
+            older.reply_key.take()?;
         }
+        Some(older)
     }
 
     /// The identity a request line carries; an error (the reply) if it is not
@@ -139,7 +160,7 @@ impl Identity {
 
     fn fields<'a>(words: impl Iterator<Item = &'a str>) -> Option<Identity> {
         let (mut front, mut back, mut replies, mut layout) = (None, None, None, None);
-        let mut reply_key = None;
+        let (mut reply_key, mut reply_key6) = (None, None);
         for w in words {
             match w.split_once('=') {
                 Some(("front", v)) => front = Some(v.to_owned()),
@@ -147,6 +168,7 @@ impl Identity {
                 Some(("replies", v)) => replies = Some(v.to_owned()),
                 Some(("layout", v)) => layout = Some(v.to_owned()),
                 Some((REPLY_KEY_WORD, v)) => reply_key = Some(v.parse().ok()?),
+                Some((REPLY_KEY6_WORD, v)) => reply_key6 = Some(v.parse().ok()?),
                 _ => return None,
             }
         }
@@ -156,6 +178,7 @@ impl Identity {
             replies: replies?,
             layout: layout?,
             reply_key,
+            reply_key6,
         })
     }
 
@@ -191,6 +214,18 @@ impl Identity {
                  ({} bytes); restart instead",
                 self.reply_key.unwrap_or_default()
             ));
+        }
+        // A new process that asks for the IPv6 map copies it with its own
+        // key size.
+        if let (true, Some(mine), Some(theirs)) =
+            (self.replies == "tracked", self.reply_key6, new.reply_key6)
+        {
+            if mine != theirs {
+                return Some(format!(
+                    "takeover refused: the new process's map of tracked IPv6 connections has \
+                     keys of {theirs} bytes, this one's of {mine}; restart instead"
+                ));
+            }
         }
         None
     }
@@ -359,10 +394,12 @@ pub fn read_records(reader: &mut impl BufRead, now_ns: impl Fn() -> u64) -> Resu
     Ok(Handed { records, records6 })
 }
 
-/// What each IPv4 daemon ADDR:PORT serves in `services`: the protocols of
-/// the services it is a daemon of.
-pub fn daemon_protocols(services: &[ServiceConfig]) -> BTreeMap<SocketAddrV4, BTreeSet<Protocol>> {
-    let mut map = BTreeMap::<SocketAddrV4, BTreeSet<Protocol>>::new();
+/// What each daemon ADDR:PORT serves in `services` (of one family): the
+/// protocols of the services it is a daemon of.
+pub fn daemon_protocols<A: Copy + Ord>(
+    services: &[ServiceConfig<A>],
+) -> BTreeMap<A, BTreeSet<Protocol>> {
+    let mut map = BTreeMap::<A, BTreeSet<Protocol>>::new();
     for s in services {
         for b in &s.backends {
             map.entry(b.addr).or_default().insert(s.protocol);
@@ -425,28 +462,28 @@ pub fn convert_v0_keys(
 /// not this one's); the guesses of the wrong protocol. Left in the map,
 /// nothing would ever remove them, and each takes the room of a connection.
 /// Runs while service frames are dropped (after the switch, before the
-/// workers): one hashed pass over each list.
-pub fn unbacked(
-    copied: &[ReplyKey],
-    records: &[(u16, FlowRecord)],
-    served: &BTreeMap<SocketAddrV4, BTreeSet<Protocol>>,
-) -> Vec<ReplyKey> {
+/// workers): one hashed pass over each list. Either family: `R` is its
+/// records, whose reply keys are the map's.
+pub fn unbacked<R: Tracked>(
+    copied: &[R::ReplyKey],
+    records: &[(u16, R)],
+    served: &BTreeMap<<R::ReplyKey as TrackedKey>::Addr, BTreeSet<Protocol>>,
+) -> Vec<R::ReplyKey> {
     if copied.is_empty() {
         return Vec::new();
     }
-    let kept = |r: &FlowRecord| {
-        served
-            .get(&r.daemon)
-            .is_some_and(|p| p.iter().any(|p| p.number() == r.key.protocol))
-    };
-    let backed: ahash::AHashSet<(SocketAddrV4, SocketAddrV4, u8)> = records
+    let backed: ahash::AHashSet<_> = records
         .iter()
-        .filter(|(_, r)| kept(r))
-        .map(|(_, r)| (r.key.client(), r.daemon, r.key.protocol))
+        .map(|(_, r)| r.reply_key().parts())
+        .filter(|(_, daemon, protocol)| {
+            served
+                .get(daemon)
+                .is_some_and(|p| p.iter().any(|p| p.number() == *protocol))
+        })
         .collect();
     copied
         .iter()
-        .filter(|k| !backed.contains(&reply_key_parts(k)))
+        .filter(|k| !backed.contains(&k.parts()))
         .copied()
         .collect()
 }
@@ -460,6 +497,8 @@ pub struct Request {
     pub links: Vec<OwnedFd>,
     /// A's map of tracked connections.
     pub tracked: OwnedFd,
+    /// A's map of tracked IPv6 connections; `None` from an older A.
+    pub tracked6: Option<OwnedFd>,
     /// A's process id, as it said.
     pub pid: u32,
 }
@@ -469,17 +508,23 @@ impl Request {
     /// refusal as the error, or `None` if no process listens there (no file,
     /// or the file of one that is gone).
     pub fn send(socket: &Path, me: &Identity) -> Result<Option<Request>> {
-        match Self::send_once(socket, me) {
-            // An older running process refuses the `reply_key=` word it does
-            // not know, and goes on unchanged: ask it as it understands.
-            Err(e) if me.reply_key.is_some() && e.to_string().starts_with(MALFORMED) => {
-                tracing::info!(
-                    "the running dispatchd is of an older version: asking it to hand over \
-                     in its own words"
-                );
-                Self::send_once(socket, &me.without_reply_key())
+        let mut asked = me.clone();
+        loop {
+            match Self::send_once(socket, &asked) {
+                // An older running process refuses a word it does not know,
+                // and goes on unchanged: ask it as the version before would.
+                Err(e) if e.to_string().starts_with(MALFORMED) => {
+                    let Some(older) = asked.in_older_words() else {
+                        return Err(e);
+                    };
+                    tracing::info!(
+                        "the running dispatchd is of an older version: asking it to hand over \
+                         in the words of the version before"
+                    );
+                    asked = older;
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 
@@ -517,19 +562,23 @@ impl Request {
             .strip_prefix("links ")
             .and_then(|p| p.parse().ok())
             .with_context(|| format!("unexpected takeover answer {answer:?}"))?;
-        let mut links = links;
-        if links.len() != 3 {
+        // The IPv6 map comes to a request that asked for it.
+        let expected = 3 + usize::from(me.reply_key6.is_some());
+        if links.len() != expected {
             bail!(
-                "the running dispatchd passed {} descriptors, not 3",
+                "the running dispatchd passed {} descriptors, not {expected}",
                 links.len()
             );
         }
-        let tracked = links.pop().context("three descriptors")?;
+        let mut links = links.into_iter();
+        let front_back = links.by_ref().take(2).collect();
+        let tracked = links.next().context("a tracked map")?;
         Ok(Some(Request {
             stream,
             links_at: Instant::now(),
-            links,
+            links: front_back,
             tracked,
+            tracked6: links.next(),
             pid,
         }))
     }
@@ -669,6 +718,7 @@ mod tests {
             replies: "stateless".into(),
             layout: layout.into(),
             reply_key: Some(crate::config::REPLY_KEY_SIZE),
+            reply_key6: Some(crate::config::REPLY_KEY6_SIZE),
         }
     }
 
@@ -910,10 +960,17 @@ mod tests {
     #[test]
     fn an_older_new_process_is_refused_only_with_tracked_replies() {
         let me = identity("l0", "0:f0/b0");
-        assert!(me.line().ends_with(" reply_key=16"), "{}", me.line());
+        assert!(
+            me.line().ends_with(" reply_key=16 reply_key6=40"),
+            "{}",
+            me.line()
+        );
         let old_line = "takeover protocol=1 front=l0 back=l1 replies=stateless layout=0:f0/b0";
         let old = Identity::parse(old_line).unwrap();
-        assert_eq!(old, me.without_reply_key());
+        let previous = me.in_older_words().unwrap();
+        assert_eq!(previous.line(), format!("{old_line} reply_key=16"));
+        assert_eq!(Some(old.clone()), previous.in_older_words());
+        assert_eq!(old.in_older_words(), None, "no older words than these");
         assert_eq!(old.line(), old_line, "an older process's words exactly");
         assert_eq!(me.refusal(&old), None, "stateless: the map is not read");
         let tracked = Identity {
@@ -930,54 +987,89 @@ mod tests {
         assert_eq!(tracked.refusal(&tracked), None);
         let bad = format!("{old_line} reply_key=many");
         assert!(Identity::parse(&bad).unwrap_err().starts_with(MALFORMED));
+        // A new process of the version before (no `reply_key6=`) takes no
+        // IPv6 map: not refused, it writes its own from the records.
+        assert_eq!(tracked.refusal(&tracked.in_older_words().unwrap()), None);
     }
 
-    /// An older running process answers `reply_key=` as a malformed request
-    /// and goes on; the new process asks again in the older words.
+    /// A new process that asks for the IPv6 tracked map with another key
+    /// size would copy it wrongly: refused in tracked mode, where it copies.
     #[test]
-    fn an_older_running_process_is_asked_again_without_the_new_word() {
-        let dir = std::env::temp_dir().join(format!("dispatchd-takeover-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("ctl.sock");
-        let _ = std::fs::remove_file(&path);
-        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let old_a = std::thread::spawn(move || {
-            let mut lines = Vec::new();
-            for _ in 0..2 {
-                let (stream, _) = listener.accept().unwrap();
-                let mut line = String::new();
-                BufReader::new(stream.try_clone().unwrap())
-                    .read_line(&mut line)
-                    .unwrap();
-                // The parser of a process of the previous version.
-                let old = Identity::parse(&line)
-                    .ok()
-                    .filter(|id| id.reply_key.is_none());
-                if old.is_none() {
-                    let mut s = stream;
-                    s.write_all(format!("error: {MALFORMED} {:?}\n", line.trim()).as_bytes())
-                        .unwrap();
-                } else {
-                    let file = std::fs::File::open("/proc/self/exe").unwrap();
-                    sys::send_fds(
-                        stream.as_fd(),
-                        b"links 4242\n",
-                        &[file.as_fd(), file.as_fd(), file.as_fd()],
-                    )
-                    .unwrap();
-                }
-                lines.push(line.trim().to_owned());
-            }
-            lines
-        });
+    fn another_ipv6_key_size_is_refused_with_tracked_replies() {
         let me = identity("l0", "0:f0/b0");
-        let request = Request::send(&path, &me)
-            .unwrap()
-            .expect("a running process");
-        assert_eq!(request.pid, 4242);
-        let lines = old_a.join().unwrap();
-        assert_eq!(lines, [me.line(), me.without_reply_key().line()]);
-        let _ = std::fs::remove_dir_all(&dir);
+        let other = Identity {
+            reply_key6: Some(36),
+            ..me.clone()
+        };
+        assert_eq!(Identity::parse(&other.line()), Ok(other.clone()));
+        assert_eq!(me.refusal(&other), None, "stateless: the map is not read");
+        let tracked = |id: &Identity| Identity {
+            replies: "tracked".into(),
+            ..id.clone()
+        };
+        let e = tracked(&me).refusal(&tracked(&other)).unwrap();
+        assert!(e.contains("36 bytes") && e.contains("restart"), "{e}");
+        let bad = format!("{} reply_key6=", me.in_older_words().unwrap().line());
+        assert!(Identity::parse(&bad).unwrap_err().starts_with(MALFORMED));
+    }
+
+    /// A running process of an older version answers words it does not know
+    /// as a malformed request and goes on; the new process asks again in the
+    /// words of the version before, and once more in those of the one before
+    /// that. An A that takes `reply_key=` but not `reply_key6=` hands three
+    /// descriptors (no IPv6 map), as does the oldest.
+    #[test]
+    fn an_older_running_process_is_asked_again_in_older_words() {
+        let me = identity("l0", "0:f0/b0");
+        let previous = me.in_older_words().unwrap();
+        let oldest = previous.in_older_words().unwrap();
+        // The A of each version: the words it takes, the descriptors it
+        // passes, and how many requests the new process makes until then.
+        type Takes = fn(&Identity) -> bool;
+        let versions: [(&str, Takes, usize, usize); 3] = [
+            ("current", |_| true, 4, 1),
+            ("previous", |id| id.reply_key6.is_none(), 3, 2),
+            ("oldest", |id| id.reply_key.is_none(), 3, 3),
+        ];
+        for (version, understands, passes, asks) in versions {
+            let dir = std::env::temp_dir().join(format!(
+                "dispatchd-takeover-{}-{version}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("ctl.sock");
+            let _ = std::fs::remove_file(&path);
+            let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+            let a = std::thread::spawn(move || {
+                let mut lines = Vec::new();
+                loop {
+                    let (stream, _) = listener.accept().unwrap();
+                    let mut line = String::new();
+                    BufReader::new(stream.try_clone().unwrap())
+                        .read_line(&mut line)
+                        .unwrap();
+                    lines.push(line.trim().to_owned());
+                    if !Identity::parse(&line).is_ok_and(|id| understands(&id)) {
+                        let mut s = stream;
+                        s.write_all(format!("error: {MALFORMED} {:?}\n", line.trim()).as_bytes())
+                            .unwrap();
+                        continue;
+                    }
+                    let file = std::fs::File::open("/proc/self/exe").unwrap();
+                    let fds = vec![file.as_fd(); passes];
+                    sys::send_fds(stream.as_fd(), b"links 4242\n", &fds).unwrap();
+                    return lines;
+                }
+            });
+            let request = Request::send(&path, &me)
+                .unwrap()
+                .expect("a running process");
+            assert_eq!(request.pid, 4242, "{version}");
+            assert_eq!(request.tracked6.is_some(), passes == 4, "{version}");
+            let asked = [&me, &previous, &oldest].map(Identity::line);
+            assert_eq!(a.join().unwrap(), asked[..asks], "{version}");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     fn old_key(client: SocketAddrV4, daemon: SocketAddrV4) -> ReplyKeyV0 {
@@ -1044,7 +1136,7 @@ mod tests {
             (client, both, udp),
         ];
         let all = || converted.certain.iter().chain(&converted.guessed);
-        let got: Vec<_> = all().map(reply_key_parts).collect();
+        let got: Vec<_> = all().map(TrackedKey::parts).collect();
         assert_eq!(got, want);
         // The new layout is the old one, then the protocol and zeroed padding.
         for (new, i) in all().zip([0, 1, 2, 2]) {
@@ -1053,7 +1145,7 @@ mod tests {
             assert_eq!(&bytes[..12], &old[i][..]);
             assert_eq!(&bytes[13..], &[0, 0, 0]);
         }
-        let guessed: Vec<_> = converted.guessed.iter().map(reply_key_parts).collect();
+        let guessed: Vec<_> = converted.guessed.iter().map(TrackedKey::parts).collect();
         assert_eq!(guessed, [(client, both, tcp), (client, both, udp)]);
         assert_eq!(converted.dropped, 1);
 
@@ -1064,9 +1156,12 @@ mod tests {
             both,
         );
         let left = unbacked(&converted.guessed, &[(0, record)], &protocols);
-        let left: Vec<_> = left.iter().map(reply_key_parts).collect();
+        let left: Vec<_> = left.iter().map(TrackedKey::parts).collect();
         assert_eq!(left, [(client, both, tcp)]);
-        assert_eq!(unbacked(&converted.guessed, &[], &protocols).len(), 2);
+        assert_eq!(
+            unbacked::<FlowRecord>(&converted.guessed, &[], &protocols).len(),
+            2
+        );
     }
 
     /// An established connection's record of `key` on `daemon`.
@@ -1120,7 +1215,7 @@ mod tests {
         records.push((0, refused));
         let left = |records: &[(u16, FlowRecord)]| -> Vec<_> {
             (unbacked(&copied, records, &served).iter())
-                .map(reply_key_parts)
+                .map(TrackedKey::parts)
                 .collect()
         };
         assert_eq!(
@@ -1138,5 +1233,31 @@ mod tests {
             ]
         );
         assert!(unbacked(&[], &records, &served).is_empty());
+    }
+
+    /// The same for the IPv6 map: the copied keys of ended connections and
+    /// of daemons this process lacks go, the kept ones stay.
+    #[test]
+    fn copied_ipv6_keys_no_kept_record_backs_are_unbacked() {
+        let kept = record6(40000);
+        let vip = std::net::SocketAddrV6::new(kept.key.service_ip, kept.key.service_port, 0, 0);
+        let mut gone = record6(40002);
+        gone.daemon_ip = "fd00:19::13".parse().unwrap();
+        let ended = record6(40001);
+        let copied: Vec<_> = [&kept, &ended, &gone].map(|r| r.reply_key()).to_vec();
+        let services = [ServiceConfig {
+            address: vip,
+            protocol: Protocol::Tcp,
+            policy: crate::balance::PolicyKind::default(),
+            backends: vec![crate::balance::BackendSpec {
+                addr: kept.daemon(),
+                weight: 1,
+            }],
+            health: Default::default(),
+        }];
+        let records = [(0, kept), (0, gone)];
+        let left = unbacked(&copied, &records, &daemon_protocols(&services));
+        let left: Vec<_> = left.iter().map(TrackedKey::parts).collect();
+        assert_eq!(left, [ended.reply_key().parts(), gone.reply_key().parts()]);
     }
 }
