@@ -29,7 +29,7 @@ use dispatchd::{
     stats::WorkerStats,
     sys::EventFd,
     tracked::ReplyTracker,
-    xdp::TrackedMap,
+    xdp::{self, ReplyKey, TrackedMap},
     xsk,
 };
 use dispatchd_testkit::frame::{tcp_flags, FrameSpec};
@@ -356,6 +356,7 @@ fn bench(c: &mut Criterion) {
     tracked_sync(&mut g);
     packet_core(&mut g);
     g.finish();
+    takeover_copy(c);
     assert_eq!(
         stats.invalid_total() + stats.dropped_total(),
         0,
@@ -667,6 +668,58 @@ fn tracked_sync(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::Wa
         })
     });
     assert_eq!(stats.tracked_failed.get(), 0, "every key written");
+}
+
+/// A takeover's copy, before the switch: reading every key of the running
+/// process's tracked map (a million connections, the default capacity), and
+/// also writing them into the new one's; per key. The window A keeps waiting for
+/// the switch is 5 s, and each family has a map. Needs CAP_BPF.
+fn takeover_copy(c: &mut Criterion) {
+    use std::os::fd::AsFd;
+    const KEYS: u32 = 1 << 20;
+    let (from, into) = match (TrackedMap::standalone(KEYS), TrackedMap::standalone(KEYS)) {
+        (Ok(from), Ok(into)) => (from, into),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("packet_path/takeover_copy left out: {e:#}");
+            return;
+        }
+    };
+    let keys: Vec<ReplyKey> = (0..KEYS)
+        .map(|i| {
+            let client = SocketAddrV4::new(
+                Ipv4Addr::from(0xc612_0000 + (i >> 12)),
+                1024 + (i & 0xfff) as u16,
+            );
+            xdp::reply_key(client, daemons()[i as usize % 4].addr, 6)
+        })
+        .collect();
+    from.insert_copied(&keys)
+        .expect("filling the running process's map");
+    let mut g = c.benchmark_group("takeover");
+    g.sample_size(10);
+    for (name, write) in [
+        ("read_tracked_per_key_1m_keys", false),
+        ("copy_tracked_per_key_1m_keys", true),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let copies = iters.div_ceil(u64::from(KEYS));
+                let start = Instant::now();
+                for _ in 0..copies {
+                    let read: Vec<ReplyKey> =
+                        xdp::read_map_keys(from.as_fd(), 2 * KEYS as usize).expect("reading");
+                    assert_eq!(read.len(), KEYS as usize, "every key read once");
+                    if write {
+                        into.insert_copied(&read).expect("writing");
+                    }
+                }
+                start
+                    .elapsed()
+                    .mul_f64(iters as f64 / (copies * u64::from(KEYS)) as f64)
+            })
+        });
+    }
+    g.finish();
 }
 
 /// The packet core's share of a frame, IPv4 beside IPv6: validate, then rewrite

@@ -9,7 +9,7 @@ use dispatchd::{
     ids::BackendId,
     stats::WorkerStats,
     tracked::ReplyTracker,
-    xdp::{reply_key, TrackedMap},
+    xdp::{read_map_keys, reply_key, reply_key_parts, ReplyKey, TrackedMap},
 };
 use dispatchd_testkit::require_root;
 
@@ -159,4 +159,68 @@ fn one_client_ports_tcp_and_udp_records_to_one_daemon_are_two_keys() {
     assert!(!look.contains(&key_of(UDP)));
     assert_eq!(stats.tracked_removed.get(), 2);
     assert_eq!(stats.tracked_failed.get(), 0);
+}
+
+/// A takeover reads the running process's map while that process's workers
+/// still write it. Every key is read once, in batches far more than one
+/// (100,000 keys), at most `most` of them; and a key that stays is read
+/// exactly once while others come and go around it (a walk key by key
+/// restarted from the first key whenever the key it stood on went, reading
+/// the rest twice).
+#[test]
+fn a_running_processs_map_is_read_whole_while_it_changes() {
+    use std::collections::HashSet;
+    use std::os::fd::AsFd;
+    require_root();
+    const KEYS: u32 = 100_000;
+    let map = TrackedMap::standalone(2 * KEYS).expect("a map");
+    let key = |i: u32| {
+        let client = SocketAddrV4::new(Ipv4Addr::from(0xc612_0000 + (i >> 14)), i as u16 | 0x4000);
+        reply_key(client, daemon((i % 4) as u8), TCP)
+    };
+    let stable: Vec<_> = (0..KEYS).map(key).collect();
+    map.insert_copied(&stable).expect("filling the map");
+    let read: Vec<ReplyKey> = read_map_keys(map.as_fd(), 2 * KEYS as usize).expect("reading");
+    let want: HashSet<_> = stable.iter().map(reply_key_parts).collect();
+    let got: HashSet<_> = read.iter().map(reply_key_parts).collect();
+    assert_eq!(read.len(), KEYS as usize, "each key once");
+    assert_eq!(got, want);
+    let some: Vec<ReplyKey> = read_map_keys(map.as_fd(), 1000).expect("reading");
+    assert_eq!(some.len(), 1000, "at most `most`");
+
+    // Churn: another thread adds and removes keys beside the stable ones.
+    let writer = map.try_clone().expect("another handle");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut rounds = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let batch: Vec<_> = (0..256)
+                    .map(|i| key(KEYS + (rounds * 256 + i) % KEYS))
+                    .collect();
+                writer.insert_copied(&batch).expect("churn in");
+                writer.remove_each(&batch).expect("churn out");
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    for _ in 0..5 {
+        let read: Vec<ReplyKey> = read_map_keys(map.as_fd(), 4 * KEYS as usize).expect("reading");
+        let mut seen = HashSet::new();
+        for k in read
+            .iter()
+            .map(reply_key_parts)
+            .filter(|p| want.contains(p))
+        {
+            assert!(seen.insert(k), "{k:?} read twice");
+        }
+        assert_eq!(seen.len(), KEYS as usize, "every stable key read");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        churn.join().expect("the churn thread") > 0,
+        "the map changed meanwhile"
+    );
 }
