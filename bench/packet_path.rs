@@ -19,6 +19,7 @@ use dispatchd::{
         Service6Config, ServiceConfig, DEFAULT_BATCH, DEFAULT_EVENT_RING, DEFAULT_FLOW_CAPACITY,
         DEFAULT_FRAMES_PER_QUEUE,
     },
+    control::takeover,
     dataplane::{forward, forward6, pipelined, Dataplane, Forwarder, FrameHandler, Reverser},
     flow::{FlowKey, FlowKey6, FlowRecord, FlowTable, FlowTable6, TcpState},
     ids::{BackendId, WorkerId},
@@ -719,6 +720,46 @@ fn takeover_copy(c: &mut Criterion) {
             })
         });
     }
+    // The copied keys no kept record backs, for a million of each: set out
+    // before the switch, and the part in the switch window (service frames
+    // dropped).
+    let records: Vec<(u16, FlowRecord)> = (0..KEYS)
+        .map(|i| {
+            let (client, daemon, _) = xdp::reply_key_parts(&keys[i as usize]);
+            let record = FlowRecord {
+                key: FlowKey::new(client, VIP, 6),
+                backend: BackendId(0),
+                daemon,
+                created_ns: 1,
+                last_seen_ns: 1,
+                state: TcpState::ESTABLISHED,
+                client_next: 0,
+                client_ack: 0,
+                epoch: 0,
+            };
+            (0, record)
+        })
+        .collect();
+    let served = takeover::daemon_protocols(&[ServiceConfig {
+        address: VIP,
+        protocol: dispatchd::config::Protocol::Tcp,
+        policy: PolicyKind::RoundRobin,
+        backends: daemons(),
+        health: Default::default(),
+    }]);
+    g.bench_function("copied_keys_set_out_1m_keys", |b| {
+        b.iter(|| takeover::CopiedKeys::new(keys.clone()))
+    });
+    g.bench_function("unbacked_in_window_1m_keys_1m_records", |b| {
+        b.iter_batched(
+            || takeover::CopiedKeys::new(keys.clone()),
+            |copied| {
+                let left = copied.unbacked(&records, &served);
+                assert!(left.is_empty(), "every key backed");
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
     g.finish();
 }
 

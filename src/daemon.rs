@@ -477,7 +477,7 @@ struct TookOver {
 /// process tracked are taken from the switch on. An older process's keys
 /// have no protocol: each is converted by what its daemon serves in
 /// `config` (README, "Takeover"). Returns the keys copied, to be removed
-/// again where no kept record backs them ([`takeover::unbacked`]).
+/// again where no kept record backs them ([`takeover::CopiedKeys`]).
 fn copy_tracked(
     config: &Config,
     steering: &Steering,
@@ -604,6 +604,10 @@ fn take_over(
         ),
         ReplyMode::Stateless => (Vec::new(), Vec::new()),
     };
+    let (copied, copied6) = (
+        takeover::CopiedKeys::new(copied),
+        takeover::CopiedKeys::new(copied6),
+    );
     takeover::test_slow_switch();
     request.may_switch()?;
     steering.adopt_links(std::mem::take(&mut request.links))?;
@@ -622,13 +626,11 @@ fn take_over(
     };
     // Before the workers start (none of this process's records exist yet,
     // so none of these keys is one of its own connections).
-    let unbacked = takeover::unbacked(
-        &copied,
+    let unbacked = copied.unbacked(
         &handed.records,
         &takeover::daemon_protocols(&config.services),
     );
-    let unbacked6 = takeover::unbacked(
-        &copied6,
+    let unbacked6 = copied6.unbacked(
         &handed.records6,
         &takeover::daemon_protocols(&config.services6),
     );

@@ -418,7 +418,7 @@ pub struct ConvertedKeys {
     /// The keys of daemons that serve both: a key of each protocol, of which
     /// one is the connection's. Inserted after `certain` (the map may not have
     /// room for both); the ones no handed record backs are removed once the
-    /// records came ([`unbacked`], as any copied key).
+    /// records came ([`CopiedKeys::unbacked`], as any copied key).
     pub guessed: Vec<ReplyKey>,
     /// Keys of daemons this process's configuration does not have: its
     /// program does not take their replies whatever the map holds.
@@ -454,38 +454,69 @@ pub fn convert_v0_keys(
     out
 }
 
-/// Those of `copied` (the keys copied from the running process's map before
-/// the switch) that no handed record this process keeps is the connection
-/// of: records of daemons its configuration lacks (`served`, see
-/// [`daemon_protocols`]), which its workers refuse; connections the running
-/// process ended between the copy and the switch (their keys left its map,
-/// not this one's); the guesses of the wrong protocol. Left in the map,
-/// nothing would ever remove them, and each takes the room of a connection.
-/// Runs while service frames are dropped (after the switch, before the
-/// workers): one hashed pass over each list. Either family: `R` is its
-/// records, whose reply keys are the map's.
-pub fn unbacked<R: Tracked>(
+/// The keys copied from the running process's map before the switch, each
+/// found by its connection: set out before the switch, so that the switch
+/// window, where service frames are dropped, has only the records to take
+/// off (half the hashing of a pass that set out both in it).
+pub struct CopiedKeys<K: TrackedKey> {
+    keys: Vec<K>,
+    /// Each key's connection, and where the key is in `keys`.
+    by_connection: ahash::AHashMap<(K::Addr, K::Addr, u8), u32>,
+}
+
+impl<K: TrackedKey> CopiedKeys<K> {
+    pub fn new(keys: Vec<K>) -> Self {
+        let mut by_connection = ahash::AHashMap::with_capacity(keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            by_connection.insert(k.parts(), i as u32);
+        }
+        Self {
+            keys,
+            by_connection,
+        }
+    }
+
+    /// Those copied keys that no handed record this process keeps is the
+    /// connection of (in the order they were copied): records of daemons
+    /// its configuration lacks (`served`, see [`daemon_protocols`]), which
+    /// its workers refuse; connections the running process ended between
+    /// the copy and the switch (their keys left its map, not this one's);
+    /// the guesses of the wrong protocol. Left in the map, nothing would ever
+    /// remove them, and each takes the room of a connection. Runs in the
+    /// switch window, before the workers: one hashed look per record. Either
+    /// family: `R` is its records, whose reply keys are the map's.
+    pub fn unbacked<R: Tracked<ReplyKey = K>>(
+        mut self,
+        records: &[(u16, R)],
+        served: &BTreeMap<K::Addr, BTreeSet<Protocol>>,
+    ) -> Vec<K> {
+        if self.keys.is_empty() {
+            return Vec::new();
+        }
+        for (_, r) in records {
+            let connection = r.reply_key().parts();
+            let (_, daemon, protocol) = connection;
+            if served
+                .get(&daemon)
+                .is_some_and(|p| p.iter().any(|p| p.number() == protocol))
+            {
+                self.by_connection.remove(&connection);
+            }
+        }
+        let mut left: Vec<u32> = self.by_connection.into_values().collect();
+        left.sort_unstable();
+        left.into_iter().map(|i| self.keys[i as usize]).collect()
+    }
+}
+
+/// [`CopiedKeys::unbacked`] in one call, for the tests.
+#[cfg(test)]
+fn unbacked<R: Tracked>(
     copied: &[R::ReplyKey],
     records: &[(u16, R)],
     served: &BTreeMap<<R::ReplyKey as TrackedKey>::Addr, BTreeSet<Protocol>>,
 ) -> Vec<R::ReplyKey> {
-    if copied.is_empty() {
-        return Vec::new();
-    }
-    let backed: ahash::AHashSet<_> = records
-        .iter()
-        .map(|(_, r)| r.reply_key().parts())
-        .filter(|(_, daemon, protocol)| {
-            served
-                .get(daemon)
-                .is_some_and(|p| p.iter().any(|p| p.number() == *protocol))
-        })
-        .collect();
-    copied
-        .iter()
-        .filter(|k| !backed.contains(&k.parts()))
-        .copied()
-        .collect()
+    CopiedKeys::new(copied.to_vec()).unbacked(records, served)
 }
 
 /// B's side, up to the switch: the connection to A and the links A gave.
