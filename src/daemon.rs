@@ -634,7 +634,7 @@ fn take_over(
         &handed.records6,
         &takeover::daemon_protocols(&config.services6),
     );
-    // No syscall for a family with nothing to remove.
+    // A family with nothing to remove costs a descriptor dup, no map call.
     let removed = (|| -> Result<usize> {
         Ok(steering.tracked_map()?.remove_each(&unbacked)?
             + steering.tracked6_map()?.remove_each(&unbacked6)?)
