@@ -127,3 +127,94 @@ fn a_reload_and_ctl_conns_with_a_million_records_are_sliced() {
     );
     let _ = std::fs::remove_file(&file);
 }
+
+/// A takeover with a million records: the new process holds every one (and,
+/// with tracked replies, the old program's million keys copied), persistent
+/// connections keep working across it, and the switch window (printed from
+/// the new process's log, a measurement) stays short enough that TCP only
+/// retransmits.
+#[test]
+fn a_takeover_with_a_million_records_keeps_them_all() {
+    let topo = Topology::up(DISPATCHD, "scalt", 2, 1);
+    let _servers = topo.serve(2);
+    let file = std::env::temp_dir().join(format!("dispatchd-{}.toml", topo.prefix));
+    let body = format!(
+        "front = \"l0\"\nback = \"l1\"\nreply_mode = \"tracked\"\n[timeouts]\nsyn_ms = 600000\n\
+         [[service]]\naddress = \"{VIP}\"\nbackends = [\"{}\", \"{}\"]\n",
+        daemon_addr(0),
+        daemon_addr(1)
+    );
+    std::fs::write(&file, body).expect("writing the config");
+    let config = ["--config", file.to_str().expect("utf-8 path")];
+    let mut a = topo.dispatchd(&config);
+
+    let records = || u64_at(&topo.stats(), "/workers/0/flows");
+    for attempt in 1..=3 {
+        let flood = topo
+            .cmd(&topo.client(), &topo.programs().testkit)
+            .args(topo.inject_args("198.18.128.1", VIP, "syn-flood", SPOOFED as u64))
+            .args(["--rate", "150000"])
+            .output()
+            .expect("inject");
+        assert!(flood.status.success(), "flood: {}", text(&flood));
+        wait_until_steady(
+            Duration::from_secs(20),
+            "the flood's records settled",
+            Duration::from_millis(500),
+            records,
+        );
+        println!("flood {attempt}: {} records", records());
+        if records() >= 500_000 {
+            break;
+        }
+    }
+    let mut holds: Vec<Proc> = (0..4)
+        .map(|_| {
+            topo.client_start(
+                &["hold", "--to", VIP, "--seconds", "8", "--interval-ms", "50"],
+                "opened",
+            )
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    let before = records();
+    println!("records in the table: {before}");
+    assert!(
+        before >= 500_000,
+        "most of the {SPOOFED} spoofed SYNs made a record: {before}"
+    );
+
+    let started = std::time::Instant::now();
+    let mut cmd = topo.cmd(&topo.dispatcher(), DISPATCHD);
+    cmd.arg("run")
+        .args(config)
+        .arg("--takeover")
+        .args(["--control-socket", &topo.control_socket()]);
+    let b = Proc::start(cmd, "dispatchd: running", Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e:#}\nthe old process said:\n{}", a.output()));
+    let took = started.elapsed();
+    assert!(
+        a.wait(Duration::from_secs(20)).success(),
+        "the old process exits cleanly:\n{}",
+        a.output()
+    );
+    let line = |what: &str| {
+        b.output()
+            .lines()
+            .find(|l| l.contains(what))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no line with {what:?}:\n{}", b.output()))
+    };
+    println!("start to running {took:?}");
+    println!("{}", line("tracked connections copied"));
+    println!("{}", line("took over from pid"));
+    assert_eq!(records(), before, "the new process holds every record");
+    for (i, h) in holds.iter_mut().enumerate() {
+        assert!(
+            h.wait(Duration::from_secs(30)).success(),
+            "connection {i} across the takeover:\n{}",
+            h.output()
+        );
+    }
+    let _ = std::fs::remove_file(&file);
+}
