@@ -694,7 +694,7 @@ fn takeover_copy(c: &mut Criterion) {
             xdp::reply_key(client, daemons()[i as usize % 4].addr, 6)
         })
         .collect();
-    from.insert_copied(&keys)
+    from.insert_all(&keys)
         .expect("filling the running process's map");
     let mut g = c.benchmark_group("takeover");
     g.sample_size(10);
@@ -711,7 +711,7 @@ fn takeover_copy(c: &mut Criterion) {
                         xdp::read_map_keys(from.as_fd(), 2 * KEYS as usize).expect("reading");
                     assert_eq!(read.len(), KEYS as usize, "every key read once");
                     if write {
-                        into.insert_copied(&read).expect("writing");
+                        into.insert_all(&read).expect("writing");
                     }
                 }
                 start
@@ -750,12 +750,13 @@ fn takeover_copy(c: &mut Criterion) {
     g.bench_function("copied_keys_set_out_1m_keys", |b| {
         b.iter(|| takeover::CopiedKeys::new(keys.clone()))
     });
-    g.bench_function("unbacked_in_window_1m_keys_1m_records", |b| {
+    g.bench_function("settle_in_window_1m_keys_1m_records", |b| {
         b.iter_batched(
             || takeover::CopiedKeys::new(keys.clone()),
             |copied| {
-                let left = copied.unbacked(&records, &served);
-                assert!(left.is_empty(), "every key backed");
+                let settled = copied.settle(&records, &served);
+                assert!(settled.unbacked.is_empty(), "every key backed");
+                assert!(settled.unwritten.is_empty(), "every key copied");
             },
             criterion::BatchSize::PerIteration,
         )

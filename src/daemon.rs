@@ -487,33 +487,41 @@ fn copy_tracked(
     let map = steering.tracked_map()?;
     match steering.handed_tracked_keys(from)? {
         xdp::HandedKeys::Current(keys) => {
-            map.insert_copied(&keys)?;
+            map.insert_all(&keys)
+                .context("copying the running process's tracked connections")?;
             tracing::info!("{} tracked connections copied from pid {pid}", keys.len());
             Ok(keys)
         }
         xdp::HandedKeys::WithoutProtocol(old) => {
             let protocols = takeover::daemon_protocols(&config.services);
             let converted = takeover::convert_v0_keys(&old, &protocols);
-            map.insert_copied(&converted.certain)?;
+            map.insert_all(&converted.certain)
+                .context("copying the running process's tracked connections")?;
             // Twice as many keys as connections for these daemons: where the
-            // map has no room for a guess, the connection's own key comes
-            // from its record once the workers run. Those inserted are
-            // cleaned up with the rest (a missing key is skipped there).
-            if let Err(e) = map.insert_copied(&converted.guessed) {
+            // map has no room for a guess, the connection's own key is
+            // written from its record in the switch window (only the guesses
+            // the map took count as copied). Those inserted are cleaned up
+            // with the rest.
+            let mut guessed = converted.guessed;
+            let outcome = map.insert(&guessed);
+            if let Some(e) = outcome.error {
                 tracing::warn!(
-                    "copying the guessed tracked keys (daemons serving TCP and UDP): {e:#}; \
-                     the rest are written from the records once the workers run"
+                    "copying the guessed tracked keys (daemons serving TCP and UDP): {e} \
+                     after {} of {}; the rest are written from the records in the switch window",
+                    outcome.done,
+                    guessed.len()
                 );
             }
             tracing::info!(
                 old = old.len(),
                 certain = converted.certain.len(),
-                guessed = converted.guessed.len(),
+                guessed = guessed.len(),
                 dropped = converted.dropped,
                 "tracked connections copied from pid {pid}, an older version whose keys \
                  have no protocol: converted by the daemons' services in this configuration"
             );
-            Ok([converted.certain, converted.guessed].concat())
+            guessed.truncate(outcome.done);
+            Ok([converted.certain, guessed].concat())
         }
     }
 }
@@ -528,12 +536,13 @@ fn copy_tracked6(
     let Some(from) = from else {
         tracing::info!(
             "pid {pid} hands no map of tracked IPv6 connections (an older version): this \
-             process's workers write theirs from the IPv6 records when they start"
+             process writes theirs from the IPv6 records before its workers start"
         );
         return Ok(Vec::new());
     };
     let keys = steering.handed_tracked6_keys(from)?;
-    steering.tracked6_map()?.insert_copied(&keys)?;
+    (steering.tracked6_map()?.insert_all(&keys))
+        .context("copying the running process's IPv6 tracked connections")?;
     tracing::info!(
         "{} IPv6 tracked connections copied from pid {pid}",
         keys.len()
@@ -596,7 +605,7 @@ fn take_over(
     let pid = request.pid;
     // Before the switch, so that B's program takes the replies of every
     // connection A tracked (connections A opens from here to the switch are
-    // written by B's workers from the records, once they start).
+    // written from their records before B's workers start: settle_tracked).
     let (copied, copied6) = match config.reply_mode {
         ReplyMode::Tracked => (
             copy_tracked(config, steering, request.tracked.as_fd(), pid)?,
@@ -624,29 +633,8 @@ fn take_over(
             takeover::Handed::default()
         }
     };
-    // Before the workers start (none of this process's records exist yet,
-    // so none of these keys is one of its own connections).
-    let unbacked = copied.unbacked(
-        &handed.records,
-        &takeover::daemon_protocols(&config.services),
-    );
-    let unbacked6 = copied6.unbacked(
-        &handed.records6,
-        &takeover::daemon_protocols(&config.services6),
-    );
-    // A family with nothing to remove costs a descriptor dup, no map call.
-    let removed = (|| -> Result<usize> {
-        Ok(steering.tracked_map()?.remove_each(&unbacked)?
-            + steering.tracked6_map()?.remove_each(&unbacked6)?)
-    })();
-    match removed {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(
-            "{n} copied tracked keys that no kept record backs removed (records of \
-             daemons not configured, connections ended since the copy, guesses of the \
-             other protocol)"
-        ),
-        Err(e) => tracing::warn!("removing the copied tracked keys no record backs: {e:#}"),
+    if config.reply_mode == ReplyMode::Tracked {
+        settle_tracked(config, steering, copied, copied6, &handed);
     }
     Ok(Some(TookOver {
         pid,
@@ -659,6 +647,59 @@ fn take_over(
         umems,
         tables,
     }))
+}
+
+/// Brings this program's maps of tracked connections to the kept records
+/// before the workers start, in the switch window: writes the keys the copy
+/// lacked and removes the copied keys no record backs ([`takeover::Settled`]).
+/// None of this process's own records exist yet, so none of these keys is
+/// one of its connections. The workers then write no inherited record's key.
+fn settle_tracked(
+    config: &Config,
+    steering: &Steering,
+    copied: takeover::CopiedKeys<xdp::ReplyKey>,
+    copied6: takeover::CopiedKeys<xdp::ReplyKey6>,
+    handed: &takeover::Handed,
+) {
+    let settled = copied.settle(
+        &handed.records,
+        &takeover::daemon_protocols(&config.services),
+    );
+    let settled6 = copied6.settle(
+        &handed.records6,
+        &takeover::daemon_protocols(&config.services6),
+    );
+    // First, to make room. A family with nothing to remove or write costs a
+    // descriptor dup, no map call.
+    let removed = (|| -> Result<usize> {
+        Ok(steering.tracked_map()?.remove_each(&settled.unbacked)?
+            + steering.tracked6_map()?.remove_each(&settled6.unbacked)?)
+    })();
+    match removed {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            "{n} copied tracked keys that no kept record backs removed (records of \
+             daemons not configured, connections ended since the copy, guesses of the \
+             other protocol)"
+        ),
+        Err(e) => tracing::warn!("removing the copied tracked keys no record backs: {e:#}"),
+    }
+    let written = (|| -> Result<usize> {
+        let (map, map6) = (steering.tracked_map()?, steering.tracked6_map()?);
+        map.insert_all(&settled.unwritten)?;
+        map6.insert_all(&settled6.unwritten)?;
+        Ok(settled.unwritten.len() + settled6.unwritten.len())
+    })();
+    match written {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            "{n} tracked keys written from records that were not copied (connections \
+             opened since the copy, a map not handed)"
+        ),
+        // Their replies are not taken (they pass to the host), as those of
+        // any connection whose key the map refused.
+        Err(e) => tracing::warn!("writing the tracked keys the copy lacked: {e:#}"),
+    }
 }
 
 /// The benchmark's ceilings: forwarding with dispatchd's own work taken out.
@@ -1041,9 +1082,6 @@ pub fn run_with(
     if let Some(now) = adopted {
         manager.adopt_overrides(now)?;
     }
-    if let Some(t) = &took_over {
-        manager.inherit(&t.records, &t.records6);
-    }
     // The workers inherit SCHED_FIFO from this thread, which takes it while
     // it still may (CAP_SYS_NICE) and leaves it once they are spawned.
     let fifo = worker_priority
@@ -1081,6 +1119,13 @@ pub fn run_with(
             t.busy,
             ms(t.switched.elapsed()),
         );
+    }
+    // After the workers serve, out of the switch window (a million records
+    // took 0.4 s here): the loop reads no event before it, so the events the
+    // workers send about inherited records wait in their rings (a worker
+    // holds back, never drops, when its ring is full) and come after.
+    if let (Some(t), Ok(())) = (&took_over, &started) {
+        manager.inherit(&t.records, &t.records6);
     }
     let outcome = started.and_then(|()| {
         tracing::info!("{listening}");

@@ -87,6 +87,17 @@ impl<R: Tracked> ReplyTracker<R> {
             write(&self.map, &mut self.keys, self.inserting, stats);
         }
     }
+
+    /// Removes the keys of `records` the table never held (handed over by a
+    /// takeover, whose keys were written before the table refused them).
+    pub fn forget(&mut self, records: &[R], stats: &WorkerStats) {
+        if records.is_empty() {
+            return;
+        }
+        debug_assert!(self.keys.is_empty(), "each sync writes its last run");
+        self.keys.extend(records.iter().map(Tracked::reply_key));
+        write(&self.map, &mut self.keys, false, stats);
+    }
 }
 
 /// Inserts or removes `keys` (then empties it), counting what the kernel took

@@ -28,7 +28,10 @@ use crate::{
     config::Config,
     config::PollMode,
     dataplane::{pipelined, Dataplane, Forwarder, FrameHandler, PlaneRecord, Reverser},
-    flow::{FlowRecord, FlowRecord6, FlowTable, FlowTable6, Record, RstWindow, Table, TcpState},
+    flow::{
+        FlowRecord, FlowRecord6, FlowTable, FlowTable6, InsertError, Record, RstWindow, Table,
+        TcpState,
+    },
     ids::WorkerId,
     protocol::{self, Event, EventSink, FlowCommand, Inbox, WorkerEnd, COMMANDS_PER_ROUND},
     stats::{now_ns, WorkerDrop, WorkerStats},
@@ -166,28 +169,33 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
     } = sockets;
     stats.umem_huge_page_bytes.set(pages.huge_page_bytes());
     let mut table = table.unwrap_or_else(|| FlowTable::with_capacity(flow_capacity));
-    let mut tracker = tracked.map(|map| ReplyTracker::new(map, &mut table));
     let mut table6 = table6.unwrap_or_else(|| FlowTable6::with_capacity(flow_capacity6));
-    let mut tracker6 = tracked6.map(|map| ReplyTracker::new(map, &mut table6));
     stats.table6_capacity.set(table6.capacity() as u64);
-    // After the trackers, whose journals then carry the inherited records into
-    // the kernel's maps of tracked connections.
+    // Before the trackers, whose journals would write every inherited
+    // record's key again: the takeover brought the maps of tracked
+    // connections to the records before the workers started.
     let inherited_count = inherited.len() + inherited6.len();
-    let mut refused = 0;
+    let (mut refused, mut full, mut full6) = (0, Vec::new(), Vec::new());
     for mut record in inherited {
         if !plane.adopt(&mut record) {
             refused += 1;
-        } else if table.insert(record).is_err() {
+        } else if let Err(e) = table.insert(record) {
             plane.connection_closed(record.backend);
             refused += 1;
+            if matches!(e, InsertError::Full { .. }) {
+                full.push(record);
+            }
         }
     }
     for mut record in inherited6 {
         if !plane.adopt6(&mut record) {
             refused += 1;
-        } else if table6.insert(record).is_err() {
+        } else if let Err(e) = table6.insert(record) {
             plane.connection_closed(record.backend);
             refused += 1;
+            if matches!(e, InsertError::Full { .. }) {
+                full6.push(record);
+            }
         }
     }
     if refused > 0 {
@@ -196,11 +204,14 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
              (their daemon is not configured, or the table is full)"
         );
     }
+    let mut tracker = tracked.map(|map| ReplyTracker::new(map, &mut table));
+    let mut tracker6 = tracked6.map(|map| ReplyTracker::new(map, &mut table6));
+    // Their keys were written for them; nothing else would remove them.
     if let Some(t) = &mut tracker {
-        t.sync(&mut table, &stats);
+        t.forget(&full, &stats);
     }
     if let Some(t) = &mut tracker6 {
-        t.sync(&mut table6, &stats);
+        t.forget(&full6, &stats);
     }
     let mut b = Batches {
         // Placeholders, overwritten by each consume before they are read.

@@ -1212,13 +1212,13 @@ impl<K: TrackedKey> TrackedMap<K> {
         }
     }
 
-    /// Writes `keys` (a takeover's copy of the running process's map, before
-    /// the switch): an error if the map took not all of them.
-    pub fn insert_copied(&self, keys: &[K]) -> Result<()> {
+    /// Writes `keys` (a takeover's, in the switch window or before): an
+    /// error if the map took not all of them.
+    pub fn insert_all(&self, keys: &[K]) -> Result<()> {
         let outcome = self.insert(keys);
         if let Some(e) = outcome.error {
             bail!(
-                "copying the running process's tracked connections: {e} after {} of {}",
+                "writing tracked connections: {e} after {} of {}",
                 outcome.done,
                 keys.len()
             );

@@ -179,7 +179,7 @@ fn a_running_processs_map_is_read_whole_while_it_changes() {
         reply_key(client, daemon((i % 4) as u8), TCP)
     };
     let stable: Vec<_> = (0..KEYS).map(key).collect();
-    map.insert_copied(&stable).expect("filling the map");
+    map.insert_all(&stable).expect("filling the map");
     let read: Vec<ReplyKey> = read_map_keys(map.as_fd(), 2 * KEYS as usize).expect("reading");
     let want: HashSet<_> = stable.iter().map(reply_key_parts).collect();
     let got: HashSet<_> = read.iter().map(reply_key_parts).collect();
@@ -199,7 +199,7 @@ fn a_running_processs_map_is_read_whole_while_it_changes() {
                 let batch: Vec<_> = (0..256)
                     .map(|i| key(KEYS + (rounds * 256 + i) % KEYS))
                     .collect();
-                writer.insert_copied(&batch).expect("churn in");
+                writer.insert_all(&batch).expect("churn in");
                 writer.remove_each(&batch).expect("churn out");
                 rounds += 1;
             }

@@ -37,8 +37,8 @@
 //! and refuses one whose size differs from its own in tracked mode. An A of
 //! the version before answers the word as malformed; B asks again without
 //! it (and then, for an A older still, without `reply_key=` as well), gets
-//! three descriptors, and writes its IPv6 map from the records once its
-//! workers run.
+//! three descriptors, and writes its IPv6 map from the records in the
+//! switch window, before its workers run.
 //!
 //! Between the switch and B's first socket, B's program finds its XSKMAP empty
 //! and drops service frames (counted `no_socket`): never passed to the host,
@@ -418,7 +418,7 @@ pub struct ConvertedKeys {
     /// The keys of daemons that serve both: a key of each protocol, of which
     /// one is the connection's. Inserted after `certain` (the map may not have
     /// room for both); the ones no handed record backs are removed once the
-    /// records came ([`CopiedKeys::unbacked`], as any copied key).
+    /// records came ([`Settled::unbacked`], as any copied key).
     pub guessed: Vec<ReplyKey>,
     /// Keys of daemons this process's configuration does not have: its
     /// program does not take their replies whatever the map holds.
@@ -476,47 +476,74 @@ impl<K: TrackedKey> CopiedKeys<K> {
         }
     }
 
-    /// Those copied keys that no handed record this process keeps is the
-    /// connection of (in the order they were copied): records of daemons
-    /// its configuration lacks (`served`, see [`daemon_protocols`]), which
-    /// its workers refuse; connections the running process ended between
-    /// the copy and the switch (their keys left its map, not this one's);
-    /// the guesses of the wrong protocol. Left in the map, nothing would ever
-    /// remove them, and each takes the room of a connection. Runs in the
+    /// Sets the copied keys against the handed records this process keeps
+    /// (those of daemons its configuration has, `served`, see
+    /// [`daemon_protocols`]; its workers refuse the others). Runs in the
     /// switch window, before the workers: one hashed look per record. Either
     /// family: `R` is its records, whose reply keys are the map's.
-    pub fn unbacked<R: Tracked<ReplyKey = K>>(
+    pub fn settle<R: Tracked<ReplyKey = K>>(
         mut self,
         records: &[(u16, R)],
         served: &BTreeMap<K::Addr, BTreeSet<Protocol>>,
-    ) -> Vec<K> {
-        if self.keys.is_empty() {
-            return Vec::new();
-        }
+    ) -> Settled<K> {
+        let mut unwritten = Vec::new();
         for (_, r) in records {
-            let connection = r.reply_key().parts();
+            let key = r.reply_key();
+            let connection = key.parts();
             let (_, daemon, protocol) = connection;
-            if served
+            let kept = served
                 .get(&daemon)
-                .is_some_and(|p| p.iter().any(|p| p.number() == protocol))
-            {
-                self.by_connection.remove(&connection);
+                .is_some_and(|p| p.iter().any(|p| p.number() == protocol));
+            if kept && self.by_connection.remove(&connection).is_none() {
+                unwritten.push(key);
             }
         }
         let mut left: Vec<u32> = self.by_connection.into_values().collect();
         left.sort_unstable();
-        left.into_iter().map(|i| self.keys[i as usize]).collect()
+        Settled {
+            unbacked: left.into_iter().map(|i| self.keys[i as usize]).collect(),
+            unwritten,
+        }
     }
 }
 
-/// [`CopiedKeys::unbacked`] in one call, for the tests.
+/// The copied keys set against the kept records ([`CopiedKeys::settle`]):
+/// what the map needs before the workers start, so that they write no key
+/// of an inherited record (a million took their first 0.6 s).
+#[derive(Debug, Default)]
+pub struct Settled<K> {
+    /// Copied keys no kept record is the connection of (in the order they
+    /// were copied): a record of a daemon this configuration lacks; a
+    /// connection the running process ended between the copy and the switch
+    /// (its key left that map, not this one); a guess of the wrong protocol.
+    /// Left in the map, nothing would ever remove them, and each takes the
+    /// room of a connection.
+    pub unbacked: Vec<K>,
+    /// Kept records' keys that were not copied: connections the running
+    /// process opened between the copy and the switch, guesses the map had
+    /// no room for, every record of a map that was not handed (an older
+    /// process's IPv6).
+    pub unwritten: Vec<K>,
+}
+
+/// [`CopiedKeys::settle`] in one call, for the tests.
+#[cfg(test)]
+fn settle<R: Tracked>(
+    copied: &[R::ReplyKey],
+    records: &[(u16, R)],
+    served: &BTreeMap<<R::ReplyKey as TrackedKey>::Addr, BTreeSet<Protocol>>,
+) -> Settled<R::ReplyKey> {
+    CopiedKeys::new(copied.to_vec()).settle(records, served)
+}
+
+/// The copied keys [`settle`] finds unbacked.
 #[cfg(test)]
 fn unbacked<R: Tracked>(
     copied: &[R::ReplyKey],
     records: &[(u16, R)],
     served: &BTreeMap<<R::ReplyKey as TrackedKey>::Addr, BTreeSet<Protocol>>,
 ) -> Vec<R::ReplyKey> {
-    CopiedKeys::new(copied.to_vec()).unbacked(records, served)
+    settle(copied, records, served).unbacked
 }
 
 /// B's side, up to the switch: the connection to A and the links A gave.
@@ -1253,7 +1280,15 @@ mod tests {
             left(&records),
             [(client(40001), daemon, 6), (client(40010), gone, 6)]
         );
-        // A UDP record on 40002 backs no TCP key (nor is it served).
+        let unwritten = |copied: &[ReplyKey], records: &[(u16, FlowRecord)]| -> Vec<_> {
+            (settle(copied, records, &served).unwritten.iter())
+                .map(TrackedKey::parts)
+                .collect()
+        };
+        // Only the kept record whose key was not copied; not the refused one.
+        assert_eq!(unwritten(&copied, &records), [(client(40004), daemon, 6)]);
+        // A UDP record on 40002 backs no TCP key (nor is it served, so it
+        // needs none written).
         records[1].1.key = FlowKey::new(client(40002), vip, 17);
         assert_eq!(
             left(&records),
@@ -1263,7 +1298,14 @@ mod tests {
                 (client(40010), gone, 6)
             ]
         );
+        assert_eq!(unwritten(&copied, &records), [(client(40004), daemon, 6)]);
+        // Nothing copied (a map not handed): nothing to remove, every kept
+        // record's key to write.
         assert!(unbacked(&[], &records, &served).is_empty());
+        assert_eq!(
+            unwritten(&[], &records),
+            [40000, 40003, 40004].map(|p| (client(p), daemon, 6))
+        );
     }
 
     /// The same for the IPv6 map: the copied keys of ended connections and
