@@ -6,6 +6,8 @@
 //! of bpf_links owned by this process, so any exit after it, clean or not,
 //! detaches.
 use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{SocketAddrV4, SocketAddrV6},
     os::fd::AsFd,
     sync::{atomic::AtomicBool, atomic::Ordering::Relaxed, Arc},
     thread,
@@ -15,7 +17,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    config::{Config, PollMode, ReplyMode},
+    config::{Config, PollMode, Protocol, ReplyMode},
     control::{
         apply::{apply, Host, OffBack},
         ctl,
@@ -31,7 +33,7 @@ use crate::{
     queues::{self, fmt_queues, LinkFacts, LinkWatch, WorkerQueues},
     stats::{now_ns, WorkerStats},
     sys::{self, EventFd, RawIcmp6Sender, RawIpSender},
-    worker::{self, WorkerSetup},
+    worker::{self, Gate, WorkerSetup},
     xdp::{self, Interface, Replies, Side, Steering},
     xsk::{self, Bind, SocketOptions},
 };
@@ -355,15 +357,17 @@ fn warn_undeferred_napi(iface: &str) {
     }
 }
 
-/// Starts the workers and waits until each serves: each allocates its flow
-/// table (first-touched on its own core) before it says so.
+/// A worker's flow tables, IPv4's and IPv6's.
 type Tables = (FlowTable, FlowTable6);
 
-/// Spawns the workers; `fifo` (`worker_priority`) ends once they are spawned,
-/// so only they keep SCHED_FIFO.
+/// Spawns the workers, runs `meanwhile`, then waits until each serves: each
+/// allocates its flow table (first-touched on its own core) and enters its
+/// inherited records before it says so. `fifo` (`worker_priority`) ends
+/// once they are spawned, so only they keep SCHED_FIFO.
 fn start_workers(
     setups: Vec<WorkerSetup>,
     fifo: Option<sys::FifoWhileSpawning>,
+    meanwhile: impl FnOnce(),
 ) -> (Vec<thread::JoinHandle<Tables>>, Result<()>) {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut handles = Vec::new();
@@ -386,6 +390,7 @@ fn start_workers(
         tracing::info!("workers at SCHED_FIFO (worker_priority)");
     }
     drop(fifo);
+    meanwhile();
     drop(ready_tx);
     let started = (0..handles.len()).try_for_each(|_| {
         ready_rx
@@ -470,6 +475,21 @@ struct TookOver {
     /// Binds refused (EBUSY) while the old sockets' queues were released.
     busy: u32,
     tables: Vec<Tables>,
+    /// `reply_mode = "tracked"`: what sets the maps against the records,
+    /// while the workers enter them.
+    settle: Option<Settle>,
+}
+
+/// A takeover's copied tracked keys, and what [`settle_tracked`] needs to
+/// set them against the handed records.
+struct Settle {
+    copied: takeover::CopiedKeys<xdp::ReplyKey>,
+    copied6: takeover::CopiedKeys<xdp::ReplyKey6>,
+    map: xdp::TrackedMap<xdp::ReplyKey>,
+    map6: xdp::TrackedMap<xdp::ReplyKey6>,
+    /// The protocols of each configured daemon (see [`takeover::daemon_protocols`]).
+    served: BTreeMap<SocketAddrV4, BTreeSet<Protocol>>,
+    served6: BTreeMap<SocketAddrV6, BTreeSet<Protocol>>,
 }
 
 /// Copies the running process's tracked map (`from`) into this program's,
@@ -605,18 +625,27 @@ fn take_over(
     let pid = request.pid;
     // Before the switch, so that B's program takes the replies of every
     // connection A tracked (connections A opens from here to the switch are
-    // written from their records before B's workers start: settle_tracked).
-    let (copied, copied6) = match config.reply_mode {
-        ReplyMode::Tracked => (
-            copy_tracked(config, steering, request.tracked.as_fd(), pid)?,
-            copy_tracked6(steering, request.tracked6.as_ref().map(|m| m.as_fd()), pid)?,
-        ),
-        ReplyMode::Stateless => (Vec::new(), Vec::new()),
+    // written from their records before B's workers serve: settle_tracked).
+    let settle = match config.reply_mode {
+        ReplyMode::Tracked => Some(Settle {
+            copied: takeover::CopiedKeys::new(copy_tracked(
+                config,
+                steering,
+                request.tracked.as_fd(),
+                pid,
+            )?),
+            copied6: takeover::CopiedKeys::new(copy_tracked6(
+                steering,
+                request.tracked6.as_ref().map(|m| m.as_fd()),
+                pid,
+            )?),
+            map: steering.tracked_map()?,
+            map6: steering.tracked6_map()?,
+            served: takeover::daemon_protocols(&config.services),
+            served6: takeover::daemon_protocols(&config.services6),
+        }),
+        ReplyMode::Stateless => None,
     };
-    let (copied, copied6) = (
-        takeover::CopiedKeys::new(copied),
-        takeover::CopiedKeys::new(copied6),
-    );
     takeover::test_slow_switch();
     request.may_switch()?;
     steering.adopt_links(std::mem::take(&mut request.links))?;
@@ -633,9 +662,6 @@ fn take_over(
             takeover::Handed::default()
         }
     };
-    if config.reply_mode == ReplyMode::Tracked {
-        settle_tracked(config, steering, copied, copied6, &handed);
-    }
     Ok(Some(TookOver {
         pid,
         records: handed.records,
@@ -646,34 +672,23 @@ fn take_over(
         busy: 0,
         umems,
         tables,
+        settle,
     }))
 }
 
 /// Brings this program's maps of tracked connections to the kept records
-/// before the workers start, in the switch window: writes the keys the copy
-/// lacked and removes the copied keys no record backs ([`takeover::Settled`]).
-/// None of this process's own records exist yet, so none of these keys is
-/// one of its connections. The workers then write no inherited record's key.
-fn settle_tracked(
-    config: &Config,
-    steering: &Steering,
-    copied: takeover::CopiedKeys<xdp::ReplyKey>,
-    copied6: takeover::CopiedKeys<xdp::ReplyKey6>,
-    handed: &takeover::Handed,
-) {
-    let settled = copied.settle(
-        &handed.records,
-        &takeover::daemon_protocols(&config.services),
-    );
-    let settled6 = copied6.settle(
-        &handed.records6,
-        &takeover::daemon_protocols(&config.services6),
-    );
-    // First, to make room. A family with nothing to remove or write costs a
-    // descriptor dup, no map call.
+/// (`records`, `records6`), in the switch window while the workers enter
+/// them: writes the keys the copy lacked and removes the copied keys no
+/// record backs ([`takeover::Settled`]). The workers wait for it before they
+/// write a key or serve, so none of these keys is one of this process's own
+/// connections, and they write no inherited record's key.
+fn settle_tracked(settle: Settle, records: &[(u16, FlowRecord)], records6: &[(u16, FlowRecord6)]) {
+    let settled = settle.copied.settle(records, &settle.served);
+    let settled6 = settle.copied6.settle(records6, &settle.served6);
+    // First, to make room.
     let removed = (|| -> Result<usize> {
-        Ok(steering.tracked_map()?.remove_each(&settled.unbacked)?
-            + steering.tracked6_map()?.remove_each(&settled6.unbacked)?)
+        Ok(settle.map.remove_each(&settled.unbacked)?
+            + settle.map6.remove_each(&settled6.unbacked)?)
     })();
     match removed {
         Ok(0) => {}
@@ -685,9 +700,8 @@ fn settle_tracked(
         Err(e) => tracing::warn!("removing the copied tracked keys no record backs: {e:#}"),
     }
     let written = (|| -> Result<usize> {
-        let (map, map6) = (steering.tracked_map()?, steering.tracked6_map()?);
-        map.insert_all(&settled.unwritten)?;
-        map6.insert_all(&settled6.unwritten)?;
+        settle.map.insert_all(&settled.unwritten)?;
+        settle.map6.insert_all(&settled6.unwritten)?;
         Ok(settled.unwritten.len() + settled6.unwritten.len())
     })();
     match written {
@@ -953,6 +967,8 @@ pub fn run_with(
             .collect(),
         None => Vec::new(),
     };
+    let settle = took_over.as_mut().and_then(|t| t.settle.take());
+    let (settled, opener) = settle.as_ref().map(|_| Gate::new()).unzip();
     let mut inherited: Vec<Vec<FlowRecord>> = vec![Vec::new(); plan.len()];
     for &(w, record) in took_over.iter().flat_map(|t| &t.records) {
         if let Some(list) = inherited.get_mut(usize::from(w)) {
@@ -1037,6 +1053,7 @@ pub fn run_with(
             table6,
             inherited: std::mem::take(&mut inherited[w]),
             inherited6: std::mem::take(&mut inherited6[w]),
+            settled: settled.clone(),
         });
     }
     let socket_path = config.control.control_socket.clone();
@@ -1098,7 +1115,15 @@ pub fn run_with(
     // capability (the workers inherit this thread's empty sets).
     sys::drop_all_capabilities().context("dropping capabilities")?;
     tracing::info!("all capabilities dropped");
-    let (handles, started) = start_workers(setups, fifo);
+    let mut settled_after = None;
+    let (handles, started) = start_workers(setups, fifo, || {
+        if let (Some(settle), Some(t)) = (settle, &took_over) {
+            settle_tracked(settle, &t.records, &t.records6);
+            settled_after = Some(t.switched.elapsed());
+        }
+        // The workers wait for it, even if there was nothing to settle.
+        drop(opener);
+    });
     if let (Some(t), Ok(())) = (&took_over, &started) {
         let no_socket = xdp::COUNTER_NAMES.iter().position(|n| *n == "no_socket");
         let dropped = match (manager.xdp_counters(), no_socket) {
@@ -1108,7 +1133,7 @@ pub fn run_with(
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         tracing::info!(
             "took over from pid {} with {} IPv4 and {} IPv6 records: records {:.1} ms, sockets bound \
-             {:.1} ms ({} binds refused while the kernel released the old ones), serving {:.1} ms \
+             {:.1} ms ({} binds refused while the kernel released the old ones){}, serving {:.1} ms \
              after the switch ({dropped} frames dropped meanwhile for want of a socket, none \
              passed to the host)",
             t.pid,
@@ -1117,6 +1142,9 @@ pub fn run_with(
             ms(t.records_after),
             ms(t.bound_after),
             t.busy,
+            settled_after
+                .map(|d| format!(", tracked keys settled {:.1} ms", ms(d)))
+                .unwrap_or_default(),
             ms(t.switched.elapsed()),
         );
     }

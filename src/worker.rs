@@ -17,7 +17,7 @@
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering::Relaxed},
-        Arc,
+        Arc, Condvar, Mutex, PoisonError,
     },
     time::Instant,
 };
@@ -93,6 +93,43 @@ pub struct WorkerSetup {
     pub inherited: Vec<FlowRecord>,
     /// IPv6 records a takeover brought for this worker, likewise.
     pub inherited6: Vec<FlowRecord6>,
+    /// A takeover's, in tracked reply mode: opened once the maps of tracked
+    /// connections match the handed records. The worker enters its records
+    /// meanwhile, and waits at it before it writes a key or serves.
+    pub settled: Option<Arc<Gate>>,
+}
+
+/// Opened once, by dropping the [`GateOpener`] (so a thread that panics
+/// opens it too); waited at by any number of threads.
+#[derive(Default)]
+pub struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    /// A closed gate and what opens it.
+    pub fn new() -> (Arc<Gate>, GateOpener) {
+        let gate = Arc::new(Gate::default());
+        (gate.clone(), GateOpener(gate))
+    }
+
+    pub fn wait(&self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*open {
+            open = (self.opened.wait(open)).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// Opens its [`Gate`] when dropped.
+pub struct GateOpener(Arc<Gate>);
+
+impl Drop for GateOpener {
+    fn drop(&mut self) {
+        *self.0.open.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.0.opened.notify_all();
+    }
 }
 
 /// The capacity of each worker's IPv6 flow table: `flow_capacity`, as the
@@ -154,6 +191,7 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
         table6,
         inherited,
         inherited6,
+        settled,
     } = setup;
     if let Some(core) = core {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
@@ -172,8 +210,8 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
     let mut table6 = table6.unwrap_or_else(|| FlowTable6::with_capacity(flow_capacity6));
     stats.table6_capacity.set(table6.capacity() as u64);
     // Before the trackers, whose journals would write every inherited
-    // record's key again: the takeover brought the maps of tracked
-    // connections to the records before the workers started.
+    // record's key again: the takeover brings the maps of tracked
+    // connections to the records meanwhile (`settled`).
     let inherited_count = inherited.len() + inherited6.len();
     let (mut refused, mut full, mut full6) = (0, Vec::new(), Vec::new());
     for mut record in inherited {
@@ -203,6 +241,9 @@ pub fn run(setup: WorkerSetup) -> (FlowTable, FlowTable6) {
             "worker {id}: {refused} of {inherited_count} records handed over refused \
              (their daemon is not configured, or the table is full)"
         );
+    }
+    if let Some(gate) = settled {
+        gate.wait();
     }
     let mut tracker = tracked.map(|map| ReplyTracker::new(map, &mut table));
     let mut tracker6 = tracked6.map(|map| ReplyTracker::new(map, &mut table6));
@@ -1066,6 +1107,35 @@ mod tests {
     use std::net::{Ipv4Addr, SocketAddrV4};
 
     use super::*;
+
+    /// Every waiter passes once the opener is dropped, even by a thread
+    /// that panicked, and not before; a late waiter passes at once.
+    #[test]
+    fn a_gate_opens_for_every_waiter_when_its_opener_is_dropped() {
+        let (gate, opener) = Gate::new();
+        let passed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let (gate, passed) = (gate.clone(), passed.clone());
+                std::thread::spawn(move || {
+                    gate.wait();
+                    passed.fetch_add(1, Relaxed);
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(passed.load(Relaxed), 0, "closed until the opener goes");
+        let opening = std::thread::spawn(move || {
+            let _opener = opener;
+            panic!("the settling thread fails");
+        });
+        assert!(opening.join().is_err());
+        for w in waiters {
+            w.join().expect("a waiter");
+        }
+        assert_eq!(passed.load(Relaxed), 3);
+        gate.wait();
+    }
 
     /// [`super::apply`] for the IPv4 table alone (an empty IPv6 one beside it).
     fn apply(
