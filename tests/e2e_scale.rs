@@ -24,6 +24,37 @@ fn stalls(topo: &Topology, samples: usize) -> (u64, u64) {
     worst
 }
 
+/// The worker's records.
+fn records(topo: &Topology) -> u64 {
+    u64_at(&topo.stats(), "/workers/0/flows")
+}
+
+/// Half-open records from spoofed clients, paced so the worker takes them
+/// all: at least half of `SPOOFED`. A starved worker (other work on its
+/// core) leaves some in the kernel's full RX ring; the flood's tuples are
+/// the same each time, so sending it again fills in what was missed.
+fn flood(topo: &Topology) {
+    for attempt in 1..=3 {
+        let flood = topo
+            .cmd(&topo.client(), &topo.programs().testkit)
+            .args(topo.inject_args("198.18.128.1", VIP, "syn-flood", SPOOFED as u64))
+            .args(["--rate", "150000"])
+            .output()
+            .expect("inject");
+        assert!(flood.status.success(), "flood: {}", text(&flood));
+        wait_until_steady(
+            Duration::from_secs(20),
+            "the flood's records settled",
+            Duration::from_millis(500),
+            || records(topo),
+        );
+        println!("flood {attempt}: {} records", records(topo));
+        if records(topo) >= 500_000 {
+            break;
+        }
+    }
+}
+
 #[test]
 fn a_reload_and_ctl_conns_with_a_million_records_are_sliced() {
     let topo = Topology::up(DISPATCHD, "scale", 2, 1);
@@ -41,30 +72,8 @@ fn a_reload_and_ctl_conns_with_a_million_records_are_sliced() {
     write([0, 1]);
     let lb = topo.dispatchd(&["--config", file.to_str().expect("utf-8 path")]);
 
-    // Half-open records from spoofed clients, paced so the worker takes them
-    // all. A starved worker (other work on its core) leaves some in the
-    // kernel's full RX ring; the flood's tuples are the same each time, so
-    // sending it again fills in what was missed.
-    let records = || u64_at(&topo.stats(), "/workers/0/flows");
-    for attempt in 1..=3 {
-        let flood = topo
-            .cmd(&topo.client(), &topo.programs().testkit)
-            .args(topo.inject_args("198.18.128.1", VIP, "syn-flood", SPOOFED as u64))
-            .args(["--rate", "150000"])
-            .output()
-            .expect("inject");
-        assert!(flood.status.success(), "flood: {}", text(&flood));
-        wait_until_steady(
-            Duration::from_secs(20),
-            "the flood's records settled",
-            Duration::from_millis(500),
-            records,
-        );
-        println!("flood {attempt}: {} records", records());
-        if records() >= 500_000 {
-            break;
-        }
-    }
+    flood(&topo);
+    let records = || records(&topo);
     let before = records();
     println!("records in the table: {before}");
     assert!(
@@ -148,26 +157,8 @@ fn a_takeover_with_a_million_records_keeps_them_all() {
     let config = ["--config", file.to_str().expect("utf-8 path")];
     let mut a = topo.dispatchd(&config);
 
-    let records = || u64_at(&topo.stats(), "/workers/0/flows");
-    for attempt in 1..=3 {
-        let flood = topo
-            .cmd(&topo.client(), &topo.programs().testkit)
-            .args(topo.inject_args("198.18.128.1", VIP, "syn-flood", SPOOFED as u64))
-            .args(["--rate", "150000"])
-            .output()
-            .expect("inject");
-        assert!(flood.status.success(), "flood: {}", text(&flood));
-        wait_until_steady(
-            Duration::from_secs(20),
-            "the flood's records settled",
-            Duration::from_millis(500),
-            records,
-        );
-        println!("flood {attempt}: {} records", records());
-        if records() >= 500_000 {
-            break;
-        }
-    }
+    flood(&topo);
+    let records = || records(&topo);
     let mut holds: Vec<Proc> = (0..4)
         .map(|_| {
             topo.client_start(

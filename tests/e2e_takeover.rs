@@ -75,6 +75,15 @@ fn host_rsts(topo: &Topology) -> u64 {
         .expect("the resets' counter")
 }
 
+/// The old process ends, with status 0, once it handed its records over.
+fn exits_cleanly(a: &mut Proc) {
+    assert!(
+        a.wait(Duration::from_secs(10)).success(),
+        "the old process exits cleanly:\n{}",
+        a.output()
+    );
+}
+
 /// Short connections through whichever process serves now all succeed.
 fn new_connections_work(topo: &Topology) {
     let out = topo.client_run(&["connect", "--to", VIP, "--connections", "20"]);
@@ -125,11 +134,7 @@ fn takeover_under_load(name: &str, policy: &str, extra: &[&str]) {
     let b = Proc::start(cmd, "dispatchd: running", Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{e:#}\nthe old process said:\n{}", a.output()));
     let took = started.elapsed();
-    assert!(
-        a.wait(Duration::from_secs(10)).success(),
-        "the old process exits cleanly:\n{}",
-        a.output()
-    );
+    exits_cleanly(&mut a);
     let window = b
         .output()
         .lines()
@@ -324,11 +329,7 @@ fn a_takeover_removes_the_copied_keys_of_the_records_it_refuses() {
     cmd.arg("run").args(&takeover);
     let b = Proc::start(cmd, "dispatchd: running", Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{e:#}\nthe old process said:\n{}", a.output()));
-    assert!(
-        a.wait(Duration::from_secs(10)).success(),
-        "the old process exits cleanly:\n{}",
-        a.output()
-    );
+    exits_cleanly(&mut a);
     let said = b.output();
     assert!(
         said.contains(&format!("{} tracked connections copied", 2 * DAEMONS)),
@@ -392,11 +393,7 @@ fn a_takeover_writes_the_keys_of_connections_opened_after_the_copy() {
     wait_until(Duration::from_secs(20), "the new process runs", || {
         b.output().contains("dispatchd: running")
     });
-    assert!(
-        a.wait(Duration::from_secs(10)).success(),
-        "the old process exits cleanly:\n{}",
-        a.output()
-    );
+    exits_cleanly(&mut a);
     let said = b.output();
     assert!(
         said.contains(&format!(

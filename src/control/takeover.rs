@@ -479,7 +479,7 @@ impl<K: TrackedKey> CopiedKeys<K> {
     /// Sets the copied keys against the handed records this process keeps
     /// (those of daemons its configuration has, `served`, see
     /// [`daemon_protocols`]; its workers refuse the others). Runs in the
-    /// switch window, before the workers: one hashed look per record. Either
+    /// switch window, before the workers serve: one hashed look per record. Either
     /// family: `R` is its records, whose reply keys are the map's.
     pub fn settle<R: Tracked<ReplyKey = K>>(
         mut self,
@@ -508,7 +508,7 @@ impl<K: TrackedKey> CopiedKeys<K> {
 }
 
 /// The copied keys set against the kept records ([`CopiedKeys::settle`]):
-/// what the map needs before the workers start, so that they write no key
+/// what the map needs before the workers serve, so that they write no key
 /// of an inherited record (a million took their first 0.6 s).
 #[derive(Debug, Default)]
 pub struct Settled<K> {
